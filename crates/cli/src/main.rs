@@ -7,10 +7,18 @@
 
 mod cmd;
 mod output;
+mod plot;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of the system allocator: a training step frees and
+/// reallocates buffers of the model's size, and glibc returns those to the
+/// kernel and faults them back in every step (a third of a step's time on
+/// the MLP before this change; see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "crowdtrain", version, about, long_about = None)]
@@ -20,12 +28,31 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Train a model centrally (the reference for distributed runs).
+    Train(cmd::train::TrainArgs),
+    /// Simulate a training network in one process.
+    Sim(cmd::sim::SimArgs),
+    /// Measure the training core's speed.
+    Bench(cmd::bench::BenchArgs),
+}
 
 fn main() -> ExitCode {
+    // candle keeps its own pool of spinning threads for element-wise ops.
+    // Our kernels do the heavy work on rayon, and two pools on two cores
+    // fight; candle gets one thread unless the user says otherwise. Set
+    // before any thread exists, so no one reads the environment meanwhile.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the process is still single-threaded here.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let cli = Cli::parse();
     output::init_logging();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result = match cli.command {
+        Command::Train(args) => cmd::train::run(args),
+        Command::Sim(args) => cmd::sim::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,1 +1,5 @@
 //! One module per subcommand.
+
+pub mod bench;
+pub mod sim;
+pub mod train;

@@ -1,0 +1,169 @@
+//! The training commands as a user runs them: the real binary, real data
+//! files (the subset bundled in the repository), JSON on stdout.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn subset_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/assets/fashion-mnist-subset")
+}
+
+fn crowdtrain(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crowdtrain"));
+    command.args(args).env_remove("RAYON_NUM_THREADS").env_remove("CROWDTRAIN_KERNELS");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("stdout is not one JSON object ({error}): {}", String::from_utf8_lossy(&output.stdout))
+    })
+}
+
+/// `train` for 30 steps on the subset; `--seed` is 5 and `--evaluations`
+/// is 1 unless `extra` says otherwise.
+fn train_json(extra: &[&str], env: &[(&str, &str)]) -> Value {
+    let data = subset_dir();
+    let mut args = vec!["train", "--model", "mlp", "--steps", "30", "--json"];
+    if !extra.contains(&"--seed") {
+        args.extend_from_slice(&["--seed", "5"]);
+    }
+    if !extra.contains(&"--evaluations") {
+        args.extend_from_slice(&["--evaluations", "1"]);
+    }
+    args.extend_from_slice(&["--data", data.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    json_of(&crowdtrain(&args, env))
+}
+
+#[test]
+fn train_reports_the_documented_keys() {
+    let report = train_json(&[], &[]);
+    for key in ["test_accuracy", "state_hash", "steps", "samples_per_sec", "dataset"] {
+        assert!(report.get(key).is_some(), "missing {key} in {report}");
+    }
+    assert_eq!(report["steps"], 30);
+    assert_eq!(report["dataset"]["train_examples"], 2000);
+    assert_eq!(report["dataset"]["test_examples"], 500);
+    let accuracy = report["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.5 && accuracy <= 1.0, "30 steps learn something: {accuracy}");
+    assert_eq!(report["state_hash"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn state_hash_is_the_same_at_one_and_two_threads_and_on_the_portable_kernels() {
+    let one = train_json(&[], &[("RAYON_NUM_THREADS", "1")]);
+    let two = train_json(&[], &[("RAYON_NUM_THREADS", "2")]);
+    let flag = train_json(&["--threads", "2"], &[]);
+    let portable = train_json(&[], &[("CROWDTRAIN_KERNELS", "portable")]);
+    assert_eq!(one["threads"], 1);
+    assert_eq!(two["threads"], 2);
+    assert_eq!(portable["kernels"], "portable");
+    for other in [&two, &flag, &portable] {
+        assert_eq!(one["state_hash"], other["state_hash"]);
+        assert_eq!(one["test_accuracy"], other["test_accuracy"]);
+    }
+    let other_seed = train_json(&["--seed", "6"], &[]);
+    assert_ne!(one["state_hash"], other_seed["state_hash"]);
+}
+
+#[test]
+fn sim_diloco_reports_rounds_and_bytes_for_both_runs() {
+    let data = subset_dir();
+    let output = crowdtrain(
+        &[
+            "sim",
+            "diloco",
+            "--workers",
+            "4",
+            "--inner-steps",
+            "5",
+            "--rounds",
+            "3",
+            "--seed",
+            "1",
+            "--json",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let report = json_of(&output);
+    for key in ["final_test_accuracy", "baseline_test_accuracy", "bytes_diloco", "bytes_baseline", "rounds"] {
+        assert!(report.get(key).is_some(), "missing {key}");
+    }
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    assert_eq!(rounds[2]["round"], 3);
+    assert_eq!(rounds[2]["samples"], 3 * 4 * 5 * 64);
+    // With H = 5 inner steps, synchronous training moves at least 5x the
+    // bytes; the int8 codec makes it more.
+    let (diloco, baseline) =
+        (report["bytes_diloco"].as_u64().unwrap(), report["bytes_baseline"].as_u64().unwrap());
+    assert!(baseline >= 5 * diloco, "{baseline} vs {diloco}");
+    assert_eq!(report["final_test_accuracy"], rounds[2]["diloco_test_accuracy"]);
+}
+
+#[test]
+fn bench_train_step_reports_throughput() {
+    let report = json_of(&crowdtrain(
+        &[
+            "bench",
+            "train-step",
+            "--model",
+            "mlp",
+            "--batch",
+            "64",
+            "--threads",
+            "1",
+            "--steps",
+            "20",
+            "--warmup",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+        &[],
+    ));
+    assert!(report["samples_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["threads"], 1);
+    assert_eq!(report["batch"], 64);
+}
+
+#[test]
+fn plots_are_written_as_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("curve.png");
+    train_json(&["--plot", plot.to_str().unwrap(), "--evaluations", "3"], &[]);
+    let bytes = std::fs::read(&plot).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn a_missing_data_directory_fails_with_its_name() {
+    let output = crowdtrain(&["train", "--steps", "1", "--data", "/nonexistent/fashion"], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/fashion"), "{stderr}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["train", "--help"],
+        &["sim", "diloco", "--help"],
+        &["bench", "train-step", "--help"],
+    ] {
+        let output = crowdtrain(args, &[]);
+        assert!(output.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("Usage"), "{args:?}");
+    }
+}

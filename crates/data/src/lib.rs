@@ -1,0 +1,23 @@
+//! Training data for crowdtrain.
+//!
+//! # Brief overview
+//!
+//! - [`idx`] reads the IDX files (Fashion-MNIST's format), raw or gzipped,
+//!   treating them as untrusted input.
+//! - [`DataSource`] decides where a data set comes from (`--data DIR`, the
+//!   Debian package, or the subset bundled into the binary) and loads a
+//!   [`Dataset`], whose [`DatasetInfo`] every command reports.
+//! - [`make_shards`] splits the training set among workers (IID or
+//!   Dirichlet label skew) and [`batch_indices`] draws one step's batch;
+//!   both are pure functions of their seeds.
+//! - [`rng`] is the only source of randomness in the project: ChaCha8
+//!   streams keyed by purpose and (run, round, worker, step).
+
+pub mod dataset;
+pub mod idx;
+pub mod rng;
+pub mod shard;
+
+pub use dataset::{CLASS_COUNT, DataSource, Dataset, DatasetError, DatasetInfo, LabeledImages};
+pub use rng::{RngKey, keyed_rng};
+pub use shard::{Batch, ShardError, Sharding, batch_indices, make_shards};

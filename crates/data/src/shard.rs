@@ -1,0 +1,254 @@
+//! Splitting a training set among workers, and drawing their batches.
+//!
+//! Both are pure functions of a seed, so the coordinator, every worker and
+//! every auditor compute the same shards and the same batches without
+//! shipping index lists around.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{CLASS_COUNT, LabeledImages};
+use crate::rng::{RngKey, gamma, keyed_rng, sample_distinct, shuffle};
+
+/// How the training set is divided among workers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Sharding {
+    /// A uniformly random partition into near-equal parts (the default, and
+    /// what robust aggregation needs: see `docs/ARCHITECTURE.md`).
+    Iid,
+    /// Label skew: each class is split among workers in Dirichlet(alpha)
+    /// proportions. Small alpha means each worker sees few classes.
+    Dirichlet { alpha: f64 },
+}
+
+impl std::fmt::Display for Sharding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Iid => write!(f, "iid"),
+            Self::Dirichlet { alpha } => write!(f, "dirichlet(alpha={alpha})"),
+        }
+    }
+}
+
+/// Why a sharding could not be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShardError {
+    #[error("cannot split {examples} examples among {workers} workers of at least {minimum} each")]
+    TooFewExamples { examples: usize, workers: usize, minimum: usize },
+    #[error("Dirichlet alpha must be positive and finite, got {0}")]
+    BadAlpha(f64),
+    #[error(
+        "Dirichlet(alpha={alpha}) left a worker with fewer than {minimum} examples in \
+         {attempts} draws; use a larger alpha or fewer workers"
+    )]
+    Degenerate { alpha: f64, minimum: usize, attempts: u64 },
+}
+
+/// Dirichlet draws that leave a worker starved are redrawn at most this often.
+const DIRICHLET_ATTEMPTS_MAX: u64 = 64;
+
+/// Splits example indices `0..labels.len()` into `workers` shards, each of
+/// at least `minimum` examples, as a function of `run` alone.
+pub fn make_shards(
+    labels: &[u8],
+    workers: usize,
+    minimum: usize,
+    sharding: Sharding,
+    run: u64,
+) -> Result<Vec<Vec<u32>>, ShardError> {
+    assert!(labels.len() <= u32::MAX as usize, "example indices are u32");
+    if workers == 0 || labels.len() < workers * minimum.max(1) {
+        return Err(ShardError::TooFewExamples { examples: labels.len(), workers, minimum });
+    }
+    match sharding {
+        Sharding::Iid => Ok(iid_shards(labels.len(), workers, run)),
+        Sharding::Dirichlet { alpha } => {
+            if !(alpha > 0.0 && alpha.is_finite()) {
+                return Err(ShardError::BadAlpha(alpha));
+            }
+            for attempt in 0..DIRICHLET_ATTEMPTS_MAX {
+                let shards = dirichlet_shards(labels, workers, alpha, run, attempt);
+                if shards.iter().all(|shard| shard.len() >= minimum.max(1)) {
+                    return Ok(shards);
+                }
+            }
+            Err(ShardError::Degenerate { alpha, minimum, attempts: DIRICHLET_ATTEMPTS_MAX })
+        }
+    }
+}
+
+fn iid_shards(examples: usize, workers: usize, run: u64) -> Vec<Vec<u32>> {
+    let mut order: Vec<u32> = (0..examples as u32).collect();
+    shuffle(&mut keyed_rng("shard-iid", RngKey::new(run, 0, 0, 0)), &mut order);
+    let (base, extra) = (examples / workers, examples % workers);
+    let mut shards = Vec::with_capacity(workers);
+    let mut start = 0;
+    for worker in 0..workers {
+        let size = base + usize::from(worker < extra);
+        let mut shard = order[start..start + size].to_vec();
+        shard.sort_unstable();
+        shards.push(shard);
+        start += size;
+    }
+    shards
+}
+
+fn dirichlet_shards(labels: &[u8], workers: usize, alpha: f64, run: u64, attempt: u64) -> Vec<Vec<u32>> {
+    let mut rng = keyed_rng("shard-dirichlet", RngKey::new(run, 0, 0, attempt));
+    let mut shards = vec![Vec::new(); workers];
+    for class in 0..CLASS_COUNT as u8 {
+        let mut members: Vec<u32> =
+            (0..labels.len() as u32).filter(|&index| labels[index as usize] == class).collect();
+        shuffle(&mut rng, &mut members);
+        let weights: Vec<f64> = (0..workers).map(|_| gamma(&mut rng, alpha)).collect();
+        let total: f64 = weights.iter().sum();
+        // Cut points from cumulative proportions; the last worker takes the rest.
+        let mut start = 0usize;
+        let mut cumulative = 0.0;
+        for (worker, weight) in weights.iter().enumerate() {
+            cumulative += weight;
+            let end = if worker + 1 == workers {
+                members.len()
+            } else {
+                ((cumulative / total) * members.len() as f64).floor() as usize
+            }
+            .clamp(start, members.len());
+            shards[worker].extend_from_slice(&members[start..end]);
+            start = end;
+        }
+    }
+    for shard in &mut shards {
+        shard.sort_unstable();
+    }
+    shards
+}
+
+/// The examples of one step: `batch` distinct members of `shard`, drawn from
+/// the stream keyed by `key` (run, round, worker, step).
+pub fn batch_indices(shard: &[u32], batch: usize, key: RngKey) -> Vec<u32> {
+    assert!(batch <= shard.len(), "a batch of {batch} from a shard of {}", shard.len());
+    let mut rng = keyed_rng("batch", key);
+    sample_distinct(&mut rng, shard.len() as u64, batch)
+        .into_iter()
+        .map(|position| shard[position as usize])
+        .collect()
+}
+
+/// A batch of normalised images and their labels, ready for a model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// `targets.len()` rows of `features` values each.
+    pub inputs: Vec<f32>,
+    pub features: usize,
+    pub targets: Vec<u32>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Refills this batch with the given examples, reusing its buffers.
+    pub fn fill(&mut self, images: &LabeledImages, indices: &[u32]) {
+        self.inputs.clear();
+        self.targets.clear();
+        self.features = images.pixels_per_image();
+        for &index in indices {
+            images.push_normalized(index as usize, &mut self.inputs);
+            self.targets.push(u32::from(images.labels[index as usize]));
+        }
+    }
+
+    /// A batch of the given examples.
+    pub fn of(images: &LabeledImages, indices: &[u32]) -> Self {
+        let mut batch = Self::default();
+        batch.fill(images, indices);
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(count: usize) -> Vec<u8> {
+        (0..count).map(|index| (index * 7 % CLASS_COUNT) as u8).collect()
+    }
+
+    fn assert_partition(shards: &[Vec<u32>], examples: usize) {
+        let mut all: Vec<u32> = shards.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..examples as u32).collect::<Vec<_>>(), "every example in exactly one shard");
+    }
+
+    #[test]
+    fn iid_shards_partition_the_data_evenly_and_reproducibly() {
+        let labels = labels(1003);
+        let shards = make_shards(&labels, 8, 1, Sharding::Iid, 7).unwrap();
+        assert_partition(&shards, 1003);
+        assert!(shards.iter().all(|shard| shard.len() == 125 || shard.len() == 126));
+        assert_eq!(shards, make_shards(&labels, 8, 1, Sharding::Iid, 7).unwrap());
+        assert_ne!(shards, make_shards(&labels, 8, 1, Sharding::Iid, 8).unwrap());
+    }
+
+    #[test]
+    fn dirichlet_shards_partition_the_data_with_label_skew() {
+        let labels = labels(5000);
+        let skewed = make_shards(&labels, 5, 1, Sharding::Dirichlet { alpha: 0.1 }, 3).unwrap();
+        assert_partition(&skewed, 5000);
+        assert_eq!(skewed, make_shards(&labels, 5, 1, Sharding::Dirichlet { alpha: 0.1 }, 3).unwrap());
+        // With alpha = 0.1 a worker's data is dominated by few classes;
+        // with alpha = 1000 it looks like the whole set.
+        let dominant_share = |shards: &[Vec<u32>]| {
+            shards
+                .iter()
+                .map(|shard| {
+                    let mut counts = [0usize; CLASS_COUNT];
+                    for &index in shard {
+                        counts[usize::from(labels[index as usize])] += 1;
+                    }
+                    *counts.iter().max().unwrap() as f64 / shard.len() as f64
+                })
+                .sum::<f64>()
+                / shards.len() as f64
+        };
+        let uniform = make_shards(&labels, 5, 1, Sharding::Dirichlet { alpha: 1000.0 }, 3).unwrap();
+        assert!(dominant_share(&skewed) > 0.4, "{}", dominant_share(&skewed));
+        assert!(dominant_share(&uniform) < 0.15, "{}", dominant_share(&uniform));
+    }
+
+    #[test]
+    fn impossible_shardings_are_errors() {
+        let labels = labels(10);
+        assert!(matches!(
+            make_shards(&labels, 4, 3, Sharding::Iid, 0),
+            Err(ShardError::TooFewExamples { .. })
+        ));
+        assert!(matches!(
+            make_shards(&labels, 0, 1, Sharding::Iid, 0),
+            Err(ShardError::TooFewExamples { .. })
+        ));
+        assert_eq!(
+            make_shards(&labels, 2, 1, Sharding::Dirichlet { alpha: -1.0 }, 0),
+            Err(ShardError::BadAlpha(-1.0))
+        );
+    }
+
+    #[test]
+    fn batches_are_distinct_members_of_the_shard_and_keyed_by_step() {
+        let shard: Vec<u32> = (100..400).collect();
+        let key = RngKey::new(1, 2, 3, 0);
+        let batch = batch_indices(&shard, 64, key);
+        assert_eq!(batch, batch_indices(&shard, 64, key));
+        assert_ne!(batch, batch_indices(&shard, 64, key.at_step(1)));
+        let mut sorted = batch.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 64);
+        assert!(batch.iter().all(|index| (100..400).contains(index)));
+    }
+}

@@ -1,0 +1,275 @@
+//! DiLoCo in one process, beside its baseline.
+//!
+//! DiLoCo (Douillard et al., 2023): each round, K workers start from the
+//! global parameters, run H inner AdamW steps on their own shards, and send
+//! their pseudo-gradient (global minus local); the coordinator averages them
+//! and takes one outer Nesterov step. The baseline is synchronous data
+//! parallelism at the same sample budget: every step, each worker computes a
+//! gradient on its own batch and one AdamW step is taken on their mean, so
+//! gradients and parameters cross the network H times as often.
+//!
+//! Each round's inner optimizer starts fresh. That costs DiLoCo little (AdamW
+//! warms up within a few steps) and makes every round's work a function of
+//! public inputs only: the global parameters and the assignment. That is
+//! what lets a worker join at any round, and an auditor replay any segment.
+//!
+//! Both runs are deterministic: workers run in parallel but their results
+//! are combined in worker order, with fixed-order sums.
+
+use crowdtrain_data::{Dataset, RngKey, Sharding, batch_indices, make_shards};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::codec::Codec;
+use crate::model::{Evaluation, Model, ModelKind, evaluate, loss_and_grad};
+use crate::optim::{AdamW, Nesterov};
+use crate::state::{OuterState, StateHash, TrainState};
+use crate::trainer::Trainer;
+
+/// Settings of a DiLoCo simulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DilocoConfig {
+    pub model: ModelKind,
+    pub workers: usize,
+    pub inner_steps: u64,
+    pub rounds: u64,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub sharding: Sharding,
+    pub inner: AdamW,
+    pub outer: Nesterov,
+    pub codec: Codec,
+}
+
+impl DilocoConfig {
+    /// Samples each run consumes in one round.
+    pub fn samples_per_round(&self) -> u64 {
+        self.workers as u64 * self.inner_steps * self.batch_size as u64
+    }
+}
+
+/// One round of both runs, after the same number of samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundReport {
+    pub round: u64,
+    /// Training samples consumed so far by each run.
+    pub samples: u64,
+    pub diloco_test_accuracy: f64,
+    pub diloco_test_loss: f64,
+    /// Mean inner-loop loss over the workers this round.
+    pub diloco_train_loss: f64,
+    /// Bytes that crossed the network so far (model downloads plus encoded
+    /// pseudo-gradient uploads).
+    pub diloco_bytes: u64,
+    pub baseline_test_accuracy: f64,
+    pub baseline_test_loss: f64,
+    pub baseline_train_loss: f64,
+    /// Bytes that crossed the network so far (a gradient up and the
+    /// parameters down, per worker per step, in f32).
+    pub baseline_bytes: u64,
+}
+
+/// The outcome of both runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DilocoReport {
+    pub rounds: Vec<RoundReport>,
+    pub diloco_state_hash: StateHash,
+    pub baseline_state_hash: StateHash,
+}
+
+impl DilocoReport {
+    pub fn last(&self) -> Option<&RoundReport> {
+        self.rounds.last()
+    }
+}
+
+/// Runs DiLoCo and the baseline side by side for `config.rounds` rounds,
+/// calling `on_round` after each.
+pub fn simulate(
+    config: &DilocoConfig,
+    dataset: &Dataset,
+    mut on_round: impl FnMut(&RoundReport),
+) -> Result<DilocoReport, TrainError> {
+    let model = config.model.build();
+    let shards =
+        make_shards(&dataset.train.labels, config.workers, config.batch_size, config.sharding, config.seed)?;
+    let initial = model.layout().initialize(config.seed);
+    let mut diloco = DilocoRun::new(model.as_ref(), config, initial.clone());
+    let mut baseline = SyncBaseline::new(model.as_ref(), config, initial);
+    let mut rounds = Vec::with_capacity(config.rounds as usize);
+    for round in 0..config.rounds {
+        let diloco_train_loss = diloco.round(dataset, &shards, round)?;
+        let baseline_train_loss = baseline.round(dataset, &shards, round)?;
+        let diloco_eval = evaluate(model.as_ref(), &diloco.state.params, &dataset.test)?;
+        let baseline_eval = evaluate(model.as_ref(), &baseline.state.params, &dataset.test)?;
+        let report = round_report(
+            config,
+            round,
+            (diloco_eval, diloco_train_loss, diloco.bytes),
+            (baseline_eval, baseline_train_loss, baseline.bytes),
+        );
+        on_round(&report);
+        rounds.push(report);
+    }
+    Ok(DilocoReport {
+        rounds,
+        diloco_state_hash: diloco.state.hash(),
+        baseline_state_hash: baseline.state.hash(),
+    })
+}
+
+fn round_report(
+    config: &DilocoConfig,
+    round: u64,
+    (diloco, diloco_train_loss, diloco_bytes): (Evaluation, f32, u64),
+    (baseline, baseline_train_loss, baseline_bytes): (Evaluation, f32, u64),
+) -> RoundReport {
+    RoundReport {
+        round: round + 1,
+        samples: (round + 1) * config.samples_per_round(),
+        diloco_test_accuracy: diloco.accuracy,
+        diloco_test_loss: diloco.loss,
+        diloco_train_loss: f64::from(diloco_train_loss),
+        diloco_bytes,
+        baseline_test_accuracy: baseline.accuracy,
+        baseline_test_loss: baseline.loss,
+        baseline_train_loss: f64::from(baseline_train_loss),
+        baseline_bytes,
+    }
+}
+
+/// The DiLoCo side: the global state and its outer optimizer.
+struct DilocoRun<'m> {
+    model: &'m dyn Model,
+    config: &'m DilocoConfig,
+    state: OuterState,
+    bytes: u64,
+}
+
+impl<'m> DilocoRun<'m> {
+    fn new(model: &'m dyn Model, config: &'m DilocoConfig, params: Vec<f32>) -> Self {
+        Self { model, config, state: OuterState::new(model.name(), params), bytes: 0 }
+    }
+
+    /// One round; returns the workers' mean inner loss.
+    fn round(&mut self, dataset: &Dataset, shards: &[Vec<u32>], round: u64) -> Result<f32, TrainError> {
+        let results = (0..self.config.workers)
+            .into_par_iter()
+            .map(|worker| {
+                let key = RngKey::new(self.config.seed, round, worker as u64, 0);
+                let update = inner_round(
+                    self.model,
+                    self.config.inner,
+                    self.config.batch_size,
+                    &self.state.params,
+                    dataset,
+                    &shards[worker],
+                    key,
+                    self.config.inner_steps,
+                )?;
+                let encoded = self.config.codec.encode(&update.pseudo_gradient)?;
+                let (_, decoded) = Codec::decode(&encoded, update.pseudo_gradient.len())?;
+                Ok((decoded, encoded.len() as u64, update.mean_loss))
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        let parameters = self.state.params.len();
+        let download_bytes = (parameters * 4) as u64 * self.config.workers as u64;
+        let upload_bytes: u64 = results.iter().map(|(_, bytes, _)| bytes).sum();
+        self.bytes += download_bytes + upload_bytes;
+        let updates: Vec<&[f32]> = results.iter().map(|(update, _, _)| update.as_slice()).collect();
+        let mean = mean_in_order(&updates);
+        self.config.outer.apply(&mut self.state.params, &mut self.state.momentum, &mean);
+        self.state.round += 1;
+        Ok(results.iter().map(|(_, _, loss)| loss).sum::<f32>() / results.len() as f32)
+    }
+}
+
+/// What one worker returns from a round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InnerRoundResult {
+    /// Global minus local parameters after the inner steps.
+    pub pseudo_gradient: Vec<f32>,
+    pub mean_loss: f32,
+    /// The worker's state after the last inner step.
+    pub final_state_hash: StateHash,
+}
+
+/// One worker's round: `steps` AdamW steps from `global` on `shard`, with
+/// batches keyed by `key` (its run, round and worker) and a fresh optimizer.
+#[allow(clippy::too_many_arguments)]
+pub fn inner_round(
+    model: &dyn Model,
+    optimizer: AdamW,
+    batch_size: usize,
+    global: &[f32],
+    dataset: &Dataset,
+    shard: &[u32],
+    key: RngKey,
+    steps: u64,
+) -> Result<InnerRoundResult, TrainError> {
+    let mut state = TrainState::new(model.name(), global.to_vec());
+    let mut trainer = Trainer::new(model, optimizer, batch_size);
+    let mean_loss = trainer.run(&mut state, &dataset.train, shard, key, steps, |_, _| {})?;
+    let pseudo_gradient = global.iter().zip(&state.params).map(|(g, l)| g - l).collect();
+    Ok(InnerRoundResult { pseudo_gradient, mean_loss, final_state_hash: state.hash() })
+}
+
+/// The element-wise mean, summing the vectors in the order given.
+pub fn mean_in_order(vectors: &[&[f32]]) -> Vec<f32> {
+    assert!(!vectors.is_empty(), "the mean of nothing");
+    let mut sum = vectors[0].to_vec();
+    for vector in &vectors[1..] {
+        assert_eq!(vector.len(), sum.len());
+        for (total, &value) in sum.iter_mut().zip(*vector) {
+            *total += value;
+        }
+    }
+    let count = vectors.len() as f32;
+    sum.iter_mut().for_each(|total| *total /= count);
+    sum
+}
+
+/// The baseline: one global AdamW state; every step averages the workers'
+/// gradients.
+struct SyncBaseline<'m> {
+    model: &'m dyn Model,
+    config: &'m DilocoConfig,
+    state: TrainState,
+    grads: Vec<Vec<f32>>,
+    bytes: u64,
+}
+
+impl<'m> SyncBaseline<'m> {
+    fn new(model: &'m dyn Model, config: &'m DilocoConfig, params: Vec<f32>) -> Self {
+        let grads = vec![vec![0.0; params.len()]; config.workers];
+        Self { model, config, state: TrainState::new(model.name(), params), grads, bytes: 0 }
+    }
+
+    /// `inner_steps` synchronous steps; returns their mean loss.
+    fn round(&mut self, dataset: &Dataset, shards: &[Vec<u32>], round: u64) -> Result<f32, TrainError> {
+        let mut loss_sum = 0.0f64;
+        let per_step_bytes = (self.state.params.len() * 4 * 2 * self.config.workers) as u64;
+        for step in 0..self.config.inner_steps {
+            let params = &self.state.params;
+            let losses = self
+                .grads
+                .par_iter_mut()
+                .enumerate()
+                .map(|(worker, grads)| {
+                    let key = RngKey::new(self.config.seed, round, worker as u64, step);
+                    let indices = batch_indices(&shards[worker], self.config.batch_size, key);
+                    let batch = crowdtrain_data::Batch::of(&dataset.train, &indices);
+                    loss_and_grad(self.model, params, &batch, grads)
+                })
+                .collect::<Result<Vec<f32>, TrainError>>()?;
+            let views: Vec<&[f32]> = self.grads.iter().map(Vec::as_slice).collect();
+            let mean = mean_in_order(&views);
+            self.state.step += 1;
+            self.config.inner.apply(self.state.step, &mut self.state.params, &mut self.state.moments, &mean);
+            loss_sum += losses.iter().map(|&loss| f64::from(loss)).sum::<f64>() / losses.len() as f64;
+            self.bytes += per_step_bytes;
+        }
+        Ok((loss_sum / self.config.inner_steps.max(1) as f64) as f32)
+    }
+}

@@ -1,0 +1,51 @@
+//! The deterministic training core of crowdtrain.
+//!
+//! # Brief overview
+//!
+//! - [`Model`] describes an architecture: a [`ParamLayout`] (named tensors
+//!   at fixed offsets of one flat `Vec<f32>`) and a forward pass written with
+//!   candle. [`ModelKind`] lists the built-in ones (an MLP and a small CNN).
+//! - [`ops`] holds the candle operations whose arithmetic is ours (a fused
+//!   linear layer, softmax cross-entropy), built on [`kernels`]: matrix
+//!   products and reductions with one fixed order of operations, so the bits
+//!   do not depend on threads, vector width or the C library.
+//! - [`AdamW`] and [`Nesterov`] are fused, element-wise optimizers over the
+//!   flat vector; [`Trainer`] runs the inner loop on keyed batches.
+//! - [`TrainState`] and [`OuterState`] hash to a [`StateHash`], the
+//!   fingerprint compared by determinism tests and, later, by audits.
+//! - [`diloco`] runs DiLoCo rounds and the synchronous baseline in one
+//!   process; [`Codec`] encodes pseudo-gradients for the wire.
+//!
+//! Everything here is deterministic: the same inputs give the same bits at
+//! any thread count and on any x86-64 CPU (see `docs/ARCHITECTURE.md` for
+//! the one exception, candle's convolutions).
+
+pub mod codec;
+pub mod diloco;
+pub mod kernels;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod state;
+pub mod trainer;
+
+pub use codec::{Codec, CodecError};
+pub use model::{Evaluation, Model, ModelKind, ParamLayout, ParamSpec, evaluate, loss_and_grad};
+pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule};
+pub use state::{OuterState, StateHash, TrainState, params_hash};
+pub use trainer::Trainer;
+
+/// Why training could not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{what} hold {found} values, the model has {expected}")]
+    WrongLength { what: &'static str, found: usize, expected: usize },
+    #[error(transparent)]
+    Shard(#[from] crowdtrain_data::ShardError),
+    #[error("a batch of {batch} does not fit in a shard of {shard} examples")]
+    BatchTooLarge { batch: usize, shard: usize },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}

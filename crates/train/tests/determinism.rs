@@ -1,0 +1,106 @@
+//! Determinism is a feature we sell: the same configuration and seed give
+//! the same state hash, whatever the thread count or kernel path. These
+//! tests train on the bundled Fashion-MNIST subset, so they run anywhere.
+
+use crowdtrain_data::{DataSource, Dataset, RngKey, Sharding};
+use crowdtrain_train::diloco::{DilocoConfig, simulate};
+use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, StateHash, TrainState, Trainer};
+
+fn dataset() -> Dataset {
+    DataSource::Bundled.load().expect("the bundled subset loads")
+}
+
+/// Trains `steps` steps of `model` centrally on a pool of `threads`.
+fn train_hash(dataset: &Dataset, model: ModelKind, steps: u64, threads: usize) -> (StateHash, TrainState) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let model = model.build();
+        let mut state = TrainState::new(model.name(), model.layout().initialize(7));
+        let mut trainer = Trainer::new(model.as_ref(), AdamW::default(), 32);
+        let shard: Vec<u32> = (0..dataset.train.len() as u32).collect();
+        trainer.run(&mut state, &dataset.train, &shard, RngKey::new(7, 0, 0, 0), steps, |_, _| {}).unwrap();
+        (state.hash(), state)
+    })
+}
+
+#[test]
+fn mlp_training_is_bit_identical_across_repeats_and_thread_counts() {
+    let dataset = dataset();
+    let (reference, state) = train_hash(&dataset, ModelKind::Mlp, 40, 1);
+    assert_eq!(state.step, 40);
+    assert_eq!(train_hash(&dataset, ModelKind::Mlp, 40, 1).0, reference, "repeat, 1 thread");
+    assert_eq!(train_hash(&dataset, ModelKind::Mlp, 40, 2).0, reference, "2 threads");
+    assert_eq!(train_hash(&dataset, ModelKind::Mlp, 40, 3).0, reference, "3 threads");
+    // One step more is a different state: the hash sees the step.
+    assert_ne!(train_hash(&dataset, ModelKind::Mlp, 41, 1).0, reference);
+}
+
+#[test]
+fn cnn_training_is_bit_identical_across_repeats_and_thread_counts() {
+    let dataset = dataset();
+    let (reference, _) = train_hash(&dataset, ModelKind::Cnn, 6, 1);
+    assert_eq!(train_hash(&dataset, ModelKind::Cnn, 6, 1).0, reference, "repeat");
+    assert_eq!(train_hash(&dataset, ModelKind::Cnn, 6, 2).0, reference, "2 threads");
+}
+
+/// The hash after 40 MLP steps from seed 7, as this build computes it on
+/// any x86-64 CPU. If a change alters it on purpose (new kernels, a new
+/// protocol version), update it here and say so in the commit message:
+/// every peer must upgrade together.
+const PINNED_MLP_HASH: &str = "abc3a4d1dc9730155128ad011d77e585b3932912f76f18499896838325439dd9";
+
+#[test]
+fn mlp_state_hash_is_pinned() {
+    let (hash, _) = train_hash(&dataset(), ModelKind::Mlp, 40, 2);
+    assert_eq!(hash.to_hex(), PINNED_MLP_HASH);
+}
+
+#[test]
+fn a_single_changed_bit_of_training_changes_the_hash() {
+    // Method: perturb one bit of one initial parameter and train; the
+    // determinism check must notice.
+    let dataset = dataset();
+    let model = ModelKind::Mlp.build();
+    let shard: Vec<u32> = (0..dataset.train.len() as u32).collect();
+    let run = |flip: bool| {
+        let mut params = model.layout().initialize(7);
+        if flip {
+            params[12345] = f32::from_bits(params[12345].to_bits() ^ 1);
+        }
+        let mut state = TrainState::new(model.name(), params);
+        let mut trainer = Trainer::new(model.as_ref(), AdamW::default(), 32);
+        trainer.run(&mut state, &dataset.train, &shard, RngKey::new(7, 0, 0, 0), 5, |_, _| {}).unwrap();
+        state.hash()
+    };
+    assert_ne!(run(false), run(true));
+}
+
+#[test]
+fn diloco_simulation_is_bit_identical_across_thread_counts() {
+    let dataset = dataset();
+    let config = DilocoConfig {
+        model: ModelKind::Mlp,
+        workers: 3,
+        inner_steps: 5,
+        rounds: 2,
+        batch_size: 32,
+        seed: 11,
+        sharding: Sharding::Iid,
+        inner: AdamW::default(),
+        outer: Nesterov::default(),
+        codec: Codec::Int8,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| simulate(&config, &dataset, |_| {}).unwrap())
+    };
+    let one = run(1);
+    let two = run(2);
+    assert_eq!(one.diloco_state_hash, two.diloco_state_hash);
+    assert_eq!(one.baseline_state_hash, two.baseline_state_hash);
+    assert_eq!(one.rounds, two.rounds, "every reported number is reproducible");
+    assert_eq!(one.rounds.len(), 2);
+    // Both runs learn something even in two tiny rounds.
+    assert!(one.rounds[1].diloco_test_accuracy > 0.3, "{:?}", one.rounds[1]);
+    assert!(one.rounds[1].baseline_test_accuracy > 0.3, "{:?}", one.rounds[1]);
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what crowdtrain needs on a Debian machine, and nothing else:
+#   dataset-fashion-mnist          the full Fashion-MNIST (MIT), the default data set
+#   pkg-config, libfontconfig1-dev, libfreetype-dev   for plots (plotters)
+#   Rust, through rustup, only if cargo is missing (crowdtrain needs 1.95+)
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+packages=(dataset-fashion-mnist pkg-config libfontconfig1-dev libfreetype-dev)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing Debian packages: ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null; then
+    echo "installing Rust with rustup" >&2
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    . "$HOME/.cargo/env"
+fi
