@@ -1,0 +1,417 @@
+//! `run.toml`: everything that defines a training run.
+//!
+//! The file is parsed strictly (unknown fields are errors, so a typo cannot
+//! silently fall back to a default) and then validated; every error names
+//! the field, as `round.quorum`, so the operator knows what to fix.
+//!
+//! ```toml
+//! seed = 0          # initialisation, shards and batches derive from it
+//! rounds = 20       # aggregated rounds to run
+//!
+//! [model]
+//! kind = "mlp"      # or "cnn"
+//!
+//! [data]            # optional
+//! dir = "/usr/share/datasets/fashion-mnist"
+//! sharding = "iid"  # or "dirichlet", with dirichlet_alpha = 0.5
+//!
+//! [inner]           # each worker's local training, per round
+//! steps = 50
+//! batch_size = 64
+//! lr = 0.001
+//! codec = "int8"    # pseudo-gradient encoding: "int8" or "f32"
+//!
+//! [outer]           # the coordinator's Nesterov step
+//! lr = 0.7
+//! momentum = 0.9
+//!
+//! [round]
+//! deadline_ms = 60000
+//! min_workers = 1       # a round opens once this many workers are active
+//! quorum = 1            # submissions needed to aggregate
+//! extension_ms = 30000  # without quorum at the deadline: extend ...
+//! max_extensions = 2    # ... this many times, then the round fails and is retried
+//! worker_timeout_ms = 120000
+//!
+//! [limits]
+//! max_workers = 1024
+//! max_upload_bytes = 67108864
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crowdtrain_data::Sharding;
+use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
+use serde::{Deserialize, Serialize};
+
+/// A `run.toml` larger than this is not a configuration.
+pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is {size} bytes; a run configuration is at most {CONFIG_BYTES_MAX}")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The whole run configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub rounds: u64,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub inner: InnerSection,
+    #[serde(default)]
+    pub outer: OuterSection,
+    #[serde(default)]
+    pub round: RoundSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub kind: ModelKind,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { kind: ModelKind::Mlp }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShardingKind {
+    #[default]
+    Iid,
+    Dirichlet,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Where the coordinator reads Fashion-MNIST (for evaluation and the
+    /// data fingerprint); default as for every command.
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub sharding: ShardingKind,
+    pub dirichlet_alpha: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InnerSection {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub codec: Codec,
+}
+
+impl Default for InnerSection {
+    fn default() -> Self {
+        let adamw = AdamW::default();
+        Self {
+            steps: 50,
+            batch_size: 64,
+            lr: adamw.lr,
+            beta1: adamw.beta1,
+            beta2: adamw.beta2,
+            eps: adamw.eps,
+            weight_decay: adamw.weight_decay,
+            codec: Codec::Int8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OuterSection {
+    pub lr: f32,
+    pub momentum: f32,
+}
+
+impl Default for OuterSection {
+    fn default() -> Self {
+        let nesterov = Nesterov::default();
+        Self { lr: nesterov.lr, momentum: nesterov.momentum }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoundSection {
+    pub deadline_ms: u64,
+    pub min_workers: u32,
+    pub quorum: u32,
+    pub extension_ms: u64,
+    pub max_extensions: u32,
+    pub worker_timeout_ms: u64,
+}
+
+impl Default for RoundSection {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 60_000,
+            min_workers: 1,
+            quorum: 1,
+            extension_ms: 30_000,
+            max_extensions: 2,
+            worker_timeout_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_workers: u32,
+    pub max_upload_bytes: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self { max_workers: 1024, max_upload_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+impl RunConfig {
+    /// Reads, parses and validates a `run.toml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_error = |source| ConfigError::Read { path: path.to_owned(), source };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > CONFIG_BYTES_MAX {
+            return Err(ConfigError::TooLarge { path: path.to_owned(), size });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        Self::parse(&text).map_err(|error| match error {
+            ConfigError::Parse(message) => ConfigError::Parse(format!("{}: {message}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every constraint the run relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check("rounds", (1..=1_000_000).contains(&self.rounds), "must be between 1 and 1000000")?;
+        let inner = &self.inner;
+        check("inner.steps", (1..=1_000_000).contains(&inner.steps), "must be between 1 and 1000000")?;
+        check("inner.batch_size", (1..=8192).contains(&inner.batch_size), "must be between 1 and 8192")?;
+        check_positive("inner.lr", inner.lr)?;
+        check("inner.beta1", (0.0..1.0).contains(&inner.beta1), "must be in [0, 1)")?;
+        check("inner.beta2", (0.0..1.0).contains(&inner.beta2), "must be in [0, 1)")?;
+        check_positive("inner.eps", inner.eps)?;
+        check(
+            "inner.weight_decay",
+            inner.weight_decay.is_finite()
+                && inner.weight_decay >= 0.0
+                && inner.lr * inner.weight_decay < 1.0,
+            "must be finite, non-negative and below 1 / inner.lr",
+        )?;
+        check_positive("outer.lr", self.outer.lr)?;
+        check("outer.momentum", (0.0..1.0).contains(&self.outer.momentum), "must be in [0, 1)")?;
+        match (self.data.sharding, self.data.dirichlet_alpha) {
+            (ShardingKind::Iid, Some(_)) => {
+                return Err(invalid(
+                    "data.dirichlet_alpha",
+                    "only applies with data.sharding = \"dirichlet\"",
+                ));
+            }
+            (ShardingKind::Dirichlet, None) => {
+                return Err(invalid(
+                    "data.dirichlet_alpha",
+                    "is required with data.sharding = \"dirichlet\"",
+                ));
+            }
+            (ShardingKind::Dirichlet, Some(alpha)) => {
+                check("data.dirichlet_alpha", alpha.is_finite() && alpha > 0.0, "must be positive")?
+            }
+            (ShardingKind::Iid, None) => {}
+        }
+        let round = &self.round;
+        let day_ms = 24 * 60 * 60 * 1000;
+        check(
+            "round.deadline_ms",
+            (100..=day_ms).contains(&round.deadline_ms),
+            "must be between 100 and 86400000",
+        )?;
+        check("round.min_workers", round.min_workers >= 1, "must be at least 1")?;
+        check("round.quorum", round.quorum >= 1, "must be at least 1")?;
+        check(
+            "round.extension_ms",
+            round.max_extensions == 0 || (100..=day_ms).contains(&round.extension_ms),
+            "must be between 100 and 86400000 when round.max_extensions > 0",
+        )?;
+        check("round.max_extensions", round.max_extensions <= 1000, "must be at most 1000")?;
+        check(
+            "round.worker_timeout_ms",
+            (1000..=7 * day_ms).contains(&round.worker_timeout_ms),
+            "must be between 1000 and 604800000",
+        )?;
+        let limits = &self.limits;
+        check(
+            "limits.max_workers",
+            (1..=100_000).contains(&limits.max_workers),
+            "must be between 1 and 100000",
+        )?;
+        check(
+            "round.min_workers",
+            round.min_workers <= limits.max_workers,
+            "cannot exceed limits.max_workers",
+        )?;
+        check("round.quorum", round.quorum <= limits.max_workers, "cannot exceed limits.max_workers")?;
+        check(
+            "limits.max_upload_bytes",
+            (1024..=4 * 1024 * 1024 * 1024).contains(&limits.max_upload_bytes),
+            "must be between 1024 and 4294967296",
+        )?;
+        Ok(())
+    }
+
+    pub fn sharding(&self) -> Sharding {
+        match (self.data.sharding, self.data.dirichlet_alpha) {
+            (ShardingKind::Dirichlet, Some(alpha)) => Sharding::Dirichlet { alpha },
+            _ => Sharding::Iid,
+        }
+    }
+
+    pub fn inner_optimizer(&self) -> AdamW {
+        let inner = &self.inner;
+        AdamW {
+            lr: inner.lr,
+            beta1: inner.beta1,
+            beta2: inner.beta2,
+            eps: inner.eps,
+            weight_decay: inner.weight_decay,
+        }
+    }
+
+    pub fn outer_optimizer(&self) -> Nesterov {
+        Nesterov { lr: self.outer.lr, momentum: self.outer.momentum }
+    }
+}
+
+fn invalid(field: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.to_owned() }
+}
+
+fn check(field: &'static str, ok: bool, reason: &str) -> Result<(), ConfigError> {
+    if ok { Ok(()) } else { Err(invalid(field, reason)) }
+}
+
+fn check_positive(field: &'static str, value: f32) -> Result<(), ConfigError> {
+    check(field, value.is_finite() && value > 0.0, "must be a positive finite number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "seed = 3\nrounds = 5\n";
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let config = RunConfig::parse(MINIMAL).unwrap();
+        assert_eq!(config.seed, 3);
+        assert_eq!(config.model.kind, ModelKind::Mlp);
+        assert_eq!(config.inner.steps, 50);
+        assert_eq!(config.inner.codec, Codec::Int8);
+        assert_eq!(config.outer_optimizer(), Nesterov::default());
+        assert_eq!(config.inner_optimizer(), AdamW::default());
+        assert_eq!(config.sharding(), Sharding::Iid);
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let example: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|line| !line.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|line| !line.starts_with("//! ```"))
+            .map(|line| line.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = RunConfig::parse(&example).unwrap();
+        assert_eq!(config.rounds, 20);
+        assert_eq!(config.round.deadline_ms, 60_000);
+    }
+
+    fn error_field(text: &str) -> String {
+        match RunConfig::parse(text).unwrap_err() {
+            ConfigError::Invalid { field, .. } => field.to_owned(),
+            ConfigError::Parse(message) => message,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_field() {
+        let cases = [
+            ("seed = 1\nrounds = 0\n", "rounds"),
+            ("seed = 1\nrounds = 1\n[inner]\nsteps = 0\n", "inner.steps"),
+            ("seed = 1\nrounds = 1\n[inner]\nbatch_size = 0\n", "inner.batch_size"),
+            ("seed = 1\nrounds = 1\n[inner]\nlr = -1.0\n", "inner.lr"),
+            ("seed = 1\nrounds = 1\n[inner]\nlr = nan\n", "inner.lr"),
+            ("seed = 1\nrounds = 1\n[inner]\nbeta1 = 1.0\n", "inner.beta1"),
+            ("seed = 1\nrounds = 1\n[outer]\nmomentum = 1.5\n", "outer.momentum"),
+            ("seed = 1\nrounds = 1\n[outer]\nlr = 0.0\n", "outer.lr"),
+            ("seed = 1\nrounds = 1\n[round]\nquorum = 0\n", "round.quorum"),
+            ("seed = 1\nrounds = 1\n[round]\ndeadline_ms = 5\n", "round.deadline_ms"),
+            (
+                "seed = 1\nrounds = 1\n[round]\nmin_workers = 9\n[limits]\nmax_workers = 4\n",
+                "round.min_workers",
+            ),
+            ("seed = 1\nrounds = 1\n[data]\nsharding = \"dirichlet\"\n", "data.dirichlet_alpha"),
+            (
+                "seed = 1\nrounds = 1\n[data]\nsharding = \"dirichlet\"\ndirichlet_alpha = -2.0\n",
+                "data.dirichlet_alpha",
+            ),
+            ("seed = 1\nrounds = 1\n[limits]\nmax_upload_bytes = 10\n", "limits.max_upload_bytes"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(error_field(text), field, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_parse_errors_that_name_them() {
+        let message = error_field("seed = 1\nrounds = 1\n[round]\nqorum = 2\n");
+        assert!(message.contains("qorum"), "{message}");
+        let message = error_field("seed = 1\nrounds = 1\n[model]\nkind = \"transformer\"\n");
+        assert!(message.contains("transformer"), "{message}");
+        let message = error_field("rounds = 1\n");
+        assert!(message.contains("seed"), "{message}");
+    }
+
+    #[test]
+    fn oversized_files_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, " ".repeat(CONFIG_BYTES_MAX as usize + 1)).unwrap();
+        assert!(matches!(RunConfig::load(&path), Err(ConfigError::TooLarge { .. })));
+        let error = RunConfig::load(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(error.to_string().contains("missing.toml"), "{error}");
+    }
+}

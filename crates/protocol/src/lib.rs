@@ -1,0 +1,27 @@
+//! The crowdtrain protocol, without any I/O.
+//!
+//! # Brief overview
+//!
+//! - [`RunConfig`] is `run.toml`: parsed strictly, validated with errors
+//!   that name the field.
+//! - [`Identity`] and [`PublicKey`] are ed25519 keys with domain-separated
+//!   signatures; key files are private (mode 0600) or refused.
+//! - [`wire`] holds what crosses the network: request authentication
+//!   ([`RequestAuth`]), the values the coordinator signs ([`Signed`]:
+//!   run description, round views with assignments, receipts), and the JSON
+//!   of errors and status.
+//! - [`Coordinator`] is the round logic as a pure state machine: inputs
+//!   with the current time, [`Action`]s out. The HTTP server and the tests
+//!   drive the same code.
+
+pub mod config;
+pub mod coordinator;
+pub mod identity;
+pub mod wire;
+
+pub use config::{ConfigError, RunConfig};
+pub use coordinator::{
+    Action, AssignmentTemplate, Coordinator, Refusal, Settings, Snapshot, SubmissionOutcome,
+};
+pub use identity::{Identity, IdentityError, PublicKey};
+pub use wire::{Assignment, Digest, RequestAuth, RoundId, RoundView, Signed, WorkerId};

@@ -1,0 +1,445 @@
+//! What crosses the network: request authentication, the objects the
+//! coordinator signs, and the JSON of errors and status.
+//!
+//! Every worker request carries two headers: `x-crowdtrain-run` (the run
+//! it is meant for, so a request for another run gets a clear "wrong run"
+//! rather than a bare signature failure) and `x-crowdtrain-auth`:
+//! `<public key>:<nonce>:<signature>`. The signature covers the run, the
+//! method, the path with its query (so the round and the base model of a
+//! submission are bound), the nonce and the BLAKE3 hash of the body.
+//! Nonces are microseconds since the epoch; a state-changing request must
+//! carry a nonce above the last one accepted from that key, so a captured
+//! request cannot be replayed.
+//!
+//! What the coordinator publishes (run description, round views, receipts)
+//! travels as JSON with a signature over the postcard encoding of the same
+//! value, which is canonical: the receiver re-encodes what it parsed and
+//! checks the signature against the coordinator key it pinned.
+
+use std::fmt;
+
+use crowdtrain_train::{AdamW, Codec};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RunConfig, ShardingKind};
+use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
+
+/// Bumped on any incompatible change to messages or training semantics.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub const AUTH_HEADER: &str = "x-crowdtrain-auth";
+pub const RUN_HEADER: &str = "x-crowdtrain-run";
+
+const REQUEST_DOMAIN: &str = "crowdtrain/request/v1";
+
+/// A 32-byte BLAKE3 digest, as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", &self.to_hex()[..16])
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> Self {
+        digest.to_hex()
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| "a digest is 64 hex digits".to_owned())?;
+        Ok(Self(bytes))
+    }
+}
+
+/// A worker's number in this run, given at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(pub u64);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}", self.0)
+    }
+}
+
+/// Round numbers count from 0 and never repeat.
+pub type RoundId = u64;
+
+/// The authentication a worker attaches to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestAuth {
+    pub worker: PublicKey,
+    pub nonce: u64,
+    pub signature: SignatureBytes,
+}
+
+impl RequestAuth {
+    pub fn sign(
+        identity: &Identity,
+        run: &Digest,
+        method: &str,
+        path_and_query: &str,
+        nonce: u64,
+        body: &[u8],
+    ) -> Self {
+        let message = request_message(run, method, path_and_query, nonce, body);
+        Self { worker: identity.public_key(), nonce, signature: identity.sign(REQUEST_DOMAIN, &message) }
+    }
+
+    pub fn verify(
+        &self,
+        run: &Digest,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<(), BadSignature> {
+        let message = request_message(run, method, path_and_query, self.nonce, body);
+        self.worker.verify(REQUEST_DOMAIN, &message, &self.signature)
+    }
+
+    pub fn to_header(&self) -> String {
+        format!("{}:{}:{}", self.worker.to_hex(), self.nonce, String::from(self.signature))
+    }
+
+    pub fn parse_header(text: &str) -> Result<Self, String> {
+        let mut parts = text.split(':');
+        let (Some(worker), Some(nonce), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("{AUTH_HEADER} must be <public key>:<nonce>:<signature>"));
+        };
+        Ok(Self {
+            worker: worker.parse()?,
+            nonce: nonce.parse().map_err(|_| "the nonce must be an unsigned integer".to_owned())?,
+            signature: signature.parse()?,
+        })
+    }
+}
+
+fn request_message(run: &Digest, method: &str, path_and_query: &str, nonce: u64, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(128 + path_and_query.len());
+    message.extend_from_slice(&run.0);
+    for field in [method.as_bytes(), path_and_query.as_bytes()] {
+        message.extend_from_slice(&(field.len() as u64).to_le_bytes());
+        message.extend_from_slice(field);
+    }
+    message.extend_from_slice(&nonce.to_le_bytes());
+    message.extend_from_slice(blake3::hash(body).as_bytes());
+    message
+}
+
+/// A value the coordinator publishes, with its signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signed<T> {
+    pub body: T,
+    pub signature: SignatureBytes,
+}
+
+/// Values that travel signed, each in its own signature domain.
+pub trait SignedBody: Serialize + DeserializeOwned {
+    const DOMAIN: &'static str;
+}
+
+impl<T: SignedBody> Signed<T> {
+    pub fn sign(identity: &Identity, body: T) -> Self {
+        let signature = identity.sign(T::DOMAIN, &canonical(&body));
+        Self { body, signature }
+    }
+
+    /// The body, if `key` signed it.
+    pub fn verify(&self, key: &PublicKey) -> Result<&T, BadSignature> {
+        key.verify(T::DOMAIN, &canonical(&self.body), &self.signature)?;
+        Ok(&self.body)
+    }
+}
+
+fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("protocol values always encode")
+}
+
+/// Identifies the data a run trains on, so a worker with different files
+/// finds out before it trains rather than after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetFingerprint {
+    pub name: String,
+    pub train_examples: u64,
+    /// BLAKE3 over the training pixels and labels.
+    pub digest: Digest,
+}
+
+/// The run, as the coordinator describes it at `GET /v1/run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub protocol_version: u32,
+    pub run_id: Digest,
+    pub coordinator: PublicKey,
+    pub config: RunConfig,
+    pub model_name: String,
+    pub parameters: u64,
+    pub dataset: DatasetFingerprint,
+    pub initial_model: Digest,
+}
+
+impl SignedBody for RunInfo {
+    const DOMAIN: &'static str = "crowdtrain/run-info/v1";
+}
+
+/// What one worker must do in one round. Everything that determines its
+/// result is here, bound to the round and the base model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub run_id: Digest,
+    pub round: RoundId,
+    pub worker: WorkerId,
+    /// The worker's position among the round's participants (sorted by
+    /// id): its shard, and the `worker` coordinate of its random streams.
+    pub slot: u32,
+    /// How many participants, hence how many shards, this round has.
+    pub slots: u32,
+    pub base_model: Digest,
+    pub seed: u64,
+    pub inner_steps: u64,
+    pub batch_size: u64,
+    pub optimizer: AdamW,
+    pub codec: Codec,
+    pub sharding: ShardingKind,
+    pub dirichlet_alpha: Option<f64>,
+}
+
+/// Where the run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// No round is open: too few active workers.
+    Waiting,
+    /// A round is open.
+    Training,
+    /// All rounds are done.
+    Finished,
+}
+
+/// The current round, as one worker sees it (`GET /v1/round`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundView {
+    pub run_id: Digest,
+    pub phase: Phase,
+    pub round: Option<RoundId>,
+    pub completed_rounds: u64,
+    /// The open round's base model, or the latest model otherwise.
+    pub model: Digest,
+    pub deadline_unix_ms: Option<u64>,
+    pub assignment: Option<Assignment>,
+    /// Whether this worker's submission for the open round is in.
+    pub submitted: bool,
+}
+
+impl SignedBody for RoundView {
+    const DOMAIN: &'static str = "crowdtrain/round-view/v1";
+}
+
+/// How a submission was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubmissionStatus {
+    /// In time, for the open round: it counts.
+    Accepted,
+    /// After its round closed: kept, but not aggregated.
+    Late,
+}
+
+impl SubmissionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Late => "late",
+        }
+    }
+}
+
+/// The coordinator's signed acknowledgement of a submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmissionReceipt {
+    pub run_id: Digest,
+    pub round: RoundId,
+    pub worker: WorkerId,
+    pub status: SubmissionStatus,
+    pub payload: Digest,
+    pub received_unix_ms: u64,
+}
+
+impl SignedBody for SubmissionReceipt {
+    const DOMAIN: &'static str = "crowdtrain/receipt/v1";
+}
+
+/// Registration's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub run_id: Digest,
+    pub worker: WorkerId,
+    pub public_key: PublicKey,
+}
+
+impl SignedBody for Registration {
+    const DOMAIN: &'static str = "crowdtrain/registration/v1";
+}
+
+/// Machine-readable reasons for a refused request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    Unauthenticated,
+    BadSignature,
+    Replayed,
+    WrongRun,
+    UnknownWorker,
+    WrongRound,
+    NotAssigned,
+    Duplicate,
+    StaleModel,
+    WrongShape,
+    NonFinite,
+    TooLarge,
+    Late,
+    Full,
+    Finished,
+    NotFound,
+    BadRequest,
+    Unavailable,
+}
+
+/// The JSON body of every 4xx and 5xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+/// One worker in `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub worker: WorkerId,
+    pub public_key: PublicKey,
+    pub active: bool,
+    pub rounds_assigned: u64,
+    pub submissions_accepted: u64,
+    pub submissions_late: u64,
+    pub bytes_uploaded: u64,
+}
+
+/// One round in `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: RoundId,
+    pub status: String,
+    pub participants: u32,
+    pub accepted: u32,
+    pub opened_unix_ms: u64,
+    pub closed_unix_ms: Option<u64>,
+    /// When the last accepted submission arrived.
+    pub last_submission_unix_ms: Option<u64>,
+    /// From the last accepted submission to the next round being open:
+    /// the coordinator's own share of the round.
+    pub coordinator_overhead_ms: Option<u64>,
+    pub result_model: Option<Digest>,
+    pub test_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+}
+
+/// The whole run at a glance (`GET /v1/status`), for the demo and the
+/// dashboard. Not signed: it is a view, not something to act on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub run_id: Digest,
+    pub phase: Phase,
+    pub round: Option<RoundId>,
+    pub completed_rounds: u64,
+    pub target_rounds: u64,
+    pub model: Digest,
+    /// The latest model's state hash (parameters, outer momentum, rounds).
+    pub state_hash: String,
+    pub test_accuracy: Option<f64>,
+    pub bytes_uploaded: u64,
+    pub bytes_downloaded: u64,
+    pub workers: Vec<WorkerStatus>,
+    pub rounds: Vec<RoundRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_signatures_bind_every_field() {
+        let identity = Identity::from_seed([3; 32]);
+        let run = Digest::of(b"run");
+        let auth = RequestAuth::sign(&identity, &run, "POST", "/v1/rounds/3/submissions", 42, b"body");
+        assert_eq!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", b"body"), Ok(()));
+        let parsed = RequestAuth::parse_header(&auth.to_header()).unwrap();
+        assert_eq!(parsed, auth);
+        assert!(auth.verify(&Digest::of(b"other"), "POST", "/v1/rounds/3/submissions", b"body").is_err());
+        assert!(auth.verify(&run, "GET", "/v1/rounds/3/submissions", b"body").is_err());
+        assert!(auth.verify(&run, "POST", "/v1/rounds/4/submissions", b"body").is_err());
+        assert!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", b"bodz").is_err());
+        let renonced = RequestAuth { nonce: 43, ..auth };
+        assert!(renonced.verify(&run, "POST", "/v1/rounds/3/submissions", b"body").is_err());
+    }
+
+    #[test]
+    fn malformed_auth_headers_are_refused() {
+        for header in ["", "a:b", "a:b:c:d", "00:1:00"] {
+            assert!(RequestAuth::parse_header(header).is_err(), "{header}");
+        }
+    }
+
+    #[test]
+    fn signed_values_survive_json_and_detect_tampering() {
+        let coordinator = Identity::from_seed([5; 32]);
+        let receipt = SubmissionReceipt {
+            run_id: Digest::of(b"run"),
+            round: 7,
+            worker: WorkerId(2),
+            status: SubmissionStatus::Accepted,
+            payload: Digest::of(b"payload"),
+            received_unix_ms: 1_700_000_000_000,
+        };
+        let signed = Signed::sign(&coordinator, receipt.clone());
+        let json = serde_json::to_string(&signed).unwrap();
+        let parsed: Signed<SubmissionReceipt> = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed.verify(&coordinator.public_key()).unwrap(), &receipt);
+        let mut tampered = parsed.clone();
+        tampered.body.round = 8;
+        assert!(tampered.verify(&coordinator.public_key()).is_err());
+        assert!(parsed.verify(&Identity::from_seed([6; 32]).public_key()).is_err());
+    }
+}

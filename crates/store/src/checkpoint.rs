@@ -1,0 +1,226 @@
+//! Checkpoints: safetensors files named by the BLAKE3 hash of their bytes.
+//!
+//! Naming a file by its content makes it its own integrity check: a worker
+//! that downloads `<hash>.safetensors` verifies the hash and knows it has
+//! exactly the model the signed round view named. The encoding is
+//! deterministic (tensors sorted by name, one metadata entry), so the same
+//! parameters always give the same file and the same name.
+//!
+//! Decoding treats the file as hostile: size cap, the expected kind and
+//! model, exactly the layout's tensors with their shapes, and finite values.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crowdtrain_protocol::Digest;
+use crowdtrain_train::ParamLayout;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+/// Checkpoints larger than this are refused unread (the MLP's is 0.8 MB).
+pub const CHECKPOINT_BYTES_MAX: u64 = 1 << 30;
+
+const METADATA_KEY: &str = "crowdtrain";
+
+/// What a checkpoint holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// Model parameters: what workers download.
+    Params,
+    /// The outer optimizer's momentum: the coordinator's own state.
+    OuterMomentum,
+}
+
+impl CheckpointKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Params => "params",
+            Self::OuterMomentum => "outer-momentum",
+        }
+    }
+}
+
+/// Why a checkpoint could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint I/O on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no checkpoint {0} in the store")]
+    Missing(Digest),
+    #[error("checkpoint is {0} bytes, above the limit of {CHECKPOINT_BYTES_MAX}")]
+    TooLarge(u64),
+    #[error("checkpoint content hashes to {found}, not {expected}")]
+    HashMismatch { expected: Digest, found: Digest },
+    #[error("malformed checkpoint: {0}")]
+    Malformed(String),
+}
+
+/// Encodes `values` (in `layout` order) as a safetensors file.
+pub fn encode(kind: CheckpointKind, model_name: &str, layout: &ParamLayout, values: &[f32]) -> Vec<u8> {
+    assert_eq!(values.len(), layout.len(), "values follow the layout");
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = layout
+        .iter()
+        .map(|(spec, range)| {
+            let data = values[range].iter().flat_map(|value| value.to_le_bytes()).collect();
+            (spec.name.clone(), spec.shape.clone(), data)
+        })
+        .collect();
+    let views = bytes.iter().map(|(name, shape, data)| {
+        (name.as_str(), TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"))
+    });
+    let metadata = HashMap::from([(METADATA_KEY.to_owned(), metadata_value(kind, model_name))]);
+    safetensors::serialize(views, Some(metadata)).expect("f32 tensors always serialize")
+}
+
+/// Decodes a checkpoint that must be of `kind` for `model_name` with
+/// `layout`; returns the values in layout order.
+pub fn decode(
+    bytes: &[u8],
+    kind: CheckpointKind,
+    model_name: &str,
+    layout: &ParamLayout,
+) -> Result<Vec<f32>, CheckpointError> {
+    if bytes.len() as u64 > CHECKPOINT_BYTES_MAX {
+        return Err(CheckpointError::TooLarge(bytes.len() as u64));
+    }
+    let malformed = |message: String| CheckpointError::Malformed(message);
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|error| malformed(error.to_string()))?;
+    let expected = metadata_value(kind, model_name);
+    let found = header.metadata().as_ref().and_then(|metadata| metadata.get(METADATA_KEY));
+    if found != Some(&expected) {
+        return Err(malformed(format!(
+            "expected {expected}, found {}",
+            found.map_or("no crowdtrain metadata", |v| v)
+        )));
+    }
+    let tensors = SafeTensors::deserialize(bytes).map_err(|error| malformed(error.to_string()))?;
+    if tensors.len() != layout.iter().count() {
+        return Err(malformed(format!("{} tensors, the model has {}", tensors.len(), layout.iter().count())));
+    }
+    let mut values = vec![0.0f32; layout.len()];
+    for (spec, range) in layout.iter() {
+        let tensor = tensors.tensor(&spec.name).map_err(|_| malformed(format!("no tensor {}", spec.name)))?;
+        if tensor.dtype() != Dtype::F32 || tensor.shape() != spec.shape.as_slice() {
+            return Err(malformed(format!(
+                "{} is {:?} {:?}, expected F32 {:?}",
+                spec.name,
+                tensor.dtype(),
+                tensor.shape(),
+                spec.shape
+            )));
+        }
+        for (value, chunk) in values[range].iter_mut().zip(tensor.data().chunks_exact(4)) {
+            *value = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        }
+    }
+    if let Some(index) = values.iter().position(|value| !value.is_finite()) {
+        return Err(malformed(format!("value {index} is not finite")));
+    }
+    Ok(values)
+}
+
+fn metadata_value(kind: CheckpointKind, model_name: &str) -> String {
+    format!(
+        "{{\"format\":\"crowdtrain-checkpoint-v1\",\"kind\":\"{}\",\"model\":\"{model_name}\"}}",
+        kind.as_str()
+    )
+}
+
+/// A directory of content-addressed checkpoint files.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| CheckpointError::Io { path: dir.to_owned(), source })?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.safetensors", digest.to_hex()))
+    }
+
+    /// Stores `bytes` under their hash and returns it. The file appears
+    /// atomically (written aside, synced, renamed), so a reader never sees
+    /// half a checkpoint.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest, CheckpointError> {
+        let digest = Digest::of(bytes);
+        let path = self.path(&digest);
+        if std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() == bytes.len() as u64) {
+            return Ok(digest);
+        }
+        let io = |source| CheckpointError::Io { path: path.clone(), source };
+        let temporary = self.dir.join(format!(".{}.partial", digest.to_hex()));
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&temporary, &path).map_err(io)?;
+        Ok(digest)
+    }
+
+    /// The bytes of checkpoint `digest`, verified against their name.
+    pub fn get(&self, digest: &Digest) -> Result<Vec<u8>, CheckpointError> {
+        let path = self.path(digest);
+        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => CheckpointError::Missing(*digest),
+            _ => CheckpointError::Io { path: path.clone(), source },
+        })?;
+        let found = Digest::of(&bytes);
+        if found != *digest {
+            return Err(CheckpointError::HashMismatch { expected: *digest, found });
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crowdtrain_train::ModelKind;
+
+    use super::*;
+
+    fn mlp() -> (String, ParamLayout, Vec<f32>) {
+        let model = ModelKind::Mlp.build();
+        let params = model.layout().initialize(4);
+        (model.name(), model.layout().clone(), params)
+    }
+
+    #[test]
+    fn encoding_is_deterministic_and_round_trips() {
+        let (name, layout, params) = mlp();
+        let bytes = encode(CheckpointKind::Params, &name, &layout, &params);
+        assert_eq!(bytes, encode(CheckpointKind::Params, &name, &layout, &params));
+        assert_eq!(decode(&bytes, CheckpointKind::Params, &name, &layout).unwrap(), params);
+    }
+
+    #[test]
+    fn the_wrong_kind_model_shape_or_values_are_refused() {
+        let (name, layout, mut params) = mlp();
+        let bytes = encode(CheckpointKind::Params, &name, &layout, &params);
+        assert!(decode(&bytes, CheckpointKind::OuterMomentum, &name, &layout).is_err());
+        assert!(decode(&bytes, CheckpointKind::Params, "cnn-16-32-10", &layout).is_err());
+        let cnn = ModelKind::Cnn.build();
+        assert!(decode(&bytes, CheckpointKind::Params, &name, cnn.layout()).is_err());
+        assert!(decode(&bytes[..bytes.len() - 1], CheckpointKind::Params, &name, &layout).is_err());
+        assert!(decode(b"garbage", CheckpointKind::Params, &name, &layout).is_err());
+        params[17] = f32::NAN;
+        let poisoned = encode(CheckpointKind::Params, &name, &layout, &params);
+        let error = decode(&poisoned, CheckpointKind::Params, &name, &layout).unwrap_err();
+        assert!(error.to_string().contains("value 17"), "{error}");
+    }
+
+    #[test]
+    fn files_are_named_by_content_and_verified_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Checkpoints::open(dir.path()).unwrap();
+        let digest = store.put(b"some checkpoint bytes").unwrap();
+        assert_eq!(digest, Digest::of(b"some checkpoint bytes"));
+        assert_eq!(store.get(&digest).unwrap(), b"some checkpoint bytes");
+        assert!(matches!(store.get(&Digest::of(b"other")), Err(CheckpointError::Missing(_))));
+        std::fs::write(store.path(&digest), b"tampered bytes here!!").unwrap();
+        assert!(matches!(store.get(&digest), Err(CheckpointError::HashMismatch { .. })));
+    }
+}
