@@ -95,6 +95,18 @@ impl LabeledImages {
         &self.pixels[index * size..(index + 1) * size]
     }
 
+    /// BLAKE3 over the dimensions, pixels and labels: two parties with the
+    /// same digest train on the same data.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-11 labeled-images v1");
+        hasher.update(&self.rows.to_le_bytes());
+        hasher.update(&self.cols.to_le_bytes());
+        hasher.update(&(self.labels.len() as u64).to_le_bytes());
+        hasher.update(&self.pixels);
+        hasher.update(&self.labels);
+        *hasher.finalize().as_bytes()
+    }
+
     /// Appends image `index`, normalised, to `out`.
     pub fn push_normalized(&self, index: usize, out: &mut Vec<f32>) {
         out.extend(self.image(index).iter().map(|&byte| normalize_pixel(byte)));
@@ -282,6 +294,18 @@ mod tests {
     fn write_split(dir: &Path, images: &str, labels: &str, count: u32, label_values: &[u8]) {
         std::fs::write(dir.join(images), encode_idx(&[count, 2, 2], &vec![128; count as usize * 4])).unwrap();
         std::fs::write(dir.join(labels), encode_idx(&[label_values.len() as u32], label_values)).unwrap();
+    }
+
+    #[test]
+    fn the_digest_sees_every_pixel_and_label() {
+        let train = DataSource::Bundled.load().unwrap().train;
+        let mut changed = train.clone();
+        changed.pixels[1234] ^= 1;
+        assert_ne!(changed.digest(), train.digest());
+        let mut relabeled = train.clone();
+        relabeled.labels[7] = (relabeled.labels[7] + 1) % 10;
+        assert_ne!(relabeled.digest(), train.digest());
+        assert_eq!(train.clone().digest(), train.digest());
     }
 
     #[test]

@@ -43,6 +43,7 @@ CREATE TABLE rounds (
     result_momentum BLOB,
     test_accuracy REAL,
     test_loss REAL,
+    overhead_ms INTEGER,
     CHECK ((state = 'closed') = (result_model IS NOT NULL))
 );
 CREATE TABLE assignments (
@@ -91,7 +92,7 @@ pub struct RunRecord {
 
 /// One durable change; a slice of them is applied atomically.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Write<'a> {
+pub enum Write {
     Worker {
         worker: WorkerId,
         key: PublicKey,
@@ -100,7 +101,7 @@ pub enum Write<'a> {
     OpenRound {
         round: RoundId,
         base_model: Digest,
-        participants: &'a [WorkerId],
+        participants: Vec<WorkerId>,
         opened_unix_ms: u64,
         deadline_unix_ms: u64,
     },
@@ -114,7 +115,7 @@ pub enum Write<'a> {
         worker: WorkerId,
         status: SubmissionStatus,
         digest: Digest,
-        payload: &'a [u8],
+        payload: Vec<u8>,
         nonce: u64,
         received_unix_ms: u64,
     },
@@ -200,7 +201,7 @@ impl Store {
     }
 
     /// Applies `writes` in one transaction: all or nothing.
-    pub fn apply(&mut self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
@@ -218,6 +219,14 @@ impl Store {
             "UPDATE rounds SET test_accuracy = ?2, test_loss = ?3 WHERE id = ?1",
             params![round, accuracy, loss],
         )?;
+        Ok(())
+    }
+
+    /// Records how long the coordinator took from a round's last accepted
+    /// submission to the next round being open (durably).
+    pub fn set_overhead(&mut self, round: RoundId, overhead_ms: u64) -> Result<(), StoreError> {
+        self.connection
+            .execute("UPDATE rounds SET overhead_ms = ?2 WHERE id = ?1", params![round, overhead_ms])?;
         Ok(())
     }
 
@@ -308,12 +317,11 @@ impl Store {
                     (SELECT COUNT(*) FROM assignments a WHERE a.round = r.id),
                     (SELECT COUNT(*) FROM submissions s WHERE s.round = r.id AND s.status = 'accepted'),
                     (SELECT MAX(received_unix_ms) FROM submissions s WHERE s.round = r.id AND s.status = 'accepted'),
-                    (SELECT n.opened_unix_ms FROM rounds n WHERE n.id = r.id + 1)
+                    r.overhead_ms
              FROM rounds r ORDER BY r.id",
         )?;
         let rows = statement.query_map([], |row| {
             let last_submission: Option<u64> = row.get(9)?;
-            let next_opened: Option<u64> = row.get(10)?;
             Ok(RoundRecord {
                 round: row.get(0)?,
                 status: row.get(1)?,
@@ -325,9 +333,7 @@ impl Store {
                 participants: row.get(7)?,
                 accepted: row.get(8)?,
                 last_submission_unix_ms: last_submission,
-                coordinator_overhead_ms: last_submission
-                    .zip(next_opened)
-                    .map(|(submitted, opened)| opened.saturating_sub(submitted)),
+                coordinator_overhead_ms: row.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -359,15 +365,16 @@ impl Store {
     }
 }
 
-fn apply_one(transaction: &rusqlite::Transaction<'_>, write: &Write<'_>) -> Result<(), StoreError> {
-    match *write {
-        Write::Worker { worker, key, registered_unix_ms } => {
+fn apply_one(transaction: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), StoreError> {
+    match write {
+        &Write::Worker { worker, key, registered_unix_ms } => {
             transaction.execute(
                 "INSERT INTO workers (id, public_key, registered_unix_ms) VALUES (?1, ?2, ?3)",
                 params![worker.0, key.0, registered_unix_ms],
             )?;
         }
         Write::OpenRound { round, base_model, participants, opened_unix_ms, deadline_unix_ms } => {
+            let (round, opened_unix_ms, deadline_unix_ms) = (*round, *opened_unix_ms, *deadline_unix_ms);
             transaction.execute(
                 "INSERT INTO rounds (id, state, base_model, opened_unix_ms, deadline_unix_ms)
                  VALUES (?1, 'open', ?2, ?3, ?4)",
@@ -380,13 +387,14 @@ fn apply_one(transaction: &rusqlite::Transaction<'_>, write: &Write<'_>) -> Resu
                 )?;
             }
         }
-        Write::ExtendRound { round, deadline_unix_ms, extensions } => {
+        &Write::ExtendRound { round, deadline_unix_ms, extensions } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET deadline_unix_ms = ?2, extensions = ?3 WHERE id = ?1 AND state = 'open'",
                 params![round, deadline_unix_ms, extensions],
             )?)?;
         }
         Write::Submission { round, worker, status, digest, payload, nonce, received_unix_ms } => {
+            let (round, worker, nonce) = (*round, *worker, *nonce);
             transaction.execute(
                 "INSERT INTO submissions (round, worker, status, payload_digest, payload, nonce, received_unix_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -397,14 +405,14 @@ fn apply_one(transaction: &rusqlite::Transaction<'_>, write: &Write<'_>) -> Resu
                 params![worker.0, nonce],
             )?;
         }
-        Write::CommitRound { round, result_model, result_momentum, closed_unix_ms } => {
+        &Write::CommitRound { round, result_model, result_momentum, closed_unix_ms } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET state = 'closed', result_model = ?2, result_momentum = ?3, closed_unix_ms = ?4
                  WHERE id = ?1 AND state = 'open'",
                 params![round, result_model.0, result_momentum.0, closed_unix_ms],
             )?)?;
         }
-        Write::FailRound { round, closed_unix_ms } => {
+        &Write::FailRound { round, closed_unix_ms } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET state = 'failed', closed_unix_ms = ?2 WHERE id = ?1 AND state = 'open'",
                 params![round, closed_unix_ms],

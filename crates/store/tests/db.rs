@@ -33,7 +33,7 @@ fn populated(path: &std::path::Path) -> Store {
             Write::OpenRound {
                 round: 0,
                 base_model: Digest::of(b"m0"),
-                participants: &participants,
+                participants: participants.to_vec(),
                 opened_unix_ms: 12,
                 deadline_unix_ms: 99,
             },
@@ -42,13 +42,13 @@ fn populated(path: &std::path::Path) -> Store {
     store
 }
 
-fn submission(worker: u64, payload: &[u8], nonce: u64) -> Write<'_> {
+fn submission(worker: u64, payload: &[u8], nonce: u64) -> Write {
     Write::Submission {
         round: 0,
         worker: WorkerId(worker),
         status: SubmissionStatus::Accepted,
         digest: Digest::of(payload),
-        payload,
+        payload: payload.to_vec(),
         nonce,
         received_unix_ms: 20,
     }

@@ -178,9 +178,7 @@ impl<'m> DilocoRun<'m> {
         let upload_bytes: u64 = results.iter().map(|(_, bytes, _)| bytes).sum();
         self.bytes += download_bytes + upload_bytes;
         let updates: Vec<&[f32]> = results.iter().map(|(update, _, _)| update.as_slice()).collect();
-        let mean = mean_in_order(&updates);
-        self.config.outer.apply(&mut self.state.params, &mut self.state.momentum, &mean);
-        self.state.round += 1;
+        outer_step(self.config.outer, &mut self.state, &updates);
         Ok(results.iter().map(|(_, _, loss)| loss).sum::<f32>() / results.len() as f32)
     }
 }
@@ -213,6 +211,16 @@ pub fn inner_round(
     let mean_loss = trainer.run(&mut state, &dataset.train, shard, key, steps, |_, _| {})?;
     let pseudo_gradient = global.iter().zip(&state.params).map(|(g, l)| g - l).collect();
     Ok(InnerRoundResult { pseudo_gradient, mean_loss, final_state_hash: state.hash() })
+}
+
+/// The coordinator's half of a round: average the decoded pseudo-gradients
+/// (given in slot order) and take one outer step. The networked coordinator
+/// and the simulation both call this, which is what makes a networked run
+/// reproduce the simulation bit for bit.
+pub fn outer_step(outer: Nesterov, state: &mut OuterState, updates: &[&[f32]]) {
+    let mean = mean_in_order(updates);
+    outer.apply(&mut state.params, &mut state.momentum, &mean);
+    state.round += 1;
 }
 
 /// The element-wise mean, summing the vectors in the order given.

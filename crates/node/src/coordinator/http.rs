@@ -1,0 +1,308 @@
+//! The coordinator's HTTP API (axum), a thin layer over [`Node`].
+//!
+//! | method and path | auth | answer |
+//! |---|---|---|
+//! | `GET /v1/run` | none | `Signed<RunInfo>` |
+//! | `POST /v1/workers` | signed | `Signed<Registration>` (idempotent per key) |
+//! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while there is nothing new for this worker after round R |
+//! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
+//! | `POST /v1/rounds/{round}/submissions?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<SubmissionReceipt>`, 200 if accepted, 202 if recorded late |
+//! | `GET /v1/status` | none | `RunStatus` JSON |
+//!
+//! Every refusal is a 4xx with an [`ApiError`] JSON body naming the
+//! problem; nothing refused changes any state. Work that touches the state
+//! runs on the blocking pool, so the async threads never wait on SQLite or
+//! aggregation.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, ErrorCode, RUN_HEADER, SubmissionStatus};
+use crowdtrain_protocol::{Digest, RequestAuth};
+use serde::Deserialize;
+
+use super::{Failure, Node, now_unix_ms};
+use crate::NodeError;
+
+/// The longest a round long-poll is held open.
+const LONG_POLL_MS_MAX: u64 = 30_000;
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ApiError { error: self.code, message: self.message })).into_response()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, with the timer
+/// that enforces round deadlines. Returns an error if the node hit a state
+/// it cannot safely continue from (a failed write): the process should
+/// exit, and a restart resumes from the durable state.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let app = Router::new()
+        .route("/v1/run", get(run_info))
+        .route("/v1/workers", post(register))
+        .route("/v1/round", get(round))
+        .route("/v1/models/{digest}", get(model))
+        .route("/v1/rounds/{round}/submissions", post(submit))
+        .route("/v1/status", get(status))
+        .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such endpoint") })
+        .with_state(Arc::clone(&node));
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let mut fatal = node.fatal.subscribe();
+    tokio::select! {
+        served = server => served.map_err(|error| NodeError::io("the HTTP server failed", error)),
+        failed = timer(Arc::clone(&node)) => failed,
+        _ = fatal.wait_for(Option::is_some) => Err(NodeError::Halted(node.fatal.borrow().clone().unwrap_or_default())),
+    }
+}
+
+/// Calls `tick` at every deadline the machine sets; returns only on a
+/// failure the node cannot continue from.
+async fn timer(node: Arc<Node>) -> Result<(), NodeError> {
+    let mut changes = node.changes.subscribe();
+    loop {
+        let next = node.lock().machine.poll_timeout();
+        match next {
+            Some(deadline) => {
+                let wait = Duration::from_millis(deadline.saturating_sub(now_unix_ms()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {
+                        let node = Arc::clone(&node);
+                        tokio::task::spawn_blocking(move || node.tick()).await.expect("the tick task does not panic")?;
+                    }
+                    _ = changes.changed() => {}
+                }
+            }
+            None => {
+                if changes.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|error| Err(Failure::internal(error)))
+}
+
+/// Checks the run header and the request signature; returns the signer
+/// and the nonce. Says precisely what is wrong.
+fn verify_signature(
+    node: &Node,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<RequestAuth, Failure> {
+    let header_text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let auth = header_text(AUTH_HEADER).ok_or_else(|| {
+        Failure::new(ErrorCode::Unauthenticated, format!("unsigned request: no {AUTH_HEADER} header"))
+    })?;
+    let run = header_text(RUN_HEADER)
+        .ok_or_else(|| Failure::new(ErrorCode::Unauthenticated, format!("no {RUN_HEADER} header")))?;
+    if run != node.run_id().to_hex() {
+        return Err(Failure::new(
+            ErrorCode::WrongRun,
+            format!("this coordinator runs {}, not {run}", node.run_id().to_hex()),
+        ));
+    }
+    let auth =
+        RequestAuth::parse_header(auth).map_err(|reason| Failure::new(ErrorCode::Unauthenticated, reason))?;
+    let path = uri.path_and_query().map_or(uri.path(), |path| path.as_str());
+    auth.verify(&node.run_id(), method.as_str(), path, body).map_err(|_| {
+        Failure::new(
+            ErrorCode::BadSignature,
+            format!("the signature does not verify for key {} over {method} {path}", auth.worker),
+        )
+    })?;
+    Ok(auth)
+}
+
+async fn run_info(State(node): State<Arc<Node>>) -> Response {
+    Json(node.run_info().clone()).into_response()
+}
+
+async fn register(State(node): State<Arc<Node>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let auth = verify_signature(&node, &method, &uri, &headers, b"")?;
+        let nonce_ms = auth.nonce / 1000;
+        if nonce_ms.abs_diff(now_unix_ms()) > crowdtrain_protocol::coordinator::NONCE_WINDOW_MS {
+            return Err(Failure::new(
+                ErrorCode::Replayed,
+                "the registration's nonce is too far from the coordinator's clock",
+            ));
+        }
+        blocking(move || node.register(auth.worker)).await
+    };
+    match result.await {
+        Ok(registration) => Json(registration).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RoundQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+async fn round(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<RoundQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let result = async {
+        let Query(query) =
+            query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let auth = verify_signature(&node, &method, &uri, &headers, b"")?;
+        let worker = {
+            let node = Arc::clone(&node);
+            blocking(move || node.authenticate(&auth.worker, auth.nonce, false)).await?
+        };
+        let mut changes = node.changes.subscribe();
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(query.wait_ms.unwrap_or(0).min(LONG_POLL_MS_MAX));
+        loop {
+            let view = {
+                let node = Arc::clone(&node);
+                blocking(move || Ok(node.view(Some(worker)))).await?
+            };
+            let news = match (&view.body.phase, &view.body.assignment) {
+                (crowdtrain_protocol::wire::Phase::Finished, _) => true,
+                (_, Some(assignment)) => {
+                    !view.body.submitted && query.after.is_none_or(|after| assignment.round > after)
+                }
+                _ => false,
+            };
+            if news {
+                return Ok::<_, Failure>(view);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(view),
+            }
+        }
+    };
+    match result.await {
+        Ok(view) => Json(view).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn model(State(node): State<Arc<Node>>, Path(digest): Path<String>, headers: HeaderMap) -> Response {
+    let result = async {
+        let digest: Digest = digest.parse().map_err(|reason: String| {
+            Failure::new(ErrorCode::BadRequest, format!("model {digest}: {reason}"))
+        })?;
+        let bytes = {
+            let node = Arc::clone(&node);
+            blocking(move || node.model_bytes(&digest)).await?
+        };
+        let total = bytes.len() as u64;
+        let start = match headers.get(header::RANGE) {
+            Some(range) => parse_range_start(range, total)?,
+            None => 0,
+        };
+        node.count_download(total - start);
+        let mut response = Body::from(bytes[start as usize..].to_vec()).into_response();
+        let response_headers = response.headers_mut();
+        response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        if start > 0 {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let range = format!("bytes {start}-{}/{total}", total - 1);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_RANGE, HeaderValue::from_str(&range).expect("ascii"));
+        }
+        Ok(response)
+    };
+    result.await.unwrap_or_else(Failure::into_response)
+}
+
+/// The start of a `Range: bytes=N-` (or `bytes=N-M`, served to the end):
+/// what a resuming download sends.
+fn parse_range_start(range: &HeaderValue, total: u64) -> Result<u64, Failure> {
+    let bad =
+        || Failure::new(ErrorCode::BadRequest, "Range must be bytes=<start>- with start inside the file");
+    let text = range.to_str().map_err(|_| bad())?;
+    let spec = text.strip_prefix("bytes=").ok_or_else(bad)?;
+    let start: u64 = spec.split('-').next().ok_or_else(bad)?.trim().parse().map_err(|_| bad())?;
+    if start >= total { Err(bad()) } else { Ok(start) }
+}
+
+#[derive(Debug, Deserialize)]
+struct SubmitQuery {
+    base_model: String,
+}
+
+async fn submit(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let Path(round) =
+            path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let Query(query) =
+            query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let limit = node.config.limits.max_upload_bytes;
+        let too_large =
+            || Failure::new(ErrorCode::TooLarge, format!("submissions are at most {limit} bytes"));
+        let declared =
+            headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(too_large());
+        }
+        let payload = axum::body::to_bytes(body, limit as usize).await.map_err(|_| too_large())?.to_vec();
+        let auth = verify_signature(&node, &method, &uri, &headers, &payload)?;
+        let base_model: Digest = query
+            .base_model
+            .parse()
+            .map_err(|reason: String| Failure::new(ErrorCode::BadRequest, format!("base_model: {reason}")))?;
+        blocking(move || {
+            let worker = node.authenticate(&auth.worker, auth.nonce, true)?;
+            node.submit(worker, auth.nonce, round, base_model, payload)
+        })
+        .await
+    };
+    match result.await {
+        Ok(receipt) => {
+            let status = match receipt.body.status {
+                SubmissionStatus::Accepted => StatusCode::OK,
+                SubmissionStatus::Late => StatusCode::ACCEPTED,
+            };
+            (status, Json(receipt)).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    match blocking(move || node.status()).await {
+        Ok(status) => Json(status).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}

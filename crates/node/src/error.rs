@@ -1,0 +1,53 @@
+//! Errors of the coordinator and worker processes.
+
+use std::path::PathBuf;
+
+/// Why a node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crowdtrain_protocol::ConfigError),
+    #[error(transparent)]
+    Identity(#[from] crowdtrain_protocol::IdentityError),
+    #[error(transparent)]
+    Store(#[from] crowdtrain_store::StoreError),
+    #[error(transparent)]
+    Checkpoint(#[from] crowdtrain_store::CheckpointError),
+    #[error(transparent)]
+    Dataset(#[from] crowdtrain_data::DatasetError),
+    #[error(transparent)]
+    Train(#[from] crowdtrain_train::TrainError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error(
+        "the state directory {state} belongs to a run with a different configuration; use a new --state \
+         directory, or the run.toml that created it"
+    )]
+    ConfigChanged { state: PathBuf },
+    #[error(
+        "the run trains on {expected} ({expected_examples} training images, digest {expected_digest}) but this \
+         worker has {found} ({found_examples} images, digest {found_digest}); pass the run's data with --data"
+    )]
+    DataMismatch {
+        expected: String,
+        expected_examples: u64,
+        expected_digest: String,
+        found: String,
+        found_examples: u64,
+        found_digest: String,
+    },
+    #[error("the coordinator halted to protect its state: {0}; restart it with the same --state")]
+    Halted(String),
+    #[error("the coordinator answered with something this worker cannot trust: {0}")]
+    Untrusted(String),
+    #[error("the coordinator refused: {0}")]
+    Refused(String),
+    #[error("gave up on the coordinator at {url} after {seconds} s of failures; last error: {last}")]
+    GaveUp { url: String, seconds: u64, last: String },
+}
+
+impl NodeError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+}

@@ -1,0 +1,179 @@
+//! The worker's HTTP client: signs every request, retries what can be
+//! retried, and gives up with the reason when the coordinator stays away.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, RUN_HEADER};
+use crowdtrain_protocol::{Digest, Identity, RequestAuth};
+use reqwest::StatusCode;
+
+use crate::NodeError;
+
+/// The first retry waits this long; each next one twice as long, up to
+/// [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A response the caller must look at: a success, or a refusal (4xx) with
+/// the coordinator's reason.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The coordinator's explanation of a refusal, for messages.
+    pub fn reason(&self) -> String {
+        match serde_json::from_slice::<ApiError>(&self.body) {
+            Ok(error) => format!("{} ({:?}, HTTP {})", error.message, error.error, self.status.as_u16()),
+            Err(_) => format!("HTTP {}: {}", self.status.as_u16(), String::from_utf8_lossy(&self.body)),
+        }
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, NodeError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|error| NodeError::Untrusted(format!("unreadable answer ({error}): {}", self.reason())))
+    }
+}
+
+/// Talks to one coordinator as one identity.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    identity: Identity,
+    run: Option<Digest>,
+    give_up_after: Duration,
+    last_nonce: AtomicU64,
+    /// Bytes received in response bodies.
+    pub bytes_received: AtomicU64,
+}
+
+impl Client {
+    pub fn new(base: &str, identity: Identity, give_up_after: Duration) -> Result<Self, NodeError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|error| NodeError::Untrusted(format!("could not build an HTTP client: {error}")))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            identity,
+            run: None,
+            give_up_after,
+            last_nonce: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Signs requests for `run` from now on.
+    pub fn set_run(&mut self, run: Digest) {
+        self.run = Some(run);
+    }
+
+    /// Microseconds since the epoch, strictly increasing in this process.
+    fn nonce(&self) -> u64 {
+        let now =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64);
+        let mut last = self.last_nonce.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.last_nonce.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(current) => last = current,
+            }
+        }
+    }
+
+    /// Sends a request, signed if a run is set, retrying transport failures
+    /// and 5xx answers with exponential backoff (re-signing each attempt with
+    /// a fresh nonce) until `give_up_after` has passed without success.
+    /// Returns any 2xx or 4xx answer.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, NodeError> {
+        let started = Instant::now();
+        let mut backoff = BACKOFF_START;
+        loop {
+            let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
+            if let Some(run) = &self.run {
+                let auth = RequestAuth::sign(
+                    &self.identity,
+                    run,
+                    method.as_str(),
+                    path_and_query,
+                    self.nonce(),
+                    &body,
+                );
+                request = request.header(RUN_HEADER, run.to_hex()).header(AUTH_HEADER, auth.to_header());
+            }
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            let outcome = match request.body(body.clone()).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    match response.bytes().await {
+                        Ok(bytes) if !status.is_server_error() => {
+                            self.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                            return Ok(Answer { status, body: bytes.to_vec() });
+                        }
+                        Ok(bytes) => format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&bytes)),
+                        Err(error) => format!("reading the answer failed: {error}"),
+                    }
+                }
+                Err(error) => describe(&error),
+            };
+            if started.elapsed() >= self.give_up_after {
+                return Err(NodeError::GaveUp {
+                    url: self.base.clone(),
+                    seconds: started.elapsed().as_secs(),
+                    last: outcome,
+                });
+            }
+            tracing::warn!(%outcome, retry_in_ms = backoff.as_millis() as u64, "coordinator unavailable");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Like [`Client::request`], for callers that want the raw response to
+    /// stream (model downloads); a single attempt.
+    pub async fn get_stream(&self, path: &str, range_start: u64) -> Result<reqwest::Response, String> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if range_start > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={range_start}-"));
+        }
+        request.send().await.map_err(|error| describe(&error))
+    }
+
+    pub fn give_up_after(&self) -> Duration {
+        self.give_up_after
+    }
+}
+
+/// A transport error in words, with its cause chain.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

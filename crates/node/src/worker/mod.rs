@@ -1,0 +1,442 @@
+//! The worker process: register, then round after round download the
+//! global model, train on the assigned shard, and upload the pseudo-gradient,
+//! until the run ends.
+//!
+//! A worker trusts nothing it is sent: the run description, registration,
+//! round views and receipts must carry the coordinator's signature (pinned
+//! from the first answer, or given with `--coordinator-key`); models must
+//! hash to the digest the signed round view names; the data set must match
+//! the run's fingerprint before any training happens.
+
+mod client;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crowdtrain_data::{DataSource, Dataset, RngKey, Sharding, make_shards};
+use crowdtrain_protocol::config::ShardingKind;
+use crowdtrain_protocol::wire::{
+    PROTOCOL_VERSION, Phase, Registration, RunInfo, SubmissionReceipt, SubmissionStatus,
+};
+use crowdtrain_protocol::{Assignment, Digest, Identity, PublicKey, RoundId, RoundView, Signed, WorkerId};
+use crowdtrain_store::{CheckpointKind, checkpoint};
+use crowdtrain_train::Model;
+use crowdtrain_train::diloco::inner_round;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+pub use client::{Answer, Client};
+
+use crate::NodeError;
+
+/// How a worker is started.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The coordinator's base URL, e.g. `http://127.0.0.1:7070`.
+    pub coordinator: String,
+    pub key: PathBuf,
+    pub data: Option<PathBuf>,
+    /// Where downloaded models (and partial downloads) are kept.
+    pub cache: PathBuf,
+    /// Stop after the coordinator has been unreachable this long.
+    pub give_up_after: Duration,
+    /// Trust only this coordinator key (else: the key of the first answer).
+    pub coordinator_key: Option<PublicKey>,
+    /// Threads for training (default: RAYON_NUM_THREADS, else one per core).
+    pub threads: Option<usize>,
+}
+
+/// What a worker did, reported when it exits.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerSummary {
+    pub worker: Option<WorkerId>,
+    pub public_key: String,
+    pub run_id: Option<Digest>,
+    pub rounds_trained: u64,
+    pub submissions_accepted: u64,
+    pub submissions_late: u64,
+    pub submissions_refused: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_downloaded: u64,
+    /// From registration to holding a first assignment and its model.
+    pub join_ms: Option<u64>,
+    pub training_seconds: f64,
+    pub finished: bool,
+}
+
+/// Runs a worker until the run finishes (Ok) or it must give up (Err).
+/// `on_round` sees one line of news per round.
+pub async fn run_worker(
+    options: WorkerOptions,
+    mut on_round: impl FnMut(&str),
+) -> Result<WorkerSummary, NodeError> {
+    let identity = Identity::load(&options.key)?;
+    let mut summary = WorkerSummary { public_key: identity.public_key().to_hex(), ..Default::default() };
+    let mut client = Client::new(&options.coordinator, identity, options.give_up_after)?;
+
+    let answer = client.request(Method::GET, "/v1/run", Vec::new(), &[]).await?;
+    let signed: Signed<RunInfo> = expect_ok(&answer, "reading the run description")?.json()?;
+    let coordinator = options.coordinator_key.unwrap_or(signed.body.coordinator);
+    let run = signed
+        .verify(&coordinator)
+        .map_err(|_| {
+            NodeError::Untrusted("the run description is not signed by the coordinator's key".into())
+        })?
+        .clone();
+    if run.protocol_version != PROTOCOL_VERSION {
+        return Err(NodeError::Untrusted(format!(
+            "the coordinator speaks protocol {}, this worker {PROTOCOL_VERSION}",
+            run.protocol_version
+        )));
+    }
+    let dataset = Arc::new(load_matching_data(options.data.as_deref(), &run)?);
+    let model: Arc<dyn Model> = Arc::from(run.config.model.kind.build());
+    if model.name() != run.model_name {
+        return Err(NodeError::Untrusted(format!(
+            "the run trains {}, which this build calls {}",
+            run.model_name,
+            model.name()
+        )));
+    }
+    client.set_run(run.run_id);
+    summary.run_id = Some(run.run_id);
+
+    let registered_at = Instant::now();
+    let answer = client.request(Method::POST, "/v1/workers", Vec::new(), &[]).await?;
+    let registration: Signed<Registration> = expect_ok(&answer, "registering")?.json()?;
+    let registration = verified(&registration, &coordinator, "registration")?;
+    if registration.public_key != client.identity().public_key() || registration.run_id != run.run_id {
+        return Err(NodeError::Untrusted("the registration names another key or run".into()));
+    }
+    let me = registration.worker;
+    summary.worker = Some(me);
+    on_round(&format!("registered as {me} in run {}", &run.run_id.to_hex()[..16]));
+
+    let pool = training_pool(options.threads)?;
+    let mut models = ModelCache::new(&options.cache, model.as_ref())?;
+    let mut shards: HashMap<u32, Arc<Vec<Vec<u32>>>> = HashMap::new();
+    let mut last_done: Option<RoundId> = None;
+    loop {
+        let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
+        let answer =
+            client.request(Method::GET, &format!("/v1/round?wait_ms=20000{after}"), Vec::new(), &[]).await?;
+        let view: Signed<RoundView> = expect_ok(&answer, "asking for the round")?.json()?;
+        let view = verified(&view, &coordinator, "round view")?.clone();
+        if view.run_id != run.run_id {
+            return Err(NodeError::Untrusted("a round view for another run".into()));
+        }
+        if view.phase == Phase::Finished {
+            summary.finished = true;
+            on_round(&format!(
+                "run finished after {} rounds; final model {}",
+                view.completed_rounds, view.model
+            ));
+            break;
+        }
+        let Some(assignment) =
+            view.assignment.filter(|assignment| !view.submitted && Some(assignment.round) > last_done)
+        else {
+            continue;
+        };
+        if assignment.worker != me || assignment.run_id != run.run_id {
+            return Err(NodeError::Untrusted("an assignment for another worker or run".into()));
+        }
+        let params = models.get(&client, &assignment.base_model).await?;
+        if summary.join_ms.is_none() {
+            summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
+        }
+        let round_shards = match shards.get(&assignment.slots) {
+            Some(existing) => Arc::clone(existing),
+            None => {
+                let made = Arc::new(
+                    make_shards(
+                        &dataset.train.labels,
+                        assignment.slots as usize,
+                        assignment.batch_size as usize,
+                        sharding(&assignment),
+                        assignment.seed,
+                    )
+                    .map_err(crowdtrain_train::TrainError::from)?,
+                );
+                shards.insert(assignment.slots, Arc::clone(&made));
+                made
+            }
+        };
+        let started = Instant::now();
+        let payload = {
+            let (assignment, dataset, model, pool) =
+                (assignment.clone(), Arc::clone(&dataset), Arc::clone(&model), Arc::clone(&pool));
+            tokio::task::spawn_blocking(move || {
+                train(&pool, model.as_ref(), &assignment, &params, &dataset, &round_shards)
+            })
+            .await
+            .expect("training does not panic")?
+        };
+        summary.training_seconds += started.elapsed().as_secs_f64();
+        summary.rounds_trained += 1;
+        last_done = Some(assignment.round);
+        let path = format!(
+            "/v1/rounds/{}/submissions?base_model={}",
+            assignment.round,
+            assignment.base_model.to_hex()
+        );
+        let bytes = payload.len() as u64;
+        let answer = client
+            .request(Method::POST, &path, payload, &[("content-type", "application/octet-stream".into())])
+            .await?;
+        summary.bytes_uploaded += bytes;
+        if answer.status.is_success() {
+            let receipt: Signed<SubmissionReceipt> = answer.json()?;
+            let receipt = verified(&receipt, &coordinator, "receipt")?;
+            match receipt.status {
+                SubmissionStatus::Accepted => summary.submissions_accepted += 1,
+                SubmissionStatus::Late => summary.submissions_late += 1,
+            }
+            on_round(&format!(
+                "round {}: trained {} steps in {:.2} s, uploaded {bytes} bytes: {}",
+                assignment.round,
+                assignment.inner_steps,
+                started.elapsed().as_secs_f64(),
+                receipt.status.as_str()
+            ));
+        } else {
+            summary.submissions_refused += 1;
+            on_round(&format!("round {}: submission refused: {}", assignment.round, answer.reason()));
+        }
+    }
+    summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded;
+    Ok(summary)
+}
+
+fn expect_ok<'a>(answer: &'a Answer, doing: &str) -> Result<&'a Answer, NodeError> {
+    if answer.status.is_success() {
+        Ok(answer)
+    } else {
+        Err(NodeError::Refused(format!("{doing}: {}", answer.reason())))
+    }
+}
+
+fn verified<'a, T: crowdtrain_protocol::wire::SignedBody>(
+    signed: &'a Signed<T>,
+    key: &PublicKey,
+    what: &str,
+) -> Result<&'a T, NodeError> {
+    signed
+        .verify(key)
+        .map_err(|_| NodeError::Untrusted(format!("the {what} is not signed by the coordinator")))
+}
+
+fn sharding(assignment: &Assignment) -> Sharding {
+    match (assignment.sharding, assignment.dirichlet_alpha) {
+        (ShardingKind::Dirichlet, Some(alpha)) => Sharding::Dirichlet { alpha },
+        _ => Sharding::Iid,
+    }
+}
+
+/// Loads the worker's data and checks it is the run's.
+fn load_matching_data(dir: Option<&Path>, run: &RunInfo) -> Result<Dataset, NodeError> {
+    let dataset = DataSource::resolve(dir).load()?;
+    let digest = Digest(dataset.train.digest());
+    let expected = &run.dataset;
+    if digest != expected.digest || dataset.train.len() as u64 != expected.train_examples {
+        return Err(NodeError::DataMismatch {
+            expected: expected.name.clone(),
+            expected_examples: expected.train_examples,
+            expected_digest: expected.digest.to_hex(),
+            found: dataset.info.to_string(),
+            found_examples: dataset.train.len() as u64,
+            found_digest: digest.to_hex(),
+        });
+    }
+    Ok(dataset)
+}
+
+fn training_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>, NodeError> {
+    let mut builder = rayon::ThreadPoolBuilder::new().thread_name(|index| format!("train-{index}"));
+    if let Some(threads) = threads {
+        builder = builder.num_threads(threads.max(1));
+    }
+    builder
+        .build()
+        .map(Arc::new)
+        .map_err(|error| NodeError::io("could not start the training threads", std::io::Error::other(error)))
+}
+
+/// One round's work: the assignment's inner steps from `params` on the
+/// assigned shard, encoded for upload.
+fn train(
+    pool: &rayon::ThreadPool,
+    model: &dyn Model,
+    assignment: &Assignment,
+    params: &[f32],
+    dataset: &Dataset,
+    shards: &[Vec<u32>],
+) -> Result<Vec<u8>, NodeError> {
+    let key = RngKey::new(assignment.seed, assignment.round, u64::from(assignment.slot), 0);
+    let shard = &shards[assignment.slot as usize];
+    let result = pool.install(|| {
+        inner_round(
+            model,
+            assignment.optimizer,
+            assignment.batch_size as usize,
+            params,
+            dataset,
+            shard,
+            key,
+            assignment.inner_steps,
+        )
+    })?;
+    Ok(assignment.codec.encode(&result.pseudo_gradient).map_err(crowdtrain_train::TrainError::from)?)
+}
+
+/// Models by digest: in memory for the current one, on disk for the rest,
+/// downloaded with resume when missing.
+struct ModelCache {
+    dir: PathBuf,
+    name: String,
+    layout: crowdtrain_train::ParamLayout,
+    current: Option<(Digest, Arc<Vec<f32>>)>,
+    bytes_downloaded: u64,
+}
+
+/// A download is retried from where it stopped at most this many times.
+const DOWNLOAD_ATTEMPTS_MAX: u32 = 20;
+
+impl ModelCache {
+    fn new(dir: &Path, model: &dyn Model) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|error| NodeError::io(format!("could not create {}", dir.display()), error))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            name: model.name(),
+            layout: model.layout().clone(),
+            current: None,
+            bytes_downloaded: 0,
+        })
+    }
+
+    async fn get(&mut self, client: &Client, digest: &Digest) -> Result<Arc<Vec<f32>>, NodeError> {
+        if let Some((current, params)) = &self.current
+            && current == digest
+        {
+            return Ok(Arc::clone(params));
+        }
+        let bytes = self.fetch(client, digest).await?;
+        let params = checkpoint::decode(&bytes, CheckpointKind::Params, &self.name, &self.layout)?;
+        let params = Arc::new(params);
+        self.current = Some((*digest, Arc::clone(&params)));
+        Ok(params)
+    }
+
+    /// The checkpoint's bytes, from the cache or downloaded; a partial
+    /// download resumes from where it stopped.
+    async fn fetch(&mut self, client: &Client, digest: &Digest) -> Result<Vec<u8>, NodeError> {
+        let done = self.dir.join(format!("{}.safetensors", digest.to_hex()));
+        if let Ok(bytes) = std::fs::read(&done)
+            && Digest::of(&bytes) == *digest
+        {
+            return Ok(bytes);
+        }
+        let partial = self.dir.join(format!("{}.partial", digest.to_hex()));
+        let io = |error| NodeError::io(format!("could not write {}", partial.display()), error);
+        let started = Instant::now();
+        let mut last_error = String::new();
+        for _ in 0..DOWNLOAD_ATTEMPTS_MAX {
+            if started.elapsed() > client.give_up_after() {
+                break;
+            }
+            let offset = std::fs::metadata(&partial).map_or(0, |metadata| metadata.len());
+            match self.download_into(client, digest, &partial, offset).await {
+                Ok(()) => {}
+                Err(DownloadError::Transient(reason)) => {
+                    last_error = reason;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(DownloadError::Fatal(error)) => return Err(error),
+            }
+            let bytes = std::fs::read(&partial).map_err(io)?;
+            if Digest::of(&bytes) == *digest {
+                std::fs::rename(&partial, &done).map_err(io)?;
+                return Ok(bytes);
+            }
+            last_error = format!("the download hashes to {}, not {digest}", Digest::of(&bytes));
+            std::fs::remove_file(&partial).map_err(io)?;
+        }
+        Err(NodeError::GaveUp {
+            url: client.base().to_owned(),
+            seconds: started.elapsed().as_secs(),
+            last: last_error,
+        })
+    }
+
+    async fn download_into(
+        &mut self,
+        client: &Client,
+        digest: &Digest,
+        partial: &Path,
+        offset: u64,
+    ) -> Result<(), DownloadError> {
+        let transient = DownloadError::Transient;
+        let mut response =
+            client.get_stream(&format!("/v1/models/{}", digest.to_hex()), offset).await.map_err(transient)?;
+        let status = response.status();
+        let append = match status {
+            StatusCode::PARTIAL_CONTENT => true,
+            StatusCode::OK => false,
+            status if status.is_server_error() => return Err(transient(format!("HTTP {status}"))),
+            status => {
+                let body = response.bytes().await.unwrap_or_default();
+                let answer = Answer { status, body: body.to_vec() };
+                return Err(DownloadError::Fatal(NodeError::Refused(format!(
+                    "downloading model {digest}: {}",
+                    answer.reason()
+                ))));
+            }
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(partial)
+            .await
+            .map_err(|error| {
+                DownloadError::Fatal(NodeError::io(format!("could not open {}", partial.display()), error))
+            })?;
+        let mut size = offset;
+        while let Some(chunk) = response.chunk().await.map_err(|error| transient(error.to_string()))? {
+            size += chunk.len() as u64;
+            if size > crowdtrain_store::checkpoint::CHECKPOINT_BYTES_MAX {
+                return Err(DownloadError::Fatal(NodeError::Untrusted(format!(
+                    "model {digest} is larger than any checkpoint"
+                ))));
+            }
+            file.write_all(&chunk).await.map_err(|error| {
+                DownloadError::Fatal(NodeError::io(format!("could not write {}", partial.display()), error))
+            })?;
+            self.bytes_downloaded += chunk.len() as u64;
+        }
+        file.flush()
+            .await
+            .map_err(|error| DownloadError::Fatal(NodeError::io("flushing a download", error)))?;
+        Ok(())
+    }
+}
+
+enum DownloadError {
+    /// Worth retrying from where the file now ends.
+    Transient(String),
+    Fatal(NodeError),
+}
+
+/// Writes a fresh key file for a worker (used by `crowdtrain keygen`).
+pub fn keygen(path: &Path) -> Result<PublicKey, NodeError> {
+    let identity = Identity::generate()?;
+    identity.save(path)?;
+    Ok(identity.public_key())
+}
