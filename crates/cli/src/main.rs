@@ -20,12 +20,17 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
+    Contract(cmd::contract::ContractArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Contract(args) => cmd::contract::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
