@@ -49,8 +49,8 @@ pub fn kkt_residual(scenario: &Scenario, expectations: &Expectations, m: &[f64],
             rows.push(((t[i] - costs[i] * m[i]) - (t[j] - costs[i] * m[j]), grad));
         }
         let mut grad = vec![0.0; n];
-        for j in 0..types {
-            grad[j] = v * s * e.present_gradient[i * types + j];
+        for (g, d) in grad.iter_mut().zip(&e.present_gradient[i * types..(i + 1) * types]) {
+            *g = v * s * d;
         }
         grad[types + i] = -1.0;
         rows.push((v * e.present[i] - t[i], grad));

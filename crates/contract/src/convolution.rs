@@ -260,7 +260,7 @@ impl Convolution {
         let correlate = |g: &Vec<Complex<f64>>| -> Vec<f64> {
             let mut product: Vec<Complex<f64>> = spectrum.iter().zip(g).map(|(a, b)| a * b).collect();
             product[0].im = 0.0;
-            if length % 2 == 0 {
+            if length.is_multiple_of(2) {
                 product[length / 2].im = 0.0;
             }
             let mut out = inverse.make_output_vec();

@@ -111,7 +111,7 @@ pub enum Expectations {
         outcomes: Enumeration,
     },
     /// Enumeration-free, with an error bound.
-    Convolution(Convolution),
+    Convolution(Box<Convolution>),
 }
 
 impl Expectations {
@@ -134,12 +134,12 @@ impl Expectations {
                     "the convolution method needs at least 3 participants; use enumeration".into(),
                 ));
             }
-            Ok(Expectations::Convolution(Convolution::new(
+            Ok(Expectations::Convolution(Box::new(Convolution::new(
                 scenario.accuracy,
                 scenario.participants,
                 p,
                 CONVOLUTION_TARGET_ERROR,
-            )))
+            ))))
         }
     }
 

@@ -264,38 +264,36 @@ fn plot_two_type(path: &Path, grid: &[GridPoint]) -> PlotResult {
         .map(|g| g.solution.reservations.iter().map(|r| r.contribution).collect())
         .unwrap_or_default();
     type Getter = Box<dyn Fn(&GridPoint) -> f64>;
-    let specs: Vec<(&str, &str, Vec<(String, Getter, bool)>)> = vec![
+    // (title, [(value, dashed)]) per panel.
+    type Panel = (&'static str, Vec<(Getter, bool)>);
+    let specs: Vec<Panel> = vec![
         (
             "Contributions m_i (dashed: type 1 high cost; solid: type 2)",
-            "m",
             vec![
-                ("m1".into(), Box::new(|g: &GridPoint| g.solution.contribution[0]) as Getter, true),
-                ("m2".into(), Box::new(|g: &GridPoint| g.solution.contribution[1]) as Getter, false),
+                (Box::new(|g: &GridPoint| g.solution.contribution[0]) as Getter, true),
+                (Box::new(|g: &GridPoint| g.solution.contribution[1]) as Getter, false),
             ],
         ),
         (
             "Expected reward values t_i (dashed: type 1; solid: type 2)",
-            "t",
             vec![
-                ("t1".into(), Box::new(|g: &GridPoint| g.solution.expected_reward_value[0]) as Getter, true),
-                ("t2".into(), Box::new(|g: &GridPoint| g.solution.expected_reward_value[1]) as Getter, false),
+                (Box::new(|g: &GridPoint| g.solution.expected_reward_value[0]) as Getter, true),
+                (Box::new(|g: &GridPoint| g.solution.expected_reward_value[1]) as Getter, false),
             ],
         ),
         (
             "Information cost E[v(a)] - complete information",
-            "cost",
-            vec![("cost".into(), Box::new(|g: &GridPoint| g.information_cost()) as Getter, false)],
+            vec![(Box::new(|g: &GridPoint| g.information_cost()) as Getter, false)],
         ),
         (
             "Information rent of the low-cost type u_2 - f_2",
-            "rent",
-            vec![("rent".into(), Box::new(|g: &GridPoint| g.information_rents()[1]) as Getter, false)],
+            vec![(Box::new(|g: &GridPoint| g.information_rents()[1]) as Getter, false)],
         ),
     ];
-    for (panel_index, (panel, (title, _, getters))) in panels.iter().zip(specs.iter()).enumerate() {
+    for (panel_index, (panel, (title, getters))) in panels.iter().zip(specs.iter()).enumerate() {
         let mut values: Vec<f64> = Vec::new();
         for &n in &SHOWN_N {
-            for (_, get, _) in getters {
+            for (get, _) in getters {
                 values.extend(series(n, get.as_ref()).iter().map(|p| p.1));
             }
         }
@@ -313,7 +311,7 @@ fn plot_two_type(path: &Path, grid: &[GridPoint]) -> PlotResult {
         chart.configure_mesh().x_desc("p1 (probability of the high-cost type)").draw()?;
         for (k, &n) in SHOWN_N.iter().enumerate() {
             let color = line_color(k);
-            for (gi, (_, get, dashed)) in getters.iter().enumerate() {
+            for (gi, (get, dashed)) in getters.iter().enumerate() {
                 let points = series(n, get.as_ref());
                 if *dashed {
                     chart.draw_series(DashedLineSeries::new(points, 6, 4, color.stroke_width(2)))?;

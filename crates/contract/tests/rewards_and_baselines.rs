@@ -1,6 +1,8 @@
 //! Rewards as users receive them, and the two baselines, checked against
 //! brute force.
 
+#![allow(clippy::needless_range_loop, clippy::type_complexity)]
+
 use crowdtrain_contract::baselines::{complete_information_total, no_contract};
 use crowdtrain_contract::outcomes::Enumeration;
 use crowdtrain_contract::paper::{MULTITYPE, PAPER_ACCURACY, multitype_scenario};

@@ -3,6 +3,8 @@
 //! reference solver; its full output, and the command that produced it, is
 //! committed as tests/fixtures/contract_testvectors.out.
 
+#![allow(clippy::needless_range_loop, clippy::type_complexity)]
+
 use crowdtrain_contract::baselines::complete_information_total;
 use crowdtrain_contract::check::check;
 use crowdtrain_contract::paper::{PAPER_ACCURACY, multitype_scenario, solve_grid_point};
