@@ -15,8 +15,8 @@
 //!   baseline needs no enumeration at any N.
 
 use crate::accuracy::Accuracy;
-use crate::expectation::ENUMERATION_OUTCOMES_MAX;
-use crate::outcomes::{Enumeration, log_factorials, outcome_count};
+use crate::expectation::{ENUMERATION_OUTCOMES_HARD_MAX, enumeration_preferred};
+use crate::outcomes::{Enumeration, log_factorials};
 use crate::reservation::Reservation;
 use crate::scenario::Scenario;
 
@@ -66,7 +66,8 @@ pub fn complete_information_total(accuracy: &Accuracy, scale: f64, s: f64, t: f6
         }
         if h(next) > 0.0 {
             let (mut a, mut b) = (next, lo);
-            for _ in 0..200 {
+            // The bracket is 2% wide; 64 halvings reach machine precision.
+            for _ in 0..64 {
                 let mid = 0.5 * (a + b);
                 if h(mid) > 0.0 { a = mid } else { b = mid }
             }
@@ -95,8 +96,8 @@ fn statistics(outcome: &[u32], costs: &[f64], f: &[f64]) -> (f64, f64) {
     })
 }
 
-/// The complete-information benchmark, exact by enumeration when there are
-/// at most [`ENUMERATION_OUTCOMES_MAX`] outcomes, else by seeded Monte Carlo.
+/// The complete-information benchmark, exact by enumeration when the solver
+/// would enumerate too ([`enumeration_preferred`]), else by seeded Monte Carlo.
 pub fn complete_information(scenario: &Scenario, reservations: &[Reservation]) -> CompleteInformation {
     let costs = scenario.costs();
     let f: Vec<f64> = reservations.iter().map(|r| r.utility).collect();
@@ -106,8 +107,8 @@ pub fn complete_information(scenario: &Scenario, reservations: &[Reservation]) -
         scenario.value(scenario.accuracy.value(total))
     };
     let p = scenario.probabilities();
-    if outcome_count(scenario.participants, p.len()) <= ENUMERATION_OUTCOMES_MAX as f64 {
-        let outcomes = Enumeration::new(scenario.participants, &p, ENUMERATION_OUTCOMES_MAX).expect("size checked");
+    if enumeration_preferred(scenario.participants, p.len()) {
+        let outcomes = Enumeration::new(scenario.participants, &p, ENUMERATION_OUTCOMES_HARD_MAX).expect("size checked");
         let expected_value = (0..outcomes.len())
             .map(|k| {
                 let (n, prob) = outcomes.outcome(k);

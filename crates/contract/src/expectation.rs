@@ -15,10 +15,17 @@ use crate::error::{ContractError, Result};
 use crate::outcomes::{Enumeration, outcome_count};
 use crate::scenario::Scenario;
 
-/// Largest number of outcomes enumerated when the method is chosen
-/// automatically. At I = 10 this allows N = 11 (167,960 outcomes); a sweep
-/// costs ~I^2 flops per outcome, so an evaluation stays near 10 ms.
-pub const ENUMERATION_OUTCOMES_MAX: usize = 250_000;
+/// Largest enumeration work (outcomes x I^2, the flops of one sweep with
+/// its Hessian) chosen automatically: 1,000,000 outcomes at I = 5 (S3 with
+/// N = 60), 250,000 at I = 10 (N = 11). An evaluation then stays near 20 ms,
+/// while the convolution engine's cost depends on the spread of the
+/// contributions and can be far higher at such moderate N.
+pub const ENUMERATION_WORK_MAX: f64 = 25_000_000.0;
+
+/// Whether `Method::Auto` enumerates N participants of I types.
+pub fn enumeration_preferred(participants: u32, types: usize) -> bool {
+    outcome_count(participants, types) * (types * types) as f64 <= ENUMERATION_WORK_MAX
+}
 /// Hard limit even when enumeration is requested explicitly (memory).
 pub const ENUMERATION_OUTCOMES_HARD_MAX: usize = 20_000_000;
 /// Default target for the error bound of every enumeration-free
@@ -28,8 +35,7 @@ pub const CONVOLUTION_TARGET_ERROR: f64 = 1e-10;
 /// How expectations are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// Enumerate when there are at most [`ENUMERATION_OUTCOMES_MAX`]
-    /// outcomes, convolve otherwise.
+    /// Enumerate when [`enumeration_preferred`], convolve otherwise.
     Auto,
     /// Always enumerate (refused above [`ENUMERATION_OUTCOMES_HARD_MAX`]).
     Enumerate,
@@ -118,15 +124,13 @@ impl Expectations {
     /// Chooses and prepares the engine for a scenario.
     pub fn new(scenario: &Scenario, method: Method) -> Result<Self> {
         let p = scenario.probabilities();
-        let count = outcome_count(scenario.participants, p.len());
         let enumerate = match method {
             Method::Enumerate => true,
             Method::Convolution => false,
-            Method::Auto => count <= ENUMERATION_OUTCOMES_MAX as f64 || scenario.participants < 3,
+            Method::Auto => enumeration_preferred(scenario.participants, p.len()) || scenario.participants < 3,
         };
         if enumerate {
-            let limit = if method == Method::Enumerate { ENUMERATION_OUTCOMES_HARD_MAX } else { ENUMERATION_OUTCOMES_MAX };
-            let outcomes = Enumeration::new(scenario.participants, &p, limit)?;
+            let outcomes = Enumeration::new(scenario.participants, &p, ENUMERATION_OUTCOMES_HARD_MAX)?;
             Ok(Expectations::Enumerated { accuracy: scenario.accuracy, outcomes })
         } else {
             if scenario.participants < 3 {
