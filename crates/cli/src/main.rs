@@ -35,6 +35,8 @@ enum Command {
     Sim(cmd::sim::SimArgs),
     /// Measure the training core's speed.
     Bench(cmd::bench::BenchArgs),
+    /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
+    Contract(cmd::contract::ContractArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Contract(args) => cmd::contract::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
