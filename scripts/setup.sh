@@ -7,6 +7,6 @@ bash scripts/install-prerequisites.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release -p crowdtrain
 mkdir -p out
-# The main job: DiLoCo with 8 workers and 50 inner steps per round against
-# synchronous data parallelism, on full Fashion-MNIST.
-target/release/crowdtrain sim diloco --workers 8 --inner-steps 50 --rounds 30 --plot out/diloco.png
+# The main job: a coordinator and 4 workers as separate processes, training
+# over HTTP on this machine.
+target/release/crowdtrain demo --workers 4 --rounds 20 --plot out/demo.png

@@ -35,6 +35,14 @@ enum Command {
     Sim(cmd::sim::SimArgs),
     /// Measure the training core's speed.
     Bench(cmd::bench::BenchArgs),
+    /// Run a whole network on this machine: a coordinator and N workers.
+    Demo(cmd::demo::DemoArgs),
+    /// Serve a training run to workers over HTTP.
+    Coordinator(cmd::coordinator::CoordinatorArgs),
+    /// Join a training run as a worker.
+    Worker(cmd::worker::WorkerArgs),
+    /// Create a worker identity (an ed25519 key).
+    Keygen(cmd::keygen::KeygenArgs),
     /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
     Contract(cmd::contract::ContractArgs),
 }
@@ -54,6 +62,10 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Coordinator(args) => cmd::coordinator::run(args),
+        Command::Worker(args) => cmd::worker::run(args),
+        Command::Keygen(args) => cmd::keygen::run(args),
         Command::Contract(args) => cmd::contract::run(args),
     };
     match result {

@@ -23,7 +23,9 @@ fn json_of(args: &[&str]) -> serde_json::Value {
 fn solve_json_has_the_required_keys() {
     let path = example("paper_s1.toml");
     let v = json_of(&["contract", "solve", path.to_str().expect("utf-8"), "--json"]);
-    for key in ["types", "expected_accuracy", "expected_value", "max_violation", "kkt_residual", "solve_seconds"] {
+    for key in
+        ["types", "expected_accuracy", "expected_value", "max_violation", "kkt_residual", "solve_seconds"]
+    {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     let types = v["types"].as_array().expect("types is a list");
@@ -51,7 +53,8 @@ fn solve_json_has_the_required_keys() {
 #[test]
 fn rewards_json_never_beats_the_trained_model() {
     let path = example("paper_s1.toml");
-    let v = json_of(&["contract", "rewards", path.to_str().expect("utf-8"), "--outcome", "2,2,2,2,2", "--json"]);
+    let v =
+        json_of(&["contract", "rewards", path.to_str().expect("utf-8"), "--outcome", "2,2,2,2,2", "--json"]);
     let trained = v["trained_accuracy"].as_f64().expect("number");
     assert!((trained - 0.8647880602).abs() < 1e-9);
     let types = v["types"].as_array().expect("list");
@@ -65,9 +68,14 @@ fn rewards_json_never_beats_the_trained_model() {
 fn a_bad_file_fails_naming_the_field() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bad.toml");
-    let text = std::fs::read_to_string(example("paper_s1.toml")).expect("example").replacen("cost = 0.16", "cost = -0.16", 1);
+    let text = std::fs::read_to_string(example("paper_s1.toml")).expect("example").replacen(
+        "cost = 0.16",
+        "cost = -0.16",
+        1,
+    );
     std::fs::write(&path, text).expect("write");
-    let out = bin().args(["contract", "solve", path.to_str().expect("utf-8"), "--json"]).output().expect("runs");
+    let out =
+        bin().args(["contract", "solve", path.to_str().expect("utf-8"), "--json"]).output().expect("runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("types[1].cost"), "stderr: {stderr}");

@@ -37,7 +37,10 @@ impl Accuracy {
         if let Accuracy::GeneralizationBound { a_opt, k } = *self {
             for (name, v) in [("accuracy.a_opt", a_opt), ("accuracy.k", k)] {
                 if !v.is_finite() || v <= 0.0 {
-                    return Err(ContractError::field(name, format!("must be a positive finite number, got {v}")));
+                    return Err(ContractError::field(
+                        name,
+                        format!("must be a positive finite number, got {v}"),
+                    ));
                 }
             }
         }

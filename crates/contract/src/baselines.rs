@@ -91,9 +91,10 @@ fn tangent_or_zero(h: &impl Fn(f64) -> f64, lo: f64, hi: f64) -> f64 {
 }
 
 fn statistics(outcome: &[u32], costs: &[f64], f: &[f64]) -> (f64, f64) {
-    outcome.iter().zip(costs.iter().zip(f)).fold((0.0, 0.0), |(s, t), (&k, (&c, &fi))| {
-        (s + k as f64 / c, t + k as f64 * fi / c)
-    })
+    outcome
+        .iter()
+        .zip(costs.iter().zip(f))
+        .fold((0.0, 0.0), |(s, t), (&k, (&c, &fi))| (s + k as f64 / c, t + k as f64 * fi / c))
 }
 
 /// The complete-information benchmark, exact by enumeration when the solver
@@ -108,7 +109,8 @@ pub fn complete_information(scenario: &Scenario, reservations: &[Reservation]) -
     };
     let p = scenario.probabilities();
     if enumeration_preferred(scenario.participants, p.len()) {
-        let outcomes = Enumeration::new(scenario.participants, &p, ENUMERATION_OUTCOMES_HARD_MAX).expect("size checked");
+        let outcomes =
+            Enumeration::new(scenario.participants, &p, ENUMERATION_OUTCOMES_HARD_MAX).expect("size checked");
         let expected_value = (0..outcomes.len())
             .map(|k| {
                 let (n, prob) = outcomes.outcome(k);
@@ -118,7 +120,13 @@ pub fn complete_information(scenario: &Scenario, reservations: &[Reservation]) -
         return CompleteInformation { expected_value, method: "enumeration", standard_error: 0.0 };
     }
     let mut rng = SplitMix64(0x5eed_c0de_2025);
-    let cumulative: Vec<f64> = p.iter().scan(0.0, |acc, &pi| { *acc += pi; Some(*acc) }).collect();
+    let cumulative: Vec<f64> = p
+        .iter()
+        .scan(0.0, |acc, &pi| {
+            *acc += pi;
+            Some(*acc)
+        })
+        .collect();
     let mut outcome = vec![0u32; p.len()];
     let (mut sum, mut sum_sq) = (0.0, 0.0);
     for _ in 0..MONTE_CARLO_SAMPLES {

@@ -47,7 +47,12 @@ pub fn check(scenario: &Scenario, m: &[f64], t: &[f64], method: Method) -> Resul
 /// The violations for given reservation utilities and t-bar.
 pub fn violations(costs: &[f64], f: &[f64], m: &[f64], t: &[f64], tbar: &[f64]) -> Violations {
     let types = costs.len();
-    let mut v = Violations { individual_rationality: 0.0, incentive_compatibility: 0.0, budget: 0.0, nonnegativity: 0.0 };
+    let mut v = Violations {
+        individual_rationality: 0.0,
+        incentive_compatibility: 0.0,
+        budget: 0.0,
+        nonnegativity: 0.0,
+    };
     for i in 0..types {
         let own = t[i] - costs[i] * m[i];
         v.individual_rationality = v.individual_rationality.max(f[i] - own);

@@ -195,7 +195,9 @@ impl Convolution {
                 eval.present_gradient[i * types + j] = (full.gradient[j] - q * part.gradient[j]) / (1.0 - q);
             }
             eval.present_error_bound[i] = (full.bound + q * part.bound) / (1.0 - q);
-            if let (Some(h), Some(hf), Some(hp)) = (hessian.as_mut(), full.hessian.as_ref(), part.hessian.as_ref()) {
+            if let (Some(h), Some(hf), Some(hp)) =
+                (hessian.as_mut(), full.hessian.as_ref(), part.hessian.as_ref())
+            {
                 add_scaled(h, hf, lambda / (1.0 - q));
                 add_scaled(h, hp, -lambda * q / (1.0 - q));
             }
@@ -326,17 +328,22 @@ impl Convolution {
         let n = self.participants as f64;
         let h = plan.step;
         let variance: f64 = if hi > lo {
-            n * h * h * prior.iter().zip(splits).map(|(p, s)| p * s.fraction * (1.0 - s.fraction)).sum::<f64>()
+            n * h
+                * h
+                * prior.iter().zip(splits).map(|(p, s)| p * s.fraction * (1.0 - s.fraction)).sum::<f64>()
         } else {
             0.0
         };
-        let roundoff = 8.0 * f64::EPSILON * (n + (plan.length as f64).log2()) * self.accuracy.value(n * hi).max(1.0);
+        let roundoff =
+            8.0 * f64::EPSILON * (n + (plan.length as f64).log2()) * self.accuracy.value(n * hi).max(1.0);
         if variance == 0.0 {
             return roundoff;
         }
         let (x_tail, ln_tail) = lower_tail(prior, m, self.participants, (self.target * 1e-3).ln());
         let lipschitz = || {
-            self.accuracy.abs_first_derivative_sup(n * lo, n * hi).map_or(f64::INFINITY, |l| l * variance.sqrt())
+            self.accuracy
+                .abs_first_derivative_sup(n * lo, n * hi)
+                .map_or(f64::INFINITY, |l| l * variance.sqrt())
         };
         let x_c = x_tail - n * h;
         let discretization = if x_c <= n * lo {
@@ -348,7 +355,8 @@ impl Convolution {
             match self.accuracy.abs_second_derivative_sup(x_c, n * hi) {
                 Some(s2) => {
                     let osc = self.accuracy.value(n * hi) - self.accuracy.value(n * lo);
-                    let slope = self.accuracy.abs_first_derivative_sup(n * lo, n * hi).unwrap_or(f64::INFINITY);
+                    let slope =
+                        self.accuracy.abs_first_derivative_sup(n * lo, n * hi).unwrap_or(f64::INFINITY);
                     0.5 * s2 * variance + (osc + slope * n * h) * ln_tail.exp()
                 }
                 None => lipschitz(),
@@ -397,7 +405,8 @@ fn fast_length(n: usize) -> usize {
 /// with theta, so bisecting on theta finds the level.
 pub fn lower_tail(prior: &[f64], m: &[f64], participants: u32, ln_delta: f64) -> (f64, f64) {
     let n = participants as f64;
-    let support: Vec<(f64, f64)> = prior.iter().zip(m).filter(|(p, _)| **p > 0.0).map(|(p, v)| (*p, *v)).collect();
+    let support: Vec<(f64, f64)> =
+        prior.iter().zip(m).filter(|(p, _)| **p > 0.0).map(|(p, v)| (*p, *v)).collect();
     let lo = support.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
     let spread = support.iter().map(|s| s.1 - lo).fold(0.0, f64::max);
     if spread <= 0.0 {

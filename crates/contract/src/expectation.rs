@@ -127,7 +127,9 @@ impl Expectations {
         let enumerate = match method {
             Method::Enumerate => true,
             Method::Convolution => false,
-            Method::Auto => enumeration_preferred(scenario.participants, p.len()) || scenario.participants < 3,
+            Method::Auto => {
+                enumeration_preferred(scenario.participants, p.len()) || scenario.participants < 3
+            }
         };
         if enumerate {
             let outcomes = Enumeration::new(scenario.participants, &p, ENUMERATION_OUTCOMES_HARD_MAX)?;

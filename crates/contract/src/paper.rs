@@ -246,8 +246,13 @@ type PlotResult = std::result::Result<(), Box<dyn std::error::Error>>;
 const SHOWN_N: [u32; 4] = [2, 10, 50, 100];
 
 fn line_color(k: usize) -> RGBColor {
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(140, 86, 75)]
-        [k % 5]
+    [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+    ][k % 5]
 }
 
 /// Four panels over p1 for a few N: contributions (with standalone levels),
@@ -300,7 +305,8 @@ fn plot_two_type(path: &Path, grid: &[GridPoint]) -> PlotResult {
         if panel_index == 0 {
             values.extend(standalone.iter().copied());
         }
-        let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) =
+            values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
         let pad = ((hi - lo) * 0.05).max(1e-3);
         let mut chart = ChartBuilder::on(panel)
             .caption(*title, ("sans-serif", 20))
@@ -318,15 +324,21 @@ fn plot_two_type(path: &Path, grid: &[GridPoint]) -> PlotResult {
                 } else {
                     let s = chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
                     if gi == getters.len() - 1 {
-                        s.label(format!("N = {n}"))
-                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                        s.label(format!("N = {n}")).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                        });
                     }
                 }
             }
         }
         if panel_index == 0 {
             for (i, &m) in standalone.iter().enumerate() {
-                chart.draw_series(DashedLineSeries::new(vec![(0.0, m), (1.0, m)], 2, 4, BLACK.stroke_width(1)))?;
+                chart.draw_series(DashedLineSeries::new(
+                    vec![(0.0, m), (1.0, m)],
+                    2,
+                    4,
+                    BLACK.stroke_width(1),
+                ))?;
                 chart.draw_series(std::iter::once(Text::new(
                     format!("standalone m*_{}", i + 1),
                     (0.02, m),
@@ -357,7 +369,10 @@ fn plot_multitype(path: &Path, multi: &[MultitypeResult]) -> PlotResult {
             .fold(0.0f64, |a, &b| a.max(b))
             * 1.15;
         let mut chart = ChartBuilder::on(&rows[k])
-            .caption(format!("{}: contribution (bar) vs standalone (black)", r.published.name), ("sans-serif", 18))
+            .caption(
+                format!("{}: contribution (bar) vs standalone (black)", r.published.name),
+                ("sans-serif", 18),
+            )
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(70)
@@ -383,7 +398,10 @@ fn plot_multitype(path: &Path, multi: &[MultitypeResult]) -> PlotResult {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(v, _)| (a.min(v), b.max(v)));
         let pad = ((hi - lo) * 0.05).max(0.5);
         let mut chart = ChartBuilder::on(&rows[multi.len() + k])
-            .caption(format!("{}: P(v(r_i) <= x | n_i >= 1), t_i marked", r.published.name), ("sans-serif", 18))
+            .caption(
+                format!("{}: P(v(r_i) <= x | n_i >= 1), t_i marked", r.published.name),
+                ("sans-serif", 18),
+            )
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(50)
@@ -404,9 +422,18 @@ fn plot_multitype(path: &Path, multi: &[MultitypeResult]) -> PlotResult {
                 .label(format!("type {}", i + 1))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             let t = s.expected_reward_value[i];
-            chart.draw_series(std::iter::once(TriangleMarker::new((t, 0.04 + 0.04 * i as f64), 8, color.filled())))?;
+            chart.draw_series(std::iter::once(TriangleMarker::new(
+                (t, 0.04 + 0.04 * i as f64),
+                8,
+                color.filled(),
+            )))?;
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
     }
     root.present()?;
     Ok(())

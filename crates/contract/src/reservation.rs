@@ -27,9 +27,8 @@ pub fn reservation(accuracy: &Accuracy, valuation_scale: f64, cost: f64) -> Rese
     const SCAN_POINTS: usize = 3000;
     let (log_lo, log_hi) = (-6.0f64, 14.0f64);
     let at = |i: usize| 10f64.powf(log_lo + (log_hi - log_lo) * i as f64 / (SCAN_POINTS - 1) as f64);
-    let best = (0..SCAN_POINTS)
-        .max_by(|&a, &b| gain(at(a)).total_cmp(&gain(at(b))))
-        .expect("scan is non-empty");
+    let best =
+        (0..SCAN_POINTS).max_by(|&a, &b| gain(at(a)).total_cmp(&gain(at(b)))).expect("scan is non-empty");
     if gain(at(best)) <= 0.0 {
         return Reservation { utility: 0.0, contribution: 0.0 };
     }

@@ -54,7 +54,11 @@ pub fn ratios(solution: &Solution) -> Vec<f64> {
 pub fn parse_outcome(scenario: &Scenario, text: &str) -> Result<Vec<u32>> {
     let counts: Vec<u32> = text
         .split(',')
-        .map(|s| s.trim().parse::<u32>().map_err(|_| ContractError::Outcome(format!("\"{}\" is not a count", s.trim()))))
+        .map(|s| {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| ContractError::Outcome(format!("\"{}\" is not a count", s.trim())))
+        })
         .collect::<Result<_>>()?;
     if counts.len() != scenario.input_to_type.len() {
         return Err(ContractError::Outcome(format!(
@@ -65,7 +69,10 @@ pub fn parse_outcome(scenario: &Scenario, text: &str) -> Result<Vec<u32>> {
     }
     let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
     if total != u64::from(scenario.participants) {
-        return Err(ContractError::Outcome(format!("counts sum to {total}, participants = {}", scenario.participants)));
+        return Err(ContractError::Outcome(format!(
+            "counts sum to {total}, participants = {}",
+            scenario.participants
+        )));
     }
     let mut canonical = vec![0u32; scenario.type_count()];
     for (entry, &c) in counts.iter().enumerate() {
@@ -84,7 +91,12 @@ pub fn realize(scenario: &Scenario, solution: &Solution, outcome: &[u32]) -> Rea
         .map(|(ratio, &k)| {
             let reward_accuracy = ratio * trained;
             assert!(reward_accuracy <= trained, "a reward never beats the trained model");
-            TypeReward { ratio, reward_accuracy, reward_value: scenario.value(reward_accuracy), present: k > 0 }
+            TypeReward {
+                ratio,
+                reward_accuracy,
+                reward_value: scenario.value(reward_accuracy),
+                present: k > 0,
+            }
         })
         .collect();
     Realization { outcome: outcome.to_vec(), total_contribution: total, trained_accuracy: trained, types }

@@ -98,7 +98,9 @@ impl Scenario {
         if (sum - 1.0).abs() > PROBABILITY_SUM_TOLERANCE {
             return Err(ContractError::field(
                 "types[].probability",
-                format!("probabilities must sum to 1 (within {PROBABILITY_SUM_TOLERANCE:e}), they sum to {sum:.12}"),
+                format!(
+                    "probabilities must sum to 1 (within {PROBABILITY_SUM_TOLERANCE:e}), they sum to {sum:.12}"
+                ),
             ));
         }
         let mut order: Vec<usize> = (0..raw_types.len()).collect();
@@ -163,7 +165,8 @@ impl Scenario {
                 limit: SCENARIO_BYTES_MAX,
             });
         }
-        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| ContractError::Toml(e.to_string()))?;
+        let root: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ContractError::Toml(e.to_string()))?;
         only_keys("", &root, &["participants", "accuracy", "valuation", "types"])?;
         let participants = match root.get("participants") {
             None => return Err(ContractError::field("participants", "missing")),
@@ -178,14 +181,20 @@ impl Scenario {
             }
             Some(toml::Value::Integer(n)) => u32::try_from(*n).expect("range checked above"),
             Some(other) => {
-                return Err(ContractError::field("participants", format!("must be an integer, got {}", other.type_str())));
+                return Err(ContractError::field(
+                    "participants",
+                    format!("must be an integer, got {}", other.type_str()),
+                ));
             }
         };
         let accuracy_table = table(&root, "accuracy")?;
         let kind = match accuracy_table.get("kind") {
             Some(toml::Value::String(s)) => s.as_str(),
             Some(other) => {
-                return Err(ContractError::field("accuracy.kind", format!("must be a string, got {}", other.type_str())));
+                return Err(ContractError::field(
+                    "accuracy.kind",
+                    format!("must be a string, got {}", other.type_str()),
+                ));
             }
             None => return Err(ContractError::field("accuracy.kind", "missing")),
         };
@@ -214,12 +223,18 @@ impl Scenario {
         let entries = match root.get("types") {
             Some(toml::Value::Array(entries)) => entries,
             Some(other) => {
-                return Err(ContractError::field("types", format!("must be an array of tables ([[types]]), got {}", other.type_str())));
+                return Err(ContractError::field(
+                    "types",
+                    format!("must be an array of tables ([[types]]), got {}", other.type_str()),
+                ));
             }
             None => return Err(ContractError::field("types", "missing: add at least one [[types]] entry")),
         };
         if entries.len() > TYPES_MAX {
-            return Err(ContractError::field("types", format!("at most {TYPES_MAX} entries are supported, got {}", entries.len())));
+            return Err(ContractError::field(
+                "types",
+                format!("at most {TYPES_MAX} entries are supported, got {}", entries.len()),
+            ));
         }
         let mut raw = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
@@ -284,7 +299,10 @@ fn only_keys(path: &str, table: &toml::Table, allowed: &[&str]) -> Result<()> {
     for key in table.keys() {
         if !allowed.contains(&key.as_str()) {
             let field = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-            return Err(ContractError::field(field, format!("unknown field (allowed here: {})", allowed.join(", "))));
+            return Err(ContractError::field(
+                field,
+                format!("unknown field (allowed here: {})", allowed.join(", ")),
+            ));
         }
     }
     Ok(())
@@ -303,7 +321,9 @@ fn number(table: &toml::Table, path: &str, key: &str) -> Result<f64> {
     let value = match table.get(key) {
         Some(toml::Value::Float(x)) => *x,
         Some(toml::Value::Integer(n)) => *n as f64,
-        Some(other) => return Err(ContractError::field(field, format!("must be a number, got {}", other.type_str()))),
+        Some(other) => {
+            return Err(ContractError::field(field, format!("must be a number, got {}", other.type_str())));
+        }
         None => return Err(ContractError::field(field, "missing")),
     };
     positive_finite(&field, value)?;

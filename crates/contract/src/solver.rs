@@ -141,9 +141,13 @@ pub fn solve(scenario: &Scenario, method: Method) -> Result<Solution> {
             &candidate.expected_reward_value,
         );
         let feasible = (0..types).all(|i| {
-            candidate.expected_reward_value[i] <= candidate.max_reward_value[i] + 1e-12 * scenario.valuation_scale.max(1.0)
+            candidate.expected_reward_value[i]
+                <= candidate.max_reward_value[i] + 1e-12 * scenario.valuation_scale.max(1.0)
         });
-        if feasible && residual <= POOL_ACCEPT_RESIDUAL && candidate.expected_accuracy >= best_accuracy - 1e-13 {
+        if feasible
+            && residual <= POOL_ACCEPT_RESIDUAL
+            && candidate.expected_accuracy >= best_accuracy - 1e-13
+        {
             best_accuracy = candidate.expected_accuracy;
             m = m_pooled;
         }
@@ -190,7 +194,9 @@ pub fn pools_of(m: &[f64], t: &[f64]) -> Vec<Vec<usize>> {
     let mut pools: Vec<Vec<usize>> = Vec::new();
     for i in 0..m.len() {
         match pools.last_mut() {
-            Some(pool) if m[i] == m[i - 1] && (t[i] - t[i - 1]).abs() <= 1e-12 * t[i].abs().max(1.0) => pool.push(i),
+            Some(pool) if m[i] == m[i - 1] && (t[i] - t[i - 1]).abs() <= 1e-12 * t[i].abs().max(1.0) => {
+                pool.push(i)
+            }
             _ => pools.push(vec![i]),
         }
     }
@@ -401,8 +407,9 @@ impl<'a> Problem<'a> {
                 kept.push(k);
             }
         }
-        let budget_rows =
-            (0..types).map(|i| kept.iter().position(|&k| k == self.budget(i)).expect("budgets are kept")).collect();
+        let budget_rows = (0..types)
+            .map(|i| kept.iter().position(|&k| k == self.budget(i)).expect("budgets are kept"))
+            .collect();
         Reduction { map, kept, budget_rows, group_of: group_of.to_vec() }
     }
 
@@ -410,7 +417,8 @@ impl<'a> Problem<'a> {
         let x = &red.map * DVector::from_column_slice(xr);
         let budget: Vec<f64> = red.budget_rows.iter().map(|&r| z[r]).collect();
         let full = self.evaluate(x.as_slice(), &budget)?;
-        let jacobian = DMatrix::from_fn(red.kept.len(), full.jacobian.ncols(), |r, c| full.jacobian[(red.kept[r], c)]);
+        let jacobian =
+            DMatrix::from_fn(red.kept.len(), full.jacobian.ncols(), |r, c| full.jacobian[(red.kept[r], c)]);
         Some(Point {
             noise: full.noise,
             gradient: red.map.transpose() * &full.gradient,
@@ -477,7 +485,10 @@ impl<'a> Problem<'a> {
             let dual_scale = point.gradient.amax().max(1.0);
             let tol_primal = tol_primal.max(10.0 * point.noise);
             let tol_mu = tol_mu.max(point.noise);
-            if r_p.amax() <= tol_primal && r_d.amax() <= (tol_dual * dual_scale).max(10.0 * point.noise) && mu <= tol_mu {
+            if r_p.amax() <= tol_primal
+                && r_d.amax() <= (tol_dual * dual_scale).max(10.0 * point.noise)
+                && mu <= tol_mu
+            {
                 return Ok(((&red.map * &x).as_slice().to_vec(), iteration));
             }
             // The full (unreduced) Newton system, solved by LU with partial
@@ -606,8 +617,7 @@ impl<'a> Problem<'a> {
         }
         let tbar: Vec<f64> = e.present.iter().map(|v| self.v * v).collect();
         let t_final = t;
-        let reservations =
-            self.costs.iter().map(|&c| reservation(&self.accuracy, self.v, c)).collect();
+        let reservations = self.costs.iter().map(|&c| reservation(&self.accuracy, self.v, c)).collect();
         Ok(Solution {
             reservations,
             pools: pools_of(&m, &t_final),

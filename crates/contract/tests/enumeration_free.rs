@@ -46,9 +46,14 @@ fn convolution_agrees_with_enumeration_within_its_bound() {
         );
         for i in 0..p.len() {
             let diff = (approx.present[i] - exact.present[i]).abs();
-            assert!(diff <= approx.present_error_bound[i], "{what}: F_{i} off by {diff:e} > {}", approx.present_error_bound[i]);
+            assert!(
+                diff <= approx.present_error_bound[i],
+                "{what}: F_{i} off by {diff:e} > {}",
+                approx.present_error_bound[i]
+            );
             for j in 0..p.len() {
-                let (a, e) = (approx.present_gradient[i * p.len() + j], exact.present_gradient[i * p.len() + j]);
+                let (a, e) =
+                    (approx.present_gradient[i * p.len() + j], exact.present_gradient[i * p.len() + j]);
                 assert!((a - e).abs() <= 1e-7 * e.abs().max(1e-12), "{what}: dF_{i}/dm_{j} {a} vs {e}");
             }
         }
@@ -73,7 +78,8 @@ fn solver_reaches_the_same_optimum_with_either_engine() {
         let rel = (approx.expected_value - exact.expected_value).abs() / exact.expected_value;
         assert!(rel <= 1e-6, "relative difference {rel:e}");
         assert_eq!(approx.pools, exact.pools);
-        let v = check(&scenario, &approx.contribution, &approx.expected_reward_value, Method::Enumerate).expect("checks");
+        let v = check(&scenario, &approx.contribution, &approx.expected_reward_value, Method::Enumerate)
+            .expect("checks");
         assert!(v.max() <= 1e-8, "menu from the convolution engine, checked exactly: {v:?}");
     }
 }

@@ -32,15 +32,24 @@ fn rewards_never_beat_the_trained_model_and_reproduce_t() {
             }
         }
         for i in 0..5 {
-            assert!((expected[i] - s.expected_reward_value[i]).abs() < 1e-9, "{}: E[v(r_{i})] {} vs t {}", published.name, expected[i], s.expected_reward_value[i]);
+            assert!(
+                (expected[i] - s.expected_reward_value[i]).abs() < 1e-9,
+                "{}: E[v(r_{i})] {} vs t {}",
+                published.name,
+                expected[i],
+                s.expected_reward_value[i]
+            );
         }
     }
 }
 
 #[test]
 fn outcomes_are_read_in_file_order_and_validated() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/contracts/consortium_merged.toml"))
-        .expect("example exists");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/contracts/consortium_merged.toml"
+    ))
+    .expect("example exists");
     let scenario = Scenario::from_toml_str(&text).expect("valid");
     // File order: 0.05, 0.3, 0.05, 0.012, 0.12 -> canonical 0.3, 0.12, 0.05 (merged), 0.012.
     assert_eq!(parse_outcome(&scenario, "1,2,3,4,2").expect("valid"), vec![2, 2, 4, 4]);
@@ -75,7 +84,12 @@ fn no_contract_closed_form_matches_brute_force() {
         }
         assert!((closed.expected_value - value).abs() < 1e-9, "{} vs {}", closed.expected_value, value);
         for i in 0..5 {
-            assert!((closed.utility[i] - utility[i]).abs() < 1e-9, "type {i}: {} vs {}", closed.utility[i], utility[i]);
+            assert!(
+                (closed.utility[i] - utility[i]).abs() < 1e-9,
+                "type {i}: {} vs {}",
+                closed.utility[i],
+                utility[i]
+            );
         }
     }
 }

@@ -50,9 +50,21 @@ fn each_invalid_field_is_named() {
         ("cost = 0.2", "cost = inf", "types[0].cost"),
         ("cost = 0.2", "cost = nan", "types[0].cost"),
         ("cost = 0.2", "cost = \"cheap\"", "types[0].cost"),
-        ("probability = 0.5\n[[types]]\ncost = 0.1", "probability = 0.0\n[[types]]\ncost = 0.1", "types[0].probability"),
-        ("probability = 0.5\n[[types]]\ncost = 0.1", "probability = -0.5\n[[types]]\ncost = 0.1", "types[0].probability"),
-        ("probability = 0.5\n[[types]]\ncost = 0.1", "probability = 0.6\n[[types]]\ncost = 0.1", "types[].probability"),
+        (
+            "probability = 0.5\n[[types]]\ncost = 0.1",
+            "probability = 0.0\n[[types]]\ncost = 0.1",
+            "types[0].probability",
+        ),
+        (
+            "probability = 0.5\n[[types]]\ncost = 0.1",
+            "probability = -0.5\n[[types]]\ncost = 0.1",
+            "types[0].probability",
+        ),
+        (
+            "probability = 0.5\n[[types]]\ncost = 0.1",
+            "probability = 0.6\n[[types]]\ncost = 0.1",
+            "types[].probability",
+        ),
         ("kind = \"generalization-bound\"", "kind = \"linear\"", "accuracy.kind"),
         ("a_opt = 1.0", "a_opt = -1.0", "accuracy.a_opt"),
         ("k = 1.0", "k = 1.0\nbeta = 2.0", "accuracy.beta"),
@@ -68,7 +80,8 @@ fn each_invalid_field_is_named() {
         let (got, message) = field_error(&text);
         assert_eq!(&got, field, "case {to:?}: message was {message}");
     }
-    let (field, _) = field_error("participants = 10\n[accuracy]\nkind = \"sqrt\"\n[valuation]\nscale = 1.0\n");
+    let (field, _) =
+        field_error("participants = 10\n[accuracy]\nkind = \"sqrt\"\n[valuation]\nscale = 1.0\n");
     assert_eq!(field, "types");
     // A probability sum off by less than 1e-9 is accepted and renormalised.
     let s = Scenario::from_toml_str(&VALID.replacen("probability = 0.5", "probability = 0.5000000005", 1))

@@ -13,7 +13,10 @@ use crowdtrain_contract::rewards::realize;
 use crowdtrain_contract::{Accuracy, Method, Scenario, solve};
 
 fn close(actual: f64, expected: f64, tolerance: f64, what: &str) {
-    assert!((actual - expected).abs() <= tolerance, "{what}: got {actual:.12}, expected {expected:.12} (tolerance {tolerance:e})");
+    assert!(
+        (actual - expected).abs() <= tolerance,
+        "{what}: got {actual:.12}, expected {expected:.12} (tolerance {tolerance:e})"
+    );
 }
 
 fn close_rel(actual: f64, expected: f64, relative: f64, what: &str) {
@@ -147,7 +150,11 @@ fn tv2_paper_scenarios_reach_the_true_optimum() {
         let s = solve(&scenario, Method::Auto).expect("solves");
         total_seconds += s.solve_seconds;
         let name = format!("S{}", k + 1);
-        assert!(s.expected_value >= tv.true_value - 1e-6, "{name}: {} below the true optimum", s.expected_value);
+        assert!(
+            s.expected_value >= tv.true_value - 1e-6,
+            "{name}: {} below the true optimum",
+            s.expected_value
+        );
         close(s.expected_accuracy, tv.expected_accuracy, 1e-8, &format!("{name} E[a]"));
         for i in 0..5 {
             close_rel(s.contribution[i], tv.m[i], 1e-4, &format!("{name} m{}", i + 1));
@@ -157,7 +164,8 @@ fn tv2_paper_scenarios_reach_the_true_optimum() {
         }
         let pools: Vec<Vec<usize>> = tv.pools.iter().map(|p| p.to_vec()).collect();
         assert_eq!(s.pools, pools, "{name} pools");
-        let v = check(&scenario, &s.contribution, &s.expected_reward_value, Method::Enumerate).expect("checks");
+        let v =
+            check(&scenario, &s.contribution, &s.expected_reward_value, Method::Enumerate).expect("checks");
         assert!(v.max() <= 1e-8, "{name}: violation {v:?}");
     }
     // The target is 0.5 s for the three together in release; a

@@ -195,13 +195,21 @@ fn load_directory(dir: &Path) -> Result<Dataset, DatasetError> {
     };
     let train = load_split(TRAIN_IMAGES, TRAIN_LABELS)?;
     let test = load_split(TEST_IMAGES, TEST_LABELS)?;
-    let full = train.len() == 60_000 && test.len() == 10_000;
-    finish(
-        if full { "fashion-mnist" } else { "fashion-mnist-custom" },
-        dir.display().to_string(),
-        train,
-        test,
-    )
+    let name = if train.len() == 60_000 && test.len() == 10_000 {
+        "fashion-mnist"
+    } else if is_bundled_subset(&train, &test) {
+        "fashion-mnist-subset"
+    } else {
+        "fashion-mnist-custom"
+    };
+    finish(name, dir.display().to_string(), train, test)
+}
+
+/// Whether a directory holds exactly the subset built into the binary
+/// (as `crates/data/assets/fashion-mnist-subset` does).
+fn is_bundled_subset(train: &LabeledImages, test: &LabeledImages) -> bool {
+    (train.len(), test.len()) == (2000, 500)
+        && load_bundled().is_ok_and(|bundled| bundled.train == *train && bundled.test == *test)
 }
 
 fn load_bundled() -> Result<Dataset, DatasetError> {
@@ -315,6 +323,8 @@ mod tests {
         write_split(dir.path(), TEST_IMAGES, TEST_LABELS, 2, &[3, 4]);
         let dataset = DataSource::Directory(dir.path().to_owned()).load().unwrap();
         assert_eq!(dataset.info.name, "fashion-mnist-custom");
+        let subset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist-subset");
+        assert_eq!(DataSource::Directory(subset).load().unwrap().info.name, "fashion-mnist-subset");
         assert_eq!((dataset.info.train_examples, dataset.info.test_examples), (3, 2));
         assert!(dataset.info.to_string().contains(&dir.path().display().to_string()));
     }

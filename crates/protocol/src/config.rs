@@ -27,7 +27,7 @@
 //!
 //! [round]
 //! deadline_ms = 60000
-//! min_workers = 1       # a round opens once this many workers are active
+//! min_workers = 1       # the run starts once this many workers are active
 //! quorum = 1            # submissions needed to aggregate
 //! extension_ms = 30000  # without quorum at the deadline: extend ...
 //! max_extensions = 2    # ... this many times, then the round fails and is retried
@@ -265,10 +265,13 @@ impl RunConfig {
             "must be between 100 and 86400000 when round.max_extensions > 0",
         )?;
         check("round.max_extensions", round.max_extensions <= 1000, "must be at most 1000")?;
+        // A worker waiting for the next round sits in a long poll of up to
+        // LONG_POLL_MS_MAX without being seen; it must not time out meanwhile.
+        let timeout_min = 2 * crate::wire::LONG_POLL_MS_MAX;
         check(
             "round.worker_timeout_ms",
-            (1000..=7 * day_ms).contains(&round.worker_timeout_ms),
-            "must be between 1000 and 604800000",
+            (timeout_min..=7 * day_ms).contains(&round.worker_timeout_ms),
+            &format!("must be between {timeout_min} (twice the longest long poll) and 604800000"),
         )?;
         let limits = &self.limits;
         check(
@@ -358,6 +361,12 @@ mod tests {
         assert_eq!(config.round.deadline_ms, 60_000);
     }
 
+    #[test]
+    fn the_example_file_spells_out_exactly_the_defaults() {
+        let example = RunConfig::parse(include_str!("../../../examples/run.toml")).unwrap();
+        assert_eq!(example, RunConfig::parse("seed = 0\nrounds = 20\n").unwrap());
+    }
+
     fn error_field(text: &str) -> String {
         match RunConfig::parse(text).unwrap_err() {
             ConfigError::Invalid { field, .. } => field.to_owned(),
@@ -389,6 +398,7 @@ mod tests {
                 "data.dirichlet_alpha",
             ),
             ("seed = 1\nrounds = 1\n[limits]\nmax_upload_bytes = 10\n", "limits.max_upload_bytes"),
+            ("seed = 1\nrounds = 1\n[round]\nworker_timeout_ms = 5000\n", "round.worker_timeout_ms"),
         ];
         for (text, field) in cases {
             assert_eq!(error_field(text), field, "{text}");

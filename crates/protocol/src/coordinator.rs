@@ -31,8 +31,8 @@
 //!
 //! # Round policy
 //!
-//! A round opens when at least `max(min_workers, quorum)` workers are
-//! active; its participants are the active workers at that moment (sorted by
+//! The first round opens when at least `max(min_workers, quorum)` workers
+//! are active, later ones when `quorum` are; a round's participants are the active workers at that moment (sorted by
 //! id: position = slot = shard). A worker is active if it was seen within
 //! `worker_timeout_ms` and did not miss the previous round it was assigned
 //! (a worker that missed one is back as soon as it is seen again, so a crashed
@@ -81,8 +81,11 @@ impl Settings {
         }
     }
 
-    fn workers_to_open(&self) -> usize {
-        self.min_workers.max(self.quorum) as usize
+    /// Active workers needed to open a round: the run starts with
+    /// `min_workers`; after that a round needs only enough for its quorum,
+    /// so workers leaving cannot stall the run.
+    fn workers_to_open(&self, first_round: bool) -> usize {
+        if first_round { self.min_workers.max(self.quorum) as usize } else { self.quorum as usize }
     }
 }
 
@@ -675,7 +678,7 @@ impl Coordinator {
         }
         let participants: Vec<WorkerId> =
             self.workers.iter().filter(|(_, state)| self.active(state)).map(|(&worker, _)| worker).collect();
-        if participants.len() < self.settings.workers_to_open() {
+        if participants.len() < self.settings.workers_to_open(self.next_round == 0) {
             return;
         }
         let round = self.next_round;

@@ -33,6 +33,9 @@ pub const RUN_HEADER: &str = "x-crowdtrain-run";
 
 const REQUEST_DOMAIN: &str = "crowdtrain/request/v1";
 
+/// The longest the coordinator holds a round long poll open.
+pub const LONG_POLL_MS_MAX: u64 = 30_000;
+
 /// A 32-byte BLAKE3 digest, as 64 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]

@@ -241,7 +241,14 @@ fn solve_command(args: &SolveArgs, full: bool) -> anyhow::Result<()> {
     );
     if !full {
         let mut table = Table::new();
-        table.set_header(vec!["type", "cost", "utility u", "rent vs complete info (u - f)", "no-contract utility", "u - no-contract"]);
+        table.set_header(vec![
+            "type",
+            "cost",
+            "utility u",
+            "rent vs complete info (u - f)",
+            "no-contract utility",
+            "u - no-contract",
+        ]);
         for (i, t) in report["types"].as_array().expect("built above").iter().enumerate() {
             table.add_row(vec![
                 format!("{}", i + 1),
@@ -344,7 +351,9 @@ fn paper_command(args: &PaperArgs) -> anyhow::Result<()> {
         "  largest information cost: ours {worst:.6} at N = {}, p1 = {:.6}; published -1.623505 (figure floor -1.62) at N = 2, p1 = 0.483103",
         worst_at.0, worst_at.1
     );
-    println!("  largest information rent of the low-cost type: ours {max_rent:.4}; published figure ceiling 15");
+    println!(
+        "  largest information rent of the low-cost type: ours {max_rent:.4}; published figure ceiling 15"
+    );
     let written = paper::write_outputs(&args.out, &grid, &multi)?;
     for path in written {
         println!("wrote {}", path.display());
@@ -368,7 +377,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
-    let scenarios: Vec<Scenario> = paper::MULTITYPE.iter().map(|s| paper::multitype_scenario(&s.costs)).collect();
+    let scenarios: Vec<Scenario> =
+        paper::MULTITYPE.iter().map(|s| paper::multitype_scenario(&s.costs)).collect();
     let large = match &args.large {
         Some(path) => load(path)?,
         None => large_scenario(),

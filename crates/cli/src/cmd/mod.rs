@@ -2,5 +2,9 @@
 
 pub mod bench;
 pub mod contract;
+pub mod coordinator;
+pub mod demo;
+pub mod keygen;
 pub mod sim;
 pub mod train;
+pub mod worker;

@@ -24,15 +24,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, ErrorCode, RUN_HEADER, SubmissionStatus};
+use crowdtrain_protocol::wire::{
+    AUTH_HEADER, ApiError, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER, SubmissionStatus,
+};
 use crowdtrain_protocol::{Digest, RequestAuth};
 use serde::Deserialize;
 
 use super::{Failure, Node, now_unix_ms};
 use crate::NodeError;
-
-/// The longest a round long-poll is held open.
-const LONG_POLL_MS_MAX: u64 = 30_000;
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -249,6 +248,33 @@ fn parse_range_start(range: &HeaderValue, total: u64) -> Result<u64, Failure> {
     if start >= total { Err(bad()) } else { Ok(start) }
 }
 
+/// Bodies up to this many times the upload limit are read to the end
+/// before being refused, so that the client gets the 413 and its reason
+/// rather than a broken pipe.
+const DRAIN_FACTOR: u64 = 4;
+
+/// Reads a body of at most `limit` bytes. A longer body is drained (up to
+/// `DRAIN_FACTOR` times the limit) and `None` is returned.
+async fn read_body(body: Body, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|error| Failure::new(ErrorCode::BadRequest, format!("reading the body: {error}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len() as u64;
+        if total > limit.saturating_mul(DRAIN_FACTOR) {
+            return Ok(None);
+        }
+        if total <= limit {
+            kept.extend_from_slice(&data);
+        }
+    }
+    Ok((total <= limit).then_some(kept))
+}
+
 #[derive(Debug, Deserialize)]
 struct SubmitQuery {
     base_model: String,
@@ -273,10 +299,12 @@ async fn submit(
             || Failure::new(ErrorCode::TooLarge, format!("submissions are at most {limit} bytes"));
         let declared =
             headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit) {
+        if declared.is_some_and(|length| length > limit.saturating_mul(DRAIN_FACTOR)) {
+            // Far too large to be worth reading: refuse at once (the client
+            // may see the connection close before it finishes sending).
             return Err(too_large());
         }
-        let payload = axum::body::to_bytes(body, limit as usize).await.map_err(|_| too_large())?.to_vec();
+        let payload = read_body(body, limit).await?.ok_or_else(too_large)?;
         let auth = verify_signature(&node, &method, &uri, &headers, &payload)?;
         let base_model: Digest = query
             .base_model

@@ -402,6 +402,7 @@ impl Node {
         round: RoundId,
         accepted: &[WorkerId],
     ) -> Result<(Digest, Digest), NodeError> {
+        let started = Instant::now();
         let payloads = inner.store.accepted_payloads(round)?;
         let workers: Vec<WorkerId> = payloads.iter().map(|(worker, _)| *worker).collect();
         assert_eq!(workers, accepted, "the store holds exactly the accepted submissions");
@@ -412,8 +413,10 @@ impl Node {
             .collect::<Result<Vec<_>, _>>()
             .map_err(crowdtrain_train::TrainError::from)?;
         let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
+        let decoded = started.elapsed();
         let mut next = inner.global.clone();
         outer_step(self.config.outer_optimizer(), &mut next, &views);
+        let stepped = started.elapsed();
         let name = self.model.name();
         let layout = self.model.layout();
         let model =
@@ -424,6 +427,13 @@ impl Node {
             layout,
             &next.momentum,
         ))?;
+        tracing::debug!(
+            round,
+            read_and_decode_ms = decoded.as_secs_f64() * 1e3,
+            outer_step_ms = (stepped - decoded).as_secs_f64() * 1e3,
+            checkpoints_ms = (started.elapsed() - stepped).as_secs_f64() * 1e3,
+            "aggregated"
+        );
         inner.global = next;
         inner.global_model = model;
         Ok((model, momentum))

@@ -208,7 +208,7 @@ pub async fn run_worker(
             on_round(&format!("round {}: submission refused: {}", assignment.round, answer.reason()));
         }
     }
-    summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded;
+    summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
     Ok(summary)
 }
 
@@ -295,7 +295,7 @@ fn train(
 
 /// Models by digest: in memory for the current one, on disk for the rest,
 /// downloaded with resume when missing.
-struct ModelCache {
+pub struct ModelCache {
     dir: PathBuf,
     name: String,
     layout: crowdtrain_train::ParamLayout,
@@ -307,7 +307,7 @@ struct ModelCache {
 const DOWNLOAD_ATTEMPTS_MAX: u32 = 20;
 
 impl ModelCache {
-    fn new(dir: &Path, model: &dyn Model) -> Result<Self, NodeError> {
+    pub fn new(dir: &Path, model: &dyn Model) -> Result<Self, NodeError> {
         std::fs::create_dir_all(dir)
             .map_err(|error| NodeError::io(format!("could not create {}", dir.display()), error))?;
         Ok(Self {
@@ -319,7 +319,13 @@ impl ModelCache {
         })
     }
 
-    async fn get(&mut self, client: &Client, digest: &Digest) -> Result<Arc<Vec<f32>>, NodeError> {
+    /// Bytes received from model downloads so far.
+    pub fn bytes_downloaded(&self) -> u64 {
+        self.bytes_downloaded
+    }
+
+    /// The parameters of model `digest`.
+    pub async fn get(&mut self, client: &Client, digest: &Digest) -> Result<Arc<Vec<f32>>, NodeError> {
         if let Some((current, params)) = &self.current
             && current == digest
         {
@@ -334,7 +340,7 @@ impl ModelCache {
 
     /// The checkpoint's bytes, from the cache or downloaded; a partial
     /// download resumes from where it stopped.
-    async fn fetch(&mut self, client: &Client, digest: &Digest) -> Result<Vec<u8>, NodeError> {
+    pub async fn fetch(&mut self, client: &Client, digest: &Digest) -> Result<Vec<u8>, NodeError> {
         let done = self.dir.join(format!("{}.safetensors", digest.to_hex()));
         if let Ok(bytes) = std::fs::read(&done)
             && Digest::of(&bytes) == *digest

@@ -1,0 +1,446 @@
+//! `crowdtrain demo`: a whole training network on this machine.
+//!
+//! Starts a coordinator and N worker processes (this same binary) on
+//! 127.0.0.1 with a fresh state directory, shows the run live from the
+//! coordinator's status endpoint, and ends with a table per worker and the
+//! final accuracy. Everything crosses real HTTP between real processes.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use crowdtrain_protocol::Identity;
+use crowdtrain_protocol::Signed;
+use crowdtrain_protocol::wire::{DatasetFingerprint, Phase, RoundRecord, RunInfo, RunStatus, WorkerStatus};
+use crowdtrain_train::ModelKind;
+use serde::Serialize;
+
+use crate::output;
+
+/// Run a coordinator and N workers as separate processes on this machine.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+
+    /// Rounds to run.
+    #[arg(long, default_value_t = 20)]
+    rounds: u64,
+
+    /// Inner steps per round (H).
+    #[arg(long, default_value_t = 50)]
+    inner_steps: u64,
+
+    /// Seed of the run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Model architecture: mlp or cnn.
+    #[arg(long, default_value = "mlp")]
+    model: ModelKind,
+
+    /// Directory with the Fashion-MNIST IDX files (default as for `train`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Start this many more workers once a third of the rounds are done:
+    /// they join at the next round (their join time is reported).
+    #[arg(long, default_value_t = 0)]
+    late_workers: usize,
+
+    /// Keep the run's files (state, keys, logs) in this directory instead
+    /// of a temporary one.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+
+    /// Fail if the run takes longer than this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+
+    /// Write test accuracy per round to this file (.png or .svg).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+
+    /// Print one JSON object on stdout instead of a report.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct DemoReport {
+    dataset: DatasetFingerprint,
+    workers_started: usize,
+    final_test_accuracy: f64,
+    /// The final model's state hash: equal to `sim diloco`'s
+    /// `diloco_state_hash` with the same settings.
+    state_hash: String,
+    bytes_uploaded: u64,
+    bytes_downloaded: u64,
+    seconds: f64,
+    /// Median over rounds, from the last accepted submission to the next
+    /// round being open.
+    coordinator_overhead_ms_median: Option<u64>,
+    round_seconds_median: Option<f64>,
+    /// Median over rounds of the overhead as a fraction of the round's
+    /// duration.
+    coordinator_overhead_fraction_median: Option<f64>,
+    workers: Vec<DemoWorker>,
+    rounds: Vec<RoundRecord>,
+}
+
+/// A worker as the coordinator saw it, with what the worker itself said.
+#[derive(Debug, Serialize)]
+struct DemoWorker {
+    #[serde(flatten)]
+    status: WorkerStatus,
+    /// From registration to holding a first assignment and its model.
+    join_ms: Option<u64>,
+    started_late: bool,
+}
+
+/// Kills every child still running when dropped, so a failing demo never
+/// leaves processes behind.
+struct Processes {
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=64).contains(&args.workers), "--workers must be between 1 and 64");
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let temporary;
+    let dir = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            temporary = tempfile::tempdir().context("could not create a temporary directory")?;
+            temporary.path().to_owned()
+        }
+    };
+    let started = Instant::now();
+    let binary = std::env::current_exe().context("could not find this executable")?;
+    write_config(&dir, &args)?;
+    let mut processes = Processes { children: Vec::new() };
+    let url = start_coordinator(&binary, &dir, &mut processes)?;
+    for index in 0..args.workers {
+        start_worker(&binary, &dir, &url, index, &args, &mut processes)?;
+    }
+    let run: Signed<RunInfo> = runtime()?
+        .block_on(async { reqwest::get(format!("{url}/v1/run")).await?.json().await })
+        .context("could not read the run description")?;
+    if !args.json {
+        eprintln!(
+            "data: {} ({} training images); coordinator at {url}; files in {}",
+            run.body.dataset.name,
+            run.body.dataset.train_examples,
+            dir.display()
+        );
+    }
+    let status = watch(&url, &args, &mut processes, started, |processes, completed| {
+        let late_start = args.rounds.div_ceil(3);
+        let already = processes.children.len() - 1 - args.workers;
+        if completed >= late_start && already < args.late_workers {
+            for index in args.workers..args.workers + args.late_workers {
+                start_worker(&binary, &dir, &url, index, &args, processes)?;
+            }
+        }
+        Ok(())
+    })?;
+    let report = finish(status, run.body.dataset, &args, &mut processes, started)?;
+    if let Some(path) = &args.plot {
+        let points = report
+            .rounds
+            .iter()
+            .filter_map(|round| {
+                round.test_accuracy.map(|accuracy| ((round.round + 1) as f64, 100.0 * accuracy))
+            })
+            .collect();
+        crate::plot::line_chart(
+            path,
+            &format!("crowdtrain demo: {} workers", args.workers),
+            "round",
+            "test accuracy (%)",
+            &[crate::plot::Series { name: "global model".into(), points }],
+        )?;
+    }
+    if args.json {
+        return output::print_json(&report);
+    }
+    print_report(&report, &args);
+    if args.keep.is_some() {
+        println!("files kept in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn start_worker(
+    binary: &Path,
+    dir: &Path,
+    url: &str,
+    index: usize,
+    args: &DemoArgs,
+    processes: &mut Processes,
+) -> anyhow::Result<()> {
+    let key = dir.join(format!("worker-{index}.key"));
+    Identity::generate()?.save(&key)?;
+    let log = std::fs::File::create(dir.join(format!("worker-{index}.log")))?;
+    let mut command = Command::new(binary);
+    command
+        .args(["worker", "--coordinator", url, "--threads", "1", "--give-up-after", "60", "--json"])
+        .arg("--key")
+        .arg(&key)
+        .arg("--cache")
+        .arg(dir.join(format!("cache-{index}")))
+        .stdout(Stdio::piped())
+        .stderr(log);
+    if let Some(data) = &args.data {
+        command.arg("--data").arg(data);
+    }
+    let child = command.spawn().context("could not start a worker")?;
+    processes.children.push((format!("worker {index}"), child));
+    Ok(())
+}
+
+fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
+    let data = match &args.data {
+        Some(path) => format!("\n[data]\ndir = {:?}\n", path.canonicalize().unwrap_or(path.clone())),
+        None => String::new(),
+    };
+    let config = format!(
+        "seed = {seed}\nrounds = {rounds}\n\n[model]\nkind = \"{model}\"\n{data}\n[inner]\nsteps = {steps}\n\n\
+         [round]\ndeadline_ms = 30000\nmin_workers = {workers}\nquorum = 1\nworker_timeout_ms = 60000\n",
+        seed = args.seed,
+        rounds = args.rounds,
+        model = args.model,
+        steps = args.inner_steps,
+        workers = args.workers,
+    );
+    std::fs::write(dir.join("run.toml"), config).context("could not write run.toml")
+}
+
+/// Starts the coordinator on a free port and returns its URL.
+fn start_coordinator(binary: &Path, dir: &Path, processes: &mut Processes) -> anyhow::Result<String> {
+    let log_path = dir.join("coordinator.log");
+    let mut child = Command::new(binary)
+        .args(["coordinator", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(dir.join("run.toml"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()
+        .context("could not start the coordinator")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    processes.children.push(("coordinator".into(), child));
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => Ok(url.to_owned()),
+        None => bail!("the coordinator did not start: {}", tail(&log_path)),
+    }
+}
+
+/// Follows the run until it is finished and its last round evaluated;
+/// `on_progress` is called with the completed rounds after each poll.
+fn watch(
+    url: &str,
+    args: &DemoArgs,
+    processes: &mut Processes,
+    started: Instant,
+    mut on_progress: impl FnMut(&mut Processes, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<RunStatus> {
+    let runtime = runtime()?;
+    let client = reqwest::Client::new();
+    let progress = output::progress_bar(args.rounds, "rounds");
+    let deadline = started + Duration::from_secs(args.timeout);
+    loop {
+        if Instant::now() > deadline {
+            bail!("the run did not finish within {} s", args.timeout);
+        }
+        for (name, child) in &mut processes.children {
+            if let Some(exit) = child.try_wait()?
+                && (name == "coordinator" || !exit.success())
+            {
+                bail!(
+                    "{name} exited early ({exit}); see its log in the run directory (use --keep DIR to keep it)"
+                );
+            }
+        }
+        let status: Option<RunStatus> = runtime.block_on(async {
+            let response = client.get(format!("{url}/v1/status")).send().await.ok()?;
+            response.json().await.ok()
+        });
+        if let Some(status) = status {
+            progress.set_position(status.completed_rounds);
+            progress.set_message(format!(
+                "test accuracy {}, uploaded {}, {} workers active",
+                status.test_accuracy.map_or("-".into(), |accuracy| format!("{:.2}%", 100.0 * accuracy)),
+                output::bytes(status.bytes_uploaded),
+                status.workers.iter().filter(|worker| worker.active).count()
+            ));
+            let evaluated = status
+                .rounds
+                .iter()
+                .rev()
+                .find(|round| round.status == "closed")
+                .is_some_and(|round| round.test_accuracy.is_some());
+            if status.phase == Phase::Finished && evaluated {
+                progress.finish_and_clear();
+                return Ok(status);
+            }
+            on_progress(processes, status.completed_rounds)?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits for the workers to leave, stops the coordinator, builds the report.
+fn finish(
+    status: RunStatus,
+    dataset: DatasetFingerprint,
+    args: &DemoArgs,
+    processes: &mut Processes,
+    started: Instant,
+) -> anyhow::Result<DemoReport> {
+    let patience = Instant::now() + Duration::from_secs(60);
+    let mut joins = std::collections::HashMap::new();
+    for (name, child) in processes.children.iter_mut().filter(|(name, _)| name != "coordinator") {
+        loop {
+            match child.try_wait()? {
+                Some(exit) if exit.success() => break,
+                Some(exit) => bail!("{name} failed ({exit})"),
+                None if Instant::now() > patience => bail!("{name} did not exit after the run finished"),
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let mut summary = String::new();
+        if let Some(stdout) = child.stdout.as_mut() {
+            stdout.read_to_string(&mut summary)?;
+        }
+        let summary: serde_json::Value =
+            serde_json::from_str(&summary).with_context(|| format!("{name} printed no summary"))?;
+        if let Some(key) = summary["public_key"].as_str() {
+            joins.insert(key.to_owned(), summary["join_ms"].as_u64());
+        }
+    }
+    if let Some((_, coordinator)) = processes.children.iter_mut().find(|(name, _)| name == "coordinator") {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(coordinator.id() as libc::pid_t, libc::SIGTERM) };
+        coordinator.wait()?;
+    }
+    let final_test_accuracy = status
+        .rounds
+        .iter()
+        .rev()
+        .find(|round| round.status == "closed")
+        .and_then(|round| round.test_accuracy)
+        .context("no evaluated round")?;
+    let mut overheads: Vec<u64> =
+        status.rounds.iter().filter_map(|round| round.coordinator_overhead_ms).collect();
+    let mut durations: Vec<f64> = status
+        .rounds
+        .iter()
+        .filter_map(|round| {
+            round.closed_unix_ms.map(|closed| (closed - round.opened_unix_ms) as f64 / 1000.0)
+        })
+        .collect();
+    let mut fractions: Vec<f64> = status
+        .rounds
+        .iter()
+        .filter_map(|round| {
+            let duration = round.closed_unix_ms? - round.opened_unix_ms;
+            Some(round.coordinator_overhead_ms? as f64 / duration.max(1) as f64)
+        })
+        .collect();
+    let workers = status
+        .workers
+        .into_iter()
+        .enumerate()
+        .map(|(index, worker)| DemoWorker {
+            join_ms: joins.get(&worker.public_key.to_hex()).copied().flatten(),
+            started_late: index >= args.workers,
+            status: worker,
+        })
+        .collect();
+    Ok(DemoReport {
+        dataset,
+        workers_started: args.workers,
+        final_test_accuracy,
+        state_hash: status.state_hash.clone(),
+        bytes_uploaded: status.bytes_uploaded,
+        bytes_downloaded: status.bytes_downloaded,
+        seconds: started.elapsed().as_secs_f64(),
+        coordinator_overhead_ms_median: median(&mut overheads),
+        round_seconds_median: median(&mut durations),
+        coordinator_overhead_fraction_median: median(&mut fractions),
+        workers,
+        rounds: status.rounds,
+    })
+}
+
+fn median<T: Copy + PartialOrd>(values: &mut [T]) -> Option<T> {
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values.get(values.len() / 2).copied()
+}
+
+fn print_report(report: &DemoReport, args: &DemoArgs) {
+    let mut table = output::table(&[
+        "worker",
+        "rounds assigned",
+        "accepted",
+        "late",
+        "uploaded",
+        "joined in",
+        "active at end",
+    ]);
+    for DemoWorker { status: worker, join_ms, started_late } in &report.workers {
+        table.add_row(vec![
+            worker.worker.to_string(),
+            worker.rounds_assigned.to_string(),
+            worker.submissions_accepted.to_string(),
+            worker.submissions_late.to_string(),
+            output::bytes(worker.bytes_uploaded),
+            join_ms.map_or("-".into(), |ms| format!("{ms} ms{}", if *started_late { " (late)" } else { "" })),
+            if worker.active { "yes".into() } else { "no".into() },
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "{} workers, {} rounds in {:.1} s: final test accuracy {:.2}%; {} uploaded, {} downloaded; coordinator \
+         overhead {} ms per round (median, {:.1}% of a round)",
+        args.workers,
+        report.rounds.iter().filter(|round| round.status == "closed").count(),
+        report.seconds,
+        100.0 * report.final_test_accuracy,
+        output::bytes(report.bytes_uploaded),
+        output::bytes(report.bytes_downloaded),
+        report.coordinator_overhead_ms_median.map_or("-".into(), |ms| ms.to_string()),
+        100.0 * report.coordinator_overhead_fraction_median.unwrap_or(f64::NAN),
+    );
+}
+
+/// The last lines of a log, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}

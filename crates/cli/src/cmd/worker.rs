@@ -1,0 +1,83 @@
+//! `crowdtrain worker`: train for a coordinator.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use crowdtrain_node::worker::{WorkerOptions, run_worker};
+use crowdtrain_protocol::PublicKey;
+
+use crate::output;
+
+/// Join a training run: register, then train each round's assignment and
+/// upload the result, until the run ends.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. http://127.0.0.1:7070.
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+
+    /// This worker's key (from `crowdtrain keygen`).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+
+    /// Directory with the Fashion-MNIST IDX files (must be the run's data).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Where downloaded models are cached (default: ~/.cache/crowdtrain/models).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+
+    /// Threads for training (default: RAYON_NUM_THREADS, else one per core).
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+
+    /// Give up after the coordinator has been unreachable this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    give_up_after: u64,
+
+    /// Trust only this coordinator key (hex); default: the key it presents.
+    #[arg(long, value_name = "HEX")]
+    coordinator_key: Option<PublicKey>,
+
+    /// Print a JSON summary on stdout when the run ends.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let cache = args.cache.clone().unwrap_or_else(default_cache);
+    let options = WorkerOptions {
+        coordinator: args.coordinator.clone(),
+        key: args.key.clone(),
+        data: args.data.clone(),
+        cache,
+        give_up_after: Duration::from_secs(args.give_up_after),
+        coordinator_key: args.coordinator_key,
+        threads: args.threads,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let summary = runtime.block_on(run_worker(options, |news| eprintln!("{news}")))?;
+    if args.json {
+        return output::print_json(&summary);
+    }
+    println!(
+        "{} rounds trained, {} accepted, {} late, {} refused; {} uploaded, {} downloaded",
+        summary.rounds_trained,
+        summary.submissions_accepted,
+        summary.submissions_late,
+        summary.submissions_refused,
+        output::bytes(summary.bytes_uploaded),
+        output::bytes(summary.bytes_downloaded)
+    );
+    Ok(())
+}
+
+fn default_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("crowdtrain").join("models")
+}
