@@ -43,6 +43,8 @@ enum Command {
     Worker(cmd::worker::WorkerArgs),
     /// Create a worker identity (an ed25519 key).
     Keygen(cmd::keygen::KeygenArgs),
+    /// Read or verify a run's signed ledger.
+    Ledger(cmd::ledger::LedgerArgs),
     /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
     Contract(cmd::contract::ContractArgs),
 }
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => cmd::coordinator::run(args),
         Command::Worker(args) => cmd::worker::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Ledger(args) => cmd::ledger::run(args),
         Command::Contract(args) => cmd::contract::run(args),
     };
     match result {

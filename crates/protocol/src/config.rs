@@ -26,12 +26,18 @@
 //! momentum = 0.9
 //!
 //! [round]
-//! deadline_ms = 60000
+//! deadline_ms = 60000  # training: commitments are due by then
+//! reveal_ms = 30000     # then reveals and audit answers
 //! min_workers = 1       # the run starts once this many workers are active
 //! quorum = 1            # submissions needed to aggregate
 //! extension_ms = 30000  # without quorum at the deadline: extend ...
 //! max_extensions = 2    # ... this many times, then the round fails and is retried
 //! worker_timeout_ms = 120000
+//!
+//! [audit]           # proof-of-training
+//! probability = 0.1 # chance a submission's segment is replayed
+//! segments = 4
+//! stake = 32000     # >= inner.steps * inner.batch_size / probability
 //!
 //! [limits]
 //! max_workers = 1024
@@ -76,6 +82,8 @@ pub struct RunConfig {
     pub outer: OuterSection,
     #[serde(default)]
     pub round: RoundSection,
+    #[serde(default)]
+    pub audit: AuditSection,
     #[serde(default)]
     pub limits: LimitsSection,
 }
@@ -157,7 +165,10 @@ impl Default for OuterSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoundSection {
+    /// Training time: commitments must arrive before it ends.
     pub deadline_ms: u64,
+    /// After the commit phase: reveals and audit answers.
+    pub reveal_ms: u64,
     pub min_workers: u32,
     pub quorum: u32,
     pub extension_ms: u64,
@@ -169,12 +180,35 @@ impl Default for RoundSection {
     fn default() -> Self {
         Self {
             deadline_ms: 60_000,
+            reveal_ms: 30_000,
             min_workers: 1,
             quorum: 1,
             extension_ms: 30_000,
             max_extensions: 2,
             worker_timeout_ms: 120_000,
         }
+    }
+}
+
+/// Proof-of-training: how often submissions are replayed, in how many
+/// segments, and what a worker caught cheating loses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Chance that a submission is audited (0 turns audits off).
+    pub probability: f64,
+    /// Segments a worker's inner steps are cut into; an audit replays one.
+    pub segments: u32,
+    /// Work units a worker loses when caught (a failed audit, a reveal that
+    /// does not match its commitment, an unanswered audit). Must be at
+    /// least the work of a submission divided by `probability`, so that
+    /// skipping any part of the work has negative expected value.
+    pub stake: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self { probability: 0.1, segments: 4, stake: 32_000 }
     }
 }
 
@@ -257,6 +291,11 @@ impl RunConfig {
             (100..=day_ms).contains(&round.deadline_ms),
             "must be between 100 and 86400000",
         )?;
+        check(
+            "round.reveal_ms",
+            (100..=day_ms).contains(&round.reveal_ms),
+            "must be between 100 and 86400000",
+        )?;
         check("round.min_workers", round.min_workers >= 1, "must be at least 1")?;
         check("round.quorum", round.quorum >= 1, "must be at least 1")?;
         check(
@@ -273,6 +312,24 @@ impl RunConfig {
             (timeout_min..=7 * day_ms).contains(&round.worker_timeout_ms),
             &format!("must be between {timeout_min} (twice the longest long poll) and 604800000"),
         )?;
+        let audit = &self.audit;
+        check("audit.probability", (0.0..=1.0).contains(&audit.probability), "must be between 0 and 1")?;
+        check(
+            "audit.segments",
+            audit.segments >= 1 && u64::from(audit.segments) <= inner.steps,
+            "must be between 1 and inner.steps",
+        )?;
+        if audit.probability > 0.0 {
+            let minimum = (self.work_units() as f64 / audit.probability).ceil() as u64;
+            check(
+                "audit.stake",
+                audit.stake >= minimum,
+                &format!(
+                    "must be at least the work of a submission ({} units: inner.steps x inner.batch_size) divided                      by audit.probability, i.e. {minimum}; with less, skipping work pays off in expectation",
+                    self.work_units()
+                ),
+            )?;
+        }
         let limits = &self.limits;
         check(
             "limits.max_workers",
@@ -291,6 +348,11 @@ impl RunConfig {
             "must be between 1024 and 4294967296",
         )?;
         Ok(())
+    }
+
+    /// Work units of one submission: the samples its inner steps process.
+    pub fn work_units(&self) -> u64 {
+        self.inner.steps * self.inner.batch_size as u64
     }
 
     pub fn sharding(&self) -> Sharding {
@@ -399,6 +461,10 @@ mod tests {
             ),
             ("seed = 1\nrounds = 1\n[limits]\nmax_upload_bytes = 10\n", "limits.max_upload_bytes"),
             ("seed = 1\nrounds = 1\n[round]\nworker_timeout_ms = 5000\n", "round.worker_timeout_ms"),
+            ("seed = 1\nrounds = 1\n[audit]\nprobability = 1.5\n", "audit.probability"),
+            ("seed = 1\nrounds = 1\n[audit]\nsegments = 51\n", "audit.segments"),
+            ("seed = 1\nrounds = 1\n[audit]\nstake = 31999\n", "audit.stake"),
+            ("seed = 1\nrounds = 1\n[audit]\nprobability = 0.5\nstake = 6399\n", "audit.stake"),
         ];
         for (text, field) in cases {
             assert_eq!(error_field(text), field, "{text}");

@@ -1,8 +1,9 @@
 //! The coordinator's round logic as a pure state machine.
 //!
-//! No I/O, no clock, no randomness: time comes in as an argument (Unix
-//! milliseconds), and decisions go out as [`Action`]s. The HTTP server, the
-//! tests and any simulator drive the same code.
+//! No I/O, no clock, no OS randomness: time comes in as an argument (Unix
+//! milliseconds), audit randomness from a master key given at construction
+//! ([`crate::audit`]), and decisions go out as [`Action`]s. The HTTP
+//! server, the tests and any simulator drive the same code.
 //!
 //! # How to drive it
 //!
@@ -11,9 +12,12 @@
 //! - (A) getters: [`Coordinator::view`], [`Coordinator::phase`], ...
 //! - (B) inputs: [`register`](Coordinator::register),
 //!   [`authenticate`](Coordinator::authenticate), [`seen`](Coordinator::seen),
-//!   [`submit`](Coordinator::submit), [`handle_timeout`](Coordinator::handle_timeout),
+//!   [`commit`](Coordinator::commit), [`reveal`](Coordinator::reveal),
+//!   [`audit_result`](Coordinator::audit_result),
+//!   [`handle_timeout`](Coordinator::handle_timeout),
 //!   [`handle_aggregated`](Coordinator::handle_aggregated). Each returns an
-//!   explicit verdict where a caller is waiting for one.
+//!   explicit verdict where a caller is waiting for one; a refusal changes
+//!   nothing.
 //! - (C) outputs: after every input, drain [`poll_action`](Coordinator::poll_action)
 //!   and carry the actions out *in order*, making them durable before
 //!   answering the request that caused them; then re-arm one timer at
@@ -24,31 +28,47 @@
 //! [`Action::CloseRound`] is the one action that asks for work: the driver
 //! aggregates the accepted updates (in worker order) and reports the new
 //! model with `handle_aggregated`, which emits [`Action::CommitRound`]. A
-//! round is only durable as closed once its result is: if the driver dies
-//! in between, the restored machine sees an open round with all its
-//! submissions and closes it again, and aggregation, being deterministic,
-//! gives the same model.
+//! round is durable as closed only once its result is: if the driver dies
+//! in between, the restored machine closes the round again, and aggregation,
+//! being deterministic, gives the same model.
 //!
-//! # Round policy
+//! # A round
 //!
-//! The first round opens when at least `max(min_workers, quorum)` workers
-//! are active, later ones when `quorum` are; a round's participants are the active workers at that moment (sorted by
-//! id: position = slot = shard). A worker is active if it was seen within
-//! `worker_timeout_ms` and did not miss the previous round it was assigned
-//! (a worker that missed one is back as soon as it is seen again, so a crashed
-//! worker costs at most one round's deadline). A worker registering during a
-//! round joins at the next one. The round closes as soon as every participant
-//! has submitted, or at its deadline, provided `quorum` submissions are in;
-//! otherwise the deadline is extended up to `max_extensions` times, after
-//! which the round fails and a new one opens on the same model.
+//! 1. **Commit phase.** Participants train and send a [`Commitment`] (the
+//!    Merkle root of their segment-boundary state hashes and the hash of the
+//!    pseudo-gradient they will reveal). The phase ends when every
+//!    participant has committed, or at the commit deadline with `quorum`
+//!    commitments (else the deadline is extended up to `max_extensions`
+//!    times, then the round fails).
+//! 2. **Draw.** The round's secret (whose hash was published at opening) is
+//!    revealed; with every commitment it makes the beacon, which selects each
+//!    committed worker for audit with probability `audit_probability`, and
+//!    one of its segments ([`Action::BeginReveal`]).
+//! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
+//!    not hash to its commitment is rejected and slashed. Audited workers
+//!    answer with the start state of their segment; the driver replays it
+//!    and reports [`Coordinator::audit_result`]. A failed or unanswered audit
+//!    rejects the submission and slashes the stake.
+//! 4. **Close.** When every committed worker is settled, or at the reveal
+//!    deadline, the accepted submissions (revealed, matching, and passed or
+//!    unaudited) are aggregated if there are at least `quorum` of them;
+//!    each earns its work units. Otherwise the round fails.
+//!
+//! The first round opens when `max(min_workers, quorum)` workers are active,
+//! later ones when `quorum` are; participants are the active workers sorted
+//! by id (position = slot = shard). A worker is active if seen within
+//! `worker_timeout_ms` and it did not miss its previous round (seen again, it
+//! is back). A worker registering mid-round joins at the next round.
+//! Commitments and reveals for closed rounds are recorded as late.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{self, Commitment};
 use crate::config::RunConfig;
 use crate::identity::PublicKey;
-use crate::wire::{Assignment, Digest, ErrorCode, Phase, RoundId, RoundView, SubmissionStatus, WorkerId};
+use crate::wire::{Assignment, Digest, ErrorCode, Phase, RoundId, RoundView, WorkerId};
 
 /// How far a request's nonce (its time, in microseconds) may be from the
 /// coordinator's clock before it is refused as stale.
@@ -60,11 +80,17 @@ pub struct Settings {
     pub rounds: u64,
     pub min_workers: u32,
     pub quorum: u32,
-    pub deadline_ms: u64,
+    pub commit_ms: u64,
+    pub reveal_ms: u64,
     pub extension_ms: u64,
     pub max_extensions: u32,
     pub worker_timeout_ms: u64,
     pub max_workers: u32,
+    pub audit_probability: f64,
+    pub segments: u32,
+    pub stake: u64,
+    /// Credit for one accepted submission.
+    pub work_units: u64,
 }
 
 impl Settings {
@@ -73,11 +99,16 @@ impl Settings {
             rounds: config.rounds,
             min_workers: config.round.min_workers,
             quorum: config.round.quorum,
-            deadline_ms: config.round.deadline_ms,
+            commit_ms: config.round.deadline_ms,
+            reveal_ms: config.round.reveal_ms,
             extension_ms: config.round.extension_ms,
             max_extensions: config.round.max_extensions,
             worker_timeout_ms: config.round.worker_timeout_ms,
             max_workers: config.limits.max_workers,
+            audit_probability: config.audit.probability,
+            segments: config.audit.segments,
+            stake: config.audit.stake,
+            work_units: config.work_units(),
         }
     }
 
@@ -86,6 +117,53 @@ impl Settings {
     /// so workers leaving cannot stall the run.
     fn workers_to_open(&self, first_round: bool) -> usize {
         if first_round { self.min_workers.max(self.quorum) as usize } else { self.quorum as usize }
+    }
+}
+
+/// How a commitment or a reveal was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recorded {
+    /// In time for its round.
+    Accepted,
+    /// After its phase ended: kept, never counted.
+    Late,
+    /// A reveal that does not hash to its commitment.
+    Mismatch,
+}
+
+impl Recorded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Late => "late",
+            Self::Mismatch => "mismatch",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "accepted" => Some(Self::Accepted),
+            "late" => Some(Self::Late),
+            "mismatch" => Some(Self::Mismatch),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of an audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Passed,
+    Failed(String),
+    /// No answer before the reveal deadline: counts as failed.
+    Unanswered,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        matches!(self, Self::Passed)
     }
 }
 
@@ -101,27 +179,58 @@ pub enum Action {
         base_model: Digest,
         participants: Vec<WorkerId>,
         opened_unix_ms: u64,
-        deadline_unix_ms: u64,
+        commit_deadline_unix_ms: u64,
+        secret_commitment: Digest,
     },
-    /// Persist a later deadline for the open round.
-    ExtendRound { round: RoundId, deadline_unix_ms: u64, extensions: u32 },
-    /// Persist a submission (its payload is the driver's) and the nonce of
-    /// the request that carried it.
-    RecordSubmission {
+    /// Persist a later commit deadline for the open round.
+    ExtendRound { round: RoundId, commit_deadline_unix_ms: u64, extensions: u32 },
+    /// Persist a commitment and the nonce of the request that carried it.
+    RecordCommitment {
         round: RoundId,
         worker: WorkerId,
-        status: SubmissionStatus,
+        commitment: Commitment,
+        status: Recorded,
+        nonce: u64,
+        received_unix_ms: u64,
+    },
+    /// The commit phase is over: persist the revealed secret, the beacon and
+    /// the audit draw.
+    BeginReveal {
+        round: RoundId,
+        secret: [u8; 32],
+        beacon: Digest,
+        audits: Vec<(WorkerId, u32)>,
+        reveal_deadline_unix_ms: u64,
+    },
+    /// Persist a reveal (its payload is the driver's) and its request nonce.
+    RecordReveal {
+        round: RoundId,
+        worker: WorkerId,
+        status: Recorded,
         payload: Digest,
         nonce: u64,
         received_unix_ms: u64,
     },
-    /// Aggregate these workers' accepted updates (ascending id, which is
+    /// Persist an audit's verdict (and the nonce of the answer, if any).
+    RecordAudit {
+        round: RoundId,
+        worker: WorkerId,
+        segment: u32,
+        verdict: Verdict,
+        nonce: Option<u64>,
+        decided_unix_ms: u64,
+    },
+    /// Take `amount` work units from `worker`.
+    Slash { round: RoundId, worker: WorkerId, amount: u64, reason: String },
+    /// Aggregate these workers' revealed updates (ascending id, which is
     /// slot order) on `base_model`, then call `handle_aggregated`.
     CloseRound { round: RoundId, base_model: Digest, accepted: Vec<WorkerId>, closed_unix_ms: u64 },
     /// Persist the round as closed with its result.
     CommitRound { round: RoundId, result_model: Digest, accepted: Vec<WorkerId>, closed_unix_ms: u64 },
-    /// Persist the round as failed (no quorum); its submissions do not count.
-    FailRound { round: RoundId, closed_unix_ms: u64 },
+    /// Credit `worker` with `units` work units of verified work.
+    CreditWork { round: RoundId, worker: WorkerId, units: u64 },
+    /// Persist the round as failed; nothing in it counts.
+    FailRound { round: RoundId, closed_unix_ms: u64, reason: String },
     /// All rounds are done.
     Finish { final_model: Digest },
 }
@@ -145,18 +254,18 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The outcome of an acceptable submission.
+/// The outcome of an acceptable commitment or reveal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubmissionOutcome {
+pub enum Outcome {
     /// Newly recorded with this status.
-    Recorded(SubmissionStatus),
-    /// The same payload was already recorded with this status (a retry
-    /// after a lost answer): nothing changes, the receipt is re-issued.
-    AlreadyRecorded(SubmissionStatus),
+    Recorded(Recorded),
+    /// The same value was already recorded with this status (a retry after
+    /// a lost answer): nothing changes, the receipt is re-issued.
+    AlreadyRecorded(Recorded),
 }
 
-impl SubmissionOutcome {
-    pub fn status(self) -> SubmissionStatus {
+impl Outcome {
+    pub fn status(self) -> Recorded {
         match self {
             Self::Recorded(status) | Self::AlreadyRecorded(status) => status,
         }
@@ -172,26 +281,80 @@ struct Worker {
     missed: bool,
 }
 
+/// The phase of the open round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundPhase {
+    Committing { deadline_ms: u64, extensions: u32 },
+    Revealing { deadline_ms: u64 },
+}
+
+/// One participant's standing in the open round.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Standing {
+    pub commitment: Option<Commitment>,
+    /// The revealed payload's digest, once it matched the commitment.
+    pub revealed: Option<Digest>,
+    /// The audited segment, if drawn.
+    pub audit: Option<u32>,
+    pub verdict: Option<Verdict>,
+    /// Why this submission cannot count (a mismatched reveal, a failed or
+    /// unanswered audit).
+    pub rejected: Option<String>,
+    /// A reveal that did not match the commitment (kept as evidence).
+    pub mismatched: Option<Digest>,
+    /// A commitment that arrived after the commit phase.
+    pub late_commitment: Option<Commitment>,
+}
+
+impl Standing {
+    fn settled(&self) -> bool {
+        self.commitment.is_none()
+            || self.rejected.is_some()
+            || (self.revealed.is_some() && (self.audit.is_none() || self.verdict.is_some()))
+    }
+
+    fn accepted(&self) -> bool {
+        self.revealed.is_some()
+            && self.rejected.is_none()
+            && self.verdict.as_ref().is_none_or(Verdict::passed)
+    }
+}
+
 /// The open round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenRound {
     pub id: RoundId,
     pub base_model: Digest,
     pub opened_ms: u64,
-    pub deadline_ms: u64,
-    pub extensions: u32,
+    pub phase: RoundPhase,
     /// Ascending worker id; a participant's index is its slot.
     pub participants: Vec<WorkerId>,
-    pub accepted: BTreeMap<WorkerId, Digest>,
+    pub standings: BTreeMap<WorkerId, Standing>,
+    pub secret_commitment: Digest,
+    /// Revealed when the commit phase ends.
+    pub secret: Option<[u8; 32]>,
 }
 
-/// What is kept of a round after it closed: enough to judge late
-/// submissions.
+impl OpenRound {
+    fn commitments(&self) -> BTreeMap<WorkerId, Commitment> {
+        self.standings.iter().filter_map(|(&worker, standing)| Some((worker, standing.commitment?))).collect()
+    }
+
+    /// The deadline of the current phase.
+    pub fn deadline_ms(&self) -> u64 {
+        match self.phase {
+            RoundPhase::Committing { deadline_ms, .. } | RoundPhase::Revealing { deadline_ms } => deadline_ms,
+        }
+    }
+}
+
+/// What is kept of a round after it closed: enough to judge late input.
 #[derive(Debug, Clone)]
 struct PastRound {
     base_model: Digest,
     participants: BTreeSet<WorkerId>,
-    recorded: BTreeMap<WorkerId, (SubmissionStatus, Digest)>,
+    commitments: BTreeMap<WorkerId, (Recorded, Commitment)>,
+    reveals: BTreeMap<WorkerId, (Recorded, Digest)>,
 }
 
 /// A persisted round, for [`Coordinator::restore`].
@@ -202,9 +365,13 @@ pub struct RoundSnapshot {
     pub base_model: Digest,
     pub participants: Vec<WorkerId>,
     pub opened_unix_ms: u64,
-    pub deadline_unix_ms: u64,
+    pub commit_deadline_unix_ms: u64,
     pub extensions: u32,
-    pub submissions: Vec<(WorkerId, SubmissionStatus, Digest)>,
+    /// Set once the commit phase ended.
+    pub reveal_deadline_unix_ms: Option<u64>,
+    pub commitments: Vec<(WorkerId, Recorded, Commitment)>,
+    pub reveals: Vec<(WorkerId, Recorded, Digest)>,
+    pub verdicts: Vec<(WorkerId, Verdict)>,
     pub result_model: Option<Digest>,
 }
 
@@ -241,11 +408,13 @@ pub struct Snapshot {
 pub struct Coordinator {
     settings: Settings,
     run_id: Digest,
+    audit_master: [u8; 32],
     workers: BTreeMap<WorkerId, Worker>,
     keys: BTreeMap<PublicKey, WorkerId>,
     open: Option<OpenRound>,
-    /// A round closed and waiting for its aggregate.
-    aggregating: Option<RoundId>,
+    /// A round closed and waiting for its aggregate, with the workers
+    /// whose updates it aggregates.
+    aggregating: Option<(RoundId, Vec<WorkerId>)>,
     past: BTreeMap<RoundId, PastRound>,
     next_round: RoundId,
     completed_rounds: u64,
@@ -256,11 +425,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A new run whose first model is `initial_model`.
-    pub fn new(settings: Settings, run_id: Digest, initial_model: Digest) -> Self {
+    /// A new run whose first model is `initial_model`; `audit_master` is the
+    /// coordinator's secret audit key (see [`crate::audit`]).
+    pub fn new(settings: Settings, run_id: Digest, initial_model: Digest, audit_master: [u8; 32]) -> Self {
         Self {
             settings,
             run_id,
+            audit_master,
             workers: BTreeMap::new(),
             keys: BTreeMap::new(),
             open: None,
@@ -276,11 +447,18 @@ impl Coordinator {
     }
 
     /// Rebuilds the machine from persisted state at time `now`. Every
-    /// worker counts as just seen (the coordinator was away, not them). An
-    /// open round whose submissions are all in is closed at once, and with
-    /// no open round a new one opens if enough workers are known.
-    pub fn restore(settings: Settings, run_id: Digest, snapshot: Snapshot, now: u64) -> Self {
-        let mut machine = Self::new(settings, run_id, snapshot.initial_model);
+    /// worker counts as just seen (the coordinator was away, not them).
+    /// Whatever the restored round is due (ending its commit phase, closing)
+    /// happens at once, and with no open round a new one opens if enough
+    /// workers are known.
+    pub fn restore(
+        settings: Settings,
+        run_id: Digest,
+        audit_master: [u8; 32],
+        snapshot: Snapshot,
+        now: u64,
+    ) -> Self {
+        let mut machine = Self::new(settings, run_id, snapshot.initial_model, audit_master);
         machine.now_ms = now;
         for (worker, key, last_nonce) in snapshot.workers {
             machine.keys.insert(key, worker);
@@ -289,24 +467,8 @@ impl Coordinator {
         for round in snapshot.rounds {
             assert!(round.id >= machine.next_round, "rounds are restored in ascending order");
             machine.next_round = round.id + 1;
-            let recorded =
-                round.submissions.iter().map(|&(worker, status, digest)| (worker, (status, digest)));
             match round.state {
-                RoundState::Open => {
-                    let accepted = recorded
-                        .filter(|(_, (status, _))| *status == SubmissionStatus::Accepted)
-                        .map(|(worker, (_, digest))| (worker, digest))
-                        .collect();
-                    machine.open = Some(OpenRound {
-                        id: round.id,
-                        base_model: round.base_model,
-                        opened_ms: round.opened_unix_ms,
-                        deadline_ms: round.deadline_unix_ms,
-                        extensions: round.extensions,
-                        participants: round.participants,
-                        accepted,
-                    });
-                }
+                RoundState::Open => machine.open = Some(machine.restore_open(&round)),
                 RoundState::Closed | RoundState::Failed => {
                     if round.state == RoundState::Closed {
                         machine.completed_rounds += 1;
@@ -316,8 +478,9 @@ impl Coordinator {
                         round.id,
                         PastRound {
                             base_model: round.base_model,
-                            participants: round.participants.into_iter().collect(),
-                            recorded: recorded.collect(),
+                            participants: round.participants.iter().copied().collect(),
+                            commitments: round.commitments.iter().map(|&(w, s, c)| (w, (s, c))).collect(),
+                            reveals: round.reveals.iter().map(|&(w, s, d)| (w, (s, d))).collect(),
                         },
                     );
                 }
@@ -326,20 +489,75 @@ impl Coordinator {
         if machine.completed_rounds >= machine.settings.rounds {
             machine.finished = true;
         }
-        machine.close_if_complete();
+        machine.settle();
         machine.maybe_open();
         machine
+    }
+
+    fn restore_open(&self, round: &RoundSnapshot) -> OpenRound {
+        let secret = audit::round_secret(&self.audit_master, &self.run_id, round.id);
+        let mut standings: BTreeMap<WorkerId, Standing> =
+            round.participants.iter().map(|&worker| (worker, Standing::default())).collect();
+        for &(worker, status, commitment) in &round.commitments {
+            let standing = standings.entry(worker).or_default();
+            match status {
+                Recorded::Accepted => standing.commitment = Some(commitment),
+                _ => standing.late_commitment = Some(commitment),
+            }
+        }
+        let mut open = OpenRound {
+            id: round.id,
+            base_model: round.base_model,
+            opened_ms: round.opened_unix_ms,
+            phase: RoundPhase::Committing {
+                deadline_ms: round.commit_deadline_unix_ms,
+                extensions: round.extensions,
+            },
+            participants: round.participants.clone(),
+            standings,
+            secret_commitment: audit::secret_commitment(&secret),
+            secret: None,
+        };
+        if let Some(deadline_ms) = round.reveal_deadline_unix_ms {
+            open.phase = RoundPhase::Revealing { deadline_ms };
+            open.secret = Some(secret);
+            let beacon = audit::beacon(&secret, &self.run_id, round.id, &open.commitments());
+            for (worker, standing) in
+                open.standings.iter_mut().filter(|(_, standing)| standing.commitment.is_some())
+            {
+                standing.audit =
+                    audit::draw(&beacon, *worker, self.settings.audit_probability, self.settings.segments);
+            }
+            for &(worker, status, digest) in &round.reveals {
+                let standing = open.standings.entry(worker).or_default();
+                match status {
+                    Recorded::Accepted => standing.revealed = Some(digest),
+                    Recorded::Mismatch => {
+                        standing.mismatched = Some(digest);
+                        standing.rejected = Some("the reveal does not match the commitment".into());
+                    }
+                    Recorded::Late => {}
+                }
+            }
+            for (worker, verdict) in &round.verdicts {
+                let standing = open.standings.entry(*worker).or_default();
+                if !verdict.passed() {
+                    standing.rejected.get_or_insert_with(|| failure_reason(verdict));
+                }
+                standing.verdict = Some(verdict.clone());
+            }
+        }
+        open
     }
 
     // (A) getters
 
     pub fn phase(&self) -> Phase {
-        if self.finished {
-            Phase::Finished
-        } else if self.open.is_some() || self.aggregating.is_some() {
-            Phase::Training
-        } else {
-            Phase::Waiting
+        match (&self.open, &self.aggregating) {
+            _ if self.finished => Phase::Finished,
+            (Some(OpenRound { phase: RoundPhase::Committing { .. }, .. }), _) => Phase::Committing,
+            (Some(_), _) | (None, Some(_)) => Phase::Revealing,
+            (None, None) => Phase::Waiting,
         }
     }
 
@@ -364,6 +582,10 @@ impl Coordinator {
         self.workers.len()
     }
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// Whether `worker` would be a participant if a round opened now.
     pub fn is_active(&self, worker: WorkerId) -> bool {
         self.workers.get(&worker).is_some_and(|state| self.active(state))
@@ -379,18 +601,34 @@ impl Coordinator {
     /// The round as `worker` sees it.
     pub fn view(&self, worker: Option<WorkerId>, template: &AssignmentTemplate) -> RoundView {
         let open = self.open.as_ref();
+        let standing = open.zip(worker).and_then(|(round, worker)| round.standings.get(&worker));
+        let revealing = matches!(open.map(|round| round.phase), Some(RoundPhase::Revealing { .. }));
         RoundView {
             run_id: self.run_id,
             phase: self.phase(),
-            round: open.map(|round| round.id).or(self.aggregating),
+            round: open.map(|round| round.id).or(self.aggregating.as_ref().map(|(round, _)| *round)),
             completed_rounds: self.completed_rounds,
             model: self.model,
-            deadline_unix_ms: open.map(|round| round.deadline_ms),
+            deadline_unix_ms: open.map(OpenRound::deadline_ms),
+            secret_commitment: open.map(|round| round.secret_commitment),
+            secret: open.and_then(|round| round.secret).map(crate::wire::Secret),
             assignment: worker.and_then(|worker| self.assignment(worker, template)),
-            submitted: match (open, worker) {
-                (Some(round), Some(worker)) => round.accepted.contains_key(&worker),
-                _ => false,
-            },
+            committed: standing.is_some_and(|standing| standing.commitment.is_some()),
+            revealed: standing
+                .is_some_and(|standing| standing.revealed.is_some() || standing.rejected.is_some()),
+            audit: standing.and_then(|standing| standing.audit).filter(|_| revealing),
+            audit_answered: standing.is_some_and(|standing| standing.verdict.is_some()),
+        }
+    }
+
+    /// The audited segment and commitment of `worker` in the open round, if
+    /// it is drawn and not yet judged: what the driver needs to replay.
+    pub fn pending_audit(&self, worker: WorkerId, round: RoundId) -> Option<(u32, Commitment)> {
+        let open = self.open.as_ref().filter(|open| open.id == round)?;
+        let standing = open.standings.get(&worker)?;
+        match (standing.audit, standing.commitment, &standing.verdict) {
+            (Some(segment), Some(commitment), None) => Some((segment, commitment)),
+            _ => None,
         }
     }
 
@@ -467,10 +705,89 @@ impl Coordinator {
         self.maybe_open();
     }
 
-    /// A submission for `round` on `base_model` from an authenticated
-    /// worker, carrying a payload whose digest is `payload` and checked by
-    /// the driver (shape, finiteness, size).
-    pub fn submit(
+    /// A commitment for `round` on `base_model` from an authenticated worker.
+    pub fn commit(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        base_model: Digest,
+        commitment: Commitment,
+    ) -> Result<Outcome, Refusal> {
+        self.advance(now);
+        if commitment.segments != self.settings.segments {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "commitments cover {} segments in this run, not {}",
+                    self.settings.segments, commitment.segments
+                ),
+            ));
+        }
+        if let Some(open) = self.open.as_mut().filter(|open| open.id == round) {
+            check_participant(&open.participants, open.base_model, worker, round, base_model)?;
+            let committing = matches!(open.phase, RoundPhase::Committing { .. });
+            let standing = open.standings.entry(worker).or_default();
+            if let Some(existing) = standing.commitment {
+                return same_or_duplicate(
+                    existing == commitment,
+                    Recorded::Accepted,
+                    worker,
+                    round,
+                    "commitment",
+                );
+            }
+            if let Some(existing) = standing.late_commitment {
+                return same_or_duplicate(
+                    existing == commitment,
+                    Recorded::Late,
+                    worker,
+                    round,
+                    "commitment",
+                );
+            }
+            let status = if committing {
+                standing.commitment = Some(commitment);
+                Recorded::Accepted
+            } else {
+                standing.late_commitment = Some(commitment);
+                Recorded::Late
+            };
+            self.record_nonce(worker, nonce, now);
+            self.actions.push_back(Action::RecordCommitment {
+                round,
+                worker,
+                commitment,
+                status,
+                nonce,
+                received_unix_ms: now,
+            });
+            self.settle();
+            return Ok(Outcome::Recorded(status));
+        }
+        let past = self.past_round(round)?;
+        check_participant_past(past, worker, round, base_model)?;
+        if let Some(&(status, existing)) = past.commitments.get(&worker) {
+            return same_or_duplicate(existing == commitment, status, worker, round, "commitment");
+        }
+        past.commitments.insert(worker, (Recorded::Late, commitment));
+        self.record_nonce(worker, nonce, now);
+        self.actions.push_back(Action::RecordCommitment {
+            round,
+            worker,
+            commitment,
+            status: Recorded::Late,
+            nonce,
+            received_unix_ms: now,
+        });
+        Ok(Outcome::Recorded(Recorded::Late))
+    }
+
+    /// A reveal: the digest of the pseudo-gradient a worker uploads, which
+    /// must be the one it committed to. A mismatch is recorded, rejects the
+    /// submission and slashes the stake.
+    pub fn reveal(
         &mut self,
         now: u64,
         worker: WorkerId,
@@ -478,70 +795,96 @@ impl Coordinator {
         round: RoundId,
         base_model: Digest,
         payload: Digest,
-    ) -> Result<SubmissionOutcome, Refusal> {
+    ) -> Result<Outcome, Refusal> {
         self.advance(now);
-        if let Some(open) = self.open.as_mut()
-            && open.id == round
-        {
-            if !open.participants.contains(&worker) {
+        if let Some(open) = self.open.as_mut().filter(|open| open.id == round) {
+            check_participant(&open.participants, open.base_model, worker, round, base_model)?;
+            if matches!(open.phase, RoundPhase::Committing { .. }) {
                 return Err(Refusal::new(
-                    ErrorCode::NotAssigned,
-                    format!("{worker} is not a participant of round {round}; it joins at the next round"),
+                    ErrorCode::TooEarly,
+                    format!("round {round} is still in its commit phase; reveal after it ends"),
                 ));
             }
-            if base_model != open.base_model {
+            let standing = open.standings.entry(worker).or_default();
+            let Some(commitment) = standing.commitment else {
                 return Err(Refusal::new(
-                    ErrorCode::StaleModel,
-                    format!("round {round} trains from model {}, not {base_model}", open.base_model),
+                    ErrorCode::NotCommitted,
+                    format!(
+                        "{worker} has no commitment in round {round}; only committed updates can be revealed"
+                    ),
                 ));
+            };
+            if let Some(existing) = standing.revealed {
+                return same_or_duplicate(existing == payload, Recorded::Accepted, worker, round, "reveal");
             }
-            if let Some(existing) = open.accepted.get(&worker) {
-                return if *existing == payload {
-                    Ok(SubmissionOutcome::AlreadyRecorded(SubmissionStatus::Accepted))
-                } else {
-                    Err(Refusal::new(
-                        ErrorCode::Duplicate,
-                        format!("{worker} already has a different submission accepted for round {round}"),
-                    ))
-                };
+            if let Some(existing) = standing.mismatched {
+                return same_or_duplicate(existing == payload, Recorded::Mismatch, worker, round, "reveal");
             }
-            open.accepted.insert(worker, payload);
-            self.record(worker, nonce, round, payload, SubmissionStatus::Accepted, now);
-            self.close_if_complete();
-            return Ok(SubmissionOutcome::Recorded(SubmissionStatus::Accepted));
+            let already_rejected = standing.rejected.is_some();
+            let status = if payload == commitment.payload {
+                standing.revealed = Some(payload);
+                Recorded::Accepted
+            } else {
+                standing.mismatched = Some(payload);
+                standing.rejected.get_or_insert_with(|| "the reveal does not match the commitment".into());
+                Recorded::Mismatch
+            };
+            self.record_nonce(worker, nonce, now);
+            self.actions.push_back(Action::RecordReveal {
+                round,
+                worker,
+                status,
+                payload,
+                nonce,
+                received_unix_ms: now,
+            });
+            // One slash per worker per round, for the first proven fault.
+            if status == Recorded::Mismatch && !already_rejected {
+                self.slash(round, worker, "the reveal does not match the commitment");
+            }
+            self.settle();
+            return Ok(Outcome::Recorded(status));
         }
-        let Some(past) = self.past.get_mut(&round) else {
-            let current = self.open.as_ref().map_or("none".to_owned(), |open| open.id.to_string());
+        let past = self.past_round(round)?;
+        check_participant_past(past, worker, round, base_model)?;
+        if let Some(&(status, existing)) = past.reveals.get(&worker) {
+            return same_or_duplicate(existing == payload, status, worker, round, "reveal");
+        }
+        past.reveals.insert(worker, (Recorded::Late, payload));
+        self.record_nonce(worker, nonce, now);
+        self.actions.push_back(Action::RecordReveal {
+            round,
+            worker,
+            status: Recorded::Late,
+            payload,
+            nonce,
+            received_unix_ms: now,
+        });
+        Ok(Outcome::Recorded(Recorded::Late))
+    }
+
+    /// The driver's verdict on `worker`'s audit answer in `round` (it
+    /// checked the proofs and replayed the segment). A failure rejects the
+    /// submission and slashes the stake.
+    pub fn audit_result(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        verdict: Verdict,
+    ) -> Result<(), Refusal> {
+        self.advance(now);
+        let Some((segment, _)) = self.pending_audit(worker, round) else {
             return Err(Refusal::new(
-                ErrorCode::WrongRound,
-                format!("round {round} is not open and has not been run (the open round is {current})"),
+                ErrorCode::NotAudited,
+                format!("{worker} has no pending audit in round {round}"),
             ));
         };
-        if !past.participants.contains(&worker) {
-            return Err(Refusal::new(
-                ErrorCode::NotAssigned,
-                format!("{worker} was not a participant of round {round}"),
-            ));
-        }
-        if base_model != past.base_model {
-            return Err(Refusal::new(
-                ErrorCode::StaleModel,
-                format!("round {round} trained from model {}, not {base_model}", past.base_model),
-            ));
-        }
-        if let Some(&(status, existing)) = past.recorded.get(&worker) {
-            return if existing == payload {
-                Ok(SubmissionOutcome::AlreadyRecorded(status))
-            } else {
-                Err(Refusal::new(
-                    ErrorCode::Duplicate,
-                    format!("{worker} already has a submission for round {round}"),
-                ))
-            };
-        }
-        past.recorded.insert(worker, (SubmissionStatus::Late, payload));
-        self.record(worker, nonce, round, payload, SubmissionStatus::Late, now);
-        Ok(SubmissionOutcome::Recorded(SubmissionStatus::Late))
+        self.record_nonce(worker, nonce, now);
+        self.judge(round, worker, segment, verdict, Some(nonce));
+        self.settle();
+        Ok(())
     }
 
     /// Time has reached `now`: deadlines may have passed.
@@ -551,42 +894,60 @@ impl Coordinator {
             self.maybe_open();
             return;
         };
-        if now < open.deadline_ms {
+        if now < open.deadline_ms() {
             return;
         }
-        if open.accepted.len() >= self.settings.quorum as usize {
-            self.close_open_round();
-        } else if open.extensions < self.settings.max_extensions {
-            open.extensions += 1;
-            open.deadline_ms = now + self.settings.extension_ms;
-            self.actions.push_back(Action::ExtendRound {
-                round: open.id,
-                deadline_unix_ms: open.deadline_ms,
-                extensions: open.extensions,
-            });
-        } else {
-            let open = self.open.take().expect("checked above");
-            self.mark_missed(&open);
-            self.actions.push_back(Action::FailRound { round: open.id, closed_unix_ms: now });
-            self.past.insert(open.id, past_round(&open, SubmissionStatus::Accepted));
-            self.maybe_open();
+        match open.phase {
+            RoundPhase::Committing { extensions, .. } => {
+                let committed =
+                    open.standings.values().filter(|standing| standing.commitment.is_some()).count();
+                if committed >= self.settings.quorum as usize {
+                    self.begin_reveal();
+                } else if extensions < self.settings.max_extensions {
+                    let deadline_ms = now + self.settings.extension_ms;
+                    open.phase = RoundPhase::Committing { deadline_ms, extensions: extensions + 1 };
+                    self.actions.push_back(Action::ExtendRound {
+                        round: open.id,
+                        commit_deadline_unix_ms: deadline_ms,
+                        extensions: extensions + 1,
+                    });
+                } else {
+                    self.fail_open_round("too few commitments for the quorum");
+                }
+            }
+            RoundPhase::Revealing { .. } => {
+                let round = open.id;
+                let unanswered: Vec<(WorkerId, u32)> = open
+                    .standings
+                    .iter()
+                    .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
+                    .filter_map(|(&worker, standing)| Some((worker, standing.audit?)))
+                    .filter(|(worker, _)| open.standings[worker].verdict.is_none())
+                    .collect();
+                for (worker, segment) in unanswered {
+                    self.judge(round, worker, segment, Verdict::Unanswered, None);
+                }
+                self.close_open_round();
+            }
         }
     }
 
     /// The driver finished aggregating `round` into `result_model`.
     pub fn handle_aggregated(&mut self, now: u64, round: RoundId, result_model: Digest) {
         self.advance(now);
-        assert_eq!(self.aggregating, Some(round), "handle_aggregated answers the CloseRound just emitted");
-        self.aggregating = None;
+        let (closing, accepted) = self.aggregating.take().expect("handle_aggregated answers a CloseRound");
+        assert_eq!(closing, round, "handle_aggregated answers the CloseRound just emitted");
         self.completed_rounds += 1;
         self.model = result_model;
-        let accepted: Vec<WorkerId> = self.past[&round]
-            .recorded
-            .iter()
-            .filter(|(_, (status, _))| *status == SubmissionStatus::Accepted)
-            .map(|(&worker, _)| worker)
-            .collect();
-        self.actions.push_back(Action::CommitRound { round, result_model, accepted, closed_unix_ms: now });
+        self.actions.push_back(Action::CommitRound {
+            round,
+            result_model,
+            accepted: accepted.clone(),
+            closed_unix_ms: now,
+        });
+        for worker in accepted {
+            self.actions.push_back(Action::CreditWork { round, worker, units: self.settings.work_units });
+        }
         if self.completed_rounds >= self.settings.rounds {
             self.finished = true;
             self.actions.push_back(Action::Finish { final_model: result_model });
@@ -604,7 +965,7 @@ impl Coordinator {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.open.as_ref().map(|open| open.deadline_ms)
+        self.open.as_ref().map(OpenRound::deadline_ms)
     }
 
     // internals
@@ -619,54 +980,156 @@ impl Coordinator {
         !worker.missed && worker.last_seen_ms + self.settings.worker_timeout_ms >= self.now_ms
     }
 
-    fn record(
-        &mut self,
-        worker: WorkerId,
-        nonce: u64,
-        round: RoundId,
-        payload: Digest,
-        status: SubmissionStatus,
-        now: u64,
-    ) {
+    fn record_nonce(&mut self, worker: WorkerId, nonce: u64, now: u64) {
         let state = self.workers.get_mut(&worker).expect("authenticated workers exist");
         state.last_nonce = state.last_nonce.max(nonce);
         state.last_seen_ms = state.last_seen_ms.max(now);
         state.missed = false;
-        self.actions.push_back(Action::RecordSubmission {
+    }
+
+    fn past_round(&mut self, round: RoundId) -> Result<&mut PastRound, Refusal> {
+        let current = self.open.as_ref().map_or("none".to_owned(), |open| open.id.to_string());
+        self.past.get_mut(&round).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::WrongRound,
+                format!("round {round} is not open and has not been run (the open round is {current})"),
+            )
+        })
+    }
+
+    fn slash(&mut self, round: RoundId, worker: WorkerId, reason: &str) {
+        self.actions.push_back(Action::Slash {
             round,
             worker,
-            status,
-            payload,
-            nonce,
-            received_unix_ms: now,
+            amount: self.settings.stake,
+            reason: reason.to_owned(),
         });
     }
 
-    fn close_if_complete(&mut self) {
-        if let Some(open) = &self.open
-            && open.accepted.len() == open.participants.len()
-            && open.accepted.len() >= self.settings.quorum as usize
-        {
-            self.close_open_round();
+    fn judge(
+        &mut self,
+        round: RoundId,
+        worker: WorkerId,
+        segment: u32,
+        verdict: Verdict,
+        nonce: Option<u64>,
+    ) {
+        let open = self.open.as_mut().expect("audits are judged in the open round");
+        let standing = open.standings.get_mut(&worker).expect("audited workers have standings");
+        standing.verdict = Some(verdict.clone());
+        let already_rejected = standing.rejected.is_some();
+        let failed = !verdict.passed();
+        if failed {
+            standing.rejected.get_or_insert_with(|| failure_reason(&verdict));
+        }
+        self.actions.push_back(Action::RecordAudit {
+            round,
+            worker,
+            segment,
+            verdict: verdict.clone(),
+            nonce,
+            decided_unix_ms: self.now_ms,
+        });
+        if failed && !already_rejected {
+            self.slash(round, worker, &failure_reason(&verdict));
         }
     }
 
+    /// Moves the open round on when nothing more is awaited from anyone in
+    /// its phase.
+    fn settle(&mut self) {
+        let Some(open) = &self.open else { return };
+        match open.phase {
+            RoundPhase::Committing { .. } => {
+                let all_committed = open.participants.iter().all(|worker| {
+                    open.standings.get(worker).is_some_and(|standing| standing.commitment.is_some())
+                });
+                if all_committed && open.participants.len() >= self.settings.quorum as usize {
+                    self.begin_reveal();
+                    self.settle();
+                }
+            }
+            RoundPhase::Revealing { .. } => {
+                if open.standings.values().all(Standing::settled) {
+                    self.close_open_round();
+                }
+            }
+        }
+    }
+
+    fn begin_reveal(&mut self) {
+        let open = self.open.as_mut().expect("a round to reveal");
+        let secret = audit::round_secret(&self.audit_master, &self.run_id, open.id);
+        let commitments = open.commitments();
+        let beacon = audit::beacon(&secret, &self.run_id, open.id, &commitments);
+        let mut audits = Vec::new();
+        for worker in commitments.keys() {
+            let draw = audit::draw(&beacon, *worker, self.settings.audit_probability, self.settings.segments);
+            open.standings.get_mut(worker).expect("committed workers have standings").audit = draw;
+            if let Some(segment) = draw {
+                audits.push((*worker, segment));
+            }
+        }
+        let deadline_ms = self.now_ms + self.settings.reveal_ms;
+        open.phase = RoundPhase::Revealing { deadline_ms };
+        open.secret = Some(secret);
+        self.actions.push_back(Action::BeginReveal {
+            round: open.id,
+            secret,
+            beacon,
+            audits,
+            reveal_deadline_unix_ms: deadline_ms,
+        });
+    }
+
+    /// Ends the reveal phase: aggregates the accepted submissions if they
+    /// make a quorum, fails the round otherwise.
     fn close_open_round(&mut self) {
-        let open = self.open.take().expect("an open round to close");
+        let open = self.open.as_ref().expect("an open round to close");
+        let accepted: Vec<WorkerId> = open
+            .standings
+            .iter()
+            .filter(|(_, standing)| standing.accepted())
+            .map(|(&worker, _)| worker)
+            .collect();
+        if accepted.len() < self.settings.quorum as usize {
+            self.fail_open_round("too few accepted submissions for the quorum");
+            return;
+        }
+        let open = self.open.take().expect("checked");
         self.mark_missed(&open);
         self.actions.push_back(Action::CloseRound {
             round: open.id,
             base_model: open.base_model,
-            accepted: open.accepted.keys().copied().collect(),
+            accepted: accepted.clone(),
             closed_unix_ms: self.now_ms,
         });
-        self.aggregating = Some(open.id);
-        self.past.insert(open.id, past_round(&open, SubmissionStatus::Accepted));
+        self.aggregating = Some((open.id, accepted));
+        self.past.insert(open.id, past_round(&open));
     }
 
+    fn fail_open_round(&mut self, reason: &str) {
+        let open = self.open.take().expect("an open round to fail");
+        self.mark_missed(&open);
+        self.actions.push_back(Action::FailRound {
+            round: open.id,
+            closed_unix_ms: self.now_ms,
+            reason: reason.to_owned(),
+        });
+        self.past.insert(open.id, past_round(&open));
+        self.maybe_open();
+    }
+
+    /// Participants that did not deliver what their phase asked for (a
+    /// commitment; then a reveal) sit out until they are seen again.
     fn mark_missed(&mut self, open: &OpenRound) {
+        let revealing = matches!(open.phase, RoundPhase::Revealing { .. });
         for worker in &open.participants {
-            if !open.accepted.contains_key(worker) {
+            let delivered = open.standings.get(worker).is_some_and(|standing| {
+                standing.commitment.is_some()
+                    && (!revealing || standing.revealed.is_some() || standing.rejected.is_some())
+            });
+            if !delivered {
                 self.workers.get_mut(worker).expect("participants are workers").missed = true;
             }
         }
@@ -683,31 +1146,116 @@ impl Coordinator {
         }
         let round = self.next_round;
         self.next_round += 1;
-        let deadline_ms = self.now_ms + self.settings.deadline_ms;
+        let deadline_ms = self.now_ms + self.settings.commit_ms;
+        let secret_commitment =
+            audit::secret_commitment(&audit::round_secret(&self.audit_master, &self.run_id, round));
         self.actions.push_back(Action::OpenRound {
             round,
             base_model: self.model,
             participants: participants.clone(),
             opened_unix_ms: self.now_ms,
-            deadline_unix_ms: deadline_ms,
+            commit_deadline_unix_ms: deadline_ms,
+            secret_commitment,
         });
         self.open = Some(OpenRound {
             id: round,
             base_model: self.model,
             opened_ms: self.now_ms,
-            deadline_ms,
-            extensions: 0,
+            phase: RoundPhase::Committing { deadline_ms, extensions: 0 },
+            standings: participants.iter().map(|&worker| (worker, Standing::default())).collect(),
             participants,
-            accepted: BTreeMap::new(),
+            secret_commitment,
+            secret: None,
         });
     }
 }
 
-fn past_round(open: &OpenRound, status: SubmissionStatus) -> PastRound {
+fn failure_reason(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Passed => String::new(),
+        Verdict::Failed(reason) => format!("failed its audit: {reason}"),
+        Verdict::Unanswered => "did not answer its audit in time".to_owned(),
+    }
+}
+
+fn check_participant(
+    participants: &[WorkerId],
+    base: Digest,
+    worker: WorkerId,
+    round: RoundId,
+    claimed: Digest,
+) -> Result<(), Refusal> {
+    if !participants.contains(&worker) {
+        return Err(Refusal::new(
+            ErrorCode::NotAssigned,
+            format!("{worker} is not a participant of round {round}; it joins at the next round"),
+        ));
+    }
+    if claimed != base {
+        return Err(Refusal::new(
+            ErrorCode::StaleModel,
+            format!("round {round} trains from model {base}, not {claimed}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_participant_past(
+    past: &PastRound,
+    worker: WorkerId,
+    round: RoundId,
+    claimed: Digest,
+) -> Result<(), Refusal> {
+    if !past.participants.contains(&worker) {
+        return Err(Refusal::new(
+            ErrorCode::NotAssigned,
+            format!("{worker} was not a participant of round {round}"),
+        ));
+    }
+    if claimed != past.base_model {
+        return Err(Refusal::new(
+            ErrorCode::StaleModel,
+            format!("round {round} trained from model {}, not {claimed}", past.base_model),
+        ));
+    }
+    Ok(())
+}
+
+fn same_or_duplicate(
+    same: bool,
+    status: Recorded,
+    worker: WorkerId,
+    round: RoundId,
+    what: &str,
+) -> Result<Outcome, Refusal> {
+    if same {
+        Ok(Outcome::AlreadyRecorded(status))
+    } else {
+        Err(Refusal::new(
+            ErrorCode::Duplicate,
+            format!("{worker} already has a different {what} for round {round}"),
+        ))
+    }
+}
+
+fn past_round(open: &OpenRound) -> PastRound {
     PastRound {
         base_model: open.base_model,
         participants: open.participants.iter().copied().collect(),
-        recorded: open.accepted.iter().map(|(&worker, &digest)| (worker, (status, digest))).collect(),
+        commitments: open
+            .standings
+            .iter()
+            .filter_map(|(&worker, standing)| Some((worker, (Recorded::Accepted, standing.commitment?))))
+            .collect(),
+        reveals: open
+            .standings
+            .iter()
+            .filter_map(|(&worker, standing)| match (standing.revealed, standing.mismatched) {
+                (Some(digest), _) => Some((worker, (Recorded::Accepted, digest))),
+                (None, Some(digest)) => Some((worker, (Recorded::Mismatch, digest))),
+                (None, None) => None,
+            })
+            .collect(),
     }
 }
 
@@ -721,6 +1269,7 @@ pub struct AssignmentTemplate {
     pub codec: crowdtrain_train::Codec,
     pub sharding: crate::config::ShardingKind,
     pub dirichlet_alpha: Option<f64>,
+    pub segments: u32,
 }
 
 impl AssignmentTemplate {
@@ -733,6 +1282,7 @@ impl AssignmentTemplate {
             codec: config.inner.codec,
             sharding: config.data.sharding,
             dirichlet_alpha: config.data.dirichlet_alpha,
+            segments: config.audit.segments,
         }
     }
 
@@ -751,6 +1301,7 @@ impl AssignmentTemplate {
             codec: self.codec,
             sharding: self.sharding,
             dirichlet_alpha: self.dirichlet_alpha,
+            segments: self.segments,
         }
     }
 }

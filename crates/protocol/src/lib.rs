@@ -13,15 +13,23 @@
 //! - [`Coordinator`] is the round logic as a pure state machine: inputs
 //!   with the current time, [`Action`]s out. The HTTP server and the tests
 //!   drive the same code.
+//! - [`audit`] (the unpredictable, checkable audit draw), [`merkle`] (the
+//!   commitment to segment-boundary states) and [`ledger`] (the signed,
+//!   hash-chained record of everything that decides who earns what) are
+//!   proof-of-training's building blocks.
 
+pub mod audit;
 pub mod config;
 pub mod coordinator;
 pub mod identity;
+pub mod ledger;
+pub mod merkle;
 pub mod wire;
 
+pub use audit::Commitment;
 pub use config::{ConfigError, RunConfig};
 pub use coordinator::{
-    Action, AssignmentTemplate, Coordinator, Refusal, Settings, Snapshot, SubmissionOutcome,
+    Action, AssignmentTemplate, Coordinator, Outcome, Recorded, Refusal, Settings, Snapshot, Verdict,
 };
 pub use identity::{Identity, IdentityError, PublicKey};
 pub use wire::{Assignment, Digest, RequestAuth, RoundId, RoundView, Signed, WorkerId};

@@ -238,6 +238,34 @@ pub struct Assignment {
     pub codec: Codec,
     pub sharding: ShardingKind,
     pub dirichlet_alpha: Option<f64>,
+    /// Segments the inner steps are cut into for commitments and audits.
+    pub segments: u32,
+}
+
+impl Assignment {
+    pub fn sharding(&self) -> crowdtrain_data::Sharding {
+        match (self.sharding, self.dirichlet_alpha) {
+            (ShardingKind::Dirichlet, Some(alpha)) => crowdtrain_data::Sharding::Dirichlet { alpha },
+            _ => crowdtrain_data::Sharding::Iid,
+        }
+    }
+
+    /// Every participant's shard of `labels` for this round (slot order).
+    pub fn shards(&self, labels: &[u8]) -> Result<Vec<Vec<u32>>, crowdtrain_data::ShardError> {
+        crowdtrain_data::make_shards(
+            labels,
+            self.slots as usize,
+            self.batch_size as usize,
+            self.sharding(),
+            self.seed,
+        )
+    }
+
+    /// The key of this assignment's random streams (the step coordinate is
+    /// filled in per step).
+    pub fn rng_key(&self) -> crowdtrain_data::RngKey {
+        crowdtrain_data::RngKey::new(self.seed, self.round, u64::from(self.slot), 0)
+    }
 }
 
 /// Where the run stands.
@@ -246,10 +274,38 @@ pub struct Assignment {
 pub enum Phase {
     /// No round is open: too few active workers.
     Waiting,
-    /// A round is open.
-    Training,
+    /// A round is open and training: commitments are due.
+    Committing,
+    /// The commit phase is over: reveals and audit answers are due.
+    Revealing,
     /// All rounds are done.
     Finished,
+}
+
+/// A round's audit secret, as 64 hex digits once revealed.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Secret(pub [u8; 32]);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", hex::encode(self.0))
+    }
+}
+
+impl From<Secret> for String {
+    fn from(secret: Secret) -> Self {
+        hex::encode(secret.0)
+    }
+}
+
+impl TryFrom<String> for Secret {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&text, &mut bytes).map_err(|_| "a secret is 64 hex digits".to_owned())?;
+        Ok(Self(bytes))
+    }
 }
 
 /// The current round, as one worker sees it (`GET /v1/round`).
@@ -261,48 +317,67 @@ pub struct RoundView {
     pub completed_rounds: u64,
     /// The open round's base model, or the latest model otherwise.
     pub model: Digest,
+    /// The deadline of the open round's current phase.
     pub deadline_unix_ms: Option<u64>,
+    /// The hash of the round's audit secret, published when it opens.
+    pub secret_commitment: Option<Digest>,
+    /// The secret itself, once the commit phase is over.
+    pub secret: Option<Secret>,
     pub assignment: Option<Assignment>,
-    /// Whether this worker's submission for the open round is in.
-    pub submitted: bool,
+    /// Whether this worker's commitment for the open round is in.
+    pub committed: bool,
+    /// Whether this worker's reveal for the open round is in.
+    pub revealed: bool,
+    /// The segment this worker must answer an audit for, if drawn.
+    pub audit: Option<u32>,
+    /// Whether that audit has been judged.
+    pub audit_answered: bool,
 }
 
 impl SignedBody for RoundView {
     const DOMAIN: &'static str = "crowdtrain/round-view/v1";
 }
 
-/// How a submission was recorded.
+/// What a receipt acknowledges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum SubmissionStatus {
-    /// In time, for the open round: it counts.
-    Accepted,
-    /// After its round closed: kept, but not aggregated.
-    Late,
+pub enum Stage {
+    Commitment,
+    Reveal,
+    AuditAnswer,
 }
 
-impl SubmissionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Late => "late",
-        }
-    }
-}
-
-/// The coordinator's signed acknowledgement of a submission.
+/// The coordinator's signed acknowledgement of a commitment, reveal or
+/// audit answer: the worker's proof that it delivered, and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmissionReceipt {
+pub struct Receipt {
     pub run_id: Digest,
     pub round: RoundId,
     pub worker: WorkerId,
-    pub status: SubmissionStatus,
-    pub payload: Digest,
+    pub stage: Stage,
+    /// `accepted`, `late` or `mismatch` (commitments and reveals), or the
+    /// audit verdict (`passed`, `failed`).
+    pub status: String,
+    /// The digest of what was received.
+    pub digest: Digest,
     pub received_unix_ms: u64,
 }
 
-impl SignedBody for SubmissionReceipt {
-    const DOMAIN: &'static str = "crowdtrain/receipt/v1";
+impl SignedBody for Receipt {
+    const DOMAIN: &'static str = "crowdtrain/receipt/v2";
+}
+
+/// A worker's answer to an audit of segment `segment`: the state at the
+/// segment's start and the claimed state hash at its end, each with its
+/// Merkle proof against the committed root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditAnswer {
+    pub segment: u32,
+    /// The canonical bytes of the start state (see `TrainState::to_bytes`).
+    pub start_state: Vec<u8>,
+    pub start_proof: crate::merkle::Proof,
+    pub end_hash: Digest,
+    pub end_proof: crate::merkle::Proof,
 }
 
 /// Registration's answer.
@@ -323,6 +398,10 @@ impl SignedBody for Registration {
 pub enum ErrorCode {
     Unauthenticated,
     BadSignature,
+    TooEarly,
+    NotCommitted,
+    NotAudited,
+    RevealMismatch,
     Replayed,
     WrongRun,
     UnknownWorker,
@@ -355,9 +434,21 @@ pub struct WorkerStatus {
     pub public_key: PublicKey,
     pub active: bool,
     pub rounds_assigned: u64,
+    /// Submissions aggregated and credited.
     pub submissions_accepted: u64,
     pub submissions_late: u64,
+    /// Submissions rejected for a proven fault (each slashed once).
+    pub submissions_rejected: u64,
     pub bytes_uploaded: u64,
+    /// Work units of accepted submissions.
+    pub verified_work: u64,
+    /// Work units lost to slashing.
+    pub slashed: u64,
+    /// `verified_work - slashed`.
+    pub credits: i64,
+    pub audits_passed: u64,
+    /// Failed or unanswered audits.
+    pub audits_failed: u64,
 }
 
 /// One round in `GET /v1/status`.
@@ -366,13 +457,23 @@ pub struct RoundRecord {
     pub round: RoundId,
     pub status: String,
     pub participants: u32,
+    /// Commitments in time.
+    pub committed: u32,
+    /// Reveals that matched their commitments.
+    pub revealed: u32,
+    /// Submissions aggregated.
     pub accepted: u32,
+    /// Submissions audited.
+    pub audited: u32,
+    /// Workers slashed.
+    pub slashed: u32,
     pub opened_unix_ms: u64,
     pub closed_unix_ms: Option<u64>,
-    /// When the last accepted submission arrived.
+    /// When the last reveal arrived.
     pub last_submission_unix_ms: Option<u64>,
-    /// From the last accepted submission to the next round being open:
-    /// the coordinator's own share of the round.
+    /// From the last input the round waited for (a reveal or an audit
+    /// answer) to the next round being open: the coordinator's own share of
+    /// the round.
     pub coordinator_overhead_ms: Option<u64>,
     pub result_model: Option<Digest>,
     pub test_accuracy: Option<f64>,
@@ -428,17 +529,18 @@ mod tests {
     #[test]
     fn signed_values_survive_json_and_detect_tampering() {
         let coordinator = Identity::from_seed([5; 32]);
-        let receipt = SubmissionReceipt {
+        let receipt = Receipt {
             run_id: Digest::of(b"run"),
             round: 7,
             worker: WorkerId(2),
-            status: SubmissionStatus::Accepted,
-            payload: Digest::of(b"payload"),
+            stage: Stage::Reveal,
+            status: "accepted".into(),
+            digest: Digest::of(b"payload"),
             received_unix_ms: 1_700_000_000_000,
         };
         let signed = Signed::sign(&coordinator, receipt.clone());
         let json = serde_json::to_string(&signed).unwrap();
-        let parsed: Signed<SubmissionReceipt> = serde_json::from_str(&json).unwrap();
+        let parsed: Signed<Receipt> = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed.verify(&coordinator.public_key()).unwrap(), &receipt);
         let mut tampered = parsed.clone();
         tampered.body.round = 8;

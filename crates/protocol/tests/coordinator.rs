@@ -1,26 +1,35 @@
 //! The round state machine, driven by hand with virtual time: no sockets,
 //! no sleeps. Each test states the behaviour a user relies on.
 
+use std::collections::BTreeMap;
+
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
+use crowdtrain_protocol::audit::{self, Commitment};
 use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState};
-use crowdtrain_protocol::wire::{ErrorCode, Phase, SubmissionStatus};
+use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, AssignmentTemplate, Coordinator, Digest, Identity, PublicKey, RunConfig, Settings, Snapshot,
-    SubmissionOutcome, WorkerId,
+    Action, AssignmentTemplate, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, RunConfig,
+    Settings, Snapshot, Verdict, WorkerId,
 };
 
 const T0: u64 = 1_800_000_000_000;
+const MASTER: [u8; 32] = [42; 32];
 
 fn settings() -> Settings {
     Settings {
         rounds: 3,
         min_workers: 2,
         quorum: 2,
-        deadline_ms: 10_000,
+        commit_ms: 10_000,
+        reveal_ms: 5_000,
         extension_ms: 5_000,
         max_extensions: 1,
         worker_timeout_ms: 60_000,
         max_workers: 8,
+        audit_probability: 0.0,
+        segments: 4,
+        stake: 1000,
+        work_units: 64,
     }
 }
 
@@ -40,164 +49,299 @@ fn drain(machine: &mut Coordinator) -> Vec<Action> {
     std::iter::from_fn(|| machine.poll_action()).collect()
 }
 
-/// Settings where round 0 waits for `count` workers.
-fn settings_for(count: u8) -> Settings {
-    Settings { min_workers: u32::from(count), ..settings() }
+fn commitment(worker: WorkerId, round: u64) -> Commitment {
+    Commitment {
+        merkle_root: Digest::of(&[worker.0 as u8, round as u8, 1]),
+        payload: payload(worker, round),
+        segments: 4,
+    }
 }
 
-/// A machine with `count` registered workers and round 0 open with all of them.
-fn running(count: u8) -> (Coordinator, Vec<WorkerId>) {
-    let mut machine = Coordinator::new(settings_for(count), Digest::of(b"run"), model(0));
+fn payload(worker: WorkerId, round: u64) -> Digest {
+    Digest::of(&[worker.0 as u8, round as u8, 2])
+}
+
+/// A machine with `count` registered workers and round 0 open with all of
+/// them.
+fn running(count: u8, settings: Settings) -> (Coordinator, Vec<WorkerId>) {
+    let settings = Settings { min_workers: u32::from(count), ..settings };
+    let mut machine = Coordinator::new(settings, Digest::of(b"run"), model(0), MASTER);
     let workers = (0..count).map(|index| machine.register(T0, key(index)).unwrap().0).collect();
     drain(&mut machine);
     (machine, workers)
 }
 
-fn submit(
-    machine: &mut Coordinator,
-    now: u64,
-    worker: WorkerId,
-    round: u64,
-    payload: u8,
-) -> Result<SubmissionOutcome, ErrorCode> {
-    let base = machine.open_round().map_or(model(0), |open| open.base_model);
+fn base(machine: &Coordinator) -> Digest {
+    machine.open_round().map_or(model(0), |open| open.base_model)
+}
+
+fn commit(machine: &mut Coordinator, now: u64, worker: WorkerId, round: u64) -> Result<Outcome, ErrorCode> {
+    let base = base(machine);
     machine
-        .submit(now, worker, now * 1000, round, base, Digest::of(&[payload]))
+        .commit(now, worker, now * 1000, round, base, commitment(worker, round))
         .map_err(|refusal| refusal.code)
 }
 
+fn reveal(machine: &mut Coordinator, now: u64, worker: WorkerId, round: u64) -> Result<Outcome, ErrorCode> {
+    let base = base(machine);
+    machine
+        .reveal(now, worker, now * 1000 + 1, round, base, payload(worker, round))
+        .map_err(|refusal| refusal.code)
+}
+
+/// Commits and reveals for every worker in `workers`; returns the actions.
+fn deliver(machine: &mut Coordinator, now: u64, workers: &[WorkerId], round: u64) -> Vec<Action> {
+    for &worker in workers {
+        commit(machine, now, worker, round).unwrap();
+    }
+    for &worker in workers {
+        reveal(machine, now + 1, worker, round).unwrap();
+    }
+    drain(machine)
+}
+
 #[test]
-fn a_round_opens_once_enough_workers_are_active_with_sorted_slots() {
-    let mut machine = Coordinator::new(settings(), Digest::of(b"run"), model(0));
+fn a_round_opens_once_enough_workers_are_active_with_sorted_slots_and_a_sealed_secret() {
+    let mut machine = Coordinator::new(settings(), Digest::of(b"run"), model(0), MASTER);
     let (first, new) = machine.register(T0, key(0)).unwrap();
     assert!(new);
     assert_eq!(machine.phase(), Phase::Waiting);
     assert!(matches!(drain(&mut machine)[..], [Action::PersistWorker { .. }]));
     let (second, _) = machine.register(T0 + 5, key(1)).unwrap();
     let actions = drain(&mut machine);
-    assert!(matches!(&actions[1], Action::OpenRound { round: 0, participants, deadline_unix_ms, .. }
-        if participants == &vec![first, second] && *deadline_unix_ms == T0 + 5 + 10_000));
-    assert_eq!(machine.phase(), Phase::Training);
-    let assignment = machine.assignment(second, &template()).unwrap();
+    let Action::OpenRound { round: 0, participants, commit_deadline_unix_ms, secret_commitment, .. } =
+        &actions[1]
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(participants, &vec![first, second]);
+    assert_eq!(*commit_deadline_unix_ms, T0 + 5 + 10_000);
+    let secret = audit::round_secret(&MASTER, &Digest::of(b"run"), 0);
+    assert_eq!(*secret_commitment, audit::secret_commitment(&secret));
+    assert_eq!(machine.phase(), Phase::Committing);
+    let view = machine.view(Some(second), &template());
+    assert_eq!(view.secret, None, "the secret stays hidden until every commitment is in");
+    let assignment = view.assignment.unwrap();
     assert_eq!((assignment.slot, assignment.slots, assignment.round, assignment.seed), (1, 2, 0, 9));
-    assert_eq!(assignment.base_model, model(0));
-    // Registering again is idempotent.
-    assert_eq!(machine.register(T0 + 6, key(1)).unwrap(), (second, false));
+    assert_eq!(machine.register(T0 + 6, key(1)).unwrap(), (second, false), "registration is idempotent");
     assert!(drain(&mut machine).is_empty());
 }
 
 #[test]
-fn a_round_closes_when_every_participant_has_submitted_and_the_next_one_opens() {
-    let (mut machine, workers) = running(3);
-    for (index, &worker) in workers.iter().enumerate() {
-        assert_eq!(
-            submit(&mut machine, T0 + 100, worker, 0, index as u8),
-            Ok(SubmissionOutcome::Recorded(SubmissionStatus::Accepted))
-        );
+fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
+    let (mut machine, workers) = running(3, settings());
+    for &worker in &workers[..2] {
+        assert_eq!(commit(&mut machine, T0 + 100, worker, 0), Ok(Outcome::Recorded(Recorded::Accepted)));
+    }
+    assert_eq!(
+        reveal(&mut machine, T0 + 101, workers[0], 0),
+        Err(ErrorCode::TooEarly),
+        "no reveal before the phase"
+    );
+    commit(&mut machine, T0 + 102, workers[2], 0).unwrap();
+    let actions = drain(&mut machine);
+    let Some(Action::BeginReveal { secret, beacon, audits, .. }) = actions.last() else {
+        panic!("{actions:?}")
+    };
+    let open = machine.open_round().unwrap();
+    let commitments: BTreeMap<WorkerId, Commitment> =
+        workers.iter().map(|&worker| (worker, commitment(worker, 0))).collect();
+    assert_eq!(
+        *beacon,
+        audit::beacon(secret, &Digest::of(b"run"), 0, &commitments),
+        "anyone can recompute the draw"
+    );
+    assert_eq!(
+        audit::secret_commitment(secret),
+        open.secret_commitment,
+        "the secret matches what was published"
+    );
+    assert!(audits.is_empty(), "audits are off in these settings");
+    assert_eq!(machine.phase(), Phase::Revealing);
+    for &worker in &workers {
+        assert_eq!(reveal(&mut machine, T0 + 200, worker, 0), Ok(Outcome::Recorded(Recorded::Accepted)));
     }
     let actions = drain(&mut machine);
-    assert_eq!(actions.iter().filter(|action| matches!(action, Action::RecordSubmission { .. })).count(), 3);
     assert!(
         matches!(actions.last(), Some(Action::CloseRound { round: 0, accepted, .. }) if accepted == &workers)
     );
-    machine.handle_aggregated(T0 + 120, 0, model(1));
+    machine.handle_aggregated(T0 + 220, 0, model(1));
     let actions = drain(&mut machine);
     assert!(
         matches!(&actions[0], Action::CommitRound { round: 0, result_model, .. } if *result_model == model(1))
     );
-    assert!(matches!(&actions[1], Action::OpenRound { round: 1, base_model, participants, .. }
+    let credits: Vec<&Action> =
+        actions.iter().filter(|action| matches!(action, Action::CreditWork { .. })).collect();
+    assert_eq!(credits.len(), 3, "each accepted submission earns its work units");
+    assert!(matches!(credits[0], Action::CreditWork { units: 64, .. }));
+    assert!(matches!(actions.last(), Some(Action::OpenRound { round: 1, base_model, participants, .. })
         if *base_model == model(1) && participants == &workers));
     assert_eq!(machine.completed_rounds(), 1);
 }
 
 #[test]
-fn at_the_deadline_with_quorum_the_round_closes_and_the_absent_worker_sits_out_until_seen() {
-    // Round 0 opens with workers 0 and 1; worker 2 registers during it.
-    let mut machine = Coordinator::new(Settings { quorum: 1, ..settings() }, Digest::of(b"run"), model(0));
-    let workers: Vec<WorkerId> = (0..3).map(|index| machine.register(T0, key(index)).unwrap().0).collect();
-    drain(&mut machine);
-    assert_eq!(machine.open_round().unwrap().participants, vec![workers[0], workers[1]]);
-    submit(&mut machine, T0 + 100, workers[0], 0, 0).unwrap();
+fn at_the_commit_deadline_with_quorum_the_round_goes_on_without_the_absent_worker() {
+    let (mut machine, workers) = running(3, settings());
+    commit(&mut machine, T0 + 100, workers[0], 0).unwrap();
+    commit(&mut machine, T0 + 200, workers[2], 0).unwrap();
     drain(&mut machine);
     assert_eq!(machine.poll_timeout(), Some(T0 + 10_000));
     machine.handle_timeout(T0 + 9_999);
     assert!(drain(&mut machine).is_empty(), "nothing happens before the deadline");
     machine.handle_timeout(T0 + 10_000);
+    assert!(matches!(drain(&mut machine)[..], [Action::BeginReveal { .. }]));
+    assert_eq!(
+        commit(&mut machine, T0 + 10_001, workers[1], 0),
+        Ok(Outcome::Recorded(Recorded::Late)),
+        "a commitment after the phase is kept, as late"
+    );
+    assert_eq!(reveal(&mut machine, T0 + 10_002, workers[1], 0), Err(ErrorCode::NotCommitted));
+    drain(&mut machine);
+    reveal(&mut machine, T0 + 10_003, workers[0], 0).unwrap();
+    reveal(&mut machine, T0 + 10_004, workers[2], 0).unwrap();
     let actions = drain(&mut machine);
-    assert!(matches!(&actions[..], [Action::CloseRound { accepted, .. }] if accepted == &vec![workers[0]]));
+    assert!(
+        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
+    );
     machine.handle_aggregated(T0 + 10_010, 0, model(1));
     let actions = drain(&mut machine);
     assert!(
-        matches!(&actions[1], Action::OpenRound { participants, .. } if participants == &vec![workers[0], workers[2]]),
-        "the worker that missed round 0 is not waited for in round 1; the newcomer joins"
+        matches!(actions.last(), Some(Action::OpenRound { participants, .. }) if participants == &vec![workers[0], workers[2]]),
+        "the worker that missed round 0 is not waited for in round 1"
     );
-    assert!(!machine.is_active(workers[1]));
     machine.seen(T0 + 11_000, workers[1]);
     assert!(machine.is_active(workers[1]), "seen again, it joins the next round");
-    assert_eq!(submit(&mut machine, T0 + 11_000, workers[1], 1, 1), Err(ErrorCode::NotAssigned));
 }
 
 #[test]
-fn without_quorum_the_deadline_is_extended_then_the_round_fails_and_is_retried() {
-    let (mut machine, workers) = running(2);
-    submit(&mut machine, T0 + 100, workers[0], 0, 0).unwrap();
+fn without_quorum_the_commit_deadline_is_extended_then_the_round_fails_and_is_retried() {
+    let (mut machine, workers) = running(2, settings());
+    commit(&mut machine, T0 + 100, workers[0], 0).unwrap();
     drain(&mut machine);
     machine.handle_timeout(T0 + 10_000);
     assert!(
-        matches!(drain(&mut machine)[..], [Action::ExtendRound { round: 0, deadline_unix_ms, extensions: 1 }]
-        if deadline_unix_ms == T0 + 15_000)
+        matches!(drain(&mut machine)[..], [Action::ExtendRound { round: 0, commit_deadline_unix_ms, extensions: 1 }]
+        if commit_deadline_unix_ms == T0 + 15_000)
     );
     machine.handle_timeout(T0 + 15_000);
     let actions = drain(&mut machine);
     assert!(matches!(actions[0], Action::FailRound { round: 0, .. }));
-    // Only worker 0 is still active (worker 1 missed round 0): below min_workers.
-    assert_eq!(actions.len(), 1);
-    assert_eq!(machine.phase(), Phase::Waiting);
+    assert_eq!(actions.len(), 1, "worker 1 missed round 0: below quorum, so no new round yet");
     machine.seen(T0 + 16_000, workers[1]);
-    let actions = drain(&mut machine);
     assert!(
-        matches!(&actions[..], [Action::OpenRound { round: 1, base_model, .. }] if *base_model == model(0)),
-        "the retry trains from the same model under a new round number"
+        matches!(&drain(&mut machine)[..], [Action::OpenRound { round: 1, base_model, .. }] if *base_model == model(0))
     );
     assert_eq!(machine.completed_rounds(), 0);
 }
 
 #[test]
-fn late_duplicate_wrong_round_and_stale_submissions_are_judged() {
-    let (mut machine, workers) = running(2);
-    submit(&mut machine, T0 + 1, workers[0], 0, 7).unwrap();
+fn a_reveal_that_does_not_match_its_commitment_is_rejected_and_slashed() {
+    let (mut machine, workers) = running(3, settings());
+    for &worker in &workers {
+        commit(&mut machine, T0 + 1, worker, 0).unwrap();
+    }
     drain(&mut machine);
-    // Identical retry: same receipt, nothing persisted.
-    assert_eq!(
-        submit(&mut machine, T0 + 2, workers[0], 0, 7),
-        Ok(SubmissionOutcome::AlreadyRecorded(SubmissionStatus::Accepted))
-    );
-    assert_eq!(submit(&mut machine, T0 + 3, workers[0], 0, 8), Err(ErrorCode::Duplicate));
-    assert_eq!(submit(&mut machine, T0 + 3, workers[0], 5, 8), Err(ErrorCode::WrongRound));
-    let wrong_base = machine.submit(T0 + 3, workers[1], 1, 0, model(99), Digest::of(b"x")).unwrap_err();
-    assert_eq!(wrong_base.code, ErrorCode::StaleModel);
-    assert!(drain(&mut machine).is_empty(), "refusals change nothing");
-    machine.handle_timeout(T0 + 10_000);
-    machine.handle_timeout(T0 + 15_000);
-    drain(&mut machine);
-    // Round 0 failed; worker 1's submission for it arrives now: late, kept.
-    assert_eq!(
-        submit(&mut machine, T0 + 16_000, workers[1], 0, 1),
-        Ok(SubmissionOutcome::Recorded(SubmissionStatus::Late))
-    );
-    assert!(matches!(
-        drain(&mut machine)[0],
-        Action::RecordSubmission { status: SubmissionStatus::Late, round: 0, .. }
-    ));
-    assert_eq!(
-        submit(&mut machine, T0 + 16_001, workers[1], 0, 1),
-        Ok(SubmissionOutcome::AlreadyRecorded(SubmissionStatus::Late))
+    let cheat = machine
+        .reveal(T0 + 2, workers[1], (T0 + 2) * 1000, 0, model(0), Digest::of(b"something else"))
+        .unwrap();
+    assert_eq!(cheat, Outcome::Recorded(Recorded::Mismatch));
+    let actions = drain(&mut machine);
+    assert!(matches!(actions[0], Action::RecordReveal { status: Recorded::Mismatch, .. }));
+    assert!(matches!(&actions[1], Action::Slash { worker, amount: 1000, .. } if *worker == workers[1]));
+    reveal(&mut machine, T0 + 3, workers[0], 0).unwrap();
+    reveal(&mut machine, T0 + 4, workers[2], 0).unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
     );
 }
 
 #[test]
+fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
+    let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
+    for &worker in &workers {
+        commit(&mut machine, T0 + 1, worker, 0).unwrap();
+    }
+    let actions = drain(&mut machine);
+    let Some(Action::BeginReveal { audits, .. }) = actions.last() else { panic!() };
+    assert_eq!(audits.len(), 3, "with probability 1 every committed worker is audited");
+    assert!(audits.iter().all(|&(_, segment)| (1..=4).contains(&segment)));
+    for &worker in &workers {
+        reveal(&mut machine, T0 + 2, worker, 0).unwrap();
+    }
+    assert!(
+        !drain(&mut machine).iter().any(|action| matches!(action, Action::CloseRound { .. })),
+        "audits pending"
+    );
+    let (segment, committed) = machine.pending_audit(workers[0], 0).unwrap();
+    assert_eq!(committed, commitment(workers[0], 0));
+    assert!(audits.contains(&(workers[0], segment)));
+    machine.audit_result(T0 + 3, workers[0], (T0 + 3) * 1000, 0, Verdict::Passed).unwrap();
+    machine
+        .audit_result(T0 + 4, workers[1], (T0 + 4) * 1000, 0, Verdict::Failed("hash mismatch".into()))
+        .unwrap();
+    let refusal = machine.audit_result(T0 + 5, workers[1], (T0 + 5) * 1000, 0, Verdict::Passed).unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::NotAudited, "a verdict is final");
+    let actions = drain(&mut machine);
+    assert!(
+        actions.iter().any(|action| matches!(action, Action::Slash { worker, .. } if *worker == workers[1]))
+    );
+    // Worker 2 never answers: at the reveal deadline it fails and is slashed.
+    machine.handle_timeout(T0 + 1 + 5_000);
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(&actions[0], Action::RecordAudit { worker, verdict: Verdict::Unanswered, .. } if *worker == workers[2])
+    );
+    assert!(matches!(&actions[1], Action::Slash { worker, .. } if *worker == workers[2]));
+    // Only the passed audit counts, which is below the quorum of 2.
+    assert!(matches!(actions[2], Action::FailRound { round: 0, .. }), "{actions:?}");
+    assert!(!actions.iter().any(|action| matches!(action, Action::CloseRound { .. })));
+}
+
+#[test]
+fn late_duplicate_wrong_round_and_stale_submissions_are_judged() {
+    let (mut machine, workers) = running(2, Settings { quorum: 1, ..settings() });
+    commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
+    drain(&mut machine);
+    assert_eq!(commit(&mut machine, T0 + 2, workers[0], 0), Ok(Outcome::AlreadyRecorded(Recorded::Accepted)));
+    let different = Commitment { payload: Digest::of(b"x"), ..commitment(workers[0], 0) };
+    assert_eq!(
+        machine.commit(T0 + 3, workers[0], 1, 0, model(0), different).unwrap_err().code,
+        ErrorCode::Duplicate
+    );
+    assert_eq!(commit(&mut machine, T0 + 3, workers[0], 5), Err(ErrorCode::WrongRound));
+    let stale = machine.commit(T0 + 3, workers[1], 1, 0, model(99), commitment(workers[1], 0)).unwrap_err();
+    assert_eq!(stale.code, ErrorCode::StaleModel);
+    let wrong_segments = Commitment { segments: 3, ..commitment(workers[1], 0) };
+    assert_eq!(
+        machine.commit(T0 + 3, workers[1], 1, 0, model(0), wrong_segments).unwrap_err().code,
+        ErrorCode::BadRequest
+    );
+    assert!(drain(&mut machine).is_empty(), "refusals change nothing");
+    machine.handle_timeout(T0 + 10_000);
+    reveal(&mut machine, T0 + 10_001, workers[0], 0).unwrap();
+    drain(&mut machine);
+    machine.handle_aggregated(T0 + 10_002, 0, model(1));
+    drain(&mut machine);
+    // Round 0 is closed; worker 1's commitment and reveal for it come now
+    // (on round 0's model, model 0).
+    let late_commit =
+        machine.commit(T0 + 10_003, workers[1], (T0 + 10_003) * 1000, 0, model(0), commitment(workers[1], 0));
+    assert_eq!(late_commit, Ok(Outcome::Recorded(Recorded::Late)));
+    let late_reveal =
+        machine.reveal(T0 + 10_004, workers[1], (T0 + 10_004) * 1000, 0, model(0), payload(workers[1], 0));
+    assert_eq!(late_reveal, Ok(Outcome::Recorded(Recorded::Late)));
+    let actions = drain(&mut machine);
+    assert!(matches!(actions[0], Action::RecordCommitment { status: Recorded::Late, round: 0, .. }));
+    assert!(matches!(actions[1], Action::RecordReveal { status: Recorded::Late, round: 0, .. }));
+    let again =
+        machine.reveal(T0 + 10_005, workers[1], (T0 + 10_005) * 1000, 0, model(0), payload(workers[1], 0));
+    assert_eq!(again, Ok(Outcome::AlreadyRecorded(Recorded::Late)));
+}
+
+#[test]
 fn authentication_refuses_unknown_keys_replays_and_stale_nonces() {
-    let (machine, workers) = running(2);
+    let (machine, workers) = running(2, settings());
     let now = T0 + 1000;
     assert_eq!(machine.authenticate(now, &key(0), now * 1000, true), Ok(workers[0]));
     assert_eq!(
@@ -206,9 +350,9 @@ fn authentication_refuses_unknown_keys_replays_and_stale_nonces() {
     );
     let stale = (now - 11 * 60 * 1000) * 1000;
     assert_eq!(machine.authenticate(now, &key(0), stale, false).unwrap_err().code, ErrorCode::Replayed);
-    let (mut machine, workers) = running(2);
+    let (mut machine, workers) = running(2, settings());
     let nonce = (T0 + 5) * 1000;
-    machine.submit(T0 + 5, workers[0], nonce, 0, model(0), Digest::of(b"a")).unwrap();
+    machine.commit(T0 + 5, workers[0], nonce, 0, model(0), commitment(workers[0], 0)).unwrap();
     assert_eq!(machine.authenticate(T0 + 6, &key(0), nonce, true).unwrap_err().code, ErrorCode::Replayed);
     assert_eq!(
         machine.authenticate(T0 + 6, &key(0), nonce, false),
@@ -221,7 +365,7 @@ fn authentication_refuses_unknown_keys_replays_and_stale_nonces() {
 #[test]
 fn registration_beyond_the_limit_is_refused() {
     let mut machine =
-        Coordinator::new(Settings { max_workers: 2, ..settings() }, Digest::of(b"run"), model(0));
+        Coordinator::new(Settings { max_workers: 2, ..settings() }, Digest::of(b"run"), model(0), MASTER);
     machine.register(T0, key(0)).unwrap();
     machine.register(T0, key(1)).unwrap();
     drain(&mut machine);
@@ -232,13 +376,10 @@ fn registration_beyond_the_limit_is_refused() {
 
 #[test]
 fn the_run_finishes_after_its_rounds_and_opens_no_more() {
-    let (mut machine, workers) = running(2);
+    let (mut machine, workers) = running(2, settings());
     for round in 0..3 {
-        for &worker in &workers {
-            submit(&mut machine, T0 + round * 100 + 1, worker, round, worker.0 as u8).unwrap();
-        }
-        drain(&mut machine);
-        machine.handle_aggregated(T0 + round * 100 + 2, round, model(round + 1));
+        deliver(&mut machine, T0 + round * 100 + 1, &workers, round);
+        machine.handle_aggregated(T0 + round * 100 + 3, round, model(round + 1));
     }
     let actions = drain(&mut machine);
     assert!(matches!(actions.last(), Some(Action::Finish { final_model }) if *final_model == model(3)));
@@ -256,40 +397,72 @@ struct Persisted {
 }
 
 impl Persisted {
+    fn apply_all(&mut self, actions: &[Action]) {
+        actions.iter().for_each(|action| self.apply(action));
+    }
+
     fn apply(&mut self, action: &Action) {
         match action {
             Action::PersistWorker { worker, key, .. } => self.workers.push((*worker, *key, 0)),
-            Action::OpenRound { round, base_model, participants, opened_unix_ms, deadline_unix_ms } => {
-                self.rounds.push(RoundSnapshot {
-                    id: *round,
-                    state: RoundState::Open,
-                    base_model: *base_model,
-                    participants: participants.clone(),
-                    opened_unix_ms: *opened_unix_ms,
-                    deadline_unix_ms: *deadline_unix_ms,
-                    extensions: 0,
-                    submissions: Vec::new(),
-                    result_model: None,
-                })
-            }
-            Action::ExtendRound { round, deadline_unix_ms, extensions } => {
+            Action::OpenRound {
+                round,
+                base_model,
+                participants,
+                opened_unix_ms,
+                commit_deadline_unix_ms,
+                ..
+            } => self.rounds.push(RoundSnapshot {
+                id: *round,
+                state: RoundState::Open,
+                base_model: *base_model,
+                participants: participants.clone(),
+                opened_unix_ms: *opened_unix_ms,
+                commit_deadline_unix_ms: *commit_deadline_unix_ms,
+                extensions: 0,
+                reveal_deadline_unix_ms: None,
+                commitments: Vec::new(),
+                reveals: Vec::new(),
+                verdicts: Vec::new(),
+                result_model: None,
+            }),
+            Action::ExtendRound { round, commit_deadline_unix_ms, extensions } => {
                 let persisted = self.round(*round);
-                persisted.deadline_unix_ms = *deadline_unix_ms;
+                persisted.commit_deadline_unix_ms = *commit_deadline_unix_ms;
                 persisted.extensions = *extensions;
             }
-            Action::RecordSubmission { round, worker, status, payload, nonce, .. } => {
-                self.round(*round).submissions.push((*worker, *status, *payload));
-                let entry = self.workers.iter_mut().find(|(id, _, _)| id == worker).unwrap();
-                entry.2 = entry.2.max(*nonce);
+            Action::RecordCommitment { round, worker, commitment, status, nonce, .. } => {
+                self.round(*round).commitments.push((*worker, *status, *commitment));
+                self.nonce(*worker, *nonce);
             }
-            Action::CloseRound { .. } | Action::Finish { .. } => {}
+            Action::BeginReveal { round, reveal_deadline_unix_ms, .. } => {
+                self.round(*round).reveal_deadline_unix_ms = Some(*reveal_deadline_unix_ms)
+            }
+            Action::RecordReveal { round, worker, status, payload, nonce, .. } => {
+                self.round(*round).reveals.push((*worker, *status, *payload));
+                self.nonce(*worker, *nonce);
+            }
+            Action::RecordAudit { round, worker, verdict, nonce, .. } => {
+                self.round(*round).verdicts.push((*worker, verdict.clone()));
+                if let Some(nonce) = nonce {
+                    self.nonce(*worker, *nonce);
+                }
+            }
             Action::CommitRound { round, result_model, .. } => {
                 let persisted = self.round(*round);
                 persisted.state = RoundState::Closed;
                 persisted.result_model = Some(*result_model);
             }
             Action::FailRound { round, .. } => self.round(*round).state = RoundState::Failed,
+            Action::Slash { .. }
+            | Action::CreditWork { .. }
+            | Action::CloseRound { .. }
+            | Action::Finish { .. } => {}
         }
+    }
+
+    fn nonce(&mut self, worker: WorkerId, nonce: u64) {
+        let entry = self.workers.iter_mut().find(|(id, _, _)| *id == worker).unwrap();
+        entry.2 = entry.2.max(nonce);
     }
 
     fn round(&mut self, id: u64) -> &mut RoundSnapshot {
@@ -301,47 +474,66 @@ impl Persisted {
     }
 }
 
+/// Runs `script` on a live machine and, at every point, on a machine
+/// restored from what the live one persisted so far: both must then emit the
+/// same actions for the same remaining inputs.
 #[test]
-fn a_restored_machine_continues_where_the_persisted_one_stopped() {
-    let mut machine = Coordinator::new(settings_for(3), Digest::of(b"run"), model(0));
-    let mut persisted = Persisted::default();
-    let step = |machine: &mut Coordinator, persisted: &mut Persisted| {
-        for action in drain(machine) {
-            persisted.apply(&action);
+fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
+    let settings = Settings { min_workers: 3, audit_probability: 0.6, ..settings() };
+    type Step = Box<dyn Fn(&mut Coordinator, &[WorkerId])>;
+    let steps: Vec<Step> = vec![
+        Box::new(|m, w| {
+            let _ = commit(m, T0 + 10, w[0], 0);
+        }),
+        Box::new(|m, w| {
+            let _ = commit(m, T0 + 11, w[1], 0);
+        }),
+        Box::new(|m, w| {
+            let _ = commit(m, T0 + 12, w[2], 0);
+        }),
+        Box::new(|m, w| {
+            let _ = reveal(m, T0 + 20, w[0], 0);
+        }),
+        Box::new(|m, w| {
+            if m.pending_audit(w[0], 0).is_some() {
+                m.audit_result(T0 + 21, w[0], (T0 + 21) * 1000 + 5, 0, Verdict::Passed).unwrap();
+            }
+        }),
+        Box::new(|m, w| {
+            let _ = reveal(m, T0 + 22, w[1], 0);
+        }),
+        Box::new(|m, w| {
+            let _ = reveal(m, T0 + 23, w[2], 0);
+        }),
+        Box::new(|m, _| m.handle_timeout(T0 + 12 + 5_000)),
+    ];
+    for crash_after in 0..steps.len() {
+        let mut live = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+        let mut persisted = Persisted::default();
+        let workers: Vec<WorkerId> = (0..3).map(|index| live.register(T0, key(index)).unwrap().0).collect();
+        persisted.apply_all(&drain(&mut live));
+        for step in &steps[..crash_after] {
+            step(&mut live, &workers);
+            persisted.apply_all(&drain(&mut live));
         }
-    };
-    let workers: Vec<WorkerId> = (0..3).map(|index| machine.register(T0, key(index)).unwrap().0).collect();
-    step(&mut machine, &mut persisted);
-    submit(&mut machine, T0 + 10, workers[0], 0, 0).unwrap();
-    step(&mut machine, &mut persisted);
-
-    // The coordinator dies here; a new one restores from what was persisted.
-    let mut restored =
-        Coordinator::restore(settings_for(3), Digest::of(b"run"), persisted.snapshot(), T0 + 50);
-    assert!(drain(&mut restored).is_empty(), "round 0 is still open with one of three submissions");
-    assert_eq!(restored.open_round(), machine.open_round());
-    assert_eq!(restored.view(Some(workers[1]), &template()), machine.view(Some(workers[1]), &template()));
-    assert_eq!(
-        submit(&mut restored, T0 + 60, workers[0], 0, 0),
-        Ok(SubmissionOutcome::AlreadyRecorded(SubmissionStatus::Accepted)),
-        "the accepted submission survived"
-    );
-    assert_eq!(
-        restored.authenticate(T0 + 60, &key(0), (T0 + 10) * 1000, true).unwrap_err().code,
-        ErrorCode::Replayed,
-        "so did the nonce"
-    );
-
-    // The other two submissions arrive at the restored coordinator.
-    submit(&mut restored, T0 + 70, workers[1], 0, 1).unwrap();
-    submit(&mut restored, T0 + 71, workers[2], 0, 2).unwrap();
-    let actions = drain(&mut restored);
-    assert!(matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &workers));
+        let mut restored =
+            Coordinator::restore(settings.clone(), Digest::of(b"run"), MASTER, persisted.snapshot(), T0 + 12);
+        assert!(drain(&mut restored).is_empty(), "after {crash_after} steps nothing was left undone");
+        assert_eq!(restored.open_round(), live.open_round(), "after {crash_after} steps");
+        for &worker in &workers {
+            assert_eq!(restored.view(Some(worker), &template()), live.view(Some(worker), &template()));
+        }
+        for step in &steps[crash_after..] {
+            step(&mut live, &workers);
+            step(&mut restored, &workers);
+            assert_eq!(drain(&mut restored), drain(&mut live), "after a crash after step {crash_after}");
+        }
+    }
 }
 
 #[test]
-fn a_machine_restored_with_all_submissions_in_closes_the_round_at_once() {
-    let (mut machine, workers) = running(2);
+fn a_machine_restored_with_everything_delivered_closes_the_round_at_once() {
+    let (mut machine, workers) = running(2, settings());
     let mut persisted = Persisted::default();
     for (index, &worker) in workers.iter().enumerate() {
         persisted.workers.push((worker, key(index as u8), 0));
@@ -352,49 +544,71 @@ fn a_machine_restored_with_all_submissions_in_closes_the_round_at_once() {
         base_model: open.base_model,
         participants: open.participants.clone(),
         opened_unix_ms: open.opened_ms,
-        deadline_unix_ms: open.deadline_ms,
+        commit_deadline_unix_ms: open.deadline_ms(),
+        secret_commitment: open.secret_commitment,
     });
-    for &worker in &workers {
-        submit(&mut machine, T0 + 5, worker, 0, 1).unwrap();
-    }
-    for action in drain(&mut machine) {
-        persisted.apply(&action); // CloseRound is emitted but nothing durable says "closed"
-    }
-    let mut restored = Coordinator::restore(settings(), Digest::of(b"run"), persisted.snapshot(), T0 + 100);
+    let actions = deliver(&mut machine, T0 + 5, &workers, 0);
+    persisted.apply_all(&actions); // CloseRound is emitted, but nothing durable says "closed"
+    let mut restored = Coordinator::restore(
+        Settings { min_workers: 2, ..settings() },
+        Digest::of(b"run"),
+        MASTER,
+        persisted.snapshot(),
+        T0 + 100,
+    );
     assert!(matches!(drain(&mut restored)[..], [Action::CloseRound { round: 0, .. }]));
 }
 
-/// Swarm test: random registrations, submissions (good, duplicate, late,
-/// wrong round) and clock jumps from many seeds. After every step the
-/// invariants a user relies on must hold.
+/// Swarm test: random registrations, commitments and reveals (right,
+/// wrong, duplicate, late, for other rounds), audit verdicts and clock
+/// jumps, from many seeds. After every step the invariants a user relies
+/// on must hold.
 #[test]
 fn random_event_sequences_keep_the_invariants() {
     for seed in 0..200 {
         let mut rng = keyed_rng("coordinator-swarm", RngKey::new(seed, 0, 0, 0));
-        let mut machine =
-            Coordinator::new(Settings { rounds: 5, ..settings() }, Digest::of(b"run"), model(0));
+        let settings = Settings { rounds: 5, audit_probability: 0.5, ..settings() };
+        let mut machine = Coordinator::new(settings, Digest::of(b"run"), model(0), MASTER);
         let mut now = T0;
         let mut last_round_opened = None;
-        let mut committed = 0u64;
+        let mut committed_rounds = 0u64;
         let mut counted = std::collections::BTreeSet::new();
-        for step in 0..400 {
-            now += uniform_below(&mut rng, 3000);
-            match uniform_below(&mut rng, 6) {
-                0 => {
-                    let _ = machine.register(now, key(uniform_below(&mut rng, 5) as u8));
+        let mut slashed = std::collections::BTreeSet::new();
+        for step in 0..500 {
+            now += uniform_below(&mut rng, 2500);
+            let worker = WorkerId(uniform_below(&mut rng, 5));
+            let known = (machine.worker_count() as u64) > worker.0;
+            let round = machine.open_round().map_or(0, |open| open.id) + uniform_below(&mut rng, 2);
+            let round = round.saturating_sub(uniform_below(&mut rng, 2));
+            let base = base(&machine);
+            let nonce = now * 1000 + step;
+            match uniform_below(&mut rng, 8) {
+                0 => drop(machine.register(now, key(uniform_below(&mut rng, 5) as u8))),
+                1 | 2 if known => {
+                    let honest = uniform_below(&mut rng, 4) > 0;
+                    let value = if honest {
+                        commitment(worker, round)
+                    } else {
+                        Commitment { merkle_root: Digest::of(&[9]), ..commitment(worker, round) }
+                    };
+                    let _ = machine.commit(now, worker, nonce, round, base, value);
                 }
-                1 | 2 => {
-                    let worker = WorkerId(uniform_below(&mut rng, 5));
-                    if machine.worker_count() as u64 > worker.0 {
-                        let round =
-                            machine.open_round().map_or(0, |open| open.id) + uniform_below(&mut rng, 2);
-                        let round = round.saturating_sub(uniform_below(&mut rng, 2));
-                        let base = machine.open_round().map_or(model(0), |open| open.base_model);
-                        let payload = Digest::of(&[uniform_below(&mut rng, 3) as u8]);
-                        let _ = machine.submit(now, worker, now * 1000 + step, round, base, payload);
+                3 | 4 if known => {
+                    let honest = uniform_below(&mut rng, 5) > 0;
+                    let digest = if honest { payload(worker, round) } else { Digest::of(b"tampered") };
+                    let _ = machine.reveal(now, worker, nonce, round, base, digest);
+                }
+                5 if known => {
+                    if machine.pending_audit(worker, round).is_some() {
+                        let verdict = if uniform_below(&mut rng, 3) > 0 {
+                            Verdict::Passed
+                        } else {
+                            Verdict::Failed("x".into())
+                        };
+                        machine.audit_result(now, worker, nonce, round, verdict).unwrap();
                     }
                 }
-                3 => machine.seen(now, WorkerId(uniform_below(&mut rng, 5))),
+                6 => machine.seen(now, worker),
                 _ => machine.handle_timeout(now),
             }
             while let Some(action) = machine.poll_action() {
@@ -408,25 +622,32 @@ fn random_event_sequences_keep_the_invariants() {
                             participants.windows(2).all(|pair| pair[0] < pair[1]),
                             "sorted, distinct participants"
                         );
-                        assert!(participants.len() >= 2, "a round opens with min_workers");
+                        assert!(participants.len() >= 2, "a round opens with a quorum of workers");
                         last_round_opened = Some(round);
+                    }
+                    Action::Slash { round, worker, .. } => {
+                        assert!(
+                            slashed.insert((round, worker)),
+                            "seed {seed}: one slash per worker per round"
+                        );
                     }
                     Action::CloseRound { round, accepted, .. } => {
                         assert!(accepted.len() >= 2, "seed {seed}: a round closes only with quorum");
                         for worker in &accepted {
+                            assert!(
+                                !slashed.contains(&(round, *worker)),
+                                "seed {seed}: a slashed update never counts"
+                            );
                             assert!(counted.insert((round, *worker)), "each update counts at most once");
                         }
                         machine.handle_aggregated(now, round, model(round + 100));
                     }
-                    Action::CommitRound { .. } => committed += 1,
-                    Action::Finish { .. } => assert_eq!(committed, 5),
+                    Action::CommitRound { .. } => committed_rounds += 1,
+                    Action::Finish { .. } => assert_eq!(committed_rounds, 5),
                     _ => {}
                 }
             }
             assert!(machine.completed_rounds() <= 5);
-            if let Some(deadline) = machine.poll_timeout() {
-                assert!(deadline > now || machine.open_round().is_some());
-            }
         }
     }
 }

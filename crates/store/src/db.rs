@@ -1,17 +1,20 @@
 //! The coordinator's durable state in one SQLite file (WAL, synchronous =
-//! FULL): the run, workers, rounds, assignments and submissions with their
-//! payloads. Every batch of writes is one transaction, committed before the
-//! coordinator answers the request that caused it, so an acknowledged
-//! submission survives a crash at any point.
+//! FULL): the run, workers, rounds, assignments, commitments, reveals with
+//! their payloads, audits, credits, and the signed ledger. Every batch of
+//! writes is one transaction, committed before the coordinator answers the
+//! request that caused it, so an acknowledged submission survives a crash
+//! at any point, and the ledger never disagrees with the state it records.
 
 use std::path::Path;
 
+use crowdtrain_protocol::audit::Commitment;
 use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, Snapshot};
-use crowdtrain_protocol::wire::{RoundRecord, SubmissionStatus, WorkerStatus};
-use crowdtrain_protocol::{Digest, PublicKey, RoundId, WorkerId};
+use crowdtrain_protocol::ledger::{self, Chain, Event, Sealed};
+use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
+use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -36,8 +39,12 @@ CREATE TABLE rounds (
     state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'failed')),
     base_model BLOB NOT NULL,
     opened_unix_ms INTEGER NOT NULL,
-    deadline_unix_ms INTEGER NOT NULL,
+    commit_deadline_unix_ms INTEGER NOT NULL,
     extensions INTEGER NOT NULL DEFAULT 0,
+    secret_commitment BLOB NOT NULL,
+    secret BLOB,
+    beacon BLOB,
+    reveal_deadline_unix_ms INTEGER,
     closed_unix_ms INTEGER,
     result_model BLOB,
     result_momentum BLOB,
@@ -53,16 +60,53 @@ CREATE TABLE assignments (
     PRIMARY KEY (round, worker),
     UNIQUE (round, slot)
 );
-CREATE TABLE submissions (
-    round INTEGER NOT NULL REFERENCES rounds (id),
-    worker INTEGER NOT NULL REFERENCES workers (id),
+CREATE TABLE commitments (
+    round INTEGER NOT NULL,
+    worker INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('accepted', 'late')),
+    merkle_root BLOB NOT NULL,
+    payload_digest BLOB NOT NULL,
+    segments INTEGER NOT NULL,
+    nonce INTEGER NOT NULL,
+    received_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (round, worker),
+    FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
+);
+CREATE TABLE reveals (
+    round INTEGER NOT NULL,
+    worker INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('accepted', 'late', 'mismatch')),
     payload_digest BLOB NOT NULL,
     payload BLOB NOT NULL,
     nonce INTEGER NOT NULL,
     received_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (round, worker),
     FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
+);
+CREATE TABLE audits (
+    round INTEGER NOT NULL,
+    worker INTEGER NOT NULL,
+    segment INTEGER NOT NULL,
+    verdict TEXT CHECK (verdict IN ('passed', 'failed', 'unanswered')),
+    reason TEXT,
+    decided_unix_ms INTEGER,
+    PRIMARY KEY (round, worker),
+    FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
+);
+CREATE TABLE credits (
+    round INTEGER NOT NULL REFERENCES rounds (id),
+    worker INTEGER NOT NULL REFERENCES workers (id),
+    kind TEXT NOT NULL CHECK (kind IN ('work', 'slash')),
+    amount INTEGER NOT NULL CHECK (amount >= 0),
+    reason TEXT NOT NULL,
+    PRIMARY KEY (round, worker, kind)
+);
+CREATE TABLE ledger (
+    idx INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    signature BLOB NOT NULL
 );
 ";
 
@@ -103,21 +147,52 @@ pub enum Write {
         base_model: Digest,
         participants: Vec<WorkerId>,
         opened_unix_ms: u64,
-        deadline_unix_ms: u64,
+        commit_deadline_unix_ms: u64,
+        secret_commitment: Digest,
     },
     ExtendRound {
         round: RoundId,
-        deadline_unix_ms: u64,
+        commit_deadline_unix_ms: u64,
         extensions: u32,
     },
-    Submission {
+    Commitment {
         round: RoundId,
         worker: WorkerId,
-        status: SubmissionStatus,
+        commitment: Commitment,
+        status: Recorded,
+        nonce: u64,
+        received_unix_ms: u64,
+    },
+    BeginReveal {
+        round: RoundId,
+        secret: [u8; 32],
+        beacon: Digest,
+        audits: Vec<(WorkerId, u32)>,
+        reveal_deadline_unix_ms: u64,
+    },
+    Reveal {
+        round: RoundId,
+        worker: WorkerId,
+        status: Recorded,
         digest: Digest,
         payload: Vec<u8>,
         nonce: u64,
         received_unix_ms: u64,
+    },
+    Audit {
+        round: RoundId,
+        worker: WorkerId,
+        verdict: Verdict,
+        nonce: Option<u64>,
+        decided_unix_ms: u64,
+    },
+    /// Work units earned (`slash: false`) or lost (`slash: true`).
+    Credit {
+        round: RoundId,
+        worker: WorkerId,
+        slash: bool,
+        amount: u64,
+        reason: String,
     },
     CommitRound {
         round: RoundId,
@@ -129,11 +204,17 @@ pub enum Write {
         round: RoundId,
         closed_unix_ms: u64,
     },
+    /// An entry for the signed ledger, chained after the last one.
+    Ledger {
+        unix_ms: u64,
+        event: Event,
+    },
 }
 
 /// The coordinator's database.
 pub struct Store {
     connection: Connection,
+    chain: Chain,
 }
 
 impl Store {
@@ -154,7 +235,21 @@ impl Store {
             SCHEMA_VERSION => {}
             found => return Err(StoreError::Schema { path: path.display().to_string(), found }),
         }
-        Ok(Self { connection })
+        let head: Option<(u64, Vec<u8>)> = connection
+            .query_row("SELECT idx, hash FROM ledger ORDER BY idx DESC LIMIT 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let chain = match head {
+            None => Chain::empty(),
+            Some((index, hash)) => {
+                let hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("a ledger hash is not 32 bytes".into()))?;
+                Chain::resume(index + 1, Digest(hash))
+            }
+        };
+        Ok(Self { connection, chain })
     }
 
     /// The run this database belongs to, if created.
@@ -200,16 +295,19 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `writes` in one transaction: all or nothing.
-    pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+    /// Applies `writes` in one transaction: all or nothing. Ledger entries
+    /// are chained and signed with `signer` as they are written.
+    pub fn apply(&mut self, writes: &[Write], signer: &Identity) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
+        let mut chain = self.chain.clone();
         let transaction = self.connection.transaction()?;
         for write in writes {
-            apply_one(&transaction, write)?;
+            apply_one(&transaction, write, &mut chain, signer)?;
         }
         transaction.commit()?;
+        self.chain = chain;
         Ok(())
     }
 
@@ -222,8 +320,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records how long the coordinator took from a round's last accepted
-    /// submission to the next round being open (durably).
+    /// Records how long the coordinator took from a round's last awaited
+    /// input to the next round being open (durably).
     pub fn set_overhead(&mut self, round: RoundId, overhead_ms: u64) -> Result<(), StoreError> {
         self.connection
             .execute("UPDATE rounds SET overhead_ms = ?2 WHERE id = ?1", params![round, overhead_ms])?;
@@ -238,7 +336,8 @@ impl Store {
             .query_map([], |row| Ok((WorkerId(row.get(0)?), PublicKey(blob(row, 1)?), row.get(2)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut statement = self.connection.prepare(
-            "SELECT id, state, base_model, opened_unix_ms, deadline_unix_ms, extensions, result_model
+            "SELECT id, state, base_model, opened_unix_ms, commit_deadline_unix_ms, extensions, reveal_deadline_unix_ms,
+                    result_model
              FROM rounds ORDER BY id",
         )?;
         let mut rounds = statement
@@ -253,44 +352,79 @@ impl Store {
                     },
                     base_model: Digest(blob(row, 2)?),
                     opened_unix_ms: row.get(3)?,
-                    deadline_unix_ms: row.get(4)?,
+                    commit_deadline_unix_ms: row.get(4)?,
                     extensions: row.get(5)?,
-                    result_model: optional_digest(row, 6)?,
+                    reveal_deadline_unix_ms: row.get(6)?,
+                    result_model: optional_digest(row, 7)?,
                     participants: Vec::new(),
-                    submissions: Vec::new(),
+                    commitments: Vec::new(),
+                    reveals: Vec::new(),
+                    verdicts: Vec::new(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut assignments =
+        let mut participants =
             self.connection.prepare("SELECT worker FROM assignments WHERE round = ?1 ORDER BY slot")?;
-        let mut submissions = self.connection.prepare(
-            "SELECT worker, status, payload_digest FROM submissions WHERE round = ?1 ORDER BY worker",
+        let mut commitments = self.connection.prepare(
+            "SELECT worker, status, merkle_root, payload_digest, segments FROM commitments WHERE round = ?1 ORDER BY worker",
+        )?;
+        let mut reveals = self
+            .connection
+            .prepare("SELECT worker, status, payload_digest FROM reveals WHERE round = ?1 ORDER BY worker")?;
+        let mut verdicts = self.connection.prepare(
+            "SELECT worker, verdict, reason FROM audits WHERE round = ?1 AND verdict IS NOT NULL ORDER BY worker",
         )?;
         for round in &mut rounds {
-            round.participants = assignments
+            round.participants = participants
                 .query_map([round.id], |row| Ok(WorkerId(row.get(0)?)))?
                 .collect::<Result<_, _>>()?;
-            round.submissions = submissions
+            round.commitments = commitments
                 .query_map([round.id], |row| {
-                    let status: String = row.get(1)?;
-                    Ok((WorkerId(row.get(0)?), parse_status(&status), Digest(blob(row, 2)?)))
+                    let commitment = Commitment {
+                        merkle_root: Digest(blob(row, 2)?),
+                        payload: Digest(blob(row, 3)?),
+                        segments: row.get(4)?,
+                    };
+                    Ok((WorkerId(row.get(0)?), recorded(row, 1)?, commitment))
+                })?
+                .collect::<Result<_, _>>()?;
+            round.reveals = reveals
+                .query_map([round.id], |row| {
+                    Ok((WorkerId(row.get(0)?), recorded(row, 1)?, Digest(blob(row, 2)?)))
+                })?
+                .collect::<Result<_, _>>()?;
+            round.verdicts = verdicts
+                .query_map([round.id], |row| {
+                    let verdict: String = row.get(1)?;
+                    let verdict = match verdict.as_str() {
+                        "passed" => Verdict::Passed,
+                        "unanswered" => Verdict::Unanswered,
+                        _ => Verdict::Failed(row.get::<_, Option<String>>(2)?.unwrap_or_default()),
+                    };
+                    Ok((WorkerId(row.get(0)?), verdict))
                 })?
                 .collect::<Result<_, _>>()?;
         }
-        let open = rounds.iter().filter(|round| round.state == RoundState::Open).count();
-        if open > 1 || rounds.iter().rev().skip(1).any(|round| round.state == RoundState::Open) {
+        if rounds.iter().rev().skip(1).any(|round| round.state == RoundState::Open) {
             return Err(StoreError::Corrupt("an open round that is not the latest".into()));
         }
         Ok(Snapshot { initial_model, workers, rounds })
     }
 
-    /// The accepted payloads of `round`, in ascending worker id (slot) order.
-    pub fn accepted_payloads(&self, round: RoundId) -> Result<Vec<(WorkerId, Vec<u8>)>, StoreError> {
+    /// The revealed payloads of `workers` in `round`, in the order given;
+    /// an error if any of them has no accepted reveal.
+    pub fn payloads(&self, round: RoundId, workers: &[WorkerId]) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut statement = self.connection.prepare(
-            "SELECT worker, payload FROM submissions WHERE round = ?1 AND status = 'accepted' ORDER BY worker",
+            "SELECT payload FROM reveals WHERE round = ?1 AND worker = ?2 AND status = 'accepted'",
         )?;
-        let rows = statement.query_map([round], |row| Ok((WorkerId(row.get(0)?), row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        workers
+            .iter()
+            .map(|worker| {
+                statement.query_row(params![round, worker.0], |row| row.get(0)).optional()?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("no accepted reveal of {worker} in round {round}"))
+                })
+            })
+            .collect()
     }
 
     /// The model and momentum after the latest closed round, with how many
@@ -315,13 +449,16 @@ impl Store {
         let mut statement = self.connection.prepare(
             "SELECT r.id, r.state, r.opened_unix_ms, r.closed_unix_ms, r.result_model, r.test_accuracy, r.test_loss,
                     (SELECT COUNT(*) FROM assignments a WHERE a.round = r.id),
-                    (SELECT COUNT(*) FROM submissions s WHERE s.round = r.id AND s.status = 'accepted'),
-                    (SELECT MAX(received_unix_ms) FROM submissions s WHERE s.round = r.id AND s.status = 'accepted'),
-                    r.overhead_ms
+                    (SELECT COUNT(*) FROM credits c WHERE c.round = r.id AND c.kind = 'work'),
+                    (SELECT MAX(received_unix_ms) FROM reveals v WHERE v.round = r.id),
+                    r.overhead_ms,
+                    (SELECT COUNT(*) FROM audits u WHERE u.round = r.id),
+                    (SELECT COUNT(*) FROM credits c WHERE c.round = r.id AND c.kind = 'slash'),
+                    (SELECT COUNT(*) FROM commitments m WHERE m.round = r.id AND m.status = 'accepted'),
+                    (SELECT COUNT(*) FROM reveals v WHERE v.round = r.id AND v.status = 'accepted')
              FROM rounds r ORDER BY r.id",
         )?;
         let rows = statement.query_map([], |row| {
-            let last_submission: Option<u64> = row.get(9)?;
             Ok(RoundRecord {
                 round: row.get(0)?,
                 status: row.get(1)?,
@@ -332,8 +469,12 @@ impl Store {
                 test_loss: row.get(6)?,
                 participants: row.get(7)?,
                 accepted: row.get(8)?,
-                last_submission_unix_ms: last_submission,
+                last_submission_unix_ms: row.get(9)?,
                 coordinator_overhead_ms: row.get(10)?,
+                audited: row.get(11)?,
+                slashed: row.get(12)?,
+                committed: row.get(13)?,
+                revealed: row.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -345,12 +486,19 @@ impl Store {
         let mut statement = self.connection.prepare(
             "SELECT w.id, w.public_key,
                     (SELECT COUNT(*) FROM assignments a WHERE a.worker = w.id),
-                    (SELECT COUNT(*) FROM submissions s WHERE s.worker = w.id AND s.status = 'accepted'),
-                    (SELECT COUNT(*) FROM submissions s WHERE s.worker = w.id AND s.status = 'late'),
-                    (SELECT COALESCE(SUM(LENGTH(s.payload)), 0) FROM submissions s WHERE s.worker = w.id)
+                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'work'),
+                    (SELECT COUNT(*) FROM reveals v WHERE v.worker = w.id AND v.status = 'late'),
+                    (SELECT COALESCE(SUM(LENGTH(v.payload)), 0) FROM reveals v WHERE v.worker = w.id),
+                    (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.worker = w.id AND c.kind = 'work'),
+                    (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash'),
+                    (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict = 'passed'),
+                    (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict IN ('failed', 'unanswered')),
+                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash')
              FROM workers w ORDER BY w.id",
         )?;
         let rows = statement.query_map([], |row| {
+            let verified_work: u64 = row.get(6)?;
+            let slashed: u64 = row.get(7)?;
             Ok(WorkerStatus {
                 worker: WorkerId(row.get(0)?),
                 public_key: PublicKey(blob(row, 1)?),
@@ -358,27 +506,65 @@ impl Store {
                 rounds_assigned: row.get(2)?,
                 submissions_accepted: row.get(3)?,
                 submissions_late: row.get(4)?,
+                submissions_rejected: row.get(10)?,
                 bytes_uploaded: row.get(5)?,
+                verified_work,
+                slashed,
+                credits: verified_work as i64 - slashed as i64,
+                audits_passed: row.get(8)?,
+                audits_failed: row.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// Every ledger entry as stored, in order.
+    pub fn ledger(&self) -> Result<Vec<Sealed>, StoreError> {
+        let mut statement =
+            self.connection.prepare("SELECT idx, body, hash, signature FROM ledger ORDER BY idx")?;
+        let rows = statement.query_map([], |row| {
+            Ok(Sealed {
+                index: row.get(0)?,
+                bytes: row.get(1)?,
+                hash: Digest(blob(row, 2)?),
+                signature: crowdtrain_protocol::identity::SignatureBytes(blob(row, 3)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// SQLite's own structural check of the file.
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let result: String = self.connection.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+        if result == "ok" { Ok(()) } else { Err(StoreError::Corrupt(result)) }
+    }
 }
 
-fn apply_one(transaction: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), StoreError> {
+fn apply_one(
+    transaction: &rusqlite::Transaction<'_>,
+    write: &Write,
+    chain: &mut Chain,
+    signer: &Identity,
+) -> Result<(), StoreError> {
     match write {
-        &Write::Worker { worker, key, registered_unix_ms } => {
+        Write::Worker { worker, key, registered_unix_ms } => {
             transaction.execute(
                 "INSERT INTO workers (id, public_key, registered_unix_ms) VALUES (?1, ?2, ?3)",
                 params![worker.0, key.0, registered_unix_ms],
             )?;
         }
-        Write::OpenRound { round, base_model, participants, opened_unix_ms, deadline_unix_ms } => {
-            let (round, opened_unix_ms, deadline_unix_ms) = (*round, *opened_unix_ms, *deadline_unix_ms);
+        Write::OpenRound {
+            round,
+            base_model,
+            participants,
+            opened_unix_ms,
+            commit_deadline_unix_ms,
+            secret_commitment,
+        } => {
             transaction.execute(
-                "INSERT INTO rounds (id, state, base_model, opened_unix_ms, deadline_unix_ms)
-                 VALUES (?1, 'open', ?2, ?3, ?4)",
-                params![round, base_model.0, opened_unix_ms, deadline_unix_ms],
+                "INSERT INTO rounds (id, state, base_model, opened_unix_ms, commit_deadline_unix_ms, secret_commitment)
+                 VALUES (?1, 'open', ?2, ?3, ?4, ?5)",
+                params![round, base_model.0, opened_unix_ms, commit_deadline_unix_ms, secret_commitment.0],
             )?;
             for (slot, worker) in participants.iter().enumerate() {
                 transaction.execute(
@@ -387,38 +573,104 @@ fn apply_one(transaction: &rusqlite::Transaction<'_>, write: &Write) -> Result<(
                 )?;
             }
         }
-        &Write::ExtendRound { round, deadline_unix_ms, extensions } => {
+        Write::ExtendRound { round, commit_deadline_unix_ms, extensions } => {
             expect_one(transaction.execute(
-                "UPDATE rounds SET deadline_unix_ms = ?2, extensions = ?3 WHERE id = ?1 AND state = 'open'",
-                params![round, deadline_unix_ms, extensions],
+                "UPDATE rounds SET commit_deadline_unix_ms = ?2, extensions = ?3 WHERE id = ?1 AND state = 'open'",
+                params![round, commit_deadline_unix_ms, extensions],
             )?)?;
         }
-        Write::Submission { round, worker, status, digest, payload, nonce, received_unix_ms } => {
-            let (round, worker, nonce) = (*round, *worker, *nonce);
+        Write::Commitment { round, worker, commitment, status, nonce, received_unix_ms } => {
             transaction.execute(
-                "INSERT INTO submissions (round, worker, status, payload_digest, payload, nonce, received_unix_ms)
+                "INSERT INTO commitments (round, worker, status, merkle_root, payload_digest, segments, nonce,
+                                          received_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    round,
+                    worker.0,
+                    status.as_str(),
+                    commitment.merkle_root.0,
+                    commitment.payload.0,
+                    commitment.segments,
+                    nonce,
+                    received_unix_ms
+                ],
+            )?;
+            raise_nonce(transaction, *worker, *nonce)?;
+        }
+        Write::BeginReveal { round, secret, beacon, audits, reveal_deadline_unix_ms } => {
+            expect_one(transaction.execute(
+                "UPDATE rounds SET secret = ?2, beacon = ?3, reveal_deadline_unix_ms = ?4 WHERE id = ?1 AND state = 'open'",
+                params![round, secret, beacon.0, reveal_deadline_unix_ms],
+            )?)?;
+            for (worker, segment) in audits {
+                transaction.execute(
+                    "INSERT INTO audits (round, worker, segment) VALUES (?1, ?2, ?3)",
+                    params![round, worker.0, segment],
+                )?;
+            }
+        }
+        Write::Reveal { round, worker, status, digest, payload, nonce, received_unix_ms } => {
+            transaction.execute(
+                "INSERT INTO reveals (round, worker, status, payload_digest, payload, nonce, received_unix_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![round, worker.0, status.as_str(), digest.0, payload, nonce, received_unix_ms],
             )?;
+            raise_nonce(transaction, *worker, *nonce)?;
+        }
+        Write::Audit { round, worker, verdict, nonce, decided_unix_ms } => {
+            let (name, reason) = match verdict {
+                Verdict::Passed => ("passed", None),
+                Verdict::Failed(reason) => ("failed", Some(reason.as_str())),
+                Verdict::Unanswered => ("unanswered", None),
+            };
+            expect_one(transaction.execute(
+                "UPDATE audits SET verdict = ?3, reason = ?4, decided_unix_ms = ?5
+                 WHERE round = ?1 AND worker = ?2 AND verdict IS NULL",
+                params![round, worker.0, name, reason, decided_unix_ms],
+            )?)?;
+            if let Some(nonce) = nonce {
+                raise_nonce(transaction, *worker, *nonce)?;
+            }
+        }
+        Write::Credit { round, worker, slash, amount, reason } => {
             transaction.execute(
-                "UPDATE workers SET last_nonce = MAX(last_nonce, ?2) WHERE id = ?1",
-                params![worker.0, nonce],
+                "INSERT INTO credits (round, worker, kind, amount, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![round, worker.0, if *slash { "slash" } else { "work" }, amount, reason],
             )?;
         }
-        &Write::CommitRound { round, result_model, result_momentum, closed_unix_ms } => {
+        Write::CommitRound { round, result_model, result_momentum, closed_unix_ms } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET state = 'closed', result_model = ?2, result_momentum = ?3, closed_unix_ms = ?4
                  WHERE id = ?1 AND state = 'open'",
                 params![round, result_model.0, result_momentum.0, closed_unix_ms],
             )?)?;
         }
-        &Write::FailRound { round, closed_unix_ms } => {
+        Write::FailRound { round, closed_unix_ms } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET state = 'failed', closed_unix_ms = ?2 WHERE id = ?1 AND state = 'open'",
                 params![round, closed_unix_ms],
             )?)?;
         }
+        Write::Ledger { unix_ms, event } => {
+            let sealed = chain.append(signer, *unix_ms, event.clone());
+            transaction.execute(
+                "INSERT INTO ledger (idx, kind, body, hash, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sealed.index, event.kind(), sealed.bytes, sealed.hash.0, sealed.signature.0],
+            )?;
+        }
     }
+    Ok(())
+}
+
+fn raise_nonce(
+    transaction: &rusqlite::Transaction<'_>,
+    worker: WorkerId,
+    nonce: u64,
+) -> Result<(), StoreError> {
+    transaction.execute(
+        "UPDATE workers SET last_nonce = MAX(last_nonce, ?2) WHERE id = ?1",
+        params![worker.0, nonce],
+    )?;
     Ok(())
 }
 
@@ -426,12 +678,19 @@ fn expect_one(changed: usize) -> Result<(), StoreError> {
     if changed == 1 {
         Ok(())
     } else {
-        Err(StoreError::Corrupt(format!("expected to change one open round, changed {changed}")))
+        Err(StoreError::Corrupt(format!("expected to change one row, changed {changed}")))
     }
 }
 
-fn parse_status(status: &str) -> SubmissionStatus {
-    if status == "late" { SubmissionStatus::Late } else { SubmissionStatus::Accepted }
+fn recorded(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Recorded> {
+    let text: String = row.get(index)?;
+    Recorded::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("status {text}").into(),
+        )
+    })
 }
 
 /// A fixed-size blob column; a wrong length is an error, never padded.
@@ -451,4 +710,47 @@ fn optional_digest(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Op
         rusqlite::types::ValueRef::Null => Ok(None),
         _ => Ok(Some(Digest(blob(row, index)?))),
     }
+}
+
+/// Verifies the ledger in the database at `path` against `coordinator`'s
+/// key (by default the key the run was created with): SQLite's integrity
+/// check, then every entry's index, link, hash and signature.
+pub fn verify_ledger(
+    path: &Path,
+    coordinator: Option<PublicKey>,
+) -> Result<Vec<ledger::Entry>, LedgerFailure> {
+    if !path.is_file() {
+        return Err(LedgerFailure::Unreadable(format!("no state database at {}", path.display())));
+    }
+    let store = Store::open(path).map_err(|error| LedgerFailure::Unreadable(error.to_string()))?;
+    store.integrity_check().map_err(|error| LedgerFailure::Unreadable(error.to_string()))?;
+    let key = match coordinator {
+        Some(key) => key,
+        None => {
+            store
+                .run()
+                .map_err(|error| LedgerFailure::Unreadable(error.to_string()))?
+                .ok_or_else(|| LedgerFailure::Unreadable("the state holds no run".into()))?
+                .coordinator_key
+        }
+    };
+    let sealed = store.ledger().map_err(|error| LedgerFailure::Unreadable(error.to_string()))?;
+    let entries = ledger::verify(&sealed, &key).map_err(LedgerFailure::Broken)?;
+    match entries.first().map(|entry| &entry.event) {
+        Some(Event::RunStarted { coordinator, .. }) if *coordinator == key => Ok(entries),
+        Some(_) => Err(LedgerFailure::Broken(ledger::Break {
+            index: 0,
+            reason: "the first entry does not start the run with this coordinator's key".into(),
+        })),
+        None => Ok(entries),
+    }
+}
+
+/// Why a ledger does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerFailure {
+    #[error("the ledger cannot be read: {0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Broken(ledger::Break),
 }

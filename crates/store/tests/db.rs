@@ -1,12 +1,17 @@
 //! The coordinator database on real SQLite files.
 
 use crowdtrain_protocol::coordinator::RoundState;
-use crowdtrain_protocol::wire::SubmissionStatus;
-use crowdtrain_protocol::{Digest, Identity, PublicKey, WorkerId};
+use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::{Commitment, Digest, Identity, PublicKey, Recorded, Verdict, WorkerId};
+use crowdtrain_store::db::{LedgerFailure, verify_ledger};
 use crowdtrain_store::{RunRecord, Store, StoreError, Write};
 
 fn key(index: u8) -> PublicKey {
     Identity::from_seed([index; 32]).public_key()
+}
+
+fn coordinator() -> Identity {
+    Identity::from_seed([9; 32])
 }
 
 fn record() -> RunRecord {
@@ -14,7 +19,7 @@ fn record() -> RunRecord {
         run_id: Digest::of(b"run"),
         protocol_version: 1,
         config_json: "{}".into(),
-        coordinator_key: key(9),
+        coordinator_key: coordinator().public_key(),
         model_name: "mlp-784-256-10".into(),
         initial_model: Digest::of(b"m0"),
         initial_momentum: Digest::of(b"z0"),
@@ -22,31 +27,77 @@ fn record() -> RunRecord {
     }
 }
 
+fn ledger(event: Event) -> Write {
+    Write::Ledger { unix_ms: 1, event }
+}
+
+fn commitment(worker: u64) -> Commitment {
+    Commitment {
+        merkle_root: Digest::of(&[worker as u8]),
+        payload: Digest::of(&[worker as u8, 1]),
+        segments: 4,
+    }
+}
+
 fn populated(path: &std::path::Path) -> Store {
     let mut store = Store::open(path).unwrap();
     store.create_run(&record()).unwrap();
-    let participants = [WorkerId(0), WorkerId(1)];
+    let started = Event::RunStarted {
+        run_id: Digest::of(b"run"),
+        coordinator: coordinator().public_key(),
+        config: Digest::of(b"{}"),
+        initial_model: Digest::of(b"m0"),
+    };
     store
-        .apply(&[
-            Write::Worker { worker: WorkerId(0), key: key(0), registered_unix_ms: 10 },
-            Write::Worker { worker: WorkerId(1), key: key(1), registered_unix_ms: 11 },
-            Write::OpenRound {
-                round: 0,
-                base_model: Digest::of(b"m0"),
-                participants: participants.to_vec(),
-                opened_unix_ms: 12,
-                deadline_unix_ms: 99,
-            },
-        ])
+        .apply(
+            &[
+                ledger(started),
+                Write::Worker { worker: WorkerId(0), key: key(0), registered_unix_ms: 10 },
+                Write::Worker { worker: WorkerId(1), key: key(1), registered_unix_ms: 11 },
+                Write::OpenRound {
+                    round: 0,
+                    base_model: Digest::of(b"m0"),
+                    participants: vec![WorkerId(0), WorkerId(1)],
+                    opened_unix_ms: 12,
+                    commit_deadline_unix_ms: 99,
+                    secret_commitment: Digest::of(b"s"),
+                },
+                Write::Commitment {
+                    round: 0,
+                    worker: WorkerId(0),
+                    commitment: commitment(0),
+                    status: Recorded::Accepted,
+                    nonce: 300,
+                    received_unix_ms: 13,
+                },
+                Write::Commitment {
+                    round: 0,
+                    worker: WorkerId(1),
+                    commitment: commitment(1),
+                    status: Recorded::Accepted,
+                    nonce: 301,
+                    received_unix_ms: 14,
+                },
+                Write::BeginReveal {
+                    round: 0,
+                    secret: [1; 32],
+                    beacon: Digest::of(b"b"),
+                    audits: vec![(WorkerId(1), 2)],
+                    reveal_deadline_unix_ms: 200,
+                },
+                ledger(Event::WorkerRegistered { worker: WorkerId(0), key: key(0) }),
+            ],
+            &coordinator(),
+        )
         .unwrap();
     store
 }
 
-fn submission(worker: u64, payload: &[u8], nonce: u64) -> Write {
-    Write::Submission {
+fn reveal(worker: u64, payload: &[u8], nonce: u64) -> Write {
+    Write::Reveal {
         round: 0,
         worker: WorkerId(worker),
-        status: SubmissionStatus::Accepted,
+        status: Recorded::Accepted,
         digest: Digest::of(payload),
         payload: payload.to_vec(),
         nonce,
@@ -60,66 +111,113 @@ fn state_survives_reopening_the_file() {
     let path = dir.path().join("state.sqlite");
     {
         let mut store = populated(&path);
-        store.apply(&[submission(1, b"second", 700), submission(0, b"first", 500)]).unwrap();
+        let verdict = Write::Audit {
+            round: 0,
+            worker: WorkerId(1),
+            verdict: Verdict::Passed,
+            nonce: Some(900),
+            decided_unix_ms: 21,
+        };
+        store.apply(&[reveal(1, b"second", 700), reveal(0, b"first", 500), verdict], &coordinator()).unwrap();
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.run().unwrap(), Some(record()));
     let snapshot = store.snapshot(Digest::of(b"m0")).unwrap();
-    assert_eq!(snapshot.workers, vec![(WorkerId(0), key(0), 500), (WorkerId(1), key(1), 700)]);
-    assert_eq!(snapshot.rounds.len(), 1);
+    assert_eq!(snapshot.workers, vec![(WorkerId(0), key(0), 500), (WorkerId(1), key(1), 900)]);
     let round = &snapshot.rounds[0];
     assert_eq!(round.state, RoundState::Open);
     assert_eq!(round.participants, vec![WorkerId(0), WorkerId(1)]);
-    assert_eq!(round.submissions.len(), 2);
+    assert_eq!(round.commitments.len(), 2);
+    assert_eq!(round.reveal_deadline_unix_ms, Some(200));
+    assert_eq!(round.reveals.len(), 2);
+    assert_eq!(round.verdicts, vec![(WorkerId(1), Verdict::Passed)]);
     assert_eq!(
-        store.accepted_payloads(0).unwrap(),
-        vec![(WorkerId(0), b"first".to_vec()), (WorkerId(1), b"second".to_vec())],
-        "payloads come back in worker (slot) order"
+        store.payloads(0, &[WorkerId(0), WorkerId(1)]).unwrap(),
+        vec![b"first".to_vec(), b"second".to_vec()],
+        "payloads come back in the order asked for"
     );
 }
 
 #[test]
-fn a_batch_with_a_failing_write_changes_nothing() {
+fn a_batch_with_a_failing_write_changes_nothing_not_even_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = populated(&dir.path().join("state.sqlite"));
-    // The second write references a round that does not exist.
-    let mut bad = submission(1, b"x", 1);
-    if let Write::Submission { round, .. } = &mut bad {
+    let path = dir.path().join("state.sqlite");
+    let mut store = populated(&path);
+    let entries_before = store.ledger().unwrap().len();
+    // The last write references a round that does not exist.
+    let mut bad = reveal(1, b"x", 1);
+    if let Write::Reveal { round, .. } = &mut bad {
         *round = 7;
     }
-    assert!(store.apply(&[submission(0, b"ok", 1), bad]).is_err());
-    assert!(store.accepted_payloads(0).unwrap().is_empty(), "the first write was rolled back too");
-    // A worker that is not a participant cannot have a submission.
-    let stranger =
-        [Write::Worker { worker: WorkerId(2), key: key(2), registered_unix_ms: 1 }, submission(2, b"y", 1)];
-    assert!(store.apply(&stranger).is_err());
-    assert_eq!(store.snapshot(Digest::of(b"m0")).unwrap().workers.len(), 2);
+    let batch = [reveal(0, b"ok", 1), ledger(Event::RunFinished { final_model: Digest::of(b"m") }), bad];
+    assert!(store.apply(&batch, &coordinator()).is_err());
+    assert!(store.payloads(0, &[WorkerId(0)]).is_err(), "the first write was rolled back too");
+    assert_eq!(store.ledger().unwrap().len(), entries_before, "and so was the ledger entry");
+    // The chain continues cleanly after the failed batch.
+    store.apply(&[ledger(Event::RunFinished { final_model: Digest::of(b"m") })], &coordinator()).unwrap();
+    assert_eq!(verify_ledger(&path, None).unwrap().len(), entries_before + 1);
 }
 
 #[test]
 fn closing_a_round_records_its_result_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = populated(&dir.path().join("state.sqlite"));
-    store.apply(&[submission(0, b"a", 1)]).unwrap();
+    store.apply(&[reveal(0, b"a", 1)], &coordinator()).unwrap();
     let commit = Write::CommitRound {
         round: 0,
         result_model: Digest::of(b"m1"),
         result_momentum: Digest::of(b"z1"),
         closed_unix_ms: 30,
     };
-    store.apply(std::slice::from_ref(&commit)).unwrap();
+    let credit = Write::Credit {
+        round: 0,
+        worker: WorkerId(0),
+        slash: false,
+        amount: 64,
+        reason: "verified work".into(),
+    };
+    store.apply(&[commit.clone(), credit], &coordinator()).unwrap();
     assert!(
-        matches!(store.apply(&[commit]), Err(StoreError::Corrupt(_))),
+        matches!(store.apply(&[commit], &coordinator()), Err(StoreError::Corrupt(_))),
         "a closed round cannot close again"
     );
     assert_eq!(store.latest_result().unwrap(), Some((0, Digest::of(b"m1"), Digest::of(b"z1"), 1)));
     let records = store.round_records().unwrap();
     assert_eq!(records[0].status, "closed");
-    assert_eq!((records[0].participants, records[0].accepted), (2, 1));
+    assert_eq!((records[0].participants, records[0].accepted, records[0].audited), (2, 1, 1));
+    let workers = store.worker_statuses().unwrap();
+    assert_eq!((workers[0].verified_work, workers[0].credits), (64, 64));
 }
 
 #[test]
-fn a_database_from_a_newer_schema_is_refused() {
+fn tampering_with_the_ledger_in_the_file_is_detected_at_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    drop(populated(&path));
+    let entries = verify_ledger(&path, None).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(matches!(entries[0].event, Event::RunStarted { .. }));
+    // Another coordinator key does not verify it.
+    assert!(
+        matches!(verify_ledger(&path, Some(key(3))), Err(LedgerFailure::Broken(broken)) if broken.index == 0)
+    );
+    // Change one byte of entry 1's stored body through SQL.
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let body: Vec<u8> =
+        connection.query_row("SELECT body FROM ledger WHERE idx = 1", [], |row| row.get(0)).unwrap();
+    let mut tampered = body.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x40;
+    connection.execute("UPDATE ledger SET body = ?1 WHERE idx = 1", [&tampered]).unwrap();
+    drop(connection);
+    match verify_ledger(&path, None) {
+        Err(LedgerFailure::Broken(broken)) => assert_eq!(broken.index, 1, "{broken}"),
+        other => panic!("tampering went unnoticed: {other:?}"),
+    }
+}
+
+#[test]
+fn a_database_from_another_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.sqlite");
     drop(Store::open(&path).unwrap());

@@ -167,6 +167,7 @@ impl<'m> DilocoRun<'m> {
                     &shards[worker],
                     key,
                     self.config.inner_steps,
+                    1,
                 )?;
                 let encoded = self.config.codec.encode(&update.pseudo_gradient)?;
                 let (_, decoded) = Codec::decode(&encoded, update.pseudo_gradient.len())?;
@@ -189,12 +190,28 @@ pub struct InnerRoundResult {
     /// Global minus local parameters after the inner steps.
     pub pseudo_gradient: Vec<f32>,
     pub mean_loss: f32,
-    /// The worker's state after the last inner step.
-    pub final_state_hash: StateHash,
+    /// The worker's state at each segment boundary: the start state, then
+    /// the state after each segment (see [`segment_range`]).
+    pub boundaries: Vec<TrainState>,
+}
+
+impl InnerRoundResult {
+    pub fn final_state(&self) -> &TrainState {
+        self.boundaries.last().expect("a round has a start boundary")
+    }
+}
+
+/// Steps `[start, end)` of segment `segment` (1-based) when `steps` inner
+/// steps are cut into `segments` segments at `j * steps / segments`.
+pub fn segment_range(steps: u64, segments: u32, segment: u32) -> (u64, u64) {
+    assert!((1..=segments).contains(&segment), "segment {segment} of {segments}");
+    let boundary = |j: u32| u64::from(j) * steps / u64::from(segments);
+    (boundary(segment - 1), boundary(segment))
 }
 
 /// One worker's round: `steps` AdamW steps from `global` on `shard`, with
-/// batches keyed by `key` (its run, round and worker) and a fresh optimizer.
+/// batches keyed by `key` (its run, round and slot) and a fresh optimizer,
+/// keeping the state at each of `segments` segment boundaries.
 #[allow(clippy::too_many_arguments)]
 pub fn inner_round(
     model: &dyn Model,
@@ -205,12 +222,47 @@ pub fn inner_round(
     shard: &[u32],
     key: RngKey,
     steps: u64,
+    segments: u32,
 ) -> Result<InnerRoundResult, TrainError> {
     let mut state = TrainState::new(model.name(), global.to_vec());
     let mut trainer = Trainer::new(model, optimizer, batch_size);
-    let mean_loss = trainer.run(&mut state, &dataset.train, shard, key, steps, |_, _| {})?;
+    let mut boundaries = vec![state.clone()];
+    let mut loss_sum = 0.0f64;
+    for segment in 1..=segments {
+        let (start, end) = segment_range(steps, segments, segment);
+        let mean = trainer.run(&mut state, &dataset.train, shard, key, end - start, |_, _| {})?;
+        loss_sum += f64::from(mean) * (end - start) as f64;
+        boundaries.push(state.clone());
+    }
     let pseudo_gradient = global.iter().zip(&state.params).map(|(g, l)| g - l).collect();
-    Ok(InnerRoundResult { pseudo_gradient, mean_loss, final_state_hash: state.hash() })
+    let mean_loss = if steps == 0 { 0.0 } else { (loss_sum / steps as f64) as f32 };
+    Ok(InnerRoundResult { pseudo_gradient, mean_loss, boundaries })
+}
+
+/// Replays `steps` steps from `start`: what an auditor does with a segment.
+/// The batches follow from `key` and the state's own step counter, so the
+/// replay is the worker's computation exactly, if the worker was honest.
+#[allow(clippy::too_many_arguments)]
+pub fn replay(
+    model: &dyn Model,
+    optimizer: AdamW,
+    batch_size: usize,
+    dataset: &Dataset,
+    shard: &[u32],
+    key: RngKey,
+    start: TrainState,
+    steps: u64,
+) -> Result<TrainState, TrainError> {
+    let mut state = start;
+    Trainer::new(model, optimizer, batch_size).run(
+        &mut state,
+        &dataset.train,
+        shard,
+        key,
+        steps,
+        |_, _| {},
+    )?;
+    Ok(state)
 }
 
 /// The coordinator's half of a round: average the decoded pseudo-gradients

@@ -32,7 +32,7 @@ pub mod trainer;
 pub use codec::{Codec, CodecError};
 pub use model::{Evaluation, Model, ModelKind, ParamLayout, ParamSpec, evaluate, loss_and_grad};
 pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule};
-pub use state::{OuterState, StateHash, TrainState, params_hash};
+pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};
 pub use trainer::Trainer;
 
 /// Why training could not proceed.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use crowdtrain_node::worker::Behavior;
 use crowdtrain_protocol::Identity;
 use crowdtrain_protocol::Signed;
 use crowdtrain_protocol::wire::{DatasetFingerprint, Phase, RoundRecord, RunInfo, RunStatus, WorkerStatus};
@@ -46,6 +47,18 @@ pub struct DemoArgs {
     /// Directory with the Fashion-MNIST IDX files (default as for `train`).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+
+    /// Chance that a submission is audited (a replay of one of its 4
+    /// segments); 0 turns audits off. The stake is set to the least the
+    /// run accepts: the work of a submission divided by this.
+    #[arg(long, default_value_t = 0.1)]
+    audit_probability: f64,
+
+    /// Behaviours of the first workers, comma-separated (honest, lazy:F,
+    /// fabricate, wrong-data, stale, copy, tamper-reveal, no-answer); the
+    /// rest are honest. E.g. `--cheaters lazy:0.5,copy`.
+    #[arg(long, value_name = "B,B,...", value_delimiter = ',')]
+    cheaters: Vec<Behavior>,
 
     /// Start this many more workers once a third of the rounds are done:
     /// they join at the next round (their join time is reported).
@@ -100,6 +113,8 @@ struct DemoWorker {
     /// From registration to holding a first assignment and its model.
     join_ms: Option<u64>,
     started_late: bool,
+    /// What the demo told this worker to do.
+    behavior: String,
 }
 
 /// Kills every child still running when dropped, so a failing demo never
@@ -120,6 +135,15 @@ impl Drop for Processes {
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=64).contains(&args.workers), "--workers must be between 1 and 64");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.audit_probability),
+        "--audit-probability must be between 0 and 1"
+    );
+    anyhow::ensure!(args.inner_steps >= 4, "--inner-steps must be at least 4 (one per audit segment)");
+    anyhow::ensure!(
+        args.cheaters.len() <= args.workers,
+        "--cheaters names more workers than --workers starts"
+    );
     let temporary;
     let dir = match &args.keep {
         Some(dir) => {
@@ -214,6 +238,8 @@ fn start_worker(
     if let Some(data) = &args.data {
         command.arg("--data").arg(data);
     }
+    let behavior = args.cheaters.get(index).copied().unwrap_or(Behavior::Honest);
+    command.arg("--behavior").arg(behavior.to_string());
     let child = command.spawn().context("could not start a worker")?;
     processes.children.push((format!("worker {index}"), child));
     Ok(())
@@ -224,14 +250,22 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         Some(path) => format!("\n[data]\ndir = {:?}\n", path.canonicalize().unwrap_or(path.clone())),
         None => String::new(),
     };
+    let work_units = args.inner_steps * 64;
+    let stake = if args.audit_probability > 0.0 {
+        (work_units as f64 / args.audit_probability).ceil() as u64
+    } else {
+        0
+    };
     let config = format!(
         "seed = {seed}\nrounds = {rounds}\n\n[model]\nkind = \"{model}\"\n{data}\n[inner]\nsteps = {steps}\n\n\
-         [round]\ndeadline_ms = 30000\nmin_workers = {workers}\nquorum = 1\nworker_timeout_ms = 60000\n",
+         [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
+         worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n",
         seed = args.seed,
         rounds = args.rounds,
         model = args.model,
         steps = args.inner_steps,
         workers = args.workers,
+        probability = args.audit_probability,
     );
     std::fs::write(dir.join("run.toml"), config).context("could not write run.toml")
 }
@@ -339,7 +373,8 @@ fn finish(
         let summary: serde_json::Value =
             serde_json::from_str(&summary).with_context(|| format!("{name} printed no summary"))?;
         if let Some(key) = summary["public_key"].as_str() {
-            joins.insert(key.to_owned(), summary["join_ms"].as_u64());
+            let behavior = summary["behavior"].as_str().unwrap_or("honest").to_owned();
+            joins.insert(key.to_owned(), (summary["join_ms"].as_u64(), behavior));
         }
     }
     if let Some((_, coordinator)) = processes.children.iter_mut().find(|(name, _)| name == "coordinator") {
@@ -375,10 +410,10 @@ fn finish(
         .workers
         .into_iter()
         .enumerate()
-        .map(|(index, worker)| DemoWorker {
-            join_ms: joins.get(&worker.public_key.to_hex()).copied().flatten(),
-            started_late: index >= args.workers,
-            status: worker,
+        .map(|(index, worker)| {
+            let (join_ms, behavior) =
+                joins.remove(&worker.public_key.to_hex()).unwrap_or((None, "honest".into()));
+            DemoWorker { join_ms, behavior, started_late: index >= args.workers, status: worker }
         })
         .collect();
     Ok(DemoReport {
@@ -405,20 +440,24 @@ fn median<T: Copy + PartialOrd>(values: &mut [T]) -> Option<T> {
 fn print_report(report: &DemoReport, args: &DemoArgs) {
     let mut table = output::table(&[
         "worker",
-        "rounds assigned",
+        "behavior",
+        "rounds",
         "accepted",
-        "late",
-        "uploaded",
+        "rejected",
+        "audits passed/failed",
+        "credits",
         "joined in",
         "active at end",
     ]);
-    for DemoWorker { status: worker, join_ms, started_late } in &report.workers {
+    for DemoWorker { status: worker, join_ms, started_late, behavior } in &report.workers {
         table.add_row(vec![
             worker.worker.to_string(),
+            behavior.clone(),
             worker.rounds_assigned.to_string(),
             worker.submissions_accepted.to_string(),
-            worker.submissions_late.to_string(),
-            output::bytes(worker.bytes_uploaded),
+            worker.submissions_rejected.to_string(),
+            format!("{}/{}", worker.audits_passed, worker.audits_failed),
+            worker.credits.to_string(),
             join_ms.map_or("-".into(), |ms| format!("{ms} ms{}", if *started_late { " (late)" } else { "" })),
             if worker.active { "yes".into() } else { "no".into() },
         ]);
@@ -426,15 +465,17 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
     println!("{table}");
     println!(
         "{} workers, {} rounds in {:.1} s: final test accuracy {:.2}%; {} uploaded, {} downloaded; coordinator \
-         overhead {} ms per round (median, {:.1}% of a round)",
+         overhead {} per round (median{})",
         args.workers,
         report.rounds.iter().filter(|round| round.status == "closed").count(),
         report.seconds,
         100.0 * report.final_test_accuracy,
         output::bytes(report.bytes_uploaded),
         output::bytes(report.bytes_downloaded),
-        report.coordinator_overhead_ms_median.map_or("-".into(), |ms| ms.to_string()),
-        100.0 * report.coordinator_overhead_fraction_median.unwrap_or(f64::NAN),
+        report.coordinator_overhead_ms_median.map_or("-".into(), |ms| format!("{ms} ms")),
+        report
+            .coordinator_overhead_fraction_median
+            .map_or(String::new(), |fraction| format!(", {:.1}% of a round", 100.0 * fraction)),
     );
 }
 

@@ -5,6 +5,7 @@ pub mod contract;
 pub mod coordinator;
 pub mod demo;
 pub mod keygen;
+pub mod ledger;
 pub mod sim;
 pub mod train;
 pub mod worker;

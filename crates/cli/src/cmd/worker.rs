@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use crowdtrain_node::worker::{WorkerOptions, run_worker};
+use crowdtrain_node::worker::{Behavior, WorkerOptions, run_worker};
 use crowdtrain_protocol::PublicKey;
 
 use crate::output;
@@ -41,6 +41,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "HEX")]
     coordinator_key: Option<PublicKey>,
 
+    /// How to behave: honest, or a cheater for tests and demos (lazy:F,
+    /// fabricate, wrong-data, stale, copy, tamper-reveal, no-answer).
+    #[arg(long, default_value = "honest")]
+    behavior: Behavior,
+
     /// Print a JSON summary on stdout when the run ends.
     #[arg(long)]
     json: bool,
@@ -56,6 +61,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         give_up_after: Duration::from_secs(args.give_up_after),
         coordinator_key: args.coordinator_key,
         threads: args.threads,
+        behavior: args.behavior,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let summary = runtime.block_on(run_worker(options, |news| eprintln!("{news}")))?;
@@ -63,11 +69,14 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         return output::print_json(&summary);
     }
     println!(
-        "{} rounds trained, {} accepted, {} late, {} refused; {} uploaded, {} downloaded",
+        "{} rounds trained; {} commitments, {} reveals accepted; audits {} passed, {} failed; {} refused; {} \
+         uploaded, {} downloaded",
         summary.rounds_trained,
-        summary.submissions_accepted,
-        summary.submissions_late,
-        summary.submissions_refused,
+        summary.commitments,
+        summary.reveals_accepted,
+        summary.audits_passed,
+        summary.audits_failed,
+        summary.refused,
         output::bytes(summary.bytes_uploaded),
         output::bytes(summary.bytes_downloaded)
     );

@@ -4,9 +4,11 @@
 //! |---|---|---|
 //! | `GET /v1/run` | none | `Signed<RunInfo>` |
 //! | `POST /v1/workers` | signed | `Signed<Registration>` (idempotent per key) |
-//! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while there is nothing new for this worker after round R |
+//! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
-//! | `POST /v1/rounds/{round}/submissions?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<SubmissionReceipt>`, 200 if accepted, 202 if recorded late |
+//! | `POST /v1/rounds/{round}/commitments?base_model=D` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late) |
+//! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
+//! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>` with the verdict |
 //! | `GET /v1/status` | none | `RunStatus` JSON |
 //!
 //! Every refusal is a 4xx with an [`ApiError`] JSON body naming the
@@ -24,10 +26,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crowdtrain_protocol::wire::{
-    AUTH_HEADER, ApiError, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER, SubmissionStatus,
-};
-use crowdtrain_protocol::{Digest, RequestAuth};
+use crowdtrain_protocol::wire::Receipt;
+use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER};
+use crowdtrain_protocol::{Commitment, Digest, RequestAuth, Signed};
 use serde::Deserialize;
 
 use super::{Failure, Node, now_unix_ms};
@@ -54,7 +55,9 @@ pub async fn serve(
         .route("/v1/workers", post(register))
         .route("/v1/round", get(round))
         .route("/v1/models/{digest}", get(model))
-        .route("/v1/rounds/{round}/submissions", post(submit))
+        .route("/v1/rounds/{round}/commitments", post(commitment))
+        .route("/v1/rounds/{round}/reveals", post(reveal))
+        .route("/v1/rounds/{round}/audits", post(audit_answer))
         .route("/v1/status", get(status))
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such endpoint") })
         .with_state(Arc::clone(&node));
@@ -184,13 +187,7 @@ async fn round(
                 let node = Arc::clone(&node);
                 blocking(move || Ok(node.view(Some(worker)))).await?
             };
-            let news = match (&view.body.phase, &view.body.assignment) {
-                (crowdtrain_protocol::wire::Phase::Finished, _) => true,
-                (_, Some(assignment)) => {
-                    !view.body.submitted && query.after.is_none_or(|after| assignment.round > after)
-                }
-                _ => false,
-            };
+            let news = actionable(&view.body, query.after);
             if news {
                 return Ok::<_, Failure>(view);
             }
@@ -203,6 +200,23 @@ async fn round(
     match result.await {
         Ok(view) => Json(view).into_response(),
         Err(failure) => failure.into_response(),
+    }
+}
+
+/// Whether `view` asks something of its worker that it has not done yet,
+/// for a round after `after` (the last round the worker is done with).
+fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool {
+    use crowdtrain_protocol::wire::Phase;
+    let Some(assignment) = &view.assignment else { return view.phase == Phase::Finished };
+    if after.is_some_and(|after| assignment.round <= after) {
+        return false;
+    }
+    match view.phase {
+        Phase::Committing => !view.committed,
+        Phase::Revealing => {
+            view.committed && (!view.revealed || (view.audit.is_some() && !view.audit_answered))
+        }
+        Phase::Waiting | Phase::Finished => true,
     }
 }
 
@@ -276,56 +290,125 @@ async fn read_body(body: Body, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
 }
 
 #[derive(Debug, Deserialize)]
-struct SubmitQuery {
-    base_model: String,
+struct ModelQuery {
+    base_model: Option<String>,
 }
 
-async fn submit(
+/// A signed, state-changing worker request about one round: what the
+/// commitment, reveal and audit endpoints share.
+struct RoundPost {
+    worker: crowdtrain_protocol::WorkerId,
+    nonce: u64,
+    round: u64,
+    base_model: Option<Digest>,
+    body: Vec<u8>,
+}
+
+/// Reads and checks everything every round POST needs: the round in the
+/// path, the optional base model, a size-capped body, the signature and a
+/// fresh nonce. Changes nothing.
+async fn round_post(
+    node: &Arc<Node>,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<RoundPost, Failure> {
+    let Path(round) = path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+    let Query(query) =
+        query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+    let limit = node.config.limits.max_upload_bytes;
+    let too_large = || Failure::new(ErrorCode::TooLarge, format!("uploads are at most {limit} bytes"));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit.saturating_mul(DRAIN_FACTOR)) {
+        // Far too large to be worth reading: refuse at once (the client
+        // may see the connection close before it finishes sending).
+        return Err(too_large());
+    }
+    let body = read_body(body, limit).await?.ok_or_else(too_large)?;
+    let auth = verify_signature(node, method, uri, headers, &body)?;
+    let base_model = query
+        .base_model
+        .map(|text| text.parse::<Digest>())
+        .transpose()
+        .map_err(|reason| Failure::new(ErrorCode::BadRequest, format!("base_model: {reason}")))?;
+    let worker = {
+        let node = Arc::clone(node);
+        blocking(move || node.authenticate(&auth.worker, auth.nonce, true)).await?
+    };
+    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, body })
+}
+
+fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
+    post.base_model
+        .ok_or_else(|| Failure::new(ErrorCode::BadRequest, "the base_model query parameter is required"))
+}
+
+/// 200 for what counts now, 202 for what is only kept (late).
+fn receipt_response(result: Result<Signed<Receipt>, Failure>) -> Response {
+    match result {
+        Ok(receipt) => {
+            let status = if receipt.body.status == "late" { StatusCode::ACCEPTED } else { StatusCode::OK };
+            (status, Json(receipt)).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn commitment(
     State(node): State<Arc<Node>>,
     path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let result = async {
-        let Path(round) =
-            path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-        let Query(query) =
-            query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-        let limit = node.config.limits.max_upload_bytes;
-        let too_large =
-            || Failure::new(ErrorCode::TooLarge, format!("submissions are at most {limit} bytes"));
-        let declared =
-            headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit.saturating_mul(DRAIN_FACTOR)) {
-            // Far too large to be worth reading: refuse at once (the client
-            // may see the connection close before it finishes sending).
-            return Err(too_large());
-        }
-        let payload = read_body(body, limit).await?.ok_or_else(too_large)?;
-        let auth = verify_signature(&node, &method, &uri, &headers, &payload)?;
-        let base_model: Digest = query
-            .base_model
-            .parse()
-            .map_err(|reason: String| Failure::new(ErrorCode::BadRequest, format!("base_model: {reason}")))?;
-        blocking(move || {
-            let worker = node.authenticate(&auth.worker, auth.nonce, true)?;
-            node.submit(worker, auth.nonce, round, base_model, payload)
-        })
-        .await
+        let post = round_post(&node, path, query, &method, &uri, &headers, body).await?;
+        let base = required_base(&post)?;
+        let commitment: Commitment = serde_json::from_slice(&post.body).map_err(|error| {
+            Failure::new(ErrorCode::BadRequest, format!("the commitment does not parse: {error}"))
+        })?;
+        blocking(move || node.commit(post.worker, post.nonce, post.round, base, commitment)).await
     };
-    match result.await {
-        Ok(receipt) => {
-            let status = match receipt.body.status {
-                SubmissionStatus::Accepted => StatusCode::OK,
-                SubmissionStatus::Late => StatusCode::ACCEPTED,
-            };
-            (status, Json(receipt)).into_response()
-        }
-        Err(failure) => failure.into_response(),
-    }
+    receipt_response(result.await)
+}
+
+async fn reveal(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let post = round_post(&node, path, query, &method, &uri, &headers, body).await?;
+        let base = required_base(&post)?;
+        blocking(move || node.reveal(post.worker, post.nonce, post.round, base, post.body)).await
+    };
+    receipt_response(result.await)
+}
+
+async fn audit_answer(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let post = round_post(&node, path, query, &method, &uri, &headers, body).await?;
+        blocking(move || node.answer_audit(post.worker, post.nonce, post.round, &post.body)).await
+    };
+    receipt_response(result.await)
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {

@@ -7,6 +7,7 @@
 //! where the machine asks for it ([`Action::CloseRound`]), on the global
 //! model in memory, with the same `outer_step` as the in-process simulation.
 
+mod audit;
 mod http;
 
 use std::path::Path;
@@ -14,14 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crowdtrain_data::{DataSource, LabeledImages};
+use crowdtrain_data::{DataSource, Dataset};
 use crowdtrain_protocol::coordinator::Settings;
+use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    DatasetFingerprint, ErrorCode, PROTOCOL_VERSION, Registration, RunInfo, RunStatus, SubmissionReceipt,
+    AuditAnswer, DatasetFingerprint, ErrorCode, PROTOCOL_VERSION, Receipt, Registration, RunInfo, RunStatus,
+    Stage,
 };
 use crowdtrain_protocol::{
-    Action, AssignmentTemplate, Coordinator, Digest, Identity, PublicKey, Refusal, RoundId, RoundView,
-    RunConfig, Signed, SubmissionOutcome, WorkerId,
+    Action, AssignmentTemplate, Commitment, Coordinator, Digest, Identity, Outcome, PublicKey, Refusal,
+    RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, Write, checkpoint};
 use crowdtrain_train::diloco::outer_step;
@@ -52,7 +55,11 @@ impl Failure {
             ErrorCode::UnknownWorker | ErrorCode::NotAssigned => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Replayed | ErrorCode::WrongRound | ErrorCode::Duplicate | ErrorCode::StaleModel => 409,
-            ErrorCode::Late => 409,
+            ErrorCode::Late
+            | ErrorCode::TooEarly
+            | ErrorCode::NotCommitted
+            | ErrorCode::NotAudited
+            | ErrorCode::RevealMismatch => 409,
             ErrorCode::Finished => 410,
             ErrorCode::TooLarge => 413,
             ErrorCode::WrongShape | ErrorCode::NonFinite => 422,
@@ -83,7 +90,8 @@ pub struct Node {
     config: RunConfig,
     template: AssignmentTemplate,
     model: Box<dyn Model>,
-    test: Arc<LabeledImages>,
+    /// Training data for audit replays, test data for evaluation.
+    dataset: Arc<Dataset>,
     checkpoints: Checkpoints,
     inner: Mutex<Inner>,
     /// Bumped whenever a round view may have changed; long polls and the
@@ -104,8 +112,10 @@ struct Inner {
     global_model: Digest,
     /// Set between a round's aggregation and its commit.
     pending_momentum: Option<Digest>,
-    /// When the last accepted submission of the round being closed arrived.
+    /// When the input that may close the open round arrived.
     closing_started: Option<(RoundId, Instant)>,
+    /// Shards by slot count, for audit replays.
+    shards: std::collections::HashMap<u32, Arc<Vec<Vec<u32>>>>,
 }
 
 impl Node {
@@ -114,6 +124,7 @@ impl Node {
         std::fs::create_dir_all(state_dir)
             .map_err(|error| NodeError::io(format!("could not create {}", state_dir.display()), error))?;
         let identity = load_or_create_key(&state_dir.join("coordinator.key"))?;
+        let audit_master = load_or_create_secret(&state_dir.join("audit.secret"))?;
         let dataset = DataSource::resolve(config.data.dir.as_deref()).load()?;
         let model = config.model.kind.build();
         let checkpoints = Checkpoints::open(&state_dir.join("checkpoints"))?;
@@ -129,13 +140,21 @@ impl Node {
             None => {
                 let record = create_run(&config, &config_json, &identity, model.as_ref(), &checkpoints)?;
                 store.create_run(&record)?;
+                let started = Event::RunStarted {
+                    run_id: record.run_id,
+                    coordinator: record.coordinator_key,
+                    config: Digest::of(config_json.as_bytes()),
+                    initial_model: record.initial_model,
+                };
+                store
+                    .apply(&[Write::Ledger { unix_ms: record.created_unix_ms, event: started }], &identity)?;
                 record
             }
         };
         let (global, global_model) = load_global(&store, &record, model.as_ref(), &checkpoints)?;
         let settings = Settings::from_config(&config);
         let snapshot = store.snapshot(record.initial_model)?;
-        let machine = Coordinator::restore(settings, record.run_id, snapshot, now_unix_ms());
+        let machine = Coordinator::restore(settings, record.run_id, audit_master, snapshot, now_unix_ms());
         let run = Signed::sign(
             &identity,
             RunInfo {
@@ -161,7 +180,7 @@ impl Node {
             identity,
             config,
             model,
-            test: Arc::new(dataset.test),
+            dataset: Arc::new(dataset),
             checkpoints,
             inner: Mutex::new(Inner {
                 machine,
@@ -170,6 +189,7 @@ impl Node {
                 global_model,
                 pending_momentum: None,
                 closing_started: None,
+                shards: Default::default(),
             }),
             changes: watch::channel(0).0,
             fatal: watch::channel(None).0,
@@ -195,8 +215,12 @@ impl Node {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the state machine in an
-        // unknown state; continuing would risk acting on it.
-        self.inner.lock().expect("the coordinator state lock is never poisoned")
+        // unknown state; continuing would risk acting on it, so the node
+        // halts (a restart resumes from the database).
+        self.inner.lock().unwrap_or_else(|_| {
+            self.fatal.send_replace(Some("a request panicked while holding the state lock".into()));
+            panic!("the coordinator state lock is poisoned; the node is halting")
+        })
     }
 
     /// Checks a request's signature and nonce; marks its worker as seen.
@@ -225,19 +249,120 @@ impl Node {
         Signed::sign(&self.identity, inner.machine.view(worker, &self.template))
     }
 
-    /// `POST /v1/rounds/{round}/submissions`: checks the payload, feeds the
-    /// machine, makes the outcome durable and returns a signed receipt.
-    fn submit(
+    /// `POST /v1/rounds/{round}/commitments`.
+    fn commit(
+        &self,
+        worker: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        base_model: Digest,
+        commitment: Commitment,
+    ) -> Result<Signed<Receipt>, Failure> {
+        let now = now_unix_ms();
+        let received = Instant::now();
+        let mut inner = self.lock();
+        let outcome = inner.machine.commit(now, worker, nonce, round, base_model, commitment)?;
+        self.drive_timed(&mut inner, None, round, received)?;
+        let digest = Digest::of(&postcard_bytes(&commitment));
+        Ok(self.receipt(round, worker, Stage::Commitment, outcome.status().as_str(), digest, now))
+    }
+
+    /// `POST /v1/rounds/{round}/reveals`: checks the payload, feeds the
+    /// machine, makes the outcome durable and returns a signed receipt. A
+    /// reveal that does not match its commitment is recorded (and slashed)
+    /// and answered with a refusal.
+    fn reveal(
         &self,
         worker: WorkerId,
         nonce: u64,
         round: RoundId,
         base_model: Digest,
         payload: Vec<u8>,
-    ) -> Result<Signed<SubmissionReceipt>, Failure> {
+    ) -> Result<Signed<Receipt>, Failure> {
         let received = Instant::now();
+        self.check_payload(&payload)?;
+        let digest = Digest::of(&payload);
+        let now = now_unix_ms();
+        let mut inner = self.lock();
+        let outcome = inner.machine.reveal(now, worker, nonce, round, base_model, digest)?;
+        let carried = matches!(outcome, Outcome::Recorded(_)).then_some((digest, payload));
+        self.drive_timed(&mut inner, carried, round, received)?;
+        if outcome.status() == crowdtrain_protocol::Recorded::Mismatch {
+            return Err(Failure::new(
+                ErrorCode::RevealMismatch,
+                format!(
+                    "the reveal does not hash to the committed payload digest; it is recorded, the submission \
+                     rejected and the stake ({} work units) slashed",
+                    self.config.audit.stake
+                ),
+            ));
+        }
+        Ok(self.receipt(round, worker, Stage::Reveal, outcome.status().as_str(), digest, now))
+    }
+
+    /// `POST /v1/rounds/{round}/audits`: checks the answer against the
+    /// commitment, replays the segment, and records the verdict.
+    fn answer_audit(
+        &self,
+        worker: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        body: &[u8],
+    ) -> Result<Signed<Receipt>, Failure> {
+        let received = Instant::now();
+        let mut inner = self.lock();
+        let Some((segment, commitment)) = inner.machine.pending_audit(worker, round) else {
+            return Err(Failure::new(
+                ErrorCode::NotAudited,
+                format!("{worker} has no pending audit in round {round}"),
+            ));
+        };
+        let assignment = inner
+            .machine
+            .assignment(worker, &self.template)
+            .expect("an audited worker is a participant of the round");
+        let verdict = match postcard::from_bytes::<AuditAnswer>(body) {
+            Err(error) => Verdict::Failed(format!("the answer does not decode: {error}")),
+            Ok(answer) => self
+                .judge(&mut inner, &assignment, segment, &commitment, &answer)
+                .map_err(Failure::internal)?,
+        };
+        tracing::info!(round, %worker, segment, ?verdict, "audit");
+        let now = now_unix_ms();
+        inner.machine.audit_result(now, worker, nonce, round, verdict.clone())?;
+        self.drive_timed(&mut inner, None, round, received)?;
+        let status = if verdict.passed() { "passed" } else { "failed" };
+        Ok(self.receipt(round, worker, Stage::AuditAnswer, status, Digest::of(body), now))
+    }
+
+    fn receipt(
+        &self,
+        round: RoundId,
+        worker: WorkerId,
+        stage: Stage,
+        status: &str,
+        digest: Digest,
+        now: u64,
+    ) -> Signed<Receipt> {
+        Signed::sign(
+            &self.identity,
+            Receipt {
+                run_id: self.run_id,
+                round,
+                worker,
+                stage,
+                status: status.to_owned(),
+                digest,
+                received_unix_ms: now,
+            },
+        )
+    }
+
+    /// An encoded update must decode to the model's size, with finite
+    /// values, in the run's codec.
+    fn check_payload(&self, payload: &[u8]) -> Result<(), Failure> {
         let expected = self.model.layout().len();
-        let (codec, _) = Codec::decode(&payload, expected).map_err(|error| {
+        let (codec, _) = Codec::decode(payload, expected).map_err(|error| {
             let code = match error {
                 crowdtrain_train::CodecError::NonFinite { .. }
                 | crowdtrain_train::CodecError::BadScale { .. } => ErrorCode::NonFinite,
@@ -255,28 +380,21 @@ impl Node {
                 ),
             ));
         }
-        let digest = Digest::of(&payload);
-        let now = now_unix_ms();
-        let mut inner = self.lock();
-        let outcome = inner.machine.submit(now, worker, nonce, round, base_model, digest)?;
+        Ok(())
+    }
+
+    /// [`Node::drive`], timing the round's close if this input caused it.
+    fn drive_timed(
+        &self,
+        inner: &mut Inner,
+        payload: Option<(Digest, Vec<u8>)>,
+        round: RoundId,
+        received: Instant,
+    ) -> Result<(), Failure> {
         inner.closing_started = Some((round, received));
-        let result = self.drive(&mut inner, Some((digest, payload)));
+        let result = self.drive(inner, payload);
         inner.closing_started = None;
-        result.map_err(Failure::internal)?;
-        let status = match outcome {
-            SubmissionOutcome::Recorded(status) | SubmissionOutcome::AlreadyRecorded(status) => status,
-        };
-        Ok(Signed::sign(
-            &self.identity,
-            SubmissionReceipt {
-                run_id: self.run_id,
-                round,
-                worker,
-                status,
-                payload: digest,
-                received_unix_ms: now,
-            },
-        ))
+        result.map_err(Failure::internal)
     }
 
     /// The timer fired: deadlines may have passed.
@@ -298,9 +416,10 @@ impl Node {
         result
     }
 
-    /// Carries out the machine's actions in order; writes become durable in
-    /// one transaction per batch, before the caller answers anyone.
-    /// `payload` is the body of the submission being recorded, if any.
+    /// Carries out the machine's actions in order; every state change and
+    /// its ledger entry become durable in one transaction per batch, before
+    /// the caller answers anyone. `payload` is the body of the reveal being
+    /// recorded, if any.
     fn apply_actions(
         &self,
         inner: &mut Inner,
@@ -310,39 +429,84 @@ impl Node {
         let mut changed = false;
         let mut committed = Vec::new();
         while let Some(action) = inner.machine.poll_action() {
+            let now = now_unix_ms();
+            let ledger = |event| Write::Ledger { unix_ms: now, event };
             match action {
                 Action::PersistWorker { worker, key, registered_unix_ms } => {
                     writes.push(Write::Worker { worker, key, registered_unix_ms });
+                    writes.push(ledger(Event::WorkerRegistered { worker, key }));
                 }
-                Action::OpenRound { round, base_model, participants, opened_unix_ms, deadline_unix_ms } => {
+                Action::OpenRound {
+                    round,
+                    base_model,
+                    participants,
+                    opened_unix_ms,
+                    commit_deadline_unix_ms,
+                    secret_commitment,
+                } => {
                     tracing::info!(round, participants = participants.len(), "round open");
+                    let slots = participants.len() as u32;
+                    let assignments: Vec<Write> = participants
+                        .iter()
+                        .enumerate()
+                        .map(|(slot, &worker)| {
+                            ledger(Event::Assignment {
+                                round,
+                                worker,
+                                slot: slot as u32,
+                                slots,
+                                base_model,
+                                secret_commitment,
+                                commit_deadline_unix_ms,
+                            })
+                        })
+                        .collect();
                     writes.push(Write::OpenRound {
                         round,
                         base_model,
                         participants,
                         opened_unix_ms,
-                        deadline_unix_ms,
+                        commit_deadline_unix_ms,
+                        secret_commitment,
                     });
+                    writes.extend(assignments);
                     changed = true;
                 }
-                Action::ExtendRound { round, deadline_unix_ms, extensions } => {
-                    tracing::info!(round, extensions, "round extended: no quorum yet");
-                    writes.push(Write::ExtendRound { round, deadline_unix_ms, extensions });
+                Action::ExtendRound { round, commit_deadline_unix_ms, extensions } => {
+                    tracing::info!(round, extensions, "commit deadline extended: no quorum yet");
+                    writes.push(Write::ExtendRound { round, commit_deadline_unix_ms, extensions });
+                    writes.push(ledger(Event::DeadlineExtended { round, commit_deadline_unix_ms }));
                     changed = true;
                 }
-                Action::RecordSubmission {
-                    round,
-                    worker,
-                    status,
-                    payload: digest,
-                    nonce,
-                    received_unix_ms,
-                } => {
+                Action::RecordCommitment { round, worker, commitment, status, nonce, received_unix_ms } => {
+                    writes.push(Write::Commitment {
+                        round,
+                        worker,
+                        commitment,
+                        status,
+                        nonce,
+                        received_unix_ms,
+                    });
+                    writes.push(ledger(Event::Commitment { round, worker, commitment, status }));
+                }
+                Action::BeginReveal { round, secret, beacon, audits, reveal_deadline_unix_ms } => {
+                    tracing::info!(round, audits = audits.len(), "commit phase over");
+                    writes.push(Write::BeginReveal {
+                        round,
+                        secret,
+                        beacon,
+                        audits: audits.clone(),
+                        reveal_deadline_unix_ms,
+                    });
+                    writes.push(ledger(Event::AuditDraw { round, secret, beacon, audits }));
+                    changed = true;
+                }
+                Action::RecordReveal { round, worker, status, payload: digest, nonce, received_unix_ms } => {
                     let (carried, bytes) =
-                        payload.take().expect("a submission is recorded only while one is handled");
+                        payload.take().expect("a reveal is recorded only while one is handled");
                     assert_eq!(carried, digest, "the machine records the payload it was given");
-                    tracing::info!(round, %worker, status = status.as_str(), bytes = bytes.len(), "submission");
-                    writes.push(Write::Submission {
+                    tracing::info!(round, %worker, status = status.as_str(), bytes = bytes.len(), "reveal");
+                    writes.push(Write::Reveal {
                         round,
                         worker,
                         status,
@@ -351,9 +515,25 @@ impl Node {
                         nonce,
                         received_unix_ms,
                     });
+                    writes.push(ledger(Event::Reveal { round, worker, payload: digest, status }));
+                }
+                Action::RecordAudit { round, worker, segment, verdict, nonce, decided_unix_ms } => {
+                    writes.push(Write::Audit {
+                        round,
+                        worker,
+                        verdict: verdict.clone(),
+                        nonce,
+                        decided_unix_ms,
+                    });
+                    writes.push(ledger(Event::Audit { round, worker, segment, verdict }));
+                }
+                Action::Slash { round, worker, amount, reason } => {
+                    tracing::warn!(round, %worker, amount, %reason, "slashed");
+                    writes.push(Write::Credit { round, worker, slash: true, amount, reason: reason.clone() });
+                    writes.push(ledger(Event::Slash { round, worker, amount, reason }));
                 }
                 Action::CloseRound { round, base_model, accepted, .. } => {
-                    inner.store.apply(&std::mem::take(&mut writes))?;
+                    inner.store.apply(&std::mem::take(&mut writes), &self.identity)?;
                     assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
                     let (model, momentum) = self.aggregate(inner, round, &accepted)?;
                     inner.pending_momentum = Some(momentum);
@@ -364,21 +544,34 @@ impl Node {
                         inner.pending_momentum.take().expect("aggregation precedes its commit");
                     tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
                     writes.push(Write::CommitRound { round, result_model, result_momentum, closed_unix_ms });
+                    writes.push(ledger(Event::RoundClosed { round, result_model, accepted }));
                     committed.push(round);
                     changed = true;
                 }
-                Action::FailRound { round, closed_unix_ms } => {
-                    tracing::warn!(round, "round failed: no quorum after every extension");
+                Action::CreditWork { round, worker, units } => {
+                    writes.push(Write::Credit {
+                        round,
+                        worker,
+                        slash: false,
+                        amount: units,
+                        reason: "verified work".into(),
+                    });
+                    writes.push(ledger(Event::WorkAccepted { round, worker, units }));
+                }
+                Action::FailRound { round, closed_unix_ms, reason } => {
+                    tracing::warn!(round, %reason, "round failed");
                     writes.push(Write::FailRound { round, closed_unix_ms });
+                    writes.push(ledger(Event::RoundFailed { round, reason }));
                     changed = true;
                 }
                 Action::Finish { final_model } => {
                     tracing::info!(model = %final_model, "run finished");
+                    writes.push(ledger(Event::RunFinished { final_model }));
                     changed = true;
                 }
             }
         }
-        inner.store.apply(&writes)?;
+        inner.store.apply(&writes, &self.identity)?;
         for round in committed {
             if let Some((closing, started)) = inner.closing_started
                 && closing == round
@@ -403,13 +596,11 @@ impl Node {
         accepted: &[WorkerId],
     ) -> Result<(Digest, Digest), NodeError> {
         let started = Instant::now();
-        let payloads = inner.store.accepted_payloads(round)?;
-        let workers: Vec<WorkerId> = payloads.iter().map(|(worker, _)| *worker).collect();
-        assert_eq!(workers, accepted, "the store holds exactly the accepted submissions");
+        let payloads = inner.store.payloads(round, accepted)?;
         let parameters = self.model.layout().len();
         let updates = payloads
             .iter()
-            .map(|(_, bytes)| Codec::decode(bytes, parameters).map(|(_, values)| values))
+            .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
             .collect::<Result<Vec<_>, _>>()
             .map_err(crowdtrain_train::TrainError::from)?;
         let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
@@ -445,7 +636,7 @@ impl Node {
         let Some(node) = self.me.upgrade() else { return };
         std::thread::spawn(move || {
             let model = node.config.model.kind.build();
-            match evaluate(model.as_ref(), &params, &node.test) {
+            match evaluate(model.as_ref(), &params, &node.dataset.test) {
                 Ok(evaluation) => {
                     let mut inner = node.lock();
                     if let Err(error) =
@@ -513,6 +704,45 @@ fn public_config(config: &RunConfig) -> RunConfig {
 
 fn canonical_config(config: &RunConfig) -> String {
     serde_json::to_string(&public_config(config)).expect("configurations serialise")
+}
+
+/// The canonical postcard bytes of a protocol value, for digests.
+fn postcard_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("protocol values always encode")
+}
+
+/// The audit master key: 32 random bytes created on first start (mode
+/// 0600). Round secrets derive from it, so it must outlive restarts and
+/// never leave the coordinator; tests may place their own to make audit
+/// draws reproducible.
+fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
+    let io = |error| NodeError::io(format!("audit secret {}", path.display()), error);
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut secret).map_err(|_| {
+            NodeError::io(
+                format!("{} must hold 64 hex digits", path.display()),
+                std::io::Error::other("malformed"),
+            )
+        })?;
+        return Ok(secret);
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|error| {
+        NodeError::io(
+            "the operating system's random number generator",
+            std::io::Error::other(error.to_string()),
+        )
+    })?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io)?;
+    std::io::Write::write_all(&mut file, hex::encode(secret).as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(secret)
 }
 
 /// The coordinator's key, created on first start.

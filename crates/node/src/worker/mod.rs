@@ -8,6 +8,7 @@
 //! hash to the digest the signed round view names; the data set must match
 //! the run's fingerprint before any training happens.
 
+mod behavior;
 mod client;
 
 use std::collections::HashMap;
@@ -16,19 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crowdtrain_data::{DataSource, Dataset, RngKey, Sharding, make_shards};
-use crowdtrain_protocol::config::ShardingKind;
-use crowdtrain_protocol::wire::{
-    PROTOCOL_VERSION, Phase, Registration, RunInfo, SubmissionReceipt, SubmissionStatus,
-};
-use crowdtrain_protocol::{Assignment, Digest, Identity, PublicKey, RoundId, RoundView, Signed, WorkerId};
+use crowdtrain_data::{DataSource, Dataset};
+use crowdtrain_protocol::wire::{PROTOCOL_VERSION, Phase, Receipt, Registration, RunInfo};
+use crowdtrain_protocol::{Digest, Identity, PublicKey, RoundId, RoundView, Signed, WorkerId};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
-use crowdtrain_train::diloco::inner_round;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+pub use behavior::{Behavior, Produced};
+use behavior::{Work, produce, tampered};
 pub use client::{Answer, Client};
 
 use crate::NodeError;
@@ -48,6 +47,8 @@ pub struct WorkerOptions {
     pub coordinator_key: Option<PublicKey>,
     /// Threads for training (default: RAYON_NUM_THREADS, else one per core).
     pub threads: Option<usize>,
+    /// Honest, or one of the cheaters the audits must catch.
+    pub behavior: Behavior,
 }
 
 /// What a worker did, reported when it exits.
@@ -56,10 +57,16 @@ pub struct WorkerSummary {
     pub worker: Option<WorkerId>,
     pub public_key: String,
     pub run_id: Option<Digest>,
+    pub behavior: String,
     pub rounds_trained: u64,
-    pub submissions_accepted: u64,
-    pub submissions_late: u64,
-    pub submissions_refused: u64,
+    /// Commitments accepted in time.
+    pub commitments: u64,
+    /// Reveals that matched their commitments.
+    pub reveals_accepted: u64,
+    pub audits_passed: u64,
+    pub audits_failed: u64,
+    /// Requests the coordinator refused (with their reasons in the log).
+    pub refused: u64,
     pub bytes_uploaded: u64,
     pub bytes_downloaded: u64,
     /// From registration to holding a first assignment and its model.
@@ -75,7 +82,12 @@ pub async fn run_worker(
     mut on_round: impl FnMut(&str),
 ) -> Result<WorkerSummary, NodeError> {
     let identity = Identity::load(&options.key)?;
-    let mut summary = WorkerSummary { public_key: identity.public_key().to_hex(), ..Default::default() };
+    let behavior = options.behavior;
+    let mut summary = WorkerSummary {
+        public_key: identity.public_key().to_hex(),
+        behavior: behavior.to_string(),
+        ..Default::default()
+    };
     let mut client = Client::new(&options.coordinator, identity, options.give_up_after)?;
 
     let answer = client.request(Method::GET, "/v1/run", Vec::new(), &[]).await?;
@@ -120,6 +132,8 @@ pub async fn run_worker(
     let mut models = ModelCache::new(&options.cache, model.as_ref())?;
     let mut shards: HashMap<u32, Arc<Vec<Vec<u32>>>> = HashMap::new();
     let mut last_done: Option<RoundId> = None;
+    let mut current: Option<(RoundId, Produced)> = None;
+    let mut previous: Option<Produced> = None;
     loop {
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
         let answer =
@@ -138,78 +152,163 @@ pub async fn run_worker(
             break;
         }
         let Some(assignment) =
-            view.assignment.filter(|assignment| !view.submitted && Some(assignment.round) > last_done)
+            view.assignment.clone().filter(|assignment| Some(assignment.round) > last_done)
         else {
             continue;
         };
         if assignment.worker != me || assignment.run_id != run.run_id {
             return Err(NodeError::Untrusted("an assignment for another worker or run".into()));
         }
-        let params = models.get(&client, &assignment.base_model).await?;
-        if summary.join_ms.is_none() {
-            summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
+        let round = assignment.round;
+        let base = assignment.base_model.to_hex();
+        if current.as_ref().is_some_and(|(held, _)| *held != round) {
+            previous = current.take().map(|(_, produced)| produced);
         }
-        let round_shards = match shards.get(&assignment.slots) {
-            Some(existing) => Arc::clone(existing),
-            None => {
-                let made = Arc::new(
-                    make_shards(
-                        &dataset.train.labels,
-                        assignment.slots as usize,
-                        assignment.batch_size as usize,
-                        sharding(&assignment),
-                        assignment.seed,
-                    )
-                    .map_err(crowdtrain_train::TrainError::from)?,
-                );
-                shards.insert(assignment.slots, Arc::clone(&made));
-                made
+        match view.phase {
+            Phase::Committing if !view.committed => {
+                let params = models.get(&client, &assignment.base_model).await?;
+                if summary.join_ms.is_none() {
+                    summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
+                }
+                let round_shards = match shards.get(&assignment.slots) {
+                    Some(existing) => Arc::clone(existing),
+                    None => {
+                        let made = Arc::new(
+                            assignment
+                                .shards(&dataset.train.labels)
+                                .map_err(crowdtrain_train::TrainError::from)?,
+                        );
+                        shards.insert(assignment.slots, Arc::clone(&made));
+                        made
+                    }
+                };
+                let started = Instant::now();
+                let produced = {
+                    let (assignment, dataset, model, pool, previous) = (
+                        assignment.clone(),
+                        Arc::clone(&dataset),
+                        Arc::clone(&model),
+                        Arc::clone(&pool),
+                        previous.clone(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        let work = Work {
+                            model: model.as_ref(),
+                            assignment: &assignment,
+                            params: &params,
+                            dataset: &dataset,
+                            shards: &round_shards,
+                        };
+                        pool.install(|| produce(behavior, &work, previous.as_ref()))
+                    })
+                    .await
+                    .expect("training does not panic")?
+                };
+                summary.training_seconds += started.elapsed().as_secs_f64();
+                summary.rounds_trained += 1;
+                let commitment = produced.commitment();
+                let body = serde_json::to_vec(&commitment).expect("commitments serialise");
+                let path = format!("/v1/rounds/{round}/commitments?base_model={base}");
+                let answer = client
+                    .request(Method::POST, &path, body, &[("content-type", "application/json".into())])
+                    .await?;
+                match receipt_status(&answer, &coordinator)? {
+                    Ok(status) if status == "accepted" => {
+                        summary.commitments += 1;
+                        current = Some((round, produced));
+                    }
+                    Ok(status) => {
+                        on_round(&format!("round {round}: commitment recorded as {status}; moving on"));
+                        last_done = Some(round);
+                    }
+                    Err(reason) => {
+                        summary.refused += 1;
+                        on_round(&format!("round {round}: commitment refused: {reason}"));
+                        last_done = Some(round);
+                    }
+                }
             }
-        };
-        let started = Instant::now();
-        let payload = {
-            let (assignment, dataset, model, pool) =
-                (assignment.clone(), Arc::clone(&dataset), Arc::clone(&model), Arc::clone(&pool));
-            tokio::task::spawn_blocking(move || {
-                train(&pool, model.as_ref(), &assignment, &params, &dataset, &round_shards)
-            })
-            .await
-            .expect("training does not panic")?
-        };
-        summary.training_seconds += started.elapsed().as_secs_f64();
-        summary.rounds_trained += 1;
-        last_done = Some(assignment.round);
-        let path = format!(
-            "/v1/rounds/{}/submissions?base_model={}",
-            assignment.round,
-            assignment.base_model.to_hex()
-        );
-        let bytes = payload.len() as u64;
-        let answer = client
-            .request(Method::POST, &path, payload, &[("content-type", "application/octet-stream".into())])
-            .await?;
-        summary.bytes_uploaded += bytes;
-        if answer.status.is_success() {
-            let receipt: Signed<SubmissionReceipt> = answer.json()?;
-            let receipt = verified(&receipt, &coordinator, "receipt")?;
-            match receipt.status {
-                SubmissionStatus::Accepted => summary.submissions_accepted += 1,
-                SubmissionStatus::Late => summary.submissions_late += 1,
+            Phase::Revealing => {
+                let Some((_, produced)) =
+                    current.as_ref().filter(|(held, _)| *held == round && view.committed)
+                else {
+                    // Nothing of ours counts in this round: wait for the next.
+                    last_done = Some(round);
+                    continue;
+                };
+                if !view.revealed {
+                    let payload = if behavior == Behavior::TamperReveal {
+                        tampered(&produced.payload, &assignment, run.parameters as usize)?
+                    } else {
+                        produced.payload.clone()
+                    };
+                    let bytes = payload.len() as u64;
+                    let path = format!("/v1/rounds/{round}/reveals?base_model={base}");
+                    let answer = client
+                        .request(
+                            Method::POST,
+                            &path,
+                            payload,
+                            &[("content-type", "application/octet-stream".into())],
+                        )
+                        .await?;
+                    summary.bytes_uploaded += bytes;
+                    match receipt_status(&answer, &coordinator)? {
+                        Ok(status) => {
+                            summary.reveals_accepted += u64::from(status == "accepted");
+                            on_round(&format!("round {round}: revealed {bytes} bytes: {status}"));
+                        }
+                        Err(reason) => {
+                            summary.refused += 1;
+                            on_round(&format!("round {round}: reveal refused: {reason}"));
+                        }
+                    }
+                }
+                if let Some(segment) =
+                    view.audit.filter(|_| !view.audit_answered && behavior != Behavior::NoAnswer)
+                {
+                    let body = postcard::to_allocvec(&produced.answer(segment)).expect("answers serialise");
+                    summary.bytes_uploaded += body.len() as u64;
+                    let answer = client
+                        .request(
+                            Method::POST,
+                            &format!("/v1/rounds/{round}/audits"),
+                            body,
+                            &[("content-type", "application/octet-stream".into())],
+                        )
+                        .await?;
+                    match receipt_status(&answer, &coordinator)? {
+                        Ok(verdict) => {
+                            if verdict == "passed" {
+                                summary.audits_passed += 1;
+                            } else {
+                                summary.audits_failed += 1;
+                            }
+                            on_round(&format!("round {round}: audit of segment {segment}: {verdict}"));
+                        }
+                        Err(reason) => {
+                            summary.refused += 1;
+                            on_round(&format!("round {round}: audit answer refused: {reason}"));
+                        }
+                    }
+                }
+                last_done = Some(round);
             }
-            on_round(&format!(
-                "round {}: trained {} steps in {:.2} s, uploaded {bytes} bytes: {}",
-                assignment.round,
-                assignment.inner_steps,
-                started.elapsed().as_secs_f64(),
-                receipt.status.as_str()
-            ));
-        } else {
-            summary.submissions_refused += 1;
-            on_round(&format!("round {}: submission refused: {}", assignment.round, answer.reason()));
+            _ => {}
         }
     }
     summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
     Ok(summary)
+}
+
+/// The status of a signed receipt, or the coordinator's reason for a
+/// refusal (4xx). A receipt not signed by the coordinator is an error.
+fn receipt_status(answer: &Answer, coordinator: &PublicKey) -> Result<Result<String, String>, NodeError> {
+    if !answer.status.is_success() {
+        return Ok(Err(answer.reason()));
+    }
+    let receipt: Signed<Receipt> = answer.json()?;
+    Ok(Ok(verified(&receipt, coordinator, "receipt")?.status.clone()))
 }
 
 fn expect_ok<'a>(answer: &'a Answer, doing: &str) -> Result<&'a Answer, NodeError> {
@@ -228,13 +327,6 @@ fn verified<'a, T: crowdtrain_protocol::wire::SignedBody>(
     signed
         .verify(key)
         .map_err(|_| NodeError::Untrusted(format!("the {what} is not signed by the coordinator")))
-}
-
-fn sharding(assignment: &Assignment) -> Sharding {
-    match (assignment.sharding, assignment.dirichlet_alpha) {
-        (ShardingKind::Dirichlet, Some(alpha)) => Sharding::Dirichlet { alpha },
-        _ => Sharding::Iid,
-    }
 }
 
 /// Loads the worker's data and checks it is the run's.
@@ -264,33 +356,6 @@ fn training_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>, NodeE
         .build()
         .map(Arc::new)
         .map_err(|error| NodeError::io("could not start the training threads", std::io::Error::other(error)))
-}
-
-/// One round's work: the assignment's inner steps from `params` on the
-/// assigned shard, encoded for upload.
-fn train(
-    pool: &rayon::ThreadPool,
-    model: &dyn Model,
-    assignment: &Assignment,
-    params: &[f32],
-    dataset: &Dataset,
-    shards: &[Vec<u32>],
-) -> Result<Vec<u8>, NodeError> {
-    let key = RngKey::new(assignment.seed, assignment.round, u64::from(assignment.slot), 0);
-    let shard = &shards[assignment.slot as usize];
-    let result = pool.install(|| {
-        inner_round(
-            model,
-            assignment.optimizer,
-            assignment.batch_size as usize,
-            params,
-            dataset,
-            shard,
-            key,
-            assignment.inner_steps,
-        )
-    })?;
-    Ok(assignment.codec.encode(&result.pseudo_gradient).map_err(crowdtrain_train::TrainError::from)?)
 }
 
 /// Models by digest: in memory for the current one, on disk for the rest,

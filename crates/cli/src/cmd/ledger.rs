@@ -1,0 +1,171 @@
+//! `crowdtrain ledger ...`: read and check a run's signed ledger.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use crowdtrain_protocol::PublicKey;
+use crowdtrain_protocol::ledger::{self, Entry};
+use crowdtrain_store::Store;
+use crowdtrain_store::db::{LedgerFailure, verify_ledger};
+use serde::Serialize;
+
+use crate::output;
+
+/// Read or check a run's ledger: the signed, hash-chained record of
+/// assignments, commitments, audits, slashes and accepted work.
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    command: LedgerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Check every entry's link, hash and signature; report the first broken one.
+    Verify(VerifyArgs),
+    /// Print the ledger.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The coordinator's --state directory.
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+
+    /// Verify against this coordinator key (hex) instead of the one the
+    /// state names: what an outside auditor should do.
+    #[arg(long, value_name = "HEX")]
+    key: Option<PublicKey>,
+
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// The coordinator's --state directory.
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+
+    /// Only entries of this kind (e.g. audit, slash, work-accepted).
+    #[arg(long)]
+    kind: Option<String>,
+
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    ok: bool,
+    entries: usize,
+    first_broken: Option<ledger::Break>,
+    problem: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ShownEntry<'a> {
+    index: u64,
+    unix_ms: u64,
+    kind: &'static str,
+    event: &'a ledger::Event,
+}
+
+#[derive(Serialize)]
+struct ShowReport<'a> {
+    verified: bool,
+    entries: Vec<ShownEntry<'a>>,
+}
+
+pub fn run(args: LedgerArgs) -> anyhow::Result<()> {
+    match args.command {
+        LedgerCommand::Verify(args) => verify(args),
+        LedgerCommand::Show(args) => show(args),
+    }
+}
+
+fn database(state: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = state.join("coordinator.sqlite");
+    anyhow::ensure!(
+        path.is_file(),
+        "no coordinator state at {} (expected {})",
+        state.display(),
+        path.display()
+    );
+    Ok(path)
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let path = database(&args.state)?;
+    let result = verify_ledger(&path, args.key);
+    let report = match &result {
+        Ok(entries) => VerifyReport { ok: true, entries: entries.len(), first_broken: None, problem: None },
+        Err(LedgerFailure::Broken(broken)) => VerifyReport {
+            ok: false,
+            entries: 0,
+            first_broken: Some(broken.clone()),
+            problem: Some(broken.to_string()),
+        },
+        Err(failure) => {
+            VerifyReport { ok: false, entries: 0, first_broken: None, problem: Some(failure.to_string()) }
+        }
+    };
+    if args.json {
+        output::print_json(&report)?;
+    } else if report.ok {
+        println!("ledger verified: {} entries, every link, hash and signature intact", report.entries);
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(failure) => {
+            Err(anyhow::anyhow!(failure)).context(format!("the ledger in {} does not verify", path.display()))
+        }
+    }
+}
+
+fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let path = database(&args.state)?;
+    let verified = verify_ledger(&path, None).is_ok();
+    let store = Store::open(&path)?;
+    let entries: Vec<Entry> = store
+        .ledger()?
+        .iter()
+        .map(|sealed| {
+            Entry::from_bytes(&sealed.bytes)
+                .map_err(|reason| anyhow::anyhow!("entry {}: {reason}", sealed.index))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let shown: Vec<ShownEntry> = entries
+        .iter()
+        .filter(|entry| args.kind.as_deref().is_none_or(|kind| kind == entry.event.kind()))
+        .map(|entry| ShownEntry {
+            index: entry.index,
+            unix_ms: entry.unix_ms,
+            kind: entry.event.kind(),
+            event: &entry.event,
+        })
+        .collect();
+    if args.json {
+        return output::print_json(&ShowReport { verified, entries: shown });
+    }
+    if !verified {
+        eprintln!(
+            "warning: this ledger does not verify; run `crowdtrain ledger verify` for the first broken entry"
+        );
+    }
+    let mut table = output::table(&["#", "time (unix ms)", "kind", "event"]);
+    for entry in &shown {
+        table.add_row(vec![
+            entry.index.to_string(),
+            entry.unix_ms.to_string(),
+            entry.kind.to_owned(),
+            serde_json::to_string(entry.event)?,
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}

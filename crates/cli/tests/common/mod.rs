@@ -1,0 +1,320 @@
+//! A harness for tests that run the network as a user does: a coordinator
+//! and workers as separate processes of the real binary, on loopback.
+
+#![allow(dead_code)] // each test file uses part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crowdtrain_data::{DataSource, Sharding};
+use crowdtrain_protocol::wire::{
+    AUTH_HEADER, ApiError, ErrorCode, Phase, RUN_HEADER, RoundView, RunInfo, RunStatus,
+};
+use crowdtrain_protocol::{Commitment, Digest, Identity, RequestAuth, Signed};
+use crowdtrain_train::diloco::{DilocoConfig, simulate};
+use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_crowdtrain")
+}
+
+pub fn subset() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/assets/fashion-mnist-subset")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A free port on loopback (bound and released: good enough for tests that
+/// must restart a coordinator on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The audit master key tests give the coordinator, so audit draws are
+/// the same on every run.
+pub const TEST_AUDIT_SECRET: &str = "4242424242424242424242424242424242424242424242424242424242424242";
+
+/// A coordinator and its workers in one temporary directory; every process
+/// is killed when the value is dropped.
+pub struct Network {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub coordinator: Option<Child>,
+    pub workers: Vec<Child>,
+}
+
+impl Network {
+    /// A run of `rounds` rounds of `inner_steps` steps (batch 32, seed 3),
+    /// audited with `audit_probability` in 4 segments (the stake the least
+    /// allowed), with extra `[round]` settings.
+    pub fn new(rounds: u64, inner_steps: u64, audit_probability: f64, round_section: &str) -> Self {
+        Self::with_extra(rounds, inner_steps, audit_probability, round_section, "")
+    }
+
+    /// [`Network::new`] with more TOML appended (new sections only).
+    pub fn with_extra(
+        rounds: u64,
+        inner_steps: u64,
+        audit_probability: f64,
+        round_section: &str,
+        extra: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stake = if audit_probability > 0.0 {
+            ((inner_steps * 32) as f64 / audit_probability).ceil() as u64
+        } else {
+            0
+        };
+        let config = format!(
+            "seed = 3\nrounds = {rounds}\n[data]\ndir = {:?}\n[inner]\nsteps = {inner_steps}\nbatch_size = 32\n\
+             [audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n[round]\n{round_section}\n{extra}",
+            subset()
+        );
+        std::fs::write(dir.path().join("run.toml"), config).unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::write(dir.path().join("state/audit.secret"), TEST_AUDIT_SECRET).unwrap();
+        Self { dir, port: free_port(), coordinator: None, workers: Vec::new() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn start_coordinator(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.path("coordinator.log")).unwrap();
+        let mut child = Command::new(binary())
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--config")
+            .arg(self.path("run.toml"))
+            .arg("--state")
+            .arg(self.path("state"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("listening on"),
+            "coordinator did not start: {}",
+            self.log("coordinator.log")
+        );
+        self.coordinator = Some(child);
+    }
+
+    pub fn kill_coordinator(&mut self) {
+        let mut child = self.coordinator.take().unwrap();
+        child.kill().unwrap(); // SIGKILL: no chance to clean up
+        child.wait().unwrap();
+    }
+
+    /// Starts worker `index` (its key is made on first use) with
+    /// `behavior` and `threads` training threads.
+    pub fn start_worker_as(&mut self, index: usize, behavior: &str, threads: usize) {
+        let key = self.path(&format!("worker-{index}.key"));
+        if !key.exists() {
+            Identity::generate().unwrap().save(&key).unwrap();
+        }
+        let log = std::fs::File::create(self.path(&format!("worker-{index}.log"))).unwrap();
+        let child = Command::new(binary())
+            .args(["worker", "--coordinator", &self.url(), "--give-up-after", "60", "--json"])
+            .args(["--threads", &threads.to_string(), "--behavior", behavior])
+            .arg("--key")
+            .arg(&key)
+            .arg("--data")
+            .arg(subset())
+            .arg("--cache")
+            .arg(self.path(&format!("cache-{index}")))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+    }
+
+    pub fn start_worker(&mut self, index: usize) {
+        self.start_worker_as(index, "honest", 1);
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Option<RunStatus> {
+        get_json(&format!("{}/v1/status", self.url()))
+    }
+
+    /// Polls the status until `done` holds, or fails after `seconds`.
+    pub fn wait_for(&self, seconds: u64, what: &str, done: impl Fn(&RunStatus) -> bool) -> RunStatus {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(status) = self.status()
+                && done(&status)
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; coordinator log:\n{}",
+                self.log("coordinator.log")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for every worker to exit and returns their outputs.
+    pub fn join_workers(&mut self) -> Vec<Output> {
+        self.workers.drain(..).map(|child| child.wait_with_output().unwrap()).collect()
+    }
+
+    /// Runs `crowdtrain ledger ARGS --state <state>`.
+    pub fn ledger(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("ledger")
+            .args(args)
+            .arg("--state")
+            .arg(self.path("state"))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for child in self.coordinator.iter_mut().chain(self.workers.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
+    runtime().block_on(async { reqwest::get(url).await.ok()?.json().await.ok() })
+}
+
+pub fn finished_and_evaluated(status: &RunStatus) -> bool {
+    status.phase == Phase::Finished
+        && status
+            .rounds
+            .iter()
+            .filter(|round| round.status == "closed")
+            .all(|round| round.test_accuracy.is_some())
+}
+
+/// The in-process simulation of the same run (the subset, seed 3, batch
+/// 32): what the network must reproduce bit for bit.
+pub fn simulated_state_hash(workers: usize, rounds: u64, inner_steps: u64) -> String {
+    let config = DilocoConfig {
+        model: ModelKind::Mlp,
+        workers,
+        inner_steps,
+        rounds,
+        batch_size: 32,
+        seed: 3,
+        sharding: Sharding::Iid,
+        inner: AdamW::default(),
+        outer: Nesterov::default(),
+        codec: Codec::Int8,
+    };
+    let dataset = DataSource::Directory(subset()).load().unwrap();
+    simulate(&config, &dataset, |_| {}).unwrap().diloco_state_hash.to_hex()
+}
+
+/// A hand-driven worker, to send exactly the requests a test needs.
+pub struct HandWorker {
+    pub identity: Identity,
+    pub url: String,
+    pub run: RunInfo,
+}
+
+impl HandWorker {
+    pub fn join(network: &Network, seed: u8) -> Self {
+        let signed: Signed<RunInfo> = get_json(&format!("{}/v1/run", network.url())).unwrap();
+        let worker = Self { identity: Identity::from_seed([seed; 32]), url: network.url(), run: signed.body };
+        let (status, body) =
+            worker.send("POST", "/v1/workers", Vec::new(), worker.nonce(), worker.run.run_id);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        worker
+    }
+
+    pub fn nonce(&self) -> u64 {
+        std::thread::sleep(Duration::from_micros(2));
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+    }
+
+    /// Sends a request signed by this worker for `run`.
+    pub fn send(&self, method: &str, path: &str, body: Vec<u8>, nonce: u64, run: Digest) -> (u16, Vec<u8>) {
+        let auth = RequestAuth::sign(&self.identity, &run, method, path, nonce, &body);
+        self.send_raw(method, path, body, Some(auth.to_header()), Some(run.to_hex()))
+    }
+
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        auth: Option<String>,
+        run: Option<String>,
+    ) -> (u16, Vec<u8>) {
+        runtime().block_on(async {
+            let client = reqwest::Client::new();
+            let mut request =
+                client.request(method.parse().unwrap(), format!("{}{path}", self.url)).body(body);
+            if let Some(auth) = auth {
+                request = request.header(AUTH_HEADER, auth);
+            }
+            if let Some(run) = run {
+                request = request.header(RUN_HEADER, run);
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+        })
+    }
+
+    /// The round view, waiting up to 10 s for something to do.
+    pub fn view(&self) -> RoundView {
+        let (status, body) =
+            self.send("GET", "/v1/round?wait_ms=10000", Vec::new(), self.nonce(), self.run.run_id);
+        assert_eq!(status, 200);
+        serde_json::from_slice::<Signed<RoundView>>(&body).unwrap().body
+    }
+
+    pub fn path(&self, stage: &str, round: u64, base: &Digest) -> String {
+        format!("/v1/rounds/{round}/{stage}?base_model={}", base.to_hex())
+    }
+
+    /// An encoded update of the run's size with every value `value`.
+    pub fn update(&self, value: f32) -> Vec<u8> {
+        Codec::Int8.encode(&vec![value; self.run.parameters as usize]).unwrap()
+    }
+
+    /// A commitment to `payload` (the state root is made up: fine for
+    /// tests that never audit).
+    pub fn commitment(&self, payload: &[u8]) -> Commitment {
+        Commitment { merkle_root: Digest::of(b"states"), payload: Digest::of(payload), segments: 4 }
+    }
+
+    pub fn commit(&self, round: u64, base: &Digest, payload: &[u8]) -> (u16, Vec<u8>) {
+        let body = serde_json::to_vec(&self.commitment(payload)).unwrap();
+        self.send("POST", &self.path("commitments", round, base), body, self.nonce(), self.run.run_id)
+    }
+}
+
+/// The status, code and message of a refusal.
+pub fn refusal(response: &(u16, Vec<u8>)) -> (u16, ErrorCode, String) {
+    let error: ApiError = serde_json::from_slice(&response.1)
+        .unwrap_or_else(|_| panic!("not an ApiError: {}", String::from_utf8_lossy(&response.1)));
+    (response.0, error.error, error.message)
+}

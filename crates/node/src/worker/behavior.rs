@@ -1,0 +1,256 @@
+//! How a worker behaves: honestly, or like one of the cheaters the audits
+//! exist to catch. The cheaters are real code paths of the real worker, so
+//! tests and demos exercise the protocol against exactly what a dishonest
+//! participant could run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crowdtrain_data::rng::{keyed_rng, standard_normal};
+use crowdtrain_data::{Dataset, RngKey};
+use crowdtrain_protocol::merkle;
+use crowdtrain_protocol::wire::AuditAnswer;
+use crowdtrain_protocol::{Assignment, Commitment, Digest};
+use crowdtrain_train::diloco::{InnerRoundResult, inner_round, segment_range};
+use crowdtrain_train::{Model, TrainState, Trainer};
+
+use crate::NodeError;
+
+/// A worker's behaviour (`crowdtrain worker --behavior B`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Behavior {
+    /// Trains as assigned.
+    Honest,
+    /// Skips the last fraction `F` of its inner steps (advancing the step
+    /// counter without computing), saving that share of the work.
+    Lazy(f64),
+    /// Trains nothing: a random update of plausible size, random states.
+    Fabricate,
+    /// Trains on the next worker's shard instead of its own.
+    WrongData,
+    /// Resubmits its previous round's update and states.
+    Stale,
+    /// Submits exactly what the next worker submits (as if handed over by
+    /// a colluder), bit for bit.
+    Copy,
+    /// Commits honestly, then reveals a different update.
+    TamperReveal,
+    /// Trains honestly but never answers an audit.
+    NoAnswer,
+}
+
+impl Behavior {
+    /// Whether the audits must reject this behaviour whenever they look.
+    pub fn cheats(self) -> bool {
+        !matches!(self, Self::Honest | Self::Lazy(0.0))
+    }
+}
+
+impl fmt::Display for Behavior {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Honest => f.write_str("honest"),
+            Self::Lazy(fraction) => write!(f, "lazy:{fraction}"),
+            Self::Fabricate => f.write_str("fabricate"),
+            Self::WrongData => f.write_str("wrong-data"),
+            Self::Stale => f.write_str("stale"),
+            Self::Copy => f.write_str("copy"),
+            Self::TamperReveal => f.write_str("tamper-reveal"),
+            Self::NoAnswer => f.write_str("no-answer"),
+        }
+    }
+}
+
+impl FromStr for Behavior {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "honest" => Self::Honest,
+            "fabricate" => Self::Fabricate,
+            "wrong-data" => Self::WrongData,
+            "stale" => Self::Stale,
+            "copy" => Self::Copy,
+            "tamper-reveal" => Self::TamperReveal,
+            "no-answer" => Self::NoAnswer,
+            other => match other.strip_prefix("lazy:").map(str::parse::<f64>) {
+                Some(Ok(fraction)) if (0.0..=1.0).contains(&fraction) => Self::Lazy(fraction),
+                Some(_) => return Err(format!("in {other:?}, F must be a fraction between 0 and 1")),
+                None => {
+                    return Err(format!(
+                        "unknown behavior {other:?}; expected honest, lazy:F, fabricate, wrong-data, stale, copy, \
+                         tamper-reveal or no-answer"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// What a worker hands in for a round: the states at its segment
+/// boundaries and the encoded update.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub boundaries: Vec<TrainState>,
+    pub hashes: Vec<Digest>,
+    pub payload: Vec<u8>,
+}
+
+impl Produced {
+    fn new(boundaries: Vec<TrainState>, payload: Vec<u8>) -> Self {
+        let hashes = boundaries.iter().map(|state| Digest(state.hash().0)).collect();
+        Self { boundaries, hashes, payload }
+    }
+
+    pub fn commitment(&self) -> Commitment {
+        Commitment {
+            merkle_root: merkle::root(&self.hashes),
+            payload: Digest::of(&self.payload),
+            segments: (self.hashes.len() - 1) as u32,
+        }
+    }
+
+    /// The answer to an audit of `segment`.
+    pub fn answer(&self, segment: u32) -> AuditAnswer {
+        let (start, end) = ((segment - 1) as usize, segment as usize);
+        AuditAnswer {
+            segment,
+            start_state: self.boundaries[start].to_bytes(),
+            start_proof: merkle::prove(&self.hashes, start),
+            end_hash: self.hashes[end],
+            end_proof: merkle::prove(&self.hashes, end),
+        }
+    }
+}
+
+/// Everything a worker uses to produce its round's work.
+pub struct Work<'a> {
+    pub model: &'a dyn Model,
+    pub assignment: &'a Assignment,
+    pub params: &'a [f32],
+    pub dataset: &'a Dataset,
+    pub shards: &'a [Vec<u32>],
+}
+
+impl Work<'_> {
+    /// The honest computation for `slot` (normally the worker's own) with
+    /// batches from `key_slot`'s streams.
+    fn train_as(&self, slot: u32, key_slot: u32) -> Result<InnerRoundResult, NodeError> {
+        let assignment = self.assignment;
+        let key = RngKey { worker: u64::from(key_slot), ..assignment.rng_key() };
+        Ok(inner_round(
+            self.model,
+            assignment.optimizer,
+            assignment.batch_size as usize,
+            self.params,
+            self.dataset,
+            &self.shards[slot as usize],
+            key,
+            assignment.inner_steps,
+            assignment.segments,
+        )?)
+    }
+
+    fn encode(&self, update: &[f32]) -> Result<Vec<u8>, NodeError> {
+        Ok(self.assignment.codec.encode(update).map_err(crowdtrain_train::TrainError::from)?)
+    }
+
+    fn finish(&self, result: InnerRoundResult) -> Result<Produced, NodeError> {
+        let payload = self.encode(&result.pseudo_gradient)?;
+        Ok(Produced::new(result.boundaries, payload))
+    }
+}
+
+/// This round's work under `behavior`; `previous` is what the worker handed
+/// in last round (for the stale resubmitter).
+pub fn produce(
+    behavior: Behavior,
+    work: &Work<'_>,
+    previous: Option<&Produced>,
+) -> Result<Produced, NodeError> {
+    let slot = work.assignment.slot;
+    let next = (slot + 1) % work.assignment.slots;
+    match behavior {
+        Behavior::Honest | Behavior::TamperReveal | Behavior::NoAnswer => {
+            work.finish(work.train_as(slot, slot)?)
+        }
+        Behavior::WrongData => work.finish(work.train_as(next, slot)?),
+        Behavior::Copy => work.finish(work.train_as(next, next)?),
+        Behavior::Stale => match previous {
+            Some(previous) => Ok(previous.clone()),
+            None => work.finish(work.train_as(slot, slot)?),
+        },
+        Behavior::Lazy(fraction) => lazy(work, fraction),
+        Behavior::Fabricate => fabricate(work),
+    }
+}
+
+/// Honest steps up to `(1 - fraction)` of the round, then the step counter
+/// alone advances: the states look like a full round's, the work is not
+/// there.
+fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
+    let assignment = work.assignment;
+    let steps = assignment.inner_steps;
+    let skipped = ((steps as f64) * fraction).round() as u64;
+    let honest_until = steps - skipped.min(steps);
+    let mut state = TrainState::new(work.model.name(), work.params.to_vec());
+    let mut trainer = Trainer::new(work.model, assignment.optimizer, assignment.batch_size as usize);
+    let shard = &work.shards[assignment.slot as usize];
+    let mut boundaries = vec![state.clone()];
+    for segment in 1..=assignment.segments {
+        let (_, end) = segment_range(steps, assignment.segments, segment);
+        let honest = honest_until.saturating_sub(state.step).min(end - state.step);
+        trainer.run(&mut state, &work.dataset.train, shard, assignment.rng_key(), honest, |_, _| {})?;
+        state.step = end;
+        boundaries.push(state.clone());
+    }
+    let update: Vec<f32> = work.params.iter().zip(&state.params).map(|(g, l)| g - l).collect();
+    Ok(Produced::new(boundaries, work.encode(&update)?))
+}
+
+/// Random states and a random update with a per-value spread typical of a
+/// real one, computed in no time.
+fn fabricate(work: &Work<'_>) -> Result<Produced, NodeError> {
+    let assignment = work.assignment;
+    let mut rng = keyed_rng("fabricate", assignment.rng_key());
+    let mut noise = |scale: f64| -> Vec<f32> {
+        work.params.iter().map(|_| (standard_normal(&mut rng) * scale) as f32).collect()
+    };
+    let update = noise(5e-3);
+    let start = TrainState::new(work.model.name(), work.params.to_vec());
+    let mut boundaries = vec![start.clone()];
+    for segment in 1..=assignment.segments {
+        let mut state = start.clone();
+        for (param, delta) in state.params.iter_mut().zip(noise(1e-3)) {
+            *param += delta;
+        }
+        state.step = segment_range(assignment.inner_steps, assignment.segments, segment).1;
+        boundaries.push(state);
+    }
+    Ok(Produced::new(boundaries, work.encode(&update)?))
+}
+
+/// What a tampering worker reveals instead of what it committed: its
+/// update, doubled.
+pub fn tampered(payload: &[u8], assignment: &Assignment, parameters: usize) -> Result<Vec<u8>, NodeError> {
+    let (_, values) =
+        crowdtrain_train::Codec::decode(payload, parameters).map_err(crowdtrain_train::TrainError::from)?;
+    let doubled: Vec<f32> = values.iter().map(|value| value * 2.0 + 1e-4).collect();
+    Ok(assignment.codec.encode(&doubled).map_err(crowdtrain_train::TrainError::from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaviours_parse_and_print_alike() {
+        for text in
+            ["honest", "lazy:0.25", "fabricate", "wrong-data", "stale", "copy", "tamper-reveal", "no-answer"]
+        {
+            assert_eq!(text.parse::<Behavior>().unwrap().to_string(), text);
+        }
+        assert!("lazy:1.5".parse::<Behavior>().unwrap_err().contains("between 0 and 1"));
+        assert!("sneaky".parse::<Behavior>().unwrap_err().contains("unknown behavior"));
+    }
+}

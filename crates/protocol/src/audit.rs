@@ -1,0 +1,164 @@
+//! Unpredictable, verifiable audit selection.
+//!
+//! Each round has a secret, derived from the coordinator's audit master key
+//! and the round (so it survives restarts without being stored, and the
+//! state machine needs no randomness of its own). Its hash is published when
+//! the round opens; the secret itself only once every commitment is in. The
+//! beacon is the hash of the secret with all the round's commitments, so:
+//!
+//! - no worker can predict the draw before committing (it lacks the secret);
+//! - no worker can bias it after (its commitment is fixed, and changing it
+//!   changes the beacon unpredictably for everyone);
+//! - the coordinator cannot pick whom to audit (its secret was committed
+//!   before it saw any commitment);
+//! - anyone can check the draw from the ledger (secret, commitments, beacon).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Digest, RoundId, WorkerId};
+
+/// What a worker commits to before revealing anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commitment {
+    /// Merkle root over the state hashes at the segment boundaries (the
+    /// start state, then the state after each segment).
+    pub merkle_root: Digest,
+    /// BLAKE3 of the encoded pseudo-gradient it will reveal.
+    pub payload: Digest,
+    /// How many segments the root covers (leaves = segments + 1).
+    pub segments: u32,
+}
+
+/// The round's secret.
+pub fn round_secret(master: &[u8; 32], run: &Digest, round: RoundId) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(master);
+    hasher.update(b"crowdtrain 2026-11 round secret v1");
+    hasher.update(&run.0);
+    hasher.update(&round.to_le_bytes());
+    *hasher.finalize().as_bytes()
+}
+
+/// What the coordinator publishes when the round opens.
+pub fn secret_commitment(secret: &[u8; 32]) -> Digest {
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-11 secret commitment v1");
+    hasher.update(secret);
+    Digest(*hasher.finalize().as_bytes())
+}
+
+/// The round's beacon: the secret with every commitment, in worker order.
+pub fn beacon(
+    secret: &[u8; 32],
+    run: &Digest,
+    round: RoundId,
+    commitments: &BTreeMap<WorkerId, Commitment>,
+) -> Digest {
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-11 audit beacon v1");
+    hasher.update(secret);
+    hasher.update(&run.0);
+    hasher.update(&round.to_le_bytes());
+    hasher.update(&(commitments.len() as u64).to_le_bytes());
+    for (worker, commitment) in commitments {
+        hasher.update(&worker.0.to_le_bytes());
+        hasher.update(&commitment.merkle_root.0);
+        hasher.update(&commitment.payload.0);
+        hasher.update(&commitment.segments.to_le_bytes());
+    }
+    Digest(*hasher.finalize().as_bytes())
+}
+
+/// Whether `worker` is audited, and which segment (1-based: segment `j`
+/// runs from boundary `j - 1` to boundary `j`). Selected with probability
+/// `probability`; the segment uniformly among `segments`.
+pub fn draw(beacon: &Digest, worker: WorkerId, probability: f64, segments: u32) -> Option<u32> {
+    assert!(segments >= 1, "a commitment has at least one segment");
+    let word = |label: &[u8]| {
+        let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-11 audit draw v1");
+        hasher.update(&beacon.0);
+        hasher.update(&worker.0.to_le_bytes());
+        hasher.update(label);
+        u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+    };
+    // Selected when a uniform 64-bit draw falls below p * 2^64, computed in
+    // integers so that p = 1 always selects and p = 0 never does.
+    let threshold = (probability.clamp(0.0, 1.0) * 2f64.powi(64)) as u128;
+    if u128::from(word(b"select")) >= threshold {
+        return None;
+    }
+    Some(1 + (word(b"segment") % u64::from(segments)) as u32)
+}
+
+/// The steps of segment `segment` (1-based) of `steps` inner steps cut into
+/// `segments` segments: `[start, end)`. The training code's own definition,
+/// so that workers and auditors cut the same way.
+pub fn segment_steps(steps: u64, segments: u32, segment: u32) -> (u64, u64) {
+    crowdtrain_train::diloco::segment_range(steps, segments, segment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commitments(count: u64) -> BTreeMap<WorkerId, Commitment> {
+        (0..count)
+            .map(|worker| {
+                let commitment = Commitment {
+                    merkle_root: Digest::of(&worker.to_le_bytes()),
+                    payload: Digest::of(&[worker as u8; 3]),
+                    segments: 4,
+                };
+                (WorkerId(worker), commitment)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_beacon_depends_on_the_secret_and_every_commitment() {
+        let run = Digest::of(b"run");
+        let secret = round_secret(&[7; 32], &run, 3);
+        let all = commitments(5);
+        let reference = beacon(&secret, &run, 3, &all);
+        assert_eq!(reference, beacon(&secret, &run, 3, &all.clone()));
+        assert_ne!(reference, beacon(&round_secret(&[8; 32], &run, 3), &run, 3, &all), "another master key");
+        assert_ne!(reference, beacon(&secret, &run, 4, &all), "another round");
+        let mut changed = all.clone();
+        changed.get_mut(&WorkerId(2)).unwrap().payload = Digest::of(b"other");
+        assert_ne!(reference, beacon(&secret, &run, 3, &changed), "one commitment changed");
+        assert_ne!(secret_commitment(&secret), secret_commitment(&round_secret(&[7; 32], &run, 4)));
+    }
+
+    #[test]
+    fn draws_follow_the_probability_and_cover_every_segment() {
+        let run = Digest::of(b"run");
+        let all = commitments(3);
+        let (mut selected, mut segments_seen, trials) = (0u32, [0u32; 5], 20_000u64);
+        for round in 0..trials {
+            let beacon = beacon(&round_secret(&[1; 32], &run, round), &run, round, &all);
+            if let Some(segment) = draw(&beacon, WorkerId(1), 0.1, 4) {
+                selected += 1;
+                segments_seen[segment as usize] += 1;
+            }
+            assert!(draw(&beacon, WorkerId(1), 0.0, 4).is_none());
+            assert!(draw(&beacon, WorkerId(1), 1.0, 4).is_some());
+        }
+        let rate = f64::from(selected) / trials as f64;
+        assert!((rate - 0.1).abs() < 0.01, "selection rate {rate}");
+        assert_eq!(segments_seen[0], 0);
+        assert!(segments_seen[1..].iter().all(|&count| count > 400), "{segments_seen:?}");
+    }
+
+    #[test]
+    fn segments_tile_the_steps() {
+        for (steps, segments) in [(50, 4), (8, 4), (7, 3), (1, 1)] {
+            let mut next = 0;
+            for segment in 1..=segments {
+                let (start, end) = segment_steps(steps, segments, segment);
+                assert_eq!(start, next);
+                assert!(end >= start);
+                next = end;
+            }
+            assert_eq!(next, steps);
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The ledger: an append-only, hash-chained, signed record of everything
+//! that decides who earns what.
+//!
+//! Every entry names the hash of the one before it and is signed by the
+//! coordinator, so a reader with the coordinator's public key can check the
+//! whole history: that nothing was changed, inserted, reordered or dropped
+//! from the middle, and that the coordinator said each thing. The entries
+//! are the coordinator's actions (assignments, commitments, the audit draw
+//! with its secret, reveals, verdicts, slashes, accepted work), so the audit
+//! draw and every payment can be recomputed from the ledger alone.
+//!
+//! The canonical form of an entry is its postcard encoding; its hash is
+//! BLAKE3 (derive-key mode) of those bytes; the signature is over the hash.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Commitment;
+use crate::coordinator::{Recorded, Verdict};
+use crate::identity::{Identity, PublicKey, SignatureBytes};
+use crate::wire::{Digest, RoundId, WorkerId};
+
+const ENTRY_CONTEXT: &str = "crowdtrain 2026-11 ledger entry v1";
+const SIGNATURE_DOMAIN: &str = "crowdtrain/ledger/v1";
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Event {
+    RunStarted {
+        run_id: Digest,
+        coordinator: PublicKey,
+        config: Digest,
+        initial_model: Digest,
+    },
+    WorkerRegistered {
+        worker: WorkerId,
+        key: PublicKey,
+    },
+    /// One per participant when a round opens.
+    Assignment {
+        round: RoundId,
+        worker: WorkerId,
+        slot: u32,
+        slots: u32,
+        base_model: Digest,
+        secret_commitment: Digest,
+        commit_deadline_unix_ms: u64,
+    },
+    DeadlineExtended {
+        round: RoundId,
+        commit_deadline_unix_ms: u64,
+    },
+    Commitment {
+        round: RoundId,
+        worker: WorkerId,
+        commitment: Commitment,
+        status: Recorded,
+    },
+    /// The commit phase ended: the secret, the beacon and who is audited.
+    AuditDraw {
+        round: RoundId,
+        secret: [u8; 32],
+        beacon: Digest,
+        audits: Vec<(WorkerId, u32)>,
+    },
+    Reveal {
+        round: RoundId,
+        worker: WorkerId,
+        payload: Digest,
+        status: Recorded,
+    },
+    Audit {
+        round: RoundId,
+        worker: WorkerId,
+        segment: u32,
+        verdict: Verdict,
+    },
+    Slash {
+        round: RoundId,
+        worker: WorkerId,
+        amount: u64,
+        reason: String,
+    },
+    WorkAccepted {
+        round: RoundId,
+        worker: WorkerId,
+        units: u64,
+    },
+    RoundClosed {
+        round: RoundId,
+        result_model: Digest,
+        accepted: Vec<WorkerId>,
+    },
+    RoundFailed {
+        round: RoundId,
+        reason: String,
+    },
+    RunFinished {
+        final_model: Digest,
+    },
+}
+
+impl Event {
+    /// A short name for queries and tables.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RunStarted { .. } => "run-started",
+            Self::WorkerRegistered { .. } => "worker-registered",
+            Self::Assignment { .. } => "assignment",
+            Self::DeadlineExtended { .. } => "deadline-extended",
+            Self::Commitment { .. } => "commitment",
+            Self::AuditDraw { .. } => "audit-draw",
+            Self::Reveal { .. } => "reveal",
+            Self::Audit { .. } => "audit",
+            Self::Slash { .. } => "slash",
+            Self::WorkAccepted { .. } => "work-accepted",
+            Self::RoundClosed { .. } => "round-closed",
+            Self::RoundFailed { .. } => "round-failed",
+            Self::RunFinished { .. } => "run-finished",
+        }
+    }
+}
+
+/// One link of the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: u64,
+    /// The hash of entry `index - 1` (all zeros for the first).
+    pub previous: Digest,
+    pub unix_ms: u64,
+    pub event: Event,
+}
+
+impl Entry {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("ledger entries always encode")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        postcard::from_bytes(bytes).map_err(|error| format!("undecodable entry: {error}"))
+    }
+}
+
+/// The hash of an entry's canonical bytes.
+pub fn entry_hash(bytes: &[u8]) -> Digest {
+    let mut hasher = blake3::Hasher::new_derive_key(ENTRY_CONTEXT);
+    hasher.update(bytes);
+    Digest(*hasher.finalize().as_bytes())
+}
+
+/// An entry as stored: its bytes, hash and the coordinator's signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sealed {
+    pub index: u64,
+    pub bytes: Vec<u8>,
+    pub hash: Digest,
+    pub signature: SignatureBytes,
+}
+
+/// Appends entries to a chain whose last hash (and next index) it tracks.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    next_index: u64,
+    head: Digest,
+}
+
+impl Chain {
+    /// A chain continuing after `entries` entries whose last hash is `head`.
+    pub fn resume(entries: u64, head: Digest) -> Self {
+        Self { next_index: entries, head }
+    }
+
+    pub fn empty() -> Self {
+        Self::resume(0, Digest([0; 32]))
+    }
+
+    /// Seals `event` as the next entry.
+    pub fn append(&mut self, identity: &Identity, unix_ms: u64, event: Event) -> Sealed {
+        let entry = Entry { index: self.next_index, previous: self.head, unix_ms, event };
+        let bytes = entry.to_bytes();
+        let hash = entry_hash(&bytes);
+        let signature = identity.sign(SIGNATURE_DOMAIN, &hash.0);
+        self.next_index += 1;
+        self.head = hash;
+        Sealed { index: entry.index, bytes, hash, signature }
+    }
+}
+
+/// Where and why a ledger stops being trustworthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("ledger entry {index} is broken: {reason}")]
+pub struct Break {
+    pub index: u64,
+    pub reason: String,
+}
+
+/// Checks sealed entries, in order, against `coordinator`'s key: indices,
+/// links, hashes, signatures and decodability. Returns the decoded entries,
+/// or the first broken one.
+pub fn verify<'a>(
+    sealed: impl IntoIterator<Item = &'a Sealed>,
+    coordinator: &PublicKey,
+) -> Result<Vec<Entry>, Break> {
+    let mut entries = Vec::new();
+    let mut previous = Digest([0; 32]);
+    for (position, seal) in sealed.into_iter().enumerate() {
+        let position = position as u64;
+        let broken = |reason: String| Break { index: position, reason };
+        if seal.index != position {
+            return Err(broken(format!("stored at index {}, expected {position}", seal.index)));
+        }
+        if entry_hash(&seal.bytes) != seal.hash {
+            return Err(broken("its content does not hash to its recorded hash".into()));
+        }
+        if coordinator.verify(SIGNATURE_DOMAIN, &seal.hash.0, &seal.signature).is_err() {
+            return Err(broken("the coordinator's signature does not verify".into()));
+        }
+        let entry = Entry::from_bytes(&seal.bytes).map_err(broken)?;
+        if entry.index != position {
+            return Err(broken(format!("says it is entry {}", entry.index)));
+        }
+        if entry.previous != previous {
+            return Err(broken("it does not link to the entry before it".into()));
+        }
+        previous = seal.hash;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(identity: &Identity, count: u64) -> Vec<Sealed> {
+        let mut chain = Chain::empty();
+        (0..count)
+            .map(|round| {
+                chain.append(
+                    identity,
+                    1000 + round,
+                    Event::WorkAccepted { round, worker: WorkerId(round % 3), units: 64 },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies_and_decodes() {
+        let identity = Identity::from_seed([4; 32]);
+        let sealed = chain(&identity, 5);
+        let entries = verify(&sealed, &identity.public_key()).unwrap();
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[3].event, Event::WorkAccepted { round: 3, worker: WorkerId(0), units: 64 });
+        // Resuming continues the same chain.
+        let mut resumed = Chain::resume(5, sealed[4].hash);
+        let mut longer = sealed.clone();
+        longer.push(resumed.append(&identity, 2000, Event::RunFinished { final_model: Digest::of(b"m") }));
+        assert!(verify(&longer, &identity.public_key()).is_ok());
+    }
+
+    #[test]
+    fn every_kind_of_tampering_names_the_first_broken_entry() {
+        let identity = Identity::from_seed([4; 32]);
+        let key = identity.public_key();
+        let sealed = chain(&identity, 6);
+        // A flipped bit anywhere in an entry's bytes.
+        for byte in 0..sealed[2].bytes.len() {
+            let mut tampered = sealed.clone();
+            tampered[2].bytes[byte] ^= 0x01;
+            assert_eq!(verify(&tampered, &key).unwrap_err().index, 2, "byte {byte}");
+        }
+        // A forged hash (and a body that matches it) without the key.
+        let mut forged = sealed.clone();
+        forged[3].bytes[0] ^= 1;
+        forged[3].hash = entry_hash(&forged[3].bytes);
+        assert_eq!(verify(&forged, &key).unwrap_err().index, 3);
+        // A dropped entry in the middle, and swapped entries.
+        let mut dropped = sealed.clone();
+        dropped.remove(1);
+        assert_eq!(verify(&dropped, &key).unwrap_err().index, 1);
+        let mut swapped = sealed.clone();
+        swapped.swap(4, 5);
+        assert_eq!(verify(&swapped, &key).unwrap_err().index, 4);
+        // A re-signed chain by another key.
+        assert_eq!(verify(&chain(&Identity::from_seed([5; 32]), 6), &key).unwrap_err().index, 0);
+        // A corrupted signature.
+        let mut unsigned = sealed.clone();
+        unsigned[5].signature.0[0] ^= 1;
+        assert_eq!(verify(&unsigned, &key).unwrap_err().index, 5);
+    }
+}
