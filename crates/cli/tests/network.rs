@@ -73,9 +73,10 @@ fn a_coordinator_killed_mid_round_resumes_and_ends_bit_identical() {
     network.start_coordinator();
     network.start_worker(0);
     network.start_worker(1);
-    // Mid-round: round 1 open with one commitment in.
-    let before = network.wait_for(60, "a half-committed round", |status| {
-        status.rounds.iter().any(|round| round.status == "open" && round.committed == 1 && round.round >= 1)
+    // Mid-round: a round after the first open (its workers training, or
+    // their commitments arriving).
+    let before = network.wait_for(60, "round 1 or later to open", |status| {
+        status.rounds.iter().any(|round| round.status == "open" && round.round >= 1)
     });
     network.kill_coordinator();
     let accepted_before: u64 = before.workers.iter().map(|worker| worker.submissions_accepted).sum();

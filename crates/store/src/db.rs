@@ -224,6 +224,9 @@ impl Store {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
+        // Zero freed space, so no stale copy of a ledger entry (or of anything
+        // else) lingers in the file where an edit would go unseen.
+        connection.pragma_update(None, "secure_delete", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
         match version {
@@ -326,6 +329,16 @@ impl Store {
         self.connection
             .execute("UPDATE rounds SET overhead_ms = ?2 WHERE id = ?1", params![round, overhead_ms])?;
         Ok(())
+    }
+
+    /// Closed rounds whose result has not been evaluated yet (the
+    /// coordinator stopped before it finished), with their models.
+    pub fn unevaluated_rounds(&self) -> Result<Vec<(RoundId, Digest)>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, result_model FROM rounds WHERE state = 'closed' AND test_accuracy IS NULL ORDER BY id",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, Digest(blob(row, 1)?))))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Everything [`crowdtrain_protocol::Coordinator::restore`] needs.

@@ -22,8 +22,66 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Training steps per second (forward, backward, AdamW) on fixed
-    /// synthetic batches, as bench/pytorch_baseline.py measures PyTorch.
+    /// synthetic batches, as bench/pytorch_train_step.py measures PyTorch.
     TrainStep(TrainStepArgs),
+    /// What proof-of-training costs beside the training it proves: the
+    /// worker's commitment (hashing its segment-boundary states) and the
+    /// auditor's replay of one segment, as fractions of a round's training.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Inner steps per round (H).
+    #[arg(long, default_value_t = 50)]
+    inner_steps: u64,
+
+    /// Segments a round is cut into for commitments and audits.
+    #[arg(long, default_value_t = 4)]
+    segments: u32,
+
+    /// Audit probability.
+    #[arg(long, default_value_t = 0.1)]
+    probability: f64,
+
+    /// Examples per step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+
+    /// Rounds timed; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+
+    #[command(flatten)]
+    runtime: crate::output::RuntimeArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct AuditReport {
+    dataset: crowdtrain_data::DatasetInfo,
+    inner_steps: u64,
+    segments: u32,
+    probability: f64,
+    threads: usize,
+    /// One round's training (H inner steps), median.
+    training_seconds: f64,
+    /// The worker's commitment: copying and hashing the segment-boundary
+    /// states and building the Merkle root, median.
+    commitment_seconds: f64,
+    /// Judging one audit answer: parsing and hashing the start state,
+    /// replaying the segment, hashing the end (and, for the last segment,
+    /// re-encoding the update); the mean over the segments, median over
+    /// repeats.
+    replay_seconds: f64,
+    /// Bytes of one audit answer (the start state and two proofs).
+    answer_bytes: usize,
+    /// `commitment_seconds / training_seconds`.
+    commitment_fraction: f64,
+    /// Expected audit compute per submission relative to its training:
+    /// `probability * replay_seconds / training_seconds`.
+    audit_fraction: f64,
+    /// Both together.
+    total_fraction: f64,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +136,7 @@ const BATCHES: u64 = 16;
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::TrainStep(args) => output::on_thread_pool(args.threads, || train_step(args)),
+        BenchCommand::Audit(args) => args.runtime.clone().on_thread_pool(|| audit(args)),
     }
 }
 
@@ -148,6 +207,120 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
         report.batch,
         report.threads,
         report.kernels
+    );
+    Ok(())
+}
+
+fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    use crowdtrain_protocol::{Digest, merkle};
+    use crowdtrain_train::Codec;
+    use crowdtrain_train::diloco::{inner_round, replay, segment_range};
+
+    anyhow::ensure!(
+        args.segments >= 1 && u64::from(args.segments) <= args.inner_steps,
+        "need 1 <= segments <= steps"
+    );
+    anyhow::ensure!(args.repeats >= 1 && args.batch >= 1, "repeats and batch must be positive");
+    let dataset = args.runtime.load_data()?;
+    let model = ModelKind::Mlp.build();
+    let shard: Vec<u32> = (0..dataset.train.len() as u32).collect();
+    let params = model.layout().initialize(0);
+    let optimizer = AdamW::default();
+    let (mut training, mut commitment, mut replaying) = (Vec::new(), Vec::new(), Vec::new());
+    let mut answer_bytes = 0;
+    let progress = output::progress_bar(args.repeats as u64, "repeats");
+    for repeat in 0..args.repeats as u64 {
+        let key = RngKey::new(7, repeat, 0, 0);
+        let started = Instant::now();
+        let plain = inner_round(
+            model.as_ref(),
+            optimizer,
+            args.batch,
+            &params,
+            &dataset,
+            &shard,
+            key,
+            args.inner_steps,
+            1,
+        )?;
+        training.push(started.elapsed().as_secs_f64());
+        std::hint::black_box(&plain);
+        let round = inner_round(
+            model.as_ref(),
+            optimizer,
+            args.batch,
+            &params,
+            &dataset,
+            &shard,
+            key,
+            args.inner_steps,
+            args.segments,
+        )?;
+        let started = Instant::now();
+        let copies: Vec<TrainState> = round.boundaries.to_vec();
+        let hashes: Vec<Digest> = copies.iter().map(|state| Digest(state.hash().0)).collect();
+        let root = merkle::root(&hashes);
+        commitment.push(started.elapsed().as_secs_f64());
+        let mut total = 0.0;
+        for segment in 1..=args.segments {
+            let start_bytes = round.boundaries[segment as usize - 1].to_bytes();
+            answer_bytes = start_bytes.len();
+            let start_proof = merkle::prove(&hashes, segment as usize - 1);
+            let started = Instant::now();
+            let start = TrainState::from_bytes(&start_bytes, &model.name(), params.len())?;
+            anyhow::ensure!(merkle::verify(&root, &Digest(start.hash().0), &start_proof), "proof");
+            let (first, last) = segment_range(args.inner_steps, args.segments, segment);
+            let end =
+                replay(model.as_ref(), optimizer, args.batch, &dataset, &shard, key, start, last - first)?;
+            anyhow::ensure!(
+                Digest(end.hash().0) == hashes[segment as usize],
+                "the replay matches the commitment"
+            );
+            if segment == args.segments {
+                let update: Vec<f32> = params.iter().zip(&end.params).map(|(g, l)| g - l).collect();
+                std::hint::black_box(Codec::Int8.encode(&update)?);
+            }
+            total += started.elapsed().as_secs_f64();
+        }
+        replaying.push(total / f64::from(args.segments));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (training, commitment, replay) =
+        (median(&mut training), median(&mut commitment), median(&mut replaying));
+    let report = AuditReport {
+        dataset: dataset.info.clone(),
+        inner_steps: args.inner_steps,
+        segments: args.segments,
+        probability: args.probability,
+        threads: rayon::current_num_threads(),
+        training_seconds: training,
+        commitment_seconds: commitment,
+        replay_seconds: replay,
+        answer_bytes: answer_bytes + 2 * 32 * (args.segments as usize + 1),
+        commitment_fraction: commitment / training,
+        audit_fraction: args.probability * replay / training,
+        total_fraction: (commitment + args.probability * replay) / training,
+    };
+    if args.runtime.json {
+        return output::print_json(&report);
+    }
+    println!(
+        "H = {}, {} segments, p = {}: training {:.1} ms per round; commitment {:.2} ms ({:.2}%); one audit replay \
+         {:.1} ms, expected {:.2}% of training; total {:.2}%",
+        report.inner_steps,
+        report.segments,
+        report.probability,
+        1e3 * report.training_seconds,
+        1e3 * report.commitment_seconds,
+        100.0 * report.commitment_fraction,
+        1e3 * report.replay_seconds,
+        100.0 * report.audit_fraction,
+        100.0 * report.total_fraction
     );
     Ok(())
 }

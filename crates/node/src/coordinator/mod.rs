@@ -197,6 +197,13 @@ impl Node {
         });
         let mut inner = node.lock();
         node.drive(&mut inner, None)?;
+        // Evaluations the previous process did not live to record.
+        for (round, model) in inner.store.unevaluated_rounds()? {
+            let bytes = node.checkpoints.get(&model)?;
+            let params =
+                checkpoint::decode(&bytes, CheckpointKind::Params, &node.model.name(), node.model.layout())?;
+            node.schedule_evaluation(round, params);
+        }
         drop(inner);
         Ok(node)
     }

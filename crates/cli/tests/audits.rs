@@ -1,0 +1,243 @@
+//! Proof-of-training against real cheaters: worker processes running each
+//! dishonest behaviour, a real coordinator auditing them, and the verdicts
+//! read back from the signed ledger.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use crowdtrain_train::diloco::segment_range;
+use serde_json::Value;
+
+/// The ledger's entries of one kind, as JSON.
+fn entries(network: &Network, kind: &str) -> Vec<Value> {
+    let output = network.ledger(&["show", "--json", "--kind", kind]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["verified"], true, "the ledger verifies");
+    shown["entries"].as_array().unwrap().clone()
+}
+
+/// `(round, worker) -> value` from ledger events of `kind`.
+fn by_submission(network: &Network, kind: &str, field: &str) -> BTreeMap<(u64, u64), Value> {
+    entries(network, kind)
+        .into_iter()
+        .map(|entry| {
+            let event = &entry["event"][kind];
+            ((event["round"].as_u64().unwrap(), event["worker"].as_u64().unwrap()), event[field].clone())
+        })
+        .collect()
+}
+
+/// The worker id each started worker got (registration order may differ
+/// from start order), by behaviour.
+fn workers_by_behavior(network: &mut Network) -> BTreeMap<String, u64> {
+    network
+        .join_workers()
+        .into_iter()
+        .map(|output| {
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+            (summary["behavior"].as_str().unwrap().to_owned(), summary["worker"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+const ROUNDS: u64 = 5;
+const STEPS: u64 = 16;
+
+#[test]
+fn every_cheater_is_caught_whenever_it_is_audited_and_the_honest_worker_never() {
+    // Goal: each dishonest behaviour, audited (probability 1), is rejected
+    // and slashed every time, and the honest worker never is.
+    // Method: one honest worker and one of each cheater train for 5 rounds;
+    // the verdicts, rejections and slashes come from the ledger.
+    let mut network = Network::new(
+        ROUNDS,
+        STEPS,
+        1.0,
+        "min_workers = 8\nquorum = 1\ndeadline_ms = 60000\nreveal_ms = 3000",
+    );
+    network.start_coordinator();
+    let behaviors =
+        ["honest", "lazy:1", "fabricate", "wrong-data", "stale", "copy", "tamper-reveal", "no-answer"];
+    for (index, behavior) in behaviors.iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    let status = network.wait_for(240, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, ROUNDS);
+    let ids = workers_by_behavior(&mut network);
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let slashes = by_submission(&network, "slash", "reason");
+    let credited = by_submission(&network, "work-accepted", "units");
+    let reveals = by_submission(&network, "reveal", "status");
+    for (behavior, &worker) in &ids {
+        for round in 0..ROUNDS {
+            let key = (round, worker);
+            let verdict =
+                verdicts.get(&key).unwrap_or_else(|| panic!("{behavior} unaudited in round {round}"));
+            let caught = slashes.contains_key(&key);
+            match behavior.as_str() {
+                "honest" => {
+                    assert_eq!(verdict, &Value::String("passed".into()), "honest, round {round}");
+                    assert!(!caught && credited.contains_key(&key), "honest work is credited, never slashed");
+                }
+                // A stale resubmitter's first round is its honest original.
+                "stale" if round == 0 => assert!(credited.contains_key(&key)),
+                "tamper-reveal" => {
+                    assert_eq!(reveals[&key], Value::String("mismatch".into()), "round {round}");
+                    assert!(
+                        caught && !credited.contains_key(&key),
+                        "a tampered reveal is slashed, round {round}"
+                    );
+                }
+                _ => {
+                    assert_ne!(
+                        verdict,
+                        &Value::String("passed".into()),
+                        "{behavior} passed its audit in round {round}"
+                    );
+                    assert!(caught, "{behavior} was not slashed in round {round}");
+                    assert!(!credited.contains_key(&key), "{behavior} was credited in round {round}");
+                }
+            }
+        }
+    }
+    let honest = &status.workers[ids["honest"] as usize];
+    assert_eq!((honest.audits_passed, honest.slashed), (ROUNDS, 0));
+}
+
+#[test]
+fn two_hundred_honest_audits_across_thread_counts_never_reject_anyone() {
+    // Goal: no false positives. Method: four honest workers, two training
+    // on one thread and two on two, every submission audited, 50 rounds:
+    // 200 bit-exact replays by the coordinator, on its own thread count.
+    let mut network = Network::new(50, 8, 1.0, "min_workers = 4\ndeadline_ms = 60000");
+    network.start_coordinator();
+    for index in 0..4 {
+        network.start_worker_as(index, "honest", 1 + index % 2);
+    }
+    let status = network.wait_for(600, "the run to finish", finished_and_evaluated);
+    workers_by_behavior(&mut network);
+    let verdicts = by_submission(&network, "audit", "verdict");
+    assert_eq!(verdicts.len(), 200);
+    assert!(verdicts.values().all(|verdict| verdict == "passed"), "{verdicts:?}");
+    assert!(entries(&network, "slash").is_empty());
+    assert!(
+        status.workers.iter().all(|worker| worker.audits_passed == 50 && worker.submissions_accepted == 50)
+    );
+}
+
+#[test]
+fn lazy_workers_are_caught_exactly_on_skipped_segments_and_laziness_never_pays() {
+    // Goal: the expected-value rule. Method: lazy workers skipping 25%, 50%,
+    // 75% and 100% of their steps are audited every round (probability 1,
+    // 4 segments); a verdict must fail exactly when the drawn segment holds
+    // skipped steps. From the measured share q of such segments, the
+    // expected gain of laziness, F*c - p*q*(c + stake), must be negative
+    // under the stake rule (stake = c/p) at every audit probability p.
+    let mut network = Network::new(8, STEPS, 1.0, "min_workers = 4\ndeadline_ms = 60000");
+    network.start_coordinator();
+    let fractions = [0.25, 0.5, 0.75, 1.0];
+    for (index, fraction) in fractions.iter().enumerate() {
+        network.start_worker_as(index, &format!("lazy:{fraction}"), 1);
+    }
+    network.wait_for(240, "the run to finish", finished_and_evaluated);
+    let ids = workers_by_behavior(&mut network);
+    let draws: BTreeMap<(u64, u64), u64> = entries(&network, "audit-draw")
+        .iter()
+        .flat_map(|entry| {
+            let event = &entry["event"]["audit-draw"];
+            let round = event["round"].as_u64().unwrap();
+            event["audits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |pair| ((round, pair[0].as_u64().unwrap()), pair[1].as_u64().unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let work = (STEPS * 32) as f64;
+    for fraction in fractions {
+        let worker = ids[&format!("lazy:{fraction}")];
+        let honest_until = STEPS - (STEPS as f64 * fraction).round() as u64;
+        let affected: Vec<u32> =
+            (1..=4).filter(|&segment| segment_range(STEPS, 4, segment).1 > honest_until).collect();
+        for round in 0..8 {
+            let segment = draws[&(round, worker)] as u32;
+            let failed = verdicts[&(round, worker)] != "passed";
+            assert_eq!(
+                failed,
+                affected.contains(&segment),
+                "lazy:{fraction}, round {round}, segment {segment}"
+            );
+        }
+        let q = affected.len() as f64 / 4.0;
+        assert!(q >= fraction, "skipping a fraction F touches at least F of the segments");
+        for p in [0.05, 0.1, 0.25, 0.5, 1.0] {
+            let stake = (work / p).ceil();
+            let gain = fraction * work - p * q * (work + stake);
+            assert!(gain < 0.0, "lazy:{fraction} at p = {p}: expected gain {gain}");
+        }
+    }
+}
+
+#[test]
+fn tampering_with_any_ledger_entry_in_the_file_is_detected_and_located() {
+    // Goal: `crowdtrain ledger verify` finds a changed byte anywhere in any
+    // entry (its body, its hash or its signature) and names the entry.
+    // Method: a short real run; then, for every entry and each of its three
+    // stored fields, flip one byte of it in the SQLite file itself.
+    let mut network = Network::new(2, STEPS, 0.5, "min_workers = 2\ndeadline_ms = 60000");
+    network.start_coordinator();
+    network.start_worker(0);
+    network.start_worker(1);
+    network.wait_for(120, "the run to finish", finished_and_evaluated);
+    network.join_workers();
+    network.kill_coordinator();
+    let database = network.path("state/coordinator.sqlite");
+    type Row = (u64, Vec<u8>, Vec<u8>, Vec<u8>);
+    let rows: Vec<Row> = {
+        let connection = rusqlite::Connection::open(&database).unwrap();
+        connection.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+        let mut statement =
+            connection.prepare("SELECT idx, body, hash, signature FROM ledger ORDER BY idx").unwrap();
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(rows.len() > 20, "a real run leaves a real ledger ({} entries)", rows.len());
+    let verify = || network.ledger(&["verify", "--json"]);
+    assert!(verify().status.success());
+    let pristine = std::fs::read(&database).unwrap();
+    for (index, body, hash, signature) in &rows {
+        for (field, bytes) in [("body", body), ("hash", hash), ("signature", signature)] {
+            let positions: Vec<usize> = pristine
+                .windows(bytes.len())
+                .enumerate()
+                .filter(|(_, window)| *window == bytes.as_slice())
+                .map(|(position, _)| position)
+                .collect();
+            assert_eq!(
+                positions.len(),
+                1,
+                "entry {index}'s {field} is stored once, with no stale copy in the file"
+            );
+            let position = positions[0];
+            let mut tampered = pristine.clone();
+            tampered[position + bytes.len() / 2] ^= 0x01;
+            std::fs::write(&database, &tampered).unwrap();
+            let output = verify();
+            assert!(!output.status.success(), "a flipped byte in entry {index}'s {field} went unnoticed");
+            let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(report["ok"], false);
+            assert_eq!(report["first_broken"]["index"], *index, "entry {index}'s {field}: {report}");
+        }
+    }
+    std::fs::write(&database, &pristine).unwrap();
+    assert!(verify().status.success(), "the untouched file verifies again");
+}
