@@ -82,3 +82,95 @@ where
     area.present().map_err(|error| anyhow::anyhow!("{error}"))?;
     Ok(())
 }
+
+/// One named series of bars, a value per category.
+pub struct Bars {
+    pub name: String,
+    pub values: Vec<f64>,
+}
+
+/// Draws grouped bars (one group per category, one bar per series) and
+/// writes them to `path` (`.png` or `.svg`).
+pub fn bar_chart(
+    path: &Path,
+    title: &str,
+    categories: &[String],
+    y_label: &str,
+    series: &[Bars],
+) -> anyhow::Result<()> {
+    let size = (1200, 540);
+    match path.extension().and_then(|extension| extension.to_str()) {
+        Some("svg") => {
+            draw_bars(SVGBackend::new(path, size).into_drawing_area(), title, categories, y_label, series)
+        }
+        Some("png") => {
+            draw_bars(BitMapBackend::new(path, size).into_drawing_area(), title, categories, y_label, series)
+        }
+        _ => anyhow::bail!("plot file {} must end in .png or .svg", path.display()),
+    }
+    .with_context(|| format!("could not draw {}", path.display()))
+}
+
+fn draw_bars<B: DrawingBackend>(
+    area: DrawingArea<B, plotters::coord::Shift>,
+    title: &str,
+    categories: &[String],
+    y_label: &str,
+    series: &[Bars],
+) -> anyhow::Result<()>
+where
+    B::ErrorType: 'static,
+{
+    anyhow::ensure!(!categories.is_empty() && !series.is_empty(), "nothing to plot");
+    let values = series.iter().flat_map(|bars| bars.values.iter().copied());
+    let (y_min, y_max) =
+        values.fold((f64::MAX, f64::MIN), |(low, high), value| (low.min(value), high.max(value)));
+    let pad = ((y_max - y_min) * 0.15).max(0.5);
+    let (y_low, y_high) = ((y_min - pad).max(0.0), y_max + pad);
+    let plot_error = |error: DrawingAreaErrorKind<B::ErrorType>| anyhow::anyhow!("{error}");
+    area.fill(&WHITE).map_err(plot_error)?;
+    let count = categories.len();
+    let mut chart = ChartBuilder::on(&area)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..count as f64, y_low..y_high)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(count * 2 + 1)
+        .x_label_formatter(&|x| {
+            let index = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 && index < count {
+                categories[index].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_label)
+        .draw()
+        .map_err(plot_error)?;
+    let width = 0.8 / series.len() as f64;
+    for (position, bars) in series.iter().enumerate() {
+        let color = Palette99::pick(position).to_rgba();
+        chart
+            .draw_series(bars.values.iter().enumerate().map(|(index, &value)| {
+                let left = index as f64 + 0.1 + position as f64 * width;
+                Rectangle::new([(left, y_low), (left + width * 0.95, value)], color.filled())
+            }))
+            .map_err(plot_error)?
+            .label(bars.name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)?;
+    area.present().map_err(plot_error)?;
+    Ok(())
+}

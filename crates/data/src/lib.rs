@@ -20,4 +20,4 @@ pub mod shard;
 
 pub use dataset::{CLASS_COUNT, DataSource, Dataset, DatasetError, DatasetInfo, LabeledImages};
 pub use rng::{RngKey, keyed_rng};
-pub use shard::{Batch, ShardError, Sharding, batch_indices, make_shards};
+pub use shard::{Batch, ShardError, Sharding, batch_indices, make_shards, make_shards_of, split_validation};

@@ -57,17 +57,48 @@ pub fn make_shards(
     run: u64,
 ) -> Result<Vec<Vec<u32>>, ShardError> {
     assert!(labels.len() <= u32::MAX as usize, "example indices are u32");
-    if workers == 0 || labels.len() < workers * minimum.max(1) {
-        return Err(ShardError::TooFewExamples { examples: labels.len(), workers, minimum });
+    let everything: Vec<u32> = (0..labels.len() as u32).collect();
+    make_shards_of(labels, &everything, workers, minimum, sharding, run)
+}
+
+/// Holds out `fraction` of the examples `0..examples` for validation, drawn
+/// by `run`: returns (the training pool, the validation split), each in
+/// ascending order. No shard ever holds a validation example.
+pub fn split_validation(examples: usize, fraction: f64, run: u64) -> (Vec<u32>, Vec<u32>) {
+    assert!((0.0..1.0).contains(&fraction), "a validation fraction in [0, 1)");
+    let mut order: Vec<u32> = (0..examples as u32).collect();
+    let held = (examples as f64 * fraction).round() as usize;
+    if held == 0 {
+        return (order, Vec::new());
+    }
+    shuffle(&mut keyed_rng("validation-split", RngKey::new(run, 0, 0, 0)), &mut order);
+    let mut validation = order[..held].to_vec();
+    let mut pool = order[held..].to_vec();
+    validation.sort_unstable();
+    pool.sort_unstable();
+    (pool, validation)
+}
+
+/// [`make_shards`] over the examples in `pool` only.
+pub fn make_shards_of(
+    labels: &[u8],
+    pool: &[u32],
+    workers: usize,
+    minimum: usize,
+    sharding: Sharding,
+    run: u64,
+) -> Result<Vec<Vec<u32>>, ShardError> {
+    if workers == 0 || pool.len() < workers * minimum.max(1) {
+        return Err(ShardError::TooFewExamples { examples: pool.len(), workers, minimum });
     }
     match sharding {
-        Sharding::Iid => Ok(iid_shards(labels.len(), workers, run)),
+        Sharding::Iid => Ok(iid_shards(pool, workers, run)),
         Sharding::Dirichlet { alpha } => {
             if !(alpha > 0.0 && alpha.is_finite()) {
                 return Err(ShardError::BadAlpha(alpha));
             }
             for attempt in 0..DIRICHLET_ATTEMPTS_MAX {
-                let shards = dirichlet_shards(labels, workers, alpha, run, attempt);
+                let shards = dirichlet_shards(labels, pool, workers, alpha, run, attempt);
                 if shards.iter().all(|shard| shard.len() >= minimum.max(1)) {
                     return Ok(shards);
                 }
@@ -77,8 +108,9 @@ pub fn make_shards(
     }
 }
 
-fn iid_shards(examples: usize, workers: usize, run: u64) -> Vec<Vec<u32>> {
-    let mut order: Vec<u32> = (0..examples as u32).collect();
+fn iid_shards(pool: &[u32], workers: usize, run: u64) -> Vec<Vec<u32>> {
+    let examples = pool.len();
+    let mut order = pool.to_vec();
     shuffle(&mut keyed_rng("shard-iid", RngKey::new(run, 0, 0, 0)), &mut order);
     let (base, extra) = (examples / workers, examples % workers);
     let mut shards = Vec::with_capacity(workers);
@@ -93,12 +125,19 @@ fn iid_shards(examples: usize, workers: usize, run: u64) -> Vec<Vec<u32>> {
     shards
 }
 
-fn dirichlet_shards(labels: &[u8], workers: usize, alpha: f64, run: u64, attempt: u64) -> Vec<Vec<u32>> {
+fn dirichlet_shards(
+    labels: &[u8],
+    pool: &[u32],
+    workers: usize,
+    alpha: f64,
+    run: u64,
+    attempt: u64,
+) -> Vec<Vec<u32>> {
     let mut rng = keyed_rng("shard-dirichlet", RngKey::new(run, 0, 0, attempt));
     let mut shards = vec![Vec::new(); workers];
     for class in 0..CLASS_COUNT as u8 {
         let mut members: Vec<u32> =
-            (0..labels.len() as u32).filter(|&index| labels[index as usize] == class).collect();
+            pool.iter().copied().filter(|&index| labels[index as usize] == class).collect();
         shuffle(&mut rng, &mut members);
         let weights: Vec<f64> = (0..workers).map(|_| gamma(&mut rng, alpha)).collect();
         let total: f64 = weights.iter().sum();
@@ -235,6 +274,27 @@ mod tests {
         assert_eq!(
             make_shards(&labels, 2, 1, Sharding::Dirichlet { alpha: -1.0 }, 0),
             Err(ShardError::BadAlpha(-1.0))
+        );
+    }
+
+    #[test]
+    fn a_validation_split_never_reaches_a_shard() {
+        let labels = labels(1000);
+        let (pool, validation) = split_validation(1000, 0.05, 3);
+        assert_eq!((pool.len(), validation.len()), (950, 50));
+        assert_eq!(split_validation(1000, 0.05, 3), (pool.clone(), validation.clone()), "keyed by the run");
+        for sharding in [Sharding::Iid, Sharding::Dirichlet { alpha: 1.0 }] {
+            let shards = make_shards_of(&labels, &pool, 4, 1, sharding, 3).unwrap();
+            let mut all: Vec<u32> = shards.iter().flatten().copied().collect();
+            all.sort_unstable();
+            assert_eq!(all, pool, "{sharding}: the shards partition the pool exactly");
+        }
+        assert_eq!(split_validation(10, 0.0, 3), ((0..10).collect(), Vec::new()));
+        // With nothing held out, shards are exactly make_shards'.
+        let everything: Vec<u32> = (0..1000).collect();
+        assert_eq!(
+            make_shards_of(&labels, &everything, 4, 1, Sharding::Iid, 3),
+            make_shards(&labels, 4, 1, Sharding::Iid, 3)
         );
     }
 

@@ -39,6 +39,22 @@
 //! segments = 4
 //! stake = 32000     # >= inner.steps * inner.batch_size / probability
 //!
+//! [checks]          # on every submission, before aggregation
+//! norm_factor = 3.0        # refuse norms above this x the round's median
+//! duplicate_cosine = 0.99  # refuse near-copies of another worker's update
+//!
+//! [aggregation]
+//! rule = "centered-clip"   # or "mean", "trimmed-mean" (trim = 0.2), "median"
+//! momentum = 0.9           # worker momentum (centered-clip only)
+//! iterations = 3           # clipping iterations (centered-clip only)
+//!
+//! [quality]         # held-out scoring: what turns verified work into credits
+//! validation_fraction = 0.05
+//! eval_examples = 512
+//! smoothing = 0.05
+//! zero_credit_at = 0.15
+//! full_credit_at = 0.4
+//!
 //! [limits]
 //! max_workers = 1024
 //! max_upload_bytes = 67108864
@@ -47,6 +63,8 @@
 use std::path::{Path, PathBuf};
 
 use crowdtrain_data::Sharding;
+use crowdtrain_defense::aggregate::{DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, DEFAULT_TRIM};
+use crowdtrain_defense::{Aggregator, CheckConfig, QualityConfig};
 use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +103,54 @@ pub struct RunConfig {
     #[serde(default)]
     pub audit: AuditSection,
     #[serde(default)]
+    pub checks: CheckConfig,
+    #[serde(default)]
+    pub aggregation: AggregationSection,
+    #[serde(default)]
+    pub quality: QualityConfig,
+    #[serde(default)]
     pub limits: LimitsSection,
+}
+
+/// The aggregation rule, with only the parameters that rule takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AggregationRule {
+    Mean,
+    TrimmedMean,
+    Median,
+    #[default]
+    CenteredClip,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationSection {
+    #[serde(default)]
+    pub rule: AggregationRule,
+    /// Trimmed mean: the fraction cut from each end, per coordinate.
+    pub trim: Option<f64>,
+    /// Centered clipping: the weight of a worker's momentum (match
+    /// `outer.momentum`, so the outer step's own momentum follows it).
+    pub momentum: Option<f32>,
+    /// Centered clipping: clipping iterations per round.
+    pub iterations: Option<u32>,
+}
+
+impl AggregationSection {
+    pub fn aggregator(&self) -> Aggregator {
+        match self.rule {
+            AggregationRule::Mean => Aggregator::Mean,
+            AggregationRule::Median => Aggregator::Median,
+            AggregationRule::TrimmedMean => {
+                Aggregator::TrimmedMean { trim: self.trim.unwrap_or(DEFAULT_TRIM) }
+            }
+            AggregationRule::CenteredClip => Aggregator::CenteredClip {
+                momentum: self.momentum.unwrap_or(DEFAULT_MOMENTUM),
+                iterations: self.iterations.unwrap_or(DEFAULT_ITERATIONS),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,6 +395,60 @@ impl RunConfig {
                 ),
             )?;
         }
+        let checks = &self.checks;
+        check(
+            "checks.norm_factor",
+            checks.norm_factor.is_finite() && checks.norm_factor >= 1.0,
+            "must be a finite number of at least 1 (a multiple of the round's median norm)",
+        )?;
+        check(
+            "checks.duplicate_cosine",
+            checks.duplicate_cosine > 0.0 && checks.duplicate_cosine <= 1.0,
+            "must be in (0, 1]",
+        )?;
+        let aggregation = &self.aggregation;
+        let rule = aggregation.rule;
+        if aggregation.trim.is_some() && rule != AggregationRule::TrimmedMean {
+            return Err(invalid("aggregation.trim", "only applies with aggregation.rule = \"trimmed-mean\""));
+        }
+        for (field, given) in [
+            ("aggregation.momentum", aggregation.momentum.is_some()),
+            ("aggregation.iterations", aggregation.iterations.is_some()),
+        ] {
+            if given && rule != AggregationRule::CenteredClip {
+                return Err(invalid(field, "only applies with aggregation.rule = \"centered-clip\""));
+            }
+        }
+        aggregation.aggregator().validate().map_err(|(parameter, reason)| ConfigError::Invalid {
+            field: match parameter {
+                "trim" => "aggregation.trim",
+                "momentum" => "aggregation.momentum",
+                _ => "aggregation.iterations",
+            },
+            reason: reason.to_owned(),
+        })?;
+        let quality = &self.quality;
+        check(
+            "quality.validation_fraction",
+            quality.validation_fraction > 0.0 && quality.validation_fraction < 0.5,
+            "must be in (0, 0.5): updates are scored on this share of the training set, held out of every shard",
+        )?;
+        check(
+            "quality.eval_examples",
+            (1..=1_000_000).contains(&quality.eval_examples),
+            "must be between 1 and 1000000",
+        )?;
+        check("quality.smoothing", quality.smoothing > 0.0 && quality.smoothing <= 1.0, "must be in (0, 1]")?;
+        check(
+            "quality.zero_credit_at",
+            quality.zero_credit_at.is_finite() && quality.zero_credit_at >= 0.0,
+            "must be a finite, non-negative number of typical updates",
+        )?;
+        check(
+            "quality.full_credit_at",
+            quality.full_credit_at.is_finite() && quality.full_credit_at > quality.zero_credit_at,
+            "must be finite and above quality.zero_credit_at",
+        )?;
         let limits = &self.limits;
         check(
             "limits.max_workers",
@@ -376,6 +495,14 @@ impl RunConfig {
     pub fn outer_optimizer(&self) -> Nesterov {
         Nesterov { lr: self.outer.lr, momentum: self.outer.momentum }
     }
+
+    pub fn defense(&self) -> crowdtrain_defense::DefenseConfig {
+        crowdtrain_defense::DefenseConfig {
+            checks: self.checks,
+            aggregator: self.aggregation.aggregator(),
+            quality: self.quality,
+        }
+    }
 }
 
 fn invalid(field: &'static str, reason: &str) -> ConfigError {
@@ -406,6 +533,7 @@ mod tests {
         assert_eq!(config.outer_optimizer(), Nesterov::default());
         assert_eq!(config.inner_optimizer(), AdamW::default());
         assert_eq!(config.sharding(), Sharding::Iid);
+        assert_eq!(config.defense(), crowdtrain_defense::DefenseConfig::default());
     }
 
     #[test]
@@ -425,8 +553,12 @@ mod tests {
 
     #[test]
     fn the_example_file_spells_out_exactly_the_defaults() {
-        let example = RunConfig::parse(include_str!("../../../examples/run.toml")).unwrap();
-        assert_eq!(example, RunConfig::parse("seed = 0\nrounds = 20\n").unwrap());
+        let mut example = RunConfig::parse(include_str!("../../../examples/run.toml")).unwrap();
+        let defaults = RunConfig::parse("seed = 0\nrounds = 20\n").unwrap();
+        // The example names the rule's parameters; the defaults leave them out.
+        assert_eq!(example.aggregation.aggregator(), defaults.aggregation.aggregator());
+        example.aggregation = defaults.aggregation.clone();
+        assert_eq!(example, defaults);
     }
 
     fn error_field(text: &str) -> String {
@@ -465,6 +597,23 @@ mod tests {
             ("seed = 1\nrounds = 1\n[audit]\nsegments = 51\n", "audit.segments"),
             ("seed = 1\nrounds = 1\n[audit]\nstake = 31999\n", "audit.stake"),
             ("seed = 1\nrounds = 1\n[audit]\nprobability = 0.5\nstake = 6399\n", "audit.stake"),
+            ("seed = 1\nrounds = 1\n[checks]\nnorm_factor = 0.5\n", "checks.norm_factor"),
+            ("seed = 1\nrounds = 1\n[checks]\nduplicate_cosine = 1.5\n", "checks.duplicate_cosine"),
+            ("seed = 1\nrounds = 1\n[aggregation]\ntrim = 0.1\n", "aggregation.trim"),
+            (
+                "seed = 1\nrounds = 1\n[aggregation]\nrule = \"trimmed-mean\"\ntrim = 0.6\n",
+                "aggregation.trim",
+            ),
+            (
+                "seed = 1\nrounds = 1\n[aggregation]\nrule = \"mean\"\nmomentum = 0.5\n",
+                "aggregation.momentum",
+            ),
+            ("seed = 1\nrounds = 1\n[aggregation]\nmomentum = 1.0\n", "aggregation.momentum"),
+            ("seed = 1\nrounds = 1\n[aggregation]\niterations = 0\n", "aggregation.iterations"),
+            ("seed = 1\nrounds = 1\n[quality]\nvalidation_fraction = 0.0\n", "quality.validation_fraction"),
+            ("seed = 1\nrounds = 1\n[quality]\neval_examples = 0\n", "quality.eval_examples"),
+            ("seed = 1\nrounds = 1\n[quality]\nsmoothing = 0.0\n", "quality.smoothing"),
+            ("seed = 1\nrounds = 1\n[quality]\nfull_credit_at = 0.1\n", "quality.full_credit_at"),
         ];
         for (text, field) in cases {
             assert_eq!(error_field(text), field, "{text}");
@@ -479,6 +628,10 @@ mod tests {
         assert!(message.contains("transformer"), "{message}");
         let message = error_field("rounds = 1\n");
         assert!(message.contains("seed"), "{message}");
+        let message = error_field("seed = 1\nrounds = 1\n[aggregation]\nrule = \"krum\"\n");
+        assert!(message.contains("krum"), "{message}");
+        let message = error_field("seed = 1\nrounds = 1\n[quality]\nsmoothness = 0.1\n");
+        assert!(message.contains("smoothness"), "{message}");
     }
 
     #[test]

@@ -70,6 +70,9 @@ use crate::config::RunConfig;
 use crate::identity::PublicKey;
 use crate::wire::{Assignment, Digest, ErrorCode, Phase, RoundId, RoundView, WorkerId};
 
+/// Why a malformed committed update does not count.
+const MALFORMED: &str = "its committed update is malformed";
+
 /// How far a request's nonce (its time, in microseconds) may be from the
 /// coordinator's clock before it is refused as stale.
 pub const NONCE_WINDOW_MS: u64 = 10 * 60 * 1000;
@@ -130,6 +133,10 @@ pub enum Recorded {
     Late,
     /// A reveal that does not hash to its commitment.
     Mismatch,
+    /// A reveal that is the committed update, but not a valid one (it does
+    /// not decode to the model's shape, or holds non-finite values): kept
+    /// as evidence, never aggregated.
+    Malformed,
 }
 
 impl Recorded {
@@ -138,6 +145,7 @@ impl Recorded {
             Self::Accepted => "accepted",
             Self::Late => "late",
             Self::Mismatch => "mismatch",
+            Self::Malformed => "malformed",
         }
     }
 
@@ -146,8 +154,26 @@ impl Recorded {
             "accepted" => Some(Self::Accepted),
             "late" => Some(Self::Late),
             "mismatch" => Some(Self::Mismatch),
+            "malformed" => Some(Self::Malformed),
             _ => None,
         }
+    }
+}
+
+/// What the driver's defence made of a closed round's accepted updates
+/// ([`Coordinator::handle_aggregated`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregated {
+    /// The new model, if any update passed the checks.
+    pub result_model: Option<Digest>,
+    /// Accepted submissions the checks refused, with their reasons.
+    pub refused: Vec<(WorkerId, String)>,
+}
+
+impl Aggregated {
+    /// Every accepted update passed and made `result_model`.
+    pub fn all(result_model: Digest) -> Self {
+        Self { result_model: Some(result_model), refused: Vec::new() }
     }
 }
 
@@ -222,8 +248,12 @@ pub enum Action {
     },
     /// Take `amount` work units from `worker`.
     Slash { round: RoundId, worker: WorkerId, amount: u64, reason: String },
-    /// Aggregate these workers' revealed updates (ascending id, which is
-    /// slot order) on `base_model`, then call `handle_aggregated`.
+    /// Persist that the checks refused `worker`'s accepted update: it is
+    /// neither aggregated nor credited (and not slashed: the checks are
+    /// heuristics, not proofs).
+    RefuseUpdate { round: RoundId, worker: WorkerId, reason: String },
+    /// Check and aggregate these workers' revealed updates on
+    /// `base_model`, then call `handle_aggregated`.
     CloseRound { round: RoundId, base_model: Digest, accepted: Vec<WorkerId>, closed_unix_ms: u64 },
     /// Persist the round as closed with its result.
     CommitRound { round: RoundId, result_model: Digest, accepted: Vec<WorkerId>, closed_unix_ms: u64 },
@@ -300,8 +330,11 @@ pub struct Standing {
     /// Why this submission cannot count (a mismatched reveal, a failed or
     /// unanswered audit).
     pub rejected: Option<String>,
-    /// A reveal that did not match the commitment (kept as evidence).
+    /// A reveal that did not match the commitment, or matched it but was
+    /// malformed (kept as evidence).
     pub mismatched: Option<Digest>,
+    /// Whether `mismatched` is a malformed committed update.
+    pub malformed: bool,
     /// A commitment that arrived after the commit phase.
     pub late_commitment: Option<Commitment>,
 }
@@ -535,6 +568,11 @@ impl Coordinator {
                     Recorded::Mismatch => {
                         standing.mismatched = Some(digest);
                         standing.rejected = Some("the reveal does not match the commitment".into());
+                    }
+                    Recorded::Malformed => {
+                        standing.mismatched = Some(digest);
+                        standing.malformed = true;
+                        standing.rejected = Some(MALFORMED.into());
                     }
                     Recorded::Late => {}
                 }
@@ -787,6 +825,15 @@ impl Coordinator {
     /// A reveal: the digest of the pseudo-gradient a worker uploads, which
     /// must be the one it committed to. A mismatch is recorded, rejects the
     /// submission and slashes the stake.
+    ///
+    /// `malformed` is the driver's refusal of a payload that is not a valid
+    /// update. If that payload is the committed one, the worker signed up
+    /// to garbage: it is recorded as [`Recorded::Malformed`] and the
+    /// submission rejected (without a slash: a diverged honest run can
+    /// produce it too), so the round need not wait for a reveal that cannot
+    /// come. Any other malformed payload is refused with `malformed` and
+    /// changes nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn reveal(
         &mut self,
         now: u64,
@@ -795,8 +842,12 @@ impl Coordinator {
         round: RoundId,
         base_model: Digest,
         payload: Digest,
+        malformed: Option<Refusal>,
     ) -> Result<Outcome, Refusal> {
         self.advance(now);
+        if let Some(refusal) = malformed {
+            return self.reveal_malformed(now, worker, nonce, round, base_model, payload, refusal);
+        }
         if let Some(open) = self.open.as_mut().filter(|open| open.id == round) {
             check_participant(&open.participants, open.base_model, worker, round, base_model)?;
             if matches!(open.phase, RoundPhase::Committing { .. }) {
@@ -818,7 +869,8 @@ impl Coordinator {
                 return same_or_duplicate(existing == payload, Recorded::Accepted, worker, round, "reveal");
             }
             if let Some(existing) = standing.mismatched {
-                return same_or_duplicate(existing == payload, Recorded::Mismatch, worker, round, "reveal");
+                let status = if standing.malformed { Recorded::Malformed } else { Recorded::Mismatch };
+                return same_or_duplicate(existing == payload, status, worker, round, "reveal");
             }
             let already_rejected = standing.rejected.is_some();
             let status = if payload == commitment.payload {
@@ -861,6 +913,50 @@ impl Coordinator {
             received_unix_ms: now,
         });
         Ok(Outcome::Recorded(Recorded::Late))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reveal_malformed(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        base_model: Digest,
+        payload: Digest,
+        refusal: Refusal,
+    ) -> Result<Outcome, Refusal> {
+        let Some(open) = self.open.as_mut().filter(|open| open.id == round) else { return Err(refusal) };
+        check_participant(&open.participants, open.base_model, worker, round, base_model)?;
+        let revealing = matches!(open.phase, RoundPhase::Revealing { .. });
+        let standing = open.standings.entry(worker).or_default();
+        let committed = standing.commitment.is_some_and(|commitment| commitment.payload == payload);
+        if !revealing || !committed {
+            return Err(refusal);
+        }
+        if standing.malformed && standing.mismatched == Some(payload) {
+            return Ok(Outcome::AlreadyRecorded(Recorded::Malformed));
+        }
+        if standing.revealed.is_some() || standing.mismatched.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::Duplicate,
+                format!("{worker} already has a different reveal for round {round}"),
+            ));
+        }
+        standing.mismatched = Some(payload);
+        standing.malformed = true;
+        standing.rejected.get_or_insert_with(|| format!("{MALFORMED}: {}", refusal.message));
+        self.record_nonce(worker, nonce, now);
+        self.actions.push_back(Action::RecordReveal {
+            round,
+            worker,
+            status: Recorded::Malformed,
+            payload,
+            nonce,
+            received_unix_ms: now,
+        });
+        self.settle();
+        Ok(Outcome::Recorded(Recorded::Malformed))
     }
 
     /// The driver's verdict on `worker`'s audit answer in `round` (it
@@ -932,20 +1028,45 @@ impl Coordinator {
         }
     }
 
-    /// The driver finished aggregating `round` into `result_model`.
-    pub fn handle_aggregated(&mut self, now: u64, round: RoundId, result_model: Digest) {
+    /// The driver checked and aggregated the updates of `round`. The ones
+    /// its checks refused are recorded and earn nothing; the round counts if
+    /// the rest still make a quorum, and fails otherwise.
+    pub fn handle_aggregated(&mut self, now: u64, round: RoundId, aggregated: Aggregated) {
         self.advance(now);
         let (closing, accepted) = self.aggregating.take().expect("handle_aggregated answers a CloseRound");
         assert_eq!(closing, round, "handle_aggregated answers the CloseRound just emitted");
+        let refused: BTreeMap<WorkerId, String> = aggregated.refused.into_iter().collect();
+        for (worker, reason) in &refused {
+            assert!(accepted.contains(worker), "only accepted updates are checked");
+            self.actions.push_back(Action::RefuseUpdate { round, worker: *worker, reason: reason.clone() });
+        }
+        let credited: Vec<WorkerId> =
+            accepted.into_iter().filter(|worker| !refused.contains_key(worker)).collect();
+        let result_model = match aggregated.result_model {
+            Some(model) if credited.len() >= self.settings.quorum as usize => model,
+            _ => {
+                self.actions.push_back(Action::FailRound {
+                    round,
+                    closed_unix_ms: now,
+                    reason: format!(
+                        "{} updates passed the checks; the quorum is {}",
+                        credited.len(),
+                        self.settings.quorum
+                    ),
+                });
+                self.maybe_open();
+                return;
+            }
+        };
         self.completed_rounds += 1;
         self.model = result_model;
         self.actions.push_back(Action::CommitRound {
             round,
             result_model,
-            accepted: accepted.clone(),
+            accepted: credited.clone(),
             closed_unix_ms: now,
         });
-        for worker in accepted {
+        for worker in credited {
             self.actions.push_back(Action::CreditWork { round, worker, units: self.settings.work_units });
         }
         if self.completed_rounds >= self.settings.rounds {
@@ -1252,7 +1373,10 @@ fn past_round(open: &OpenRound) -> PastRound {
             .iter()
             .filter_map(|(&worker, standing)| match (standing.revealed, standing.mismatched) {
                 (Some(digest), _) => Some((worker, (Recorded::Accepted, digest))),
-                (None, Some(digest)) => Some((worker, (Recorded::Mismatch, digest))),
+                (None, Some(digest)) => {
+                    let status = if standing.malformed { Recorded::Malformed } else { Recorded::Mismatch };
+                    Some((worker, (status, digest)))
+                }
                 (None, None) => None,
             })
             .collect(),
@@ -1270,6 +1394,7 @@ pub struct AssignmentTemplate {
     pub sharding: crate::config::ShardingKind,
     pub dirichlet_alpha: Option<f64>,
     pub segments: u32,
+    pub validation_fraction: f64,
 }
 
 impl AssignmentTemplate {
@@ -1283,6 +1408,7 @@ impl AssignmentTemplate {
             sharding: config.data.sharding,
             dirichlet_alpha: config.data.dirichlet_alpha,
             segments: config.audit.segments,
+            validation_fraction: config.quality.validation_fraction,
         }
     }
 
@@ -1302,6 +1428,7 @@ impl AssignmentTemplate {
             sharding: self.sharding,
             dirichlet_alpha: self.dirichlet_alpha,
             segments: self.segments,
+            validation_fraction: self.validation_fraction,
         }
     }
 }

@@ -6,8 +6,10 @@
 //! whole history: that nothing was changed, inserted, reordered or dropped
 //! from the middle, and that the coordinator said each thing. The entries
 //! are the coordinator's actions (assignments, commitments, the audit draw
-//! with its secret, reveals, verdicts, slashes, accepted work), so the audit
-//! draw and every payment can be recomputed from the ledger alone.
+//! with its secret, reveals, verdicts, slashes, accepted work, refused
+//! updates, rewards), so the audit draw and every payment can be recomputed
+//! from the ledger alone, and every quality score from the ledger with the
+//! run's checkpoints and submissions.
 //!
 //! The canonical form of an entry is its postcard encoding; its hash is
 //! BLAKE3 (derive-key mode) of those bytes; the signature is over the hash.
@@ -81,10 +83,32 @@ pub enum Event {
         amount: u64,
         reason: String,
     },
+    /// Verified work: an accepted submission whose update passed the checks
+    /// (audited and passed, or not drawn).
     WorkAccepted {
         round: RoundId,
         worker: WorkerId,
         units: u64,
+    },
+    /// The checks refused an accepted submission's update: not aggregated,
+    /// not credited.
+    UpdateRefused {
+        round: RoundId,
+        worker: WorkerId,
+        reason: String,
+    },
+    /// What verified work earned once scored on held-out data:
+    /// `credits = round(units * multiplier)`.
+    Reward {
+        round: RoundId,
+        worker: WorkerId,
+        /// Relative held-out loss improvement of the update alone.
+        score: f64,
+        /// The worker's smoothed quality after this round, in typical updates.
+        quality: f64,
+        multiplier: f64,
+        units: u64,
+        credits: u64,
     },
     RoundClosed {
         round: RoundId,
@@ -114,6 +138,8 @@ impl Event {
             Self::Audit { .. } => "audit",
             Self::Slash { .. } => "slash",
             Self::WorkAccepted { .. } => "work-accepted",
+            Self::UpdateRefused { .. } => "update-refused",
+            Self::Reward { .. } => "reward",
             Self::RoundClosed { .. } => "round-closed",
             Self::RoundFailed { .. } => "round-failed",
             Self::RunFinished { .. } => "run-finished",

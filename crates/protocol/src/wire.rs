@@ -26,7 +26,7 @@ use crate::config::{RunConfig, ShardingKind};
 use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
 
 /// Bumped on any incompatible change to messages or training semantics.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub const AUTH_HEADER: &str = "x-crowdtrain-auth";
 pub const RUN_HEADER: &str = "x-crowdtrain-run";
@@ -240,6 +240,9 @@ pub struct Assignment {
     pub dirichlet_alpha: Option<f64>,
     /// Segments the inner steps are cut into for commitments and audits.
     pub segments: u32,
+    /// Share of the training set held out of every shard (the coordinator
+    /// scores updates on it).
+    pub validation_fraction: f64,
 }
 
 impl Assignment {
@@ -250,13 +253,15 @@ impl Assignment {
         }
     }
 
-    /// Every participant's shard of `labels` for this round (slot order).
-    pub fn shards(&self, labels: &[u8]) -> Result<Vec<Vec<u32>>, crowdtrain_data::ShardError> {
-        crowdtrain_data::make_shards(
+    /// Every participant's shard of `labels` for this round (slot order):
+    /// exactly what the simulation with the same settings uses.
+    pub fn shards(&self, labels: &[u8]) -> Result<Vec<Vec<u32>>, crowdtrain_train::TrainError> {
+        crowdtrain_train::diloco::shards(
             labels,
             self.slots as usize,
             self.batch_size as usize,
             self.sharding(),
+            self.validation_fraction,
             self.seed,
         )
     }
@@ -439,13 +444,21 @@ pub struct WorkerStatus {
     pub submissions_late: u64,
     /// Submissions rejected for a proven fault (each slashed once).
     pub submissions_rejected: u64,
+    /// Accepted submissions whose updates the checks refused.
+    pub submissions_refused: u64,
     pub bytes_uploaded: u64,
-    /// Work units of accepted submissions.
+    /// Work units of accepted submissions that passed the checks.
     pub verified_work: u64,
     /// Work units lost to slashing.
     pub slashed: u64,
-    /// `verified_work - slashed`.
+    /// Credits earned so far: verified work times the quality multiplier,
+    /// for the rounds scored so far.
+    pub earned: u64,
+    /// `earned - slashed`.
     pub credits: i64,
+    /// The worker's smoothed held-out quality after its latest scored
+    /// round, in typical updates.
+    pub quality: Option<f64>,
     pub audits_passed: u64,
     /// Failed or unanswered audits.
     pub audits_failed: u64,
@@ -467,6 +480,10 @@ pub struct RoundRecord {
     pub audited: u32,
     /// Workers slashed.
     pub slashed: u32,
+    /// Accepted updates the checks refused.
+    pub refused: u32,
+    /// Whether the round's updates have been scored and rewarded.
+    pub scored: bool,
     pub opened_unix_ms: u64,
     pub closed_unix_ms: Option<u64>,
     /// When the last reveal arrived.

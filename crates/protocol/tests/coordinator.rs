@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
+use crowdtrain_protocol::Aggregated;
 use crowdtrain_protocol::audit::{self, Commitment};
 use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState};
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
@@ -85,7 +86,7 @@ fn commit(machine: &mut Coordinator, now: u64, worker: WorkerId, round: u64) -> 
 fn reveal(machine: &mut Coordinator, now: u64, worker: WorkerId, round: u64) -> Result<Outcome, ErrorCode> {
     let base = base(machine);
     machine
-        .reveal(now, worker, now * 1000 + 1, round, base, payload(worker, round))
+        .reveal(now, worker, now * 1000 + 1, round, base, payload(worker, round), None)
         .map_err(|refusal| refusal.code)
 }
 
@@ -165,7 +166,7 @@ fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
     assert!(
         matches!(actions.last(), Some(Action::CloseRound { round: 0, accepted, .. }) if accepted == &workers)
     );
-    machine.handle_aggregated(T0 + 220, 0, model(1));
+    machine.handle_aggregated(T0 + 220, 0, Aggregated::all(model(1)));
     let actions = drain(&mut machine);
     assert!(
         matches!(&actions[0], Action::CommitRound { round: 0, result_model, .. } if *result_model == model(1))
@@ -203,7 +204,7 @@ fn at_the_commit_deadline_with_quorum_the_round_goes_on_without_the_absent_worke
     assert!(
         matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
     );
-    machine.handle_aggregated(T0 + 10_010, 0, model(1));
+    machine.handle_aggregated(T0 + 10_010, 0, Aggregated::all(model(1)));
     let actions = drain(&mut machine);
     assert!(
         matches!(actions.last(), Some(Action::OpenRound { participants, .. }) if participants == &vec![workers[0], workers[2]]),
@@ -242,7 +243,7 @@ fn a_reveal_that_does_not_match_its_commitment_is_rejected_and_slashed() {
     }
     drain(&mut machine);
     let cheat = machine
-        .reveal(T0 + 2, workers[1], (T0 + 2) * 1000, 0, model(0), Digest::of(b"something else"))
+        .reveal(T0 + 2, workers[1], (T0 + 2) * 1000, 0, model(0), Digest::of(b"something else"), None)
         .unwrap();
     assert_eq!(cheat, Outcome::Recorded(Recorded::Mismatch));
     let actions = drain(&mut machine);
@@ -321,21 +322,35 @@ fn late_duplicate_wrong_round_and_stale_submissions_are_judged() {
     machine.handle_timeout(T0 + 10_000);
     reveal(&mut machine, T0 + 10_001, workers[0], 0).unwrap();
     drain(&mut machine);
-    machine.handle_aggregated(T0 + 10_002, 0, model(1));
+    machine.handle_aggregated(T0 + 10_002, 0, Aggregated::all(model(1)));
     drain(&mut machine);
     // Round 0 is closed; worker 1's commitment and reveal for it come now
     // (on round 0's model, model 0).
     let late_commit =
         machine.commit(T0 + 10_003, workers[1], (T0 + 10_003) * 1000, 0, model(0), commitment(workers[1], 0));
     assert_eq!(late_commit, Ok(Outcome::Recorded(Recorded::Late)));
-    let late_reveal =
-        machine.reveal(T0 + 10_004, workers[1], (T0 + 10_004) * 1000, 0, model(0), payload(workers[1], 0));
+    let late_reveal = machine.reveal(
+        T0 + 10_004,
+        workers[1],
+        (T0 + 10_004) * 1000,
+        0,
+        model(0),
+        payload(workers[1], 0),
+        None,
+    );
     assert_eq!(late_reveal, Ok(Outcome::Recorded(Recorded::Late)));
     let actions = drain(&mut machine);
     assert!(matches!(actions[0], Action::RecordCommitment { status: Recorded::Late, round: 0, .. }));
     assert!(matches!(actions[1], Action::RecordReveal { status: Recorded::Late, round: 0, .. }));
-    let again =
-        machine.reveal(T0 + 10_005, workers[1], (T0 + 10_005) * 1000, 0, model(0), payload(workers[1], 0));
+    let again = machine.reveal(
+        T0 + 10_005,
+        workers[1],
+        (T0 + 10_005) * 1000,
+        0,
+        model(0),
+        payload(workers[1], 0),
+        None,
+    );
     assert_eq!(again, Ok(Outcome::AlreadyRecorded(Recorded::Late)));
 }
 
@@ -379,7 +394,7 @@ fn the_run_finishes_after_its_rounds_and_opens_no_more() {
     let (mut machine, workers) = running(2, settings());
     for round in 0..3 {
         deliver(&mut machine, T0 + round * 100 + 1, &workers, round);
-        machine.handle_aggregated(T0 + round * 100 + 3, round, model(round + 1));
+        machine.handle_aggregated(T0 + round * 100 + 3, round, Aggregated::all(model(round + 1)));
     }
     let actions = drain(&mut machine);
     assert!(matches!(actions.last(), Some(Action::Finish { final_model }) if *final_model == model(3)));
@@ -454,6 +469,7 @@ impl Persisted {
             }
             Action::FailRound { round, .. } => self.round(*round).state = RoundState::Failed,
             Action::Slash { .. }
+            | Action::RefuseUpdate { .. }
             | Action::CreditWork { .. }
             | Action::CloseRound { .. }
             | Action::Finish { .. } => {}
@@ -596,7 +612,7 @@ fn random_event_sequences_keep_the_invariants() {
                 3 | 4 if known => {
                     let honest = uniform_below(&mut rng, 5) > 0;
                     let digest = if honest { payload(worker, round) } else { Digest::of(b"tampered") };
-                    let _ = machine.reveal(now, worker, nonce, round, base, digest);
+                    let _ = machine.reveal(now, worker, nonce, round, base, digest, None);
                 }
                 5 if known => {
                     if machine.pending_audit(worker, round).is_some() {
@@ -640,7 +656,7 @@ fn random_event_sequences_keep_the_invariants() {
                             );
                             assert!(counted.insert((round, *worker)), "each update counts at most once");
                         }
-                        machine.handle_aggregated(now, round, model(round + 100));
+                        machine.handle_aggregated(now, round, Aggregated::all(model(round + 100)));
                     }
                     Action::CommitRound { .. } => committed_rounds += 1,
                     Action::Finish { .. } => assert_eq!(committed_rounds, 5),
@@ -650,4 +666,101 @@ fn random_event_sequences_keep_the_invariants() {
             assert!(machine.completed_rounds() <= 5);
         }
     }
+}
+
+#[test]
+fn updates_the_checks_refuse_are_recorded_and_earn_nothing_but_the_round_counts_with_a_quorum() {
+    let (mut machine, workers) = running(3, settings());
+    let actions = deliver(&mut machine, T0 + 10, &workers, 0);
+    assert!(matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &workers));
+    let refused = vec![(workers[2], "a bit-for-bit copy of w0's update, committed earlier".to_owned())];
+    machine.handle_aggregated(T0 + 20, 0, Aggregated { result_model: Some(model(1)), refused });
+    let actions = drain(&mut machine);
+    assert!(matches!(&actions[0], Action::RefuseUpdate { round: 0, worker, .. } if *worker == workers[2]));
+    assert!(matches!(&actions[1], Action::CommitRound { accepted, .. } if accepted == &workers[..2]));
+    let credited: Vec<WorkerId> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::CreditWork { worker, .. } => Some(*worker),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(credited, workers[..2], "a refused update earns no work");
+    assert!(!actions.iter().any(|action| matches!(action, Action::Slash { .. })), "refusals are not slashes");
+    assert_eq!(machine.completed_rounds(), 1);
+    assert!(machine.is_active(workers[2]), "a refused worker delivered: it stays in the run");
+}
+
+#[test]
+fn a_round_whose_passing_updates_miss_the_quorum_fails_and_a_new_one_opens_on_the_same_model() {
+    let (mut machine, workers) = running(3, settings());
+    deliver(&mut machine, T0 + 10, &workers, 0);
+    let refused = workers[1..].iter().map(|&worker| (worker, "outsized".to_owned())).collect();
+    machine.handle_aggregated(T0 + 20, 0, Aggregated { result_model: Some(model(1)), refused });
+    let actions = drain(&mut machine);
+    assert_eq!(actions.iter().filter(|action| matches!(action, Action::RefuseUpdate { .. })).count(), 2);
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::FailRound { round: 0, reason, .. } if reason.contains("quorum"))
+    ));
+    assert!(
+        !actions
+            .iter()
+            .any(|action| matches!(action, Action::CreditWork { .. } | Action::CommitRound { .. }))
+    );
+    assert!(
+        actions.iter().any(|action| matches!(action, Action::OpenRound { round: 1, base_model, .. } if *base_model == model(0))),
+        "{actions:?}"
+    );
+    assert_eq!(machine.completed_rounds(), 0);
+    // Nothing passed at all: also a failed round.
+    deliver(&mut machine, T0 + 30, &workers, 1);
+    machine.handle_aggregated(T0 + 40, 1, Aggregated { result_model: None, refused: Vec::new() });
+    assert!(drain(&mut machine).iter().any(|action| matches!(action, Action::FailRound { round: 1, .. })));
+}
+
+#[test]
+fn a_malformed_committed_update_is_recorded_and_rejected_without_waiting_or_slashing() {
+    let (mut machine, workers) = running(2, Settings { quorum: 1, ..settings() });
+    for &worker in &workers {
+        commit(&mut machine, T0 + 10, worker, 0).unwrap();
+    }
+    drain(&mut machine);
+    let problem =
+        crowdtrain_protocol::Refusal { code: ErrorCode::NonFinite, message: "value 3 is NaN".into() };
+    let base = base(&machine);
+    // A malformed payload that is not the committed one changes nothing.
+    let other = machine.reveal(
+        T0 + 11,
+        workers[0],
+        (T0 + 11) * 1000,
+        0,
+        base,
+        Digest::of(b"x"),
+        Some(problem.clone()),
+    );
+    assert_eq!(other.unwrap_err().code, ErrorCode::NonFinite);
+    assert!(drain(&mut machine).is_empty());
+    // The committed payload, malformed: recorded and settled.
+    let outcome = machine.reveal(
+        T0 + 12,
+        workers[0],
+        (T0 + 12) * 1000,
+        0,
+        base,
+        payload(workers[0], 0),
+        Some(problem.clone()),
+    );
+    assert_eq!(outcome, Ok(Outcome::Recorded(Recorded::Malformed)));
+    let actions = drain(&mut machine);
+    assert!(matches!(actions[..], [Action::RecordReveal { status: Recorded::Malformed, .. }]), "{actions:?}");
+    let again =
+        machine.reveal(T0 + 13, workers[0], (T0 + 13) * 1000, 0, base, payload(workers[0], 0), Some(problem));
+    assert_eq!(again, Ok(Outcome::AlreadyRecorded(Recorded::Malformed)), "a retry gets the same answer");
+    reveal(&mut machine, T0 + 14, workers[1], 0).unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &workers[1..]),
+        "the round closes as soon as the honest reveal is in, without the malformed one: {actions:?}"
+    );
+    assert!(!actions.iter().any(|action| matches!(action, Action::Slash { .. })));
 }

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crowdtrain_defense::AggregatorState;
 use crowdtrain_protocol::Digest;
 use crowdtrain_train::ParamLayout;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -29,6 +30,9 @@ pub enum CheckpointKind {
     Params,
     /// The outer optimizer's momentum: the coordinator's own state.
     OuterMomentum,
+    /// The robust aggregator's state: its centre and each worker's
+    /// momentum (see [`encode_aggregator`]).
+    Aggregator,
 }
 
 impl CheckpointKind {
@@ -36,6 +40,7 @@ impl CheckpointKind {
         match self {
             Self::Params => "params",
             Self::OuterMomentum => "outer-momentum",
+            Self::Aggregator => "aggregator",
         }
     }
 }
@@ -117,6 +122,83 @@ pub fn decode(
         return Err(malformed(format!("value {index} is not finite")));
     }
     Ok(values)
+}
+
+const CENTER: &str = "center";
+const MOMENTUM_PREFIX: &str = "momentum.";
+
+/// Encodes an aggregator's state as flat tensors: `center`, and
+/// `momentum.<worker id>` for each worker (names sort in a fixed order, so
+/// the same state gives the same file).
+pub fn encode_aggregator(model_name: &str, state: &AggregatorState) -> Vec<u8> {
+    let mut tensors: Vec<(String, Vec<u8>)> = vec![(CENTER.to_owned(), le_bytes(&state.center))];
+    tensors.extend(
+        state
+            .momenta
+            .iter()
+            .map(|(worker, momentum)| (format!("{MOMENTUM_PREFIX}{worker}"), le_bytes(momentum))),
+    );
+    let views = tensors.iter().map(|(name, data)| {
+        let view = TensorView::new(Dtype::F32, vec![data.len() / 4], data).expect("shape matches data");
+        (name.as_str(), view)
+    });
+    let metadata =
+        HashMap::from([(METADATA_KEY.to_owned(), metadata_value(CheckpointKind::Aggregator, model_name))]);
+    safetensors::serialize(views, Some(metadata)).expect("f32 tensors always serialize")
+}
+
+/// Decodes an aggregator state for `model_name`, whose vectors must all
+/// hold `parameters` finite values.
+pub fn decode_aggregator(
+    bytes: &[u8],
+    model_name: &str,
+    parameters: usize,
+) -> Result<AggregatorState, CheckpointError> {
+    if bytes.len() as u64 > CHECKPOINT_BYTES_MAX {
+        return Err(CheckpointError::TooLarge(bytes.len() as u64));
+    }
+    let malformed = |message: String| CheckpointError::Malformed(message);
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|error| malformed(error.to_string()))?;
+    let expected = metadata_value(CheckpointKind::Aggregator, model_name);
+    if header.metadata().as_ref().and_then(|metadata| metadata.get(METADATA_KEY)) != Some(&expected) {
+        return Err(malformed(format!("expected {expected}")));
+    }
+    let tensors = SafeTensors::deserialize(bytes).map_err(|error| malformed(error.to_string()))?;
+    let mut state = AggregatorState::default();
+    for (name, tensor) in tensors.tensors() {
+        if tensor.dtype() != Dtype::F32 || tensor.shape() != [parameters] {
+            return Err(malformed(format!(
+                "{name} is {:?} {:?}, expected F32 [{parameters}]",
+                tensor.dtype(),
+                tensor.shape()
+            )));
+        }
+        let values: Vec<f32> = tensor
+            .data()
+            .chunks_exact(4)
+            .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+            .collect();
+        if values.iter().any(|value| !value.is_finite()) {
+            return Err(malformed(format!("{name} holds a non-finite value")));
+        }
+        if name == CENTER {
+            state.center = values;
+        } else {
+            let worker = name
+                .strip_prefix(MOMENTUM_PREFIX)
+                .and_then(|id| id.parse::<u64>().ok())
+                .ok_or_else(|| malformed(format!("unexpected tensor {name}")))?;
+            state.momenta.insert(worker, values);
+        }
+    }
+    if state.center.is_empty() {
+        return Err(malformed("no center tensor".into()));
+    }
+    Ok(state)
+}
+
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|value| value.to_le_bytes()).collect()
 }
 
 fn metadata_value(kind: CheckpointKind, model_name: &str) -> String {
@@ -210,6 +292,23 @@ mod tests {
         let poisoned = encode(CheckpointKind::Params, &name, &layout, &params);
         let error = decode(&poisoned, CheckpointKind::Params, &name, &layout).unwrap_err();
         assert!(error.to_string().contains("value 17"), "{error}");
+    }
+
+    #[test]
+    fn aggregator_states_round_trip_and_bad_ones_are_refused() {
+        let mut state = AggregatorState { center: vec![1.0, 2.0, 3.0], ..AggregatorState::default() };
+        state.momenta.insert(4, vec![0.5, 0.25, -1.0]);
+        state.momenta.insert(12, vec![7.0, 8.0, 9.0]);
+        let bytes = encode_aggregator("mlp", &state);
+        assert_eq!(bytes, encode_aggregator("mlp", &state), "deterministic");
+        assert_eq!(decode_aggregator(&bytes, "mlp", 3).unwrap(), state);
+        assert!(decode_aggregator(&bytes, "cnn", 3).is_err(), "another model's");
+        assert!(decode_aggregator(&bytes, "mlp", 4).is_err(), "another size");
+        let (name, layout, params) = mlp();
+        let params_file = encode(CheckpointKind::Params, &name, &layout, &params);
+        assert!(decode_aggregator(&params_file, &name, params.len()).is_err(), "another kind");
+        state.center[1] = f32::INFINITY;
+        assert!(decode_aggregator(&encode_aggregator("mlp", &state), "mlp", 3).is_err());
     }
 
     #[test]

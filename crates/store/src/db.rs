@@ -14,7 +14,7 @@ use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -48,6 +48,8 @@ CREATE TABLE rounds (
     closed_unix_ms INTEGER,
     result_model BLOB,
     result_momentum BLOB,
+    result_aggregator BLOB,
+    scored_unix_ms INTEGER,
     test_accuracy REAL,
     test_loss REAL,
     overhead_ms INTEGER,
@@ -75,7 +77,7 @@ CREATE TABLE commitments (
 CREATE TABLE reveals (
     round INTEGER NOT NULL,
     worker INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('accepted', 'late', 'mismatch')),
+    status TEXT NOT NULL CHECK (status IN ('accepted', 'late', 'mismatch', 'malformed')),
     payload_digest BLOB NOT NULL,
     payload BLOB NOT NULL,
     nonce INTEGER NOT NULL,
@@ -101,6 +103,24 @@ CREATE TABLE credits (
     reason TEXT NOT NULL,
     PRIMARY KEY (round, worker, kind)
 );
+CREATE TABLE refusals (
+    round INTEGER NOT NULL,
+    worker INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (round, worker),
+    FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
+);
+CREATE TABLE rewards (
+    round INTEGER NOT NULL,
+    worker INTEGER NOT NULL,
+    score REAL NOT NULL,
+    quality REAL NOT NULL,
+    multiplier REAL NOT NULL,
+    units INTEGER NOT NULL,
+    credits INTEGER NOT NULL CHECK (credits >= 0),
+    PRIMARY KEY (round, worker),
+    FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
+);
 CREATE TABLE ledger (
     idx INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -119,6 +139,17 @@ pub enum StoreError {
     Schema { path: String, found: i64 },
     #[error("state database is inconsistent: {0}")]
     Corrupt(String),
+}
+
+/// What the latest closed round left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatestResult {
+    pub round: RoundId,
+    pub model: Digest,
+    pub momentum: Digest,
+    pub aggregator: Option<Digest>,
+    /// How many rounds have closed.
+    pub closed: u64,
 }
 
 /// The run, as created on first start.
@@ -198,7 +229,30 @@ pub enum Write {
         round: RoundId,
         result_model: Digest,
         result_momentum: Digest,
+        /// The aggregator's state after the round, if it keeps one.
+        result_aggregator: Option<Digest>,
         closed_unix_ms: u64,
+    },
+    /// The checks refused an accepted update.
+    Refusal {
+        round: RoundId,
+        worker: WorkerId,
+        reason: String,
+    },
+    /// What a worker's verified work in a scored round earned.
+    Reward {
+        round: RoundId,
+        worker: WorkerId,
+        score: f64,
+        quality: f64,
+        multiplier: f64,
+        units: u64,
+        credits: u64,
+    },
+    /// A closed round's updates are scored and rewarded.
+    Scored {
+        round: RoundId,
+        unix_ms: u64,
     },
     FailRound {
         round: RoundId,
@@ -440,21 +494,109 @@ impl Store {
             .collect()
     }
 
-    /// The model and momentum after the latest closed round, with how many
-    /// rounds have closed; `None` before the first.
-    pub fn latest_result(&self) -> Result<Option<(RoundId, Digest, Digest, u64)>, StoreError> {
+    /// `workers` in the order their accepted commitments for `round`
+    /// arrived (ties by worker id): the precedence the checks use.
+    pub fn commitment_order(
+        &self,
+        round: RoundId,
+        workers: &[WorkerId],
+    ) -> Result<Vec<WorkerId>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT worker FROM commitments WHERE round = ?1 AND status = 'accepted' ORDER BY received_unix_ms, worker",
+        )?;
+        let order: Vec<WorkerId> =
+            statement.query_map([round], |row| Ok(WorkerId(row.get(0)?)))?.collect::<Result<_, _>>()?;
+        let ordered: Vec<WorkerId> = order.into_iter().filter(|worker| workers.contains(worker)).collect();
+        if ordered.len() != workers.len() {
+            return Err(StoreError::Corrupt(format!(
+                "accepted workers of round {round} without a commitment"
+            )));
+        }
+        Ok(ordered)
+    }
+
+    /// The digests of every accepted reveal of rounds before `round`: the
+    /// updates a resubmission would repeat.
+    pub fn earlier_digests(&self, round: RoundId) -> Result<std::collections::HashSet<[u8; 32]>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT payload_digest FROM reveals WHERE round < ?1 AND status = 'accepted'")?;
+        let rows = statement.query_map([round], |row| blob::<32>(row, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What the latest closed round left behind; `None` before the first.
+    pub fn latest_result(&self) -> Result<Option<LatestResult>, StoreError> {
         let latest = self
             .connection
             .query_row(
-                "SELECT id, result_model, result_momentum FROM rounds WHERE state = 'closed' ORDER BY id DESC LIMIT 1",
+                "SELECT id, result_model, result_momentum, result_aggregator FROM rounds WHERE state = 'closed'
+                 ORDER BY id DESC LIMIT 1",
                 [],
-                |row| Ok((row.get::<_, u64>(0)?, Digest(blob(row, 1)?), Digest(blob(row, 2)?))),
+                |row| {
+                    Ok((row.get::<_, u64>(0)?, Digest(blob(row, 1)?), Digest(blob(row, 2)?), optional_digest(row, 3)?))
+                },
             )
             .optional()?;
         let closed: u64 =
             self.connection
                 .query_row("SELECT COUNT(*) FROM rounds WHERE state = 'closed'", [], |row| row.get(0))?;
-        Ok(latest.map(|(round, model, momentum)| (round, model, momentum, closed)))
+        Ok(latest.map(|(round, model, momentum, aggregator)| LatestResult {
+            round,
+            model,
+            momentum,
+            aggregator,
+            closed,
+        }))
+    }
+
+    /// Closed rounds not yet scored, ascending.
+    pub fn unscored_rounds(&self) -> Result<Vec<RoundId>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT id FROM rounds WHERE state = 'closed' AND scored_unix_ms IS NULL ORDER BY id")?;
+        let rows = statement.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What scoring a closed round needs: its base model, its beacon and
+    /// the workers credited with verified work in it (ascending).
+    pub fn scoring_input(&self, round: RoundId) -> Result<(Digest, Digest, Vec<WorkerId>), StoreError> {
+        let (base, beacon) = self
+            .connection
+            .query_row(
+                "SELECT base_model, beacon FROM rounds WHERE id = ?1 AND state = 'closed'",
+                [round],
+                |row| Ok((Digest(blob(row, 0)?), optional_digest(row, 1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt(format!("round {round} is not closed")))?;
+        let beacon =
+            beacon.ok_or_else(|| StoreError::Corrupt(format!("closed round {round} has no beacon")))?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT worker FROM credits WHERE round = ?1 AND kind = 'work' ORDER BY worker")?;
+        let workers =
+            statement.query_map([round], |row| Ok(WorkerId(row.get(0)?)))?.collect::<Result<_, _>>()?;
+        Ok((base, beacon, workers))
+    }
+
+    /// Every scored round's `(worker, score)` pairs, ascending by round then
+    /// worker: what rebuilds the workers' smoothed quality after a restart.
+    pub fn score_history(&self) -> Result<Vec<(RoundId, Vec<(WorkerId, f64)>)>, StoreError> {
+        let mut statement =
+            self.connection.prepare("SELECT round, worker, score FROM rewards ORDER BY round, worker")?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, u64>(0)?, WorkerId(row.get(1)?), row.get::<_, f64>(2)?)))?;
+        let mut history: Vec<(RoundId, Vec<(WorkerId, f64)>)> = Vec::new();
+        for row in rows {
+            let (round, worker, score) = row?;
+            match history.last_mut() {
+                Some((last, scores)) if *last == round => scores.push((worker, score)),
+                _ => history.push((round, vec![(worker, score)])),
+            }
+        }
+        Ok(history)
     }
 
     /// Every round, for the status page.
@@ -468,7 +610,9 @@ impl Store {
                     (SELECT COUNT(*) FROM audits u WHERE u.round = r.id),
                     (SELECT COUNT(*) FROM credits c WHERE c.round = r.id AND c.kind = 'slash'),
                     (SELECT COUNT(*) FROM commitments m WHERE m.round = r.id AND m.status = 'accepted'),
-                    (SELECT COUNT(*) FROM reveals v WHERE v.round = r.id AND v.status = 'accepted')
+                    (SELECT COUNT(*) FROM reveals v WHERE v.round = r.id AND v.status = 'accepted'),
+                    (SELECT COUNT(*) FROM refusals f WHERE f.round = r.id),
+                    r.scored_unix_ms IS NOT NULL
              FROM rounds r ORDER BY r.id",
         )?;
         let rows = statement.query_map([], |row| {
@@ -488,6 +632,8 @@ impl Store {
                 slashed: row.get(12)?,
                 committed: row.get(13)?,
                 revealed: row.get(14)?,
+                refused: row.get(15)?,
+                scored: row.get(16)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -506,12 +652,16 @@ impl Store {
                     (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash'),
                     (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict = 'passed'),
                     (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict IN ('failed', 'unanswered')),
-                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash')
+                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash'),
+                    (SELECT COUNT(*) FROM refusals f WHERE f.worker = w.id),
+                    (SELECT COALESCE(SUM(e.credits), 0) FROM rewards e WHERE e.worker = w.id),
+                    (SELECT e.quality FROM rewards e WHERE e.worker = w.id ORDER BY e.round DESC LIMIT 1)
              FROM workers w ORDER BY w.id",
         )?;
         let rows = statement.query_map([], |row| {
             let verified_work: u64 = row.get(6)?;
             let slashed: u64 = row.get(7)?;
+            let earned: u64 = row.get(12)?;
             Ok(WorkerStatus {
                 worker: WorkerId(row.get(0)?),
                 public_key: PublicKey(blob(row, 1)?),
@@ -521,9 +671,12 @@ impl Store {
                 submissions_late: row.get(4)?,
                 submissions_rejected: row.get(10)?,
                 bytes_uploaded: row.get(5)?,
+                submissions_refused: row.get(11)?,
                 verified_work,
                 slashed,
-                credits: verified_work as i64 - slashed as i64,
+                earned,
+                credits: earned as i64 - slashed as i64,
+                quality: row.get(13)?,
                 audits_passed: row.get(8)?,
                 audits_failed: row.get(9)?,
             })
@@ -651,11 +804,31 @@ fn apply_one(
                 params![round, worker.0, if *slash { "slash" } else { "work" }, amount, reason],
             )?;
         }
-        Write::CommitRound { round, result_model, result_momentum, closed_unix_ms } => {
+        Write::CommitRound { round, result_model, result_momentum, result_aggregator, closed_unix_ms } => {
             expect_one(transaction.execute(
-                "UPDATE rounds SET state = 'closed', result_model = ?2, result_momentum = ?3, closed_unix_ms = ?4
+                "UPDATE rounds SET state = 'closed', result_model = ?2, result_momentum = ?3, result_aggregator = ?4,
+                                   closed_unix_ms = ?5
                  WHERE id = ?1 AND state = 'open'",
-                params![round, result_model.0, result_momentum.0, closed_unix_ms],
+                params![round, result_model.0, result_momentum.0, result_aggregator.map(|digest| digest.0), closed_unix_ms],
+            )?)?;
+        }
+        Write::Refusal { round, worker, reason } => {
+            transaction.execute(
+                "INSERT INTO refusals (round, worker, reason) VALUES (?1, ?2, ?3)",
+                params![round, worker.0, reason],
+            )?;
+        }
+        Write::Reward { round, worker, score, quality, multiplier, units, credits } => {
+            transaction.execute(
+                "INSERT INTO rewards (round, worker, score, quality, multiplier, units, credits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![round, worker.0, score, quality, multiplier, units, credits],
+            )?;
+        }
+        Write::Scored { round, unix_ms } => {
+            expect_one(transaction.execute(
+                "UPDATE rounds SET scored_unix_ms = ?2 WHERE id = ?1 AND state = 'closed' AND scored_unix_ms IS NULL",
+                params![round, unix_ms],
             )?)?;
         }
         Write::FailRound { round, closed_unix_ms } => {

@@ -167,6 +167,7 @@ fn closing_a_round_records_its_result_once() {
         round: 0,
         result_model: Digest::of(b"m1"),
         result_momentum: Digest::of(b"z1"),
+        result_aggregator: Some(Digest::of(b"a1")),
         closed_unix_ms: 30,
     };
     let credit = Write::Credit {
@@ -181,12 +182,53 @@ fn closing_a_round_records_its_result_once() {
         matches!(store.apply(&[commit], &coordinator()), Err(StoreError::Corrupt(_))),
         "a closed round cannot close again"
     );
-    assert_eq!(store.latest_result().unwrap(), Some((0, Digest::of(b"m1"), Digest::of(b"z1"), 1)));
+    let latest = store.latest_result().unwrap().unwrap();
+    assert_eq!(
+        (latest.round, latest.model, latest.momentum, latest.aggregator, latest.closed),
+        (0, Digest::of(b"m1"), Digest::of(b"z1"), Some(Digest::of(b"a1")), 1)
+    );
     let records = store.round_records().unwrap();
     assert_eq!(records[0].status, "closed");
     assert_eq!((records[0].participants, records[0].accepted, records[0].audited), (2, 1, 1));
+    assert!(!records[0].scored);
     let workers = store.worker_statuses().unwrap();
-    assert_eq!((workers[0].verified_work, workers[0].credits), (64, 64));
+    assert_eq!(
+        (workers[0].verified_work, workers[0].earned, workers[0].credits),
+        (64, 0, 0),
+        "not yet scored"
+    );
+    assert_eq!(store.earlier_digests(1).unwrap(), [Digest::of(b"a").0].into_iter().collect());
+    assert!(store.earlier_digests(0).unwrap().is_empty());
+    assert_eq!(
+        store.commitment_order(0, &[WorkerId(1), WorkerId(0)]).unwrap(),
+        vec![WorkerId(0), WorkerId(1)]
+    );
+
+    // Scoring: what it reads, what it writes, and only once.
+    assert_eq!(store.unscored_rounds().unwrap(), vec![0]);
+    assert_eq!(store.scoring_input(0).unwrap(), (Digest::of(b"m0"), Digest::of(b"b"), vec![WorkerId(0)]));
+    let reward = Write::Reward {
+        round: 0,
+        worker: WorkerId(0),
+        score: 0.01,
+        quality: 0.8,
+        multiplier: 0.75,
+        units: 64,
+        credits: 48,
+    };
+    let scored = Write::Scored { round: 0, unix_ms: 40 };
+    store.apply(&[reward, scored.clone()], &coordinator()).unwrap();
+    assert!(store.unscored_rounds().unwrap().is_empty());
+    assert!(matches!(store.apply(&[scored], &coordinator()), Err(StoreError::Corrupt(_))), "scored once");
+    assert_eq!(store.score_history().unwrap(), vec![(0, vec![(WorkerId(0), 0.01)])]);
+    let workers = store.worker_statuses().unwrap();
+    assert_eq!((workers[0].earned, workers[0].credits, workers[0].quality), (48, 48, Some(0.8)));
+    store
+        .apply(&[Write::Refusal { round: 0, worker: WorkerId(1), reason: "outsized".into() }], &coordinator())
+        .unwrap();
+    assert_eq!(store.worker_statuses().unwrap()[1].submissions_refused, 1);
+    assert_eq!(store.round_records().unwrap()[0].refused, 1);
+    assert!(store.round_records().unwrap()[0].scored);
 }
 
 #[test]

@@ -13,10 +13,15 @@
 //! public inputs only: the global parameters and the assignment. That is
 //! what lets a worker join at any round, and an auditor replay any segment.
 //!
+//! How a round's pseudo-gradients become the one update the outer step
+//! applies is an [`Aggregate`]: the plain [`Mean`] here, the coordinator's
+//! checks and robust rules in `crowdtrain-defense`. The simulation and the
+//! networked coordinator take the same one, so they agree bit for bit.
+//!
 //! Both runs are deterministic: workers run in parallel but their results
 //! are combined in worker order, with fixed-order sums.
 
-use crowdtrain_data::{Dataset, RngKey, Sharding, batch_indices, make_shards};
+use crowdtrain_data::{Dataset, RngKey, Sharding, batch_indices, make_shards_of, split_validation};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -40,12 +45,59 @@ pub struct DilocoConfig {
     pub inner: AdamW,
     pub outer: Nesterov,
     pub codec: Codec,
+    /// Share of the training set held out of every shard (the split the
+    /// coordinator scores updates on); 0 shards everything.
+    #[serde(default)]
+    pub validation_fraction: f64,
 }
 
 impl DilocoConfig {
     /// Samples each run consumes in one round.
     pub fn samples_per_round(&self) -> u64 {
         self.workers as u64 * self.inner_steps * self.batch_size as u64
+    }
+}
+
+/// The workers' shards of `labels`, none holding an example of the
+/// validation split: what a networked run with the same settings assigns.
+pub fn shards(
+    labels: &[u8],
+    workers: usize,
+    batch_size: usize,
+    sharding: Sharding,
+    validation_fraction: f64,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>, TrainError> {
+    let (pool, _) = split_validation(labels.len(), validation_fraction, seed);
+    Ok(make_shards_of(labels, &pool, workers, batch_size, sharding, seed)?)
+}
+
+/// One worker's update as the coordinator receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerUpdate<'a> {
+    /// The worker's id (in the simulation, its slot).
+    pub worker: u64,
+    /// The decoded pseudo-gradient.
+    pub values: &'a [f32],
+    /// The bytes it was sent as (what duplicate checks compare).
+    pub encoded: &'a [u8],
+}
+
+/// Turns a round's updates (in slot order) into the one the outer step
+/// applies, or `None` when nothing in them may be applied (the round then
+/// leaves the model as it is).
+pub trait Aggregate {
+    fn aggregate(&mut self, round: u64, updates: &[WorkerUpdate<'_>]) -> Option<Vec<f32>>;
+}
+
+/// DiLoCo's own rule: the plain mean, summed in slot order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mean;
+
+impl Aggregate for Mean {
+    fn aggregate(&mut self, _round: u64, updates: &[WorkerUpdate<'_>]) -> Option<Vec<f32>> {
+        let views: Vec<&[f32]> = updates.iter().map(|update| update.values).collect();
+        (!views.is_empty()).then(|| mean_in_order(&views))
     }
 }
 
@@ -84,22 +136,29 @@ impl DilocoReport {
     }
 }
 
-/// Runs DiLoCo and the baseline side by side for `config.rounds` rounds,
-/// calling `on_round` after each.
+/// Runs DiLoCo (combining updates with `aggregate`) and the baseline side
+/// by side for `config.rounds` rounds, calling `on_round` after each.
 pub fn simulate(
     config: &DilocoConfig,
     dataset: &Dataset,
+    aggregate: &mut dyn Aggregate,
     mut on_round: impl FnMut(&RoundReport),
 ) -> Result<DilocoReport, TrainError> {
     let model = config.model.build();
-    let shards =
-        make_shards(&dataset.train.labels, config.workers, config.batch_size, config.sharding, config.seed)?;
+    let shards = shards(
+        &dataset.train.labels,
+        config.workers,
+        config.batch_size,
+        config.sharding,
+        config.validation_fraction,
+        config.seed,
+    )?;
     let initial = model.layout().initialize(config.seed);
     let mut diloco = DilocoRun::new(model.as_ref(), config, initial.clone());
     let mut baseline = SyncBaseline::new(model.as_ref(), config, initial);
     let mut rounds = Vec::with_capacity(config.rounds as usize);
     for round in 0..config.rounds {
-        let diloco_train_loss = diloco.round(dataset, &shards, round)?;
+        let diloco_train_loss = diloco.round(dataset, &shards, round, aggregate)?;
         let baseline_train_loss = baseline.round(dataset, &shards, round)?;
         let diloco_eval = evaluate(model.as_ref(), &diloco.state.params, &dataset.test)?;
         let baseline_eval = evaluate(model.as_ref(), &baseline.state.params, &dataset.test)?;
@@ -153,7 +212,13 @@ impl<'m> DilocoRun<'m> {
     }
 
     /// One round; returns the workers' mean inner loss.
-    fn round(&mut self, dataset: &Dataset, shards: &[Vec<u32>], round: u64) -> Result<f32, TrainError> {
+    fn round(
+        &mut self,
+        dataset: &Dataset,
+        shards: &[Vec<u32>],
+        round: u64,
+        aggregate: &mut dyn Aggregate,
+    ) -> Result<f32, TrainError> {
         let results = (0..self.config.workers)
             .into_par_iter()
             .map(|worker| {
@@ -171,15 +236,21 @@ impl<'m> DilocoRun<'m> {
                 )?;
                 let encoded = self.config.codec.encode(&update.pseudo_gradient)?;
                 let (_, decoded) = Codec::decode(&encoded, update.pseudo_gradient.len())?;
-                Ok((decoded, encoded.len() as u64, update.mean_loss))
+                Ok((decoded, encoded, update.mean_loss))
             })
             .collect::<Result<Vec<_>, TrainError>>()?;
         let parameters = self.state.params.len();
         let download_bytes = (parameters * 4) as u64 * self.config.workers as u64;
-        let upload_bytes: u64 = results.iter().map(|(_, bytes, _)| bytes).sum();
+        let upload_bytes: u64 = results.iter().map(|(_, encoded, _)| encoded.len() as u64).sum();
         self.bytes += download_bytes + upload_bytes;
-        let updates: Vec<&[f32]> = results.iter().map(|(update, _, _)| update.as_slice()).collect();
-        outer_step(self.config.outer, &mut self.state, &updates);
+        let updates: Vec<WorkerUpdate<'_>> = results
+            .iter()
+            .enumerate()
+            .map(|(slot, (values, encoded, _))| WorkerUpdate { worker: slot as u64, values, encoded })
+            .collect();
+        if let Some(delta) = aggregate.aggregate(round, &updates) {
+            outer_step(self.config.outer, &mut self.state, &delta);
+        }
         Ok(results.iter().map(|(_, _, loss)| loss).sum::<f32>() / results.len() as f32)
     }
 }
@@ -265,13 +336,12 @@ pub fn replay(
     Ok(state)
 }
 
-/// The coordinator's half of a round: average the decoded pseudo-gradients
-/// (given in slot order) and take one outer step. The networked coordinator
-/// and the simulation both call this, which is what makes a networked run
-/// reproduce the simulation bit for bit.
-pub fn outer_step(outer: Nesterov, state: &mut OuterState, updates: &[&[f32]]) {
-    let mean = mean_in_order(updates);
-    outer.apply(&mut state.params, &mut state.momentum, &mean);
+/// The coordinator's half of a round: one outer step with the round's
+/// aggregated pseudo-gradient. The networked coordinator and the
+/// simulation both call this (after the same [`Aggregate`]), which is what
+/// makes a networked run reproduce the simulation bit for bit.
+pub fn outer_step(outer: Nesterov, state: &mut OuterState, delta: &[f32]) {
+    outer.apply(&mut state.params, &mut state.momentum, delta);
     state.round += 1;
 }
 

@@ -30,7 +30,9 @@ pub mod state;
 pub mod trainer;
 
 pub use codec::{Codec, CodecError};
-pub use model::{Evaluation, Model, ModelKind, ParamLayout, ParamSpec, evaluate, loss_and_grad};
+pub use model::{
+    Evaluation, Model, ModelKind, ParamLayout, ParamSpec, evaluate, evaluate_subset, loss_and_grad,
+};
 pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule};
 pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};
 pub use trainer::Trainer;

@@ -3,7 +3,7 @@
 //! tests train on the bundled Fashion-MNIST subset, so they run anywhere.
 
 use crowdtrain_data::{DataSource, Dataset, RngKey, Sharding};
-use crowdtrain_train::diloco::{DilocoConfig, simulate};
+use crowdtrain_train::diloco::{DilocoConfig, Mean, simulate};
 use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, StateHash, TrainState, Trainer};
 
 fn dataset() -> Dataset {
@@ -89,10 +89,11 @@ fn diloco_simulation_is_bit_identical_across_thread_counts() {
         inner: AdamW::default(),
         outer: Nesterov::default(),
         codec: Codec::Int8,
+        validation_fraction: 0.05,
     };
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| simulate(&config, &dataset, |_| {}).unwrap())
+        pool.install(|| simulate(&config, &dataset, &mut Mean, |_| {}).unwrap())
     };
     let one = run(1);
     let two = run(2);

@@ -336,7 +336,7 @@ fn watch(
                 .iter()
                 .rev()
                 .find(|round| round.status == "closed")
-                .is_some_and(|round| round.test_accuracy.is_some());
+                .is_some_and(|round| round.test_accuracy.is_some() && round.scored);
             if status.phase == Phase::Finished && evaluated {
                 progress.finish_and_clear();
                 return Ok(status);
@@ -444,7 +444,10 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
         "rounds",
         "accepted",
         "rejected",
+        "refused",
         "audits passed/failed",
+        "verified work",
+        "quality",
         "credits",
         "joined in",
         "active at end",
@@ -456,7 +459,10 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
             worker.rounds_assigned.to_string(),
             worker.submissions_accepted.to_string(),
             worker.submissions_rejected.to_string(),
+            worker.submissions_refused.to_string(),
             format!("{}/{}", worker.audits_passed, worker.audits_failed),
+            worker.verified_work.to_string(),
+            worker.quality.map_or("-".into(), |quality| format!("{quality:.2}")),
             worker.credits.to_string(),
             join_ms.map_or("-".into(), |ms| format!("{ms} ms{}", if *started_late { " (late)" } else { "" })),
             if worker.active { "yes".into() } else { "no".into() },

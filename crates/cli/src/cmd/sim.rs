@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use crowdtrain_data::{DatasetInfo, Sharding};
+use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense, QualityConfig};
 use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport};
 use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
 use serde::Serialize;
@@ -71,6 +72,18 @@ struct DilocoArgs {
     #[arg(long, default_value = "int8")]
     codec: Codec,
 
+    /// How updates are checked and combined, as by the coordinator: mean
+    /// (plain DiLoCo: no checks), trimmed-mean[:TRIM], median or
+    /// centered-clip[:MOMENTUM] (the coordinator's default). Every rule but
+    /// mean runs the coordinator's checks first.
+    #[arg(long, default_value_t = Aggregator::default())]
+    aggregator: Aggregator,
+
+    /// Share of the training set held out of every shard, as the
+    /// coordinator holds it out to score updates on.
+    #[arg(long, default_value_t = QualityConfig::default().validation_fraction)]
+    validation_fraction: f64,
+
     /// Write test accuracy per round of both runs to this file (.png or .svg).
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
@@ -92,6 +105,7 @@ struct DilocoOutput {
     bytes_ratio: f64,
     diloco_state_hash: String,
     baseline_state_hash: String,
+    aggregator: String,
     rounds: Vec<RoundReport>,
 }
 
@@ -106,6 +120,10 @@ fn run_diloco(args: DilocoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.inner_steps >= 1, "--inner-steps must be at least 1");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(
+        (0.0..0.5).contains(&args.validation_fraction),
+        "--validation-fraction must be in [0, 0.5)"
+    );
     args.runtime.clone().on_thread_pool(|| simulate_diloco(args))
 }
 
@@ -122,6 +140,11 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         inner: AdamW { lr: args.inner_lr, ..AdamW::default() },
         outer: Nesterov { lr: args.outer_lr, momentum: args.outer_momentum },
         codec: args.codec,
+        validation_fraction: args.validation_fraction,
+    };
+    let mut aggregate: Box<dyn diloco::Aggregate> = match args.aggregator {
+        Aggregator::Mean => Box::new(diloco::Mean),
+        robust => Box::new(ModelDefense::new(CheckConfig::default(), robust)),
     };
     let human = !args.runtime.json;
     let progress = output::progress_bar(config.rounds, "rounds");
@@ -135,7 +158,7 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         "baseline loss",
         "baseline bytes",
     ]);
-    let report = diloco::simulate(&config, &dataset, |round| {
+    let report = diloco::simulate(&config, &dataset, aggregate.as_mut(), |round| {
         progress.inc(1);
         progress.set_message(format!(
             "DiLoCo {:.2}%, baseline {:.2}%",
@@ -165,6 +188,7 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         bytes_ratio: last.baseline_bytes as f64 / last.diloco_bytes.max(1) as f64,
         diloco_state_hash: report.diloco_state_hash.to_hex(),
         baseline_state_hash: report.baseline_state_hash.to_hex(),
+        aggregator: args.aggregator.to_string(),
         rounds: report.rounds.clone(),
         config,
     };

@@ -204,17 +204,19 @@ pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
     runtime().block_on(async { reqwest::get(url).await.ok()?.json().await.ok() })
 }
 
+/// The run is over and every closed round is evaluated and scored.
 pub fn finished_and_evaluated(status: &RunStatus) -> bool {
     status.phase == Phase::Finished
         && status
             .rounds
             .iter()
             .filter(|round| round.status == "closed")
-            .all(|round| round.test_accuracy.is_some())
+            .all(|round| round.test_accuracy.is_some() && round.scored)
 }
 
 /// The in-process simulation of the same run (the subset, seed 3, batch
-/// 32): what the network must reproduce bit for bit.
+/// 32, the coordinator's default checks, aggregator and validation split):
+/// what the network must reproduce bit for bit.
 pub fn simulated_state_hash(workers: usize, rounds: u64, inner_steps: u64) -> String {
     let config = DilocoConfig {
         model: ModelKind::Mlp,
@@ -227,9 +229,18 @@ pub fn simulated_state_hash(workers: usize, rounds: u64, inner_steps: u64) -> St
         inner: AdamW::default(),
         outer: Nesterov::default(),
         codec: Codec::Int8,
+        validation_fraction: crowdtrain_defense::QualityConfig::default().validation_fraction,
     };
     let dataset = DataSource::Directory(subset()).load().unwrap();
-    simulate(&config, &dataset, |_| {}).unwrap().diloco_state_hash.to_hex()
+    simulate(
+        &config,
+        &dataset,
+        &mut crowdtrain_defense::ModelDefense::new(Default::default(), Default::default()),
+        |_| {},
+    )
+    .unwrap()
+    .diloco_state_hash
+    .to_hex()
 }
 
 /// A hand-driven worker, to send exactly the requests a test needs.

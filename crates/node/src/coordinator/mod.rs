@@ -1,14 +1,18 @@
 //! The coordinator process: the driver around the round state machine.
 //!
-//! [`Node`] owns the machine, the SQLite store, the checkpoints and the
-//! global model. Every input (a request, a timer) goes through the same
-//! steps under one lock: feed the machine, drain its actions, write them
-//! durably in one transaction, and only then answer. Aggregation happens
-//! where the machine asks for it ([`Action::CloseRound`]), on the global
-//! model in memory, with the same `outer_step` as the in-process simulation.
+//! [`Node`] owns the machine, the SQLite store, the checkpoints, the global
+//! model and the defence. Every input (a request, a timer) goes through the
+//! same steps under one lock: feed the machine, drain its actions, write
+//! them durably in one transaction, and only then answer. Aggregation
+//! happens where the machine asks for it ([`Action::CloseRound`]): the
+//! checks and the robust aggregator (the same [`ModelDefense`] the
+//! simulation uses), then the same `outer_step`. Scoring each round's
+//! updates on held-out data, and paying for them, happens off the request
+//! path on its own thread ([`score`]), round after round in order.
 
 mod audit;
 mod http;
+mod score;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crowdtrain_data::{DataSource, Dataset};
+use crowdtrain_defense::{Decision, ModelDefense, Quality, Submission};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
@@ -23,8 +28,8 @@ use crowdtrain_protocol::wire::{
     Stage,
 };
 use crowdtrain_protocol::{
-    Action, AssignmentTemplate, Commitment, Coordinator, Digest, Identity, Outcome, PublicKey, Refusal,
-    RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
+    Action, Aggregated, AssignmentTemplate, Commitment, Coordinator, Digest, Identity, Outcome, PublicKey,
+    Refusal, RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, Write, checkpoint};
 use crowdtrain_train::diloco::outer_step;
@@ -101,6 +106,11 @@ pub struct Node {
     /// of the database, so the node must stop and be restarted from it.
     fatal: watch::Sender<Option<String>>,
     bytes_downloaded: AtomicU64,
+    /// The training examples held out of every shard, that updates are
+    /// scored on.
+    validation: Vec<u32>,
+    /// Closed rounds to score, in order, for the scoring thread.
+    scoring: Mutex<std::sync::mpsc::Sender<RoundId>>,
 }
 
 struct Inner {
@@ -110,12 +120,31 @@ struct Inner {
     global: OuterState,
     /// The digest of `global.params`' checkpoint.
     global_model: Digest,
-    /// Set between a round's aggregation and its commit.
-    pending_momentum: Option<Digest>,
+    /// The checks and the aggregator, with what they remember.
+    defense: ModelDefense,
+    /// Each worker's smoothed quality, as of the latest scored round.
+    quality: Quality,
+    /// Set between a round's aggregation and its commit or failure.
+    pending: Option<Pending>,
     /// When the input that may close the open round arrived.
     closing_started: Option<(RoundId, Instant)>,
     /// Shards by slot count, for audit replays.
     shards: std::collections::HashMap<u32, Arc<Vec<Vec<u32>>>>,
+}
+
+/// A closed round's defence decision, and the global state it leads to,
+/// until the machine commits the round (or fails it).
+struct Pending {
+    round: RoundId,
+    decision: Decision,
+    next: Option<NextGlobal>,
+}
+
+struct NextGlobal {
+    state: OuterState,
+    model: Digest,
+    momentum: Digest,
+    aggregator: Option<Digest>,
 }
 
 impl Node {
@@ -151,9 +180,36 @@ impl Node {
                 record
             }
         };
-        let (global, global_model) = load_global(&store, &record, model.as_ref(), &checkpoints)?;
+        let (global, global_model, aggregator) = load_global(&store, &record, model.as_ref(), &checkpoints)?;
         let settings = Settings::from_config(&config);
         let snapshot = store.snapshot(record.initial_model)?;
+        // The defence remembers every update of the rounds before the one it
+        // decides next (the open one, if any), and the aggregator state the
+        // latest closed round left.
+        let next_decided = snapshot
+            .rounds
+            .iter()
+            .find(|round| round.state == crowdtrain_protocol::coordinator::RoundState::Open)
+            .map_or(i64::MAX as u64, |round| round.id);
+        let defense_config = config.defense();
+        let defense = ModelDefense::restore(
+            defense_config.checks,
+            defense_config.aggregator,
+            aggregator.unwrap_or_default(),
+            store.earlier_digests(next_decided)?,
+        );
+        let mut quality = Quality::default();
+        for (_, scores) in store.score_history()? {
+            let pairs: Vec<(u64, f64)> = scores.iter().map(|(worker, score)| (worker.0, *score)).collect();
+            quality.observe(&pairs, &config.quality);
+        }
+        let (validation_pool, validation) = crowdtrain_data::split_validation(
+            dataset.train.len(),
+            config.quality.validation_fraction,
+            config.seed,
+        );
+        drop(validation_pool);
+        let (scoring, to_score) = std::sync::mpsc::channel();
         let machine = Coordinator::restore(settings, record.run_id, audit_master, snapshot, now_unix_ms());
         let run = Signed::sign(
             &identity,
@@ -187,15 +243,24 @@ impl Node {
                 store,
                 global,
                 global_model,
-                pending_momentum: None,
+                defense,
+                quality,
+                pending: None,
                 closing_started: None,
                 shards: Default::default(),
             }),
             changes: watch::channel(0).0,
             fatal: watch::channel(None).0,
             bytes_downloaded: AtomicU64::new(0),
+            validation,
+            scoring: Mutex::new(scoring),
         });
+        score::spawn_scorer(Arc::downgrade(&node), to_score);
         let mut inner = node.lock();
+        // Rounds the previous process closed but did not live to score.
+        for round in inner.store.unscored_rounds()? {
+            node.schedule_scoring(round);
+        }
         node.drive(&mut inner, None)?;
         // Evaluations the previous process did not live to record.
         for (round, model) in inner.store.unevaluated_rounds()? {
@@ -287,13 +352,27 @@ impl Node {
         payload: Vec<u8>,
     ) -> Result<Signed<Receipt>, Failure> {
         let received = Instant::now();
-        self.check_payload(&payload)?;
+        let malformed = self.check_payload(&payload).err();
         let digest = Digest::of(&payload);
         let now = now_unix_ms();
         let mut inner = self.lock();
-        let outcome = inner.machine.reveal(now, worker, nonce, round, base_model, digest)?;
+        let problem = malformed
+            .as_ref()
+            .map(|failure| Refusal { code: failure.code, message: failure.message.clone() });
+        let outcome = inner.machine.reveal(now, worker, nonce, round, base_model, digest, problem)?;
         let carried = matches!(outcome, Outcome::Recorded(_)).then_some((digest, payload));
         self.drive_timed(&mut inner, carried, round, received)?;
+        if let Some(failure) = malformed {
+            // The committed update itself is malformed: recorded, rejected,
+            // and the worker told why.
+            return Err(Failure {
+                message: format!(
+                    "{}; it is your committed update, so it is recorded and rejected",
+                    failure.message
+                ),
+                ..failure
+            });
+        }
         if outcome.status() == crowdtrain_protocol::Recorded::Mismatch {
             return Err(Failure::new(
                 ErrorCode::RevealMismatch,
@@ -534,6 +613,11 @@ impl Node {
                     });
                     writes.push(ledger(Event::Audit { round, worker, segment, verdict }));
                 }
+                Action::RefuseUpdate { round, worker, reason } => {
+                    tracing::warn!(round, %worker, %reason, "update refused by the checks");
+                    writes.push(Write::Refusal { round, worker, reason: reason.clone() });
+                    writes.push(ledger(Event::UpdateRefused { round, worker, reason }));
+                }
                 Action::Slash { round, worker, amount, reason } => {
                     tracing::warn!(round, %worker, amount, %reason, "slashed");
                     writes.push(Write::Credit { round, worker, slash: true, amount, reason: reason.clone() });
@@ -542,15 +626,30 @@ impl Node {
                 Action::CloseRound { round, base_model, accepted, .. } => {
                     inner.store.apply(&std::mem::take(&mut writes), &self.identity)?;
                     assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
-                    let (model, momentum) = self.aggregate(inner, round, &accepted)?;
-                    inner.pending_momentum = Some(momentum);
-                    inner.machine.handle_aggregated(now_unix_ms(), round, model);
+                    let aggregated = self.aggregate(inner, round, &accepted)?;
+                    inner.machine.handle_aggregated(now_unix_ms(), round, aggregated);
                 }
                 Action::CommitRound { round, result_model, closed_unix_ms, accepted } => {
-                    let result_momentum =
-                        inner.pending_momentum.take().expect("aggregation precedes its commit");
+                    let pending = inner.pending.take().expect("aggregation precedes its commit");
+                    let next = pending.next.expect("a committed round has a result");
+                    assert_eq!(
+                        (pending.round, next.model),
+                        (round, result_model),
+                        "the round just aggregated"
+                    );
+                    let result_momentum = next.momentum;
+                    let result_aggregator = next.aggregator;
+                    inner.global = next.state;
+                    inner.global_model = next.model;
+                    inner.defense.commit(pending.decision);
                     tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
-                    writes.push(Write::CommitRound { round, result_model, result_momentum, closed_unix_ms });
+                    writes.push(Write::CommitRound {
+                        round,
+                        result_model,
+                        result_momentum,
+                        result_aggregator,
+                        closed_unix_ms,
+                    });
                     writes.push(ledger(Event::RoundClosed { round, result_model, accepted }));
                     committed.push(round);
                     changed = true;
@@ -567,6 +666,9 @@ impl Node {
                 }
                 Action::FailRound { round, closed_unix_ms, reason } => {
                     tracing::warn!(round, %reason, "round failed");
+                    if let Some(pending) = inner.pending.take_if(|pending| pending.round == round) {
+                        inner.defense.set_aside(pending.decision);
+                    }
                     writes.push(Write::FailRound { round, closed_unix_ms });
                     writes.push(ledger(Event::RoundFailed { round, reason }));
                     changed = true;
@@ -586,6 +688,7 @@ impl Node {
                 inner.store.set_overhead(round, started.elapsed().as_millis() as u64)?;
             }
             self.schedule_evaluation(round, inner.global.params.clone());
+            self.schedule_scoring(round);
         }
         if changed {
             self.changes.send_modify(|version| *version += 1);
@@ -593,48 +696,90 @@ impl Node {
         Ok(())
     }
 
-    /// Averages the accepted updates of `round` into the global model and
-    /// writes the new checkpoints. The global state changes only if all of
-    /// it succeeds.
+    /// Checks the accepted updates of `round` (in the order their
+    /// commitments arrived), aggregates the ones that pass, takes the outer
+    /// step and writes the new checkpoints. Nothing changes in memory until
+    /// the machine commits the round ([`Pending`]).
     fn aggregate(
         &self,
         inner: &mut Inner,
         round: RoundId,
         accepted: &[WorkerId],
-    ) -> Result<(Digest, Digest), NodeError> {
+    ) -> Result<Aggregated, NodeError> {
         let started = Instant::now();
-        let payloads = inner.store.payloads(round, accepted)?;
+        let order = inner.store.commitment_order(round, accepted)?;
+        let payloads = inner.store.payloads(round, &order)?;
         let parameters = self.model.layout().len();
         let updates = payloads
             .iter()
             .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
             .collect::<Result<Vec<_>, _>>()
             .map_err(crowdtrain_train::TrainError::from)?;
-        let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
-        let decoded = started.elapsed();
-        let mut next = inner.global.clone();
-        outer_step(self.config.outer_optimizer(), &mut next, &views);
-        let stepped = started.elapsed();
-        let name = self.model.name();
-        let layout = self.model.layout();
-        let model =
-            self.checkpoints.put(&checkpoint::encode(CheckpointKind::Params, &name, layout, &next.params))?;
-        let momentum = self.checkpoints.put(&checkpoint::encode(
-            CheckpointKind::OuterMomentum,
-            &name,
-            layout,
-            &next.momentum,
-        ))?;
+        let submissions: Vec<Submission<'_>> = order
+            .iter()
+            .zip(&updates)
+            .zip(&payloads)
+            .map(|((worker, values), bytes)| Submission {
+                worker: worker.0,
+                values,
+                digest: Digest::of(bytes).0,
+            })
+            .collect();
+        let decided = started.elapsed();
+        let decision = inner.defense.decide(&submissions, parameters);
+        let screened = started.elapsed();
+        let refused: Vec<(WorkerId, String)> = decision
+            .refused
+            .iter()
+            .map(|(worker, refusal)| (WorkerId(*worker), refusal.to_string()))
+            .collect();
+        let next = match &decision.aggregate {
+            None => None,
+            Some(delta) => {
+                let mut state = inner.global.clone();
+                outer_step(self.config.outer_optimizer(), &mut state, delta);
+                let name = self.model.name();
+                let layout = self.model.layout();
+                let model = self.checkpoints.put(&checkpoint::encode(
+                    CheckpointKind::Params,
+                    &name,
+                    layout,
+                    &state.params,
+                ))?;
+                let momentum = self.checkpoints.put(&checkpoint::encode(
+                    CheckpointKind::OuterMomentum,
+                    &name,
+                    layout,
+                    &state.momentum,
+                ))?;
+                let aggregator = if inner.defense.aggregator.is_stateful() {
+                    let after = inner.defense.state_after(&decision);
+                    Some(self.checkpoints.put(&checkpoint::encode_aggregator(&name, &after))?)
+                } else {
+                    None
+                };
+                Some(NextGlobal { state, model, momentum, aggregator })
+            }
+        };
         tracing::debug!(
             round,
-            read_and_decode_ms = decoded.as_secs_f64() * 1e3,
-            outer_step_ms = (stepped - decoded).as_secs_f64() * 1e3,
-            checkpoints_ms = (started.elapsed() - stepped).as_secs_f64() * 1e3,
+            read_and_decode_ms = decided.as_secs_f64() * 1e3,
+            checks_and_aggregation_ms = (screened - decided).as_secs_f64() * 1e3,
+            outer_step_and_checkpoints_ms = (started.elapsed() - screened).as_secs_f64() * 1e3,
+            refused = refused.len(),
             "aggregated"
         );
-        inner.global = next;
-        inner.global_model = model;
-        Ok((model, momentum))
+        let result_model = next.as_ref().map(|next| next.model);
+        inner.pending = Some(Pending { round, decision, next });
+        Ok(Aggregated { result_model, refused })
+    }
+
+    /// Hands a closed round to the scoring thread.
+    fn schedule_scoring(&self, round: RoundId) {
+        let sender = self.scoring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sender.send(round).is_err() {
+            tracing::error!(round, "the scoring thread is gone");
+        }
     }
 
     /// Evaluates a round's result on the test set off the request path,
@@ -797,16 +942,16 @@ fn create_run(
 }
 
 /// The global state after the latest closed round (or the initial one),
-/// read back from its checkpoints.
+/// read back from its checkpoints, with the aggregator state it left.
 fn load_global(
     store: &Store,
     record: &RunRecord,
     model: &dyn Model,
     checkpoints: &Checkpoints,
-) -> Result<(OuterState, Digest), NodeError> {
-    let (model_digest, momentum_digest, rounds) = match store.latest_result()? {
-        Some((_, model, momentum, closed)) => (model, momentum, closed),
-        None => (record.initial_model, record.initial_momentum, 0),
+) -> Result<(OuterState, Digest, Option<crowdtrain_defense::AggregatorState>), NodeError> {
+    let (model_digest, momentum_digest, aggregator_digest, rounds) = match store.latest_result()? {
+        Some(latest) => (latest.model, latest.momentum, latest.aggregator, latest.closed),
+        None => (record.initial_model, record.initial_momentum, None, 0),
     };
     let name = model.name();
     let params =
@@ -817,5 +962,8 @@ fn load_global(
         &name,
         model.layout(),
     )?;
-    Ok((OuterState { model: name, params, momentum, round: rounds }, model_digest))
+    let aggregator = aggregator_digest
+        .map(|digest| checkpoint::decode_aggregator(&checkpoints.get(&digest)?, &name, model.layout().len()))
+        .transpose()?;
+    Ok((OuterState { model: name, params, momentum, round: rounds }, model_digest, aggregator))
 }

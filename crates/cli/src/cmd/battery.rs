@@ -1,0 +1,278 @@
+//! `crowdtrain battery`: every model attack against the defence, audits off.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use crowdtrain_data::DatasetInfo;
+use crowdtrain_defense::battery::{Attack, BatteryConfig, BatteryRun, run};
+use crowdtrain_defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
+use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
+use serde::Serialize;
+
+use crate::output::{self, RuntimeArgs};
+
+/// Run each model attack with a fifth of the workers attacking (IID shards,
+/// audits off, so only the checks, robust aggregation and quality-weighted
+/// pay defend), beside a clean run with the same seeds, and report accuracy
+/// and who earned what.
+#[derive(Debug, Args)]
+pub struct BatteryArgs {
+    /// Workers per run.
+    #[arg(long, default_value_t = 10)]
+    workers: usize,
+
+    /// How many of them attack.
+    #[arg(long, default_value_t = 2)]
+    attackers: usize,
+
+    /// Rounds per run.
+    #[arg(long, default_value_t = 30)]
+    rounds: u64,
+
+    /// Inner steps per round (H).
+    #[arg(long, default_value_t = 20)]
+    inner_steps: u64,
+
+    /// Examples per inner step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+
+    /// Seeds to average over (0, 1, ...).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+
+    /// The aggregation rule: mean, trimmed-mean[:TRIM], median or
+    /// centered-clip[:MOMENTUM] (the coordinator's default).
+    #[arg(long, default_value_t = Aggregator::default())]
+    aggregator: Aggregator,
+
+    /// Only these attacks (comma-separated names, e.g. sign-flip,alie).
+    #[arg(long, value_delimiter = ',', value_name = "A,A,...")]
+    attacks: Vec<Attack>,
+
+    /// Examples in each round's quality evaluation batch.
+    #[arg(long, default_value_t = QualityConfig::default().eval_examples)]
+    eval_examples: usize,
+
+    /// Weight of a round's quality score in a worker's smoothed quality.
+    #[arg(long, default_value_t = QualityConfig::default().smoothing)]
+    smoothing: f64,
+
+    /// Write clean and attacked accuracy per attack to this file (.png or .svg).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// One attack, over every seed.
+#[derive(Debug, Serialize)]
+struct AttackReport {
+    attack: String,
+    /// Mean over seeds, with every worker honest.
+    clean_accuracy: f64,
+    /// Mean over seeds, under attack.
+    attacked_accuracy: f64,
+    /// Clean minus attacked, in accuracy points (mean over seeds).
+    drop_points: f64,
+    /// The largest drop of any one seed.
+    worst_drop_points: f64,
+    /// The attackers' share of all credits (mean over seeds).
+    attacker_credit_share: f64,
+    /// An attacker's credits over an honest worker's (mean over seeds).
+    attacker_credits_vs_honest: f64,
+    /// The largest gap, over seeds and honest workers, between a worker's
+    /// share of the honest credits and its share of the honest verified work.
+    honest_share_gap: f64,
+    /// Any seed diverged (non-finite parameters or loss, chance accuracy).
+    diverged: bool,
+    refused_attacker: u64,
+    refused_honest: u64,
+    runs: Vec<BatteryRun>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatteryReport {
+    dataset: DatasetInfo,
+    config: BatteryConfig,
+    seeds: u64,
+    /// Mean clean accuracy with the chosen aggregator.
+    clean_accuracy: f64,
+    /// Mean clean accuracy with the plain mean: the cost of robustness is
+    /// the difference.
+    clean_accuracy_mean: f64,
+    clean_runs: Vec<BatteryRun>,
+    attacks: Vec<AttackReport>,
+}
+
+pub fn run_battery(args: BatteryArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.workers >= 2, "--workers must be at least 2");
+    anyhow::ensure!(args.attackers < args.workers, "--attackers must be fewer than --workers");
+    anyhow::ensure!(
+        args.seeds >= 1 && args.rounds >= 1 && args.inner_steps >= 1 && args.batch >= 1,
+        "--seeds, --rounds, --inner-steps and --batch must be at least 1"
+    );
+    anyhow::ensure!(args.eval_examples >= 1, "--eval-examples must be at least 1");
+    anyhow::ensure!(args.smoothing > 0.0 && args.smoothing <= 1.0, "--smoothing must be in (0, 1]");
+    args.runtime.clone().on_thread_pool(|| battery(args))
+}
+
+fn battery(args: BatteryArgs) -> anyhow::Result<()> {
+    let dataset = args.runtime.load_data()?;
+    let config = |seed: u64, aggregator: Aggregator| BatteryConfig {
+        model: ModelKind::Mlp,
+        workers: args.workers,
+        attackers: args.attackers,
+        rounds: args.rounds,
+        inner_steps: args.inner_steps,
+        batch_size: args.batch,
+        seed,
+        inner: AdamW::default(),
+        outer: Nesterov::default(),
+        codec: Codec::Int8,
+        defense: DefenseConfig {
+            checks: CheckConfig::default(),
+            aggregator,
+            quality: QualityConfig {
+                eval_examples: args.eval_examples,
+                smoothing: args.smoothing,
+                ..QualityConfig::default()
+            },
+        },
+    };
+    let attacks = if args.attacks.is_empty() { Attack::all() } else { args.attacks.clone() };
+    let progress = output::progress_bar(args.seeds * (attacks.len() as u64 + 2), "runs");
+    let mean_of = |runs: &[BatteryRun], pick: fn(&BatteryRun) -> f64| {
+        runs.iter().map(pick).sum::<f64>() / runs.len() as f64
+    };
+    let mut clean = Vec::new();
+    let mut clean_mean = Vec::new();
+    progress.set_message("clean");
+    for seed in 0..args.seeds {
+        clean.push(run(&config(seed, args.aggregator), Attack::None, &dataset)?);
+        progress.inc(1);
+        clean_mean.push(if args.aggregator == Aggregator::Mean {
+            clean[seed as usize].clone()
+        } else {
+            run(&config(seed, Aggregator::Mean), Attack::None, &dataset)?
+        });
+        progress.inc(1);
+    }
+    let clean_accuracy = mean_of(&clean, |run| run.test_accuracy);
+    let mut reports = Vec::new();
+    for attack in attacks {
+        progress.set_message(attack.name());
+        let runs = (0..args.seeds)
+            .map(|seed| {
+                let result = run(&config(seed, args.aggregator), attack, &dataset);
+                progress.inc(1);
+                result
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let attacked_accuracy = mean_of(&runs, |run| run.test_accuracy);
+        let worst_drop_points = runs
+            .iter()
+            .zip(&clean)
+            .map(|(attacked, clean)| 100.0 * (clean.test_accuracy - attacked.test_accuracy))
+            .fold(f64::MIN, f64::max);
+        reports.push(AttackReport {
+            attack: attack.name(),
+            clean_accuracy,
+            attacked_accuracy,
+            drop_points: 100.0 * (clean_accuracy - attacked_accuracy),
+            worst_drop_points,
+            attacker_credit_share: mean_of(&runs, |run| run.attacker_credit_share),
+            attacker_credits_vs_honest: mean_of(&runs, |run| run.attacker_credits_vs_honest),
+            honest_share_gap: runs.iter().map(|run| run.honest_share_gap).fold(0.0, f64::max),
+            diverged: runs.iter().any(|run| run.diverged),
+            refused_attacker: runs.iter().map(|run| run.refused_attacker).sum(),
+            refused_honest: runs.iter().map(|run| run.refused_honest).sum(),
+            runs,
+        });
+    }
+    progress.finish_and_clear();
+    let report = BatteryReport {
+        dataset: dataset.info.clone(),
+        config: config(0, args.aggregator),
+        seeds: args.seeds,
+        clean_accuracy,
+        clean_accuracy_mean: mean_of(&clean_mean, |run| run.test_accuracy),
+        clean_runs: clean,
+        attacks: reports,
+    };
+    if let Some(path) = &args.plot {
+        plot(path, &report, &args)?;
+    }
+    if args.runtime.json {
+        return output::print_json(&report);
+    }
+    print_table(&report, &args);
+    Ok(())
+}
+
+fn print_table(report: &BatteryReport, args: &BatteryArgs) {
+    let mut table = output::table(&[
+        "attack",
+        "clean acc",
+        "attacked acc",
+        "drop (pts)",
+        "worst seed (pts)",
+        "attackers' credit share",
+        "attacker pay / honest",
+        "honest credit/work gap",
+        "refused (attackers/honest)",
+        "diverged",
+    ]);
+    for attack in &report.attacks {
+        table.add_row(vec![
+            attack.attack.clone(),
+            format!("{:.2}%", 100.0 * attack.clean_accuracy),
+            format!("{:.2}%", 100.0 * attack.attacked_accuracy),
+            format!("{:+.2}", attack.drop_points),
+            format!("{:+.2}", attack.worst_drop_points),
+            format!("{:.2}%", 100.0 * attack.attacker_credit_share),
+            format!("{:.3}", attack.attacker_credits_vs_honest),
+            format!("{:.1}%", 100.0 * attack.honest_share_gap),
+            format!("{}/{}", attack.refused_attacker, attack.refused_honest),
+            if attack.diverged { "YES".into() } else { "no".into() },
+        ]);
+    }
+    println!("{table}");
+    let clean_gap = report.clean_runs.iter().map(|run| run.honest_share_gap).fold(0.0, f64::max);
+    println!(
+        "{} workers, {} attacking, {} rounds of {} steps, {} seeds, aggregator {}: clean accuracy {:.2}% (plain mean: \
+         {:.2}%); honest credit/work gap with no attack {:.1}%",
+        args.workers,
+        args.attackers,
+        args.rounds,
+        args.inner_steps,
+        args.seeds,
+        args.aggregator,
+        100.0 * report.clean_accuracy,
+        100.0 * report.clean_accuracy_mean,
+        100.0 * clean_gap,
+    );
+    if let Some(path) = &args.plot {
+        println!("plot: {}", path.display());
+    }
+}
+
+/// Clean and attacked accuracy per attack, as two lines over the attacks.
+fn plot(path: &std::path::Path, report: &BatteryReport, args: &BatteryArgs) -> anyhow::Result<()> {
+    let labels: Vec<String> = report.attacks.iter().map(|attack| attack.attack.clone()).collect();
+    let series = |name: &str, pick: fn(&AttackReport) -> f64| crate::plot::Bars {
+        name: name.to_owned(),
+        values: report.attacks.iter().map(|attack| 100.0 * pick(attack)).collect(),
+    };
+    crate::plot::bar_chart(
+        path,
+        &format!("{} of {} workers attacking, aggregator {}", args.attackers, args.workers, args.aggregator),
+        &labels,
+        "test accuracy (%)",
+        &[
+            series("clean", |attack| attack.clean_accuracy),
+            series("attacked", |attack| attack.attacked_accuracy),
+        ],
+    )
+}

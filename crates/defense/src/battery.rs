@@ -1,0 +1,384 @@
+//! The attack battery: DiLoCo rounds in one process with some workers
+//! attacking the model, defended only by the checks, robust aggregation
+//! and quality-weighted pay (no audits), through the same [`ModelDefense`]
+//! and [`Quality`] the coordinator uses.
+//!
+//! Attackers are omniscient where the attack needs it: they see the round's
+//! honest updates, which is the worst case the defence must bound. They
+//! commit after the honest workers (they need the honest updates first), so
+//! a copy is always the later of two identical updates.
+
+use crowdtrain_data::rng::RngKey;
+use crowdtrain_data::{Dataset, Sharding, split_validation};
+use crowdtrain_train::diloco::{inner_round, mean_in_order, outer_step, shards};
+use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, OuterState, TrainError, evaluate};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::quality::{self, Quality};
+use crate::{DefenseConfig, ModelDefense, Submission, attack, linalg};
+
+/// What the attacking workers send.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attack {
+    /// No attackers: every worker honest (the clean run).
+    None,
+    /// The negated mean of the honest updates.
+    SignFlip,
+    /// Gaussian noise at `scale` times the mean honest norm.
+    Noise { scale: f32 },
+    /// Honest training on labels mapped y -> 9 - y.
+    LabelFlip,
+    /// The honest mean plus Baruch et al.'s z honest standard deviations,
+    /// per coordinate.
+    Alie,
+    /// `-epsilon` times the honest mean.
+    Ipm { epsilon: f32 },
+    /// A bit-for-bit copy of an honest worker's update.
+    Copy,
+    /// An honest worker's update of the previous round, again (nothing in
+    /// the first round, when there is nothing to replay).
+    Stale,
+    /// An all-zero update: a free-rider.
+    Zero,
+    /// Not-a-number everywhere.
+    Nan,
+}
+
+impl Attack {
+    pub fn name(&self) -> String {
+        match self {
+            Self::None => "none".into(),
+            Self::SignFlip => "sign-flip".into(),
+            Self::Noise { scale } if *scale == 1.0 => "noise".into(),
+            Self::Noise { scale } => format!("noise:{scale}"),
+            Self::LabelFlip => "label-flip".into(),
+            Self::Alie => "alie".into(),
+            Self::Ipm { epsilon } => format!("ipm:{epsilon}"),
+            Self::Copy => "copy".into(),
+            Self::Stale => "stale".into(),
+            Self::Zero => "zero".into(),
+            Self::Nan => "nan".into(),
+        }
+    }
+
+    /// The battery's attacks, in report order.
+    pub fn all() -> Vec<Self> {
+        vec![
+            Self::SignFlip,
+            Self::Noise { scale: 1.0 },
+            Self::Noise { scale: 100.0 },
+            Self::LabelFlip,
+            Self::Alie,
+            Self::Ipm { epsilon: 0.5 },
+            Self::Copy,
+            Self::Stale,
+            Self::Zero,
+            Self::Nan,
+        ]
+    }
+}
+
+impl std::str::FromStr for Attack {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        std::iter::once(Self::None).chain(Self::all()).find(|attack| attack.name() == text).ok_or_else(|| {
+            let names: Vec<String> = Self::all().iter().map(Self::name).collect();
+            format!("unknown attack {text:?}; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+/// One battery run's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatteryConfig {
+    pub model: ModelKind,
+    pub workers: usize,
+    /// How many of the workers attack (the last slots).
+    pub attackers: usize,
+    pub rounds: u64,
+    pub inner_steps: u64,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub inner: AdamW,
+    pub outer: Nesterov,
+    pub codec: Codec,
+    pub defense: DefenseConfig,
+}
+
+/// What one run gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatteryRun {
+    pub attack: String,
+    pub seed: u64,
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    /// The model went non-finite, or collapsed to chance accuracy.
+    pub diverged: bool,
+    /// Credits per worker, by slot (the attackers last).
+    pub credits: Vec<u64>,
+    /// Verified work units per worker: submissions that passed the checks.
+    pub verified_work: Vec<u64>,
+    /// The attackers' share of all credits.
+    pub attacker_credit_share: f64,
+    /// An attacker's mean credits over an honest worker's mean credits.
+    pub attacker_credits_vs_honest: f64,
+    /// The largest relative gap, over honest workers, between a worker's
+    /// share of the honest workers' credits and its share of their verified
+    /// work.
+    pub honest_share_gap: f64,
+    /// Submissions the checks refused, attackers' and honest workers'.
+    pub refused_attacker: u64,
+    pub refused_honest: u64,
+    /// The final global state's hash (parameters, outer momentum, round).
+    pub state_hash: String,
+}
+
+/// Runs `config` with `attack` on `dataset`.
+pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<BatteryRun, TrainError> {
+    assert!(config.attackers < config.workers, "someone must be honest");
+    let model = config.model.build();
+    let attackers = if attack == Attack::None { 0 } else { config.attackers };
+    let honest_count = config.workers - attackers;
+    let quality_config = config.defense.quality;
+    let (_, validation) =
+        split_validation(dataset.train.len(), quality_config.validation_fraction, config.seed);
+    let shards = shards(
+        &dataset.train.labels,
+        config.workers,
+        config.batch_size,
+        Sharding::Iid,
+        quality_config.validation_fraction,
+        config.seed,
+    )?;
+    let flipped = (attack == Attack::LabelFlip).then(|| attack::flipped_labels(dataset));
+    let mut global = OuterState::new(model.name(), model.layout().initialize(config.seed));
+    let mut defense = ModelDefense::new(config.defense.checks, config.defense.aggregator);
+    let mut quality = Quality::default();
+    let work_units = config.inner_steps * config.batch_size as u64;
+    let mut credits = vec![0u64; config.workers];
+    let mut verified = vec![0u64; config.workers];
+    let (mut refused_attacker, mut refused_honest) = (0u64, 0u64);
+    let mut previous_honest: Vec<Vec<f32>> = Vec::new();
+    for round in 0..config.rounds {
+        let train = |slot: usize, data: &Dataset| -> Result<Wire, TrainError> {
+            let key = RngKey::new(config.seed, round, slot as u64, 0);
+            let result = inner_round(
+                model.as_ref(),
+                config.inner,
+                config.batch_size,
+                &global.params,
+                data,
+                &shards[slot],
+                key,
+                config.inner_steps,
+                1,
+            )?;
+            Wire::encode(config.codec, &result.pseudo_gradient)
+        };
+        let honest: Vec<Wire> =
+            (0..honest_count).into_par_iter().map(|slot| train(slot, dataset)).collect::<Result<_, _>>()?;
+        let honest_values: Vec<&[f32]> = honest.iter().map(|wire| wire.values.as_slice()).collect();
+        let reference = mean_in_order(&honest_values);
+        let mut malicious: Vec<(usize, Wire)> = Vec::new();
+        for slot in honest_count..config.workers {
+            let victim = slot % honest_count;
+            let crafted = match attack {
+                Attack::None => unreachable!("no attackers in a clean run"),
+                Attack::SignFlip => attack::sign_flip(&reference),
+                Attack::Noise { scale } => {
+                    let honest_norm = honest_values.iter().map(|values| linalg::norm(values)).sum::<f64>()
+                        / honest_count as f64;
+                    let key = RngKey::new(config.seed, round, slot as u64, 0);
+                    attack::noise(key, reference.len(), f64::from(scale) * honest_norm)
+                }
+                Attack::LabelFlip => {
+                    malicious.push((slot, train(slot, flipped.as_ref().expect("made for this attack"))?));
+                    continue;
+                }
+                Attack::Alie => {
+                    attack::a_little_is_enough(&honest_values, attack::baruch_z(config.workers, attackers))
+                }
+                Attack::Ipm { epsilon } => attack::inner_product_manipulation(&reference, epsilon),
+                Attack::Copy => {
+                    malicious.push((slot, honest[victim].clone()));
+                    continue;
+                }
+                Attack::Stale => match previous_honest.get(victim) {
+                    Some(old) => old.clone(),
+                    None => continue,
+                },
+                Attack::Zero => vec![0.0; reference.len()],
+                Attack::Nan => {
+                    malicious.push((slot, Wire::raw(vec![f32::NAN; reference.len()])));
+                    continue;
+                }
+            };
+            malicious.push((slot, Wire::encode(config.codec, &crafted)?));
+        }
+        let submissions: Vec<Submission<'_>> = honest
+            .iter()
+            .enumerate()
+            .chain(malicious.iter().map(|(slot, wire)| (*slot, wire)))
+            .map(|(slot, wire)| Submission { worker: slot as u64, values: &wire.values, digest: wire.digest })
+            .collect();
+        let decision = defense.decide(&submissions, reference.len());
+        for (worker, _) in &decision.refused {
+            if (*worker as usize) < honest_count {
+                refused_honest += 1;
+            } else {
+                refused_attacker += 1;
+            }
+        }
+        let passed: Vec<&[f32]> = submissions
+            .iter()
+            .filter(|submission| decision.passed.contains(&submission.worker))
+            .map(|submission| submission.values)
+            .collect();
+        let eval = quality::eval_indices(
+            &validation,
+            quality_config.eval_examples,
+            RngKey::new(config.seed, round, 0, 0),
+        );
+        let step = quality::score_step(config.outer.lr, passed.len());
+        let scores = quality::scores(model.as_ref(), &global.params, &passed, step, &dataset.train, &eval)?;
+        let pairs: Vec<(u64, f64)> = decision.passed.iter().copied().zip(scores).collect();
+        for scored in quality.observe(&pairs, &quality_config) {
+            credits[scored.worker as usize] += quality::credits(work_units, scored.multiplier);
+            verified[scored.worker as usize] += work_units;
+        }
+        match decision.aggregate.clone() {
+            Some(aggregate) => {
+                outer_step(config.outer, &mut global, &aggregate);
+                defense.commit(decision);
+            }
+            None => defense.set_aside(decision),
+        }
+        previous_honest = honest.into_iter().map(|wire| wire.values).collect();
+    }
+    let evaluation = evaluate(model.as_ref(), &global.params, &dataset.test)?;
+    Ok(summarize(
+        config,
+        attack,
+        honest_count,
+        &global,
+        evaluation,
+        credits,
+        verified,
+        (refused_attacker, refused_honest),
+    ))
+}
+
+/// An update as it crosses the network: decoded values and the digest of
+/// the bytes that carried them.
+#[derive(Debug, Clone)]
+struct Wire {
+    values: Vec<f32>,
+    digest: [u8; 32],
+}
+
+impl Wire {
+    fn encode(codec: Codec, values: &[f32]) -> Result<Self, TrainError> {
+        let bytes = codec.encode(values)?;
+        let (_, values) = Codec::decode(&bytes, values.len())?;
+        Ok(Self { values, digest: *blake3::hash(&bytes).as_bytes() })
+    }
+
+    /// Values no codec carries (non-finite ones), hashed as raw bytes.
+    fn raw(values: Vec<f32>) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        values.iter().for_each(|value| {
+            hasher.update(&value.to_le_bytes());
+        });
+        Self { values, digest: *hasher.finalize().as_bytes() }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    config: &BatteryConfig,
+    attack: Attack,
+    honest_count: usize,
+    global: &OuterState,
+    evaluation: crowdtrain_train::Evaluation,
+    credits: Vec<u64>,
+    verified: Vec<u64>,
+    (refused_attacker, refused_honest): (u64, u64),
+) -> BatteryRun {
+    let total_credits: u64 = credits.iter().sum();
+    let honest_credits: u64 = credits[..honest_count].iter().sum();
+    let honest_work: u64 = verified[..honest_count].iter().sum();
+    let attacker_credits: u64 = credits[honest_count..].iter().sum();
+    let attackers = config.workers - honest_count;
+    let honest_share_gap = (0..honest_count)
+        .map(|worker| {
+            let credit_share = credits[worker] as f64 / honest_credits.max(1) as f64;
+            let work_share = verified[worker] as f64 / honest_work.max(1) as f64;
+            if work_share > 0.0 { (credit_share - work_share).abs() / work_share } else { 1.0 }
+        })
+        .fold(0.0, f64::max);
+    let finite = global.params.iter().all(|value| value.is_finite());
+    BatteryRun {
+        attack: attack.name(),
+        seed: config.seed,
+        test_accuracy: evaluation.accuracy,
+        test_loss: evaluation.loss,
+        diverged: !finite || !evaluation.loss.is_finite() || evaluation.accuracy < 0.2,
+        attacker_credit_share: attacker_credits as f64 / total_credits.max(1) as f64,
+        attacker_credits_vs_honest: if attackers == 0 {
+            0.0
+        } else {
+            (attacker_credits as f64 / attackers as f64)
+                / (honest_credits as f64 / honest_count as f64).max(1.0)
+        },
+        honest_share_gap,
+        credits,
+        verified_work: verified,
+        refused_attacker,
+        refused_honest,
+        state_hash: global.hash().to_hex(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attacks_parse_from_their_names() {
+        for attack in Attack::all() {
+            assert_eq!(attack.name().parse::<Attack>(), Ok(attack));
+        }
+        assert!("krum".parse::<Attack>().unwrap_err().contains("sign-flip"));
+    }
+
+    #[test]
+    fn a_run_is_reproducible_bit_for_bit() {
+        let dataset = crowdtrain_data::DataSource::Bundled.load().unwrap();
+        let config = BatteryConfig {
+            model: ModelKind::Mlp,
+            workers: 5,
+            attackers: 1,
+            rounds: 2,
+            inner_steps: 3,
+            batch_size: 32,
+            seed: 1,
+            inner: AdamW::default(),
+            outer: Nesterov::default(),
+            codec: Codec::Int8,
+            defense: DefenseConfig::default(),
+        };
+        let one = run(&config, Attack::SignFlip, &dataset).unwrap();
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| run(&config, Attack::SignFlip, &dataset).unwrap());
+        assert_eq!(one, two);
+        let copied = run(&config, Attack::Copy, &dataset).unwrap();
+        assert_eq!(copied.refused_attacker, 2, "the copy is refused in both rounds");
+        assert_eq!(copied.credits[4], 0);
+    }
+}

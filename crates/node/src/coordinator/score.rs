@@ -1,0 +1,108 @@
+//! Scoring closed rounds and paying for them, off the request path.
+//!
+//! One thread takes closed rounds in order, scores each credited update on
+//! the round's evaluation batch (drawn from the validation split with the
+//! round's beacon), folds the scores into the workers' smoothed quality and
+//! writes each worker's reward (with its ledger entry) in one transaction.
+//! Nothing here affects the model, so it never delays a round; the order
+//! matters only for the smoothing, which is why there is one thread. A
+//! restarted coordinator rebuilds the smoothed quality from the rewards
+//! already written and scores the closed rounds that are not.
+
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Weak};
+
+use crowdtrain_defense::quality;
+use crowdtrain_protocol::RoundId;
+use crowdtrain_protocol::ledger::Event;
+use crowdtrain_store::{CheckpointKind, Write, checkpoint};
+use crowdtrain_train::Codec;
+
+use super::{Node, now_unix_ms};
+use crate::NodeError;
+
+/// Starts the scoring thread; it ends when the node is gone.
+pub(super) fn spawn_scorer(node: Weak<Node>, rounds: Receiver<RoundId>) {
+    std::thread::Builder::new()
+        .name("crowdtrain-scoring".into())
+        .spawn(move || {
+            for round in rounds {
+                let Some(node) = node.upgrade() else { return };
+                if let Err(error) = node.score(round) {
+                    tracing::error!(round, %error, "halting: scoring failed");
+                    node.fatal.send_replace(Some(format!("scoring round {round} failed: {error}")));
+                    return;
+                }
+            }
+        })
+        .expect("the scoring thread starts");
+}
+
+impl Node {
+    /// Scores and rewards the credited updates of closed `round`.
+    fn score(self: &Arc<Self>, round: RoundId) -> Result<(), NodeError> {
+        let (base, beacon, workers, payloads) = {
+            let inner = self.lock();
+            let (base, beacon, workers) = inner.store.scoring_input(round)?;
+            let payloads = inner.store.payloads(round, &workers)?;
+            (base, beacon, workers, payloads)
+        };
+        let name = self.model.name();
+        let parameters = self.model.layout().len();
+        let global = checkpoint::decode(
+            &self.checkpoints.get(&base)?,
+            CheckpointKind::Params,
+            &name,
+            self.model.layout(),
+        )?;
+        let updates = payloads
+            .iter()
+            .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(crowdtrain_train::TrainError::from)?;
+        let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
+        let config = &self.config.quality;
+        let eval = quality::eval_indices(
+            &self.validation,
+            config.eval_examples,
+            quality::eval_key(&beacon.0, round),
+        );
+        let step = quality::score_step(self.config.outer.lr, views.len());
+        let scores = quality::scores(self.model.as_ref(), &global, &views, step, &self.dataset.train, &eval)?;
+        let mut inner = self.lock();
+        let pairs: Vec<(u64, f64)> = workers.iter().map(|worker| worker.0).zip(scores).collect();
+        let units = self.config.work_units();
+        let now = now_unix_ms();
+        let mut writes = Vec::new();
+        for (worker, scored) in workers.iter().zip(inner.quality.observe(&pairs, config)) {
+            let credits = quality::credits(units, scored.multiplier);
+            tracing::debug!(round, %worker, score = scored.score, quality = scored.smoothed, credits, "rewarded");
+            writes.push(Write::Reward {
+                round,
+                worker: *worker,
+                score: scored.score,
+                quality: scored.smoothed,
+                multiplier: scored.multiplier,
+                units,
+                credits,
+            });
+            writes.push(Write::Ledger {
+                unix_ms: now,
+                event: Event::Reward {
+                    round,
+                    worker: *worker,
+                    score: scored.score,
+                    quality: scored.smoothed,
+                    multiplier: scored.multiplier,
+                    units,
+                    credits,
+                },
+            });
+        }
+        writes.push(Write::Scored { round, unix_ms: now });
+        inner.store.apply(&writes, &self.identity)?;
+        drop(inner);
+        self.changes.send_modify(|version| *version += 1);
+        Ok(())
+    }
+}
