@@ -45,6 +45,8 @@ enum Command {
     Keygen(cmd::keygen::KeygenArgs),
     /// Read or verify a run's signed ledger.
     Ledger(cmd::ledger::LedgerArgs),
+    /// Per-worker verified work, quality, slashes and credits, from the signed ledger.
+    Rewards(cmd::rewards::RewardsArgs),
     /// Run every model attack against the checks, robust aggregation and pay.
     Battery(cmd::battery::BatteryArgs),
     /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => cmd::worker::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Ledger(args) => cmd::ledger::run(args),
+        Command::Rewards(args) => cmd::rewards::run(args),
         Command::Battery(args) => cmd::battery::run_battery(args),
         Command::Contract(args) => cmd::contract::run(args),
     };

@@ -125,7 +125,7 @@ where
     let values = series.iter().flat_map(|bars| bars.values.iter().copied());
     let (y_min, y_max) =
         values.fold((f64::MAX, f64::MIN), |(low, high), value| (low.min(value), high.max(value)));
-    let pad = ((y_max - y_min) * 0.15).max(0.5);
+    let pad = ((y_max - y_min) * 0.3).max(0.5);
     let (y_low, y_high) = ((y_min - pad).max(0.0), y_max + pad);
     let plot_error = |error: DrawingAreaErrorKind<B::ErrorType>| anyhow::anyhow!("{error}");
     area.fill(&WHITE).map_err(plot_error)?;
@@ -166,7 +166,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

@@ -93,7 +93,7 @@ impl std::fmt::Display for Aggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::TrimmedMean { trim } => write!(f, "trimmed-mean:{trim}"),
-            Self::CenteredClip { momentum, .. } => write!(f, "centered-clip:{momentum}"),
+            Self::CenteredClip { momentum, iterations } => write!(f, "centered-clip:{momentum}:{iterations}"),
             other => f.write_str(other.name()),
         }
     }
@@ -102,7 +102,8 @@ impl std::fmt::Display for Aggregator {
 impl std::str::FromStr for Aggregator {
     type Err = String;
 
-    /// `mean`, `trimmed-mean[:TRIM]`, `median`, `centered-clip[:MOMENTUM]`.
+    /// `mean`, `trimmed-mean[:TRIM]`, `median`,
+    /// `centered-clip[:MOMENTUM[:ITERATIONS]]`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (name, parameter) = match text.split_once(':') {
             Some((name, parameter)) => (name, Some(parameter)),
@@ -116,10 +117,16 @@ impl std::str::FromStr for Aggregator {
             "mean" => Self::Mean,
             "median" => Self::Median,
             "trimmed-mean" => Self::TrimmedMean { trim: number(DEFAULT_TRIM)? },
-            "centered-clip" => Self::CenteredClip {
-                momentum: number(f64::from(DEFAULT_MOMENTUM))? as f32,
-                iterations: DEFAULT_ITERATIONS,
-            },
+            "centered-clip" => {
+                let (momentum, iterations) = match parameter.and_then(|rest| rest.split_once(':')) {
+                    Some((momentum, iterations)) => (
+                        momentum.parse::<f32>().map_err(|_| format!("{momentum:?} is not a number"))?,
+                        iterations.parse::<u32>().map_err(|_| format!("{iterations:?} is not a count"))?,
+                    ),
+                    None => (number(f64::from(DEFAULT_MOMENTUM))? as f32, DEFAULT_ITERATIONS),
+                };
+                Self::CenteredClip { momentum, iterations }
+            }
             other => {
                 return Err(format!(
                     "unknown aggregator {other:?}; expected mean, trimmed-mean[:TRIM], median or centered-clip[:MOMENTUM]"
@@ -195,7 +202,7 @@ pub fn aggregate(
             // from the run's momentum (the previous robust aggregate), as if
             // it had been there all along.
             let momenta: Vec<(u64, Vec<f32>)> = updates
-                .iter()
+                .par_iter()
                 .map(|&(worker, values)| {
                     let history = state
                         .momenta
@@ -237,7 +244,8 @@ pub fn aggregate(
 fn centered_clip(vectors: &[&[f32]], mut center: Vec<f32>, iterations: u32) -> Vec<f32> {
     let count = vectors.len() as f32;
     for _ in 0..iterations {
-        let distances: Vec<f64> = vectors.iter().map(|vector| linalg::distance(vector, &center)).collect();
+        let distances: Vec<f64> =
+            vectors.par_iter().map(|vector| linalg::distance(vector, &center)).collect();
         let mut sorted = distances.clone();
         sorted.sort_by(f64::total_cmp);
         let radius = crate::checks::median_of_sorted(&sorted);
@@ -250,13 +258,17 @@ fn centered_clip(vectors: &[&[f32]], mut center: Vec<f32>, iterations: u32) -> V
             )
             .collect();
         center.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, out)| {
-            let offset = chunk * CHUNK;
-            for (index, c) in out.iter_mut().enumerate() {
-                let step = vectors
-                    .iter()
-                    .zip(&scales)
-                    .fold(0.0f32, |sum, (vector, &scale)| sum + (vector[offset + index] - *c) * scale);
-                *c += step / count;
+            let range = chunk * CHUNK..chunk * CHUNK + out.len();
+            // Per coordinate: 0, plus each vector's clipped difference in
+            // vector order; written vector by vector so it vectorises.
+            let mut step = vec![0.0f32; out.len()];
+            for (vector, &scale) in vectors.iter().zip(&scales) {
+                for ((total, &v), &c) in step.iter_mut().zip(&vector[range.clone()]).zip(out.iter()) {
+                    *total += (v - c) * scale;
+                }
+            }
+            for (c, total) in out.iter_mut().zip(&step) {
+                *c += total / count;
             }
         });
     }
@@ -264,7 +276,7 @@ fn centered_clip(vectors: &[&[f32]], mut center: Vec<f32>, iterations: u32) -> V
 }
 
 /// Applies `reduce` to each coordinate's column of values (in update order).
-fn coordinatewise(vectors: &[&[f32]], reduce: impl Fn(&mut Vec<f32>) -> f32 + Sync) -> Vec<f32> {
+fn coordinatewise(vectors: &[&[f32]], reduce: impl Fn(&mut [f32]) -> f32 + Sync) -> Vec<f32> {
     let len = vectors[0].len();
     let mut result = vec![0.0f32; len];
     result.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, out)| {
@@ -279,7 +291,7 @@ fn coordinatewise(vectors: &[&[f32]], reduce: impl Fn(&mut Vec<f32>) -> f32 + Sy
     result
 }
 
-fn median_of_column(column: &mut Vec<f32>) -> f32 {
+fn median_of_column(column: &mut [f32]) -> f32 {
     column.sort_by(f32::total_cmp);
     let middle = column.len() / 2;
     if column.len() % 2 == 1 { column[middle] } else { 0.5 * (column[middle - 1] + column[middle]) }

@@ -126,7 +126,7 @@ pub struct Scored {
     /// Relative held-out loss improvement of its update alone.
     pub score: f64,
     /// The score in typical updates of the round ([`reference_score`]),
-    /// bounded by [`NORMALIZED_BOUND`].
+    /// bounded to `[NORMALIZED_MIN, NORMALIZED_MAX]`.
     pub normalized: f64,
     /// Its smoothed quality after this round.
     pub smoothed: f64,
@@ -134,9 +134,14 @@ pub struct Scored {
     pub multiplier: f64,
 }
 
-/// How many typical updates one round's score can count for, either way:
-/// a single lucky or unlucky round moves the smoothed quality only so far.
-pub const NORMALIZED_BOUND: f64 = 2.0;
+/// The fewest and the most typical updates one round's score can count
+/// for: a single lucky or unlucky round moves the smoothed quality only so
+/// far. The floor is nearer: an honest update that hurt the held-out loss
+/// in one round (they do, late in training) must not cost its worker many
+/// rounds of credit, and an update that hurts round after round reaches
+/// zero credit all the same.
+pub const NORMALIZED_MIN: f64 = -1.0;
+pub const NORMALIZED_MAX: f64 = 2.0;
 
 /// A worker's quality so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -166,8 +171,8 @@ impl Quality {
             .iter()
             .map(|&(worker, score)| {
                 let normalized = match (reference > 0.0, score.is_finite()) {
-                    (_, false) => -NORMALIZED_BOUND,
-                    (true, true) => (score / reference).clamp(-NORMALIZED_BOUND, NORMALIZED_BOUND),
+                    (_, false) => NORMALIZED_MIN,
+                    (true, true) => (score / reference).clamp(NORMALIZED_MIN, NORMALIZED_MAX),
                     (false, true) => 0.0,
                 };
                 let standing = self.workers.entry(worker).or_default();
@@ -219,11 +224,11 @@ mod tests {
         let round = quality.observe(&[(0, 0.10), (1, 0.11), (2, 0.09), (3, -0.2), (4, 0.0)], &config);
         let multipliers: Vec<f64> = round.iter().map(|scored| scored.multiplier).collect();
         assert_eq!(multipliers, vec![1.0, 1.0, 1.0, 0.0, 0.0], "{round:?}");
-        assert_eq!(round[3].normalized, -NORMALIZED_BOUND, "bounded");
+        assert_eq!(round[3].normalized, NORMALIZED_MIN, "bounded");
         // Negative scores count: a good round does not erase a harmful one.
         let again = quality.observe(&[(0, 0.10), (1, 0.10), (2, 0.10), (3, 0.10), (4, 0.10)], &config);
         assert_eq!(again[3].multiplier, 0.0, "smoothed {}", again[3].smoothed);
-        assert_eq!(again[3].smoothed, (-NORMALIZED_BOUND + 1.0) / 2.0, "the mean of its first rounds");
+        assert_eq!(again[3].smoothed, (NORMALIZED_MIN + 1.0) / 2.0, "the mean of its first rounds");
         assert_eq!(quality.workers[&4].rounds, 2);
     }
 
@@ -255,11 +260,11 @@ mod tests {
             let scored = quality.observe(&[(0, 0.1), (1, 0.1), (2, 0.1), (9, score)], &config);
             last = scored[3].smoothed;
             if round == 3 {
-                assert_eq!(last, NORMALIZED_BOUND, "four rounds at the bound");
+                assert_eq!(last, NORMALIZED_MAX, "four rounds at the bound");
             }
         }
         // Four rounds of -1 typical update at weight 0.25 from 2.0.
-        let expected = (0..4).fold(NORMALIZED_BOUND, |smoothed, _| 0.75 * smoothed + 0.25 * -1.0);
+        let expected = (0..4).fold(NORMALIZED_MAX, |smoothed, _| 0.75 * smoothed - 0.25);
         assert!((last - expected).abs() < 1e-12, "{last} vs {expected}");
         assert!(quality.observe(&[(9, f64::NEG_INFINITY)], &config)[0].normalized < 0.0);
     }

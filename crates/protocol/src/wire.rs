@@ -442,7 +442,8 @@ pub struct WorkerStatus {
     /// Submissions aggregated and credited.
     pub submissions_accepted: u64,
     pub submissions_late: u64,
-    /// Submissions rejected for a proven fault (each slashed once).
+    /// Submissions rejected for a proven fault (each slashed once), or
+    /// because the committed update itself was malformed.
     pub submissions_rejected: u64,
     /// Accepted submissions whose updates the checks refused.
     pub submissions_refused: u64,

@@ -141,6 +141,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// One scored round: its `(worker, score)` pairs.
+pub type RoundScores = (RoundId, Vec<(WorkerId, f64)>);
+
 /// What the latest closed round left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatestResult {
@@ -229,7 +232,8 @@ pub enum Write {
         round: RoundId,
         result_model: Digest,
         result_momentum: Digest,
-        /// The aggregator's state after the round, if it keeps one.
+        /// A snapshot of the aggregator's state after the round, if it keeps
+        /// one and the round is a snapshot round.
         result_aggregator: Option<Digest>,
         closed_unix_ms: u64,
     },
@@ -307,6 +311,38 @@ impl Store {
             }
         };
         Ok(Self { connection, chain })
+    }
+
+    /// Leaves WAL checkpoints to [`Store::checkpoint_wal`], called off the
+    /// critical path (by default SQLite checkpoints inside whichever commit
+    /// crosses 1000 pages, which then takes ten times as long).
+    pub fn defer_wal_checkpoints(&self) -> Result<(), StoreError> {
+        self.connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what the WAL holds into the database without waiting for, or
+    /// blocking, anyone (a passive checkpoint).
+    pub fn checkpoint_wal(&self) -> Result<(), StoreError> {
+        self.connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// A read-only connection to the database at `path`, which the
+    /// coordinator's writer created: for status pages that must never wait
+    /// on (or delay) the writer. WAL lets it read the last committed state
+    /// while a write is in progress.
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Schema { path: path.display().to_string(), found: version });
+        }
+        Ok(Self { connection, chain: Chain::empty() })
     }
 
     /// The run this database belongs to, if created.
@@ -550,6 +586,40 @@ impl Store {
         }))
     }
 
+    /// The latest closed round that left an aggregator snapshot, with it.
+    pub fn latest_aggregator_snapshot(&self) -> Result<Option<(RoundId, Digest)>, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT id, result_aggregator FROM rounds WHERE state = 'closed' AND result_aggregator IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, Digest(blob(row, 1)?))),
+            )
+            .optional()?)
+    }
+
+    /// Closed rounds after `round` (all of them for `None`), ascending.
+    pub fn closed_rounds_after(&self, round: Option<RoundId>) -> Result<Vec<RoundId>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT id FROM rounds WHERE state = 'closed' AND id > ?1 ORDER BY id")?;
+        let after = round.map_or(-1, |round| round as i64);
+        let rows = statement.query_map([after], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The workers credited with verified work in `round` (their updates
+    /// passed the checks and were aggregated), ascending.
+    pub fn credited(&self, round: RoundId) -> Result<Vec<WorkerId>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT worker FROM credits WHERE round = ?1 AND kind = 'work' ORDER BY worker")?;
+        let workers =
+            statement.query_map([round], |row| Ok(WorkerId(row.get(0)?)))?.collect::<Result<_, _>>()?;
+        Ok(workers)
+    }
+
     /// Closed rounds not yet scored, ascending.
     pub fn unscored_rounds(&self) -> Result<Vec<RoundId>, StoreError> {
         let mut statement = self
@@ -583,12 +653,12 @@ impl Store {
 
     /// Every scored round's `(worker, score)` pairs, ascending by round then
     /// worker: what rebuilds the workers' smoothed quality after a restart.
-    pub fn score_history(&self) -> Result<Vec<(RoundId, Vec<(WorkerId, f64)>)>, StoreError> {
+    pub fn score_history(&self) -> Result<Vec<RoundScores>, StoreError> {
         let mut statement =
             self.connection.prepare("SELECT round, worker, score FROM rewards ORDER BY round, worker")?;
         let rows = statement
             .query_map([], |row| Ok((row.get::<_, u64>(0)?, WorkerId(row.get(1)?), row.get::<_, f64>(2)?)))?;
-        let mut history: Vec<(RoundId, Vec<(WorkerId, f64)>)> = Vec::new();
+        let mut history: Vec<RoundScores> = Vec::new();
         for row in rows {
             let (round, worker, score) = row?;
             match history.last_mut() {
@@ -652,7 +722,8 @@ impl Store {
                     (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash'),
                     (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict = 'passed'),
                     (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict IN ('failed', 'unanswered')),
-                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash'),
+                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash')
+                      + (SELECT COUNT(*) FROM reveals v WHERE v.worker = w.id AND v.status = 'malformed'),
                     (SELECT COUNT(*) FROM refusals f WHERE f.worker = w.id),
                     (SELECT COALESCE(SUM(e.credits), 0) FROM rewards e WHERE e.worker = w.id),
                     (SELECT e.quality FROM rewards e WHERE e.worker = w.id ORDER BY e.round DESC LIMIT 1)

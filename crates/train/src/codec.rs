@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 const MAGIC: [u8; 4] = *b"CTPG";
 const VERSION: u8 = 1;
-const HEADER_BYTES: usize = 4 + 1 + 1 + 8;
+/// Bytes before the values (or int8 scales): magic, version, codec, count.
+pub const HEADER_BYTES: usize = 4 + 1 + 1 + 8;
 /// Values per int8 block (one scale each).
 pub const INT8_BLOCK: usize = 256;
 

@@ -28,6 +28,59 @@ enum BenchCommand {
     /// worker's commitment (hashing its segment-boundary states) and the
     /// auditor's replay of one segment, as fractions of a round's training.
     Audit(AuditArgs),
+    /// What the defence costs beside a round's training: the checks, the
+    /// robust aggregation and the held-out scoring of every update, as a
+    /// fraction of the compute of the workers' inner steps.
+    Defense(DefenseArgs),
+}
+
+#[derive(Debug, Args)]
+struct DefenseArgs {
+    /// Workers in the round.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+
+    /// Inner steps per round (H).
+    #[arg(long, default_value_t = 50)]
+    inner_steps: u64,
+
+    /// Examples per step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+
+    /// The aggregation rule (default: the coordinator's).
+    #[arg(long, default_value_t = crowdtrain_defense::Aggregator::default())]
+    aggregator: crowdtrain_defense::Aggregator,
+
+    /// Rounds timed; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+
+    #[command(flatten)]
+    runtime: crate::output::RuntimeArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct DefenseReport {
+    dataset: crowdtrain_data::DatasetInfo,
+    workers: usize,
+    inner_steps: u64,
+    batch: usize,
+    aggregator: String,
+    eval_examples: usize,
+    threads: usize,
+    /// Every worker's inner steps for one round, one after another, median.
+    training_seconds: f64,
+    /// Decoding the round's updates from the wire, median.
+    decode_seconds: f64,
+    /// The checks on every update, median.
+    checks_seconds: f64,
+    /// The robust aggregation, median.
+    aggregation_seconds: f64,
+    /// Scoring every update on the held-out batch, median.
+    scoring_seconds: f64,
+    /// `(decode + checks + aggregation + scoring) / training`.
+    defense_fraction: f64,
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +190,161 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::TrainStep(args) => output::on_thread_pool(args.threads, || train_step(args)),
         BenchCommand::Audit(args) => args.runtime.clone().on_thread_pool(|| audit(args)),
+        BenchCommand::Defense(args) => args.runtime.clone().on_thread_pool(|| defense(args)),
     }
+}
+
+fn defense(args: DefenseArgs) -> anyhow::Result<()> {
+    use crowdtrain_defense::{CheckConfig, ModelDefense, QualityConfig, Submission, quality};
+    use crowdtrain_train::Codec;
+    use crowdtrain_train::diloco::{inner_round, outer_step, shards};
+
+    anyhow::ensure!(
+        args.workers >= 1 && args.repeats >= 1 && args.batch >= 1,
+        "workers, repeats, batch >= 1"
+    );
+    let dataset = args.runtime.load_data()?;
+    let model = ModelKind::Mlp.build();
+    let quality_config = QualityConfig::default();
+    let shards = shards(
+        &dataset.train.labels,
+        args.workers,
+        args.batch,
+        crowdtrain_data::Sharding::Iid,
+        quality_config.validation_fraction,
+        0,
+    )?;
+    let (_, validation) =
+        crowdtrain_data::split_validation(dataset.train.len(), quality_config.validation_fraction, 0);
+    let mut global = crowdtrain_train::OuterState::new(model.name(), model.layout().initialize(0));
+    let mut defense = ModelDefense::new(CheckConfig::default(), args.aggregator);
+    let outer = crowdtrain_train::Nesterov::default();
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (mut training, mut decoding, mut checking, mut aggregating, mut scoring) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // One untimed round first, so the aggregator has a centre and momenta
+    // as in every round but the first.
+    let progress = output::progress_bar(args.repeats as u64 + 1, "rounds");
+    for round in 0..=args.repeats as u64 {
+        let started = Instant::now();
+        let payloads = (0..args.workers)
+            .map(|slot| -> anyhow::Result<Vec<u8>> {
+                let key = RngKey::new(0, round, slot as u64, 0);
+                let result = inner_round(
+                    model.as_ref(),
+                    AdamW::default(),
+                    args.batch,
+                    &global.params,
+                    &dataset,
+                    &shards[slot],
+                    key,
+                    args.inner_steps,
+                    1,
+                )?;
+                Ok(Codec::Int8.encode(&result.pseudo_gradient)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let trained = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let parameters = global.params.len();
+        let updates = payloads
+            .iter()
+            .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
+            .collect::<Result<Vec<_>, _>>()?;
+        let decoded = started.elapsed().as_secs_f64();
+        let submissions: Vec<Submission<'_>> = updates
+            .iter()
+            .zip(&payloads)
+            .enumerate()
+            .map(|(worker, (values, bytes))| Submission {
+                worker: worker as u64,
+                values,
+                digest: crowdtrain_protocol::Digest::of(bytes).0,
+            })
+            .collect();
+        let started = Instant::now();
+        let verdicts = crowdtrain_defense::checks::screen(
+            &submissions,
+            parameters,
+            &Default::default(),
+            &CheckConfig::default(),
+        );
+        let checked = started.elapsed().as_secs_f64();
+        anyhow::ensure!(verdicts.iter().all(Option::is_none), "honest updates pass the checks: {verdicts:?}");
+        let started = Instant::now();
+        let decision = defense.decide(&submissions, parameters);
+        // `decide` runs the checks again; only the aggregation is new.
+        let aggregated = (started.elapsed().as_secs_f64() - checked).max(0.0);
+        let started = Instant::now();
+        let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
+        let eval =
+            quality::eval_indices(&validation, quality_config.eval_examples, RngKey::new(0, round, 0, 0));
+        let step = quality::score_step(outer.lr, views.len());
+        std::hint::black_box(quality::scores(
+            model.as_ref(),
+            &global.params,
+            &views,
+            step,
+            &dataset.train,
+            &eval,
+        )?);
+        let scored = started.elapsed().as_secs_f64();
+        let delta = decision.aggregate.clone().expect("honest updates aggregate");
+        defense.commit(decision);
+        outer_step(outer, &mut global, &delta);
+        if round > 0 {
+            training.push(trained);
+            decoding.push(decoded);
+            checking.push(checked);
+            aggregating.push(aggregated);
+            scoring.push(scored);
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let (training, decode, checks, aggregation, scoring) = (
+        median(&mut training),
+        median(&mut decoding),
+        median(&mut checking),
+        median(&mut aggregating),
+        median(&mut scoring),
+    );
+    let report = DefenseReport {
+        dataset: dataset.info.clone(),
+        workers: args.workers,
+        inner_steps: args.inner_steps,
+        batch: args.batch,
+        aggregator: args.aggregator.to_string(),
+        eval_examples: quality_config.eval_examples,
+        threads: rayon::current_num_threads(),
+        training_seconds: training,
+        decode_seconds: decode,
+        checks_seconds: checks,
+        aggregation_seconds: aggregation,
+        scoring_seconds: scoring,
+        defense_fraction: (decode + checks + aggregation + scoring) / training,
+    };
+    if args.runtime.json {
+        return output::print_json(&report);
+    }
+    println!(
+        "{} workers x {} steps: training {:.0} ms; decode {:.1} ms, checks {:.1} ms, aggregation ({}) {:.1} ms, \
+         scoring {:.1} ms: the defence is {:.2}% of the round's training ({} threads)",
+        report.workers,
+        report.inner_steps,
+        1e3 * report.training_seconds,
+        1e3 * report.decode_seconds,
+        1e3 * report.checks_seconds,
+        report.aggregator,
+        1e3 * report.aggregation_seconds,
+        1e3 * report.scoring_seconds,
+        100.0 * report.defense_fraction,
+        report.threads,
+    );
+    Ok(())
 }
 
 fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {

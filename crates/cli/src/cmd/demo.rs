@@ -54,9 +54,11 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0.1)]
     audit_probability: f64,
 
-    /// Behaviours of the first workers, comma-separated (honest, lazy:F,
-    /// fabricate, wrong-data, stale, copy, tamper-reveal, no-answer); the
-    /// rest are honest. E.g. `--cheaters lazy:0.5,copy`.
+    /// Behaviours of the first workers, comma-separated (any of `crowdtrain
+    /// worker --behavior`: lazy:F, fabricate, wrong-data, stale, copy,
+    /// tamper-reveal, no-answer, sign-flip, noise[:SCALE], label-flip,
+    /// alie[:Z], ipm[:EPSILON], nan); the rest are honest. E.g.
+    /// `--cheaters lazy:0.5,copy,sign-flip`.
     #[arg(long, value_name = "B,B,...", value_delimiter = ',')]
     cheaters: Vec<Behavior>,
 

@@ -88,7 +88,7 @@ pub fn run(args: LedgerArgs) -> anyhow::Result<()> {
     }
 }
 
-fn database(state: &std::path::Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn database(state: &std::path::Path) -> anyhow::Result<PathBuf> {
     let path = state.join("coordinator.sqlite");
     anyhow::ensure!(
         path.is_file(),

@@ -7,6 +7,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod keygen;
 pub mod ledger;
+pub mod rewards;
 pub mod sim;
 pub mod train;
 pub mod worker;

@@ -41,8 +41,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "HEX")]
     coordinator_key: Option<PublicKey>,
 
-    /// How to behave: honest, or a cheater for tests and demos (lazy:F,
-    /// fabricate, wrong-data, stale, copy, tamper-reveal, no-answer).
+    /// How to behave: honest, or a cheater for tests and demos. Against the
+    /// audits: lazy:F, fabricate, wrong-data, stale, copy, tamper-reveal,
+    /// no-answer. Against the model (the checks, robust aggregation and
+    /// quality scoring): sign-flip, noise[:SCALE] (Gaussian at SCALE x its
+    /// honest norm), label-flip, alie[:Z], ipm[:EPSILON], nan.
     #[arg(long, default_value = "honest")]
     behavior: Behavior,
 

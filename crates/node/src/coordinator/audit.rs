@@ -124,9 +124,7 @@ impl Node {
         if let Some(shards) = inner.shards.get(&assignment.slots) {
             return Ok(Arc::clone(shards));
         }
-        let shards = Arc::new(
-            assignment.shards(&self.dataset.train.labels).map_err(crowdtrain_train::TrainError::from)?,
-        );
+        let shards = Arc::new(assignment.shards(&self.dataset.train.labels)?);
         inner.shards.insert(assignment.slots, Arc::clone(&shards));
         Ok(shards)
     }

@@ -111,6 +111,16 @@ pub struct Node {
     validation: Vec<u32>,
     /// Closed rounds to score, in order, for the scoring thread.
     scoring: Mutex<std::sync::mpsc::Sender<RoundId>>,
+    /// A read-only connection for the status page, apart from the writer's
+    /// lock: looking at the run never delays it.
+    reader: Mutex<Store>,
+    /// A second writer connection that only checkpoints the WAL, from the
+    /// background after each round, so no request ever pays for it.
+    maintenance: Mutex<Store>,
+    /// Where evaluation and scoring compute: one thread of low priority,
+    /// apart from the pool aggregation and audits use, so that work nobody
+    /// waits for never delays a round.
+    background: rayon::ThreadPool,
 }
 
 struct Inner {
@@ -118,6 +128,8 @@ struct Inner {
     store: Store,
     /// The latest global parameters and outer momentum.
     global: OuterState,
+    /// `global`'s state hash, for the status page.
+    global_hash: String,
     /// The digest of `global.params`' checkpoint.
     global_model: Digest,
     /// The checks and the aggregator, with what they remember.
@@ -126,6 +138,9 @@ struct Inner {
     quality: Quality,
     /// Set between a round's aggregation and its commit or failure.
     pending: Option<Pending>,
+    /// The open round's accepted reveals, decoded as they arrived (with the
+    /// digests of their bytes), so closing the round reads nothing back.
+    decoded: std::collections::HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
     /// When the input that may close the open round arrived.
     closing_started: Option<(RoundId, Instant)>,
     /// Shards by slot count, for audit replays.
@@ -180,7 +195,7 @@ impl Node {
                 record
             }
         };
-        let (global, global_model, aggregator) = load_global(&store, &record, model.as_ref(), &checkpoints)?;
+        let (global, global_model) = load_global(&store, &record, model.as_ref(), &checkpoints)?;
         let settings = Settings::from_config(&config);
         let snapshot = store.snapshot(record.initial_model)?;
         // The defence remembers every update of the rounds before the one it
@@ -192,10 +207,12 @@ impl Node {
             .find(|round| round.state == crowdtrain_protocol::coordinator::RoundState::Open)
             .map_or(i64::MAX as u64, |round| round.id);
         let defense_config = config.defense();
+        let aggregator_state =
+            restore_aggregator(&store, &checkpoints, &defense_config.aggregator, model.as_ref())?;
         let defense = ModelDefense::restore(
             defense_config.checks,
             defense_config.aggregator,
-            aggregator.unwrap_or_default(),
+            aggregator_state,
             store.earlier_digests(next_decided)?,
         );
         let mut quality = Quality::default();
@@ -210,6 +227,10 @@ impl Node {
         );
         drop(validation_pool);
         let (scoring, to_score) = std::sync::mpsc::channel();
+        let background = background_pool()?;
+        let reader = Store::open_reader(&state_dir.join("coordinator.sqlite"))?;
+        let maintenance = Store::open(&state_dir.join("coordinator.sqlite"))?;
+        store.defer_wal_checkpoints()?;
         let machine = Coordinator::restore(settings, record.run_id, audit_master, snapshot, now_unix_ms());
         let run = Signed::sign(
             &identity,
@@ -241,11 +262,13 @@ impl Node {
             inner: Mutex::new(Inner {
                 machine,
                 store,
+                global_hash: global.hash().to_hex(),
                 global,
                 global_model,
                 defense,
                 quality,
                 pending: None,
+                decoded: Default::default(),
                 closing_started: None,
                 shards: Default::default(),
             }),
@@ -254,6 +277,9 @@ impl Node {
             bytes_downloaded: AtomicU64::new(0),
             validation,
             scoring: Mutex::new(scoring),
+            background,
+            reader: Mutex::new(reader),
+            maintenance: Mutex::new(maintenance),
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
         let mut inner = node.lock();
@@ -352,14 +378,24 @@ impl Node {
         payload: Vec<u8>,
     ) -> Result<Signed<Receipt>, Failure> {
         let received = Instant::now();
-        let malformed = self.check_payload(&payload).err();
+        let checked = self.check_payload(&payload);
         let digest = Digest::of(&payload);
         let now = now_unix_ms();
         let mut inner = self.lock();
-        let problem = malformed
+        let problem = checked
             .as_ref()
+            .err()
             .map(|failure| Refusal { code: failure.code, message: failure.message.clone() });
         let outcome = inner.machine.reveal(now, worker, nonce, round, base_model, digest, problem)?;
+        let malformed = match checked {
+            Ok(values) => {
+                if outcome == Outcome::Recorded(crowdtrain_protocol::Recorded::Accepted) {
+                    inner.decoded.insert((round, worker), (digest, values));
+                }
+                None
+            }
+            Err(failure) => Some(failure),
+        };
         let carried = matches!(outcome, Outcome::Recorded(_)).then_some((digest, payload));
         self.drive_timed(&mut inner, carried, round, received)?;
         if let Some(failure) = malformed {
@@ -445,10 +481,10 @@ impl Node {
     }
 
     /// An encoded update must decode to the model's size, with finite
-    /// values, in the run's codec.
-    fn check_payload(&self, payload: &[u8]) -> Result<(), Failure> {
+    /// values, in the run's codec; returns the values.
+    fn check_payload(&self, payload: &[u8]) -> Result<Vec<f32>, Failure> {
         let expected = self.model.layout().len();
-        let (codec, _) = Codec::decode(payload, expected).map_err(|error| {
+        let (codec, values) = Codec::decode(payload, expected).map_err(|error| {
             let code = match error {
                 crowdtrain_train::CodecError::NonFinite { .. }
                 | crowdtrain_train::CodecError::BadScale { .. } => ErrorCode::NonFinite,
@@ -466,7 +502,7 @@ impl Node {
                 ),
             ));
         }
-        Ok(())
+        Ok(values)
     }
 
     /// [`Node::drive`], timing the round's close if this input caused it.
@@ -624,7 +660,10 @@ impl Node {
                     writes.push(ledger(Event::Slash { round, worker, amount, reason }));
                 }
                 Action::CloseRound { round, base_model, accepted, .. } => {
-                    inner.store.apply(&std::mem::take(&mut writes), &self.identity)?;
+                    // The writes so far (the input that closed the round)
+                    // become durable with the round's result, in one
+                    // transaction: nobody has been answered yet, so a crash
+                    // in between loses nothing anyone was promised.
                     assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
                     let aggregated = self.aggregate(inner, round, &accepted)?;
                     inner.machine.handle_aggregated(now_unix_ms(), round, aggregated);
@@ -639,6 +678,7 @@ impl Node {
                     );
                     let result_momentum = next.momentum;
                     let result_aggregator = next.aggregator;
+                    inner.global_hash = next.state.hash().to_hex();
                     inner.global = next.state;
                     inner.global_model = next.model;
                     inner.defense.commit(pending.decision);
@@ -680,7 +720,11 @@ impl Node {
                 }
             }
         }
+        let writing = Instant::now();
         inner.store.apply(&writes, &self.identity)?;
+        if !committed.is_empty() {
+            tracing::debug!(write_ms = writing.elapsed().as_secs_f64() * 1e3, "committed");
+        }
         for round in committed {
             if let Some((closing, started)) = inner.closing_started
                 && closing == round
@@ -708,22 +752,25 @@ impl Node {
     ) -> Result<Aggregated, NodeError> {
         let started = Instant::now();
         let order = inner.store.commitment_order(round, accepted)?;
-        let payloads = inner.store.payloads(round, &order)?;
         let parameters = self.model.layout().len();
-        let updates = payloads
-            .iter()
-            .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(crowdtrain_train::TrainError::from)?;
+        let mut updates: Vec<(Digest, Vec<f32>)> = Vec::with_capacity(order.len());
+        for worker in &order {
+            match inner.decoded.remove(&(round, *worker)) {
+                Some(decoded) => updates.push(decoded),
+                // Not in memory (revealed before a restart): from the database.
+                None => {
+                    let bytes = inner.store.payloads(round, &[*worker])?.remove(0);
+                    let (_, values) =
+                        Codec::decode(&bytes, parameters).map_err(crowdtrain_train::TrainError::from)?;
+                    updates.push((Digest::of(&bytes), values));
+                }
+            }
+        }
+        inner.decoded.retain(|(held, _), _| *held > round);
         let submissions: Vec<Submission<'_>> = order
             .iter()
             .zip(&updates)
-            .zip(&payloads)
-            .map(|((worker, values), bytes)| Submission {
-                worker: worker.0,
-                values,
-                digest: Digest::of(bytes).0,
-            })
+            .map(|(worker, (digest, values))| Submission { worker: worker.0, values, digest: digest.0 })
             .collect();
         let decided = started.elapsed();
         let decision = inner.defense.decide(&submissions, parameters);
@@ -740,19 +787,29 @@ impl Node {
                 outer_step(self.config.outer_optimizer(), &mut state, delta);
                 let name = self.model.name();
                 let layout = self.model.layout();
-                let model = self.checkpoints.put(&checkpoint::encode(
-                    CheckpointKind::Params,
-                    &name,
-                    layout,
-                    &state.params,
-                ))?;
-                let momentum = self.checkpoints.put(&checkpoint::encode(
-                    CheckpointKind::OuterMomentum,
-                    &name,
-                    layout,
-                    &state.momentum,
-                ))?;
-                let aggregator = if inner.defense.aggregator.is_stateful() {
+                // Written side by side, so their syncs overlap.
+                let (model, momentum) = rayon::join(
+                    || {
+                        self.checkpoints.put(&checkpoint::encode(
+                            CheckpointKind::Params,
+                            &name,
+                            layout,
+                            &state.params,
+                        ))
+                    },
+                    || {
+                        self.checkpoints.put(&checkpoint::encode(
+                            CheckpointKind::OuterMomentum,
+                            &name,
+                            layout,
+                            &state.momentum,
+                        ))
+                    },
+                );
+                let (model, momentum) = (model?, momentum?);
+                let snapshot = inner.defense.aggregator.is_stateful()
+                    && state.round.is_multiple_of(AGGREGATOR_SNAPSHOT_ROUNDS);
+                let aggregator = if snapshot {
                     let after = inner.defense.state_after(&decision);
                     Some(self.checkpoints.put(&checkpoint::encode_aggregator(&name, &after))?)
                 } else {
@@ -788,7 +845,7 @@ impl Node {
         let Some(node) = self.me.upgrade() else { return };
         std::thread::spawn(move || {
             let model = node.config.model.kind.build();
-            match evaluate(model.as_ref(), &params, &node.dataset.test) {
+            match node.background.install(|| evaluate(model.as_ref(), &params, &node.dataset.test)) {
                 Ok(evaluation) => {
                     let mut inner = node.lock();
                     if let Err(error) =
@@ -799,26 +856,47 @@ impl Node {
                 }
                 Err(error) => tracing::error!(round, %error, "evaluation failed"),
             }
+            let maintenance = node.maintenance.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(error) = maintenance.checkpoint_wal() {
+                tracing::warn!(round, %error, "could not checkpoint the database's WAL");
+            }
         });
     }
 
     /// `GET /v1/status`: the run at a glance.
     fn status(&self) -> Result<RunStatus, Failure> {
-        let inner = self.lock();
-        let mut workers = inner.store.worker_statuses().map_err(Failure::internal)?;
+        // The machine's view first, then the database's: the database is
+        // at least as new, never older, than the view.
+        let (phase, round, completed_rounds, model, state_hash, active) = {
+            let inner = self.lock();
+            let active: std::collections::BTreeSet<WorkerId> = (0..inner.machine.worker_count() as u64)
+                .map(WorkerId)
+                .filter(|&worker| inner.machine.is_active(worker))
+                .collect();
+            (
+                inner.machine.phase(),
+                inner.machine.open_round().map(|open| open.id),
+                inner.machine.completed_rounds(),
+                inner.global_model,
+                inner.global_hash.clone(),
+                active,
+            )
+        };
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut workers = reader.worker_statuses().map_err(Failure::internal)?;
         for worker in &mut workers {
-            worker.active = inner.machine.is_active(worker.worker);
+            worker.active = active.contains(&worker.worker);
         }
-        let rounds = inner.store.round_records().map_err(Failure::internal)?;
-
+        let rounds = reader.round_records().map_err(Failure::internal)?;
+        drop(reader);
         Ok(RunStatus {
             run_id: self.run_id,
-            phase: inner.machine.phase(),
-            round: inner.machine.open_round().map(|open| open.id),
-            completed_rounds: inner.machine.completed_rounds(),
+            phase,
+            round,
+            completed_rounds,
             target_rounds: self.config.rounds,
-            model: inner.global_model,
-            state_hash: inner.global.hash().to_hex(),
+            model,
+            state_hash,
             test_accuracy: rounds.iter().rev().find_map(|round| round.test_accuracy),
             bytes_uploaded: workers.iter().map(|worker| worker.bytes_uploaded).sum(),
             bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
@@ -844,6 +922,22 @@ impl Node {
     fn count_download(&self, bytes: u64) {
         self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
     }
+}
+
+/// A one-thread pool at low priority (nice 10) for work no round waits for.
+fn background_pool() -> Result<rayon::ThreadPool, NodeError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "crowdtrain-background".into())
+        .start_handler(|_| {
+            // SAFETY: lowers the calling thread's own priority (on Linux,
+            // `PRIO_PROCESS` with id 0 applies to the calling thread).
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        })
+        .build()
+        .map_err(|error| {
+            NodeError::io("starting the background pool", std::io::Error::other(error.to_string()))
+        })
 }
 
 /// The configuration as published to workers and compared across restarts:
@@ -941,17 +1035,24 @@ fn create_run(
     })
 }
 
+/// How often (in closed rounds) the aggregator's state is written out.
+/// Between snapshots it is rebuilt on restart by replaying the aggregation
+/// of the rounds since, from the stored submissions: a snapshot is a
+/// worker's momentum per worker (MBs per round for the MLP), and writing it
+/// every round would be most of the coordinator's time between rounds.
+pub const AGGREGATOR_SNAPSHOT_ROUNDS: u64 = 16;
+
 /// The global state after the latest closed round (or the initial one),
-/// read back from its checkpoints, with the aggregator state it left.
+/// read back from its checkpoints.
 fn load_global(
     store: &Store,
     record: &RunRecord,
     model: &dyn Model,
     checkpoints: &Checkpoints,
-) -> Result<(OuterState, Digest, Option<crowdtrain_defense::AggregatorState>), NodeError> {
-    let (model_digest, momentum_digest, aggregator_digest, rounds) = match store.latest_result()? {
-        Some(latest) => (latest.model, latest.momentum, latest.aggregator, latest.closed),
-        None => (record.initial_model, record.initial_momentum, None, 0),
+) -> Result<(OuterState, Digest), NodeError> {
+    let (model_digest, momentum_digest, rounds) = match store.latest_result()? {
+        Some(latest) => (latest.model, latest.momentum, latest.closed),
+        None => (record.initial_model, record.initial_momentum, 0),
     };
     let name = model.name();
     let params =
@@ -962,8 +1063,43 @@ fn load_global(
         &name,
         model.layout(),
     )?;
-    let aggregator = aggregator_digest
-        .map(|digest| checkpoint::decode_aggregator(&checkpoints.get(&digest)?, &name, model.layout().len()))
-        .transpose()?;
-    Ok((OuterState { model: name, params, momentum, round: rounds }, model_digest, aggregator))
+    Ok((OuterState { model: name, params, momentum, round: rounds }, model_digest))
+}
+
+/// The aggregator's state after the latest closed round: the latest
+/// snapshot, then the aggregation of every closed round since replayed on
+/// the updates it aggregated (the credited workers', in ascending order, as
+/// [`ModelDefense::decide`] aggregates them). Being deterministic, the
+/// replay gives the state the live run had, bit for bit.
+fn restore_aggregator(
+    store: &Store,
+    checkpoints: &Checkpoints,
+    aggregator: &crowdtrain_defense::Aggregator,
+    model: &dyn Model,
+) -> Result<crowdtrain_defense::AggregatorState, NodeError> {
+    if !aggregator.is_stateful() {
+        return Ok(Default::default());
+    }
+    let parameters = model.layout().len();
+    let snapshot = store.latest_aggregator_snapshot()?;
+    let mut state = match snapshot {
+        Some((_, digest)) => {
+            checkpoint::decode_aggregator(&checkpoints.get(&digest)?, &model.name(), parameters)?
+        }
+        None => Default::default(),
+    };
+    for round in store.closed_rounds_after(snapshot.map(|(round, _)| round))? {
+        let workers = store.credited(round)?;
+        let payloads = store.payloads(round, &workers)?;
+        let updates = payloads
+            .iter()
+            .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(crowdtrain_train::TrainError::from)?;
+        let views: Vec<(u64, &[f32])> =
+            workers.iter().zip(&updates).map(|(worker, values)| (worker.0, values.as_slice())).collect();
+        let (_, change) = crowdtrain_defense::aggregate::aggregate(aggregator, &state, &views);
+        state.apply(change);
+    }
+    Ok(state)
 }

@@ -68,7 +68,9 @@ impl Node {
             quality::eval_key(&beacon.0, round),
         );
         let step = quality::score_step(self.config.outer.lr, views.len());
-        let scores = quality::scores(self.model.as_ref(), &global, &views, step, &self.dataset.train, &eval)?;
+        let scores = self.background.install(|| {
+            quality::scores(self.model.as_ref(), &global, &views, step, &self.dataset.train, &eval)
+        })?;
         let mut inner = self.lock();
         let pairs: Vec<(u64, f64)> = workers.iter().map(|worker| worker.0).zip(scores).collect();
         let units = self.config.work_units();

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use crowdtrain_data::rng::{keyed_rng, standard_normal};
 use crowdtrain_data::{Dataset, RngKey};
+use crowdtrain_defense::{attack, linalg};
 use crowdtrain_protocol::merkle;
 use crowdtrain_protocol::wire::AuditAnswer;
 use crowdtrain_protocol::{Assignment, Commitment, Digest};
@@ -37,6 +38,23 @@ pub enum Behavior {
     TamperReveal,
     /// Trains honestly but never answers an audit.
     NoAnswer,
+    /// Trains honestly, submits its update negated.
+    SignFlip,
+    /// Trains honestly, submits Gaussian noise at this many times its
+    /// honest update's norm (a disguised free-rider at 1).
+    Noise(f32),
+    /// Trains on its shard with every label `y` replaced by `9 - y`.
+    LabelFlip,
+    /// "A little is enough": trains three replicas of its round (its own
+    /// batches and two other streams) and submits their mean plus `z`
+    /// standard deviations per coordinate.
+    Alie(f32),
+    /// Inner-product manipulation: trains honestly, submits `-epsilon` times
+    /// its update.
+    Ipm(f32),
+    /// Trains honestly, commits to and submits an update with a
+    /// not-a-number scale.
+    Nan,
 }
 
 impl Behavior {
@@ -44,7 +62,16 @@ impl Behavior {
     pub fn cheats(self) -> bool {
         !matches!(self, Self::Honest | Self::Lazy(0.0))
     }
+
+    /// Whether it trains on labels other than the real ones.
+    pub fn flips_labels(self) -> bool {
+        self == Self::LabelFlip
+    }
 }
+
+/// The accepted names, for error messages and `--help`.
+pub const BEHAVIOR_NAMES: &str = "honest, lazy:F, fabricate, wrong-data, stale, copy, tamper-reveal, no-answer, \
+    sign-flip, noise[:SCALE], label-flip, alie[:Z], ipm[:EPSILON], nan";
 
 impl fmt::Display for Behavior {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,6 +84,15 @@ impl fmt::Display for Behavior {
             Self::Copy => f.write_str("copy"),
             Self::TamperReveal => f.write_str("tamper-reveal"),
             Self::NoAnswer => f.write_str("no-answer"),
+            Self::SignFlip => f.write_str("sign-flip"),
+            Self::Noise(scale) if *scale == 1.0 => f.write_str("noise"),
+            Self::Noise(scale) => write!(f, "noise:{scale}"),
+            Self::LabelFlip => f.write_str("label-flip"),
+            Self::Alie(z) if *z == ALIE_Z => f.write_str("alie"),
+            Self::Alie(z) => write!(f, "alie:{z}"),
+            Self::Ipm(epsilon) if *epsilon == IPM_EPSILON => f.write_str("ipm"),
+            Self::Ipm(epsilon) => write!(f, "ipm:{epsilon}"),
+            Self::Nan => f.write_str("nan"),
         }
     }
 }
@@ -65,7 +101,18 @@ impl FromStr for Behavior {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(match text {
+        let (name, parameter) = match text.split_once(':') {
+            Some((name, parameter)) => (name, Some(parameter)),
+            None => (text, None),
+        };
+        let number = |default: f32, valid: fn(f32) -> bool, what: &str| -> Result<f32, String> {
+            match parameter.map(str::parse::<f32>) {
+                None => Ok(default),
+                Some(Ok(value)) if valid(value) => Ok(value),
+                Some(_) => Err(format!("in {text:?}, {what}")),
+            }
+        };
+        let behavior = match name {
             "honest" => Self::Honest,
             "fabricate" => Self::Fabricate,
             "wrong-data" => Self::WrongData,
@@ -73,17 +120,30 @@ impl FromStr for Behavior {
             "copy" => Self::Copy,
             "tamper-reveal" => Self::TamperReveal,
             "no-answer" => Self::NoAnswer,
-            other => match other.strip_prefix("lazy:").map(str::parse::<f64>) {
+            "sign-flip" => Self::SignFlip,
+            "label-flip" => Self::LabelFlip,
+            "nan" => Self::Nan,
+            "lazy" => match parameter.map(str::parse::<f64>) {
                 Some(Ok(fraction)) if (0.0..=1.0).contains(&fraction) => Self::Lazy(fraction),
-                Some(_) => return Err(format!("in {other:?}, F must be a fraction between 0 and 1")),
-                None => {
-                    return Err(format!(
-                        "unknown behavior {other:?}; expected honest, lazy:F, fabricate, wrong-data, stale, copy, \
-                         tamper-reveal or no-answer"
-                    ));
-                }
+                _ => return Err(format!("in {text:?}, F must be a fraction between 0 and 1")),
             },
-        })
+            "noise" => {
+                Self::Noise(number(1.0, |scale| scale.is_finite() && scale > 0.0, "SCALE must be positive")?)
+            }
+            "alie" => Self::Alie(number(ALIE_Z, |z| z.is_finite() && z >= 0.0, "Z must be non-negative")?),
+            "ipm" => Self::Ipm(number(
+                IPM_EPSILON,
+                |epsilon| epsilon.is_finite() && epsilon > 0.0,
+                "EPSILON must be positive",
+            )?),
+            _ => return Err(format!("unknown behavior {text:?}; expected one of {BEHAVIOR_NAMES}")),
+        };
+        let takes_parameter =
+            matches!(behavior, Self::Lazy(_) | Self::Noise(_) | Self::Alie(_) | Self::Ipm(_));
+        if parameter.is_some() && !takes_parameter {
+            return Err(format!("{name} takes no parameter"));
+        }
+        Ok(behavior)
     }
 }
 
@@ -123,6 +183,11 @@ impl Produced {
     }
 }
 
+/// The default `z` of `alie`: one standard deviation.
+pub const ALIE_Z: f32 = 1.0;
+/// The default `epsilon` of `ipm`.
+pub const IPM_EPSILON: f32 = 0.5;
+
 /// Everything a worker uses to produce its round's work.
 pub struct Work<'a> {
     pub model: &'a dyn Model,
@@ -130,25 +195,40 @@ pub struct Work<'a> {
     pub params: &'a [f32],
     pub dataset: &'a Dataset,
     pub shards: &'a [Vec<u32>],
+    /// The same images with flipped labels, for `label-flip`.
+    pub flipped: Option<&'a Dataset>,
 }
 
 impl Work<'_> {
     /// The honest computation for `slot` (normally the worker's own) with
     /// batches from `key_slot`'s streams.
     fn train_as(&self, slot: u32, key_slot: u32) -> Result<InnerRoundResult, NodeError> {
+        self.train_on(self.dataset, slot, u64::from(key_slot))
+    }
+
+    fn train_on(&self, dataset: &Dataset, slot: u32, key_slot: u64) -> Result<InnerRoundResult, NodeError> {
         let assignment = self.assignment;
-        let key = RngKey { worker: u64::from(key_slot), ..assignment.rng_key() };
+        let key = RngKey { worker: key_slot, ..assignment.rng_key() };
         Ok(inner_round(
             self.model,
             assignment.optimizer,
             assignment.batch_size as usize,
             self.params,
-            self.dataset,
+            dataset,
             &self.shards[slot as usize],
             key,
             assignment.inner_steps,
             assignment.segments,
         )?)
+    }
+
+    /// Honest states with `craft(honest update)` as the update: the
+    /// attacks on the model that still look like work.
+    fn disguised(&self, craft: impl FnOnce(&[f32]) -> Vec<f32>) -> Result<Produced, NodeError> {
+        let slot = self.assignment.slot;
+        let honest = self.train_as(slot, slot)?;
+        let crafted = craft(&honest.pseudo_gradient);
+        Ok(Produced::new(honest.boundaries, self.encode(&crafted)?))
     }
 
     fn encode(&self, update: &[f32]) -> Result<Vec<u8>, NodeError> {
@@ -182,7 +262,47 @@ pub fn produce(
         },
         Behavior::Lazy(fraction) => lazy(work, fraction),
         Behavior::Fabricate => fabricate(work),
+        Behavior::SignFlip => work.disguised(attack::sign_flip),
+        Behavior::Ipm(epsilon) => {
+            work.disguised(|update| attack::inner_product_manipulation(update, epsilon))
+        }
+        Behavior::Noise(scale) => {
+            let key = work.assignment.rng_key();
+            work.disguised(|update| attack::noise(key, update.len(), f64::from(scale) * linalg::norm(update)))
+        }
+        Behavior::LabelFlip => {
+            let flipped = work.flipped.expect("a label-flipping worker has flipped labels");
+            work.finish(work.train_on(flipped, slot, u64::from(slot))?)
+        }
+        Behavior::Alie(z) => {
+            // Its own round and two more on other batch streams of its
+            // shard: three samples of what honest updates look like.
+            let replicas = (0..3u64)
+                .map(|replica| {
+                    let key_slot =
+                        u64::from(slot) + replica * u64::from(work.assignment.slots).max(1) * 1_000_003;
+                    work.train_on(work.dataset, slot, key_slot)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let samples: Vec<&[f32]> =
+                replicas.iter().map(|replica| replica.pseudo_gradient.as_slice()).collect();
+            let crafted = attack::a_little_is_enough(&samples, z);
+            let own = replicas.into_iter().next().expect("three replicas");
+            Ok(Produced::new(own.boundaries, work.encode(&crafted)?))
+        }
+        Behavior::Nan => {
+            let mut produced = work.finish(work.train_as(slot, slot)?)?;
+            poison(&mut produced.payload);
+            Ok(produced)
+        }
     }
+}
+
+/// Overwrites the first value (or int8 scale) of an encoded update with
+/// not-a-number: bytes no honest encoder writes, and no decoder accepts.
+fn poison(payload: &mut [u8]) {
+    use crowdtrain_train::codec::HEADER_BYTES;
+    payload[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&f32::NAN.to_le_bytes());
 }
 
 /// Honest steps up to `(1 - fraction)` of the round, then the step counter
@@ -245,12 +365,32 @@ mod tests {
 
     #[test]
     fn behaviours_parse_and_print_alike() {
-        for text in
-            ["honest", "lazy:0.25", "fabricate", "wrong-data", "stale", "copy", "tamper-reveal", "no-answer"]
-        {
+        for text in [
+            "honest",
+            "lazy:0.25",
+            "fabricate",
+            "wrong-data",
+            "stale",
+            "copy",
+            "tamper-reveal",
+            "no-answer",
+            "sign-flip",
+            "noise",
+            "noise:100",
+            "label-flip",
+            "alie",
+            "alie:1.5",
+            "ipm",
+            "ipm:0.1",
+            "nan",
+        ] {
             assert_eq!(text.parse::<Behavior>().unwrap().to_string(), text);
         }
+        assert_eq!("noise:100".parse::<Behavior>(), Ok(Behavior::Noise(100.0)));
         assert!("lazy:1.5".parse::<Behavior>().unwrap_err().contains("between 0 and 1"));
+        assert!("lazy".parse::<Behavior>().is_err());
+        assert!("noise:-1".parse::<Behavior>().unwrap_err().contains("positive"));
+        assert!("nan:3".parse::<Behavior>().unwrap_err().contains("no parameter"));
         assert!("sneaky".parse::<Behavior>().unwrap_err().contains("unknown behavior"));
     }
 }

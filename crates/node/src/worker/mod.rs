@@ -106,6 +106,8 @@ pub async fn run_worker(
         )));
     }
     let dataset = Arc::new(load_matching_data(options.data.as_deref(), &run)?);
+    let flipped =
+        behavior.flips_labels().then(|| Arc::new(crowdtrain_defense::attack::flipped_labels(&dataset)));
     let model: Arc<dyn Model> = Arc::from(run.config.model.kind.build());
     if model.name() != run.model_name {
         return Err(NodeError::Untrusted(format!(
@@ -173,23 +175,20 @@ pub async fn run_worker(
                 let round_shards = match shards.get(&assignment.slots) {
                     Some(existing) => Arc::clone(existing),
                     None => {
-                        let made = Arc::new(
-                            assignment
-                                .shards(&dataset.train.labels)
-                                .map_err(crowdtrain_train::TrainError::from)?,
-                        );
+                        let made = Arc::new(assignment.shards(&dataset.train.labels)?);
                         shards.insert(assignment.slots, Arc::clone(&made));
                         made
                     }
                 };
                 let started = Instant::now();
                 let produced = {
-                    let (assignment, dataset, model, pool, previous) = (
+                    let (assignment, dataset, model, pool, previous, flipped) = (
                         assignment.clone(),
                         Arc::clone(&dataset),
                         Arc::clone(&model),
                         Arc::clone(&pool),
                         previous.clone(),
+                        flipped.clone(),
                     );
                     tokio::task::spawn_blocking(move || {
                         let work = Work {
@@ -198,6 +197,7 @@ pub async fn run_worker(
                             params: &params,
                             dataset: &dataset,
                             shards: &round_shards,
+                            flipped: flipped.as_deref(),
                         };
                         pool.install(|| produce(behavior, &work, previous.as_ref()))
                     })

@@ -1,0 +1,176 @@
+//! `crowdtrain rewards`: who earned what, from the signed ledger alone.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::{PublicKey, WorkerId};
+use crowdtrain_store::db::verify_ledger;
+use serde::Serialize;
+
+use crate::output;
+
+/// Per-worker verified work, quality, slashes and credits of a run, added
+/// up from its ledger after checking every entry's link, hash and
+/// signature: the same figures anyone with the ledger and the
+/// coordinator's key can recompute.
+#[derive(Debug, Args)]
+pub struct RewardsArgs {
+    /// The coordinator's --state directory.
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+
+    /// Check the ledger against this coordinator key (hex) instead of the
+    /// one the state names.
+    #[arg(long, value_name = "HEX")]
+    key: Option<PublicKey>,
+
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerRewards {
+    worker: WorkerId,
+    public_key: Option<PublicKey>,
+    /// Work units of accepted submissions whose updates passed the checks.
+    verified_work: u64,
+    /// The worker's smoothed held-out quality after its latest scored
+    /// round, in typical updates.
+    quality: Option<f64>,
+    /// The mean credit multiplier over its scored rounds.
+    mean_multiplier: Option<f64>,
+    /// Credits earned: verified work times the quality multiplier.
+    earned: u64,
+    /// Work units lost to slashing.
+    slashed: u64,
+    /// `earned - slashed`.
+    credits: i64,
+    /// Accepted submissions whose updates the checks refused.
+    refused_updates: u64,
+    /// This worker's share of all verified work.
+    work_share: f64,
+    /// This worker's share of all positive credits.
+    credit_share: f64,
+    #[serde(skip)]
+    multipliers: Vec<f64>,
+}
+
+impl WorkerRewards {
+    fn new(worker: WorkerId) -> Self {
+        Self {
+            worker,
+            public_key: None,
+            verified_work: 0,
+            quality: None,
+            mean_multiplier: None,
+            earned: 0,
+            slashed: 0,
+            credits: 0,
+            refused_updates: 0,
+            work_share: 0.0,
+            credit_share: 0.0,
+            multipliers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RewardsReport {
+    /// The ledger verified (always true: a broken one is an error).
+    verified: bool,
+    ledger_entries: usize,
+    rounds_closed: u64,
+    /// Closed rounds whose updates have been scored and rewarded.
+    rounds_scored: u64,
+    workers: Vec<WorkerRewards>,
+}
+
+pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
+    let path = crate::cmd::ledger::database(&args.state)?;
+    let entries =
+        verify_ledger(&path, args.key).map_err(|failure| anyhow::anyhow!(failure)).with_context(|| {
+            format!("the ledger in {} does not verify; nothing in it can be trusted", path.display())
+        })?;
+    let mut workers: BTreeMap<WorkerId, WorkerRewards> = BTreeMap::new();
+    let mut rounds_closed = 0;
+    let mut scored_rounds = std::collections::BTreeSet::new();
+    fn worker(workers: &mut BTreeMap<WorkerId, WorkerRewards>, id: WorkerId) -> &mut WorkerRewards {
+        workers.entry(id).or_insert_with(|| WorkerRewards::new(id))
+    }
+    for entry in &entries {
+        match &entry.event {
+            Event::WorkerRegistered { worker: id, key } => worker(&mut workers, *id).public_key = Some(*key),
+            Event::WorkAccepted { worker: id, units, .. } => worker(&mut workers, *id).verified_work += units,
+            Event::UpdateRefused { worker: id, .. } => worker(&mut workers, *id).refused_updates += 1,
+            Event::Slash { worker: id, amount, .. } => worker(&mut workers, *id).slashed += amount,
+            Event::Reward { round, worker: id, quality, multiplier, credits, .. } => {
+                let rewards = worker(&mut workers, *id);
+                rewards.earned += credits;
+                rewards.quality = Some(*quality);
+                rewards.multipliers.push(*multiplier);
+                scored_rounds.insert(*round);
+            }
+            Event::RoundClosed { .. } => rounds_closed += 1,
+            _ => {}
+        }
+    }
+    let total_work: u64 = workers.values().map(|worker| worker.verified_work).sum();
+    for worker in workers.values_mut() {
+        worker.credits = worker.earned as i64 - worker.slashed as i64;
+        if !worker.multipliers.is_empty() {
+            worker.mean_multiplier =
+                Some(worker.multipliers.iter().sum::<f64>() / worker.multipliers.len() as f64);
+        }
+    }
+    let total_credits: i64 = workers.values().map(|worker| worker.credits.max(0)).sum();
+    for worker in workers.values_mut() {
+        worker.work_share = worker.verified_work as f64 / total_work.max(1) as f64;
+        worker.credit_share = worker.credits.max(0) as f64 / total_credits.max(1) as f64;
+    }
+    let report = RewardsReport {
+        verified: true,
+        ledger_entries: entries.len(),
+        rounds_closed,
+        rounds_scored: scored_rounds.len() as u64,
+        workers: workers.into_values().collect(),
+    };
+    if args.json {
+        return output::print_json(&report);
+    }
+    let mut table = output::table(&[
+        "worker",
+        "verified work",
+        "quality",
+        "mean multiplier",
+        "earned",
+        "slashed",
+        "credits",
+        "refused",
+        "work share",
+        "credit share",
+    ]);
+    for worker in &report.workers {
+        table.add_row(vec![
+            worker.worker.to_string(),
+            worker.verified_work.to_string(),
+            worker.quality.map_or("-".into(), |quality| format!("{quality:.2}")),
+            worker.mean_multiplier.map_or("-".into(), |multiplier| format!("{multiplier:.2}")),
+            worker.earned.to_string(),
+            worker.slashed.to_string(),
+            worker.credits.to_string(),
+            worker.refused_updates.to_string(),
+            format!("{:.1}%", 100.0 * worker.work_share),
+            format!("{:.1}%", 100.0 * worker.credit_share),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "ledger verified ({} entries); {} of {} closed rounds scored",
+        report.ledger_entries, report.rounds_scored, report.rounds_closed
+    );
+    Ok(())
+}
