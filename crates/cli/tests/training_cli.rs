@@ -161,9 +161,60 @@ fn every_command_has_help() {
         &["train", "--help"],
         &["sim", "diloco", "--help"],
         &["bench", "train-step", "--help"],
+        &["bench", "audit", "--help"],
+        &["bench", "defense", "--help"],
+        &["battery", "--help"],
+        &["rewards", "--help"],
+        &["demo", "--help"],
+        &["coordinator", "--help"],
+        &["worker", "--help"],
+        &["keygen", "--help"],
+        &["ledger", "verify", "--help"],
+        &["ledger", "show", "--help"],
     ] {
         let output = crowdtrain(args, &[]);
         assert!(output.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&output.stdout).contains("Usage"), "{args:?}");
     }
+}
+
+#[test]
+fn the_battery_reports_each_attack_in_json_and_refuses_copies_on_any_data() {
+    // A small battery on the bundled subset: the report's shape, and the
+    // verdicts that hold at any scale (copies refused, never paid).
+    let data = subset_dir();
+    let output = crowdtrain(
+        &[
+            "battery",
+            "--json",
+            "--seeds",
+            "1",
+            "--rounds",
+            "3",
+            "--inner-steps",
+            "4",
+            "--workers",
+            "5",
+            "--attackers",
+            "1",
+            "--attacks",
+            "copy,sign-flip",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let report = json_of(&output);
+    assert_eq!(report["dataset"]["name"], "fashion-mnist-subset");
+    let attacks = report["attacks"].as_array().unwrap();
+    assert_eq!(attacks.len(), 2);
+    for attack in attacks {
+        for key in ["clean_accuracy", "attacked_accuracy", "drop_points", "attacker_credit_share"] {
+            assert!(attack[key].is_number(), "{key} in {attack}");
+        }
+    }
+    let copy = &attacks[0];
+    assert_eq!(copy["attack"], "copy");
+    assert_eq!(copy["refused_attacker"], 3, "the copy is refused every round");
+    assert_eq!(copy["attacker_credit_share"], 0.0);
 }

@@ -90,8 +90,9 @@ struct DemoReport {
     dataset: DatasetFingerprint,
     workers_started: usize,
     final_test_accuracy: f64,
-    /// The final model's state hash: equal to `sim diloco`'s
-    /// `diloco_state_hash` with the same settings.
+    /// The final model's state hash: equal to the `diloco_state_hash` of
+    /// `sim diloco --aggregator centered-clip --validation-fraction 0.05`
+    /// with the same settings.
     state_hash: String,
     bytes_uploaded: u64,
     bytes_downloaded: u64,

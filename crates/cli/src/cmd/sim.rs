@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use crowdtrain_data::{DatasetInfo, Sharding};
-use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense, QualityConfig};
+use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
 use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport};
 use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
 use serde::Serialize;
@@ -72,16 +72,18 @@ struct DilocoArgs {
     #[arg(long, default_value = "int8")]
     codec: Codec,
 
-    /// How updates are checked and combined, as by the coordinator: mean
-    /// (plain DiLoCo: no checks), trimmed-mean[:TRIM], median or
-    /// centered-clip[:MOMENTUM] (the coordinator's default). Every rule but
-    /// mean runs the coordinator's checks first.
-    #[arg(long, default_value_t = Aggregator::default())]
+    /// How updates are combined: mean (plain DiLoCo, no checks), or, with
+    /// the coordinator's checks first, trimmed-mean[:TRIM], median or
+    /// centered-clip[:MOMENTUM[:ITERATIONS]] (the coordinator's default). To
+    /// reproduce a networked run of the default run.toml bit for bit, pass
+    /// `--aggregator centered-clip --validation-fraction 0.05`.
+    #[arg(long, default_value = "mean")]
     aggregator: Aggregator,
 
-    /// Share of the training set held out of every shard, as the
-    /// coordinator holds it out to score updates on.
-    #[arg(long, default_value_t = QualityConfig::default().validation_fraction)]
+    /// Share of the training set held out of every shard (the coordinator
+    /// holds out `quality.validation_fraction`, 0.05 by default, to score
+    /// updates on).
+    #[arg(long, default_value_t = 0.0)]
     validation_fraction: f64,
 
     /// Write test accuracy per round of both runs to this file (.png or .svg).
