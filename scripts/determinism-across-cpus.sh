@@ -13,6 +13,8 @@
 #                          native run of the same length)
 # The MLP runs on all three. The CNN runs native vs -cpu max only: its
 # convolutions are candle's, which are not designed to agree without FMA.
+# Last, the coordinator's defence (checks, worker momentum with centered
+# clipping) in a DiLoCo simulation, natively and on both emulated CPUs.
 # Needs the Debian package qemu-user (apt-get install qemu-user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,4 +46,17 @@ check() { # LABEL MODEL STEPS RUNNER...
 check "qemu -cpu max" mlp "$steps" qemu-x86_64 -cpu max
 check "qemu -cpu Nehalem" mlp "$((steps / 10))" qemu-x86_64 -cpu Nehalem
 check "qemu -cpu max" cnn "$((steps / 10))" qemu-x86_64 -cpu max
+
+defended_hash() { # RUNNER...
+    "$@" "$binary" sim diloco --workers 4 --inner-steps 4 --rounds 3 --seed 3 --data "$data" \
+        --aggregator centered-clip --validation-fraction 0.05 --json \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["diloco_state_hash"])'
+}
+reference=$(defended_hash)
+for cpu in max Nehalem; do
+    ours=$(defended_hash qemu-x86_64 -cpu "$cpu")
+    verdict=identical
+    [ "$reference" = "$ours" ] || { verdict=DIFFERENT; status=1; }
+    printf 'defended DiLoCo, 3 rounds  native %s  vs qemu -cpu %-8s %s  %s\n' "$reference" "$cpu" "$ours" "$verdict"
+done
 exit $status

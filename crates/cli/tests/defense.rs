@@ -146,3 +146,28 @@ fn a_coordinator_restarted_after_an_aggregator_snapshot_resumes_bit_identical() 
         assert!(output.status.success());
     }
 }
+
+#[test]
+fn the_aggregation_rule_of_run_toml_is_the_one_the_coordinator_applies() {
+    // Goal: `[aggregation]` is not decoration. Method: a run with the
+    // coordinate-wise median ends with exactly the bits of the simulation
+    // with the median, and not with those of the default rule.
+    let mut network = Network::with_extra(
+        3,
+        8,
+        0.0,
+        "min_workers = 3\ndeadline_ms = 60000",
+        "[aggregation]\nrule = \"median\"\n",
+    );
+    network.start_coordinator();
+    for index in 0..3 {
+        network.start_worker(index);
+    }
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    let median = simulated_state_hash_with(3, 3, 8, crowdtrain_defense::Aggregator::Median);
+    assert_eq!(status.state_hash, median);
+    assert_ne!(status.state_hash, simulated_state_hash(3, 3, 8), "the rule changes the model");
+    for output in network.join_workers() {
+        assert!(output.status.success());
+    }
+}

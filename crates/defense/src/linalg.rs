@@ -25,40 +25,31 @@ pub const LANES: usize = 8;
 /// changing it changes low-order bits.
 pub const CHUNK: usize = 1 << 14;
 
-/// `sum_i a[i] * b[i]` over one chunk, in lanes.
-fn dot_chunk(a: &[f32], b: &[f32]) -> f64 {
+/// `sum_i term(a[i], b[i])` over one chunk: each term rounded in `f32`,
+/// accumulated in `f64` in interleaved lanes, lanes added in order.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f64 {
     debug_assert_eq!(a.len(), b.len());
     let mut lanes = [0.0f64; LANES];
     let (a_body, a_tail) = a.split_at(a.len() - a.len() % LANES);
     let (b_body, b_tail) = b.split_at(a_body.len());
     for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
         for lane in 0..LANES {
-            lanes[lane] += f64::from(x[lane] * y[lane]);
+            lanes[lane] += f64::from(term(x[lane], y[lane]));
         }
     }
     for (lane, (&x, &y)) in a_tail.iter().zip(b_tail).enumerate() {
-        lanes[lane] += f64::from(x * y);
+        lanes[lane] += f64::from(term(x, y));
     }
     lanes.iter().fold(0.0, |sum, lane| sum + lane)
 }
 
-/// `sum_i (a[i] - b[i])^2` over one chunk, in lanes.
+fn dot_chunk(a: &[f32], b: &[f32]) -> f64 {
+    lane_sum(a, b, |x, y| x * y)
+}
+
 fn distance_chunk(a: &[f32], b: &[f32]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut lanes = [0.0f64; LANES];
-    let (a_body, a_tail) = a.split_at(a.len() - a.len() % LANES);
-    let (b_body, b_tail) = b.split_at(a_body.len());
-    for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
-        for lane in 0..LANES {
-            let difference = x[lane] - y[lane];
-            lanes[lane] += f64::from(difference * difference);
-        }
-    }
-    for (lane, (&x, &y)) in a_tail.iter().zip(b_tail).enumerate() {
-        let difference = x - y;
-        lanes[lane] += f64::from(difference * difference);
-    }
-    lanes.iter().fold(0.0, |sum, lane| sum + lane)
+    lane_sum(a, b, |x, y| (x - y) * (x - y))
 }
 
 /// The dot product of `a` and `b`.

@@ -97,19 +97,8 @@ pub enum Event {
         worker: WorkerId,
         reason: String,
     },
-    /// What verified work earned once scored on held-out data:
-    /// `credits = round(units * multiplier)`.
-    Reward {
-        round: RoundId,
-        worker: WorkerId,
-        /// Relative held-out loss improvement of the update alone.
-        score: f64,
-        /// The worker's smoothed quality after this round, in typical updates.
-        quality: f64,
-        multiplier: f64,
-        units: u64,
-        credits: u64,
-    },
+    /// What verified work earned once scored on held-out data.
+    Reward(Reward),
     RoundClosed {
         round: RoundId,
         result_model: Digest,
@@ -139,12 +128,27 @@ impl Event {
             Self::Slash { .. } => "slash",
             Self::WorkAccepted { .. } => "work-accepted",
             Self::UpdateRefused { .. } => "update-refused",
-            Self::Reward { .. } => "reward",
+            Self::Reward(_) => "reward",
             Self::RoundClosed { .. } => "round-closed",
             Self::RoundFailed { .. } => "round-failed",
             Self::RunFinished { .. } => "run-finished",
         }
     }
+}
+
+/// What a worker's verified work in a round earned:
+/// `credits = round(units * multiplier)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reward {
+    pub round: RoundId,
+    pub worker: WorkerId,
+    /// Relative held-out loss improvement of the update alone.
+    pub score: f64,
+    /// The worker's smoothed quality after this round, in typical updates.
+    pub quality: f64,
+    pub multiplier: f64,
+    pub units: u64,
+    pub credits: u64,
 }
 
 /// One link of the chain.

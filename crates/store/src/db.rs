@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crowdtrain_protocol::audit::Commitment;
 use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, Snapshot};
-use crowdtrain_protocol::ledger::{self, Chain, Event, Sealed};
+use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -244,15 +244,7 @@ pub enum Write {
         reason: String,
     },
     /// What a worker's verified work in a scored round earned.
-    Reward {
-        round: RoundId,
-        worker: WorkerId,
-        score: f64,
-        quality: f64,
-        multiplier: f64,
-        units: u64,
-        credits: u64,
-    },
+    Reward(Reward),
     /// A closed round's updates are scored and rewarded.
     Scored {
         round: RoundId,
@@ -889,7 +881,7 @@ fn apply_one(
                 params![round, worker.0, reason],
             )?;
         }
-        Write::Reward { round, worker, score, quality, multiplier, units, credits } => {
+        Write::Reward(Reward { round, worker, score, quality, multiplier, units, credits }) => {
             transaction.execute(
                 "INSERT INTO rewards (round, worker, score, quality, multiplier, units, credits)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

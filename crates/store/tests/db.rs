@@ -207,7 +207,7 @@ fn closing_a_round_records_its_result_once() {
     // Scoring: what it reads, what it writes, and only once.
     assert_eq!(store.unscored_rounds().unwrap(), vec![0]);
     assert_eq!(store.scoring_input(0).unwrap(), (Digest::of(b"m0"), Digest::of(b"b"), vec![WorkerId(0)]));
-    let reward = Write::Reward {
+    let reward = Write::Reward(crowdtrain_protocol::ledger::Reward {
         round: 0,
         worker: WorkerId(0),
         score: 0.01,
@@ -215,7 +215,7 @@ fn closing_a_round_records_its_result_once() {
         multiplier: 0.75,
         units: 64,
         credits: 48,
-    };
+    });
     let scored = Write::Scored { round: 0, unix_ms: 40 };
     store.apply(&[reward, scored.clone()], &coordinator()).unwrap();
     assert!(store.unscored_rounds().unwrap().is_empty());

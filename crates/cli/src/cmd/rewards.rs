@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::ledger::{Event, Reward};
 use crowdtrain_protocol::{PublicKey, WorkerId};
 use crowdtrain_store::db::verify_ledger;
 use serde::Serialize;
@@ -107,7 +107,7 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             Event::WorkAccepted { worker: id, units, .. } => worker(&mut workers, *id).verified_work += units,
             Event::UpdateRefused { worker: id, .. } => worker(&mut workers, *id).refused_updates += 1,
             Event::Slash { worker: id, amount, .. } => worker(&mut workers, *id).slashed += amount,
-            Event::Reward { round, worker: id, quality, multiplier, credits, .. } => {
+            Event::Reward(Reward { round, worker: id, quality, multiplier, credits, .. }) => {
                 let rewards = worker(&mut workers, *id);
                 rewards.earned += credits;
                 rewards.quality = Some(*quality);

@@ -218,6 +218,16 @@ pub fn finished_and_evaluated(status: &RunStatus) -> bool {
 /// 32, the coordinator's default checks, aggregator and validation split):
 /// what the network must reproduce bit for bit.
 pub fn simulated_state_hash(workers: usize, rounds: u64, inner_steps: u64) -> String {
+    simulated_state_hash_with(workers, rounds, inner_steps, crowdtrain_defense::Aggregator::default())
+}
+
+/// [`simulated_state_hash`] with another aggregation rule.
+pub fn simulated_state_hash_with(
+    workers: usize,
+    rounds: u64,
+    inner_steps: u64,
+    aggregator: crowdtrain_defense::Aggregator,
+) -> String {
     let config = DilocoConfig {
         model: ModelKind::Mlp,
         workers,
@@ -235,7 +245,7 @@ pub fn simulated_state_hash(workers: usize, rounds: u64, inner_steps: u64) -> St
     simulate(
         &config,
         &dataset,
-        &mut crowdtrain_defense::ModelDefense::new(Default::default(), Default::default()),
+        &mut crowdtrain_defense::ModelDefense::new(Default::default(), aggregator),
         |_| {},
     )
     .unwrap()

@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use crowdtrain_defense::quality;
 use crowdtrain_protocol::RoundId;
-use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::ledger::{Event, Reward};
 use crowdtrain_store::{CheckpointKind, Write, checkpoint};
 use crowdtrain_train::Codec;
 
@@ -79,7 +79,7 @@ impl Node {
         for (worker, scored) in workers.iter().zip(inner.quality.observe(&pairs, config)) {
             let credits = quality::credits(units, scored.multiplier);
             tracing::debug!(round, %worker, score = scored.score, quality = scored.smoothed, credits, "rewarded");
-            writes.push(Write::Reward {
+            let reward = Reward {
                 round,
                 worker: *worker,
                 score: scored.score,
@@ -87,19 +87,9 @@ impl Node {
                 multiplier: scored.multiplier,
                 units,
                 credits,
-            });
-            writes.push(Write::Ledger {
-                unix_ms: now,
-                event: Event::Reward {
-                    round,
-                    worker: *worker,
-                    score: scored.score,
-                    quality: scored.smoothed,
-                    multiplier: scored.multiplier,
-                    units,
-                    credits,
-                },
-            });
+            };
+            writes.push(Write::Reward(reward.clone()));
+            writes.push(Write::Ledger { unix_ms: now, event: Event::Reward(reward) });
         }
         writes.push(Write::Scored { round, unix_ms: now });
         inner.store.apply(&writes, &self.identity)?;
