@@ -241,3 +241,200 @@ fn tampering_with_any_ledger_entry_in_the_file_is_detected_and_located() {
     std::fs::write(&database, &pristine).unwrap();
     assert!(verify().status.success(), "the untouched file verifies again");
 }
+
+/// `(audited, auditor)` pairs of every audit draw, by round.
+fn auditors_by_round(network: &Network) -> BTreeMap<u64, BTreeMap<u64, u64>> {
+    entries(network, "audit-draw")
+        .iter()
+        .map(|entry| {
+            let event = &entry["event"]["audit-draw"];
+            let pairs = event["auditors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pair| (pair[0].as_u64().unwrap(), pair[1].as_u64().unwrap()))
+                .collect();
+            (event["round"].as_u64().unwrap(), pairs)
+        })
+        .collect()
+}
+
+/// Who judged each audit (`None`: the coordinator).
+fn judges(network: &Network) -> BTreeMap<(u64, u64), Option<u64>> {
+    entries(network, "audit")
+        .iter()
+        .map(|entry| {
+            let event = &entry["event"]["audit"];
+            (
+                (event["round"].as_u64().unwrap(), event["worker"].as_u64().unwrap()),
+                event["judged_by"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn delegated_audits_are_replayed_by_workers_of_the_same_class_with_the_coordinators_verdicts() {
+    // Goal: with `audit.auditors = "workers"` each drawn segment is
+    // replayed by another worker of the same determinism class, and the
+    // run ends as if the coordinator had audited everything itself.
+    // Method: three workers on the AVX2+FMA kernels and one on the portable
+    // kernels (another class), every submission audited, 4 rounds.
+    let rounds = 4;
+    let mut network = Network::with_extra(
+        rounds,
+        STEPS,
+        1.0,
+        "min_workers = 4\ndeadline_ms = 60000\nreveal_ms = 30000",
+        "",
+    );
+    let config = std::fs::read_to_string(network.path("run.toml")).unwrap();
+    std::fs::write(
+        network.path("run.toml"),
+        config.replace("[audit]\n", "[audit]\nauditors = \"workers\"\n"),
+    )
+    .unwrap();
+    network.start_coordinator();
+    for index in 0..3 {
+        network.start_worker(index);
+    }
+    network.start_worker_with(3, "honest", 1, &[("CROWDTRAIN_KERNELS", "portable")]);
+    let status = network.wait_for(240, "the run to finish", finished_and_evaluated);
+    for output in network.join_workers() {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let class: BTreeMap<u64, String> =
+        status.workers.iter().map(|worker| (worker.worker.0, worker.class.clone())).collect();
+    assert_eq!(class.values().filter(|class| class.as_str() == "portable").count(), 1);
+    let verdicts = by_submission(&network, "audit", "verdict");
+    assert_eq!(verdicts.len() as u64, 4 * rounds);
+    assert!(verdicts.values().all(|verdict| verdict == "passed"), "{verdicts:?}");
+    let auditors = auditors_by_round(&network);
+    for ((round, worker), judged_by) in judges(&network) {
+        match judged_by {
+            Some(auditor) => {
+                assert_ne!(auditor, worker);
+                assert_eq!(class[&auditor], class[&worker], "round {round}: same class");
+                assert_eq!(auditors[&round].get(&worker), Some(&auditor), "the auditor the draw named");
+            }
+            None => assert_eq!(
+                class[&worker], "portable",
+                "only the lone portable worker is audited by the coordinator"
+            ),
+        }
+    }
+    assert!(
+        status
+            .workers
+            .iter()
+            .filter(|worker| worker.class == "avx2-fma")
+            .all(|worker| worker.audits_judged > 0)
+    );
+    assert!(entries(&network, "slash").is_empty() && entries(&network, "auditor-slashed").is_empty());
+    assert_eq!(status.state_hash, simulated_state_hash(4, rounds, STEPS), "the same bits as any honest run");
+}
+
+#[test]
+fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
+    // Goal: delegating audits trusts no auditor. A report that contradicts
+    // the commitment makes the coordinator replay the segment itself and
+    // slash whichever side its replay contradicts; an auditor that never
+    // reports is replaced by the coordinator at the reveal deadline.
+    // Method: two honest workers, a lazy one, a lying auditor and a silent
+    // one (no-answer: it neither answers its own audits nor replays
+    // others'), every submission audited, 8 rounds: with 32 draws of an
+    // auditor among 4 candidates, each of the two is drawn for someone
+    // except with probability (3/4)^32, about 1e-4.
+    let rounds = 8;
+    let mut network = Network::new(
+        rounds,
+        STEPS,
+        1.0,
+        "min_workers = 5\nquorum = 1\ndeadline_ms = 60000\nreveal_ms = 3000",
+    );
+    let config = std::fs::read_to_string(network.path("run.toml")).unwrap();
+    std::fs::write(
+        network.path("run.toml"),
+        config.replace("[audit]\n", "[audit]\nauditors = \"workers\"\n"),
+    )
+    .unwrap();
+    network.start_coordinator();
+    let behaviors = ["honest", "honest", "lazy:1", "lying-auditor", "no-answer"];
+    for (index, behavior) in behaviors.iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    network.wait_for(240, "the run to finish", finished_and_evaluated);
+    // By id: two workers share the behaviour "honest".
+    let summaries: BTreeMap<u64, String> = network
+        .join_workers()
+        .into_iter()
+        .map(|output| {
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+            (summary["worker"].as_u64().unwrap(), summary["behavior"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let behavior_of: BTreeMap<u64, &str> =
+        summaries.iter().map(|(id, behavior)| (*id, behavior.as_str())).collect();
+    assert_eq!(behavior_of.len(), 5);
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let judges = judges(&network);
+    let auditors = auditors_by_round(&network);
+    let auditor_slashes: Vec<(u64, u64)> = entries(&network, "auditor-slashed")
+        .iter()
+        .map(|entry| {
+            let event = &entry["event"]["auditor-slashed"];
+            (event["round"].as_u64().unwrap(), event["auditor"].as_u64().unwrap())
+        })
+        .collect();
+    for round in 0..rounds {
+        for (&worker, &behavior) in &behavior_of {
+            // A verdict is "passed", "unanswered" or {"failed": reason}.
+            let verdict = &verdicts[&(round, worker)];
+            let kind =
+                verdict.as_str().unwrap_or(if verdict.get("failed").is_some() { "failed" } else { "?" });
+            match behavior {
+                "honest" | "lying-auditor" => {
+                    assert_eq!(kind, "passed", "{behavior}, round {round}: {verdict}")
+                }
+                "lazy:1" => assert_eq!(kind, "failed", "round {round}"),
+                "no-answer" => assert_eq!(kind, "unanswered", "round {round}"),
+                other => panic!("{other}"),
+            }
+            let Some(&auditor) = auditors[&round].get(&worker) else { continue };
+            match behavior_of[&auditor] {
+                "lying-auditor" => {
+                    assert_eq!(judges[&(round, worker)], None, "a lie is re-checked by the coordinator");
+                    if behavior != "no-answer" {
+                        assert!(
+                            auditor_slashes.contains(&(round, auditor)),
+                            "the liar is slashed in round {round}"
+                        );
+                    }
+                }
+                "no-answer" if behavior != "no-answer" => {
+                    assert_eq!(judges[&(round, worker)], None, "the coordinator replaces a silent auditor");
+                }
+                _ => {}
+            }
+        }
+    }
+    let drawn_as_auditor = |wanted: &str| {
+        auditors.values().flat_map(|pairs| pairs.values()).any(|auditor| behavior_of[auditor] == wanted)
+    };
+    assert!(
+        drawn_as_auditor("lying-auditor") && drawn_as_auditor("no-answer"),
+        "both bad auditors were tried"
+    );
+    let honest_ids: Vec<u64> =
+        behavior_of.iter().filter(|(_, behavior)| **behavior == "honest").map(|(id, _)| *id).collect();
+    assert!(
+        auditor_slashes.iter().all(|(_, auditor)| behavior_of[auditor] == "lying-auditor"),
+        "{auditor_slashes:?}"
+    );
+    let slashed = by_submission(&network, "slash", "reason");
+    assert!(
+        slashed.keys().all(|(_, worker)| !honest_ids.contains(worker)),
+        "honest workers are never slashed"
+    );
+}

@@ -14,6 +14,7 @@
 
 pub mod coordinator;
 mod error;
+pub mod replay;
 pub mod worker;
 
 pub use error::NodeError;

@@ -89,6 +89,22 @@ pub fn draw(beacon: &Digest, worker: WorkerId, probability: f64, segments: u32) 
     Some(1 + (word(b"segment") % u64::from(segments)) as u32)
 }
 
+/// Who replays `worker`'s drawn segment when audits are delegated: one of
+/// `candidates` (the round's other committed workers of the same
+/// determinism class, in ascending order) picked by the beacon, or `None`
+/// if there is none and the coordinator replays it itself. As checkable as
+/// the draw, and as unpredictable before the commit phase ends.
+pub fn auditor(beacon: &Digest, worker: WorkerId, candidates: &[WorkerId]) -> Option<WorkerId> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-12 audit delegate v1");
+    hasher.update(&beacon.0);
+    hasher.update(&worker.0.to_le_bytes());
+    let word = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+    Some(candidates[(word % candidates.len() as u64) as usize])
+}
+
 /// The steps of segment `segment` (1-based) of `steps` inner steps cut into
 /// `segments` segments: `[start, end)`. The training code's own definition,
 /// so that workers and auditors cut the same way.

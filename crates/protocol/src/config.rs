@@ -38,6 +38,7 @@
 //! probability = 0.1 # chance a submission's segment is replayed
 //! segments = 4
 //! stake = 32000     # >= inner.steps * inner.batch_size / probability
+//! auditors = "coordinator"  # or "workers": delegate replays to workers
 //!
 //! [checks]          # on every submission, before aggregation
 //! norm_factor = 3.0        # refuse norms above this x the round's median
@@ -269,11 +270,25 @@ pub struct AuditSection {
     /// least the work of a submission divided by `probability`, so that
     /// skipping any part of the work has negative expected value.
     pub stake: u64,
+    /// Who replays a drawn segment: the coordinator, or another worker of
+    /// the round of the same determinism class, with the coordinator
+    /// replaying it itself when that worker's report disagrees with the
+    /// commitment (and then slashing whichever of the two was wrong).
+    pub auditors: Auditors,
+}
+
+/// Who replays audited segments (`audit.auditors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Auditors {
+    #[default]
+    Coordinator,
+    Workers,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
-        Self { probability: 0.1, segments: 4, stake: 32_000 }
+        Self { probability: 0.1, segments: 4, stake: 32_000, auditors: Auditors::Coordinator }
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Settings {
     pub stake: u64,
     /// Credit for one accepted submission.
     pub work_units: u64,
+    /// Replays are delegated to workers of the same determinism class.
+    pub delegate_audits: bool,
 }
 
 impl Settings {
@@ -112,6 +114,7 @@ impl Settings {
             segments: config.audit.segments,
             stake: config.audit.stake,
             work_units: config.work_units(),
+            delegate_audits: config.audit.auditors == crate::config::Auditors::Workers,
         }
     }
 
@@ -198,7 +201,8 @@ impl Verdict {
 #[must_use]
 pub enum Action {
     /// Persist a newly registered worker.
-    PersistWorker { worker: WorkerId, key: PublicKey, registered_unix_ms: u64 },
+    /// Persist a newly registered worker and its determinism class.
+    PersistWorker { worker: WorkerId, key: PublicKey, class: String, registered_unix_ms: u64 },
     /// Persist a newly opened round and its participants (slot order).
     OpenRound {
         round: RoundId,
@@ -226,8 +230,20 @@ pub enum Action {
         secret: [u8; 32],
         beacon: Digest,
         audits: Vec<(WorkerId, u32)>,
+        /// `(audited, auditor)` for the delegated audits.
+        auditors: Vec<(WorkerId, WorkerId)>,
         reveal_deadline_unix_ms: u64,
     },
+    /// Persist an audit answer whose proofs checked (its bytes are the
+    /// driver's), and the nonce of the request that carried it.
+    RecordAuditAnswer { round: RoundId, worker: WorkerId, nonce: u64, received_unix_ms: u64 },
+    /// The reveal deadline passed with this answered audit not judged (its
+    /// auditor did not report): replay it yourself and call
+    /// [`Coordinator::audit_result`].
+    JudgeAudit { round: RoundId, worker: WorkerId, segment: u32 },
+    /// Take `amount` work units from an auditor whose report the
+    /// coordinator's own replay contradicted.
+    SlashAuditor { round: RoundId, auditor: WorkerId, audited: WorkerId, amount: u64, reason: String },
     /// Persist a reveal (its payload is the driver's) and its request nonce.
     RecordReveal {
         round: RoundId,
@@ -243,7 +259,10 @@ pub enum Action {
         worker: WorkerId,
         segment: u32,
         verdict: Verdict,
-        nonce: Option<u64>,
+        /// Who replayed the segment (`None`: the coordinator).
+        judged_by: Option<WorkerId>,
+        /// The request that delivered the verdict: its sender and nonce.
+        nonce: Option<(WorkerId, u64)>,
         decided_unix_ms: u64,
     },
     /// Take `amount` work units from `worker`.
@@ -264,6 +283,9 @@ pub enum Action {
     /// All rounds are done.
     Finish { final_model: Digest },
 }
+
+/// `(audited, auditor)`: who replays whose segment.
+pub type AuditorPair = (WorkerId, WorkerId);
 
 /// A refused input, with the reason the caller gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +328,9 @@ impl Outcome {
 struct Worker {
     last_seen_ms: u64,
     last_nonce: u64,
+    /// Its determinism class (the kernels its CPU runs): only a worker of
+    /// the same class replays its segments.
+    class: String,
     /// Assigned to a round that closed without its submission, and not
     /// seen since.
     missed: bool,
@@ -337,6 +362,12 @@ pub struct Standing {
     pub malformed: bool,
     /// A commitment that arrived after the commit phase.
     pub late_commitment: Option<Commitment>,
+    /// The worker that replays the drawn segment, when delegated.
+    pub auditor: Option<WorkerId>,
+    /// Whether the audit answer arrived and its proofs checked.
+    pub answered: bool,
+    /// Whether the driver was asked to replay it itself at the deadline.
+    pub judging: bool,
 }
 
 impl Standing {
@@ -366,6 +397,8 @@ pub struct OpenRound {
     pub secret_commitment: Digest,
     /// Revealed when the commit phase ends.
     pub secret: Option<[u8; 32]>,
+    /// Auditors slashed this round (once each).
+    pub auditors_slashed: BTreeSet<WorkerId>,
 }
 
 impl OpenRound {
@@ -405,6 +438,10 @@ pub struct RoundSnapshot {
     pub commitments: Vec<(WorkerId, Recorded, Commitment)>,
     pub reveals: Vec<(WorkerId, Recorded, Digest)>,
     pub verdicts: Vec<(WorkerId, Verdict)>,
+    /// Audited workers whose answers arrived (and checked).
+    pub answered: Vec<WorkerId>,
+    /// Auditors slashed in the round.
+    pub auditors_slashed: Vec<WorkerId>,
     pub result_model: Option<Digest>,
 }
 
@@ -426,12 +463,22 @@ impl RoundState {
     }
 }
 
+/// A persisted worker, for [`Coordinator::restore`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSnapshot {
+    pub worker: WorkerId,
+    pub key: PublicKey,
+    /// The last nonce accepted from it.
+    pub last_nonce: u64,
+    pub class: String,
+}
+
 /// Everything the driver persisted, for [`Coordinator::restore`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub initial_model: Digest,
-    /// `(id, key, last accepted nonce)`, any order.
-    pub workers: Vec<(WorkerId, PublicKey, u64)>,
+    /// Every worker, any order.
+    pub workers: Vec<WorkerSnapshot>,
     /// Every round, ascending id.
     pub rounds: Vec<RoundSnapshot>,
 }
@@ -493,9 +540,9 @@ impl Coordinator {
     ) -> Self {
         let mut machine = Self::new(settings, run_id, snapshot.initial_model, audit_master);
         machine.now_ms = now;
-        for (worker, key, last_nonce) in snapshot.workers {
+        for WorkerSnapshot { worker, key, last_nonce, class } in snapshot.workers {
             machine.keys.insert(key, worker);
-            machine.workers.insert(worker, Worker { last_seen_ms: now, last_nonce, missed: false });
+            machine.workers.insert(worker, Worker { last_seen_ms: now, last_nonce, class, missed: false });
         }
         for round in snapshot.rounds {
             assert!(round.id >= machine.next_round, "rounds are restored in ascending order");
@@ -550,16 +597,15 @@ impl Coordinator {
             standings,
             secret_commitment: audit::secret_commitment(&secret),
             secret: None,
+            auditors_slashed: round.auditors_slashed.iter().copied().collect(),
         };
         if let Some(deadline_ms) = round.reveal_deadline_unix_ms {
             open.phase = RoundPhase::Revealing { deadline_ms };
             open.secret = Some(secret);
             let beacon = audit::beacon(&secret, &self.run_id, round.id, &open.commitments());
-            for (worker, standing) in
-                open.standings.iter_mut().filter(|(_, standing)| standing.commitment.is_some())
-            {
-                standing.audit =
-                    audit::draw(&beacon, *worker, self.settings.audit_probability, self.settings.segments);
+            self.assign_audits(&mut open, &beacon);
+            for worker in &round.answered {
+                open.standings.entry(*worker).or_default().answered = true;
             }
             for &(worker, status, digest) in &round.reveals {
                 let standing = open.standings.entry(worker).or_default();
@@ -655,28 +701,80 @@ impl Coordinator {
             revealed: standing
                 .is_some_and(|standing| standing.revealed.is_some() || standing.rejected.is_some()),
             audit: standing.and_then(|standing| standing.audit).filter(|_| revealing),
-            audit_answered: standing.is_some_and(|standing| standing.verdict.is_some()),
+            audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
+            audit_task: worker.and_then(|worker| self.audit_task(worker)),
         }
     }
 
+    /// The delegated audit `auditor` should replay now, if any: the first
+    /// (by audited worker) whose answer is in and which is not yet judged.
+    pub fn audit_task(&self, auditor: WorkerId) -> Option<crate::wire::AuditTaskRef> {
+        let open = self.open.as_ref()?;
+        open.standings.iter().find_map(|(&worker, standing)| {
+            let waiting =
+                standing.auditor == Some(auditor) && standing.answered && standing.verdict.is_none();
+            waiting.then(|| crate::wire::AuditTaskRef { worker, segment: standing.audit.expect("drawn") })
+        })
+    }
+
     /// The audited segment and commitment of `worker` in the open round, if
-    /// it is drawn and not yet judged: what the driver needs to replay.
+    /// it is drawn, its answer not yet in and not judged: what the driver
+    /// needs to check an answer.
     pub fn pending_audit(&self, worker: WorkerId, round: RoundId) -> Option<(u32, Commitment)> {
         let open = self.open.as_ref().filter(|open| open.id == round)?;
         let standing = open.standings.get(&worker)?;
-        match (standing.audit, standing.commitment, &standing.verdict) {
-            (Some(segment), Some(commitment), None) => Some((segment, commitment)),
+        match (standing.audit, standing.commitment, &standing.verdict, standing.answered) {
+            (Some(segment), Some(commitment), None, false) => Some((segment, commitment)),
             _ => None,
         }
+    }
+
+    /// The segment and commitment of `audited`'s answered, unjudged audit
+    /// in `round`, if `auditor` is the one who must replay it.
+    pub fn delegated_audit(
+        &self,
+        auditor: WorkerId,
+        round: RoundId,
+        audited: WorkerId,
+    ) -> Option<(u32, Commitment)> {
+        let open = self.open.as_ref().filter(|open| open.id == round)?;
+        let standing = open.standings.get(&audited)?;
+        let waiting = standing.auditor == Some(auditor) && standing.answered && standing.verdict.is_none();
+        waiting.then(|| (standing.audit.expect("drawn"), standing.commitment.expect("committed")))
+    }
+
+    /// The segment of `audited`'s answered, unjudged audit in `round`:
+    /// what the driver replays when asked to ([`Action::JudgeAudit`]).
+    pub fn answered_audit(&self, round: RoundId, audited: WorkerId) -> Option<(u32, Commitment)> {
+        let open = self.open.as_ref().filter(|open| open.id == round)?;
+        let standing = open.standings.get(&audited)?;
+        (standing.answered && standing.verdict.is_none())
+            .then(|| (standing.audit.expect("drawn"), standing.commitment.expect("committed")))
     }
 
     // (B) inputs
 
     /// Registers `key` (idempotent: a known key gets its id back). A new
     /// worker joins at the next round.
-    pub fn register(&mut self, now: u64, key: PublicKey) -> Result<(WorkerId, bool), Refusal> {
+    pub fn register(&mut self, now: u64, key: PublicKey, class: &str) -> Result<(WorkerId, bool), Refusal> {
         self.advance(now);
+        if class.is_empty() || class.len() > 64 || !class.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "the determinism class must be 1 to 64 printable ASCII characters",
+            ));
+        }
         if let Some(&worker) = self.keys.get(&key) {
+            let registered = &self.workers[&worker].class;
+            if registered != class {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{worker} registered with determinism class {registered}, not {class}; a worker on \
+                         another kind of CPU needs a key of its own"
+                    ),
+                ));
+            }
             self.seen(now, worker);
             return Ok((worker, false));
         }
@@ -688,8 +786,16 @@ impl Coordinator {
         }
         let worker = WorkerId(self.workers.len() as u64);
         self.keys.insert(key, worker);
-        self.workers.insert(worker, Worker { last_seen_ms: now, last_nonce: 0, missed: false });
-        self.actions.push_back(Action::PersistWorker { worker, key, registered_unix_ms: now });
+        self.workers.insert(
+            worker,
+            Worker { last_seen_ms: now, last_nonce: 0, class: class.to_owned(), missed: false },
+        );
+        self.actions.push_back(Action::PersistWorker {
+            worker,
+            key,
+            class: class.to_owned(),
+            registered_unix_ms: now,
+        });
         self.maybe_open();
         Ok((worker, true))
     }
@@ -959,28 +1065,86 @@ impl Coordinator {
         Ok(Outcome::Recorded(Recorded::Malformed))
     }
 
-    /// The driver's verdict on `worker`'s audit answer in `round` (it
-    /// checked the proofs and replayed the segment). A failure rejects the
-    /// submission and slashes the stake.
-    pub fn audit_result(
+    /// `worker`'s answer to its audit in `round` arrived with its nonce,
+    /// and its proofs checked (the driver keeps its bytes). Returns the
+    /// worker that must replay it when audits are delegated, or `None`: the
+    /// driver replays it now and reports with [`audit_result`](Self::audit_result).
+    pub fn audit_answered(
         &mut self,
         now: u64,
         worker: WorkerId,
         nonce: u64,
         round: RoundId,
-        verdict: Verdict,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<WorkerId>, Refusal> {
         self.advance(now);
-        let Some((segment, _)) = self.pending_audit(worker, round) else {
+        if self.pending_audit(worker, round).is_none() {
             return Err(Refusal::new(
                 ErrorCode::NotAudited,
                 format!("{worker} has no pending audit in round {round}"),
             ));
-        };
+        }
         self.record_nonce(worker, nonce, now);
-        self.judge(round, worker, segment, verdict, Some(nonce));
+        let open = self.open.as_mut().expect("a pending audit is in the open round");
+        let standing = open.standings.get_mut(&worker).expect("audited workers have standings");
+        standing.answered = true;
+        let auditor = standing.auditor;
+        self.actions.push_back(Action::RecordAuditAnswer { round, worker, nonce, received_unix_ms: now });
+        Ok(auditor)
+    }
+
+    /// The verdict on `worker`'s audit in `round`: replayed by `judged_by`
+    /// (`None`: the driver itself), delivered by the request of `sender`
+    /// (its nonce is recorded), if any. A failure rejects the submission
+    /// and slashes the stake.
+    pub fn audit_result(
+        &mut self,
+        now: u64,
+        round: RoundId,
+        worker: WorkerId,
+        verdict: Verdict,
+        judged_by: Option<WorkerId>,
+        sender: Option<(WorkerId, u64)>,
+    ) -> Result<(), Refusal> {
+        self.advance(now);
+        let segment = self
+            .open
+            .as_ref()
+            .filter(|open| open.id == round)
+            .and_then(|open| open.standings.get(&worker))
+            .filter(|standing| standing.commitment.is_some() && standing.verdict.is_none())
+            .and_then(|standing| standing.audit)
+            .ok_or_else(|| {
+                Refusal::new(ErrorCode::NotAudited, format!("{worker} has no pending audit in round {round}"))
+            })?;
+        if let Some((sender, nonce)) = sender {
+            self.record_nonce(sender, nonce, now);
+        }
+        self.judge(round, worker, segment, verdict, judged_by, sender);
         self.settle();
         Ok(())
+    }
+
+    /// The coordinator's own replay contradicted what `auditor` reported
+    /// for `audited`'s segment: it is slashed (once per round).
+    pub fn auditor_wrong(
+        &mut self,
+        now: u64,
+        round: RoundId,
+        auditor: WorkerId,
+        audited: WorkerId,
+        reason: &str,
+    ) {
+        self.advance(now);
+        let Some(open) = self.open.as_mut().filter(|open| open.id == round) else { return };
+        if open.auditors_slashed.insert(auditor) {
+            self.actions.push_back(Action::SlashAuditor {
+                round,
+                auditor,
+                audited,
+                amount: self.settings.stake,
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// Time has reached `now`: deadlines may have passed.
@@ -1013,17 +1177,34 @@ impl Coordinator {
             }
             RoundPhase::Revealing { .. } => {
                 let round = open.id;
-                let unanswered: Vec<(WorkerId, u32)> = open
+                let due: Vec<(WorkerId, u32, bool)> = open
                     .standings
                     .iter()
                     .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
-                    .filter_map(|(&worker, standing)| Some((worker, standing.audit?)))
-                    .filter(|(worker, _)| open.standings[worker].verdict.is_none())
+                    .filter(|(_, standing)| standing.verdict.is_none())
+                    .filter_map(|(&worker, standing)| Some((worker, standing.audit?, standing.answered)))
                     .collect();
-                for (worker, segment) in unanswered {
-                    self.judge(round, worker, segment, Verdict::Unanswered, None);
+                // Answered audits whose auditor did not report: the driver
+                // replays them itself, and the round closes when it has.
+                let mut judging = false;
+                for &(worker, segment, answered) in &due {
+                    let standing = open.standings.get_mut(&worker).expect("due audits have standings");
+                    if answered {
+                        judging = true;
+                        if !standing.judging {
+                            standing.judging = true;
+                            self.actions.push_back(Action::JudgeAudit { round, worker, segment });
+                        }
+                    }
                 }
-                self.close_open_round();
+                for (worker, segment, answered) in due {
+                    if !answered {
+                        self.judge(round, worker, segment, Verdict::Unanswered, None, None);
+                    }
+                }
+                if !judging {
+                    self.close_open_round();
+                }
             }
         }
     }
@@ -1133,7 +1314,8 @@ impl Coordinator {
         worker: WorkerId,
         segment: u32,
         verdict: Verdict,
-        nonce: Option<u64>,
+        judged_by: Option<WorkerId>,
+        nonce: Option<(WorkerId, u64)>,
     ) {
         let open = self.open.as_mut().expect("audits are judged in the open round");
         let standing = open.standings.get_mut(&worker).expect("audited workers have standings");
@@ -1148,6 +1330,7 @@ impl Coordinator {
             worker,
             segment,
             verdict: verdict.clone(),
+            judged_by,
             nonce,
             decided_unix_ms: self.now_ms,
         });
@@ -1179,18 +1362,10 @@ impl Coordinator {
     }
 
     fn begin_reveal(&mut self) {
-        let open = self.open.as_mut().expect("a round to reveal");
+        let mut open = self.open.take().expect("a round to reveal");
         let secret = audit::round_secret(&self.audit_master, &self.run_id, open.id);
-        let commitments = open.commitments();
-        let beacon = audit::beacon(&secret, &self.run_id, open.id, &commitments);
-        let mut audits = Vec::new();
-        for worker in commitments.keys() {
-            let draw = audit::draw(&beacon, *worker, self.settings.audit_probability, self.settings.segments);
-            open.standings.get_mut(worker).expect("committed workers have standings").audit = draw;
-            if let Some(segment) = draw {
-                audits.push((*worker, segment));
-            }
-        }
+        let beacon = audit::beacon(&secret, &self.run_id, open.id, &open.commitments());
+        let (audits, auditors) = self.assign_audits(&mut open, &beacon);
         let deadline_ms = self.now_ms + self.settings.reveal_ms;
         open.phase = RoundPhase::Revealing { deadline_ms };
         open.secret = Some(secret);
@@ -1199,8 +1374,49 @@ impl Coordinator {
             secret,
             beacon,
             audits,
+            auditors,
             reveal_deadline_unix_ms: deadline_ms,
         });
+        self.open = Some(open);
+    }
+
+    /// Draws the committed workers' audits from `beacon` and, when audits
+    /// are delegated, each one's auditor among the other committed workers
+    /// of the same determinism class. Returns `(worker, segment)` and
+    /// `(audited, auditor)` pairs, ascending.
+    fn assign_audits(
+        &self,
+        open: &mut OpenRound,
+        beacon: &Digest,
+    ) -> (Vec<(WorkerId, u32)>, Vec<AuditorPair>) {
+        let committed: Vec<WorkerId> = open.commitments().into_keys().collect();
+        let (mut audits, mut auditors) = (Vec::new(), Vec::new());
+        for &worker in &committed {
+            let Some(segment) =
+                audit::draw(beacon, worker, self.settings.audit_probability, self.settings.segments)
+            else {
+                continue;
+            };
+            audits.push((worker, segment));
+            let auditor = if self.settings.delegate_audits {
+                let class = &self.workers[&worker].class;
+                let candidates: Vec<WorkerId> = committed
+                    .iter()
+                    .copied()
+                    .filter(|&other| other != worker && &self.workers[&other].class == class)
+                    .collect();
+                audit::auditor(beacon, worker, &candidates)
+            } else {
+                None
+            };
+            if let Some(auditor) = auditor {
+                auditors.push((worker, auditor));
+            }
+            let standing = open.standings.get_mut(&worker).expect("committed workers have standings");
+            standing.audit = Some(segment);
+            standing.auditor = auditor;
+        }
+        (audits, auditors)
     }
 
     /// Ends the reveal phase: aggregates the accepted submissions if they
@@ -1287,6 +1503,7 @@ impl Coordinator {
             participants,
             secret_commitment,
             secret: None,
+            auditors_slashed: BTreeSet::new(),
         });
     }
 }

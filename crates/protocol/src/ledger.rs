@@ -58,12 +58,14 @@ pub enum Event {
         commitment: Commitment,
         status: Recorded,
     },
-    /// The commit phase ended: the secret, the beacon and who is audited.
+    /// The commit phase ended: the secret, the beacon, who is audited, and
+    /// (when audits are delegated) who replays whom.
     AuditDraw {
         round: RoundId,
         secret: [u8; 32],
         beacon: Digest,
         audits: Vec<(WorkerId, u32)>,
+        auditors: Vec<(WorkerId, WorkerId)>,
     },
     Reveal {
         round: RoundId,
@@ -71,11 +73,23 @@ pub enum Event {
         payload: Digest,
         status: Recorded,
     },
+    /// An audit's verdict, and who replayed the segment (`None`: the
+    /// coordinator).
     Audit {
         round: RoundId,
         worker: WorkerId,
         segment: u32,
         verdict: Verdict,
+        judged_by: Option<WorkerId>,
+    },
+    /// A delegated auditor reported a replay that the coordinator's own
+    /// replay contradicted.
+    AuditorSlashed {
+        round: RoundId,
+        auditor: WorkerId,
+        audited: WorkerId,
+        amount: u64,
+        reason: String,
     },
     Slash {
         round: RoundId,
@@ -125,6 +139,7 @@ impl Event {
             Self::AuditDraw { .. } => "audit-draw",
             Self::Reveal { .. } => "reveal",
             Self::Audit { .. } => "audit",
+            Self::AuditorSlashed { .. } => "auditor-slashed",
             Self::Slash { .. } => "slash",
             Self::WorkAccepted { .. } => "work-accepted",
             Self::UpdateRefused { .. } => "update-refused",

@@ -335,8 +335,43 @@ pub struct RoundView {
     pub revealed: bool,
     /// The segment this worker must answer an audit for, if drawn.
     pub audit: Option<u32>,
-    /// Whether that audit has been judged.
+    /// Whether that audit has been answered (or judged).
     pub audit_answered: bool,
+    /// A delegated audit this worker must replay now, if any.
+    pub audit_task: Option<AuditTaskRef>,
+}
+
+/// An audited worker's segment a delegated auditor must replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditTaskRef {
+    pub worker: WorkerId,
+    pub segment: u32,
+}
+
+/// What a delegated auditor replays (`GET /v1/rounds/{round}/audit-tasks/{worker}`,
+/// postcard, signed by the coordinator): the audited worker's assignment
+/// and the state at the start of the drawn segment, checked by the
+/// coordinator against the commitment. Not the claimed end: the auditor
+/// must compute it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditTask {
+    pub assignment: Assignment,
+    pub segment: u32,
+    /// The canonical bytes of the start state (see `TrainState::to_bytes`).
+    pub start_state: Vec<u8>,
+}
+
+impl SignedBody for AuditTask {
+    const DOMAIN: &'static str = "crowdtrain/audit-task/v1";
+}
+
+/// What a delegated auditor reports (`POST /v1/rounds/{round}/audit-tasks/{worker}`,
+/// postcard): the state hash its replay ended at, and for the last segment
+/// the digest of the update that state gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub end_hash: Digest,
+    pub payload: Option<Digest>,
 }
 
 impl SignedBody for RoundView {
@@ -350,6 +385,8 @@ pub enum Stage {
     Commitment,
     Reveal,
     AuditAnswer,
+    /// A delegated auditor's report on another worker's segment.
+    AuditReport,
 }
 
 /// The coordinator's signed acknowledgement of a commitment, reveal or
@@ -463,6 +500,12 @@ pub struct WorkerStatus {
     pub audits_passed: u64,
     /// Failed or unanswered audits.
     pub audits_failed: u64,
+    /// Other workers' segments this worker replayed as a delegated auditor.
+    pub audits_judged: u64,
+    /// Times its report as an auditor was contradicted (each slashed).
+    pub auditor_slashes: u64,
+    /// Its determinism class (the kernels its CPU runs).
+    pub class: String,
 }
 
 /// One round in `GET /v1/status`.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
 use crowdtrain_protocol::Aggregated;
 use crowdtrain_protocol::audit::{self, Commitment};
-use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState};
+use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, WorkerSnapshot};
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
     Action, AssignmentTemplate, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, RunConfig,
@@ -31,6 +31,7 @@ fn settings() -> Settings {
         segments: 4,
         stake: 1000,
         work_units: 64,
+        delegate_audits: false,
     }
 }
 
@@ -67,7 +68,7 @@ fn payload(worker: WorkerId, round: u64) -> Digest {
 fn running(count: u8, settings: Settings) -> (Coordinator, Vec<WorkerId>) {
     let settings = Settings { min_workers: u32::from(count), ..settings };
     let mut machine = Coordinator::new(settings, Digest::of(b"run"), model(0), MASTER);
-    let workers = (0..count).map(|index| machine.register(T0, key(index)).unwrap().0).collect();
+    let workers = (0..count).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
     drain(&mut machine);
     (machine, workers)
 }
@@ -104,11 +105,11 @@ fn deliver(machine: &mut Coordinator, now: u64, workers: &[WorkerId], round: u64
 #[test]
 fn a_round_opens_once_enough_workers_are_active_with_sorted_slots_and_a_sealed_secret() {
     let mut machine = Coordinator::new(settings(), Digest::of(b"run"), model(0), MASTER);
-    let (first, new) = machine.register(T0, key(0)).unwrap();
+    let (first, new) = machine.register(T0, key(0), "avx2-fma").unwrap();
     assert!(new);
     assert_eq!(machine.phase(), Phase::Waiting);
     assert!(matches!(drain(&mut machine)[..], [Action::PersistWorker { .. }]));
-    let (second, _) = machine.register(T0 + 5, key(1)).unwrap();
+    let (second, _) = machine.register(T0 + 5, key(1), "avx2-fma").unwrap();
     let actions = drain(&mut machine);
     let Action::OpenRound { round: 0, participants, commit_deadline_unix_ms, secret_commitment, .. } =
         &actions[1]
@@ -124,7 +125,11 @@ fn a_round_opens_once_enough_workers_are_active_with_sorted_slots_and_a_sealed_s
     assert_eq!(view.secret, None, "the secret stays hidden until every commitment is in");
     let assignment = view.assignment.unwrap();
     assert_eq!((assignment.slot, assignment.slots, assignment.round, assignment.seed), (1, 2, 0, 9));
-    assert_eq!(machine.register(T0 + 6, key(1)).unwrap(), (second, false), "registration is idempotent");
+    assert_eq!(
+        machine.register(T0 + 6, key(1), "avx2-fma").unwrap(),
+        (second, false),
+        "registration is idempotent"
+    );
     assert!(drain(&mut machine).is_empty());
 }
 
@@ -277,11 +282,22 @@ fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
     let (segment, committed) = machine.pending_audit(workers[0], 0).unwrap();
     assert_eq!(committed, commitment(workers[0], 0));
     assert!(audits.contains(&(workers[0], segment)));
-    machine.audit_result(T0 + 3, workers[0], (T0 + 3) * 1000, 0, Verdict::Passed).unwrap();
     machine
-        .audit_result(T0 + 4, workers[1], (T0 + 4) * 1000, 0, Verdict::Failed("hash mismatch".into()))
+        .audit_result(T0 + 3, 0, workers[0], Verdict::Passed, None, Some((workers[0], (T0 + 3) * 1000)))
         .unwrap();
-    let refusal = machine.audit_result(T0 + 5, workers[1], (T0 + 5) * 1000, 0, Verdict::Passed).unwrap_err();
+    machine
+        .audit_result(
+            T0 + 4,
+            0,
+            workers[1],
+            Verdict::Failed("hash mismatch".into()),
+            None,
+            Some((workers[1], (T0 + 4) * 1000)),
+        )
+        .unwrap();
+    let refusal = machine
+        .audit_result(T0 + 5, 0, workers[1], Verdict::Passed, None, Some((workers[1], (T0 + 5) * 1000)))
+        .unwrap_err();
     assert_eq!(refusal.code, ErrorCode::NotAudited, "a verdict is final");
     let actions = drain(&mut machine);
     assert!(
@@ -381,10 +397,10 @@ fn authentication_refuses_unknown_keys_replays_and_stale_nonces() {
 fn registration_beyond_the_limit_is_refused() {
     let mut machine =
         Coordinator::new(Settings { max_workers: 2, ..settings() }, Digest::of(b"run"), model(0), MASTER);
-    machine.register(T0, key(0)).unwrap();
-    machine.register(T0, key(1)).unwrap();
+    machine.register(T0, key(0), "avx2-fma").unwrap();
+    machine.register(T0, key(1), "avx2-fma").unwrap();
     drain(&mut machine);
-    assert_eq!(machine.register(T0, key(2)).unwrap_err().code, ErrorCode::Full);
+    assert_eq!(machine.register(T0, key(2), "avx2-fma").unwrap_err().code, ErrorCode::Full);
     assert!(drain(&mut machine).is_empty());
     assert_eq!(machine.worker_count(), 2);
 }
@@ -407,7 +423,7 @@ fn the_run_finishes_after_its_rounds_and_opens_no_more() {
 /// Turns the actions of a run into what a driver would have persisted.
 #[derive(Default)]
 struct Persisted {
-    workers: Vec<(WorkerId, PublicKey, u64)>,
+    workers: Vec<WorkerSnapshot>,
     rounds: Vec<RoundSnapshot>,
 }
 
@@ -418,7 +434,12 @@ impl Persisted {
 
     fn apply(&mut self, action: &Action) {
         match action {
-            Action::PersistWorker { worker, key, .. } => self.workers.push((*worker, *key, 0)),
+            Action::PersistWorker { worker, key, class, .. } => self.workers.push(WorkerSnapshot {
+                worker: *worker,
+                key: *key,
+                last_nonce: 0,
+                class: class.clone(),
+            }),
             Action::OpenRound {
                 round,
                 base_model,
@@ -438,6 +459,8 @@ impl Persisted {
                 commitments: Vec::new(),
                 reveals: Vec::new(),
                 verdicts: Vec::new(),
+                answered: Vec::new(),
+                auditors_slashed: Vec::new(),
                 result_model: None,
             }),
             Action::ExtendRound { round, commit_deadline_unix_ms, extensions } => {
@@ -458,10 +481,15 @@ impl Persisted {
             }
             Action::RecordAudit { round, worker, verdict, nonce, .. } => {
                 self.round(*round).verdicts.push((*worker, verdict.clone()));
-                if let Some(nonce) = nonce {
-                    self.nonce(*worker, *nonce);
+                if let Some((sender, nonce)) = nonce {
+                    self.nonce(*sender, *nonce);
                 }
             }
+            Action::RecordAuditAnswer { round, worker, nonce, .. } => {
+                self.round(*round).answered.push(*worker);
+                self.nonce(*worker, *nonce);
+            }
+            Action::SlashAuditor { round, auditor, .. } => self.round(*round).auditors_slashed.push(*auditor),
             Action::CommitRound { round, result_model, .. } => {
                 let persisted = self.round(*round);
                 persisted.state = RoundState::Closed;
@@ -470,6 +498,7 @@ impl Persisted {
             Action::FailRound { round, .. } => self.round(*round).state = RoundState::Failed,
             Action::Slash { .. }
             | Action::RefuseUpdate { .. }
+            | Action::JudgeAudit { .. }
             | Action::CreditWork { .. }
             | Action::CloseRound { .. }
             | Action::Finish { .. } => {}
@@ -477,8 +506,8 @@ impl Persisted {
     }
 
     fn nonce(&mut self, worker: WorkerId, nonce: u64) {
-        let entry = self.workers.iter_mut().find(|(id, _, _)| *id == worker).unwrap();
-        entry.2 = entry.2.max(nonce);
+        let entry = self.workers.iter_mut().find(|entry| entry.worker == worker).unwrap();
+        entry.last_nonce = entry.last_nonce.max(nonce);
     }
 
     fn round(&mut self, id: u64) -> &mut RoundSnapshot {
@@ -512,7 +541,8 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
         }),
         Box::new(|m, w| {
             if m.pending_audit(w[0], 0).is_some() {
-                m.audit_result(T0 + 21, w[0], (T0 + 21) * 1000 + 5, 0, Verdict::Passed).unwrap();
+                m.audit_result(T0 + 21, 0, w[0], Verdict::Passed, None, Some((w[0], (T0 + 21) * 1000 + 5)))
+                    .unwrap();
             }
         }),
         Box::new(|m, w| {
@@ -526,7 +556,8 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
     for crash_after in 0..steps.len() {
         let mut live = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
         let mut persisted = Persisted::default();
-        let workers: Vec<WorkerId> = (0..3).map(|index| live.register(T0, key(index)).unwrap().0).collect();
+        let workers: Vec<WorkerId> =
+            (0..3).map(|index| live.register(T0, key(index), "avx2-fma").unwrap().0).collect();
         persisted.apply_all(&drain(&mut live));
         for step in &steps[..crash_after] {
             step(&mut live, &workers);
@@ -552,7 +583,12 @@ fn a_machine_restored_with_everything_delivered_closes_the_round_at_once() {
     let (mut machine, workers) = running(2, settings());
     let mut persisted = Persisted::default();
     for (index, &worker) in workers.iter().enumerate() {
-        persisted.workers.push((worker, key(index as u8), 0));
+        persisted.workers.push(WorkerSnapshot {
+            worker,
+            key: key(index as u8),
+            last_nonce: 0,
+            class: "avx2-fma".into(),
+        });
     }
     let open = machine.open_round().unwrap().clone();
     persisted.apply(&Action::OpenRound {
@@ -599,7 +635,7 @@ fn random_event_sequences_keep_the_invariants() {
             let base = base(&machine);
             let nonce = now * 1000 + step;
             match uniform_below(&mut rng, 8) {
-                0 => drop(machine.register(now, key(uniform_below(&mut rng, 5) as u8))),
+                0 => drop(machine.register(now, key(uniform_below(&mut rng, 5) as u8), "avx2-fma")),
                 1 | 2 if known => {
                     let honest = uniform_below(&mut rng, 4) > 0;
                     let value = if honest {
@@ -621,7 +657,9 @@ fn random_event_sequences_keep_the_invariants() {
                         } else {
                             Verdict::Failed("x".into())
                         };
-                        machine.audit_result(now, worker, nonce, round, verdict).unwrap();
+                        machine
+                            .audit_result(now, round, worker, verdict, None, Some((worker, nonce)))
+                            .unwrap();
                     }
                 }
                 6 => machine.seen(now, worker),
@@ -763,4 +801,117 @@ fn a_malformed_committed_update_is_recorded_and_rejected_without_waiting_or_slas
         "the round closes as soon as the honest reveal is in, without the malformed one: {actions:?}"
     );
     assert!(!actions.iter().any(|action| matches!(action, Action::Slash { .. })));
+}
+
+/// A machine delegating audits, every submission audited, with workers of
+/// the given determinism classes; round 0 in its reveal phase.
+fn delegating(classes: &[&str]) -> (Coordinator, Vec<WorkerId>) {
+    let settings = Settings {
+        min_workers: classes.len() as u32,
+        quorum: 1,
+        audit_probability: 1.0,
+        delegate_audits: true,
+        ..settings()
+    };
+    let mut machine = Coordinator::new(settings, Digest::of(b"run"), model(0), MASTER);
+    let workers: Vec<WorkerId> = classes
+        .iter()
+        .enumerate()
+        .map(|(index, class)| machine.register(T0, key(index as u8), class).unwrap().0)
+        .collect();
+    for &worker in &workers {
+        commit(&mut machine, T0 + 10, worker, 0).unwrap();
+    }
+    drain(&mut machine);
+    (machine, workers)
+}
+
+#[test]
+fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in() {
+    let (mut machine, workers) = delegating(&["avx2-fma", "avx2-fma", "avx2-fma", "portable"]);
+    let open = machine.open_round().unwrap();
+    for &worker in &workers[..3] {
+        let auditor = open.standings[&worker].auditor.expect("two candidates of its class");
+        assert!(auditor != worker && workers[..3].contains(&auditor), "{worker} audited by {auditor}");
+    }
+    assert_eq!(
+        open.standings[&workers[3]].auditor, None,
+        "nobody shares its class: the coordinator audits it"
+    );
+    let audited = workers[0];
+    let auditor = open.standings[&audited].auditor.unwrap();
+    assert!(machine.view(Some(auditor), &template()).audit_task.is_none(), "no task before the answer");
+    assert_eq!(machine.audit_answered(T0 + 11, audited, (T0 + 11) * 1000, 0), Ok(Some(auditor)));
+    assert!(matches!(drain(&mut machine)[..], [Action::RecordAuditAnswer { .. }]));
+    let task = machine.view(Some(auditor), &template()).audit_task.expect("the auditor has a task");
+    assert_eq!(task.worker, audited);
+    assert!(
+        machine.view(Some(audited), &template()).audit_answered,
+        "the audited worker need not answer again"
+    );
+    assert!(machine.delegated_audit(auditor, 0, audited).is_some());
+    let other = workers.iter().copied().find(|&worker| worker != auditor && worker != audited).unwrap();
+    assert!(machine.delegated_audit(other, 0, audited).is_none(), "only the named auditor may report");
+    machine
+        .audit_result(T0 + 12, 0, audited, Verdict::Passed, Some(auditor), Some((auditor, (T0 + 12) * 1000)))
+        .unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(&actions[0], Action::RecordAudit { judged_by: Some(by), verdict: Verdict::Passed, .. } if *by == auditor),
+        "{actions:?}"
+    );
+    assert!(machine.view(Some(auditor), &template()).audit_task.is_none(), "reported: the task is gone");
+    // A report the coordinator's replay contradicts costs the auditor its
+    // stake, once per round.
+    machine.auditor_wrong(T0 + 13, 0, auditor, audited, "wrong end state");
+    machine.auditor_wrong(T0 + 13, 0, auditor, workers[1], "wrong again");
+    let slashes = drain(&mut machine);
+    assert!(matches!(slashes[..], [Action::SlashAuditor { amount: 1000, .. }]), "{slashes:?}");
+}
+
+#[test]
+fn at_the_reveal_deadline_an_unreported_answer_is_judged_by_the_coordinator_and_a_missing_one_fails() {
+    let (mut machine, workers) = delegating(&["avx2-fma", "avx2-fma"]);
+    for &worker in &workers {
+        reveal(&mut machine, T0 + 11, worker, 0).unwrap();
+    }
+    // w0 answers (its auditor never reports); w1 never answers.
+    machine.audit_answered(T0 + 12, workers[0], (T0 + 12) * 1000, 0).unwrap();
+    drain(&mut machine);
+    let deadline = machine.poll_timeout().unwrap();
+    machine.handle_timeout(deadline);
+    let actions = drain(&mut machine);
+    assert!(
+        actions
+            .iter()
+            .any(|action| matches!(action, Action::JudgeAudit { worker, .. } if *worker == workers[0]))
+    );
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::RecordAudit { worker, verdict: Verdict::Unanswered, .. } if *worker == workers[1])
+    ));
+    assert!(
+        !actions.iter().any(|action| matches!(action, Action::CloseRound { .. })),
+        "the round waits for the replay"
+    );
+    machine.handle_timeout(deadline + 1);
+    assert!(
+        !drain(&mut machine).iter().any(|action| matches!(action, Action::JudgeAudit { .. })),
+        "asked once"
+    );
+    assert!(machine.answered_audit(0, workers[0]).is_some());
+    machine.audit_result(deadline + 2, 0, workers[0], Verdict::Passed, None, None).unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &workers[..1]),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_worker_keeps_its_determinism_class() {
+    let mut machine = Coordinator::new(settings(), Digest::of(b"run"), model(0), MASTER);
+    machine.register(T0, key(0), "avx2-fma").unwrap();
+    assert_eq!(machine.register(T0, key(0), "portable").unwrap_err().code, ErrorCode::BadRequest);
+    assert_eq!(machine.register(T0, key(1), "").unwrap_err().code, ErrorCode::BadRequest);
+    assert_eq!(machine.register(T0, key(1), "a b").unwrap_err().code, ErrorCode::BadRequest);
 }

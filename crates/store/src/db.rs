@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crowdtrain_protocol::audit::Commitment;
-use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, Snapshot};
+use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, Snapshot, WorkerSnapshot};
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
@@ -31,6 +31,7 @@ CREATE TABLE run (
 CREATE TABLE workers (
     id INTEGER PRIMARY KEY,
     public_key BLOB NOT NULL UNIQUE,
+    class TEXT NOT NULL,
     registered_unix_ms INTEGER NOT NULL,
     last_nonce INTEGER NOT NULL DEFAULT 0
 );
@@ -89,8 +90,12 @@ CREATE TABLE audits (
     round INTEGER NOT NULL,
     worker INTEGER NOT NULL,
     segment INTEGER NOT NULL,
+    auditor INTEGER REFERENCES workers (id),
+    answer BLOB,
+    answered_unix_ms INTEGER,
     verdict TEXT CHECK (verdict IN ('passed', 'failed', 'unanswered')),
     reason TEXT,
+    judged_by INTEGER REFERENCES workers (id),
     decided_unix_ms INTEGER,
     PRIMARY KEY (round, worker),
     FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
@@ -98,7 +103,7 @@ CREATE TABLE audits (
 CREATE TABLE credits (
     round INTEGER NOT NULL REFERENCES rounds (id),
     worker INTEGER NOT NULL REFERENCES workers (id),
-    kind TEXT NOT NULL CHECK (kind IN ('work', 'slash')),
+    kind TEXT NOT NULL CHECK (kind IN ('work', 'slash', 'auditor-slash')),
     amount INTEGER NOT NULL CHECK (amount >= 0),
     reason TEXT NOT NULL,
     PRIMARY KEY (round, worker, kind)
@@ -174,6 +179,7 @@ pub enum Write {
     Worker {
         worker: WorkerId,
         key: PublicKey,
+        class: String,
         registered_unix_ms: u64,
     },
     OpenRound {
@@ -202,7 +208,18 @@ pub enum Write {
         secret: [u8; 32],
         beacon: Digest,
         audits: Vec<(WorkerId, u32)>,
+        /// `(audited, auditor)` of delegated audits.
+        auditors: Vec<(WorkerId, WorkerId)>,
         reveal_deadline_unix_ms: u64,
+    },
+    /// An audit answer whose proofs checked, kept until its verdict (and
+    /// after, as evidence).
+    AuditAnswer {
+        round: RoundId,
+        worker: WorkerId,
+        answer: Vec<u8>,
+        nonce: u64,
+        received_unix_ms: u64,
     },
     Reveal {
         round: RoundId,
@@ -217,8 +234,19 @@ pub enum Write {
         round: RoundId,
         worker: WorkerId,
         verdict: Verdict,
-        nonce: Option<u64>,
+        /// Who replayed (`None`: the coordinator).
+        judged_by: Option<WorkerId>,
+        /// The sender of the request that delivered the verdict, and its nonce.
+        nonce: Option<(WorkerId, u64)>,
         decided_unix_ms: u64,
+    },
+    /// Work units an auditor loses for a report the coordinator's replay
+    /// contradicted.
+    AuditorSlash {
+        round: RoundId,
+        auditor: WorkerId,
+        amount: u64,
+        reason: String,
     },
     /// Work units earned (`slash: false`) or lost (`slash: true`).
     Credit {
@@ -426,9 +454,16 @@ impl Store {
     /// Everything [`crowdtrain_protocol::Coordinator::restore`] needs.
     pub fn snapshot(&self, initial_model: Digest) -> Result<Snapshot, StoreError> {
         let mut statement =
-            self.connection.prepare("SELECT id, public_key, last_nonce FROM workers ORDER BY id")?;
+            self.connection.prepare("SELECT id, public_key, last_nonce, class FROM workers ORDER BY id")?;
         let workers = statement
-            .query_map([], |row| Ok((WorkerId(row.get(0)?), PublicKey(blob(row, 1)?), row.get(2)?)))?
+            .query_map([], |row| {
+                Ok(WorkerSnapshot {
+                    worker: WorkerId(row.get(0)?),
+                    key: PublicKey(blob(row, 1)?),
+                    last_nonce: row.get(2)?,
+                    class: row.get(3)?,
+                })
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut statement = self.connection.prepare(
             "SELECT id, state, base_model, opened_unix_ms, commit_deadline_unix_ms, extensions, reveal_deadline_unix_ms,
@@ -455,6 +490,8 @@ impl Store {
                     commitments: Vec::new(),
                     reveals: Vec::new(),
                     verdicts: Vec::new(),
+                    answered: Vec::new(),
+                    auditors_slashed: Vec::new(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -469,7 +506,18 @@ impl Store {
         let mut verdicts = self.connection.prepare(
             "SELECT worker, verdict, reason FROM audits WHERE round = ?1 AND verdict IS NOT NULL ORDER BY worker",
         )?;
+        let mut answered = self
+            .connection
+            .prepare("SELECT worker FROM audits WHERE round = ?1 AND answer IS NOT NULL ORDER BY worker")?;
+        let mut auditors_slashed = self.connection.prepare(
+            "SELECT worker FROM credits WHERE round = ?1 AND kind = 'auditor-slash' ORDER BY worker",
+        )?;
         for round in &mut rounds {
+            round.answered =
+                answered.query_map([round.id], |row| Ok(WorkerId(row.get(0)?)))?.collect::<Result<_, _>>()?;
+            round.auditors_slashed = auditors_slashed
+                .query_map([round.id], |row| Ok(WorkerId(row.get(0)?)))?
+                .collect::<Result<_, _>>()?;
             round.participants = participants
                 .query_map([round.id], |row| Ok(WorkerId(row.get(0)?)))?
                 .collect::<Result<_, _>>()?;
@@ -520,6 +568,20 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The stored answer to `worker`'s audit in `round`.
+    pub fn audit_answer(&self, round: RoundId, worker: WorkerId) -> Result<Vec<u8>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT answer FROM audits WHERE round = ?1 AND worker = ?2 AND answer IS NOT NULL",
+                params![round, worker.0],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("no stored audit answer of {worker} in round {round}"))
+            })
     }
 
     /// `workers` in the order their accepted commitments for `round`
@@ -711,14 +773,18 @@ impl Store {
                     (SELECT COUNT(*) FROM reveals v WHERE v.worker = w.id AND v.status = 'late'),
                     (SELECT COALESCE(SUM(LENGTH(v.payload)), 0) FROM reveals v WHERE v.worker = w.id),
                     (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.worker = w.id AND c.kind = 'work'),
-                    (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash'),
+                    (SELECT COALESCE(SUM(c.amount), 0) FROM credits c
+                       WHERE c.worker = w.id AND c.kind IN ('slash', 'auditor-slash')),
                     (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict = 'passed'),
                     (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict IN ('failed', 'unanswered')),
                     (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash')
                       + (SELECT COUNT(*) FROM reveals v WHERE v.worker = w.id AND v.status = 'malformed'),
                     (SELECT COUNT(*) FROM refusals f WHERE f.worker = w.id),
                     (SELECT COALESCE(SUM(e.credits), 0) FROM rewards e WHERE e.worker = w.id),
-                    (SELECT e.quality FROM rewards e WHERE e.worker = w.id ORDER BY e.round DESC LIMIT 1)
+                    (SELECT e.quality FROM rewards e WHERE e.worker = w.id ORDER BY e.round DESC LIMIT 1),
+                    (SELECT COUNT(*) FROM audits u WHERE u.judged_by = w.id),
+                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'auditor-slash'),
+                    w.class
              FROM workers w ORDER BY w.id",
         )?;
         let rows = statement.query_map([], |row| {
@@ -742,6 +808,9 @@ impl Store {
                 quality: row.get(13)?,
                 audits_passed: row.get(8)?,
                 audits_failed: row.get(9)?,
+                audits_judged: row.get(14)?,
+                auditor_slashes: row.get(15)?,
+                class: row.get(16)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -776,10 +845,10 @@ fn apply_one(
     signer: &Identity,
 ) -> Result<(), StoreError> {
     match write {
-        Write::Worker { worker, key, registered_unix_ms } => {
+        Write::Worker { worker, key, class, registered_unix_ms } => {
             transaction.execute(
-                "INSERT INTO workers (id, public_key, registered_unix_ms) VALUES (?1, ?2, ?3)",
-                params![worker.0, key.0, registered_unix_ms],
+                "INSERT INTO workers (id, public_key, class, registered_unix_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![worker.0, key.0, class, registered_unix_ms],
             )?;
         }
         Write::OpenRound {
@@ -826,17 +895,33 @@ fn apply_one(
             )?;
             raise_nonce(transaction, *worker, *nonce)?;
         }
-        Write::BeginReveal { round, secret, beacon, audits, reveal_deadline_unix_ms } => {
+        Write::BeginReveal { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET secret = ?2, beacon = ?3, reveal_deadline_unix_ms = ?4 WHERE id = ?1 AND state = 'open'",
                 params![round, secret, beacon.0, reveal_deadline_unix_ms],
             )?)?;
             for (worker, segment) in audits {
+                let auditor =
+                    auditors.iter().find(|(audited, _)| audited == worker).map(|(_, auditor)| auditor.0);
                 transaction.execute(
-                    "INSERT INTO audits (round, worker, segment) VALUES (?1, ?2, ?3)",
-                    params![round, worker.0, segment],
+                    "INSERT INTO audits (round, worker, segment, auditor) VALUES (?1, ?2, ?3, ?4)",
+                    params![round, worker.0, segment, auditor],
                 )?;
             }
+        }
+        Write::AuditAnswer { round, worker, answer, nonce, received_unix_ms } => {
+            expect_one(transaction.execute(
+                "UPDATE audits SET answer = ?3, answered_unix_ms = ?4
+                 WHERE round = ?1 AND worker = ?2 AND answer IS NULL AND verdict IS NULL",
+                params![round, worker.0, answer, received_unix_ms],
+            )?)?;
+            raise_nonce(transaction, *worker, *nonce)?;
+        }
+        Write::AuditorSlash { round, auditor, amount, reason } => {
+            transaction.execute(
+                "INSERT INTO credits (round, worker, kind, amount, reason) VALUES (?1, ?2, 'auditor-slash', ?3, ?4)",
+                params![round, auditor.0, amount, reason],
+            )?;
         }
         Write::Reveal { round, worker, status, digest, payload, nonce, received_unix_ms } => {
             transaction.execute(
@@ -846,19 +931,19 @@ fn apply_one(
             )?;
             raise_nonce(transaction, *worker, *nonce)?;
         }
-        Write::Audit { round, worker, verdict, nonce, decided_unix_ms } => {
+        Write::Audit { round, worker, verdict, judged_by, nonce, decided_unix_ms } => {
             let (name, reason) = match verdict {
                 Verdict::Passed => ("passed", None),
                 Verdict::Failed(reason) => ("failed", Some(reason.as_str())),
                 Verdict::Unanswered => ("unanswered", None),
             };
             expect_one(transaction.execute(
-                "UPDATE audits SET verdict = ?3, reason = ?4, decided_unix_ms = ?5
+                "UPDATE audits SET verdict = ?3, reason = ?4, judged_by = ?5, decided_unix_ms = ?6
                  WHERE round = ?1 AND worker = ?2 AND verdict IS NULL",
-                params![round, worker.0, name, reason, decided_unix_ms],
+                params![round, worker.0, name, reason, judged_by.map(|auditor| auditor.0), decided_unix_ms],
             )?)?;
-            if let Some(nonce) = nonce {
-                raise_nonce(transaction, *worker, *nonce)?;
+            if let Some((sender, nonce)) = nonce {
+                raise_nonce(transaction, *sender, *nonce)?;
             }
         }
         Write::Credit { round, worker, slash, amount, reason } => {

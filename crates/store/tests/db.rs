@@ -52,8 +52,18 @@ fn populated(path: &std::path::Path) -> Store {
         .apply(
             &[
                 ledger(started),
-                Write::Worker { worker: WorkerId(0), key: key(0), registered_unix_ms: 10 },
-                Write::Worker { worker: WorkerId(1), key: key(1), registered_unix_ms: 11 },
+                Write::Worker {
+                    worker: WorkerId(0),
+                    key: key(0),
+                    class: "avx2-fma".into(),
+                    registered_unix_ms: 10,
+                },
+                Write::Worker {
+                    worker: WorkerId(1),
+                    key: key(1),
+                    class: "portable".into(),
+                    registered_unix_ms: 11,
+                },
                 Write::OpenRound {
                     round: 0,
                     base_model: Digest::of(b"m0"),
@@ -83,6 +93,7 @@ fn populated(path: &std::path::Path) -> Store {
                     secret: [1; 32],
                     beacon: Digest::of(b"b"),
                     audits: vec![(WorkerId(1), 2)],
+                    auditors: vec![(WorkerId(1), WorkerId(0))],
                     reveal_deadline_unix_ms: 200,
                 },
                 ledger(Event::WorkerRegistered { worker: WorkerId(0), key: key(0) }),
@@ -115,15 +126,36 @@ fn state_survives_reopening_the_file() {
             round: 0,
             worker: WorkerId(1),
             verdict: Verdict::Passed,
-            nonce: Some(900),
+            judged_by: Some(WorkerId(0)),
+            nonce: Some((WorkerId(0), 900)),
             decided_unix_ms: 21,
         };
-        store.apply(&[reveal(1, b"second", 700), reveal(0, b"first", 500), verdict], &coordinator()).unwrap();
+        let answer = Write::AuditAnswer {
+            round: 0,
+            worker: WorkerId(1),
+            answer: b"an answer".to_vec(),
+            nonce: 800,
+            received_unix_ms: 20,
+        };
+        store
+            .apply(&[reveal(1, b"second", 700), reveal(0, b"first", 500), answer, verdict], &coordinator())
+            .unwrap();
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.run().unwrap(), Some(record()));
     let snapshot = store.snapshot(Digest::of(b"m0")).unwrap();
-    assert_eq!(snapshot.workers, vec![(WorkerId(0), key(0), 500), (WorkerId(1), key(1), 900)]);
+    let workers: Vec<(WorkerId, PublicKey, u64, &str)> = snapshot
+        .workers
+        .iter()
+        .map(|worker| (worker.worker, worker.key, worker.last_nonce, worker.class.as_str()))
+        .collect();
+    assert_eq!(
+        workers,
+        vec![(WorkerId(0), key(0), 900, "avx2-fma"), (WorkerId(1), key(1), 800, "portable")],
+        "the auditor's report raised its nonce, the answer the audited worker's"
+    );
+    assert_eq!(snapshot.rounds[0].answered, vec![WorkerId(1)]);
+    assert_eq!(store.audit_answer(0, WorkerId(1)).unwrap(), b"an answer");
     let round = &snapshot.rounds[0];
     assert_eq!(round.state, RoundState::Open);
     assert_eq!(round.participants, vec![WorkerId(0), WorkerId(1)]);

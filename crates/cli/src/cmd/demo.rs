@@ -54,6 +54,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0.1)]
     audit_probability: f64,
 
+    /// Who replays audited segments: the coordinator, or (workers) another
+    /// worker of the same CPU class, re-checked by the coordinator when it
+    /// disagrees.
+    #[arg(long, default_value = "coordinator", value_parser = ["coordinator", "workers"])]
+    auditors: String,
+
     /// Behaviours of the first workers, comma-separated (any of `crowdtrain
     /// worker --behavior`: lazy:F, fabricate, wrong-data, stale, copy,
     /// tamper-reveal, no-answer, sign-flip, noise[:SCALE], label-flip,
@@ -262,13 +268,15 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     let config = format!(
         "seed = {seed}\nrounds = {rounds}\n\n[model]\nkind = \"{model}\"\n{data}\n[inner]\nsteps = {steps}\n\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
-         worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n",
+         worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
+         auditors = \"{auditors}\"\n",
         seed = args.seed,
         rounds = args.rounds,
         model = args.model,
         steps = args.inner_steps,
         workers = args.workers,
         probability = args.audit_probability,
+        auditors = args.auditors,
     );
     std::fs::write(dir.join("run.toml"), config).context("could not write run.toml")
 }
@@ -449,6 +457,7 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
         "rejected",
         "refused",
         "audits passed/failed",
+        "replayed for others",
         "verified work",
         "quality",
         "credits",
@@ -464,6 +473,7 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
             worker.submissions_rejected.to_string(),
             worker.submissions_refused.to_string(),
             format!("{}/{}", worker.audits_passed, worker.audits_failed),
+            worker.audits_judged.to_string(),
             worker.verified_work.to_string(),
             worker.quality.map_or("-".into(), |quality| format!("{quality:.2}")),
             worker.credits.to_string(),

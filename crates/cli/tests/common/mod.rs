@@ -119,6 +119,12 @@ impl Network {
     /// Starts worker `index` (its key is made on first use) with
     /// `behavior` and `threads` training threads.
     pub fn start_worker_as(&mut self, index: usize, behavior: &str, threads: usize) {
+        self.start_worker_with(index, behavior, threads, &[]);
+    }
+
+    /// [`Network::start_worker_as`] with extra environment variables (for
+    /// example `CROWDTRAIN_KERNELS=portable`: another determinism class).
+    pub fn start_worker_with(&mut self, index: usize, behavior: &str, threads: usize, env: &[(&str, &str)]) {
         let key = self.path(&format!("worker-{index}.key"));
         if !key.exists() {
             Identity::generate().unwrap().save(&key).unwrap();
@@ -133,6 +139,7 @@ impl Network {
             .arg(subset())
             .arg("--cache")
             .arg(self.path(&format!("cache-{index}")))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -265,7 +272,7 @@ impl HandWorker {
         let signed: Signed<RunInfo> = get_json(&format!("{}/v1/run", network.url())).unwrap();
         let worker = Self { identity: Identity::from_seed([seed; 32]), url: network.url(), run: signed.body };
         let (status, body) =
-            worker.send("POST", "/v1/workers", Vec::new(), worker.nonce(), worker.run.run_id);
+            worker.send("POST", "/v1/workers?class=avx2-fma", Vec::new(), worker.nonce(), worker.run.run_id);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         worker
     }

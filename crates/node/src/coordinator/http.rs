@@ -58,6 +58,7 @@ pub async fn serve(
         .route("/v1/rounds/{round}/commitments", post(commitment))
         .route("/v1/rounds/{round}/reveals", post(reveal))
         .route("/v1/rounds/{round}/audits", post(audit_answer))
+        .route("/v1/rounds/{round}/audit-tasks/{audited}", get(audit_task).post(audit_report))
         .route("/v1/status", get(status))
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such endpoint") })
         .with_state(Arc::clone(&node));
@@ -140,8 +141,28 @@ async fn run_info(State(node): State<Arc<Node>>) -> Response {
     Json(node.run_info().clone()).into_response()
 }
 
-async fn register(State(node): State<Arc<Node>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+#[derive(Debug, Deserialize)]
+struct RegisterQuery {
+    /// The worker's determinism class (the kernels its CPU runs).
+    class: Option<String>,
+}
+
+async fn register(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<RegisterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let result = async {
+        let Query(query) =
+            query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let class = query.class.ok_or_else(|| {
+            Failure::new(
+                ErrorCode::BadRequest,
+                "registration needs the worker's determinism class (?class=...)",
+            )
+        })?;
         let auth = verify_signature(&node, &method, &uri, &headers, b"")?;
         let nonce_ms = auth.nonce / 1000;
         if nonce_ms.abs_diff(now_unix_ms()) > crowdtrain_protocol::coordinator::NONCE_WINDOW_MS {
@@ -150,7 +171,7 @@ async fn register(State(node): State<Arc<Node>>, method: Method, uri: Uri, heade
                 "the registration's nonce is too far from the coordinator's clock",
             ));
         }
-        blocking(move || node.register(auth.worker)).await
+        blocking(move || node.register(auth.worker, &class)).await
     };
     match result.await {
         Ok(registration) => Json(registration).into_response(),
@@ -207,6 +228,10 @@ async fn round(
 /// for a round after `after` (the last round the worker is done with).
 fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool {
     use crowdtrain_protocol::wire::Phase;
+    if view.audit_task.is_some() {
+        // Another worker's segment to replay: whatever this worker is done with.
+        return true;
+    }
     let Some(assignment) = &view.assignment else { return view.phase == Phase::Finished };
     if after.is_some_and(|after| assignment.round <= after) {
         return false;
@@ -406,7 +431,63 @@ async fn audit_answer(
 ) -> Response {
     let result = async {
         let post = round_post(&node, path, query, &method, &uri, &headers, body).await?;
-        blocking(move || node.answer_audit(post.worker, post.nonce, post.round, &post.body)).await
+        blocking(move || node.answer_audit(post.worker, post.nonce, post.round, post.body)).await
+    };
+    receipt_response(result.await)
+}
+
+/// `GET /v1/rounds/{round}/audit-tasks/{audited}`: the segment a delegated
+/// auditor must replay (postcard, signed by the coordinator).
+async fn audit_task(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(u64, u64)>, axum::extract::rejection::PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let Path((round, audited)) =
+            path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let auth = verify_signature(&node, &method, &uri, &headers, b"")?;
+        let worker = {
+            let node = Arc::clone(&node);
+            blocking(move || node.authenticate(&auth.worker, auth.nonce, false)).await?
+        };
+        blocking(move || node.audit_task(worker, round, crowdtrain_protocol::WorkerId(audited))).await
+    };
+    match result.await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// `POST /v1/rounds/{round}/audit-tasks/{audited}`: a delegated auditor's
+/// report (postcard).
+async fn audit_report(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(u64, u64)>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let (round, audited) = match path {
+            Ok(Path(pair)) => pair,
+            Err(rejection) => return Err(Failure::new(ErrorCode::BadRequest, rejection.body_text())),
+        };
+        let post = round_post(&node, Ok(Path(round)), query, &method, &uri, &headers, body).await?;
+        blocking(move || {
+            node.audit_report(
+                post.worker,
+                post.nonce,
+                post.round,
+                crowdtrain_protocol::WorkerId(audited),
+                &post.body,
+            )
+        })
+        .await
     };
     receipt_response(result.await)
 }

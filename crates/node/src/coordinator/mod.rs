@@ -24,8 +24,8 @@ use crowdtrain_defense::{Decision, ModelDefense, Quality, Submission};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    AuditAnswer, DatasetFingerprint, ErrorCode, PROTOCOL_VERSION, Receipt, Registration, RunInfo, RunStatus,
-    Stage,
+    AuditAnswer, AuditReport, AuditTask, DatasetFingerprint, ErrorCode, PROTOCOL_VERSION, Receipt,
+    Registration, RunInfo, RunStatus, Stage,
 };
 use crowdtrain_protocol::{
     Action, Aggregated, AssignmentTemplate, Commitment, Coordinator, Digest, Identity, Outcome, PublicKey,
@@ -334,9 +334,9 @@ impl Node {
     }
 
     /// `POST /v1/workers`: registration (idempotent per key).
-    fn register(&self, key: PublicKey) -> Result<Signed<Registration>, Failure> {
+    fn register(&self, key: PublicKey, class: &str) -> Result<Signed<Registration>, Failure> {
         let mut inner = self.lock();
-        let (worker, _) = inner.machine.register(now_unix_ms(), key)?;
+        let (worker, _) = inner.machine.register(now_unix_ms(), key, class)?;
         self.drive(&mut inner, None).map_err(Failure::internal)?;
         Ok(Signed::sign(&self.identity, Registration { run_id: self.run_id, worker, public_key: key }))
     }
@@ -423,13 +423,14 @@ impl Node {
     }
 
     /// `POST /v1/rounds/{round}/audits`: checks the answer against the
-    /// commitment, replays the segment, and records the verdict.
+    /// commitment, then replays the segment, or, when audits are delegated,
+    /// keeps the answer for the auditor the draw named.
     fn answer_audit(
         &self,
         worker: WorkerId,
         nonce: u64,
         round: RoundId,
-        body: &[u8],
+        body: Vec<u8>,
     ) -> Result<Signed<Receipt>, Failure> {
         let received = Instant::now();
         let mut inner = self.lock();
@@ -443,18 +444,142 @@ impl Node {
             .machine
             .assignment(worker, &self.template)
             .expect("an audited worker is a participant of the round");
-        let verdict = match postcard::from_bytes::<AuditAnswer>(body) {
-            Err(error) => Verdict::Failed(format!("the answer does not decode: {error}")),
-            Ok(answer) => self
-                .judge(&mut inner, &assignment, segment, &commitment, &answer)
-                .map_err(Failure::internal)?,
-        };
-        tracing::info!(round, %worker, segment, ?verdict, "audit");
+        let digest = Digest::of(&body);
         let now = now_unix_ms();
-        inner.machine.audit_result(now, worker, nonce, round, verdict.clone())?;
-        self.drive_timed(&mut inner, None, round, received)?;
+        let checked = postcard::from_bytes::<AuditAnswer>(&body)
+            .map_err(|error| format!("the answer does not decode: {error}"))
+            .and_then(|answer| {
+                let start = self.check_answer(&inner, &assignment, segment, &commitment, &answer)?;
+                Ok((answer, start))
+            });
+        let (answer, start) = match checked {
+            Ok(checked) => checked,
+            Err(reason) => {
+                // Proofs that do not hold need no replay: the answer fails.
+                let verdict = Verdict::Failed(reason);
+                tracing::info!(round, %worker, segment, ?verdict, "audit");
+                inner.machine.audit_result(now, round, worker, verdict, None, Some((worker, nonce)))?;
+                self.drive_timed(&mut inner, None, round, received)?;
+                return Ok(self.receipt(round, worker, Stage::AuditAnswer, "failed", digest, now));
+            }
+        };
+        let auditor = inner.machine.audit_answered(now, worker, nonce, round)?;
+        if let Some(auditor) = auditor {
+            tracing::info!(round, %worker, segment, %auditor, "audit delegated");
+            self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
+            return Ok(self.receipt(round, worker, Stage::AuditAnswer, "delegated", digest, now));
+        }
+        let verdict =
+            match self.replay_report(&mut inner, &assignment, segment, start).map_err(Failure::internal)? {
+                Ok(report) => audit::verdict_of(&report, &answer, &commitment, &assignment, segment),
+                Err(reason) => Verdict::Failed(reason),
+            };
+        tracing::info!(round, %worker, segment, ?verdict, "audit");
+        inner.machine.audit_result(now, round, worker, verdict.clone(), None, None)?;
+        self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
         let status = if verdict.passed() { "passed" } else { "failed" };
-        Ok(self.receipt(round, worker, Stage::AuditAnswer, status, Digest::of(body), now))
+        Ok(self.receipt(round, worker, Stage::AuditAnswer, status, digest, now))
+    }
+
+    /// `GET /v1/rounds/{round}/audit-tasks/{audited}`: what the delegated
+    /// auditor replays. Only that auditor may fetch it, and only while the
+    /// audit waits for its report.
+    fn audit_task(&self, auditor: WorkerId, round: RoundId, audited: WorkerId) -> Result<Vec<u8>, Failure> {
+        let inner = self.lock();
+        let Some((segment, _)) = inner.machine.delegated_audit(auditor, round, audited) else {
+            return Err(Failure::new(
+                ErrorCode::NotAudited,
+                format!("{auditor} has no audit of {audited} to replay in round {round}"),
+            ));
+        };
+        let assignment =
+            inner.machine.assignment(audited, &self.template).expect("audited workers are participants");
+        let start_state = if segment == 1 {
+            crowdtrain_train::TrainState::new(self.model.name(), inner.global.params.clone()).to_bytes()
+        } else {
+            let answer = inner.store.audit_answer(round, audited).map_err(Failure::internal)?;
+            postcard::from_bytes::<AuditAnswer>(&answer).map_err(Failure::internal)?.start_state
+        };
+        let task = Signed::sign(&self.identity, AuditTask { assignment, segment, start_state });
+        Ok(postcard::to_allocvec(&task).expect("tasks encode"))
+    }
+
+    /// `POST /v1/rounds/{round}/audit-tasks/{audited}`: a delegated
+    /// auditor's report. Agreeing with the commitment, it decides the
+    /// audit; disagreeing, the coordinator replays the segment itself, and
+    /// whichever of the two its replay contradicts is slashed.
+    fn audit_report(
+        &self,
+        auditor: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        audited: WorkerId,
+        body: &[u8],
+    ) -> Result<Signed<Receipt>, Failure> {
+        let received = Instant::now();
+        let report: AuditReport = postcard::from_bytes(body).map_err(|error| {
+            Failure::new(ErrorCode::BadRequest, format!("the report does not decode: {error}"))
+        })?;
+        let mut inner = self.lock();
+        let Some((segment, commitment)) = inner.machine.delegated_audit(auditor, round, audited) else {
+            return Err(Failure::new(
+                ErrorCode::NotAudited,
+                format!("{auditor} has no audit of {audited} to report in round {round}"),
+            ));
+        };
+        let assignment =
+            inner.machine.assignment(audited, &self.template).expect("audited workers are participants");
+        let bytes = inner.store.audit_answer(round, audited).map_err(Failure::internal)?;
+        let answer: AuditAnswer = postcard::from_bytes(&bytes).map_err(Failure::internal)?;
+        let claimed = audit::verdict_of(&report, &answer, &commitment, &assignment, segment);
+        let now = now_unix_ms();
+        let (verdict, judged_by, status) = if claimed.passed() {
+            (claimed, Some(auditor), "agreed")
+        } else {
+            // The auditor says the worker's claim is false: check it.
+            let start = self
+                .check_answer(&inner, &assignment, segment, &commitment, &answer)
+                .map_err(Failure::internal)?;
+            let own = match self
+                .replay_report(&mut inner, &assignment, segment, start)
+                .map_err(Failure::internal)?
+            {
+                Ok(own) => own,
+                Err(reason) => return Err(Failure::internal(reason)),
+            };
+            let verdict = audit::verdict_of(&own, &answer, &commitment, &assignment, segment);
+            if own != report {
+                let reason =
+                    format!("its replay of {audited}'s segment {segment} in round {round} was wrong");
+                tracing::warn!(round, %auditor, %audited, "auditor contradicted");
+                inner.machine.auditor_wrong(now, round, auditor, audited, &reason);
+            }
+            (verdict, None, "re-checked")
+        };
+        tracing::info!(round, worker = %audited, %auditor, segment, ?verdict, status, "audit reported");
+        inner.machine.audit_result(now, round, audited, verdict, judged_by, Some((auditor, nonce)))?;
+        self.drive_timed(&mut inner, None, round, received)?;
+        Ok(self.receipt(round, auditor, Stage::AuditReport, status, Digest::of(body), now))
+    }
+
+    /// [`Action::JudgeAudit`]: the deadline passed with `worker`'s answered
+    /// audit unreported; the coordinator replays it from the stored answer.
+    fn judge_stored(&self, inner: &mut Inner, round: RoundId, worker: WorkerId) -> Result<(), NodeError> {
+        let (segment, commitment) =
+            inner.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
+        let assignment =
+            inner.machine.assignment(worker, &self.template).expect("audited workers are participants");
+        let answer: AuditAnswer =
+            postcard::from_bytes(&inner.store.audit_answer(round, worker)?).map_err(|error| {
+                NodeError::Untrusted(format!("a stored audit answer does not decode: {error}"))
+            })?;
+        let verdict = self.judge(inner, &assignment, segment, &commitment, &answer)?;
+        tracing::info!(round, %worker, segment, ?verdict, "audit judged at the deadline (no report)");
+        inner
+            .machine
+            .audit_result(now_unix_ms(), round, worker, verdict, None, None)
+            .expect("an answered audit is pending");
+        Ok(())
     }
 
     fn receipt(
@@ -554,8 +679,8 @@ impl Node {
             let now = now_unix_ms();
             let ledger = |event| Write::Ledger { unix_ms: now, event };
             match action {
-                Action::PersistWorker { worker, key, registered_unix_ms } => {
-                    writes.push(Write::Worker { worker, key, registered_unix_ms });
+                Action::PersistWorker { worker, key, class, registered_unix_ms } => {
+                    writes.push(Write::Worker { worker, key, class, registered_unix_ms });
                     writes.push(ledger(Event::WorkerRegistered { worker, key }));
                 }
                 Action::OpenRound {
@@ -611,17 +736,35 @@ impl Node {
                     });
                     writes.push(ledger(Event::Commitment { round, worker, commitment, status }));
                 }
-                Action::BeginReveal { round, secret, beacon, audits, reveal_deadline_unix_ms } => {
-                    tracing::info!(round, audits = audits.len(), "commit phase over");
+                Action::BeginReveal { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
+                    tracing::info!(
+                        round,
+                        audits = audits.len(),
+                        delegated = auditors.len(),
+                        "commit phase over"
+                    );
                     writes.push(Write::BeginReveal {
                         round,
                         secret,
                         beacon,
                         audits: audits.clone(),
+                        auditors: auditors.clone(),
                         reveal_deadline_unix_ms,
                     });
-                    writes.push(ledger(Event::AuditDraw { round, secret, beacon, audits }));
+                    writes.push(ledger(Event::AuditDraw { round, secret, beacon, audits, auditors }));
                     changed = true;
+                }
+                Action::RecordAuditAnswer { round, worker, nonce, received_unix_ms } => {
+                    let (_, answer) =
+                        payload.take().expect("an answer is recorded only while one is handled");
+                    writes.push(Write::AuditAnswer { round, worker, answer, nonce, received_unix_ms });
+                    changed = true;
+                }
+                Action::JudgeAudit { round, worker, .. } => self.judge_stored(inner, round, worker)?,
+                Action::SlashAuditor { round, auditor, audited, amount, reason } => {
+                    tracing::warn!(round, %auditor, %audited, amount, %reason, "auditor slashed");
+                    writes.push(Write::AuditorSlash { round, auditor, amount, reason: reason.clone() });
+                    writes.push(ledger(Event::AuditorSlashed { round, auditor, audited, amount, reason }));
                 }
                 Action::RecordReveal { round, worker, status, payload: digest, nonce, received_unix_ms } => {
                     let (carried, bytes) =
@@ -639,15 +782,25 @@ impl Node {
                     });
                     writes.push(ledger(Event::Reveal { round, worker, payload: digest, status }));
                 }
-                Action::RecordAudit { round, worker, segment, verdict, nonce, decided_unix_ms } => {
+                Action::RecordAudit {
+                    round,
+                    worker,
+                    segment,
+                    verdict,
+                    judged_by,
+                    nonce,
+                    decided_unix_ms,
+                } => {
                     writes.push(Write::Audit {
                         round,
                         worker,
                         verdict: verdict.clone(),
+                        judged_by,
                         nonce,
                         decided_unix_ms,
                     });
-                    writes.push(ledger(Event::Audit { round, worker, segment, verdict }));
+                    writes.push(ledger(Event::Audit { round, worker, segment, verdict, judged_by }));
+                    changed = true;
                 }
                 Action::RefuseUpdate { round, worker, reason } => {
                     tracing::warn!(round, %worker, %reason, "update refused by the checks");

@@ -55,6 +55,9 @@ pub enum Behavior {
     /// Trains honestly, commits to and submits an update with a
     /// not-a-number scale.
     Nan,
+    /// Trains honestly, but as a delegated auditor reports a wrong end
+    /// state for every segment it replays.
+    LyingAuditor,
 }
 
 impl Behavior {
@@ -71,7 +74,7 @@ impl Behavior {
 
 /// The accepted names, for error messages and `--help`.
 pub const BEHAVIOR_NAMES: &str = "honest, lazy:F, fabricate, wrong-data, stale, copy, tamper-reveal, no-answer, \
-    sign-flip, noise[:SCALE], label-flip, alie[:Z], ipm[:EPSILON], nan";
+    lying-auditor, sign-flip, noise[:SCALE], label-flip, alie[:Z], ipm[:EPSILON], nan";
 
 impl fmt::Display for Behavior {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,6 +96,7 @@ impl fmt::Display for Behavior {
             Self::Ipm(epsilon) if *epsilon == IPM_EPSILON => f.write_str("ipm"),
             Self::Ipm(epsilon) => write!(f, "ipm:{epsilon}"),
             Self::Nan => f.write_str("nan"),
+            Self::LyingAuditor => f.write_str("lying-auditor"),
         }
     }
 }
@@ -123,6 +127,7 @@ impl FromStr for Behavior {
             "sign-flip" => Self::SignFlip,
             "label-flip" => Self::LabelFlip,
             "nan" => Self::Nan,
+            "lying-auditor" => Self::LyingAuditor,
             "lazy" => match parameter.map(str::parse::<f64>) {
                 Some(Ok(fraction)) if (0.0..=1.0).contains(&fraction) => Self::Lazy(fraction),
                 _ => return Err(format!("in {text:?}, F must be a fraction between 0 and 1")),
@@ -251,7 +256,7 @@ pub fn produce(
     let slot = work.assignment.slot;
     let next = (slot + 1) % work.assignment.slots;
     match behavior {
-        Behavior::Honest | Behavior::TamperReveal | Behavior::NoAnswer => {
+        Behavior::Honest | Behavior::TamperReveal | Behavior::NoAnswer | Behavior::LyingAuditor => {
             work.finish(work.train_as(slot, slot)?)
         }
         Behavior::WrongData => work.finish(work.train_as(next, slot)?),
@@ -383,6 +388,7 @@ mod tests {
             "ipm",
             "ipm:0.1",
             "nan",
+            "lying-auditor",
         ] {
             assert_eq!(text.parse::<Behavior>().unwrap().to_string(), text);
         }

@@ -65,6 +65,11 @@ pub struct WorkerSummary {
     pub reveals_accepted: u64,
     pub audits_passed: u64,
     pub audits_failed: u64,
+    /// Own audits whose replay was delegated to another worker (their
+    /// verdicts are in the ledger).
+    pub audits_delegated: u64,
+    /// Other workers' segments this worker replayed as an auditor.
+    pub audits_judged: u64,
     /// Requests the coordinator refused (with their reasons in the log).
     pub refused: u64,
     pub bytes_uploaded: u64,
@@ -120,7 +125,8 @@ pub async fn run_worker(
     summary.run_id = Some(run.run_id);
 
     let registered_at = Instant::now();
-    let answer = client.request(Method::POST, "/v1/workers", Vec::new(), &[]).await?;
+    let class = crowdtrain_train::kernels::active_path().name();
+    let answer = client.request(Method::POST, &format!("/v1/workers?class={class}"), Vec::new(), &[]).await?;
     let registration: Signed<Registration> = expect_ok(&answer, "registering")?.json()?;
     let registration = verified(&registration, &coordinator, "registration")?;
     if registration.public_key != client.identity().public_key() || registration.run_id != run.run_id {
@@ -134,6 +140,8 @@ pub async fn run_worker(
     let mut models = ModelCache::new(&options.cache, model.as_ref())?;
     let mut shards: HashMap<u32, Arc<Vec<Vec<u32>>>> = HashMap::new();
     let mut last_done: Option<RoundId> = None;
+    // Delegated audits already replayed, so a refused report is not retried forever.
+    let mut audited: std::collections::HashSet<(RoundId, WorkerId)> = Default::default();
     let mut current: Option<(RoundId, Produced)> = None;
     let mut previous: Option<Produced> = None;
     loop {
@@ -144,6 +152,34 @@ pub async fn run_worker(
         let view = verified(&view, &coordinator, "round view")?.clone();
         if view.run_id != run.run_id {
             return Err(NodeError::Untrusted("a round view for another run".into()));
+        }
+        if let (Some(task), Some(round)) = (view.audit_task, view.round)
+            && behavior != Behavior::NoAnswer
+            && audited.insert((round, task.worker))
+        {
+            let auditing = Auditing {
+                client: &client,
+                coordinator: &coordinator,
+                run: &run,
+                model: &model,
+                dataset: &dataset,
+                pool: &pool,
+                lie: behavior == Behavior::LyingAuditor,
+            };
+            match auditing.replay(&mut models, &mut shards, round, task).await? {
+                Ok(status) => {
+                    summary.audits_judged += 1;
+                    on_round(&format!(
+                        "round {round}: replayed {}'s segment {}: {status}",
+                        task.worker, task.segment
+                    ));
+                }
+                Err(reason) => {
+                    summary.refused += 1;
+                    on_round(&format!("round {round}: audit of {} refused: {reason}", task.worker));
+                }
+            }
+            continue;
         }
         if view.phase == Phase::Finished {
             summary.finished = true;
@@ -172,14 +208,7 @@ pub async fn run_worker(
                 if summary.join_ms.is_none() {
                     summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
                 }
-                let round_shards = match shards.get(&assignment.slots) {
-                    Some(existing) => Arc::clone(existing),
-                    None => {
-                        let made = Arc::new(assignment.shards(&dataset.train.labels)?);
-                        shards.insert(assignment.slots, Arc::clone(&made));
-                        made
-                    }
-                };
+                let round_shards = shards_for(&mut shards, &assignment, &dataset)?;
                 let started = Instant::now();
                 let produced = {
                     let (assignment, dataset, model, pool, previous, flipped) = (
@@ -279,10 +308,10 @@ pub async fn run_worker(
                         .await?;
                     match receipt_status(&answer, &coordinator)? {
                         Ok(verdict) => {
-                            if verdict == "passed" {
-                                summary.audits_passed += 1;
-                            } else {
-                                summary.audits_failed += 1;
+                            match verdict.as_str() {
+                                "passed" => summary.audits_passed += 1,
+                                "delegated" => summary.audits_delegated += 1,
+                                _ => summary.audits_failed += 1,
                             }
                             on_round(&format!("round {round}: audit of segment {segment}: {verdict}"));
                         }
@@ -345,6 +374,93 @@ fn load_matching_data(dir: Option<&Path>, run: &RunInfo) -> Result<Dataset, Node
         });
     }
     Ok(dataset)
+}
+
+/// The round's shards for `assignment.slots` participants, cached.
+fn shards_for(
+    cache: &mut HashMap<u32, Arc<Vec<Vec<u32>>>>,
+    assignment: &crowdtrain_protocol::Assignment,
+    dataset: &Dataset,
+) -> Result<Arc<Vec<Vec<u32>>>, NodeError> {
+    if let Some(existing) = cache.get(&assignment.slots) {
+        return Ok(Arc::clone(existing));
+    }
+    let made = Arc::new(assignment.shards(&dataset.train.labels)?);
+    cache.insert(assignment.slots, Arc::clone(&made));
+    Ok(made)
+}
+
+/// What a worker needs to replay another worker's segment for the
+/// coordinator (a delegated audit).
+struct Auditing<'a> {
+    client: &'a Client,
+    coordinator: &'a PublicKey,
+    run: &'a RunInfo,
+    model: &'a Arc<dyn Model>,
+    dataset: &'a Arc<Dataset>,
+    pool: &'a Arc<rayon::ThreadPool>,
+    /// Report a wrong end state (the `lying-auditor` behaviour).
+    lie: bool,
+}
+
+impl Auditing<'_> {
+    /// Fetches the task, replays the segment and reports the end state:
+    /// the receipt's status, or the coordinator's reason for a refusal.
+    async fn replay(
+        &self,
+        models: &mut ModelCache,
+        shards: &mut HashMap<u32, Arc<Vec<Vec<u32>>>>,
+        round: RoundId,
+        task: crowdtrain_protocol::wire::AuditTaskRef,
+    ) -> Result<Result<String, String>, NodeError> {
+        let path = format!("/v1/rounds/{round}/audit-tasks/{}", task.worker.0);
+        let answer = self.client.request(Method::GET, &path, Vec::new(), &[]).await?;
+        if !answer.status.is_success() {
+            return Ok(Err(answer.reason()));
+        }
+        let signed: Signed<crowdtrain_protocol::wire::AuditTask> = postcard::from_bytes(&answer.body)
+            .map_err(|error| NodeError::Untrusted(format!("an audit task does not decode: {error}")))?;
+        let task = verified(&signed, self.coordinator, "audit task")?.clone();
+        if task.assignment.run_id != self.run.run_id || task.assignment.round != round {
+            return Err(NodeError::Untrusted("an audit task for another run or round".into()));
+        }
+        let base = models.get(self.client, &task.assignment.base_model).await?;
+        let round_shards = shards_for(shards, &task.assignment, self.dataset)?;
+        let start = crowdtrain_train::TrainState::from_bytes(
+            &task.start_state,
+            &self.model.name(),
+            self.run.parameters as usize,
+        )
+        .map_err(|error| {
+            NodeError::Untrusted(format!("an audit task's start state does not parse: {error}"))
+        })?;
+        let (model, dataset, pool) =
+            (Arc::clone(self.model), Arc::clone(self.dataset), Arc::clone(self.pool));
+        let mut report = tokio::task::spawn_blocking(move || {
+            pool.install(|| {
+                crate::replay::replay_segment(
+                    model.as_ref(),
+                    &dataset,
+                    &round_shards,
+                    &task.assignment,
+                    task.segment,
+                    start,
+                    &base,
+                )
+            })
+        })
+        .await
+        .expect("replays do not panic")?;
+        if self.lie {
+            report.end_hash.0[0] ^= 1;
+        }
+        let body = postcard::to_allocvec(&report).expect("reports encode");
+        let answer = self
+            .client
+            .request(Method::POST, &path, body, &[("content-type", "application/octet-stream".into())])
+            .await?;
+        receipt_status(&answer, self.coordinator)
+    }
 }
 
 fn training_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>, NodeError> {

@@ -1,0 +1,48 @@
+//! Replaying one committed segment of a worker's round: what an auditor
+//! does, whether it is the coordinator or a worker it delegated the audit
+//! to. One function, so both replay exactly the same computation.
+
+use crowdtrain_data::Dataset;
+use crowdtrain_protocol::wire::AuditReport;
+use crowdtrain_protocol::{Assignment, Digest};
+use crowdtrain_train::diloco::{replay, segment_range};
+use crowdtrain_train::{Model, TrainError, TrainState};
+
+/// Replays segment `segment` of `assignment`'s work from `start` on the
+/// assigned shard (`shards` are the round's, in slot order) and reports
+/// the state hash it ends at; for the last segment also the digest of the
+/// update that end state gives against the round's `base` parameters,
+/// encoded as the run encodes updates.
+pub fn replay_segment(
+    model: &dyn Model,
+    dataset: &Dataset,
+    shards: &[Vec<u32>],
+    assignment: &Assignment,
+    segment: u32,
+    start: TrainState,
+    base: &[f32],
+) -> Result<AuditReport, TrainError> {
+    let (first, last) = segment_range(assignment.inner_steps, assignment.segments, segment);
+    let shard = shards.get(assignment.slot as usize).ok_or(TrainError::WrongLength {
+        what: "shards",
+        found: shards.len(),
+        expected: assignment.slot as usize + 1,
+    })?;
+    let end = replay(
+        model,
+        assignment.optimizer,
+        assignment.batch_size as usize,
+        dataset,
+        shard,
+        assignment.rng_key(),
+        start,
+        last - first,
+    )?;
+    let payload = if segment == assignment.segments {
+        let update: Vec<f32> = base.iter().zip(&end.params).map(|(g, l)| g - l).collect();
+        Some(Digest::of(&assignment.codec.encode(&update)?))
+    } else {
+        None
+    };
+    Ok(AuditReport { end_hash: Digest(end.hash().0), payload })
+}
