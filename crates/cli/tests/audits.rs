@@ -288,12 +288,7 @@ fn delegated_audits_are_replayed_by_workers_of_the_same_class_with_the_coordinat
         "min_workers = 4\ndeadline_ms = 60000\nreveal_ms = 30000",
         "",
     );
-    let config = std::fs::read_to_string(network.path("run.toml")).unwrap();
-    std::fs::write(
-        network.path("run.toml"),
-        config.replace("[audit]\n", "[audit]\nauditors = \"workers\"\n"),
-    )
-    .unwrap();
+    network.delegate_audits();
     network.start_coordinator();
     for index in 0..3 {
         network.start_worker(index);
@@ -352,12 +347,7 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
         1.0,
         "min_workers = 5\nquorum = 1\ndeadline_ms = 60000\nreveal_ms = 3000",
     );
-    let config = std::fs::read_to_string(network.path("run.toml")).unwrap();
-    std::fs::write(
-        network.path("run.toml"),
-        config.replace("[audit]\n", "[audit]\nauditors = \"workers\"\n"),
-    )
-    .unwrap();
+    network.delegate_audits();
     network.start_coordinator();
     let behaviors = ["honest", "honest", "lazy:1", "lying-auditor", "no-answer"];
     for (index, behavior) in behaviors.iter().enumerate() {
@@ -365,15 +355,7 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
     }
     network.wait_for(240, "the run to finish", finished_and_evaluated);
     // By id: two workers share the behaviour "honest".
-    let summaries: BTreeMap<u64, String> = network
-        .join_workers()
-        .into_iter()
-        .map(|output| {
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-            let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-            (summary["worker"].as_u64().unwrap(), summary["behavior"].as_str().unwrap().to_owned())
-        })
-        .collect();
+    let summaries = network.behaviors_by_id();
     let behavior_of: BTreeMap<u64, &str> =
         summaries.iter().map(|(id, behavior)| (*id, behavior.as_str())).collect();
     assert_eq!(behavior_of.len(), 5);
@@ -437,4 +419,25 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
         slashed.keys().all(|(_, worker)| !honest_ids.contains(worker)),
         "honest workers are never slashed"
     );
+    // `crowdtrain rewards` counts an auditor's slashes against it too.
+    let output = std::process::Command::new(binary())
+        .args(["rewards", "--json", "--state"])
+        .arg(network.path("state"))
+        .output()
+        .unwrap();
+    let rewards: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let liar =
+        behavior_of.iter().find(|(_, behavior)| **behavior == "lying-auditor").map(|(id, _)| *id).unwrap();
+    let liar_slashed = rewards["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|worker| worker["worker"] == liar)
+        .unwrap()["slashed"]
+        .as_u64()
+        .unwrap();
+    let stake = STEPS * 32;
+    let liar_rounds: std::collections::BTreeSet<u64> =
+        auditor_slashes.iter().filter(|(_, auditor)| *auditor == liar).map(|(round, _)| *round).collect();
+    assert_eq!(liar_slashed, stake * liar_rounds.len() as u64, "one stake per round it lied in");
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
@@ -57,15 +56,7 @@ fn model_attackers_are_refused_or_earn_nothing_and_honest_workers_are_paid_for_t
         "no round waited for the reveal deadline of a malformed update ({} s)",
         started.elapsed().as_secs()
     );
-    let ids: BTreeMap<u64, String> = network
-        .join_workers()
-        .into_iter()
-        .map(|output| {
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-            let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-            (summary["worker"].as_u64().unwrap(), summary["behavior"].as_str().unwrap().to_owned())
-        })
-        .collect();
+    let ids = network.behaviors_by_id();
     let behavior = |worker: &Value| ids[&worker.as_u64().unwrap()].clone();
 
     // The checks refused the outsized noise, every round, saying why.

@@ -45,7 +45,8 @@ struct WorkerRewards {
     mean_multiplier: Option<f64>,
     /// Credits earned: verified work times the quality multiplier.
     earned: u64,
-    /// Work units lost to slashing.
+    /// Work units lost to slashing (for its own submissions, and as an
+    /// auditor whose report was contradicted).
     slashed: u64,
     /// `earned - slashed`.
     credits: i64,
@@ -106,7 +107,9 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             Event::WorkerRegistered { worker: id, key } => worker(&mut workers, *id).public_key = Some(*key),
             Event::WorkAccepted { worker: id, units, .. } => worker(&mut workers, *id).verified_work += units,
             Event::UpdateRefused { worker: id, .. } => worker(&mut workers, *id).refused_updates += 1,
-            Event::Slash { worker: id, amount, .. } => worker(&mut workers, *id).slashed += amount,
+            Event::Slash { worker: id, amount, .. } | Event::AuditorSlashed { auditor: id, amount, .. } => {
+                worker(&mut workers, *id).slashed += amount
+            }
             Event::Reward(Reward { round, worker: id, quality, multiplier, credits, .. }) => {
                 let rewards = worker(&mut workers, *id);
                 rewards.earned += credits;

@@ -346,3 +346,28 @@ pub fn refusal(response: &(u16, Vec<u8>)) -> (u16, ErrorCode, String) {
         .unwrap_or_else(|_| panic!("not an ApiError: {}", String::from_utf8_lossy(&response.1)));
     (response.0, error.error, error.message)
 }
+
+impl Network {
+    /// Waits for every worker to exit successfully; returns each one's
+    /// behaviour by worker id (from their `--json` summaries).
+    pub fn behaviors_by_id(&mut self) -> std::collections::BTreeMap<u64, String> {
+        self.join_workers()
+            .into_iter()
+            .map(|output| {
+                assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+                let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+                (summary["worker"].as_u64().unwrap(), summary["behavior"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    }
+
+    /// Sets `audit.auditors = "workers"` in the run's configuration.
+    pub fn delegate_audits(&self) {
+        let config = std::fs::read_to_string(self.path("run.toml")).unwrap();
+        std::fs::write(
+            self.path("run.toml"),
+            config.replace("[audit]\n", "[audit]\nauditors = \"workers\"\n"),
+        )
+        .unwrap();
+    }
+}
