@@ -28,16 +28,23 @@ enum LedgerCommand {
     Show(ShowArgs),
 }
 
+/// Where a run's ledger is, and whose key it must verify against.
 #[derive(Debug, Args)]
-struct VerifyArgs {
+pub(crate) struct LedgerSource {
     /// The coordinator's --state directory.
     #[arg(long, value_name = "DIR")]
-    state: PathBuf,
+    pub state: PathBuf,
 
     /// Verify against this coordinator key (hex) instead of the one the
     /// state names: what an outside auditor should do.
     #[arg(long, value_name = "HEX")]
-    key: Option<PublicKey>,
+    pub key: Option<PublicKey>,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    source: LedgerSource,
 
     /// Print one JSON object on stdout.
     #[arg(long)]
@@ -100,8 +107,8 @@ pub(crate) fn database(state: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let path = database(&args.state)?;
-    let result = verify_ledger(&path, args.key);
+    let path = database(&args.source.state)?;
+    let result = verify_ledger(&path, args.source.key);
     let report = match &result {
         Ok(entries) => VerifyReport { ok: true, entries: entries.len(), first_broken: None, problem: None },
         Err(LedgerFailure::Broken(broken)) => VerifyReport {

@@ -1,7 +1,6 @@
 //! `crowdtrain rewards`: who earned what, from the signed ledger alone.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
@@ -18,14 +17,8 @@ use crate::output;
 /// coordinator's key can recompute.
 #[derive(Debug, Args)]
 pub struct RewardsArgs {
-    /// The coordinator's --state directory.
-    #[arg(long, value_name = "DIR")]
-    state: PathBuf,
-
-    /// Check the ledger against this coordinator key (hex) instead of the
-    /// one the state names.
-    #[arg(long, value_name = "HEX")]
-    key: Option<PublicKey>,
+    #[command(flatten)]
+    source: crate::cmd::ledger::LedgerSource,
 
     /// Print one JSON object on stdout.
     #[arg(long)]
@@ -91,11 +84,11 @@ struct RewardsReport {
 }
 
 pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
-    let path = crate::cmd::ledger::database(&args.state)?;
+    let path = crate::cmd::ledger::database(&args.source.state)?;
     let entries =
-        verify_ledger(&path, args.key).map_err(|failure| anyhow::anyhow!(failure)).with_context(|| {
-            format!("the ledger in {} does not verify; nothing in it can be trusted", path.display())
-        })?;
+        verify_ledger(&path, args.source.key).map_err(|failure| anyhow::anyhow!(failure)).with_context(
+            || format!("the ledger in {} does not verify; nothing in it can be trusted", path.display()),
+        )?;
     let mut workers: BTreeMap<WorkerId, WorkerRewards> = BTreeMap::new();
     let mut rounds_closed = 0;
     let mut scored_rounds = std::collections::BTreeSet::new();

@@ -137,6 +137,19 @@ fn verify_signature(
     Ok(auth)
 }
 
+/// Checks a signed request that reads (no body, any rising nonce) and
+/// marks its worker as seen; returns the worker.
+async fn signed_read(
+    node: &Arc<Node>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<crowdtrain_protocol::WorkerId, Failure> {
+    let auth = verify_signature(node, method, uri, headers, b"")?;
+    let node = Arc::clone(node);
+    blocking(move || node.authenticate(&auth.worker, auth.nonce, false)).await
+}
+
 async fn run_info(State(node): State<Arc<Node>>) -> Response {
     Json(node.run_info().clone()).into_response()
 }
@@ -195,11 +208,7 @@ async fn round(
     let result = async {
         let Query(query) =
             query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-        let auth = verify_signature(&node, &method, &uri, &headers, b"")?;
-        let worker = {
-            let node = Arc::clone(&node);
-            blocking(move || node.authenticate(&auth.worker, auth.nonce, false)).await?
-        };
+        let worker = signed_read(&node, &method, &uri, &headers).await?;
         let mut changes = node.changes.subscribe();
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(query.wait_ms.unwrap_or(0).min(LONG_POLL_MS_MAX));
@@ -448,11 +457,7 @@ async fn audit_task(
     let result = async {
         let Path((round, audited)) =
             path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-        let auth = verify_signature(&node, &method, &uri, &headers, b"")?;
-        let worker = {
-            let node = Arc::clone(&node);
-            blocking(move || node.authenticate(&auth.worker, auth.nonce, false)).await?
-        };
+        let worker = signed_read(&node, &method, &uri, &headers).await?;
         blocking(move || node.audit_task(worker, round, crowdtrain_protocol::WorkerId(audited))).await
     };
     match result.await {

@@ -61,11 +61,6 @@ pub enum Behavior {
 }
 
 impl Behavior {
-    /// Whether the audits must reject this behaviour whenever they look.
-    pub fn cheats(self) -> bool {
-        !matches!(self, Self::Honest | Self::Lazy(0.0))
-    }
-
     /// Whether it trains on labels other than the real ones.
     pub fn flips_labels(self) -> bool {
         self == Self::LabelFlip
