@@ -328,3 +328,29 @@ fn a_worker_gives_up_with_the_reason_when_the_coordinator_stays_away() {
     assert!(stderr.contains("onnect"), "the last error is named: {stderr}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn registrations_without_a_class_and_audit_tasks_for_nobody_are_refused_and_change_nothing() {
+    let mut network = Network::new(1, 8, 0.0, "min_workers = 2\ndeadline_ms = 60000");
+    network.start_coordinator();
+    let worker = HandWorker::join(&network, 11);
+    let run = worker.run.run_id;
+    let before = network.status().unwrap();
+    let stranger =
+        HandWorker { identity: Identity::from_seed([12; 32]), url: network.url(), run: worker.run.clone() };
+    let (status, code, message) =
+        refusal(&stranger.send("POST", "/v1/workers", Vec::new(), stranger.nonce(), run));
+    assert_eq!((status, code), (400, ErrorCode::BadRequest));
+    assert!(message.contains("class"), "{message}");
+    let other_class = worker.send("POST", "/v1/workers?class=portable", Vec::new(), worker.nonce(), run);
+    let (status, _, message) = refusal(&other_class);
+    assert_eq!(status, 400, "a key keeps its class: {message}");
+    // No audit is delegated to anyone: neither task nor report is accepted.
+    let task = worker.send("GET", "/v1/rounds/0/audit-tasks/0", Vec::new(), worker.nonce(), run);
+    assert_eq!(refusal(&task).1, ErrorCode::NotAudited);
+    let report =
+        worker.send("POST", "/v1/rounds/0/audit-tasks/0", b"not a report".to_vec(), worker.nonce(), run);
+    assert_eq!(refusal(&report).1, ErrorCode::BadRequest);
+    let after = network.status().unwrap();
+    assert_eq!((after.workers, after.rounds), (before.workers, before.rounds), "nothing changed");
+}
