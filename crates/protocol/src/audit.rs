@@ -3,15 +3,25 @@
 //! Each round has a secret, derived from the coordinator's audit master key
 //! and the round (so it survives restarts without being stored, and the
 //! state machine needs no randomness of its own). Its hash is published when
-//! the round opens; the secret itself only once every commitment is in. The
-//! beacon is the hash of the secret with all the round's commitments, so:
+//! the round opens; the secret itself once every commitment is in.
 //!
-//! - no worker can predict the draw before committing (it lacks the secret);
-//! - no worker can bias it after (its commitment is fixed, and changing it
-//!   changes the beacon unpredictably for everyone);
+//! A worker's audit is drawn from the hash of the secret with *its own*
+//! commitment ([`commitment_beacon`]), the moment that commitment is
+//! accepted, and the worker is told at once: it answers, and the
+//! coordinator replays, while the other workers are still training, so an
+//! audit costs the round nothing unless it is the last worker's. Still:
+//!
+//! - no worker can predict its draw before committing (it lacks the secret),
+//!   nor learn anything of another's (each draw hashes another commitment);
+//! - no worker can bias it after (its commitment is fixed: one per round);
 //! - the coordinator cannot pick whom to audit (its secret was committed
 //!   before it saw any commitment);
-//! - anyone can check the draw from the ledger (secret, commitments, beacon).
+//! - anyone can check every draw from the ledger (the secret, revealed at
+//!   the end of the commit phase, and the commitments).
+//!
+//! The round's [`beacon`] (the secret with every commitment) picks the
+//! auditors of delegated audits, which are therefore announced only when the
+//! commit phase ends.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +75,26 @@ pub fn beacon(
         hasher.update(&commitment.payload.0);
         hasher.update(&commitment.segments.to_le_bytes());
     }
+    Digest(*hasher.finalize().as_bytes())
+}
+
+/// What `worker`'s audit in `round` is drawn from: the round's secret with
+/// that worker's commitment.
+pub fn commitment_beacon(
+    secret: &[u8; 32],
+    run: &Digest,
+    round: RoundId,
+    worker: WorkerId,
+    commitment: &Commitment,
+) -> Digest {
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-12 commitment beacon v1");
+    hasher.update(secret);
+    hasher.update(&run.0);
+    hasher.update(&round.to_le_bytes());
+    hasher.update(&worker.0.to_le_bytes());
+    hasher.update(&commitment.merkle_root.0);
+    hasher.update(&commitment.payload.0);
+    hasher.update(&commitment.segments.to_le_bytes());
     Digest(*hasher.finalize().as_bytes())
 }
 

@@ -36,19 +36,22 @@
 //!
 //! 1. **Commit phase.** Participants train and send a [`Commitment`] (the
 //!    Merkle root of their segment-boundary state hashes and the hash of the
-//!    pseudo-gradient they will reveal). The phase ends when every
-//!    participant has committed, or at the commit deadline with `quorum`
-//!    commitments (else the deadline is extended up to `max_extensions`
-//!    times, then the round fails).
-//! 2. **Draw.** The round's secret (whose hash was published at opening) is
-//!    revealed; with every commitment it makes the beacon, which selects each
-//!    committed worker for audit with probability `audit_probability`, and
-//!    one of its segments ([`Action::BeginReveal`]).
+//!    pseudo-gradient they will reveal). Each accepted commitment is drawn
+//!    for audit at once, with probability `audit_probability` and one of its
+//!    segments, from the round's secret (whose hash was published at
+//!    opening) and that commitment alone; a drawn worker may answer, and
+//!    the driver replay, while the others still train. The phase ends when
+//!    every participant has committed, or at the commit deadline with
+//!    `quorum` commitments (else the deadline is extended up to
+//!    `max_extensions` times, then the round fails).
+//! 2. **Draw published.** The secret is revealed; the draws are listed, and
+//!    with every commitment it makes the beacon, which names the auditors
+//!    of delegated audits (announced only now) ([`Action::BeginReveal`]).
 //! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
 //!    not hash to its commitment is rejected and slashed. Audited workers
-//!    answer with the start state of their segment; the driver replays it
-//!    and reports [`Coordinator::audit_result`]. A failed or unanswered audit
-//!    rejects the submission and slashes the stake.
+//!    answer with the start state of their segment (if not already); the
+//!    driver replays it and reports [`Coordinator::audit_result`]. A failed
+//!    or unanswered audit rejects the submission and slashes the stake.
 //! 4. **Close.** When every committed worker is settled, or at the reveal
 //!    deadline, the accepted submissions (revealed, matching, and passed or
 //!    unaudited) are aggregated if there are at least `quorum` of them;
@@ -214,12 +217,15 @@ pub enum Action {
     },
     /// Persist a later commit deadline for the open round.
     ExtendRound { round: RoundId, commit_deadline_unix_ms: u64, extensions: u32 },
-    /// Persist a commitment and the nonce of the request that carried it.
+    /// Persist a commitment and the nonce of the request that carried it;
+    /// `audit` is the segment its draw selected, if any (accepted
+    /// commitments only).
     RecordCommitment {
         round: RoundId,
         worker: WorkerId,
         commitment: Commitment,
         status: Recorded,
+        audit: Option<u32>,
         nonce: u64,
         received_unix_ms: u64,
     },
@@ -581,9 +587,29 @@ impl Coordinator {
         for &(worker, status, commitment) in &round.commitments {
             let standing = standings.entry(worker).or_default();
             match status {
-                Recorded::Accepted => standing.commitment = Some(commitment),
+                Recorded::Accepted => {
+                    standing.commitment = Some(commitment);
+                    standing.audit = draw_audit(
+                        &self.settings,
+                        &self.audit_master,
+                        &self.run_id,
+                        round.id,
+                        worker,
+                        &commitment,
+                    );
+                }
                 _ => standing.late_commitment = Some(commitment),
             }
+        }
+        for worker in &round.answered {
+            standings.entry(*worker).or_default().answered = true;
+        }
+        for (worker, verdict) in &round.verdicts {
+            let standing = standings.entry(*worker).or_default();
+            if !verdict.passed() {
+                standing.rejected.get_or_insert_with(|| failure_reason(verdict));
+            }
+            standing.verdict = Some(verdict.clone());
         }
         let mut open = OpenRound {
             id: round.id,
@@ -603,10 +629,7 @@ impl Coordinator {
             open.phase = RoundPhase::Revealing { deadline_ms };
             open.secret = Some(secret);
             let beacon = audit::beacon(&secret, &self.run_id, round.id, &open.commitments());
-            self.assign_audits(&mut open, &beacon);
-            for worker in &round.answered {
-                open.standings.entry(*worker).or_default().answered = true;
-            }
+            self.assign_auditors(&mut open, &beacon);
             for &(worker, status, digest) in &round.reveals {
                 let standing = open.standings.entry(worker).or_default();
                 match status {
@@ -622,13 +645,6 @@ impl Coordinator {
                     }
                     Recorded::Late => {}
                 }
-            }
-            for (worker, verdict) in &round.verdicts {
-                let standing = open.standings.entry(*worker).or_default();
-                if !verdict.passed() {
-                    standing.rejected.get_or_insert_with(|| failure_reason(verdict));
-                }
-                standing.verdict = Some(verdict.clone());
             }
         }
         open
@@ -700,7 +716,9 @@ impl Coordinator {
             committed: standing.is_some_and(|standing| standing.commitment.is_some()),
             revealed: standing
                 .is_some_and(|standing| standing.revealed.is_some() || standing.rejected.is_some()),
-            audit: standing.and_then(|standing| standing.audit).filter(|_| revealing),
+            audit: standing
+                .and_then(|standing| standing.audit)
+                .filter(|_| revealing || !self.settings.delegate_audits),
             audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
             audit_task: worker.and_then(|worker| self.audit_task(worker)),
         }
@@ -722,6 +740,10 @@ impl Coordinator {
     /// needs to check an answer.
     pub fn pending_audit(&self, worker: WorkerId, round: RoundId) -> Option<(u32, Commitment)> {
         let open = self.open.as_ref().filter(|open| open.id == round)?;
+        // Delegated audits are answered once their auditor is named.
+        if self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. }) {
+            return None;
+        }
         let standing = open.standings.get(&worker)?;
         match (standing.audit, standing.commitment, &standing.verdict, standing.answered) {
             (Some(segment), Some(commitment), None, false) => Some((segment, commitment)),
@@ -891,12 +913,16 @@ impl Coordinator {
                     "commitment",
                 );
             }
-            let status = if committing {
+            let (status, audit) = if committing {
                 standing.commitment = Some(commitment);
-                Recorded::Accepted
+                // Drawn now, so that the worker can answer, and the driver
+                // replay, while the others are still training.
+                standing.audit =
+                    draw_audit(&self.settings, &self.audit_master, &self.run_id, round, worker, &commitment);
+                (Recorded::Accepted, standing.audit)
             } else {
                 standing.late_commitment = Some(commitment);
-                Recorded::Late
+                (Recorded::Late, None)
             };
             self.record_nonce(worker, nonce, now);
             self.actions.push_back(Action::RecordCommitment {
@@ -904,6 +930,7 @@ impl Coordinator {
                 worker,
                 commitment,
                 status,
+                audit,
                 nonce,
                 received_unix_ms: now,
             });
@@ -922,6 +949,7 @@ impl Coordinator {
             worker,
             commitment,
             status: Recorded::Late,
+            audit: None,
             nonce,
             received_unix_ms: now,
         });
@@ -1365,7 +1393,7 @@ impl Coordinator {
         let mut open = self.open.take().expect("a round to reveal");
         let secret = audit::round_secret(&self.audit_master, &self.run_id, open.id);
         let beacon = audit::beacon(&secret, &self.run_id, open.id, &open.commitments());
-        let (audits, auditors) = self.assign_audits(&mut open, &beacon);
+        let (audits, auditors) = self.assign_auditors(&mut open, &beacon);
         let deadline_ms = self.now_ms + self.settings.reveal_ms;
         open.phase = RoundPhase::Revealing { deadline_ms };
         open.secret = Some(secret);
@@ -1380,11 +1408,12 @@ impl Coordinator {
         self.open = Some(open);
     }
 
-    /// Draws the committed workers' audits from `beacon` and, when audits
-    /// are delegated, each one's auditor among the other committed workers
-    /// of the same determinism class. Returns `(worker, segment)` and
-    /// `(audited, auditor)` pairs, ascending.
-    fn assign_audits(
+    /// The committed workers' audits (drawn with their commitments) and,
+    /// when audits are delegated, each one's auditor, picked with `beacon`
+    /// among the other committed workers of the same determinism class.
+    /// Returns `(worker, segment)` and `(audited, auditor)` pairs,
+    /// ascending.
+    fn assign_auditors(
         &self,
         open: &mut OpenRound,
         beacon: &Digest,
@@ -1392,13 +1421,13 @@ impl Coordinator {
         let committed: Vec<WorkerId> = open.commitments().into_keys().collect();
         let (mut audits, mut auditors) = (Vec::new(), Vec::new());
         for &worker in &committed {
-            let Some(segment) =
-                audit::draw(beacon, worker, self.settings.audit_probability, self.settings.segments)
-            else {
-                continue;
-            };
+            let standing = &open.standings[&worker];
+            let Some(segment) = standing.audit else { continue };
             audits.push((worker, segment));
-            let auditor = if self.settings.delegate_audits {
+            // An answer the driver already replayed (or is replaying) needs
+            // no auditor.
+            let auditor = if self.settings.delegate_audits && !standing.answered && standing.verdict.is_none()
+            {
                 let class = &self.workers[&worker].class;
                 let candidates: Vec<WorkerId> = committed
                     .iter()
@@ -1412,9 +1441,7 @@ impl Coordinator {
             if let Some(auditor) = auditor {
                 auditors.push((worker, auditor));
             }
-            let standing = open.standings.get_mut(&worker).expect("committed workers have standings");
-            standing.audit = Some(segment);
-            standing.auditor = auditor;
+            open.standings.get_mut(&worker).expect("committed workers have standings").auditor = auditor;
         }
         (audits, auditors)
     }
@@ -1648,4 +1675,19 @@ impl AssignmentTemplate {
             validation_fraction: self.validation_fraction,
         }
     }
+}
+
+/// The segment of `worker`'s round-`round` work its commitment draws for
+/// audit, if any: [`audit::draw`] on [`audit::commitment_beacon`].
+fn draw_audit(
+    settings: &Settings,
+    audit_master: &[u8; 32],
+    run_id: &Digest,
+    round: RoundId,
+    worker: WorkerId,
+    commitment: &Commitment,
+) -> Option<u32> {
+    let secret = audit::round_secret(audit_master, run_id, round);
+    let beacon = audit::commitment_beacon(&secret, run_id, round, worker, commitment);
+    audit::draw(&beacon, worker, settings.audit_probability, settings.segments)
 }

@@ -263,6 +263,68 @@ fn a_reveal_that_does_not_match_its_commitment_is_rejected_and_slashed() {
 }
 
 #[test]
+fn audits_are_drawn_with_each_commitment_and_can_be_judged_before_the_others_commit() {
+    let (mut machine, workers) = running(3, Settings { audit_probability: 0.5, ..settings() });
+    let template = template();
+    commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
+    let recorded = drain(&mut machine);
+    let Some(&Action::RecordCommitment { audit, .. }) = recorded.first() else { panic!("{recorded:?}") };
+    assert_eq!(machine.phase(), Phase::Committing, "the others have not committed");
+    assert_eq!(machine.view(Some(workers[0]), &template).audit, audit, "the worker is told at once");
+    // Whatever the first draw, find a committed worker with an audit.
+    commit(&mut machine, T0 + 2, workers[1], 0).unwrap();
+    let drawn: Vec<(WorkerId, u32)> = workers[..2]
+        .iter()
+        .filter_map(|&worker| machine.view(Some(worker), &template).audit.map(|segment| (worker, segment)))
+        .collect();
+    drain(&mut machine);
+    // (The draws are fixed by the test's master key: one of the two is audited.)
+    assert!(!drawn.is_empty(), "no audit drawn with this key; pick another round");
+    if let Some(&(worker, segment)) = drawn.first() {
+        assert_eq!(machine.pending_audit(worker, 0).map(|(segment, _)| segment), Some(segment));
+        machine
+            .audit_result(T0 + 3, 0, worker, Verdict::Failed("replayed to another state".into()), None, None)
+            .unwrap();
+        let actions = drain(&mut machine);
+        assert!(
+            actions
+                .iter()
+                .any(|action| matches!(action, Action::Slash { worker: slashed, .. } if *slashed == worker))
+        );
+        assert_eq!(machine.phase(), Phase::Committing, "a verdict does not end the commit phase");
+    }
+    commit(&mut machine, T0 + 4, workers[2], 0).unwrap();
+    let actions = drain(&mut machine);
+    let Some(Action::BeginReveal { secret, audits, .. }) = actions.last() else { panic!("{actions:?}") };
+    // Anyone can recompute every draw from the revealed secret.
+    let recomputed: Vec<(WorkerId, u32)> = workers
+        .iter()
+        .filter_map(|&worker| {
+            let beacon =
+                audit::commitment_beacon(secret, &Digest::of(b"run"), 0, worker, &commitment(worker, 0));
+            audit::draw(&beacon, worker, 0.5, 4).map(|segment| (worker, segment))
+        })
+        .collect();
+    assert_eq!(audits, &recomputed);
+    assert!(drawn.iter().all(|pair| audits.contains(pair)), "the draw never changes");
+}
+
+#[test]
+fn delegated_audits_are_announced_when_their_auditors_are_named() {
+    let settings = Settings { audit_probability: 1.0, delegate_audits: true, ..settings() };
+    let (mut machine, workers) = running(3, settings);
+    let template = template();
+    commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
+    assert_eq!(machine.view(Some(workers[0]), &template).audit, None);
+    assert_eq!(machine.pending_audit(workers[0], 0), None, "no answer before the auditor is named");
+    for &worker in &workers[1..] {
+        commit(&mut machine, T0 + 2, worker, 0).unwrap();
+    }
+    assert!(machine.view(Some(workers[0]), &template).audit.is_some());
+    assert!(machine.pending_audit(workers[0], 0).is_some());
+}
+
+#[test]
 fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
     for &worker in &workers {

@@ -208,21 +208,30 @@ fn metadata_value(kind: CheckpointKind, model_name: &str) -> String {
     )
 }
 
-/// A directory of content-addressed checkpoint files.
+/// A directory of content-addressed files: checkpoints, and the audit
+/// answers kept until their verdicts (too large to write into the database
+/// on the path that closes a round; a synced file costs a fraction).
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
     dir: PathBuf,
+    extension: &'static str,
 }
 
 impl Checkpoints {
+    /// Safetensors checkpoints in `dir`.
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
+        Self::open_with_extension(dir, "safetensors")
+    }
+
+    /// Content-addressed files named `<hash>.<extension>` in `dir`.
+    pub fn open_with_extension(dir: &Path, extension: &'static str) -> Result<Self, CheckpointError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| CheckpointError::Io { path: dir.to_owned(), source })?;
-        Ok(Self { dir: dir.to_owned() })
+        Ok(Self { dir: dir.to_owned(), extension })
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join(format!("{}.safetensors", digest.to_hex()))
+        self.dir.join(format!("{}.{}", digest.to_hex(), self.extension))
     }
 
     /// Stores `bytes` under their hash and returns it. The file appears

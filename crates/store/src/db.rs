@@ -14,7 +14,7 @@ use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -91,7 +91,7 @@ CREATE TABLE audits (
     worker INTEGER NOT NULL,
     segment INTEGER NOT NULL,
     auditor INTEGER REFERENCES workers (id),
-    answer BLOB,
+    answer_digest BLOB,
     answered_unix_ms INTEGER,
     verdict TEXT CHECK (verdict IN ('passed', 'failed', 'unanswered')),
     reason TEXT,
@@ -200,6 +200,8 @@ pub enum Write {
         worker: WorkerId,
         commitment: Commitment,
         status: Recorded,
+        /// The segment its draw selected for audit, if any.
+        audit: Option<u32>,
         nonce: u64,
         received_unix_ms: u64,
     },
@@ -213,11 +215,12 @@ pub enum Write {
         reveal_deadline_unix_ms: u64,
     },
     /// An audit answer whose proofs checked, kept until its verdict (and
-    /// after, as evidence).
+    /// after, as evidence): the BLAKE3 of its bytes, which the caller has
+    /// already made durable as a content-addressed file.
     AuditAnswer {
         round: RoundId,
         worker: WorkerId,
-        answer: Vec<u8>,
+        answer_digest: Digest,
         nonce: u64,
         received_unix_ms: u64,
     },
@@ -506,9 +509,9 @@ impl Store {
         let mut verdicts = self.connection.prepare(
             "SELECT worker, verdict, reason FROM audits WHERE round = ?1 AND verdict IS NOT NULL ORDER BY worker",
         )?;
-        let mut answered = self
-            .connection
-            .prepare("SELECT worker FROM audits WHERE round = ?1 AND answer IS NOT NULL ORDER BY worker")?;
+        let mut answered = self.connection.prepare(
+            "SELECT worker FROM audits WHERE round = ?1 AND answer_digest IS NOT NULL ORDER BY worker",
+        )?;
         let mut auditors_slashed = self.connection.prepare(
             "SELECT worker FROM credits WHERE round = ?1 AND kind = 'auditor-slash' ORDER BY worker",
         )?;
@@ -570,18 +573,25 @@ impl Store {
             .collect()
     }
 
-    /// The stored answer to `worker`'s audit in `round`.
-    pub fn audit_answer(&self, round: RoundId, worker: WorkerId) -> Result<Vec<u8>, StoreError> {
-        self.connection
+    /// The digest of the stored answer to `worker`'s audit in `round`.
+    pub fn audit_answer_digest(&self, round: RoundId, worker: WorkerId) -> Result<Digest, StoreError> {
+        let bytes: Vec<u8> = self
+            .connection
             .query_row(
-                "SELECT answer FROM audits WHERE round = ?1 AND worker = ?2 AND answer IS NOT NULL",
+                "SELECT answer_digest FROM audits WHERE round = ?1 AND worker = ?2 AND answer_digest IS NOT NULL",
                 params![round, worker.0],
                 |row| row.get(0),
             )
             .optional()?
             .ok_or_else(|| {
                 StoreError::Corrupt(format!("no stored audit answer of {worker} in round {round}"))
-            })
+            })?;
+        let digest: [u8; 32] = bytes.try_into().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "the audit answer digest of {worker} in round {round} is not 32 bytes"
+            ))
+        })?;
+        Ok(Digest(digest))
     }
 
     /// `workers` in the order their accepted commitments for `round`
@@ -877,7 +887,7 @@ fn apply_one(
                 params![round, commit_deadline_unix_ms, extensions],
             )?)?;
         }
-        Write::Commitment { round, worker, commitment, status, nonce, received_unix_ms } => {
+        Write::Commitment { round, worker, commitment, status, audit, nonce, received_unix_ms } => {
             transaction.execute(
                 "INSERT INTO commitments (round, worker, status, merkle_root, payload_digest, segments, nonce,
                                           received_unix_ms)
@@ -893,6 +903,12 @@ fn apply_one(
                     received_unix_ms
                 ],
             )?;
+            if let Some(segment) = audit {
+                transaction.execute(
+                    "INSERT INTO audits (round, worker, segment) VALUES (?1, ?2, ?3)",
+                    params![round, worker.0, segment],
+                )?;
+            }
             raise_nonce(transaction, *worker, *nonce)?;
         }
         Write::BeginReveal { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
@@ -900,20 +916,22 @@ fn apply_one(
                 "UPDATE rounds SET secret = ?2, beacon = ?3, reveal_deadline_unix_ms = ?4 WHERE id = ?1 AND state = 'open'",
                 params![round, secret, beacon.0, reveal_deadline_unix_ms],
             )?)?;
+            // The audits were drawn, and recorded, with their commitments;
+            // the ledger entry lists them, and names the auditors.
             for (worker, segment) in audits {
                 let auditor =
                     auditors.iter().find(|(audited, _)| audited == worker).map(|(_, auditor)| auditor.0);
-                transaction.execute(
-                    "INSERT INTO audits (round, worker, segment, auditor) VALUES (?1, ?2, ?3, ?4)",
+                expect_one(transaction.execute(
+                    "UPDATE audits SET auditor = ?4 WHERE round = ?1 AND worker = ?2 AND segment = ?3",
                     params![round, worker.0, segment, auditor],
-                )?;
+                )?)?;
             }
         }
-        Write::AuditAnswer { round, worker, answer, nonce, received_unix_ms } => {
+        Write::AuditAnswer { round, worker, answer_digest, nonce, received_unix_ms } => {
             expect_one(transaction.execute(
-                "UPDATE audits SET answer = ?3, answered_unix_ms = ?4
-                 WHERE round = ?1 AND worker = ?2 AND answer IS NULL AND verdict IS NULL",
-                params![round, worker.0, answer, received_unix_ms],
+                "UPDATE audits SET answer_digest = ?3, answered_unix_ms = ?4
+                 WHERE round = ?1 AND worker = ?2 AND answer_digest IS NULL AND verdict IS NULL",
+                params![round, worker.0, &answer_digest.0[..], received_unix_ms],
             )?)?;
             raise_nonce(transaction, *worker, *nonce)?;
         }

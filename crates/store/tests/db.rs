@@ -77,6 +77,7 @@ fn populated(path: &std::path::Path) -> Store {
                     worker: WorkerId(0),
                     commitment: commitment(0),
                     status: Recorded::Accepted,
+                    audit: None,
                     nonce: 300,
                     received_unix_ms: 13,
                 },
@@ -85,6 +86,7 @@ fn populated(path: &std::path::Path) -> Store {
                     worker: WorkerId(1),
                     commitment: commitment(1),
                     status: Recorded::Accepted,
+                    audit: Some(2),
                     nonce: 301,
                     received_unix_ms: 14,
                 },
@@ -133,7 +135,7 @@ fn state_survives_reopening_the_file() {
         let answer = Write::AuditAnswer {
             round: 0,
             worker: WorkerId(1),
-            answer: b"an answer".to_vec(),
+            answer_digest: Digest::of(b"an answer"),
             nonce: 800,
             received_unix_ms: 20,
         };
@@ -155,7 +157,7 @@ fn state_survives_reopening_the_file() {
         "the auditor's report raised its nonce, the answer the audited worker's"
     );
     assert_eq!(snapshot.rounds[0].answered, vec![WorkerId(1)]);
-    assert_eq!(store.audit_answer(0, WorkerId(1)).unwrap(), b"an answer");
+    assert_eq!(store.audit_answer_digest(0, WorkerId(1)).unwrap(), Digest::of(b"an answer"));
     let round = &snapshot.rounds[0];
     assert_eq!(round.state, RoundState::Open);
     assert_eq!(round.participants, vec![WorkerId(0), WorkerId(1)]);

@@ -36,11 +36,11 @@ use crate::replay::replay_segment;
 
 impl Node {
     /// Checks 1 to 4 of `answer` for `segment` of `assignment`'s work,
-    /// committed as `commitment`: the start state to replay from, or why
-    /// the answer fails. Errors are the coordinator's own failures.
+    /// committed as `commitment` from the round's `base` parameters: the
+    /// start state to replay from, or why the answer fails.
     pub(super) fn check_answer(
         &self,
-        inner: &Inner,
+        base: &[f32],
         assignment: &Assignment,
         segment: u32,
         commitment: &Commitment,
@@ -53,7 +53,7 @@ impl Node {
         let name = self.model.name();
         let parameters = self.model.layout().len();
         let start = if segment == 1 {
-            TrainState::new(name.clone(), inner.global.params.clone())
+            TrainState::new(name.clone(), base.to_vec())
         } else {
             TrainState::from_bytes(&answer.start_state, &name, parameters)
                 .map_err(|error| format!("the start state does not parse: {error}"))?
@@ -115,7 +115,7 @@ impl Node {
         commitment: &Commitment,
         answer: &AuditAnswer,
     ) -> Result<Verdict, NodeError> {
-        let start = match self.check_answer(inner, assignment, segment, commitment, answer) {
+        let start = match self.check_answer(&inner.global.params, assignment, segment, commitment, answer) {
             Ok(start) => start,
             Err(reason) => return Ok(Verdict::Failed(reason)),
         };

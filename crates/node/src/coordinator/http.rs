@@ -246,7 +246,8 @@ fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool
         return false;
     }
     match view.phase {
-        Phase::Committing => !view.committed,
+        // Committed and drawn for audit: the answer is due at once.
+        Phase::Committing => !view.committed || (view.audit.is_some() && !view.audit_answered),
         Phase::Revealing => {
             view.committed && (!view.revealed || (view.audit.is_some() && !view.audit_answered))
         }

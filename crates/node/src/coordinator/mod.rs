@@ -39,6 +39,7 @@ use tokio::sync::watch;
 pub use http::serve;
 
 use crate::NodeError;
+use crate::replay::replay_segment;
 
 /// Milliseconds since the Unix epoch, the machine's notion of time.
 pub fn now_unix_ms() -> u64 {
@@ -98,6 +99,9 @@ pub struct Node {
     /// Training data for audit replays, test data for evaluation.
     dataset: Arc<Dataset>,
     checkpoints: Checkpoints,
+    /// Audit answers (start states: MBs each), by hash; the database
+    /// records which answer is whose.
+    answers: Checkpoints,
     inner: Mutex<Inner>,
     /// Bumped whenever a round view may have changed; long polls and the
     /// timer wait on it.
@@ -141,7 +145,12 @@ struct Inner {
     /// The open round's accepted reveals, decoded as they arrived (with the
     /// digests of their bytes), so closing the round reads nothing back.
     decoded: std::collections::HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
-    /// When the input that may close the open round arrived.
+    /// When the latest worker input for a round (a commitment, reveal,
+    /// audit answer or report) arrived: what a close is timed from.
+    last_input: Option<(RoundId, Instant)>,
+    /// Set while an input, or the verdict of a replay started by one, may
+    /// close the round: `last_input` as it was then. Closes at a deadline
+    /// are not timed.
     closing_started: Option<(RoundId, Instant)>,
     /// Shards by slot count, for audit replays.
     shards: std::collections::HashMap<u32, Arc<Vec<Vec<u32>>>>,
@@ -153,6 +162,23 @@ struct Pending {
     round: RoundId,
     decision: Decision,
     next: Option<NextGlobal>,
+}
+
+/// An answered audit for the coordinator to replay: what the replay needs,
+/// taken from under the lock.
+struct PendingReplay {
+    round: RoundId,
+    worker: WorkerId,
+    segment: u32,
+    commitment: Commitment,
+    assignment: crowdtrain_protocol::Assignment,
+    shards: Arc<Vec<Vec<u32>>>,
+    /// The round's base parameters.
+    base: Vec<f32>,
+    answer: AuditAnswer,
+    start: crowdtrain_train::TrainState,
+    /// Signalled once the answer is durable; dropped if it never will be.
+    recorded: std::sync::mpsc::Receiver<()>,
 }
 
 struct NextGlobal {
@@ -172,6 +198,7 @@ impl Node {
         let dataset = DataSource::resolve(config.data.dir.as_deref()).load()?;
         let model = config.model.kind.build();
         let checkpoints = Checkpoints::open(&state_dir.join("checkpoints"))?;
+        let answers = Checkpoints::open_with_extension(&state_dir.join("audit-answers"), "answer")?;
         let mut store = Store::open(&state_dir.join("coordinator.sqlite"))?;
         let config_json = canonical_config(&config);
         let record = match store.run()? {
@@ -259,6 +286,7 @@ impl Node {
             model,
             dataset: Arc::new(dataset),
             checkpoints,
+            answers,
             inner: Mutex::new(Inner {
                 machine,
                 store,
@@ -269,6 +297,7 @@ impl Node {
                 quality,
                 pending: None,
                 decoded: Default::default(),
+                last_input: None,
                 closing_started: None,
                 shards: Default::default(),
             }),
@@ -423,8 +452,11 @@ impl Node {
     }
 
     /// `POST /v1/rounds/{round}/audits`: checks the answer against the
-    /// commitment, then replays the segment, or, when audits are delegated,
-    /// keeps the answer for the auditor the draw named.
+    /// commitment, then replays the segment in the background, or, when
+    /// audits are delegated, keeps the answer for the auditor the draw
+    /// named. Decoding and hashing the answer (MBs) and storing it happen
+    /// off the lock, so that other workers' commitments and reveals do not
+    /// wait for them.
     fn answer_audit(
         &self,
         worker: WorkerId,
@@ -433,28 +465,61 @@ impl Node {
         body: Vec<u8>,
     ) -> Result<Signed<Receipt>, Failure> {
         let received = Instant::now();
-        let mut inner = self.lock();
-        let Some((segment, commitment)) = inner.machine.pending_audit(worker, round) else {
-            return Err(Failure::new(
-                ErrorCode::NotAudited,
-                format!("{worker} has no pending audit in round {round}"),
-            ));
+        let pending = |inner: &Inner| {
+            inner.machine.pending_audit(worker, round).ok_or_else(|| {
+                Failure::new(ErrorCode::NotAudited, format!("{worker} has no pending audit in round {round}"))
+            })
         };
-        let assignment = inner
-            .machine
-            .assignment(worker, &self.template)
-            .expect("an audited worker is a participant of the round");
+        let (segment, commitment, assignment, base, shards) = {
+            let mut inner = self.lock();
+            let (segment, commitment) = pending(&inner)?;
+            let assignment = inner
+                .machine
+                .assignment(worker, &self.template)
+                .expect("an audited worker is a participant of the round");
+            let shards = self.shards(&mut inner, &assignment).map_err(Failure::internal)?;
+            (segment, commitment, assignment, inner.global.params.clone(), shards)
+        };
         let digest = Digest::of(&body);
-        let now = now_unix_ms();
         let checked = postcard::from_bytes::<AuditAnswer>(&body)
             .map_err(|error| format!("the answer does not decode: {error}"))
             .and_then(|answer| {
-                let start = self.check_answer(&inner, &assignment, segment, &commitment, &answer)?;
+                let start = self.check_answer(&base, &assignment, segment, &commitment, &answer)?;
                 Ok((answer, start))
             });
-        let (answer, start) = match checked {
-            Ok(checked) => checked,
-            Err(reason) => {
+        // In coordinator mode the replay starts now, beside storing the
+        // answer; its verdict waits until the answer is recorded.
+        let (recorded, on_record) = std::sync::mpsc::channel::<()>();
+        let mut replay = checked.as_ref().ok().map(|(answer, start)| PendingReplay {
+            round,
+            worker,
+            segment,
+            commitment,
+            shards,
+            base,
+            assignment,
+            answer: answer.clone(),
+            start: start.clone(),
+            recorded: on_record,
+        });
+        if self.config.audit.auditors == crowdtrain_protocol::config::Auditors::Coordinator
+            && let Some(replay) = replay.take()
+        {
+            self.spawn_replay(replay);
+        }
+        if checked.is_ok() {
+            // Durable before the row that names it (and harmless if that
+            // row never comes: it is named by its hash).
+            self.answers.put(&body).map_err(Failure::internal)?;
+        }
+        let now = now_unix_ms();
+        let mut inner = self.lock();
+        // Still pending (else answered or judged meanwhile: refused), and
+        // the same: a round's draw never changes.
+        let again = pending(&inner)?;
+        debug_assert_eq!(again, (segment, commitment));
+        if let Err(reason) = checked {
+            {
                 // Proofs that do not hold need no replay: the answer fails.
                 let verdict = Verdict::Failed(reason);
                 tracing::info!(round, %worker, segment, ?verdict, "audit");
@@ -462,23 +527,75 @@ impl Node {
                 self.drive_timed(&mut inner, None, round, received)?;
                 return Ok(self.receipt(round, worker, Stage::AuditAnswer, "failed", digest, now));
             }
-        };
+        }
         let auditor = inner.machine.audit_answered(now, worker, nonce, round)?;
+        self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
         if let Some(auditor) = auditor {
             tracing::info!(round, %worker, segment, %auditor, "audit delegated");
-            self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
             return Ok(self.receipt(round, worker, Stage::AuditAnswer, "delegated", digest, now));
         }
-        let verdict =
-            match self.replay_report(&mut inner, &assignment, segment, start).map_err(Failure::internal)? {
-                Ok(report) => audit::verdict_of(&report, &answer, &commitment, &assignment, segment),
-                Err(reason) => Verdict::Failed(reason),
+        // Delegated audits with no auditor of the worker's class are the
+        // coordinator's to replay, starting now.
+        if let Some(replay) = replay {
+            self.spawn_replay(replay);
+        }
+        // The coordinator replays it, in the background: the answer is
+        // durable (a restart judges it from the store), the receipt goes out
+        // at once, and the replay runs beside the round's other work instead
+        // of after it.
+        drop(inner);
+        let _ = recorded.send(());
+        tracing::debug!(round, %worker, answer_ms = received.elapsed().as_secs_f64() * 1e3, "answer recorded");
+        Ok(self.receipt(round, worker, Stage::AuditAnswer, "replaying", digest, now))
+    }
+
+    /// Replays an answered audit off the lock and reports the verdict to
+    /// the machine, which may close the round with it.
+    fn spawn_replay(&self, replay: PendingReplay) {
+        let Some(node) = self.me.upgrade() else { return };
+        std::thread::spawn(move || {
+            let (round, worker, segment) = (replay.round, replay.worker, replay.segment);
+            let replaying = Instant::now();
+            let verdict = match replay_segment(
+                node.model.as_ref(),
+                &node.dataset,
+                &replay.shards,
+                &replay.assignment,
+                segment,
+                replay.start,
+                &replay.base,
+            ) {
+                Ok(report) => audit::verdict_of(
+                    &report,
+                    &replay.answer,
+                    &replay.commitment,
+                    &replay.assignment,
+                    segment,
+                ),
+                Err(error) => Verdict::Failed(format!("the segment cannot be replayed: {error}")),
             };
-        tracing::info!(round, %worker, segment, ?verdict, "audit");
-        inner.machine.audit_result(now, round, worker, verdict.clone(), None, None)?;
-        self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
-        let status = if verdict.passed() { "passed" } else { "failed" };
-        Ok(self.receipt(round, worker, Stage::AuditAnswer, status, digest, now))
+            let replay_ms = replaying.elapsed().as_secs_f64() * 1e3;
+            if replay.recorded.recv().is_err() {
+                // The answer was never recorded (refused, or a write
+                // failed): there is nothing to decide.
+                return;
+            }
+            let mut inner = node.lock();
+            tracing::info!(round, %worker, segment, ?verdict, replay_ms, "audit");
+            if let Err(refusal) =
+                inner.machine.audit_result(now_unix_ms(), round, worker, verdict, None, None)
+            {
+                // Judged meanwhile from the store, at the reveal deadline.
+                tracing::debug!(round, %worker, %refusal.message, "replayed verdict not needed");
+                return;
+            }
+            inner.closing_started = inner.last_input.filter(|(held, _)| *held == round);
+            let result = node.drive(&mut inner, None);
+            inner.closing_started = None;
+            if let Err(error) = result {
+                tracing::error!(%error, "recording an audit verdict failed");
+            }
+        });
     }
 
     /// `GET /v1/rounds/{round}/audit-tasks/{audited}`: what the delegated
@@ -497,7 +614,7 @@ impl Node {
         let start_state = if segment == 1 {
             crowdtrain_train::TrainState::new(self.model.name(), inner.global.params.clone()).to_bytes()
         } else {
-            let answer = inner.store.audit_answer(round, audited).map_err(Failure::internal)?;
+            let answer = self.stored_answer(&inner, round, audited).map_err(Failure::internal)?;
             postcard::from_bytes::<AuditAnswer>(&answer).map_err(Failure::internal)?.start_state
         };
         let task = Signed::sign(&self.identity, AuditTask { assignment, segment, start_state });
@@ -529,7 +646,7 @@ impl Node {
         };
         let assignment =
             inner.machine.assignment(audited, &self.template).expect("audited workers are participants");
-        let bytes = inner.store.audit_answer(round, audited).map_err(Failure::internal)?;
+        let bytes = self.stored_answer(&inner, round, audited).map_err(Failure::internal)?;
         let answer: AuditAnswer = postcard::from_bytes(&bytes).map_err(Failure::internal)?;
         let claimed = audit::verdict_of(&report, &answer, &commitment, &assignment, segment);
         let now = now_unix_ms();
@@ -538,7 +655,7 @@ impl Node {
         } else {
             // The auditor says the worker's claim is false: check it.
             let start = self
-                .check_answer(&inner, &assignment, segment, &commitment, &answer)
+                .check_answer(&inner.global.params, &assignment, segment, &commitment, &answer)
                 .map_err(Failure::internal)?;
             let own = match self
                 .replay_report(&mut inner, &assignment, segment, start)
@@ -570,7 +687,7 @@ impl Node {
         let assignment =
             inner.machine.assignment(worker, &self.template).expect("audited workers are participants");
         let answer: AuditAnswer =
-            postcard::from_bytes(&inner.store.audit_answer(round, worker)?).map_err(|error| {
+            postcard::from_bytes(&self.stored_answer(inner, round, worker)?).map_err(|error| {
                 NodeError::Untrusted(format!("a stored audit answer does not decode: {error}"))
             })?;
         let verdict = self.judge(inner, &assignment, segment, &commitment, &answer)?;
@@ -580,6 +697,13 @@ impl Node {
             .audit_result(now_unix_ms(), round, worker, verdict, None, None)
             .expect("an answered audit is pending");
         Ok(())
+    }
+
+    /// The bytes of `worker`'s stored answer in `round`, checked against
+    /// the digest the database holds.
+    fn stored_answer(&self, inner: &Inner, round: RoundId, worker: WorkerId) -> Result<Vec<u8>, NodeError> {
+        let digest = inner.store.audit_answer_digest(round, worker)?;
+        Ok(self.answers.get(&digest)?)
     }
 
     fn receipt(
@@ -638,7 +762,8 @@ impl Node {
         round: RoundId,
         received: Instant,
     ) -> Result<(), Failure> {
-        inner.closing_started = Some((round, received));
+        inner.last_input = Some((round, received));
+        inner.closing_started = inner.last_input;
         let result = self.drive(inner, payload);
         inner.closing_started = None;
         result.map_err(Failure::internal)
@@ -725,12 +850,21 @@ impl Node {
                     writes.push(ledger(Event::DeadlineExtended { round, commit_deadline_unix_ms }));
                     changed = true;
                 }
-                Action::RecordCommitment { round, worker, commitment, status, nonce, received_unix_ms } => {
+                Action::RecordCommitment {
+                    round,
+                    worker,
+                    commitment,
+                    status,
+                    audit,
+                    nonce,
+                    received_unix_ms,
+                } => {
                     writes.push(Write::Commitment {
                         round,
                         worker,
                         commitment,
                         status,
+                        audit,
                         nonce,
                         received_unix_ms,
                     });
@@ -755,9 +889,11 @@ impl Node {
                     changed = true;
                 }
                 Action::RecordAuditAnswer { round, worker, nonce, received_unix_ms } => {
-                    let (_, answer) =
+                    let (answer_digest, answer) =
                         payload.take().expect("an answer is recorded only while one is handled");
-                    writes.push(Write::AuditAnswer { round, worker, answer, nonce, received_unix_ms });
+                    // Durable as a file first; the row that names it follows.
+                    assert_eq!(self.answers.put(&answer)?, answer_digest, "answers are stored by their hash");
+                    writes.push(Write::AuditAnswer { round, worker, answer_digest, nonce, received_unix_ms });
                     changed = true;
                 }
                 Action::JudgeAudit { round, worker, .. } => self.judge_stored(inner, round, worker)?,

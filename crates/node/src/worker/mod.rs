@@ -65,6 +65,9 @@ pub struct WorkerSummary {
     pub reveals_accepted: u64,
     pub audits_passed: u64,
     pub audits_failed: u64,
+    /// Own audits the coordinator replays after answering (their verdicts
+    /// are in the ledger).
+    pub audits_answered: u64,
     /// Own audits whose replay was delegated to another worker (their
     /// verdicts are in the ledger).
     pub audits_delegated: u64,
@@ -202,6 +205,17 @@ pub async fn run_worker(
         if current.as_ref().is_some_and(|(held, _)| *held != round) {
             previous = current.take().map(|(_, produced)| produced);
         }
+        // Committed and drawn for audit: the answer goes first, at once,
+        // so that the coordinator replays while the others still train or
+        // reveal.
+        if let Some(((_, produced), segment)) = current
+            .as_ref()
+            .filter(|(held, _)| *held == round && view.committed)
+            .zip(view.audit.filter(|_| !view.audit_answered && behavior != Behavior::NoAnswer))
+        {
+            answer_audit(&client, &coordinator, round, produced, segment, &mut summary, &mut on_round)
+                .await?;
+        }
         match view.phase {
             Phase::Committing if !view.committed => {
                 let params = models.get(&client, &assignment.base_model).await?;
@@ -293,34 +307,6 @@ pub async fn run_worker(
                         }
                     }
                 }
-                if let Some(segment) =
-                    view.audit.filter(|_| !view.audit_answered && behavior != Behavior::NoAnswer)
-                {
-                    let body = postcard::to_allocvec(&produced.answer(segment)).expect("answers serialise");
-                    summary.bytes_uploaded += body.len() as u64;
-                    let answer = client
-                        .request(
-                            Method::POST,
-                            &format!("/v1/rounds/{round}/audits"),
-                            body,
-                            &[("content-type", "application/octet-stream".into())],
-                        )
-                        .await?;
-                    match receipt_status(&answer, &coordinator)? {
-                        Ok(verdict) => {
-                            match verdict.as_str() {
-                                "passed" => summary.audits_passed += 1,
-                                "delegated" => summary.audits_delegated += 1,
-                                _ => summary.audits_failed += 1,
-                            }
-                            on_round(&format!("round {round}: audit of segment {segment}: {verdict}"));
-                        }
-                        Err(reason) => {
-                            summary.refused += 1;
-                            on_round(&format!("round {round}: audit answer refused: {reason}"));
-                        }
-                    }
-                }
                 last_done = Some(round);
             }
             _ => {}
@@ -328,6 +314,45 @@ pub async fn run_worker(
     }
     summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
     Ok(summary)
+}
+
+/// Sends `produced`'s answer to its audit of `segment` in `round`, and
+/// counts what the coordinator said of it.
+async fn answer_audit(
+    client: &Client,
+    coordinator: &PublicKey,
+    round: RoundId,
+    produced: &Produced,
+    segment: u32,
+    summary: &mut WorkerSummary,
+    on_round: &mut impl FnMut(&str),
+) -> Result<(), NodeError> {
+    let body = postcard::to_allocvec(&produced.answer(segment)).expect("answers serialise");
+    summary.bytes_uploaded += body.len() as u64;
+    let answer = client
+        .request(
+            Method::POST,
+            &format!("/v1/rounds/{round}/audits"),
+            body,
+            &[("content-type", "application/octet-stream".into())],
+        )
+        .await?;
+    match receipt_status(&answer, coordinator)? {
+        Ok(verdict) => {
+            match verdict.as_str() {
+                "passed" => summary.audits_passed += 1,
+                "replaying" => summary.audits_answered += 1,
+                "delegated" => summary.audits_delegated += 1,
+                _ => summary.audits_failed += 1,
+            }
+            on_round(&format!("round {round}: audit of segment {segment}: {verdict}"));
+        }
+        Err(reason) => {
+            summary.refused += 1;
+            on_round(&format!("round {round}: audit answer refused: {reason}"));
+        }
+    }
+    Ok(())
 }
 
 /// The status of a signed receipt, or the coordinator's reason for a
