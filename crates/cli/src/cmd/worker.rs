@@ -72,13 +72,16 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         return output::print_json(&summary);
     }
     println!(
-        "{} rounds trained; {} commitments, {} reveals accepted; audits {} passed, {} failed; {} refused; {} \
-         uploaded, {} downloaded",
+        "{} rounds trained; {} commitments, {} reveals accepted; audits: {} answered and replayed by the \
+         coordinator, {} delegated (verdicts in the ledger), {} failed on receipt; {} replayed for others; {} \
+         refused; {} uploaded, {} downloaded",
         summary.rounds_trained,
         summary.commitments,
         summary.reveals_accepted,
-        summary.audits_passed,
+        summary.audits_answered,
+        summary.audits_delegated,
         summary.audits_failed,
+        summary.audits_judged,
         summary.refused,
         output::bytes(summary.bytes_uploaded),
         output::bytes(summary.bytes_downloaded)

@@ -8,7 +8,7 @@
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
 //! | `POST /v1/rounds/{round}/commitments?base_model=D` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late) |
 //! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
-//! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>` with the verdict |
+//! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status` | none | `RunStatus` JSON |
 //!
 //! Every refusal is a 4xx with an [`ApiError`] JSON body naming the

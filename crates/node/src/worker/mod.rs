@@ -63,7 +63,7 @@ pub struct WorkerSummary {
     pub commitments: u64,
     /// Reveals that matched their commitments.
     pub reveals_accepted: u64,
-    pub audits_passed: u64,
+    /// Own audit answers refused on receipt (proofs that do not hold).
     pub audits_failed: u64,
     /// Own audits the coordinator replays after answering (their verdicts
     /// are in the ledger).
@@ -340,7 +340,6 @@ async fn answer_audit(
     match receipt_status(&answer, coordinator)? {
         Ok(verdict) => {
             match verdict.as_str() {
-                "passed" => summary.audits_passed += 1,
                 "replaying" => summary.audits_answered += 1,
                 "delegated" => summary.audits_delegated += 1,
                 _ => summary.audits_failed += 1,
