@@ -154,6 +154,20 @@ struct Inner {
     closing_started: Option<(RoundId, Instant)>,
     /// Shards by slot count, for audit replays.
     shards: std::collections::HashMap<u32, Arc<Vec<Vec<u32>>>>,
+    /// Audits whose answer is being checked and recorded right now.
+    answering: std::collections::HashSet<(RoundId, WorkerId)>,
+}
+
+/// Clears an `Inner::answering` entry when its request ends, however it ends.
+struct Answering<'a> {
+    node: &'a Node,
+    key: (RoundId, WorkerId),
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.node.lock().answering.remove(&self.key);
+    }
 }
 
 /// A closed round's defence decision, and the global state it leads to,
@@ -300,6 +314,7 @@ impl Node {
                 last_input: None,
                 closing_started: None,
                 shards: Default::default(),
+                answering: Default::default(),
             }),
             changes: watch::channel(0).0,
             fatal: watch::channel(None).0,
@@ -473,6 +488,14 @@ impl Node {
         let (segment, commitment, assignment, base, shards) = {
             let mut inner = self.lock();
             let (segment, commitment) = pending(&inner)?;
+            // One answer at a time per audit: copies sent side by side
+            // would each cost a replay before all but one are refused.
+            if !inner.answering.insert((round, worker)) {
+                return Err(Failure::new(
+                    ErrorCode::Duplicate,
+                    format!("an answer to {worker}'s audit in round {round} is already being handled"),
+                ));
+            }
             let assignment = inner
                 .machine
                 .assignment(worker, &self.template)
@@ -480,6 +503,7 @@ impl Node {
             let shards = self.shards(&mut inner, &assignment).map_err(Failure::internal)?;
             (segment, commitment, assignment, inner.global.params.clone(), shards)
         };
+        let _answering = Answering { node: self, key: (round, worker) };
         let digest = Digest::of(&body);
         let checked = postcard::from_bytes::<AuditAnswer>(&body)
             .map_err(|error| format!("the answer does not decode: {error}"))
@@ -519,14 +543,12 @@ impl Node {
         let again = pending(&inner)?;
         debug_assert_eq!(again, (segment, commitment));
         if let Err(reason) = checked {
-            {
-                // Proofs that do not hold need no replay: the answer fails.
-                let verdict = Verdict::Failed(reason);
-                tracing::info!(round, %worker, segment, ?verdict, "audit");
-                inner.machine.audit_result(now, round, worker, verdict, None, Some((worker, nonce)))?;
-                self.drive_timed(&mut inner, None, round, received)?;
-                return Ok(self.receipt(round, worker, Stage::AuditAnswer, "failed", digest, now));
-            }
+            // Proofs that do not hold need no replay: the answer fails.
+            let verdict = Verdict::Failed(reason);
+            tracing::info!(round, %worker, segment, ?verdict, "audit");
+            inner.machine.audit_result(now, round, worker, verdict, None, Some((worker, nonce)))?;
+            self.drive_timed(&mut inner, None, round, received)?;
+            return Ok(self.receipt(round, worker, Stage::AuditAnswer, "failed", digest, now));
         }
         let auditor = inner.machine.audit_answered(now, worker, nonce, round)?;
         self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
