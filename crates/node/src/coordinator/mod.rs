@@ -625,19 +625,11 @@ impl Node {
     /// audit waits for its report.
     fn audit_task(&self, auditor: WorkerId, round: RoundId, audited: WorkerId) -> Result<Vec<u8>, Failure> {
         let inner = self.lock();
-        let Some((segment, _)) = inner.machine.delegated_audit(auditor, round, audited) else {
-            return Err(Failure::new(
-                ErrorCode::NotAudited,
-                format!("{auditor} has no audit of {audited} to replay in round {round}"),
-            ));
-        };
-        let assignment =
-            inner.machine.assignment(audited, &self.template).expect("audited workers are participants");
+        let (segment, _, assignment) = self.delegated(&inner, auditor, round, audited, "replay")?;
         let start_state = if segment == 1 {
             crowdtrain_train::TrainState::new(self.model.name(), inner.global.params.clone()).to_bytes()
         } else {
-            let answer = self.stored_answer(&inner, round, audited).map_err(Failure::internal)?;
-            postcard::from_bytes::<AuditAnswer>(&answer).map_err(Failure::internal)?.start_state
+            self.stored_answer(&inner, round, audited).map_err(Failure::internal)?.start_state
         };
         let task = Signed::sign(&self.identity, AuditTask { assignment, segment, start_state });
         Ok(postcard::to_allocvec(&task).expect("tasks encode"))
@@ -660,16 +652,8 @@ impl Node {
             Failure::new(ErrorCode::BadRequest, format!("the report does not decode: {error}"))
         })?;
         let mut inner = self.lock();
-        let Some((segment, commitment)) = inner.machine.delegated_audit(auditor, round, audited) else {
-            return Err(Failure::new(
-                ErrorCode::NotAudited,
-                format!("{auditor} has no audit of {audited} to report in round {round}"),
-            ));
-        };
-        let assignment =
-            inner.machine.assignment(audited, &self.template).expect("audited workers are participants");
-        let bytes = self.stored_answer(&inner, round, audited).map_err(Failure::internal)?;
-        let answer: AuditAnswer = postcard::from_bytes(&bytes).map_err(Failure::internal)?;
+        let (segment, commitment, assignment) = self.delegated(&inner, auditor, round, audited, "report")?;
+        let answer = self.stored_answer(&inner, round, audited).map_err(Failure::internal)?;
         let claimed = audit::verdict_of(&report, &answer, &commitment, &assignment, segment);
         let now = now_unix_ms();
         let (verdict, judged_by, status) = if claimed.passed() {
@@ -708,10 +692,7 @@ impl Node {
             inner.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
         let assignment =
             inner.machine.assignment(worker, &self.template).expect("audited workers are participants");
-        let answer: AuditAnswer =
-            postcard::from_bytes(&self.stored_answer(inner, round, worker)?).map_err(|error| {
-                NodeError::Untrusted(format!("a stored audit answer does not decode: {error}"))
-            })?;
+        let answer = self.stored_answer(inner, round, worker)?;
         let verdict = self.judge(inner, &assignment, segment, &commitment, &answer)?;
         tracing::info!(round, %worker, segment, ?verdict, "audit judged at the deadline (no report)");
         inner
@@ -721,11 +702,39 @@ impl Node {
         Ok(())
     }
 
-    /// The bytes of `worker`'s stored answer in `round`, checked against
-    /// the digest the database holds.
-    fn stored_answer(&self, inner: &Inner, round: RoundId, worker: WorkerId) -> Result<Vec<u8>, NodeError> {
+    /// `worker`'s stored answer in `round`, its bytes checked against the
+    /// digest the database holds.
+    fn stored_answer(
+        &self,
+        inner: &Inner,
+        round: RoundId,
+        worker: WorkerId,
+    ) -> Result<AuditAnswer, NodeError> {
         let digest = inner.store.audit_answer_digest(round, worker)?;
-        Ok(self.answers.get(&digest)?)
+        postcard::from_bytes(&self.answers.get(&digest)?)
+            .map_err(|error| NodeError::Untrusted(format!("a stored audit answer does not decode: {error}")))
+    }
+
+    /// The segment, commitment and assignment of `audited`'s audit in
+    /// `round`, if `auditor` is the one to replay it now; `doing` names
+    /// the request in the refusal.
+    fn delegated(
+        &self,
+        inner: &Inner,
+        auditor: WorkerId,
+        round: RoundId,
+        audited: WorkerId,
+        doing: &str,
+    ) -> Result<(u32, Commitment, crowdtrain_protocol::Assignment), Failure> {
+        let Some((segment, commitment)) = inner.machine.delegated_audit(auditor, round, audited) else {
+            return Err(Failure::new(
+                ErrorCode::NotAudited,
+                format!("{auditor} has no audit of {audited} to {doing} in round {round}"),
+            ));
+        };
+        let assignment =
+            inner.machine.assignment(audited, &self.template).expect("audited workers are participants");
+        Ok((segment, commitment, assignment))
     }
 
     fn receipt(
@@ -911,10 +920,11 @@ impl Node {
                     changed = true;
                 }
                 Action::RecordAuditAnswer { round, worker, nonce, received_unix_ms } => {
-                    let (answer_digest, answer) =
+                    // `answer_audit` made the bytes a durable file, named by
+                    // this digest, before the machine saw the answer.
+                    let (answer_digest, _) =
                         payload.take().expect("an answer is recorded only while one is handled");
-                    // Durable as a file first; the row that names it follows.
-                    assert_eq!(self.answers.put(&answer)?, answer_digest, "answers are stored by their hash");
+                    debug_assert!(self.answers.path(&answer_digest).exists(), "the answer file comes first");
                     writes.push(Write::AuditAnswer { round, worker, answer_digest, nonce, received_unix_ms });
                     changed = true;
                 }
