@@ -112,6 +112,74 @@ fn a_coordinator_killed_mid_round_resumes_and_ends_bit_identical() {
 }
 
 #[test]
+fn a_coordinator_that_lost_its_latest_checkpoints_rebuilds_them_and_ends_bit_identical() {
+    // Goal: a round's checkpoints are written after it commits (off the
+    // path to the next round), so a kill, or a power loss that takes files
+    // not yet synced, can leave the database naming checkpoints that are
+    // missing or damaged; the run must go on with the same bits. Method:
+    // kill the coordinator, delete the latest round's model checkpoint and
+    // empty its momentum's, restart, and compare with the simulation.
+    let mut network = Network::new(8, 6, 0.0, "min_workers = 2\ndeadline_ms = 60000");
+    network.start_coordinator();
+    network.start_worker(0);
+    network.start_worker(1);
+    network.wait_for(60, "round 3 to close", |status| status.completed_rounds >= 3);
+    network.kill_coordinator();
+    let database = rusqlite::Connection::open(network.path("state/coordinator.sqlite")).unwrap();
+    let (round, model, momentum): (u64, Vec<u8>, Vec<u8>) = database
+        .query_row(
+            "SELECT id, result_model, result_momentum FROM rounds WHERE state = 'closed' ORDER BY id DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    drop(database);
+    let checkpoints = network.path("state/checkpoints");
+    let file = |digest: &[u8]| {
+        let digest = Digest(digest.try_into().unwrap());
+        checkpoints.join(format!("{}.safetensors", digest.to_hex()))
+    };
+    std::fs::remove_file(file(&model)).unwrap();
+    std::fs::write(file(&momentum), b"").unwrap();
+    network.start_coordinator();
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.state_hash, simulated_state_hash(2, 8, 6), "the same bits as an uninterrupted run");
+    let log = network.log("coordinator.log");
+    assert!(log.contains("rebuilding") && log.contains(&format!("round={round}")), "{log}");
+    for (digest, what) in [(&model, "model"), (&momentum, "momentum")] {
+        let bytes = std::fs::read(file(digest)).unwrap();
+        assert_eq!(
+            Digest::of(&bytes).0.as_slice(),
+            digest.as_slice(),
+            "the {what} checkpoint is whole again"
+        );
+    }
+    for output in network.join_workers() {
+        assert!(output.status.success());
+    }
+}
+
+#[test]
+fn a_commitment_drawn_for_audit_is_told_so_in_its_receipt() {
+    // Goal: an audited worker answers at once, from the receipt, instead
+    // of asking for the round first; the receipt must carry the same draw
+    // the round view shows. Method: audit every submission, commit by
+    // hand and compare the receipt with the view.
+    let mut network = Network::new(1, 8, 1.0, "min_workers = 1\ndeadline_ms = 60000\nquorum = 1");
+    network.start_coordinator();
+    let worker = HandWorker::join(&network, 13);
+    let assignment = worker.view().assignment.expect("the only worker is assigned round 0");
+    let response = worker.commit(assignment.round, &assignment.base_model, &worker.update(1e-3));
+    assert_eq!(response.0, 200, "{}", String::from_utf8_lossy(&response.1));
+    let receipt: Signed<Receipt> = serde_json::from_slice(&response.1).unwrap();
+    let receipt = receipt.verify(&worker.run.coordinator).expect("signed by the coordinator");
+    let view = worker.view();
+    assert!(receipt.audit.is_some(), "every submission is audited: {receipt:?}");
+    assert_eq!(receipt.audit, view.audit, "the receipt and the view name the same segment");
+    assert!(!view.audit_answered);
+}
+
+#[test]
 fn every_kind_of_bad_reveal_is_refused_with_its_reason_and_changes_nothing() {
     // An upload limit of 1 MiB (an int8 MLP update is 0.2 MB), so that the
     // oversized case fits in loopback socket buffers and the client reads

@@ -403,10 +403,14 @@ pub struct Receipt {
     /// The digest of what was received.
     pub digest: Digest,
     pub received_unix_ms: u64,
+    /// On a commitment's receipt: the segment the commitment drew for an
+    /// audit the worker answers now (the same draw its round view shows),
+    /// so that the answer goes out without another request first.
+    pub audit: Option<u32>,
 }
 
 impl SignedBody for Receipt {
-    const DOMAIN: &'static str = "crowdtrain/receipt/v2";
+    const DOMAIN: &'static str = "crowdtrain/receipt/v3";
 }
 
 /// A worker's answer to an audit of segment `segment`: the state at the
@@ -598,6 +602,7 @@ mod tests {
             status: "accepted".into(),
             digest: Digest::of(b"payload"),
             received_unix_ms: 1_700_000_000_000,
+            audit: None,
         };
         let signed = Signed::sign(&coordinator, receipt.clone());
         let json = serde_json::to_string(&signed).unwrap();

@@ -234,7 +234,8 @@ impl Checkpoints {
         self.dir.join(format!("{}.{}", digest.to_hex(), self.extension))
     }
 
-    /// Stores `bytes` under their hash and returns it. The file appears
+    /// Stores `bytes` under their hash and returns it, durably: the file
+    /// and its name are synced before this returns. The file appears
     /// atomically (written aside, synced, renamed), so a reader never sees
     /// half a checkpoint.
     pub fn put(&self, bytes: &[u8]) -> Result<Digest, CheckpointError> {
@@ -243,12 +244,16 @@ impl Checkpoints {
         if std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() == bytes.len() as u64) {
             return Ok(digest);
         }
-        let io = |source| CheckpointError::Io { path: path.clone(), source };
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CheckpointError::Io { path, source }
+        };
         let temporary = self.dir.join(format!(".{}.partial", digest.to_hex()));
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&temporary, &path).map_err(io)?;
+        let mut file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
+        file.write_all(bytes).map_err(io(&temporary))?;
+        file.sync_all().map_err(io(&temporary))?;
+        std::fs::rename(&temporary, &path).map_err(io(&path))?;
+        std::fs::File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(io(&self.dir))?;
         Ok(digest)
     }
 

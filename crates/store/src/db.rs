@@ -627,20 +627,34 @@ impl Store {
 
     /// What the latest closed round left behind; `None` before the first.
     pub fn latest_result(&self) -> Result<Option<LatestResult>, StoreError> {
+        self.latest_result_before(RoundId::MAX)
+    }
+
+    /// What the latest closed round before `round` left behind (`closed`
+    /// counting the closed rounds up to it); `None` if none closed before.
+    pub fn latest_result_before(&self, round: RoundId) -> Result<Option<LatestResult>, StoreError> {
+        let before = i64::try_from(round).unwrap_or(i64::MAX);
         let latest = self
             .connection
             .query_row(
-                "SELECT id, result_model, result_momentum, result_aggregator FROM rounds WHERE state = 'closed'
-                 ORDER BY id DESC LIMIT 1",
-                [],
+                "SELECT id, result_model, result_momentum, result_aggregator FROM rounds
+                 WHERE state = 'closed' AND id < ?1 ORDER BY id DESC LIMIT 1",
+                [before],
                 |row| {
-                    Ok((row.get::<_, u64>(0)?, Digest(blob(row, 1)?), Digest(blob(row, 2)?), optional_digest(row, 3)?))
+                    Ok((
+                        row.get::<_, u64>(0)?,
+                        Digest(blob(row, 1)?),
+                        Digest(blob(row, 2)?),
+                        optional_digest(row, 3)?,
+                    ))
                 },
             )
             .optional()?;
-        let closed: u64 =
-            self.connection
-                .query_row("SELECT COUNT(*) FROM rounds WHERE state = 'closed'", [], |row| row.get(0))?;
+        let closed: u64 = self.connection.query_row(
+            "SELECT COUNT(*) FROM rounds WHERE state = 'closed' AND id < ?1",
+            [before],
+            |row| row.get(0),
+        )?;
         Ok(latest.map(|(round, model, momentum, aggregator)| LatestResult {
             round,
             model,
@@ -650,14 +664,20 @@ impl Store {
         }))
     }
 
-    /// The latest closed round that left an aggregator snapshot, with it.
-    pub fn latest_aggregator_snapshot(&self) -> Result<Option<(RoundId, Digest)>, StoreError> {
+    /// The latest aggregator snapshot of a round before `round`, with that
+    /// round (pass [`RoundId::MAX`] for the latest of all).
+    pub fn latest_aggregator_snapshot_before(
+        &self,
+        round: RoundId,
+    ) -> Result<Option<(RoundId, Digest)>, StoreError> {
+        let before = i64::try_from(round).unwrap_or(i64::MAX);
         Ok(self
             .connection
             .query_row(
-                "SELECT id, result_aggregator FROM rounds WHERE state = 'closed' AND result_aggregator IS NOT NULL
+                "SELECT id, result_aggregator FROM rounds
+                 WHERE state = 'closed' AND result_aggregator IS NOT NULL AND id < ?1
                  ORDER BY id DESC LIMIT 1",
-                [],
+                [before],
                 |row| Ok((row.get(0)?, Digest(blob(row, 1)?))),
             )
             .optional()?)

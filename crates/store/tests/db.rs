@@ -221,6 +221,10 @@ fn closing_a_round_records_its_result_once() {
         (latest.round, latest.model, latest.momentum, latest.aggregator, latest.closed),
         (0, Digest::of(b"m1"), Digest::of(b"z1"), Some(Digest::of(b"a1")), 1)
     );
+    assert_eq!(store.latest_result_before(0).unwrap(), None, "nothing closed before round 0");
+    assert_eq!(store.latest_result_before(1).unwrap(), Some(latest));
+    assert_eq!(store.latest_aggregator_snapshot_before(0).unwrap(), None);
+    assert_eq!(store.latest_aggregator_snapshot_before(1).unwrap(), Some((0, Digest::of(b"a1"))));
     let records = store.round_records().unwrap();
     assert_eq!(records[0].status, "closed");
     assert_eq!((records[0].participants, records[0].accepted, records[0].audited), (2, 1, 1));

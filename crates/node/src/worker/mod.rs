@@ -205,9 +205,9 @@ pub async fn run_worker(
         if current.as_ref().is_some_and(|(held, _)| *held != round) {
             previous = current.take().map(|(_, produced)| produced);
         }
-        // Committed and drawn for audit: the answer goes first, at once,
-        // so that the coordinator replays while the others still train or
-        // reveal.
+        // Committed and drawn for audit, with the answer not yet in (a
+        // delegated audit, drawn at commit but answered once its auditor is
+        // named; or an answer a restart of ours or the coordinator's lost).
         if let Some(((_, produced), segment)) = current
             .as_ref()
             .filter(|(held, _)| *held == round && view.committed)
@@ -255,12 +255,28 @@ pub async fn run_worker(
                 let answer = client
                     .request(Method::POST, &path, body, &[("content-type", "application/json".into())])
                     .await?;
-                match receipt_status(&answer, &coordinator)? {
-                    Ok(status) if status == "accepted" => {
+                match receipt(&answer, &coordinator)? {
+                    Ok(receipt) if receipt.status == "accepted" => {
                         summary.commitments += 1;
+                        // Drawn for audit: the answer goes first, at once,
+                        // so that the coordinator replays while the others
+                        // still train or reveal.
+                        if let Some(segment) = receipt.audit.filter(|_| behavior != Behavior::NoAnswer) {
+                            answer_audit(
+                                &client,
+                                &coordinator,
+                                round,
+                                &produced,
+                                segment,
+                                &mut summary,
+                                &mut on_round,
+                            )
+                            .await?;
+                        }
                         current = Some((round, produced));
                     }
-                    Ok(status) => {
+                    Ok(receipt) => {
+                        let status = receipt.status;
                         on_round(&format!("round {round}: commitment recorded as {status}; moving on"));
                         last_done = Some(round);
                     }
@@ -357,11 +373,16 @@ async fn answer_audit(
 /// The status of a signed receipt, or the coordinator's reason for a
 /// refusal (4xx). A receipt not signed by the coordinator is an error.
 fn receipt_status(answer: &Answer, coordinator: &PublicKey) -> Result<Result<String, String>, NodeError> {
+    Ok(receipt(answer, coordinator)?.map(|receipt| receipt.status))
+}
+
+/// The signed receipt, or the coordinator's reason for a refusal (4xx).
+fn receipt(answer: &Answer, coordinator: &PublicKey) -> Result<Result<Receipt, String>, NodeError> {
     if !answer.status.is_success() {
         return Ok(Err(answer.reason()));
     }
     let receipt: Signed<Receipt> = answer.json()?;
-    Ok(Ok(verified(&receipt, coordinator, "receipt")?.status.clone()))
+    Ok(Ok(verified(&receipt, coordinator, "receipt")?.clone()))
 }
 
 fn expect_ok<'a>(answer: &'a Answer, doing: &str) -> Result<&'a Answer, NodeError> {
