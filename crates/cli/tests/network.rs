@@ -117,8 +117,8 @@ fn a_coordinator_that_lost_its_latest_checkpoints_rebuilds_them_and_ends_bit_ide
     // path to the next round), so a kill, or a power loss that takes files
     // not yet synced, can leave the database naming checkpoints that are
     // missing or damaged; the run must go on with the same bits. Method:
-    // kill the coordinator, delete the latest round's model checkpoint and
-    // empty its momentum's, restart, and compare with the simulation.
+    // kill the coordinator, damage the latest round's model checkpoint and
+    // delete its momentum's, restart, and compare with the simulation.
     let mut network = Network::new(8, 6, 0.0, "min_workers = 2\ndeadline_ms = 60000");
     network.start_coordinator();
     network.start_worker(0);
@@ -139,8 +139,12 @@ fn a_coordinator_that_lost_its_latest_checkpoints_rebuilds_them_and_ends_bit_ide
         let digest = Digest(digest.try_into().unwrap());
         checkpoints.join(format!("{}.safetensors", digest.to_hex()))
     };
-    std::fs::remove_file(file(&model)).unwrap();
-    std::fs::write(file(&momentum), b"").unwrap();
+    // One file gone, the other damaged with its length intact.
+    std::fs::remove_file(file(&momentum)).unwrap();
+    let mut damaged = std::fs::read(file(&model)).unwrap();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x40;
+    std::fs::write(file(&model), damaged).unwrap();
     network.start_coordinator();
     let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
     assert_eq!(status.state_hash, simulated_state_hash(2, 8, 6), "the same bits as an uninterrupted run");

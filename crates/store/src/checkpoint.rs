@@ -241,7 +241,10 @@ impl Checkpoints {
     pub fn put(&self, bytes: &[u8]) -> Result<Digest, CheckpointError> {
         let digest = Digest::of(bytes);
         let path = self.path(&digest);
-        if std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() == bytes.len() as u64) {
+        // Already there, whole (a damaged copy is replaced).
+        if std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() == bytes.len() as u64)
+            && self.get(&digest).is_ok()
+        {
             return Ok(digest);
         }
         let io = |path: &Path| {
@@ -335,5 +338,9 @@ mod tests {
         assert!(matches!(store.get(&Digest::of(b"other")), Err(CheckpointError::Missing(_))));
         std::fs::write(store.path(&digest), b"tampered bytes here!!").unwrap();
         assert!(matches!(store.get(&digest), Err(CheckpointError::HashMismatch { .. })));
+        // Damaged with its length intact: writing the bytes again repairs it.
+        std::fs::write(store.path(&digest), b"some checkpoint bytez").unwrap();
+        assert_eq!(store.put(b"some checkpoint bytes").unwrap(), digest);
+        assert_eq!(store.get(&digest).unwrap(), b"some checkpoint bytes");
     }
 }

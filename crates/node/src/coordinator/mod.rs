@@ -1465,12 +1465,12 @@ fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Rebuilds the checkpoints of the latest closed round, which are synced
-/// in the background and so the only ones a power loss can take (see
-/// [`Node::aggregate`]): its outer step is taken again, on the previous
-/// round's state, with the aggregate of the updates it credited and the
-/// aggregator state before it. Being deterministic, that gives the bits
-/// the round recorded, which is checked.
+/// Rebuilds the checkpoints of the latest closed round, which are written
+/// in the background and so the only ones a crash or a power loss can take
+/// (see [`Node::aggregate`]): its outer step is taken again, on the
+/// previous round's state, with the aggregate of the updates it credited
+/// and the aggregator state before it. Being deterministic, that gives the
+/// bits the round recorded, which is checked before they are written.
 fn rebuild_latest_global(
     store: &Store,
     record: &RunRecord,
