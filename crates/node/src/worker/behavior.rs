@@ -170,10 +170,15 @@ impl Produced {
         }
     }
 
-    /// The answer to an audit of `segment`.
-    pub fn answer(&self, segment: u32) -> AuditAnswer {
-        let (start, end) = ((segment - 1) as usize, segment as usize);
-        AuditAnswer {
+    /// The answer to an audit of `segment` (counting from 1); `None` for a
+    /// segment the commitment does not have.
+    pub fn answer(&self, segment: u32) -> Option<AuditAnswer> {
+        let end = segment as usize;
+        if segment == 0 || end >= self.hashes.len() {
+            return None;
+        }
+        let start = end - 1;
+        Some(AuditAnswer {
             segment,
             // The first segment starts from the round's model, which the
             // auditor builds itself: no need to send it.
@@ -181,7 +186,7 @@ impl Produced {
             start_proof: merkle::prove(&self.hashes, start),
             end_hash: self.hashes[end],
             end_proof: merkle::prove(&self.hashes, end),
-        }
+        })
     }
 }
 
@@ -364,6 +369,22 @@ pub fn tampered(payload: &[u8], assignment: &Assignment, parameters: usize) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_committed_segments_can_be_answered() {
+        let states: Vec<TrainState> =
+            (0..3).map(|value| TrainState::new("mlp".into(), vec![value as f32; 4])).collect();
+        let produced = Produced::new(states, b"update".to_vec());
+        assert_eq!(produced.commitment().segments, 2);
+        for segment in [0, 3, u32::MAX] {
+            assert!(produced.answer(segment).is_none(), "segment {segment}");
+        }
+        let first = produced.answer(1).unwrap();
+        assert!(first.start_state.is_empty(), "the auditor builds the first start state");
+        let second = produced.answer(2).unwrap();
+        assert_eq!(second.end_hash, produced.hashes[2]);
+        assert!(!second.start_state.is_empty());
+    }
 
     #[test]
     fn behaviours_parse_and_print_alike() {

@@ -343,7 +343,13 @@ async fn answer_audit(
     summary: &mut WorkerSummary,
     on_round: &mut impl FnMut(&str),
 ) -> Result<(), NodeError> {
-    let body = postcard::to_allocvec(&produced.answer(segment)).expect("answers serialise");
+    // The segment comes from the coordinator (a receipt or a round view).
+    let answer = produced.answer(segment).ok_or_else(|| {
+        NodeError::Untrusted(format!(
+            "an audit of segment {segment} in round {round}, which the commitment does not have"
+        ))
+    })?;
+    let body = postcard::to_allocvec(&answer).expect("answers serialise");
     summary.bytes_uploaded += body.len() as u64;
     let answer = client
         .request(
