@@ -441,3 +441,44 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
         auditor_slashes.iter().filter(|(_, auditor)| *auditor == liar).map(|(round, _)| *round).collect();
     assert_eq!(liar_slashed, stake * liar_rounds.len() as u64, "one stake per round it lied in");
 }
+
+/// One run of three honest workers and one that trains on the wrong data,
+/// everyone audited: its state hash, how many bets on a round's audits were
+/// withdrawn, and the honest workers' credited rounds.
+fn run_with_a_caught_cheater() -> (String, u64, Vec<u64>) {
+    let mut network = Network::new(6, 64, 1.0, "min_workers = 4\nquorum = 1\ndeadline_ms = 60000");
+    network.start_coordinator();
+    // One at a time, so that the cheater has the same id (and shard) in
+    // every run.
+    for (index, behavior) in ["honest", "honest", "honest", "wrong-data"].iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+        network.wait_for(60, "the worker to register", |status| status.workers.len() > index);
+    }
+    let status = network.wait_for(240, "the run to finish", finished_and_evaluated);
+    let behaviors = network.behaviors_by_id();
+    let credited = by_submission(&network, "work-accepted", "units");
+    let honest: Vec<u64> = behaviors
+        .iter()
+        .filter(|(_, behavior)| behavior.as_str() == "honest")
+        .map(|(&worker, _)| (0..6).filter(|&round| credited.contains_key(&(round, worker))).count() as u64)
+        .collect();
+    let cheater = behaviors.iter().find(|(_, behavior)| behavior.as_str() == "wrong-data").unwrap().0;
+    assert!(!credited.keys().any(|(_, worker)| worker == cheater), "the cheater is never credited");
+    (status.state_hash, status.withdrawn_ahead, honest)
+}
+
+#[test]
+fn a_round_opened_ahead_of_a_failing_audit_is_withdrawn_and_changes_nothing() {
+    // Goal: opening the next round before the last verdicts are in (on the
+    // model the round gives if they pass) changes no model and costs honest
+    // workers no round when a verdict fails. Method: a cheater whose
+    // replay fails, every round, next to three honest workers; twice, with
+    // whatever timing each run gets: the same bits, every honest
+    // submission credited, and bets withdrawn along the way.
+    let (first, withdrawn_first, honest_first) = run_with_a_caught_cheater();
+    let (second, withdrawn_second, honest_second) = run_with_a_caught_cheater();
+    assert_eq!(first, second, "the same model whichever bets were made and withdrawn");
+    assert_eq!(honest_first, vec![6; 3], "honest workers trained again on the model that counted");
+    assert_eq!(honest_second, vec![6; 3]);
+    assert!(withdrawn_first + withdrawn_second > 0, "no bet included the cheater: the test proves nothing");
+}

@@ -57,6 +57,30 @@
 //!    unaudited) are aggregated if there are at least `quorum` of them;
 //!    each earns its work units. Otherwise the round fails.
 //!
+//! # The next round, opened ahead of the last verdicts
+//!
+//! A replay re-runs a quarter of the training it checks, and about a third
+//! of the rounds have an audit, so waiting for verdicts would idle every
+//! worker for a fraction of those rounds. Instead, once all the open round
+//! awaits is answered audits the driver replays itself, the machine bets
+//! that they pass ([`Action::Speculate`]): the driver aggregates as if they
+//! did, and the next round opens *provisionally* on that model
+//! ([`Action::OpenProvisional`]; the view shows it, marked provisional).
+//! Its participants download and train at once, but commitments for it are
+//! refused as too early until the bet is settled:
+//!
+//! - every audit passes (the usual case): the round closes with the
+//!   aggregate already computed, and the [`Action::OpenRound`] that follows
+//!   adopts the provisional round as it was (participants, deadline, the
+//!   time it opened);
+//! - an audit fails: the provisional round is withdrawn
+//!   ([`Action::Withdraw`]), the round closes without the failed update and
+//!   the next round opens on that model, as if nobody had bet. Workers that
+//!   trained on the withdrawn model are refused and train again.
+//!
+//! Either way the run's models and records are the ones waiting would have
+//! given; a provisional round is never persisted, so a restart bets again.
+//!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
 //! later ones when `quorum` are; participants are the active workers sorted
 //! by id (position = slot = shard). A worker is active if seen within
@@ -277,6 +301,22 @@ pub enum Action {
     /// neither aggregated nor credited (and not slashed: the checks are
     /// heuristics, not proofs).
     RefuseUpdate { round: RoundId, worker: WorkerId, reason: String },
+    /// Every submission of the open round is in and only audits the driver
+    /// itself is replaying are outstanding: aggregate `accepted` on
+    /// `base_model` as if they pass and call `handle_speculated`, so that
+    /// the next round can open on that model while they finish. Nothing is
+    /// persisted; a later [`Action::CloseRound`] of the same round with the
+    /// same `accepted` is answered with this aggregate.
+    Speculate { round: RoundId, base_model: Digest, accepted: Vec<WorkerId> },
+    /// Round `round` is open provisionally on `base_model`, the model `after`
+    /// gives if its audits pass: publish it, so that its participants
+    /// download and train. Not persisted, and no commitment is taken for it,
+    /// until an [`Action::OpenRound`] of the same round adopts it.
+    OpenProvisional { round: RoundId, after: RoundId, base_model: Digest },
+    /// The speculation on `round` no longer holds (an audit failed, or the
+    /// round closed otherwise): forget its aggregate. The provisional round
+    /// it opened, if any, is gone.
+    Withdraw { round: RoundId, provisional: Option<RoundId> },
     /// Check and aggregate these workers' revealed updates on
     /// `base_model`, then call `handle_aggregated`.
     CloseRound { round: RoundId, base_model: Digest, accepted: Vec<WorkerId>, closed_unix_ms: u64 },
@@ -420,6 +460,58 @@ impl OpenRound {
     }
 }
 
+/// A round just opened, before anyone committed to it: all a worker's view
+/// of it depends on ([`Coordinator::opened`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    run_id: Digest,
+    completed_rounds: u64,
+    round: OpenRound,
+    provisional: bool,
+}
+
+impl Opened {
+    pub fn id(&self) -> RoundId {
+        self.round.id
+    }
+
+    /// What [`Coordinator::view`] shows `worker` of the round.
+    pub fn view(&self, worker: Option<WorkerId>, template: &AssignmentTemplate) -> RoundView {
+        let round = &self.round;
+        let assignment = worker.and_then(|worker| {
+            let slot = round.participants.iter().position(|&participant| participant == worker)?;
+            Some(template.assignment(self.run_id, round, worker, slot))
+        });
+        RoundView {
+            run_id: self.run_id,
+            phase: Phase::Committing,
+            round: Some(round.id),
+            completed_rounds: self.completed_rounds,
+            model: round.base_model,
+            deadline_unix_ms: Some(round.deadline_ms()),
+            secret_commitment: Some(round.secret_commitment),
+            secret: None,
+            assignment,
+            committed: false,
+            revealed: false,
+            audit: None,
+            audit_answered: false,
+            audit_task: None,
+            provisional: self.provisional,
+        }
+    }
+}
+
+/// A bet that the open round's pending audits pass (see the module docs).
+#[derive(Debug)]
+struct Speculation {
+    /// The open round, and the submissions it aggregates if they pass.
+    round: RoundId,
+    accepted: Vec<WorkerId>,
+    /// The next round, open provisionally once the driver aggregated them.
+    next: Option<OpenRound>,
+}
+
 /// What is kept of a round after it closed: enough to judge late input.
 #[derive(Debug, Clone)]
 struct PastRound {
@@ -502,6 +594,9 @@ pub struct Coordinator {
     /// whose updates it aggregates.
     aggregating: Option<(RoundId, Vec<WorkerId>)>,
     past: BTreeMap<RoundId, PastRound>,
+    /// The next round, opened ahead while the open round's last audits are
+    /// replayed.
+    speculation: Option<Speculation>,
     next_round: RoundId,
     completed_rounds: u64,
     model: Digest,
@@ -523,6 +618,7 @@ impl Coordinator {
             open: None,
             aggregating: None,
             past: BTreeMap::new(),
+            speculation: None,
             next_round: 0,
             completed_rounds: 0,
             model: initial_model,
@@ -698,8 +794,38 @@ impl Coordinator {
         Some(template.assignment(self.run_id, open, worker, slot))
     }
 
-    /// The round as `worker` sees it.
+    /// The round open provisionally while the open round's last audits are
+    /// replayed, if any.
+    pub fn provisional_round(&self) -> Option<&OpenRound> {
+        self.speculation.as_ref()?.next.as_ref()
+    }
+
+    /// The round that opened last (provisionally or not) while nobody has
+    /// committed to it yet, as an [`Opened`] that shows it to workers
+    /// without the machine: what a driver serves while it makes the
+    /// opening durable.
+    pub fn opened(&self) -> Option<Opened> {
+        let (round, provisional) = match (self.provisional_round(), &self.open) {
+            (Some(next), _) => (next, true),
+            (None, Some(open)) if matches!(open.phase, RoundPhase::Committing { .. }) => (open, false),
+            _ => return None,
+        };
+        let untouched = round.standings.values().all(|standing| *standing == Standing::default());
+        untouched.then(|| Opened {
+            run_id: self.run_id,
+            completed_rounds: self.completed_rounds,
+            round: round.clone(),
+            provisional,
+        })
+    }
+
+    /// The round as `worker` sees it: the provisional round, once there is
+    /// one, since all the open round still awaits is the driver's own
+    /// replays (no delegated audit task is pending then).
     pub fn view(&self, worker: Option<WorkerId>, template: &AssignmentTemplate) -> RoundView {
+        if self.provisional_round().is_some() {
+            return self.opened().expect("nobody commits to a provisional round").view(worker, template);
+        }
         let open = self.open.as_ref();
         let standing = open.zip(worker).and_then(|(round, worker)| round.standings.get(&worker));
         let revealing = matches!(open.map(|round| round.phase), Some(RoundPhase::Revealing { .. }));
@@ -721,6 +847,7 @@ impl Coordinator {
                 .filter(|_| revealing || !self.settings.delegate_audits),
             audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
             audit_task: worker.and_then(|worker| self.audit_task(worker)),
+            provisional: false,
         }
     }
 
@@ -888,6 +1015,17 @@ impl Coordinator {
                 format!(
                     "commitments cover {} segments in this run, not {}",
                     self.settings.segments, commitment.segments
+                ),
+            ));
+        }
+        if let Some(next) = self.provisional_round().filter(|next| next.id == round) {
+            check_participant(&next.participants, next.base_model, worker, round, base_model)?;
+            let open = self.open.as_ref().map_or(0, |open| open.id);
+            return Err(Refusal::new(
+                ErrorCode::TooEarly,
+                format!(
+                    "round {round} is open ahead of round {open}'s last audit verdicts and takes commitments \
+                     once they are in; commit again shortly"
                 ),
             ));
         }
@@ -1286,6 +1424,39 @@ impl Coordinator {
         }
     }
 
+    /// The driver aggregated the submissions of a [`Action::Speculate`]:
+    /// unless they would fail the round, the next round opens
+    /// provisionally on the result.
+    pub fn handle_speculated(&mut self, now: u64, round: RoundId, aggregated: Aggregated) {
+        self.advance(now);
+        let speculation = self.speculation.as_ref().expect("handle_speculated answers a Speculate");
+        assert!(
+            speculation.round == round && speculation.next.is_none(),
+            "handle_speculated answers the Speculate just emitted"
+        );
+        let credited = speculation
+            .accepted
+            .iter()
+            .filter(|worker| !aggregated.refused.iter().any(|(refused, _)| refused == *worker))
+            .count();
+        let Some(model) = aggregated.result_model.filter(|_| credited >= self.settings.quorum as usize)
+        else {
+            // The round fails even if every audit passes: nothing to open
+            // ahead.
+            return;
+        };
+        let open = self.open.as_ref().expect("speculation is on the open round");
+        let missed: BTreeSet<WorkerId> = missed(open).into_iter().collect();
+        if let Some(next) = self.round_to_open(model, &missed) {
+            self.actions.push_back(Action::OpenProvisional {
+                round: next.id,
+                after: round,
+                base_model: model,
+            });
+            self.speculation.as_mut().expect("checked").next = Some(next);
+        }
+    }
+
     // (C) outputs
 
     /// The next thing the driver must do.
@@ -1384,8 +1555,43 @@ impl Coordinator {
             RoundPhase::Revealing { .. } => {
                 if open.standings.values().all(Standing::settled) {
                     self.close_open_round();
+                } else {
+                    self.speculate();
                 }
             }
+        }
+    }
+
+    /// Bets on the open round's pending audits once nothing else is awaited
+    /// from anyone: honest workers pass, and a replay takes a quarter of the
+    /// training it checks, so workers idle for it every audited round
+    /// unless the next round opens on the model the round gives if they
+    /// pass. A bet that no longer holds is withdrawn, and a new one made if
+    /// it can be.
+    fn speculate(&mut self) {
+        let Some(open) = &self.open else { return };
+        let (round, base_model) = (open.id, open.base_model);
+        let bet = if_audits_pass(open).filter(|accepted| {
+            accepted.len() >= self.settings.quorum as usize
+                && self.completed_rounds + 1 < self.settings.rounds
+        });
+        if let Some(speculation) = &self.speculation {
+            if speculation.round == round && Some(&speculation.accepted) == bet.as_ref() {
+                return;
+            }
+            self.withdraw();
+        }
+        let Some(accepted) = bet else { return };
+        self.actions.push_back(Action::Speculate { round, base_model, accepted: accepted.clone() });
+        self.speculation = Some(Speculation { round, accepted, next: None });
+    }
+
+    fn withdraw(&mut self) {
+        if let Some(speculation) = self.speculation.take() {
+            self.actions.push_back(Action::Withdraw {
+                round: speculation.round,
+                provisional: speculation.next.map(|next| next.id),
+            });
         }
     }
 
@@ -1456,6 +1662,9 @@ impl Coordinator {
             .filter(|(_, standing)| standing.accepted())
             .map(|(&worker, _)| worker)
             .collect();
+        if self.speculation.as_ref().is_some_and(|bet| bet.round != open.id || bet.accepted != accepted) {
+            self.withdraw();
+        }
         if accepted.len() < self.settings.quorum as usize {
             self.fail_open_round("too few accepted submissions for the quorum");
             return;
@@ -1487,52 +1696,110 @@ impl Coordinator {
     /// Participants that did not deliver what their phase asked for (a
     /// commitment; then a reveal) sit out until they are seen again.
     fn mark_missed(&mut self, open: &OpenRound) {
-        let revealing = matches!(open.phase, RoundPhase::Revealing { .. });
-        for worker in &open.participants {
-            let delivered = open.standings.get(worker).is_some_and(|standing| {
-                standing.commitment.is_some()
-                    && (!revealing || standing.revealed.is_some() || standing.rejected.is_some())
-            });
-            if !delivered {
-                self.workers.get_mut(worker).expect("participants are workers").missed = true;
-            }
+        for worker in missed(open) {
+            self.workers.get_mut(&worker).expect("participants are workers").missed = true;
         }
     }
 
+    /// Opens the next round on the latest model, if enough workers are
+    /// active: the provisional round, if the bet it was opened on held
+    /// (with the time it opened: its participants have been training since).
     fn maybe_open(&mut self) {
         if self.finished || self.open.is_some() || self.aggregating.is_some() {
             return;
         }
-        let participants: Vec<WorkerId> =
-            self.workers.iter().filter(|(_, state)| self.active(state)).map(|(&worker, _)| worker).collect();
+        let adopted = match self.speculation.take() {
+            Some(Speculation { next: Some(next), .. })
+                if next.base_model == self.model && next.id == self.next_round =>
+            {
+                Some(next)
+            }
+            Some(speculation) => {
+                self.speculation = Some(speculation);
+                self.withdraw();
+                None
+            }
+            None => None,
+        };
+        let Some(next) = adopted.or_else(|| self.round_to_open(self.model, &BTreeSet::new())) else { return };
+        self.next_round += 1;
+        self.actions.push_back(Action::OpenRound {
+            round: next.id,
+            base_model: next.base_model,
+            participants: next.participants.clone(),
+            opened_unix_ms: next.opened_ms,
+            commit_deadline_unix_ms: next.deadline_ms(),
+            secret_commitment: next.secret_commitment,
+        });
+        self.open = Some(next);
+    }
+
+    /// The round that would open now on `base_model`, with the active
+    /// workers but `excluded` as participants, if they are enough.
+    fn round_to_open(&self, base_model: Digest, excluded: &BTreeSet<WorkerId>) -> Option<OpenRound> {
+        let participants: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|&(worker, state)| self.active(state) && !excluded.contains(worker))
+            .map(|(&worker, _)| worker)
+            .collect();
         if participants.len() < self.settings.workers_to_open(self.next_round == 0) {
-            return;
+            return None;
         }
         let round = self.next_round;
-        self.next_round += 1;
         let deadline_ms = self.now_ms + self.settings.commit_ms;
-        let secret_commitment =
-            audit::secret_commitment(&audit::round_secret(&self.audit_master, &self.run_id, round));
-        self.actions.push_back(Action::OpenRound {
-            round,
-            base_model: self.model,
-            participants: participants.clone(),
-            opened_unix_ms: self.now_ms,
-            commit_deadline_unix_ms: deadline_ms,
-            secret_commitment,
-        });
-        self.open = Some(OpenRound {
+        Some(OpenRound {
             id: round,
-            base_model: self.model,
+            base_model,
             opened_ms: self.now_ms,
             phase: RoundPhase::Committing { deadline_ms, extensions: 0 },
             standings: participants.iter().map(|&worker| (worker, Standing::default())).collect(),
             participants,
-            secret_commitment,
+            secret_commitment: audit::secret_commitment(&audit::round_secret(
+                &self.audit_master,
+                &self.run_id,
+                round,
+            )),
             secret: None,
             auditors_slashed: BTreeSet::new(),
-        });
+        })
     }
+}
+
+/// Participants of `open` that did not deliver what its phase asked for (a
+/// commitment; then a reveal): they sit out until they are seen again.
+fn missed(open: &OpenRound) -> Vec<WorkerId> {
+    let revealing = matches!(open.phase, RoundPhase::Revealing { .. });
+    open.participants
+        .iter()
+        .copied()
+        .filter(|worker| {
+            !open.standings.get(worker).is_some_and(|standing| {
+                standing.commitment.is_some()
+                    && (!revealing || standing.revealed.is_some() || standing.rejected.is_some())
+            })
+        })
+        .collect()
+}
+
+/// The submissions `open` aggregates if its pending audits pass, when all
+/// it awaits is audits the driver replays itself (answered, and not
+/// delegated); `None` while anything else is awaited, or nothing is.
+fn if_audits_pass(open: &OpenRound) -> Option<Vec<WorkerId>> {
+    let mut replaying = false;
+    for standing in open.standings.values().filter(|standing| !standing.settled()) {
+        let replayed_by_driver = standing.revealed.is_some()
+            && standing.rejected.is_none()
+            && standing.answered
+            && standing.auditor.is_none();
+        if !replayed_by_driver {
+            return None;
+        }
+        replaying = true;
+    }
+    replaying.then(|| {
+        open.standings.iter().filter(|(_, standing)| standing.accepted()).map(|(&worker, _)| worker).collect()
+    })
 }
 
 fn failure_reason(verdict: &Verdict) -> String {

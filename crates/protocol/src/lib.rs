@@ -29,8 +29,8 @@ pub mod wire;
 pub use audit::Commitment;
 pub use config::{ConfigError, RunConfig};
 pub use coordinator::{
-    Action, Aggregated, AssignmentTemplate, Coordinator, Outcome, Recorded, Refusal, Settings, Snapshot,
-    Verdict,
+    Action, Aggregated, AssignmentTemplate, Coordinator, Opened, Outcome, Recorded, Refusal, Settings,
+    Snapshot, Verdict,
 };
 pub use identity::{Identity, IdentityError, PublicKey};
 pub use wire::{Assignment, Digest, RequestAuth, RoundId, RoundView, Signed, WorkerId};

@@ -339,6 +339,13 @@ pub struct RoundView {
     pub audit_answered: bool,
     /// A delegated audit this worker must replay now, if any.
     pub audit_task: Option<AuditTaskRef>,
+    /// Whether the round is open provisionally: on the model the previous
+    /// round gives if its last audits pass, which are still being
+    /// replayed. Train on it; commitments are refused as too early until
+    /// they pass, and if one fails the round is withdrawn and opens again
+    /// on the model without that update.
+    #[serde(default)]
+    pub provisional: bool,
 }
 
 /// An audited worker's segment a delegated auditor must replay.
@@ -562,6 +569,13 @@ pub struct RunStatus {
     pub bytes_downloaded: u64,
     pub workers: Vec<WorkerStatus>,
     pub rounds: Vec<RoundRecord>,
+    /// Rounds opened ahead of the previous round's last audit verdicts,
+    /// and how many of those were withdrawn because a verdict failed,
+    /// since this coordinator process started.
+    #[serde(default)]
+    pub opened_ahead: u64,
+    #[serde(default)]
+    pub withdrawn_ahead: u64,
 }
 
 #[cfg(test)]

@@ -563,6 +563,9 @@ impl Persisted {
             | Action::JudgeAudit { .. }
             | Action::CreditWork { .. }
             | Action::CloseRound { .. }
+            | Action::Speculate { .. }
+            | Action::OpenProvisional { .. }
+            | Action::Withdraw { .. }
             | Action::Finish { .. } => {}
         }
     }
@@ -679,6 +682,8 @@ fn a_machine_restored_with_everything_delivered_closes_the_round_at_once() {
 /// on must hold.
 #[test]
 fn random_event_sequences_keep_the_invariants() {
+    // Provisional rounds opened, adopted and withdrawn, over all seeds.
+    let (mut opened_ahead, mut adopted, mut withdrawn_rounds) = (0, 0, 0);
     for seed in 0..200 {
         let mut rng = keyed_rng("coordinator-swarm", RngKey::new(seed, 0, 0, 0));
         let settings = Settings { rounds: 5, audit_probability: 0.5, ..settings() };
@@ -688,6 +693,7 @@ fn random_event_sequences_keep_the_invariants() {
         let mut committed_rounds = 0u64;
         let mut counted = std::collections::BTreeSet::new();
         let mut slashed = std::collections::BTreeSet::new();
+        let mut provisional: Option<u64> = None;
         for step in 0..500 {
             now += uniform_below(&mut rng, 2500);
             let worker = WorkerId(uniform_below(&mut rng, 5));
@@ -713,7 +719,14 @@ fn random_event_sequences_keep_the_invariants() {
                     let _ = machine.reveal(now, worker, nonce, round, base, digest, None);
                 }
                 5 if known => {
-                    if machine.pending_audit(worker, round).is_some() {
+                    // Answered first (then judged by a later event), or
+                    // judged at once.
+                    let answering = uniform_below(&mut rng, 2) == 0;
+                    if answering && machine.pending_audit(worker, round).is_some() {
+                        machine.audit_answered(now, worker, nonce, round).unwrap();
+                    } else if machine.pending_audit(worker, round).is_some()
+                        || machine.answered_audit(round, worker).is_some()
+                    {
                         let verdict = if uniform_below(&mut rng, 3) > 0 {
                             Verdict::Passed
                         } else {
@@ -739,6 +752,13 @@ fn random_event_sequences_keep_the_invariants() {
                             "sorted, distinct participants"
                         );
                         assert!(participants.len() >= 2, "a round opens with a quorum of workers");
+                        if let Some(provisional) = provisional.take() {
+                            assert_eq!(
+                                provisional, round,
+                                "seed {seed}: a provisional round is adopted or withdrawn"
+                            );
+                            adopted += 1;
+                        }
                         last_round_opened = Some(round);
                     }
                     Action::Slash { round, worker, .. } => {
@@ -758,6 +778,38 @@ fn random_event_sequences_keep_the_invariants() {
                         }
                         machine.handle_aggregated(now, round, Aggregated::all(model(round + 100)));
                     }
+                    Action::Speculate { round, .. } => {
+                        assert_eq!(
+                            machine.open_round().map(|open| open.id),
+                            Some(round),
+                            "bets are on the open round"
+                        );
+                        machine.handle_speculated(now, round, Aggregated::all(model(round + 100)));
+                    }
+                    Action::OpenProvisional { round, after, .. } => {
+                        assert_eq!(
+                            Some(after),
+                            last_round_opened,
+                            "seed {seed}: opened ahead of the open round"
+                        );
+                        assert_eq!(round, after + 1);
+                        provisional = Some(round);
+                        opened_ahead += 1;
+                    }
+                    Action::Withdraw { provisional: withdrawn, .. } => {
+                        assert_eq!(
+                            withdrawn,
+                            provisional.take(),
+                            "seed {seed}: what is withdrawn was opened"
+                        );
+                        withdrawn_rounds += u32::from(withdrawn.is_some());
+                    }
+                    Action::RecordCommitment { round, status: Recorded::Accepted, .. } => {
+                        assert!(
+                            Some(round) <= last_round_opened,
+                            "seed {seed}: commitments only for opened rounds"
+                        );
+                    }
                     Action::CommitRound { .. } => committed_rounds += 1,
                     Action::Finish { .. } => assert_eq!(committed_rounds, 5),
                     _ => {}
@@ -766,6 +818,10 @@ fn random_event_sequences_keep_the_invariants() {
             assert!(machine.completed_rounds() <= 5);
         }
     }
+    assert!(
+        opened_ahead > 0 && adopted > 0 && withdrawn_rounds > 0,
+        "{opened_ahead} {adopted} {withdrawn_rounds}"
+    );
 }
 
 #[test]
@@ -976,4 +1032,214 @@ fn a_worker_keeps_its_determinism_class() {
     assert_eq!(machine.register(T0, key(0), "portable").unwrap_err().code, ErrorCode::BadRequest);
     assert_eq!(machine.register(T0, key(1), "").unwrap_err().code, ErrorCode::BadRequest);
     assert_eq!(machine.register(T0, key(1), "a b").unwrap_err().code, ErrorCode::BadRequest);
+}
+
+/// Round 0 of three workers, every one audited, committed, answered and
+/// revealed: all that is left is the driver's replays. Returns the
+/// actions of the reveals, after those of the commitments and answers.
+fn awaiting_replays(machine: &mut Coordinator, workers: &[WorkerId]) -> (Vec<Action>, Vec<Action>) {
+    for &worker in workers {
+        commit(machine, T0 + 1, worker, 0).unwrap();
+        machine.audit_answered(T0 + 2, worker, (T0 + 2) * 1000 + worker.0, 0).unwrap();
+    }
+    let committed = drain(machine);
+    for &worker in workers {
+        reveal(machine, T0 + 3, worker, 0).unwrap();
+    }
+    (committed, drain(machine))
+}
+
+fn pass(machine: &mut Coordinator, now: u64, worker: WorkerId) {
+    machine.audit_result(now, 0, worker, Verdict::Passed, None, None).unwrap();
+}
+
+#[test]
+fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when_they_pass() {
+    let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
+    let template = template();
+    let (_, actions) = awaiting_replays(&mut machine, &workers);
+    let Some(Action::Speculate { round: 0, base_model, accepted }) = actions.last() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!((*base_model, accepted), (model(0), &workers));
+    assert!(!actions.iter().any(|action| matches!(action, Action::CloseRound { .. })), "verdicts pending");
+
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
+    let actions = drain(&mut machine);
+    assert_eq!(actions, vec![Action::OpenProvisional { round: 1, after: 0, base_model: model(1) }]);
+    let view = machine.view(Some(workers[1]), &template);
+    assert!(view.provisional);
+    assert_eq!((view.phase, view.round, view.model), (Phase::Committing, Some(1), model(1)));
+    let assignment = view.assignment.expect("participants are assigned at once");
+    assert_eq!((assignment.round, assignment.base_model, assignment.slot), (1, model(1), 1));
+    // Trained already: too early to commit, and nothing changes.
+    let refusal =
+        machine.commit(T0 + 20, workers[1], (T0 + 20) * 1000, 1, model(1), commitment(workers[1], 1));
+    assert_eq!(refusal.unwrap_err().code, ErrorCode::TooEarly);
+    assert!(drain(&mut machine).is_empty());
+    assert_eq!(machine.open_round().unwrap().id, 0, "round 0 is still the open round");
+
+    pass(&mut machine, T0 + 30, workers[0]);
+    pass(&mut machine, T0 + 31, workers[1]);
+    assert!(!drain(&mut machine).iter().any(|action| matches!(action, Action::CloseRound { .. })));
+    pass(&mut machine, T0 + 40, workers[2]);
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.last(), Some(Action::CloseRound { round: 0, accepted, .. }) if accepted == &workers),
+        "{actions:?}"
+    );
+    machine.handle_aggregated(T0 + 41, 0, Aggregated::all(model(1)));
+    let actions = drain(&mut machine);
+    let Some(Action::OpenRound {
+        round: 1,
+        base_model,
+        participants,
+        opened_unix_ms,
+        commit_deadline_unix_ms,
+        ..
+    }) = actions.last()
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!((*base_model, participants), (model(1), &workers));
+    assert_eq!(
+        (*opened_unix_ms, *commit_deadline_unix_ms),
+        (T0 + 10, T0 + 10 + 10_000),
+        "the adopted round opened when it was published"
+    );
+    assert!(!machine.view(Some(workers[1]), &template).provisional);
+    assert_eq!(commit(&mut machine, T0 + 50, workers[1], 1), Ok(Outcome::Recorded(Recorded::Accepted)));
+}
+
+#[test]
+fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_the_update() {
+    let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
+    let template = template();
+    awaiting_replays(&mut machine, &workers);
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
+    drain(&mut machine);
+    pass(&mut machine, T0 + 20, workers[0]);
+    machine
+        .audit_result(T0 + 21, 0, workers[1], Verdict::Failed("replayed to another state".into()), None, None)
+        .unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        actions.iter().any(|action| matches!(action, Action::Slash { worker, .. } if *worker == workers[1]))
+    );
+    let withdrawn =
+        actions.iter().position(|action| action == &Action::Withdraw { round: 0, provisional: Some(1) });
+    let respeculated = actions.iter().position(|action| {
+        matches!(action, Action::Speculate { round: 0, accepted, .. } if accepted == &vec![workers[0], workers[2]])
+    });
+    assert!(withdrawn.is_some() && respeculated > withdrawn, "a new bet on what is left: {actions:?}");
+    assert!(
+        !machine.view(Some(workers[0]), &template).provisional,
+        "no provisional round until the new bet is aggregated"
+    );
+    // Someone who trained on the withdrawn model is refused as stale.
+    machine.handle_speculated(T0 + 30, 0, Aggregated::all(model(7)));
+    assert_eq!(
+        drain(&mut machine),
+        vec![Action::OpenProvisional { round: 1, after: 0, base_model: model(7) }]
+    );
+    let stale = machine.commit(T0 + 31, workers[0], (T0 + 31) * 1000, 1, model(1), commitment(workers[0], 1));
+    assert_eq!(stale.unwrap_err().code, ErrorCode::StaleModel);
+
+    pass(&mut machine, T0 + 40, workers[2]);
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.last(), Some(Action::CloseRound { round: 0, accepted, .. }) if accepted == &vec![workers[0], workers[2]]),
+        "{actions:?}"
+    );
+    machine.handle_aggregated(T0 + 41, 0, Aggregated::all(model(7)));
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.last(), Some(Action::OpenRound { round: 1, base_model, opened_unix_ms, .. }) if *base_model == model(7) && *opened_unix_ms == T0 + 30),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_bet_that_would_fail_the_round_opens_nothing_and_a_close_without_it_is_the_usual_one() {
+    // Quorum 3 of 3: losing one update fails the round.
+    let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, quorum: 3, ..settings() });
+    awaiting_replays(&mut machine, &workers);
+    // The checks would refuse one update: the round would fail, so nothing opens ahead.
+    let refused = Aggregated { result_model: Some(model(1)), refused: vec![(workers[2], "outsized".into())] };
+    machine.handle_speculated(T0 + 10, 0, refused);
+    assert!(drain(&mut machine).is_empty());
+    assert_eq!(machine.provisional_round(), None);
+    machine.audit_result(T0 + 20, 0, workers[0], Verdict::Failed("no".into()), None, None).unwrap();
+    let actions = drain(&mut machine);
+    assert!(actions.contains(&Action::Withdraw { round: 0, provisional: None }), "{actions:?}");
+    assert!(
+        !actions.iter().any(|action| matches!(action, Action::Speculate { .. })),
+        "below the quorum: no bet"
+    );
+    pass(&mut machine, T0 + 21, workers[1]);
+    pass(&mut machine, T0 + 22, workers[2]);
+    let actions = drain(&mut machine);
+    assert!(actions.iter().any(|action| matches!(action, Action::FailRound { round: 0, .. })), "{actions:?}");
+    assert!(!actions.iter().any(|action| matches!(action, Action::Withdraw { .. })));
+}
+
+#[test]
+fn the_last_round_is_not_bet_on_and_a_restart_bets_again_on_what_was_persisted() {
+    let settings = Settings { audit_probability: 1.0, rounds: 1, ..settings() };
+    let (mut machine, workers) = running(3, settings.clone());
+    let (_, actions) = awaiting_replays(&mut machine, &workers);
+    assert!(!actions.iter().any(|action| matches!(action, Action::Speculate { .. })), "no round follows");
+
+    // Two rounds: a restart while the bet is out forgets it and bets again.
+    let settings = Settings { rounds: 2, min_workers: 3, ..settings };
+    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+    let mut persisted = Persisted::default();
+    for index in 0..3 {
+        machine.register(T0, key(index), "avx2-fma").unwrap();
+    }
+    persisted.apply_all(&drain(&mut machine));
+    let (committed, revealed) = awaiting_replays(&mut machine, &workers);
+    persisted.apply_all(&committed);
+    persisted.apply_all(&revealed);
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
+    persisted.apply_all(&drain(&mut machine));
+    assert_eq!(persisted.rounds.len(), 1, "a provisional round is not persisted");
+    let mut restored =
+        Coordinator::restore(settings, Digest::of(b"run"), MASTER, persisted.snapshot(), T0 + 100);
+    let actions = drain(&mut restored);
+    assert_eq!(
+        actions,
+        vec![Action::Speculate { round: 0, base_model: model(0), accepted: workers.clone() }]
+    );
+}
+
+#[test]
+fn a_just_opened_round_is_shown_without_the_machine_exactly_as_the_machine_shows_it() {
+    // The driver serves `opened()` while it makes the opening durable.
+    let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
+    let template = template();
+    let stranger = WorkerId(99);
+    let opened = machine.opened().expect("round 0 just opened");
+    for worker in workers.iter().copied().chain([stranger]).map(Some).chain([None]) {
+        assert_eq!(opened.view(worker, &template), machine.view(worker, &template));
+    }
+    commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
+    assert_eq!(machine.opened(), None, "once someone committed, only the machine knows the round");
+    drain(&mut machine);
+    for &worker in &workers[1..] {
+        commit(&mut machine, T0 + 1, worker, 0).unwrap();
+    }
+    for &worker in &workers {
+        machine.audit_answered(T0 + 2, worker, (T0 + 2) * 1000 + worker.0, 0).unwrap();
+        reveal(&mut machine, T0 + 3, worker, 0).unwrap();
+    }
+    drain(&mut machine);
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
+    let opened = machine.opened().expect("the provisional round");
+    assert_eq!(opened.id(), 1);
+    for worker in workers.iter().copied().chain([stranger]).map(Some).chain([None]) {
+        let view = opened.view(worker, &template);
+        assert!(view.provisional);
+        assert_eq!(view, machine.view(worker, &template));
+    }
 }

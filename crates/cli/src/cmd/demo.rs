@@ -103,9 +103,14 @@ struct DemoReport {
     bytes_uploaded: u64,
     bytes_downloaded: u64,
     seconds: f64,
-    /// Median over rounds, from the last accepted submission to the next
-    /// round being open.
+    /// Median over rounds, from a round's last worker input to the next
+    /// round being shown to the workers (provisionally, if it opened ahead
+    /// of the round's last audit verdicts).
     coordinator_overhead_ms_median: Option<u64>,
+    /// Rounds opened ahead of the previous round's last audit verdicts, and
+    /// those withdrawn because one failed.
+    opened_ahead: u64,
+    withdrawn_ahead: u64,
     round_seconds_median: Option<f64>,
     /// Median over rounds of the overhead as a fraction of the round's
     /// duration.
@@ -436,6 +441,8 @@ fn finish(
         bytes_downloaded: status.bytes_downloaded,
         seconds: started.elapsed().as_secs_f64(),
         coordinator_overhead_ms_median: median(&mut overheads),
+        opened_ahead: status.opened_ahead,
+        withdrawn_ahead: status.withdrawn_ahead,
         round_seconds_median: median(&mut durations),
         coordinator_overhead_fraction_median: median(&mut fractions),
         workers,

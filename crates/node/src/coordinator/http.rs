@@ -6,7 +6,7 @@
 //! | `POST /v1/workers` | signed | `Signed<Registration>` (idempotent per key) |
 //! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
-//! | `POST /v1/rounds/{round}/commitments?base_model=D` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late) |
+//! | `POST /v1/rounds/{round}/commitments?base_model=D` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly) |
 //! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status` | none | `RunStatus` JSON |

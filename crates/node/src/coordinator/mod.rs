@@ -28,8 +28,8 @@ use crowdtrain_protocol::wire::{
     Registration, RunInfo, RunStatus, Stage,
 };
 use crowdtrain_protocol::{
-    Action, Aggregated, AssignmentTemplate, Commitment, Coordinator, Digest, Identity, Outcome, PublicKey,
-    Refusal, RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
+    Action, Aggregated, AssignmentTemplate, Commitment, Coordinator, Digest, Identity, Opened, Outcome,
+    PublicKey, Refusal, RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, Write, checkpoint};
 use crowdtrain_train::diloco::outer_step;
@@ -110,10 +110,16 @@ pub struct Node {
     /// of the database, so the node must stop and be restarted from it.
     fatal: watch::Sender<Option<String>>,
     bytes_downloaded: AtomicU64,
+    /// Provisional rounds opened, and withdrawn, since this process started.
+    opened_ahead: AtomicU64,
+    withdrawn_ahead: AtomicU64,
     /// The latest global model's checkpoint, served from memory: its file
     /// may still be being written (see [`Node::aggregate`]), and every
     /// worker downloads it as the round opens.
     published: Mutex<Option<(Digest, Arc<Vec<u8>>)>>,
+    /// The round that just opened, shown to workers while the batch that
+    /// opened it is made durable under the lock (see [`Node::publish`]).
+    opening: Mutex<Option<Opened>>,
     /// The training examples held out of every shard, that updates are
     /// scored on.
     validation: Vec<u32>,
@@ -163,6 +169,10 @@ struct Inner {
     /// Writing the checkpoints of the round aggregated last, in the
     /// background (see [`Node::aggregate`]).
     writing: Option<std::thread::JoinHandle<Result<(), crowdtrain_store::CheckpointError>>>,
+    /// The round the next round opened provisionally after (its overhead
+    /// is timed to that opening), until it commits or its speculation is
+    /// withdrawn.
+    opened_ahead_of: Option<RoundId>,
 }
 
 /// Clears an `Inner::answering` entry when its request ends, however it ends.
@@ -177,10 +187,13 @@ impl Drop for Answering<'_> {
     }
 }
 
-/// A closed round's defence decision, and the global state it leads to,
-/// until the machine commits the round (or fails it).
+/// A round's defence decision on `accepted`, and the global state it leads
+/// to, until the machine commits the round (or fails it, or withdraws the
+/// speculation it was computed for).
 struct Pending {
     round: RoundId,
+    accepted: Vec<WorkerId>,
+    aggregated: Aggregated,
     decision: Decision,
     next: Option<NextGlobal>,
 }
@@ -330,11 +343,15 @@ impl Node {
                 shards: Default::default(),
                 answering: Default::default(),
                 writing: None,
+                opened_ahead_of: None,
             }),
             changes: watch::channel(0).0,
             fatal: watch::channel(None).0,
             bytes_downloaded: AtomicU64::new(0),
+            opened_ahead: AtomicU64::new(0),
+            withdrawn_ahead: AtomicU64::new(0),
             published: Mutex::new(None),
+            opening: Mutex::new(None),
             validation,
             scoring: Mutex::new(scoring),
             background,
@@ -403,8 +420,27 @@ impl Node {
 
     /// The round as `worker` sees it, signed.
     fn view(&self, worker: Option<WorkerId>) -> Signed<RoundView> {
-        let inner = self.lock();
-        Signed::sign(&self.identity, inner.machine.view(worker, &self.template))
+        let opening = self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let view = match opening {
+            Some(opened) => opened.view(worker, &self.template),
+            None => self.lock().machine.view(worker, &self.template),
+        };
+        Signed::sign(&self.identity, view)
+    }
+
+    /// Shows the round the machine just opened (provisionally or not) to
+    /// the workers waiting for it, before the batch that opened it is
+    /// durable: they download and train meanwhile. That is safe because
+    /// nothing of theirs is taken for it until it is: a commitment needs the
+    /// lock the batch holds (and a provisional round refuses it), and a
+    /// crash before the write only means the restarted coordinator opens
+    /// the same round again from what is durable (aggregation is
+    /// deterministic). Returns when it was shown.
+    fn publish(&self, inner: &Inner, round: RoundId) -> Option<Instant> {
+        let opened = inner.machine.opened().filter(|opened| opened.id() == round)?;
+        *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(opened);
+        self.changes.send_modify(|version| *version += 1);
+        Some(Instant::now())
     }
 
     /// `POST /v1/rounds/{round}/commitments`.
@@ -852,6 +888,9 @@ impl Node {
         let mut writes = Vec::new();
         let mut changed = false;
         let mut committed = Vec::new();
+        let mut opened_ahead: Option<(RoundId, Instant)> = None;
+        // When the batch showed a new round to the workers, if it did.
+        let mut opened_at: Option<Instant> = None;
         let mut finished = false;
         while let Some(action) = inner.machine.poll_action() {
             let now = now_unix_ms();
@@ -870,6 +909,7 @@ impl Node {
                     secret_commitment,
                 } => {
                     tracing::info!(round, participants = participants.len(), "round open");
+                    opened_at = self.publish(inner, round).or(opened_at);
                     let slots = participants.len() as u32;
                     let assignments: Vec<Write> = participants
                         .iter()
@@ -1002,13 +1042,57 @@ impl Node {
                     writes.push(Write::Credit { round, worker, slash: true, amount, reason: reason.clone() });
                     writes.push(ledger(Event::Slash { round, worker, amount, reason }));
                 }
+                Action::Speculate { round, base_model, accepted } => {
+                    assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
+                    let aggregated = self.aggregate(inner, round, &accepted)?;
+                    inner.machine.handle_speculated(now_unix_ms(), round, aggregated);
+                }
+                Action::OpenProvisional { round, after, base_model } => {
+                    let pending = inner.pending.as_ref().expect("a provisional round follows its aggregate");
+                    let next = pending.next.as_ref().expect("a provisional round has a model");
+                    assert_eq!(
+                        (pending.round, next.model),
+                        (after, base_model),
+                        "the aggregate just computed"
+                    );
+                    tracing::info!(round, after, model = %base_model, "round open provisionally");
+                    self.opened_ahead.fetch_add(1, Ordering::Relaxed);
+                    *self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                        Some((next.model, Arc::clone(&next.model_bytes)));
+                    opened_ahead = inner.closing_started.filter(|(closing, _)| *closing == after);
+                    inner.opened_ahead_of = Some(after);
+                    opened_at = self.publish(inner, round);
+                    changed = true;
+                }
+                Action::Withdraw { round, provisional } => {
+                    if provisional.is_some() {
+                        // Its participants train again, on the model that counts.
+                        tracing::warn!(round, ?provisional, "round opened ahead withdrawn: an audit failed");
+                        self.withdrawn_ahead.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Nothing of it was committed: the defence learns
+                    // nothing, and the files it wrote are named by their
+                    // content and harmless.
+                    inner.pending.take_if(|pending| pending.round == round);
+                    inner.opened_ahead_of = None;
+                    opened_ahead = None;
+                    changed = true;
+                }
                 Action::CloseRound { round, base_model, accepted, .. } => {
                     // The writes so far (the input that closed the round)
                     // become durable with the round's result, in one
                     // transaction: nobody has been answered yet, so a crash
                     // in between loses nothing anyone was promised.
                     assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
-                    let aggregated = self.aggregate(inner, round, &accepted)?;
+                    let speculated = inner
+                        .pending
+                        .as_ref()
+                        .filter(|pending| pending.round == round && pending.accepted == accepted)
+                        .map(|pending| pending.aggregated.clone());
+                    let aggregated = match speculated {
+                        Some(aggregated) => aggregated,
+                        None => self.aggregate(inner, round, &accepted)?,
+                    };
                     inner.machine.handle_aggregated(now_unix_ms(), round, aggregated);
                 }
                 Action::CommitRound { round, result_model, closed_unix_ms, accepted } => {
@@ -1067,15 +1151,26 @@ impl Node {
             }
         }
         let writing = Instant::now();
-        inner.store.apply(&writes, &self.identity)?;
+        let written = inner.store.apply(&writes, &self.identity);
+        *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        written?;
         if !committed.is_empty() {
             tracing::debug!(write_ms = writing.elapsed().as_secs_f64() * 1e3, "committed");
         }
+        // A round's overhead runs from its last input to the next round's
+        // being shown to the workers: provisionally, if it opened ahead of
+        // the round's verdicts.
+        let overhead = |started: Instant| opened_at.unwrap_or_else(Instant::now).duration_since(started);
+        if let Some((round, started)) = opened_ahead {
+            inner.store.set_overhead(round, overhead(started).as_millis() as u64)?;
+        }
         for round in committed {
-            if let Some((closing, started)) = inner.closing_started
+            let timed_ahead = inner.opened_ahead_of.take_if(|after| *after == round).is_some();
+            if !timed_ahead
+                && let Some((closing, started)) = inner.closing_started
                 && closing == round
             {
-                inner.store.set_overhead(round, started.elapsed().as_millis() as u64)?;
+                inner.store.set_overhead(round, overhead(started).as_millis() as u64)?;
             }
             self.schedule_evaluation(round, inner.global.params.clone());
             self.schedule_scoring(round);
@@ -1174,9 +1269,15 @@ impl Node {
             refused = refused.len(),
             "aggregated"
         );
-        let result_model = next.as_ref().map(|next| next.model);
-        inner.pending = Some(Pending { round, decision, next });
-        Ok(Aggregated { result_model, refused })
+        let aggregated = Aggregated { result_model: next.as_ref().map(|next| next.model), refused };
+        inner.pending = Some(Pending {
+            round,
+            accepted: accepted.to_vec(),
+            aggregated: aggregated.clone(),
+            decision,
+            next,
+        });
+        Ok(aggregated)
     }
 
     /// Waits until the checkpoints of the round aggregated last are durable.
@@ -1258,6 +1359,8 @@ impl Node {
             bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
             workers,
             rounds,
+            opened_ahead: self.opened_ahead.load(Ordering::Relaxed),
+            withdrawn_ahead: self.withdrawn_ahead.load(Ordering::Relaxed),
         })
     }
 

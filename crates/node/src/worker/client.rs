@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, RUN_HEADER};
+use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, ErrorCode, RUN_HEADER};
 use crowdtrain_protocol::{Digest, Identity, RequestAuth};
 use reqwest::StatusCode;
 
@@ -30,6 +30,14 @@ impl Answer {
             Ok(error) => format!("{} ({:?}, HTTP {})", error.message, error.error, self.status.as_u16()),
             Err(_) => format!("HTTP {}: {}", self.status.as_u16(), String::from_utf8_lossy(&self.body)),
         }
+    }
+
+    /// The machine-readable reason of a refusal, if the body names one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        if self.status.is_success() {
+            return None;
+        }
+        serde_json::from_slice::<ApiError>(&self.body).ok().map(|error| error.error)
     }
 
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, NodeError> {

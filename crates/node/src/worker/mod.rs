@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crowdtrain_data::{DataSource, Dataset};
-use crowdtrain_protocol::wire::{PROTOCOL_VERSION, Phase, Receipt, Registration, RunInfo};
+use crowdtrain_protocol::wire::{ErrorCode, PROTOCOL_VERSION, Phase, Receipt, Registration, RunInfo};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, RoundId, RoundView, Signed, WorkerId};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
@@ -31,6 +31,13 @@ use behavior::{Work, produce, tampered};
 pub use client::{Answer, Client};
 
 use crate::NodeError;
+
+/// How soon a commitment refused as too early (its round is open ahead of
+/// the previous round's last audit verdicts, which take a fraction of a
+/// round) is sent again; each next try waits twice as long, up to
+/// [`PROVISIONAL_RETRY_MAX`].
+const PROVISIONAL_RETRY_START: Duration = Duration::from_millis(10);
+const PROVISIONAL_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// How a worker is started.
 #[derive(Debug, Clone)]
@@ -146,6 +153,8 @@ pub async fn run_worker(
     // Delegated audits already replayed, so a refused report is not retried forever.
     let mut audited: std::collections::HashSet<(RoundId, WorkerId)> = Default::default();
     let mut current: Option<(RoundId, Produced)> = None;
+    // Provisional rounds trained for and then withdrawn, by base model.
+    let mut withdrawn: std::collections::HashSet<(RoundId, Digest)> = Default::default();
     let mut previous: Option<Produced> = None;
     loop {
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
@@ -252,9 +261,34 @@ pub async fn run_worker(
                 let commitment = produced.commitment();
                 let body = serde_json::to_vec(&commitment).expect("commitments serialise");
                 let path = format!("/v1/rounds/{round}/commitments?base_model={base}");
-                let answer = client
-                    .request(Method::POST, &path, body, &[("content-type", "application/json".into())])
-                    .await?;
+                let mut wait = PROVISIONAL_RETRY_START;
+                let answer = loop {
+                    let answer = client
+                        .request(
+                            Method::POST,
+                            &path,
+                            body.clone(),
+                            &[("content-type", "application/json".into())],
+                        )
+                        .await?;
+                    // Opened ahead of the previous round's last verdicts
+                    // (commitments are taken once they are in), or shown
+                    // before it was durable by a coordinator that then
+                    // restarted (it opens again once the round before
+                    // closes): the same commitment is due.
+                    let due_later = match answer.code() {
+                        Some(ErrorCode::TooEarly) => true,
+                        Some(ErrorCode::WrongRound) => view
+                            .deadline_unix_ms
+                            .is_some_and(|deadline| crate::coordinator::now_unix_ms() < deadline),
+                        _ => false,
+                    };
+                    if !due_later {
+                        break answer;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(PROVISIONAL_RETRY_MAX);
+                };
                 match receipt(&answer, &coordinator)? {
                     Ok(receipt) if receipt.status == "accepted" => {
                         summary.commitments += 1;
@@ -283,7 +317,16 @@ pub async fn run_worker(
                     Err(reason) => {
                         summary.refused += 1;
                         on_round(&format!("round {round}: commitment refused: {reason}"));
-                        last_done = Some(round);
+                        // A provisional round withdrawn under us (an audit
+                        // of the round before failed) opens again on
+                        // another model: train again on that one (once per
+                        // model, whatever the coordinator does).
+                        let retrain = view.provisional
+                            && answer.code() == Some(ErrorCode::StaleModel)
+                            && withdrawn.insert((round, assignment.base_model));
+                        if !retrain {
+                            last_done = Some(round);
+                        }
                     }
                 }
             }
