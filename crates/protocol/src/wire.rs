@@ -26,7 +26,7 @@ use crate::config::{RunConfig, ShardingKind};
 use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
 
 /// Bumped on any incompatible change to messages or training semantics.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 pub const AUTH_HEADER: &str = "x-crowdtrain-auth";
 pub const RUN_HEADER: &str = "x-crowdtrain-run";
@@ -382,7 +382,7 @@ pub struct AuditReport {
 }
 
 impl SignedBody for RoundView {
-    const DOMAIN: &'static str = "crowdtrain/round-view/v1";
+    const DOMAIN: &'static str = "crowdtrain/round-view/v2";
 }
 
 /// What a receipt acknowledges.
