@@ -478,10 +478,7 @@ impl Opened {
     /// What [`Coordinator::view`] shows `worker` of the round.
     pub fn view(&self, worker: Option<WorkerId>, template: &AssignmentTemplate) -> RoundView {
         let round = &self.round;
-        let assignment = worker.and_then(|worker| {
-            let slot = round.participants.iter().position(|&participant| participant == worker)?;
-            Some(template.assignment(self.run_id, round, worker, slot))
-        });
+        let assignment = worker.and_then(|worker| template.assignment(self.run_id, round, worker));
         RoundView {
             run_id: self.run_id,
             phase: Phase::Committing,
@@ -789,9 +786,7 @@ impl Coordinator {
 
     /// The assignment of `worker` in the open round, if it has one.
     pub fn assignment(&self, worker: WorkerId, template: &AssignmentTemplate) -> Option<Assignment> {
-        let open = self.open.as_ref()?;
-        let slot = open.participants.iter().position(|&participant| participant == worker)?;
-        Some(template.assignment(self.run_id, open, worker, slot))
+        template.assignment(self.run_id, self.open.as_ref()?, worker)
     }
 
     /// The round open provisionally while the open round's last audits are
@@ -1588,11 +1583,15 @@ impl Coordinator {
 
     fn withdraw(&mut self) {
         if let Some(speculation) = self.speculation.take() {
-            self.actions.push_back(Action::Withdraw {
-                round: speculation.round,
-                provisional: speculation.next.map(|next| next.id),
-            });
+            self.withdraw_bet(speculation);
         }
+    }
+
+    fn withdraw_bet(&mut self, speculation: Speculation) {
+        self.actions.push_back(Action::Withdraw {
+            round: speculation.round,
+            provisional: speculation.next.map(|next| next.id),
+        });
     }
 
     fn begin_reveal(&mut self) {
@@ -1715,8 +1714,7 @@ impl Coordinator {
                 Some(next)
             }
             Some(speculation) => {
-                self.speculation = Some(speculation);
-                self.withdraw();
+                self.withdraw_bet(speculation);
                 None
             }
             None => None,
@@ -1923,8 +1921,11 @@ impl AssignmentTemplate {
         }
     }
 
-    fn assignment(&self, run_id: Digest, open: &OpenRound, worker: WorkerId, slot: usize) -> Assignment {
-        Assignment {
+    /// `worker`'s assignment in `open`, if it is a participant (its
+    /// position is its slot).
+    fn assignment(&self, run_id: Digest, open: &OpenRound, worker: WorkerId) -> Option<Assignment> {
+        let slot = open.participants.iter().position(|&participant| participant == worker)?;
+        Some(Assignment {
             run_id,
             round: open.id,
             worker,
@@ -1940,7 +1941,7 @@ impl AssignmentTemplate {
             dirichlet_alpha: self.dirichlet_alpha,
             segments: self.segments,
             validation_fraction: self.validation_fraction,
-        }
+        })
     }
 }
 

@@ -1061,7 +1061,7 @@ impl Node {
                         Some((next.model, Arc::clone(&next.model_bytes)));
                     opened_ahead = inner.closing_started.filter(|(closing, _)| *closing == after);
                     inner.opened_ahead_of = Some(after);
-                    opened_at = self.publish(inner, round);
+                    opened_at = self.publish(inner, round).or(opened_at);
                     changed = true;
                 }
                 Action::Withdraw { round, provisional } => {
