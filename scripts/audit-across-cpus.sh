@@ -23,13 +23,13 @@ dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 cat > "$dir/run.toml" <<TOML
-seed = 11
 rounds = $rounds
+[training]
+seed = 11
+inner_steps = 8
+batch_size = 32
 [data]
 dir = "$data"
-[inner]
-steps = 8
-batch_size = 32
 [round]
 min_workers = 3
 deadline_ms = 600000

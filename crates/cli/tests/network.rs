@@ -9,9 +9,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use crowdtrain_protocol::wire::{ErrorCode, Phase, Receipt};
+use crowdtrain_protocol::wire::{ErrorCode, Phase, Receipt, ReceiptStatus};
 use crowdtrain_protocol::{Digest, Identity, RequestAuth, Signed};
-use crowdtrain_train::Codec;
+use crowdtrain_train::{Codec, Encode};
 
 #[test]
 fn a_networked_run_reproduces_the_simulation_bit_for_bit() {
@@ -53,7 +53,7 @@ fn a_worker_killed_mid_round_does_not_stall_the_run() {
     victim.wait().unwrap();
     let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
     assert_eq!(status.completed_rounds, 4);
-    let victim_key = Identity::load(&network.path("worker-2.key")).unwrap().public_key();
+    let victim_key = files::load_identity(&network.path("worker-2.key")).unwrap().public_key();
     let victim_status = status.workers.iter().find(|worker| worker.public_key == victim_key).unwrap();
     assert!(victim_status.submissions_accepted < 4, "{victim_status:?}");
     assert!(!victim_status.active, "a worker that missed its round is not waited for again");
@@ -77,7 +77,7 @@ fn a_coordinator_killed_mid_round_resumes_and_ends_bit_identical() {
     // Mid-round: a round after the first open (its workers training, or
     // their commitments arriving).
     let before = network.wait_for(60, "round 1 or later to open", |status| {
-        status.rounds.iter().any(|round| round.status == "open" && round.round >= 1)
+        status.rounds.iter().any(|round| round.status == RoundState::Open && round.round >= 1)
     });
     network.kill_coordinator();
     let accepted_before: u64 = before.workers.iter().map(|worker| worker.submissions_accepted).sum();
@@ -304,7 +304,7 @@ fn every_kind_of_bad_reveal_is_refused_with_its_reason_and_changes_nothing() {
     assert_eq!(accepted.0, 200, "{}", String::from_utf8_lossy(&accepted.1));
     let receipt: Signed<Receipt> = serde_json::from_slice(&accepted.1).unwrap();
     assert!(receipt.verify(&worker.run.coordinator).is_ok(), "receipts are signed by the coordinator");
-    assert_eq!(receipt.body.status, "accepted");
+    assert_eq!(receipt.body.status, ReceiptStatus::Accepted);
     let replayed = refusal(&worker.send_raw("POST", &path, good, Some(auth), Some(run.to_hex())));
     assert_eq!((replayed.0, replayed.1), (409, ErrorCode::Replayed), "{}", replayed.2);
 }
@@ -321,7 +321,7 @@ fn a_commitment_after_the_commit_phase_is_recorded_as_late() {
     let response = late.commit(assignment.round, &assignment.base_model, &late.update(1e-3));
     assert_eq!(response.0, 202, "{}", String::from_utf8_lossy(&response.1));
     let receipt: Signed<Receipt> = serde_json::from_slice(&response.1).unwrap();
-    assert_eq!(receipt.body.status, "late");
+    assert_eq!(receipt.body.status, ReceiptStatus::Late);
     let status = network.status().unwrap();
     let me = status.workers.iter().find(|worker| worker.public_key == late.identity.public_key()).unwrap();
     assert_eq!((me.submissions_accepted, me.verified_work), (0, 0), "kept, and not counted");
@@ -344,7 +344,7 @@ fn keygen_writes_a_private_key_and_prints_the_public_one() {
     let output = Command::new(binary()).args(["keygen", "--out"]).arg(&path).output().unwrap();
     assert!(output.status.success());
     let printed = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(printed.trim(), Identity::load(&path).unwrap().public_key().to_hex());
+    assert_eq!(printed.trim(), files::load_identity(&path).unwrap().public_key().to_hex());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let again = Command::new(binary()).args(["keygen", "--out"]).arg(&path).output().unwrap();
@@ -355,7 +355,7 @@ fn keygen_writes_a_private_key_and_prints_the_public_one() {
 fn a_bad_config_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("run.toml");
-    std::fs::write(&config, "seed = 1\nrounds = 5\n[round]\nquorum = 0\n").unwrap();
+    std::fs::write(&config, "rounds = 5\n[training]\nseed = 1\n[round]\nquorum = 0\n").unwrap();
     let output = run_coordinator_once(&config, dir.path());
     assert!(!output.status.success());
     assert!(
@@ -363,7 +363,8 @@ fn a_bad_config_is_refused_naming_the_field() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    std::fs::write(&config, "seed = 1\nrounds = 5\n[audit]\nprobability = 0.5\nstake = 10\n").unwrap();
+    std::fs::write(&config, "rounds = 5\n[training]\nseed = 1\n[audit]\nprobability = 0.5\nstake = 10\n")
+        .unwrap();
     let output = run_coordinator_once(&config, dir.path());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("audit.stake"),
@@ -386,7 +387,7 @@ fn run_coordinator_once(config: &Path, dir: &Path) -> Output {
 fn a_worker_gives_up_with_the_reason_when_the_coordinator_stays_away() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("worker.key");
-    Identity::generate().unwrap().save(&key).unwrap();
+    files::save_identity(&files::generate_identity().unwrap(), &key).unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
     let started = Instant::now();
     let output = Command::new(binary())

@@ -4,31 +4,10 @@
 //! every auditor compute the same shards and the same batches without
 //! shipping index lists around.
 
-use serde::{Deserialize, Serialize};
+pub use crowdtrain_recipe::Sharding;
 
 use crate::dataset::{CLASS_COUNT, LabeledImages};
 use crate::rng::{RngKey, gamma, keyed_rng, sample_distinct, shuffle};
-
-/// How the training set is divided among workers.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Sharding {
-    /// A uniformly random partition into near-equal parts (the default, and
-    /// what robust aggregation needs: see `docs/ARCHITECTURE.md`).
-    Iid,
-    /// Label skew: each class is split among workers in Dirichlet(alpha)
-    /// proportions. Small alpha means each worker sees few classes.
-    Dirichlet { alpha: f64 },
-}
-
-impl std::fmt::Display for Sharding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Iid => write!(f, "iid"),
-            Self::Dirichlet { alpha } => write!(f, "dirichlet(alpha={alpha})"),
-        }
-    }
-}
 
 /// Why a sharding could not be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

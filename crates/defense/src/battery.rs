@@ -9,9 +9,10 @@
 //! a copy is always the later of two identical updates.
 
 use crowdtrain_data::rng::RngKey;
-use crowdtrain_data::{Dataset, Sharding, split_validation};
-use crowdtrain_train::diloco::{inner_round, mean_in_order, outer_step, shards};
-use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, OuterState, TrainError, evaluate};
+use crowdtrain_data::{Dataset, split_validation};
+use crowdtrain_train::codec::{self, Codec, Encode};
+use crowdtrain_train::diloco::{inner_round, mean_in_order, outer_step, round_key, shards};
+use crowdtrain_train::{Nesterov, OuterState, TrainError, TrainingRecipe, build_model, evaluate};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -94,17 +95,14 @@ impl std::str::FromStr for Attack {
 /// One battery run's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatteryConfig {
-    pub model: ModelKind,
+    /// What every worker, honest or not, is assigned (attackers train or
+    /// craft their update from it).
+    pub recipe: TrainingRecipe,
     pub workers: usize,
     /// How many of the workers attack (the last slots).
     pub attackers: usize,
     pub rounds: u64,
-    pub inner_steps: u64,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub inner: AdamW,
     pub outer: Nesterov,
-    pub codec: Codec,
     pub defense: DefenseConfig,
 }
 
@@ -139,44 +137,27 @@ pub struct BatteryRun {
 /// Runs `config` with `attack` on `dataset`.
 pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<BatteryRun, TrainError> {
     assert!(config.attackers < config.workers, "someone must be honest");
-    let model = config.model.build();
+    let recipe = &config.recipe;
+    let model = build_model(recipe.model);
     let attackers = if attack == Attack::None { 0 } else { config.attackers };
     let honest_count = config.workers - attackers;
     let quality_config = config.defense.quality;
-    let (_, validation) =
-        split_validation(dataset.train.len(), quality_config.validation_fraction, config.seed);
-    let shards = shards(
-        &dataset.train.labels,
-        config.workers,
-        config.batch_size,
-        Sharding::Iid,
-        quality_config.validation_fraction,
-        config.seed,
-    )?;
+    let (_, validation) = split_validation(dataset.train.len(), recipe.validation_fraction, recipe.seed);
+    let shards = shards(recipe, &dataset.train.labels, config.workers)?;
     let flipped = (attack == Attack::LabelFlip).then(|| attack::flipped_labels(dataset));
-    let mut global = OuterState::new(model.name(), model.layout().initialize(config.seed));
+    let mut global = OuterState::new(model.name(), model.layout().initialize(recipe.seed));
     let mut defense = ModelDefense::new(config.defense.checks, config.defense.aggregator);
     let mut quality = Quality::default();
-    let work_units = config.inner_steps * config.batch_size as u64;
+    let work_units = recipe.work_units();
     let mut credits = vec![0u64; config.workers];
     let mut verified = vec![0u64; config.workers];
     let (mut refused_attacker, mut refused_honest) = (0u64, 0u64);
     let mut previous_honest: Vec<Vec<f32>> = Vec::new();
     for round in 0..config.rounds {
         let train = |slot: usize, data: &Dataset| -> Result<Wire, TrainError> {
-            let key = RngKey::new(config.seed, round, slot as u64, 0);
-            let result = inner_round(
-                model.as_ref(),
-                config.inner,
-                config.batch_size,
-                &global.params,
-                data,
-                &shards[slot],
-                key,
-                config.inner_steps,
-                1,
-            )?;
-            Wire::encode(config.codec, &result.pseudo_gradient)
+            let key = round_key(recipe, round, slot as u32);
+            let result = inner_round(model.as_ref(), recipe, &global.params, data, &shards[slot], key, 1)?;
+            Wire::encode(recipe.codec, &result.pseudo_gradient)
         };
         let honest: Vec<Wire> =
             (0..honest_count).into_par_iter().map(|slot| train(slot, dataset)).collect::<Result<_, _>>()?;
@@ -191,7 +172,7 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
                 Attack::Noise { scale } => {
                     let honest_norm = honest_values.iter().map(|values| linalg::norm(values)).sum::<f64>()
                         / honest_count as f64;
-                    let key = RngKey::new(config.seed, round, slot as u64, 0);
+                    let key = round_key(recipe, round, slot as u32);
                     attack::noise(key, reference.len(), f64::from(scale) * honest_norm)
                 }
                 Attack::LabelFlip => {
@@ -216,7 +197,7 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
                     continue;
                 }
             };
-            malicious.push((slot, Wire::encode(config.codec, &crafted)?));
+            malicious.push((slot, Wire::encode(recipe.codec, &crafted)?));
         }
         let submissions: Vec<Submission<'_>> = honest
             .iter()
@@ -240,7 +221,7 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
         let eval = quality::eval_indices(
             &validation,
             quality_config.eval_examples,
-            RngKey::new(config.seed, round, 0, 0),
+            RngKey::new(recipe.seed, round, 0, 0),
         );
         let step = quality::score_step(config.outer.lr, passed.len());
         let scores = quality::scores(model.as_ref(), &global.params, &passed, step, &dataset.train, &eval)?;
@@ -282,7 +263,7 @@ struct Wire {
 impl Wire {
     fn encode(codec: Codec, values: &[f32]) -> Result<Self, TrainError> {
         let bytes = codec.encode(values)?;
-        let (_, values) = Codec::decode(&bytes, values.len())?;
+        let (_, values) = codec::decode(&bytes, values.len())?;
         Ok(Self { values, digest: *blake3::hash(&bytes).as_bytes() })
     }
 
@@ -322,7 +303,7 @@ fn summarize(
     let finite = global.params.iter().all(|value| value.is_finite());
     BatteryRun {
         attack: attack.name(),
-        seed: config.seed,
+        seed: config.recipe.seed,
         test_accuracy: evaluation.accuracy,
         test_loss: evaluation.loss,
         diverged: !finite || !evaluation.loss.is_finite() || evaluation.accuracy < 0.2,
@@ -358,16 +339,11 @@ mod tests {
     fn a_run_is_reproducible_bit_for_bit() {
         let dataset = crowdtrain_data::DataSource::Bundled.load().unwrap();
         let config = BatteryConfig {
-            model: ModelKind::Mlp,
+            recipe: TrainingRecipe { inner_steps: 3, batch_size: 32, ..TrainingRecipe::with_seed(1) },
             workers: 5,
             attackers: 1,
             rounds: 2,
-            inner_steps: 3,
-            batch_size: 32,
-            seed: 1,
-            inner: AdamW::default(),
             outer: Nesterov::default(),
-            codec: Codec::Int8,
             defense: DefenseConfig::default(),
         };
         let one = run(&config, Attack::SignFlip, &dataset).unwrap();

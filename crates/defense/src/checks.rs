@@ -32,24 +32,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crowdtrain_recipe::CheckConfig;
+
 use crate::linalg;
-
-/// Thresholds of the checks (`[checks]` in `run.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CheckConfig {
-    /// An update longer than this times the round's median norm is refused.
-    pub norm_factor: f64,
-    /// An update more alike than this (cosine) to an earlier one of another
-    /// worker in the same round is refused.
-    pub duplicate_cosine: f64,
-}
-
-impl Default for CheckConfig {
-    fn default() -> Self {
-        Self { norm_factor: 3.0, duplicate_cosine: 0.99 }
-    }
-}
 
 /// One submission to check.
 #[derive(Debug, Clone, Copy)]

@@ -32,19 +32,11 @@ pub mod quality;
 use std::collections::HashSet;
 
 use crowdtrain_train::diloco::{Aggregate, WorkerUpdate};
-use serde::{Deserialize, Serialize};
 
-pub use aggregate::{Aggregator, AggregatorState, StateChange};
-pub use checks::{CheckConfig, Refusal, Submission};
-pub use quality::{Quality, QualityConfig, Scored};
-
-/// Everything that configures the defence.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct DefenseConfig {
-    pub checks: CheckConfig,
-    pub aggregator: Aggregator,
-    pub quality: QualityConfig,
-}
+pub use aggregate::{AggregatorState, StateChange};
+pub use checks::{Refusal, Submission};
+pub use crowdtrain_recipe::defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
+pub use quality::{Quality, Scored};
 
 /// What the defence decided about one round's submissions; nothing is
 /// changed until it is [committed](ModelDefense::commit) or

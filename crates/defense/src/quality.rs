@@ -29,46 +29,10 @@ use std::collections::BTreeMap;
 
 use crowdtrain_data::LabeledImages;
 use crowdtrain_data::rng::{RngKey, keyed_rng, sample_distinct};
+use crowdtrain_recipe::QualityConfig;
 use crowdtrain_train::{Model, TrainError, evaluate_subset};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-
-/// Settings of quality scoring (`[quality]` in `run.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QualityConfig {
-    /// Share of the training set held out of every shard, for scoring.
-    pub validation_fraction: f64,
-    /// Examples in each round's evaluation batch.
-    pub eval_examples: usize,
-    /// Weight of a round's score in a worker's smoothed quality (its first
-    /// `1 / smoothing` rounds weigh equally).
-    pub smoothing: f64,
-    /// A smoothed quality at or below this (in typical updates) earns no
-    /// credit ...
-    pub zero_credit_at: f64,
-    /// ... and at or above this, full credit; linear in between.
-    pub full_credit_at: f64,
-}
-
-impl Default for QualityConfig {
-    fn default() -> Self {
-        Self {
-            validation_fraction: 0.05,
-            eval_examples: 512,
-            smoothing: 0.05,
-            zero_credit_at: 0.15,
-            full_credit_at: 0.4,
-        }
-    }
-}
-
-impl QualityConfig {
-    /// The credit multiplier of a smoothed quality.
-    pub fn multiplier(&self, smoothed: f64) -> f64 {
-        ((smoothed - self.zero_credit_at) / (self.full_credit_at - self.zero_credit_at)).clamp(0.0, 1.0)
-    }
-}
 
 /// The stream the round's evaluation batch is drawn from: keyed by the
 /// round's beacon (known only after the commit phase) and the round.

@@ -8,7 +8,7 @@ pub enum NodeError {
     #[error(transparent)]
     Config(#[from] crowdtrain_protocol::ConfigError),
     #[error(transparent)]
-    Identity(#[from] crowdtrain_protocol::IdentityError),
+    KeyFile(#[from] crate::files::KeyFileError),
     #[error(transparent)]
     Store(#[from] crowdtrain_store::StoreError),
     #[error(transparent)]

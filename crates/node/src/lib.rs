@@ -12,9 +12,12 @@
 //!   hash), train the assignment, upload the pseudo-gradient; retry with
 //!   backoff while the coordinator is away and say why when giving up.
 
+mod assignment;
 pub mod coordinator;
 mod error;
+pub mod files;
 pub mod replay;
 pub mod worker;
 
+pub use assignment::AssignedWork;
 pub use error::NodeError;

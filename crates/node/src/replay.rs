@@ -6,7 +6,9 @@ use crowdtrain_data::Dataset;
 use crowdtrain_protocol::wire::AuditReport;
 use crowdtrain_protocol::{Assignment, Digest};
 use crowdtrain_train::diloco::{replay, segment_range};
-use crowdtrain_train::{Model, TrainError, TrainState};
+use crowdtrain_train::{Encode, Model, TrainError, TrainState};
+
+use crate::AssignedWork;
 
 /// Replays segment `segment` of `assignment`'s work from `start` on the
 /// assigned shard (`shards` are the round's, in slot order) and reports
@@ -22,25 +24,16 @@ pub fn replay_segment(
     start: TrainState,
     base: &[f32],
 ) -> Result<AuditReport, TrainError> {
-    let (first, last) = segment_range(assignment.inner_steps, assignment.segments, segment);
+    let (first, last) = segment_range(assignment.recipe.inner_steps, assignment.segments, segment);
     let shard = shards.get(assignment.slot as usize).ok_or(TrainError::WrongLength {
         what: "shards",
         found: shards.len(),
         expected: assignment.slot as usize + 1,
     })?;
-    let end = replay(
-        model,
-        assignment.optimizer,
-        assignment.batch_size as usize,
-        dataset,
-        shard,
-        assignment.rng_key(),
-        start,
-        last - first,
-    )?;
+    let end = replay(model, &assignment.recipe, dataset, shard, assignment.rng_key(), start, last - first)?;
     let payload = if segment == assignment.segments {
         let update: Vec<f32> = base.iter().zip(&end.params).map(|(g, l)| g - l).collect();
-        Some(Digest::of(&assignment.codec.encode(&update)?))
+        Some(Digest::of(&assignment.recipe.codec.encode(&update)?))
     } else {
         None
     };

@@ -16,7 +16,9 @@ fn subset() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_download_resumes_and_a_corrupt_one_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RunConfig::parse(&format!("seed = 1\nrounds = 1\n[data]\ndir = {:?}\n", subset())).unwrap();
+    let config =
+        RunConfig::parse(&format!("rounds = 1\n[training]\nseed = 1\n[data]\ndir = {:?}\n", subset()))
+            .unwrap();
     let state = dir.path().join("state");
     let node = tokio::task::spawn_blocking(move || Node::open(config, &state)).await.unwrap().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -33,7 +35,7 @@ async fn a_partial_download_resumes_and_a_corrupt_one_is_replaced() {
     std::fs::write(&partial, &full[..half]).unwrap();
 
     let client = Client::new(&url, Identity::from_seed([1; 32]), Duration::from_secs(10)).unwrap();
-    let model = crowdtrain_train::ModelKind::Mlp.build();
+    let model = crowdtrain_train::build_model(crowdtrain_train::ModelKind::Mlp);
     let mut models = ModelCache::new(&cache, model.as_ref()).unwrap();
     assert_eq!(models.fetch(&client, &digest).await.unwrap(), full);
     assert_eq!(

@@ -25,9 +25,10 @@
 
 use std::collections::BTreeMap;
 
+pub use crowdtrain_recipe::segment_range;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{Digest, RoundId, WorkerId};
+use crate::ids::{Digest, RoundId, WorkerId};
 
 /// What a worker commits to before revealing anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,13 +136,6 @@ pub fn auditor(beacon: &Digest, worker: WorkerId, candidates: &[WorkerId]) -> Op
     Some(candidates[(word % candidates.len() as u64) as usize])
 }
 
-/// The steps of segment `segment` (1-based) of `steps` inner steps cut into
-/// `segments` segments: `[start, end)`. The training code's own definition,
-/// so that workers and auditors cut the same way.
-pub fn segment_steps(steps: u64, segments: u32, segment: u32) -> (u64, u64) {
-    crowdtrain_train::diloco::segment_range(steps, segments, segment)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +193,7 @@ mod tests {
         for (steps, segments) in [(50, 4), (8, 4), (7, 3), (1, 1)] {
             let mut next = 0;
             for segment in 1..=segments {
-                let (start, end) = segment_steps(steps, segments, segment);
+                let (start, end) = segment_range(steps, segments, segment);
                 assert_eq!(start, next);
                 assert!(end >= start);
                 next = end;

@@ -5,25 +5,26 @@
 //! the field, as `round.quorum`, so the operator knows what to fix.
 //!
 //! ```toml
-//! seed = 0          # initialisation, shards and batches derive from it
 //! rounds = 20       # aggregated rounds to run
 //!
-//! [model]
-//! kind = "mlp"      # or "cnn"
-//!
-//! [data]            # optional
-//! dir = "/usr/share/datasets/fashion-mnist"
-//! sharding = "iid"  # or "dirichlet", with dirichlet_alpha = 0.5
-//!
-//! [inner]           # each worker's local training, per round
-//! steps = 50
+//! [training]        # what every worker computes each round
+//! seed = 0          # initialisation, shards and batches derive from it
+//! model = "mlp"     # or "cnn"
+//! inner_steps = 50
 //! batch_size = 64
-//! lr = 0.001
 //! codec = "int8"    # pseudo-gradient encoding: "int8" or "f32"
+//! sharding = "iid"  # or "dirichlet:0.5"
+//! validation_fraction = 0.05  # held out of every shard; updates are scored on it
+//!
+//! [training.optimizer]  # the inner AdamW, fresh every round
+//! lr = 0.001
 //!
 //! [outer]           # the coordinator's Nesterov step
 //! lr = 0.7
 //! momentum = 0.9
+//!
+//! [data]            # optional
+//! dir = "/usr/share/datasets/fashion-mnist"
 //!
 //! [round]
 //! deadline_ms = 60000  # training: commitments are due by then
@@ -37,7 +38,7 @@
 //! [audit]           # proof-of-training
 //! probability = 0.1 # chance a submission's segment is replayed
 //! segments = 4
-//! stake = 32000     # >= inner.steps * inner.batch_size / probability
+//! stake = 32000     # >= inner_steps * batch_size / probability
 //! auditors = "coordinator"  # or "workers": delegate replays to workers
 //!
 //! [checks]          # on every submission, before aggregation
@@ -50,7 +51,6 @@
 //! iterations = 3           # clipping iterations (centered-clip only)
 //!
 //! [quality]         # held-out scoring: what turns verified work into credits
-//! validation_fraction = 0.05
 //! eval_examples = 512
 //! smoothing = 0.05
 //! zero_credit_at = 0.15
@@ -61,12 +61,10 @@
 //! max_upload_bytes = 67108864
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crowdtrain_data::Sharding;
-use crowdtrain_defense::aggregate::{DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, DEFAULT_TRIM};
-use crowdtrain_defense::{Aggregator, CheckConfig, QualityConfig};
-use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
+use crowdtrain_recipe::defense::{DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, DEFAULT_TRIM};
+use crowdtrain_recipe::{Aggregator, CheckConfig, DefenseConfig, Nesterov, QualityConfig, TrainingRecipe};
 use serde::{Deserialize, Serialize};
 
 /// A `run.toml` larger than this is not a configuration.
@@ -82,23 +80,21 @@ pub enum ConfigError {
     #[error("{0}")]
     Parse(String),
     #[error("invalid `{field}`: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
 }
 
 /// The whole run configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    pub seed: u64,
     pub rounds: u64,
+    /// What every worker computes each round.
+    pub training: TrainingRecipe,
+    /// The coordinator's outer step.
     #[serde(default)]
-    pub model: ModelSection,
+    pub outer: Nesterov,
     #[serde(default)]
     pub data: DataSection,
-    #[serde(default)]
-    pub inner: InnerSection,
-    #[serde(default)]
-    pub outer: OuterSection,
     #[serde(default)]
     pub round: RoundSection,
     #[serde(default)]
@@ -154,78 +150,14 @@ impl AggregationSection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    pub kind: ModelKind,
-}
-
-impl Default for ModelSection {
-    fn default() -> Self {
-        Self { kind: ModelKind::Mlp }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum ShardingKind {
-    #[default]
-    Iid,
-    Dirichlet,
-}
-
+/// Where the coordinator reads its data: its own business, never
+/// published (workers find the same data by its fingerprint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// Where the coordinator reads Fashion-MNIST (for evaluation and the
     /// data fingerprint); default as for every command.
     pub dir: Option<PathBuf>,
-    #[serde(default)]
-    pub sharding: ShardingKind,
-    pub dirichlet_alpha: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InnerSection {
-    pub steps: u64,
-    pub batch_size: usize,
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    pub codec: Codec,
-}
-
-impl Default for InnerSection {
-    fn default() -> Self {
-        let adamw = AdamW::default();
-        Self {
-            steps: 50,
-            batch_size: 64,
-            lr: adamw.lr,
-            beta1: adamw.beta1,
-            beta2: adamw.beta2,
-            eps: adamw.eps,
-            weight_decay: adamw.weight_decay,
-            codec: Codec::Int8,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OuterSection {
-    pub lr: f32,
-    pub momentum: f32,
-}
-
-impl Default for OuterSection {
-    fn default() -> Self {
-        let nesterov = Nesterov::default();
-        Self { lr: nesterov.lr, momentum: nesterov.momentum }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,20 +238,6 @@ impl Default for LimitsSection {
 }
 
 impl RunConfig {
-    /// Reads, parses and validates a `run.toml`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read_error = |source| ConfigError::Read { path: path.to_owned(), source };
-        let size = std::fs::metadata(path).map_err(read_error)?.len();
-        if size > CONFIG_BYTES_MAX {
-            return Err(ConfigError::TooLarge { path: path.to_owned(), size });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
-        Self::parse(&text).map_err(|error| match error {
-            ConfigError::Parse(message) => ConfigError::Parse(format!("{}: {message}", path.display())),
-            other => other,
-        })
-    }
-
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
@@ -330,40 +248,19 @@ impl RunConfig {
     /// Checks every constraint the run relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check("rounds", (1..=1_000_000).contains(&self.rounds), "must be between 1 and 1000000")?;
-        let inner = &self.inner;
-        check("inner.steps", (1..=1_000_000).contains(&inner.steps), "must be between 1 and 1000000")?;
-        check("inner.batch_size", (1..=8192).contains(&inner.batch_size), "must be between 1 and 8192")?;
-        check_positive("inner.lr", inner.lr)?;
-        check("inner.beta1", (0.0..1.0).contains(&inner.beta1), "must be in [0, 1)")?;
-        check("inner.beta2", (0.0..1.0).contains(&inner.beta2), "must be in [0, 1)")?;
-        check_positive("inner.eps", inner.eps)?;
+        let training = &self.training;
+        training.validate().map_err(|error| ConfigError::Invalid {
+            field: format!("training.{}", error.field),
+            reason: error.reason,
+        })?;
         check(
-            "inner.weight_decay",
-            inner.weight_decay.is_finite()
-                && inner.weight_decay >= 0.0
-                && inner.lr * inner.weight_decay < 1.0,
-            "must be finite, non-negative and below 1 / inner.lr",
+            "training.validation_fraction",
+            training.validation_fraction > 0.0,
+            "must be in (0, 0.5): updates are scored on this share of the training set, held out of every shard",
         )?;
-        check_positive("outer.lr", self.outer.lr)?;
-        check("outer.momentum", (0.0..1.0).contains(&self.outer.momentum), "must be in [0, 1)")?;
-        match (self.data.sharding, self.data.dirichlet_alpha) {
-            (ShardingKind::Iid, Some(_)) => {
-                return Err(invalid(
-                    "data.dirichlet_alpha",
-                    "only applies with data.sharding = \"dirichlet\"",
-                ));
-            }
-            (ShardingKind::Dirichlet, None) => {
-                return Err(invalid(
-                    "data.dirichlet_alpha",
-                    "is required with data.sharding = \"dirichlet\"",
-                ));
-            }
-            (ShardingKind::Dirichlet, Some(alpha)) => {
-                check("data.dirichlet_alpha", alpha.is_finite() && alpha > 0.0, "must be positive")?
-            }
-            (ShardingKind::Iid, None) => {}
-        }
+        self.outer
+            .validate()
+            .map_err(|error| ConfigError::Invalid { field: error.field.into(), reason: error.reason })?;
         let round = &self.round;
         let day_ms = 24 * 60 * 60 * 1000;
         check(
@@ -396,17 +293,19 @@ impl RunConfig {
         check("audit.probability", (0.0..=1.0).contains(&audit.probability), "must be between 0 and 1")?;
         check(
             "audit.segments",
-            audit.segments >= 1 && u64::from(audit.segments) <= inner.steps,
-            "must be between 1 and inner.steps",
+            audit.segments >= 1 && u64::from(audit.segments) <= training.inner_steps,
+            "must be between 1 and training.inner_steps",
         )?;
         if audit.probability > 0.0 {
-            let minimum = (self.work_units() as f64 / audit.probability).ceil() as u64;
+            let minimum = (training.work_units() as f64 / audit.probability).ceil() as u64;
             check(
                 "audit.stake",
                 audit.stake >= minimum,
                 &format!(
-                    "must be at least the work of a submission ({} units: inner.steps x inner.batch_size) divided                      by audit.probability, i.e. {minimum}; with less, skipping work pays off in expectation",
-                    self.work_units()
+                    "must be at least the work of a submission ({} units: training.inner_steps x \
+                     training.batch_size) divided by audit.probability, i.e. {minimum}; with less, skipping \
+                     work pays off in expectation",
+                    training.work_units()
                 ),
             )?;
         }
@@ -435,19 +334,10 @@ impl RunConfig {
             }
         }
         aggregation.aggregator().validate().map_err(|(parameter, reason)| ConfigError::Invalid {
-            field: match parameter {
-                "trim" => "aggregation.trim",
-                "momentum" => "aggregation.momentum",
-                _ => "aggregation.iterations",
-            },
+            field: format!("aggregation.{parameter}"),
             reason: reason.to_owned(),
         })?;
         let quality = &self.quality;
-        check(
-            "quality.validation_fraction",
-            quality.validation_fraction > 0.0 && quality.validation_fraction < 0.5,
-            "must be in (0, 0.5): updates are scored on this share of the training set, held out of every shard",
-        )?;
         check(
             "quality.eval_examples",
             (1..=1_000_000).contains(&quality.eval_examples),
@@ -486,33 +376,11 @@ impl RunConfig {
 
     /// Work units of one submission: the samples its inner steps process.
     pub fn work_units(&self) -> u64 {
-        self.inner.steps * self.inner.batch_size as u64
+        self.training.work_units()
     }
 
-    pub fn sharding(&self) -> Sharding {
-        match (self.data.sharding, self.data.dirichlet_alpha) {
-            (ShardingKind::Dirichlet, Some(alpha)) => Sharding::Dirichlet { alpha },
-            _ => Sharding::Iid,
-        }
-    }
-
-    pub fn inner_optimizer(&self) -> AdamW {
-        let inner = &self.inner;
-        AdamW {
-            lr: inner.lr,
-            beta1: inner.beta1,
-            beta2: inner.beta2,
-            eps: inner.eps,
-            weight_decay: inner.weight_decay,
-        }
-    }
-
-    pub fn outer_optimizer(&self) -> Nesterov {
-        Nesterov { lr: self.outer.lr, momentum: self.outer.momentum }
-    }
-
-    pub fn defense(&self) -> crowdtrain_defense::DefenseConfig {
-        crowdtrain_defense::DefenseConfig {
+    pub fn defense(&self) -> DefenseConfig {
+        DefenseConfig {
             checks: self.checks,
             aggregator: self.aggregation.aggregator(),
             quality: self.quality,
@@ -520,35 +388,32 @@ impl RunConfig {
     }
 }
 
-fn invalid(field: &'static str, reason: &str) -> ConfigError {
-    ConfigError::Invalid { field, reason: reason.to_owned() }
+fn invalid(field: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid { field: field.to_owned(), reason: reason.to_owned() }
 }
 
 fn check(field: &'static str, ok: bool, reason: &str) -> Result<(), ConfigError> {
     if ok { Ok(()) } else { Err(invalid(field, reason)) }
 }
 
-fn check_positive(field: &'static str, value: f32) -> Result<(), ConfigError> {
-    check(field, value.is_finite() && value > 0.0, "must be a positive finite number")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crowdtrain_recipe::{AdamW, Codec, ModelKind, Sharding};
 
-    const MINIMAL: &str = "seed = 3\nrounds = 5\n";
+    const MINIMAL: &str = "rounds = 5\n[training]\nseed = 3\n";
 
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let config = RunConfig::parse(MINIMAL).unwrap();
-        assert_eq!(config.seed, 3);
-        assert_eq!(config.model.kind, ModelKind::Mlp);
-        assert_eq!(config.inner.steps, 50);
-        assert_eq!(config.inner.codec, Codec::Int8);
-        assert_eq!(config.outer_optimizer(), Nesterov::default());
-        assert_eq!(config.inner_optimizer(), AdamW::default());
-        assert_eq!(config.sharding(), Sharding::Iid);
-        assert_eq!(config.defense(), crowdtrain_defense::DefenseConfig::default());
+        assert_eq!(config.training, TrainingRecipe::with_seed(3));
+        assert_eq!(config.training.model, ModelKind::Mlp);
+        assert_eq!(config.training.inner_steps, 50);
+        assert_eq!(config.training.codec, Codec::Int8);
+        assert_eq!(config.training.optimizer, AdamW::default());
+        assert_eq!(config.training.sharding, Sharding::Iid);
+        assert_eq!(config.outer, Nesterov::default());
+        assert_eq!(config.defense(), DefenseConfig::default());
     }
 
     #[test]
@@ -569,7 +434,7 @@ mod tests {
     #[test]
     fn the_example_file_spells_out_exactly_the_defaults() {
         let mut example = RunConfig::parse(include_str!("../../../examples/run.toml")).unwrap();
-        let defaults = RunConfig::parse("seed = 0\nrounds = 20\n").unwrap();
+        let defaults = RunConfig::parse("rounds = 20\n[training]\nseed = 0\n").unwrap();
         // The example names the rule's parameters; the defaults leave them out.
         assert_eq!(example.aggregation.aggregator(), defaults.aggregation.aggregator());
         example.aggregation = defaults.aggregation.clone();
@@ -578,7 +443,7 @@ mod tests {
 
     fn error_field(text: &str) -> String {
         match RunConfig::parse(text).unwrap_err() {
-            ConfigError::Invalid { field, .. } => field.to_owned(),
+            ConfigError::Invalid { field, .. } => field,
             ConfigError::Parse(message) => message,
             other => panic!("unexpected {other}"),
         }
@@ -587,48 +452,56 @@ mod tests {
     #[test]
     fn every_invalid_value_names_its_field() {
         let cases = [
-            ("seed = 1\nrounds = 0\n", "rounds"),
-            ("seed = 1\nrounds = 1\n[inner]\nsteps = 0\n", "inner.steps"),
-            ("seed = 1\nrounds = 1\n[inner]\nbatch_size = 0\n", "inner.batch_size"),
-            ("seed = 1\nrounds = 1\n[inner]\nlr = -1.0\n", "inner.lr"),
-            ("seed = 1\nrounds = 1\n[inner]\nlr = nan\n", "inner.lr"),
-            ("seed = 1\nrounds = 1\n[inner]\nbeta1 = 1.0\n", "inner.beta1"),
-            ("seed = 1\nrounds = 1\n[outer]\nmomentum = 1.5\n", "outer.momentum"),
-            ("seed = 1\nrounds = 1\n[outer]\nlr = 0.0\n", "outer.lr"),
-            ("seed = 1\nrounds = 1\n[round]\nquorum = 0\n", "round.quorum"),
-            ("seed = 1\nrounds = 1\n[round]\ndeadline_ms = 5\n", "round.deadline_ms"),
+            ("rounds = 0\n[training]\nseed = 1\n", "rounds"),
+            ("rounds = 1\n[training]\nseed = 1\ninner_steps = 0\n", "training.inner_steps"),
+            ("rounds = 1\n[training]\nseed = 1\nbatch_size = 0\n", "training.batch_size"),
+            ("rounds = 1\n[training]\nseed = 1\n[training.optimizer]\nlr = -1.0\n", "training.optimizer.lr"),
+            ("rounds = 1\n[training]\nseed = 1\n[training.optimizer]\nlr = nan\n", "training.optimizer.lr"),
             (
-                "seed = 1\nrounds = 1\n[round]\nmin_workers = 9\n[limits]\nmax_workers = 4\n",
+                "rounds = 1\n[training]\nseed = 1\n[training.optimizer]\nbeta1 = 1.0\n",
+                "training.optimizer.beta1",
+            ),
+            ("rounds = 1\n[training]\nseed = 1\nvalidation_fraction = 0.0\n", "training.validation_fraction"),
+            ("rounds = 1\n[training]\nseed = 1\nsharding = \"dirichlet:-2\"\n", "training.sharding"),
+            ("rounds = 1\n[training]\nseed = 1\n[outer]\nmomentum = 1.5\n", "outer.momentum"),
+            ("rounds = 1\n[training]\nseed = 1\n[outer]\nlr = 0.0\n", "outer.lr"),
+            ("rounds = 1\n[training]\nseed = 1\n[round]\nquorum = 0\n", "round.quorum"),
+            ("rounds = 1\n[training]\nseed = 1\n[round]\ndeadline_ms = 5\n", "round.deadline_ms"),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[round]\nmin_workers = 9\n[limits]\nmax_workers = 4\n",
                 "round.min_workers",
             ),
-            ("seed = 1\nrounds = 1\n[data]\nsharding = \"dirichlet\"\n", "data.dirichlet_alpha"),
             (
-                "seed = 1\nrounds = 1\n[data]\nsharding = \"dirichlet\"\ndirichlet_alpha = -2.0\n",
-                "data.dirichlet_alpha",
+                "rounds = 1\n[training]\nseed = 1\n[limits]\nmax_upload_bytes = 10\n",
+                "limits.max_upload_bytes",
             ),
-            ("seed = 1\nrounds = 1\n[limits]\nmax_upload_bytes = 10\n", "limits.max_upload_bytes"),
-            ("seed = 1\nrounds = 1\n[round]\nworker_timeout_ms = 5000\n", "round.worker_timeout_ms"),
-            ("seed = 1\nrounds = 1\n[audit]\nprobability = 1.5\n", "audit.probability"),
-            ("seed = 1\nrounds = 1\n[audit]\nsegments = 51\n", "audit.segments"),
-            ("seed = 1\nrounds = 1\n[audit]\nstake = 31999\n", "audit.stake"),
-            ("seed = 1\nrounds = 1\n[audit]\nprobability = 0.5\nstake = 6399\n", "audit.stake"),
-            ("seed = 1\nrounds = 1\n[checks]\nnorm_factor = 0.5\n", "checks.norm_factor"),
-            ("seed = 1\nrounds = 1\n[checks]\nduplicate_cosine = 1.5\n", "checks.duplicate_cosine"),
-            ("seed = 1\nrounds = 1\n[aggregation]\ntrim = 0.1\n", "aggregation.trim"),
             (
-                "seed = 1\nrounds = 1\n[aggregation]\nrule = \"trimmed-mean\"\ntrim = 0.6\n",
+                "rounds = 1\n[training]\nseed = 1\n[round]\nworker_timeout_ms = 5000\n",
+                "round.worker_timeout_ms",
+            ),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 1.5\n", "audit.probability"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nsegments = 51\n", "audit.segments"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nstake = 31999\n", "audit.stake"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 0.5\nstake = 6399\n", "audit.stake"),
+            ("rounds = 1\n[training]\nseed = 1\n[checks]\nnorm_factor = 0.5\n", "checks.norm_factor"),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[checks]\nduplicate_cosine = 1.5\n",
+                "checks.duplicate_cosine",
+            ),
+            ("rounds = 1\n[training]\nseed = 1\n[aggregation]\ntrim = 0.1\n", "aggregation.trim"),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[aggregation]\nrule = \"trimmed-mean\"\ntrim = 0.6\n",
                 "aggregation.trim",
             ),
             (
-                "seed = 1\nrounds = 1\n[aggregation]\nrule = \"mean\"\nmomentum = 0.5\n",
+                "rounds = 1\n[training]\nseed = 1\n[aggregation]\nrule = \"mean\"\nmomentum = 0.5\n",
                 "aggregation.momentum",
             ),
-            ("seed = 1\nrounds = 1\n[aggregation]\nmomentum = 1.0\n", "aggregation.momentum"),
-            ("seed = 1\nrounds = 1\n[aggregation]\niterations = 0\n", "aggregation.iterations"),
-            ("seed = 1\nrounds = 1\n[quality]\nvalidation_fraction = 0.0\n", "quality.validation_fraction"),
-            ("seed = 1\nrounds = 1\n[quality]\neval_examples = 0\n", "quality.eval_examples"),
-            ("seed = 1\nrounds = 1\n[quality]\nsmoothing = 0.0\n", "quality.smoothing"),
-            ("seed = 1\nrounds = 1\n[quality]\nfull_credit_at = 0.1\n", "quality.full_credit_at"),
+            ("rounds = 1\n[training]\nseed = 1\n[aggregation]\nmomentum = 1.0\n", "aggregation.momentum"),
+            ("rounds = 1\n[training]\nseed = 1\n[aggregation]\niterations = 0\n", "aggregation.iterations"),
+            ("rounds = 1\n[training]\nseed = 1\n[quality]\neval_examples = 0\n", "quality.eval_examples"),
+            ("rounds = 1\n[training]\nseed = 1\n[quality]\nsmoothing = 0.0\n", "quality.smoothing"),
+            ("rounds = 1\n[training]\nseed = 1\n[quality]\nfull_credit_at = 0.1\n", "quality.full_credit_at"),
         ];
         for (text, field) in cases {
             assert_eq!(error_field(text), field, "{text}");
@@ -637,25 +510,19 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_kinds_are_parse_errors_that_name_them() {
-        let message = error_field("seed = 1\nrounds = 1\n[round]\nqorum = 2\n");
+        let message = error_field("rounds = 1\n[training]\nseed = 1\n[round]\nqorum = 2\n");
         assert!(message.contains("qorum"), "{message}");
-        let message = error_field("seed = 1\nrounds = 1\n[model]\nkind = \"transformer\"\n");
+        let message = error_field("rounds = 1\n[training]\nseed = 1\nmodel = \"transformer\"\n");
         assert!(message.contains("transformer"), "{message}");
-        let message = error_field("rounds = 1\n");
+        let message = error_field("rounds = 1\n[training]\ninner_steps = 3\n");
         assert!(message.contains("seed"), "{message}");
-        let message = error_field("seed = 1\nrounds = 1\n[aggregation]\nrule = \"krum\"\n");
+        let message = error_field("rounds = 1\n");
+        assert!(message.contains("training"), "{message}");
+        let message = error_field("rounds = 1\n[training]\nseed = 1\n[aggregation]\nrule = \"krum\"\n");
         assert!(message.contains("krum"), "{message}");
-        let message = error_field("seed = 1\nrounds = 1\n[quality]\nsmoothness = 0.1\n");
+        let message = error_field("rounds = 1\n[training]\nseed = 1\n[quality]\nsmoothness = 0.1\n");
         assert!(message.contains("smoothness"), "{message}");
-    }
-
-    #[test]
-    fn oversized_files_are_refused_before_parsing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run.toml");
-        std::fs::write(&path, " ".repeat(CONFIG_BYTES_MAX as usize + 1)).unwrap();
-        assert!(matches!(RunConfig::load(&path), Err(ConfigError::TooLarge { .. })));
-        let error = RunConfig::load(&dir.path().join("missing.toml")).unwrap_err();
-        assert!(error.to_string().contains("missing.toml"), "{error}");
+        let message = error_field("rounds = 1\n[training]\nseed = 1\n[quality]\nvalidation_fraction = 0.1\n");
+        assert!(message.contains("validation_fraction"), "moved to [training]: {message}");
     }
 }

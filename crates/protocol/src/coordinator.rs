@@ -92,10 +92,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crowdtrain_recipe::TrainingRecipe;
+
 use crate::audit::{self, Commitment};
 use crate::config::RunConfig;
 use crate::identity::PublicKey;
-use crate::wire::{Assignment, Digest, ErrorCode, Phase, RoundId, RoundView, WorkerId};
+use crate::ids::{Digest, RoundId, WorkerId};
+use crate::wire::{Assignment, ErrorCode, Phase, RoundView};
 
 /// Why a malformed committed update does not count.
 const MALFORMED: &str = "its committed update is malformed";
@@ -119,10 +122,10 @@ pub struct Settings {
     pub audit_probability: f64,
     pub segments: u32,
     pub stake: u64,
-    /// Credit for one accepted submission.
-    pub work_units: u64,
     /// Replays are delegated to workers of the same determinism class.
     pub delegate_audits: bool,
+    /// What every participant computes: copied into each assignment.
+    pub recipe: TrainingRecipe,
 }
 
 impl Settings {
@@ -140,9 +143,15 @@ impl Settings {
             audit_probability: config.audit.probability,
             segments: config.audit.segments,
             stake: config.audit.stake,
-            work_units: config.work_units(),
             delegate_audits: config.audit.auditors == crate::config::Auditors::Workers,
+            recipe: config.training.clone(),
         }
+    }
+
+    /// Credit for one accepted submission: the examples its inner steps
+    /// process.
+    pub fn work_units(&self) -> u64 {
+        self.recipe.work_units()
     }
 
     /// Active workers needed to open a round: the run starts with
@@ -465,6 +474,7 @@ impl OpenRound {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Opened {
     run_id: Digest,
+    settings: Settings,
     completed_rounds: u64,
     round: OpenRound,
     provisional: bool,
@@ -476,9 +486,9 @@ impl Opened {
     }
 
     /// What [`Coordinator::view`] shows `worker` of the round.
-    pub fn view(&self, worker: Option<WorkerId>, template: &AssignmentTemplate) -> RoundView {
+    pub fn view(&self, worker: Option<WorkerId>) -> RoundView {
         let round = &self.round;
-        let assignment = worker.and_then(|worker| template.assignment(self.run_id, round, worker));
+        let assignment = worker.and_then(|worker| assignment(&self.settings, self.run_id, round, worker));
         RoundView {
             run_id: self.run_id,
             phase: Phase::Committing,
@@ -554,6 +564,15 @@ impl RoundState {
             Self::Open => "open",
             Self::Closed => "closed",
             Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(Self::Open),
+            "closed" => Some(Self::Closed),
+            "failed" => Some(Self::Failed),
+            _ => None,
         }
     }
 }
@@ -785,8 +804,8 @@ impl Coordinator {
     }
 
     /// The assignment of `worker` in the open round, if it has one.
-    pub fn assignment(&self, worker: WorkerId, template: &AssignmentTemplate) -> Option<Assignment> {
-        template.assignment(self.run_id, self.open.as_ref()?, worker)
+    pub fn assignment(&self, worker: WorkerId) -> Option<Assignment> {
+        assignment(&self.settings, self.run_id, self.open.as_ref()?, worker)
     }
 
     /// The round open provisionally while the open round's last audits are
@@ -808,6 +827,7 @@ impl Coordinator {
         let untouched = round.standings.values().all(|standing| *standing == Standing::default());
         untouched.then(|| Opened {
             run_id: self.run_id,
+            settings: self.settings.clone(),
             completed_rounds: self.completed_rounds,
             round: round.clone(),
             provisional,
@@ -817,9 +837,9 @@ impl Coordinator {
     /// The round as `worker` sees it: the provisional round, once there is
     /// one, since all the open round still awaits is the driver's own
     /// replays (no delegated audit task is pending then).
-    pub fn view(&self, worker: Option<WorkerId>, template: &AssignmentTemplate) -> RoundView {
+    pub fn view(&self, worker: Option<WorkerId>) -> RoundView {
         if self.provisional_round().is_some() {
-            return self.opened().expect("nobody commits to a provisional round").view(worker, template);
+            return self.opened().expect("nobody commits to a provisional round").view(worker);
         }
         let open = self.open.as_ref();
         let standing = open.zip(worker).and_then(|(round, worker)| round.standings.get(&worker));
@@ -833,7 +853,7 @@ impl Coordinator {
             deadline_unix_ms: open.map(OpenRound::deadline_ms),
             secret_commitment: open.map(|round| round.secret_commitment),
             secret: open.and_then(|round| round.secret).map(crate::wire::Secret),
-            assignment: worker.and_then(|worker| self.assignment(worker, template)),
+            assignment: worker.and_then(|worker| self.assignment(worker)),
             committed: standing.is_some_and(|standing| standing.commitment.is_some()),
             revealed: standing
                 .is_some_and(|standing| standing.revealed.is_some() || standing.rejected.is_some()),
@@ -1409,7 +1429,7 @@ impl Coordinator {
             closed_unix_ms: now,
         });
         for worker in credited {
-            self.actions.push_back(Action::CreditWork { round, worker, units: self.settings.work_units });
+            self.actions.push_back(Action::CreditWork { round, worker, units: self.settings.work_units() });
         }
         if self.completed_rounds >= self.settings.rounds {
             self.finished = true;
@@ -1892,57 +1912,20 @@ fn past_round(open: &OpenRound) -> PastRound {
     }
 }
 
-/// The parts of an [`Assignment`] that come from the run configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AssignmentTemplate {
-    pub seed: u64,
-    pub inner_steps: u64,
-    pub batch_size: u64,
-    pub optimizer: crowdtrain_train::AdamW,
-    pub codec: crowdtrain_train::Codec,
-    pub sharding: crate::config::ShardingKind,
-    pub dirichlet_alpha: Option<f64>,
-    pub segments: u32,
-    pub validation_fraction: f64,
-}
-
-impl AssignmentTemplate {
-    pub fn from_config(config: &RunConfig) -> Self {
-        Self {
-            seed: config.seed,
-            inner_steps: config.inner.steps,
-            batch_size: config.inner.batch_size as u64,
-            optimizer: config.inner_optimizer(),
-            codec: config.inner.codec,
-            sharding: config.data.sharding,
-            dirichlet_alpha: config.data.dirichlet_alpha,
-            segments: config.audit.segments,
-            validation_fraction: config.quality.validation_fraction,
-        }
-    }
-
-    /// `worker`'s assignment in `open`, if it is a participant (its
-    /// position is its slot).
-    fn assignment(&self, run_id: Digest, open: &OpenRound, worker: WorkerId) -> Option<Assignment> {
-        let slot = open.participants.iter().position(|&participant| participant == worker)?;
-        Some(Assignment {
-            run_id,
-            round: open.id,
-            worker,
-            slot: slot as u32,
-            slots: open.participants.len() as u32,
-            base_model: open.base_model,
-            seed: self.seed,
-            inner_steps: self.inner_steps,
-            batch_size: self.batch_size,
-            optimizer: self.optimizer,
-            codec: self.codec,
-            sharding: self.sharding,
-            dirichlet_alpha: self.dirichlet_alpha,
-            segments: self.segments,
-            validation_fraction: self.validation_fraction,
-        })
-    }
+/// `worker`'s assignment in `open`, if it is a participant (its position
+/// is its slot).
+fn assignment(settings: &Settings, run_id: Digest, open: &OpenRound, worker: WorkerId) -> Option<Assignment> {
+    let slot = open.participants.iter().position(|&participant| participant == worker)?;
+    Some(Assignment {
+        run_id,
+        round: open.id,
+        worker,
+        slot: slot as u32,
+        slots: open.participants.len() as u32,
+        base_model: open.base_model,
+        recipe: settings.recipe.clone(),
+        segments: settings.segments,
+    })
 }
 
 /// The segment of `worker`'s round-`round` work its commitment draws for

@@ -1,35 +1,11 @@
-//! Ed25519 identities: key files, signatures, and the domain separation
-//! that keeps a signature for one purpose from being valid for another.
-//!
-//! A key file is two lines of text, a header and the 32-byte secret seed in
-//! hex, created with mode 0600 and refused if anyone but its owner can
-//! read it (as ssh does): a leaked worker key lets anyone submit in its name.
+//! Ed25519 identities: keys, signatures, and the domain separation that
+//! keeps a signature for one purpose from being valid for another. Key
+//! files are the node's (`crowdtrain_node::files`).
 
 use std::fmt;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-
-const KEY_FILE_HEADER: &str = "crowdtrain ed25519 secret key v1";
-
-/// Why a key could not be created, read or used.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("could not write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} already exists; refusing to overwrite a key")]
-    Exists { path: PathBuf },
-    #[error("could not read key file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a crowdtrain key file: {reason}")]
-    Malformed { path: PathBuf, reason: &'static str },
-    #[error("{path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`")]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error("the operating system's random number generator failed: {0}")]
-    Entropy(String),
-}
 
 /// A public key, shown and parsed as 64 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -140,16 +116,16 @@ impl fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// A fresh key from the operating system's randomness.
-    pub fn generate() -> Result<Self, IdentityError> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|error| IdentityError::Entropy(error.to_string()))?;
-        Ok(Self::from_seed(seed))
-    }
-
-    /// A key from a known seed (for tests and simulations only).
+    /// The key of a 32-byte secret seed. Where the seed comes from (the
+    /// OS's randomness for a real key, a constant in tests and
+    /// simulations) is the caller's business: this crate does no I/O.
     pub fn from_seed(seed: [u8; 32]) -> Self {
         Self { key: SigningKey::from_bytes(&seed) }
+    }
+
+    /// The secret seed, for writing the key to its file.
+    pub fn seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -159,49 +135,6 @@ impl Identity {
     /// Signs `message` in `domain`.
     pub fn sign(&self, domain: &str, message: &[u8]) -> SignatureBytes {
         SignatureBytes(self.key.sign(&domain_message(domain, message)).to_bytes())
-    }
-
-    /// Writes the key to a new file with mode 0600; never overwrites.
-    pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
-        let write_error = |source| IdentityError::Write { path: path.to_owned(), source };
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => IdentityError::Exists { path: path.to_owned() },
-            _ => write_error(source),
-        })?;
-        writeln!(file, "{KEY_FILE_HEADER}\n{}", hex::encode(self.key.to_bytes())).map_err(write_error)?;
-        file.sync_all().map_err(write_error)
-    }
-
-    /// Reads a key file written by [`Identity::save`].
-    pub fn load(path: &Path) -> Result<Self, IdentityError> {
-        let read_error = |source| IdentityError::Read { path: path.to_owned(), source };
-        let metadata = std::fs::metadata(path).map_err(read_error)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = metadata.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(IdentityError::Permissions { path: path.to_owned(), mode });
-            }
-        }
-        let malformed = |reason| IdentityError::Malformed { path: path.to_owned(), reason };
-        if metadata.len() > 4096 {
-            return Err(malformed("too large"));
-        }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
-        let mut lines = text.lines();
-        if lines.next() != Some(KEY_FILE_HEADER) {
-            return Err(malformed("missing header line"));
-        }
-        let mut seed = [0u8; 32];
-        let body = lines.next().ok_or_else(|| malformed("missing key line"))?;
-        hex::decode_to_slice(body.trim(), &mut seed)
-            .map_err(|_| malformed("the key line is not 64 hex digits"))?;
-        Ok(Self::from_seed(seed))
     }
 }
 
@@ -230,36 +163,6 @@ mod tests {
         let mut flipped = signature;
         flipped.0[10] ^= 1;
         assert_eq!(alice.public_key().verify("greeting", b"hello", &flipped), Err(BadSignature));
-    }
-
-    #[test]
-    fn key_files_round_trip_with_private_permissions_and_are_never_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("worker.key");
-        let identity = Identity::generate().unwrap();
-        identity.save(&path).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        }
-        assert_eq!(Identity::load(&path).unwrap().public_key(), identity.public_key());
-        assert!(matches!(Identity::generate().unwrap().save(&path), Err(IdentityError::Exists { .. })));
-        assert_eq!(Identity::load(&path).unwrap().public_key(), identity.public_key());
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn readable_or_malformed_key_files_are_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("worker.key");
-        Identity::generate().unwrap().save(&path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(Identity::load(&path), Err(IdentityError::Permissions { mode: 0o644, .. })));
-        std::fs::write(&path, "not a key\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(Identity::load(&path), Err(IdentityError::Malformed { .. })));
     }
 
     #[test]

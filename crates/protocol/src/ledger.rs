@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::Commitment;
 use crate::coordinator::{Recorded, Verdict};
 use crate::identity::{Identity, PublicKey, SignatureBytes};
-use crate::wire::{Digest, RoundId, WorkerId};
+use crate::ids::{Digest, RoundId, WorkerId};
 
 const ENTRY_CONTEXT: &str = "crowdtrain 2026-11 ledger entry v1";
 const SIGNATURE_DOMAIN: &str = "crowdtrain/ledger/v1";

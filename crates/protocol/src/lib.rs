@@ -1,11 +1,15 @@
-//! The crowdtrain protocol, without any I/O.
+//! The crowdtrain protocol, without any I/O: no files, no clock, no
+//! sockets, no OS randomness, and no training code. It depends on the plain
+//! types of `crowdtrain-recipe` and on hashing, signing and serialisation
+//! crates only.
 //!
 //! # Brief overview
 //!
 //! - [`RunConfig`] is `run.toml`: parsed strictly, validated with errors
 //!   that name the field.
+//! - [`ids`] names things: [`Digest`], [`WorkerId`], [`RoundId`].
 //! - [`Identity`] and [`PublicKey`] are ed25519 keys with domain-separated
-//!   signatures; key files are private (mode 0600) or refused.
+//!   signatures (key files are the node's).
 //! - [`wire`] holds what crosses the network: request authentication
 //!   ([`RequestAuth`]), the values the coordinator signs ([`Signed`]:
 //!   run description, round views with assignments, receipts), and the JSON
@@ -22,6 +26,7 @@ pub mod audit;
 pub mod config;
 pub mod coordinator;
 pub mod identity;
+pub mod ids;
 pub mod ledger;
 pub mod merkle;
 pub mod wire;
@@ -29,8 +34,9 @@ pub mod wire;
 pub use audit::Commitment;
 pub use config::{ConfigError, RunConfig};
 pub use coordinator::{
-    Action, Aggregated, AssignmentTemplate, Coordinator, Opened, Outcome, Recorded, Refusal, Settings,
-    Snapshot, Verdict,
+    Action, Aggregated, Coordinator, Opened, Outcome, Recorded, Refusal, Settings, Snapshot, Verdict,
 };
-pub use identity::{Identity, IdentityError, PublicKey};
-pub use wire::{Assignment, Digest, RequestAuth, RoundId, RoundView, Signed, WorkerId};
+pub use crowdtrain_recipe::TrainingRecipe;
+pub use identity::{Identity, PublicKey};
+pub use ids::{Digest, RoundId, WorkerId};
+pub use wire::{Assignment, RequestAuth, RoundView, Signed};

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::Digest;
+use crate::ids::Digest;
 
 const LEAF_CONTEXT: &str = "crowdtrain 2026-11 merkle leaf v1";
 const NODE_CONTEXT: &str = "crowdtrain 2026-11 merkle node v1";

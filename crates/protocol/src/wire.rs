@@ -18,12 +18,13 @@
 
 use std::fmt;
 
-use crowdtrain_train::{AdamW, Codec};
+use crowdtrain_recipe::TrainingRecipe;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RunConfig, ShardingKind};
+use crate::config::RunConfig;
 use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
+pub use crate::ids::{Digest, RoundId, WorkerId};
 
 /// Bumped on any incompatible change to messages or training semantics.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -35,69 +36,6 @@ const REQUEST_DOMAIN: &str = "crowdtrain/request/v1";
 
 /// The longest the coordinator holds a round long poll open.
 pub const LONG_POLL_MS_MAX: u64 = 30_000;
-
-/// A 32-byte BLAKE3 digest, as 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(*blake3::hash(bytes).as_bytes())
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", &self.to_hex()[..16])
-    }
-}
-
-impl From<Digest> for String {
-    fn from(digest: Digest) -> Self {
-        digest.to_hex()
-    }
-}
-
-impl TryFrom<String> for Digest {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        text.parse()
-    }
-}
-
-impl std::str::FromStr for Digest {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).map_err(|_| "a digest is 64 hex digits".to_owned())?;
-        Ok(Self(bytes))
-    }
-}
-
-/// A worker's number in this run, given at registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct WorkerId(pub u64);
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "w{}", self.0)
-    }
-}
-
-/// Round numbers count from 0 and never repeat.
-pub type RoundId = u64;
 
 /// The authentication a worker attaches to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,46 +169,10 @@ pub struct Assignment {
     /// How many participants, hence how many shards, this round has.
     pub slots: u32,
     pub base_model: Digest,
-    pub seed: u64,
-    pub inner_steps: u64,
-    pub batch_size: u64,
-    pub optimizer: AdamW,
-    pub codec: Codec,
-    pub sharding: ShardingKind,
-    pub dirichlet_alpha: Option<f64>,
+    /// What to compute: the run's training recipe.
+    pub recipe: TrainingRecipe,
     /// Segments the inner steps are cut into for commitments and audits.
     pub segments: u32,
-    /// Share of the training set held out of every shard (the coordinator
-    /// scores updates on it).
-    pub validation_fraction: f64,
-}
-
-impl Assignment {
-    pub fn sharding(&self) -> crowdtrain_data::Sharding {
-        match (self.sharding, self.dirichlet_alpha) {
-            (ShardingKind::Dirichlet, Some(alpha)) => crowdtrain_data::Sharding::Dirichlet { alpha },
-            _ => crowdtrain_data::Sharding::Iid,
-        }
-    }
-
-    /// Every participant's shard of `labels` for this round (slot order):
-    /// exactly what the simulation with the same settings uses.
-    pub fn shards(&self, labels: &[u8]) -> Result<Vec<Vec<u32>>, crowdtrain_train::TrainError> {
-        crowdtrain_train::diloco::shards(
-            labels,
-            self.slots as usize,
-            self.batch_size as usize,
-            self.sharding(),
-            self.validation_fraction,
-            self.seed,
-        )
-    }
-
-    /// The key of this assignment's random streams (the step coordinate is
-    /// filled in per step).
-    pub fn rng_key(&self) -> crowdtrain_data::RngKey {
-        crowdtrain_data::RngKey::new(self.seed, self.round, u64::from(self.slot), 0)
-    }
 }
 
 /// Where the run stands.
@@ -396,6 +298,66 @@ pub enum Stage {
     AuditReport,
 }
 
+/// What became of what a receipt acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiptStatus {
+    /// A commitment or reveal in time for its phase.
+    Accepted,
+    /// A commitment or reveal after its phase: kept, never counted.
+    Late,
+    /// A reveal that does not hash to its commitment (recorded and slashed).
+    Mismatch,
+    /// A reveal that is the committed update but not a valid one.
+    Malformed,
+    /// An audit answer whose proofs hold: the coordinator replays it now.
+    Replaying,
+    /// An audit answer whose proofs hold, handed to a delegated auditor.
+    Delegated,
+    /// An audit answer whose proofs do not hold: the audit failed.
+    Failed,
+    /// A delegated auditor's report that agrees with the commitment.
+    Agreed,
+    /// A delegated auditor's report that disagrees: the coordinator
+    /// replayed the segment itself, and its verdict stands.
+    #[serde(rename = "re-checked")]
+    Rechecked,
+}
+
+impl ReceiptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Late => "late",
+            Self::Mismatch => "mismatch",
+            Self::Malformed => "malformed",
+            Self::Replaying => "replaying",
+            Self::Delegated => "delegated",
+            Self::Failed => "failed",
+            Self::Agreed => "agreed",
+            Self::Rechecked => "re-checked",
+        }
+    }
+}
+
+impl fmt::Display for ReceiptStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<crate::coordinator::Recorded> for ReceiptStatus {
+    fn from(recorded: crate::coordinator::Recorded) -> Self {
+        use crate::coordinator::Recorded;
+        match recorded {
+            Recorded::Accepted => Self::Accepted,
+            Recorded::Late => Self::Late,
+            Recorded::Mismatch => Self::Mismatch,
+            Recorded::Malformed => Self::Malformed,
+        }
+    }
+}
+
 /// The coordinator's signed acknowledgement of a commitment, reveal or
 /// audit answer: the worker's proof that it delivered, and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -404,9 +366,7 @@ pub struct Receipt {
     pub round: RoundId,
     pub worker: WorkerId,
     pub stage: Stage,
-    /// `accepted`, `late` or `mismatch` (commitments and reveals), or the
-    /// audit verdict (`passed`, `failed`).
-    pub status: String,
+    pub status: ReceiptStatus,
     /// The digest of what was received.
     pub digest: Digest,
     pub received_unix_ms: u64,
@@ -523,7 +483,7 @@ pub struct WorkerStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round: RoundId,
-    pub status: String,
+    pub status: crate::coordinator::RoundState,
     pub participants: u32,
     /// Commitments in time.
     pub committed: u32,
@@ -613,7 +573,7 @@ mod tests {
             round: 7,
             worker: WorkerId(2),
             stage: Stage::Reveal,
-            status: "accepted".into(),
+            status: ReceiptStatus::Accepted,
             digest: Digest::of(b"payload"),
             received_unix_ms: 1_700_000_000_000,
             audit: None,

@@ -9,8 +9,8 @@ use crowdtrain_protocol::audit::{self, Commitment};
 use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, WorkerSnapshot};
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, AssignmentTemplate, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, RunConfig,
-    Settings, Snapshot, Verdict, WorkerId,
+    Action, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, Settings, Snapshot, TrainingRecipe,
+    Verdict, WorkerId,
 };
 
 const T0: u64 = 1_800_000_000_000;
@@ -30,8 +30,9 @@ fn settings() -> Settings {
         audit_probability: 0.0,
         segments: 4,
         stake: 1000,
-        work_units: 64,
         delegate_audits: false,
+        // 4 steps of 16 examples: 64 work units a submission.
+        recipe: TrainingRecipe { inner_steps: 4, batch_size: 16, ..TrainingRecipe::with_seed(9) },
     }
 }
 
@@ -41,10 +42,6 @@ fn key(index: u8) -> PublicKey {
 
 fn model(index: u64) -> Digest {
     Digest::of(&index.to_le_bytes())
-}
-
-fn template() -> AssignmentTemplate {
-    AssignmentTemplate::from_config(&RunConfig::parse("seed = 9\nrounds = 3\n").unwrap())
 }
 
 fn drain(machine: &mut Coordinator) -> Vec<Action> {
@@ -121,10 +118,10 @@ fn a_round_opens_once_enough_workers_are_active_with_sorted_slots_and_a_sealed_s
     let secret = audit::round_secret(&MASTER, &Digest::of(b"run"), 0);
     assert_eq!(*secret_commitment, audit::secret_commitment(&secret));
     assert_eq!(machine.phase(), Phase::Committing);
-    let view = machine.view(Some(second), &template());
+    let view = machine.view(Some(second));
     assert_eq!(view.secret, None, "the secret stays hidden until every commitment is in");
     let assignment = view.assignment.unwrap();
-    assert_eq!((assignment.slot, assignment.slots, assignment.round, assignment.seed), (1, 2, 0, 9));
+    assert_eq!((assignment.slot, assignment.slots, assignment.round, assignment.recipe.seed), (1, 2, 0, 9));
     assert_eq!(
         machine.register(T0 + 6, key(1), "avx2-fma").unwrap(),
         (second, false),
@@ -265,17 +262,16 @@ fn a_reveal_that_does_not_match_its_commitment_is_rejected_and_slashed() {
 #[test]
 fn audits_are_drawn_with_each_commitment_and_can_be_judged_before_the_others_commit() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 0.5, ..settings() });
-    let template = template();
     commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
     let recorded = drain(&mut machine);
     let Some(&Action::RecordCommitment { audit, .. }) = recorded.first() else { panic!("{recorded:?}") };
     assert_eq!(machine.phase(), Phase::Committing, "the others have not committed");
-    assert_eq!(machine.view(Some(workers[0]), &template).audit, audit, "the worker is told at once");
+    assert_eq!(machine.view(Some(workers[0])).audit, audit, "the worker is told at once");
     // Whatever the first draw, find a committed worker with an audit.
     commit(&mut machine, T0 + 2, workers[1], 0).unwrap();
     let drawn: Vec<(WorkerId, u32)> = workers[..2]
         .iter()
-        .filter_map(|&worker| machine.view(Some(worker), &template).audit.map(|segment| (worker, segment)))
+        .filter_map(|&worker| machine.view(Some(worker)).audit.map(|segment| (worker, segment)))
         .collect();
     drain(&mut machine);
     // (The draws are fixed by the test's master key: one of the two is audited.)
@@ -313,14 +309,13 @@ fn audits_are_drawn_with_each_commitment_and_can_be_judged_before_the_others_com
 fn delegated_audits_are_announced_when_their_auditors_are_named() {
     let settings = Settings { audit_probability: 1.0, delegate_audits: true, ..settings() };
     let (mut machine, workers) = running(3, settings);
-    let template = template();
     commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
-    assert_eq!(machine.view(Some(workers[0]), &template).audit, None);
+    assert_eq!(machine.view(Some(workers[0])).audit, None);
     assert_eq!(machine.pending_audit(workers[0], 0), None, "no answer before the auditor is named");
     for &worker in &workers[1..] {
         commit(&mut machine, T0 + 2, worker, 0).unwrap();
     }
-    assert!(machine.view(Some(workers[0]), &template).audit.is_some());
+    assert!(machine.view(Some(workers[0])).audit.is_some());
     assert!(machine.pending_audit(workers[0], 0).is_some());
 }
 
@@ -633,7 +628,7 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
         assert!(drain(&mut restored).is_empty(), "after {crash_after} steps nothing was left undone");
         assert_eq!(restored.open_round(), live.open_round(), "after {crash_after} steps");
         for &worker in &workers {
-            assert_eq!(restored.view(Some(worker), &template()), live.view(Some(worker), &template()));
+            assert_eq!(restored.view(Some(worker)), live.view(Some(worker)));
         }
         for step in &steps[crash_after..] {
             step(&mut live, &workers);
@@ -958,15 +953,12 @@ fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in
     );
     let audited = workers[0];
     let auditor = open.standings[&audited].auditor.unwrap();
-    assert!(machine.view(Some(auditor), &template()).audit_task.is_none(), "no task before the answer");
+    assert!(machine.view(Some(auditor)).audit_task.is_none(), "no task before the answer");
     assert_eq!(machine.audit_answered(T0 + 11, audited, (T0 + 11) * 1000, 0), Ok(Some(auditor)));
     assert!(matches!(drain(&mut machine)[..], [Action::RecordAuditAnswer { .. }]));
-    let task = machine.view(Some(auditor), &template()).audit_task.expect("the auditor has a task");
+    let task = machine.view(Some(auditor)).audit_task.expect("the auditor has a task");
     assert_eq!(task.worker, audited);
-    assert!(
-        machine.view(Some(audited), &template()).audit_answered,
-        "the audited worker need not answer again"
-    );
+    assert!(machine.view(Some(audited)).audit_answered, "the audited worker need not answer again");
     assert!(machine.delegated_audit(auditor, 0, audited).is_some());
     let other = workers.iter().copied().find(|&worker| worker != auditor && worker != audited).unwrap();
     assert!(machine.delegated_audit(other, 0, audited).is_none(), "only the named auditor may report");
@@ -978,7 +970,7 @@ fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in
         matches!(&actions[0], Action::RecordAudit { judged_by: Some(by), verdict: Verdict::Passed, .. } if *by == auditor),
         "{actions:?}"
     );
-    assert!(machine.view(Some(auditor), &template()).audit_task.is_none(), "reported: the task is gone");
+    assert!(machine.view(Some(auditor)).audit_task.is_none(), "reported: the task is gone");
     // A report the coordinator's replay contradicts costs the auditor its
     // stake, once per round.
     machine.auditor_wrong(T0 + 13, 0, auditor, audited, "wrong end state");
@@ -1056,7 +1048,6 @@ fn pass(machine: &mut Coordinator, now: u64, worker: WorkerId) {
 #[test]
 fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when_they_pass() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
-    let template = template();
     let (_, actions) = awaiting_replays(&mut machine, &workers);
     let Some(Action::Speculate { round: 0, base_model, accepted }) = actions.last() else {
         panic!("{actions:?}")
@@ -1067,7 +1058,7 @@ fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when
     machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
     let actions = drain(&mut machine);
     assert_eq!(actions, vec![Action::OpenProvisional { round: 1, after: 0, base_model: model(1) }]);
-    let view = machine.view(Some(workers[1]), &template);
+    let view = machine.view(Some(workers[1]));
     assert!(view.provisional);
     assert_eq!((view.phase, view.round, view.model), (Phase::Committing, Some(1), model(1)));
     let assignment = view.assignment.expect("participants are assigned at once");
@@ -1107,14 +1098,13 @@ fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when
         (T0 + 10, T0 + 10 + 10_000),
         "the adopted round opened when it was published"
     );
-    assert!(!machine.view(Some(workers[1]), &template).provisional);
+    assert!(!machine.view(Some(workers[1])).provisional);
     assert_eq!(commit(&mut machine, T0 + 50, workers[1], 1), Ok(Outcome::Recorded(Recorded::Accepted)));
 }
 
 #[test]
 fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_the_update() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
-    let template = template();
     awaiting_replays(&mut machine, &workers);
     machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
     drain(&mut machine);
@@ -1133,7 +1123,7 @@ fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_t
     });
     assert!(withdrawn.is_some() && respeculated > withdrawn, "a new bet on what is left: {actions:?}");
     assert!(
-        !machine.view(Some(workers[0]), &template).provisional,
+        !machine.view(Some(workers[0])).provisional,
         "no provisional round until the new bet is aggregated"
     );
     // Someone who trained on the withdrawn model is refused as stale.
@@ -1217,11 +1207,10 @@ fn the_last_round_is_not_bet_on_and_a_restart_bets_again_on_what_was_persisted()
 fn a_just_opened_round_is_shown_without_the_machine_exactly_as_the_machine_shows_it() {
     // The driver serves `opened()` while it makes the opening durable.
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
-    let template = template();
     let stranger = WorkerId(99);
     let opened = machine.opened().expect("round 0 just opened");
     for worker in workers.iter().copied().chain([stranger]).map(Some).chain([None]) {
-        assert_eq!(opened.view(worker, &template), machine.view(worker, &template));
+        assert_eq!(opened.view(worker), machine.view(worker));
     }
     commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
     assert_eq!(machine.opened(), None, "once someone committed, only the machine knows the round");
@@ -1238,8 +1227,8 @@ fn a_just_opened_round_is_shown_without_the_machine_exactly_as_the_machine_shows
     let opened = machine.opened().expect("the provisional round");
     assert_eq!(opened.id(), 1);
     for worker in workers.iter().copied().chain([stranger]).map(Some).chain([None]) {
-        let view = opened.view(worker, &template);
+        let view = opened.view(worker);
         assert!(view.provisional);
-        assert_eq!(view, machine.view(worker, &template));
+        assert_eq!(view, machine.view(worker));
     }
 }

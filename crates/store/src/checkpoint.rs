@@ -282,7 +282,7 @@ mod tests {
     use super::*;
 
     fn mlp() -> (String, ParamLayout, Vec<f32>) {
-        let model = ModelKind::Mlp.build();
+        let model = crowdtrain_train::build_model(ModelKind::Mlp);
         let params = model.layout().initialize(4);
         (model.name(), model.layout().clone(), params)
     }
@@ -301,7 +301,7 @@ mod tests {
         let bytes = encode(CheckpointKind::Params, &name, &layout, &params);
         assert!(decode(&bytes, CheckpointKind::OuterMomentum, &name, &layout).is_err());
         assert!(decode(&bytes, CheckpointKind::Params, "cnn-16-32-10", &layout).is_err());
-        let cnn = ModelKind::Cnn.build();
+        let cnn = crowdtrain_train::build_model(ModelKind::Cnn);
         assert!(decode(&bytes, CheckpointKind::Params, &name, cnn.layout()).is_err());
         assert!(decode(&bytes[..bytes.len() - 1], CheckpointKind::Params, &name, &layout).is_err());
         assert!(decode(b"garbage", CheckpointKind::Params, &name, &layout).is_err());

@@ -475,14 +475,9 @@ impl Store {
         )?;
         let mut rounds = statement
             .query_map([], |row| {
-                let state: String = row.get(1)?;
                 Ok(RoundSnapshot {
                     id: row.get(0)?,
-                    state: match state.as_str() {
-                        "open" => RoundState::Open,
-                        "closed" => RoundState::Closed,
-                        _ => RoundState::Failed,
-                    },
+                    state: round_state(row, 1)?,
                     base_model: Digest(blob(row, 2)?),
                     opened_unix_ms: row.get(3)?,
                     commit_deadline_unix_ms: row.get(4)?,
@@ -772,7 +767,7 @@ impl Store {
         let rows = statement.query_map([], |row| {
             Ok(RoundRecord {
                 round: row.get(0)?,
-                status: row.get(1)?,
+                status: round_state(row, 1)?,
                 opened_unix_ms: row.get(2)?,
                 closed_unix_ms: row.get(3)?,
                 result_model: optional_digest(row, 4)?,
@@ -1061,6 +1056,17 @@ fn recorded(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Recorded>
             index,
             rusqlite::types::Type::Text,
             format!("status {text}").into(),
+        )
+    })
+}
+
+fn round_state(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<RoundState> {
+    let text: String = row.get(index)?;
+    RoundState::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("round state {text}").into(),
         )
     })
 }

@@ -226,7 +226,7 @@ fn closing_a_round_records_its_result_once() {
     assert_eq!(store.latest_aggregator_snapshot_before(0).unwrap(), None);
     assert_eq!(store.latest_aggregator_snapshot_before(1).unwrap(), Some((0, Digest::of(b"a1"))));
     let records = store.round_records().unwrap();
-    assert_eq!(records[0].status, "closed");
+    assert_eq!(records[0].status, RoundState::Closed);
     assert_eq!((records[0].participants, records[0].accepted, records[0].audited), (2, 1, 1));
     assert!(!records[0].scored);
     let workers = store.worker_statuses().unwrap();

@@ -9,7 +9,7 @@
 //! Decoding treats its input as hostile: the header, the exact length,
 //! the value count and every scale are checked before anything is used.
 
-use serde::{Deserialize, Serialize};
+pub use crowdtrain_recipe::Codec;
 
 const MAGIC: [u8; 4] = *b"CTPG";
 const VERSION: u8 = 1;
@@ -18,31 +18,24 @@ pub const HEADER_BYTES: usize = 4 + 1 + 1 + 8;
 /// Values per int8 block (one scale each).
 pub const INT8_BLOCK: usize = 256;
 
-/// How a pseudo-gradient is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Codec {
-    F32,
-    Int8,
+/// The encoder of a [`Codec`].
+pub trait Encode {
+    /// Encoded size of `values` values, header included.
+    fn encoded_len(self, values: usize) -> usize;
+
+    /// Encodes `values`, which must all be finite.
+    fn encode(self, values: &[f32]) -> Result<Vec<u8>, CodecError>;
 }
 
-impl Codec {
-    fn tag(self) -> u8 {
-        match self {
-            Self::F32 => 0,
-            Self::Int8 => 1,
-        }
+fn tag(codec: Codec) -> u8 {
+    match codec {
+        Codec::F32 => 0,
+        Codec::Int8 => 1,
     }
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Int8 => "int8",
-        }
-    }
-
-    /// Encoded size of `values` values, header included.
-    pub fn encoded_len(self, values: usize) -> usize {
+impl Encode for Codec {
+    fn encoded_len(self, values: usize) -> usize {
         HEADER_BYTES
             + match self {
                 Self::F32 => values * 4,
@@ -50,15 +43,14 @@ impl Codec {
             }
     }
 
-    /// Encodes `values`, which must all be finite.
-    pub fn encode(self, values: &[f32]) -> Result<Vec<u8>, CodecError> {
+    fn encode(self, values: &[f32]) -> Result<Vec<u8>, CodecError> {
         if let Some(index) = values.iter().position(|value| !value.is_finite()) {
             return Err(CodecError::NonFinite { index });
         }
         let mut bytes = Vec::with_capacity(self.encoded_len(values.len()));
         bytes.extend_from_slice(&MAGIC);
         bytes.push(VERSION);
-        bytes.push(self.tag());
+        bytes.push(tag(self));
         bytes.extend_from_slice(&(values.len() as u64).to_le_bytes());
         match self {
             Self::F32 => values.iter().for_each(|value| bytes.extend_from_slice(&value.to_le_bytes())),
@@ -76,67 +68,55 @@ impl Codec {
         debug_assert_eq!(bytes.len(), self.encoded_len(values.len()));
         Ok(bytes)
     }
-
-    /// Decodes an update that must hold exactly `expected_values` values.
-    /// Returns the codec it was encoded with, and the values.
-    pub fn decode(bytes: &[u8], expected_values: usize) -> Result<(Codec, Vec<f32>), CodecError> {
-        if bytes.len() < HEADER_BYTES || bytes[..4] != MAGIC {
-            return Err(CodecError::NotAnUpdate);
-        }
-        if bytes[4] != VERSION {
-            return Err(CodecError::Version(bytes[4]));
-        }
-        let codec = match bytes[5] {
-            0 => Self::F32,
-            1 => Self::Int8,
-            other => return Err(CodecError::UnknownCodec(other)),
-        };
-        let declared = u64::from_le_bytes(bytes[6..14].try_into().expect("8 bytes"));
-        if declared != expected_values as u64 {
-            return Err(CodecError::WrongCount { declared, expected: expected_values });
-        }
-        let expected_len = codec.encoded_len(expected_values);
-        if bytes.len() != expected_len {
-            return Err(CodecError::WrongLength { found: bytes.len(), expected: expected_len });
-        }
-        let body = &bytes[HEADER_BYTES..];
-        let values = match codec {
-            Self::F32 => body
-                .chunks_exact(4)
-                .map(|word| f32::from_le_bytes(word.try_into().expect("4 bytes")))
-                .collect::<Vec<_>>(),
-            Self::Int8 => {
-                let mut values = Vec::with_capacity(expected_values);
-                let mut rest = body;
-                while values.len() < expected_values {
-                    let count = INT8_BLOCK.min(expected_values - values.len());
-                    let scale = f32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
-                    if !(scale.is_finite() && scale >= 0.0) {
-                        return Err(CodecError::BadScale { block: values.len() / INT8_BLOCK });
-                    }
-                    values.extend(rest[4..4 + count].iter().map(|&byte| f32::from(byte as i8) * scale));
-                    rest = &rest[4 + count..];
-                }
-                values
-            }
-        };
-        if let Some(index) = values.iter().position(|value| !value.is_finite()) {
-            return Err(CodecError::NonFinite { index });
-        }
-        Ok((codec, values))
-    }
 }
 
-impl std::str::FromStr for Codec {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        match name {
-            "f32" => Ok(Self::F32),
-            "int8" => Ok(Self::Int8),
-            other => Err(format!("unknown codec {other:?}; expected f32 or int8")),
-        }
+/// Decodes an update that must hold exactly `expected_values` values.
+/// Returns the codec it was encoded with, and the values.
+pub fn decode(bytes: &[u8], expected_values: usize) -> Result<(Codec, Vec<f32>), CodecError> {
+    if bytes.len() < HEADER_BYTES || bytes[..4] != MAGIC {
+        return Err(CodecError::NotAnUpdate);
     }
+    if bytes[4] != VERSION {
+        return Err(CodecError::Version(bytes[4]));
+    }
+    let codec = match bytes[5] {
+        0 => Codec::F32,
+        1 => Codec::Int8,
+        other => return Err(CodecError::UnknownCodec(other)),
+    };
+    let declared = u64::from_le_bytes(bytes[6..14].try_into().expect("8 bytes"));
+    if declared != expected_values as u64 {
+        return Err(CodecError::WrongCount { declared, expected: expected_values });
+    }
+    let expected_len = codec.encoded_len(expected_values);
+    if bytes.len() != expected_len {
+        return Err(CodecError::WrongLength { found: bytes.len(), expected: expected_len });
+    }
+    let body = &bytes[HEADER_BYTES..];
+    let values = match codec {
+        Codec::F32 => body
+            .chunks_exact(4)
+            .map(|word| f32::from_le_bytes(word.try_into().expect("4 bytes")))
+            .collect::<Vec<_>>(),
+        Codec::Int8 => {
+            let mut values = Vec::with_capacity(expected_values);
+            let mut rest = body;
+            while values.len() < expected_values {
+                let count = INT8_BLOCK.min(expected_values - values.len());
+                let scale = f32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+                if !(scale.is_finite() && scale >= 0.0) {
+                    return Err(CodecError::BadScale { block: values.len() / INT8_BLOCK });
+                }
+                values.extend(rest[4..4 + count].iter().map(|&byte| f32::from(byte as i8) * scale));
+                rest = &rest[4 + count..];
+            }
+            values
+        }
+    };
+    if let Some(index) = values.iter().position(|value| !value.is_finite()) {
+        return Err(CodecError::NonFinite { index });
+    }
+    Ok((codec, values))
 }
 
 /// Why an encoded update was refused.
@@ -169,7 +149,7 @@ mod tests {
     #[test]
     fn f32_round_trips_exactly() {
         let original = values(1000);
-        let (codec, decoded) = Codec::decode(&Codec::F32.encode(&original).unwrap(), 1000).unwrap();
+        let (codec, decoded) = decode(&Codec::F32.encode(&original).unwrap(), 1000).unwrap();
         assert_eq!(codec, Codec::F32);
         assert_eq!(decoded, original);
     }
@@ -179,7 +159,7 @@ mod tests {
         let original = values(1000);
         let bytes = Codec::Int8.encode(&original).unwrap();
         assert!(bytes.len() * 3 < Codec::F32.encoded_len(1000), "{} bytes", bytes.len());
-        let (_, decoded) = Codec::decode(&bytes, 1000).unwrap();
+        let (_, decoded) = decode(&bytes, 1000).unwrap();
         for (block, (ours, theirs)) in original.chunks(INT8_BLOCK).zip(decoded.chunks(INT8_BLOCK)).enumerate()
         {
             let scale = ours.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
@@ -188,31 +168,31 @@ mod tests {
             }
         }
         // All-zero blocks survive.
-        let (_, zeros) = Codec::decode(&Codec::Int8.encode(&[0.0; 300]).unwrap(), 300).unwrap();
+        let (_, zeros) = decode(&Codec::Int8.encode(&[0.0; 300]).unwrap(), 300).unwrap();
         assert_eq!(zeros, vec![0.0; 300]);
     }
 
     #[test]
     fn hostile_input_is_refused_with_a_reason() {
         let good = Codec::Int8.encode(&values(300)).unwrap();
-        assert_eq!(Codec::decode(b"junk", 300), Err(CodecError::NotAnUpdate));
-        assert!(matches!(Codec::decode(&good, 301), Err(CodecError::WrongCount { .. })));
-        assert!(matches!(Codec::decode(&good[..good.len() - 1], 300), Err(CodecError::WrongLength { .. })));
+        assert_eq!(decode(b"junk", 300), Err(CodecError::NotAnUpdate));
+        assert!(matches!(decode(&good, 301), Err(CodecError::WrongCount { .. })));
+        assert!(matches!(decode(&good[..good.len() - 1], 300), Err(CodecError::WrongLength { .. })));
         let mut long = good.clone();
         long.push(0);
-        assert!(matches!(Codec::decode(&long, 300), Err(CodecError::WrongLength { .. })));
+        assert!(matches!(decode(&long, 300), Err(CodecError::WrongLength { .. })));
         let mut bad_version = good.clone();
         bad_version[4] = 9;
-        assert_eq!(Codec::decode(&bad_version, 300), Err(CodecError::Version(9)));
+        assert_eq!(decode(&bad_version, 300), Err(CodecError::Version(9)));
         let mut bad_codec = good.clone();
         bad_codec[5] = 7;
-        assert_eq!(Codec::decode(&bad_codec, 300), Err(CodecError::UnknownCodec(7)));
+        assert_eq!(decode(&bad_codec, 300), Err(CodecError::UnknownCodec(7)));
         let mut bad_scale = good.clone();
         bad_scale[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-        assert_eq!(Codec::decode(&bad_scale, 300), Err(CodecError::BadScale { block: 0 }));
+        assert_eq!(decode(&bad_scale, 300), Err(CodecError::BadScale { block: 0 }));
         let mut infinite = Codec::F32.encode(&[1.0, 2.0]).unwrap();
         infinite[HEADER_BYTES + 4..].copy_from_slice(&f32::INFINITY.to_le_bytes());
-        assert_eq!(Codec::decode(&infinite, 2), Err(CodecError::NonFinite { index: 1 }));
+        assert_eq!(decode(&infinite, 2), Err(CodecError::NonFinite { index: 1 }));
         assert_eq!(Codec::F32.encode(&[f32::NAN]), Err(CodecError::NonFinite { index: 0 }));
     }
 }

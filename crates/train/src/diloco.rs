@@ -21,55 +21,50 @@
 //! Both runs are deterministic: workers run in parallel but their results
 //! are combined in worker order, with fixed-order sums.
 
-use crowdtrain_data::{Dataset, RngKey, Sharding, batch_indices, make_shards_of, split_validation};
+use crowdtrain_data::{Dataset, RngKey, batch_indices, make_shards_of, split_validation};
+use crowdtrain_recipe::TrainingRecipe;
+pub use crowdtrain_recipe::segment_range;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::codec::Codec;
-use crate::model::{Evaluation, Model, ModelKind, evaluate, loss_and_grad};
-use crate::optim::{AdamW, Nesterov};
+use crate::codec::{self, Encode};
+use crate::model::{Evaluation, Model, build_model, evaluate, loss_and_grad};
+use crate::optim::{AdamWUpdate, Nesterov, NesterovUpdate};
 use crate::state::{OuterState, StateHash, TrainState};
 use crate::trainer::Trainer;
 
-/// Settings of a DiLoCo simulation.
+/// Settings of a DiLoCo simulation: the recipe every worker follows, and
+/// what the coordinator's side adds (how many workers, rounds, the outer
+/// step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DilocoConfig {
-    pub model: ModelKind,
+    #[serde(flatten)]
+    pub recipe: TrainingRecipe,
     pub workers: usize,
-    pub inner_steps: u64,
     pub rounds: u64,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub sharding: Sharding,
-    pub inner: AdamW,
     pub outer: Nesterov,
-    pub codec: Codec,
-    /// Share of the training set held out of every shard (the split the
-    /// coordinator scores updates on); 0 shards everything.
-    #[serde(default)]
-    pub validation_fraction: f64,
 }
 
 impl DilocoConfig {
     /// Samples each run consumes in one round.
     pub fn samples_per_round(&self) -> u64 {
-        self.workers as u64 * self.inner_steps * self.batch_size as u64
+        self.workers as u64 * self.recipe.work_units()
     }
 }
 
-/// The workers' shards of `labels`, none holding an example of the
-/// validation split: what a networked run with the same settings assigns.
-pub fn shards(
-    labels: &[u8],
-    workers: usize,
-    batch_size: usize,
-    sharding: Sharding,
-    validation_fraction: f64,
-    seed: u64,
-) -> Result<Vec<Vec<u32>>, TrainError> {
-    let (pool, _) = split_validation(labels.len(), validation_fraction, seed);
-    Ok(make_shards_of(labels, &pool, workers, batch_size, sharding, seed)?)
+/// The shards of `labels` for `workers` participants under `recipe`
+/// (slot order), none holding an example of the validation split: what a
+/// networked run with the same recipe assigns.
+pub fn shards(recipe: &TrainingRecipe, labels: &[u8], workers: usize) -> Result<Vec<Vec<u32>>, TrainError> {
+    let (pool, _) = split_validation(labels.len(), recipe.validation_fraction, recipe.seed);
+    Ok(make_shards_of(labels, &pool, workers, recipe.batch(), recipe.sharding, recipe.seed)?)
+}
+
+/// The key of the random streams of the worker in `slot` in `round`
+/// (the step coordinate is filled in per step).
+pub fn round_key(recipe: &TrainingRecipe, round: u64, slot: u32) -> RngKey {
+    RngKey::new(recipe.seed, round, u64::from(slot), 0)
 }
 
 /// One worker's update as the coordinator receives it.
@@ -144,16 +139,10 @@ pub fn simulate(
     aggregate: &mut dyn Aggregate,
     mut on_round: impl FnMut(&RoundReport),
 ) -> Result<DilocoReport, TrainError> {
-    let model = config.model.build();
-    let shards = shards(
-        &dataset.train.labels,
-        config.workers,
-        config.batch_size,
-        config.sharding,
-        config.validation_fraction,
-        config.seed,
-    )?;
-    let initial = model.layout().initialize(config.seed);
+    let recipe = &config.recipe;
+    let model = build_model(recipe.model);
+    let shards = shards(recipe, &dataset.train.labels, config.workers)?;
+    let initial = model.layout().initialize(recipe.seed);
     let mut diloco = DilocoRun::new(model.as_ref(), config, initial.clone());
     let mut baseline = SyncBaseline::new(model.as_ref(), config, initial);
     let mut rounds = Vec::with_capacity(config.rounds as usize);
@@ -222,20 +211,12 @@ impl<'m> DilocoRun<'m> {
         let results = (0..self.config.workers)
             .into_par_iter()
             .map(|worker| {
-                let key = RngKey::new(self.config.seed, round, worker as u64, 0);
-                let update = inner_round(
-                    self.model,
-                    self.config.inner,
-                    self.config.batch_size,
-                    &self.state.params,
-                    dataset,
-                    &shards[worker],
-                    key,
-                    self.config.inner_steps,
-                    1,
-                )?;
-                let encoded = self.config.codec.encode(&update.pseudo_gradient)?;
-                let (_, decoded) = Codec::decode(&encoded, update.pseudo_gradient.len())?;
+                let recipe = &self.config.recipe;
+                let key = round_key(recipe, round, worker as u32);
+                let update =
+                    inner_round(self.model, recipe, &self.state.params, dataset, &shards[worker], key, 1)?;
+                let encoded = recipe.codec.encode(&update.pseudo_gradient)?;
+                let (_, decoded) = codec::decode(&encoded, update.pseudo_gradient.len())?;
                 Ok((decoded, encoded, update.mean_loss))
             })
             .collect::<Result<Vec<_>, TrainError>>()?;
@@ -272,31 +253,22 @@ impl InnerRoundResult {
     }
 }
 
-/// Steps `[start, end)` of segment `segment` (1-based) when `steps` inner
-/// steps are cut into `segments` segments at `j * steps / segments`.
-pub fn segment_range(steps: u64, segments: u32, segment: u32) -> (u64, u64) {
-    assert!((1..=segments).contains(&segment), "segment {segment} of {segments}");
-    let boundary = |j: u32| u64::from(j) * steps / u64::from(segments);
-    (boundary(segment - 1), boundary(segment))
-}
-
-/// One worker's round: `steps` AdamW steps from `global` on `shard`, with
-/// batches keyed by `key` (its run, round and slot) and a fresh optimizer,
-/// keeping the state at each of `segments` segment boundaries.
-#[allow(clippy::too_many_arguments)]
+/// One worker's round under `recipe`: its inner steps from `global` on
+/// `shard`, with batches keyed by `key` (its run, round and slot) and a
+/// fresh optimizer, keeping the state at each of `segments` segment
+/// boundaries.
 pub fn inner_round(
     model: &dyn Model,
-    optimizer: AdamW,
-    batch_size: usize,
+    recipe: &TrainingRecipe,
     global: &[f32],
     dataset: &Dataset,
     shard: &[u32],
     key: RngKey,
-    steps: u64,
     segments: u32,
 ) -> Result<InnerRoundResult, TrainError> {
+    let steps = recipe.inner_steps;
     let mut state = TrainState::new(model.name(), global.to_vec());
-    let mut trainer = Trainer::new(model, optimizer, batch_size);
+    let mut trainer = Trainer::new(model, recipe.optimizer, recipe.batch());
     let mut boundaries = vec![state.clone()];
     let mut loss_sum = 0.0f64;
     for segment in 1..=segments {
@@ -310,14 +282,13 @@ pub fn inner_round(
     Ok(InnerRoundResult { pseudo_gradient, mean_loss, boundaries })
 }
 
-/// Replays `steps` steps from `start`: what an auditor does with a segment.
-/// The batches follow from `key` and the state's own step counter, so the
-/// replay is the worker's computation exactly, if the worker was honest.
-#[allow(clippy::too_many_arguments)]
+/// Replays `steps` steps from `start` under `recipe`: what an auditor does
+/// with a segment. The batches follow from `key` and the state's own step
+/// counter, so the replay is the worker's computation exactly, if the
+/// worker was honest.
 pub fn replay(
     model: &dyn Model,
-    optimizer: AdamW,
-    batch_size: usize,
+    recipe: &TrainingRecipe,
     dataset: &Dataset,
     shard: &[u32],
     key: RngKey,
@@ -325,7 +296,7 @@ pub fn replay(
     steps: u64,
 ) -> Result<TrainState, TrainError> {
     let mut state = start;
-    Trainer::new(model, optimizer, batch_size).run(
+    Trainer::new(model, recipe.optimizer, recipe.batch()).run(
         &mut state,
         &dataset.train,
         shard,
@@ -380,15 +351,16 @@ impl<'m> SyncBaseline<'m> {
     fn round(&mut self, dataset: &Dataset, shards: &[Vec<u32>], round: u64) -> Result<f32, TrainError> {
         let mut loss_sum = 0.0f64;
         let per_step_bytes = (self.state.params.len() * 4 * 2 * self.config.workers) as u64;
-        for step in 0..self.config.inner_steps {
+        for step in 0..self.config.recipe.inner_steps {
             let params = &self.state.params;
             let losses = self
                 .grads
                 .par_iter_mut()
                 .enumerate()
                 .map(|(worker, grads)| {
-                    let key = RngKey::new(self.config.seed, round, worker as u64, step);
-                    let indices = batch_indices(&shards[worker], self.config.batch_size, key);
+                    let recipe = &self.config.recipe;
+                    let key = round_key(recipe, round, worker as u32).at_step(step);
+                    let indices = batch_indices(&shards[worker], recipe.batch(), key);
                     let batch = crowdtrain_data::Batch::of(&dataset.train, &indices);
                     loss_and_grad(self.model, params, &batch, grads)
                 })
@@ -396,10 +368,11 @@ impl<'m> SyncBaseline<'m> {
             let views: Vec<&[f32]> = self.grads.iter().map(Vec::as_slice).collect();
             let mean = mean_in_order(&views);
             self.state.step += 1;
-            self.config.inner.apply(self.state.step, &mut self.state.params, &mut self.state.moments, &mean);
+            let optimizer = self.config.recipe.optimizer;
+            optimizer.apply(self.state.step, &mut self.state.params, &mut self.state.moments, &mean);
             loss_sum += losses.iter().map(|&loss| f64::from(loss)).sum::<f64>() / losses.len() as f64;
             self.bytes += per_step_bytes;
         }
-        Ok((loss_sum / self.config.inner_steps.max(1) as f64) as f32)
+        Ok((loss_sum / self.config.recipe.inner_steps.max(1) as f64) as f32)
     }
 }

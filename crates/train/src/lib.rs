@@ -4,17 +4,20 @@
 //!
 //! - [`Model`] describes an architecture: a [`ParamLayout`] (named tensors
 //!   at fixed offsets of one flat `Vec<f32>`) and a forward pass written with
-//!   candle. [`ModelKind`] lists the built-in ones (an MLP and a small CNN).
+//!   candle. [`build_model`] builds the one a [`ModelKind`] names (an MLP
+//!   and a small CNN).
 //! - [`ops`] holds the candle operations whose arithmetic is ours (a fused
 //!   linear layer, softmax cross-entropy), built on [`kernels`]: matrix
 //!   products and reductions with one fixed order of operations, so the bits
 //!   do not depend on threads, vector width or the C library.
-//! - [`AdamW`] and [`Nesterov`] are fused, element-wise optimizers over the
-//!   flat vector; [`Trainer`] runs the inner loop on keyed batches.
+//! - [`AdamWUpdate`] and [`NesterovUpdate`] are the fused, element-wise
+//!   updates of the recipe's optimizers over the flat vector; [`Trainer`]
+//!   runs the inner loop on keyed batches.
 //! - [`TrainState`] and [`OuterState`] hash to a [`StateHash`], the
 //!   fingerprint compared by determinism tests and, later, by audits.
 //! - [`diloco`] runs DiLoCo rounds and the synchronous baseline in one
-//!   process; [`Codec`] encodes pseudo-gradients for the wire.
+//!   process from a [`TrainingRecipe`]; [`codec`] encodes pseudo-gradients
+//!   for the wire.
 //!
 //! Everything here is deterministic: the same inputs give the same bits at
 //! any thread count and on any x86-64 CPU (see `docs/ARCHITECTURE.md` for
@@ -29,11 +32,13 @@ pub mod optim;
 pub mod state;
 pub mod trainer;
 
-pub use codec::{Codec, CodecError};
+pub use codec::{Codec, CodecError, Encode};
+pub use crowdtrain_recipe::TrainingRecipe;
 pub use model::{
-    Evaluation, Model, ModelKind, ParamLayout, ParamSpec, evaluate, evaluate_subset, loss_and_grad,
+    Evaluation, Model, ModelKind, ParamLayout, ParamSpec, build_model, evaluate, evaluate_subset,
+    loss_and_grad,
 };
-pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule};
+pub use optim::{AdamW, AdamWMoments, AdamWUpdate, Nesterov, NesterovUpdate, Schedule};
 pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};
 pub use trainer::Trainer;
 

@@ -8,29 +8,13 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::KernelPath;
+pub use crowdtrain_recipe::{AdamW, Nesterov};
 use serde::{Deserialize, Serialize};
+
+use crate::kernels::KernelPath;
 
 /// Elements per parallel task: big enough to amortise scheduling.
 const CHUNK: usize = 1 << 15;
-
-/// AdamW (Loshchilov and Hutter), the inner optimizer, with PyTorch's
-/// defaults and formula (decoupled weight decay applied before the step).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdamW {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-}
-
-impl Default for AdamW {
-    fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
-    }
-}
 
 /// AdamW's moment estimates, one per parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,9 +29,14 @@ impl AdamWMoments {
     }
 }
 
-impl AdamW {
+/// AdamW's fused update over the flat vector.
+pub trait AdamWUpdate {
     /// Applies step number `step` (counting from 1) to `params`.
-    pub fn apply(&self, step: u64, params: &mut [f32], moments: &mut AdamWMoments, grads: &[f32]) {
+    fn apply(&self, step: u64, params: &mut [f32], moments: &mut AdamWMoments, grads: &[f32]);
+}
+
+impl AdamWUpdate for AdamW {
+    fn apply(&self, step: u64, params: &mut [f32], moments: &mut AdamWMoments, grads: &[f32]) {
         assert!(step >= 1, "AdamW steps count from 1");
         let len = params.len();
         assert!(moments.first.len() == len && moments.second.len() == len && grads.len() == len);
@@ -163,26 +152,15 @@ impl Schedule {
     }
 }
 
-/// SGD with Nesterov momentum, the outer optimizer of DiLoCo, applied to
-/// the mean pseudo-gradient (global minus local parameters).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Nesterov {
-    pub lr: f32,
-    pub momentum: f32,
-}
-
-impl Default for Nesterov {
-    /// DiLoCo's published setting.
-    fn default() -> Self {
-        Self { lr: 0.7, momentum: 0.9 }
-    }
-}
-
-impl Nesterov {
+/// The outer Nesterov step over the flat vector.
+pub trait NesterovUpdate {
     /// `buffer = momentum * buffer + delta; params -= lr * (delta + momentum * buffer)`
     /// (PyTorch's formulation).
-    pub fn apply(&self, params: &mut [f32], buffer: &mut [f32], delta: &[f32]) {
+    fn apply(&self, params: &mut [f32], buffer: &mut [f32], delta: &[f32]);
+}
+
+impl NesterovUpdate for Nesterov {
+    fn apply(&self, params: &mut [f32], buffer: &mut [f32], delta: &[f32]) {
         assert!(params.len() == buffer.len() && params.len() == delta.len());
         let (lr, momentum) = (self.lr, self.momentum);
         for ((param, b), &d) in params.iter_mut().zip(buffer.iter_mut()).zip(delta) {

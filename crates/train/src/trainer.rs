@@ -4,7 +4,7 @@ use crowdtrain_data::{Batch, LabeledImages, RngKey, batch_indices};
 
 use crate::TrainError;
 use crate::model::{Model, loss_and_grad};
-use crate::optim::{AdamW, Schedule};
+use crate::optim::{AdamW, AdamWUpdate, Schedule};
 use crate::state::TrainState;
 
 /// Everything one training step needs besides the state: the model, the

@@ -2,9 +2,11 @@
 //! the same state hash, whatever the thread count or kernel path. These
 //! tests train on the bundled Fashion-MNIST subset, so they run anywhere.
 
-use crowdtrain_data::{DataSource, Dataset, RngKey, Sharding};
+use crowdtrain_data::{DataSource, Dataset, RngKey};
 use crowdtrain_train::diloco::{DilocoConfig, Mean, simulate};
-use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, StateHash, TrainState, Trainer};
+use crowdtrain_train::{
+    AdamW, ModelKind, Nesterov, StateHash, TrainState, Trainer, TrainingRecipe, build_model,
+};
 
 fn dataset() -> Dataset {
     DataSource::Bundled.load().expect("the bundled subset loads")
@@ -14,7 +16,7 @@ fn dataset() -> Dataset {
 fn train_hash(dataset: &Dataset, model: ModelKind, steps: u64, threads: usize) -> (StateHash, TrainState) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
-        let model = model.build();
+        let model = build_model(model);
         let mut state = TrainState::new(model.name(), model.layout().initialize(7));
         let mut trainer = Trainer::new(model.as_ref(), AdamW::default(), 32);
         let shard: Vec<u32> = (0..dataset.train.len() as u32).collect();
@@ -60,7 +62,7 @@ fn a_single_changed_bit_of_training_changes_the_hash() {
     // Method: perturb one bit of one initial parameter and train; the
     // determinism check must notice.
     let dataset = dataset();
-    let model = ModelKind::Mlp.build();
+    let model = build_model(ModelKind::Mlp);
     let shard: Vec<u32> = (0..dataset.train.len() as u32).collect();
     let run = |flip: bool| {
         let mut params = model.layout().initialize(7);
@@ -79,17 +81,10 @@ fn a_single_changed_bit_of_training_changes_the_hash() {
 fn diloco_simulation_is_bit_identical_across_thread_counts() {
     let dataset = dataset();
     let config = DilocoConfig {
-        model: ModelKind::Mlp,
+        recipe: TrainingRecipe { inner_steps: 5, batch_size: 32, ..TrainingRecipe::with_seed(11) },
         workers: 3,
-        inner_steps: 5,
         rounds: 2,
-        batch_size: 32,
-        seed: 11,
-        sharding: Sharding::Iid,
-        inner: AdamW::default(),
         outer: Nesterov::default(),
-        codec: Codec::Int8,
-        validation_fraction: 0.05,
     };
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -6,7 +6,7 @@ use clap::Args;
 use crowdtrain_data::DatasetInfo;
 use crowdtrain_defense::battery::{Attack, BatteryConfig, BatteryRun, run};
 use crowdtrain_defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
-use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
+use crowdtrain_train::{Nesterov, TrainingRecipe};
 use serde::Serialize;
 
 use crate::output::{self, RuntimeArgs};
@@ -35,7 +35,7 @@ pub struct BatteryArgs {
 
     /// Examples per inner step.
     #[arg(long, default_value_t = 64)]
-    batch: usize,
+    batch: u32,
 
     /// Seeds to average over (0, 1, ...).
     #[arg(long, default_value_t = 3)]
@@ -121,16 +121,15 @@ pub fn run_battery(args: BatteryArgs) -> anyhow::Result<()> {
 fn battery(args: BatteryArgs) -> anyhow::Result<()> {
     let dataset = args.runtime.load_data()?;
     let config = |seed: u64, aggregator: Aggregator| BatteryConfig {
-        model: ModelKind::Mlp,
+        recipe: TrainingRecipe {
+            inner_steps: args.inner_steps,
+            batch_size: args.batch,
+            ..TrainingRecipe::with_seed(seed)
+        },
         workers: args.workers,
         attackers: args.attackers,
         rounds: args.rounds,
-        inner_steps: args.inner_steps,
-        batch_size: args.batch,
-        seed,
-        inner: AdamW::default(),
         outer: Nesterov::default(),
-        codec: Codec::Int8,
         defense: DefenseConfig {
             checks: CheckConfig::default(),
             aggregator,

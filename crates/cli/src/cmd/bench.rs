@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use crowdtrain_data::Batch;
 use crowdtrain_data::rng::{RngKey, keyed_rng, standard_normal, uniform_below};
 use crowdtrain_train::kernels::active_path;
-use crowdtrain_train::{AdamW, ModelKind, TrainState, Trainer};
+use crowdtrain_train::{AdamW, ModelKind, TrainState, Trainer, build_model};
 use serde::Serialize;
 
 use crate::output;
@@ -46,7 +46,7 @@ struct DefenseArgs {
 
     /// Examples per step.
     #[arg(long, default_value_t = 64)]
-    batch: usize,
+    batch: u32,
 
     /// The aggregation rule (default: the coordinator's).
     #[arg(long, default_value_t = crowdtrain_defense::Aggregator::default())]
@@ -65,7 +65,7 @@ struct DefenseReport {
     dataset: crowdtrain_data::DatasetInfo,
     workers: usize,
     inner_steps: u64,
-    batch: usize,
+    batch: u32,
     aggregator: String,
     eval_examples: usize,
     threads: usize,
@@ -99,7 +99,7 @@ struct AuditArgs {
 
     /// Examples per step.
     #[arg(long, default_value_t = 64)]
-    batch: usize,
+    batch: u32,
 
     /// Rounds timed; medians are reported.
     #[arg(long, default_value_t = 5)]
@@ -196,26 +196,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn defense(args: DefenseArgs) -> anyhow::Result<()> {
     use crowdtrain_defense::{CheckConfig, ModelDefense, QualityConfig, Submission, quality};
-    use crowdtrain_train::Codec;
-    use crowdtrain_train::diloco::{inner_round, outer_step, shards};
+    use crowdtrain_train::diloco::{inner_round, outer_step, round_key, shards};
+    use crowdtrain_train::{Encode, TrainingRecipe, codec};
 
     anyhow::ensure!(
         args.workers >= 1 && args.repeats >= 1 && args.batch >= 1,
         "workers, repeats, batch >= 1"
     );
     let dataset = args.runtime.load_data()?;
-    let model = ModelKind::Mlp.build();
+    let recipe = TrainingRecipe {
+        inner_steps: args.inner_steps,
+        batch_size: args.batch,
+        ..TrainingRecipe::with_seed(0)
+    };
+    let model = build_model(recipe.model);
     let quality_config = QualityConfig::default();
-    let shards = shards(
-        &dataset.train.labels,
-        args.workers,
-        args.batch,
-        crowdtrain_data::Sharding::Iid,
-        quality_config.validation_fraction,
-        0,
-    )?;
+    let shards = shards(&recipe, &dataset.train.labels, args.workers)?;
     let (_, validation) =
-        crowdtrain_data::split_validation(dataset.train.len(), quality_config.validation_fraction, 0);
+        crowdtrain_data::split_validation(dataset.train.len(), recipe.validation_fraction, recipe.seed);
     let mut global = crowdtrain_train::OuterState::new(model.name(), model.layout().initialize(0));
     let mut defense = ModelDefense::new(CheckConfig::default(), args.aggregator);
     let outer = crowdtrain_train::Nesterov::default();
@@ -232,19 +230,10 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let payloads = (0..args.workers)
             .map(|slot| -> anyhow::Result<Vec<u8>> {
-                let key = RngKey::new(0, round, slot as u64, 0);
-                let result = inner_round(
-                    model.as_ref(),
-                    AdamW::default(),
-                    args.batch,
-                    &global.params,
-                    &dataset,
-                    &shards[slot],
-                    key,
-                    args.inner_steps,
-                    1,
-                )?;
-                Ok(Codec::Int8.encode(&result.pseudo_gradient)?)
+                let key = round_key(&recipe, round, slot as u32);
+                let result =
+                    inner_round(model.as_ref(), &recipe, &global.params, &dataset, &shards[slot], key, 1)?;
+                Ok(recipe.codec.encode(&result.pseudo_gradient)?)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let trained = started.elapsed().as_secs_f64();
@@ -252,7 +241,7 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         let parameters = global.params.len();
         let updates = payloads
             .iter()
-            .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
+            .map(|bytes| codec::decode(bytes, parameters).map(|(_, values)| values))
             .collect::<Result<Vec<_>, _>>()?;
         let decoded = started.elapsed().as_secs_f64();
         let submissions: Vec<Submission<'_>> = updates
@@ -353,7 +342,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
         "batch, steps and repeats must be positive"
     );
     let threads = rayon::current_num_threads();
-    let model = args.model.build();
+    let model = build_model(args.model);
     let features = 784;
     let batches: Vec<Batch> = (0..BATCHES)
         .map(|index| {
@@ -420,8 +409,8 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
 
 fn audit(args: AuditArgs) -> anyhow::Result<()> {
     use crowdtrain_protocol::{Digest, merkle};
-    use crowdtrain_train::Codec;
-    use crowdtrain_train::diloco::{inner_round, replay, segment_range};
+    use crowdtrain_train::diloco::{inner_round, replay, round_key, segment_range};
+    use crowdtrain_train::{Encode, TrainingRecipe};
 
     anyhow::ensure!(
         args.segments >= 1 && u64::from(args.segments) <= args.inner_steps,
@@ -429,40 +418,24 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.repeats >= 1 && args.batch >= 1, "repeats and batch must be positive");
     let dataset = args.runtime.load_data()?;
-    let model = ModelKind::Mlp.build();
+    let recipe = TrainingRecipe {
+        inner_steps: args.inner_steps,
+        batch_size: args.batch,
+        ..TrainingRecipe::with_seed(7)
+    };
+    let model = build_model(recipe.model);
     let shard: Vec<u32> = (0..dataset.train.len() as u32).collect();
     let params = model.layout().initialize(0);
-    let optimizer = AdamW::default();
     let (mut training, mut commitment, mut replaying) = (Vec::new(), Vec::new(), Vec::new());
     let mut answer_bytes = 0;
     let progress = output::progress_bar(args.repeats as u64, "repeats");
     for repeat in 0..args.repeats as u64 {
-        let key = RngKey::new(7, repeat, 0, 0);
+        let key = round_key(&recipe, repeat, 0);
         let started = Instant::now();
-        let plain = inner_round(
-            model.as_ref(),
-            optimizer,
-            args.batch,
-            &params,
-            &dataset,
-            &shard,
-            key,
-            args.inner_steps,
-            1,
-        )?;
+        let plain = inner_round(model.as_ref(), &recipe, &params, &dataset, &shard, key, 1)?;
         training.push(started.elapsed().as_secs_f64());
         std::hint::black_box(&plain);
-        let round = inner_round(
-            model.as_ref(),
-            optimizer,
-            args.batch,
-            &params,
-            &dataset,
-            &shard,
-            key,
-            args.inner_steps,
-            args.segments,
-        )?;
+        let round = inner_round(model.as_ref(), &recipe, &params, &dataset, &shard, key, args.segments)?;
         let started = Instant::now();
         let copies: Vec<TrainState> = round.boundaries.to_vec();
         let hashes: Vec<Digest> = copies.iter().map(|state| Digest(state.hash().0)).collect();
@@ -477,15 +450,14 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
             let start = TrainState::from_bytes(&start_bytes, &model.name(), params.len())?;
             anyhow::ensure!(merkle::verify(&root, &Digest(start.hash().0), &start_proof), "proof");
             let (first, last) = segment_range(args.inner_steps, args.segments, segment);
-            let end =
-                replay(model.as_ref(), optimizer, args.batch, &dataset, &shard, key, start, last - first)?;
+            let end = replay(model.as_ref(), &recipe, &dataset, &shard, key, start, last - first)?;
             anyhow::ensure!(
                 Digest(end.hash().0) == hashes[segment as usize],
                 "the replay matches the commitment"
             );
             if segment == args.segments {
                 let update: Vec<f32> = params.iter().zip(&end.params).map(|(g, l)| g - l).collect();
-                std::hint::black_box(Codec::Int8.encode(&update)?);
+                std::hint::black_box(recipe.codec.encode(&update)?);
             }
             total += started.elapsed().as_secs_f64();
         }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use crowdtrain_node::coordinator::{Node, serve};
-use crowdtrain_protocol::RunConfig;
+use crowdtrain_node::files;
 
 /// Run the coordinator of a training run: an HTTP API for workers, durable
 /// state in --state. Restarted with the same --state, it resumes the run.
@@ -30,7 +30,7 @@ pub struct CoordinatorArgs {
 }
 
 pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
-    let config = RunConfig::load(&args.config)?;
+    let config = files::load_config(&args.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(threads) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use crowdtrain_node::files;
 use crowdtrain_node::worker::Behavior;
-use crowdtrain_protocol::Identity;
 use crowdtrain_protocol::Signed;
+use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::wire::{DatasetFingerprint, Phase, RoundRecord, RunInfo, RunStatus, WorkerStatus};
 use crowdtrain_train::ModelKind;
 use serde::Serialize;
@@ -238,7 +239,7 @@ fn start_worker(
     processes: &mut Processes,
 ) -> anyhow::Result<()> {
     let key = dir.join(format!("worker-{index}.key"));
-    Identity::generate()?.save(&key)?;
+    files::save_identity(&files::generate_identity()?, &key)?;
     let log = std::fs::File::create(dir.join(format!("worker-{index}.log")))?;
     let mut command = Command::new(binary);
     command
@@ -271,7 +272,7 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         0
     };
     let config = format!(
-        "seed = {seed}\nrounds = {rounds}\n\n[model]\nkind = \"{model}\"\n{data}\n[inner]\nsteps = {steps}\n\n\
+        "rounds = {rounds}\n\n[training]\nseed = {seed}\nmodel = \"{model}\"\ninner_steps = {steps}\n{data}\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n",
@@ -351,7 +352,7 @@ fn watch(
                 .rounds
                 .iter()
                 .rev()
-                .find(|round| round.status == "closed")
+                .find(|round| round.status == RoundState::Closed)
                 .is_some_and(|round| round.test_accuracy.is_some() && round.scored);
             if status.phase == Phase::Finished && evaluated {
                 progress.finish_and_clear();
@@ -402,7 +403,7 @@ fn finish(
         .rounds
         .iter()
         .rev()
-        .find(|round| round.status == "closed")
+        .find(|round| round.status == RoundState::Closed)
         .and_then(|round| round.test_accuracy)
         .context("no evaluated round")?;
     let mut overheads: Vec<u64> =
@@ -493,7 +494,7 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
         "{} workers, {} rounds in {:.1} s: final test accuracy {:.2}%; {} uploaded, {} downloaded; coordinator \
          overhead {} per round (median{})",
         args.workers,
-        report.rounds.iter().filter(|round| round.status == "closed").count(),
+        report.rounds.iter().filter(|round| round.status == RoundState::Closed).count(),
         report.seconds,
         100.0 * report.final_test_accuracy,
         output::bytes(report.bytes_uploaded),

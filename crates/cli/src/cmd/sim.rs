@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use crowdtrain_data::{DatasetInfo, Sharding};
+use crowdtrain_data::DatasetInfo;
+use crowdtrain_data::Sharding;
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
 use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport};
-use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
+use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, TrainingRecipe};
 use serde::Serialize;
 
 use crate::output::{self, RuntimeArgs};
@@ -50,11 +51,12 @@ struct DilocoArgs {
 
     /// Examples per inner step per worker.
     #[arg(long, default_value_t = 64)]
-    batch: usize,
+    batch: u32,
 
-    /// Split the data with Dirichlet(ALPHA) label skew instead of IID.
-    #[arg(long, value_name = "ALPHA")]
-    dirichlet: Option<f64>,
+    /// How the data is split among workers: iid, or dirichlet:ALPHA for
+    /// Dirichlet(ALPHA) label skew.
+    #[arg(long, default_value = "iid")]
+    sharding: Sharding,
 
     /// Inner AdamW learning rate.
     #[arg(long, default_value_t = AdamW::default().lr)]
@@ -81,7 +83,7 @@ struct DilocoArgs {
     aggregator: Aggregator,
 
     /// Share of the training set held out of every shard (the coordinator
-    /// holds out `quality.validation_fraction`, 0.05 by default, to score
+    /// holds out `training.validation_fraction`, 0.05 by default, to score
     /// updates on).
     #[arg(long, default_value_t = 0.0)]
     validation_fraction: f64,
@@ -117,33 +119,41 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     }
 }
 
-fn run_diloco(args: DilocoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
-    anyhow::ensure!(args.inner_steps >= 1, "--inner-steps must be at least 1");
-    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
-    anyhow::ensure!(
-        (0.0..0.5).contains(&args.validation_fraction),
-        "--validation-fraction must be in [0, 0.5)"
-    );
-    args.runtime.clone().on_thread_pool(|| simulate_diloco(args))
+impl DilocoArgs {
+    /// The simulation the flags describe, checked as a run's would be.
+    fn config(&self) -> anyhow::Result<DilocoConfig> {
+        anyhow::ensure!(self.workers >= 1, "--workers must be at least 1");
+        anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
+        let recipe = TrainingRecipe {
+            seed: self.seed,
+            model: self.model,
+            inner_steps: self.inner_steps,
+            batch_size: self.batch,
+            optimizer: AdamW { lr: self.inner_lr, ..AdamW::default() },
+            codec: self.codec,
+            sharding: self.sharding,
+            validation_fraction: self.validation_fraction,
+        };
+        // The recipe's field names, as this command's flags.
+        let flag = |field: &str| match field {
+            "batch_size" => "--batch".to_owned(),
+            "optimizer.lr" => "--inner-lr".to_owned(),
+            other => format!("--{}", other.replace(['_', '.'], "-")),
+        };
+        recipe.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
+        let outer = Nesterov { lr: self.outer_lr, momentum: self.outer_momentum };
+        outer.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
+        Ok(DilocoConfig { recipe, workers: self.workers, rounds: self.rounds, outer })
+    }
 }
 
-fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
+fn run_diloco(args: DilocoArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    args.runtime.clone().on_thread_pool(|| simulate_diloco(args, config))
+}
+
+fn simulate_diloco(args: DilocoArgs, config: DilocoConfig) -> anyhow::Result<()> {
     let dataset = args.runtime.load_data()?;
-    let config = DilocoConfig {
-        model: args.model,
-        workers: args.workers,
-        inner_steps: args.inner_steps,
-        rounds: args.rounds,
-        batch_size: args.batch,
-        seed: args.seed,
-        sharding: args.dirichlet.map_or(Sharding::Iid, |alpha| Sharding::Dirichlet { alpha }),
-        inner: AdamW { lr: args.inner_lr, ..AdamW::default() },
-        outer: Nesterov { lr: args.outer_lr, momentum: args.outer_momentum },
-        codec: args.codec,
-        validation_fraction: args.validation_fraction,
-    };
     let mut aggregate: Box<dyn diloco::Aggregate> = match args.aggregator {
         Aggregator::Mean => Box::new(diloco::Mean),
         robust => Box::new(ModelDefense::new(CheckConfig::default(), robust)),
@@ -202,7 +212,7 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
             path,
             &format!(
                 "DiLoCo (K={}, H={}) vs synchronous data parallel",
-                output.config.workers, output.config.inner_steps
+                output.config.workers, output.config.recipe.inner_steps
             ),
             "training samples",
             "test accuracy (%)",

@@ -93,7 +93,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let dataset = args.runtime.load_data()?;
-    let model = args.model.build();
+    let model = crowdtrain_train::build_model(args.model);
     let optimizer = AdamW { lr: args.lr, weight_decay: args.weight_decay, ..AdamW::default() };
     let mut state = TrainState::new(model.name(), model.layout().initialize(args.seed));
     let schedule = match args.schedule.as_str() {

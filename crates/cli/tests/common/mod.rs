@@ -8,13 +8,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crowdtrain_data::{DataSource, Sharding};
+use crowdtrain_data::DataSource;
+pub use crowdtrain_node::files;
+pub use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::wire::{
     AUTH_HEADER, ApiError, ErrorCode, Phase, RUN_HEADER, RoundView, RunInfo, RunStatus,
 };
 use crowdtrain_protocol::{Commitment, Digest, Identity, RequestAuth, Signed};
 use crowdtrain_train::diloco::{DilocoConfig, simulate};
-use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov};
+use crowdtrain_train::{Codec, Encode, Nesterov, TrainingRecipe};
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_crowdtrain")
@@ -69,8 +71,8 @@ impl Network {
             0
         };
         let config = format!(
-            "seed = 3\nrounds = {rounds}\n[data]\ndir = {:?}\n[inner]\nsteps = {inner_steps}\nbatch_size = 32\n\
-             [audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n[round]\n{round_section}\n{extra}",
+            "rounds = {rounds}\n[training]\nseed = 3\ninner_steps = {inner_steps}\nbatch_size = 32\n\
+             [data]\ndir = {:?}\n[audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n[round]\n{round_section}\n{extra}",
             subset()
         );
         std::fs::write(dir.path().join("run.toml"), config).unwrap();
@@ -127,7 +129,7 @@ impl Network {
     pub fn start_worker_with(&mut self, index: usize, behavior: &str, threads: usize, env: &[(&str, &str)]) {
         let key = self.path(&format!("worker-{index}.key"));
         if !key.exists() {
-            Identity::generate().unwrap().save(&key).unwrap();
+            files::save_identity(&files::generate_identity().unwrap(), &key).unwrap();
         }
         let log = std::fs::File::create(self.path(&format!("worker-{index}.log"))).unwrap();
         let child = Command::new(binary())
@@ -217,7 +219,7 @@ pub fn finished_and_evaluated(status: &RunStatus) -> bool {
         && status
             .rounds
             .iter()
-            .filter(|round| round.status == "closed")
+            .filter(|round| round.status == RoundState::Closed)
             .all(|round| round.test_accuracy.is_some() && round.scored)
 }
 
@@ -236,17 +238,10 @@ pub fn simulated_state_hash_with(
     aggregator: crowdtrain_defense::Aggregator,
 ) -> String {
     let config = DilocoConfig {
-        model: ModelKind::Mlp,
+        recipe: TrainingRecipe { inner_steps, batch_size: 32, ..TrainingRecipe::with_seed(3) },
         workers,
-        inner_steps,
         rounds,
-        batch_size: 32,
-        seed: 3,
-        sharding: Sharding::Iid,
-        inner: AdamW::default(),
         outer: Nesterov::default(),
-        codec: Codec::Int8,
-        validation_fraction: crowdtrain_defense::QualityConfig::default().validation_fraction,
     };
     let dataset = DataSource::Directory(subset()).load().unwrap();
     simulate(

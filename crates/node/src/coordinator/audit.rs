@@ -31,8 +31,8 @@ use crowdtrain_train::TrainState;
 use crowdtrain_train::diloco::segment_range;
 
 use super::{Inner, Node};
-use crate::NodeError;
 use crate::replay::replay_segment;
+use crate::{AssignedWork, NodeError};
 
 impl Node {
     /// Checks 1 to 4 of `answer` for `segment` of `assignment`'s work,
@@ -74,7 +74,7 @@ impl Node {
         if !merkle::verify(&commitment.merkle_root, &answer.end_hash, &answer.end_proof) {
             return Err("the end hash is not the one committed".into());
         }
-        let (first, _) = segment_range(assignment.inner_steps, commitment.segments, segment);
+        let (first, _) = segment_range(assignment.recipe.inner_steps, commitment.segments, segment);
         if start.step != first {
             return Err(format!(
                 "the start state is at step {}, but segment {segment} starts at step {first}",
@@ -150,7 +150,7 @@ pub(super) fn verdict_of(
     assignment: &Assignment,
     segment: u32,
 ) -> Verdict {
-    let (first, last) = segment_range(assignment.inner_steps, commitment.segments, segment);
+    let (first, last) = segment_range(assignment.recipe.inner_steps, commitment.segments, segment);
     if report.end_hash != answer.end_hash {
         return Verdict::Failed(format!(
             "replaying steps {first}..{last} gives state {}, not the committed {}",

@@ -26,8 +26,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crowdtrain_protocol::wire::Receipt;
 use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER};
+use crowdtrain_protocol::wire::{Receipt, ReceiptStatus};
 use crowdtrain_protocol::{Commitment, Digest, RequestAuth, Signed};
 use serde::Deserialize;
 
@@ -386,7 +386,11 @@ fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
 fn receipt_response(result: Result<Signed<Receipt>, Failure>) -> Response {
     match result {
         Ok(receipt) => {
-            let status = if receipt.body.status == "late" { StatusCode::ACCEPTED } else { StatusCode::OK };
+            let status = if receipt.body.status == ReceiptStatus::Late {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
             (status, Json(receipt)).into_response()
         }
         Err(failure) => failure.into_response(),

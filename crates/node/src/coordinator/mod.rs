@@ -25,15 +25,15 @@ use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
     AuditAnswer, AuditReport, AuditTask, DatasetFingerprint, ErrorCode, PROTOCOL_VERSION, Receipt,
-    Registration, RunInfo, RunStatus, Stage,
+    ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
 };
 use crowdtrain_protocol::{
-    Action, Aggregated, AssignmentTemplate, Commitment, Coordinator, Digest, Identity, Opened, Outcome,
-    PublicKey, Refusal, RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
+    Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
+    RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, Write, checkpoint};
 use crowdtrain_train::diloco::outer_step;
-use crowdtrain_train::{Codec, Model, OuterState, evaluate};
+use crowdtrain_train::{Model, OuterState, evaluate};
 use tokio::sync::watch;
 
 pub use http::serve;
@@ -94,7 +94,6 @@ pub struct Node {
     run_id: Digest,
     identity: Identity,
     config: RunConfig,
-    template: AssignmentTemplate,
     model: Box<dyn Model>,
     /// Training data for audit replays, test data for evaluation.
     dataset: Arc<Dataset>,
@@ -232,7 +231,7 @@ impl Node {
         let identity = load_or_create_key(&state_dir.join("coordinator.key"))?;
         let audit_master = load_or_create_secret(&state_dir.join("audit.secret"))?;
         let dataset = DataSource::resolve(config.data.dir.as_deref()).load()?;
-        let model = config.model.kind.build();
+        let model = crowdtrain_train::build_model(config.training.model);
         let checkpoints = Checkpoints::open(&state_dir.join("checkpoints"))?;
         let answers = Checkpoints::open_with_extension(&state_dir.join("audit-answers"), "answer")?;
         let mut store = Store::open(&state_dir.join("coordinator.sqlite"))?;
@@ -290,8 +289,8 @@ impl Node {
         }
         let (validation_pool, validation) = crowdtrain_data::split_validation(
             dataset.train.len(),
-            config.quality.validation_fraction,
-            config.seed,
+            config.training.validation_fraction,
+            config.training.seed,
         );
         drop(validation_pool);
         let (scoring, to_score) = std::sync::mpsc::channel();
@@ -321,7 +320,6 @@ impl Node {
             me: me.clone(),
             run,
             run_id: record.run_id,
-            template: AssignmentTemplate::from_config(&config),
             identity,
             config,
             model,
@@ -422,8 +420,8 @@ impl Node {
     fn view(&self, worker: Option<WorkerId>) -> Signed<RoundView> {
         let opening = self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let view = match opening {
-            Some(opened) => opened.view(worker, &self.template),
-            None => self.lock().machine.view(worker, &self.template),
+            Some(opened) => opened.view(worker),
+            None => self.lock().machine.view(worker),
         };
         Signed::sign(&self.identity, view)
     }
@@ -460,7 +458,7 @@ impl Node {
         let audit = inner.machine.pending_audit(worker, round).map(|(segment, _)| segment);
         drop(inner);
         let digest = Digest::of(&postcard_bytes(&commitment));
-        Ok(self.receipt(round, worker, Stage::Commitment, outcome.status().as_str(), digest, now, audit))
+        Ok(self.receipt(round, worker, Stage::Commitment, outcome.status().into(), digest, now, audit))
     }
 
     /// `POST /v1/rounds/{round}/reveals`: checks the payload, feeds the
@@ -517,7 +515,7 @@ impl Node {
                 ),
             ));
         }
-        Ok(self.receipt(round, worker, Stage::Reveal, outcome.status().as_str(), digest, now, None))
+        Ok(self.receipt(round, worker, Stage::Reveal, outcome.status().into(), digest, now, None))
     }
 
     /// `POST /v1/rounds/{round}/audits`: checks the answer against the
@@ -550,10 +548,8 @@ impl Node {
                     format!("an answer to {worker}'s audit in round {round} is already being handled"),
                 ));
             }
-            let assignment = inner
-                .machine
-                .assignment(worker, &self.template)
-                .expect("an audited worker is a participant of the round");
+            let assignment =
+                inner.machine.assignment(worker).expect("an audited worker is a participant of the round");
             let shards = self.shards(&mut inner, &assignment).map_err(Failure::internal)?;
             (segment, commitment, assignment, inner.global.params.clone(), shards)
         };
@@ -602,13 +598,29 @@ impl Node {
             tracing::info!(round, %worker, segment, ?verdict, "audit");
             inner.machine.audit_result(now, round, worker, verdict, None, Some((worker, nonce)))?;
             self.drive_timed(&mut inner, None, round, received)?;
-            return Ok(self.receipt(round, worker, Stage::AuditAnswer, "failed", digest, now, None));
+            return Ok(self.receipt(
+                round,
+                worker,
+                Stage::AuditAnswer,
+                ReceiptStatus::Failed,
+                digest,
+                now,
+                None,
+            ));
         }
         let auditor = inner.machine.audit_answered(now, worker, nonce, round)?;
         self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
         if let Some(auditor) = auditor {
             tracing::info!(round, %worker, segment, %auditor, "audit delegated");
-            return Ok(self.receipt(round, worker, Stage::AuditAnswer, "delegated", digest, now, None));
+            return Ok(self.receipt(
+                round,
+                worker,
+                Stage::AuditAnswer,
+                ReceiptStatus::Delegated,
+                digest,
+                now,
+                None,
+            ));
         }
         // Delegated audits with no auditor of the worker's class are the
         // coordinator's to replay, starting now.
@@ -622,7 +634,7 @@ impl Node {
         drop(inner);
         let _ = recorded.send(());
         tracing::debug!(round, %worker, answer_ms = received.elapsed().as_secs_f64() * 1e3, "answer recorded");
-        Ok(self.receipt(round, worker, Stage::AuditAnswer, "replaying", digest, now, None))
+        Ok(self.receipt(round, worker, Stage::AuditAnswer, ReceiptStatus::Replaying, digest, now, None))
     }
 
     /// Replays an answered audit off the lock and reports the verdict to
@@ -711,7 +723,7 @@ impl Node {
         let claimed = audit::verdict_of(&report, &answer, &commitment, &assignment, segment);
         let now = now_unix_ms();
         let (verdict, judged_by, status) = if claimed.passed() {
-            (claimed, Some(auditor), "agreed")
+            (claimed, Some(auditor), ReceiptStatus::Agreed)
         } else {
             // The auditor says the worker's claim is false: check it.
             let start = self
@@ -731,9 +743,9 @@ impl Node {
                 tracing::warn!(round, %auditor, %audited, "auditor contradicted");
                 inner.machine.auditor_wrong(now, round, auditor, audited, &reason);
             }
-            (verdict, None, "re-checked")
+            (verdict, None, ReceiptStatus::Rechecked)
         };
-        tracing::info!(round, worker = %audited, %auditor, segment, ?verdict, status, "audit reported");
+        tracing::info!(round, worker = %audited, %auditor, segment, ?verdict, %status, "audit reported");
         inner.machine.audit_result(now, round, audited, verdict, judged_by, Some((auditor, nonce)))?;
         self.drive_timed(&mut inner, None, round, received)?;
         Ok(self.receipt(round, auditor, Stage::AuditReport, status, Digest::of(body), now, None))
@@ -744,8 +756,7 @@ impl Node {
     fn judge_stored(&self, inner: &mut Inner, round: RoundId, worker: WorkerId) -> Result<(), NodeError> {
         let (segment, commitment) =
             inner.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
-        let assignment =
-            inner.machine.assignment(worker, &self.template).expect("audited workers are participants");
+        let assignment = inner.machine.assignment(worker).expect("audited workers are participants");
         let answer = self.stored_answer(inner, round, worker)?;
         let verdict = self.judge(inner, &assignment, segment, &commitment, &answer)?;
         tracing::info!(round, %worker, segment, ?verdict, "audit judged at the deadline (no report)");
@@ -786,8 +797,7 @@ impl Node {
                 format!("{auditor} has no audit of {audited} to {doing} in round {round}"),
             ));
         };
-        let assignment =
-            inner.machine.assignment(audited, &self.template).expect("audited workers are participants");
+        let assignment = inner.machine.assignment(audited).expect("audited workers are participants");
         Ok((segment, commitment, assignment))
     }
 
@@ -799,7 +809,7 @@ impl Node {
         round: RoundId,
         worker: WorkerId,
         stage: Stage,
-        status: &str,
+        status: ReceiptStatus,
         digest: Digest,
         now: u64,
         audit: Option<u32>,
@@ -809,7 +819,7 @@ impl Node {
             round,
             worker,
             stage,
-            status: status.to_owned(),
+            status,
             digest,
             received_unix_ms: now,
             audit,
@@ -821,7 +831,7 @@ impl Node {
     /// values, in the run's codec; returns the values.
     fn check_payload(&self, payload: &[u8]) -> Result<Vec<f32>, Failure> {
         let expected = self.model.layout().len();
-        let (codec, values) = Codec::decode(payload, expected).map_err(|error| {
+        let (codec, values) = crowdtrain_train::codec::decode(payload, expected).map_err(|error| {
             let code = match error {
                 crowdtrain_train::CodecError::NonFinite { .. }
                 | crowdtrain_train::CodecError::BadScale { .. } => ErrorCode::NonFinite,
@@ -829,12 +839,12 @@ impl Node {
             };
             Failure::new(code, format!("the update was refused: {error}"))
         })?;
-        if codec != self.config.inner.codec {
+        if codec != self.config.training.codec {
             return Err(Failure::new(
                 ErrorCode::WrongShape,
                 format!(
                     "the run encodes updates as {}, not {}",
-                    self.config.inner.codec.as_str(),
+                    self.config.training.codec.as_str(),
                     codec.as_str()
                 ),
             ));
@@ -1216,8 +1226,8 @@ impl Node {
                 // Not in memory (revealed before a restart): from the database.
                 None => {
                     let bytes = inner.store.payloads(round, &[*worker])?.remove(0);
-                    let (_, values) =
-                        Codec::decode(&bytes, parameters).map_err(crowdtrain_train::TrainError::from)?;
+                    let (_, values) = crowdtrain_train::codec::decode(&bytes, parameters)
+                        .map_err(crowdtrain_train::TrainError::from)?;
                     updates.push((Digest::of(&bytes), values));
                 }
             }
@@ -1240,7 +1250,7 @@ impl Node {
             None => None,
             Some(delta) => {
                 let mut state = inner.global.clone();
-                outer_step(self.config.outer_optimizer(), &mut state, delta);
+                outer_step(self.config.outer, &mut state, delta);
                 let (model_bytes, momentum_bytes) = encode_global(self.model.as_ref(), &state);
                 let (model, momentum) = (Digest::of(&model_bytes), Digest::of(&momentum_bytes));
                 let model_bytes = Arc::new(model_bytes);
@@ -1301,7 +1311,7 @@ impl Node {
     fn schedule_evaluation(&self, round: RoundId, params: Vec<f32>) {
         let Some(node) = self.me.upgrade() else { return };
         std::thread::spawn(move || {
-            let model = node.config.model.kind.build();
+            let model = crowdtrain_train::build_model(node.config.training.model);
             match node.background.install(|| evaluate(model.as_ref(), &params, &node.dataset.test)) {
                 Ok(evaluation) => {
                     let mut inner = node.lock();
@@ -1464,10 +1474,10 @@ fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
 /// The coordinator's key, created on first start.
 fn load_or_create_key(path: &Path) -> Result<Identity, NodeError> {
     if path.exists() {
-        return Ok(Identity::load(path)?);
+        return Ok(crate::files::load_identity(path)?);
     }
-    let identity = Identity::generate()?;
-    identity.save(path)?;
+    let identity = crate::files::generate_identity()?;
+    crate::files::save_identity(&identity, path)?;
     Ok(identity)
 }
 
@@ -1481,7 +1491,7 @@ fn create_run(
     checkpoints: &Checkpoints,
 ) -> Result<RunRecord, NodeError> {
     let name = model.name();
-    let params = model.layout().initialize(config.seed);
+    let params = model.layout().initialize(config.training.seed);
     let zeros = vec![0.0; params.len()];
     let initial_model =
         checkpoints.put(&checkpoint::encode(CheckpointKind::Params, &name, model.layout(), &params))?;
@@ -1590,7 +1600,7 @@ fn rebuild_latest_global(
     let aggregator = config.defense().aggregator;
     let before = restore_aggregator(store, checkpoints, &aggregator, model, latest.round)?;
     let (aggregate, _) = replay_aggregation(store, &aggregator, &before, model, latest.round)?;
-    outer_step(config.outer_optimizer(), &mut state, &aggregate);
+    outer_step(config.outer, &mut state, &aggregate);
     let (model_bytes, momentum_bytes) = encode_global(model, &state);
     let rebuilt = (checkpoints.put(&model_bytes)?, checkpoints.put(&momentum_bytes)?);
     if rebuilt != (latest.model, latest.momentum) {
@@ -1655,7 +1665,7 @@ fn replay_aggregation(
     let payloads = store.payloads(round, &workers)?;
     let updates = payloads
         .iter()
-        .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
+        .map(|bytes| crowdtrain_train::codec::decode(bytes, parameters).map(|(_, values)| values))
         .collect::<Result<Vec<_>, _>>()
         .map_err(crowdtrain_train::TrainError::from)?;
     let views: Vec<(u64, &[f32])> =

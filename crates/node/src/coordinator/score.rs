@@ -16,7 +16,6 @@ use crowdtrain_defense::quality;
 use crowdtrain_protocol::RoundId;
 use crowdtrain_protocol::ledger::{Event, Reward};
 use crowdtrain_store::{CheckpointKind, Write, checkpoint};
-use crowdtrain_train::Codec;
 
 use super::{Node, now_unix_ms};
 use crate::NodeError;
@@ -57,7 +56,7 @@ impl Node {
         )?;
         let updates = payloads
             .iter()
-            .map(|bytes| Codec::decode(bytes, parameters).map(|(_, values)| values))
+            .map(|bytes| crowdtrain_train::codec::decode(bytes, parameters).map(|(_, values)| values))
             .collect::<Result<Vec<_>, _>>()
             .map_err(crowdtrain_train::TrainError::from)?;
         let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();

@@ -13,9 +13,9 @@ use crowdtrain_protocol::merkle;
 use crowdtrain_protocol::wire::AuditAnswer;
 use crowdtrain_protocol::{Assignment, Commitment, Digest};
 use crowdtrain_train::diloco::{InnerRoundResult, inner_round, segment_range};
-use crowdtrain_train::{Model, TrainState, Trainer};
+use crowdtrain_train::{Encode, Model, TrainState, Trainer};
 
-use crate::NodeError;
+use crate::{AssignedWork, NodeError};
 
 /// A worker's behaviour (`crowdtrain worker --behavior B`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -218,13 +218,11 @@ impl Work<'_> {
         let key = RngKey { worker: key_slot, ..assignment.rng_key() };
         Ok(inner_round(
             self.model,
-            assignment.optimizer,
-            assignment.batch_size as usize,
+            &assignment.recipe,
             self.params,
             dataset,
             &self.shards[slot as usize],
             key,
-            assignment.inner_steps,
             assignment.segments,
         )?)
     }
@@ -239,7 +237,7 @@ impl Work<'_> {
     }
 
     fn encode(&self, update: &[f32]) -> Result<Vec<u8>, NodeError> {
-        Ok(self.assignment.codec.encode(update).map_err(crowdtrain_train::TrainError::from)?)
+        Ok(self.assignment.recipe.codec.encode(update).map_err(crowdtrain_train::TrainError::from)?)
     }
 
     fn finish(&self, result: InnerRoundResult) -> Result<Produced, NodeError> {
@@ -317,11 +315,12 @@ fn poison(payload: &mut [u8]) {
 /// there.
 fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
     let assignment = work.assignment;
-    let steps = assignment.inner_steps;
+    let steps = assignment.recipe.inner_steps;
     let skipped = ((steps as f64) * fraction).round() as u64;
     let honest_until = steps - skipped.min(steps);
     let mut state = TrainState::new(work.model.name(), work.params.to_vec());
-    let mut trainer = Trainer::new(work.model, assignment.optimizer, assignment.batch_size as usize);
+    let mut trainer =
+        Trainer::new(work.model, assignment.recipe.optimizer, assignment.recipe.batch_size as usize);
     let shard = &work.shards[assignment.slot as usize];
     let mut boundaries = vec![state.clone()];
     for segment in 1..=assignment.segments {
@@ -351,7 +350,7 @@ fn fabricate(work: &Work<'_>) -> Result<Produced, NodeError> {
         for (param, delta) in state.params.iter_mut().zip(noise(1e-3)) {
             *param += delta;
         }
-        state.step = segment_range(assignment.inner_steps, assignment.segments, segment).1;
+        state.step = segment_range(assignment.recipe.inner_steps, assignment.segments, segment).1;
         boundaries.push(state);
     }
     Ok(Produced::new(boundaries, work.encode(&update)?))
@@ -361,9 +360,9 @@ fn fabricate(work: &Work<'_>) -> Result<Produced, NodeError> {
 /// update, doubled.
 pub fn tampered(payload: &[u8], assignment: &Assignment, parameters: usize) -> Result<Vec<u8>, NodeError> {
     let (_, values) =
-        crowdtrain_train::Codec::decode(payload, parameters).map_err(crowdtrain_train::TrainError::from)?;
+        crowdtrain_train::codec::decode(payload, parameters).map_err(crowdtrain_train::TrainError::from)?;
     let doubled: Vec<f32> = values.iter().map(|value| value * 2.0 + 1e-4).collect();
-    Ok(assignment.codec.encode(&doubled).map_err(crowdtrain_train::TrainError::from)?)
+    Ok(assignment.recipe.codec.encode(&doubled).map_err(crowdtrain_train::TrainError::from)?)
 }
 
 #[cfg(test)]

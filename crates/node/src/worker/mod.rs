@@ -18,8 +18,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crowdtrain_data::{DataSource, Dataset};
-use crowdtrain_protocol::wire::{ErrorCode, PROTOCOL_VERSION, Phase, Receipt, Registration, RunInfo};
-use crowdtrain_protocol::{Digest, Identity, PublicKey, RoundId, RoundView, Signed, WorkerId};
+use crowdtrain_protocol::wire::{
+    ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, Registration, RunInfo,
+};
+use crowdtrain_protocol::{Digest, PublicKey, RoundId, RoundView, Signed, WorkerId};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
 use reqwest::{Method, StatusCode};
@@ -30,7 +32,7 @@ pub use behavior::{Behavior, Produced};
 use behavior::{Work, produce, tampered};
 pub use client::{Answer, Client};
 
-use crate::NodeError;
+use crate::{AssignedWork, NodeError};
 
 /// How soon a commitment refused as too early (its round is open ahead of
 /// the previous round's last audit verdicts, which take a fraction of a
@@ -96,7 +98,7 @@ pub async fn run_worker(
     options: WorkerOptions,
     mut on_round: impl FnMut(&str),
 ) -> Result<WorkerSummary, NodeError> {
-    let identity = Identity::load(&options.key)?;
+    let identity = crate::files::load_identity(&options.key)?;
     let behavior = options.behavior;
     let mut summary = WorkerSummary {
         public_key: identity.public_key().to_hex(),
@@ -123,7 +125,7 @@ pub async fn run_worker(
     let dataset = Arc::new(load_matching_data(options.data.as_deref(), &run)?);
     let flipped =
         behavior.flips_labels().then(|| Arc::new(crowdtrain_defense::attack::flipped_labels(&dataset)));
-    let model: Arc<dyn Model> = Arc::from(run.config.model.kind.build());
+    let model: Arc<dyn Model> = Arc::from(crowdtrain_train::build_model(run.config.training.model));
     if model.name() != run.model_name {
         return Err(NodeError::Untrusted(format!(
             "the run trains {}, which this build calls {}",
@@ -290,7 +292,7 @@ pub async fn run_worker(
                     wait = (wait * 2).min(PROVISIONAL_RETRY_MAX);
                 };
                 match receipt(&answer, &coordinator)? {
-                    Ok(receipt) if receipt.status == "accepted" => {
+                    Ok(receipt) if receipt.status == ReceiptStatus::Accepted => {
                         summary.commitments += 1;
                         // Drawn for audit: the answer goes first, at once,
                         // so that the coordinator replays while the others
@@ -357,7 +359,7 @@ pub async fn run_worker(
                     summary.bytes_uploaded += bytes;
                     match receipt_status(&answer, &coordinator)? {
                         Ok(status) => {
-                            summary.reveals_accepted += u64::from(status == "accepted");
+                            summary.reveals_accepted += u64::from(status == ReceiptStatus::Accepted);
                             on_round(&format!("round {round}: revealed {bytes} bytes: {status}"));
                         }
                         Err(reason) => {
@@ -404,9 +406,9 @@ async fn answer_audit(
         .await?;
     match receipt_status(&answer, coordinator)? {
         Ok(verdict) => {
-            match verdict.as_str() {
-                "replaying" => summary.audits_answered += 1,
-                "delegated" => summary.audits_delegated += 1,
+            match verdict {
+                ReceiptStatus::Replaying => summary.audits_answered += 1,
+                ReceiptStatus::Delegated => summary.audits_delegated += 1,
                 _ => summary.audits_failed += 1,
             }
             on_round(&format!("round {round}: audit of segment {segment}: {verdict}"));
@@ -421,7 +423,10 @@ async fn answer_audit(
 
 /// The status of a signed receipt, or the coordinator's reason for a
 /// refusal (4xx). A receipt not signed by the coordinator is an error.
-fn receipt_status(answer: &Answer, coordinator: &PublicKey) -> Result<Result<String, String>, NodeError> {
+fn receipt_status(
+    answer: &Answer,
+    coordinator: &PublicKey,
+) -> Result<Result<ReceiptStatus, String>, NodeError> {
     Ok(receipt(answer, coordinator)?.map(|receipt| receipt.status))
 }
 
@@ -506,7 +511,7 @@ impl Auditing<'_> {
         shards: &mut HashMap<u32, Arc<Vec<Vec<u32>>>>,
         round: RoundId,
         task: crowdtrain_protocol::wire::AuditTaskRef,
-    ) -> Result<Result<String, String>, NodeError> {
+    ) -> Result<Result<ReceiptStatus, String>, NodeError> {
         let path = format!("/v1/rounds/{round}/audit-tasks/{}", task.worker.0);
         let answer = self.client.request(Method::GET, &path, Vec::new(), &[]).await?;
         if !answer.status.is_success() {
@@ -717,7 +722,7 @@ enum DownloadError {
 
 /// Writes a fresh key file for a worker (used by `crowdtrain keygen`).
 pub fn keygen(path: &Path) -> Result<PublicKey, NodeError> {
-    let identity = Identity::generate()?;
-    identity.save(path)?;
+    let identity = crate::files::generate_identity()?;
+    crate::files::save_identity(&identity, path)?;
     Ok(identity.public_key())
 }

@@ -12,7 +12,6 @@ mod cnn;
 mod mlp;
 
 use std::ops::Range;
-use std::str::FromStr;
 
 use candle_core::{Device, Tensor, Var};
 use crowdtrain_data::rng::{RngKey, keyed_rng, unit_f64};
@@ -113,48 +112,13 @@ pub trait Model: Send + Sync {
     fn logits(&self, params: &[Tensor], inputs: &Tensor) -> candle_core::Result<Tensor>;
 }
 
-/// The models a run can choose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelKind {
-    /// 784-256-10 with ReLU.
-    Mlp,
-    /// Two 5x5 convolutions (16 and 32 channels) with max-pooling, then a
-    /// linear classifier.
-    Cnn,
-}
+pub use crowdtrain_recipe::ModelKind;
 
-impl ModelKind {
-    pub fn build(self) -> Box<dyn Model> {
-        match self {
-            Self::Mlp => Box::new(Mlp::new(784, 256, 10)),
-            Self::Cnn => Box::new(Cnn::new()),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mlp => "mlp",
-            Self::Cnn => "cnn",
-        }
-    }
-}
-
-impl FromStr for ModelKind {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        match name {
-            "mlp" => Ok(Self::Mlp),
-            "cnn" => Ok(Self::Cnn),
-            other => Err(format!("unknown model {other:?}; expected mlp or cnn")),
-        }
-    }
-}
-
-impl std::fmt::Display for ModelKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The architecture a [`ModelKind`] names.
+pub fn build_model(kind: ModelKind) -> Box<dyn Model> {
+    match kind {
+        ModelKind::Mlp => Box::new(Mlp::new(784, 256, 10)),
+        ModelKind::Cnn => Box::new(Cnn::new()),
     }
 }
 
@@ -265,15 +229,8 @@ mod tests {
     }
 
     #[test]
-    fn model_names_parse_and_unknown_names_are_refused() {
-        assert_eq!("mlp".parse::<ModelKind>(), Ok(ModelKind::Mlp));
-        assert_eq!("cnn".parse::<ModelKind>(), Ok(ModelKind::Cnn));
-        assert!("transformer".parse::<ModelKind>().unwrap_err().contains("unknown model"));
-    }
-
-    #[test]
     fn wrong_parameter_count_is_an_error_not_a_panic() {
-        let model = ModelKind::Mlp.build();
+        let model = build_model(ModelKind::Mlp);
         let batch = Batch { inputs: vec![0.0; 784], features: 784, targets: vec![1] };
         let mut grads = vec![0.0; model.layout().len()];
         let error = loss_and_grad(model.as_ref(), &[0.0; 10], &batch, &mut grads).unwrap_err();

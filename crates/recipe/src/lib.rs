@@ -1,0 +1,189 @@
+//! The training recipe of a crowdtrain run, as plain data.
+//!
+//! # Brief overview
+//!
+//! - [`TrainingRecipe`] is everything that decides the bits a worker
+//!   computes in a round, given the base model and its slot: the seed, the
+//!   model, the inner steps, the batch size, the inner optimizer, the codec
+//!   of its update, how the data is sharded and what is held out of every
+//!   shard. It is declared once, here, and the run configuration, the
+//!   assignments a coordinator hands out, the in-process simulation, the
+//!   attack battery and the benchmarks all carry this one type.
+//! - [`ModelKind`], [`AdamW`], [`Nesterov`], [`Codec`] and [`Sharding`] are
+//!   its parts; the arithmetic behind them lives in `crowdtrain-train`
+//!   and `crowdtrain-data`, which read these types.
+//! - [`defense`] holds the settings of the coordinator's checks, robust
+//!   aggregation and quality scoring, shared the same way by the run
+//!   configuration, the simulation and the battery.
+//! - [`segment_range`] says where a round's inner steps are cut into the
+//!   segments that commitments cover and audits replay: the worker, the
+//!   auditor and the protocol must agree on it exactly.
+//!
+//! This crate has no I/O and depends on nothing but serde: the protocol
+//! crate, which must stay free of training code, can speak of recipes.
+
+pub mod codec;
+pub mod defense;
+pub mod model;
+pub mod optim;
+pub mod sharding;
+
+use serde::{Deserialize, Serialize};
+
+pub use codec::Codec;
+pub use defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
+pub use model::ModelKind;
+pub use optim::{AdamW, Nesterov};
+pub use sharding::Sharding;
+
+/// A recipe value that cannot be used, naming its field (relative to the
+/// recipe, e.g. `inner_steps`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}`: {reason}")]
+pub struct RecipeError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl RecipeError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+/// What every worker of a run computes in a round, given the base model
+/// and its slot (`[training]` in `run.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingRecipe {
+    /// Initialisation, shards and batches all derive from it.
+    pub seed: u64,
+    #[serde(default)]
+    pub model: ModelKind,
+    /// Inner optimizer steps per round (DiLoCo's H).
+    #[serde(default = "default_inner_steps")]
+    pub inner_steps: u64,
+    /// Examples per inner step.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// The inner optimizer, fresh every round.
+    #[serde(default)]
+    pub optimizer: AdamW,
+    /// How the pseudo-gradient is encoded for the wire.
+    #[serde(default)]
+    pub codec: Codec,
+    /// How the training set is divided among a round's participants.
+    #[serde(default)]
+    pub sharding: Sharding,
+    /// Share of the training set held out of every shard (the coordinator
+    /// scores updates on it); 0 shards everything.
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
+}
+
+fn default_inner_steps() -> u64 {
+    50
+}
+
+fn default_batch_size() -> u32 {
+    64
+}
+
+fn default_validation_fraction() -> f64 {
+    0.05
+}
+
+impl TrainingRecipe {
+    /// The documented defaults, with `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            seed,
+            model: ModelKind::default(),
+            inner_steps: default_inner_steps(),
+            batch_size: default_batch_size(),
+            optimizer: AdamW::default(),
+            codec: Codec::default(),
+            sharding: Sharding::default(),
+            validation_fraction: default_validation_fraction(),
+        }
+    }
+
+    /// Examples per inner step, as an index type.
+    pub fn batch(&self) -> usize {
+        self.batch_size as usize
+    }
+
+    /// Work units of one round's submission: the examples its inner steps
+    /// process.
+    pub fn work_units(&self) -> u64 {
+        self.inner_steps * u64::from(self.batch_size)
+    }
+
+    /// Checks every value the arithmetic relies on.
+    pub fn validate(&self) -> Result<(), RecipeError> {
+        check("inner_steps", (1..=1_000_000).contains(&self.inner_steps), "must be between 1 and 1000000")?;
+        check("batch_size", (1..=8192).contains(&self.batch_size), "must be between 1 and 8192")?;
+        self.optimizer.validate()?;
+        self.sharding.validate()?;
+        check(
+            "validation_fraction",
+            (0.0..0.5).contains(&self.validation_fraction),
+            "must be in [0, 0.5): this share of the training set is held out of every shard",
+        )
+    }
+}
+
+/// Steps `[start, end)` of segment `segment` (1-based) when `steps` inner
+/// steps are cut into `segments` segments at `j * steps / segments`.
+pub fn segment_range(steps: u64, segments: u32, segment: u32) -> (u64, u64) {
+    assert!((1..=segments).contains(&segment), "segment {segment} of {segments}");
+    let boundary = |j: u32| u64::from(j) * steps / u64::from(segments);
+    (boundary(segment - 1), boundary(segment))
+}
+
+pub(crate) fn check(field: &'static str, ok: bool, reason: &str) -> Result<(), RecipeError> {
+    if ok { Ok(()) } else { Err(RecipeError::new(field, reason)) }
+}
+
+pub(crate) fn check_positive(field: &'static str, value: f32) -> Result<(), RecipeError> {
+    check(field, value.is_finite() && value > 0.0, "must be a positive finite number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recipe_needs_only_its_seed_and_gets_the_documented_defaults() {
+        let recipe: TrainingRecipe = toml::from_str("seed = 7").unwrap();
+        assert_eq!(recipe, TrainingRecipe::with_seed(7));
+        assert_eq!(recipe.work_units(), 50 * 64);
+        assert!(recipe.validate().is_ok());
+        let missing = toml::from_str::<TrainingRecipe>("inner_steps = 5").unwrap_err().to_string();
+        assert!(missing.contains("seed"), "{missing}");
+        let typo = toml::from_str::<TrainingRecipe>("seed = 1\ninner_stpes = 5").unwrap_err().to_string();
+        assert!(typo.contains("inner_stpes"), "{typo}");
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_field() {
+        let cases = [
+            ("seed = 1\ninner_steps = 0", "inner_steps"),
+            ("seed = 1\nbatch_size = 0", "batch_size"),
+            ("seed = 1\nvalidation_fraction = 0.5", "validation_fraction"),
+            ("seed = 1\nsharding = \"dirichlet:-1\"", "sharding"),
+            ("seed = 1\n[optimizer]\nlr = -1.0", "optimizer.lr"),
+            ("seed = 1\n[optimizer]\nbeta2 = 1.0", "optimizer.beta2"),
+        ];
+        for (text, field) in cases {
+            let recipe: TrainingRecipe = toml::from_str(text).unwrap();
+            assert_eq!(recipe.validate().unwrap_err().field, field, "{text}");
+        }
+    }
+
+    #[test]
+    fn segments_cover_the_steps_in_order() {
+        let ranges: Vec<_> = (1..=4).map(|segment| segment_range(50, 4, segment)).collect();
+        assert_eq!(ranges, [(0, 12), (12, 25), (25, 37), (37, 50)]);
+    }
+}
