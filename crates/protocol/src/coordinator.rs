@@ -19,15 +19,27 @@
 //!   explicit verdict where a caller is waiting for one; a refusal changes
 //!   nothing.
 //! - (C) outputs: after every input, drain [`poll_action`](Coordinator::poll_action)
-//!   and carry the actions out *in order*, making them durable before
-//!   answering the request that caused them; then re-arm one timer at
-//!   [`poll_timeout`](Coordinator::poll_timeout).
-//! - (D) recovery: [`Coordinator::restore`] rebuilds the machine from what
-//!   the driver persisted.
+//!   and carry the actions out *in order*, making the records of one input
+//!   durable together before answering the request that caused them; then
+//!   re-arm one timer at [`poll_timeout`](Coordinator::poll_timeout).
+//! - (D) recovery: [`Coordinator::restore`] replays the recorded events
+//!   into a new machine.
 //!
-//! [`Action::CloseRound`] is the one action that asks for work: the driver
+//! # One record per fact
+//!
+//! Every durable change of the machine's state is an [`Event`] of the
+//! ledger: the machine applies it to itself and emits it as
+//! [`Action::Record`]; the store builds its tables from it and appends it
+//! to the signed ledger in the same transaction; a restarted coordinator
+//! applies the same events to a new machine with the same function. So the
+//! tables, the ledger and the machine cannot disagree, and a restored
+//! machine is the one that recorded the events. What is not an event is
+//! ephemeral by design: when each worker was last seen, the bet on pending
+//! audits (below), replays asked for.
+//!
+//! [`Action::Close`] asks for the round's aggregate: the driver checks and
 //! aggregates the accepted updates (in worker order) and reports the new
-//! model with `handle_aggregated`, which emits [`Action::CommitRound`]. A
+//! model with `handle_aggregated`, which records [`Event::RoundClosed`]. A
 //! round is durable as closed only once its result is: if the driver dies
 //! in between, the restored machine closes the round again, and aggregation,
 //! being deterministic, gives the same model.
@@ -46,7 +58,7 @@
 //!    `max_extensions` times, then the round fails).
 //! 2. **Draw published.** The secret is revealed; the draws are listed, and
 //!    with every commitment it makes the beacon, which names the auditors
-//!    of delegated audits (announced only now) ([`Action::BeginReveal`]).
+//!    of delegated audits (announced only now) ([`Event::AuditDraw`]).
 //! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
 //!    not hash to its commitment is rejected and slashed. Audited workers
 //!    answer with the start state of their segment (if not already); the
@@ -70,7 +82,7 @@
 //! refused as too early until the bet is settled:
 //!
 //! - every audit passes (the usual case): the round closes with the
-//!   aggregate already computed, and the [`Action::OpenRound`] that follows
+//!   aggregate already computed, and the [`Event::RoundOpened`] that follows
 //!   adopts the provisional round as it was (participants, deadline, the
 //!   time it opened);
 //! - an audit fails: the provisional round is withdrawn
@@ -98,10 +110,14 @@ use crate::audit::{self, Commitment};
 use crate::config::RunConfig;
 use crate::identity::PublicKey;
 use crate::ids::{Digest, RoundId, WorkerId};
+use crate::ledger::Event;
 use crate::wire::{Assignment, ErrorCode, Phase, RoundView};
 
 /// Why a malformed committed update does not count.
 const MALFORMED: &str = "its committed update is malformed";
+
+/// Why a reveal that is not the committed update does not count.
+const MISMATCH: &str = "the reveal does not match the commitment";
 
 /// How far a request's nonce (its time, in microseconds) may be from the
 /// coordinator's clock before it is refused as stale.
@@ -199,20 +215,30 @@ impl Recorded {
     }
 }
 
+/// What a round's aggregation produced: the new model and the state that
+/// goes with it, each named by the digest of its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundResult {
+    pub model: Digest,
+    pub momentum: Digest,
+    /// A snapshot of the aggregator's state, on the rounds that keep one.
+    pub aggregator: Option<Digest>,
+}
+
 /// What the driver's defence made of a closed round's accepted updates
 /// ([`Coordinator::handle_aggregated`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregated {
     /// The new model, if any update passed the checks.
-    pub result_model: Option<Digest>,
+    pub result: Option<RoundResult>,
     /// Accepted submissions the checks refused, with their reasons.
     pub refused: Vec<(WorkerId, String)>,
 }
 
 impl Aggregated {
-    /// Every accepted update passed and made `result_model`.
-    pub fn all(result_model: Digest) -> Self {
-        Self { result_model: Some(result_model), refused: Vec::new() }
+    /// Every accepted update passed and made `result`.
+    pub fn all(result: RoundResult) -> Self {
+        Self { result: Some(result), refused: Vec::new() }
     }
 }
 
@@ -233,110 +259,43 @@ impl Verdict {
 }
 
 /// What the driver must do, in order.
+///
+/// [`Action::Record`] carries every fact the machine decides: the driver
+/// makes the records of one input durable together (one transaction, with
+/// their ledger entries) before answering the request that caused them.
+/// The other actions ask for work the machine cannot do itself.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub enum Action {
-    /// Persist a newly registered worker.
-    /// Persist a newly registered worker and its determinism class.
-    PersistWorker { worker: WorkerId, key: PublicKey, class: String, registered_unix_ms: u64 },
-    /// Persist a newly opened round and its participants (slot order).
-    OpenRound {
-        round: RoundId,
-        base_model: Digest,
-        participants: Vec<WorkerId>,
-        opened_unix_ms: u64,
-        commit_deadline_unix_ms: u64,
-        secret_commitment: Digest,
-    },
-    /// Persist a later commit deadline for the open round.
-    ExtendRound { round: RoundId, commit_deadline_unix_ms: u64, extensions: u32 },
-    /// Persist a commitment and the nonce of the request that carried it;
-    /// `audit` is the segment its draw selected, if any (accepted
-    /// commitments only).
-    RecordCommitment {
-        round: RoundId,
-        worker: WorkerId,
-        commitment: Commitment,
-        status: Recorded,
-        audit: Option<u32>,
-        nonce: u64,
-        received_unix_ms: u64,
-    },
-    /// The commit phase is over: persist the revealed secret, the beacon and
-    /// the audit draw.
-    BeginReveal {
-        round: RoundId,
-        secret: [u8; 32],
-        beacon: Digest,
-        audits: Vec<(WorkerId, u32)>,
-        /// `(audited, auditor)` for the delegated audits.
-        auditors: Vec<(WorkerId, WorkerId)>,
-        reveal_deadline_unix_ms: u64,
-    },
-    /// Persist an audit answer whose proofs checked (its bytes are the
-    /// driver's), and the nonce of the request that carried it.
-    RecordAuditAnswer { round: RoundId, worker: WorkerId, nonce: u64, received_unix_ms: u64 },
-    /// The reveal deadline passed with this answered audit not judged (its
-    /// auditor did not report): replay it yourself and call
-    /// [`Coordinator::audit_result`].
-    JudgeAudit { round: RoundId, worker: WorkerId, segment: u32 },
-    /// Take `amount` work units from an auditor whose report the
-    /// coordinator's own replay contradicted.
-    SlashAuditor { round: RoundId, auditor: WorkerId, audited: WorkerId, amount: u64, reason: String },
-    /// Persist a reveal (its payload is the driver's) and its request nonce.
-    RecordReveal {
-        round: RoundId,
-        worker: WorkerId,
-        status: Recorded,
-        payload: Digest,
-        nonce: u64,
-        received_unix_ms: u64,
-    },
-    /// Persist an audit's verdict (and the nonce of the answer, if any).
-    RecordAudit {
-        round: RoundId,
-        worker: WorkerId,
-        segment: u32,
-        verdict: Verdict,
-        /// Who replayed the segment (`None`: the coordinator).
-        judged_by: Option<WorkerId>,
-        /// The request that delivered the verdict: its sender and nonce.
-        nonce: Option<(WorkerId, u64)>,
-        decided_unix_ms: u64,
-    },
-    /// Take `amount` work units from `worker`.
-    Slash { round: RoundId, worker: WorkerId, amount: u64, reason: String },
-    /// Persist that the checks refused `worker`'s accepted update: it is
-    /// neither aggregated nor credited (and not slashed: the checks are
-    /// heuristics, not proofs).
-    RefuseUpdate { round: RoundId, worker: WorkerId, reason: String },
+    /// Make this fact durable.
+    Record(Event),
+    /// The open round is over: check and aggregate these workers' revealed
+    /// updates on `base_model` (in worker order), then call
+    /// [`Coordinator::handle_aggregated`]. Nothing is durable until that
+    /// records the round as closed or failed: if the driver dies in
+    /// between, the restored machine closes the round again, and
+    /// aggregation, being deterministic, gives the same model.
+    Close { round: RoundId, base_model: Digest, accepted: Vec<WorkerId> },
     /// Every submission of the open round is in and only audits the driver
     /// itself is replaying are outstanding: aggregate `accepted` on
     /// `base_model` as if they pass and call `handle_speculated`, so that
     /// the next round can open on that model while they finish. Nothing is
-    /// persisted; a later [`Action::CloseRound`] of the same round with the
+    /// persisted; a later [`Action::Close`] of the same round with the
     /// same `accepted` is answered with this aggregate.
     Speculate { round: RoundId, base_model: Digest, accepted: Vec<WorkerId> },
     /// Round `round` is open provisionally on `base_model`, the model `after`
     /// gives if its audits pass: publish it, so that its participants
     /// download and train. Not persisted, and no commitment is taken for it,
-    /// until an [`Action::OpenRound`] of the same round adopts it.
+    /// until a [`Event::RoundOpened`] of the same round adopts it.
     OpenProvisional { round: RoundId, after: RoundId, base_model: Digest },
     /// The speculation on `round` no longer holds (an audit failed, or the
     /// round closed otherwise): forget its aggregate. The provisional round
     /// it opened, if any, is gone.
     Withdraw { round: RoundId, provisional: Option<RoundId> },
-    /// Check and aggregate these workers' revealed updates on
-    /// `base_model`, then call `handle_aggregated`.
-    CloseRound { round: RoundId, base_model: Digest, accepted: Vec<WorkerId>, closed_unix_ms: u64 },
-    /// Persist the round as closed with its result.
-    CommitRound { round: RoundId, result_model: Digest, accepted: Vec<WorkerId>, closed_unix_ms: u64 },
-    /// Credit `worker` with `units` work units of verified work.
-    CreditWork { round: RoundId, worker: WorkerId, units: u64 },
-    /// Persist the round as failed; nothing in it counts.
-    FailRound { round: RoundId, closed_unix_ms: u64, reason: String },
-    /// All rounds are done.
-    Finish { final_model: Digest },
+    /// The reveal deadline passed with this answered audit not judged (its
+    /// auditor did not report): replay it yourself and call
+    /// [`Coordinator::audit_result`].
+    JudgeAudit { round: RoundId, worker: WorkerId, segment: u32 },
 }
 
 /// `(audited, auditor)`: who replays whose segment.
@@ -528,28 +487,7 @@ struct PastRound {
     reveals: BTreeMap<WorkerId, (Recorded, Digest)>,
 }
 
-/// A persisted round, for [`Coordinator::restore`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RoundSnapshot {
-    pub id: RoundId,
-    pub state: RoundState,
-    pub base_model: Digest,
-    pub participants: Vec<WorkerId>,
-    pub opened_unix_ms: u64,
-    pub commit_deadline_unix_ms: u64,
-    pub extensions: u32,
-    /// Set once the commit phase ended.
-    pub reveal_deadline_unix_ms: Option<u64>,
-    pub commitments: Vec<(WorkerId, Recorded, Commitment)>,
-    pub reveals: Vec<(WorkerId, Recorded, Digest)>,
-    pub verdicts: Vec<(WorkerId, Verdict)>,
-    /// Audited workers whose answers arrived (and checked).
-    pub answered: Vec<WorkerId>,
-    /// Auditors slashed in the round.
-    pub auditors_slashed: Vec<WorkerId>,
-    pub result_model: Option<Digest>,
-}
-
+/// How a round ended up (or that it has not yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoundState {
@@ -577,26 +515,6 @@ impl RoundState {
     }
 }
 
-/// A persisted worker, for [`Coordinator::restore`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerSnapshot {
-    pub worker: WorkerId,
-    pub key: PublicKey,
-    /// The last nonce accepted from it.
-    pub last_nonce: u64,
-    pub class: String,
-}
-
-/// Everything the driver persisted, for [`Coordinator::restore`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
-    pub initial_model: Digest,
-    /// Every worker, any order.
-    pub workers: Vec<WorkerSnapshot>,
-    /// Every round, ascending id.
-    pub rounds: Vec<RoundSnapshot>,
-}
-
 /// The coordinator's state.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -606,9 +524,9 @@ pub struct Coordinator {
     workers: BTreeMap<WorkerId, Worker>,
     keys: BTreeMap<PublicKey, WorkerId>,
     open: Option<OpenRound>,
-    /// A round closed and waiting for its aggregate, with the workers
-    /// whose updates it aggregates.
-    aggregating: Option<(RoundId, Vec<WorkerId>)>,
+    /// The open round, once it is over and waiting for its aggregate,
+    /// with the workers whose updates it aggregates.
+    closing: Option<(RoundId, Vec<WorkerId>)>,
     past: BTreeMap<RoundId, PastRound>,
     /// The next round, opened ahead while the open round's last audits are
     /// replayed.
@@ -632,7 +550,7 @@ impl Coordinator {
             workers: BTreeMap::new(),
             keys: BTreeMap::new(),
             open: None,
-            aggregating: None,
+            closing: None,
             past: BTreeMap::new(),
             speculation: None,
             next_round: 0,
@@ -644,128 +562,188 @@ impl Coordinator {
         }
     }
 
-    /// Rebuilds the machine from persisted state at time `now`. Every
-    /// worker counts as just seen (the coordinator was away, not them).
-    /// Whatever the restored round is due (ending its commit phase, closing)
-    /// happens at once, and with no open round a new one opens if enough
-    /// workers are known.
-    pub fn restore(
+    /// Rebuilds the machine at time `now` from the events it recorded
+    /// before (the ledger, in order). Every worker counts as just seen (the
+    /// coordinator was away, not them). Whatever the restored round is due
+    /// (ending its commit phase, closing) happens at once, and with no open
+    /// round a new one opens if enough workers are known.
+    pub fn restore<'a>(
         settings: Settings,
         run_id: Digest,
+        initial_model: Digest,
         audit_master: [u8; 32],
-        snapshot: Snapshot,
+        events: impl IntoIterator<Item = &'a Event>,
         now: u64,
     ) -> Self {
-        let mut machine = Self::new(settings, run_id, snapshot.initial_model, audit_master);
+        let mut machine = Self::new(settings, run_id, initial_model, audit_master);
         machine.now_ms = now;
-        for WorkerSnapshot { worker, key, last_nonce, class } in snapshot.workers {
-            machine.keys.insert(key, worker);
-            machine.workers.insert(worker, Worker { last_seen_ms: now, last_nonce, class, missed: false });
+        for event in events {
+            machine.apply(event);
         }
-        for round in snapshot.rounds {
-            assert!(round.id >= machine.next_round, "rounds are restored in ascending order");
-            machine.next_round = round.id + 1;
-            match round.state {
-                RoundState::Open => machine.open = Some(machine.restore_open(&round)),
-                RoundState::Closed | RoundState::Failed => {
-                    if round.state == RoundState::Closed {
-                        machine.completed_rounds += 1;
-                        machine.model = round.result_model.expect("a closed round has a result");
-                    }
-                    machine.past.insert(
-                        round.id,
-                        PastRound {
-                            base_model: round.base_model,
-                            participants: round.participants.iter().copied().collect(),
-                            commitments: round.commitments.iter().map(|&(w, s, c)| (w, (s, c))).collect(),
-                            reveals: round.reveals.iter().map(|&(w, s, d)| (w, (s, d))).collect(),
-                        },
-                    );
-                }
-            }
+        for worker in machine.workers.values_mut() {
+            worker.last_seen_ms = now;
+            worker.missed = false;
         }
-        if machine.completed_rounds >= machine.settings.rounds {
-            machine.finished = true;
-        }
+        machine.finished |= machine.completed_rounds >= machine.settings.rounds;
         machine.settle();
         machine.maybe_open();
         machine
     }
 
-    fn restore_open(&self, round: &RoundSnapshot) -> OpenRound {
-        let secret = audit::round_secret(&self.audit_master, &self.run_id, round.id);
-        let mut standings: BTreeMap<WorkerId, Standing> =
-            round.participants.iter().map(|&worker| (worker, Standing::default())).collect();
-        for &(worker, status, commitment) in &round.commitments {
-            let standing = standings.entry(worker).or_default();
-            match status {
-                Recorded::Accepted => {
-                    standing.commitment = Some(commitment);
-                    standing.audit = draw_audit(
-                        &self.settings,
-                        &self.audit_master,
-                        &self.run_id,
-                        round.id,
-                        worker,
-                        &commitment,
-                    );
-                }
-                _ => standing.late_commitment = Some(commitment),
+    /// Records `event`: applies it to the machine's state and hands it to
+    /// the driver to make durable. Every durable change of state goes
+    /// through here, so a machine restored from the events is the machine
+    /// that recorded them.
+    fn record(&mut self, event: Event) {
+        self.apply(&event);
+        self.actions.push_back(Action::Record(event));
+    }
+
+    /// What `event` changes in the machine, live or replayed.
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted { .. }
+            | Event::Slash { .. }
+            | Event::UpdateRefused { .. }
+            | Event::WorkAccepted { .. }
+            | Event::Reward(_)
+            | Event::RoundScored { .. } => {}
+            Event::WorkerRegistered { worker, key, class, .. } => {
+                self.keys.insert(*key, *worker);
+                let state =
+                    Worker { last_seen_ms: self.now_ms, last_nonce: 0, class: class.clone(), missed: false };
+                self.workers.insert(*worker, state);
             }
-        }
-        for worker in &round.answered {
-            standings.entry(*worker).or_default().answered = true;
-        }
-        for (worker, verdict) in &round.verdicts {
-            let standing = standings.entry(*worker).or_default();
-            if !verdict.passed() {
-                standing.rejected.get_or_insert_with(|| failure_reason(verdict));
+            Event::RoundOpened {
+                round,
+                base_model,
+                participants,
+                opened_unix_ms,
+                commit_deadline_unix_ms,
+                secret_commitment,
+            } => {
+                assert!(self.open.is_none(), "round {round} opens while another is open");
+                self.next_round = round + 1;
+                self.open = Some(OpenRound {
+                    id: *round,
+                    base_model: *base_model,
+                    opened_ms: *opened_unix_ms,
+                    phase: RoundPhase::Committing { deadline_ms: *commit_deadline_unix_ms, extensions: 0 },
+                    standings: participants.iter().map(|&worker| (worker, Standing::default())).collect(),
+                    participants: participants.clone(),
+                    secret_commitment: *secret_commitment,
+                    secret: None,
+                    auditors_slashed: BTreeSet::new(),
+                });
             }
-            standing.verdict = Some(verdict.clone());
-        }
-        let mut open = OpenRound {
-            id: round.id,
-            base_model: round.base_model,
-            opened_ms: round.opened_unix_ms,
-            phase: RoundPhase::Committing {
-                deadline_ms: round.commit_deadline_unix_ms,
-                extensions: round.extensions,
-            },
-            participants: round.participants.clone(),
-            standings,
-            secret_commitment: audit::secret_commitment(&secret),
-            secret: None,
-            auditors_slashed: round.auditors_slashed.iter().copied().collect(),
-        };
-        if let Some(deadline_ms) = round.reveal_deadline_unix_ms {
-            open.phase = RoundPhase::Revealing { deadline_ms };
-            open.secret = Some(secret);
-            let beacon = audit::beacon(&secret, &self.run_id, round.id, &open.commitments());
-            self.assign_auditors(&mut open, &beacon);
-            for &(worker, status, digest) in &round.reveals {
-                let standing = open.standings.entry(worker).or_default();
-                match status {
-                    Recorded::Accepted => standing.revealed = Some(digest),
-                    Recorded::Mismatch => {
-                        standing.mismatched = Some(digest);
-                        standing.rejected = Some("the reveal does not match the commitment".into());
+            Event::DeadlineExtended { round, commit_deadline_unix_ms, extensions } => {
+                self.open_mut(*round).phase =
+                    RoundPhase::Committing { deadline_ms: *commit_deadline_unix_ms, extensions: *extensions };
+            }
+            Event::Commitment { round, worker, commitment, status, audit, nonce, received_unix_ms } => {
+                self.record_nonce(*worker, *nonce, *received_unix_ms);
+                match self.open.as_mut().filter(|open| open.id == *round) {
+                    Some(open) => {
+                        let standing = open.standings.entry(*worker).or_default();
+                        if *status == Recorded::Accepted {
+                            standing.commitment = Some(*commitment);
+                            standing.audit = *audit;
+                        } else {
+                            standing.late_commitment = Some(*commitment);
+                        }
                     }
-                    Recorded::Malformed => {
-                        standing.mismatched = Some(digest);
-                        standing.malformed = true;
-                        standing.rejected = Some(MALFORMED.into());
+                    None => {
+                        self.past_mut(*round).commitments.insert(*worker, (*status, *commitment));
                     }
-                    Recorded::Late => {}
                 }
             }
+            Event::AuditDraw { round, secret, auditors, reveal_deadline_unix_ms, .. } => {
+                let open = self.open_mut(*round);
+                open.phase = RoundPhase::Revealing { deadline_ms: *reveal_deadline_unix_ms };
+                open.secret = Some(*secret);
+                for &(audited, auditor) in auditors {
+                    open.standings.get_mut(&audited).expect("audited workers have standings").auditor =
+                        Some(auditor);
+                }
+            }
+            Event::AuditAnswered { round, worker, nonce, received_unix_ms, .. } => {
+                self.record_nonce(*worker, *nonce, *received_unix_ms);
+                self.standing_mut(*round, *worker).answered = true;
+            }
+            Event::Reveal { round, worker, payload, status, nonce, received_unix_ms } => {
+                self.record_nonce(*worker, *nonce, *received_unix_ms);
+                match self.open.as_mut().filter(|open| open.id == *round) {
+                    Some(open) => {
+                        let standing = open.standings.entry(*worker).or_default();
+                        match status {
+                            Recorded::Accepted => standing.revealed = Some(*payload),
+                            Recorded::Mismatch => {
+                                standing.mismatched = Some(*payload);
+                                standing.rejected.get_or_insert_with(|| MISMATCH.into());
+                            }
+                            Recorded::Malformed => {
+                                standing.mismatched = Some(*payload);
+                                standing.malformed = true;
+                                standing.rejected.get_or_insert_with(|| MALFORMED.into());
+                            }
+                            Recorded::Late => {
+                                unreachable!("an open round takes reveals in its reveal phase only")
+                            }
+                        }
+                    }
+                    None => {
+                        self.past_mut(*round).reveals.insert(*worker, (*status, *payload));
+                    }
+                }
+            }
+            Event::Audit { round, worker, verdict, sender, decided_unix_ms, .. } => {
+                if let Some((sender, nonce)) = sender {
+                    self.record_nonce(*sender, *nonce, *decided_unix_ms);
+                }
+                let standing = self.standing_mut(*round, *worker);
+                standing.verdict = Some(verdict.clone());
+                if !verdict.passed() {
+                    standing.rejected.get_or_insert_with(|| failure_reason(verdict));
+                }
+            }
+            Event::AuditorSlashed { round, auditor, .. } => {
+                self.open_mut(*round).auditors_slashed.insert(*auditor);
+            }
+            Event::RoundClosed { round, result_model, .. } => {
+                self.end_open_round(*round);
+                self.completed_rounds += 1;
+                self.model = *result_model;
+            }
+            Event::RoundFailed { round, .. } => self.end_open_round(*round),
+            Event::RunFinished { .. } => self.finished = true,
         }
-        open
+    }
+
+    /// The open round, which `round` must be: events only ever name it.
+    fn open_mut(&mut self, round: RoundId) -> &mut OpenRound {
+        self.open.as_mut().filter(|open| open.id == round).expect("events of the open round name it")
+    }
+
+    fn standing_mut(&mut self, round: RoundId, worker: WorkerId) -> &mut Standing {
+        self.open_mut(round).standings.get_mut(&worker).expect("events name the round's participants")
+    }
+
+    fn past_mut(&mut self, round: RoundId) -> &mut PastRound {
+        self.past.get_mut(&round).expect("late input names a round that was run")
+    }
+
+    /// The open round `round` closed or failed: it becomes a past round,
+    /// kept to judge late input.
+    fn end_open_round(&mut self, round: RoundId) {
+        let open = self.open.take().filter(|open| open.id == round).expect("the open round ends");
+        self.past.insert(round, past_round(&open));
+        self.closing = None;
     }
 
     // (A) getters
 
     pub fn phase(&self) -> Phase {
-        match (&self.open, &self.aggregating) {
+        match (&self.open, &self.closing) {
             _ if self.finished => Phase::Finished,
             (Some(OpenRound { phase: RoundPhase::Committing { .. }, .. }), _) => Phase::Committing,
             (Some(_), _) | (None, Some(_)) => Phase::Revealing,
@@ -847,7 +825,7 @@ impl Coordinator {
         RoundView {
             run_id: self.run_id,
             phase: self.phase(),
-            round: open.map(|round| round.id).or(self.aggregating.as_ref().map(|(round, _)| *round)),
+            round: open.map(|round| round.id),
             completed_rounds: self.completed_rounds,
             model: self.model,
             deadline_unix_ms: open.map(OpenRound::deadline_ms),
@@ -949,12 +927,7 @@ impl Coordinator {
             ));
         }
         let worker = WorkerId(self.workers.len() as u64);
-        self.keys.insert(key, worker);
-        self.workers.insert(
-            worker,
-            Worker { last_seen_ms: now, last_nonce: 0, class: class.to_owned(), missed: false },
-        );
-        self.actions.push_back(Action::PersistWorker {
+        self.record(Event::WorkerRegistered {
             worker,
             key,
             class: class.to_owned(),
@@ -1067,18 +1040,15 @@ impl Coordinator {
                 );
             }
             let (status, audit) = if committing {
-                standing.commitment = Some(commitment);
                 // Drawn now, so that the worker can answer, and the driver
                 // replay, while the others are still training.
-                standing.audit =
+                let audit =
                     draw_audit(&self.settings, &self.audit_master, &self.run_id, round, worker, &commitment);
-                (Recorded::Accepted, standing.audit)
+                (Recorded::Accepted, audit)
             } else {
-                standing.late_commitment = Some(commitment);
                 (Recorded::Late, None)
             };
-            self.record_nonce(worker, nonce, now);
-            self.actions.push_back(Action::RecordCommitment {
+            self.record(Event::Commitment {
                 round,
                 worker,
                 commitment,
@@ -1095,9 +1065,7 @@ impl Coordinator {
         if let Some(&(status, existing)) = past.commitments.get(&worker) {
             return same_or_duplicate(existing == commitment, status, worker, round, "commitment");
         }
-        past.commitments.insert(worker, (Recorded::Late, commitment));
-        self.record_nonce(worker, nonce, now);
-        self.actions.push_back(Action::RecordCommitment {
+        self.record(Event::Commitment {
             round,
             worker,
             commitment,
@@ -1160,26 +1128,11 @@ impl Coordinator {
                 return same_or_duplicate(existing == payload, status, worker, round, "reveal");
             }
             let already_rejected = standing.rejected.is_some();
-            let status = if payload == commitment.payload {
-                standing.revealed = Some(payload);
-                Recorded::Accepted
-            } else {
-                standing.mismatched = Some(payload);
-                standing.rejected.get_or_insert_with(|| "the reveal does not match the commitment".into());
-                Recorded::Mismatch
-            };
-            self.record_nonce(worker, nonce, now);
-            self.actions.push_back(Action::RecordReveal {
-                round,
-                worker,
-                status,
-                payload,
-                nonce,
-                received_unix_ms: now,
-            });
+            let status = if payload == commitment.payload { Recorded::Accepted } else { Recorded::Mismatch };
+            self.record(Event::Reveal { round, worker, payload, status, nonce, received_unix_ms: now });
             // One slash per worker per round, for the first proven fault.
             if status == Recorded::Mismatch && !already_rejected {
-                self.slash(round, worker, "the reveal does not match the commitment");
+                self.slash(round, worker, MISMATCH);
             }
             self.settle();
             return Ok(Outcome::Recorded(status));
@@ -1189,13 +1142,11 @@ impl Coordinator {
         if let Some(&(status, existing)) = past.reveals.get(&worker) {
             return same_or_duplicate(existing == payload, status, worker, round, "reveal");
         }
-        past.reveals.insert(worker, (Recorded::Late, payload));
-        self.record_nonce(worker, nonce, now);
-        self.actions.push_back(Action::RecordReveal {
+        self.record(Event::Reveal {
             round,
             worker,
-            status: Recorded::Late,
             payload,
+            status: Recorded::Late,
             nonce,
             received_unix_ms: now,
         });
@@ -1230,15 +1181,11 @@ impl Coordinator {
                 format!("{worker} already has a different reveal for round {round}"),
             ));
         }
-        standing.mismatched = Some(payload);
-        standing.malformed = true;
-        standing.rejected.get_or_insert_with(|| format!("{MALFORMED}: {}", refusal.message));
-        self.record_nonce(worker, nonce, now);
-        self.actions.push_back(Action::RecordReveal {
+        self.record(Event::Reveal {
             round,
             worker,
-            status: Recorded::Malformed,
             payload,
+            status: Recorded::Malformed,
             nonce,
             received_unix_ms: now,
         });
@@ -1256,6 +1203,7 @@ impl Coordinator {
         worker: WorkerId,
         nonce: u64,
         round: RoundId,
+        answer: Digest,
     ) -> Result<Option<WorkerId>, Refusal> {
         self.advance(now);
         if self.pending_audit(worker, round).is_none() {
@@ -1264,13 +1212,8 @@ impl Coordinator {
                 format!("{worker} has no pending audit in round {round}"),
             ));
         }
-        self.record_nonce(worker, nonce, now);
-        let open = self.open.as_mut().expect("a pending audit is in the open round");
-        let standing = open.standings.get_mut(&worker).expect("audited workers have standings");
-        standing.answered = true;
-        let auditor = standing.auditor;
-        self.actions.push_back(Action::RecordAuditAnswer { round, worker, nonce, received_unix_ms: now });
-        Ok(auditor)
+        self.record(Event::AuditAnswered { round, worker, answer, nonce, received_unix_ms: now });
+        Ok(self.standing_mut(round, worker).auditor)
     }
 
     /// The verdict on `worker`'s audit in `round`: replayed by `judged_by`
@@ -1297,9 +1240,6 @@ impl Coordinator {
             .ok_or_else(|| {
                 Refusal::new(ErrorCode::NotAudited, format!("{worker} has no pending audit in round {round}"))
             })?;
-        if let Some((sender, nonce)) = sender {
-            self.record_nonce(sender, nonce, now);
-        }
         self.judge(round, worker, segment, verdict, judged_by, sender);
         self.settle();
         Ok(())
@@ -1316,9 +1256,9 @@ impl Coordinator {
         reason: &str,
     ) {
         self.advance(now);
-        let Some(open) = self.open.as_mut().filter(|open| open.id == round) else { return };
-        if open.auditors_slashed.insert(auditor) {
-            self.actions.push_back(Action::SlashAuditor {
+        let Some(open) = self.open.as_ref().filter(|open| open.id == round) else { return };
+        if !open.auditors_slashed.contains(&auditor) {
+            self.record(Event::AuditorSlashed {
                 round,
                 auditor,
                 audited,
@@ -1345,11 +1285,10 @@ impl Coordinator {
                 if committed >= self.settings.quorum as usize {
                     self.begin_reveal();
                 } else if extensions < self.settings.max_extensions {
-                    let deadline_ms = now + self.settings.extension_ms;
-                    open.phase = RoundPhase::Committing { deadline_ms, extensions: extensions + 1 };
-                    self.actions.push_back(Action::ExtendRound {
-                        round: open.id,
-                        commit_deadline_unix_ms: deadline_ms,
+                    let round = open.id;
+                    self.record(Event::DeadlineExtended {
+                        round,
+                        commit_deadline_unix_ms: now + self.settings.extension_ms,
                         extensions: extensions + 1,
                     });
                 } else {
@@ -1395,45 +1334,39 @@ impl Coordinator {
     /// the rest still make a quorum, and fails otherwise.
     pub fn handle_aggregated(&mut self, now: u64, round: RoundId, aggregated: Aggregated) {
         self.advance(now);
-        let (closing, accepted) = self.aggregating.take().expect("handle_aggregated answers a CloseRound");
-        assert_eq!(closing, round, "handle_aggregated answers the CloseRound just emitted");
+        let (closing, accepted) = self.closing.take().expect("handle_aggregated answers a Close");
+        assert_eq!(closing, round, "handle_aggregated answers the Close just emitted");
         let refused: BTreeMap<WorkerId, String> = aggregated.refused.into_iter().collect();
         for (worker, reason) in &refused {
             assert!(accepted.contains(worker), "only accepted updates are checked");
-            self.actions.push_back(Action::RefuseUpdate { round, worker: *worker, reason: reason.clone() });
+            self.record(Event::UpdateRefused { round, worker: *worker, reason: reason.clone() });
         }
         let credited: Vec<WorkerId> =
             accepted.into_iter().filter(|worker| !refused.contains_key(worker)).collect();
-        let result_model = match aggregated.result_model {
-            Some(model) if credited.len() >= self.settings.quorum as usize => model,
+        let result = match aggregated.result {
+            Some(result) if credited.len() >= self.settings.quorum as usize => result,
             _ => {
-                self.actions.push_back(Action::FailRound {
-                    round,
-                    closed_unix_ms: now,
-                    reason: format!(
-                        "{} updates passed the checks; the quorum is {}",
-                        credited.len(),
-                        self.settings.quorum
-                    ),
-                });
-                self.maybe_open();
+                self.fail_open_round(&format!(
+                    "{} updates passed the checks; the quorum is {}",
+                    credited.len(),
+                    self.settings.quorum
+                ));
                 return;
             }
         };
-        self.completed_rounds += 1;
-        self.model = result_model;
-        self.actions.push_back(Action::CommitRound {
+        self.record(Event::RoundClosed {
             round,
-            result_model,
+            result_model: result.model,
+            result_momentum: result.momentum,
+            result_aggregator: result.aggregator,
             accepted: credited.clone(),
             closed_unix_ms: now,
         });
         for worker in credited {
-            self.actions.push_back(Action::CreditWork { round, worker, units: self.settings.work_units() });
+            self.record(Event::WorkAccepted { round, worker, units: self.settings.work_units() });
         }
         if self.completed_rounds >= self.settings.rounds {
-            self.finished = true;
-            self.actions.push_back(Action::Finish { final_model: result_model });
+            self.record(Event::RunFinished { final_model: result.model });
         } else {
             self.maybe_open();
         }
@@ -1454,7 +1387,10 @@ impl Coordinator {
             .iter()
             .filter(|worker| !aggregated.refused.iter().any(|(refused, _)| refused == *worker))
             .count();
-        let Some(model) = aggregated.result_model.filter(|_| credited >= self.settings.quorum as usize)
+        let Some(model) = aggregated
+            .result
+            .map(|result| result.model)
+            .filter(|_| credited >= self.settings.quorum as usize)
         else {
             // The round fails even if every audit passes: nothing to open
             // ahead.
@@ -1514,12 +1450,7 @@ impl Coordinator {
     }
 
     fn slash(&mut self, round: RoundId, worker: WorkerId, reason: &str) {
-        self.actions.push_back(Action::Slash {
-            round,
-            worker,
-            amount: self.settings.stake,
-            reason: reason.to_owned(),
-        });
+        self.record(Event::Slash { round, worker, amount: self.settings.stake, reason: reason.to_owned() });
     }
 
     fn judge(
@@ -1529,27 +1460,22 @@ impl Coordinator {
         segment: u32,
         verdict: Verdict,
         judged_by: Option<WorkerId>,
-        nonce: Option<(WorkerId, u64)>,
+        sender: Option<(WorkerId, u64)>,
     ) {
-        let open = self.open.as_mut().expect("audits are judged in the open round");
-        let standing = open.standings.get_mut(&worker).expect("audited workers have standings");
-        standing.verdict = Some(verdict.clone());
-        let already_rejected = standing.rejected.is_some();
+        let already_rejected = self.standing_mut(round, worker).rejected.is_some();
         let failed = !verdict.passed();
-        if failed {
-            standing.rejected.get_or_insert_with(|| failure_reason(&verdict));
-        }
-        self.actions.push_back(Action::RecordAudit {
+        let reason = failure_reason(&verdict);
+        self.record(Event::Audit {
             round,
             worker,
             segment,
-            verdict: verdict.clone(),
+            verdict,
             judged_by,
-            nonce,
+            sender,
             decided_unix_ms: self.now_ms,
         });
         if failed && !already_rejected {
-            self.slash(round, worker, &failure_reason(&verdict));
+            self.slash(round, worker, &reason);
         }
     }
 
@@ -1615,22 +1541,13 @@ impl Coordinator {
     }
 
     fn begin_reveal(&mut self) {
-        let mut open = self.open.take().expect("a round to reveal");
-        let secret = audit::round_secret(&self.audit_master, &self.run_id, open.id);
-        let beacon = audit::beacon(&secret, &self.run_id, open.id, &open.commitments());
-        let (audits, auditors) = self.assign_auditors(&mut open, &beacon);
-        let deadline_ms = self.now_ms + self.settings.reveal_ms;
-        open.phase = RoundPhase::Revealing { deadline_ms };
-        open.secret = Some(secret);
-        self.actions.push_back(Action::BeginReveal {
-            round: open.id,
-            secret,
-            beacon,
-            audits,
-            auditors,
-            reveal_deadline_unix_ms: deadline_ms,
-        });
-        self.open = Some(open);
+        let open = self.open.as_ref().expect("a round to reveal");
+        let round = open.id;
+        let secret = audit::round_secret(&self.audit_master, &self.run_id, round);
+        let beacon = audit::beacon(&secret, &self.run_id, round, &open.commitments());
+        let (audits, auditors) = self.assign_auditors(open, &beacon);
+        let reveal_deadline_unix_ms = self.now_ms + self.settings.reveal_ms;
+        self.record(Event::AuditDraw { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms });
     }
 
     /// The committed workers' audits (drawn with their commitments) and,
@@ -1638,11 +1555,7 @@ impl Coordinator {
     /// among the other committed workers of the same determinism class.
     /// Returns `(worker, segment)` and `(audited, auditor)` pairs,
     /// ascending.
-    fn assign_auditors(
-        &self,
-        open: &mut OpenRound,
-        beacon: &Digest,
-    ) -> (Vec<(WorkerId, u32)>, Vec<AuditorPair>) {
+    fn assign_auditors(&self, open: &OpenRound, beacon: &Digest) -> (Vec<(WorkerId, u32)>, Vec<AuditorPair>) {
         let committed: Vec<WorkerId> = open.commitments().into_keys().collect();
         let (mut audits, mut auditors) = (Vec::new(), Vec::new());
         for &worker in &committed {
@@ -1651,22 +1564,17 @@ impl Coordinator {
             audits.push((worker, segment));
             // An answer the driver already replayed (or is replaying) needs
             // no auditor.
-            let auditor = if self.settings.delegate_audits && !standing.answered && standing.verdict.is_none()
-            {
+            if self.settings.delegate_audits && !standing.answered && standing.verdict.is_none() {
                 let class = &self.workers[&worker].class;
                 let candidates: Vec<WorkerId> = committed
                     .iter()
                     .copied()
                     .filter(|&other| other != worker && &self.workers[&other].class == class)
                     .collect();
-                audit::auditor(beacon, worker, &candidates)
-            } else {
-                None
-            };
-            if let Some(auditor) = auditor {
-                auditors.push((worker, auditor));
+                if let Some(auditor) = audit::auditor(beacon, worker, &candidates) {
+                    auditors.push((worker, auditor));
+                }
             }
-            open.standings.get_mut(&worker).expect("committed workers have standings").auditor = auditor;
         }
         (audits, auditors)
     }
@@ -1688,33 +1596,25 @@ impl Coordinator {
             self.fail_open_round("too few accepted submissions for the quorum");
             return;
         }
-        let open = self.open.take().expect("checked");
-        self.mark_missed(&open);
-        self.actions.push_back(Action::CloseRound {
-            round: open.id,
-            base_model: open.base_model,
-            accepted: accepted.clone(),
-            closed_unix_ms: self.now_ms,
-        });
-        self.aggregating = Some((open.id, accepted));
-        self.past.insert(open.id, past_round(&open));
+        let open = self.open.as_ref().expect("checked");
+        let (round, base_model) = (open.id, open.base_model);
+        self.mark_missed();
+        self.closing = Some((round, accepted.clone()));
+        self.actions.push_back(Action::Close { round, base_model, accepted });
     }
 
     fn fail_open_round(&mut self, reason: &str) {
-        let open = self.open.take().expect("an open round to fail");
-        self.mark_missed(&open);
-        self.actions.push_back(Action::FailRound {
-            round: open.id,
-            closed_unix_ms: self.now_ms,
-            reason: reason.to_owned(),
-        });
-        self.past.insert(open.id, past_round(&open));
+        let round = self.open.as_ref().expect("an open round to fail").id;
+        self.mark_missed();
+        self.record(Event::RoundFailed { round, reason: reason.to_owned(), closed_unix_ms: self.now_ms });
         self.maybe_open();
     }
 
-    /// Participants that did not deliver what their phase asked for (a
-    /// commitment; then a reveal) sit out until they are seen again.
-    fn mark_missed(&mut self, open: &OpenRound) {
+    /// Participants of the open round that did not deliver what their
+    /// phase asked for (a commitment; then a reveal) sit out until they are
+    /// seen again.
+    fn mark_missed(&mut self) {
+        let open = self.open.as_ref().expect("an open round ends");
         for worker in missed(open) {
             self.workers.get_mut(&worker).expect("participants are workers").missed = true;
         }
@@ -1724,7 +1624,7 @@ impl Coordinator {
     /// active: the provisional round, if the bet it was opened on held
     /// (with the time it opened: its participants have been training since).
     fn maybe_open(&mut self) {
-        if self.finished || self.open.is_some() || self.aggregating.is_some() {
+        if self.finished || self.open.is_some() {
             return;
         }
         let adopted = match self.speculation.take() {
@@ -1740,8 +1640,7 @@ impl Coordinator {
             None => None,
         };
         let Some(next) = adopted.or_else(|| self.round_to_open(self.model, &BTreeSet::new())) else { return };
-        self.next_round += 1;
-        self.actions.push_back(Action::OpenRound {
+        self.record(Event::RoundOpened {
             round: next.id,
             base_model: next.base_model,
             participants: next.participants.clone(),
@@ -1749,7 +1648,7 @@ impl Coordinator {
             commit_deadline_unix_ms: next.deadline_ms(),
             secret_commitment: next.secret_commitment,
         });
-        self.open = Some(next);
+        debug_assert_eq!(self.open.as_ref(), Some(&next), "the event opens the round as planned");
     }
 
     /// The round that would open now on `base_model`, with the active
@@ -1895,7 +1794,11 @@ fn past_round(open: &OpenRound) -> PastRound {
         commitments: open
             .standings
             .iter()
-            .filter_map(|(&worker, standing)| Some((worker, (Recorded::Accepted, standing.commitment?))))
+            .filter_map(|(&worker, standing)| match (standing.commitment, standing.late_commitment) {
+                (Some(commitment), _) => Some((worker, (Recorded::Accepted, commitment))),
+                (None, Some(commitment)) => Some((worker, (Recorded::Late, commitment))),
+                (None, None) => None,
+            })
             .collect(),
         reveals: open
             .standings

@@ -5,11 +5,13 @@
 //! coordinator, so a reader with the coordinator's public key can check the
 //! whole history: that nothing was changed, inserted, reordered or dropped
 //! from the middle, and that the coordinator said each thing. The entries
-//! are the coordinator's actions (assignments, commitments, the audit draw
-//! with its secret, reveals, verdicts, slashes, accepted work, refused
-//! updates, rewards), so the audit draw and every payment can be recomputed
-//! from the ledger alone, and every quality score from the ledger with the
-//! run's checkpoints and submissions.
+//! are the run's [`Event`]s (registrations, rounds opened, commitments,
+//! the audit draw with its secret, reveals, verdicts, slashes, accepted
+//! work, refused updates, rewards), the one record of each fact: the
+//! coordinator's tables are built from them and a restarted coordinator
+//! replays them, so the audit draw and every payment can be recomputed from
+//! the ledger alone, and every quality score from the ledger with the run's
+//! checkpoints and submissions.
 //!
 //! The canonical form of an entry is its postcard encoding; its hash is
 //! BLAKE3 (derive-key mode) of those bytes; the signature is over the hash.
@@ -21,10 +23,16 @@ use crate::coordinator::{Recorded, Verdict};
 use crate::identity::{Identity, PublicKey, SignatureBytes};
 use crate::ids::{Digest, RoundId, WorkerId};
 
-const ENTRY_CONTEXT: &str = "crowdtrain 2026-11 ledger entry v1";
-const SIGNATURE_DOMAIN: &str = "crowdtrain/ledger/v1";
+const ENTRY_CONTEXT: &str = "crowdtrain 2026-12 ledger entry v2";
+const SIGNATURE_DOMAIN: &str = "crowdtrain/ledger/v2";
 
-/// What happened.
+/// What happened: the one record of every fact that decides the run.
+///
+/// The round state machine emits these ([`crate::Action::Record`]); the
+/// store builds its tables from them and appends them, signed, to the
+/// ledger in the same transaction; a restarted coordinator replays them
+/// into a new machine. Each carries everything those three need, so no
+/// fact is written down twice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Event {
@@ -33,30 +41,40 @@ pub enum Event {
         coordinator: PublicKey,
         config: Digest,
         initial_model: Digest,
+        initial_momentum: Digest,
     },
+    /// A worker joined, with its determinism class (the kernels its CPU
+    /// runs: only a worker of the same class replays its segments).
     WorkerRegistered {
         worker: WorkerId,
         key: PublicKey,
+        class: String,
+        registered_unix_ms: u64,
     },
-    /// One per participant when a round opens.
-    Assignment {
+    /// A round opened; `participants` in slot order (ascending id).
+    RoundOpened {
         round: RoundId,
-        worker: WorkerId,
-        slot: u32,
-        slots: u32,
         base_model: Digest,
-        secret_commitment: Digest,
+        participants: Vec<WorkerId>,
+        opened_unix_ms: u64,
         commit_deadline_unix_ms: u64,
+        secret_commitment: Digest,
     },
     DeadlineExtended {
         round: RoundId,
         commit_deadline_unix_ms: u64,
+        extensions: u32,
     },
+    /// A commitment, with the nonce of the request that carried it and the
+    /// segment its draw selected for audit (accepted commitments only).
     Commitment {
         round: RoundId,
         worker: WorkerId,
         commitment: Commitment,
         status: Recorded,
+        audit: Option<u32>,
+        nonce: u64,
+        received_unix_ms: u64,
     },
     /// The commit phase ended: the secret, the beacon, who is audited, and
     /// (when audits are delegated) who replays whom.
@@ -66,21 +84,37 @@ pub enum Event {
         beacon: Digest,
         audits: Vec<(WorkerId, u32)>,
         auditors: Vec<(WorkerId, WorkerId)>,
+        reveal_deadline_unix_ms: u64,
     },
+    /// An audit answer whose proofs checked, kept (as a content-addressed
+    /// file named `answer`) until its verdict and after, as evidence.
+    AuditAnswered {
+        round: RoundId,
+        worker: WorkerId,
+        answer: Digest,
+        nonce: u64,
+        received_unix_ms: u64,
+    },
+    /// A reveal: the digest of the uploaded update (kept in the store) and
+    /// how it was recorded.
     Reveal {
         round: RoundId,
         worker: WorkerId,
         payload: Digest,
         status: Recorded,
+        nonce: u64,
+        received_unix_ms: u64,
     },
-    /// An audit's verdict, and who replayed the segment (`None`: the
-    /// coordinator).
+    /// An audit's verdict, who replayed the segment (`None`: the
+    /// coordinator), and the request that delivered it (sender and nonce).
     Audit {
         round: RoundId,
         worker: WorkerId,
         segment: u32,
         verdict: Verdict,
         judged_by: Option<WorkerId>,
+        sender: Option<(WorkerId, u64)>,
+        decided_unix_ms: u64,
     },
     /// A delegated auditor reported a replay that the coordinator's own
     /// replay contradicted.
@@ -97,13 +131,6 @@ pub enum Event {
         amount: u64,
         reason: String,
     },
-    /// Verified work: an accepted submission whose update passed the checks
-    /// (audited and passed, or not drawn).
-    WorkAccepted {
-        round: RoundId,
-        worker: WorkerId,
-        units: u64,
-    },
     /// The checks refused an accepted submission's update: not aggregated,
     /// not credited.
     UpdateRefused {
@@ -111,16 +138,34 @@ pub enum Event {
         worker: WorkerId,
         reason: String,
     },
-    /// What verified work earned once scored on held-out data.
-    Reward(Reward),
+    /// The round is aggregated: its new model and outer momentum, the
+    /// aggregator's snapshot if this round keeps one, and the workers
+    /// whose updates made it.
     RoundClosed {
         round: RoundId,
         result_model: Digest,
+        result_momentum: Digest,
+        result_aggregator: Option<Digest>,
         accepted: Vec<WorkerId>,
+        closed_unix_ms: u64,
+    },
+    /// Verified work: an accepted submission whose update passed the checks
+    /// (audited and passed, or not drawn).
+    WorkAccepted {
+        round: RoundId,
+        worker: WorkerId,
+        units: u64,
     },
     RoundFailed {
         round: RoundId,
         reason: String,
+        closed_unix_ms: u64,
+    },
+    /// What verified work earned once scored on held-out data.
+    Reward(Reward),
+    /// Every credited update of the round is scored and rewarded.
+    RoundScored {
+        round: RoundId,
     },
     RunFinished {
         final_model: Digest,
@@ -133,10 +178,11 @@ impl Event {
         match self {
             Self::RunStarted { .. } => "run-started",
             Self::WorkerRegistered { .. } => "worker-registered",
-            Self::Assignment { .. } => "assignment",
+            Self::RoundOpened { .. } => "round-opened",
             Self::DeadlineExtended { .. } => "deadline-extended",
             Self::Commitment { .. } => "commitment",
             Self::AuditDraw { .. } => "audit-draw",
+            Self::AuditAnswered { .. } => "audit-answered",
             Self::Reveal { .. } => "reveal",
             Self::Audit { .. } => "audit",
             Self::AuditorSlashed { .. } => "auditor-slashed",
@@ -144,6 +190,7 @@ impl Event {
             Self::WorkAccepted { .. } => "work-accepted",
             Self::UpdateRefused { .. } => "update-refused",
             Self::Reward(_) => "reward",
+            Self::RoundScored { .. } => "round-scored",
             Self::RoundClosed { .. } => "round-closed",
             Self::RoundFailed { .. } => "round-failed",
             Self::RunFinished { .. } => "run-finished",

@@ -34,7 +34,7 @@ pub mod wire;
 pub use audit::Commitment;
 pub use config::{ConfigError, RunConfig};
 pub use coordinator::{
-    Action, Aggregated, Coordinator, Opened, Outcome, Recorded, Refusal, Settings, Snapshot, Verdict,
+    Action, Aggregated, Coordinator, Opened, Outcome, Recorded, Refusal, RoundResult, Settings, Verdict,
 };
 pub use crowdtrain_recipe::TrainingRecipe;
 pub use identity::{Identity, PublicKey};

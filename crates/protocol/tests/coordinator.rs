@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
 use crowdtrain_protocol::Aggregated;
 use crowdtrain_protocol::audit::{self, Commitment};
-use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, WorkerSnapshot};
+use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, Settings, Snapshot, TrainingRecipe,
-    Verdict, WorkerId,
+    Action, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, RoundResult, Settings,
+    TrainingRecipe, Verdict, WorkerId,
 };
+use crowdtrain_store::{RunRecord, Store};
 
 const T0: u64 = 1_800_000_000_000;
 const MASTER: [u8; 32] = [42; 32];
@@ -42,6 +43,16 @@ fn key(index: u8) -> PublicKey {
 
 fn model(index: u64) -> Digest {
     Digest::of(&index.to_le_bytes())
+}
+
+/// What aggregation gives in these tests: model `index`, with made-up
+/// momentum and no aggregator snapshot.
+fn result(index: u64) -> RoundResult {
+    RoundResult {
+        model: model(index),
+        momentum: Digest::of(&(index + 1 << 32).to_le_bytes()),
+        aggregator: None,
+    }
 }
 
 fn drain(machine: &mut Coordinator) -> Vec<Action> {
@@ -105,11 +116,16 @@ fn a_round_opens_once_enough_workers_are_active_with_sorted_slots_and_a_sealed_s
     let (first, new) = machine.register(T0, key(0), "avx2-fma").unwrap();
     assert!(new);
     assert_eq!(machine.phase(), Phase::Waiting);
-    assert!(matches!(drain(&mut machine)[..], [Action::PersistWorker { .. }]));
+    assert!(matches!(drain(&mut machine)[..], [Action::Record(Event::WorkerRegistered { .. })]));
     let (second, _) = machine.register(T0 + 5, key(1), "avx2-fma").unwrap();
     let actions = drain(&mut machine);
-    let Action::OpenRound { round: 0, participants, commit_deadline_unix_ms, secret_commitment, .. } =
-        &actions[1]
+    let Action::Record(Event::RoundOpened {
+        round: 0,
+        participants,
+        commit_deadline_unix_ms,
+        secret_commitment,
+        ..
+    }) = &actions[1]
     else {
         panic!("{actions:?}")
     };
@@ -143,7 +159,7 @@ fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
     );
     commit(&mut machine, T0 + 102, workers[2], 0).unwrap();
     let actions = drain(&mut machine);
-    let Some(Action::BeginReveal { secret, beacon, audits, .. }) = actions.last() else {
+    let Some(Action::Record(Event::AuditDraw { secret, beacon, audits, .. })) = actions.last() else {
         panic!("{actions:?}")
     };
     let open = machine.open_round().unwrap();
@@ -165,20 +181,22 @@ fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
         assert_eq!(reveal(&mut machine, T0 + 200, worker, 0), Ok(Outcome::Recorded(Recorded::Accepted)));
     }
     let actions = drain(&mut machine);
-    assert!(
-        matches!(actions.last(), Some(Action::CloseRound { round: 0, accepted, .. }) if accepted == &workers)
-    );
-    machine.handle_aggregated(T0 + 220, 0, Aggregated::all(model(1)));
+    assert!(matches!(actions.last(), Some(Action::Close { round: 0, accepted, .. }) if accepted == &workers));
+    machine.handle_aggregated(T0 + 220, 0, Aggregated::all(result(1)));
     let actions = drain(&mut machine);
     assert!(
-        matches!(&actions[0], Action::CommitRound { round: 0, result_model, .. } if *result_model == model(1))
+        matches!(&actions[0], Action::Record(Event::RoundClosed { round: 0, result_model, .. }) if *result_model == model(1))
     );
-    let credits: Vec<&Action> =
-        actions.iter().filter(|action| matches!(action, Action::CreditWork { .. })).collect();
+    let credits: Vec<&Action> = actions
+        .iter()
+        .filter(|action| matches!(action, Action::Record(Event::WorkAccepted { .. })))
+        .collect();
     assert_eq!(credits.len(), 3, "each accepted submission earns its work units");
-    assert!(matches!(credits[0], Action::CreditWork { units: 64, .. }));
-    assert!(matches!(actions.last(), Some(Action::OpenRound { round: 1, base_model, participants, .. })
-        if *base_model == model(1) && participants == &workers));
+    assert!(matches!(credits[0], Action::Record(Event::WorkAccepted { units: 64, .. })));
+    assert!(
+        matches!(actions.last(), Some(Action::Record(Event::RoundOpened { round: 1, base_model, participants, .. }))
+        if *base_model == model(1) && participants == &workers)
+    );
     assert_eq!(machine.completed_rounds(), 1);
 }
 
@@ -192,7 +210,7 @@ fn at_the_commit_deadline_with_quorum_the_round_goes_on_without_the_absent_worke
     machine.handle_timeout(T0 + 9_999);
     assert!(drain(&mut machine).is_empty(), "nothing happens before the deadline");
     machine.handle_timeout(T0 + 10_000);
-    assert!(matches!(drain(&mut machine)[..], [Action::BeginReveal { .. }]));
+    assert!(matches!(drain(&mut machine)[..], [Action::Record(Event::AuditDraw { .. })]));
     assert_eq!(
         commit(&mut machine, T0 + 10_001, workers[1], 0),
         Ok(Outcome::Recorded(Recorded::Late)),
@@ -204,12 +222,12 @@ fn at_the_commit_deadline_with_quorum_the_round_goes_on_without_the_absent_worke
     reveal(&mut machine, T0 + 10_004, workers[2], 0).unwrap();
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
+        matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
     );
-    machine.handle_aggregated(T0 + 10_010, 0, Aggregated::all(model(1)));
+    machine.handle_aggregated(T0 + 10_010, 0, Aggregated::all(result(1)));
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::OpenRound { participants, .. }) if participants == &vec![workers[0], workers[2]]),
+        matches!(actions.last(), Some(Action::Record(Event::RoundOpened { participants, .. })) if participants == &vec![workers[0], workers[2]]),
         "the worker that missed round 0 is not waited for in round 1"
     );
     machine.seen(T0 + 11_000, workers[1]);
@@ -223,16 +241,16 @@ fn without_quorum_the_commit_deadline_is_extended_then_the_round_fails_and_is_re
     drain(&mut machine);
     machine.handle_timeout(T0 + 10_000);
     assert!(
-        matches!(drain(&mut machine)[..], [Action::ExtendRound { round: 0, commit_deadline_unix_ms, extensions: 1 }]
+        matches!(drain(&mut machine)[..], [Action::Record(Event::DeadlineExtended { round: 0, commit_deadline_unix_ms, extensions: 1 })]
         if commit_deadline_unix_ms == T0 + 15_000)
     );
     machine.handle_timeout(T0 + 15_000);
     let actions = drain(&mut machine);
-    assert!(matches!(actions[0], Action::FailRound { round: 0, .. }));
+    assert!(matches!(actions[0], Action::Record(Event::RoundFailed { round: 0, .. })));
     assert_eq!(actions.len(), 1, "worker 1 missed round 0: below quorum, so no new round yet");
     machine.seen(T0 + 16_000, workers[1]);
     assert!(
-        matches!(&drain(&mut machine)[..], [Action::OpenRound { round: 1, base_model, .. }] if *base_model == model(0))
+        matches!(&drain(&mut machine)[..], [Action::Record(Event::RoundOpened { round: 1, base_model, .. })] if *base_model == model(0))
     );
     assert_eq!(machine.completed_rounds(), 0);
 }
@@ -249,13 +267,15 @@ fn a_reveal_that_does_not_match_its_commitment_is_rejected_and_slashed() {
         .unwrap();
     assert_eq!(cheat, Outcome::Recorded(Recorded::Mismatch));
     let actions = drain(&mut machine);
-    assert!(matches!(actions[0], Action::RecordReveal { status: Recorded::Mismatch, .. }));
-    assert!(matches!(&actions[1], Action::Slash { worker, amount: 1000, .. } if *worker == workers[1]));
+    assert!(matches!(actions[0], Action::Record(Event::Reveal { status: Recorded::Mismatch, .. })));
+    assert!(
+        matches!(&actions[1], Action::Record(Event::Slash { worker, amount: 1000, .. }) if *worker == workers[1])
+    );
     reveal(&mut machine, T0 + 3, workers[0], 0).unwrap();
     reveal(&mut machine, T0 + 4, workers[2], 0).unwrap();
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
+        matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
     );
 }
 
@@ -264,7 +284,9 @@ fn audits_are_drawn_with_each_commitment_and_can_be_judged_before_the_others_com
     let (mut machine, workers) = running(3, Settings { audit_probability: 0.5, ..settings() });
     commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
     let recorded = drain(&mut machine);
-    let Some(&Action::RecordCommitment { audit, .. }) = recorded.first() else { panic!("{recorded:?}") };
+    let Some(&Action::Record(Event::Commitment { audit, .. })) = recorded.first() else {
+        panic!("{recorded:?}")
+    };
     assert_eq!(machine.phase(), Phase::Committing, "the others have not committed");
     assert_eq!(machine.view(Some(workers[0])).audit, audit, "the worker is told at once");
     // Whatever the first draw, find a committed worker with an audit.
@@ -285,13 +307,15 @@ fn audits_are_drawn_with_each_commitment_and_can_be_judged_before_the_others_com
         assert!(
             actions
                 .iter()
-                .any(|action| matches!(action, Action::Slash { worker: slashed, .. } if *slashed == worker))
+                .any(|action| matches!(action, Action::Record(Event::Slash { worker: slashed, .. }) if *slashed == worker))
         );
         assert_eq!(machine.phase(), Phase::Committing, "a verdict does not end the commit phase");
     }
     commit(&mut machine, T0 + 4, workers[2], 0).unwrap();
     let actions = drain(&mut machine);
-    let Some(Action::BeginReveal { secret, audits, .. }) = actions.last() else { panic!("{actions:?}") };
+    let Some(Action::Record(Event::AuditDraw { secret, audits, .. })) = actions.last() else {
+        panic!("{actions:?}")
+    };
     // Anyone can recompute every draw from the revealed secret.
     let recomputed: Vec<(WorkerId, u32)> = workers
         .iter()
@@ -326,14 +350,14 @@ fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
         commit(&mut machine, T0 + 1, worker, 0).unwrap();
     }
     let actions = drain(&mut machine);
-    let Some(Action::BeginReveal { audits, .. }) = actions.last() else { panic!() };
+    let Some(Action::Record(Event::AuditDraw { audits, .. })) = actions.last() else { panic!() };
     assert_eq!(audits.len(), 3, "with probability 1 every committed worker is audited");
     assert!(audits.iter().all(|&(_, segment)| (1..=4).contains(&segment)));
     for &worker in &workers {
         reveal(&mut machine, T0 + 2, worker, 0).unwrap();
     }
     assert!(
-        !drain(&mut machine).iter().any(|action| matches!(action, Action::CloseRound { .. })),
+        !drain(&mut machine).iter().any(|action| matches!(action, Action::Close { .. })),
         "audits pending"
     );
     let (segment, committed) = machine.pending_audit(workers[0], 0).unwrap();
@@ -357,19 +381,19 @@ fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
         .unwrap_err();
     assert_eq!(refusal.code, ErrorCode::NotAudited, "a verdict is final");
     let actions = drain(&mut machine);
-    assert!(
-        actions.iter().any(|action| matches!(action, Action::Slash { worker, .. } if *worker == workers[1]))
-    );
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::Record(Event::Slash { worker, .. }) if *worker == workers[1])
+    ));
     // Worker 2 never answers: at the reveal deadline it fails and is slashed.
     machine.handle_timeout(T0 + 1 + 5_000);
     let actions = drain(&mut machine);
     assert!(
-        matches!(&actions[0], Action::RecordAudit { worker, verdict: Verdict::Unanswered, .. } if *worker == workers[2])
+        matches!(&actions[0], Action::Record(Event::Audit { worker, verdict: Verdict::Unanswered, .. }) if *worker == workers[2])
     );
-    assert!(matches!(&actions[1], Action::Slash { worker, .. } if *worker == workers[2]));
+    assert!(matches!(&actions[1], Action::Record(Event::Slash { worker, .. }) if *worker == workers[2]));
     // Only the passed audit counts, which is below the quorum of 2.
-    assert!(matches!(actions[2], Action::FailRound { round: 0, .. }), "{actions:?}");
-    assert!(!actions.iter().any(|action| matches!(action, Action::CloseRound { .. })));
+    assert!(matches!(actions[2], Action::Record(Event::RoundFailed { round: 0, .. })), "{actions:?}");
+    assert!(!actions.iter().any(|action| matches!(action, Action::Close { .. })));
 }
 
 #[test]
@@ -395,7 +419,7 @@ fn late_duplicate_wrong_round_and_stale_submissions_are_judged() {
     machine.handle_timeout(T0 + 10_000);
     reveal(&mut machine, T0 + 10_001, workers[0], 0).unwrap();
     drain(&mut machine);
-    machine.handle_aggregated(T0 + 10_002, 0, Aggregated::all(model(1)));
+    machine.handle_aggregated(T0 + 10_002, 0, Aggregated::all(result(1)));
     drain(&mut machine);
     // Round 0 is closed; worker 1's commitment and reveal for it come now
     // (on round 0's model, model 0).
@@ -413,8 +437,8 @@ fn late_duplicate_wrong_round_and_stale_submissions_are_judged() {
     );
     assert_eq!(late_reveal, Ok(Outcome::Recorded(Recorded::Late)));
     let actions = drain(&mut machine);
-    assert!(matches!(actions[0], Action::RecordCommitment { status: Recorded::Late, round: 0, .. }));
-    assert!(matches!(actions[1], Action::RecordReveal { status: Recorded::Late, round: 0, .. }));
+    assert!(matches!(actions[0], Action::Record(Event::Commitment { status: Recorded::Late, round: 0, .. })));
+    assert!(matches!(actions[1], Action::Record(Event::Reveal { status: Recorded::Late, round: 0, .. })));
     let again = machine.reveal(
         T0 + 10_005,
         workers[1],
@@ -467,115 +491,70 @@ fn the_run_finishes_after_its_rounds_and_opens_no_more() {
     let (mut machine, workers) = running(2, settings());
     for round in 0..3 {
         deliver(&mut machine, T0 + round * 100 + 1, &workers, round);
-        machine.handle_aggregated(T0 + round * 100 + 3, round, Aggregated::all(model(round + 1)));
+        machine.handle_aggregated(T0 + round * 100 + 3, round, Aggregated::all(result(round + 1)));
     }
     let actions = drain(&mut machine);
-    assert!(matches!(actions.last(), Some(Action::Finish { final_model }) if *final_model == model(3)));
+    assert!(
+        matches!(actions.last(), Some(Action::Record(Event::RunFinished { final_model })) if *final_model == model(3))
+    );
     assert_eq!(machine.phase(), Phase::Finished);
     machine.handle_timeout(T0 + 1_000_000);
     machine.seen(T0 + 1_000_000, workers[0]);
     assert!(drain(&mut machine).is_empty());
 }
 
-/// Turns the actions of a run into what a driver would have persisted.
-#[derive(Default)]
-struct Persisted {
-    workers: Vec<WorkerSnapshot>,
-    rounds: Vec<RoundSnapshot>,
+/// What a driver makes durable: a real store (SQLite in memory), fed the
+/// machine's records exactly as the coordinator feeds them, from which a
+/// machine is restored as a restarted coordinator restores it.
+struct Durable {
+    store: Store,
+    signer: Identity,
 }
 
-impl Persisted {
-    fn apply_all(&mut self, actions: &[Action]) {
-        actions.iter().for_each(|action| self.apply(action));
+impl Durable {
+    fn new() -> Self {
+        let signer = Identity::from_seed([77; 32]);
+        let mut store = Store::open_in_memory().unwrap();
+        let run = RunRecord {
+            run_id: Digest::of(b"run"),
+            protocol_version: 0,
+            config_json: "{}".into(),
+            coordinator_key: signer.public_key(),
+            model_name: "test".into(),
+            initial_model: model(0),
+            initial_momentum: model(1000),
+            created_unix_ms: T0,
+        };
+        store.create_run(&run, Digest::of(b"{}"), &signer).unwrap();
+        Self { store, signer }
     }
 
-    fn apply(&mut self, action: &Action) {
-        match action {
-            Action::PersistWorker { worker, key, class, .. } => self.workers.push(WorkerSnapshot {
-                worker: *worker,
-                key: *key,
-                last_nonce: 0,
-                class: class.clone(),
-            }),
-            Action::OpenRound {
-                round,
-                base_model,
-                participants,
-                opened_unix_ms,
-                commit_deadline_unix_ms,
-                ..
-            } => self.rounds.push(RoundSnapshot {
-                id: *round,
-                state: RoundState::Open,
-                base_model: *base_model,
-                participants: participants.clone(),
-                opened_unix_ms: *opened_unix_ms,
-                commit_deadline_unix_ms: *commit_deadline_unix_ms,
-                extensions: 0,
-                reveal_deadline_unix_ms: None,
-                commitments: Vec::new(),
-                reveals: Vec::new(),
-                verdicts: Vec::new(),
-                answered: Vec::new(),
-                auditors_slashed: Vec::new(),
-                result_model: None,
-            }),
-            Action::ExtendRound { round, commit_deadline_unix_ms, extensions } => {
-                let persisted = self.round(*round);
-                persisted.commit_deadline_unix_ms = *commit_deadline_unix_ms;
-                persisted.extensions = *extensions;
-            }
-            Action::RecordCommitment { round, worker, commitment, status, nonce, .. } => {
-                self.round(*round).commitments.push((*worker, *status, *commitment));
-                self.nonce(*worker, *nonce);
-            }
-            Action::BeginReveal { round, reveal_deadline_unix_ms, .. } => {
-                self.round(*round).reveal_deadline_unix_ms = Some(*reveal_deadline_unix_ms)
-            }
-            Action::RecordReveal { round, worker, status, payload, nonce, .. } => {
-                self.round(*round).reveals.push((*worker, *status, *payload));
-                self.nonce(*worker, *nonce);
-            }
-            Action::RecordAudit { round, worker, verdict, nonce, .. } => {
-                self.round(*round).verdicts.push((*worker, verdict.clone()));
-                if let Some((sender, nonce)) = nonce {
-                    self.nonce(*sender, *nonce);
-                }
-            }
-            Action::RecordAuditAnswer { round, worker, nonce, .. } => {
-                self.round(*round).answered.push(*worker);
-                self.nonce(*worker, *nonce);
-            }
-            Action::SlashAuditor { round, auditor, .. } => self.round(*round).auditors_slashed.push(*auditor),
-            Action::CommitRound { round, result_model, .. } => {
-                let persisted = self.round(*round);
-                persisted.state = RoundState::Closed;
-                persisted.result_model = Some(*result_model);
-            }
-            Action::FailRound { round, .. } => self.round(*round).state = RoundState::Failed,
-            Action::Slash { .. }
-            | Action::RefuseUpdate { .. }
-            | Action::JudgeAudit { .. }
-            | Action::CreditWork { .. }
-            | Action::CloseRound { .. }
-            | Action::Speculate { .. }
-            | Action::OpenProvisional { .. }
-            | Action::Withdraw { .. }
-            | Action::Finish { .. } => {}
-        }
+    /// Makes the records among `actions` durable in one transaction, as the
+    /// driver does for one input (a reveal's bytes are made up: the store
+    /// keeps them by digest). Returns the actions.
+    fn record(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        let events: Vec<Event> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Record(event) => Some(event.clone()),
+                _ => None,
+            })
+            .collect();
+        let payloads: Vec<(Digest, &[u8])> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::Reveal { payload, .. } => Some((*payload, &b"an update"[..])),
+                _ => None,
+            })
+            .collect();
+        self.store.record(T0, &events, &payloads, &self.signer).expect("the store takes every record");
+        actions
     }
 
-    fn nonce(&mut self, worker: WorkerId, nonce: u64) {
-        let entry = self.workers.iter_mut().find(|entry| entry.worker == worker).unwrap();
-        entry.last_nonce = entry.last_nonce.max(nonce);
-    }
-
-    fn round(&mut self, id: u64) -> &mut RoundSnapshot {
-        self.rounds.iter_mut().find(|round| round.id == id).unwrap()
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        Snapshot { initial_model: model(0), workers: self.workers.clone(), rounds: self.rounds.clone() }
+    /// A machine restored from what is durable, at `now`.
+    fn restore(&self, settings: Settings, now: u64) -> Coordinator {
+        let events = self.store.events().unwrap();
+        Coordinator::restore(settings, Digest::of(b"run"), model(0), MASTER, &events, now)
     }
 }
 
@@ -615,16 +594,15 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
     ];
     for crash_after in 0..steps.len() {
         let mut live = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
-        let mut persisted = Persisted::default();
+        let mut durable = Durable::new();
         let workers: Vec<WorkerId> =
             (0..3).map(|index| live.register(T0, key(index), "avx2-fma").unwrap().0).collect();
-        persisted.apply_all(&drain(&mut live));
+        durable.record(drain(&mut live));
         for step in &steps[..crash_after] {
             step(&mut live, &workers);
-            persisted.apply_all(&drain(&mut live));
+            durable.record(drain(&mut live));
         }
-        let mut restored =
-            Coordinator::restore(settings.clone(), Digest::of(b"run"), MASTER, persisted.snapshot(), T0 + 12);
+        let mut restored = durable.restore(settings.clone(), T0 + 12);
         assert!(drain(&mut restored).is_empty(), "after {crash_after} steps nothing was left undone");
         assert_eq!(restored.open_round(), live.open_round(), "after {crash_after} steps");
         for &worker in &workers {
@@ -640,49 +618,34 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
 
 #[test]
 fn a_machine_restored_with_everything_delivered_closes_the_round_at_once() {
-    let (mut machine, workers) = running(2, settings());
-    let mut persisted = Persisted::default();
-    for (index, &worker) in workers.iter().enumerate() {
-        persisted.workers.push(WorkerSnapshot {
-            worker,
-            key: key(index as u8),
-            last_nonce: 0,
-            class: "avx2-fma".into(),
-        });
-    }
-    let open = machine.open_round().unwrap().clone();
-    persisted.apply(&Action::OpenRound {
-        round: 0,
-        base_model: open.base_model,
-        participants: open.participants.clone(),
-        opened_unix_ms: open.opened_ms,
-        commit_deadline_unix_ms: open.deadline_ms(),
-        secret_commitment: open.secret_commitment,
-    });
-    let actions = deliver(&mut machine, T0 + 5, &workers, 0);
-    persisted.apply_all(&actions); // CloseRound is emitted, but nothing durable says "closed"
-    let mut restored = Coordinator::restore(
-        Settings { min_workers: 2, ..settings() },
-        Digest::of(b"run"),
-        MASTER,
-        persisted.snapshot(),
-        T0 + 100,
-    );
-    assert!(matches!(drain(&mut restored)[..], [Action::CloseRound { round: 0, .. }]));
+    let settings = Settings { min_workers: 2, ..settings() };
+    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+    let mut durable = Durable::new();
+    let workers: Vec<WorkerId> =
+        (0..2).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
+    durable.record(drain(&mut machine));
+    // Close is asked for, but nothing durable says "closed".
+    let actions = durable.record(deliver(&mut machine, T0 + 5, &workers, 0));
+    assert!(matches!(actions.last(), Some(Action::Close { round: 0, .. })));
+    let mut restored = durable.restore(settings, T0 + 100);
+    assert!(matches!(drain(&mut restored)[..], [Action::Close { round: 0, .. }]));
 }
 
 /// Swarm test: random registrations, commitments and reveals (right,
-/// wrong, duplicate, late, for other rounds), audit verdicts and clock
-/// jumps, from many seeds. After every step the invariants a user relies
-/// on must hold.
+/// wrong, duplicate, late, for other rounds), audit verdicts, clock jumps
+/// and crashes, from many seeds. Every record goes into a real store, which
+/// must take it (its constraints catch a fact recorded twice or out of
+/// place), and a crash replaces the machine with one restored from that
+/// store. After every step the invariants a user relies on must hold.
 #[test]
 fn random_event_sequences_keep_the_invariants() {
     // Provisional rounds opened, adopted and withdrawn, over all seeds.
-    let (mut opened_ahead, mut adopted, mut withdrawn_rounds) = (0, 0, 0);
+    let (mut opened_ahead, mut adopted, mut withdrawn_rounds, mut crashes) = (0, 0, 0, 0);
     for seed in 0..200 {
         let mut rng = keyed_rng("coordinator-swarm", RngKey::new(seed, 0, 0, 0));
         let settings = Settings { rounds: 5, audit_probability: 0.5, ..settings() };
-        let mut machine = Coordinator::new(settings, Digest::of(b"run"), model(0), MASTER);
+        let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+        let mut durable = Durable::new();
         let mut now = T0;
         let mut last_round_opened = None;
         let mut committed_rounds = 0u64;
@@ -695,6 +658,15 @@ fn random_event_sequences_keep_the_invariants() {
             let known = (machine.worker_count() as u64) > worker.0;
             let round = machine.open_round().map_or(0, |open| open.id) + uniform_below(&mut rng, 2);
             let round = round.saturating_sub(uniform_below(&mut rng, 2));
+            if uniform_below(&mut rng, 25) == 0 {
+                // A crash: what was not durable is gone, and the restored
+                // machine's own first actions follow below.
+                let completed = machine.completed_rounds();
+                machine = durable.restore(settings.clone(), now);
+                assert_eq!(machine.completed_rounds(), completed, "seed {seed}: nothing durable is lost");
+                provisional = None;
+                crashes += 1;
+            }
             let base = base(&machine);
             let nonce = now * 1000 + step;
             match uniform_below(&mut rng, 8) {
@@ -718,7 +690,7 @@ fn random_event_sequences_keep_the_invariants() {
                     // judged at once.
                     let answering = uniform_below(&mut rng, 2) == 0;
                     if answering && machine.pending_audit(worker, round).is_some() {
-                        machine.audit_answered(now, worker, nonce, round).unwrap();
+                        machine.audit_answered(now, worker, nonce, round, Digest::of(b"an answer")).unwrap();
                     } else if machine.pending_audit(worker, round).is_some()
                         || machine.answered_audit(round, worker).is_some()
                     {
@@ -735,9 +707,11 @@ fn random_event_sequences_keep_the_invariants() {
                 6 => machine.seen(now, worker),
                 _ => machine.handle_timeout(now),
             }
+            let mut done = Vec::new();
             while let Some(action) = machine.poll_action() {
+                done.push(action.clone());
                 match action {
-                    Action::OpenRound { round, participants, .. } => {
+                    Action::Record(Event::RoundOpened { round, participants, .. }) => {
                         assert!(
                             last_round_opened.is_none_or(|last| round > last),
                             "seed {seed}: rounds never go back"
@@ -756,13 +730,13 @@ fn random_event_sequences_keep_the_invariants() {
                         }
                         last_round_opened = Some(round);
                     }
-                    Action::Slash { round, worker, .. } => {
+                    Action::Record(Event::Slash { round, worker, .. }) => {
                         assert!(
                             slashed.insert((round, worker)),
                             "seed {seed}: one slash per worker per round"
                         );
                     }
-                    Action::CloseRound { round, accepted, .. } => {
+                    Action::Close { round, accepted, .. } => {
                         assert!(accepted.len() >= 2, "seed {seed}: a round closes only with quorum");
                         for worker in &accepted {
                             assert!(
@@ -771,7 +745,7 @@ fn random_event_sequences_keep_the_invariants() {
                             );
                             assert!(counted.insert((round, *worker)), "each update counts at most once");
                         }
-                        machine.handle_aggregated(now, round, Aggregated::all(model(round + 100)));
+                        machine.handle_aggregated(now, round, Aggregated::all(result(round + 100)));
                     }
                     Action::Speculate { round, .. } => {
                         assert_eq!(
@@ -779,7 +753,7 @@ fn random_event_sequences_keep_the_invariants() {
                             Some(round),
                             "bets are on the open round"
                         );
-                        machine.handle_speculated(now, round, Aggregated::all(model(round + 100)));
+                        machine.handle_speculated(now, round, Aggregated::all(result(round + 100)));
                     }
                     Action::OpenProvisional { round, after, .. } => {
                         assert_eq!(
@@ -799,23 +773,24 @@ fn random_event_sequences_keep_the_invariants() {
                         );
                         withdrawn_rounds += u32::from(withdrawn.is_some());
                     }
-                    Action::RecordCommitment { round, status: Recorded::Accepted, .. } => {
+                    Action::Record(Event::Commitment { round, status: Recorded::Accepted, .. }) => {
                         assert!(
                             Some(round) <= last_round_opened,
                             "seed {seed}: commitments only for opened rounds"
                         );
                     }
-                    Action::CommitRound { .. } => committed_rounds += 1,
-                    Action::Finish { .. } => assert_eq!(committed_rounds, 5),
+                    Action::Record(Event::RoundClosed { .. }) => committed_rounds += 1,
+                    Action::Record(Event::RunFinished { .. }) => assert_eq!(committed_rounds, 5),
                     _ => {}
                 }
             }
+            durable.record(done);
             assert!(machine.completed_rounds() <= 5);
         }
     }
     assert!(
-        opened_ahead > 0 && adopted > 0 && withdrawn_rounds > 0,
-        "{opened_ahead} {adopted} {withdrawn_rounds}"
+        opened_ahead > 0 && adopted > 0 && withdrawn_rounds > 0 && crashes > 1000,
+        "{opened_ahead} {adopted} {withdrawn_rounds} {crashes}"
     );
 }
 
@@ -823,21 +798,28 @@ fn random_event_sequences_keep_the_invariants() {
 fn updates_the_checks_refuse_are_recorded_and_earn_nothing_but_the_round_counts_with_a_quorum() {
     let (mut machine, workers) = running(3, settings());
     let actions = deliver(&mut machine, T0 + 10, &workers, 0);
-    assert!(matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &workers));
+    assert!(matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &workers));
     let refused = vec![(workers[2], "a bit-for-bit copy of w0's update, committed earlier".to_owned())];
-    machine.handle_aggregated(T0 + 20, 0, Aggregated { result_model: Some(model(1)), refused });
+    machine.handle_aggregated(T0 + 20, 0, Aggregated { result: Some(result(1)), refused });
     let actions = drain(&mut machine);
-    assert!(matches!(&actions[0], Action::RefuseUpdate { round: 0, worker, .. } if *worker == workers[2]));
-    assert!(matches!(&actions[1], Action::CommitRound { accepted, .. } if accepted == &workers[..2]));
+    assert!(
+        matches!(&actions[0], Action::Record(Event::UpdateRefused { round: 0, worker, .. }) if *worker == workers[2])
+    );
+    assert!(
+        matches!(&actions[1], Action::Record(Event::RoundClosed { accepted, .. }) if accepted == &workers[..2])
+    );
     let credited: Vec<WorkerId> = actions
         .iter()
         .filter_map(|action| match action {
-            Action::CreditWork { worker, .. } => Some(*worker),
+            Action::Record(Event::WorkAccepted { worker, .. }) => Some(*worker),
             _ => None,
         })
         .collect();
     assert_eq!(credited, workers[..2], "a refused update earns no work");
-    assert!(!actions.iter().any(|action| matches!(action, Action::Slash { .. })), "refusals are not slashes");
+    assert!(
+        !actions.iter().any(|action| matches!(action, Action::Record(Event::Slash { .. }))),
+        "refusals are not slashes"
+    );
     assert_eq!(machine.completed_rounds(), 1);
     assert!(machine.is_active(workers[2]), "a refused worker delivered: it stays in the run");
 }
@@ -847,26 +829,32 @@ fn a_round_whose_passing_updates_miss_the_quorum_fails_and_a_new_one_opens_on_th
     let (mut machine, workers) = running(3, settings());
     deliver(&mut machine, T0 + 10, &workers, 0);
     let refused = workers[1..].iter().map(|&worker| (worker, "outsized".to_owned())).collect();
-    machine.handle_aggregated(T0 + 20, 0, Aggregated { result_model: Some(model(1)), refused });
+    machine.handle_aggregated(T0 + 20, 0, Aggregated { result: Some(result(1)), refused });
     let actions = drain(&mut machine);
-    assert_eq!(actions.iter().filter(|action| matches!(action, Action::RefuseUpdate { .. })).count(), 2);
-    assert!(actions.iter().any(
-        |action| matches!(action, Action::FailRound { round: 0, reason, .. } if reason.contains("quorum"))
-    ));
-    assert!(
-        !actions
-            .iter()
-            .any(|action| matches!(action, Action::CreditWork { .. } | Action::CommitRound { .. }))
+    assert_eq!(
+        actions.iter().filter(|action| matches!(action, Action::Record(Event::UpdateRefused { .. }))).count(),
+        2
     );
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::Record(Event::RoundFailed { round: 0, reason, .. }) if reason.contains("quorum"))
+    ));
+    assert!(!actions.iter().any(|action| matches!(
+        action,
+        Action::Record(Event::WorkAccepted { .. }) | Action::Record(Event::RoundClosed { .. })
+    )));
     assert!(
-        actions.iter().any(|action| matches!(action, Action::OpenRound { round: 1, base_model, .. } if *base_model == model(0))),
+        actions.iter().any(|action| matches!(action, Action::Record(Event::RoundOpened { round: 1, base_model, .. }) if *base_model == model(0))),
         "{actions:?}"
     );
     assert_eq!(machine.completed_rounds(), 0);
     // Nothing passed at all: also a failed round.
     deliver(&mut machine, T0 + 30, &workers, 1);
-    machine.handle_aggregated(T0 + 40, 1, Aggregated { result_model: None, refused: Vec::new() });
-    assert!(drain(&mut machine).iter().any(|action| matches!(action, Action::FailRound { round: 1, .. })));
+    machine.handle_aggregated(T0 + 40, 1, Aggregated { result: None, refused: Vec::new() });
+    assert!(
+        drain(&mut machine)
+            .iter()
+            .any(|action| matches!(action, Action::Record(Event::RoundFailed { round: 1, .. })))
+    );
 }
 
 #[test]
@@ -903,17 +891,20 @@ fn a_malformed_committed_update_is_recorded_and_rejected_without_waiting_or_slas
     );
     assert_eq!(outcome, Ok(Outcome::Recorded(Recorded::Malformed)));
     let actions = drain(&mut machine);
-    assert!(matches!(actions[..], [Action::RecordReveal { status: Recorded::Malformed, .. }]), "{actions:?}");
+    assert!(
+        matches!(actions[..], [Action::Record(Event::Reveal { status: Recorded::Malformed, .. })]),
+        "{actions:?}"
+    );
     let again =
         machine.reveal(T0 + 13, workers[0], (T0 + 13) * 1000, 0, base, payload(workers[0], 0), Some(problem));
     assert_eq!(again, Ok(Outcome::AlreadyRecorded(Recorded::Malformed)), "a retry gets the same answer");
     reveal(&mut machine, T0 + 14, workers[1], 0).unwrap();
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &workers[1..]),
+        matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &workers[1..]),
         "the round closes as soon as the honest reveal is in, without the malformed one: {actions:?}"
     );
-    assert!(!actions.iter().any(|action| matches!(action, Action::Slash { .. })));
+    assert!(!actions.iter().any(|action| matches!(action, Action::Record(Event::Slash { .. }))));
 }
 
 /// A machine delegating audits, every submission audited, with workers of
@@ -954,8 +945,11 @@ fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in
     let audited = workers[0];
     let auditor = open.standings[&audited].auditor.unwrap();
     assert!(machine.view(Some(auditor)).audit_task.is_none(), "no task before the answer");
-    assert_eq!(machine.audit_answered(T0 + 11, audited, (T0 + 11) * 1000, 0), Ok(Some(auditor)));
-    assert!(matches!(drain(&mut machine)[..], [Action::RecordAuditAnswer { .. }]));
+    assert_eq!(
+        machine.audit_answered(T0 + 11, audited, (T0 + 11) * 1000, 0, Digest::of(b"an answer")),
+        Ok(Some(auditor))
+    );
+    assert!(matches!(drain(&mut machine)[..], [Action::Record(Event::AuditAnswered { .. })]));
     let task = machine.view(Some(auditor)).audit_task.expect("the auditor has a task");
     assert_eq!(task.worker, audited);
     assert!(machine.view(Some(audited)).audit_answered, "the audited worker need not answer again");
@@ -967,7 +961,7 @@ fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in
         .unwrap();
     let actions = drain(&mut machine);
     assert!(
-        matches!(&actions[0], Action::RecordAudit { judged_by: Some(by), verdict: Verdict::Passed, .. } if *by == auditor),
+        matches!(&actions[0], Action::Record(Event::Audit { judged_by: Some(by), verdict: Verdict::Passed, .. }) if *by == auditor),
         "{actions:?}"
     );
     assert!(machine.view(Some(auditor)).audit_task.is_none(), "reported: the task is gone");
@@ -976,7 +970,10 @@ fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in
     machine.auditor_wrong(T0 + 13, 0, auditor, audited, "wrong end state");
     machine.auditor_wrong(T0 + 13, 0, auditor, workers[1], "wrong again");
     let slashes = drain(&mut machine);
-    assert!(matches!(slashes[..], [Action::SlashAuditor { amount: 1000, .. }]), "{slashes:?}");
+    assert!(
+        matches!(slashes[..], [Action::Record(Event::AuditorSlashed { amount: 1000, .. })]),
+        "{slashes:?}"
+    );
 }
 
 #[test]
@@ -986,7 +983,7 @@ fn at_the_reveal_deadline_an_unreported_answer_is_judged_by_the_coordinator_and_
         reveal(&mut machine, T0 + 11, worker, 0).unwrap();
     }
     // w0 answers (its auditor never reports); w1 never answers.
-    machine.audit_answered(T0 + 12, workers[0], (T0 + 12) * 1000, 0).unwrap();
+    machine.audit_answered(T0 + 12, workers[0], (T0 + 12) * 1000, 0, Digest::of(b"an answer")).unwrap();
     drain(&mut machine);
     let deadline = machine.poll_timeout().unwrap();
     machine.handle_timeout(deadline);
@@ -997,10 +994,10 @@ fn at_the_reveal_deadline_an_unreported_answer_is_judged_by_the_coordinator_and_
             .any(|action| matches!(action, Action::JudgeAudit { worker, .. } if *worker == workers[0]))
     );
     assert!(actions.iter().any(
-        |action| matches!(action, Action::RecordAudit { worker, verdict: Verdict::Unanswered, .. } if *worker == workers[1])
+        |action| matches!(action, Action::Record(Event::Audit { worker, verdict: Verdict::Unanswered, .. }) if *worker == workers[1])
     ));
     assert!(
-        !actions.iter().any(|action| matches!(action, Action::CloseRound { .. })),
+        !actions.iter().any(|action| matches!(action, Action::Close { .. })),
         "the round waits for the replay"
     );
     machine.handle_timeout(deadline + 1);
@@ -1012,7 +1009,7 @@ fn at_the_reveal_deadline_an_unreported_answer_is_judged_by_the_coordinator_and_
     machine.audit_result(deadline + 2, 0, workers[0], Verdict::Passed, None, None).unwrap();
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::CloseRound { accepted, .. }) if accepted == &workers[..1]),
+        matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &workers[..1]),
         "{actions:?}"
     );
 }
@@ -1032,7 +1029,9 @@ fn a_worker_keeps_its_determinism_class() {
 fn awaiting_replays(machine: &mut Coordinator, workers: &[WorkerId]) -> (Vec<Action>, Vec<Action>) {
     for &worker in workers {
         commit(machine, T0 + 1, worker, 0).unwrap();
-        machine.audit_answered(T0 + 2, worker, (T0 + 2) * 1000 + worker.0, 0).unwrap();
+        machine
+            .audit_answered(T0 + 2, worker, (T0 + 2) * 1000 + worker.0, 0, Digest::of(b"an answer"))
+            .unwrap();
     }
     let committed = drain(machine);
     for &worker in workers {
@@ -1053,9 +1052,9 @@ fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when
         panic!("{actions:?}")
     };
     assert_eq!((*base_model, accepted), (model(0), &workers));
-    assert!(!actions.iter().any(|action| matches!(action, Action::CloseRound { .. })), "verdicts pending");
+    assert!(!actions.iter().any(|action| matches!(action, Action::Close { .. })), "verdicts pending");
 
-    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(result(1)));
     let actions = drain(&mut machine);
     assert_eq!(actions, vec![Action::OpenProvisional { round: 1, after: 0, base_model: model(1) }]);
     let view = machine.view(Some(workers[1]));
@@ -1072,23 +1071,23 @@ fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when
 
     pass(&mut machine, T0 + 30, workers[0]);
     pass(&mut machine, T0 + 31, workers[1]);
-    assert!(!drain(&mut machine).iter().any(|action| matches!(action, Action::CloseRound { .. })));
+    assert!(!drain(&mut machine).iter().any(|action| matches!(action, Action::Close { .. })));
     pass(&mut machine, T0 + 40, workers[2]);
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::CloseRound { round: 0, accepted, .. }) if accepted == &workers),
+        matches!(actions.last(), Some(Action::Close { round: 0, accepted, .. }) if accepted == &workers),
         "{actions:?}"
     );
-    machine.handle_aggregated(T0 + 41, 0, Aggregated::all(model(1)));
+    machine.handle_aggregated(T0 + 41, 0, Aggregated::all(result(1)));
     let actions = drain(&mut machine);
-    let Some(Action::OpenRound {
+    let Some(Action::Record(Event::RoundOpened {
         round: 1,
         base_model,
         participants,
         opened_unix_ms,
         commit_deadline_unix_ms,
         ..
-    }) = actions.last()
+    })) = actions.last()
     else {
         panic!("{actions:?}")
     };
@@ -1106,16 +1105,16 @@ fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when
 fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_the_update() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
     awaiting_replays(&mut machine, &workers);
-    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(result(1)));
     drain(&mut machine);
     pass(&mut machine, T0 + 20, workers[0]);
     machine
         .audit_result(T0 + 21, 0, workers[1], Verdict::Failed("replayed to another state".into()), None, None)
         .unwrap();
     let actions = drain(&mut machine);
-    assert!(
-        actions.iter().any(|action| matches!(action, Action::Slash { worker, .. } if *worker == workers[1]))
-    );
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::Record(Event::Slash { worker, .. }) if *worker == workers[1])
+    ));
     let withdrawn =
         actions.iter().position(|action| action == &Action::Withdraw { round: 0, provisional: Some(1) });
     let respeculated = actions.iter().position(|action| {
@@ -1127,7 +1126,7 @@ fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_t
         "no provisional round until the new bet is aggregated"
     );
     // Someone who trained on the withdrawn model is refused as stale.
-    machine.handle_speculated(T0 + 30, 0, Aggregated::all(model(7)));
+    machine.handle_speculated(T0 + 30, 0, Aggregated::all(result(7)));
     assert_eq!(
         drain(&mut machine),
         vec![Action::OpenProvisional { round: 1, after: 0, base_model: model(7) }]
@@ -1138,13 +1137,13 @@ fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_t
     pass(&mut machine, T0 + 40, workers[2]);
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::CloseRound { round: 0, accepted, .. }) if accepted == &vec![workers[0], workers[2]]),
+        matches!(actions.last(), Some(Action::Close { round: 0, accepted, .. }) if accepted == &vec![workers[0], workers[2]]),
         "{actions:?}"
     );
-    machine.handle_aggregated(T0 + 41, 0, Aggregated::all(model(7)));
+    machine.handle_aggregated(T0 + 41, 0, Aggregated::all(result(7)));
     let actions = drain(&mut machine);
     assert!(
-        matches!(actions.last(), Some(Action::OpenRound { round: 1, base_model, opened_unix_ms, .. }) if *base_model == model(7) && *opened_unix_ms == T0 + 30),
+        matches!(actions.last(), Some(Action::Record(Event::RoundOpened { round: 1, base_model, opened_unix_ms, .. })) if *base_model == model(7) && *opened_unix_ms == T0 + 30),
         "{actions:?}"
     );
 }
@@ -1155,7 +1154,7 @@ fn a_bet_that_would_fail_the_round_opens_nothing_and_a_close_without_it_is_the_u
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, quorum: 3, ..settings() });
     awaiting_replays(&mut machine, &workers);
     // The checks would refuse one update: the round would fail, so nothing opens ahead.
-    let refused = Aggregated { result_model: Some(model(1)), refused: vec![(workers[2], "outsized".into())] };
+    let refused = Aggregated { result: Some(result(1)), refused: vec![(workers[2], "outsized".into())] };
     machine.handle_speculated(T0 + 10, 0, refused);
     assert!(drain(&mut machine).is_empty());
     assert_eq!(machine.provisional_round(), None);
@@ -1169,7 +1168,10 @@ fn a_bet_that_would_fail_the_round_opens_nothing_and_a_close_without_it_is_the_u
     pass(&mut machine, T0 + 21, workers[1]);
     pass(&mut machine, T0 + 22, workers[2]);
     let actions = drain(&mut machine);
-    assert!(actions.iter().any(|action| matches!(action, Action::FailRound { round: 0, .. })), "{actions:?}");
+    assert!(
+        actions.iter().any(|action| matches!(action, Action::Record(Event::RoundFailed { round: 0, .. }))),
+        "{actions:?}"
+    );
     assert!(!actions.iter().any(|action| matches!(action, Action::Withdraw { .. })));
 }
 
@@ -1183,19 +1185,21 @@ fn the_last_round_is_not_bet_on_and_a_restart_bets_again_on_what_was_persisted()
     // Two rounds: a restart while the bet is out forgets it and bets again.
     let settings = Settings { rounds: 2, min_workers: 3, ..settings };
     let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
-    let mut persisted = Persisted::default();
+    let mut durable = Durable::new();
     for index in 0..3 {
         machine.register(T0, key(index), "avx2-fma").unwrap();
     }
-    persisted.apply_all(&drain(&mut machine));
+    durable.record(drain(&mut machine));
     let (committed, revealed) = awaiting_replays(&mut machine, &workers);
-    persisted.apply_all(&committed);
-    persisted.apply_all(&revealed);
-    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
-    persisted.apply_all(&drain(&mut machine));
-    assert_eq!(persisted.rounds.len(), 1, "a provisional round is not persisted");
-    let mut restored =
-        Coordinator::restore(settings, Digest::of(b"run"), MASTER, persisted.snapshot(), T0 + 100);
+    durable.record(committed);
+    durable.record(revealed);
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(result(1)));
+    let provisional = durable.record(drain(&mut machine));
+    assert!(matches!(provisional[..], [Action::OpenProvisional { round: 1, .. }]));
+    let opened = durable.store.events().unwrap();
+    let opened = opened.iter().filter(|event| matches!(event, Event::RoundOpened { .. })).count();
+    assert_eq!(opened, 1, "a provisional round is not durable");
+    let mut restored = durable.restore(settings, T0 + 100);
     let actions = drain(&mut restored);
     assert_eq!(
         actions,
@@ -1219,11 +1223,13 @@ fn a_just_opened_round_is_shown_without_the_machine_exactly_as_the_machine_shows
         commit(&mut machine, T0 + 1, worker, 0).unwrap();
     }
     for &worker in &workers {
-        machine.audit_answered(T0 + 2, worker, (T0 + 2) * 1000 + worker.0, 0).unwrap();
+        machine
+            .audit_answered(T0 + 2, worker, (T0 + 2) * 1000 + worker.0, 0, Digest::of(b"an answer"))
+            .unwrap();
         reveal(&mut machine, T0 + 3, worker, 0).unwrap();
     }
     drain(&mut machine);
-    machine.handle_speculated(T0 + 10, 0, Aggregated::all(model(1)));
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(result(1)));
     let opened = machine.opened().expect("the provisional round");
     assert_eq!(opened.id(), 1);
     for worker in workers.iter().copied().chain([stranger]).map(Some).chain([None]) {
@@ -1231,4 +1237,50 @@ fn a_just_opened_round_is_shown_without_the_machine_exactly_as_the_machine_shows
         assert!(view.provisional);
         assert_eq!(view, machine.view(worker));
     }
+}
+
+#[test]
+fn a_late_commitment_sent_again_after_its_round_closed_is_the_same_late_commitment() {
+    // Method: a commitment arrives in round 0's reveal phase (late), the
+    // round closes, and the worker, whose answer was lost, sends it again.
+    // Before the past round remembered late commitments, the second copy
+    // was recorded a second time, which the store refuses (and the
+    // coordinator halted on).
+    let settings = Settings { min_workers: 3, ..settings() };
+    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+    let mut durable = Durable::new();
+    let workers: Vec<WorkerId> =
+        (0..3).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
+    durable.record(drain(&mut machine));
+    for &worker in &workers[..2] {
+        commit(&mut machine, T0 + 10, worker, 0).unwrap();
+    }
+    machine.handle_timeout(T0 + 10_000);
+    assert_eq!(commit(&mut machine, T0 + 10_001, workers[2], 0), Ok(Outcome::Recorded(Recorded::Late)));
+    for &worker in &workers[..2] {
+        reveal(&mut machine, T0 + 10_002, worker, 0).unwrap();
+    }
+    let actions = drain(&mut machine);
+    assert!(matches!(actions.last(), Some(Action::Close { round: 0, .. })));
+    machine.handle_aggregated(T0 + 10_003, 0, Aggregated::all(result(1)));
+    durable.record(actions);
+    durable.record(drain(&mut machine));
+    assert_eq!(machine.completed_rounds(), 1);
+    let again = |machine: &mut Coordinator, now: u64| {
+        machine
+            .commit(now, workers[2], now * 1000, 0, model(0), commitment(workers[2], 0))
+            .map_err(|refusal| refusal.code)
+    };
+    assert_eq!(
+        again(&mut machine, T0 + 10_004),
+        Ok(Outcome::AlreadyRecorded(Recorded::Late)),
+        "the same, again"
+    );
+    assert!(durable.record(drain(&mut machine)).is_empty(), "nothing new to record");
+    let mut restored = durable.restore(settings, T0 + 10_005);
+    assert_eq!(
+        again(&mut restored, T0 + 10_006),
+        Ok(Outcome::AlreadyRecorded(Recorded::Late)),
+        "and a restored coordinator says the same"
+    );
 }

@@ -1,20 +1,25 @@
 //! The coordinator's durable state in one SQLite file (WAL, synchronous =
-//! FULL): the run, workers, rounds, assignments, commitments, reveals with
-//! their payloads, audits, credits, and the signed ledger. Every batch of
-//! writes is one transaction, committed before the coordinator answers the
-//! request that caused it, so an acknowledged submission survives a crash
-//! at any point, and the ledger never disagrees with the state it records.
+//! FULL): the signed ledger of the run's events, and tables built from
+//! those events for the queries the coordinator and its status page make
+//! (workers, rounds, assignments, commitments, reveals with their
+//! payloads, audits, credits, refusals, rewards).
+//!
+//! The events are the one record of each fact: [`Store::record`] writes the
+//! rows an event implies and its ledger entry together, and the events of
+//! one input in one transaction, committed before the coordinator answers
+//! the request that caused them. So an acknowledged submission survives a
+//! crash at any point, the tables never disagree with the ledger, and a
+//! restarted coordinator rebuilds its state machine from [`Store::events`].
 
 use std::path::Path;
 
-use crowdtrain_protocol::audit::Commitment;
-use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, Snapshot, WorkerSnapshot};
+use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
-use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
+use crowdtrain_protocol::{Digest, Identity, PublicKey, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -32,8 +37,7 @@ CREATE TABLE workers (
     id INTEGER PRIMARY KEY,
     public_key BLOB NOT NULL UNIQUE,
     class TEXT NOT NULL,
-    registered_unix_ms INTEGER NOT NULL,
-    last_nonce INTEGER NOT NULL DEFAULT 0
+    registered_unix_ms INTEGER NOT NULL
 );
 CREATE TABLE rounds (
     id INTEGER PRIMARY KEY,
@@ -70,7 +74,6 @@ CREATE TABLE commitments (
     merkle_root BLOB NOT NULL,
     payload_digest BLOB NOT NULL,
     segments INTEGER NOT NULL,
-    nonce INTEGER NOT NULL,
     received_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (round, worker),
     FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
@@ -81,7 +84,6 @@ CREATE TABLE reveals (
     status TEXT NOT NULL CHECK (status IN ('accepted', 'late', 'mismatch', 'malformed')),
     payload_digest BLOB NOT NULL,
     payload BLOB NOT NULL,
-    nonce INTEGER NOT NULL,
     received_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (round, worker),
     FOREIGN KEY (round, worker) REFERENCES assignments (round, worker)
@@ -173,125 +175,6 @@ pub struct RunRecord {
     pub created_unix_ms: u64,
 }
 
-/// One durable change; a slice of them is applied atomically.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Write {
-    Worker {
-        worker: WorkerId,
-        key: PublicKey,
-        class: String,
-        registered_unix_ms: u64,
-    },
-    OpenRound {
-        round: RoundId,
-        base_model: Digest,
-        participants: Vec<WorkerId>,
-        opened_unix_ms: u64,
-        commit_deadline_unix_ms: u64,
-        secret_commitment: Digest,
-    },
-    ExtendRound {
-        round: RoundId,
-        commit_deadline_unix_ms: u64,
-        extensions: u32,
-    },
-    Commitment {
-        round: RoundId,
-        worker: WorkerId,
-        commitment: Commitment,
-        status: Recorded,
-        /// The segment its draw selected for audit, if any.
-        audit: Option<u32>,
-        nonce: u64,
-        received_unix_ms: u64,
-    },
-    BeginReveal {
-        round: RoundId,
-        secret: [u8; 32],
-        beacon: Digest,
-        audits: Vec<(WorkerId, u32)>,
-        /// `(audited, auditor)` of delegated audits.
-        auditors: Vec<(WorkerId, WorkerId)>,
-        reveal_deadline_unix_ms: u64,
-    },
-    /// An audit answer whose proofs checked, kept until its verdict (and
-    /// after, as evidence): the BLAKE3 of its bytes, which the caller has
-    /// already made durable as a content-addressed file.
-    AuditAnswer {
-        round: RoundId,
-        worker: WorkerId,
-        answer_digest: Digest,
-        nonce: u64,
-        received_unix_ms: u64,
-    },
-    Reveal {
-        round: RoundId,
-        worker: WorkerId,
-        status: Recorded,
-        digest: Digest,
-        payload: Vec<u8>,
-        nonce: u64,
-        received_unix_ms: u64,
-    },
-    Audit {
-        round: RoundId,
-        worker: WorkerId,
-        verdict: Verdict,
-        /// Who replayed (`None`: the coordinator).
-        judged_by: Option<WorkerId>,
-        /// The sender of the request that delivered the verdict, and its nonce.
-        nonce: Option<(WorkerId, u64)>,
-        decided_unix_ms: u64,
-    },
-    /// Work units an auditor loses for a report the coordinator's replay
-    /// contradicted.
-    AuditorSlash {
-        round: RoundId,
-        auditor: WorkerId,
-        amount: u64,
-        reason: String,
-    },
-    /// Work units earned (`slash: false`) or lost (`slash: true`).
-    Credit {
-        round: RoundId,
-        worker: WorkerId,
-        slash: bool,
-        amount: u64,
-        reason: String,
-    },
-    CommitRound {
-        round: RoundId,
-        result_model: Digest,
-        result_momentum: Digest,
-        /// A snapshot of the aggregator's state after the round, if it keeps
-        /// one and the round is a snapshot round.
-        result_aggregator: Option<Digest>,
-        closed_unix_ms: u64,
-    },
-    /// The checks refused an accepted update.
-    Refusal {
-        round: RoundId,
-        worker: WorkerId,
-        reason: String,
-    },
-    /// What a worker's verified work in a scored round earned.
-    Reward(Reward),
-    /// A closed round's updates are scored and rewarded.
-    Scored {
-        round: RoundId,
-        unix_ms: u64,
-    },
-    FailRound {
-        round: RoundId,
-        closed_unix_ms: u64,
-    },
-    /// An entry for the signed ledger, chained after the last one.
-    Ledger {
-        unix_ms: u64,
-        event: Event,
-    },
-}
-
 /// The coordinator's database.
 pub struct Store {
     connection: Connection,
@@ -301,7 +184,16 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path)?;
+        Self::prepare(Connection::open(path)?, &path.display().to_string())
+    }
+
+    /// A database that lives in memory only: for tests and simulations,
+    /// which run the same schema and the same writes as a real file.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::prepare(Connection::open_in_memory()?, ":memory:")
+    }
+
+    fn prepare(connection: Connection, path: &str) -> Result<Self, StoreError> {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
@@ -317,7 +209,7 @@ impl Store {
                 ))?;
             }
             SCHEMA_VERSION => {}
-            found => return Err(StoreError::Schema { path: path.display().to_string(), found }),
+            found => return Err(StoreError::Schema { path: path.to_owned(), found }),
         }
         let head: Option<(u64, Vec<u8>)> = connection
             .query_row("SELECT idx, hash FROM ledger ORDER BY idx DESC LIMIT 1", [], |row| {
@@ -392,8 +284,24 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    pub fn create_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
-        self.connection.execute(
+    /// Creates the run: its record, and the [`Event::RunStarted`] that
+    /// opens its ledger, in one transaction.
+    pub fn create_run(
+        &mut self,
+        run: &RunRecord,
+        config: Digest,
+        signer: &Identity,
+    ) -> Result<(), StoreError> {
+        let started = Event::RunStarted {
+            run_id: run.run_id,
+            coordinator: run.coordinator_key,
+            config,
+            initial_model: run.initial_model,
+            initial_momentum: run.initial_momentum,
+        };
+        let mut chain = self.chain.clone();
+        let transaction = self.connection.transaction()?;
+        transaction.execute(
             "INSERT INTO run (singleton, run_id, protocol_version, config_json, coordinator_key, model_name,
                               initial_model, initial_momentum, created_unix_ms)
              VALUES (0, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -408,23 +316,50 @@ impl Store {
                 run.created_unix_ms
             ],
         )?;
+        append(&transaction, &mut chain, signer, run.created_unix_ms, &started)?;
+        transaction.commit()?;
+        self.chain = chain;
         Ok(())
     }
 
-    /// Applies `writes` in one transaction: all or nothing. Ledger entries
-    /// are chained and signed with `signer` as they are written.
-    pub fn apply(&mut self, writes: &[Write], signer: &Identity) -> Result<(), StoreError> {
-        if writes.is_empty() {
+    /// Records `events` in one transaction, all or nothing: for each, the
+    /// rows it implies and its ledger entry (chained and signed with
+    /// `signer`, stamped `unix_ms`). A reveal's bytes come from `payloads`,
+    /// by digest. An event the tables cannot take (a second commitment of
+    /// the same worker in a round, a verdict on an audit never drawn, a
+    /// reveal without its bytes) fails the whole batch.
+    pub fn record(
+        &mut self,
+        unix_ms: u64,
+        events: &[Event],
+        payloads: &[(Digest, &[u8])],
+        signer: &Identity,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
             return Ok(());
         }
         let mut chain = self.chain.clone();
         let transaction = self.connection.transaction()?;
-        for write in writes {
-            apply_one(&transaction, write, &mut chain, signer)?;
+        for event in events {
+            project(&transaction, unix_ms, event, payloads)?;
+            append(&transaction, &mut chain, signer, unix_ms, event)?;
         }
         transaction.commit()?;
         self.chain = chain;
         Ok(())
+    }
+
+    /// Every event recorded, in order: what a restarted coordinator
+    /// replays.
+    pub fn events(&self) -> Result<Vec<Event>, StoreError> {
+        self.ledger()?
+            .iter()
+            .map(|sealed| {
+                ledger::Entry::from_bytes(&sealed.bytes)
+                    .map(|entry| entry.event)
+                    .map_err(|reason| StoreError::Corrupt(format!("ledger entry {}: {reason}", sealed.index)))
+            })
+            .collect()
     }
 
     /// Records the test accuracy and loss of a round's result.
@@ -452,104 +387,6 @@ impl Store {
         )?;
         let rows = statement.query_map([], |row| Ok((row.get(0)?, Digest(blob(row, 1)?))))?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Everything [`crowdtrain_protocol::Coordinator::restore`] needs.
-    pub fn snapshot(&self, initial_model: Digest) -> Result<Snapshot, StoreError> {
-        let mut statement =
-            self.connection.prepare("SELECT id, public_key, last_nonce, class FROM workers ORDER BY id")?;
-        let workers = statement
-            .query_map([], |row| {
-                Ok(WorkerSnapshot {
-                    worker: WorkerId(row.get(0)?),
-                    key: PublicKey(blob(row, 1)?),
-                    last_nonce: row.get(2)?,
-                    class: row.get(3)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut statement = self.connection.prepare(
-            "SELECT id, state, base_model, opened_unix_ms, commit_deadline_unix_ms, extensions, reveal_deadline_unix_ms,
-                    result_model
-             FROM rounds ORDER BY id",
-        )?;
-        let mut rounds = statement
-            .query_map([], |row| {
-                Ok(RoundSnapshot {
-                    id: row.get(0)?,
-                    state: round_state(row, 1)?,
-                    base_model: Digest(blob(row, 2)?),
-                    opened_unix_ms: row.get(3)?,
-                    commit_deadline_unix_ms: row.get(4)?,
-                    extensions: row.get(5)?,
-                    reveal_deadline_unix_ms: row.get(6)?,
-                    result_model: optional_digest(row, 7)?,
-                    participants: Vec::new(),
-                    commitments: Vec::new(),
-                    reveals: Vec::new(),
-                    verdicts: Vec::new(),
-                    answered: Vec::new(),
-                    auditors_slashed: Vec::new(),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut participants =
-            self.connection.prepare("SELECT worker FROM assignments WHERE round = ?1 ORDER BY slot")?;
-        let mut commitments = self.connection.prepare(
-            "SELECT worker, status, merkle_root, payload_digest, segments FROM commitments WHERE round = ?1 ORDER BY worker",
-        )?;
-        let mut reveals = self
-            .connection
-            .prepare("SELECT worker, status, payload_digest FROM reveals WHERE round = ?1 ORDER BY worker")?;
-        let mut verdicts = self.connection.prepare(
-            "SELECT worker, verdict, reason FROM audits WHERE round = ?1 AND verdict IS NOT NULL ORDER BY worker",
-        )?;
-        let mut answered = self.connection.prepare(
-            "SELECT worker FROM audits WHERE round = ?1 AND answer_digest IS NOT NULL ORDER BY worker",
-        )?;
-        let mut auditors_slashed = self.connection.prepare(
-            "SELECT worker FROM credits WHERE round = ?1 AND kind = 'auditor-slash' ORDER BY worker",
-        )?;
-        for round in &mut rounds {
-            round.answered =
-                answered.query_map([round.id], |row| Ok(WorkerId(row.get(0)?)))?.collect::<Result<_, _>>()?;
-            round.auditors_slashed = auditors_slashed
-                .query_map([round.id], |row| Ok(WorkerId(row.get(0)?)))?
-                .collect::<Result<_, _>>()?;
-            round.participants = participants
-                .query_map([round.id], |row| Ok(WorkerId(row.get(0)?)))?
-                .collect::<Result<_, _>>()?;
-            round.commitments = commitments
-                .query_map([round.id], |row| {
-                    let commitment = Commitment {
-                        merkle_root: Digest(blob(row, 2)?),
-                        payload: Digest(blob(row, 3)?),
-                        segments: row.get(4)?,
-                    };
-                    Ok((WorkerId(row.get(0)?), recorded(row, 1)?, commitment))
-                })?
-                .collect::<Result<_, _>>()?;
-            round.reveals = reveals
-                .query_map([round.id], |row| {
-                    Ok((WorkerId(row.get(0)?), recorded(row, 1)?, Digest(blob(row, 2)?)))
-                })?
-                .collect::<Result<_, _>>()?;
-            round.verdicts = verdicts
-                .query_map([round.id], |row| {
-                    let verdict: String = row.get(1)?;
-                    let verdict = match verdict.as_str() {
-                        "passed" => Verdict::Passed,
-                        "unanswered" => Verdict::Unanswered,
-                        _ => Verdict::Failed(row.get::<_, Option<String>>(2)?.unwrap_or_default()),
-                    };
-                    Ok((WorkerId(row.get(0)?), verdict))
-                })?
-                .collect::<Result<_, _>>()?;
-        }
-        if rounds.iter().rev().skip(1).any(|round| round.state == RoundState::Open) {
-            return Err(StoreError::Corrupt("an open round that is not the latest".into()));
-        }
-        Ok(Snapshot { initial_model, workers, rounds })
     }
 
     /// The revealed payloads of `workers` in `round`, in the order given;
@@ -863,20 +700,24 @@ impl Store {
     }
 }
 
-fn apply_one(
+/// Writes the rows `event` implies.
+fn project(
     transaction: &rusqlite::Transaction<'_>,
-    write: &Write,
-    chain: &mut Chain,
-    signer: &Identity,
+    unix_ms: u64,
+    event: &Event,
+    payloads: &[(Digest, &[u8])],
 ) -> Result<(), StoreError> {
-    match write {
-        Write::Worker { worker, key, class, registered_unix_ms } => {
+    match event {
+        Event::RunStarted { .. } => {
+            return Err(StoreError::Corrupt("a run starts once, with Store::create_run".into()));
+        }
+        Event::WorkerRegistered { worker, key, class, registered_unix_ms } => {
             transaction.execute(
                 "INSERT INTO workers (id, public_key, class, registered_unix_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![worker.0, key.0, class, registered_unix_ms],
             )?;
         }
-        Write::OpenRound {
+        Event::RoundOpened {
             round,
             base_model,
             participants,
@@ -896,17 +737,17 @@ fn apply_one(
                 )?;
             }
         }
-        Write::ExtendRound { round, commit_deadline_unix_ms, extensions } => {
+        Event::DeadlineExtended { round, commit_deadline_unix_ms, extensions } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET commit_deadline_unix_ms = ?2, extensions = ?3 WHERE id = ?1 AND state = 'open'",
                 params![round, commit_deadline_unix_ms, extensions],
             )?)?;
         }
-        Write::Commitment { round, worker, commitment, status, audit, nonce, received_unix_ms } => {
+        Event::Commitment { round, worker, commitment, status, audit, received_unix_ms, .. } => {
             transaction.execute(
-                "INSERT INTO commitments (round, worker, status, merkle_root, payload_digest, segments, nonce,
+                "INSERT INTO commitments (round, worker, status, merkle_root, payload_digest, segments,
                                           received_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     round,
                     worker.0,
@@ -914,7 +755,6 @@ fn apply_one(
                     commitment.merkle_root.0,
                     commitment.payload.0,
                     commitment.segments,
-                    nonce,
                     received_unix_ms
                 ],
             )?;
@@ -924,15 +764,14 @@ fn apply_one(
                     params![round, worker.0, segment],
                 )?;
             }
-            raise_nonce(transaction, *worker, *nonce)?;
         }
-        Write::BeginReveal { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
+        Event::AuditDraw { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET secret = ?2, beacon = ?3, reveal_deadline_unix_ms = ?4 WHERE id = ?1 AND state = 'open'",
                 params![round, secret, beacon.0, reveal_deadline_unix_ms],
             )?)?;
             // The audits were drawn, and recorded, with their commitments;
-            // the ledger entry lists them, and names the auditors.
+            // the draw lists them, and names the auditors.
             for (worker, segment) in audits {
                 let auditor =
                     auditors.iter().find(|(audited, _)| audited == worker).map(|(_, auditor)| auditor.0);
@@ -942,29 +781,25 @@ fn apply_one(
                 )?)?;
             }
         }
-        Write::AuditAnswer { round, worker, answer_digest, nonce, received_unix_ms } => {
+        Event::AuditAnswered { round, worker, answer, received_unix_ms, .. } => {
             expect_one(transaction.execute(
                 "UPDATE audits SET answer_digest = ?3, answered_unix_ms = ?4
                  WHERE round = ?1 AND worker = ?2 AND answer_digest IS NULL AND verdict IS NULL",
-                params![round, worker.0, &answer_digest.0[..], received_unix_ms],
+                params![round, worker.0, &answer.0[..], received_unix_ms],
             )?)?;
-            raise_nonce(transaction, *worker, *nonce)?;
         }
-        Write::AuditorSlash { round, auditor, amount, reason } => {
+        Event::Reveal { round, worker, payload, status, received_unix_ms, .. } => {
+            let bytes =
+                payloads.iter().find(|(digest, _)| digest == payload).map(|(_, bytes)| *bytes).ok_or_else(
+                    || StoreError::Corrupt(format!("the reveal of {worker} in round {round} has no bytes")),
+                )?;
             transaction.execute(
-                "INSERT INTO credits (round, worker, kind, amount, reason) VALUES (?1, ?2, 'auditor-slash', ?3, ?4)",
-                params![round, auditor.0, amount, reason],
+                "INSERT INTO reveals (round, worker, status, payload_digest, payload, received_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![round, worker.0, status.as_str(), payload.0, bytes, received_unix_ms],
             )?;
         }
-        Write::Reveal { round, worker, status, digest, payload, nonce, received_unix_ms } => {
-            transaction.execute(
-                "INSERT INTO reveals (round, worker, status, payload_digest, payload, nonce, received_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![round, worker.0, status.as_str(), digest.0, payload, nonce, received_unix_ms],
-            )?;
-            raise_nonce(transaction, *worker, *nonce)?;
-        }
-        Write::Audit { round, worker, verdict, judged_by, nonce, decided_unix_ms } => {
+        Event::Audit { round, worker, verdict, judged_by, decided_unix_ms, .. } => {
             let (name, reason) = match verdict {
                 Verdict::Passed => ("passed", None),
                 Verdict::Failed(reason) => ("failed", Some(reason.as_str())),
@@ -975,68 +810,94 @@ fn apply_one(
                  WHERE round = ?1 AND worker = ?2 AND verdict IS NULL",
                 params![round, worker.0, name, reason, judged_by.map(|auditor| auditor.0), decided_unix_ms],
             )?)?;
-            if let Some((sender, nonce)) = nonce {
-                raise_nonce(transaction, *sender, *nonce)?;
-            }
         }
-        Write::Credit { round, worker, slash, amount, reason } => {
-            transaction.execute(
-                "INSERT INTO credits (round, worker, kind, amount, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![round, worker.0, if *slash { "slash" } else { "work" }, amount, reason],
-            )?;
+        Event::AuditorSlashed { round, auditor, amount, reason, .. } => {
+            credit(transaction, *round, *auditor, "auditor-slash", *amount, reason)?;
         }
-        Write::CommitRound { round, result_model, result_momentum, result_aggregator, closed_unix_ms } => {
-            expect_one(transaction.execute(
-                "UPDATE rounds SET state = 'closed', result_model = ?2, result_momentum = ?3, result_aggregator = ?4,
-                                   closed_unix_ms = ?5
-                 WHERE id = ?1 AND state = 'open'",
-                params![round, result_model.0, result_momentum.0, result_aggregator.map(|digest| digest.0), closed_unix_ms],
-            )?)?;
+        Event::Slash { round, worker, amount, reason } => {
+            credit(transaction, *round, *worker, "slash", *amount, reason)?;
         }
-        Write::Refusal { round, worker, reason } => {
+        Event::WorkAccepted { round, worker, units } => {
+            credit(transaction, *round, *worker, "work", *units, "verified work")?;
+        }
+        Event::UpdateRefused { round, worker, reason } => {
             transaction.execute(
                 "INSERT INTO refusals (round, worker, reason) VALUES (?1, ?2, ?3)",
                 params![round, worker.0, reason],
             )?;
         }
-        Write::Reward(Reward { round, worker, score, quality, multiplier, units, credits }) => {
+        Event::RoundClosed {
+            round,
+            result_model,
+            result_momentum,
+            result_aggregator,
+            closed_unix_ms,
+            ..
+        } => {
+            expect_one(transaction.execute(
+                "UPDATE rounds SET state = 'closed', result_model = ?2, result_momentum = ?3, result_aggregator = ?4,
+                                   closed_unix_ms = ?5
+                 WHERE id = ?1 AND state = 'open'",
+                params![
+                    round,
+                    result_model.0,
+                    result_momentum.0,
+                    result_aggregator.map(|digest| digest.0),
+                    closed_unix_ms
+                ],
+            )?)?;
+        }
+        Event::RoundFailed { round, closed_unix_ms, .. } => {
+            expect_one(transaction.execute(
+                "UPDATE rounds SET state = 'failed', closed_unix_ms = ?2 WHERE id = ?1 AND state = 'open'",
+                params![round, closed_unix_ms],
+            )?)?;
+        }
+        Event::Reward(Reward { round, worker, score, quality, multiplier, units, credits }) => {
             transaction.execute(
                 "INSERT INTO rewards (round, worker, score, quality, multiplier, units, credits)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![round, worker.0, score, quality, multiplier, units, credits],
             )?;
         }
-        Write::Scored { round, unix_ms } => {
+        Event::RoundScored { round } => {
             expect_one(transaction.execute(
                 "UPDATE rounds SET scored_unix_ms = ?2 WHERE id = ?1 AND state = 'closed' AND scored_unix_ms IS NULL",
                 params![round, unix_ms],
             )?)?;
         }
-        Write::FailRound { round, closed_unix_ms } => {
-            expect_one(transaction.execute(
-                "UPDATE rounds SET state = 'failed', closed_unix_ms = ?2 WHERE id = ?1 AND state = 'open'",
-                params![round, closed_unix_ms],
-            )?)?;
-        }
-        Write::Ledger { unix_ms, event } => {
-            let sealed = chain.append(signer, *unix_ms, event.clone());
-            transaction.execute(
-                "INSERT INTO ledger (idx, kind, body, hash, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![sealed.index, event.kind(), sealed.bytes, sealed.hash.0, sealed.signature.0],
-            )?;
-        }
+        Event::RunFinished { .. } => {}
     }
     Ok(())
 }
 
-fn raise_nonce(
+fn credit(
     transaction: &rusqlite::Transaction<'_>,
+    round: RoundId,
     worker: WorkerId,
-    nonce: u64,
+    kind: &str,
+    amount: u64,
+    reason: &str,
 ) -> Result<(), StoreError> {
     transaction.execute(
-        "UPDATE workers SET last_nonce = MAX(last_nonce, ?2) WHERE id = ?1",
-        params![worker.0, nonce],
+        "INSERT INTO credits (round, worker, kind, amount, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![round, worker.0, kind, amount, reason],
+    )?;
+    Ok(())
+}
+
+/// Appends `event` to the ledger as the chain's next entry.
+fn append(
+    transaction: &rusqlite::Transaction<'_>,
+    chain: &mut Chain,
+    signer: &Identity,
+    unix_ms: u64,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let sealed = chain.append(signer, unix_ms, event.clone());
+    transaction.execute(
+        "INSERT INTO ledger (idx, kind, body, hash, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![sealed.index, event.kind(), sealed.bytes, sealed.hash.0, sealed.signature.0],
     )?;
     Ok(())
 }
@@ -1047,17 +908,6 @@ fn expect_one(changed: usize) -> Result<(), StoreError> {
     } else {
         Err(StoreError::Corrupt(format!("expected to change one row, changed {changed}")))
     }
-}
-
-fn recorded(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Recorded> {
-    let text: String = row.get(index)?;
-    Recorded::parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("status {text}").into(),
-        )
-    })
 }
 
 fn round_state(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<RoundState> {

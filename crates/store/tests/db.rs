@@ -1,10 +1,11 @@
-//! The coordinator database on real SQLite files.
+//! The coordinator database on real SQLite files: every table is built
+//! from the recorded events, in one transaction per batch.
 
 use crowdtrain_protocol::coordinator::RoundState;
-use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::ledger::{Event, Reward};
 use crowdtrain_protocol::{Commitment, Digest, Identity, PublicKey, Recorded, Verdict, WorkerId};
 use crowdtrain_store::db::{LedgerFailure, verify_ledger};
-use crowdtrain_store::{RunRecord, Store, StoreError, Write};
+use crowdtrain_store::{RunRecord, Store, StoreError};
 
 fn key(index: u8) -> PublicKey {
     Identity::from_seed([index; 32]).public_key()
@@ -27,10 +28,6 @@ fn record() -> RunRecord {
     }
 }
 
-fn ledger(event: Event) -> Write {
-    Write::Ledger { unix_ms: 1, event }
-}
-
 fn commitment(worker: u64) -> Commitment {
     Commitment {
         merkle_root: Digest::of(&[worker as u8]),
@@ -39,156 +36,145 @@ fn commitment(worker: u64) -> Commitment {
     }
 }
 
+fn registered(worker: u64, class: &str) -> Event {
+    Event::WorkerRegistered {
+        worker: WorkerId(worker),
+        key: key(worker as u8),
+        class: class.into(),
+        registered_unix_ms: 10 + worker,
+    }
+}
+
+/// A run with two workers in round 0, both committed, worker 1 drawn for
+/// an audit that worker 0 replays.
 fn populated(path: &std::path::Path) -> Store {
     let mut store = Store::open(path).unwrap();
-    store.create_run(&record()).unwrap();
-    let started = Event::RunStarted {
-        run_id: Digest::of(b"run"),
-        coordinator: coordinator().public_key(),
-        config: Digest::of(b"{}"),
-        initial_model: Digest::of(b"m0"),
-    };
-    store
-        .apply(
-            &[
-                ledger(started),
-                Write::Worker {
-                    worker: WorkerId(0),
-                    key: key(0),
-                    class: "avx2-fma".into(),
-                    registered_unix_ms: 10,
-                },
-                Write::Worker {
-                    worker: WorkerId(1),
-                    key: key(1),
-                    class: "portable".into(),
-                    registered_unix_ms: 11,
-                },
-                Write::OpenRound {
-                    round: 0,
-                    base_model: Digest::of(b"m0"),
-                    participants: vec![WorkerId(0), WorkerId(1)],
-                    opened_unix_ms: 12,
-                    commit_deadline_unix_ms: 99,
-                    secret_commitment: Digest::of(b"s"),
-                },
-                Write::Commitment {
-                    round: 0,
-                    worker: WorkerId(0),
-                    commitment: commitment(0),
-                    status: Recorded::Accepted,
-                    audit: None,
-                    nonce: 300,
-                    received_unix_ms: 13,
-                },
-                Write::Commitment {
-                    round: 0,
-                    worker: WorkerId(1),
-                    commitment: commitment(1),
-                    status: Recorded::Accepted,
-                    audit: Some(2),
-                    nonce: 301,
-                    received_unix_ms: 14,
-                },
-                Write::BeginReveal {
-                    round: 0,
-                    secret: [1; 32],
-                    beacon: Digest::of(b"b"),
-                    audits: vec![(WorkerId(1), 2)],
-                    auditors: vec![(WorkerId(1), WorkerId(0))],
-                    reveal_deadline_unix_ms: 200,
-                },
-                ledger(Event::WorkerRegistered { worker: WorkerId(0), key: key(0) }),
-            ],
-            &coordinator(),
-        )
-        .unwrap();
+    store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    let events = [
+        registered(0, "avx2-fma"),
+        registered(1, "portable"),
+        Event::RoundOpened {
+            round: 0,
+            base_model: Digest::of(b"m0"),
+            participants: vec![WorkerId(0), WorkerId(1)],
+            opened_unix_ms: 12,
+            commit_deadline_unix_ms: 99,
+            secret_commitment: Digest::of(b"s"),
+        },
+        Event::Commitment {
+            round: 0,
+            worker: WorkerId(0),
+            commitment: commitment(0),
+            status: Recorded::Accepted,
+            audit: None,
+            nonce: 300,
+            received_unix_ms: 13,
+        },
+        Event::Commitment {
+            round: 0,
+            worker: WorkerId(1),
+            commitment: commitment(1),
+            status: Recorded::Accepted,
+            audit: Some(2),
+            nonce: 301,
+            received_unix_ms: 14,
+        },
+        Event::AuditDraw {
+            round: 0,
+            secret: [1; 32],
+            beacon: Digest::of(b"b"),
+            audits: vec![(WorkerId(1), 2)],
+            auditors: vec![(WorkerId(1), WorkerId(0))],
+            reveal_deadline_unix_ms: 200,
+        },
+    ];
+    store.record(15, &events, &[], &coordinator()).unwrap();
     store
 }
 
-fn reveal(worker: u64, payload: &[u8], nonce: u64) -> Write {
-    Write::Reveal {
+fn reveal(worker: u64, payload: &[u8], nonce: u64) -> Event {
+    Event::Reveal {
         round: 0,
         worker: WorkerId(worker),
+        payload: Digest::of(payload),
         status: Recorded::Accepted,
-        digest: Digest::of(payload),
-        payload: payload.to_vec(),
         nonce,
         received_unix_ms: 20,
     }
 }
 
 #[test]
-fn state_survives_reopening_the_file() {
+fn state_and_events_survive_reopening_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.sqlite");
-    {
+    let recorded = {
         let mut store = populated(&path);
-        let verdict = Write::Audit {
+        let answer = Event::AuditAnswered {
             round: 0,
             worker: WorkerId(1),
-            verdict: Verdict::Passed,
-            judged_by: Some(WorkerId(0)),
-            nonce: Some((WorkerId(0), 900)),
-            decided_unix_ms: 21,
-        };
-        let answer = Write::AuditAnswer {
-            round: 0,
-            worker: WorkerId(1),
-            answer_digest: Digest::of(b"an answer"),
+            answer: Digest::of(b"an answer"),
             nonce: 800,
             received_unix_ms: 20,
         };
-        store
-            .apply(&[reveal(1, b"second", 700), reveal(0, b"first", 500), answer, verdict], &coordinator())
-            .unwrap();
-    }
+        let verdict = Event::Audit {
+            round: 0,
+            worker: WorkerId(1),
+            segment: 2,
+            verdict: Verdict::Passed,
+            judged_by: Some(WorkerId(0)),
+            sender: Some((WorkerId(0), 900)),
+            decided_unix_ms: 21,
+        };
+        let events = [reveal(1, b"second", 700), reveal(0, b"first", 500), answer, verdict];
+        let payloads: [(Digest, &[u8]); 2] =
+            [(Digest::of(b"first"), b"first"), (Digest::of(b"second"), b"second")];
+        store.record(22, &events, &payloads, &coordinator()).unwrap();
+        store.events().unwrap()
+    };
     let store = Store::open(&path).unwrap();
     assert_eq!(store.run().unwrap(), Some(record()));
-    let snapshot = store.snapshot(Digest::of(b"m0")).unwrap();
-    let workers: Vec<(WorkerId, PublicKey, u64, &str)> = snapshot
-        .workers
-        .iter()
-        .map(|worker| (worker.worker, worker.key, worker.last_nonce, worker.class.as_str()))
-        .collect();
-    assert_eq!(
-        workers,
-        vec![(WorkerId(0), key(0), 900, "avx2-fma"), (WorkerId(1), key(1), 800, "portable")],
-        "the auditor's report raised its nonce, the answer the audited worker's"
+    assert_eq!(store.events().unwrap(), recorded, "every event comes back, in order");
+    assert_eq!(recorded.len(), 11, "the run's start, six, then four");
+    assert!(
+        matches!(recorded[0], Event::RunStarted { initial_momentum, .. } if initial_momentum == Digest::of(b"z0"))
     );
-    assert_eq!(snapshot.rounds[0].answered, vec![WorkerId(1)]);
     assert_eq!(store.audit_answer_digest(0, WorkerId(1)).unwrap(), Digest::of(b"an answer"));
-    let round = &snapshot.rounds[0];
-    assert_eq!(round.state, RoundState::Open);
-    assert_eq!(round.participants, vec![WorkerId(0), WorkerId(1)]);
-    assert_eq!(round.commitments.len(), 2);
-    assert_eq!(round.reveal_deadline_unix_ms, Some(200));
-    assert_eq!(round.reveals.len(), 2);
-    assert_eq!(round.verdicts, vec![(WorkerId(1), Verdict::Passed)]);
     assert_eq!(
         store.payloads(0, &[WorkerId(0), WorkerId(1)]).unwrap(),
         vec![b"first".to_vec(), b"second".to_vec()],
         "payloads come back in the order asked for"
     );
+    let records = store.round_records().unwrap();
+    assert_eq!((records[0].status, records[0].participants, records[0].committed), (RoundState::Open, 2, 2));
+    assert_eq!((records[0].revealed, records[0].audited), (2, 1));
+    let workers = store.worker_statuses().unwrap();
+    assert_eq!((workers[0].class.as_str(), workers[1].class.as_str()), ("avx2-fma", "portable"));
+    assert_eq!((workers[0].audits_judged, workers[1].audits_passed), (1, 1));
 }
 
 #[test]
-fn a_batch_with_a_failing_write_changes_nothing_not_even_the_ledger() {
+fn a_batch_with_a_failing_event_changes_nothing_not_even_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.sqlite");
     let mut store = populated(&path);
     let entries_before = store.ledger().unwrap().len();
-    // The last write references a round that does not exist.
+    // The last event names a round that does not exist.
     let mut bad = reveal(1, b"x", 1);
-    if let Write::Reveal { round, .. } = &mut bad {
+    if let Event::Reveal { round, .. } = &mut bad {
         *round = 7;
     }
-    let batch = [reveal(0, b"ok", 1), ledger(Event::RunFinished { final_model: Digest::of(b"m") }), bad];
-    assert!(store.apply(&batch, &coordinator()).is_err());
-    assert!(store.payloads(0, &[WorkerId(0)]).is_err(), "the first write was rolled back too");
-    assert_eq!(store.ledger().unwrap().len(), entries_before, "and so was the ledger entry");
-    // The chain continues cleanly after the failed batch.
-    store.apply(&[ledger(Event::RunFinished { final_model: Digest::of(b"m") })], &coordinator()).unwrap();
+    let batch = [reveal(0, b"ok", 1), Event::RunFinished { final_model: Digest::of(b"m") }, bad];
+    let payloads: [(Digest, &[u8]); 2] = [(Digest::of(b"ok"), b"ok"), (Digest::of(b"x"), b"x")];
+    assert!(store.record(30, &batch, &payloads, &coordinator()).is_err());
+    assert!(store.payloads(0, &[WorkerId(0)]).is_err(), "the first event was rolled back too");
+    assert_eq!(store.ledger().unwrap().len(), entries_before, "and so was its ledger entry");
+    // A reveal without its bytes is refused the same way.
+    assert!(matches!(
+        store.record(31, &[reveal(0, b"ok", 1)], &[], &coordinator()),
+        Err(StoreError::Corrupt(_))
+    ));
+    // The chain continues cleanly after the failed batches.
+    store.record(32, &[Event::RunFinished { final_model: Digest::of(b"m") }], &[], &coordinator()).unwrap();
     assert_eq!(verify_ledger(&path, None).unwrap().len(), entries_before + 1);
 }
 
@@ -196,24 +182,19 @@ fn a_batch_with_a_failing_write_changes_nothing_not_even_the_ledger() {
 fn closing_a_round_records_its_result_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = populated(&dir.path().join("state.sqlite"));
-    store.apply(&[reveal(0, b"a", 1)], &coordinator()).unwrap();
-    let commit = Write::CommitRound {
+    store.record(20, &[reveal(0, b"a", 1)], &[(Digest::of(b"a"), b"a")], &coordinator()).unwrap();
+    let closed = Event::RoundClosed {
         round: 0,
         result_model: Digest::of(b"m1"),
         result_momentum: Digest::of(b"z1"),
         result_aggregator: Some(Digest::of(b"a1")),
+        accepted: vec![WorkerId(0)],
         closed_unix_ms: 30,
     };
-    let credit = Write::Credit {
-        round: 0,
-        worker: WorkerId(0),
-        slash: false,
-        amount: 64,
-        reason: "verified work".into(),
-    };
-    store.apply(&[commit.clone(), credit], &coordinator()).unwrap();
+    let credit = Event::WorkAccepted { round: 0, worker: WorkerId(0), units: 64 };
+    store.record(30, &[closed.clone(), credit], &[], &coordinator()).unwrap();
     assert!(
-        matches!(store.apply(&[commit], &coordinator()), Err(StoreError::Corrupt(_))),
+        matches!(store.record(31, &[closed], &[], &coordinator()), Err(StoreError::Corrupt(_))),
         "a closed round cannot close again"
     );
     let latest = store.latest_result().unwrap().unwrap();
@@ -245,7 +226,7 @@ fn closing_a_round_records_its_result_once() {
     // Scoring: what it reads, what it writes, and only once.
     assert_eq!(store.unscored_rounds().unwrap(), vec![0]);
     assert_eq!(store.scoring_input(0).unwrap(), (Digest::of(b"m0"), Digest::of(b"b"), vec![WorkerId(0)]));
-    let reward = Write::Reward(crowdtrain_protocol::ledger::Reward {
+    let reward = Event::Reward(Reward {
         round: 0,
         worker: WorkerId(0),
         score: 0.01,
@@ -254,19 +235,31 @@ fn closing_a_round_records_its_result_once() {
         units: 64,
         credits: 48,
     });
-    let scored = Write::Scored { round: 0, unix_ms: 40 };
-    store.apply(&[reward, scored.clone()], &coordinator()).unwrap();
+    let scored = Event::RoundScored { round: 0 };
+    store.record(40, &[reward, scored.clone()], &[], &coordinator()).unwrap();
     assert!(store.unscored_rounds().unwrap().is_empty());
-    assert!(matches!(store.apply(&[scored], &coordinator()), Err(StoreError::Corrupt(_))), "scored once");
+    assert!(
+        matches!(store.record(41, &[scored], &[], &coordinator()), Err(StoreError::Corrupt(_))),
+        "scored once"
+    );
     assert_eq!(store.score_history().unwrap(), vec![(0, vec![(WorkerId(0), 0.01)])]);
     let workers = store.worker_statuses().unwrap();
     assert_eq!((workers[0].earned, workers[0].credits, workers[0].quality), (48, 48, Some(0.8)));
-    store
-        .apply(&[Write::Refusal { round: 0, worker: WorkerId(1), reason: "outsized".into() }], &coordinator())
-        .unwrap();
+    let refused = Event::UpdateRefused { round: 0, worker: WorkerId(1), reason: "outsized".into() };
+    store.record(42, &[refused], &[], &coordinator()).unwrap();
     assert_eq!(store.worker_statuses().unwrap()[1].submissions_refused, 1);
     assert_eq!(store.round_records().unwrap()[0].refused, 1);
     assert!(store.round_records().unwrap()[0].scored);
+}
+
+#[test]
+fn a_run_starts_once() {
+    let mut store = Store::open_in_memory().unwrap();
+    store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    assert!(store.create_run(&record(), Digest::of(b"{}"), &coordinator()).is_err());
+    let started = store.events().unwrap().remove(0);
+    assert!(matches!(store.record(6, &[started], &[], &coordinator()), Err(StoreError::Corrupt(_))));
+    assert_eq!(store.events().unwrap().len(), 1);
 }
 
 #[test]
@@ -275,7 +268,7 @@ fn tampering_with_the_ledger_in_the_file_is_detected_at_the_entry() {
     let path = dir.path().join("state.sqlite");
     drop(populated(&path));
     let entries = verify_ledger(&path, None).unwrap();
-    assert_eq!(entries.len(), 2);
+    assert_eq!(entries.len(), 7);
     assert!(matches!(entries[0].event, Event::RunStarted { .. }));
     // Another coordinator key does not verify it.
     assert!(

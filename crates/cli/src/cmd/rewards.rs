@@ -97,7 +97,9 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     }
     for entry in &entries {
         match &entry.event {
-            Event::WorkerRegistered { worker: id, key } => worker(&mut workers, *id).public_key = Some(*key),
+            Event::WorkerRegistered { worker: id, key, .. } => {
+                worker(&mut workers, *id).public_key = Some(*key)
+            }
             Event::WorkAccepted { worker: id, units, .. } => worker(&mut workers, *id).verified_work += units,
             Event::UpdateRefused { worker: id, .. } => worker(&mut workers, *id).refused_updates += 1,
             Event::Slash { worker: id, amount, .. } | Event::AuditorSlashed { auditor: id, amount, .. } => {

@@ -29,9 +29,9 @@ use crowdtrain_protocol::wire::{
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
-    RoundId, RoundView, RunConfig, Signed, Verdict, WorkerId,
+    RoundId, RoundResult, RoundView, RunConfig, Signed, Verdict, WorkerId,
 };
-use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, Write, checkpoint};
+use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState, evaluate};
 use tokio::sync::watch;
@@ -245,29 +245,24 @@ impl Node {
             Some(_) => return Err(NodeError::ConfigChanged { state: state_dir.to_owned() }),
             None => {
                 let record = create_run(&config, &config_json, &identity, model.as_ref(), &checkpoints)?;
-                store.create_run(&record)?;
-                let started = Event::RunStarted {
-                    run_id: record.run_id,
-                    coordinator: record.coordinator_key,
-                    config: Digest::of(config_json.as_bytes()),
-                    initial_model: record.initial_model,
-                };
-                store
-                    .apply(&[Write::Ledger { unix_ms: record.created_unix_ms, event: started }], &identity)?;
+                store.create_run(&record, Digest::of(config_json.as_bytes()), &identity)?;
                 record
             }
         };
         let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
         let settings = Settings::from_config(&config);
-        let snapshot = store.snapshot(record.initial_model)?;
+        let machine = Coordinator::restore(
+            settings,
+            record.run_id,
+            record.initial_model,
+            audit_master,
+            &store.events()?,
+            now_unix_ms(),
+        );
         // The defence remembers every update of the rounds before the one it
         // decides next (the open one, if any), and the aggregator state the
         // latest closed round left.
-        let next_decided = snapshot
-            .rounds
-            .iter()
-            .find(|round| round.state == crowdtrain_protocol::coordinator::RoundState::Open)
-            .map_or(i64::MAX as u64, |round| round.id);
+        let next_decided = machine.open_round().map_or(i64::MAX as u64, |round| round.id);
         let defense_config = config.defense();
         let aggregator_state = restore_aggregator(
             &store,
@@ -298,7 +293,6 @@ impl Node {
         let reader = Store::open_reader(&state_dir.join("coordinator.sqlite"))?;
         let maintenance = Store::open(&state_dir.join("coordinator.sqlite"))?;
         store.defer_wal_checkpoints()?;
-        let machine = Coordinator::restore(settings, record.run_id, audit_master, snapshot, now_unix_ms());
         let run = Signed::sign(
             &identity,
             RunInfo {
@@ -362,7 +356,7 @@ impl Node {
         for round in inner.store.unscored_rounds()? {
             node.schedule_scoring(round);
         }
-        node.drive(&mut inner, None)?;
+        node.drive(&mut inner, &[])?;
         // Evaluations the previous process did not live to record.
         for (round, model) in inner.store.unevaluated_rounds()? {
             let bytes = node.checkpoints.get(&model)?;
@@ -403,7 +397,7 @@ impl Node {
         let worker = inner.machine.authenticate(now_unix_ms(), key, nonce, state_changing)?;
         if !state_changing {
             inner.machine.seen(now_unix_ms(), worker);
-            self.drive(&mut inner, None).map_err(Failure::internal)?;
+            self.drive(&mut inner, &[]).map_err(Failure::internal)?;
         }
         Ok(worker)
     }
@@ -412,7 +406,7 @@ impl Node {
     fn register(&self, key: PublicKey, class: &str) -> Result<Signed<Registration>, Failure> {
         let mut inner = self.lock();
         let (worker, _) = inner.machine.register(now_unix_ms(), key, class)?;
-        self.drive(&mut inner, None).map_err(Failure::internal)?;
+        self.drive(&mut inner, &[]).map_err(Failure::internal)?;
         Ok(Signed::sign(&self.identity, Registration { run_id: self.run_id, worker, public_key: key }))
     }
 
@@ -454,7 +448,7 @@ impl Node {
         let received = Instant::now();
         let mut inner = self.lock();
         let outcome = inner.machine.commit(now, worker, nonce, round, base_model, commitment)?;
-        self.drive_timed(&mut inner, None, round, received)?;
+        self.drive_timed(&mut inner, &[], round, received)?;
         let audit = inner.machine.pending_audit(worker, round).map(|(segment, _)| segment);
         drop(inner);
         let digest = Digest::of(&postcard_bytes(&commitment));
@@ -492,8 +486,7 @@ impl Node {
             }
             Err(failure) => Some(failure),
         };
-        let carried = matches!(outcome, Outcome::Recorded(_)).then_some((digest, payload));
-        self.drive_timed(&mut inner, carried, round, received)?;
+        self.drive_timed(&mut inner, &[(digest, &payload)], round, received)?;
         if let Some(failure) = malformed {
             // The committed update itself is malformed: recorded, rejected,
             // and the worker told why.
@@ -597,7 +590,7 @@ impl Node {
             let verdict = Verdict::Failed(reason);
             tracing::info!(round, %worker, segment, ?verdict, "audit");
             inner.machine.audit_result(now, round, worker, verdict, None, Some((worker, nonce)))?;
-            self.drive_timed(&mut inner, None, round, received)?;
+            self.drive_timed(&mut inner, &[], round, received)?;
             return Ok(self.receipt(
                 round,
                 worker,
@@ -608,8 +601,8 @@ impl Node {
                 None,
             ));
         }
-        let auditor = inner.machine.audit_answered(now, worker, nonce, round)?;
-        self.drive_timed(&mut inner, Some((digest, body)), round, received)?;
+        let auditor = inner.machine.audit_answered(now, worker, nonce, round, digest)?;
+        self.drive_timed(&mut inner, &[], round, received)?;
         if let Some(auditor) = auditor {
             tracing::info!(round, %worker, segment, %auditor, "audit delegated");
             return Ok(self.receipt(
@@ -678,7 +671,7 @@ impl Node {
                 return;
             }
             inner.closing_started = inner.last_input.filter(|(held, _)| *held == round);
-            let result = node.drive(&mut inner, None);
+            let result = node.drive(&mut inner, &[]);
             inner.closing_started = None;
             if let Err(error) = result {
                 tracing::error!(%error, "recording an audit verdict failed");
@@ -747,7 +740,7 @@ impl Node {
         };
         tracing::info!(round, worker = %audited, %auditor, segment, ?verdict, %status, "audit reported");
         inner.machine.audit_result(now, round, audited, verdict, judged_by, Some((auditor, nonce)))?;
-        self.drive_timed(&mut inner, None, round, received)?;
+        self.drive_timed(&mut inner, &[], round, received)?;
         Ok(self.receipt(round, auditor, Stage::AuditReport, status, Digest::of(body), now, None))
     }
 
@@ -856,13 +849,13 @@ impl Node {
     fn drive_timed(
         &self,
         inner: &mut Inner,
-        payload: Option<(Digest, Vec<u8>)>,
+        payloads: &[(Digest, &[u8])],
         round: RoundId,
         received: Instant,
     ) -> Result<(), Failure> {
         inner.last_input = Some((round, received));
         inner.closing_started = inner.last_input;
-        let result = self.drive(inner, payload);
+        let result = self.drive(inner, payloads);
         inner.closing_started = None;
         result.map_err(Failure::internal)
     }
@@ -871,14 +864,15 @@ impl Node {
     fn tick(self: &Arc<Self>) -> Result<(), NodeError> {
         let mut inner = self.lock();
         inner.machine.handle_timeout(now_unix_ms());
-        self.drive(&mut inner, None)
+        self.drive(&mut inner, &[])
     }
 
-    /// Carries out the machine's actions (see [`Node::apply_actions`]); a
+    /// Carries out the machine's actions (see [`Node::carry_out`]); a
     /// failure halts the node, since the machine may now be ahead of what is
-    /// durable.
-    fn drive(&self, inner: &mut Inner, payload: Option<(Digest, Vec<u8>)>) -> Result<(), NodeError> {
-        let result = self.apply_actions(inner, payload);
+    /// durable. `payloads` are the bytes of the reveal being recorded, if
+    /// any, by digest.
+    fn drive(&self, inner: &mut Inner, payloads: &[(Digest, &[u8])]) -> Result<(), NodeError> {
+        let result = self.carry_out(inner, payloads);
         if let Err(error) = &result {
             tracing::error!(%error, "halting: a durable write failed");
             self.fatal.send_replace(Some(error.to_string()));
@@ -886,16 +880,12 @@ impl Node {
         result
     }
 
-    /// Carries out the machine's actions in order; every state change and
-    /// its ledger entry become durable in one transaction per batch, before
-    /// the caller answers anyone. `payload` is the body of the reveal being
-    /// recorded, if any.
-    fn apply_actions(
-        &self,
-        inner: &mut Inner,
-        mut payload: Option<(Digest, Vec<u8>)>,
-    ) -> Result<(), NodeError> {
-        let mut writes = Vec::new();
+    /// Carries out the machine's actions in order: its records become
+    /// durable with their ledger entries in one transaction, before the
+    /// caller answers anyone; the work it asks for (aggregating, betting on
+    /// audits, judging one) is done on the way.
+    fn carry_out(&self, inner: &mut Inner, payloads: &[(Digest, &[u8])]) -> Result<(), NodeError> {
+        let mut events = Vec::new();
         let mut changed = false;
         let mut committed = Vec::new();
         let mut opened_ahead: Option<(RoundId, Instant)> = None;
@@ -903,155 +893,90 @@ impl Node {
         let mut opened_at: Option<Instant> = None;
         let mut finished = false;
         while let Some(action) = inner.machine.poll_action() {
-            let now = now_unix_ms();
-            let ledger = |event| Write::Ledger { unix_ms: now, event };
             match action {
-                Action::PersistWorker { worker, key, class, registered_unix_ms } => {
-                    writes.push(Write::Worker { worker, key, class, registered_unix_ms });
-                    writes.push(ledger(Event::WorkerRegistered { worker, key }));
-                }
-                Action::OpenRound {
-                    round,
-                    base_model,
-                    participants,
-                    opened_unix_ms,
-                    commit_deadline_unix_ms,
-                    secret_commitment,
-                } => {
-                    tracing::info!(round, participants = participants.len(), "round open");
-                    opened_at = self.publish(inner, round).or(opened_at);
-                    let slots = participants.len() as u32;
-                    let assignments: Vec<Write> = participants
-                        .iter()
-                        .enumerate()
-                        .map(|(slot, &worker)| {
-                            ledger(Event::Assignment {
+                Action::Record(event) => {
+                    match &event {
+                        Event::RoundOpened { round, participants, .. } => {
+                            tracing::info!(round, participants = participants.len(), "round open");
+                            opened_at = self.publish(inner, *round).or(opened_at);
+                        }
+                        Event::DeadlineExtended { round, extensions, .. } => {
+                            tracing::info!(round, extensions, "commit deadline extended: no quorum yet");
+                        }
+                        Event::AuditDraw { round, audits, auditors, .. } => {
+                            tracing::info!(
                                 round,
-                                worker,
-                                slot: slot as u32,
-                                slots,
-                                base_model,
-                                secret_commitment,
-                                commit_deadline_unix_ms,
-                            })
-                        })
-                        .collect();
-                    writes.push(Write::OpenRound {
-                        round,
-                        base_model,
-                        participants,
-                        opened_unix_ms,
-                        commit_deadline_unix_ms,
-                        secret_commitment,
-                    });
-                    writes.extend(assignments);
-                    changed = true;
-                }
-                Action::ExtendRound { round, commit_deadline_unix_ms, extensions } => {
-                    tracing::info!(round, extensions, "commit deadline extended: no quorum yet");
-                    writes.push(Write::ExtendRound { round, commit_deadline_unix_ms, extensions });
-                    writes.push(ledger(Event::DeadlineExtended { round, commit_deadline_unix_ms }));
-                    changed = true;
-                }
-                Action::RecordCommitment {
-                    round,
-                    worker,
-                    commitment,
-                    status,
-                    audit,
-                    nonce,
-                    received_unix_ms,
-                } => {
-                    writes.push(Write::Commitment {
-                        round,
-                        worker,
-                        commitment,
-                        status,
-                        audit,
-                        nonce,
-                        received_unix_ms,
-                    });
-                    writes.push(ledger(Event::Commitment { round, worker, commitment, status }));
-                }
-                Action::BeginReveal { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
-                    tracing::info!(
-                        round,
-                        audits = audits.len(),
-                        delegated = auditors.len(),
-                        "commit phase over"
+                                audits = audits.len(),
+                                delegated = auditors.len(),
+                                "commit phase over"
+                            );
+                        }
+                        Event::AuditAnswered { answer, .. } => {
+                            // `answer_audit` made the bytes a durable file,
+                            // named by this digest, before the machine saw it.
+                            debug_assert!(self.answers.path(answer).exists(), "the answer file comes first");
+                        }
+                        Event::Reveal { round, worker, status, payload, .. } => {
+                            tracing::info!(round, %worker, status = status.as_str(), %payload, "reveal");
+                        }
+                        Event::AuditorSlashed { round, auditor, audited, amount, reason } => {
+                            tracing::warn!(round, %auditor, %audited, amount, %reason, "auditor slashed");
+                        }
+                        Event::Slash { round, worker, amount, reason } => {
+                            tracing::warn!(round, %worker, amount, %reason, "slashed");
+                        }
+                        Event::UpdateRefused { round, worker, reason } => {
+                            tracing::warn!(round, %worker, %reason, "update refused by the checks");
+                        }
+                        Event::RoundClosed {
+                            round,
+                            result_model,
+                            result_momentum,
+                            result_aggregator,
+                            accepted,
+                            ..
+                        } => {
+                            let pending = inner.pending.take().expect("aggregation precedes its commit");
+                            let next = pending.next.expect("a committed round has a result");
+                            assert_eq!(
+                                (pending.round, next.model, next.momentum, next.aggregator),
+                                (*round, *result_model, *result_momentum, *result_aggregator),
+                                "the round just aggregated"
+                            );
+                            *self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                                Some((next.model, next.model_bytes));
+                            inner.global_hash = next.state.hash().to_hex();
+                            inner.global = next.state;
+                            inner.global_model = next.model;
+                            inner.defense.commit(pending.decision);
+                            tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
+                            committed.push(*round);
+                        }
+                        Event::RoundFailed { round, reason, .. } => {
+                            tracing::warn!(round, %reason, "round failed");
+                            if let Some(pending) = inner.pending.take_if(|pending| pending.round == *round) {
+                                inner.defense.set_aside(pending.decision);
+                            }
+                        }
+                        Event::RunFinished { final_model } => {
+                            tracing::info!(model = %final_model, "run finished");
+                            finished = true;
+                        }
+                        _ => {}
+                    }
+                    changed |= !matches!(
+                        event,
+                        Event::WorkerRegistered { .. }
+                            | Event::Commitment { .. }
+                            | Event::Reveal { .. }
+                            | Event::WorkAccepted { .. }
+                            | Event::Slash { .. }
+                            | Event::AuditorSlashed { .. }
+                            | Event::UpdateRefused { .. }
                     );
-                    writes.push(Write::BeginReveal {
-                        round,
-                        secret,
-                        beacon,
-                        audits: audits.clone(),
-                        auditors: auditors.clone(),
-                        reveal_deadline_unix_ms,
-                    });
-                    writes.push(ledger(Event::AuditDraw { round, secret, beacon, audits, auditors }));
-                    changed = true;
-                }
-                Action::RecordAuditAnswer { round, worker, nonce, received_unix_ms } => {
-                    // `answer_audit` made the bytes a durable file, named by
-                    // this digest, before the machine saw the answer.
-                    let (answer_digest, _) =
-                        payload.take().expect("an answer is recorded only while one is handled");
-                    debug_assert!(self.answers.path(&answer_digest).exists(), "the answer file comes first");
-                    writes.push(Write::AuditAnswer { round, worker, answer_digest, nonce, received_unix_ms });
-                    changed = true;
+                    events.push(event);
                 }
                 Action::JudgeAudit { round, worker, .. } => self.judge_stored(inner, round, worker)?,
-                Action::SlashAuditor { round, auditor, audited, amount, reason } => {
-                    tracing::warn!(round, %auditor, %audited, amount, %reason, "auditor slashed");
-                    writes.push(Write::AuditorSlash { round, auditor, amount, reason: reason.clone() });
-                    writes.push(ledger(Event::AuditorSlashed { round, auditor, audited, amount, reason }));
-                }
-                Action::RecordReveal { round, worker, status, payload: digest, nonce, received_unix_ms } => {
-                    let (carried, bytes) =
-                        payload.take().expect("a reveal is recorded only while one is handled");
-                    assert_eq!(carried, digest, "the machine records the payload it was given");
-                    tracing::info!(round, %worker, status = status.as_str(), bytes = bytes.len(), "reveal");
-                    writes.push(Write::Reveal {
-                        round,
-                        worker,
-                        status,
-                        digest,
-                        payload: bytes,
-                        nonce,
-                        received_unix_ms,
-                    });
-                    writes.push(ledger(Event::Reveal { round, worker, payload: digest, status }));
-                }
-                Action::RecordAudit {
-                    round,
-                    worker,
-                    segment,
-                    verdict,
-                    judged_by,
-                    nonce,
-                    decided_unix_ms,
-                } => {
-                    writes.push(Write::Audit {
-                        round,
-                        worker,
-                        verdict: verdict.clone(),
-                        judged_by,
-                        nonce,
-                        decided_unix_ms,
-                    });
-                    writes.push(ledger(Event::Audit { round, worker, segment, verdict, judged_by }));
-                    changed = true;
-                }
-                Action::RefuseUpdate { round, worker, reason } => {
-                    tracing::warn!(round, %worker, %reason, "update refused by the checks");
-                    writes.push(Write::Refusal { round, worker, reason: reason.clone() });
-                    writes.push(ledger(Event::UpdateRefused { round, worker, reason }));
-                }
-                Action::Slash { round, worker, amount, reason } => {
-                    tracing::warn!(round, %worker, amount, %reason, "slashed");
-                    writes.push(Write::Credit { round, worker, slash: true, amount, reason: reason.clone() });
-                    writes.push(ledger(Event::Slash { round, worker, amount, reason }));
-                }
                 Action::Speculate { round, base_model, accepted } => {
                     assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
                     let aggregated = self.aggregate(inner, round, &accepted)?;
@@ -1088,8 +1013,8 @@ impl Node {
                     opened_ahead = None;
                     changed = true;
                 }
-                Action::CloseRound { round, base_model, accepted, .. } => {
-                    // The writes so far (the input that closed the round)
+                Action::Close { round, base_model, accepted } => {
+                    // The records so far (the input that closed the round)
                     // become durable with the round's result, in one
                     // transaction: nobody has been answered yet, so a crash
                     // in between loses nothing anyone was promised.
@@ -1105,63 +1030,10 @@ impl Node {
                     };
                     inner.machine.handle_aggregated(now_unix_ms(), round, aggregated);
                 }
-                Action::CommitRound { round, result_model, closed_unix_ms, accepted } => {
-                    let pending = inner.pending.take().expect("aggregation precedes its commit");
-                    let next = pending.next.expect("a committed round has a result");
-                    assert_eq!(
-                        (pending.round, next.model),
-                        (round, result_model),
-                        "the round just aggregated"
-                    );
-                    let result_momentum = next.momentum;
-                    let result_aggregator = next.aggregator;
-                    *self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                        Some((next.model, next.model_bytes));
-                    inner.global_hash = next.state.hash().to_hex();
-                    inner.global = next.state;
-                    inner.global_model = next.model;
-                    inner.defense.commit(pending.decision);
-                    tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
-                    writes.push(Write::CommitRound {
-                        round,
-                        result_model,
-                        result_momentum,
-                        result_aggregator,
-                        closed_unix_ms,
-                    });
-                    writes.push(ledger(Event::RoundClosed { round, result_model, accepted }));
-                    committed.push(round);
-                    changed = true;
-                }
-                Action::CreditWork { round, worker, units } => {
-                    writes.push(Write::Credit {
-                        round,
-                        worker,
-                        slash: false,
-                        amount: units,
-                        reason: "verified work".into(),
-                    });
-                    writes.push(ledger(Event::WorkAccepted { round, worker, units }));
-                }
-                Action::FailRound { round, closed_unix_ms, reason } => {
-                    tracing::warn!(round, %reason, "round failed");
-                    if let Some(pending) = inner.pending.take_if(|pending| pending.round == round) {
-                        inner.defense.set_aside(pending.decision);
-                    }
-                    writes.push(Write::FailRound { round, closed_unix_ms });
-                    writes.push(ledger(Event::RoundFailed { round, reason }));
-                    changed = true;
-                }
-                Action::Finish { final_model } => {
-                    tracing::info!(model = %final_model, "run finished");
-                    writes.push(ledger(Event::RunFinished { final_model }));
-                    changed = true;
-                    finished = true;
-                }
             }
         }
         let writing = Instant::now();
-        let written = inner.store.apply(&writes, &self.identity);
+        let written = inner.store.record(now_unix_ms(), &events, payloads, &self.identity);
         *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         written?;
         if !committed.is_empty() {
@@ -1279,7 +1151,12 @@ impl Node {
             refused = refused.len(),
             "aggregated"
         );
-        let aggregated = Aggregated { result_model: next.as_ref().map(|next| next.model), refused };
+        let result = next.as_ref().map(|next| RoundResult {
+            model: next.model,
+            momentum: next.momentum,
+            aggregator: next.aggregator,
+        });
+        let aggregated = Aggregated { result, refused };
         inner.pending = Some(Pending {
             round,
             accepted: accepted.to_vec(),

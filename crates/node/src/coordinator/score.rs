@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use crowdtrain_defense::quality;
 use crowdtrain_protocol::RoundId;
 use crowdtrain_protocol::ledger::{Event, Reward};
-use crowdtrain_store::{CheckpointKind, Write, checkpoint};
+use crowdtrain_store::{CheckpointKind, checkpoint};
 
 use super::{Node, now_unix_ms};
 use crate::NodeError;
@@ -74,7 +74,7 @@ impl Node {
         let pairs: Vec<(u64, f64)> = workers.iter().map(|worker| worker.0).zip(scores).collect();
         let units = self.config.work_units();
         let now = now_unix_ms();
-        let mut writes = Vec::new();
+        let mut events = Vec::new();
         for (worker, scored) in workers.iter().zip(inner.quality.observe(&pairs, config)) {
             let credits = quality::credits(units, scored.multiplier);
             tracing::debug!(round, %worker, score = scored.score, quality = scored.smoothed, credits, "rewarded");
@@ -87,11 +87,10 @@ impl Node {
                 units,
                 credits,
             };
-            writes.push(Write::Reward(reward.clone()));
-            writes.push(Write::Ledger { unix_ms: now, event: Event::Reward(reward) });
+            events.push(Event::Reward(reward));
         }
-        writes.push(Write::Scored { round, unix_ms: now });
-        inner.store.apply(&writes, &self.identity)?;
+        events.push(Event::RoundScored { round });
+        inner.store.record(now, &events, &[], &self.identity)?;
         drop(inner);
         self.changes.send_modify(|version| *version += 1);
         Ok(())
