@@ -83,15 +83,38 @@
 //!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
 //! later ones when `quorum` are; participants are the active workers sorted
-//! by id (position = slot = shard). A worker is active if seen within
-//! `worker_timeout_ms` and it did not miss its previous round (seen again, it
-//! is back). A worker registering mid-round joins at the next round.
-//! Commitments and reveals for closed rounds are recorded as late.
+//! by id (position = slot = shard), at most `max_participants` of them (what
+//! the data can be split into: more would leave a shard without a batch).
+//! A worker registering mid-round joins at the next round. Commitments and
+//! reveals for closed rounds are recorded as late (for the last
+//! [`PAST_ROUNDS_KEPT`] rounds; older ones are refused).
+//!
+//! # Absent workers
+//!
+//! A worker is active if seen within `worker_timeout_ms` and not sitting
+//! out. Anyone admitted can register and then never train, so absence
+//! must cost a round little, and only a few times:
+//!
+//! - A participant that delivers nothing for a round (no commitment; or a
+//!   commitment and no reveal) sits out the next round, then twice as many
+//!   each time it does so again in a row (up to [`SIT_OUT_ROUNDS_MAX`]).
+//!   Being seen (polling for the round, registering again) does not bring it
+//!   back sooner: only a commitment shows it works. One that commits late
+//!   sits out one round and is waited for after that.
+//! - A worker is *proven* once its latest assignment got a commitment from
+//!   it (in time or late). The commit phase waits for every proven
+//!   participant, up to the deadline; once they and a quorum are in, it
+//!   waits for the unproven ones (newcomers, workers back from sitting out)
+//!   only as long again as the round has lasted, and at least
+//!   [`UNPROVEN_GRACE_MIN_MS`]. An honest newcomer trains about as fast as
+//!   the others and makes it; one that never commits costs each round it is
+//!   in a fraction of that round, in fewer and fewer rounds.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::TokenId;
 use crate::audit::{self, Commitment};
 use crate::config::RunConfig;
 use crate::identity::PublicKey;
@@ -103,6 +126,25 @@ const MALFORMED: &str = "its committed update is malformed";
 /// How far a request's nonce (its time, in microseconds) may be from the
 /// coordinator's clock before it is refused as stale.
 pub const NONCE_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// How far a signed read's (or a registration's) nonce may be from the
+/// coordinator's clock. Reads are also single-use (each must carry a nonce
+/// above the last read from its key), so a captured one cannot be
+/// replayed to make its worker look alive; the window bounds a replay to
+/// a coordinator that restarted meanwhile (and forgot the last read).
+pub const READ_WINDOW_MS: u64 = 2 * 60 * 1000;
+
+/// The least an open round waits for its unproven participants once its
+/// proven ones and a quorum have committed (see the module docs).
+pub const UNPROVEN_GRACE_MIN_MS: u64 = 1_000;
+
+/// The most rounds a participant that keeps delivering nothing sits out in
+/// a row.
+pub const SIT_OUT_ROUNDS_MAX: u64 = 64;
+
+/// Closed rounds kept in memory to judge late input; late input for older
+/// rounds is refused.
+pub const PAST_ROUNDS_KEPT: u64 = 64;
 
 /// The protocol-relevant part of the run configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +158,10 @@ pub struct Settings {
     pub max_extensions: u32,
     pub worker_timeout_ms: u64,
     pub max_workers: u32,
+    /// The most participants a round may have: what the training data can
+    /// be split into whole batches for (the driver computes it from the
+    /// data; [`Settings::from_config`] starts from `max_workers`).
+    pub max_participants: u32,
     pub audit_probability: f64,
     pub segments: u32,
     pub stake: u64,
@@ -137,6 +183,7 @@ impl Settings {
             max_extensions: config.round.max_extensions,
             worker_timeout_ms: config.round.worker_timeout_ms,
             max_workers: config.limits.max_workers,
+            max_participants: config.limits.max_workers,
             audit_probability: config.audit.probability,
             segments: config.audit.segments,
             stake: config.audit.stake,
@@ -227,9 +274,15 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub enum Action {
-    /// Persist a newly registered worker.
-    /// Persist a newly registered worker and its determinism class.
-    PersistWorker { worker: WorkerId, key: PublicKey, class: String, registered_unix_ms: u64 },
+    /// Persist a newly registered worker, its determinism class and the
+    /// admission token it used, if any (a token admits one key).
+    PersistWorker {
+        worker: WorkerId,
+        key: PublicKey,
+        class: String,
+        registered_unix_ms: u64,
+        token: Option<TokenId>,
+    },
     /// Persist a newly opened round and its participants (slot order).
     OpenRound {
         round: RoundId,
@@ -374,12 +427,35 @@ impl Outcome {
 struct Worker {
     last_seen_ms: u64,
     last_nonce: u64,
+    /// The last nonce of a signed read (not persisted): reads are
+    /// single-use.
+    last_read_nonce: u64,
     /// Its determinism class (the kernels its CPU runs): only a worker of
     /// the same class replays its segments.
     class: String,
-    /// Assigned to a round that closed without its submission, and not
-    /// seen since.
-    missed: bool,
+    /// It is not assigned rounds before this one (it delivered nothing for
+    /// its last `missed_streak` assignments).
+    sits_out_until: RoundId,
+    missed_streak: u32,
+    /// When it last missed a round.
+    missed_at_ms: u64,
+    /// Its latest assignment got a commitment from it (see the module docs).
+    proven: bool,
+}
+
+impl Worker {
+    fn new(now: u64, last_nonce: u64, class: String) -> Self {
+        Self {
+            last_seen_ms: now,
+            last_nonce,
+            last_read_nonce: 0,
+            class,
+            sits_out_until: 0,
+            missed_streak: 0,
+            missed_at_ms: 0,
+            proven: false,
+        }
+    }
 }
 
 /// The phase of the open round.
@@ -445,6 +521,10 @@ pub struct OpenRound {
     pub secret: Option<[u8; 32]>,
     /// Auditors slashed this round (once each).
     pub auditors_slashed: BTreeSet<WorkerId>,
+    /// When the commit phase ends early: set once every proven participant
+    /// and a quorum have committed while unproven ones have not (see the
+    /// module docs). Not persisted: a restored round sets it again.
+    pub early_close_ms: Option<u64>,
 }
 
 impl OpenRound {
@@ -456,6 +536,15 @@ impl OpenRound {
     pub fn deadline_ms(&self) -> u64 {
         match self.phase {
             RoundPhase::Committing { deadline_ms, .. } | RoundPhase::Revealing { deadline_ms } => deadline_ms,
+        }
+    }
+
+    /// When the machine next needs the time: the phase's deadline, or the
+    /// early end of the commit phase.
+    fn next_timeout_ms(&self) -> u64 {
+        match (self.phase, self.early_close_ms) {
+            (RoundPhase::Committing { deadline_ms, .. }, Some(early)) => early.min(deadline_ms),
+            _ => self.deadline_ms(),
         }
     }
 }
@@ -566,6 +655,8 @@ pub struct WorkerSnapshot {
     /// The last nonce accepted from it.
     pub last_nonce: u64,
     pub class: String,
+    /// The admission token it registered with, if any.
+    pub token: Option<TokenId>,
 }
 
 /// Everything the driver persisted, for [`Coordinator::restore`].
@@ -586,6 +677,8 @@ pub struct Coordinator {
     audit_master: [u8; 32],
     workers: BTreeMap<WorkerId, Worker>,
     keys: BTreeMap<PublicKey, WorkerId>,
+    /// Admission tokens used, and by whom: a token admits one key.
+    tokens: BTreeMap<TokenId, WorkerId>,
     open: Option<OpenRound>,
     /// A round closed and waiting for its aggregate, with the workers
     /// whose updates it aggregates.
@@ -612,6 +705,7 @@ impl Coordinator {
             audit_master,
             workers: BTreeMap::new(),
             keys: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             open: None,
             aggregating: None,
             past: BTreeMap::new(),
@@ -639,13 +733,23 @@ impl Coordinator {
     ) -> Self {
         let mut machine = Self::new(settings, run_id, snapshot.initial_model, audit_master);
         machine.now_ms = now;
-        for WorkerSnapshot { worker, key, last_nonce, class } in snapshot.workers {
+        for WorkerSnapshot { worker, key, last_nonce, class, token } in snapshot.workers {
             machine.keys.insert(key, worker);
-            machine.workers.insert(worker, Worker { last_seen_ms: now, last_nonce, class, missed: false });
+            if let Some(token) = token {
+                machine.tokens.insert(token, worker);
+            }
+            machine.workers.insert(worker, Worker::new(now, last_nonce, class));
         }
         for round in snapshot.rounds {
             assert!(round.id >= machine.next_round, "rounds are restored in ascending order");
             machine.next_round = round.id + 1;
+            // Proven: its latest assignment got a commitment from it.
+            let committed: BTreeSet<WorkerId> = round.commitments.iter().map(|&(worker, ..)| worker).collect();
+            for worker in &round.participants {
+                if let Some(state) = machine.workers.get_mut(worker) {
+                    state.proven = committed.contains(worker);
+                }
+            }
             match round.state {
                 RoundState::Open => machine.open = Some(machine.restore_open(&round)),
                 RoundState::Closed | RoundState::Failed => {
@@ -653,7 +757,7 @@ impl Coordinator {
                         machine.completed_rounds += 1;
                         machine.model = round.result_model.expect("a closed round has a result");
                     }
-                    machine.past.insert(
+                    machine.remember(
                         round.id,
                         PastRound {
                             base_model: round.base_model,
@@ -668,9 +772,41 @@ impl Coordinator {
         if machine.completed_rounds >= machine.settings.rounds {
             machine.finished = true;
         }
+        machine.resume_replays();
         machine.settle();
         machine.maybe_open();
         machine
+    }
+
+    /// Answered audits of the restored round that the driver replays itself
+    /// and that have no verdict: the previous process was replaying them
+    /// when it stopped, so the replays start again at once instead of at
+    /// the reveal deadline.
+    fn resume_replays(&mut self) {
+        let Some(open) = self.open.as_mut() else { return };
+        let delegated_later = self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. });
+        if delegated_later {
+            return;
+        }
+        for (&worker, standing) in &mut open.standings {
+            let replay = standing.answered && standing.verdict.is_none() && standing.auditor.is_none();
+            if let (true, Some(segment)) = (replay, standing.audit) {
+                standing.judging = true;
+                self.actions.push_back(Action::JudgeAudit { round: open.id, worker, segment });
+            }
+        }
+    }
+
+    /// Keeps closed round `id` to judge late input, forgetting rounds older
+    /// than [`PAST_ROUNDS_KEPT`].
+    fn remember(&mut self, id: RoundId, round: PastRound) {
+        self.past.insert(id, round);
+        while let Some((&oldest, _)) = self.past.first_key_value() {
+            if oldest + PAST_ROUNDS_KEPT > id {
+                break;
+            }
+            self.past.remove(&oldest);
+        }
     }
 
     fn restore_open(&self, round: &RoundSnapshot) -> OpenRound {
@@ -717,6 +853,7 @@ impl Coordinator {
             secret_commitment: audit::secret_commitment(&secret),
             secret: None,
             auditors_slashed: round.auditors_slashed.iter().copied().collect(),
+            early_close_ms: None,
         };
         if let Some(deadline_ms) = round.reveal_deadline_unix_ms {
             open.phase = RoundPhase::Revealing { deadline_ms };
@@ -898,10 +1035,29 @@ impl Coordinator {
 
     // (B) inputs
 
-    /// Registers `key` (idempotent: a known key gets its id back). A new
-    /// worker joins at the next round.
+    /// Registers `key` (idempotent: a known key gets its id back), for a
+    /// driver that checked the registration's freshness itself (tests,
+    /// simulations). A new worker joins at the next round.
     pub fn register(&mut self, now: u64, key: PublicKey, class: &str) -> Result<(WorkerId, bool), Refusal> {
+        self.register_admitted(now, key, class, None, None)
+    }
+
+    /// Registers `key` with a signed request's `nonce` (which must be fresh,
+    /// and, for a known key, above its last read: registering again is a
+    /// read that cannot be replayed) and the admission `token` the driver
+    /// checked, if the run admits by token: a token admits one key.
+    pub fn register_admitted(
+        &mut self,
+        now: u64,
+        key: PublicKey,
+        class: &str,
+        nonce: Option<u64>,
+        token: Option<TokenId>,
+    ) -> Result<(WorkerId, bool), Refusal> {
         self.advance(now);
+        if let Some(nonce) = nonce {
+            check_read_window(now, nonce)?;
+        }
         if class.is_empty() || class.len() > 64 || !class.bytes().all(|byte| byte.is_ascii_graphic()) {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -909,6 +1065,9 @@ impl Coordinator {
             ));
         }
         if let Some(&worker) = self.keys.get(&key) {
+            if let Some(nonce) = nonce {
+                self.check_read_nonce(worker, nonce)?;
+            }
             let registered = &self.workers[&worker].class;
             if registered != class {
                 return Err(Refusal::new(
@@ -919,8 +1078,17 @@ impl Coordinator {
                     ),
                 ));
             }
+            if let Some(nonce) = nonce {
+                self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
+            }
             self.seen(now, worker);
             return Ok((worker, false));
+        }
+        if let Some(used_by) = token.and_then(|token| self.tokens.get(&token)) {
+            return Err(Refusal::new(
+                ErrorCode::NotAdmitted,
+                format!("this admission token was used by {used_by} already; each token admits one key"),
+            ));
         }
         if self.workers.len() >= self.settings.max_workers as usize {
             return Err(Refusal::new(
@@ -928,20 +1096,68 @@ impl Coordinator {
                 format!("the run already has its maximum of {} workers", self.settings.max_workers),
             ));
         }
+        let live = self.workers.values().filter(|state| self.live(state)).count();
+        if live >= self.settings.max_participants as usize {
+            return Err(Refusal::new(
+                ErrorCode::Full,
+                format!(
+                    "the run has room for {} participants (its training data in whole batches) and that many \
+                     workers are live; try again later: a place frees up when a worker leaves",
+                    self.settings.max_participants
+                ),
+            ));
+        }
         let worker = WorkerId(self.workers.len() as u64);
         self.keys.insert(key, worker);
-        self.workers.insert(
-            worker,
-            Worker { last_seen_ms: now, last_nonce: 0, class: class.to_owned(), missed: false },
-        );
+        if let Some(token) = token {
+            self.tokens.insert(token, worker);
+        }
+        let mut state = Worker::new(now, 0, class.to_owned());
+        state.last_read_nonce = nonce.unwrap_or(0);
+        self.workers.insert(worker, state);
         self.actions.push_back(Action::PersistWorker {
             worker,
             key,
             class: class.to_owned(),
             registered_unix_ms: now,
+            token,
         });
         self.maybe_open();
         Ok((worker, true))
+    }
+
+    /// A signed read (`GET /v1/round`, an audit task) from `key` with
+    /// `nonce`: the nonce must be fresh and above the last read's, so a
+    /// captured read cannot be replayed (and refresh its worker's
+    /// liveness). Marks the worker as seen.
+    pub fn read(&mut self, now: u64, key: &PublicKey, nonce: u64) -> Result<WorkerId, Refusal> {
+        self.advance(now);
+        let worker = self.known(key)?;
+        check_read_window(now, nonce)?;
+        self.check_read_nonce(worker, nonce)?;
+        self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
+        self.seen(now, worker);
+        Ok(worker)
+    }
+
+    fn check_read_nonce(&self, worker: WorkerId, nonce: u64) -> Result<(), Refusal> {
+        let last = self.workers[&worker].last_read_nonce;
+        if nonce <= last {
+            return Err(Refusal::new(
+                ErrorCode::Replayed,
+                format!("replayed read: nonce {nonce} is not above the last read's nonce {last}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn known(&self, key: &PublicKey) -> Result<WorkerId, Refusal> {
+        self.keys.get(key).copied().ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::UnknownWorker,
+                format!("no worker is registered with key {key}; register first"),
+            )
+        })
     }
 
     /// Checks that a request comes from a registered worker with a fresh
@@ -954,12 +1170,7 @@ impl Coordinator {
         nonce: u64,
         state_changing: bool,
     ) -> Result<WorkerId, Refusal> {
-        let worker = *self.keys.get(key).ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::UnknownWorker,
-                format!("no worker is registered with key {key}; register first"),
-            )
-        })?;
+        let worker = self.known(key)?;
         let nonce_ms = nonce / 1000;
         if nonce_ms.abs_diff(now) > NONCE_WINDOW_MS {
             return Err(Refusal::new(
@@ -982,13 +1193,12 @@ impl Coordinator {
         Ok(worker)
     }
 
-    /// Notes that `worker` is alive. A worker that missed a round is
-    /// eligible again from now on.
+    /// Notes that `worker` is alive. (A worker sitting out stays out: being
+    /// seen is not working.)
     pub fn seen(&mut self, now: u64, worker: WorkerId) {
         self.advance(now);
         if let Some(state) = self.workers.get_mut(&worker) {
             state.last_seen_ms = state.last_seen_ms.max(now);
-            state.missed = false;
         }
         self.maybe_open();
     }
@@ -1058,6 +1268,7 @@ impl Coordinator {
                 (Recorded::Late, None)
             };
             self.record_nonce(worker, nonce, now);
+            self.proven(worker);
             self.actions.push_back(Action::RecordCommitment {
                 round,
                 worker,
@@ -1077,6 +1288,7 @@ impl Coordinator {
         }
         past.commitments.insert(worker, (Recorded::Late, commitment));
         self.record_nonce(worker, nonce, now);
+        self.proven(worker);
         self.actions.push_back(Action::RecordCommitment {
             round,
             worker,
@@ -1315,13 +1527,22 @@ impl Coordinator {
             self.maybe_open();
             return;
         };
-        if now < open.deadline_ms() {
+        if now < open.next_timeout_ms() {
             return;
         }
         match open.phase {
-            RoundPhase::Committing { extensions, .. } => {
+            RoundPhase::Committing { extensions, deadline_ms } => {
                 let committed =
                     open.standings.values().filter(|standing| standing.commitment.is_some()).count();
+                if now < deadline_ms {
+                    // The early end: the proven participants and a quorum
+                    // are in; the unproven ones had their grace.
+                    if committed >= self.settings.quorum as usize {
+                        self.begin_reveal();
+                        self.settle();
+                    }
+                    return;
+                }
                 if committed >= self.settings.quorum as usize {
                     self.begin_reveal();
                 } else if extensions < self.settings.max_extensions {
@@ -1461,7 +1682,7 @@ impl Coordinator {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.open.as_ref().map(OpenRound::deadline_ms)
+        self.open.as_ref().map(OpenRound::next_timeout_ms)
     }
 
     // internals
@@ -1472,24 +1693,39 @@ impl Coordinator {
         self.now_ms = self.now_ms.max(now);
     }
 
+    /// Seen within `worker_timeout_ms`: it holds a place in the run.
+    fn live(&self, worker: &Worker) -> bool {
+        worker.last_seen_ms + self.settings.worker_timeout_ms >= self.now_ms
+    }
+
+    /// Live, and not sitting out the round that opens next.
     fn active(&self, worker: &Worker) -> bool {
-        !worker.missed && worker.last_seen_ms + self.settings.worker_timeout_ms >= self.now_ms
+        self.live(worker) && worker.sits_out_until <= self.next_round
     }
 
     fn record_nonce(&mut self, worker: WorkerId, nonce: u64, now: u64) {
         let state = self.workers.get_mut(&worker).expect("authenticated workers exist");
         state.last_nonce = state.last_nonce.max(nonce);
         state.last_seen_ms = state.last_seen_ms.max(now);
-        state.missed = false;
+    }
+
+    /// `worker` committed to its assignment (in time or late): it works.
+    fn proven(&mut self, worker: WorkerId) {
+        let state = self.workers.get_mut(&worker).expect("committing workers exist");
+        state.proven = true;
+        state.missed_streak = 0;
     }
 
     fn past_round(&mut self, round: RoundId) -> Result<&mut PastRound, Refusal> {
         let current = self.open.as_ref().map_or("none".to_owned(), |open| open.id.to_string());
+        let forgotten = round < self.next_round && !self.past.contains_key(&round);
         self.past.get_mut(&round).ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::WrongRound,
-                format!("round {round} is not open and has not been run (the open round is {current})"),
-            )
+            let why = if forgotten {
+                format!("round {round} is over and too old to record input for (the open round is {current})")
+            } else {
+                format!("round {round} is not open and has not been run (the open round is {current})")
+            };
+            Refusal::new(ErrorCode::WrongRound, why)
         })
     }
 
@@ -1538,13 +1774,29 @@ impl Coordinator {
     fn settle(&mut self) {
         let Some(open) = &self.open else { return };
         match open.phase {
-            RoundPhase::Committing { .. } => {
-                let all_committed = open.participants.iter().all(|worker| {
+            RoundPhase::Committing { deadline_ms, .. } => {
+                let committed = |worker: &WorkerId| {
                     open.standings.get(worker).is_some_and(|standing| standing.commitment.is_some())
-                });
-                if all_committed && open.participants.len() >= self.settings.quorum as usize {
+                };
+                let all_committed = open.participants.iter().all(committed);
+                let quorum = self.settings.quorum as usize;
+                if all_committed && open.participants.len() >= quorum {
                     self.begin_reveal();
                     self.settle();
+                    return;
+                }
+                // Every proven participant and a quorum are in: the
+                // unproven ones get a grace as long as the round so far.
+                let proven_in = open
+                    .participants
+                    .iter()
+                    .filter(|worker| self.workers[worker].proven)
+                    .all(committed);
+                let enough = open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
+                if open.early_close_ms.is_none() && proven_in && enough {
+                    let grace = self.now_ms.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
+                    let early = (self.now_ms + grace).min(deadline_ms);
+                    self.open.as_mut().expect("checked").early_close_ms = Some(early);
                 }
             }
             RoundPhase::Revealing { .. } => {
@@ -1677,7 +1929,7 @@ impl Coordinator {
             closed_unix_ms: self.now_ms,
         });
         self.aggregating = Some((open.id, accepted));
-        self.past.insert(open.id, past_round(&open));
+        self.remember(open.id, past_round(&open));
     }
 
     fn fail_open_round(&mut self, reason: &str) {
@@ -1688,15 +1940,27 @@ impl Coordinator {
             closed_unix_ms: self.now_ms,
             reason: reason.to_owned(),
         });
-        self.past.insert(open.id, past_round(&open));
+        self.remember(open.id, past_round(&open));
         self.maybe_open();
     }
 
     /// Participants that did not deliver what their phase asked for (a
-    /// commitment; then a reveal) sit out until they are seen again.
+    /// commitment; then a reveal) sit out the next round, and twice as many
+    /// each time they do so again in a row; one that committed late sits
+    /// out one round, and stays proven.
     fn mark_missed(&mut self, open: &OpenRound) {
         for worker in missed(open) {
-            self.workers.get_mut(&worker).expect("participants are workers").missed = true;
+            let late = open.standings.get(&worker).is_some_and(|standing| standing.late_commitment.is_some());
+            let state = self.workers.get_mut(&worker).expect("participants are workers");
+            let rounds = if late {
+                1
+            } else {
+                state.missed_streak = state.missed_streak.saturating_add(1);
+                state.proven = false;
+                1u64.checked_shl(state.missed_streak - 1).unwrap_or(u64::MAX).min(SIT_OUT_ROUNDS_MAX)
+            };
+            state.sits_out_until = open.id + 1 + rounds;
+            state.missed_at_ms = self.now_ms;
         }
     }
 
@@ -1735,13 +1999,40 @@ impl Coordinator {
     /// The round that would open now on `base_model`, with the active
     /// workers but `excluded` as participants, if they are enough.
     fn round_to_open(&self, base_model: Digest, excluded: &BTreeSet<WorkerId>) -> Option<OpenRound> {
-        let participants: Vec<WorkerId> = self
+        let mut participants: Vec<WorkerId> = self
             .workers
             .iter()
             .filter(|&(worker, state)| self.active(state) && !excluded.contains(worker))
             .map(|(&worker, _)| worker)
             .collect();
-        if participants.len() < self.settings.workers_to_open(self.next_round == 0) {
+        let needed = self.settings.workers_to_open(self.next_round == 0);
+        if participants.len() < needed {
+            // Too few to run a round without workers sitting out: those seen
+            // since they missed come back early, or the run would stall.
+            let mut back: Vec<WorkerId> = self
+                .workers
+                .iter()
+                .filter(|&(worker, state)| {
+                    self.live(state)
+                        && !self.active(state)
+                        && state.last_seen_ms > state.missed_at_ms
+                        && !excluded.contains(worker)
+                })
+                .map(|(&worker, _)| worker)
+                .collect();
+            back.truncate(needed - participants.len());
+            participants.extend(back);
+            participants.sort_unstable();
+        }
+        // No more than the data supports: proven workers first, then the
+        // earliest registered.
+        let room = self.settings.max_participants as usize;
+        if participants.len() > room {
+            participants.sort_by_key(|worker| (!self.workers[worker].proven, *worker));
+            participants.truncate(room);
+            participants.sort_unstable();
+        }
+        if participants.len() < needed {
             return None;
         }
         let round = self.next_round;
@@ -1760,8 +2051,27 @@ impl Coordinator {
             )),
             secret: None,
             auditors_slashed: BTreeSet::new(),
+            early_close_ms: None,
         })
     }
+}
+
+/// A signed read's or registration's nonce must be within
+/// [`READ_WINDOW_MS`] of the coordinator's clock.
+fn check_read_window(now: u64, nonce: u64) -> Result<(), Refusal> {
+    let nonce_ms = nonce / 1000;
+    if nonce_ms.abs_diff(now) > READ_WINDOW_MS {
+        return Err(Refusal::new(
+            ErrorCode::Replayed,
+            format!(
+                "nonce {nonce} is {} s away from the coordinator's clock; a read's nonce is the time in \
+                 microseconds since the epoch, within {} s (check this machine's clock)",
+                nonce_ms.abs_diff(now) / 1000,
+                READ_WINDOW_MS / 1000
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Participants of `open` that did not deliver what its phase asked for (a
