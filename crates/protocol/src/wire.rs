@@ -27,7 +27,7 @@ use crowdtrain_train::{AdamW, Codec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RunConfig, ShardingKind};
+use crate::config::{AdmissionMode, RunConfig, ShardingKind};
 use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
 
 /// Bumped on any incompatible change to messages or training semantics.
@@ -277,6 +277,9 @@ pub struct RunInfo {
     pub parameters: u64,
     pub dataset: DatasetFingerprint,
     pub initial_model: Digest,
+    /// How the run admits workers (`[admission]` itself is the
+    /// coordinator's business), so a worker can say what it lacks.
+    pub admission: AdmissionMode,
 }
 
 impl SignedBody for RunInfo {
@@ -555,6 +558,8 @@ pub enum ErrorCode {
     /// right now: send it again later (the answer's `Retry-After` says
     /// when).
     RateLimited,
+    /// The request's body stalled or came too slowly.
+    TimedOut,
 }
 
 /// The JSON body of every 4xx and 5xx answer.

@@ -11,10 +11,14 @@ use crowdtrain_protocol::audit::Commitment;
 use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, Snapshot, WorkerSnapshot};
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
+use crowdtrain_protocol::admission::TokenId;
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
+
+/// Version 4 had no admission tokens: the one change since.
+const MIGRATE_FROM_4: &str = "ALTER TABLE workers ADD COLUMN token BLOB; CREATE UNIQUE INDEX workers_token ON workers (token);";
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -33,8 +37,10 @@ CREATE TABLE workers (
     public_key BLOB NOT NULL UNIQUE,
     class TEXT NOT NULL,
     registered_unix_ms INTEGER NOT NULL,
-    last_nonce INTEGER NOT NULL DEFAULT 0
+    last_nonce INTEGER NOT NULL DEFAULT 0,
+    token BLOB
 );
+CREATE UNIQUE INDEX workers_token ON workers (token);
 CREATE TABLE rounds (
     id INTEGER PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'failed')),
@@ -181,6 +187,8 @@ pub enum Write {
         key: PublicKey,
         class: String,
         registered_unix_ms: u64,
+        /// The admission token it registered with (one key per token).
+        token: Option<TokenId>,
     },
     OpenRound {
         round: RoundId,
@@ -317,6 +325,11 @@ impl Store {
                 ))?;
             }
             SCHEMA_VERSION => {}
+            4 => {
+                connection.execute_batch(&format!(
+                    "BEGIN; {MIGRATE_FROM_4} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))?;
+            }
             found => return Err(StoreError::Schema { path: path.display().to_string(), found }),
         }
         let head: Option<(u64, Vec<u8>)> = connection
@@ -457,14 +470,16 @@ impl Store {
     /// Everything [`crowdtrain_protocol::Coordinator::restore`] needs.
     pub fn snapshot(&self, initial_model: Digest) -> Result<Snapshot, StoreError> {
         let mut statement =
-            self.connection.prepare("SELECT id, public_key, last_nonce, class FROM workers ORDER BY id")?;
+            self.connection.prepare("SELECT id, public_key, last_nonce, class, token FROM workers ORDER BY id")?;
         let workers = statement
             .query_map([], |row| {
+                let token: Option<Vec<u8>> = row.get(4)?;
                 Ok(WorkerSnapshot {
                     worker: WorkerId(row.get(0)?),
                     key: PublicKey(blob(row, 1)?),
                     last_nonce: row.get(2)?,
                     class: row.get(3)?,
+                    token: token.and_then(|bytes| Some(TokenId(bytes.try_into().ok()?))),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -574,6 +589,17 @@ impl Store {
     }
 
     /// The digest of the stored answer to `worker`'s audit in `round`.
+    /// The stored answers of audits that passed: no longer needed (the
+    /// verdict and the commitment are the record), unlike the answers of
+    /// failed audits, which are the evidence for their slashes.
+    pub fn passed_answer_digests(&self) -> Result<Vec<Digest>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT answer_digest FROM audits WHERE verdict = 'passed' AND answer_digest IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |row| Ok(Digest(blob(row, 0)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn audit_answer_digest(&self, round: RoundId, worker: WorkerId) -> Result<Digest, StoreError> {
         let bytes: Vec<u8> = self
             .connection
@@ -617,11 +643,15 @@ impl Store {
 
     /// The digests of every accepted reveal of rounds before `round`: the
     /// updates a resubmission would repeat.
-    pub fn earlier_digests(&self, round: RoundId) -> Result<std::collections::HashSet<[u8; 32]>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT payload_digest FROM reveals WHERE round < ?1 AND status = 'accepted'")?;
-        let rows = statement.query_map([round], |row| blob::<32>(row, 0))?;
+    pub fn earlier_digests(
+        &self,
+        round: RoundId,
+        rounds: u64,
+    ) -> Result<std::collections::HashSet<[u8; 32]>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT payload_digest FROM reveals WHERE round < ?1 AND round >= ?2 AND status = 'accepted'",
+        )?;
+        let rows = statement.query_map([round, round.saturating_sub(rounds)], |row| blob::<32>(row, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -755,6 +785,29 @@ impl Store {
 
     /// Every round, for the status page.
     pub fn round_records(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        self.round_records_page(0, u64::MAX)
+    }
+
+    /// The test accuracy of the latest evaluated round, if any.
+    pub fn latest_test_accuracy(&self) -> Result<Option<f64>, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT test_accuracy FROM rounds WHERE test_accuracy IS NOT NULL ORDER BY id DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// How many rounds have been opened.
+    pub fn round_count(&self) -> Result<u64, StoreError> {
+        Ok(self.connection.query_row("SELECT COUNT(*) FROM rounds", [], |row| row.get(0))?)
+    }
+
+    /// At most `limit` rounds from round `from` on, ascending.
+    pub fn round_records_page(&self, from: RoundId, limit: u64) -> Result<Vec<RoundRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut statement = self.connection.prepare(
             "SELECT r.id, r.state, r.opened_unix_ms, r.closed_unix_ms, r.result_model, r.test_accuracy, r.test_loss,
                     (SELECT COUNT(*) FROM assignments a WHERE a.round = r.id),
@@ -767,9 +820,9 @@ impl Store {
                     (SELECT COUNT(*) FROM reveals v WHERE v.round = r.id AND v.status = 'accepted'),
                     (SELECT COUNT(*) FROM refusals f WHERE f.round = r.id),
                     r.scored_unix_ms IS NOT NULL
-             FROM rounds r ORDER BY r.id",
+             FROM rounds r WHERE r.id >= ?1 ORDER BY r.id LIMIT ?2",
         )?;
-        let rows = statement.query_map([], |row| {
+        let rows = statement.query_map(params![from, limit], |row| {
             Ok(RoundRecord {
                 round: row.get(0)?,
                 status: row.get(1)?,
@@ -875,10 +928,10 @@ fn apply_one(
     signer: &Identity,
 ) -> Result<(), StoreError> {
     match write {
-        Write::Worker { worker, key, class, registered_unix_ms } => {
+        Write::Worker { worker, key, class, registered_unix_ms, token } => {
             transaction.execute(
-                "INSERT INTO workers (id, public_key, class, registered_unix_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![worker.0, key.0, class, registered_unix_ms],
+                "INSERT INTO workers (id, public_key, class, registered_unix_ms, token) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![worker.0, key.0, class, registered_unix_ms, token.map(|token| token.0)],
             )?;
         }
         Write::OpenRound {

@@ -57,12 +57,14 @@ fn populated(path: &std::path::Path) -> Store {
                     key: key(0),
                     class: "avx2-fma".into(),
                     registered_unix_ms: 10,
+                    token: None,
                 },
                 Write::Worker {
                     worker: WorkerId(1),
                     key: key(1),
                     class: "portable".into(),
                     registered_unix_ms: 11,
+                    token: Some(crowdtrain_protocol::admission::TokenId([5; 16])),
                 },
                 Write::OpenRound {
                     round: 0,
@@ -235,8 +237,17 @@ fn closing_a_round_records_its_result_once() {
         (64, 0, 0),
         "not yet scored"
     );
-    assert_eq!(store.earlier_digests(1).unwrap(), [Digest::of(b"a").0].into_iter().collect());
-    assert!(store.earlier_digests(0).unwrap().is_empty());
+    assert_eq!(store.earlier_digests(1, 1).unwrap(), [Digest::of(b"a").0].into_iter().collect());
+    assert!(store.earlier_digests(0, 1).unwrap().is_empty());
+    assert!(store.earlier_digests(2, 1).unwrap().is_empty(), "only the last rounds asked for");
+    assert_eq!(store.round_count().unwrap(), records.len() as u64);
+    assert_eq!(store.round_records_page(1, 5).unwrap(), records[1..].to_vec(), "a page of the rounds");
+    let snapshot = store.snapshot(Digest::of(b"m0")).unwrap();
+    assert_eq!(
+        snapshot.workers.iter().map(|worker| worker.token).collect::<Vec<_>>(),
+        vec![None, Some(crowdtrain_protocol::admission::TokenId([5; 16]))],
+        "the admission token each registered with"
+    );
     assert_eq!(
         store.commitment_order(0, &[WorkerId(1), WorkerId(0)]).unwrap(),
         vec![WorkerId(0), WorkerId(1)]

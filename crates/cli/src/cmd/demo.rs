@@ -198,6 +198,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
+    let mut status = status;
+    status.rounds = all_rounds(&url, status.rounds_total)?;
     let report = finish(status, run.body.dataset, &args, &mut processes, started)?;
     if let Some(path) = &args.plot {
         let points = report
@@ -239,12 +241,19 @@ fn start_worker(
 ) -> anyhow::Result<()> {
     let key = dir.join(format!("worker-{index}.key"));
     Identity::generate()?.save(&key)?;
+    // The demo is the run's operator: it admits each of its workers with a
+    // token of its own, as an operator on the internet would.
+    let token = dir.join(format!("worker-{index}.token"));
+    let issued = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), 1)?;
+    std::fs::write(&token, format!("{}\n", issued[0]))?;
     let log = std::fs::File::create(dir.join(format!("worker-{index}.log")))?;
     let mut command = Command::new(binary);
     command
         .args(["worker", "--coordinator", url, "--threads", "1", "--give-up-after", "60", "--json"])
         .arg("--key")
         .arg(&key)
+        .arg("--admission-token-file")
+        .arg(&token)
         .arg("--cache")
         .arg(dir.join(format!("cache-{index}")))
         .stdout(Stdio::piped())
@@ -274,7 +283,8 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         "seed = {seed}\nrounds = {rounds}\n\n[model]\nkind = \"{model}\"\n{data}\n[inner]\nsteps = {steps}\n\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
-         auditors = \"{auditors}\"\n",
+         auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
+         # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n",
         seed = args.seed,
         rounds = args.rounds,
         model = args.model,
@@ -361,6 +371,27 @@ fn watch(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Every round of the run, page by page (`GET /v1/status` pages them).
+fn all_rounds(url: &str, total: u64) -> anyhow::Result<Vec<RoundRecord>> {
+    const PAGE: u64 = 1000;
+    let runtime = runtime()?;
+    let client = reqwest::Client::new();
+    let mut rounds = Vec::with_capacity(total as usize);
+    while (rounds.len() as u64) < total {
+        let page: RunStatus = runtime
+            .block_on(async {
+                let url = format!("{url}/v1/status?rounds_from={}&rounds_limit={PAGE}", rounds.len());
+                client.get(url).send().await?.json().await
+            })
+            .context("could not read the run's rounds")?;
+        if page.rounds.is_empty() {
+            break;
+        }
+        rounds.extend(page.rounds);
+    }
+    Ok(rounds)
 }
 
 /// Waits for the workers to leave, stops the coordinator, builds the report.

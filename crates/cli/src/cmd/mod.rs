@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod admission;
 pub mod battery;
 pub mod bench;
 pub mod contract;
