@@ -65,7 +65,7 @@ fn idle_connections_cannot_take_the_descriptors_the_coordinator_needs() {
     for output in network.join_workers() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
-    let still_open = idle.iter_mut().filter(|stream| !closed_within(stream, Duration::from_millis(1))).count();
+    let still_open = idle.iter_mut().map(|stream| !closed_within(stream, Duration::from_millis(1))).filter(|open| *open).count();
     assert!(still_open <= 512, "the coordinator held {still_open} idle connections with 512 descriptors");
     assert!(!network.log("coordinator.log").contains("halting"), "{}", network.log("coordinator.log"));
 }
@@ -204,6 +204,9 @@ fn workers_that_never_commit_do_not_stall_the_rounds() {
     );
     network.start_coordinator();
     let started = Instant::now();
+    network.start_worker(0);
+    network.start_worker(1);
+    network.wait_for(30, "the workers to register", |status| status.workers.len() == 2);
     let idle: Vec<HandWorker> = (0..3).map(|seed| HandWorker::join_open(&network, 50 + seed)).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pollers: Vec<_> = idle
@@ -213,13 +216,11 @@ fn workers_that_never_commit_do_not_stall_the_rounds() {
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let path = "/v1/round?wait_ms=200";
-                    let _ = worker.send("GET", path, Vec::new(), worker.nonce(), worker.run.run_id);
+                    let _ = worker.send_raw_signed("GET", path);
                 }
             })
         })
         .collect();
-    network.start_worker(0);
-    network.start_worker(1);
     let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

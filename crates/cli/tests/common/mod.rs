@@ -346,6 +346,18 @@ impl HandWorker {
         self.send_raw(method, path, body, Some(auth.to_header()), Some(run.to_hex()))
     }
 
+    /// Sends a signed request without a body; `None` if it got no answer.
+    pub fn send_raw_signed(&self, method: &str, path: &str) -> Option<u16> {
+        let auth = RequestAuth::sign(&self.identity, &self.run.run_id, method, path, self.nonce(), b"");
+        runtime().block_on(async {
+            let request = reqwest::Client::new()
+                .request(method.parse().unwrap(), format!("{}{path}", self.url))
+                .header(AUTH_HEADER, auth.to_header())
+                .header(RUN_HEADER, self.run.run_id.to_hex());
+            Some(request.send().await.ok()?.status().as_u16())
+        })
+    }
+
     /// The `x-crowdtrain-body` header of `body`.
     pub fn declare(body: &[u8]) -> String {
         BodyDeclaration::of(body).to_header()

@@ -1037,6 +1037,9 @@ impl Node {
                         received_unix_ms,
                     });
                     writes.push(ledger(Event::Commitment { round, worker, commitment, status }));
+                    // The commit phase may now end early: the timer must
+                    // look at the machine's next deadline again.
+                    changed = true;
                 }
                 Action::BeginReveal { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
                     tracing::info!(
