@@ -103,10 +103,11 @@
 //!   sits out one round and is waited for after that.
 //! - A worker is *proven* once its latest assignment got a commitment from
 //!   it (in time or late). The commit phase waits for every proven
-//!   participant, up to the deadline; once they and a quorum are in, it
-//!   waits for the unproven ones (newcomers, workers back from sitting out)
-//!   only as long again as the round has lasted, and at least
-//!   [`UNPROVEN_GRACE_MIN_MS`]. An honest newcomer trains about as fast as
+//!   participant, up to the deadline; once they (one at least) and a
+//!   quorum are in, it waits for the unproven ones (newcomers, workers back
+//!   from sitting out) only as long again as the round has lasted, and at
+//!   least [`UNPROVEN_GRACE_MIN_MS`]. A round of newcomers only (a run's
+//!   first) waits for all of them, up to its deadline. An honest newcomer trains about as fast as
 //!   the others and makes it; one that never commits costs each round it is
 //!   in a fraction of that round, in fewer and fewer rounds.
 
@@ -1785,13 +1786,12 @@ impl Coordinator {
                     self.settle();
                     return;
                 }
-                // Every proven participant and a quorum are in: the
-                // unproven ones get a grace as long as the round so far.
-                let proven_in = open
-                    .participants
-                    .iter()
-                    .filter(|worker| self.workers[worker].proven)
-                    .all(committed);
+                // Every proven participant (there is one at least: a round
+                // of newcomers only, such as a run's first, waits for them)
+                // and a quorum are in: the unproven ones get a grace as long
+                // as the round so far.
+                let mut proven = open.participants.iter().filter(|worker| self.workers[worker].proven).peekable();
+                let proven_in = proven.peek().is_some() && proven.all(committed);
                 let enough = open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
                 if open.early_close_ms.is_none() && proven_in && enough {
                     let grace = self.now_ms.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);

@@ -92,14 +92,14 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct DemoReport {
+pub(crate) struct DemoReport {
     dataset: DatasetFingerprint,
     workers_started: usize,
-    final_test_accuracy: f64,
+    pub(crate) final_test_accuracy: f64,
     /// The final model's state hash: equal to the `diloco_state_hash` of
     /// `sim diloco --aggregator centered-clip --validation-fraction 0.05`
     /// with the same settings.
-    state_hash: String,
+    pub(crate) state_hash: String,
     bytes_uploaded: u64,
     bytes_downloaded: u64,
     seconds: f64,
@@ -111,19 +111,19 @@ struct DemoReport {
     /// those withdrawn because one failed.
     opened_ahead: u64,
     withdrawn_ahead: u64,
-    round_seconds_median: Option<f64>,
+    pub(crate) round_seconds_median: Option<f64>,
     /// Median over rounds of the overhead as a fraction of the round's
     /// duration.
     coordinator_overhead_fraction_median: Option<f64>,
-    workers: Vec<DemoWorker>,
-    rounds: Vec<RoundRecord>,
+    pub(crate) workers: Vec<DemoWorker>,
+    pub(crate) rounds: Vec<RoundRecord>,
 }
 
 /// A worker as the coordinator saw it, with what the worker itself said.
 #[derive(Debug, Serialize)]
-struct DemoWorker {
+pub(crate) struct DemoWorker {
     #[serde(flatten)]
-    status: WorkerStatus,
+    pub(crate) status: WorkerStatus,
     /// From registration to holding a first assignment and its model.
     join_ms: Option<u64>,
     started_late: bool,
@@ -147,6 +147,35 @@ impl Drop for Processes {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let report = execute(&args, |_, _| Ok(()))?;
+    if args.json {
+        return output::print_json(&report);
+    }
+    print_report(&report, &args);
+    if let Some(dir) = &args.keep {
+        println!("files kept in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// The demo's arguments from its command line (for commands that run a
+/// demo of their own, such as `bench hostile`).
+pub(crate) fn args_from(words: &[&str]) -> DemoArgs {
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+    <Wrapper as clap::Parser>::parse_from(std::iter::once("demo").chain(words.iter().copied())).args
+}
+
+/// Runs the demo and returns its report; `on_start` is called with the
+/// coordinator's URL and process id as soon as it listens, before any
+/// worker starts.
+pub(crate) fn execute(
+    args: &DemoArgs,
+    mut on_start: impl FnMut(&str, u32) -> anyhow::Result<()>,
+) -> anyhow::Result<DemoReport> {
     anyhow::ensure!((1..=64).contains(&args.workers), "--workers must be between 1 and 64");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(
@@ -174,8 +203,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     write_config(&dir, &args)?;
     let mut processes = Processes { children: Vec::new() };
     let url = start_coordinator(&binary, &dir, &mut processes)?;
+    on_start(&url, processes.children[0].1.id())?;
     for index in 0..args.workers {
-        start_worker(&binary, &dir, &url, index, &args, &mut processes)?;
+        start_worker(&binary, &dir, &url, index, args, &mut processes)?;
     }
     let run: Signed<RunInfo> = runtime()?
         .block_on(async { reqwest::get(format!("{url}/v1/run")).await?.json().await })
@@ -188,19 +218,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let status = watch(&url, &args, &mut processes, started, |processes, completed| {
+    let status = watch(&url, args, &mut processes, started, |processes, completed| {
         let late_start = args.rounds.div_ceil(3);
         let already = processes.children.len() - 1 - args.workers;
         if completed >= late_start && already < args.late_workers {
             for index in args.workers..args.workers + args.late_workers {
-                start_worker(&binary, &dir, &url, index, &args, processes)?;
+                start_worker(&binary, &dir, &url, index, args, processes)?;
             }
         }
         Ok(())
     })?;
     let mut status = status;
     status.rounds = all_rounds(&url, status.rounds_total)?;
-    let report = finish(status, run.body.dataset, &args, &mut processes, started)?;
+    let report = finish(status, run.body.dataset, args, &mut processes, started)?;
     if let Some(path) = &args.plot {
         let points = report
             .rounds
@@ -217,14 +247,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             &[crate::plot::Series { name: "global model".into(), points }],
         )?;
     }
-    if args.json {
-        return output::print_json(&report);
-    }
-    print_report(&report, &args);
-    if args.keep.is_some() {
-        println!("files kept in {}", dir.display());
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod contract;
 pub mod coordinator;
 pub mod demo;
+pub mod hostile;
 pub mod keygen;
 pub mod ledger;
 pub mod rewards;

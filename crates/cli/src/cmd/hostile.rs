@@ -1,0 +1,425 @@
+//! `crowdtrain bench hostile`: a demo run under attack, beside the same run
+//! unattacked, in one invocation.
+//!
+//! The attacks are the ways anyone could stop a run (issue 19): idle
+//! connections, slowloris connections that dribble their headers, unsigned
+//! 64 MiB uploads that stall, and registrations from fresh keys without
+//! admission. Each attacker holds its connection as long as the coordinator
+//! lets it and opens a new one a second after it is closed (a persistent
+//! attacker, not a flood), from its own loopback addresses (127.0.1.x,
+//! 127.0.2.x; the whole 127/8 is loopback here), so that the workers'
+//! address, 127.0.0.1, is not the attackers'. Only loopback is ever a
+//! target, and every loop stops with the run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use crowdtrain_protocol::wire::{AUTH_HEADER, BODY_HEADER, BodyDeclaration, RUN_HEADER, RegisterRequest};
+use crowdtrain_protocol::{Identity, RequestAuth};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::demo;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct HostileArgs {
+    /// Honest workers (the demo's).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+
+    /// Rounds of each run.
+    #[arg(long, default_value_t = 30)]
+    rounds: u64,
+
+    /// Inner steps per round (H).
+    #[arg(long, default_value_t = 50)]
+    inner_steps: u64,
+
+    /// Directory with the Fashion-MNIST IDX files (default as for `demo`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+
+    /// Idle connections to hold.
+    #[arg(long, default_value_t = 20_000)]
+    idle: usize,
+
+    /// Slowloris connections (headers a line a second, never finished).
+    #[arg(long, default_value_t = 1_000)]
+    slowloris: usize,
+
+    /// Unsigned uploads that declare 64 MiB, send 1 MiB and stall.
+    #[arg(long, default_value_t = 64)]
+    uploads: usize,
+
+    /// Registrations from fresh keys, without an admission token.
+    #[arg(long, default_value_t = 10_000)]
+    registrations: usize,
+
+    /// Loopback addresses the connection attackers spread over.
+    #[arg(long, default_value_t = 64)]
+    sources: u8,
+
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Attack {
+    /// Connections the attackers held at once, at most (all kinds).
+    connections_held_max: i64,
+    /// Connections the attackers opened, in all (reconnections included).
+    connections_opened: u64,
+    /// Unsigned uploads answered before their body (with 401).
+    uploads_refused_on_headers: u64,
+    registrations_sent: u64,
+    registrations_refused: u64,
+    /// Registrations that got a worker id: must be 0.
+    registrations_accepted: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Run {
+    rounds: usize,
+    rounds_per_second: f64,
+    round_seconds_median: Option<f64>,
+    /// The coordinator's resident memory, sampled every 100 ms: the most.
+    coordinator_rss_mb_max: f64,
+    final_test_accuracy: f64,
+    state_hash: String,
+    /// Workers the coordinator registered (the honest ones only, if
+    /// admission held).
+    participants: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct HostileReport {
+    unloaded: Run,
+    loaded: Run,
+    /// Loaded rounds per second over unloaded.
+    rounds_per_second_ratio: f64,
+    attack: Attack,
+}
+
+pub fn run(args: HostileArgs) -> anyhow::Result<()> {
+    let descriptors = raise_open_files((args.idle + args.slowloris + args.uploads) as u64 + 4096)?;
+    if !args.json {
+        eprintln!("open files for the attackers: {descriptors}");
+    }
+    let mut words: Vec<String> = vec![
+        "--workers".into(),
+        args.workers.to_string(),
+        "--rounds".into(),
+        args.rounds.to_string(),
+        "--inner-steps".into(),
+        args.inner_steps.to_string(),
+        "--json".into(),
+    ];
+    if let Some(data) = &args.data {
+        words.push("--data".into());
+        words.push(data.display().to_string());
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let demo_args = demo::args_from(&words);
+
+    let unloaded = measured(&demo_args, |_, _| Ok(None))?;
+    let attack = Arc::new(AttackCounters::default());
+    let loaded = measured(&demo_args, |url, _| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = spawn_attack(url.to_owned(), &args, Arc::clone(&attack), Arc::clone(&stop))?;
+        Ok(Some((stop, handle)))
+    })?;
+    let attack = attack.report();
+    let report = HostileReport {
+        rounds_per_second_ratio: loaded.rounds_per_second / unloaded.rounds_per_second,
+        unloaded,
+        loaded,
+        attack,
+    };
+    if args.json {
+        return output::print_json(&report);
+    }
+    println!(
+        "unloaded: {:.2} rounds/s, coordinator at most {:.0} MB\nloaded:   {:.2} rounds/s ({:.0}% of unloaded), \
+         coordinator at most {:.0} MB, {} participants\nattack: {} connections held at most ({} opened), {} \
+         unsigned uploads refused on their headers, {} registrations ({} refused, {} accepted)",
+        report.unloaded.rounds_per_second,
+        report.unloaded.coordinator_rss_mb_max,
+        report.loaded.rounds_per_second,
+        100.0 * report.rounds_per_second_ratio,
+        report.loaded.coordinator_rss_mb_max,
+        report.loaded.participants,
+        report.attack.connections_held_max,
+        report.attack.connections_opened,
+        report.attack.uploads_refused_on_headers,
+        report.attack.registrations_sent,
+        report.attack.registrations_refused,
+        report.attack.registrations_accepted,
+    );
+    Ok(())
+}
+
+type Attacking = Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>;
+
+/// Runs the demo, sampling the coordinator's memory, with whatever
+/// `on_start` starts beside it (stopped when the run ends).
+fn measured(
+    args: &demo::DemoArgs,
+    mut on_start: impl FnMut(&str, u32) -> anyhow::Result<Attacking>,
+) -> anyhow::Result<Run> {
+    let rss_max = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let mut attacking: Attacking = None;
+    let mut sampler = None;
+    let report = demo::execute(args, |url, pid| {
+        let (rss_max, sampling) = (Arc::clone(&rss_max), Arc::clone(&sampling));
+        sampler = Some(std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(kb) = resident_kb(pid) {
+                    rss_max.fetch_max(kb, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+        attacking = on_start(url, pid)?;
+        Ok(())
+    });
+    sampling.store(false, Ordering::Relaxed);
+    if let Some((stop, handle)) = attacking {
+        stop.store(true, Ordering::Relaxed);
+        let _ = handle.join();
+    }
+    if let Some(sampler) = sampler {
+        let _ = sampler.join();
+    }
+    let report = report?;
+    let closed: Vec<_> = report.rounds.iter().filter(|round| round.status == "closed").collect();
+    let first = closed.iter().map(|round| round.opened_unix_ms).min().unwrap_or(0);
+    let last = closed.iter().filter_map(|round| round.closed_unix_ms).max().unwrap_or(first + 1);
+    Ok(Run {
+        rounds: closed.len(),
+        rounds_per_second: closed.len() as f64 / ((last - first).max(1) as f64 / 1000.0),
+        round_seconds_median: report.round_seconds_median,
+        coordinator_rss_mb_max: rss_max.load(Ordering::Relaxed) as f64 / 1024.0,
+        final_test_accuracy: report.final_test_accuracy,
+        state_hash: report.state_hash.clone(),
+        participants: report.workers.len(),
+    })
+}
+
+fn resident_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Raises this process's limit on open files to `wanted` (the hard limit
+/// too, which root may); returns the limit in force.
+fn raise_open_files(wanted: u64) -> anyhow::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let raised = libc::rlimit { rlim_cur: wanted.max(limit.rlim_cur), rlim_max: wanted.max(limit.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit = raised;
+        } else {
+            let soft = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+                limit = soft;
+            }
+        }
+    }
+    anyhow::ensure!(
+        limit.rlim_cur >= wanted,
+        "the attackers need {wanted} open files and this process may open {}; raise `ulimit -n` (as root)",
+        limit.rlim_cur
+    );
+    Ok(limit.rlim_cur)
+}
+
+#[derive(Default)]
+struct AttackCounters {
+    held: AtomicI64,
+    held_max: AtomicI64,
+    opened: AtomicU64,
+    uploads_refused: AtomicU64,
+    registrations_sent: AtomicU64,
+    registrations_refused: AtomicU64,
+    registrations_accepted: AtomicU64,
+}
+
+impl AttackCounters {
+    fn report(&self) -> Attack {
+        Attack {
+            connections_held_max: self.held_max.load(Ordering::Relaxed),
+            connections_opened: self.opened.load(Ordering::Relaxed),
+            uploads_refused_on_headers: self.uploads_refused.load(Ordering::Relaxed),
+            registrations_sent: self.registrations_sent.load(Ordering::Relaxed),
+            registrations_refused: self.registrations_refused.load(Ordering::Relaxed),
+            registrations_accepted: self.registrations_accepted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Starts every attacker on a runtime of its own thread.
+fn spawn_attack(
+    url: String,
+    args: &HostileArgs,
+    counters: Arc<AttackCounters>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let port: u16 = url.rsplit(':').next().and_then(|port| port.parse().ok()).context("the demo's URL has a port")?;
+    let (idle, slowloris, uploads, registrations, sources) =
+        (args.idle, args.slowloris, args.uploads, args.registrations, args.sources.max(1));
+    Ok(std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let kinds = [(idle, Kind::Idle), (slowloris, Kind::Slowloris), (uploads, Kind::Upload)];
+            let mut index = 0usize;
+            for (count, kind) in kinds {
+                for _ in 0..count {
+                    let source = std::net::Ipv4Addr::new(127, 0, 1, 1 + (index % sources as usize) as u8);
+                    index += 1;
+                    let (counters, stop) = (Arc::clone(&counters), Arc::clone(&stop));
+                    tasks.spawn(attacker(kind, source, port, counters, stop));
+                }
+                tokio::task::yield_now().await;
+            }
+            tasks.spawn(register_strangers(url, registrations, Arc::clone(&counters), Arc::clone(&stop)));
+            while tasks.join_next().await.is_some() {}
+        });
+    }))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Idle,
+    Slowloris,
+    Upload,
+}
+
+/// One attacker: holds a connection of its kind as long as it is let, and
+/// opens another a second after it is closed, until `stop`.
+async fn attacker(
+    kind: Kind,
+    source: std::net::Ipv4Addr,
+    port: u16,
+    counters: Arc<AttackCounters>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let connected = async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind((source, 0).into()).ok()?;
+            socket.connect(([127, 0, 0, 1], port).into()).await.ok()
+        };
+        if let Some(mut stream) = connected.await {
+            counters.opened.fetch_add(1, Ordering::Relaxed);
+            let held = counters.held.fetch_add(1, Ordering::Relaxed) + 1;
+            counters.held_max.fetch_max(held, Ordering::Relaxed);
+            hold(kind, &mut stream, &counters, &stop).await;
+            counters.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Does what `kind` does on `stream` until the coordinator closes it.
+async fn hold(kind: Kind, stream: &mut tokio::net::TcpStream, counters: &AttackCounters, stop: &AtomicBool) {
+    let mut buffer = [0u8; 1024];
+    match kind {
+        Kind::Idle => {}
+        Kind::Slowloris => {
+            if stream.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+                return;
+            }
+        }
+        Kind::Upload => {
+            let head = format!(
+                "POST /v1/rounds/0/reveals?base_model={} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                "00".repeat(32),
+                64 * 1024 * 1024
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&vec![0u8; 1024 * 1024])).await;
+        }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {
+                if matches!(kind, Kind::Upload) && buffer.starts_with(b"HTTP/1.1 401") {
+                    counters.uploads_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                if matches!(kind, Kind::Slowloris) && stream.write_all(b"X-a: b\r\n").await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Registers `count` fresh keys without an admission token, 16 at a time,
+/// from 127.0.2.1.
+async fn register_strangers(url: String, count: usize, counters: Arc<AttackCounters>, stop: Arc<AtomicBool>) {
+    let Ok(client) =
+        reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 2, 1])).build()
+    else {
+        return;
+    };
+    let run: crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo> =
+        match async { client.get(format!("{url}/v1/run")).send().await?.json().await }.await {
+            Ok(run) => run,
+            Err(_) => return,
+        };
+    let run_id = run.body.run_id;
+    let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: None }).expect("json");
+    let declared = BodyDeclaration::of(&body);
+    let mut sent = 0usize;
+    let mut in_flight = tokio::task::JoinSet::new();
+    while sent < count && !stop.load(Ordering::Relaxed) {
+        while in_flight.len() < 16 && sent < count {
+            sent += 1;
+            let Ok(identity) = Identity::generate() else { return };
+            let nonce = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_micros() as u64);
+            let auth = RequestAuth::sign_declared(&identity, &run_id, "POST", "/v1/workers", nonce, &declared);
+            let request = client
+                .post(format!("{url}/v1/workers"))
+                .header(RUN_HEADER, run_id.to_hex())
+                .header(AUTH_HEADER, auth.to_header())
+                .header(BODY_HEADER, declared.to_header())
+                .body(body.clone());
+            let counters = Arc::clone(&counters);
+            in_flight.spawn(async move {
+                counters.registrations_sent.fetch_add(1, Ordering::Relaxed);
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        counters.registrations_accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        counters.registrations_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        in_flight.join_next().await;
+    }
+    while in_flight.join_next().await.is_some() {}
+    let started = Instant::now();
+    // Keep the task alive until the run ends, so the counts are final.
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(3600) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
