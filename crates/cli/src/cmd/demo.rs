@@ -307,7 +307,8 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
-         # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n",
+         # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n\
+         requests_per_second_per_key = 100000\n",
         seed = args.seed,
         rounds = args.rounds,
         model = args.model,
