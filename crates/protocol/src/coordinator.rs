@@ -526,6 +526,9 @@ pub struct OpenRound {
     /// and a quorum have committed while unproven ones have not (see the
     /// module docs). Not persisted: a restored round sets it again.
     pub early_close_ms: Option<u64>,
+    /// The participants that were proven when the round opened: the commit
+    /// phase waits for them (up to its deadline).
+    pub proven: BTreeSet<WorkerId>,
 }
 
 impl OpenRound {
@@ -744,14 +747,8 @@ impl Coordinator {
         for round in snapshot.rounds {
             assert!(round.id >= machine.next_round, "rounds are restored in ascending order");
             machine.next_round = round.id + 1;
-            // Proven: its latest assignment got a commitment from it.
-            let committed: BTreeSet<WorkerId> = round.commitments.iter().map(|&(worker, ..)| worker).collect();
-            for worker in &round.participants {
-                if let Some(state) = machine.workers.get_mut(worker) {
-                    state.proven = committed.contains(worker);
-                }
-            }
             match round.state {
+                // Proven as of its opening: from the rounds before it.
                 RoundState::Open => machine.open = Some(machine.restore_open(&round)),
                 RoundState::Closed | RoundState::Failed => {
                     if round.state == RoundState::Closed {
@@ -767,6 +764,13 @@ impl Coordinator {
                             reveals: round.reveals.iter().map(|&(w, s, d)| (w, (s, d))).collect(),
                         },
                     );
+                }
+            }
+            // Proven: its latest assignment got a commitment from it.
+            let committed: BTreeSet<WorkerId> = round.commitments.iter().map(|&(worker, ..)| worker).collect();
+            for worker in &round.participants {
+                if let Some(state) = machine.workers.get_mut(worker) {
+                    state.proven = committed.contains(worker);
                 }
             }
         }
@@ -855,6 +859,7 @@ impl Coordinator {
             secret: None,
             auditors_slashed: round.auditors_slashed.iter().copied().collect(),
             early_close_ms: None,
+            proven: self.proven_among(&round.participants),
         };
         if let Some(deadline_ms) = round.reveal_deadline_unix_ms {
             open.phase = RoundPhase::Revealing { deadline_ms };
@@ -1710,6 +1715,11 @@ impl Coordinator {
         state.last_seen_ms = state.last_seen_ms.max(now);
     }
 
+    /// Which of `participants` are proven now.
+    fn proven_among(&self, participants: &[WorkerId]) -> BTreeSet<WorkerId> {
+        participants.iter().copied().filter(|worker| self.workers.get(worker).is_some_and(|state| state.proven)).collect()
+    }
+
     /// `worker` committed to its assignment (in time or late): it works.
     fn proven(&mut self, worker: WorkerId) {
         let state = self.workers.get_mut(&worker).expect("committing workers exist");
@@ -1790,8 +1800,7 @@ impl Coordinator {
                 // of newcomers only, such as a run's first, waits for them)
                 // and a quorum are in: the unproven ones get a grace as long
                 // as the round so far.
-                let mut proven = open.participants.iter().filter(|worker| self.workers[worker].proven).peekable();
-                let proven_in = proven.peek().is_some() && proven.all(committed);
+                let proven_in = !open.proven.is_empty() && open.proven.iter().all(committed);
                 let enough = open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
                 if open.early_close_ms.is_none() && proven_in && enough {
                     let grace = self.now_ms.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
@@ -2037,6 +2046,7 @@ impl Coordinator {
         }
         let round = self.next_round;
         let deadline_ms = self.now_ms + self.settings.commit_ms;
+        let proven = self.proven_among(&participants);
         Some(OpenRound {
             id: round,
             base_model,
@@ -2052,6 +2062,7 @@ impl Coordinator {
             secret: None,
             auditors_slashed: BTreeSet::new(),
             early_close_ms: None,
+            proven,
         })
     }
 }
