@@ -147,7 +147,7 @@ impl Drop for Processes {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let report = execute(&args, |_, _| Ok(()))?;
+    let report = execute(&args, |_, _, _| Ok(()))?;
     if args.json {
         return output::print_json(&report);
     }
@@ -170,11 +170,11 @@ pub(crate) fn args_from(words: &[&str]) -> DemoArgs {
 }
 
 /// Runs the demo and returns its report; `on_start` is called with the
-/// coordinator's URL and process id as soon as it listens, before any
-/// worker starts.
+/// coordinator's URL, its process id and the run's directory as soon as it
+/// listens, before any worker starts.
 pub(crate) fn execute(
     args: &DemoArgs,
-    mut on_start: impl FnMut(&str, u32) -> anyhow::Result<()>,
+    mut on_start: impl FnMut(&str, u32, &Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<DemoReport> {
     anyhow::ensure!((1..=64).contains(&args.workers), "--workers must be between 1 and 64");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
@@ -203,7 +203,7 @@ pub(crate) fn execute(
     write_config(&dir, &args)?;
     let mut processes = Processes { children: Vec::new() };
     let url = start_coordinator(&binary, &dir, &mut processes)?;
-    on_start(&url, processes.children[0].1.id())?;
+    on_start(&url, processes.children[0].1.id(), &dir)?;
     for index in 0..args.workers {
         start_worker(&binary, &dir, &url, index, args, &mut processes)?;
     }

@@ -59,6 +59,11 @@ pub struct HostileArgs {
     #[arg(long, default_value_t = 10_000)]
     registrations: usize,
 
+    /// Admitted workers (each with a token of its own) that register and
+    /// poll for the round all the time but never train.
+    #[arg(long, default_value_t = 0)]
+    idle_workers: usize,
+
     /// Loopback addresses the connection attackers spread over.
     #[arg(long, default_value_t = 64)]
     sources: u8,
@@ -80,6 +85,7 @@ struct Attack {
     registrations_refused: u64,
     /// Registrations that got a worker id: must be 0.
     registrations_accepted: u64,
+    idle_workers: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,14 +132,17 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let demo_args = demo::args_from(&words);
 
-    let unloaded = measured(&demo_args, |_, _| Ok(None))?;
+    let unloaded = measured(&demo_args, |_, _, _| Ok(None))?;
     let attack = Arc::new(AttackCounters::default());
-    let loaded = measured(&demo_args, |url, _| {
+    let loaded = measured(&demo_args, |url, _, dir| {
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = spawn_attack(url.to_owned(), &args, Arc::clone(&attack), Arc::clone(&stop))?;
+        let tokens = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), args.idle_workers)?;
+        let tokens = tokens.iter().map(ToString::to_string).collect();
+        let handle = spawn_attack(url.to_owned(), &args, tokens, Arc::clone(&attack), Arc::clone(&stop))?;
         Ok(Some((stop, handle)))
     })?;
-    let attack = attack.report();
+    let mut attack = attack.report();
+    attack.idle_workers = args.idle_workers;
     let report = HostileReport {
         rounds_per_second_ratio: loaded.rounds_per_second / unloaded.rounds_per_second,
         unloaded,
@@ -169,13 +178,13 @@ type Attacking = Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>;
 /// `on_start` starts beside it (stopped when the run ends).
 fn measured(
     args: &demo::DemoArgs,
-    mut on_start: impl FnMut(&str, u32) -> anyhow::Result<Attacking>,
+    mut on_start: impl FnMut(&str, u32, &std::path::Path) -> anyhow::Result<Attacking>,
 ) -> anyhow::Result<Run> {
     let rss_max = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
     let mut attacking: Attacking = None;
     let mut sampler = None;
-    let report = demo::execute(args, |url, pid| {
+    let report = demo::execute(args, |url, pid, dir| {
         let (rss_max, sampling) = (Arc::clone(&rss_max), Arc::clone(&sampling));
         sampler = Some(std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
@@ -185,7 +194,7 @@ fn measured(
                 std::thread::sleep(Duration::from_millis(100));
             }
         }));
-        attacking = on_start(url, pid)?;
+        attacking = on_start(url, pid, dir)?;
         Ok(())
     });
     sampling.store(false, Ordering::Relaxed);
@@ -262,6 +271,7 @@ impl AttackCounters {
             registrations_sent: self.registrations_sent.load(Ordering::Relaxed),
             registrations_refused: self.registrations_refused.load(Ordering::Relaxed),
             registrations_accepted: self.registrations_accepted.load(Ordering::Relaxed),
+            idle_workers: 0,
         }
     }
 }
@@ -270,6 +280,7 @@ impl AttackCounters {
 fn spawn_attack(
     url: String,
     args: &HostileArgs,
+    tokens: Vec<String>,
     counters: Arc<AttackCounters>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
@@ -290,6 +301,9 @@ fn spawn_attack(
                     tasks.spawn(attacker(kind, source, port, counters, stop));
                 }
                 tokio::task::yield_now().await;
+            }
+            for token in tokens {
+                tasks.spawn(idle_worker(url.clone(), token, Arc::clone(&stop)));
             }
             tasks.spawn(register_strangers(url, registrations, Arc::clone(&counters), Arc::clone(&stop)));
             while tasks.join_next().await.is_some() {}
@@ -365,6 +379,40 @@ async fn hold(kind: Kind, stream: &mut tokio::net::TcpStream, counters: &AttackC
                     return;
                 }
             }
+        }
+    }
+}
+
+/// An admitted worker that never trains: registers with `token`, then asks
+/// for the round again and again (each a fresh signed read) until `stop`.
+async fn idle_worker(url: String, token: String, stop: Arc<AtomicBool>) {
+    let client = reqwest::Client::new();
+    let Ok(run) = async { client.get(format!("{url}/v1/run")).send().await?.json::<crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo>>().await }.await else {
+        return;
+    };
+    let run_id = run.body.run_id;
+    let Ok(identity) = Identity::generate() else { return };
+    let nonce = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
+    };
+    let send = |method: &'static str, path: &'static str, body: Vec<u8>| {
+        let declared = BodyDeclaration::of(&body);
+        let auth = RequestAuth::sign_declared(&identity, &run_id, method, path, nonce(), &declared);
+        client
+            .request(method.parse().expect("a method"), format!("{url}{path}"))
+            .header(RUN_HEADER, run_id.to_hex())
+            .header(AUTH_HEADER, auth.to_header())
+            .header(BODY_HEADER, declared.to_header())
+            .body(body)
+            .send()
+    };
+    let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: Some(token) }).expect("json");
+    if send("POST", "/v1/workers", body).await.is_err() {
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        if send("GET", "/v1/round?wait_ms=200", Vec::new()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
