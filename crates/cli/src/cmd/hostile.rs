@@ -71,9 +71,22 @@ pub struct HostileArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+
+    /// Internal: attack the coordinator at this URL until stdin closes,
+    /// then print the counts (the load is split over processes, each under
+    /// its open-files limit).
+    #[arg(long, hide = true, value_name = "URL")]
+    attack: Option<String>,
+
+    /// Internal: admission tokens for the idle workers, one per line.
+    #[arg(long, hide = true, value_name = "FILE")]
+    tokens: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Default, Serialize)]
+/// Connections one attacking process holds at most.
+const CONNECTIONS_PER_PROCESS: usize = 9_000;
+
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 struct Attack {
     /// Connections the attackers held at once, at most (all kinds).
     connections_held_max: i64,
@@ -112,9 +125,8 @@ struct HostileReport {
 }
 
 pub fn run(args: HostileArgs) -> anyhow::Result<()> {
-    let descriptors = raise_open_files((args.idle + args.slowloris + args.uploads) as u64 + 4096)?;
-    if !args.json {
-        eprintln!("open files for the attackers: {descriptors}");
+    if let Some(url) = args.attack.clone() {
+        return attack_until_stdin_closes(url, &args);
     }
     let mut words: Vec<String> = vec![
         "--workers".into(),
@@ -133,15 +145,22 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
     let demo_args = demo::args_from(&words);
 
     let unloaded = measured(&demo_args, |_, _, _| Ok(None))?;
-    let attack = Arc::new(AttackCounters::default());
+    let mut attackers = Vec::new();
     let loaded = measured(&demo_args, |url, _, dir| {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tokens = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), args.idle_workers)?;
-        let tokens = tokens.iter().map(ToString::to_string).collect();
-        let handle = spawn_attack(url.to_owned(), &args, tokens, Arc::clone(&attack), Arc::clone(&stop))?;
-        Ok(Some((stop, handle)))
-    })?;
-    let mut attack = attack.report();
+        attackers = start_attackers(url, &args, dir)?;
+        Ok(None)
+    });
+    let mut attack = Attack::default();
+    for attacker in attackers {
+        let part = finish_attacker(attacker)?;
+        attack.connections_held_max += part.connections_held_max;
+        attack.connections_opened += part.connections_opened;
+        attack.uploads_refused_on_headers += part.uploads_refused_on_headers;
+        attack.registrations_sent += part.registrations_sent;
+        attack.registrations_refused += part.registrations_refused;
+        attack.registrations_accepted += part.registrations_accepted;
+    }
+    let loaded = loaded?;
     attack.idle_workers = args.idle_workers;
     let report = HostileReport {
         rounds_per_second_ratio: loaded.rounds_per_second / unloaded.rounds_per_second,
@@ -173,6 +192,63 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
 }
 
 type Attacking = Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>;
+
+/// Starts the attacking processes (this binary, `--attack URL`): the idle
+/// connections in parts of [`CONNECTIONS_PER_PROCESS`], everything else in
+/// the first.
+fn start_attackers(url: &str, args: &HostileArgs, dir: &std::path::Path) -> anyhow::Result<Vec<std::process::Child>> {
+    let tokens = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), args.idle_workers)?;
+    let tokens_file = dir.join("idle-workers.tokens");
+    std::fs::write(&tokens_file, tokens.iter().map(|token| format!("{token}\n")).collect::<String>())?;
+    let binary = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut idle_left = args.idle;
+    let mut first = true;
+    while first || idle_left > 0 {
+        let idle = idle_left.min(CONNECTIONS_PER_PROCESS);
+        idle_left -= idle;
+        let (slowloris, uploads, registrations) =
+            if first { (args.slowloris, args.uploads, args.registrations) } else { (0, 0, 0) };
+        let mut command = std::process::Command::new(&binary);
+        command
+            .args(["bench", "hostile", "--attack", url])
+            .args(["--idle", &idle.to_string(), "--slowloris", &slowloris.to_string()])
+            .args(["--uploads", &uploads.to_string(), "--registrations", &registrations.to_string()])
+            .args(["--sources", &args.sources.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if first && args.idle_workers > 0 {
+            command.arg("--tokens").arg(&tokens_file);
+        }
+        children.push(command.spawn().context("could not start an attacker")?);
+        first = false;
+    }
+    Ok(children)
+}
+
+/// Stops an attacking process (closes its stdin) and reads its counts.
+fn finish_attacker(mut child: std::process::Child) -> anyhow::Result<Attack> {
+    drop(child.stdin.take());
+    let output = child.wait_with_output()?;
+    serde_json::from_slice(&output.stdout).context("an attacker printed no counts")
+}
+
+/// `--attack URL`: runs the attackers until stdin closes, then prints
+/// their counts as JSON.
+fn attack_until_stdin_closes(url: String, args: &HostileArgs) -> anyhow::Result<()> {
+    raise_open_files((args.idle + args.slowloris + args.uploads) as u64 + 1024)?;
+    let tokens = match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)?.lines().map(str::to_owned).collect(),
+        None => Vec::new(),
+    };
+    let counters = Arc::new(AttackCounters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = spawn_attack(url, args, tokens, Arc::clone(&counters), Arc::clone(&stop))?;
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    stop.store(true, Ordering::Relaxed);
+    let _ = handle.join();
+    output::print_json(&counters.report())
+}
 
 /// Runs the demo, sampling the coordinator's memory, with whatever
 /// `on_start` starts beside it (stopped when the run ends).
