@@ -64,7 +64,7 @@
 //! mode = "token"    # or "allow-list" (with allow_list = "FILE"), or "open"
 //!
 //! [server]          # this coordinator's connection limits (local)
-//! max_connections = 4096
+//! max_connections = 2048
 //! max_connections_per_address = 64
 //! header_timeout_ms = 10000
 //! body_timeout_ms = 10000
@@ -201,7 +201,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            max_connections: 4096,
+            max_connections: 2048,
             max_connections_per_address: 64,
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,

@@ -312,7 +312,7 @@ impl Connection {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .max_buf_size(64 * 1024)
+            .max_buf_size(16 * 1024)
             .keep_alive(true);
         let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
         let connection = builder.serve_connection(io, service);
