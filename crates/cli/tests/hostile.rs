@@ -17,13 +17,14 @@ use crowdtrain_protocol::{RequestAuth, Signed};
 /// attacker is not the workers' address.
 fn connect_from(last: u8, port: u16) -> Option<TcpStream> {
     let runtime = runtime();
-    runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().ok()?;
-        socket.bind(format!("127.0.0.{last}:0").parse().unwrap()).ok()?;
-        let stream = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.ok()?;
-        stream.into_std().ok()
-    })
-    .inspect(|stream| stream.set_nonblocking(false).unwrap())
+    runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(format!("127.0.0.{last}:0").parse().unwrap()).ok()?;
+            let stream = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.ok()?;
+            stream.into_std().ok()
+        })
+        .inspect(|stream| stream.set_nonblocking(false).unwrap())
 }
 
 /// Whether the server closed `stream` within `within` (a read returns end
@@ -36,7 +37,10 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(error) => {
-                return !matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+                return !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
             }
         }
     }
@@ -65,7 +69,11 @@ fn idle_connections_cannot_take_the_descriptors_the_coordinator_needs() {
     for output in network.join_workers() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
-    let still_open = idle.iter_mut().map(|stream| !closed_within(stream, Duration::from_millis(1))).filter(|open| *open).count();
+    let still_open = idle
+        .iter_mut()
+        .map(|stream| !closed_within(stream, Duration::from_millis(1)))
+        .filter(|open| *open)
+        .count();
     assert!(still_open <= 512, "the coordinator held {still_open} idle connections with 512 descriptors");
     assert!(!network.log("coordinator.log").contains("halting"), "{}", network.log("coordinator.log"));
 }
@@ -132,7 +140,12 @@ fn slowloris_and_stalled_uploads_are_cut_off_and_unsigned_bodies_are_never_read(
     stalled.write_all(&body[..1000]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let second = refusal(&worker.send("POST", &path, worker.update(1e-3), worker.nonce(), run));
-    assert_eq!((second.0, second.1), (429, ErrorCode::RateLimited), "one upload at a time per key: {}", second.2);
+    assert_eq!(
+        (second.0, second.1),
+        (429, ErrorCode::RateLimited),
+        "one upload at a time per key: {}",
+        second.2
+    );
     stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();
     let _ = stalled.read_to_string(&mut answer);

@@ -215,7 +215,8 @@ mod tests {
         let mut nan = honest(6);
         nan[3] = f32::NAN;
         let old = honest(7);
-        let earlier: std::collections::HashSet<[u8; 32]> = [submission(99, &old).digest].into_iter().collect();
+        let earlier: std::collections::HashSet<[u8; 32]> =
+            [submission(99, &old).digest].into_iter().collect();
         let submissions = [
             submission(0, &a),
             submission(1, &b),
@@ -229,7 +230,8 @@ mod tests {
             submission(9, &b),
             submission(10, &[1.0; 7]),
         ];
-        let verdicts = screen(&submissions, 1000, &|digest| earlier.contains(digest), &CheckConfig::default());
+        let verdicts =
+            screen(&submissions, 1000, &|digest| earlier.contains(digest), &CheckConfig::default());
         assert_eq!(
             reasons(&verdicts),
             [
@@ -259,12 +261,8 @@ mod tests {
         let again = a.iter().map(|value| value * 1.000_01).collect::<Vec<_>>();
         // The same worker twice (never happens within a round, but the rule
         // is: no comparison against one's own updates).
-        let verdicts = screen(
-            &[submission(3, &a), submission(3, &again)],
-            1000,
-            &|_| false,
-            &CheckConfig::default(),
-        );
+        let verdicts =
+            screen(&[submission(3, &a), submission(3, &again)], 1000, &|_| false, &CheckConfig::default());
         assert_eq!(reasons(&verdicts), ["pass", "pass"]);
         let huge: Vec<f32> = a.iter().map(|value| value * 1000.0).collect();
         let two = screen(

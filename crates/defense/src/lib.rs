@@ -96,7 +96,8 @@ impl ModelDefense {
         state: AggregatorState,
         earlier: HashSet<[u8; 32]>,
     ) -> Self {
-        let mut defense = Self { checks, aggregator, state, earlier: HashMap::new(), rounds: VecDeque::new() };
+        let mut defense =
+            Self { checks, aggregator, state, earlier: HashMap::new(), rounds: VecDeque::new() };
         defense.remember(earlier.into_iter().collect());
         defense
     }

@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn malformed_tokens_are_refused() {
         let good = AdmissionToken::issue(&[7; 32], TokenId([1; 16])).to_string();
-        for text in ["", "ctadm1", "ctadm1..", &good.replace("ctadm1", "ctadm2"), &format!("{good}.x"), &good[..50]]
+        for text in
+            ["", "ctadm1", "ctadm1..", &good.replace("ctadm1", "ctadm2"), &format!("{good}.x"), &good[..50]]
         {
             assert!(AdmissionToken::parse(text).is_err(), "{text}");
         }

@@ -584,21 +584,34 @@ impl RunConfig {
         let admission = &self.admission;
         match (admission.mode, &admission.allow_list) {
             (AdmissionMode::AllowList, None) => {
-                return Err(invalid("admission.allow_list", "is required with admission.mode = \"allow-list\""));
+                return Err(invalid(
+                    "admission.allow_list",
+                    "is required with admission.mode = \"allow-list\"",
+                ));
             }
             (AdmissionMode::Open | AdmissionMode::Token, Some(_)) => {
-                return Err(invalid("admission.allow_list", "only applies with admission.mode = \"allow-list\""));
+                return Err(invalid(
+                    "admission.allow_list",
+                    "only applies with admission.mode = \"allow-list\"",
+                ));
             }
             _ => {}
         }
         let server = &self.server;
-        check("server.max_connections", (16..=1_000_000).contains(&server.max_connections), "must be between 16 and 1000000")?;
+        check(
+            "server.max_connections",
+            (16..=1_000_000).contains(&server.max_connections),
+            "must be between 16 and 1000000",
+        )?;
         check(
             "server.max_connections_per_address",
             (1..=server.max_connections).contains(&server.max_connections_per_address),
             "must be between 1 and server.max_connections",
         )?;
-        for (field, value) in [("server.header_timeout_ms", server.header_timeout_ms), ("server.body_timeout_ms", server.body_timeout_ms)] {
+        for (field, value) in [
+            ("server.header_timeout_ms", server.header_timeout_ms),
+            ("server.body_timeout_ms", server.body_timeout_ms),
+        ] {
             check(field, (100..=600_000).contains(&value), "must be between 100 and 600000")?;
         }
         for (field, value) in [
@@ -760,7 +773,10 @@ mod tests {
             ("seed = 1\nrounds = 1\n[admission]\nmode = \"allow-list\"\n", "admission.allow_list"),
             ("seed = 1\nrounds = 1\n[admission]\nallow_list = \"keys\"\n", "admission.allow_list"),
             ("seed = 1\nrounds = 1\n[server]\nmax_connections = 2\n", "server.max_connections"),
-            ("seed = 1\nrounds = 1\n[server]\nmax_connections_per_address = 0\n", "server.max_connections_per_address"),
+            (
+                "seed = 1\nrounds = 1\n[server]\nmax_connections_per_address = 0\n",
+                "server.max_connections_per_address",
+            ),
             ("seed = 1\nrounds = 1\n[server]\nheader_timeout_ms = 0\n", "server.header_timeout_ms"),
             ("seed = 1\nrounds = 1\n[server]\nuploads_in_flight = 0\n", "server.uploads_in_flight"),
         ];

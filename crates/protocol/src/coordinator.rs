@@ -767,7 +767,8 @@ impl Coordinator {
                 }
             }
             // Proven: its latest assignment got a commitment from it.
-            let committed: BTreeSet<WorkerId> = round.commitments.iter().map(|&(worker, ..)| worker).collect();
+            let committed: BTreeSet<WorkerId> =
+                round.commitments.iter().map(|&(worker, ..)| worker).collect();
             for worker in &round.participants {
                 if let Some(state) = machine.workers.get_mut(worker) {
                     state.proven = committed.contains(worker);
@@ -789,7 +790,8 @@ impl Coordinator {
     /// the reveal deadline.
     fn resume_replays(&mut self) {
         let Some(open) = self.open.as_mut() else { return };
-        let delegated_later = self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. });
+        let delegated_later =
+            self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. });
         if delegated_later {
             return;
         }
@@ -1717,7 +1719,11 @@ impl Coordinator {
 
     /// Which of `participants` are proven now.
     fn proven_among(&self, participants: &[WorkerId]) -> BTreeSet<WorkerId> {
-        participants.iter().copied().filter(|worker| self.workers.get(worker).is_some_and(|state| state.proven)).collect()
+        participants
+            .iter()
+            .copied()
+            .filter(|worker| self.workers.get(worker).is_some_and(|state| state.proven))
+            .collect()
     }
 
     /// `worker` committed to its assignment (in time or late): it works.
@@ -1801,7 +1807,8 @@ impl Coordinator {
                 // and a quorum are in: the unproven ones get a grace as long
                 // as the round so far.
                 let proven_in = !open.proven.is_empty() && open.proven.iter().all(committed);
-                let enough = open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
+                let enough =
+                    open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
                 if open.early_close_ms.is_none() && proven_in && enough {
                     let grace = self.now_ms.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
                     let early = (self.now_ms + grace).min(deadline_ms);

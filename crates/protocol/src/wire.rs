@@ -144,7 +144,9 @@ impl BodyDeclaration {
             .split_once(':')
             .ok_or_else(|| format!("{BODY_HEADER} must be <length>:<BLAKE3 hex of the body>"))?;
         Ok(Self {
-            length: length.parse().map_err(|_| format!("{BODY_HEADER}: the length must be an unsigned integer"))?,
+            length: length
+                .parse()
+                .map_err(|_| format!("{BODY_HEADER}: the length must be an unsigned integer"))?,
             digest: digest.parse().map_err(|reason| format!("{BODY_HEADER}: {reason}"))?,
         })
     }
@@ -700,7 +702,10 @@ mod tests {
         let other = BodyDeclaration::of(b"bodz");
         assert!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", &other).is_err());
         let longer = BodyDeclaration { length: 5, ..body };
-        assert!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", &longer).is_err(), "the length is bound");
+        assert!(
+            auth.verify(&run, "POST", "/v1/rounds/3/submissions", &longer).is_err(),
+            "the length is bound"
+        );
         let renonced = RequestAuth { nonce: 43, ..auth };
         assert!(renonced.verify(&run, "POST", "/v1/rounds/3/submissions", &body).is_err());
         for header in ["", "4", "x:00", &format!("-1:{}", Digest::of(b"").to_hex())] {

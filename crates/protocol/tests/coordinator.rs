@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
 use crowdtrain_protocol::Aggregated;
 use crowdtrain_protocol::audit::{self, Commitment};
-use crowdtrain_protocol::coordinator::{OpenRound as OpenRoundState, RoundSnapshot, RoundState, WorkerSnapshot};
+use crowdtrain_protocol::coordinator::{
+    OpenRound as OpenRoundState, RoundSnapshot, RoundState, WorkerSnapshot,
+};
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
     Action, AssignmentTemplate, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, RunConfig,
@@ -1275,7 +1277,8 @@ fn the_last_round_is_not_bet_on_and_a_restart_bets_again_on_what_was_persisted()
         .collect();
     assert_eq!(
         actions,
-        [replays, vec![Action::Speculate { round: 0, base_model: model(0), accepted: workers.clone() }]].concat(),
+        [replays, vec![Action::Speculate { round: 0, base_model: model(0), accepted: workers.clone() }]]
+            .concat(),
         "the replays the dead process was running start again at once"
     );
 }

@@ -7,18 +7,19 @@
 
 use std::path::Path;
 
+use crowdtrain_protocol::admission::TokenId;
 use crowdtrain_protocol::audit::Commitment;
 use crowdtrain_protocol::coordinator::{RoundSnapshot, RoundState, Snapshot, WorkerSnapshot};
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
-use crowdtrain_protocol::admission::TokenId;
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 const SCHEMA_VERSION: i64 = 5;
 
 /// Version 4 had no admission tokens: the one change since.
-const MIGRATE_FROM_4: &str = "ALTER TABLE workers ADD COLUMN token BLOB; CREATE UNIQUE INDEX workers_token ON workers (token);";
+const MIGRATE_FROM_4: &str =
+    "ALTER TABLE workers ADD COLUMN token BLOB; CREATE UNIQUE INDEX workers_token ON workers (token);";
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -469,8 +470,9 @@ impl Store {
 
     /// Everything [`crowdtrain_protocol::Coordinator::restore`] needs.
     pub fn snapshot(&self, initial_model: Digest) -> Result<Snapshot, StoreError> {
-        let mut statement =
-            self.connection.prepare("SELECT id, public_key, last_nonce, class, token FROM workers ORDER BY id")?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT id, public_key, last_nonce, class, token FROM workers ORDER BY id")?;
         let workers = statement
             .query_map([], |row| {
                 let token: Option<Vec<u8>> = row.get(4)?;

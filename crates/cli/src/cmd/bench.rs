@@ -272,12 +272,8 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
             })
             .collect();
         let started = Instant::now();
-        let verdicts = crowdtrain_defense::checks::screen(
-            &submissions,
-            parameters,
-            &|_| false,
-            &CheckConfig::default(),
-        );
+        let verdicts =
+            crowdtrain_defense::checks::screen(&submissions, parameters, &|_| false, &CheckConfig::default());
         let checked = started.elapsed().as_secs_f64();
         anyhow::ensure!(verdicts.iter().all(Option::is_none), "honest updates pass the checks: {verdicts:?}");
         let started = Instant::now();

@@ -200,7 +200,7 @@ pub(crate) fn execute(
     };
     let started = Instant::now();
     let binary = std::env::current_exe().context("could not find this executable")?;
-    write_config(&dir, &args)?;
+    write_config(&dir, args)?;
     let mut processes = Processes { children: Vec::new() };
     let url = start_coordinator(&binary, &dir, &mut processes)?;
     on_start(&url, processes.children[0].1.id(), &dir)?;

@@ -196,7 +196,11 @@ type Attacking = Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>;
 /// Starts the attacking processes (this binary, `--attack URL`): the idle
 /// connections in parts of [`CONNECTIONS_PER_PROCESS`], everything else in
 /// the first.
-fn start_attackers(url: &str, args: &HostileArgs, dir: &std::path::Path) -> anyhow::Result<Vec<std::process::Child>> {
+fn start_attackers(
+    url: &str,
+    args: &HostileArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<std::process::Child>> {
     let tokens = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), args.idle_workers)?;
     let tokens_file = dir.join("idle-workers.tokens");
     std::fs::write(&tokens_file, tokens.iter().map(|token| format!("{token}\n")).collect::<String>())?;
@@ -309,7 +313,8 @@ fn raise_open_files(wanted: u64) -> anyhow::Result<u64> {
     // SAFETY: getrlimit and setrlimit read and write the struct we own.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        let raised = libc::rlimit { rlim_cur: wanted.max(limit.rlim_cur), rlim_max: wanted.max(limit.rlim_max) };
+        let raised =
+            libc::rlimit { rlim_cur: wanted.max(limit.rlim_cur), rlim_max: wanted.max(limit.rlim_max) };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
             limit = raised;
         } else {
@@ -360,7 +365,8 @@ fn spawn_attack(
     counters: Arc<AttackCounters>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let port: u16 = url.rsplit(':').next().and_then(|port| port.parse().ok()).context("the demo's URL has a port")?;
+    let port: u16 =
+        url.rsplit(':').next().and_then(|port| port.parse().ok()).context("the demo's URL has a port")?;
     let (idle, slowloris, uploads, registrations, sources) =
         (args.idle, args.slowloris, args.uploads, args.registrations, args.sources.max(1));
     Ok(std::thread::spawn(move || {
@@ -439,7 +445,8 @@ async fn hold(kind: Kind, stream: &mut tokio::net::TcpStream, counters: &AttackC
             if stream.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&vec![0u8; 1024 * 1024])).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stream.write_all(&vec![0u8; 1024 * 1024])).await;
         }
     }
     while !stop.load(Ordering::Relaxed) {
@@ -463,13 +470,24 @@ async fn hold(kind: Kind, stream: &mut tokio::net::TcpStream, counters: &AttackC
 /// for the round again and again (each a fresh signed read) until `stop`.
 async fn idle_worker(url: String, token: String, stop: Arc<AtomicBool>) {
     let client = reqwest::Client::new();
-    let Ok(run) = async { client.get(format!("{url}/v1/run")).send().await?.json::<crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo>>().await }.await else {
+    let Ok(run) = async {
+        client
+            .get(format!("{url}/v1/run"))
+            .send()
+            .await?
+            .json::<crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo>>()
+            .await
+    }
+    .await
+    else {
         return;
     };
     let run_id = run.body.run_id;
     let Ok(identity) = Identity::generate() else { return };
     let nonce = || {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_micros() as u64)
     };
     let send = |method: &'static str, path: &'static str, body: Vec<u8>| {
         let declared = BodyDeclaration::of(&body);
@@ -482,7 +500,8 @@ async fn idle_worker(url: String, token: String, stop: Arc<AtomicBool>) {
             .body(body)
             .send()
     };
-    let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: Some(token) }).expect("json");
+    let body =
+        serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: Some(token) }).expect("json");
     if send("POST", "/v1/workers", body).await.is_err() {
         return;
     }
@@ -496,8 +515,7 @@ async fn idle_worker(url: String, token: String, stop: Arc<AtomicBool>) {
 /// Registers `count` fresh keys without an admission token, 16 at a time,
 /// from 127.0.2.1.
 async fn register_strangers(url: String, count: usize, counters: Arc<AttackCounters>, stop: Arc<AtomicBool>) {
-    let Ok(client) =
-        reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 2, 1])).build()
+    let Ok(client) = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 2, 1])).build()
     else {
         return;
     };
@@ -518,7 +536,8 @@ async fn register_strangers(url: String, count: usize, counters: Arc<AttackCount
             let nonce = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_micros() as u64);
-            let auth = RequestAuth::sign_declared(&identity, &run_id, "POST", "/v1/workers", nonce, &declared);
+            let auth =
+                RequestAuth::sign_declared(&identity, &run_id, "POST", "/v1/workers", nonce, &declared);
             let request = client
                 .post(format!("{url}/v1/workers"))
                 .header(RUN_HEADER, run_id.to_hex())

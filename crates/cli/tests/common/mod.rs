@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crowdtrain_data::{DataSource, Sharding};
 use crowdtrain_protocol::wire::{
-    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, Phase, RUN_HEADER, RegisterRequest, RoundView,
-    RunInfo, RunStatus,
+    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, Phase, RUN_HEADER, RegisterRequest,
+    RoundView, RunInfo, RunStatus,
 };
 use crowdtrain_protocol::{Commitment, Digest, Identity, RequestAuth, Signed};
 use crowdtrain_train::diloco::{DilocoConfig, simulate};

@@ -31,16 +31,19 @@ pub struct Admission {
 /// The allow-list file and the keys read from it, re-read when it changes.
 struct AllowList {
     path: PathBuf,
-    read: Mutex<(Option<SystemTime>, BTreeSet<PublicKey>)>,
+    read: Mutex<Listed>,
 }
+
+/// The keys of an allow-list, as of the file's modification time.
+type Listed = (Option<SystemTime>, BTreeSet<PublicKey>);
 
 impl Admission {
     pub fn open(config: &AdmissionSection, state_dir: &Path) -> Result<Self, NodeError> {
         let secret = load_or_create_secret(&state_dir.join(SECRET_FILE))?;
-        let allow_list = config.allow_list.as_ref().map(|path| AllowList {
-            path: path.clone(),
-            read: Mutex::new((None, BTreeSet::new())),
-        });
+        let allow_list = config
+            .allow_list
+            .as_ref()
+            .map(|path| AllowList { path: path.clone(), read: Mutex::new((None, BTreeSet::new())) });
         let admission = Self { mode: config.mode, secret, allow_list };
         if let Some(list) = &admission.allow_list {
             // A missing or malformed list is an operator's mistake: say so
@@ -68,7 +71,10 @@ impl Admission {
                     )
                 })?;
                 let token = AdmissionToken::parse(text).map_err(|reason| {
-                    Failure::new(ErrorCode::NotAdmitted, format!("the admission token is malformed: {reason}"))
+                    Failure::new(
+                        ErrorCode::NotAdmitted,
+                        format!("the admission token is malformed: {reason}"),
+                    )
                 })?;
                 if !token.verify(&self.secret) {
                     return Err(Failure::new(
@@ -85,7 +91,9 @@ impl Admission {
                 } else {
                     Err(Failure::new(
                         ErrorCode::NotAdmitted,
-                        format!("key {key} is not on this run's allow-list (yet); ask its operator to add it"),
+                        format!(
+                            "key {key} is not on this run's allow-list (yet); ask its operator to add it"
+                        ),
                     ))
                 }
             }
@@ -95,17 +103,21 @@ impl Admission {
 
 impl AllowList {
     /// The keys in the file, read again if it changed since.
-    fn read(&self) -> Result<std::sync::MutexGuard<'_, (Option<SystemTime>, BTreeSet<PublicKey>)>, String> {
+    fn read(&self) -> Result<std::sync::MutexGuard<'_, Listed>, String> {
         let describe = |error: std::io::Error| format!("allow-list {}: {error}", self.path.display());
         let metadata = std::fs::metadata(&self.path).map_err(describe)?;
         if metadata.len() > ALLOW_LIST_BYTES_MAX {
-            return Err(format!("allow-list {} is larger than {ALLOW_LIST_BYTES_MAX} bytes", self.path.display()));
+            return Err(format!(
+                "allow-list {} is larger than {ALLOW_LIST_BYTES_MAX} bytes",
+                self.path.display()
+            ));
         }
         let modified = metadata.modified().ok();
         let mut read = self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if read.0.is_none() || read.0 != modified {
             let text = std::fs::read_to_string(&self.path).map_err(describe)?;
-            let keys = parse_allow_list(&text).map_err(|reason| format!("allow-list {}: {reason}", self.path.display()))?;
+            let keys = parse_allow_list(&text)
+                .map_err(|reason| format!("allow-list {}: {reason}", self.path.display()))?;
             *read = (modified, keys);
         }
         Ok(read)
@@ -122,7 +134,10 @@ pub fn issue_tokens(state_dir: &Path, count: usize) -> Result<Vec<AdmissionToken
         .map(|_| {
             let mut id = [0u8; 16];
             getrandom::fill(&mut id).map_err(|error| {
-                NodeError::io("the operating system's random number generator", std::io::Error::other(error.to_string()))
+                NodeError::io(
+                    "the operating system's random number generator",
+                    std::io::Error::other(error.to_string()),
+                )
             })?;
             Ok(AdmissionToken::issue(&secret, TokenId(id)))
         })

@@ -55,7 +55,8 @@ impl IntoResponse for Failure {
             ErrorCode::Full => Some("5"),
             _ => None,
         };
-        let mut response = (status, Json(ApiError { error: self.code, message: self.message })).into_response();
+        let mut response =
+            (status, Json(ApiError { error: self.code, message: self.message })).into_response();
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
@@ -210,15 +211,15 @@ fn verify_signature(
     let auth =
         RequestAuth::parse_header(auth).map_err(|reason| Failure::new(ErrorCode::Unauthenticated, reason))?;
     let declared = match header_text(BODY_HEADER) {
-        Some(text) => {
-            BodyDeclaration::parse_header(text).map_err(|reason| Failure::new(ErrorCode::BadRequest, reason))?
-        }
+        Some(text) => BodyDeclaration::parse_header(text)
+            .map_err(|reason| Failure::new(ErrorCode::BadRequest, reason))?,
         None if headers.contains_key(BODY_HEADER) => {
             return Err(Failure::new(ErrorCode::BadRequest, format!("{BODY_HEADER} is not text")));
         }
         None => BodyDeclaration::empty(),
     };
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    let length =
+        headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if length.is_some_and(|length| length != declared.length) {
         return Err(Failure::new(
             ErrorCode::BadRequest,
@@ -283,7 +284,8 @@ async fn register(
                 ),
             )
         })?;
-        blocking(move || node.register(auth.worker, auth.nonce, &request.class, request.token.as_deref())).await
+        blocking(move || node.register(auth.worker, auth.nonce, &request.class, request.token.as_deref()))
+            .await
     };
     match result.await {
         Ok(registration) => Json(registration).into_response(),
@@ -504,6 +506,7 @@ fn receipt_response(result: Result<Signed<Receipt>, Failure>) -> Response {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn commitment(
     State(node): State<Arc<Node>>,
     State(limits): State<Arc<RequestLimits>>,
@@ -528,6 +531,7 @@ async fn commitment(
     receipt_response(result.await)
 }
 
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn reveal(
     State(node): State<Arc<Node>>,
     State(limits): State<Arc<RequestLimits>>,
@@ -549,6 +553,7 @@ async fn reveal(
     receipt_response(result.await)
 }
 
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn audit_answer(
     State(node): State<Arc<Node>>,
     State(limits): State<Arc<RequestLimits>>,
@@ -593,6 +598,7 @@ async fn audit_task(
 
 /// `POST /v1/rounds/{round}/audit-tasks/{audited}`: a delegated auditor's
 /// report (postcard).
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn audit_report(
     State(node): State<Arc<Node>>,
     State(limits): State<Arc<RequestLimits>>,
@@ -631,7 +637,8 @@ async fn status(
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
-        return Failure::new(ErrorCode::BadRequest, "rounds_from and rounds_limit are round counts").into_response();
+        return Failure::new(ErrorCode::BadRequest, "rounds_from and rounds_limit are round counts")
+            .into_response();
     };
     let limit = query.rounds_limit.unwrap_or(STATUS_ROUNDS_DEFAULT).min(STATUS_ROUNDS_MAX);
     match blocking(move || node.status(query.rounds_from, limit)).await {

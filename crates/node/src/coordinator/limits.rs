@@ -86,7 +86,8 @@ impl RequestLimits {
     /// A slot to receive one upload from `key`, if the key and the
     /// coordinator have one free.
     pub fn begin_upload(self: &Arc<Self>, key: PublicKey) -> Result<UploadSlot, Failure> {
-        let busy = || Failure::new(ErrorCode::RateLimited, "too many uploads in progress; send it again shortly");
+        let busy =
+            || Failure::new(ErrorCode::RateLimited, "too many uploads in progress; send it again shortly");
         {
             let mut per_key = self.uploads_per_key.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let count = per_key.entry(key).or_default();

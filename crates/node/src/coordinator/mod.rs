@@ -1390,7 +1390,8 @@ impl Node {
     /// then checkpoints the WAL.
     fn evaluate_round(&self, round: RoundId, model: &Digest) -> Result<(), NodeError> {
         let bytes = self.published_or_stored(model)?;
-        let params = checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?;
+        let params =
+            checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?;
         let built = self.config.model.kind.build();
         let evaluation = self.background.install(|| evaluate(built.as_ref(), &params, &self.dataset.test))?;
         self.lock().store.set_evaluation(round, evaluation.accuracy, evaluation.loss)?;
@@ -1603,7 +1604,9 @@ fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
     let mut file = match options.open(path) {
         // Created meanwhile by another process (the coordinator, or
         // `crowdtrain admission token`): use that one.
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => return load_or_create_secret(path),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            return load_or_create_secret(path);
+        }
         opened => opened.map_err(io)?,
     };
     std::io::Write::write_all(&mut file, hex::encode(secret).as_bytes()).map_err(io)?;

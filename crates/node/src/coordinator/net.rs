@@ -274,7 +274,8 @@ pub async fn serve(
         });
     }
     let _ = stop.send(true);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, async { while tasks.join_next().await.is_some() {} }).await;
+    let _ =
+        tokio::time::timeout(SHUTDOWN_GRACE * 2, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     Ok(())
 }

@@ -164,7 +164,11 @@ impl Client {
                                 }
                                 Some(ErrorCode::Full) => return Ok(answer),
                                 _ if !status.is_server_error() => return Ok(answer),
-                                _ => format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&answer.body)),
+                                _ => format!(
+                                    "HTTP {}: {}",
+                                    status.as_u16(),
+                                    String::from_utf8_lossy(&answer.body)
+                                ),
                             }
                         }
                         Err(error) => format!("reading the answer failed: {error}"),

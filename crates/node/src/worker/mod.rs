@@ -402,7 +402,12 @@ async fn register(
     let mut wait = REGISTRATION_RETRY_START;
     loop {
         let answer = client
-            .request(Method::POST, "/v1/workers", body.clone(), &[("content-type", "application/json".into())])
+            .request(
+                Method::POST,
+                "/v1/workers",
+                body.clone(),
+                &[("content-type", "application/json".into())],
+            )
             .await?;
         let can_pass = match answer.code() {
             None => return Ok(answer),
