@@ -43,6 +43,8 @@ enum Command {
     Worker(cmd::worker::WorkerArgs),
     /// Create a worker identity (an ed25519 key).
     Keygen(cmd::keygen::KeygenArgs),
+    /// Admit workers to a run: issue admission tokens.
+    Admission(cmd::admission::AdmissionArgs),
     /// Read or verify a run's signed ledger.
     Ledger(cmd::ledger::LedgerArgs),
     /// Per-worker verified work, quality, slashes and credits, from the signed ledger.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => cmd::coordinator::run(args),
         Command::Worker(args) => cmd::worker::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Admission(args) => cmd::admission::run(args),
         Command::Ledger(args) => cmd::ledger::run(args),
         Command::Rewards(args) => cmd::rewards::run(args),
         Command::Battery(args) => cmd::battery::run_battery(args),

@@ -27,7 +27,7 @@
 //! Every number is computed in a fixed order ([`crate::linalg`]), so the
 //! verdicts are the same on every machine.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ impl fmt::Display for Refusal {
 pub fn screen(
     submissions: &[Submission<'_>],
     expected_len: usize,
-    earlier: &HashSet<[u8; 32]>,
+    earlier: &dyn Fn(&[u8; 32]) -> bool,
     config: &CheckConfig,
 ) -> Vec<Option<Refusal>> {
     let mut verdicts: Vec<Option<Refusal>> = submissions
@@ -113,7 +113,7 @@ pub fn screen(
             if submission.values.iter().all(|&value| value == 0.0) {
                 return Some(Refusal::Empty);
             }
-            earlier.contains(&submission.digest).then_some(Refusal::Resubmitted)
+            earlier(&submission.digest).then_some(Refusal::Resubmitted)
         })
         .collect();
     let mut first_with_digest: BTreeMap<[u8; 32], u64> = BTreeMap::new();
@@ -200,7 +200,8 @@ mod tests {
         let mut nan = honest(6);
         nan[3] = f32::NAN;
         let old = honest(7);
-        let earlier: HashSet<[u8; 32]> = [submission(99, &old).digest].into_iter().collect();
+        let earlier: std::collections::HashSet<[u8; 32]> =
+            [submission(99, &old).digest].into_iter().collect();
         let submissions = [
             submission(0, &a),
             submission(1, &b),
@@ -214,7 +215,8 @@ mod tests {
             submission(9, &b),
             submission(10, &[1.0; 7]),
         ];
-        let verdicts = screen(&submissions, 1000, &earlier, &CheckConfig::default());
+        let verdicts =
+            screen(&submissions, 1000, &|digest| earlier.contains(digest), &CheckConfig::default());
         assert_eq!(
             reasons(&verdicts),
             [
@@ -244,18 +246,14 @@ mod tests {
         let again = a.iter().map(|value| value * 1.000_01).collect::<Vec<_>>();
         // The same worker twice (never happens within a round, but the rule
         // is: no comparison against one's own updates).
-        let verdicts = screen(
-            &[submission(3, &a), submission(3, &again)],
-            1000,
-            &HashSet::new(),
-            &CheckConfig::default(),
-        );
+        let verdicts =
+            screen(&[submission(3, &a), submission(3, &again)], 1000, &|_| false, &CheckConfig::default());
         assert_eq!(reasons(&verdicts), ["pass", "pass"]);
         let huge: Vec<f32> = a.iter().map(|value| value * 1000.0).collect();
         let two = screen(
             &[submission(0, &honest(2)), submission(1, &huge)],
             1000,
-            &HashSet::new(),
+            &|_| false,
             &CheckConfig::default(),
         );
         assert_eq!(reasons(&two), ["pass", "pass"], "a median of two is no reference");
@@ -273,7 +271,7 @@ mod tests {
             all.iter().enumerate().map(|(worker, values)| submission(worker as u64, values)).collect();
         let run = |threads| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| screen(&submissions, 70_000, &HashSet::new(), &CheckConfig::default()))
+            pool.install(|| screen(&submissions, 70_000, &|_| false, &CheckConfig::default()))
         };
         let one = run(1);
         assert!(matches!(one[6], Some(Refusal::NearDuplicate { of: 0, .. })));

@@ -29,7 +29,7 @@ pub mod checks;
 pub mod linalg;
 pub mod quality;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crowdtrain_train::diloco::{Aggregate, WorkerUpdate};
 
@@ -59,9 +59,19 @@ pub struct ModelDefense {
     pub checks: CheckConfig,
     pub aggregator: Aggregator,
     state: AggregatorState,
-    /// Digests of every update submitted in earlier rounds.
-    earlier: HashSet<[u8; 32]>,
+    /// Digests of the updates submitted in the last
+    /// [`RESUBMISSION_WINDOW_ROUNDS`] rounds, with how many of those rounds
+    /// hold each, and each round's digests, oldest first.
+    earlier: HashMap<[u8; 32], u32>,
+    rounds: VecDeque<Vec<[u8; 32]>>,
 }
+
+/// How many rounds back an update is remembered for the resubmission
+/// check. Bounded so the coordinator's memory is: freshness is first the
+/// protocol's binding (a submission names its round and base model in its
+/// signed request, and an audit replays it from that model), and an update
+/// this old would score as noise and earn nothing.
+pub const RESUBMISSION_WINDOW_ROUNDS: usize = 1024;
 
 impl ModelDefense {
     pub fn new(checks: CheckConfig, aggregator: Aggregator) -> Self {
@@ -69,14 +79,38 @@ impl ModelDefense {
     }
 
     /// A defence that remembers `state` and the digests of `earlier`
-    /// submissions (what a restarted coordinator reads back).
+    /// submissions (what a restarted coordinator reads back: those of the
+    /// last [`RESUBMISSION_WINDOW_ROUNDS`] rounds, remembered from now on
+    /// as one round).
     pub fn restore(
         checks: CheckConfig,
         aggregator: Aggregator,
         state: AggregatorState,
         earlier: HashSet<[u8; 32]>,
     ) -> Self {
-        Self { checks, aggregator, state, earlier }
+        let mut defense =
+            Self { checks, aggregator, state, earlier: HashMap::new(), rounds: VecDeque::new() };
+        defense.remember(earlier.into_iter().collect());
+        defense
+    }
+
+    /// Remembers one round's digests, forgetting the oldest round's beyond
+    /// the window.
+    fn remember(&mut self, digests: Vec<[u8; 32]>) {
+        for digest in &digests {
+            *self.earlier.entry(*digest).or_default() += 1;
+        }
+        self.rounds.push_back(digests);
+        while self.rounds.len() > RESUBMISSION_WINDOW_ROUNDS {
+            for digest in self.rounds.pop_front().expect("non-empty") {
+                if let std::collections::hash_map::Entry::Occupied(mut entry) = self.earlier.entry(digest) {
+                    *entry.get_mut() -= 1;
+                    if *entry.get() == 0 {
+                        entry.remove();
+                    }
+                }
+            }
+        }
     }
 
     pub fn state(&self) -> &AggregatorState {
@@ -89,7 +123,8 @@ impl ModelDefense {
     /// was committed, but the aggregate's bits never depend on arrival
     /// times.
     pub fn decide(&self, submissions: &[Submission<'_>], len: usize) -> Decision {
-        let verdicts = checks::screen(submissions, len, &self.earlier, &self.checks);
+        let verdicts =
+            checks::screen(submissions, len, &|digest| self.earlier.contains_key(digest), &self.checks);
         let mut refused = Vec::new();
         let mut passing = Vec::new();
         for (submission, verdict) in submissions.iter().zip(verdicts) {
@@ -127,7 +162,7 @@ impl ModelDefense {
     /// The round counted: remember its submissions and apply what the
     /// aggregator learned from it.
     pub fn commit(&mut self, decision: Decision) {
-        self.earlier.extend(decision.digests);
+        self.remember(decision.digests);
         if let Some(change) = decision.change {
             self.state.apply(change);
         }
@@ -136,7 +171,7 @@ impl ModelDefense {
     /// The round did not count (too few updates passed): remember its
     /// submissions, so they cannot come back, but learn nothing from them.
     pub fn set_aside(&mut self, decision: Decision) {
-        self.earlier.extend(decision.digests);
+        self.remember(decision.digests);
     }
 }
 

@@ -59,7 +59,24 @@
 //! [limits]
 //! max_workers = 1024
 //! max_upload_bytes = 67108864
+//!
+//! [admission]       # who may register (local to this coordinator)
+//! mode = "token"    # or "allow-list" (with allow_list = "FILE"), or "open"
+//!
+//! [server]          # this coordinator's connection limits (local)
+//! max_connections = 2048
+//! max_connections_per_address = 64
+//! header_timeout_ms = 10000
+//! body_timeout_ms = 10000
+//! requests_per_second_per_address = 200
+//! requests_per_second_per_key = 50
+//! uploads_in_flight = 32
+//! uploads_in_flight_per_key = 2
 //! ```
+//!
+//! `[admission]` and `[server]` are the coordinator's own business: they are
+//! not published to workers nor part of the run's identity, so they may
+//! change between restarts of the same run.
 
 use std::path::PathBuf;
 
@@ -107,6 +124,89 @@ pub struct RunConfig {
     pub quality: QualityConfig,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Who may register (never serialised: local to the coordinator).
+    #[serde(default, skip_serializing)]
+    pub admission: AdmissionSection,
+    /// Connection limits (never serialised: local to the coordinator).
+    #[serde(default, skip_serializing)]
+    pub server: ServerSection,
+}
+
+/// How workers are admitted (see [`crate::admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdmissionMode {
+    /// Anyone may register: for trusted networks and tests.
+    Open,
+    /// Workers present an operator-issued token once, at registration.
+    #[default]
+    Token,
+    /// Only the public keys listed in `admission.allow_list`.
+    AllowList,
+    // Issue 14 adds `Bond`: admission by a stake that slashing can take.
+}
+
+impl AdmissionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Token => "token",
+            Self::AllowList => "allow-list",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    #[serde(default)]
+    pub mode: AdmissionMode,
+    /// The allow-list file: one worker public key (hex) per line, `#`
+    /// comments. Re-read when it changes.
+    pub allow_list: Option<PathBuf>,
+}
+
+/// The coordinator's connection discipline: what any party on the network
+/// can make it hold. Local to the coordinator (not part of the run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Connections held at once (also capped by the file descriptors the
+    /// process may open, less a reserve for its own files). At the cap, a
+    /// new connection closes the one idle longest.
+    pub max_connections: u32,
+    /// Connections held at once from one IPv4 address or IPv6 /64.
+    pub max_connections_per_address: u32,
+    /// The time a client has to send a request's headers, and the longest
+    /// a connection may sit idle between requests.
+    pub header_timeout_ms: u64,
+    /// The longest an upload may pause; an upload must also keep up at
+    /// least 64 KiB/s on average (after this grace).
+    pub body_timeout_ms: u64,
+    /// Requests per second from one address (bursts of twice as many).
+    pub requests_per_second_per_address: u32,
+    /// Requests per second signed by one key (bursts of twice as many).
+    pub requests_per_second_per_key: u32,
+    /// Uploads (commitments, reveals, audit answers and reports) being
+    /// received at once, in all.
+    pub uploads_in_flight: u32,
+    /// Uploads being received at once from one key.
+    pub uploads_in_flight_per_key: u32,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 2048,
+            max_connections_per_address: 64,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            requests_per_second_per_address: 200,
+            requests_per_second_per_key: 50,
+            uploads_in_flight: 32,
+            uploads_in_flight_per_key: 2,
+        }
+    }
 }
 
 /// The aggregation rule, with only the parameters that rule takes.
@@ -371,6 +471,47 @@ impl RunConfig {
             (1024..=4 * 1024 * 1024 * 1024).contains(&limits.max_upload_bytes),
             "must be between 1024 and 4294967296",
         )?;
+        let admission = &self.admission;
+        match (admission.mode, &admission.allow_list) {
+            (AdmissionMode::AllowList, None) => {
+                return Err(invalid(
+                    "admission.allow_list",
+                    "is required with admission.mode = \"allow-list\"",
+                ));
+            }
+            (AdmissionMode::Open | AdmissionMode::Token, Some(_)) => {
+                return Err(invalid(
+                    "admission.allow_list",
+                    "only applies with admission.mode = \"allow-list\"",
+                ));
+            }
+            _ => {}
+        }
+        let server = &self.server;
+        check(
+            "server.max_connections",
+            (16..=1_000_000).contains(&server.max_connections),
+            "must be between 16 and 1000000",
+        )?;
+        check(
+            "server.max_connections_per_address",
+            (1..=server.max_connections).contains(&server.max_connections_per_address),
+            "must be between 1 and server.max_connections",
+        )?;
+        for (field, value) in [
+            ("server.header_timeout_ms", server.header_timeout_ms),
+            ("server.body_timeout_ms", server.body_timeout_ms),
+        ] {
+            check(field, (100..=600_000).contains(&value), "must be between 100 and 600000")?;
+        }
+        for (field, value) in [
+            ("server.requests_per_second_per_address", server.requests_per_second_per_address),
+            ("server.requests_per_second_per_key", server.requests_per_second_per_key),
+            ("server.uploads_in_flight", server.uploads_in_flight),
+            ("server.uploads_in_flight_per_key", server.uploads_in_flight_per_key),
+        ] {
+            check(field, (1..=1_000_000).contains(&value), "must be between 1 and 1000000")?;
+        }
         Ok(())
     }
 
@@ -502,6 +643,27 @@ mod tests {
             ("rounds = 1\n[training]\nseed = 1\n[quality]\neval_examples = 0\n", "quality.eval_examples"),
             ("rounds = 1\n[training]\nseed = 1\n[quality]\nsmoothing = 0.0\n", "quality.smoothing"),
             ("rounds = 1\n[training]\nseed = 1\n[quality]\nfull_credit_at = 0.1\n", "quality.full_credit_at"),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[admission]\nmode = \"allow-list\"\n",
+                "admission.allow_list",
+            ),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[admission]\nallow_list = \"keys\"\n",
+                "admission.allow_list",
+            ),
+            ("rounds = 1\n[training]\nseed = 1\n[server]\nmax_connections = 2\n", "server.max_connections"),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[server]\nmax_connections_per_address = 0\n",
+                "server.max_connections_per_address",
+            ),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[server]\nheader_timeout_ms = 0\n",
+                "server.header_timeout_ms",
+            ),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[server]\nuploads_in_flight = 0\n",
+                "server.uploads_in_flight",
+            ),
         ];
         for (text, field) in cases {
             assert_eq!(error_field(text), field, "{text}");

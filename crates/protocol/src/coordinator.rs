@@ -95,10 +95,34 @@
 //!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
 //! later ones when `quorum` are; participants are the active workers sorted
-//! by id (position = slot = shard). A worker is active if seen within
-//! `worker_timeout_ms` and it did not miss its previous round (seen again, it
-//! is back). A worker registering mid-round joins at the next round.
-//! Commitments and reveals for closed rounds are recorded as late.
+//! by id (position = slot = shard), at most `max_participants` of them (what
+//! the data can be split into: more would leave a shard without a batch).
+//! A worker registering mid-round joins at the next round. Commitments and
+//! reveals for closed rounds are recorded as late (for the last
+//! [`PAST_ROUNDS_KEPT`] rounds; older ones are refused).
+//!
+//! # Absent workers
+//!
+//! A worker is active if seen within `worker_timeout_ms` and not sitting
+//! out. Anyone admitted can register and then never train, so absence
+//! must cost a round little, and only a few times:
+//!
+//! - A participant that delivers nothing for a round (no commitment; or a
+//!   commitment and no reveal) sits out the next round, then twice as many
+//!   each time it does so again in a row (up to [`SIT_OUT_ROUNDS_MAX`]).
+//!   Being seen (polling for the round, registering again) does not bring it
+//!   back sooner: only a commitment shows it works. One that commits late
+//!   sits out one round and is waited for after that.
+//! - A worker is *proven* once its latest assignment got a commitment from
+//!   it (in time or late). The commit phase waits for every proven
+//!   participant, up to the deadline; once they (one at least) and a
+//!   quorum are in, it waits for the unproven ones (newcomers, workers back
+//!   from sitting out) only as long again as the round has lasted, and at
+//!   least [`UNPROVEN_GRACE_MIN_MS`]. A round of newcomers only (a run's
+//!   first) waits for all of them, up to its deadline. An honest newcomer
+//!   trains about as fast as the others and makes it; one that never
+//!   commits costs each round it is in a fraction of that round, in fewer
+//!   and fewer rounds.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -106,6 +130,7 @@ use serde::{Deserialize, Serialize};
 
 use crowdtrain_recipe::TrainingRecipe;
 
+use crate::admission::TokenId;
 use crate::audit::{self, Commitment};
 use crate::config::RunConfig;
 use crate::identity::PublicKey;
@@ -123,6 +148,25 @@ const MISMATCH: &str = "the reveal does not match the commitment";
 /// coordinator's clock before it is refused as stale.
 pub const NONCE_WINDOW_MS: u64 = 10 * 60 * 1000;
 
+/// How far a signed read's (or a registration's) nonce may be from the
+/// coordinator's clock. Reads are also single-use (each must carry a nonce
+/// above the last read from its key), so a captured one cannot be
+/// replayed to make its worker look alive; the window bounds a replay to
+/// a coordinator that restarted meanwhile (and forgot the last read).
+pub const READ_WINDOW_MS: u64 = 2 * 60 * 1000;
+
+/// The least an open round waits for its unproven participants once its
+/// proven ones and a quorum have committed (see the module docs).
+pub const UNPROVEN_GRACE_MIN_MS: u64 = 1_000;
+
+/// The most rounds a participant that keeps delivering nothing sits out in
+/// a row.
+pub const SIT_OUT_ROUNDS_MAX: u64 = 64;
+
+/// Closed rounds kept in memory to judge late input; late input for older
+/// rounds is refused.
+pub const PAST_ROUNDS_KEPT: u64 = 64;
+
 /// The protocol-relevant part of the run configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -135,6 +179,10 @@ pub struct Settings {
     pub max_extensions: u32,
     pub worker_timeout_ms: u64,
     pub max_workers: u32,
+    /// The most participants a round may have: what the training data can
+    /// be split into whole batches for (the driver computes it from the
+    /// data; [`Settings::from_config`] starts from `max_workers`).
+    pub max_participants: u32,
     pub audit_probability: f64,
     pub segments: u32,
     pub stake: u64,
@@ -156,6 +204,7 @@ impl Settings {
             max_extensions: config.round.max_extensions,
             worker_timeout_ms: config.round.worker_timeout_ms,
             max_workers: config.limits.max_workers,
+            max_participants: config.limits.max_workers,
             audit_probability: config.audit.probability,
             segments: config.audit.segments,
             stake: config.audit.stake,
@@ -342,12 +391,37 @@ impl Outcome {
 struct Worker {
     last_seen_ms: u64,
     last_nonce: u64,
+    /// The last nonce of a signed read (not recorded): reads are
+    /// single-use.
+    last_read_nonce: u64,
     /// Its determinism class (the kernels its CPU runs): only a worker of
     /// the same class replays its segments.
     class: String,
-    /// Assigned to a round that closed without its submission, and not
-    /// seen since.
-    missed: bool,
+    /// It is not assigned rounds before this one (it delivered nothing for
+    /// its last `missed_streak` assignments). Not recorded: a restarted
+    /// coordinator gives everyone a fresh start.
+    sits_out_until: RoundId,
+    missed_streak: u32,
+    /// When it last missed a round.
+    missed_at_ms: u64,
+    /// Its latest assignment got a commitment from it (see the module
+    /// docs); derived from the recorded events.
+    proven: bool,
+}
+
+impl Worker {
+    fn new(now: u64, class: String) -> Self {
+        Self {
+            last_seen_ms: now,
+            last_nonce: 0,
+            last_read_nonce: 0,
+            class,
+            sits_out_until: 0,
+            missed_streak: 0,
+            missed_at_ms: 0,
+            proven: false,
+        }
+    }
 }
 
 /// The phase of the open round.
@@ -413,6 +487,13 @@ pub struct OpenRound {
     pub secret: Option<[u8; 32]>,
     /// Auditors slashed this round (once each).
     pub auditors_slashed: BTreeSet<WorkerId>,
+    /// When the commit phase ends early: set once every proven participant
+    /// and a quorum have committed while unproven ones have not (see the
+    /// module docs). Not recorded: a restored round sets it again.
+    pub early_close_ms: Option<u64>,
+    /// The participants that were proven when the round opened: the commit
+    /// phase waits for them (up to its deadline).
+    pub proven: BTreeSet<WorkerId>,
 }
 
 impl OpenRound {
@@ -424,6 +505,15 @@ impl OpenRound {
     pub fn deadline_ms(&self) -> u64 {
         match self.phase {
             RoundPhase::Committing { deadline_ms, .. } | RoundPhase::Revealing { deadline_ms } => deadline_ms,
+        }
+    }
+
+    /// When the machine next needs the time: the phase's deadline, or the
+    /// early end of the commit phase.
+    fn next_timeout_ms(&self) -> u64 {
+        match (self.phase, self.early_close_ms) {
+            (RoundPhase::Committing { deadline_ms, .. }, Some(early)) => early.min(deadline_ms),
+            _ => self.deadline_ms(),
         }
     }
 }
@@ -523,6 +613,8 @@ pub struct Coordinator {
     audit_master: [u8; 32],
     workers: BTreeMap<WorkerId, Worker>,
     keys: BTreeMap<PublicKey, WorkerId>,
+    /// Admission tokens used, and by whom: a token admits one key.
+    tokens: BTreeMap<TokenId, WorkerId>,
     open: Option<OpenRound>,
     /// The open round, once it is over and waiting for its aggregate,
     /// with the workers whose updates it aggregates.
@@ -549,6 +641,7 @@ impl Coordinator {
             audit_master,
             workers: BTreeMap::new(),
             keys: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             open: None,
             closing: None,
             past: BTreeMap::new(),
@@ -582,12 +675,32 @@ impl Coordinator {
         }
         for worker in machine.workers.values_mut() {
             worker.last_seen_ms = now;
-            worker.missed = false;
         }
         machine.finished |= machine.completed_rounds >= machine.settings.rounds;
+        machine.resume_replays();
         machine.settle();
         machine.maybe_open();
         machine
+    }
+
+    /// Answered audits of the restored round that the driver replays itself
+    /// and that have no verdict: the previous process was replaying them
+    /// when it stopped, so the replays start again at once instead of at
+    /// the reveal deadline.
+    fn resume_replays(&mut self) {
+        let Some(open) = self.open.as_mut() else { return };
+        let delegated_later =
+            self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. });
+        if delegated_later {
+            return;
+        }
+        for (&worker, standing) in &mut open.standings {
+            let replay = standing.answered && standing.verdict.is_none() && standing.auditor.is_none();
+            if let (true, Some(segment)) = (replay, standing.audit) {
+                standing.judging = true;
+                self.actions.push_back(Action::JudgeAudit { round: open.id, worker, segment });
+            }
+        }
     }
 
     /// Records `event`: applies it to the machine's state and hands it to
@@ -608,11 +721,12 @@ impl Coordinator {
             | Event::WorkAccepted { .. }
             | Event::Reward(_)
             | Event::RoundScored { .. } => {}
-            Event::WorkerRegistered { worker, key, class, .. } => {
+            Event::WorkerRegistered { worker, key, class, token, .. } => {
                 self.keys.insert(*key, *worker);
-                let state =
-                    Worker { last_seen_ms: self.now_ms, last_nonce: 0, class: class.clone(), missed: false };
-                self.workers.insert(*worker, state);
+                if let Some(token) = token {
+                    self.tokens.insert(*token, *worker);
+                }
+                self.workers.insert(*worker, Worker::new(self.now_ms, class.clone()));
             }
             Event::RoundOpened {
                 round,
@@ -624,6 +738,7 @@ impl Coordinator {
             } => {
                 assert!(self.open.is_none(), "round {round} opens while another is open");
                 self.next_round = round + 1;
+                let proven = self.proven_among(participants);
                 self.open = Some(OpenRound {
                     id: *round,
                     base_model: *base_model,
@@ -634,6 +749,8 @@ impl Coordinator {
                     secret_commitment: *secret_commitment,
                     secret: None,
                     auditors_slashed: BTreeSet::new(),
+                    early_close_ms: None,
+                    proven,
                 });
             }
             Event::DeadlineExtended { round, commit_deadline_unix_ms, extensions } => {
@@ -642,6 +759,10 @@ impl Coordinator {
             }
             Event::Commitment { round, worker, commitment, status, audit, nonce, received_unix_ms } => {
                 self.record_nonce(*worker, *nonce, *received_unix_ms);
+                // It works: its latest assignment got a commitment.
+                let state = self.workers.get_mut(worker).expect("committing workers exist");
+                state.proven = true;
+                state.missed_streak = 0;
                 match self.open.as_mut().filter(|open| open.id == *round) {
                     Some(open) => {
                         let standing = open.standings.entry(*worker).or_default();
@@ -653,7 +774,9 @@ impl Coordinator {
                         }
                     }
                     None => {
-                        self.past_mut(*round).commitments.insert(*worker, (*status, *commitment));
+                        if let Some(past) = self.past_mut(*round) {
+                            past.commitments.insert(*worker, (*status, *commitment));
+                        }
                     }
                 }
             }
@@ -692,7 +815,9 @@ impl Coordinator {
                         }
                     }
                     None => {
-                        self.past_mut(*round).reveals.insert(*worker, (*status, *payload));
+                        if let Some(past) = self.past_mut(*round) {
+                            past.reveals.insert(*worker, (*status, *payload));
+                        }
                     }
                 }
             }
@@ -728,16 +853,38 @@ impl Coordinator {
         self.open_mut(round).standings.get_mut(&worker).expect("events name the round's participants")
     }
 
-    fn past_mut(&mut self, round: RoundId) -> &mut PastRound {
-        self.past.get_mut(&round).expect("late input names a round that was run")
+    /// A kept past round; `None` for one forgotten since the event was
+    /// recorded (replaying an old ledger).
+    fn past_mut(&mut self, round: RoundId) -> Option<&mut PastRound> {
+        self.past.get_mut(&round)
     }
 
     /// The open round `round` closed or failed: it becomes a past round,
     /// kept to judge late input.
     fn end_open_round(&mut self, round: RoundId) {
         let open = self.open.take().filter(|open| open.id == round).expect("the open round ends");
-        self.past.insert(round, past_round(&open));
+        // Who delivered nothing is no longer proven (one that committed
+        // late still is).
+        for worker in missed(&open) {
+            let late = open.standings.get(&worker).is_some_and(|standing| standing.late_commitment.is_some());
+            if !late {
+                self.workers.get_mut(&worker).expect("participants are workers").proven = false;
+            }
+        }
+        self.remember(round, past_round(&open));
         self.closing = None;
+    }
+
+    /// Keeps closed round `id` to judge late input, forgetting rounds older
+    /// than [`PAST_ROUNDS_KEPT`].
+    fn remember(&mut self, id: RoundId, round: PastRound) {
+        self.past.insert(id, round);
+        while let Some((&oldest, _)) = self.past.first_key_value() {
+            if oldest + PAST_ROUNDS_KEPT > id {
+                break;
+            }
+            self.past.remove(&oldest);
+        }
     }
 
     // (A) getters
@@ -896,10 +1043,29 @@ impl Coordinator {
 
     // (B) inputs
 
-    /// Registers `key` (idempotent: a known key gets its id back). A new
-    /// worker joins at the next round.
+    /// Registers `key` (idempotent: a known key gets its id back), for a
+    /// driver that checked the registration's freshness itself (tests,
+    /// simulations). A new worker joins at the next round.
     pub fn register(&mut self, now: u64, key: PublicKey, class: &str) -> Result<(WorkerId, bool), Refusal> {
+        self.register_admitted(now, key, class, None, None)
+    }
+
+    /// Registers `key` with a signed request's `nonce` (which must be fresh,
+    /// and, for a known key, above its last read: registering again is a
+    /// read that cannot be replayed) and the admission `token` the driver
+    /// checked, if the run admits by token: a token admits one key.
+    pub fn register_admitted(
+        &mut self,
+        now: u64,
+        key: PublicKey,
+        class: &str,
+        nonce: Option<u64>,
+        token: Option<TokenId>,
+    ) -> Result<(WorkerId, bool), Refusal> {
         self.advance(now);
+        if let Some(nonce) = nonce {
+            check_read_window(now, nonce)?;
+        }
         if class.is_empty() || class.len() > 64 || !class.bytes().all(|byte| byte.is_ascii_graphic()) {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -907,6 +1073,9 @@ impl Coordinator {
             ));
         }
         if let Some(&worker) = self.keys.get(&key) {
+            if let Some(nonce) = nonce {
+                self.check_read_nonce(worker, nonce)?;
+            }
             let registered = &self.workers[&worker].class;
             if registered != class {
                 return Err(Refusal::new(
@@ -917,13 +1086,33 @@ impl Coordinator {
                     ),
                 ));
             }
+            if let Some(nonce) = nonce {
+                self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
+            }
             self.seen(now, worker);
             return Ok((worker, false));
+        }
+        if let Some(used_by) = token.and_then(|token| self.tokens.get(&token)) {
+            return Err(Refusal::new(
+                ErrorCode::NotAdmitted,
+                format!("this admission token was used by {used_by} already; each token admits one key"),
+            ));
         }
         if self.workers.len() >= self.settings.max_workers as usize {
             return Err(Refusal::new(
                 ErrorCode::Full,
                 format!("the run already has its maximum of {} workers", self.settings.max_workers),
+            ));
+        }
+        let live = self.workers.values().filter(|state| self.live(state)).count();
+        if live >= self.settings.max_participants as usize {
+            return Err(Refusal::new(
+                ErrorCode::Full,
+                format!(
+                    "the run has room for {} participants (its training data in whole batches) and that many \
+                     workers are live; try again later: a place frees up when a worker leaves",
+                    self.settings.max_participants
+                ),
             ));
         }
         let worker = WorkerId(self.workers.len() as u64);
@@ -932,9 +1121,45 @@ impl Coordinator {
             key,
             class: class.to_owned(),
             registered_unix_ms: now,
+            token,
         });
+        self.workers.get_mut(&worker).expect("just registered").last_read_nonce = nonce.unwrap_or(0);
         self.maybe_open();
         Ok((worker, true))
+    }
+
+    /// A signed read (`GET /v1/round`, an audit task) from `key` with
+    /// `nonce`: the nonce must be fresh and above the last read's, so a
+    /// captured read cannot be replayed (and refresh its worker's
+    /// liveness). Marks the worker as seen.
+    pub fn read(&mut self, now: u64, key: &PublicKey, nonce: u64) -> Result<WorkerId, Refusal> {
+        self.advance(now);
+        let worker = self.known(key)?;
+        check_read_window(now, nonce)?;
+        self.check_read_nonce(worker, nonce)?;
+        self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
+        self.seen(now, worker);
+        Ok(worker)
+    }
+
+    fn check_read_nonce(&self, worker: WorkerId, nonce: u64) -> Result<(), Refusal> {
+        let last = self.workers[&worker].last_read_nonce;
+        if nonce <= last {
+            return Err(Refusal::new(
+                ErrorCode::Replayed,
+                format!("replayed read: nonce {nonce} is not above the last read's nonce {last}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn known(&self, key: &PublicKey) -> Result<WorkerId, Refusal> {
+        self.keys.get(key).copied().ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::UnknownWorker,
+                format!("no worker is registered with key {key}; register first"),
+            )
+        })
     }
 
     /// Checks that a request comes from a registered worker with a fresh
@@ -947,12 +1172,7 @@ impl Coordinator {
         nonce: u64,
         state_changing: bool,
     ) -> Result<WorkerId, Refusal> {
-        let worker = *self.keys.get(key).ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::UnknownWorker,
-                format!("no worker is registered with key {key}; register first"),
-            )
-        })?;
+        let worker = self.known(key)?;
         let nonce_ms = nonce / 1000;
         if nonce_ms.abs_diff(now) > NONCE_WINDOW_MS {
             return Err(Refusal::new(
@@ -975,13 +1195,12 @@ impl Coordinator {
         Ok(worker)
     }
 
-    /// Notes that `worker` is alive. A worker that missed a round is
-    /// eligible again from now on.
+    /// Notes that `worker` is alive. (A worker sitting out stays out: being
+    /// seen is not working.)
     pub fn seen(&mut self, now: u64, worker: WorkerId) {
         self.advance(now);
         if let Some(state) = self.workers.get_mut(&worker) {
             state.last_seen_ms = state.last_seen_ms.max(now);
-            state.missed = false;
         }
         self.maybe_open();
     }
@@ -1275,13 +1494,22 @@ impl Coordinator {
             self.maybe_open();
             return;
         };
-        if now < open.deadline_ms() {
+        if now < open.next_timeout_ms() {
             return;
         }
         match open.phase {
-            RoundPhase::Committing { extensions, .. } => {
+            RoundPhase::Committing { extensions, deadline_ms } => {
                 let committed =
                     open.standings.values().filter(|standing| standing.commitment.is_some()).count();
+                if now < deadline_ms {
+                    // The early end: the proven participants and a quorum
+                    // are in; the unproven ones had their grace.
+                    if committed >= self.settings.quorum as usize {
+                        self.begin_reveal();
+                        self.settle();
+                    }
+                    return;
+                }
                 if committed >= self.settings.quorum as usize {
                     self.begin_reveal();
                 } else if extensions < self.settings.max_extensions {
@@ -1417,7 +1645,7 @@ impl Coordinator {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.open.as_ref().map(OpenRound::deadline_ms)
+        self.open.as_ref().map(OpenRound::next_timeout_ms)
     }
 
     // internals
@@ -1428,24 +1656,41 @@ impl Coordinator {
         self.now_ms = self.now_ms.max(now);
     }
 
+    /// Seen within `worker_timeout_ms`: it holds a place in the run.
+    fn live(&self, worker: &Worker) -> bool {
+        worker.last_seen_ms + self.settings.worker_timeout_ms >= self.now_ms
+    }
+
+    /// Live, and not sitting out the round that opens next.
     fn active(&self, worker: &Worker) -> bool {
-        !worker.missed && worker.last_seen_ms + self.settings.worker_timeout_ms >= self.now_ms
+        self.live(worker) && worker.sits_out_until <= self.next_round
+    }
+
+    /// Which of `participants` are proven now.
+    fn proven_among(&self, participants: &[WorkerId]) -> BTreeSet<WorkerId> {
+        participants
+            .iter()
+            .copied()
+            .filter(|worker| self.workers.get(worker).is_some_and(|state| state.proven))
+            .collect()
     }
 
     fn record_nonce(&mut self, worker: WorkerId, nonce: u64, now: u64) {
         let state = self.workers.get_mut(&worker).expect("authenticated workers exist");
         state.last_nonce = state.last_nonce.max(nonce);
         state.last_seen_ms = state.last_seen_ms.max(now);
-        state.missed = false;
     }
 
     fn past_round(&mut self, round: RoundId) -> Result<&mut PastRound, Refusal> {
         let current = self.open.as_ref().map_or("none".to_owned(), |open| open.id.to_string());
+        let forgotten = round < self.next_round && !self.past.contains_key(&round);
         self.past.get_mut(&round).ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::WrongRound,
-                format!("round {round} is not open and has not been run (the open round is {current})"),
-            )
+            let why = if forgotten {
+                format!("round {round} is over and too old to record input for (the open round is {current})")
+            } else {
+                format!("round {round} is not open and has not been run (the open round is {current})")
+            };
+            Refusal::new(ErrorCode::WrongRound, why)
         })
     }
 
@@ -1484,13 +1729,28 @@ impl Coordinator {
     fn settle(&mut self) {
         let Some(open) = &self.open else { return };
         match open.phase {
-            RoundPhase::Committing { .. } => {
-                let all_committed = open.participants.iter().all(|worker| {
+            RoundPhase::Committing { deadline_ms, .. } => {
+                let committed = |worker: &WorkerId| {
                     open.standings.get(worker).is_some_and(|standing| standing.commitment.is_some())
-                });
-                if all_committed && open.participants.len() >= self.settings.quorum as usize {
+                };
+                let all_committed = open.participants.iter().all(committed);
+                let quorum = self.settings.quorum as usize;
+                if all_committed && open.participants.len() >= quorum {
                     self.begin_reveal();
                     self.settle();
+                    return;
+                }
+                // Every proven participant (there is one at least: a round
+                // of newcomers only, such as a run's first, waits for them)
+                // and a quorum are in: the unproven ones get a grace as long
+                // as the round so far.
+                let proven_in = !open.proven.is_empty() && open.proven.iter().all(committed);
+                let enough =
+                    open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
+                if open.early_close_ms.is_none() && proven_in && enough {
+                    let grace = self.now_ms.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
+                    let early = (self.now_ms + grace).min(deadline_ms);
+                    self.open.as_mut().expect("checked").early_close_ms = Some(early);
                 }
             }
             RoundPhase::Revealing { .. } => {
@@ -1611,12 +1871,24 @@ impl Coordinator {
     }
 
     /// Participants of the open round that did not deliver what their
-    /// phase asked for (a commitment; then a reveal) sit out until they are
-    /// seen again.
+    /// phase asked for (a commitment; then a reveal) sit out the next round,
+    /// and twice as many each time they do so again in a row; one that
+    /// committed late sits out one round (and stays proven: see
+    /// [`Coordinator::end_open_round`]).
     fn mark_missed(&mut self) {
         let open = self.open.as_ref().expect("an open round ends");
+        let (round, now) = (open.id, self.now_ms);
         for worker in missed(open) {
-            self.workers.get_mut(&worker).expect("participants are workers").missed = true;
+            let late = open.standings.get(&worker).is_some_and(|standing| standing.late_commitment.is_some());
+            let state = self.workers.get_mut(&worker).expect("participants are workers");
+            let rounds = if late {
+                1
+            } else {
+                state.missed_streak = state.missed_streak.saturating_add(1);
+                1u64.checked_shl(state.missed_streak - 1).unwrap_or(u64::MAX).min(SIT_OUT_ROUNDS_MAX)
+            };
+            state.sits_out_until = round + 1 + rounds;
+            state.missed_at_ms = now;
         }
     }
 
@@ -1654,17 +1926,45 @@ impl Coordinator {
     /// The round that would open now on `base_model`, with the active
     /// workers but `excluded` as participants, if they are enough.
     fn round_to_open(&self, base_model: Digest, excluded: &BTreeSet<WorkerId>) -> Option<OpenRound> {
-        let participants: Vec<WorkerId> = self
+        let mut participants: Vec<WorkerId> = self
             .workers
             .iter()
             .filter(|&(worker, state)| self.active(state) && !excluded.contains(worker))
             .map(|(&worker, _)| worker)
             .collect();
-        if participants.len() < self.settings.workers_to_open(self.next_round == 0) {
+        let needed = self.settings.workers_to_open(self.next_round == 0);
+        if participants.len() < needed {
+            // Too few to run a round without workers sitting out: those seen
+            // since they missed come back early, or the run would stall.
+            let mut back: Vec<WorkerId> = self
+                .workers
+                .iter()
+                .filter(|&(worker, state)| {
+                    self.live(state)
+                        && !self.active(state)
+                        && state.last_seen_ms > state.missed_at_ms
+                        && !excluded.contains(worker)
+                })
+                .map(|(&worker, _)| worker)
+                .collect();
+            back.truncate(needed - participants.len());
+            participants.extend(back);
+            participants.sort_unstable();
+        }
+        // No more than the data supports: proven workers first, then the
+        // earliest registered.
+        let room = self.settings.max_participants as usize;
+        if participants.len() > room {
+            participants.sort_by_key(|worker| (!self.workers[worker].proven, *worker));
+            participants.truncate(room);
+            participants.sort_unstable();
+        }
+        if participants.len() < needed {
             return None;
         }
         let round = self.next_round;
         let deadline_ms = self.now_ms + self.settings.commit_ms;
+        let proven = self.proven_among(&participants);
         Some(OpenRound {
             id: round,
             base_model,
@@ -1679,8 +1979,28 @@ impl Coordinator {
             )),
             secret: None,
             auditors_slashed: BTreeSet::new(),
+            early_close_ms: None,
+            proven,
         })
     }
+}
+
+/// A signed read's or registration's nonce must be within
+/// [`READ_WINDOW_MS`] of the coordinator's clock.
+fn check_read_window(now: u64, nonce: u64) -> Result<(), Refusal> {
+    let nonce_ms = nonce / 1000;
+    if nonce_ms.abs_diff(now) > READ_WINDOW_MS {
+        return Err(Refusal::new(
+            ErrorCode::Replayed,
+            format!(
+                "nonce {nonce} is {} s away from the coordinator's clock; a read's nonce is the time in \
+                 microseconds since the epoch, within {} s (check this machine's clock)",
+                nonce_ms.abs_diff(now) / 1000,
+                READ_WINDOW_MS / 1000
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Participants of `open` that did not deliver what its phase asked for (a

@@ -18,6 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::TokenId;
 use crate::audit::Commitment;
 use crate::coordinator::{Recorded, Verdict};
 use crate::identity::{Identity, PublicKey, SignatureBytes};
@@ -50,6 +51,9 @@ pub enum Event {
         key: PublicKey,
         class: String,
         registered_unix_ms: u64,
+        /// The admission token it used, if the run admits by token: a
+        /// token admits one key.
+        token: Option<TokenId>,
     },
     /// A round opened; `participants` in slot order (ascending id).
     RoundOpened {

@@ -22,6 +22,7 @@
 //!   hash-chained record of everything that decides who earns what) are
 //!   proof-of-training's building blocks.
 
+pub mod admission;
 pub mod audit;
 pub mod config;
 pub mod coordinator;

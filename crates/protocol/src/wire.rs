@@ -1,15 +1,20 @@
 //! What crosses the network: request authentication, the objects the
 //! coordinator signs, and the JSON of errors and status.
 //!
-//! Every worker request carries two headers: `x-crowdtrain-run` (the run
+//! Every worker request carries three headers: `x-crowdtrain-run` (the run
 //! it is meant for, so a request for another run gets a clear "wrong run"
-//! rather than a bare signature failure) and `x-crowdtrain-auth`:
+//! rather than a bare signature failure), `x-crowdtrain-body`:
+//! `<length>:<BLAKE3 of the body>` (the body it declares; absent for a
+//! request without one), and `x-crowdtrain-auth`:
 //! `<public key>:<nonce>:<signature>`. The signature covers the run, the
 //! method, the path with its query (so the round and the base model of a
-//! submission are bound), the nonce and the BLAKE3 hash of the body.
-//! Nonces are microseconds since the epoch; a state-changing request must
-//! carry a nonce above the last one accepted from that key, so a captured
-//! request cannot be replayed.
+//! submission are bound), the nonce and the declared length and digest of
+//! the body, so the coordinator checks who sent a request, and that it may
+//! send it, *before* it reads a byte of the body; the body must then be
+//! exactly what was declared ([`BodyDeclaration`]). Nonces are
+//! microseconds since the epoch; a state-changing request must carry a
+//! nonce above the last one accepted from that key, and a signed read one
+//! above the last read, so a captured request cannot be replayed.
 //!
 //! What the coordinator publishes (run description, round views, receipts)
 //! travels as JSON with a signature over the postcard encoding of the same
@@ -22,17 +27,19 @@ use crowdtrain_recipe::TrainingRecipe;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{AdmissionMode, RunConfig};
 use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
 pub use crate::ids::{Digest, RoundId, WorkerId};
 
 /// Bumped on any incompatible change to messages or training semantics.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 pub const AUTH_HEADER: &str = "x-crowdtrain-auth";
 pub const RUN_HEADER: &str = "x-crowdtrain-run";
+/// The body a signed request declares: `<length>:<BLAKE3 hex>`.
+pub const BODY_HEADER: &str = "x-crowdtrain-body";
 
-const REQUEST_DOMAIN: &str = "crowdtrain/request/v1";
+const REQUEST_DOMAIN: &str = "crowdtrain/request/v2";
 
 /// The longest the coordinator holds a round long poll open.
 pub const LONG_POLL_MS_MAX: u64 = 30_000;
@@ -45,7 +52,46 @@ pub struct RequestAuth {
     pub signature: SignatureBytes,
 }
 
+/// The length and BLAKE3 digest of a request's body, declared in its
+/// headers and covered by its signature, so that a request can be
+/// authenticated before its body is read; the reader then checks that
+/// the body is exactly this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyDeclaration {
+    pub length: u64,
+    pub digest: Digest,
+}
+
+impl BodyDeclaration {
+    /// The declaration of `body`.
+    pub fn of(body: &[u8]) -> Self {
+        Self { length: body.len() as u64, digest: Digest::of(body) }
+    }
+
+    /// What a request without the header declares: no body.
+    pub fn empty() -> Self {
+        Self::of(b"")
+    }
+
+    pub fn to_header(&self) -> String {
+        format!("{}:{}", self.length, self.digest.to_hex())
+    }
+
+    pub fn parse_header(text: &str) -> Result<Self, String> {
+        let (length, digest) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{BODY_HEADER} must be <length>:<BLAKE3 hex of the body>"))?;
+        Ok(Self {
+            length: length
+                .parse()
+                .map_err(|_| format!("{BODY_HEADER}: the length must be an unsigned integer"))?,
+            digest: digest.parse().map_err(|reason| format!("{BODY_HEADER}: {reason}"))?,
+        })
+    }
+}
+
 impl RequestAuth {
+    /// Signs a request with `body`.
     pub fn sign(
         identity: &Identity,
         run: &Digest,
@@ -54,16 +100,30 @@ impl RequestAuth {
         nonce: u64,
         body: &[u8],
     ) -> Self {
+        Self::sign_declared(identity, run, method, path_and_query, nonce, &BodyDeclaration::of(body))
+    }
+
+    /// Signs a request whose body is declared as `body`.
+    pub fn sign_declared(
+        identity: &Identity,
+        run: &Digest,
+        method: &str,
+        path_and_query: &str,
+        nonce: u64,
+        body: &BodyDeclaration,
+    ) -> Self {
         let message = request_message(run, method, path_and_query, nonce, body);
         Self { worker: identity.public_key(), nonce, signature: identity.sign(REQUEST_DOMAIN, &message) }
     }
 
+    /// Checks the signature over the request with its declared body (the
+    /// body itself is checked against `body` as it is read).
     pub fn verify(
         &self,
         run: &Digest,
         method: &str,
         path_and_query: &str,
-        body: &[u8],
+        body: &BodyDeclaration,
     ) -> Result<(), BadSignature> {
         let message = request_message(run, method, path_and_query, self.nonce, body);
         self.worker.verify(REQUEST_DOMAIN, &message, &self.signature)
@@ -88,15 +148,22 @@ impl RequestAuth {
     }
 }
 
-fn request_message(run: &Digest, method: &str, path_and_query: &str, nonce: u64, body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(128 + path_and_query.len());
+fn request_message(
+    run: &Digest,
+    method: &str,
+    path_and_query: &str,
+    nonce: u64,
+    body: &BodyDeclaration,
+) -> Vec<u8> {
+    let mut message = Vec::with_capacity(136 + path_and_query.len());
     message.extend_from_slice(&run.0);
     for field in [method.as_bytes(), path_and_query.as_bytes()] {
         message.extend_from_slice(&(field.len() as u64).to_le_bytes());
         message.extend_from_slice(field);
     }
     message.extend_from_slice(&nonce.to_le_bytes());
-    message.extend_from_slice(blake3::hash(body).as_bytes());
+    message.extend_from_slice(&body.length.to_le_bytes());
+    message.extend_from_slice(&body.digest.0);
     message
 }
 
@@ -150,6 +217,9 @@ pub struct RunInfo {
     pub parameters: u64,
     pub dataset: DatasetFingerprint,
     pub initial_model: Digest,
+    /// How the run admits workers (`[admission]` itself is the
+    /// coordinator's business), so a worker can say what it lacks.
+    pub admission: AdmissionMode,
 }
 
 impl SignedBody for RunInfo {
@@ -393,6 +463,18 @@ pub struct AuditAnswer {
     pub end_proof: crate::merkle::Proof,
 }
 
+/// What a worker registers with (`POST /v1/workers`, JSON, signed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The worker's determinism class (the kernels its CPU runs).
+    pub class: String,
+    /// An admission token from the run's operator, when the run admits
+    /// workers by token (see [`crate::admission`]).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
 /// Registration's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
@@ -431,6 +513,15 @@ pub enum ErrorCode {
     NotFound,
     BadRequest,
     Unavailable,
+    /// The run admits workers by token or allow-list, and this key is not
+    /// (yet) admitted.
+    NotAdmitted,
+    /// Too many requests, connections or uploads from this address or key
+    /// right now: send it again later (the answer's `Retry-After` says
+    /// when).
+    RateLimited,
+    /// The request's body stalled or came too slowly.
+    TimedOut,
 }
 
 /// The JSON body of every 4xx and 5xx answer.
@@ -528,7 +619,20 @@ pub struct RunStatus {
     pub bytes_uploaded: u64,
     pub bytes_downloaded: u64,
     pub workers: Vec<WorkerStatus>,
+    /// A page of the rounds, ascending: the latest ones unless the request
+    /// asked for others (`?rounds_from=R&rounds_limit=N`).
     pub rounds: Vec<RoundRecord>,
+    /// How many rounds the run has opened so far (all pages).
+    #[serde(default)]
+    pub rounds_total: u64,
+    /// The most participants a round can have: the training examples
+    /// (less the validation split) in whole batches, or `limits.max_workers`
+    /// if that is smaller.
+    #[serde(default)]
+    pub max_participants: u32,
+    /// How workers are admitted (`open`, `token` or `allow-list`).
+    #[serde(default)]
+    pub admission: String,
     /// Rounds opened ahead of the previous round's last audit verdicts,
     /// and how many of those were withdrawn because a verdict failed,
     /// since this coordinator process started.
@@ -547,15 +651,26 @@ mod tests {
         let identity = Identity::from_seed([3; 32]);
         let run = Digest::of(b"run");
         let auth = RequestAuth::sign(&identity, &run, "POST", "/v1/rounds/3/submissions", 42, b"body");
-        assert_eq!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", b"body"), Ok(()));
+        let body = BodyDeclaration::of(b"body");
+        assert_eq!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", &body), Ok(()));
         let parsed = RequestAuth::parse_header(&auth.to_header()).unwrap();
         assert_eq!(parsed, auth);
-        assert!(auth.verify(&Digest::of(b"other"), "POST", "/v1/rounds/3/submissions", b"body").is_err());
-        assert!(auth.verify(&run, "GET", "/v1/rounds/3/submissions", b"body").is_err());
-        assert!(auth.verify(&run, "POST", "/v1/rounds/4/submissions", b"body").is_err());
-        assert!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", b"bodz").is_err());
+        assert_eq!(BodyDeclaration::parse_header(&body.to_header()), Ok(body));
+        assert!(auth.verify(&Digest::of(b"other"), "POST", "/v1/rounds/3/submissions", &body).is_err());
+        assert!(auth.verify(&run, "GET", "/v1/rounds/3/submissions", &body).is_err());
+        assert!(auth.verify(&run, "POST", "/v1/rounds/4/submissions", &body).is_err());
+        let other = BodyDeclaration::of(b"bodz");
+        assert!(auth.verify(&run, "POST", "/v1/rounds/3/submissions", &other).is_err());
+        let longer = BodyDeclaration { length: 5, ..body };
+        assert!(
+            auth.verify(&run, "POST", "/v1/rounds/3/submissions", &longer).is_err(),
+            "the length is bound"
+        );
         let renonced = RequestAuth { nonce: 43, ..auth };
-        assert!(renonced.verify(&run, "POST", "/v1/rounds/3/submissions", b"body").is_err());
+        assert!(renonced.verify(&run, "POST", "/v1/rounds/3/submissions", &body).is_err());
+        for header in ["", "4", "x:00", &format!("-1:{}", Digest::of(b"").to_hex())] {
+            assert!(BodyDeclaration::parse_header(header).is_err(), "{header}");
+        }
     }
 
     #[test]

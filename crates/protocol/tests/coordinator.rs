@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
 use crowdtrain_protocol::Aggregated;
 use crowdtrain_protocol::audit::{self, Commitment};
+use crowdtrain_protocol::coordinator::OpenRound;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
@@ -28,6 +29,7 @@ fn settings() -> Settings {
         max_extensions: 1,
         worker_timeout_ms: 60_000,
         max_workers: 8,
+        max_participants: 8,
         audit_probability: 0.0,
         segments: 4,
         stake: 1000,
@@ -50,7 +52,7 @@ fn model(index: u64) -> Digest {
 fn result(index: u64) -> RoundResult {
     RoundResult {
         model: model(index),
-        momentum: Digest::of(&(index + 1 << 32).to_le_bytes()),
+        momentum: Digest::of(&((index + 1) << 32).to_le_bytes()),
         aggregator: None,
     }
 }
@@ -203,35 +205,87 @@ fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
 #[test]
 fn at_the_commit_deadline_with_quorum_the_round_goes_on_without_the_absent_worker() {
     let (mut machine, workers) = running(3, settings());
-    commit(&mut machine, T0 + 100, workers[0], 0).unwrap();
-    commit(&mut machine, T0 + 200, workers[2], 0).unwrap();
+    // Round 0 proves all three: round 1 waits for each up to its deadline.
+    deliver(&mut machine, T0 + 10, &workers, 0);
+    machine.handle_aggregated(T0 + 20, 0, Aggregated::all(result(1)));
     drain(&mut machine);
-    assert_eq!(machine.poll_timeout(), Some(T0 + 10_000));
-    machine.handle_timeout(T0 + 9_999);
+    let opened = T0 + 20;
+    commit(&mut machine, T0 + 100, workers[0], 1).unwrap();
+    commit(&mut machine, T0 + 200, workers[2], 1).unwrap();
+    drain(&mut machine);
+    assert_eq!(machine.poll_timeout(), Some(opened + 10_000), "a proven participant is waited for");
+    machine.handle_timeout(opened + 9_999);
     assert!(drain(&mut machine).is_empty(), "nothing happens before the deadline");
-    machine.handle_timeout(T0 + 10_000);
+    machine.handle_timeout(opened + 10_000);
     assert!(matches!(drain(&mut machine)[..], [Action::Record(Event::AuditDraw { .. })]));
     assert_eq!(
-        commit(&mut machine, T0 + 10_001, workers[1], 0),
+        commit(&mut machine, opened + 10_001, workers[1], 1),
         Ok(Outcome::Recorded(Recorded::Late)),
         "a commitment after the phase is kept, as late"
     );
-    assert_eq!(reveal(&mut machine, T0 + 10_002, workers[1], 0), Err(ErrorCode::NotCommitted));
+    assert_eq!(reveal(&mut machine, opened + 10_002, workers[1], 1), Err(ErrorCode::NotCommitted));
     drain(&mut machine);
-    reveal(&mut machine, T0 + 10_003, workers[0], 0).unwrap();
-    reveal(&mut machine, T0 + 10_004, workers[2], 0).unwrap();
+    reveal(&mut machine, opened + 10_003, workers[0], 1).unwrap();
+    reveal(&mut machine, opened + 10_004, workers[2], 1).unwrap();
     let actions = drain(&mut machine);
     assert!(
         matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &vec![workers[0], workers[2]])
     );
-    machine.handle_aggregated(T0 + 10_010, 0, Aggregated::all(result(1)));
+    machine.handle_aggregated(opened + 10_010, 1, Aggregated::all(result(2)));
     let actions = drain(&mut machine);
     assert!(
         matches!(actions.last(), Some(Action::Record(Event::RoundOpened { participants, .. })) if participants == &vec![workers[0], workers[2]]),
-        "the worker that missed round 0 is not waited for in round 1"
+        "the worker that was late in round 1 sits out round 2"
     );
-    machine.seen(T0 + 11_000, workers[1]);
-    assert!(machine.is_active(workers[1]), "seen again, it joins the next round");
+    machine.seen(opened + 11_000, workers[1]);
+    assert!(machine.is_active(workers[1]), "having committed late, it joins round 3 and is waited for");
+}
+
+#[test]
+fn absent_workers_cost_a_round_a_short_grace_and_sit_out_longer_each_time() {
+    // Goal: anyone admitted can register and never train; rounds must not
+    // wait their deadline for such workers, and polling must not bring
+    // them back. Method: two proven workers and one that never commits.
+    let settings = Settings { rounds: 20, quorum: 2, ..settings() };
+    let (mut machine, workers) = running(2, settings);
+    let idle = machine.register(T0, key(7), "avx2-fma").unwrap().0;
+    deliver(&mut machine, T0 + 10, &workers, 0);
+    machine.handle_aggregated(T0 + 20, 0, Aggregated::all(result(1)));
+    let mut now = T0 + 20;
+    let mut assigned = Vec::new();
+    for round in 1..12u64 {
+        let actions = drain(&mut machine);
+        let Some(Action::Record(Event::RoundOpened { participants, opened_unix_ms, .. })) = actions.last()
+        else {
+            panic!("round {round} opens: {actions:?}")
+        };
+        let opened = *opened_unix_ms;
+        if participants.contains(&idle) {
+            assigned.push(round);
+        }
+        // The idle worker polls all the time: it is seen, never working.
+        machine.seen(now + 1, idle);
+        now = opened + 300;
+        for &worker in &workers {
+            commit(&mut machine, now, worker, round).unwrap();
+        }
+        if participants.contains(&idle) {
+            assert_eq!(
+                machine.poll_timeout(),
+                Some(now + 1_000),
+                "round {round}: an unproven participant gets a grace of the round so far (at least 1 s)"
+            );
+            now += 1_000;
+            machine.handle_timeout(now);
+        }
+        for &worker in &workers {
+            reveal(&mut machine, now + 1, worker, round).unwrap();
+        }
+        now += 2;
+        drain(&mut machine);
+        machine.handle_aggregated(now, round, Aggregated::all(result(round + 1)));
+    }
+    assert_eq!(assigned, vec![1, 3, 6, 11], "it joins at round 1, then sits out 1, 2 and 4 rounds");
 }
 
 #[test]
@@ -604,7 +658,12 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
         }
         let mut restored = durable.restore(settings.clone(), T0 + 12);
         assert!(drain(&mut restored).is_empty(), "after {crash_after} steps nothing was left undone");
-        assert_eq!(restored.open_round(), live.open_round(), "after {crash_after} steps");
+        // The early end of a commit phase is not recorded: a restored
+        // round sets it again, from its own clock.
+        let without_early_end = |machine: &Coordinator| {
+            machine.open_round().cloned().map(|round| OpenRound { early_close_ms: None, ..round })
+        };
+        assert_eq!(without_early_end(&restored), without_early_end(&live), "after {crash_after} steps");
         for &worker in &workers {
             assert_eq!(restored.view(Some(worker)), live.view(Some(worker)));
         }
@@ -1201,9 +1260,18 @@ fn the_last_round_is_not_bet_on_and_a_restart_bets_again_on_what_was_persisted()
     assert_eq!(opened, 1, "a provisional round is not durable");
     let mut restored = durable.restore(settings, T0 + 100);
     let actions = drain(&mut restored);
+    let replays: Vec<Action> = workers
+        .iter()
+        .map(|&worker| {
+            let (segment, _) = restored.answered_audit(0, worker).expect("answered, unjudged");
+            Action::JudgeAudit { round: 0, worker, segment }
+        })
+        .collect();
     assert_eq!(
         actions,
-        vec![Action::Speculate { round: 0, base_model: model(0), accepted: workers.clone() }]
+        [replays, vec![Action::Speculate { round: 0, base_model: model(0), accepted: workers.clone() }]]
+            .concat(),
+        "the replays the dead process was running start again at once"
     );
 }
 

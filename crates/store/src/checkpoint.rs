@@ -260,6 +260,18 @@ impl Checkpoints {
         Ok(digest)
     }
 
+    /// Deletes file `digest` if it is there (an audit answer once its
+    /// verdict is durable and it is no longer evidence).
+    pub fn remove(&self, digest: &Digest) -> Result<(), CheckpointError> {
+        let path = self.path(digest);
+        match std::fs::remove_file(&path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                Err(CheckpointError::Io { path, source })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The bytes of checkpoint `digest`, verified against their name.
     pub fn get(&self, digest: &Digest) -> Result<Vec<u8>, CheckpointError> {
         let path = self.path(digest);

@@ -19,7 +19,7 @@ use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -37,8 +37,10 @@ CREATE TABLE workers (
     id INTEGER PRIMARY KEY,
     public_key BLOB NOT NULL UNIQUE,
     class TEXT NOT NULL,
-    registered_unix_ms INTEGER NOT NULL
+    registered_unix_ms INTEGER NOT NULL,
+    token BLOB UNIQUE
 );
+CREATE UNIQUE INDEX workers_token ON workers (token);
 CREATE TABLE rounds (
     id INTEGER PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'failed')),
@@ -406,6 +408,17 @@ impl Store {
     }
 
     /// The digest of the stored answer to `worker`'s audit in `round`.
+    /// The stored answers of audits that passed: no longer needed (the
+    /// verdict and the commitment are the record), unlike the answers of
+    /// failed audits, which are the evidence for their slashes.
+    pub fn passed_answer_digests(&self) -> Result<Vec<Digest>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT answer_digest FROM audits WHERE verdict = 'passed' AND answer_digest IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |row| Ok(Digest(blob(row, 0)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn audit_answer_digest(&self, round: RoundId, worker: WorkerId) -> Result<Digest, StoreError> {
         let bytes: Vec<u8> = self
             .connection
@@ -449,11 +462,15 @@ impl Store {
 
     /// The digests of every accepted reveal of rounds before `round`: the
     /// updates a resubmission would repeat.
-    pub fn earlier_digests(&self, round: RoundId) -> Result<std::collections::HashSet<[u8; 32]>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT payload_digest FROM reveals WHERE round < ?1 AND status = 'accepted'")?;
-        let rows = statement.query_map([round], |row| blob::<32>(row, 0))?;
+    pub fn earlier_digests(
+        &self,
+        round: RoundId,
+        rounds: u64,
+    ) -> Result<std::collections::HashSet<[u8; 32]>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT payload_digest FROM reveals WHERE round < ?1 AND round >= ?2 AND status = 'accepted'",
+        )?;
+        let rows = statement.query_map([round, round.saturating_sub(rounds)], |row| blob::<32>(row, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -587,6 +604,29 @@ impl Store {
 
     /// Every round, for the status page.
     pub fn round_records(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        self.round_records_page(0, u64::MAX)
+    }
+
+    /// The test accuracy of the latest evaluated round, if any.
+    pub fn latest_test_accuracy(&self) -> Result<Option<f64>, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT test_accuracy FROM rounds WHERE test_accuracy IS NOT NULL ORDER BY id DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// How many rounds have been opened.
+    pub fn round_count(&self) -> Result<u64, StoreError> {
+        Ok(self.connection.query_row("SELECT COUNT(*) FROM rounds", [], |row| row.get(0))?)
+    }
+
+    /// At most `limit` rounds from round `from` on, ascending.
+    pub fn round_records_page(&self, from: RoundId, limit: u64) -> Result<Vec<RoundRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut statement = self.connection.prepare(
             "SELECT r.id, r.state, r.opened_unix_ms, r.closed_unix_ms, r.result_model, r.test_accuracy, r.test_loss,
                     (SELECT COUNT(*) FROM assignments a WHERE a.round = r.id),
@@ -599,9 +639,9 @@ impl Store {
                     (SELECT COUNT(*) FROM reveals v WHERE v.round = r.id AND v.status = 'accepted'),
                     (SELECT COUNT(*) FROM refusals f WHERE f.round = r.id),
                     r.scored_unix_ms IS NOT NULL
-             FROM rounds r ORDER BY r.id",
+             FROM rounds r WHERE r.id >= ?1 ORDER BY r.id LIMIT ?2",
         )?;
-        let rows = statement.query_map([], |row| {
+        let rows = statement.query_map(params![from, limit], |row| {
             Ok(RoundRecord {
                 round: row.get(0)?,
                 status: round_state(row, 1)?,
@@ -711,10 +751,10 @@ fn project(
         Event::RunStarted { .. } => {
             return Err(StoreError::Corrupt("a run starts once, with Store::create_run".into()));
         }
-        Event::WorkerRegistered { worker, key, class, registered_unix_ms } => {
+        Event::WorkerRegistered { worker, key, class, registered_unix_ms, token } => {
             transaction.execute(
-                "INSERT INTO workers (id, public_key, class, registered_unix_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![worker.0, key.0, class, registered_unix_ms],
+                "INSERT INTO workers (id, public_key, class, registered_unix_ms, token) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![worker.0, key.0, class, registered_unix_ms, token.map(|token| token.0)],
             )?;
         }
         Event::RoundOpened {

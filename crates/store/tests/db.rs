@@ -42,6 +42,8 @@ fn registered(worker: u64, class: &str) -> Event {
         key: key(worker as u8),
         class: class.into(),
         registered_unix_ms: 10 + worker,
+        // Worker 1 came with an admission token.
+        token: (worker == 1).then_some(crowdtrain_protocol::admission::TokenId([5; 16])),
     }
 }
 
@@ -216,8 +218,25 @@ fn closing_a_round_records_its_result_once() {
         (64, 0, 0),
         "not yet scored"
     );
-    assert_eq!(store.earlier_digests(1).unwrap(), [Digest::of(b"a").0].into_iter().collect());
-    assert!(store.earlier_digests(0).unwrap().is_empty());
+    assert_eq!(store.earlier_digests(1, 1).unwrap(), [Digest::of(b"a").0].into_iter().collect());
+    assert!(store.earlier_digests(0, 1).unwrap().is_empty());
+    assert!(store.earlier_digests(2, 1).unwrap().is_empty(), "only the last rounds asked for");
+    assert_eq!(store.round_count().unwrap(), records.len() as u64);
+    assert_eq!(store.round_records_page(1, 5).unwrap(), records[1..].to_vec(), "a page of the rounds");
+    let tokens: Vec<_> = store
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::WorkerRegistered { token, .. } => Some(token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        vec![None, Some(crowdtrain_protocol::admission::TokenId([5; 16]))],
+        "the admission token each registered with"
+    );
     assert_eq!(
         store.commitment_order(0, &[WorkerId(1), WorkerId(0)]).unwrap(),
         vec![WorkerId(0), WorkerId(1)]

@@ -32,6 +32,11 @@ enum BenchCommand {
     /// robust aggregation and the held-out scoring of every update, as a
     /// fraction of the compute of the workers' inner steps.
     Defense(DefenseArgs),
+    /// A demo run under attack beside the same run unattacked: idle and
+    /// slowloris connections, stalled unsigned uploads, registrations
+    /// without admission; the coordinator's memory and the honest rounds
+    /// per second.
+    Hostile(super::hostile::HostileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +196,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::TrainStep(args) => output::on_thread_pool(args.threads, || train_step(args)),
         BenchCommand::Audit(args) => args.runtime.clone().on_thread_pool(|| audit(args)),
         BenchCommand::Defense(args) => args.runtime.clone().on_thread_pool(|| defense(args)),
+        BenchCommand::Hostile(args) => super::hostile::run(args),
     }
 }
 
@@ -255,12 +261,8 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
             })
             .collect();
         let started = Instant::now();
-        let verdicts = crowdtrain_defense::checks::screen(
-            &submissions,
-            parameters,
-            &Default::default(),
-            &CheckConfig::default(),
-        );
+        let verdicts =
+            crowdtrain_defense::checks::screen(&submissions, parameters, &|_| false, &CheckConfig::default());
         let checked = started.elapsed().as_secs_f64();
         anyhow::ensure!(verdicts.iter().all(Option::is_none), "honest updates pass the checks: {verdicts:?}");
         let started = Instant::now();

@@ -93,14 +93,14 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct DemoReport {
+pub(crate) struct DemoReport {
     dataset: DatasetFingerprint,
     workers_started: usize,
-    final_test_accuracy: f64,
+    pub(crate) final_test_accuracy: f64,
     /// The final model's state hash: equal to the `diloco_state_hash` of
     /// `sim diloco --aggregator centered-clip --validation-fraction 0.05`
     /// with the same settings.
-    state_hash: String,
+    pub(crate) state_hash: String,
     bytes_uploaded: u64,
     bytes_downloaded: u64,
     seconds: f64,
@@ -112,19 +112,19 @@ struct DemoReport {
     /// those withdrawn because one failed.
     opened_ahead: u64,
     withdrawn_ahead: u64,
-    round_seconds_median: Option<f64>,
+    pub(crate) round_seconds_median: Option<f64>,
     /// Median over rounds of the overhead as a fraction of the round's
     /// duration.
     coordinator_overhead_fraction_median: Option<f64>,
-    workers: Vec<DemoWorker>,
-    rounds: Vec<RoundRecord>,
+    pub(crate) workers: Vec<DemoWorker>,
+    pub(crate) rounds: Vec<RoundRecord>,
 }
 
 /// A worker as the coordinator saw it, with what the worker itself said.
 #[derive(Debug, Serialize)]
-struct DemoWorker {
+pub(crate) struct DemoWorker {
     #[serde(flatten)]
-    status: WorkerStatus,
+    pub(crate) status: WorkerStatus,
     /// From registration to holding a first assignment and its model.
     join_ms: Option<u64>,
     started_late: bool,
@@ -148,6 +148,35 @@ impl Drop for Processes {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let report = execute(&args, |_, _, _| Ok(()))?;
+    if args.json {
+        return output::print_json(&report);
+    }
+    print_report(&report, &args);
+    if let Some(dir) = &args.keep {
+        println!("files kept in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// The demo's arguments from its command line (for commands that run a
+/// demo of their own, such as `bench hostile`).
+pub(crate) fn args_from(words: &[&str]) -> DemoArgs {
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+    <Wrapper as clap::Parser>::parse_from(std::iter::once("demo").chain(words.iter().copied())).args
+}
+
+/// Runs the demo and returns its report; `on_start` is called with the
+/// coordinator's URL, its process id and the run's directory as soon as it
+/// listens, before any worker starts.
+pub(crate) fn execute(
+    args: &DemoArgs,
+    mut on_start: impl FnMut(&str, u32, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<DemoReport> {
     anyhow::ensure!((1..=64).contains(&args.workers), "--workers must be between 1 and 64");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(
@@ -172,11 +201,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let binary = std::env::current_exe().context("could not find this executable")?;
-    write_config(&dir, &args)?;
+    write_config(&dir, args)?;
     let mut processes = Processes { children: Vec::new() };
     let url = start_coordinator(&binary, &dir, &mut processes)?;
+    on_start(&url, processes.children[0].1.id(), &dir)?;
     for index in 0..args.workers {
-        start_worker(&binary, &dir, &url, index, &args, &mut processes)?;
+        start_worker(&binary, &dir, &url, index, args, &mut processes)?;
     }
     let run: Signed<RunInfo> = runtime()?
         .block_on(async { reqwest::get(format!("{url}/v1/run")).await?.json().await })
@@ -189,17 +219,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let status = watch(&url, &args, &mut processes, started, |processes, completed| {
+    let status = watch(&url, args, &mut processes, started, |processes, completed| {
         let late_start = args.rounds.div_ceil(3);
         let already = processes.children.len() - 1 - args.workers;
         if completed >= late_start && already < args.late_workers {
             for index in args.workers..args.workers + args.late_workers {
-                start_worker(&binary, &dir, &url, index, &args, processes)?;
+                start_worker(&binary, &dir, &url, index, args, processes)?;
             }
         }
         Ok(())
     })?;
-    let report = finish(status, run.body.dataset, &args, &mut processes, started)?;
+    let mut status = status;
+    status.rounds = all_rounds(&url, status.rounds_total)?;
+    let report = finish(status, run.body.dataset, args, &mut processes, started)?;
     if let Some(path) = &args.plot {
         let points = report
             .rounds
@@ -216,14 +248,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             &[crate::plot::Series { name: "global model".into(), points }],
         )?;
     }
-    if args.json {
-        return output::print_json(&report);
-    }
-    print_report(&report, &args);
-    if args.keep.is_some() {
-        println!("files kept in {}", dir.display());
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -240,12 +265,19 @@ fn start_worker(
 ) -> anyhow::Result<()> {
     let key = dir.join(format!("worker-{index}.key"));
     files::save_identity(&files::generate_identity()?, &key)?;
+    // The demo is the run's operator: it admits each of its workers with a
+    // token of its own, as an operator on the internet would.
+    let token = dir.join(format!("worker-{index}.token"));
+    let issued = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), 1)?;
+    std::fs::write(&token, format!("{}\n", issued[0]))?;
     let log = std::fs::File::create(dir.join(format!("worker-{index}.log")))?;
     let mut command = Command::new(binary);
     command
         .args(["worker", "--coordinator", url, "--threads", "1", "--give-up-after", "60", "--json"])
         .arg("--key")
         .arg(&key)
+        .arg("--admission-token-file")
+        .arg(&token)
         .arg("--cache")
         .arg(dir.join(format!("cache-{index}")))
         .stdout(Stdio::piped())
@@ -275,7 +307,9 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         "rounds = {rounds}\n\n[training]\nseed = {seed}\nmodel = \"{model}\"\ninner_steps = {steps}\n{data}\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
-         auditors = \"{auditors}\"\n",
+         auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
+         # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n\
+         requests_per_second_per_key = 100000\n",
         seed = args.seed,
         rounds = args.rounds,
         model = args.model,
@@ -362,6 +396,27 @@ fn watch(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Every round of the run, page by page (`GET /v1/status` pages them).
+fn all_rounds(url: &str, total: u64) -> anyhow::Result<Vec<RoundRecord>> {
+    const PAGE: u64 = 1000;
+    let runtime = runtime()?;
+    let client = reqwest::Client::new();
+    let mut rounds = Vec::with_capacity(total as usize);
+    while (rounds.len() as u64) < total {
+        let page: RunStatus = runtime
+            .block_on(async {
+                let url = format!("{url}/v1/status?rounds_from={}&rounds_limit={PAGE}", rounds.len());
+                client.get(url).send().await?.json().await
+            })
+            .context("could not read the run's rounds")?;
+        if page.rounds.is_empty() {
+            break;
+        }
+        rounds.extend(page.rounds);
+    }
+    Ok(rounds)
 }
 
 /// Waits for the workers to leave, stops the coordinator, builds the report.

@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
+pub mod admission;
 pub mod battery;
 pub mod bench;
 pub mod contract;
 pub mod coordinator;
 pub mod demo;
+pub mod hostile;
 pub mod keygen;
 pub mod ledger;
 pub mod rewards;

@@ -49,6 +49,15 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "honest")]
     behavior: Behavior,
 
+    /// The admission token the run's operator gave this worker (runs that
+    /// admit by token; see `crowdtrain admission token`).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "admission_token_file")]
+    admission_token: Option<String>,
+
+    /// Read the admission token from this file (keeps it out of `ps`).
+    #[arg(long, value_name = "FILE")]
+    admission_token_file: Option<PathBuf>,
+
     /// Print a JSON summary on stdout when the run ends.
     #[arg(long)]
     json: bool,
@@ -56,6 +65,15 @@ pub struct WorkerArgs {
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let cache = args.cache.clone().unwrap_or_else(default_cache);
+    let admission_token = match &args.admission_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|error| anyhow::anyhow!("could not read {}: {error}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => args.admission_token.clone(),
+    };
     let options = WorkerOptions {
         coordinator: args.coordinator.clone(),
         key: args.key.clone(),
@@ -65,6 +83,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         coordinator_key: args.coordinator_key,
         threads: args.threads,
         behavior: args.behavior,
+        admission_token,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let summary = runtime.block_on(run_worker(options, |news| eprintln!("{news}")))?;

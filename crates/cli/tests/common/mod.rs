@@ -12,7 +12,8 @@ use crowdtrain_data::DataSource;
 pub use crowdtrain_node::files;
 pub use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::wire::{
-    AUTH_HEADER, ApiError, ErrorCode, Phase, RUN_HEADER, RoundView, RunInfo, RunStatus,
+    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, Phase, RUN_HEADER, RegisterRequest,
+    RoundView, RunInfo, RunStatus,
 };
 use crowdtrain_protocol::{Commitment, Digest, Identity, RequestAuth, Signed};
 use crowdtrain_train::diloco::{DilocoConfig, simulate};
@@ -70,9 +71,16 @@ impl Network {
         } else {
             0
         };
+        // Every process of a test shares 127.0.0.1: no per-address limit,
+        // unless the test is about it.
+        let server = if extra.contains("[server]") {
+            ""
+        } else {
+            "[server]\nrequests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n"
+        };
         let config = format!(
             "rounds = {rounds}\n[training]\nseed = 3\ninner_steps = {inner_steps}\nbatch_size = 32\n\
-             [data]\ndir = {:?}\n[audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n[round]\n{round_section}\n{extra}",
+             [data]\ndir = {:?}\n[audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n[round]\n{round_section}\n{extra}\n{server}",
             subset()
         );
         std::fs::write(dir.path().join("run.toml"), config).unwrap();
@@ -90,18 +98,38 @@ impl Network {
     }
 
     pub fn start_coordinator(&mut self) {
+        self.start_coordinator_with_open_files(None);
+    }
+
+    /// Starts the coordinator with at most `open_files` descriptors (soft
+    /// and hard limit), if given.
+    pub fn start_coordinator_with_open_files(&mut self, open_files: impl Into<Option<u64>>) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.path("coordinator.log")).unwrap();
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--config")
             .arg(self.path("run.toml"))
             .arg("--state")
             .arg(self.path("state"))
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(limit) = open_files.into() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; it only lowers this
+            // child's own limit between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(
@@ -131,12 +159,18 @@ impl Network {
         if !key.exists() {
             files::save_identity(&files::generate_identity().unwrap(), &key).unwrap();
         }
+        let token = self.path(&format!("worker-{index}.token"));
+        if !token.exists() {
+            std::fs::write(&token, self.admission_token()).unwrap();
+        }
         let log = std::fs::File::create(self.path(&format!("worker-{index}.log"))).unwrap();
         let child = Command::new(binary())
             .args(["worker", "--coordinator", &self.url(), "--give-up-after", "60", "--json"])
             .args(["--threads", &threads.to_string(), "--behavior", behavior])
             .arg("--key")
             .arg(&key)
+            .arg("--admission-token-file")
+            .arg(&token)
             .arg("--data")
             .arg(subset())
             .arg("--cache")
@@ -151,6 +185,12 @@ impl Network {
 
     pub fn start_worker(&mut self, index: usize) {
         self.start_worker_as(index, "honest", 1);
+    }
+
+    /// A fresh admission token for this run (the default admission is by
+    /// token), as its operator issues them.
+    pub fn admission_token(&self) -> String {
+        crowdtrain_node::coordinator::issue_admission_tokens(&self.path("state"), 1).unwrap()[0].to_string()
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -264,12 +304,30 @@ pub struct HandWorker {
 
 impl HandWorker {
     pub fn join(network: &Network, seed: u8) -> Self {
-        let signed: Signed<RunInfo> = get_json(&format!("{}/v1/run", network.url())).unwrap();
-        let worker = Self { identity: Identity::from_seed([seed; 32]), url: network.url(), run: signed.body };
-        let (status, body) =
-            worker.send("POST", "/v1/workers?class=avx2-fma", Vec::new(), worker.nonce(), worker.run.run_id);
+        let worker = Self::unregistered(network, seed);
+        let (status, body) = worker.register(Some(network.admission_token()));
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         worker
+    }
+
+    /// Joins a run that admits anyone (`[admission] mode = "open"`).
+    pub fn join_open(network: &Network, seed: u8) -> Self {
+        let worker = Self::unregistered(network, seed);
+        let (status, body) = worker.register(None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        worker
+    }
+
+    /// A worker with key `seed` that has not registered.
+    pub fn unregistered(network: &Network, seed: u8) -> Self {
+        let signed: Signed<RunInfo> = get_json(&format!("{}/v1/run", network.url())).unwrap();
+        Self { identity: Identity::from_seed([seed; 32]), url: network.url(), run: signed.body }
+    }
+
+    /// Registers (class avx2-fma) with `token`.
+    pub fn register(&self, token: Option<String>) -> (u16, Vec<u8>) {
+        let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token }).unwrap();
+        self.send("POST", "/v1/workers", body, self.nonce(), self.run.run_id)
     }
 
     pub fn nonce(&self) -> u64 {
@@ -283,6 +341,23 @@ impl HandWorker {
         self.send_raw(method, path, body, Some(auth.to_header()), Some(run.to_hex()))
     }
 
+    /// Sends a signed request without a body; `None` if it got no answer.
+    pub fn send_raw_signed(&self, method: &str, path: &str) -> Option<u16> {
+        let auth = RequestAuth::sign(&self.identity, &self.run.run_id, method, path, self.nonce(), b"");
+        runtime().block_on(async {
+            let request = reqwest::Client::new()
+                .request(method.parse().unwrap(), format!("{}{path}", self.url))
+                .header(AUTH_HEADER, auth.to_header())
+                .header(RUN_HEADER, self.run.run_id.to_hex());
+            Some(request.send().await.ok()?.status().as_u16())
+        })
+    }
+
+    /// The `x-crowdtrain-body` header of `body`.
+    pub fn declare(body: &[u8]) -> String {
+        BodyDeclaration::of(body).to_header()
+    }
+
     pub fn send_raw(
         &self,
         method: &str,
@@ -293,8 +368,10 @@ impl HandWorker {
     ) -> (u16, Vec<u8>) {
         runtime().block_on(async {
             let client = reqwest::Client::new();
+            let declared = Self::declare(&body);
             let mut request =
                 client.request(method.parse().unwrap(), format!("{}{path}", self.url)).body(body);
+            request = request.header(BODY_HEADER, declared);
             if let Some(auth) = auth {
                 request = request.header(AUTH_HEADER, auth);
             }

@@ -106,25 +106,6 @@ impl Node {
         .map_err(|error| format!("the segment cannot be replayed: {error}")))
     }
 
-    /// The full judgement of `answer`, by the coordinator alone.
-    pub(super) fn judge(
-        &self,
-        inner: &mut Inner,
-        assignment: &Assignment,
-        segment: u32,
-        commitment: &Commitment,
-        answer: &AuditAnswer,
-    ) -> Result<Verdict, NodeError> {
-        let start = match self.check_answer(&inner.global.params, assignment, segment, commitment, answer) {
-            Ok(start) => start,
-            Err(reason) => return Ok(Verdict::Failed(reason)),
-        };
-        Ok(match self.replay_report(inner, assignment, segment, start)? {
-            Ok(report) => verdict_of(&report, answer, commitment, assignment, segment),
-            Err(reason) => Verdict::Failed(reason),
-        })
-    }
-
     /// The round's shards for `assignment.slots` participants, cached.
     pub(super) fn shards(
         &self,
@@ -135,10 +116,18 @@ impl Node {
             return Ok(Arc::clone(shards));
         }
         let shards = Arc::new(assignment.shards(&self.dataset.train.labels)?);
+        // A few slot counts at most (each is an index of the whole training
+        // set): participation changes, and the cache must not grow with it.
+        if inner.shards.len() >= SHARD_CACHE_MAX {
+            inner.shards.clear();
+        }
         inner.shards.insert(assignment.slots, Arc::clone(&shards));
         Ok(shards)
     }
 }
+
+/// Slot counts whose shards are kept for audit replays.
+const SHARD_CACHE_MAX: usize = 4;
 
 /// What a replay that ended in `report` says of `answer`'s claims: the
 /// replayed end must be the committed end, and for the last segment the

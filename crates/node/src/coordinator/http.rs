@@ -3,43 +3,92 @@
 //! | method and path | auth | answer |
 //! |---|---|---|
 //! | `GET /v1/run` | none | `Signed<RunInfo>` |
-//! | `POST /v1/workers` | signed | `Signed<Registration>` (idempotent per key) |
+//! | `POST /v1/workers` | signed | body: a JSON `RegisterRequest` (class, admission token); `Signed<Registration>` (idempotent per key); 403 `not-admitted` for a new key the run does not admit, 503 `full` when the run has as many live workers as its data supports (send it again later) |
 //! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
 //! | `POST /v1/rounds/{round}/commitments?base_model=D` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly) |
 //! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
-//! | `GET /v1/status` | none | `RunStatus` JSON |
+//! | `GET /v1/status?rounds_from=R&rounds_limit=N` | none | `RunStatus` JSON, with at most N (default 100, at most 1,000) rounds from round R (default: the latest) |
 //!
 //! Every refusal is a 4xx with an [`ApiError`] JSON body naming the
 //! problem; nothing refused changes any state. Work that touches the state
 //! runs on the blocking pool, so the async threads never wait on SQLite or
 //! aggregation.
+//!
+//! What anyone can make the coordinator spend is bounded before a request
+//! is authenticated: connections ([`super::net`]); requests per second per
+//! address and per key (429 `rate-limited`, with `Retry-After`); and
+//! bodies, which are read only after the request's signature (over its
+//! declared body length and digest) and nonce check out, within the
+//! upload limit, from a key with an upload slot free, at a minimum rate,
+//! hashed as they arrive ([`super::limits`]).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, FromRef, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER};
-use crowdtrain_protocol::wire::{Receipt, ReceiptStatus};
-use crowdtrain_protocol::{Commitment, Digest, RequestAuth, Signed};
+use crowdtrain_protocol::wire::{
+    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER, Receipt,
+    ReceiptStatus, RegisterRequest,
+};
+use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, Signed};
 use serde::Deserialize;
 
-use super::{Failure, Node, now_unix_ms};
+use super::limits::{RequestLimits, UploadSlot, read_body};
+use super::{Failure, Node, net};
 use crate::NodeError;
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ApiError { error: self.code, message: self.message })).into_response()
+        let retry_after = match self.code {
+            ErrorCode::RateLimited => Some("1"),
+            ErrorCode::Full => Some("5"),
+            _ => None,
+        };
+        let mut response =
+            (status, Json(ApiError { error: self.code, message: self.message })).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
     }
 }
+
+/// What every handler may reach: the node and the request limits.
+#[derive(Clone)]
+struct App {
+    node: Arc<Node>,
+    limits: Arc<RequestLimits>,
+}
+
+impl FromRef<App> for Arc<Node> {
+    fn from_ref(app: &App) -> Self {
+        Arc::clone(&app.node)
+    }
+}
+
+impl FromRef<App> for Arc<RequestLimits> {
+    fn from_ref(app: &App) -> Self {
+        Arc::clone(&app.limits)
+    }
+}
+
+/// A registration's body (JSON: a class and a token) is at most this.
+const REGISTRATION_BYTES_MAX: u64 = 4096;
+
+/// Status pages hold at most this many rounds.
+const STATUS_ROUNDS_MAX: u64 = 1000;
+const STATUS_ROUNDS_DEFAULT: u64 = 100;
 
 /// Serves the API on `listener` until `shutdown` resolves, with the timer
 /// that enforces round deadlines. Returns an error if the node hit a state
@@ -50,7 +99,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let app = Router::new()
+    let descriptors = net::raise_descriptor_limit()
+        .map_err(|error| NodeError::io("reading the limit on open files", error))?;
+    let server = &node.config.server;
+    let connections = net::ConnectionLimits::new(server, descriptors);
+    tracing::info!(
+        descriptors,
+        max_connections = connections.max_connections,
+        per_address = connections.max_per_address,
+        "connection limits"
+    );
+    let limits = Arc::new(RequestLimits::new(server, &node.uploads_dir));
+    let app = App { node: Arc::clone(&node), limits: Arc::clone(&limits) };
+    let router = Router::new()
         .route("/v1/run", get(run_info))
         .route("/v1/workers", post(register))
         .route("/v1/round", get(round))
@@ -61,13 +122,33 @@ pub async fn serve(
         .route("/v1/rounds/{round}/audit-tasks/{audited}", get(audit_task).post(audit_report))
         .route("/v1/status", get(status))
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such endpoint") })
-        .with_state(Arc::clone(&node));
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&limits), per_address))
+        .with_state(app);
+    let stats = Arc::new(net::ConnectionStats::default());
+    let server = net::serve(listener, router, connections, stats, shutdown);
     let mut fatal = node.fatal.subscribe();
     tokio::select! {
         served = server => served.map_err(|error| NodeError::io("the HTTP server failed", error)),
         failed = timer(Arc::clone(&node)) => failed,
+        () = prune(limits) => Ok(()),
         _ = fatal.wait_for(Option::is_some) => Err(NodeError::Halted(node.fatal.borrow().clone().unwrap_or_default())),
+    }
+}
+
+/// Refuses a request over its address's rate, before anything else.
+async fn per_address(State(limits): State<Arc<RequestLimits>>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer.ip());
+    if let Some(Err(failure)) = peer.map(|address| limits.check_address(address)) {
+        return failure.into_response();
+    }
+    next.run(request).await
+}
+
+/// Keeps the rate limiters to the addresses and keys seen lately.
+async fn prune(limits: Arc<RequestLimits>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        limits.prune();
     }
 }
 
@@ -79,7 +160,7 @@ async fn timer(node: Arc<Node>) -> Result<(), NodeError> {
         let next = node.lock().machine.poll_timeout();
         match next {
             Some(deadline) => {
-                let wait = Duration::from_millis(deadline.saturating_sub(now_unix_ms()));
+                let wait = Duration::from_millis(deadline.saturating_sub(super::now_unix_ms()));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {
                         let node = Arc::clone(&node);
@@ -104,15 +185,17 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|error| Err(Failure::internal(error)))
 }
 
-/// Checks the run header and the request signature; returns the signer
-/// and the nonce. Says precisely what is wrong.
+/// Checks the run header and the request's signature over its declared
+/// body, and counts the request against its key's rate; returns the
+/// signer, the nonce and the declared body. Reads no body. Says precisely
+/// what is wrong.
 fn verify_signature(
     node: &Node,
+    limits: &RequestLimits,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: &[u8],
-) -> Result<RequestAuth, Failure> {
+) -> Result<(RequestAuth, BodyDeclaration), Failure> {
     let header_text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let auth = header_text(AUTH_HEADER).ok_or_else(|| {
         Failure::new(ErrorCode::Unauthenticated, format!("unsigned request: no {AUTH_HEADER} header"))
@@ -127,64 +210,82 @@ fn verify_signature(
     }
     let auth =
         RequestAuth::parse_header(auth).map_err(|reason| Failure::new(ErrorCode::Unauthenticated, reason))?;
+    let declared = match header_text(BODY_HEADER) {
+        Some(text) => BodyDeclaration::parse_header(text)
+            .map_err(|reason| Failure::new(ErrorCode::BadRequest, reason))?,
+        None if headers.contains_key(BODY_HEADER) => {
+            return Err(Failure::new(ErrorCode::BadRequest, format!("{BODY_HEADER} is not text")));
+        }
+        None => BodyDeclaration::empty(),
+    };
+    let length =
+        headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if length.is_some_and(|length| length != declared.length) {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            format!("Content-Length is not the {} bytes {BODY_HEADER} declares", declared.length),
+        ));
+    }
     let path = uri.path_and_query().map_or(uri.path(), |path| path.as_str());
-    auth.verify(&node.run_id(), method.as_str(), path, body).map_err(|_| {
+    auth.verify(&node.run_id(), method.as_str(), path, &declared).map_err(|_| {
         Failure::new(
             ErrorCode::BadSignature,
             format!("the signature does not verify for key {} over {method} {path}", auth.worker),
         )
     })?;
-    Ok(auth)
+    limits.check_key(&auth.worker)?;
+    Ok((auth, declared))
 }
 
-/// Checks a signed request that reads (no body, any rising nonce) and
+/// Checks a signed request that reads (no body; a single-use nonce) and
 /// marks its worker as seen; returns the worker.
 async fn signed_read(
     node: &Arc<Node>,
+    limits: &RequestLimits,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<crowdtrain_protocol::WorkerId, Failure> {
-    let auth = verify_signature(node, method, uri, headers, b"")?;
+    let (auth, declared) = verify_signature(node, limits, method, uri, headers)?;
+    if declared.length != 0 {
+        return Err(Failure::new(ErrorCode::BadRequest, format!("{method} {} takes no body", uri.path())));
+    }
     let node = Arc::clone(node);
-    blocking(move || node.authenticate(&auth.worker, auth.nonce, false)).await
+    blocking(move || node.read(&auth.worker, auth.nonce)).await
 }
 
 async fn run_info(State(node): State<Arc<Node>>) -> Response {
     Json(node.run_info().clone()).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct RegisterQuery {
-    /// The worker's determinism class (the kernels its CPU runs).
-    class: Option<String>,
-}
-
 async fn register(
     State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    query: Result<Query<RegisterQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
 ) -> Response {
     let result = async {
-        let Query(query) =
-            query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-        let class = query.class.ok_or_else(|| {
-            Failure::new(
-                ErrorCode::BadRequest,
-                "registration needs the worker's determinism class (?class=...)",
-            )
-        })?;
-        let auth = verify_signature(&node, &method, &uri, &headers, b"")?;
-        let nonce_ms = auth.nonce / 1000;
-        if nonce_ms.abs_diff(now_unix_ms()) > crowdtrain_protocol::coordinator::NONCE_WINDOW_MS {
+        let (auth, declared) = verify_signature(&node, &limits, &method, &uri, &headers)?;
+        if declared.length > REGISTRATION_BYTES_MAX {
             return Err(Failure::new(
-                ErrorCode::Replayed,
-                "the registration's nonce is too far from the coordinator's clock",
+                ErrorCode::TooLarge,
+                format!("a registration is at most {REGISTRATION_BYTES_MAX} bytes"),
             ));
         }
-        blocking(move || node.register(auth.worker, &class)).await
+        let body = read_body(body, declared, limits.body_timeout, &limits.spill_dir).await?;
+        let request: RegisterRequest = serde_json::from_slice(&body).map_err(|error| {
+            Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "registration needs a JSON body with the worker's determinism class and, if the run admits \
+                     by token, its admission token ({{\"class\": ..., \"token\": ...}}): {error}"
+                ),
+            )
+        })?;
+        blocking(move || node.register(auth.worker, auth.nonce, &request.class, request.token.as_deref()))
+            .await
     };
     match result.await {
         Ok(registration) => Json(registration).into_response(),
@@ -200,6 +301,7 @@ struct RoundQuery {
 
 async fn round(
     State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -208,7 +310,7 @@ async fn round(
     let result = async {
         let Query(query) =
             query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-        let worker = signed_read(&node, &method, &uri, &headers).await?;
+        let worker = signed_read(&node, &limits, &method, &uri, &headers).await?;
         let mut changes = node.changes.subscribe();
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(query.wait_ms.unwrap_or(0).min(LONG_POLL_MS_MAX));
@@ -270,7 +372,9 @@ async fn model(State(node): State<Arc<Node>>, Path(digest): Path<String>, header
             None => 0,
         };
         node.count_download(total - start);
-        let mut response = Body::from(bytes[start as usize..].to_vec()).into_response();
+        // Served from the shared buffer, not copied per download.
+        let body = axum::body::Bytes::from_owner(ArcBytes(bytes)).slice(start as usize..);
+        let mut response = Body::from(body).into_response();
         let response_headers = response.headers_mut();
         response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
@@ -297,31 +401,36 @@ fn parse_range_start(range: &HeaderValue, total: u64) -> Result<u64, Failure> {
     if start >= total { Err(bad()) } else { Ok(start) }
 }
 
-/// Bodies up to this many times the upload limit are read to the end
-/// before being refused, so that the client gets the 413 and its reason
-/// rather than a broken pipe.
+/// A published model's shared bytes, as the owner of a response body.
+struct ArcBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// An authenticated upload over the limit is read (and dropped) up to this
+/// many times the limit before it is refused, so that its sender gets the
+/// 413 and its reason rather than a broken pipe. Unauthenticated bodies
+/// are never read.
 const DRAIN_FACTOR: u64 = 4;
 
-/// Reads a body of at most `limit` bytes. A longer body is drained (up to
-/// `DRAIN_FACTOR` times the limit) and `None` is returned.
-async fn read_body(body: Body, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
+/// Reads and drops an authenticated body (at most `DRAIN_FACTOR` times
+/// `limit`, within `timeout`) so that a refusal reaches its sender.
+async fn drain(body: Body, limit: u64, timeout: Duration) {
     use http_body_util::BodyExt;
     let mut body = body;
-    let mut kept = Vec::new();
     let mut total = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|error| Failure::new(ErrorCode::BadRequest, format!("reading the body: {error}")))?;
-        let Ok(data) = frame.into_data() else { continue };
-        total += data.len() as u64;
-        if total > limit.saturating_mul(DRAIN_FACTOR) {
-            return Ok(None);
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            total += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if total > limit.saturating_mul(DRAIN_FACTOR) {
+                return;
+            }
         }
-        if total <= limit {
-            kept.extend_from_slice(&data);
-        }
-    }
-    Ok((total <= limit).then_some(kept))
+    })
+    .await;
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,13 +446,19 @@ struct RoundPost {
     round: u64,
     base_model: Option<Digest>,
     body: Vec<u8>,
+    /// The sender's upload slot, held until the request is answered.
+    _slot: UploadSlot,
 }
 
-/// Reads and checks everything every round POST needs: the round in the
-/// path, the optional base model, a size-capped body, the signature and a
-/// fresh nonce. Changes nothing.
+/// Checks everything every round POST needs, in the order that costs an
+/// unauthenticated sender least: the round in the path, the optional base
+/// model, the signature over the declared body, a registered key with a
+/// fresh nonce, the declared size, a free upload slot; only then reads the
+/// body (see [`read_body`]). Changes nothing.
+#[allow(clippy::too_many_arguments)]
 async fn round_post(
     node: &Arc<Node>,
+    limits: &Arc<RequestLimits>,
     path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
     method: &Method,
@@ -354,27 +469,25 @@ async fn round_post(
     let Path(round) = path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
     let Query(query) =
         query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-    let limit = node.config.limits.max_upload_bytes;
-    let too_large = || Failure::new(ErrorCode::TooLarge, format!("uploads are at most {limit} bytes"));
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit.saturating_mul(DRAIN_FACTOR)) {
-        // Far too large to be worth reading: refuse at once (the client
-        // may see the connection close before it finishes sending).
-        return Err(too_large());
-    }
-    let body = read_body(body, limit).await?.ok_or_else(too_large)?;
-    let auth = verify_signature(node, method, uri, headers, &body)?;
     let base_model = query
         .base_model
         .map(|text| text.parse::<Digest>())
         .transpose()
         .map_err(|reason| Failure::new(ErrorCode::BadRequest, format!("base_model: {reason}")))?;
+    let (auth, declared) = verify_signature(node, limits, method, uri, headers)?;
+    let key: PublicKey = auth.worker;
     let worker = {
         let node = Arc::clone(node);
-        blocking(move || node.authenticate(&auth.worker, auth.nonce, true)).await?
+        blocking(move || node.authenticate(&key, auth.nonce)).await?
     };
-    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, body })
+    let limit = node.config.limits.max_upload_bytes;
+    if declared.length > limit {
+        drain(body, limit, limits.body_timeout).await;
+        return Err(Failure::new(ErrorCode::TooLarge, format!("uploads are at most {limit} bytes")));
+    }
+    let slot = limits.begin_upload(key)?;
+    let body = read_body(body, declared, limits.body_timeout, &limits.spill_dir).await?;
+    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, body, _slot: slot })
 }
 
 fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
@@ -397,8 +510,10 @@ fn receipt_response(result: Result<Signed<Receipt>, Failure>) -> Response {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn commitment(
     State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
     path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
     method: Method,
@@ -407,18 +522,23 @@ async fn commitment(
     body: Body,
 ) -> Response {
     let result = async {
-        let post = round_post(&node, path, query, &method, &uri, &headers, body).await?;
+        let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
         let commitment: Commitment = serde_json::from_slice(&post.body).map_err(|error| {
             Failure::new(ErrorCode::BadRequest, format!("the commitment does not parse: {error}"))
         })?;
-        blocking(move || node.commit(post.worker, post.nonce, post.round, base, commitment)).await
+        let RoundPost { worker, nonce, round, _slot, .. } = post;
+        let receipt = blocking(move || node.commit(worker, nonce, round, base, commitment)).await;
+        drop(_slot);
+        receipt
     };
     receipt_response(result.await)
 }
 
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn reveal(
     State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
     path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
     method: Method,
@@ -427,15 +547,20 @@ async fn reveal(
     body: Body,
 ) -> Response {
     let result = async {
-        let post = round_post(&node, path, query, &method, &uri, &headers, body).await?;
+        let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
-        blocking(move || node.reveal(post.worker, post.nonce, post.round, base, post.body)).await
+        let RoundPost { worker, nonce, round, body, _slot, .. } = post;
+        let receipt = blocking(move || node.reveal(worker, nonce, round, base, body)).await;
+        drop(_slot);
+        receipt
     };
     receipt_response(result.await)
 }
 
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn audit_answer(
     State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
     path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
     method: Method,
@@ -444,8 +569,11 @@ async fn audit_answer(
     body: Body,
 ) -> Response {
     let result = async {
-        let post = round_post(&node, path, query, &method, &uri, &headers, body).await?;
-        blocking(move || node.answer_audit(post.worker, post.nonce, post.round, post.body)).await
+        let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
+        let RoundPost { worker, nonce, round, body, _slot, .. } = post;
+        let receipt = blocking(move || node.answer_audit(worker, nonce, round, body)).await;
+        drop(_slot);
+        receipt
     };
     receipt_response(result.await)
 }
@@ -454,6 +582,7 @@ async fn audit_answer(
 /// auditor must replay (postcard, signed by the coordinator).
 async fn audit_task(
     State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
     path: Result<Path<(u64, u64)>, axum::extract::rejection::PathRejection>,
     method: Method,
     uri: Uri,
@@ -462,7 +591,7 @@ async fn audit_task(
     let result = async {
         let Path((round, audited)) =
             path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
-        let worker = signed_read(&node, &method, &uri, &headers).await?;
+        let worker = signed_read(&node, &limits, &method, &uri, &headers).await?;
         blocking(move || node.audit_task(worker, round, crowdtrain_protocol::WorkerId(audited))).await
     };
     match result.await {
@@ -473,8 +602,10 @@ async fn audit_task(
 
 /// `POST /v1/rounds/{round}/audit-tasks/{audited}`: a delegated auditor's
 /// report (postcard).
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn audit_report(
     State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
     path: Result<Path<(u64, u64)>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
     method: Method,
@@ -487,23 +618,34 @@ async fn audit_report(
             Ok(Path(pair)) => pair,
             Err(rejection) => return Err(Failure::new(ErrorCode::BadRequest, rejection.body_text())),
         };
-        let post = round_post(&node, Ok(Path(round)), query, &method, &uri, &headers, body).await?;
-        blocking(move || {
-            node.audit_report(
-                post.worker,
-                post.nonce,
-                post.round,
-                crowdtrain_protocol::WorkerId(audited),
-                &post.body,
-            )
+        let post = round_post(&node, &limits, Ok(Path(round)), query, &method, &uri, &headers, body).await?;
+        let RoundPost { worker, nonce, round, body, _slot, .. } = post;
+        let receipt = blocking(move || {
+            node.audit_report(worker, nonce, round, crowdtrain_protocol::WorkerId(audited), &body)
         })
-        .await
+        .await;
+        drop(_slot);
+        receipt
     };
     receipt_response(result.await)
 }
 
-async fn status(State(node): State<Arc<Node>>) -> Response {
-    match blocking(move || node.status()).await {
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    rounds_from: Option<u64>,
+    rounds_limit: Option<u64>,
+}
+
+async fn status(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return Failure::new(ErrorCode::BadRequest, "rounds_from and rounds_limit are round counts")
+            .into_response();
+    };
+    let limit = query.rounds_limit.unwrap_or(STATUS_ROUNDS_DEFAULT).min(STATUS_ROUNDS_MAX);
+    match blocking(move || node.status(query.rounds_from, limit)).await {
         Ok(status) => Json(status).into_response(),
         Err(failure) => failure.into_response(),
     }

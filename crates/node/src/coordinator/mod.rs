@@ -10,8 +10,11 @@
 //! updates on held-out data, and paying for them, happens off the request
 //! path on its own thread ([`score`]), round after round in order.
 
+mod admission;
 mod audit;
 mod http;
+mod limits;
+mod net;
 mod score;
 
 use std::path::Path;
@@ -36,7 +39,9 @@ use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState, evaluate};
 use tokio::sync::watch;
 
+pub use admission::issue_tokens as issue_admission_tokens;
 pub use http::serve;
+pub use net::raise_descriptor_limit;
 
 use crate::NodeError;
 use crate::replay::replay_segment;
@@ -58,7 +63,9 @@ impl Failure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let status = match code {
             ErrorCode::Unauthenticated | ErrorCode::BadSignature => 401,
-            ErrorCode::UnknownWorker | ErrorCode::NotAssigned => 403,
+            ErrorCode::UnknownWorker | ErrorCode::NotAssigned | ErrorCode::NotAdmitted => 403,
+            ErrorCode::TimedOut => 408,
+            ErrorCode::RateLimited => 429,
             ErrorCode::NotFound => 404,
             ErrorCode::Replayed | ErrorCode::WrongRound | ErrorCode::Duplicate | ErrorCode::StaleModel => 409,
             ErrorCode::Late
@@ -134,6 +141,15 @@ pub struct Node {
     /// apart from the pool aggregation and audits use, so that work nobody
     /// waits for never delays a round.
     background: rayon::ThreadPool,
+    /// Closed rounds to evaluate, in order, for the evaluation thread: a
+    /// round and its model's digest, not its parameters, so a backlog
+    /// (evaluation runs at idle priority, and falls behind when rounds are
+    /// short) costs 40 bytes a round, not a model.
+    evaluations: Mutex<std::sync::mpsc::Sender<(RoundId, Digest)>>,
+    /// Who may register.
+    admission: admission::Admission,
+    /// Where large uploads are spilled while they arrive.
+    uploads_dir: std::path::PathBuf,
 }
 
 struct Inner {
@@ -250,7 +266,18 @@ impl Node {
             }
         };
         let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
-        let settings = Settings::from_config(&config);
+        let mut settings = Settings::from_config(&config);
+        settings.max_participants = max_participants(&config, dataset.train.len());
+        let admission = admission::Admission::open(&config.admission, state_dir)?;
+        let uploads_dir = state_dir.join("uploads");
+        // Uploads in progress when the process stopped are gone with it.
+        let _ = std::fs::remove_dir_all(&uploads_dir);
+        std::fs::create_dir_all(&uploads_dir)
+            .map_err(|error| NodeError::io(format!("could not create {}", uploads_dir.display()), error))?;
+        // Answers of passed audits are not evidence (see `prune_answers`).
+        for digest in store.passed_answer_digests()? {
+            answers.remove(&digest)?;
+        }
         let machine = Coordinator::restore(
             settings,
             record.run_id,
@@ -275,7 +302,7 @@ impl Node {
             defense_config.checks,
             defense_config.aggregator,
             aggregator_state,
-            store.earlier_digests(next_decided)?,
+            store.earlier_digests(next_decided, crowdtrain_defense::RESUBMISSION_WINDOW_ROUNDS as u64)?,
         );
         let mut quality = Quality::default();
         for (_, scores) in store.score_history()? {
@@ -289,6 +316,7 @@ impl Node {
         );
         drop(validation_pool);
         let (scoring, to_score) = std::sync::mpsc::channel();
+        let (evaluations, to_evaluate) = std::sync::mpsc::channel();
         let background = background_pool()?;
         let reader = Store::open_reader(&state_dir.join("coordinator.sqlite"))?;
         let maintenance = Store::open(&state_dir.join("coordinator.sqlite"))?;
@@ -308,6 +336,7 @@ impl Node {
                     digest: Digest(dataset.train.digest()),
                 },
                 initial_model: record.initial_model,
+                admission: config.admission.mode,
             },
         );
         let node = Arc::new_cyclic(|me| Self {
@@ -349,8 +378,12 @@ impl Node {
             background,
             reader: Mutex::new(reader),
             maintenance: Mutex::new(maintenance),
+            evaluations: Mutex::new(evaluations),
+            admission,
+            uploads_dir,
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
+        spawn_evaluator(Arc::downgrade(&node), to_evaluate);
         let mut inner = node.lock();
         // Rounds the previous process closed but did not live to score.
         for round in inner.store.unscored_rounds()? {
@@ -359,10 +392,7 @@ impl Node {
         node.drive(&mut inner, &[])?;
         // Evaluations the previous process did not live to record.
         for (round, model) in inner.store.unevaluated_rounds()? {
-            let bytes = node.checkpoints.get(&model)?;
-            let params =
-                checkpoint::decode(&bytes, CheckpointKind::Params, &node.model.name(), node.model.layout())?;
-            node.schedule_evaluation(round, params);
+            node.schedule_evaluation(round, model);
         }
         drop(inner);
         Ok(node)
@@ -390,22 +420,40 @@ impl Node {
         })
     }
 
-    /// Checks a request's signature and nonce; marks its worker as seen.
-    /// `key` and `nonce` come from the already-verified auth header.
-    fn authenticate(&self, key: &PublicKey, nonce: u64, state_changing: bool) -> Result<WorkerId, Failure> {
+    /// Checks a state-changing request's key and nonce (the signature was
+    /// verified already): the worker it comes from. Changes nothing.
+    fn authenticate(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
+        let inner = self.lock();
+        Ok(inner.machine.authenticate(now_unix_ms(), key, nonce, true)?)
+    }
+
+    /// A signed read (its signature verified): single-use, and marks its
+    /// worker as seen.
+    fn read(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
         let mut inner = self.lock();
-        let worker = inner.machine.authenticate(now_unix_ms(), key, nonce, state_changing)?;
-        if !state_changing {
-            inner.machine.seen(now_unix_ms(), worker);
-            self.drive(&mut inner, &[]).map_err(Failure::internal)?;
-        }
+        let worker = inner.machine.read(now_unix_ms(), key, nonce)?;
+        self.drive(&mut inner, &[]).map_err(Failure::internal)?;
         Ok(worker)
     }
 
-    /// `POST /v1/workers`: registration (idempotent per key).
-    fn register(&self, key: PublicKey, class: &str) -> Result<Signed<Registration>, Failure> {
+    /// `POST /v1/workers`: registration (idempotent per key); a new key
+    /// must be admitted first.
+    fn register(
+        &self,
+        key: PublicKey,
+        nonce: u64,
+        class: &str,
+        token: Option<&str>,
+    ) -> Result<Signed<Registration>, Failure> {
+        let admitted = self.admission.check(&key, token);
         let mut inner = self.lock();
-        let (worker, _) = inner.machine.register(now_unix_ms(), key, class)?;
+        let token = match (admitted, inner.machine.worker_id(&key)) {
+            (Ok(token), _) => token,
+            // Registered already: registering again only says it is alive.
+            (Err(_), Some(_)) => None,
+            (Err(failure), None) => return Err(failure),
+        };
+        let (worker, _) = inner.machine.register_admitted(now_unix_ms(), key, class, Some(nonce), token)?;
         self.drive(&mut inner, &[]).map_err(Failure::internal)?;
         Ok(Signed::sign(&self.identity, Registration { run_id: self.run_id, worker, public_key: key }))
     }
@@ -744,19 +792,44 @@ impl Node {
         Ok(self.receipt(round, auditor, Stage::AuditReport, status, Digest::of(body), now, None))
     }
 
-    /// [`Action::JudgeAudit`]: the deadline passed with `worker`'s answered
-    /// audit unreported; the coordinator replays it from the stored answer.
+    /// [`Action::JudgeAudit`]: an answered audit nobody else will judge
+    /// (its auditor did not report by the reveal deadline, or the process
+    /// replaying it stopped): the coordinator replays it from the stored
+    /// answer, in the background like a fresh answer.
     fn judge_stored(&self, inner: &mut Inner, round: RoundId, worker: WorkerId) -> Result<(), NodeError> {
         let (segment, commitment) =
             inner.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
         let assignment = inner.machine.assignment(worker).expect("audited workers are participants");
         let answer = self.stored_answer(inner, round, worker)?;
-        let verdict = self.judge(inner, &assignment, segment, &commitment, &answer)?;
-        tracing::info!(round, %worker, segment, ?verdict, "audit judged at the deadline (no report)");
-        inner
-            .machine
-            .audit_result(now_unix_ms(), round, worker, verdict, None, None)
-            .expect("an answered audit is pending");
+        let base = inner.global.params.clone();
+        match self.check_answer(&base, &assignment, segment, &commitment, &answer) {
+            Err(reason) => {
+                let verdict = Verdict::Failed(reason);
+                tracing::info!(round, %worker, segment, ?verdict, "stored audit answer judged");
+                inner
+                    .machine
+                    .audit_result(now_unix_ms(), round, worker, verdict, None, None)
+                    .expect("an answered audit is pending");
+            }
+            Ok(start) => {
+                tracing::info!(round, %worker, segment, "replaying a stored audit answer");
+                let shards = self.shards(inner, &assignment)?;
+                let (recorded, on_record) = std::sync::mpsc::channel();
+                let _ = recorded.send(());
+                self.spawn_replay(PendingReplay {
+                    round,
+                    worker,
+                    segment,
+                    commitment,
+                    assignment,
+                    shards,
+                    base,
+                    answer,
+                    start,
+                    recorded: on_record,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -892,6 +965,8 @@ impl Node {
         // When the batch showed a new round to the workers, if it did.
         let mut opened_at: Option<Instant> = None;
         let mut finished = false;
+        // Audits that passed in this batch: their answers go once durable.
+        let mut passed = Vec::new();
         while let Some(action) = inner.machine.poll_action() {
             match action {
                 Action::Record(event) => {
@@ -962,12 +1037,16 @@ impl Node {
                             tracing::info!(model = %final_model, "run finished");
                             finished = true;
                         }
+                        Event::Audit { round, worker, verdict, .. } if verdict.passed() => {
+                            passed.push((*round, *worker));
+                        }
                         _ => {}
                     }
+                    // A commitment may end the commit phase early: the timer
+                    // must look at the machine's next deadline again.
                     changed |= !matches!(
                         event,
                         Event::WorkerRegistered { .. }
-                            | Event::Commitment { .. }
                             | Event::Reveal { .. }
                             | Event::WorkAccepted { .. }
                             | Event::Slash { .. }
@@ -1036,6 +1115,7 @@ impl Node {
         let written = inner.store.record(now_unix_ms(), &events, payloads, &self.identity);
         *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         written?;
+        self.prune_answers(inner, &passed)?;
         if !committed.is_empty() {
             tracing::debug!(write_ms = writing.elapsed().as_secs_f64() * 1e3, "committed");
         }
@@ -1054,7 +1134,7 @@ impl Node {
             {
                 inner.store.set_overhead(round, overhead(started).as_millis() as u64)?;
             }
-            self.schedule_evaluation(round, inner.global.params.clone());
+            self.schedule_evaluation(round, inner.global_model);
             self.schedule_scoring(round);
         }
         if finished {
@@ -1183,32 +1263,59 @@ impl Node {
         }
     }
 
-    /// Evaluates a round's result on the test set off the request path,
-    /// and records it when done.
-    fn schedule_evaluation(&self, round: RoundId, params: Vec<f32>) {
-        let Some(node) = self.me.upgrade() else { return };
-        std::thread::spawn(move || {
-            let model = crowdtrain_train::build_model(node.config.training.model);
-            match node.background.install(|| evaluate(model.as_ref(), &params, &node.dataset.test)) {
-                Ok(evaluation) => {
-                    let mut inner = node.lock();
-                    if let Err(error) =
-                        inner.store.set_evaluation(round, evaluation.accuracy, evaluation.loss)
-                    {
-                        tracing::error!(round, %error, "could not record an evaluation");
-                    }
-                }
-                Err(error) => tracing::error!(round, %error, "evaluation failed"),
-            }
-            let maintenance = node.maintenance.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(error) = maintenance.checkpoint_wal() {
-                tracing::warn!(round, %error, "could not checkpoint the database's WAL");
-            }
-        });
+    /// Hands a closed round's result, `model`, to the evaluation thread.
+    fn schedule_evaluation(&self, round: RoundId, model: Digest) {
+        let sender = self.evaluations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sender.send((round, model)).is_err() {
+            tracing::error!(round, "the evaluation thread is gone");
+        }
     }
 
-    /// `GET /v1/status`: the run at a glance.
-    fn status(&self) -> Result<RunStatus, Failure> {
+    /// Evaluates `round`'s result `model` on the test set and records it,
+    /// then checkpoints the WAL.
+    fn evaluate_round(&self, round: RoundId, model: &Digest) -> Result<(), NodeError> {
+        let bytes = self.published_or_stored(model)?;
+        let params =
+            checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?;
+        let built = crowdtrain_train::build_model(self.config.training.model);
+        let evaluation = self.background.install(|| evaluate(built.as_ref(), &params, &self.dataset.test))?;
+        self.lock().store.set_evaluation(round, evaluation.accuracy, evaluation.loss)?;
+        let maintenance = self.maintenance.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(error) = maintenance.checkpoint_wal() {
+            tracing::warn!(round, %error, "could not checkpoint the database's WAL");
+        }
+        Ok(())
+    }
+
+    /// A model checkpoint's bytes: the one served from memory, or its file.
+    /// A result's file is written in the background, but before the next
+    /// result replaces it in memory (`aggregate` waits for it), so one of
+    /// the two always has it.
+    fn published_or_stored(&self, model: &Digest) -> Result<Arc<Vec<u8>>, NodeError> {
+        let published = self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        if let Some((_, bytes)) = published.filter(|(latest, _)| latest == model) {
+            return Ok(bytes);
+        }
+        Ok(Arc::new(self.checkpoints.get(model)?))
+    }
+
+    /// Deletes the stored answers of audits that passed, once their
+    /// verdicts are durable: the verdict, the commitment and the ledger are
+    /// the record of a passed audit, and an answer is 2.4 MB for the MLP.
+    /// The answers of failed audits stay: they are the evidence for the
+    /// slash (anyone can replay them against the commitment).
+    fn prune_answers(&self, inner: &Inner, passed: &[(RoundId, WorkerId)]) -> Result<(), NodeError> {
+        for &(round, worker) in passed {
+            if let Ok(digest) = inner.store.audit_answer_digest(round, worker) {
+                self.answers.remove(&digest)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/status`: the run at a glance, with a page of its rounds
+    /// (`limit` of them from round `from`, or the latest `limit`).
+    fn status(&self, from: Option<RoundId>, limit: u64) -> Result<RunStatus, Failure> {
         // The machine's view first, then the database's: the database is
         // at least as new, never older, than the view.
         let (phase, round, completed_rounds, model, state_hash, active) = {
@@ -1231,7 +1338,13 @@ impl Node {
         for worker in &mut workers {
             worker.active = active.contains(&worker.worker);
         }
-        let rounds = reader.round_records().map_err(Failure::internal)?;
+        let rounds_total = reader.round_count().map_err(Failure::internal)?;
+        let from = from.unwrap_or(rounds_total.saturating_sub(limit));
+        let rounds = reader.round_records_page(from, limit).map_err(Failure::internal)?;
+        let test_accuracy = match rounds.iter().rev().find_map(|round| round.test_accuracy) {
+            Some(accuracy) => Some(accuracy),
+            None => reader.latest_test_accuracy().map_err(Failure::internal)?,
+        };
         drop(reader);
         Ok(RunStatus {
             run_id: self.run_id,
@@ -1241,21 +1354,25 @@ impl Node {
             target_rounds: self.config.rounds,
             model,
             state_hash,
-            test_accuracy: rounds.iter().rev().find_map(|round| round.test_accuracy),
+            test_accuracy,
             bytes_uploaded: workers.iter().map(|worker| worker.bytes_uploaded).sum(),
             bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
             workers,
             rounds,
+            rounds_total,
+            max_participants: self.lock().machine.settings().max_participants,
+            admission: self.admission.mode().as_str().to_owned(),
             opened_ahead: self.opened_ahead.load(Ordering::Relaxed),
             withdrawn_ahead: self.withdrawn_ahead.load(Ordering::Relaxed),
         })
     }
 
-    /// The bytes of a model checkpoint workers may download.
-    fn model_bytes(&self, digest: &Digest) -> Result<Vec<u8>, Failure> {
+    /// The bytes of a model checkpoint workers may download (the latest
+    /// one shared, not copied, however many download it at once).
+    fn model_bytes(&self, digest: &Digest) -> Result<Arc<Vec<u8>>, Failure> {
         let published = self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         if let Some((_, bytes)) = published.filter(|(latest, _)| latest == digest) {
-            return Ok(bytes.to_vec());
+            return Ok(bytes);
         }
         let bytes = self.checkpoints.get(digest).map_err(|error| match error {
             crowdtrain_store::CheckpointError::Missing(_) => {
@@ -1266,12 +1383,38 @@ impl Node {
         // Only parameter checkpoints are published, not optimizer state.
         checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())
             .map_err(|_| Failure::new(ErrorCode::NotFound, format!("no model {digest} in this run")))?;
-        Ok(bytes)
+        Ok(Arc::new(bytes))
     }
 
     fn count_download(&self, bytes: u64) {
         self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
     }
+}
+
+/// The most participants `config`'s rounds can have with `examples`
+/// training examples: each shard needs a whole batch, from what the
+/// validation split leaves (the Dirichlet sharding may need more; it says
+/// so when a round's shards cannot be drawn).
+fn max_participants(config: &RunConfig, examples: usize) -> u32 {
+    let held = (examples as f64 * config.training.validation_fraction).round() as usize;
+    let batches = examples.saturating_sub(held) / config.training.batch().max(1);
+    (batches.max(1) as u64).min(u64::from(config.limits.max_workers)) as u32
+}
+
+/// Starts the evaluation thread: closed rounds in order, one at a time;
+/// it ends when the node is gone.
+fn spawn_evaluator(node: std::sync::Weak<Node>, rounds: std::sync::mpsc::Receiver<(RoundId, Digest)>) {
+    std::thread::Builder::new()
+        .name("crowdtrain-evaluation".into())
+        .spawn(move || {
+            for (round, model) in rounds {
+                let Some(node) = node.upgrade() else { return };
+                if let Err(error) = node.evaluate_round(round, &model) {
+                    tracing::error!(round, %error, "evaluation failed");
+                }
+            }
+        })
+        .expect("the evaluation thread starts");
 }
 
 /// A one-thread pool at low priority (nice 10) for work no round waits for.
@@ -1314,10 +1457,11 @@ fn postcard_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("protocol values always encode")
 }
 
-/// The audit master key: 32 random bytes created on first start (mode
-/// 0600). Round secrets derive from it, so it must outlive restarts and
-/// never leave the coordinator; tests may place their own to make audit
-/// draws reproducible.
+/// A secret key of the run: 32 random bytes created on first use (mode
+/// 0600). The audit master key (round secrets derive from it, so it must
+/// outlive restarts and never leave the coordinator; tests may place their
+/// own to make audit draws reproducible) and the admission secret (tokens
+/// are MACs under it).
 fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
     let io = |error| NodeError::io(format!("audit secret {}", path.display()), error);
     if path.exists() {
@@ -1342,7 +1486,14 @@ fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io)?;
+    let mut file = match options.open(path) {
+        // Created meanwhile by another process (the coordinator, or
+        // `crowdtrain admission token`): use that one.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            return load_or_create_secret(path);
+        }
+        opened => opened.map_err(io)?,
+    };
     std::io::Write::write_all(&mut file, hex::encode(secret).as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(secret)

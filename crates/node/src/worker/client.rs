@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, ErrorCode, RUN_HEADER};
+use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, RUN_HEADER};
 use crowdtrain_protocol::{Digest, Identity, RequestAuth};
 use reqwest::StatusCode;
 
@@ -105,8 +105,11 @@ impl Client {
 
     /// Sends a request, signed if a run is set, retrying transport failures
     /// and 5xx answers with exponential backoff (re-signing each attempt with
-    /// a fresh nonce) until `give_up_after` has passed without success.
-    /// Returns any 2xx or 4xx answer.
+    /// a fresh nonce) until `give_up_after` has passed without success, and
+    /// answers that say to send it again later (429 `rate-limited`, after
+    /// their `Retry-After`) for as long as they come. Returns any other 2xx
+    /// or 4xx answer, and 503 `full` (the caller decides how long to wait
+    /// for a place).
     pub async fn request(
         &self,
         method: reqwest::Method,
@@ -114,20 +117,24 @@ impl Client {
         body: Vec<u8>,
         headers: &[(&str, String)],
     ) -> Result<Answer, NodeError> {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut backoff = BACKOFF_START;
+        let declared = BodyDeclaration::of(&body);
         loop {
             let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
             if let Some(run) = &self.run {
-                let auth = RequestAuth::sign(
+                let auth = RequestAuth::sign_declared(
                     &self.identity,
                     run,
                     method.as_str(),
                     path_and_query,
                     self.nonce(),
-                    &body,
+                    &declared,
                 );
                 request = request.header(RUN_HEADER, run.to_hex()).header(AUTH_HEADER, auth.to_header());
+                if !body.is_empty() {
+                    request = request.header(BODY_HEADER, declared.to_header());
+                }
             }
             for (name, value) in headers {
                 request = request.header(*name, value);
@@ -135,12 +142,35 @@ impl Client {
             let outcome = match request.body(body.clone()).send().await {
                 Ok(response) => {
                     let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                        .map(Duration::from_secs);
                     match response.bytes().await {
-                        Ok(bytes) if !status.is_server_error() => {
+                        Ok(bytes) => {
                             self.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            return Ok(Answer { status, body: bytes.to_vec() });
+                            let answer = Answer { status, body: bytes.to_vec() };
+                            match answer.code() {
+                                Some(ErrorCode::RateLimited) => {
+                                    // The coordinator is there, and busy:
+                                    // wait as told, and never give up.
+                                    let wait = retry_after.unwrap_or(backoff).clamp(backoff, BACKOFF_MAX);
+                                    tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limited");
+                                    tokio::time::sleep(wait).await;
+                                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                                    started = Instant::now();
+                                    continue;
+                                }
+                                Some(ErrorCode::Full) => return Ok(answer),
+                                _ if !status.is_server_error() => return Ok(answer),
+                                _ => format!(
+                                    "HTTP {}: {}",
+                                    status.as_u16(),
+                                    String::from_utf8_lossy(&answer.body)
+                                ),
+                            }
                         }
-                        Ok(bytes) => format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&bytes)),
                         Err(error) => format!("reading the answer failed: {error}"),
                     }
                 }

@@ -18,8 +18,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crowdtrain_data::{DataSource, Dataset};
+use crowdtrain_protocol::config::AdmissionMode;
 use crowdtrain_protocol::wire::{
-    ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, Registration, RunInfo,
+    ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
 };
 use crowdtrain_protocol::{Digest, PublicKey, RoundId, RoundView, Signed, WorkerId};
 use crowdtrain_store::{CheckpointKind, checkpoint};
@@ -58,6 +59,9 @@ pub struct WorkerOptions {
     pub threads: Option<usize>,
     /// Honest, or one of the cheaters the audits must catch.
     pub behavior: Behavior,
+    /// The admission token the run's operator gave this worker, if the run
+    /// admits by token.
+    pub admission_token: Option<String>,
 }
 
 /// What a worker did, reported when it exits.
@@ -137,9 +141,8 @@ pub async fn run_worker(
     summary.run_id = Some(run.run_id);
 
     let registered_at = Instant::now();
-    let class = crowdtrain_train::kernels::active_path().name();
-    let answer = client.request(Method::POST, &format!("/v1/workers?class={class}"), Vec::new(), &[]).await?;
-    let registration: Signed<Registration> = expect_ok(&answer, "registering")?.json()?;
+    let registration = register(&client, &run, options.admission_token.as_deref(), &mut on_round).await?;
+    let registration: Signed<Registration> = registration.json()?;
     let registration = verified(&registration, &coordinator, "registration")?;
     if registration.public_key != client.identity().public_key() || registration.run_id != run.run_id {
         return Err(NodeError::Untrusted("the registration names another key or run".into()));
@@ -375,6 +378,55 @@ pub async fn run_worker(
     }
     summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
     Ok(summary)
+}
+
+/// Registration waits this long after a refusal that can pass (the run is
+/// full for now; the key is not on the allow-list yet), doubling up to
+/// [`REGISTRATION_RETRY_MAX`].
+const REGISTRATION_RETRY_START: Duration = Duration::from_secs(1);
+const REGISTRATION_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Registers with the coordinator: the successful answer. Refusals that
+/// can pass later (a full run, a key not yet on the allow-list) are sent
+/// again with backoff, for as long as it takes; the others end the worker
+/// with the coordinator's reason.
+async fn register(
+    client: &Client,
+    run: &RunInfo,
+    token: Option<&str>,
+    on_round: &mut impl FnMut(&str),
+) -> Result<Answer, NodeError> {
+    let class = crowdtrain_train::kernels::active_path().name();
+    let request = RegisterRequest { class: class.to_owned(), token: token.map(str::to_owned) };
+    let body = serde_json::to_vec(&request).expect("registrations serialise");
+    let mut wait = REGISTRATION_RETRY_START;
+    loop {
+        let answer = client
+            .request(
+                Method::POST,
+                "/v1/workers",
+                body.clone(),
+                &[("content-type", "application/json".into())],
+            )
+            .await?;
+        let can_pass = match answer.code() {
+            None => return Ok(answer),
+            Some(ErrorCode::Full) => true,
+            Some(ErrorCode::NotAdmitted) => run.admission == AdmissionMode::AllowList,
+            Some(_) => false,
+        };
+        if !can_pass {
+            let hint = if run.admission == AdmissionMode::Token && token.is_none() {
+                " (this run admits workers by token: pass --admission-token)"
+            } else {
+                ""
+            };
+            return Err(NodeError::Refused(format!("registering: {}{hint}", answer.reason())));
+        }
+        on_round(&format!("not registered yet: {}; trying again in {} s", answer.reason(), wait.as_secs()));
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(REGISTRATION_RETRY_MAX);
+    }
 }
 
 /// Sends `produced`'s answer to its audit of `segment` in `round`, and

@@ -1,0 +1,572 @@
+//! `crowdtrain bench hostile`: a demo run under attack, beside the same run
+//! unattacked, in one invocation.
+//!
+//! The attacks are the ways anyone could stop a run (issue 19): idle
+//! connections, slowloris connections that dribble their headers, unsigned
+//! 64 MiB uploads that stall, and registrations from fresh keys without
+//! admission. Each attacker holds its connection as long as the coordinator
+//! lets it and opens a new one a second after it is closed (a persistent
+//! attacker, not a flood), from its own loopback addresses (127.0.1.x,
+//! 127.0.2.x; the whole 127/8 is loopback here), so that the workers'
+//! address, 127.0.0.1, is not the attackers'. Only loopback is ever a
+//! target, and every loop stops with the run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use crowdtrain_protocol::RequestAuth;
+use crowdtrain_protocol::wire::{AUTH_HEADER, BODY_HEADER, BodyDeclaration, RUN_HEADER, RegisterRequest};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::demo;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct HostileArgs {
+    /// Honest workers (the demo's).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+
+    /// Rounds of each run.
+    #[arg(long, default_value_t = 30)]
+    rounds: u64,
+
+    /// Inner steps per round (H).
+    #[arg(long, default_value_t = 50)]
+    inner_steps: u64,
+
+    /// Directory with the Fashion-MNIST IDX files (default as for `demo`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+
+    /// Idle connections to hold.
+    #[arg(long, default_value_t = 20_000)]
+    idle: usize,
+
+    /// Slowloris connections (headers a line a second, never finished).
+    #[arg(long, default_value_t = 1_000)]
+    slowloris: usize,
+
+    /// Unsigned uploads that declare 64 MiB, send 1 MiB and stall.
+    #[arg(long, default_value_t = 64)]
+    uploads: usize,
+
+    /// Registrations from fresh keys, without an admission token.
+    #[arg(long, default_value_t = 10_000)]
+    registrations: usize,
+
+    /// Admitted workers (each with a token of its own) that register and
+    /// poll for the round all the time but never train.
+    #[arg(long, default_value_t = 0)]
+    idle_workers: usize,
+
+    /// Loopback addresses the connection attackers spread over.
+    #[arg(long, default_value_t = 64)]
+    sources: u8,
+
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Internal: attack the coordinator at this URL until stdin closes,
+    /// then print the counts (the load is split over processes, each under
+    /// its open-files limit).
+    #[arg(long, hide = true, value_name = "URL")]
+    attack: Option<String>,
+
+    /// Internal: admission tokens for the idle workers, one per line.
+    #[arg(long, hide = true, value_name = "FILE")]
+    tokens: Option<std::path::PathBuf>,
+}
+
+/// Connections one attacking process holds at most.
+const CONNECTIONS_PER_PROCESS: usize = 9_000;
+
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct Attack {
+    /// Connections the attackers held at once, at most (all kinds).
+    connections_held_max: i64,
+    /// Connections the attackers opened, in all (reconnections included).
+    connections_opened: u64,
+    /// Unsigned uploads answered before their body (with 401).
+    uploads_refused_on_headers: u64,
+    registrations_sent: u64,
+    registrations_refused: u64,
+    /// Registrations that got a worker id: must be 0.
+    registrations_accepted: u64,
+    idle_workers: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Run {
+    rounds: usize,
+    rounds_per_second: f64,
+    round_seconds_median: Option<f64>,
+    /// The coordinator's resident memory, sampled every 100 ms: the most.
+    coordinator_rss_mb_max: f64,
+    final_test_accuracy: f64,
+    state_hash: String,
+    /// Workers the coordinator registered (the honest ones only, if
+    /// admission held).
+    participants: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct HostileReport {
+    unloaded: Run,
+    loaded: Run,
+    /// Loaded rounds per second over unloaded.
+    rounds_per_second_ratio: f64,
+    attack: Attack,
+}
+
+pub fn run(args: HostileArgs) -> anyhow::Result<()> {
+    if let Some(url) = args.attack.clone() {
+        return attack_until_stdin_closes(url, &args);
+    }
+    let mut words: Vec<String> = vec![
+        "--workers".into(),
+        args.workers.to_string(),
+        "--rounds".into(),
+        args.rounds.to_string(),
+        "--inner-steps".into(),
+        args.inner_steps.to_string(),
+        "--json".into(),
+    ];
+    if let Some(data) = &args.data {
+        words.push("--data".into());
+        words.push(data.display().to_string());
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let demo_args = demo::args_from(&words);
+
+    let unloaded = measured(&demo_args, |_, _, _| Ok(None))?;
+    let mut attackers = Vec::new();
+    let loaded = measured(&demo_args, |url, _, dir| {
+        attackers = start_attackers(url, &args, dir)?;
+        Ok(None)
+    });
+    let mut attack = Attack::default();
+    for attacker in attackers {
+        let part = finish_attacker(attacker)?;
+        attack.connections_held_max += part.connections_held_max;
+        attack.connections_opened += part.connections_opened;
+        attack.uploads_refused_on_headers += part.uploads_refused_on_headers;
+        attack.registrations_sent += part.registrations_sent;
+        attack.registrations_refused += part.registrations_refused;
+        attack.registrations_accepted += part.registrations_accepted;
+    }
+    let loaded = loaded?;
+    attack.idle_workers = args.idle_workers;
+    let report = HostileReport {
+        rounds_per_second_ratio: loaded.rounds_per_second / unloaded.rounds_per_second,
+        unloaded,
+        loaded,
+        attack,
+    };
+    if args.json {
+        return output::print_json(&report);
+    }
+    println!(
+        "unloaded: {:.2} rounds/s, coordinator at most {:.0} MB\nloaded:   {:.2} rounds/s ({:.0}% of unloaded), \
+         coordinator at most {:.0} MB, {} participants\nattack: {} connections held at most ({} opened), {} \
+         unsigned uploads refused on their headers, {} registrations ({} refused, {} accepted)",
+        report.unloaded.rounds_per_second,
+        report.unloaded.coordinator_rss_mb_max,
+        report.loaded.rounds_per_second,
+        100.0 * report.rounds_per_second_ratio,
+        report.loaded.coordinator_rss_mb_max,
+        report.loaded.participants,
+        report.attack.connections_held_max,
+        report.attack.connections_opened,
+        report.attack.uploads_refused_on_headers,
+        report.attack.registrations_sent,
+        report.attack.registrations_refused,
+        report.attack.registrations_accepted,
+    );
+    Ok(())
+}
+
+type Attacking = Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>;
+
+/// Starts the attacking processes (this binary, `--attack URL`): the idle
+/// connections in parts of [`CONNECTIONS_PER_PROCESS`], everything else in
+/// the first.
+fn start_attackers(
+    url: &str,
+    args: &HostileArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<std::process::Child>> {
+    let tokens = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), args.idle_workers)?;
+    let tokens_file = dir.join("idle-workers.tokens");
+    std::fs::write(&tokens_file, tokens.iter().map(|token| format!("{token}\n")).collect::<String>())?;
+    let binary = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut idle_left = args.idle;
+    let mut first = true;
+    while first || idle_left > 0 {
+        let idle = idle_left.min(CONNECTIONS_PER_PROCESS);
+        idle_left -= idle;
+        let (slowloris, uploads, registrations) =
+            if first { (args.slowloris, args.uploads, args.registrations) } else { (0, 0, 0) };
+        let mut command = std::process::Command::new(&binary);
+        command
+            .args(["bench", "hostile", "--attack", url])
+            .args(["--idle", &idle.to_string(), "--slowloris", &slowloris.to_string()])
+            .args(["--uploads", &uploads.to_string(), "--registrations", &registrations.to_string()])
+            .args(["--sources", &args.sources.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if first && args.idle_workers > 0 {
+            command.arg("--tokens").arg(&tokens_file);
+        }
+        children.push(command.spawn().context("could not start an attacker")?);
+        first = false;
+    }
+    Ok(children)
+}
+
+/// Stops an attacking process (closes its stdin) and reads its counts.
+fn finish_attacker(mut child: std::process::Child) -> anyhow::Result<Attack> {
+    drop(child.stdin.take());
+    let output = child.wait_with_output()?;
+    serde_json::from_slice(&output.stdout).context("an attacker printed no counts")
+}
+
+/// `--attack URL`: runs the attackers until stdin closes, then prints
+/// their counts as JSON.
+fn attack_until_stdin_closes(url: String, args: &HostileArgs) -> anyhow::Result<()> {
+    raise_open_files((args.idle + args.slowloris + args.uploads) as u64 + 1024)?;
+    let tokens = match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)?.lines().map(str::to_owned).collect(),
+        None => Vec::new(),
+    };
+    let counters = Arc::new(AttackCounters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = spawn_attack(url, args, tokens, Arc::clone(&counters), Arc::clone(&stop))?;
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    stop.store(true, Ordering::Relaxed);
+    let _ = handle.join();
+    output::print_json(&counters.report())
+}
+
+/// Runs the demo, sampling the coordinator's memory, with whatever
+/// `on_start` starts beside it (stopped when the run ends).
+fn measured(
+    args: &demo::DemoArgs,
+    mut on_start: impl FnMut(&str, u32, &std::path::Path) -> anyhow::Result<Attacking>,
+) -> anyhow::Result<Run> {
+    let rss_max = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let mut attacking: Attacking = None;
+    let mut sampler = None;
+    let report = demo::execute(args, |url, pid, dir| {
+        let (rss_max, sampling) = (Arc::clone(&rss_max), Arc::clone(&sampling));
+        sampler = Some(std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(kb) = resident_kb(pid) {
+                    rss_max.fetch_max(kb, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+        attacking = on_start(url, pid, dir)?;
+        Ok(())
+    });
+    sampling.store(false, Ordering::Relaxed);
+    if let Some((stop, handle)) = attacking {
+        stop.store(true, Ordering::Relaxed);
+        let _ = handle.join();
+    }
+    if let Some(sampler) = sampler {
+        let _ = sampler.join();
+    }
+    let report = report?;
+    let closed: Vec<_> = report
+        .rounds
+        .iter()
+        .filter(|round| round.status == crowdtrain_protocol::coordinator::RoundState::Closed)
+        .collect();
+    let first = closed.iter().map(|round| round.opened_unix_ms).min().unwrap_or(0);
+    let last = closed.iter().filter_map(|round| round.closed_unix_ms).max().unwrap_or(first + 1);
+    Ok(Run {
+        rounds: closed.len(),
+        rounds_per_second: closed.len() as f64 / ((last - first).max(1) as f64 / 1000.0),
+        round_seconds_median: report.round_seconds_median,
+        coordinator_rss_mb_max: rss_max.load(Ordering::Relaxed) as f64 / 1024.0,
+        final_test_accuracy: report.final_test_accuracy,
+        state_hash: report.state_hash.clone(),
+        participants: report.workers.len(),
+    })
+}
+
+fn resident_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Raises this process's limit on open files to `wanted` (the hard limit
+/// too, which root may); returns the limit in force.
+fn raise_open_files(wanted: u64) -> anyhow::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let raised =
+            libc::rlimit { rlim_cur: wanted.max(limit.rlim_cur), rlim_max: wanted.max(limit.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit = raised;
+        } else {
+            let soft = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+                limit = soft;
+            }
+        }
+    }
+    anyhow::ensure!(
+        limit.rlim_cur >= wanted,
+        "the attackers need {wanted} open files and this process may open {}; raise `ulimit -n` (as root)",
+        limit.rlim_cur
+    );
+    Ok(limit.rlim_cur)
+}
+
+#[derive(Default)]
+struct AttackCounters {
+    held: AtomicI64,
+    held_max: AtomicI64,
+    opened: AtomicU64,
+    uploads_refused: AtomicU64,
+    registrations_sent: AtomicU64,
+    registrations_refused: AtomicU64,
+    registrations_accepted: AtomicU64,
+}
+
+impl AttackCounters {
+    fn report(&self) -> Attack {
+        Attack {
+            connections_held_max: self.held_max.load(Ordering::Relaxed),
+            connections_opened: self.opened.load(Ordering::Relaxed),
+            uploads_refused_on_headers: self.uploads_refused.load(Ordering::Relaxed),
+            registrations_sent: self.registrations_sent.load(Ordering::Relaxed),
+            registrations_refused: self.registrations_refused.load(Ordering::Relaxed),
+            registrations_accepted: self.registrations_accepted.load(Ordering::Relaxed),
+            idle_workers: 0,
+        }
+    }
+}
+
+/// Starts every attacker on a runtime of its own thread.
+fn spawn_attack(
+    url: String,
+    args: &HostileArgs,
+    tokens: Vec<String>,
+    counters: Arc<AttackCounters>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let port: u16 =
+        url.rsplit(':').next().and_then(|port| port.parse().ok()).context("the demo's URL has a port")?;
+    let (idle, slowloris, uploads, registrations, sources) =
+        (args.idle, args.slowloris, args.uploads, args.registrations, args.sources.max(1));
+    Ok(std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let kinds = [(idle, Kind::Idle), (slowloris, Kind::Slowloris), (uploads, Kind::Upload)];
+            let mut index = 0usize;
+            for (count, kind) in kinds {
+                for _ in 0..count {
+                    let source = std::net::Ipv4Addr::new(127, 0, 1, 1 + (index % sources as usize) as u8);
+                    index += 1;
+                    let (counters, stop) = (Arc::clone(&counters), Arc::clone(&stop));
+                    tasks.spawn(attacker(kind, source, port, counters, stop));
+                }
+                tokio::task::yield_now().await;
+            }
+            for token in tokens {
+                tasks.spawn(idle_worker(url.clone(), token, Arc::clone(&stop)));
+            }
+            tasks.spawn(register_strangers(url, registrations, Arc::clone(&counters), Arc::clone(&stop)));
+            while tasks.join_next().await.is_some() {}
+        });
+    }))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Idle,
+    Slowloris,
+    Upload,
+}
+
+/// One attacker: holds a connection of its kind as long as it is let, and
+/// opens another a second after it is closed, until `stop`.
+async fn attacker(
+    kind: Kind,
+    source: std::net::Ipv4Addr,
+    port: u16,
+    counters: Arc<AttackCounters>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let connected = async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind((source, 0).into()).ok()?;
+            socket.connect(([127, 0, 0, 1], port).into()).await.ok()
+        };
+        if let Some(mut stream) = connected.await {
+            counters.opened.fetch_add(1, Ordering::Relaxed);
+            let held = counters.held.fetch_add(1, Ordering::Relaxed) + 1;
+            counters.held_max.fetch_max(held, Ordering::Relaxed);
+            hold(kind, &mut stream, &counters, &stop).await;
+            counters.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Does what `kind` does on `stream` until the coordinator closes it.
+async fn hold(kind: Kind, stream: &mut tokio::net::TcpStream, counters: &AttackCounters, stop: &AtomicBool) {
+    let mut buffer = [0u8; 1024];
+    match kind {
+        Kind::Idle => {}
+        Kind::Slowloris => {
+            if stream.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+                return;
+            }
+        }
+        Kind::Upload => {
+            let head = format!(
+                "POST /v1/rounds/0/reveals?base_model={} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                "00".repeat(32),
+                64 * 1024 * 1024
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stream.write_all(&vec![0u8; 1024 * 1024])).await;
+        }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {
+                if matches!(kind, Kind::Upload) && buffer.starts_with(b"HTTP/1.1 401") {
+                    counters.uploads_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                if matches!(kind, Kind::Slowloris) && stream.write_all(b"X-a: b\r\n").await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An admitted worker that never trains: registers with `token`, then asks
+/// for the round again and again (each a fresh signed read) until `stop`.
+async fn idle_worker(url: String, token: String, stop: Arc<AtomicBool>) {
+    let client = reqwest::Client::new();
+    let Ok(run) = async {
+        client
+            .get(format!("{url}/v1/run"))
+            .send()
+            .await?
+            .json::<crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo>>()
+            .await
+    }
+    .await
+    else {
+        return;
+    };
+    let run_id = run.body.run_id;
+    let Ok(identity) = crowdtrain_node::files::generate_identity() else { return };
+    let nonce = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_micros() as u64)
+    };
+    let send = |method: &'static str, path: &'static str, body: Vec<u8>| {
+        let declared = BodyDeclaration::of(&body);
+        let auth = RequestAuth::sign_declared(&identity, &run_id, method, path, nonce(), &declared);
+        client
+            .request(method.parse().expect("a method"), format!("{url}{path}"))
+            .header(RUN_HEADER, run_id.to_hex())
+            .header(AUTH_HEADER, auth.to_header())
+            .header(BODY_HEADER, declared.to_header())
+            .body(body)
+            .send()
+    };
+    let body =
+        serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: Some(token) }).expect("json");
+    if send("POST", "/v1/workers", body).await.is_err() {
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        if send("GET", "/v1/round?wait_ms=200", Vec::new()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Registers `count` fresh keys without an admission token, 16 at a time,
+/// from 127.0.2.1.
+async fn register_strangers(url: String, count: usize, counters: Arc<AttackCounters>, stop: Arc<AtomicBool>) {
+    let Ok(client) = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 2, 1])).build()
+    else {
+        return;
+    };
+    let run: crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo> =
+        match async { client.get(format!("{url}/v1/run")).send().await?.json().await }.await {
+            Ok(run) => run,
+            Err(_) => return,
+        };
+    let run_id = run.body.run_id;
+    let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: None }).expect("json");
+    let declared = BodyDeclaration::of(&body);
+    let mut sent = 0usize;
+    let mut in_flight = tokio::task::JoinSet::new();
+    while sent < count && !stop.load(Ordering::Relaxed) {
+        while in_flight.len() < 16 && sent < count {
+            sent += 1;
+            let Ok(identity) = crowdtrain_node::files::generate_identity() else { return };
+            let nonce = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_micros() as u64);
+            let auth =
+                RequestAuth::sign_declared(&identity, &run_id, "POST", "/v1/workers", nonce, &declared);
+            let request = client
+                .post(format!("{url}/v1/workers"))
+                .header(RUN_HEADER, run_id.to_hex())
+                .header(AUTH_HEADER, auth.to_header())
+                .header(BODY_HEADER, declared.to_header())
+                .body(body.clone());
+            let counters = Arc::clone(&counters);
+            in_flight.spawn(async move {
+                counters.registrations_sent.fetch_add(1, Ordering::Relaxed);
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        counters.registrations_accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        counters.registrations_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        in_flight.join_next().await;
+    }
+    while in_flight.join_next().await.is_some() {}
+    let started = Instant::now();
+    // Keep the task alive until the run ends, so the counts are final.
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(3600) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
