@@ -5,7 +5,7 @@
 #   nice -n 10 scripts/fuzz.sh 600                       what docs/BENCHMARKS.md reports
 #
 # Builds the `crowdtrain-fuzz` binary (crate crowdtrain-fuzz-targets, feature
-# `libfuzzer`) into target/fuzz with LLVM's sanitizer-coverage instrumentation,
+# `libfuzzer`) into target/<host triple> with LLVM's sanitizer-coverage instrumentation,
 # which rustc exposes on stable through -Cpasses and -Cllvm-args (no nightly,
 # no cargo-fuzz; libfuzzer-sys compiles libFuzzer itself with the C++
 # compiler). Only the fuzzed code is instrumented: --target keeps the flags
@@ -19,7 +19,8 @@
 # crates/fuzz-targets/regressions/TARGET, where `cargo test -p
 # crowdtrain-fuzz-targets` replays it until it is fixed. Prints per target:
 # executions, executions per second, coverage (edges and features),
-# corpus size and crashes; the same table goes to target/fuzz/summary.tsv.
+# corpus size and crashes; the same table goes to target/fuzz/summary.tsv
+# (this run) and target/fuzz/history.tsv (every run).
 #
 # Environment: FUZZ_MAX_LEN (largest input, default 16384), FUZZ_RSS_MB
 # (default 2560), FUZZ_TIMEOUT (seconds per input before it is a hang, 10).
@@ -31,6 +32,10 @@ shift || true
 crate=crates/fuzz-targets
 out=target/fuzz
 triple=$(rustc -vV | sed -n 's/^host: //p')
+if ! command -v c++ >/dev/null; then
+    echo "libfuzzer-sys compiles libFuzzer with a C++ compiler: apt-get install g++" >&2
+    exit 1
+fi
 
 instrumentation=(
     -Cpasses=sancov-module
@@ -43,9 +48,11 @@ instrumentation=(
     -Cforce-frame-pointers=yes
 )
 echo "building the fuzzer (instrumented, $triple) ..." >&2
-RUSTFLAGS="${instrumentation[*]}" CARGO_TARGET_DIR=$out \
+# The instrumented code lands in target/$triple; build scripts and proc
+# macros (host code, not instrumented) are shared with the normal build.
+RUSTFLAGS="${instrumentation[*]}" \
     cargo build --release --target "$triple" -p crowdtrain-fuzz-targets --features libfuzzer --bin crowdtrain-fuzz
-fuzzer=$out/$triple/release/crowdtrain-fuzz
+fuzzer=target/$triple/release/crowdtrain-fuzz
 
 # Seeds come from the real encoders, built without instrumentation.
 cargo build --release -p crowdtrain-fuzz-targets --bin crowdtrain-fuzz-seeds
@@ -56,8 +63,11 @@ if [ $# -eq 0 ]; then
     set -- $(ls "$out/seeds")
 fi
 
+# This run's table, and every run's in target/fuzz/history.tsv.
 summary=$out/summary.tsv
-printf 'target\tseconds\texecutions\texec_per_s\tedges\tfeatures\tcorpus_files\tcorpus_bytes\tcrashes\n' >"$summary"
+header='target\tseconds\texecutions\texec_per_s\tedges\tfeatures\tcorpus_files\tcorpus_bytes\tcrashes\tfinished'
+printf "$header\n" >"$summary"
+[ -f "$out/history.tsv" ] || printf "$header\n" >"$out/history.tsv"
 for name in "$@"; do
     if [ ! -d "$out/seeds/$name" ]; then
         echo "unknown target $name; targets: $(ls "$out/seeds" | tr '\n' ' ')" >&2
@@ -101,7 +111,7 @@ for name in "$@"; do
     fi
     files=$(find "$crate/corpus/$name" -type f | wc -l)
     bytes=$(du -sb "$crate/corpus/$name" | cut -f1)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$seconds" "${executions:-0}" "${rate:-0}" \
-        "${edges:-?}" "${features:-?}" "$files" "$bytes" "$crashes" >>"$summary"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$seconds" "${executions:-0}" "${rate:-0}" \
+        "${edges:-?}" "${features:-?}" "$files" "$bytes" "$crashes" "$(date -u +%FT%TZ)" | tee -a "$out/history.tsv" >>"$summary"
 done
 column -t -s $'\t' "$summary"

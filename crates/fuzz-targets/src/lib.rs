@@ -39,12 +39,15 @@ pub struct Target {
     pub run: fn(&[u8]) -> Verdict,
     /// Valid inputs, made with the real encoders.
     pub seeds: fn() -> Vec<Vec<u8>>,
-    /// Bytes of memory one input byte may legitimately become, beyond
-    /// [`BUDGET_FLOOR`]: gzip inflates up to 1032-fold.
+    /// Memory the decoder may hold whatever its input: [`BUDGET_FLOOR`],
+    /// or a cap the decoder documents.
+    pub floor: usize,
+    /// Bytes of memory one input byte may become, beyond the floor.
     pub expansion: usize,
 }
 
-/// Memory any decoder may hold whatever its input.
+/// Memory a decoder may hold whatever its input, unless it documents a
+/// larger cap.
 pub const BUDGET_FLOOR: usize = 64 << 20;
 
 /// What most decoders may make of one input byte: a postcard `None` is
@@ -58,6 +61,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "auth header, commitment (JSON), audit answer with its proofs and start state, auditor report (postcard), hex digests in paths and queries",
         run: targets::coordinator_request,
         seeds: seeds::coordinator_request,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -65,6 +69,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "signed run info, registration, round view and receipt (JSON), refusals, signed audit task (postcard), run status",
         run: targets::worker_answer,
         seeds: seeds::worker_answer,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -72,6 +77,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "ledger entries (postcard) as `crowdtrain ledger verify` reads them",
         run: targets::ledger_entry,
         seeds: seeds::ledger_entry,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -79,6 +85,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "safetensors checkpoints: parameters (the worker's model download), outer momentum, aggregator state",
         run: targets::checkpoint,
         seeds: seeds::checkpoint,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -86,6 +93,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "encoded pseudo-gradients (reveal bodies), f32 and int8",
         run: targets::codec,
         seeds: seeds::codec,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -93,6 +101,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "`TrainState::from_bytes` (audit answers' and tasks' start states)",
         run: targets::train_state,
         seeds: seeds::train_state,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -100,13 +109,17 @@ pub const TARGETS: &[Target] = &[
         decodes: "IDX data files, raw or gzipped",
         run: targets::idx,
         seeds: seeds::idx,
-        expansion: 1100,
+        // The format's documented cap: a header may reserve that much
+        // before the data is read (gzip can make it real from 256 KB).
+        floor: BUDGET_FLOOR + crowdtrain_data::idx::IDX_PAYLOAD_BYTES_MAX as usize,
+        expansion: EXPANSION,
     },
     Target {
         name: "run-config",
         decodes: "`run.toml` (RunConfig), and its JSON trip to workers",
         run: targets::run_config,
         seeds: seeds::run_config,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -114,6 +127,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "contract scenario files (TOML)",
         run: targets::scenario,
         seeds: seeds::scenario,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
     Target {
@@ -121,6 +135,7 @@ pub const TARGETS: &[Target] = &[
         decodes: "Merkle proofs chosen by the prover, verified against commitments",
         run: targets::merkle_proof,
         seeds: seeds::merkle_proof,
+        floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
 ];
@@ -132,7 +147,7 @@ pub fn target(name: &str) -> Option<&'static Target> {
 
 /// Runs `target` over `data` within its memory budget.
 pub fn run(target: &Target, data: &[u8]) -> Verdict {
-    let budget = BUDGET_FLOOR.saturating_add(target.expansion.saturating_mul(data.len()));
+    let budget = target.floor.saturating_add(target.expansion.saturating_mul(data.len()));
     budget::run_within(budget, || (target.run)(data))
 }
 
