@@ -101,9 +101,10 @@ for name in "$@"; do
         exit 1
     fi
     if [ "${FUZZ_UPDATE_CORPUS:-1}" = 1 ]; then
-        # Keep only inputs that add coverage: the committed corpus stays small.
+        # Keep a smallest set of inputs with the same coverage (a greedy
+        # set cover): the committed corpus stays small.
         mkdir -p "$work/merged"
-        CROWDTRAIN_FUZZ_TARGET=$name "$fuzzer" -merge=1 "$work/merged" "$crate/corpus/$name" "$work/found" \
+        CROWDTRAIN_FUZZ_TARGET=$name "$fuzzer" -set_cover_merge=1 "$work/merged" "$crate/corpus/$name" "$work/found" \
             "$out/seeds/$name" -max_len="${FUZZ_MAX_LEN:-16384}" -timeout="${FUZZ_TIMEOUT:-10}" \
             >"$work/merge.log" 2>&1
         rm -rf "${crate:?}/corpus/$name"

@@ -168,8 +168,9 @@ pub mod fixtures {
 
     /// The model's tensors.
     pub fn layout() -> &'static ParamLayout {
-        static LAYOUT: LazyLock<ParamLayout> =
-            LazyLock::new(|| ParamLayout::new(vec![ParamSpec::new("b", &[2], 3), ParamSpec::new("w", &[3, 2], 3)]));
+        static LAYOUT: LazyLock<ParamLayout> = LazyLock::new(|| {
+            ParamLayout::new(vec![ParamSpec::new("b", &[2], 3), ParamSpec::new("w", &[3, 2], 3)])
+        });
         &LAYOUT
     }
 

@@ -11,10 +11,12 @@ use crowdtrain_protocol::coordinator::{Recorded, Verdict};
 use crowdtrain_protocol::ledger::{Chain, Event, Reward};
 use crowdtrain_protocol::merkle;
 use crowdtrain_protocol::wire::{
-    ApiError, Assignment, AuditAnswer, AuditReport, AuditTask, AuditTaskRef, DatasetFingerprint, ErrorCode, Phase,
-    Receipt, Registration, RunInfo, RunStatus, Secret, Stage, PROTOCOL_VERSION,
+    ApiError, Assignment, AuditAnswer, AuditReport, AuditTask, AuditTaskRef, DatasetFingerprint, ErrorCode,
+    PROTOCOL_VERSION, Phase, Receipt, Registration, RunInfo, RunStatus, Secret, Stage,
 };
-use crowdtrain_protocol::{Commitment, Digest, Identity, RequestAuth, RoundView, RunConfig, Signed, WorkerId};
+use crowdtrain_protocol::{
+    Commitment, Digest, Identity, RequestAuth, RoundView, RunConfig, Signed, WorkerId,
+};
 use crowdtrain_store::checkpoint::{self, CheckpointKind};
 use crowdtrain_train::{AdamW, Codec, TrainState};
 use serde::Serialize;
@@ -60,7 +62,8 @@ fn state(step: u64) -> TrainState {
 /// to an audit of segment 2.
 fn audit() -> (Commitment, AuditAnswer) {
     let boundaries: Vec<Digest> = (0..5).map(|step| Digest(state(step * 3).hash().0)).collect();
-    let commitment = Commitment { merkle_root: merkle::root(&boundaries), payload: Digest::of(b"update"), segments: 4 };
+    let commitment =
+        Commitment { merkle_root: merkle::root(&boundaries), payload: Digest::of(b"update"), segments: 4 };
     let answer = AuditAnswer {
         segment: 2,
         start_state: state(3).to_bytes(),
@@ -73,7 +76,8 @@ fn audit() -> (Commitment, AuditAnswer) {
 
 pub fn coordinator_request() -> Vec<Vec<u8>> {
     let worker = Identity::from_seed([0x11; 32]);
-    let header = RequestAuth::sign(&worker, &RUN, "POST", "/v1/rounds/3/commitments", 1_767_000_000_000_000, b"{}");
+    let header =
+        RequestAuth::sign(&worker, &RUN, "POST", "/v1/rounds/3/commitments", 1_767_000_000_000_000, b"{}");
     let (commitment, answer) = audit();
     let report = AuditReport { end_hash: answer.end_hash, payload: Some(Digest::of(b"update")) };
     vec![
@@ -182,7 +186,12 @@ pub fn ledger_entry() -> Vec<Vec<u8>> {
     let (commitment, _) = audit();
     let key = coordinator().public_key();
     let events = vec![
-        Event::RunStarted { run_id: RUN, coordinator: key, config: Digest::of(b"c"), initial_model: Digest::of(b"m") },
+        Event::RunStarted {
+            run_id: RUN,
+            coordinator: key,
+            config: Digest::of(b"c"),
+            initial_model: Digest::of(b"m"),
+        },
         Event::WorkerRegistered { worker: WorkerId(1), key },
         Event::Assignment {
             round: 0,
@@ -217,7 +226,11 @@ pub fn ledger_entry() -> Vec<Vec<u8>> {
             units: 200,
             credits: 120,
         }),
-        Event::RoundClosed { round: 0, result_model: Digest::of(b"r"), accepted: vec![WorkerId(1), WorkerId(2)] },
+        Event::RoundClosed {
+            round: 0,
+            result_model: Digest::of(b"r"),
+            accepted: vec![WorkerId(1), WorkerId(2)],
+        },
     ];
     let mut chain = Chain::empty();
     events.into_iter().map(|event| chain.append(coordinator(), 1_767_000_000_000, event).bytes).collect()
@@ -228,7 +241,10 @@ pub fn checkpoint() -> Vec<Vec<u8>> {
     aggregator.momenta.insert(3, values(PARAMETERS).iter().map(|value| -value).collect());
     vec![
         tagged(0, checkpoint::encode(CheckpointKind::Params, MODEL_NAME, layout(), &values(PARAMETERS))),
-        tagged(1, checkpoint::encode(CheckpointKind::OuterMomentum, MODEL_NAME, layout(), &values(PARAMETERS))),
+        tagged(
+            1,
+            checkpoint::encode(CheckpointKind::OuterMomentum, MODEL_NAME, layout(), &values(PARAMETERS)),
+        ),
         tagged(2, checkpoint::encode_aggregator(MODEL_NAME, &aggregator)),
     ]
 }

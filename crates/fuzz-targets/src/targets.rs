@@ -17,11 +17,12 @@ use std::path::PathBuf;
 
 use crowdtrain_contract::Scenario;
 use crowdtrain_data::idx;
+use crowdtrain_protocol::identity::SignatureBytes;
 use crowdtrain_protocol::ledger::{self, Chain, Entry};
 use crowdtrain_protocol::merkle::{self, Proof};
-use crowdtrain_protocol::identity::SignatureBytes;
 use crowdtrain_protocol::wire::{
-    ApiError, AuditAnswer, AuditReport, AuditTask, Receipt, Registration, RunInfo, RunStatus, Secret, SignedBody,
+    ApiError, AuditAnswer, AuditReport, AuditTask, Receipt, Registration, RunInfo, RunStatus, Secret,
+    SignedBody,
 };
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, RoundView, RunConfig, Signed};
 use crowdtrain_store::checkpoint::{self, CheckpointKind};

@@ -21,7 +21,9 @@ fn committed_inputs() -> Vec<PathBuf> {
             let target = target.expect("the corpus is readable").path();
             for input in std::fs::read_dir(&target).expect("the corpus is readable") {
                 let path = input.expect("the corpus is readable").path();
-                if path.is_file() && !path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.')) {
+                if path.is_file()
+                    && !path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.'))
+                {
                     inputs.push(path);
                 }
             }
@@ -33,21 +35,35 @@ fn committed_inputs() -> Vec<PathBuf> {
 
 #[test]
 fn every_committed_input_passes_through_every_target() {
-    let inputs = committed_inputs();
+    let inputs: Vec<(PathBuf, Vec<u8>)> = committed_inputs()
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).expect("the corpus is readable");
+            (path, bytes)
+        })
+        .collect();
     assert!(inputs.len() >= TARGETS.len(), "the committed corpus is missing: {} inputs", inputs.len());
-    let mut accepted = vec![0usize; TARGETS.len()];
-    for path in &inputs {
-        let bytes = std::fs::read(path).expect("the corpus is readable");
-        for (count, target) in accepted.iter_mut().zip(TARGETS) {
-            // A panic names the input; the budget aborts with a backtrace.
-            let verdict = std::panic::catch_unwind(|| run(target, &bytes))
-                .unwrap_or_else(|_| panic!("target {} fails on {}", target.name, path.display()));
-            *count += usize::from(verdict == Verdict::Accepted);
+    // One thread per target (the budget is per thread).
+    std::thread::scope(|scope| {
+        for target in TARGETS {
+            let inputs = &inputs;
+            scope.spawn(move || {
+                let mut accepted = 0usize;
+                for (path, bytes) in inputs {
+                    // A panic names the input; the budget aborts with a backtrace.
+                    let verdict = std::panic::catch_unwind(|| run(target, bytes))
+                        .unwrap_or_else(|_| panic!("target {} fails on {}", target.name, path.display()));
+                    accepted += usize::from(verdict == Verdict::Accepted);
+                }
+                assert!(
+                    accepted > 0,
+                    "target {} accepted none of the {} committed inputs",
+                    target.name,
+                    inputs.len()
+                );
+            });
         }
-    }
-    for (count, target) in accepted.iter().zip(TARGETS) {
-        assert!(*count > 0, "target {} accepted none of the {} committed inputs", target.name, inputs.len());
-    }
+    });
 }
 
 #[test]
