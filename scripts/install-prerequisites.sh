@@ -4,6 +4,8 @@
 #   pkg-config, libfontconfig1-dev, libfreetype-dev   for plots (plotters)
 #   Rust, through rustup, only if cargo is missing (crowdtrain needs 1.95+)
 # Safe to run again: it installs only what is missing.
+# Not the fuzzer: CI only replays the committed fuzz corpus (`cargo test`);
+# scripts/fuzz.sh builds libFuzzer itself from crates.io when someone fuzzes.
 set -euo pipefail
 
 packages=(dataset-fashion-mnist pkg-config libfontconfig1-dev libfreetype-dev)

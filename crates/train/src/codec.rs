@@ -56,7 +56,12 @@ impl Encode for Codec {
             Self::F32 => values.iter().for_each(|value| bytes.extend_from_slice(&value.to_le_bytes())),
             Self::Int8 => {
                 for block in values.chunks(INT8_BLOCK) {
-                    let scale = block.iter().fold(0.0f32, |max, value| max.max(value.abs())) / 127.0;
+                    let mut scale = block.iter().fold(0.0f32, |max, value| max.max(value.abs())) / 127.0;
+                    if (scale * 127.0).is_infinite() {
+                        // Rounded up near f32::MAX, the top level would
+                        // decode to infinity: the update would not decode.
+                        scale = scale.next_down();
+                    }
                     bytes.extend_from_slice(&scale.to_le_bytes());
                     for &value in block {
                         let level = if scale > 0.0 { (value / scale).round_ties_even() } else { 0.0 };
@@ -170,6 +175,19 @@ mod tests {
         // All-zero blocks survive.
         let (_, zeros) = decode(&Codec::Int8.encode(&[0.0; 300]).unwrap(), 300).unwrap();
         assert_eq!(zeros, vec![0.0; 300]);
+    }
+
+    #[test]
+    fn int8_encodes_the_largest_finite_values_decodably() {
+        // The scale max / 127 rounds up for max = f32::MAX, and 127 levels
+        // of it overflowed: the encoder wrote an update no decoder accepts.
+        for values in [vec![f32::MAX, 1.0], vec![-f32::MAX], vec![f32::MAX * 0.9999999, -2.0]] {
+            let (_, decoded) = decode(&Codec::Int8.encode(&values).unwrap(), values.len()).unwrap();
+            let scale = f32::MAX / 127.0;
+            for (a, b) in values.iter().zip(&decoded) {
+                assert!((a - b).abs() <= scale, "{a} became {b}");
+            }
+        }
     }
 
     #[test]
