@@ -3,8 +3,10 @@
 //! # Brief overview
 //!
 //! - [`Model`] describes an architecture: a [`ParamLayout`] (named tensors
-//!   at fixed offsets of one flat `Vec<f32>`) and a forward pass written with
-//!   candle. [`ModelKind`] lists the built-in ones (an MLP and a small CNN).
+//!   at fixed offsets of one flat `Vec<f32>`) and a loss with its gradient on
+//!   [`Examples`]. [`ModelKind`] lists the built-in ones: an MLP and a small
+//!   CNN (candle graphs over our ops) and a GPT (its own forward and backward
+//!   passes over our kernels).
 //! - [`ops`] holds the candle operations whose arithmetic is ours (a fused
 //!   linear layer, softmax cross-entropy), built on [`kernels`]: matrix
 //!   products and reductions with one fixed order of operations, so the bits
@@ -31,7 +33,8 @@ pub mod trainer;
 
 pub use codec::{Codec, CodecError};
 pub use model::{
-    Evaluation, Model, ModelKind, ParamLayout, ParamSpec, evaluate, evaluate_subset, loss_and_grad,
+    CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,
+    ParamSpec, evaluate, evaluate_subset, loss_and_grad,
 };
 pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule};
 pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};
@@ -50,4 +53,12 @@ pub enum TrainError {
     BatchTooLarge { batch: usize, shard: usize },
     #[error(transparent)]
     Codec(#[from] CodecError),
+    #[error("{model} cannot train on {found}")]
+    WrongExamples { model: String, found: &'static str },
+    #[error("token {token} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { token: u32, vocab: usize },
+    #[error("{tokens} tokens are not {sequences} sequences of at most {context} (and {targets} targets)")]
+    BadSequences { tokens: usize, targets: usize, sequences: usize, context: usize },
+    #[error("invalid model configuration: {0}")]
+    BadConfig(String),
 }

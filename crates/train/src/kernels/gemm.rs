@@ -42,6 +42,16 @@ impl<'a> MatRef<'a> {
         Self { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
+    /// A view with explicit strides, e.g. one head's columns inside a
+    /// wider row-major buffer. Panics if an element lies outside `data`.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
+            assert!(last < data.len(), "a {rows}x{cols} view with strides ({row_stride}, {col_stride}) needs {} values", last + 1);
+        }
+        Self { data, rows, cols, row_stride, col_stride }
+    }
+
     /// The transpose, as a view.
     pub fn t(self) -> Self {
         Self {
@@ -75,14 +85,27 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
 /// [`matmul`] with an explicit kernel, so tests can hold the two against
 /// each other.
 pub fn matmul_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
+    assert_eq!(c.len(), a.rows * b.cols, "output must hold {}x{} values", a.rows, b.cols);
+    matmul_strided_with(path, a, b, c, b.cols);
+}
+
+/// [`matmul`] into rows `c_row_stride` apart (at least `b.cols()`), such as
+/// one head's columns of a wider buffer; values between rows are left as
+/// they are.
+pub fn matmul_strided(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], c_row_stride: usize) {
+    matmul_strided_with(super::active_path(), a, b, c, c_row_stride);
+}
+
+fn matmul_strided_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], c_row_stride: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ: {m}x{k} times {}x{n}", b.rows);
-    assert_eq!(c.len(), m * n, "output must hold {m}x{n} values");
+    assert!(c_row_stride >= n, "output rows of {n} values cannot be {c_row_stride} apart");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(c.len() >= (m - 1) * c_row_stride + n, "output must hold {m} rows of {n}, {c_row_stride} apart");
     if k == 0 {
-        c.fill(0.0);
+        c.chunks_mut(c_row_stride).take(m).for_each(|row| row[..n].fill(0.0));
         return;
     }
     // Every index the kernels touch is below these bounds, which the safe
@@ -90,7 +113,7 @@ pub fn matmul_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]
     assert!((m - 1) * a.row_stride + (k - 1) * a.col_stride < a.data.len());
     assert!((k - 1) * b.row_stride + (n - 1) * b.col_stride < b.data.len());
 
-    let output = SharedOutput(c.as_mut_ptr());
+    let output = SharedOutput(c.as_mut_ptr(), c_row_stride);
     let panels = n.div_ceil(NR);
     let panel = |index: usize| compute_panel(path, a, b, index * NR, output);
     if m * n * k >= PARALLEL_MULTIPLY_ADDS_MIN && rayon::current_num_threads() > 1 {
@@ -103,7 +126,7 @@ pub fn matmul_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]
 /// The output pointer, shared by the tasks of one product. Each task writes
 /// only the columns of its own panel, so the writes never overlap.
 #[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
+struct SharedOutput(*mut f32, usize);
 // SAFETY: tasks write disjoint column ranges (see `compute_panel`), and
 // `matmul_with` holds the exclusive borrow until all of them have finished.
 unsafe impl Send for SharedOutput {}
@@ -144,7 +167,7 @@ fn compute_panel(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, first_col: usiz
             }
         }
         for (r, tile_row) in tile.iter().enumerate().take(rows) {
-            let start = (first_row + r) * n + first_col;
+            let start = (first_row + r) * output.1 + first_col;
             // SAFETY: row `first_row + r` < m and columns
             // `first_col..first_col + width` <= n lie inside the m x n output;
             // no other task writes these columns.

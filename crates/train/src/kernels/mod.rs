@@ -13,7 +13,9 @@ pub mod gemm;
 
 use std::sync::OnceLock;
 
-pub use gemm::{MatRef, matmul};
+pub mod vector;
+
+pub use gemm::{MatRef, matmul, matmul_strided};
 
 /// Which implementation of the kernels runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
