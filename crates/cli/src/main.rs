@@ -6,6 +6,7 @@
 //! bars and logs go to stderr so that stdout stays machine-readable.
 
 mod cmd;
+mod model_args;
 mod output;
 mod plot;
 

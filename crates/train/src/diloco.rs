@@ -21,16 +21,16 @@
 //! Both runs are deterministic: workers run in parallel but their results
 //! are combined in worker order, with fixed-order sums.
 
-use crowdtrain_data::{Dataset, RngKey, Sharding, batch_indices, make_shards_of, split_validation};
+use crowdtrain_data::{Dataset, LabeledImages, RngKey, Sharding, make_shards_of, split_validation};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::codec::Codec;
-use crate::model::{Evaluation, Model, ModelKind, evaluate, loss_and_grad};
-use crate::optim::{AdamW, Nesterov};
+use crate::model::{Evaluation, Model, ModelKind, evaluate};
+use crate::optim::{AdamW, Nesterov, Schedule};
 use crate::state::{OuterState, StateHash, TrainState};
-use crate::trainer::Trainer;
+use crate::trainer::{BatchSource, ImageShard, InnerOptimizer, StepBatch, Trainer};
 
 /// Settings of a DiLoCo simulation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,9 +49,31 @@ pub struct DilocoConfig {
     /// coordinator scores updates on); 0 shards everything.
     #[serde(default)]
     pub validation_fraction: f64,
+    /// The inner learning rate's schedule over the run's inner steps
+    /// (round r's step s is run step r H + s); constant by default.
+    #[serde(default = "constant_schedule")]
+    pub inner_schedule: Schedule,
+    /// Clip each inner gradient's global norm to this, if set.
+    #[serde(default)]
+    pub clip_norm: Option<f32>,
+}
+
+fn constant_schedule() -> Schedule {
+    Schedule::Constant
 }
 
 impl DilocoConfig {
+    /// The inner optimizer, schedule and clipping of every worker (and of
+    /// the baseline's one optimizer).
+    pub fn inner_optimizer(&self) -> InnerOptimizer {
+        InnerOptimizer {
+            adamw: self.inner,
+            schedule: self.inner_schedule,
+            round_steps: self.inner_steps,
+            clip_norm: self.clip_norm,
+        }
+    }
+
     /// Samples each run consumes in one round.
     pub fn samples_per_round(&self) -> u64 {
         self.workers as u64 * self.inner_steps * self.batch_size as u64
@@ -136,17 +158,69 @@ impl DilocoReport {
     }
 }
 
+/// What a run trains on and is judged by: images with a test set, or a
+/// token stream with a validation split.
+pub trait RunData: Sync {
+    /// One batch source per worker, none holding an example of the
+    /// validation split: what a networked run with the same settings
+    /// assigns.
+    fn worker_sources(
+        &self,
+        workers: usize,
+        batch_size: usize,
+        sharding: Sharding,
+        validation_fraction: f64,
+        seed: u64,
+    ) -> Result<Vec<Box<dyn BatchSource + '_>>, TrainError>;
+
+    /// Loss and accuracy of `params` on held-out data.
+    fn evaluate(&self, model: &dyn Model, params: &[f32]) -> Result<Evaluation, TrainError>;
+}
+
+impl RunData for Dataset {
+    fn worker_sources(
+        &self,
+        workers: usize,
+        batch_size: usize,
+        sharding: Sharding,
+        validation_fraction: f64,
+        seed: u64,
+    ) -> Result<Vec<Box<dyn BatchSource + '_>>, TrainError> {
+        let shards = shards(&self.train.labels, workers, batch_size, sharding, validation_fraction, seed)?;
+        Ok(shards
+            .into_iter()
+            .map(|indices| Box::new(OwnedImageShard { images: &self.train, indices }) as Box<dyn BatchSource>)
+            .collect())
+    }
+
+    /// On the test set.
+    fn evaluate(&self, model: &dyn Model, params: &[f32]) -> Result<Evaluation, TrainError> {
+        evaluate(model, params, &self.test)
+    }
+}
+
+/// An [`ImageShard`] that owns its indices.
+struct OwnedImageShard<'a> {
+    images: &'a LabeledImages,
+    indices: Vec<u32>,
+}
+
+impl BatchSource for OwnedImageShard<'_> {
+    fn fill(&self, key: RngKey, batch_size: usize, batch: &mut StepBatch) -> Result<(), TrainError> {
+        ImageShard { images: self.images, indices: &self.indices }.fill(key, batch_size, batch)
+    }
+}
+
 /// Runs DiLoCo (combining updates with `aggregate`) and the baseline side
 /// by side for `config.rounds` rounds, calling `on_round` after each.
 pub fn simulate(
     config: &DilocoConfig,
-    dataset: &Dataset,
+    data: &dyn RunData,
     aggregate: &mut dyn Aggregate,
     mut on_round: impl FnMut(&RoundReport),
 ) -> Result<DilocoReport, TrainError> {
     let model = config.model.build();
-    let shards = shards(
-        &dataset.train.labels,
+    let sources = data.worker_sources(
         config.workers,
         config.batch_size,
         config.sharding,
@@ -158,10 +232,10 @@ pub fn simulate(
     let mut baseline = SyncBaseline::new(model.as_ref(), config, initial);
     let mut rounds = Vec::with_capacity(config.rounds as usize);
     for round in 0..config.rounds {
-        let diloco_train_loss = diloco.round(dataset, &shards, round, aggregate)?;
-        let baseline_train_loss = baseline.round(dataset, &shards, round)?;
-        let diloco_eval = evaluate(model.as_ref(), &diloco.state.params, &dataset.test)?;
-        let baseline_eval = evaluate(model.as_ref(), &baseline.state.params, &dataset.test)?;
+        let diloco_train_loss = diloco.round(&sources, round, aggregate)?;
+        let baseline_train_loss = baseline.round(&sources, round)?;
+        let diloco_eval = data.evaluate(model.as_ref(), &diloco.state.params)?;
+        let baseline_eval = data.evaluate(model.as_ref(), &baseline.state.params)?;
         let report = round_report(
             config,
             round,
@@ -214,8 +288,7 @@ impl<'m> DilocoRun<'m> {
     /// One round; returns the workers' mean inner loss.
     fn round(
         &mut self,
-        dataset: &Dataset,
-        shards: &[Vec<u32>],
+        sources: &[Box<dyn BatchSource + '_>],
         round: u64,
         aggregate: &mut dyn Aggregate,
     ) -> Result<f32, TrainError> {
@@ -223,13 +296,12 @@ impl<'m> DilocoRun<'m> {
             .into_par_iter()
             .map(|worker| {
                 let key = RngKey::new(self.config.seed, round, worker as u64, 0);
-                let update = inner_round(
+                let update = inner_round_on(
                     self.model,
-                    self.config.inner,
+                    self.config.inner_optimizer(),
                     self.config.batch_size,
                     &self.state.params,
-                    dataset,
-                    &shards[worker],
+                    sources[worker].as_ref(),
                     key,
                     self.config.inner_steps,
                     1,
@@ -280,9 +352,7 @@ pub fn segment_range(steps: u64, segments: u32, segment: u32) -> (u64, u64) {
     (boundary(segment - 1), boundary(segment))
 }
 
-/// One worker's round: `steps` AdamW steps from `global` on `shard`, with
-/// batches keyed by `key` (its run, round and slot) and a fresh optimizer,
-/// keeping the state at each of `segments` segment boundaries.
+/// One worker's round on images: see [`inner_round_on`].
 #[allow(clippy::too_many_arguments)]
 pub fn inner_round(
     model: &dyn Model,
@@ -295,13 +365,31 @@ pub fn inner_round(
     steps: u64,
     segments: u32,
 ) -> Result<InnerRoundResult, TrainError> {
+    let source = ImageShard { images: &dataset.train, indices: shard };
+    inner_round_on(model, optimizer.into(), batch_size, global, &source, key, steps, segments)
+}
+
+/// One worker's round: `steps` steps of `optimizer` from `global` on
+/// `source`, with batches keyed by `key` (its run, round and slot) and a
+/// fresh AdamW, keeping the state at each of `segments` segment boundaries.
+#[allow(clippy::too_many_arguments)]
+pub fn inner_round_on(
+    model: &dyn Model,
+    optimizer: InnerOptimizer,
+    batch_size: usize,
+    global: &[f32],
+    source: &dyn BatchSource,
+    key: RngKey,
+    steps: u64,
+    segments: u32,
+) -> Result<InnerRoundResult, TrainError> {
     let mut state = TrainState::new(model.name(), global.to_vec());
     let mut trainer = Trainer::new(model, optimizer, batch_size);
     let mut boundaries = vec![state.clone()];
     let mut loss_sum = 0.0f64;
     for segment in 1..=segments {
         let (start, end) = segment_range(steps, segments, segment);
-        let mean = trainer.run(&mut state, &dataset.train, shard, key, end - start, |_, _| {})?;
+        let mean = trainer.run_on(&mut state, source, key, end - start, |_, _| {})?;
         loss_sum += f64::from(mean) * (end - start) as f64;
         boundaries.push(state.clone());
     }
@@ -310,9 +398,7 @@ pub fn inner_round(
     Ok(InnerRoundResult { pseudo_gradient, mean_loss, boundaries })
 }
 
-/// Replays `steps` steps from `start`: what an auditor does with a segment.
-/// The batches follow from `key` and the state's own step counter, so the
-/// replay is the worker's computation exactly, if the worker was honest.
+/// Replays `steps` steps from `start` on images: see [`replay_on`].
 #[allow(clippy::too_many_arguments)]
 pub fn replay(
     model: &dyn Model,
@@ -324,15 +410,25 @@ pub fn replay(
     start: TrainState,
     steps: u64,
 ) -> Result<TrainState, TrainError> {
+    let source = ImageShard { images: &dataset.train, indices: shard };
+    replay_on(model, optimizer.into(), batch_size, &source, key, start, steps)
+}
+
+/// Replays `steps` steps from `start`: what an auditor does with a segment.
+/// The batches and the learning rate follow from `key` and the state's own
+/// step counter, so the replay is the worker's computation exactly, if the
+/// worker was honest.
+pub fn replay_on(
+    model: &dyn Model,
+    optimizer: InnerOptimizer,
+    batch_size: usize,
+    source: &dyn BatchSource,
+    key: RngKey,
+    start: TrainState,
+    steps: u64,
+) -> Result<TrainState, TrainError> {
     let mut state = start;
-    Trainer::new(model, optimizer, batch_size).run(
-        &mut state,
-        &dataset.train,
-        shard,
-        key,
-        steps,
-        |_, _| {},
-    )?;
+    Trainer::new(model, optimizer, batch_size).run_on(&mut state, source, key, steps, |_, _| {})?;
     Ok(state)
 }
 
@@ -361,23 +457,28 @@ pub fn mean_in_order(vectors: &[&[f32]]) -> Vec<f32> {
 }
 
 /// The baseline: one global AdamW state; every step averages the workers'
-/// gradients.
+/// gradients, then clips and schedules as the workers do (its step counter
+/// is the run's step).
 struct SyncBaseline<'m> {
     model: &'m dyn Model,
     config: &'m DilocoConfig,
     state: TrainState,
+    trainer: Trainer<'m>,
     grads: Vec<Vec<f32>>,
+    batches: Vec<StepBatch>,
     bytes: u64,
 }
 
 impl<'m> SyncBaseline<'m> {
     fn new(model: &'m dyn Model, config: &'m DilocoConfig, params: Vec<f32>) -> Self {
         let grads = vec![vec![0.0; params.len()]; config.workers];
-        Self { model, config, state: TrainState::new(model.name(), params), grads, bytes: 0 }
+        let batches = vec![StepBatch::default(); config.workers];
+        let trainer = Trainer::new(model, config.inner_optimizer(), config.batch_size);
+        Self { model, config, state: TrainState::new(model.name(), params), trainer, grads, batches, bytes: 0 }
     }
 
     /// `inner_steps` synchronous steps; returns their mean loss.
-    fn round(&mut self, dataset: &Dataset, shards: &[Vec<u32>], round: u64) -> Result<f32, TrainError> {
+    fn round(&mut self, sources: &[Box<dyn BatchSource + '_>], round: u64) -> Result<f32, TrainError> {
         let mut loss_sum = 0.0f64;
         let per_step_bytes = (self.state.params.len() * 4 * 2 * self.config.workers) as u64;
         for step in 0..self.config.inner_steps {
@@ -385,18 +486,17 @@ impl<'m> SyncBaseline<'m> {
             let losses = self
                 .grads
                 .par_iter_mut()
+                .zip(self.batches.par_iter_mut())
                 .enumerate()
-                .map(|(worker, grads)| {
+                .map(|(worker, (grads, batch))| {
                     let key = RngKey::new(self.config.seed, round, worker as u64, step);
-                    let indices = batch_indices(&shards[worker], self.config.batch_size, key);
-                    let batch = crowdtrain_data::Batch::of(&dataset.train, &indices);
-                    loss_and_grad(self.model, params, &batch, grads)
+                    sources[worker].fill(key, self.config.batch_size, batch)?;
+                    self.model.loss_and_grad(params, batch.examples(), grads)
                 })
                 .collect::<Result<Vec<f32>, TrainError>>()?;
             let views: Vec<&[f32]> = self.grads.iter().map(Vec::as_slice).collect();
-            let mean = mean_in_order(&views);
-            self.state.step += 1;
-            self.config.inner.apply(self.state.step, &mut self.state.params, &mut self.state.moments, &mean);
+            let mut mean = mean_in_order(&views);
+            self.trainer.apply_gradient(&mut self.state, &mut mean);
             loss_sum += losses.iter().map(|&loss| f64::from(loss)).sum::<f64>() / losses.len() as f64;
             self.bytes += per_step_bytes;
         }

@@ -36,9 +36,9 @@ pub use model::{
     CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,
     ParamSpec, evaluate, evaluate_subset, loss_and_grad,
 };
-pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule};
+pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule, clip_grad_norm, global_norm};
 pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};
-pub use trainer::Trainer;
+pub use trainer::{BatchSource, ImageShard, InnerOptimizer, StepBatch, Trainer};
 
 /// Why training could not proceed.
 #[derive(Debug, thiserror::Error)]

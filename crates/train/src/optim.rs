@@ -46,11 +46,28 @@ impl AdamWMoments {
 }
 
 impl AdamW {
-    /// Applies step number `step` (counting from 1) to `params`.
+    /// Applies step number `step` (counting from 1) to `params`, decaying
+    /// every parameter.
     pub fn apply(&self, step: u64, params: &mut [f32], moments: &mut AdamWMoments, grads: &[f32]) {
+        self.apply_segments(step, params, moments, grads, &[(0..params.len(), true)]);
+    }
+
+    /// [`AdamW::apply`] with weight decay only on the segments marked
+    /// `true` (see `ParamLayout::decay_segments`); the segments must cover
+    /// the vector. An undecayed parameter is multiplied by exactly 1, so a
+    /// layout that decays everything gives the bits `apply` gives.
+    pub fn apply_segments(
+        &self,
+        step: u64,
+        params: &mut [f32],
+        moments: &mut AdamWMoments,
+        grads: &[f32],
+        segments: &[(std::ops::Range<usize>, bool)],
+    ) {
         assert!(step >= 1, "AdamW steps count from 1");
         let len = params.len();
         assert!(moments.first.len() == len && moments.second.len() == len && grads.len() == len);
+        assert_eq!(segments.iter().map(|(range, _)| range.len()).sum::<usize>(), len, "segments cover the vector");
         // Bias corrections in f64 by repeated squaring: exact enough, and the
         // same on every machine (no libm pow).
         let first_correction = 1.0 - power(f64::from(self.beta1), step);
@@ -68,18 +85,27 @@ impl AdamW {
             second_correction_sqrt,
         };
         let path = crate::kernels::active_path();
-        let update = |params: &mut [f32], first: &mut [f32], second: &mut [f32], grads: &[f32]| {
-            constants.update(path, params, first, second, grads)
-        };
-        if len >= 2 * CHUNK && rayon::current_num_threads() > 1 {
-            params
-                .par_chunks_mut(CHUNK)
-                .zip(moments.first.par_chunks_mut(CHUNK))
-                .zip(moments.second.par_chunks_mut(CHUNK))
-                .zip(grads.par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| update(p, m, v, g));
-        } else {
-            update(params, &mut moments.first, &mut moments.second, grads);
+        for (range, decayed) in segments {
+            let constants = AdamWConstants { decay: if *decayed { constants.decay } else { 1.0 }, ..constants };
+            let update = |params: &mut [f32], first: &mut [f32], second: &mut [f32], grads: &[f32]| {
+                constants.update(path, params, first, second, grads)
+            };
+            let (params, first, second, grads) = (
+                &mut params[range.clone()],
+                &mut moments.first[range.clone()],
+                &mut moments.second[range.clone()],
+                &grads[range.clone()],
+            );
+            if range.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+                params
+                    .par_chunks_mut(CHUNK)
+                    .zip(first.par_chunks_mut(CHUNK))
+                    .zip(second.par_chunks_mut(CHUNK))
+                    .zip(grads.par_chunks(CHUNK))
+                    .for_each(|(((p, m), v), g)| update(p, m, v, g));
+            } else {
+                update(params, first, second, grads);
+            }
         }
     }
 }
@@ -145,6 +171,9 @@ pub enum Schedule {
     /// Cosine decay from the full rate at step 1 to `final_fraction` of it
     /// at `total_steps` (and after).
     Cosine { total_steps: u64, final_fraction: f32 },
+    /// nanoGPT's: a linear warmup over `warmup_steps`, then cosine decay to
+    /// `final_fraction` at `total_steps`, and that fraction after.
+    WarmupCosine { warmup_steps: u64, total_steps: u64, final_fraction: f32 },
 }
 
 impl Schedule {
@@ -159,8 +188,51 @@ impl Schedule {
                 let cosine = 0.5 * (1.0 + libm::cos(std::f64::consts::PI * progress));
                 (f64::from(final_fraction) + (1.0 - f64::from(final_fraction)) * cosine) as f32
             }
+            Self::WarmupCosine { warmup_steps, total_steps, final_fraction } => {
+                // nanoGPT's get_lr counts iterations from 0.
+                let iteration = step.saturating_sub(1);
+                let final_fraction = f64::from(final_fraction);
+                if iteration < warmup_steps {
+                    return ((iteration + 1) as f64 / (warmup_steps + 1) as f64) as f32;
+                }
+                if iteration > total_steps || total_steps <= warmup_steps {
+                    return final_fraction as f32;
+                }
+                let ratio = (iteration - warmup_steps) as f64 / (total_steps - warmup_steps) as f64;
+                let cosine = 0.5 * (1.0 + libm::cos(std::f64::consts::PI * ratio));
+                (final_fraction + cosine * (1.0 - final_fraction)) as f32
+            }
         }
     }
+}
+
+/// The gradient's global L2 norm: squares in f64 summed in four lanes over
+/// fixed chunks, the chunks added in order, so the bits do not depend on the
+/// thread count.
+pub fn global_norm(grads: &[f32]) -> f64 {
+    let chunk_sum = |chunk: &[f32]| {
+        let mut lanes = [0.0f64; 4];
+        for (index, &value) in chunk.iter().enumerate() {
+            let value = f64::from(value);
+            lanes[index % 4] += value * value;
+        }
+        (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
+    };
+    let sums: Vec<f64> = grads.par_chunks(CHUNK).map(chunk_sum).collect();
+    sums.iter().sum::<f64>().sqrt()
+}
+
+/// Scales `grads` so their global norm is at most `max_norm`, as PyTorch's
+/// `clip_grad_norm_` does (`max_norm / (norm + 1e-6)` when that is below
+/// 1); returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f64 {
+    let norm = global_norm(grads);
+    let coefficient = f64::from(max_norm) / (norm + 1e-6);
+    if coefficient < 1.0 {
+        let coefficient = coefficient as f32;
+        grads.par_chunks_mut(CHUNK).for_each(|chunk| chunk.iter_mut().for_each(|g| *g *= coefficient));
+    }
+    norm
 }
 
 /// SGD with Nesterov momentum, the outer optimizer of DiLoCo, applied to
@@ -315,6 +387,49 @@ mod tests {
         assert!((schedule.factor(102) - 0.1).abs() < 1e-6);
         assert!((schedule.factor(500) - 0.1).abs() < 1e-6);
         assert_eq!(Schedule::Constant.factor(7), 1.0);
+    }
+
+    #[test]
+    fn warmup_cosine_is_nanogpts_schedule() {
+        // nanoGPT's get_lr(it) with lr 1, min_lr 0.1, warmup 100, decay 2000.
+        let schedule = Schedule::WarmupCosine { warmup_steps: 100, total_steps: 2000, final_fraction: 0.1 };
+        let nanogpt = |it: u64| -> f64 {
+            if it < 100 {
+                return (it + 1) as f64 / 101.0;
+            }
+            if it > 2000 {
+                return 0.1;
+            }
+            let ratio = (it - 100) as f64 / 1900.0;
+            0.1 + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * 0.9
+        };
+        for it in [0, 1, 50, 99, 100, 101, 1000, 1999, 2000, 2001, 5000] {
+            assert!((f64::from(schedule.factor(it + 1)) - nanogpt(it)).abs() < 1e-6, "iteration {it}");
+        }
+    }
+
+    #[test]
+    fn clipping_bounds_the_norm_and_decay_segments_spare_what_they_should() {
+        let mut grads = vec![3.0f32, 4.0];
+        assert_eq!(clip_grad_norm(&mut grads, 10.0), 5.0);
+        assert_eq!(grads, vec![3.0, 4.0], "within the bound: untouched");
+        clip_grad_norm(&mut grads, 1.0);
+        assert!((global_norm(&grads) - 1.0).abs() < 1e-6);
+        let long: Vec<f32> = (0..3 * CHUNK + 7).map(|i| (i as f32 * 0.01).sin()).collect();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| global_norm(&long));
+        let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(|| global_norm(&long));
+        assert_eq!(one.to_bits(), three.to_bits());
+        // Decay on the first half only; with a zero gradient, only decay moves a parameter.
+        let opt = AdamW { weight_decay: 0.5, ..AdamW::default() };
+        let mut params = vec![1.0f32; 4];
+        let mut moments = AdamWMoments::zeros(4);
+        opt.apply_segments(1, &mut params, &mut moments, &[0.0; 4], &[(0..2, true), (2..4, false)]);
+        assert!(params[0] < 1.0 && params[1] < 1.0);
+        assert_eq!(&params[2..], &[1.0, 1.0]);
+        let mut everything = vec![1.0f32; 4];
+        let mut moments = AdamWMoments::zeros(4);
+        opt.apply(1, &mut everything, &mut moments, &[0.0; 4]);
+        assert_eq!(everything[0], params[0]);
     }
 
     #[test]

@@ -90,6 +90,8 @@ fn diloco_simulation_is_bit_identical_across_thread_counts() {
         outer: Nesterov::default(),
         codec: Codec::Int8,
         validation_fraction: 0.05,
+        inner_schedule: crowdtrain_train::Schedule::Constant,
+        clip_norm: None,
     };
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -143,6 +143,8 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         outer: Nesterov { lr: args.outer_lr, momentum: args.outer_momentum },
         codec: args.codec,
         validation_fraction: args.validation_fraction,
+        inner_schedule: crowdtrain_train::Schedule::Constant,
+        clip_norm: None,
     };
     let mut aggregate: Box<dyn diloco::Aggregate> = match args.aggregator {
         Aggregator::Mean => Box::new(diloco::Mean),

@@ -247,6 +247,8 @@ pub fn simulated_state_hash_with(
         outer: Nesterov::default(),
         codec: Codec::Int8,
         validation_fraction: crowdtrain_defense::QualityConfig::default().validation_fraction,
+        inner_schedule: crowdtrain_train::Schedule::Constant,
+        clip_norm: None,
     };
     let dataset = DataSource::Directory(subset()).load().unwrap();
     simulate(

@@ -1,0 +1,79 @@
+//! The `--model` flag and the GPT's size flags, shared by the commands that
+//! train.
+
+use clap::{Args, ValueEnum};
+use crowdtrain_train::{AdamW, GptConfig, InnerOptimizer, ModelKind, Schedule};
+
+/// The architectures a command can train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelName {
+    /// 784-256-10 with ReLU, on images.
+    Mlp,
+    /// Two convolutions and a linear layer, on images.
+    Cnn,
+    /// A decoder-only transformer, on text.
+    Gpt,
+}
+
+/// A GPT's sizes; the vocabulary comes from the tokenizer. Defaults:
+/// nanoGPT's CPU quick-start model.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "GPT (with --model gpt)")]
+pub struct GptArgs {
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+
+    /// Attention heads per block (a divisor of --width).
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+
+    /// Embedding width.
+    #[arg(long, default_value_t = 128)]
+    pub width: usize,
+
+    /// Context length: tokens per training sequence.
+    #[arg(long, default_value_t = 64)]
+    pub context: usize,
+}
+
+impl GptArgs {
+    /// The configuration for a vocabulary of `vocab`, validated.
+    pub fn config(&self, vocab: usize) -> anyhow::Result<GptConfig> {
+        let config =
+            GptConfig { layers: self.layers, heads: self.heads, width: self.width, context: self.context, vocab };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ModelName {
+    /// The image model this names, or `None` for the GPT.
+    pub fn image_model(self) -> Option<ModelKind> {
+        match self {
+            Self::Mlp => Some(ModelKind::Mlp),
+            Self::Cnn => Some(ModelKind::Cnn),
+            Self::Gpt => None,
+        }
+    }
+}
+
+/// nanoGPT's Shakespeare recipe (`config/train_shakespeare_char.py` with
+/// the CPU quick-start's schedule): AdamW at 1e-3 with betas 0.9 and 0.99,
+/// weight decay 0.1 on matrices and embeddings only, gradients clipped to
+/// norm 1, 100 warmup steps then cosine decay to a tenth by `total_steps`.
+pub fn gpt_recipe(lr: f32, total_steps: u64, round_steps: u64) -> InnerOptimizer {
+    InnerOptimizer {
+        adamw: AdamW { lr, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 },
+        schedule: Schedule::WarmupCosine {
+            warmup_steps: GPT_WARMUP_STEPS.min(total_steps / 10),
+            total_steps,
+            final_fraction: 0.1,
+        },
+        round_steps,
+        clip_norm: Some(1.0),
+    }
+}
+
+/// nanoGPT's warmup for its Shakespeare model (at most a tenth of a run).
+pub const GPT_WARMUP_STEPS: u64 = 100;
