@@ -113,7 +113,7 @@ fn matmul_strided_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [
     assert!((m - 1) * a.row_stride + (k - 1) * a.col_stride < a.data.len());
     assert!((k - 1) * b.row_stride + (n - 1) * b.col_stride < b.data.len());
 
-    let output = SharedOutput(c.as_mut_ptr(), c_row_stride);
+    let output = SharedOutput(c.as_mut_ptr(), c_row_stride, n);
     let panels = n.div_ceil(NR);
     let panel = |index: usize| compute_panel(path, a, b, index * NR, output);
     if m * n * k >= PARALLEL_MULTIPLY_ADDS_MIN && rayon::current_num_threads() > 1 {
@@ -126,7 +126,7 @@ fn matmul_strided_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [
 /// The output pointer, shared by the tasks of one product. Each task writes
 /// only the columns of its own panel, so the writes never overlap.
 #[derive(Clone, Copy)]
-struct SharedOutput(*mut f32, usize);
+struct SharedOutput(*mut f32, usize, usize);
 // SAFETY: tasks write disjoint column ranges (see `compute_panel`), and
 // `matmul_with` holds the exclusive borrow until all of them have finished.
 unsafe impl Send for SharedOutput {}
@@ -135,19 +135,37 @@ unsafe impl Sync for SharedOutput {}
 /// Computes columns `first_col..first_col + NR` (clipped to `n`) of the
 /// output, for all rows.
 fn compute_panel(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, first_col: usize, output: SharedOutput) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (k, n) = (a.cols, b.cols);
     let width = NR.min(n - first_col);
     // The kernels read NR contiguous values per k. A row-major B panel is
-    // already laid out that way; anything else is packed, zero-padded.
-    let packed: Vec<f32>;
-    let (panel, panel_stride): (&[f32], usize) = if b.col_stride == 1 && width == NR {
-        (&b.data[first_col..], b.row_stride)
-    } else {
-        packed = (0..k)
-            .flat_map(|p| (0..NR).map(move |j| if j < width { b.at(p, first_col + j) } else { 0.0 }))
-            .collect();
-        (&packed, NR)
-    };
+    // already laid out that way; anything else is packed, zero-padded, into
+    // this thread's reusable buffer.
+    if b.col_stride == 1 && width == NR {
+        panel_rows(path, a, &b.data[first_col..], b.row_stride, first_col, output);
+        return;
+    }
+    PACKED.with_borrow_mut(|packed| {
+        packed.clear();
+        packed.resize(k * NR, 0.0);
+        for (p, row) in packed.chunks_exact_mut(NR).enumerate() {
+            for (j, value) in row.iter_mut().enumerate().take(width) {
+                *value = b.at(p, first_col + j);
+            }
+        }
+        panel_rows(path, a, packed, NR, first_col, output);
+    });
+}
+
+thread_local! {
+    /// The packed B panel of the product this thread is computing.
+    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Every row tile of one column panel, `panel` holding NR values per `k`
+/// (`panel_stride` apart).
+fn panel_rows(path: KernelPath, a: MatRef<'_>, panel: &[f32], panel_stride: usize, first_col: usize, output: SharedOutput) {
+    let (m, k) = (a.rows, a.cols);
+    let width = NR.min(output.2 - first_col);
     let mut tile = [[0.0f32; NR]; MR];
     for first_row in (0..m).step_by(MR) {
         let rows = MR.min(m - first_row);
