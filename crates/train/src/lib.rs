@@ -26,6 +26,7 @@ pub mod codec;
 pub mod diloco;
 pub mod kernels;
 pub mod model;
+pub mod model_file;
 pub mod ops;
 pub mod optim;
 pub mod state;
@@ -38,6 +39,7 @@ pub use model::{
 };
 pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule, clip_grad_norm, global_norm};
 pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};
+pub use model_file::{ModelFile, ModelFileError};
 pub use trainer::{BatchSource, ImageShard, InnerOptimizer, StepBatch, Trainer};
 
 /// Why training could not proceed.

@@ -165,6 +165,52 @@ impl Gpt {
         }))
     }
 
+    /// The parameters as nanoGPT's `GPT` (with `bias=True`) names and lays
+    /// them out: `transformer.`-prefixed names, linear weights transposed to
+    /// `[out, in]`; the head is tied to `transformer.wte.weight` and not
+    /// repeated.
+    pub fn pytorch_tensors(&self, params: &[f32]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.layout
+            .iter()
+            .map(|(spec, range)| {
+                let values = &params[range];
+                let name = format!("transformer.{}", spec.name);
+                let embedding = spec.name.starts_with("wte.") || spec.name.starts_with("wpe.");
+                match spec.shape.as_slice() {
+                    &[inputs, outputs] if !embedding => {
+                        let mut transposed = vec![0.0f32; values.len()];
+                        for i in 0..inputs {
+                            for o in 0..outputs {
+                                transposed[o * inputs + i] = values[i * outputs + o];
+                            }
+                        }
+                        (name, vec![outputs, inputs], transposed)
+                    }
+                    shape => (name, shape.to_vec(), values.to_vec()),
+                }
+            })
+            .collect()
+    }
+
+    /// nanoGPT's `GPTConfig` for this model, with what a loader must know
+    /// beyond it (the GELU's tanh form, the tied head, LayerNorm's epsilon).
+    pub fn pytorch_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model_type": "gpt2",
+            "n_layer": self.config.layers,
+            "n_head": self.config.heads,
+            "n_embd": self.config.width,
+            "block_size": self.config.context,
+            "vocab_size": self.config.vocab,
+            "bias": true,
+            "dropout": 0.0,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": 1e-5,
+            "tie_word_embeddings": true,
+            "crowdtrain_model": self.name(),
+        })
+    }
+
     fn check_tokens(&self, inputs: &[u32], targets: &[u32], sequences: usize) -> Result<usize, TrainError> {
         let tokens = inputs.len();
         let bad = || TrainError::BadSequences {
