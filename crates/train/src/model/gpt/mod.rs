@@ -15,6 +15,7 @@
 //! MLP's does.
 
 mod engine;
+mod sample;
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -25,6 +26,7 @@ use super::{Examples, Init, LossSum, Model, ParamLayout, ParamSpec, check_len};
 use crate::TrainError;
 
 pub use engine::Workspace;
+pub use sample::{Sampling, draw};
 
 /// A GPT's sizes. Part of the model's name, and so of every state hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
