@@ -346,10 +346,14 @@ fn attention(config: &GptConfig, length: usize, qkv: &[f32], probs: &mut [f32], 
         .for_each(|(sequence, (probs, att))| {
             let qkv = &qkv[sequence * length * 3 * c..(sequence + 1) * length * 3 * c];
             for (head, probs) in probs.chunks_exact_mut(square).enumerate() {
-                let q = MatRef::strided(&qkv[head * hs..], length, hs, 3 * c, 1);
-                let k_t = MatRef::strided(&qkv[c + head * hs..], hs, length, 1, 3 * c);
-                let v = MatRef::strided(&qkv[2 * c + head * hs..], length, hs, 3 * c, 1);
-                matmul(q, k_t, probs);
+                let (q, k, v) = (head * hs, c + head * hs, 2 * c + head * hs);
+                for (first, last) in causal_blocks(length) {
+                    // Scores of rows first..last against keys 0..last: the
+                    // keys after a row's own are masked anyway.
+                    let q_rows = MatRef::strided(&qkv[first * 3 * c + q..], last - first, hs, 3 * c, 1);
+                    let k_t = MatRef::strided(&qkv[k..], hs, last, 1, 3 * c);
+                    matmul_strided(q_rows, k_t, &mut probs[first * length..], length);
+                }
                 with_path(|| {
                     for (i, row) in probs.chunks_exact_mut(length).enumerate() {
                         let (visible, future) = row.split_at_mut(i + 1);
@@ -360,9 +364,25 @@ fn attention(config: &GptConfig, length: usize, qkv: &[f32], probs: &mut [f32], 
                         future.fill(0.0);
                     }
                 });
-                matmul_strided(MatRef::row_major(probs, length, length), v, &mut att[head * hs..], c);
+                for (first, last) in causal_blocks(length) {
+                    // att = probs v over keys 0..last: the probabilities
+                    // beyond are zeros at the end of each chain, which
+                    // change no bit.
+                    let p_rows = MatRef::strided(&probs[first * length..], last - first, last, length, 1);
+                    let v_rows = MatRef::strided(&qkv[v..], last, hs, 3 * c, 1);
+                    matmul_strided(p_rows, v_rows, &mut att[first * c + head * hs..], c);
+                }
             }
         });
+}
+
+/// Rows per block of causal attention: a block of rows needs the keys up
+/// to its last row only.
+const CAUSAL_BLOCK: usize = 16;
+
+/// `[first, last)` row blocks of a `length x length` causal square.
+fn causal_blocks(length: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..length).step_by(CAUSAL_BLOCK).map(move |first| (first, (first + CAUSAL_BLOCK).min(length)))
 }
 
 /// The backward pass of [`attention`]: `d_qkv` from `d_att`.
@@ -391,16 +411,23 @@ fn attention_backward(
             let d_att = &d_att[sequence * length * c..(sequence + 1) * length * c];
             let probs = &probs[sequence * heads * square..(sequence + 1) * heads * square];
             for (head, p) in probs.chunks_exact(square).enumerate() {
-                let d_y = MatRef::strided(&d_att[head * hs..], length, hs, c, 1);
-                let q = MatRef::strided(&qkv[head * hs..], length, hs, 3 * c, 1);
-                let k = MatRef::strided(&qkv[c + head * hs..], length, hs, 3 * c, 1);
-                let v_t = MatRef::strided(&qkv[2 * c + head * hs..], hs, length, 1, 3 * c);
-                let p_view = MatRef::row_major(p, length, length);
-                // d_v = p^T d_y.
-                matmul_strided(p_view.t(), d_y, &mut d_qkv[2 * c + head * hs..], 3 * c);
-                // d_p = d_y v^T, then the softmax's backward pass:
-                // d_s = p (d_p - sum(p d_p)), times the scale.
-                matmul(d_y, v_t, d_p);
+                let (q, k, v, y) = (head * hs, c + head * hs, 2 * c + head * hs, head * hs);
+                // d_v = p^T d_y. Row j of d_v sums over rows i >= j of p:
+                // a block of rows j starts its chains at its first row,
+                // the terms before being exact zeros.
+                for (first, last) in causal_blocks(length) {
+                    let p_t = MatRef::strided(&p[first * length + first..], last - first, length - first, 1, length);
+                    let d_y = MatRef::strided(&d_att[first * c + y..], length - first, hs, c, 1);
+                    matmul_strided(p_t, d_y, &mut d_qkv[first * 3 * c + v..], 3 * c);
+                }
+                // d_p = d_y v^T where p is not masked.
+                for (first, last) in causal_blocks(length) {
+                    let d_y = MatRef::strided(&d_att[first * c + y..], last - first, hs, c, 1);
+                    let v_t = MatRef::strided(&qkv[v..], hs, last, 1, 3 * c);
+                    matmul_strided(d_y, v_t, &mut d_p[first * length..], length);
+                }
+                // The softmax's backward pass, times the scale:
+                // d_s = p (d_p - sum(p d_p)).
                 with_path(|| {
                     for (i, (d_row, p_row)) in d_p.chunks_exact_mut(length).zip(p.chunks_exact(length)).enumerate() {
                         let (visible, future) = d_row.split_at_mut(i + 1);
@@ -412,10 +439,16 @@ fn attention_backward(
                         future.fill(0.0);
                     }
                 });
-                let d_s = MatRef::row_major(d_p, length, length);
-                // d_q = d_s k, d_k = d_s^T q.
-                matmul_strided(d_s, k, &mut d_qkv[head * hs..], 3 * c);
-                matmul_strided(d_s.t(), q, &mut d_qkv[c + head * hs..], 3 * c);
+                for (first, last) in causal_blocks(length) {
+                    // d_q = d_s k, over keys 0..last.
+                    let d_s = MatRef::strided(&d_p[first * length..], last - first, last, length, 1);
+                    let k_rows = MatRef::strided(&qkv[k..], last, hs, 3 * c, 1);
+                    matmul_strided(d_s, k_rows, &mut d_qkv[first * 3 * c + q..], 3 * c);
+                    // d_k = d_s^T q, over rows first..length.
+                    let d_s_t = MatRef::strided(&d_p[first * length + first..], last - first, length - first, 1, length);
+                    let q_rows = MatRef::strided(&qkv[first * 3 * c + q..], length - first, hs, 3 * c, 1);
+                    matmul_strided(d_s_t, q_rows, &mut d_qkv[first * 3 * c + k..], 3 * c);
+                }
             }
         });
 }

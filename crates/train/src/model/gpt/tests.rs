@@ -6,7 +6,8 @@ use super::*;
 use crate::model::Examples;
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
 
-const TINY: GptConfig = GptConfig { layers: 2, heads: 2, width: 8, context: 5, vocab: 7 };
+/// A context over two causal blocks of attention, so that the blocks are checked too.
+const TINY: GptConfig = GptConfig { layers: 2, heads: 2, width: 8, context: 21, vocab: 7 };
 
 fn tokens(count: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = keyed_rng("test-tokens", RngKey::new(seed, 0, 0, 0));
@@ -103,7 +104,7 @@ fn reference_loss(config: &GptConfig, model: &Gpt, params: &[f64], inputs: &[u32
 fn the_layout_names_every_tensor_and_counts_parameters() {
     let model = Gpt::new(TINY);
     assert_eq!(model.layout().len(), TINY.parameters());
-    assert_eq!(model.name(), "gpt-l2-h2-c8-t5-v7");
+    assert_eq!(model.name(), "gpt-l2-h2-c8-t21-v7");
     let names: Vec<String> = model.layout().iter().map(|(spec, _)| spec.name.clone()).collect();
     assert_eq!(names[0], "wte.weight");
     assert_eq!(names[2], "h.0.ln_1.weight");
@@ -228,9 +229,9 @@ fn bad_tokens_and_shapes_are_errors_not_panics() {
     };
     assert!(matches!(run(&[1, 2, 7], &[1, 2, 3], 1), TrainError::TokenOutOfRange { token: 7, .. }));
     assert!(matches!(run(&[1, 2, 3], &[1, 2, 9], 1), TrainError::TokenOutOfRange { token: 9, .. }));
-    assert!(matches!(run(&[0; 6], &[0; 6], 1), TrainError::BadSequences { .. }), "longer than the context");
+    assert!(matches!(run(&[0; 22], &[0; 22], 1), TrainError::BadSequences { .. }), "longer than the context");
     assert!(matches!(run(&[0; 5], &[0; 4], 1), TrainError::BadSequences { .. }));
-    assert!(matches!(run(&[0; 5], &[0; 5], 2), TrainError::BadSequences { .. }));
+    assert!(matches!(run(&[0; 5], &[0; 5], 2), TrainError::BadSequences { .. }), "not whole sequences");
     assert!(matches!(run(&[], &[], 1), TrainError::BadSequences { .. }));
     let batch = crowdtrain_data::Batch { inputs: vec![0.0; 4], features: 4, targets: vec![0] };
     assert!(matches!(
