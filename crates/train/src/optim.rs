@@ -138,7 +138,7 @@ impl AdamWConstants {
         match path {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `active_path` returns Avx2Fma only on CPUs with AVX2.
-            KernelPath::Avx2Fma => unsafe { self.update_avx2(params, first, second, grads) },
+            KernelPath::Avx512 | KernelPath::Avx2Fma => unsafe { self.update_avx2(params, first, second, grads) },
             _ => self.update_portable(params, first, second, grads),
         }
     }

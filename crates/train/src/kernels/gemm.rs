@@ -164,6 +164,13 @@ thread_local! {
 /// Every row tile of one column panel, `panel` holding NR values per `k`
 /// (`panel_stride` apart).
 fn panel_rows(path: KernelPath, a: MatRef<'_>, panel: &[f32], panel_stride: usize, first_col: usize, output: SharedOutput) {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512 {
+        // SAFETY: `active_path` returns Avx512 only on CPUs with AVX-512F;
+        // the bounds were asserted in `matmul_strided_with`.
+        unsafe { panel_rows_avx512(a, panel, panel_stride, first_col, output) };
+        return;
+    }
     let (m, k) = (a.rows, a.cols);
     let width = NR.min(output.2 - first_col);
     let mut tile = [[0.0f32; NR]; MR];
@@ -174,7 +181,7 @@ fn panel_rows(path: KernelPath, a: MatRef<'_>, panel: &[f32], panel_stride: usiz
         match path {
             // SAFETY: `active_path` only returns Avx2Fma when the CPU has
             // both features, and the bounds were asserted in `matmul_with`.
-            KernelPath::Avx2Fma => unsafe {
+            KernelPath::Avx2Fma | KernelPath::Avx512 => unsafe {
                 #[cfg(target_arch = "x86_64")]
                 tile_avx2_fma(k, a.data, row_offsets, a.col_stride, panel, panel_stride, &mut tile);
                 #[cfg(not(target_arch = "x86_64"))]
@@ -192,6 +199,51 @@ fn panel_rows(path: KernelPath, a: MatRef<'_>, panel: &[f32], panel_stride: usiz
             unsafe {
                 std::ptr::copy_nonoverlapping(tile_row.as_ptr(), output.0.add(start), width);
             }
+        }
+    }
+}
+
+/// Rows of the AVX-512 tile: one 16-lane accumulator per row, 12 of the 32
+/// `zmm` registers, so two FMA units always have independent work.
+#[cfg(target_arch = "x86_64")]
+const MR_512: usize = 12;
+
+/// [`panel_rows`] with a 12 x 16 tile of 512-bit accumulators: each lane
+/// still evaluates its output's one chain in increasing `k`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; the panel and `a` must hold every
+/// element the product reads, as `matmul_strided_with` asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn panel_rows_avx512(a: MatRef<'_>, panel: &[f32], panel_stride: usize, first_col: usize, output: SharedOutput) {
+    use std::arch::x86_64::*;
+    let (m, k) = (a.rows, a.cols);
+    let width = NR.min(output.2 - first_col);
+    let (a_data, a_step, b) = (a.data.as_ptr(), a.col_stride, panel.as_ptr());
+    let mut tile = [[0.0f32; NR]; MR_512];
+    for first_row in (0..m).step_by(MR_512) {
+        let rows = MR_512.min(m - first_row);
+        let row_offsets: [usize; MR_512] = std::array::from_fn(|r| (first_row + r.min(rows - 1)) * a.row_stride);
+        let mut acc = [_mm512_setzero_ps(); MR_512];
+        for p in 0..k {
+            // SAFETY: in bounds by this function's contract.
+            unsafe {
+                let b_row = _mm512_loadu_ps(b.add(p * panel_stride));
+                for r in 0..MR_512 {
+                    let a_value = _mm512_set1_ps(*a_data.add(row_offsets[r] + p * a_step));
+                    acc[r] = _mm512_fmadd_ps(a_value, b_row, acc[r]);
+                }
+            }
+        }
+        for r in 0..MR_512 {
+            // SAFETY: each tile row holds one 16-lane vector.
+            unsafe { _mm512_storeu_ps(tile[r].as_mut_ptr(), acc[r]) };
+        }
+        for (r, tile_row) in tile.iter().enumerate().take(rows) {
+            let start = (first_row + r) * output.1 + first_col;
+            // SAFETY: as in `panel_rows`: inside the output, in this task's columns.
+            unsafe { std::ptr::copy_nonoverlapping(tile_row.as_ptr(), output.0.add(start), width) };
         }
     }
 }

@@ -27,7 +27,7 @@ pub fn with_path<R>(work: impl FnOnce() -> R) -> R {
     match active_path() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `active_path` returns Avx2Fma only on CPUs with both features.
-        KernelPath::Avx2Fma => unsafe { run_avx2_fma(work) },
+        KernelPath::Avx512 | KernelPath::Avx2Fma => unsafe { run_avx2_fma(work) },
         _ => work(),
     }
 }
