@@ -52,6 +52,8 @@ enum Command {
     Battery(cmd::battery::BatteryArgs),
     /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
     Contract(cmd::contract::ContractArgs),
+    /// Tokenizers for language models: train byte-level BPE, encode a text into tokens, decode.
+    Tokenizer(cmd::tokenizer::TokenizerArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Rewards(args) => cmd::rewards::run(args),
         Command::Battery(args) => cmd::battery::run_battery(args),
         Command::Contract(args) => cmd::contract::run(args),
+        Command::Tokenizer(args) => cmd::tokenizer::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

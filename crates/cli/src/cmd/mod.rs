@@ -9,5 +9,6 @@ pub mod keygen;
 pub mod ledger;
 pub mod rewards;
 pub mod sim;
+pub mod tokenizer;
 pub mod train;
 pub mod worker;
