@@ -11,7 +11,7 @@ weight decay on matrices and embeddings only, gradient clipping at norm 1,
 linear warmup then cosine decay, all as nanoGPT's train.py.
 
     pytorch_gpt.py time   --threads T [--batch 12 --context 64 ...]   -> tokens/s
-    pytorch_gpt.py train  --tokens FILE.json --steps 2000 ...         -> validation loss
+    pytorch_gpt.py train  --text FILE[.gz] --steps 2000 ...           -> validation loss
     pytorch_gpt.py check  --export DIR --logits FILE.json             -> max |difference|
 
 Each prints one JSON object.
@@ -161,34 +161,56 @@ def time_steps(args):
     }
 
 
+def char_tokens(path):
+    """crowdtrain's character tokenizer and split: the vocabulary is the
+    text's characters in code-point order; the last tenth is validation."""
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    vocab = sorted(set(text))
+    index = {ch: i for i, ch in enumerate(vocab)}
+    tokens = torch.tensor([index[ch] for ch in text], dtype=torch.long)
+    split = len(tokens) * 9 // 10
+    return tokens[:split], tokens[split:], len(vocab)
+
+
 def train(args):
-    """Trains on the batches crowdtrain wrote (same tokens, same order) and
-    reports the validation loss on the whole validation split."""
-    with open(args.tokens) as f:
-        data = json.load(f)
+    """Trains on the same text and split as `crowdtrain train --model gpt`
+    (batches drawn with PyTorch's generator, as nanoGPT's get_batch does)
+    and reports the loss on the whole validation split, read as crowdtrain
+    reads it: windows every `context` tokens."""
+    train_tokens, validation, vocab = char_tokens(args.text)
+    args.vocab = vocab
     model, optimizer = build(args)
-    train_batches = data["train_batches"]
+    generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
     losses = []
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps, args.min_lr)
-        batch = torch.tensor(train_batches[step % len(train_batches)], dtype=torch.long)
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        offsets = torch.randint(len(train_tokens) - args.context, (args.batch,), generator=generator)
+        x = torch.stack([train_tokens[i:i + args.context] for i in offsets])
+        y = torch.stack([train_tokens[i + 1:i + 1 + args.context] for i in offsets])
         losses.append(train_step(model, optimizer, x, y, args.clip).item())
     seconds = time.perf_counter() - started
     model.eval()
     total, count = 0.0, 0
+    sequences = (len(validation) - 1) // args.context
     with torch.no_grad():
-        for batch in data["validation_batches"]:
-            batch = torch.tensor(batch, dtype=torch.long)
-            logits = model(batch[:, :-1])
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum").item()
-            count += batch[:, 1:].numel()
+        for first in range(0, sequences, 64):
+            starts = range(first * args.context, min(first + 64, sequences) * args.context, args.context)
+            x = torch.stack([validation[i:i + args.context] for i in starts])
+            y = torch.stack([validation[i + 1:i + 1 + args.context] for i in starts])
+            logits = model(x)
+            total += F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="sum").item()
+            count += y.numel()
     return {
         "framework": f"pytorch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "steps": args.steps,
+        "vocab": vocab,
         "val_loss": total / count,
         "train_loss_last": statistics.mean(losses[-max(1, args.steps // 10):]),
         "tokens_per_sec": args.steps * args.batch * args.context / seconds,
@@ -232,7 +254,7 @@ def main():
     timing.add_argument("--repeats", type=int, default=3)
     training = commands.add_parser("train")
     add_model_args(training)
-    training.add_argument("--tokens", required=True)
+    training.add_argument("--text", required=True)
     training.add_argument("--steps", type=int, default=2000)
     checking = commands.add_parser("check")
     checking.add_argument("--export", required=True)

@@ -32,6 +32,10 @@ struct Cli {
 enum Command {
     /// Train a model centrally (the reference for distributed runs).
     Train(cmd::train::TrainArgs),
+    /// Generate text from a trained language model.
+    Sample(cmd::sample::SampleArgs),
+    /// Write a trained language model for PyTorch: safetensors, config.json, tokenizer.json.
+    Export(cmd::export::ExportArgs),
     /// Simulate a training network in one process.
     Sim(cmd::sim::SimArgs),
     /// Measure the training core's speed.
@@ -69,6 +73,8 @@ fn main() -> ExitCode {
     output::init_logging();
     let result = match cli.command {
         Command::Train(args) => cmd::train::run(args),
+        Command::Sample(args) => cmd::sample::run(args),
+        Command::Export(args) => cmd::export::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Demo(args) => cmd::demo::run(args),

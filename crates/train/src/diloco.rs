@@ -150,6 +150,11 @@ pub struct DilocoReport {
     pub rounds: Vec<RoundReport>,
     pub diloco_state_hash: StateHash,
     pub baseline_state_hash: StateHash,
+    /// The final parameters of each run (not serialised).
+    #[serde(skip)]
+    pub diloco_params: Vec<f32>,
+    #[serde(skip)]
+    pub baseline_params: Vec<f32>,
 }
 
 impl DilocoReport {
@@ -249,6 +254,8 @@ pub fn simulate(
         rounds,
         diloco_state_hash: diloco.state.hash(),
         baseline_state_hash: baseline.state.hash(),
+        diloco_params: diloco.state.params,
+        baseline_params: baseline.state.params,
     })
 }
 

@@ -30,11 +30,12 @@ pub mod model_file;
 pub mod ops;
 pub mod optim;
 pub mod state;
+pub mod text;
 pub mod trainer;
 
 pub use codec::{Codec, CodecError};
 pub use model::{
-    CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,
+    CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout, Sampling,
     ParamSpec, evaluate, evaluate_subset, loss_and_grad,
 };
 pub use optim::{AdamW, AdamWMoments, Nesterov, Schedule, clip_grad_norm, global_norm};
@@ -63,4 +64,6 @@ pub enum TrainError {
     BadSequences { tokens: usize, targets: usize, sequences: usize, context: usize },
     #[error("invalid model configuration: {0}")]
     BadConfig(String),
+    #[error(transparent)]
+    Text(#[from] crowdtrain_data::text::TextError),
 }

@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 
+use crowdtrain_data::text::TokenBatch;
 use crowdtrain_data::{Batch, LabeledImages, RngKey, batch_indices};
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +41,7 @@ impl From<AdamW> for InnerOptimizer {
 #[derive(Debug, Clone)]
 pub enum StepBatch {
     Images(Batch),
-    Tokens { inputs: Vec<u32>, targets: Vec<u32>, sequences: usize },
+    Tokens(TokenBatch),
 }
 
 impl Default for StepBatch {
@@ -53,8 +54,8 @@ impl StepBatch {
     pub fn examples(&self) -> Examples<'_> {
         match self {
             Self::Images(batch) => Examples::Images(batch),
-            Self::Tokens { inputs, targets, sequences } => {
-                Examples::Tokens { inputs, targets, sequences: *sequences }
+            Self::Tokens(batch) => {
+                Examples::Tokens { inputs: &batch.inputs, targets: &batch.targets, sequences: batch.sequences }
             }
         }
     }
@@ -66,17 +67,17 @@ impl StepBatch {
         }
         match self {
             Self::Images(batch) => batch,
-            Self::Tokens { .. } => unreachable!("just made an image batch"),
+            Self::Tokens(_) => unreachable!("just made an image batch"),
         }
     }
 
-    /// The token buffers inside, made empty ones if it was not.
-    pub fn tokens_mut(&mut self) -> (&mut Vec<u32>, &mut Vec<u32>, &mut usize) {
-        if !matches!(self, Self::Tokens { .. }) {
-            *self = Self::Tokens { inputs: Vec::new(), targets: Vec::new(), sequences: 0 };
+    /// The token batch inside, made one if it was not.
+    pub fn tokens_mut(&mut self) -> &mut TokenBatch {
+        if !matches!(self, Self::Tokens(_)) {
+            *self = Self::Tokens(TokenBatch::default());
         }
         match self {
-            Self::Tokens { inputs, targets, sequences } => (inputs, targets, sequences),
+            Self::Tokens(batch) => batch,
             Self::Images(_) => unreachable!("just made a token batch"),
         }
     }

@@ -457,14 +457,14 @@ fn token_batches(config: crowdtrain_train::GptConfig, sequences: usize) -> Vec<S
     (0..BATCHES)
         .map(|index| {
             let mut rng = keyed_rng("bench-tokens", RngKey::new(0, 0, 0, index));
-            let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+            let mut batch = crowdtrain_data::text::TokenBatch { sequences, context: config.context, ..Default::default() };
             for _ in 0..sequences {
                 let row: Vec<u32> =
                     (0..=config.context).map(|_| uniform_below(&mut rng, config.vocab as u64) as u32).collect();
-                inputs.extend_from_slice(&row[..config.context]);
-                targets.extend_from_slice(&row[1..]);
+                batch.inputs.extend_from_slice(&row[..config.context]);
+                batch.targets.extend_from_slice(&row[1..]);
             }
-            StepBatch::Tokens { inputs, targets, sequences }
+            StepBatch::Tokens(batch)
         })
         .collect()
 }

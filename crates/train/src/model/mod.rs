@@ -29,7 +29,7 @@ use crate::TrainError;
 use crate::ops::{SoftmaxCrossEntropy, row_argmax, row_loss, with_f32};
 
 pub use cnn::Cnn;
-pub use gpt::{Gpt, GptConfig};
+pub use gpt::{Gpt, GptConfig, Sampling};
 pub use mlp::Mlp;
 
 /// How a parameter tensor starts.
