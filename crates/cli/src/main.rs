@@ -6,6 +6,7 @@
 //! bars and logs go to stderr so that stdout stays machine-readable.
 
 mod cmd;
+mod model_args;
 mod output;
 mod plot;
 
@@ -31,6 +32,10 @@ struct Cli {
 enum Command {
     /// Train a model centrally (the reference for distributed runs).
     Train(cmd::train::TrainArgs),
+    /// Generate text from a trained language model.
+    Sample(cmd::sample::SampleArgs),
+    /// Write a trained language model for PyTorch: safetensors, config.json, tokenizer.json.
+    Export(cmd::export::ExportArgs),
     /// Simulate a training network in one process.
     Sim(cmd::sim::SimArgs),
     /// Measure the training core's speed.
@@ -53,6 +58,8 @@ enum Command {
     Battery(cmd::battery::BatteryArgs),
     /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
     Contract(cmd::contract::ContractArgs),
+    /// Tokenizers for language models: train byte-level BPE, encode a text into tokens, decode.
+    Tokenizer(cmd::tokenizer::TokenizerArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +75,8 @@ fn main() -> ExitCode {
     output::init_logging();
     let result = match cli.command {
         Command::Train(args) => cmd::train::run(args),
+        Command::Sample(args) => cmd::sample::run(args),
+        Command::Export(args) => cmd::export::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Demo(args) => cmd::demo::run(args),
@@ -79,6 +88,7 @@ fn main() -> ExitCode {
         Command::Rewards(args) => cmd::rewards::run(args),
         Command::Battery(args) => cmd::battery::run_battery(args),
         Command::Contract(args) => cmd::contract::run(args),
+        Command::Tokenizer(args) => cmd::tokenizer::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

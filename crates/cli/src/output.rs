@@ -125,3 +125,77 @@ pub fn bytes(count: u64) -> String {
     }
     if unit == 0 { format!("{count} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
+
+/// Progress bars for long text work, one per phase (reading, training,
+/// tokenising, verifying), in bytes. Inputs under 32 MiB finish too fast
+/// to need one; bars are hidden when stderr is not a terminal.
+pub struct TextProgress {
+    current: std::sync::Mutex<Option<(crowdtrain_data::text::Phase, ProgressBar)>>,
+}
+
+impl TextProgress {
+    const SHOWN_FROM_BYTES: u64 = 32 << 20;
+
+    pub fn new() -> Self {
+        Self { current: std::sync::Mutex::new(None) }
+    }
+
+    pub fn report(&self, progress: crowdtrain_data::text::Progress) {
+        if progress.total < Self::SHOWN_FROM_BYTES {
+            return;
+        }
+        let mut current = self.current.lock().expect("not poisoned");
+        if current.as_ref().is_none_or(|(phase, _)| *phase != progress.phase) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish_and_clear();
+            }
+            let bar = if std::io::stderr().is_terminal() {
+                ProgressBar::new(progress.total)
+            } else {
+                ProgressBar::hidden()
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
+                )
+                .expect("static template is valid")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(progress.phase.to_string());
+            *current = Some((progress.phase, bar));
+        }
+        if let Some((_, bar)) = current.as_ref() {
+            bar.set_position(progress.done.min(progress.total));
+        }
+    }
+}
+
+impl Drop for TextProgress {
+    fn drop(&mut self) {
+        if let Some((_, bar)) = self.current.lock().map(|mut current| current.take()).ok().flatten() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Where the text comes from (`--data FILE|DIR`, else the installed
+/// Shakespeare, else the bundled subset), tokenised with `tokenizer`
+/// through the token cache (`CROWDTRAIN_CACHE_DIR`, else
+/// `~/.cache/crowdtrain/tokens`); prints the `data:` line unless `json`.
+pub fn load_text(
+    data: Option<&std::path::Path>,
+    tokenizer: &crowdtrain_data::text::TokenizerSpec,
+    json: bool,
+) -> anyhow::Result<crowdtrain_data::text::TextDataset> {
+    use crowdtrain_data::text::{TextDataset, TextSource, default_cache_dir};
+    let source = TextSource::resolve(data);
+    let progress = TextProgress::new();
+    let dataset =
+        TextDataset::load(&source, tokenizer, Some(&default_cache_dir()), &|step| progress.report(step))
+            .with_context(|| format!("could not load the text {}", source.describe()))?;
+    drop(progress);
+    if !json {
+        eprintln!("data: {}", dataset.info);
+    }
+    Ok(dataset)
+}

@@ -137,7 +137,7 @@ fn io_error(path: &Path, source: io::Error) -> IdxError {
 }
 
 /// Fills as much of `buffer` as the stream holds; returns how much that was.
-fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match reader.read(&mut buffer[filled..]) {

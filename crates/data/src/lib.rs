@@ -12,11 +12,17 @@
 //!   both are pure functions of their seeds.
 //! - [`rng`] is the only source of randomness in the project: ChaCha8
 //!   streams keyed by purpose and (run, round, worker, step).
+//! - [`text`] is the language models' data: text sources (`--data
+//!   FILE|DIR`, the installed or the bundled Shakespeare), character and
+//!   byte-level BPE tokenizers in Hugging Face's `tokenizer.json` format,
+//!   cached memory-mapped token files, the train/validation split, shards
+//!   of contiguous tokens, token batches and the data fingerprint.
 
 pub mod dataset;
 pub mod idx;
 pub mod rng;
 pub mod shard;
+pub mod text;
 
 pub use dataset::{CLASS_COUNT, DataSource, Dataset, DatasetError, DatasetInfo, LabeledImages};
 pub use rng::{RngKey, keyed_rng};

@@ -59,8 +59,8 @@ pub fn score_step(outer_lr: f32, updates: usize) -> f32 {
 }
 
 /// Each update's relative held-out loss improvement when `step` times it
-/// is applied alone to `global`, in update order. An update whose model has
-/// a non-finite loss scores `-inf`.
+/// is applied alone to `global`, in update order, on the image examples
+/// `indices`. An update whose model has a non-finite loss scores `-inf`.
 pub fn scores(
     model: &dyn Model,
     global: &[f32],
@@ -72,13 +72,45 @@ pub fn scores(
     if indices.is_empty() {
         return Ok(vec![0.0; updates.len()]);
     }
-    let base = evaluate_subset(model, global, images, indices)?.loss;
+    scores_with(global, updates, step, &|params| Ok(evaluate_subset(model, params, images, indices)?.loss))
+}
+
+/// [`scores`] on the round's evaluation batch of text: `sequences`
+/// validation windows drawn with `key` (the beacon's, [`eval_key`]), the
+/// loss per token.
+#[allow(clippy::too_many_arguments)]
+pub fn text_scores(
+    model: &dyn Model,
+    global: &[f32],
+    updates: &[&[f32]],
+    step: f32,
+    validation: crowdtrain_data::text::Tokens<'_>,
+    context: usize,
+    sequences: usize,
+    key: RngKey,
+) -> Result<Vec<f64>, TrainError> {
+    let batch = crowdtrain_data::text::evaluation_batch(validation, sequences, context, key)?;
+    scores_with(global, updates, step, &|params| {
+        Ok(model.loss_sum(params, crowdtrain_train::text::token_examples(&batch))?.evaluation().loss)
+    })
+}
+
+/// The scoring rule, whatever the data: `(L(g) - L(g - step u)) / L(g)`
+/// for each update `u`, with `loss` the held-out loss of a parameter
+/// vector; `-inf` where that loss is not finite.
+pub fn scores_with(
+    global: &[f32],
+    updates: &[&[f32]],
+    step: f32,
+    loss: &(dyn Fn(&[f32]) -> Result<f64, TrainError> + Sync),
+) -> Result<Vec<f64>, TrainError> {
+    let base = loss(global)?;
     updates
         .par_iter()
         .map(|update| {
             let local: Vec<f32> = global.iter().zip(*update).map(|(g, u)| g - step * u).collect();
-            let loss = evaluate_subset(model, &local, images, indices)?.loss;
-            Ok(if loss.is_finite() && base > 0.0 { (base - loss) / base } else { f64::NEG_INFINITY })
+            let after = loss(&local)?;
+            Ok(if after.is_finite() && base > 0.0 { (base - after) / base } else { f64::NEG_INFINITY })
         })
         .collect()
 }
@@ -231,6 +263,43 @@ mod tests {
         let expected = (0..4).fold(NORMALIZED_MAX, |smoothed, _| 0.75 * smoothed - 0.25);
         assert!((last - expected).abs() < 1e-12, "{last} vs {expected}");
         assert!(quality.observe(&[(9, f64::NEG_INFINITY)], &config)[0].normalized < 0.0);
+    }
+
+    #[test]
+    fn text_updates_that_lower_the_held_out_loss_score_above_those_that_raise_it() {
+        use crowdtrain_data::text::{TextDataset, TextSource, TokenizerSpec};
+        use crowdtrain_train::{Examples, GptConfig, ModelKind};
+        let cache = tempfile::tempdir().unwrap();
+        let data =
+            TextDataset::load(&TextSource::resolve(None), &TokenizerSpec::Char, Some(cache.path()), &|_| {})
+                .unwrap();
+        let config =
+            GptConfig { layers: 1, heads: 2, width: 16, context: 16, vocab: data.tokenizer().vocab_size() };
+        let model = crowdtrain_train::build_model(ModelKind::Gpt(config));
+        let global = model.layout().initialize(0);
+        // A descent direction (the gradient on a validation batch) helps;
+        // its negation hurts.
+        let batch =
+            crowdtrain_data::text::evaluation_batch(data.validation(), 8, 16, RngKey::new(1, 0, 0, 0))
+                .unwrap();
+        let mut grads = vec![0.0; global.len()];
+        model
+            .loss_and_grad(
+                &global,
+                Examples::Tokens { inputs: &batch.inputs, targets: &batch.targets, sequences: 8 },
+                &mut grads,
+            )
+            .unwrap();
+        let harmful: Vec<f32> = grads.iter().map(|g| -g).collect();
+        let key = eval_key(&[3u8; 32], 0);
+        let scores =
+            text_scores(model.as_ref(), &global, &[&grads, &harmful], 0.05, data.validation(), 16, 8, key)
+                .unwrap();
+        assert!(scores[0] > 0.0 && scores[1] < 0.0, "{scores:?}");
+        let again =
+            text_scores(model.as_ref(), &global, &[&grads, &harmful], 0.05, data.validation(), 16, 8, key)
+                .unwrap();
+        assert_eq!(scores, again, "the same beacon, the same batch, the same bits");
     }
 
     #[test]

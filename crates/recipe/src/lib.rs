@@ -4,12 +4,14 @@
 //!
 //! - [`TrainingRecipe`] is everything that decides the bits a worker
 //!   computes in a round, given the base model and its slot: the seed, the
-//!   model, the inner steps, the batch size, the inner optimizer, the codec
+//!   model, the inner steps, the batch size, the inner optimizer with its
+//!   learning-rate schedule and gradient clipping, the codec
 //!   of its update, how the data is sharded and what is held out of every
 //!   shard. It is declared once, here, and the run configuration, the
 //!   assignments a coordinator hands out, the in-process simulation, the
 //!   attack battery and the benchmarks all carry this one type.
-//! - [`ModelKind`], [`AdamW`], [`Nesterov`], [`Codec`] and [`Sharding`] are
+//! - [`ModelKind`] (with a GPT's sizes, [`GptConfig`]), [`AdamW`],
+//!   [`Schedule`], [`Nesterov`], [`Codec`] and [`Sharding`] are
 //!   its parts; the arithmetic behind them lives in `crowdtrain-train`
 //!   and `crowdtrain-data`, which read these types.
 //! - [`defense`] holds the settings of the coordinator's checks, robust
@@ -19,7 +21,8 @@
 //!   segments that commitments cover and audits replay: the worker, the
 //!   auditor and the protocol must agree on it exactly.
 //!
-//! This crate has no I/O and depends on nothing but serde: the protocol
+//! This crate has no I/O and depends on nothing but serde (and `libm`,
+//! for a schedule's cosine that every machine computes alike): the protocol
 //! crate, which must stay free of training code, can speak of recipes.
 
 pub mod codec;
@@ -32,8 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::Codec;
 pub use defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
-pub use model::ModelKind;
-pub use optim::{AdamW, Nesterov};
+pub use model::{GptConfig, ModelKind};
+pub use optim::{AdamW, NANOGPT_WARMUP_STEPS, Nesterov, Schedule};
 pub use sharding::Sharding;
 
 /// A recipe value that cannot be used, naming its field (relative to the
@@ -69,6 +72,15 @@ pub struct TrainingRecipe {
     /// The inner optimizer, fresh every round.
     #[serde(default)]
     pub optimizer: AdamW,
+    /// How the inner learning rate changes over the run: step `s` (from 1)
+    /// of round `r` is step `r * inner_steps + s` of the schedule, so any
+    /// segment of any round can be replayed on its own.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Clip each inner step's gradient to this global L2 norm (PyTorch's
+    /// `clip_grad_norm_`), if set.
+    #[serde(default)]
+    pub clip_norm: Option<f32>,
     /// How the pseudo-gradient is encoded for the wire.
     #[serde(default)]
     pub codec: Codec,
@@ -102,6 +114,8 @@ impl TrainingRecipe {
             inner_steps: default_inner_steps(),
             batch_size: default_batch_size(),
             optimizer: AdamW::default(),
+            schedule: Schedule::default(),
+            clip_norm: None,
             codec: Codec::default(),
             sharding: Sharding::default(),
             validation_fraction: default_validation_fraction(),
@@ -119,11 +133,35 @@ impl TrainingRecipe {
         self.inner_steps * u64::from(self.batch_size)
     }
 
+    /// nanoGPT's Shakespeare recipe for a GPT of sizes `config`, over a run
+    /// of `rounds` rounds of `inner_steps` steps (its cosine decays over
+    /// all of them): batches of 12 sequences, [`AdamW::nanogpt`] at peak
+    /// rate `lr`, [`Schedule::nanogpt`], gradients clipped to norm 1. Text
+    /// is sharded into contiguous ranges with its own validation split, so
+    /// nothing more is held out.
+    pub fn language_model(seed: u64, config: GptConfig, lr: f32, inner_steps: u64, rounds: u64) -> Self {
+        Self {
+            model: ModelKind::Gpt(config),
+            inner_steps,
+            batch_size: 12,
+            optimizer: AdamW::nanogpt(lr),
+            schedule: Schedule::nanogpt(inner_steps.saturating_mul(rounds)),
+            clip_norm: Some(1.0),
+            validation_fraction: 0.0,
+            ..Self::with_seed(seed)
+        }
+    }
+
     /// Checks every value the arithmetic relies on.
     pub fn validate(&self) -> Result<(), RecipeError> {
         check("inner_steps", (1..=1_000_000).contains(&self.inner_steps), "must be between 1 and 1000000")?;
         check("batch_size", (1..=8192).contains(&self.batch_size), "must be between 1 and 8192")?;
+        self.model.validate()?;
         self.optimizer.validate()?;
+        self.schedule.validate()?;
+        if let Some(norm) = self.clip_norm {
+            check_positive("clip_norm", norm)?;
+        }
         self.sharding.validate()?;
         check(
             "validation_fraction",

@@ -24,6 +24,13 @@ impl Default for AdamW {
 }
 
 impl AdamW {
+    /// nanoGPT's for its Shakespeare model (`train_shakespeare_char.py`):
+    /// betas 0.9 and 0.99, weight decay 0.1 (on matrices and embeddings
+    /// only: the model's layout says which), at peak rate `lr`.
+    pub fn nanogpt(lr: f32) -> Self {
+        Self { lr, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 }
+    }
+
     /// Checks the hyperparameters; fields are named `optimizer.*`.
     pub fn validate(&self) -> Result<(), RecipeError> {
         check_positive("optimizer.lr", self.lr)?;
@@ -59,5 +66,122 @@ impl Nesterov {
     pub fn validate(&self) -> Result<(), RecipeError> {
         check_positive("outer.lr", self.lr)?;
         check("outer.momentum", (0.0..1.0).contains(&self.momentum), "must be in [0, 1)")
+    }
+}
+
+/// How the learning rate changes over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Schedule {
+    /// The optimizer's rate at every step.
+    Constant,
+    /// Cosine decay from the full rate at step 1 to `final_fraction` of it
+    /// at `total_steps` (and after).
+    Cosine { total_steps: u64, final_fraction: f32 },
+    /// nanoGPT's: a linear warmup over `warmup_steps`, then cosine decay to
+    /// `final_fraction` at `total_steps`, and that fraction after.
+    WarmupCosine { warmup_steps: u64, total_steps: u64, final_fraction: f32 },
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self::Constant
+    }
+}
+
+/// nanoGPT's warmup for its Shakespeare model (at most a tenth of a run).
+pub const NANOGPT_WARMUP_STEPS: u64 = 100;
+
+impl Schedule {
+    /// nanoGPT's: [`NANOGPT_WARMUP_STEPS`] of warmup (at most a tenth of
+    /// the run), then cosine decay to a tenth by `total_steps`.
+    pub fn nanogpt(total_steps: u64) -> Self {
+        Self::WarmupCosine {
+            warmup_steps: NANOGPT_WARMUP_STEPS.min(total_steps / 10),
+            total_steps: total_steps.max(1),
+            final_fraction: 0.1,
+        }
+    }
+
+    /// Checks the values the factor relies on; fields are named `schedule.*`.
+    pub fn validate(&self) -> Result<(), RecipeError> {
+        let fraction_ok = |fraction: f32| (0.0..=1.0).contains(&fraction);
+        match *self {
+            Self::Constant => Ok(()),
+            Self::Cosine { total_steps, final_fraction } => {
+                check("schedule.total_steps", total_steps >= 1, "must be at least 1")?;
+                check("schedule.final_fraction", fraction_ok(final_fraction), "must be in [0, 1]")
+            }
+            Self::WarmupCosine { warmup_steps, total_steps, final_fraction } => {
+                check(
+                    "schedule.total_steps",
+                    total_steps > warmup_steps,
+                    "must be more than schedule.warmup_steps",
+                )?;
+                check("schedule.final_fraction", fraction_ok(final_fraction), "must be in [0, 1]")
+            }
+        }
+    }
+
+    /// The multiplier of the base rate at `step` (counting from 1),
+    /// computed with the pure-Rust `libm` so every machine agrees.
+    pub fn factor(&self, step: u64) -> f32 {
+        match *self {
+            Self::Constant => 1.0,
+            Self::Cosine { total_steps, final_fraction } => {
+                let span = total_steps.saturating_sub(1).max(1) as f64;
+                let progress = (step.saturating_sub(1) as f64 / span).min(1.0);
+                let cosine = 0.5 * (1.0 + libm::cos(std::f64::consts::PI * progress));
+                (f64::from(final_fraction) + (1.0 - f64::from(final_fraction)) * cosine) as f32
+            }
+            Self::WarmupCosine { warmup_steps, total_steps, final_fraction } => {
+                // nanoGPT's get_lr counts iterations from 0.
+                let iteration = step.saturating_sub(1);
+                let final_fraction = f64::from(final_fraction);
+                if iteration < warmup_steps {
+                    return ((iteration + 1) as f64 / (warmup_steps + 1) as f64) as f32;
+                }
+                if iteration > total_steps || total_steps <= warmup_steps {
+                    return final_fraction as f32;
+                }
+                let ratio = (iteration - warmup_steps) as f64 / (total_steps - warmup_steps) as f64;
+                let cosine = 0.5 * (1.0 + libm::cos(std::f64::consts::PI * ratio));
+                (final_fraction + cosine * (1.0 - final_fraction)) as f32
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_decays_from_one_to_the_final_fraction() {
+        let schedule = Schedule::Cosine { total_steps: 101, final_fraction: 0.1 };
+        assert_eq!(schedule.factor(1), 1.0);
+        assert!((schedule.factor(51) - 0.55).abs() < 1e-6);
+        assert!((schedule.factor(102) - 0.1).abs() < 1e-6);
+        assert!((schedule.factor(500) - 0.1).abs() < 1e-6);
+        assert_eq!(Schedule::Constant.factor(7), 1.0);
+    }
+
+    #[test]
+    fn warmup_cosine_is_nanogpts_schedule() {
+        // nanoGPT's get_lr(it) with lr 1, min_lr 0.1, warmup 100, decay 2000.
+        let schedule = Schedule::WarmupCosine { warmup_steps: 100, total_steps: 2000, final_fraction: 0.1 };
+        let nanogpt = |it: u64| -> f64 {
+            if it < 100 {
+                return (it + 1) as f64 / 101.0;
+            }
+            if it > 2000 {
+                return 0.1;
+            }
+            let ratio = (it - 100) as f64 / 1900.0;
+            0.1 + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * 0.9
+        };
+        for it in [0, 1, 50, 99, 100, 101, 1000, 1999, 2000, 2001, 5000] {
+            assert!((f64::from(schedule.factor(it + 1)) - nanogpt(it)).abs() < 1e-6, "iteration {it}");
+        }
     }
 }

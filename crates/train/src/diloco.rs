@@ -21,7 +21,7 @@
 //! Both runs are deterministic: workers run in parallel but their results
 //! are combined in worker order, with fixed-order sums.
 
-use crowdtrain_data::{Dataset, RngKey, batch_indices, make_shards_of, split_validation};
+use crowdtrain_data::{Dataset, LabeledImages, RngKey, make_shards_of, split_validation};
 use crowdtrain_recipe::TrainingRecipe;
 pub use crowdtrain_recipe::segment_range;
 use rayon::prelude::*;
@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::codec::{self, Encode};
-use crate::model::{Evaluation, Model, build_model, evaluate, loss_and_grad};
-use crate::optim::{AdamWUpdate, Nesterov, NesterovUpdate};
+use crate::model::{Evaluation, Model, build_model, evaluate};
+use crate::optim::{Nesterov, NesterovUpdate};
 use crate::state::{OuterState, StateHash, TrainState};
-use crate::trainer::Trainer;
+use crate::trainer::{BatchSource, ImageShard, InnerOptimizer, StepBatch, Trainer};
 
 /// Settings of a DiLoCo simulation: the recipe every worker follows, and
 /// what the coordinator's side adds (how many workers, rounds, the outer
@@ -123,6 +123,11 @@ pub struct DilocoReport {
     pub rounds: Vec<RoundReport>,
     pub diloco_state_hash: StateHash,
     pub baseline_state_hash: StateHash,
+    /// The final parameters of each run (not serialised).
+    #[serde(skip)]
+    pub diloco_params: Vec<f32>,
+    #[serde(skip)]
+    pub baseline_params: Vec<f32>,
 }
 
 impl DilocoReport {
@@ -131,26 +136,73 @@ impl DilocoReport {
     }
 }
 
+/// What a run trains on and is judged by: images with a test set, or a
+/// token stream with a validation split.
+pub trait RunData: Sync {
+    /// One batch source per worker, none holding an example of the
+    /// validation split: what a networked run with the same settings
+    /// assigns.
+    fn worker_sources(
+        &self,
+        recipe: &TrainingRecipe,
+        workers: usize,
+    ) -> Result<Vec<Box<dyn BatchSource + '_>>, TrainError>;
+
+    /// Loss and accuracy of `params` on held-out data.
+    fn evaluate(&self, model: &dyn Model, params: &[f32]) -> Result<Evaluation, TrainError>;
+}
+
+impl RunData for Dataset {
+    fn worker_sources(
+        &self,
+        recipe: &TrainingRecipe,
+        workers: usize,
+    ) -> Result<Vec<Box<dyn BatchSource + '_>>, TrainError> {
+        let shards = shards(recipe, &self.train.labels, workers)?;
+        Ok(shards
+            .into_iter()
+            .map(|indices| Box::new(OwnedImageShard { images: &self.train, indices }) as Box<dyn BatchSource>)
+            .collect())
+    }
+
+    /// On the test set.
+    fn evaluate(&self, model: &dyn Model, params: &[f32]) -> Result<Evaluation, TrainError> {
+        evaluate(model, params, &self.test)
+    }
+}
+
+/// An [`ImageShard`] that owns its indices.
+struct OwnedImageShard<'a> {
+    images: &'a LabeledImages,
+    indices: Vec<u32>,
+}
+
+impl BatchSource for OwnedImageShard<'_> {
+    fn fill(&self, key: RngKey, batch_size: usize, batch: &mut StepBatch) -> Result<(), TrainError> {
+        ImageShard { images: self.images, indices: &self.indices }.fill(key, batch_size, batch)
+    }
+}
+
 /// Runs DiLoCo (combining updates with `aggregate`) and the baseline side
 /// by side for `config.rounds` rounds, calling `on_round` after each.
 pub fn simulate(
     config: &DilocoConfig,
-    dataset: &Dataset,
+    data: &dyn RunData,
     aggregate: &mut dyn Aggregate,
     mut on_round: impl FnMut(&RoundReport),
 ) -> Result<DilocoReport, TrainError> {
     let recipe = &config.recipe;
     let model = build_model(recipe.model);
-    let shards = shards(recipe, &dataset.train.labels, config.workers)?;
+    let sources = data.worker_sources(recipe, config.workers)?;
     let initial = model.layout().initialize(recipe.seed);
     let mut diloco = DilocoRun::new(model.as_ref(), config, initial.clone());
     let mut baseline = SyncBaseline::new(model.as_ref(), config, initial);
     let mut rounds = Vec::with_capacity(config.rounds as usize);
     for round in 0..config.rounds {
-        let diloco_train_loss = diloco.round(dataset, &shards, round, aggregate)?;
-        let baseline_train_loss = baseline.round(dataset, &shards, round)?;
-        let diloco_eval = evaluate(model.as_ref(), &diloco.state.params, &dataset.test)?;
-        let baseline_eval = evaluate(model.as_ref(), &baseline.state.params, &dataset.test)?;
+        let diloco_train_loss = diloco.round(&sources, round, aggregate)?;
+        let baseline_train_loss = baseline.round(&sources, round)?;
+        let diloco_eval = data.evaluate(model.as_ref(), &diloco.state.params)?;
+        let baseline_eval = data.evaluate(model.as_ref(), &baseline.state.params)?;
         let report = round_report(
             config,
             round,
@@ -164,6 +216,8 @@ pub fn simulate(
         rounds,
         diloco_state_hash: diloco.state.hash(),
         baseline_state_hash: baseline.state.hash(),
+        diloco_params: diloco.state.params,
+        baseline_params: baseline.state.params,
     })
 }
 
@@ -203,8 +257,7 @@ impl<'m> DilocoRun<'m> {
     /// One round; returns the workers' mean inner loss.
     fn round(
         &mut self,
-        dataset: &Dataset,
-        shards: &[Vec<u32>],
+        sources: &[Box<dyn BatchSource + '_>],
         round: u64,
         aggregate: &mut dyn Aggregate,
     ) -> Result<f32, TrainError> {
@@ -214,7 +267,7 @@ impl<'m> DilocoRun<'m> {
                 let recipe = &self.config.recipe;
                 let key = round_key(recipe, round, worker as u32);
                 let update =
-                    inner_round(self.model, recipe, &self.state.params, dataset, &shards[worker], key, 1)?;
+                    inner_round_on(self.model, recipe, &self.state.params, sources[worker].as_ref(), key, 1)?;
                 let encoded = recipe.codec.encode(&update.pseudo_gradient)?;
                 let (_, decoded) = codec::decode(&encoded, update.pseudo_gradient.len())?;
                 Ok((decoded, encoded, update.mean_loss))
@@ -253,10 +306,8 @@ impl InnerRoundResult {
     }
 }
 
-/// One worker's round under `recipe`: its inner steps from `global` on
-/// `shard`, with batches keyed by `key` (its run, round and slot) and a
-/// fresh optimizer, keeping the state at each of `segments` segment
-/// boundaries.
+/// One worker's round under `recipe` on its image `shard`: see
+/// [`inner_round_on`].
 pub fn inner_round(
     model: &dyn Model,
     recipe: &TrainingRecipe,
@@ -266,14 +317,30 @@ pub fn inner_round(
     key: RngKey,
     segments: u32,
 ) -> Result<InnerRoundResult, TrainError> {
+    let source = ImageShard { images: &dataset.train, indices: shard };
+    inner_round_on(model, recipe, global, &source, key, segments)
+}
+
+/// One worker's round under `recipe`: its inner steps from `global` on
+/// `source`, with batches keyed by `key` (its run, round and slot) and a
+/// fresh optimizer, keeping the state at each of `segments` segment
+/// boundaries.
+pub fn inner_round_on(
+    model: &dyn Model,
+    recipe: &TrainingRecipe,
+    global: &[f32],
+    source: &dyn BatchSource,
+    key: RngKey,
+    segments: u32,
+) -> Result<InnerRoundResult, TrainError> {
     let steps = recipe.inner_steps;
     let mut state = TrainState::new(model.name(), global.to_vec());
-    let mut trainer = Trainer::new(model, recipe.optimizer, recipe.batch());
+    let mut trainer = Trainer::new(model, InnerOptimizer::from(recipe), recipe.batch());
     let mut boundaries = vec![state.clone()];
     let mut loss_sum = 0.0f64;
     for segment in 1..=segments {
         let (start, end) = segment_range(steps, segments, segment);
-        let mean = trainer.run(&mut state, &dataset.train, shard, key, end - start, |_, _| {})?;
+        let mean = trainer.run_on(&mut state, source, key, end - start, |_, _| {})?;
         loss_sum += f64::from(mean) * (end - start) as f64;
         boundaries.push(state.clone());
     }
@@ -282,10 +349,8 @@ pub fn inner_round(
     Ok(InnerRoundResult { pseudo_gradient, mean_loss, boundaries })
 }
 
-/// Replays `steps` steps from `start` under `recipe`: what an auditor does
-/// with a segment. The batches follow from `key` and the state's own step
-/// counter, so the replay is the worker's computation exactly, if the
-/// worker was honest.
+/// Replays `steps` steps from `start` on an image `shard`: see
+/// [`replay_on`].
 pub fn replay(
     model: &dyn Model,
     recipe: &TrainingRecipe,
@@ -295,11 +360,26 @@ pub fn replay(
     start: TrainState,
     steps: u64,
 ) -> Result<TrainState, TrainError> {
+    let source = ImageShard { images: &dataset.train, indices: shard };
+    replay_on(model, recipe, &source, key, start, steps)
+}
+
+/// Replays `steps` steps from `start` under `recipe`: what an auditor does
+/// with a segment. The batches and the learning rate follow from `key` and
+/// the state's own step counter, so the replay is the worker's computation
+/// exactly, if the worker was honest.
+pub fn replay_on(
+    model: &dyn Model,
+    recipe: &TrainingRecipe,
+    source: &dyn BatchSource,
+    key: RngKey,
+    start: TrainState,
+    steps: u64,
+) -> Result<TrainState, TrainError> {
     let mut state = start;
-    Trainer::new(model, recipe.optimizer, recipe.batch()).run(
+    Trainer::new(model, InnerOptimizer::from(recipe), recipe.batch()).run_on(
         &mut state,
-        &dataset.train,
-        shard,
+        source,
         key,
         steps,
         |_, _| {},
@@ -332,47 +412,58 @@ pub fn mean_in_order(vectors: &[&[f32]]) -> Vec<f32> {
 }
 
 /// The baseline: one global AdamW state; every step averages the workers'
-/// gradients.
+/// gradients, then clips and schedules as the workers do (its step counter
+/// is the run's step).
 struct SyncBaseline<'m> {
     model: &'m dyn Model,
     config: &'m DilocoConfig,
     state: TrainState,
+    trainer: Trainer<'m>,
     grads: Vec<Vec<f32>>,
+    batches: Vec<StepBatch>,
     bytes: u64,
 }
 
 impl<'m> SyncBaseline<'m> {
     fn new(model: &'m dyn Model, config: &'m DilocoConfig, params: Vec<f32>) -> Self {
         let grads = vec![vec![0.0; params.len()]; config.workers];
-        Self { model, config, state: TrainState::new(model.name(), params), grads, bytes: 0 }
+        let batches = vec![StepBatch::default(); config.workers];
+        let trainer = Trainer::new(model, InnerOptimizer::from(&config.recipe), config.recipe.batch());
+        Self {
+            model,
+            config,
+            state: TrainState::new(model.name(), params),
+            trainer,
+            grads,
+            batches,
+            bytes: 0,
+        }
     }
 
     /// `inner_steps` synchronous steps; returns their mean loss.
-    fn round(&mut self, dataset: &Dataset, shards: &[Vec<u32>], round: u64) -> Result<f32, TrainError> {
+    fn round(&mut self, sources: &[Box<dyn BatchSource + '_>], round: u64) -> Result<f32, TrainError> {
         let mut loss_sum = 0.0f64;
         let per_step_bytes = (self.state.params.len() * 4 * 2 * self.config.workers) as u64;
-        for step in 0..self.config.recipe.inner_steps {
+        let recipe = &self.config.recipe;
+        for step in 0..recipe.inner_steps {
             let params = &self.state.params;
             let losses = self
                 .grads
                 .par_iter_mut()
+                .zip(self.batches.par_iter_mut())
                 .enumerate()
-                .map(|(worker, grads)| {
-                    let recipe = &self.config.recipe;
+                .map(|(worker, (grads, batch))| {
                     let key = round_key(recipe, round, worker as u32).at_step(step);
-                    let indices = batch_indices(&shards[worker], recipe.batch(), key);
-                    let batch = crowdtrain_data::Batch::of(&dataset.train, &indices);
-                    loss_and_grad(self.model, params, &batch, grads)
+                    sources[worker].fill(key, recipe.batch(), batch)?;
+                    self.model.loss_and_grad(params, batch.examples(), grads)
                 })
                 .collect::<Result<Vec<f32>, TrainError>>()?;
             let views: Vec<&[f32]> = self.grads.iter().map(Vec::as_slice).collect();
-            let mean = mean_in_order(&views);
-            self.state.step += 1;
-            let optimizer = self.config.recipe.optimizer;
-            optimizer.apply(self.state.step, &mut self.state.params, &mut self.state.moments, &mean);
+            let mut mean = mean_in_order(&views);
+            self.trainer.apply_gradient(&mut self.state, &mut mean);
             loss_sum += losses.iter().map(|&loss| f64::from(loss)).sum::<f64>() / losses.len() as f64;
             self.bytes += per_step_bytes;
         }
-        Ok((loss_sum / self.config.recipe.inner_steps.max(1) as f64) as f32)
+        Ok((loss_sum / recipe.inner_steps.max(1) as f64) as f32)
     }
 }

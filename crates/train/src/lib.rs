@@ -3,9 +3,10 @@
 //! # Brief overview
 //!
 //! - [`Model`] describes an architecture: a [`ParamLayout`] (named tensors
-//!   at fixed offsets of one flat `Vec<f32>`) and a forward pass written with
-//!   candle. [`build_model`] builds the one a [`ModelKind`] names (an MLP
-//!   and a small CNN).
+//!   at fixed offsets of one flat `Vec<f32>`) and a loss with its gradient on
+//!   [`Examples`]. [`build_model`] builds the one a [`ModelKind`] names: an
+//!   MLP and a small CNN (candle graphs over our ops) and a GPT (its own
+//!   forward and backward passes over our kernels).
 //! - [`ops`] holds the candle operations whose arithmetic is ours (a fused
 //!   linear layer, softmax cross-entropy), built on [`kernels`]: matrix
 //!   products and reductions with one fixed order of operations, so the bits
@@ -27,20 +28,25 @@ pub mod codec;
 pub mod diloco;
 pub mod kernels;
 pub mod model;
+pub mod model_file;
 pub mod ops;
 pub mod optim;
 pub mod state;
+pub mod text;
 pub mod trainer;
 
 pub use codec::{Codec, CodecError, Encode};
 pub use crowdtrain_recipe::TrainingRecipe;
 pub use model::{
-    Evaluation, Model, ModelKind, ParamLayout, ParamSpec, build_model, evaluate, evaluate_subset,
-    loss_and_grad,
+    CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,
+    ParamSpec, Sampling, build_model, evaluate, evaluate_subset, loss_and_grad,
 };
-pub use optim::{AdamW, AdamWMoments, AdamWUpdate, Nesterov, NesterovUpdate, Schedule};
+pub use model_file::{ModelFile, ModelFileError};
+pub use optim::{
+    AdamW, AdamWMoments, AdamWUpdate, Nesterov, NesterovUpdate, Schedule, clip_grad_norm, global_norm,
+};
 pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};
-pub use trainer::Trainer;
+pub use trainer::{BatchSource, ImageShard, InnerOptimizer, StepBatch, Trainer};
 
 /// Why training could not proceed.
 #[derive(Debug, thiserror::Error)]
@@ -55,4 +61,14 @@ pub enum TrainError {
     BatchTooLarge { batch: usize, shard: usize },
     #[error(transparent)]
     Codec(#[from] CodecError),
+    #[error("{model} cannot train on {found}")]
+    WrongExamples { model: String, found: &'static str },
+    #[error("token {token} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { token: u32, vocab: usize },
+    #[error("{tokens} tokens are not {sequences} sequences of at most {context} (and {targets} targets)")]
+    BadSequences { tokens: usize, targets: usize, sequences: usize, context: usize },
+    #[error("invalid model configuration: {0}")]
+    BadConfig(String),
+    #[error(transparent)]
+    Text(#[from] crowdtrain_data::text::TextError),
 }

@@ -8,8 +8,7 @@
 
 use rayon::prelude::*;
 
-pub use crowdtrain_recipe::{AdamW, Nesterov};
-use serde::{Deserialize, Serialize};
+pub use crowdtrain_recipe::{AdamW, Nesterov, Schedule};
 
 use crate::kernels::KernelPath;
 
@@ -31,15 +30,43 @@ impl AdamWMoments {
 
 /// AdamW's fused update over the flat vector.
 pub trait AdamWUpdate {
-    /// Applies step number `step` (counting from 1) to `params`.
-    fn apply(&self, step: u64, params: &mut [f32], moments: &mut AdamWMoments, grads: &[f32]);
+    /// Applies step number `step` (counting from 1) to `params`, decaying
+    /// every parameter.
+    fn apply(&self, step: u64, params: &mut [f32], moments: &mut AdamWMoments, grads: &[f32]) {
+        self.apply_segments(step, params, moments, grads, &[(0..params.len(), true)]);
+    }
+
+    /// [`AdamWUpdate::apply`] with weight decay only on the segments marked
+    /// `true` (see `ParamLayout::decay_segments`); the segments must cover
+    /// the vector. An undecayed parameter is multiplied by exactly 1, so a
+    /// layout that decays everything gives the bits `apply` gives.
+    fn apply_segments(
+        &self,
+        step: u64,
+        params: &mut [f32],
+        moments: &mut AdamWMoments,
+        grads: &[f32],
+        segments: &[(std::ops::Range<usize>, bool)],
+    );
 }
 
 impl AdamWUpdate for AdamW {
-    fn apply(&self, step: u64, params: &mut [f32], moments: &mut AdamWMoments, grads: &[f32]) {
+    fn apply_segments(
+        &self,
+        step: u64,
+        params: &mut [f32],
+        moments: &mut AdamWMoments,
+        grads: &[f32],
+        segments: &[(std::ops::Range<usize>, bool)],
+    ) {
         assert!(step >= 1, "AdamW steps count from 1");
         let len = params.len();
         assert!(moments.first.len() == len && moments.second.len() == len && grads.len() == len);
+        assert_eq!(
+            segments.iter().map(|(range, _)| range.len()).sum::<usize>(),
+            len,
+            "segments cover the vector"
+        );
         // Bias corrections in f64 by repeated squaring: exact enough, and the
         // same on every machine (no libm pow).
         let first_correction = 1.0 - power(f64::from(self.beta1), step);
@@ -57,18 +84,28 @@ impl AdamWUpdate for AdamW {
             second_correction_sqrt,
         };
         let path = crate::kernels::active_path();
-        let update = |params: &mut [f32], first: &mut [f32], second: &mut [f32], grads: &[f32]| {
-            constants.update(path, params, first, second, grads)
-        };
-        if len >= 2 * CHUNK && rayon::current_num_threads() > 1 {
-            params
-                .par_chunks_mut(CHUNK)
-                .zip(moments.first.par_chunks_mut(CHUNK))
-                .zip(moments.second.par_chunks_mut(CHUNK))
-                .zip(grads.par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| update(p, m, v, g));
-        } else {
-            update(params, &mut moments.first, &mut moments.second, grads);
+        for (range, decayed) in segments {
+            let constants =
+                AdamWConstants { decay: if *decayed { constants.decay } else { 1.0 }, ..constants };
+            let update = |params: &mut [f32], first: &mut [f32], second: &mut [f32], grads: &[f32]| {
+                constants.update(path, params, first, second, grads)
+            };
+            let (params, first, second, grads) = (
+                &mut params[range.clone()],
+                &mut moments.first[range.clone()],
+                &mut moments.second[range.clone()],
+                &grads[range.clone()],
+            );
+            if range.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+                params
+                    .par_chunks_mut(CHUNK)
+                    .zip(first.par_chunks_mut(CHUNK))
+                    .zip(second.par_chunks_mut(CHUNK))
+                    .zip(grads.par_chunks(CHUNK))
+                    .for_each(|(((p, m), v), g)| update(p, m, v, g));
+            } else {
+                update(params, first, second, grads);
+            }
         }
     }
 }
@@ -101,7 +138,9 @@ impl AdamWConstants {
         match path {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `active_path` returns Avx2Fma only on CPUs with AVX2.
-            KernelPath::Avx2Fma => unsafe { self.update_avx2(params, first, second, grads) },
+            KernelPath::Avx512 | KernelPath::Avx2Fma => unsafe {
+                self.update_avx2(params, first, second, grads)
+            },
             _ => self.update_portable(params, first, second, grads),
         }
     }
@@ -125,31 +164,33 @@ impl AdamWConstants {
     }
 }
 
-/// How the learning rate changes over a run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Schedule {
-    /// The optimizer's rate at every step.
-    Constant,
-    /// Cosine decay from the full rate at step 1 to `final_fraction` of it
-    /// at `total_steps` (and after).
-    Cosine { total_steps: u64, final_fraction: f32 },
+/// The gradient's global L2 norm: squares in f64 summed in four lanes over
+/// fixed chunks, the chunks added in order, so the bits do not depend on the
+/// thread count.
+pub fn global_norm(grads: &[f32]) -> f64 {
+    let chunk_sum = |chunk: &[f32]| {
+        let mut lanes = [0.0f64; 4];
+        for (index, &value) in chunk.iter().enumerate() {
+            let value = f64::from(value);
+            lanes[index % 4] += value * value;
+        }
+        (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
+    };
+    let sums: Vec<f64> = grads.par_chunks(CHUNK).map(chunk_sum).collect();
+    sums.iter().sum::<f64>().sqrt()
 }
 
-impl Schedule {
-    /// The multiplier of the base rate at `step` (counting from 1),
-    /// computed with the pure-Rust `libm` so every machine agrees.
-    pub fn factor(&self, step: u64) -> f32 {
-        match *self {
-            Self::Constant => 1.0,
-            Self::Cosine { total_steps, final_fraction } => {
-                let span = total_steps.saturating_sub(1).max(1) as f64;
-                let progress = (step.saturating_sub(1) as f64 / span).min(1.0);
-                let cosine = 0.5 * (1.0 + libm::cos(std::f64::consts::PI * progress));
-                (f64::from(final_fraction) + (1.0 - f64::from(final_fraction)) * cosine) as f32
-            }
-        }
+/// Scales `grads` so their global norm is at most `max_norm`, as PyTorch's
+/// `clip_grad_norm_` does (`max_norm / (norm + 1e-6)` when that is below
+/// 1); returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f64 {
+    let norm = global_norm(grads);
+    let coefficient = f64::from(max_norm) / (norm + 1e-6);
+    if coefficient < 1.0 {
+        let coefficient = coefficient as f32;
+        grads.par_chunks_mut(CHUNK).for_each(|chunk| chunk.iter_mut().for_each(|g| *g *= coefficient));
     }
+    norm
 }
 
 /// The outer Nesterov step over the flat vector.
@@ -286,13 +327,29 @@ mod tests {
     }
 
     #[test]
-    fn cosine_schedule_decays_from_one_to_the_final_fraction() {
-        let schedule = Schedule::Cosine { total_steps: 101, final_fraction: 0.1 };
-        assert_eq!(schedule.factor(1), 1.0);
-        assert!((schedule.factor(51) - 0.55).abs() < 1e-6);
-        assert!((schedule.factor(102) - 0.1).abs() < 1e-6);
-        assert!((schedule.factor(500) - 0.1).abs() < 1e-6);
-        assert_eq!(Schedule::Constant.factor(7), 1.0);
+    fn clipping_bounds_the_norm_and_decay_segments_spare_what_they_should() {
+        let mut grads = vec![3.0f32, 4.0];
+        assert_eq!(clip_grad_norm(&mut grads, 10.0), 5.0);
+        assert_eq!(grads, vec![3.0, 4.0], "within the bound: untouched");
+        clip_grad_norm(&mut grads, 1.0);
+        assert!((global_norm(&grads) - 1.0).abs() < 1e-6);
+        let long: Vec<f32> = (0..3 * CHUNK + 7).map(|i| (i as f32 * 0.01).sin()).collect();
+        let one =
+            rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| global_norm(&long));
+        let three =
+            rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(|| global_norm(&long));
+        assert_eq!(one.to_bits(), three.to_bits());
+        // Decay on the first half only; with a zero gradient, only decay moves a parameter.
+        let opt = AdamW { weight_decay: 0.5, ..AdamW::default() };
+        let mut params = vec![1.0f32; 4];
+        let mut moments = AdamWMoments::zeros(4);
+        opt.apply_segments(1, &mut params, &mut moments, &[0.0; 4], &[(0..2, true), (2..4, false)]);
+        assert!(params[0] < 1.0 && params[1] < 1.0);
+        assert_eq!(&params[2..], &[1.0, 1.0]);
+        let mut everything = vec![1.0f32; 4];
+        let mut moments = AdamWMoments::zeros(4);
+        opt.apply(1, &mut everything, &mut moments, &[0.0; 4]);
+        assert_eq!(everything[0], params[0]);
     }
 
     #[test]

@@ -7,9 +7,12 @@ use clap::{Args, Subcommand};
 use crowdtrain_data::Batch;
 use crowdtrain_data::rng::{RngKey, keyed_rng, standard_normal, uniform_below};
 use crowdtrain_train::kernels::active_path;
-use crowdtrain_train::{AdamW, ModelKind, TrainState, Trainer, build_model};
+use crowdtrain_train::{
+    AdamW, InnerOptimizer, ModelKind, Schedule, StepBatch, TrainState, Trainer, build_model,
+};
 use serde::Serialize;
 
+use crate::model_args::{GptArgs, ModelName, gpt_recipe};
 use crate::output;
 
 /// Measure how fast the training core runs.
@@ -144,13 +147,21 @@ struct AuditReport {
 
 #[derive(Debug, Args)]
 struct TrainStepArgs {
-    /// Model architecture: mlp or cnn.
-    #[arg(long, default_value = "mlp")]
-    model: ModelKind,
+    /// Model architecture.
+    #[arg(long, value_enum, default_value = "mlp")]
+    model: ModelName,
 
-    /// Examples per step.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
+    /// Examples per step: images (default 64), or sequences of --context
+    /// tokens for the GPT (default 12, nanoGPT's).
+    #[arg(long)]
+    batch: Option<usize>,
+
+    #[command(flatten)]
+    gpt: GptArgs,
+
+    /// The GPT's vocabulary (random tokens; 65 is Shakespeare's characters).
+    #[arg(long, default_value_t = 65)]
+    vocab: usize,
 
     /// Worker threads (default: RAYON_NUM_THREADS, else one per core).
     #[arg(long, value_name = "T")]
@@ -186,6 +197,9 @@ struct TrainStepReport {
     samples_per_sec_min: f64,
     samples_per_sec_max: f64,
     ms_per_step: f64,
+    /// For the GPT: sequences per second times the context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_per_sec: Option<f64>,
 }
 
 /// Distinct synthetic batches cycled through, as in the PyTorch script.
@@ -339,28 +353,33 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
 }
 
 fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
+    let gpt = match args.model {
+        ModelName::Gpt => Some(args.gpt.config(args.vocab)?),
+        _ => None,
+    };
+    let batch_size = args.batch.unwrap_or(if gpt.is_some() { 12 } else { 64 });
     anyhow::ensure!(
-        args.batch >= 1 && args.steps >= 1 && args.repeats >= 1,
+        batch_size >= 1 && args.steps >= 1 && args.repeats >= 1,
         "batch, steps and repeats must be positive"
     );
     let threads = rayon::current_num_threads();
-    let model = build_model(args.model);
-    let features = 784;
-    let batches: Vec<Batch> = (0..BATCHES)
-        .map(|index| {
-            let mut rng = keyed_rng("bench", RngKey::new(0, 0, 0, index));
-            Batch {
-                inputs: (0..args.batch * features).map(|_| standard_normal(&mut rng) as f32).collect(),
-                features,
-                targets: (0..args.batch).map(|_| uniform_below(&mut rng, 10) as u32).collect(),
+    let (model, batches, optimizer): (Box<dyn crowdtrain_train::Model>, Vec<StepBatch>, InnerOptimizer) =
+        match (args.model.image_model(), gpt) {
+            (Some(kind), _) => (build_model(kind), image_batches(batch_size), AdamW::default().into()),
+            (None, Some(config)) => {
+                // nanoGPT's optimizer and clipping at a constant rate: the
+                // schedule costs nothing, and PyTorch's timing keeps its
+                // rate constant too.
+                let recipe = InnerOptimizer { schedule: Schedule::Constant, ..gpt_recipe(1e-3, 1, 0) };
+                (build_model(ModelKind::Gpt(config)), token_batches(config, batch_size), recipe)
             }
-        })
-        .collect();
+            (None, None) => unreachable!("a GPT has a configuration"),
+        };
     let mut state = TrainState::new(model.name(), model.layout().initialize(0));
-    let mut trainer = Trainer::new(model.as_ref(), AdamW::default(), args.batch);
+    let mut trainer = Trainer::new(model.as_ref(), optimizer, batch_size);
     let mut step = |state: &mut TrainState| -> anyhow::Result<()> {
         let batch = &batches[(state.step % BATCHES) as usize];
-        trainer.step_on(state, batch)?;
+        trainer.step_on(state, batch.examples())?;
         Ok(())
     };
     for _ in 0..args.warmup {
@@ -373,7 +392,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
         for _ in 0..args.steps {
             step(&mut state)?;
         }
-        rates.push((args.steps as f64 * args.batch as f64) / started.elapsed().as_secs_f64());
+        rates.push((args.steps as f64 * batch_size as f64) / started.elapsed().as_secs_f64());
         progress.inc(1);
     }
     progress.finish_and_clear();
@@ -381,7 +400,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
     let median = rates[rates.len() / 2];
     let report = TrainStepReport {
         model: model.name(),
-        batch: args.batch,
+        batch: batch_size,
         threads,
         kernels: active_path().name(),
         steps: args.steps,
@@ -389,13 +408,15 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
         samples_per_sec: median,
         samples_per_sec_min: rates[0],
         samples_per_sec_max: rates[rates.len() - 1],
-        ms_per_step: 1000.0 * args.batch as f64 / median,
+        ms_per_step: 1000.0 * batch_size as f64 / median,
+        tokens_per_sec: gpt.map(|config| median * config.context as f64),
     };
     if args.json {
         return output::print_json(&report);
     }
+    let tokens = report.tokens_per_sec.map(|rate| format!(" ({rate:.0} tokens/s)")).unwrap_or_default();
     println!(
-        "{}: {:.0} samples/s (median of {}; min {:.0}, max {:.0}), {:.3} ms/step, batch {}, {} threads, {} kernels",
+        "{}: {:.0} samples/s{tokens} (median of {}; min {:.0}, max {:.0}), {:.3} ms/step, batch {}, {} threads, {} kernels",
         report.model,
         report.samples_per_sec,
         report.repeats,
@@ -407,6 +428,43 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
         report.kernels
     );
     Ok(())
+}
+
+/// Fixed random images with random labels.
+fn image_batches(batch_size: usize) -> Vec<StepBatch> {
+    let features = 784;
+    (0..BATCHES)
+        .map(|index| {
+            let mut rng = keyed_rng("bench", RngKey::new(0, 0, 0, index));
+            StepBatch::Images(Batch {
+                inputs: (0..batch_size * features).map(|_| standard_normal(&mut rng) as f32).collect(),
+                features,
+                targets: (0..batch_size).map(|_| uniform_below(&mut rng, 10) as u32).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Fixed random token sequences, each target the next input.
+fn token_batches(config: crowdtrain_train::GptConfig, sequences: usize) -> Vec<StepBatch> {
+    (0..BATCHES)
+        .map(|index| {
+            let mut rng = keyed_rng("bench-tokens", RngKey::new(0, 0, 0, index));
+            let mut batch = crowdtrain_data::text::TokenBatch {
+                sequences,
+                context: config.context,
+                ..Default::default()
+            };
+            for _ in 0..sequences {
+                let row: Vec<u32> = (0..=config.context)
+                    .map(|_| uniform_below(&mut rng, config.vocab as u64) as u32)
+                    .collect();
+                batch.inputs.extend_from_slice(&row[..config.context]);
+                batch.targets.extend_from_slice(&row[1..]);
+            }
+            StepBatch::Tokens(batch)
+        })
+        .collect()
 }
 
 fn audit(args: AuditArgs) -> anyhow::Result<()> {

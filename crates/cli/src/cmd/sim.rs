@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use crowdtrain_data::DatasetInfo;
 use crowdtrain_data::Sharding;
+use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
-use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport};
+use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport, RunData};
+use crowdtrain_train::text::{TextRun, validation_loss};
 use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, TrainingRecipe};
 use serde::Serialize;
 
+use crate::model_args::{GptArgs, ModelName};
 use crate::output::{self, RuntimeArgs};
 use crate::plot::{self, Series};
 
@@ -45,20 +47,31 @@ struct DilocoArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
-    /// Model architecture: mlp or cnn.
-    #[arg(long, default_value = "mlp")]
-    model: ModelKind,
+    /// Model architecture: mlp and cnn on Fashion-MNIST, gpt on text
+    /// (--data FILE|DIR, default Shakespeare).
+    #[arg(long, value_enum, default_value = "mlp")]
+    model: ModelName,
 
-    /// Examples per inner step per worker.
-    #[arg(long, default_value_t = 64)]
-    batch: u32,
+    /// Examples per inner step per worker: images (default 64), or
+    /// sequences of --context tokens (default 12).
+    #[arg(long)]
+    batch: Option<u32>,
+
+    /// The GPT's tokenizer: `char` or a tokenizer.json.
+    #[arg(long, default_value = "char", value_name = "char|FILE")]
+    tokenizer: TokenizerSpec,
+
+    #[command(flatten)]
+    gpt: GptArgs,
 
     /// How the data is split among workers: iid, or dirichlet:ALPHA for
     /// Dirichlet(ALPHA) label skew.
     #[arg(long, default_value = "iid")]
     sharding: Sharding,
 
-    /// Inner AdamW learning rate.
+    /// Inner AdamW learning rate (for the GPT, the peak of nanoGPT's
+    /// warmup and cosine decay over the run's inner steps, with its betas,
+    /// weight decay and clipping).
     #[arg(long, default_value_t = AdamW::default().lr)]
     inner_lr: f32,
 
@@ -98,11 +111,21 @@ struct DilocoArgs {
 
 #[derive(Debug, Serialize)]
 struct DilocoOutput {
-    dataset: DatasetInfo,
+    dataset: serde_json::Value,
     config: DilocoConfig,
     threads: usize,
+    /// Images: on the test set. Text: next-token accuracy on the
+    /// validation sequences each round reads.
     final_test_accuracy: f64,
     baseline_test_accuracy: f64,
+    /// Text: mean loss per token (nats) on the whole validation split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    final_val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_val_loss: Option<f64>,
+    /// Text: tokens each run trained on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<u64>,
     bytes_diloco: u64,
     bytes_baseline: u64,
     /// How many times fewer bytes DiLoCo moved.
@@ -120,19 +143,41 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
 }
 
 impl DilocoArgs {
-    /// The simulation the flags describe, checked as a run's would be.
-    fn config(&self) -> anyhow::Result<DilocoConfig> {
+    /// The simulation the flags describe for a GPT of `vocab` tokens (when
+    /// the model is a GPT), checked as a run's would be.
+    fn config(&self, vocab: Option<usize>) -> anyhow::Result<DilocoConfig> {
         anyhow::ensure!(self.workers >= 1, "--workers must be at least 1");
         anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
-        let recipe = TrainingRecipe {
-            seed: self.seed,
-            model: self.model,
-            inner_steps: self.inner_steps,
-            batch_size: self.batch,
-            optimizer: AdamW { lr: self.inner_lr, ..AdamW::default() },
-            codec: self.codec,
-            sharding: self.sharding,
-            validation_fraction: self.validation_fraction,
+        let recipe = match (self.model.image_model(), vocab) {
+            (Some(model), _) => TrainingRecipe {
+                seed: self.seed,
+                model,
+                inner_steps: self.inner_steps,
+                batch_size: self.batch.unwrap_or(64),
+                optimizer: AdamW { lr: self.inner_lr, ..AdamW::default() },
+                codec: self.codec,
+                sharding: self.sharding,
+                validation_fraction: self.validation_fraction,
+                ..TrainingRecipe::with_seed(self.seed)
+            },
+            (None, Some(vocab)) => {
+                let config = self.gpt.config(vocab)?;
+                let recipe = TrainingRecipe::language_model(
+                    self.seed,
+                    config,
+                    self.inner_lr,
+                    self.inner_steps,
+                    self.rounds,
+                );
+                TrainingRecipe {
+                    batch_size: self.batch.unwrap_or(recipe.batch_size),
+                    codec: self.codec,
+                    sharding: self.sharding,
+                    validation_fraction: self.validation_fraction,
+                    ..recipe
+                }
+            }
+            (None, None) => anyhow::bail!("a gpt needs a tokenizer's vocabulary"),
         };
         // The recipe's field names, as this command's flags.
         let flag = |field: &str| match field {
@@ -148,12 +193,38 @@ impl DilocoArgs {
 }
 
 fn run_diloco(args: DilocoArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    args.runtime.clone().on_thread_pool(|| simulate_diloco(args, config))
+    // Flags are checked before any data is read.
+    args.config(matches!(args.model, ModelName::Gpt).then_some(2))?;
+    args.runtime.clone().on_thread_pool(|| simulate_diloco(args))
 }
 
-fn simulate_diloco(args: DilocoArgs, config: DilocoConfig) -> anyhow::Result<()> {
-    let dataset = args.runtime.load_data()?;
+/// Rounds a GPT run evaluates on this many evenly spaced validation
+/// sequences; the final losses read the whole split.
+const ROUND_EVAL_SEQUENCES: usize = 256;
+
+fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
+    let text = match args.model {
+        ModelName::Gpt => {
+            Some(output::load_text(args.runtime.data.as_deref(), &args.tokenizer, args.runtime.json)?)
+        }
+        _ => None,
+    };
+    let images = match text {
+        None => Some(args.runtime.load_data()?),
+        Some(_) => None,
+    };
+    let config = args.config(text.as_ref().map(|text| text.tokenizer().vocab_size()))?;
+    let text_run = match (&text, config.recipe.model) {
+        (Some(data), ModelKind::Gpt(gpt)) => {
+            Some(TextRun { data, context: gpt.context, eval_sequences: ROUND_EVAL_SEQUENCES })
+        }
+        _ => None,
+    };
+    let data: &dyn RunData = match (&images, &text_run) {
+        (Some(images), _) => images,
+        (None, Some(text_run)) => text_run,
+        (None, None) => unreachable!("one kind of data is loaded"),
+    };
     let mut aggregate: Box<dyn diloco::Aggregate> = match args.aggregator {
         Aggregator::Mean => Box::new(diloco::Mean),
         robust => Box::new(ModelDefense::new(CheckConfig::default(), robust)),
@@ -170,7 +241,7 @@ fn simulate_diloco(args: DilocoArgs, config: DilocoConfig) -> anyhow::Result<()>
         "baseline loss",
         "baseline bytes",
     ]);
-    let report = diloco::simulate(&config, &dataset, aggregate.as_mut(), |round| {
+    let report = diloco::simulate(&config, data, aggregate.as_mut(), |round| {
         progress.inc(1);
         progress.set_message(format!(
             "DiLoCo {:.2}%, baseline {:.2}%",
@@ -190,11 +261,30 @@ fn simulate_diloco(args: DilocoArgs, config: DilocoConfig) -> anyhow::Result<()>
     })?;
     progress.finish_and_clear();
     let last = report.last().expect("at least one round ran");
+    let (dataset, final_val_loss, baseline_val_loss, tokens) = match (&images, &text_run) {
+        (Some(images), _) => (serde_json::to_value(&images.info)?, None, None, None),
+        (None, Some(run)) => {
+            let model = crowdtrain_train::build_model(config.recipe.model);
+            let loss = |params: &[f32]| {
+                validation_loss(model.as_ref(), params, run.data.validation(), run.context).map(|e| e.loss)
+            };
+            (
+                serde_json::to_value(&run.data.info)?,
+                Some(loss(&report.diloco_params)?),
+                Some(loss(&report.baseline_params)?),
+                Some(last.samples * run.context as u64),
+            )
+        }
+        (None, None) => unreachable!("one kind of data is loaded"),
+    };
     let output = DilocoOutput {
-        dataset: dataset.info.clone(),
+        dataset,
         threads: rayon::current_num_threads(),
         final_test_accuracy: last.diloco_test_accuracy,
         baseline_test_accuracy: last.baseline_test_accuracy,
+        final_val_loss,
+        baseline_val_loss,
+        tokens,
         bytes_diloco: last.diloco_bytes,
         bytes_baseline: last.baseline_bytes,
         bytes_ratio: last.baseline_bytes as f64 / last.diloco_bytes.max(1) as f64,
@@ -229,6 +319,15 @@ fn simulate_diloco(args: DilocoArgs, config: DilocoConfig) -> anyhow::Result<()>
         return output::print_json(&output);
     }
     println!("{table}");
+    if let (Some(diloco), Some(baseline)) = (output.final_val_loss, output.baseline_val_loss) {
+        println!(
+            "DiLoCo: validation loss {diloco:.4} with {}; baseline: {baseline:.4} with {} ({:.1}x more).",
+            output::bytes(output.bytes_diloco),
+            output::bytes(output.bytes_baseline),
+            output.bytes_ratio,
+        );
+        return Ok(());
+    }
     println!(
         "DiLoCo: {:.2}% test accuracy with {}; baseline: {:.2}% with {} ({:.1}x more).",
         100.0 * output.final_test_accuracy,

@@ -42,6 +42,20 @@ impl<'a> MatRef<'a> {
         Self { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
+    /// A view with explicit strides, e.g. one head's columns inside a
+    /// wider row-major buffer. Panics if an element lies outside `data`.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
+            assert!(
+                last < data.len(),
+                "a {rows}x{cols} view with strides ({row_stride}, {col_stride}) needs {} values",
+                last + 1
+            );
+        }
+        Self { data, rows, cols, row_stride, col_stride }
+    }
+
     /// The transpose, as a view.
     pub fn t(self) -> Self {
         Self {
@@ -75,14 +89,27 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
 /// [`matmul`] with an explicit kernel, so tests can hold the two against
 /// each other.
 pub fn matmul_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
+    assert_eq!(c.len(), a.rows * b.cols, "output must hold {}x{} values", a.rows, b.cols);
+    matmul_strided_with(path, a, b, c, b.cols);
+}
+
+/// [`matmul`] into rows `c_row_stride` apart (at least `b.cols()`), such as
+/// one head's columns of a wider buffer; values between rows are left as
+/// they are.
+pub fn matmul_strided(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], c_row_stride: usize) {
+    matmul_strided_with(super::active_path(), a, b, c, c_row_stride);
+}
+
+fn matmul_strided_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], c_row_stride: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ: {m}x{k} times {}x{n}", b.rows);
-    assert_eq!(c.len(), m * n, "output must hold {m}x{n} values");
+    assert!(c_row_stride >= n, "output rows of {n} values cannot be {c_row_stride} apart");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(c.len() >= (m - 1) * c_row_stride + n, "output must hold {m} rows of {n}, {c_row_stride} apart");
     if k == 0 {
-        c.fill(0.0);
+        c.chunks_mut(c_row_stride).take(m).for_each(|row| row[..n].fill(0.0));
         return;
     }
     // Every index the kernels touch is below these bounds, which the safe
@@ -90,7 +117,7 @@ pub fn matmul_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]
     assert!((m - 1) * a.row_stride + (k - 1) * a.col_stride < a.data.len());
     assert!((k - 1) * b.row_stride + (n - 1) * b.col_stride < b.data.len());
 
-    let output = SharedOutput(c.as_mut_ptr());
+    let output = SharedOutput(c.as_mut_ptr(), c_row_stride, n);
     let panels = n.div_ceil(NR);
     let panel = |index: usize| compute_panel(path, a, b, index * NR, output);
     if m * n * k >= PARALLEL_MULTIPLY_ADDS_MIN && rayon::current_num_threads() > 1 {
@@ -103,7 +130,7 @@ pub fn matmul_with(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]
 /// The output pointer, shared by the tasks of one product. Each task writes
 /// only the columns of its own panel, so the writes never overlap.
 #[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
+struct SharedOutput(*mut f32, usize, usize);
 // SAFETY: tasks write disjoint column ranges (see `compute_panel`), and
 // `matmul_with` holds the exclusive borrow until all of them have finished.
 unsafe impl Send for SharedOutput {}
@@ -112,19 +139,51 @@ unsafe impl Sync for SharedOutput {}
 /// Computes columns `first_col..first_col + NR` (clipped to `n`) of the
 /// output, for all rows.
 fn compute_panel(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, first_col: usize, output: SharedOutput) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (k, n) = (a.cols, b.cols);
     let width = NR.min(n - first_col);
     // The kernels read NR contiguous values per k. A row-major B panel is
-    // already laid out that way; anything else is packed, zero-padded.
-    let packed: Vec<f32>;
-    let (panel, panel_stride): (&[f32], usize) = if b.col_stride == 1 && width == NR {
-        (&b.data[first_col..], b.row_stride)
-    } else {
-        packed = (0..k)
-            .flat_map(|p| (0..NR).map(move |j| if j < width { b.at(p, first_col + j) } else { 0.0 }))
-            .collect();
-        (&packed, NR)
-    };
+    // already laid out that way; anything else is packed, zero-padded, into
+    // this thread's reusable buffer.
+    if b.col_stride == 1 && width == NR {
+        panel_rows(path, a, &b.data[first_col..], b.row_stride, first_col, output);
+        return;
+    }
+    PACKED.with_borrow_mut(|packed| {
+        packed.clear();
+        packed.resize(k * NR, 0.0);
+        for (p, row) in packed.chunks_exact_mut(NR).enumerate() {
+            for (j, value) in row.iter_mut().enumerate().take(width) {
+                *value = b.at(p, first_col + j);
+            }
+        }
+        panel_rows(path, a, packed, NR, first_col, output);
+    });
+}
+
+thread_local! {
+    /// The packed B panel of the product this thread is computing.
+    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Every row tile of one column panel, `panel` holding NR values per `k`
+/// (`panel_stride` apart).
+fn panel_rows(
+    path: KernelPath,
+    a: MatRef<'_>,
+    panel: &[f32],
+    panel_stride: usize,
+    first_col: usize,
+    output: SharedOutput,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512 {
+        // SAFETY: `active_path` returns Avx512 only on CPUs with AVX-512F;
+        // the bounds were asserted in `matmul_strided_with`.
+        unsafe { panel_rows_avx512(a, panel, panel_stride, first_col, output) };
+        return;
+    }
+    let (m, k) = (a.rows, a.cols);
+    let width = NR.min(output.2 - first_col);
     let mut tile = [[0.0f32; NR]; MR];
     for first_row in (0..m).step_by(MR) {
         let rows = MR.min(m - first_row);
@@ -133,7 +192,7 @@ fn compute_panel(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, first_col: usiz
         match path {
             // SAFETY: `active_path` only returns Avx2Fma when the CPU has
             // both features, and the bounds were asserted in `matmul_with`.
-            KernelPath::Avx2Fma => unsafe {
+            KernelPath::Avx2Fma | KernelPath::Avx512 => unsafe {
                 #[cfg(target_arch = "x86_64")]
                 tile_avx2_fma(k, a.data, row_offsets, a.col_stride, panel, panel_stride, &mut tile);
                 #[cfg(not(target_arch = "x86_64"))]
@@ -144,13 +203,65 @@ fn compute_panel(path: KernelPath, a: MatRef<'_>, b: MatRef<'_>, first_col: usiz
             }
         }
         for (r, tile_row) in tile.iter().enumerate().take(rows) {
-            let start = (first_row + r) * n + first_col;
+            let start = (first_row + r) * output.1 + first_col;
             // SAFETY: row `first_row + r` < m and columns
             // `first_col..first_col + width` <= n lie inside the m x n output;
             // no other task writes these columns.
             unsafe {
                 std::ptr::copy_nonoverlapping(tile_row.as_ptr(), output.0.add(start), width);
             }
+        }
+    }
+}
+
+/// Rows of the AVX-512 tile: one 16-lane accumulator per row, 12 of the 32
+/// `zmm` registers, so two FMA units always have independent work.
+#[cfg(target_arch = "x86_64")]
+const MR_512: usize = 12;
+
+/// [`panel_rows`] with a 12 x 16 tile of 512-bit accumulators: each lane
+/// still evaluates its output's one chain in increasing `k`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; the panel and `a` must hold every
+/// element the product reads, as `matmul_strided_with` asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn panel_rows_avx512(
+    a: MatRef<'_>,
+    panel: &[f32],
+    panel_stride: usize,
+    first_col: usize,
+    output: SharedOutput,
+) {
+    use std::arch::x86_64::*;
+    let (m, k) = (a.rows, a.cols);
+    let width = NR.min(output.2 - first_col);
+    let (a_data, a_step, b) = (a.data.as_ptr(), a.col_stride, panel.as_ptr());
+    let mut tile = [[0.0f32; NR]; MR_512];
+    for first_row in (0..m).step_by(MR_512) {
+        let rows = MR_512.min(m - first_row);
+        let row_offsets: [usize; MR_512] =
+            std::array::from_fn(|r| (first_row + r.min(rows - 1)) * a.row_stride);
+        let mut acc = [_mm512_setzero_ps(); MR_512];
+        for p in 0..k {
+            // SAFETY: in bounds by this function's contract.
+            unsafe {
+                let b_row = _mm512_loadu_ps(b.add(p * panel_stride));
+                for r in 0..MR_512 {
+                    let a_value = _mm512_set1_ps(*a_data.add(row_offsets[r] + p * a_step));
+                    acc[r] = _mm512_fmadd_ps(a_value, b_row, acc[r]);
+                }
+            }
+        }
+        for r in 0..MR_512 {
+            // SAFETY: each tile row holds one 16-lane vector.
+            unsafe { _mm512_storeu_ps(tile[r].as_mut_ptr(), acc[r]) };
+        }
+        for (r, tile_row) in tile.iter().enumerate().take(rows) {
+            let start = (first_row + r) * output.1 + first_col;
+            // SAFETY: as in `panel_rows`: inside the output, in this task's columns.
+            unsafe { std::ptr::copy_nonoverlapping(tile_row.as_ptr(), output.0.add(start), width) };
         }
     }
 }

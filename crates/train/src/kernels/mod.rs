@@ -13,11 +13,15 @@ pub mod gemm;
 
 use std::sync::OnceLock;
 
-pub use gemm::{MatRef, matmul};
+pub mod vector;
+
+pub use gemm::{MatRef, matmul, matmul_strided};
 
 /// Which implementation of the kernels runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {
+    /// 512-bit matrix products (AVX-512F, with AVX2 and FMA for the rest).
+    Avx512,
     /// 256-bit vectors with fused multiply-add (x86-64-v3 and later).
     Avx2Fma,
     /// Scalar code; `f32::mul_add` is a correctly rounded library call
@@ -28,31 +32,44 @@ pub enum KernelPath {
 impl KernelPath {
     pub fn name(self) -> &'static str {
         match self {
+            Self::Avx512 => "avx512",
             Self::Avx2Fma => "avx2-fma",
             Self::Portable => "portable",
         }
     }
+
+    /// Whether the CPU has AVX2 and FMA on this path (for the element-wise
+    /// kernels, which stay 256 bits wide).
+    pub fn has_avx2_fma(self) -> bool {
+        matches!(self, Self::Avx512 | Self::Avx2Fma)
+    }
 }
 
-/// The kernel implementation this process uses, chosen once.
+/// The kernel implementation this process uses, chosen once: the widest
+/// the CPU runs, unless `CROWDTRAIN_KERNELS` names another (`portable`,
+/// `avx2-fma`) that it can run.
 pub fn active_path() -> KernelPath {
     static PATH: OnceLock<KernelPath> = OnceLock::new();
     *PATH.get_or_init(|| {
-        let forced_portable = std::env::var("CROWDTRAIN_KERNELS").is_ok_and(|value| value == "portable");
-        if !forced_portable && available_paths().contains(&KernelPath::Avx2Fma) {
-            KernelPath::Avx2Fma
-        } else {
-            KernelPath::Portable
-        }
+        let available = available_paths();
+        let requested = std::env::var("CROWDTRAIN_KERNELS").ok();
+        available
+            .iter()
+            .copied()
+            .find(|path| requested.as_deref() == Some(path.name()))
+            .unwrap_or(available[0])
     })
 }
 
-/// Every implementation this CPU can run.
+/// Every implementation this CPU can run, fastest first.
 pub fn available_paths() -> Vec<KernelPath> {
     let mut paths = vec![KernelPath::Portable];
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         paths.insert(0, KernelPath::Avx2Fma);
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            paths.insert(0, KernelPath::Avx512);
+        }
     }
     paths
 }

@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::{Model, ParamLayout, ParamSpec};
+use super::{CandleClassifier, ParamLayout, ParamSpec};
 use crate::ops::Linear;
 
 const SIDE: usize = 28;
@@ -49,7 +49,7 @@ impl Default for Cnn {
     }
 }
 
-impl Model for Cnn {
+impl CandleClassifier for Cnn {
     fn name(&self) -> String {
         format!("cnn-{CONV1_CHANNELS}-{CONV2_CHANNELS}-{CLASSES}")
     }
@@ -60,11 +60,18 @@ impl Model for Cnn {
 
     fn logits(&self, params: &[Tensor], inputs: &Tensor) -> candle_core::Result<Tensor> {
         let [conv1_weight, conv1_bias, conv2_weight, conv2_bias, fc_weight, fc_bias] = params else {
-            candle_core::bail!("{} takes 6 parameter tensors, got {}", self.name(), params.len());
+            candle_core::bail!(
+                "{} takes 6 parameter tensors, got {}",
+                CandleClassifier::name(self),
+                params.len()
+            );
         };
         let (batch, features) = inputs.dims2()?;
         if features != SIDE * SIDE {
-            candle_core::bail!("{} needs {SIDE}x{SIDE} images, got {features} features", self.name());
+            candle_core::bail!(
+                "{} needs {SIDE}x{SIDE} images, got {features} features",
+                CandleClassifier::name(self)
+            );
         }
         let padding = KERNEL / 2;
         let images = inputs.reshape((batch, 1, SIDE, SIDE))?;

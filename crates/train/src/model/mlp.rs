@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::{Model, ParamLayout, ParamSpec};
+use super::{CandleClassifier, ParamLayout, ParamSpec};
 use crate::ops::Linear;
 
 /// `inputs -> hidden (ReLU) -> classes`, 784-256-10 by default.
@@ -27,7 +27,7 @@ impl Mlp {
     }
 }
 
-impl Model for Mlp {
+impl CandleClassifier for Mlp {
     fn name(&self) -> String {
         let [inputs, hidden, classes] = self.sizes;
         format!("mlp-{inputs}-{hidden}-{classes}")
@@ -39,7 +39,11 @@ impl Model for Mlp {
 
     fn logits(&self, params: &[Tensor], inputs: &Tensor) -> candle_core::Result<Tensor> {
         let [fc1_weight, fc1_bias, fc2_weight, fc2_bias] = params else {
-            candle_core::bail!("{} takes 4 parameter tensors, got {}", self.name(), params.len());
+            candle_core::bail!(
+                "{} takes 4 parameter tensors, got {}",
+                CandleClassifier::name(self),
+                params.len()
+            );
         };
         let hidden = inputs.apply_op3(fc1_weight, fc1_bias, Linear { relu: true })?;
         hidden.apply_op3(fc2_weight, fc2_bias, Linear { relu: false })

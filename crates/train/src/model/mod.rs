@@ -1,20 +1,26 @@
 //! Models, and the flat parameter vector they all read from.
 //!
-//! A model is a description (a [`ParamLayout`]) plus a forward pass written
-//! with candle tensors. Its parameters live outside it, in one `Vec<f32>`
-//! in layout order: the optimizers, the state hash, pseudo-gradients, the
-//! wire format and checkpoints all work on that vector, so none of them
-//! knows what a model is. Adding a model (a char-level transformer, say)
-//! means one new module implementing [`Model`] and one [`ModelKind`]
-//! variant; nothing else changes.
+//! A model is a description (a [`ParamLayout`]) plus a loss and its
+//! gradient on a batch of [`Examples`]. Its parameters live outside it, in
+//! one `Vec<f32>` in layout order: the optimizers, the state hash,
+//! pseudo-gradients, the wire format and checkpoints all work on that
+//! vector, so none of them knows what a model is.
+//!
+//! The image classifiers ([`Mlp`], [`Cnn`]) write their forward pass as a
+//! candle graph ([`CandleClassifier`]) and let candle's backpropagation call
+//! our deterministic ops. The language model ([`Gpt`]) computes its own
+//! forward and backward passes over flat buffers with our kernels: a
+//! transformer is dozens of small operations per layer, and candle's graph
+//! bookkeeping and copies would cost more than the arithmetic.
 
 mod cnn;
+pub mod gpt;
 mod mlp;
 
 use std::ops::Range;
 
 use candle_core::{Device, Tensor, Var};
-use crowdtrain_data::rng::{RngKey, keyed_rng, unit_f64};
+use crowdtrain_data::rng::{RngKey, keyed_rng, standard_normal, unit_f64};
 use crowdtrain_data::{Batch, LabeledImages};
 use serde::{Deserialize, Serialize};
 
@@ -22,21 +28,41 @@ use crate::TrainError;
 use crate::ops::{SoftmaxCrossEntropy, row_argmax, row_loss, with_f32};
 
 pub use cnn::Cnn;
+pub use gpt::{Gpt, Sampling};
 pub use mlp::Mlp;
+
+/// How a parameter tensor starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for linear and
+    /// convolution layers.
+    Uniform { fan_in: usize },
+    /// N(0, std^2): GPT-2's embeddings and projections.
+    Normal { std: f64 },
+    /// Every value the same (LayerNorm's ones and zeros, zero biases);
+    /// draws nothing from the stream.
+    Constant(f32),
+}
 
 /// One named parameter tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
     pub name: String,
     pub shape: Vec<usize>,
-    /// Fan-in for initialisation: values are drawn from U(-1/sqrt(fan_in),
-    /// 1/sqrt(fan_in)), PyTorch's default for linear and conv layers.
-    pub fan_in: usize,
+    pub init: Init,
+    /// Whether AdamW's weight decay applies (language models leave
+    /// biases and LayerNorm parameters undecayed).
+    pub decay: bool,
 }
 
 impl ParamSpec {
+    /// A tensor initialised U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and decayed.
     pub fn new(name: &str, shape: &[usize], fan_in: usize) -> Self {
-        Self { name: name.to_owned(), shape: shape.to_vec(), fan_in }
+        Self::with_init(name, shape, Init::Uniform { fan_in }, true)
+    }
+
+    pub fn with_init(name: &str, shape: &[usize], init: Init, decay: bool) -> Self {
+        Self { name: name.to_owned(), shape: shape.to_vec(), init, decay }
     }
 
     pub fn len(&self) -> usize {
@@ -85,19 +111,100 @@ impl ParamLayout {
     }
 
     /// Fresh parameters for `seed`, drawn in layout order from the "init"
-    /// stream.
+    /// stream, each tensor by its own rule.
     pub fn initialize(&self, seed: u64) -> Vec<f32> {
         let mut rng = keyed_rng("init", RngKey::new(seed, 0, 0, 0));
         let mut params = Vec::with_capacity(self.len());
         for spec in &self.specs {
-            let bound = 1.0 / (spec.fan_in as f64).sqrt();
-            params.extend((0..spec.len()).map(|_| ((2.0 * unit_f64(&mut rng) - 1.0) * bound) as f32));
+            match spec.init {
+                Init::Uniform { fan_in } => {
+                    let bound = 1.0 / (fan_in as f64).sqrt();
+                    params.extend((0..spec.len()).map(|_| ((2.0 * unit_f64(&mut rng) - 1.0) * bound) as f32));
+                }
+                Init::Normal { std } => {
+                    params.extend((0..spec.len()).map(|_| (standard_normal(&mut rng) * std) as f32));
+                }
+                Init::Constant(value) => params.extend(std::iter::repeat_n(value, spec.len())),
+            }
         }
         params
     }
+
+    /// The ranges of the flat vector with and without weight decay, in
+    /// order, neighbours of the same kind merged.
+    pub fn decay_segments(&self) -> Vec<(Range<usize>, bool)> {
+        let mut segments: Vec<(Range<usize>, bool)> = Vec::new();
+        for (spec, range) in self.iter() {
+            match segments.last_mut() {
+                Some((last, decay)) if *decay == spec.decay && last.end == range.start => {
+                    last.end = range.end
+                }
+                _ => segments.push((range, spec.decay)),
+            }
+        }
+        segments
+    }
+
+    /// The range of the tensor called `name`.
+    pub fn range_of(&self, name: &str) -> Option<Range<usize>> {
+        self.iter().find(|(spec, _)| spec.name == name).map(|(_, range)| range)
+    }
 }
 
-/// A classifier over a batch of inputs.
+/// A batch of examples, as a model reads them.
+#[derive(Debug, Clone, Copy)]
+pub enum Examples<'a> {
+    /// Images with class labels.
+    Images(&'a Batch),
+    /// `sequences` token sequences of equal length, row-major: `inputs`
+    /// and the next token after each, `targets`.
+    Tokens { inputs: &'a [u32], targets: &'a [u32], sequences: usize },
+}
+
+impl Examples<'_> {
+    /// What the examples are, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Images(_) => "images",
+            Self::Tokens { .. } => "tokens",
+        }
+    }
+
+    /// Predictions the loss averages over: images, or tokens.
+    pub fn targets(&self) -> usize {
+        match self {
+            Self::Images(batch) => batch.len(),
+            Self::Tokens { targets, .. } => targets.len(),
+        }
+    }
+}
+
+/// Summed loss and correct predictions over some examples.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossSum {
+    /// The sum of per-prediction losses (nats).
+    pub loss: f64,
+    /// Predictions whose largest logit is the target.
+    pub correct: usize,
+    /// Predictions made.
+    pub count: usize,
+}
+
+impl LossSum {
+    pub fn add(&mut self, other: LossSum) {
+        self.loss += other.loss;
+        self.correct += other.correct;
+        self.count += other.count;
+    }
+
+    /// Mean loss and accuracy.
+    pub fn evaluation(&self) -> Evaluation {
+        let count = self.count.max(1) as f64;
+        Evaluation { loss: self.loss / count, accuracy: self.correct as f64 / count }
+    }
+}
+
+/// A model: named tensors in a flat vector, and a loss with its gradient.
 pub trait Model: Send + Sync {
     /// A short name that identifies the architecture and its sizes, e.g.
     /// `mlp-784-256-10`; it is part of the state hash.
@@ -105,27 +212,104 @@ pub trait Model: Send + Sync {
 
     fn layout(&self) -> &ParamLayout;
 
-    /// Logits `[n, classes]` for `inputs` `[batch, features]`, with
-    /// `params` the layout's tensors in order. `n` equals the number of
-    /// targets in the batch (the batch size for a classifier; batch times
-    /// sequence length for a language model).
+    /// Mean loss on `examples`, with the gradient of every parameter
+    /// written to `grads` (same layout as `params`).
+    fn loss_and_grad(
+        &self,
+        params: &[f32],
+        examples: Examples<'_>,
+        grads: &mut [f32],
+    ) -> Result<f32, TrainError>;
+
+    /// Summed loss and correct predictions on `examples`, no gradients.
+    fn loss_sum(&self, params: &[f32], examples: Examples<'_>) -> Result<LossSum, TrainError>;
+}
+
+/// A classifier of images whose forward pass is a candle graph built from
+/// our deterministic ops; candle's backpropagation gives the gradients.
+pub trait CandleClassifier: Send + Sync {
+    /// See [`Model::name`].
+    fn name(&self) -> String;
+
+    fn layout(&self) -> &ParamLayout;
+
+    /// Logits `[batch, classes]` for `inputs` `[batch, features]`, with
+    /// `params` the layout's tensors in order.
     fn logits(&self, params: &[Tensor], inputs: &Tensor) -> candle_core::Result<Tensor>;
 }
 
-pub use crowdtrain_recipe::ModelKind;
+impl<T: CandleClassifier> Model for T {
+    fn name(&self) -> String {
+        CandleClassifier::name(self)
+    }
+
+    fn layout(&self) -> &ParamLayout {
+        CandleClassifier::layout(self)
+    }
+
+    fn loss_and_grad(
+        &self,
+        params: &[f32],
+        examples: Examples<'_>,
+        grads: &mut [f32],
+    ) -> Result<f32, TrainError> {
+        let Examples::Images(batch) = examples else {
+            return Err(TrainError::WrongExamples { model: Model::name(self), found: examples.kind() });
+        };
+        candle_loss_and_grad(self, params, batch, grads)
+    }
+
+    fn loss_sum(&self, params: &[f32], examples: Examples<'_>) -> Result<LossSum, TrainError> {
+        let Examples::Images(batch) = examples else {
+            return Err(TrainError::WrongExamples { model: Model::name(self), found: examples.kind() });
+        };
+        let layout = CandleClassifier::layout(self);
+        check_len("parameters", params.len(), layout.len())?;
+        let device = Device::Cpu;
+        let tensors = layout
+            .iter()
+            .map(|(spec, range)| Tensor::from_slice(&params[range], spec.shape.as_slice(), &device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let inputs = Tensor::from_slice(&batch.inputs, (batch.len(), batch.features), &device)?;
+        let logits = self.logits(&tensors, &inputs)?;
+        let classes = logits.dim(1)?;
+        let mut sum = LossSum { count: batch.len(), ..LossSum::default() };
+        with_f32(&logits, |logits| {
+            for (row, &target) in logits.chunks_exact(classes).zip(&batch.targets) {
+                sum.loss += f64::from(row_loss(row, target as usize));
+                sum.correct += usize::from(row_argmax(row) == target as usize);
+            }
+        })?;
+        Ok(sum)
+    }
+}
+
+pub use crowdtrain_recipe::{GptConfig, ModelKind};
 
 /// The architecture a [`ModelKind`] names.
 pub fn build_model(kind: ModelKind) -> Box<dyn Model> {
     match kind {
         ModelKind::Mlp => Box::new(Mlp::new(784, 256, 10)),
         ModelKind::Cnn => Box::new(Cnn::new()),
+        ModelKind::Gpt(config) => Box::new(Gpt::new(config)),
     }
 }
 
-/// Mean loss on `batch`, with the gradient of every parameter written to
-/// `grads` (same layout as `params`).
+/// Mean loss on an image `batch`, with the gradient of every parameter
+/// written to `grads` (same layout as `params`).
 pub fn loss_and_grad(
     model: &dyn Model,
+    params: &[f32],
+    batch: &Batch,
+    grads: &mut [f32],
+) -> Result<f32, TrainError> {
+    model.loss_and_grad(params, Examples::Images(batch), grads)
+}
+
+/// One step of a candle classifier: parameters into `Var`s, the graph,
+/// candle's backpropagation, gradients out.
+fn candle_loss_and_grad(
+    model: &dyn CandleClassifier,
     params: &[f32],
     batch: &Batch,
     grads: &mut [f32],
@@ -176,32 +360,17 @@ pub fn evaluate_subset(
     images: &LabeledImages,
     indices: &[u32],
 ) -> Result<Evaluation, TrainError> {
-    let layout = model.layout();
-    check_len("parameters", params.len(), layout.len())?;
-    let device = Device::Cpu;
-    let tensors = layout
-        .iter()
-        .map(|(spec, range)| Tensor::from_slice(&params[range], spec.shape.as_slice(), &device))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    check_len("parameters", params.len(), model.layout().len())?;
+    let mut sum = LossSum::default();
     let mut batch = Batch::default();
     for chunk in indices.chunks(EVALUATION_CHUNK) {
         batch.fill(images, chunk);
-        let inputs = Tensor::from_slice(&batch.inputs, (batch.len(), batch.features), &device)?;
-        let logits = model.logits(&tensors, &inputs)?;
-        let classes = logits.dim(1)?;
-        with_f32(&logits, |logits| {
-            for (row, &target) in logits.chunks_exact(classes).zip(&batch.targets) {
-                loss_sum += f64::from(row_loss(row, target as usize));
-                correct += usize::from(row_argmax(row) == target as usize);
-            }
-        })?;
+        sum.add(model.loss_sum(params, Examples::Images(&batch))?);
     }
-    let count = indices.len().max(1) as f64;
-    Ok(Evaluation { loss: loss_sum / count, accuracy: correct as f64 / count })
+    Ok(sum.evaluation())
 }
 
-fn check_len(what: &'static str, found: usize, expected: usize) -> Result<(), TrainError> {
+pub(crate) fn check_len(what: &'static str, found: usize, expected: usize) -> Result<(), TrainError> {
     if found == expected { Ok(()) } else { Err(TrainError::WrongLength { what, found, expected }) }
 }
 
@@ -219,7 +388,7 @@ mod tests {
 
     #[test]
     fn initialization_is_seeded_and_bounded() {
-        let layout = Mlp::new(784, 256, 10).layout().clone();
+        let layout = CandleClassifier::layout(&Mlp::new(784, 256, 10)).clone();
         let params = layout.initialize(1);
         assert_eq!(params.len(), 784 * 256 + 256 + 256 * 10 + 10);
         assert_eq!(params, layout.initialize(1));

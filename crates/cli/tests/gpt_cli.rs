@@ -1,0 +1,155 @@
+//! The language model as a user runs it: `train --model gpt` on the
+//! bundled Shakespeare, `sample` and `export` from its model file, `sim
+//! diloco --model gpt`; a tiny configuration, so CI stays fast.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// 1 block, 2 heads, width 16, context 16: a few thousand parameters.
+const TINY: &[&str] =
+    &["--model", "gpt", "--layers", "1", "--heads", "2", "--width", "16", "--context", "16"];
+
+fn crowdtrain(args: &[&str], env: &[(&str, &str)], cache: &std::path::Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crowdtrain"));
+    command
+        .args(args)
+        .env_remove("RAYON_NUM_THREADS")
+        .env_remove("CROWDTRAIN_KERNELS")
+        .env("CROWDTRAIN_CACHE_DIR", cache);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("stdout is not one JSON object ({error}): {}", String::from_utf8_lossy(&output.stdout))
+    })
+}
+
+fn corpus() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/assets/shakespeare/shakespeare-subset.txt.gz")
+}
+
+fn train(extra: &[&str], env: &[(&str, &str)], cache: &std::path::Path) -> Value {
+    let corpus = corpus();
+    let mut args = vec!["train", "--steps", "12", "--batch", "4", "--evaluations", "1", "--json"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--data", corpus.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    json_of(&crowdtrain(&args, env, cache))
+}
+
+#[test]
+fn training_reports_its_keys_and_the_same_bits_on_every_thread_count_and_kernel_path() {
+    let cache = tempfile::tempdir().unwrap();
+    let reference = train(&[], &[("RAYON_NUM_THREADS", "1")], cache.path());
+    for key in ["val_loss", "tokens_per_sec", "parameters", "tokenizer", "state_hash", "train_loss"] {
+        assert!(reference.get(key).is_some(), "missing {key} in {reference}");
+    }
+    assert!(reference.get("test_accuracy").is_none(), "no test set for text");
+    assert_eq!(reference["model"], "gpt-l1-h2-c16-t16-v64");
+    assert_eq!(reference["tokenizer"], "char (64 tokens)");
+    let loss = reference["val_loss"].as_f64().unwrap();
+    assert!(loss < 64f64.ln() && loss > 1.0, "12 steps move the loss below ln(64): {loss}");
+    let hash = reference["state_hash"].as_str().unwrap();
+    for (extra, env) in [
+        (vec![], vec![("RAYON_NUM_THREADS", "2")]),
+        (vec!["--threads", "3"], vec![]),
+        (vec![], vec![("CROWDTRAIN_KERNELS", "portable")]),
+        (vec![], vec![("CROWDTRAIN_KERNELS", "avx2-fma")]),
+    ] {
+        let other = train(&extra, &env, cache.path());
+        assert_eq!(other["state_hash"], hash, "{extra:?} {env:?} ({})", other["kernels"]);
+    }
+    let other_seed = train(&["--seed", "1"], &[], cache.path());
+    assert_ne!(other_seed["state_hash"], hash);
+}
+
+#[test]
+fn a_trained_model_samples_deterministically_and_exports_for_pytorch() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.model");
+    let report = train(&["--checkpoint-out", model.to_str().unwrap()], &[], cache.path());
+    assert_eq!(report["checkpoint"], model.to_str().unwrap());
+    let sample = |seed: &str| {
+        let args = [
+            "sample",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--prompt",
+            "ROMEO:",
+            "--tokens",
+            "30",
+            "--seed",
+            seed,
+            "--json",
+        ];
+        json_of(&crowdtrain(&args, &[], cache.path()))
+    };
+    let one = sample("3");
+    assert_eq!(one["tokens"].as_array().unwrap().len(), 30);
+    assert_eq!(one, sample("3"), "the same seed, the same text");
+    assert_ne!(one["text"], sample("4")["text"]);
+    let out = dir.path().join("export");
+    let exported = json_of(&crowdtrain(
+        &["export", "--checkpoint", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"],
+        &[],
+        cache.path(),
+    ));
+    assert_eq!(exported["parameters"], report["parameters"]);
+    for file in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["n_layer"].as_u64(), config["n_embd"].as_u64(), config["block_size"].as_u64()),
+        (Some(1), Some(16), Some(16))
+    );
+    // A damaged model file is refused with a reason, not a panic.
+    let mut bytes = std::fs::read(&model).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&model, bytes).unwrap();
+    let refused = crowdtrain(&["sample", "--checkpoint", model.to_str().unwrap()], &[], cache.path());
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("could not read the model"));
+}
+
+#[test]
+fn diloco_on_text_reports_validation_losses_and_is_the_same_at_any_thread_count() {
+    let cache = tempfile::tempdir().unwrap();
+    let corpus = corpus();
+    let run = |threads: &str| {
+        let mut args = vec![
+            "sim",
+            "diloco",
+            "--workers",
+            "3",
+            "--inner-steps",
+            "4",
+            "--rounds",
+            "2",
+            "--batch",
+            "4",
+            "--json",
+        ];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(&["--data", corpus.to_str().unwrap(), "--threads", threads]);
+        json_of(&crowdtrain(&args, &[], cache.path()))
+    };
+    let one = run("1");
+    for key in ["final_val_loss", "baseline_val_loss", "bytes_ratio", "diloco_state_hash"] {
+        assert!(one.get(key).is_some(), "missing {key}");
+    }
+    assert!(one["final_val_loss"].as_f64().unwrap() < 64f64.ln());
+    let two = run("2");
+    assert_eq!(one["diloco_state_hash"], two["diloco_state_hash"]);
+    assert_eq!(one["baseline_state_hash"], two["baseline_state_hash"]);
+    assert_eq!(one["final_val_loss"], two["final_val_loss"]);
+}

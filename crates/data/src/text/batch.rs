@@ -1,0 +1,183 @@
+//! Shards of the training tokens, and batches of token sequences.
+//!
+//! A sequence is a window of `context + 1` consecutive tokens: the first
+//! `context` are the model's inputs, the last `context` its targets, each
+//! the token after its input. Everything here is a pure function of its
+//! arguments and a [`RngKey`], so the coordinator, every worker and every
+//! auditor compute the same shards and batches without shipping offsets
+//! around, and sampling a batch costs `O(batch x context)` whatever the
+//! size of the text.
+
+use std::ops::Range;
+
+use crate::rng::{RngKey, keyed_rng, shuffle, uniform_below};
+
+use super::TextError;
+use super::tokens::Tokens;
+
+/// `sequences` rows of `context` input tokens and their next-token
+/// targets, row-major: `targets[r * context + c]` is the token after
+/// `inputs[r * context + c]` in the text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenBatch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub sequences: usize,
+    pub context: usize,
+}
+
+impl TokenBatch {
+    /// Refills this batch with the windows of `tokens` starting at
+    /// `offsets`, reusing its buffers.
+    pub fn fill(&mut self, tokens: Tokens<'_>, offsets: &[usize], context: usize) {
+        self.inputs.clear();
+        self.targets.clear();
+        self.sequences = offsets.len();
+        self.context = context;
+        let mut window = Vec::with_capacity(context + 1);
+        for &offset in offsets {
+            window.clear();
+            tokens.slice(offset..offset + context + 1).extend_into(&mut window);
+            self.inputs.extend_from_slice(&window[..context]);
+            self.targets.extend_from_slice(&window[1..]);
+        }
+    }
+
+    /// The number of target tokens.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// The fewest tokens a shard may hold: `batch` distinct windows of
+/// `context + 1` tokens.
+pub fn shard_tokens_min(batch: usize, context: usize) -> usize {
+    batch + context
+}
+
+/// How many workers `train_tokens` training tokens can be split among
+/// with every shard holding at least [`shard_tokens_min`] tokens (shards
+/// differ by at most one token, the smallest being
+/// `train_tokens / workers`). The coordinator must never admit more
+/// participants to a round.
+pub fn participants_supported(train_tokens: usize, batch: usize, context: usize) -> usize {
+    assert!(batch >= 1 && context >= 1, "batch {batch} and context {context} must be positive");
+    train_tokens / shard_tokens_min(batch, context)
+}
+
+/// The training tokens `0..train_tokens` cut into `workers` contiguous
+/// ranges of near-equal length, shard `slot` being piece `perm[slot]` of
+/// a permutation drawn from `seed`: which part of the text a slot trains
+/// on changes with the run, and every part is some slot's.
+pub fn text_shards(
+    train_tokens: usize,
+    workers: usize,
+    batch: usize,
+    context: usize,
+    seed: u64,
+) -> Result<Vec<Range<usize>>, TextError> {
+    let supported = participants_supported(train_tokens, batch, context);
+    if workers == 0 || workers > supported {
+        return Err(TextError::TooManyWorkers { workers, train_tokens, batch, context, supported });
+    }
+    let piece = |index: usize| {
+        let bound = |at: usize| (train_tokens as u128 * at as u128 / workers as u128) as usize;
+        bound(index)..bound(index + 1)
+    };
+    let mut order: Vec<usize> = (0..workers).collect();
+    shuffle(&mut keyed_rng("text-shards", RngKey::new(seed, 0, 0, workers as u64)), &mut order);
+    Ok(order.into_iter().map(piece).collect())
+}
+
+/// Shard `slot` of [`text_shards`].
+pub fn text_shard(
+    train_tokens: usize,
+    slot: usize,
+    workers: usize,
+    batch: usize,
+    context: usize,
+    seed: u64,
+) -> Result<Range<usize>, TextError> {
+    assert!(slot < workers, "slot {slot} of {workers}");
+    Ok(text_shards(train_tokens, workers, batch, context, seed)?.swap_remove(slot))
+}
+
+/// One training step's batch: `batch` windows of `shard`, each starting at
+/// an offset drawn uniformly (independently, as nanoGPT does: windows a
+/// token apart overlap almost entirely anyway) from the stream keyed by
+/// `key`, (seed, round, slot, step).
+pub fn sample_batch(
+    shard: Tokens<'_>,
+    batch: usize,
+    context: usize,
+    key: RngKey,
+    out: &mut TokenBatch,
+) -> Result<(), TextError> {
+    draw_windows("text-batch", shard, batch, context, key, out)
+}
+
+/// The evaluation batch a round's updates are scored on: `batch` windows
+/// of the validation tokens drawn with `key` (the round's beacon:
+/// `crowdtrain_defense::quality::eval_key`).
+pub fn evaluation_batch(
+    validation: Tokens<'_>,
+    batch: usize,
+    context: usize,
+    key: RngKey,
+) -> Result<TokenBatch, TextError> {
+    let mut out = TokenBatch::default();
+    draw_windows("text-eval", validation, batch, context, key, &mut out)?;
+    Ok(out)
+}
+
+fn draw_windows(
+    purpose: &str,
+    tokens: Tokens<'_>,
+    batch: usize,
+    context: usize,
+    key: RngKey,
+    out: &mut TokenBatch,
+) -> Result<(), TextError> {
+    assert!(batch >= 1 && context >= 1, "batch {batch} and context {context} must be positive");
+    if tokens.len() <= context {
+        return Err(TextError::TooShort { tokens: tokens.len(), context });
+    }
+    let windows = (tokens.len() - context) as u64;
+    let mut rng = keyed_rng(purpose, key);
+    let offsets: Vec<usize> = (0..batch).map(|_| uniform_below(&mut rng, windows) as usize).collect();
+    out.fill(tokens, &offsets, context);
+    Ok(())
+}
+
+/// The number of sequences [`validation_batches`] covers: windows
+/// starting every `context` tokens that fit.
+pub fn validation_sequences(tokens: usize, context: usize) -> usize {
+    tokens.saturating_sub(1) / context
+}
+
+/// The whole validation split in order, as batches of up to `batch`
+/// sequences: windows start every `context` tokens, so every token after
+/// the first is a target exactly once (up to the last partial window,
+/// dropped). Memory is one batch, whatever the split's size.
+pub fn validation_batches(
+    validation: Tokens<'_>,
+    batch: usize,
+    context: usize,
+) -> Result<impl Iterator<Item = TokenBatch> + '_, TextError> {
+    assert!(batch >= 1 && context >= 1, "batch {batch} and context {context} must be positive");
+    let sequences = validation_sequences(validation.len(), context);
+    if sequences == 0 {
+        return Err(TextError::TooShort { tokens: validation.len(), context });
+    }
+    Ok((0..sequences).step_by(batch).map(move |first| {
+        let offsets: Vec<usize> =
+            (first..(first + batch).min(sequences)).map(|sequence| sequence * context).collect();
+        let mut out = TokenBatch::default();
+        out.fill(validation, &offsets, context);
+        out
+    }))
+}
