@@ -50,6 +50,23 @@ fn the_bundled_corpus_loads_with_its_documented_size_and_split() {
 }
 
 #[test]
+fn the_installed_corpus_is_every_play() {
+    // scripts/install-shakespeare.sh (which CI runs) puts it there.
+    let path = Path::new(INSTALLED_SHAKESPEARE);
+    if !path.is_file() {
+        eprintln!("skipped: {} is not installed (scripts/install-shakespeare.sh)", path.display());
+        return;
+    }
+    assert_eq!(TextSource::resolve(None), TextSource::Path(path.to_owned()));
+    let data = load(&TextSource::resolve(None), &TokenizerSpec::Char, None).unwrap();
+    assert_eq!(data.info.name, "shakespeare");
+    assert_eq!(
+        (data.info.text_bytes, data.info.text_chars, data.info.vocab_size),
+        (4_784_773, 4_784_645, 76)
+    );
+}
+
+#[test]
 fn tokenizers_round_trip_and_survive_saving() {
     let dir = tempfile::tempdir().unwrap();
     let text = "Wherefore art thou Romeo?\n\tNaïve — 日本語 🎭\r\n";
