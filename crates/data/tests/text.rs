@@ -258,6 +258,41 @@ fn token_files_are_cached_reused_and_rebuilt_when_stale_or_damaged() {
 }
 
 #[test]
+fn builders_of_the_same_entry_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let path = dir.path().join("play.txt");
+    std::fs::write(&path, bundled_text().split_at(300_000).0).unwrap();
+    let source = TextSource::Path(path);
+    let fingerprints: Vec<[u8; 32]> = std::thread::scope(|scope| {
+        let builders: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| load(&source, &TokenizerSpec::Char, Some(&cache)).unwrap().fingerprint()))
+            .collect();
+        builders.into_iter().map(|builder| builder.join().unwrap()).collect()
+    });
+    assert!(fingerprints.windows(2).all(|pair| pair[0] == pair[1]));
+    let after = load(&source, &TokenizerSpec::Char, Some(&cache)).unwrap();
+    assert_eq!((after.info.cache.clone(), after.fingerprint()), (CacheStatus::Reused, fingerprints[0]));
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn tokenizer_specs_read_and_write_as_strings() {
+    assert_eq!("char".parse::<TokenizerSpec>().unwrap(), TokenizerSpec::Char);
+    assert_eq!("./char".parse::<TokenizerSpec>().unwrap(), TokenizerSpec::File("./char".into()));
+    let spec = TokenizerSpec::File("tok/tokenizer.json".into());
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(json, "\"tok/tokenizer.json\"");
+    assert_eq!(serde_json::from_str::<TokenizerSpec>(&json).unwrap(), spec);
+    assert_eq!(serde_json::from_str::<TokenizerSpec>("\"char\"").unwrap(), TokenizerSpec::Char);
+}
+
+#[test]
 fn a_vocabulary_beyond_u16_is_stored_as_u32() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wide.txt");
