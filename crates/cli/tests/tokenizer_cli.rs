@@ -105,6 +105,19 @@ fn encode_writes_a_token_file_and_ids_decode_back_to_the_text() {
     assert_eq!(again["data"]["cache"]["status"], "reused");
     assert_eq!(again["fingerprint"], report["fingerprint"]);
 
+    // The character tokenizer as a file: what `--tokenizer char` builds.
+    let chars = dir.path().join("chars.json");
+    let saved = json_of(&crowdtrain(
+        &["tokenizer", "train", "--chars", "--data", data, "--out", chars.to_str().unwrap(), "--json"],
+        &cache,
+    ));
+    assert_eq!((saved["tokenizer"].as_str(), saved["vocab_size"].as_u64()), (Some("char"), Some(64)));
+    let from_file = json_of(&crowdtrain(
+        &["tokenizer", "encode", "--data", data, "--tokenizer", chars.to_str().unwrap(), "--json"],
+        &cache,
+    ));
+    assert_eq!(from_file["fingerprint"], report["fingerprint"]);
+
     let ids = json_of(&crowdtrain(
         &["tokenizer", "encode", "--data", data, "--text", "ROMEO:\nO!", "--json"],
         &cache,

@@ -50,6 +50,23 @@ fn the_bundled_corpus_loads_with_its_documented_size_and_split() {
 }
 
 #[test]
+fn the_installed_corpus_is_every_play() {
+    // scripts/install-shakespeare.sh (which CI runs) puts it there.
+    let path = Path::new(INSTALLED_SHAKESPEARE);
+    if !path.is_file() {
+        eprintln!("skipped: {} is not installed (scripts/install-shakespeare.sh)", path.display());
+        return;
+    }
+    assert_eq!(TextSource::resolve(None), TextSource::Path(path.to_owned()));
+    let data = load(&TextSource::resolve(None), &TokenizerSpec::Char, None).unwrap();
+    assert_eq!(data.info.name, "shakespeare");
+    assert_eq!(
+        (data.info.text_bytes, data.info.text_chars, data.info.vocab_size),
+        (4_784_773, 4_784_645, 76)
+    );
+}
+
+#[test]
 fn tokenizers_round_trip_and_survive_saving() {
     let dir = tempfile::tempdir().unwrap();
     let text = "Wherefore art thou Romeo?\n\tNaïve — 日本語 🎭\r\n";
@@ -238,6 +255,41 @@ fn token_files_are_cached_reused_and_rebuilt_when_stale_or_damaged() {
         TextDataset::load(&source, &TokenizerSpec::File(tokenizer_path), Some(&cache), &no_progress).unwrap();
     assert_eq!((bpe.info.cache.clone(), bpe.info.tokenizer), (CacheStatus::Built, TokenizerKind::Bpe));
     assert_ne!(bpe.fingerprint(), changed.fingerprint());
+}
+
+#[test]
+fn builders_of_the_same_entry_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let path = dir.path().join("play.txt");
+    std::fs::write(&path, bundled_text().split_at(300_000).0).unwrap();
+    let source = TextSource::Path(path);
+    let fingerprints: Vec<[u8; 32]> = std::thread::scope(|scope| {
+        let builders: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| load(&source, &TokenizerSpec::Char, Some(&cache)).unwrap().fingerprint()))
+            .collect();
+        builders.into_iter().map(|builder| builder.join().unwrap()).collect()
+    });
+    assert!(fingerprints.windows(2).all(|pair| pair[0] == pair[1]));
+    let after = load(&source, &TokenizerSpec::Char, Some(&cache)).unwrap();
+    assert_eq!((after.info.cache.clone(), after.fingerprint()), (CacheStatus::Reused, fingerprints[0]));
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn tokenizer_specs_read_and_write_as_strings() {
+    assert_eq!("char".parse::<TokenizerSpec>().unwrap(), TokenizerSpec::Char);
+    assert_eq!("./char".parse::<TokenizerSpec>().unwrap(), TokenizerSpec::File("./char".into()));
+    let spec = TokenizerSpec::File("tok/tokenizer.json".into());
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(json, "\"tok/tokenizer.json\"");
+    assert_eq!(serde_json::from_str::<TokenizerSpec>(&json).unwrap(), spec);
+    assert_eq!(serde_json::from_str::<TokenizerSpec>("\"char\"").unwrap(), TokenizerSpec::Char);
 }
 
 #[test]

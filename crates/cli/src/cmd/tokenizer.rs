@@ -30,7 +30,7 @@ pub struct TokenizerArgs {
 
 #[derive(Debug, Subcommand)]
 enum TokenizerCommand {
-    /// Train GPT-2's byte-level BPE on a text and save it as tokenizer.json.
+    /// Train GPT-2's byte-level BPE on a text (or take its characters) and save it as tokenizer.json.
     Train(TrainArgs),
     /// Tokenise a text (or --text STRING) and report its tokens.
     Encode(EncodeArgs),
@@ -61,8 +61,13 @@ struct TextArgs {
 #[derive(Debug, Args)]
 struct TrainArgs {
     /// Vocabulary size: the 256 bytes plus the merges (at least 256).
-    #[arg(long, value_name = "N")]
-    vocab: usize,
+    #[arg(long, value_name = "N", required_unless_present = "chars")]
+    vocab: Option<usize>,
+
+    /// Save the text's character tokenizer instead (every distinct
+    /// character, in code point order; what `--tokenizer char` builds).
+    #[arg(long, conflicts_with = "vocab")]
+    chars: bool,
 
     /// Where to write the tokenizer (Hugging Face tokenizer.json format).
     #[arg(long, value_name = "FILE")]
@@ -117,6 +122,11 @@ struct BenchArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     max_bytes: u64,
 
+    /// Encode each chunk this many times with each path, alternately, and
+    /// count the median time.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    repeat: usize,
+
     #[command(flatten)]
     source: TextArgs,
 }
@@ -144,7 +154,8 @@ struct TrainReport {
     /// The trained vocabulary (fewer than asked when the text has no more
     /// pairs to merge).
     vocab_size: usize,
-    requested_vocab_size: usize,
+    /// `--vocab`, absent with `--chars`.
+    requested_vocab_size: Option<usize>,
     tokenizer: TokenizerKind,
     tokenizer_hash: String,
     out: PathBuf,
@@ -161,8 +172,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let source = TextSource::resolve(args.text.data.as_deref());
     let progress = TextProgress::new();
     let started = Instant::now();
-    let tokenizer = Tokenizer::train_bpe(&source, args.vocab, &|step| progress.report(step))
-        .with_context(|| format!("could not train a tokenizer on {}", source.describe()))?;
+    let tokenizer = match args.vocab {
+        Some(vocab) => Tokenizer::train_bpe(&source, vocab, &|step| progress.report(step)),
+        None => TokenizerSpec::Char.build(&source, &|step| progress.report(step)),
+    }
+    .with_context(|| format!("could not train a tokenizer on {}", source.describe()))?;
     let train_seconds = started.elapsed().as_secs_f64();
     tokenizer.save(&args.out).with_context(|| format!("could not write {}", args.out.display()))?;
     let started = Instant::now();
@@ -326,9 +340,10 @@ struct BenchReport {
     source: String,
 }
 
-/// Each chunk is encoded by both paths in turn, so machine noise falls on
-/// both alike.
+/// Each chunk is encoded by both paths in turn, `--repeat` times, and the
+/// median of each path's times counts: machine noise falls on both alike.
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
     let source = TextSource::resolve(args.source.data.as_deref());
     let tokenizer = build_tokenizer(&args.tokenizer, args.source.data.as_deref())?;
     let mut chunks = source.chunks()?;
@@ -336,16 +351,25 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (mut fast, mut library) = (Vec::new(), Vec::new());
     let (mut tokens, mut identical) = (0, true);
     let bar = output::progress_bar(args.max_bytes.min(chunks.total_input_bytes()), "encoding");
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
     while let Some(chunk) = chunks.next_chunk()? {
-        fast.clear();
-        library.clear();
-        let started = Instant::now();
-        tokenizer.encode_into(chunk, &mut fast)?;
-        fast_seconds += started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        tokenizer.encode_with_library(chunk, &mut library)?;
-        library_seconds += started.elapsed().as_secs_f64();
-        identical &= fast == library;
+        let (mut fast_times, mut library_times) = (Vec::new(), Vec::new());
+        for _ in 0..args.repeat {
+            fast.clear();
+            library.clear();
+            let started = Instant::now();
+            tokenizer.encode_into(chunk, &mut fast)?;
+            fast_times.push(started.elapsed().as_secs_f64());
+            let started = Instant::now();
+            tokenizer.encode_with_library(chunk, &mut library)?;
+            library_times.push(started.elapsed().as_secs_f64());
+            identical &= fast == library;
+        }
+        fast_seconds += median(&mut fast_times);
+        library_seconds += median(&mut library_times);
         tokens += fast.len();
         bar.set_position(chunks.text_bytes());
         if chunks.text_bytes() >= args.max_bytes {

@@ -11,8 +11,10 @@ use super::tokenizer::Tokenizer;
 use super::tokens::{CacheStatus, TextSummary, TokenStore, Tokens, tokenize_cached, tokenize_to_memory};
 use super::{Phase, Progress, TextError, TokenizerKind};
 
-/// Which tokenizer a text dataset uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which tokenizer a text dataset uses; as a string (`run.toml`, flags)
+/// `char` or a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum TokenizerSpec {
     /// One token per character of the text, in code point order.
     Char,
@@ -43,6 +45,21 @@ impl FromStr for TokenizerSpec {
     /// called `char`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Ok(if text == "char" { Self::Char } else { Self::File(PathBuf::from(text)) })
+    }
+}
+
+impl From<String> for TokenizerSpec {
+    fn from(text: String) -> Self {
+        match text.parse() {
+            Ok(spec) => spec,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl From<TokenizerSpec> for String {
+    fn from(spec: TokenizerSpec) -> Self {
+        spec.to_string()
     }
 }
 

@@ -23,7 +23,7 @@ use crate::idx::read_up_to;
 pub const INSTALLED_SHAKESPEARE: &str = "/usr/local/share/datasets/shakespeare/shakespeare.txt";
 
 /// The bundled corpus: nine plays, 1.19 MB of text (see
-/// `assets/shakespeare/README.md` and `scripts/make-shakespeare.py`).
+/// `assets/shakespeare/LICENSE` and `scripts/make-shakespeare.py`).
 const BUNDLED_SHAKESPEARE: &[u8] = include_bytes!("../../assets/shakespeare/shakespeare-subset.txt.gz");
 
 /// BLAKE3 of the bundled subset's text and of the full corpus that
@@ -199,20 +199,15 @@ fn list_parts(path: &Path) -> Result<VecDeque<Part>, TextError> {
             } else if let Ok(metadata) = std::fs::metadata(&entry_path)
                 && metadata.is_file()
             {
-                files.push(Part::File { path: entry_path, bytes: metadata.len() });
+                files.push((entry_path, metadata.len()));
             }
         }
     }
-    files.sort_by(|a, b| match (a, b) {
-        (Part::File { path: a, .. }, Part::File { path: b, .. }) => {
-            a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes())
-        }
-        _ => std::cmp::Ordering::Equal,
-    });
     if files.is_empty() {
         return Err(TextError::NoFiles(path.to_owned()));
     }
-    Ok(files.into())
+    files.sort_by(|(a, _), (b, _)| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+    Ok(files.into_iter().map(|(path, bytes)| Part::File { path, bytes }).collect())
 }
 
 /// Counts the raw (possibly compressed) bytes read, for progress.
