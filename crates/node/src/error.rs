@@ -17,6 +17,10 @@ pub enum NodeError {
     Dataset(#[from] crowdtrain_data::DatasetError),
     #[error(transparent)]
     Train(#[from] crowdtrain_train::TrainError),
+    /// Text that cannot be a run's data (unreadable, or a tokenizer that
+    /// does not fit the model).
+    #[error("{0}")]
+    Data(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error(
@@ -25,8 +29,9 @@ pub enum NodeError {
     )]
     ConfigChanged { state: PathBuf },
     #[error(
-        "the run trains on {expected} ({expected_examples} training images, digest {expected_digest}) but this \
-         worker has {found} ({found_examples} images, digest {found_digest}); pass the run's data with --data"
+        "the run trains on {expected} ({expected_examples} training examples, digest {expected_digest}) but this \
+         worker has {found} ({found_examples} examples, digest {found_digest}); pass the run's data with --data \
+         (and for text the run's tokenizer with --tokenizer)"
     )]
     DataMismatch {
         expected: String,

@@ -14,10 +14,12 @@
 
 mod assignment;
 pub mod coordinator;
+pub mod data;
 mod error;
 pub mod files;
 pub mod replay;
 pub mod worker;
 
 pub use assignment::AssignedWork;
+pub use data::{RunData, Shards};
 pub use error::NodeError;

@@ -2,13 +2,13 @@
 //! does, whether it is the coordinator or a worker it delegated the audit
 //! to. One function, so both replay exactly the same computation.
 
-use crowdtrain_data::Dataset;
 use crowdtrain_protocol::wire::AuditReport;
 use crowdtrain_protocol::{Assignment, Digest};
-use crowdtrain_train::diloco::{replay, segment_range};
+use crowdtrain_train::diloco::{replay_on, segment_range};
 use crowdtrain_train::{Encode, Model, TrainError, TrainState};
 
 use crate::AssignedWork;
+use crate::data::{RunData, Shards};
 
 /// Replays segment `segment` of `assignment`'s work from `start` on the
 /// assigned shard (`shards` are the round's, in slot order) and reports
@@ -17,20 +17,17 @@ use crate::AssignedWork;
 /// encoded as the run encodes updates.
 pub fn replay_segment(
     model: &dyn Model,
-    dataset: &Dataset,
-    shards: &[Vec<u32>],
+    data: &RunData,
+    shards: &Shards,
     assignment: &Assignment,
     segment: u32,
     start: TrainState,
     base: &[f32],
 ) -> Result<AuditReport, TrainError> {
     let (first, last) = segment_range(assignment.recipe.inner_steps, assignment.segments, segment);
-    let shard = shards.get(assignment.slot as usize).ok_or(TrainError::WrongLength {
-        what: "shards",
-        found: shards.len(),
-        expected: assignment.slot as usize + 1,
-    })?;
-    let end = replay(model, &assignment.recipe, dataset, shard, assignment.rng_key(), start, last - first)?;
+    let source = shards.source(data, assignment.slot)?;
+    let end =
+        replay_on(model, &assignment.recipe, source.as_ref(), assignment.rng_key(), start, last - first)?;
     let payload = if segment == assignment.segments {
         let update: Vec<f32> = base.iter().zip(&end.params).map(|(g, l)| g - l).collect();
         Some(Digest::of(&assignment.recipe.codec.encode(&update)?))

@@ -255,9 +255,14 @@ impl AggregationSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Where the coordinator reads Fashion-MNIST (for evaluation and the
-    /// data fingerprint); default as for every command.
+    /// Where the coordinator reads its data (for evaluation, scoring and
+    /// the data fingerprint): Fashion-MNIST for the image models, a UTF-8
+    /// text file or directory for the GPT; default as for every command.
     pub dir: Option<PathBuf>,
+    /// How text is tokenised for the GPT: `char`, or the path of a
+    /// `tokenizer.json` (`crowdtrain tokenizer train`). Workers pass the
+    /// same with `--tokenizer`; the data fingerprint covers it.
+    pub tokenizer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,9 +358,11 @@ impl RunConfig {
             field: format!("training.{}", error.field),
             reason: error.reason,
         })?;
+        // Text holds out its own validation split (its last tenth), which
+        // updates are scored on; images need a share of the training set.
         check(
             "training.validation_fraction",
-            training.validation_fraction > 0.0,
+            training.model.is_language_model() || training.validation_fraction > 0.0,
             "must be in (0, 0.5): updates are scored on this share of the training set, held out of every shard",
         )?;
         self.outer
@@ -570,6 +577,24 @@ mod tests {
         let config = RunConfig::parse(&example).unwrap();
         assert_eq!(config.rounds, 20);
         assert_eq!(config.round.deadline_ms, 60_000);
+    }
+
+    #[test]
+    fn the_language_model_example_is_valid_and_refuses_image_only_settings() {
+        let text = include_str!("../../../examples/run-gpt.toml");
+        let config = RunConfig::parse(text).unwrap();
+        let crowdtrain_recipe::ModelKind::Gpt(gpt) = config.training.model else {
+            panic!("the example trains a gpt")
+        };
+        assert_eq!((gpt.layers, gpt.heads, gpt.width, gpt.context), (4, 4, 128, 64));
+        assert_eq!(config.training.schedule, crowdtrain_recipe::Schedule::nanogpt(2000));
+        assert_eq!(config.data.tokenizer.as_deref(), Some("char"));
+        let held_out = text.replace("validation_fraction = 0.0", "validation_fraction = 0.05");
+        let error = RunConfig::parse(&held_out).unwrap_err().to_string();
+        assert!(error.contains("validation_fraction") && error.contains("gpt"), "{error}");
+        let skewed =
+            text.replace("[training.model.gpt]", "sharding = \"dirichlet:0.5\"\n[training.model.gpt]");
+        assert!(RunConfig::parse(&skewed).unwrap_err().to_string().contains("sharding"));
     }
 
     #[test]

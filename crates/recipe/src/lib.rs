@@ -163,6 +163,20 @@ impl TrainingRecipe {
             check_positive("clip_norm", norm)?;
         }
         self.sharding.validate()?;
+        if self.model.is_language_model() {
+            // Text is cut into contiguous token ranges, and its last tenth
+            // is held out already.
+            check(
+                "sharding",
+                self.sharding == Sharding::Iid,
+                "a gpt's text is sharded into contiguous ranges: iid",
+            )?;
+            check(
+                "validation_fraction",
+                self.validation_fraction == 0.0,
+                "must be 0 for a gpt: its text's last tenth is the validation split",
+            )?;
+        }
         check(
             "validation_fraction",
             (0.0..0.5).contains(&self.validation_fraction),

@@ -112,7 +112,8 @@ impl GptConfig {
         if !(1..=LAYERS_MAX).contains(&self.layers) {
             return bad(format!("layers must be 1 to {LAYERS_MAX}, got {}", self.layers));
         }
-        if !(1..=WIDTH_MAX).contains(&self.width) || self.heads == 0 || self.width % self.heads != 0 {
+        if !(1..=WIDTH_MAX).contains(&self.width) || self.heads == 0 || !self.width.is_multiple_of(self.heads)
+        {
             return bad(format!(
                 "width must be 1 to {WIDTH_MAX} and a multiple of heads, got width {} and {} heads",
                 self.width, self.heads

@@ -72,8 +72,10 @@ impl Nesterov {
 /// How the learning rate changes over a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
+#[derive(Default)]
 pub enum Schedule {
     /// The optimizer's rate at every step.
+    #[default]
     Constant,
     /// Cosine decay from the full rate at step 1 to `final_fraction` of it
     /// at `total_steps` (and after).
@@ -81,12 +83,6 @@ pub enum Schedule {
     /// nanoGPT's: a linear warmup over `warmup_steps`, then cosine decay to
     /// `final_fraction` at `total_steps`, and that fraction after.
     WarmupCosine { warmup_steps: u64, total_steps: u64, final_fraction: f32 },
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Self::Constant
-    }
 }
 
 /// nanoGPT's warmup for its Shakespeare model (at most a tenth of a run).

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_node::files;
 use crowdtrain_node::worker::Behavior;
 use crowdtrain_protocol::Signed;
 use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::wire::{DatasetFingerprint, Phase, RoundRecord, RunInfo, RunStatus, WorkerStatus};
-use crowdtrain_train::ModelKind;
+use crowdtrain_train::TrainingRecipe;
 use serde::Serialize;
 
+use crate::model_args::{GptArgs, ModelName};
 use crate::output;
 
 /// Run a coordinator and N workers as separate processes on this machine.
@@ -41,13 +43,22 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
-    /// Model architecture: mlp or cnn.
-    #[arg(long, default_value = "mlp")]
-    model: ModelKind,
+    /// Model architecture: mlp and cnn on Fashion-MNIST, gpt on text
+    /// (--data FILE|DIR, default Shakespeare) with nanoGPT's recipe.
+    #[arg(long, value_enum, default_value = "mlp")]
+    model: ModelName,
 
-    /// Directory with the Fashion-MNIST IDX files (default as for `train`).
-    #[arg(long, value_name = "DIR")]
+    /// The data: a directory with the Fashion-MNIST IDX files, or for the
+    /// GPT a UTF-8 text file or directory (default as for `train`).
+    #[arg(long, value_name = "DIR|FILE")]
     data: Option<PathBuf>,
+
+    /// The GPT's tokenizer: `char` or a tokenizer.json.
+    #[arg(long, default_value = "char", value_name = "char|FILE")]
+    tokenizer: TokenizerSpec,
+
+    #[command(flatten)]
+    gpt: GptArgs,
 
     /// Chance that a submission is audited (a replay of one of its 4
     /// segments); 0 turns audits off. The stake is set to the least the
@@ -97,6 +108,11 @@ pub(crate) struct DemoReport {
     dataset: DatasetFingerprint,
     workers_started: usize,
     pub(crate) final_test_accuracy: f64,
+    /// For the GPT: the final model's loss per token (nats) on the whole
+    /// validation split, as `sim diloco` reports it (rounds' `test_loss`
+    /// read 256 of its sequences).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    final_val_loss: Option<f64>,
     /// The final model's state hash: equal to the `diloco_state_hash` of
     /// `sim diloco --aggregator centered-clip --validation-fraction 0.05`
     /// with the same settings.
@@ -213,9 +229,10 @@ pub(crate) fn execute(
         .context("could not read the run description")?;
     if !args.json {
         eprintln!(
-            "data: {} ({} training images); coordinator at {url}; files in {}",
+            "data: {} ({} training {}); coordinator at {url}; files in {}",
             run.body.dataset.name,
             run.body.dataset.train_examples,
+            if run.body.config.training.model.is_language_model() { "tokens" } else { "images" },
             dir.display()
         );
     }
@@ -231,7 +248,8 @@ pub(crate) fn execute(
     })?;
     let mut status = status;
     status.rounds = all_rounds(&url, status.rounds_total)?;
-    let report = finish(status, run.body.dataset, args, &mut processes, started)?;
+    let mut report = finish(status, run.body.dataset, args, &mut processes, started)?;
+    report.final_val_loss = final_val_loss(&dir, args, &report.rounds)?;
     if let Some(path) = &args.plot {
         let points = report
             .rounds
@@ -285,6 +303,9 @@ fn start_worker(
     if let Some(data) = &args.data {
         command.arg("--data").arg(data);
     }
+    if args.model == ModelName::Gpt {
+        command.arg("--tokenizer").arg(args.tokenizer.to_string());
+    }
     let behavior = args.cheaters.get(index).copied().unwrap_or(Behavior::Honest);
     command.arg("--behavior").arg(behavior.to_string());
     let child = command.spawn().context("could not start a worker")?;
@@ -292,28 +313,77 @@ fn start_worker(
     Ok(())
 }
 
+/// The GPT's final model's validation loss on the whole split, read from
+/// the coordinator's checkpoints; `None` for the image models.
+fn final_val_loss(dir: &Path, args: &DemoArgs, rounds: &[RoundRecord]) -> anyhow::Result<Option<f64>> {
+    use crowdtrain_store::{CheckpointKind, Checkpoints, checkpoint};
+    if args.model != ModelName::Gpt {
+        return Ok(None);
+    }
+    let digest = rounds
+        .iter()
+        .rev()
+        .find(|round| round.status == RoundState::Closed)
+        .and_then(|round| round.result_model)
+        .context("no closed round")?;
+    let text = output::load_text(args.data.as_deref(), &args.tokenizer, true)?;
+    let config = args.gpt.config(text.tokenizer().vocab_size())?;
+    let model = crowdtrain_train::build_model(crowdtrain_train::ModelKind::Gpt(config));
+    let checkpoints = Checkpoints::open(&dir.join("state").join("checkpoints"))?;
+    let params = checkpoint::decode(
+        &checkpoints.get(&digest)?,
+        CheckpointKind::Params,
+        &model.name(),
+        model.layout(),
+    )?;
+    let loss =
+        crowdtrain_train::text::validation_loss(model.as_ref(), &params, text.validation(), config.context)?;
+    Ok(Some(loss.loss))
+}
+
+/// The run's training recipe: the defaults, or for the GPT nanoGPT's
+/// recipe for the tokenizer's vocabulary (the text is read to find it).
+fn recipe(args: &DemoArgs) -> anyhow::Result<TrainingRecipe> {
+    Ok(match args.model.image_model() {
+        Some(model) => {
+            TrainingRecipe { model, inner_steps: args.inner_steps, ..TrainingRecipe::with_seed(args.seed) }
+        }
+        None => {
+            let text = output::load_text(args.data.as_deref(), &args.tokenizer, args.json)?;
+            let config = args.gpt.config(text.tokenizer().vocab_size())?;
+            TrainingRecipe::language_model(args.seed, config, 1e-3, args.inner_steps, args.rounds)
+        }
+    })
+}
+
 fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
-    let data = match &args.data {
-        Some(path) => format!("\n[data]\ndir = {:?}\n", path.canonicalize().unwrap_or(path.clone())),
-        None => String::new(),
-    };
-    let work_units = args.inner_steps * 64;
+    #[derive(Serialize)]
+    struct Training {
+        training: TrainingRecipe,
+    }
+    let recipe = recipe(args)?;
+    let mut data = String::new();
+    if let Some(path) = &args.data {
+        data += &format!("dir = {:?}\n", path.canonicalize().unwrap_or(path.clone()));
+    }
+    if args.model == ModelName::Gpt {
+        data += &format!("tokenizer = {:?}\n", args.tokenizer.to_string());
+    }
     let stake = if args.audit_probability > 0.0 {
-        (work_units as f64 / args.audit_probability).ceil() as u64
+        (recipe.work_units() as f64 / args.audit_probability).ceil() as u64
     } else {
         0
     };
+    let training =
+        toml::to_string(&Training { training: recipe }).context("the recipe does not serialise")?;
     let config = format!(
-        "rounds = {rounds}\n\n[training]\nseed = {seed}\nmodel = \"{model}\"\ninner_steps = {steps}\n{data}\n\
+        "rounds = {rounds}\n\n{training}\n[data]\n{data}\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
          # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n\
          requests_per_second_per_key = 100000\n",
-        seed = args.seed,
         rounds = args.rounds,
-        model = args.model,
-        steps = args.inner_steps,
         workers = args.workers,
         probability = args.audit_probability,
         auditors = args.auditors,
@@ -492,6 +562,7 @@ fn finish(
         dataset,
         workers_started: args.workers,
         final_test_accuracy,
+        final_val_loss: None,
         state_hash: status.state_hash.clone(),
         bytes_uploaded: status.bytes_uploaded,
         bytes_downloaded: status.bytes_downloaded,
@@ -545,13 +616,16 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
         ]);
     }
     println!("{table}");
+    let quality = match report.final_val_loss {
+        Some(loss) => format!("final validation loss {loss:.4} nats per token"),
+        None => format!("final test accuracy {:.2}%", 100.0 * report.final_test_accuracy),
+    };
     println!(
-        "{} workers, {} rounds in {:.1} s: final test accuracy {:.2}%; {} uploaded, {} downloaded; coordinator \
-         overhead {} per round (median{})",
+        "{} workers, {} rounds in {:.1} s: {quality}; {} uploaded, {} downloaded; coordinator overhead {} per \
+         round (median{})",
         args.workers,
         report.rounds.iter().filter(|round| round.status == RoundState::Closed).count(),
         report.seconds,
-        100.0 * report.final_test_accuracy,
         output::bytes(report.bytes_uploaded),
         output::bytes(report.bytes_downloaded),
         report.coordinator_overhead_ms_median.map_or("-".into(), |ms| format!("{ms} ms")),

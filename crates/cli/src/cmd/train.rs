@@ -145,14 +145,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// What the run trains on.
 enum Data {
     Images(crowdtrain_data::Dataset),
-    Text(TextDataset),
+    Text(Box<TextDataset>),
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data = match args.model {
-        ModelName::Gpt => {
-            Data::Text(output::load_text(args.runtime.data.as_deref(), &args.tokenizer, args.runtime.json)?)
-        }
+        ModelName::Gpt => Data::Text(Box::new(output::load_text(
+            args.runtime.data.as_deref(),
+            &args.tokenizer,
+            args.runtime.json,
+        )?)),
         _ => Data::Images(args.runtime.load_data()?),
     };
     let (kind, steps, batch_size, optimizer, schedule) = match (&data, args.model.image_model()) {

@@ -21,9 +21,16 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
 
-    /// Directory with the Fashion-MNIST IDX files (must be the run's data).
-    #[arg(long, value_name = "DIR")]
+    /// The run's data: a directory with the Fashion-MNIST IDX files, or for
+    /// a language model a UTF-8 text file or directory (default: as for
+    /// every command). Its fingerprint must be the run's.
+    #[arg(long, value_name = "DIR|FILE")]
     data: Option<PathBuf>,
+
+    /// For a language model, the run's tokenizer: `char` or a
+    /// tokenizer.json (the data fingerprint covers it).
+    #[arg(long, default_value = "char", value_name = "char|FILE")]
+    tokenizer: crowdtrain_data::text::TokenizerSpec,
 
     /// Where downloaded models are cached (default: ~/.cache/crowdtrain/models).
     #[arg(long, value_name = "DIR")]
@@ -78,6 +85,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         coordinator: args.coordinator.clone(),
         key: args.key.clone(),
         data: args.data.clone(),
+        tokenizer: args.tokenizer.clone(),
         cache,
         give_up_after: Duration::from_secs(args.give_up_after),
         coordinator_key: args.coordinator_key,

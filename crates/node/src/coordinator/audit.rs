@@ -31,8 +31,9 @@ use crowdtrain_train::TrainState;
 use crowdtrain_train::diloco::segment_range;
 
 use super::{Inner, Node};
+use crate::NodeError;
+use crate::data::Shards;
 use crate::replay::replay_segment;
-use crate::{AssignedWork, NodeError};
 
 impl Node {
     /// Checks 1 to 4 of `answer` for `segment` of `assignment`'s work,
@@ -111,11 +112,11 @@ impl Node {
         &self,
         inner: &mut Inner,
         assignment: &Assignment,
-    ) -> Result<Arc<Vec<Vec<u32>>>, NodeError> {
+    ) -> Result<Arc<Shards>, NodeError> {
         if let Some(shards) = inner.shards.get(&assignment.slots) {
             return Ok(Arc::clone(shards));
         }
-        let shards = Arc::new(assignment.shards(&self.dataset.train.labels)?);
+        let shards = Arc::new(self.dataset.shards(assignment)?);
         // A few slot counts at most (each is an index of the whole training
         // set): participation changes, and the cache must not grow with it.
         if inner.shards.len() >= SHARD_CACHE_MAX {

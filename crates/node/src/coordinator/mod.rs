@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crowdtrain_data::{DataSource, Dataset};
+use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Decision, ModelDefense, Quality, Submission};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    AuditAnswer, AuditReport, AuditTask, DatasetFingerprint, ErrorCode, PROTOCOL_VERSION, Receipt,
-    ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
+    AuditAnswer, AuditReport, AuditTask, ErrorCode, PROTOCOL_VERSION, Receipt, ReceiptStatus, Registration,
+    RunInfo, RunStatus, Stage,
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
@@ -36,7 +36,7 @@ use crowdtrain_protocol::{
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
-use crowdtrain_train::{Model, OuterState, evaluate};
+use crowdtrain_train::{Model, OuterState};
 use tokio::sync::watch;
 
 pub use admission::issue_tokens as issue_admission_tokens;
@@ -44,6 +44,7 @@ pub use http::serve;
 pub use net::raise_descriptor_limit;
 
 use crate::NodeError;
+use crate::data::{RunData, Shards};
 use crate::replay::replay_segment;
 
 /// Milliseconds since the Unix epoch, the machine's notion of time.
@@ -103,7 +104,7 @@ pub struct Node {
     config: RunConfig,
     model: Box<dyn Model>,
     /// Training data for audit replays, test data for evaluation.
-    dataset: Arc<Dataset>,
+    dataset: Arc<RunData>,
     checkpoints: Checkpoints,
     /// Audit answers (start states: MBs each), by hash; the database
     /// records which answer is whose.
@@ -178,7 +179,7 @@ struct Inner {
     /// are not timed.
     closing_started: Option<(RoundId, Instant)>,
     /// Shards by slot count, for audit replays.
-    shards: std::collections::HashMap<u32, Arc<Vec<Vec<u32>>>>,
+    shards: std::collections::HashMap<u32, Arc<Shards>>,
     /// Audits whose answer is being checked and recorded right now.
     answering: std::collections::HashSet<(RoundId, WorkerId)>,
     /// Writing the checkpoints of the round aggregated last, in the
@@ -221,7 +222,7 @@ struct PendingReplay {
     segment: u32,
     commitment: Commitment,
     assignment: crowdtrain_protocol::Assignment,
-    shards: Arc<Vec<Vec<u32>>>,
+    shards: Arc<Shards>,
     /// The round's base parameters.
     base: Vec<f32>,
     answer: AuditAnswer,
@@ -246,7 +247,9 @@ impl Node {
             .map_err(|error| NodeError::io(format!("could not create {}", state_dir.display()), error))?;
         let identity = load_or_create_key(&state_dir.join("coordinator.key"))?;
         let audit_master = load_or_create_secret(&state_dir.join("audit.secret"))?;
-        let dataset = DataSource::resolve(config.data.dir.as_deref()).load()?;
+        let tokenizer =
+            TokenizerSpec::from(config.data.tokenizer.clone().unwrap_or_else(|| "char".to_owned()));
+        let dataset = RunData::load(config.data.dir.as_deref(), &config.training, &tokenizer)?;
         let model = crowdtrain_train::build_model(config.training.model);
         let checkpoints = Checkpoints::open(&state_dir.join("checkpoints"))?;
         let answers = Checkpoints::open_with_extension(&state_dir.join("audit-answers"), "answer")?;
@@ -267,7 +270,7 @@ impl Node {
         };
         let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
         let mut settings = Settings::from_config(&config);
-        settings.max_participants = max_participants(&config, dataset.train.len());
+        settings.max_participants = max_participants(&config, &dataset);
         let admission = admission::Admission::open(&config.admission, state_dir)?;
         let uploads_dir = state_dir.join("uploads");
         // Uploads in progress when the process stopped are gone with it.
@@ -309,12 +312,7 @@ impl Node {
             let pairs: Vec<(u64, f64)> = scores.iter().map(|(worker, score)| (worker.0, *score)).collect();
             quality.observe(&pairs, &config.quality);
         }
-        let (validation_pool, validation) = crowdtrain_data::split_validation(
-            dataset.train.len(),
-            config.training.validation_fraction,
-            config.training.seed,
-        );
-        drop(validation_pool);
+        let validation = dataset.validation_indices(&config.training);
         let (scoring, to_score) = std::sync::mpsc::channel();
         let (evaluations, to_evaluate) = std::sync::mpsc::channel();
         let background = background_pool()?;
@@ -330,11 +328,7 @@ impl Node {
                 config: public_config(&config),
                 model_name: model.name(),
                 parameters: model.layout().len() as u64,
-                dataset: DatasetFingerprint {
-                    name: dataset.info.name.clone(),
-                    train_examples: dataset.train.len() as u64,
-                    digest: Digest(dataset.train.digest()),
-                },
+                dataset: dataset.fingerprint(),
                 initial_model: record.initial_model,
                 admission: config.admission.mode,
             },
@@ -1278,7 +1272,7 @@ impl Node {
         let params =
             checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?;
         let built = crowdtrain_train::build_model(self.config.training.model);
-        let evaluation = self.background.install(|| evaluate(built.as_ref(), &params, &self.dataset.test))?;
+        let evaluation = self.background.install(|| self.dataset.evaluate(built.as_ref(), &params))?;
         self.lock().store.set_evaluation(round, evaluation.accuracy, evaluation.loss)?;
         let maintenance = self.maintenance.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(error) = maintenance.checkpoint_wal() {
@@ -1395,10 +1389,9 @@ impl Node {
 /// training examples: each shard needs a whole batch, from what the
 /// validation split leaves (the Dirichlet sharding may need more; it says
 /// so when a round's shards cannot be drawn).
-fn max_participants(config: &RunConfig, examples: usize) -> u32 {
-    let held = (examples as f64 * config.training.validation_fraction).round() as usize;
-    let batches = examples.saturating_sub(held) / config.training.batch().max(1);
-    (batches.max(1) as u64).min(u64::from(config.limits.max_workers)) as u32
+fn max_participants(config: &RunConfig, data: &RunData) -> u32 {
+    let supported = data.participants_supported(&config.training);
+    (supported as u64).min(u64::from(config.limits.max_workers)) as u32
 }
 
 /// Starts the evaluation thread: closed rounds in order, one at a time;

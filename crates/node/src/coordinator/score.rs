@@ -61,14 +61,11 @@ impl Node {
             .map_err(crowdtrain_train::TrainError::from)?;
         let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
         let config = &self.config.quality;
-        let eval = quality::eval_indices(
-            &self.validation,
-            config.eval_examples,
-            quality::eval_key(&beacon.0, round),
-        );
+        let key = quality::eval_key(&beacon.0, round);
         let step = quality::score_step(self.config.outer.lr, views.len());
         let scores = self.background.install(|| {
-            quality::scores(self.model.as_ref(), &global, &views, step, &self.dataset.train, &eval)
+            let model = self.model.as_ref();
+            self.dataset.scores(model, &global, &views, step, &self.validation, config.eval_examples, key)
         })?;
         let mut inner = self.lock();
         let pairs: Vec<(u64, f64)> = workers.iter().map(|worker| worker.0).zip(scores).collect();

@@ -6,15 +6,16 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crowdtrain_data::RngKey;
 use crowdtrain_data::rng::{keyed_rng, standard_normal};
-use crowdtrain_data::{Dataset, RngKey};
 use crowdtrain_defense::{attack, linalg};
 use crowdtrain_protocol::merkle;
 use crowdtrain_protocol::wire::AuditAnswer;
 use crowdtrain_protocol::{Assignment, Commitment, Digest};
-use crowdtrain_train::diloco::{InnerRoundResult, inner_round, segment_range};
-use crowdtrain_train::{Encode, Model, TrainState, Trainer};
+use crowdtrain_train::diloco::{InnerRoundResult, inner_round_on, segment_range};
+use crowdtrain_train::{Encode, InnerOptimizer, Model, TrainState, Trainer};
 
+use crate::data::{RunData, Shards};
 use crate::{AssignedWork, NodeError};
 
 /// A worker's behaviour (`crowdtrain worker --behavior B`).
@@ -200,28 +201,28 @@ pub struct Work<'a> {
     pub model: &'a dyn Model,
     pub assignment: &'a Assignment,
     pub params: &'a [f32],
-    pub dataset: &'a Dataset,
-    pub shards: &'a [Vec<u32>],
+    pub data: &'a RunData,
+    pub shards: &'a Shards,
     /// The same images with flipped labels, for `label-flip`.
-    pub flipped: Option<&'a Dataset>,
+    pub flipped: Option<&'a RunData>,
 }
 
 impl Work<'_> {
     /// The honest computation for `slot` (normally the worker's own) with
     /// batches from `key_slot`'s streams.
     fn train_as(&self, slot: u32, key_slot: u32) -> Result<InnerRoundResult, NodeError> {
-        self.train_on(self.dataset, slot, u64::from(key_slot))
+        self.train_on(self.data, slot, u64::from(key_slot))
     }
 
-    fn train_on(&self, dataset: &Dataset, slot: u32, key_slot: u64) -> Result<InnerRoundResult, NodeError> {
+    fn train_on(&self, data: &RunData, slot: u32, key_slot: u64) -> Result<InnerRoundResult, NodeError> {
         let assignment = self.assignment;
         let key = RngKey { worker: key_slot, ..assignment.rng_key() };
-        Ok(inner_round(
+        let source = self.shards.source(data, slot)?;
+        Ok(inner_round_on(
             self.model,
             &assignment.recipe,
             self.params,
-            dataset,
-            &self.shards[slot as usize],
+            source.as_ref(),
             key,
             assignment.segments,
         )?)
@@ -286,7 +287,7 @@ pub fn produce(
                 .map(|replica| {
                     let key_slot =
                         u64::from(slot) + replica * u64::from(work.assignment.slots).max(1) * 1_000_003;
-                    work.train_on(work.dataset, slot, key_slot)
+                    work.train_on(work.data, slot, key_slot)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let samples: Vec<&[f32]> =
@@ -320,13 +321,13 @@ fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
     let honest_until = steps - skipped.min(steps);
     let mut state = TrainState::new(work.model.name(), work.params.to_vec());
     let mut trainer =
-        Trainer::new(work.model, assignment.recipe.optimizer, assignment.recipe.batch_size as usize);
-    let shard = &work.shards[assignment.slot as usize];
+        Trainer::new(work.model, InnerOptimizer::from(&assignment.recipe), assignment.recipe.batch());
+    let source = work.shards.source(work.data, assignment.slot)?;
     let mut boundaries = vec![state.clone()];
     for segment in 1..=assignment.segments {
         let (_, end) = segment_range(steps, assignment.segments, segment);
         let honest = honest_until.saturating_sub(state.step).min(end - state.step);
-        trainer.run(&mut state, &work.dataset.train, shard, assignment.rng_key(), honest, |_, _| {})?;
+        trainer.run_on(&mut state, source.as_ref(), assignment.rng_key(), honest, |_, _| {})?;
         state.step = end;
         boundaries.push(state.clone());
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crowdtrain_data::{DataSource, Dataset};
+use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_protocol::config::AdmissionMode;
 use crowdtrain_protocol::wire::{
     ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
@@ -33,7 +33,8 @@ pub use behavior::{Behavior, Produced};
 use behavior::{Work, produce, tampered};
 pub use client::{Answer, Client};
 
-use crate::{AssignedWork, NodeError};
+use crate::NodeError;
+use crate::data::{RunData, Shards};
 
 /// How soon a commitment refused as too early (its round is open ahead of
 /// the previous round's last audit verdicts, which take a fraction of a
@@ -49,6 +50,9 @@ pub struct WorkerOptions {
     pub coordinator: String,
     pub key: PathBuf,
     pub data: Option<PathBuf>,
+    /// How text is tokenised, when the run trains a language model: the
+    /// run's tokenizer (the data fingerprint covers it).
+    pub tokenizer: TokenizerSpec,
     /// Where downloaded models (and partial downloads) are kept.
     pub cache: PathBuf,
     /// Stop after the coordinator has been unreachable this long.
@@ -126,9 +130,15 @@ pub async fn run_worker(
             run.protocol_version
         )));
     }
-    let dataset = Arc::new(load_matching_data(options.data.as_deref(), &run)?);
-    let flipped =
-        behavior.flips_labels().then(|| Arc::new(crowdtrain_defense::attack::flipped_labels(&dataset)));
+    let dataset = Arc::new(load_matching_data(options.data.as_deref(), &options.tokenizer, &run)?);
+    let flipped = if behavior.flips_labels() {
+        let flipped = dataset.flipped_labels().ok_or_else(|| {
+            NodeError::Data(format!("the {behavior} behaviour flips image labels; this run trains on text"))
+        })?;
+        Some(Arc::new(flipped))
+    } else {
+        None
+    };
     let model: Arc<dyn Model> = Arc::from(crowdtrain_train::build_model(run.config.training.model));
     if model.name() != run.model_name {
         return Err(NodeError::Untrusted(format!(
@@ -153,7 +163,7 @@ pub async fn run_worker(
 
     let pool = training_pool(options.threads)?;
     let mut models = ModelCache::new(&options.cache, model.as_ref())?;
-    let mut shards: HashMap<u32, Arc<Vec<Vec<u32>>>> = HashMap::new();
+    let mut shards: HashMap<u32, Arc<Shards>> = HashMap::new();
     let mut last_done: Option<RoundId> = None;
     // Delegated audits already replayed, so a refused report is not retried forever.
     let mut audited: std::collections::HashSet<(RoundId, WorkerId)> = Default::default();
@@ -252,7 +262,7 @@ pub async fn run_worker(
                             model: model.as_ref(),
                             assignment: &assignment,
                             params: &params,
-                            dataset: &dataset,
+                            data: &dataset,
                             shards: &round_shards,
                             flipped: flipped.as_deref(),
                         };
@@ -510,33 +520,37 @@ fn verified<'a, T: crowdtrain_protocol::wire::SignedBody>(
 }
 
 /// Loads the worker's data and checks it is the run's.
-fn load_matching_data(dir: Option<&Path>, run: &RunInfo) -> Result<Dataset, NodeError> {
-    let dataset = DataSource::resolve(dir).load()?;
-    let digest = Digest(dataset.train.digest());
+fn load_matching_data(
+    dir: Option<&Path>,
+    tokenizer: &TokenizerSpec,
+    run: &RunInfo,
+) -> Result<RunData, NodeError> {
+    let data = RunData::load(dir, &run.config.training, tokenizer)?;
+    let found = data.fingerprint();
     let expected = &run.dataset;
-    if digest != expected.digest || dataset.train.len() as u64 != expected.train_examples {
+    if found.digest != expected.digest || found.train_examples != expected.train_examples {
         return Err(NodeError::DataMismatch {
             expected: expected.name.clone(),
             expected_examples: expected.train_examples,
             expected_digest: expected.digest.to_hex(),
-            found: dataset.info.to_string(),
-            found_examples: dataset.train.len() as u64,
-            found_digest: digest.to_hex(),
+            found: data.describe(),
+            found_examples: found.train_examples,
+            found_digest: found.digest.to_hex(),
         });
     }
-    Ok(dataset)
+    Ok(data)
 }
 
 /// The round's shards for `assignment.slots` participants, cached.
 fn shards_for(
-    cache: &mut HashMap<u32, Arc<Vec<Vec<u32>>>>,
+    cache: &mut HashMap<u32, Arc<Shards>>,
     assignment: &crowdtrain_protocol::Assignment,
-    dataset: &Dataset,
-) -> Result<Arc<Vec<Vec<u32>>>, NodeError> {
+    data: &RunData,
+) -> Result<Arc<Shards>, NodeError> {
     if let Some(existing) = cache.get(&assignment.slots) {
         return Ok(Arc::clone(existing));
     }
-    let made = Arc::new(assignment.shards(&dataset.train.labels)?);
+    let made = Arc::new(data.shards(assignment)?);
     cache.insert(assignment.slots, Arc::clone(&made));
     Ok(made)
 }
@@ -548,7 +562,7 @@ struct Auditing<'a> {
     coordinator: &'a PublicKey,
     run: &'a RunInfo,
     model: &'a Arc<dyn Model>,
-    dataset: &'a Arc<Dataset>,
+    dataset: &'a Arc<RunData>,
     pool: &'a Arc<rayon::ThreadPool>,
     /// Report a wrong end state (the `lying-auditor` behaviour).
     lie: bool,
@@ -560,7 +574,7 @@ impl Auditing<'_> {
     async fn replay(
         &self,
         models: &mut ModelCache,
-        shards: &mut HashMap<u32, Arc<Vec<Vec<u32>>>>,
+        shards: &mut HashMap<u32, Arc<Shards>>,
         round: RoundId,
         task: crowdtrain_protocol::wire::AuditTaskRef,
     ) -> Result<Result<ReceiptStatus, String>, NodeError> {

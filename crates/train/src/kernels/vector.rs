@@ -114,6 +114,9 @@ pub fn exp(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds to the nearest integer, kept in the low
     // mantissa bits.
     const ROUNDER: f32 = 12_582_912.0;
+    // Written out rather than `clamp`, which panics on nothing here but
+    // must match the vector paths' compare-and-select exactly.
+    #[allow(clippy::manual_clamp)]
     let clamped = if x > 88.0 {
         88.0
     } else if x < EXP_CUTOFF {
@@ -259,7 +262,7 @@ pub fn layer_norm_row_backward(
 #[inline(always)]
 pub fn column_dot_accumulate(rows: &[f32], other: &[f32], sums: &mut [f32]) {
     let width = sums.len();
-    assert!(rows.len() == other.len() && rows.len() % width.max(1) == 0);
+    assert!(rows.len() == other.len() && rows.len().is_multiple_of(width.max(1)));
     for (row, other_row) in rows.chunks_exact(width).zip(other.chunks_exact(width)) {
         for ((sum, &x), &y) in sums.iter_mut().zip(row).zip(other_row) {
             *sum += x * y;
@@ -272,7 +275,7 @@ pub fn column_dot_accumulate(rows: &[f32], other: &[f32], sums: &mut [f32]) {
 #[inline(always)]
 pub fn column_sum_accumulate(rows: &[f32], sums: &mut [f32]) {
     let width = sums.len();
-    assert!(rows.len() % width.max(1) == 0);
+    assert!(rows.len().is_multiple_of(width.max(1)));
     for row in rows.chunks_exact(width) {
         for (sum, &x) in sums.iter_mut().zip(row) {
             *sum += x;

@@ -146,7 +146,7 @@ impl Gpt {
             sequences,
             context: self.config.context,
         };
-        if sequences == 0 || tokens == 0 || targets.len() != tokens || tokens % sequences != 0 {
+        if sequences == 0 || tokens == 0 || targets.len() != tokens || !tokens.is_multiple_of(sequences) {
             return Err(bad());
         }
         let length = tokens / sequences;

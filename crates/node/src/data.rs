@@ -1,0 +1,259 @@
+//! What a run trains on: Fashion-MNIST images for the image models, a
+//! tokenised text for the GPT. Everything the node does with data (the
+//! fingerprint workers must match, the shards of a round, a slot's batch
+//! source, the evaluation of a round's model, the scoring of updates) goes
+//! through here, so a language model takes the same path as an image model
+//! through training, audits, scoring and rewards: none of them has a
+//! special case for it.
+
+use std::ops::Range;
+use std::path::Path;
+
+use crowdtrain_data::text::{TextDataset, TextSource, TokenizerSpec, text_shards};
+use crowdtrain_data::{DataSource, Dataset, RngKey};
+use crowdtrain_defense::quality;
+use crowdtrain_protocol::wire::DatasetFingerprint;
+use crowdtrain_protocol::{Assignment, Digest};
+use crowdtrain_train::text::{TextRun, TextShard};
+use crowdtrain_train::trainer::{BatchSource, ImageShard};
+use crowdtrain_train::{Evaluation, Model, TrainError, evaluate};
+use crowdtrain_train::{ModelKind, TrainingRecipe};
+
+use crate::{AssignedWork, NodeError};
+
+/// Validation sequences a round's model is evaluated on (evenly spaced over
+/// the validation split, the same every round): the per-round curve.
+pub const ROUND_EVAL_SEQUENCES: usize = 256;
+
+/// A run's data, loaded once per process.
+#[derive(Debug)]
+pub enum RunData {
+    Images(Dataset),
+    /// A text and the context length of the GPT that reads it.
+    Text {
+        text: Box<TextDataset>,
+        context: usize,
+    },
+}
+
+impl RunData {
+    /// The data `recipe`'s model trains on: images from `dir` (or the
+    /// Debian package, or the bundled subset), or text from `dir` (or the
+    /// installed Shakespeare, or the bundled subset) tokenised by
+    /// `tokenizer`, whose vocabulary must be the GPT's.
+    pub fn load(
+        dir: Option<&Path>,
+        recipe: &TrainingRecipe,
+        tokenizer: &TokenizerSpec,
+    ) -> Result<Self, NodeError> {
+        match recipe.model {
+            ModelKind::Mlp | ModelKind::Cnn => Ok(Self::Images(DataSource::resolve(dir).load()?)),
+            ModelKind::Gpt(config) => {
+                let source = TextSource::resolve(dir);
+                let cache =
+                    matches!(source, TextSource::Path(_)).then(crowdtrain_data::text::default_cache_dir);
+                let text =
+                    TextDataset::load(&source, tokenizer, cache.as_deref(), &|_| {}).map_err(|error| {
+                        NodeError::Data(format!("could not load the text {}: {error}", source.describe()))
+                    })?;
+                if text.tokenizer().vocab_size() != config.vocab {
+                    return Err(NodeError::Data(format!(
+                        "the {} tokenizer has {} tokens, the model's vocabulary is {}",
+                        tokenizer,
+                        text.tokenizer().vocab_size(),
+                        config.vocab
+                    )));
+                }
+                Ok(Self::Text { text: Box::new(text), context: config.context })
+            }
+        }
+    }
+
+    /// What a worker's data must equal: the name, the size of the training
+    /// part (images, or tokens) and a digest of all of it (for text, of the
+    /// tokenizer, every token and the split).
+    pub fn fingerprint(&self) -> DatasetFingerprint {
+        match self {
+            Self::Images(dataset) => DatasetFingerprint {
+                name: dataset.info.name.clone(),
+                train_examples: dataset.train.len() as u64,
+                digest: Digest(dataset.train.digest()),
+            },
+            Self::Text { text, .. } => DatasetFingerprint {
+                name: text.info.name.clone(),
+                train_examples: text.train().len() as u64,
+                digest: Digest(text.fingerprint()),
+            },
+        }
+    }
+
+    /// One line for logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Images(dataset) => dataset.info.to_string(),
+            Self::Text { text, .. } => text.info.to_string(),
+        }
+    }
+
+    /// How many participants a round can give a shard of at least one
+    /// batch each.
+    pub fn participants_supported(&self, recipe: &TrainingRecipe) -> usize {
+        match self {
+            Self::Images(dataset) => {
+                let examples = dataset.train.len();
+                let held = (examples as f64 * recipe.validation_fraction).round() as usize;
+                (examples.saturating_sub(held) / recipe.batch().max(1)).max(1)
+            }
+            Self::Text { text, context } => {
+                crowdtrain_data::text::participants_supported(text.train().len(), recipe.batch(), *context)
+                    .max(1)
+            }
+        }
+    }
+
+    /// Every participant's shard of this round (slot order): exactly what
+    /// the simulation with the same recipe uses.
+    pub fn shards(&self, assignment: &Assignment) -> Result<Shards, TrainError> {
+        match self {
+            Self::Images(dataset) => Ok(Shards::Images(assignment.shards(&dataset.train.labels)?)),
+            Self::Text { text, context } => {
+                let recipe = &assignment.recipe;
+                let ranges = text_shards(
+                    text.train().len(),
+                    assignment.slots as usize,
+                    recipe.batch(),
+                    *context,
+                    recipe.seed,
+                )?;
+                Ok(Shards::Text(ranges))
+            }
+        }
+    }
+
+    /// Loss and accuracy of `params`: on the test set for images; for text
+    /// the loss per token and next-token accuracy on
+    /// [`ROUND_EVAL_SEQUENCES`] validation sequences.
+    pub fn evaluate(&self, model: &dyn Model, params: &[f32]) -> Result<Evaluation, TrainError> {
+        match self {
+            Self::Images(dataset) => evaluate(model, params, &dataset.test),
+            Self::Text { text, context } => {
+                crowdtrain_train::diloco::RunData::evaluate(&self.text_run(text, *context), model, params)
+            }
+        }
+    }
+
+    fn text_run<'a>(&self, text: &'a TextDataset, context: usize) -> TextRun<'a> {
+        TextRun { data: text, context, eval_sequences: ROUND_EVAL_SEQUENCES }
+    }
+
+    /// The quality scores of a round's `updates` against `global` (see
+    /// `crowdtrain_defense::quality`): on `eval_examples` examples of the
+    /// held-out split drawn with `key` (images: of `validation`, the
+    /// indices held out of every shard; text: windows of the validation
+    /// split).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scores(
+        &self,
+        model: &dyn Model,
+        global: &[f32],
+        updates: &[&[f32]],
+        step: f32,
+        validation: &[u32],
+        eval_examples: usize,
+        key: RngKey,
+    ) -> Result<Vec<f64>, TrainError> {
+        match self {
+            Self::Images(dataset) => {
+                let eval = quality::eval_indices(validation, eval_examples, key);
+                quality::scores(model, global, updates, step, &dataset.train, &eval)
+            }
+            Self::Text { text, context } => {
+                // A sequence holds `context` predictions: as many
+                // sequences as give about `eval_examples` of them, at
+                // least one.
+                let sequences = eval_examples.div_ceil(*context).max(1);
+                quality::text_scores(
+                    model,
+                    global,
+                    updates,
+                    step,
+                    text.validation(),
+                    *context,
+                    sequences,
+                    key,
+                )
+            }
+        }
+    }
+
+    /// The indices held out of every shard for scoring (images), or
+    /// nothing (text keeps its own validation split).
+    pub fn validation_indices(&self, recipe: &TrainingRecipe) -> Vec<u32> {
+        match self {
+            Self::Images(dataset) => {
+                crowdtrain_data::split_validation(
+                    dataset.train.len(),
+                    recipe.validation_fraction,
+                    recipe.seed,
+                )
+                .1
+            }
+            Self::Text { .. } => Vec::new(),
+        }
+    }
+
+    /// The same images with every label replaced (the `label-flip`
+    /// attack's data); `None` for text.
+    pub fn flipped_labels(&self) -> Option<Self> {
+        match self {
+            Self::Images(dataset) => Some(Self::Images(crowdtrain_defense::attack::flipped_labels(dataset))),
+            Self::Text { .. } => None,
+        }
+    }
+}
+
+/// A round's shards, in slot order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shards {
+    /// Indices of training images.
+    Images(Vec<Vec<u32>>),
+    /// Contiguous ranges of training tokens.
+    Text(Vec<Range<usize>>),
+}
+
+impl Shards {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Images(shards) => shards.len(),
+            Self::Text(ranges) => ranges.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batches of `slot`'s shard of `data` (which must be the data the
+    /// shards were cut from, or its label-flipped twin).
+    pub fn source<'a>(
+        &'a self,
+        data: &'a RunData,
+        slot: u32,
+    ) -> Result<Box<dyn BatchSource + 'a>, TrainError> {
+        let missing =
+            || TrainError::WrongLength { what: "shards", found: self.len(), expected: slot as usize + 1 };
+        match (self, data) {
+            (Self::Images(shards), RunData::Images(dataset)) => {
+                let indices = shards.get(slot as usize).ok_or_else(missing)?;
+                Ok(Box::new(ImageShard { images: &dataset.train, indices }))
+            }
+            (Self::Text(ranges), RunData::Text { text, context }) => {
+                let range = ranges.get(slot as usize).ok_or_else(missing)?;
+                Ok(Box::new(TextShard { tokens: text.train().slice(range.clone()), context: *context }))
+            }
+            _ => Err(TrainError::BadConfig(
+                "shards of images cannot be read from text, nor the reverse".into(),
+            )),
+        }
+    }
+}
