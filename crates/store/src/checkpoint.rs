@@ -102,26 +102,7 @@ pub fn decode(
     if tensors.len() != layout.iter().count() {
         return Err(malformed(format!("{} tensors, the model has {}", tensors.len(), layout.iter().count())));
     }
-    let mut values = vec![0.0f32; layout.len()];
-    for (spec, range) in layout.iter() {
-        let tensor = tensors.tensor(&spec.name).map_err(|_| malformed(format!("no tensor {}", spec.name)))?;
-        if tensor.dtype() != Dtype::F32 || tensor.shape() != spec.shape.as_slice() {
-            return Err(malformed(format!(
-                "{} is {:?} {:?}, expected F32 {:?}",
-                spec.name,
-                tensor.dtype(),
-                tensor.shape(),
-                spec.shape
-            )));
-        }
-        for (value, chunk) in values[range].iter_mut().zip(tensor.data().chunks_exact(4)) {
-            *value = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-        }
-    }
-    if let Some(index) = values.iter().position(|value| !value.is_finite()) {
-        return Err(malformed(format!("value {index} is not finite")));
-    }
-    Ok(values)
+    crowdtrain_train::model_file::params_from_safetensors(&tensors, layout).map_err(malformed)
 }
 
 const CENTER: &str = "center";

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::model::ModelKind;
+use crate::model::{ModelKind, ParamLayout};
 use crate::state::{StateHash, params_hash};
 
 /// The one metadata entry (one, so the encoding is deterministic): a
@@ -124,26 +124,7 @@ impl ModelFile {
                 layout.iter().count()
             )));
         }
-        let mut params = vec![0.0f32; layout.len()];
-        for (spec, range) in layout.iter() {
-            let tensor =
-                tensors.tensor(&spec.name).map_err(|_| malformed(format!("no tensor {}", spec.name)))?;
-            if tensor.dtype() != Dtype::F32 || tensor.shape() != spec.shape.as_slice() {
-                return Err(malformed(format!(
-                    "{} is {:?} {:?}, expected F32 {:?}",
-                    spec.name,
-                    tensor.dtype(),
-                    tensor.shape(),
-                    spec.shape
-                )));
-            }
-            for (value, chunk) in params[range].iter_mut().zip(tensor.data().chunks_exact(4)) {
-                *value = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-            }
-        }
-        if let Some(index) = params.iter().position(|value| !value.is_finite()) {
-            return Err(malformed(format!("parameter {index} is not finite")));
-        }
+        let params = params_from_safetensors(&tensors, layout).map_err(malformed)?;
         Ok(Self { kind, params, tokenizer, steps })
     }
 
@@ -199,6 +180,32 @@ pub fn export_pytorch(file: &ModelFile, dir: &Path) -> Result<Vec<std::path::Pat
     let tokenizer = file.tokenizer.as_deref().expect("decoded language models have a tokenizer");
     std::fs::write(&paths[2], tokenizer).map_err(io(&paths[2]))?;
     Ok(paths.to_vec())
+}
+
+/// The flat vector of `layout` read from `tensors`: one F32 tensor per
+/// tensor of the layout, by name and shape, every value finite; else why
+/// not. Model files and the coordinator's checkpoints both read with it.
+pub fn params_from_safetensors(tensors: &SafeTensors<'_>, layout: &ParamLayout) -> Result<Vec<f32>, String> {
+    let mut params = vec![0.0f32; layout.len()];
+    for (spec, range) in layout.iter() {
+        let tensor = tensors.tensor(&spec.name).map_err(|_| format!("no tensor {}", spec.name))?;
+        if tensor.dtype() != Dtype::F32 || tensor.shape() != spec.shape.as_slice() {
+            return Err(format!(
+                "{} is {:?} {:?}, expected F32 {:?}",
+                spec.name,
+                tensor.dtype(),
+                tensor.shape(),
+                spec.shape
+            ));
+        }
+        for (value, chunk) in params[range].iter_mut().zip(tensor.data().chunks_exact(4)) {
+            *value = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        }
+    }
+    if let Some(index) = params.iter().position(|value| !value.is_finite()) {
+        return Err(format!("value {index} is not finite"));
+    }
+    Ok(params)
 }
 
 #[cfg(test)]
