@@ -156,8 +156,8 @@ fn diloco_on_text_reports_validation_losses_and_is_the_same_at_any_thread_count(
 
 /// `crowdtrain demo --model gpt` with the tiny GPT on the bundled text:
 /// real coordinator and worker processes over HTTP, every submission
-/// audited.
-fn gpt_demo(workers: &str, cheaters: &str, cache: &std::path::Path) -> Value {
+/// audited (by the coordinator, or delegated to `auditors`).
+fn gpt_demo(workers: &str, cheaters: &str, auditors: &str, cache: &std::path::Path) -> Value {
     let mut args = vec![
         "demo",
         "--workers",
@@ -170,6 +170,8 @@ fn gpt_demo(workers: &str, cheaters: &str, cache: &std::path::Path) -> Value {
         "1",
         "--timeout",
         "300",
+        "--auditors",
+        auditors,
         "--json",
     ];
     args.extend_from_slice(TINY);
@@ -182,7 +184,7 @@ fn gpt_demo(workers: &str, cheaters: &str, cache: &std::path::Path) -> Value {
 #[test]
 fn a_gpt_trains_over_the_network_with_every_submission_audited_bit_for_bit_as_the_simulation() {
     let cache = tempfile::tempdir().unwrap();
-    let demo = gpt_demo("2", "", cache.path());
+    let demo = gpt_demo("2", "", "coordinator", cache.path());
     assert_eq!(demo["dataset"]["name"], "shakespeare-subset");
     for worker in demo["workers"].as_array().unwrap() {
         assert_eq!(worker["submissions_accepted"], 3, "{worker}");
@@ -215,9 +217,9 @@ fn a_gpt_trains_over_the_network_with_every_submission_audited_bit_for_bit_as_th
 }
 
 #[test]
-fn cheaters_on_text_are_caught_and_unpaid_as_on_images() {
+fn cheaters_on_text_are_caught_and_unpaid_as_on_images_with_audits_delegated_to_workers() {
     let cache = tempfile::tempdir().unwrap();
-    let demo = gpt_demo("3", "lazy:0.9,copy", cache.path());
+    let demo = gpt_demo("3", "lazy:0.9,copy", "workers", cache.path());
     let by_behavior = |behavior: &str| {
         demo["workers"]
             .as_array()

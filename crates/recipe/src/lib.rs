@@ -206,6 +206,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_language_model_recipe_travels_in_postcard_json_and_toml_unchanged() {
+        // Assignments and audit tasks carry the recipe in postcard, which
+        // cannot read self-describing layouts (internally tagged enums):
+        // every part must be plain.
+        let recipe = TrainingRecipe::language_model(5, GptConfig::baby(65), 1e-3, 50, 40);
+        let bytes = postcard::to_allocvec(&recipe).unwrap();
+        assert_eq!(postcard::from_bytes::<TrainingRecipe>(&bytes).unwrap(), recipe);
+        let json = serde_json::to_string(&recipe).unwrap();
+        assert_eq!(serde_json::from_str::<TrainingRecipe>(&json).unwrap(), recipe);
+        let text = toml::to_string(&recipe).unwrap();
+        assert!(text.contains("[schedule.warmup-cosine]"), "{text}");
+        assert_eq!(toml::from_str::<TrainingRecipe>(&text).unwrap(), recipe);
+        assert_eq!(recipe.validate(), Ok(()));
+    }
+
+    #[test]
     fn a_recipe_needs_only_its_seed_and_gets_the_documented_defaults() {
         let recipe: TrainingRecipe = toml::from_str("seed = 7").unwrap();
         assert_eq!(recipe, TrainingRecipe::with_seed(7));

@@ -71,7 +71,7 @@ impl Nesterov {
 
 /// How the learning rate changes over a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 #[derive(Default)]
 pub enum Schedule {
     /// The optimizer's rate at every step.
