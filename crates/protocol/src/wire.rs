@@ -568,6 +568,10 @@ pub struct WorkerStatus {
     pub auditor_slashes: u64,
     /// Its determinism class (the kernels its CPU runs).
     pub class: String,
+    /// When the coordinator last heard from it (since the coordinator
+    /// process started: a restart counts everyone as just seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_unix_ms: Option<u64>,
 }
 
 /// One round in `GET /v1/status`.
@@ -601,6 +605,13 @@ pub struct RoundRecord {
     pub result_model: Option<Digest>,
     pub test_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
+    /// The updates its workers revealed, in bytes.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
+    /// What the coordinator served while it was open (its model, audit
+    /// tasks), in bytes; `None` where not measured.
+    #[serde(default)]
+    pub bytes_downloaded: Option<u64>,
 }
 
 /// The whole run at a glance (`GET /v1/status`), for the demo and the
