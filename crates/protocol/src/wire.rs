@@ -653,6 +653,29 @@ pub struct RunStatus {
     pub withdrawn_ahead: u64,
 }
 
+/// One ledger entry as `GET /v1/ledger` shows it: decoded, with its
+/// hash (the next entry's `previous`). The signed bytes are what
+/// `crowdtrain ledger verify` checks; this is a view of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntryView {
+    pub index: u64,
+    pub hash: Digest,
+    pub previous: Digest,
+    pub unix_ms: u64,
+    /// The event's kind ([`crate::ledger::Event::kind`]).
+    pub kind: String,
+    pub event: crate::ledger::Event,
+}
+
+/// A page of the ledger (`GET /v1/ledger`), newest first unless it was
+/// asked for from an index on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntryView>,
+    /// How many entries the whole ledger holds.
+    pub length: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
