@@ -1,6 +1,7 @@
 //! The coordinator's live dashboard, looked at in a real browser (headless
 //! Debian Chromium) while a real run goes on: a coordinator and worker
-//! processes on loopback. Also its read-only feed and `/metrics`.
+//! processes on loopback. Also its read-only feed, `/metrics`, and the
+//! run's HTML report.
 
 mod common;
 
@@ -159,4 +160,48 @@ fn the_dashboard_shows_the_run_live_in_a_real_browser() {
     assert_eq!(value("crowdtrain_received_bytes_total"), status.bytes_uploaded as f64);
     assert_eq!(value("crowdtrain_served_bytes_total"), status.bytes_downloaded as f64);
     assert_eq!(value("crowdtrain_round_duration_seconds_count"), status.completed_rounds as f64);
+
+    // The run's report: one file that opens offline and shows the same run.
+    network.kill_coordinator();
+    let (html, pngs) = (network.path("report.html"), network.path("plots"));
+    let output = std::process::Command::new(binary())
+        .args(["report", "--json", "--state"])
+        .arg(network.path("state"))
+        .arg("--out")
+        .arg(&html)
+        .arg("--png")
+        .arg(&pngs)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(figures["ledger_verified"], serde_json::json!(true));
+    assert_eq!(figures["rounds_closed"], serde_json::json!(status.completed_rounds));
+    assert_eq!(figures["slashes"].as_array().unwrap().len() as u64, slashes);
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert!(text.len() < 2_000_000, "the report is {} bytes", text.len());
+    assert!(
+        !text.contains("src=") && !text.contains("<script") && !text.contains("<link"),
+        "nothing to fetch"
+    );
+    for plot in ["learning-curve", "loss", "workers", "bytes", "timings"] {
+        let png = std::fs::read(pngs.join(format!("{plot}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{plot}.png");
+    }
+    browser.open(&format!("file://{}", html.display()));
+    browser.wait_until(30, "the report", "document.querySelectorAll('#workers tbody tr').length === 3");
+    assert_eq!(browser.eval("document.querySelectorAll('figure svg').length"), serde_json::json!(5));
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#rounds tbody tr').length"),
+        serde_json::json!(status.rounds.len())
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('ledger').textContent.startsWith('Ledger: verified')"),
+        serde_json::Value::Bool(true)
+    );
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png"),
+        browser.screenshot(),
+    )
+    .unwrap();
 }

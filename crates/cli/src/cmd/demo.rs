@@ -87,6 +87,11 @@ pub struct DemoArgs {
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
 
+    /// Write the run's HTML report (as `crowdtrain report`) to this file
+    /// at the end.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
     /// Print one JSON object on stdout instead of a report.
     #[arg(long)]
     json: bool,
@@ -103,7 +108,7 @@ pub(crate) struct DemoReport {
     pub(crate) state_hash: String,
     bytes_uploaded: u64,
     bytes_downloaded: u64,
-    seconds: f64,
+    pub(crate) seconds: f64,
     /// Median over rounds, from a round's last worker input to the next
     /// round being shown to the workers (provisionally, if it opened ahead
     /// of the round's last audit verdicts).
@@ -232,6 +237,9 @@ pub(crate) fn execute(
     let mut status = status;
     status.rounds = all_rounds(&url, status.rounds_total)?;
     let report = finish(status, run.body.dataset, args, &mut processes, started)?;
+    if let Some(path) = &args.report {
+        super::report::write(&dir.join("state"), path, None)?;
+    }
     if let Some(path) = &args.plot {
         let points = report
             .rounds
