@@ -164,6 +164,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `--json` demo of `workers` workers, `rounds` rounds of `inner_steps`
+/// steps, on `data` (else the default data): what benchmarks run.
+pub(crate) fn quiet_args(workers: usize, rounds: u64, inner_steps: u64, data: Option<&Path>) -> DemoArgs {
+    let mut words: Vec<String> = vec![
+        "--workers".into(),
+        workers.to_string(),
+        "--rounds".into(),
+        rounds.to_string(),
+        "--inner-steps".into(),
+        inner_steps.to_string(),
+        "--json".into(),
+    ];
+    if let Some(data) = data {
+        words.push("--data".into());
+        words.push(data.display().to_string());
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    args_from(&words)
+}
+
 /// The demo's arguments from its command line (for commands that run a
 /// demo of their own, such as `bench hostile`).
 pub(crate) fn args_from(words: &[&str]) -> DemoArgs {

@@ -104,21 +104,7 @@ pub fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
         "{} is missing: install Debian's chromium (scripts/install-prerequisites.sh --browser)",
         args.chromium.display()
     );
-    let mut words: Vec<String> = vec![
-        "--workers".into(),
-        args.workers.to_string(),
-        "--rounds".into(),
-        args.rounds.to_string(),
-        "--inner-steps".into(),
-        args.inner_steps.to_string(),
-        "--json".into(),
-    ];
-    if let Some(data) = &args.data {
-        words.push("--data".into());
-        words.push(data.display().to_string());
-    }
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let demo_args = demo::args_from(&words);
+    let demo_args = demo::quiet_args(args.workers, args.rounds, args.inner_steps, args.data.as_deref());
     let mut runs = Vec::new();
     for repeat in 0..args.repeats {
         // Alternate the order, so drift on a shared machine falls on both.
