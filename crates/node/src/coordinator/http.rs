@@ -711,7 +711,8 @@ async fn ledger(
         let Query(query) = query.map_err(|_| {
             Failure::new(ErrorCode::BadRequest, "before, from and limit are entry counts; kinds is a list")
         })?;
-        let kinds: Vec<String> = query
+        // Each kind once: a kind named twice would list its entries twice.
+        let kinds: std::collections::BTreeSet<String> = query
             .kinds
             .iter()
             .flat_map(|kinds| kinds.split(','))
