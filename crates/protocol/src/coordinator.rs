@@ -928,6 +928,12 @@ impl Coordinator {
         self.workers.get(&worker).is_some_and(|state| self.active(state))
     }
 
+    /// When the machine last heard from `worker` (its time, in ms), if it
+    /// is registered.
+    pub fn last_seen_ms(&self, worker: WorkerId) -> Option<u64> {
+        self.workers.get(&worker).map(|state| state.last_seen_ms)
+    }
+
     /// The assignment of `worker` in the open round, if it has one.
     pub fn assignment(&self, worker: WorkerId) -> Option<Assignment> {
         assignment(&self.settings, self.run_id, self.open.as_ref()?, worker)

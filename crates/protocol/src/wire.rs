@@ -568,6 +568,10 @@ pub struct WorkerStatus {
     pub auditor_slashes: u64,
     /// Its determinism class (the kernels its CPU runs).
     pub class: String,
+    /// When the coordinator last heard from it (since the coordinator
+    /// process started: a restart counts everyone as just seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_unix_ms: Option<u64>,
 }
 
 /// One round in `GET /v1/status`.
@@ -601,6 +605,13 @@ pub struct RoundRecord {
     pub result_model: Option<Digest>,
     pub test_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
+    /// The updates its workers revealed, in bytes.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
+    /// What the coordinator served while it was open (its model, audit
+    /// tasks), in bytes; `None` where not measured.
+    #[serde(default)]
+    pub bytes_downloaded: Option<u64>,
 }
 
 /// The whole run at a glance (`GET /v1/status`), for the demo and the
@@ -640,6 +651,29 @@ pub struct RunStatus {
     pub opened_ahead: u64,
     #[serde(default)]
     pub withdrawn_ahead: u64,
+}
+
+/// One ledger entry as `GET /v1/ledger` shows it: decoded, with its
+/// hash (the next entry's `previous`). The signed bytes are what
+/// `crowdtrain ledger verify` checks; this is a view of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntryView {
+    pub index: u64,
+    pub hash: Digest,
+    pub previous: Digest,
+    pub unix_ms: u64,
+    /// The event's kind ([`crate::ledger::Event::kind`]).
+    pub kind: String,
+    pub event: crate::ledger::Event,
+}
+
+/// A page of the ledger (`GET /v1/ledger`), newest first unless it was
+/// asked for from an index on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntryView>,
+    /// How many entries the whole ledger holds.
+    pub length: u64,
 }
 
 #[cfg(test)]

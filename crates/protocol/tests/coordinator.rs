@@ -846,6 +846,9 @@ fn random_event_sequences_keep_the_invariants() {
             durable.record(done);
             assert!(machine.completed_rounds() <= 5);
         }
+        // The per-worker totals the status page reads, kept event by event,
+        // are what the recorded facts add up to.
+        durable.store.check_worker_totals().unwrap_or_else(|error| panic!("seed {seed}: {error}"));
     }
     assert!(
         opened_ahead > 0 && adopted > 0 && withdrawn_rounds > 0 && crashes > 1000,

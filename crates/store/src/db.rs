@@ -2,7 +2,9 @@
 //! FULL): the signed ledger of the run's events, and tables built from
 //! those events for the queries the coordinator and its status page make
 //! (workers, rounds, assignments, commitments, reveals with their
-//! payloads, audits, credits, refusals, rewards).
+//! payloads, audits, credits, refusals, rewards, and each worker's totals,
+//! kept up to date event by event so that a status page reads one row per
+//! worker however long the run).
 //!
 //! The events are the one record of each fact: [`Store::record`] writes the
 //! rows an event implies and its ledger entry together, and the events of
@@ -16,10 +18,10 @@ use std::path::Path;
 use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
-use crowdtrain_protocol::{Digest, Identity, PublicKey, RoundId, Verdict, WorkerId};
-use rusqlite::{Connection, OptionalExtension, params};
+use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
+use rusqlite::{Connection, OptionalExtension, named_params, params};
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -60,6 +62,7 @@ CREATE TABLE rounds (
     test_accuracy REAL,
     test_loss REAL,
     overhead_ms INTEGER,
+    bytes_downloaded INTEGER,
     CHECK ((state = 'closed') = (result_model IS NOT NULL))
 );
 CREATE TABLE assignments (
@@ -139,6 +142,81 @@ CREATE TABLE ledger (
 );
 ";
 
+/// What version 7 added to version 6: per-worker totals kept up to date
+/// event by event (so a status page costs the number of workers, not the
+/// size of the run's history), the ledger by kind (so a feed of audits or
+/// slashes reads only those entries), and the bytes each round's workers
+/// downloaded.
+const SCHEMA_7: &str = "
+CREATE TABLE worker_totals (
+    worker INTEGER PRIMARY KEY REFERENCES workers (id),
+    rounds_assigned INTEGER NOT NULL DEFAULT 0,
+    credited INTEGER NOT NULL DEFAULT 0,
+    late INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    refused INTEGER NOT NULL DEFAULT 0,
+    bytes_uploaded INTEGER NOT NULL DEFAULT 0,
+    verified_work INTEGER NOT NULL DEFAULT 0,
+    slashed INTEGER NOT NULL DEFAULT 0,
+    earned INTEGER NOT NULL DEFAULT 0,
+    quality REAL,
+    quality_round INTEGER,
+    audits_passed INTEGER NOT NULL DEFAULT 0,
+    audits_failed INTEGER NOT NULL DEFAULT 0,
+    audits_judged INTEGER NOT NULL DEFAULT 0,
+    auditor_slashes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX ledger_kind ON ledger (kind, idx);
+";
+
+/// The per-worker totals computed from the tables themselves, one pass over
+/// each: how a version 6 database gets its `worker_totals`, and what
+/// [`Store::check_worker_totals`] compares them with.
+const RECOMPUTED_TOTALS: &str = "
+WITH
+  assigned AS (SELECT worker, COUNT(*) AS n FROM assignments GROUP BY worker),
+  credit AS (
+    SELECT worker,
+           SUM(kind = 'work') AS credited,
+           SUM(CASE WHEN kind = 'work' THEN amount ELSE 0 END) AS work,
+           SUM(CASE WHEN kind IN ('slash', 'auditor-slash') THEN amount ELSE 0 END) AS slashed,
+           SUM(kind = 'slash') AS slashes,
+           SUM(kind = 'auditor-slash') AS auditor_slashes
+    FROM credits GROUP BY worker),
+  revealed AS (
+    SELECT worker, SUM(status = 'late') AS late, SUM(status = 'malformed') AS malformed,
+           SUM(LENGTH(payload)) AS bytes
+    FROM reveals GROUP BY worker),
+  refused AS (SELECT worker, COUNT(*) AS n FROM refusals GROUP BY worker),
+  audited AS (
+    SELECT worker, SUM(verdict = 'passed') AS passed, SUM(verdict IN ('failed', 'unanswered')) AS failed
+    FROM audits GROUP BY worker),
+  judged AS (SELECT judged_by AS worker, COUNT(*) AS n FROM audits WHERE judged_by IS NOT NULL GROUP BY judged_by),
+  -- SQLite takes a bare column of a MAX() aggregate from the row with the maximum.
+  latest AS (SELECT worker, MAX(round) AS round, quality FROM rewards GROUP BY worker),
+  earned AS (SELECT worker, SUM(credits) AS n FROM rewards GROUP BY worker)
+SELECT w.id, COALESCE(assigned.n, 0), COALESCE(credit.credited, 0), COALESCE(revealed.late, 0),
+       COALESCE(credit.slashes, 0) + COALESCE(revealed.malformed, 0), COALESCE(refused.n, 0),
+       COALESCE(revealed.bytes, 0), COALESCE(credit.work, 0), COALESCE(credit.slashed, 0),
+       COALESCE(earned.n, 0), latest.quality, latest.round, COALESCE(audited.passed, 0),
+       COALESCE(audited.failed, 0), COALESCE(judged.n, 0), COALESCE(credit.auditor_slashes, 0)
+FROM workers w
+  LEFT JOIN assigned ON assigned.worker = w.id
+  LEFT JOIN credit ON credit.worker = w.id
+  LEFT JOIN revealed ON revealed.worker = w.id
+  LEFT JOIN refused ON refused.worker = w.id
+  LEFT JOIN audited ON audited.worker = w.id
+  LEFT JOIN judged ON judged.worker = w.id
+  LEFT JOIN latest ON latest.worker = w.id
+  LEFT JOIN earned ON earned.worker = w.id
+ORDER BY w.id
+";
+
+/// The columns of `worker_totals`, in [`RECOMPUTED_TOTALS`]' order.
+const TOTALS_COLUMNS: &str = "worker, rounds_assigned, credited, late, rejected, refused, bytes_uploaded, \
+     verified_work, slashed, earned, quality, quality_round, audits_passed, audits_failed, audits_judged, \
+     auditor_slashes";
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -162,6 +240,16 @@ pub struct LatestResult {
     pub aggregator: Option<Digest>,
     /// How many rounds have closed.
     pub closed: u64,
+}
+
+/// Where a page of the ledger starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerOrder {
+    /// The newest entries first, from before index `before` (from the
+    /// latest if `None`).
+    Newest { before: Option<u64> },
+    /// The oldest first, from index `from` on.
+    Oldest { from: u64 },
 }
 
 /// The run, as created on first start.
@@ -207,7 +295,14 @@ impl Store {
         match version {
             0 => {
                 connection.execute_batch(&format!(
-                    "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA} {SCHEMA_7} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))?;
+            }
+            6 => {
+                connection.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_7} ALTER TABLE rounds ADD COLUMN bytes_downloaded INTEGER;
+                     INSERT INTO worker_totals ({TOTALS_COLUMNS}) {RECOMPUTED_TOTALS};
+                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))?;
             }
             SCHEMA_VERSION => {}
@@ -378,6 +473,15 @@ impl Store {
     pub fn set_overhead(&mut self, round: RoundId, overhead_ms: u64) -> Result<(), StoreError> {
         self.connection
             .execute("UPDATE rounds SET overhead_ms = ?2 WHERE id = ?1", params![round, overhead_ms])?;
+        Ok(())
+    }
+
+    /// Records how many bytes the coordinator served while `round` was
+    /// open (its model to its participants, audit tasks): a measurement,
+    /// like the overhead, not a fact of the ledger.
+    pub fn set_downloads(&mut self, round: RoundId, bytes: u64) -> Result<(), StoreError> {
+        self.connection
+            .execute("UPDATE rounds SET bytes_downloaded = ?2 WHERE id = ?1", params![round, bytes])?;
         Ok(())
     }
 
@@ -638,7 +742,9 @@ impl Store {
                     (SELECT COUNT(*) FROM commitments m WHERE m.round = r.id AND m.status = 'accepted'),
                     (SELECT COUNT(*) FROM reveals v WHERE v.round = r.id AND v.status = 'accepted'),
                     (SELECT COUNT(*) FROM refusals f WHERE f.round = r.id),
-                    r.scored_unix_ms IS NOT NULL
+                    r.scored_unix_ms IS NOT NULL,
+                    (SELECT COALESCE(SUM(LENGTH(v.payload)), 0) FROM reveals v WHERE v.round = r.id),
+                    r.bytes_downloaded
              FROM rounds r WHERE r.id >= ?1 ORDER BY r.id LIMIT ?2",
         )?;
         let rows = statement.query_map(params![from, limit], |row| {
@@ -660,62 +766,165 @@ impl Store {
                 revealed: row.get(14)?,
                 refused: row.get(15)?,
                 scored: row.get(16)?,
+                bytes_uploaded: row.get(17)?,
+                bytes_downloaded: row.get(18)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Per-worker totals for the status page; `active` is filled in by the
-    /// caller, who knows.
+    /// Per-worker totals for the status page, in worker order; `active`
+    /// and `last_seen_unix_ms` are filled in by the caller, who knows.
+    /// Reads one row per worker, however long the run has been.
     pub fn worker_statuses(&self) -> Result<Vec<WorkerStatus>, StoreError> {
-        let mut statement = self.connection.prepare(
-            "SELECT w.id, w.public_key,
-                    (SELECT COUNT(*) FROM assignments a WHERE a.worker = w.id),
-                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'work'),
-                    (SELECT COUNT(*) FROM reveals v WHERE v.worker = w.id AND v.status = 'late'),
-                    (SELECT COALESCE(SUM(LENGTH(v.payload)), 0) FROM reveals v WHERE v.worker = w.id),
-                    (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.worker = w.id AND c.kind = 'work'),
-                    (SELECT COALESCE(SUM(c.amount), 0) FROM credits c
-                       WHERE c.worker = w.id AND c.kind IN ('slash', 'auditor-slash')),
-                    (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict = 'passed'),
-                    (SELECT COUNT(*) FROM audits u WHERE u.worker = w.id AND u.verdict IN ('failed', 'unanswered')),
-                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'slash')
-                      + (SELECT COUNT(*) FROM reveals v WHERE v.worker = w.id AND v.status = 'malformed'),
-                    (SELECT COUNT(*) FROM refusals f WHERE f.worker = w.id),
-                    (SELECT COALESCE(SUM(e.credits), 0) FROM rewards e WHERE e.worker = w.id),
-                    (SELECT e.quality FROM rewards e WHERE e.worker = w.id ORDER BY e.round DESC LIMIT 1),
-                    (SELECT COUNT(*) FROM audits u WHERE u.judged_by = w.id),
-                    (SELECT COUNT(*) FROM credits c WHERE c.worker = w.id AND c.kind = 'auditor-slash'),
-                    w.class
-             FROM workers w ORDER BY w.id",
-        )?;
-        let rows = statement.query_map([], |row| {
-            let verified_work: u64 = row.get(6)?;
-            let slashed: u64 = row.get(7)?;
-            let earned: u64 = row.get(12)?;
+        self.worker_statuses_where("", [])
+    }
+
+    /// One worker's totals, as in [`Store::worker_statuses`].
+    pub fn worker_status(&self, worker: WorkerId) -> Result<Option<WorkerStatus>, StoreError> {
+        Ok(self.worker_statuses_where("WHERE w.id = ?1", [worker.0])?.pop())
+    }
+
+    fn worker_statuses_where<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        parameters: P,
+    ) -> Result<Vec<WorkerStatus>, StoreError> {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT w.id, w.public_key, w.class, t.rounds_assigned, t.credited, t.late, t.rejected, t.refused,
+                    t.bytes_uploaded, t.verified_work, t.slashed, t.earned, t.quality, t.audits_passed,
+                    t.audits_failed, t.audits_judged, t.auditor_slashes
+             FROM workers w JOIN worker_totals t ON t.worker = w.id {filter} ORDER BY w.id"
+        ))?;
+        let rows = statement.query_map(parameters, |row| {
+            let slashed: u64 = row.get(10)?;
+            let earned: u64 = row.get(11)?;
             Ok(WorkerStatus {
                 worker: WorkerId(row.get(0)?),
                 public_key: PublicKey(blob(row, 1)?),
+                class: row.get(2)?,
                 active: false,
-                rounds_assigned: row.get(2)?,
-                submissions_accepted: row.get(3)?,
-                submissions_late: row.get(4)?,
-                submissions_rejected: row.get(10)?,
-                bytes_uploaded: row.get(5)?,
-                submissions_refused: row.get(11)?,
-                verified_work,
+                last_seen_unix_ms: None,
+                rounds_assigned: row.get(3)?,
+                submissions_accepted: row.get(4)?,
+                submissions_late: row.get(5)?,
+                submissions_rejected: row.get(6)?,
+                submissions_refused: row.get(7)?,
+                bytes_uploaded: row.get(8)?,
+                verified_work: row.get(9)?,
                 slashed,
                 earned,
                 credits: earned as i64 - slashed as i64,
-                quality: row.get(13)?,
-                audits_passed: row.get(8)?,
-                audits_failed: row.get(9)?,
-                audits_judged: row.get(14)?,
-                auditor_slashes: row.get(15)?,
-                class: row.get(16)?,
+                quality: row.get(12)?,
+                audits_passed: row.get(13)?,
+                audits_failed: row.get(14)?,
+                audits_judged: row.get(15)?,
+                auditor_slashes: row.get(16)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Checks the per-worker totals kept event by event against the same
+    /// totals computed from the tables; names the first worker that
+    /// differs.
+    pub fn check_worker_totals(&self) -> Result<(), StoreError> {
+        type Row = (u64, [i64; 9], Option<f64>, Option<i64>, [i64; 4]);
+        let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
+            let mut counts = [0i64; 9];
+            for (index, count) in counts.iter_mut().enumerate() {
+                *count = row.get(index + 1)?;
+            }
+            let mut audits = [0i64; 4];
+            for (index, count) in audits.iter_mut().enumerate() {
+                *count = row.get(index + 12)?;
+            }
+            Ok((row.get(0)?, counts, row.get(10)?, row.get(11)?, audits))
+        };
+        let kept: Vec<Row> = self
+            .connection
+            .prepare(&format!("SELECT {TOTALS_COLUMNS} FROM worker_totals ORDER BY worker"))?
+            .query_map([], read)?
+            .collect::<Result<_, _>>()?;
+        let computed: Vec<Row> =
+            self.connection.prepare(RECOMPUTED_TOTALS)?.query_map([], read)?.collect::<Result<_, _>>()?;
+        if kept.len() != computed.len() {
+            return Err(StoreError::Corrupt(format!(
+                "totals for {} workers, {} registered",
+                kept.len(),
+                computed.len()
+            )));
+        }
+        match kept.iter().zip(&computed).find(|(kept, computed)| kept != computed) {
+            Some((kept, computed)) => Err(StoreError::Corrupt(format!(
+                "worker {}'s totals are {kept:?}, its records add up to {computed:?}",
+                kept.0
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// At most `limit` ledger entries of the given kinds (any kind if
+    /// none is given), from where `order` says. Reads only the entries it
+    /// returns (the ledger is indexed by kind), however long the ledger.
+    pub fn ledger_page(
+        &self,
+        kinds: &[&str],
+        order: LedgerOrder,
+        limit: u64,
+    ) -> Result<Vec<Sealed>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let as_i64 = |index: u64| i64::try_from(index).unwrap_or(i64::MAX);
+        let (condition, direction, bound) = match order {
+            LedgerOrder::Newest { before } => ("idx < :bound", "DESC", before.map_or(i64::MAX, as_i64)),
+            LedgerOrder::Oldest { from } => ("idx >= :bound", "ASC", as_i64(from)),
+        };
+        let read = |row: &rusqlite::Row<'_>| {
+            Ok(Sealed {
+                index: row.get(0)?,
+                bytes: row.get(1)?,
+                hash: Digest(blob(row, 2)?),
+                signature: crowdtrain_protocol::identity::SignatureBytes(blob(row, 3)?),
+            })
+        };
+        let select = "SELECT idx, body, hash, signature FROM ledger";
+        if kinds.is_empty() {
+            let mut statement = self.connection.prepare_cached(&format!(
+                "{select} WHERE {condition} ORDER BY idx {direction} LIMIT :limit"
+            ))?;
+            let rows = statement.query_map(named_params! { ":bound": bound, ":limit": limit }, read)?;
+            return Ok(rows.collect::<Result<_, _>>()?);
+        }
+        // One range of the kind index per kind, then the first `limit` of
+        // their union.
+        let mut statement = self.connection.prepare_cached(&format!(
+            "{select} WHERE kind = :kind AND {condition} ORDER BY idx {direction} LIMIT :limit"
+        ))?;
+        let mut entries: Vec<Sealed> = Vec::new();
+        for kind in kinds {
+            let rows = statement
+                .query_map(named_params! { ":kind": kind, ":bound": bound, ":limit": limit }, read)?;
+            entries.extend(rows.collect::<Result<Vec<_>, _>>()?);
+        }
+        match order {
+            LedgerOrder::Newest { .. } => entries.sort_by_key(|entry| std::cmp::Reverse(entry.index)),
+            LedgerOrder::Oldest { .. } => entries.sort_by_key(|entry| entry.index),
+        }
+        entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(entries)
+    }
+
+    /// The ledger entry at `index`, if there is one.
+    pub fn ledger_entry(&self, index: u64) -> Result<Option<Sealed>, StoreError> {
+        Ok(self
+            .ledger_page(&[], LedgerOrder::Oldest { from: index }, 1)?
+            .into_iter()
+            .find(|entry| entry.index == index))
+    }
+
+    /// How many entries the ledger holds.
+    pub fn ledger_length(&self) -> Result<u64, StoreError> {
+        Ok(self.connection.query_row("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger", [], |row| row.get(0))?)
     }
 
     /// Every ledger entry as stored, in order.
@@ -756,6 +965,7 @@ fn project(
                 "INSERT INTO workers (id, public_key, class, registered_unix_ms, token) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![worker.0, key.0, class, registered_unix_ms, token.map(|token| token.0)],
             )?;
+            transaction.execute("INSERT INTO worker_totals (worker) VALUES (?1)", [worker.0])?;
         }
         Event::RoundOpened {
             round,
@@ -775,6 +985,7 @@ fn project(
                     "INSERT INTO assignments (round, worker, slot) VALUES (?1, ?2, ?3)",
                     params![round, worker.0, slot as u64],
                 )?;
+                add_to_totals(transaction, *worker, "rounds_assigned = rounds_assigned + 1", &[])?;
             }
         }
         Event::DeadlineExtended { round, commit_deadline_unix_ms, extensions } => {
@@ -838,6 +1049,14 @@ fn project(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![round, worker.0, status.as_str(), payload.0, bytes, received_unix_ms],
             )?;
+            let late = u64::from(*status == Recorded::Late);
+            let malformed = u64::from(*status == Recorded::Malformed);
+            add_to_totals(
+                transaction,
+                *worker,
+                "bytes_uploaded = bytes_uploaded + ?2, late = late + ?3, rejected = rejected + ?4",
+                &[&(bytes.len() as u64), &late, &malformed],
+            )?;
         }
         Event::Audit { round, worker, verdict, judged_by, decided_unix_ms, .. } => {
             let (name, reason) = match verdict {
@@ -850,21 +1069,50 @@ fn project(
                  WHERE round = ?1 AND worker = ?2 AND verdict IS NULL",
                 params![round, worker.0, name, reason, judged_by.map(|auditor| auditor.0), decided_unix_ms],
             )?)?;
+            let passed = u64::from(*verdict == Verdict::Passed);
+            add_to_totals(
+                transaction,
+                *worker,
+                "audits_passed = audits_passed + ?2, audits_failed = audits_failed + ?3",
+                &[&passed, &(1 - passed)],
+            )?;
+            if let Some(auditor) = judged_by {
+                add_to_totals(transaction, *auditor, "audits_judged = audits_judged + 1", &[])?;
+            }
         }
         Event::AuditorSlashed { round, auditor, amount, reason, .. } => {
             credit(transaction, *round, *auditor, "auditor-slash", *amount, reason)?;
+            add_to_totals(
+                transaction,
+                *auditor,
+                "slashed = slashed + ?2, auditor_slashes = auditor_slashes + 1",
+                &[amount],
+            )?;
         }
         Event::Slash { round, worker, amount, reason } => {
             credit(transaction, *round, *worker, "slash", *amount, reason)?;
+            add_to_totals(
+                transaction,
+                *worker,
+                "slashed = slashed + ?2, rejected = rejected + 1",
+                &[amount],
+            )?;
         }
         Event::WorkAccepted { round, worker, units } => {
             credit(transaction, *round, *worker, "work", *units, "verified work")?;
+            add_to_totals(
+                transaction,
+                *worker,
+                "credited = credited + 1, verified_work = verified_work + ?2",
+                &[units],
+            )?;
         }
         Event::UpdateRefused { round, worker, reason } => {
             transaction.execute(
                 "INSERT INTO refusals (round, worker, reason) VALUES (?1, ?2, ?3)",
                 params![round, worker.0, reason],
             )?;
+            add_to_totals(transaction, *worker, "refused = refused + 1", &[])?;
         }
         Event::RoundClosed {
             round,
@@ -899,6 +1147,16 @@ fn project(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![round, worker.0, score, quality, multiplier, units, credits],
             )?;
+            // The quality after the latest round scored, whatever order
+            // rewards are recorded in.
+            add_to_totals(
+                transaction,
+                *worker,
+                "earned = earned + ?2,
+                 quality = CASE WHEN quality_round IS NULL OR quality_round <= ?3 THEN ?4 ELSE quality END,
+                 quality_round = MAX(COALESCE(quality_round, ?3), ?3)",
+                &[credits, round, quality],
+            )?;
         }
         Event::RoundScored { round } => {
             expect_one(transaction.execute(
@@ -909,6 +1167,21 @@ fn project(
         Event::RunFinished { .. } => {}
     }
     Ok(())
+}
+
+/// Updates `worker`'s row of `worker_totals` with `assignments` (SQL, its
+/// parameters from `?2` on; `?1` is the worker).
+fn add_to_totals(
+    transaction: &rusqlite::Transaction<'_>,
+    worker: WorkerId,
+    assignments: &str,
+    values: &[&dyn rusqlite::ToSql],
+) -> Result<(), StoreError> {
+    let mut statement =
+        transaction.prepare_cached(&format!("UPDATE worker_totals SET {assignments} WHERE worker = ?1"))?;
+    let mut parameters: Vec<&dyn rusqlite::ToSql> = vec![&worker.0];
+    parameters.extend_from_slice(values);
+    expect_one(statement.execute(&*parameters)?)
 }
 
 fn credit(

@@ -14,4 +14,4 @@ pub mod checkpoint;
 pub mod db;
 
 pub use checkpoint::{CheckpointError, CheckpointKind, Checkpoints};
-pub use db::{LatestResult, RunRecord, Store, StoreError};
+pub use db::{LatestResult, LedgerOrder, RunRecord, Store, StoreError};

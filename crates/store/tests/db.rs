@@ -152,6 +152,9 @@ fn state_and_events_survive_reopening_the_file() {
     let workers = store.worker_statuses().unwrap();
     assert_eq!((workers[0].class.as_str(), workers[1].class.as_str()), ("avx2-fma", "portable"));
     assert_eq!((workers[0].audits_judged, workers[1].audits_passed), (1, 1));
+    assert_eq!((workers[0].bytes_uploaded, workers[1].bytes_uploaded), (5, 6), "the bytes each revealed");
+    assert_eq!(records[0].bytes_uploaded, 11);
+    store.check_worker_totals().unwrap();
 }
 
 #[test]
@@ -269,6 +272,9 @@ fn closing_a_round_records_its_result_once() {
     assert_eq!(store.worker_statuses().unwrap()[1].submissions_refused, 1);
     assert_eq!(store.round_records().unwrap()[0].refused, 1);
     assert!(store.round_records().unwrap()[0].scored);
+    assert_eq!(store.worker_status(WorkerId(1)).unwrap().as_ref(), store.worker_statuses().unwrap().get(1));
+    assert_eq!(store.worker_status(WorkerId(7)).unwrap(), None);
+    store.check_worker_totals().unwrap();
 }
 
 #[test]
@@ -315,4 +321,170 @@ fn a_database_from_another_schema_is_refused() {
     drop(Store::open(&path).unwrap());
     rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
     assert!(matches!(Store::open(&path), Err(StoreError::Schema { found: 99, .. })));
+}
+
+/// A run with a slash, a late and a malformed reveal, an auditor slashed,
+/// and rewards recorded out of round order: every kind of event that
+/// moves a worker's totals.
+fn eventful(path: &std::path::Path) -> Store {
+    let mut store = populated(path);
+    let reveals = [
+        reveal(0, b"zero", 40),
+        Event::Reveal {
+            round: 0,
+            worker: WorkerId(1),
+            payload: Digest::of(b"bad"),
+            status: Recorded::Malformed,
+            nonce: 41,
+            received_unix_ms: 21,
+        },
+    ];
+    let payloads: [(Digest, &[u8]); 2] = [(Digest::of(b"zero"), b"zero"), (Digest::of(b"bad"), b"bad")];
+    store.record(21, &reveals, &payloads, &coordinator()).unwrap();
+    let closing = [
+        Event::Audit {
+            round: 0,
+            worker: WorkerId(1),
+            segment: 2,
+            verdict: Verdict::Failed("the end hash differs".into()),
+            judged_by: Some(WorkerId(0)),
+            sender: None,
+            decided_unix_ms: 22,
+        },
+        Event::Slash { round: 0, worker: WorkerId(1), amount: 500, reason: "audit failed".into() },
+        Event::AuditorSlashed {
+            round: 0,
+            auditor: WorkerId(0),
+            audited: WorkerId(1),
+            amount: 70,
+            reason: "contradicted".into(),
+        },
+        Event::RoundClosed {
+            round: 0,
+            result_model: Digest::of(b"m1"),
+            result_momentum: Digest::of(b"z1"),
+            result_aggregator: None,
+            accepted: vec![WorkerId(0)],
+            closed_unix_ms: 23,
+        },
+        Event::WorkAccepted { round: 0, worker: WorkerId(0), units: 64 },
+        Event::RoundOpened {
+            round: 1,
+            base_model: Digest::of(b"m1"),
+            participants: vec![WorkerId(0)],
+            opened_unix_ms: 24,
+            commit_deadline_unix_ms: 99,
+            secret_commitment: Digest::of(b"s1"),
+        },
+    ];
+    store.record(23, &closing, &[], &coordinator()).unwrap();
+    let late = Event::Reveal {
+        round: 1,
+        worker: WorkerId(0),
+        payload: Digest::of(b"late"),
+        status: Recorded::Late,
+        nonce: 42,
+        received_unix_ms: 30,
+    };
+    store.record(30, &[late], &[(Digest::of(b"late"), b"late")], &coordinator()).unwrap();
+    let reward = |round, quality, credits| {
+        Event::Reward(Reward {
+            round,
+            worker: WorkerId(0),
+            score: 0.1,
+            quality,
+            multiplier: 1.0,
+            units: 64,
+            credits,
+        })
+    };
+    // Round 1's reward is recorded before round 0's: the quality shown is
+    // still the latest round's.
+    store.record(31, &[reward(1, 0.9, 60)], &[], &coordinator()).unwrap();
+    store.record(32, &[reward(0, 0.2, 10)], &[], &coordinator()).unwrap();
+    store
+}
+
+#[test]
+fn worker_totals_are_kept_event_by_event_and_add_up_to_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = eventful(&dir.path().join("state.sqlite"));
+    store.check_worker_totals().unwrap();
+    let workers = store.worker_statuses().unwrap();
+    let (zero, one) = (&workers[0], &workers[1]);
+    assert_eq!((zero.rounds_assigned, zero.submissions_accepted, zero.verified_work), (2, 1, 64));
+    assert_eq!((zero.submissions_late, zero.bytes_uploaded), (1, 8), "\"zero\" and \"late\"");
+    assert_eq!((zero.slashed, zero.auditor_slashes, zero.audits_judged), (70, 1, 1));
+    assert_eq!((zero.earned, zero.credits, zero.quality), (70, 0, Some(0.9)), "latest round's quality");
+    assert_eq!(
+        (one.submissions_rejected, one.slashed, one.credits),
+        (2, 500, -500),
+        "slashed, and malformed"
+    );
+    assert_eq!((one.audits_passed, one.audits_failed, one.bytes_uploaded), (0, 1, 3));
+    // A total that disagrees with the records is named.
+    let connection = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+    connection.execute("UPDATE worker_totals SET earned = earned + 1 WHERE worker = 0", []).unwrap();
+    assert!(
+        matches!(store.check_worker_totals(), Err(StoreError::Corrupt(message)) if message.contains("worker 0"))
+    );
+}
+
+#[test]
+fn a_version_6_database_is_migrated_with_its_totals_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let before = eventful(&path).worker_statuses().unwrap();
+    // What version 6 had: no totals, no ledger index by kind, no download counts.
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute_batch(
+            "DROP TABLE worker_totals; DROP INDEX ledger_kind; ALTER TABLE rounds DROP COLUMN bytes_downloaded;
+             PRAGMA user_version = 6;",
+        )
+        .unwrap();
+    drop(connection);
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.worker_statuses().unwrap(), before);
+    store.check_worker_totals().unwrap();
+    store.set_downloads(1, 4096).unwrap();
+    assert_eq!(store.round_records().unwrap()[1].bytes_downloaded, Some(4096));
+    assert_eq!(store.round_records().unwrap()[0].bytes_downloaded, None, "not measured");
+    assert_eq!(verify_ledger(&path, None).unwrap().len(), store.ledger_length().unwrap() as usize);
+}
+
+#[test]
+fn ledger_pages_by_kind_from_either_end() {
+    use crowdtrain_store::LedgerOrder::{Newest, Oldest};
+    let dir = tempfile::tempdir().unwrap();
+    let store = eventful(&dir.path().join("state.sqlite"));
+    let kinds = |entries: Vec<crowdtrain_protocol::ledger::Sealed>| -> Vec<(u64, &'static str)> {
+        entries
+            .iter()
+            .map(|sealed| {
+                let entry = crowdtrain_protocol::ledger::Entry::from_bytes(&sealed.bytes).unwrap();
+                assert_eq!(entry.index, sealed.index);
+                (entry.index, entry.event.kind())
+            })
+            .collect()
+    };
+    let all = store.ledger().unwrap();
+    assert_eq!(store.ledger_length().unwrap(), all.len() as u64);
+    assert_eq!(store.ledger_page(&[], Oldest { from: 0 }, 1000).unwrap(), all);
+    assert_eq!(store.ledger_page(&[], Oldest { from: 3 }, 2).unwrap(), all[3..5].to_vec());
+    let newest = store.ledger_page(&[], Newest { before: None }, 3).unwrap();
+    assert_eq!(newest.iter().map(|entry| entry.index).collect::<Vec<_>>(), vec![17, 16, 15]);
+    let feed = ["audit", "slash", "auditor-slashed"];
+    assert_eq!(
+        kinds(store.ledger_page(&feed, Newest { before: None }, 10).unwrap()),
+        vec![(11, "auditor-slashed"), (10, "slash"), (9, "audit")]
+    );
+    assert_eq!(kinds(store.ledger_page(&feed, Newest { before: Some(11) }, 1).unwrap()), vec![(10, "slash")]);
+    assert_eq!(
+        kinds(store.ledger_page(&feed, Oldest { from: 10 }, 10).unwrap()),
+        vec![(10, "slash"), (11, "auditor-slashed")]
+    );
+    assert!(store.ledger_page(&["no-such-kind"], Newest { before: None }, 10).unwrap().is_empty());
+    assert_eq!(store.ledger_entry(10).unwrap(), Some(all[10].clone()));
+    assert_eq!(store.ledger_entry(99).unwrap(), None);
 }

@@ -40,6 +40,10 @@ enum BenchCommand {
     /// without admission; the coordinator's memory and the honest rounds
     /// per second.
     Hostile(super::hostile::HostileArgs),
+    /// What watching a run costs the coordinator: the same demo with and
+    /// without the dashboard open in headless Chromium, alternately; the
+    /// coordinator's CPU time per round.
+    Dashboard(super::watch_bench::DashboardBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +215,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Audit(args) => args.runtime.clone().on_thread_pool(|| audit(args)),
         BenchCommand::Defense(args) => args.runtime.clone().on_thread_pool(|| defense(args)),
         BenchCommand::Hostile(args) => super::hostile::run(args),
+        BenchCommand::Dashboard(args) => super::watch_bench::run(args),
     }
 }
 

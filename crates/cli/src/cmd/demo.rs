@@ -98,6 +98,11 @@ pub struct DemoArgs {
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
 
+    /// Write the run's HTML report (as `crowdtrain report`) to this file
+    /// at the end.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
     /// Print one JSON object on stdout instead of a report.
     #[arg(long)]
     json: bool,
@@ -119,7 +124,7 @@ pub(crate) struct DemoReport {
     pub(crate) state_hash: String,
     bytes_uploaded: u64,
     bytes_downloaded: u64,
-    seconds: f64,
+    pub(crate) seconds: f64,
     /// Median over rounds, from a round's last worker input to the next
     /// round being shown to the workers (provisionally, if it opened ahead
     /// of the round's last audit verdicts).
@@ -173,6 +178,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("files kept in {}", dir.display());
     }
     Ok(())
+}
+
+/// A `--json` demo of `workers` workers, `rounds` rounds of `inner_steps`
+/// steps, on `data` (else the default data): what benchmarks run.
+pub(crate) fn quiet_args(workers: usize, rounds: u64, inner_steps: u64, data: Option<&Path>) -> DemoArgs {
+    let mut words: Vec<String> = vec![
+        "--workers".into(),
+        workers.to_string(),
+        "--rounds".into(),
+        rounds.to_string(),
+        "--inner-steps".into(),
+        inner_steps.to_string(),
+        "--json".into(),
+    ];
+    if let Some(data) = data {
+        words.push("--data".into());
+        words.push(data.display().to_string());
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    args_from(&words)
 }
 
 /// The demo's arguments from its command line (for commands that run a
@@ -250,6 +275,9 @@ pub(crate) fn execute(
     status.rounds = all_rounds(&url, status.rounds_total)?;
     let mut report = finish(status, run.body.dataset, args, &mut processes, started)?;
     report.final_val_loss = final_val_loss(&dir, args, &report.rounds)?;
+    if let Some(path) = &args.report {
+        super::report::write(&dir.join("state"), path, None)?;
+    }
     if let Some(path) = &args.plot {
         let points = report
             .rounds

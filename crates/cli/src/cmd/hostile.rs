@@ -128,21 +128,7 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
     if let Some(url) = args.attack.clone() {
         return attack_until_stdin_closes(url, &args);
     }
-    let mut words: Vec<String> = vec![
-        "--workers".into(),
-        args.workers.to_string(),
-        "--rounds".into(),
-        args.rounds.to_string(),
-        "--inner-steps".into(),
-        args.inner_steps.to_string(),
-        "--json".into(),
-    ];
-    if let Some(data) = &args.data {
-        words.push("--data".into());
-        words.push(data.display().to_string());
-    }
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let demo_args = demo::args_from(&words);
+    let demo_args = demo::quiet_args(args.workers, args.rounds, args.inner_steps, args.data.as_deref());
 
     let unloaded = measured(&demo_args, |_, _, _| Ok(None))?;
     let mut attackers = Vec::new();

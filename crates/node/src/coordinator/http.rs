@@ -10,6 +10,10 @@
 //! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status?rounds_from=R&rounds_limit=N` | none | `RunStatus` JSON, with at most N (default 100, at most 1,000) rounds from round R (default: the latest) |
+//! | `GET /v1/ledger?kinds=K1,K2&before=I&from=I&limit=N` | none | `LedgerPage` JSON: at most N (default 50, at most 200) decoded entries of those kinds (any if none; at most 20 kinds), newest first from before index I, or oldest first from index I |
+//! | `GET /v1/ledger/{index}` | none | `LedgerEntryView` JSON: one entry, decoded |
+//! | `GET /metrics` | none | the Prometheus (OpenMetrics) text; names in [`super::metrics`] |
+//! | `GET /`, `/dashboard.js`, `/dashboard.css` | none | the live dashboard: a page embedded in the binary that polls `/v1/status` and `/v1/ledger` |
 //!
 //! Every refusal is a 4xx with an [`ApiError`] JSON body naming the
 //! problem; nothing refused changes any state. Work that touches the state
@@ -86,6 +90,18 @@ impl FromRef<App> for Arc<RequestLimits> {
 /// A registration's body (JSON: a class and a token) is at most this.
 const REGISTRATION_BYTES_MAX: u64 = 4096;
 
+/// Ledger pages hold at most this many entries, of at most this many kinds.
+const LEDGER_PAGE_MAX: u64 = 200;
+const LEDGER_PAGE_DEFAULT: u64 = 50;
+const LEDGER_KINDS_MAX: usize = 20;
+
+/// The dashboard's files, embedded in the binary (no build step, no
+/// Node toolchain): a page, its script (hand-written SVG charts) and its
+/// style.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+
 /// Status pages hold at most this many rounds.
 const STATUS_ROUNDS_MAX: u64 = 1000;
 const STATUS_ROUNDS_DEFAULT: u64 = 100;
@@ -121,6 +137,12 @@ pub async fn serve(
         .route("/v1/rounds/{round}/audits", post(audit_answer))
         .route("/v1/rounds/{round}/audit-tasks/{audited}", get(audit_task).post(audit_report))
         .route("/v1/status", get(status))
+        .route("/v1/ledger", get(ledger))
+        .route("/v1/ledger/{index}", get(ledger_entry))
+        .route("/metrics", get(metrics))
+        .route("/", get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }))
+        .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
+        .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&limits), per_address))
         .with_state(app);
@@ -647,6 +669,98 @@ async fn status(
     let limit = query.rounds_limit.unwrap_or(STATUS_ROUNDS_DEFAULT).min(STATUS_ROUNDS_MAX);
     match blocking(move || node.status(query.rounds_from, limit)).await {
         Ok(status) => Json(status).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// One of the dashboard's embedded files. The page shows what workers
+/// declared (their class, reasons): its script writes text, never HTML,
+/// and the policy allows no script but its own.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
+                 frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LedgerQuery {
+    kinds: Option<String>,
+    before: Option<u64>,
+    from: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// `GET /v1/ledger`: a bounded page, read through the ledger's index by
+/// kind (what the dashboard's feed of audits and slashes shows).
+async fn ledger(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let result = async {
+        let Query(query) = query.map_err(|_| {
+            Failure::new(ErrorCode::BadRequest, "before, from and limit are entry counts; kinds is a list")
+        })?;
+        // Each kind once: a kind named twice would list its entries twice.
+        let kinds: std::collections::BTreeSet<String> = query
+            .kinds
+            .iter()
+            .flat_map(|kinds| kinds.split(','))
+            .filter(|kind| !kind.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if kinds.len() > LEDGER_KINDS_MAX {
+            return Err(Failure::new(ErrorCode::BadRequest, format!("at most {LEDGER_KINDS_MAX} kinds")));
+        }
+        let order = match (query.before, query.from) {
+            (Some(_), Some(_)) => {
+                return Err(Failure::new(ErrorCode::BadRequest, "before or from, not both"));
+            }
+            (before, None) => crowdtrain_store::LedgerOrder::Newest { before },
+            (None, Some(from)) => crowdtrain_store::LedgerOrder::Oldest { from },
+        };
+        let limit = query.limit.unwrap_or(LEDGER_PAGE_DEFAULT).min(LEDGER_PAGE_MAX);
+        blocking(move || {
+            let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+            node.ledger_page(&kinds, order, limit)
+        })
+        .await
+    };
+    match result.await {
+        Ok(page) => Json(page).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn ledger_entry(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(Path(index)) = path else {
+        return Failure::new(ErrorCode::BadRequest, "a ledger entry is named by its index").into_response();
+    };
+    match blocking(move || node.ledger_entry(index)).await {
+        Ok(entry) => Json(entry).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    match blocking(move || Ok(node.metrics_text())).await {
+        Ok(text) => {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+                .into_response()
+        }
         Err(failure) => failure.into_response(),
     }
 }

@@ -14,6 +14,7 @@ mod admission;
 mod audit;
 mod http;
 mod limits;
+mod metrics;
 mod net;
 mod score;
 
@@ -27,14 +28,14 @@ use crowdtrain_defense::{Decision, ModelDefense, Quality, Submission};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    AuditAnswer, AuditReport, AuditTask, ErrorCode, PROTOCOL_VERSION, Receipt, ReceiptStatus, Registration,
-    RunInfo, RunStatus, Stage,
+    AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Receipt,
+    ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
     RoundId, RoundResult, RoundView, RunConfig, Signed, Verdict, WorkerId,
 };
-use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, checkpoint};
+use crowdtrain_store::{CheckpointKind, Checkpoints, LedgerOrder, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState};
 use tokio::sync::watch;
@@ -117,6 +118,11 @@ pub struct Node {
     /// of the database, so the node must stop and be restarted from it.
     fatal: watch::Sender<Option<String>>,
     bytes_downloaded: AtomicU64,
+    /// `bytes_downloaded` when the last round closed: what a round's
+    /// workers downloaded is the difference at its close.
+    downloaded_at_close: AtomicU64,
+    /// What `GET /metrics` shows.
+    metrics: metrics::Metrics,
     /// Provisional rounds opened, and withdrawn, since this process started.
     opened_ahead: AtomicU64,
     withdrawn_ahead: AtomicU64,
@@ -363,6 +369,8 @@ impl Node {
             changes: watch::channel(0).0,
             fatal: watch::channel(None).0,
             bytes_downloaded: AtomicU64::new(0),
+            downloaded_at_close: AtomicU64::new(0),
+            metrics: metrics::Metrics::default(),
             opened_ahead: AtomicU64::new(0),
             withdrawn_ahead: AtomicU64::new(0),
             published: Mutex::new(None),
@@ -1109,6 +1117,7 @@ impl Node {
         let written = inner.store.record(now_unix_ms(), &events, payloads, &self.identity);
         *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         written?;
+        self.metrics.observe(&events, payloads);
         self.prune_answers(inner, &passed)?;
         if !committed.is_empty() {
             tracing::debug!(write_ms = writing.elapsed().as_secs_f64() * 1e3, "committed");
@@ -1118,7 +1127,9 @@ impl Node {
         // the round's verdicts.
         let overhead = |started: Instant| opened_at.unwrap_or_else(Instant::now).duration_since(started);
         if let Some((round, started)) = opened_ahead {
-            inner.store.set_overhead(round, overhead(started).as_millis() as u64)?;
+            let milliseconds = overhead(started).as_millis() as u64;
+            inner.store.set_overhead(round, milliseconds)?;
+            self.metrics.overhead(milliseconds);
         }
         for round in committed {
             let timed_ahead = inner.opened_ahead_of.take_if(|after| *after == round).is_some();
@@ -1126,8 +1137,13 @@ impl Node {
                 && let Some((closing, started)) = inner.closing_started
                 && closing == round
             {
-                inner.store.set_overhead(round, overhead(started).as_millis() as u64)?;
+                let milliseconds = overhead(started).as_millis() as u64;
+                inner.store.set_overhead(round, milliseconds)?;
+                self.metrics.overhead(milliseconds);
             }
+            let downloaded = self.bytes_downloaded.load(Ordering::Relaxed);
+            let before = self.downloaded_at_close.swap(downloaded, Ordering::Relaxed);
+            inner.store.set_downloads(round, downloaded.saturating_sub(before))?;
             self.schedule_evaluation(round, inner.global_model);
             self.schedule_scoring(round);
         }
@@ -1312,11 +1328,14 @@ impl Node {
     fn status(&self, from: Option<RoundId>, limit: u64) -> Result<RunStatus, Failure> {
         // The machine's view first, then the database's: the database is
         // at least as new, never older, than the view.
-        let (phase, round, completed_rounds, model, state_hash, active) = {
+        let (phase, round, completed_rounds, model, state_hash, active, last_seen) = {
             let inner = self.lock();
             let active: std::collections::BTreeSet<WorkerId> = (0..inner.machine.worker_count() as u64)
                 .map(WorkerId)
                 .filter(|&worker| inner.machine.is_active(worker))
+                .collect();
+            let last_seen: Vec<Option<u64>> = (0..inner.machine.worker_count() as u64)
+                .map(|worker| inner.machine.last_seen_ms(WorkerId(worker)))
                 .collect();
             (
                 inner.machine.phase(),
@@ -1325,12 +1344,16 @@ impl Node {
                 inner.global_model,
                 inner.global_hash.clone(),
                 active,
+                last_seen,
             )
         };
         let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut workers = reader.worker_statuses().map_err(Failure::internal)?;
         for worker in &mut workers {
             worker.active = active.contains(&worker.worker);
+            worker.last_seen_unix_ms = usize::try_from(worker.worker.0)
+                .ok()
+                .and_then(|index| last_seen.get(index).copied().flatten());
         }
         let rounds_total = reader.round_count().map_err(Failure::internal)?;
         let from = from.unwrap_or(rounds_total.saturating_sub(limit));
@@ -1382,7 +1405,54 @@ impl Node {
 
     fn count_download(&self, bytes: u64) {
         self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.served(bytes);
     }
+
+    /// `GET /metrics`: the Prometheus text.
+    fn metrics_text(&self) -> String {
+        let (registered, active) = {
+            let inner = self.lock();
+            let registered = inner.machine.worker_count() as u64;
+            let active = (0..registered).filter(|&worker| inner.machine.is_active(WorkerId(worker))).count();
+            (registered, active as u64)
+        };
+        self.metrics.render(registered, active)
+    }
+
+    /// `GET /v1/ledger`: at most `limit` entries of the given kinds (any
+    /// if none), newest first from before `before`, or oldest first from
+    /// `from`; decoded for people to read.
+    fn ledger_page(&self, kinds: &[&str], order: LedgerOrder, limit: u64) -> Result<LedgerPage, Failure> {
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sealed = reader.ledger_page(kinds, order, limit).map_err(Failure::internal)?;
+        let length = reader.ledger_length().map_err(Failure::internal)?;
+        drop(reader);
+        let entries = sealed.iter().map(entry_view).collect::<Result<_, _>>()?;
+        Ok(LedgerPage { entries, length })
+    }
+
+    /// `GET /v1/ledger/{index}`: one entry, decoded.
+    fn ledger_entry(&self, index: u64) -> Result<LedgerEntryView, Failure> {
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sealed = reader.ledger_entry(index).map_err(Failure::internal)?;
+        drop(reader);
+        let sealed =
+            sealed.ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no ledger entry {index}")))?;
+        entry_view(&sealed)
+    }
+}
+
+/// A stored ledger entry as people read it.
+fn entry_view(sealed: &crowdtrain_protocol::ledger::Sealed) -> Result<LedgerEntryView, Failure> {
+    let entry = crowdtrain_protocol::ledger::Entry::from_bytes(&sealed.bytes).map_err(Failure::internal)?;
+    Ok(LedgerEntryView {
+        index: entry.index,
+        hash: sealed.hash,
+        previous: entry.previous,
+        unix_ms: entry.unix_ms,
+        kind: entry.event.kind().to_owned(),
+        event: entry.event,
+    })
 }
 
 /// The most participants `config`'s rounds can have with `examples`
