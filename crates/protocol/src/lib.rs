@@ -21,6 +21,8 @@
 //!   commitment to segment-boundary states) and [`ledger`] (the signed,
 //!   hash-chained record of everything that decides who earns what) are
 //!   proof-of-training's building blocks.
+//! - [`reward_model`] is the recipe of a model reward: the checkpoints, the
+//!   coefficient and the measured values anyone can rebuild and check.
 
 pub mod admission;
 pub mod audit;
@@ -30,6 +32,7 @@ pub mod identity;
 pub mod ids;
 pub mod ledger;
 pub mod merkle;
+pub mod reward_model;
 pub mod wire;
 
 pub use audit::Commitment;
