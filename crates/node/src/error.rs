@@ -17,6 +17,8 @@ pub enum NodeError {
     Dataset(#[from] crowdtrain_data::DatasetError),
     #[error(transparent)]
     Train(#[from] crowdtrain_train::TrainError),
+    #[error("the run's contract: {0}")]
+    Contract(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error(
