@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Instant;
 
 use common::*;
@@ -13,13 +12,7 @@ use serde_json::Value;
 
 /// `crowdtrain rewards --state <state> --json`, parsed.
 fn rewards(network: &Network) -> Value {
-    let output = Command::new(binary())
-        .args(["rewards", "--json", "--state"])
-        .arg(network.path("state"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap()
+    network.rewards()
 }
 
 /// The ledger's entries of `kind`, as JSON events.

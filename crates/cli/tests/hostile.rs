@@ -259,6 +259,7 @@ fn a_captured_signed_read_cannot_be_replayed() {
     let body = serde_json::to_vec(&crowdtrain_protocol::wire::RegisterRequest {
         class: "avx2-fma".into(),
         token: None,
+        choice: None,
     })
     .unwrap();
     let nonce = worker.nonce();

@@ -173,6 +173,9 @@ fn every_command_has_help() {
         &["keygen", "--help"],
         &["ledger", "verify", "--help"],
         &["ledger", "show", "--help"],
+        &["contract", "fit", "--help"],
+        &["contract", "reward-model", "--help"],
+        &["contract", "check-reward", "--help"],
     ] {
         let output = crowdtrain(args, &[]);
         assert!(output.status.success(), "{args:?}");

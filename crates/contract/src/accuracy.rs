@@ -1,6 +1,12 @@
 //! Accuracy functions a(x) of the total contribution x, with the first two
 //! derivatives the solver needs and the derivative bounds the
 //! enumeration-free expectations need for their error bound.
+//!
+//! Every kind is increasing and concave to the right of the point where it
+//! is clipped at 0 ([`Accuracy::zero_threshold`]), which is what makes the
+//! first-moment problem convex. `power-law` and a `generalization-bound`
+//! with a `unit` are what `crowdtrain contract fit` fits to a measured
+//! learning curve ([`crate::fit`]).
 
 use crate::error::{ContractError, Result};
 
@@ -10,11 +16,29 @@ pub enum Accuracy {
     /// The standard generalization bound used in the paper's experiments:
     /// a(x) = max(0, a_opt - (sqrt(2k(2 + ln(x/k))) + 4) / sqrt(x)) for
     /// x > k e^-2, and 0 below.
+    ///
+    /// With a `unit` other than 1 the bound is taken at x / unit: the
+    /// contribution is counted in units (verified work units, samples
+    /// seen) of which `unit` make one data point of the bound. The paper's
+    /// function is `unit = 1`.
     GeneralizationBound {
         /// Accuracy of an infinitely large data set.
         a_opt: f64,
         /// Complexity constant of the hypothesis class.
         k: f64,
+        /// Contribution per data point of the bound (1 in the paper).
+        unit: f64,
+    },
+    /// A saturating power law a(x) = max(0, a_opt - b x^-c), the form
+    /// learning curves and scaling laws are usually fitted with: the error
+    /// above the best reachable one falls as a power of the contribution.
+    PowerLaw {
+        /// The accuracy approached as the contribution grows without bound.
+        a_opt: f64,
+        /// Scale of the shortfall: a_opt - a(1).
+        b: f64,
+        /// Exponent of the shortfall's decay.
+        c: f64,
     },
     /// a(x) = sqrt(x): the toy function of the spec's test vector TV1.
     Sqrt,
@@ -34,23 +58,41 @@ pub struct Derivatives {
 impl Accuracy {
     /// Checks the parameters (positive and finite).
     pub fn validate(&self) -> Result<()> {
-        if let Accuracy::GeneralizationBound { a_opt, k } = *self {
-            for (name, v) in [("accuracy.a_opt", a_opt), ("accuracy.k", k)] {
-                if !v.is_finite() || v <= 0.0 {
-                    return Err(ContractError::field(
-                        name,
-                        format!("must be a positive finite number, got {v}"),
-                    ));
-                }
+        let parameters: &[(&str, f64)] = match *self {
+            Accuracy::GeneralizationBound { a_opt, k, unit } => {
+                &[("accuracy.a_opt", a_opt), ("accuracy.k", k), ("accuracy.unit", unit)]
+            }
+            Accuracy::PowerLaw { a_opt, b, c } => {
+                &[("accuracy.a_opt", a_opt), ("accuracy.b", b), ("accuracy.c", c)]
+            }
+            Accuracy::Sqrt => &[],
+        };
+        for &(name, v) in parameters {
+            if !v.is_finite() || v <= 0.0 {
+                return Err(ContractError::field(name, format!("must be a positive finite number, got {v}")));
             }
         }
         Ok(())
+    }
+
+    /// The paper's generalization bound with `unit = 1`.
+    pub const fn generalization_bound(a_opt: f64, k: f64) -> Self {
+        Accuracy::GeneralizationBound { a_opt, k, unit: 1.0 }
+    }
+
+    /// The least upper bound of a, or `None` if a is unbounded (`Sqrt`).
+    pub fn supremum(&self) -> Option<f64> {
+        match *self {
+            Accuracy::GeneralizationBound { a_opt, .. } | Accuracy::PowerLaw { a_opt, .. } => Some(a_opt),
+            Accuracy::Sqrt => None,
+        }
     }
 
     /// Short name, as in the scenario file.
     pub fn kind(&self) -> &'static str {
         match self {
             Accuracy::GeneralizationBound { .. } => "generalization-bound",
+            Accuracy::PowerLaw { .. } => "power-law",
             Accuracy::Sqrt => "sqrt",
         }
     }
@@ -58,12 +100,19 @@ impl Accuracy {
     /// a(x).
     pub fn value(&self, x: f64) -> f64 {
         match *self {
-            Accuracy::GeneralizationBound { a_opt, k } => {
+            Accuracy::GeneralizationBound { a_opt, k, unit } => {
+                let x = x / unit;
                 if x <= k * (-2.0f64).exp() {
                     return 0.0;
                 }
                 let s = (2.0 * k * (2.0 + (x / k).ln())).sqrt();
                 (a_opt - (s + 4.0) / x.sqrt()).max(0.0)
+            }
+            Accuracy::PowerLaw { a_opt, b, c } => {
+                if x <= 0.0 {
+                    return 0.0;
+                }
+                (a_opt - b * x.powf(-c)).max(0.0)
             }
             Accuracy::Sqrt => x.max(0.0).sqrt(),
         }
@@ -74,8 +123,10 @@ impl Accuracy {
     /// leaving the domain.
     pub fn derivatives(&self, x: f64) -> Derivatives {
         match *self {
-            Accuracy::GeneralizationBound { a_opt, k } => {
+            Accuracy::GeneralizationBound { a_opt, k, unit } => {
                 let zero = Derivatives { value: 0.0, first: 0.0, second: 0.0 };
+                // a(x) = g(x / unit), so a' = g' / unit and a'' = g'' / unit^2.
+                let x = x / unit;
                 if x <= k * (-2.0f64).exp() {
                     return zero;
                 }
@@ -91,7 +142,22 @@ impl Accuracy {
                 let den = s * x * sqrt_x;
                 let num_d = k / x + 2.0 * k / (x * s);
                 let den_d = sqrt_x * (k / s + 1.5 * s);
-                Derivatives { value, first: num / den, second: (num_d * den - num * den_d) / (den * den) }
+                let second = (num_d * den - num * den_d) / (den * den);
+                Derivatives { value, first: num / den / unit, second: second / (unit * unit) }
+            }
+            Accuracy::PowerLaw { a_opt, b, c } => {
+                if x <= 0.0 {
+                    return Derivatives { value: 0.0, first: 0.0, second: 0.0 };
+                }
+                let shortfall = b * x.powf(-c);
+                if a_opt - shortfall <= 0.0 {
+                    return Derivatives { value: 0.0, first: 0.0, second: 0.0 };
+                }
+                Derivatives {
+                    value: a_opt - shortfall,
+                    first: c * shortfall / x,
+                    second: -c * (c + 1.0) * shortfall / (x * x),
+                }
             }
             Accuracy::Sqrt => {
                 if x <= 0.0 {
@@ -109,8 +175,10 @@ impl Accuracy {
     pub fn zero_threshold(&self) -> f64 {
         match *self {
             Accuracy::Sqrt => 0.0,
-            Accuracy::GeneralizationBound { k, .. } => {
-                let start = k * (-2.0f64).exp();
+            // a_opt = b x^-c.
+            Accuracy::PowerLaw { a_opt, b, c } => (b / a_opt).powf(1.0 / c),
+            Accuracy::GeneralizationBound { k, unit, .. } => {
+                let start = k * (-2.0f64).exp() * unit;
                 // b is positive for large x; walk down geometrically to a
                 // point where it is not, then bisect the last crossing.
                 let mut hi = start.max(1.0) * 4.0;
@@ -151,6 +219,18 @@ impl Accuracy {
     pub fn abs_first_derivative_sup(&self, lo: f64, hi: f64) -> Option<f64> {
         match *self {
             Accuracy::Sqrt => (lo > 0.0).then(|| 0.5 / lo.sqrt()),
+            // a' = b c x^(-c-1) is decreasing right of the kink and 0 left
+            // of it, so the sup is at the later of lo and the kink.
+            Accuracy::PowerLaw { b, c, .. } => {
+                if !(lo.is_finite() && hi.is_finite()) || lo > hi {
+                    return None;
+                }
+                let x0 = self.zero_threshold();
+                if hi <= x0 {
+                    return Some(0.0);
+                }
+                Some(b * c * lo.max(x0).powf(-c - 1.0))
+            }
             Accuracy::GeneralizationBound { .. } => {
                 // a' is 0 left of the kink; on the right use the sampled sup.
                 let x0 = self.zero_threshold();
@@ -172,6 +252,13 @@ impl Accuracy {
                     return None;
                 }
                 // Both |a'| and |a''| are decreasing: the sup is at lo.
+                Some(f(self.derivatives(lo)))
+            }
+            Accuracy::PowerLaw { .. } => {
+                // Right of the kink |a'| and |a''| are decreasing too.
+                if lo <= self.zero_threshold() {
+                    return None;
+                }
                 Some(f(self.derivatives(lo)))
             }
             Accuracy::GeneralizationBound { .. } => {
@@ -198,13 +285,20 @@ impl Accuracy {
 mod tests {
     use super::*;
 
-    const SGB: Accuracy = Accuracy::GeneralizationBound { a_opt: 1.0, k: 1.0 };
+    const SGB: Accuracy = Accuracy::generalization_bound(1.0, 1.0);
+    const POWER: Accuracy = Accuracy::PowerLaw { a_opt: 0.88, b: 3.5, c: 0.45 };
 
     #[test]
     fn derivatives_match_central_differences() {
         // The solver's Newton steps and KKT certificate rely on a' and a''
         // being right; compare them with finite differences at many scales.
-        for acc in [SGB, Accuracy::GeneralizationBound { a_opt: 0.9, k: 3.0 }, Accuracy::Sqrt] {
+        for acc in [
+            SGB,
+            Accuracy::generalization_bound(0.9, 3.0),
+            Accuracy::GeneralizationBound { a_opt: 0.87, k: 2.0, unit: 40.0 },
+            POWER,
+            Accuracy::Sqrt,
+        ] {
             for &x in &[80.0, 150.0, 1000.0, 12345.0, 1e6] {
                 let h = x * 1e-5;
                 let d = acc.derivatives(x);

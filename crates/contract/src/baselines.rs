@@ -47,11 +47,11 @@ pub struct NoContract {
 /// the largest root of h(M) = S v(a(M)) - T - M, or 0 if there is none.
 pub fn complete_information_total(accuracy: &Accuracy, scale: f64, s: f64, t: f64) -> f64 {
     let h = |x: f64| s * scale * accuracy.value(x) - t - x;
-    // h <= 0 beyond an upper bound: a <= a_opt for the bound; for sqrt,
+    // h <= 0 beyond an upper bound: a <= a_opt for the bounded kinds; for sqrt,
     // S v sqrt(M) <= M once M >= (S v)^2.
-    let mut hi = match *accuracy {
-        Accuracy::GeneralizationBound { a_opt, .. } => (s * scale * a_opt).max(1.0),
-        Accuracy::Sqrt => (s * scale).powi(2).max(1.0),
+    let mut hi = match accuracy.supremum() {
+        Some(a_max) => (s * scale * a_max).max(1.0),
+        None => (s * scale).powi(2).max(1.0),
     };
     if h(hi) > 0.0 {
         hi *= 2.0;

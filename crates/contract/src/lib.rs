@@ -25,6 +25,8 @@
 //!   free-riding equilibrium without a contract.
 //! * [`check`] and [`certificate`] grade a menu independently of the solver.
 //! * [`paper`] reproduces the paper's experiments as tables and figures.
+//! * [`fit`] fits a(M) (a saturating power law, or the paper's bound) to a
+//!   measured learning curve, so a scenario can use a(M) from data.
 //!
 //! # Why the solver looks the way it does
 //! The first-moment problem is convex but its budget constraints are
@@ -45,6 +47,7 @@ pub mod check;
 pub mod convolution;
 pub mod error;
 pub mod expectation;
+pub mod fit;
 pub mod outcomes;
 pub mod paper;
 pub mod reservation;

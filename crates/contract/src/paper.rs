@@ -20,7 +20,7 @@ use crate::scenario::Scenario;
 use crate::solver::{Solution, solve};
 
 /// The accuracy function of every experiment: a_opt = k = 1.
-pub const PAPER_ACCURACY: Accuracy = Accuracy::GeneralizationBound { a_opt: 1.0, k: 1.0 };
+pub const PAPER_ACCURACY: Accuracy = Accuracy::generalization_bound(1.0, 1.0);
 /// v(a) = 100 a.
 pub const PAPER_VALUATION_SCALE: f64 = 100.0;
 

@@ -187,36 +187,7 @@ impl Scenario {
                 ));
             }
         };
-        let accuracy_table = table(&root, "accuracy")?;
-        let kind = match accuracy_table.get("kind") {
-            Some(toml::Value::String(s)) => s.as_str(),
-            Some(other) => {
-                return Err(ContractError::field(
-                    "accuracy.kind",
-                    format!("must be a string, got {}", other.type_str()),
-                ));
-            }
-            None => return Err(ContractError::field("accuracy.kind", "missing")),
-        };
-        let accuracy = match kind {
-            "generalization-bound" => {
-                only_keys("accuracy", accuracy_table, &["kind", "a_opt", "k"])?;
-                Accuracy::GeneralizationBound {
-                    a_opt: number(accuracy_table, "accuracy", "a_opt")?,
-                    k: number(accuracy_table, "accuracy", "k")?,
-                }
-            }
-            "sqrt" => {
-                only_keys("accuracy", accuracy_table, &["kind"])?;
-                Accuracy::Sqrt
-            }
-            other => {
-                return Err(ContractError::field(
-                    "accuracy.kind",
-                    format!("unknown kind \"{other}\", expected \"generalization-bound\" or \"sqrt\""),
-                ));
-            }
-        };
+        let accuracy = accuracy_from_table(table(&root, "accuracy")?)?;
         let valuation = table(&root, "valuation")?;
         only_keys("valuation", valuation, &["scale"])?;
         let scale = number(valuation, "valuation", "scale")?;
@@ -283,6 +254,97 @@ impl Scenario {
             })
             .collect()
     }
+}
+
+/// Parses an `[accuracy]` table (the inverse of [`accuracy_table`]).
+pub fn accuracy_from_table(accuracy_table: &toml::Table) -> Result<Accuracy> {
+    let kind = match accuracy_table.get("kind") {
+        Some(toml::Value::String(s)) => s.as_str(),
+        Some(other) => {
+            return Err(ContractError::field(
+                "accuracy.kind",
+                format!("must be a string, got {}", other.type_str()),
+            ));
+        }
+        None => return Err(ContractError::field("accuracy.kind", "missing")),
+    };
+    let number = |key| number(accuracy_table, "accuracy", key);
+    let accuracy = match kind {
+        "generalization-bound" => {
+            only_keys("accuracy", accuracy_table, &["kind", "a_opt", "k", "unit"])?;
+            let unit = if accuracy_table.contains_key("unit") { number("unit")? } else { 1.0 };
+            Accuracy::GeneralizationBound { a_opt: number("a_opt")?, k: number("k")?, unit }
+        }
+        "power-law" => {
+            only_keys("accuracy", accuracy_table, &["kind", "a_opt", "b", "c"])?;
+            Accuracy::PowerLaw { a_opt: number("a_opt")?, b: number("b")?, c: number("c")? }
+        }
+        "sqrt" => {
+            only_keys("accuracy", accuracy_table, &["kind"])?;
+            Accuracy::Sqrt
+        }
+        other => {
+            return Err(ContractError::field(
+                "accuracy.kind",
+                format!(
+                    "unknown kind \"{other}\", expected \"generalization-bound\", \"power-law\" or \"sqrt\""
+                ),
+            ));
+        }
+    };
+    accuracy.validate()?;
+    Ok(accuracy)
+}
+
+/// The `[accuracy]` table of a scenario file for `accuracy`: what
+/// `crowdtrain contract fit` writes. Parsing it back gives the same value
+/// (floats are written in Rust's shortest round-trip form).
+pub fn accuracy_table(accuracy: &Accuracy) -> toml::Table {
+    let mut table = toml::Table::new();
+    table.insert("kind".into(), toml::Value::String(accuracy.kind().into()));
+    let mut put = |key: &str, value: f64| {
+        table.insert(key.into(), toml::Value::Float(value));
+    };
+    match *accuracy {
+        Accuracy::GeneralizationBound { a_opt, k, unit } => {
+            put("a_opt", a_opt);
+            put("k", k);
+            if unit != 1.0 {
+                put("unit", unit);
+            }
+        }
+        Accuracy::PowerLaw { a_opt, b, c } => {
+            put("a_opt", a_opt);
+            put("b", b);
+            put("c", c);
+        }
+        Accuracy::Sqrt => {}
+    }
+    table
+}
+
+/// The `[accuracy]` section for `accuracy`, as TOML text.
+pub fn accuracy_section(accuracy: &Accuracy) -> String {
+    // By hand, so `kind` comes first (a table sorts its keys).
+    let mut section = format!("[accuracy]\nkind = \"{}\"\n", accuracy.kind());
+    for (key, value) in accuracy_table(accuracy) {
+        if key != "kind" {
+            section.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    section
+}
+
+/// The scenario file `text` with its `[accuracy]` replaced by `accuracy`,
+/// validated as a whole. Comments and layout are not kept.
+pub fn replace_accuracy(text: &str, accuracy: &Accuracy) -> Result<String> {
+    Scenario::from_toml_str(text)?;
+    let mut root: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ContractError::Toml(e.to_string()))?;
+    root.insert("accuracy".into(), toml::Value::Table(accuracy_table(accuracy)));
+    let replaced = toml::to_string(&root).expect("a parsed table serialises");
+    Scenario::from_toml_str(&replaced)?;
+    Ok(replaced)
 }
 
 fn positive_finite(field: &str, value: f64) -> Result<()> {

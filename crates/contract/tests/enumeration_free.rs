@@ -26,6 +26,19 @@ fn convolution_agrees_with_enumeration_within_its_bound() {
         (PAPER_ACCURACY, 12, vec![0.5, 0.3, 0.2], vec![120.0, 700.5, 1500.25]),
         (PAPER_ACCURACY, 6, vec![0.1; 10], (0..10).map(|k| 300.0 + 17.3 * k as f64).collect()),
         (Accuracy::Sqrt, 9, vec![0.25, 0.25, 0.5], vec![2.0, 3.3, 7.9]),
+        // The fitted kinds, at contributions counted in work units.
+        (
+            Accuracy::PowerLaw { a_opt: 0.88, b: 10.6, c: 0.5 },
+            8,
+            vec![0.3, 0.3, 0.4],
+            vec![3_000.0, 41_000.5, 250_000.0],
+        ),
+        (
+            Accuracy::GeneralizationBound { a_opt: 0.9, k: 2.0, unit: 64.0 },
+            7,
+            vec![0.5, 0.5],
+            vec![20_000.0, 91_000.0],
+        ),
     ];
     for (accuracy, n, p, m) in cases {
         let exact = Enumeration::new(n, &p, 1_000_000).expect("small").evaluate(

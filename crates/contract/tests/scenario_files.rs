@@ -32,7 +32,7 @@ fn field_error(text: &str) -> (String, String) {
 fn a_valid_file_parses_in_canonical_order() {
     let s = Scenario::from_toml_str(VALID).expect("valid");
     assert_eq!(s.participants, 10);
-    assert_eq!(s.accuracy, Accuracy::GeneralizationBound { a_opt: 1.0, k: 1.0 });
+    assert_eq!(s.accuracy, Accuracy::generalization_bound(1.0, 1.0));
     assert_eq!(s.costs(), vec![0.2, 0.1]);
     assert!(s.merges.is_empty());
 }

@@ -100,7 +100,7 @@ pub fn coordinator_request() -> Vec<Vec<u8>> {
             .to_string(),
         ),
         tagged(7, format!("# workers\n{}\n", worker.public_key().to_hex())),
-        tagged(8, json(&RegisterRequest { class: "avx2-fma".into(), token: None })),
+        tagged(8, json(&RegisterRequest { class: "avx2-fma".into(), token: None, choice: None })),
     ]
 }
 
@@ -309,7 +309,19 @@ pub fn idx() -> Vec<Vec<u8>> {
 
 pub fn run_config() -> Vec<Vec<u8>> {
     let dirichlet = RUN_TOML.replace("sharding = \"iid\"", "sharding = \"dirichlet:0.3\"");
-    vec![RUN_TOML.into(), dirichlet.into(), b"rounds = 5\n[training]\nseed = 3\n".to_vec()]
+    let contract = format!(
+        "{RUN_TOML}\n[contract]\nparticipants = 4\nmetric = \"accuracy\"\n[contract.accuracy]\nkind = \"power-law\"\n\
+         a_opt = 0.85\nb = 4.7\nc = 0.5\n[contract.valuation]\nscale = 100.0\n[[contract.types]]\ncost = 0.004\n\
+         probability = 0.5\n[[contract.types]]\ncost = 0.0005\nprobability = 0.5\n"
+    );
+    let scenario_file = format!("{RUN_TOML}\n[contract]\nscenario = \"contracts/run.toml\"\n");
+    vec![
+        RUN_TOML.into(),
+        dirichlet.into(),
+        b"rounds = 5\n[training]\nseed = 3\n".to_vec(),
+        contract.into_bytes(),
+        scenario_file.into_bytes(),
+    ]
 }
 
 pub fn scenario() -> Vec<Vec<u8>> {

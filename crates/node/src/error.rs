@@ -21,6 +21,8 @@ pub enum NodeError {
     /// does not fit the model).
     #[error("{0}")]
     Data(String),
+    #[error("the run's contract: {0}")]
+    Contract(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error(

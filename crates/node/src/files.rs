@@ -11,6 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crowdtrain_contract::scenario::SCENARIO_BYTES_MAX;
 use crowdtrain_protocol::config::{CONFIG_BYTES_MAX, ConfigError};
 use crowdtrain_protocol::{Identity, RunConfig};
 
@@ -100,10 +101,34 @@ pub fn load_config(path: &Path) -> Result<RunConfig, ConfigError> {
         return Err(ConfigError::TooLarge { path: path.to_owned(), size });
     }
     let text = std::fs::read_to_string(path).map_err(read_error)?;
-    RunConfig::parse(&text).map_err(|error| match error {
+    let mut config = RunConfig::parse(&text).map_err(|error| match error {
         ConfigError::Parse(message) => ConfigError::Parse(format!("{}: {message}", path.display())),
         other => other,
-    })
+    })?;
+    if let Some(contract) = &config.contract
+        && let Some(scenario) = &contract.scenario
+    {
+        let scenario = path.parent().unwrap_or(Path::new(".")).join(scenario);
+        let read_error = |source| ConfigError::Read { path: scenario.clone(), source };
+        let size = std::fs::metadata(&scenario).map_err(read_error)?.len();
+        if size > SCENARIO_BYTES_MAX {
+            return Err(ConfigError::Invalid {
+                field: "contract.scenario".into(),
+                reason: format!(
+                    "{} is {size} bytes; a scenario is at most {SCENARIO_BYTES_MAX}",
+                    scenario.display()
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(&scenario).map_err(read_error)?;
+        let inline = contract.with_scenario_text(&text).map_err(|reason| ConfigError::Invalid {
+            field: "contract.scenario".into(),
+            reason: format!("{}: {reason}", scenario.display()),
+        })?;
+        config.contract = Some(inline);
+        config.validate()?;
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -84,6 +84,8 @@ use crowdtrain_recipe::defense::{DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, DEFAULT_T
 use crowdtrain_recipe::{Aggregator, CheckConfig, DefenseConfig, Nesterov, QualityConfig, TrainingRecipe};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::ContractSection;
+
 /// A `run.toml` larger than this is not a configuration.
 pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
 
@@ -130,6 +132,9 @@ pub struct RunConfig {
     /// Connection limits (never serialised: local to the coordinator).
     #[serde(default, skip_serializing)]
     pub server: ServerSection,
+    /// The optimal contract the run offers (see [`crate::contract`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractSection>,
 }
 
 /// How workers are admitted (see [`crate::admission`]).
@@ -342,6 +347,41 @@ impl Default for LimitsSection {
     }
 }
 
+/// The shape of `[contract]`; the numbers are the solver's to judge (the
+/// coordinator solves the menu before it starts the run, naming the field).
+fn validate_contract(contract: &ContractSection) -> Result<(), ConfigError> {
+    if contract.scenario.is_some() {
+        return check(
+            "contract.scenario",
+            !contract.has_inline_scenario(),
+            "give a scenario file or the scenario inline (participants, accuracy, valuation, types), not both",
+        );
+    }
+    check(
+        "contract.participants",
+        contract.participants.is_some_and(|n| n >= 1),
+        "must be given, at least 1",
+    )?;
+    check(
+        "contract.accuracy",
+        contract.accuracy.is_some(),
+        "missing: add [contract.accuracy] or `scenario = FILE`",
+    )?;
+    check("contract.valuation", contract.valuation.is_some(), "missing: add [contract.valuation]")?;
+    check("contract.types", !contract.types.is_empty(), "missing: add at least one [[contract.types]]")?;
+    if let Some((field, value)) = contract.numbers().into_iter().find(|(_, value)| !value.is_finite()) {
+        return Err(ConfigError::Invalid { field, reason: format!("must be a finite number, got {value}") });
+    }
+    check("contract.types", contract.types.len() <= CONTRACT_TYPES_MAX, "a menu has at most 64 types")?;
+    contract.metric.validate().map_err(|error| ConfigError::Invalid {
+        field: format!("contract.metric.{}", error.field),
+        reason: error.reason,
+    })
+}
+
+/// Most types a run's menu may have (the solver's own limit).
+pub const CONTRACT_TYPES_MAX: usize = 64;
+
 impl RunConfig {
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
@@ -353,6 +393,9 @@ impl RunConfig {
     /// Checks every constraint the run relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check("rounds", (1..=1_000_000).contains(&self.rounds), "must be between 1 and 1000000")?;
+        if let Some(contract) = &self.contract {
+            validate_contract(contract)?;
+        }
         let training = &self.training;
         training.validate().map_err(|error| ConfigError::Invalid {
             field: format!("training.{}", error.field),

@@ -133,6 +133,7 @@ use crowdtrain_recipe::TrainingRecipe;
 use crate::admission::TokenId;
 use crate::audit::{self, Commitment};
 use crate::config::RunConfig;
+use crate::contract::ContractChoice;
 use crate::identity::PublicKey;
 use crate::ids::{Digest, RoundId, WorkerId};
 use crate::ledger::Event;
@@ -629,6 +630,10 @@ pub struct Coordinator {
     finished: bool,
     now_ms: u64,
     actions: VecDeque<Action>,
+    /// The number of options of the run's contract menu, once published.
+    menu_options: Option<u32>,
+    /// Each participant's chosen option.
+    choices: BTreeMap<WorkerId, u32>,
 }
 
 impl Coordinator {
@@ -652,6 +657,8 @@ impl Coordinator {
             finished: false,
             now_ms: 0,
             actions: VecDeque::new(),
+            menu_options: None,
+            choices: BTreeMap::new(),
         }
     }
 
@@ -721,6 +728,10 @@ impl Coordinator {
             | Event::WorkAccepted { .. }
             | Event::Reward(_)
             | Event::RoundScored { .. } => {}
+            Event::ContractPublished { menu } => self.menu_options = Some(menu.options.len() as u32),
+            Event::OptionChosen { worker, choice } => {
+                self.choices.insert(*worker, choice.option);
+            }
             Event::WorkerRegistered { worker, key, class, token, .. } => {
                 self.keys.insert(*key, *worker);
                 if let Some(token) = token {
@@ -913,6 +924,56 @@ impl Coordinator {
 
     pub fn worker_id(&self, key: &PublicKey) -> Option<WorkerId> {
         self.keys.get(key).copied()
+    }
+
+    /// Whether the run offers a contract (its menu is published).
+    pub fn offers_contract(&self) -> bool {
+        self.menu_options.is_some()
+    }
+
+    /// The option `worker` chose, if any.
+    pub fn choice(&self, worker: WorkerId) -> Option<u32> {
+        self.choices.get(&worker).copied()
+    }
+
+    /// Records the option a registered worker (`key`) chose, signed with
+    /// its key. Choosing the same option again changes nothing; another
+    /// option replaces the first only until the run's first round opens.
+    pub fn choose(&mut self, now: u64, key: PublicKey, choice: ContractChoice) -> Result<(), Refusal> {
+        self.advance(now);
+        let worker = *self
+            .keys
+            .get(&key)
+            .ok_or_else(|| Refusal::new(ErrorCode::UnknownWorker, "register before choosing an option"))?;
+        let Some(options) = self.menu_options else {
+            return Err(Refusal::new(ErrorCode::BadRequest, "this run offers no contract to choose from"));
+        };
+        if choice.option >= options {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("option {} does not exist: the menu has options 0 to {}", choice.option, options - 1),
+            ));
+        }
+        if choice.verify(&key, self.run_id).is_err() {
+            return Err(Refusal::new(
+                ErrorCode::BadSignature,
+                "the choice is not signed by this worker's key",
+            ));
+        }
+        match self.choices.get(&worker) {
+            Some(&chosen) if chosen == choice.option => return Ok(()),
+            Some(&chosen) if self.next_round > 0 => {
+                return Err(Refusal::new(
+                    ErrorCode::Late,
+                    format!(
+                        "{worker} chose option {chosen}; a choice is final once the run's first round has opened"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        self.record(Event::OptionChosen { worker, choice });
+        Ok(())
     }
 
     pub fn worker_count(&self) -> usize {

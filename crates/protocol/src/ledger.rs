@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::TokenId;
 use crate::audit::Commitment;
+use crate::contract::{ContractChoice, ContractMenu};
 use crate::coordinator::{Recorded, Verdict};
 use crate::identity::{Identity, PublicKey, SignatureBytes};
 use crate::ids::{Digest, RoundId, WorkerId};
@@ -174,6 +175,19 @@ pub enum Event {
     RunFinished {
         final_model: Digest,
     },
+    /// The run's contract menu, solved from `[contract]` when the run
+    /// started, before any worker could choose (issue 15).
+    ContractPublished {
+        menu: ContractMenu,
+    },
+    /// A participant chose an option of the menu, signed with its key
+    /// ([`ContractChoice::verify`] against its `worker-registered` key). A
+    /// later entry for the same worker replaces it; none is accepted after
+    /// the run's first round opened.
+    OptionChosen {
+        worker: WorkerId,
+        choice: ContractChoice,
+    },
 }
 
 impl Event {
@@ -198,6 +212,8 @@ impl Event {
             Self::RoundClosed { .. } => "round-closed",
             Self::RoundFailed { .. } => "round-failed",
             Self::RunFinished { .. } => "run-finished",
+            Self::ContractPublished { .. } => "contract-published",
+            Self::OptionChosen { .. } => "option-chosen",
         }
     }
 }

@@ -21,15 +21,22 @@
 //!   commitment to segment-boundary states) and [`ledger`] (the signed,
 //!   hash-chained record of everything that decides who earns what) are
 //!   proof-of-training's building blocks.
+//! - [`contract`] is `[contract]` of `run.toml` and the menu a run
+//!   publishes, records and serves signed; [`contract::ContractMenu::choose`]
+//!   is the choice incentive compatibility predicts.
+//! - [`reward_model`] is the recipe of a model reward: the checkpoints, the
+//!   coefficient and the measured values anyone can rebuild and check.
 
 pub mod admission;
 pub mod audit;
 pub mod config;
+pub mod contract;
 pub mod coordinator;
 pub mod identity;
 pub mod ids;
 pub mod ledger;
 pub mod merkle;
+pub mod reward_model;
 pub mod wire;
 
 pub use audit::Commitment;

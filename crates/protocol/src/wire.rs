@@ -23,6 +23,7 @@
 
 use std::fmt;
 
+use crate::contract::ContractChoice;
 use crowdtrain_recipe::TrainingRecipe;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -473,6 +474,10 @@ pub struct RegisterRequest {
     /// workers by token (see [`crate::admission`]).
     #[serde(default)]
     pub token: Option<String>,
+    /// The option chosen from the run's contract menu, when it offers one
+    /// (see [`crate::contract`]).
+    #[serde(default)]
+    pub choice: Option<ContractChoice>,
 }
 
 /// Registration's answer.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below};
 use crowdtrain_protocol::Aggregated;
 use crowdtrain_protocol::audit::{self, Commitment};
+use crowdtrain_protocol::contract::{AccuracySpec, ContractChoice, ContractMenu, MenuOption};
 use crowdtrain_protocol::coordinator::OpenRound;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
@@ -1354,4 +1355,109 @@ fn a_late_commitment_sent_again_after_its_round_closed_is_the_same_late_commitme
         Ok(Outcome::AlreadyRecorded(Recorded::Late)),
         "and a restored coordinator says the same"
     );
+}
+
+fn three_option_menu() -> ContractMenu {
+    let option = |cost: f64, contribution: f64| MenuOption {
+        cost,
+        probability: 1.0 / 3.0,
+        contribution,
+        required_contribution: contribution.ceil() as u64,
+        expected_reward_value: 50.0 + contribution / 10.0,
+        reward_ratio: 0.9,
+        reservation_utility: 0.0,
+        utility: 1.0,
+    };
+    ContractMenu {
+        participants: 3,
+        accuracy: AccuracySpec {
+            kind: "power-law".into(),
+            a_opt: Some(0.85),
+            k: None,
+            unit: None,
+            b: Some(4.7),
+            c: Some(0.5),
+        },
+        valuation_scale: 100.0,
+        metric: crowdtrain_recipe::Metric::Accuracy,
+        options: vec![option(0.004, 64.0), option(0.001, 128.0), option(0.0005, 256.0)],
+        expected_accuracy: 0.8,
+        max_violation: 0.0,
+        kkt_residual: 0.0,
+    }
+}
+
+/// A participant's choice is its own (signed), checked against the menu,
+/// recorded, replayable, and final once the first round opens.
+#[test]
+fn choices_are_signed_checked_recorded_and_final_after_the_first_round() {
+    let settings = Settings { min_workers: 3, ..settings() };
+    let run = Digest::of(b"run");
+    let identity = |index: u8| Identity::from_seed([index + 1; 32]);
+    let mut durable = Durable::new();
+    durable
+        .store
+        .record(T0, &[Event::ContractPublished { menu: three_option_menu() }], &[], &durable.signer)
+        .unwrap();
+    let mut machine = durable.restore(settings.clone(), T0);
+    assert!(machine.offers_contract());
+    let w0 = machine.register(T0, key(0), "avx2-fma").unwrap().0;
+    let w1 = machine.register(T0, key(1), "avx2-fma").unwrap().0;
+    durable.record(drain(&mut machine));
+
+    let refused = |result: Result<(), crowdtrain_protocol::Refusal>| result.unwrap_err().code;
+    // Someone else's signature, a choice for another run, an option the menu lacks.
+    assert_eq!(
+        refused(machine.choose(T0, key(0), ContractChoice::sign(&identity(1), run, 1))),
+        ErrorCode::BadSignature
+    );
+    assert_eq!(
+        refused(machine.choose(T0, key(0), ContractChoice::sign(&identity(0), Digest::of(b"x"), 1))),
+        ErrorCode::BadSignature
+    );
+    assert_eq!(
+        refused(machine.choose(T0, key(0), ContractChoice::sign(&identity(0), run, 3))),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        refused(machine.choose(T0, key(9), ContractChoice::sign(&identity(9), run, 0))),
+        ErrorCode::UnknownWorker
+    );
+    assert!(drain(&mut machine).is_empty(), "a refused choice records nothing");
+
+    // Before the first round a choice may change; the same choice again records nothing.
+    machine.choose(T0, key(0), ContractChoice::sign(&identity(0), run, 0)).unwrap();
+    machine.choose(T0, key(0), ContractChoice::sign(&identity(0), run, 2)).unwrap();
+    machine.choose(T0, key(1), ContractChoice::sign(&identity(1), run, 1)).unwrap();
+    let recorded = durable.record(drain(&mut machine));
+    assert_eq!(recorded.len(), 3);
+    machine.choose(T0, key(0), ContractChoice::sign(&identity(0), run, 2)).unwrap();
+    assert!(drain(&mut machine).is_empty());
+    assert_eq!((machine.choice(w0), machine.choice(w1)), (Some(2), Some(1)));
+
+    // The third worker opens round 0: choices are final from now on.
+    let w2 = machine.register(T0 + 1, key(2), "avx2-fma").unwrap().0;
+    durable.record(drain(&mut machine));
+    assert!(machine.open_round().is_some());
+    assert_eq!(
+        refused(machine.choose(T0 + 2, key(0), ContractChoice::sign(&identity(0), run, 1))),
+        ErrorCode::Late
+    );
+    machine.choose(T0 + 2, key(0), ContractChoice::sign(&identity(0), run, 2)).unwrap();
+    // A first choice is still taken (a participant who joins late).
+    machine.choose(T0 + 2, key(2), ContractChoice::sign(&identity(2), run, 0)).unwrap();
+    durable.record(drain(&mut machine));
+
+    // What the ledger holds restores the same choices, equally final.
+    let mut restored = durable.restore(settings, T0 + 3);
+    assert_eq!((restored.choice(w0), restored.choice(w1), restored.choice(w2)), (Some(2), Some(1), Some(0)));
+    assert_eq!(
+        refused(restored.choose(T0 + 3, key(1), ContractChoice::sign(&identity(1), run, 2))),
+        ErrorCode::Late
+    );
+    let chosen = durable.store.choices().unwrap();
+    assert_eq!(chosen.len(), 3);
+    assert_eq!(chosen[&w0].option, 2);
+    assert!(chosen[&w0].verify(&key(0), run).is_ok(), "anyone can check a choice against the worker's key");
+    assert_eq!(durable.store.contract_menu().unwrap(), Some(three_option_menu()));
 }

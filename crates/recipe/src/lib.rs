@@ -17,6 +17,8 @@
 //! - [`defense`] holds the settings of the coordinator's checks, robust
 //!   aggregation and quality scoring, shared the same way by the run
 //!   configuration, the simulation and the battery.
+//! - [`Metric`] is what a model's quality is on the contract's scale
+//!   (test accuracy, or a share of a reference loss removed).
 //! - [`segment_range`] says where a round's inner steps are cut into the
 //!   segments that commitments cover and audits replay: the worker, the
 //!   auditor and the protocol must agree on it exactly.
@@ -27,6 +29,7 @@
 
 pub mod codec;
 pub mod defense;
+pub mod metric;
 pub mod model;
 pub mod optim;
 pub mod sharding;
@@ -35,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::Codec;
 pub use defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
+pub use metric::Metric;
 pub use model::{GptConfig, ModelKind};
 pub use optim::{AdamW, NANOGPT_WARMUP_STEPS, Nesterov, Schedule};
 pub use sharding::Sharding;

@@ -13,8 +13,10 @@
 //! crash at any point, the tables never disagree with the ledger, and a
 //! restarted coordinator rebuilds its state machine from [`Store::events`].
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
@@ -457,6 +459,50 @@ impl Store {
                     .map_err(|reason| StoreError::Corrupt(format!("ledger entry {}: {reason}", sealed.index)))
             })
             .collect()
+    }
+
+    /// The contract menu the run published, if it offers one.
+    pub fn contract_menu(&self) -> Result<Option<ContractMenu>, StoreError> {
+        let body: Option<(i64, Vec<u8>)> = self
+            .connection
+            .query_row(
+                "SELECT idx, body FROM ledger WHERE kind = 'contract-published' ORDER BY idx LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((index, body)) = body else { return Ok(None) };
+        match ledger::Entry::from_bytes(&body) {
+            Ok(ledger::Entry { event: Event::ContractPublished { menu }, .. }) => Ok(Some(menu)),
+            Ok(_) => {
+                Err(StoreError::Corrupt(format!("ledger entry {index} is not the contract it is filed as")))
+            }
+            Err(reason) => Err(StoreError::Corrupt(format!("ledger entry {index}: {reason}"))),
+        }
+    }
+
+    /// Each participant's latest choice of option, by worker.
+    pub fn choices(&self) -> Result<BTreeMap<WorkerId, ContractChoice>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT idx, body FROM ledger WHERE kind = 'option-chosen' ORDER BY idx")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)))?;
+        let mut choices = BTreeMap::new();
+        for row in rows {
+            let (index, body) = row?;
+            match ledger::Entry::from_bytes(&body) {
+                Ok(ledger::Entry { event: Event::OptionChosen { worker, choice }, .. }) => {
+                    choices.insert(worker, choice);
+                }
+                Ok(_) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "ledger entry {index} is not the choice it is filed as"
+                    )));
+                }
+                Err(reason) => return Err(StoreError::Corrupt(format!("ledger entry {index}: {reason}"))),
+            }
+        }
+        Ok(choices)
     }
 
     /// Records the test accuracy and loss of a round's result.
@@ -1165,6 +1211,29 @@ fn project(
             )?)?;
         }
         Event::RunFinished { .. } => {}
+        Event::ContractPublished { .. } => {
+            // The menu lives in its ledger entry (`Store::contract_menu`);
+            // a run publishes one, before anyone can choose from it.
+            let published: i64 = transaction.query_row(
+                "SELECT COUNT(*) FROM ledger WHERE kind = 'contract-published'",
+                [],
+                |row| row.get(0),
+            )?;
+            if published != 0 {
+                return Err(StoreError::Corrupt("the run's contract menu is already published".into()));
+            }
+        }
+        Event::OptionChosen { worker, .. } => {
+            // Choices live in their ledger entries (`Store::choices`).
+            let known: i64 = transaction.query_row(
+                "SELECT COUNT(*) FROM workers WHERE id = ?1",
+                params![worker.0],
+                |row| row.get(0),
+            )?;
+            if known == 0 {
+                return Err(StoreError::Corrupt(format!("{worker} chose an option without registering")));
+            }
+        }
     }
     Ok(())
 }

@@ -9,9 +9,15 @@
 //! - [`Checkpoints`] is a directory of safetensors files named by the hash
 //!   of their content; [`checkpoint::encode`] and [`checkpoint::decode`]
 //!   are deterministic and strict.
+//! - [`trajectory`] reads a run's checkpoints in order, with the verified
+//!   work behind each and its evaluation (from the verified ledger).
+//! - [`reward`] builds model rewards from those checkpoints, and checks a
+//!   reward's recipe by rebuilding it.
 
 pub mod checkpoint;
 pub mod db;
+pub mod reward;
+pub mod trajectory;
 
 pub use checkpoint::{CheckpointError, CheckpointKind, Checkpoints};
 pub use db::{LatestResult, LedgerOrder, RunRecord, Store, StoreError};

@@ -19,6 +19,8 @@
 //! - [`diloco`] runs DiLoCo rounds and the synchronous baseline in one
 //!   process from a [`TrainingRecipe`]; [`codec`] encodes pseudo-gradients
 //!   for the wire.
+//! - [`reward`] makes model rewards: a model of a chosen value, between two
+//!   consecutive checkpoints of a run, found by measuring.
 //!
 //! Everything here is deterministic: the same inputs give the same bits at
 //! any thread count and on any x86-64 CPU (see `docs/ARCHITECTURE.md` for
@@ -31,6 +33,7 @@ pub mod model;
 pub mod model_file;
 pub mod ops;
 pub mod optim;
+pub mod reward;
 pub mod state;
 pub mod text;
 pub mod trainer;

@@ -491,7 +491,8 @@ async fn idle_worker(url: String, token: String, stop: Arc<AtomicBool>) {
             .send()
     };
     let body =
-        serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: Some(token) }).expect("json");
+        serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: Some(token), choice: None })
+            .expect("json");
     if send("POST", "/v1/workers", body).await.is_err() {
         return;
     }
@@ -515,7 +516,8 @@ async fn register_strangers(url: String, count: usize, counters: Arc<AttackCount
             Err(_) => return,
         };
     let run_id = run.body.run_id;
-    let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: None }).expect("json");
+    let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: None, choice: None })
+        .expect("json");
     let declared = BodyDeclaration::of(&body);
     let mut sent = 0usize;
     let mut in_flight = tokio::task::JoinSet::new();

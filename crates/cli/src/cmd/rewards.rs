@@ -49,6 +49,18 @@ struct WorkerRewards {
     work_share: f64,
     /// This worker's share of all positive credits.
     credit_share: f64,
+    /// In a run that offers a contract: the option it chose (signed by its
+    /// key, checked here), ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    option: Option<u32>,
+    /// ... the contribution that option requires, in verified work units, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    required_contribution: Option<u64>,
+    /// ... and what it delivered so far: its verified work (accepted
+    /// submissions whose updates passed the checks; slashed and refused
+    /// work never counts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered_contribution: Option<u64>,
     #[serde(skip)]
     multipliers: Vec<f64>,
 }
@@ -67,6 +79,9 @@ impl WorkerRewards {
             refused_updates: 0,
             work_share: 0.0,
             credit_share: 0.0,
+            option: None,
+            required_contribution: None,
+            delivered_contribution: None,
             multipliers: Vec::new(),
         }
     }
@@ -83,6 +98,14 @@ struct RewardsReport {
     workers: Vec<WorkerRewards>,
 }
 
+/// The run's id, from its first entry.
+fn run_id(entries: &[crowdtrain_protocol::ledger::Entry]) -> anyhow::Result<crowdtrain_protocol::Digest> {
+    match entries.first().map(|entry| &entry.event) {
+        Some(Event::RunStarted { run_id, .. }) => Ok(*run_id),
+        _ => anyhow::bail!("the ledger does not begin with run-started"),
+    }
+}
+
 pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     let path = crate::cmd::ledger::database(&args.source.state)?;
     let entries =
@@ -92,6 +115,7 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     let mut workers: BTreeMap<WorkerId, WorkerRewards> = BTreeMap::new();
     let mut rounds_closed = 0;
     let mut scored_rounds = std::collections::BTreeSet::new();
+    let mut menu = None;
     fn worker(workers: &mut BTreeMap<WorkerId, WorkerRewards>, id: WorkerId) -> &mut WorkerRewards {
         workers.entry(id).or_insert_with(|| WorkerRewards::new(id))
     }
@@ -113,7 +137,25 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
                 scored_rounds.insert(*round);
             }
             Event::RoundClosed { .. } => rounds_closed += 1,
+            Event::ContractPublished { menu: published } => menu = Some(published.clone()),
+            Event::OptionChosen { worker: id, choice } => {
+                let rewards = worker(&mut workers, *id);
+                let key = rewards.public_key.context("a choice by a worker that never registered")?;
+                choice.verify(&key, run_id(&entries)?).map_err(|_| {
+                    anyhow::anyhow!("ledger entry {}: {id}'s choice is not signed by its key", entry.index)
+                })?;
+                rewards.option = Some(choice.option);
+            }
             _ => {}
+        }
+    }
+    if let Some(menu) = &menu {
+        for rewards in workers.values_mut() {
+            rewards.required_contribution = rewards
+                .option
+                .and_then(|option| menu.options.get(option as usize))
+                .map(|option| option.required_contribution);
+            rewards.delivered_contribution = Some(rewards.verified_work);
         }
     }
     let total_work: u64 = workers.values().map(|worker| worker.verified_work).sum();
@@ -139,7 +181,8 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     if args.json {
         return output::print_json(&report);
     }
-    let mut table = output::table(&[
+    let contract_columns = menu.is_some();
+    let mut headers = vec![
         "worker",
         "verified work",
         "quality",
@@ -150,9 +193,13 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
         "refused",
         "work share",
         "credit share",
-    ]);
+    ];
+    if contract_columns {
+        headers.extend(["option", "required", "delivered"]);
+    }
+    let mut table = output::table(&headers);
     for worker in &report.workers {
-        table.add_row(vec![
+        let mut row = vec![
             worker.worker.to_string(),
             worker.verified_work.to_string(),
             worker.quality.map_or("-".into(), |quality| format!("{quality:.2}")),
@@ -163,7 +210,14 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             worker.refused_updates.to_string(),
             format!("{:.1}%", 100.0 * worker.work_share),
             format!("{:.1}%", 100.0 * worker.credit_share),
-        ]);
+        ];
+        if contract_columns {
+            let shown = |value: Option<u64>| value.map_or("-".into(), |value| value.to_string());
+            row.push(worker.option.map_or("-".into(), |option| option.to_string()));
+            row.push(shown(worker.required_contribution));
+            row.push(shown(worker.delivered_contribution));
+        }
+        table.add_row(row);
     }
     println!("{table}");
     println!(

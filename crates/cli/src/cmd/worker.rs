@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use crowdtrain_node::worker::{Behavior, WorkerOptions, run_worker};
+use crowdtrain_node::worker::{Behavior, Choose, WorkerOptions, run_worker};
 use crowdtrain_protocol::PublicKey;
 
 use crate::output;
@@ -65,6 +65,19 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "FILE")]
     admission_token_file: Option<PathBuf>,
 
+    /// Your private per-unit cost of contribution, in runs that offer a
+    /// contract: the worker takes the option of the signed menu that
+    /// maximises your expected utility (ties to the higher contribution).
+    /// The cost never leaves this machine; a cost of none of the menu's
+    /// types is refused.
+    #[arg(long, value_name = "C", conflicts_with = "option")]
+    cost: Option<f64>,
+
+    /// Take option K of the run's contract menu (0 is the highest-cost
+    /// type's), whatever it is worth to you.
+    #[arg(long, value_name = "K")]
+    option: Option<u32>,
+
     /// Print a JSON summary on stdout when the run ends.
     #[arg(long)]
     json: bool,
@@ -92,6 +105,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         threads: args.threads,
         behavior: args.behavior,
         admission_token,
+        choose: match (args.cost, args.option) {
+            (Some(cost), _) => Some(Choose::Cost(cost)),
+            (None, Some(option)) => Some(Choose::Option(option)),
+            (None, None) => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let summary = runtime.block_on(run_worker(options, |news| eprintln!("{news}")))?;

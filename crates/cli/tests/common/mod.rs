@@ -157,6 +157,23 @@ impl Network {
     /// [`Network::start_worker_as`] with extra environment variables (for
     /// example `CROWDTRAIN_KERNELS=portable`: another determinism class).
     pub fn start_worker_with(&mut self, index: usize, behavior: &str, threads: usize, env: &[(&str, &str)]) {
+        self.start_worker_full(index, behavior, threads, env, &[]);
+    }
+
+    /// An honest worker on one thread, with more `crowdtrain worker`
+    /// arguments (for example `--cost 0.001`).
+    pub fn start_worker_args(&mut self, index: usize, args: &[&str]) {
+        self.start_worker_full(index, "honest", 1, &[], args);
+    }
+
+    fn start_worker_full(
+        &mut self,
+        index: usize,
+        behavior: &str,
+        threads: usize,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) {
         let key = self.path(&format!("worker-{index}.key"));
         if !key.exists() {
             files::save_identity(&files::generate_identity().unwrap(), &key).unwrap();
@@ -177,6 +194,7 @@ impl Network {
             .arg(subset())
             .arg("--cache")
             .arg(self.path(&format!("cache-{index}")))
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -224,6 +242,29 @@ impl Network {
     /// Waits for every worker to exit and returns their outputs.
     pub fn join_workers(&mut self) -> Vec<Output> {
         self.workers.drain(..).map(|child| child.wait_with_output().unwrap()).collect()
+    }
+
+    /// `crowdtrain rewards --state <state> --json`, parsed.
+    pub fn rewards(&self) -> serde_json::Value {
+        let output = Command::new(binary())
+            .args(["rewards", "--json", "--state"])
+            .arg(self.path("state"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Runs the coordinator on this network's files to its end (for
+    /// configurations it must refuse).
+    pub fn run_coordinator_to_exit(&self) -> Output {
+        Command::new(binary())
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--config"])
+            .arg(self.path("run.toml"))
+            .arg("--state")
+            .arg(self.path("state"))
+            .output()
+            .unwrap()
     }
 
     /// Runs `crowdtrain ledger ARGS --state <state>`.
@@ -328,7 +369,8 @@ impl HandWorker {
 
     /// Registers (class avx2-fma) with `token`.
     pub fn register(&self, token: Option<String>) -> (u16, Vec<u8>) {
-        let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token }).unwrap();
+        let body =
+            serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token, choice: None }).unwrap();
         self.send("POST", "/v1/workers", body, self.nonce(), self.run.run_id)
     }
 

@@ -3,6 +3,7 @@
 //! | method and path | auth | answer |
 //! |---|---|---|
 //! | `GET /v1/run` | none | `Signed<RunInfo>` |
+//! | `GET /v1/contract` | none | `Signed<ContractMenu>` (postcard, as in the ledger: JSON does not carry every f64 back exactly): the menu the run published in its ledger when it started; 404 `not-found` if the run offers no contract |
 //! | `POST /v1/workers` | signed | body: a JSON `RegisterRequest` (class, admission token); `Signed<Registration>` (idempotent per key); 403 `not-admitted` for a new key the run does not admit, 503 `full` when the run has as many live workers as its data supports (send it again later) |
 //! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
@@ -129,6 +130,7 @@ pub async fn serve(
     let app = App { node: Arc::clone(&node), limits: Arc::clone(&limits) };
     let router = Router::new()
         .route("/v1/run", get(run_info))
+        .route("/v1/contract", get(contract_menu))
         .route("/v1/workers", post(register))
         .route("/v1/round", get(round))
         .route("/v1/models/{digest}", get(model))
@@ -280,6 +282,19 @@ async fn run_info(State(node): State<Arc<Node>>) -> Response {
     Json(node.run_info().clone()).into_response()
 }
 
+async fn contract_menu(State(node): State<Arc<Node>>) -> Response {
+    // Postcard, as the ledger keeps it: JSON does not carry every f64
+    // back bit for bit, and the signature covers the exact values.
+    match node.contract_menu() {
+        Some(menu) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            postcard::to_allocvec(menu).expect("menus encode"),
+        )
+            .into_response(),
+        None => Failure::new(ErrorCode::NotFound, "this run offers no contract").into_response(),
+    }
+}
+
 async fn register(
     State(node): State<Arc<Node>>,
     State(limits): State<Arc<RequestLimits>>,
@@ -306,8 +321,10 @@ async fn register(
                 ),
             )
         })?;
-        blocking(move || node.register(auth.worker, auth.nonce, &request.class, request.token.as_deref()))
-            .await
+        blocking(move || {
+            node.register(auth.worker, auth.nonce, &request.class, request.token.as_deref(), request.choice)
+        })
+        .await
     };
     match result.await {
         Ok(registration) => Json(registration).into_response(),

@@ -12,6 +12,7 @@
 
 mod admission;
 mod audit;
+pub mod contract;
 mod http;
 mod limits;
 mod metrics;
@@ -25,6 +26,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Decision, ModelDefense, Quality, Submission};
+use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
@@ -100,6 +102,8 @@ pub struct Node {
     /// Lets work that outlives a request (evaluations) reach the node.
     me: std::sync::Weak<Node>,
     run: Signed<RunInfo>,
+    /// The run's contract menu, if it offers one (`GET /v1/contract`).
+    contract: Option<Signed<ContractMenu>>,
     run_id: Digest,
     identity: Identity,
     config: RunConfig,
@@ -249,6 +253,10 @@ struct NextGlobal {
 impl Node {
     /// Opens (or creates) the run in `state_dir` and restores where it was.
     pub fn open(config: RunConfig, state_dir: &Path) -> Result<Arc<Self>, NodeError> {
+        // A contract that is not a scenario touches nothing.
+        if let Some(section) = &config.contract {
+            contract::scenario(section)?;
+        }
         std::fs::create_dir_all(state_dir)
             .map_err(|error| NodeError::io(format!("could not create {}", state_dir.display()), error))?;
         let identity = load_or_create_key(&state_dir.join("coordinator.key"))?;
@@ -261,6 +269,14 @@ impl Node {
         let answers = Checkpoints::open_with_extension(&state_dir.join("audit-answers"), "answer")?;
         let mut store = Store::open(&state_dir.join("coordinator.sqlite"))?;
         let config_json = canonical_config(&config);
+        // The menu is solved before the run is created (an unsolvable
+        // `[contract]` creates nothing) and recorded before any worker can
+        // register; a process that stopped in between solves it again
+        // (deterministically) and records it now.
+        let unpublished_menu = match (&config.contract, store.contract_menu()?) {
+            (Some(section), None) => Some(contract::solve_menu(section)?),
+            _ => None,
+        };
         let record = match store.run()? {
             Some(record)
                 if record.config_json == config_json && record.coordinator_key == identity.public_key() =>
@@ -274,6 +290,10 @@ impl Node {
                 record
             }
         };
+        if let Some(menu) = unpublished_menu {
+            store.record(now_unix_ms(), &[Event::ContractPublished { menu }], &[], &identity)?;
+        }
+        let contract = store.contract_menu()?.map(|menu| Signed::sign(&identity, menu));
         let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
         let mut settings = Settings::from_config(&config);
         settings.max_participants = max_participants(&config, &dataset);
@@ -342,6 +362,7 @@ impl Node {
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             run,
+            contract,
             run_id: record.run_id,
             identity,
             config,
@@ -404,6 +425,11 @@ impl Node {
         &self.run
     }
 
+    /// The run's signed contract menu, if it offers one.
+    pub fn contract_menu(&self) -> Option<&Signed<ContractMenu>> {
+        self.contract.as_ref()
+    }
+
     pub fn run_id(&self) -> Digest {
         self.run_id
     }
@@ -446,6 +472,7 @@ impl Node {
         nonce: u64,
         class: &str,
         token: Option<&str>,
+        choice: Option<ContractChoice>,
     ) -> Result<Signed<Registration>, Failure> {
         let admitted = self.admission.check(&key, token);
         let mut inner = self.lock();
@@ -455,7 +482,24 @@ impl Node {
             (Err(_), Some(_)) => None,
             (Err(failure), None) => return Err(failure),
         };
+        let known = inner.machine.worker_id(&key);
+        if inner.machine.offers_contract()
+            && choice.is_none()
+            && known.and_then(|worker| inner.machine.choice(worker)).is_none()
+        {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                "this run offers a contract: choose an option of its menu (GET /v1/contract) when you register \
+                 (crowdtrain worker --cost C, or --option K)",
+            ));
+        }
         let (worker, _) = inner.machine.register_admitted(now_unix_ms(), key, class, Some(nonce), token)?;
+        if let Some(choice) = choice {
+            let chosen = inner.machine.choose(now_unix_ms(), key, choice);
+            // The registration stands either way; what is recorded is written first.
+            self.drive(&mut inner, &[]).map_err(Failure::internal)?;
+            chosen?;
+        }
         self.drive(&mut inner, &[]).map_err(Failure::internal)?;
         Ok(Signed::sign(&self.identity, Registration { run_id: self.run_id, worker, public_key: key }))
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_protocol::config::AdmissionMode;
+use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::wire::{
     ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
 };
@@ -66,6 +67,19 @@ pub struct WorkerOptions {
     /// The admission token the run's operator gave this worker, if the run
     /// admits by token.
     pub admission_token: Option<String>,
+    /// How to choose from the run's contract menu, if it offers one.
+    pub choose: Option<Choose>,
+}
+
+/// How a worker picks its option of a run's contract menu.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Choose {
+    /// Its private per-unit cost: it takes the option that maximises its
+    /// own expected utility (ties to the higher contribution). The cost
+    /// never leaves the worker.
+    Cost(f64),
+    /// This option, whatever it is worth.
+    Option(u32),
 }
 
 /// What a worker did, reported when it exits.
@@ -96,6 +110,8 @@ pub struct WorkerSummary {
     pub bytes_downloaded: u64,
     /// From registration to holding a first assignment and its model.
     pub join_ms: Option<u64>,
+    /// The option of the contract menu it chose, if the run offers one.
+    pub option: Option<u32>,
     pub training_seconds: f64,
     pub finished: bool,
 }
@@ -150,8 +166,24 @@ pub async fn run_worker(
     client.set_run(run.run_id);
     summary.run_id = Some(run.run_id);
 
+    let choice = match options.choose {
+        Some(choose) => {
+            let (option, choice) = choose_option(&client, &run, &coordinator, choose, &mut on_round).await?;
+            summary.option = Some(option);
+            Some(choice)
+        }
+        None if run.config.contract.is_some() => {
+            return Err(NodeError::Contract(
+                "this run offers a contract: pass --cost C (your per-unit cost; the worker takes the option of \
+                 the menu that is best for you) or --option K"
+                    .into(),
+            ));
+        }
+        None => None,
+    };
     let registered_at = Instant::now();
-    let registration = register(&client, &run, options.admission_token.as_deref(), &mut on_round).await?;
+    let registration =
+        register(&client, &run, options.admission_token.as_deref(), choice, &mut on_round).await?;
     let registration: Signed<Registration> = registration.json()?;
     let registration = verified(&registration, &coordinator, "registration")?;
     if registration.public_key != client.identity().public_key() || registration.run_id != run.run_id {
@@ -400,14 +432,52 @@ const REGISTRATION_RETRY_MAX: Duration = Duration::from_secs(30);
 /// can pass later (a full run, a key not yet on the allow-list) are sent
 /// again with backoff, for as long as it takes; the others end the worker
 /// with the coordinator's reason.
+/// Reads the run's signed menu and picks an option as `choose` says,
+/// signed with this worker's key.
+async fn choose_option(
+    client: &Client,
+    run: &RunInfo,
+    coordinator: &PublicKey,
+    choose: Choose,
+    on_round: &mut impl FnMut(&str),
+) -> Result<(u32, ContractChoice), NodeError> {
+    if run.config.contract.is_none() {
+        return Err(NodeError::Contract("this run offers no contract: drop --cost and --option".into()));
+    }
+    let answer = client.request(Method::GET, "/v1/contract", Vec::new(), &[]).await?;
+    let signed: Signed<ContractMenu> =
+        postcard::from_bytes(&expect_ok(&answer, "reading the contract menu")?.body)
+            .map_err(|error| NodeError::Untrusted(format!("the contract menu does not decode: {error}")))?;
+    let menu = verified(&signed, coordinator, "contract menu")?;
+    let option = match choose {
+        Choose::Cost(cost) => menu.choose(cost),
+        Choose::Option(option) => menu.option(option as usize).map(|_| option as usize),
+    }
+    .map_err(|error| NodeError::Contract(error.to_string()))?;
+    let chosen = &menu.options[option];
+    let utility = match choose {
+        Choose::Cost(cost) => format!(", expected utility {:.4}", chosen.utility_for(cost)),
+        Choose::Option(_) => String::new(),
+    };
+    on_round(&format!(
+        "chose option {option} of {}: deliver {} verified work units for a model reward of expected value {:.4}{utility}",
+        menu.options.len(),
+        chosen.required_contribution,
+        chosen.expected_reward_value,
+    ));
+    let option = option as u32;
+    Ok((option, ContractChoice::sign(client.identity(), run.run_id, option)))
+}
+
 async fn register(
     client: &Client,
     run: &RunInfo,
     token: Option<&str>,
+    choice: Option<ContractChoice>,
     on_round: &mut impl FnMut(&str),
 ) -> Result<Answer, NodeError> {
     let class = crowdtrain_train::kernels::active_path().name();
-    let request = RegisterRequest { class: class.to_owned(), token: token.map(str::to_owned) };
+    let request = RegisterRequest { class: class.to_owned(), token: token.map(str::to_owned), choice };
     let body = serde_json::to_vec(&request).expect("registrations serialise");
     let mut wait = REGISTRATION_RETRY_START;
     loop {

@@ -14,9 +14,44 @@ use crowdtrain_contract::check::check;
 use crowdtrain_contract::paper;
 use crowdtrain_contract::rewards::{parse_outcome, ratios, realize};
 use crowdtrain_contract::{Expectations, Method, Scenario, Solution, solve};
+use crowdtrain_train::reward::Metric;
 use serde_json::{Value, json};
 
 use crate::output;
+
+mod fit;
+mod reward;
+
+/// What a model is worth, for `fit`, `reward-model` and `check-reward`.
+#[derive(Debug, Clone, Args)]
+struct MetricArgs {
+    /// What a model is worth: accuracy on the test set, or neg-loss = 1 -
+    /// loss / reference loss (for a language model's held-out loss).
+    #[arg(long, default_value = "accuracy", value_parser = ["accuracy", "neg-loss"])]
+    metric: String,
+
+    /// The loss worth 0 for neg-loss. Default: ln 10, the loss of guessing
+    /// uniformly among Fashion-MNIST's 10 classes; for a language model, ln
+    /// of its vocabulary size.
+    #[arg(long, value_name = "LOSS")]
+    reference_loss: Option<f64>,
+}
+
+impl MetricArgs {
+    fn metric(&self) -> anyhow::Result<Metric> {
+        let metric = match self.metric.as_str() {
+            "neg-loss" => {
+                Metric::NegLoss { reference_loss: self.reference_loss.unwrap_or(std::f64::consts::LN_10) }
+            }
+            _ => {
+                anyhow::ensure!(self.reference_loss.is_none(), "--reference-loss is for --metric neg-loss");
+                Metric::Accuracy
+            }
+        };
+        metric.validate()?;
+        Ok(metric)
+    }
+}
 
 /// Arguments of `crowdtrain contract`.
 #[derive(Debug, Args)]
@@ -37,6 +72,12 @@ enum ContractCommand {
     Paper(PaperArgs),
     /// Time the solver: S1+S2+S3 together, and N=1000 participants with I=10 types.
     Bench(BenchArgs),
+    /// Fit the accuracy function a(M) to measured learning curves (sim or run).
+    Fit(fit::FitArgs),
+    /// Build a model reward of a given value from a run's checkpoints.
+    RewardModel(reward::RewardModelArgs),
+    /// Rebuild a model reward from its recipe and check it.
+    CheckReward(reward::CheckRewardArgs),
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +136,9 @@ pub fn run(args: ContractArgs) -> anyhow::Result<()> {
         ContractCommand::Rewards(a) => rewards_command(&a),
         ContractCommand::Paper(a) => paper_command(&a),
         ContractCommand::Bench(a) => bench_command(&a),
+        ContractCommand::Fit(a) => fit::run(&a),
+        ContractCommand::RewardModel(a) => reward::reward_model(&a),
+        ContractCommand::CheckReward(a) => reward::check_reward(&a),
     }
 }
 
