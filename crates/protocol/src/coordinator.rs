@@ -720,6 +720,7 @@ impl Coordinator {
             | Event::UpdateRefused { .. }
             | Event::WorkAccepted { .. }
             | Event::Reward(_)
+            | Event::PayWithheld { .. }
             | Event::RoundScored { .. } => {}
             Event::WorkerRegistered { worker, key, class, token, .. } => {
                 self.keys.insert(*key, *worker);

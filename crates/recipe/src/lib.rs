@@ -31,7 +31,7 @@ pub mod sharding;
 use serde::{Deserialize, Serialize};
 
 pub use codec::Codec;
-pub use defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
+pub use defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
 pub use model::ModelKind;
 pub use optim::{AdamW, Nesterov};
 pub use sharding::Sharding;

@@ -585,7 +585,7 @@ impl Store {
     }
 
     /// Every scored round's `(worker, score)` pairs, ascending by round then
-    /// worker: what rebuilds the workers' smoothed quality after a restart.
+    /// worker: what rebuilds the pay gate after a restart.
     pub fn score_history(&self) -> Result<Vec<RoundScores>, StoreError> {
         let mut statement =
             self.connection.prepare("SELECT round, worker, score FROM rewards ORDER BY round, worker")?;
@@ -893,7 +893,7 @@ fn project(
                 params![round, closed_unix_ms],
             )?)?;
         }
-        Event::Reward(Reward { round, worker, score, quality, multiplier, units, credits }) => {
+        Event::Reward(Reward { round, worker, score, quality, multiplier, units, credits, .. }) => {
             transaction.execute(
                 "INSERT INTO rewards (round, worker, score, quality, multiplier, units, credits)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -907,6 +907,12 @@ fn project(
             )?)?;
         }
         Event::RunFinished { .. } => {}
+        Event::PayWithheld { round, worker, first_round, .. } => {
+            transaction.execute(
+                "UPDATE rewards SET credits = 0, multiplier = 0 WHERE worker = ?1 AND round >= ?2 AND round < ?3",
+                params![worker.0, first_round, round],
+            )?;
+        }
     }
     Ok(())
 }

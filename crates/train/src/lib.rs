@@ -36,7 +36,7 @@ pub use codec::{Codec, CodecError, Encode};
 pub use crowdtrain_recipe::TrainingRecipe;
 pub use model::{
     Evaluation, Model, ModelKind, ParamLayout, ParamSpec, build_model, evaluate, evaluate_subset,
-    loss_and_grad,
+    example_losses, loss_and_grad,
 };
 pub use optim::{AdamW, AdamWMoments, AdamWUpdate, Nesterov, NesterovUpdate, Schedule};
 pub use state::{OuterState, StateError, StateHash, TrainState, params_hash};

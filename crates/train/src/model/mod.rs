@@ -176,6 +176,36 @@ pub fn evaluate_subset(
     images: &LabeledImages,
     indices: &[u32],
 ) -> Result<Evaluation, TrainError> {
+    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    for_each_example(model, params, images, indices, |loss, right| {
+        loss_sum += f64::from(loss);
+        correct += usize::from(right);
+    })?;
+    let count = indices.len().max(1) as f64;
+    Ok(Evaluation { loss: loss_sum / count, accuracy: correct as f64 / count })
+}
+
+/// The loss of `params` on each of the given examples of `images`, in
+/// order: what a held-out score's sampling error is measured from.
+pub fn example_losses(
+    model: &dyn Model,
+    params: &[f32],
+    images: &LabeledImages,
+    indices: &[u32],
+) -> Result<Vec<f32>, TrainError> {
+    let mut losses = Vec::with_capacity(indices.len());
+    for_each_example(model, params, images, indices, |loss, _| losses.push(loss))?;
+    Ok(losses)
+}
+
+/// Calls `visit(loss, correct)` for each of the given examples, in order.
+fn for_each_example(
+    model: &dyn Model,
+    params: &[f32],
+    images: &LabeledImages,
+    indices: &[u32],
+    mut visit: impl FnMut(f32, bool),
+) -> Result<(), TrainError> {
     let layout = model.layout();
     check_len("parameters", params.len(), layout.len())?;
     let device = Device::Cpu;
@@ -183,7 +213,6 @@ pub fn evaluate_subset(
         .iter()
         .map(|(spec, range)| Tensor::from_slice(&params[range], spec.shape.as_slice(), &device))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     let mut batch = Batch::default();
     for chunk in indices.chunks(EVALUATION_CHUNK) {
         batch.fill(images, chunk);
@@ -192,13 +221,11 @@ pub fn evaluate_subset(
         let classes = logits.dim(1)?;
         with_f32(&logits, |logits| {
             for (row, &target) in logits.chunks_exact(classes).zip(&batch.targets) {
-                loss_sum += f64::from(row_loss(row, target as usize));
-                correct += usize::from(row_argmax(row) == target as usize);
+                visit(row_loss(row, target as usize), row_argmax(row) == target as usize);
             }
         })?;
     }
-    let count = indices.len().max(1) as f64;
-    Ok(Evaluation { loss: loss_sum / count, accuracy: correct as f64 / count })
+    Ok(())
 }
 
 fn check_len(what: &'static str, found: usize, expected: usize) -> Result<(), TrainError> {
