@@ -126,12 +126,14 @@ pub fn deviations(scores: &[f64], examples: usize, config: &QualityConfig) -> Op
 /// it", with the shift raised to the round's useless-update deviation when
 /// that is larger (early in training a useless update stands tens of
 /// spreads below the median, and one such round is decisive), and bounded
-/// by `±max_evidence`, scaled up by `shift / (2 * config.shift)` in rounds
-/// where the shift is raised: one freak round of an honest worker, whose
-/// deviations have heavier tails than a normal's, cannot decide.
+/// by `±max_evidence`, scaled up by `shift / (2 * clamp * config.shift)`
+/// where that is above 1: one freak round of an honest worker, whose
+/// deviations have heavier tails than a normal's, cannot decide, but one
+/// in which a useless update stands over six spreads below the median adds
+/// more than 2.5 nats (`docs/PAY.md` has the measurements that set it).
 pub fn round_evidence(deviation: f64, useless: f64, config: &QualityConfig) -> f64 {
     let shift = config.shift.max(useless);
-    let bound = config.max_evidence() * (shift / (2.0 * config.shift)).max(1.0);
+    let bound = config.max_evidence() * (shift / (2.0 * config.clamp * config.shift)).max(1.0);
     (-shift * deviation.min(config.clamp) - shift * shift / 2.0).clamp(-bound, bound)
 }
 
@@ -340,8 +342,10 @@ mod tests {
         assert!(round.deviations[..4].iter().all(|deviation| deviation.abs() < 2.0), "{round:?}");
         assert_eq!(
             round_evidence(round.deviations[4], round.useless, &config),
-            config.max_evidence() * round.useless / 2.0
+            config.max_evidence() * (round.useless / 6.0).max(1.0)
         );
+        // A round where a useless update stands 60 spreads below: decisive.
+        assert_eq!(round_evidence(-60.0, 60.0, &config), 25.0);
         // A round where a useless update stands out by far less: the bound
         // is the base one, and a typical update gives evidence back.
         assert_eq!(round_evidence(-10.0, 0.5, &config), config.max_evidence());
