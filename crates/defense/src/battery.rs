@@ -1,7 +1,7 @@
 //! The attack battery: DiLoCo rounds in one process with some workers
 //! attacking the model, defended only by the checks, robust aggregation
-//! and quality-weighted pay (no audits), through the same [`ModelDefense`]
-//! and [`Quality`] the coordinator uses.
+//! and the pay gate (no audits), through the same [`ModelDefense`] and
+//! [`Gate`] the coordinator uses.
 //!
 //! Attackers are omniscient where the attack needs it: they see the round's
 //! honest updates, which is the worst case the defence must bound. They
@@ -16,8 +16,8 @@ use crowdtrain_train::{Nesterov, OuterState, TrainError, TrainingRecipe, build_m
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::quality::{self, Quality};
-use crate::{DefenseConfig, ModelDefense, Submission, attack, linalg};
+use crate::quality::{self, Gate};
+use crate::{DefenseConfig, ModelDefense, PayGate, Submission, attack, linalg};
 
 /// What the attacking workers send.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -127,6 +127,11 @@ pub struct BatteryRun {
     /// share of the honest workers' credits and its share of their verified
     /// work.
     pub honest_share_gap: f64,
+    /// Workers the pay gate denied at some round, by slot.
+    pub denied: Vec<bool>,
+    /// Scored updates in rounds where the gate had no power (paid as
+    /// verified work).
+    pub no_power_updates: u64,
     /// Submissions the checks refused, attackers' and honest workers'.
     pub refused_attacker: u64,
     pub refused_honest: u64,
@@ -147,10 +152,12 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
     let flipped = (attack == Attack::LabelFlip).then(|| attack::flipped_labels(dataset));
     let mut global = OuterState::new(model.name(), model.layout().initialize(recipe.seed));
     let mut defense = ModelDefense::new(config.defense.checks, config.defense.aggregator);
-    let mut quality = Quality::default();
+    let mut gate = Gate::default();
     let work_units = recipe.work_units();
     let mut credits = vec![0u64; config.workers];
     let mut verified = vec![0u64; config.workers];
+    let mut denied = vec![false; config.workers];
+    let mut no_power_updates = 0u64;
     let (mut refused_attacker, mut refused_honest) = (0u64, 0u64);
     let mut previous_honest: Vec<Vec<f32>> = Vec::new();
     for round in 0..config.rounds {
@@ -226,9 +233,13 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
         let step = quality::score_step(config.outer.lr, passed.len());
         let scores = quality::scores(model.as_ref(), &global.params, &passed, step, &dataset.train, &eval)?;
         let pairs: Vec<(u64, f64)> = decision.passed.iter().copied().zip(scores).collect();
-        for scored in quality.observe(&pairs, &quality_config) {
-            credits[scored.worker as usize] += quality::credits(work_units, scored.multiplier);
-            verified[scored.worker as usize] += work_units;
+        for judged in gate.observe(round, &pairs, work_units, eval.len(), &quality_config) {
+            let worker = judged.worker as usize;
+            credits[worker] += judged.credits;
+            credits[worker] -= judged.withheld.map_or(0, |(_, withheld)| withheld);
+            verified[worker] += work_units;
+            denied[worker] |= judged.gate == PayGate::Deny;
+            no_power_updates += u64::from(judged.deviation.is_none());
         }
         match decision.aggregate.clone() {
             Some(aggregate) => {
@@ -246,8 +257,7 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
         honest_count,
         &global,
         evaluation,
-        credits,
-        verified,
+        Ledger { credits, verified, denied, no_power_updates },
         (refused_attacker, refused_honest),
     ))
 }
@@ -277,15 +287,21 @@ impl Wire {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a run paid, by slot.
+struct Ledger {
+    credits: Vec<u64>,
+    verified: Vec<u64>,
+    denied: Vec<bool>,
+    no_power_updates: u64,
+}
+
 fn summarize(
     config: &BatteryConfig,
     attack: Attack,
     honest_count: usize,
     global: &OuterState,
     evaluation: crowdtrain_train::Evaluation,
-    credits: Vec<u64>,
-    verified: Vec<u64>,
+    Ledger { credits, verified, denied, no_power_updates }: Ledger,
     (refused_attacker, refused_honest): (u64, u64),
 ) -> BatteryRun {
     let total_credits: u64 = credits.iter().sum();
@@ -317,6 +333,8 @@ fn summarize(
         honest_share_gap,
         credits,
         verified_work: verified,
+        denied,
+        no_power_updates,
         refused_attacker,
         refused_honest,
         state_hash: global.hash().to_hex(),

@@ -14,8 +14,9 @@
 //!   [`crowdtrain_train::diloco::Aggregate`]) and the battery all use it, so
 //!   what the battery measures is what the network does.
 //! - [`quality`] scores each surviving update by the held-out loss
-//!   improvement it brings alone, and smooths scores into the multipliers
-//!   that turn verified work into credits.
+//!   improvement it brings alone, and its pay [`Gate`] pays verified work
+//!   in full unless a sequential test finds a worker's updates worse than
+//!   the round's majority.
 //! - [`attack`] builds the model attacks; [`battery`] runs them in one
 //!   process against the whole defence.
 //!
@@ -35,8 +36,8 @@ use crowdtrain_train::diloco::{Aggregate, WorkerUpdate};
 
 pub use aggregate::{AggregatorState, StateChange};
 pub use checks::{Refusal, Submission};
-pub use crowdtrain_recipe::defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
-pub use quality::{Quality, Scored};
+pub use crowdtrain_recipe::defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
+pub use quality::{Gate, Judged};
 
 /// What the defence decided about one round's submissions; nothing is
 /// changed until it is [committed](ModelDefense::commit) or

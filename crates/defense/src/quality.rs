@@ -1,6 +1,6 @@
 //! Quality: how much each checked update improves the model, on data no
 //! worker is assigned, drawn after every worker has committed; and the
-//! multiplier that turns verified work into credits.
+//! gate that decides whether verified work is paid.
 //!
 //! The score of an update is the relative drop in held-out loss from
 //! applying it alone to the global model, at its share of the round's
@@ -14,22 +14,21 @@
 //! randomness keyed by the round's beacon, which exists only once the
 //! commitments are in: no worker can know the batch while it trains.
 //!
-//! Scores are measured in typical updates of their round
-//! ([`reference_score`]) and smoothed per worker over rounds; negative
-//! scores count, so a harmful update drags its worker's quality down for
-//! rounds to come. The multiplier rises linearly from 0 at `zero_credit_at`
-//! to 1 at `full_credit_at`: credit never exceeds verified work. Honest
-//! updates differ from one another by more than their typical
-//! improvement late in training, so ranking honest workers would pay for
-//! noise; the multiplier instead separates useful work (full credit) from
-//! useless or harmful work (none), with the thresholds set where the
-//! battery measured no honest worker falling and no noise update rising.
+//! Pay is a gate, not a slope ([`Gate`], `docs/PAY.md`): every checked
+//! update earns its full verified work unless a sequential test (a
+//! one-sided CUSUM over rounds) finds the worker's updates worse than the
+//! round's majority. Honest updates differ from one another by more than
+//! their typical improvement late in training, so any pay that follows the
+//! score itself pays for evaluation noise and minibatch luck; the test
+//! instead weighs the evidence of many rounds and acts only when it is
+//! overwhelming. Pay of the last few rounds stays in escrow, so a worker
+//! harmful from its first round is denied all of it.
 
 use std::collections::BTreeMap;
 
 use crowdtrain_data::LabeledImages;
 use crowdtrain_data::rng::{RngKey, keyed_rng, sample_distinct};
-use crowdtrain_recipe::QualityConfig;
+use crowdtrain_recipe::{PayGate, QualityConfig};
 use crowdtrain_train::{Model, TrainError, evaluate_subset};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -115,154 +114,312 @@ pub fn scores_with(
         .collect()
 }
 
-/// One worker's quality in one round.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Scored {
-    pub worker: u64,
-    /// Relative held-out loss improvement of its update alone.
-    pub score: f64,
-    /// The score in typical updates of the round ([`reference_score`]),
-    /// bounded to `[NORMALIZED_MIN, NORMALIZED_MAX]`.
-    pub normalized: f64,
-    /// Its smoothed quality after this round.
-    pub smoothed: f64,
-    /// What its work units are multiplied by this round.
-    pub multiplier: f64,
+/// One round's scores, standardised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deviations {
+    /// Each update's `(score - median) / spread`; `-inf` for a non-finite
+    /// score.
+    pub deviations: Vec<f64>,
+    /// `median / spread`: how far below the majority a useless update (one
+    /// that improves nothing) stands this round.
+    pub useless: f64,
 }
 
-/// The fewest and the most typical updates one round's score can count
-/// for: a single lucky or unlucky round moves the smoothed quality only so
-/// far. The floor is nearer: an honest update that hurt the held-out loss
-/// in one round (they do, late in training) must not cost its worker many
-/// rounds of credit, and an update that hurts round after round reaches
-/// zero credit all the same.
-pub const NORMALIZED_MIN: f64 = -1.0;
-pub const NORMALIZED_MAX: f64 = 2.0;
-
-/// A worker's quality so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Standing {
-    pub smoothed: f64,
-    /// Rounds scored.
-    pub rounds: u64,
-}
-
-/// Each worker's smoothed quality, carried from round to round.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Quality {
-    pub workers: BTreeMap<u64, Standing>,
-}
-
-impl Quality {
-    /// Folds in one round's `(worker, score)` pairs; returns each worker's
-    /// standing, in the order given.
-    ///
-    /// A worker's smoothed quality is the mean of its normalised scores
-    /// over its first `1 / smoothing` rounds, then an exponential average
-    /// with weight `smoothing`: a newcomer is judged on all it has done so
-    /// far, not on a prior, and an old hand on its recent past.
-    pub fn observe(&mut self, scores: &[(u64, f64)], config: &QualityConfig) -> Vec<Scored> {
-        let reference = reference_score(scores.iter().map(|&(_, score)| score));
-        scores
-            .iter()
-            .map(|&(worker, score)| {
-                let normalized = match (reference > 0.0, score.is_finite()) {
-                    (_, false) => NORMALIZED_MIN,
-                    (true, true) => (score / reference).clamp(NORMALIZED_MIN, NORMALIZED_MAX),
-                    (false, true) => 0.0,
-                };
-                let standing = self.workers.entry(worker).or_default();
-                standing.rounds += 1;
-                let weight = config.smoothing.max(1.0 / standing.rounds as f64);
-                standing.smoothed = (1.0 - weight) * standing.smoothed + weight * normalized;
-                let smoothed = standing.smoothed;
-                Scored { worker, score, normalized, smoothed, multiplier: config.multiplier(smoothed) }
-            })
-            .collect()
-    }
-}
-
-/// What one typical update of the round scores: the median score, or the
-/// spread of the scores (1.4826 median absolute deviations) when that is
-/// larger. Late in training an honest update's held-out improvement is
-/// small beside the differences between honest updates, and the median can
-/// come close to zero; measuring in units of the spread then keeps every
-/// score's weight bounded, so a noise update scoring near zero stays near
-/// zero instead of being divided by almost nothing. Non-finite scores are
-/// left out; 0 if nothing is left.
-pub fn reference_score(scores: impl IntoIterator<Item = f64>) -> f64 {
-    let mut finite: Vec<f64> = scores.into_iter().filter(|score| score.is_finite()).collect();
-    if finite.is_empty() {
-        return 0.0;
+/// Each update's standardised deviation from the round's majority:
+/// `(score - median) / spread`, the spread being 1.4826 median absolute
+/// deviations (the standard deviation, were the scores normal, and blind
+/// to a minority of outliers). `None` where the round has no power: fewer
+/// than `min_updates` finite scores, an evaluation batch under
+/// `min_eval_examples`, or no spread at all.
+pub fn deviations(scores: &[f64], examples: usize, config: &QualityConfig) -> Option<Deviations> {
+    let mut finite: Vec<f64> = scores.iter().copied().filter(|score| score.is_finite()).collect();
+    if finite.len() < config.min_updates || examples < config.min_eval_examples {
+        return None;
     }
     finite.sort_by(f64::total_cmp);
     let median = crate::checks::median_of_sorted(&finite);
-    let mut deviations: Vec<f64> = finite.iter().map(|score| (score - median).abs()).collect();
-    deviations.sort_by(f64::total_cmp);
-    let spread = 1.4826 * crate::checks::median_of_sorted(&deviations);
-    median.max(spread).max(0.0)
+    let mut distances: Vec<f64> = finite.iter().map(|score| (score - median).abs()).collect();
+    distances.sort_by(f64::total_cmp);
+    let spread = 1.4826 * crate::checks::median_of_sorted(&distances);
+    if spread.is_nan() || spread <= 0.0 {
+        return None;
+    }
+    Some(Deviations {
+        deviations: scores
+            .iter()
+            .map(|score| if score.is_finite() { (score - median) / spread } else { f64::NEG_INFINITY })
+            .collect(),
+        useless: median / spread,
+    })
 }
 
-/// Credits for `units` of verified work at `multiplier`, rounded to the
-/// nearest unit.
-pub fn credits(units: u64, multiplier: f64) -> u64 {
-    (units as f64 * multiplier).round() as u64
+/// The evidence one round adds against an update at `deviation`: the
+/// log-likelihood ratio of "`shift` spreads below the median" against "at
+/// it", with the shift raised to the round's useless-update deviation when
+/// that is larger (early in training a useless update stands tens of
+/// spreads below the median, and one such round is decisive), and bounded
+/// by `±max_evidence`, scaled up by `shift / (2 * clamp * config.shift)`
+/// where that is above 1: one freak round of an honest worker, whose
+/// deviations have heavier tails than a normal's, cannot decide, but one
+/// in which a useless update stands over six spreads below the median adds
+/// more than 2.5 nats (`docs/PAY.md` has the measurements that set it).
+pub fn round_evidence(deviation: f64, useless: f64, config: &QualityConfig) -> f64 {
+    let shift = config.shift.max(useless);
+    let bound = config.max_evidence() * (shift / (2.0 * config.clamp * config.shift)).max(1.0);
+    (-shift * deviation.min(config.clamp) - shift * shift / 2.0).clamp(-bound, bound)
+}
+
+/// One worker's judgement in one round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    pub worker: u64,
+    /// Relative held-out loss improvement of its update alone.
+    pub score: f64,
+    /// Its standardised deviation from the round's median, when the round
+    /// has power.
+    pub deviation: Option<f64>,
+    /// The gate's statistic after this round: the evidence, in nats, that
+    /// the worker's updates are worse than the majority's.
+    pub evidence: f64,
+    pub gate: PayGate,
+    /// Credits for this round's work: all of it unless the gate denies.
+    pub credits: u64,
+    /// Credits of earlier rounds still in escrow that this round's denial
+    /// takes back: `(first round, credits)`.
+    pub withheld: Option<(u64, u64)>,
+}
+
+/// A worker's standing with the gate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Standing {
+    /// The CUSUM statistic: evidence of worse-than-majority updates.
+    pub evidence: f64,
+    /// Rounds in which the test had power.
+    pub rounds_with_power: u64,
+    pub denied: bool,
+    /// `(round, credits)` paid in the last `escrow_rounds` rounds: taken
+    /// back if the gate denies before they vest.
+    pub escrow: Vec<(u64, u64)>,
+}
+
+impl Standing {
+    pub fn gate(&self) -> PayGate {
+        match (self.denied, self.rounds_with_power) {
+            (true, _) => PayGate::Deny,
+            (false, 0) => PayGate::NoPower,
+            (false, _) => PayGate::Pass,
+        }
+    }
+}
+
+/// The pay gate: per worker, a one-sided CUSUM of the log-likelihood ratio
+/// of "its updates sit `shift` spreads below the round's median" against
+/// "they sit at it", over its standardised deviations bounded to
+/// `±clamp`. Each round with power adds `-shift * deviation - shift² / 2`
+/// (at most `shift * clamp - shift² / 2`); the statistic never falls below
+/// 0 nor rises above twice the threshold (a worker that mends its ways is
+/// paid again after about `2 * threshold / shift²` rounds). While it is at
+/// or above `threshold` the worker's work earns nothing; on crossing, the
+/// credits of its last `escrow_rounds` rounds are taken back, which is all
+/// a worker harmful from its first round could have been paid before the
+/// test could decide. Deterministic in the scores alone, so the ledger's
+/// rewards rebuild it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    pub workers: BTreeMap<u64, Standing>,
+}
+
+impl Gate {
+    /// Judges round `round`'s `(worker, score)` pairs, each for `units` of
+    /// verified work, scored on `examples` held-out examples; returns the
+    /// judgements in the order given.
+    pub fn observe(
+        &mut self,
+        round: u64,
+        scores: &[(u64, f64)],
+        units: u64,
+        examples: usize,
+        config: &QualityConfig,
+    ) -> Vec<Judged> {
+        let values: Vec<f64> = scores.iter().map(|&(_, score)| score).collect();
+        let round_deviations = deviations(&values, examples, config);
+        let escrow = config.escrow_rounds();
+        scores
+            .iter()
+            .enumerate()
+            .map(|(index, &(worker, score))| {
+                let deviation =
+                    round_deviations.as_ref().map(|round| (round.deviations[index], round.useless));
+                let standing = self.workers.entry(worker).or_default();
+                let was_denied = standing.denied;
+                if let Some((deviation, useless)) = deviation {
+                    standing.rounds_with_power += 1;
+                    let step = round_evidence(deviation, useless, config);
+                    standing.evidence = (standing.evidence + step).clamp(0.0, 2.0 * config.threshold);
+                    standing.denied = standing.evidence >= config.threshold;
+                }
+                standing.escrow.retain(|&(paid, _)| paid + escrow > round);
+                let withheld = (standing.denied && !was_denied && !standing.escrow.is_empty()).then(|| {
+                    let first = standing.escrow[0].0;
+                    let credits = standing.escrow.drain(..).map(|(_, credits)| credits).sum();
+                    (first, credits)
+                });
+                let credits = if standing.denied { 0 } else { units };
+                if credits > 0 {
+                    standing.escrow.push((round, credits));
+                }
+                Judged {
+                    worker,
+                    score,
+                    deviation: deviation.map(|(deviation, _)| deviation.max(-f64::MAX)),
+                    evidence: standing.evidence,
+                    gate: standing.gate(),
+                    credits,
+                    withheld,
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn typical_updates_earn_full_credit_and_harmful_ones_none() {
-        let config = QualityConfig::default();
-        let mut quality = Quality::default();
-        let round = quality.observe(&[(0, 0.10), (1, 0.11), (2, 0.09), (3, -0.2), (4, 0.0)], &config);
-        let multipliers: Vec<f64> = round.iter().map(|scored| scored.multiplier).collect();
-        assert_eq!(multipliers, vec![1.0, 1.0, 1.0, 0.0, 0.0], "{round:?}");
-        assert_eq!(round[3].normalized, NORMALIZED_MIN, "bounded");
-        // Negative scores count: a good round does not erase a harmful one.
-        let again = quality.observe(&[(0, 0.10), (1, 0.10), (2, 0.10), (3, 0.10), (4, 0.10)], &config);
-        assert_eq!(again[3].multiplier, 0.0, "smoothed {}", again[3].smoothed);
-        assert_eq!(again[3].smoothed, (NORMALIZED_MIN + 1.0) / 2.0, "the mean of its first rounds");
-        assert_eq!(quality.workers[&4].rounds, 2);
+    /// Eight honest-looking scores around 0.01 and, in slot 9, `bad`.
+    fn round_with(bad: f64, wobble: f64) -> Vec<(u64, f64)> {
+        round_at(0.01, bad, wobble)
+    }
+
+    /// Eight honest-looking scores around `center`, 0.001 apart, and `bad`.
+    fn round_at(center: f64, bad: f64, wobble: f64) -> Vec<(u64, f64)> {
+        let mut pairs: Vec<(u64, f64)> =
+            (0..8).map(|worker| (worker, center + wobble * (worker as f64 - 3.5) * 0.001)).collect();
+        pairs.push((9, bad));
+        pairs
     }
 
     #[test]
-    fn the_reference_is_the_median_or_the_spread_and_credit_rises_linearly() {
-        assert_eq!(reference_score([0.1, 0.1, 0.1, f64::NAN]), 0.1);
-        // A round whose median update barely helps: the spread is the unit.
-        let reference = reference_score([-0.02, 0.0, 0.001, 0.02, 0.03]);
-        assert!((reference - 1.4826 * 0.019).abs() < 1e-12, "{reference}");
-        assert_eq!(reference_score([-1.0, -1.0]), 0.0, "nothing helped: no reference");
-        assert_eq!(reference_score([]), 0.0);
+    fn honest_work_is_paid_in_full_and_a_harmful_worker_loses_even_its_escrow() {
         let config = QualityConfig::default();
-        assert_eq!(config.multiplier(config.zero_credit_at), 0.0);
-        assert_eq!(config.multiplier(config.full_credit_at), 1.0);
-        assert_eq!(config.multiplier(5.0), 1.0, "credit never exceeds the work");
-        let middle = 0.5 * (config.zero_credit_at + config.full_credit_at);
-        assert!((config.multiplier(middle) - 0.5).abs() < 1e-12);
-        assert_eq!(credits(3200, 1.0), 3200);
-        assert_eq!(credits(3200, 0.5), 1600);
-    }
-
-    #[test]
-    fn a_newcomer_is_judged_on_all_its_rounds_then_on_its_recent_ones() {
-        let config = QualityConfig { smoothing: 0.25, ..QualityConfig::default() };
-        let mut quality = Quality::default();
-        let mut last = 0.0;
-        for round in 0..8 {
-            let score = if round < 4 { 0.2 } else { -0.1 };
-            let scored = quality.observe(&[(0, 0.1), (1, 0.1), (2, 0.1), (9, score)], &config);
-            last = scored[3].smoothed;
-            if round == 3 {
-                assert_eq!(last, NORMALIZED_MAX, "four rounds at the bound");
+        let units = 3200;
+        let mut gate = Gate::default();
+        let mut paid = [0u64; 10];
+        let mut withheld_at = None;
+        for round in 0..20 {
+            // Honest scores wobble from round to round; slot 9 is far below
+            // the median every round.
+            let wobble = if round % 2 == 0 { 1.0 } else { -1.0 };
+            for judged in gate.observe(round, &round_with(-0.05, wobble), units, 512, &config) {
+                paid[judged.worker as usize] += judged.credits;
+                if let Some((first, credits)) = judged.withheld {
+                    assert_eq!(judged.worker, 9);
+                    paid[9] -= credits;
+                    withheld_at = Some((round, first, credits));
+                }
             }
         }
-        // Four rounds of -1 typical update at weight 0.25 from 2.0.
-        let expected = (0..4).fold(NORMALIZED_MAX, |smoothed, _| 0.75 * smoothed - 0.25);
-        assert!((last - expected).abs() < 1e-12, "{last} vs {expected}");
-        assert!(quality.observe(&[(9, f64::NEG_INFINITY)], &config)[0].normalized < 0.0);
+        assert!(paid[..8].iter().all(|&credits| credits == 20 * units), "{paid:?}");
+        assert_eq!(paid[9], 0, "denied, its escrow too");
+        // Each round adds at least 2.5 nats (more here: a useless update
+        // would stand about 4 spreads below the median, and this one stands
+        // far below that): the threshold of 10 is crossed within the escrow
+        // rounds, and every round before is taken back.
+        assert_eq!(config.escrow_rounds(), 4);
+        let (round, first, credits) = withheld_at.unwrap();
+        assert!(round < config.escrow_rounds(), "{withheld_at:?}");
+        assert_eq!((first, credits), (0, round * units));
+        let standing = &gate.workers[&9];
+        assert_eq!((standing.gate(), standing.evidence), (PayGate::Deny, 2.0 * config.threshold), "capped");
+        assert_eq!(gate.workers[&0].gate(), PayGate::Pass);
+        assert_eq!(gate.workers[&0].evidence, 0.0, "honest evidence stays at its floor");
+    }
+
+    #[test]
+    fn a_worker_that_mends_its_ways_is_paid_again() {
+        let config = QualityConfig::default();
+        let mut gate = Gate::default();
+        for round in 0..8 {
+            gate.observe(round, &round_at(0.001, -0.05, 1.0), 1, 512, &config);
+        }
+        assert_eq!(gate.workers[&9].gate(), PayGate::Deny);
+        // Typical from now on, late in training (a useless update stands
+        // less than one spread below the median): each round takes back
+        // shift² / 2 = 0.5 nats.
+        let mut denied_rounds = 0;
+        for round in 8..40 {
+            let judged = gate.observe(round, &round_at(0.001, 0.001, 1.0), 1, 512, &config)[8];
+            denied_rounds += u64::from(judged.gate == PayGate::Deny);
+            assert_eq!(judged.withheld, None);
+        }
+        assert_eq!(denied_rounds, 20, "from 20 nats to 10 at 0.5 a round, denied at 10 itself");
+        assert_eq!(gate.workers[&9].gate(), PayGate::Pass);
+    }
+
+    #[test]
+    fn rounds_without_power_pay_verified_work_and_say_so() {
+        let config = QualityConfig::default();
+        let mut gate = Gate::default();
+        // Too few updates to judge: even a far-off score is paid.
+        let judged = gate.observe(0, &[(0, 0.01), (1, 0.011), (2, -0.5)], 7, 512, &config);
+        assert!(judged.iter().all(|judged| judged.credits == 7 && judged.deviation.is_none()));
+        assert!(judged.iter().all(|judged| judged.gate == PayGate::NoPower));
+        // Too few held-out examples (the bundled subset's 100): likewise.
+        let judged = gate.observe(1, &round_with(-0.5, 1.0), 7, 100, &config);
+        assert!(judged.iter().all(|judged| judged.credits == 7 && judged.gate == PayGate::NoPower));
+        // All scores equal: no spread, no power.
+        assert_eq!(deviations(&[0.1; 6], 512, &config), None);
+        // A non-finite score weighs the most a round can.
+        let round = deviations(&[0.01, 0.012, 0.009, 0.011, f64::NEG_INFINITY], 512, &config).unwrap();
+        assert!(round.deviations[..4].iter().all(|deviation| deviation.abs() < 2.0), "{round:?}");
+        assert_eq!(
+            round_evidence(round.deviations[4], round.useless, &config),
+            config.max_evidence() * (round.useless / 6.0).max(1.0)
+        );
+        // A round where a useless update stands 60 spreads below: decisive.
+        assert_eq!(round_evidence(-60.0, 60.0, &config), 25.0);
+        // A round where a useless update stands out by far less: the bound
+        // is the base one, and a typical update gives evidence back.
+        assert_eq!(round_evidence(-10.0, 0.5, &config), config.max_evidence());
+        assert_eq!(round_evidence(0.0, 0.5, &config), -0.5);
+        assert_eq!(round_evidence(10.0, 0.5, &config), -config.max_evidence());
+    }
+
+    #[test]
+    fn the_gate_is_rebuilt_bit_for_bit_from_the_scores() {
+        let config = QualityConfig::default();
+        let rounds: Vec<Vec<(u64, f64)>> = (0..30u64)
+            .map(|round| {
+                (0..6).map(|worker| (worker, ((round * 7 + worker * 13) % 11) as f64 * 1e-3 - 4e-3)).collect()
+            })
+            .collect();
+        let mut live = Gate::default();
+        let judged: Vec<Vec<Judged>> = rounds
+            .iter()
+            .enumerate()
+            .map(|(round, pairs)| live.observe(round as u64, pairs, 5, 512, &config))
+            .collect();
+        let mut rebuilt = Gate::default();
+        for (round, pairs) in rounds.iter().enumerate() {
+            assert_eq!(rebuilt.observe(round as u64, pairs, 5, 512, &config), judged[round]);
+        }
+        assert_eq!(rebuilt, live);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(QualityConfig::default().validate().is_ok());
+        let bad = [
+            (QualityConfig { shift: 0.0, ..QualityConfig::default() }, "shift"),
+            (QualityConfig { clamp: 0.5, ..QualityConfig::default() }, "clamp"),
+            (QualityConfig { threshold: f64::NAN, ..QualityConfig::default() }, "threshold"),
+            (QualityConfig { threshold: 1e9, ..QualityConfig::default() }, "threshold"),
+            (QualityConfig { min_updates: 2, ..QualityConfig::default() }, "min_updates"),
+            (QualityConfig { eval_examples: 0, ..QualityConfig::default() }, "eval_examples"),
+        ];
+        for (config, field) in bad {
+            assert_eq!(config.validate().unwrap_err().0, field, "{config:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use crowdtrain_data::Sharding;
 use crowdtrain_defense::AggregatorState;
 use crowdtrain_protocol::coordinator::{Recorded, Verdict};
-use crowdtrain_protocol::ledger::{Chain, Event, Reward};
+use crowdtrain_protocol::ledger::{Chain, Event, PayGate, Reward};
 use crowdtrain_protocol::merkle;
 use crowdtrain_protocol::wire::{
     ApiError, Assignment, AuditAnswer, AuditReport, AuditTask, AuditTaskRef, BodyDeclaration,
@@ -255,10 +255,13 @@ pub fn ledger_entry() -> Vec<Vec<u8>> {
             worker: WorkerId(1),
             score: 0.25,
             quality: 0.3,
-            multiplier: 0.6,
+            multiplier: 1.0,
             units: 200,
-            credits: 120,
+            credits: 200,
+            deviation: Some(-0.4),
+            gate: PayGate::Pass,
         }),
+        Event::PayWithheld { round: 3, worker: WorkerId(2), first_round: 0, credits: 600 },
         Event::RoundClosed {
             round: 0,
             result_model: Digest::of(b"r"),

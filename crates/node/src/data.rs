@@ -186,6 +186,17 @@ impl RunData {
         }
     }
 
+    /// How many held-out examples each round's scores are measured on
+    /// (what the pay gate's power depends on): `eval_examples` of the
+    /// `validation` images, at most all of them; for text, predicted
+    /// tokens, as requested.
+    pub fn scored_examples(&self, eval_examples: usize, validation: &[u32]) -> usize {
+        match self {
+            Self::Images(_) => eval_examples.min(validation.len()),
+            Self::Text { context, .. } => eval_examples.div_ceil(*context).max(1) * context,
+        }
+    }
+
     /// The indices held out of every shard for scoring (images), or
     /// nothing (text keeps its own validation split).
     pub fn validation_indices(&self, recipe: &TrainingRecipe) -> Vec<u32> {

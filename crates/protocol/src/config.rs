@@ -50,11 +50,13 @@
 //! momentum = 0.9           # worker momentum (centered-clip only)
 //! iterations = 3           # clipping iterations (centered-clip only)
 //!
-//! [quality]         # held-out scoring: what turns verified work into credits
+//! [quality]         # held-out scoring and the pay gate (docs/PAY.md)
 //! eval_examples = 512
-//! smoothing = 0.05
-//! zero_credit_at = 0.15
-//! full_credit_at = 0.4
+//! shift = 1.0
+//! clamp = 3.0
+//! threshold = 10.0
+//! min_updates = 4
+//! min_eval_examples = 256
 //!
 //! [limits]
 //! max_workers = 1024
@@ -487,23 +489,10 @@ impl RunConfig {
             field: format!("aggregation.{parameter}"),
             reason: reason.to_owned(),
         })?;
-        let quality = &self.quality;
-        check(
-            "quality.eval_examples",
-            (1..=1_000_000).contains(&quality.eval_examples),
-            "must be between 1 and 1000000",
-        )?;
-        check("quality.smoothing", quality.smoothing > 0.0 && quality.smoothing <= 1.0, "must be in (0, 1]")?;
-        check(
-            "quality.zero_credit_at",
-            quality.zero_credit_at.is_finite() && quality.zero_credit_at >= 0.0,
-            "must be a finite, non-negative number of typical updates",
-        )?;
-        check(
-            "quality.full_credit_at",
-            quality.full_credit_at.is_finite() && quality.full_credit_at > quality.zero_credit_at,
-            "must be finite and above quality.zero_credit_at",
-        )?;
+        self.quality.validate().map_err(|(parameter, reason)| ConfigError::Invalid {
+            field: format!("quality.{parameter}"),
+            reason: reason.to_owned(),
+        })?;
         let limits = &self.limits;
         check(
             "limits.max_workers",
@@ -709,8 +698,9 @@ mod tests {
             ("rounds = 1\n[training]\nseed = 1\n[aggregation]\nmomentum = 1.0\n", "aggregation.momentum"),
             ("rounds = 1\n[training]\nseed = 1\n[aggregation]\niterations = 0\n", "aggregation.iterations"),
             ("rounds = 1\n[training]\nseed = 1\n[quality]\neval_examples = 0\n", "quality.eval_examples"),
-            ("rounds = 1\n[training]\nseed = 1\n[quality]\nsmoothing = 0.0\n", "quality.smoothing"),
-            ("rounds = 1\n[training]\nseed = 1\n[quality]\nfull_credit_at = 0.1\n", "quality.full_credit_at"),
+            ("rounds = 1\n[training]\nseed = 1\n[quality]\nshift = 0.0\n", "quality.shift"),
+            ("rounds = 1\n[training]\nseed = 1\n[quality]\nclamp = 0.4\n", "quality.clamp"),
+            ("rounds = 1\n[training]\nseed = 1\n[quality]\nmin_updates = 2\n", "quality.min_updates"),
             (
                 "rounds = 1\n[training]\nseed = 1\n[admission]\nmode = \"allow-list\"\n",
                 "admission.allow_list",

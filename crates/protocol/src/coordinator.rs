@@ -727,6 +727,7 @@ impl Coordinator {
             | Event::UpdateRefused { .. }
             | Event::WorkAccepted { .. }
             | Event::Reward(_)
+            | Event::PayWithheld { .. }
             | Event::RoundScored { .. } => {}
             Event::ContractPublished { menu } => self.menu_options = Some(menu.options.len() as u32),
             Event::OptionChosen { worker, choice } => {

@@ -16,6 +16,7 @@
 //! The canonical form of an entry is its postcard encoding; its hash is
 //! BLAKE3 (derive-key mode) of those bytes; the signature is over the hash.
 
+pub use crowdtrain_recipe::PayGate;
 use serde::{Deserialize, Serialize};
 
 use crate::admission::TokenId;
@@ -188,6 +189,14 @@ pub enum Event {
         worker: WorkerId,
         choice: ContractChoice,
     },
+    /// The pay gate denied `worker` in `round`: the credits of its rewards
+    /// from `first_round` up to `round` (still in escrow) are taken back.
+    PayWithheld {
+        round: RoundId,
+        worker: WorkerId,
+        first_round: RoundId,
+        credits: u64,
+    },
 }
 
 impl Event {
@@ -214,23 +223,32 @@ impl Event {
             Self::RunFinished { .. } => "run-finished",
             Self::ContractPublished { .. } => "contract-published",
             Self::OptionChosen { .. } => "option-chosen",
+            Self::PayWithheld { .. } => "pay-withheld",
         }
     }
 }
 
 /// What a worker's verified work in a round earned:
-/// `credits = round(units * multiplier)`.
+/// `credits = round(units * multiplier)`, the multiplier 1 unless the pay
+/// gate denies (`docs/PAY.md`). Credits stay in escrow for the gate's
+/// escrow rounds, and a later [`Event::PayWithheld`] may take them back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reward {
     pub round: RoundId,
     pub worker: WorkerId,
     /// Relative held-out loss improvement of the update alone.
     pub score: f64,
-    /// The worker's smoothed quality after this round, in typical updates.
+    /// The pay gate's evidence after this round (nats) that the worker's
+    /// updates are worse than the round's majority.
     pub quality: f64,
     pub multiplier: f64,
     pub units: u64,
     pub credits: u64,
+    /// The update's standardised deviation from the round's median score,
+    /// `None` when the round gave the test no power.
+    pub deviation: Option<f64>,
+    /// The gate's verdict after this round.
+    pub gate: PayGate,
 }
 
 /// One link of the chain.

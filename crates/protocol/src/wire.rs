@@ -556,13 +556,14 @@ pub struct WorkerStatus {
     pub verified_work: u64,
     /// Work units lost to slashing.
     pub slashed: u64,
-    /// Credits earned so far: verified work times the quality multiplier,
-    /// for the rounds scored so far.
+    /// Credits earned so far: verified work the pay gate did not deny, for
+    /// the rounds scored so far.
     pub earned: u64,
     /// `earned - slashed`.
     pub credits: i64,
-    /// The worker's smoothed held-out quality after its latest scored
-    /// round, in typical updates.
+    /// The pay gate's evidence (nats) after the worker's latest scored
+    /// round that its updates are worse than the round's majority
+    /// (`docs/PAY.md`).
     pub quality: Option<f64>,
     pub audits_passed: u64,
     /// Failed or unanswered audits.

@@ -142,31 +142,101 @@ impl std::str::FromStr for Aggregator {
     }
 }
 
-/// Settings of quality scoring (`[quality]` in `run.toml`).
+/// Settings of quality scoring and the pay gate (`[quality]` in
+/// `run.toml`; `docs/PAY.md` says how the defaults were measured).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QualityConfig {
     /// Examples in each round's evaluation batch.
     pub eval_examples: usize,
-    /// Weight of a round's score in a worker's smoothed quality (its first
-    /// `1 / smoothing` rounds weigh equally).
-    pub smoothing: f64,
-    /// A smoothed quality at or below this (in typical updates) earns no
-    /// credit ...
-    pub zero_credit_at: f64,
-    /// ... and at or above this, full credit; linear in between.
-    pub full_credit_at: f64,
+    /// The shift, in spreads of the round's scores, of a worker whose
+    /// updates the gate is built to catch: the alternative hypothesis.
+    pub shift: f64,
+    /// A round's standardised deviation counts for at most this many
+    /// spreads either way: one freak round cannot deny pay.
+    pub clamp: f64,
+    /// Evidence (nats) at which the gate denies pay.
+    pub threshold: f64,
+    /// A round with fewer scored updates than this tells nothing (no power).
+    pub min_updates: usize,
+    /// Nor does one scored on fewer held-out examples than this.
+    pub min_eval_examples: usize,
 }
 
 impl Default for QualityConfig {
     fn default() -> Self {
-        Self { eval_examples: 512, smoothing: 0.05, zero_credit_at: 0.15, full_credit_at: 0.4 }
+        Self {
+            eval_examples: 512,
+            shift: 1.0,
+            clamp: 3.0,
+            threshold: 10.0,
+            min_updates: 4,
+            min_eval_examples: 256,
+        }
     }
 }
 
 impl QualityConfig {
-    /// The credit multiplier of a smoothed quality.
-    pub fn multiplier(&self, smoothed: f64) -> f64 {
-        ((smoothed - self.zero_credit_at) / (self.full_credit_at - self.zero_credit_at)).clamp(0.0, 1.0)
+    /// The most evidence one round can add.
+    pub fn max_evidence(&self) -> f64 {
+        self.shift * self.clamp - self.shift * self.shift / 2.0
+    }
+
+    /// Rounds a worker's credits stay in escrow: the fewest rounds in which
+    /// the gate can reach its threshold, so that a worker harmful from its
+    /// first round is denied every credit.
+    pub fn escrow_rounds(&self) -> u64 {
+        (self.threshold / self.max_evidence()).ceil().max(1.0) as u64
+    }
+
+    /// Checks the settings: `Err((field, reason))`.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        let checks: [(&'static str, bool, &'static str); 6] = [
+            ("eval_examples", (1..=1_000_000).contains(&self.eval_examples), "must be between 1 and 1000000"),
+            ("shift", self.shift.is_finite() && self.shift > 0.0, "must be a positive number of spreads"),
+            (
+                "clamp",
+                self.clamp.is_finite() && self.clamp > self.shift / 2.0,
+                "must be finite and above half the shift (else no round adds evidence)",
+            ),
+            (
+                "threshold",
+                self.threshold.is_finite()
+                    && self.threshold > 0.0
+                    && self.threshold / self.max_evidence() <= 1000.0,
+                "must be positive and reachable within 1000 rounds",
+            ),
+            ("min_updates", (3..=1_000_000).contains(&self.min_updates), "must be at least 3"),
+            ("min_eval_examples", self.min_eval_examples <= 1_000_000, "must be at most 1000000"),
+        ];
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((field, _, reason)) => Err((field, reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the pay gate says of a worker after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayGate {
+    /// No round of its has been one the test could judge (too few updates
+    /// or held-out examples): its verified work is paid, and audits and
+    /// checks are all that defend the pay.
+    NoPower,
+    /// The test has judged it and not found it worse: paid in full.
+    Pass,
+    /// Its updates are worse than the majority's beyond the threshold: its
+    /// work earns nothing until the evidence falls back.
+    Deny,
+}
+
+impl PayGate {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::NoPower => "no-power",
+            Self::Pass => "pass",
+            Self::Deny => "deny",
+        }
     }
 }

@@ -37,7 +37,7 @@ pub mod sharding;
 use serde::{Deserialize, Serialize};
 
 pub use codec::Codec;
-pub use defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
+pub use defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
 pub use metric::Metric;
 pub use model::{GptConfig, ModelKind};
 pub use optim::{AdamW, NANOGPT_WARMUP_STEPS, Nesterov, Schedule};

@@ -735,7 +735,7 @@ impl Store {
     }
 
     /// Every scored round's `(worker, score)` pairs, ascending by round then
-    /// worker: what rebuilds the workers' smoothed quality after a restart.
+    /// worker: what rebuilds the pay gate after a restart.
     pub fn score_history(&self) -> Result<Vec<RoundScores>, StoreError> {
         let mut statement =
             self.connection.prepare("SELECT round, worker, score FROM rewards ORDER BY round, worker")?;
@@ -1187,7 +1187,7 @@ fn project(
                 params![round, closed_unix_ms],
             )?)?;
         }
-        Event::Reward(Reward { round, worker, score, quality, multiplier, units, credits }) => {
+        Event::Reward(Reward { round, worker, score, quality, multiplier, units, credits, .. }) => {
             transaction.execute(
                 "INSERT INTO rewards (round, worker, score, quality, multiplier, units, credits)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1233,6 +1233,19 @@ fn project(
             if known == 0 {
                 return Err(StoreError::Corrupt(format!("{worker} chose an option without registering")));
             }
+        }
+        Event::PayWithheld { round, worker, first_round, .. } => {
+            let withheld: i64 = transaction.query_row(
+                "SELECT COALESCE(SUM(credits), 0) FROM rewards WHERE worker = ?1 AND round >= ?2 AND round < ?3",
+                params![worker.0, first_round, round],
+                |row| row.get(0),
+            )?;
+            transaction.execute(
+                "UPDATE rewards SET credits = 0, multiplier = 0 WHERE worker = ?1 AND round >= ?2 AND round < ?3",
+                params![worker.0, first_round, round],
+            )?;
+            // The totals follow the rewards they sum.
+            add_to_totals(transaction, *worker, "earned = earned - ?2", &[&withheld])?;
         }
     }
     Ok(())

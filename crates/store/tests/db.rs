@@ -2,7 +2,7 @@
 //! from the recorded events, in one transaction per batch.
 
 use crowdtrain_protocol::coordinator::RoundState;
-use crowdtrain_protocol::ledger::{Event, Reward};
+use crowdtrain_protocol::ledger::{Event, PayGate, Reward};
 use crowdtrain_protocol::{Commitment, Digest, Identity, PublicKey, Recorded, Verdict, WorkerId};
 use crowdtrain_store::db::{LedgerFailure, verify_ledger};
 use crowdtrain_store::{RunRecord, Store, StoreError};
@@ -253,9 +253,11 @@ fn closing_a_round_records_its_result_once() {
         worker: WorkerId(0),
         score: 0.01,
         quality: 0.8,
-        multiplier: 0.75,
+        multiplier: 1.0,
         units: 64,
-        credits: 48,
+        credits: 64,
+        deviation: Some(-0.5),
+        gate: PayGate::Pass,
     });
     let scored = Event::RoundScored { round: 0 };
     store.record(40, &[reward, scored.clone()], &[], &coordinator()).unwrap();
@@ -266,7 +268,12 @@ fn closing_a_round_records_its_result_once() {
     );
     assert_eq!(store.score_history().unwrap(), vec![(0, vec![(WorkerId(0), 0.01)])]);
     let workers = store.worker_statuses().unwrap();
-    assert_eq!((workers[0].earned, workers[0].credits, workers[0].quality), (48, 48, Some(0.8)));
+    assert_eq!((workers[0].earned, workers[0].credits, workers[0].quality), (64, 64, Some(0.8)));
+    // The pay gate denies later: the escrowed credit of round 0 is taken back.
+    let withheld = Event::PayWithheld { round: 1, worker: WorkerId(0), first_round: 0, credits: 64 };
+    store.record(41, &[withheld], &[], &coordinator()).unwrap();
+    assert_eq!((store.worker_statuses().unwrap()[0].earned), 0);
+    assert_eq!(store.score_history().unwrap(), vec![(0, vec![(WorkerId(0), 0.01)])], "scores stay");
     let refused = Event::UpdateRefused { round: 0, worker: WorkerId(1), reason: "outsized".into() };
     store.record(42, &[refused], &[], &coordinator()).unwrap();
     assert_eq!(store.worker_statuses().unwrap()[1].submissions_refused, 1);
@@ -396,6 +403,8 @@ fn eventful(path: &std::path::Path) -> Store {
             multiplier: 1.0,
             units: 64,
             credits,
+            deviation: None,
+            gate: PayGate::NoPower,
         })
     };
     // Round 1's reward is recorded before round 0's: the quality shown is
@@ -487,4 +496,16 @@ fn ledger_pages_by_kind_from_either_end() {
     assert!(store.ledger_page(&["no-such-kind"], Newest { before: None }, 10).unwrap().is_empty());
     assert_eq!(store.ledger_entry(10).unwrap(), Some(all[10].clone()));
     assert_eq!(store.ledger_entry(99).unwrap(), None);
+}
+
+#[test]
+fn withheld_pay_comes_off_the_rewards_and_the_totals_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = eventful(&dir.path().join("state.sqlite"));
+    let before = store.worker_statuses().unwrap()[0].earned;
+    // The gate takes back rounds 0 and 1 (10 + 60 credits) in round 2.
+    let withheld = Event::PayWithheld { round: 2, worker: WorkerId(0), first_round: 0, credits: 70 };
+    store.record(40, &[withheld], &[], &coordinator()).unwrap();
+    store.check_worker_totals().unwrap();
+    assert_eq!(store.worker_statuses().unwrap()[0].earned, before - 70);
 }

@@ -42,7 +42,7 @@ pub use codec::{Codec, CodecError, Encode};
 pub use crowdtrain_recipe::TrainingRecipe;
 pub use model::{
     CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,
-    ParamSpec, Sampling, build_model, evaluate, evaluate_subset, loss_and_grad,
+    ParamSpec, Sampling, build_model, evaluate, evaluate_subset, example_losses, loss_and_grad,
 };
 pub use model_file::{ModelFile, ModelFileError};
 pub use optim::{

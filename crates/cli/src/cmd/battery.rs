@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::output::{self, RuntimeArgs};
 
 /// Run each model attack with a fifth of the workers attacking (IID shards,
-/// audits off, so only the checks, robust aggregation and quality-weighted
-/// pay defend), beside a clean run with the same seeds, and report accuracy
+/// audits off, so only the checks, robust aggregation and the pay gate
+/// defend), beside a clean run with the same seeds, and report accuracy
 /// and who earned what.
 #[derive(Debug, Args)]
 pub struct BatteryArgs {
@@ -54,9 +54,9 @@ pub struct BatteryArgs {
     #[arg(long, default_value_t = QualityConfig::default().eval_examples)]
     eval_examples: usize,
 
-    /// Weight of a round's quality score in a worker's smoothed quality.
-    #[arg(long, default_value_t = QualityConfig::default().smoothing)]
-    smoothing: f64,
+    /// Evidence (nats) at which the pay gate denies a worker's pay.
+    #[arg(long, default_value_t = QualityConfig::default().threshold)]
+    threshold: f64,
 
     /// Write clean and attacked accuracy per attack to this file (.png or .svg).
     #[arg(long, value_name = "FILE")]
@@ -114,7 +114,14 @@ pub fn run_battery(args: BatteryArgs) -> anyhow::Result<()> {
         "--seeds, --rounds, --inner-steps and --batch must be at least 1"
     );
     anyhow::ensure!(args.eval_examples >= 1, "--eval-examples must be at least 1");
-    anyhow::ensure!(args.smoothing > 0.0 && args.smoothing <= 1.0, "--smoothing must be in (0, 1]");
+    let quality = QualityConfig {
+        eval_examples: args.eval_examples,
+        threshold: args.threshold,
+        ..QualityConfig::default()
+    };
+    quality
+        .validate()
+        .map_err(|(field, reason)| anyhow::anyhow!("--{}: {reason}", field.replace('_', "-")))?;
     args.runtime.clone().on_thread_pool(|| battery(args))
 }
 
@@ -135,7 +142,7 @@ fn battery(args: BatteryArgs) -> anyhow::Result<()> {
             aggregator,
             quality: QualityConfig {
                 eval_examples: args.eval_examples,
-                smoothing: args.smoothing,
+                threshold: args.threshold,
                 ..QualityConfig::default()
             },
         },

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::Args;
-use crowdtrain_protocol::ledger::{Event, Reward};
+use crowdtrain_protocol::ledger::{Event, PayGate, Reward};
 use crowdtrain_protocol::{PublicKey, WorkerId};
 use crowdtrain_store::db::verify_ledger;
 use serde::Serialize;
 
 use crate::output;
 
-/// Per-worker verified work, quality, slashes and credits of a run, added
+/// Per-worker verified work, pay gate, slashes and credits of a run, added
 /// up from its ledger after checking every entry's link, hash and
 /// signature: the same figures anyone with the ledger and the
 /// coordinator's key can recompute.
@@ -31,12 +31,21 @@ struct WorkerRewards {
     public_key: Option<PublicKey>,
     /// Work units of accepted submissions whose updates passed the checks.
     verified_work: u64,
-    /// The worker's smoothed held-out quality after its latest scored
-    /// round, in typical updates.
-    quality: Option<f64>,
-    /// The mean credit multiplier over its scored rounds.
-    mean_multiplier: Option<f64>,
-    /// Credits earned: verified work times the quality multiplier.
+    /// The pay gate's verdict after its latest scored round: `no-power`
+    /// (no round of its could be judged: verified work is paid), `pass` or
+    /// `deny` (docs/PAY.md).
+    gate: Option<PayGate>,
+    /// The gate's evidence (nats) after its latest scored round that its
+    /// updates are worse than the round's majority.
+    evidence: Option<f64>,
+    /// Scored rounds in which the gate had power.
+    rounds_judged: u64,
+    /// Scored rounds whose work the gate denied.
+    rounds_denied: u64,
+    /// Escrowed credits the gate took back when it denied.
+    withheld: u64,
+    /// Credits earned: verified work the gate did not deny, less what it
+    /// withheld.
     earned: u64,
     /// Work units lost to slashing (for its own submissions, and as an
     /// auditor whose report was contradicted).
@@ -61,8 +70,6 @@ struct WorkerRewards {
     /// work never counts).
     #[serde(skip_serializing_if = "Option::is_none")]
     delivered_contribution: Option<u64>,
-    #[serde(skip)]
-    multipliers: Vec<f64>,
 }
 
 impl WorkerRewards {
@@ -71,8 +78,11 @@ impl WorkerRewards {
             worker,
             public_key: None,
             verified_work: 0,
-            quality: None,
-            mean_multiplier: None,
+            gate: None,
+            evidence: None,
+            rounds_judged: 0,
+            rounds_denied: 0,
+            withheld: 0,
             earned: 0,
             slashed: 0,
             credits: 0,
@@ -82,7 +92,6 @@ impl WorkerRewards {
             option: None,
             required_contribution: None,
             delivered_contribution: None,
-            multipliers: Vec::new(),
         }
     }
 }
@@ -129,12 +138,19 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             Event::Slash { worker: id, amount, .. } | Event::AuditorSlashed { auditor: id, amount, .. } => {
                 worker(&mut workers, *id).slashed += amount
             }
-            Event::Reward(Reward { round, worker: id, quality, multiplier, credits, .. }) => {
+            Event::Reward(Reward { round, worker: id, quality, credits, deviation, gate, .. }) => {
                 let rewards = worker(&mut workers, *id);
                 rewards.earned += credits;
-                rewards.quality = Some(*quality);
-                rewards.multipliers.push(*multiplier);
+                rewards.evidence = Some(*quality);
+                rewards.gate = Some(*gate);
+                rewards.rounds_judged += u64::from(deviation.is_some());
+                rewards.rounds_denied += u64::from(*gate == PayGate::Deny);
                 scored_rounds.insert(*round);
+            }
+            Event::PayWithheld { worker: id, credits, .. } => {
+                let rewards = worker(&mut workers, *id);
+                rewards.withheld += credits;
+                rewards.earned -= credits;
             }
             Event::RoundClosed { .. } => rounds_closed += 1,
             Event::ContractPublished { menu: published } => menu = Some(published.clone()),
@@ -161,10 +177,6 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     let total_work: u64 = workers.values().map(|worker| worker.verified_work).sum();
     for worker in workers.values_mut() {
         worker.credits = worker.earned as i64 - worker.slashed as i64;
-        if !worker.multipliers.is_empty() {
-            worker.mean_multiplier =
-                Some(worker.multipliers.iter().sum::<f64>() / worker.multipliers.len() as f64);
-        }
     }
     let total_credits: i64 = workers.values().map(|worker| worker.credits.max(0)).sum();
     for worker in workers.values_mut() {
@@ -185,8 +197,11 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     let mut headers = vec![
         "worker",
         "verified work",
-        "quality",
-        "mean multiplier",
+        "gate",
+        "evidence",
+        "judged",
+        "denied",
+        "withheld",
         "earned",
         "slashed",
         "credits",
@@ -202,8 +217,11 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
         let mut row = vec![
             worker.worker.to_string(),
             worker.verified_work.to_string(),
-            worker.quality.map_or("-".into(), |quality| format!("{quality:.2}")),
-            worker.mean_multiplier.map_or("-".into(), |multiplier| format!("{multiplier:.2}")),
+            worker.gate.map_or("-", |gate| gate.name()).to_string(),
+            worker.evidence.map_or("-".into(), |evidence| format!("{evidence:.1}")),
+            worker.rounds_judged.to_string(),
+            worker.rounds_denied.to_string(),
+            worker.withheld.to_string(),
             worker.earned.to_string(),
             worker.slashed.to_string(),
             worker.credits.to_string(),

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crowdtrain_data::text::TokenizerSpec;
-use crowdtrain_defense::{Decision, ModelDefense, Quality, Submission};
+use crowdtrain_defense::{Decision, Gate, ModelDefense, Submission};
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
@@ -174,8 +174,8 @@ struct Inner {
     global_model: Digest,
     /// The checks and the aggregator, with what they remember.
     defense: ModelDefense,
-    /// Each worker's smoothed quality, as of the latest scored round.
-    quality: Quality,
+    /// The pay gate, as of the latest scored round.
+    gate: Gate,
     /// Set between a round's aggregation and its commit or failure.
     pending: Option<Pending>,
     /// The open round's accepted reveals, decoded as they arrived (with the
@@ -333,12 +333,15 @@ impl Node {
             aggregator_state,
             store.earlier_digests(next_decided, crowdtrain_defense::RESUBMISSION_WINDOW_ROUNDS as u64)?,
         );
-        let mut quality = Quality::default();
-        for (_, scores) in store.score_history()? {
-            let pairs: Vec<(u64, f64)> = scores.iter().map(|(worker, score)| (worker.0, *score)).collect();
-            quality.observe(&pairs, &config.quality);
-        }
         let validation = dataset.validation_indices(&config.training);
+        // Every round is scored on this many examples, so the gate's power
+        // replays as it was.
+        let examples = dataset.scored_examples(config.quality.eval_examples, &validation);
+        let mut gate = Gate::default();
+        for (round, scores) in store.score_history()? {
+            let pairs: Vec<(u64, f64)> = scores.iter().map(|(worker, score)| (worker.0, *score)).collect();
+            gate.observe(round, &pairs, config.work_units(), examples, &config.quality);
+        }
         let (scoring, to_score) = std::sync::mpsc::channel();
         let (evaluations, to_evaluate) = std::sync::mpsc::channel();
         let background = background_pool()?;
@@ -377,7 +380,7 @@ impl Node {
                 global,
                 global_model,
                 defense,
-                quality,
+                gate,
                 pending: None,
                 decoded: Default::default(),
                 last_input: None,

@@ -2,11 +2,11 @@
 //!
 //! One thread takes closed rounds in order, scores each credited update on
 //! the round's evaluation batch (drawn from the validation split with the
-//! round's beacon), folds the scores into the workers' smoothed quality and
-//! writes each worker's reward (with its ledger entry) in one transaction.
-//! Nothing here affects the model, so it never delays a round; the order
-//! matters only for the smoothing, which is why there is one thread. A
-//! restarted coordinator rebuilds the smoothed quality from the rewards
+//! round's beacon), puts the scores to the pay gate and writes each
+//! worker's reward (and any pay the gate withholds) with its ledger entries
+//! in one transaction. Nothing here affects the model, so it never delays a
+//! round; the order matters only for the gate, which is why there is one
+//! thread. A restarted coordinator rebuilds the gate from the rewards
 //! already written and scores the closed rounds that are not.
 
 use std::sync::mpsc::Receiver;
@@ -72,19 +72,25 @@ impl Node {
         let units = self.config.work_units();
         let now = now_unix_ms();
         let mut events = Vec::new();
-        for (worker, scored) in workers.iter().zip(inner.quality.observe(&pairs, config)) {
-            let credits = quality::credits(units, scored.multiplier);
-            tracing::debug!(round, %worker, score = scored.score, quality = scored.smoothed, credits, "rewarded");
-            let reward = Reward {
+        let examples = self.dataset.scored_examples(config.eval_examples, &self.validation);
+        for (worker, judged) in workers.iter().zip(inner.gate.observe(round, &pairs, units, examples, config))
+        {
+            tracing::debug!(round, %worker, score = judged.score, evidence = judged.evidence, gate = judged.gate.name(), credits = judged.credits, "rewarded");
+            if let Some((first_round, credits)) = judged.withheld {
+                tracing::info!(round, %worker, first_round, credits, "pay gate denies: escrowed credits withheld");
+                events.push(Event::PayWithheld { round, worker: *worker, first_round, credits });
+            }
+            events.push(Event::Reward(Reward {
                 round,
                 worker: *worker,
-                score: scored.score,
-                quality: scored.smoothed,
-                multiplier: scored.multiplier,
+                score: judged.score,
+                quality: judged.evidence,
+                multiplier: if judged.credits > 0 { 1.0 } else { 0.0 },
                 units,
-                credits,
-            };
-            events.push(Event::Reward(reward));
+                credits: judged.credits,
+                deviation: judged.deviation,
+                gate: judged.gate,
+            }));
         }
         events.push(Event::RoundScored { round });
         inner.store.record(now, &events, &[], &self.identity)?;

@@ -370,6 +370,25 @@ pub fn evaluate_subset(
     Ok(sum.evaluation())
 }
 
+/// The loss of `params` on each of the given examples of `images`, in
+/// order: what a held-out score's sampling error is measured from.
+pub fn example_losses(
+    model: &dyn Model,
+    params: &[f32],
+    images: &LabeledImages,
+    indices: &[u32],
+) -> Result<Vec<f32>, TrainError> {
+    check_len("parameters", params.len(), model.layout().len())?;
+    let mut batch = Batch::default();
+    indices
+        .iter()
+        .map(|&index| {
+            batch.fill(images, &[index]);
+            Ok(model.loss_sum(params, Examples::Images(&batch))?.loss as f32)
+        })
+        .collect()
+}
+
 pub(crate) fn check_len(what: &'static str, found: usize, expected: usize) -> Result<(), TrainError> {
     if found == expected { Ok(()) } else { Err(TrainError::WrongLength { what, found, expected }) }
 }
