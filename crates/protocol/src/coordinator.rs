@@ -245,13 +245,9 @@ pub enum Recorded {
 }
 
 impl Recorded {
+    /// The name of the receipt status this outcome is (one list of names).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Late => "late",
-            Self::Mismatch => "mismatch",
-            Self::Malformed => "malformed",
-        }
+        crate::wire::ReceiptStatus::from(self).as_str()
     }
 
     pub fn parse(text: &str) -> Option<Self> {
