@@ -146,6 +146,12 @@ pub async fn run_worker(
             run.protocol_version
         )));
     }
+    // The recipe decides what this worker allocates (a GPT's sizes): a
+    // signed but invalid one is refused, not trusted to fit.
+    run.config
+        .training
+        .validate()
+        .map_err(|error| NodeError::Untrusted(format!("the run's training recipe is invalid: {error}")))?;
     let dataset = Arc::new(load_matching_data(options.data.as_deref(), &options.tokenizer, &run)?);
     let flipped = if behavior.flips_labels() {
         let flipped = dataset.flipped_labels().ok_or_else(|| {
