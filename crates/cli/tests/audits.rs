@@ -442,6 +442,56 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
     assert_eq!(liar_slashed, stake * liar_rounds.len() as u64, "one stake per round it lied in");
 }
 
+#[test]
+fn a_copiers_answer_is_its_victims_file_and_is_kept_until_every_audit_naming_it_is_decided() {
+    // Goal: a copier answers its audit with its victim's very bytes, so
+    // both audits name one content-addressed file. The victim's audit
+    // passing must not delete the file the copier's audit still needs (the
+    // coordinator halted: "no checkpoint ... in the store") nor the
+    // evidence of the copier's failed audit.
+    // Method: two honest workers and a copier, audits delegated, one
+    // segment (every audit replays the same steps, so the copier's answer
+    // is its victim's in every round), 3 rounds.
+    let rounds = 3;
+    let mut network =
+        Network::new(rounds, STEPS, 1.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 3000");
+    let config = std::fs::read_to_string(network.path("run.toml")).unwrap();
+    std::fs::write(network.path("run.toml"), config.replace("segments = 4\n", "segments = 1\n")).unwrap();
+    network.delegate_audits();
+    network.start_coordinator();
+    for (index, behavior) in ["honest", "honest", "copy"].iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    network.wait_for(240, "the run to finish", finished_and_evaluated);
+    let ids = network.behaviors_by_id();
+    let copier = ids.iter().find(|(_, behavior)| behavior.as_str() == "copy").map(|(id, _)| *id).unwrap();
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let answers = by_submission(&network, "audit-answered", "answer");
+    let mut shared = 0;
+    for round in 0..rounds {
+        for &worker in ids.keys() {
+            let verdict = &verdicts[&(round, worker)];
+            let answer = answers[&(round, worker)].as_str().unwrap();
+            let file = network.path("state").join("audit-answers").join(format!("{answer}.answer"));
+            if worker == copier {
+                assert!(
+                    verdict.get("failed").is_some(),
+                    "round {round}: the copy fails its replay: {verdict}"
+                );
+                assert!(file.exists(), "round {round}: the failed audit's answer stays as evidence");
+                shared += ids
+                    .keys()
+                    .filter(|&&other| answers[&(round, other)] == answers[&(round, worker)])
+                    .count()
+                    - 1;
+            } else {
+                assert_eq!(verdict, "passed", "round {round}, worker {worker}");
+            }
+        }
+    }
+    assert_eq!(shared as u64, rounds, "in every round the copier's answer was its victim's file");
+}
+
 /// One run of three honest workers and one that trains on the wrong data,
 /// everyone audited: its state hash, how many bets on a round's audits were
 /// withdrawn, and the honest workers' credited rounds.

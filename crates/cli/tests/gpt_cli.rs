@@ -221,12 +221,9 @@ fn a_gpt_trains_over_the_network_with_every_submission_audited_bit_for_bit_as_th
 }
 
 #[test]
-fn cheaters_on_text_are_caught_and_unpaid_as_on_images() {
-    // Replayed by the coordinator: with audits delegated to workers, about
-    // one such run in five halts the coordinator on a missing checkpoint
-    // (image runs too; an open bug, see the closing note of 2026-12-03).
+fn cheaters_on_text_are_caught_and_unpaid_as_on_images_with_audits_delegated_to_workers() {
     let cache = tempfile::tempdir().unwrap();
-    let demo = gpt_demo("3", "lazy:0.9,copy", "coordinator", cache.path());
+    let demo = gpt_demo("3", "lazy:0.9,copy", "workers", cache.path());
     let by_behavior = |behavior: &str| {
         demo["workers"]
             .as_array()

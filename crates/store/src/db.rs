@@ -557,18 +557,39 @@ impl Store {
             .collect()
     }
 
-    /// The digest of the stored answer to `worker`'s audit in `round`.
-    /// The stored answers of audits that passed: no longer needed (the
-    /// verdict and the commitment are the record), unlike the answers of
-    /// failed audits, which are the evidence for their slashes.
-    pub fn passed_answer_digests(&self) -> Result<Vec<Digest>, StoreError> {
+    /// The stored answers no audit needs any more: every audit that names
+    /// them passed (the verdict and the commitment are the record). An
+    /// answer is a file named by its content, so two audits can name the
+    /// same file: a copier's answer is bit for bit its victim's when both
+    /// are audited on the same segment. Such a file stays while any audit
+    /// naming it is undecided (it is still to be replayed) or failed (it is
+    /// the evidence for the slash).
+    pub fn prunable_answer_digests(&self) -> Result<Vec<Digest>, StoreError> {
         let mut statement = self.connection.prepare(
-            "SELECT answer_digest FROM audits WHERE verdict = 'passed' AND answer_digest IS NOT NULL",
+            "SELECT DISTINCT answer_digest FROM audits AS passed
+             WHERE verdict = 'passed' AND answer_digest IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM audits AS other
+                               WHERE other.answer_digest = passed.answer_digest
+                                 AND (other.verdict IS NULL OR other.verdict != 'passed'))",
         )?;
         let rows = statement.query_map([], |row| Ok(Digest(blob(row, 0)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Whether stored answer `digest` may be deleted: it is named by some
+    /// audit, and every audit naming it passed (see
+    /// [`Self::prunable_answer_digests`]).
+    pub fn answer_prunable(&self, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(self.connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM audits WHERE answer_digest = ?1)
+                AND NOT EXISTS (SELECT 1 FROM audits WHERE answer_digest = ?1
+                                AND (verdict IS NULL OR verdict != 'passed'))",
+            params![&digest.0[..]],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// The digest of the stored answer to `worker`'s audit in `round`.
     pub fn audit_answer_digest(&self, round: RoundId, worker: WorkerId) -> Result<Digest, StoreError> {
         let bytes: Vec<u8> = self
             .connection

@@ -509,3 +509,76 @@ fn withheld_pay_comes_off_the_rewards_and_the_totals_alike() {
     store.check_worker_totals().unwrap();
     assert_eq!(store.worker_statuses().unwrap()[0].earned, before - 70);
 }
+
+#[test]
+fn an_answer_two_audits_share_is_kept_until_both_passed() {
+    // A copier answers its audit with its victim's very bytes: one file,
+    // named twice. Pruning it when the victim's audit passes would lose the
+    // copier's undecided audit its answer, and a failed audit its evidence.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("state.sqlite")).unwrap();
+    store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    let shared = Digest::of(b"the victim's answer");
+    let commit = |worker: u64| Event::Commitment {
+        round: 0,
+        worker: WorkerId(worker),
+        commitment: commitment(0),
+        status: Recorded::Accepted,
+        audit: Some(1),
+        nonce: 300 + worker,
+        received_unix_ms: 13,
+    };
+    let answered = |worker: u64, answer: Digest| Event::AuditAnswered {
+        round: 0,
+        worker: WorkerId(worker),
+        answer,
+        nonce: 400 + worker,
+        received_unix_ms: 20,
+    };
+    let judged = |worker: u64, verdict: Verdict| Event::Audit {
+        round: 0,
+        worker: WorkerId(worker),
+        segment: 1,
+        verdict,
+        judged_by: None,
+        sender: None,
+        decided_unix_ms: 21,
+    };
+    let events = [
+        registered(0, "portable"),
+        registered(1, "portable"),
+        registered(2, "portable"),
+        Event::RoundOpened {
+            round: 0,
+            base_model: Digest::of(b"m0"),
+            participants: vec![WorkerId(0), WorkerId(1), WorkerId(2)],
+            opened_unix_ms: 12,
+            commit_deadline_unix_ms: 99,
+            secret_commitment: Digest::of(b"s"),
+        },
+        commit(0),
+        commit(1),
+        commit(2),
+        Event::AuditDraw {
+            round: 0,
+            secret: [1; 32],
+            beacon: Digest::of(b"b"),
+            audits: vec![(WorkerId(0), 1), (WorkerId(1), 1), (WorkerId(2), 1)],
+            auditors: vec![],
+            reveal_deadline_unix_ms: 200,
+        },
+        answered(0, shared),
+        answered(1, shared),
+        answered(2, Digest::of(b"an honest answer")),
+        judged(0, Verdict::Passed),
+        judged(2, Verdict::Passed),
+    ];
+    store.record(15, &events, &[], &coordinator()).unwrap();
+    assert!(!store.answer_prunable(&shared).unwrap(), "the copier's audit is still to be replayed");
+    assert!(store.answer_prunable(&Digest::of(b"an honest answer")).unwrap());
+    assert!(!store.answer_prunable(&Digest::of(b"no audit names this")).unwrap());
+    assert_eq!(store.prunable_answer_digests().unwrap(), vec![Digest::of(b"an honest answer")]);
+    store.record(22, &[judged(1, Verdict::Failed("copied".into()))], &[], &coordinator()).unwrap();
+    assert!(!store.answer_prunable(&shared).unwrap(), "the failed audit's evidence stays");
+    assert_eq!(store.prunable_answer_digests().unwrap(), vec![Digest::of(b"an honest answer")]);
+}

@@ -303,8 +303,8 @@ impl Node {
         let _ = std::fs::remove_dir_all(&uploads_dir);
         std::fs::create_dir_all(&uploads_dir)
             .map_err(|error| NodeError::io(format!("could not create {}", uploads_dir.display()), error))?;
-        // Answers of passed audits are not evidence (see `prune_answers`).
-        for digest in store.passed_answer_digests()? {
+        // Answers only passed audits name are not evidence (see `prune_answers`).
+        for digest in store.prunable_answer_digests()? {
             answers.remove(&digest)?;
         }
         let machine = Coordinator::restore(
@@ -682,6 +682,12 @@ impl Node {
         // the same: a round's draw never changes.
         let again = pending(&inner)?;
         debug_assert_eq!(again, (segment, commitment));
+        // The same bytes may have answered another audit (a copier's answer
+        // is its victim's), which passed and pruned the file between our
+        // write and this lock: write it again before the record names it.
+        if checked.is_ok() && !self.answers.path(&digest).exists() {
+            self.answers.put(&body).map_err(Failure::internal)?;
+        }
         if let Err(reason) = checked {
             // Proofs that do not hold need no replay: the answer fails.
             let verdict = Verdict::Failed(reason);
@@ -1360,10 +1366,14 @@ impl Node {
     /// verdicts are durable: the verdict, the commitment and the ledger are
     /// the record of a passed audit, and an answer is 2.4 MB for the MLP.
     /// The answers of failed audits stay: they are the evidence for the
-    /// slash (anyone can replay them against the commitment).
+    /// slash (anyone can replay them against the commitment). So does an
+    /// answer another audit names and has not passed: a copier answers
+    /// with its victim's very bytes, the same file.
     fn prune_answers(&self, inner: &Inner, passed: &[(RoundId, WorkerId)]) -> Result<(), NodeError> {
         for &(round, worker) in passed {
-            if let Ok(digest) = inner.store.audit_answer_digest(round, worker) {
+            if let Ok(digest) = inner.store.audit_answer_digest(round, worker)
+                && inner.store.answer_prunable(&digest)?
+            {
                 self.answers.remove(&digest)?;
             }
         }
