@@ -245,3 +245,74 @@ fn cheaters_on_text_are_caught_and_unpaid_as_on_images_with_audits_delegated_to_
         assert!(cheater["credits"].as_i64().unwrap() < honest["credits"].as_i64().unwrap(), "{cheater}");
     }
 }
+
+#[test]
+fn the_attack_battery_runs_on_the_gpt_bit_for_bit_on_any_thread_count() {
+    // Goal: the defence is measured on a language model as on images: the
+    // same attacks, checks, robust aggregation and pay gate, scored on
+    // held-out text, and the run reproducible whatever the thread count.
+    let cache = tempfile::tempdir().unwrap();
+    let corpus = corpus();
+    let rounds = 3;
+    let battery = |threads: &str| {
+        let mut args = vec![
+            "battery",
+            "--workers",
+            "5",
+            "--attackers",
+            "1",
+            "--rounds",
+            "3",
+            "--inner-steps",
+            "4",
+            "--batch",
+            "4",
+            "--seeds",
+            "1",
+            "--attacks",
+            "sign-flip,noise,alie,copy",
+            "--json",
+        ];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(&["--data", corpus.to_str().unwrap()]);
+        json_of(&crowdtrain(&args, &[("RAYON_NUM_THREADS", threads)], cache.path()))
+    };
+    let report = battery("1");
+    assert_eq!(report["dataset"]["name"], "shakespeare-subset");
+    let names: Vec<&str> =
+        report["attacks"].as_array().unwrap().iter().map(|a| a["attack"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sign-flip", "noise", "alie", "copy"]);
+    let clean = &report["clean_runs"][0];
+    assert_eq!(clean["diverged"], false);
+    let clean_loss = report["clean_loss"].as_f64().unwrap();
+    assert!(clean_loss < 64f64.ln(), "twelve steps a worker learn something: {clean_loss}");
+    for attack in report["attacks"].as_array().unwrap() {
+        let name = attack["attack"].as_str().unwrap();
+        assert!(attack["attacked_loss"].as_f64().unwrap().is_finite(), "{name}");
+        assert_eq!(attack["diverged"], false, "{name}: the defence holds");
+        assert_eq!(attack["refused_honest"], 0, "{name}: no honest update refused");
+    }
+    let copy = &report["attacks"][3];
+    assert_eq!(copy["refused_attacker"], rounds, "the later of two identical updates is refused every round");
+    assert_eq!(copy["attacker_credits_vs_honest"], 0.0, "a copy earns nothing");
+    // The same bits on two threads: every run's final state.
+    let hashes = |report: &Value| -> Vec<String> {
+        let attacked =
+            report["attacks"].as_array().unwrap().iter().flat_map(|a| a["runs"].as_array().unwrap().clone());
+        report["clean_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .chain(attacked)
+            .map(|run| run["state_hash"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(hashes(&battery("2")), hashes(&report));
+    // Text has no labels to flip.
+    let mut args = vec!["battery", "--attacks", "label-flip", "--json"];
+    args.extend_from_slice(TINY);
+    let refused = crowdtrain(&args, &[], cache.path());
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no labels to flip"));
+}

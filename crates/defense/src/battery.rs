@@ -11,8 +11,12 @@
 use crowdtrain_data::rng::RngKey;
 use crowdtrain_data::{Dataset, split_validation};
 use crowdtrain_train::codec::{self, Codec, Encode};
-use crowdtrain_train::diloco::{inner_round, mean_in_order, outer_step, round_key, shards};
-use crowdtrain_train::{Nesterov, OuterState, TrainError, TrainingRecipe, build_model, evaluate};
+use crowdtrain_train::diloco::{RunData, inner_round_on, mean_in_order, outer_step, round_key};
+use crowdtrain_train::text::TextRun;
+use crowdtrain_train::trainer::BatchSource;
+use crowdtrain_train::{
+    Evaluation, ModelKind, Nesterov, OuterState, TrainError, TrainingRecipe, build_model,
+};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +96,41 @@ impl std::str::FromStr for Attack {
     }
 }
 
+/// What a battery trains on: images (an image model) or a text (the GPT).
+#[derive(Clone, Copy)]
+pub enum BatteryData<'a> {
+    /// Shards of the training images; the updates are scored on a held-out
+    /// fraction of them, the final model judged on the test set.
+    Images(&'a Dataset),
+    /// Contiguous token ranges of the training split; scored and judged on
+    /// the validation split.
+    Text(TextRun<'a>),
+}
+
+impl BatteryData<'_> {
+    fn run_data(&self) -> &dyn RunData {
+        match self {
+            Self::Images(dataset) => *dataset,
+            Self::Text(text) => text,
+        }
+    }
+
+    /// Whether `attack` can be run on this data (label flipping needs
+    /// labels).
+    pub fn supports(&self, attack: Attack) -> bool {
+        !(attack == Attack::LabelFlip && matches!(self, Self::Text(_)))
+    }
+
+    /// The model learnt nothing or worse: chance accuracy on images, or a
+    /// loss no better than guessing uniformly over `model`'s vocabulary.
+    fn collapsed(&self, model: ModelKind, evaluation: &Evaluation) -> bool {
+        match (self, model) {
+            (Self::Text(_), ModelKind::Gpt(gpt)) => evaluation.loss >= (gpt.vocab as f64).ln(),
+            _ => evaluation.accuracy < 0.2,
+        }
+    }
+}
+
 /// One battery run's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatteryConfig {
@@ -139,17 +178,40 @@ pub struct BatteryRun {
     pub state_hash: String,
 }
 
-/// Runs `config` with `attack` on `dataset`.
-pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<BatteryRun, TrainError> {
+/// Runs `config` with `attack` on `data`.
+pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Result<BatteryRun, TrainError> {
     assert!(config.attackers < config.workers, "someone must be honest");
+    if !data.supports(attack) {
+        return Err(TrainError::BadConfig(format!("the {} attack needs labelled images", attack.name())));
+    }
     let recipe = &config.recipe;
     let model = build_model(recipe.model);
     let attackers = if attack == Attack::None { 0 } else { config.attackers };
     let honest_count = config.workers - attackers;
     let quality_config = config.defense.quality;
-    let (_, validation) = split_validation(dataset.train.len(), recipe.validation_fraction, recipe.seed);
-    let shards = shards(recipe, &dataset.train.labels, config.workers)?;
-    let flipped = (attack == Attack::LabelFlip).then(|| attack::flipped_labels(dataset));
+    let validation = match data {
+        BatteryData::Images(dataset) => {
+            split_validation(dataset.train.len(), recipe.validation_fraction, recipe.seed).1
+        }
+        BatteryData::Text(_) => Vec::new(),
+    };
+    let held_out = match data {
+        BatteryData::Images(dataset) => {
+            quality::HeldOut::Images { train: &dataset.train, validation: &validation }
+        }
+        BatteryData::Text(text) => {
+            quality::HeldOut::Text { validation: text.data.validation(), context: text.context }
+        }
+    };
+    let sources = data.run_data().worker_sources(recipe, config.workers)?;
+    let flipped = match data {
+        BatteryData::Images(dataset) if attack == Attack::LabelFlip => Some(attack::flipped_labels(dataset)),
+        _ => None,
+    };
+    let flipped_sources = match &flipped {
+        Some(flipped) => flipped.worker_sources(recipe, config.workers)?,
+        None => Vec::new(),
+    };
     let mut global = OuterState::new(model.name(), model.layout().initialize(recipe.seed));
     let mut defense = ModelDefense::new(config.defense.checks, config.defense.aggregator);
     let mut gate = Gate::default();
@@ -161,13 +223,14 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
     let (mut refused_attacker, mut refused_honest) = (0u64, 0u64);
     let mut previous_honest: Vec<Vec<f32>> = Vec::new();
     for round in 0..config.rounds {
-        let train = |slot: usize, data: &Dataset| -> Result<Wire, TrainError> {
+        let train = |slot: usize, sources: &[Box<dyn BatchSource + '_>]| -> Result<Wire, TrainError> {
             let key = round_key(recipe, round, slot as u32);
-            let result = inner_round(model.as_ref(), recipe, &global.params, data, &shards[slot], key, 1)?;
+            let result =
+                inner_round_on(model.as_ref(), recipe, &global.params, sources[slot].as_ref(), key, 1)?;
             Wire::encode(recipe.codec, &result.pseudo_gradient)
         };
         let honest: Vec<Wire> =
-            (0..honest_count).into_par_iter().map(|slot| train(slot, dataset)).collect::<Result<_, _>>()?;
+            (0..honest_count).into_par_iter().map(|slot| train(slot, &sources)).collect::<Result<_, _>>()?;
         let honest_values: Vec<&[f32]> = honest.iter().map(|wire| wire.values.as_slice()).collect();
         let reference = mean_in_order(&honest_values);
         let mut malicious: Vec<(usize, Wire)> = Vec::new();
@@ -183,7 +246,7 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
                     attack::noise(key, reference.len(), f64::from(scale) * honest_norm)
                 }
                 Attack::LabelFlip => {
-                    malicious.push((slot, train(slot, flipped.as_ref().expect("made for this attack"))?));
+                    malicious.push((slot, train(slot, &flipped_sources)?));
                     continue;
                 }
                 Attack::Alie => {
@@ -225,15 +288,18 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
             .filter(|submission| decision.passed.contains(&submission.worker))
             .map(|submission| submission.values)
             .collect();
-        let eval = quality::eval_indices(
-            &validation,
+        let step = quality::score_step(config.outer.lr, passed.len());
+        let scores = held_out.scores(
+            model.as_ref(),
+            &global.params,
+            &passed,
+            step,
             quality_config.eval_examples,
             RngKey::new(recipe.seed, round, 0, 0),
-        );
-        let step = quality::score_step(config.outer.lr, passed.len());
-        let scores = quality::scores(model.as_ref(), &global.params, &passed, step, &dataset.train, &eval)?;
+        )?;
         let pairs: Vec<(u64, f64)> = decision.passed.iter().copied().zip(scores).collect();
-        for judged in gate.observe(round, &pairs, work_units, eval.len(), &quality_config) {
+        let examples = held_out.scored_examples(quality_config.eval_examples);
+        for judged in gate.observe(round, &pairs, work_units, examples, &quality_config) {
             let worker = judged.worker as usize;
             credits[worker] += judged.credits;
             credits[worker] -= judged.withheld.map_or(0, |(_, withheld)| withheld);
@@ -250,13 +316,14 @@ pub fn run(config: &BatteryConfig, attack: Attack, dataset: &Dataset) -> Result<
         }
         previous_honest = honest.into_iter().map(|wire| wire.values).collect();
     }
-    let evaluation = evaluate(model.as_ref(), &global.params, &dataset.test)?;
+    let evaluation = data.run_data().evaluate(model.as_ref(), &global.params)?;
+    let collapsed = data.collapsed(recipe.model, &evaluation);
     Ok(summarize(
         config,
         attack,
         honest_count,
         &global,
-        evaluation,
+        (evaluation, collapsed),
         Ledger { credits, verified, denied, no_power_updates },
         (refused_attacker, refused_honest),
     ))
@@ -300,7 +367,7 @@ fn summarize(
     attack: Attack,
     honest_count: usize,
     global: &OuterState,
-    evaluation: crowdtrain_train::Evaluation,
+    (evaluation, collapsed): (Evaluation, bool),
     Ledger { credits, verified, denied, no_power_updates }: Ledger,
     (refused_attacker, refused_honest): (u64, u64),
 ) -> BatteryRun {
@@ -322,7 +389,7 @@ fn summarize(
         seed: config.recipe.seed,
         test_accuracy: evaluation.accuracy,
         test_loss: evaluation.loss,
-        diverged: !finite || !evaluation.loss.is_finite() || evaluation.accuracy < 0.2,
+        diverged: !finite || !evaluation.loss.is_finite() || collapsed,
         attacker_credit_share: attacker_credits as f64 / total_credits.max(1) as f64,
         attacker_credits_vs_honest: if attackers == 0 {
             0.0
@@ -364,14 +431,15 @@ mod tests {
             outer: Nesterov::default(),
             defense: DefenseConfig::default(),
         };
-        let one = run(&config, Attack::SignFlip, &dataset).unwrap();
+        let data = BatteryData::Images(&dataset);
+        let one = run(&config, Attack::SignFlip, &data).unwrap();
         let two = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap()
-            .install(|| run(&config, Attack::SignFlip, &dataset).unwrap());
+            .install(|| run(&config, Attack::SignFlip, &data).unwrap());
         assert_eq!(one, two);
-        let copied = run(&config, Attack::Copy, &dataset).unwrap();
+        let copied = run(&config, Attack::Copy, &data).unwrap();
         assert_eq!(copied.refused_attacker, 2, "the copy is refused in both rounds");
         assert_eq!(copied.credits[4], 0);
     }

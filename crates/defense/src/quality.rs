@@ -94,6 +94,60 @@ pub fn text_scores(
     })
 }
 
+/// What a round's updates are scored on: the images held out of every
+/// shard, or the text's validation split. The coordinator and the battery
+/// both score through here, so an image model and a language model are
+/// judged by the same rule on the same kind of batch.
+#[derive(Debug, Clone, Copy)]
+pub enum HeldOut<'a> {
+    /// `validation` indexes `train`'s held-out images.
+    Images { train: &'a LabeledImages, validation: &'a [u32] },
+    /// Windows of `context` tokens of the validation split.
+    Text { validation: crowdtrain_data::text::Tokens<'a>, context: usize },
+}
+
+impl HeldOut<'_> {
+    /// Each update's score ([`scores`], [`text_scores`]) on a batch of about
+    /// `eval_examples` held-out examples drawn with `key`: images, or
+    /// predicted tokens (whole sequences, at least one).
+    pub fn scores(
+        &self,
+        model: &dyn Model,
+        global: &[f32],
+        updates: &[&[f32]],
+        step: f32,
+        eval_examples: usize,
+        key: RngKey,
+    ) -> Result<Vec<f64>, TrainError> {
+        match *self {
+            Self::Images { train, validation } => {
+                let eval = eval_indices(validation, eval_examples, key);
+                scores(model, global, updates, step, train, &eval)
+            }
+            Self::Text { validation, context } => {
+                let sequences = Self::sequences(eval_examples, context);
+                text_scores(model, global, updates, step, validation, context, sequences, key)
+            }
+        }
+    }
+
+    /// How many held-out examples [`Self::scores`] measures on (what the pay
+    /// gate's power depends on): `eval_examples` images, at most all of
+    /// them; for text, the tokens its whole sequences predict.
+    pub fn scored_examples(&self, eval_examples: usize) -> usize {
+        match *self {
+            Self::Images { validation, .. } => eval_examples.min(validation.len()),
+            Self::Text { context, .. } => Self::sequences(eval_examples, context) * context,
+        }
+    }
+
+    /// Sequences of `context` predictions giving about `eval_examples` of
+    /// them, at least one.
+    fn sequences(eval_examples: usize, context: usize) -> usize {
+        eval_examples.div_ceil(context).max(1)
+    }
+}
+
 /// The scoring rule, whatever the data: `(L(g) - L(g - step u)) / L(g)`
 /// for each update `u`, with `loss` the held-out loss of a parameter
 /// vector; `-inf` where that loss is not finite.

@@ -162,38 +162,24 @@ impl RunData {
         eval_examples: usize,
         key: RngKey,
     ) -> Result<Vec<f64>, TrainError> {
-        match self {
-            Self::Images(dataset) => {
-                let eval = quality::eval_indices(validation, eval_examples, key);
-                quality::scores(model, global, updates, step, &dataset.train, &eval)
-            }
-            Self::Text { text, context } => {
-                // A sequence holds `context` predictions: as many
-                // sequences as give about `eval_examples` of them, at
-                // least one.
-                let sequences = eval_examples.div_ceil(*context).max(1);
-                quality::text_scores(
-                    model,
-                    global,
-                    updates,
-                    step,
-                    text.validation(),
-                    *context,
-                    sequences,
-                    key,
-                )
-            }
-        }
+        self.held_out(validation).scores(model, global, updates, step, eval_examples, key)
     }
 
     /// How many held-out examples each round's scores are measured on
-    /// (what the pay gate's power depends on): `eval_examples` of the
-    /// `validation` images, at most all of them; for text, predicted
-    /// tokens, as requested.
+    /// (what the pay gate's power depends on): see
+    /// [`quality::HeldOut::scored_examples`].
     pub fn scored_examples(&self, eval_examples: usize, validation: &[u32]) -> usize {
+        self.held_out(validation).scored_examples(eval_examples)
+    }
+
+    /// What updates are scored on: the `validation` images, or the text's
+    /// own validation split.
+    fn held_out<'a>(&'a self, validation: &'a [u32]) -> quality::HeldOut<'a> {
         match self {
-            Self::Images(_) => eval_examples.min(validation.len()),
-            Self::Text { context, .. } => eval_examples.div_ceil(*context).max(1) * context,
+            Self::Images(dataset) => quality::HeldOut::Images { train: &dataset.train, validation },
+            Self::Text { text, context } => {
+                quality::HeldOut::Text { validation: text.validation(), context: *context }
+            }
         }
     }
 
