@@ -724,6 +724,7 @@ impl Coordinator {
             | Event::WorkAccepted { .. }
             | Event::Reward(_)
             | Event::PayWithheld { .. }
+            | Event::ModelRewarded(_)
             | Event::RoundScored { .. } => {}
             Event::ContractPublished { menu } => self.menu_options = Some(menu.options.len() as u32),
             Event::OptionChosen { worker, choice } => {

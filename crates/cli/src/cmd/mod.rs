@@ -11,6 +11,7 @@ pub mod hostile;
 pub mod keygen;
 pub mod ledger;
 pub mod report;
+pub mod reward;
 pub mod rewards;
 pub mod sample;
 pub mod sim;
