@@ -13,8 +13,8 @@ use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome};
 use crowdtrain_protocol::wire::Phase;
 use crowdtrain_protocol::{Digest, WorkerId};
 
-/// Three types whose contributions (482, 1106 and 2854 verified work
-/// units) three workers reach in ten rounds of 320 units.
+/// Three types whose contributions are 482, 1106 and 2854 verified work
+/// units: in a run of 5 rounds of 320 units the last needs 9.
 const SCENARIO: &str = "participants = 6\n[contract.accuracy]\nkind = \"power-law\"\na_opt = 0.85\nb = 4.7\n\
                         c = 0.5\n[contract.valuation]\nscale = 100.0\n\
                         [[contract.types]]\ncost = 0.04\nprobability = 0.3\n\
@@ -46,12 +46,15 @@ fn fetch(network: &Network, index: usize, out: &str) -> std::process::Output {
 
 #[test]
 fn each_participant_fetches_the_model_it_was_promised_and_the_ledger_rebuilds_it() {
-    let mut network = Network::with_extra(10, 10, 0.0, "min_workers = 3", &format!("[contract]\n{SCENARIO}"));
+    let mut network = Network::with_extra(5, 10, 0.0, "min_workers = 3", &format!("[contract]\n{SCENARIO}"));
     network.start_coordinator();
     for (index, cost) in ["0.04", "0.01", "0.005"].into_iter().enumerate() {
         network.start_worker_args(index, &["--cost", cost]);
     }
-    network.wait_for(300, "the run to finish", |status| status.phase == Phase::Finished);
+    let status = network.wait_for(300, "the run to finish", |status| status.phase == Phase::Finished);
+    // The run went on past its 5 rounds until the last chooser delivered
+    // its 2854 units: 9 rounds of 320.
+    assert_eq!(status.completed_rounds, 9);
     // Killed while it builds the rewards (they take seconds; the run just
     // finished): the restarted coordinator finishes the job, once each.
     network.kill_coordinator();
@@ -85,6 +88,7 @@ fn each_participant_fetches_the_model_it_was_promised_and_the_ledger_rebuilds_it
         assert_eq!(recipe.final_measured, realised);
         assert!(reward.promised <= realised);
         assert!(reward.delivered_contribution >= reward.required_contribution);
+        assert_eq!(reward.delivered_contribution, 9 * 320);
         assert!(fetched.contains(&(reward.worker, recipe.reward_model)), "served what the ledger records");
         let row = menu["workers"]
             .as_array()
