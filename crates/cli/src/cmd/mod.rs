@@ -6,6 +6,7 @@ pub mod bench;
 pub mod contract;
 pub mod coordinator;
 pub mod demo;
+pub mod demo_contract;
 pub mod export;
 pub mod hostile;
 pub mod keygen;
