@@ -124,6 +124,15 @@ impl<'a> RewardBuilder<'a> {
         }
     }
 
+    /// The final model's value, measured (once: every reward is bounded by
+    /// it and checked against the run's record of it).
+    pub fn final_value(
+        &mut self,
+        mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+    ) -> Result<f64, BuildError> {
+        self.value(self.run.len() - 1, &mut measure)
+    }
+
     /// The reward model worth `target` (within `tolerance`, searching to
     /// `precision`), never worth more than the final model.
     pub fn build(

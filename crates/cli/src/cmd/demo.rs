@@ -439,12 +439,22 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     } else {
         0
     };
+    let recipe_model = recipe.model;
     let training =
         toml::to_string(&Training { training: recipe }).context("the recipe does not serialise")?;
     let contract = match &args.contract {
         Some(path) => {
             let path = path.canonicalize().with_context(|| format!("no contract scenario {}", path.display()))?;
-            format!("\n[contract]\nscenario = {:?}\n", path.display().to_string())
+            // A language model is worth its neg-loss value, 1 - L / ln(vocabulary):
+            // 0 for guessing uniformly.
+            let metric = match recipe_model {
+                crowdtrain_train::ModelKind::Gpt(config) => format!(
+                    "metric = {{ neg-loss = {{ reference_loss = {:?} }} }}\n",
+                    (config.vocab as f64).ln()
+                ),
+                _ => String::new(),
+            };
+            format!("\n[contract]\nscenario = {:?}\n{metric}", path.display().to_string())
         }
         None => String::new(),
     };

@@ -33,7 +33,6 @@ use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome, RunCheckpoint, Withheld};
 use crowdtrain_protocol::wire::ErrorCode;
 use crowdtrain_store::reward::RewardBuilder;
-use crowdtrain_store::{CheckpointKind, checkpoint};
 
 use super::{Failure, Node, now_unix_ms};
 use crate::NodeError;
@@ -107,12 +106,6 @@ impl Node {
             let evaluation = self.dataset.evaluate(model.as_ref(), params)?;
             Ok(metric.value(evaluation.accuracy, evaluation.loss))
         };
-        // a(n·m) as realised: the final model, measured.
-        let last = run.last().expect("the initial model at least").model;
-        let final_params =
-            checkpoint::decode(&self.checkpoints.get(&last)?, CheckpointKind::Params, &model.name(), model.layout())?;
-        let realised = measure(&final_params).map_err(NodeError::from)?;
-        *known.last_mut().expect("not empty") = Some(realised);
         let mut builder = RewardBuilder::new(
             &self.checkpoints,
             model.as_ref(),
@@ -122,6 +115,10 @@ impl Node {
             self.dataset.evaluation_set(),
         )
         .map_err(|error| NodeError::Contract(format!("model rewards: {error}")))?;
+        // a(n·m) as realised: the final model, measured.
+        let realised = builder
+            .final_value(measure)
+            .map_err(|error| NodeError::Contract(format!("measuring the final model: {error}")))?;
         let mut recorded = 0;
         for (&worker, choice) in &choices {
             if done.contains_key(&worker) {
