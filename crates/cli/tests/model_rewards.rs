@@ -134,3 +134,63 @@ fn each_participant_fetches_the_model_it_was_promised_and_the_ledger_rebuilds_it
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("model reward"), "{output:?}");
 }
+
+/// A participant that leaves short of its contribution gets no model: the
+/// run goes on past its rounds while it may come back (it is live for
+/// `worker_timeout_ms`, at least a minute: the protocol test
+/// `a_chooser_that_left_short_of_its_contribution_does_not_hold_the_run`
+/// covers that it then finishes), here up to its bound of extra rounds,
+/// and records its model reward as withheld; its key is told so.
+#[test]
+fn a_participant_that_leaves_short_of_its_contribution_gets_no_model() {
+    let mut network = Network::with_extra(
+        3,
+        10,
+        0.0,
+        "min_workers = 3\ndeadline_ms = 4000",
+        &format!("[contract]\nmax_extra_rounds = 3\n{SCENARIO}"),
+    );
+    network.start_coordinator();
+    for (index, cost) in ["0.04", "0.01", "0.005"].into_iter().enumerate() {
+        network.start_worker_args(index, &["--cost", cost]);
+    }
+    network.wait_for(120, "the first round", |status| status.completed_rounds >= 1);
+    // The lowest-cost participant (2854 units to deliver) leaves.
+    let mut leaver = network.workers.remove(2);
+    leaver.kill().unwrap();
+    leaver.wait().unwrap();
+    let status = network.wait_for(300, "the run to finish", |status| status.phase == Phase::Finished);
+    // Past its 3 rounds while the leaver could still come back, up to the
+    // bound of 3 more.
+    assert_eq!(status.completed_rounds, 6);
+
+    // The rewards are being built.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let rewards = loop {
+        let rewards = model_rewards(&network);
+        if rewards.len() == 3 || std::time::Instant::now() > deadline {
+            break rewards;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(rewards.len(), 3, "{}", network.log("coordinator.log"));
+    assert!(fetch(&network, 0, "reward-0.safetensors").status.success());
+    let withheld: Vec<&ModelReward> =
+        rewards.iter().filter(|reward| matches!(reward.outcome, RewardOutcome::Withheld(_))).collect();
+    assert_eq!(withheld.len(), 1, "{rewards:?}");
+    assert_eq!(withheld[0].option, 2);
+    assert!(withheld[0].delivered_contribution < withheld[0].required_contribution);
+    assert!(withheld[0].delivered_contribution > 0, "what it delivered is in the model");
+    let output = fetch(&network, 2, "reward-2.safetensors");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("withheld: under-delivered"), "{output:?}");
+    let report = network.rewards();
+    let row = report["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["worker"] == serde_json::json!(withheld[0].worker))
+        .unwrap();
+    assert_eq!(row["model_withheld"], "under-delivered");
+    assert!(row.get("reward_model_hash").is_none());
+}
