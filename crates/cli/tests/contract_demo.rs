@@ -16,7 +16,18 @@ fn the_demo_runs_the_whole_timeline_and_every_participant_gets_what_the_contract
     let dir = tempfile::tempdir().unwrap();
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/contracts/demo_mlp.toml");
     let output = Command::new(binary())
-        .args(["demo", "--workers", "6", "--rounds", "6", "--inner-steps", "20", "--json", "--contract", scenario])
+        .args([
+            "demo",
+            "--workers",
+            "6",
+            "--rounds",
+            "6",
+            "--inner-steps",
+            "20",
+            "--json",
+            "--contract",
+            scenario,
+        ])
         .arg("--data")
         .arg(subset())
         .arg("--keep")
@@ -47,7 +58,8 @@ fn the_demo_runs_the_whole_timeline_and_every_participant_gets_what_the_contract
         assert!(delivered <= realised, "never above the trained model: {p}");
         assert!(p["delivered_contribution"].as_u64() >= p["required_contribution"].as_u64(), "{p}");
         // IR as realised: v(r) - c·m at its own cost, against f of its type.
-        let utility = 100.0 * delivered - p["cost"].as_f64().unwrap() * p["required_contribution"].as_f64().unwrap();
+        let utility =
+            100.0 * delivered - p["cost"].as_f64().unwrap() * p["required_contribution"].as_f64().unwrap();
         assert!((utility - p["utility"].as_f64().unwrap()).abs() < 1e-9);
         assert!(utility >= p["reservation_utility"].as_f64().unwrap(), "IR: {p}");
         assert_eq!(p["individually_rational"], true);

@@ -279,7 +279,9 @@ pub fn ledger_entry() -> Vec<Vec<u8>> {
 
 /// A participant's model reward: delivered (with its recipe) or withheld.
 fn model_rewarded(worker: WorkerId, delivered: bool) -> Event {
-    use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome, RewardRecipe, RunCheckpoint, Withheld};
+    use crowdtrain_protocol::reward_model::{
+        ModelReward, RewardOutcome, RewardRecipe, RunCheckpoint, Withheld,
+    };
     let checkpoint = |round: Option<u64>, name: &[u8]| RunCheckpoint { round, model: Digest::of(name) };
     let outcome = if delivered {
         RewardOutcome::Delivered(RewardRecipe {

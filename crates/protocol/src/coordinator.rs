@@ -743,7 +743,8 @@ impl Coordinator {
                 *self.delivered.entry(*worker).or_default() += units;
             }
             Event::ContractPublished { menu } => {
-                self.required = Some(menu.options.iter().map(|option| option.required_contribution).collect());
+                self.required =
+                    Some(menu.options.iter().map(|option| option.required_contribution).collect());
             }
             Event::OptionChosen { worker, choice } => {
                 self.choices.insert(*worker, choice.option);

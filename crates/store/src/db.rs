@@ -18,8 +18,8 @@ use std::path::Path;
 
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::RoundState;
-use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome};
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
+use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, named_params, params};
@@ -326,8 +326,9 @@ impl Store {
                 ))?;
             }
             7 => {
-                connection
-                    .execute_batch(&format!("BEGIN; {SCHEMA_8} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))?;
+                connection.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_8} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))?;
             }
             SCHEMA_VERSION => {}
             found => return Err(StoreError::Schema { path: path.to_owned(), found }),
@@ -542,7 +543,9 @@ impl Store {
         Ok(match row {
             None => None,
             Some((Some(digest), _)) => Some(Ok(Digest(
-                digest.try_into().map_err(|_| StoreError::Corrupt("a model digest is not 32 bytes".into()))?,
+                digest
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("a model digest is not 32 bytes".into()))?,
             ))),
             Some((None, withheld)) => Some(Err(withheld.unwrap_or_default())),
         })

@@ -514,7 +514,8 @@ fn model_rewarded(worker: u64, delivered: bool) -> Event {
     use crowdtrain_protocol::reward_model::{
         Metric, ModelReward, RewardOutcome, RewardRecipe, RunCheckpoint, Withheld,
     };
-    let checkpoint = |round: u64| RunCheckpoint { round: Some(round), model: Digest::of(&round.to_le_bytes()) };
+    let checkpoint =
+        |round: u64| RunCheckpoint { round: Some(round), model: Digest::of(&round.to_le_bytes()) };
     let outcome = if delivered {
         RewardOutcome::Delivered(RewardRecipe {
             model_name: "mlp".into(),

@@ -444,7 +444,8 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         toml::to_string(&Training { training: recipe }).context("the recipe does not serialise")?;
     let contract = match &args.contract {
         Some(path) => {
-            let path = path.canonicalize().with_context(|| format!("no contract scenario {}", path.display()))?;
+            let path =
+                path.canonicalize().with_context(|| format!("no contract scenario {}", path.display()))?;
             // A language model is worth its neg-loss value, 1 - L / ln(vocabulary):
             // 0 for guessing uniformly.
             let metric = match recipe_model {

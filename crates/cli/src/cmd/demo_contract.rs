@@ -49,15 +49,25 @@ pub(crate) fn draw_types(menu: &ContractMenu, workers: usize, seed: u64) -> Vec<
 /// The run's signed menu, checked against the coordinator's key.
 pub(crate) fn fetch_menu(url: &str, coordinator: &PublicKey) -> anyhow::Result<ContractMenu> {
     let bytes = super::demo::runtime()?
-        .block_on(async { reqwest::get(format!("{url}/v1/contract")).await?.error_for_status()?.bytes().await })
+        .block_on(async {
+            reqwest::get(format!("{url}/v1/contract")).await?.error_for_status()?.bytes().await
+        })
         .context("could not read the contract menu")?;
     let signed: Signed<ContractMenu> = postcard::from_bytes(&bytes).context("the menu does not decode")?;
-    Ok(signed.verify(coordinator).map_err(|_| anyhow::anyhow!("the menu is not signed by the coordinator"))?.clone())
+    Ok(signed
+        .verify(coordinator)
+        .map_err(|_| anyhow::anyhow!("the menu is not signed by the coordinator"))?
+        .clone())
 }
 
 /// Every worker fetches its model reward (as `crowdtrain reward fetch`),
 /// waiting while the coordinator builds them; returns the time taken.
-pub(crate) fn fetch_rewards(url: &str, dir: &Path, workers: usize, coordinator: PublicKey) -> anyhow::Result<f64> {
+pub(crate) fn fetch_rewards(
+    url: &str,
+    dir: &Path,
+    workers: usize,
+    coordinator: PublicKey,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let runtime = super::demo::runtime()?;
     for index in 0..workers {
@@ -127,11 +137,17 @@ pub(crate) struct ContractReport {
 
 /// The timeline's outcome, from the run's verified ledger; `types` is each
 /// worker's (type, cost) as the demo drew it.
-pub(crate) fn report(dir: &Path, types: &[(usize, f64)], reward_seconds: f64) -> anyhow::Result<ContractReport> {
+pub(crate) fn report(
+    dir: &Path,
+    types: &[(usize, f64)],
+    reward_seconds: f64,
+) -> anyhow::Result<ContractReport> {
     let entries = crowdtrain_store::db::verify_ledger(&dir.join("state").join("coordinator.sqlite"), None)
         .map_err(|failure| anyhow::anyhow!(failure))?;
     let keys: Vec<PublicKey> = (0..types.len())
-        .map(|index| Ok(crowdtrain_node::files::load_identity(&dir.join(format!("worker-{index}.key")))?.public_key()))
+        .map(|index| {
+            Ok(crowdtrain_node::files::load_identity(&dir.join(format!("worker-{index}.key")))?.public_key())
+        })
         .collect::<anyhow::Result<_>>()?;
     let mut menu = None;
     let mut workers = std::collections::BTreeMap::new();
@@ -147,11 +163,17 @@ pub(crate) fn report(dir: &Path, types: &[(usize, f64)], reward_seconds: f64) ->
         }
     }
     let menu = menu.context("the run published no menu")?;
-    anyhow::ensure!(rewards.len() == types.len(), "{} model rewards for {} workers", rewards.len(), types.len());
+    anyhow::ensure!(
+        rewards.len() == types.len(),
+        "{} model rewards for {} workers",
+        rewards.len(),
+        types.len()
+    );
     let mut participants = Vec::new();
     for reward in &rewards {
         let key = workers.get(&reward.worker).context("a reward for a worker that never registered")?;
-        let index = keys.iter().position(|known| known == key).context("a reward for no worker of the demo")?;
+        let index =
+            keys.iter().position(|known| known == key).context("a reward for no worker of the demo")?;
         let (kind, cost) = types[index];
         let option = &menu.options[reward.option as usize];
         let (delivered_accuracy, hash, withheld) = match &reward.outcome {

@@ -6,10 +6,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use crowdtrain_protocol::PublicKey;
 use crowdtrain_protocol::ledger::{self, Entry};
+use crowdtrain_store::db::{LedgerFailure, verify_ledger};
 use crowdtrain_store::reward::rebuild_reward_model;
 use crowdtrain_store::trajectory::read_trajectory;
 use crowdtrain_store::{Checkpoints, Store};
-use crowdtrain_store::db::{LedgerFailure, verify_ledger};
 use serde::Serialize;
 
 use crate::output;
@@ -184,7 +184,9 @@ fn rederive_reward_models(source: &LedgerSource, entries: &[Entry]) -> Result<us
     let recipes: Vec<_> = entries
         .iter()
         .filter_map(|entry| match &entry.event {
-            ledger::Event::ModelRewarded(reward) => reward.outcome.recipe().map(|recipe| (reward.worker, recipe)),
+            ledger::Event::ModelRewarded(reward) => {
+                reward.outcome.recipe().map(|recipe| (reward.worker, recipe))
+            }
             _ => None,
         })
         .collect();

@@ -207,7 +207,8 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
         }
         for reward in &model_rewards {
             let rewards = worker(&mut workers, reward.worker);
-            let option = menu.options.get(reward.option as usize).context("a reward for an option of no menu")?;
+            let option =
+                menu.options.get(reward.option as usize).context("a reward for an option of no menu")?;
             rewards.promised_accuracy = Some(reward.promised);
             rewards.reservation_utility = Some(option.reservation_utility);
             match &reward.outcome {
@@ -262,7 +263,15 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
         "credit share",
     ];
     if contract_columns {
-        headers.extend(["option", "required", "delivered", "promised", "reward model", "utility", "reservation"]);
+        headers.extend([
+            "option",
+            "required",
+            "delivered",
+            "promised",
+            "reward model",
+            "utility",
+            "reservation",
+        ]);
     }
     let mut table = output::table(&headers);
     for worker in &report.workers {
@@ -286,7 +295,8 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             row.push(worker.option.map_or("-".into(), |option| option.to_string()));
             row.push(shown(worker.required_contribution));
             row.push(shown(worker.delivered_contribution));
-            let value = |value: Option<f64>, digits: usize| value.map_or("-".into(), |v| format!("{v:.digits$}"));
+            let value =
+                |value: Option<f64>, digits: usize| value.map_or("-".into(), |v| format!("{v:.digits$}"));
             row.push(value(worker.promised_accuracy, 4));
             row.push(match (worker.model_withheld, worker.delivered_accuracy, worker.reward_model_hash) {
                 (Some(reason), _, _) => format!("withheld: {reason}"),

@@ -43,8 +43,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crowdtrain_protocol::wire::{
-    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER, Receipt,
-    REWARD_MODEL_HEADER, ReceiptStatus, RegisterRequest,
+    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, REWARD_MODEL_HEADER,
+    RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
 };
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, Signed};
 use serde::Deserialize;
@@ -653,7 +653,8 @@ async fn reward_model(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let Path(worker) = path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let Path(worker) =
+            path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
         let requester = signed_read(&node, &limits, &method, &uri, &headers).await?;
         let node = Arc::clone(&node);
         blocking(move || node.reward_model_bytes(requester, crowdtrain_protocol::WorkerId(worker))).await

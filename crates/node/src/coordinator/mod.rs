@@ -13,10 +13,10 @@
 mod admission;
 mod audit;
 pub mod contract;
-mod model_rewards;
 mod http;
 mod limits;
 mod metrics;
+mod model_rewards;
 mod net;
 mod score;
 
@@ -31,8 +31,8 @@ use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Receipt,
-    Phase, ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
+    AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Phase,
+    Receipt, ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
@@ -68,9 +68,10 @@ impl Failure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let status = match code {
             ErrorCode::Unauthenticated | ErrorCode::BadSignature => 401,
-            ErrorCode::UnknownWorker | ErrorCode::NotAssigned | ErrorCode::NotAdmitted | ErrorCode::Forbidden => {
-                403
-            }
+            ErrorCode::UnknownWorker
+            | ErrorCode::NotAssigned
+            | ErrorCode::NotAdmitted
+            | ErrorCode::Forbidden => 403,
             ErrorCode::TimedOut => 408,
             ErrorCode::RateLimited => 429,
             ErrorCode::NotFound => 404,

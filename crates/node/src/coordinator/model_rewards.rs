@@ -167,7 +167,10 @@ impl Node {
             ));
         }
         if self.contract.is_none() {
-            return Err(Failure::new(ErrorCode::NotFound, "this run offers no contract, so no model rewards"));
+            return Err(Failure::new(
+                ErrorCode::NotFound,
+                "this run offers no contract, so no model rewards",
+            ));
         }
         let (finished, reward) = {
             let inner = self.lock();
@@ -175,9 +178,10 @@ impl Node {
             (finished, inner.store.model_reward(worker).map_err(Failure::internal)?)
         };
         match reward {
-            None if !finished => {
-                Err(Failure::new(ErrorCode::TooEarly, "the run has not finished: model rewards come at its end"))
-            }
+            None if !finished => Err(Failure::new(
+                ErrorCode::TooEarly,
+                "the run has not finished: model rewards come at its end",
+            )),
             None => Err(Failure::new(ErrorCode::TooEarly, format!("{worker}'s model reward is being built"))),
             Some(Err(withheld)) => Err(Failure::new(
                 ErrorCode::NotFound,
