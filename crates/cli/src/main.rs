@@ -56,6 +56,8 @@ enum Command {
     Report(cmd::report::ReportArgs),
     /// Per-worker verified work, quality, slashes and credits, from the signed ledger.
     Rewards(cmd::rewards::RewardsArgs),
+    /// A participant's model reward (runs with a contract): `reward fetch`.
+    Reward(cmd::reward::RewardArgs),
     /// Run every model attack against the checks, robust aggregation and pay.
     Battery(cmd::battery::BatteryArgs),
     /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Admission(args) => cmd::admission::run(args),
         Command::Ledger(args) => cmd::ledger::run(args),
         Command::Rewards(args) => cmd::rewards::run(args),
+        Command::Reward(args) => cmd::reward::run(args),
         Command::Report(args) => cmd::report::run(args),
         Command::Battery(args) => cmd::battery::run_battery(args),
         Command::Contract(args) => cmd::contract::run(args),

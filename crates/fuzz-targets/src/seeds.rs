@@ -262,6 +262,8 @@ pub fn ledger_entry() -> Vec<Vec<u8>> {
             gate: PayGate::Pass,
         }),
         Event::PayWithheld { round: 3, worker: WorkerId(2), first_round: 0, credits: 600 },
+        model_rewarded(WorkerId(1), true),
+        model_rewarded(WorkerId(2), false),
         Event::RoundClosed {
             round: 0,
             result_model: Digest::of(b"r"),
@@ -273,6 +275,42 @@ pub fn ledger_entry() -> Vec<Vec<u8>> {
     ];
     let mut chain = Chain::empty();
     events.into_iter().map(|event| chain.append(coordinator(), 1_767_000_000_000, event).bytes).collect()
+}
+
+/// A participant's model reward: delivered (with its recipe) or withheld.
+fn model_rewarded(worker: WorkerId, delivered: bool) -> Event {
+    use crowdtrain_protocol::reward_model::{
+        ModelReward, RewardOutcome, RewardRecipe, RunCheckpoint, Withheld,
+    };
+    let checkpoint = |round: Option<u64>, name: &[u8]| RunCheckpoint { round, model: Digest::of(name) };
+    let outcome = if delivered {
+        RewardOutcome::Delivered(RewardRecipe {
+            model_name: MODEL_NAME.into(),
+            metric: crowdtrain_protocol::reward_model::Metric::NegLoss { reference_loss: 4.17 },
+            evaluation_set: Digest::of(b"test"),
+            target: 0.81,
+            tolerance: 0.005,
+            lower: checkpoint(Some(2), b"r2"),
+            upper: checkpoint(Some(3), b"r3"),
+            coefficient: 0.5,
+            reward_model: Digest::of(b"reward"),
+            measured: 0.812,
+            final_model: checkpoint(Some(9), b"r9"),
+            final_measured: 0.86,
+        })
+    } else {
+        RewardOutcome::Withheld(Withheld::UnderDelivered)
+    };
+    Event::ModelRewarded(ModelReward {
+        worker,
+        option: 1,
+        coalition: vec![1, 2, 0],
+        realised: 0.86,
+        promised: 0.81,
+        required_contribution: 1106,
+        delivered_contribution: if delivered { 3200 } else { 640 },
+        outcome,
+    })
 }
 
 pub fn checkpoint() -> Vec<Vec<u8>> {

@@ -87,6 +87,16 @@ impl RunData {
         }
     }
 
+    /// Names the data [`RunData::evaluate`] measures on: the test split's
+    /// digest for images; for text the text's fingerprint (it covers the
+    /// split the validation sequences come from).
+    pub fn evaluation_set(&self) -> Digest {
+        match self {
+            Self::Images(dataset) => Digest(dataset.test.digest()),
+            Self::Text { text, .. } => Digest(text.fingerprint()),
+        }
+    }
+
     /// One line for logs and errors.
     pub fn describe(&self) -> String {
         match self {

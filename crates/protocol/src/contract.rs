@@ -89,6 +89,11 @@ pub struct ContractSection {
     /// What a model's value is measured as (the a of a(M)).
     #[serde(default = "default_metric")]
     pub metric: Metric,
+    /// The most rounds the run goes on past `rounds` while a live
+    /// participant has not delivered its option's contribution (default:
+    /// `rounds`, so a run at most doubles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_extra_rounds: Option<u64>,
 }
 
 fn default_metric() -> Metric {
@@ -160,6 +165,7 @@ impl ContractSection {
             valuation: Some(file.valuation),
             types: file.types,
             metric: self.metric,
+            max_extra_rounds: self.max_extra_rounds,
         })
     }
 

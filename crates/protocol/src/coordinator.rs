@@ -191,6 +191,10 @@ pub struct Settings {
     pub delegate_audits: bool,
     /// What every participant computes: copied into each assignment.
     pub recipe: TrainingRecipe,
+    /// In a run with a contract, the most rounds run past `rounds` while a
+    /// live participant has not delivered its option's contribution
+    /// (`contract.max_extra_rounds`, default `rounds`; 0 without a contract).
+    pub contract_extra_rounds: u64,
 }
 
 impl Settings {
@@ -211,6 +215,10 @@ impl Settings {
             stake: config.audit.stake,
             delegate_audits: config.audit.auditors == crate::config::Auditors::Workers,
             recipe: config.training.clone(),
+            contract_extra_rounds: config
+                .contract
+                .as_ref()
+                .map_or(0, |contract| contract.max_extra_rounds.unwrap_or(config.rounds)),
         }
     }
 
@@ -626,10 +634,13 @@ pub struct Coordinator {
     finished: bool,
     now_ms: u64,
     actions: VecDeque<Action>,
-    /// The number of options of the run's contract menu, once published.
-    menu_options: Option<u32>,
+    /// The contribution each option of the run's contract menu requires
+    /// (verified work units), once published.
+    required: Option<Vec<u64>>,
     /// Each participant's chosen option.
     choices: BTreeMap<WorkerId, u32>,
+    /// Each worker's verified work so far (its `work-accepted` units).
+    delivered: BTreeMap<WorkerId, u64>,
 }
 
 impl Coordinator {
@@ -653,8 +664,9 @@ impl Coordinator {
             finished: false,
             now_ms: 0,
             actions: VecDeque::new(),
-            menu_options: None,
+            required: None,
             choices: BTreeMap::new(),
+            delivered: BTreeMap::new(),
         }
     }
 
@@ -679,7 +691,9 @@ impl Coordinator {
         for worker in machine.workers.values_mut() {
             worker.last_seen_ms = now;
         }
-        machine.finished |= machine.completed_rounds >= machine.settings.rounds;
+        // A run with a contract may go on past `rounds` (`run_complete`):
+        // whether it has is in its ledger, or decided by `maybe_open` now.
+        machine.finished |= machine.required.is_none() && machine.completed_rounds >= machine.settings.rounds;
         machine.resume_replays();
         machine.settle();
         machine.maybe_open();
@@ -721,11 +735,17 @@ impl Coordinator {
             Event::RunStarted { .. }
             | Event::Slash { .. }
             | Event::UpdateRefused { .. }
-            | Event::WorkAccepted { .. }
             | Event::Reward(_)
             | Event::PayWithheld { .. }
+            | Event::ModelRewarded(_)
             | Event::RoundScored { .. } => {}
-            Event::ContractPublished { menu } => self.menu_options = Some(menu.options.len() as u32),
+            Event::WorkAccepted { worker, units, .. } => {
+                *self.delivered.entry(*worker).or_default() += units;
+            }
+            Event::ContractPublished { menu } => {
+                self.required =
+                    Some(menu.options.iter().map(|option| option.required_contribution).collect());
+            }
             Event::OptionChosen { worker, choice } => {
                 self.choices.insert(*worker, choice.option);
             }
@@ -925,7 +945,33 @@ impl Coordinator {
 
     /// Whether the run offers a contract (its menu is published).
     pub fn offers_contract(&self) -> bool {
-        self.menu_options.is_some()
+        self.required.is_some()
+    }
+
+    /// Whether the run has done its work: `rounds` rounds closed and, in a
+    /// run with a contract, every participant that chose an option and is
+    /// still live (seen within `worker_timeout_ms`) has delivered the
+    /// contribution its option requires, or `contract_extra_rounds` more
+    /// rounds closed. A participant that left (timed out) had its chance:
+    /// the run does not wait for it, and it is rewarded on what it
+    /// delivered (`docs/CONTRACT.md`).
+    pub fn run_complete(&self) -> bool {
+        let rounds = self.settings.rounds;
+        self.completed_rounds >= rounds
+            && (self.completed_rounds >= rounds.saturating_add(self.settings.contract_extra_rounds)
+                || self.short_of_contribution().next().is_none())
+    }
+
+    /// The live participants that have not delivered their option's
+    /// contribution yet.
+    fn short_of_contribution(&self) -> impl Iterator<Item = (WorkerId, &Worker)> + '_ {
+        let required = self.required.as_deref().unwrap_or(&[]);
+        self.choices.iter().filter_map(move |(&worker, &option)| {
+            let state = self.workers.get(&worker)?;
+            let owed = required.get(option as usize).copied().unwrap_or(0);
+            let delivered = self.delivered.get(&worker).copied().unwrap_or(0);
+            (delivered < owed && self.live(state)).then_some((worker, state))
+        })
     }
 
     /// The option `worker` chose, if any.
@@ -942,7 +988,7 @@ impl Coordinator {
             .keys
             .get(&key)
             .ok_or_else(|| Refusal::new(ErrorCode::UnknownWorker, "register before choosing an option"))?;
-        let Some(options) = self.menu_options else {
+        let Some(options) = self.required.as_ref().map(|required| required.len() as u32) else {
             return Err(Refusal::new(ErrorCode::BadRequest, "this run offers no contract to choose from"));
         };
         if choice.option >= options {
@@ -1657,11 +1703,8 @@ impl Coordinator {
         for worker in credited {
             self.record(Event::WorkAccepted { round, worker, units: self.settings.work_units() });
         }
-        if self.completed_rounds >= self.settings.rounds {
-            self.record(Event::RunFinished { final_model: result.model });
-        } else {
-            self.maybe_open();
-        }
+        // The run finishes here, or another round opens.
+        self.maybe_open();
     }
 
     /// The driver aggregated the submissions of a [`Action::Speculate`]:
@@ -1709,7 +1752,17 @@ impl Coordinator {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.open.as_ref().map(OpenRound::next_timeout_ms)
+        match &self.open {
+            Some(open) => Some(open.next_timeout_ms()),
+            // A run past its rounds waits for participants short of their
+            // contribution while they are live: it may finish when the
+            // first of them times out.
+            None if !self.finished && self.completed_rounds >= self.settings.rounds => self
+                .short_of_contribution()
+                .map(|(_, state)| state.last_seen_ms + self.settings.worker_timeout_ms + 1)
+                .min(),
+            None => None,
+        }
     }
 
     // internals
@@ -1961,6 +2014,10 @@ impl Coordinator {
     /// (with the time it opened: its participants have been training since).
     fn maybe_open(&mut self) {
         if self.finished || self.open.is_some() {
+            return;
+        }
+        if self.run_complete() {
+            self.record(Event::RunFinished { final_model: self.model });
             return;
         }
         let adopted = match self.speculation.take() {

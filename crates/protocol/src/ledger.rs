@@ -25,6 +25,7 @@ use crate::contract::{ContractChoice, ContractMenu};
 use crate::coordinator::{Recorded, Verdict};
 use crate::identity::{Identity, PublicKey, SignatureBytes};
 use crate::ids::{Digest, RoundId, WorkerId};
+use crate::reward_model::ModelReward;
 
 const ENTRY_CONTEXT: &str = "crowdtrain 2026-12 ledger entry v2";
 const SIGNATURE_DOMAIN: &str = "crowdtrain/ledger/v2";
@@ -197,6 +198,10 @@ pub enum Event {
         first_round: RoundId,
         credits: u64,
     },
+    /// At the end of a run with a contract: a participant's model reward,
+    /// made from the run's checkpoints (its recipe) or withheld (issue 15,
+    /// `docs/CONTRACT.md`). One per participant that chose an option.
+    ModelRewarded(ModelReward),
 }
 
 impl Event {
@@ -224,6 +229,7 @@ impl Event {
             Self::ContractPublished { .. } => "contract-published",
             Self::OptionChosen { .. } => "option-chosen",
             Self::PayWithheld { .. } => "pay-withheld",
+            Self::ModelRewarded(_) => "model-rewarded",
         }
     }
 }

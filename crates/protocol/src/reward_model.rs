@@ -8,9 +8,10 @@
 //! as the run names its checkpoints, so the reward can be served and
 //! verified like any other model of the run.
 
-use crowdtrain_recipe::Metric;
+pub use crowdtrain_recipe::Metric;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::WorkerId;
 use crate::wire::{Digest, RoundId};
 
 /// A checkpoint of the run: the model after `round`, or the initial model
@@ -50,4 +51,62 @@ pub struct RewardRecipe {
     pub final_model: RunCheckpoint,
     /// Its measured value.
     pub final_measured: f64,
+}
+
+/// A participant's model reward at the end of a run with a contract: what
+/// the menu promised it for the coalition that formed, what it delivered,
+/// and the model it gets or why it gets none. The ledger records one per
+/// participant that chose an option ([`crate::ledger::Event::ModelRewarded`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReward {
+    pub worker: WorkerId,
+    /// The option it chose (its signed `option-chosen` entry).
+    pub option: u32,
+    /// n, the realised coalition: how many participants chose each option.
+    pub coalition: Vec<u32>,
+    /// a(n·m) as realised: the measured value of the model the run trained.
+    pub realised: f64,
+    /// r_i(n) = reward_ratio_i · a(n·m): the value it was promised.
+    pub promised: f64,
+    /// m_i, in verified work units.
+    pub required_contribution: u64,
+    /// Its verified, unslashed work when the run finished.
+    pub delivered_contribution: u64,
+    pub outcome: RewardOutcome,
+}
+
+/// A model reward's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardOutcome {
+    /// The model was made; its recipe says how, and what it is worth.
+    Delivered(RewardRecipe),
+    /// No model: the reason.
+    Withheld(Withheld),
+}
+
+impl RewardOutcome {
+    pub fn recipe(&self) -> Option<&RewardRecipe> {
+        match self {
+            Self::Delivered(recipe) => Some(recipe),
+            Self::Withheld(_) => None,
+        }
+    }
+}
+
+/// Why a participant receives no model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Withheld {
+    /// It delivered less verified work than its option requires by the time
+    /// the run finished (what it did deliver is still in the trained model).
+    UnderDelivered,
+}
+
+impl Withheld {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UnderDelivered => "under-delivered",
+        }
+    }
 }

@@ -35,6 +35,11 @@ pub use crate::ids::{Digest, RoundId, WorkerId};
 /// Bumped on any incompatible change to messages or training semantics.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// The header naming (by BLAKE3 hex) the model reward a
+/// `GET /v1/rewards/{worker}` answer carries: the hash its
+/// `model-rewarded` ledger entry records.
+pub const REWARD_MODEL_HEADER: &str = "x-crowdtrain-reward-model";
+
 pub const AUTH_HEADER: &str = "x-crowdtrain-auth";
 pub const RUN_HEADER: &str = "x-crowdtrain-run";
 /// The body a signed request declares: `<length>:<BLAKE3 hex>`.
@@ -527,6 +532,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The request's body stalled or came too slowly.
     TimedOut,
+    /// What was asked for belongs to another participant.
+    Forbidden,
 }
 
 /// The JSON body of every 4xx and 5xx answer.

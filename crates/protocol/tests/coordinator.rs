@@ -37,6 +37,7 @@ fn settings() -> Settings {
         delegate_audits: false,
         // 4 steps of 16 examples: 64 work units a submission.
         recipe: TrainingRecipe { inner_steps: 4, batch_size: 16, ..TrainingRecipe::with_seed(9) },
+        contract_extra_rounds: 0,
     }
 }
 
@@ -1460,4 +1461,108 @@ fn choices_are_signed_checked_recorded_and_final_after_the_first_round() {
     assert_eq!(chosen[&w0].option, 2);
     assert!(chosen[&w0].verify(&key(0), run).is_ok(), "anyone can check a choice against the worker's key");
     assert_eq!(durable.store.contract_menu().unwrap(), Some(three_option_menu()));
+}
+
+/// Two participants of a run with the three-option menu (64, 128 and 256
+/// work units; a submission is 64), round 0 open: `w0` chose option 0 and
+/// `w1` option 2.
+fn contract_run(settings: Settings) -> (Durable, Coordinator, [WorkerId; 2]) {
+    let run = Digest::of(b"run");
+    let mut durable = Durable::new();
+    durable
+        .store
+        .record(T0, &[Event::ContractPublished { menu: three_option_menu() }], &[], &durable.signer)
+        .unwrap();
+    let mut machine = durable.restore(Settings { min_workers: 2, quorum: 1, ..settings }, T0);
+    let w0 = machine.register(T0, key(0), "avx2-fma").unwrap().0;
+    machine.choose(T0, key(0), ContractChoice::sign(&Identity::from_seed([1; 32]), run, 0)).unwrap();
+    let w1 = machine.register(T0, key(1), "avx2-fma").unwrap().0;
+    machine.choose(T0, key(1), ContractChoice::sign(&Identity::from_seed([2; 32]), run, 2)).unwrap();
+    durable.record(drain(&mut machine));
+    assert!(machine.open_round().is_some());
+    (durable, machine, [w0, w1])
+}
+
+fn finished(actions: &[Action]) -> bool {
+    actions.iter().any(|action| matches!(action, Action::Record(Event::RunFinished { .. })))
+}
+
+/// A run with a contract goes on past its rounds while a live participant
+/// has not delivered its option's contribution, and finishes the round it
+/// has; a restarted machine decides the same; the extension is bounded.
+#[test]
+fn rounds_go_on_until_every_live_chooser_delivered_its_contribution_within_the_bound() {
+    let extended = Settings { rounds: 2, contract_extra_rounds: 3, ..settings() };
+    let (mut durable, mut machine, workers) = contract_run(extended.clone());
+    for round in 0..4 {
+        let now = T0 + round * 100 + 1;
+        let mut actions = durable.record(deliver(&mut machine, now, &workers, round));
+        machine.handle_aggregated(now + 2, round, Aggregated::all(result(round + 1)));
+        actions.extend(durable.record(drain(&mut machine)));
+        // w1 owes 256 units: four rounds of 64, two more than the run's rounds.
+        assert_eq!(finished(&actions), round == 3, "round {round}");
+        assert_eq!(machine.run_complete(), round == 3);
+        if round < 3 {
+            assert_eq!(machine.open_round().map(|open| open.id), Some(round + 1), "an extra round opens");
+            let restored = durable.restore(extended.clone(), now + 3);
+            assert_eq!(restored.open_round().map(|open| open.id), Some(round + 1), "restored the same");
+        }
+    }
+    assert_eq!(machine.phase(), Phase::Finished);
+    assert_eq!(durable.restore(extended, T0 + 1_000).phase(), Phase::Finished);
+
+    // At most `contract_extra_rounds` more: with one, the run ends after three.
+    let bounded = Settings { rounds: 2, contract_extra_rounds: 1, ..settings() };
+    let (mut durable, mut machine, workers) = contract_run(bounded);
+    let mut ends = Vec::new();
+    for round in 0..3 {
+        let now = T0 + round * 100 + 1;
+        durable.record(deliver(&mut machine, now, &workers, round));
+        machine.handle_aggregated(now + 2, round, Aggregated::all(result(round + 1)));
+        ends.push(finished(&durable.record(drain(&mut machine))));
+    }
+    assert_eq!(ends, [false, false, true]);
+}
+
+/// A participant short of its contribution that left (timed out) had its
+/// chance: the run does not wait for it, and a machine with nothing open
+/// asks to be woken when the last short participant times out.
+#[test]
+fn a_chooser_that_left_short_of_its_contribution_does_not_hold_the_run() {
+    let waiting = Settings { rounds: 1, contract_extra_rounds: 5, ..settings() };
+    let (mut durable, mut machine, [w0, _]) = contract_run(waiting.clone());
+    // Only w0 delivers; w1 was last seen at T0 and is gone after 60 s.
+    commit(&mut machine, T0 + 1, w0, 0).unwrap();
+    machine.handle_timeout(T0 + 10_001);
+    reveal(&mut machine, T0 + 10_002, w0, 0).unwrap();
+    durable.record(drain(&mut machine));
+    machine.handle_aggregated(T0 + 70_001, 0, Aggregated::all(result(1)));
+    assert!(finished(&durable.record(drain(&mut machine))));
+
+    // The same round closed while w1 is still live: the run waits for it,
+    // with a wake-up when it would time out, and finishes then.
+    let (mut durable, mut machine, [w0, _]) = contract_run(waiting);
+    commit(&mut machine, T0 + 1, w0, 0).unwrap();
+    machine.handle_timeout(T0 + 10_001);
+    reveal(&mut machine, T0 + 10_002, w0, 0).unwrap();
+    durable.record(drain(&mut machine));
+    machine.handle_aggregated(T0 + 10_003, 0, Aggregated::all(result(1)));
+    assert!(!finished(&durable.record(drain(&mut machine))));
+    // Round 1 opened with both; it fails for want of a quorum once w0 stops too.
+    assert!(machine.open_round().is_some());
+    let wake = loop {
+        match machine.poll_timeout() {
+            Some(deadline) if machine.open_round().is_some() => {
+                machine.handle_timeout(deadline);
+                durable.record(drain(&mut machine));
+            }
+            other => break other,
+        }
+    };
+    if machine.phase() != Phase::Finished {
+        let wake = wake.expect("a short, live participant sets a wake-up");
+        machine.handle_timeout(wake);
+        assert!(finished(&durable.record(drain(&mut machine))));
+    }
+    assert_eq!(machine.phase(), Phase::Finished);
 }

@@ -2,7 +2,7 @@
 //! FULL): the signed ledger of the run's events, and tables built from
 //! those events for the queries the coordinator and its status page make
 //! (workers, rounds, assignments, commitments, reveals with their
-//! payloads, audits, credits, refusals, rewards, and each worker's totals,
+//! payloads, audits, credits, refusals, rewards, model rewards, and each worker's totals,
 //! kept up to date event by event so that a status page reads one row per
 //! worker however long the run).
 //!
@@ -19,11 +19,12 @@ use std::path::Path;
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
+use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome};
 use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, named_params, params};
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE run (
@@ -171,6 +172,23 @@ CREATE TABLE worker_totals (
 CREATE INDEX ledger_kind ON ledger (kind, idx);
 ";
 
+/// What version 8 added to version 7: each participant's model reward at
+/// the end of a run with a contract (one row per worker: a reward is
+/// recorded once), the recipe itself in its ledger entry.
+const SCHEMA_8: &str = "
+CREATE TABLE model_rewards (
+    worker INTEGER PRIMARY KEY REFERENCES workers (id),
+    option INTEGER NOT NULL,
+    promised REAL NOT NULL,
+    required INTEGER NOT NULL,
+    delivered INTEGER NOT NULL,
+    reward_model BLOB,
+    measured REAL,
+    withheld TEXT,
+    CHECK ((reward_model IS NULL) = (withheld IS NOT NULL))
+);
+";
+
 /// The per-worker totals computed from the tables themselves, one pass over
 /// each: how a version 6 database gets its `worker_totals`, and what
 /// [`Store::check_worker_totals`] compares them with.
@@ -297,14 +315,19 @@ impl Store {
         match version {
             0 => {
                 connection.execute_batch(&format!(
-                    "BEGIN; {SCHEMA} {SCHEMA_7} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA} {SCHEMA_7} {SCHEMA_8} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))?;
             }
             6 => {
                 connection.execute_batch(&format!(
                     "BEGIN; {SCHEMA_7} ALTER TABLE rounds ADD COLUMN bytes_downloaded INTEGER;
                      INSERT INTO worker_totals ({TOTALS_COLUMNS}) {RECOMPUTED_TOTALS};
-                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                     {SCHEMA_8} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))?;
+            }
+            7 => {
+                connection.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_8} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))?;
             }
             SCHEMA_VERSION => {}
@@ -479,6 +502,53 @@ impl Store {
             }
             Err(reason) => Err(StoreError::Corrupt(format!("ledger entry {index}: {reason}"))),
         }
+    }
+
+    /// The model rewards recorded so far, by worker (from their ledger
+    /// entries, which hold the recipes).
+    pub fn model_rewards(&self) -> Result<BTreeMap<WorkerId, ModelReward>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT idx, body FROM ledger WHERE kind = 'model-rewarded' ORDER BY idx")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)))?;
+        let mut rewards = BTreeMap::new();
+        for row in rows {
+            let (index, body) = row?;
+            match ledger::Entry::from_bytes(&body) {
+                Ok(ledger::Entry { event: Event::ModelRewarded(reward), .. }) => {
+                    rewards.insert(reward.worker, reward);
+                }
+                Ok(_) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "ledger entry {index} is not the model reward it is filed as"
+                    )));
+                }
+                Err(reason) => return Err(StoreError::Corrupt(format!("ledger entry {index}: {reason}"))),
+            }
+        }
+        Ok(rewards)
+    }
+
+    /// `worker`'s model reward, if recorded: the digest of its model file,
+    /// or why it was withheld.
+    pub fn model_reward(&self, worker: WorkerId) -> Result<Option<Result<Digest, String>>, StoreError> {
+        let row: Option<(Option<Vec<u8>>, Option<String>)> = self
+            .connection
+            .query_row(
+                "SELECT reward_model, withheld FROM model_rewards WHERE worker = ?1",
+                params![worker.0],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None => None,
+            Some((Some(digest), _)) => Some(Ok(Digest(
+                digest
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("a model digest is not 32 bytes".into()))?,
+            ))),
+            Some((None, withheld)) => Some(Err(withheld.unwrap_or_default())),
+        })
     }
 
     /// Each participant's latest choice of option, by worker.
@@ -1254,6 +1324,40 @@ fn project(
             if known == 0 {
                 return Err(StoreError::Corrupt(format!("{worker} chose an option without registering")));
             }
+        }
+        Event::ModelRewarded(reward) => {
+            let recipe = reward.outcome.recipe();
+            let withheld = match &reward.outcome {
+                RewardOutcome::Delivered(_) => None,
+                RewardOutcome::Withheld(reason) => Some(reason.name()),
+            };
+            // One reward per participant: the primary key refuses a second.
+            transaction
+                .execute(
+                    "INSERT INTO model_rewards (worker, option, promised, required, delivered, reward_model, \
+                     measured, withheld) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        reward.worker.0,
+                        reward.option,
+                        reward.promised,
+                        reward.required_contribution,
+                        reward.delivered_contribution,
+                        recipe.map(|recipe| recipe.reward_model.0),
+                        recipe.map(|recipe| recipe.measured),
+                        withheld
+                    ],
+                )
+                .map_err(|error| match error {
+                    rusqlite::Error::SqliteFailure(failure, _)
+                        if failure.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        StoreError::Corrupt(format!(
+                            "{}'s model reward is already recorded, or it never registered",
+                            reward.worker
+                        ))
+                    }
+                    other => other.into(),
+                })?;
         }
         Event::PayWithheld { round, worker, first_round, .. } => {
             let withheld: i64 = transaction.query_row(

@@ -124,6 +124,15 @@ impl<'a> RewardBuilder<'a> {
         }
     }
 
+    /// The final model's value, measured (once: every reward is bounded by
+    /// it and checked against the run's record of it).
+    pub fn final_value(
+        &mut self,
+        mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+    ) -> Result<f64, BuildError> {
+        self.value(self.run.len() - 1, &mut measure)
+    }
+
     /// The reward model worth `target` (within `tolerance`, searching to
     /// `precision`), never worth more than the final model.
     pub fn build(
@@ -213,21 +222,20 @@ pub enum CheckError {
 }
 
 /// Rebuilds the reward model of `recipe` from the run's checkpoints (`run`,
-/// in order, from the run's verified ledger) and checks every claim the
-/// recipe makes. `evaluation_set` names the set `measure` evaluates on.
-pub fn check_reward_model(
+/// in order, from the run's verified ledger) without measuring it: checks
+/// that its checkpoints are consecutive checkpoints of the run, its
+/// coefficient a multiple of 2^-24 in [0, 1], and that the rebuilt file
+/// hashes to the recipe's model. Returns the parameters. What `crowdtrain
+/// ledger verify` checks for every reward the ledger records (it needs the
+/// checkpoints, not the data).
+pub fn rebuild_reward_model(
     checkpoints: &Checkpoints,
     model: &dyn Model,
     run: &[RunCheckpoint],
     recipe: &RewardRecipe,
-    evaluation_set: Digest,
-    mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
-) -> Result<RewardCheck, CheckError> {
+) -> Result<Vec<f32>, CheckError> {
     if recipe.model_name != model.name() {
         return Err(CheckError::WrongModel { recipe: recipe.model_name.clone(), run: model.name() });
-    }
-    if recipe.evaluation_set != evaluation_set {
-        return Err(CheckError::WrongEvaluationSet { recipe: recipe.evaluation_set, here: evaluation_set });
     }
     let position = |which, checkpoint: &RunCheckpoint| {
         run.iter().position(|c| c == checkpoint).ok_or(CheckError::NotInRun {
@@ -260,6 +268,25 @@ pub fn check_reward_model(
     if rebuilt != recipe.reward_model {
         return Err(CheckError::HashMismatch { recipe: recipe.reward_model, rebuilt });
     }
+    Ok(params)
+}
+
+/// Rebuilds the reward model of `recipe` from the run's checkpoints (`run`,
+/// in order, from the run's verified ledger) and checks every claim the
+/// recipe makes. `evaluation_set` names the set `measure` evaluates on.
+pub fn check_reward_model(
+    checkpoints: &Checkpoints,
+    model: &dyn Model,
+    run: &[RunCheckpoint],
+    recipe: &RewardRecipe,
+    evaluation_set: Digest,
+    mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+) -> Result<RewardCheck, CheckError> {
+    if recipe.evaluation_set != evaluation_set {
+        return Err(CheckError::WrongEvaluationSet { recipe: recipe.evaluation_set, here: evaluation_set });
+    }
+    let params = rebuild_reward_model(checkpoints, model, run, recipe)?;
+    let rebuilt = recipe.reward_model;
     let measured = measure(&params)?;
     if measured != recipe.measured {
         return Err(CheckError::Measured { which: "reward model", recipe: recipe.measured, measured });

@@ -449,7 +449,7 @@ fn a_version_6_database_is_migrated_with_its_totals_recomputed() {
     connection
         .execute_batch(
             "DROP TABLE worker_totals; DROP INDEX ledger_kind; ALTER TABLE rounds DROP COLUMN bytes_downloaded;
-             PRAGMA user_version = 6;",
+             DROP TABLE model_rewards; PRAGMA user_version = 6;",
         )
         .unwrap();
     drop(connection);
@@ -581,4 +581,68 @@ fn an_answer_two_audits_share_is_kept_until_both_passed() {
     store.record(22, &[judged(1, Verdict::Failed("copied".into()))], &[], &coordinator()).unwrap();
     assert!(!store.answer_prunable(&shared).unwrap(), "the failed audit's evidence stays");
     assert_eq!(store.prunable_answer_digests().unwrap(), vec![Digest::of(b"an honest answer")]);
+}
+
+fn model_rewarded(worker: u64, delivered: bool) -> Event {
+    use crowdtrain_protocol::reward_model::{
+        Metric, ModelReward, RewardOutcome, RewardRecipe, RunCheckpoint, Withheld,
+    };
+    let checkpoint =
+        |round: u64| RunCheckpoint { round: Some(round), model: Digest::of(&round.to_le_bytes()) };
+    let outcome = if delivered {
+        RewardOutcome::Delivered(RewardRecipe {
+            model_name: "mlp".into(),
+            metric: Metric::Accuracy,
+            evaluation_set: Digest::of(b"test"),
+            target: 0.8,
+            tolerance: 0.005,
+            lower: checkpoint(0),
+            upper: checkpoint(1),
+            coefficient: 0.5,
+            reward_model: Digest::of(&[worker as u8]),
+            measured: 0.801,
+            final_model: checkpoint(1),
+            final_measured: 0.85,
+        })
+    } else {
+        RewardOutcome::Withheld(Withheld::UnderDelivered)
+    };
+    Event::ModelRewarded(ModelReward {
+        worker: WorkerId(worker),
+        option: 0,
+        coalition: vec![2],
+        realised: 0.85,
+        promised: 0.8,
+        required_contribution: 100,
+        delivered_contribution: if delivered { 128 } else { 64 },
+        outcome,
+    })
+}
+
+/// A model reward is recorded once per participant (a second one fails
+/// the batch and changes nothing), and read back by worker; a version 7
+/// database gains the table.
+#[test]
+fn model_rewards_are_recorded_once_per_participant_and_a_version_7_database_gains_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    drop(eventful(&path));
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection.execute_batch("DROP TABLE model_rewards; PRAGMA user_version = 7;").unwrap();
+    drop(connection);
+    let mut store = Store::open(&path).unwrap();
+    let signer = coordinator();
+    store.record(50, &[model_rewarded(0, true), model_rewarded(1, false)], &[], &signer).unwrap();
+    let length = store.ledger_length().unwrap();
+    assert!(matches!(
+        store.record(51, &[model_rewarded(0, true)], &[], &signer),
+        Err(StoreError::Corrupt(message)) if message.contains("already recorded")
+    ));
+    assert_eq!(store.ledger_length().unwrap(), length, "the refused batch left nothing");
+    assert_eq!(store.model_reward(WorkerId(0)).unwrap(), Some(Ok(Digest::of(&[0]))));
+    assert_eq!(store.model_reward(WorkerId(1)).unwrap(), Some(Err("under-delivered".into())));
+    assert_eq!(store.model_reward(WorkerId(7)).unwrap(), None);
+    let rewards = store.model_rewards().unwrap();
+    assert_eq!(rewards.len(), 2);
+    assert_eq!(Event::ModelRewarded(rewards[&WorkerId(1)].clone()), model_rewarded(1, false));
 }

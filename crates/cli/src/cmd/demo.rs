@@ -103,6 +103,15 @@ pub struct DemoArgs {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
 
+    /// Run the whole timeline of a contract (a scenario file, as `contract
+    /// solve` reads it): the coordinator publishes its menu, each worker
+    /// gets a private cost drawn from its types and chooses by it, the run
+    /// holds each to its option's contribution, and every worker fetches
+    /// its model reward at the end; the report checks IR and IC as
+    /// realised.
+    #[arg(long, value_name = "FILE")]
+    contract: Option<PathBuf>,
+
     /// Print one JSON object on stdout instead of a report.
     #[arg(long)]
     json: bool,
@@ -139,6 +148,9 @@ pub(crate) struct DemoReport {
     coordinator_overhead_fraction_median: Option<f64>,
     pub(crate) workers: Vec<DemoWorker>,
     pub(crate) rounds: Vec<RoundRecord>,
+    /// With `--contract`: each participant's outcome under the menu.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) contract: Option<super::demo_contract::ContractReport>,
 }
 
 /// A worker as the coordinator saw it, with what the worker itself said.
@@ -174,6 +186,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         return output::print_json(&report);
     }
     print_report(&report, &args);
+    if let Some(contract) = &report.contract {
+        super::demo_contract::print(contract);
+    }
     if let Some(dir) = &args.keep {
         println!("files kept in {}", dir.display());
     }
@@ -246,12 +261,22 @@ pub(crate) fn execute(
     let mut processes = Processes { children: Vec::new() };
     let url = start_coordinator(&binary, &dir, &mut processes)?;
     on_start(&url, processes.children[0].1.id(), &dir)?;
-    for index in 0..args.workers {
-        start_worker(&binary, &dir, &url, index, args, &mut processes)?;
-    }
     let run: Signed<RunInfo> = runtime()?
         .block_on(async { reqwest::get(format!("{url}/v1/run")).await?.json().await })
         .context("could not read the run description")?;
+    let coordinator = run.body.coordinator;
+    // With a contract, each worker's private cost, drawn from the menu's types.
+    let types = match &args.contract {
+        Some(_) => {
+            let menu = super::demo_contract::fetch_menu(&url, &coordinator)?;
+            super::demo_contract::draw_types(&menu, args.workers, args.seed)
+        }
+        None => Vec::new(),
+    };
+    let cost = |index: usize| types.get(index).map(|(_, cost)| *cost);
+    for index in 0..args.workers {
+        start_worker(&binary, &dir, &url, index, args, cost(index), &mut processes)?;
+    }
     if !args.json {
         eprintln!(
             "data: {} ({} training {}); coordinator at {url}; files in {}",
@@ -266,14 +291,22 @@ pub(crate) fn execute(
         let already = processes.children.len() - 1 - args.workers;
         if completed >= late_start && already < args.late_workers {
             for index in args.workers..args.workers + args.late_workers {
-                start_worker(&binary, &dir, &url, index, args, processes)?;
+                start_worker(&binary, &dir, &url, index, args, None, processes)?;
             }
         }
         Ok(())
     })?;
+    // The timeline's last step: every participant fetches its model reward.
+    let reward_seconds = match args.contract {
+        Some(_) => Some(super::demo_contract::fetch_rewards(&url, &dir, args.workers, coordinator)?),
+        None => None,
+    };
     let mut status = status;
     status.rounds = all_rounds(&url, status.rounds_total)?;
     let mut report = finish(status, run.body.dataset, args, &mut processes, started)?;
+    if let Some(seconds) = reward_seconds {
+        report.contract = Some(super::demo_contract::report(&dir, &types, seconds)?);
+    }
     report.final_val_loss = final_val_loss(&dir, args, &report.rounds)?;
     if let Some(path) = &args.report {
         super::report::write(&dir.join("state"), path, None)?;
@@ -297,7 +330,7 @@ pub(crate) fn execute(
     Ok(report)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
@@ -307,6 +340,7 @@ fn start_worker(
     url: &str,
     index: usize,
     args: &DemoArgs,
+    cost: Option<f64>,
     processes: &mut Processes,
 ) -> anyhow::Result<()> {
     let key = dir.join(format!("worker-{index}.key"));
@@ -336,6 +370,9 @@ fn start_worker(
     }
     let behavior = args.cheaters.get(index).copied().unwrap_or(Behavior::Honest);
     command.arg("--behavior").arg(behavior.to_string());
+    if let Some(cost) = cost {
+        command.arg("--cost").arg(cost.to_string());
+    }
     let child = command.spawn().context("could not start a worker")?;
     processes.children.push((format!("worker {index}"), child));
     Ok(())
@@ -402,15 +439,33 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     } else {
         0
     };
+    let recipe_model = recipe.model;
     let training =
         toml::to_string(&Training { training: recipe }).context("the recipe does not serialise")?;
+    let contract = match &args.contract {
+        Some(path) => {
+            let path =
+                path.canonicalize().with_context(|| format!("no contract scenario {}", path.display()))?;
+            // A language model is worth its neg-loss value, 1 - L / ln(vocabulary):
+            // 0 for guessing uniformly.
+            let metric = match recipe_model {
+                crowdtrain_train::ModelKind::Gpt(config) => format!(
+                    "metric = {{ neg-loss = {{ reference_loss = {:?} }} }}\n",
+                    (config.vocab as f64).ln()
+                ),
+                _ => String::new(),
+            };
+            format!("\n[contract]\nscenario = {:?}\n{metric}", path.display().to_string())
+        }
+        None => String::new(),
+    };
     let config = format!(
         "rounds = {rounds}\n\n{training}\n[data]\n{data}\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
          # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n\
-         requests_per_second_per_key = 100000\n",
+         requests_per_second_per_key = 100000\n{contract}",
         rounds = args.rounds,
         workers = args.workers,
         probability = args.audit_probability,
@@ -602,6 +657,7 @@ fn finish(
         coordinator_overhead_fraction_median: median(&mut fractions),
         workers,
         rounds: status.rounds,
+        contract: None,
     })
 }
 

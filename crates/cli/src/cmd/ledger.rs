@@ -6,8 +6,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use crowdtrain_protocol::PublicKey;
 use crowdtrain_protocol::ledger::{self, Entry};
-use crowdtrain_store::Store;
 use crowdtrain_store::db::{LedgerFailure, verify_ledger};
+use crowdtrain_store::reward::rebuild_reward_model;
+use crowdtrain_store::trajectory::read_trajectory;
+use crowdtrain_store::{Checkpoints, Store};
 use serde::Serialize;
 
 use crate::output;
@@ -70,6 +72,9 @@ struct ShowArgs {
 struct VerifyReport {
     ok: bool,
     entries: usize,
+    /// Model rewards (runs with a contract) whose files were rebuilt from
+    /// their recorded recipes and the run's checkpoints, hash for hash.
+    reward_models_rederived: usize,
     first_broken: Option<ledger::Break>,
     problem: Option<String>,
 }
@@ -108,23 +113,43 @@ pub(crate) fn database(state: &std::path::Path) -> anyhow::Result<PathBuf> {
 
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let path = database(&args.source.state)?;
-    let result = verify_ledger(&path, args.source.key);
+    let result = verify_ledger(&path, args.source.key).map_err(VerifyFailure::Ledger).and_then(|entries| {
+        let rederived = rederive_reward_models(&args.source, &entries).map_err(VerifyFailure::Reward)?;
+        Ok((entries.len(), rederived))
+    });
     let report = match &result {
-        Ok(entries) => VerifyReport { ok: true, entries: entries.len(), first_broken: None, problem: None },
-        Err(LedgerFailure::Broken(broken)) => VerifyReport {
+        Ok((entries, rederived)) => VerifyReport {
+            ok: true,
+            entries: *entries,
+            reward_models_rederived: *rederived,
+            first_broken: None,
+            problem: None,
+        },
+        Err(VerifyFailure::Ledger(LedgerFailure::Broken(broken))) => VerifyReport {
             ok: false,
             entries: 0,
+            reward_models_rederived: 0,
             first_broken: Some(broken.clone()),
             problem: Some(broken.to_string()),
         },
-        Err(failure) => {
-            VerifyReport { ok: false, entries: 0, first_broken: None, problem: Some(failure.to_string()) }
-        }
+        Err(failure) => VerifyReport {
+            ok: false,
+            entries: 0,
+            reward_models_rederived: 0,
+            first_broken: None,
+            problem: Some(failure.to_string()),
+        },
     };
     if args.json {
         output::print_json(&report)?;
     } else if report.ok {
         println!("ledger verified: {} entries, every link, hash and signature intact", report.entries);
+        if report.reward_models_rederived > 0 {
+            println!(
+                "{} model rewards rebuilt from their recipes and the run's checkpoints: every hash matches",
+                report.reward_models_rederived
+            );
+        }
     }
     match result {
         Ok(_) => Ok(()),
@@ -132,6 +157,55 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             Err(anyhow::anyhow!(failure)).context(format!("the ledger in {} does not verify", path.display()))
         }
     }
+}
+
+#[derive(Debug)]
+enum VerifyFailure {
+    Ledger(LedgerFailure),
+    Reward(String),
+}
+
+impl std::fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ledger(failure) => failure.fmt(f),
+            Self::Reward(problem) => write!(f, "a model reward does not rebuild: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyFailure {}
+
+/// Rebuilds every delivered model reward the ledger records from its
+/// recipe and the run's checkpoints (in the state directory), checking its
+/// hash: returns how many. Needs no data (nothing is measured; `contract
+/// check-reward` re-measures one).
+fn rederive_reward_models(source: &LedgerSource, entries: &[Entry]) -> Result<usize, String> {
+    let recipes: Vec<_> = entries
+        .iter()
+        .filter_map(|entry| match &entry.event {
+            ledger::Event::ModelRewarded(reward) => {
+                reward.outcome.recipe().map(|recipe| (reward.worker, recipe))
+            }
+            _ => None,
+        })
+        .collect();
+    if recipes.is_empty() {
+        return Ok(0);
+    }
+    let path = database(&source.state).map_err(|error| error.to_string())?;
+    let trajectory = read_trajectory(&path, source.key).map_err(|error| error.to_string())?;
+    let config: crowdtrain_protocol::RunConfig = serde_json::from_str(&trajectory.config_json)
+        .map_err(|error| format!("the run's recorded configuration is unreadable: {error}"))?;
+    let model = crowdtrain_train::build_model(config.training.model);
+    let checkpoints =
+        Checkpoints::open(&source.state.join("checkpoints")).map_err(|error| error.to_string())?;
+    let run = trajectory.checkpoints();
+    for (worker, recipe) in &recipes {
+        rebuild_reward_model(&checkpoints, model.as_ref(), &run, recipe)
+            .map_err(|error| format!("{worker}'s model reward: {error}"))?;
+    }
+    Ok(recipes.len())
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {

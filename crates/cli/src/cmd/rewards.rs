@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use clap::Args;
 use crowdtrain_protocol::ledger::{Event, PayGate, Reward};
-use crowdtrain_protocol::{PublicKey, WorkerId};
+use crowdtrain_protocol::reward_model::RewardOutcome;
+use crowdtrain_protocol::{Digest, PublicKey, WorkerId};
 use crowdtrain_store::db::verify_ledger;
 use serde::Serialize;
 
@@ -70,6 +71,29 @@ struct WorkerRewards {
     /// work never counts).
     #[serde(skip_serializing_if = "Option::is_none")]
     delivered_contribution: Option<u64>,
+    /// Once the run has finished: r_i(n), the value its option promises
+    /// for the coalition that formed (test accuracy, or the neg-loss value
+    /// for a language model) ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promised_accuracy: Option<f64>,
+    /// ... its reward model's measured value (`None` if withheld) ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered_accuracy: Option<f64>,
+    /// ... v(r) - c·m: the value of the model it received less the cost of
+    /// its required contribution, at the cost of the type its option is
+    /// designed for (what its choice reveals, by IC; its true cost stays
+    /// private). Withheld: -c times what it delivered ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utility: Option<f64>,
+    /// ... f_i, what that type earns training alone ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_utility: Option<f64>,
+    /// ... and the BLAKE3 of its reward model's file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reward_model_hash: Option<Digest>,
+    /// Why it receives no model (`under-delivered`), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_withheld: Option<&'static str>,
 }
 
 impl WorkerRewards {
@@ -92,6 +116,12 @@ impl WorkerRewards {
             option: None,
             required_contribution: None,
             delivered_contribution: None,
+            promised_accuracy: None,
+            delivered_accuracy: None,
+            utility: None,
+            reservation_utility: None,
+            reward_model_hash: None,
+            model_withheld: None,
         }
     }
 }
@@ -125,6 +155,7 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     let mut rounds_closed = 0;
     let mut scored_rounds = std::collections::BTreeSet::new();
     let mut menu = None;
+    let mut model_rewards = Vec::new();
     fn worker(workers: &mut BTreeMap<WorkerId, WorkerRewards>, id: WorkerId) -> &mut WorkerRewards {
         workers.entry(id).or_insert_with(|| WorkerRewards::new(id))
     }
@@ -154,6 +185,7 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             }
             Event::RoundClosed { .. } => rounds_closed += 1,
             Event::ContractPublished { menu: published } => menu = Some(published.clone()),
+            Event::ModelRewarded(reward) => model_rewards.push(reward.clone()),
             Event::OptionChosen { worker: id, choice } => {
                 let rewards = worker(&mut workers, *id);
                 let key = rewards.public_key.context("a choice by a worker that never registered")?;
@@ -172,6 +204,27 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
                 .and_then(|option| menu.options.get(option as usize))
                 .map(|option| option.required_contribution);
             rewards.delivered_contribution = Some(rewards.verified_work);
+        }
+        for reward in &model_rewards {
+            let rewards = worker(&mut workers, reward.worker);
+            let option =
+                menu.options.get(reward.option as usize).context("a reward for an option of no menu")?;
+            rewards.promised_accuracy = Some(reward.promised);
+            rewards.reservation_utility = Some(option.reservation_utility);
+            match &reward.outcome {
+                RewardOutcome::Delivered(recipe) => {
+                    rewards.delivered_accuracy = Some(recipe.measured);
+                    rewards.reward_model_hash = Some(recipe.reward_model);
+                    rewards.utility = Some(
+                        menu.valuation_scale * recipe.measured
+                            - option.cost * reward.required_contribution as f64,
+                    );
+                }
+                RewardOutcome::Withheld(reason) => {
+                    rewards.model_withheld = Some(reason.name());
+                    rewards.utility = Some(-option.cost * reward.delivered_contribution as f64);
+                }
+            }
         }
     }
     let total_work: u64 = workers.values().map(|worker| worker.verified_work).sum();
@@ -210,7 +263,15 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
         "credit share",
     ];
     if contract_columns {
-        headers.extend(["option", "required", "delivered"]);
+        headers.extend([
+            "option",
+            "required",
+            "delivered",
+            "promised",
+            "reward model",
+            "utility",
+            "reservation",
+        ]);
     }
     let mut table = output::table(&headers);
     for worker in &report.workers {
@@ -234,6 +295,16 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             row.push(worker.option.map_or("-".into(), |option| option.to_string()));
             row.push(shown(worker.required_contribution));
             row.push(shown(worker.delivered_contribution));
+            let value =
+                |value: Option<f64>, digits: usize| value.map_or("-".into(), |v| format!("{v:.digits$}"));
+            row.push(value(worker.promised_accuracy, 4));
+            row.push(match (worker.model_withheld, worker.delivered_accuracy, worker.reward_model_hash) {
+                (Some(reason), _, _) => format!("withheld: {reason}"),
+                (None, Some(measured), Some(hash)) => format!("{measured:.4} ({})", &hash.to_hex()[..12]),
+                _ => "-".into(),
+            });
+            row.push(value(worker.utility, 2));
+            row.push(value(worker.reservation_utility, 2));
         }
         table.add_row(row);
     }

@@ -11,6 +11,7 @@
 //! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status?rounds_from=R&rounds_limit=N` | none | `RunStatus` JSON, with at most N (default 100, at most 1,000) rounds from round R (default: the latest) |
+//! | `GET /v1/rewards/{worker}` | `{worker}`'s own key | its model reward (safetensors) once the run has finished, named by the `x-crowdtrain-reward-model` header; 403 for any other key, 409 `too-early` before it is built, 404 if withheld |
 //! | `GET /v1/ledger?kinds=K1,K2&before=I&from=I&limit=N` | none | `LedgerPage` JSON: at most N (default 50, at most 200) decoded entries of those kinds (any if none; at most 20 kinds), newest first from before index I, or oldest first from index I |
 //! | `GET /v1/ledger/{index}` | none | `LedgerEntryView` JSON: one entry, decoded |
 //! | `GET /metrics` | none | the Prometheus (OpenMetrics) text; names in [`super::metrics`] |
@@ -36,14 +37,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRef, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crowdtrain_protocol::wire::{
-    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, RUN_HEADER, Receipt,
-    ReceiptStatus, RegisterRequest,
+    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, REWARD_MODEL_HEADER,
+    RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
 };
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, Signed};
 use serde::Deserialize;
@@ -138,6 +139,7 @@ pub async fn serve(
         .route("/v1/rounds/{round}/reveals", post(reveal))
         .route("/v1/rounds/{round}/audits", post(audit_answer))
         .route("/v1/rounds/{round}/audit-tasks/{audited}", get(audit_task).post(audit_report))
+        .route("/v1/rewards/{worker}", get(reward_model))
         .route("/v1/status", get(status))
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/{index}", get(ledger_entry))
@@ -635,6 +637,40 @@ async fn audit_task(
     };
     match result.await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// `GET /v1/rewards/{worker}`: a participant's model reward (safetensors),
+/// signed by that participant's key, named by the
+/// [`REWARD_MODEL_HEADER`] hash its ledger entry records.
+async fn reward_model(
+    State(node): State<Arc<Node>>,
+    State(limits): State<Arc<RequestLimits>>,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let Path(worker) =
+            path.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let requester = signed_read(&node, &limits, &method, &uri, &headers).await?;
+        let node = Arc::clone(&node);
+        blocking(move || node.reward_model_bytes(requester, crowdtrain_protocol::WorkerId(worker))).await
+    };
+    match result.await {
+        Ok((digest, bytes)) => {
+            node.count_download(bytes.len() as u64);
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (HeaderName::from_static(REWARD_MODEL_HEADER), digest.to_hex()),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
         Err(failure) => failure.into_response(),
     }
 }

@@ -16,11 +16,12 @@ pub mod contract;
 mod http;
 mod limits;
 mod metrics;
+mod model_rewards;
 mod net;
 mod score;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,8 +31,8 @@ use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Receipt,
-    ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
+    AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Phase,
+    Receipt, ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
@@ -67,7 +68,10 @@ impl Failure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let status = match code {
             ErrorCode::Unauthenticated | ErrorCode::BadSignature => 401,
-            ErrorCode::UnknownWorker | ErrorCode::NotAssigned | ErrorCode::NotAdmitted => 403,
+            ErrorCode::UnknownWorker
+            | ErrorCode::NotAssigned
+            | ErrorCode::NotAdmitted
+            | ErrorCode::Forbidden => 403,
             ErrorCode::TimedOut => 408,
             ErrorCode::RateLimited => 429,
             ErrorCode::NotFound => 404,
@@ -161,6 +165,11 @@ pub struct Node {
     admission: admission::Admission,
     /// Where large uploads are spilled while they arrive.
     uploads_dir: std::path::PathBuf,
+    /// The participants' model rewards, by hash: apart from `checkpoints`,
+    /// so `GET /v1/models` never serves one.
+    reward_models: Checkpoints,
+    /// Set while the model rewards are being built (`model_rewards`).
+    rewarding: AtomicBool,
 }
 
 struct Inner {
@@ -267,6 +276,7 @@ impl Node {
         let model = crowdtrain_train::build_model(config.training.model);
         let checkpoints = Checkpoints::open(&state_dir.join("checkpoints"))?;
         let answers = Checkpoints::open_with_extension(&state_dir.join("audit-answers"), "answer")?;
+        let reward_models = Checkpoints::open(&state_dir.join("reward-models"))?;
         let mut store = Store::open(&state_dir.join("coordinator.sqlite"))?;
         let config_json = canonical_config(&config);
         // The menu is solved before the run is created (an unsolvable
@@ -407,6 +417,8 @@ impl Node {
             evaluations: Mutex::new(evaluations),
             admission,
             uploads_dir,
+            reward_models,
+            rewarding: AtomicBool::new(false),
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
         spawn_evaluator(Arc::downgrade(&node), to_evaluate);
@@ -419,6 +431,10 @@ impl Node {
         // Evaluations the previous process did not live to record.
         for (round, model) in inner.store.unevaluated_rounds()? {
             node.schedule_evaluation(round, model);
+        }
+        // Model rewards the previous process did not live to record.
+        if inner.machine.phase() == Phase::Finished {
+            node.schedule_model_rewards();
         }
         drop(inner);
         Ok(node)
@@ -1203,6 +1219,7 @@ impl Node {
         if finished {
             // No round follows to wait for the final model's files.
             Self::finish_writing(inner)?;
+            self.schedule_model_rewards();
         }
         if changed {
             self.changes.send_modify(|version| *version += 1);

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crowdtrain_protocol::wire::{AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, RUN_HEADER};
+use crowdtrain_protocol::wire::{
+    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, REWARD_MODEL_HEADER, RUN_HEADER,
+};
 use crowdtrain_protocol::{Digest, Identity, RequestAuth};
 use reqwest::StatusCode;
 
@@ -21,6 +23,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct Answer {
     pub status: StatusCode,
     pub body: Vec<u8>,
+    /// The [`REWARD_MODEL_HEADER`] of the answer, if it has one.
+    pub header: Option<String>,
 }
 
 impl Answer {
@@ -147,10 +151,15 @@ impl Client {
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
                         .map(Duration::from_secs);
+                    let header = response
+                        .headers()
+                        .get(REWARD_MODEL_HEADER)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned);
                     match response.bytes().await {
                         Ok(bytes) => {
                             self.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            let answer = Answer { status, body: bytes.to_vec() };
+                            let answer = Answer { status, body: bytes.to_vec(), header };
                             match answer.code() {
                                 Some(ErrorCode::RateLimited) => {
                                     // The coordinator is there, and busy:

@@ -10,6 +10,9 @@
 
 mod behavior;
 mod client;
+mod reward;
+
+pub use reward::{FetchedReward, fetch_reward};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -819,7 +822,7 @@ impl ModelCache {
             status if status.is_server_error() => return Err(transient(format!("HTTP {status}"))),
             status => {
                 let body = response.bytes().await.unwrap_or_default();
-                let answer = Answer { status, body: body.to_vec() };
+                let answer = Answer { status, body: body.to_vec(), header: None };
                 return Err(DownloadError::Fatal(NodeError::Refused(format!(
                     "downloading model {digest}: {}",
                     answer.reason()

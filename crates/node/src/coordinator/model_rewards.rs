@@ -1,0 +1,196 @@
+//! Model rewards at the end of a run with a contract (issue 15, the
+//! paper's timeline step IV): the coordinator makes each participant the
+//! model the menu promised it for the coalition that formed, records how
+//! (the recipe) in the ledger, and serves it to that participant alone.
+//!
+//! For the realised coalition n (how many participants chose each option)
+//! the trained model is worth a(n·m), measured: the final model's value
+//! on the evaluation set. Participant i is promised r_i(n) = ρ_i a(n·m),
+//! with ρ_i = t_i / t̄_i the menu's reward ratio: the paper's proportional
+//! construction, with the realised value of the model in place of the
+//! forecast a(·) the menu was solved with, so the promise never exceeds
+//! what the run trained. One who delivered less verified work than its
+//! option requires gets no model (`withheld: under-delivered`). The model
+//! is made by `crowdtrain_store::reward::RewardBuilder` (interpolation
+//! between consecutive checkpoints, calibrated on measured value) and
+//! written, content-addressed, to `reward-models/` in the state directory,
+//! a directory `GET /v1/models` never serves.
+//!
+//! Crash safety: one thread builds the rewards in worker order, writing
+//! each file before recording its `model-rewarded` entry in its own
+//! transaction, and skipping the workers whose entry is recorded. A
+//! coordinator killed while building starts the thread again when it opens
+//! a finished run; the construction is deterministic, so it makes the same
+//! files, and the store refuses a second reward for a worker.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crowdtrain_protocol::RoundId;
+use crowdtrain_protocol::coordinator::RoundState;
+use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome, RunCheckpoint, Withheld};
+use crowdtrain_protocol::wire::ErrorCode;
+use crowdtrain_store::reward::RewardBuilder;
+
+use super::{Failure, Node, now_unix_ms};
+use crate::NodeError;
+
+/// How far a reward's measured value may be from its promise: half a
+/// point of accuracy (the issue's bound).
+pub const REWARD_TOLERANCE: f64 = 0.005;
+
+/// The search stops once this close to the promise: half the tolerance,
+/// usually one or two evaluations.
+pub const REWARD_PRECISION: f64 = 0.0025;
+
+impl Node {
+    /// Starts building the model rewards of a finished run with a contract,
+    /// on a thread of its own, unless it is already running.
+    pub(super) fn schedule_model_rewards(&self) {
+        if self.contract.is_none() || self.rewarding.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = self.me.clone();
+        std::thread::Builder::new()
+            .name("crowdtrain-model-rewards".into())
+            .spawn(move || {
+                let Some(node) = node.upgrade() else { return };
+                match node.build_model_rewards() {
+                    Ok(built) => tracing::info!(built, "model rewards recorded"),
+                    Err(error) => {
+                        // Nobody's reward is lost: a restart builds the
+                        // missing ones.
+                        tracing::error!(%error, "building the model rewards failed");
+                        node.rewarding.store(false, Ordering::SeqCst);
+                    }
+                }
+            })
+            .expect("the model-reward thread starts");
+    }
+
+    /// Builds and records every missing model reward; returns how many it
+    /// recorded.
+    fn build_model_rewards(self: &Arc<Self>) -> Result<usize, NodeError> {
+        let menu = &self.contract.as_ref().expect("scheduled for runs with a contract").body;
+        let (choices, done, delivered, rounds) = {
+            let inner = self.lock();
+            let delivered: BTreeMap<_, _> = inner
+                .store
+                .worker_statuses()?
+                .into_iter()
+                .map(|status| (status.worker, status.verified_work))
+                .collect();
+            (inner.store.choices()?, inner.store.model_rewards()?, delivered, inner.store.round_records()?)
+        };
+        let mut coalition = vec![0u32; menu.options.len()];
+        for choice in choices.values() {
+            coalition[choice.option as usize] += 1;
+        }
+        // The run's checkpoints in order, with the values the evaluation
+        // thread recorded (hints that only choose the segment).
+        let metric = menu.metric;
+        let mut run = vec![RunCheckpoint { round: None, model: self.run.body.initial_model }];
+        let mut known = vec![None];
+        for record in rounds.iter().filter(|record| record.status == RoundState::Closed) {
+            let model = record.result_model.expect("closed rounds have a result");
+            run.push(RunCheckpoint { round: Some(record.round as RoundId), model });
+            known.push(match (record.test_accuracy, record.test_loss) {
+                (Some(accuracy), Some(loss)) => Some(metric.value(accuracy, loss)),
+                _ => None,
+            });
+        }
+        let model = crowdtrain_train::build_model(self.config.training.model);
+        let measure = |params: &[f32]| {
+            let evaluation = self.dataset.evaluate(model.as_ref(), params)?;
+            Ok(metric.value(evaluation.accuracy, evaluation.loss))
+        };
+        let mut builder = RewardBuilder::new(
+            &self.checkpoints,
+            model.as_ref(),
+            run,
+            known,
+            metric,
+            self.dataset.evaluation_set(),
+        )
+        .map_err(|error| NodeError::Contract(format!("model rewards: {error}")))?;
+        // a(n·m) as realised: the final model, measured.
+        let realised = builder
+            .final_value(measure)
+            .map_err(|error| NodeError::Contract(format!("measuring the final model: {error}")))?;
+        let mut recorded = 0;
+        for (&worker, choice) in &choices {
+            if done.contains_key(&worker) {
+                continue;
+            }
+            let option = &menu.options[choice.option as usize];
+            let promised = option.reward_ratio * realised;
+            let delivered_contribution = delivered.get(&worker).copied().unwrap_or(0);
+            let outcome = if delivered_contribution < option.required_contribution {
+                RewardOutcome::Withheld(Withheld::UnderDelivered)
+            } else {
+                let built = builder
+                    .build(promised, REWARD_TOLERANCE, REWARD_PRECISION, measure)
+                    .map_err(|error| NodeError::Contract(format!("{worker}'s model reward: {error}")))?;
+                self.reward_models.put(&built.file)?;
+                RewardOutcome::Delivered(built.recipe)
+            };
+            let reward = ModelReward {
+                worker,
+                option: choice.option,
+                coalition: coalition.clone(),
+                realised,
+                promised,
+                required_contribution: option.required_contribution,
+                delivered_contribution,
+                outcome,
+            };
+            tracing::info!(%worker, option = choice.option, promised, delivered_contribution, "model reward");
+            self.lock().store.record(now_unix_ms(), &[Event::ModelRewarded(reward)], &[], &self.identity)?;
+            recorded += 1;
+        }
+        Ok(recorded)
+    }
+
+    /// `GET /v1/rewards/{worker}`: the reward model's file, for `worker`'s
+    /// own key only (`requester`, from the request's signature).
+    pub(super) fn reward_model_bytes(
+        &self,
+        requester: crowdtrain_protocol::WorkerId,
+        worker: crowdtrain_protocol::WorkerId,
+    ) -> Result<(crowdtrain_protocol::Digest, Vec<u8>), Failure> {
+        if requester != worker {
+            return Err(Failure::new(
+                ErrorCode::Forbidden,
+                format!("{worker}'s model reward is served to {worker}'s key only"),
+            ));
+        }
+        if self.contract.is_none() {
+            return Err(Failure::new(
+                ErrorCode::NotFound,
+                "this run offers no contract, so no model rewards",
+            ));
+        }
+        let (finished, reward) = {
+            let inner = self.lock();
+            let finished = inner.machine.phase() == crowdtrain_protocol::wire::Phase::Finished;
+            (finished, inner.store.model_reward(worker).map_err(Failure::internal)?)
+        };
+        match reward {
+            None if !finished => Err(Failure::new(
+                ErrorCode::TooEarly,
+                "the run has not finished: model rewards come at its end",
+            )),
+            None => Err(Failure::new(ErrorCode::TooEarly, format!("{worker}'s model reward is being built"))),
+            Some(Err(withheld)) => Err(Failure::new(
+                ErrorCode::NotFound,
+                format!("{worker} receives no model reward (withheld: {withheld})"),
+            )),
+            Some(Ok(digest)) => {
+                let bytes = self.reward_models.get(&digest).map_err(Failure::internal)?;
+                Ok((digest, bytes))
+            }
+        }
+    }
+}
