@@ -136,7 +136,8 @@ fn lazy_workers_are_caught_exactly_on_skipped_segments_and_laziness_never_pays()
     // 4 segments); a verdict must fail exactly when the drawn segment holds
     // skipped steps. From the measured share q of such segments, the
     // expected gain of laziness, F*c - p*q*(c + stake), must be negative
-    // under the stake rule (stake = c/p) at every audit probability p.
+    // under the stake rule (stake > c/p) at every audit probability p
+    // (every layout, multiplier and pattern: protocol's tests/stake_rule.rs).
     let mut network = Network::new(8, STEPS, 1.0, "min_workers = 4\ndeadline_ms = 60000");
     network.start_coordinator();
     let fractions = [0.25, 0.5, 0.75, 1.0];
@@ -177,7 +178,7 @@ fn lazy_workers_are_caught_exactly_on_skipped_segments_and_laziness_never_pays()
         let q = affected.len() as f64 / 4.0;
         assert!(q >= fraction, "skipping a fraction F touches at least F of the segments");
         for p in [0.05, 0.1, 0.25, 0.5, 1.0] {
-            let stake = (work / p).ceil();
+            let stake = crowdtrain_protocol::audit::minimum_stake(STEPS * 32, p).unwrap() as f64;
             let gain = fraction * work - p * q * (work + stake);
             assert!(gain < 0.0, "lazy:{fraction} at p = {p}: expected gain {gain}");
         }
@@ -436,7 +437,7 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
         .unwrap()["slashed"]
         .as_u64()
         .unwrap();
-    let stake = STEPS * 32;
+    let stake = crowdtrain_protocol::audit::minimum_stake(STEPS * 32, 1.0).unwrap();
     let liar_rounds: std::collections::BTreeSet<u64> =
         auditor_slashes.iter().filter(|(_, auditor)| *auditor == liar).map(|(round, _)| *round).collect();
     assert_eq!(liar_slashed, stake * liar_rounds.len() as u64, "one stake per round it lied in");

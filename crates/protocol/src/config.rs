@@ -38,7 +38,7 @@
 //! [audit]           # proof-of-training
 //! probability = 0.1 # chance a submission's segment is replayed
 //! segments = 4
-//! stake = 32000     # >= inner_steps * batch_size / probability
+//! stake = 32000     # > inner_steps * batch_size / probability (audit::minimum_stake)
 //! auditors = "coordinator"  # or "workers": delegate replays to workers
 //!
 //! [checks]          # on every submission, before aggregation
@@ -310,9 +310,10 @@ pub struct AuditSection {
     /// Segments a worker's inner steps are cut into; an audit replays one.
     pub segments: u32,
     /// Work units a worker loses when caught (a failed audit, a reveal that
-    /// does not match its commitment, an unanswered audit). Must be at
-    /// least the work of a submission divided by `probability`, so that
-    /// skipping any part of the work has negative expected value.
+    /// does not match its commitment, an unanswered audit). Must be more
+    /// than the work of a submission divided by `probability`
+    /// ([`crate::audit::minimum_stake`]), so that skipping any set of steps
+    /// has negative expected value at any pay multiplier.
     pub stake: u64,
     /// Who replays a drawn segment: the coordinator, or another worker of
     /// the round of the same determinism class, with the coordinator
@@ -449,15 +450,23 @@ impl RunConfig {
             "must be between 1 and training.inner_steps",
         )?;
         if audit.probability > 0.0 {
-            let minimum = (training.work_units() as f64 / audit.probability).ceil() as u64;
+            // The stake rule (`audit::minimum_stake`): skipping any set of
+            // steps must lose in expectation, at any pay multiplier.
+            let work = training.work_units();
+            let Some(minimum) = crate::audit::minimum_stake(work, audit.probability) else {
+                return Err(invalid(
+                    "audit.probability",
+                    "is too small for any stake to make skipping work lose: use 0 (no audits) or a larger value",
+                ));
+            };
             check(
                 "audit.stake",
                 audit.stake >= minimum,
                 &format!(
-                    "must be at least the work of a submission ({} units: training.inner_steps x \
-                     training.batch_size) divided by audit.probability, i.e. {minimum}; with less, skipping \
-                     work pays off in expectation",
-                    training.work_units()
+                    "must be at least {minimum}: more than the work of a submission ({work} units: \
+                     training.inner_steps x training.batch_size) divided by audit.probability ({}); \
+                     with less, skipping work does not lose in expectation",
+                    audit.probability
                 ),
             )?;
         }
@@ -681,6 +690,8 @@ mod tests {
             ("rounds = 1\n[training]\nseed = 1\n[audit]\nsegments = 51\n", "audit.segments"),
             ("rounds = 1\n[training]\nseed = 1\n[audit]\nstake = 31999\n", "audit.stake"),
             ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 0.5\nstake = 6399\n", "audit.stake"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 0.5\nstake = 6400\n", "audit.stake"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 1e-30\n", "audit.probability"),
             ("rounds = 1\n[training]\nseed = 1\n[checks]\nnorm_factor = 0.5\n", "checks.norm_factor"),
             (
                 "rounds = 1\n[training]\nseed = 1\n[checks]\nduplicate_cosine = 1.5\n",

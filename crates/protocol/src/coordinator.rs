@@ -2227,5 +2227,5 @@ fn draw_audit(
 ) -> Option<u32> {
     let secret = audit::round_secret(audit_master, run_id, round);
     let beacon = audit::commitment_beacon(&secret, run_id, round, worker, commitment);
-    audit::draw(&beacon, worker, settings.audit_probability, settings.segments)
+    audit::draw(&beacon, worker, settings.audit_probability, settings.recipe.inner_steps, settings.segments)
 }

@@ -377,7 +377,8 @@ fn audits_are_drawn_with_each_commitment_and_can_be_judged_before_the_others_com
         .filter_map(|&worker| {
             let beacon =
                 audit::commitment_beacon(secret, &Digest::of(b"run"), 0, worker, &commitment(worker, 0));
-            audit::draw(&beacon, worker, 0.5, 4).map(|segment| (worker, segment))
+            audit::draw(&beacon, worker, 0.5, settings().recipe.inner_steps, 4)
+                .map(|segment| (worker, segment))
         })
         .collect();
     assert_eq!(audits, &recomputed);
