@@ -132,6 +132,7 @@ use crowdtrain_recipe::TrainingRecipe;
 
 use crate::admission::TokenId;
 use crate::audit::{self, Commitment};
+use crate::collateral::Collateral;
 use crate::config::RunConfig;
 use crate::contract::ContractChoice;
 use crate::identity::PublicKey;
@@ -189,6 +190,11 @@ pub struct Settings {
     pub stake: u64,
     /// Replays are delegated to workers of the same determinism class.
     pub delegate_audits: bool,
+    /// Each worker's bond, recorded when it registers; 0: the run takes no
+    /// bonds (see [`crate::collateral`]).
+    pub bond: u64,
+    /// Rounds a round's credits stay escrowed before they vest.
+    pub vesting_rounds: u64,
     /// What every participant computes: copied into each assignment.
     pub recipe: TrainingRecipe,
 }
@@ -210,6 +216,8 @@ impl Settings {
             segments: config.audit.segments,
             stake: config.audit.stake,
             delegate_audits: config.audit.auditors == crate::config::Auditors::Workers,
+            bond: config.audit.bond,
+            vesting_rounds: config.audit.vesting_rounds,
             recipe: config.training.clone(),
         }
     }
@@ -630,6 +638,8 @@ pub struct Coordinator {
     menu_options: Option<u32>,
     /// Each participant's chosen option.
     choices: BTreeMap<WorkerId, u32>,
+    /// Escrow, vesting and bonds, folded from every event.
+    collateral: Collateral,
 }
 
 impl Coordinator {
@@ -655,6 +665,7 @@ impl Coordinator {
             actions: VecDeque::new(),
             menu_options: None,
             choices: BTreeMap::new(),
+            collateral: Collateral::default(),
         }
     }
 
@@ -717,8 +728,12 @@ impl Coordinator {
 
     /// What `event` changes in the machine, live or replayed.
     fn apply(&mut self, event: &Event) {
+        self.collateral.apply(event);
         match event {
             Event::RunStarted { .. }
+            | Event::BondDeposited { .. }
+            | Event::SlashDrawn { .. }
+            | Event::Vested { .. }
             | Event::Slash { .. }
             | Event::UpdateRefused { .. }
             | Event::WorkAccepted { .. }
@@ -1187,6 +1202,9 @@ impl Coordinator {
             registered_unix_ms: now,
             token,
         });
+        if self.settings.bond > 0 {
+            self.record(Event::BondDeposited { worker, amount: self.settings.bond });
+        }
         self.workers.get_mut(&worker).expect("just registered").last_read_nonce = nonce.unwrap_or(0);
         self.maybe_open();
         Ok((worker, true))
@@ -1201,6 +1219,9 @@ impl Coordinator {
         let worker = self.known(key)?;
         check_read_window(now, nonce)?;
         self.check_read_nonce(worker, nonce)?;
+        if let Some(refusal) = self.bond_exhausted(worker) {
+            return Err(refusal);
+        }
         self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
         self.seen(now, worker);
         Ok(worker)
@@ -1288,6 +1309,9 @@ impl Coordinator {
                     self.settings.segments, commitment.segments
                 ),
             ));
+        }
+        if let Some(refusal) = self.bond_exhausted(worker) {
+            return Err(refusal);
         }
         if let Some(next) = self.provisional_round().filter(|next| next.id == round) {
             check_participant(&next.participants, next.base_model, worker, round, base_model)?;
@@ -1548,6 +1572,7 @@ impl Coordinator {
                 amount: self.settings.stake,
                 reason: reason.to_owned(),
             });
+            self.record(self.collateral.draw(round, auditor, self.settings.stake));
         }
     }
 
@@ -1760,6 +1785,48 @@ impl Coordinator {
 
     fn slash(&mut self, round: RoundId, worker: WorkerId, reason: &str) {
         self.record(Event::Slash { round, worker, amount: self.settings.stake, reason: reason.to_owned() });
+        self.record(self.collateral.draw(round, worker, self.settings.stake));
+    }
+
+    /// Why `worker` may not work, in a bonded run whose bond it has left
+    /// cannot cover another slash.
+    fn bond_exhausted(&self, worker: WorkerId) -> Option<Refusal> {
+        let left = self.collateral.bond(worker);
+        (self.settings.bond > 0 && left < self.settings.stake).then(|| {
+            Refusal::new(
+                ErrorCode::BondExhausted,
+                format!(
+                    "{worker}'s bond is exhausted: {left} of its {} work units are left, less than the stake of {} \
+                     that a slash takes; this run gives no work to a worker whose bond cannot cover a slash",
+                    self.settings.bond, self.settings.stake
+                ),
+            )
+        })
+    }
+
+    /// Events the driver recorded itself (the scorer's rewards, withheld
+    /// pay, vesting and `round-scored`), so that the machine's collateral
+    /// is the ledger's, as a restored machine's would be.
+    pub fn note(&mut self, events: &[Event]) {
+        for event in events {
+            assert!(
+                matches!(
+                    event,
+                    Event::Reward(_)
+                        | Event::PayWithheld { .. }
+                        | Event::Vested { .. }
+                        | Event::RoundScored { .. }
+                ),
+                "the machine records {} itself",
+                event.kind()
+            );
+            self.apply(event);
+        }
+    }
+
+    /// Escrow, vesting and bonds as of the events applied.
+    pub fn collateral(&self) -> &Collateral {
+        &self.collateral
     }
 
     fn judge(
@@ -1993,7 +2060,9 @@ impl Coordinator {
         let mut participants: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|&(worker, state)| self.active(state) && !excluded.contains(worker))
+            .filter(|&(worker, state)| {
+                self.active(state) && !excluded.contains(worker) && self.bond_exhausted(*worker).is_none()
+            })
             .map(|(&worker, _)| worker)
             .collect();
         let needed = self.settings.workers_to_open(self.next_round == 0);
@@ -2008,6 +2077,7 @@ impl Coordinator {
                         && !self.active(state)
                         && state.last_seen_ms > state.missed_at_ms
                         && !excluded.contains(worker)
+                        && self.bond_exhausted(*worker).is_none()
                 })
                 .map(|(&worker, _)| worker)
                 .collect();

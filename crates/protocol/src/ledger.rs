@@ -197,6 +197,28 @@ pub enum Event {
         first_round: RoundId,
         credits: u64,
     },
+    /// `worker` has a bond of `amount` work units that slashes draw on
+    /// (`[admission] mode = "bond"`: recorded when the operator's token
+    /// admits it, see `crate::collateral`).
+    BondDeposited {
+        worker: WorkerId,
+        amount: u64,
+    },
+    /// How the slash of `worker` in `round` recorded just before was drawn:
+    /// from its escrowed credits, from its bond, and what neither covered.
+    SlashDrawn {
+        round: RoundId,
+        worker: WorkerId,
+        escrow: u64,
+        bond: u64,
+        uncovered: u64,
+    },
+    /// Escrowed credits of rounds up to `round` vested: each worker's
+    /// amount is its to keep.
+    Vested {
+        round: RoundId,
+        credits: Vec<(WorkerId, u64)>,
+    },
 }
 
 impl Event {
@@ -224,6 +246,9 @@ impl Event {
             Self::ContractPublished { .. } => "contract-published",
             Self::OptionChosen { .. } => "option-chosen",
             Self::PayWithheld { .. } => "pay-withheld",
+            Self::BondDeposited { .. } => "bond-deposited",
+            Self::SlashDrawn { .. } => "slash-drawn",
+            Self::Vested { .. } => "vested",
         }
     }
 }

@@ -527,6 +527,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The request's body stalled or came too slowly.
     TimedOut,
+    /// In a run that takes bonds, this worker's bond can no longer cover a
+    /// slash: it gets no more work.
+    BondExhausted,
 }
 
 /// The JSON body of every 4xx and 5xx answer.

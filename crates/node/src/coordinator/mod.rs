@@ -67,7 +67,10 @@ impl Failure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let status = match code {
             ErrorCode::Unauthenticated | ErrorCode::BadSignature => 401,
-            ErrorCode::UnknownWorker | ErrorCode::NotAssigned | ErrorCode::NotAdmitted => 403,
+            ErrorCode::UnknownWorker
+            | ErrorCode::NotAssigned
+            | ErrorCode::NotAdmitted
+            | ErrorCode::BondExhausted => 403,
             ErrorCode::TimedOut => 408,
             ErrorCode::RateLimited => 429,
             ErrorCode::NotFound => 404,
