@@ -1804,6 +1804,12 @@ impl Coordinator {
         })
     }
 
+    /// Whether `worker` may still be given work: refused once its bond
+    /// cannot cover a slash (a long poll that began before asks again).
+    pub fn may_work(&self, worker: WorkerId) -> Result<(), Refusal> {
+        self.bond_exhausted(worker).map_or(Ok(()), Err)
+    }
+
     /// Events the driver recorded itself (the scorer's rewards, withheld
     /// pay, vesting and `round-scored`), so that the machine's collateral
     /// is the ledger's, as a restored machine's would be.

@@ -511,6 +511,11 @@ impl Node {
     }
 
     /// The round as `worker` sees it, signed.
+    /// Refuses a worker the run gives no more work (its bond is exhausted).
+    fn may_work(&self, worker: WorkerId) -> Result<(), Failure> {
+        Ok(self.lock().machine.may_work(worker)?)
+    }
+
     fn view(&self, worker: Option<WorkerId>) -> Signed<RoundView> {
         let opening = self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let view = match opening {
