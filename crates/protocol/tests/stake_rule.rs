@@ -69,7 +69,7 @@ fn loses(
     let touched: u128 =
         skipped.iter().zip(weights).filter(|(count, _)| **count > 0).map(|(_, weight)| weight).sum();
     let work = u128::from(steps * batch);
-    let gain_scaled = 10 * saved * u128::from(steps) << 64;
+    let gain_scaled = (10 * saved * u128::from(steps)) << 64;
     let loss_scaled = threshold * touched * (tenths * work + 10 * u128::from(stake));
     gain_scaled < loss_scaled
 }
@@ -207,7 +207,7 @@ fn drawing_segments_uniformly_would_let_the_longest_segment_pay() {
     // Scaled to H = n so that a weight of 1 is a 1/n chance.
     let skip_segment_two = [0, 13, 0, 0];
     let saved = 13 * batch as u128;
-    let gain_scaled = 10 * saved * u128::from(segments) << 64;
+    let gain_scaled = (10 * saved * u128::from(segments)) << 64;
     let loss_scaled = threshold * uniform[1] * (10 * u128::from(old_stake));
     assert!(gain_scaled > loss_scaled, "uniform draws: skipping {skip_segment_two:?} pays");
     // Drawn by steps, the same pattern loses.
