@@ -136,7 +136,8 @@ fn lazy_workers_are_caught_exactly_on_skipped_segments_and_laziness_never_pays()
     // 4 segments); a verdict must fail exactly when the drawn segment holds
     // skipped steps. From the measured share q of such segments, the
     // expected gain of laziness, F*c - p*q*(c + stake), must be negative
-    // under the stake rule (stake = c/p) at every audit probability p.
+    // under the stake rule (stake > c/p) at every audit probability p
+    // (every layout, multiplier and pattern: protocol's tests/stake_rule.rs).
     let mut network = Network::new(8, STEPS, 1.0, "min_workers = 4\ndeadline_ms = 60000");
     network.start_coordinator();
     let fractions = [0.25, 0.5, 0.75, 1.0];
@@ -177,7 +178,7 @@ fn lazy_workers_are_caught_exactly_on_skipped_segments_and_laziness_never_pays()
         let q = affected.len() as f64 / 4.0;
         assert!(q >= fraction, "skipping a fraction F touches at least F of the segments");
         for p in [0.05, 0.1, 0.25, 0.5, 1.0] {
-            let stake = (work / p).ceil();
+            let stake = crowdtrain_protocol::audit::minimum_stake(STEPS * 32, p).unwrap() as f64;
             let gain = fraction * work - p * q * (work + stake);
             assert!(gain < 0.0, "lazy:{fraction} at p = {p}: expected gain {gain}");
         }
@@ -436,7 +437,7 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
         .unwrap()["slashed"]
         .as_u64()
         .unwrap();
-    let stake = STEPS * 32;
+    let stake = crowdtrain_protocol::audit::minimum_stake(STEPS * 32, 1.0).unwrap();
     let liar_rounds: std::collections::BTreeSet<u64> =
         auditor_slashes.iter().filter(|(_, auditor)| *auditor == liar).map(|(round, _)| *round).collect();
     assert_eq!(liar_slashed, stake * liar_rounds.len() as u64, "one stake per round it lied in");
@@ -531,4 +532,64 @@ fn a_round_opened_ahead_of_a_failing_audit_is_withdrawn_and_changes_nothing() {
     assert_eq!(honest_first, vec![6; 3], "honest workers trained again on the model that counted");
     assert_eq!(honest_second, vec![6; 3]);
     assert!(withdrawn_first + withdrawn_second > 0, "no bet included the cheater: the test proves nothing");
+}
+
+#[test]
+fn a_cheater_with_a_small_bond_is_slashed_until_its_bond_is_exhausted_and_then_refused_work() {
+    // Goal: collateral that slashing really takes. Method: a bonded run
+    // (`[admission] mode = "bond"`, every submission audited) with two
+    // honest workers and one that skips all its steps, each registered with
+    // a bond of two stakes and a bit: its first two slashes take its bond
+    // (it never earns, so it has no escrow), the rest is less than a stake,
+    // and it is refused work with a clear error.
+    let mut network = Network::with_extra(
+        8,
+        STEPS,
+        1.0,
+        "min_workers = 3\nquorum = 1\ndeadline_ms = 60000",
+        "[admission]\nmode = \"bond\"\n",
+    );
+    let stake = crowdtrain_protocol::audit::minimum_stake(STEPS * 32, 1.0).unwrap();
+    let bond = 2 * stake + 100;
+    let config = std::fs::read_to_string(network.path("run.toml")).unwrap();
+    let config = config.replace("segments = 4\n", &format!("segments = 4\nbond = {bond}\n"));
+    std::fs::write(network.path("run.toml"), config).unwrap();
+    network.start_coordinator();
+    network.start_worker_as(0, "honest", 1);
+    network.start_worker_as(1, "honest", 1);
+    network.start_worker_as(2, "lazy:1", 1);
+    network.wait_for(300, "the run to finish", finished_and_evaluated);
+    let outputs = network.join_workers();
+    for honest in &outputs[..2] {
+        assert!(honest.status.success(), "{}", String::from_utf8_lossy(&honest.stderr));
+    }
+    let refused = network.log("worker-2.log");
+    assert!(!outputs[2].status.success(), "the cheater is refused: {refused}");
+    assert!(refused.contains("bond is exhausted"), "{refused}");
+    let deposits = entries(&network, "bond-deposited");
+    assert_eq!(deposits.len(), 3);
+    assert!(deposits.iter().all(|entry| entry["event"]["bond-deposited"]["amount"] == bond));
+    let draws: Vec<Value> =
+        entries(&network, "slash-drawn").iter().map(|entry| entry["event"]["slash-drawn"].clone()).collect();
+    assert_eq!(draws.len(), 2, "slashed twice, then no more work: {draws:?}");
+    let cheat = draws[0]["worker"].as_u64().unwrap();
+    for draw in &draws {
+        assert_eq!(draw["worker"], cheat);
+        assert_eq!((draw["escrow"].as_u64(), draw["bond"].as_u64()), (Some(0), Some(stake)), "{draw}");
+    }
+    let rewards = network.rewards();
+    for worker in rewards["workers"].as_array().unwrap() {
+        if worker["worker"] == cheat {
+            assert_eq!(worker["bond"], 100);
+            assert_eq!((worker["vested"].as_u64(), worker["escrowed"].as_u64()), (Some(0), Some(0)));
+        } else {
+            // Honest: its bond untouched, its credits vested after four
+            // rounds or still escrowed.
+            assert_eq!(worker["bond"], bond);
+            let (vested, escrowed) =
+                (worker["vested"].as_u64().unwrap(), worker["escrowed"].as_u64().unwrap());
+            assert!(vested > 0 && escrowed > 0, "{worker}");
+            assert_eq!(vested + escrowed, worker["earned"].as_u64().unwrap(), "{worker}");
+        }
+    }
 }

@@ -14,9 +14,12 @@
 //!   it changes, so keys can be added while the run goes on).
 //! - `open`: anyone (for runs on a trusted network, and tests).
 //!
-//! (Issue 14 adds a fourth, `bond`: admission by posting a stake that
-//! slashing can take. It will be one more [`crate::config::AdmissionMode`]
-//! beside these.)
+//! - `bond`: by token, where the operator issues a token only against a
+//!   bond of `audit.bond` work units collected off the run (money, a
+//!   deposit in whatever the run pays in). Registering with it records the
+//!   bond as deposited in the ledger (`bond-deposited`); slashes draw on it
+//!   once the worker's escrowed credits are gone, and a worker whose bond
+//!   cannot cover another stake gets no work (`crate::collateral`).
 //!
 //! The parsers here take untrusted text and only return values or errors.
 

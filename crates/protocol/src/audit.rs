@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-pub use crowdtrain_recipe::segment_range;
+pub use crowdtrain_recipe::{segment_of_step, segment_range};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Digest, RoundId, WorkerId};
@@ -100,24 +100,101 @@ pub fn commitment_beacon(
 }
 
 /// Whether `worker` is audited, and which segment (1-based: segment `j`
-/// runs from boundary `j - 1` to boundary `j`). Selected with probability
-/// `probability`; the segment uniformly among `segments`.
-pub fn draw(beacon: &Digest, worker: WorkerId, probability: f64, segments: u32) -> Option<u32> {
-    assert!(segments >= 1, "a commitment has at least one segment");
-    let word = |label: &[u8]| {
-        let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-11 audit draw v1");
-        hasher.update(&beacon.0);
-        hasher.update(&worker.0.to_le_bytes());
-        hasher.update(label);
-        u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
-    };
-    // Selected when a uniform 64-bit draw falls below p * 2^64, computed in
-    // integers so that p = 1 always selects and p = 0 never does.
-    let threshold = (probability.clamp(0.0, 1.0) * 2f64.powi(64)) as u128;
-    if u128::from(word(b"select")) >= threshold {
+/// runs from boundary `j - 1` to boundary `j`) of its `steps` inner steps
+/// cut into `segments`.
+///
+/// Selected with probability [`selection_threshold`]`(probability) / 2^64`.
+/// The segment is the one holding a step drawn uniformly from the `steps`
+/// ([`drawn_step`]), so **a segment is drawn with probability proportional
+/// to its steps**. Segments cannot always be equal (`steps = 50` in four is
+/// 12/13/12/13), and with a uniform draw over segments the longer ones
+/// would be the better ones to skip: a 13-step segment is 26% of the work
+/// but drawn 25% of the time. Drawn by steps, every skipped step is caught
+/// with the same chance, `probability / steps`, whatever the layout, and
+/// one stake rule ([`minimum_stake`]) holds for every layout.
+pub fn draw(beacon: &Digest, worker: WorkerId, probability: f64, steps: u64, segments: u32) -> Option<u32> {
+    assert!(segments >= 1 && u64::from(segments) <= steps, "{segments} segments of {steps} steps");
+    let mut select = [0; 8];
+    draw_words(beacon, worker, b"select").fill(&mut select);
+    if u128::from(u64::from_le_bytes(select)) >= selection_threshold(probability) {
         return None;
     }
-    Some(1 + (word(b"segment") % u64::from(segments)) as u32)
+    Some(segment_of_step(steps, segments, drawn_step(beacon, worker, steps)))
+}
+
+/// The step whose segment an audit of `worker` replays: uniform over
+/// `0..steps`, exactly, by rejection (64-bit words from the hash's output
+/// stream at or above the largest multiple of `steps` are skipped: with
+/// fewer than 2^32 steps, fewer than one in 2^32 words).
+pub fn drawn_step(beacon: &Digest, worker: WorkerId, steps: u64) -> u64 {
+    assert!(steps >= 1, "a round has at least one step");
+    let span = 1u128 << 64;
+    let zone = span - span % u128::from(steps);
+    let mut words = draw_words(beacon, worker, b"step");
+    loop {
+        let mut word = [0; 8];
+        words.fill(&mut word);
+        let word = u128::from(u64::from_le_bytes(word));
+        if word < zone {
+            return (word % u128::from(steps)) as u64;
+        }
+    }
+}
+
+/// A deterministic stream of draw words, keyed by the beacon, the worker
+/// and what they decide.
+fn draw_words(beacon: &Digest, worker: WorkerId, label: &[u8]) -> blake3::OutputReader {
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-11 audit draw v1");
+    hasher.update(&beacon.0);
+    hasher.update(&worker.0.to_le_bytes());
+    hasher.update(label);
+    hasher.finalize_xof()
+}
+
+/// A submission is selected when a uniform 64-bit word falls below this:
+/// `probability * 2^64`, rounded down, computed in integers so that 1
+/// always selects and 0 never does. The chance of an audit is exactly this
+/// over 2^64 (at most `probability`).
+pub fn selection_threshold(probability: f64) -> u128 {
+    (probability.clamp(0.0, 1.0) * 2f64.powi(64)) as u128
+}
+
+/// The least stake (work units lost when caught) at which skipping any set
+/// of a submission's steps loses in expectation, for a submission worth
+/// `work_units` audited with `probability`; `None` when no stake can (the
+/// probability is 0, or so small that the stake would not fit in 64 bits).
+///
+/// The rule. A worker that skips (fakes) any steps of segment `j` commits
+/// to a state at its end that a replay of `j` contradicts; its other
+/// segments can be honest work from the faked state, so skipping is caught
+/// exactly when a segment holding a skipped step is drawn. Skipping steps
+/// in the segments `J` (any number of steps of each) saves at most
+/// `b * L_J` work units (`L_J` their steps, `b` the batch size) and is
+/// caught with probability `P = p * L_J / H` (draws by steps, `p` the
+/// selection chance, `H` the steps). Caught, the worker loses the stake `S`
+/// and the round's pay `m * W` (`W = b * H`, `m` its pay multiplier, which
+/// may be 0). Valuing a unit of work at most one credit (what a unit of
+/// verified work earns at full pay; a worker whose compute costs more does
+/// not take part), the expected gain over honest work is
+///
+/// ```text
+/// b * L_J - p * (L_J / H) * (S + m * W) = (L_J / H) * (W - p * (S + m * W))
+/// ```
+///
+/// negative for every `J`, every partial skip and every `m >= 0` exactly
+/// when `p * S > W`. So the minimum is the least integer above `W / p`,
+/// `floor(W * 2^64 / T) + 1` with `T` = [`selection_threshold`]: the
+/// longest segment needs no more than the shortest, because it is drawn
+/// proportionally more often. (With segments drawn uniformly, the longest
+/// segment `L_max` would set it: `S > n * b * L_max / p`, e.g. 33,280
+/// instead of 32,000 at H = 50, four segments, batch 64, p = 0.1.)
+pub fn minimum_stake(work_units: u64, probability: f64) -> Option<u64> {
+    let threshold = selection_threshold(probability);
+    if threshold == 0 {
+        return None;
+    }
+    let minimum = ((u128::from(work_units) << 64) / threshold).checked_add(1)?;
+    u64::try_from(minimum).ok()
 }
 
 /// Who replays `worker`'s drawn segment when audits are delegated: one of
@@ -175,12 +252,12 @@ mod tests {
         let (mut selected, mut segments_seen, trials) = (0u32, [0u32; 5], 20_000u64);
         for round in 0..trials {
             let beacon = beacon(&round_secret(&[1; 32], &run, round), &run, round, &all);
-            if let Some(segment) = draw(&beacon, WorkerId(1), 0.1, 4) {
+            if let Some(segment) = draw(&beacon, WorkerId(1), 0.1, 8, 4) {
                 selected += 1;
                 segments_seen[segment as usize] += 1;
             }
-            assert!(draw(&beacon, WorkerId(1), 0.0, 4).is_none());
-            assert!(draw(&beacon, WorkerId(1), 1.0, 4).is_some());
+            assert!(draw(&beacon, WorkerId(1), 0.0, 8, 4).is_none());
+            assert!(draw(&beacon, WorkerId(1), 1.0, 8, 4).is_some());
         }
         let rate = f64::from(selected) / trials as f64;
         assert!((rate - 0.1).abs() < 0.01, "selection rate {rate}");

@@ -38,8 +38,10 @@
 //! [audit]           # proof-of-training
 //! probability = 0.1 # chance a submission's segment is replayed
 //! segments = 4
-//! stake = 32000     # >= inner_steps * batch_size / probability
+//! stake = 32000     # > inner_steps * batch_size / probability (audit::minimum_stake)
 //! auditors = "coordinator"  # or "workers": delegate replays to workers
+//! vesting_rounds = 4  # credits vest once this many later rounds are scored
+//! bond = 0            # per worker, with [admission] mode = "bond" (>= stake)
 //!
 //! [checks]          # on every submission, before aggregation
 //! norm_factor = 3.0        # refuse norms above this x the round's median
@@ -63,7 +65,7 @@
 //! max_upload_bytes = 67108864
 //!
 //! [admission]       # who may register (local to this coordinator)
-//! mode = "token"    # or "allow-list" (with allow_list = "FILE"), or "open"
+//! mode = "token"    # or "allow-list" (with allow_list = "FILE"), "bond", or "open"
 //!
 //! [server]          # this coordinator's connection limits (local)
 //! max_connections = 2048
@@ -87,6 +89,10 @@ use crowdtrain_recipe::{Aggregator, CheckConfig, DefenseConfig, Nesterov, Qualit
 use serde::{Deserialize, Serialize};
 
 use crate::contract::ContractSection;
+
+/// `audit.vesting_rounds` by default: the pay gate's escrow at its default
+/// threshold.
+pub const DEFAULT_VESTING_ROUNDS: u64 = 4;
 
 /// A `run.toml` larger than this is not a configuration.
 pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
@@ -150,7 +156,12 @@ pub enum AdmissionMode {
     Token,
     /// Only the public keys listed in `admission.allow_list`.
     AllowList,
-    // Issue 14 adds `Bond`: admission by a stake that slashing can take.
+    /// By token, as `Token`, where each token is the operator's receipt
+    /// for a bond of `audit.bond` work units collected before issuing it:
+    /// registering records the bond as deposited, slashes draw on it
+    /// (after the worker's escrowed credits), and a worker whose bond
+    /// cannot cover another stake is refused work.
+    Bond,
 }
 
 impl AdmissionMode {
@@ -159,6 +170,7 @@ impl AdmissionMode {
             Self::Open => "open",
             Self::Token => "token",
             Self::AllowList => "allow-list",
+            Self::Bond => "bond",
         }
     }
 }
@@ -310,15 +322,25 @@ pub struct AuditSection {
     /// Segments a worker's inner steps are cut into; an audit replays one.
     pub segments: u32,
     /// Work units a worker loses when caught (a failed audit, a reveal that
-    /// does not match its commitment, an unanswered audit). Must be at
-    /// least the work of a submission divided by `probability`, so that
-    /// skipping any part of the work has negative expected value.
+    /// does not match its commitment, an unanswered audit). Must be more
+    /// than the work of a submission divided by `probability`
+    /// ([`crate::audit::minimum_stake`]), so that skipping any set of steps
+    /// has negative expected value at any pay multiplier.
     pub stake: u64,
     /// Who replays a drawn segment: the coordinator, or another worker of
     /// the round of the same determinism class, with the coordinator
     /// replaying it itself when that worker's report disagrees with the
     /// commitment (and then slashing whichever of the two was wrong).
     pub auditors: Auditors,
+    /// Rounds a round's credits stay escrowed (a slash takes escrowed
+    /// credits first): they vest once this many later rounds are scored.
+    /// At least the pay gate's escrow (`quality`: 4 rounds by default).
+    pub vesting_rounds: u64,
+    /// Work units of bond each worker registers with (`[admission] mode =
+    /// "bond"` only; at least `stake`). Slashes draw on it once its
+    /// escrowed credits are gone; a worker whose bond is below `stake` is
+    /// refused work.
+    pub bond: u64,
 }
 
 /// Who replays audited segments (`audit.auditors`).
@@ -332,7 +354,14 @@ pub enum Auditors {
 
 impl Default for AuditSection {
     fn default() -> Self {
-        Self { probability: 0.1, segments: 4, stake: 32_000, auditors: Auditors::Coordinator }
+        Self {
+            probability: 0.1,
+            segments: 4,
+            stake: 32_000,
+            auditors: Auditors::Coordinator,
+            vesting_rounds: DEFAULT_VESTING_ROUNDS,
+            bond: 0,
+        }
     }
 }
 
@@ -449,15 +478,23 @@ impl RunConfig {
             "must be between 1 and training.inner_steps",
         )?;
         if audit.probability > 0.0 {
-            let minimum = (training.work_units() as f64 / audit.probability).ceil() as u64;
+            // The stake rule (`audit::minimum_stake`): skipping any set of
+            // steps must lose in expectation, at any pay multiplier.
+            let work = training.work_units();
+            let Some(minimum) = crate::audit::minimum_stake(work, audit.probability) else {
+                return Err(invalid(
+                    "audit.probability",
+                    "is too small for any stake to make skipping work lose: use 0 (no audits) or a larger value",
+                ));
+            };
             check(
                 "audit.stake",
                 audit.stake >= minimum,
                 &format!(
-                    "must be at least the work of a submission ({} units: training.inner_steps x \
-                     training.batch_size) divided by audit.probability, i.e. {minimum}; with less, skipping \
-                     work pays off in expectation",
-                    training.work_units()
+                    "must be at least {minimum}: more than the work of a submission ({work} units: \
+                     training.inner_steps x training.batch_size) divided by audit.probability ({}); \
+                     with less, skipping work does not lose in expectation",
+                    audit.probability
                 ),
             )?;
         }
@@ -493,6 +530,29 @@ impl RunConfig {
             field: format!("quality.{parameter}"),
             reason: reason.to_owned(),
         })?;
+        let escrow = self.quality.escrow_rounds();
+        check(
+            "audit.vesting_rounds",
+            (escrow..=1_000_000).contains(&self.audit.vesting_rounds),
+            &format!(
+                "must be between the pay gate's escrow ({escrow} rounds: credits it may take back must not have \
+                 vested) and 1000000"
+            ),
+        )?;
+        let bonded = self.admission.mode == AdmissionMode::Bond;
+        if bonded {
+            check(
+                "audit.bond",
+                self.audit.bond >= self.audit.stake.max(1),
+                &format!(
+                    "must be at least audit.stake ({}) with admission.mode = \"bond\": a worker's bond must cover \
+                     a slash",
+                    self.audit.stake
+                ),
+            )?;
+        } else {
+            check("audit.bond", self.audit.bond == 0, "only applies with admission.mode = \"bond\"")?;
+        }
         let limits = &self.limits;
         check(
             "limits.max_workers",
@@ -518,7 +578,7 @@ impl RunConfig {
                     "is required with admission.mode = \"allow-list\"",
                 ));
             }
-            (AdmissionMode::Open | AdmissionMode::Token, Some(_)) => {
+            (AdmissionMode::Open | AdmissionMode::Token | AdmissionMode::Bond, Some(_)) => {
                 return Err(invalid(
                     "admission.allow_list",
                     "only applies with admission.mode = \"allow-list\"",
@@ -681,6 +741,14 @@ mod tests {
             ("rounds = 1\n[training]\nseed = 1\n[audit]\nsegments = 51\n", "audit.segments"),
             ("rounds = 1\n[training]\nseed = 1\n[audit]\nstake = 31999\n", "audit.stake"),
             ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 0.5\nstake = 6399\n", "audit.stake"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 0.5\nstake = 6400\n", "audit.stake"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nprobability = 1e-30\n", "audit.probability"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nvesting_rounds = 3\n", "audit.vesting_rounds"),
+            ("rounds = 1\n[training]\nseed = 1\n[audit]\nbond = 40000\n", "audit.bond"),
+            (
+                "rounds = 1\n[training]\nseed = 1\n[audit]\nbond = 31999\n[admission]\nmode = \"bond\"\n",
+                "audit.bond",
+            ),
             ("rounds = 1\n[training]\nseed = 1\n[checks]\nnorm_factor = 0.5\n", "checks.norm_factor"),
             (
                 "rounds = 1\n[training]\nseed = 1\n[checks]\nduplicate_cosine = 1.5\n",

@@ -132,6 +132,7 @@ use crowdtrain_recipe::TrainingRecipe;
 
 use crate::admission::TokenId;
 use crate::audit::{self, Commitment};
+use crate::collateral::Collateral;
 use crate::config::RunConfig;
 use crate::contract::ContractChoice;
 use crate::identity::PublicKey;
@@ -189,6 +190,11 @@ pub struct Settings {
     pub stake: u64,
     /// Replays are delegated to workers of the same determinism class.
     pub delegate_audits: bool,
+    /// Each worker's bond, recorded when it registers; 0: the run takes no
+    /// bonds (see [`crate::collateral`]).
+    pub bond: u64,
+    /// Rounds a round's credits stay escrowed before they vest.
+    pub vesting_rounds: u64,
     /// What every participant computes: copied into each assignment.
     pub recipe: TrainingRecipe,
     /// In a run with a contract, the most rounds run past `rounds` while a
@@ -214,6 +220,8 @@ impl Settings {
             segments: config.audit.segments,
             stake: config.audit.stake,
             delegate_audits: config.audit.auditors == crate::config::Auditors::Workers,
+            bond: config.audit.bond,
+            vesting_rounds: config.audit.vesting_rounds,
             recipe: config.training.clone(),
             contract_extra_rounds: config
                 .contract
@@ -641,6 +649,8 @@ pub struct Coordinator {
     choices: BTreeMap<WorkerId, u32>,
     /// Each worker's verified work so far (its `work-accepted` units).
     delivered: BTreeMap<WorkerId, u64>,
+    /// Escrow, vesting and bonds, folded from every event.
+    collateral: Collateral,
 }
 
 impl Coordinator {
@@ -667,6 +677,7 @@ impl Coordinator {
             required: None,
             choices: BTreeMap::new(),
             delivered: BTreeMap::new(),
+            collateral: Collateral::default(),
         }
     }
 
@@ -731,8 +742,12 @@ impl Coordinator {
 
     /// What `event` changes in the machine, live or replayed.
     fn apply(&mut self, event: &Event) {
+        self.collateral.apply(event);
         match event {
             Event::RunStarted { .. }
+            | Event::BondDeposited { .. }
+            | Event::SlashDrawn { .. }
+            | Event::Vested { .. }
             | Event::Slash { .. }
             | Event::UpdateRefused { .. }
             | Event::Reward(_)
@@ -963,14 +978,16 @@ impl Coordinator {
     }
 
     /// The live participants that have not delivered their option's
-    /// contribution yet.
+    /// contribution yet and may still be given work (one whose bond is
+    /// exhausted never will be: the run does not wait for it).
     fn short_of_contribution(&self) -> impl Iterator<Item = (WorkerId, &Worker)> + '_ {
         let required = self.required.as_deref().unwrap_or(&[]);
         self.choices.iter().filter_map(move |(&worker, &option)| {
             let state = self.workers.get(&worker)?;
             let owed = required.get(option as usize).copied().unwrap_or(0);
             let delivered = self.delivered.get(&worker).copied().unwrap_or(0);
-            (delivered < owed && self.live(state)).then_some((worker, state))
+            (delivered < owed && self.live(state) && self.bond_exhausted(worker).is_none())
+                .then_some((worker, state))
         })
     }
 
@@ -1233,6 +1250,9 @@ impl Coordinator {
             registered_unix_ms: now,
             token,
         });
+        if self.settings.bond > 0 {
+            self.record(Event::BondDeposited { worker, amount: self.settings.bond });
+        }
         self.workers.get_mut(&worker).expect("just registered").last_read_nonce = nonce.unwrap_or(0);
         self.maybe_open();
         Ok((worker, true))
@@ -1247,6 +1267,9 @@ impl Coordinator {
         let worker = self.known(key)?;
         check_read_window(now, nonce)?;
         self.check_read_nonce(worker, nonce)?;
+        if let Some(refusal) = self.bond_exhausted(worker) {
+            return Err(refusal);
+        }
         self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
         self.seen(now, worker);
         Ok(worker)
@@ -1334,6 +1357,9 @@ impl Coordinator {
                     self.settings.segments, commitment.segments
                 ),
             ));
+        }
+        if let Some(refusal) = self.bond_exhausted(worker) {
+            return Err(refusal);
         }
         if let Some(next) = self.provisional_round().filter(|next| next.id == round) {
             check_participant(&next.participants, next.base_model, worker, round, base_model)?;
@@ -1594,6 +1620,7 @@ impl Coordinator {
                 amount: self.settings.stake,
                 reason: reason.to_owned(),
             });
+            self.record(self.collateral.draw(round, auditor, self.settings.stake));
         }
     }
 
@@ -1813,6 +1840,54 @@ impl Coordinator {
 
     fn slash(&mut self, round: RoundId, worker: WorkerId, reason: &str) {
         self.record(Event::Slash { round, worker, amount: self.settings.stake, reason: reason.to_owned() });
+        self.record(self.collateral.draw(round, worker, self.settings.stake));
+    }
+
+    /// Why `worker` may not work, in a bonded run whose bond it has left
+    /// cannot cover another slash.
+    fn bond_exhausted(&self, worker: WorkerId) -> Option<Refusal> {
+        let left = self.collateral.bond(worker);
+        (self.settings.bond > 0 && left < self.settings.stake).then(|| {
+            Refusal::new(
+                ErrorCode::BondExhausted,
+                format!(
+                    "{worker}'s bond is exhausted: {left} of its {} work units are left, less than the stake of {} \
+                     that a slash takes; this run gives no work to a worker whose bond cannot cover a slash",
+                    self.settings.bond, self.settings.stake
+                ),
+            )
+        })
+    }
+
+    /// Whether `worker` may still be given work: refused once its bond
+    /// cannot cover a slash (a long poll that began before asks again).
+    pub fn may_work(&self, worker: WorkerId) -> Result<(), Refusal> {
+        self.bond_exhausted(worker).map_or(Ok(()), Err)
+    }
+
+    /// Events the driver recorded itself (the scorer's rewards, withheld
+    /// pay, vesting and `round-scored`), so that the machine's collateral
+    /// is the ledger's, as a restored machine's would be.
+    pub fn note(&mut self, events: &[Event]) {
+        for event in events {
+            assert!(
+                matches!(
+                    event,
+                    Event::Reward(_)
+                        | Event::PayWithheld { .. }
+                        | Event::Vested { .. }
+                        | Event::RoundScored { .. }
+                ),
+                "the machine records {} itself",
+                event.kind()
+            );
+            self.apply(event);
+        }
+    }
+
+    /// Escrow, vesting and bonds as of the events applied.
+    pub fn collateral(&self) -> &Collateral {
+        &self.collateral
     }
 
     fn judge(
@@ -2050,7 +2125,9 @@ impl Coordinator {
         let mut participants: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|&(worker, state)| self.active(state) && !excluded.contains(worker))
+            .filter(|&(worker, state)| {
+                self.active(state) && !excluded.contains(worker) && self.bond_exhausted(*worker).is_none()
+            })
             .map(|(&worker, _)| worker)
             .collect();
         let needed = self.settings.workers_to_open(self.next_round == 0);
@@ -2065,6 +2142,7 @@ impl Coordinator {
                         && !self.active(state)
                         && state.last_seen_ms > state.missed_at_ms
                         && !excluded.contains(worker)
+                        && self.bond_exhausted(*worker).is_none()
                 })
                 .map(|(&worker, _)| worker)
                 .collect();
@@ -2284,5 +2362,5 @@ fn draw_audit(
 ) -> Option<u32> {
     let secret = audit::round_secret(audit_master, run_id, round);
     let beacon = audit::commitment_beacon(&secret, run_id, round, worker, commitment);
-    audit::draw(&beacon, worker, settings.audit_probability, settings.segments)
+    audit::draw(&beacon, worker, settings.audit_probability, settings.recipe.inner_steps, settings.segments)
 }

@@ -202,6 +202,28 @@ pub enum Event {
     /// made from the run's checkpoints (its recipe) or withheld (issue 15,
     /// `docs/CONTRACT.md`). One per participant that chose an option.
     ModelRewarded(ModelReward),
+    /// `worker` has a bond of `amount` work units that slashes draw on
+    /// (`[admission] mode = "bond"`: recorded when the operator's token
+    /// admits it, see `crate::collateral`).
+    BondDeposited {
+        worker: WorkerId,
+        amount: u64,
+    },
+    /// How the slash of `worker` in `round` recorded just before was drawn:
+    /// from its escrowed credits, from its bond, and what neither covered.
+    SlashDrawn {
+        round: RoundId,
+        worker: WorkerId,
+        escrow: u64,
+        bond: u64,
+        uncovered: u64,
+    },
+    /// Escrowed credits of rounds up to `round` vested: each worker's
+    /// amount is its to keep.
+    Vested {
+        round: RoundId,
+        credits: Vec<(WorkerId, u64)>,
+    },
 }
 
 impl Event {
@@ -230,6 +252,9 @@ impl Event {
             Self::OptionChosen { .. } => "option-chosen",
             Self::PayWithheld { .. } => "pay-withheld",
             Self::ModelRewarded(_) => "model-rewarded",
+            Self::BondDeposited { .. } => "bond-deposited",
+            Self::SlashDrawn { .. } => "slash-drawn",
+            Self::Vested { .. } => "vested",
         }
     }
 }

@@ -29,6 +29,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod collateral;
 pub mod config;
 pub mod contract;
 pub mod coordinator;

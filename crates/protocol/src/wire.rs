@@ -534,6 +534,9 @@ pub enum ErrorCode {
     TimedOut,
     /// What was asked for belongs to another participant.
     Forbidden,
+    /// In a run that takes bonds, this worker's bond can no longer cover a
+    /// slash: it gets no more work.
+    BondExhausted,
 }
 
 /// The JSON body of every 4xx and 5xx answer.

@@ -35,6 +35,8 @@ fn settings() -> Settings {
         segments: 4,
         stake: 1000,
         delegate_audits: false,
+        bond: 0,
+        vesting_rounds: 4,
         // 4 steps of 16 examples: 64 work units a submission.
         recipe: TrainingRecipe { inner_steps: 4, batch_size: 16, ..TrainingRecipe::with_seed(9) },
         contract_extra_rounds: 0,
@@ -378,7 +380,8 @@ fn audits_are_drawn_with_each_commitment_and_can_be_judged_before_the_others_com
         .filter_map(|&worker| {
             let beacon =
                 audit::commitment_beacon(secret, &Digest::of(b"run"), 0, worker, &commitment(worker, 0));
-            audit::draw(&beacon, worker, 0.5, 4).map(|segment| (worker, segment))
+            audit::draw(&beacon, worker, 0.5, settings().recipe.inner_steps, 4)
+                .map(|segment| (worker, segment))
         })
         .collect();
     assert_eq!(audits, &recomputed);
@@ -447,8 +450,12 @@ fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
         matches!(&actions[0], Action::Record(Event::Audit { worker, verdict: Verdict::Unanswered, .. }) if *worker == workers[2])
     );
     assert!(matches!(&actions[1], Action::Record(Event::Slash { worker, .. }) if *worker == workers[2]));
+    // With no escrow and no bond, the whole stake is uncovered.
+    assert!(
+        matches!(&actions[2], Action::Record(Event::SlashDrawn { worker, escrow: 0, bond: 0, uncovered: 1000, .. }) if *worker == workers[2])
+    );
     // Only the passed audit counts, which is below the quorum of 2.
-    assert!(matches!(actions[2], Action::Record(Event::RoundFailed { round: 0, .. })), "{actions:?}");
+    assert!(matches!(actions[3], Action::Record(Event::RoundFailed { round: 0, .. })), "{actions:?}");
     assert!(!actions.iter().any(|action| matches!(action, Action::Close { .. })));
 }
 
@@ -1035,7 +1042,13 @@ fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in
     machine.auditor_wrong(T0 + 13, 0, auditor, workers[1], "wrong again");
     let slashes = drain(&mut machine);
     assert!(
-        matches!(slashes[..], [Action::Record(Event::AuditorSlashed { amount: 1000, .. })]),
+        matches!(
+            slashes[..],
+            [
+                Action::Record(Event::AuditorSlashed { amount: 1000, .. }),
+                Action::Record(Event::SlashDrawn { uncovered: 1000, .. })
+            ]
+        ),
         "{slashes:?}"
     );
 }
@@ -1565,4 +1578,120 @@ fn a_chooser_that_left_short_of_its_contribution_does_not_hold_the_run() {
         assert!(finished(&durable.record(drain(&mut machine))));
     }
     assert_eq!(machine.phase(), Phase::Finished);
+/// What the coordinator's scorer does after round `round` closes: pays
+/// every credited worker `credits`, then vests what the window releases;
+/// records it all, as the driver does, and notes it to the machine.
+fn score(machine: &mut Coordinator, durable: &mut Durable, round: u64, credited: &[WorkerId], credits: u64) {
+    let mut events: Vec<Event> = credited
+        .iter()
+        .map(|&worker| {
+            Event::Reward(crowdtrain_protocol::ledger::Reward {
+                round,
+                worker,
+                score: 0.1,
+                quality: 0.0,
+                multiplier: 1.0,
+                units: credits,
+                credits,
+                deviation: None,
+                gate: crowdtrain_protocol::ledger::PayGate::NoPower,
+            })
+        })
+        .collect();
+    events.push(Event::RoundScored { round });
+    let mut collateral = machine.collateral().clone();
+    events.iter().for_each(|event| collateral.apply(event));
+    events.extend(collateral.vesting(round, machine.settings().vesting_rounds));
+    durable.store.record(T0, &events, &[], &durable.signer).unwrap();
+    machine.note(&events);
+}
+
+#[test]
+fn slashes_draw_escrowed_credits_then_the_bond_and_an_exhausted_bond_gets_no_work_even_after_a_restart() {
+    // Stake 1000, bond 2000: a worker's first slash takes its escrowed
+    // credits and the rest from its bond; the second leaves less than a
+    // stake of bond, and it gets no more work.
+    let settings = Settings { rounds: 12, quorum: 1, bond: 2000, vesting_rounds: 4, ..settings() };
+    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+    let mut durable = Durable::new();
+    let workers: Vec<WorkerId> =
+        (0..3).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
+    let registered = durable.record(drain(&mut machine));
+    let deposits = registered
+        .iter()
+        .filter(|action| matches!(action, Action::Record(Event::BondDeposited { amount: 2000, .. })))
+        .count();
+    assert_eq!(deposits, 3, "each worker registers with its bond");
+    let cheat = workers[1];
+    let mut now = T0 + 10;
+    let mut draws = Vec::new();
+    for round in 0..8u64 {
+        let participants = machine.open_round().unwrap().participants.clone();
+        // The cheat is honest in rounds 0 to 2, then reveals something else
+        // than it committed in rounds 3 and 4.
+        let cheating = round >= 3 && participants.contains(&cheat);
+        for &worker in &participants {
+            commit(&mut machine, now, worker, round).unwrap();
+        }
+        for &worker in &participants {
+            if worker == cheat && cheating {
+                let base = base(&machine);
+                let outcome = machine
+                    .reveal(now + 1, worker, (now + 1) * 1000 + 1, round, base, Digest::of(b"not it"), None)
+                    .unwrap();
+                assert_eq!(outcome, Outcome::Recorded(Recorded::Mismatch));
+            } else {
+                reveal(&mut machine, now + 1, worker, round).unwrap();
+            }
+        }
+        let actions = durable.record(drain(&mut machine));
+        draws.extend(actions.iter().filter_map(|action| match action {
+            Action::Record(event @ Event::SlashDrawn { .. }) => Some(event.clone()),
+            _ => None,
+        }));
+        let Some(Action::Close { accepted, .. }) = actions.last().cloned() else { panic!("{actions:?}") };
+        machine.handle_aggregated(now + 2, round, Aggregated::all(result(round + 1)));
+        durable.record(drain(&mut machine));
+        score(&mut machine, &mut durable, round, &accepted, 64);
+        now += 100;
+        if round == 4 {
+            assert!(!machine.open_round().unwrap().participants.contains(&cheat), "no work for it");
+        }
+    }
+    assert_eq!(
+        draws,
+        [
+            // Round 3: its escrow holds rounds 0 to 2 (nothing vested yet
+            // with a window of 4), then the bond pays the rest.
+            Event::SlashDrawn { round: 3, worker: cheat, escrow: 192, bond: 808, uncovered: 0 },
+            // Round 4: no escrow left (round 3 earned nothing); the bond
+            // pays all, leaving 192: less than a stake.
+            Event::SlashDrawn { round: 4, worker: cheat, escrow: 0, bond: 1000, uncovered: 0 },
+        ]
+    );
+    let account = machine.collateral().account(cheat).unwrap().clone();
+    assert_eq!((account.bond, account.escrowed(), account.vested), (192, 0, 0));
+    let honest = machine.collateral().account(workers[0]).unwrap().clone();
+    assert_eq!((honest.bond, honest.vested, honest.escrowed()), (2000, 4 * 64, 4 * 64), "rounds 0-3 vested");
+    // Refused with a clear error, at reads and commitments alike.
+    let refused = machine.read(now, &key(1), now * 1000).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BondExhausted);
+    assert!(
+        refused.message.contains("bond is exhausted") && refused.message.contains("1000"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(commit(&mut machine, now, cheat, 8), Err(ErrorCode::BondExhausted));
+    // A restarted coordinator replays bonds, draws and vesting from the
+    // ledger: the same accounts, the same refusal.
+    let mut restored = durable.restore(settings, now);
+    assert_eq!(restored.collateral(), machine.collateral());
+    assert_eq!(restored.read(now + 1, &key(1), (now + 1) * 1000).unwrap_err().code, ErrorCode::BondExhausted);
+    assert!(restored.read(now + 1, &key(0), (now + 1) * 1000).is_ok(), "an honest worker still works");
+    let totals = durable.store.collateral().unwrap();
+    assert_eq!(totals[&cheat].deposited, 2000);
+    assert_eq!(totals[&cheat].drawn_from_bond, 1808);
+    assert_eq!(totals[&cheat].drawn_from_escrow, 192);
+    assert_eq!(totals[&cheat].uncovered, 0);
+    assert_eq!(totals[&workers[0]].vested, 4 * 64);
 }

@@ -197,6 +197,15 @@ pub fn segment_range(steps: u64, segments: u32, segment: u32) -> (u64, u64) {
     (boundary(segment - 1), boundary(segment))
 }
 
+/// The segment (1-based) holding step `step` (0-based) of `steps` inner
+/// steps cut into `segments` by [`segment_range`]: the least `j` with
+/// `step < j * steps / segments`, i.e. `ceil((step + 1) * segments / steps)`.
+pub fn segment_of_step(steps: u64, segments: u32, step: u64) -> u32 {
+    assert!(step < steps, "step {step} of {steps}");
+    let segments = u128::from(segments);
+    ((u128::from(step) + 1) * segments).div_ceil(u128::from(steps)) as u32
+}
+
 pub(crate) fn check(field: &'static str, ok: bool, reason: &str) -> Result<(), RecipeError> {
     if ok { Ok(()) } else { Err(RecipeError::new(field, reason)) }
 }
@@ -257,5 +266,19 @@ mod tests {
     fn segments_cover_the_steps_in_order() {
         let ranges: Vec<_> = (1..=4).map(|segment| segment_range(50, 4, segment)).collect();
         assert_eq!(ranges, [(0, 12), (12, 25), (25, 37), (37, 50)]);
+    }
+
+    #[test]
+    fn every_step_lies_in_the_segment_whose_range_holds_it() {
+        for steps in 1..=70u64 {
+            for segments in 1..=steps.min(9) as u32 {
+                for segment in 1..=segments {
+                    let (start, end) = segment_range(steps, segments, segment);
+                    for step in start..end {
+                        assert_eq!(segment_of_step(steps, segments, step), segment, "{steps}/{segments}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -172,9 +172,21 @@ CREATE TABLE worker_totals (
 CREATE INDEX ledger_kind ON ledger (kind, idx);
 ";
 
+/// One worker's row of `collateral` (see `crowdtrain_protocol::collateral`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CollateralTotals {
+    pub deposited: u64,
+    pub drawn_from_escrow: u64,
+    pub drawn_from_bond: u64,
+    pub uncovered: u64,
+    pub vested: u64,
+}
+
 /// What version 8 added to version 7: each participant's model reward at
 /// the end of a run with a contract (one row per worker: a reward is
-/// recorded once), the recipe itself in its ledger entry.
+/// recorded once), the recipe itself in its ledger entry (issue 15); and
+/// each worker's collateral, summed from the `bond-deposited`,
+/// `slash-drawn` and `vested` ledger entries (issue 14).
 const SCHEMA_8: &str = "
 CREATE TABLE model_rewards (
     worker INTEGER PRIMARY KEY REFERENCES workers (id),
@@ -186,6 +198,14 @@ CREATE TABLE model_rewards (
     measured REAL,
     withheld TEXT,
     CHECK ((reward_model IS NULL) = (withheld IS NOT NULL))
+);
+CREATE TABLE collateral (
+    worker INTEGER PRIMARY KEY REFERENCES workers (id),
+    deposited INTEGER NOT NULL DEFAULT 0,
+    drawn_from_escrow INTEGER NOT NULL DEFAULT 0,
+    drawn_from_bond INTEGER NOT NULL DEFAULT 0,
+    uncovered INTEGER NOT NULL DEFAULT 0,
+    vested INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -325,6 +345,8 @@ impl Store {
                      {SCHEMA_8} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))?;
             }
+            // A version 7 ledger has no model rewards or collateral entries:
+            // the tables start empty.
             7 => {
                 connection.execute_batch(&format!(
                     "BEGIN; {SCHEMA_8} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
@@ -910,6 +932,28 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Each worker's collateral sums (workers with no collateral entry are
+    /// absent): bonds deposited, slash draws, vested credits.
+    pub fn collateral(&self) -> Result<BTreeMap<WorkerId, CollateralTotals>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT worker, deposited, drawn_from_escrow, drawn_from_bond, uncovered, vested FROM collateral \
+             ORDER BY worker",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                WorkerId(row.get(0)?),
+                CollateralTotals {
+                    deposited: row.get(1)?,
+                    drawn_from_escrow: row.get(2)?,
+                    drawn_from_bond: row.get(3)?,
+                    uncovered: row.get(4)?,
+                    vested: row.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Per-worker totals for the status page, in worker order; `active`
     /// and `last_seen_unix_ms` are filled in by the caller, who knows.
     /// Reads one row per worker, however long the run has been.
@@ -1226,6 +1270,23 @@ fn project(
                 &[amount],
             )?;
         }
+        Event::BondDeposited { worker, amount } => {
+            add_to_collateral(transaction, *worker, "deposited = deposited + ?2", &[amount])?;
+        }
+        Event::SlashDrawn { worker, escrow, bond, uncovered, .. } => {
+            add_to_collateral(
+                transaction,
+                *worker,
+                "drawn_from_escrow = drawn_from_escrow + ?2, drawn_from_bond = drawn_from_bond + ?3, \
+                 uncovered = uncovered + ?4",
+                &[escrow, bond, uncovered],
+            )?;
+        }
+        Event::Vested { credits, .. } => {
+            for (worker, amount) in credits {
+                add_to_collateral(transaction, *worker, "vested = vested + ?2", &[amount])?;
+            }
+        }
         Event::Slash { round, worker, amount, reason } => {
             credit(transaction, *round, *worker, "slash", *amount, reason)?;
             add_to_totals(
@@ -1386,6 +1447,23 @@ fn add_to_totals(
 ) -> Result<(), StoreError> {
     let mut statement =
         transaction.prepare_cached(&format!("UPDATE worker_totals SET {assignments} WHERE worker = ?1"))?;
+    let mut parameters: Vec<&dyn rusqlite::ToSql> = vec![&worker.0];
+    parameters.extend_from_slice(values);
+    expect_one(statement.execute(&*parameters)?)
+}
+
+/// Adds to `worker`'s row of `collateral` (made on its first entry).
+fn add_to_collateral(
+    transaction: &rusqlite::Transaction<'_>,
+    worker: WorkerId,
+    assignments: &str,
+    values: &[&dyn rusqlite::ToSql],
+) -> Result<(), StoreError> {
+    transaction
+        .prepare_cached("INSERT INTO collateral (worker) VALUES (?1) ON CONFLICT (worker) DO NOTHING")?
+        .execute([worker.0])?;
+    let mut statement =
+        transaction.prepare_cached(&format!("UPDATE collateral SET {assignments} WHERE worker = ?1"))?;
     let mut parameters: Vec<&dyn rusqlite::ToSql> = vec![&worker.0];
     parameters.extend_from_slice(values);
     expect_one(statement.execute(&*parameters)?)

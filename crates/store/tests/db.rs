@@ -449,7 +449,7 @@ fn a_version_6_database_is_migrated_with_its_totals_recomputed() {
     connection
         .execute_batch(
             "DROP TABLE worker_totals; DROP INDEX ledger_kind; ALTER TABLE rounds DROP COLUMN bytes_downloaded;
-             DROP TABLE model_rewards; PRAGMA user_version = 6;",
+             DROP TABLE model_rewards; DROP TABLE collateral; PRAGMA user_version = 6;",
         )
         .unwrap();
     drop(connection);
@@ -459,6 +459,37 @@ fn a_version_6_database_is_migrated_with_its_totals_recomputed() {
     store.set_downloads(1, 4096).unwrap();
     assert_eq!(store.round_records().unwrap()[1].bytes_downloaded, Some(4096));
     assert_eq!(store.round_records().unwrap()[0].bytes_downloaded, None, "not measured");
+    assert_eq!(verify_ledger(&path, None).unwrap().len(), store.ledger_length().unwrap() as usize);
+}
+
+#[test]
+fn a_version_7_database_gets_an_empty_collateral_table_and_takes_bonds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let before = eventful(&path).worker_statuses().unwrap();
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection.execute_batch("DROP TABLE collateral; DROP TABLE model_rewards; PRAGMA user_version = 7;").unwrap();
+    drop(connection);
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.worker_statuses().unwrap(), before);
+    assert!(store.collateral().unwrap().is_empty());
+    // Bonds, draws and vesting are projected, one row per worker.
+    let events = [
+        Event::BondDeposited { worker: WorkerId(1), amount: 900 },
+        Event::SlashDrawn { round: 1, worker: WorkerId(1), escrow: 30, bond: 470, uncovered: 0 },
+        Event::Vested { round: 0, credits: vec![(WorkerId(0), 64), (WorkerId(1), 6)] },
+    ];
+    store.record(40, &events, &[], &coordinator()).unwrap();
+    let totals = store.collateral().unwrap();
+    assert_eq!(
+        (
+            totals[&WorkerId(1)].deposited,
+            totals[&WorkerId(1)].drawn_from_escrow,
+            totals[&WorkerId(1)].drawn_from_bond
+        ),
+        (900, 30, 470)
+    );
+    assert_eq!((totals[&WorkerId(0)].vested, totals[&WorkerId(1)].vested), (64, 6));
     assert_eq!(verify_ledger(&path, None).unwrap().len(), store.ledger_length().unwrap() as usize);
 }
 
@@ -628,7 +659,7 @@ fn model_rewards_are_recorded_once_per_participant_and_a_version_7_database_gain
     let path = dir.path().join("state.sqlite");
     drop(eventful(&path));
     let connection = rusqlite::Connection::open(&path).unwrap();
-    connection.execute_batch("DROP TABLE model_rewards; PRAGMA user_version = 7;").unwrap();
+    connection.execute_batch("DROP TABLE model_rewards; DROP TABLE collateral; PRAGMA user_version = 7;").unwrap();
     drop(connection);
     let mut store = Store::open(&path).unwrap();
     let signer = coordinator();

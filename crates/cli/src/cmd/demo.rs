@@ -62,7 +62,7 @@ pub struct DemoArgs {
 
     /// Chance that a submission is audited (a replay of one of its 4
     /// segments); 0 turns audits off. The stake is set to the least the
-    /// run accepts: the work of a submission divided by this.
+    /// run accepts: just above the work of a submission divided by this.
     #[arg(long, default_value_t = 0.1)]
     audit_probability: f64,
 
@@ -434,11 +434,8 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     if args.model == ModelName::Gpt {
         data += &format!("tokenizer = {:?}\n", args.tokenizer.to_string());
     }
-    let stake = if args.audit_probability > 0.0 {
-        (recipe.work_units() as f64 / args.audit_probability).ceil() as u64
-    } else {
-        0
-    };
+    let stake =
+        crowdtrain_protocol::audit::minimum_stake(recipe.work_units(), args.audit_probability).unwrap_or(0);
     let recipe_model = recipe.model;
     let training =
         toml::to_string(&Training { training: recipe }).context("the recipe does not serialise")?;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::Args;
+use crowdtrain_protocol::collateral::Collateral;
 use crowdtrain_protocol::ledger::{Event, PayGate, Reward};
 use crowdtrain_protocol::reward_model::RewardOutcome;
 use crowdtrain_protocol::{Digest, PublicKey, WorkerId};
@@ -53,6 +54,14 @@ struct WorkerRewards {
     slashed: u64,
     /// `earned - slashed`.
     credits: i64,
+    /// Credits that vested: paid, past the vesting window, no longer
+    /// takeable by a slash or the gate (docs/PAY.md, "Escrow and bonds").
+    vested: u64,
+    /// Credits paid and not vested yet: what a slash takes first.
+    escrowed: u64,
+    /// Bond left, in a bonded run (0 otherwise): what a slash takes once
+    /// the escrow is gone.
+    bond: u64,
     /// Accepted submissions whose updates the checks refused.
     refused_updates: u64,
     /// This worker's share of all verified work.
@@ -110,6 +119,9 @@ impl WorkerRewards {
             earned: 0,
             slashed: 0,
             credits: 0,
+            vested: 0,
+            escrowed: 0,
+            bond: 0,
             refused_updates: 0,
             work_share: 0.0,
             credit_share: 0.0,
@@ -159,7 +171,9 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     fn worker(workers: &mut BTreeMap<WorkerId, WorkerRewards>, id: WorkerId) -> &mut WorkerRewards {
         workers.entry(id).or_insert_with(|| WorkerRewards::new(id))
     }
+    let mut collateral = Collateral::default();
     for entry in &entries {
+        collateral.apply(&entry.event);
         match &entry.event {
             Event::WorkerRegistered { worker: id, key, .. } => {
                 worker(&mut workers, *id).public_key = Some(*key)
@@ -230,6 +244,10 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
     let total_work: u64 = workers.values().map(|worker| worker.verified_work).sum();
     for worker in workers.values_mut() {
         worker.credits = worker.earned as i64 - worker.slashed as i64;
+        if let Some(account) = collateral.account(worker.worker) {
+            (worker.vested, worker.escrowed, worker.bond) =
+                (account.vested, account.escrowed(), account.bond);
+        }
     }
     let total_credits: i64 = workers.values().map(|worker| worker.credits.max(0)).sum();
     for worker in workers.values_mut() {
@@ -258,6 +276,9 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
         "earned",
         "slashed",
         "credits",
+        "vested",
+        "escrowed",
+        "bond",
         "refused",
         "work share",
         "credit share",
@@ -286,6 +307,9 @@ pub fn run(args: RewardsArgs) -> anyhow::Result<()> {
             worker.earned.to_string(),
             worker.slashed.to_string(),
             worker.credits.to_string(),
+            worker.vested.to_string(),
+            worker.escrowed.to_string(),
+            worker.bond.to_string(),
             worker.refused_updates.to_string(),
             format!("{:.1}%", 100.0 * worker.work_share),
             format!("{:.1}%", 100.0 * worker.credit_share),

@@ -68,11 +68,8 @@ impl Network {
         extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let stake = if audit_probability > 0.0 {
-            ((inner_steps * 32) as f64 / audit_probability).ceil() as u64
-        } else {
-            0
-        };
+        let stake =
+            crowdtrain_protocol::audit::minimum_stake(inner_steps * 32, audit_probability).unwrap_or(0);
         // Every process of a test shares 127.0.0.1: no per-address limit,
         // unless the test is about it.
         let server = if extra.contains("[server]") {

@@ -62,12 +62,20 @@ impl Admission {
     pub fn check(&self, key: &PublicKey, token: Option<&str>) -> Result<Option<TokenId>, Failure> {
         match self.mode {
             AdmissionMode::Open => Ok(None),
-            AdmissionMode::Token => {
+            // In a bonded run a token is the operator's receipt for a bond.
+            AdmissionMode::Token | AdmissionMode::Bond => {
                 let text = token.ok_or_else(|| {
+                    let what = if self.mode == AdmissionMode::Bond {
+                        "by bond: post the run's bond with its operator, who issues a token for it"
+                    } else {
+                        "by token: ask its operator for one"
+                    };
                     Failure::new(
                         ErrorCode::NotAdmitted,
-                        "this run admits workers by token: ask its operator for one (`crowdtrain admission \
-                         token`) and start the worker with --admission-token",
+                        format!(
+                            "this run admits workers {what} (`crowdtrain admission token`), and start the worker \
+                             with --admission-token"
+                        ),
                     )
                 })?;
                 let token = AdmissionToken::parse(text).map_err(|reason| {

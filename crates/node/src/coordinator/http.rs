@@ -358,7 +358,13 @@ async fn round(
         loop {
             let view = {
                 let node = Arc::clone(&node);
-                blocking(move || Ok(node.view(Some(worker)))).await?
+                // Asked again each time it wakes: a slash may have
+                // exhausted its bond while it waited.
+                blocking(move || {
+                    node.may_work(worker)?;
+                    Ok(node.view(Some(worker)))
+                })
+                .await?
             };
             let news = actionable(&view.body, query.after);
             if news {

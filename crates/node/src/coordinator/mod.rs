@@ -71,7 +71,8 @@ impl Failure {
             ErrorCode::UnknownWorker
             | ErrorCode::NotAssigned
             | ErrorCode::NotAdmitted
-            | ErrorCode::Forbidden => 403,
+            | ErrorCode::Forbidden
+            | ErrorCode::BondExhausted => 403,
             ErrorCode::TimedOut => 408,
             ErrorCode::RateLimited => 429,
             ErrorCode::NotFound => 404,
@@ -524,6 +525,11 @@ impl Node {
     }
 
     /// The round as `worker` sees it, signed.
+    /// Refuses a worker the run gives no more work (its bond is exhausted).
+    fn may_work(&self, worker: WorkerId) -> Result<(), Failure> {
+        Ok(self.lock().machine.may_work(worker)?)
+    }
+
     fn view(&self, worker: Option<WorkerId>) -> Signed<RoundView> {
         let opening = self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let view = match opening {

@@ -93,7 +93,15 @@ impl Node {
             }));
         }
         events.push(Event::RoundScored { round });
+        // The machine's collateral sees this round's rewards, then decides
+        // what vests; it records nothing until the store has.
+        let mut collateral = inner.machine.collateral().clone();
+        events.iter().for_each(|event| collateral.apply(event));
+        if let Some(vested) = collateral.vesting(round, self.config.audit.vesting_rounds) {
+            events.push(vested);
+        }
         inner.store.record(now, &events, &[], &self.identity)?;
+        inner.machine.note(&events);
         drop(inner);
         self.changes.send_modify(|version| *version += 1);
         Ok(())

@@ -505,7 +505,8 @@ async fn register(
             Some(_) => false,
         };
         if !can_pass {
-            let hint = if run.admission == AdmissionMode::Token && token.is_none() {
+            let by_token = matches!(run.admission, AdmissionMode::Token | AdmissionMode::Bond);
+            let hint = if by_token && token.is_none() {
                 " (this run admits workers by token: pass --admission-token)"
             } else {
                 ""
