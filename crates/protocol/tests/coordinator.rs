@@ -1578,6 +1578,8 @@ fn a_chooser_that_left_short_of_its_contribution_does_not_hold_the_run() {
         assert!(finished(&durable.record(drain(&mut machine))));
     }
     assert_eq!(machine.phase(), Phase::Finished);
+}
+
 /// What the coordinator's scorer does after round `round` closes: pays
 /// every credited worker `credits`, then vests what the window releases;
 /// records it all, as the driver does, and notes it to the machine.
