@@ -31,7 +31,7 @@ use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
     AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Receipt,
-    ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
+    ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
@@ -1479,6 +1479,33 @@ impl Node {
     }
 
     /// `GET /v1/ledger/{index}`: one entry, decoded.
+    /// One worker's totals and at most `limit` of its rounds from `from`
+    /// on (the latest ones if `from` is not given).
+    fn worker_view(
+        &self,
+        worker: WorkerId,
+        from: Option<RoundId>,
+        limit: u64,
+    ) -> Result<WorkerView, Failure> {
+        let (active, last_seen, opened) = {
+            let inner = self.lock();
+            let opened =
+                inner.machine.open_round().map_or(inner.machine.completed_rounds(), |open| open.id + 1);
+            (inner.machine.is_active(worker), inner.machine.last_seen_ms(worker), opened)
+        };
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut totals = reader
+            .worker_status(worker)
+            .map_err(Failure::internal)?
+            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no worker {worker} in this run")))?;
+        let from = from.unwrap_or(opened.saturating_sub(limit));
+        let rounds = reader.worker_rounds(worker, from, limit).map_err(Failure::internal)?;
+        drop(reader);
+        totals.active = active;
+        totals.last_seen_unix_ms = last_seen;
+        Ok(WorkerView { totals, rounds })
+    }
+
     fn ledger_entry(&self, index: u64) -> Result<LedgerEntryView, Failure> {
         let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let sealed = reader.ledger_entry(index).map_err(Failure::internal)?;
