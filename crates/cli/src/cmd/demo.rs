@@ -409,14 +409,30 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
-         # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n\
-         requests_per_second_per_key = 100000\n",
+         # Every worker of the demo shares 127.0.0.1: each may hold a long poll and an idle pooled\n\
+         # connection, and the demo and a browser poll the status.\n\
+         [server]\nrequests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n\
+         max_connections_per_address = {per_address}\nmax_connections = {connections}\n\
+         uploads_in_flight = {uploads}\n",
         rounds = args.rounds,
         workers = args.workers,
+        per_address = demo_connections_per_address(args.workers),
+        connections = demo_connections_per_address(args.workers).max(2048),
+        uploads = args.workers.max(32),
         probability = args.audit_probability,
         auditors = args.auditors,
     );
     std::fs::write(dir.join("run.toml"), config).context("could not write run.toml")
+}
+
+/// The connections one address may hold in a demo of `workers` workers,
+/// all on 127.0.0.1: two per worker (a long poll and an idle pooled
+/// connection, or a model download) and room for the demo's own polls and
+/// a browser. Never below the default, so the demo is no stricter than a
+/// deployment.
+pub fn demo_connections_per_address(workers: usize) -> usize {
+    let default = crowdtrain_protocol::config::ServerSection::default().max_connections_per_address as usize;
+    (2 * workers + 32).max(default)
 }
 
 /// Starts the coordinator on a free port and returns its URL.
