@@ -769,6 +769,13 @@ impl Store {
             .optional()?)
     }
 
+    /// SQLite's `data_version` of this connection: it changes whenever
+    /// another connection has committed to the database since it was last
+    /// read, so a reader can tell when what it read is stale.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self.connection.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
     /// How many rounds have been opened.
     pub fn round_count(&self) -> Result<u64, StoreError> {
         Ok(self.connection.query_row("SELECT COUNT(*) FROM rounds", [], |row| row.get(0))?)

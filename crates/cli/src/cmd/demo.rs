@@ -31,6 +31,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4)]
     workers: usize,
 
+    /// The workers' nice level (for benchmarks: on one machine the workers
+    /// stand in for other machines, and must not starve the coordinator
+    /// and a browser of the CPU).
+    #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub(crate) worker_nice: i32,
+
     /// Rounds to run.
     #[arg(long, default_value_t = 20)]
     rounds: u64,
@@ -336,6 +342,20 @@ fn start_worker(
     }
     let behavior = args.cheaters.get(index).copied().unwrap_or(Behavior::Honest);
     command.arg("--behavior").arg(behavior.to_string());
+    if args.worker_nice > 0 {
+        use std::os::unix::process::CommandExt;
+        let nice = args.worker_nice;
+        // SAFETY: setpriority is async-signal-safe; between fork and exec
+        // it only lowers this child's own priority.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let child = command.spawn().context("could not start a worker")?;
     processes.children.push((format!("worker {index}"), child));
     Ok(())

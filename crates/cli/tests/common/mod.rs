@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses part of the harness
 
+/// The same DevTools client `crowdtrain bench dashboard` uses.
+#[path = "../../src/browser.rs"]
 pub mod browser;
 
 use std::io::{BufRead, BufReader};

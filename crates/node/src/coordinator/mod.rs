@@ -145,6 +145,10 @@ pub struct Node {
     /// A read-only connection for the status page, apart from the writer's
     /// lock: looking at the run never delays it.
     reader: Mutex<Store>,
+    /// The database's part of the last status page, by the reader's data
+    /// version: the dashboards polling twice a second each read the
+    /// database once per change, not once per poll.
+    status_cache: Mutex<Option<StatusRead>>,
     /// A second writer connection that only checkpoints the WAL, from the
     /// background after each round, so no request ever pays for it.
     maintenance: Mutex<Store>,
@@ -403,6 +407,7 @@ impl Node {
             scoring: Mutex::new(scoring),
             background,
             reader: Mutex::new(reader),
+            status_cache: Mutex::new(None),
             maintenance: Mutex::new(maintenance),
             evaluations: Mutex::new(evaluations),
             admission,
@@ -1394,22 +1399,14 @@ impl Node {
                 last_seen,
             )
         };
-        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut workers = reader.worker_statuses().map_err(Failure::internal)?;
+        let StatusRead { mut workers, rounds, rounds_total, test_accuracy, .. } =
+            self.status_read(from, limit)?;
         for worker in &mut workers {
             worker.active = active.contains(&worker.worker);
             worker.last_seen_unix_ms = usize::try_from(worker.worker.0)
                 .ok()
                 .and_then(|index| last_seen.get(index).copied().flatten());
         }
-        let rounds_total = reader.round_count().map_err(Failure::internal)?;
-        let from = from.unwrap_or(rounds_total.saturating_sub(limit));
-        let rounds = reader.round_records_page(from, limit).map_err(Failure::internal)?;
-        let test_accuracy = match rounds.iter().rev().find_map(|round| round.test_accuracy) {
-            Some(accuracy) => Some(accuracy),
-            None => reader.latest_test_accuracy().map_err(Failure::internal)?,
-        };
-        drop(reader);
         Ok(RunStatus {
             run_id: self.run_id,
             phase,
@@ -1429,6 +1426,30 @@ impl Node {
             opened_ahead: self.opened_ahead.load(Ordering::Relaxed),
             withdrawn_ahead: self.withdrawn_ahead.load(Ordering::Relaxed),
         })
+    }
+
+    /// What the status page reads from the database for rounds `from`
+    /// (the latest if `None`) on, at most `limit`: read again only once
+    /// the database has changed (SQLite's `data_version` of the reader's
+    /// connection) or another page is asked for.
+    fn status_read(&self, from: Option<RoundId>, limit: u64) -> Result<StatusRead, Failure> {
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let version = reader.data_version().map_err(Failure::internal)?;
+        let mut cache = self.status_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(cached) = cache.as_ref().filter(|cached| cached.key == (version, from, limit)) {
+            return Ok(cached.clone());
+        }
+        let workers = reader.worker_statuses().map_err(Failure::internal)?;
+        let rounds_total = reader.round_count().map_err(Failure::internal)?;
+        let first = from.unwrap_or(rounds_total.saturating_sub(limit));
+        let rounds = reader.round_records_page(first, limit).map_err(Failure::internal)?;
+        let test_accuracy = match rounds.iter().rev().find_map(|round| round.test_accuracy) {
+            Some(accuracy) => Some(accuracy),
+            None => reader.latest_test_accuracy().map_err(Failure::internal)?,
+        };
+        let read = StatusRead { key: (version, from, limit), workers, rounds, rounds_total, test_accuracy };
+        *cache = Some(read.clone());
+        Ok(read)
     }
 
     /// The bytes of a model checkpoint workers may download (the latest
@@ -1478,7 +1499,6 @@ impl Node {
         Ok(LedgerPage { entries, length })
     }
 
-    /// `GET /v1/ledger/{index}`: one entry, decoded.
     /// One worker's totals and at most `limit` of its rounds from `from`
     /// on (the latest ones if `from` is not given).
     fn worker_view(
@@ -1506,6 +1526,7 @@ impl Node {
         Ok(WorkerView { totals, rounds })
     }
 
+    /// `GET /v1/ledger/{index}`: one entry, decoded.
     fn ledger_entry(&self, index: u64) -> Result<LedgerEntryView, Failure> {
         let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let sealed = reader.ledger_entry(index).map_err(Failure::internal)?;
@@ -1514,6 +1535,17 @@ impl Node {
             sealed.ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no ledger entry {index}")))?;
         entry_view(&sealed)
     }
+}
+
+/// The database's part of a status page, and what it was read for: the
+/// reader's data version and the page asked for.
+#[derive(Clone)]
+struct StatusRead {
+    key: (i64, Option<RoundId>, u64),
+    workers: Vec<crowdtrain_protocol::wire::WorkerStatus>,
+    rounds: Vec<crowdtrain_protocol::wire::RoundRecord>,
+    rounds_total: u64,
+    test_accuracy: Option<f64>,
 }
 
 /// A stored ledger entry as people read it.

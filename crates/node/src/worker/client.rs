@@ -16,6 +16,9 @@ use crate::NodeError;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Idle connections are kept this long for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// A response the caller must look at: a success, or a refusal (4xx) with
 /// the coordinator's reason.
 #[derive(Debug)]
@@ -64,6 +67,12 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(10))
+            // Below the coordinator's idle limit (`server.header_timeout_ms`,
+            // 10 s by default): a connection idle while the worker loads its
+            // data or trains is dropped here first, not reused just as the
+            // coordinator closes it ("connection closed before message
+            // completed").
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|error| NodeError::Untrusted(format!("could not build an HTTP client: {error}")))?;
         Ok(Self {
