@@ -225,8 +225,15 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
     for round in 0..config.rounds {
         let train = |slot: usize, sources: &[Box<dyn BatchSource + '_>]| -> Result<Wire, TrainError> {
             let key = round_key(recipe, round, slot as u32);
-            let result =
-                inner_round_on(model.as_ref(), recipe, &global.params, sources[slot].as_ref(), key, 1)?;
+            let result = inner_round_on(
+                model.as_ref(),
+                recipe,
+                &global.params,
+                sources[slot].as_ref(),
+                key,
+                1,
+                &mut || {},
+            )?;
             Wire::encode(recipe.codec, &result.pseudo_gradient)
         };
         let honest: Vec<Wire> =

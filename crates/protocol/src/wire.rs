@@ -669,6 +669,45 @@ pub struct RunStatus {
     pub withdrawn_ahead: u64,
 }
 
+/// One worker's part in one round, from the ledger's tables: what
+/// `GET /v1/workers/{id}` lists, and what a worker's round summary says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRound {
+    pub round: RoundId,
+    /// The round's state (`open` until it closes or fails).
+    pub round_state: crate::coordinator::RoundState,
+    /// The commitment's status (`accepted`, `late`), if one arrived.
+    pub commitment: Option<String>,
+    /// The reveal's status (`accepted`, `late`, `mismatch`, `malformed`),
+    /// if one arrived.
+    pub reveal: Option<String>,
+    /// Aggregated and credited with verified work.
+    pub accepted: bool,
+    /// The work units credited for it.
+    pub work: u64,
+    /// Why the checks refused its update, if they did.
+    pub refused: Option<String>,
+    /// The segment drawn for its audit, if it was audited.
+    pub audit_segment: Option<u32>,
+    /// The audit's verdict (`passed`, `failed`, `unanswered`), once known.
+    pub verdict: Option<String>,
+    /// Work units slashed in this round.
+    pub slashed: u64,
+    /// Credits the round's scoring paid, once scored.
+    pub reward: Option<u64>,
+    /// Whether the round's updates have been scored (credits follow).
+    pub scored: bool,
+}
+
+/// One worker's own view (`GET /v1/workers/{id}`): its totals as in
+/// `GET /v1/status`, and a page of its rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub totals: WorkerStatus,
+    /// Its rounds from the request's `rounds_from` on, ascending.
+    pub rounds: Vec<WorkerRound>,
+}
+
 /// One ledger entry as `GET /v1/ledger` shows it: decoded, with its
 /// hash (the next entry's `previous`). The signed bytes are what
 /// `crowdtrain ledger verify` checks; this is a view of them.

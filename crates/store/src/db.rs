@@ -20,7 +20,7 @@ use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::ledger::{self, Chain, Event, Reward, Sealed};
 use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome};
-use crowdtrain_protocol::wire::{RoundRecord, WorkerStatus};
+use crowdtrain_protocol::wire::{RoundRecord, WorkerRound, WorkerStatus};
 use crowdtrain_protocol::{Digest, Identity, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 use rusqlite::{Connection, OptionalExtension, named_params, params};
 
@@ -882,6 +882,13 @@ impl Store {
             .optional()?)
     }
 
+    /// SQLite's `data_version` of this connection: it changes whenever
+    /// another connection has committed to the database since it was last
+    /// read, so a reader can tell when what it read is stale.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self.connection.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
     /// How many rounds have been opened.
     pub fn round_count(&self) -> Result<u64, StoreError> {
         Ok(self.connection.query_row("SELECT COUNT(*) FROM rounds", [], |row| row.get(0))?)
@@ -964,6 +971,50 @@ impl Store {
     /// One worker's totals, as in [`Store::worker_statuses`].
     pub fn worker_status(&self, worker: WorkerId) -> Result<Option<WorkerStatus>, StoreError> {
         Ok(self.worker_statuses_where("WHERE w.id = ?1", [worker.0])?.pop())
+    }
+
+    /// At most `limit` of `worker`'s rounds from round `from` on,
+    /// ascending: a few primary-key lookups per round, however long the run.
+    pub fn worker_rounds(
+        &self,
+        worker: WorkerId,
+        from: RoundId,
+        limit: u64,
+    ) -> Result<Vec<WorkerRound>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut statement = self.connection.prepare_cached(
+            "SELECT a.round, r.state, m.status, v.status,
+                    (SELECT amount FROM credits c WHERE c.round = a.round AND c.worker = a.worker AND c.kind = 'work'),
+                    f.reason, u.segment, u.verdict,
+                    (SELECT COALESCE(SUM(amount), 0) FROM credits c
+                      WHERE c.round = a.round AND c.worker = a.worker AND c.kind IN ('slash', 'auditor-slash')),
+                    w.credits, r.scored_unix_ms IS NOT NULL
+             FROM assignments a JOIN rounds r ON r.id = a.round
+               LEFT JOIN commitments m ON m.round = a.round AND m.worker = a.worker
+               LEFT JOIN reveals v ON v.round = a.round AND v.worker = a.worker
+               LEFT JOIN refusals f ON f.round = a.round AND f.worker = a.worker
+               LEFT JOIN audits u ON u.round = a.round AND u.worker = a.worker
+               LEFT JOIN rewards w ON w.round = a.round AND w.worker = a.worker
+             WHERE a.round >= ?1 AND a.worker = ?2 ORDER BY a.round LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![from, worker.0, limit], |row| {
+            let work: Option<u64> = row.get(4)?;
+            Ok(WorkerRound {
+                round: row.get(0)?,
+                round_state: round_state(row, 1)?,
+                commitment: row.get(2)?,
+                reveal: row.get(3)?,
+                accepted: work.is_some(),
+                work: work.unwrap_or(0),
+                refused: row.get(5)?,
+                audit_segment: row.get(6)?,
+                verdict: row.get(7)?,
+                slashed: row.get(8)?,
+                reward: row.get(9)?,
+                scored: row.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn worker_statuses_where<P: rusqlite::Params>(

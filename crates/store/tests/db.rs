@@ -282,6 +282,35 @@ fn closing_a_round_records_its_result_once() {
     assert_eq!(store.worker_status(WorkerId(1)).unwrap().as_ref(), store.worker_statuses().unwrap().get(1));
     assert_eq!(store.worker_status(WorkerId(7)).unwrap(), None);
     store.check_worker_totals().unwrap();
+
+    // A worker's own rounds, as its summaries read them.
+    let mine = store.worker_rounds(WorkerId(0), 0, 10).unwrap();
+    assert_eq!(mine.len(), 1);
+    let round = &mine[0];
+    assert_eq!(
+        (round.round, round.round_state, round.accepted, round.work),
+        (0, RoundState::Closed, true, 64)
+    );
+    assert_eq!(
+        (round.reveal.as_deref(), round.reward, round.scored, round.slashed),
+        (Some("accepted"), Some(0), true, 0)
+    );
+    let theirs = store.worker_rounds(WorkerId(1), 0, 10).unwrap();
+    assert_eq!((theirs[0].accepted, theirs[0].refused.as_deref()), (false, Some("outsized")));
+    assert!(store.worker_rounds(WorkerId(0), 1, 10).unwrap().is_empty(), "from round 1 on");
+    assert!(store.worker_rounds(WorkerId(0), 0, 0).unwrap().is_empty(), "a page of none");
+}
+
+#[test]
+fn a_reader_sees_the_database_change_by_its_data_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let mut store = populated(&path);
+    let reader = Store::open_reader(&path).unwrap();
+    let before = reader.data_version().unwrap();
+    assert_eq!(reader.data_version().unwrap(), before, "nothing written");
+    store.record(20, &[reveal(0, b"a", 1)], &[(Digest::of(b"a"), b"a")], &coordinator()).unwrap();
+    assert_ne!(reader.data_version().unwrap(), before, "a commit by the writer");
 }
 
 #[test]
@@ -468,7 +497,9 @@ fn a_version_7_database_gets_an_empty_collateral_table_and_takes_bonds() {
     let path = dir.path().join("state.sqlite");
     let before = eventful(&path).worker_statuses().unwrap();
     let connection = rusqlite::Connection::open(&path).unwrap();
-    connection.execute_batch("DROP TABLE collateral; DROP TABLE model_rewards; PRAGMA user_version = 7;").unwrap();
+    connection
+        .execute_batch("DROP TABLE collateral; DROP TABLE model_rewards; PRAGMA user_version = 7;")
+        .unwrap();
     drop(connection);
     let mut store = Store::open(&path).unwrap();
     assert_eq!(store.worker_statuses().unwrap(), before);
@@ -659,7 +690,9 @@ fn model_rewards_are_recorded_once_per_participant_and_a_version_7_database_gain
     let path = dir.path().join("state.sqlite");
     drop(eventful(&path));
     let connection = rusqlite::Connection::open(&path).unwrap();
-    connection.execute_batch("DROP TABLE model_rewards; DROP TABLE collateral; PRAGMA user_version = 7;").unwrap();
+    connection
+        .execute_batch("DROP TABLE model_rewards; DROP TABLE collateral; PRAGMA user_version = 7;")
+        .unwrap();
     drop(connection);
     let mut store = Store::open(&path).unwrap();
     let signer = coordinator();

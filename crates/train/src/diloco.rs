@@ -266,8 +266,15 @@ impl<'m> DilocoRun<'m> {
             .map(|worker| {
                 let recipe = &self.config.recipe;
                 let key = round_key(recipe, round, worker as u32);
-                let update =
-                    inner_round_on(self.model, recipe, &self.state.params, sources[worker].as_ref(), key, 1)?;
+                let update = inner_round_on(
+                    self.model,
+                    recipe,
+                    &self.state.params,
+                    sources[worker].as_ref(),
+                    key,
+                    1,
+                    &mut || {},
+                )?;
                 let encoded = recipe.codec.encode(&update.pseudo_gradient)?;
                 let (_, decoded) = codec::decode(&encoded, update.pseudo_gradient.len())?;
                 Ok((decoded, encoded, update.mean_loss))
@@ -318,13 +325,14 @@ pub fn inner_round(
     segments: u32,
 ) -> Result<InnerRoundResult, TrainError> {
     let source = ImageShard { images: &dataset.train, indices: shard };
-    inner_round_on(model, recipe, global, &source, key, segments)
+    inner_round_on(model, recipe, global, &source, key, segments, &mut || {})
 }
 
 /// One worker's round under `recipe`: its inner steps from `global` on
 /// `source`, with batches keyed by `key` (its run, round and slot) and a
 /// fresh optimizer, keeping the state at each of `segments` segment
-/// boundaries.
+/// boundaries. `on_step` is called after each step (a worker's progress
+/// bar counts them).
 pub fn inner_round_on(
     model: &dyn Model,
     recipe: &TrainingRecipe,
@@ -332,6 +340,7 @@ pub fn inner_round_on(
     source: &dyn BatchSource,
     key: RngKey,
     segments: u32,
+    on_step: &mut dyn FnMut(),
 ) -> Result<InnerRoundResult, TrainError> {
     let steps = recipe.inner_steps;
     let mut state = TrainState::new(model.name(), global.to_vec());
@@ -340,7 +349,7 @@ pub fn inner_round_on(
     let mut loss_sum = 0.0f64;
     for segment in 1..=segments {
         let (start, end) = segment_range(steps, segments, segment);
-        let mean = trainer.run_on(&mut state, source, key, end - start, |_, _| {})?;
+        let mean = trainer.run_on(&mut state, source, key, end - start, |_, _| on_step())?;
         loss_sum += f64::from(mean) * (end - start) as f64;
         boundaries.push(state.clone());
     }

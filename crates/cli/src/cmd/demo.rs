@@ -31,6 +31,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4)]
     workers: usize,
 
+    /// The workers' nice level (for benchmarks: on one machine the workers
+    /// stand in for other machines, and must not starve the coordinator
+    /// and a browser of the CPU).
+    #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub(crate) worker_nice: i32,
+
     /// Rounds to run.
     #[arg(long, default_value_t = 20)]
     rounds: u64,
@@ -373,6 +379,20 @@ fn start_worker(
     if let Some(cost) = cost {
         command.arg("--cost").arg(cost.to_string());
     }
+    if args.worker_nice > 0 {
+        use std::os::unix::process::CommandExt;
+        let nice = args.worker_nice;
+        // SAFETY: setpriority is async-signal-safe; between fork and exec
+        // it only lowers this child's own priority.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let child = command.spawn().context("could not start a worker")?;
     processes.children.push((format!("worker {index}"), child));
     Ok(())
@@ -461,14 +481,30 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
-         # Every worker of the demo shares 127.0.0.1.\n[server]\nrequests_per_second_per_address = 100000\n\
-         requests_per_second_per_key = 100000\n{contract}",
+         # Every worker of the demo shares 127.0.0.1: each may hold a long poll and an idle pooled\n\
+         # connection, and the demo and a browser poll the status.\n\
+         [server]\nrequests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n\
+         max_connections_per_address = {per_address}\nmax_connections = {connections}\n\
+         uploads_in_flight = {uploads}\n{contract}",
         rounds = args.rounds,
         workers = args.workers,
+        per_address = demo_connections_per_address(args.workers),
+        connections = demo_connections_per_address(args.workers).max(2048),
+        uploads = args.workers.max(32),
         probability = args.audit_probability,
         auditors = args.auditors,
     );
     std::fs::write(dir.join("run.toml"), config).context("could not write run.toml")
+}
+
+/// The connections one address may hold in a demo of `workers` workers,
+/// all on 127.0.0.1: two per worker (a long poll and an idle pooled
+/// connection, or a model download) and room for the demo's own polls and
+/// a browser. Never below the default, so the demo is no stricter than a
+/// deployment.
+pub fn demo_connections_per_address(workers: usize) -> usize {
+    let default = crowdtrain_protocol::config::ServerSection::default().max_connections_per_address as usize;
+    (2 * workers + 32).max(default)
 }
 
 /// Starts the coordinator on a free port and returns its URL.

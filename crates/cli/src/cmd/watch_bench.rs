@@ -15,6 +15,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::demo;
+use crate::browser::Browser;
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -38,6 +39,12 @@ pub struct DashboardBenchArgs {
     /// Directory with the Fashion-MNIST IDX files (default as for `demo`).
     #[arg(long, value_name = "DIR")]
     data: Option<std::path::PathBuf>,
+
+    /// The workers' nice level: on one machine they stand in for other
+    /// machines, and at the same priority 64 of them starve the browser
+    /// (whose page lags by seconds) and the coordinator of the CPU.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    worker_nice: i32,
 
     /// The browser (Debian's `chromium` by default).
     #[arg(long, default_value = "/usr/bin/chromium")]
@@ -71,11 +78,17 @@ struct Run {
     coordinator_cpu_ms_per_round: f64,
     round_seconds_median: Option<f64>,
     seconds: f64,
+    /// With the browser: how long after its close the page showed each
+    /// round that closed while it was open (ms; the page's own record of
+    /// when a round's row first showed it closed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shown_after_close_ms: Vec<u64>,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     workers: usize,
+    worker_nice: i32,
     rounds: u64,
     inner_steps: u64,
     runs: Vec<Run>,
@@ -93,6 +106,10 @@ struct Report {
     /// What a page polling every 500 ms costs the coordinator, from the
     /// cost of a poll: CPU time per second of the run.
     browser_cost_fraction_from_polls: f64,
+    /// Over the browser runs: the median and the slowest delay from a
+    /// round's close to the page showing it.
+    shown_after_close_ms_median: Option<u64>,
+    shown_after_close_ms_max: Option<u64>,
 }
 
 /// How often the dashboard polls (`dashboard.js`'s `POLL_MS`).
@@ -104,7 +121,8 @@ pub fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
         "{} is missing: install Debian's chromium (scripts/install-prerequisites.sh --browser)",
         args.chromium.display()
     );
-    let demo_args = demo::quiet_args(args.workers, args.rounds, args.inner_steps, args.data.as_deref());
+    let mut demo_args = demo::quiet_args(args.workers, args.rounds, args.inner_steps, args.data.as_deref());
+    demo_args.worker_nice = args.worker_nice;
     let mut runs = Vec::new();
     for repeat in 0..args.repeats {
         // Alternate the order, so drift on a shared machine falls on both.
@@ -139,8 +157,13 @@ pub fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
     let cpu_ms_per_poll = median_of(Watcher::Flood, &|run| {
         1e3 * (run.coordinator_cpu_seconds - unwatched_cpu) / run.polls.max(1) as f64
     });
+    let mut shown: Vec<u64> = runs.iter().flat_map(|run| run.shown_after_close_ms.iter().copied()).collect();
+    shown.sort_unstable();
     let report = Report {
+        shown_after_close_ms_median: shown.get(shown.len() / 2).copied(),
+        shown_after_close_ms_max: shown.last().copied(),
         workers: args.workers,
+        worker_nice: args.worker_nice,
         rounds: args.rounds,
         inner_steps: args.inner_steps,
         runs,
@@ -157,13 +180,16 @@ pub fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
     println!(
         "coordinator CPU per round: {:.1} ms unwatched, {:.1} ms with the dashboard open; median round {:.2} s; \
          watching costs {:.2}% of a round\none poll (status and feed) costs the coordinator {:.2} ms CPU: a page \
-         polling twice a second costs {:.2}% of its time",
+         polling twice a second costs {:.2}% of its time\na closed round showed on the page {} ms after its \
+         close (median; slowest {} ms)",
         report.unwatched_cpu_ms_per_round,
         report.watched_cpu_ms_per_round,
         report.round_seconds_median,
         100.0 * report.watching_cost_fraction_of_round,
         report.cpu_ms_per_poll,
-        100.0 * report.browser_cost_fraction_from_polls
+        100.0 * report.browser_cost_fraction_from_polls,
+        report.shown_after_close_ms_median.map_or("-".into(), |ms| ms.to_string()),
+        report.shown_after_close_ms_max.map_or("-".into(), |ms| ms.to_string()),
     );
     Ok(())
 }
@@ -176,7 +202,7 @@ fn measure(args: &demo::DemoArgs, watcher: Watcher, chromium: &std::path::Path) 
     let polls = Arc::new(AtomicU64::new(0));
     let mut sampler = None;
     let mut flood = None;
-    let mut browser: Option<(std::process::Child, tempfile::TempDir)> = None;
+    let mut browser: Option<Browser> = None;
     let report = demo::execute(args, |url, pid, _| {
         let (cpu_ticks, sampled) = (Arc::clone(&cpu_ticks), Arc::clone(&sampling));
         sampler = Some(std::thread::spawn(move || {
@@ -192,42 +218,42 @@ fn measure(args: &demo::DemoArgs, watcher: Watcher, chromium: &std::path::Path) 
             flood = Some(std::thread::spawn(move || flood_polls(&url, &sampling, &polls)));
         }
         if watcher == Watcher::Browser {
-            let profile = tempfile::tempdir()?;
-            let child = std::process::Command::new(chromium)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    // Keeps the browser (and the page) open until killed.
-                    "--remote-debugging-port=0",
-                ])
-                .arg(format!("--user-data-dir={}", profile.path().display()))
-                .arg(url)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .with_context(|| format!("could not start {}", chromium.display()))?;
-            browser = Some((child, profile));
+            let path = chromium.to_str().context("the browser's path is not UTF-8")?;
+            let mut page =
+                Browser::launch_at(path, &std::env::temp_dir().join("crowdtrain-bench-chromium.log"))
+                    .context("could not start the browser")?;
+            page.open(url);
             // The page is showing before the first worker joins.
-            std::thread::sleep(Duration::from_secs(2));
+            page.wait_until(30, "the run", "document.getElementById('connection').textContent === 'live'");
+            browser = Some(page);
         }
         Ok(())
     });
     sampling.store(false, Ordering::Relaxed);
-    if let Some((mut child, _profile)) = browser {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    // When the page saw each round closed (the page's clock is the
+    // coordinator's: one machine).
+    let seen = browser.as_mut().map(|page| {
+        page.eval(
+            "Object.fromEntries([...document.querySelectorAll('#rounds tr[data-closed-seen-at]')]\
+               .filter((row) => row.dataset.closedSeenAt).map((row) => [row.dataset.round, Number(row.dataset.closedSeenAt)]))",
+        )
+    });
+    drop(browser);
     for thread in [sampler, flood].into_iter().flatten() {
         let _ = thread.join();
     }
     let report = report?;
+    let shown_after_close_ms = match &seen {
+        Some(seen) => report
+            .rounds
+            .iter()
+            .filter_map(|round| {
+                let shown = seen[round.round.to_string()].as_u64()?;
+                Some(shown.saturating_sub(round.closed_unix_ms?))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     // SAFETY: sysconf only reads a constant of the system.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_seconds = cpu_ticks.load(Ordering::Relaxed) as f64 / ticks_per_second;
@@ -244,6 +270,7 @@ fn measure(args: &demo::DemoArgs, watcher: Watcher, chromium: &std::path::Path) 
         coordinator_cpu_ms_per_round: 1e3 * cpu_seconds / rounds.max(1) as f64,
         round_seconds_median: report.round_seconds_median,
         seconds: report.seconds,
+        shown_after_close_ms,
     })
 }
 

@@ -4,8 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use crowdtrain_node::worker::{Behavior, Choose, WorkerOptions, run_worker};
+use std::io::Write;
+
+use crowdtrain_node::NodeError;
+use crowdtrain_node::worker::{Behavior, Choose, WorkerEvent, WorkerOptions, WorkerSummary, run_worker};
 use crowdtrain_protocol::PublicKey;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
 use crate::output;
 
@@ -79,8 +84,31 @@ pub struct WorkerArgs {
     option: Option<u32>,
 
     /// Print a JSON summary on stdout when the run ends.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "json_log")]
     json: bool,
+
+    /// Instead of progress bars and lines for people, print one JSON
+    /// object per line on stdout as things happen. Every object has an
+    /// "event" key:
+    /// `registered` {worker, run_id};
+    /// `round_started` {round, steps, batch, slot, participants, base_model};
+    /// `progress` {round, step, steps, samples_per_second} (every
+    /// --progress-every steps, and the last);
+    /// `uploaded` {round, what: commitment|reveal|audit_answer, bytes,
+    /// status, reason};
+    /// `round_summary` {round, round_state, accepted, work, refused,
+    /// audited, verdict, slashed, reward, totals: {submissions_accepted,
+    /// verified_work, audits_passed, audits_failed, slashed, credits}},
+    /// once the round has closed;
+    /// `note` {message};
+    /// `finished` {rounds, model, totals};
+    /// `exit` {summary} or `error` {message} last.
+    #[arg(long, verbatim_doc_comment)]
+    json_log: bool,
+
+    /// With --json-log, a progress line at most every this many inner steps.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_every: u64,
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -112,7 +140,15 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let summary = runtime.block_on(run_worker(options, |news| eprintln!("{news}")))?;
+    if args.json_log {
+        let mut log = JsonLog::new(args.progress_every);
+        let result = runtime.block_on(run_worker(options, |event| log.event(event)));
+        return log.exit(result);
+    }
+    let mut view = View::default();
+    let summary = runtime.block_on(run_worker(options, |event| view.event(event)));
+    drop(view);
+    let summary = summary?;
     if args.json {
         return output::print_json(&summary);
     }
@@ -132,6 +168,133 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         output::bytes(summary.bytes_downloaded)
     );
     Ok(())
+}
+
+/// The worker's view for people, on stderr: a bar per round (inner steps
+/// and samples per second, then the upload in bytes) and one line per
+/// event worth reading. Bars draw only on a terminal (indicatif hides
+/// them otherwise); the lines are always printed, so logs keep them.
+#[derive(Default)]
+struct View {
+    bar: Option<ProgressBar>,
+}
+
+impl View {
+    fn event(&mut self, event: &WorkerEvent) {
+        match event {
+            WorkerEvent::RoundStarted { round, steps, .. } => {
+                self.finish();
+                let bar = ProgressBar::new(*steps);
+                bar.set_style(style("{prefix:>10} [{bar:30}] {pos}/{len} steps {msg} ({elapsed})"));
+                bar.set_prefix(format!("round {round}"));
+                self.bar = Some(bar);
+            }
+            WorkerEvent::Progress { step, samples_per_second, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*step);
+                    bar.set_message(format!("{samples_per_second:.0} samples/s"));
+                }
+            }
+            WorkerEvent::Uploading { what, sent, bytes, .. } => {
+                if let Some(bar) = &self.bar {
+                    if bar.length() != Some(*bytes) || bar.message() != what.to_string() {
+                        bar.set_style(style(
+                            "{prefix:>10} [{bar:30}] {msg} {bytes}/{total_bytes} {bytes_per_sec}",
+                        ));
+                        bar.set_length(*bytes);
+                        bar.set_message(what.to_string());
+                        bar.reset_elapsed();
+                    }
+                    bar.set_position(*sent);
+                }
+            }
+            _ => {}
+        }
+        if let Some(line) = event.line() {
+            match &self.bar {
+                Some(bar) => bar.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        }
+        if matches!(event, WorkerEvent::RoundSummary(_) | WorkerEvent::Finished { .. }) {
+            self.finish();
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("static template is valid").progress_chars("=> ")
+}
+
+/// `--json-log`: one JSON object per line on stdout (the keys are
+/// documented in `--help` and README), flushed line by line so that a
+/// reader sees each event as it happens.
+struct JsonLog {
+    every: u64,
+    /// The last step a progress line was printed for.
+    last_step: Option<u64>,
+}
+
+impl JsonLog {
+    fn new(every: u64) -> Self {
+        Self { every, last_step: None }
+    }
+
+    fn event(&mut self, event: &WorkerEvent) {
+        match event {
+            WorkerEvent::RoundStarted { .. } => self.last_step = None,
+            WorkerEvent::Progress { step, steps, .. } => {
+                let due = self.last_step.is_none_or(|last| *step >= last + self.every) || step >= steps;
+                if !due || self.last_step == Some(*step) {
+                    return;
+                }
+                self.last_step = Some(*step);
+            }
+            // Bytes as they go are for bars; machines get `uploaded`.
+            WorkerEvent::Uploading { .. } => return,
+            _ => {}
+        }
+        Self::line(event);
+    }
+
+    fn line<T: Serialize>(value: &T) {
+        let mut stdout = std::io::stdout().lock();
+        // A closed pipe is the reader's business; the worker goes on.
+        let _ = serde_json::to_writer(&mut stdout, value).map_err(std::io::Error::from);
+        let _ = writeln!(stdout);
+        let _ = stdout.flush();
+    }
+
+    fn exit(self, result: Result<WorkerSummary, NodeError>) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        #[serde(tag = "event", rename_all = "snake_case")]
+        enum Exit<'a> {
+            Exit { summary: &'a WorkerSummary },
+            Error { message: String },
+        }
+        match result {
+            Ok(summary) => {
+                Self::line(&Exit::Exit { summary: &summary });
+                Ok(())
+            }
+            Err(error) => {
+                Self::line(&Exit::Error { message: error.to_string() });
+                Err(error.into())
+            }
+        }
+    }
 }
 
 fn default_cache() -> PathBuf {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses part of the harness
 
+/// The same DevTools client `crowdtrain bench dashboard` uses.
+#[path = "../../src/browser.rs"]
 pub mod browser;
 
 use std::io::{BufRead, BufReader};
@@ -163,6 +165,13 @@ impl Network {
         self.start_worker_full(index, "honest", 1, &[], args);
     }
 
+    /// Worker `index` with `behavior` on one thread, logging JSON lines
+    /// (`--json-log`) on its stdout, with more arguments.
+    pub fn start_worker_logged(&mut self, index: usize, behavior: &str, args: &[&str]) {
+        let args: Vec<&str> = ["--json-log"].into_iter().chain(args.iter().copied()).collect();
+        self.start_worker_full(index, behavior, 1, &[], &args);
+    }
+
     fn start_worker_full(
         &mut self,
         index: usize,
@@ -180,8 +189,11 @@ impl Network {
             std::fs::write(&token, self.admission_token()).unwrap();
         }
         let log = std::fs::File::create(self.path(&format!("worker-{index}.log"))).unwrap();
+        // `--json` for its summary at the end, unless it logs JSON lines.
+        let summary = (!args.contains(&"--json-log")).then_some("--json");
         let child = Command::new(binary())
-            .args(["worker", "--coordinator", &self.url(), "--give-up-after", "60", "--json"])
+            .args(["worker", "--coordinator", &self.url(), "--give-up-after", "60"])
+            .args(summary)
             .args(["--threads", &threads.to_string(), "--behavior", behavior])
             .arg("--key")
             .arg(&key)

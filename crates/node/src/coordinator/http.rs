@@ -108,6 +108,10 @@ const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
 const STATUS_ROUNDS_MAX: u64 = 1000;
 const STATUS_ROUNDS_DEFAULT: u64 = 100;
 
+/// A worker's own view lists at most this many of its rounds.
+const WORKER_ROUNDS_MAX: u64 = 64;
+const WORKER_ROUNDS_DEFAULT: u64 = 16;
+
 /// Serves the API on `listener` until `shutdown` resolves, with the timer
 /// that enforces round deadlines. Returns an error if the node hit a state
 /// it cannot safely continue from (a failed write): the process should
@@ -133,6 +137,7 @@ pub async fn serve(
         .route("/v1/run", get(run_info))
         .route("/v1/contract", get(contract_menu))
         .route("/v1/workers", post(register))
+        .route("/v1/workers/{worker}", get(worker_view))
         .route("/v1/round", get(round))
         .route("/v1/models/{digest}", get(model))
         .route("/v1/rounds/{round}/commitments", post(commitment))
@@ -810,6 +815,30 @@ async fn ledger_entry(
     };
     match blocking(move || node.ledger_entry(index)).await {
         Ok(entry) => Json(entry).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// `GET /v1/workers/{id}?rounds_from=R&rounds_limit=N`: one worker's
+/// totals and its rounds (what its own round summaries read): a few
+/// indexed rows, whatever the number of workers.
+async fn worker_view(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let (Ok(Path(worker)), Ok(Query(query))) = (path, query) else {
+        return Failure::new(
+            ErrorCode::BadRequest,
+            "a worker is named by its number; rounds_from and rounds_limit are round counts",
+        )
+        .into_response();
+    };
+    let limit = query.rounds_limit.unwrap_or(WORKER_ROUNDS_DEFAULT).min(WORKER_ROUNDS_MAX);
+    match blocking(move || node.worker_view(crowdtrain_protocol::WorkerId(worker), query.rounds_from, limit))
+        .await
+    {
+        Ok(view) => Json(view).into_response(),
         Err(failure) => failure.into_response(),
     }
 }

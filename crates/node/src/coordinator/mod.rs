@@ -32,7 +32,7 @@ use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
     AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Phase,
-    Receipt, ReceiptStatus, Registration, RunInfo, RunStatus, Stage,
+    Receipt, ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
@@ -150,6 +150,10 @@ pub struct Node {
     /// A read-only connection for the status page, apart from the writer's
     /// lock: looking at the run never delays it.
     reader: Mutex<Store>,
+    /// The database's part of the last status page, by the reader's data
+    /// version: the dashboards polling twice a second each read the
+    /// database once per change, not once per poll.
+    status_cache: Mutex<Option<StatusRead>>,
     /// A second writer connection that only checkpoints the WAL, from the
     /// background after each round, so no request ever pays for it.
     maintenance: Mutex<Store>,
@@ -414,6 +418,7 @@ impl Node {
             scoring: Mutex::new(scoring),
             background,
             reader: Mutex::new(reader),
+            status_cache: Mutex::new(None),
             maintenance: Mutex::new(maintenance),
             evaluations: Mutex::new(evaluations),
             admission,
@@ -1427,22 +1432,14 @@ impl Node {
                 last_seen,
             )
         };
-        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut workers = reader.worker_statuses().map_err(Failure::internal)?;
+        let StatusRead { mut workers, rounds, rounds_total, test_accuracy, .. } =
+            self.status_read(from, limit)?;
         for worker in &mut workers {
             worker.active = active.contains(&worker.worker);
             worker.last_seen_unix_ms = usize::try_from(worker.worker.0)
                 .ok()
                 .and_then(|index| last_seen.get(index).copied().flatten());
         }
-        let rounds_total = reader.round_count().map_err(Failure::internal)?;
-        let from = from.unwrap_or(rounds_total.saturating_sub(limit));
-        let rounds = reader.round_records_page(from, limit).map_err(Failure::internal)?;
-        let test_accuracy = match rounds.iter().rev().find_map(|round| round.test_accuracy) {
-            Some(accuracy) => Some(accuracy),
-            None => reader.latest_test_accuracy().map_err(Failure::internal)?,
-        };
-        drop(reader);
         Ok(RunStatus {
             run_id: self.run_id,
             phase,
@@ -1462,6 +1459,30 @@ impl Node {
             opened_ahead: self.opened_ahead.load(Ordering::Relaxed),
             withdrawn_ahead: self.withdrawn_ahead.load(Ordering::Relaxed),
         })
+    }
+
+    /// What the status page reads from the database for rounds `from`
+    /// (the latest if `None`) on, at most `limit`: read again only once
+    /// the database has changed (SQLite's `data_version` of the reader's
+    /// connection) or another page is asked for.
+    fn status_read(&self, from: Option<RoundId>, limit: u64) -> Result<StatusRead, Failure> {
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let version = reader.data_version().map_err(Failure::internal)?;
+        let mut cache = self.status_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(cached) = cache.as_ref().filter(|cached| cached.key == (version, from, limit)) {
+            return Ok(cached.clone());
+        }
+        let workers = reader.worker_statuses().map_err(Failure::internal)?;
+        let rounds_total = reader.round_count().map_err(Failure::internal)?;
+        let first = from.unwrap_or(rounds_total.saturating_sub(limit));
+        let rounds = reader.round_records_page(first, limit).map_err(Failure::internal)?;
+        let test_accuracy = match rounds.iter().rev().find_map(|round| round.test_accuracy) {
+            Some(accuracy) => Some(accuracy),
+            None => reader.latest_test_accuracy().map_err(Failure::internal)?,
+        };
+        let read = StatusRead { key: (version, from, limit), workers, rounds, rounds_total, test_accuracy };
+        *cache = Some(read.clone());
+        Ok(read)
     }
 
     /// The bytes of a model checkpoint workers may download (the latest
@@ -1511,6 +1532,33 @@ impl Node {
         Ok(LedgerPage { entries, length })
     }
 
+    /// One worker's totals and at most `limit` of its rounds from `from`
+    /// on (the latest ones if `from` is not given).
+    fn worker_view(
+        &self,
+        worker: WorkerId,
+        from: Option<RoundId>,
+        limit: u64,
+    ) -> Result<WorkerView, Failure> {
+        let (active, last_seen, opened) = {
+            let inner = self.lock();
+            let opened =
+                inner.machine.open_round().map_or(inner.machine.completed_rounds(), |open| open.id + 1);
+            (inner.machine.is_active(worker), inner.machine.last_seen_ms(worker), opened)
+        };
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut totals = reader
+            .worker_status(worker)
+            .map_err(Failure::internal)?
+            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no worker {worker} in this run")))?;
+        let from = from.unwrap_or(opened.saturating_sub(limit));
+        let rounds = reader.worker_rounds(worker, from, limit).map_err(Failure::internal)?;
+        drop(reader);
+        totals.active = active;
+        totals.last_seen_unix_ms = last_seen;
+        Ok(WorkerView { totals, rounds })
+    }
+
     /// `GET /v1/ledger/{index}`: one entry, decoded.
     fn ledger_entry(&self, index: u64) -> Result<LedgerEntryView, Failure> {
         let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -1520,6 +1568,17 @@ impl Node {
             sealed.ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no ledger entry {index}")))?;
         entry_view(&sealed)
     }
+}
+
+/// The database's part of a status page, and what it was read for: the
+/// reader's data version and the page asked for.
+#[derive(Clone)]
+struct StatusRead {
+    key: (i64, Option<RoundId>, u64),
+    workers: Vec<crowdtrain_protocol::wire::WorkerStatus>,
+    rounds: Vec<crowdtrain_protocol::wire::RoundRecord>,
+    rounds_total: u64,
+    test_accuracy: Option<f64>,
 }
 
 /// A stored ledger entry as people read it.

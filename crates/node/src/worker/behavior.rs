@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crowdtrain_data::RngKey;
 use crowdtrain_data::rng::{keyed_rng, standard_normal};
@@ -205,6 +206,8 @@ pub struct Work<'a> {
     pub shards: &'a Shards,
     /// The same images with flipped labels, for `label-flip`.
     pub flipped: Option<&'a RunData>,
+    /// Counts the inner steps trained so far (for the worker's progress).
+    pub steps_done: &'a AtomicU64,
 }
 
 impl Work<'_> {
@@ -225,6 +228,9 @@ impl Work<'_> {
             source.as_ref(),
             key,
             assignment.segments,
+            &mut || {
+                self.steps_done.fetch_add(1, Ordering::Relaxed);
+            },
         )?)
     }
 
@@ -327,7 +333,9 @@ fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
     for segment in 1..=assignment.segments {
         let (_, end) = segment_range(steps, assignment.segments, segment);
         let honest = honest_until.saturating_sub(state.step).min(end - state.step);
-        trainer.run_on(&mut state, source.as_ref(), assignment.rng_key(), honest, |_, _| {})?;
+        trainer.run_on(&mut state, source.as_ref(), assignment.rng_key(), honest, |_, _| {
+            work.steps_done.fetch_add(1, Ordering::Relaxed);
+        })?;
         state.step = end;
         boundaries.push(state.clone());
     }

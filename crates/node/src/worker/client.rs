@@ -1,6 +1,7 @@
 //! The worker's HTTP client: signs every request, retries what can be
 //! retried, and gives up with the reason when the coordinator stays away.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,9 @@ use crate::NodeError;
 /// [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Idle connections are kept this long for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// A response the caller must look at: a success, or a refusal (4xx) with
 /// the coordinator's reason.
@@ -67,6 +71,12 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(10))
+            // Below the coordinator's idle limit (`server.header_timeout_ms`,
+            // 10 s by default): a connection idle while the worker loads its
+            // data or trains is dropped here first, not reused just as the
+            // coordinator closes it ("connection closed before message
+            // completed").
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|error| NodeError::Untrusted(format!("could not build an HTTP client: {error}")))?;
         Ok(Self {
@@ -121,6 +131,20 @@ impl Client {
         body: Vec<u8>,
         headers: &[(&str, String)],
     ) -> Result<Answer, NodeError> {
+        self.request_counted(method, path_and_query, body, headers, None).await
+    }
+
+    /// [`Client::request`], counting the body's bytes into `sent` as they
+    /// go out (from zero again on each attempt): what an upload's progress
+    /// bar shows.
+    pub async fn request_counted(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+        sent: Option<&Arc<AtomicU64>>,
+    ) -> Result<Answer, NodeError> {
         let mut started = Instant::now();
         let mut backoff = BACKOFF_START;
         let declared = BodyDeclaration::of(&body);
@@ -143,7 +167,16 @@ impl Client {
             for (name, value) in headers {
                 request = request.header(*name, value);
             }
-            let outcome = match request.body(body.clone()).send().await {
+            let request = match sent {
+                Some(sent) if !body.is_empty() => {
+                    sent.store(0, Ordering::Relaxed);
+                    request
+                        .header(reqwest::header::CONTENT_LENGTH, body.len())
+                        .body(counted_body(body.clone(), Arc::clone(sent)))
+                }
+                _ => request.body(body.clone()),
+            };
+            let outcome = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
                     let retry_after = response
@@ -211,6 +244,20 @@ impl Client {
     pub fn give_up_after(&self) -> Duration {
         self.give_up_after
     }
+}
+
+/// Uploads are handed to the connection in pieces of this size, so that
+/// their progress can be counted.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+
+/// `body` as a stream of pieces, each counted into `sent` as the
+/// connection takes it (its length is declared in the headers).
+fn counted_body(body: Vec<u8>, sent: Arc<AtomicU64>) -> reqwest::Body {
+    let pieces: Vec<Vec<u8>> = body.chunks(UPLOAD_CHUNK).map(<[u8]>::to_vec).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces.into_iter().map(move |piece| {
+        sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        Ok::<_, std::convert::Infallible>(piece)
+    })))
 }
 
 /// A transport error in words, with its cause chain.

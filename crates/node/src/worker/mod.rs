@@ -10,6 +10,7 @@
 
 mod behavior;
 mod client;
+mod events;
 mod reward;
 
 pub use reward::{FetchedReward, fetch_reward};
@@ -17,7 +18,7 @@ pub use reward::{FetchedReward, fetch_reward};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crowdtrain_data::text::TokenizerSpec;
@@ -25,6 +26,7 @@ use crowdtrain_protocol::config::AdmissionMode;
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::wire::{
     ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
+    WorkerStatus, WorkerView,
 };
 use crowdtrain_protocol::{Digest, PublicKey, RoundId, RoundView, Signed, WorkerId};
 use crowdtrain_store::{CheckpointKind, checkpoint};
@@ -36,6 +38,7 @@ use tokio::io::AsyncWriteExt;
 pub use behavior::{Behavior, Produced};
 use behavior::{Work, produce, tampered};
 pub use client::{Answer, Client};
+pub use events::{RoundSummary, Totals, Upload, WorkerEvent};
 
 use crate::NodeError;
 use crate::data::{RunData, Shards};
@@ -120,10 +123,11 @@ pub struct WorkerSummary {
 }
 
 /// Runs a worker until the run finishes (Ok) or it must give up (Err).
-/// `on_round` sees one line of news per round.
+/// `on_event` sees what happens as it happens: training progress, uploads,
+/// one summary per round once the round closes (see [`WorkerEvent`]).
 pub async fn run_worker(
     options: WorkerOptions,
-    mut on_round: impl FnMut(&str),
+    mut on_event: impl FnMut(&WorkerEvent),
 ) -> Result<WorkerSummary, NodeError> {
     let identity = crate::files::load_identity(&options.key)?;
     let behavior = options.behavior;
@@ -177,7 +181,7 @@ pub async fn run_worker(
 
     let choice = match options.choose {
         Some(choose) => {
-            let (option, choice) = choose_option(&client, &run, &coordinator, choose, &mut on_round).await?;
+            let (option, choice) = choose_option(&client, &run, &coordinator, choose, &mut on_event).await?;
             summary.option = Some(option);
             Some(choice)
         }
@@ -192,7 +196,7 @@ pub async fn run_worker(
     };
     let registered_at = Instant::now();
     let registration =
-        register(&client, &run, options.admission_token.as_deref(), choice, &mut on_round).await?;
+        register(&client, &run, options.admission_token.as_deref(), choice, &mut on_event).await?;
     let registration: Signed<Registration> = registration.json()?;
     let registration = verified(&registration, &coordinator, "registration")?;
     if registration.public_key != client.identity().public_key() || registration.run_id != run.run_id {
@@ -200,7 +204,7 @@ pub async fn run_worker(
     }
     let me = registration.worker;
     summary.worker = Some(me);
-    on_round(&format!("registered as {me} in run {}", &run.run_id.to_hex()[..16]));
+    on_event(&WorkerEvent::Registered { worker: me, run_id: run.run_id });
 
     let pool = training_pool(options.threads)?;
     let mut models = ModelCache::new(&options.cache, model.as_ref())?;
@@ -212,6 +216,7 @@ pub async fn run_worker(
     // Provisional rounds trained for and then withdrawn, by base model.
     let mut withdrawn: std::collections::HashSet<(RoundId, Digest)> = Default::default();
     let mut previous: Option<Produced> = None;
+    let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None };
     loop {
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
         let answer =
@@ -221,6 +226,7 @@ pub async fn run_worker(
         if view.run_id != run.run_id {
             return Err(NodeError::Untrusted("a round view for another run".into()));
         }
+        summaries.on_view(&client, &view, &mut on_event).await?;
         if let (Some(task), Some(round)) = (view.audit_task, view.round)
             && behavior != Behavior::NoAnswer
             && audited.insert((round, task.worker))
@@ -237,24 +243,26 @@ pub async fn run_worker(
             match auditing.replay(&mut models, &mut shards, round, task).await? {
                 Ok(status) => {
                     summary.audits_judged += 1;
-                    on_round(&format!(
+                    on_event(&note(format!(
                         "round {round}: replayed {}'s segment {}: {status}",
                         task.worker, task.segment
-                    ));
+                    )));
                 }
                 Err(reason) => {
                     summary.refused += 1;
-                    on_round(&format!("round {round}: audit of {} refused: {reason}", task.worker));
+                    on_event(&note(format!("round {round}: audit of {} refused: {reason}", task.worker)));
                 }
             }
             continue;
         }
         if view.phase == Phase::Finished {
             summary.finished = true;
-            on_round(&format!(
-                "run finished after {} rounds; final model {}",
-                view.completed_rounds, view.model
-            ));
+            let totals = summaries.flush(&client, &mut on_event).await?;
+            on_event(&WorkerEvent::Finished {
+                rounds: view.completed_rounds,
+                model: view.model,
+                totals: totals.as_ref().map(Totals::from),
+            });
             break;
         }
         let Some(assignment) =
@@ -278,7 +286,7 @@ pub async fn run_worker(
             .filter(|(held, _)| *held == round && view.committed)
             .zip(view.audit.filter(|_| !view.audit_answered && behavior != Behavior::NoAnswer))
         {
-            answer_audit(&client, &coordinator, round, produced, segment, &mut summary, &mut on_round)
+            answer_audit(&client, &coordinator, round, produced, segment, &mut summary, &mut on_event)
                 .await?;
         }
         match view.phase {
@@ -288,17 +296,44 @@ pub async fn run_worker(
                     summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
                 }
                 let round_shards = shards_for(&mut shards, &assignment, &dataset)?;
+                summaries.pending.insert(round);
+                let steps = assignment.recipe.inner_steps;
+                let batch = assignment.recipe.batch() as u64;
+                on_event(&WorkerEvent::RoundStarted {
+                    round,
+                    steps,
+                    batch,
+                    slot: assignment.slot,
+                    participants: assignment.slots,
+                    base_model: assignment.base_model,
+                });
                 let started = Instant::now();
+                let steps_done = Arc::new(AtomicU64::new(0));
+                let mut reported = 0;
+                let mut report_progress = |on_event: &mut dyn FnMut(&WorkerEvent)| {
+                    let step = steps_done.load(Ordering::Relaxed);
+                    if step != reported {
+                        reported = step;
+                        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+                        on_event(&WorkerEvent::Progress {
+                            round,
+                            step,
+                            steps,
+                            samples_per_second: (step * batch) as f64 / seconds,
+                        });
+                    }
+                };
                 let produced = {
-                    let (assignment, dataset, model, pool, previous, flipped) = (
+                    let (assignment, dataset, model, pool, previous, flipped, counter) = (
                         assignment.clone(),
                         Arc::clone(&dataset),
                         Arc::clone(&model),
                         Arc::clone(&pool),
                         previous.clone(),
                         flipped.clone(),
+                        Arc::clone(&steps_done),
                     );
-                    tokio::task::spawn_blocking(move || {
+                    let training = tokio::task::spawn_blocking(move || {
                         let work = Work {
                             model: model.as_ref(),
                             assignment: &assignment,
@@ -306,11 +341,15 @@ pub async fn run_worker(
                             data: &dataset,
                             shards: &round_shards,
                             flipped: flipped.as_deref(),
+                            steps_done: &counter,
                         };
                         pool.install(|| produce(behavior, &work, previous.as_ref()))
-                    })
-                    .await
-                    .expect("training does not panic")?
+                    });
+                    let produced = while_ticking(training, || report_progress(&mut on_event))
+                        .await
+                        .expect("training does not panic")?;
+                    report_progress(&mut on_event);
+                    produced
                 };
                 summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
@@ -345,7 +384,10 @@ pub async fn run_worker(
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(PROVISIONAL_RETRY_MAX);
                 };
-                match receipt(&answer, &coordinator)? {
+                let receipt = receipt(&answer, &coordinator)?;
+                let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
+                on_event(&uploaded(round, Upload::Commitment, body.len() as u64, status));
+                match receipt {
                     Ok(receipt) if receipt.status == ReceiptStatus::Accepted => {
                         summary.commitments += 1;
                         // Drawn for audit: the answer goes first, at once,
@@ -359,20 +401,15 @@ pub async fn run_worker(
                                 &produced,
                                 segment,
                                 &mut summary,
-                                &mut on_round,
+                                &mut on_event,
                             )
                             .await?;
                         }
                         current = Some((round, produced));
                     }
-                    Ok(receipt) => {
-                        let status = receipt.status;
-                        on_round(&format!("round {round}: commitment recorded as {status}; moving on"));
-                        last_done = Some(round);
-                    }
-                    Err(reason) => {
+                    Ok(_) => last_done = Some(round),
+                    Err(_) => {
                         summary.refused += 1;
-                        on_round(&format!("round {round}: commitment refused: {reason}"));
                         // A provisional round withdrawn under us (an audit
                         // of the round before failed) opens again on
                         // another model: train again on that one (once per
@@ -402,25 +439,16 @@ pub async fn run_worker(
                     };
                     let bytes = payload.len() as u64;
                     let path = format!("/v1/rounds/{round}/reveals?base_model={base}");
-                    let answer = client
-                        .request(
-                            Method::POST,
-                            &path,
-                            payload,
-                            &[("content-type", "application/octet-stream".into())],
-                        )
-                        .await?;
+                    let answer =
+                        upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?;
                     summary.bytes_uploaded += bytes;
-                    match receipt_status(&answer, &coordinator)? {
-                        Ok(status) => {
-                            summary.reveals_accepted += u64::from(status == ReceiptStatus::Accepted);
-                            on_round(&format!("round {round}: revealed {bytes} bytes: {status}"));
-                        }
-                        Err(reason) => {
-                            summary.refused += 1;
-                            on_round(&format!("round {round}: reveal refused: {reason}"));
-                        }
+                    let status = receipt_status(&answer, &coordinator)?;
+                    if let Ok(status) = &status {
+                        summary.reveals_accepted += u64::from(*status == ReceiptStatus::Accepted);
+                    } else {
+                        summary.refused += 1;
                     }
+                    on_event(&uploaded(round, Upload::Reveal, bytes, status));
                 }
                 last_done = Some(round);
             }
@@ -429,6 +457,165 @@ pub async fn run_worker(
     }
     summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
     Ok(summary)
+}
+
+/// Progress is reported at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Awaits `task`, calling `tick` every [`PROGRESS_INTERVAL`] meanwhile.
+async fn while_ticking<T>(task: impl std::future::Future<Output = T>, mut tick: impl FnMut()) -> T {
+    let mut task = std::pin::pin!(task);
+    let mut interval = tokio::time::interval(PROGRESS_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            done = &mut task => return done,
+            _ = interval.tick() => tick(),
+        }
+    }
+}
+
+/// Sends an upload, reporting the bytes sent as they go.
+async fn upload(
+    client: &Client,
+    round: RoundId,
+    what: Upload,
+    path: &str,
+    body: Vec<u8>,
+    on_event: &mut impl FnMut(&WorkerEvent),
+) -> Result<Answer, NodeError> {
+    let bytes = body.len() as u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut reported = None;
+    let headers = [("content-type", "application/octet-stream".to_owned())];
+    let request = client.request_counted(Method::POST, path, body, &headers, Some(&sent));
+    while_ticking(request, || {
+        let now = sent.load(Ordering::Relaxed);
+        if reported != Some(now) {
+            reported = Some(now);
+            on_event(&WorkerEvent::Uploading { round, what, sent: now, bytes });
+        }
+    })
+    .await
+}
+
+/// The event for an upload's answer.
+fn uploaded(round: RoundId, what: Upload, bytes: u64, status: Result<ReceiptStatus, String>) -> WorkerEvent {
+    match status {
+        Ok(status) => WorkerEvent::Uploaded { round, what, bytes, status: status.to_string(), reason: None },
+        Err(reason) => {
+            WorkerEvent::Uploaded { round, what, bytes, status: "refused".into(), reason: Some(reason) }
+        }
+    }
+}
+
+fn note(message: String) -> WorkerEvent {
+    WorkerEvent::Note { message }
+}
+
+/// The rounds this worker trained for whose summaries are still due: each
+/// is read from the coordinator (`GET /v1/workers/{id}`) once the round has
+/// closed, so that it says what the ledger says.
+struct Summaries {
+    worker: WorkerId,
+    pending: std::collections::BTreeSet<RoundId>,
+    /// The round and phase last looked at (one look per change).
+    checked: Option<(Option<RoundId>, Phase)>,
+}
+
+/// Summaries are read for at most this many rounds at once (the
+/// coordinator's page size); older pending ones are dropped.
+const SUMMARY_ROUNDS_MAX: u64 = 64;
+
+/// At the run's end, the worker waits at most this long for its last
+/// rounds to be scored before it reports its totals.
+const SCORES_WAIT_MAX: Duration = Duration::from_secs(30);
+
+impl Summaries {
+    /// Emits the summaries of pending rounds that have closed, once per
+    /// change of round or phase, when the view is past one of them.
+    async fn on_view(
+        &mut self,
+        client: &Client,
+        view: &RoundView,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Result<(), NodeError> {
+        let key = (view.round, view.phase);
+        let past_one = match (self.pending.first(), view.round) {
+            (Some(first), Some(round)) => round > *first || view.phase == Phase::Finished,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !past_one || self.checked == Some(key) {
+            return Ok(());
+        }
+        self.checked = Some(key);
+        if let Some(view) = self.read(client, on_event).await? {
+            self.emit(view, false, on_event);
+        }
+        Ok(())
+    }
+
+    /// When the run has finished: waits (a little) for the last rounds'
+    /// scores, so that the totals are the run's final ones, then emits
+    /// every pending summary and returns the worker's totals.
+    async fn flush(
+        &mut self,
+        client: &Client,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Result<Option<WorkerStatus>, NodeError> {
+        let deadline = Instant::now() + SCORES_WAIT_MAX;
+        loop {
+            let Some(view) = self.read(client, on_event).await? else { return Ok(None) };
+            let scored = view.rounds.iter().all(|round| {
+                round.scored || round.round_state != crowdtrain_protocol::coordinator::RoundState::Closed
+            });
+            if scored || Instant::now() >= deadline {
+                return Ok(Some(self.emit(view, true, on_event)));
+            }
+            tokio::time::sleep(PROGRESS_INTERVAL).await;
+        }
+    }
+
+    /// Reads this worker's pending rounds (or its latest, with none
+    /// pending); `None` if the coordinator would not say.
+    async fn read(
+        &mut self,
+        client: &Client,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Result<Option<WorkerView>, NodeError> {
+        if let Some(&last) = self.pending.last() {
+            self.pending.retain(|&round| round + SUMMARY_ROUNDS_MAX > last);
+        }
+        let from = self.pending.first().map_or(String::new(), |first| format!("rounds_from={first}&"));
+        let path = format!("/v1/workers/{}?{from}rounds_limit={SUMMARY_ROUNDS_MAX}", self.worker.0);
+        let answer = client.request(Method::GET, &path, Vec::new(), &[]).await?;
+        if !answer.status.is_success() {
+            // A view, not the work: the next change of round tries again.
+            on_event(&note(format!("could not read this worker's rounds: {}", answer.reason())));
+            return Ok(None);
+        }
+        let view: WorkerView = answer.json()?;
+        if view.totals.worker != self.worker {
+            return Err(NodeError::Untrusted("the rounds of another worker".into()));
+        }
+        Ok(Some(view))
+    }
+
+    /// Emits the summaries of the pending rounds in `view` that have
+    /// closed (all of them if `all`); returns the totals.
+    fn emit(&mut self, view: WorkerView, all: bool, on_event: &mut impl FnMut(&WorkerEvent)) -> WorkerStatus {
+        for round in &view.rounds {
+            let closed = round.round_state != crowdtrain_protocol::coordinator::RoundState::Open;
+            if (closed || all) && self.pending.remove(&round.round) {
+                on_event(&WorkerEvent::RoundSummary(RoundSummary::new(round, &view.totals)));
+            }
+        }
+        if all {
+            self.pending.clear();
+        }
+        view.totals
+    }
 }
 
 /// Registration waits this long after a refusal that can pass (the run is
@@ -448,7 +635,7 @@ async fn choose_option(
     run: &RunInfo,
     coordinator: &PublicKey,
     choose: Choose,
-    on_round: &mut impl FnMut(&str),
+    on_event: &mut impl FnMut(&WorkerEvent),
 ) -> Result<(u32, ContractChoice), NodeError> {
     if run.config.contract.is_none() {
         return Err(NodeError::Contract("this run offers no contract: drop --cost and --option".into()));
@@ -468,12 +655,12 @@ async fn choose_option(
         Choose::Cost(cost) => format!(", expected utility {:.4}", chosen.utility_for(cost)),
         Choose::Option(_) => String::new(),
     };
-    on_round(&format!(
+    on_event(&note(format!(
         "chose option {option} of {}: deliver {} verified work units for a model reward of expected value {:.4}{utility}",
         menu.options.len(),
         chosen.required_contribution,
         chosen.expected_reward_value,
-    ));
+    )));
     let option = option as u32;
     Ok((option, ContractChoice::sign(client.identity(), run.run_id, option)))
 }
@@ -483,7 +670,7 @@ async fn register(
     run: &RunInfo,
     token: Option<&str>,
     choice: Option<ContractChoice>,
-    on_round: &mut impl FnMut(&str),
+    on_event: &mut impl FnMut(&WorkerEvent),
 ) -> Result<Answer, NodeError> {
     let class = crowdtrain_train::kernels::active_path().name();
     let request = RegisterRequest { class: class.to_owned(), token: token.map(str::to_owned), choice };
@@ -513,7 +700,11 @@ async fn register(
             };
             return Err(NodeError::Refused(format!("registering: {}{hint}", answer.reason())));
         }
-        on_round(&format!("not registered yet: {}; trying again in {} s", answer.reason(), wait.as_secs()));
+        on_event(&note(format!(
+            "not registered yet: {}; trying again in {} s",
+            answer.reason(),
+            wait.as_secs()
+        )));
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(REGISTRATION_RETRY_MAX);
     }
@@ -528,7 +719,7 @@ async fn answer_audit(
     produced: &Produced,
     segment: u32,
     summary: &mut WorkerSummary,
-    on_round: &mut impl FnMut(&str),
+    on_event: &mut impl FnMut(&WorkerEvent),
 ) -> Result<(), NodeError> {
     // The segment comes from the coordinator (a receipt or a round view).
     let answer = produced.answer(segment).ok_or_else(|| {
@@ -537,29 +728,18 @@ async fn answer_audit(
         ))
     })?;
     let body = postcard::to_allocvec(&answer).expect("answers serialise");
-    summary.bytes_uploaded += body.len() as u64;
-    let answer = client
-        .request(
-            Method::POST,
-            &format!("/v1/rounds/{round}/audits"),
-            body,
-            &[("content-type", "application/octet-stream".into())],
-        )
-        .await?;
-    match receipt_status(&answer, coordinator)? {
-        Ok(verdict) => {
-            match verdict {
-                ReceiptStatus::Replaying => summary.audits_answered += 1,
-                ReceiptStatus::Delegated => summary.audits_delegated += 1,
-                _ => summary.audits_failed += 1,
-            }
-            on_round(&format!("round {round}: audit of segment {segment}: {verdict}"));
-        }
-        Err(reason) => {
-            summary.refused += 1;
-            on_round(&format!("round {round}: audit answer refused: {reason}"));
-        }
+    let bytes = body.len() as u64;
+    summary.bytes_uploaded += bytes;
+    let path = format!("/v1/rounds/{round}/audits");
+    let answer = upload(client, round, Upload::AuditAnswer, &path, body, on_event).await?;
+    let status = receipt_status(&answer, coordinator)?;
+    match &status {
+        Ok(ReceiptStatus::Replaying) => summary.audits_answered += 1,
+        Ok(ReceiptStatus::Delegated) => summary.audits_delegated += 1,
+        Ok(_) => summary.audits_failed += 1,
+        Err(_) => summary.refused += 1,
     }
+    on_event(&uploaded(round, Upload::AuditAnswer, bytes, status));
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 //! protocol on a pipe (`--remote-debugging-pipe`: JSON messages ending in a
 //! NUL byte on file descriptors 3 and 4), so a test looks at a page the
 //! way a user's browser runs it, scripts and all, without a WebSocket
-//! client or a driver.
+//! client or a driver. The browser test and `crowdtrain bench dashboard`
+//! use it; any failure to talk to the browser panics (both want to stop
+//! loudly).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 /// Where Debian installs it; `CROWDTRAIN_CHROMIUM` names another.
+#[allow(dead_code)] // the browser test's; the benchmark takes --chromium
 pub fn chromium_path() -> String {
     std::env::var("CROWDTRAIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
@@ -32,8 +35,13 @@ impl Browser {
     /// Starts Chromium, or says loudly why it cannot: the browser tests
     /// need it (`scripts/install-prerequisites.sh --browser` installs it).
     /// Returns `None` only if `CROWDTRAIN_SKIP_BROWSER_TESTS` is set.
+    #[allow(dead_code)] // the browser test's
     pub fn launch(log: &Path) -> Option<Self> {
-        let path = chromium_path();
+        Self::launch_at(&chromium_path(), log)
+    }
+
+    /// [`Browser::launch`] with the browser at `path`.
+    pub fn launch_at(path: &str, log: &Path) -> Option<Self> {
         if !Path::new(&path).exists() {
             let message = format!(
                 "THE BROWSER TEST NEEDS CHROMIUM, AND {path} IS MISSING: install it with \
@@ -50,7 +58,7 @@ impl Browser {
         let (to_browser, commands) = std::io::pipe().unwrap();
         let (replies_pipe, from_browser) = std::io::pipe().unwrap();
         let (read_fd, write_fd) = (to_browser.as_raw_fd(), from_browser.as_raw_fd());
-        let mut command = Command::new(&path);
+        let mut command = Command::new(path);
         command
             .args([
                 "--headless",
@@ -168,6 +176,7 @@ impl Browser {
     }
 
     /// A PNG of the whole page.
+    #[allow(dead_code)] // the browser test's
     pub fn screenshot(&mut self) -> Vec<u8> {
         use base64::Engine;
         let shot =
