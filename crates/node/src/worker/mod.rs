@@ -589,9 +589,17 @@ impl Summaries {
         }
         let from = self.pending.first().map_or(String::new(), |first| format!("rounds_from={first}&"));
         let path = format!("/v1/workers/{}?{from}rounds_limit={SUMMARY_ROUNDS_MAX}", self.worker.0);
-        let answer = client.request(Method::GET, &path, Vec::new(), &[]).await?;
+        // A view, not the work: a coordinator that cannot answer (busy, or
+        // gone once the run has finished) costs a note, never the worker's
+        // run; the next change of round tries again.
+        let answer = match client.request(Method::GET, &path, Vec::new(), &[]).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                on_event(&note(format!("could not read this worker's rounds: {error}")));
+                return Ok(None);
+            }
+        };
         if !answer.status.is_success() {
-            // A view, not the work: the next change of round tries again.
             on_event(&note(format!("could not read this worker's rounds: {}", answer.reason())));
             return Ok(None);
         }
