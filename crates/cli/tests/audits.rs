@@ -493,6 +493,48 @@ fn a_copiers_answer_is_its_victims_file_and_is_kept_until_every_audit_naming_it_
     assert_eq!(shared as u64, rounds, "in every round the copier's answer was its victim's file");
 }
 
+#[test]
+fn a_copy_is_caught_with_audits_off_and_its_original_is_never_refused() {
+    // Goal: an honest worker is never refused because someone else
+    // submitted its update first. The copier retrains its victim's
+    // assignment, so its update is its victim's bit for bit, and commits it
+    // as early as its victim does: before, the later of the two was refused
+    // as the copy, and that was the victim whenever the copier won the race.
+    // Method: two honest workers and a copier, audit probability 0 (no
+    // random audit can catch the copy), 4 rounds: every round, both
+    // commitments to the one update are audited, the copy fails its replay,
+    // and both honest workers are credited.
+    let rounds = 4;
+    let mut network = Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 5000");
+    network.start_coordinator();
+    for (index, behavior) in ["honest", "honest", "copy"].iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    network.wait_for(240, "the run to finish", finished_and_evaluated);
+    let ids = network.behaviors_by_id();
+    let copier = ids.iter().find(|(_, behavior)| behavior.as_str() == "copy").map(|(id, _)| *id).unwrap();
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let credited = by_submission(&network, "work-accepted", "units");
+    let refused = by_submission(&network, "update-refused", "reason");
+    for round in 0..rounds {
+        assert!(
+            verdicts[&(round, copier)].get("failed").is_some(),
+            "round {round}: the copy fails its replay: {:?}",
+            verdicts[&(round, copier)]
+        );
+        assert!(!credited.contains_key(&(round, copier)), "round {round}: the copy earns nothing");
+        let audited_honest = ids
+            .keys()
+            .filter(|&&worker| worker != copier && verdicts.get(&(round, worker)).is_some_and(|v| v == "passed"))
+            .count();
+        assert_eq!(audited_honest, 1, "round {round}: the original is audited too, and passes");
+        for &worker in ids.keys().filter(|&&worker| worker != copier) {
+            assert!(credited.contains_key(&(round, worker)), "round {round}: honest {worker} is credited");
+            assert!(!refused.contains_key(&(round, worker)), "round {round}: honest {worker} is not refused");
+        }
+    }
+}
+
 /// One run of three honest workers and one that trains on the wrong data,
 /// everyone audited: its state hash, how many bets on a round's audits were
 /// withdrawn, and the honest workers' credited rounds.

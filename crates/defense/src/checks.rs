@@ -3,8 +3,11 @@
 //!
 //! Submissions come in precedence order: the order their commitments
 //! arrived in. Where two are the same update, the earlier one stands and
-//! the later is the copy; under commit-then-reveal nobody can see an update
-//! before committing, so whoever committed it second got it from the first.
+//! the later is the copy. Order alone cannot be trusted for exact copies (a
+//! copier can retrain its victim's public assignment and commit first), so
+//! the protocol audits both commitments to one update and the copy fails
+//! its replay before it gets here; this rule is the safety net, and decides
+//! near-copies.
 //!
 //! An update is refused, with its reason, when it
 //!

@@ -59,6 +59,8 @@
 //! 2. **Draw published.** The secret is revealed; the draws are listed, and
 //!    with every commitment it makes the beacon, which names the auditors
 //!    of delegated audits (announced only now) ([`Event::AuditDraw`]).
+//!    Commitments to the same update as another's are audited too, drawn
+//!    or not ([`contested_updates`]).
 //! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
 //!    not hash to its commitment is rejected and slashed. Audited workers
 //!    answer with the start state of their segment (if not already); the
@@ -823,10 +825,15 @@ impl Coordinator {
                     }
                 }
             }
-            Event::AuditDraw { round, secret, auditors, reveal_deadline_unix_ms, .. } => {
+            Event::AuditDraw { round, secret, audits, auditors, reveal_deadline_unix_ms, .. } => {
                 let open = self.open_mut(*round);
                 open.phase = RoundPhase::Revealing { deadline_ms: *reveal_deadline_unix_ms };
                 open.secret = Some(*secret);
+                // Mostly drawn with the commitments already; the draw adds
+                // the contested ones.
+                for &(worker, segment) in audits {
+                    open.standings.get_mut(&worker).expect("audited workers have standings").audit = Some(segment);
+                }
                 for &(audited, auditor) in auditors {
                     open.standings.get_mut(&audited).expect("audited workers have standings").auditor =
                         Some(auditor);
@@ -1397,8 +1404,16 @@ impl Coordinator {
             let (status, audit) = if committing {
                 // Drawn now, so that the worker can answer, and the driver
                 // replay, while the others are still training.
-                let audit =
-                    draw_audit(&self.settings, &self.audit_master, &self.run_id, round, worker, &commitment);
+                let probability = self.settings.audit_probability;
+                let audit = draw_audit(
+                    probability,
+                    &self.settings,
+                    &self.audit_master,
+                    &self.run_id,
+                    round,
+                    worker,
+                    &commitment,
+                );
                 (Recorded::Accepted, audit)
             } else {
                 (Recorded::Late, None)
@@ -2002,17 +2017,28 @@ impl Coordinator {
         self.record(Event::AuditDraw { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms });
     }
 
-    /// The committed workers' audits (drawn with their commitments) and,
-    /// when audits are delegated, each one's auditor, picked with `beacon`
-    /// among the other committed workers of the same determinism class.
+    /// The committed workers' audits (drawn with their commitments, and
+    /// every commitment to an update another also committed to: see
+    /// [`contested_updates`]) and, when audits are delegated, each one's
+    /// auditor, picked with `beacon` among the other committed workers of
+    /// the same determinism class.
     /// Returns `(worker, segment)` and `(audited, auditor)` pairs,
     /// ascending.
     fn assign_auditors(&self, open: &OpenRound, beacon: &Digest) -> (Vec<(WorkerId, u32)>, Vec<AuditorPair>) {
-        let committed: Vec<WorkerId> = open.commitments().into_keys().collect();
+        let commitments = open.commitments();
+        let committed: Vec<WorkerId> = commitments.keys().copied().collect();
+        let contested = contested_updates(&commitments);
         let (mut audits, mut auditors) = (Vec::new(), Vec::new());
         for &worker in &committed {
             let standing = &open.standings[&worker];
-            let Some(segment) = standing.audit else { continue };
+            let drawn = standing.audit.or_else(|| {
+                contested.contains(&worker).then(|| {
+                    let commitment = &commitments[&worker];
+                    draw_audit(1.0, &self.settings, &self.audit_master, &self.run_id, open.id, worker, commitment)
+                        .expect("a draw with probability 1 selects")
+                })
+            });
+            let Some(segment) = drawn else { continue };
             audits.push((worker, segment));
             // An answer the driver already replayed (or is replaying) needs
             // no auditor.
@@ -2351,8 +2377,11 @@ fn assignment(settings: &Settings, run_id: Digest, open: &OpenRound, worker: Wor
 }
 
 /// The segment of `worker`'s round-`round` work its commitment draws for
-/// audit, if any: [`audit::draw`] on [`audit::commitment_beacon`].
+/// audit with `probability`, if any: [`audit::draw`] on
+/// [`audit::commitment_beacon`]. The segment does not depend on the
+/// probability, so a forced audit replays the segment a random one would.
 fn draw_audit(
+    probability: f64,
     settings: &Settings,
     audit_master: &[u8; 32],
     run_id: &Digest,
@@ -2362,5 +2391,21 @@ fn draw_audit(
 ) -> Option<u32> {
     let secret = audit::round_secret(audit_master, run_id, round);
     let beacon = audit::commitment_beacon(&secret, run_id, round, worker, commitment);
-    audit::draw(&beacon, worker, settings.audit_probability, settings.recipe.inner_steps, settings.segments)
+    audit::draw(&beacon, worker, probability, settings.recipe.inner_steps, settings.segments)
+}
+
+/// The workers whose commitment names the same update as another
+/// worker's in the round: a copy and its original, which the order of
+/// arrival cannot tell apart (a copier that retrains its victim's
+/// assignment can commit first). Both are audited, whatever the audit
+/// probability: the replay of each under its own assignment tells whose
+/// work it is, the copy fails and is slashed, and the original stands, so
+/// no honest worker is refused because someone else submitted its update
+/// first.
+fn contested_updates(commitments: &BTreeMap<WorkerId, Commitment>) -> BTreeSet<WorkerId> {
+    let mut by_update: BTreeMap<Digest, Vec<WorkerId>> = BTreeMap::new();
+    for (&worker, commitment) in commitments {
+        by_update.entry(commitment.payload).or_default().push(worker);
+    }
+    by_update.into_values().filter(|workers| workers.len() > 1).flatten().collect()
 }

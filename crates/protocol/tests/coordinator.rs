@@ -403,6 +403,56 @@ fn delegated_audits_are_announced_when_their_auditors_are_named() {
 }
 
 #[test]
+fn a_copy_committed_before_its_original_is_caught_by_replay_and_the_original_stands() {
+    // Goal: an honest worker is never refused because someone else
+    // submitted its update first. A copier that retrains its victim's
+    // assignment holds the victim's very update and can commit it first;
+    // arrival order cannot tell them apart, the replay of each under its
+    // own assignment can. Audits are off here, so only the contested pair
+    // is audited; everything goes through the real store and a restore.
+    let settings = Settings { min_workers: 3, ..settings() };
+    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+    let mut durable = Durable::new();
+    let workers: Vec<WorkerId> =
+        (0..3).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
+    durable.record(drain(&mut machine));
+    let (copier, victim, other) = (workers[0], workers[1], workers[2]);
+    let base = base(&machine);
+    machine.commit(T0 + 1, copier, 1, 0, base, commitment(victim, 0)).unwrap();
+    commit(&mut machine, T0 + 2, victim, 0).unwrap();
+    commit(&mut machine, T0 + 3, other, 0).unwrap();
+    let actions = durable.record(drain(&mut machine));
+    let Some(Action::Record(Event::AuditDraw { audits, .. })) = actions.last() else { panic!("{actions:?}") };
+    let audited: Vec<WorkerId> = audits.iter().map(|&(worker, _)| worker).collect();
+    assert_eq!(audited, [copier, victim], "both commitments to one update are audited, audits or not");
+    let restored = durable.restore(settings.clone(), T0 + 4);
+    assert_eq!(
+        restored.open_round().unwrap().standings,
+        machine.open_round().unwrap().standings,
+        "the forced audits are durable"
+    );
+    for (step, worker) in [copier, victim, other].into_iter().enumerate() {
+        let owner = if worker == copier { victim } else { worker };
+        machine.reveal(T0 + 5, worker, 100 + step as u64, 0, base, payload(owner, 0), None).unwrap();
+        assert!(machine.view(Some(worker)).audit.is_some() == (worker != other), "{worker} sees its audit");
+    }
+    durable.record(drain(&mut machine));
+    machine.audit_result(T0 + 6, 0, copier, Verdict::Failed("replayed to another state".into()), None, None).unwrap();
+    machine.audit_result(T0 + 7, 0, victim, Verdict::Passed, None, None).unwrap();
+    let actions = durable.record(drain(&mut machine));
+    let slashed: Vec<WorkerId> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Record(Event::Slash { worker, .. }) => Some(*worker),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(slashed, [copier], "the copy is slashed, its original is not");
+    let Some(Action::Close { accepted, .. }) = actions.last() else { panic!("{actions:?}") };
+    assert_eq!(accepted, &[victim, other], "the original counts though its copy came first");
+}
+
+#[test]
 fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
     for &worker in &workers {
@@ -708,7 +758,7 @@ fn a_machine_restored_with_everything_delivered_closes_the_round_at_once() {
 #[test]
 fn random_event_sequences_keep_the_invariants() {
     // Provisional rounds opened, adopted and withdrawn, over all seeds.
-    let (mut opened_ahead, mut adopted, mut withdrawn_rounds, mut crashes) = (0, 0, 0, 0);
+    let (mut opened_ahead, mut adopted, mut withdrawn_rounds, mut crashes, mut contested) = (0, 0, 0, 0, 0);
     for seed in 0..200 {
         let mut rng = keyed_rng("coordinator-swarm", RngKey::new(seed, 0, 0, 0));
         let settings = Settings { rounds: 5, audit_probability: 0.5, ..settings() };
@@ -720,6 +770,8 @@ fn random_event_sequences_keep_the_invariants() {
         let mut counted = std::collections::BTreeSet::new();
         let mut slashed = std::collections::BTreeSet::new();
         let mut provisional: Option<u64> = None;
+        // Per round, the accepted commitments' updates and who made them.
+        let mut committed_updates: BTreeMap<u64, Vec<(Digest, WorkerId)>> = BTreeMap::new();
         for step in 0..500 {
             now += uniform_below(&mut rng, 2500);
             let worker = WorkerId(uniform_below(&mut rng, 5));
@@ -743,8 +795,11 @@ fn random_event_sequences_keep_the_invariants() {
                     let honest = uniform_below(&mut rng, 4) > 0;
                     let value = if honest {
                         commitment(worker, round)
-                    } else {
+                    } else if uniform_below(&mut rng, 2) == 0 {
                         Commitment { merkle_root: Digest::of(&[9]), ..commitment(worker, round) }
+                    } else {
+                        // A copy of another worker's work.
+                        commitment(WorkerId((worker.0 + 1) % 5), round)
                     };
                     let _ = machine.commit(now, worker, nonce, round, base, value);
                 }
@@ -841,11 +896,28 @@ fn random_event_sequences_keep_the_invariants() {
                         );
                         withdrawn_rounds += u32::from(withdrawn.is_some());
                     }
-                    Action::Record(Event::Commitment { round, status: Recorded::Accepted, .. }) => {
+                    Action::Record(Event::Commitment {
+                        round, worker, commitment, status: Recorded::Accepted, ..
+                    }) => {
                         assert!(
                             Some(round) <= last_round_opened,
                             "seed {seed}: commitments only for opened rounds"
                         );
+                        committed_updates.entry(round).or_default().push((commitment.payload, worker));
+                    }
+                    Action::Record(Event::AuditDraw { round, audits, .. }) => {
+                        let updates = committed_updates.remove(&round).unwrap_or_default();
+                        for &(update, worker) in &updates {
+                            let copies = updates.iter().filter(|(other, _)| *other == update).count();
+                            if copies > 1 {
+                                contested += 1;
+                                assert!(
+                                    audits.iter().any(|&(audited, _)| audited == worker),
+                                    "seed {seed}: round {round}: {worker} committed an update another did too \
+                                     and is not audited"
+                                );
+                            }
+                        }
                     }
                     Action::Record(Event::RoundClosed { .. }) => committed_rounds += 1,
                     Action::Record(Event::RunFinished { .. }) => assert_eq!(committed_rounds, 5),
@@ -860,8 +932,8 @@ fn random_event_sequences_keep_the_invariants() {
         durable.store.check_worker_totals().unwrap_or_else(|error| panic!("seed {seed}: {error}"));
     }
     assert!(
-        opened_ahead > 0 && adopted > 0 && withdrawn_rounds > 0 && crashes > 1000,
-        "{opened_ahead} {adopted} {withdrawn_rounds} {crashes}"
+        opened_ahead > 0 && adopted > 0 && withdrawn_rounds > 0 && crashes > 1000 && contested > 0,
+        "{opened_ahead} {adopted} {withdrawn_rounds} {crashes} {contested}"
     );
 }
 

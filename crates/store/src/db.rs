@@ -1253,13 +1253,16 @@ fn project(
                 "UPDATE rounds SET secret = ?2, beacon = ?3, reveal_deadline_unix_ms = ?4 WHERE id = ?1 AND state = 'open'",
                 params![round, secret, beacon.0, reveal_deadline_unix_ms],
             )?)?;
-            // The audits were drawn, and recorded, with their commitments;
-            // the draw lists them, and names the auditors.
+            // Most audits were drawn, and recorded, with their commitments;
+            // the draw lists them, adds the contested ones (two commitments
+            // to one update) and names the auditors.
             for (worker, segment) in audits {
                 let auditor =
                     auditors.iter().find(|(audited, _)| audited == worker).map(|(_, auditor)| auditor.0);
                 expect_one(transaction.execute(
-                    "UPDATE audits SET auditor = ?4 WHERE round = ?1 AND worker = ?2 AND segment = ?3",
+                    "INSERT INTO audits (round, worker, segment, auditor) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (round, worker) DO UPDATE SET auditor = excluded.auditor
+                     WHERE segment = excluded.segment",
                     params![round, worker.0, segment, auditor],
                 )?)?;
             }
