@@ -60,7 +60,7 @@
 //!    with every commitment it makes the beacon, which names the auditors
 //!    of delegated audits (announced only now) ([`Event::AuditDraw`]).
 //!    Commitments to the same update as another's are audited too, drawn
-//!    or not ([`contested_updates`]).
+//!    or not (`contested_updates`).
 //! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
 //!    not hash to its commitment is rejected and slashed. Audited workers
 //!    answer with the start state of their segment (if not already); the
