@@ -443,6 +443,20 @@ fn a_lying_auditor_is_slashed_a_silent_one_replaced_and_cheaters_still_fail() {
     assert_eq!(liar_slashed, stake * liar_rounds.len() as u64, "one stake per round it lied in");
 }
 
+/// Runs `network` to its end with two honest workers and a copier (it
+/// retrains the next slot's assignment: its update is its victim's, bit for
+/// bit). Returns the workers' behaviours by id, and the copier's id.
+fn run_two_honest_workers_and_a_copier(network: &mut Network) -> (BTreeMap<u64, String>, u64) {
+    network.start_coordinator();
+    for (index, behavior) in ["honest", "honest", "copy"].iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    network.wait_for(240, "the run to finish", finished_and_evaluated);
+    let ids = network.behaviors_by_id();
+    let copier = ids.iter().find(|(_, behavior)| behavior.as_str() == "copy").map(|(id, _)| *id).unwrap();
+    (ids, copier)
+}
+
 #[test]
 fn a_copiers_answer_is_its_victims_file_and_is_kept_until_every_audit_naming_it_is_decided() {
     // Goal: a copier answers its audit with its victim's very bytes, so
@@ -459,13 +473,7 @@ fn a_copiers_answer_is_its_victims_file_and_is_kept_until_every_audit_naming_it_
     let config = std::fs::read_to_string(network.path("run.toml")).unwrap();
     std::fs::write(network.path("run.toml"), config.replace("segments = 4\n", "segments = 1\n")).unwrap();
     network.delegate_audits();
-    network.start_coordinator();
-    for (index, behavior) in ["honest", "honest", "copy"].iter().enumerate() {
-        network.start_worker_as(index, behavior, 1);
-    }
-    network.wait_for(240, "the run to finish", finished_and_evaluated);
-    let ids = network.behaviors_by_id();
-    let copier = ids.iter().find(|(_, behavior)| behavior.as_str() == "copy").map(|(id, _)| *id).unwrap();
+    let (ids, copier) = run_two_honest_workers_and_a_copier(&mut network);
     let verdicts = by_submission(&network, "audit", "verdict");
     let answers = by_submission(&network, "audit-answered", "answer");
     let mut shared = 0;
@@ -506,13 +514,7 @@ fn a_copy_is_caught_with_audits_off_and_its_original_is_never_refused() {
     // and both honest workers are credited.
     let rounds = 4;
     let mut network = Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 5000");
-    network.start_coordinator();
-    for (index, behavior) in ["honest", "honest", "copy"].iter().enumerate() {
-        network.start_worker_as(index, behavior, 1);
-    }
-    network.wait_for(240, "the run to finish", finished_and_evaluated);
-    let ids = network.behaviors_by_id();
-    let copier = ids.iter().find(|(_, behavior)| behavior.as_str() == "copy").map(|(id, _)| *id).unwrap();
+    let (ids, copier) = run_two_honest_workers_and_a_copier(&mut network);
     let verdicts = by_submission(&network, "audit", "verdict");
     let credited = by_submission(&network, "work-accepted", "units");
     let refused = by_submission(&network, "update-refused", "reason");

@@ -411,11 +411,7 @@ fn a_copy_committed_before_its_original_is_caught_by_replay_and_the_original_sta
     // own assignment can. Audits are off here, so only the contested pair
     // is audited; everything goes through the real store and a restore.
     let settings = Settings { min_workers: 3, ..settings() };
-    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
-    let mut durable = Durable::new();
-    let workers: Vec<WorkerId> =
-        (0..3).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
-    durable.record(drain(&mut machine));
+    let (mut machine, mut durable, workers) = durable_running(3, &settings);
     let (copier, victim, other) = (workers[0], workers[1], workers[2]);
     let base = base(&machine);
     machine.commit(T0 + 1, copier, 1, 0, base, commitment(victim, 0)).unwrap();
@@ -671,6 +667,16 @@ impl Durable {
     }
 }
 
+/// A machine with `count` registered workers, each record durable in a
+/// real store, and the workers.
+fn durable_running(count: u8, settings: &Settings) -> (Coordinator, Durable, Vec<WorkerId>) {
+    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
+    let mut durable = Durable::new();
+    let workers = (0..count).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
+    durable.record(drain(&mut machine));
+    (machine, durable, workers)
+}
+
 /// Runs `script` on a live machine and, at every point, on a machine
 /// restored from what the live one persisted so far: both must then emit the
 /// same actions for the same remaining inputs.
@@ -706,11 +712,7 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
         Box::new(|m, _| m.handle_timeout(T0 + 12 + 5_000)),
     ];
     for crash_after in 0..steps.len() {
-        let mut live = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
-        let mut durable = Durable::new();
-        let workers: Vec<WorkerId> =
-            (0..3).map(|index| live.register(T0, key(index), "avx2-fma").unwrap().0).collect();
-        durable.record(drain(&mut live));
+        let (mut live, mut durable, workers) = durable_running(3, &settings);
         for step in &steps[..crash_after] {
             step(&mut live, &workers);
             durable.record(drain(&mut live));
@@ -737,11 +739,7 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
 #[test]
 fn a_machine_restored_with_everything_delivered_closes_the_round_at_once() {
     let settings = Settings { min_workers: 2, ..settings() };
-    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
-    let mut durable = Durable::new();
-    let workers: Vec<WorkerId> =
-        (0..2).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
-    durable.record(drain(&mut machine));
+    let (mut machine, mut durable, workers) = durable_running(2, &settings);
     // Close is asked for, but nothing durable says "closed".
     let actions = durable.record(deliver(&mut machine, T0 + 5, &workers, 0));
     assert!(matches!(actions.last(), Some(Action::Close { round: 0, .. })));
@@ -1405,11 +1403,7 @@ fn a_late_commitment_sent_again_after_its_round_closed_is_the_same_late_commitme
     // was recorded a second time, which the store refuses (and the
     // coordinator halted on).
     let settings = Settings { min_workers: 3, ..settings() };
-    let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
-    let mut durable = Durable::new();
-    let workers: Vec<WorkerId> =
-        (0..3).map(|index| machine.register(T0, key(index), "avx2-fma").unwrap().0).collect();
-    durable.record(drain(&mut machine));
+    let (mut machine, mut durable, workers) = durable_running(3, &settings);
     for &worker in &workers[..2] {
         commit(&mut machine, T0 + 10, worker, 0).unwrap();
     }
