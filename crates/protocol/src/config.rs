@@ -12,7 +12,7 @@
 //! model = "mlp"     # or "cnn"
 //! inner_steps = 50
 //! batch_size = 64
-//! codec = "int8"    # pseudo-gradient encoding: "int8" or "f32"
+//! codec = "int8"    # pseudo-gradient encoding: "int8", "f32", "q4", "q2" or "topk:DENSITY+VALUES" (e.g. "topk:0.02+q4")
 //! sharding = "iid"  # or "dirichlet:0.5"
 //! validation_fraction = 0.05  # held out of every shard; updates are scored on it
 //!
@@ -649,11 +649,24 @@ mod tests {
         assert_eq!(config.training, TrainingRecipe::with_seed(3));
         assert_eq!(config.training.model, ModelKind::Mlp);
         assert_eq!(config.training.inner_steps, 50);
-        assert_eq!(config.training.codec, Codec::Int8);
+        assert_eq!(config.training.codec, Codec::INT8);
         assert_eq!(config.training.optimizer, AdamW::default());
         assert_eq!(config.training.sharding, Sharding::Iid);
         assert_eq!(config.outer, Nesterov::default());
         assert_eq!(config.defense(), DefenseConfig::default());
+    }
+
+    #[test]
+    fn a_codec_is_written_as_a_string_and_a_bad_one_says_why() {
+        let config = RunConfig::parse("rounds = 5\n[training]\nseed = 3\ncodec = \"topk:0.02+q4\"\n").unwrap();
+        assert_eq!(config.training.codec, "topk:0.02+q4".parse().unwrap());
+        assert_eq!(config.training.codec.to_string(), "topk:0.02+q4");
+        for (bad, reason) in [("topk:2+q4", "below 1"), ("q3", "expected f32, int8, q4, q2")] {
+            let error = RunConfig::parse(&format!("rounds = 5\n[training]\nseed = 3\ncodec = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
     }
 
     #[test]

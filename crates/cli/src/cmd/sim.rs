@@ -83,7 +83,8 @@ struct DilocoArgs {
     #[arg(long, default_value_t = Nesterov::default().momentum)]
     outer_momentum: f32,
 
-    /// Encoding of pseudo-gradients on the wire: int8 or f32.
+    /// Encoding of pseudo-gradients on the wire: int8, f32, q4, q2, or
+    /// topk:DENSITY with an optional +int8, +q4 or +q2 (e.g. topk:0.02+q4).
     #[arg(long, default_value = "int8")]
     codec: Codec,
 
