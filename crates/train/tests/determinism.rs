@@ -100,3 +100,30 @@ fn diloco_simulation_is_bit_identical_across_thread_counts() {
     assert!(one.rounds[1].diloco_test_accuracy > 0.3, "{:?}", one.rounds[1]);
     assert!(one.rounds[1].baseline_test_accuracy > 0.3, "{:?}", one.rounds[1]);
 }
+
+#[test]
+fn diloco_with_error_feedback_is_bit_identical_across_thread_counts() {
+    // Each worker's residual carries over from round to round: a codec with
+    // error feedback must still give the same bits on any thread count.
+    use crowdtrain_train::{Codec, Encode};
+    let dataset = dataset();
+    let codec: Codec = "topk:0.02+q4".parse().unwrap();
+    let config = DilocoConfig {
+        recipe: TrainingRecipe { inner_steps: 5, batch_size: 32, codec, ..TrainingRecipe::with_seed(11) },
+        workers: 3,
+        rounds: 3,
+        outer: Nesterov::default(),
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| simulate(&config, &dataset, &mut Mean, |_| {}).unwrap())
+    };
+    let one = run(1);
+    let two = run(2);
+    assert_eq!(one.diloco_state_hash, two.diloco_state_hash);
+    assert_eq!(one.rounds, two.rounds);
+    let parameters = one.diloco_params.len();
+    assert_eq!(one.rounds[2].diloco_upload_bytes, 3 * 3 * codec.encoded_len(parameters) as u64);
+    assert!(one.rounds[2].diloco_upload_bytes * 100 < one.rounds[2].diloco_bytes, "uploads are ~1% of f32");
+    assert!(one.rounds[2].diloco_test_accuracy > 0.3, "{:?}", one.rounds[2]);
+}
