@@ -174,6 +174,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
 struct CodecPoint {
     codec: String,
     seed: u64,
+    /// The outer Nesterov step's learning rate and momentum.
+    outer_lr: f64,
+    outer_momentum: f64,
     final_test_accuracy: f64,
     bytes_diloco_upload: u64,
     bytes_diloco: u64,
@@ -199,6 +202,8 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
         points.push(CodecPoint {
             codec: config["codec"].as_str().context("the report names no codec")?.to_owned(),
             seed: config["seed"].as_u64().context("the report names no seed")?,
+            outer_lr: config["outer"]["lr"].as_f64().context("the report names no outer step")?,
+            outer_momentum: config["outer"]["momentum"].as_f64().context("the report names no outer step")?,
             final_test_accuracy: number("final_test_accuracy")?,
             bytes_diloco_upload: number("bytes_diloco_upload")? as u64,
             bytes_diloco: number("bytes_diloco")? as u64,
@@ -209,11 +214,19 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.plot {
         let mut series: Vec<Series> = Vec::new();
+        let default = Nesterov::default();
         for point in &points {
             let xy = (point.bytes_diloco_upload as f64, 100.0 * point.final_test_accuracy);
-            match series.iter_mut().find(|series| series.name == point.codec) {
+            // Runs of one codec with another outer step are another series.
+            // (The report writes the f32 settings as their shortest decimals.)
+            let name = if (point.outer_lr as f32, point.outer_momentum as f32) == (default.lr, default.momentum) {
+                point.codec.clone()
+            } else {
+                format!("{} (outer lr {}, momentum {})", point.codec, point.outer_lr, point.outer_momentum)
+            };
+            match series.iter_mut().find(|series| series.name == name) {
                 Some(series) => series.points.push(xy),
-                None => series.push(Series { name: point.codec.clone(), points: vec![xy] }),
+                None => series.push(Series { name, points: vec![xy] }),
             }
         }
         plot::chart(
@@ -231,11 +244,21 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
     if args.json {
         return output::print_json(&points);
     }
-    let mut table = output::table(&["codec", "seed", "test acc", "uploads", "all bytes", "upload ratio", "ratio"]);
+    let mut table = output::table(&[
+        "codec",
+        "seed",
+        "outer lr, momentum",
+        "test acc",
+        "uploads",
+        "all bytes",
+        "upload ratio",
+        "ratio",
+    ]);
     for point in &points {
         table.add_row(vec![
             point.codec.clone(),
             point.seed.to_string(),
+            format!("{}, {}", point.outer_lr, point.outer_momentum),
             format!("{:.2}%", 100.0 * point.final_test_accuracy),
             output::bytes(point.bytes_diloco_upload),
             output::bytes(point.bytes_diloco),
