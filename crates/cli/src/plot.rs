@@ -30,7 +30,7 @@ pub struct Chart<'a> {
     pub x_label: &'a str,
     pub y_label: &'a str,
     pub lines: &'a [Series],
-    /// Drawn as dots: black, then blue, magenta and cyan.
+    /// Drawn as dots: black, then blue, magenta and cyan, then the palette.
     pub markers: &'a [Series],
     /// A logarithmic x axis (all x must be positive).
     pub log_x: bool,
@@ -96,7 +96,10 @@ where
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     for (index, dots) in spec.markers.iter().enumerate() {
-        let color = [BLACK, BLUE, MAGENTA, CYAN][index % 4].to_rgba();
+        let color = match [BLACK, BLUE, MAGENTA, CYAN].get(index) {
+            Some(color) => color.to_rgba(),
+            None => Palette99::pick(index).to_rgba(),
+        };
         let points = dots.points.iter().map(|&(x, y)| Circle::new((x_of(x), y), 3, color.filled()));
         chart
             .draw_series(points)

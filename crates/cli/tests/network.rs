@@ -263,7 +263,7 @@ fn every_kind_of_bad_reveal_is_refused_with_its_reason_and_changes_nothing() {
         ),
         (
             "wrong shape",
-            worker.send("POST", &path, Codec::Int8.encode(&[0.0; 10]).unwrap(), worker.nonce(), run),
+            worker.send("POST", &path, Codec::INT8.encode(&[0.0; 10]).unwrap(), worker.nonce(), run),
             422,
             ErrorCode::WrongShape,
         ),

@@ -223,3 +223,44 @@ fn the_battery_reports_each_attack_in_json_and_refuses_copies_on_any_data() {
     assert_eq!(copy["refused_attacker"], 3, "the copy is refused every round");
     assert_eq!(copy["attacker_credit_share"], 0.0);
 }
+
+#[test]
+fn sim_diloco_takes_a_compressing_codec_and_sim_codecs_plots_bytes_against_accuracy() {
+    let data = subset_dir();
+    let scratch = std::env::temp_dir().join(format!("crowdtrain-sim-codecs-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut reports = Vec::new();
+    for codec in ["int8", "topk:0.02+q4"] {
+        let output = crowdtrain(
+            &[
+                "sim", "diloco", "--workers", "2", "--inner-steps", "3", "--rounds", "2", "--codec", codec,
+                "--json", "--data", data.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let report = json_of(&output);
+        assert_eq!(report["config"]["codec"], codec, "the codec is written as it was given");
+        let path = scratch.join(format!("{}.json", reports.len()));
+        std::fs::write(&path, &output.stdout).unwrap();
+        reports.push((report, path));
+    }
+    let upload = |index: usize| reports[index].0["bytes_diloco_upload"].as_u64().unwrap();
+    // topk:0.02+q4 keeps 5 of every 256 values at 4 bits and a byte of
+    // position each: about 33x fewer upload bytes than int8.
+    assert!(upload(0) > 30 * upload(1), "int8 {} vs topk:0.02+q4 {}", upload(0), upload(1));
+    let plot = scratch.join("codecs.svg");
+    let paths: Vec<&str> = reports.iter().map(|(_, path)| path.to_str().unwrap()).collect();
+    let mut args = vec!["sim", "codecs", "--json", "--plot", plot.to_str().unwrap()];
+    args.extend_from_slice(&paths);
+    let table = json_of(&crowdtrain(&args, &[]));
+    assert_eq!(table[1]["codec"], "topk:0.02+q4");
+    assert_eq!(table[1]["bytes_diloco_upload"].as_u64().unwrap(), upload(1));
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("topk:0.02+q4"), "the legend names the codec");
+    // A codec that does not parse is refused before any data is read, and
+    // the message says what would.
+    let bad = crowdtrain(&["sim", "diloco", "--codec", "topk:2+q4", "--json"], &[]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("below 1"), "{stderr}");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

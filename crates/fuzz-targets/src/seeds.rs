@@ -116,7 +116,7 @@ fn assignment() -> Assignment {
             inner_steps: 12,
             batch_size: 4,
             optimizer: AdamW::default(),
-            codec: Codec::Int8,
+            codec: Codec::INT8,
             sharding: Sharding::Dirichlet { alpha: 0.5 },
             ..TrainingRecipe::with_seed(7)
         },
@@ -327,10 +327,23 @@ pub fn checkpoint() -> Vec<Vec<u8>> {
 }
 
 pub fn codec() -> Vec<Vec<u8>> {
-    [(Codec::F32, 5), (Codec::Int8, 5), (Codec::Int8, 300)]
-        .into_iter()
-        .map(|(codec, count)| codec.encode(&values(count)).expect("finite values encode"))
-        .collect()
+    [
+        ("f32", 5),
+        ("int8", 5),
+        ("int8", 300),
+        ("q4", 70),
+        ("q2", 70),
+        ("topk:0.02+q4", 300),
+        ("topk:0.01+q2", 300),
+        ("topk:0.05", 300),
+        ("topk:0.1+int8", 40),
+    ]
+    .into_iter()
+    .map(|(codec, count)| {
+        let codec: Codec = codec.parse().expect("a codec");
+        codec.encode(&values(count)).expect("finite values encode")
+    })
+    .collect()
 }
 
 pub fn train_state() -> Vec<Vec<u8>> {

@@ -27,7 +27,7 @@ use crowdtrain_protocol::wire::{
 };
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, RoundView, RunConfig, Signed};
 use crowdtrain_store::checkpoint::{self, CheckpointKind};
-use crowdtrain_train::{Codec, Encode, StateHash, TrainState};
+use crowdtrain_train::{Encode, StateHash, TrainState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -247,32 +247,45 @@ fn bits(values: &[f32]) -> Vec<u32> {
 
 /// An encoded pseudo-gradient (a reveal's body). The expected size is the
 /// model's to the coordinator; here it is the count the header declares
-/// when the input could hold it, so the fuzzer reaches the values. The f32
-/// encoding is canonical; int8 re-encodes within half a quantisation level.
+/// when an input of its length could hold it, so the fuzzer reaches the
+/// values. What
+/// decodes re-encodes to bytes that decode: the f32 encoding is canonical,
+/// top-k keeps every value it decoded (at most its count per chunk are
+/// nonzero), and a quantiser stays within half a level of its block (a
+/// whole level for q2, which has no zero).
 pub fn codec(data: &[u8]) -> Verdict {
+    use crowdtrain_train::codec::{INT8_BLOCK, QUANT_BLOCK, TOPK_CHUNK, Values, decode};
     let declared = data.get(6..14).map_or(0, |word| u64::from_le_bytes(word.try_into().expect("8 bytes")));
-    let expected = usize::try_from(declared).unwrap_or(usize::MAX).min(data.len());
-    let Ok((codec, values)) = crowdtrain_train::codec::decode(data, expected) else { return Rejected };
+    // The densest encoding, top-k at one value a chunk, holds at most
+    // TOPK_CHUNK values a byte: a larger count cannot be the input's.
+    let expected = usize::try_from(declared).unwrap_or(usize::MAX).min(data.len() * TOPK_CHUNK);
+    let Ok((codec, values)) = decode(data, expected) else { return Rejected };
     assert_eq!(values.len(), expected);
     let again = codec.encode(&values).expect("decoded values are finite");
-    match codec {
-        Codec::F32 => assert_eq!(again, data, "the f32 encoding is canonical"),
-        Codec::Int8 => {
-            let (_, requantised) =
-                crowdtrain_train::codec::decode(&again, expected).expect("our own encoding decodes");
-            for (block, (ours, theirs)) in values
-                .chunks(crowdtrain_train::codec::INT8_BLOCK)
-                .zip(requantised.chunks(crowdtrain_train::codec::INT8_BLOCK))
-                .enumerate()
-            {
-                let scale = ours.iter().fold(0.0f32, |max, value| max.max(value.abs())) / 127.0;
-                for (a, b) in ours.iter().zip(theirs) {
-                    // Half a level, with room for the roundings of the
-                    // division and product, and for blocks so small that
-                    // their scale is subnormal (or zero).
-                    assert!((a - b).abs() <= scale * 0.5001 + 1e-30, "block {block}: {a} became {b}");
-                }
+    let (found, requantised) = decode(&again, expected).expect("our own encoding decodes");
+    assert_eq!(found, codec);
+    let (block, top, levels) = match codec.values {
+        Values::F32 => {
+            if codec.topk.is_none() {
+                assert_eq!(again, data, "the f32 encoding is canonical");
             }
+            assert!(values == requantised, "top-k dropped a value it decoded");
+            return Accepted;
+        }
+        Values::Int8 => (INT8_BLOCK, 127.0, 0.5001),
+        Values::Q4 => (QUANT_BLOCK, 7.0, 0.5001),
+        Values::Q2 => (QUANT_BLOCK, 3.0, 1.0001),
+    };
+    // Top-k stores its kept values in blocks of their own, whose scales are
+    // at most the largest value's; dense blocks are the values' own.
+    let block = if codec.topk.is_some() { values.len().max(1) } else { block };
+    for (index, (ours, theirs)) in values.chunks(block).zip(requantised.chunks(block)).enumerate() {
+        let scale = ours.iter().fold(0.0f32, |max, value| max.max(value.abs())) / top;
+        for (a, b) in ours.iter().zip(theirs) {
+            // Within the level bound, with room for the roundings of the
+            // division and product, and for blocks so small that their
+            // scale is subnormal (or zero).
+            assert!((a - b).abs() <= scale * levels + 1e-30, "{codec} block {index}: {a} became {b}");
         }
     }
     Accepted

@@ -12,7 +12,7 @@
 //! model = "mlp"     # or "cnn"
 //! inner_steps = 50
 //! batch_size = 64
-//! codec = "int8"    # pseudo-gradient encoding: "int8" or "f32"
+//! codec = "int8"    # pseudo-gradient encoding: "int8", "f32", "q4", "q2" or "topk:DENSITY+VALUES" (e.g. "topk:0.02+q4")
 //! sharding = "iid"  # or "dirichlet:0.5"
 //! validation_fraction = 0.05  # held out of every shard; updates are scored on it
 //!
@@ -432,6 +432,16 @@ impl RunConfig {
             field: format!("training.{}", error.field),
             reason: error.reason,
         })?;
+        // A worker's error-feedback residual is training state the
+        // commitments do not cover yet: an audit could not replay it, and
+        // the run would not be the simulation's. Until they do, a run
+        // sends what loses nothing an audit cannot recompute.
+        check(
+            "training.codec",
+            !training.codec.error_feedback(),
+            "a networked run takes f32 or int8 for now: q4, q2 and top-k need the worker's error-feedback \
+             residual, which commitments and audits do not carry yet (sim diloco --codec takes every codec)",
+        )?;
         // Text holds out its own validation split (its last tenth), which
         // updates are scored on; images need a share of the training set.
         check(
@@ -649,11 +659,26 @@ mod tests {
         assert_eq!(config.training, TrainingRecipe::with_seed(3));
         assert_eq!(config.training.model, ModelKind::Mlp);
         assert_eq!(config.training.inner_steps, 50);
-        assert_eq!(config.training.codec, Codec::Int8);
+        assert_eq!(config.training.codec, Codec::INT8);
         assert_eq!(config.training.optimizer, AdamW::default());
         assert_eq!(config.training.sharding, Sharding::Iid);
         assert_eq!(config.outer, Nesterov::default());
         assert_eq!(config.defense(), DefenseConfig::default());
+    }
+
+    #[test]
+    fn a_codec_is_written_as_a_string_and_a_bad_one_says_why() {
+        let toml = |codec: &str| format!("rounds = 5\n[training]\nseed = 3\ncodec = \"{codec}\"\n");
+        assert_eq!(RunConfig::parse(&toml("f32")).unwrap().training.codec, Codec::F32);
+        for (bad, reason) in [
+            ("topk:2+q4", "below 1"),
+            ("q3", "expected f32, int8, q4, q2"),
+            ("topk:0.02+q4", "error-feedback"),
+            ("q2", "error-feedback"),
+        ] {
+            let error = RunConfig::parse(&toml(bad)).unwrap_err().to_string();
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
     }
 
     #[test]

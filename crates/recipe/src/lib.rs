@@ -36,7 +36,7 @@ pub mod sharding;
 
 use serde::{Deserialize, Serialize};
 
-pub use codec::Codec;
+pub use codec::{Codec, TOPK_CHUNK, TopK, Values};
 pub use defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
 pub use metric::Metric;
 pub use model::{GptConfig, ModelKind};
@@ -166,6 +166,7 @@ impl TrainingRecipe {
         if let Some(norm) = self.clip_norm {
             check_positive("clip_norm", norm)?;
         }
+        self.codec.validate()?;
         self.sharding.validate()?;
         if self.model.is_language_model() {
             // Text is cut into contiguous token ranges, and its last tenth

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::codec::{self, Encode};
+use crate::codec;
 use crate::model::{Evaluation, Model, build_model, evaluate};
 use crate::optim::{Nesterov, NesterovUpdate};
 use crate::state::{OuterState, StateHash, TrainState};
@@ -109,6 +109,9 @@ pub struct RoundReport {
     /// Bytes that crossed the network so far (model downloads plus encoded
     /// pseudo-gradient uploads).
     pub diloco_bytes: u64,
+    /// Of those, the encoded pseudo-gradient uploads (what the codec
+    /// decides; the model downloads are f32).
+    pub diloco_upload_bytes: u64,
     pub baseline_test_accuracy: f64,
     pub baseline_test_loss: f64,
     pub baseline_train_loss: f64,
@@ -206,7 +209,7 @@ pub fn simulate(
         let report = round_report(
             config,
             round,
-            (diloco_eval, diloco_train_loss, diloco.bytes),
+            (diloco_eval, diloco_train_loss, diloco.bytes, diloco.upload_bytes),
             (baseline_eval, baseline_train_loss, baseline.bytes),
         );
         on_round(&report);
@@ -224,7 +227,7 @@ pub fn simulate(
 fn round_report(
     config: &DilocoConfig,
     round: u64,
-    (diloco, diloco_train_loss, diloco_bytes): (Evaluation, f32, u64),
+    (diloco, diloco_train_loss, diloco_bytes, diloco_upload_bytes): (Evaluation, f32, u64, u64),
     (baseline, baseline_train_loss, baseline_bytes): (Evaluation, f32, u64),
 ) -> RoundReport {
     RoundReport {
@@ -234,6 +237,7 @@ fn round_report(
         diloco_test_loss: diloco.loss,
         diloco_train_loss: f64::from(diloco_train_loss),
         diloco_bytes,
+        diloco_upload_bytes,
         baseline_test_accuracy: baseline.accuracy,
         baseline_test_loss: baseline.loss,
         baseline_train_loss: f64::from(baseline_train_loss),
@@ -241,17 +245,28 @@ fn round_report(
     }
 }
 
-/// The DiLoCo side: the global state and its outer optimizer.
+/// The DiLoCo side: the global state and its outer optimizer, and each
+/// worker's error-feedback residual (what its codec has not sent yet; empty
+/// for codecs without error feedback, see [`codec::encode_with_feedback`]).
 struct DilocoRun<'m> {
     model: &'m dyn Model,
     config: &'m DilocoConfig,
     state: OuterState,
+    residuals: Vec<Vec<f32>>,
     bytes: u64,
+    upload_bytes: u64,
 }
 
 impl<'m> DilocoRun<'m> {
     fn new(model: &'m dyn Model, config: &'m DilocoConfig, params: Vec<f32>) -> Self {
-        Self { model, config, state: OuterState::new(model.name(), params), bytes: 0 }
+        Self {
+            model,
+            config,
+            state: OuterState::new(model.name(), params),
+            residuals: vec![Vec::new(); config.workers],
+            bytes: 0,
+            upload_bytes: 0,
+        }
     }
 
     /// One round; returns the workers' mean inner loss.
@@ -261,21 +276,16 @@ impl<'m> DilocoRun<'m> {
         round: u64,
         aggregate: &mut dyn Aggregate,
     ) -> Result<f32, TrainError> {
-        let results = (0..self.config.workers)
-            .into_par_iter()
-            .map(|worker| {
-                let recipe = &self.config.recipe;
+        let (model, recipe, global) = (self.model, &self.config.recipe, &self.state.params);
+        let results = self
+            .residuals
+            .par_iter_mut()
+            .enumerate()
+            .map(|(worker, residual)| {
                 let key = round_key(recipe, round, worker as u32);
-                let update = inner_round_on(
-                    self.model,
-                    recipe,
-                    &self.state.params,
-                    sources[worker].as_ref(),
-                    key,
-                    1,
-                    &mut || {},
-                )?;
-                let encoded = recipe.codec.encode(&update.pseudo_gradient)?;
+                let update =
+                    inner_round_on(model, recipe, global, sources[worker].as_ref(), key, 1, &mut || {})?;
+                let encoded = codec::encode_with_feedback(recipe.codec, &update.pseudo_gradient, residual)?;
                 let (_, decoded) = codec::decode(&encoded, update.pseudo_gradient.len())?;
                 Ok((decoded, encoded, update.mean_loss))
             })
@@ -284,6 +294,7 @@ impl<'m> DilocoRun<'m> {
         let download_bytes = (parameters * 4) as u64 * self.config.workers as u64;
         let upload_bytes: u64 = results.iter().map(|(_, encoded, _)| encoded.len() as u64).sum();
         self.bytes += download_bytes + upload_bytes;
+        self.upload_bytes += upload_bytes;
         let updates: Vec<WorkerUpdate<'_>> = results
             .iter()
             .enumerate()

@@ -38,7 +38,7 @@ pub mod state;
 pub mod text;
 pub mod trainer;
 
-pub use codec::{Codec, CodecError, Encode};
+pub use codec::{Codec, CodecError, Encode, encode_with_feedback};
 pub use crowdtrain_recipe::TrainingRecipe;
 pub use model::{
     CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,

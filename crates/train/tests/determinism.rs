@@ -3,9 +3,9 @@
 //! tests train on the bundled Fashion-MNIST subset, so they run anywhere.
 
 use crowdtrain_data::{DataSource, Dataset, RngKey};
-use crowdtrain_train::diloco::{DilocoConfig, Mean, simulate};
+use crowdtrain_train::diloco::{DilocoConfig, DilocoReport, Mean, simulate};
 use crowdtrain_train::{
-    AdamW, ModelKind, Nesterov, StateHash, TrainState, Trainer, TrainingRecipe, build_model,
+    AdamW, Codec, Encode, ModelKind, Nesterov, StateHash, TrainState, Trainer, TrainingRecipe, build_model,
 };
 
 fn dataset() -> Dataset {
@@ -77,21 +77,25 @@ fn a_single_changed_bit_of_training_changes_the_hash() {
     assert_ne!(run(false), run(true));
 }
 
-#[test]
-fn diloco_simulation_is_bit_identical_across_thread_counts() {
+/// A small DiLoCo simulation (3 workers, 5 inner steps of 32) under
+/// `codec` for `rounds` rounds, on one and on two threads.
+fn simulate_on_one_and_two_threads(codec: Codec, rounds: u64) -> [DilocoReport; 2] {
     let dataset = dataset();
     let config = DilocoConfig {
-        recipe: TrainingRecipe { inner_steps: 5, batch_size: 32, ..TrainingRecipe::with_seed(11) },
+        recipe: TrainingRecipe { inner_steps: 5, batch_size: 32, codec, ..TrainingRecipe::with_seed(11) },
         workers: 3,
-        rounds: 2,
+        rounds,
         outer: Nesterov::default(),
     };
-    let run = |threads: usize| {
+    [1, 2].map(|threads| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| simulate(&config, &dataset, &mut Mean, |_| {}).unwrap())
-    };
-    let one = run(1);
-    let two = run(2);
+    })
+}
+
+#[test]
+fn diloco_simulation_is_bit_identical_across_thread_counts() {
+    let [one, two] = simulate_on_one_and_two_threads(Codec::INT8, 2);
     assert_eq!(one.diloco_state_hash, two.diloco_state_hash);
     assert_eq!(one.baseline_state_hash, two.baseline_state_hash);
     assert_eq!(one.rounds, two.rounds, "every reported number is reproducible");
@@ -99,4 +103,18 @@ fn diloco_simulation_is_bit_identical_across_thread_counts() {
     // Both runs learn something even in two tiny rounds.
     assert!(one.rounds[1].diloco_test_accuracy > 0.3, "{:?}", one.rounds[1]);
     assert!(one.rounds[1].baseline_test_accuracy > 0.3, "{:?}", one.rounds[1]);
+}
+
+#[test]
+fn diloco_with_error_feedback_is_bit_identical_across_thread_counts() {
+    // Each worker's residual carries over from round to round: a codec with
+    // error feedback must still give the same bits on any thread count.
+    let codec: Codec = "topk:0.02+q4".parse().unwrap();
+    let [one, two] = simulate_on_one_and_two_threads(codec, 3);
+    assert_eq!(one.diloco_state_hash, two.diloco_state_hash);
+    assert_eq!(one.rounds, two.rounds);
+    let parameters = one.diloco_params.len();
+    assert_eq!(one.rounds[2].diloco_upload_bytes, 3 * 3 * codec.encoded_len(parameters) as u64);
+    assert!(one.rounds[2].diloco_upload_bytes * 100 < one.rounds[2].diloco_bytes, "uploads are ~1% of f32");
+    assert!(one.rounds[2].diloco_test_accuracy > 0.3, "{:?}", one.rounds[2]);
 }

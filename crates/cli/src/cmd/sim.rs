@@ -27,6 +27,26 @@ enum SimCommand {
     /// DiLoCo rounds beside synchronous data parallelism at the same sample
     /// budget: accuracy, loss and bytes on the network, round by round.
     Diloco(DilocoArgs),
+    /// Bytes against accuracy, one point per finished `sim diloco --json`
+    /// run (one series per codec): how much each codec saves, and what it
+    /// costs.
+    Codecs(CodecsArgs),
+}
+
+#[derive(Debug, Args)]
+struct CodecsArgs {
+    /// The JSON reports of `sim diloco --json` runs.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+
+    /// Draw final test accuracy against upload bytes (log scale) to this
+    /// .png or .svg.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+
+    /// Print the table as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -83,7 +103,8 @@ struct DilocoArgs {
     #[arg(long, default_value_t = Nesterov::default().momentum)]
     outer_momentum: f32,
 
-    /// Encoding of pseudo-gradients on the wire: int8 or f32.
+    /// Encoding of pseudo-gradients on the wire: int8, f32, q4, q2, or
+    /// topk:DENSITY with an optional +int8, +q4 or +q2 (e.g. topk:0.02+q4).
     #[arg(long, default_value = "int8")]
     codec: Codec,
 
@@ -130,6 +151,11 @@ struct DilocoOutput {
     bytes_baseline: u64,
     /// How many times fewer bytes DiLoCo moved.
     bytes_ratio: f64,
+    /// DiLoCo's encoded pseudo-gradient uploads alone (its model downloads
+    /// are f32), and how many times fewer bytes they are than the
+    /// baseline's gradient uploads (half its bytes).
+    bytes_diloco_upload: u64,
+    upload_bytes_ratio: f64,
     diloco_state_hash: String,
     baseline_state_hash: String,
     aggregator: String,
@@ -139,7 +165,112 @@ struct DilocoOutput {
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     match args.command {
         SimCommand::Diloco(args) => run_diloco(args),
+        SimCommand::Codecs(args) => codecs(args),
     }
+}
+
+/// One run of `sim codecs`'s table.
+#[derive(Debug, Serialize)]
+struct CodecPoint {
+    codec: String,
+    seed: u64,
+    /// The outer Nesterov step's learning rate and momentum.
+    outer_lr: f64,
+    outer_momentum: f64,
+    final_test_accuracy: f64,
+    bytes_diloco_upload: u64,
+    bytes_diloco: u64,
+    upload_bytes_ratio: f64,
+    bytes_ratio: f64,
+    diloco_state_hash: String,
+}
+
+fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut points = Vec::with_capacity(args.reports.len());
+    for path in &args.reports {
+        let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        let field = |name: &str| {
+            report.get(name).cloned().with_context(|| format!("{} has no {name}: not a sim diloco --json report", path.display()))
+        };
+        let number = |name: &str| -> anyhow::Result<f64> {
+            field(name)?.as_f64().with_context(|| format!("{name} in {} is not a number", path.display()))
+        };
+        let config = field("config")?;
+        points.push(CodecPoint {
+            codec: config["codec"].as_str().context("the report names no codec")?.to_owned(),
+            seed: config["seed"].as_u64().context("the report names no seed")?,
+            outer_lr: config["outer"]["lr"].as_f64().context("the report names no outer step")?,
+            outer_momentum: config["outer"]["momentum"].as_f64().context("the report names no outer step")?,
+            final_test_accuracy: number("final_test_accuracy")?,
+            bytes_diloco_upload: number("bytes_diloco_upload")? as u64,
+            bytes_diloco: number("bytes_diloco")? as u64,
+            upload_bytes_ratio: number("upload_bytes_ratio")?,
+            bytes_ratio: number("bytes_ratio")?,
+            diloco_state_hash: field("diloco_state_hash")?.as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    if let Some(path) = &args.plot {
+        let mut series: Vec<Series> = Vec::new();
+        let default = Nesterov::default();
+        for point in &points {
+            let xy = (point.bytes_diloco_upload as f64, 100.0 * point.final_test_accuracy);
+            // Runs of one codec with another outer step are another series.
+            // (The report writes the f32 settings as their shortest decimals.)
+            let name = if (point.outer_lr as f32, point.outer_momentum as f32) == (default.lr, default.momentum) {
+                point.codec.clone()
+            } else {
+                format!("{} (outer lr {}, momentum {})", point.codec, point.outer_lr, point.outer_momentum)
+            };
+            match series.iter_mut().find(|series| series.name == name) {
+                Some(series) => series.points.push(xy),
+                None => series.push(Series { name, points: vec![xy] }),
+            }
+        }
+        plot::chart(
+            path,
+            &plot::Chart {
+                title: "DiLoCo: final test accuracy against pseudo-gradient upload bytes, by codec",
+                x_label: "bytes uploaded in the run (log scale)",
+                y_label: "final test accuracy (%)",
+                lines: &[],
+                markers: &series,
+                log_x: true,
+            },
+        )?;
+    }
+    if args.json {
+        return output::print_json(&points);
+    }
+    let mut table = output::table(&[
+        "codec",
+        "seed",
+        "outer lr, momentum",
+        "test acc",
+        "uploads",
+        "all bytes",
+        "upload ratio",
+        "ratio",
+    ]);
+    for point in &points {
+        table.add_row(vec![
+            point.codec.clone(),
+            point.seed.to_string(),
+            format!("{}, {}", point.outer_lr, point.outer_momentum),
+            format!("{:.2}%", 100.0 * point.final_test_accuracy),
+            output::bytes(point.bytes_diloco_upload),
+            output::bytes(point.bytes_diloco),
+            format!("{:.0}x", point.upload_bytes_ratio),
+            format!("{:.1}x", point.bytes_ratio),
+        ]);
+    }
+    println!("{table}");
+    if let Some(path) = &args.plot {
+        println!("plot: {}", path.display());
+    }
+    Ok(())
 }
 
 impl DilocoArgs {
@@ -288,6 +419,8 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         bytes_diloco: last.diloco_bytes,
         bytes_baseline: last.baseline_bytes,
         bytes_ratio: last.baseline_bytes as f64 / last.diloco_bytes.max(1) as f64,
+        bytes_diloco_upload: last.diloco_upload_bytes,
+        upload_bytes_ratio: (last.baseline_bytes / 2) as f64 / last.diloco_upload_bytes.max(1) as f64,
         diloco_state_hash: report.diloco_state_hash.to_hex(),
         baseline_state_hash: report.baseline_state_hash.to_hex(),
         aggregator: args.aggregator.to_string(),

@@ -450,7 +450,7 @@ impl HandWorker {
 
     /// An encoded update of the run's size with every value `value`.
     pub fn update(&self, value: f32) -> Vec<u8> {
-        Codec::Int8.encode(&vec![value; self.run.parameters as usize]).unwrap()
+        Codec::INT8.encode(&vec![value; self.run.parameters as usize]).unwrap()
     }
 
     /// A commitment to `payload` (the state root is made up: fine for

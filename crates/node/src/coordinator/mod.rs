@@ -992,8 +992,7 @@ impl Node {
                 ErrorCode::WrongShape,
                 format!(
                     "the run encodes updates as {}, not {}",
-                    self.config.training.codec.as_str(),
-                    codec.as_str()
+                    self.config.training.codec, codec
                 ),
             ));
         }
