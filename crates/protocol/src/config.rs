@@ -22,6 +22,9 @@
 //! [outer]           # the coordinator's Nesterov step
 //! lr = 0.7
 //! momentum = 0.9
+//! broadcast = "full"  # or "int8": workers holding the previous model download
+//!                     # the encoded change (the coordinator keeps the exact
+//!                     # model and carries what the codec lost into later rounds)
 //!
 //! [data]            # optional
 //! dir = "/usr/share/datasets/fashion-mnist"

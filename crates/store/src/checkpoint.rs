@@ -33,6 +33,10 @@ pub enum CheckpointKind {
     /// The robust aggregator's state: its centre and each worker's
     /// momentum (see [`encode_aggregator`]).
     Aggregator,
+    /// The outer optimizer's state under a compressed broadcast: its
+    /// momentum and its exact parameters, which are never published (see
+    /// [`encode_outer`]).
+    OuterExact,
 }
 
 impl CheckpointKind {
@@ -41,6 +45,7 @@ impl CheckpointKind {
             Self::Params => "params",
             Self::OuterMomentum => "outer-momentum",
             Self::Aggregator => "aggregator",
+            Self::OuterExact => "outer-exact",
         }
     }
 }
@@ -103,6 +108,70 @@ pub fn decode(
         return Err(malformed(format!("{} tensors, the model has {}", tensors.len(), layout.iter().count())));
     }
     crowdtrain_train::model_file::params_from_safetensors(&tensors, layout).map_err(malformed)
+}
+
+const OUTER_MOMENTUM: &str = "momentum";
+const OUTER_EXACT: &str = "exact";
+
+/// The outer optimizer's private state: its momentum, as an
+/// [`CheckpointKind::OuterMomentum`] checkpoint (the bytes a full broadcast
+/// has always written) when the published parameters are the exact ones,
+/// or an [`CheckpointKind::OuterExact`] one holding the momentum and the
+/// exact parameters as two flat tensors.
+pub fn encode_outer(model_name: &str, layout: &ParamLayout, momentum: &[f32], exact: Option<&[f32]>) -> Vec<u8> {
+    let Some(exact) = exact else {
+        return encode(CheckpointKind::OuterMomentum, model_name, layout, momentum);
+    };
+    assert!(momentum.len() == layout.len() && exact.len() == layout.len(), "values follow the layout");
+    let tensors = [(OUTER_EXACT, le_bytes(exact)), (OUTER_MOMENTUM, le_bytes(momentum))];
+    let views = tensors.iter().map(|(name, data)| {
+        let view = TensorView::new(Dtype::F32, vec![data.len() / 4], data).expect("shape matches data");
+        (*name, view)
+    });
+    let metadata =
+        HashMap::from([(METADATA_KEY.to_owned(), metadata_value(CheckpointKind::OuterExact, model_name))]);
+    safetensors::serialize(views, Some(metadata)).expect("f32 tensors always serialize")
+}
+
+/// Decodes [`encode_outer`]'s file: the momentum, and the exact parameters
+/// if it holds them.
+pub fn decode_outer(
+    bytes: &[u8],
+    model_name: &str,
+    layout: &ParamLayout,
+) -> Result<(Vec<f32>, Option<Vec<f32>>), CheckpointError> {
+    if let Ok(momentum) = decode(bytes, CheckpointKind::OuterMomentum, model_name, layout) {
+        return Ok((momentum, None));
+    }
+    if bytes.len() as u64 > CHECKPOINT_BYTES_MAX {
+        return Err(CheckpointError::TooLarge(bytes.len() as u64));
+    }
+    let malformed = |message: String| CheckpointError::Malformed(message);
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|error| malformed(error.to_string()))?;
+    let expected = metadata_value(CheckpointKind::OuterExact, model_name);
+    if header.metadata().as_ref().and_then(|metadata| metadata.get(METADATA_KEY)) != Some(&expected) {
+        return Err(malformed(format!("expected outer momentum or {expected}")));
+    }
+    let tensors = SafeTensors::deserialize(bytes).map_err(|error| malformed(error.to_string()))?;
+    let read = |name: &str| -> Result<Vec<f32>, CheckpointError> {
+        let tensor = tensors.tensor(name).map_err(|_| malformed(format!("no {name} tensor")))?;
+        if tensor.dtype() != Dtype::F32 || tensor.shape() != [layout.len()] {
+            return Err(malformed(format!("{name} is not F32 [{}]", layout.len())));
+        }
+        let values: Vec<f32> = tensor
+            .data()
+            .chunks_exact(4)
+            .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+            .collect();
+        match values.iter().all(|value| value.is_finite()) {
+            true => Ok(values),
+            false => Err(malformed(format!("{name} holds a non-finite value"))),
+        }
+    };
+    if tensors.len() != 2 {
+        return Err(malformed(format!("{} tensors, expected {OUTER_EXACT} and {OUTER_MOMENTUM}", tensors.len())));
+    }
+    Ok((read(OUTER_MOMENTUM)?, Some(read(OUTER_EXACT)?)))
 }
 
 const CENTER: &str = "center";
