@@ -54,7 +54,9 @@ impl std::str::FromStr for Broadcast {
             "full" => Ok(Self::Full),
             text => match text.parse::<Codec>() {
                 // An exact change is as large as the model and no more exact.
-                Ok(Codec::F32) => Err("an f32 broadcast is no smaller than the model: use \"full\"".to_owned()),
+                Ok(Codec::F32) => {
+                    Err("an f32 broadcast is no smaller than the model: use \"full\"".to_owned())
+                }
                 Ok(codec) => Ok(Self::Delta(codec)),
                 Err(error) => Err(format!("{error}; or full")),
             },

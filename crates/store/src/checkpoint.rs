@@ -118,18 +118,28 @@ const OUTER_EXACT: &str = "exact";
 /// has always written) when the published parameters are the exact ones,
 /// or an [`CheckpointKind::OuterExact`] one holding the momentum and the
 /// exact parameters as two flat tensors.
-pub fn encode_outer(model_name: &str, layout: &ParamLayout, momentum: &[f32], exact: Option<&[f32]>) -> Vec<u8> {
+pub fn encode_outer(
+    model_name: &str,
+    layout: &ParamLayout,
+    momentum: &[f32],
+    exact: Option<&[f32]>,
+) -> Vec<u8> {
     let Some(exact) = exact else {
         return encode(CheckpointKind::OuterMomentum, model_name, layout, momentum);
     };
     assert!(momentum.len() == layout.len() && exact.len() == layout.len(), "values follow the layout");
-    let tensors = [(OUTER_EXACT, le_bytes(exact)), (OUTER_MOMENTUM, le_bytes(momentum))];
+    let tensors =
+        [(OUTER_EXACT.to_owned(), le_bytes(exact)), (OUTER_MOMENTUM.to_owned(), le_bytes(momentum))];
+    encode_flat(CheckpointKind::OuterExact, model_name, &tensors)
+}
+
+/// A checkpoint of flat f32 tensors (name, little-endian bytes).
+fn encode_flat(kind: CheckpointKind, model_name: &str, tensors: &[(String, Vec<u8>)]) -> Vec<u8> {
     let views = tensors.iter().map(|(name, data)| {
         let view = TensorView::new(Dtype::F32, vec![data.len() / 4], data).expect("shape matches data");
-        (*name, view)
+        (name.as_str(), view)
     });
-    let metadata =
-        HashMap::from([(METADATA_KEY.to_owned(), metadata_value(CheckpointKind::OuterExact, model_name))]);
+    let metadata = HashMap::from([(METADATA_KEY.to_owned(), metadata_value(kind, model_name))]);
     safetensors::serialize(views, Some(metadata)).expect("f32 tensors always serialize")
 }
 
@@ -169,7 +179,10 @@ pub fn decode_outer(
         }
     };
     if tensors.len() != 2 {
-        return Err(malformed(format!("{} tensors, expected {OUTER_EXACT} and {OUTER_MOMENTUM}", tensors.len())));
+        return Err(malformed(format!(
+            "{} tensors, expected {OUTER_EXACT} and {OUTER_MOMENTUM}",
+            tensors.len()
+        )));
     }
     Ok((read(OUTER_MOMENTUM)?, Some(read(OUTER_EXACT)?)))
 }
@@ -188,13 +201,7 @@ pub fn encode_aggregator(model_name: &str, state: &AggregatorState) -> Vec<u8> {
             .iter()
             .map(|(worker, momentum)| (format!("{MOMENTUM_PREFIX}{worker}"), le_bytes(momentum))),
     );
-    let views = tensors.iter().map(|(name, data)| {
-        let view = TensorView::new(Dtype::F32, vec![data.len() / 4], data).expect("shape matches data");
-        (name.as_str(), view)
-    });
-    let metadata =
-        HashMap::from([(METADATA_KEY.to_owned(), metadata_value(CheckpointKind::Aggregator, model_name))]);
-    safetensors::serialize(views, Some(metadata)).expect("f32 tensors always serialize")
+    encode_flat(CheckpointKind::Aggregator, model_name, &tensors)
 }
 
 /// Decodes an aggregator state for `model_name`, whose vectors must all
@@ -347,6 +354,25 @@ mod tests {
         let model = crowdtrain_train::build_model(ModelKind::Mlp);
         let params = model.layout().initialize(4);
         (model.name(), model.layout().clone(), params)
+    }
+
+    #[test]
+    fn the_outer_state_round_trips_with_and_without_the_exact_model() {
+        let (name, layout, params) = mlp();
+        let momentum: Vec<f32> = params.iter().map(|value| value * 0.5).collect();
+        let plain = encode_outer(&name, &layout, &momentum, None);
+        assert_eq!(
+            plain,
+            encode(CheckpointKind::OuterMomentum, &name, &layout, &momentum),
+            "as it always was"
+        );
+        assert_eq!(decode_outer(&plain, &name, &layout).unwrap(), (momentum.clone(), None));
+        let apart = encode_outer(&name, &layout, &momentum, Some(&params));
+        assert_eq!(decode_outer(&apart, &name, &layout).unwrap(), (momentum.clone(), Some(params.clone())));
+        assert!(decode_outer(&apart, "another", &layout).is_err());
+        assert!(
+            decode_outer(&encode(CheckpointKind::Params, &name, &layout, &params), &name, &layout).is_err()
+        );
     }
 
     #[test]

@@ -122,7 +122,8 @@ mod tests {
     fn a_delta_rebuilds_its_target_or_nothing() {
         let layout = layout();
         let base: Vec<f32> = (0..300).map(|i| (i as f32 * 0.1).sin()).collect();
-        let exact: Vec<f32> = base.iter().enumerate().map(|(i, b)| b + (i as f32 * 0.37).cos() * 0.01).collect();
+        let exact: Vec<f32> =
+            base.iter().enumerate().map(|(i, b)| b + (i as f32 * 0.37).cos() * 0.01).collect();
         let change: Vec<f32> = exact.iter().zip(&base).map(|(e, b)| e - b).collect();
         let change = Codec::Int8.encode(&change).unwrap();
         let target_params = crowdtrain_train::diloco::apply_broadcast(&base, &change).unwrap();
@@ -139,7 +140,10 @@ mod tests {
         assert!(matches!(parsed.rebuild(&target, &base, "m", &layout), Err(DeltaError::WrongBase { .. })));
         let mut other = base.clone();
         other[0] += 1.0;
-        assert!(matches!(parsed.rebuild(&base_digest, &other, "m", &layout), Err(DeltaError::Mismatch { .. })));
+        assert!(matches!(
+            parsed.rebuild(&base_digest, &other, "m", &layout),
+            Err(DeltaError::Mismatch { .. })
+        ));
         // Hostile bytes.
         assert!(matches!(ModelDelta::decode(b"CTMD"), Err(DeltaError::NotADelta)));
         let mut version = bytes.clone();

@@ -22,8 +22,8 @@
 //! are combined in worker order, with fixed-order sums.
 
 use crowdtrain_data::{Dataset, LabeledImages, RngKey, make_shards_of, split_validation};
-use crowdtrain_recipe::{Broadcast, TrainingRecipe};
 pub use crowdtrain_recipe::segment_range;
+use crowdtrain_recipe::{Broadcast, TrainingRecipe};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -449,7 +449,8 @@ pub fn outer_step(
         Broadcast::Delta(codec) => {
             let exact = state.exact.get_or_insert_with(|| state.params.clone());
             outer.apply(exact, &mut state.momentum, delta);
-            let change: Vec<f32> = exact.iter().zip(&state.params).map(|(exact, public)| exact - public).collect();
+            let change: Vec<f32> =
+                exact.iter().zip(&state.params).map(|(exact, public)| exact - public).collect();
             let encoded = codec.encode(&change)?;
             state.params = apply_broadcast(&state.params, &encoded)?;
             Some(encoded)

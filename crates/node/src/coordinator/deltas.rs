@@ -15,12 +15,14 @@ use crowdtrain_store::{CheckpointError, Checkpoints};
 /// well before it were this far behind, for a 4x codec).
 pub const DELTAS_KEPT: usize = 4;
 
+/// By target model: the round it was published in, and the delta's bytes.
+type Kept = BTreeMap<Digest, (u64, Arc<Vec<u8>>)>;
+
 /// Delta files and the newest [`DELTAS_KEPT`] deltas, by target model.
 #[derive(Debug, Clone)]
 pub struct Deltas {
     files: Checkpoints,
-    /// By target model: the round it was published in, and the file.
-    kept: Arc<Mutex<BTreeMap<Digest, (u64, Arc<Vec<u8>>)>>>,
+    kept: Arc<Mutex<Kept>>,
 }
 
 impl Deltas {
@@ -29,7 +31,8 @@ impl Deltas {
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
         let files = Checkpoints::open_with_extension(dir, "delta")?;
         let deltas = Self { files, kept: Default::default() };
-        let entries = std::fs::read_dir(dir).map_err(|source| CheckpointError::Io { path: dir.to_owned(), source })?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|source| CheckpointError::Io { path: dir.to_owned(), source })?;
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(digest) = path
@@ -40,7 +43,12 @@ impl Deltas {
             else {
                 continue;
             };
-            match deltas.files.get(&digest).ok().and_then(|bytes| Some((ModelDelta::decode(&bytes).ok()?, bytes))) {
+            match deltas
+                .files
+                .get(&digest)
+                .ok()
+                .and_then(|bytes| Some((ModelDelta::decode(&bytes).ok()?, bytes)))
+            {
                 Some((delta, bytes)) => deltas.insert(delta.round, delta.target, Arc::new(bytes)),
                 None => deltas.files.remove(&digest)?,
             }

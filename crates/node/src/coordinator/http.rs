@@ -452,7 +452,9 @@ async fn model_delta(State(node): State<Arc<Node>>, Path(digest): Path<String>) 
         let bytes = node.model_delta(&digest)?;
         node.count_download(bytes.len() as u64);
         let mut response = Body::from(axum::body::Bytes::from_owner(ArcBytes(bytes))).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         Ok::<_, Failure>(response)
     })();
     result.unwrap_or_else(Failure::into_response)

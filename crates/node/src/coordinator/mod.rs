@@ -1308,7 +1308,8 @@ impl Node {
                 // the current model download instead (served from memory,
                 // its file written with the checkpoints).
                 let change = change.map(|change| {
-                    let delta = ModelDelta { round: state.round, base: inner.global_model, target: model, change };
+                    let delta =
+                        ModelDelta { round: state.round, base: inner.global_model, target: model, change };
                     Arc::new(delta.encode())
                 });
                 if let Some(bytes) = &change {
@@ -1527,9 +1528,9 @@ impl Node {
     /// The delta that makes model `digest` from the one before it, under a
     /// compressed broadcast, if it is among the newest kept.
     fn model_delta(&self, digest: &Digest) -> Result<Arc<Vec<u8>>, Failure> {
-        self.deltas
-            .get(digest)
-            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no delta to model {digest}: download it whole")))
+        self.deltas.get(digest).ok_or_else(|| {
+            Failure::new(ErrorCode::NotFound, format!("no delta to model {digest}: download it whole"))
+        })
     }
 
     fn count_download(&self, bytes: u64) {
