@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use crowdtrain_protocol::wire::{ErrorCode, Phase, Receipt, ReceiptStatus};
 use crowdtrain_protocol::{Digest, Identity, RequestAuth, Signed};
-use crowdtrain_train::{Codec, Encode};
+use crowdtrain_train::{Broadcast, Codec, Encode, Nesterov};
 
 #[test]
 fn a_networked_run_reproduces_the_simulation_bit_for_bit() {
@@ -163,6 +163,74 @@ fn a_coordinator_that_lost_its_latest_checkpoints_rebuilds_them_and_ends_bit_ide
     for output in network.join_workers() {
         assert!(output.status.success());
     }
+}
+
+#[test]
+fn under_a_compressed_broadcast_workers_download_deltas_and_a_killed_coordinator_ends_bit_identical() {
+    // Goal: with `[outer] broadcast = "int8"` workers that hold the last
+    // model download only the encoded change; a worker that joins with an
+    // empty cache downloads the model whole once; the coordinator's exact
+    // model survives a SIGKILL; and the run's bits are the simulation's with
+    // the same broadcast. Method: three workers; after two rounds, SIGKILL
+    // the coordinator and worker 2, empty worker 2's cache, restart both.
+    let rounds = 6;
+    let mut network = Network::with_extra(
+        rounds,
+        30,
+        0.5,
+        "min_workers = 3\ndeadline_ms = 60000",
+        "[outer]\nbroadcast = \"int8\"\n",
+    );
+    network.start_coordinator();
+    for index in 0..3 {
+        network.start_worker(index);
+    }
+    network.wait_for(120, "round 2 to close", |status| status.completed_rounds >= 2);
+    network.kill_coordinator();
+    let mut late = network.workers.remove(2);
+    late.kill().unwrap();
+    late.wait().unwrap();
+    std::fs::remove_dir_all(network.path("cache-2")).unwrap();
+    network.start_coordinator();
+    network.start_worker(2);
+    let status = network.wait_for(180, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, rounds);
+    let broadcast = Nesterov { broadcast: Broadcast::Delta(Codec::INT8), ..Nesterov::default() };
+    let simulated = simulated_state_hash_of(3, rounds, 30, Default::default(), broadcast);
+    assert_eq!(status.state_hash, simulated, "the same bits as the simulation with the same broadcast");
+    assert_ne!(status.state_hash, simulated_state_hash(3, rounds, 30), "the broadcast changes the model");
+    let model_bytes = (crowdtrain_train::build_model(Default::default()).layout().len() * 4) as u64;
+    let summaries: Vec<serde_json::Value> = network
+        .join_workers()
+        .iter()
+        .map(|output| {
+            assert!(output.status.success());
+            serde_json::from_slice(&output.stdout).unwrap()
+        })
+        .collect();
+    // Workers 0 and 1 downloaded the first model whole (and at most one
+    // more: a delta asked for while the coordinator was down, or whose file
+    // the kill took, falls back to the full model), the rest as deltas.
+    for summary in &summaries[..2] {
+        let (full, deltas) = (
+            summary["full_model_downloads"].as_u64().unwrap(),
+            summary["delta_model_downloads"].as_u64().unwrap(),
+        );
+        let log = network.log(&format!("worker-{}.log", summary["worker"]));
+        let notes: Vec<&str> = log.lines().filter(|line| line.contains("delta")).collect();
+        assert!((1..=2).contains(&full) && deltas >= 3 && full + deltas == rounds, "{summary} {notes:?}");
+        let downloaded = summary["bytes_downloaded"].as_u64().unwrap();
+        assert!(
+            // A delta is about a quarter of the model: count it as half.
+            downloaded < (2 * full + deltas) * model_bytes / 2,
+            "{downloaded} bytes for {rounds} models of {model_bytes}: {summary} {notes:?}"
+        );
+    }
+    // The late joiner: its first model whole, the ones after as deltas.
+    let late = &summaries[2];
+    assert_eq!(late["full_model_downloads"], 1, "{late}");
+    assert!(late["delta_model_downloads"].as_u64().unwrap() >= 1, "{late}");
+    assert!(std::fs::read_dir(network.path("state/deltas")).unwrap().count() >= 1, "deltas are stored");
 }
 
 #[test]

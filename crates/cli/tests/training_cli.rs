@@ -108,6 +108,27 @@ fn sim_diloco_reports_rounds_and_bytes_for_both_runs() {
         (report["bytes_diloco"].as_u64().unwrap(), report["bytes_baseline"].as_u64().unwrap());
     assert!(baseline >= 5 * diloco, "{baseline} vs {diloco}");
     assert_eq!(report["final_test_accuracy"], rounds[2]["diloco_test_accuracy"]);
+    // Under an int8 broadcast the workers download the full model in the
+    // first round only, then the encoded change: fewer bytes, other bits.
+    let args =
+        ["sim", "diloco", "--workers", "4", "--inner-steps", "5", "--rounds", "3", "--seed", "1", "--json"];
+    let data_args = ["--data", data.to_str().unwrap()];
+    let broadcast = json_of(&crowdtrain(&[&args[..], &data_args, &["--broadcast", "int8"]].concat(), &[]));
+    let downloads = |report: &serde_json::Value| report["bytes_diloco_download"].as_u64().unwrap();
+    assert_eq!(broadcast["config"]["outer"]["broadcast"], "int8");
+    assert!(
+        3 * downloads(&broadcast) < 2 * downloads(&report),
+        "{} vs {}",
+        downloads(&broadcast),
+        downloads(&report)
+    );
+    assert_eq!(broadcast["rounds"][0]["diloco_download_bytes"], report["rounds"][0]["diloco_download_bytes"]);
+    assert_ne!(broadcast["diloco_state_hash"], report["diloco_state_hash"]);
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_crowdtrain"))
+        .args([&args[..], &data_args, &["--broadcast", "f32"]].concat())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("full"));
 }
 
 #[test]

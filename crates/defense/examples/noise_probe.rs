@@ -109,7 +109,7 @@ fn main() {
             .map(|(slot, (values, encoded))| WorkerUpdate { worker: slot as u64, values, encoded })
             .collect();
         if let Some(delta) = defense.aggregate(round, &updates) {
-            outer_step(outer, &mut global, &delta);
+            outer_step(outer, &mut global, &delta).unwrap();
         }
         let acc = evaluate(model.as_ref(), &global.params, &dataset.test).unwrap().accuracy;
         eprintln!(

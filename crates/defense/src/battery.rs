@@ -316,7 +316,7 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
         }
         match decision.aggregate.clone() {
             Some(aggregate) => {
-                outer_step(config.outer, &mut global, &aggregate);
+                outer_step(config.outer, &mut global, &aggregate).map_err(TrainError::from)?;
                 defense.commit(decision);
             }
             None => defense.set_aside(decision),

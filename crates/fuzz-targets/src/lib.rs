@@ -82,7 +82,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "checkpoint",
-        decodes: "safetensors checkpoints: parameters (the worker's model download), outer momentum, aggregator state",
+        decodes: "safetensors checkpoints: parameters (the worker's model download), outer momentum, aggregator state, outer momentum with exact parameters",
         run: targets::checkpoint,
         seeds: seeds::checkpoint,
         floor: BUDGET_FLOOR,
@@ -93,6 +93,14 @@ pub const TARGETS: &[Target] = &[
         decodes: "encoded pseudo-gradients (reveal bodies), f32 and int8",
         run: targets::codec,
         seeds: seeds::codec,
+        floor: BUDGET_FLOOR,
+        expansion: EXPANSION,
+    },
+    Target {
+        name: "model-delta",
+        decodes: "model deltas (`GET /v1/models/{digest}/delta`, `[outer] broadcast`), applied to the model a worker holds",
+        run: targets::model_delta,
+        seeds: seeds::model_delta,
         floor: BUDGET_FLOOR,
         expansion: EXPANSION,
     },
@@ -165,6 +173,11 @@ pub mod fixtures {
     pub const PARAMETERS: usize = 8;
     /// The run requests are signed for.
     pub const RUN: Digest = Digest([0x5a; 32]);
+
+    /// The parameters a worker holds when it applies a model delta.
+    pub fn held_model() -> Vec<f32> {
+        (0..PARAMETERS).map(|i| (i as f32 * 0.7).sin()).collect()
+    }
 
     /// The model's tensors.
     pub fn layout() -> &'static ParamLayout {

@@ -19,6 +19,7 @@ use crowdtrain_protocol::{
     Commitment, Digest, Identity, RequestAuth, RoundView, RunConfig, Signed, WorkerId,
 };
 use crowdtrain_store::checkpoint::{self, CheckpointKind};
+use crowdtrain_store::delta::ModelDelta;
 use crowdtrain_train::{AdamW, Codec, Encode, TrainState, TrainingRecipe};
 use serde::Serialize;
 
@@ -323,7 +324,27 @@ pub fn checkpoint() -> Vec<Vec<u8>> {
             checkpoint::encode(CheckpointKind::OuterMomentum, MODEL_NAME, layout(), &values(PARAMETERS)),
         ),
         tagged(2, checkpoint::encode_aggregator(MODEL_NAME, &aggregator)),
+        tagged(
+            3,
+            checkpoint::encode_outer(MODEL_NAME, layout(), &values(PARAMETERS), Some(&values(PARAMETERS))),
+        ),
     ]
+}
+
+/// Deltas the held model rebuilds from: an int8 change, and an empty one.
+pub fn model_delta() -> Vec<Vec<u8>> {
+    let held = crate::fixtures::held_model();
+    let encode = |params: &[f32]| checkpoint::encode(CheckpointKind::Params, MODEL_NAME, layout(), params);
+    [values(PARAMETERS), vec![0.0; PARAMETERS]]
+        .iter()
+        .map(|change| {
+            let change = Codec::INT8.encode(change).expect("finite values encode");
+            let target =
+                crowdtrain_train::diloco::apply_broadcast(&held, &change).expect("a small change applies");
+            let (base, target) = (Digest::of(&encode(&held)), Digest::of(&encode(&target)));
+            ModelDelta { round: 4, base, target, change }.encode()
+        })
+        .collect()
 }
 
 pub fn codec() -> Vec<Vec<u8>> {

@@ -27,12 +27,13 @@ use crowdtrain_protocol::wire::{
 };
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, RoundView, RunConfig, Signed};
 use crowdtrain_store::checkpoint::{self, CheckpointKind};
-use crowdtrain_train::{Encode, StateHash, TrainState};
+use crowdtrain_store::delta::ModelDelta;
+use crowdtrain_train::{Codec, Encode, StateHash, TrainState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Verdict::{self, Accepted, Rejected};
-use crate::fixtures::{MODEL_NAME, PARAMETERS, RUN, coordinator, layout, stranger};
+use crate::fixtures::{self, MODEL_NAME, PARAMETERS, RUN, coordinator, layout, stranger};
 
 fn verdict<T, E>(result: Result<T, E>) -> Verdict {
     if result.is_ok() { Accepted } else { Rejected }
@@ -222,9 +223,23 @@ pub fn ledger_entry(data: &[u8]) -> Verdict {
 /// same bits.
 pub fn checkpoint(data: &[u8]) -> Verdict {
     let Some((&kind, body)) = data.split_first() else { return Rejected };
-    let kind = match kind % 3 {
+    let kind = match kind % 4 {
         0 => CheckpointKind::Params,
         1 => CheckpointKind::OuterMomentum,
+        3 => {
+            let Ok((momentum, exact)) = checkpoint::decode_outer(body, MODEL_NAME, layout()) else {
+                return Rejected;
+            };
+            let again = checkpoint::encode_outer(MODEL_NAME, layout(), &momentum, exact.as_deref());
+            let (momentum_again, exact_again) =
+                checkpoint::decode_outer(&again, MODEL_NAME, layout()).expect("our own checkpoint decodes");
+            assert!(bits(&momentum_again) == bits(&momentum), "a round trip changed the momentum");
+            assert!(
+                exact_again.map(|e| bits(&e)) == exact.map(|e| bits(&e)),
+                "a round trip changed the exact model"
+            );
+            return Accepted;
+        }
         _ => {
             let Ok(state) = checkpoint::decode_aggregator(body, MODEL_NAME, PARAMETERS) else {
                 return Rejected;
@@ -238,6 +253,22 @@ pub fn checkpoint(data: &[u8]) -> Verdict {
     let again = checkpoint::encode(kind, MODEL_NAME, layout(), &values);
     let decoded = checkpoint::decode(&again, kind, MODEL_NAME, layout()).expect("our own checkpoint decodes");
     assert!(bits(&decoded) == bits(&values), "a checkpoint round trip changed values");
+    Accepted
+}
+
+/// A model delta, applied to the model a worker holds (a fixed one,
+/// named by its checkpoint's digest). The header's encoding is canonical;
+/// a delta that applies makes exactly the model it names.
+pub fn model_delta(data: &[u8]) -> Verdict {
+    let Ok(delta) = ModelDelta::decode(data) else { return Rejected };
+    assert_eq!(delta.encode(), data, "the delta's encoding is canonical");
+    let held = fixtures::held_model();
+    let held_digest = Digest::of(&checkpoint::encode(CheckpointKind::Params, MODEL_NAME, layout(), &held));
+    let Ok((params, bytes)) = delta.rebuild(&held_digest, &held, MODEL_NAME, layout()) else {
+        return Rejected;
+    };
+    assert_eq!(Digest::of(&bytes), delta.target, "a delta makes the model it names");
+    assert!(params.iter().all(|value| value.is_finite()));
     Accepted
 }
 

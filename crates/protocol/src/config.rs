@@ -22,6 +22,9 @@
 //! [outer]           # the coordinator's Nesterov step
 //! lr = 0.7
 //! momentum = 0.9
+//! broadcast = "full"  # or "int8": workers holding the previous model download
+//!                     # the encoded change (the coordinator keeps the exact
+//!                     # model and carries what the codec lost into later rounds)
 //!
 //! [data]            # optional
 //! dir = "/usr/share/datasets/fashion-mnist"
@@ -722,6 +725,25 @@ mod tests {
         assert_eq!(example.aggregation.aggregator(), defaults.aggregation.aggregator());
         example.aggregation = defaults.aggregation.clone();
         assert_eq!(example, defaults);
+    }
+
+    #[test]
+    fn the_broadcast_defaults_to_full_and_leaves_older_configurations_as_they_were() {
+        use crowdtrain_recipe::{Broadcast, Codec};
+        let defaults = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n").unwrap();
+        assert_eq!(defaults.outer.broadcast, Broadcast::Full);
+        // Run ids and stored configurations from before the option: the
+        // default is not written out.
+        assert!(!serde_json::to_string(&defaults).unwrap().contains("broadcast"));
+        let int8 =
+            RunConfig::parse("rounds = 2\n[training]\nseed = 0\n[outer]\nbroadcast = \"int8\"\n").unwrap();
+        assert_eq!(int8.outer.broadcast, Broadcast::Delta(Codec::INT8));
+        let json = serde_json::to_string(&int8).unwrap();
+        assert_eq!(serde_json::from_str::<RunConfig>(&json).unwrap(), int8);
+        for bad in ["f32", "zip"] {
+            let text = format!("rounds = 2\n[training]\nseed = 0\n[outer]\nbroadcast = \"{bad}\"\n");
+            assert!(RunConfig::parse(&text).unwrap_err().to_string().contains("broadcast"), "{bad}");
+        }
     }
 
     fn error_field(text: &str) -> String {

@@ -27,6 +27,7 @@
 //! for a schedule's cosine that every machine computes alike): the protocol
 //! crate, which must stay free of training code, can speak of recipes.
 
+pub mod broadcast;
 pub mod codec;
 pub mod defense;
 pub mod metric;
@@ -36,6 +37,7 @@ pub mod sharding;
 
 use serde::{Deserialize, Serialize};
 
+pub use broadcast::Broadcast;
 pub use codec::{Codec, TOPK_CHUNK, TopK, Values};
 pub use defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
 pub use metric::Metric;

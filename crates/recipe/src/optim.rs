@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{RecipeError, check, check_positive};
+use crate::{Broadcast, RecipeError, check, check_positive};
 
 /// AdamW (Loshchilov and Hutter), the inner optimizer, with PyTorch's
 /// defaults and formula (decoupled weight decay applied before the step).
@@ -46,18 +46,24 @@ impl AdamW {
 }
 
 /// SGD with Nesterov momentum, the outer optimizer of DiLoCo, applied to
-/// the aggregated pseudo-gradient (global minus local parameters).
+/// the aggregated pseudo-gradient (global minus local parameters), and how
+/// its result is published (`[outer]` in `run.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Nesterov {
     pub lr: f32,
     pub momentum: f32,
+    /// How each new model reaches the workers. Left out of the serialised
+    /// form when `full`, so configurations (and run ids, state hashes) from
+    /// before it existed stay the same.
+    #[serde(skip_serializing_if = "Broadcast::is_full")]
+    pub broadcast: Broadcast,
 }
 
 impl Default for Nesterov {
-    /// DiLoCo's published setting.
+    /// DiLoCo's published setting, full models downloaded.
     fn default() -> Self {
-        Self { lr: 0.7, momentum: 0.9 }
+        Self { lr: 0.7, momentum: 0.9, broadcast: Broadcast::Full }
     }
 }
 

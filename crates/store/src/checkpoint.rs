@@ -33,6 +33,10 @@ pub enum CheckpointKind {
     /// The robust aggregator's state: its centre and each worker's
     /// momentum (see [`encode_aggregator`]).
     Aggregator,
+    /// The outer optimizer's state under a compressed broadcast: its
+    /// momentum and its exact parameters, which are never published (see
+    /// [`encode_outer`]).
+    OuterExact,
 }
 
 impl CheckpointKind {
@@ -41,6 +45,7 @@ impl CheckpointKind {
             Self::Params => "params",
             Self::OuterMomentum => "outer-momentum",
             Self::Aggregator => "aggregator",
+            Self::OuterExact => "outer-exact",
         }
     }
 }
@@ -105,6 +110,83 @@ pub fn decode(
     crowdtrain_train::model_file::params_from_safetensors(&tensors, layout).map_err(malformed)
 }
 
+const OUTER_MOMENTUM: &str = "momentum";
+const OUTER_EXACT: &str = "exact";
+
+/// The outer optimizer's private state: its momentum, as an
+/// [`CheckpointKind::OuterMomentum`] checkpoint (the bytes a full broadcast
+/// has always written) when the published parameters are the exact ones,
+/// or an [`CheckpointKind::OuterExact`] one holding the momentum and the
+/// exact parameters as two flat tensors.
+pub fn encode_outer(
+    model_name: &str,
+    layout: &ParamLayout,
+    momentum: &[f32],
+    exact: Option<&[f32]>,
+) -> Vec<u8> {
+    let Some(exact) = exact else {
+        return encode(CheckpointKind::OuterMomentum, model_name, layout, momentum);
+    };
+    assert!(momentum.len() == layout.len() && exact.len() == layout.len(), "values follow the layout");
+    let tensors =
+        [(OUTER_EXACT.to_owned(), le_bytes(exact)), (OUTER_MOMENTUM.to_owned(), le_bytes(momentum))];
+    encode_flat(CheckpointKind::OuterExact, model_name, &tensors)
+}
+
+/// A checkpoint of flat f32 tensors (name, little-endian bytes).
+fn encode_flat(kind: CheckpointKind, model_name: &str, tensors: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let views = tensors.iter().map(|(name, data)| {
+        let view = TensorView::new(Dtype::F32, vec![data.len() / 4], data).expect("shape matches data");
+        (name.as_str(), view)
+    });
+    let metadata = HashMap::from([(METADATA_KEY.to_owned(), metadata_value(kind, model_name))]);
+    safetensors::serialize(views, Some(metadata)).expect("f32 tensors always serialize")
+}
+
+/// Decodes [`encode_outer`]'s file: the momentum, and the exact parameters
+/// if it holds them.
+pub fn decode_outer(
+    bytes: &[u8],
+    model_name: &str,
+    layout: &ParamLayout,
+) -> Result<(Vec<f32>, Option<Vec<f32>>), CheckpointError> {
+    if let Ok(momentum) = decode(bytes, CheckpointKind::OuterMomentum, model_name, layout) {
+        return Ok((momentum, None));
+    }
+    if bytes.len() as u64 > CHECKPOINT_BYTES_MAX {
+        return Err(CheckpointError::TooLarge(bytes.len() as u64));
+    }
+    let malformed = |message: String| CheckpointError::Malformed(message);
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|error| malformed(error.to_string()))?;
+    let expected = metadata_value(CheckpointKind::OuterExact, model_name);
+    if header.metadata().as_ref().and_then(|metadata| metadata.get(METADATA_KEY)) != Some(&expected) {
+        return Err(malformed(format!("expected outer momentum or {expected}")));
+    }
+    let tensors = SafeTensors::deserialize(bytes).map_err(|error| malformed(error.to_string()))?;
+    let read = |name: &str| -> Result<Vec<f32>, CheckpointError> {
+        let tensor = tensors.tensor(name).map_err(|_| malformed(format!("no {name} tensor")))?;
+        if tensor.dtype() != Dtype::F32 || tensor.shape() != [layout.len()] {
+            return Err(malformed(format!("{name} is not F32 [{}]", layout.len())));
+        }
+        let values: Vec<f32> = tensor
+            .data()
+            .chunks_exact(4)
+            .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+            .collect();
+        match values.iter().all(|value| value.is_finite()) {
+            true => Ok(values),
+            false => Err(malformed(format!("{name} holds a non-finite value"))),
+        }
+    };
+    if tensors.len() != 2 {
+        return Err(malformed(format!(
+            "{} tensors, expected {OUTER_EXACT} and {OUTER_MOMENTUM}",
+            tensors.len()
+        )));
+    }
+    Ok((read(OUTER_MOMENTUM)?, Some(read(OUTER_EXACT)?)))
+}
+
 const CENTER: &str = "center";
 const MOMENTUM_PREFIX: &str = "momentum.";
 
@@ -119,13 +201,7 @@ pub fn encode_aggregator(model_name: &str, state: &AggregatorState) -> Vec<u8> {
             .iter()
             .map(|(worker, momentum)| (format!("{MOMENTUM_PREFIX}{worker}"), le_bytes(momentum))),
     );
-    let views = tensors.iter().map(|(name, data)| {
-        let view = TensorView::new(Dtype::F32, vec![data.len() / 4], data).expect("shape matches data");
-        (name.as_str(), view)
-    });
-    let metadata =
-        HashMap::from([(METADATA_KEY.to_owned(), metadata_value(CheckpointKind::Aggregator, model_name))]);
-    safetensors::serialize(views, Some(metadata)).expect("f32 tensors always serialize")
+    encode_flat(CheckpointKind::Aggregator, model_name, &tensors)
 }
 
 /// Decodes an aggregator state for `model_name`, whose vectors must all
@@ -278,6 +354,25 @@ mod tests {
         let model = crowdtrain_train::build_model(ModelKind::Mlp);
         let params = model.layout().initialize(4);
         (model.name(), model.layout().clone(), params)
+    }
+
+    #[test]
+    fn the_outer_state_round_trips_with_and_without_the_exact_model() {
+        let (name, layout, params) = mlp();
+        let momentum: Vec<f32> = params.iter().map(|value| value * 0.5).collect();
+        let plain = encode_outer(&name, &layout, &momentum, None);
+        assert_eq!(
+            plain,
+            encode(CheckpointKind::OuterMomentum, &name, &layout, &momentum),
+            "as it always was"
+        );
+        assert_eq!(decode_outer(&plain, &name, &layout).unwrap(), (momentum.clone(), None));
+        let apart = encode_outer(&name, &layout, &momentum, Some(&params));
+        assert_eq!(decode_outer(&apart, &name, &layout).unwrap(), (momentum.clone(), Some(params.clone())));
+        assert!(decode_outer(&apart, "another", &layout).is_err());
+        assert!(
+            decode_outer(&encode(CheckpointKind::Params, &name, &layout, &params), &name, &layout).is_err()
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod db;
+pub mod delta;
 pub mod reward;
 pub mod trajectory;
 

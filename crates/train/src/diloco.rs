@@ -22,8 +22,8 @@
 //! are combined in worker order, with fixed-order sums.
 
 use crowdtrain_data::{Dataset, LabeledImages, RngKey, make_shards_of, split_validation};
-use crowdtrain_recipe::TrainingRecipe;
 pub use crowdtrain_recipe::segment_range;
+use crowdtrain_recipe::{Broadcast, TrainingRecipe};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -110,8 +110,11 @@ pub struct RoundReport {
     /// pseudo-gradient uploads).
     pub diloco_bytes: u64,
     /// Of those, the encoded pseudo-gradient uploads (what the codec
-    /// decides; the model downloads are f32).
+    /// decides).
     pub diloco_upload_bytes: u64,
+    /// The model-download share of `diloco_bytes`: full models, or the
+    /// published changes under a compressed broadcast.
+    pub diloco_download_bytes: u64,
     pub baseline_test_accuracy: f64,
     pub baseline_test_loss: f64,
     pub baseline_train_loss: f64,
@@ -209,7 +212,7 @@ pub fn simulate(
         let report = round_report(
             config,
             round,
-            (diloco_eval, diloco_train_loss, diloco.bytes, diloco.upload_bytes),
+            (diloco_eval, diloco_train_loss, diloco.bytes, diloco.upload_bytes, diloco.download_bytes),
             (baseline_eval, baseline_train_loss, baseline.bytes),
         );
         on_round(&report);
@@ -227,7 +230,13 @@ pub fn simulate(
 fn round_report(
     config: &DilocoConfig,
     round: u64,
-    (diloco, diloco_train_loss, diloco_bytes, diloco_upload_bytes): (Evaluation, f32, u64, u64),
+    (diloco, diloco_train_loss, diloco_bytes, diloco_upload_bytes, diloco_download_bytes): (
+        Evaluation,
+        f32,
+        u64,
+        u64,
+        u64,
+    ),
     (baseline, baseline_train_loss, baseline_bytes): (Evaluation, f32, u64),
 ) -> RoundReport {
     RoundReport {
@@ -238,6 +247,7 @@ fn round_report(
         diloco_train_loss: f64::from(diloco_train_loss),
         diloco_bytes,
         diloco_upload_bytes,
+        diloco_download_bytes,
         baseline_test_accuracy: baseline.accuracy,
         baseline_test_loss: baseline.loss,
         baseline_train_loss: f64::from(baseline_train_loss),
@@ -254,7 +264,14 @@ struct DilocoRun<'m> {
     state: OuterState,
     residuals: Vec<Vec<f32>>,
     bytes: u64,
+    /// The upload share of `bytes`: encoded pseudo-gradients.
     upload_bytes: u64,
+    /// The model-download share of `bytes`.
+    download_bytes: u64,
+    /// The change the last outer step published under a compressed
+    /// broadcast (empty if the round changed nothing), `None` under a full
+    /// broadcast or before the first step.
+    published: Option<Vec<u8>>,
 }
 
 impl<'m> DilocoRun<'m> {
@@ -266,7 +283,15 @@ impl<'m> DilocoRun<'m> {
             residuals: vec![Vec::new(); config.workers],
             bytes: 0,
             upload_bytes: 0,
+            download_bytes: 0,
+            published: None,
         }
+    }
+
+    /// A model's size as downloaded whole: its parameters in f32 (the
+    /// checkpoint adds a small header).
+    fn full_model_bytes(&self) -> u64 {
+        (self.state.params.len() * 4) as u64
     }
 
     /// One round; returns the workers' mean inner loss.
@@ -290,8 +315,16 @@ impl<'m> DilocoRun<'m> {
                 Ok((decoded, encoded, update.mean_loss))
             })
             .collect::<Result<Vec<_>, TrainError>>()?;
-        let parameters = self.state.params.len();
-        let download_bytes = (parameters * 4) as u64 * self.config.workers as u64;
+        let workers = self.config.workers as u64;
+        // Each worker downloads this round's model: the full one on the
+        // first round (every worker joins then) and under a full broadcast,
+        // the published change otherwise (a round that changed nothing
+        // publishes nothing new).
+        let download_bytes = match &self.published {
+            None => self.full_model_bytes() * workers,
+            Some(change) => change.len() as u64 * workers,
+        };
+        self.download_bytes += download_bytes;
         let upload_bytes: u64 = results.iter().map(|(_, encoded, _)| encoded.len() as u64).sum();
         self.bytes += download_bytes + upload_bytes;
         self.upload_bytes += upload_bytes;
@@ -300,9 +333,12 @@ impl<'m> DilocoRun<'m> {
             .enumerate()
             .map(|(slot, (values, encoded, _))| WorkerUpdate { worker: slot as u64, values, encoded })
             .collect();
-        if let Some(delta) = aggregate.aggregate(round, &updates) {
-            outer_step(self.config.outer, &mut self.state, &delta);
-        }
+        self.published = match aggregate.aggregate(round, &updates) {
+            Some(delta) => outer_step(self.config.outer, &mut self.state, &delta)?,
+            None if self.config.outer.broadcast.is_full() => None,
+            // Nothing changed: workers keep the model they hold.
+            None => Some(Vec::new()),
+        };
         Ok(results.iter().map(|(_, _, loss)| loss).sum::<f32>() / results.len() as f32)
     }
 }
@@ -408,12 +444,53 @@ pub fn replay_on(
 }
 
 /// The coordinator's half of a round: one outer step with the round's
-/// aggregated pseudo-gradient. The networked coordinator and the
-/// simulation both call this (after the same [`Aggregate`]), which is what
-/// makes a networked run reproduce the simulation bit for bit.
-pub fn outer_step(outer: Nesterov, state: &mut OuterState, delta: &[f32]) {
-    outer.apply(&mut state.params, &mut state.momentum, delta);
+/// aggregated pseudo-gradient, and the publication of its result. The
+/// networked coordinator and the simulation both call this (after the same
+/// [`Aggregate`]), which is what makes a networked run reproduce the
+/// simulation bit for bit.
+///
+/// Under a full broadcast the step moves the published parameters and
+/// returns `None`. Under [`Broadcast::Delta`] it moves the exact parameters
+/// θ* (`state.exact`), then publishes the change δ = encode(θ* − θ_pub)
+/// and sets θ_pub ← θ_pub + decode(δ) ([`apply_broadcast`], what a worker
+/// does with δ): whatever the codec drops stays in θ* − θ_pub and is sent
+/// in a later round. Returns the encoded δ.
+pub fn outer_step(
+    outer: Nesterov,
+    state: &mut OuterState,
+    delta: &[f32],
+) -> Result<Option<Vec<u8>>, codec::CodecError> {
+    let published = match outer.broadcast {
+        Broadcast::Full => {
+            outer.apply(&mut state.params, &mut state.momentum, delta);
+            None
+        }
+        Broadcast::Delta(codec) => {
+            let exact = state.exact.get_or_insert_with(|| state.params.clone());
+            outer.apply(exact, &mut state.momentum, delta);
+            let change: Vec<f32> =
+                exact.iter().zip(&state.params).map(|(exact, public)| exact - public).collect();
+            let encoded = codec.encode(&change)?;
+            state.params = apply_broadcast(&state.params, &encoded)?;
+            Some(encoded)
+        }
+    };
     state.round += 1;
+    Ok(published)
+}
+
+/// The published model after `base` given the round's encoded change: what
+/// the coordinator publishes and a worker holding `base` rebuilds, with the
+/// same arithmetic (an element-wise f32 sum). `encoded` is untrusted: it is
+/// decoded with every check of [`codec::decode`], and a sum that overflows
+/// is refused.
+pub fn apply_broadcast(base: &[f32], encoded: &[u8]) -> Result<Vec<f32>, codec::CodecError> {
+    let (_, change) = codec::decode(encoded, base.len())?;
+    let next: Vec<f32> = base.iter().zip(&change).map(|(base, change)| base + change).collect();
+    match next.iter().position(|value| !value.is_finite()) {
+        Some(index) => Err(codec::CodecError::NonFinite { index }),
+        None => Ok(next),
+    }
 }
 
 /// The element-wise mean, summing the vectors in the order given.
@@ -485,5 +562,63 @@ impl<'m> SyncBaseline<'m> {
             self.bytes += per_step_bytes;
         }
         Ok((loss_sum / recipe.inner_steps.max(1) as f64) as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Codec;
+
+    /// A few outer steps with pseudo-gradients of varied scale.
+    fn steps(broadcast: Broadcast, rounds: usize) -> (OuterState, Vec<Option<Vec<u8>>>) {
+        let outer = Nesterov { broadcast, ..Nesterov::default() };
+        let start: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.13).sin()).collect();
+        let mut state = OuterState::new("m".into(), start);
+        let published = (0..rounds)
+            .map(|round| {
+                let delta: Vec<f32> = (0..1000)
+                    .map(|i| ((i * 7 + round * 31) as f32 * 0.011).cos() * 0.01 * (1.0 + (i % 13) as f32))
+                    .collect();
+                outer_step(outer, &mut state, &delta).unwrap()
+            })
+            .collect();
+        (state, published)
+    }
+
+    #[test]
+    fn a_compressed_broadcast_steps_the_exact_model_and_publishes_what_workers_rebuild() {
+        let (full, published) = steps(Broadcast::Full, 6);
+        assert!(full.exact.is_none() && published.iter().all(Option::is_none), "full: nothing apart");
+        let (state, published) = steps(Broadcast::Delta(Codec::INT8), 6);
+        // The exact model is the full broadcast's, bit for bit: the outer
+        // step never sees the published one.
+        assert_eq!(state.exact.as_deref(), Some(full.params.as_slice()));
+        assert_eq!(state.momentum, full.momentum);
+        // A worker that held the start and applied every published change
+        // holds the published model, bit for bit.
+        let mut worker: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.13).sin()).collect();
+        for change in &published {
+            worker = apply_broadcast(&worker, change.as_ref().unwrap()).unwrap();
+        }
+        assert_eq!(worker, state.params);
+        // Error feedback: what the codec lost is carried, not accumulated.
+        // The published model trails the exact one by less than one int8
+        // level of the last change, however many rounds ran.
+        let (_, last) = codec::decode(published.last().unwrap().as_ref().unwrap(), 1000).unwrap();
+        let level = last.iter().fold(0.0f32, |max, value| max.max(value.abs())) / 127.0;
+        for (exact, public) in full.params.iter().zip(&state.params) {
+            assert!((exact - public).abs() <= level, "{exact} vs {public} (level {level})");
+        }
+        assert_ne!(state.params, full.params, "int8 is lossy: the published model is not the exact one");
+    }
+
+    #[test]
+    fn a_hostile_change_is_refused() {
+        let base = vec![f32::MAX; 4];
+        let change = Codec::F32.encode(&[f32::MAX; 4]).unwrap();
+        assert!(matches!(apply_broadcast(&base, &change), Err(codec::CodecError::NonFinite { index: 0 })));
+        assert!(apply_broadcast(&base, b"junk").is_err());
+        assert!(apply_broadcast(&base[..3], &change).is_err(), "another model's size");
     }
 }

@@ -165,18 +165,34 @@ pub struct OuterState {
     pub momentum: Vec<f32>,
     /// Rounds applied so far.
     pub round: u64,
+    /// Under a compressed broadcast (`[outer] broadcast`), the outer
+    /// optimizer's exact parameters, kept by the coordinator alone; `params`
+    /// is then the published model workers train from. `None` when the
+    /// published model is the exact one (full broadcast, or no step yet).
+    pub exact: Option<Vec<f32>>,
 }
 
 impl OuterState {
     pub fn new(model: String, params: Vec<f32>) -> Self {
         let momentum = vec![0.0; params.len()];
-        Self { model, params, momentum, round: 0 }
+        Self { model, params, momentum, round: 0, exact: None }
     }
 
+    /// The parameters the outer optimizer steps: the exact ones.
+    pub fn exact_params(&self) -> &[f32] {
+        self.exact.as_deref().unwrap_or(&self.params)
+    }
+
+    /// Over the published parameters, the momentum, the round and (only
+    /// when held apart) the exact parameters: a full-broadcast state hashes
+    /// as it always has.
     pub fn hash(&self) -> StateHash {
         let mut hasher = model_hasher(OUTER_STATE_CONTEXT, &self.model, &self.params);
         update_f32s(&mut hasher, &self.momentum);
         hasher.update(&self.round.to_le_bytes());
+        if let Some(exact) = &self.exact {
+            update_f32s(&mut hasher, exact);
+        }
         StateHash(*hasher.finalize().as_bytes())
     }
 }
@@ -301,6 +317,9 @@ mod tests {
         let mut later = state.clone();
         later.round = 1;
         assert_ne!(later.hash(), state.hash());
+        let mut apart = state.clone();
+        apart.exact = Some(vec![1.0, 2.5]);
+        assert_ne!(apart.hash(), state.hash());
     }
 
     #[test]

@@ -118,3 +118,32 @@ fn diloco_with_error_feedback_is_bit_identical_across_thread_counts() {
     assert!(one.rounds[2].diloco_upload_bytes * 100 < one.rounds[2].diloco_bytes, "uploads are ~1% of f32");
     assert!(one.rounds[2].diloco_test_accuracy > 0.3, "{:?}", one.rounds[2]);
 }
+
+#[test]
+fn a_compressed_broadcast_simulates_reproducibly_and_downloads_less() {
+    let dataset = dataset();
+    let config = |broadcast| DilocoConfig {
+        recipe: TrainingRecipe { inner_steps: 5, batch_size: 32, ..TrainingRecipe::with_seed(11) },
+        workers: 3,
+        rounds: 3,
+        outer: Nesterov { broadcast, ..Nesterov::default() },
+    };
+    let int8 = config(crowdtrain_train::Broadcast::Delta(crowdtrain_train::Codec::INT8));
+    let run = |config: &DilocoConfig, threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| simulate(config, &dataset, &mut Mean, |_| {}).unwrap())
+    };
+    let (one, two) = (run(&int8, 1), run(&int8, 2));
+    assert_eq!(one.diloco_state_hash, two.diloco_state_hash);
+    assert_eq!(one.rounds, two.rounds);
+    let full = run(&config(Default::default()), 2);
+    assert_ne!(one.diloco_state_hash, full.diloco_state_hash);
+    // The first round downloads the model whole, as a full broadcast does
+    // every round; the later ones about a quarter of it.
+    let model_bytes = full.rounds[0].diloco_download_bytes;
+    assert_eq!(one.rounds[0].diloco_download_bytes, model_bytes);
+    assert_eq!(full.rounds[2].diloco_download_bytes, 3 * model_bytes);
+    let later = one.rounds[2].diloco_download_bytes - model_bytes;
+    assert!(later * 3 < 2 * model_bytes && later > 0, "{later} bytes for two rounds, model {model_bytes}");
+    assert!(one.rounds[2].diloco_test_accuracy > 0.3, "{:?}", one.rounds[2]);
+}

@@ -304,7 +304,7 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         let scored = started.elapsed().as_secs_f64();
         let delta = decision.aggregate.clone().expect("honest updates aggregate");
         defense.commit(decision);
-        outer_step(outer, &mut global, &delta);
+        outer_step(outer, &mut global, &delta)?;
         if round > 0 {
             training.push(trained);
             decoding.push(decoded);

@@ -8,7 +8,7 @@ use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
 use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport, RunData};
 use crowdtrain_train::text::{TextRun, validation_loss};
-use crowdtrain_train::{AdamW, Codec, ModelKind, Nesterov, TrainingRecipe};
+use crowdtrain_train::{AdamW, Broadcast, Codec, ModelKind, Nesterov, TrainingRecipe};
 use serde::Serialize;
 
 use crate::model_args::{GptArgs, ModelName};
@@ -108,6 +108,13 @@ struct DilocoArgs {
     #[arg(long, default_value = "int8")]
     codec: Codec,
 
+    /// How each new model reaches the workers (run.toml's `[outer]
+    /// broadcast`): full (the whole f32 model every round), or a codec such
+    /// as int8 (the coordinator keeps the exact model and publishes the
+    /// encoded change; workers download the full model once).
+    #[arg(long, default_value = "full")]
+    broadcast: Broadcast,
+
     /// How updates are combined: mean (plain DiLoCo, no checks), or, with
     /// the coordinator's checks first, trimmed-mean[:TRIM], median or
     /// centered-clip[:MOMENTUM[:ITERATIONS]] (the coordinator's default). To
@@ -148,6 +155,8 @@ struct DilocoOutput {
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens: Option<u64>,
     bytes_diloco: u64,
+    /// The model-download share of `bytes_diloco` (see `--broadcast`).
+    bytes_diloco_download: u64,
     bytes_baseline: u64,
     /// How many times fewer bytes DiLoCo moved.
     bytes_ratio: f64,
@@ -317,7 +326,7 @@ impl DilocoArgs {
             other => format!("--{}", other.replace(['_', '.'], "-")),
         };
         recipe.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
-        let outer = Nesterov { lr: self.outer_lr, momentum: self.outer_momentum };
+        let outer = Nesterov { lr: self.outer_lr, momentum: self.outer_momentum, broadcast: self.broadcast };
         outer.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
         Ok(DilocoConfig { recipe, workers: self.workers, rounds: self.rounds, outer })
     }
@@ -417,6 +426,7 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         baseline_val_loss,
         tokens,
         bytes_diloco: last.diloco_bytes,
+        bytes_diloco_download: last.diloco_download_bytes,
         bytes_baseline: last.baseline_bytes,
         bytes_ratio: last.baseline_bytes as f64 / last.diloco_bytes.max(1) as f64,
         bytes_diloco_upload: last.diloco_upload_bytes,

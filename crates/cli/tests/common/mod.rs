@@ -329,11 +329,23 @@ pub fn simulated_state_hash_with(
     inner_steps: u64,
     aggregator: crowdtrain_defense::Aggregator,
 ) -> String {
+    simulated_state_hash_of(workers, rounds, inner_steps, aggregator, Nesterov::default())
+}
+
+/// [`simulated_state_hash_with`] with another outer step (e.g. its
+/// `broadcast`).
+pub fn simulated_state_hash_of(
+    workers: usize,
+    rounds: u64,
+    inner_steps: u64,
+    aggregator: crowdtrain_defense::Aggregator,
+    outer: Nesterov,
+) -> String {
     let config = DilocoConfig {
         recipe: TrainingRecipe { inner_steps, batch_size: 32, ..TrainingRecipe::with_seed(3) },
         workers,
         rounds,
-        outer: Nesterov::default(),
+        outer,
     };
     let dataset = DataSource::Directory(subset()).load().unwrap();
     simulate(

@@ -7,6 +7,7 @@
 //! | `POST /v1/workers` | signed | body: a JSON `RegisterRequest` (class, admission token); `Signed<Registration>` (idempotent per key); 403 `not-admitted` for a new key the run does not admit, 503 `full` when the run has as many live workers as its data supports (send it again later) |
 //! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
+//! | `GET /v1/models/{digest}/delta` | none | under a compressed broadcast (`[outer] broadcast`), the model delta (`crowdtrain_store::delta`) that makes this model from the one before it; 404 `not-found` when there is none among the newest kept (download the model whole). Its content is checked by the digest of what it rebuilds |
 //! | `POST /v1/rounds/{round}/commitments?base_model=D` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly) |
 //! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
@@ -140,6 +141,7 @@ pub async fn serve(
         .route("/v1/workers/{worker}", get(worker_view))
         .route("/v1/round", get(round))
         .route("/v1/models/{digest}", get(model))
+        .route("/v1/models/{digest}/delta", get(model_delta))
         .route("/v1/rounds/{round}/commitments", post(commitment))
         .route("/v1/rounds/{round}/reveals", post(reveal))
         .route("/v1/rounds/{round}/audits", post(audit_answer))
@@ -440,6 +442,22 @@ async fn model(State(node): State<Arc<Node>>, Path(digest): Path<String>, header
         Ok(response)
     };
     result.await.unwrap_or_else(Failure::into_response)
+}
+
+async fn model_delta(State(node): State<Arc<Node>>, Path(digest): Path<String>) -> Response {
+    let result = (|| {
+        let digest: Digest = digest.parse().map_err(|reason: String| {
+            Failure::new(ErrorCode::BadRequest, format!("model {digest}: {reason}"))
+        })?;
+        let bytes = node.model_delta(&digest)?;
+        node.count_download(bytes.len() as u64);
+        let mut response = Body::from(axum::body::Bytes::from_owner(ArcBytes(bytes))).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        Ok::<_, Failure>(response)
+    })();
+    result.unwrap_or_else(Failure::into_response)
 }
 
 /// The start of a `Range: bytes=N-` (or `bytes=N-M`, served to the end):

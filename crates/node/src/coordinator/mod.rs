@@ -13,6 +13,7 @@
 mod admission;
 mod audit;
 pub mod contract;
+mod deltas;
 mod http;
 mod limits;
 mod metrics;
@@ -38,6 +39,7 @@ use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
     RoundId, RoundResult, RoundView, RunConfig, Signed, Verdict, WorkerId,
 };
+use crowdtrain_store::delta::ModelDelta;
 use crowdtrain_store::{CheckpointKind, Checkpoints, LedgerOrder, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState};
@@ -116,6 +118,8 @@ pub struct Node {
     /// Training data for audit replays, test data for evaluation.
     dataset: Arc<RunData>,
     checkpoints: Checkpoints,
+    /// The published model deltas, under a compressed broadcast.
+    deltas: deltas::Deltas,
     /// Audit answers (start states: MBs each), by hash; the database
     /// records which answer is whose.
     answers: Checkpoints,
@@ -282,6 +286,7 @@ impl Node {
         let checkpoints = Checkpoints::open(&state_dir.join("checkpoints"))?;
         let answers = Checkpoints::open_with_extension(&state_dir.join("audit-answers"), "answer")?;
         let reward_models = Checkpoints::open(&state_dir.join("reward-models"))?;
+        let deltas = deltas::Deltas::open(&state_dir.join("deltas"))?;
         let mut store = Store::open(&state_dir.join("coordinator.sqlite"))?;
         let config_json = canonical_config(&config);
         // The menu is solved before the run is created (an unsolvable
@@ -387,6 +392,7 @@ impl Node {
             model,
             dataset: Arc::new(dataset),
             checkpoints,
+            deltas,
             answers,
             inner: Mutex::new(Inner {
                 machine,
@@ -1292,14 +1298,29 @@ impl Node {
             None => None,
             Some(delta) => {
                 let mut state = inner.global.clone();
-                outer_step(self.config.outer, &mut state, delta);
+                let change = outer_step(self.config.outer, &mut state, delta)
+                    .map_err(crowdtrain_train::TrainError::from)?;
                 let (model_bytes, momentum_bytes) = encode_global(self.model.as_ref(), &state);
                 let (model, momentum) = (Digest::of(&model_bytes), Digest::of(&momentum_bytes));
                 let model_bytes = Arc::new(model_bytes);
-                let checkpoints = self.checkpoints.clone();
+                // Under a compressed broadcast, the change workers holding
+                // the current model download instead (served from memory,
+                // its file written with the checkpoints).
+                let change = change.map(|change| {
+                    let delta =
+                        ModelDelta { round: state.round, base: inner.global_model, target: model, change };
+                    Arc::new(delta.encode())
+                });
+                if let Some(bytes) = &change {
+                    self.deltas.insert(state.round, model, Arc::clone(bytes));
+                }
+                let (checkpoints, deltas) = (self.checkpoints.clone(), self.deltas.clone());
                 let written = Arc::clone(&model_bytes);
                 inner.writing = Some(std::thread::spawn(move || {
                     checkpoints.put(&written)?;
+                    if let Some(change) = change {
+                        deltas.write(&change)?;
+                    }
                     checkpoints.put(&momentum_bytes).map(drop)
                 }));
                 let snapshot = inner.defense.aggregator.is_stateful()
@@ -1501,6 +1522,14 @@ impl Node {
         checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())
             .map_err(|_| Failure::new(ErrorCode::NotFound, format!("no model {digest} in this run")))?;
         Ok(Arc::new(bytes))
+    }
+
+    /// The delta that makes model `digest` from the one before it, under a
+    /// compressed broadcast, if it is among the newest kept.
+    fn model_delta(&self, digest: &Digest) -> Result<Arc<Vec<u8>>, Failure> {
+        self.deltas.get(digest).ok_or_else(|| {
+            Failure::new(ErrorCode::NotFound, format!("no delta to model {digest}: download it whole"))
+        })
     }
 
     fn count_download(&self, bytes: u64) {
@@ -1787,23 +1816,26 @@ fn read_global(
     let decode = |digest: &Digest, kind| -> Result<Vec<f32>, NodeError> {
         Ok(checkpoint::decode(&checkpoints.get(digest)?, kind, &name, model.layout())?)
     };
+    let (momentum, exact) = checkpoint::decode_outer(&checkpoints.get(&momentum)?, &name, model.layout())?;
     let state = OuterState {
         model: name.clone(),
         params: decode(&params, CheckpointKind::Params)?,
-        momentum: decode(&momentum, CheckpointKind::OuterMomentum)?,
+        momentum,
         round: rounds,
+        exact,
     };
     Ok((state, params))
 }
 
-/// `state`'s parameters and outer momentum, encoded as checkpoints side by
-/// side (MBs each, on the path that closes a round).
+/// `state`'s published parameters and the outer optimizer's own state
+/// (its momentum, and its exact parameters under a compressed broadcast),
+/// encoded as checkpoints side by side (MBs each, on the path that closes a
+/// round).
 fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
     let name = model.name();
-    let encode = |kind, values: &[f32]| checkpoint::encode(kind, &name, model.layout(), values);
     rayon::join(
-        || encode(CheckpointKind::Params, &state.params),
-        || encode(CheckpointKind::OuterMomentum, &state.momentum),
+        || checkpoint::encode(CheckpointKind::Params, &name, model.layout(), &state.params),
+        || checkpoint::encode_outer(&name, model.layout(), &state.momentum, state.exact.as_deref()),
     )
 }
 
@@ -1829,7 +1861,7 @@ fn rebuild_latest_global(
     let aggregator = config.defense().aggregator;
     let before = restore_aggregator(store, checkpoints, &aggregator, model, latest.round)?;
     let (aggregate, _) = replay_aggregation(store, &aggregator, &before, model, latest.round)?;
-    outer_step(config.outer, &mut state, &aggregate);
+    outer_step(config.outer, &mut state, &aggregate).map_err(crowdtrain_train::TrainError::from)?;
     let (model_bytes, momentum_bytes) = encode_global(model, &state);
     let rebuilt = (checkpoints.put(&model_bytes)?, checkpoints.put(&momentum_bytes)?);
     if rebuilt != (latest.model, latest.momentum) {

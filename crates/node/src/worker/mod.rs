@@ -29,6 +29,7 @@ use crowdtrain_protocol::wire::{
     WorkerStatus, WorkerView,
 };
 use crowdtrain_protocol::{Digest, PublicKey, RoundId, RoundView, Signed, WorkerId};
+use crowdtrain_store::delta::{self, ModelDelta};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
 use reqwest::{Method, StatusCode};
@@ -114,6 +115,12 @@ pub struct WorkerSummary {
     pub refused: u64,
     pub bytes_uploaded: u64,
     pub bytes_downloaded: u64,
+    /// Models downloaded whole (on joining, under a full broadcast, or when
+    /// a delta was missing or did not rebuild the model).
+    pub full_model_downloads: u64,
+    /// Models rebuilt from the one held and a downloaded delta (`[outer]
+    /// broadcast`).
+    pub delta_model_downloads: u64,
     /// From registration to holding a first assignment and its model.
     pub join_ms: Option<u64>,
     /// The option of the contract menu it chose, if the run offers one.
@@ -208,6 +215,7 @@ pub async fn run_worker(
 
     let pool = training_pool(options.threads)?;
     let mut models = ModelCache::new(&options.cache, model.as_ref())?;
+    models.use_deltas(!run.config.outer.broadcast.is_full());
     let mut shards: HashMap<u32, Arc<Shards>> = HashMap::new();
     let mut last_done: Option<RoundId> = None;
     // Delegated audits already replayed, so a refused report is not retried forever.
@@ -456,6 +464,7 @@ pub async fn run_worker(
         }
     }
     summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
+    (summary.full_model_downloads, summary.delta_model_downloads) = models.downloads();
     Ok(summary)
 }
 
@@ -915,6 +924,11 @@ pub struct ModelCache {
     layout: crowdtrain_train::ParamLayout,
     current: Option<(Digest, Arc<Vec<f32>>)>,
     bytes_downloaded: u64,
+    /// Whether the next model is first asked for as a delta from the
+    /// current one (the run publishes deltas).
+    deltas: bool,
+    full_downloads: u64,
+    delta_downloads: u64,
 }
 
 /// A download is retried from where it stopped at most this many times.
@@ -930,7 +944,21 @@ impl ModelCache {
             layout: model.layout().clone(),
             current: None,
             bytes_downloaded: 0,
+            deltas: false,
+            full_downloads: 0,
+            delta_downloads: 0,
         })
+    }
+
+    /// Asks for each new model as a delta from the one held first (when
+    /// the run publishes deltas: `[outer] broadcast`).
+    pub fn use_deltas(&mut self, deltas: bool) {
+        self.deltas = deltas;
+    }
+
+    /// Models downloaded whole, and rebuilt from deltas, so far.
+    pub fn downloads(&self) -> (u64, u64) {
+        (self.full_downloads, self.delta_downloads)
     }
 
     /// Bytes received from model downloads so far.
@@ -945,11 +973,73 @@ impl ModelCache {
         {
             return Ok(Arc::clone(params));
         }
+        if let Some((held, params)) = self.current.clone().filter(|_| self.deltas) {
+            match self.fetch_delta(client, digest, &held, &params).await {
+                Ok(Some(params)) => {
+                    self.delta_downloads += 1;
+                    let params = Arc::new(params);
+                    self.current = Some((*digest, Arc::clone(&params)));
+                    return Ok(params);
+                }
+                // Not kept (the model is not the next one after ours).
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(model = %digest, %reason, "model delta not usable: downloading the model whole")
+                }
+            }
+        }
+        let cached = self.dir.join(format!("{}.safetensors", digest.to_hex())).exists();
         let bytes = self.fetch(client, digest).await?;
+        self.full_downloads += u64::from(!cached);
         let params = checkpoint::decode(&bytes, CheckpointKind::Params, &self.name, &self.layout)?;
         let params = Arc::new(params);
         self.current = Some((*digest, Arc::clone(&params)));
         Ok(params)
+    }
+
+    /// Model `digest` rebuilt from the held model `held` (`params`) and the
+    /// delta the coordinator publishes to it, checked against `digest`;
+    /// `None` when the coordinator has no delta to it. The delta is
+    /// untrusted: bounded while it arrives, then every check of
+    /// [`ModelDelta::rebuild`], which yields `digest` or fails.
+    async fn fetch_delta(
+        &mut self,
+        client: &Client,
+        digest: &Digest,
+        held: &Digest,
+        params: &[f32],
+    ) -> Result<Option<Vec<f32>>, String> {
+        let mut response = client.get_stream(&format!("/v1/models/{}/delta", digest.to_hex()), 0).await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            status => return Err(format!("HTTP {status}")),
+        }
+        // Never more than the model whole: past that the delta saves nothing.
+        let limit = delta::HEADER_BYTES + crowdtrain_train::codec::HEADER_BYTES + self.layout.len() * 4;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+            self.bytes_downloaded += chunk.len() as u64;
+            if bytes.len() + chunk.len() > limit {
+                return Err(format!("the delta is larger than the model ({limit} bytes)"));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let delta = ModelDelta::decode(&bytes).map_err(|error| error.to_string())?;
+        if delta.target != *digest {
+            return Err(format!("the delta makes model {}, not {digest}", delta.target));
+        }
+        if delta.base != *held {
+            // A delta from a model we do not hold: download the model whole.
+            return Ok(None);
+        }
+        let (params, checkpoint) =
+            delta.rebuild(held, params, &self.name, &self.layout).map_err(|error| error.to_string())?;
+        let done = self.dir.join(format!("{}.safetensors", digest.to_hex()));
+        if let Err(error) = std::fs::write(&done, &checkpoint) {
+            tracing::warn!(path = %done.display(), %error, "could not cache a rebuilt model");
+        }
+        Ok(Some(params))
     }
 
     /// The checkpoint's bytes, from the cache or downloaded; a partial
