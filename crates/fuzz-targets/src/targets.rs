@@ -28,7 +28,7 @@ use crowdtrain_protocol::wire::{
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, RoundView, RunConfig, Signed};
 use crowdtrain_store::checkpoint::{self, CheckpointKind};
 use crowdtrain_store::delta::ModelDelta;
-use crowdtrain_train::{Codec, Encode, StateHash, TrainState};
+use crowdtrain_train::{Encode, StateHash, TrainState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::codec;
+use crate::codec::{self, Encode};
 use crate::model::{Evaluation, Model, build_model, evaluate};
 use crate::optim::{Nesterov, NesterovUpdate};
 use crate::state::{OuterState, StateHash, TrainState};
