@@ -125,6 +125,10 @@ struct Run {
     round_seconds_median: Option<f64>,
     /// The coordinator's resident memory, sampled every 100 ms: the most.
     coordinator_rss_mb_max: f64,
+    /// The coordinator's CPU time (user and system) over the run, and as
+    /// a share of the run's wall time (1.0: one core all the time).
+    coordinator_cpu_seconds: f64,
+    coordinator_cpu_share: f64,
     final_test_accuracy: f64,
     state_hash: String,
     /// Workers the coordinator registered (the honest ones only, if
@@ -301,16 +305,21 @@ fn measured(
     mut on_start: impl FnMut(&str, u32, &std::path::Path) -> anyhow::Result<Attacking>,
 ) -> anyhow::Result<Run> {
     let rss_max = Arc::new(AtomicU64::new(0));
+    let cpu_ticks = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
     let mut attacking: Attacking = None;
     let mut sampler = None;
     let load_average_start = load_average();
     let report = demo::execute(args, |url, pid, dir| {
-        let (rss_max, sampling) = (Arc::clone(&rss_max), Arc::clone(&sampling));
+        let (rss_max, cpu_ticks, sampling) =
+            (Arc::clone(&rss_max), Arc::clone(&cpu_ticks), Arc::clone(&sampling));
         sampler = Some(std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
                 if let Some(kb) = resident_kb(pid) {
                     rss_max.fetch_max(kb, Ordering::Relaxed);
+                }
+                if let Some(ticks) = cpu_ticks_of(pid) {
+                    cpu_ticks.fetch_max(ticks, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -335,7 +344,12 @@ fn measured(
         .collect();
     let first = closed.iter().map(|round| round.opened_unix_ms).min().unwrap_or(0);
     let last = closed.iter().filter_map(|round| round.closed_unix_ms).max().unwrap_or(first + 1);
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let coordinator_cpu_seconds = cpu_ticks.load(Ordering::Relaxed) as f64 / ticks_per_second;
     Ok(Run {
+        coordinator_cpu_seconds,
+        coordinator_cpu_share: coordinator_cpu_seconds / report.seconds.max(1e-3),
         load_average_start,
         load_average_end,
         rounds: closed.len(),
@@ -391,6 +405,15 @@ fn set_affinity(mask: &libc::cpu_set_t) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A process's CPU time (user and system) so far, in clock ticks.
+fn cpu_ticks_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (in parentheses, which may hold
+    // spaces): utime and stime are the 14th and 15th of the line.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
 }
 
 fn resident_kb(pid: u32) -> Option<u64> {
@@ -613,11 +636,17 @@ async fn register_strangers(url: String, count: usize, counters: Arc<AttackCount
     else {
         return;
     };
-    let run: crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo> =
+    // Under the other attacks this address may wait for a connection the
+    // coordinator accepts: ask until it answers (or the run ends).
+    let run: crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo> = loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         match async { client.get(format!("{url}/v1/run")).send().await?.json().await }.await {
-            Ok(run) => run,
-            Err(_) => return,
-        };
+            Ok(run) => break run,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let run_id = run.body.run_id;
     let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: None, choice: None })
         .expect("json");
