@@ -31,6 +31,9 @@ pub enum BuildError {
     FinalMismatch { recorded: f64, measured: f64 },
 }
 
+/// A metric evaluated on a held-out set, borrowed.
+type Measure<'m> = &'m mut dyn FnMut(&[f32]) -> Result<f64, TrainError>;
+
 /// A reward model, ready to deliver.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardModel {
@@ -169,7 +172,7 @@ impl<'a> RewardBuilder<'a> {
         target: f64,
         tolerance: f64,
         precision: f64,
-        screen: Option<&mut dyn FnMut(&[f32]) -> Result<f64, TrainError>>,
+        screen: Option<Measure<'_>>,
         mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
     ) -> Result<RewardModel, BuildError> {
         let key = [target.to_bits(), tolerance.to_bits(), precision.to_bits()];
