@@ -25,6 +25,24 @@ use crate::{AssignedWork, NodeError};
 /// the validation split, the same every round): the per-round curve.
 pub const ROUND_EVAL_SEQUENCES: usize = 256;
 
+/// A fixed part of the evaluation set: [`RunData::screen`].
+pub enum Screen<'a> {
+    Images { dataset: &'a Dataset, indices: Vec<u32> },
+    Text(TextRun<'a>),
+}
+
+impl Screen<'_> {
+    /// Loss and accuracy of `params` on the screen's examples.
+    pub fn evaluate(&self, model: &dyn Model, params: &[f32]) -> Result<Evaluation, TrainError> {
+        match self {
+            Self::Images { dataset, indices } => {
+                crowdtrain_train::evaluate_subset(model, params, &dataset.test, indices)
+            }
+            Self::Text(run) => crowdtrain_train::diloco::RunData::evaluate(run, model, params),
+        }
+    }
+}
+
 /// A run's data, loaded once per process.
 #[derive(Debug)]
 pub enum RunData {
@@ -149,6 +167,26 @@ impl RunData {
             Self::Text { text, context } => {
                 crowdtrain_train::diloco::RunData::evaluate(&self.text_run(text, *context), model, params)
             }
+        }
+    }
+
+    /// A cheap estimate of [`RunData::evaluate`] for searches that
+    /// measure many candidates (reward models:
+    /// `crowdtrain_train::reward::calibrate_screened`): a fixed tenth of
+    /// the test set for images, a quarter of the round-evaluation
+    /// sequences for text. `None` where the evaluation set is too small for
+    /// a screen to save anything (the bundled subsets' test sets).
+    pub fn screen(&self) -> Option<Screen<'_>> {
+        match self {
+            Self::Images(dataset) => {
+                let indices = crowdtrain_train::reward::screen_indices(dataset.test.len())?;
+                Some(Screen::Images { dataset, indices })
+            }
+            Self::Text { text, context } => Some(Screen::Text(TextRun {
+                data: text,
+                context: *context,
+                eval_sequences: ROUND_EVAL_SEQUENCES / 4,
+            })),
         }
     }
 

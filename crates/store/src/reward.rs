@@ -31,6 +31,9 @@ pub enum BuildError {
     FinalMismatch { recorded: f64, measured: f64 },
 }
 
+/// A metric evaluated on a held-out set, borrowed.
+type Measure<'m> = &'m mut dyn FnMut(&[f32]) -> Result<f64, TrainError>;
+
 /// A reward model, ready to deliver.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardModel {
@@ -40,6 +43,8 @@ pub struct RewardModel {
     pub file: Vec<u8>,
     /// Models measured to find it (the segment's search only).
     pub evaluations: u32,
+    /// Models screened to find it (see [`RewardBuilder::build_screened`]).
+    pub screened: u32,
 }
 
 /// Builds reward models for one run. It remembers the value of every
@@ -140,11 +145,39 @@ impl<'a> RewardBuilder<'a> {
         target: f64,
         tolerance: f64,
         precision: f64,
+        measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+    ) -> Result<RewardModel, BuildError> {
+        self.build_with(target, tolerance, precision, None, measure)
+    }
+
+    /// [`RewardBuilder::build`], searching mostly on `screen`, a cheap
+    /// estimate of `measure` (the metric on a fixed part of the evaluation
+    /// set: [`reward::calibrate_screened`]); every candidate it delivers is
+    /// measured in full, so the guarantees are the same. The model may
+    /// differ from [`RewardBuilder::build`]'s (another coefficient that
+    /// meets the target), and is as deterministic.
+    pub fn build_screened(
+        &mut self,
+        target: f64,
+        tolerance: f64,
+        precision: f64,
+        mut screen: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+        measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+    ) -> Result<RewardModel, BuildError> {
+        self.build_with(target, tolerance, precision, Some(&mut screen), measure)
+    }
+
+    fn build_with(
+        &mut self,
+        target: f64,
+        tolerance: f64,
+        precision: f64,
+        screen: Option<Measure<'_>>,
         mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
     ) -> Result<RewardModel, BuildError> {
         let key = [target.to_bits(), tolerance.to_bits(), precision.to_bits()];
         if let Some((_, reward)) = self.built.iter().find(|(built, _)| *built == key) {
-            return Ok(RewardModel { evaluations: 0, ..reward.clone() });
+            return Ok(RewardModel { evaluations: 0, screened: 0, ..reward.clone() });
         }
         let last = self.run.len() - 1;
         let j = reward::bracket(self.run.len(), target, |index| self.value(index, &mut measure))?;
@@ -152,7 +185,12 @@ impl<'a> RewardBuilder<'a> {
         let (lower_value, upper_value) = (self.value(j, &mut measure)?, self.value(j + 1, &mut measure)?);
         let (lower, upper) = (self.params(j)?, self.params(j + 1)?);
         let goal = Target { value: target, tolerance, precision, ceiling };
-        let found = reward::calibrate(&lower, lower_value, &upper, upper_value, &goal, measure)?;
+        let found = match screen {
+            Some(screen) => {
+                reward::calibrate_screened(&lower, lower_value, &upper, upper_value, &goal, screen, measure)?
+            }
+            None => reward::calibrate(&lower, lower_value, &upper, upper_value, &goal, measure)?,
+        };
         let file = checkpoint::encode(
             CheckpointKind::Params,
             &self.model.name(),
@@ -173,7 +211,7 @@ impl<'a> RewardBuilder<'a> {
             final_model: self.run[last],
             final_measured: ceiling,
         };
-        let reward = RewardModel { recipe, file, evaluations: found.evaluations };
+        let reward = RewardModel { recipe, file, evaluations: found.evaluations, screened: found.screened };
         self.built.push((key, reward.clone()));
         Ok(reward)
     }

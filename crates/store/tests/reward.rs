@@ -114,3 +114,40 @@ fn a_run_record_that_disagrees_with_the_measured_final_model_stops_the_build() {
         matches!(error, BuildError::FinalMismatch { recorded, measured } if recorded == 0.81 && measured == 0.8)
     );
 }
+
+#[test]
+fn a_screened_build_checks_like_any_other_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Checkpoints::open(dir.path()).unwrap();
+    let model = crowdtrain_train::build_model(ModelKind::Mlp);
+    let checkpoints = run(&store, model.as_ref(), &[0.1, 0.6, 0.7, 0.75, 0.8]);
+    let set = Digest::of(b"test set");
+    let known: Vec<Option<f64>> = vec![None, Some(0.6), Some(0.7), Some(0.75), Some(0.8)];
+    // The screen: the mean of every tenth parameter, a little off.
+    let screen = |params: &[f32]| {
+        let part: Vec<f32> = params.iter().step_by(10).copied().collect();
+        mean(&part).map(|value| value + 0.002)
+    };
+    let build = |target: f64| {
+        let mut builder = RewardBuilder::new(
+            &store,
+            model.as_ref(),
+            checkpoints.clone(),
+            known.clone(),
+            Metric::Accuracy,
+            set,
+        )
+        .unwrap();
+        builder.build_screened(target, 0.005, 0.001, screen, mean).unwrap()
+    };
+    for target in [0.3, 0.65, 0.8] {
+        let built = build(target);
+        assert!((built.recipe.measured - target).abs() <= 0.001, "{:?}", built.recipe);
+        assert!(built.recipe.measured <= 0.8);
+        // Anyone rebuilds and checks it on the full measure alone.
+        let check =
+            check_reward_model(&store, model.as_ref(), &checkpoints, &built.recipe, set, mean).unwrap();
+        assert_eq!(check.reward_model, Digest::of(&built.file));
+        assert_eq!(build(target).file, built.file, "the same inputs give the same model");
+    }
+}

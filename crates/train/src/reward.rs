@@ -148,13 +148,162 @@ pub struct Calibrated {
     pub params: Vec<f32>,
     /// Its measured value.
     pub measured: f64,
-    /// Models measured to find it.
+    /// Models measured to find it (with `measure`, the full evaluation).
     pub evaluations: u32,
+    /// Models screened to find it (with the cheap `screen` of
+    /// [`calibrate_screened`]; 0 for [`calibrate`]).
+    pub screened: u32,
 }
 
 fn quantize(alpha: f64) -> f32 {
     let scale = f64::from(1u32 << COEFFICIENT_BITS);
     ((alpha.clamp(0.0, 1.0) * scale).round() / scale) as f32
+}
+
+/// A search's bracket on the segment: f(α) = value(α) - target, with
+/// f(lo) <= 0 <= f(hi) (the ends' f are hints until measured).
+#[derive(Debug, Clone, Copy)]
+struct Bracket {
+    lo: f64,
+    f_lo: f64,
+    hi: f64,
+    f_hi: f64,
+    /// Which end moved last (-1 lo, +1 hi), for the Illinois step.
+    side: i8,
+}
+
+impl Bracket {
+    /// The whole segment, with the ends' values as hints.
+    fn segment(lower_value: f64, upper_value: f64, target: f64) -> Self {
+        Self {
+            lo: 0.0,
+            f_lo: (lower_value - target).min(0.0),
+            hi: 1.0,
+            f_hi: (upper_value - target).max(0.0),
+            side: 0,
+        }
+    }
+
+    /// The regula falsi point, kept strictly inside (1% of the width from
+    /// either end).
+    fn next(&self) -> f64 {
+        let falsi = if self.f_hi > self.f_lo {
+            self.lo - self.f_lo * (self.hi - self.lo) / (self.f_hi - self.f_lo)
+        } else {
+            0.5 * (self.lo + self.hi)
+        };
+        let width = self.hi - self.lo;
+        falsi.clamp(self.lo + 0.01 * width, self.hi - 0.01 * width)
+    }
+
+    /// Narrows to `alpha`, where f is `error`; `high` says it is above the
+    /// target (or the ceiling). Illinois: an end that stays twice in a row
+    /// has its f halved, so the falsi point moves off it. (Anderson-Björck's
+    /// scaling, tried on a demo's rewards, took as many evaluations.)
+    fn narrow(&mut self, alpha: f64, error: f64, high: bool) {
+        if high {
+            (self.hi, self.f_hi) = (alpha, error.max(0.0));
+            if self.side == 1 {
+                self.f_lo *= 0.5;
+            }
+            self.side = 1;
+        } else {
+            (self.lo, self.f_lo) = (alpha, error.min(0.0));
+            if self.side == -1 {
+                self.f_hi *= 0.5;
+            }
+            self.side = -1;
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.hi - self.lo <= f64::powi(0.5, COEFFICIENT_BITS as i32)
+    }
+}
+
+/// What one search found.
+struct Search {
+    /// A candidate within `precision` of the target and not above the ceiling.
+    hit: Option<Calibrated>,
+    /// Else the candidate closest to the target among those `accepts` takes.
+    best: Option<Calibrated>,
+    /// The candidate closest to the target, whatever the ceiling: (α, value).
+    closest: Option<(f32, f64)>,
+}
+
+/// The model at `coefficient`, measured, unless `measured` (which it
+/// extends) already has that coefficient: `None`.
+fn measure_candidate(
+    lower: &[f32],
+    upper: &[f32],
+    coefficient: f32,
+    measured: &mut Vec<f32>,
+    measure: &mut dyn FnMut(&[f32]) -> Result<f64, TrainError>,
+) -> Result<Option<Calibrated>, RewardError> {
+    if measured.contains(&coefficient) {
+        return Ok(None);
+    }
+    measured.push(coefficient);
+    let params = interpolate(lower, upper, coefficient);
+    let value = measure(&params)?;
+    if !value.is_finite() {
+        return Err(RewardError::Invalid(format!("a candidate measured {value}")));
+    }
+    Ok(Some(Calibrated { coefficient, params, measured: value, evaluations: 0, screened: 0 }))
+}
+
+/// Regula falsi with the Illinois modification on measure(θ(α)) - target
+/// inside `bracket`, measuring `first` first if it is a number, never a
+/// coefficient already in `measured` (which it extends), at most `budget`
+/// times.
+#[allow(clippy::too_many_arguments)]
+fn search(
+    lower: &[f32],
+    upper: &[f32],
+    bracket: &mut Bracket,
+    mut first: f64,
+    target: &Target,
+    measured: &mut Vec<f32>,
+    budget: u32,
+    measure: &mut dyn FnMut(&[f32]) -> Result<f64, TrainError>,
+) -> Result<Search, RewardError> {
+    let mut found = Search { hit: None, best: None, closest: None };
+    for _ in 0..budget {
+        let alpha = if first.is_nan() { bracket.next() } else { first };
+        first = f64::NAN;
+        let coefficient = quantize(alpha);
+        // None: the bracket is narrower than the coefficient grid.
+        let Some(candidate) = measure_candidate(lower, upper, coefficient, measured, measure)? else { break };
+        let (value, error) = (candidate.measured, candidate.measured - target.value);
+        if found.closest.is_none_or(|(_, closest)| error.abs() < (closest - target.value).abs()) {
+            found.closest = Some((coefficient, value));
+        }
+        if error.abs() <= target.precision && value <= target.ceiling {
+            found.hit = Some(candidate);
+            return Ok(found);
+        }
+        if target.accepts(value)
+            && found.best.as_ref().is_none_or(|b| error.abs() < (b.measured - target.value).abs())
+        {
+            found.best = Some(candidate);
+        }
+        bracket.narrow(f64::from(coefficient), error, error > 0.0 || value > target.ceiling);
+        if bracket.exhausted() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+fn check_precision(target: &Target) -> Result<(), RewardError> {
+    if target.precision > 0.0 && target.precision <= target.tolerance {
+        Ok(())
+    } else {
+        Err(RewardError::Invalid(format!(
+            "the precision {} must be positive and at most the tolerance {}",
+            target.precision, target.tolerance
+        )))
+    }
 }
 
 /// Finds α in [0, 1] with |measure(θ(α)) - target| <= precision and
@@ -166,8 +315,10 @@ fn quantize(alpha: f64) -> f32 {
 /// measure(θ(α)) - target: it keeps a bracket, so it converges even where
 /// the measured value is a step function (a finite test set), and along a
 /// round's step it is near linear, so it usually stops after one to three
-/// evaluations. If no candidate comes within `precision`, the closest one
-/// within `tolerance` is returned.
+/// evaluations (on the first round's step, from the initial model, the
+/// value is far from linear in α and it takes seven to ten: see
+/// [`calibrate_screened`]). If no candidate comes within `precision`, the
+/// closest one within `tolerance` is returned.
 pub fn calibrate(
     lower: &[f32],
     lower_value: f64,
@@ -176,93 +327,181 @@ pub fn calibrate(
     target: &Target,
     mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
 ) -> Result<Calibrated, RewardError> {
-    if !(target.precision > 0.0 && target.precision <= target.tolerance) {
-        return Err(RewardError::Invalid(format!(
-            "the precision {} must be positive and at most the tolerance {}",
-            target.precision, target.tolerance
-        )));
-    }
-    // The bracket: f(α) = value - target, f(lo) <= 0 <= f(hi).
-    let (mut alpha_lo, mut f_lo) = (0.0f64, (lower_value - target.value).min(0.0));
-    let (mut alpha_hi, mut f_hi) = (1.0f64, (upper_value - target.value).max(0.0));
-    // Start at the end nearer the target when one is within precision.
-    let mut next = if f_lo.abs() <= target.precision {
+    check_precision(target)?;
+    let mut bracket = Bracket::segment(lower_value, upper_value, target.value);
+    let first = start(&bracket, upper_value, target);
+    let mut measured = Vec::new();
+    let found =
+        search(lower, upper, &mut bracket, first, target, &mut measured, EVALUATIONS_MAX, &mut measure)?;
+    finish(found, target, measured.len() as u32, 0)
+}
+
+/// Where a search starts: at an end within precision of the target (the
+/// upper one only if not above the ceiling), else (NaN) at the falsi point.
+fn start(bracket: &Bracket, upper_value: f64, target: &Target) -> f64 {
+    if bracket.f_lo.abs() <= target.precision {
         0.0
-    } else if f_hi <= target.precision && upper_value <= target.ceiling {
+    } else if bracket.f_hi <= target.precision && upper_value <= target.ceiling {
         1.0
     } else {
-        f64::NAN
-    };
-    let mut best: Option<Calibrated> = None;
-    let mut closest = f64::NAN;
-    let mut side = 0i8; // which end moved last (-1 lo, +1 hi), for Illinois
-    let mut measured_alphas: Vec<f32> = Vec::new();
-    for evaluation in 1..=EVALUATIONS_MAX {
-        let alpha = if next.is_nan() {
-            let falsi =
-                if f_hi > f_lo { alpha_lo - f_lo * (alpha_hi - alpha_lo) / (f_hi - f_lo) } else { 0.5 };
-            // Stay strictly inside, away from the ends by 1% of the width.
-            let width = alpha_hi - alpha_lo;
-            falsi.clamp(alpha_lo + 0.01 * width, alpha_hi - 0.01 * width)
-        } else {
-            next
-        };
-        next = f64::NAN;
-        let coefficient = quantize(alpha);
-        if measured_alphas.contains(&coefficient) {
-            break; // the bracket is narrower than the coefficient grid
-        }
-        measured_alphas.push(coefficient);
-        let params = interpolate(lower, upper, coefficient);
-        let measured = measure(&params)?;
-        if !measured.is_finite() {
-            return Err(RewardError::Invalid(format!("a candidate measured {measured}")));
-        }
-        let candidate = Calibrated { coefficient, params, measured, evaluations: evaluation };
-        let error = measured - target.value;
-        if error.abs() <= target.precision && measured <= target.ceiling {
-            return Ok(candidate);
-        }
-        if closest.is_nan() || error.abs() < (closest - target.value).abs() {
-            closest = measured;
-        }
-        if target.accepts(measured)
-            && best.as_ref().is_none_or(|b| error.abs() < (b.measured - target.value).abs())
-        {
-            best = Some(candidate);
-        }
-        let alpha = f64::from(coefficient);
-        if error > 0.0 || measured > target.ceiling {
-            (alpha_hi, f_hi) = (alpha, error.max(0.0));
-            if side == 1 {
-                f_lo *= 0.5;
-            }
-            side = 1;
-        } else {
-            (alpha_lo, f_lo) = (alpha, error);
-            if side == -1 {
-                f_hi *= 0.5;
-            }
-            side = -1;
-        }
-        if alpha_hi - alpha_lo <= f64::powi(0.5, COEFFICIENT_BITS as i32) {
-            break;
-        }
+        bracket.next()
     }
-    let evaluations = measured_alphas.len() as u32;
-    match best {
-        Some(mut found) => {
-            found.evaluations = evaluations;
-            Ok(found)
-        }
+}
+
+fn finish(
+    found: Search,
+    target: &Target,
+    evaluations: u32,
+    screened: u32,
+) -> Result<Calibrated, RewardError> {
+    match found.hit.or(found.best) {
+        Some(found) => Ok(Calibrated { evaluations, screened, ..found }),
         None => Err(RewardError::NotReached {
             target: target.value,
             tolerance: target.tolerance,
-            best: closest,
+            best: found.closest.map_or(f64::NAN, |(_, value)| value),
             evaluations,
         }),
     }
 }
+
+/// Most full evaluations [`calibrate_screened`] spends on screened
+/// candidates before it searches on the full evaluation alone.
+pub const SCREENED_ROUNDS: u32 = 4;
+
+/// [`calibrate`], with most of the search on `screen`, a cheap estimate of
+/// `measure` (the same metric on a fixed part of the evaluation set), and
+/// `measure` only to decide.
+///
+/// Each round searches the screen for the coefficient whose screened value
+/// is the target less `offset`, inside the bracket that full evaluations
+/// have established, then measures that one candidate in full. A hit
+/// (within `precision`, never above the ceiling) ends the search: the
+/// guarantee is the full measurement's, as in [`calibrate`]. A miss narrows
+/// the full bracket and sets `offset` to the full value less the screened
+/// one at that candidate: a screen is off from the full set by an amount
+/// that changes slowly along the segment, so the next round lands closer.
+/// After [`SCREENED_ROUNDS`] misses the search goes on in full inside the
+/// bracket, as [`calibrate`] would. Deterministic like it: every decision
+/// is a measured value.
+///
+/// Where the value is near linear in α (most rounds' steps) this costs what
+/// [`calibrate`] does, one or two full evaluations; on the first round's
+/// step, where [`calibrate`] takes seven to ten, it takes one or two full
+/// evaluations and a handful of screened ones.
+pub fn calibrate_screened(
+    lower: &[f32],
+    lower_value: f64,
+    upper: &[f32],
+    upper_value: f64,
+    target: &Target,
+    mut screen: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+    mut measure: impl FnMut(&[f32]) -> Result<f64, TrainError>,
+) -> Result<Calibrated, RewardError> {
+    check_precision(target)?;
+    let mut bracket = Bracket::segment(lower_value, upper_value, target.value);
+    let mut measured = Vec::new();
+    let mut screened = 0u32;
+    let mut offset = 0.0;
+    let mut best: Option<Calibrated> = None;
+    let mut closest: Option<(f32, f64)> = None;
+    // The first candidate is calibrate's: an end within precision, else the
+    // linear guess from the ends' values (near linear steps end here).
+    let mut first = start(&bracket, upper_value, target);
+    for _ in 0..SCREENED_ROUNDS {
+        let (coefficient, screen_value) = if !first.is_nan() {
+            (quantize(std::mem::replace(&mut first, f64::NAN)), None)
+        } else {
+            // The screen's search: aim for the target less the offset, to
+            // the precision, with no ceiling (the full measurement checks
+            // it), inside the bracket the full measurements established.
+            let aim = Target {
+                value: target.value - offset,
+                tolerance: f64::INFINITY,
+                precision: target.precision,
+                ceiling: f64::INFINITY,
+            };
+            let mut inside = Bracket { side: 0, ..bracket };
+            let mut tried = Vec::new();
+            let found =
+                search(lower, upper, &mut inside, f64::NAN, &aim, &mut tried, EVALUATIONS_MAX, &mut screen)?;
+            screened += tried.len() as u32;
+            match found.hit.map(|hit| (hit.coefficient, hit.measured)).or(found.closest) {
+                Some((coefficient, value)) => (coefficient, Some(value)),
+                None => break,
+            }
+        };
+        // The candidate, measured in full: it alone decides.
+        let Some(candidate) = measure_candidate(lower, upper, coefficient, &mut measured, &mut measure)?
+        else {
+            break;
+        };
+        let (value, error) = (candidate.measured, candidate.measured - target.value);
+        if error.abs() <= target.precision && value <= target.ceiling {
+            return Ok(Calibrated { evaluations: measured.len() as u32, screened, ..candidate });
+        }
+        if closest.is_none_or(|(_, closest)| error.abs() < (closest - target.value).abs()) {
+            closest = Some((coefficient, value));
+        }
+        if target.accepts(value)
+            && best.as_ref().is_none_or(|b| error.abs() < (b.measured - target.value).abs())
+        {
+            best = Some(candidate.clone());
+        }
+        bracket.narrow(f64::from(coefficient), error, error > 0.0 || value > target.ceiling);
+        if bracket.exhausted() {
+            break;
+        }
+        // How far the screen is off here: the next screened search aims
+        // that much below the target (and below the ceiling by what it
+        // missed it by).
+        let screen_value = match screen_value {
+            Some(known) => known,
+            None => {
+                screened += 1;
+                screen(&candidate.params)?
+            }
+        };
+        offset = value - screen_value + (value - target.ceiling).max(0.0);
+    }
+    // The screen did not land within precision: finish in full inside the
+    // bracket the full measurements established.
+    bracket.side = 0;
+    let mut found =
+        search(lower, upper, &mut bracket, f64::NAN, target, &mut measured, EVALUATIONS_MAX, &mut measure)?;
+    if found.hit.is_none() {
+        if let Some(earlier) = best.filter(|earlier| {
+            found
+                .best
+                .as_ref()
+                .is_none_or(|b| (earlier.measured - target.value).abs() < (b.measured - target.value).abs())
+        }) {
+            found.best = Some(earlier);
+        }
+        if let Some((coefficient, value)) = closest
+            && found.closest.is_none_or(|(_, c)| (value - target.value).abs() < (c - target.value).abs())
+        {
+            found.closest = Some((coefficient, value));
+        }
+    }
+    finish(found, target, measured.len() as u32, screened)
+}
+
+/// The fixed part of an evaluation set of `len` examples that
+/// [`calibrate_screened`]'s screen measures on: every `len /
+/// SCREEN_EXAMPLES`-th example, the same examples on every machine, spread
+/// evenly over the set. `None` for a set under four times
+/// [`SCREEN_EXAMPLES`], where screening would save too little.
+pub fn screen_indices(len: usize) -> Option<Vec<u32>> {
+    let stride = len / SCREEN_EXAMPLES;
+    (stride >= 4).then(|| (0..len).step_by(stride).map(|index| index as u32).collect())
+}
+
+/// About how many examples the screen measures: a tenth of the
+/// 10,000-image Fashion-MNIST test set (a sampling error of about one
+/// point of accuracy, which the full measurement of each candidate
+/// corrects).
+pub const SCREEN_EXAMPLES: usize = 1000;
 
 #[cfg(test)]
 mod tests {
@@ -348,6 +587,81 @@ mod tests {
         let coarser = |params: &[f32]| mean(params).map(|v| (v * 10.0).floor() / 10.0);
         let error = calibrate(&lower, 0.7, &upper, 0.9, &target(0.85, 0.9), coarser).unwrap_err();
         assert!(matches!(error, RewardError::NotReached { .. }), "{error}");
+    }
+
+    /// A stand-in for the first round's step: the value saturates fast
+    /// along α (a sigmoid of the mean parameter), as accuracy does from the
+    /// initial model to the first round's.
+    fn saturating(params: &[f32]) -> Result<f64, TrainError> {
+        let m = mean(params)?;
+        Ok(((0.1 + 0.7 * (1.0 - (-12.0 * m).exp())) * 1e4).round() / 1e4)
+    }
+
+    /// A screen of it: every tenth parameter, coarser (a smaller set) and
+    /// off by an amount that drifts along the segment.
+    fn screened(params: &[f32]) -> Result<f64, TrainError> {
+        let part: Vec<f32> = params.iter().step_by(10).copied().collect();
+        let m = mean(&part)?;
+        Ok(((saturating(&part)? + 0.01 - 0.008 * m) * 1e3).round() / 1e3)
+    }
+
+    #[test]
+    fn screening_hits_the_target_with_fewer_full_evaluations_on_a_saturating_step() {
+        let lower = vec![0.0f32; 1000];
+        let mut upper = vec![1.0f32; 1000];
+        upper[3] = 0.2; // not exactly uniform
+        let (low, high) = (saturating(&lower).unwrap(), saturating(&upper).unwrap());
+        for goal in [0.35, 0.5, 0.6, 0.7, 0.79] {
+            let goal = target(goal, high);
+            let plain = calibrate(&lower, low, &upper, high, &goal, saturating).unwrap();
+            let found = calibrate_screened(&lower, low, &upper, high, &goal, screened, saturating).unwrap();
+            assert!((found.measured - goal.value).abs() <= goal.precision, "{goal:?}: {}", found.measured);
+            assert!(found.measured <= goal.ceiling);
+            assert_eq!(saturating(&interpolate(&lower, &upper, found.coefficient)).unwrap(), found.measured);
+            assert!(
+                found.evaluations <= 4 && found.evaluations < plain.evaluations,
+                "{goal:?}: {} full evaluations screened, {} plain",
+                found.evaluations,
+                plain.evaluations
+            );
+            // Deterministic: the same inputs give the same model.
+            let again = calibrate_screened(&lower, low, &upper, high, &goal, screened, saturating).unwrap();
+            assert_eq!((again.coefficient, again.measured), (found.coefficient, found.measured));
+        }
+    }
+
+    #[test]
+    fn screening_costs_nothing_where_the_step_is_linear_and_survives_a_useless_screen() {
+        let lower = vec![0.70f32; 1000];
+        let upper = vec![0.90f32; 1000];
+        let never = |_: &[f32]| -> Result<f64, TrainError> { panic!("a linear step needs no screen") };
+        let found = calibrate_screened(&lower, 0.7, &upper, 0.9, &target(0.8, 0.9), never, mean).unwrap();
+        assert_eq!((found.evaluations, found.screened), (1, 0));
+        // A screen that says nothing useful (a constant) costs evaluations,
+        // never the guarantee: the full search finishes the job.
+        let lower = vec![0.0f32; 1000];
+        let upper = vec![1.0f32; 1000];
+        let (low, high) = (saturating(&lower).unwrap(), saturating(&upper).unwrap());
+        let constant = |_: &[f32]| Ok(0.5);
+        for goal in [0.35, 0.6, 0.79] {
+            let goal = target(goal, high);
+            let found = calibrate_screened(&lower, low, &upper, high, &goal, constant, saturating).unwrap();
+            assert!((found.measured - goal.value).abs() <= goal.tolerance, "{goal:?}: {}", found.measured);
+            assert!(found.measured <= goal.ceiling);
+        }
+        // And the ceiling holds when the target is the ceiling itself.
+        let goal = target(0.6, 0.6);
+        let found = calibrate_screened(&lower, low, &upper, high, &goal, screened, saturating).unwrap();
+        assert!(found.measured <= 0.6 && found.measured >= 0.595, "{}", found.measured);
+    }
+
+    #[test]
+    fn the_screen_is_a_fixed_tenth_spread_over_the_set_or_nothing() {
+        let indices = screen_indices(10_000).unwrap();
+        assert_eq!((indices.len(), indices[1], *indices.last().unwrap()), (1000, 10, 9990));
+        assert_eq!(screen_indices(10_000), Some(indices));
+        assert_eq!(screen_indices(4_000).map(|i| i.len()), Some(1000));
+        assert_eq!(screen_indices(3_999), None, "too small a set to screen");
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub(crate) fn fetch_menu(url: &str, coordinator: &PublicKey) -> anyhow::Result<C
 }
 
 /// Every worker fetches its model reward (as `crowdtrain reward fetch`),
-/// waiting while the coordinator builds them; returns the time taken.
+/// all at once, waiting while the coordinator builds them; returns the
+/// time taken.
 pub(crate) fn fetch_rewards(
     url: &str,
     dir: &Path,
@@ -70,23 +71,29 @@ pub(crate) fn fetch_rewards(
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let runtime = super::demo::runtime()?;
-    for index in 0..workers {
-        let out = dir.join(format!("reward-{index}.safetensors"));
-        let key = dir.join(format!("worker-{index}.key"));
-        let fetched = runtime.block_on(crowdtrain_node::worker::fetch_reward(
-            url,
-            &key,
-            Some(coordinator),
-            Duration::from_secs(600),
-            &out,
-        ));
-        match fetched {
-            Ok(_) => {}
-            // A withheld reward is an outcome, reported from the ledger.
-            Err(crowdtrain_node::NodeError::Refused(reason)) if reason.contains("withheld") => {}
-            Err(error) => return Err(error).with_context(|| format!("worker {index}'s model reward")),
+    runtime.block_on(async {
+        let mut fetches = tokio::task::JoinSet::new();
+        for index in 0..workers {
+            let (url, out) = (url.to_owned(), dir.join(format!("reward-{index}.safetensors")));
+            let key = dir.join(format!("worker-{index}.key"));
+            fetches.spawn(async move {
+                let wait = Duration::from_secs(600);
+                let fetched =
+                    crowdtrain_node::worker::fetch_reward(&url, &key, Some(coordinator), wait, &out).await;
+                (index, fetched)
+            });
         }
-    }
+        while let Some(joined) = fetches.join_next().await {
+            let (index, fetched) = joined.context("a reward fetch panicked")?;
+            match fetched {
+                Ok(_) => {}
+                // A withheld reward is an outcome, reported from the ledger.
+                Err(crowdtrain_node::NodeError::Refused(reason)) if reason.contains("withheld") => {}
+                Err(error) => return Err(error).with_context(|| format!("worker {index}'s model reward")),
+            }
+        }
+        anyhow::Ok(())
+    })?;
     Ok(started.elapsed().as_secs_f64())
 }
 

@@ -12,7 +12,9 @@
 //! what the run trained. One who delivered less verified work than its
 //! option requires gets no model (`withheld: under-delivered`). The model
 //! is made by `crowdtrain_store::reward::RewardBuilder` (interpolation
-//! between consecutive checkpoints, calibrated on measured value) and
+//! between consecutive checkpoints, calibrated on measured value; the
+//! search screens candidates on a fixed tenth of the test set where it is
+//! large enough, and measures the one it delivers on all of it) and
 //! written, content-addressed, to `reward-models/` in the state directory,
 //! a directory `GET /v1/models` never serves.
 //!
@@ -106,6 +108,14 @@ impl Node {
             let evaluation = self.dataset.evaluate(model.as_ref(), params)?;
             Ok(metric.value(evaluation.accuracy, evaluation.loss))
         };
+        // Searches run on a fixed part of the evaluation set; each reward
+        // delivered is measured on all of it.
+        let screen = self.dataset.screen();
+        let screen_measure = |params: &[f32]| {
+            let screen = screen.as_ref().expect("screened only where there is a screen");
+            let evaluation = screen.evaluate(model.as_ref(), params)?;
+            Ok(metric.value(evaluation.accuracy, evaluation.loss))
+        };
         let mut builder = RewardBuilder::new(
             &self.checkpoints,
             model.as_ref(),
@@ -130,9 +140,17 @@ impl Node {
             let outcome = if delivered_contribution < option.required_contribution {
                 RewardOutcome::Withheld(Withheld::UnderDelivered)
             } else {
-                let built = builder
-                    .build(promised, REWARD_TOLERANCE, REWARD_PRECISION, measure)
-                    .map_err(|error| NodeError::Contract(format!("{worker}'s model reward: {error}")))?;
+                let built = match screen {
+                    Some(_) => builder.build_screened(
+                        promised,
+                        REWARD_TOLERANCE,
+                        REWARD_PRECISION,
+                        screen_measure,
+                        measure,
+                    ),
+                    None => builder.build(promised, REWARD_TOLERANCE, REWARD_PRECISION, measure),
+                }
+                .map_err(|error| NodeError::Contract(format!("{worker}'s model reward: {error}")))?;
                 self.reward_models.put(&built.file)?;
                 RewardOutcome::Delivered(built.recipe)
             };

@@ -3,6 +3,7 @@
 //! (`crowdtrain_store::reward`). This module finds the run, its data and
 //! its model, and prints.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,8 +15,8 @@ use crowdtrain_protocol::{Digest, PublicKey, RunConfig};
 use crowdtrain_store::Checkpoints;
 use crowdtrain_store::reward::{RewardBuilder, check_reward_model};
 use crowdtrain_store::trajectory::{Trajectory, read_trajectory};
-use crowdtrain_train::reward::Metric;
-use crowdtrain_train::{Model, TrainError, evaluate};
+use crowdtrain_train::reward::{Metric, screen_indices};
+use crowdtrain_train::{Model, TrainError, evaluate, evaluate_subset};
 use serde::Serialize;
 
 use super::MetricArgs;
@@ -55,6 +56,12 @@ pub struct RewardModelArgs {
     /// Also write the recipe (JSON) here.
     #[arg(long, value_name = "FILE")]
     recipe: Option<PathBuf>,
+
+    /// Search on the whole test set, without screening candidates on a
+    /// fixed tenth of it first (the coordinator screens: the model may
+    /// differ, both meet the target).
+    #[arg(long)]
+    no_screen: bool,
 
     #[command(flatten)]
     runtime: RuntimeArgs,
@@ -117,22 +124,42 @@ fn open_run(state: &Path, key: Option<PublicKey>, runtime: &RuntimeArgs) -> anyh
 }
 
 /// Counts evaluations and the time they take.
+#[derive(Default)]
 struct Meter {
-    evaluations: u32,
-    seconds: f64,
+    evaluations: Cell<u32>,
+    screened: Cell<u32>,
+    seconds: Cell<f64>,
 }
 
 impl Run {
+    /// The metric on the whole test set.
     fn measure<'a>(
         &'a self,
         metric: Metric,
-        meter: &'a mut Meter,
+        meter: &'a Meter,
     ) -> impl FnMut(&[f32]) -> Result<f64, TrainError> + 'a {
         move |params: &[f32]| {
             let start = Instant::now();
             let evaluation = evaluate(self.model.as_ref(), params, &self.dataset.test)?;
-            meter.evaluations += 1;
-            meter.seconds += start.elapsed().as_secs_f64();
+            meter.evaluations.set(meter.evaluations.get() + 1);
+            meter.seconds.set(meter.seconds.get() + start.elapsed().as_secs_f64());
+            Ok(metric.value(evaluation.accuracy, evaluation.loss))
+        }
+    }
+
+    /// The metric on the screen's part of the test set, as the coordinator
+    /// screens (`crowdtrain_train::reward::screen_indices`).
+    fn screen<'a>(
+        &'a self,
+        metric: Metric,
+        indices: &'a [u32],
+        meter: &'a Meter,
+    ) -> impl FnMut(&[f32]) -> Result<f64, TrainError> + 'a {
+        move |params: &[f32]| {
+            let start = Instant::now();
+            let evaluation = evaluate_subset(self.model.as_ref(), params, &self.dataset.test, indices)?;
+            meter.screened.set(meter.screened.get() + 1);
+            meter.seconds.set(meter.seconds.get() + start.elapsed().as_secs_f64());
             Ok(metric.value(evaluation.accuracy, evaluation.loss))
         }
     }
@@ -144,9 +171,11 @@ struct RewardModelReport<'a> {
     out: &'a Path,
     /// The target's distance from the delivered value: measured - target.
     error: f64,
-    /// Models evaluated in all (checkpoints without a recorded value, the
-    /// final model's check, and the search).
+    /// Models evaluated on the whole test set in all (checkpoints without
+    /// a recorded value, the final model's check, and the search).
     evaluations: u32,
+    /// Candidates measured on the screen (a fixed tenth of the test set).
+    screened: u32,
     /// Time to build (search and encode), excluding loading the data.
     build_seconds: f64,
     /// Of which evaluating.
@@ -175,10 +204,20 @@ pub fn reward_model(args: &RewardModelArgs) -> anyhow::Result<()> {
             metric,
             run.evaluation_set,
         )?;
-        let mut meter = Meter { evaluations: 0, seconds: 0.0 };
-        let built = builder
-            .build(args.accuracy, args.tolerance, args.precision, run.measure(metric, &mut meter))
-            .context("no reward model")?;
+        let meter = Meter::default();
+        let screen = screen_indices(run.dataset.test.len()).filter(|_| !args.no_screen);
+        let measure = run.measure(metric, &meter);
+        let built = match &screen {
+            Some(indices) => builder.build_screened(
+                args.accuracy,
+                args.tolerance,
+                args.precision,
+                run.screen(metric, indices, &meter),
+                measure,
+            ),
+            None => builder.build(args.accuracy, args.tolerance, args.precision, measure),
+        }
+        .context("no reward model")?;
         let build_seconds = start.elapsed().as_secs_f64();
         write_file(&args.out, &built.file)?;
         let recipe_json = serde_json::to_string_pretty(&built.recipe)?;
@@ -189,9 +228,10 @@ pub fn reward_model(args: &RewardModelArgs) -> anyhow::Result<()> {
             recipe: &built.recipe,
             out: &args.out,
             error: built.recipe.measured - built.recipe.target,
-            evaluations: meter.evaluations,
+            evaluations: meter.evaluations.get(),
+            screened: meter.screened.get(),
             build_seconds,
-            evaluation_seconds: meter.seconds,
+            evaluation_seconds: meter.seconds.get(),
         };
         if args.runtime.json {
             return output::print_json(&report);
@@ -207,11 +247,12 @@ pub fn reward_model(args: &RewardModelArgs) -> anyhow::Result<()> {
             r.final_measured
         );
         println!(
-            "made from rounds {} and {} at coefficient {} ({} evaluations, {:.2} s)",
+            "made from rounds {} and {} at coefficient {} ({} evaluations, {} screened, {:.2} s)",
             round_name(r.lower.round),
             round_name(r.upper.round),
             r.coefficient,
             report.evaluations,
+            report.screened,
             build_seconds
         );
         println!("wrote {}", args.out.display());
@@ -259,14 +300,14 @@ pub fn check_reward(args: &CheckRewardArgs) -> anyhow::Result<()> {
     args.runtime.on_thread_pool(|| {
         let run = open_run(&args.state, args.key, &args.runtime)?;
         let start = Instant::now();
-        let mut meter = Meter { evaluations: 0, seconds: 0.0 };
+        let meter = Meter::default();
         let mut result = check_reward_model(
             &run.checkpoints,
             run.model.as_ref(),
             &run.trajectory.checkpoints(),
             &recipe,
             run.evaluation_set,
-            run.measure(recipe.metric, &mut meter),
+            run.measure(recipe.metric, &meter),
         )
         .map_err(|error| error.to_string());
         if let (Ok(check), Some(path)) = (&result, &args.model) {
