@@ -284,9 +284,7 @@ async fn signed_read(
         return Err(Failure::new(ErrorCode::BadRequest, format!("{method} {} takes no body", uri.path())));
     }
     let node = Arc::clone(node);
-    let worker = blocking(move || node.read(&auth.worker, auth.nonce)).await?;
-    net::participant_authenticated();
-    Ok(worker)
+    blocking(move || node.read(&auth.worker, auth.nonce)).await
 }
 
 async fn run_info(State(node): State<Arc<Node>>) -> Response {
@@ -338,10 +336,7 @@ async fn register(
         .await
     };
     match result.await {
-        Ok(registration) => {
-            net::participant_authenticated();
-            Json(registration).into_response()
-        }
+        Ok(registration) => Json(registration).into_response(),
         Err(failure) => failure.into_response(),
     }
 }
@@ -555,7 +550,6 @@ async fn round_post(
         let node = Arc::clone(node);
         blocking(move || node.authenticate(&key, auth.nonce)).await?
     };
-    net::participant_authenticated();
     let limit = node.config.limits.max_upload_bytes;
     if declared.length > limit {
         drain(body, limit, limits.body_timeout).await;
