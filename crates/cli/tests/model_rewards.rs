@@ -59,7 +59,9 @@ fn each_participant_fetches_the_model_it_was_promised_and_the_ledger_rebuilds_it
     // finished): the restarted coordinator finishes the job, once each.
     network.kill_coordinator();
     let outputs = network.join_workers();
-    assert!(outputs.iter().all(|output| output.status.success()));
+    for output in &outputs {
+        assert!(output.status.success(), "a worker failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
     network.start_coordinator();
 
     let mut fetched = Vec::new();
