@@ -540,6 +540,10 @@ const SUMMARY_ROUNDS_MAX: u64 = 64;
 /// rounds to be scored before it reports its totals.
 const SCORES_WAIT_MAX: Duration = Duration::from_secs(30);
 
+/// At the run's end, one read of the worker's rounds gets at most this
+/// long, retries included.
+const FINISHED_READ_MAX: Duration = Duration::from_secs(5);
+
 impl Summaries {
     /// Emits the summaries of pending rounds that have closed, once per
     /// change of round or phase, when the view is past one of them.
@@ -575,7 +579,15 @@ impl Summaries {
     ) -> Result<Option<WorkerStatus>, NodeError> {
         let deadline = Instant::now() + SCORES_WAIT_MAX;
         loop {
-            let Some(view) = self.read(client, on_event).await? else { return Ok(None) };
+            // A coordinator gone once the run has finished (stopped, or
+            // killed) must not hold the worker for the client's whole
+            // retry budget: the totals are a courtesy, the work is done.
+            let read = tokio::time::timeout(FINISHED_READ_MAX, self.read(client, on_event)).await;
+            let Ok(read) = read else {
+                on_event(&note("the coordinator did not answer for this worker's totals".into()));
+                return Ok(None);
+            };
+            let Some(view) = read? else { return Ok(None) };
             let scored = view.rounds.iter().all(|round| {
                 round.scored || round.round_state != crowdtrain_protocol::coordinator::RoundState::Closed
             });
