@@ -34,10 +34,36 @@ pub fn subset() -> PathBuf {
         .unwrap()
 }
 
-/// A free port on loopback (bound and released: good enough for tests that
-/// must restart a coordinator on the same address).
+/// A free port on loopback for a coordinator, which tests restart on the
+/// same address. Bound and released, so it is taken below the kernel's
+/// ephemeral range: a port the kernel hands out for port 0 is also the
+/// local port it gives outgoing connections, so a worker's connection in
+/// another test could take it between release and the coordinator's bind
+/// (seen in CI: "Address already in use"). Below that range only explicit
+/// binds compete, and a per-process counter from a random start keeps this
+/// process's tests apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.min(65_536));
+    if high <= low + 1_000 {
+        // An unusual range: fall back to the kernel's choice.
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = (low + offset) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback in {low}..{high}");
 }
 
 /// The audit master key tests give the coordinator, so audit draws are
