@@ -324,3 +324,118 @@ fn the_status_page_holds_a_page_of_rounds() {
         assert!(output.status.success());
     }
 }
+
+#[test]
+fn workers_get_through_while_strangers_flood_the_connection_slots() {
+    // Goal: strangers who reconnect as soon as they are closed, from 16
+    // addresses, hold at most the slots not reserved for participants, are
+    // refused at accept beyond that, and cannot keep the workers out of a
+    // run. Method: a coordinator of 64 connections (32 reserved); the flood
+    // fills them before the workers start and keeps at it through the run;
+    // it counts the connections it holds that the coordinator answered.
+    let mut network = Network::with_extra(
+        6,
+        12,
+        0.0,
+        "min_workers = 2\ndeadline_ms = 60000",
+        "[server]\nmax_connections = 64\nmax_connections_per_address = 64\nreserved_connections = 32\n\
+         connections_per_second_per_address = 50\nheader_timeout_ms = 2000\n\
+         requests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n",
+    );
+    network.start_coordinator();
+    let flood = Flood::start(network.port, 2..18, 8);
+    std::thread::sleep(Duration::from_secs(1));
+    network.start_worker(0);
+    network.start_worker(1);
+    let status = network.wait_for(180, "the run to finish under the flood", finished_and_evaluated);
+    let (served_max, opened) = flood.stop();
+    assert_eq!(status.completed_rounds, 6);
+    for output in network.join_workers() {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert!(opened > 500, "the flood opened only {opened} connections");
+    // 32 unreserved slots; a few more counted while an evicted connection's
+    // close and its successor's answer cross.
+    assert!(served_max <= 36, "strangers held {served_max} of the 64 slots, 32 of them reserved");
+    assert!(!network.log("coordinator.log").contains("halting"));
+}
+
+/// Strangers that each keep one connection: open it, ask `GET /v1/run`,
+/// hold it idle until the coordinator closes it, and reconnect 50 ms
+/// later.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(i64, u64)>,
+}
+
+impl Flood {
+    fn start(port: u16, sources: std::ops::Range<u8>, per_source: usize) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let served = Arc::new(AtomicI64::new(0));
+            let served_max = Arc::new(AtomicI64::new(0));
+            let opened = Arc::new(AtomicU64::new(0));
+            runtime().block_on(async {
+                let mut tasks = tokio::task::JoinSet::new();
+                for source in sources {
+                    for _ in 0..per_source {
+                        let (stop, served, served_max, opened) =
+                            (Arc::clone(&flag), Arc::clone(&served), Arc::clone(&served_max), Arc::clone(&opened));
+                        tasks.spawn(async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            while !stop.load(Ordering::Relaxed) {
+                                let connected = async {
+                                    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                                    socket.bind(format!("127.0.0.{source}:0").parse().unwrap()).ok()?;
+                                    socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.ok()
+                                };
+                                if let Some(mut stream) = connected.await {
+                                    opened.fetch_add(1, Ordering::Relaxed);
+                                    let mut buffer = vec![0u8; 64 * 1024];
+                                    let asked =
+                                        stream.write_all(b"GET /v1/run HTTP/1.1\r\nHost: x\r\n\r\n").await.is_ok();
+                                    let answered = asked
+                                        && matches!(
+                                            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await,
+                                            Ok(Ok(read)) if read > 0 && buffer.starts_with(b"HTTP/1.1 200")
+                                        );
+                                    if answered {
+                                        let now = served.fetch_add(1, Ordering::Relaxed) + 1;
+                                        served_max.fetch_max(now, Ordering::Relaxed);
+                                        // Held until the coordinator closes it.
+                                        while !stop.load(Ordering::Relaxed) {
+                                            match tokio::time::timeout(
+                                                Duration::from_millis(200),
+                                                stream.read(&mut buffer),
+                                            )
+                                            .await
+                                            {
+                                                Ok(Ok(0)) | Ok(Err(_)) => break,
+                                                _ => {}
+                                            }
+                                        }
+                                        served.fetch_sub(1, Ordering::Relaxed);
+                                    }
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        });
+                    }
+                }
+                while tasks.join_next().await.is_some() {}
+            });
+            (served_max.load(Ordering::Relaxed), opened.load(Ordering::Relaxed))
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the flood; the most connections it held answered at once, and
+    /// the connections it opened.
+    fn stop(self) -> (i64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}

@@ -73,6 +73,8 @@
 //! [server]          # this coordinator's connection limits (local)
 //! max_connections = 2048
 //! max_connections_per_address = 64
+//! reserved_connections = 256
+//! connections_per_second_per_address = 32
 //! header_timeout_ms = 10000
 //! body_timeout_ms = 10000
 //! requests_per_second_per_address = 200
@@ -199,6 +201,14 @@ pub struct ServerSection {
     pub max_connections: u32,
     /// Connections held at once from one IPv4 address or IPv6 /64.
     pub max_connections_per_address: u32,
+    /// Of `max_connections`, the connections only addresses a participant
+    /// authenticated from lately may take (at most half the total): an
+    /// attacker holding every other slot cannot keep the workers out.
+    pub reserved_connections: u32,
+    /// New connections per second from one address (bursts of twice as
+    /// many); over it, a connection is closed as soon as it is accepted,
+    /// before any HTTP state is made for it.
+    pub connections_per_second_per_address: u32,
     /// The time a client has to send a request's headers, and the longest
     /// a connection may sit idle between requests.
     pub header_timeout_ms: u64,
@@ -221,6 +231,8 @@ impl Default for ServerSection {
         Self {
             max_connections: 2048,
             max_connections_per_address: 64,
+            reserved_connections: 256,
+            connections_per_second_per_address: 32,
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             requests_per_second_per_address: 200,
@@ -610,6 +622,11 @@ impl RunConfig {
             (1..=server.max_connections).contains(&server.max_connections_per_address),
             "must be between 1 and server.max_connections",
         )?;
+        check(
+            "server.reserved_connections",
+            server.reserved_connections <= server.max_connections / 2,
+            "must be at most half of server.max_connections",
+        )?;
         for (field, value) in [
             ("server.header_timeout_ms", server.header_timeout_ms),
             ("server.body_timeout_ms", server.body_timeout_ms),
@@ -617,6 +634,7 @@ impl RunConfig {
             check(field, (100..=600_000).contains(&value), "must be between 100 and 600000")?;
         }
         for (field, value) in [
+            ("server.connections_per_second_per_address", server.connections_per_second_per_address),
             ("server.requests_per_second_per_address", server.requests_per_second_per_address),
             ("server.requests_per_second_per_key", server.requests_per_second_per_key),
             ("server.uploads_in_flight", server.uploads_in_flight),

@@ -484,6 +484,7 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
          # Every worker of the demo shares 127.0.0.1: each may hold a long poll and an idle pooled\n\
          # connection, and the demo and a browser poll the status.\n\
          [server]\nrequests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n\
+         connections_per_second_per_address = 100000\n\
          max_connections_per_address = {per_address}\nmax_connections = {connections}\n\
          uploads_in_flight = {uploads}\n{contract}",
         rounds = args.rounds,

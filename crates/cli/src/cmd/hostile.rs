@@ -68,6 +68,19 @@ pub struct HostileArgs {
     #[arg(long, default_value_t = 64)]
     sources: u8,
 
+    /// Pin the run (the coordinator, the workers and this process) to
+    /// these CPUs, in both the unattacked and the attacked run, e.g. `1`
+    /// (comma-separated CPU numbers); needs `--attack-cpus`. Without
+    /// pinning the attackers' own loops take CPU from the workers, and the
+    /// ratio measures the machine as much as the coordinator.
+    #[arg(long, value_name = "CPUS", value_delimiter = ',', requires = "attack_cpus")]
+    run_cpus: Vec<usize>,
+
+    /// Pin the attacking processes to these CPUs, e.g. `0` (disjoint from
+    /// `--run-cpus`).
+    #[arg(long, value_name = "CPUS", value_delimiter = ',', requires = "run_cpus")]
+    attack_cpus: Vec<usize>,
+
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -103,11 +116,19 @@ struct Attack {
 
 #[derive(Debug, Serialize)]
 struct Run {
+    /// The machine's 1-minute load average as the run started and ended
+    /// (the machine may be shared: a busy one slows both runs unevenly).
+    load_average_start: f64,
+    load_average_end: f64,
     rounds: usize,
     rounds_per_second: f64,
     round_seconds_median: Option<f64>,
     /// The coordinator's resident memory, sampled every 100 ms: the most.
     coordinator_rss_mb_max: f64,
+    /// The coordinator's CPU time (user and system) over the run, and as
+    /// a share of the run's wall time (1.0: one core all the time).
+    coordinator_cpu_seconds: f64,
+    coordinator_cpu_share: f64,
     final_test_accuracy: f64,
     state_hash: String,
     /// Workers the coordinator registered (the honest ones only, if
@@ -121,6 +142,10 @@ struct HostileReport {
     loaded: Run,
     /// Loaded rounds per second over unloaded.
     rounds_per_second_ratio: f64,
+    /// The CPUs the run and the attackers were pinned to (empty: not
+    /// pinned).
+    run_cpus: Vec<usize>,
+    attack_cpus: Vec<usize>,
     attack: Attack,
 }
 
@@ -129,11 +154,27 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
         return attack_until_stdin_closes(url, &args);
     }
     let demo_args = demo::quiet_args(args.workers, args.rounds, args.inner_steps, args.data.as_deref());
+    // Built before this process pins itself, which narrows what
+    // sched_getaffinity then allows.
+    let attack_mask = match args.attack_cpus.is_empty() {
+        true => None,
+        false => Some(cpu_mask(&args.attack_cpus).context("--attack-cpus")?),
+    };
+    if !args.run_cpus.is_empty() {
+        anyhow::ensure!(
+            args.run_cpus.iter().all(|cpu| !args.attack_cpus.contains(cpu)),
+            "--run-cpus and --attack-cpus must not share a CPU"
+        );
+        // Everything this process starts from here on (the demo's
+        // coordinator and workers, their threads) inherits the mask; the
+        // attackers set theirs as they start.
+        pin_to(&args.run_cpus).context("could not pin the run to --run-cpus")?;
+    }
 
     let unloaded = measured(&demo_args, |_, _, _| Ok(None))?;
     let mut attackers = Vec::new();
     let loaded = measured(&demo_args, |url, _, dir| {
-        attackers = start_attackers(url, &args, dir)?;
+        attackers = start_attackers(url, &args, dir, attack_mask.as_ref())?;
         Ok(None)
     });
     let mut attack = Attack::default();
@@ -150,6 +191,8 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
     attack.idle_workers = args.idle_workers;
     let report = HostileReport {
         rounds_per_second_ratio: loaded.rounds_per_second / unloaded.rounds_per_second,
+        run_cpus: args.run_cpus.clone(),
+        attack_cpus: args.attack_cpus.clone(),
         unloaded,
         loaded,
         attack,
@@ -158,15 +201,20 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
         return output::print_json(&report);
     }
     println!(
-        "unloaded: {:.2} rounds/s, coordinator at most {:.0} MB\nloaded:   {:.2} rounds/s ({:.0}% of unloaded), \
-         coordinator at most {:.0} MB, {} participants\nattack: {} connections held at most ({} opened), {} \
+        "unloaded: {:.2} rounds/s, coordinator at most {:.0} MB (load average {:.1} to {:.1})\nloaded:   {:.2} \
+         rounds/s ({:.0}% of unloaded), coordinator at most {:.0} MB, {} participants (load average {:.1} to \
+         {:.1})\nattack: {} connections held at most ({} opened), {} \
          unsigned uploads refused on their headers, {} registrations ({} refused, {} accepted)",
         report.unloaded.rounds_per_second,
         report.unloaded.coordinator_rss_mb_max,
+        report.unloaded.load_average_start,
+        report.unloaded.load_average_end,
         report.loaded.rounds_per_second,
         100.0 * report.rounds_per_second_ratio,
         report.loaded.coordinator_rss_mb_max,
         report.loaded.participants,
+        report.loaded.load_average_start,
+        report.loaded.load_average_end,
         report.attack.connections_held_max,
         report.attack.connections_opened,
         report.attack.uploads_refused_on_headers,
@@ -186,6 +234,7 @@ fn start_attackers(
     url: &str,
     args: &HostileArgs,
     dir: &std::path::Path,
+    pinned: Option<&libc::cpu_set_t>,
 ) -> anyhow::Result<Vec<std::process::Child>> {
     let tokens = crowdtrain_node::coordinator::issue_admission_tokens(&dir.join("state"), args.idle_workers)?;
     let tokens_file = dir.join("idle-workers.tokens");
@@ -209,6 +258,15 @@ fn start_attackers(
             .stdout(std::process::Stdio::piped());
         if first && args.idle_workers > 0 {
             command.arg("--tokens").arg(&tokens_file);
+        }
+        if let Some(&mask) = pinned {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec this only calls
+            // sched_setaffinity on the child itself, with a mask built
+            // before the fork.
+            unsafe {
+                command.pre_exec(move || set_affinity(&mask));
+            }
         }
         children.push(command.spawn().context("could not start an attacker")?);
         first = false;
@@ -247,15 +305,21 @@ fn measured(
     mut on_start: impl FnMut(&str, u32, &std::path::Path) -> anyhow::Result<Attacking>,
 ) -> anyhow::Result<Run> {
     let rss_max = Arc::new(AtomicU64::new(0));
+    let cpu_ticks = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
     let mut attacking: Attacking = None;
     let mut sampler = None;
+    let load_average_start = load_average();
     let report = demo::execute(args, |url, pid, dir| {
-        let (rss_max, sampling) = (Arc::clone(&rss_max), Arc::clone(&sampling));
+        let (rss_max, cpu_ticks, sampling) =
+            (Arc::clone(&rss_max), Arc::clone(&cpu_ticks), Arc::clone(&sampling));
         sampler = Some(std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
                 if let Some(kb) = resident_kb(pid) {
                     rss_max.fetch_max(kb, Ordering::Relaxed);
+                }
+                if let Some(ticks) = cpu_ticks_of(pid) {
+                    cpu_ticks.fetch_max(ticks, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -264,6 +328,7 @@ fn measured(
         Ok(())
     });
     sampling.store(false, Ordering::Relaxed);
+    let load_average_end = load_average();
     if let Some((stop, handle)) = attacking {
         stop.store(true, Ordering::Relaxed);
         let _ = handle.join();
@@ -279,7 +344,14 @@ fn measured(
         .collect();
     let first = closed.iter().map(|round| round.opened_unix_ms).min().unwrap_or(0);
     let last = closed.iter().filter_map(|round| round.closed_unix_ms).max().unwrap_or(first + 1);
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let coordinator_cpu_seconds = cpu_ticks.load(Ordering::Relaxed) as f64 / ticks_per_second;
     Ok(Run {
+        coordinator_cpu_seconds,
+        coordinator_cpu_share: coordinator_cpu_seconds / report.seconds.max(1e-3),
+        load_average_start,
+        load_average_end,
         rounds: closed.len(),
         rounds_per_second: closed.len() as f64 / ((last - first).max(1) as f64 / 1000.0),
         round_seconds_median: report.round_seconds_median,
@@ -288,6 +360,60 @@ fn measured(
         state_hash: report.state_hash.clone(),
         participants: report.workers.len(),
     })
+}
+
+/// The machine's 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Pins the calling thread (and whatever it starts from now on) to `cpus`.
+fn pin_to(cpus: &[usize]) -> anyhow::Result<()> {
+    Ok(set_affinity(&cpu_mask(cpus)?)?)
+}
+
+/// The affinity mask of `cpus`, which must all be CPUs this process may
+/// run on.
+fn cpu_mask(cpus: &[usize]) -> anyhow::Result<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity and
+    // CPU_SET/CPU_ISSET only touch the sets we own, within their size.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let mut mask: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            anyhow::ensure!(
+                cpu < libc::CPU_SETSIZE as usize && libc::CPU_ISSET(cpu, &allowed),
+                "CPU {cpu} is not one this process may run on"
+            );
+            libc::CPU_SET(cpu, &mut mask);
+        }
+        Ok(mask)
+    }
+}
+
+/// Sets the calling thread's CPU affinity (async-signal-safe: callable
+/// between fork and exec).
+fn set_affinity(mask: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: sched_setaffinity reads the mask we pass, of its own size.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), mask) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A process's CPU time (user and system) so far, in clock ticks.
+fn cpu_ticks_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (in parentheses, which may hold
+    // spaces): utime and stime are the 14th and 15th of the line.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
 }
 
 fn resident_kb(pid: u32) -> Option<u64> {
@@ -510,11 +636,17 @@ async fn register_strangers(url: String, count: usize, counters: Arc<AttackCount
     else {
         return;
     };
-    let run: crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo> =
+    // Under the other attacks this address may wait for a connection the
+    // coordinator accepts: ask until it answers (or the run ends).
+    let run: crowdtrain_protocol::Signed<crowdtrain_protocol::wire::RunInfo> = loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         match async { client.get(format!("{url}/v1/run")).send().await?.json().await }.await {
-            Ok(run) => run,
-            Err(_) => return,
-        };
+            Ok(run) => break run,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let run_id = run.body.run_id;
     let body = serde_json::to_vec(&RegisterRequest { class: "avx2-fma".into(), token: None, choice: None })
         .expect("json");

@@ -103,7 +103,8 @@ impl Network {
         let server = if extra.contains("[server]") {
             ""
         } else {
-            "[server]\nrequests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n"
+            "[server]\nrequests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n\
+             connections_per_second_per_address = 100000\n"
         };
         let config = format!(
             "rounds = {rounds}\n[training]\nseed = 3\ninner_steps = {inner_steps}\nbatch_size = 32\n\

@@ -284,7 +284,9 @@ async fn signed_read(
         return Err(Failure::new(ErrorCode::BadRequest, format!("{method} {} takes no body", uri.path())));
     }
     let node = Arc::clone(node);
-    blocking(move || node.read(&auth.worker, auth.nonce)).await
+    let worker = blocking(move || node.read(&auth.worker, auth.nonce)).await?;
+    net::participant_authenticated();
+    Ok(worker)
 }
 
 async fn run_info(State(node): State<Arc<Node>>) -> Response {
@@ -336,7 +338,10 @@ async fn register(
         .await
     };
     match result.await {
-        Ok(registration) => Json(registration).into_response(),
+        Ok(registration) => {
+            net::participant_authenticated();
+            Json(registration).into_response()
+        }
         Err(failure) => failure.into_response(),
     }
 }
@@ -550,6 +555,7 @@ async fn round_post(
         let node = Arc::clone(node);
         blocking(move || node.authenticate(&key, auth.nonce)).await?
     };
+    net::participant_authenticated();
     let limit = node.config.limits.max_upload_bytes;
     if declared.length > limit {
         drain(body, limit, limits.body_timeout).await;
