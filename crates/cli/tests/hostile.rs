@@ -329,12 +329,19 @@ fn the_status_page_holds_a_page_of_rounds() {
 fn workers_get_through_while_strangers_flood_the_connection_slots() {
     // Goal: strangers who reconnect as soon as they are closed, from 16
     // addresses, hold at most the slots not reserved for participants, are
-    // refused at accept beyond that, and cannot keep the workers out of a
-    // run. Method: a coordinator of 64 connections (32 reserved); the flood
-    // fills them before the workers start and keeps at it through the run;
-    // it counts the connections it holds that the coordinator answered.
+    // refused at accept beyond that, and cannot keep a run's workers from
+    // finishing it. Method: a coordinator of 64 connections (32 reserved);
+    // the workers join, and once the first round closed the flood starts
+    // and keeps at it through the rest of the run; it counts the
+    // connections it holds that the coordinator answered.
+    //
+    // Not asserted: how soon a worker that has never authenticated gets in
+    // during a flood. Before its first signed request nothing tells it from
+    // a stranger, so it competes for the unreserved slots and gets in after
+    // retries (4 to 67 s seen): a timing, not a promise.
+    let rounds = 30;
     let mut network = Network::with_extra(
-        6,
+        rounds,
         12,
         0.0,
         "min_workers = 2\ndeadline_ms = 60000",
@@ -343,19 +350,22 @@ fn workers_get_through_while_strangers_flood_the_connection_slots() {
          requests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n",
     );
     network.start_coordinator();
-    let flood = Flood::start(network.port, 2..18, 8);
-    std::thread::sleep(Duration::from_secs(1));
     network.start_worker(0);
     network.start_worker(1);
+    network.wait_for(120, "the first round to close", |status| status.completed_rounds >= 1);
+    let flood = Flood::start(network.port, 2..18, 8);
     let status = network.wait_for(180, "the run to finish under the flood", finished_and_evaluated);
     let (served_max, opened) = flood.stop();
-    assert_eq!(status.completed_rounds, 6);
+    assert_eq!(status.completed_rounds, rounds);
     for output in network.join_workers() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
-    assert!(opened > 500, "the flood opened only {opened} connections");
-    // 32 unreserved slots; a few more counted while an evicted connection's
-    // close and its successor's answer cross.
+    // About 100 to 300 a second, with the machine's load.
+    assert!(opened > 300, "the flood opened only {opened} connections: it did not keep at it");
+    // It held the unreserved slots (the premise), and no more: 32 of them;
+    // a few more counted while an evicted connection's close and its
+    // successor's answer cross.
+    assert!(served_max >= 24, "strangers held only {served_max} slots: the flood did not fill the unreserved 32");
     assert!(served_max <= 36, "strangers held {served_max} of the 64 slots, 32 of them reserved");
     assert!(!network.log("coordinator.log").contains("halting"));
 }
