@@ -81,6 +81,13 @@ pub struct HostileArgs {
     #[arg(long, value_name = "CPUS", value_delimiter = ',', requires = "run_cpus")]
     attack_cpus: Vec<usize>,
 
+    /// Unattacked and attacked runs to pair, in alternating order (the
+    /// first pair unattacked first, the second attacked first, ...), so
+    /// that a shared machine's changing load falls on both sides; the
+    /// ratio reported is the median of the pairs'.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pairs: u32,
+
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -136,17 +143,30 @@ struct Run {
     participants: usize,
 }
 
+/// One unattacked run and one attacked run of the same demo.
 #[derive(Debug, Serialize)]
-struct HostileReport {
+struct Pair {
+    /// Whether the attacked run went first.
+    attacked_first: bool,
     unloaded: Run,
     loaded: Run,
     /// Loaded rounds per second over unloaded.
     rounds_per_second_ratio: f64,
+    attack: Attack,
+}
+
+#[derive(Debug, Serialize)]
+struct HostileReport {
+    pairs: Vec<Pair>,
+    /// The median of the pairs' ratios (loaded over unloaded rounds per
+    /// second), and the lowest and highest.
+    rounds_per_second_ratio: f64,
+    rounds_per_second_ratio_min: f64,
+    rounds_per_second_ratio_max: f64,
     /// The CPUs the run and the attackers were pinned to (empty: not
     /// pinned).
     run_cpus: Vec<usize>,
     attack_cpus: Vec<usize>,
-    attack: Attack,
 }
 
 pub fn run(args: HostileArgs) -> anyhow::Result<()> {
@@ -171,10 +191,65 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
         pin_to(&args.run_cpus).context("could not pin the run to --run-cpus")?;
     }
 
-    let unloaded = measured(&demo_args, |_, _, _| Ok(None))?;
+    let mut pairs = Vec::new();
+    for index in 0..args.pairs {
+        let attacked_first = index % 2 == 1;
+        let (unloaded, loaded, attack) = if attacked_first {
+            let (loaded, attack) = attacked(&demo_args, &args, attack_mask.as_ref())?;
+            (measured(&demo_args, |_, _, _| Ok(None))?, loaded, attack)
+        } else {
+            let unloaded = measured(&demo_args, |_, _, _| Ok(None))?;
+            let (loaded, attack) = attacked(&demo_args, &args, attack_mask.as_ref())?;
+            (unloaded, loaded, attack)
+        };
+        let pair = Pair {
+            attacked_first,
+            rounds_per_second_ratio: loaded.rounds_per_second / unloaded.rounds_per_second,
+            unloaded,
+            loaded,
+            attack,
+        };
+        if !args.json {
+            print_pair(index, &pair);
+        }
+        pairs.push(pair);
+    }
+    let mut ratios: Vec<f64> = pairs.iter().map(|pair| pair.rounds_per_second_ratio).collect();
+    ratios.sort_by(f64::total_cmp);
+    let middle = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 1 { ratios[middle] } else { (ratios[middle - 1] + ratios[middle]) / 2.0 };
+    let report = HostileReport {
+        rounds_per_second_ratio: median,
+        rounds_per_second_ratio_min: ratios[0],
+        rounds_per_second_ratio_max: ratios[ratios.len() - 1],
+        run_cpus: args.run_cpus.clone(),
+        attack_cpus: args.attack_cpus.clone(),
+        pairs,
+    };
+    if args.json {
+        return output::print_json(&report);
+    }
+    if report.pairs.len() > 1 {
+        println!(
+            "over {} pairs: loaded at {:.0}% of unloaded (median; {:.0}% to {:.0}%)",
+            report.pairs.len(),
+            100.0 * report.rounds_per_second_ratio,
+            100.0 * report.rounds_per_second_ratio_min,
+            100.0 * report.rounds_per_second_ratio_max
+        );
+    }
+    Ok(())
+}
+
+/// The demo run under the whole attack, and what the attackers counted.
+fn attacked(
+    demo_args: &demo::DemoArgs,
+    args: &HostileArgs,
+    attack_mask: Option<&libc::cpu_set_t>,
+) -> anyhow::Result<(Run, Attack)> {
     let mut attackers = Vec::new();
-    let loaded = measured(&demo_args, |url, _, dir| {
-        attackers = start_attackers(url, &args, dir, attack_mask.as_ref())?;
+    let loaded = measured(demo_args, |url, _, dir| {
+        attackers = start_attackers(url, args, dir, attack_mask)?;
         Ok(None)
     });
     let mut attack = Attack::default();
@@ -187,42 +262,35 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
         attack.registrations_refused += part.registrations_refused;
         attack.registrations_accepted += part.registrations_accepted;
     }
-    let loaded = loaded?;
     attack.idle_workers = args.idle_workers;
-    let report = HostileReport {
-        rounds_per_second_ratio: loaded.rounds_per_second / unloaded.rounds_per_second,
-        run_cpus: args.run_cpus.clone(),
-        attack_cpus: args.attack_cpus.clone(),
-        unloaded,
-        loaded,
-        attack,
-    };
-    if args.json {
-        return output::print_json(&report);
-    }
+    Ok((loaded?, attack))
+}
+
+fn print_pair(index: u32, pair: &Pair) {
     println!(
-        "unloaded: {:.2} rounds/s, coordinator at most {:.0} MB (load average {:.1} to {:.1})\nloaded:   {:.2} \
-         rounds/s ({:.0}% of unloaded), coordinator at most {:.0} MB, {} participants (load average {:.1} to \
-         {:.1})\nattack: {} connections held at most ({} opened), {} \
-         unsigned uploads refused on their headers, {} registrations ({} refused, {} accepted)",
-        report.unloaded.rounds_per_second,
-        report.unloaded.coordinator_rss_mb_max,
-        report.unloaded.load_average_start,
-        report.unloaded.load_average_end,
-        report.loaded.rounds_per_second,
-        100.0 * report.rounds_per_second_ratio,
-        report.loaded.coordinator_rss_mb_max,
-        report.loaded.participants,
-        report.loaded.load_average_start,
-        report.loaded.load_average_end,
-        report.attack.connections_held_max,
-        report.attack.connections_opened,
-        report.attack.uploads_refused_on_headers,
-        report.attack.registrations_sent,
-        report.attack.registrations_refused,
-        report.attack.registrations_accepted,
+        "pair {}{}:\nunloaded: {:.2} rounds/s, coordinator at most {:.0} MB (load average {:.1} to {:.1})\nloaded:   \
+         {:.2} rounds/s ({:.0}% of unloaded), coordinator at most {:.0} MB, {} participants (load average {:.1} \
+         to {:.1})\nattack: {} connections held at most ({} opened), {} unsigned uploads refused on their \
+         headers, {} registrations ({} refused, {} accepted)",
+        index + 1,
+        if pair.attacked_first { " (attacked run first)" } else { "" },
+        pair.unloaded.rounds_per_second,
+        pair.unloaded.coordinator_rss_mb_max,
+        pair.unloaded.load_average_start,
+        pair.unloaded.load_average_end,
+        pair.loaded.rounds_per_second,
+        100.0 * pair.rounds_per_second_ratio,
+        pair.loaded.coordinator_rss_mb_max,
+        pair.loaded.participants,
+        pair.loaded.load_average_start,
+        pair.loaded.load_average_end,
+        pair.attack.connections_held_max,
+        pair.attack.connections_opened,
+        pair.attack.uploads_refused_on_headers,
+        pair.attack.registrations_sent,
+        pair.attack.registrations_refused,
+        pair.attack.registrations_accepted,
     );
-    Ok(())
 }
 
 type Attacking = Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>;

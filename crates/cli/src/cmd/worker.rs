@@ -155,7 +155,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     println!(
         "{} rounds trained; {} commitments, {} reveals accepted; audits: {} answered and replayed by the \
          coordinator, {} delegated (verdicts in the ledger), {} failed on receipt; {} replayed for others; {} \
-         refused; {} uploaded, {} downloaded",
+         refused; {} uploaded, {} downloaded{}",
         summary.rounds_trained,
         summary.commitments,
         summary.reveals_accepted,
@@ -165,7 +165,13 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         summary.audits_judged,
         summary.refused,
         output::bytes(summary.bytes_uploaded),
-        output::bytes(summary.bytes_downloaded)
+        output::bytes(summary.bytes_downloaded),
+        summary.compute_utilisation.map_or(String::new(), |share| format!(
+            "; trained {:.1} of {:.1} s since joining ({:.1}% compute utilisation)",
+            summary.training_seconds,
+            summary.active_seconds,
+            100.0 * share
+        ))
     );
     Ok(())
 }

@@ -125,8 +125,27 @@ pub struct WorkerSummary {
     pub join_ms: Option<u64>,
     /// The option of the contract menu it chose, if the run offers one.
     pub option: Option<u32>,
+    /// Seconds spent training (the inner steps of its rounds).
     pub training_seconds: f64,
+    /// Seconds from holding its first assignment and model to the end of
+    /// the run: the time it could have been training.
+    pub active_seconds: f64,
+    /// `training_seconds / active_seconds`: the share of its time this
+    /// worker trained rather than waited for the network or the
+    /// coordinator (what overlap and compression are for).
+    pub compute_utilisation: Option<f64>,
     pub finished: bool,
+}
+
+impl WorkerSummary {
+    /// Closes the books on the time since `joined` (the first assignment).
+    fn account_time(&mut self, joined: Option<Instant>) {
+        if let Some(joined) = joined {
+            self.active_seconds = joined.elapsed().as_secs_f64();
+            self.compute_utilisation =
+                (self.active_seconds > 0.0).then(|| (self.training_seconds / self.active_seconds).min(1.0));
+        }
+    }
 }
 
 /// Runs a worker until the run finishes (Ok) or it must give up (Err).
@@ -202,6 +221,7 @@ pub async fn run_worker(
         None => None,
     };
     let registered_at = Instant::now();
+    let mut joined_at: Option<Instant> = None;
     let registration =
         register(&client, &run, options.admission_token.as_deref(), choice, &mut on_event).await?;
     let registration: Signed<Registration> = registration.json()?;
@@ -265,6 +285,7 @@ pub async fn run_worker(
         }
         if view.phase == Phase::Finished {
             summary.finished = true;
+            summary.account_time(joined_at);
             let totals = summaries.flush(&client, &mut on_event).await?;
             on_event(&WorkerEvent::Finished {
                 rounds: view.completed_rounds,
@@ -302,6 +323,7 @@ pub async fn run_worker(
                 let params = models.get(&client, &assignment.base_model).await?;
                 if summary.join_ms.is_none() {
                     summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
+                    joined_at = Some(Instant::now());
                 }
                 let round_shards = shards_for(&mut shards, &assignment, &dataset)?;
                 summaries.pending.insert(round);

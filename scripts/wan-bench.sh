@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# A real run over a WAN built on this machine: a coordinator and N workers,
+# each in its own network namespace behind a capped link and a fixed delay,
+# and a table of what it cost: compute utilisation per worker (time training
+# / time since joining), bytes per round, seconds per round, accuracy.
+#
+#   sudo scripts/wan-bench.sh [--workers "4 8"] [--rates "100mbit 20mbit"]
+#        [--delay-ms 50] [--rounds 10] [--inner-steps 50]
+#        [--config FILE] [--coordinator-rate 1gbit] [--json FILE]
+#
+# The lab is ../shared/scripts/wan-lab (or $WAN_LAB_DIR): host 0 runs the
+# coordinator on a link of --coordinator-rate (a data centre's), hosts
+# 1..N one worker each on a link of the rate under test, both directions
+# capped by tbf. The delay is delay-proxy.py in each worker's namespace: the
+# worker talks to 127.0.0.1, the proxy holds every chunk --delay-ms each
+# way, so a round trip gains twice that. Needs root (namespaces), python3,
+# and a release build (cargo build --release). Every lab, proxy and process
+# it starts is torn down on exit, also on failure or Ctrl-C.
+#
+# The run: --config (default examples/run.toml's defaults: the MLP on
+# Fashion-MNIST, int8 updates) with `rounds`, `training.inner_steps`
+# overridden, admission open (the lab is private) and audits as configured.
+# One caveat: the workers share this machine's cores, so each trains
+# slower than it would alone; utilisation is still the share of its wall
+# time a worker trained, the figure overlap and compression are for.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+lab_dir="${WAN_LAB_DIR:-$root/../shared/scripts}"
+binary="${CROWDTRAIN:-$root/target/release/crowdtrain}"
+workers_list="4 8"
+rates="100mbit 20mbit"
+delay_ms=50
+rounds=10
+inner_steps=50
+config=""
+coordinator_rate="1gbit"
+json_out=""
+prefix="ctw"
+
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --workers) workers_list="$2"; shift 2 ;;
+        --rates) rates="$2"; shift 2 ;;
+        --delay-ms) delay_ms="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        --inner-steps) inner_steps="$2"; shift 2 ;;
+        --config) config="$2"; shift 2 ;;
+        --coordinator-rate) coordinator_rate="$2"; shift 2 ;;
+        --json) json_out="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "wan-bench needs root (network namespaces)" >&2; exit 1; }
+[ -x "$binary" ] || { echo "no $binary: run cargo build --release first" >&2; exit 1; }
+[ -x "$lab_dir/wan-lab" ] || { echo "no wan-lab in $lab_dir (set WAN_LAB_DIR)" >&2; exit 1; }
+wan_lab="$lab_dir/wan-lab"
+proxy="$lab_dir/delay-proxy.py"
+
+work="$(mktemp -d /tmp/wan-bench.XXXXXX)"
+pids=()
+teardown() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+    "$wan_lab" down --prefix "$prefix" >/dev/null 2>&1 || true
+}
+trap 'teardown; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+# The run's configuration: the user's, or the defaults, with this bench's
+# rounds, inner steps and open admission.
+write_config() {
+    local out="$1"
+    if [ -n "$config" ]; then
+        python3 - "$config" "$rounds" "$inner_steps" >"$out" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+text = re.sub(r"(?m)^rounds\s*=.*$", f"rounds = {sys.argv[2]}", text, count=1)
+text = re.sub(r"(?m)^inner_steps\s*=.*$", f"inner_steps = {sys.argv[3]}", text, count=1)
+text = re.sub(r"(?ms)^\[admission\].*?(?=^\[|\Z)", "", text)
+print(text)
+print('[admission]\nmode = "open"')
+EOF
+    else
+        printf 'rounds = %s\n[training]\nseed = 0\ninner_steps = %s\n[round]\nmin_workers = %s\n[admission]\nmode = "open"\n' \
+            "$rounds" "$inner_steps" "$2" >"$out"
+    fi
+}
+
+results="$work/results.jsonl"
+: >"$results"
+for workers in $workers_list; do
+    for rate in $rates; do
+        run="$work/run-$workers-$rate"
+        mkdir -p "$run"
+        write_config "$run/run.toml" "$workers"
+        echo "== $workers workers at $rate, ${delay_ms} ms one way, $rounds rounds of H = $inner_steps" >&2
+        "$wan_lab" up --hosts $((workers + 1)) --rate "$rate" --prefix "$prefix" >/dev/null
+        "$wan_lab" shape "${prefix}0" --rate "$coordinator_rate" --prefix "$prefix" >/dev/null
+        address="$("$wan_lab" addr "${prefix}0" --prefix "$prefix")"
+        "$wan_lab" exec "${prefix}0" -- "$binary" coordinator --config "$run/run.toml" \
+            --listen "$address:7070" --state "$run/state" >"$run/coordinator.out" 2>"$run/coordinator.log" &
+        pids+=($!)
+        for _ in $(seq 100); do grep -q "listening on" "$run/coordinator.out" 2>/dev/null && break; sleep 0.1; done
+        grep -q "listening on" "$run/coordinator.out" || { cat "$run/coordinator.log" >&2; exit 1; }
+        started=$(date +%s.%N)
+        worker_pids=()
+        for i in $(seq 1 "$workers"); do
+            "$binary" keygen --out "$run/worker$i.key" >/dev/null
+            "$wan_lab" exec "${prefix}$i" -- python3 "$proxy" --listen 127.0.0.1:7071 \
+                --target "$address:7070" --delay-ms "$delay_ms" --duration 86400 --quiet \
+                >/dev/null 2>&1 &
+            pids+=($!)
+        done
+        sleep 0.5
+        for i in $(seq 1 "$workers"); do
+            "$wan_lab" exec "${prefix}$i" -- env RAYON_NUM_THREADS=1 "$binary" worker \
+                --coordinator http://127.0.0.1:7071 --key "$run/worker$i.key" \
+                --cache "$run/cache$i" --threads 1 --json >"$run/worker$i.json" 2>"$run/worker$i.log" &
+            worker_pids+=($!)
+            pids+=($!)
+        done
+        failed=0
+        for pid in "${worker_pids[@]}"; do wait "$pid" || failed=1; done
+        finished=$(date +%s.%N)
+        if [ "$failed" -ne 0 ]; then
+            echo "a worker failed; logs in $run (kept)" >&2
+            trap - EXIT
+            teardown
+            exit 1
+        fi
+        status="$("$wan_lab" exec "${prefix}0" -- curl -sf "http://$address:7070/v1/status" || echo '{}')"
+        python3 - "$run" "$workers" "$rate" "$delay_ms" "$inner_steps" "$started" "$finished" "$status" \
+            >>"$results" <<'EOF'
+import json, sys
+run, workers, rate, delay, inner, started, finished, status = sys.argv[1:9]
+workers = int(workers)
+summaries = [json.load(open(f"{run}/worker{i}.json")) for i in range(1, workers + 1)]
+status = json.loads(status)
+rounds = status.get("completed_rounds") or max(s["rounds_trained"] for s in summaries)
+utilisation = [s["compute_utilisation"] or 0.0 for s in summaries]
+print(json.dumps({
+    "workers": workers, "rate": rate, "delay_ms": int(delay), "inner_steps": int(inner),
+    "rounds": rounds, "seconds": float(finished) - float(started),
+    "seconds_per_round": (float(finished) - float(started)) / max(rounds, 1),
+    "compute_utilisation_mean": sum(utilisation) / workers,
+    "compute_utilisation_min": min(utilisation),
+    "training_seconds_mean": sum(s["training_seconds"] for s in summaries) / workers,
+    "upload_bytes_per_round": sum(s["bytes_uploaded"] for s in summaries) / workers / max(rounds, 1),
+    "download_bytes_per_round": sum(s["bytes_downloaded"] for s in summaries) / workers / max(rounds, 1),
+    "test_accuracy": status.get("test_accuracy"),
+}))
+EOF
+        teardown
+    done
+done
+
+python3 - "$results" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print(f"{'workers':>7} {'link':>8} {'delay':>6} {'H':>4} {'rounds':>6} {'s/round':>8} "
+      f"{'up/round':>10} {'down/round':>11} {'util mean':>9} {'util min':>8} {'accuracy':>8}")
+for r in rows:
+    accuracy = f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "-"
+    print(f"{r['workers']:>7} {r['rate']:>8} {r['delay_ms']:>4}ms {r['inner_steps']:>4} {r['rounds']:>6} "
+          f"{r['seconds_per_round']:>8.2f} {r['upload_bytes_per_round'] / 1e6:>8.2f}MB "
+          f"{r['download_bytes_per_round'] / 1e6:>9.2f}MB {100 * r['compute_utilisation_mean']:>8.1f}% "
+          f"{100 * r['compute_utilisation_min']:>7.1f}% {accuracy:>8}")
+EOF
+if [ -n "$json_out" ]; then cp "$results" "$json_out"; fi
