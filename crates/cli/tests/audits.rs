@@ -109,6 +109,58 @@ fn every_cheater_is_caught_whenever_it_is_audited_and_the_honest_worker_never() 
 }
 
 #[test]
+fn a_worker_that_inflates_its_error_feedback_residual_is_caught_and_starts_again_from_zero() {
+    // Goal: under a lossy codec, a worker that sends its update plus more
+    // residual than its encoder kept (mass it never trained for), while
+    // committing to its true residual chain, fails the audit that replays
+    // its last segment and is slashed; the residual that audit contradicted
+    // is not carried on, so its next commitment must start from zero.
+    // Method: two honest workers and one `inflate-residual` (10x), q4,
+    // every submission audited on its only segment. Round 0 starts from
+    // the zero residual (nothing to inflate): it passes. Round 1 inflates:
+    // caught. Round 2: its chain is refused, it starts from zero: passes.
+    let mut network = Network::with_training(
+        3,
+        STEPS,
+        1.0,
+        "min_workers = 3\nquorum = 1\ndeadline_ms = 60000\nreveal_ms = 3000",
+        "codec = \"q4\"",
+        1,
+        "",
+    );
+    network.start_coordinator();
+    for (index, behavior) in ["honest", "honest", "inflate-residual"].iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    let status = network.wait_for(240, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, 3);
+    let ids = workers_by_behavior(&mut network);
+    let log = network.log("worker-2.log");
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let slashes = by_submission(&network, "slash", "reason");
+    let cheater = ids["inflate-residual"];
+    for round in 0..3 {
+        let verdict = &verdicts[&(round, cheater)];
+        if round == 1 {
+            let reason = verdict["failed"].as_str().unwrap_or_else(|| panic!("round 1: {verdict}"));
+            assert!(reason.contains("pseudo-gradient"), "{reason}");
+            assert!(slashes.contains_key(&(round, cheater)), "slashed in round 1");
+        } else {
+            assert_eq!(verdict, "passed", "round {round}: nothing inflated");
+            assert!(!slashes.contains_key(&(round, cheater)));
+        }
+    }
+    assert!(log.contains("starting the error feedback again from zero"), "{log}");
+    let honest: Vec<u64> = status
+        .workers
+        .iter()
+        .filter(|worker| worker.worker.0 != cheater)
+        .map(|worker| worker.audits_passed)
+        .collect();
+    assert_eq!(honest, [3, 3], "honest workers always pass");
+}
+
+#[test]
 fn two_hundred_honest_audits_across_thread_counts_never_reject_anyone() {
     // Goal: no false positives. Method: four honest workers, two training
     // on one thread and two on two, every submission audited, 50 rounds:
@@ -513,7 +565,8 @@ fn a_copy_is_caught_with_audits_off_and_its_original_is_never_refused() {
     // commitments to the one update are audited, the copy fails its replay,
     // and both honest workers are credited.
     let rounds = 4;
-    let mut network = Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 5000");
+    let mut network =
+        Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 5000");
     let (ids, copier) = run_two_honest_workers_and_a_copier(&mut network);
     let verdicts = by_submission(&network, "audit", "verdict");
     let credited = by_submission(&network, "work-accepted", "units");
@@ -527,7 +580,9 @@ fn a_copy_is_caught_with_audits_off_and_its_original_is_never_refused() {
         assert!(!credited.contains_key(&(round, copier)), "round {round}: the copy earns nothing");
         let audited_honest = ids
             .keys()
-            .filter(|&&worker| worker != copier && verdicts.get(&(round, worker)).is_some_and(|v| v == "passed"))
+            .filter(|&&worker| {
+                worker != copier && verdicts.get(&(round, worker)).is_some_and(|v| v == "passed")
+            })
             .count();
         assert_eq!(audited_honest, 1, "round {round}: the original is audited too, and passes");
         for &worker in ids.keys().filter(|&&worker| worker != copier) {

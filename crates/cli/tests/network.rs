@@ -38,6 +38,55 @@ fn a_networked_run_reproduces_the_simulation_bit_for_bit() {
 }
 
 #[test]
+fn a_networked_run_with_a_lossy_codec_keeps_error_feedback_audits_it_and_reproduces_the_simulation() {
+    // Goal: under `codec = "topk:0.02+q4"` each worker keeps its
+    // error-feedback residual (on disk, named by its commitments), every
+    // audit re-encodes the update from the committed residual, honest
+    // workers pass, and the model is the simulation's with the same codec,
+    // bit for bit. Method: three honest workers, every submission audited
+    // on its only (hence last) segment.
+    let codec: Codec = "topk:0.02+q4".parse().unwrap();
+    let mut network = Network::with_training(
+        3,
+        12,
+        1.0,
+        "min_workers = 3\ndeadline_ms = 60000",
+        &format!("codec = \"{codec}\""),
+        1,
+        "",
+    );
+    network.start_coordinator();
+    for index in 0..3 {
+        network.start_worker(index);
+    }
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, 3);
+    let simulated = simulated_state_hash_coded(3, 3, 12, Default::default(), Nesterov::default(), codec);
+    assert_eq!(status.state_hash, simulated, "the simulation's bits, residuals included");
+    assert_ne!(status.state_hash, simulated_state_hash(3, 3, 12), "the codec changes the model");
+    assert!(
+        status.workers.iter().all(|worker| worker.submissions_accepted == 3 && worker.audits_passed == 3),
+        "every audit re-encodes from the committed residual and passes: {:?}",
+        status.workers
+    );
+    let uploaded: u64 = status.rounds.iter().map(|round| round.bytes_uploaded).sum();
+    let parameters = crowdtrain_train::build_model(Default::default()).layout().len();
+    assert_eq!(uploaded, 9 * codec.encoded_len(parameters) as u64, "top-k uploads only");
+    for (index, output) in network.join_workers().iter().enumerate() {
+        assert!(output.status.success());
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["audits_failed"], 0);
+        // The residual its last commitment kept, on disk for a restart.
+        let kept = std::fs::read_dir(network.path(&format!("cache-{index}")))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("residual-"))
+            .count();
+        assert_eq!(kept, 1, "worker {index} keeps its residual");
+    }
+}
+
+#[test]
 fn a_worker_killed_mid_round_does_not_stall_the_run() {
     // Rounds long enough (400 steps) to kill a worker while it trains; a
     // short commit deadline so the round goes on without it.

@@ -64,14 +64,20 @@ fn state(step: u64) -> TrainState {
 /// to an audit of segment 2.
 fn audit() -> (Commitment, AuditAnswer) {
     let boundaries: Vec<Digest> = (0..5).map(|step| Digest(state(step * 3).hash().0)).collect();
-    let commitment =
-        Commitment { merkle_root: merkle::root(&boundaries), payload: Digest::of(b"update"), segments: 4 };
+    let commitment = Commitment {
+        merkle_root: merkle::root(&boundaries),
+        payload: Digest::of(b"update"),
+        segments: 4,
+        residual_in: None,
+        residual_out: None,
+    };
     let answer = AuditAnswer {
         segment: 2,
         start_state: state(3).to_bytes(),
         start_proof: merkle::prove(&boundaries, 1),
         end_hash: boundaries[2],
         end_proof: merkle::prove(&boundaries, 2),
+        residual_in: Vec::new(),
     };
     (commitment, answer)
 }
@@ -81,7 +87,8 @@ pub fn coordinator_request() -> Vec<Vec<u8>> {
     let header =
         RequestAuth::sign(&worker, &RUN, "POST", "/v1/rounds/3/commitments", 1_767_000_000_000_000, b"{}");
     let (commitment, answer) = audit();
-    let report = AuditReport { end_hash: answer.end_hash, payload: Some(Digest::of(b"update")) };
+    let report =
+        AuditReport { end_hash: answer.end_hash, payload: Some(Digest::of(b"update")), residual_out: None };
     vec![
         tagged(0, header.to_header()),
         tagged(1, json(&commitment)),
@@ -168,7 +175,12 @@ pub fn worker_answer() -> Vec<Vec<u8>> {
         audit: Some(2),
     };
     let refusal = ApiError { error: ErrorCode::TooEarly, message: "the round is provisional".into() };
-    let task = AuditTask { assignment: assignment(), segment: 2, start_state: state(3).to_bytes() };
+    let task = AuditTask {
+        assignment: assignment(),
+        segment: 2,
+        start_state: state(3).to_bytes(),
+        residual_in: Vec::new(),
+    };
     let status = RunStatus {
         run_id: RUN,
         phase: Phase::Committing,

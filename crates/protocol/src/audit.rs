@@ -40,6 +40,43 @@ pub struct Commitment {
     pub payload: Digest,
     /// How many segments the root covers (leaves = segments + 1).
     pub segments: u32,
+    /// Under a codec with error feedback ([`crowdtrain_recipe::Codec::error_feedback`]):
+    /// the [`residual_digest`] of the residual the worker started the round
+    /// with, which must be the `residual_out` of its last accepted
+    /// commitment; `None` for the zero residual (a fresh start, always
+    /// allowed: it only drops what the worker had not sent yet). `None`
+    /// under other codecs.
+    pub residual_in: Option<Digest>,
+    /// Under a codec with error feedback: the digest of the residual the
+    /// worker keeps (what this round's encoding lost), which its next
+    /// commitment starts from. An audit of the last segment recomputes it.
+    pub residual_out: Option<Digest>,
+}
+
+/// The digest a commitment names an error-feedback residual by: BLAKE3,
+/// in its own domain, over the count and the little-endian `f32` bits, so
+/// that two residuals share a digest only if they are bit for bit equal.
+pub fn residual_digest(residual: &[f32]) -> Digest {
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain 2026-12 error-feedback residual v1");
+    hasher.update(&(residual.len() as u64).to_le_bytes());
+    for value in residual {
+        hasher.update(&value.to_le_bytes());
+    }
+    Digest(*hasher.finalize().as_bytes())
+}
+
+/// Feeds `commitment` to a draw's hasher. The residual digests only when
+/// present, so that runs without error feedback draw as they always did.
+fn hash_commitment(hasher: &mut blake3::Hasher, commitment: &Commitment) {
+    hasher.update(&commitment.merkle_root.0);
+    hasher.update(&commitment.payload.0);
+    hasher.update(&commitment.segments.to_le_bytes());
+    for (tag, residual) in [(b'i', commitment.residual_in), (b'o', commitment.residual_out)] {
+        if let Some(residual) = residual {
+            hasher.update(&[tag]);
+            hasher.update(&residual.0);
+        }
+    }
 }
 
 /// The round's secret.
@@ -72,9 +109,7 @@ pub fn beacon(
     hasher.update(&(commitments.len() as u64).to_le_bytes());
     for (worker, commitment) in commitments {
         hasher.update(&worker.0.to_le_bytes());
-        hasher.update(&commitment.merkle_root.0);
-        hasher.update(&commitment.payload.0);
-        hasher.update(&commitment.segments.to_le_bytes());
+        hash_commitment(&mut hasher, commitment);
     }
     Digest(*hasher.finalize().as_bytes())
 }
@@ -93,9 +128,7 @@ pub fn commitment_beacon(
     hasher.update(&run.0);
     hasher.update(&round.to_le_bytes());
     hasher.update(&worker.0.to_le_bytes());
-    hasher.update(&commitment.merkle_root.0);
-    hasher.update(&commitment.payload.0);
-    hasher.update(&commitment.segments.to_le_bytes());
+    hash_commitment(&mut hasher, commitment);
     Digest(*hasher.finalize().as_bytes())
 }
 
@@ -224,6 +257,8 @@ mod tests {
                     merkle_root: Digest::of(&worker.to_le_bytes()),
                     payload: Digest::of(&[worker as u8; 3]),
                     segments: 4,
+                    residual_in: None,
+                    residual_out: None,
                 };
                 (WorkerId(worker), commitment)
             })
@@ -242,7 +277,30 @@ mod tests {
         let mut changed = all.clone();
         changed.get_mut(&WorkerId(2)).unwrap().payload = Digest::of(b"other");
         assert_ne!(reference, beacon(&secret, &run, 3, &changed), "one commitment changed");
+        let mut residual = all.clone();
+        residual.get_mut(&WorkerId(2)).unwrap().residual_out = Some(residual_digest(&[0.5]));
+        assert_ne!(reference, beacon(&secret, &run, 3, &residual), "a residual digest changed");
+        let moved = Commitment {
+            residual_in: residual[&WorkerId(2)].residual_out,
+            residual_out: None,
+            ..all[&WorkerId(2)]
+        };
+        let out = commitment_beacon(&secret, &run, 3, WorkerId(2), &residual[&WorkerId(2)]);
+        assert_ne!(
+            out,
+            commitment_beacon(&secret, &run, 3, WorkerId(2), &moved),
+            "in and out are told apart"
+        );
         assert_ne!(secret_commitment(&secret), secret_commitment(&round_secret(&[7; 32], &run, 4)));
+    }
+
+    #[test]
+    fn residual_digests_bind_every_bit_and_the_length() {
+        let residual = [0.25f32, -1.0, 0.0];
+        assert_eq!(residual_digest(&residual), residual_digest(&residual.clone()));
+        assert_ne!(residual_digest(&residual), residual_digest(&[0.25, -1.0, -0.0]), "the sign of zero");
+        assert_ne!(residual_digest(&residual), residual_digest(&residual[..2]));
+        assert_ne!(residual_digest(&[]), residual_digest(&[0.0]));
     }
 
     #[test]

@@ -422,6 +422,12 @@ struct Worker {
     /// Its latest assignment got a commitment from it (see the module
     /// docs); derived from the recorded events.
     proven: bool,
+    /// The round and `residual_out` of its last accepted commitment: the
+    /// only error-feedback residual (besides zero) its next one may start
+    /// from, until that round's audit of it fails (a residual an audit
+    /// contradicts is not carried on: the next commitment starts from
+    /// zero). Derived from the recorded events, so it survives a restart.
+    residual: Option<(RoundId, Digest)>,
 }
 
 impl Worker {
@@ -435,6 +441,7 @@ impl Worker {
             missed_streak: 0,
             missed_at_ms: 0,
             proven: false,
+            residual: None,
         }
     }
 }
@@ -808,6 +815,9 @@ impl Coordinator {
                 let state = self.workers.get_mut(worker).expect("committing workers exist");
                 state.proven = true;
                 state.missed_streak = 0;
+                if *status == Recorded::Accepted {
+                    state.residual = commitment.residual_out.map(|residual| (*round, residual));
+                }
                 match self.open.as_mut().filter(|open| open.id == *round) {
                     Some(open) => {
                         let standing = open.standings.entry(*worker).or_default();
@@ -832,7 +842,8 @@ impl Coordinator {
                 // Mostly drawn with the commitments already; the draw adds
                 // the contested ones.
                 for &(worker, segment) in audits {
-                    open.standings.get_mut(&worker).expect("audited workers have standings").audit = Some(segment);
+                    open.standings.get_mut(&worker).expect("audited workers have standings").audit =
+                        Some(segment);
                 }
                 for &(audited, auditor) in auditors {
                     open.standings.get_mut(&audited).expect("audited workers have standings").auditor =
@@ -874,6 +885,12 @@ impl Coordinator {
             Event::Audit { round, worker, verdict, sender, decided_unix_ms, .. } => {
                 if let Some((sender, nonce)) = sender {
                     self.record_nonce(*sender, *nonce, *decided_unix_ms);
+                }
+                if let Some(state) = self.workers.get_mut(worker)
+                    && !verdict.passed()
+                    && state.residual.is_some_and(|(chained, _)| chained == *round)
+                {
+                    state.residual = None;
                 }
                 let standing = self.standing_mut(*round, *worker);
                 standing.verdict = Some(verdict.clone());
@@ -1365,6 +1382,7 @@ impl Coordinator {
                 ),
             ));
         }
+        check_residual_shape(&self.settings, &commitment)?;
         if let Some(refusal) = self.bond_exhausted(worker) {
             return Err(refusal);
         }
@@ -1400,6 +1418,11 @@ impl Coordinator {
                     round,
                     "commitment",
                 );
+            }
+            if committing {
+                let chained =
+                    self.workers.get(&worker).and_then(|state| state.residual).map(|(_, residual)| residual);
+                check_residual_chain(&commitment, chained, worker)?;
             }
             let (status, audit) = if committing {
                 // Drawn now, so that the worker can answer, and the driver
@@ -2034,8 +2057,16 @@ impl Coordinator {
             let drawn = standing.audit.or_else(|| {
                 contested.contains(&worker).then(|| {
                     let commitment = &commitments[&worker];
-                    draw_audit(1.0, &self.settings, &self.audit_master, &self.run_id, open.id, worker, commitment)
-                        .expect("a draw with probability 1 selects")
+                    draw_audit(
+                        1.0,
+                        &self.settings,
+                        &self.audit_master,
+                        &self.run_id,
+                        open.id,
+                        worker,
+                        commitment,
+                    )
+                    .expect("a draw with probability 1 selects")
                 })
             });
             let Some(segment) = drawn else { continue };
@@ -2392,6 +2423,49 @@ fn draw_audit(
     let secret = audit::round_secret(audit_master, run_id, round);
     let beacon = audit::commitment_beacon(&secret, run_id, round, worker, commitment);
     audit::draw(&beacon, worker, probability, settings.recipe.inner_steps, settings.segments)
+}
+
+/// A commitment names residual digests exactly when the run's codec keeps
+/// error feedback, and then always the one it keeps.
+fn check_residual_shape(settings: &Settings, commitment: &Commitment) -> Result<(), Refusal> {
+    let codec = settings.recipe.codec;
+    if codec.error_feedback() {
+        if commitment.residual_out.is_none() {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("under the {codec} codec a commitment names the residual it keeps (residual_out)"),
+            ));
+        }
+    } else if commitment.residual_in.is_some() || commitment.residual_out.is_some() {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("the {codec} codec keeps no error-feedback residual: a commitment names none"),
+        ));
+    }
+    Ok(())
+}
+
+/// A commitment's error feedback starts from zero or from the residual
+/// `chained` (what the worker's last accepted commitment said it kept):
+/// anything else would let a worker inject mass it never trained for, or
+/// drop an audit's evidence of what it kept.
+fn check_residual_chain(
+    commitment: &Commitment,
+    chained: Option<Digest>,
+    worker: WorkerId,
+) -> Result<(), Refusal> {
+    match commitment.residual_in {
+        None => Ok(()),
+        Some(residual) if Some(residual) == chained => Ok(()),
+        Some(residual) => Err(Refusal::new(
+            ErrorCode::ResidualChain,
+            format!(
+                "{worker}'s commitment starts from residual {residual}, which is not the residual its last accepted \
+                 commitment kept ({}): start again from zero",
+                chained.map_or_else(|| "none".to_owned(), |digest| digest.to_string())
+            ),
+        )),
+    }
 }
 
 /// The workers whose commitment names the same update as another

@@ -33,7 +33,7 @@ use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
 pub use crate::ids::{Digest, RoundId, WorkerId};
 
 /// Bumped on any incompatible change to messages or training semantics.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The header naming (by BLAKE3 hex) the model reward a
 /// `GET /v1/rewards/{worker}` answer carries: the hash its
@@ -344,6 +344,10 @@ pub struct AuditTask {
     pub segment: u32,
     /// The canonical bytes of the start state (see `TrainState::to_bytes`).
     pub start_state: Vec<u8>,
+    /// For the last segment under error feedback: the residual the audited
+    /// worker started the round with (its digest checked against the
+    /// commitment), which the update it sent included; empty otherwise.
+    pub residual_in: Vec<f32>,
 }
 
 impl SignedBody for AuditTask {
@@ -352,11 +356,13 @@ impl SignedBody for AuditTask {
 
 /// What a delegated auditor reports (`POST /v1/rounds/{round}/audit-tasks/{worker}`,
 /// postcard): the state hash its replay ended at, and for the last segment
-/// the digest of the update that state gives.
+/// the digest of the update that state gives and, under error feedback, the
+/// digest of the residual that encoding leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
     pub end_hash: Digest,
     pub payload: Option<Digest>,
+    pub residual_out: Option<Digest>,
 }
 
 impl SignedBody for RoundView {
@@ -467,6 +473,11 @@ pub struct AuditAnswer {
     pub start_proof: crate::merkle::Proof,
     pub end_hash: Digest,
     pub end_proof: crate::merkle::Proof,
+    /// For the last segment of a commitment that names a `residual_in`:
+    /// that residual (the model's length, checked against the digest), so
+    /// the auditor can recompute the update and the residual kept; empty
+    /// otherwise.
+    pub residual_in: Vec<f32>,
 }
 
 /// What a worker registers with (`POST /v1/workers`, JSON, signed).
@@ -537,6 +548,10 @@ pub enum ErrorCode {
     /// In a run that takes bonds, this worker's bond can no longer cover a
     /// slash: it gets no more work.
     BondExhausted,
+    /// A commitment's `residual_in` is neither zero nor the `residual_out`
+    /// of the worker's last accepted commitment: the worker starts its
+    /// error feedback again from zero and commits again.
+    ResidualChain,
 }
 
 /// The JSON body of every 4xx and 5xx answer.

@@ -70,6 +70,8 @@ fn commitment(worker: WorkerId, round: u64) -> Commitment {
         merkle_root: Digest::of(&[worker.0 as u8, round as u8, 1]),
         payload: payload(worker, round),
         segments: 4,
+        residual_in: None,
+        residual_out: None,
     }
 }
 
@@ -433,7 +435,9 @@ fn a_copy_committed_before_its_original_is_caught_by_replay_and_the_original_sta
         assert!(machine.view(Some(worker)).audit.is_some() == (worker != other), "{worker} sees its audit");
     }
     durable.record(drain(&mut machine));
-    machine.audit_result(T0 + 6, 0, copier, Verdict::Failed("replayed to another state".into()), None, None).unwrap();
+    machine
+        .audit_result(T0 + 6, 0, copier, Verdict::Failed("replayed to another state".into()), None, None)
+        .unwrap();
     machine.audit_result(T0 + 7, 0, victim, Verdict::Passed, None, None).unwrap();
     let actions = durable.record(drain(&mut machine));
     let slashed: Vec<WorkerId> = actions
@@ -895,7 +899,11 @@ fn random_event_sequences_keep_the_invariants() {
                         withdrawn_rounds += u32::from(withdrawn.is_some());
                     }
                     Action::Record(Event::Commitment {
-                        round, worker, commitment, status: Recorded::Accepted, ..
+                        round,
+                        worker,
+                        commitment,
+                        status: Recorded::Accepted,
+                        ..
                     }) => {
                         assert!(
                             Some(round) <= last_round_opened,
@@ -1762,4 +1770,121 @@ fn slashes_draw_escrowed_credits_then_the_bond_and_an_exhausted_bond_gets_no_wor
     assert_eq!(totals[&cheat].drawn_from_escrow, 192);
     assert_eq!(totals[&cheat].uncovered, 0);
     assert_eq!(totals[&workers[0]].vested, 4 * 64);
+}
+
+/// A commitment of `worker` in `round` under a codec with error feedback:
+/// residual number `residual_in` (`None`: zero) in, `residual_out` out.
+fn chained(worker: WorkerId, round: u64, residual_in: Option<u8>, residual_out: u8) -> Commitment {
+    let residual = |index: u8| audit::residual_digest(&[f32::from(index); 3]);
+    Commitment {
+        residual_in: residual_in.map(residual),
+        residual_out: Some(residual(residual_out)),
+        ..commitment(worker, round)
+    }
+}
+
+/// Commits `commitment` for `worker` in `round` and makes the records durable.
+fn commit_durably(
+    machine: &mut Coordinator,
+    durable: &mut Durable,
+    now: u64,
+    worker: WorkerId,
+    round: u64,
+    commitment: Commitment,
+) -> Result<Outcome, ErrorCode> {
+    let base = base(machine);
+    let outcome = machine.commit(now, worker, now * 1000, round, base, commitment);
+    durable.record(drain(machine));
+    outcome.map_err(|refusal| refusal.code)
+}
+
+/// Judges every audit of `round` (all drawn: probability 1), `failed` ones
+/// failed, reveals every update, and closes the round, durably.
+fn finish_round(
+    machine: &mut Coordinator,
+    durable: &mut Durable,
+    now: u64,
+    workers: &[WorkerId],
+    round: u64,
+    failed: Option<WorkerId>,
+) {
+    for &worker in workers {
+        let verdict =
+            if Some(worker) == failed { Verdict::Failed("another residual".into()) } else { Verdict::Passed };
+        machine.audit_result(now, round, worker, verdict, None, None).unwrap();
+        durable.record(drain(machine));
+    }
+    let mut actions = Vec::new();
+    for &worker in workers {
+        let _ = reveal(machine, now + 1, worker, round);
+        actions.extend(durable.record(drain(machine)));
+    }
+    assert!(
+        actions.iter().any(|action| matches!(action, Action::Close { .. })),
+        "round {round}: {actions:?}"
+    );
+    machine.handle_aggregated(now + 2, round, Aggregated::all(result(round + 1)));
+    durable.record(drain(machine));
+    assert_eq!(machine.open_round().map(|open| open.id), Some(round + 1), "round {round} closed");
+}
+
+#[test]
+fn error_feedback_residuals_chain_from_commitment_to_commitment_across_a_restart_until_an_audit_fails() {
+    let recipe = TrainingRecipe { codec: "topk:0.02+q4".parse().unwrap(), ..settings().recipe };
+    let settings = Settings { min_workers: 2, quorum: 1, audit_probability: 1.0, recipe, ..settings() };
+    let (mut machine, mut durable, workers) = durable_running(2, &settings);
+    let (a, b) = (workers[0], workers[1]);
+    let accepted = Ok(Outcome::Recorded(Recorded::Accepted));
+
+    // Round 0: what a commitment must name under error feedback.
+    let bare = commitment(a, 0);
+    let refused = commit_durably(&mut machine, &mut durable, T0 + 10, a, 0, bare);
+    assert_eq!(refused, Err(ErrorCode::BadRequest), "a lossy codec's commitment names the residual it keeps");
+    let unknown = commit_durably(&mut machine, &mut durable, T0 + 11, a, 0, chained(a, 0, Some(7), 1));
+    assert_eq!(unknown, Err(ErrorCode::ResidualChain), "a first commitment starts from zero");
+    assert_eq!(commit_durably(&mut machine, &mut durable, T0 + 12, a, 0, chained(a, 0, None, 1)), accepted);
+    assert_eq!(commit_durably(&mut machine, &mut durable, T0 + 13, b, 0, chained(b, 0, None, 2)), accepted);
+    assert_eq!(
+        commit_durably(&mut machine, &mut durable, T0 + 14, a, 0, chained(a, 0, None, 1)),
+        Ok(Outcome::AlreadyRecorded(Recorded::Accepted)),
+        "the same commitment again gets the same answer, chain or not"
+    );
+    finish_round(&mut machine, &mut durable, T0 + 20, &workers, 0, None);
+
+    // Round 1: a goes on from what it kept; b starts again from zero
+    // (always allowed); neither may start from anything else.
+    let forged = commit_durably(&mut machine, &mut durable, T0 + 30, a, 1, chained(a, 1, Some(2), 3));
+    assert_eq!(forged, Err(ErrorCode::ResidualChain), "another worker's residual");
+    assert_eq!(
+        commit_durably(&mut machine, &mut durable, T0 + 31, a, 1, chained(a, 1, Some(1), 3)),
+        accepted
+    );
+    assert_eq!(commit_durably(&mut machine, &mut durable, T0 + 32, b, 1, chained(b, 1, None, 4)), accepted);
+
+    // The coordinator restarts: the chain is in its ledger.
+    let mut machine = durable.restore(settings.clone(), T0 + 40);
+    drain(&mut machine);
+    finish_round(&mut machine, &mut durable, T0 + 41, &workers, 1, Some(b));
+
+    // Round 2: a's chain survived the restart; b's residual was in the
+    // round its audit failed, so b starts from zero.
+    let stale = commit_durably(&mut machine, &mut durable, T0 + 50, a, 2, chained(a, 2, Some(1), 5));
+    assert_eq!(stale, Err(ErrorCode::ResidualChain), "a residual the chain has moved past");
+    assert_eq!(
+        commit_durably(&mut machine, &mut durable, T0 + 51, a, 2, chained(a, 2, Some(3), 5)),
+        accepted
+    );
+    let contradicted = commit_durably(&mut machine, &mut durable, T0 + 52, b, 2, chained(b, 2, Some(4), 6));
+    assert_eq!(contradicted, Err(ErrorCode::ResidualChain), "a residual its audit contradicted");
+    assert_eq!(commit_durably(&mut machine, &mut durable, T0 + 53, b, 2, chained(b, 2, None, 6)), accepted);
+}
+
+#[test]
+fn without_error_feedback_a_commitment_names_no_residual() {
+    let (mut machine, workers) = running(2, settings());
+    let base = base(&machine);
+    let named = chained(workers[0], 0, None, 1);
+    let refused = machine.commit(T0 + 1, workers[0], T0 * 1000, 0, base, named).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BadRequest);
+    assert!(refused.message.contains("keeps no error-feedback residual"), "{}", refused.message);
 }

@@ -263,7 +263,10 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&Codec::INT8).unwrap(), [1]);
         assert_eq!(postcard::to_allocvec(&"q4".parse::<Codec>().unwrap()).unwrap(), [2, 2]);
         // topk (3), 20,000 ppm (varint), q2 (3).
-        assert_eq!(postcard::to_allocvec(&"topk:0.02+q2".parse::<Codec>().unwrap()).unwrap(), [3, 0xa0, 0x9c, 0x01, 3]);
+        assert_eq!(
+            postcard::to_allocvec(&"topk:0.02+q2".parse::<Codec>().unwrap()).unwrap(),
+            [3, 0xa0, 0x9c, 0x01, 3]
+        );
         // A density no codec has does not decode.
         assert!(postcard::from_bytes::<Codec>(&[3, 0, 3]).is_err());
         assert!(postcard::from_bytes::<Codec>(&[2, 1]).is_err(), "int8 has one encoding");

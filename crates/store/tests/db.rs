@@ -33,6 +33,8 @@ fn commitment(worker: u64) -> Commitment {
         merkle_root: Digest::of(&[worker as u8]),
         payload: Digest::of(&[worker as u8, 1]),
         segments: 4,
+        residual_in: None,
+        residual_out: None,
     }
 }
 

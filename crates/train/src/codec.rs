@@ -567,7 +567,10 @@ mod tests {
         let mut expected = vec![0.0f32; 260];
         expected[1] = -2.0 / 7.0 * 7.0;
         expected[259] = 7.0 * (2.0f32 / 7.0);
-        assert_eq!(decoded.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            decoded.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

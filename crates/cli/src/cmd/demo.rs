@@ -18,7 +18,7 @@ use crowdtrain_node::worker::Behavior;
 use crowdtrain_protocol::Signed;
 use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::wire::{DatasetFingerprint, Phase, RoundRecord, RunInfo, RunStatus, WorkerStatus};
-use crowdtrain_train::TrainingRecipe;
+use crowdtrain_train::{Codec, Nesterov, TrainingRecipe};
 use serde::Serialize;
 
 use crate::model_args::{GptArgs, ModelName};
@@ -66,6 +66,22 @@ pub struct DemoArgs {
     #[command(flatten)]
     gpt: GptArgs,
 
+    /// Encoding of the workers' updates (run.toml's `[training] codec`):
+    /// int8, f32, q4, q2, or topk:DENSITY with an optional +int8, +q4 or
+    /// +q2 (e.g. topk:0.02+q4). The lossy ones (q4, q2, top-k) keep each
+    /// worker's error-feedback residual, committed and audited.
+    #[arg(long, default_value = "int8")]
+    codec: Codec,
+
+    /// Outer Nesterov learning rate (run.toml's `[outer] lr`).
+    #[arg(long, default_value_t = Nesterov::default().lr)]
+    outer_lr: f32,
+
+    /// Outer Nesterov momentum (run.toml's `[outer] momentum`): top-k
+    /// uploads keep their accuracy with less of it (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = Nesterov::default().momentum)]
+    outer_momentum: f32,
+
     /// Chance that a submission is audited (a replay of one of its 4
     /// segments); 0 turns audits off. The stake is set to the least the
     /// run accepts: just above the work of a submission divided by this.
@@ -81,7 +97,8 @@ pub struct DemoArgs {
     /// Behaviours of the first workers, comma-separated (any of `crowdtrain
     /// worker --behavior`: lazy:F, fabricate, wrong-data, stale, copy,
     /// tamper-reveal, no-answer, sign-flip, noise[:SCALE], label-flip,
-    /// alie[:Z], ipm[:EPSILON], nan); the rest are honest. E.g.
+    /// alie[:Z], ipm[:EPSILON], nan, inflate-residual[:SCALE]); the rest
+    /// are honest. E.g.
     /// `--cheaters lazy:0.5,copy,sign-flip`.
     #[arg(long, value_name = "B,B,...", value_delimiter = ',')]
     cheaters: Vec<Behavior>,
@@ -429,7 +446,7 @@ fn final_val_loss(dir: &Path, args: &DemoArgs, rounds: &[RoundRecord]) -> anyhow
 /// The run's training recipe: the defaults, or for the GPT nanoGPT's
 /// recipe for the tokenizer's vocabulary (the text is read to find it).
 fn recipe(args: &DemoArgs) -> anyhow::Result<TrainingRecipe> {
-    Ok(match args.model.image_model() {
+    let recipe = match args.model.image_model() {
         Some(model) => {
             TrainingRecipe { model, inner_steps: args.inner_steps, ..TrainingRecipe::with_seed(args.seed) }
         }
@@ -438,7 +455,8 @@ fn recipe(args: &DemoArgs) -> anyhow::Result<TrainingRecipe> {
             let config = args.gpt.config(text.tokenizer().vocab_size())?;
             TrainingRecipe::language_model(args.seed, config, 1e-3, args.inner_steps, args.rounds)
         }
-    })
+    };
+    Ok(TrainingRecipe { codec: args.codec, ..recipe })
 }
 
 fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
@@ -477,7 +495,7 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     let config = format!(
-        "rounds = {rounds}\n\n{training}\n[data]\n{data}\n\
+        "rounds = {rounds}\n\n{training}\n[outer]\nlr = {outer_lr:?}\nmomentum = {outer_momentum:?}\n\n[data]\n{data}\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
@@ -488,6 +506,8 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
          max_connections_per_address = {per_address}\nmax_connections = {connections}\n\
          uploads_in_flight = {uploads}\n{contract}",
         rounds = args.rounds,
+        outer_lr = args.outer_lr,
+        outer_momentum = args.outer_momentum,
         workers = args.workers,
         per_address = demo_connections_per_address(args.workers),
         connections = demo_connections_per_address(args.workers).max(2048),

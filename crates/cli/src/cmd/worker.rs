@@ -55,7 +55,8 @@ pub struct WorkerArgs {
 
     /// How to behave: honest, or a cheater for tests and demos. Against the
     /// audits: lazy:F, fabricate, wrong-data, stale, copy, tamper-reveal,
-    /// no-answer. Against the model (the checks, robust aggregation and
+    /// no-answer, and under a lossy codec inflate-residual[:SCALE] (sends
+    /// SCALE x the error-feedback residual it committed to). Against the model (the checks, robust aggregation and
     /// quality scoring): sign-flip, noise[:SCALE] (Gaussian at SCALE x its
     /// honest norm), label-flip, alie[:Z], ipm[:EPSILON], nan.
     #[arg(long, default_value = "honest")]

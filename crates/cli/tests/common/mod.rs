@@ -95,6 +95,20 @@ impl Network {
         round_section: &str,
         extra: &str,
     ) -> Self {
+        Self::with_training(rounds, inner_steps, audit_probability, round_section, "", 4, extra)
+    }
+
+    /// [`Network::with_extra`] with more `[training]` lines (e.g. a
+    /// codec) and the audits' `segments`.
+    pub fn with_training(
+        rounds: u64,
+        inner_steps: u64,
+        audit_probability: f64,
+        round_section: &str,
+        training: &str,
+        segments: u32,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let stake =
             crowdtrain_protocol::audit::minimum_stake(inner_steps * 32, audit_probability).unwrap_or(0);
@@ -107,8 +121,8 @@ impl Network {
              connections_per_second_per_address = 100000\n"
         };
         let config = format!(
-            "rounds = {rounds}\n[training]\nseed = 3\ninner_steps = {inner_steps}\nbatch_size = 32\n\
-             [data]\ndir = {:?}\n[audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n[round]\n{round_section}\n{extra}\n{server}",
+            "rounds = {rounds}\n[training]\nseed = 3\ninner_steps = {inner_steps}\nbatch_size = 32\n{training}\n\
+             [data]\ndir = {:?}\n[audit]\nprobability = {audit_probability}\nsegments = {segments}\nstake = {stake}\n[round]\n{round_section}\n{extra}\n{server}",
             subset()
         );
         std::fs::write(dir.path().join("run.toml"), config).unwrap();
@@ -368,8 +382,21 @@ pub fn simulated_state_hash_of(
     aggregator: crowdtrain_defense::Aggregator,
     outer: Nesterov,
 ) -> String {
+    simulated_state_hash_coded(workers, rounds, inner_steps, aggregator, outer, Codec::INT8)
+}
+
+/// [`simulated_state_hash_of`] with another codec for the updates (with
+/// each worker's error-feedback residual under a lossy one).
+pub fn simulated_state_hash_coded(
+    workers: usize,
+    rounds: u64,
+    inner_steps: u64,
+    aggregator: crowdtrain_defense::Aggregator,
+    outer: Nesterov,
+    codec: Codec,
+) -> String {
     let config = DilocoConfig {
-        recipe: TrainingRecipe { inner_steps, batch_size: 32, ..TrainingRecipe::with_seed(3) },
+        recipe: TrainingRecipe { inner_steps, batch_size: 32, codec, ..TrainingRecipe::with_seed(3) },
         workers,
         rounds,
         outer,
@@ -495,7 +522,13 @@ impl HandWorker {
     /// A commitment to `payload` (the state root is made up: fine for
     /// tests that never audit).
     pub fn commitment(&self, payload: &[u8]) -> Commitment {
-        Commitment { merkle_root: Digest::of(b"states"), payload: Digest::of(payload), segments: 4 }
+        Commitment {
+            merkle_root: Digest::of(b"states"),
+            payload: Digest::of(payload),
+            segments: 4,
+            residual_in: None,
+            residual_out: None,
+        }
     }
 
     pub fn commit(&self, round: u64, base: &Digest, payload: &[u8]) -> (u16, Vec<u8>) {

@@ -14,9 +14,20 @@
 //! 5. replaying the segment's steps on the worker's assigned shard, with the
 //!    assigned seed and hyperparameters, gives exactly that end hash;
 //! 6. for the last segment, the replayed final state yields, through the
-//!    run's codec, exactly the committed pseudo-gradient.
+//!    run's codec, exactly the committed pseudo-gradient;
+//! 7. under a codec with error feedback, for the last segment: the answer
+//!    carries the residual the worker started from, which hashes to the
+//!    commitment's `residual_in` (or is absent when that is zero), and
+//!    encoding the replayed update plus that residual leaves exactly the
+//!    committed `residual_out`.
 //!
-//! The coordinator checks 1 to 4 itself when the answer arrives; 5 and 6
+//! A worker that keeps, or starts from, a residual other than the one its
+//! encoder leaves (to inject mass it never trained for) fails 6 or 7 when
+//! its last segment is drawn, like a worker that fakes its update; and the
+//! coordinator refuses a commitment whose `residual_in` is not the last
+//! accepted `residual_out` (see `crowdtrain_protocol::coordinator`).
+//!
+//! The coordinator checks 1 to 4, and 7's digest, itself when the answer arrives; 5 and 6
 //! are the replay ([`crate::replay::replay_segment`]). Because training is
 //! bit-for-bit deterministic, an honest worker passes on any machine of its
 //! determinism class, and anything else (skipped steps, other data,
@@ -24,6 +35,7 @@
 
 use std::sync::Arc;
 
+use crowdtrain_protocol::audit::residual_digest;
 use crowdtrain_protocol::merkle;
 use crowdtrain_protocol::wire::{AuditAnswer, AuditReport};
 use crowdtrain_protocol::{Assignment, Commitment, Digest, Verdict};
@@ -75,6 +87,7 @@ impl Node {
         if !merkle::verify(&commitment.merkle_root, &answer.end_hash, &answer.end_proof) {
             return Err("the end hash is not the one committed".into());
         }
+        check_residual_in(commitment, segment, parameters, &answer.residual_in)?;
         let (first, _) = segment_range(assignment.recipe.inner_steps, commitment.segments, segment);
         if start.step != first {
             return Err(format!(
@@ -93,6 +106,7 @@ impl Node {
         assignment: &Assignment,
         segment: u32,
         start: TrainState,
+        residual_in: &[f32],
     ) -> Result<Result<AuditReport, String>, NodeError> {
         let shards = self.shards(inner, assignment)?;
         Ok(replay_segment(
@@ -103,6 +117,7 @@ impl Node {
             segment,
             start,
             &inner.global.params,
+            residual_in,
         )
         .map_err(|error| format!("the segment cannot be replayed: {error}")))
     }
@@ -130,9 +145,32 @@ impl Node {
 /// Slot counts whose shards are kept for audit replays.
 const SHARD_CACHE_MAX: usize = 4;
 
+/// Check 7's first half: the residual an answer carries is the committed
+/// `residual_in`, with the model's length, when the drawn segment is the
+/// last and the commitment names one; otherwise the answer carries none
+/// (so an answer's size stays what the audit needs).
+fn check_residual_in(
+    commitment: &Commitment,
+    segment: u32,
+    parameters: usize,
+    residual: &[f32],
+) -> Result<(), String> {
+    match commitment.residual_in.filter(|_| segment == commitment.segments) {
+        None if residual.is_empty() => Ok(()),
+        None => Err("the answer carries a residual this audit does not use".into()),
+        Some(_) if residual.len() != parameters => {
+            Err(format!("the residual has {} values, the model {parameters}", residual.len()))
+        }
+        Some(committed) if residual_digest(residual) != committed => {
+            Err("the residual is not the one committed (residual_in)".into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// What a replay that ended in `report` says of `answer`'s claims: the
 /// replayed end must be the committed end, and for the last segment the
-/// update must be the committed one.
+/// update, and the error-feedback residual kept, must be the committed ones.
 pub(super) fn verdict_of(
     report: &AuditReport,
     answer: &AuditAnswer,
@@ -150,6 +188,12 @@ pub(super) fn verdict_of(
     if segment == commitment.segments && report.payload != Some(commitment.payload) {
         return Verdict::Failed(
             "the replayed final state does not produce the committed pseudo-gradient".into(),
+        );
+    }
+    if segment == commitment.segments && report.residual_out != commitment.residual_out {
+        return Verdict::Failed(
+            "encoding the replayed update leaves another error-feedback residual than the committed one"
+                .into(),
         );
     }
     Verdict::Passed

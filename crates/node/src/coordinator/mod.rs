@@ -83,7 +83,8 @@ impl Failure {
             | ErrorCode::TooEarly
             | ErrorCode::NotCommitted
             | ErrorCode::NotAudited
-            | ErrorCode::RevealMismatch => 409,
+            | ErrorCode::RevealMismatch
+            | ErrorCode::ResidualChain => 409,
             ErrorCode::Finished => 410,
             ErrorCode::TooLarge => 413,
             ErrorCode::WrongShape | ErrorCode::NonFinite => 422,
@@ -781,6 +782,7 @@ impl Node {
                 segment,
                 replay.start,
                 &replay.base,
+                &replay.answer.residual_in,
             ) {
                 Ok(report) => audit::verdict_of(
                     &report,
@@ -820,13 +822,25 @@ impl Node {
     /// audit waits for its report.
     fn audit_task(&self, auditor: WorkerId, round: RoundId, audited: WorkerId) -> Result<Vec<u8>, Failure> {
         let inner = self.lock();
-        let (segment, _, assignment) = self.delegated(&inner, auditor, round, audited, "replay")?;
-        let start_state = if segment == 1 {
-            crowdtrain_train::TrainState::new(self.model.name(), inner.global.params.clone()).to_bytes()
+        let (segment, commitment, assignment) = self.delegated(&inner, auditor, round, audited, "replay")?;
+        // The first segment starts from the round's model; the stored
+        // answer holds any other start, and the residual (checked against
+        // the commitment when the answer arrived) the last segment needs.
+        let needs_answer =
+            segment != 1 || (segment == commitment.segments && commitment.residual_in.is_some());
+        let answer = if needs_answer {
+            Some(self.stored_answer(&inner, round, audited).map_err(Failure::internal)?)
         } else {
-            self.stored_answer(&inner, round, audited).map_err(Failure::internal)?.start_state
+            None
         };
-        let task = Signed::sign(&self.identity, AuditTask { assignment, segment, start_state });
+        let (start_state, residual_in) = match answer {
+            Some(answer) if segment != 1 => (answer.start_state, answer.residual_in),
+            answer => (
+                crowdtrain_train::TrainState::new(self.model.name(), inner.global.params.clone()).to_bytes(),
+                answer.map(|answer| answer.residual_in).unwrap_or_default(),
+            ),
+        };
+        let task = Signed::sign(&self.identity, AuditTask { assignment, segment, start_state, residual_in });
         Ok(postcard::to_allocvec(&task).expect("tasks encode"))
     }
 
@@ -859,7 +873,7 @@ impl Node {
                 .check_answer(&inner.global.params, &assignment, segment, &commitment, &answer)
                 .map_err(Failure::internal)?;
             let own = match self
-                .replay_report(&mut inner, &assignment, segment, start)
+                .replay_report(&mut inner, &assignment, segment, start, &answer.residual_in)
                 .map_err(Failure::internal)?
             {
                 Ok(own) => own,
@@ -996,10 +1010,7 @@ impl Node {
         if codec != self.config.training.codec {
             return Err(Failure::new(
                 ErrorCode::WrongShape,
-                format!(
-                    "the run encodes updates as {}, not {}",
-                    self.config.training.codec, codec
-                ),
+                format!("the run encodes updates as {}, not {}", self.config.training.codec, codec),
             ));
         }
         Ok(values)

@@ -10,11 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crowdtrain_data::RngKey;
 use crowdtrain_data::rng::{keyed_rng, standard_normal};
 use crowdtrain_defense::{attack, linalg};
+use crowdtrain_protocol::audit::residual_digest;
 use crowdtrain_protocol::merkle;
 use crowdtrain_protocol::wire::AuditAnswer;
 use crowdtrain_protocol::{Assignment, Commitment, Digest};
 use crowdtrain_train::diloco::{InnerRoundResult, inner_round_on, segment_range};
-use crowdtrain_train::{Encode, InnerOptimizer, Model, TrainState, Trainer};
+use crowdtrain_train::{
+    Codec, Encode, InnerOptimizer, Model, TrainError, TrainState, Trainer, encode_with_feedback,
+};
 
 use crate::data::{RunData, Shards};
 use crate::{AssignedWork, NodeError};
@@ -60,6 +63,11 @@ pub enum Behavior {
     /// Trains honestly, but as a delegated auditor reports a wrong end
     /// state for every segment it replays.
     LyingAuditor,
+    /// Under a codec with error feedback: trains honestly, commits to the
+    /// residual chain it really has, but encodes its update plus `SCALE`
+    /// times that residual (mass it never trained for, as if it had kept
+    /// more than its encoder left).
+    InflateResidual(f32),
 }
 
 impl Behavior {
@@ -71,7 +79,7 @@ impl Behavior {
 
 /// The accepted names, for error messages and `--help`.
 pub const BEHAVIOR_NAMES: &str = "honest, lazy:F, fabricate, wrong-data, stale, copy, tamper-reveal, no-answer, \
-    lying-auditor, sign-flip, noise[:SCALE], label-flip, alie[:Z], ipm[:EPSILON], nan";
+    lying-auditor, sign-flip, noise[:SCALE], label-flip, alie[:Z], ipm[:EPSILON], nan, inflate-residual[:SCALE]";
 
 impl fmt::Display for Behavior {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,6 +102,8 @@ impl fmt::Display for Behavior {
             Self::Ipm(epsilon) => write!(f, "ipm:{epsilon}"),
             Self::Nan => f.write_str("nan"),
             Self::LyingAuditor => f.write_str("lying-auditor"),
+            Self::InflateResidual(scale) if *scale == INFLATE_SCALE => f.write_str("inflate-residual"),
+            Self::InflateResidual(scale) => write!(f, "inflate-residual:{scale}"),
         }
     }
 }
@@ -133,6 +143,11 @@ impl FromStr for Behavior {
                 Self::Noise(number(1.0, |scale| scale.is_finite() && scale > 0.0, "SCALE must be positive")?)
             }
             "alie" => Self::Alie(number(ALIE_Z, |z| z.is_finite() && z >= 0.0, "Z must be non-negative")?),
+            "inflate-residual" => Self::InflateResidual(number(
+                INFLATE_SCALE,
+                |scale| scale.is_finite() && scale > 0.0,
+                "SCALE must be positive",
+            )?),
             "ipm" => Self::Ipm(number(
                 IPM_EPSILON,
                 |epsilon| epsilon.is_finite() && epsilon > 0.0,
@@ -140,8 +155,10 @@ impl FromStr for Behavior {
             )?),
             _ => return Err(format!("unknown behavior {text:?}; expected one of {BEHAVIOR_NAMES}")),
         };
-        let takes_parameter =
-            matches!(behavior, Self::Lazy(_) | Self::Noise(_) | Self::Alie(_) | Self::Ipm(_));
+        let takes_parameter = matches!(
+            behavior,
+            Self::Lazy(_) | Self::Noise(_) | Self::Alie(_) | Self::Ipm(_) | Self::InflateResidual(_)
+        );
         if parameter.is_some() && !takes_parameter {
             return Err(format!("{name} takes no parameter"));
         }
@@ -150,25 +167,66 @@ impl FromStr for Behavior {
 }
 
 /// What a worker hands in for a round: the states at its segment
-/// boundaries and the encoded update.
+/// boundaries and the encoded update, and under a codec with error
+/// feedback the residual the encoding started from and the one it left.
 #[derive(Debug, Clone)]
 pub struct Produced {
     pub boundaries: Vec<TrainState>,
     pub hashes: Vec<Digest>,
     pub payload: Vec<u8>,
+    /// The update before encoding, residual not included: a worker whose
+    /// residual chain is refused encodes it again from zero
+    /// ([`Produced::restarted`]).
+    update: Vec<f32>,
+    /// The residual the commitment says the encoding started from (empty:
+    /// zero, and always empty without error feedback).
+    pub residual_in: Vec<f32>,
+    /// What the encoding lost: the worker's residual once the commitment
+    /// is accepted (empty without error feedback).
+    pub residual_out: Vec<f32>,
 }
 
 impl Produced {
-    fn new(boundaries: Vec<TrainState>, payload: Vec<u8>) -> Self {
+    /// `update` encoded with `codec` from the residual `residual_in`.
+    pub fn new(
+        boundaries: Vec<TrainState>,
+        update: Vec<f32>,
+        codec: Codec,
+        residual_in: &[f32],
+    ) -> Result<Self, NodeError> {
+        Self::encoded_from(boundaries, update, codec, residual_in, residual_in.to_vec())
+    }
+
+    /// `update` encoded with `codec` from the residual `start`, while the
+    /// commitment names `residual_in`: honest when they are the same.
+    fn encoded_from(
+        boundaries: Vec<TrainState>,
+        update: Vec<f32>,
+        codec: Codec,
+        residual_in: &[f32],
+        start: Vec<f32>,
+    ) -> Result<Self, NodeError> {
         let hashes = boundaries.iter().map(|state| Digest(state.hash().0)).collect();
-        Self { boundaries, hashes, payload }
+        let mut residual_out = start;
+        let payload = encode_with_feedback(codec, &update, &mut residual_out).map_err(TrainError::from)?;
+        Ok(Self { boundaries, hashes, payload, update, residual_in: residual_in.to_vec(), residual_out })
+    }
+
+    /// The same work encoded again from the zero residual: what a worker
+    /// commits after the coordinator refused its residual chain (its
+    /// residual file lost, or a commitment it never heard was accepted).
+    pub fn restarted(&self, codec: Codec) -> Result<Self, NodeError> {
+        Self::new(self.boundaries.clone(), self.update.clone(), codec, &[])
     }
 
     pub fn commitment(&self) -> Commitment {
+        let digest = |residual: &[f32]| (!residual.is_empty()).then(|| residual_digest(residual));
         Commitment {
             merkle_root: merkle::root(&self.hashes),
             payload: Digest::of(&self.payload),
             segments: (self.hashes.len() - 1) as u32,
+            residual_in: digest(&self.residual_in),
+            residual_out: digest(&self.residual_out),
         }
     }
 
@@ -188,6 +246,8 @@ impl Produced {
             start_proof: merkle::prove(&self.hashes, start),
             end_hash: self.hashes[end],
             end_proof: merkle::prove(&self.hashes, end),
+            // The last segment's replay re-encodes the update from it.
+            residual_in: if end == self.hashes.len() - 1 { self.residual_in.clone() } else { Vec::new() },
         })
     }
 }
@@ -196,6 +256,8 @@ impl Produced {
 pub const ALIE_Z: f32 = 1.0;
 /// The default `epsilon` of `ipm`.
 pub const IPM_EPSILON: f32 = 0.5;
+/// The default `SCALE` of `inflate-residual`.
+pub const INFLATE_SCALE: f32 = 10.0;
 
 /// Everything a worker uses to produce its round's work.
 pub struct Work<'a> {
@@ -208,6 +270,8 @@ pub struct Work<'a> {
     pub flipped: Option<&'a RunData>,
     /// Counts the inner steps trained so far (for the worker's progress).
     pub steps_done: &'a AtomicU64,
+    /// The worker's error-feedback residual (empty: zero).
+    pub residual: &'a [f32],
 }
 
 impl Work<'_> {
@@ -240,16 +304,16 @@ impl Work<'_> {
         let slot = self.assignment.slot;
         let honest = self.train_as(slot, slot)?;
         let crafted = craft(&honest.pseudo_gradient);
-        Ok(Produced::new(honest.boundaries, self.encode(&crafted)?))
+        self.seal(honest.boundaries, crafted)
     }
 
-    fn encode(&self, update: &[f32]) -> Result<Vec<u8>, NodeError> {
-        Ok(self.assignment.recipe.codec.encode(update).map_err(crowdtrain_train::TrainError::from)?)
+    /// `update` encoded from the worker's residual.
+    fn seal(&self, boundaries: Vec<TrainState>, update: Vec<f32>) -> Result<Produced, NodeError> {
+        Produced::new(boundaries, update, self.assignment.recipe.codec, self.residual)
     }
 
     fn finish(&self, result: InnerRoundResult) -> Result<Produced, NodeError> {
-        let payload = self.encode(&result.pseudo_gradient)?;
-        Ok(Produced::new(result.boundaries, payload))
+        self.seal(result.boundaries, result.pseudo_gradient)
     }
 }
 
@@ -300,7 +364,18 @@ pub fn produce(
                 replicas.iter().map(|replica| replica.pseudo_gradient.as_slice()).collect();
             let crafted = attack::a_little_is_enough(&samples, z);
             let own = replicas.into_iter().next().expect("three replicas");
-            Ok(Produced::new(own.boundaries, work.encode(&crafted)?))
+            work.seal(own.boundaries, crafted)
+        }
+        Behavior::InflateResidual(scale) => {
+            let honest = work.train_as(slot, slot)?;
+            let inflated = work.residual.iter().map(|value| value * scale).collect();
+            Produced::encoded_from(
+                honest.boundaries,
+                honest.pseudo_gradient,
+                work.assignment.recipe.codec,
+                work.residual,
+                inflated,
+            )
         }
         Behavior::Nan => {
             let mut produced = work.finish(work.train_as(slot, slot)?)?;
@@ -340,7 +415,7 @@ fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
         boundaries.push(state.clone());
     }
     let update: Vec<f32> = work.params.iter().zip(&state.params).map(|(g, l)| g - l).collect();
-    Ok(Produced::new(boundaries, work.encode(&update)?))
+    work.seal(boundaries, update)
 }
 
 /// Random states and a random update with a per-value spread typical of a
@@ -362,7 +437,7 @@ fn fabricate(work: &Work<'_>) -> Result<Produced, NodeError> {
         state.step = segment_range(assignment.recipe.inner_steps, assignment.segments, segment).1;
         boundaries.push(state);
     }
-    Ok(Produced::new(boundaries, work.encode(&update)?))
+    work.seal(boundaries, update)
 }
 
 /// What a tampering worker reveals instead of what it committed: its
@@ -382,7 +457,7 @@ mod tests {
     fn only_the_committed_segments_can_be_answered() {
         let states: Vec<TrainState> =
             (0..3).map(|value| TrainState::new("mlp".into(), vec![value as f32; 4])).collect();
-        let produced = Produced::new(states, b"update".to_vec());
+        let produced = Produced::new(states, vec![0.5; 4], Codec::F32, &[]).unwrap();
         assert_eq!(produced.commitment().segments, 2);
         for segment in [0, 3, u32::MAX] {
             assert!(produced.answer(segment).is_none(), "segment {segment}");
@@ -392,6 +467,29 @@ mod tests {
         let second = produced.answer(2).unwrap();
         assert_eq!(second.end_hash, produced.hashes[2]);
         assert!(!second.start_state.is_empty());
+        assert!(second.residual_in.is_empty(), "no error feedback, no residual");
+    }
+
+    #[test]
+    fn error_feedback_commits_both_residuals_and_the_last_answer_carries_the_first() {
+        let states: Vec<TrainState> =
+            (0..3).map(|value| TrainState::new("mlp".into(), vec![value as f32; 4])).collect();
+        let codec: Codec = "q2".parse().unwrap();
+        let update = vec![0.9, -0.2, 0.05, 0.4];
+        let fresh = Produced::new(states.clone(), update.clone(), codec, &[]).unwrap();
+        let commitment = fresh.commitment();
+        assert_eq!(commitment.residual_in, None, "a fresh start names no residual");
+        assert_eq!(commitment.residual_out, Some(residual_digest(&fresh.residual_out)));
+        assert!(fresh.residual_out.iter().any(|&value| value != 0.0), "q2 loses something: {fresh:?}");
+
+        let chained = Produced::new(states, update, codec, &fresh.residual_out).unwrap();
+        assert_eq!(chained.commitment().residual_in, commitment.residual_out, "the chain goes on");
+        assert_ne!(chained.payload, fresh.payload, "the residual is sent");
+        assert_eq!(chained.answer(2).unwrap().residual_in, fresh.residual_out, "the last segment's answer");
+        assert!(chained.answer(1).unwrap().residual_in.is_empty(), "other segments need none");
+
+        let restarted = chained.restarted(codec).unwrap();
+        assert_eq!(restarted.commitment(), commitment, "from zero again: the fresh encoding, bit for bit");
     }
 
     #[test]
@@ -415,6 +513,8 @@ mod tests {
             "ipm:0.1",
             "nan",
             "lying-auditor",
+            "inflate-residual",
+            "inflate-residual:3",
         ] {
             assert_eq!(text.parse::<Behavior>().unwrap().to_string(), text);
         }

@@ -11,6 +11,7 @@
 mod behavior;
 mod client;
 mod events;
+mod residual;
 mod reward;
 
 pub use reward::{FetchedReward, fetch_reward};
@@ -40,6 +41,7 @@ pub use behavior::{Behavior, Produced};
 use behavior::{Work, produce, tampered};
 pub use client::{Answer, Client};
 pub use events::{RoundSummary, Totals, Upload, WorkerEvent};
+use residual::ResidualFile;
 
 use crate::NodeError;
 use crate::data::{RunData, Shards};
@@ -244,6 +246,11 @@ pub async fn run_worker(
     // Provisional rounds trained for and then withdrawn, by base model.
     let mut withdrawn: std::collections::HashSet<(RoundId, Digest)> = Default::default();
     let mut previous: Option<Produced> = None;
+    // The error-feedback residual this worker's next commitment starts
+    // from (empty: zero), as its last accepted commitment left it.
+    let codec = run.config.training.codec;
+    let residual_file = ResidualFile::new(&options.cache, &run.run_id, me, run.parameters as usize);
+    let mut residual = if codec.error_feedback() { residual_file.load() } else { Vec::new() };
     let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None };
     loop {
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
@@ -354,7 +361,7 @@ pub async fn run_worker(
                     }
                 };
                 let produced = {
-                    let (assignment, dataset, model, pool, previous, flipped, counter) = (
+                    let (assignment, dataset, model, pool, previous, flipped, counter, residual) = (
                         assignment.clone(),
                         Arc::clone(&dataset),
                         Arc::clone(&model),
@@ -362,6 +369,7 @@ pub async fn run_worker(
                         previous.clone(),
                         flipped.clone(),
                         Arc::clone(&steps_done),
+                        residual.clone(),
                     );
                     let training = tokio::task::spawn_blocking(move || {
                         let work = Work {
@@ -372,6 +380,7 @@ pub async fn run_worker(
                             shards: &round_shards,
                             flipped: flipped.as_deref(),
                             steps_done: &counter,
+                            residual: &residual,
                         };
                         pool.install(|| produce(behavior, &work, previous.as_ref()))
                     });
@@ -383,36 +392,25 @@ pub async fn run_worker(
                 };
                 summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
-                let commitment = produced.commitment();
-                let body = serde_json::to_vec(&commitment).expect("commitments serialise");
                 let path = format!("/v1/rounds/{round}/commitments?base_model={base}");
-                let mut wait = PROVISIONAL_RETRY_START;
-                let answer = loop {
-                    let answer = client
-                        .request(
-                            Method::POST,
-                            &path,
-                            body.clone(),
-                            &[("content-type", "application/json".into())],
-                        )
-                        .await?;
-                    // Opened ahead of the previous round's last verdicts
-                    // (commitments are taken once they are in), or shown
-                    // before it was durable by a coordinator that then
-                    // restarted (it opens again once the round before
-                    // closes): the same commitment is due.
-                    let due_later = match answer.code() {
-                        Some(ErrorCode::TooEarly) => true,
-                        Some(ErrorCode::WrongRound) => view
-                            .deadline_unix_ms
-                            .is_some_and(|deadline| crate::coordinator::now_unix_ms() < deadline),
-                        _ => false,
-                    };
-                    if !due_later {
-                        break answer;
+                let mut produced = produced;
+                let (answer, body) = loop {
+                    let body = serde_json::to_vec(&produced.commitment()).expect("commitments serialise");
+                    let answer = send_commitment(&client, &path, &body, &view).await?;
+                    // The coordinator's chain does not end where ours does
+                    // (our residual file is older than our last accepted
+                    // commitment): start the error feedback again from zero.
+                    if answer.code() == Some(ErrorCode::ResidualChain) && !produced.residual_in.is_empty() {
+                        on_event(&note(format!(
+                            "round {round}: {}; starting the error feedback again from zero",
+                            answer.reason()
+                        )));
+                        residual.clear();
+                        residual_file.save(&residual)?;
+                        produced = produced.restarted(codec)?;
+                        continue;
                     }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(PROVISIONAL_RETRY_MAX);
+                    break (answer, body);
                 };
                 let receipt = receipt(&answer, &coordinator)?;
                 let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
@@ -420,6 +418,12 @@ pub async fn run_worker(
                 match receipt {
                     Ok(receipt) if receipt.status == ReceiptStatus::Accepted => {
                         summary.commitments += 1;
+                        // The chain moved on: the next commitment starts
+                        // from what this one kept.
+                        if codec.error_feedback() {
+                            residual.clone_from(&produced.residual_out);
+                            residual_file.save(&residual)?;
+                        }
                         // Drawn for audit: the answer goes first, at once,
                         // so that the coordinator replays while the others
                         // still train or reveal.
@@ -488,6 +492,38 @@ pub async fn run_worker(
     summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
     (summary.full_model_downloads, summary.delta_model_downloads) = models.downloads();
     Ok(summary)
+}
+
+/// Sends a commitment until it is taken or refused for good; a commitment
+/// refused as due later (see below) goes again, waiting longer each time.
+async fn send_commitment(
+    client: &Client,
+    path: &str,
+    body: &[u8],
+    view: &RoundView,
+) -> Result<Answer, NodeError> {
+    let mut wait = PROVISIONAL_RETRY_START;
+    loop {
+        let answer = client
+            .request(Method::POST, path, body.to_vec(), &[("content-type", "application/json".into())])
+            .await?;
+        // Opened ahead of the previous round's last verdicts (commitments
+        // are taken once they are in), or shown before it was durable by a
+        // coordinator that then restarted (it opens again once the round
+        // before closes): the same commitment is due.
+        let due_later = match answer.code() {
+            Some(ErrorCode::TooEarly) => true,
+            Some(ErrorCode::WrongRound) => {
+                view.deadline_unix_ms.is_some_and(|deadline| crate::coordinator::now_unix_ms() < deadline)
+            }
+            _ => false,
+        };
+        if !due_later {
+            return Ok(answer);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(PROVISIONAL_RETRY_MAX);
+    }
 }
 
 /// Progress is reported at most this often.
@@ -910,6 +946,9 @@ impl Auditing<'_> {
         .map_err(|error| {
             NodeError::Untrusted(format!("an audit task's start state does not parse: {error}"))
         })?;
+        if !task.residual_in.is_empty() && task.residual_in.len() as u64 != self.run.parameters {
+            return Err(NodeError::Untrusted("an audit task's residual is not the model's size".into()));
+        }
         let (model, dataset, pool) =
             (Arc::clone(self.model), Arc::clone(self.dataset), Arc::clone(self.pool));
         let mut report = tokio::task::spawn_blocking(move || {
@@ -922,6 +961,7 @@ impl Auditing<'_> {
                     task.segment,
                     start,
                     &base,
+                    &task.residual_in,
                 )
             })
         })
