@@ -8,8 +8,9 @@
 #   bench/outer-delay.sh [NAME=FLAGS ...]
 #
 # Each argument names a configuration and the `sim diloco` flags it adds,
-# e.g. 'delay1-lr0.5=--outer-delay 1 --outer-lr 0.5'. Default: plain
-# DiLoCo, the delay alone, and the delay with each eager stand-in.
+# e.g. 'delay1-lr0.5=--outer-delay 1 --outer-lr 0.5'. Default: the rows of
+# docs/BENCHMARKS.md (plain DiLoCo; the delay alone and with each eager
+# stand-in at DiLoCo's outer step; the two tuned outer steps).
 # Environment: SEEDS ("0 1 2"), OUT (out/outer-delay), DATA
 # (/usr/share/datasets/fashion-mnist), THREADS (2).
 set -euo pipefail
@@ -25,6 +26,8 @@ configs=("$@")
     "delay1=--outer-delay 1"
     "delay1-trend=--outer-delay 1 --eager trend"
     "delay1-own=--outer-delay 1 --eager own"
+    "delay1-lr0.3-m0.5=--outer-delay 1 --outer-lr 0.3 --outer-momentum 0.5"
+    "delay1-own-lr0.5-m0.5=--outer-delay 1 --eager own --outer-lr 0.5 --outer-momentum 0.5"
 )
 cargo build --release --quiet -p crowdtrain
 crowdtrain=target/release/crowdtrain
