@@ -296,3 +296,30 @@ fn sim_diloco_takes_a_compressing_codec_and_sim_codecs_plots_bytes_against_accur
     assert!(stderr.contains("below 1"), "{stderr}");
     std::fs::remove_dir_all(&scratch).unwrap();
 }
+
+#[test]
+fn sim_diloco_runs_delayed_outer_updates_and_refuses_what_it_cannot() {
+    let data = subset_dir();
+    let args = ["sim", "diloco", "--workers", "2", "--inner-steps", "3", "--rounds", "3", "--json"];
+    let data_args = ["--data", data.to_str().unwrap()];
+    let plain = json_of(&crowdtrain(&[&args[..], &data_args].concat(), &[]));
+    assert!(plain["config"]["outer"].get("delay").is_none(), "delay 0 is left out: {}", plain["config"]);
+    let delayed = json_of(&crowdtrain(&[&args[..], &data_args, &["--outer-delay", "1"]].concat(), &[]));
+    assert_eq!(delayed["config"]["outer"]["delay"], 1);
+    assert_ne!(delayed["diloco_state_hash"], plain["diloco_state_hash"]);
+    // The first round trains from the same model either way.
+    assert_eq!(delayed["rounds"][0], plain["rounds"][0]);
+    let trend = json_of(&crowdtrain(
+        &[&args[..], &data_args, &["--outer-delay", "1", "--eager", "trend"]].concat(),
+        &[],
+    ));
+    assert_eq!(trend["config"]["outer"]["eager"], "trend");
+    assert_ne!(trend["diloco_state_hash"], delayed["diloco_state_hash"]);
+    // Refused before any data is read, naming the flag.
+    for (bad, flag) in [(&["--outer-delay", "2"][..], "--outer-delay"), (&["--eager", "own"][..], "--eager")]
+    {
+        let refused = crowdtrain(&[&args[..], bad].concat(), &[]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(flag), "{bad:?}: {stderr}");
+    }
+}

@@ -25,6 +25,7 @@
 //! broadcast = "full"  # or "int8": workers holding the previous model download
 //!                     # the encoded change (the coordinator keeps the exact
 //!                     # model and carries what the codec lost into later rounds)
+//! delay = 0           # 1 (delayed outer updates) runs in `sim diloco` only for now
 //!
 //! [data]            # optional
 //! dir = "/usr/share/datasets/fashion-mnist"
@@ -457,6 +458,15 @@ impl RunConfig {
         self.outer
             .validate()
             .map_err(|error| ConfigError::Invalid { field: error.field.into(), reason: error.reason })?;
+        // The coordinator and the worker do not run the delayed schedule
+        // yet: a round's assignment names the model it trains from, and
+        // nothing would publish round r's assignment before round r - 1's
+        // outer step.
+        check(
+            "outer.delay",
+            self.outer.delay == 0,
+            "a networked run takes 0 for now: delayed outer updates run in sim diloco --outer-delay 1",
+        )?;
         let round = &self.round;
         let day_ms = 24 * 60 * 60 * 1000;
         check(
@@ -757,6 +767,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_networked_run_refuses_a_delayed_outer_update_until_it_runs_one() {
+        let defaults = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n").unwrap();
+        assert_eq!(defaults.outer.delay, 0);
+        // Run ids and stored configurations from before the option: the
+        // default is not written out.
+        let json = serde_json::to_string(&defaults).unwrap();
+        assert!(!json.contains("delay") && !json.contains("eager"), "{json}");
+        let delayed = "rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 1\n";
+        let error = RunConfig::parse(delayed).unwrap_err().to_string();
+        assert!(error.contains("outer.delay") && error.contains("sim diloco --outer-delay 1"), "{error}");
+    }
+
     fn error_field(text: &str) -> String {
         match RunConfig::parse(text).unwrap_err() {
             ConfigError::Invalid { field, .. } => field,
@@ -781,6 +804,8 @@ mod tests {
             ("rounds = 1\n[training]\nseed = 1\nsharding = \"dirichlet:-2\"\n", "training.sharding"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\nmomentum = 1.5\n", "outer.momentum"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\nlr = 0.0\n", "outer.lr"),
+            ("rounds = 1\n[training]\nseed = 1\n[outer]\ndelay = 2\n", "outer.delay"),
+            ("rounds = 1\n[training]\nseed = 1\n[outer]\neager = \"trend\"\n", "outer.eager"),
             ("rounds = 1\n[training]\nseed = 1\n[round]\nquorum = 0\n", "round.quorum"),
             ("rounds = 1\n[training]\nseed = 1\n[round]\ndeadline_ms = 5\n", "round.deadline_ms"),
             (

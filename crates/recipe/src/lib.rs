@@ -42,7 +42,7 @@ pub use codec::{Codec, TOPK_CHUNK, TopK, Values};
 pub use defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
 pub use metric::Metric;
 pub use model::{GptConfig, ModelKind};
-pub use optim::{AdamW, NANOGPT_WARMUP_STEPS, Nesterov, Schedule};
+pub use optim::{AdamW, Eager, MAX_OUTER_DELAY, NANOGPT_WARMUP_STEPS, Nesterov, Schedule};
 pub use sharding::Sharding;
 
 /// A recipe value that cannot be used, naming its field (relative to the

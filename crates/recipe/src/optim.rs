@@ -58,12 +58,85 @@ pub struct Nesterov {
     /// before it existed stay the same.
     #[serde(skip_serializing_if = "Broadcast::is_full")]
     pub broadcast: Broadcast,
+    /// Rounds between a round's start and the newest outer step its base
+    /// model includes: 0 (plain DiLoCo) trains round r from the model after
+    /// round r - 1's outer step, so a worker waits for it; 1 trains round r
+    /// from the model before it (after round r - 2's step), so a worker
+    /// starts round r as soon as it has sent round r - 1's update and the
+    /// network's round trip hides behind a round of compute. Round r's
+    /// update, made against that older base, is still applied to the newest
+    /// model (one-step-delayed outer updates, as in Streaming DiLoCo and
+    /// Kale et al. 2025). Left out of the serialised form when 0, like
+    /// `broadcast`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub delay: u32,
+    /// What a delayed round (`delay = 1`) adds to its base to stand in for
+    /// the outer step it does not wait for. Left out when `none`.
+    #[serde(skip_serializing_if = "Eager::is_none")]
+    pub eager: Eager,
+}
+
+/// The most rounds an outer update may be delayed by (`[outer] delay`).
+pub const MAX_OUTER_DELAY: u32 = 1;
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// What a round that starts before the previous round's outer step
+/// (`[outer] delay = 1`) adds to its stale base, the model of two outer
+/// steps ago, in place of the step it has not seen (`[outer] eager`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Eager {
+    /// Nothing: the stale base as published.
+    #[default]
+    None,
+    /// The last published step repeated: base θ_{r-1} + (θ_{r-1} - θ_{r-2}).
+    /// The outer momentum makes consecutive steps alike, and the base is
+    /// still a function of published models only, the same for every
+    /// worker, so an audit recomputes it.
+    Trend,
+    /// The worker's own last update as a stand-in for the round's mean
+    /// (Kale et al.'s eager update, without momentum): base θ_{r-1} minus
+    /// the outer learning rate times the pseudo-gradient the worker sent
+    /// for round r - 1. Each worker's base is then its own.
+    Own,
+}
+
+impl Eager {
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
+impl std::fmt::Display for Eager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Trend => "trend",
+            Self::Own => "own",
+        })
+    }
+}
+
+impl std::str::FromStr for Eager {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "none" => Ok(Self::None),
+            "trend" => Ok(Self::Trend),
+            "own" => Ok(Self::Own),
+            other => Err(format!("unknown eager stand-in {other:?}: none, trend or own")),
+        }
+    }
 }
 
 impl Default for Nesterov {
     /// DiLoCo's published setting, full models downloaded.
     fn default() -> Self {
-        Self { lr: 0.7, momentum: 0.9, broadcast: Broadcast::Full }
+        Self { lr: 0.7, momentum: 0.9, broadcast: Broadcast::Full, delay: 0, eager: Eager::None }
     }
 }
 
@@ -71,7 +144,13 @@ impl Nesterov {
     /// Checks the hyperparameters; fields are named `outer.*`.
     pub fn validate(&self) -> Result<(), RecipeError> {
         check_positive("outer.lr", self.lr)?;
-        check("outer.momentum", (0.0..1.0).contains(&self.momentum), "must be in [0, 1)")
+        check("outer.momentum", (0.0..1.0).contains(&self.momentum), "must be in [0, 1)")?;
+        check("outer.delay", self.delay <= MAX_OUTER_DELAY, "must be 0 or 1")?;
+        check(
+            "outer.eager",
+            self.eager.is_none() || self.delay > 0,
+            "needs outer.delay = 1: only a delayed round has a step to stand in for",
+        )
     }
 }
 

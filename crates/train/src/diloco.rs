@@ -18,12 +18,21 @@
 //! checks and robust rules in `crowdtrain-defense`. The simulation and the
 //! networked coordinator take the same one, so they agree bit for bit.
 //!
+//! Under `[outer] delay = 1` a round does not wait for the previous
+//! round's outer step: round r trains from the model published before
+//! round r - 1's step (optionally moved by an [`Eager`] stand-in for that
+//! step, [`round_base`]), and its update is applied to the newest model.
+//! The simulation runs that schedule exactly as a networked run would, so
+//! its cost in accuracy is measured here (docs/BENCHMARKS.md).
+//!
 //! Both runs are deterministic: workers run in parallel but their results
 //! are combined in worker order, with fixed-order sums.
 
+use std::collections::VecDeque;
+
 use crowdtrain_data::{Dataset, LabeledImages, RngKey, make_shards_of, split_validation};
 pub use crowdtrain_recipe::segment_range;
-use crowdtrain_recipe::{Broadcast, TrainingRecipe};
+use crowdtrain_recipe::{Broadcast, Eager, TrainingRecipe};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -268,14 +277,27 @@ struct DilocoRun<'m> {
     upload_bytes: u64,
     /// The model-download share of `bytes`.
     download_bytes: u64,
-    /// The change the last outer step published under a compressed
-    /// broadcast (empty if the round changed nothing), `None` under a full
-    /// broadcast or before the first step.
-    published: Option<Vec<u8>>,
+    /// What a worker downloads to hold each coming round's base, oldest
+    /// first: `None` for the full model (the first round, and every round
+    /// under a full broadcast), else the change an outer step published
+    /// under a compressed broadcast (empty when nothing changed, and for
+    /// the round a delayed schedule trains again from the model the worker
+    /// holds).
+    downloads: VecDeque<Option<Vec<u8>>>,
+    /// The published models of the last `delay + 2` rounds, newest last:
+    /// where a delayed round's base and its trend come from.
+    published: VecDeque<Vec<f32>>,
+    /// Each worker's last update as sent (decoded), for [`Eager::Own`];
+    /// empty before its first.
+    sent: Vec<Vec<f32>>,
 }
 
 impl<'m> DilocoRun<'m> {
     fn new(model: &'m dyn Model, config: &'m DilocoConfig, params: Vec<f32>) -> Self {
+        // A delayed schedule's second round trains from the first round's
+        // model again: nothing to download.
+        let delay = config.outer.delay as usize;
+        let downloads = std::iter::once(None).chain(std::iter::repeat_n(Some(Vec::new()), delay)).collect();
         Self {
             model,
             config,
@@ -284,8 +306,21 @@ impl<'m> DilocoRun<'m> {
             bytes: 0,
             upload_bytes: 0,
             download_bytes: 0,
-            published: None,
+            downloads,
+            published: VecDeque::with_capacity(delay + 2),
+            sent: vec![Vec::new(); config.workers],
         }
+    }
+
+    /// The base model of the round about to run, for the worker that sent
+    /// `sent` last round: see [`round_base`].
+    fn base(&self, sent: &[f32]) -> Vec<f32> {
+        let delay = self.config.outer.delay as usize;
+        // `published` holds θ_{r-delay-1} ..= θ_r once enough rounds ran.
+        let seen = self.published.len().saturating_sub(delay + 1);
+        let before = seen.checked_sub(1).map(|index| self.published[index].as_slice());
+        let own = (!sent.is_empty()).then_some(sent);
+        round_base(&self.config.outer, &self.published[seen], before, own)
     }
 
     /// A model's size as downloaded whole: its parameters in f32 (the
@@ -301,13 +336,26 @@ impl<'m> DilocoRun<'m> {
         round: u64,
         aggregate: &mut dyn Aggregate,
     ) -> Result<f32, TrainError> {
-        let (model, recipe, global) = (self.model, &self.config.recipe, &self.state.params);
+        let delay = self.config.outer.delay as usize;
+        self.published.push_back(self.state.params.clone());
+        if self.published.len() > delay + 2 {
+            self.published.pop_front();
+        }
+        // Under `Eager::Own` each worker's base is its own; otherwise one
+        // base serves all.
+        let shared = (self.config.outer.eager != Eager::Own).then(|| self.base(&[]));
+        let bases: Vec<Vec<f32>> = match &shared {
+            Some(_) => Vec::new(),
+            None => self.sent.iter().map(|sent| self.base(sent)).collect(),
+        };
+        let (model, recipe) = (self.model, &self.config.recipe);
         let results = self
             .residuals
             .par_iter_mut()
             .enumerate()
             .map(|(worker, residual)| {
                 let key = round_key(recipe, round, worker as u32);
+                let global = shared.as_deref().unwrap_or_else(|| bases[worker].as_slice());
                 let update =
                     inner_round_on(model, recipe, global, sources[worker].as_ref(), key, 1, &mut || {})?;
                 let encoded = codec::encode_with_feedback(recipe.codec, &update.pseudo_gradient, residual)?;
@@ -320,7 +368,7 @@ impl<'m> DilocoRun<'m> {
         // first round (every worker joins then) and under a full broadcast,
         // the published change otherwise (a round that changed nothing
         // publishes nothing new).
-        let download_bytes = match &self.published {
+        let download_bytes = match self.downloads.pop_front().expect("a download per round") {
             None => self.full_model_bytes() * workers,
             Some(change) => change.len() as u64 * workers,
         };
@@ -333,13 +381,39 @@ impl<'m> DilocoRun<'m> {
             .enumerate()
             .map(|(slot, (values, encoded, _))| WorkerUpdate { worker: slot as u64, values, encoded })
             .collect();
-        self.published = match aggregate.aggregate(round, &updates) {
+        let published = match aggregate.aggregate(round, &updates) {
             Some(delta) => outer_step(self.config.outer, &mut self.state, &delta)?,
             None if self.config.outer.broadcast.is_full() => None,
             // Nothing changed: workers keep the model they hold.
             None => Some(Vec::new()),
         };
-        Ok(results.iter().map(|(_, _, loss)| loss).sum::<f32>() / results.len() as f32)
+        self.downloads.push_back(published);
+        let mean_loss = results.iter().map(|(_, _, loss)| loss).sum::<f32>() / results.len() as f32;
+        if self.config.outer.eager == Eager::Own {
+            self.sent = results.into_iter().map(|(decoded, _, _)| decoded).collect();
+        }
+        Ok(mean_loss)
+    }
+}
+
+/// The model a round trains from under `outer`'s delay and eager
+/// stand-in. `seen` is the newest published model the round waits for
+/// (with `delay = 1`, the one from before the previous round's outer step),
+/// `before` the model published one step before `seen` (`None` in the first
+/// rounds), `own` the worker's decoded update of the previous round (`None`
+/// if it sent none). The networked coordinator and the simulation must
+/// both take their bases from here, element-wise in f32, so they agree bit
+/// for bit; with no stand-in the base is `seen` itself, a published,
+/// content-addressed model.
+pub fn round_base(outer: &Nesterov, seen: &[f32], before: Option<&[f32]>, own: Option<&[f32]>) -> Vec<f32> {
+    match (outer.eager, before, own) {
+        (Eager::Trend, Some(before), _) => {
+            seen.iter().zip(before).map(|(&seen, &before)| seen + (seen - before)).collect()
+        }
+        (Eager::Own, _, Some(own)) => {
+            seen.iter().zip(own).map(|(&seen, &own)| seen - outer.lr * own).collect()
+        }
+        _ => seen.to_vec(),
     }
 }
 
@@ -611,6 +685,27 @@ mod tests {
             assert!((exact - public).abs() <= level, "{exact} vs {public} (level {level})");
         }
         assert_ne!(state.params, full.params, "int8 is lossy: the published model is not the exact one");
+    }
+
+    #[test]
+    fn a_round_base_is_the_seen_model_moved_by_its_stand_in() {
+        let seen = [1.0f32, -2.0, 0.5];
+        let before = [0.5f32, -1.0, 0.5];
+        let own = [0.25f32, 0.5, -0.75];
+        let outer = |delay, eager| Nesterov { delay, eager, lr: 0.5, ..Nesterov::default() };
+        // No stand-in: the published model itself, whatever is known.
+        assert_eq!(round_base(&outer(0, Eager::None), &seen, Some(&before), Some(&own)), seen);
+        assert_eq!(round_base(&outer(1, Eager::None), &seen, Some(&before), Some(&own)), seen);
+        // The trend repeats the last step: seen + (seen - before).
+        assert_eq!(round_base(&outer(1, Eager::Trend), &seen, Some(&before), Some(&own)), [1.5, -3.0, 0.5]);
+        // The worker's own update through the outer learning rate.
+        assert_eq!(
+            round_base(&outer(1, Eager::Own), &seen, Some(&before), Some(&own)),
+            [0.875, -2.25, 0.875]
+        );
+        // In the first rounds there is no step to repeat and no update sent.
+        assert_eq!(round_base(&outer(1, Eager::Trend), &seen, None, Some(&own)), seen);
+        assert_eq!(round_base(&outer(1, Eager::Own), &seen, Some(&before), None), seen);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub mod text;
 pub mod trainer;
 
 pub use codec::{Codec, CodecError, Encode, encode_with_feedback};
-pub use crowdtrain_recipe::{Broadcast, TrainingRecipe};
+pub use crowdtrain_recipe::{Broadcast, Eager, TrainingRecipe};
 pub use model::{
     CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,
     ParamSpec, Sampling, build_model, evaluate, evaluate_subset, example_losses, loss_and_grad,

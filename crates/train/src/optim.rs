@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-pub use crowdtrain_recipe::{AdamW, Nesterov, Schedule};
+pub use crowdtrain_recipe::{AdamW, Eager, Nesterov, Schedule};
 
 use crate::kernels::KernelPath;
 

@@ -8,7 +8,7 @@ use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
 use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport, RunData};
 use crowdtrain_train::text::{TextRun, validation_loss};
-use crowdtrain_train::{AdamW, Broadcast, Codec, ModelKind, Nesterov, TrainingRecipe};
+use crowdtrain_train::{AdamW, Broadcast, Codec, Eager, ModelKind, Nesterov, TrainingRecipe};
 use serde::Serialize;
 
 use crate::model_args::{GptArgs, ModelName};
@@ -115,6 +115,20 @@ struct DilocoArgs {
     #[arg(long, default_value = "full")]
     broadcast: Broadcast,
 
+    /// Outer steps a round's base model lags behind (run.toml's `[outer]
+    /// delay`): 0 is plain DiLoCo, every round waits for the previous
+    /// round's outer step; 1 trains round r from the model before round
+    /// r - 1's step, so a networked worker never waits for the network, and
+    /// applies its update to the newest model.
+    #[arg(long, default_value_t = 0)]
+    outer_delay: u32,
+
+    /// With --outer-delay 1, what stands in for the outer step a round does
+    /// not wait for: none, trend (the last published step repeated) or own
+    /// (the worker's own last update, times the outer learning rate).
+    #[arg(long, default_value = "none")]
+    eager: Eager,
+
     /// How updates are combined: mean (plain DiLoCo, no checks), or, with
     /// the coordinator's checks first, trimmed-mean[:TRIM], median or
     /// centered-clip[:MOMENTUM[:ITERATIONS]] (the coordinator's default). To
@@ -186,6 +200,9 @@ struct CodecPoint {
     /// The outer Nesterov step's learning rate and momentum.
     outer_lr: f64,
     outer_momentum: f64,
+    /// `[outer] delay` and `eager` (0 and none when the report has none).
+    outer_delay: u64,
+    eager: String,
     final_test_accuracy: f64,
     bytes_diloco_upload: u64,
     bytes_diloco: u64,
@@ -217,6 +234,9 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
             seed: config["seed"].as_u64().context("the report names no seed")?,
             outer_lr: config["outer"]["lr"].as_f64().context("the report names no outer step")?,
             outer_momentum: config["outer"]["momentum"].as_f64().context("the report names no outer step")?,
+            // Left out of reports (and configurations) when 0 and none.
+            outer_delay: config["outer"]["delay"].as_u64().unwrap_or(0),
+            eager: config["outer"]["eager"].as_str().unwrap_or("none").to_owned(),
             final_test_accuracy: number("final_test_accuracy")?,
             bytes_diloco_upload: number("bytes_diloco_upload")? as u64,
             bytes_diloco: number("bytes_diloco")? as u64,
@@ -232,13 +252,16 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
             let xy = (point.bytes_diloco_upload as f64, 100.0 * point.final_test_accuracy);
             // Runs of one codec with another outer step are another series.
             // (The report writes the f32 settings as their shortest decimals.)
-            let name = if (point.outer_lr as f32, point.outer_momentum as f32)
+            let mut name = if (point.outer_lr as f32, point.outer_momentum as f32)
                 == (default.lr, default.momentum)
             {
                 point.codec.clone()
             } else {
                 format!("{} (outer lr {}, momentum {})", point.codec, point.outer_lr, point.outer_momentum)
             };
+            if point.outer_delay > 0 {
+                name += &format!(", delay {} ({})", point.outer_delay, point.eager);
+            }
             match series.iter_mut().find(|series| series.name == name) {
                 Some(series) => series.points.push(xy),
                 None => series.push(Series { name, points: vec![xy] }),
@@ -263,6 +286,7 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
         "codec",
         "seed",
         "outer lr, momentum",
+        "delay",
         "test acc",
         "uploads",
         "all bytes",
@@ -274,6 +298,10 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
             point.codec.clone(),
             point.seed.to_string(),
             format!("{}, {}", point.outer_lr, point.outer_momentum),
+            match point.outer_delay {
+                0 => "0".to_owned(),
+                delay => format!("{delay} ({})", point.eager),
+            },
             format!("{:.2}%", 100.0 * point.final_test_accuracy),
             output::bytes(point.bytes_diloco_upload),
             output::bytes(point.bytes_diloco),
@@ -329,10 +357,17 @@ impl DilocoArgs {
         let flag = |field: &str| match field {
             "batch_size" => "--batch".to_owned(),
             "optimizer.lr" => "--inner-lr".to_owned(),
+            "outer.eager" => "--eager".to_owned(),
             other => format!("--{}", other.replace(['_', '.'], "-")),
         };
         recipe.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
-        let outer = Nesterov { lr: self.outer_lr, momentum: self.outer_momentum, broadcast: self.broadcast };
+        let outer = Nesterov {
+            lr: self.outer_lr,
+            momentum: self.outer_momentum,
+            broadcast: self.broadcast,
+            delay: self.outer_delay,
+            eager: self.eager,
+        };
         outer.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
         Ok(DilocoConfig { recipe, workers: self.workers, rounds: self.rounds, outer })
     }
