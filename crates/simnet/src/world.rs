@@ -147,6 +147,12 @@ struct Node {
     defense: ModelDefense,
     /// When the timer is armed for.
     armed: Option<u64>,
+    /// When it last fired. Past the reveal deadline, while the driver
+    /// replays answered audits itself, `poll_timeout` keeps naming the
+    /// passed deadline although firing again changes nothing (the node's
+    /// timer task spins on it; see the report): the deadline that fired is
+    /// not re-armed until something else moves the machine.
+    fired: Option<u64>,
     /// Accepted reveals' bytes not necessarily durable yet.
     updates: HashMap<(RoundId, WorkerId), Vec<u8>>,
     /// The fault armed for the next non-empty batch, with the machine as it
@@ -220,6 +226,9 @@ pub(crate) struct World {
     /// The round opened last.
     last_opened: RoundId,
     counters: Counters,
+    /// `SIMNET_TRACE` is set: every durable event, crash, churn, request
+    /// and view goes to stderr with its virtual time (for a failing seed).
+    trace: bool,
     /// Chances per write batch.
     crash_chance: f64,
     write_chance: f64,
@@ -253,7 +262,7 @@ impl World {
             min_workers: config.workers,
             quorum: quorum(config.workers),
             commit_ms: 10_000,
-            reveal_ms: 5_000,
+            reveal_ms: 15_000,
             extension_ms: 5_000,
             max_extensions: 2,
             worker_timeout_ms: 30_000,
@@ -294,6 +303,7 @@ impl World {
             signer,
             defense: new_defense(HashSet::new()),
             armed: None,
+            fired: None,
             updates: HashMap::new(),
             fault: None,
             expected: None,
@@ -315,6 +325,7 @@ impl World {
             durable: Vec::new(),
             last_opened: 0,
             counters: Counters::default(),
+            trace: std::env::var_os("SIMNET_TRACE").is_some(),
             crash_chance,
             write_chance,
             config,
@@ -418,9 +429,23 @@ impl World {
     pub(crate) fn run(mut self) -> Result<Finished, Violation> {
         let started = Instant::now();
         let limit = T0 + self.config.rounds * 60_000 + 120_000;
+        // Events handled without the clock moving: a livelock if it grows
+        // past what any instant holds.
+        let (mut instant, mut at_instant) = (T0, 0u64);
         while let Some(due) = self.queue.pop() {
             if self.queue.now() > limit || self.finished() {
                 break;
+            }
+            if self.queue.now() == instant {
+                at_instant += 1;
+                if at_instant > 1_000_000 {
+                    return Err(Violation(format!(
+                        "livelock: a million events at virtual time +{} ms without the clock moving",
+                        instant - T0
+                    )));
+                }
+            } else {
+                (instant, at_instant) = (self.queue.now(), 0);
             }
             match due {
                 Due::ToCoordinator { from, epoch, request } => self.at_coordinator(from, epoch, request)?,
@@ -627,6 +652,13 @@ impl World {
         task.answered |= view.audit_answered;
         task.revealed |= view.revealed;
         let (committed, answered, revealed) = (task.committed, task.answered, task.revealed);
+        if self.trace {
+            eprintln!(
+                "{} VIEW {:?} round {:?}/{round} {:?} provisional {} committed {}/{committed} audit {:?} answered {}/{answered}",
+                self.queue.now() - T0, state.id, view.round, view.phase, view.provisional, view.committed, view.audit,
+                view.audit_answered
+            );
+        }
         if view.provisional || view.round != Some(round) {
             return;
         }
@@ -677,7 +709,7 @@ impl World {
                     return;
                 }
                 let worker = up[self.below(up.len() as u64) as usize];
-                if std::env::var_os("SIMNET_TRACE").is_some() {
+                if self.trace {
                     eprintln!("{} CHURN {kind:?} {:?}", self.queue.now() - T0, self.workers[worker].id);
                 }
                 self.excuse(worker);
@@ -757,6 +789,14 @@ impl World {
                 }
             }
         };
+        if self.trace {
+            let kind = match &reply {
+                Reply::Refused => "refused",
+                Reply::View(_) => "view",
+                _ => "ok",
+            };
+            eprintln!("{} REQUEST {:?} -> {kind}", now - T0, self.workers[from].id);
+        }
         if !self.drive(VecDeque::new(), &payloads, before)? {
             return Ok(());
         }
@@ -788,6 +828,7 @@ impl World {
         }
         let Some(machine) = self.node.machine.as_mut() else { return Ok(()) };
         self.node.armed = None;
+        self.node.fired = Some(at);
         let before = self.node.fault.map(|_| fingerprint(machine));
         machine.handle_timeout(self.queue.now());
         self.drive(VecDeque::new(), &[], before).map(drop)
@@ -915,7 +956,8 @@ impl World {
                 self.queue.after(REPLAY_MS, Due::Replayed { incarnation, round, worker });
             }
             let timeout = self.node.machine.as_ref().expect("live").poll_timeout();
-            if let Some(at) = timeout.filter(|&at| self.node.armed != Some(at)) {
+            let fired_in_vain = |at: u64| at <= now && self.node.fired == Some(at);
+            if let Some(at) = timeout.filter(|&at| self.node.armed != Some(at) && !fired_in_vain(at)) {
                 self.node.armed = Some(at);
                 self.queue.at(at, Due::Timer { at });
             }
@@ -949,7 +991,7 @@ impl World {
         let knowledge =
             Knowledge { behaviour_by_key: &self.behaviour_by_key, excused: &self.excused, outages: &self.outages };
         for event in batch {
-            if std::env::var_os("SIMNET_TRACE").is_some() {
+            if self.trace {
                 eprintln!("{} {:?}", now - T0, event);
             }
             self.rules.feed(event, knowledge)?;
@@ -992,12 +1034,13 @@ impl World {
     /// The coordinator dies: everything in memory is gone; it restarts
     /// after [`RESTART_MS`], and must then be `expected`.
     fn crash(&mut self, expected: Fingerprint) {
-        if std::env::var_os("SIMNET_TRACE").is_some() {
+        if self.trace {
             eprintln!("{} CRASH", self.queue.now() - T0);
         }
         self.node.machine = None;
         self.node.incarnation += 1;
         self.node.armed = None;
+        self.node.fired = None;
         self.node.updates.clear();
         self.node.expected = Some(expected);
         self.outages.insert(self.last_opened);
