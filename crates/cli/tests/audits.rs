@@ -513,7 +513,8 @@ fn a_copy_is_caught_with_audits_off_and_its_original_is_never_refused() {
     // commitments to the one update are audited, the copy fails its replay,
     // and both honest workers are credited.
     let rounds = 4;
-    let mut network = Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 5000");
+    let mut network =
+        Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 5000");
     let (ids, copier) = run_two_honest_workers_and_a_copier(&mut network);
     let verdicts = by_submission(&network, "audit", "verdict");
     let credited = by_submission(&network, "work-accepted", "units");
@@ -527,7 +528,9 @@ fn a_copy_is_caught_with_audits_off_and_its_original_is_never_refused() {
         assert!(!credited.contains_key(&(round, copier)), "round {round}: the copy earns nothing");
         let audited_honest = ids
             .keys()
-            .filter(|&&worker| worker != copier && verdicts.get(&(round, worker)).is_some_and(|v| v == "passed"))
+            .filter(|&&worker| {
+                worker != copier && verdicts.get(&(round, worker)).is_some_and(|v| v == "passed")
+            })
             .count();
         assert_eq!(audited_honest, 1, "round {round}: the original is audited too, and passes");
         for &worker in ids.keys().filter(|&&worker| worker != copier) {

@@ -254,8 +254,19 @@ fn sim_diloco_takes_a_compressing_codec_and_sim_codecs_plots_bytes_against_accur
     for codec in ["int8", "topk:0.02+q4"] {
         let output = crowdtrain(
             &[
-                "sim", "diloco", "--workers", "2", "--inner-steps", "3", "--rounds", "2", "--codec", codec,
-                "--json", "--data", data.to_str().unwrap(),
+                "sim",
+                "diloco",
+                "--workers",
+                "2",
+                "--inner-steps",
+                "3",
+                "--rounds",
+                "2",
+                "--codec",
+                codec,
+                "--json",
+                "--data",
+                data.to_str().unwrap(),
             ],
             &[],
         );

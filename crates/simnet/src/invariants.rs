@@ -86,7 +86,9 @@ pub fn check_acked(events: &[Event], acked: &Acked) -> Result<(), Violation> {
         }
     }
     if let Some(key) = acked.registrations.iter().find(|key| !keys.contains(key)) {
-        return violation(format!("lost: the registration of key {key} was acknowledged but is not recorded"));
+        return violation(format!(
+            "lost: the registration of key {key} was acknowledged but is not recorded"
+        ));
     }
     for (&(round, worker), acknowledged) in &acked.commitments {
         if commitments.get(&(round, worker)) != Some(acknowledged) {
@@ -99,11 +101,15 @@ pub fn check_acked(events: &[Event], acked: &Acked) -> Result<(), Violation> {
     }
     for (&(round, worker), payload) in &acked.reveals {
         if reveals.get(&(round, worker)) != Some(payload) {
-            return violation(format!("lost: {worker}'s reveal for round {round} was acknowledged but is not recorded"));
+            return violation(format!(
+                "lost: {worker}'s reveal for round {round} was acknowledged but is not recorded"
+            ));
         }
     }
     if let Some((round, worker)) = acked.answers.iter().find(|answer| !answers.contains(answer)) {
-        return violation(format!("lost: {worker}'s audit answer for round {round} was acknowledged but is not recorded"));
+        return violation(format!(
+            "lost: {worker}'s audit answer for round {round} was acknowledged but is not recorded"
+        ));
     }
     Ok(())
 }
@@ -239,7 +245,9 @@ impl Rules {
                 } else {
                     let open = self.open_round(*round, "an accepted commitment")?;
                     if !open.participants.contains(worker) {
-                        return violation(format!("{worker} committed to round {round} without being assigned"));
+                        return violation(format!(
+                            "{worker} committed to round {round} without being assigned"
+                        ));
                     }
                     if open.commitments.insert(*worker, *commitment).is_some() {
                         return violation(format!("{worker} has two commitments in round {round}"));
@@ -255,7 +263,9 @@ impl Rules {
                     };
                     let matches = commitment.payload == *payload;
                     if matches != (*status != Recorded::Mismatch) {
-                        return violation(format!("{worker}'s reveal in round {round} is recorded as {status:?}"));
+                        return violation(format!(
+                            "{worker}'s reveal in round {round} is recorded as {status:?}"
+                        ));
                     }
                     match status {
                         Recorded::Accepted => open.reveals.insert(*worker),
@@ -307,7 +317,10 @@ impl Rules {
                 let quorum = self.quorum;
                 let open = self.open_round(*round, "a close")?;
                 if accepted.len() < quorum {
-                    return violation(format!("round {round} closed with {} updates; the quorum is {quorum}", accepted.len()));
+                    return violation(format!(
+                        "round {round} closed with {} updates; the quorum is {quorum}",
+                        accepted.len()
+                    ));
                 }
                 if !accepted.windows(2).all(|pair| pair[0] < pair[1]) {
                     return violation(format!("round {round} credits workers out of order or twice"));
@@ -341,7 +354,9 @@ impl Rules {
             }
             Event::WorkAccepted { round, worker, .. } => {
                 if self.credited.0 != *round || !self.credited.1.remove(worker) {
-                    return violation(format!("{worker} credited for round {round} without counting in it, or twice"));
+                    return violation(format!(
+                        "{worker} credited for round {round} without counting in it, or twice"
+                    ));
                 }
                 self.tally.work_accepted += 1;
             }

@@ -71,7 +71,9 @@ impl Faults {
             let (key, value) = pair.split_once('=').ok_or_else(|| format!("`{pair}` is not key=value"))?;
             let number = |what: &str| -> Result<f64, String> {
                 let value: f64 = value.parse().map_err(|_| format!("{what}: `{value}` is not a number"))?;
-                (value.is_finite() && value >= 0.0).then_some(value).ok_or_else(|| format!("{what} must be >= 0"))
+                (value.is_finite() && value >= 0.0)
+                    .then_some(value)
+                    .ok_or_else(|| format!("{what} must be >= 0"))
             };
             let chance = |what: &str| -> Result<f64, String> {
                 let value = number(what)?;

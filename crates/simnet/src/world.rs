@@ -11,8 +11,8 @@ use crowdtrain_protocol::coordinator::OpenRound;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, Aggregated, Commitment, Coordinator, Digest, Identity, PublicKey, Recorded, Refusal, RoundId, RoundResult,
-    RoundView, Settings, TrainingRecipe, Verdict, WorkerId,
+    Action, Aggregated, Commitment, Coordinator, Digest, Identity, PublicKey, Recorded, Refusal, RoundId,
+    RoundResult, RoundView, Settings, TrainingRecipe, Verdict, WorkerId,
 };
 use crowdtrain_store::{RunRecord, Store};
 use rand_chacha::ChaCha8Rng;
@@ -279,7 +279,8 @@ impl World {
         };
         let run_id = Digest::of(&[&b"simnet run "[..], &seed.to_le_bytes()].concat());
         let initial_model = Digest::of(&[&b"simnet model 0 "[..], &seed.to_le_bytes()].concat());
-        let signer = Identity::from_seed(Digest::of(&[&b"simnet coordinator "[..], &seed.to_le_bytes()].concat()).0);
+        let signer =
+            Identity::from_seed(Digest::of(&[&b"simnet coordinator "[..], &seed.to_le_bytes()].concat()).0);
         let mut store = Store::open_in_memory().expect("an in-memory store opens");
         let run = RunRecord {
             run_id,
@@ -371,7 +372,10 @@ impl World {
 
     fn add_worker(&mut self, behaviour: Behaviour) -> usize {
         let index = self.workers.len();
-        let seed = Digest::of(&[&b"simnet worker "[..], &self.config.seed.to_le_bytes(), &(index as u64).to_le_bytes()].concat());
+        let seed = Digest::of(
+            &[&b"simnet worker "[..], &self.config.seed.to_le_bytes(), &(index as u64).to_le_bytes()]
+                .concat(),
+        );
         let key = Identity::from_seed(seed.0).public_key();
         let slow = self.chance(0.1);
         self.behaviour_by_key.insert(key, behaviour);
@@ -483,10 +487,9 @@ impl World {
         rules.feed_all(&events, self.knowledge())?;
         invariants::check_acked(&events, &self.acked)?;
         self.node.store.integrity_check().map_err(store_violation)?;
-        self.node
-            .store
-            .check_worker_totals()
-            .map_err(|error| Violation(format!("the store's totals are not what its records add up to: {error}")))?;
+        self.node.store.check_worker_totals().map_err(|error| {
+            Violation(format!("the store's totals are not what its records add up to: {error}"))
+        })?;
         self.counters.checks += 5;
         let tally = rules.tally;
         // Liveness: with a quorum of honest workers up, rounds keep
@@ -570,7 +573,8 @@ impl World {
         if state.status != Status::Up || state.epoch != epoch || state.done {
             return;
         }
-        let request = if state.id.is_some() { Request::Poll { nonce: self.nonce(worker) } } else { Request::Register };
+        let request =
+            if state.id.is_some() { Request::Poll { nonce: self.nonce(worker) } } else { Request::Register };
         self.request(worker, request);
         let next = POLL_MS + self.below(200);
         self.queue.after(next, Due::Wake { worker, epoch });
@@ -591,7 +595,9 @@ impl World {
         }
         let Some(id) = state.id else { return };
         let behaviour = state.behaviour;
-        let Some(task) = state.task.as_mut().filter(|task| (task.round, task.base) == (round, base)) else { return };
+        let Some(task) = state.task.as_mut().filter(|task| (task.round, task.base) == (round, base)) else {
+            return;
+        };
         let victim = WorkerId(if id.0 == 0 { 1 } else { id.0 - 1 });
         let work = model::work(seed, behaviour, round, id, base, victim);
         let commitment = work.commitment;
@@ -639,7 +645,8 @@ impl World {
         let state = &mut self.workers[worker];
         let current = state.task.as_ref().is_some_and(|task| (task.round, task.base) == (round, base));
         if !current {
-            state.task = Some(Task { round, base, work: None, committed: false, answered: false, revealed: false });
+            state.task =
+                Some(Task { round, base, work: None, committed: false, answered: false, revealed: false });
             let delay = self.train_ms(worker);
             let epoch = self.workers[worker].epoch;
             self.queue.after(delay, Due::Trained { worker, epoch, round, base });
@@ -655,7 +662,13 @@ impl World {
         if self.trace {
             eprintln!(
                 "{} VIEW {:?} round {:?}/{round} {:?} provisional {} committed {}/{committed} audit {:?} answered {}/{answered}",
-                self.queue.now() - T0, state.id, view.round, view.phase, view.provisional, view.committed, view.audit,
+                self.queue.now() - T0,
+                state.id,
+                view.round,
+                view.phase,
+                view.provisional,
+                view.committed,
+                view.audit,
                 view.audit_answered
             );
         }
@@ -750,13 +763,14 @@ impl World {
                 Err(_) => (Reply::Refused, None),
             },
             Request::Commit { nonce, round, base, commitment } => {
-                let outcome = machine
-                    .authenticate(now, &key, nonce, true)
-                    .and_then(|worker| Ok((worker, machine.commit(now, worker, nonce, round, base, commitment)?)));
+                let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
+                    Ok((worker, machine.commit(now, worker, nonce, round, base, commitment)?))
+                });
                 match outcome {
-                    Ok((worker, outcome)) => {
-                        (Reply::Committed(round), Some(Ack::Commitment(round, worker, commitment, outcome.status())))
-                    }
+                    Ok((worker, outcome)) => (
+                        Reply::Committed(round),
+                        Some(Ack::Commitment(round, worker, commitment, outcome.status())),
+                    ),
                     Err(_) => (Reply::Refused, None),
                 }
             }
@@ -779,9 +793,9 @@ impl World {
                 }
             }
             Request::Answer { nonce, round, answer } => {
-                let outcome = machine
-                    .authenticate(now, &key, nonce, true)
-                    .and_then(|worker| Ok((worker, machine.audit_answered(now, worker, nonce, round, answer)?)));
+                let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
+                    Ok((worker, machine.audit_answered(now, worker, nonce, round, answer)?))
+                });
                 match outcome {
                     // Audits are not delegated: the coordinator replays.
                     Ok((worker, _)) => (Reply::Answered(round), Some(Ack::Answer(round, worker))),
@@ -811,7 +825,8 @@ impl World {
                 self.acked.reveals.insert((round, worker), digest);
             }
             Some(Ack::Answer(round, worker)) => {
-                if self.acked.answers.insert((round, worker)) {
+                let first = self.acked.answers.insert((round, worker));
+                if first {
                     let incarnation = self.node.incarnation;
                     self.queue.after(REPLAY_MS, Due::Replayed { incarnation, round, worker });
                 }
@@ -843,30 +858,37 @@ impl World {
         let Some((segment, commitment)) = machine.answered_audit(round, worker) else { return Ok(()) };
         let base = machine.open_round().expect("an answered audit is in the open round").base_model;
         let answer = self.node.store.audit_answer_digest(round, worker).map_err(store_violation)?;
-        let verdict = if model::replay_passes(self.config.seed, round, worker, base, &commitment, segment, answer) {
-            Verdict::Passed
-        } else {
-            Verdict::Failed("the replay does not reproduce the committed trace".into())
-        };
+        let verdict =
+            if model::replay_passes(self.config.seed, round, worker, base, &commitment, segment, answer) {
+                Verdict::Passed
+            } else {
+                Verdict::Failed("the replay does not reproduce the committed trace".into())
+            };
         let before = self.node.fault.map(|_| fingerprint(machine));
-        machine
-            .audit_result(self.queue.now(), round, worker, verdict, None, None)
-            .map_err(|refusal| Violation(format!("the verdict on {worker} in round {round} is refused: {refusal}")))?;
+        machine.audit_result(self.queue.now(), round, worker, verdict, None, None).map_err(|refusal| {
+            Violation(format!("the verdict on {worker} in round {round} is refused: {refusal}"))
+        })?;
         self.drive(VecDeque::new(), &[], before).map(drop)
     }
 
     /// Checks and aggregates `accepted`'s updates of `round` on `base`
     /// with the real defence: the new model is named by the hash of the
     /// aggregate.
-    fn aggregate(&mut self, round: RoundId, base: Digest, accepted: &[WorkerId]) -> Result<(Aggregated, crowdtrain_defense::Decision), Violation> {
+    fn aggregate(
+        &mut self,
+        round: RoundId,
+        base: Digest,
+        accepted: &[WorkerId],
+    ) -> Result<(Aggregated, crowdtrain_defense::Decision), Violation> {
         let mut updates = Vec::with_capacity(accepted.len());
         for &worker in accepted {
             let bytes = match self.node.updates.get(&(round, worker)) {
                 Some(bytes) => bytes.clone(),
                 None => self.node.store.payloads(round, &[worker]).map_err(store_violation)?.remove(0),
             };
-            let values = model::decode(&bytes)
-                .ok_or_else(|| Violation(format!("{worker}'s accepted update in round {round} does not decode")))?;
+            let values = model::decode(&bytes).ok_or_else(|| {
+                Violation(format!("{worker}'s accepted update in round {round} does not decode"))
+            })?;
             updates.push((worker, Digest::of(&bytes), values));
         }
         let submissions: Vec<Submission<'_>> = updates
@@ -876,10 +898,17 @@ impl World {
         let decision = self.node.defense.decide(&submissions, UPDATE_LEN);
         let result = decision.aggregate.as_ref().map(|aggregate| {
             let model = Digest::of(&[&base.0[..], &model::encode(aggregate)].concat());
-            RoundResult { model, momentum: Digest::of(&[&b"momentum"[..], &model.0].concat()), aggregator: None }
+            RoundResult {
+                model,
+                momentum: Digest::of(&[&b"momentum"[..], &model.0].concat()),
+                aggregator: None,
+            }
         });
-        let refused =
-            decision.refused.iter().map(|(worker, refusal)| (WorkerId(*worker), refusal.to_string())).collect();
+        let refused = decision
+            .refused
+            .iter()
+            .map(|(worker, refusal)| (WorkerId(*worker), refusal.to_string()))
+            .collect();
         Ok((Aggregated { result, refused }, decision))
     }
 
@@ -972,7 +1001,8 @@ impl World {
         }
         let (crash, write) = (self.crash_chance, self.write_chance);
         if self.chance(crash) {
-            self.node.fault = Some(if self.chance(0.5) { Fault::CrashBeforeWrite } else { Fault::CrashAfterWrite });
+            self.node.fault =
+                Some(if self.chance(0.5) { Fault::CrashBeforeWrite } else { Fault::CrashAfterWrite });
         } else if self.chance(write) {
             self.node.fault = Some(Fault::WriteFails);
         }
@@ -988,8 +1018,11 @@ impl World {
             .record(now, batch, payloads, &self.node.signer)
             .map_err(|error| Violation(format!("the store refused a batch the machine emitted: {error}")))?;
         self.durable.extend_from_slice(batch);
-        let knowledge =
-            Knowledge { behaviour_by_key: &self.behaviour_by_key, excused: &self.excused, outages: &self.outages };
+        let knowledge = Knowledge {
+            behaviour_by_key: &self.behaviour_by_key,
+            excused: &self.excused,
+            outages: &self.outages,
+        };
         for event in batch {
             if self.trace {
                 eprintln!("{} {:?}", now - T0, event);
@@ -1024,7 +1057,9 @@ impl World {
         }
         let after = self.node.store.ledger_length().map_err(store_violation)?;
         if after != length {
-            return Err(Violation(format!("a failed write half-applied: the ledger went from {length} to {after}")));
+            return Err(Violation(format!(
+                "a failed write half-applied: the ledger went from {length} to {after}"
+            )));
         }
         self.counters.write_faults += 1;
         self.counters.checks += 1;
@@ -1058,8 +1093,14 @@ impl World {
             return Err(Violation("after a crash the store holds other events than were written".into()));
         }
         invariants::check_acked(&events, &self.acked)?;
-        let mut machine =
-            Coordinator::restore(self.settings.clone(), self.run_id, self.initial_model, self.master, &events, now);
+        let mut machine = Coordinator::restore(
+            self.settings.clone(),
+            self.run_id,
+            self.initial_model,
+            self.master,
+            &events,
+            now,
+        );
         let actions: VecDeque<Action> = std::iter::from_fn(|| machine.poll_action()).collect();
         let restored = fingerprint(&machine);
         let expected = self.node.expected.take().expect("a crash says what to expect");

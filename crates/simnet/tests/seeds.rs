@@ -17,7 +17,11 @@ fn events(finished: &Finished) -> Vec<Event> {
 }
 
 fn knowledge(finished: &Finished) -> Knowledge<'_> {
-    Knowledge { behaviour_by_key: &finished.behaviour_by_key, excused: &finished.excused, outages: &finished.outages }
+    Knowledge {
+        behaviour_by_key: &finished.behaviour_by_key,
+        excused: &finished.excused,
+        outages: &finished.outages,
+    }
 }
 
 fn rules(finished: &Finished, events: &[Event]) -> Result<(), invariants::Violation> {
@@ -28,7 +32,8 @@ fn rules(finished: &Finished, events: &[Event]) -> Result<(), invariants::Violat
 fn a_fixed_set_of_seeds_keeps_every_invariant_under_every_kind_of_fault() {
     let mut total = Summary { hash: String::new(), ..crowdtrain_simnet::run(&SimConfig::small(0)).unwrap() };
     for seed in 1..CI_SEEDS {
-        let summary = crowdtrain_simnet::run(&SimConfig::small(seed)).unwrap_or_else(|failure| panic!("{failure}"));
+        let summary =
+            crowdtrain_simnet::run(&SimConfig::small(seed)).unwrap_or_else(|failure| panic!("{failure}"));
         assert_eq!(summary.rounds_closed, 8, "seed {seed}: the run finishes: {summary:?}");
         total.rounds_failed += summary.rounds_failed;
         total.late += summary.late;
@@ -72,7 +77,8 @@ fn the_same_seed_gives_the_same_run_and_another_seed_another() {
     let other = crowdtrain_simnet::run(&SimConfig::small(6)).unwrap();
     assert_ne!(first.hash, other.hash);
     // Without faults the hash changes too: faults are part of the run.
-    let calm = crowdtrain_simnet::run(&SimConfig { faults: Faults::parse("none").unwrap(), ..config }).unwrap();
+    let calm =
+        crowdtrain_simnet::run(&SimConfig { faults: Faults::parse("none").unwrap(), ..config }).unwrap();
     assert_ne!(first.hash, calm.hash);
     assert_eq!((calm.crashes, calm.write_faults, calm.messages_lost), (0, 0, 0));
 }

@@ -204,11 +204,15 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut points = Vec::with_capacity(args.reports.len());
     for path in &args.reports {
-        let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
         let report: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         let field = |name: &str| {
-            report.get(name).cloned().with_context(|| format!("{} has no {name}: not a sim diloco --json report", path.display()))
+            report
+                .get(name)
+                .cloned()
+                .with_context(|| format!("{} has no {name}: not a sim diloco --json report", path.display()))
         };
         let number = |name: &str| -> anyhow::Result<f64> {
             field(name)?.as_f64().with_context(|| format!("{name} in {} is not a number", path.display()))
@@ -234,7 +238,9 @@ fn codecs(args: CodecsArgs) -> anyhow::Result<()> {
             let xy = (point.bytes_diloco_upload as f64, 100.0 * point.final_test_accuracy);
             // Runs of one codec with another outer step are another series.
             // (The report writes the f32 settings as their shortest decimals.)
-            let name = if (point.outer_lr as f32, point.outer_momentum as f32) == (default.lr, default.momentum) {
+            let name = if (point.outer_lr as f32, point.outer_momentum as f32)
+                == (default.lr, default.momentum)
+            {
                 point.codec.clone()
             } else {
                 format!("{} (outer lr {}, momentum {})", point.codec, point.outer_lr, point.outer_momentum)
