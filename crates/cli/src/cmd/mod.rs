@@ -16,6 +16,7 @@ pub mod reward;
 pub mod rewards;
 pub mod sample;
 pub mod sim;
+pub mod simnet;
 pub mod tokenizer;
 pub mod train;
 pub mod watch_bench;

@@ -31,6 +31,11 @@ enum SimCommand {
     /// run (one series per codec): how much each codec saves, and what it
     /// costs.
     Codecs(CodecsArgs),
+    /// The whole network, deterministically from one seed: the real
+    /// coordinator, store and defence under simulated workers, attackers,
+    /// churn, message faults, failed writes and crashes, with every
+    /// invariant checked. A violation prints the command that reproduces it.
+    Network(super::simnet::NetworkArgs),
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +194,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     match args.command {
         SimCommand::Diloco(args) => run_diloco(args),
         SimCommand::Codecs(args) => codecs(args),
+        SimCommand::Network(args) => super::simnet::run(args),
     }
 }
 

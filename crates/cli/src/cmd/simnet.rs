@@ -1,0 +1,183 @@
+//! `crowdtrain sim network`: the deterministic simulator of the whole
+//! network (`crowdtrain-simnet`), one seed or a range of them.
+
+use clap::Args;
+use crowdtrain_simnet::{Faults, SimConfig, Summary};
+use serde::Serialize;
+
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// The seed: it decides every message, fault, churn and attack.
+    #[arg(long, default_value_t = 0, conflicts_with = "seeds")]
+    seed: u64,
+
+    /// Run every seed of `A..B` (B excluded) and report the first that
+    /// breaks an invariant.
+    #[arg(long, value_parser = parse_seeds)]
+    seeds: Option<(u64, u64)>,
+
+    /// Workers at the start.
+    #[arg(long, default_value_t = 12)]
+    workers: u32,
+
+    /// Rounds the run trains for.
+    #[arg(long, default_value_t = 8)]
+    rounds: u64,
+
+    /// Churn events (leaves, crashes and restarts, joins) over the run, as
+    /// a fraction of the workers.
+    #[arg(long, default_value_t = 0.3)]
+    churn: f64,
+
+    /// The fraction of workers that attack (lazy, fake reveals, copies,
+    /// harmful and malformed updates).
+    #[arg(long, default_value_t = 0.2)]
+    attackers: f64,
+
+    /// Faults as key=value,...: crash and write (coordinator crashes and
+    /// failed writes per round), loss and dup (chance per message), delay
+    /// (most ms a message is delayed); `none` for none. Unset keys keep
+    /// their defaults: crash=0.05,write=0.05,loss=0.05,dup=0.02,delay=200.
+    #[arg(long, default_value = "", value_parser = Faults::parse)]
+    faults: Faults,
+
+    /// Print the summary (or, with --seeds, the totals) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
+    let (from, to) = text.split_once("..").ok_or("seeds are a range A..B")?;
+    let from: u64 = from.parse().map_err(|_| format!("`{from}` is not a seed"))?;
+    let to: u64 = to.parse().map_err(|_| format!("`{to}` is not a seed"))?;
+    (from < to).then_some((from, to)).ok_or_else(|| format!("the range {text} is empty"))
+}
+
+/// What `--seeds` reports.
+#[derive(Debug, Serialize)]
+struct SeedsReport {
+    seeds: u64,
+    passed: u64,
+    /// The first failing seed, its violation and the command reproducing it.
+    failure: Option<String>,
+    first_failing_seed: Option<u64>,
+    rounds_closed: u64,
+    crashes: u64,
+    write_faults: u64,
+    slashings: u64,
+    wall_ms: u64,
+}
+
+pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
+    let config = |seed| SimConfig {
+        seed,
+        workers: args.workers,
+        rounds: args.rounds,
+        churn: args.churn,
+        attackers: args.attackers,
+        faults: args.faults,
+    };
+    let Some((from, to)) = args.seeds else {
+        let summary = crowdtrain_simnet::run(&config(args.seed))?;
+        if args.json {
+            return output::print_json(&summary);
+        }
+        print_summary(&summary);
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let progress = output::progress_bar(to - from, "seeds");
+    let mut report = SeedsReport {
+        seeds: 0,
+        passed: 0,
+        failure: None,
+        first_failing_seed: None,
+        rounds_closed: 0,
+        crashes: 0,
+        write_faults: 0,
+        slashings: 0,
+        wall_ms: 0,
+    };
+    for seed in from..to {
+        report.seeds += 1;
+        match crowdtrain_simnet::run(&config(seed)) {
+            Ok(summary) => {
+                report.passed += 1;
+                report.rounds_closed += summary.rounds_closed;
+                report.crashes += summary.crashes;
+                report.write_faults += summary.write_faults;
+                report.slashings += summary.slashings;
+            }
+            Err(failure) => {
+                report.first_failing_seed = Some(seed);
+                report.failure = Some(failure.to_string());
+                break;
+            }
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    report.wall_ms = started.elapsed().as_millis() as u64;
+    if args.json {
+        output::print_json(&report)?;
+    } else {
+        println!(
+            "{} of {} seeds passed every invariant ({} rounds closed, {} coordinator crashes, {} failed writes, \
+             {} slashings) in {:.1} s",
+            report.passed,
+            to - from,
+            report.rounds_closed,
+            report.crashes,
+            report.write_faults,
+            report.slashings,
+            report.wall_ms as f64 / 1000.0
+        );
+    }
+    match report.failure {
+        Some(failure) => anyhow::bail!("{failure}"),
+        None => Ok(()),
+    }
+}
+
+fn print_summary(summary: &Summary) {
+    let mut table = output::table(&[]);
+    let rows: [(&str, String); 16] = [
+        ("seed", summary.seed.to_string()),
+        ("rounds closed / failed", format!("{} / {}", summary.rounds_closed, summary.rounds_failed)),
+        ("submissions accepted", summary.submissions_accepted.to_string()),
+        ("late commitments and reveals", summary.late.to_string()),
+        (
+            "slashings (attackers, honest excused, of which after an outage)",
+            format!(
+                "{} ({}, {}, {})",
+                summary.slashings,
+                summary.attackers_slashed,
+                summary.honest_slashes_excused,
+                summary.honest_slashes_after_outage
+            ),
+        ),
+        ("updates refused", summary.updates_refused.to_string()),
+        ("coordinator crashes injected", summary.crashes.to_string()),
+        ("failed writes injected", summary.write_faults.to_string()),
+        ("restores compared in full", summary.restores_compared.to_string()),
+        (
+            "workers joined / left / crashed",
+            format!("{} / {} / {}", summary.workers_joined, summary.workers_left, summary.workers_crashed),
+        ),
+        (
+            "messages (lost, duplicated)",
+            format!("{} ({}, {})", summary.messages, summary.messages_lost, summary.messages_duplicated),
+        ),
+        ("ledger entries", summary.ledger_entries.to_string()),
+        ("invariants checked", summary.invariants_checked.to_string()),
+        ("virtual time", format!("{:.1} s", summary.virtual_ms as f64 / 1000.0)),
+        ("wall time", format!("{:.2} s", summary.wall_ms as f64 / 1000.0)),
+        ("summary hash", summary.hash.clone()),
+    ];
+    for (name, value) in rows {
+        table.add_row(vec![name.to_owned(), value]);
+    }
+    println!("{table}");
+}

@@ -1,0 +1,372 @@
+//! What every simulated run must satisfy, checked against the real
+//! ledger and store.
+//!
+//! The checkers take the records (and what the simulator knows that the
+//! coordinator does not: who is honest, what was acknowledged, who was
+//! down) and return the first [`Violation`]. They are plain functions over
+//! data so that a test can feed them a tampered ledger or a forged event
+//! and see them fail: a checker that cannot fail proves nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crowdtrain_protocol::ledger::{self, Event, Sealed};
+use crowdtrain_protocol::{Commitment, Digest, PublicKey, Recorded, RoundId, Verdict, WorkerId};
+
+use crate::model::Behaviour;
+
+/// A broken invariant: what and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+fn violation<T>(message: impl Into<String>) -> Result<T, Violation> {
+    Err(Violation(message.into()))
+}
+
+/// What the coordinator acknowledged (answered with success) to a worker:
+/// each must be in the store from the moment it was answered.
+#[derive(Debug, Clone, Default)]
+pub struct Acked {
+    pub registrations: BTreeSet<PublicKey>,
+    /// `(round, worker)` → the commitment and how it was recorded.
+    pub commitments: BTreeMap<(RoundId, WorkerId), (Commitment, Recorded)>,
+    /// `(round, worker)` → the revealed payload's digest.
+    pub reveals: BTreeMap<(RoundId, WorkerId), Digest>,
+    /// `(round, worker)` of acknowledged audit answers.
+    pub answers: BTreeSet<(RoundId, WorkerId)>,
+}
+
+impl Acked {
+    /// How many acknowledgements there are to check.
+    pub fn len(&self) -> usize {
+        self.registrations.len() + self.commitments.len() + self.reveals.len() + self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The ledger verifies: indices, links, hashes and signatures under
+/// `coordinator`'s key, and it starts the run with that key. Returns the
+/// events.
+pub fn check_ledger(sealed: &[Sealed], coordinator: &PublicKey) -> Result<Vec<Event>, Violation> {
+    let entries = ledger::verify(sealed, coordinator)
+        .map_err(|broken| Violation(format!("the ledger does not verify: {broken}")))?;
+    match entries.first().map(|entry| &entry.event) {
+        Some(Event::RunStarted { coordinator: key, .. }) if key == coordinator => {}
+        _ => return violation("the ledger does not start with the run, signed by its coordinator"),
+    }
+    Ok(entries.into_iter().map(|entry| entry.event).collect())
+}
+
+/// Nothing acknowledged is lost: every acknowledged registration,
+/// commitment, reveal and audit answer is in `events` as it was
+/// acknowledged.
+pub fn check_acked(events: &[Event], acked: &Acked) -> Result<(), Violation> {
+    let mut keys = BTreeSet::new();
+    let mut commitments = BTreeMap::new();
+    let mut reveals = BTreeMap::new();
+    let mut answers = BTreeSet::new();
+    for event in events {
+        match event {
+            Event::WorkerRegistered { key, .. } => {
+                keys.insert(*key);
+            }
+            Event::Commitment { round, worker, commitment, status, .. } => {
+                commitments.insert((*round, *worker), (*commitment, *status));
+            }
+            Event::Reveal { round, worker, payload, .. } => {
+                reveals.insert((*round, *worker), *payload);
+            }
+            Event::AuditAnswered { round, worker, .. } => {
+                answers.insert((*round, *worker));
+            }
+            _ => {}
+        }
+    }
+    if let Some(key) = acked.registrations.iter().find(|key| !keys.contains(key)) {
+        return violation(format!(
+            "lost: the registration of key {key} was acknowledged but is not recorded"
+        ));
+    }
+    for (&(round, worker), acknowledged) in &acked.commitments {
+        if commitments.get(&(round, worker)) != Some(acknowledged) {
+            return violation(format!(
+                "lost: {worker}'s commitment for round {round} was acknowledged as {:?} but the store has {:?}",
+                acknowledged.1,
+                commitments.get(&(round, worker)).map(|(_, status)| status)
+            ));
+        }
+    }
+    for (&(round, worker), payload) in &acked.reveals {
+        if reveals.get(&(round, worker)) != Some(payload) {
+            return violation(format!(
+                "lost: {worker}'s reveal for round {round} was acknowledged but is not recorded"
+            ));
+        }
+    }
+    if let Some((round, worker)) = acked.answers.iter().find(|answer| !answers.contains(answer)) {
+        return violation(format!(
+            "lost: {worker}'s audit answer for round {round} was acknowledged but is not recorded"
+        ));
+    }
+    Ok(())
+}
+
+/// What the rules check learned, for the summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub rounds_closed: u64,
+    pub rounds_failed: u64,
+    pub work_accepted: u64,
+    pub late: u64,
+    pub slashes: u64,
+    pub attackers_slashed: u64,
+    pub honest_slashes_excused: u64,
+    /// Of those, the slashes of honest workers that were up, in a round
+    /// the coordinator was down during.
+    pub honest_slashes_after_outage: u64,
+    pub updates_refused: u64,
+    pub events: u64,
+}
+
+/// The open round as the rules check follows it.
+#[derive(Debug, Default)]
+struct RoundSeen {
+    id: RoundId,
+    participants: BTreeSet<WorkerId>,
+    commitments: BTreeMap<WorkerId, Commitment>,
+    reveals: BTreeSet<WorkerId>,
+    mismatched: BTreeSet<WorkerId>,
+    audits_failed: BTreeSet<WorkerId>,
+    slashed: BTreeSet<WorkerId>,
+    refused: BTreeSet<WorkerId>,
+}
+
+/// What the simulator knows that the coordinator does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Knowledge<'a> {
+    /// Each worker's behaviour, by key.
+    pub behaviour_by_key: &'a BTreeMap<PublicKey, Behaviour>,
+    /// `(key, round)`: an honest worker that was down (crashed or gone)
+    /// during that round, whose unanswered audit may be slashed.
+    pub excused: &'a BTreeSet<(PublicKey, RoundId)>,
+    /// Rounds open while the coordinator was down: their audits' answer
+    /// window shrank by the outage (the deadline is recorded and stands),
+    /// so an honest worker's unanswered audit there may be slashed. A
+    /// weakness of the protocol the simulator found, counted apart.
+    pub outages: &'a BTreeSet<RoundId>,
+}
+
+/// Every round closes or fails by the rules, no honest worker is slashed
+/// or refused, and nothing the protocol always catches ever counts; fed
+/// the events one by one, in ledger order.
+#[derive(Debug)]
+pub struct Rules {
+    quorum: usize,
+    keys: BTreeMap<WorkerId, PublicKey>,
+    open: Option<RoundSeen>,
+    last_opened: Option<RoundId>,
+    /// The workers credited by the round that closed last.
+    credited: (RoundId, BTreeSet<WorkerId>),
+    pub tally: Tally,
+}
+
+impl Rules {
+    pub fn new(quorum: u32) -> Self {
+        Self {
+            quorum: quorum as usize,
+            keys: BTreeMap::new(),
+            open: None,
+            last_opened: None,
+            credited: (0, BTreeSet::new()),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Checks every event of `events`, in order.
+    pub fn feed_all<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = &'e Event>,
+        knowledge: Knowledge<'_>,
+    ) -> Result<(), Violation> {
+        events.into_iter().try_for_each(|event| self.feed(event, knowledge))
+    }
+
+    fn open_round(&mut self, round: RoundId, what: &str) -> Result<&mut RoundSeen, Violation> {
+        match self.open.as_mut() {
+            Some(open) if open.id == round => Ok(open),
+            _ => violation(format!("{what} names round {round}, which is not the open round")),
+        }
+    }
+
+    /// Checks one event against the rules and what came before it.
+    pub fn feed(&mut self, event: &Event, knowledge: Knowledge<'_>) -> Result<(), Violation> {
+        let behaviour = |keys: &BTreeMap<WorkerId, PublicKey>, worker: &WorkerId| {
+            keys.get(worker).and_then(|key| knowledge.behaviour_by_key.get(key)).copied()
+        };
+        let honest = |keys: &BTreeMap<WorkerId, PublicKey>, worker: &WorkerId| {
+            behaviour(keys, worker).is_some_and(Behaviour::is_honest)
+        };
+        self.tally.events += 1;
+        match event {
+            Event::WorkerRegistered { worker, key, .. } => {
+                if self.keys.values().any(|known| known == key) {
+                    return violation(format!("key {key} registered twice (as {worker})"));
+                }
+                if self.keys.insert(*worker, *key).is_some() {
+                    return violation(format!("{worker} registered twice"));
+                }
+            }
+            Event::RoundOpened { round, participants, .. } => {
+                if let Some(open) = &self.open {
+                    return violation(format!("round {round} opened while round {} is open", open.id));
+                }
+                if self.last_opened.is_some_and(|last| *round <= last) {
+                    return violation(format!("round {round} opened after round {:?}", self.last_opened));
+                }
+                if !participants.windows(2).all(|pair| pair[0] < pair[1]) {
+                    return violation(format!("round {round}'s participants are not sorted and distinct"));
+                }
+                if participants.iter().any(|worker| !self.keys.contains_key(worker)) {
+                    return violation(format!("round {round} has a participant that never registered"));
+                }
+                self.last_opened = Some(*round);
+                self.open = Some(RoundSeen {
+                    id: *round,
+                    participants: participants.iter().copied().collect(),
+                    ..RoundSeen::default()
+                });
+            }
+            Event::Commitment { round, worker, commitment, status, .. } => {
+                if *status == Recorded::Late {
+                    self.tally.late += 1;
+                } else {
+                    let open = self.open_round(*round, "an accepted commitment")?;
+                    if !open.participants.contains(worker) {
+                        return violation(format!(
+                            "{worker} committed to round {round} without being assigned"
+                        ));
+                    }
+                    if open.commitments.insert(*worker, *commitment).is_some() {
+                        return violation(format!("{worker} has two commitments in round {round}"));
+                    }
+                }
+            }
+            Event::Reveal { round, worker, payload, status, .. } => match status {
+                Recorded::Late => self.tally.late += 1,
+                Recorded::Accepted | Recorded::Mismatch | Recorded::Malformed => {
+                    let open = self.open_round(*round, "a reveal")?;
+                    let Some(commitment) = open.commitments.get(worker) else {
+                        return violation(format!("{worker} revealed in round {round} without a commitment"));
+                    };
+                    let matches = commitment.payload == *payload;
+                    if matches != (*status != Recorded::Mismatch) {
+                        return violation(format!(
+                            "{worker}'s reveal in round {round} is recorded as {status:?}"
+                        ));
+                    }
+                    match status {
+                        Recorded::Accepted => open.reveals.insert(*worker),
+                        _ => open.mismatched.insert(*worker),
+                    };
+                }
+            },
+            Event::Audit { round, worker, verdict, .. } => {
+                let open = self.open_round(*round, "a verdict")?;
+                if !open.commitments.contains_key(worker) {
+                    return violation(format!("{worker} was judged in round {round} without a commitment"));
+                }
+                if *verdict != Verdict::Passed {
+                    open.audits_failed.insert(*worker);
+                }
+            }
+            Event::Slash { round, worker, reason, .. } => {
+                self.tally.slashes += 1;
+                if honest(&self.keys, worker) {
+                    let key = self.keys[worker];
+                    let unanswered = reason == "did not answer its audit in time";
+                    let outage = unanswered && knowledge.outages.contains(round);
+                    if outage && !knowledge.excused.contains(&(key, *round)) {
+                        self.tally.honest_slashes_after_outage += 1;
+                    }
+                    if !(unanswered && (outage || knowledge.excused.contains(&(key, *round)))) {
+                        return violation(format!(
+                            "honest {worker} slashed in round {round} ({reason}) while it was up and following the \
+                             protocol"
+                        ));
+                    }
+                    self.tally.honest_slashes_excused += 1;
+                } else {
+                    self.tally.attackers_slashed += 1;
+                }
+                let open = self.open_round(*round, "a slash")?;
+                if !open.slashed.insert(*worker) {
+                    return violation(format!("{worker} slashed twice in round {round}"));
+                }
+            }
+            Event::UpdateRefused { round, worker, reason } => {
+                self.tally.updates_refused += 1;
+                if honest(&self.keys, worker) {
+                    return violation(format!("honest {worker}'s update refused in round {round}: {reason}"));
+                }
+                self.open_round(*round, "a refused update")?.refused.insert(*worker);
+            }
+            Event::RoundClosed { round, accepted, .. } => {
+                let quorum = self.quorum;
+                let open = self.open_round(*round, "a close")?;
+                if accepted.len() < quorum {
+                    return violation(format!(
+                        "round {round} closed with {} updates; the quorum is {quorum}",
+                        accepted.len()
+                    ));
+                }
+                if !accepted.windows(2).all(|pair| pair[0] < pair[1]) {
+                    return violation(format!("round {round} credits workers out of order or twice"));
+                }
+                let open = std::mem::take(open);
+                for worker in accepted {
+                    let counted = open.reveals.contains(worker)
+                        && !open.mismatched.contains(worker)
+                        && !open.audits_failed.contains(worker)
+                        && !open.slashed.contains(worker)
+                        && !open.refused.contains(worker);
+                    if !counted {
+                        return violation(format!(
+                            "round {round} counts {worker}, whose submission was not revealed, failed or was refused"
+                        ));
+                    }
+                    if let Some(caught) = behaviour(&self.keys, worker).filter(|kind| kind.never_counts()) {
+                        return violation(format!(
+                            "round {round} counts {worker}'s {caught:?} update, which must always be caught"
+                        ));
+                    }
+                }
+                self.open = None;
+                self.credited = (*round, accepted.iter().copied().collect());
+                self.tally.rounds_closed += 1;
+            }
+            Event::RoundFailed { round, .. } => {
+                self.open_round(*round, "a failure")?;
+                self.open = None;
+                self.tally.rounds_failed += 1;
+            }
+            Event::WorkAccepted { round, worker, .. } => {
+                if self.credited.0 != *round || !self.credited.1.remove(worker) {
+                    return violation(format!(
+                        "{worker} credited for round {round} without counting in it, or twice"
+                    ));
+                }
+                self.tally.work_accepted += 1;
+            }
+            Event::RunFinished { .. } => {
+                if let Some(open) = &self.open {
+                    return violation(format!("the run finished with round {} open", open.id));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! A deterministic simulator of the whole crowdtrain network, in the
+//! manner of TigerBeetle's VOPR: one seed decides everything.
+//!
+//! A run puts the real coordinator state machine
+//! ([`crowdtrain_protocol::Coordinator`]), the real store (SQLite in
+//! memory, [`crowdtrain_store::Store`]) and the real defence (checks and
+//! robust aggregation, [`crowdtrain_defense::ModelDefense`]) under
+//! simulated workers on a virtual clock ([`queue`]):
+//!
+//! - the network delays, loses, duplicates and so reorders every message;
+//! - workers register, poll for their assignment, train (a hash stands in
+//!   for training, [`model`]), commit, answer audits and reveal; some are
+//!   slow; they join, leave, crash and restart during the run;
+//! - attackers are lazy, reveal something else than they committed, copy
+//!   others' work, send harmful or malformed updates ([`model::Behaviour`]);
+//! - the coordinator crashes before or after a write, and writes fail
+//!   (a batch the store cannot take, rolled back whole); after each it
+//!   halts, as the node does, and restarts from its store.
+//!
+//! After every write, every restart and at the end the run checks
+//! [`invariants`]: the ledger verifies, nothing acknowledged is lost, the
+//! restored machine is the one that died (as far as it was durable), every
+//! round closes or fails by the rules, no honest worker is slashed or
+//! refused, nothing always caught ever counts, the store's totals are what
+//! the records add up to, and with a quorum of honest workers up the run
+//! finishes. A violation names the seed and the command that reproduces
+//! it.
+
+pub mod invariants;
+pub mod model;
+pub mod queue;
+mod world;
+
+use serde::Serialize;
+
+pub use invariants::Violation;
+pub use world::Finished;
+
+/// How often things go wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Faults {
+    /// Coordinator crashes per round, on average (half before a write is
+    /// durable, half after it, before the answer).
+    pub crash: f64,
+    /// Failed writes per round, on average.
+    pub write: f64,
+    /// The chance that a message is lost.
+    pub loss: f64,
+    /// The chance that a message is delivered twice.
+    pub duplicate: f64,
+    /// The most a message is delayed, in milliseconds (the least is 1):
+    /// messages overtake each other within this.
+    pub max_delay_ms: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self { crash: 0.05, write: 0.05, loss: 0.05, duplicate: 0.02, max_delay_ms: 200 }
+    }
+}
+
+impl Faults {
+    /// Parses `key=value,...` over the defaults (keys `crash`, `write`,
+    /// `loss`, `dup`, `delay`), or `none` for a run without any fault.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "none" {
+            return Ok(Self { crash: 0.0, write: 0.0, loss: 0.0, duplicate: 0.0, max_delay_ms: 1 });
+        }
+        let mut faults = Self::default();
+        for pair in text.split(',').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or_else(|| format!("`{pair}` is not key=value"))?;
+            let number = |what: &str| -> Result<f64, String> {
+                let value: f64 = value.parse().map_err(|_| format!("{what}: `{value}` is not a number"))?;
+                (value.is_finite() && value >= 0.0)
+                    .then_some(value)
+                    .ok_or_else(|| format!("{what} must be >= 0"))
+            };
+            let chance = |what: &str| -> Result<f64, String> {
+                let value = number(what)?;
+                (value <= 1.0).then_some(value).ok_or_else(|| format!("{what} is a chance, at most 1"))
+            };
+            match key {
+                "crash" => faults.crash = number(key)?,
+                "write" => faults.write = number(key)?,
+                "loss" => faults.loss = chance(key)?,
+                "dup" => faults.duplicate = chance(key)?,
+                "delay" => faults.max_delay_ms = (number(key)? as u64).max(1),
+                _ => return Err(format!("unknown fault `{key}`: crash, write, loss, dup or delay")),
+            }
+        }
+        Ok(faults)
+    }
+}
+
+/// One simulated run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Workers at the start.
+    pub workers: u32,
+    /// Rounds the run trains for.
+    pub rounds: u64,
+    /// Churn events (a leave, a crash and restart, or a new worker
+    /// joining) over the run, as a fraction of `workers`.
+    pub churn: f64,
+    /// The fraction of workers that attack (each given one of
+    /// [`model::Behaviour::ATTACKS`]).
+    pub attackers: f64,
+    pub faults: Faults,
+}
+
+impl SimConfig {
+    /// A small run: what CI and `scripts/sim-seeds.sh` run seed after seed.
+    pub fn small(seed: u64) -> Self {
+        Self { seed, workers: 12, rounds: 8, churn: 0.3, attackers: 0.2, faults: Faults::default() }
+    }
+
+    /// The command line that runs this configuration.
+    pub fn command(&self) -> String {
+        let faults = &self.faults;
+        format!(
+            "crowdtrain sim network --seed {} --workers {} --rounds {} --churn {} --attackers {} --faults \
+             crash={},write={},loss={},dup={},delay={}",
+            self.seed,
+            self.workers,
+            self.rounds,
+            self.churn,
+            self.attackers,
+            faults.crash,
+            faults.write,
+            faults.loss,
+            faults.duplicate,
+            faults.max_delay_ms
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub seed: u64,
+    pub rounds_closed: u64,
+    pub rounds_failed: u64,
+    /// Submissions credited (`work-accepted`).
+    pub submissions_accepted: u64,
+    /// Commitments and reveals recorded as late.
+    pub late: u64,
+    pub slashings: u64,
+    pub attackers_slashed: u64,
+    /// Slashes of honest workers for an audit they could not answer
+    /// because they were down (the protocol's rule, not a violation).
+    pub honest_slashes_excused: u64,
+    /// Of those, slashes of honest workers that were up, for an audit whose
+    /// answer window a coordinator outage ate: the protocol keeps a reveal
+    /// deadline that passed (or nearly) while the coordinator was down.
+    pub honest_slashes_after_outage: u64,
+    pub updates_refused: u64,
+    pub crashes: u64,
+    pub write_faults: u64,
+    /// Restarts whose restored machine was compared in full with the one
+    /// that died (the others restored a round on their own first).
+    pub restores_compared: u64,
+    pub workers_joined: u64,
+    pub workers_left: u64,
+    pub workers_crashed: u64,
+    pub messages: u64,
+    pub messages_lost: u64,
+    pub messages_duplicated: u64,
+    pub ledger_entries: u64,
+    pub invariants_checked: u64,
+    /// Virtual time the run took.
+    pub virtual_ms: u64,
+    /// Wall time (not part of the hash).
+    pub wall_ms: u64,
+    /// BLAKE3 of everything above but the wall time and of the ledger's
+    /// last entry: equal for equal seeds, on any machine.
+    pub hash: String,
+}
+
+/// A run that broke an invariant.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("seed {seed}: {violation}\n  reproduce: {command}")]
+pub struct Failure {
+    pub seed: u64,
+    pub violation: Violation,
+    pub command: String,
+}
+
+/// Runs `config` and checks every invariant; the summary, or the first
+/// violation with the command that reproduces it.
+pub fn run(config: &SimConfig) -> Result<Summary, Failure> {
+    simulate(config).map(|finished| finished.summary)
+}
+
+/// [`run`], keeping the store and what the checks need, for tests that
+/// look further.
+pub fn simulate(config: &SimConfig) -> Result<Finished, Failure> {
+    world::World::new(config.clone()).run().map_err(|violation| Failure {
+        seed: config.seed,
+        violation,
+        command: config.command(),
+    })
+}

@@ -1,0 +1,205 @@
+//! The stand-in for training: what a worker computes for an assignment,
+//! derived by hashing `(seed, round, worker, base model)`.
+//!
+//! The protocol never looks inside an update except through the defence's
+//! checks and aggregator, and never inside training except through a
+//! replay's verdict, so the simulator replaces both with hashes: an honest
+//! worker's update is a small vector of pseudo-random values and its trace
+//! (Merkle root, audit answer) is a digest nobody can produce without the
+//! assignment. A replay recomputes the honest trace and compares. That
+//! keeps 1,000 workers cheap while the coordinator, the store and the
+//! defence are the real ones.
+
+use crowdtrain_protocol::{Commitment, Digest, RoundId, WorkerId};
+
+/// Values in a simulated update: enough for the defence's norm, duplicate
+/// and cosine checks to mean something.
+pub const UPDATE_LEN: usize = 16;
+
+/// Segments each commitment covers (the run's `audit.segments`).
+pub const SEGMENTS: u32 = 4;
+
+/// How a simulated worker behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Behaviour {
+    /// Trains, commits, answers its audit and reveals what it committed.
+    Honest,
+    /// Does not train: commits a made-up trace and a made-up update
+    /// (caught when audited).
+    Lazy,
+    /// Trains, then reveals something other than its commitment (a
+    /// mismatch: always caught and slashed).
+    FakeReveal,
+    /// Commits another participant's update and trace as its own
+    /// (contested when the victim commits too: both are audited and the
+    /// copy fails its replay).
+    Copier,
+    /// Trains honestly but sends a huge update (the defence's norm check
+    /// refuses it).
+    Harmful,
+    /// Commits and reveals bytes that are not a valid update (non-finite
+    /// values: recorded as malformed).
+    Garbage,
+}
+
+impl Behaviour {
+    /// The attacking behaviours, in the order attackers are given them.
+    pub const ATTACKS: [Behaviour; 5] =
+        [Behaviour::Lazy, Behaviour::FakeReveal, Behaviour::Copier, Behaviour::Harmful, Behaviour::Garbage];
+
+    pub fn is_honest(self) -> bool {
+        self == Behaviour::Honest
+    }
+
+    /// Whether this worker's update must never count toward a round: what
+    /// the protocol or the defence always catches.
+    pub fn never_counts(self) -> bool {
+        matches!(self, Behaviour::FakeReveal | Behaviour::Harmful | Behaviour::Garbage)
+    }
+}
+
+/// The work of one assignment, as a given behaviour produces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Work {
+    pub commitment: Commitment,
+    /// The bytes revealed.
+    pub reveal: Vec<u8>,
+    /// The audit answer, whatever the segment (the stand-in answer does not
+    /// depend on it beyond the hash).
+    answer_key: Digest,
+}
+
+impl Work {
+    /// The answer sent for `segment`.
+    pub fn answer(&self, segment: u32) -> Digest {
+        keyed(&[b"answer", &self.answer_key.0, &segment.to_le_bytes()])
+    }
+}
+
+fn keyed(parts: &[&[u8]]) -> Digest {
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain simnet stand-in training v1");
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    Digest(*hasher.finalize().as_bytes())
+}
+
+/// What honest training of `worker`'s assignment in `round` on `base`
+/// gives: the update's values, its trace's root and the key of its audit
+/// answers.
+fn honest(seed: u64, round: RoundId, worker: WorkerId, base: Digest) -> (Vec<f32>, Digest, Digest) {
+    let id = [&seed.to_le_bytes()[..], &round.to_le_bytes(), &worker.0.to_le_bytes(), &base.0].concat();
+    let stream = keyed(&[b"update", &id]);
+    let mut values = Vec::with_capacity(UPDATE_LEN);
+    let mut block = blake3::Hasher::new_keyed(&stream.0).finalize_xof();
+    for _ in 0..UPDATE_LEN {
+        let mut word = [0u8; 4];
+        block.fill(&mut word);
+        // Uniform in [-1, 1): every honest update has about the same norm.
+        values.push((u32::from_le_bytes(word) >> 8) as f32 / (1 << 23) as f32 - 1.0);
+    }
+    (values, keyed(&[b"root", &id]), keyed(&[b"answer-key", &id]))
+}
+
+/// The bytes of an update, as sent (little-endian `f32`s).
+pub fn encode(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|value| value.to_le_bytes()).collect()
+}
+
+/// The values of an update's bytes, if they are a valid update: the
+/// model's length and finite (what the coordinator refuses as malformed
+/// otherwise).
+pub fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
+    if bytes.len() != UPDATE_LEN * 4 {
+        return None;
+    }
+    let values: Vec<f32> =
+        bytes.chunks_exact(4).map(|word| f32::from_le_bytes(word.try_into().expect("4 bytes"))).collect();
+    values.iter().all(|value| value.is_finite()).then_some(values)
+}
+
+/// The work `behaviour` produces for `worker`'s assignment in `round` on
+/// `base`; `victim` is whose work a copier copies.
+pub fn work(
+    seed: u64,
+    behaviour: Behaviour,
+    round: RoundId,
+    worker: WorkerId,
+    base: Digest,
+    victim: WorkerId,
+) -> Work {
+    let (values, root, answer_key) = honest(seed, round, worker, base);
+    let commit = |reveal: Vec<u8>, merkle_root: Digest, answer_key: Digest| Work {
+        commitment: Commitment { merkle_root, payload: Digest::of(&reveal), segments: SEGMENTS },
+        reveal,
+        answer_key,
+    };
+    match behaviour {
+        Behaviour::Honest => commit(encode(&values), root, answer_key),
+        Behaviour::Lazy => {
+            let made_up: Vec<f32> = values.iter().map(|value| value * 0.5 + 0.25).collect();
+            let fake = keyed(&[b"lazy", &root.0]);
+            commit(encode(&made_up), fake, fake)
+        }
+        Behaviour::FakeReveal => {
+            let mut work = commit(encode(&values), root, answer_key);
+            work.reveal = encode(&values.iter().map(|value| -value).collect::<Vec<_>>());
+            work
+        }
+        Behaviour::Copier => {
+            let (stolen, root, answer_key) = honest(seed, round, victim, base);
+            commit(encode(&stolen), root, answer_key)
+        }
+        Behaviour::Harmful => {
+            commit(encode(&values.iter().map(|value| value * 1000.0).collect::<Vec<_>>()), root, answer_key)
+        }
+        Behaviour::Garbage => {
+            let mut garbage = values.clone();
+            garbage[0] = f32::NAN;
+            commit(encode(&garbage), root, answer_key)
+        }
+    }
+}
+
+/// The coordinator's replay of `worker`'s audited `segment`: the answer
+/// and the committed root must be what honest training of the assignment
+/// gives.
+pub fn replay_passes(
+    seed: u64,
+    round: RoundId,
+    worker: WorkerId,
+    base: Digest,
+    commitment: &Commitment,
+    segment: u32,
+    answer: Digest,
+) -> bool {
+    let honest = work(seed, Behaviour::Honest, round, worker, base, worker);
+    commitment.merkle_root == honest.commitment.merkle_root && answer == honest.answer(segment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_honest_work_passes_its_replay_and_every_update_is_what_its_behaviour_says() {
+        let base = Digest::of(b"base");
+        let (me, victim) = (WorkerId(3), WorkerId(4));
+        for behaviour in [Behaviour::Honest].into_iter().chain(Behaviour::ATTACKS) {
+            let work = work(7, behaviour, 2, me, base, victim);
+            let passes = replay_passes(7, 2, me, base, &work.commitment, 1, work.answer(1));
+            let caught_by_replay = matches!(behaviour, Behaviour::Lazy | Behaviour::Copier);
+            assert_eq!(passes, !caught_by_replay, "{behaviour:?}");
+            let decoded = decode(&work.reveal);
+            assert_eq!(decoded.is_none(), behaviour == Behaviour::Garbage, "{behaviour:?}");
+            let matches_commitment = Digest::of(&work.reveal) == work.commitment.payload;
+            assert_eq!(matches_commitment, behaviour != Behaviour::FakeReveal, "{behaviour:?}");
+        }
+        let honest = work(7, Behaviour::Honest, 2, me, base, me);
+        assert_eq!(honest, work(7, Behaviour::Honest, 2, me, base, victim), "deterministic");
+        assert_ne!(honest.reveal, work(8, Behaviour::Honest, 2, me, base, me).reveal, "seeded");
+        let copy = work(7, Behaviour::Copier, 2, me, base, victim);
+        assert_eq!(copy.commitment, work(7, Behaviour::Honest, 2, victim, base, victim).commitment);
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the network simulator on new seeds for as long as it is given, and
+# reports the first seed that breaks an invariant (with the command that
+# reproduces it), or how many seeds passed.
+#
+#   scripts/sim-seeds.sh [SECONDS]     (default 60)
+#
+# Seeds start from the clock (so each call tries new ones) in batches of
+# 200 small networks (`crowdtrain sim network --seeds A..B`, the defaults:
+# 12 workers, 8 rounds, churn, attackers and every fault). Extra arguments
+# after SECONDS go to `sim network` (e.g. --workers 50 --rounds 20).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+shift || true
+cargo build --release --quiet -p crowdtrain
+binary=$PWD/target/release/crowdtrain
+batch=200
+start=$(( $(date +%s) * 1000 ))
+seed=$start
+deadline=$(( $(date +%s) + seconds ))
+while (( $(date +%s) < deadline )); do
+    if ! "$binary" sim network --seeds "$seed..$(( seed + batch ))" "$@"; then
+        echo "a seed in $seed..$(( seed + batch )) broke an invariant (above: the seed and its command)" >&2
+        exit 1
+    fi
+    seed=$(( seed + batch ))
+done
+echo "seeds $start..$seed: $(( seed - start )) runs, no invariant broken"
