@@ -131,7 +131,13 @@ pub fn work(
 ) -> Work {
     let (values, root, answer_key) = honest(seed, round, worker, base);
     let commit = |reveal: Vec<u8>, merkle_root: Digest, answer_key: Digest| Work {
-        commitment: Commitment { merkle_root, payload: Digest::of(&reveal), segments: SEGMENTS },
+        commitment: Commitment {
+            merkle_root,
+            payload: Digest::of(&reveal),
+            segments: SEGMENTS,
+            residual_in: None,
+            residual_out: None,
+        },
         reveal,
         answer_key,
     };
