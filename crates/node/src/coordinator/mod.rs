@@ -573,29 +573,11 @@ impl Node {
         nonce: u64,
         round: RoundId,
         base_model: Digest,
-        trained: Option<(u32, u32)>,
         commitment: Commitment,
     ) -> Result<Signed<Receipt>, Failure> {
         let now = now_unix_ms();
         let received = Instant::now();
         let mut inner = self.lock();
-        // A provisional round withdrawn (an audit of the round before
-        // failed, and took a participant out) may open again on the same
-        // model with other participants: work trained for the old shard
-        // would then fail its audit. The worker trains again.
-        if let Some((slot, slots)) = trained
-            && let Some(assignment) = inner.machine.assignment(worker).filter(|assigned| assigned.round == round)
-            && (assignment.slot, assignment.slots) != (slot, slots)
-        {
-            return Err(Failure::new(
-                ErrorCode::StaleModel,
-                format!(
-                    "round {round} opened again with other participants: {worker} trains shard {} of {}, not {slot} \
-                     of {slots}",
-                    assignment.slot, assignment.slots
-                ),
-            ));
-        }
         let outcome = inner.machine.commit(now, worker, nonce, round, base_model, commitment)?;
         self.drive_timed(&mut inner, &[], round, received)?;
         let audit = inner.machine.pending_audit(worker, round).map(|(segment, _)| segment);

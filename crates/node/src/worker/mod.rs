@@ -392,10 +392,7 @@ pub async fn run_worker(
                 };
                 summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
-                let path = format!(
-                    "/v1/rounds/{round}/commitments?base_model={base}&slot={}&slots={}",
-                    assignment.slot, assignment.slots
-                );
+                let path = format!("/v1/rounds/{round}/commitments?base_model={base}");
                 let mut produced = produced;
                 let (answer, body) = loop {
                     let body = serde_json::to_vec(&produced.commitment()).expect("commitments serialise");
