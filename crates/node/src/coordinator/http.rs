@@ -185,37 +185,21 @@ async fn prune(limits: Arc<RequestLimits>) {
     }
 }
 
-/// How often the timer fires again a deadline the machine still reports
-/// after firing it (see [`timer`]).
-const REFIRE: Duration = Duration::from_millis(200);
-
 /// Calls `tick` at every deadline the machine sets; returns only on a
 /// failure the node cannot continue from.
 async fn timer(node: Arc<Node>) -> Result<(), NodeError> {
     let mut changes = node.changes.subscribe();
-    // The deadline fired last. The machine may still report a deadline
-    // after firing it, when it waits past it for something else (a replay
-    // the coordinator is judging itself, which may take seconds): firing
-    // it again changes nothing, and at once it would spin, taking the
-    // node's lock from the replay and the requests (found by `sim
-    // network`). Such a deadline is fired again only after a change, or
-    // every REFIRE.
-    let mut fired = None;
     loop {
         let next = node.lock().machine.poll_timeout();
         match next {
             Some(deadline) => {
-                let wait = match fired == Some(deadline) {
-                    true => REFIRE,
-                    false => Duration::from_millis(deadline.saturating_sub(super::now_unix_ms())),
-                };
+                let wait = Duration::from_millis(deadline.saturating_sub(super::now_unix_ms()));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {
                         let node = Arc::clone(&node);
                         tokio::task::spawn_blocking(move || node.tick()).await.expect("the tick task does not panic")?;
-                        fired = Some(deadline);
                     }
-                    _ = changes.changed() => fired = None,
+                    _ = changes.changed() => {}
                 }
             }
             None => {
