@@ -90,7 +90,10 @@
 //! - an audit fails: the provisional round is withdrawn
 //!   ([`Action::Withdraw`]), the round closes without the failed update and
 //!   the next round opens on that model, as if nobody had bet. Workers that
-//!   trained on the withdrawn model are refused and train again.
+//!   trained on the withdrawn model are refused and train again; so are
+//!   those whose commitment names a shard the round no longer gives them
+//!   (it may open on the same model, when the failed update did not count
+//!   anyway, with fewer participants: [`Shard`]).
 //!
 //! Either way the run's models and records are the ones waiting would have
 //! given; a provisional round is never persisted, so a restart bets again.
@@ -140,7 +143,7 @@ use crate::contract::ContractChoice;
 use crate::identity::PublicKey;
 use crate::ids::{Digest, RoundId, WorkerId};
 use crate::ledger::Event;
-use crate::wire::{Assignment, ErrorCode, Phase, RoundView};
+use crate::wire::{Assignment, ErrorCode, Phase, RoundView, Shard};
 
 /// Why a malformed committed update does not count.
 const MALFORMED: &str = "its committed update is malformed";
@@ -528,6 +531,22 @@ impl OpenRound {
         match self.phase {
             RoundPhase::Committing { deadline_ms, .. } | RoundPhase::Revealing { deadline_ms } => deadline_ms,
         }
+    }
+
+    /// Whether, at `now`, past the reveal deadline, all the round awaits is
+    /// the driver's replays of answered audits ([`Action::JudgeAudit`]):
+    /// with none due, or one unanswered, the deadline still has work to do.
+    fn awaits_only_replays(&self, now: u64) -> bool {
+        let RoundPhase::Revealing { deadline_ms } = self.phase else { return false };
+        let mut due = self
+            .standings
+            .values()
+            .filter(|standing| standing.commitment.is_some() && standing.rejected.is_none())
+            .filter(|standing| standing.verdict.is_none() && standing.audit.is_some())
+            .peekable();
+        now >= deadline_ms
+            && due.peek().is_some()
+            && due.all(|standing| standing.answered && standing.judging)
     }
 
     /// When the machine next needs the time: the phase's deadline, or the
@@ -1362,7 +1381,11 @@ impl Coordinator {
         self.maybe_open();
     }
 
-    /// A commitment for `round` on `base_model` from an authenticated worker.
+    /// A commitment for `round` on `base_model` from an authenticated
+    /// worker, for the shard it says it `trained`, if it says (see
+    /// [`Shard`]: one trained for another shard of the round, opened again
+    /// on the same model with other participants, is refused as stale).
+    #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &mut self,
         now: u64,
@@ -1370,6 +1393,7 @@ impl Coordinator {
         nonce: u64,
         round: RoundId,
         base_model: Digest,
+        trained: Option<Shard>,
         commitment: Commitment,
     ) -> Result<Outcome, Refusal> {
         self.advance(now);
@@ -1388,6 +1412,7 @@ impl Coordinator {
         }
         if let Some(next) = self.provisional_round().filter(|next| next.id == round) {
             check_participant(&next.participants, next.base_model, worker, round, base_model)?;
+            check_shard(&next.participants, worker, round, trained)?;
             let open = self.open.as_ref().map_or(0, |open| open.id);
             return Err(Refusal::new(
                 ErrorCode::TooEarly,
@@ -1399,6 +1424,7 @@ impl Coordinator {
         }
         if let Some(open) = self.open.as_mut().filter(|open| open.id == round) {
             check_participant(&open.participants, open.base_model, worker, round, base_model)?;
+            check_shard(&open.participants, worker, round, trained)?;
             let committing = matches!(open.phase, RoundPhase::Committing { .. });
             let standing = open.standings.entry(worker).or_default();
             if let Some(existing) = standing.commitment {
@@ -1455,6 +1481,8 @@ impl Coordinator {
         }
         let past = self.past_round(round)?;
         check_participant_past(past, worker, round, base_model)?;
+        let participants: Vec<WorkerId> = past.participants.iter().copied().collect();
+        check_shard(&participants, worker, round, trained)?;
         if let Some(&(status, existing)) = past.commitments.get(&worker) {
             return same_or_duplicate(existing == commitment, status, worker, round, "commitment");
         }
@@ -1818,6 +1846,11 @@ impl Coordinator {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
         match &self.open {
+            // Past the reveal deadline with the driver replaying every audit
+            // still due, the clock changes nothing: the verdicts move the
+            // round on. (Naming the passed deadline would have a driver's
+            // timer fire again at once, for as long as the replays take.)
+            Some(open) if open.awaits_only_replays(self.now_ms) => None,
             Some(open) => Some(open.next_timeout_ms()),
             // A run past its rounds waits for participants short of their
             // contribution while they are live: it may finish when the
@@ -2320,6 +2353,31 @@ fn check_participant(
         return Err(Refusal::new(
             ErrorCode::StaleModel,
             format!("round {round} trains from model {base}, not {claimed}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A participant's commitment that names the shard it trained must name
+/// its shard of this round: the round may have opened again on the same
+/// model with other participants, and work for the old shard would fail
+/// its replay. Refused as stale, so the worker trains again.
+fn check_shard(
+    participants: &[WorkerId],
+    worker: WorkerId,
+    round: RoundId,
+    trained: Option<Shard>,
+) -> Result<(), Refusal> {
+    let Some(trained) = trained else { return Ok(()) };
+    let slot =
+        participants.iter().position(|&participant| participant == worker).expect("checked a participant");
+    let assigned = Shard { slot: slot as u32, slots: participants.len() as u32 };
+    if trained != assigned {
+        return Err(Refusal::new(
+            ErrorCode::StaleModel,
+            format!(
+                "round {round} opened again with other participants: {worker} trains {assigned}, not {trained}"
+            ),
         ));
     }
     Ok(())

@@ -48,4 +48,4 @@ pub use coordinator::{
 pub use crowdtrain_recipe::TrainingRecipe;
 pub use identity::{Identity, PublicKey};
 pub use ids::{Digest, RoundId, WorkerId};
-pub use wire::{Assignment, RequestAuth, RoundView, Signed};
+pub use wire::{Assignment, RequestAuth, RoundView, Shard, Signed};

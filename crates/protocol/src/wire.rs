@@ -251,6 +251,31 @@ pub struct Assignment {
     pub segments: u32,
 }
 
+impl Assignment {
+    /// The part of the round's data this assignment trains.
+    pub fn shard(&self) -> Shard {
+        Shard { slot: self.slot, slots: self.slots }
+    }
+}
+
+/// The part of a round's data a worker trains: shard `slot` of `slots`.
+/// With the base model it names the work, so a commitment says which
+/// shard it trained: a round can open again on the same model with other
+/// participants (a provisional round withdrawn because an audit took a
+/// worker out), and work trained for the old shard would then fail its
+/// audit instead of being trained again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Shard {
+    pub slot: u32,
+    pub slots: u32,
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} of {}", self.slot, self.slots)
+    }
+}
+
 /// Where the run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

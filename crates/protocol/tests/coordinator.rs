@@ -11,7 +11,7 @@ use crowdtrain_protocol::coordinator::OpenRound;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, RoundResult, Settings,
+    Action, Coordinator, Digest, Identity, Outcome, PublicKey, Recorded, RoundResult, Settings, Shard,
     TrainingRecipe, Verdict, WorkerId,
 };
 use crowdtrain_store::{RunRecord, Store};
@@ -96,7 +96,7 @@ fn base(machine: &Coordinator) -> Digest {
 fn commit(machine: &mut Coordinator, now: u64, worker: WorkerId, round: u64) -> Result<Outcome, ErrorCode> {
     let base = base(machine);
     machine
-        .commit(now, worker, now * 1000, round, base, commitment(worker, round))
+        .commit(now, worker, now * 1000, round, base, None, commitment(worker, round))
         .map_err(|refusal| refusal.code)
 }
 
@@ -416,7 +416,7 @@ fn a_copy_committed_before_its_original_is_caught_by_replay_and_the_original_sta
     let (mut machine, mut durable, workers) = durable_running(3, &settings);
     let (copier, victim, other) = (workers[0], workers[1], workers[2]);
     let base = base(&machine);
-    machine.commit(T0 + 1, copier, 1, 0, base, commitment(victim, 0)).unwrap();
+    machine.commit(T0 + 1, copier, 1, 0, base, None, commitment(victim, 0)).unwrap();
     commit(&mut machine, T0 + 2, victim, 0).unwrap();
     commit(&mut machine, T0 + 3, other, 0).unwrap();
     let actions = durable.record(drain(&mut machine));
@@ -517,15 +517,16 @@ fn late_duplicate_wrong_round_and_stale_submissions_are_judged() {
     assert_eq!(commit(&mut machine, T0 + 2, workers[0], 0), Ok(Outcome::AlreadyRecorded(Recorded::Accepted)));
     let different = Commitment { payload: Digest::of(b"x"), ..commitment(workers[0], 0) };
     assert_eq!(
-        machine.commit(T0 + 3, workers[0], 1, 0, model(0), different).unwrap_err().code,
+        machine.commit(T0 + 3, workers[0], 1, 0, model(0), None, different).unwrap_err().code,
         ErrorCode::Duplicate
     );
     assert_eq!(commit(&mut machine, T0 + 3, workers[0], 5), Err(ErrorCode::WrongRound));
-    let stale = machine.commit(T0 + 3, workers[1], 1, 0, model(99), commitment(workers[1], 0)).unwrap_err();
+    let stale =
+        machine.commit(T0 + 3, workers[1], 1, 0, model(99), None, commitment(workers[1], 0)).unwrap_err();
     assert_eq!(stale.code, ErrorCode::StaleModel);
     let wrong_segments = Commitment { segments: 3, ..commitment(workers[1], 0) };
     assert_eq!(
-        machine.commit(T0 + 3, workers[1], 1, 0, model(0), wrong_segments).unwrap_err().code,
+        machine.commit(T0 + 3, workers[1], 1, 0, model(0), None, wrong_segments).unwrap_err().code,
         ErrorCode::BadRequest
     );
     assert!(drain(&mut machine).is_empty(), "refusals change nothing");
@@ -536,8 +537,15 @@ fn late_duplicate_wrong_round_and_stale_submissions_are_judged() {
     drain(&mut machine);
     // Round 0 is closed; worker 1's commitment and reveal for it come now
     // (on round 0's model, model 0).
-    let late_commit =
-        machine.commit(T0 + 10_003, workers[1], (T0 + 10_003) * 1000, 0, model(0), commitment(workers[1], 0));
+    let late_commit = machine.commit(
+        T0 + 10_003,
+        workers[1],
+        (T0 + 10_003) * 1000,
+        0,
+        model(0),
+        None,
+        commitment(workers[1], 0),
+    );
     assert_eq!(late_commit, Ok(Outcome::Recorded(Recorded::Late)));
     let late_reveal = machine.reveal(
         T0 + 10_004,
@@ -577,7 +585,7 @@ fn authentication_refuses_unknown_keys_replays_and_stale_nonces() {
     assert_eq!(machine.authenticate(now, &key(0), stale, false).unwrap_err().code, ErrorCode::Replayed);
     let (mut machine, workers) = running(2, settings());
     let nonce = (T0 + 5) * 1000;
-    machine.commit(T0 + 5, workers[0], nonce, 0, model(0), commitment(workers[0], 0)).unwrap();
+    machine.commit(T0 + 5, workers[0], nonce, 0, model(0), None, commitment(workers[0], 0)).unwrap();
     assert_eq!(machine.authenticate(T0 + 6, &key(0), nonce, true).unwrap_err().code, ErrorCode::Replayed);
     assert_eq!(
         machine.authenticate(T0 + 6, &key(0), nonce, false),
@@ -803,7 +811,7 @@ fn random_event_sequences_keep_the_invariants() {
                         // A copy of another worker's work.
                         commitment(WorkerId((worker.0 + 1) % 5), round)
                     };
-                    let _ = machine.commit(now, worker, nonce, round, base, value);
+                    let _ = machine.commit(now, worker, nonce, round, base, None, value);
                 }
                 3 | 4 if known => {
                     let honest = uniform_below(&mut rng, 5) > 0;
@@ -1155,6 +1163,11 @@ fn at_the_reveal_deadline_an_unreported_answer_is_judged_by_the_coordinator_and_
         !actions.iter().any(|action| matches!(action, Action::Close { .. })),
         "the round waits for the replay"
     );
+    assert_eq!(
+        machine.poll_timeout(),
+        None,
+        "past the deadline the round waits for the replay, not the clock (a driver's timer would spin)"
+    );
     machine.handle_timeout(deadline + 1);
     assert!(
         !drain(&mut machine).iter().any(|action| matches!(action, Action::JudgeAudit { .. })),
@@ -1219,7 +1232,7 @@ fn the_next_round_opens_ahead_of_the_last_verdicts_and_is_adopted_as_it_was_when
     assert_eq!((assignment.round, assignment.base_model, assignment.slot), (1, model(1), 1));
     // Trained already: too early to commit, and nothing changes.
     let refusal =
-        machine.commit(T0 + 20, workers[1], (T0 + 20) * 1000, 1, model(1), commitment(workers[1], 1));
+        machine.commit(T0 + 20, workers[1], (T0 + 20) * 1000, 1, model(1), None, commitment(workers[1], 1));
     assert_eq!(refusal.unwrap_err().code, ErrorCode::TooEarly);
     assert!(drain(&mut machine).is_empty());
     assert_eq!(machine.open_round().unwrap().id, 0, "round 0 is still the open round");
@@ -1286,7 +1299,8 @@ fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_t
         drain(&mut machine),
         vec![Action::OpenProvisional { round: 1, after: 0, base_model: model(7) }]
     );
-    let stale = machine.commit(T0 + 31, workers[0], (T0 + 31) * 1000, 1, model(1), commitment(workers[0], 1));
+    let stale =
+        machine.commit(T0 + 31, workers[0], (T0 + 31) * 1000, 1, model(1), None, commitment(workers[0], 1));
     assert_eq!(stale.unwrap_err().code, ErrorCode::StaleModel);
 
     pass(&mut machine, T0 + 40, workers[2]);
@@ -1300,6 +1314,77 @@ fn a_failed_verdict_withdraws_the_provisional_round_and_the_next_opens_without_t
     assert!(
         matches!(actions.last(), Some(Action::Record(Event::RoundOpened { round: 1, base_model, opened_unix_ms, .. })) if *base_model == model(7) && *opened_unix_ms == T0 + 30),
         "{actions:?}"
+    );
+}
+
+#[test]
+fn a_round_opened_again_on_the_same_model_with_other_participants_refuses_work_for_the_old_shards() {
+    // Goal: no honest worker fails an audit for following its assignment.
+    // A provisional round withdrawn because an audit failed can open again
+    // on the *same* model (the failed update did not count: the checks had
+    // refused it) with fewer participants (the failed worker's bond is
+    // exhausted), so every shard moves; work trained for the old shard
+    // would fail its replay. Method: bond = stake, three workers audited,
+    // the driver's aggregate the same with and without the cheat.
+    let settings = Settings { audit_probability: 1.0, bond: 1000, ..settings() };
+    let (mut machine, workers) = running(3, settings);
+    awaiting_replays(&mut machine, &workers);
+    machine.handle_speculated(T0 + 10, 0, Aggregated::all(result(1)));
+    drain(&mut machine);
+    let old = machine.view(Some(workers[2])).assignment.expect("assigned the provisional round");
+    assert_eq!((old.base_model, old.shard()), (model(1), Shard { slot: 2, slots: 3 }));
+    pass(&mut machine, T0 + 20, workers[0]);
+    machine
+        .audit_result(T0 + 21, 0, workers[1], Verdict::Failed("replayed to another state".into()), None, None)
+        .unwrap();
+    drain(&mut machine);
+    machine.handle_speculated(T0 + 30, 0, Aggregated::all(result(1)));
+    assert_eq!(
+        drain(&mut machine),
+        vec![Action::OpenProvisional { round: 1, after: 0, base_model: model(1) }],
+        "the same model again"
+    );
+    let new = machine.view(Some(workers[2])).assignment.expect("still a participant");
+    assert_eq!((new.base_model, new.shard()), (model(1), Shard { slot: 1, slots: 2 }), "w1 is out");
+    let commit_shard = |machine: &mut Coordinator, now: u64, worker: WorkerId, shard: Shard| {
+        machine
+            .commit(now, worker, now * 1000, 1, model(1), Some(shard), commitment(worker, 1))
+            .map_err(|refusal| refusal.code)
+    };
+    // Trained for the withdrawn round: stale, whatever the phase.
+    assert_eq!(commit_shard(&mut machine, T0 + 31, workers[2], old.shard()), Err(ErrorCode::StaleModel));
+    assert_eq!(commit_shard(&mut machine, T0 + 32, workers[2], new.shard()), Err(ErrorCode::TooEarly));
+    pass(&mut machine, T0 + 40, workers[2]);
+    let Some(Action::Close { round: 0, accepted, .. }) = drain(&mut machine).last().cloned() else {
+        panic!("round 0 closes")
+    };
+    assert_eq!(accepted, vec![workers[0], workers[2]]);
+    machine.handle_aggregated(T0 + 41, 0, Aggregated::all(result(1)));
+    drain(&mut machine);
+    assert_eq!(machine.open_round().unwrap().participants, vec![workers[0], workers[2]]);
+    let refused = machine
+        .commit(
+            T0 + 50,
+            workers[2],
+            (T0 + 50) * 1000,
+            1,
+            model(1),
+            Some(old.shard()),
+            commitment(workers[2], 1),
+        )
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::StaleModel);
+    assert!(refused.message.contains("trains shard 1 of 2, not shard 2 of 3"), "{}", refused.message);
+    assert!(drain(&mut machine).is_empty(), "a refusal records nothing");
+    assert_eq!(
+        commit_shard(&mut machine, T0 + 51, workers[2], new.shard()),
+        Ok(Outcome::Recorded(Recorded::Accepted)),
+        "trained again for its new shard"
+    );
+    assert_eq!(
+        commit(&mut machine, T0 + 52, workers[0], 1),
+        Ok(Outcome::Recorded(Recorded::Accepted)),
+        "a commitment that names no shard is checked as before"
     );
 }
 
@@ -1428,7 +1513,7 @@ fn a_late_commitment_sent_again_after_its_round_closed_is_the_same_late_commitme
     assert_eq!(machine.completed_rounds(), 1);
     let again = |machine: &mut Coordinator, now: u64| {
         machine
-            .commit(now, workers[2], now * 1000, 0, model(0), commitment(workers[2], 0))
+            .commit(now, workers[2], now * 1000, 0, model(0), None, commitment(workers[2], 0))
             .map_err(|refusal| refusal.code)
     };
     assert_eq!(
@@ -1793,7 +1878,7 @@ fn commit_durably(
     commitment: Commitment,
 ) -> Result<Outcome, ErrorCode> {
     let base = base(machine);
-    let outcome = machine.commit(now, worker, now * 1000, round, base, commitment);
+    let outcome = machine.commit(now, worker, now * 1000, round, base, None, commitment);
     durable.record(drain(machine));
     outcome.map_err(|refusal| refusal.code)
 }
@@ -1884,7 +1969,7 @@ fn without_error_feedback_a_commitment_names_no_residual() {
     let (mut machine, workers) = running(2, settings());
     let base = base(&machine);
     let named = chained(workers[0], 0, None, 1);
-    let refused = machine.commit(T0 + 1, workers[0], T0 * 1000, 0, base, named).unwrap_err();
+    let refused = machine.commit(T0 + 1, workers[0], T0 * 1000, 0, base, None, named).unwrap_err();
     assert_eq!(refused.code, ErrorCode::BadRequest);
     assert!(refused.message.contains("keeps no error-feedback residual"), "{}", refused.message);
 }

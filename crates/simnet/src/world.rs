@@ -764,7 +764,7 @@ impl World {
             },
             Request::Commit { nonce, round, base, commitment } => {
                 let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
-                    Ok((worker, machine.commit(now, worker, nonce, round, base, commitment)?))
+                    Ok((worker, machine.commit(now, worker, nonce, round, base, None, commitment)?))
                 });
                 match outcome {
                     Ok((worker, outcome)) => (

@@ -8,7 +8,7 @@
 //! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
 //! | `GET /v1/models/{digest}/delta` | none | under a compressed broadcast (`[outer] broadcast`), the model delta (`crowdtrain_store::delta`) that makes this model from the one before it; 404 `not-found` when there is none among the newest kept (download the model whole). Its content is checked by the digest of what it rebuilds |
-//! | `POST /v1/rounds/{round}/commitments?base_model=D` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly) |
+//! | `POST /v1/rounds/{round}/commitments?base_model=D[&slot=K&slots=N]` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly); `stale-model` if the model, or the shard trained (slot K of N), is not the round's |
 //! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status?rounds_from=R&rounds_limit=N` | none | `RunStatus` JSON, with at most N (default 100, at most 1,000) rounds from round R (default: the latest) |
@@ -47,7 +47,7 @@ use crowdtrain_protocol::wire::{
     AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, REWARD_MODEL_HEADER,
     RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
 };
-use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, Signed};
+use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, Shard, Signed};
 use serde::Deserialize;
 
 use super::limits::{RequestLimits, UploadSlot, read_body};
@@ -511,6 +511,12 @@ async fn drain(body: Body, limit: u64, timeout: Duration) {
 #[derive(Debug, Deserialize)]
 struct ModelQuery {
     base_model: Option<String>,
+    /// With a commitment: the shard the worker trained (its slot of how
+    /// many), so that one trained on a provisional round that was
+    /// withdrawn and opened again with other participants, on the same
+    /// model, is not taken for the new assignment.
+    slot: Option<u32>,
+    slots: Option<u32>,
 }
 
 /// A signed, state-changing worker request about one round: what the
@@ -520,6 +526,8 @@ struct RoundPost {
     nonce: u64,
     round: u64,
     base_model: Option<Digest>,
+    /// The shard it trained, if it says.
+    trained: Option<Shard>,
     body: Vec<u8>,
     /// The sender's upload slot, held until the request is answered.
     _slot: UploadSlot,
@@ -549,6 +557,13 @@ async fn round_post(
         .map(|text| text.parse::<Digest>())
         .transpose()
         .map_err(|reason| Failure::new(ErrorCode::BadRequest, format!("base_model: {reason}")))?;
+    let trained = match (query.slot, query.slots) {
+        (Some(slot), Some(slots)) if slot < slots => Some(Shard { slot, slots }),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::new(ErrorCode::BadRequest, "slot and slots go together, with slot < slots"));
+        }
+    };
     let (auth, declared) = verify_signature(node, limits, method, uri, headers)?;
     let key: PublicKey = auth.worker;
     let worker = {
@@ -563,7 +578,7 @@ async fn round_post(
     }
     let slot = limits.begin_upload(key)?;
     let body = read_body(body, declared, limits.body_timeout, &limits.spill_dir).await?;
-    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, body, _slot: slot })
+    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, trained, body, _slot: slot })
 }
 
 fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
@@ -603,8 +618,8 @@ async fn commitment(
         let commitment: Commitment = serde_json::from_slice(&post.body).map_err(|error| {
             Failure::new(ErrorCode::BadRequest, format!("the commitment does not parse: {error}"))
         })?;
-        let RoundPost { worker, nonce, round, _slot, .. } = post;
-        let receipt = blocking(move || node.commit(worker, nonce, round, base, commitment)).await;
+        let RoundPost { worker, nonce, round, trained, _slot, .. } = post;
+        let receipt = blocking(move || node.commit(worker, nonce, round, base, trained, commitment)).await;
         drop(_slot);
         receipt
     };

@@ -37,7 +37,7 @@ use crowdtrain_protocol::wire::{
 };
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
-    RoundId, RoundResult, RoundView, RunConfig, Signed, Verdict, WorkerId,
+    RoundId, RoundResult, RoundView, RunConfig, Shard, Signed, Verdict, WorkerId,
 };
 use crowdtrain_store::delta::ModelDelta;
 use crowdtrain_store::{CheckpointKind, Checkpoints, LedgerOrder, RunRecord, Store, checkpoint};
@@ -573,12 +573,13 @@ impl Node {
         nonce: u64,
         round: RoundId,
         base_model: Digest,
+        trained: Option<Shard>,
         commitment: Commitment,
     ) -> Result<Signed<Receipt>, Failure> {
         let now = now_unix_ms();
         let received = Instant::now();
         let mut inner = self.lock();
-        let outcome = inner.machine.commit(now, worker, nonce, round, base_model, commitment)?;
+        let outcome = inner.machine.commit(now, worker, nonce, round, base_model, trained, commitment)?;
         self.drive_timed(&mut inner, &[], round, received)?;
         let audit = inner.machine.pending_audit(worker, round).map(|(segment, _)| segment);
         drop(inner);

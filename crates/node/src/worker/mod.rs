@@ -29,7 +29,7 @@ use crowdtrain_protocol::wire::{
     ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
     WorkerStatus, WorkerView,
 };
-use crowdtrain_protocol::{Digest, PublicKey, RoundId, RoundView, Signed, WorkerId};
+use crowdtrain_protocol::{Digest, PublicKey, RoundId, RoundView, Shard, Signed, WorkerId};
 use crowdtrain_store::delta::{self, ModelDelta};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
@@ -243,8 +243,10 @@ pub async fn run_worker(
     // Delegated audits already replayed, so a refused report is not retried forever.
     let mut audited: std::collections::HashSet<(RoundId, WorkerId)> = Default::default();
     let mut current: Option<(RoundId, Produced)> = None;
-    // Provisional rounds trained for and then withdrawn, by base model.
-    let mut withdrawn: std::collections::HashSet<(RoundId, Digest)> = Default::default();
+    // Provisional rounds trained for and then withdrawn, by base model and
+    // shard (a round can open again on the same model with other
+    // participants, which moves the shards).
+    let mut withdrawn: std::collections::HashSet<(RoundId, Digest, Shard)> = Default::default();
     let mut previous: Option<Produced> = None;
     // The error-feedback residual this worker's next commitment starts
     // from (empty: zero), as its last accepted commitment left it.
@@ -392,7 +394,10 @@ pub async fn run_worker(
                 };
                 summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
-                let path = format!("/v1/rounds/{round}/commitments?base_model={base}");
+                let path = format!(
+                    "/v1/rounds/{round}/commitments?base_model={base}&slot={}&slots={}",
+                    assignment.slot, assignment.slots
+                );
                 let mut produced = produced;
                 let (answer, body) = loop {
                     let body = serde_json::to_vec(&produced.commitment()).expect("commitments serialise");
@@ -446,11 +451,12 @@ pub async fn run_worker(
                         summary.refused += 1;
                         // A provisional round withdrawn under us (an audit
                         // of the round before failed) opens again on
-                        // another model: train again on that one (once per
-                        // model, whatever the coordinator does).
+                        // another model, or on the same one with other
+                        // shards: train again on that (once per model and
+                        // shard, whatever the coordinator does).
                         let retrain = view.provisional
                             && answer.code() == Some(ErrorCode::StaleModel)
-                            && withdrawn.insert((round, assignment.base_model));
+                            && withdrawn.insert((round, assignment.base_model, assignment.shard()));
                         if !retrain {
                             last_done = Some(round);
                         }
