@@ -733,10 +733,25 @@ impl Coordinator {
         // A run with a contract may go on past `rounds` (`run_complete`):
         // whether it has is in its ledger, or decided by `maybe_open` now.
         machine.finished |= machine.required.is_none() && machine.completed_rounds >= machine.settings.rounds;
+        machine.reopen_reveal_window(now);
         machine.resume_replays();
         machine.settle();
         machine.maybe_open();
         machine
+    }
+
+    /// Workers cannot reach a coordinator that is down: a round restored in
+    /// its reveal phase gives them a whole reveal window again from `now`,
+    /// so that an outage never turns into reveals missed and audits left
+    /// unanswered (slashed) for honest workers. Not recorded, like
+    /// `last_seen_ms`: a restored machine is a function of the events and
+    /// the time, and the verdicts the window leads to are recorded.
+    fn reopen_reveal_window(&mut self, now: u64) {
+        if let Some(open) = self.open.as_mut()
+            && let RoundPhase::Revealing { deadline_ms } = &mut open.phase
+        {
+            *deadline_ms = (*deadline_ms).max(now + self.settings.reveal_ms);
+        }
     }
 
     /// Answered audits of the restored round that the driver replays itself

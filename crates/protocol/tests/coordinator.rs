@@ -749,6 +749,53 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
 }
 
 #[test]
+fn a_coordinator_down_past_the_reveal_deadline_gives_a_whole_reveal_window_again() {
+    // Goal: an outage does not turn into an honest worker's unanswered
+    // audit. Method: both audited, w1 has not answered (nor revealed) when
+    // the coordinator dies; it comes back after the reveal deadline.
+    let settings = Settings { audit_probability: 1.0, ..settings() };
+    let (mut machine, mut durable, workers) = durable_running(2, &settings);
+    for &worker in &workers {
+        commit(&mut machine, T0 + 1, worker, 0).unwrap();
+    }
+    machine.audit_answered(T0 + 2, workers[0], (T0 + 2) * 1000, 0, Digest::of(b"an answer")).unwrap();
+    reveal(&mut machine, T0 + 3, workers[0], 0).unwrap();
+    durable.record(drain(&mut machine));
+    let deadline = machine.open_round().unwrap().deadline_ms();
+    let back = deadline + 60_000;
+    let mut restored = durable.restore(settings.clone(), back);
+    assert!(
+        !drain(&mut restored).iter().any(|action| matches!(action, Action::Record(Event::Audit { .. }))),
+        "nobody is judged unanswered for the time the coordinator was down"
+    );
+    assert_eq!(restored.open_round().unwrap().deadline_ms(), back + settings.reveal_ms);
+    assert_eq!(restored.poll_timeout(), Some(back + settings.reveal_ms));
+    restored.audit_answered(back + 10, workers[1], (back + 10) * 1000, 0, Digest::of(b"an answer")).unwrap();
+    reveal(&mut restored, back + 11, workers[1], 0).unwrap();
+    restored.audit_result(back + 12, 0, workers[0], Verdict::Passed, None, None).unwrap();
+    restored.audit_result(back + 13, 0, workers[1], Verdict::Passed, None, None).unwrap();
+    let actions = drain(&mut restored);
+    assert!(
+        !actions.iter().any(|action| matches!(action, Action::Record(Event::Slash { .. }))),
+        "{actions:?}"
+    );
+    assert!(
+        matches!(actions.last(), Some(Action::Close { round: 0, accepted, .. }) if accepted == &workers),
+        "{actions:?}"
+    );
+    // A worker that stays away after the restart is judged at the new
+    // deadline, as any other.
+    let mut restored = durable.restore(settings.clone(), back);
+    drain(&mut restored);
+    restored.handle_timeout(back + settings.reveal_ms);
+    let actions = drain(&mut restored);
+    assert!(actions.iter().any(|action| matches!(
+        action,
+        Action::Record(Event::Audit { worker, verdict: Verdict::Unanswered, .. }) if *worker == workers[1]
+    )));
+}
+
+#[test]
 fn a_machine_restored_with_everything_delivered_closes_the_round_at_once() {
     let settings = Settings { min_workers: 2, ..settings() };
     let (mut machine, mut durable, workers) = durable_running(2, &settings);
@@ -1180,6 +1227,50 @@ fn at_the_reveal_deadline_an_unreported_answer_is_judged_by_the_coordinator_and_
         matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &workers[..1]),
         "{actions:?}"
     );
+}
+
+#[test]
+fn past_the_reveal_deadline_the_verdicts_hand_the_round_back_to_the_clock() {
+    // Goal: a round past its reveal deadline waits for the driver's replays
+    // without naming the passed deadline (a driver's timer would fire again
+    // and again), and once the verdicts are in, the deadline closes it even
+    // though a participant committed and never revealed (no verdict closes
+    // that round: only the clock does).
+    let settings = Settings { audit_probability: 0.5, quorum: 1, ..settings() };
+    let (mut machine, workers) = running(6, settings);
+    for &worker in &workers {
+        commit(&mut machine, T0 + 1, worker, 0).unwrap();
+    }
+    drain(&mut machine);
+    let (audited, unaudited): (Vec<WorkerId>, Vec<WorkerId>) =
+        workers.iter().partition(|&&worker| machine.pending_audit(worker, 0).is_some());
+    assert!(!audited.is_empty() && unaudited.len() >= 2, "{audited:?} {unaudited:?}");
+    for &worker in &audited {
+        machine.audit_answered(T0 + 2, worker, (T0 + 2) * 1000, 0, Digest::of(b"an answer")).unwrap();
+        reveal(&mut machine, T0 + 3, worker, 0).unwrap();
+    }
+    let silent = unaudited[0];
+    for &worker in &unaudited[1..] {
+        reveal(&mut machine, T0 + 3, worker, 0).unwrap();
+    }
+    drain(&mut machine);
+    let deadline = machine.poll_timeout().expect("the reveal deadline");
+    machine.handle_timeout(deadline);
+    assert!(!drain(&mut machine).iter().any(|action| matches!(action, Action::Close { .. })));
+    assert_eq!(machine.poll_timeout(), None, "nothing for the clock to do while the replays run");
+    for (index, &worker) in audited.iter().enumerate() {
+        machine.audit_result(deadline + 1 + index as u64, 0, worker, Verdict::Passed, None, None).unwrap();
+    }
+    assert!(
+        !drain(&mut machine).iter().any(|action| matches!(action, Action::Close { .. })),
+        "{silent} never revealed"
+    );
+    let again = machine.poll_timeout().expect("the verdicts are in: the deadline has work again");
+    assert!(again <= deadline + 1 + audited.len() as u64, "a deadline already passed: {again}");
+    machine.handle_timeout(deadline + 100);
+    let actions = drain(&mut machine);
+    let Some(Action::Close { round: 0, accepted, .. }) = actions.last() else { panic!("{actions:?}") };
+    assert!(!accepted.contains(&silent) && accepted.len() == workers.len() - 1, "{accepted:?}");
 }
 
 #[test]

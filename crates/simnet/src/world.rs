@@ -7,7 +7,7 @@ use std::time::Instant;
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below, unit_f64};
 use crowdtrain_defense::checks::Submission;
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
-use crowdtrain_protocol::coordinator::OpenRound;
+use crowdtrain_protocol::coordinator::{OpenRound, RoundPhase};
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
@@ -177,6 +177,11 @@ struct Fingerprint {
 fn fingerprint(machine: &Coordinator) -> Fingerprint {
     let open = machine.open_round().cloned().map(|mut round| {
         round.early_close_ms = None;
+        // A restore gives a round in its reveal phase a whole reveal window
+        // again (workers could not reach the coordinator): not recorded.
+        if let RoundPhase::Revealing { deadline_ms } = &mut round.phase {
+            *deadline_ms = 0;
+        }
         for standing in round.standings.values_mut() {
             standing.judging = false;
         }
