@@ -64,7 +64,8 @@ enum Churn {
 enum Request {
     Register,
     Poll { nonce: u64 },
-    Commit { nonce: u64, round: RoundId, base: Digest, commitment: Commitment },
+    // Boxed: it would make every queued event as large as a commitment.
+    Commit { nonce: u64, round: RoundId, base: Digest, commitment: Box<Commitment> },
     Reveal { nonce: u64, round: RoundId, base: Digest, bytes: Vec<u8> },
     Answer { nonce: u64, round: RoundId, answer: Digest },
 }
@@ -155,12 +156,26 @@ struct Node {
     fired: Option<u64>,
     /// Accepted reveals' bytes not necessarily durable yet.
     updates: HashMap<(RoundId, WorkerId), Vec<u8>>,
+    /// The defence's decision on the open round's speculation, kept (as
+    /// the node keeps it) until the round closes on the same submissions,
+    /// which then reuses it instead of aggregating again, or it is
+    /// withdrawn. Lost in a crash.
+    speculated: Option<Speculated>,
     /// The fault armed for the next non-empty batch, with the machine as it
     /// was before the input being handled.
     fault: Option<Fault>,
     /// The restored machine must look like this (what the dead one had
     /// made durable).
     expected: Option<Fingerprint>,
+}
+
+/// A speculative aggregate: for `round` on `base`, over `accepted`.
+struct Speculated {
+    round: RoundId,
+    base: Digest,
+    accepted: Vec<WorkerId>,
+    aggregated: Aggregated,
+    decision: crowdtrain_defense::Decision,
 }
 
 /// The durable part of a machine's state that a restored machine must
@@ -306,6 +321,7 @@ impl World {
             armed: None,
             fired: None,
             updates: HashMap::new(),
+            speculated: None,
             fault: None,
             expected: None,
         };
@@ -603,7 +619,7 @@ impl World {
         let commitment = work.commitment;
         task.work = Some(work);
         let nonce = self.nonce(worker);
-        self.request(worker, Request::Commit { nonce, round, base, commitment });
+        self.request(worker, Request::Commit { nonce, round, base, commitment: Box::new(commitment) });
     }
 
     fn at_worker(&mut self, worker: usize, epoch: u32, reply: Reply) {
@@ -677,7 +693,10 @@ impl World {
         }
         if !committed {
             let nonce = self.nonce(worker);
-            self.request(worker, Request::Commit { nonce, round, base, commitment: work.commitment });
+            self.request(
+                worker,
+                Request::Commit { nonce, round, base, commitment: Box::new(work.commitment) },
+            );
             return;
         }
         // One request at a time, as the real worker awaits each: the audit
@@ -764,12 +783,12 @@ impl World {
             },
             Request::Commit { nonce, round, base, commitment } => {
                 let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
-                    Ok((worker, machine.commit(now, worker, nonce, round, base, commitment)?))
+                    Ok((worker, machine.commit(now, worker, nonce, round, base, *commitment)?))
                 });
                 match outcome {
                     Ok((worker, outcome)) => (
                         Reply::Committed(round),
-                        Some(Ack::Commitment(round, worker, commitment, outcome.status())),
+                        Some(Ack::Commitment(round, worker, *commitment, outcome.status())),
                     ),
                     Err(_) => (Reply::Refused, None),
                 }
@@ -930,7 +949,17 @@ impl World {
             match action {
                 Action::Record(event) => batch.push(event),
                 Action::Close { round, base_model, accepted } => {
-                    let (aggregated, decision) = self.aggregate(round, base_model, &accepted)?;
+                    // The speculation on the same submissions is this
+                    // close's aggregate (the defence has not changed since:
+                    // it learns only when a round closes or fails).
+                    let speculated = self.node.speculated.take().filter(|speculated| {
+                        (speculated.round, speculated.base, &speculated.accepted)
+                            == (round, base_model, &accepted)
+                    });
+                    let (aggregated, decision) = match speculated {
+                        Some(speculated) => (speculated.aggregated, speculated.decision),
+                        None => self.aggregate(round, base_model, &accepted)?,
+                    };
                     let machine = self.node.machine.as_mut().expect("live");
                     let closed = machine.completed_rounds();
                     machine.handle_aggregated(now, round, aggregated);
@@ -941,10 +970,16 @@ impl World {
                     }
                 }
                 Action::Speculate { round, base_model, accepted } => {
-                    let (aggregated, _) = self.aggregate(round, base_model, &accepted)?;
-                    self.node.machine.as_mut().expect("live").handle_speculated(now, round, aggregated);
+                    let (aggregated, decision) = self.aggregate(round, base_model, &accepted)?;
+                    let machine = self.node.machine.as_mut().expect("live");
+                    machine.handle_speculated(now, round, aggregated.clone());
+                    self.node.speculated =
+                        Some(Speculated { round, base: base_model, accepted, aggregated, decision });
                 }
-                Action::OpenProvisional { .. } | Action::Withdraw { .. } => {}
+                Action::Withdraw { round, .. } => {
+                    self.node.speculated.take_if(|speculated| speculated.round == round);
+                }
+                Action::OpenProvisional { .. } => {}
                 Action::JudgeAudit { round, worker, .. } => replays.push((round, worker)),
             }
         }
@@ -1077,6 +1112,7 @@ impl World {
         self.node.armed = None;
         self.node.fired = None;
         self.node.updates.clear();
+        self.node.speculated = None;
         self.node.expected = Some(expected);
         self.outages.insert(self.last_opened);
         self.counters.crashes += 1;

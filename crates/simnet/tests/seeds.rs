@@ -162,3 +162,18 @@ fn a_slashed_honest_worker_a_round_below_quorum_and_a_counted_cheat_are_reported
     });
     assert!(rules(&finished, &unrevealed).unwrap_err().0.contains(&format!("counts {}", accepted[0])));
 }
+
+/// The target network (1,000 workers, 100 rounds, 30% churn, 10%
+/// attackers, storage faults): every invariant holds and the run is the
+/// one recorded in docs/BENCHMARKS.md, bit for bit. A minute of CPU, so
+/// not in CI: `cargo test --release -p crowdtrain-simnet --test seeds --
+/// --ignored`.
+#[test]
+#[ignore = "a minute of CPU; run by hand with --ignored"]
+fn a_thousand_workers_for_a_hundred_rounds_keep_every_invariant_and_their_hash() {
+    let config = SimConfig { workers: 1000, rounds: 100, churn: 0.3, attackers: 0.1, ..SimConfig::small(1) };
+    let summary = crowdtrain_simnet::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
+    eprintln!("{summary:?}");
+    assert_eq!((summary.rounds_closed, summary.rounds_failed), (100, 0));
+    assert_eq!(summary.hash, "ced1f91924371782fab28d32b7091fd364ef80c009802ddddeda361834fb5584");
+}
