@@ -193,7 +193,7 @@ fn a_thousand_workers_for_a_hundred_rounds_keep_every_invariant_and_their_hash()
     let summary = crowdtrain_simnet::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
     eprintln!("{summary:?}");
     assert_eq!((summary.rounds_closed, summary.rounds_failed), (100, 0));
-    assert_eq!(summary.hash, "ced1f91924371782fab28d32b7091fd364ef80c009802ddddeda361834fb5584");
+    assert_eq!(summary.hash, "9ae92fe4b08e23be10d253b037bc355ea64a9981fe977070246a36b098dbb190");
 }
 
 #[test]
