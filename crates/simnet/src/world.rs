@@ -70,15 +70,8 @@ enum Due {
         round: RoundId,
         worker: WorkerId,
     },
-    /// A delegated auditor finished replaying `audited`'s segment.
-    AuditReplayed {
-        worker: usize,
-        epoch: u32,
-        round: RoundId,
-        base: Digest,
-        audited: WorkerId,
-        segment: u32,
-    },
+    /// A delegated auditor finished replaying.
+    AuditReplayed(AuditJob),
     Restart,
     Churn {
         kind: Churn,
@@ -86,6 +79,17 @@ enum Due {
     WorkerBack {
         worker: usize,
     },
+}
+
+/// A delegated audit a worker (by index, in its `epoch`) replays:
+/// `audited`'s `segment` of round `round` on `base`.
+struct AuditJob {
+    worker: usize,
+    epoch: u32,
+    round: RoundId,
+    base: Digest,
+    audited: WorkerId,
+    segment: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -540,9 +544,7 @@ impl World {
                 Due::Trained { worker, epoch, round, base } => self.trained(worker, epoch, round, base),
                 Due::Timer { at } => self.timer(at)?,
                 Due::Replayed { incarnation, round, worker } => self.replayed(incarnation, round, worker)?,
-                Due::AuditReplayed { worker, epoch, round, base, audited, segment } => {
-                    self.audit_replayed(worker, epoch, round, base, audited, segment)
-                }
+                Due::AuditReplayed(job) => self.audit_replayed(job),
                 Due::Restart => self.restart()?,
                 Due::Churn { kind } => self.churn(kind),
                 Due::WorkerBack { worker } => {
@@ -755,15 +757,8 @@ impl World {
         {
             let epoch = self.workers[worker].epoch;
             let (round, base) = (assignment.round, assignment.base_model);
-            let due = Due::AuditReplayed {
-                worker,
-                epoch,
-                round,
-                base,
-                audited: task.worker,
-                segment: task.segment,
-            };
-            self.queue.after(REPLAY_MS, due);
+            let job = AuditJob { worker, epoch, round, base, audited: task.worker, segment: task.segment };
+            self.queue.after(REPLAY_MS, Due::AuditReplayed(job));
         }
         let (round, base) = (assignment.round, assignment.base_model);
         let state = &mut self.workers[worker];
@@ -824,15 +819,8 @@ impl World {
     /// reports what its replay gave; an attacker vouches for a cheat (it
     /// echoes the audited worker's claims) and accuses an honest worker
     /// (reports a trace it made up).
-    fn audit_replayed(
-        &mut self,
-        worker: usize,
-        epoch: u32,
-        round: RoundId,
-        base: Digest,
-        audited: WorkerId,
-        segment: u32,
-    ) {
+    fn audit_replayed(&mut self, job: AuditJob) {
+        let AuditJob { worker, epoch, round, base, audited, segment } = job;
         let seed = self.config.seed;
         let state = &self.workers[worker];
         if state.status != Status::Up || state.epoch != epoch {

@@ -3,7 +3,7 @@
 //! catch a broken ledger, a lost acknowledgement and a broken rule.
 
 use crowdtrain_protocol::ledger::{Chain, Event};
-use crowdtrain_protocol::{Digest, Identity, WorkerId};
+use crowdtrain_protocol::{Digest, Identity, RoundId, WorkerId};
 use crowdtrain_simnet::invariants::{self, Knowledge, Rules};
 use crowdtrain_simnet::model::Behaviour;
 use crowdtrain_simnet::{Auditors, Faults, Finished, STAKE, SimConfig, Summary, simulate};
@@ -22,6 +22,24 @@ fn knowledge(finished: &Finished) -> Knowledge<'_> {
         excused: &finished.excused,
         outages: &finished.outages,
     }
+}
+
+/// The first commitment of an honest worker: `(index, round, worker)`.
+fn first_honest_commitment(finished: &Finished, events: &[Event]) -> (usize, RoundId, WorkerId) {
+    let honest = |worker: WorkerId| {
+        events.iter().any(|event| {
+            matches!(event, Event::WorkerRegistered { worker: w, key, .. }
+                if *w == worker && finished.behaviour_by_key[key] == Behaviour::Honest)
+        })
+    };
+    events
+        .iter()
+        .enumerate()
+        .find_map(|(index, event)| match event {
+            Event::Commitment { round, worker, .. } if honest(*worker) => Some((index, *round, *worker)),
+            _ => None,
+        })
+        .expect("an honest worker committed")
 }
 
 fn rules(finished: &Finished, events: &[Event]) -> Result<(), invariants::Violation> {
@@ -137,21 +155,8 @@ fn a_slashed_honest_worker_a_round_below_quorum_and_a_counted_cheat_are_reported
     let finished = simulate(&SimConfig::small(3)).unwrap();
     let events = events(&finished);
     rules(&finished, &events).unwrap();
-    let honest = |worker| {
-        events.iter().any(|event| {
-            matches!(event, Event::WorkerRegistered { worker: w, key, .. }
-                if *w == worker && finished.behaviour_by_key[key] == Behaviour::Honest)
-        })
-    };
     // A slash of an honest participant, right after it committed.
-    let (at, round, worker) = events
-        .iter()
-        .enumerate()
-        .find_map(|(index, event)| match event {
-            Event::Commitment { round, worker, .. } if honest(*worker) => Some((index, *round, *worker)),
-            _ => None,
-        })
-        .unwrap();
+    let (at, round, worker) = first_honest_commitment(&finished, &events);
     let mut slashed = events.clone();
     let reason = "failed its audit: made up".to_owned();
     slashed.insert(at + 1, Event::Slash { round, worker, amount: 100, reason });
@@ -207,21 +212,8 @@ fn a_slashed_honest_auditor_a_slash_without_its_draw_and_work_for_a_short_bond_a
     );
     let events = events(&finished);
     rules(&finished, &events).unwrap();
-    let honest = |worker: WorkerId| {
-        events.iter().any(|event| {
-            matches!(event, Event::WorkerRegistered { worker: w, key, .. }
-                if *w == worker && finished.behaviour_by_key[key] == Behaviour::Honest)
-        })
-    };
     // An honest auditor slashed for its report, right after it committed.
-    let (at, round, auditor) = events
-        .iter()
-        .enumerate()
-        .find_map(|(index, event)| match event {
-            Event::Commitment { round, worker, .. } if honest(*worker) => Some((index, *round, *worker)),
-            _ => None,
-        })
-        .unwrap();
+    let (at, round, auditor) = first_honest_commitment(&finished, &events);
     let mut accused = events.clone();
     let reason = "its replay was wrong".to_owned();
     let slash = Event::AuditorSlashed { round, auditor, audited: WorkerId(0), amount: STAKE, reason };
