@@ -7,8 +7,10 @@
 #
 # Seeds start from the clock (so each call tries new ones) in batches of
 # 200 small networks (`crowdtrain sim network --seeds A..B`, the defaults:
-# 12 workers, 8 rounds, churn, attackers and every fault). Extra arguments
-# after SECONDS go to `sim network` (e.g. --workers 50 --rounds 20).
+# 12 workers, 8 rounds, churn, attackers and every fault; odd seeds delegate
+# their audits to workers, seeds 2 and 3 modulo 4 take bonds). Extra
+# arguments after SECONDS go to `sim network` (e.g. --workers 50 --rounds 20,
+# or --auditors workers --bond 300 to fix them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}

@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use crowdtrain_protocol::ledger::{self, Event, Sealed};
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 
-use crate::model::Behaviour;
+use crowdtrain_defense::AggregatorState;
+use crowdtrain_defense::aggregate::aggregate;
+
+use crate::model::{self, AGGREGATOR, Behaviour};
 
 /// A broken invariant: what and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,12 +37,19 @@ pub struct Acked {
     pub reveals: BTreeMap<(RoundId, WorkerId), Digest>,
     /// `(round, worker)` of acknowledged audit answers.
     pub answers: BTreeSet<(RoundId, WorkerId)>,
+    /// `(round, audited)` of audits whose verdict a delegated auditor's
+    /// acknowledged report decided.
+    pub verdicts: BTreeSet<(RoundId, WorkerId)>,
 }
 
 impl Acked {
     /// How many acknowledgements there are to check.
     pub fn len(&self) -> usize {
-        self.registrations.len() + self.commitments.len() + self.reveals.len() + self.answers.len()
+        self.registrations.len()
+            + self.commitments.len()
+            + self.reveals.len()
+            + self.answers.len()
+            + self.verdicts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -68,6 +78,7 @@ pub fn check_acked(events: &[Event], acked: &Acked) -> Result<(), Violation> {
     let mut commitments = BTreeMap::new();
     let mut reveals = BTreeMap::new();
     let mut answers = BTreeSet::new();
+    let mut verdicts = BTreeSet::new();
     for event in events {
         match event {
             Event::WorkerRegistered { key, .. } => {
@@ -81,6 +92,9 @@ pub fn check_acked(events: &[Event], acked: &Acked) -> Result<(), Violation> {
             }
             Event::AuditAnswered { round, worker, .. } => {
                 answers.insert((*round, *worker));
+            }
+            Event::Audit { round, worker, .. } => {
+                verdicts.insert((*round, *worker));
             }
             _ => {}
         }
@@ -111,6 +125,12 @@ pub fn check_acked(events: &[Event], acked: &Acked) -> Result<(), Violation> {
             "lost: {worker}'s audit answer for round {round} was acknowledged but is not recorded"
         ));
     }
+    if let Some((round, worker)) = acked.verdicts.iter().find(|verdict| !verdicts.contains(verdict)) {
+        return violation(format!(
+            "lost: the verdict on {worker}'s audit in round {round} was acknowledged to its auditor but is not \
+             recorded"
+        ));
+    }
     Ok(())
 }
 
@@ -128,6 +148,16 @@ pub struct Tally {
     /// the coordinator was down during.
     pub honest_slashes_after_outage: u64,
     pub updates_refused: u64,
+    /// Honest updates refused as copies in a round where an attacking
+    /// auditor passed an attacker's audit: a copier whose audit its
+    /// accomplice vouched for keeps the original's place (a weakness of
+    /// delegated audits the simulator found, counted apart).
+    pub honest_refused_after_collusion: u64,
+    /// Audits decided by an auditor's report that agreed.
+    pub delegated_verdicts: u64,
+    pub auditors_slashed: u64,
+    pub drawn_from_bond: u64,
+    pub bonds_exhausted: u64,
     pub events: u64,
 }
 
@@ -142,6 +172,9 @@ struct RoundSeen {
     audits_failed: BTreeSet<WorkerId>,
     slashed: BTreeSet<WorkerId>,
     refused: BTreeSet<WorkerId>,
+    /// An attacker's audit was passed by an attacking auditor (a colluding
+    /// auditor vouches for a copy, which then counts as the original).
+    colluded: bool,
 }
 
 /// What the simulator knows that the coordinator does not.
@@ -165,6 +198,14 @@ pub struct Knowledge<'a> {
 #[derive(Debug)]
 pub struct Rules {
     quorum: usize,
+    /// The run's bond (0: none) and the stake a slash takes.
+    bond: u64,
+    stake: u64,
+    /// Each bonded worker's bond left.
+    bonds: BTreeMap<WorkerId, u64>,
+    /// A slash recorded, `(round, worker, amount)`, whose draw must come
+    /// next.
+    undrawn: Option<(RoundId, WorkerId, u64)>,
     keys: BTreeMap<WorkerId, PublicKey>,
     open: Option<RoundSeen>,
     last_opened: Option<RoundId>,
@@ -174,9 +215,14 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn new(quorum: u32) -> Self {
+    /// The rules of a run with this quorum, bond (0: none) and stake.
+    pub fn new(quorum: u32, bond: u64, stake: u64) -> Self {
         Self {
             quorum: quorum as usize,
+            bond,
+            stake,
+            bonds: BTreeMap::new(),
+            undrawn: None,
             keys: BTreeMap::new(),
             open: None,
             last_opened: None,
@@ -210,6 +256,11 @@ impl Rules {
             behaviour(keys, worker).is_some_and(Behaviour::is_honest)
         };
         self.tally.events += 1;
+        if let Some((round, worker, _)) = self.undrawn
+            && !matches!(event, Event::SlashDrawn { .. })
+        {
+            return violation(format!("{worker}'s slash in round {round} is not followed by its draw"));
+        }
         match event {
             Event::WorkerRegistered { worker, key, .. } => {
                 if self.keys.values().any(|known| known == key) {
@@ -231,6 +282,16 @@ impl Rules {
                 }
                 if participants.iter().any(|worker| !self.keys.contains_key(worker)) {
                     return violation(format!("round {round} has a participant that never registered"));
+                }
+                // A bonded run gives no work to a worker whose bond cannot
+                // cover a slash.
+                let short = |worker: &&WorkerId| self.bonds.get(worker).copied().unwrap_or(0) < self.stake;
+                if let Some(worker) = participants.iter().find(short).filter(|_| self.bond > 0) {
+                    return violation(format!(
+                        "round {round} gives work to {worker}, whose bond ({} left) cannot cover a slash of {}",
+                        self.bonds.get(worker).copied().unwrap_or(0),
+                        self.stake
+                    ));
                 }
                 self.last_opened = Some(*round);
                 self.open = Some(RoundSeen {
@@ -273,7 +334,10 @@ impl Rules {
                     };
                 }
             },
-            Event::Audit { round, worker, verdict, .. } => {
+            Event::Audit { round, worker, verdict, judged_by, .. } => {
+                if judged_by.is_some_and(|auditor| auditor == *worker) {
+                    return violation(format!("{worker} judged its own audit in round {round}"));
+                }
                 let open = self.open_round(*round, "a verdict")?;
                 if !open.commitments.contains_key(worker) {
                     return violation(format!("{worker} was judged in round {round} without a commitment"));
@@ -281,8 +345,58 @@ impl Rules {
                 if *verdict != Verdict::Passed {
                     open.audits_failed.insert(*worker);
                 }
+                if let Some(auditor) = judged_by {
+                    self.tally.delegated_verdicts += 1;
+                    let attacker = |worker| !honest(&self.keys, worker);
+                    if *verdict == Verdict::Passed && attacker(worker) && attacker(auditor) {
+                        self.open_round(*round, "a verdict")?.colluded = true;
+                    }
+                }
             }
-            Event::Slash { round, worker, reason, .. } => {
+            Event::AuditorSlashed { round, auditor, amount, reason, .. } => {
+                if honest(&self.keys, auditor) {
+                    return violation(format!(
+                        "honest auditor {auditor} slashed in round {round} ({reason}): its report was its replay"
+                    ));
+                }
+                self.tally.auditors_slashed += 1;
+                self.open_round(*round, "an auditor's slash")?;
+                self.undrawn = Some((*round, *auditor, *amount));
+            }
+            Event::BondDeposited { worker, amount } => {
+                if !self.keys.contains_key(worker) || *amount != self.bond || self.bonds.contains_key(worker)
+                {
+                    return violation(format!(
+                        "{worker}'s bond of {amount} is not the run's ({}) deposited once by a registered worker",
+                        self.bond
+                    ));
+                }
+                self.bonds.insert(*worker, *amount);
+            }
+            Event::SlashDrawn { round, worker, escrow, bond, uncovered } => {
+                let Some((slashed_round, slashed, amount)) = self.undrawn.take() else {
+                    return violation(format!("a draw on {worker} in round {round} without a slash"));
+                };
+                let left = self.bonds.get(worker).copied().unwrap_or(0);
+                let adds_up = escrow + bond + uncovered == amount;
+                // The bond pays what escrow does not, as far as it goes.
+                let bond_as_far_as_it_goes = *bond <= left && (*uncovered == 0 || *bond == left);
+                if (slashed_round, slashed) != (*round, *worker) || !adds_up || !bond_as_far_as_it_goes {
+                    return violation(format!(
+                        "the draw on {worker} in round {round} (escrow {escrow}, bond {bond}, uncovered \
+                         {uncovered}) is not {slashed}'s slash of {amount} in round {slashed_round} with {left} \
+                         of bond left"
+                    ));
+                }
+                if let Some(account) = self.bonds.get_mut(worker) {
+                    *account -= bond;
+                    if left >= self.stake && *account < self.stake {
+                        self.tally.bonds_exhausted += 1;
+                    }
+                }
+                self.tally.drawn_from_bond += bond;
+            }
+            Event::Slash { round, worker, amount, reason } => {
                 self.tally.slashes += 1;
                 if honest(&self.keys, worker) {
                     let key = self.keys[worker];
@@ -305,13 +419,19 @@ impl Rules {
                 if !open.slashed.insert(*worker) {
                     return violation(format!("{worker} slashed twice in round {round}"));
                 }
+                self.undrawn = Some((*round, *worker, *amount));
             }
             Event::UpdateRefused { round, worker, reason } => {
                 self.tally.updates_refused += 1;
-                if honest(&self.keys, worker) {
+                let is_honest = honest(&self.keys, worker);
+                let open = self.open_round(*round, "a refused update")?;
+                open.refused.insert(*worker);
+                if is_honest && !open.colluded {
                     return violation(format!("honest {worker}'s update refused in round {round}: {reason}"));
                 }
-                self.open_round(*round, "a refused update")?.refused.insert(*worker);
+                if is_honest {
+                    self.tally.honest_refused_after_collusion += 1;
+                }
             }
             Event::RoundClosed { round, accepted, .. } => {
                 let quorum = self.quorum;
@@ -369,4 +489,59 @@ impl Rules {
         }
         Ok(())
     }
+}
+
+/// The final state equals a fault-free run with the same accepted
+/// submissions: aggregating each closed round's credited updates
+/// (`payloads` gives their bytes), in ledger order from `initial_model`,
+/// with a defence that never crashed, restarted, speculated or withdrew,
+/// gives every round's recorded model and momentum and the run's final
+/// model. Returns how many rounds it reproduced.
+pub fn check_fault_free(
+    events: &[Event],
+    initial_model: Digest,
+    mut payloads: impl FnMut(RoundId, &[WorkerId]) -> Result<Vec<Vec<u8>>, Violation>,
+) -> Result<u64, Violation> {
+    let (mut model, mut state, mut reproduced) = (initial_model, AggregatorState::default(), 0);
+    for event in events {
+        match event {
+            Event::RoundClosed { round, result_model, result_momentum, accepted, .. } => {
+                let bytes = payloads(*round, accepted)?;
+                if bytes.len() != accepted.len() {
+                    return violation(format!("round {round}'s credited updates are not all stored"));
+                }
+                let values =
+                    bytes.iter().map(|bytes| model::decode(bytes)).collect::<Option<Vec<_>>>().ok_or_else(
+                        || Violation(format!("a credited update of round {round} does not decode")),
+                    )?;
+                let updates: Vec<(u64, &[f32])> = accepted
+                    .iter()
+                    .zip(&values)
+                    .map(|(worker, values)| (worker.0, values.as_slice()))
+                    .collect();
+                if updates.is_empty() {
+                    return violation(format!("round {round} closed without an update"));
+                }
+                let (aggregate, change) = aggregate(&AGGREGATOR, &state, &updates);
+                state.apply(change);
+                let (expected, momentum) = model::next_model(model, &aggregate);
+                if (expected, momentum) != (*result_model, *result_momentum) {
+                    return violation(format!(
+                        "round {round} recorded model {result_model}, but its credited updates aggregated without \
+                         faults give {expected}"
+                    ));
+                }
+                model = expected;
+                reproduced += 1;
+            }
+            Event::RunFinished { final_model } if *final_model != model => {
+                return violation(format!(
+                    "the run finished on {final_model}, but a fault-free run with its accepted submissions ends on \
+                     {model}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(reproduced)
 }

@@ -92,6 +92,50 @@ impl Faults {
     }
 }
 
+/// Who replays audited segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Auditors {
+    /// The coordinator replays every answered audit itself.
+    Coordinator,
+    /// Each audit is delegated to another committed worker (the protocol's
+    /// draw), whose report the coordinator checks when it disagrees; the
+    /// coordinator replays what no auditor reported by the reveal deadline.
+    Workers,
+}
+
+impl Auditors {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "coordinator" => Ok(Self::Coordinator),
+            "workers" => Ok(Self::Workers),
+            _ => Err(format!("`{text}`: the auditors are `coordinator` or `workers`")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Coordinator => "coordinator",
+            Self::Workers => "workers",
+        }
+    }
+
+    /// What a seed runs unless told: odd seeds delegate their audits.
+    pub fn for_seed(seed: u64) -> Self {
+        if seed % 2 == 1 { Self::Workers } else { Self::Coordinator }
+    }
+}
+
+/// The stake a slash takes (the run's `audit.stake`, in work units).
+pub const STAKE: u64 = 100;
+
+/// The bond a seed's workers deposit unless told: three stakes (so an
+/// attacker is shut out at its third slash) for seeds 2 and 3 modulo 4,
+/// none for the others.
+pub fn bond_for_seed(seed: u64) -> u64 {
+    if seed % 4 >= 2 { 3 * STAKE } else { 0 }
+}
+
 /// One simulated run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimConfig {
@@ -107,12 +151,26 @@ pub struct SimConfig {
     /// [`model::Behaviour::ATTACKS`]).
     pub attackers: f64,
     pub faults: Faults,
+    pub auditors: Auditors,
+    /// Each worker's bond in work units (0: the run takes none). Slashes
+    /// draw on it; a worker whose bond cannot cover another slash gets no
+    /// more work.
+    pub bond: u64,
 }
 
 impl SimConfig {
     /// A small run: what CI and `scripts/sim-seeds.sh` run seed after seed.
     pub fn small(seed: u64) -> Self {
-        Self { seed, workers: 12, rounds: 8, churn: 0.3, attackers: 0.2, faults: Faults::default() }
+        Self {
+            seed,
+            workers: 12,
+            rounds: 8,
+            churn: 0.3,
+            attackers: 0.2,
+            faults: Faults::default(),
+            auditors: Auditors::for_seed(seed),
+            bond: bond_for_seed(seed),
+        }
     }
 
     /// The command line that runs this configuration.
@@ -120,7 +178,7 @@ impl SimConfig {
         let faults = &self.faults;
         format!(
             "crowdtrain sim network --seed {} --workers {} --rounds {} --churn {} --attackers {} --faults \
-             crash={},write={},loss={},dup={},delay={}",
+             crash={},write={},loss={},dup={},delay={} --auditors {} --bond {}",
             self.seed,
             self.workers,
             self.rounds,
@@ -130,7 +188,9 @@ impl SimConfig {
             faults.write,
             faults.loss,
             faults.duplicate,
-            faults.max_delay_ms
+            faults.max_delay_ms,
+            self.auditors.as_str(),
+            self.bond
         )
     }
 }
@@ -155,6 +215,22 @@ pub struct Summary {
     /// deadline that passed (or nearly) while the coordinator was down.
     pub honest_slashes_after_outage: u64,
     pub updates_refused: u64,
+    /// Honest updates refused as a copy of an attacker's whose audit an
+    /// attacking auditor vouched for (a weakness of delegated audits:
+    /// see the report), counted apart.
+    pub honest_refused_after_collusion: u64,
+    /// Audits judged by a worker's report that agreed with the commitment.
+    pub delegated_verdicts: u64,
+    /// Auditors slashed because the coordinator's own replay contradicted
+    /// their report.
+    pub auditors_slashed: u64,
+    /// Work units slashes drew from bonds.
+    pub drawn_from_bond: u64,
+    /// Workers whose bond fell below a stake: they get no more work.
+    pub bonds_exhausted: u64,
+    /// Closed rounds whose model a fault-free aggregation of their
+    /// credited submissions reproduced.
+    pub rounds_reproduced: u64,
     pub crashes: u64,
     pub write_faults: u64,
     /// Restarts whose restored machine was compared in full with the one

@@ -16,6 +16,9 @@ use crowdtrain_protocol::{Commitment, Digest, RoundId, WorkerId};
 /// and cosine checks to mean something.
 pub const UPDATE_LEN: usize = 16;
 
+/// How the defence aggregates the updates that pass its checks.
+pub const AGGREGATOR: crowdtrain_defense::Aggregator = crowdtrain_defense::Aggregator::Median;
+
 /// Segments each commitment covers (the run's `audit.segments`).
 pub const SEGMENTS: u32 = 4;
 
@@ -168,20 +171,39 @@ pub fn work(
     }
 }
 
-/// The coordinator's replay of `worker`'s audited `segment`: the answer
-/// and the committed root must be what honest training of the assignment
-/// gives.
-pub fn replay_passes(
-    seed: u64,
-    round: RoundId,
-    worker: WorkerId,
-    base: Digest,
-    commitment: &Commitment,
-    segment: u32,
-    answer: Digest,
-) -> bool {
+/// Whose work a copier among `worker`'s assignment copies: its neighbour's.
+pub fn victim(worker: WorkerId) -> WorkerId {
+    WorkerId(if worker.0 == 0 { 1 } else { worker.0 - 1 })
+}
+
+/// What a replay of an audited segment gives (or what an auditor claims it
+/// gave): the trace's root and the segment's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub root: Digest,
+    pub answer: Digest,
+}
+
+impl Report {
+    /// Whether this replay vouches for `commitment` and the stored
+    /// `answer`: both must be what it reproduced.
+    pub fn passes(&self, commitment: &Commitment, answer: Digest) -> bool {
+        commitment.merkle_root == self.root && answer == self.answer
+    }
+}
+
+/// An honest replay of `worker`'s `segment` of its assignment in `round`
+/// on `base` (the coordinator's, or an honest auditor's).
+pub fn replay(seed: u64, round: RoundId, worker: WorkerId, base: Digest, segment: u32) -> Report {
     let honest = work(seed, Behaviour::Honest, round, worker, base, worker);
-    commitment.merkle_root == honest.commitment.merkle_root && answer == honest.answer(segment)
+    Report { root: honest.commitment.merkle_root, answer: honest.answer(segment) }
+}
+
+/// The model an aggregate of updates to `base` gives: named by their hash
+/// (the stand-in for an outer step), with its momentum.
+pub fn next_model(base: Digest, aggregate: &[f32]) -> (Digest, Digest) {
+    let model = Digest::of(&[&base.0[..], &encode(aggregate)].concat());
+    (model, Digest::of(&[&b"momentum"[..], &model.0].concat()))
 }
 
 #[cfg(test)]
@@ -194,7 +216,7 @@ mod tests {
         let (me, victim) = (WorkerId(3), WorkerId(4));
         for behaviour in [Behaviour::Honest].into_iter().chain(Behaviour::ATTACKS) {
             let work = work(7, behaviour, 2, me, base, victim);
-            let passes = replay_passes(7, 2, me, base, &work.commitment, 1, work.answer(1));
+            let passes = replay(7, 2, me, base, 1).passes(&work.commitment, work.answer(1));
             let caught_by_replay = matches!(behaviour, Behaviour::Lazy | Behaviour::Copier);
             assert_eq!(passes, !caught_by_replay, "{behaviour:?}");
             let decoded = decode(&work.reveal);

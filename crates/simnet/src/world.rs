@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below, unit_f64};
 use crowdtrain_defense::checks::Submission;
-use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
+use crowdtrain_defense::{CheckConfig, ModelDefense};
 use crowdtrain_protocol::coordinator::{OpenRound, RoundPhase};
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::invariants::{self, Acked, Knowledge, Rules, Violation};
 use crate::model::{self, Behaviour, SEGMENTS, UPDATE_LEN, Work};
 use crate::queue::Queue;
-use crate::{SimConfig, Summary};
+use crate::{Auditors, SimConfig, Summary};
 
 /// The virtual clock starts here (Unix ms), so nonces and deadlines look
 /// like the real ones.
@@ -42,15 +42,54 @@ const BATCHES_PER_WORKER_ROUND: f64 = 3.0;
 
 /// Something due at a virtual time.
 enum Due {
-    ToCoordinator { from: usize, epoch: u32, request: Request },
-    ToWorker { to: usize, epoch: u32, reply: Reply },
-    Wake { worker: usize, epoch: u32 },
-    Trained { worker: usize, epoch: u32, round: RoundId, base: Digest },
-    Timer { at: u64 },
-    Replayed { incarnation: u64, round: RoundId, worker: WorkerId },
+    ToCoordinator {
+        from: usize,
+        epoch: u32,
+        request: Request,
+    },
+    ToWorker {
+        to: usize,
+        epoch: u32,
+        reply: Reply,
+    },
+    Wake {
+        worker: usize,
+        epoch: u32,
+    },
+    Trained {
+        worker: usize,
+        epoch: u32,
+        round: RoundId,
+        base: Digest,
+    },
+    Timer {
+        at: u64,
+    },
+    Replayed {
+        incarnation: u64,
+        round: RoundId,
+        worker: WorkerId,
+    },
+    /// A delegated auditor finished replaying.
+    AuditReplayed(AuditJob),
     Restart,
-    Churn { kind: Churn },
-    WorkerBack { worker: usize },
+    Churn {
+        kind: Churn,
+    },
+    WorkerBack {
+        worker: usize,
+    },
+}
+
+/// A delegated audit a worker (by index, in its `epoch`) replays:
+/// `audited`'s `segment` of round `round` on `base`.
+struct AuditJob {
+    worker: usize,
+    epoch: u32,
+    round: RoundId,
+    base: Digest,
+    audited: WorkerId,
+    segment: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,10 +102,34 @@ enum Churn {
 #[derive(Clone)]
 enum Request {
     Register,
-    Poll { nonce: u64 },
-    Commit { nonce: u64, round: RoundId, base: Digest, commitment: Commitment },
-    Reveal { nonce: u64, round: RoundId, base: Digest, bytes: Vec<u8> },
-    Answer { nonce: u64, round: RoundId, answer: Digest },
+    Poll {
+        nonce: u64,
+    },
+    // Boxed: it would make every queued event as large as a commitment.
+    Commit {
+        nonce: u64,
+        round: RoundId,
+        base: Digest,
+        commitment: Box<Commitment>,
+    },
+    Reveal {
+        nonce: u64,
+        round: RoundId,
+        base: Digest,
+        bytes: Vec<u8>,
+    },
+    Answer {
+        nonce: u64,
+        round: RoundId,
+        answer: Digest,
+    },
+    /// A delegated auditor's report on `audited`'s segment.
+    Report {
+        nonce: u64,
+        round: RoundId,
+        audited: WorkerId,
+        report: model::Report,
+    },
 }
 
 #[derive(Clone)]
@@ -76,6 +139,7 @@ enum Reply {
     Committed(RoundId),
     Answered(RoundId),
     Revealed(RoundId),
+    Reported,
     Refused,
 }
 
@@ -84,7 +148,10 @@ enum Ack {
     Registration(PublicKey),
     Commitment(RoundId, WorkerId, Commitment, Recorded),
     Reveal(RoundId, WorkerId, Digest),
-    Answer(RoundId, WorkerId),
+    /// An audit answer; `true` if the coordinator replays it itself.
+    Answer(RoundId, WorkerId, bool),
+    /// The verdict a delegated auditor's report decided.
+    Verdict(RoundId, WorkerId),
 }
 
 /// What goes wrong at the coordinator's next write.
@@ -126,6 +193,8 @@ struct SimWorker {
     id: Option<WorkerId>,
     last_nonce: u64,
     task: Option<Task>,
+    /// The delegated audits it started replaying, `(round, audited)`.
+    audits: BTreeSet<(RoundId, WorkerId)>,
     done: bool,
 }
 
@@ -155,12 +224,26 @@ struct Node {
     fired: Option<u64>,
     /// Accepted reveals' bytes not necessarily durable yet.
     updates: HashMap<(RoundId, WorkerId), Vec<u8>>,
+    /// The defence's decision on the open round's speculation, kept (as
+    /// the node keeps it) until the round closes on the same submissions,
+    /// which then reuses it instead of aggregating again, or it is
+    /// withdrawn. Lost in a crash.
+    speculated: Option<Speculated>,
     /// The fault armed for the next non-empty batch, with the machine as it
     /// was before the input being handled.
     fault: Option<Fault>,
     /// The restored machine must look like this (what the dead one had
     /// made durable).
     expected: Option<Fingerprint>,
+}
+
+/// A speculative aggregate: for `round` on `base`, over `accepted`.
+struct Speculated {
+    round: RoundId,
+    base: Digest,
+    accepted: Vec<WorkerId>,
+    aggregated: Aggregated,
+    decision: crowdtrain_defense::Decision,
 }
 
 /// The durable part of a machine's state that a restored machine must
@@ -246,6 +329,7 @@ pub struct Finished {
     pub store: Store,
     pub coordinator: PublicKey,
     pub quorum: u32,
+    pub bond: u64,
     pub acked: Acked,
     pub behaviour_by_key: BTreeMap<PublicKey, Behaviour>,
     pub excused: BTreeSet<(PublicKey, RoundId)>,
@@ -275,9 +359,9 @@ impl World {
             max_participants: total,
             audit_probability: 0.2,
             segments: SEGMENTS,
-            stake: 100,
-            delegate_audits: false,
-            bond: 0,
+            stake: crate::STAKE,
+            delegate_audits: config.auditors == Auditors::Workers,
+            bond: config.bond,
             vesting_rounds: 2,
             recipe: TrainingRecipe { inner_steps: 8, batch_size: 4, ..TrainingRecipe::with_seed(seed) },
             contract_extra_rounds: 0,
@@ -311,6 +395,7 @@ impl World {
             armed: None,
             fired: None,
             updates: HashMap::new(),
+            speculated: None,
             fault: None,
             expected: None,
         };
@@ -327,7 +412,7 @@ impl World {
             behaviour_by_key: BTreeMap::new(),
             excused: BTreeSet::new(),
             outages: BTreeSet::new(),
-            rules: Rules::new(quorum(config.workers)),
+            rules: Rules::new(quorum(config.workers), config.bond, crate::STAKE),
             durable: Vec::new(),
             last_opened: 0,
             counters: Counters::default(),
@@ -393,6 +478,7 @@ impl World {
             id: None,
             last_nonce: 0,
             task: None,
+            audits: BTreeSet::new(),
             done: false,
         });
         index
@@ -463,6 +549,7 @@ impl World {
                 Due::Trained { worker, epoch, round, base } => self.trained(worker, epoch, round, base),
                 Due::Timer { at } => self.timer(at)?,
                 Due::Replayed { incarnation, round, worker } => self.replayed(incarnation, round, worker)?,
+                Due::AuditReplayed(job) => self.audit_replayed(job),
                 Due::Restart => self.restart()?,
                 Due::Churn { kind } => self.churn(kind),
                 Due::WorkerBack { worker } => {
@@ -488,14 +575,28 @@ impl World {
             return Err(Violation("the ledger is not the sequence of batches written".into()));
         }
         // Again from the verified ledger, from the start.
-        let mut rules = Rules::new(self.settings.quorum);
+        let mut rules = Rules::new(self.settings.quorum, self.settings.bond, self.settings.stake);
         rules.feed_all(&events, self.knowledge())?;
         invariants::check_acked(&events, &self.acked)?;
+        let store = &self.node.store;
+        let rounds_reproduced =
+            invariants::check_fault_free(&events, self.initial_model, |round, workers| {
+                store.payloads(round, workers).map_err(store_violation)
+            })?;
+        // The ledger alone restores the final state.
+        if let Some(machine) = self.node.machine.as_ref().filter(|_| self.finished()) {
+            let now = self.queue.now();
+            let (settings, run_id, master) = (self.settings.clone(), self.run_id, self.master);
+            let restored = Coordinator::restore(settings, run_id, self.initial_model, master, &events, now);
+            if fingerprint(&restored) != fingerprint(machine) {
+                return Err(Violation("the final state is not what its ledger restores".into()));
+            }
+        }
         self.node.store.integrity_check().map_err(store_violation)?;
         self.node.store.check_worker_totals().map_err(|error| {
             Violation(format!("the store's totals are not what its records add up to: {error}"))
         })?;
-        self.counters.checks += 5;
+        self.counters.checks += 7;
         let tally = rules.tally;
         // Liveness: with a quorum of honest workers up, rounds keep
         // closing until the run is done.
@@ -528,6 +629,12 @@ impl World {
             honest_slashes_excused: tally.honest_slashes_excused,
             honest_slashes_after_outage: tally.honest_slashes_after_outage,
             updates_refused: tally.updates_refused,
+            honest_refused_after_collusion: tally.honest_refused_after_collusion,
+            delegated_verdicts: tally.delegated_verdicts,
+            auditors_slashed: tally.auditors_slashed,
+            drawn_from_bond: tally.drawn_from_bond,
+            bonds_exhausted: tally.bonds_exhausted,
+            rounds_reproduced,
             crashes: counters.crashes,
             write_faults: counters.write_faults,
             restores_compared: counters.restores_compared,
@@ -553,6 +660,7 @@ impl World {
             store: self.node.store,
             coordinator: key,
             quorum: self.settings.quorum,
+            bond: self.settings.bond,
             acked: self.acked,
             behaviour_by_key: self.behaviour_by_key,
             excused: self.excused,
@@ -603,12 +711,11 @@ impl World {
         let Some(task) = state.task.as_mut().filter(|task| (task.round, task.base) == (round, base)) else {
             return;
         };
-        let victim = WorkerId(if id.0 == 0 { 1 } else { id.0 - 1 });
-        let work = model::work(seed, behaviour, round, id, base, victim);
+        let work = model::work(seed, behaviour, round, id, base, model::victim(id));
         let commitment = work.commitment;
         task.work = Some(work);
         let nonce = self.nonce(worker);
-        self.request(worker, Request::Commit { nonce, round, base, commitment });
+        self.request(worker, Request::Commit { nonce, round, base, commitment: Box::new(commitment) });
     }
 
     fn at_worker(&mut self, worker: usize, epoch: u32, reply: Reply) {
@@ -633,7 +740,7 @@ impl World {
                     task.revealed = true;
                 }
             }
-            Reply::Refused => {}
+            Reply::Reported | Reply::Refused => {}
             Reply::View(view) => self.act_on(worker, *view),
         }
     }
@@ -646,6 +753,18 @@ impl World {
             return;
         }
         let Some(assignment) = view.assignment else { return };
+        // A delegated audit to replay (beside its own work, as the real
+        // worker's auditing loop does): once per audit.
+        if let Some(task) = view.audit_task
+            && !view.provisional
+            && assignment.round == view.round.unwrap_or(u64::MAX)
+            && self.workers[worker].audits.insert((assignment.round, task.worker))
+        {
+            let epoch = self.workers[worker].epoch;
+            let (round, base) = (assignment.round, assignment.base_model);
+            let job = AuditJob { worker, epoch, round, base, audited: task.worker, segment: task.segment };
+            self.queue.after(REPLAY_MS, Due::AuditReplayed(job));
+        }
         let (round, base) = (assignment.round, assignment.base_model);
         let state = &mut self.workers[worker];
         let current = state.task.as_ref().is_some_and(|task| (task.round, task.base) == (round, base));
@@ -682,7 +801,10 @@ impl World {
         }
         if !committed {
             let nonce = self.nonce(worker);
-            self.request(worker, Request::Commit { nonce, round, base, commitment: work.commitment });
+            self.request(
+                worker,
+                Request::Commit { nonce, round, base, commitment: Box::new(work.commitment) },
+            );
             return;
         }
         // One request at a time, as the real worker awaits each: the audit
@@ -696,6 +818,35 @@ impl World {
             let nonce = self.nonce(worker);
             self.request(worker, Request::Reveal { nonce, round, base, bytes: work.reveal.clone() });
         }
+    }
+
+    /// A delegated auditor's replay is done: it reports. An honest one
+    /// reports what its replay gave; an attacker vouches for a cheat (it
+    /// echoes the audited worker's claims) and accuses an honest worker
+    /// (reports a trace it made up).
+    fn audit_replayed(&mut self, job: AuditJob) {
+        let AuditJob { worker, epoch, round, base, audited, segment } = job;
+        let seed = self.config.seed;
+        let state = &self.workers[worker];
+        if state.status != Status::Up || state.epoch != epoch {
+            return;
+        }
+        let truth = model::replay(seed, round, audited, base, segment);
+        let report = if state.behaviour.is_honest() {
+            truth
+        } else {
+            let accused =
+                self.workers.iter().find(|other| other.id == Some(audited)).map(|other| other.behaviour);
+            match accused {
+                Some(behaviour) if !behaviour.is_honest() => {
+                    let claimed = model::work(seed, behaviour, round, audited, base, model::victim(audited));
+                    model::Report { root: claimed.commitment.merkle_root, answer: claimed.answer(segment) }
+                }
+                _ => model::Report { root: Digest::of(&truth.root.0), answer: Digest::of(&truth.answer.0) },
+            }
+        };
+        let nonce = self.nonce(worker);
+        self.request(worker, Request::Report { nonce, round, audited, report });
     }
 
     /// The round a worker that goes down now may miss: its audit there may
@@ -769,12 +920,12 @@ impl World {
             },
             Request::Commit { nonce, round, base, commitment } => {
                 let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
-                    Ok((worker, machine.commit(now, worker, nonce, round, base, None, commitment)?))
+                    Ok((worker, machine.commit(now, worker, nonce, round, base, None, *commitment)?))
                 });
                 match outcome {
                     Ok((worker, outcome)) => (
                         Reply::Committed(round),
-                        Some(Ack::Commitment(round, worker, commitment, outcome.status())),
+                        Some(Ack::Commitment(round, worker, *commitment, outcome.status())),
                     ),
                     Err(_) => (Reply::Refused, None),
                 }
@@ -802,8 +953,55 @@ impl World {
                     Ok((worker, machine.audit_answered(now, worker, nonce, round, answer)?))
                 });
                 match outcome {
-                    // Audits are not delegated: the coordinator replays.
-                    Ok((worker, _)) => (Reply::Answered(round), Some(Ack::Answer(round, worker))),
+                    // Without an auditor named, the coordinator replays.
+                    Ok((worker, auditor)) => {
+                        (Reply::Answered(round), Some(Ack::Answer(round, worker, auditor.is_none())))
+                    }
+                    Err(_) => (Reply::Refused, None),
+                }
+            }
+            Request::Report { nonce, round, audited, report } => {
+                let delegated = machine.authenticate(now, &key, nonce, true).and_then(|auditor| {
+                    let (segment, commitment) =
+                        machine.delegated_audit(auditor, round, audited).ok_or_else(|| Refusal {
+                            code: ErrorCode::NotAudited,
+                            message: "no such audit to report".into(),
+                        })?;
+                    Ok((auditor, segment, commitment))
+                });
+                match delegated {
+                    Ok((auditor, segment, commitment)) => {
+                        // As the node judges a report: one that agrees with
+                        // the commitment decides; one that disagrees is
+                        // checked by the coordinator's own replay, and the
+                        // auditor is slashed if that contradicts it.
+                        let answer =
+                            self.node.store.audit_answer_digest(round, audited).map_err(store_violation)?;
+                        let (verdict, judged_by) = if report.passes(&commitment, answer) {
+                            (Verdict::Passed, Some(auditor))
+                        } else {
+                            let base = machine
+                                .open_round()
+                                .expect("a delegated audit is in the open round")
+                                .base_model;
+                            let own = model::replay(self.config.seed, round, audited, base, segment);
+                            if own != report {
+                                let reason = format!(
+                                    "its replay of {audited}'s segment {segment} in round {round} was wrong"
+                                );
+                                machine.auditor_wrong(now, round, auditor, audited, &reason);
+                            }
+                            (verdict_of(own.passes(&commitment, answer)), None)
+                        };
+                        machine
+                            .audit_result(now, round, audited, verdict, judged_by, Some((auditor, nonce)))
+                            .map_err(|refusal| {
+                                Violation(format!(
+                                    "the verdict on {audited}'s delegated audit is refused: {refusal}"
+                                ))
+                            })?;
+                        (Reply::Reported, Some(Ack::Verdict(round, audited)))
+                    }
                     Err(_) => (Reply::Refused, None),
                 }
             }
@@ -829,9 +1027,12 @@ impl World {
             Some(Ack::Reveal(round, worker, digest)) => {
                 self.acked.reveals.insert((round, worker), digest);
             }
-            Some(Ack::Answer(round, worker)) => {
+            Some(Ack::Verdict(round, audited)) => {
+                self.acked.verdicts.insert((round, audited));
+            }
+            Some(Ack::Answer(round, worker, replayed_here)) => {
                 let first = self.acked.answers.insert((round, worker));
-                if first {
+                if first && replayed_here {
                     let incarnation = self.node.incarnation;
                     self.queue.after(REPLAY_MS, Due::Replayed { incarnation, round, worker });
                 }
@@ -863,12 +1064,9 @@ impl World {
         let Some((segment, commitment)) = machine.answered_audit(round, worker) else { return Ok(()) };
         let base = machine.open_round().expect("an answered audit is in the open round").base_model;
         let answer = self.node.store.audit_answer_digest(round, worker).map_err(store_violation)?;
-        let verdict =
-            if model::replay_passes(self.config.seed, round, worker, base, &commitment, segment, answer) {
-                Verdict::Passed
-            } else {
-                Verdict::Failed("the replay does not reproduce the committed trace".into())
-            };
+        let verdict = verdict_of(
+            model::replay(self.config.seed, round, worker, base, segment).passes(&commitment, answer),
+        );
         let before = self.node.fault.map(|_| fingerprint(machine));
         machine.audit_result(self.queue.now(), round, worker, verdict, None, None).map_err(|refusal| {
             Violation(format!("the verdict on {worker} in round {round} is refused: {refusal}"))
@@ -902,12 +1100,8 @@ impl World {
             .collect();
         let decision = self.node.defense.decide(&submissions, UPDATE_LEN);
         let result = decision.aggregate.as_ref().map(|aggregate| {
-            let model = Digest::of(&[&base.0[..], &model::encode(aggregate)].concat());
-            RoundResult {
-                model,
-                momentum: Digest::of(&[&b"momentum"[..], &model.0].concat()),
-                aggregator: None,
-            }
+            let (model, momentum) = model::next_model(base, aggregate);
+            RoundResult { model, momentum, aggregator: None }
         });
         let refused = decision
             .refused
@@ -935,7 +1129,17 @@ impl World {
             match action {
                 Action::Record(event) => batch.push(event),
                 Action::Close { round, base_model, accepted } => {
-                    let (aggregated, decision) = self.aggregate(round, base_model, &accepted)?;
+                    // The speculation on the same submissions is this
+                    // close's aggregate (the defence has not changed since:
+                    // it learns only when a round closes or fails).
+                    let speculated = self.node.speculated.take().filter(|speculated| {
+                        (speculated.round, speculated.base, &speculated.accepted)
+                            == (round, base_model, &accepted)
+                    });
+                    let (aggregated, decision) = match speculated {
+                        Some(speculated) => (speculated.aggregated, speculated.decision),
+                        None => self.aggregate(round, base_model, &accepted)?,
+                    };
                     let machine = self.node.machine.as_mut().expect("live");
                     let closed = machine.completed_rounds();
                     machine.handle_aggregated(now, round, aggregated);
@@ -946,10 +1150,16 @@ impl World {
                     }
                 }
                 Action::Speculate { round, base_model, accepted } => {
-                    let (aggregated, _) = self.aggregate(round, base_model, &accepted)?;
-                    self.node.machine.as_mut().expect("live").handle_speculated(now, round, aggregated);
+                    let (aggregated, decision) = self.aggregate(round, base_model, &accepted)?;
+                    let machine = self.node.machine.as_mut().expect("live");
+                    machine.handle_speculated(now, round, aggregated.clone());
+                    self.node.speculated =
+                        Some(Speculated { round, base: base_model, accepted, aggregated, decision });
                 }
-                Action::OpenProvisional { .. } | Action::Withdraw { .. } => {}
+                Action::Withdraw { round, .. } => {
+                    self.node.speculated.take_if(|speculated| speculated.round == round);
+                }
+                Action::OpenProvisional { .. } => {}
                 Action::JudgeAudit { round, worker, .. } => replays.push((round, worker)),
             }
         }
@@ -965,6 +1175,11 @@ impl World {
                 None => {
                     self.write(&batch, &payloads)?;
                     self.arm_fault();
+                    // The machine moved: a deadline that passed may now
+                    // decide something (a round whose last audit the
+                    // driver judged after its reveal deadline closes only
+                    // when that deadline fires again).
+                    self.node.fired = None;
                     true
                 }
                 Some(Fault::CrashBeforeWrite) => {
@@ -1082,6 +1297,7 @@ impl World {
         self.node.armed = None;
         self.node.fired = None;
         self.node.updates.clear();
+        self.node.speculated = None;
         self.node.expected = Some(expected);
         self.outages.insert(self.last_opened);
         self.counters.crashes += 1;
@@ -1135,8 +1351,18 @@ impl World {
     }
 }
 
+/// The coordinator's verdict on a replay that did or did not reproduce the
+/// commitment and the answer.
+fn verdict_of(passes: bool) -> Verdict {
+    if passes {
+        Verdict::Passed
+    } else {
+        Verdict::Failed("the replay does not reproduce the committed trace".into())
+    }
+}
+
 fn new_defense(earlier: HashSet<[u8; 32]>) -> ModelDefense {
-    ModelDefense::restore(CheckConfig::default(), Aggregator::Median, Default::default(), earlier)
+    ModelDefense::restore(CheckConfig::default(), model::AGGREGATOR, Default::default(), earlier)
 }
 
 fn store_violation(error: crowdtrain_store::StoreError) -> Violation {

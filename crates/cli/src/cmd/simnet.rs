@@ -2,7 +2,7 @@
 //! network (`crowdtrain-simnet`), one seed or a range of them.
 
 use clap::Args;
-use crowdtrain_simnet::{Faults, SimConfig, Summary};
+use crowdtrain_simnet::{Auditors, Faults, SimConfig, Summary};
 use serde::Serialize;
 
 use crate::output;
@@ -43,6 +43,18 @@ pub struct NetworkArgs {
     #[arg(long, default_value = "", value_parser = Faults::parse)]
     faults: Faults,
 
+    /// Who replays audited segments: `coordinator`, or `workers` (each
+    /// audit delegated to another committed worker, its report checked
+    /// when it disagrees). Unset: odd seeds delegate.
+    #[arg(long, value_parser = Auditors::parse)]
+    auditors: Option<Auditors>,
+
+    /// Each worker's bond in work units (0: none); a slash takes 100 and
+    /// a worker whose bond cannot cover one gets no more work. Unset: 300
+    /// for seeds 2 and 3 modulo 4, 0 for the others.
+    #[arg(long)]
+    bond: Option<u64>,
+
     /// Print the summary (or, with --seeds, the totals) as JSON.
     #[arg(long)]
     json: bool,
@@ -67,6 +79,10 @@ struct SeedsReport {
     crashes: u64,
     write_faults: u64,
     slashings: u64,
+    auditors_slashed: u64,
+    delegated_verdicts: u64,
+    bonds_exhausted: u64,
+    rounds_reproduced: u64,
     wall_ms: u64,
 }
 
@@ -78,6 +94,8 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         churn: args.churn,
         attackers: args.attackers,
         faults: args.faults,
+        auditors: args.auditors.unwrap_or(Auditors::for_seed(seed)),
+        bond: args.bond.unwrap_or(crowdtrain_simnet::bond_for_seed(seed)),
     };
     let Some((from, to)) = args.seeds else {
         let summary = crowdtrain_simnet::run(&config(args.seed))?;
@@ -98,6 +116,10 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         crashes: 0,
         write_faults: 0,
         slashings: 0,
+        auditors_slashed: 0,
+        delegated_verdicts: 0,
+        bonds_exhausted: 0,
+        rounds_reproduced: 0,
         wall_ms: 0,
     };
     for seed in from..to {
@@ -109,6 +131,10 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
                 report.crashes += summary.crashes;
                 report.write_faults += summary.write_faults;
                 report.slashings += summary.slashings;
+                report.auditors_slashed += summary.auditors_slashed;
+                report.delegated_verdicts += summary.delegated_verdicts;
+                report.bonds_exhausted += summary.bonds_exhausted;
+                report.rounds_reproduced += summary.rounds_reproduced;
             }
             Err(failure) => {
                 report.first_failing_seed = Some(seed);
@@ -124,14 +150,19 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         output::print_json(&report)?;
     } else {
         println!(
-            "{} of {} seeds passed every invariant ({} rounds closed, {} coordinator crashes, {} failed writes, \
-             {} slashings) in {:.1} s",
+            "{} of {} seeds passed every invariant ({} rounds closed, {} reproduced fault-free, {} coordinator \
+             crashes, {} failed writes, {} slashings, {} auditors slashed, {} delegated verdicts, {} bonds \
+             exhausted) in {:.1} s",
             report.passed,
             to - from,
             report.rounds_closed,
+            report.rounds_reproduced,
             report.crashes,
             report.write_faults,
             report.slashings,
+            report.auditors_slashed,
+            report.delegated_verdicts,
+            report.bonds_exhausted,
             report.wall_ms as f64 / 1000.0
         );
     }
@@ -143,7 +174,7 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
 
 fn print_summary(summary: &Summary) {
     let mut table = output::table(&[]);
-    let rows: [(&str, String); 16] = [
+    let rows: [(&str, String); 19] = [
         ("seed", summary.seed.to_string()),
         ("rounds closed / failed", format!("{} / {}", summary.rounds_closed, summary.rounds_failed)),
         ("submissions accepted", summary.submissions_accepted.to_string()),
@@ -158,7 +189,19 @@ fn print_summary(summary: &Summary) {
                 summary.honest_slashes_after_outage
             ),
         ),
-        ("updates refused", summary.updates_refused.to_string()),
+        (
+            "updates refused (honest, after a colluding auditor)",
+            format!("{} ({})", summary.updates_refused, summary.honest_refused_after_collusion),
+        ),
+        (
+            "delegated verdicts / auditors slashed",
+            format!("{} / {}", summary.delegated_verdicts, summary.auditors_slashed),
+        ),
+        (
+            "drawn from bonds / bonds exhausted",
+            format!("{} / {}", summary.drawn_from_bond, summary.bonds_exhausted),
+        ),
+        ("rounds reproduced by a fault-free aggregation", summary.rounds_reproduced.to_string()),
         ("coordinator crashes injected", summary.crashes.to_string()),
         ("failed writes injected", summary.write_faults.to_string()),
         ("restores compared in full", summary.restores_compared.to_string()),
