@@ -1125,6 +1125,13 @@ impl Coordinator {
         assignment(&self.settings, self.run_id, self.open.as_ref()?, worker)
     }
 
+    /// The assignment of `worker` in live round `round` (the open round or,
+    /// under a delayed outer update, the one opened ahead of it), if it has
+    /// one.
+    pub fn assignment_in(&self, round: RoundId, worker: WorkerId) -> Option<Assignment> {
+        assignment(&self.settings, self.run_id, self.live_round(round)?, worker)
+    }
+
     /// The round open provisionally while the open round's last audits are
     /// replayed, if any.
     pub fn provisional_round(&self) -> Option<&OpenRound> {
