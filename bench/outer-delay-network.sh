@@ -12,7 +12,8 @@
 #   bench/outer-delay-network.sh
 #
 # Environment: WORKERS (4), ROUNDS (20), REPEATS (2), OUT
-# (out/outer-delay-network), DATA (the demo's default data when unset).
+# (out/outer-delay-network), DATA (the demo's default data when unset),
+# CROWDTRAIN (target/release/crowdtrain; build it first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +27,8 @@ configs=(
     "delay0="
     "delay1=--outer-delay 1 --outer-lr 0.3 --outer-momentum 0.5"
 )
-cargo build --release --quiet -p crowdtrain
-crowdtrain=target/release/crowdtrain
+crowdtrain=${CROWDTRAIN:-target/release/crowdtrain}
+[ -x "$crowdtrain" ] || { echo "no $crowdtrain: run cargo build --release first" >&2; exit 1; }
 mkdir -p "$out"
 
 reports=()

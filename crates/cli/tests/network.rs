@@ -57,6 +57,7 @@ fn a_networked_run_with_a_delayed_outer_update_reproduces_the_delayed_simulation
     let simulated = simulated_state_hash_of(3, 4, 12, Default::default(), delayed);
     assert_eq!(status.state_hash, simulated, "the delayed simulation's bits");
     assert_ne!(status.state_hash, simulated_state_hash(3, 4, 12), "the delay changes the model");
+    let mut trained_ahead = 0;
     // Each round after the first opened before the one before it closed.
     for pair in status.rounds.windows(2) {
         let closed = pair[0].closed_unix_ms.expect("every round closed");
@@ -75,7 +76,9 @@ fn a_networked_run_with_a_delayed_outer_update_reproduces_the_delayed_simulation
             (Some(4), Some(0))
         );
         assert_eq!(summary["finished"], true);
+        trained_ahead += summary["rounds_trained_ahead"].as_u64().unwrap();
     }
+    assert!(trained_ahead > 0, "workers trained rounds opened ahead while the one before was open");
     assert!(status.workers.iter().all(|worker| worker.submissions_accepted == 4 && worker.slashed == 0));
 }
 

@@ -99,6 +99,9 @@ pub struct WorkerSummary {
     pub run_id: Option<Digest>,
     pub behavior: String,
     pub rounds_trained: u64,
+    /// Rounds it trained while the round before was still revealed,
+    /// audited and aggregated (`[outer] delay = 1`).
+    pub rounds_trained_ahead: u64,
     /// Commitments accepted in time.
     pub commitments: u64,
     /// Reveals that matched their commitments.
@@ -309,7 +312,7 @@ pub async fn run_worker(
             });
             break;
         }
-        let view = round_to_work_on(view, last_done);
+        let (view, ahead) = round_to_work_on(view, last_done);
         let Some(assignment) =
             view.assignment.clone().filter(|assignment| Some(assignment.round) > last_done)
         else {
@@ -401,6 +404,7 @@ pub async fn run_worker(
                 };
                 summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
+                summary.rounds_trained_ahead += u64::from(ahead);
                 finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
                 let path = format!("/v1/rounds/{round}/commitments?base_model={base}");
                 let mut produced = produced;
@@ -450,6 +454,9 @@ pub async fn run_worker(
                             .await?;
                         }
                         current = Some((round, produced));
+                        if run.config.outer.delay > 0 {
+                            prefetch_newest_model(&client, &coordinator, &run, &mut models).await?;
+                        }
                     }
                     Ok(_) => last_done = Some(round),
                     Err(_) => {
@@ -509,6 +516,26 @@ pub async fn run_worker(
     Ok(summary)
 }
 
+/// Under a delayed outer update (`[outer] delay = 1`) the next round
+/// trains from the newest model, published (when the round before this
+/// one closed) while this worker trained: it is fetched now, while the
+/// others finish this round, so that the next round starts without a
+/// download.
+async fn prefetch_newest_model(
+    client: &Client,
+    coordinator: &PublicKey,
+    run: &RunInfo,
+    models: &mut ModelCache,
+) -> Result<(), NodeError> {
+    let answer = client.request(Method::GET, "/v1/round", Vec::new(), &[]).await?;
+    let view: Signed<RoundView> = expect_ok(&answer, "asking for the newest model")?.json()?;
+    let view = verified(&view, coordinator, "round view")?;
+    if view.run_id != run.run_id {
+        return Err(NodeError::Untrusted("a round view for another run".into()));
+    }
+    models.get(client, &view.model).await.map(drop)
+}
+
 /// A reveal sent while the next round trains (`[outer] delay = 1`).
 struct BackgroundReveal {
     round: RoundId,
@@ -554,18 +581,19 @@ fn reveal_answered(
 /// open round asks nothing more of this worker (it revealed, or has nothing
 /// in it): it trains that round while the open one is audited and
 /// aggregated, instead of waiting for the next model. Else `view` itself.
-fn round_to_work_on(mut view: RoundView, last_done: Option<RoundId>) -> RoundView {
+/// Says which it is (true: the round opened ahead).
+fn round_to_work_on(mut view: RoundView, last_done: Option<RoundId>) -> (RoundView, bool) {
     let open_done = view.assignment.as_ref().is_none_or(|assignment| Some(assignment.round) <= last_done);
     match view.ahead.take() {
         Some(ahead)
             if open_done
                 && ahead.assignment.as_ref().is_some_and(|assignment| Some(assignment.round) > last_done) =>
         {
-            *ahead
+            (*ahead, true)
         }
         ahead => {
             view.ahead = ahead;
-            view
+            (view, false)
         }
     }
 }
