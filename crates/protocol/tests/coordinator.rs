@@ -734,19 +734,23 @@ fn restored_machines_behave_like_the_live_one(settings: &Settings, steps: &[Step
     }
 }
 
+/// The steps in which three workers commit to round 0, one after the
+/// other (the last ends its commit phase).
+fn round_0_commitments() -> Vec<Step> {
+    (0..3)
+        .map(|index: usize| -> Step {
+            Box::new(move |m, w| {
+                let _ = commit(m, T0 + 10 + index as u64, w[index], 0);
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
     let settings = Settings { min_workers: 3, audit_probability: 0.6, ..settings() };
-    let steps: Vec<Step> = vec![
-        Box::new(|m, w| {
-            let _ = commit(m, T0 + 10, w[0], 0);
-        }),
-        Box::new(|m, w| {
-            let _ = commit(m, T0 + 11, w[1], 0);
-        }),
-        Box::new(|m, w| {
-            let _ = commit(m, T0 + 12, w[2], 0);
-        }),
+    let mut steps = round_0_commitments();
+    steps.extend::<Vec<Step>>(vec![
         Box::new(|m, w| {
             let _ = reveal(m, T0 + 20, w[0], 0);
         }),
@@ -763,7 +767,7 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
             let _ = reveal(m, T0 + 23, w[2], 0);
         }),
         Box::new(|m, _| m.handle_timeout(T0 + 12 + 5_000)),
-    ];
+    ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }
 
@@ -794,17 +798,10 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
             m.audit_result(now, 0, worker, verdict, None, Some((worker, now * 1000 + 5))).unwrap();
         }
     };
-    let steps: Vec<Step> = vec![
-        Box::new(|m, w| {
-            let _ = commit(m, T0 + 10, w[0], 0);
-        }),
-        Box::new(|m, w| {
-            let _ = commit(m, T0 + 11, w[1], 0);
-        }),
-        // Round 0's commit phase ends: round 1 opens ahead.
-        Box::new(|m, w| {
-            let _ = commit(m, T0 + 12, w[2], 0);
-        }),
+    // The last of round 0's commitments ends its commit phase: round 1
+    // opens ahead.
+    let mut steps = round_0_commitments();
+    steps.extend::<Vec<Step>>(vec![
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 13, w[0], 1, model(0));
         }),
@@ -832,7 +829,7 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
         }),
         // Nobody reveals round 1: it fails, and round 2 is the open round.
         Box::new(|m, _| m.handle_timeout(T0 + 26 + 5_000)),
-    ];
+    ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }
 
