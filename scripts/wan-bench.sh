@@ -6,7 +6,7 @@
 #
 #   sudo scripts/wan-bench.sh [--workers "4 8"] [--rates "100mbit 20mbit"]
 #        [--delay-ms 50] [--rounds 10] [--inner-steps 50]
-#        [--config FILE] [--coordinator-rate 1gbit] [--json FILE]
+#        [--config FILE] [--coordinator-rate 1gbit] [--json FILE] [--prefix ctw]
 #
 # The lab is ../shared/scripts/wan-lab (or $WAN_LAB_DIR): host 0 runs the
 # coordinator on a link of --coordinator-rate (a data centre's), hosts
@@ -49,6 +49,7 @@ while [ $# -gt 0 ]; do
         --config) config="$2"; shift 2 ;;
         --coordinator-rate) coordinator_rate="$2"; shift 2 ;;
         --json) json_out="$2"; shift 2 ;;
+        --prefix) prefix="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac

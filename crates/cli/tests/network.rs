@@ -38,6 +38,83 @@ fn a_networked_run_reproduces_the_simulation_bit_for_bit() {
 }
 
 #[test]
+fn a_networked_run_with_a_delayed_outer_update_reproduces_the_delayed_simulation_bit_for_bit() {
+    // Goal: under `[outer] delay = 1` round r + 1 opens, on the model
+    // before round r's outer step, when round r's commit phase ends; workers
+    // train it while round r is revealed, audited and aggregated, and the
+    // model is the delayed simulation's, bit for bit. Method: three honest
+    // workers, four rounds (rounds 0 and 1 train from the initial model),
+    // audits at 0.5.
+    let mut network =
+        Network::with_extra(4, 12, 0.5, "min_workers = 3\ndeadline_ms = 60000", "[outer]\ndelay = 1\n");
+    network.start_coordinator();
+    for index in 0..3 {
+        network.start_worker(index);
+    }
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, 4);
+    let delayed = Nesterov { delay: 1, ..Nesterov::default() };
+    let simulated = simulated_state_hash_of(3, 4, 12, Default::default(), delayed);
+    assert_eq!(status.state_hash, simulated, "the delayed simulation's bits");
+    assert_ne!(status.state_hash, simulated_state_hash(3, 4, 12), "the delay changes the model");
+    let mut trained_ahead = 0;
+    // Each round after the first opened before the one before it closed.
+    for pair in status.rounds.windows(2) {
+        let closed = pair[0].closed_unix_ms.expect("every round closed");
+        assert!(
+            pair[1].opened_unix_ms <= closed,
+            "round {} opened after round {} closed",
+            pair[1].round,
+            pair[0].round
+        );
+    }
+    for output in network.join_workers() {
+        assert!(output.status.success());
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            (summary["reveals_accepted"].as_u64(), summary["audits_failed"].as_u64()),
+            (Some(4), Some(0))
+        );
+        assert_eq!(summary["finished"], true);
+        trained_ahead += summary["rounds_trained_ahead"].as_u64().unwrap();
+    }
+    assert!(trained_ahead > 0, "workers trained rounds opened ahead while the one before was open");
+    assert!(status.workers.iter().all(|worker| worker.submissions_accepted == 4 && worker.slashed == 0));
+}
+
+#[test]
+fn a_cheater_is_still_caught_under_a_delayed_outer_update() {
+    // Goal: audits catch a cheater whose round overlaps the next one's
+    // training, and an honest worker is never slashed. Method: two honest
+    // workers and a lazy one (skips a segment), every submission audited,
+    // `[outer] delay = 1`; the verdicts come from the signed ledger.
+    let mut network = Network::with_extra(
+        3,
+        16,
+        1.0,
+        "min_workers = 3\nquorum = 2\ndeadline_ms = 60000\nreveal_ms = 5000",
+        "[outer]\ndelay = 1\n",
+    );
+    network.start_coordinator();
+    for (index, behavior) in ["honest", "honest", "lazy:1"].iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, 3);
+    let behaviors = network.behaviors_by_id();
+    for (&worker, behavior) in &behaviors {
+        let record = &status.workers[worker as usize];
+        match behavior.as_str() {
+            "honest" => assert_eq!((record.submissions_accepted, record.slashed), (3, 0), "{record:?}"),
+            _ => {
+                assert_eq!(record.submissions_accepted, 0, "a lazy update never counts: {record:?}");
+                assert!(record.slashed > 0 && record.submissions_rejected > 0, "{record:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_networked_run_with_a_lossy_codec_keeps_error_feedback_audits_it_and_reproduces_the_simulation() {
     // Goal: under `codec = "topk:0.02+q4"` each worker keeps its
     // error-feedback residual (on disk, named by its commitments), every

@@ -163,6 +163,7 @@ pub fn worker_answer() -> Vec<Vec<u8>> {
         audit_answered: false,
         audit_task: Some(AuditTaskRef { worker: WorkerId(4), segment: 1 }),
         provisional: true,
+        ahead: None,
     };
     let receipt = Receipt {
         run_id: RUN,

@@ -25,7 +25,9 @@
 //! broadcast = "full"  # or "int8": workers holding the previous model download
 //!                     # the encoded change (the coordinator keeps the exact
 //!                     # model and carries what the codec lost into later rounds)
-//! delay = 0           # 1 (delayed outer updates) runs in `sim diloco` only for now
+//! delay = 0           # 1: round r + 1 trains from the model before round r's
+//!                     # outer step, so workers never wait for the network
+//!                     # (not with an error-feedback codec; `eager` in sim only)
 //!
 //! [data]            # optional
 //! dir = "/usr/share/datasets/fashion-mnist"
@@ -458,14 +460,24 @@ impl RunConfig {
         self.outer
             .validate()
             .map_err(|error| ConfigError::Invalid { field: error.field.into(), reason: error.reason })?;
-        // The coordinator and the worker do not run the delayed schedule
-        // yet: a round's assignment names the model it trains from, and
-        // nothing would publish round r's assignment before round r - 1's
-        // outer step.
+        // A delayed round's base is a published model, so commitments and
+        // audits need nothing new; an eager base is private to its worker
+        // (`own`) or a model nobody publishes (`trend`), which the network
+        // does not carry yet.
+        check(
+            "outer.eager",
+            self.outer.eager.is_none(),
+            "a networked run takes \"none\" for now: eager delayed updates run in sim diloco --eager",
+        )?;
+        // Round r + 1 commits before round r's verdicts: an error-feedback
+        // residual carried on from a round whose audit then fails would
+        // count, which the coordinator's residual chain rules out only
+        // without a delay.
         check(
             "outer.delay",
-            self.outer.delay == 0,
-            "a networked run takes 0 for now: delayed outer updates run in sim diloco --outer-delay 1",
+            self.outer.delay == 0 || !self.training.codec.error_feedback(),
+            "a networked run with an error-feedback codec (top-k, q4, q2) takes 0: round r + 1 would carry round r's \
+             residual before round r's audit",
         )?;
         let round = &self.round;
         let day_ms = 24 * 60 * 60 * 1000;
@@ -768,16 +780,21 @@ mod tests {
     }
 
     #[test]
-    fn a_networked_run_refuses_a_delayed_outer_update_until_it_runs_one() {
+    fn a_networked_run_takes_a_plain_delayed_outer_update_and_refuses_what_it_cannot_run() {
         let defaults = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n").unwrap();
         assert_eq!(defaults.outer.delay, 0);
         // Run ids and stored configurations from before the option: the
         // default is not written out.
         let json = serde_json::to_string(&defaults).unwrap();
         assert!(!json.contains("delay") && !json.contains("eager"), "{json}");
-        let delayed = "rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 1\n";
-        let error = RunConfig::parse(delayed).unwrap_err().to_string();
-        assert!(error.contains("outer.delay") && error.contains("sim diloco --outer-delay 1"), "{error}");
+        let delayed = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 1\n").unwrap();
+        assert_eq!(crate::coordinator::Settings::from_config(&delayed).outer_delay, 1);
+        let eager = "rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 1\neager = \"own\"\n";
+        let error = RunConfig::parse(eager).unwrap_err().to_string();
+        assert!(error.contains("outer.eager") && error.contains("sim diloco --eager"), "{error}");
+        let topk = "rounds = 2\n[training]\nseed = 0\ncodec = \"topk:0.02+q4\"\n[outer]\ndelay = 1\n";
+        let error = RunConfig::parse(topk).unwrap_err().to_string();
+        assert!(error.contains("outer.delay") && error.contains("error-feedback"), "{error}");
     }
 
     fn error_field(text: &str) -> String {

@@ -98,6 +98,24 @@
 //! Either way the run's models and records are the ones waiting would have
 //! given; a provisional round is never persisted, so a restart bets again.
 //!
+//! # Delayed outer updates: two live rounds
+//!
+//! Under `[outer] delay = 1` ([`Settings::outer_delay`]) round r + 1 trains
+//! from the model before round r's outer step, which is final once round
+//! r - 1 has closed. So round r + 1 opens (on the newest model) as soon as
+//! round r's commit phase ends, and two rounds are live: the open round
+//! revealing, audited and aggregated, and the round opened ahead of it
+//! ([`Coordinator::ahead_round`], [`RoundView::ahead`]) taking commitments
+//! (audits drawn with them, as ever). Its participants train while round r
+//! finishes, so training never waits for the network. Round r's verdicts
+//! cannot touch round r + 1's base, so nothing is bet or withdrawn (no
+//! speculation runs). The round opened ahead becomes the open round when
+//! round r closes or fails; its commit phase ends only then (a deadline
+//! that passed meanwhile takes effect at once), so round r + 2 never opens
+//! before its base, round r's result, exists, and round r + 1 closes after
+//! round r.
+//! Both rounds are rebuilt from their events on a restart.
+//!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
 //! later ones when `quorum` are; participants are the active workers sorted
 //! by id (position = slot = shard), at most `max_participants` of them (what
@@ -206,6 +224,10 @@ pub struct Settings {
     /// live participant has not delivered its option's contribution
     /// (`contract.max_extra_rounds`, default `rounds`; 0 without a contract).
     pub contract_extra_rounds: u64,
+    /// Outer steps a round's base lags behind the newest model (`[outer]
+    /// delay`, 0 or 1). Under 1 the next round opens when the open round's
+    /// commit phase ends (see "Delayed outer updates" in the module docs).
+    pub outer_delay: u32,
 }
 
 impl Settings {
@@ -232,6 +254,7 @@ impl Settings {
                 .contract
                 .as_ref()
                 .map_or(0, |contract| contract.max_extra_rounds.unwrap_or(config.rounds)),
+            outer_delay: config.outer.delay,
         }
     }
 
@@ -595,6 +618,7 @@ impl Opened {
             audit_answered: false,
             audit_task: None,
             provisional: self.provisional,
+            ahead: None,
         }
     }
 }
@@ -657,6 +681,10 @@ pub struct Coordinator {
     /// Admission tokens used, and by whom: a token admits one key.
     tokens: BTreeMap<TokenId, WorkerId>,
     open: Option<OpenRound>,
+    /// Under a delayed outer update, the round opened when the open round's
+    /// commit phase ended: it takes commitments while the open round
+    /// reveals and closes, and becomes the open round then.
+    ahead: Option<OpenRound>,
     /// The open round, once it is over and waiting for its aggregate,
     /// with the workers whose updates it aggregates.
     closing: Option<(RoundId, Vec<WorkerId>)>,
@@ -693,6 +721,7 @@ impl Coordinator {
             keys: BTreeMap::new(),
             tokens: BTreeMap::new(),
             open: None,
+            ahead: None,
             closing: None,
             past: BTreeMap::new(),
             speculation: None,
@@ -822,10 +851,9 @@ impl Coordinator {
                 commit_deadline_unix_ms,
                 secret_commitment,
             } => {
-                assert!(self.open.is_none(), "round {round} opens while another is open");
                 self.next_round = round + 1;
                 let proven = self.proven_among(participants);
-                self.open = Some(OpenRound {
+                let opened = OpenRound {
                     id: *round,
                     base_model: *base_model,
                     opened_ms: *opened_unix_ms,
@@ -837,7 +865,12 @@ impl Coordinator {
                     auditors_slashed: BTreeSet::new(),
                     early_close_ms: None,
                     proven,
-                });
+                };
+                match (&self.open, &self.ahead) {
+                    (None, _) => self.open = Some(opened),
+                    (Some(_), None) => self.ahead = Some(opened),
+                    (Some(_), Some(_)) => panic!("round {round} opens while two rounds are live"),
+                }
             }
             Event::DeadlineExtended { round, commit_deadline_unix_ms, extensions } => {
                 self.open_mut(*round).phase =
@@ -852,7 +885,7 @@ impl Coordinator {
                 if *status == Recorded::Accepted {
                     state.residual = commitment.residual_out.map(|residual| (*round, residual));
                 }
-                match self.open.as_mut().filter(|open| open.id == *round) {
+                match find_live(&mut self.open, &mut self.ahead, *round) {
                     Some(open) => {
                         let standing = open.standings.entry(*worker).or_default();
                         if *status == Recorded::Accepted {
@@ -945,9 +978,15 @@ impl Coordinator {
         }
     }
 
-    /// The open round, which `round` must be: events only ever name it.
+    /// The live round `round` (the open round, or the one opened ahead of
+    /// it): events only ever name one.
     fn open_mut(&mut self, round: RoundId) -> &mut OpenRound {
-        self.open.as_mut().filter(|open| open.id == round).expect("events of the open round name it")
+        find_live(&mut self.open, &mut self.ahead, round).expect("events of a live round name it")
+    }
+
+    /// The live round `round`, if it is one.
+    fn live_round(&self, round: RoundId) -> Option<&OpenRound> {
+        [&self.open, &self.ahead].into_iter().flatten().find(|live| live.id == round)
     }
 
     fn standing_mut(&mut self, round: RoundId, worker: WorkerId) -> &mut Standing {
@@ -974,6 +1013,8 @@ impl Coordinator {
         }
         self.remember(round, past_round(&open));
         self.closing = None;
+        // The round opened ahead of it, if any, is the open round now.
+        self.open = self.ahead.take();
     }
 
     /// Keeps closed round `id` to judge late input, forgetting rounds older
@@ -1118,6 +1159,13 @@ impl Coordinator {
         assignment(&self.settings, self.run_id, self.open.as_ref()?, worker)
     }
 
+    /// The assignment of `worker` in live round `round` (the open round or,
+    /// under a delayed outer update, the one opened ahead of it), if it has
+    /// one.
+    pub fn assignment_in(&self, round: RoundId, worker: WorkerId) -> Option<Assignment> {
+        assignment(&self.settings, self.run_id, self.live_round(round)?, worker)
+    }
+
     /// The round open provisionally while the open round's last audits are
     /// replayed, if any.
     pub fn provisional_round(&self) -> Option<&OpenRound> {
@@ -1173,6 +1221,7 @@ impl Coordinator {
             audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
             audit_task: worker.and_then(|worker| self.audit_task(worker)),
             provisional: false,
+            ahead: self.ahead_view(worker),
         }
     }
 
@@ -1191,7 +1240,7 @@ impl Coordinator {
     /// it is drawn, its answer not yet in and not judged: what the driver
     /// needs to check an answer.
     pub fn pending_audit(&self, worker: WorkerId, round: RoundId) -> Option<(u32, Commitment)> {
-        let open = self.open.as_ref().filter(|open| open.id == round)?;
+        let open = self.live_round(round)?;
         // Delegated audits are answered once their auditor is named.
         if self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. }) {
             return None;
@@ -1211,7 +1260,7 @@ impl Coordinator {
         round: RoundId,
         audited: WorkerId,
     ) -> Option<(u32, Commitment)> {
-        let open = self.open.as_ref().filter(|open| open.id == round)?;
+        let open = self.live_round(round)?;
         let standing = open.standings.get(&audited)?;
         let waiting = standing.auditor == Some(auditor) && standing.answered && standing.verdict.is_none();
         waiting.then(|| (standing.audit.expect("drawn"), standing.commitment.expect("committed")))
@@ -1220,7 +1269,7 @@ impl Coordinator {
     /// The segment of `audited`'s answered, unjudged audit in `round`:
     /// what the driver replays when asked to ([`Action::JudgeAudit`]).
     pub fn answered_audit(&self, round: RoundId, audited: WorkerId) -> Option<(u32, Commitment)> {
-        let open = self.open.as_ref().filter(|open| open.id == round)?;
+        let open = self.live_round(round)?;
         let standing = open.standings.get(&audited)?;
         (standing.answered && standing.verdict.is_none())
             .then(|| (standing.audit.expect("drawn"), standing.commitment.expect("committed")))
@@ -1437,7 +1486,7 @@ impl Coordinator {
                 ),
             ));
         }
-        if let Some(open) = self.open.as_mut().filter(|open| open.id == round) {
+        if let Some(open) = find_live(&mut self.open, &mut self.ahead, round) {
             check_participant(&open.participants, open.base_model, worker, round, base_model)?;
             check_shard(&open.participants, worker, round, trained)?;
             let committing = matches!(open.phase, RoundPhase::Committing { .. });
@@ -1539,7 +1588,7 @@ impl Coordinator {
         if let Some(refusal) = malformed {
             return self.reveal_malformed(now, worker, nonce, round, base_model, payload, refusal);
         }
-        if let Some(open) = self.open.as_mut().filter(|open| open.id == round) {
+        if let Some(open) = find_live(&mut self.open, &mut self.ahead, round) {
             check_participant(&open.participants, open.base_model, worker, round, base_model)?;
             if matches!(open.phase, RoundPhase::Committing { .. }) {
                 return Err(Refusal::new(
@@ -1600,7 +1649,7 @@ impl Coordinator {
         payload: Digest,
         refusal: Refusal,
     ) -> Result<Outcome, Refusal> {
-        let Some(open) = self.open.as_mut().filter(|open| open.id == round) else { return Err(refusal) };
+        let Some(open) = find_live(&mut self.open, &mut self.ahead, round) else { return Err(refusal) };
         check_participant(&open.participants, open.base_model, worker, round, base_model)?;
         let revealing = matches!(open.phase, RoundPhase::Revealing { .. });
         let standing = open.standings.entry(worker).or_default();
@@ -1667,9 +1716,7 @@ impl Coordinator {
     ) -> Result<(), Refusal> {
         self.advance(now);
         let segment = self
-            .open
-            .as_ref()
-            .filter(|open| open.id == round)
+            .live_round(round)
             .and_then(|open| open.standings.get(&worker))
             .filter(|standing| standing.commitment.is_some() && standing.verdict.is_none())
             .and_then(|standing| standing.audit)
@@ -1812,7 +1859,7 @@ impl Coordinator {
             self.record(Event::WorkAccepted { round, worker, units: self.settings.work_units() });
         }
         // The run finishes here, or another round opens.
-        self.maybe_open();
+        self.after_round_end();
     }
 
     /// The driver aggregated the submissions of a [`Action::Speculate`]:
@@ -2048,6 +2095,11 @@ impl Coordinator {
     /// pass. A bet that no longer holds is withdrawn, and a new one made if
     /// it can be.
     fn speculate(&mut self) {
+        // Under a delayed outer update the next round is open already, on
+        // a model that needs no bet.
+        if self.settings.outer_delay > 0 {
+            return;
+        }
         let Some(open) = &self.open else { return };
         let (round, base_model) = (open.id, open.base_model);
         let bet = if_audits_pass(open).filter(|accepted| {
@@ -2086,6 +2138,7 @@ impl Coordinator {
         let (audits, auditors) = self.assign_auditors(open, &beacon);
         let reveal_deadline_unix_ms = self.now_ms + self.settings.reveal_ms;
         self.record(Event::AuditDraw { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms });
+        self.open_ahead();
     }
 
     /// The committed workers' audits (drawn with their commitments, and
@@ -2164,7 +2217,83 @@ impl Coordinator {
         let round = self.open.as_ref().expect("an open round to fail").id;
         self.mark_missed();
         self.record(Event::RoundFailed { round, reason: reason.to_owned(), closed_unix_ms: self.now_ms });
+        self.after_round_end();
+    }
+
+    /// The open round just closed or failed. The round opened ahead of it
+    /// (under a delayed outer update), now the open round, moves on if all
+    /// it awaited is in (its commitments kept coming while the round before
+    /// it closed); without one, the next round opens.
+    fn after_round_end(&mut self) {
+        if self.open.is_some() {
+            self.settle();
+        }
         self.maybe_open();
+    }
+
+    /// Under a delayed outer update (`outer_delay` 1), opens the next round
+    /// as soon as the open round's commit phase is over, on the newest
+    /// model: round r + 1 trains from the model before round r's outer
+    /// step, final since round r - 1 closed (the open round is the oldest
+    /// live one), so its participants need not wait for round r's reveals,
+    /// audits and aggregation. A failed audit in round r changes nothing
+    /// about it. Participants that did not commit to the open round are
+    /// left out, as they would sit out the next round; the run's last round
+    /// is not opened ahead (a run that needs more, after a failed round or
+    /// under a contract, opens them when the open round ends).
+    fn open_ahead(&mut self) {
+        if self.settings.outer_delay == 0 || self.finished || self.ahead.is_some() {
+            return;
+        }
+        let Some(open) = self.open.as_ref().filter(|open| matches!(open.phase, RoundPhase::Revealing { .. }))
+        else {
+            return;
+        };
+        if self.completed_rounds + 1 >= self.settings.rounds {
+            return;
+        }
+        let uncommitted: BTreeSet<WorkerId> = open
+            .participants
+            .iter()
+            .copied()
+            .filter(|worker| open.standings.get(worker).is_none_or(|standing| standing.commitment.is_none()))
+            .collect();
+        if let Some(next) = self.round_to_open(self.model, &uncommitted) {
+            self.record_opening(&next);
+            debug_assert_eq!(self.ahead.as_ref(), Some(&next), "the event opens the round as planned");
+        }
+    }
+
+    /// The round opened ahead of the open one under a delayed outer update,
+    /// if any.
+    pub fn ahead_round(&self) -> Option<&OpenRound> {
+        self.ahead.as_ref()
+    }
+
+    /// The round opened ahead as `worker` sees it: what to train while the
+    /// open round reveals (see [`RoundView::ahead`]).
+    fn ahead_view(&self, worker: Option<WorkerId>) -> Option<Box<RoundView>> {
+        let ahead = self.ahead.as_ref()?;
+        let standing = worker.and_then(|worker| ahead.standings.get(&worker));
+        Some(Box::new(RoundView {
+            run_id: self.run_id,
+            phase: Phase::Committing,
+            round: Some(ahead.id),
+            completed_rounds: self.completed_rounds,
+            model: ahead.base_model,
+            deadline_unix_ms: Some(ahead.deadline_ms()),
+            secret_commitment: Some(ahead.secret_commitment),
+            secret: None,
+            assignment: worker.and_then(|worker| assignment(&self.settings, self.run_id, ahead, worker)),
+            committed: standing
+                .is_some_and(|standing| standing.commitment.is_some() || standing.late_commitment.is_some()),
+            revealed: false,
+            audit: standing.and_then(|standing| standing.audit).filter(|_| !self.settings.delegate_audits),
+            audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
+            audit_task: None,
+            provisional: false,
+            ahead: None,
+        }))
     }
 
     /// Participants of the open round that did not deliver what their
@@ -2193,7 +2322,11 @@ impl Coordinator {
     /// active: the provisional round, if the bet it was opened on held
     /// (with the time it opened: its participants have been training since).
     fn maybe_open(&mut self) {
-        if self.finished || self.open.is_some() {
+        if self.open.is_some() {
+            self.open_ahead();
+            return;
+        }
+        if self.finished {
             return;
         }
         if self.run_complete() {
@@ -2213,6 +2346,11 @@ impl Coordinator {
             None => None,
         };
         let Some(next) = adopted.or_else(|| self.round_to_open(self.model, &BTreeSet::new())) else { return };
+        self.record_opening(&next);
+        debug_assert_eq!(self.open.as_ref(), Some(&next), "the event opens the round as planned");
+    }
+
+    fn record_opening(&mut self, next: &OpenRound) {
         self.record(Event::RoundOpened {
             round: next.id,
             base_model: next.base_model,
@@ -2221,7 +2359,6 @@ impl Coordinator {
             commit_deadline_unix_ms: next.deadline_ms(),
             secret_commitment: next.secret_commitment,
         });
-        debug_assert_eq!(self.open.as_ref(), Some(&next), "the event opens the round as planned");
     }
 
     /// The round that would open now on `base_model`, with the active
@@ -2287,6 +2424,17 @@ impl Coordinator {
             proven,
         })
     }
+}
+
+/// The live round `round` among the open round and the one opened ahead of
+/// it (a function of the two fields, so that the rest of the machine stays
+/// borrowable).
+fn find_live<'a>(
+    open: &'a mut Option<OpenRound>,
+    ahead: &'a mut Option<OpenRound>,
+    round: RoundId,
+) -> Option<&'a mut OpenRound> {
+    [open, ahead].into_iter().find_map(|live| live.as_mut().filter(|live| live.id == round))
 }
 
 /// A signed read's or registration's nonce must be within

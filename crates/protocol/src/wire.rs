@@ -349,6 +349,12 @@ pub struct RoundView {
     /// on the model without that update.
     #[serde(default)]
     pub provisional: bool,
+    /// Under a delayed outer update (`[outer] delay = 1`), the round opened
+    /// when this one's commit phase ended, as this worker sees it: train it
+    /// while revealing (and answering the audit of) this one. Its base is
+    /// final: no verdict of this round withdraws it.
+    #[serde(default)]
+    pub ahead: Option<Box<RoundView>>,
 }
 
 /// An audited worker's segment a delegated auditor must replay.

@@ -365,6 +365,7 @@ impl World {
             vesting_rounds: 2,
             recipe: TrainingRecipe { inner_steps: 8, batch_size: 4, ..TrainingRecipe::with_seed(seed) },
             contract_extra_rounds: 0,
+            outer_delay: 0,
         };
         let run_id = Digest::of(&[&b"simnet run "[..], &seed.to_le_bytes()].concat());
         let initial_model = Digest::of(&[&b"simnet model 0 "[..], &seed.to_le_bytes()].concat());

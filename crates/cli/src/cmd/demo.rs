@@ -82,6 +82,14 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = Nesterov::default().momentum)]
     outer_momentum: f32,
 
+    /// One-step-delayed outer updates (run.toml's `[outer] delay`): 1 opens
+    /// round r + 1, on the model before round r's outer step, when round
+    /// r's commit phase ends, so workers train while round r is revealed,
+    /// audited and aggregated. It costs accuracy at DiLoCo's outer step:
+    /// pair it with a gentler one (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
+    outer_delay: u32,
+
     /// Chance that a submission is audited (a replay of one of its 4
     /// segments); 0 turns audits off. The stake is set to the least the
     /// run accepts: just above the work of a submission divided by this.
@@ -186,6 +194,10 @@ pub(crate) struct DemoWorker {
     started_late: bool,
     /// What the demo told this worker to do.
     behavior: String,
+    /// Its time training over its time since it first held an assignment
+    /// and its model, as the worker reported it (`crowdtrain worker
+    /// --json`).
+    compute_utilisation: Option<f64>,
 }
 
 /// Kills every child still running when dropped, so a failing demo never
@@ -495,7 +507,7 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     let config = format!(
-        "rounds = {rounds}\n\n{training}\n[outer]\nlr = {outer_lr:?}\nmomentum = {outer_momentum:?}\n\n[data]\n{data}\n\
+        "rounds = {rounds}\n\n{training}\n[outer]\nlr = {outer_lr:?}\nmomentum = {outer_momentum:?}\ndelay = {outer_delay}\n\n[data]\n{data}\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
          auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
@@ -508,6 +520,7 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         rounds = args.rounds,
         outer_lr = args.outer_lr,
         outer_momentum = args.outer_momentum,
+        outer_delay = args.outer_delay,
         workers = args.workers,
         per_address = demo_connections_per_address(args.workers),
         connections = demo_connections_per_address(args.workers).max(2048),
@@ -653,7 +666,8 @@ fn finish(
             serde_json::from_str(&summary).with_context(|| format!("{name} printed no summary"))?;
         if let Some(key) = summary["public_key"].as_str() {
             let behavior = summary["behavior"].as_str().unwrap_or("honest").to_owned();
-            joins.insert(key.to_owned(), (summary["join_ms"].as_u64(), behavior));
+            let utilisation = summary["compute_utilisation"].as_f64();
+            joins.insert(key.to_owned(), (summary["join_ms"].as_u64(), behavior, utilisation));
         }
     }
     if let Some((_, coordinator)) = processes.children.iter_mut().find(|(name, _)| name == "coordinator") {
@@ -690,9 +704,15 @@ fn finish(
         .into_iter()
         .enumerate()
         .map(|(index, worker)| {
-            let (join_ms, behavior) =
-                joins.remove(&worker.public_key.to_hex()).unwrap_or((None, "honest".into()));
-            DemoWorker { join_ms, behavior, started_late: index >= args.workers, status: worker }
+            let (join_ms, behavior, compute_utilisation) =
+                joins.remove(&worker.public_key.to_hex()).unwrap_or((None, "honest".into(), None));
+            DemoWorker {
+                join_ms,
+                behavior,
+                compute_utilisation,
+                started_late: index >= args.workers,
+                status: worker,
+            }
         })
         .collect();
     Ok(DemoReport {
@@ -736,7 +756,7 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
         "joined in",
         "active at end",
     ]);
-    for DemoWorker { status: worker, join_ms, started_late, behavior } in &report.workers {
+    for DemoWorker { status: worker, join_ms, started_late, behavior, .. } in &report.workers {
         table.add_row(vec![
             worker.worker.to_string(),
             behavior.clone(),

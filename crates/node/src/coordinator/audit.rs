@@ -109,6 +109,7 @@ impl Node {
         residual_in: &[f32],
     ) -> Result<Result<AuditReport, String>, NodeError> {
         let shards = self.shards(inner, assignment)?;
+        let base = self.base_params(inner, &assignment.base_model)?;
         Ok(replay_segment(
             self.model.as_ref(),
             &self.dataset,
@@ -116,7 +117,7 @@ impl Node {
             assignment,
             segment,
             start,
-            &inner.global.params,
+            &base,
             residual_in,
         )
         .map_err(|error| format!("the segment cannot be replayed: {error}")))

@@ -398,6 +398,11 @@ async fn round(
 /// for a round after `after` (the last round the worker is done with).
 fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool {
     use crowdtrain_protocol::wire::Phase;
+    // The round opened ahead (delayed outer updates): its training is due
+    // while the open round reveals.
+    if view.ahead.as_deref().is_some_and(|ahead| actionable(ahead, after)) {
+        return true;
+    }
     if view.audit_task.is_some() {
         // Another worker's segment to replay: whatever this worker is done with.
         return true;

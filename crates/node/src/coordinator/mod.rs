@@ -191,6 +191,10 @@ struct Inner {
     global_hash: String,
     /// The digest of `global.params`' checkpoint.
     global_model: Digest,
+    /// Under a delayed outer update, the parameters before the latest outer
+    /// step and their digest: the base of the rounds still audited (see
+    /// [`Node::base_params`]).
+    previous_global: Option<(Digest, Vec<f32>)>,
     /// The checks and the aggregator, with what they remember.
     defense: ModelDefense,
     /// The pay gate, as of the latest scored round.
@@ -401,6 +405,7 @@ impl Node {
                 global_hash: global.hash().to_hex(),
                 global,
                 global_model,
+                previous_global: None,
                 defense,
                 gate,
                 pending: None,
@@ -673,10 +678,13 @@ impl Node {
                     format!("an answer to {worker}'s audit in round {round} is already being handled"),
                 ));
             }
-            let assignment =
-                inner.machine.assignment(worker).expect("an audited worker is a participant of the round");
+            let assignment = inner
+                .machine
+                .assignment_in(round, worker)
+                .expect("an audited worker is a participant of the round");
             let shards = self.shards(&mut inner, &assignment).map_err(Failure::internal)?;
-            (segment, commitment, assignment, inner.global.params.clone(), shards)
+            let base = self.base_params(&inner, &assignment.base_model).map_err(Failure::internal)?;
+            (segment, commitment, assignment, base, shards)
         };
         let _answering = Answering { node: self, key: (round, worker) };
         let digest = Digest::of(&body);
@@ -837,7 +845,11 @@ impl Node {
         let (start_state, residual_in) = match answer {
             Some(answer) if segment != 1 => (answer.start_state, answer.residual_in),
             answer => (
-                crowdtrain_train::TrainState::new(self.model.name(), inner.global.params.clone()).to_bytes(),
+                crowdtrain_train::TrainState::new(
+                    self.model.name(),
+                    self.base_params(&inner, &assignment.base_model).map_err(Failure::internal)?,
+                )
+                .to_bytes(),
                 answer.map(|answer| answer.residual_in).unwrap_or_default(),
             ),
         };
@@ -870,8 +882,9 @@ impl Node {
             (claimed, Some(auditor), ReceiptStatus::Agreed)
         } else {
             // The auditor says the worker's claim is false: check it.
+            let base = self.base_params(&inner, &assignment.base_model).map_err(Failure::internal)?;
             let start = self
-                .check_answer(&inner.global.params, &assignment, segment, &commitment, &answer)
+                .check_answer(&base, &assignment, segment, &commitment, &answer)
                 .map_err(Failure::internal)?;
             let own = match self
                 .replay_report(&mut inner, &assignment, segment, start, &answer.residual_in)
@@ -902,9 +915,10 @@ impl Node {
     fn judge_stored(&self, inner: &mut Inner, round: RoundId, worker: WorkerId) -> Result<(), NodeError> {
         let (segment, commitment) =
             inner.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
-        let assignment = inner.machine.assignment(worker).expect("audited workers are participants");
+        let assignment =
+            inner.machine.assignment_in(round, worker).expect("audited workers are participants");
         let answer = self.stored_answer(inner, round, worker)?;
-        let base = inner.global.params.clone();
+        let base = self.base_params(inner, &assignment.base_model)?;
         match self.check_answer(&base, &assignment, segment, &commitment, &answer) {
             Err(reason) => {
                 let verdict = Verdict::Failed(reason);
@@ -966,7 +980,8 @@ impl Node {
                 format!("{auditor} has no audit of {audited} to {doing} in round {round}"),
             ));
         };
-        let assignment = inner.machine.assignment(audited).expect("audited workers are participants");
+        let assignment =
+            inner.machine.assignment_in(round, audited).expect("audited workers are participants");
         Ok((segment, commitment, assignment))
     }
 
@@ -1120,7 +1135,10 @@ impl Node {
                             *self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
                                 Some((next.model, next.model_bytes));
                             inner.global_hash = next.state.hash().to_hex();
-                            inner.global = next.state;
+                            let before = std::mem::replace(&mut inner.global, next.state);
+                            if self.config.outer.delay > 0 {
+                                inner.previous_global = Some((inner.global_model, before.params));
+                            }
                             inner.global_model = next.model;
                             inner.defense.commit(pending.decision);
                             tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
@@ -1196,7 +1214,11 @@ impl Node {
                     // become durable with the round's result, in one
                     // transaction: nobody has been answered yet, so a crash
                     // in between loses nothing anyone was promised.
-                    assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
+                    // A delayed round trained from the model before the
+                    // latest outer step; the step goes to the newest state.
+                    if self.config.outer.delay == 0 {
+                        assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
+                    }
                     let speculated = inner
                         .pending
                         .as_ref()
@@ -1408,6 +1430,20 @@ impl Node {
             tracing::warn!(round, %error, "could not checkpoint the database's WAL");
         }
         Ok(())
+    }
+
+    /// The parameters of model `base`, a round's base: the newest model, or
+    /// under a delayed outer update the one before it (kept in memory, else
+    /// read from its checkpoint, as after a restart).
+    fn base_params(&self, inner: &Inner, base: &Digest) -> Result<Vec<f32>, NodeError> {
+        if *base == inner.global_model {
+            return Ok(inner.global.params.clone());
+        }
+        if let Some((_, params)) = inner.previous_global.as_ref().filter(|(digest, _)| digest == base) {
+            return Ok(params.clone());
+        }
+        let bytes = self.checkpoints.get(base)?;
+        Ok(checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?)
     }
 
     /// A model checkpoint's bytes: the one served from memory, or its file.

@@ -99,6 +99,9 @@ pub struct WorkerSummary {
     pub run_id: Option<Digest>,
     pub behavior: String,
     pub rounds_trained: u64,
+    /// Rounds it trained while the round before was still revealed,
+    /// audited and aggregated (`[outer] delay = 1`).
+    pub rounds_trained_ahead: u64,
     /// Commitments accepted in time.
     pub commitments: u64,
     /// Reveals that matched their commitments.
@@ -205,6 +208,8 @@ pub async fn run_worker(
         )));
     }
     client.set_run(run.run_id);
+    // Shared with a reveal sent in the background (delayed outer updates).
+    let client = Arc::new(client);
     summary.run_id = Some(run.run_id);
 
     let choice = match options.choose {
@@ -254,7 +259,12 @@ pub async fn run_worker(
     let residual_file = ResidualFile::new(&options.cache, &run.run_id, me, run.parameters as usize);
     let mut residual = if codec.error_feedback() { residual_file.load() } else { Vec::new() };
     let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None };
+    // A reveal on its way while the next round trains (`[outer] delay = 1`).
+    let mut revealing: Option<BackgroundReveal> = None;
     loop {
+        if revealing.as_ref().is_some_and(|reveal| reveal.task.is_finished()) {
+            finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
+        }
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
         let answer =
             client.request(Method::GET, &format!("/v1/round?wait_ms=20000{after}"), Vec::new(), &[]).await?;
@@ -293,6 +303,7 @@ pub async fn run_worker(
             continue;
         }
         if view.phase == Phase::Finished {
+            finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
             summary.finished = true;
             summary.account_time(joined_at);
             let totals = summaries.flush(&client, &mut on_event).await?;
@@ -303,6 +314,7 @@ pub async fn run_worker(
             });
             break;
         }
+        let (view, ahead) = round_to_work_on(view, last_done);
         let Some(assignment) =
             view.assignment.clone().filter(|assignment| Some(assignment.round) > last_done)
         else {
@@ -394,6 +406,8 @@ pub async fn run_worker(
                 };
                 summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
+                summary.rounds_trained_ahead += u64::from(ahead);
+                finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
                 let path = format!(
                     "/v1/rounds/{round}/commitments?base_model={base}&slot={}&slots={}",
                     assignment.slot, assignment.slots
@@ -445,6 +459,9 @@ pub async fn run_worker(
                             .await?;
                         }
                         current = Some((round, produced));
+                        if run.config.outer.delay > 0 {
+                            prefetch_newest_model(&client, &coordinator, &run, &mut models).await?;
+                        }
                     }
                     Ok(_) => last_done = Some(round),
                     Err(_) => {
@@ -479,16 +496,21 @@ pub async fn run_worker(
                     };
                     let bytes = payload.len() as u64;
                     let path = format!("/v1/rounds/{round}/reveals?base_model={base}");
-                    let answer =
-                        upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?;
-                    summary.bytes_uploaded += bytes;
-                    let status = receipt_status(&answer, &coordinator)?;
-                    if let Ok(status) = &status {
-                        summary.reveals_accepted += u64::from(*status == ReceiptStatus::Accepted);
+                    let next_round_due = view.ahead.as_ref().is_some_and(|ahead| ahead.assignment.is_some());
+                    if next_round_due && revealing.is_none() {
+                        // The round opened ahead trains from now on; the
+                        // upload goes beside it.
+                        let client = Arc::clone(&client);
+                        let task = tokio::spawn(async move {
+                            let headers = [("content-type", "application/octet-stream".to_owned())];
+                            client.request_counted(Method::POST, &path, payload, &headers, None).await
+                        });
+                        revealing = Some(BackgroundReveal { round, bytes, task });
                     } else {
-                        summary.refused += 1;
+                        let answer =
+                            upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?;
+                        reveal_answered(&answer, round, bytes, &coordinator, &mut summary, &mut on_event)?;
                     }
-                    on_event(&uploaded(round, Upload::Reveal, bytes, status));
                 }
                 last_done = Some(round);
             }
@@ -498,6 +520,88 @@ pub async fn run_worker(
     summary.bytes_downloaded = client.bytes_received.load(Ordering::Relaxed) + models.bytes_downloaded();
     (summary.full_model_downloads, summary.delta_model_downloads) = models.downloads();
     Ok(summary)
+}
+
+/// Under a delayed outer update (`[outer] delay = 1`) the next round
+/// trains from the newest model, published (when the round before this
+/// one closed) while this worker trained: it is fetched now, while the
+/// others finish this round, so that the next round starts without a
+/// download.
+async fn prefetch_newest_model(
+    client: &Client,
+    coordinator: &PublicKey,
+    run: &RunInfo,
+    models: &mut ModelCache,
+) -> Result<(), NodeError> {
+    let answer = client.request(Method::GET, "/v1/round", Vec::new(), &[]).await?;
+    let view: Signed<RoundView> = expect_ok(&answer, "asking for the newest model")?.json()?;
+    let view = verified(&view, coordinator, "round view")?;
+    if view.run_id != run.run_id {
+        return Err(NodeError::Untrusted("a round view for another run".into()));
+    }
+    models.get(client, &view.model).await.map(drop)
+}
+
+/// A reveal sent while the next round trains (`[outer] delay = 1`).
+struct BackgroundReveal {
+    round: RoundId,
+    bytes: u64,
+    task: tokio::task::JoinHandle<Result<Answer, NodeError>>,
+}
+
+/// Waits for the reveal sent in the background, if any, and accounts for
+/// its answer.
+async fn finish_reveal(
+    revealing: &mut Option<BackgroundReveal>,
+    coordinator: &PublicKey,
+    summary: &mut WorkerSummary,
+    on_event: &mut impl FnMut(&WorkerEvent),
+) -> Result<(), NodeError> {
+    let Some(BackgroundReveal { round, bytes, task }) = revealing.take() else { return Ok(()) };
+    let answer = task.await.expect("sending a reveal does not panic")?;
+    reveal_answered(&answer, round, bytes, coordinator, summary, on_event)
+}
+
+/// Accounts for the coordinator's answer to this worker's reveal of
+/// `round` (`bytes` long).
+fn reveal_answered(
+    answer: &Answer,
+    round: RoundId,
+    bytes: u64,
+    coordinator: &PublicKey,
+    summary: &mut WorkerSummary,
+    on_event: &mut impl FnMut(&WorkerEvent),
+) -> Result<(), NodeError> {
+    summary.bytes_uploaded += bytes;
+    let status = receipt_status(answer, coordinator)?;
+    if let Ok(status) = &status {
+        summary.reveals_accepted += u64::from(*status == ReceiptStatus::Accepted);
+    } else {
+        summary.refused += 1;
+    }
+    on_event(&uploaded(round, Upload::Reveal, bytes, status));
+    Ok(())
+}
+
+/// The round opened ahead of the open one (`[outer] delay = 1`) once the
+/// open round asks nothing more of this worker (it revealed, or has nothing
+/// in it): it trains that round while the open one is audited and
+/// aggregated, instead of waiting for the next model. Else `view` itself.
+/// Says which it is (true: the round opened ahead).
+fn round_to_work_on(mut view: RoundView, last_done: Option<RoundId>) -> (RoundView, bool) {
+    let open_done = view.assignment.as_ref().is_none_or(|assignment| Some(assignment.round) <= last_done);
+    match view.ahead.take() {
+        Some(ahead)
+            if open_done
+                && ahead.assignment.as_ref().is_some_and(|assignment| Some(assignment.round) > last_done) =>
+        {
+            (*ahead, true)
+        }
+        ahead => {
+            view.ahead = ahead;
+            (view, false)
+        }
+    }
 }
 
 /// Sends a commitment until it is taken or refused for good; a commitment
