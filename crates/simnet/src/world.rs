@@ -216,12 +216,6 @@ struct Node {
     defense: ModelDefense,
     /// When the timer is armed for.
     armed: Option<u64>,
-    /// When it last fired. Past the reveal deadline, while the driver
-    /// replays answered audits itself, `poll_timeout` keeps naming the
-    /// passed deadline although firing again changes nothing (the node's
-    /// timer task spins on it; see the report): the deadline that fired is
-    /// not re-armed until something else moves the machine.
-    fired: Option<u64>,
     /// Accepted reveals' bytes not necessarily durable yet.
     updates: HashMap<(RoundId, WorkerId), Vec<u8>>,
     /// The defence's decision on the open round's speculation, kept (as
@@ -394,7 +388,6 @@ impl World {
             signer,
             defense: new_defense(HashSet::new()),
             armed: None,
-            fired: None,
             updates: HashMap::new(),
             speculated: None,
             fault: None,
@@ -1050,7 +1043,6 @@ impl World {
         }
         let Some(machine) = self.node.machine.as_mut() else { return Ok(()) };
         self.node.armed = None;
-        self.node.fired = Some(at);
         let before = self.node.fault.map(|_| fingerprint(machine));
         machine.handle_timeout(self.queue.now());
         self.drive(VecDeque::new(), &[], before).map(drop)
@@ -1176,11 +1168,6 @@ impl World {
                 None => {
                     self.write(&batch, &payloads)?;
                     self.arm_fault();
-                    // The machine moved: a deadline that passed may now
-                    // decide something (a round whose last audit the
-                    // driver judged after its reveal deadline closes only
-                    // when that deadline fires again).
-                    self.node.fired = None;
                     true
                 }
                 Some(Fault::CrashBeforeWrite) => {
@@ -1205,9 +1192,11 @@ impl World {
             for (round, worker) in replays {
                 self.queue.after(REPLAY_MS, Due::Replayed { incarnation, round, worker });
             }
+            // Armed as the node's timer task is, at whatever the machine
+            // names: a passed deadline that changes nothing would fire again
+            // at the same instant, and the livelock guard would report it.
             let timeout = self.node.machine.as_ref().expect("live").poll_timeout();
-            let fired_in_vain = |at: u64| at <= now && self.node.fired == Some(at);
-            if let Some(at) = timeout.filter(|&at| self.node.armed != Some(at) && !fired_in_vain(at)) {
+            if let Some(at) = timeout.filter(|&at| self.node.armed != Some(at)) {
                 self.node.armed = Some(at);
                 self.queue.at(at, Due::Timer { at });
             }
@@ -1296,7 +1285,6 @@ impl World {
         self.node.machine = None;
         self.node.incarnation += 1;
         self.node.armed = None;
-        self.node.fired = None;
         self.node.updates.clear();
         self.node.speculated = None;
         self.node.expected = Some(expected);
