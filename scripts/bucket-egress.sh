@@ -9,7 +9,10 @@
 #
 #   scripts/bucket-egress.sh [ROUNDS] [INNER_STEPS] [WORKER_COUNTS...]
 #
-# e.g. scripts/bucket-egress.sh 4 10 4 8 16
+# e.g. scripts/bucket-egress.sh 3 10 4 8 16
+# Prints per run: egress per round, per round and worker, the bytes worker 1
+# downloaded in all (from the coordinator, or the bucket), and the routes
+# that sent most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-4}
@@ -43,7 +46,7 @@ pids+=($!)
 export AWS_ACCESS_KEY_ID=bench-access AWS_SECRET_ACCESS_KEY=bench-secret-key AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$s3_port
 
-printf '%-8s %7s %6s %16s %18s %16s\n' storage workers rounds egress_per_round per_worker_round model_bytes
+printf '%-8s %7s %6s %16s %18s %16s  %s\n' storage workers rounds egress_per_round per_worker_round model_bytes 'largest routes (bytes per round)'
 for storage in none bucket; do
     for workers in "${counts[@]}"; do
         run=$work/$storage-$workers
@@ -94,13 +97,15 @@ import json, re, sys
 
 storage, workers, rounds, metrics, summary = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 observers = {"/metrics", "/v1/status", "/v1/ledger", "/v1/ledger/{index}", "/", "/dashboard.js", "/dashboard.css"}
-egress = 0
+by_route = {}
 for line in open(metrics):
     match = re.match(r'crowdtrain_sent_bytes_total\{endpoint="([^"]*)"\} (\d+)', line)
     if match and match.group(1) not in observers:
-        egress += int(match.group(2))
+        by_route[match.group(1)] = int(match.group(2))
+egress = sum(by_route.values())
 model_bytes = json.load(open(summary))["bytes_downloaded"]
-print(f"{storage:<8} {workers:>7} {rounds:>6} {egress / rounds:>16.0f} {egress / rounds / workers:>18.0f} {model_bytes:>16}")
+top = ", ".join(f"{route} {bytes_ / rounds:.0f}" for route, bytes_ in sorted(by_route.items(), key=lambda item: -item[1])[:3])
+print(f"{storage:<8} {workers:>7} {rounds:>6} {egress / rounds:>16.0f} {egress / rounds / workers:>18.0f} {model_bytes:>16}  {top}")
 PY
     done
 done

@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use crowdtrain_node::storage::{BlobKey, Bucket};
+use crowdtrain_node::storage::{BlobKey, Bucket, RUN_DIGITS};
+use crowdtrain_protocol::Digest;
 use crowdtrain_protocol::config::StorageSection;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
-use crowdtrain_protocol::Digest;
 
 /// A run of `rounds` rounds with its blobs in `server`'s bucket.
 fn network_with_bucket(
@@ -30,9 +30,7 @@ fn network_with_bucket(
 /// The value of metric line `name` (with its labels), 0 if absent.
 fn metric(network: &Network, name: &str) -> u64 {
     let text = get_text(&format!("{}/metrics", network.url())).1;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -63,13 +61,17 @@ fn a_networked_run_through_a_bucket_reproduces_the_simulation_and_serves_no_mode
     // Every model the run trained from, and each worker's three updates,
     // under their keys in the bucket.
     let run_id = status.run_id;
-    let models = server.objects(&format!("runs/{}/models", run_id.to_hex()));
+    let models = server.objects(&format!("runs/{}/models", &run_id.to_hex()[..RUN_DIGITS]));
     assert!(models.len() >= 3, "{models:?}");
     for model in &models {
         let bytes = std::fs::read(model).unwrap();
-        assert_eq!(Digest::of(&bytes).to_hex(), model.file_name().unwrap().to_string_lossy(), "content-addressed");
+        assert_eq!(
+            Digest::of(&bytes).to_hex(),
+            model.file_name().unwrap().to_string_lossy(),
+            "content-addressed"
+        );
     }
-    let updates = server.objects(&format!("runs/{}/updates", run_id.to_hex()));
+    let updates = server.objects(&format!("runs/{}/updates", &run_id.to_hex()[..RUN_DIGITS]));
     assert_eq!(updates.len(), 9, "{updates:?}");
     // And the coordinator refuses to serve a model itself.
     let (code, text) = get_text(&format!("{}/v1/models/{}", network.url(), status.model.to_hex()));
@@ -99,6 +101,7 @@ fn a_reveal_whose_object_is_missing_altered_or_not_committed_is_refused() {
     let put = |key: BlobKey, bytes: Vec<u8>| runtime.block_on(bucket.put(&key, bytes)).unwrap();
     let assignment = honest.view().assignment.unwrap();
     let (round, base) = (assignment.round, assignment.base_model);
+    let (honest_id, liar_id) = (assignment.worker, liar.view().assignment.unwrap().worker);
     let (good, other) = (honest.update(1e-3), liar.update(2e-3));
     assert_eq!(honest.commit(round, &base, &good).0, 200);
     assert_eq!(liar.commit(round, &base, &other).0, 200);
@@ -111,27 +114,26 @@ fn a_reveal_whose_object_is_missing_altered_or_not_committed_is_refused() {
         }
         worker.send("POST", &path, body, worker.nonce(), worker.run.run_id)
     };
-    let honest_key = honest.identity.public_key();
     let good_digest = Digest::of(&good);
 
     // Not uploaded yet.
     let (status, code, message) = refusal(&reveal(&honest, Some(&good_digest), Vec::new()));
     assert_eq!((status, code), (422, ErrorCode::BadObject), "{message}");
     assert!(message.contains("not in the bucket"), "{message}");
-    // Under another worker's key: the coordinator reads only the signer's.
-    put(BlobKey::Update { worker: liar.identity.public_key(), digest: good_digest }, good.clone());
+    // Under another worker's prefix: the coordinator reads only the signer's.
+    put(BlobKey::Update { worker: liar_id, digest: good_digest }, good.clone());
     let (status, code, message) = refusal(&reveal(&honest, Some(&good_digest), Vec::new()));
     assert_eq!((status, code), (422, ErrorCode::BadObject), "{message}");
     assert!(message.contains("not in the bucket"), "{message}");
     // Altered: other bytes under the good update's key.
-    put(BlobKey::Update { worker: honest_key, digest: good_digest }, other.clone());
+    put(BlobKey::Update { worker: honest_id, digest: good_digest }, other.clone());
     let (status, code, message) = refusal(&reveal(&honest, Some(&good_digest), Vec::new()));
     assert_eq!((status, code), (422, ErrorCode::BadObject), "{message}");
     assert!(message.contains("altered"), "{message}");
     // Larger than an upload may be: refused before it is read.
     let huge = vec![7u8; 300_001];
     let huge_digest = Digest::of(&huge);
-    put(BlobKey::Update { worker: honest_key, digest: huge_digest }, huge);
+    put(BlobKey::Update { worker: honest_id, digest: huge_digest }, huge);
     let (status, code, message) = refusal(&reveal(&honest, Some(&huge_digest), Vec::new()));
     assert_eq!((status, code), (422, ErrorCode::BadObject), "{message}");
     assert!(message.contains("at most 300000"), "{message}");
@@ -143,22 +145,24 @@ fn a_reveal_whose_object_is_missing_altered_or_not_committed_is_refused() {
     assert!(!view.revealed, "nothing of the refused reveals was recorded");
 
     // The object as committed counts.
-    put(BlobKey::Update { worker: honest_key, digest: good_digest }, good.clone());
+    put(BlobKey::Update { worker: honest_id, digest: good_digest }, good.clone());
     let answer = reveal(&honest, Some(&good_digest), Vec::new());
     assert_eq!(answer.0, 200, "{}", String::from_utf8_lossy(&answer.1));
-    // A well-formed object that is not what was committed: refused (and,
-    // like any reveal that contradicts its commitment, slashed).
+    // A well-formed object that is not what was committed: refused and
+    // recorded as rejected, like any reveal that contradicts its commitment
+    // (and slashed by the run's stake, none here).
     let uncommitted = liar.update(3e-3);
     let uncommitted_digest = Digest::of(&uncommitted);
-    put(BlobKey::Update { worker: liar.identity.public_key(), digest: uncommitted_digest }, uncommitted);
+    put(BlobKey::Update { worker: liar_id, digest: uncommitted_digest }, uncommitted);
     let (status, code, message) = refusal(&reveal(&liar, Some(&uncommitted_digest), Vec::new()));
     assert_eq!((status, code), (409, ErrorCode::RevealMismatch), "{message}");
 
     let status = network.wait_for(60, "the round to close", |status| status.completed_rounds == 1);
     let worker = |key| status.workers.iter().find(|worker| worker.public_key == key).unwrap();
+    let (honest_key, liar_key) = (honest.identity.public_key(), liar.identity.public_key());
     assert_eq!(worker(honest_key).submissions_accepted, 1, "{:?}", status.workers);
-    assert_eq!(worker(liar.identity.public_key()).submissions_accepted, 0, "{:?}", status.workers);
-    assert_eq!(worker(liar.identity.public_key()).slashed, 1, "{:?}", status.workers);
+    assert_eq!(worker(liar_key).submissions_accepted, 0, "{:?}", status.workers);
+    assert_eq!(worker(liar_key).submissions_rejected, 1, "refused as a mismatch: {:?}", status.workers);
 }
 
 #[test]
@@ -178,7 +182,7 @@ fn a_coordinator_killed_with_a_bucket_resumes_and_ends_bit_identical() {
     let accepted_before: u64 = before.workers.iter().map(|worker| worker.submissions_accepted).sum();
     let run_id = before.run_id;
     // As if the kill took the latest model's upload.
-    for model in server.objects(&format!("runs/{}/models", run_id.to_hex())) {
+    for model in server.objects(&format!("runs/{}/models", &run_id.to_hex()[..RUN_DIGITS])) {
         std::fs::remove_file(model).unwrap();
     }
     std::thread::sleep(Duration::from_millis(500));

@@ -11,13 +11,16 @@
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_REGION`); plain HTTP
 //! only to an endpoint on loopback, or with `AWS_ALLOW_HTTP=true`.
 //!
-//! Keys are content-addressed, under `{prefix}/{run id}/`:
+//! Keys are content-addressed, under `{prefix}/{run}/` (`{run}`: the run
+//! id's first 16 hex digits, which keep runs apart; what is read is checked
+//! anyway). Keys are short on purpose: some servers (s3s-fs) keep a file
+//! named by each key's base64, and file names end at 255 bytes.
 //!
 //! | key | what | checked by |
 //! |---|---|---|
 //! | `models/{digest}` | a published parameter checkpoint | its blake3 digest, by every reader |
 //! | `deltas/{digest}` | the model delta that makes model `{digest}` | the digest of the model it rebuilds |
-//! | `updates/{worker key}/{digest}` | a worker's encoded update for a reveal | its digest, then the worker's commitment |
+//! | `updates/{worker}/{digest}` | worker `{worker}`'s (its number) encoded update for a reveal | its digest, then the worker's commitment |
 //!
 //! So a retried write puts the same bytes under the same key (idempotent),
 //! and no reader trusts what it reads: a missing, oversized or altered
@@ -25,7 +28,7 @@
 //!
 //! What a malicious worker can write where: the bucket's own access policy
 //! decides (the coordinator cannot). The coordinator reads an update only
-//! from `updates/{signer's key}/{digest}` with `digest` from the signed
+//! from `updates/{signer's number}/{digest}` with `digest` from the signed
 //! reveal, at most `[limits] max_upload_bytes` (it asks the size first),
 //! and counts it only if it hashes to that digest and matches the signer's
 //! commitment; so a worker cannot make another's bytes count as its own,
@@ -35,17 +38,20 @@
 //! it (digests), which delays the victim (it uploads again; a worker
 //! re-downloads a model), and costs the bucket's storage. Production runs
 //! give workers credentials that can write only under their own
-//! `updates/{key}/` prefix and read the rest, with a size limit and a
+//! `updates/{worker}/` prefix and read the rest, with a size limit and a
 //! lifecycle rule in the bucket's policy.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crowdtrain_protocol::config::StorageSection;
-use crowdtrain_protocol::{Digest, PublicKey};
+use crowdtrain_protocol::{Digest, WorkerId};
 use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+/// Hex digits of the run id that name its directory in the bucket.
+pub const RUN_DIGITS: usize = 16;
 
 /// Why an object could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +85,7 @@ pub enum BlobKey {
     /// checked by what they rebuild).
     Delta { target: Digest },
     /// A worker's encoded update, by its digest.
-    Update { worker: PublicKey, digest: Digest },
+    Update { worker: WorkerId, digest: Digest },
 }
 
 impl BlobKey {
@@ -95,7 +101,7 @@ impl BlobKey {
         match self {
             Self::Model(digest) => format!("models/{}", digest.to_hex()),
             Self::Delta { target } => format!("deltas/{}", target.to_hex()),
-            Self::Update { worker, digest } => format!("updates/{}/{}", worker.to_hex(), digest.to_hex()),
+            Self::Update { worker, digest } => format!("updates/{}/{}", worker.0, digest.to_hex()),
         }
     }
 }
@@ -149,9 +155,10 @@ impl Bucket {
             ..Default::default()
         };
         let store = builder.with_retry(retry).build().map_err(|error| config_error(error.to_string()))?;
+        let run = &run.to_hex()[..RUN_DIGITS];
         let root = match prefix {
-            "" => run.to_hex(),
-            prefix => format!("{prefix}/{}", run.to_hex()),
+            "" => run.to_owned(),
+            prefix => format!("{prefix}/{run}"),
         };
         Ok(Self { store: Arc::new(store), root, url: section.url.clone() })
     }
@@ -287,11 +294,17 @@ mod tests {
 
     #[test]
     fn plain_http_is_allowed_only_to_this_machine() {
-        for endpoint in ["http://127.0.0.1:9000", "http://localhost:9000/", "http://[::1]:80", "http://127.3.2.1"] {
+        for endpoint in
+            ["http://127.0.0.1:9000", "http://localhost:9000/", "http://[::1]:80", "http://127.3.2.1"]
+        {
             assert!(is_loopback_http(endpoint), "{endpoint}");
         }
-        for endpoint in ["https://127.0.0.1:9000", "http://10.0.0.1:9000", "http://example.com", "http://127.0.0.1.evil.com"]
-        {
+        for endpoint in [
+            "https://127.0.0.1:9000",
+            "http://10.0.0.1:9000",
+            "http://example.com",
+            "http://127.0.0.1.evil.com",
+        ] {
             assert!(!is_loopback_http(endpoint), "{endpoint}");
         }
     }
@@ -302,11 +315,14 @@ mod tests {
         let run = Digest::of(b"run");
         let bucket = Bucket::open(&section, &run).unwrap();
         let model = Digest::of(b"model");
-        let worker = crowdtrain_protocol::Identity::from_seed([7; 32]).public_key();
-        assert_eq!(bucket.path(&BlobKey::Model(model)).as_ref(), format!("runs/a/{}/models/{}", run.to_hex(), model.to_hex()));
+        let worker = WorkerId(7);
+        assert_eq!(
+            bucket.path(&BlobKey::Model(model)).as_ref(),
+            format!("runs/a/{}/models/{}", &run.to_hex()[..16], model.to_hex())
+        );
         assert_eq!(
             bucket.path(&BlobKey::Update { worker, digest: model }).as_ref(),
-            format!("runs/a/{}/updates/{}/{}", run.to_hex(), worker.to_hex(), model.to_hex())
+            format!("runs/a/{}/updates/7/{}", &run.to_hex()[..16], model.to_hex())
         );
         let bad = StorageSection { url: "https://bucket".into() };
         assert!(matches!(Bucket::open(&bad, &run), Err(StorageError::Config { .. })));

@@ -189,9 +189,13 @@ impl StorageSection {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let prefix = prefix.trim_matches('/');
         let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-".contains(&byte));
+            && bucket
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-".contains(&byte));
         if !bucket_ok {
-            return Err(format!("names bucket {bucket:?}: a bucket name is 3-63 lowercase letters, digits, dots and hyphens"));
+            return Err(format!(
+                "names bucket {bucket:?}: a bucket name is 3-63 lowercase letters, digits, dots and hyphens"
+            ));
         }
         let prefix_ok = prefix.split('/').all(|part| {
             !part.is_empty()
@@ -200,7 +204,9 @@ impl StorageSection {
                 && part.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte))
         });
         if !prefix.is_empty() && !prefix_ok {
-            return Err(format!("has prefix {prefix:?}: use letters, digits, '-', '_' and '.' between slashes"));
+            return Err(format!(
+                "has prefix {prefix:?}: use letters, digits, '-', '_' and '.' between slashes"
+            ));
         }
         Ok((bucket, prefix))
     }
@@ -734,7 +740,8 @@ mod tests {
         let text = "rounds = 1\n[training]\nseed = 1\n";
         let plain = RunConfig::parse(text).unwrap();
         assert!(!serde_json::to_string(&plain).unwrap().contains("storage"), "absent, not null");
-        let config = RunConfig::parse(&format!("{text}[storage]\nurl = \"s3://my-bucket/runs/a/\"\n")).unwrap();
+        let config =
+            RunConfig::parse(&format!("{text}[storage]\nurl = \"s3://my-bucket/runs/a/\"\n")).unwrap();
         assert_eq!(config.storage.unwrap().bucket_and_prefix(), Ok(("my-bucket", "runs/a")));
         let bare = StorageSection { url: "s3://my-bucket".into() };
         assert_eq!(bare.bucket_and_prefix(), Ok(("my-bucket", "")));

@@ -539,8 +539,6 @@ struct ModelQuery {
 /// commitment, reveal and audit endpoints share.
 struct RoundPost {
     worker: crowdtrain_protocol::WorkerId,
-    /// The signer's key, which names its objects in the bucket.
-    key: PublicKey,
     nonce: u64,
     round: u64,
     base_model: Option<Digest>,
@@ -594,7 +592,7 @@ async fn round_post(
     }
     let slot = limits.begin_upload(key)?;
     let body = read_body(body, declared, limits.body_timeout, &limits.spill_dir).await?;
-    Ok(RoundPost { worker, key, nonce: auth.nonce, round, base_model, object, body, _slot: slot })
+    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, object, body, _slot: slot })
 }
 
 fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
@@ -673,7 +671,9 @@ async fn reveal(
 async fn revealed_update(node: &Node, post: &mut RoundPost) -> Result<Vec<u8>, Failure> {
     match (node.bucket(), post.object) {
         (None, None) => Ok(std::mem::take(&mut post.body)),
-        (None, Some(_)) => Err(Failure::new(ErrorCode::BadRequest, "this run has no bucket: send the update as the body")),
+        (None, Some(_)) => {
+            Err(Failure::new(ErrorCode::BadRequest, "this run has no bucket: send the update as the body"))
+        }
         (Some(bucket), None) => Err(Failure::new(
             ErrorCode::BadRequest,
             format!(
@@ -686,15 +686,15 @@ async fn revealed_update(node: &Node, post: &mut RoundPost) -> Result<Vec<u8>, F
             Err(Failure::new(ErrorCode::BadRequest, "a reveal that names an object has no body"))
         }
         (Some(bucket), Some(digest)) => {
-            let key = BlobKey::Update { worker: post.key, digest };
+            let key = BlobKey::Update { worker: post.worker, digest };
             let limit = node.config.limits.max_upload_bytes;
             bucket.get(key, limit).await.map_err(|error| match error {
                 StorageError::Backend { .. } | StorageError::Config { .. } => {
                     Failure::new(ErrorCode::Unavailable, error.to_string())
                 }
-                StorageError::Missing { .. } | StorageError::TooLarge { .. } | StorageError::Mismatch { .. } => {
-                    Failure::new(ErrorCode::BadObject, error.to_string())
-                }
+                StorageError::Missing { .. }
+                | StorageError::TooLarge { .. }
+                | StorageError::Mismatch { .. } => Failure::new(ErrorCode::BadObject, error.to_string()),
             })
         }
     }

@@ -479,7 +479,10 @@ pub async fn run_worker(
                     let bytes = payload.len() as u64;
                     let path = format!("/v1/rounds/{round}/reveals?base_model={base}");
                     let answer = match &bucket {
-                        Some(bucket) => reveal_through_bucket(&client, bucket, round, &path, payload, &mut on_event).await?,
+                        Some(bucket) => {
+                            reveal_through_bucket(&client, bucket, me, round, &path, payload, &mut on_event)
+                                .await?
+                        }
                         None => upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?,
                     };
                     summary.bytes_uploaded += bytes;
@@ -581,6 +584,7 @@ async fn upload(
 async fn reveal_through_bucket(
     client: &Client,
     bucket: &Bucket,
+    me: WorkerId,
     round: RoundId,
     path: &str,
     payload: Vec<u8>,
@@ -589,7 +593,7 @@ async fn reveal_through_bucket(
     const ATTEMPTS: u32 = 3;
     let bytes = payload.len() as u64;
     let digest = Digest::of(&payload);
-    let key = BlobKey::Update { worker: client.identity().public_key(), digest };
+    let key = BlobKey::Update { worker: me, digest };
     let payload = object_store::PutPayload::from(payload);
     let path = format!("{path}&object={}", digest.to_hex());
     let mut attempt = 0;
@@ -1263,12 +1267,17 @@ impl ModelCache {
         let started = Instant::now();
         let mut wait = Duration::from_millis(20);
         loop {
-            match bucket.get(&BlobKey::Model(*digest), crowdtrain_store::checkpoint::CHECKPOINT_BYTES_MAX).await {
+            match bucket
+                .get(&BlobKey::Model(*digest), crowdtrain_store::checkpoint::CHECKPOINT_BYTES_MAX)
+                .await
+            {
                 Ok(bytes) => {
                     self.bytes_downloaded += bytes.len() as u64;
                     return Ok(bytes);
                 }
-                Err(error @ StorageError::TooLarge { .. }) => return Err(NodeError::Untrusted(error.to_string())),
+                Err(error @ StorageError::TooLarge { .. }) => {
+                    return Err(NodeError::Untrusted(error.to_string()));
+                }
                 Err(error) if started.elapsed() >= give_up_after => {
                     return Err(NodeError::GaveUp {
                         url: bucket.url().to_owned(),
