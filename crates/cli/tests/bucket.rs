@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use crowdtrain_node::storage::{BlobKey, Bucket, RUN_DIGITS};
 use crowdtrain_protocol::Digest;
@@ -41,16 +39,10 @@ fn a_networked_run_through_a_bucket_reproduces_the_simulation_and_serves_no_mode
     // honest workers, half the submissions audited.
     let server = S3Server::start();
     let mut network = network_with_bucket(&server, 3, 12, 0.5, "min_workers = 3\ndeadline_ms = 60000");
-    network.start_coordinator();
-    for index in 0..3 {
-        network.start_worker(index);
-    }
-    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    let (status, summaries) = network.run_honest_workers(3);
     assert_eq!(status.completed_rounds, 3);
     assert_eq!(status.state_hash, simulated_state_hash(3, 3, 12), "the same bits as without a bucket");
-    for output in network.join_workers() {
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for summary in summaries {
         assert_eq!(summary["reveals_accepted"], 3, "{summary}");
         assert!(summary["bytes_downloaded"].as_u64().unwrap() > 0, "models came from the bucket: {summary}");
     }
@@ -175,21 +167,15 @@ fn a_coordinator_killed_with_a_bucket_resumes_and_ends_bit_identical() {
     network.start_coordinator();
     network.start_worker(0);
     network.start_worker(1);
-    let before = network.wait_for(60, "round 1 or later to open", |status| {
-        status.rounds.iter().any(|round| round.status == RoundState::Open && round.round >= 1)
+    network.kill_coordinator_mid_round(|before| {
+        // As if the kill took the latest model's upload: the restarted
+        // coordinator must publish it again, or its workers wait in vain.
+        let models = server.objects(&format!("runs/{}/models", &before.run_id.to_hex()[..RUN_DIGITS]));
+        assert!(!models.is_empty());
+        for model in models {
+            std::fs::remove_file(model).unwrap();
+        }
     });
-    network.kill_coordinator();
-    let accepted_before: u64 = before.workers.iter().map(|worker| worker.submissions_accepted).sum();
-    let run_id = before.run_id;
-    // As if the kill took the latest model's upload.
-    for model in server.objects(&format!("runs/{}/models", &run_id.to_hex()[..RUN_DIGITS])) {
-        std::fs::remove_file(model).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    network.start_coordinator();
-    let after = network.wait_for(5, "the restarted coordinator", |_| true);
-    let accepted_after: u64 = after.workers.iter().map(|worker| worker.submissions_accepted).sum();
-    assert!(accepted_after >= accepted_before, "no accepted submission was lost");
     let status = network.wait_for(180, "the run to finish", finished_and_evaluated);
     assert_eq!(status.completed_rounds, 4);
     assert!(status.workers.iter().all(|worker| worker.submissions_accepted == 4), "{:?}", status.workers);

@@ -294,6 +294,55 @@ impl Network {
         }
     }
 
+    /// Starts the coordinator and honest workers `0..workers`, waits for
+    /// the run to finish and be evaluated, and returns its status and each
+    /// worker's `--json` summary (each must have exited successfully).
+    pub fn run_honest_workers(&mut self, workers: usize) -> (RunStatus, Vec<serde_json::Value>) {
+        self.start_coordinator();
+        for index in 0..workers {
+            self.start_worker(index);
+        }
+        let status = self.wait_for(120, "the run to finish", finished_and_evaluated);
+        let summaries = self
+            .join_workers()
+            .into_iter()
+            .map(|output| {
+                assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+                serde_json::from_slice(&output.stdout).unwrap()
+            })
+            .collect();
+        (status, summaries)
+    }
+
+    /// With the coordinator and its workers running: SIGKILLs the
+    /// coordinator once a round after the first is open, calls `meanwhile`
+    /// with the status before the kill, restarts it, and checks that no
+    /// accepted submission was lost; returns the statuses before the kill
+    /// and just after the restart.
+    pub fn kill_coordinator_mid_round(
+        &mut self,
+        meanwhile: impl FnOnce(&RunStatus),
+    ) -> (RunStatus, RunStatus) {
+        let before = self.wait_for(60, "round 1 or later to open", |status| {
+            status.rounds.iter().any(|round| round.status == RoundState::Open && round.round >= 1)
+        });
+        self.kill_coordinator();
+        meanwhile(&before);
+        std::thread::sleep(Duration::from_millis(500));
+        self.start_coordinator();
+        let after = self.wait_for(5, "the restarted coordinator", |_| true);
+        let accepted = |status: &RunStatus| -> u64 {
+            status.workers.iter().map(|worker| worker.submissions_accepted).sum()
+        };
+        assert!(
+            accepted(&after) >= accepted(&before),
+            "no accepted submission was lost: {} -> {}",
+            accepted(&before),
+            accepted(&after)
+        );
+        (before, after)
+    }
+
     /// Waits for every worker to exit and returns their outputs.
     pub fn join_workers(&mut self) -> Vec<Output> {
         self.workers.drain(..).map(|child| child.wait_with_output().unwrap()).collect()
