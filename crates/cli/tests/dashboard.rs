@@ -15,13 +15,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-fn get_text(url: &str) -> (u16, String) {
-    runtime().block_on(async {
-        let response = reqwest::get(url).await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    })
-}
-
 #[test]
 fn the_dashboard_shows_the_run_live_in_a_real_browser() {
     // Goal: a participant opening the coordinator's address sees the run:

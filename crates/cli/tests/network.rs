@@ -16,16 +16,10 @@ use crowdtrain_train::{Broadcast, Codec, Encode, Nesterov};
 #[test]
 fn a_networked_run_reproduces_the_simulation_bit_for_bit() {
     let mut network = Network::new(3, 12, 0.5, "min_workers = 3\ndeadline_ms = 60000");
-    network.start_coordinator();
-    for index in 0..3 {
-        network.start_worker(index);
-    }
-    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    let (status, summaries) = network.run_honest_workers(3);
     assert_eq!(status.completed_rounds, 3);
     assert_eq!(status.state_hash, simulated_state_hash(3, 3, 12), "audits change nothing for honest workers");
-    for output in network.join_workers() {
-        assert!(output.status.success());
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for summary in summaries {
         assert_eq!(summary["reveals_accepted"], 3);
         assert_eq!(summary["audits_failed"], 0);
         assert_eq!(summary["finished"], true);
@@ -202,20 +196,8 @@ fn a_coordinator_killed_mid_round_resumes_and_ends_bit_identical() {
     network.start_worker(1);
     // Mid-round: a round after the first open (its workers training, or
     // their commitments arriving).
-    let before = network.wait_for(60, "round 1 or later to open", |status| {
-        status.rounds.iter().any(|round| round.status == RoundState::Open && round.round >= 1)
-    });
-    network.kill_coordinator();
-    let accepted_before: u64 = before.workers.iter().map(|worker| worker.submissions_accepted).sum();
+    let (before, after) = network.kill_coordinator_mid_round(|_| {});
     let committed_before = before.rounds.last().unwrap().committed;
-    std::thread::sleep(Duration::from_millis(500));
-    network.start_coordinator();
-    let after = network.wait_for(5, "the restarted coordinator", |_| true);
-    let accepted_after: u64 = after.workers.iter().map(|worker| worker.submissions_accepted).sum();
-    assert!(
-        accepted_after >= accepted_before,
-        "no accepted submission was lost: {accepted_before} -> {accepted_after}"
-    );
     let round = &after.rounds[before.rounds.len() - 1];
     assert!(round.committed >= committed_before, "no accepted commitment was lost");
     let status = network.wait_for(120, "the run to finish", finished_and_evaluated);

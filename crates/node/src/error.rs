@@ -14,6 +14,8 @@ pub enum NodeError {
     #[error(transparent)]
     Checkpoint(#[from] crowdtrain_store::CheckpointError),
     #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
     Dataset(#[from] crowdtrain_data::DatasetError),
     #[error(transparent)]
     Train(#[from] crowdtrain_train::TrainError),

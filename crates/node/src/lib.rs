@@ -11,6 +11,8 @@
 //!   round download the model (resuming partial downloads, checking its
 //!   hash), train the assignment, upload the pseudo-gradient; retry with
 //!   backoff while the coordinator is away and say why when giving up.
+//! - [`storage`] is the run's optional bucket (`[storage]`), through which
+//!   workers fetch models and upload updates instead of the coordinator.
 
 mod assignment;
 pub mod coordinator;
@@ -18,6 +20,7 @@ pub mod data;
 mod error;
 pub mod files;
 pub mod replay;
+pub mod storage;
 pub mod worker;
 
 pub use assignment::AssignedWork;

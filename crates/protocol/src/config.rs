@@ -70,6 +70,9 @@
 //! max_workers = 1024
 //! max_upload_bytes = 67108864
 //!
+//! [storage]         # optional: models, deltas and updates through a bucket
+//! url = "s3://bucket/prefix"   # credentials and endpoint from each party's AWS_* environment
+//!
 //! [admission]       # who may register (local to this coordinator)
 //! mode = "token"    # or "allow-list" (with allow_list = "FILE"), "bond", or "open"
 //!
@@ -88,7 +91,9 @@
 //!
 //! `[admission]` and `[server]` are the coordinator's own business: they are
 //! not published to workers nor part of the run's identity, so they may
-//! change between restarts of the same run.
+//! change between restarts of the same run. `[storage]` is published (workers
+//! must know the bucket) and part of the run's identity; a run without it
+//! keeps the identity it had before `[storage]` existed.
 
 use std::path::PathBuf;
 
@@ -151,6 +156,62 @@ pub struct RunConfig {
     /// The optimal contract the run offers (see [`crate::contract`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<ContractSection>,
+    /// Where models, deltas and workers' updates are exchanged when not
+    /// through the coordinator (`[storage] url = "s3://bucket/prefix"`).
+    /// Published to workers, who fetch and upload there; absent: today's
+    /// behaviour, every byte through the coordinator (and run ids of runs
+    /// without it unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSection>,
+}
+
+/// `[storage]`: an S3-compatible bucket the run's blobs go through.
+/// Credentials, the endpoint and the region are each party's own, from
+/// its environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_ENDPOINT_URL`, `AWS_REGION`), never in the signed configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// `s3://bucket` or `s3://bucket/prefix`.
+    pub url: String,
+}
+
+/// A storage URL is at most this long (S3 keys are at most 1024 bytes,
+/// and ours add about 150 to the prefix).
+pub const STORAGE_URL_BYTES_MAX: usize = 512;
+
+impl StorageSection {
+    /// The bucket and the key prefix (without slashes at either end; empty
+    /// for none) of an `s3://` URL, or why it is not one.
+    pub fn bucket_and_prefix(&self) -> Result<(&str, &str), String> {
+        if self.url.len() > STORAGE_URL_BYTES_MAX {
+            return Err(format!("is longer than {STORAGE_URL_BYTES_MAX} bytes"));
+        }
+        let rest = self.url.strip_prefix("s3://").ok_or("must start with s3:// (an S3-compatible bucket)")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-".contains(&byte));
+        if !bucket_ok {
+            return Err(format!(
+                "names bucket {bucket:?}: a bucket name is 3-63 lowercase letters, digits, dots and hyphens"
+            ));
+        }
+        let prefix_ok = prefix.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte))
+        });
+        if !prefix.is_empty() && !prefix_ok {
+            return Err(format!(
+                "has prefix {prefix:?}: use letters, digits, '-', '_' and '.' between slashes"
+            ));
+        }
+        Ok((bucket, prefix))
+    }
 }
 
 /// How workers are admitted (see [`crate::admission`]).
@@ -445,6 +506,9 @@ impl RunConfig {
         if let Some(contract) = &self.contract {
             validate_contract(contract)?;
         }
+        if let Some(storage) = &self.storage {
+            storage.bucket_and_prefix().map_err(|reason| invalid("storage.url", &reason))?;
+        }
         let training = &self.training;
         training.validate().map_err(|error| ConfigError::Invalid {
             field: format!("training.{}", error.field),
@@ -682,6 +746,18 @@ fn check(field: &'static str, ok: bool, reason: &str) -> Result<(), ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_storage_url_names_a_bucket_and_a_prefix_and_runs_without_one_keep_their_identity() {
+        let text = "rounds = 1\n[training]\nseed = 1\n";
+        let plain = RunConfig::parse(text).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("storage"), "absent, not null");
+        let config =
+            RunConfig::parse(&format!("{text}[storage]\nurl = \"s3://my-bucket/runs/a/\"\n")).unwrap();
+        assert_eq!(config.storage.unwrap().bucket_and_prefix(), Ok(("my-bucket", "runs/a")));
+        let bare = StorageSection { url: "s3://my-bucket".into() };
+        assert_eq!(bare.bucket_and_prefix(), Ok(("my-bucket", "")));
+    }
     use crowdtrain_recipe::{AdamW, Codec, ModelKind, Sharding};
 
     const MINIMAL: &str = "rounds = 5\n[training]\nseed = 3\n";
@@ -890,6 +966,9 @@ mod tests {
                 "rounds = 1\n[training]\nseed = 1\n[server]\nuploads_in_flight = 0\n",
                 "server.uploads_in_flight",
             ),
+            ("rounds = 1\n[training]\nseed = 1\n[storage]\nurl = \"https://bucket/runs\"\n", "storage.url"),
+            ("rounds = 1\n[training]\nseed = 1\n[storage]\nurl = \"s3://Bucket/runs\"\n", "storage.url"),
+            ("rounds = 1\n[training]\nseed = 1\n[storage]\nurl = \"s3://bucket/../up\"\n", "storage.url"),
         ];
         for (text, field) in cases {
             assert_eq!(error_field(text), field, "{text}");

@@ -583,6 +583,10 @@ pub enum ErrorCode {
     /// of the worker's last accepted commitment: the worker starts its
     /// error feedback again from zero and commits again.
     ResidualChain,
+    /// An update named by its key in the run's bucket (`[storage]`) is
+    /// missing, larger than an upload may be, or does not hash to its key:
+    /// nothing changed; upload it again and send the reveal again.
+    BadObject,
 }
 
 /// The JSON body of every 4xx and 5xx answer.

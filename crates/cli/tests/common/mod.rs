@@ -77,6 +77,9 @@ pub struct Network {
     pub port: u16,
     pub coordinator: Option<Child>,
     pub workers: Vec<Child>,
+    /// Environment variables every process of the run gets (a bucket's
+    /// endpoint and credentials: [`S3Server::env`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Network {
@@ -128,7 +131,7 @@ impl Network {
         std::fs::write(dir.path().join("run.toml"), config).unwrap();
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
         std::fs::write(dir.path().join("state/audit.secret"), TEST_AUDIT_SECRET).unwrap();
-        Self { dir, port: free_port(), coordinator: None, workers: Vec::new() }
+        Self { dir, port: free_port(), coordinator: None, workers: Vec::new(), env: Vec::new() }
     }
 
     pub fn url(&self) -> String {
@@ -155,6 +158,7 @@ impl Network {
             .arg(self.path("run.toml"))
             .arg("--state")
             .arg(self.path("state"))
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::piped())
             .stderr(log);
         if let Some(limit) = open_files.into() {
@@ -245,6 +249,7 @@ impl Network {
             .arg("--cache")
             .arg(self.path(&format!("cache-{index}")))
             .args(args)
+            .envs(self.env.iter().map(|(name, value)| (name.as_str(), value.as_str())))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -287,6 +292,55 @@ impl Network {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts the coordinator and honest workers `0..workers`, waits for
+    /// the run to finish and be evaluated, and returns its status and each
+    /// worker's `--json` summary (each must have exited successfully).
+    pub fn run_honest_workers(&mut self, workers: usize) -> (RunStatus, Vec<serde_json::Value>) {
+        self.start_coordinator();
+        for index in 0..workers {
+            self.start_worker(index);
+        }
+        let status = self.wait_for(120, "the run to finish", finished_and_evaluated);
+        let summaries = self
+            .join_workers()
+            .into_iter()
+            .map(|output| {
+                assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+                serde_json::from_slice(&output.stdout).unwrap()
+            })
+            .collect();
+        (status, summaries)
+    }
+
+    /// With the coordinator and its workers running: SIGKILLs the
+    /// coordinator once a round after the first is open, calls `meanwhile`
+    /// with the status before the kill, restarts it, and checks that no
+    /// accepted submission was lost; returns the statuses before the kill
+    /// and just after the restart.
+    pub fn kill_coordinator_mid_round(
+        &mut self,
+        meanwhile: impl FnOnce(&RunStatus),
+    ) -> (RunStatus, RunStatus) {
+        let before = self.wait_for(60, "round 1 or later to open", |status| {
+            status.rounds.iter().any(|round| round.status == RoundState::Open && round.round >= 1)
+        });
+        self.kill_coordinator();
+        meanwhile(&before);
+        std::thread::sleep(Duration::from_millis(500));
+        self.start_coordinator();
+        let after = self.wait_for(5, "the restarted coordinator", |_| true);
+        let accepted = |status: &RunStatus| -> u64 {
+            status.workers.iter().map(|worker| worker.submissions_accepted).sum()
+        };
+        assert!(
+            accepted(&after) >= accepted(&before),
+            "no accepted submission was lost: {} -> {}",
+            accepted(&before),
+            accepted(&after)
+        );
+        (before, after)
     }
 
     /// Waits for every worker to exit and returns their outputs.
@@ -338,8 +392,120 @@ impl Drop for Network {
     }
 }
 
+/// A real S3-compatible server (`s3s-fs`, which
+/// `scripts/install-prerequisites.sh` installs) on a free loopback port,
+/// serving bucket [`S3Server::BUCKET`] from a temporary directory, with
+/// credentials; killed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub root: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub const BUCKET: &'static str = "crowdtrain-test";
+    const ACCESS_KEY: &'static str = "crowdtrain-test-access";
+    const SECRET_KEY: &'static str = "crowdtrain-test-secret-key";
+
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(Self::BUCKET)).unwrap();
+        let port = free_port();
+        let binary = s3s_fs_binary();
+        let log = std::fs::File::create(root.path().join("s3s-fs.log")).unwrap();
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("could not start {}: {error}", binary.display()));
+        let server = Self { child, root, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// What a coordinator or worker needs in its environment to reach the
+    /// bucket.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_owned()),
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+    }
+
+    /// The `[storage]` section of a run in this bucket under `prefix`.
+    pub fn storage_section(prefix: &str) -> String {
+        format!("[storage]\nurl = \"s3://{}/{prefix}\"\n", Self::BUCKET)
+    }
+
+    /// The files of the objects under `relative` (a path in the bucket),
+    /// as the server keeps them: one file per object.
+    pub fn objects(&self, relative: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut pending = vec![self.root.path().join(Self::BUCKET).join(relative)];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if !path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('.')) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `s3s-fs`: `$S3S_FS`, else on the `PATH`, else in cargo's bin directory.
+fn s3s_fs_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("S3S_FS") {
+        return PathBuf::from(path);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let candidates = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain(cargo_home.map(|home| home.join("bin")))
+        .map(|dir| dir.join("s3s-fs"));
+    candidates.into_iter().find(|path| path.is_file()).unwrap_or_else(|| {
+        panic!(
+            "s3s-fs (the S3-compatible server the bucket tests start) is not installed: run \
+             scripts/install-prerequisites.sh, or `cargo install s3s-fs@0.14.1 --features binary --locked`"
+        )
+    })
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The status code and text of a GET.
+pub fn get_text(url: &str) -> (u16, String) {
+    runtime().block_on(async {
+        let response = reqwest::get(url).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    })
 }
 
 pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {

@@ -53,6 +53,7 @@ use serde::Deserialize;
 use super::limits::{RequestLimits, UploadSlot, read_body};
 use super::{Failure, Node, net};
 use crate::NodeError;
+use crate::storage::{BlobKey, StorageError};
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -155,6 +156,7 @@ pub async fn serve(
         .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
         .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&node), count_sent))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&limits), per_address))
         .with_state(app);
     let stats = Arc::new(net::ConnectionStats::default());
@@ -175,6 +177,23 @@ async fn per_address(State(limits): State<Arc<RequestLimits>>, request: Request,
         return failure.into_response();
     }
     next.run(request).await
+}
+
+/// Counts each answer's body in `crowdtrain_sent_bytes_total`, by route:
+/// the coordinator's egress, which a run with a bucket keeps to small
+/// signed metadata. Every body the API makes has a known length.
+async fn count_sent(
+    State(node): State<Arc<Node>>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let size = axum::body::HttpBody::size_hint(response.body());
+    let bytes = size.exact().unwrap_or(size.lower());
+    let endpoint = matched.as_ref().map_or("other", |matched| matched.as_str());
+    node.metrics.sent(endpoint, bytes);
+    response
 }
 
 /// Keeps the rate limiters to the addresses and keys seen lately.
@@ -522,6 +541,9 @@ struct ModelQuery {
     /// model, is not taken for the new assignment.
     slot: Option<u32>,
     slots: Option<u32>,
+    /// A reveal's update in the run's bucket, by its digest (see
+    /// [`reveal`]).
+    object: Option<String>,
 }
 
 /// A signed, state-changing worker request about one round: what the
@@ -533,6 +555,8 @@ struct RoundPost {
     base_model: Option<Digest>,
     /// The shard it trained, if it says.
     trained: Option<Shard>,
+    /// The `object` query parameter: an update in the bucket.
+    object: Option<Digest>,
     body: Vec<u8>,
     /// The sender's upload slot, held until the request is answered.
     _slot: UploadSlot,
@@ -569,6 +593,11 @@ async fn round_post(
             return Err(Failure::new(ErrorCode::BadRequest, "slot and slots go together, with slot < slots"));
         }
     };
+    let object = query
+        .object
+        .map(|text| text.parse::<Digest>())
+        .transpose()
+        .map_err(|reason| Failure::new(ErrorCode::BadRequest, format!("object: {reason}")))?;
     let (auth, declared) = verify_signature(node, limits, method, uri, headers)?;
     let key: PublicKey = auth.worker;
     let worker = {
@@ -583,7 +612,7 @@ async fn round_post(
     }
     let slot = limits.begin_upload(key)?;
     let body = read_body(body, declared, limits.body_timeout, &limits.spill_dir).await?;
-    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, trained, body, _slot: slot })
+    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, trained, object, body, _slot: slot })
 }
 
 fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
@@ -643,14 +672,52 @@ async fn reveal(
     body: Body,
 ) -> Response {
     let result = async {
-        let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
+        let mut post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
-        let RoundPost { worker, nonce, round, body, _slot, .. } = post;
+        let body = revealed_update(&node, &mut post).await?;
+        let RoundPost { worker, nonce, round, _slot, .. } = post;
         let receipt = blocking(move || node.reveal(worker, nonce, round, base, body)).await;
         drop(_slot);
         receipt
     };
     receipt_response(result.await)
+}
+
+/// A reveal's update: its body, or with a bucket the object the signed
+/// `object` parameter names under the signer's own prefix, read within the
+/// upload limit and only if it hashes to its name (then checked against
+/// the commitment like any reveal). A missing, oversized or altered object
+/// is refused (`bad-object`) before anything is recorded.
+async fn revealed_update(node: &Node, post: &mut RoundPost) -> Result<Vec<u8>, Failure> {
+    match (node.bucket(), post.object) {
+        (None, None) => Ok(std::mem::take(&mut post.body)),
+        (None, Some(_)) => {
+            Err(Failure::new(ErrorCode::BadRequest, "this run has no bucket: send the update as the body"))
+        }
+        (Some(bucket), None) => Err(Failure::new(
+            ErrorCode::BadRequest,
+            format!(
+                "this run takes updates through its bucket, {}: upload the update there and name its digest with \
+                 ?object=",
+                bucket.bucket().url()
+            ),
+        )),
+        (Some(_), Some(_)) if !post.body.is_empty() => {
+            Err(Failure::new(ErrorCode::BadRequest, "a reveal that names an object has no body"))
+        }
+        (Some(bucket), Some(digest)) => {
+            let key = BlobKey::Update { worker: post.worker, digest };
+            let limit = node.config.limits.max_upload_bytes;
+            bucket.get(key, limit).await.map_err(|error| match error {
+                StorageError::Backend { .. } | StorageError::Config { .. } => {
+                    Failure::new(ErrorCode::Unavailable, error.to_string())
+                }
+                StorageError::Missing { .. }
+                | StorageError::TooLarge { .. }
+                | StorageError::Mismatch { .. } => Failure::new(ErrorCode::BadObject, error.to_string()),
+            })
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // axum extractors, one per argument

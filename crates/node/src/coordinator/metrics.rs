@@ -13,6 +13,7 @@
 //! | `crowdtrain_audits_total{verdict}` | counter | audit verdicts: `passed`, `failed`, `unanswered` |
 //! | `crowdtrain_received_bytes_total` | counter | bytes of revealed updates received |
 //! | `crowdtrain_served_bytes_total` | counter | bytes of models served |
+//! | `crowdtrain_sent_bytes_total{endpoint}` | counter | the coordinator's egress: bytes of every answer's body, by route (`/v1/round`, `/v1/models/{digest}`, ...; `other` for no route), headers not counted |
 //! | `crowdtrain_workers_registered` | gauge | workers registered |
 //! | `crowdtrain_workers_active` | gauge | workers that would be participants if a round opened now |
 //!
@@ -35,6 +36,9 @@ use prometheus_client::registry::Registry;
 
 type Labels = [(&'static str, &'static str); 1];
 
+/// A route's pattern: one of the router's few, so the family stays small.
+type EndpointLabel = [(&'static str, String); 1];
+
 /// The coordinator's metrics, kept up to date from the events it records.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -47,6 +51,7 @@ pub(crate) struct Metrics {
     audits: Family<Labels, Counter>,
     received_bytes: Counter,
     served_bytes: Counter,
+    sent_bytes: Family<EndpointLabel, Counter>,
     workers_registered: Gauge,
     workers_active: Gauge,
     /// When each round still open opened (ms), to time it when it closes.
@@ -67,6 +72,7 @@ impl Default for Metrics {
         let audits = Family::<Labels, Counter>::default();
         let received_bytes = Counter::default();
         let served_bytes = Counter::default();
+        let sent_bytes = Family::<EndpointLabel, Counter>::default();
         let workers_registered = Gauge::default();
         let workers_active = Gauge::default();
         let prefix = |name: &str| format!("crowdtrain_{name}");
@@ -91,6 +97,11 @@ impl Default for Metrics {
             received_bytes.clone(),
         );
         registry.register(prefix("served_bytes"), "Bytes of models served", served_bytes.clone());
+        registry.register(
+            prefix("sent_bytes"),
+            "Bytes of answer bodies sent (the coordinator's egress), by route",
+            sent_bytes.clone(),
+        );
         registry.register(prefix("workers_registered"), "Workers registered", workers_registered.clone());
         registry.register(
             prefix("workers_active"),
@@ -108,6 +119,7 @@ impl Default for Metrics {
             audits,
             received_bytes,
             served_bytes,
+            sent_bytes,
             workers_registered,
             workers_active,
             opened: Mutex::new(BTreeMap::new()),
@@ -165,6 +177,11 @@ impl Metrics {
 
     pub(crate) fn served(&self, bytes: u64) {
         self.served_bytes.inc_by(bytes);
+    }
+
+    /// Counts an answer's body, sent on `endpoint` (a route's pattern).
+    pub(crate) fn sent(&self, endpoint: &str, bytes: u64) {
+        self.sent_bytes.get_or_create(&[("endpoint", endpoint.to_owned())]).inc_by(bytes);
     }
 
     /// The text a scrape gets, with the worker gauges as of now.

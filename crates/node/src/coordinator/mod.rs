@@ -52,6 +52,7 @@ pub use net::raise_descriptor_limit;
 use crate::NodeError;
 use crate::data::{RunData, Shards};
 use crate::replay::replay_segment;
+use crate::storage::{BlobKey, Bucket, CoordinatorBucket};
 
 /// Milliseconds since the Unix epoch, the machine's notion of time.
 pub fn now_unix_ms() -> u64 {
@@ -87,7 +88,7 @@ impl Failure {
             | ErrorCode::ResidualChain => 409,
             ErrorCode::Finished => 410,
             ErrorCode::TooLarge => 413,
-            ErrorCode::WrongShape | ErrorCode::NonFinite => 422,
+            ErrorCode::WrongShape | ErrorCode::NonFinite | ErrorCode::BadObject => 422,
             ErrorCode::WrongRun | ErrorCode::BadRequest => 400,
             ErrorCode::Full | ErrorCode::Unavailable => 503,
         };
@@ -180,6 +181,10 @@ pub struct Node {
     reward_models: Checkpoints,
     /// Set while the model rewards are being built (`model_rewards`).
     rewarding: AtomicBool,
+    /// The run's bucket (`[storage]`), if it has one: every model and
+    /// delta is published there, workers' updates are read from there, and
+    /// `GET /v1/models` serves nothing.
+    bucket: Option<Arc<CoordinatorBucket>>,
 }
 
 struct Inner {
@@ -217,7 +222,7 @@ struct Inner {
     answering: std::collections::HashSet<(RoundId, WorkerId)>,
     /// Writing the checkpoints of the round aggregated last, in the
     /// background (see [`Node::aggregate`]).
-    writing: Option<std::thread::JoinHandle<Result<(), crowdtrain_store::CheckpointError>>>,
+    writing: Option<std::thread::JoinHandle<Result<(), NodeError>>>,
     /// The round the next round opened provisionally after (its overhead
     /// is timed to that opening), until it commits or its speculation is
     /// withdrawn.
@@ -320,6 +325,21 @@ impl Node {
         }
         let contract = store.contract_menu()?.map(|menu| Signed::sign(&identity, menu));
         let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
+        let bucket = match &config.storage {
+            Some(section) => {
+                let bucket = CoordinatorBucket::new(Bucket::open(section, &record.run_id)?)
+                    .map_err(|error| NodeError::io("starting the bucket's client", error))?;
+                // What the latest round trains from, again: the process
+                // that wrote it may have been killed before its upload.
+                bucket.put_blocking(BlobKey::Model(global_model), checkpoints.get(&global_model)?)?;
+                if let Some(delta) = deltas.get(&global_model) {
+                    bucket.put_blocking(BlobKey::Delta { target: global_model }, delta.to_vec())?;
+                }
+                tracing::info!(url = bucket.bucket().url(), model = %global_model, "models published in the bucket");
+                Some(Arc::new(bucket))
+            }
+            None => None,
+        };
         let mut settings = Settings::from_config(&config);
         settings.max_participants = max_participants(&config, &dataset);
         let admission = admission::Admission::open(&config.admission, state_dir)?;
@@ -437,6 +457,7 @@ impl Node {
             uploads_dir,
             reward_models,
             rewarding: AtomicBool::new(false),
+            bucket,
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
         spawn_evaluator(Arc::downgrade(&node), to_evaluate);
@@ -1349,13 +1370,24 @@ impl Node {
                     self.deltas.insert(state.round, model, Arc::clone(bytes));
                 }
                 let (checkpoints, deltas) = (self.checkpoints.clone(), self.deltas.clone());
+                let bucket = self.bucket.clone();
                 let written = Arc::clone(&model_bytes);
                 inner.writing = Some(std::thread::spawn(move || {
+                    // The bucket first: workers look for the model there as
+                    // soon as the next round opens (and wait while it is
+                    // not there yet); the delta before the model, as a
+                    // worker holding the last model asks for it first.
+                    if let Some(bucket) = bucket {
+                        if let Some(change) = &change {
+                            bucket.put_blocking(BlobKey::Delta { target: model }, change.to_vec())?;
+                        }
+                        bucket.put_blocking(BlobKey::Model(model), written.to_vec())?;
+                    }
                     checkpoints.put(&written)?;
                     if let Some(change) = change {
                         deltas.write(&change)?;
                     }
-                    checkpoints.put(&momentum_bytes).map(drop)
+                    Ok(checkpoints.put(&momentum_bytes).map(drop)?)
                 }));
                 let snapshot = inner.defense.aggregator.is_stateful()
                     && state.round.is_multiple_of(AGGREGATOR_SNAPSHOT_ROUNDS);
@@ -1556,6 +1588,7 @@ impl Node {
     /// The bytes of a model checkpoint workers may download (the latest
     /// one shared, not copied, however many download it at once).
     fn model_bytes(&self, digest: &Digest) -> Result<Arc<Vec<u8>>, Failure> {
+        self.refuse_if_bucket()?;
         let published = self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         if let Some((_, bytes)) = published.filter(|(latest, _)| latest == digest) {
             return Ok(bytes);
@@ -1575,9 +1608,28 @@ impl Node {
     /// The delta that makes model `digest` from the one before it, under a
     /// compressed broadcast, if it is among the newest kept.
     fn model_delta(&self, digest: &Digest) -> Result<Arc<Vec<u8>>, Failure> {
+        self.refuse_if_bucket()?;
         self.deltas.get(digest).ok_or_else(|| {
             Failure::new(ErrorCode::NotFound, format!("no delta to model {digest}: download it whole"))
         })
+    }
+
+    /// With a bucket, models and deltas come from there only: serving
+    /// them here too would make the coordinator's egress grow with the
+    /// number of workers again.
+    fn refuse_if_bucket(&self) -> Result<(), Failure> {
+        match &self.bucket {
+            Some(bucket) => Err(Failure::new(
+                ErrorCode::NotFound,
+                format!("this run publishes its models in its bucket, {}", bucket.bucket().url()),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The run's bucket, if it has one.
+    pub(crate) fn bucket(&self) -> Option<&CoordinatorBucket> {
+        self.bucket.as_deref()
     }
 
     fn count_download(&self, bytes: u64) {

@@ -45,6 +45,7 @@ use residual::ResidualFile;
 
 use crate::NodeError;
 use crate::data::{RunData, Shards};
+use crate::storage::{BlobKey, Bucket, StorageError};
 
 /// How soon a commitment refused as too early (its round is open ahead of
 /// the previous round's last audit verdicts, which take a fraction of a
@@ -243,6 +244,10 @@ pub async fn run_worker(
     let pool = training_pool(options.threads)?;
     let mut models = ModelCache::new(&options.cache, model.as_ref())?;
     models.use_deltas(!run.config.outer.broadcast.is_full());
+    // With a bucket (`[storage]`), models come from it and updates go to
+    // it, with this worker's own credentials from its environment.
+    let bucket = run.config.storage.as_ref().map(|section| Bucket::open(section, &run.run_id)).transpose()?;
+    models.use_bucket(bucket.clone());
     let mut shards: HashMap<u32, Arc<Shards>> = HashMap::new();
     let mut last_done: Option<RoundId> = None;
     // Delegated audits already replayed, so a refused report is not retried forever.
@@ -497,9 +502,10 @@ pub async fn run_worker(
                     let bytes = payload.len() as u64;
                     let path = format!("/v1/rounds/{round}/reveals?base_model={base}");
                     let next_round_due = view.ahead.as_ref().is_some_and(|ahead| ahead.assignment.is_some());
-                    if next_round_due && revealing.is_none() {
+                    if bucket.is_none() && next_round_due && revealing.is_none() {
                         // The round opened ahead trains from now on; the
-                        // upload goes beside it.
+                        // upload goes beside it. (Through a bucket the
+                        // reveal goes first: it retries a bad object.)
                         let client = Arc::clone(&client);
                         let task = tokio::spawn(async move {
                             let headers = [("content-type", "application/octet-stream".to_owned())];
@@ -507,8 +513,13 @@ pub async fn run_worker(
                         });
                         revealing = Some(BackgroundReveal { round, bytes, task });
                     } else {
-                        let answer =
-                            upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?;
+                        let answer = match &bucket {
+                            Some(bucket) => {
+                                reveal_through_bucket(&client, bucket, me, round, &path, payload, &mut on_event)
+                                    .await?
+                            }
+                            None => upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?,
+                        };
                         reveal_answered(&answer, round, bytes, &coordinator, &mut summary, &mut on_event)?;
                     }
                 }
@@ -674,6 +685,60 @@ async fn upload(
         }
     })
     .await
+}
+
+/// A reveal through the run's bucket: the update goes to this worker's
+/// own content-addressed key, and the signed reveal names its digest (no
+/// body). An object the coordinator could not read as named (`bad-object`:
+/// lost, or altered by someone with write access) is uploaded again, a few
+/// times.
+async fn reveal_through_bucket(
+    client: &Client,
+    bucket: &Bucket,
+    me: WorkerId,
+    round: RoundId,
+    path: &str,
+    payload: Vec<u8>,
+    on_event: &mut impl FnMut(&WorkerEvent),
+) -> Result<Answer, NodeError> {
+    const ATTEMPTS: u32 = 3;
+    let bytes = payload.len() as u64;
+    let digest = Digest::of(&payload);
+    let key = BlobKey::Update { worker: me, digest };
+    let payload = object_store::PutPayload::from(payload);
+    let path = format!("{path}&object={}", digest.to_hex());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        on_event(&WorkerEvent::Uploading { round, what: Upload::Reveal, sent: 0, bytes });
+        put_patiently(bucket, &key, payload.clone(), client.give_up_after()).await?;
+        on_event(&WorkerEvent::Uploading { round, what: Upload::Reveal, sent: bytes, bytes });
+        let answer = client.request(Method::POST, &path, Vec::new(), &[]).await?;
+        if answer.code() != Some(ErrorCode::BadObject) || attempt == ATTEMPTS {
+            return Ok(answer);
+        }
+        on_event(&note(format!("round {round}: {}; uploading it again", answer.reason())));
+    }
+}
+
+/// Writes an object, retrying a bucket that is away for up to `give_up_after`.
+async fn put_patiently(
+    bucket: &Bucket,
+    key: &BlobKey,
+    bytes: object_store::PutPayload,
+    give_up_after: Duration,
+) -> Result<(), NodeError> {
+    let started = Instant::now();
+    loop {
+        match bucket.put(key, bytes.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if started.elapsed() < give_up_after => {
+                tracing::warn!(%error, "could not write to the bucket; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// The event for an upload's answer.
@@ -1113,6 +1178,8 @@ pub struct ModelCache {
     deltas: bool,
     full_downloads: u64,
     delta_downloads: u64,
+    /// The run's bucket, where models and deltas come from when it has one.
+    bucket: Option<Bucket>,
 }
 
 /// A download is retried from where it stopped at most this many times.
@@ -1131,7 +1198,14 @@ impl ModelCache {
             deltas: false,
             full_downloads: 0,
             delta_downloads: 0,
+            bucket: None,
         })
+    }
+
+    /// Fetches models and deltas from `bucket` (the run's `[storage]`)
+    /// instead of the coordinator.
+    pub fn use_bucket(&mut self, bucket: Option<Bucket>) {
+        self.bucket = bucket;
     }
 
     /// Asks for each new model as a delta from the one held first (when
@@ -1193,22 +1267,37 @@ impl ModelCache {
         held: &Digest,
         params: &[f32],
     ) -> Result<Option<Vec<f32>>, String> {
-        let mut response = client.get_stream(&format!("/v1/models/{}/delta", digest.to_hex()), 0).await?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            status => return Err(format!("HTTP {status}")),
-        }
         // Never more than the model whole: past that the delta saves nothing.
         let limit = delta::HEADER_BYTES + crowdtrain_train::codec::HEADER_BYTES + self.layout.len() * 4;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
-            self.bytes_downloaded += chunk.len() as u64;
-            if bytes.len() + chunk.len() > limit {
-                return Err(format!("the delta is larger than the model ({limit} bytes)"));
+        let bytes = match &self.bucket {
+            Some(bucket) => match bucket.get(&BlobKey::Delta { target: *digest }, limit as u64).await {
+                Ok(bytes) => {
+                    self.bytes_downloaded += bytes.len() as u64;
+                    bytes
+                }
+                // Not there (yet): the model whole, which waits for it.
+                Err(StorageError::Missing { .. }) => return Ok(None),
+                Err(error) => return Err(error.to_string()),
+            },
+            None => {
+                let mut response =
+                    client.get_stream(&format!("/v1/models/{}/delta", digest.to_hex()), 0).await?;
+                match response.status() {
+                    StatusCode::OK => {}
+                    StatusCode::NOT_FOUND => return Ok(None),
+                    status => return Err(format!("HTTP {status}")),
+                }
+                let mut bytes = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+                    self.bytes_downloaded += chunk.len() as u64;
+                    if bytes.len() + chunk.len() > limit {
+                        return Err(format!("the delta is larger than the model ({limit} bytes)"));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                bytes
             }
-            bytes.extend_from_slice(&chunk);
-        }
+        };
         let delta = ModelDelta::decode(&bytes).map_err(|error| error.to_string())?;
         if delta.target != *digest {
             return Err(format!("the delta makes model {}, not {digest}", delta.target));
@@ -1233,6 +1322,13 @@ impl ModelCache {
         if let Ok(bytes) = std::fs::read(&done)
             && Digest::of(&bytes) == *digest
         {
+            return Ok(bytes);
+        }
+        if let Some(bucket) = self.bucket.clone() {
+            let bytes = self.fetch_from_bucket(&bucket, client.give_up_after(), digest).await?;
+            if let Err(error) = std::fs::write(&done, &bytes) {
+                tracing::warn!(path = %done.display(), %error, "could not cache a downloaded model");
+            }
             return Ok(bytes);
         }
         let partial = self.dir.join(format!("{}.partial", digest.to_hex()));
@@ -1266,6 +1362,47 @@ impl ModelCache {
             seconds: started.elapsed().as_secs(),
             last: last_error,
         })
+    }
+
+    /// Model `digest` from the bucket, checked against its digest. A
+    /// model not there yet (the coordinator publishes it as the round
+    /// opens), a bucket briefly away, or an object that does not hash to
+    /// its key (the coordinator writes it again when it restarts) is asked
+    /// for again, waiting longer each time, for up to `give_up_after`.
+    async fn fetch_from_bucket(
+        &mut self,
+        bucket: &Bucket,
+        give_up_after: Duration,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, NodeError> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match bucket
+                .get(&BlobKey::Model(*digest), crowdtrain_store::checkpoint::CHECKPOINT_BYTES_MAX)
+                .await
+            {
+                Ok(bytes) => {
+                    self.bytes_downloaded += bytes.len() as u64;
+                    return Ok(bytes);
+                }
+                Err(error @ StorageError::TooLarge { .. }) => {
+                    return Err(NodeError::Untrusted(error.to_string()));
+                }
+                Err(error) if started.elapsed() >= give_up_after => {
+                    return Err(NodeError::GaveUp {
+                        url: bucket.url().to_owned(),
+                        seconds: started.elapsed().as_secs(),
+                        last: error.to_string(),
+                    });
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "model not in the bucket yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     async fn download_into(
