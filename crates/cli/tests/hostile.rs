@@ -365,7 +365,10 @@ fn workers_get_through_while_strangers_flood_the_connection_slots() {
     // It held the unreserved slots (the premise), and no more: 32 of them;
     // a few more counted while an evicted connection's close and its
     // successor's answer cross.
-    assert!(served_max >= 24, "strangers held only {served_max} slots: the flood did not fill the unreserved 32");
+    assert!(
+        served_max >= 24,
+        "strangers held only {served_max} slots: the flood did not fill the unreserved 32"
+    );
     assert!(served_max <= 36, "strangers held {served_max} of the 64 slots, 32 of them reserved");
     assert!(!network.log("coordinator.log").contains("halting"));
 }

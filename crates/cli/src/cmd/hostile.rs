@@ -217,7 +217,8 @@ pub fn run(args: HostileArgs) -> anyhow::Result<()> {
     let mut ratios: Vec<f64> = pairs.iter().map(|pair| pair.rounds_per_second_ratio).collect();
     ratios.sort_by(f64::total_cmp);
     let middle = ratios.len() / 2;
-    let median = if ratios.len() % 2 == 1 { ratios[middle] } else { (ratios[middle - 1] + ratios[middle]) / 2.0 };
+    let median =
+        if ratios.len() % 2 == 1 { ratios[middle] } else { (ratios[middle - 1] + ratios[middle]) / 2.0 };
     let report = HostileReport {
         rounds_per_second_ratio: median,
         rounds_per_second_ratio_min: ratios[0],

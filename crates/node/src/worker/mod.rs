@@ -515,10 +515,20 @@ pub async fn run_worker(
                     } else {
                         let answer = match &bucket {
                             Some(bucket) => {
-                                reveal_through_bucket(&client, bucket, me, round, &path, payload, &mut on_event)
-                                    .await?
+                                reveal_through_bucket(
+                                    &client,
+                                    bucket,
+                                    me,
+                                    round,
+                                    &path,
+                                    payload,
+                                    &mut on_event,
+                                )
+                                .await?
                             }
-                            None => upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?,
+                            None => {
+                                upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?
+                            }
                         };
                         reveal_answered(&answer, round, bytes, &coordinator, &mut summary, &mut on_event)?;
                     }
