@@ -2173,8 +2173,14 @@ impl Coordinator {
             let Some(segment) = drawn else { continue };
             audits.push((worker, segment));
             // An answer the driver already replayed (or is replaying) needs
-            // no auditor.
-            if self.settings.delegate_audits && !standing.answered && standing.verdict.is_none() {
+            // no auditor. Nor is a contested update's audit delegated: it
+            // decides which of two workers' identical commitments is the
+            // copy, and an auditor colluding with a copier that committed
+            // first would vouch for it and have the honest original refused
+            // as the copy (found by the network simulator, seed 241).
+            let delegated = !contested.contains(&worker);
+            if self.settings.delegate_audits && delegated && !standing.answered && standing.verdict.is_none()
+            {
                 let class = &self.workers[&worker].class;
                 let candidates: Vec<WorkerId> = committed
                     .iter()

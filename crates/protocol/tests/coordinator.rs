@@ -454,6 +454,36 @@ fn a_copy_committed_before_its_original_is_caught_by_replay_and_the_original_sta
 }
 
 #[test]
+fn a_contested_update_is_never_audited_by_another_worker() {
+    // Goal: a copier cannot have a colluding auditor vouch for its copy
+    // (and the honest original refused as the copy). Method: audits
+    // delegated, every commitment audited, three workers of one class, the
+    // copier first; the draw names auditors for the uncontested update
+    // only, and the contested pair's answers go to the coordinator.
+    let settings = Settings { min_workers: 3, audit_probability: 1.0, delegate_audits: true, ..settings() };
+    let (mut machine, _, workers) = durable_running(3, &settings);
+    let (copier, victim, other) = (workers[0], workers[1], workers[2]);
+    let base = base(&machine);
+    machine.commit(T0 + 1, copier, 1, 0, base, None, commitment(victim, 0)).unwrap();
+    commit(&mut machine, T0 + 2, victim, 0).unwrap();
+    commit(&mut machine, T0 + 3, other, 0).unwrap();
+    let actions = drain(&mut machine);
+    let Some(Action::Record(Event::AuditDraw { audits, auditors, .. })) =
+        actions.iter().find(|action| matches!(action, Action::Record(Event::AuditDraw { .. })))
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(audits.len(), 3, "{audits:?}");
+    let audited_by_workers: Vec<WorkerId> = auditors.iter().map(|pair| pair.0).collect();
+    assert_eq!(audited_by_workers, [other], "only the uncontested update goes to a worker: {auditors:?}");
+    for worker in [copier, victim] {
+        let auditor =
+            machine.audit_answered(T0 + 4, worker, (T0 + 4) * 1000 + worker.0, 0, Digest::of(b"an answer"));
+        assert_eq!(auditor, Ok(None), "the coordinator replays {worker}'s contested answer itself");
+    }
+}
+
+#[test]
 fn audits_decide_acceptance_and_failures_or_silence_are_slashed() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..settings() });
     for &worker in &workers {

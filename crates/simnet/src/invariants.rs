@@ -148,11 +148,6 @@ pub struct Tally {
     /// the coordinator was down during.
     pub honest_slashes_after_outage: u64,
     pub updates_refused: u64,
-    /// Honest updates refused as copies in a round where an attacking
-    /// auditor passed an attacker's audit: a copier whose audit its
-    /// accomplice vouched for keeps the original's place (a weakness of
-    /// delegated audits the simulator found, counted apart).
-    pub honest_refused_after_collusion: u64,
     /// Audits decided by an auditor's report that agreed.
     pub delegated_verdicts: u64,
     pub auditors_slashed: u64,
@@ -172,9 +167,6 @@ struct RoundSeen {
     audits_failed: BTreeSet<WorkerId>,
     slashed: BTreeSet<WorkerId>,
     refused: BTreeSet<WorkerId>,
-    /// An attacker's audit was passed by an attacking auditor (a colluding
-    /// auditor vouches for a copy, which then counts as the original).
-    colluded: bool,
 }
 
 /// What the simulator knows that the coordinator does not.
@@ -345,12 +337,8 @@ impl Rules {
                 if *verdict != Verdict::Passed {
                     open.audits_failed.insert(*worker);
                 }
-                if let Some(auditor) = judged_by {
+                if judged_by.is_some() {
                     self.tally.delegated_verdicts += 1;
-                    let attacker = |worker| !honest(&self.keys, worker);
-                    if *verdict == Verdict::Passed && attacker(worker) && attacker(auditor) {
-                        self.open_round(*round, "a verdict")?.colluded = true;
-                    }
                 }
             }
             Event::AuditorSlashed { round, auditor, amount, reason, .. } => {
@@ -426,11 +414,8 @@ impl Rules {
                 let is_honest = honest(&self.keys, worker);
                 let open = self.open_round(*round, "a refused update")?;
                 open.refused.insert(*worker);
-                if is_honest && !open.colluded {
-                    return violation(format!("honest {worker}'s update refused in round {round}: {reason}"));
-                }
                 if is_honest {
-                    self.tally.honest_refused_after_collusion += 1;
+                    return violation(format!("honest {worker}'s update refused in round {round}: {reason}"));
                 }
             }
             Event::RoundClosed { round, accepted, .. } => {

@@ -215,10 +215,6 @@ pub struct Summary {
     /// deadline that passed (or nearly) while the coordinator was down.
     pub honest_slashes_after_outage: u64,
     pub updates_refused: u64,
-    /// Honest updates refused as a copy of an attacker's whose audit an
-    /// attacking auditor vouched for (a weakness of delegated audits:
-    /// see the report), counted apart.
-    pub honest_refused_after_collusion: u64,
     /// Audits judged by a worker's report that agreed with the commitment.
     pub delegated_verdicts: u64,
     /// Auditors slashed because the coordinator's own replay contradicted

@@ -623,7 +623,6 @@ impl World {
             honest_slashes_excused: tally.honest_slashes_excused,
             honest_slashes_after_outage: tally.honest_slashes_after_outage,
             updates_refused: tally.updates_refused,
-            honest_refused_after_collusion: tally.honest_refused_after_collusion,
             delegated_verdicts: tally.delegated_verdicts,
             auditors_slashed: tally.auditors_slashed,
             drawn_from_bond: tally.drawn_from_bond,

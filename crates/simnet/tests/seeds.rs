@@ -267,18 +267,15 @@ fn a_model_that_the_credited_updates_do_not_give_is_reported() {
 }
 
 /// Seed 241 delegates its audits: a copier (w0) commits its neighbour's
-/// update first and an attacking auditor vouches for the copy, so the
-/// honest original (w1) is refused as the copy. The protocol's weakness,
-/// counted apart (see docs/ARCHITECTURE.md); every other invariant holds.
+/// update first, and an attacking auditor drawn for the copy used to vouch
+/// for it, so that the honest original (w1) was refused as the copy. A
+/// contested update's audit is no longer delegated: the coordinator's own
+/// replay fails the copy, and an honest refusal is a violation.
 #[test]
-fn a_colluding_auditor_can_make_an_honest_original_count_as_the_copy() {
-    let summary =
-        crowdtrain_simnet::run(&SimConfig::small(241)).unwrap_or_else(|failure| panic!("{failure}"));
-    assert!(summary.honest_refused_after_collusion >= 1, "{summary:?}");
-    let coordinator = SimConfig { auditors: Auditors::Coordinator, ..SimConfig::small(241) };
-    let summary = crowdtrain_simnet::run(&coordinator).unwrap();
-    assert_eq!(
-        summary.honest_refused_after_collusion, 0,
-        "the coordinator's own replay fails the copy: {summary:?}"
-    );
+fn a_colluding_auditor_cannot_make_an_honest_original_count_as_the_copy() {
+    for auditors in [Auditors::Workers, Auditors::Coordinator] {
+        let config = SimConfig { auditors, ..SimConfig::small(241) };
+        let summary = crowdtrain_simnet::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
+        assert!(summary.delegated_verdicts > 0 || auditors == Auditors::Coordinator, "{summary:?}");
+    }
 }

@@ -189,10 +189,7 @@ fn print_summary(summary: &Summary) {
                 summary.honest_slashes_after_outage
             ),
         ),
-        (
-            "updates refused (honest, after a colluding auditor)",
-            format!("{} ({})", summary.updates_refused, summary.honest_refused_after_collusion),
-        ),
+        ("updates refused", summary.updates_refused.to_string()),
         (
             "delegated verdicts / auditors slashed",
             format!("{} / {}", summary.delegated_verdicts, summary.auditors_slashed),
