@@ -25,9 +25,31 @@ impl PublicKey {
         message: &[u8],
         signature: &SignatureBytes,
     ) -> Result<(), BadSignature> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
+        self.verifier()?.verify(domain, message, signature)
+    }
+
+    /// The key decompressed once, for checking many signatures by it (a
+    /// ledger's entries): decompressing the curve point is a good part of
+    /// each check.
+    pub fn verifier(&self) -> Result<Verifier, BadSignature> {
+        VerifyingKey::from_bytes(&self.0).map(Verifier).map_err(|_| BadSignature)
+    }
+}
+
+/// A [`PublicKey`] ready to check signatures ([`PublicKey::verifier`]).
+#[derive(Debug, Clone)]
+pub struct Verifier(VerifyingKey);
+
+impl Verifier {
+    /// As [`PublicKey::verify`].
+    pub fn verify(
+        &self,
+        domain: &str,
+        message: &[u8],
+        signature: &SignatureBytes,
+    ) -> Result<(), BadSignature> {
         let signature = Signature::from_bytes(&signature.0);
-        key.verify_strict(&domain_message(domain, message), &signature).map_err(|_| BadSignature)
+        self.0.verify_strict(&domain_message(domain, message), &signature).map_err(|_| BadSignature)
     }
 }
 

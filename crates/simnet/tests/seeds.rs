@@ -198,7 +198,11 @@ fn a_thousand_workers_for_a_hundred_rounds_keep_every_invariant_and_their_hash()
     let summary = crowdtrain_simnet::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
     eprintln!("{summary:?}");
     assert_eq!((summary.rounds_closed, summary.rounds_failed), (100, 0));
-    assert_eq!(summary.hash, "9ae92fe4b08e23be10d253b037bc355ea64a9981fe977070246a36b098dbb190");
+    // Every counter as on 2026-12-04 (86,311 submissions, 3,784 slashings,
+    // 7 crashes, 327,580 ledger entries); the hash changed once since,
+    // when the summary lost its count of honest updates refused after a
+    // collusion (now a violation).
+    assert_eq!(summary.hash, "4440fa711e1c27fb1c3d9db4772e0ee6d0ec4d62f5bbdb13b1b461babda6c7f2");
 }
 
 #[test]
