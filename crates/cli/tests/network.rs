@@ -362,6 +362,34 @@ fn a_commitment_drawn_for_audit_is_told_so_in_its_receipt() {
 }
 
 #[test]
+fn a_commitment_naming_a_malformed_or_other_shard_is_refused_and_changes_nothing() {
+    // Goal: the shard a commitment names (`&slot=K&slots=N`) is checked
+    // over real HTTP: malformed pairs are a bad request, another shard is
+    // stale (the worker trains again), and neither records anything.
+    let mut network = Network::new(1, 8, 0.0, "min_workers = 1\ndeadline_ms = 60000\nquorum = 1");
+    network.start_coordinator();
+    let worker = HandWorker::join(&network, 13);
+    let assignment = worker.view().assignment.expect("the only worker is assigned round 0");
+    assert_eq!((assignment.slot, assignment.slots), (0, 1));
+    let body = serde_json::to_vec(&worker.commitment(&worker.update(1e-3))).unwrap();
+    let path = worker.path("commitments", assignment.round, &assignment.base_model);
+    let send = |query: &str| {
+        let path = format!("{path}{query}");
+        worker.send("POST", &path, body.clone(), worker.nonce(), worker.run.run_id)
+    };
+    for query in ["&slot=1&slots=1", "&slot=0", "&slots=1", "&slot=x&slots=1"] {
+        let (status, code, message) = refusal(&send(query));
+        assert_eq!((status, code), (400, ErrorCode::BadRequest), "{query}: {message}");
+    }
+    let (status, code, message) = refusal(&send("&slot=0&slots=2"));
+    assert_eq!((status, code), (409, ErrorCode::StaleModel), "{message}");
+    assert!(message.contains("trains shard 0 of 1, not shard 0 of 2"), "{message}");
+    assert!(!worker.view().committed, "nothing was recorded");
+    assert_eq!(send("&slot=0&slots=1").0, 200, "its own shard is taken");
+    assert!(worker.view().committed);
+}
+
+#[test]
 fn every_kind_of_bad_reveal_is_refused_with_its_reason_and_changes_nothing() {
     // An upload limit of 1 MiB (an int8 MLP update is 0.2 MB), so that the
     // oversized case fits in loopback socket buffers and the client reads
