@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use crowdtrain_protocol::wire::{ErrorCode, Phase, Receipt, ReceiptStatus};
+use crowdtrain_protocol::wire::{ErrorCode, LedgerPage, Phase, Receipt, ReceiptStatus};
 use crowdtrain_protocol::{Digest, Identity, RequestAuth, Signed};
 use crowdtrain_train::{Broadcast, Codec, Encode, Nesterov};
 
@@ -339,6 +339,55 @@ fn under_a_compressed_broadcast_workers_download_deltas_and_a_killed_coordinator
     assert_eq!(late["full_model_downloads"], 1, "{late}");
     assert!(late["delta_model_downloads"].as_u64().unwrap() >= 1, "{late}");
     assert!(std::fs::read_dir(network.path("state/deltas")).unwrap().count() >= 1, "deltas are stored");
+}
+
+#[test]
+fn a_worker_restarted_between_its_commitment_and_its_reveal_trains_again_and_reveals() {
+    // Goal: a worker killed after its commitment is in and before it could
+    // reveal, its cache lost with it, loses nothing: training is
+    // deterministic, so once restarted it trains its assignment again, the
+    // coordinator takes the same commitment again, and it reveals. Method:
+    // a hand-driven participant holds round 0 in its commit phase until the
+    // real worker has committed, been SIGKILLed and restarted, so the real
+    // worker cannot have revealed before the kill.
+    let mut network = Network::new(1, 8, 0.0, "min_workers = 2\ndeadline_ms = 60000");
+    network.start_coordinator();
+    let hand = HandWorker::join(&network, 7);
+    network.start_worker(0);
+    let ledger = format!("{}/v1/ledger?kinds=commitment", network.url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_json::<LedgerPage>(&ledger).is_none_or(|page| page.entries.is_empty()) {
+        assert!(Instant::now() < deadline, "the worker never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut worker = network.workers.remove(0);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    std::fs::remove_dir_all(network.path("cache-0")).unwrap();
+    network.start_worker(0);
+
+    let assignment = hand.view().assignment.expect("the hand worker takes part in round 0");
+    let (round, base) = (assignment.round, assignment.base_model);
+    let payload = hand.update(1e-3);
+    assert_eq!(hand.commit(round, &base, &payload).0, 200);
+    let revealed =
+        hand.send("POST", &hand.path("reveals", round, &base), payload, hand.nonce(), hand.run.run_id);
+    assert_eq!(revealed.0, 200, "{}", String::from_utf8_lossy(&revealed.1));
+
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, 1);
+    let real = status
+        .workers
+        .iter()
+        .find(|worker| worker.public_key != hand.identity.public_key())
+        .expect("the real worker registered");
+    assert_eq!((real.submissions_accepted, real.submissions_rejected, real.slashed), (1, 0, 0), "{real:?}");
+    let log = network.log("worker-0.log");
+    let summaries = network.join_workers();
+    assert!(summaries[0].status.success(), "{log}");
+    let summary: serde_json::Value = serde_json::from_slice(&summaries[0].stdout).unwrap();
+    assert_eq!(summary["reveals_accepted"], 1, "{summary} {log}");
+    assert!(log.contains("training the assignment again"), "{log}");
 }
 
 #[test]

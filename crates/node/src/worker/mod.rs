@@ -257,6 +257,9 @@ pub async fn run_worker(
     // shard (a round can open again on the same model with other
     // participants, which moves the shards).
     let mut withdrawn: std::collections::HashSet<(RoundId, Digest, Shard)> = Default::default();
+    // Rounds this worker had committed to before it restarted, trained
+    // again to reveal them (once each, whatever the coordinator says).
+    let mut recovered: std::collections::HashSet<RoundId> = Default::default();
     let mut previous: Option<Produced> = None;
     // The error-feedback residual this worker's next commitment starts
     // from (empty: zero), as its last accepted commitment left it.
@@ -344,8 +347,25 @@ pub async fn run_worker(
             answer_audit(&client, &coordinator, round, produced, segment, &mut summary, &mut on_event)
                 .await?;
         }
+        // Committed, but the update is not in hand (this worker restarted,
+        // its cache perhaps gone, between its commitment and its reveal):
+        // training is deterministic, so train the assignment again and
+        // commit it again. The coordinator takes only the very same
+        // commitment (idempotently) and refuses any other as a duplicate,
+        // so a differing result (a residual file newer than the round) is
+        // never revealed: the worker then sits the round out, unslashed.
+        let recover = view.committed
+            && !view.revealed
+            && matches!(view.phase, Phase::Committing | Phase::Revealing)
+            && current.as_ref().is_none_or(|(held, _)| *held != round)
+            && recovered.insert(round);
+        if recover {
+            on_event(&note(format!(
+                "round {round}: committed before a restart; training the assignment again to reveal it"
+            )));
+        }
         match view.phase {
-            Phase::Committing if !view.committed => {
+            phase if (phase == Phase::Committing && !view.committed) || recover => {
                 let params = models.get(&client, &assignment.base_model).await?;
                 if summary.join_ms.is_none() {
                     summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
