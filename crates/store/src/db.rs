@@ -26,6 +26,10 @@ use rusqlite::{Connection, OptionalExtension, named_params, params};
 
 const SCHEMA_VERSION: i64 = 8;
 
+/// Prepared statements kept per connection: the write path's few dozen
+/// (each event kind's, and the totals' updates), with room to spare.
+const STATEMENT_CACHE: usize = 96;
+
 const SCHEMA: &str = "
 CREATE TABLE run (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
@@ -331,6 +335,8 @@ impl Store {
         // else) lingers in the file where an edit would go unseen.
         connection.pragma_update(None, "secure_delete", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Room for every statement of the write path (see `execute`).
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
         match version {
             0 => {
@@ -1193,11 +1199,12 @@ fn project(
             return Err(StoreError::Corrupt("a run starts once, with Store::create_run".into()));
         }
         Event::WorkerRegistered { worker, key, class, registered_unix_ms, token } => {
-            transaction.execute(
+            execute(
+                transaction,
                 "INSERT INTO workers (id, public_key, class, registered_unix_ms, token) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![worker.0, key.0, class, registered_unix_ms, token.map(|token| token.0)],
             )?;
-            transaction.execute("INSERT INTO worker_totals (worker) VALUES (?1)", [worker.0])?;
+            execute(transaction, "INSERT INTO worker_totals (worker) VALUES (?1)", [worker.0])?;
         }
         Event::RoundOpened {
             round,
@@ -1207,13 +1214,15 @@ fn project(
             commit_deadline_unix_ms,
             secret_commitment,
         } => {
-            transaction.execute(
+            execute(
+                transaction,
                 "INSERT INTO rounds (id, state, base_model, opened_unix_ms, commit_deadline_unix_ms, secret_commitment)
                  VALUES (?1, 'open', ?2, ?3, ?4, ?5)",
                 params![round, base_model.0, opened_unix_ms, commit_deadline_unix_ms, secret_commitment.0],
             )?;
             for (slot, worker) in participants.iter().enumerate() {
-                transaction.execute(
+                execute(
+                    transaction,
                     "INSERT INTO assignments (round, worker, slot) VALUES (?1, ?2, ?3)",
                     params![round, worker.0, slot as u64],
                 )?;
@@ -1221,13 +1230,15 @@ fn project(
             }
         }
         Event::DeadlineExtended { round, commit_deadline_unix_ms, extensions } => {
-            expect_one(transaction.execute(
+            expect_one(execute(
+                transaction,
                 "UPDATE rounds SET commit_deadline_unix_ms = ?2, extensions = ?3 WHERE id = ?1 AND state = 'open'",
                 params![round, commit_deadline_unix_ms, extensions],
             )?)?;
         }
         Event::Commitment { round, worker, commitment, status, audit, received_unix_ms, .. } => {
-            transaction.execute(
+            execute(
+                transaction,
                 "INSERT INTO commitments (round, worker, status, merkle_root, payload_digest, segments,
                                           received_unix_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1242,14 +1253,16 @@ fn project(
                 ],
             )?;
             if let Some(segment) = audit {
-                transaction.execute(
+                execute(
+                    transaction,
                     "INSERT INTO audits (round, worker, segment) VALUES (?1, ?2, ?3)",
                     params![round, worker.0, segment],
                 )?;
             }
         }
         Event::AuditDraw { round, secret, beacon, audits, auditors, reveal_deadline_unix_ms } => {
-            expect_one(transaction.execute(
+            expect_one(execute(
+                transaction,
                 "UPDATE rounds SET secret = ?2, beacon = ?3, reveal_deadline_unix_ms = ?4 WHERE id = ?1 AND state = 'open'",
                 params![round, secret, beacon.0, reveal_deadline_unix_ms],
             )?)?;
@@ -1259,7 +1272,8 @@ fn project(
             for (worker, segment) in audits {
                 let auditor =
                     auditors.iter().find(|(audited, _)| audited == worker).map(|(_, auditor)| auditor.0);
-                expect_one(transaction.execute(
+                expect_one(execute(
+                    transaction,
                     "INSERT INTO audits (round, worker, segment, auditor) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (round, worker) DO UPDATE SET auditor = excluded.auditor
                      WHERE segment = excluded.segment",
@@ -1268,7 +1282,8 @@ fn project(
             }
         }
         Event::AuditAnswered { round, worker, answer, received_unix_ms, .. } => {
-            expect_one(transaction.execute(
+            expect_one(execute(
+                transaction,
                 "UPDATE audits SET answer_digest = ?3, answered_unix_ms = ?4
                  WHERE round = ?1 AND worker = ?2 AND answer_digest IS NULL AND verdict IS NULL",
                 params![round, worker.0, &answer.0[..], received_unix_ms],
@@ -1279,7 +1294,8 @@ fn project(
                 payloads.iter().find(|(digest, _)| digest == payload).map(|(_, bytes)| *bytes).ok_or_else(
                     || StoreError::Corrupt(format!("the reveal of {worker} in round {round} has no bytes")),
                 )?;
-            transaction.execute(
+            execute(
+                transaction,
                 "INSERT INTO reveals (round, worker, status, payload_digest, payload, received_unix_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![round, worker.0, status.as_str(), payload.0, bytes, received_unix_ms],
@@ -1299,7 +1315,8 @@ fn project(
                 Verdict::Failed(reason) => ("failed", Some(reason.as_str())),
                 Verdict::Unanswered => ("unanswered", None),
             };
-            expect_one(transaction.execute(
+            expect_one(execute(
+                transaction,
                 "UPDATE audits SET verdict = ?3, reason = ?4, judged_by = ?5, decided_unix_ms = ?6
                  WHERE round = ?1 AND worker = ?2 AND verdict IS NULL",
                 params![round, worker.0, name, reason, judged_by.map(|auditor| auditor.0), decided_unix_ms],
@@ -1360,7 +1377,8 @@ fn project(
             )?;
         }
         Event::UpdateRefused { round, worker, reason } => {
-            transaction.execute(
+            execute(
+                transaction,
                 "INSERT INTO refusals (round, worker, reason) VALUES (?1, ?2, ?3)",
                 params![round, worker.0, reason],
             )?;
@@ -1374,7 +1392,8 @@ fn project(
             closed_unix_ms,
             ..
         } => {
-            expect_one(transaction.execute(
+            expect_one(execute(
+                transaction,
                 "UPDATE rounds SET state = 'closed', result_model = ?2, result_momentum = ?3, result_aggregator = ?4,
                                    closed_unix_ms = ?5
                  WHERE id = ?1 AND state = 'open'",
@@ -1388,13 +1407,15 @@ fn project(
             )?)?;
         }
         Event::RoundFailed { round, closed_unix_ms, .. } => {
-            expect_one(transaction.execute(
+            expect_one(execute(
+                transaction,
                 "UPDATE rounds SET state = 'failed', closed_unix_ms = ?2 WHERE id = ?1 AND state = 'open'",
                 params![round, closed_unix_ms],
             )?)?;
         }
         Event::Reward(Reward { round, worker, score, quality, multiplier, units, credits, .. }) => {
-            transaction.execute(
+            execute(
+                transaction,
                 "INSERT INTO rewards (round, worker, score, quality, multiplier, units, credits)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![round, worker.0, score, quality, multiplier, units, credits],
@@ -1411,7 +1432,8 @@ fn project(
             )?;
         }
         Event::RoundScored { round } => {
-            expect_one(transaction.execute(
+            expect_one(execute(
+                transaction,
                 "UPDATE rounds SET scored_unix_ms = ?2 WHERE id = ?1 AND state = 'closed' AND scored_unix_ms IS NULL",
                 params![round, unix_ms],
             )?)?;
@@ -1480,7 +1502,8 @@ fn project(
                 params![worker.0, first_round, round],
                 |row| row.get(0),
             )?;
-            transaction.execute(
+            execute(
+                transaction,
                 "UPDATE rewards SET credits = 0, multiplier = 0 WHERE worker = ?1 AND round >= ?2 AND round < ?3",
                 params![worker.0, first_round, round],
             )?;
@@ -1531,7 +1554,8 @@ fn credit(
     amount: u64,
     reason: &str,
 ) -> Result<(), StoreError> {
-    transaction.execute(
+    execute(
+        transaction,
         "INSERT INTO credits (round, worker, kind, amount, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![round, worker.0, kind, amount, reason],
     )?;
@@ -1547,11 +1571,23 @@ fn append(
     event: &Event,
 ) -> Result<(), StoreError> {
     let sealed = chain.append(signer, unix_ms, event.clone());
-    transaction.execute(
+    execute(
+        transaction,
         "INSERT INTO ledger (idx, kind, body, hash, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![sealed.index, event.kind(), sealed.bytes, sealed.hash.0, sealed.signature.0],
     )?;
     Ok(())
+}
+
+/// Runs one statement of the write path, prepared once per connection:
+/// every batch applies the same few dozen statements, and preparing each
+/// again was most of the store's time in the whole-network simulation.
+fn execute(
+    transaction: &rusqlite::Transaction<'_>,
+    sql: &str,
+    parameters: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    transaction.prepare_cached(sql)?.execute(parameters)
 }
 
 fn expect_one(changed: usize) -> Result<(), StoreError> {
