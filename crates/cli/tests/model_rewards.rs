@@ -58,11 +58,13 @@ fn each_participant_fetches_the_model_it_was_promised_and_the_ledger_rebuilds_it
     // Killed while it builds the rewards (they take seconds; the run just
     // finished): the restarted coordinator finishes the job, once each.
     network.kill_coordinator();
-    let outputs = network.join_workers();
-    for output in &outputs {
-        assert!(output.status.success(), "a worker failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
+    // Started again before the workers are awaited: a worker that had not
+    // yet seen the run finish when the kill came asks again, and is answered.
     network.start_coordinator();
+    let outputs = network.join_workers();
+    for (index, output) in outputs.iter().enumerate() {
+        assert!(output.status.success(), "a worker failed: {}", network.log(&format!("worker-{index}.log")));
+    }
 
     let mut fetched = Vec::new();
     for index in 0..3 {

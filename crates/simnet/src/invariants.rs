@@ -134,26 +134,74 @@ pub fn check_acked(events: &[Event], acked: &Acked) -> Result<(), Violation> {
     Ok(())
 }
 
-/// What the rules check learned, for the summary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What the rules check learned from the ledger: the counting half of a
+/// run's [`crate::Summary`] (flattened into it, so its JSON names are
+/// these), and what `sim network --seeds` and the seed tests add up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Tally {
     pub rounds_closed: u64,
     pub rounds_failed: u64,
-    pub work_accepted: u64,
+    /// Submissions credited (`work-accepted`).
+    pub submissions_accepted: u64,
+    /// Commitments and reveals recorded as late.
     pub late: u64,
-    pub slashes: u64,
+    pub slashings: u64,
     pub attackers_slashed: u64,
+    /// Slashes of honest workers for an audit they could not answer
+    /// because they were down (the protocol's rule, not a violation).
     pub honest_slashes_excused: u64,
-    /// Of those, the slashes of honest workers that were up, in a round
-    /// the coordinator was down during.
+    /// Of those, slashes of honest workers that were up, for an audit whose
+    /// answer window a coordinator outage ate: the protocol keeps a reveal
+    /// deadline that passed (or nearly) while the coordinator was down.
     pub honest_slashes_after_outage: u64,
     pub updates_refused: u64,
-    /// Audits decided by an auditor's report that agreed.
+    /// Audits judged by a worker's report that agreed with the commitment.
     pub delegated_verdicts: u64,
+    /// Auditors slashed because the coordinator's own replay contradicted
+    /// their report.
     pub auditors_slashed: u64,
+    /// Work units slashes drew from bonds.
     pub drawn_from_bond: u64,
+    /// Workers whose bond fell below a stake: they get no more work.
     pub bonds_exhausted: u64,
+    /// Ledger events the rules checked.
     pub events: u64,
+}
+
+impl Tally {
+    /// Adds `other`'s counts to these (runs of many seeds).
+    pub fn add(&mut self, other: &Tally) {
+        let Tally {
+            rounds_closed,
+            rounds_failed,
+            submissions_accepted,
+            late,
+            slashings,
+            attackers_slashed,
+            honest_slashes_excused,
+            honest_slashes_after_outage,
+            updates_refused,
+            delegated_verdicts,
+            auditors_slashed,
+            drawn_from_bond,
+            bonds_exhausted,
+            events,
+        } = *other;
+        self.rounds_closed += rounds_closed;
+        self.rounds_failed += rounds_failed;
+        self.submissions_accepted += submissions_accepted;
+        self.late += late;
+        self.slashings += slashings;
+        self.attackers_slashed += attackers_slashed;
+        self.honest_slashes_excused += honest_slashes_excused;
+        self.honest_slashes_after_outage += honest_slashes_after_outage;
+        self.updates_refused += updates_refused;
+        self.delegated_verdicts += delegated_verdicts;
+        self.auditors_slashed += auditors_slashed;
+        self.drawn_from_bond += drawn_from_bond;
+        self.bonds_exhausted += bonds_exhausted;
+        self.events += events;
+    }
 }
 
 /// The open round as the rules check follows it.
@@ -385,7 +433,7 @@ impl Rules {
                 self.tally.drawn_from_bond += bond;
             }
             Event::Slash { round, worker, amount, reason } => {
-                self.tally.slashes += 1;
+                self.tally.slashings += 1;
                 if honest(&self.keys, worker) {
                     let key = self.keys[worker];
                     let unanswered = reason == "did not answer its audit in time";
@@ -463,7 +511,7 @@ impl Rules {
                         "{worker} credited for round {round} without counting in it, or twice"
                     ));
                 }
-                self.tally.work_accepted += 1;
+                self.tally.submissions_accepted += 1;
             }
             Event::RunFinished { .. } => {
                 if let Some(open) = &self.open {

@@ -33,7 +33,7 @@ mod world;
 
 use serde::Serialize;
 
-pub use invariants::Violation;
+pub use invariants::{Tally, Violation};
 pub use world::Finished;
 
 /// How often things go wrong.
@@ -199,31 +199,9 @@ impl SimConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub seed: u64,
-    pub rounds_closed: u64,
-    pub rounds_failed: u64,
-    /// Submissions credited (`work-accepted`).
-    pub submissions_accepted: u64,
-    /// Commitments and reveals recorded as late.
-    pub late: u64,
-    pub slashings: u64,
-    pub attackers_slashed: u64,
-    /// Slashes of honest workers for an audit they could not answer
-    /// because they were down (the protocol's rule, not a violation).
-    pub honest_slashes_excused: u64,
-    /// Of those, slashes of honest workers that were up, for an audit whose
-    /// answer window a coordinator outage ate: the protocol keeps a reveal
-    /// deadline that passed (or nearly) while the coordinator was down.
-    pub honest_slashes_after_outage: u64,
-    pub updates_refused: u64,
-    /// Audits judged by a worker's report that agreed with the commitment.
-    pub delegated_verdicts: u64,
-    /// Auditors slashed because the coordinator's own replay contradicted
-    /// their report.
-    pub auditors_slashed: u64,
-    /// Work units slashes drew from bonds.
-    pub drawn_from_bond: u64,
-    /// Workers whose bond fell below a stake: they get no more work.
-    pub bonds_exhausted: u64,
+    /// What the ledger says happened, as the rules check counted it.
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Closed rounds whose model a fault-free aggregation of their
     /// credited submissions reproduced.
     pub rounds_reproduced: u64,

@@ -52,15 +52,8 @@ fn a_fixed_set_of_seeds_keeps_every_invariant_under_every_kind_of_fault() {
     for seed in 1..CI_SEEDS {
         let summary =
             crowdtrain_simnet::run(&SimConfig::small(seed)).unwrap_or_else(|failure| panic!("{failure}"));
-        assert_eq!(summary.rounds_closed, 8, "seed {seed}: the run finishes: {summary:?}");
-        total.rounds_failed += summary.rounds_failed;
-        total.late += summary.late;
-        total.attackers_slashed += summary.attackers_slashed;
-        total.updates_refused += summary.updates_refused;
-        total.delegated_verdicts += summary.delegated_verdicts;
-        total.auditors_slashed += summary.auditors_slashed;
-        total.drawn_from_bond += summary.drawn_from_bond;
-        total.bonds_exhausted += summary.bonds_exhausted;
+        assert_eq!(summary.tally.rounds_closed, 8, "seed {seed}: the run finishes: {summary:?}");
+        total.tally.add(&summary.tally);
         total.rounds_reproduced += summary.rounds_reproduced;
         total.crashes += summary.crashes;
         total.write_faults += summary.write_faults;
@@ -74,13 +67,13 @@ fn a_fixed_set_of_seeds_keeps_every_invariant_under_every_kind_of_fault() {
     // Every fault and attack happened somewhere in the set, or the seeds
     // test less than they claim.
     let exercised = [
-        ("late submissions", total.late),
-        ("attackers slashed", total.attackers_slashed),
-        ("updates refused", total.updates_refused),
-        ("audits decided by a delegated auditor", total.delegated_verdicts),
-        ("auditors slashed for a wrong report", total.auditors_slashed),
-        ("slashes drawn from a bond", total.drawn_from_bond),
-        ("bonds exhausted", total.bonds_exhausted),
+        ("late submissions", total.tally.late),
+        ("attackers slashed", total.tally.attackers_slashed),
+        ("updates refused", total.tally.updates_refused),
+        ("audits decided by a delegated auditor", total.tally.delegated_verdicts),
+        ("auditors slashed for a wrong report", total.tally.auditors_slashed),
+        ("slashes drawn from a bond", total.tally.drawn_from_bond),
+        ("bonds exhausted", total.tally.bonds_exhausted),
         ("rounds reproduced by a fault-free aggregation", total.rounds_reproduced),
         ("coordinator crashes", total.crashes),
         ("failed writes", total.write_faults),
@@ -197,12 +190,13 @@ fn a_thousand_workers_for_a_hundred_rounds_keep_every_invariant_and_their_hash()
     };
     let summary = crowdtrain_simnet::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
     eprintln!("{summary:?}");
-    assert_eq!((summary.rounds_closed, summary.rounds_failed), (100, 0));
+    assert_eq!((summary.tally.rounds_closed, summary.tally.rounds_failed), (100, 0));
     // Every counter as on 2026-12-04 (86,311 submissions, 3,784 slashings,
-    // 7 crashes, 327,580 ledger entries); the hash changed once since,
+    // 7 crashes, 327,580 ledger entries); the hash changed twice since,
     // when the summary lost its count of honest updates refused after a
-    // collusion (now a violation).
-    assert_eq!(summary.hash, "4440fa711e1c27fb1c3d9db4772e0ee6d0ec4d62f5bbdb13b1b461babda6c7f2");
+    // collusion (now a violation), and when it took the rules check's tally
+    // whole (adding its count of events checked).
+    assert_eq!(summary.hash, "ee3ec349429326c8090d928dbbaeb955858b98ee51956eac124c44b3a6c48f2b");
 }
 
 #[test]
@@ -210,7 +204,7 @@ fn a_slashed_honest_auditor_a_slash_without_its_draw_and_work_for_a_short_bond_a
     let config = SimConfig { auditors: Auditors::Workers, bond: 3 * STAKE, ..SimConfig::small(3) };
     let finished = simulate(&config).unwrap();
     assert!(
-        finished.summary.delegated_verdicts > 0 && finished.summary.drawn_from_bond > 0,
+        finished.summary.tally.delegated_verdicts > 0 && finished.summary.tally.drawn_from_bond > 0,
         "{:?}",
         finished.summary
     );
@@ -280,6 +274,6 @@ fn a_colluding_auditor_cannot_make_an_honest_original_count_as_the_copy() {
     for auditors in [Auditors::Workers, Auditors::Coordinator] {
         let config = SimConfig { auditors, ..SimConfig::small(241) };
         let summary = crowdtrain_simnet::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
-        assert!(summary.delegated_verdicts > 0 || auditors == Auditors::Coordinator, "{summary:?}");
+        assert!(summary.tally.delegated_verdicts > 0 || auditors == Auditors::Coordinator, "{summary:?}");
     }
 }

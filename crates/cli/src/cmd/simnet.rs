@@ -2,7 +2,7 @@
 //! network (`crowdtrain-simnet`), one seed or a range of them.
 
 use clap::Args;
-use crowdtrain_simnet::{Auditors, Faults, SimConfig, Summary};
+use crowdtrain_simnet::{Auditors, Faults, SimConfig, Summary, Tally};
 use serde::Serialize;
 
 use crate::output;
@@ -75,13 +75,11 @@ struct SeedsReport {
     /// The first failing seed, its violation and the command reproducing it.
     failure: Option<String>,
     first_failing_seed: Option<u64>,
-    rounds_closed: u64,
+    /// The passing seeds' tallies, added up.
+    #[serde(flatten)]
+    tally: Tally,
     crashes: u64,
     write_faults: u64,
-    slashings: u64,
-    auditors_slashed: u64,
-    delegated_verdicts: u64,
-    bonds_exhausted: u64,
     rounds_reproduced: u64,
     wall_ms: u64,
 }
@@ -112,13 +110,9 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         passed: 0,
         failure: None,
         first_failing_seed: None,
-        rounds_closed: 0,
+        tally: Tally::default(),
         crashes: 0,
         write_faults: 0,
-        slashings: 0,
-        auditors_slashed: 0,
-        delegated_verdicts: 0,
-        bonds_exhausted: 0,
         rounds_reproduced: 0,
         wall_ms: 0,
     };
@@ -127,13 +121,9 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         match crowdtrain_simnet::run(&config(seed)) {
             Ok(summary) => {
                 report.passed += 1;
-                report.rounds_closed += summary.rounds_closed;
+                report.tally.add(&summary.tally);
                 report.crashes += summary.crashes;
                 report.write_faults += summary.write_faults;
-                report.slashings += summary.slashings;
-                report.auditors_slashed += summary.auditors_slashed;
-                report.delegated_verdicts += summary.delegated_verdicts;
-                report.bonds_exhausted += summary.bonds_exhausted;
                 report.rounds_reproduced += summary.rounds_reproduced;
             }
             Err(failure) => {
@@ -155,14 +145,14 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
              exhausted) in {:.1} s",
             report.passed,
             to - from,
-            report.rounds_closed,
+            report.tally.rounds_closed,
             report.rounds_reproduced,
             report.crashes,
             report.write_faults,
-            report.slashings,
-            report.auditors_slashed,
-            report.delegated_verdicts,
-            report.bonds_exhausted,
+            report.tally.slashings,
+            report.tally.auditors_slashed,
+            report.tally.delegated_verdicts,
+            report.tally.bonds_exhausted,
             report.wall_ms as f64 / 1000.0
         );
     }
@@ -176,27 +166,30 @@ fn print_summary(summary: &Summary) {
     let mut table = output::table(&[]);
     let rows: [(&str, String); 19] = [
         ("seed", summary.seed.to_string()),
-        ("rounds closed / failed", format!("{} / {}", summary.rounds_closed, summary.rounds_failed)),
-        ("submissions accepted", summary.submissions_accepted.to_string()),
-        ("late commitments and reveals", summary.late.to_string()),
+        (
+            "rounds closed / failed",
+            format!("{} / {}", summary.tally.rounds_closed, summary.tally.rounds_failed),
+        ),
+        ("submissions accepted", summary.tally.submissions_accepted.to_string()),
+        ("late commitments and reveals", summary.tally.late.to_string()),
         (
             "slashings (attackers, honest excused, of which after an outage)",
             format!(
                 "{} ({}, {}, {})",
-                summary.slashings,
-                summary.attackers_slashed,
-                summary.honest_slashes_excused,
-                summary.honest_slashes_after_outage
+                summary.tally.slashings,
+                summary.tally.attackers_slashed,
+                summary.tally.honest_slashes_excused,
+                summary.tally.honest_slashes_after_outage
             ),
         ),
-        ("updates refused", summary.updates_refused.to_string()),
+        ("updates refused", summary.tally.updates_refused.to_string()),
         (
             "delegated verdicts / auditors slashed",
-            format!("{} / {}", summary.delegated_verdicts, summary.auditors_slashed),
+            format!("{} / {}", summary.tally.delegated_verdicts, summary.tally.auditors_slashed),
         ),
         (
             "drawn from bonds / bonds exhausted",
-            format!("{} / {}", summary.drawn_from_bond, summary.bonds_exhausted),
+            format!("{} / {}", summary.tally.drawn_from_bond, summary.tally.bonds_exhausted),
         ),
         ("rounds reproduced by a fault-free aggregation", summary.rounds_reproduced.to_string()),
         ("coordinator crashes injected", summary.crashes.to_string()),
