@@ -14,6 +14,8 @@
 //!   [`authenticate`](Coordinator::authenticate), [`seen`](Coordinator::seen),
 //!   [`commit`](Coordinator::commit), [`reveal`](Coordinator::reveal),
 //!   [`audit_result`](Coordinator::audit_result),
+//!   [`answer_refuted`](Coordinator::answer_refuted),
+//!   [`audit_reported`](Coordinator::audit_reported),
 //!   [`handle_timeout`](Coordinator::handle_timeout),
 //!   [`handle_aggregated`](Coordinator::handle_aggregated). Each returns an
 //!   explicit verdict where a caller is waiting for one; a refusal changes
@@ -1728,8 +1730,71 @@ impl Coordinator {
         Ok(())
     }
 
+    /// `worker`'s answer to its audit in `round`, sent with `nonce`, fails
+    /// [`judge::check_answer`](crate::judge::check_answer) for `reason`:
+    /// proofs that do not hold need no replay, so the audit fails now (the
+    /// submission is rejected and the stake slashed). Refused, changing
+    /// nothing, if the worker has no audit waiting for an answer.
+    pub fn answer_refuted(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        reason: String,
+    ) -> Result<(), Refusal> {
+        if self.pending_audit(worker, round).is_none() {
+            return Err(Refusal::new(
+                ErrorCode::NotAudited,
+                format!("{worker} has no pending audit in round {round}"),
+            ));
+        }
+        self.audit_result(now, round, worker, Verdict::Failed(reason), None, Some((worker, nonce)))
+    }
+
+    /// `auditor`'s report on `audited`'s delegated audit in `round`, sent
+    /// with `nonce`, as the driver found it ([`ReportCheck`]): a report
+    /// that agrees decides the audit, with the auditor as its judge; one
+    /// that does not is decided by the coordinator's own replay, and an
+    /// auditor whose report that replay contradicts is slashed (once per
+    /// round, before the verdict is recorded). Refused, changing nothing,
+    /// unless `auditor` is the one the audit waits for.
+    ///
+    /// [`ReportCheck`]: crate::judge::ReportCheck
+    pub fn audit_reported(
+        &mut self,
+        now: u64,
+        round: RoundId,
+        auditor: WorkerId,
+        nonce: u64,
+        audited: WorkerId,
+        check: crate::judge::ReportCheck,
+    ) -> Result<(), Refusal> {
+        let Some((segment, _)) = self.delegated_audit(auditor, round, audited) else {
+            return Err(Refusal::new(
+                ErrorCode::NotAudited,
+                format!("{auditor} has no audit of {audited} to report in round {round}"),
+            ));
+        };
+        let sender = Some((auditor, nonce));
+        match check {
+            crate::judge::ReportCheck::Agrees => {
+                self.audit_result(now, round, audited, Verdict::Passed, Some(auditor), sender)
+            }
+            crate::judge::ReportCheck::Rechecked { verdict, contradicts } => {
+                if contradicts {
+                    let reason = crate::judge::auditor_wrong_reason(audited, segment, round);
+                    self.auditor_wrong(now, round, auditor, audited, &reason);
+                }
+                self.audit_result(now, round, audited, verdict, None, sender)
+            }
+        }
+    }
+
     /// The coordinator's own replay contradicted what `auditor` reported
-    /// for `audited`'s segment: it is slashed (once per round).
+    /// for `audited`'s segment: it is slashed (once per round). Drivers
+    /// report through [`audit_reported`](Self::audit_reported), which
+    /// decides when.
     pub fn auditor_wrong(
         &mut self,
         now: u64,

@@ -212,7 +212,7 @@ async fn timer(node: Arc<Node>) -> Result<(), NodeError> {
         let next = node.lock().machine.poll_timeout();
         match next {
             Some(deadline) => {
-                let wait = Duration::from_millis(deadline.saturating_sub(super::now_unix_ms()));
+                let wait = Duration::from_millis(deadline.saturating_sub(node.now()));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {
                         let node = Arc::clone(&node);
