@@ -24,16 +24,19 @@ use crate::worker::behavior::{Work, produce};
 /// The bundled Fashion-MNIST subset the network tests train on.
 const SUBSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/assets/fashion-mnist-subset");
 
+/// When every test's run starts, by its virtual clock (in 2027).
+const T0: u64 = 1_800_000_000_000;
+
 /// A fixed audit master key, so the draws are the same in every run.
 const AUDIT_SECRET: &str = "4242424242424242424242424242424242424242424242424242424242424242";
 
 /// The network tests' run (seed 3, batch 32, the default checks and
-/// aggregator), with `extra` `[round]` lines.
-fn config(rounds: u64, inner_steps: u64, audit_probability: f64, round: &str) -> RunConfig {
+/// aggregator), with more `[audit]` and `[round]` lines.
+fn config(rounds: u64, inner_steps: u64, audit_probability: f64, audit: &str, round: &str) -> RunConfig {
     let stake = crowdtrain_protocol::audit::minimum_stake(inner_steps * 32, audit_probability).unwrap_or(0);
     RunConfig::parse(&format!(
         "rounds = {rounds}\n[training]\nseed = 3\ninner_steps = {inner_steps}\nbatch_size = 32\n\
-         [data]\ndir = {SUBSET:?}\n[audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n\
+         [data]\ndir = {SUBSET:?}\n[audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n{audit}\n\
          [round]\ndeadline_ms = 60000\n{round}\n[admission]\nmode = \"open\"\n"
     ))
     .expect("the test's run configuration is valid")
@@ -82,9 +85,13 @@ impl Harness {
     fn new(config: RunConfig, workers: u8) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("audit.secret"), AUDIT_SECRET).unwrap();
-        // Virtual time starts at the wall clock's (reads are checked to be
-        // within minutes of it), then moves only when the test moves it.
-        let clock = Arc::new(VirtualClock::new(now_unix_ms()));
+        // The run id binds the coordinator's key and the run's start, and
+        // the audit draws derive from it: both fixed, the draws are the
+        // same in every run of a test.
+        let coordinator = Identity::from_seed([0xc2; 32]);
+        crate::files::save_identity(&coordinator, &dir.path().join("coordinator.key")).unwrap();
+        // Virtual time moves only when the test moves it.
+        let clock = Arc::new(VirtualClock::new(T0));
         let keys = (0..workers).map(|index| Identity::from_seed([index + 1; 32])).collect();
         let mut harness = Self { dir, config, clock, node: None, keys, workers: Vec::new(), nonce: 0 };
         harness.open();
@@ -169,14 +176,14 @@ impl Harness {
     /// on a thread of its own.
     fn answer(&mut self, submitted: &Submitted) {
         let Some(segment) = submitted.audit else { return };
-        let answer = submitted.produced.answer(segment).expect("a drawn segment is committed");
+        assert_eq!(self.answer_segment(submitted, segment).unwrap().body.status, ReceiptStatus::Replaying);
+    }
+
+    /// Answers the submission's audit with the proofs of `segment`.
+    fn answer_segment(&mut self, submitted: &Submitted, segment: u32) -> Result<Signed<Receipt>, Failure> {
+        let answer = submitted.produced.answer(segment).expect("the segment is committed");
         let nonce = self.nonce();
-        let receipt = self
-            .node()
-            .answer_audit(submitted.worker, nonce, submitted.round, postcard_bytes(&answer))
-            .unwrap()
-            .body;
-        assert_eq!(receipt.status, ReceiptStatus::Replaying);
+        self.node().answer_audit(submitted.worker, nonce, submitted.round, postcard_bytes(&answer))
     }
 
     fn reveal(&mut self, submitted: &Submitted) {
@@ -185,6 +192,28 @@ impl Harness {
         let receipt =
             self.node().reveal(worker, nonce, round, base, submitted.produced.payload.clone()).unwrap();
         assert_eq!(receipt.body.status, ReceiptStatus::Accepted);
+    }
+
+    /// What an honest delegated auditor reports on `task`.
+    fn replay(&self, task: &AuditTask) -> AuditReport {
+        let node = self.node();
+        let assignment = &task.assignment;
+        let base = node.base_params(&node.lock(), &assignment.base_model).unwrap();
+        let start =
+            crowdtrain_train::TrainState::from_bytes(&task.start_state, &node.model.name(), base.len())
+                .unwrap();
+        let shards = node.dataset.shards(assignment).unwrap();
+        replay_segment(
+            node.model.as_ref(),
+            &node.dataset,
+            &shards,
+            assignment,
+            task.segment,
+            start,
+            &base,
+            &task.residual_in,
+        )
+        .unwrap()
     }
 
     fn completed_rounds(&self) -> u64 {
@@ -259,7 +288,7 @@ fn honest_round(harness: &mut Harness, crash: CrashAt) -> usize {
 
 #[test]
 fn honest_workers_in_process_reproduce_the_simulation_bit_for_bit_with_audits() {
-    let mut harness = Harness::new(config(3, 12, 0.5, "min_workers = 2"), 2);
+    let mut harness = Harness::new(config(3, 12, 0.5, "", "min_workers = 2"), 2);
     let mut audited = 0;
     for _ in 0..3 {
         let round = harness.completed_rounds();
@@ -279,13 +308,13 @@ fn honest_workers_in_process_reproduce_the_simulation_bit_for_bit_with_audits() 
 
 #[test]
 fn a_coordinator_that_crashes_anywhere_in_a_round_resumes_and_ends_bit_identical() {
-    let mut harness = Harness::new(config(4, 12, 0.5, "min_workers = 2"), 2);
+    let mut harness = Harness::new(config(4, 12, 0.5, "", "min_workers = 2"), 2);
     for crash in [CrashAt::AfterCommits, CrashAt::AfterAnswers, CrashAt::AfterOneReveal, CrashAt::Nowhere] {
         let audited = honest_round(&mut harness, crash);
         if crash == CrashAt::AfterAnswers {
             // (Fixed by the test's secret.) The restarted coordinator
             // replays the stored answer, unless the replay finished first.
-            assert_eq!(audited, 1, "the crash comes between an answer and its verdict");
+            assert!(audited > 0, "the crash comes between an answer and its verdict");
         }
         if crash == CrashAt::Nowhere {
             // Between rounds too.
@@ -307,7 +336,7 @@ fn a_coordinator_that_crashes_anywhere_in_a_round_resumes_and_ends_bit_identical
 #[test]
 fn deadlines_pass_on_virtual_time_and_a_silent_worker_is_left_out() {
     // Three participants, a quorum of two: the third never commits.
-    let mut harness = Harness::new(config(1, 12, 0.0, "min_workers = 3\nquorum = 2"), 3);
+    let mut harness = Harness::new(config(1, 12, 0.0, "", "min_workers = 3\nquorum = 2"), 3);
     let (silent, honest) = (harness.workers[2], harness.workers[..2].to_vec());
     let submitted: Vec<Submitted> = honest.iter().map(|&worker| harness.commit(worker)).collect();
     assert_eq!(harness.status().phase, Phase::Committing, "the third participant has not committed");
@@ -328,4 +357,116 @@ fn deadlines_pass_on_virtual_time_and_a_silent_worker_is_left_out() {
         assert_eq!(worker.submissions_accepted, expected, "{worker:?}");
         assert_eq!(worker.slashed, 0, "missing a round is not cheating: {worker:?}");
     }
+}
+
+#[test]
+fn an_answer_whose_proofs_do_not_hold_fails_at_once_and_the_round_closes_without_it() {
+    // Every submission audited by the coordinator; a quorum of two.
+    let mut harness = Harness::new(config(1, 12, 1.0, "", "min_workers = 3\nquorum = 2"), 3);
+    let workers = harness.workers.clone();
+    let submitted: Vec<Submitted> = workers.iter().map(|&worker| harness.commit(worker)).collect();
+    let cheat = &submitted[0];
+    let drawn = cheat.audit.expect("every submission is audited");
+    // It answers with another segment's proofs: no replay is needed to
+    // refuse that.
+    let other = if drawn == 1 { 2 } else { 1 };
+    let receipt = harness.answer_segment(cheat, other).unwrap();
+    assert_eq!(receipt.body.status, ReceiptStatus::Failed);
+    let again = harness.answer_segment(cheat, drawn);
+    assert_eq!(again.map(|_| ()).unwrap_err().code, ErrorCode::NotAudited, "judged: no second answer");
+    for submission in &submitted[1..] {
+        harness.answer(submission);
+    }
+    for submission in &submitted {
+        let nonce = harness.nonce();
+        let (worker, round, base) = (submission.worker, submission.round, submission.base);
+        // The cheat's reveal is refused or recorded as rejected; either way
+        // it does not count.
+        let _ = harness.node().reveal(worker, nonce, round, base, submission.produced.payload.clone());
+    }
+    harness.closed(1);
+    let status = harness.status();
+    for worker in &status.workers {
+        let cheated = worker.worker == cheat.worker;
+        assert_eq!(worker.submissions_accepted, u64::from(!cheated), "{worker:?}");
+        assert_eq!(worker.slashed > 0, cheated, "{worker:?}");
+    }
+    let reason = format!("answered segment {other}, but segment {drawn} was drawn");
+    let database = harness.dir.path().join("coordinator.sqlite");
+    let entries = crowdtrain_store::db::verify_ledger(&database, None).unwrap();
+    assert!(
+        entries.iter().any(|entry| matches!(&entry.event,
+            Event::Audit { worker, verdict: Verdict::Failed(failed), sender: Some((sent, _)), .. }
+                if *worker == cheat.worker && *failed == reason && *sent == cheat.worker)),
+        "the refutation is recorded with its reason, sent by the worker's own request"
+    );
+}
+
+#[test]
+fn a_delegated_auditor_that_lies_is_slashed_and_the_worker_it_accused_is_cleared() {
+    let mut harness = Harness::new(config(1, 12, 1.0, "auditors = \"workers\"", "min_workers = 3"), 3);
+    let workers = harness.workers.clone();
+    let submitted: Vec<Submitted> = workers.iter().map(|&worker| harness.commit(worker)).collect();
+    // The commit phase is over: every audited worker answers, and its
+    // auditor is told (all three share a class, so every audit is
+    // delegated).
+    for submission in &submitted {
+        let segment =
+            harness.node().view(Some(submission.worker)).body.audit.expect("every submission is audited");
+        let receipt = harness.answer_segment(submission, segment).unwrap();
+        assert_eq!(receipt.body.status, ReceiptStatus::Delegated);
+    }
+    // The first auditor with a task lies, about every task it has.
+    let mut liar = None;
+    let mut accused = None;
+    // An auditor sees one task at a time: report until none is left.
+    while let Some((auditor, round, task)) = workers.iter().find_map(|&auditor| {
+        let view = harness.node().view(Some(auditor)).body;
+        Some((auditor, view.round?, view.audit_task?))
+    }) {
+        let bytes = harness.node().audit_task(auditor, round, task.worker).unwrap();
+        let signed: Signed<AuditTask> = postcard::from_bytes(&bytes).unwrap();
+        let honest = harness.replay(&signed.body);
+        let lying = *liar.get_or_insert(auditor) == auditor;
+        let report = if lying {
+            accused.get_or_insert(task.worker);
+            AuditReport { end_hash: Digest::of(b"a state the segment never reaches"), ..honest }
+        } else {
+            honest
+        };
+        let nonce = harness.nonce();
+        let receipt = harness
+            .node()
+            .audit_report(auditor, nonce, round, task.worker, &postcard_bytes(&report))
+            .unwrap()
+            .body;
+        let expected = if lying { ReceiptStatus::Rechecked } else { ReceiptStatus::Agreed };
+        assert_eq!(receipt.status, expected, "{auditor} reporting on {}", task.worker);
+    }
+    let (liar, accused) = (liar.expect("every audit is delegated"), accused.unwrap());
+    for submission in &submitted {
+        harness.reveal(submission);
+    }
+    harness.closed(1);
+    let status = harness.status();
+    for worker in &status.workers {
+        assert_eq!(worker.submissions_accepted, 1, "every update was honest: {worker:?}");
+        assert_eq!(worker.slashed > 0, worker.worker == liar, "only the liar pays: {worker:?}");
+    }
+    let database = harness.dir.path().join("coordinator.sqlite");
+    let entries = crowdtrain_store::db::verify_ledger(&database, None).unwrap();
+    let slashed: Vec<&Event> = entries
+        .iter()
+        .map(|entry| &entry.event)
+        .filter(|event| matches!(event, Event::AuditorSlashed { .. }))
+        .collect();
+    assert!(
+        matches!(slashed[..], [Event::AuditorSlashed { auditor, audited, .. }] if *auditor == liar && *audited == accused),
+        "{slashed:?}"
+    );
+    assert!(
+        entries.iter().any(|entry| matches!(&entry.event,
+            Event::Audit { worker, verdict: Verdict::Passed, judged_by: None, .. } if *worker == accused)),
+        "the accused worker is cleared by the coordinator's own replay"
+    );
 }
