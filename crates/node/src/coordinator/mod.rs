@@ -51,6 +51,7 @@ use tokio::sync::watch;
 
 pub use admission::issue_tokens as issue_admission_tokens;
 pub use clock::{Clock, SystemClock, VirtualClock};
+use http::Failure;
 pub use http::serve;
 pub use net::raise_descriptor_limit;
 
@@ -62,53 +63,6 @@ use crate::storage::{BlobKey, Bucket, CoordinatorBucket};
 /// Milliseconds since the Unix epoch, the machine's notion of time.
 pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-/// A refused request: the HTTP status and the JSON body to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub status: u16,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        let status = match code {
-            ErrorCode::Unauthenticated | ErrorCode::BadSignature => 401,
-            ErrorCode::UnknownWorker
-            | ErrorCode::NotAssigned
-            | ErrorCode::NotAdmitted
-            | ErrorCode::Forbidden
-            | ErrorCode::BondExhausted => 403,
-            ErrorCode::TimedOut => 408,
-            ErrorCode::RateLimited => 429,
-            ErrorCode::NotFound => 404,
-            ErrorCode::Replayed | ErrorCode::WrongRound | ErrorCode::Duplicate | ErrorCode::StaleModel => 409,
-            ErrorCode::Late
-            | ErrorCode::TooEarly
-            | ErrorCode::NotCommitted
-            | ErrorCode::NotAudited
-            | ErrorCode::RevealMismatch
-            | ErrorCode::ResidualChain => 409,
-            ErrorCode::Finished => 410,
-            ErrorCode::TooLarge => 413,
-            ErrorCode::WrongShape | ErrorCode::NonFinite | ErrorCode::BadObject => 422,
-            ErrorCode::WrongRun | ErrorCode::BadRequest => 400,
-            ErrorCode::Full | ErrorCode::Unavailable => 503,
-        };
-        Self { status, code, message: message.into() }
-    }
-
-    fn internal(error: impl std::fmt::Display) -> Self {
-        Self { status: 500, code: ErrorCode::Unavailable, message: format!("coordinator error: {error}") }
-    }
-}
-
-impl From<Refusal> for Failure {
-    fn from(refusal: Refusal) -> Self {
-        Self::new(refusal.code, refusal.message)
-    }
 }
 
 /// The coordinator: shared by every request handler and the timer.
