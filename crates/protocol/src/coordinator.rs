@@ -1097,6 +1097,23 @@ impl Coordinator {
         self.choices.get(&worker).copied()
     }
 
+    /// Whether a registration by `key` may go ahead, `choosing` an option
+    /// or not: in a run that offers a contract a worker's reward depends on
+    /// its option, so a key must choose one when it registers, unless its
+    /// worker chose already (registering again only says it is alive).
+    /// Refused before anything is recorded.
+    pub fn check_choice_at_registration(&self, key: &PublicKey, choosing: bool) -> Result<(), Refusal> {
+        let chose = self.keys.get(key).is_some_and(|worker| self.choices.contains_key(worker));
+        if self.offers_contract() && !choosing && !chose {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "this run offers a contract: choose an option of its menu (GET /v1/contract) when you register \
+                 (crowdtrain worker --cost C, or --option K)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Records the option a registered worker (`key`) chose, signed with
     /// its key. Choosing the same option again changes nothing; another
     /// option replaces the first only until the run's first round opens.

@@ -2101,6 +2101,12 @@ fn choices_are_signed_checked_recorded_and_final_after_the_first_round() {
     durable.record(drain(&mut machine));
 
     let refused = |result: Result<(), crowdtrain_protocol::Refusal>| result.unwrap_err().code;
+    // Registering needs a choice until the worker has made one; the check
+    // records nothing.
+    assert_eq!(refused(machine.check_choice_at_registration(&key(0), false)), ErrorCode::BadRequest);
+    assert_eq!(refused(machine.check_choice_at_registration(&key(7), false)), ErrorCode::BadRequest);
+    assert_eq!(machine.check_choice_at_registration(&key(7), true), Ok(()));
+    assert!(drain(&mut machine).is_empty());
     // Someone else's signature, a choice for another run, an option the menu lacks.
     assert_eq!(
         refused(machine.choose(T0, key(0), ContractChoice::sign(&identity(1), run, 1))),
@@ -2129,6 +2135,11 @@ fn choices_are_signed_checked_recorded_and_final_after_the_first_round() {
     machine.choose(T0, key(0), ContractChoice::sign(&identity(0), run, 2)).unwrap();
     assert!(drain(&mut machine).is_empty());
     assert_eq!((machine.choice(w0), machine.choice(w1)), (Some(2), Some(1)));
+    assert_eq!(
+        machine.check_choice_at_registration(&key(0), false),
+        Ok(()),
+        "registering again after choosing only says the worker is alive"
+    );
 
     // The third worker opens round 0: choices are final from now on.
     let w2 = machine.register(T0 + 1, key(2), "avx2-fma").unwrap().0;
@@ -2494,4 +2505,11 @@ fn without_error_feedback_a_commitment_names_no_residual() {
     let refused = machine.commit(T0 + 1, workers[0], T0 * 1000, 0, base, None, named).unwrap_err();
     assert_eq!(refused.code, ErrorCode::BadRequest);
     assert!(refused.message.contains("keeps no error-feedback residual"), "{}", refused.message);
+}
+
+#[test]
+fn a_run_without_a_contract_registers_without_a_choice() {
+    let (machine, _) = running(2, settings());
+    assert!(!machine.offers_contract());
+    assert_eq!(machine.check_choice_at_registration(&key(5), false), Ok(()));
 }

@@ -518,17 +518,7 @@ impl Node {
             (Err(_), Some(_)) => None,
             (Err(failure), None) => return Err(failure),
         };
-        let known = inner.machine.worker_id(&key);
-        if inner.machine.offers_contract()
-            && choice.is_none()
-            && known.and_then(|worker| inner.machine.choice(worker)).is_none()
-        {
-            return Err(Failure::new(
-                ErrorCode::BadRequest,
-                "this run offers a contract: choose an option of its menu (GET /v1/contract) when you register \
-                 (crowdtrain worker --cost C, or --option K)",
-            ));
-        }
+        inner.machine.check_choice_at_registration(&key, choice.is_some())?;
         let (worker, _) = inner.machine.register_admitted(self.now(), key, class, Some(nonce), token)?;
         if let Some(choice) = choice {
             let chosen = inner.machine.choose(self.now(), key, choice);
