@@ -147,6 +147,10 @@ pub struct Node {
     /// delta is published there, workers' updates are read from there, and
     /// `GET /v1/models` serves nothing.
     bucket: Option<Arc<CoordinatorBucket>>,
+    /// Set by an in-process test about to crash the node between an audit
+    /// answer and its verdict: replays die unstarted, as with the process.
+    #[cfg(test)]
+    lose_replays: AtomicBool,
 }
 
 struct Inner {
@@ -431,6 +435,8 @@ impl Node {
             reward_models,
             rewarding: AtomicBool::new(false),
             bucket,
+            #[cfg(test)]
+            lose_replays: AtomicBool::new(false),
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
         spawn_evaluator(Arc::downgrade(&node), to_evaluate);
@@ -768,6 +774,10 @@ impl Node {
     /// the machine, which may close the round with it.
     fn spawn_replay(&self, replay: PendingReplay) {
         let Some(node) = self.me.upgrade() else { return };
+        #[cfg(test)]
+        if self.lose_replays.load(Ordering::SeqCst) {
+            return;
+        }
         std::thread::spawn(move || {
             let (round, worker, segment) = (replay.round, replay.worker, replay.segment);
             let replaying = Instant::now();

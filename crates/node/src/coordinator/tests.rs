@@ -247,7 +247,7 @@ enum CrashAt {
     Nowhere,
     /// Every commitment in, nothing revealed.
     AfterCommits,
-    /// Audits answered (their replays perhaps still running), nothing
+    /// Audits answered, their replays killed before any verdict, nothing
     /// revealed.
     AfterAnswers,
     /// One reveal in, the other not.
@@ -269,10 +269,17 @@ fn honest_round(harness: &mut Harness, crash: CrashAt) -> usize {
     if crash == CrashAt::AfterCommits {
         harness.crash();
     }
+    if crash == CrashAt::AfterAnswers {
+        harness.node().lose_replays.store(true, Ordering::SeqCst);
+    }
     for submission in &submitted {
         harness.answer(submission);
     }
     if crash == CrashAt::AfterAnswers {
+        for submission in submitted.iter().filter(|submission| submission.audit.is_some()) {
+            let unjudged = harness.node().lock().machine.answered_audit(submission.round, submission.worker);
+            assert!(unjudged.is_some(), "answered, not judged: the restart must replay the stored answer");
+        }
         harness.crash();
     }
     for (index, submission) in submitted.iter().enumerate() {
@@ -312,8 +319,8 @@ fn a_coordinator_that_crashes_anywhere_in_a_round_resumes_and_ends_bit_identical
     for crash in [CrashAt::AfterCommits, CrashAt::AfterAnswers, CrashAt::AfterOneReveal, CrashAt::Nowhere] {
         let audited = honest_round(&mut harness, crash);
         if crash == CrashAt::AfterAnswers {
-            // (Fixed by the test's secret.) The restarted coordinator
-            // replays the stored answer, unless the replay finished first.
+            // (The draws are fixed.) The restarted coordinator replayed the
+            // stored answer.
             assert!(audited > 0, "the crash comes between an answer and its verdict");
         }
         if crash == CrashAt::Nowhere {
