@@ -134,8 +134,9 @@ fn auth_header(body: &[u8]) -> Verdict {
 }
 
 /// An audit answer, then the checks the coordinator runs on its fields
-/// before any replay (`check_answer` in the node): the start state parses
-/// for the run's model, and the proofs against the commitment's root.
+/// before any replay (`crowdtrain_protocol::judge::check_answer`): the
+/// start state parses for the run's model, and the proofs against the
+/// commitment's root.
 fn audit_answer(body: &[u8]) -> Verdict {
     let Ok(answer) = postcard_value::<AuditAnswer>(body) else { return Rejected };
     if let Ok(state) = TrainState::from_bytes(&answer.start_state, MODEL_NAME, PARAMETERS) {

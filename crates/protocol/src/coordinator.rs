@@ -14,6 +14,8 @@
 //!   [`authenticate`](Coordinator::authenticate), [`seen`](Coordinator::seen),
 //!   [`commit`](Coordinator::commit), [`reveal`](Coordinator::reveal),
 //!   [`audit_result`](Coordinator::audit_result),
+//!   [`answer_refuted`](Coordinator::answer_refuted),
+//!   [`audit_reported`](Coordinator::audit_reported),
 //!   [`handle_timeout`](Coordinator::handle_timeout),
 //!   [`handle_aggregated`](Coordinator::handle_aggregated). Each returns an
 //!   explicit verdict where a caller is waiting for one; a refusal changes
@@ -1095,6 +1097,23 @@ impl Coordinator {
         self.choices.get(&worker).copied()
     }
 
+    /// Whether a registration by `key` may go ahead, `choosing` an option
+    /// or not: in a run that offers a contract a worker's reward depends on
+    /// its option, so a key must choose one when it registers, unless its
+    /// worker chose already (registering again only says it is alive).
+    /// Refused before anything is recorded.
+    pub fn check_choice_at_registration(&self, key: &PublicKey, choosing: bool) -> Result<(), Refusal> {
+        let chose = self.keys.get(key).is_some_and(|worker| self.choices.contains_key(worker));
+        if self.offers_contract() && !choosing && !chose {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "this run offers a contract: choose an option of its menu (GET /v1/contract) when you register \
+                 (crowdtrain worker --cost C, or --option K)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Records the option a registered worker (`key`) chose, signed with
     /// its key. Choosing the same option again changes nothing; another
     /// option replaces the first only until the run's first round opens.
@@ -1728,8 +1747,71 @@ impl Coordinator {
         Ok(())
     }
 
+    /// `worker`'s answer to its audit in `round`, sent with `nonce`, fails
+    /// [`judge::check_answer`](crate::judge::check_answer) for `reason`:
+    /// proofs that do not hold need no replay, so the audit fails now (the
+    /// submission is rejected and the stake slashed). Refused, changing
+    /// nothing, if the worker has no audit waiting for an answer.
+    pub fn answer_refuted(
+        &mut self,
+        now: u64,
+        worker: WorkerId,
+        nonce: u64,
+        round: RoundId,
+        reason: String,
+    ) -> Result<(), Refusal> {
+        if self.pending_audit(worker, round).is_none() {
+            return Err(Refusal::new(
+                ErrorCode::NotAudited,
+                format!("{worker} has no pending audit in round {round}"),
+            ));
+        }
+        self.audit_result(now, round, worker, Verdict::Failed(reason), None, Some((worker, nonce)))
+    }
+
+    /// `auditor`'s report on `audited`'s delegated audit in `round`, sent
+    /// with `nonce`, as the driver found it ([`ReportCheck`]): a report
+    /// that agrees decides the audit, with the auditor as its judge; one
+    /// that does not is decided by the coordinator's own replay, and an
+    /// auditor whose report that replay contradicts is slashed (once per
+    /// round, before the verdict is recorded). Refused, changing nothing,
+    /// unless `auditor` is the one the audit waits for.
+    ///
+    /// [`ReportCheck`]: crate::judge::ReportCheck
+    pub fn audit_reported(
+        &mut self,
+        now: u64,
+        round: RoundId,
+        auditor: WorkerId,
+        nonce: u64,
+        audited: WorkerId,
+        check: crate::judge::ReportCheck,
+    ) -> Result<(), Refusal> {
+        let Some((segment, _)) = self.delegated_audit(auditor, round, audited) else {
+            return Err(Refusal::new(
+                ErrorCode::NotAudited,
+                format!("{auditor} has no audit of {audited} to report in round {round}"),
+            ));
+        };
+        let sender = Some((auditor, nonce));
+        match check {
+            crate::judge::ReportCheck::Agrees => {
+                self.audit_result(now, round, audited, Verdict::Passed, Some(auditor), sender)
+            }
+            crate::judge::ReportCheck::Rechecked { verdict, contradicts } => {
+                if contradicts {
+                    let reason = crate::judge::auditor_wrong_reason(audited, segment, round);
+                    self.auditor_wrong(now, round, auditor, audited, &reason);
+                }
+                self.audit_result(now, round, audited, verdict, None, sender)
+            }
+        }
+    }
+
     /// The coordinator's own replay contradicted what `auditor` reported
-    /// for `audited`'s segment: it is slashed (once per round).
+    /// for `audited`'s segment: it is slashed (once per round). Drivers
+    /// report through [`audit_reported`](Self::audit_reported), which
+    /// decides when.
     pub fn auditor_wrong(
         &mut self,
         now: u64,

@@ -20,7 +20,8 @@
 //! - [`audit`] (the unpredictable, checkable audit draw), [`merkle`] (the
 //!   commitment to segment-boundary states) and [`ledger`] (the signed,
 //!   hash-chained record of everything that decides who earns what) are
-//!   proof-of-training's building blocks.
+//!   proof-of-training's building blocks; [`judge`] holds the rules an
+//!   audit answer and a delegated auditor's report are judged by.
 //! - [`contract`] is `[contract]` of `run.toml` and the menu a run
 //!   publishes, records and serves signed; [`contract::ContractMenu::choose`]
 //!   is the choice incentive compatibility predicts.
@@ -35,6 +36,7 @@ pub mod contract;
 pub mod coordinator;
 pub mod identity;
 pub mod ids;
+pub mod judge;
 pub mod ledger;
 pub mod merkle;
 pub mod reward_model;

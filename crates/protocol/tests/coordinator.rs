@@ -8,6 +8,7 @@ use crowdtrain_protocol::Aggregated;
 use crowdtrain_protocol::audit::{self, Commitment};
 use crowdtrain_protocol::contract::{AccuracySpec, ContractChoice, ContractMenu, MenuOption};
 use crowdtrain_protocol::coordinator::{OpenRound, RoundPhase};
+use crowdtrain_protocol::judge::ReportCheck;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
@@ -1511,6 +1512,112 @@ fn delegated_audits_go_to_another_worker_of_the_same_class_once_the_answer_is_in
 }
 
 #[test]
+fn a_delegated_report_is_judged_by_the_machine_and_only_an_auditor_its_replay_contradicts_is_slashed() {
+    let (mut machine, workers) = delegating(&["avx2-fma", "avx2-fma", "avx2-fma"]);
+    let open = machine.open_round().unwrap();
+    let auditor_of = |worker: WorkerId| open.standings[&worker].auditor.expect("two others of its class");
+    let (auditors, segments): (Vec<WorkerId>, Vec<u32>) =
+        workers.iter().map(|&worker| (auditor_of(worker), open.standings[&worker].audit.unwrap())).unzip();
+    for (index, &worker) in workers.iter().enumerate() {
+        let now = T0 + 11 + index as u64;
+        machine.audit_answered(now, worker, now * 1000, 0, Digest::of(&[index as u8])).unwrap();
+    }
+    drain(&mut machine);
+    let now = T0 + 20;
+    let nonce = |index: u64| (now + index) * 1000;
+
+    // Only the named auditor may report, and a refusal changes nothing.
+    let stranger =
+        workers.iter().copied().find(|&worker| worker != auditors[0] && worker != workers[0]).unwrap();
+    let refused = machine.audit_reported(now, 0, stranger, nonce(0), workers[0], ReportCheck::Agrees);
+    assert_eq!(refused.map_err(|refusal| refusal.code), Err(ErrorCode::NotAudited));
+    assert!(drain(&mut machine).is_empty(), "a refused report records nothing");
+
+    // A report that agrees decides the audit, judged by the auditor.
+    machine.audit_reported(now, 0, auditors[0], nonce(1), workers[0], ReportCheck::Agrees).unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(&actions[..], [Action::Record(Event::Audit { worker, verdict: Verdict::Passed, judged_by: Some(by), sender: Some((sent, _)), .. })]
+            if *worker == workers[0] && *by == auditors[0] && *sent == auditors[0]),
+        "{actions:?}"
+    );
+
+    // The auditor lies about an honest worker: the coordinator's replay
+    // clears the worker, and the auditor is slashed, with the reason
+    // naming what it got wrong, before the verdict is recorded.
+    let cleared = ReportCheck::Rechecked { verdict: Verdict::Passed, contradicts: true };
+    machine.audit_reported(now, 0, auditors[1], nonce(2), workers[1], cleared).unwrap();
+    let actions = drain(&mut machine);
+    let reason = format!("its replay of {}'s segment {} in round 0 was wrong", workers[1], segments[1]);
+    assert!(
+        matches!(&actions[..], [
+            Action::Record(Event::AuditorSlashed { auditor, audited, amount: 1000, reason: recorded, .. }),
+            Action::Record(Event::SlashDrawn { worker: drawn, .. }),
+            Action::Record(Event::Audit { worker, verdict: Verdict::Passed, judged_by: None, .. }),
+        ] if *auditor == auditors[1] && *audited == workers[1] && *recorded == reason && *drawn == auditors[1]
+            && *worker == workers[1]),
+        "{actions:?}"
+    );
+
+    // The auditor tells the truth about a cheat: the worker fails and is
+    // slashed, the auditor is not.
+    let confirmed =
+        ReportCheck::Rechecked { verdict: Verdict::Failed("diverged".into()), contradicts: false };
+    machine.audit_reported(now, 0, auditors[2], nonce(3), workers[2], confirmed).unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        actions.iter().any(|action| matches!(action,
+            Action::Record(Event::Audit { worker, verdict: Verdict::Failed(_), judged_by: None, .. }) if *worker == workers[2])),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(
+            |action| matches!(action, Action::Record(Event::Slash { worker, .. }) if *worker == workers[2])
+        ),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|action| matches!(action, Action::Record(Event::AuditorSlashed { .. }))),
+        "{actions:?}"
+    );
+    // Judged: a second report is refused.
+    let again = machine.audit_reported(now, 0, auditors[2], nonce(4), workers[2], ReportCheck::Agrees);
+    assert_eq!(again.map_err(|refusal| refusal.code), Err(ErrorCode::NotAudited));
+}
+
+#[test]
+fn an_answer_whose_proofs_do_not_hold_fails_its_audit_at_once_and_only_while_it_is_pending() {
+    let (mut machine, workers) = running(2, Settings { audit_probability: 1.0, ..settings() });
+    commit(&mut machine, T0 + 1, workers[0], 0).unwrap();
+    drain(&mut machine);
+    let refuted = |machine: &mut Coordinator, now: u64, worker: WorkerId| {
+        machine.answer_refuted(now, worker, now * 1000, 0, "the end hash is not the one committed".into())
+    };
+    assert_eq!(
+        refuted(&mut machine, T0 + 2, workers[1]).map_err(|refusal| refusal.code),
+        Err(ErrorCode::NotAudited),
+        "not committed, so not audited"
+    );
+    assert!(drain(&mut machine).is_empty());
+    refuted(&mut machine, T0 + 3, workers[0]).unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(&actions[..2], [
+            Action::Record(Event::Audit { worker, verdict: Verdict::Failed(reason), sender: Some((sent, nonce)), .. }),
+            Action::Record(Event::Slash { worker: slashed, amount: 1000, .. }),
+        ] if *worker == workers[0] && reason == "the end hash is not the one committed"
+            && *sent == workers[0] && *nonce == (T0 + 3) * 1000 && *slashed == workers[0]),
+        "{actions:?}"
+    );
+    assert!(machine.pending_audit(workers[0], 0).is_none(), "judged");
+    assert_eq!(
+        refuted(&mut machine, T0 + 4, workers[0]).map_err(|refusal| refusal.code),
+        Err(ErrorCode::NotAudited),
+        "judged already"
+    );
+}
+
+#[test]
 fn at_the_reveal_deadline_an_unreported_answer_is_judged_by_the_coordinator_and_a_missing_one_fails() {
     let (mut machine, workers) = delegating(&["avx2-fma", "avx2-fma"]);
     for &worker in &workers {
@@ -1994,6 +2101,12 @@ fn choices_are_signed_checked_recorded_and_final_after_the_first_round() {
     durable.record(drain(&mut machine));
 
     let refused = |result: Result<(), crowdtrain_protocol::Refusal>| result.unwrap_err().code;
+    // Registering needs a choice until the worker has made one; the check
+    // records nothing.
+    assert_eq!(refused(machine.check_choice_at_registration(&key(0), false)), ErrorCode::BadRequest);
+    assert_eq!(refused(machine.check_choice_at_registration(&key(7), false)), ErrorCode::BadRequest);
+    assert_eq!(machine.check_choice_at_registration(&key(7), true), Ok(()));
+    assert!(drain(&mut machine).is_empty());
     // Someone else's signature, a choice for another run, an option the menu lacks.
     assert_eq!(
         refused(machine.choose(T0, key(0), ContractChoice::sign(&identity(1), run, 1))),
@@ -2022,6 +2135,11 @@ fn choices_are_signed_checked_recorded_and_final_after_the_first_round() {
     machine.choose(T0, key(0), ContractChoice::sign(&identity(0), run, 2)).unwrap();
     assert!(drain(&mut machine).is_empty());
     assert_eq!((machine.choice(w0), machine.choice(w1)), (Some(2), Some(1)));
+    assert_eq!(
+        machine.check_choice_at_registration(&key(0), false),
+        Ok(()),
+        "registering again after choosing only says the worker is alive"
+    );
 
     // The third worker opens round 0: choices are final from now on.
     let w2 = machine.register(T0 + 1, key(2), "avx2-fma").unwrap().0;
@@ -2387,4 +2505,11 @@ fn without_error_feedback_a_commitment_names_no_residual() {
     let refused = machine.commit(T0 + 1, workers[0], T0 * 1000, 0, base, None, named).unwrap_err();
     assert_eq!(refused.code, ErrorCode::BadRequest);
     assert!(refused.message.contains("keeps no error-feedback residual"), "{}", refused.message);
+}
+
+#[test]
+fn a_run_without_a_contract_registers_without_a_choice() {
+    let (machine, _) = running(2, settings());
+    assert!(!machine.offers_contract());
+    assert_eq!(machine.check_choice_at_registration(&key(5), false), Ok(()));
 }

@@ -8,6 +8,7 @@ use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below, unit_f64};
 use crowdtrain_defense::checks::Submission;
 use crowdtrain_defense::{CheckConfig, ModelDefense};
 use crowdtrain_protocol::coordinator::{OpenRound, RoundPhase};
+use crowdtrain_protocol::judge::ReportCheck;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
@@ -952,35 +953,33 @@ impl World {
                 });
                 match delegated {
                     Ok((auditor, segment, commitment)) => {
-                        // As the node judges a report: one that agrees with
+                        // As the node judges a report (the rule is the
+                        // machine's, `audit_reported`): one that agrees with
                         // the commitment decides; one that disagrees is
                         // checked by the coordinator's own replay, and the
                         // auditor is slashed if that contradicts it.
                         let answer =
                             self.node.store.audit_answer_digest(round, audited).map_err(store_violation)?;
-                        let (verdict, judged_by) = if report.passes(&commitment, answer) {
-                            (Verdict::Passed, Some(auditor))
+                        let check = if report.passes(&commitment, answer) {
+                            ReportCheck::Agrees
                         } else {
                             let base = machine
                                 .open_round()
                                 .expect("a delegated audit is in the open round")
                                 .base_model;
                             let own = model::replay(self.config.seed, round, audited, base, segment);
-                            if own != report {
-                                let reason = format!(
-                                    "its replay of {audited}'s segment {segment} in round {round} was wrong"
-                                );
-                                machine.auditor_wrong(now, round, auditor, audited, &reason);
+                            ReportCheck::Rechecked {
+                                verdict: verdict_of(own.passes(&commitment, answer)),
+                                contradicts: own != report,
                             }
-                            (verdict_of(own.passes(&commitment, answer)), None)
                         };
-                        machine
-                            .audit_result(now, round, audited, verdict, judged_by, Some((auditor, nonce)))
-                            .map_err(|refusal| {
+                        machine.audit_reported(now, round, auditor, nonce, audited, check).map_err(
+                            |refusal| {
                                 Violation(format!(
                                     "the verdict on {audited}'s delegated audit is refused: {refusal}"
                                 ))
-                            })?;
+                            },
+                        )?;
                         (Reply::Reported, Some(Ack::Verdict(round, audited)))
                     }
                     Err(_) => (Reply::Refused, None),

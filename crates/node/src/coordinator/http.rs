@@ -47,13 +47,62 @@ use crowdtrain_protocol::wire::{
     AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, REWARD_MODEL_HEADER,
     RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
 };
-use crowdtrain_protocol::{Commitment, Digest, PublicKey, RequestAuth, Shard, Signed};
+use crowdtrain_protocol::{Commitment, Digest, PublicKey, Refusal, RequestAuth, Shard, Signed};
 use serde::Deserialize;
 
 use super::limits::{RequestLimits, UploadSlot, read_body};
-use super::{Failure, Node, net};
+use super::{Node, net};
 use crate::NodeError;
 use crate::storage::{BlobKey, StorageError};
+
+/// A refused request: the HTTP status and the JSON body to send. The
+/// mapping of the protocol's error codes to HTTP statuses lives here, in
+/// the shell, with the handlers that send them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = match code {
+            ErrorCode::Unauthenticated | ErrorCode::BadSignature => 401,
+            ErrorCode::UnknownWorker
+            | ErrorCode::NotAssigned
+            | ErrorCode::NotAdmitted
+            | ErrorCode::Forbidden
+            | ErrorCode::BondExhausted => 403,
+            ErrorCode::TimedOut => 408,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Replayed | ErrorCode::WrongRound | ErrorCode::Duplicate | ErrorCode::StaleModel => 409,
+            ErrorCode::Late
+            | ErrorCode::TooEarly
+            | ErrorCode::NotCommitted
+            | ErrorCode::NotAudited
+            | ErrorCode::RevealMismatch
+            | ErrorCode::ResidualChain => 409,
+            ErrorCode::Finished => 410,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::WrongShape | ErrorCode::NonFinite | ErrorCode::BadObject => 422,
+            ErrorCode::WrongRun | ErrorCode::BadRequest => 400,
+            ErrorCode::Full | ErrorCode::Unavailable => 503,
+        };
+        Self { status, code, message: message.into() }
+    }
+
+    pub(super) fn internal(error: impl std::fmt::Display) -> Self {
+        Self { status: 500, code: ErrorCode::Unavailable, message: format!("coordinator error: {error}") }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        Self::new(refusal.code, refusal.message)
+    }
+}
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -212,7 +261,7 @@ async fn timer(node: Arc<Node>) -> Result<(), NodeError> {
         let next = node.lock().machine.poll_timeout();
         match next {
             Some(deadline) => {
-                let wait = Duration::from_millis(deadline.saturating_sub(super::now_unix_ms()));
+                let wait = Duration::from_millis(deadline.saturating_sub(node.now()));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {
                         let node = Arc::clone(&node);

@@ -12,6 +12,7 @@
 
 mod admission;
 mod audit;
+mod clock;
 pub mod contract;
 mod deltas;
 mod http;
@@ -20,6 +21,8 @@ mod metrics;
 mod model_rewards;
 mod net;
 mod score;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +33,7 @@ use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Decision, Gate, ModelDefense, Submission};
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::Settings;
+use crowdtrain_protocol::judge::ReportCheck;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
     AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Phase,
@@ -46,6 +50,8 @@ use crowdtrain_train::{Model, OuterState};
 use tokio::sync::watch;
 
 pub use admission::issue_tokens as issue_admission_tokens;
+pub use clock::{Clock, SystemClock, VirtualClock};
+use http::Failure;
 pub use http::serve;
 pub use net::raise_descriptor_limit;
 
@@ -59,57 +65,13 @@ pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// A refused request: the HTTP status and the JSON body to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub status: u16,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        let status = match code {
-            ErrorCode::Unauthenticated | ErrorCode::BadSignature => 401,
-            ErrorCode::UnknownWorker
-            | ErrorCode::NotAssigned
-            | ErrorCode::NotAdmitted
-            | ErrorCode::Forbidden
-            | ErrorCode::BondExhausted => 403,
-            ErrorCode::TimedOut => 408,
-            ErrorCode::RateLimited => 429,
-            ErrorCode::NotFound => 404,
-            ErrorCode::Replayed | ErrorCode::WrongRound | ErrorCode::Duplicate | ErrorCode::StaleModel => 409,
-            ErrorCode::Late
-            | ErrorCode::TooEarly
-            | ErrorCode::NotCommitted
-            | ErrorCode::NotAudited
-            | ErrorCode::RevealMismatch
-            | ErrorCode::ResidualChain => 409,
-            ErrorCode::Finished => 410,
-            ErrorCode::TooLarge => 413,
-            ErrorCode::WrongShape | ErrorCode::NonFinite | ErrorCode::BadObject => 422,
-            ErrorCode::WrongRun | ErrorCode::BadRequest => 400,
-            ErrorCode::Full | ErrorCode::Unavailable => 503,
-        };
-        Self { status, code, message: message.into() }
-    }
-
-    fn internal(error: impl std::fmt::Display) -> Self {
-        Self { status: 500, code: ErrorCode::Unavailable, message: format!("coordinator error: {error}") }
-    }
-}
-
-impl From<Refusal> for Failure {
-    fn from(refusal: Refusal) -> Self {
-        Self::new(refusal.code, refusal.message)
-    }
-}
-
 /// The coordinator: shared by every request handler and the timer.
 pub struct Node {
     /// Lets work that outlives a request (evaluations) reach the node.
     me: std::sync::Weak<Node>,
+    /// Where the node's time comes from: the wall clock in a process,
+    /// virtual time in the in-process tests.
+    clock: Arc<dyn Clock>,
     run: Signed<RunInfo>,
     /// The run's contract menu, if it offers one (`GET /v1/contract`).
     contract: Option<Signed<ContractMenu>>,
@@ -185,6 +147,10 @@ pub struct Node {
     /// delta is published there, workers' updates are read from there, and
     /// `GET /v1/models` serves nothing.
     bucket: Option<Arc<CoordinatorBucket>>,
+    /// Set by an in-process test about to crash the node between an audit
+    /// answer and its verdict: replays die unstarted, as with the process.
+    #[cfg(test)]
+    lose_replays: AtomicBool,
 }
 
 struct Inner {
@@ -281,6 +247,15 @@ struct NextGlobal {
 impl Node {
     /// Opens (or creates) the run in `state_dir` and restores where it was.
     pub fn open(config: RunConfig, state_dir: &Path) -> Result<Arc<Self>, NodeError> {
+        Self::open_with_clock(config, state_dir, Arc::new(SystemClock))
+    }
+
+    /// [`Node::open`] on the time `clock` gives.
+    pub fn open_with_clock(
+        config: RunConfig,
+        state_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, NodeError> {
         // A contract that is not a scenario touches nothing.
         if let Some(section) = &config.contract {
             contract::scenario(section)?;
@@ -315,13 +290,14 @@ impl Node {
             }
             Some(_) => return Err(NodeError::ConfigChanged { state: state_dir.to_owned() }),
             None => {
-                let record = create_run(&config, &config_json, &identity, model.as_ref(), &checkpoints)?;
+                let now = clock.now_unix_ms();
+                let record = create_run(&config, &config_json, &identity, model.as_ref(), &checkpoints, now)?;
                 store.create_run(&record, Digest::of(config_json.as_bytes()), &identity)?;
                 record
             }
         };
         if let Some(menu) = unpublished_menu {
-            store.record(now_unix_ms(), &[Event::ContractPublished { menu }], &[], &identity)?;
+            store.record(clock.now_unix_ms(), &[Event::ContractPublished { menu }], &[], &identity)?;
         }
         let contract = store.contract_menu()?.map(|menu| Signed::sign(&identity, menu));
         let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
@@ -358,7 +334,7 @@ impl Node {
             record.initial_model,
             audit_master,
             &store.events()?,
-            now_unix_ms(),
+            clock.now_unix_ms(),
         );
         // The defence remembers every update of the rounds before the one it
         // decides next (the open one, if any), and the aggregator state the
@@ -409,6 +385,7 @@ impl Node {
         );
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            clock,
             run,
             contract,
             run_id: record.run_id,
@@ -458,6 +435,8 @@ impl Node {
             reward_models,
             rewarding: AtomicBool::new(false),
             bucket,
+            #[cfg(test)]
+            lose_replays: AtomicBool::new(false),
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
         spawn_evaluator(Arc::downgrade(&node), to_evaluate);
@@ -496,6 +475,11 @@ impl Node {
         self.identity.public_key()
     }
 
+    /// The time now, by the node's clock.
+    fn now(&self) -> u64 {
+        self.clock.now_unix_ms()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the state machine in an
         // unknown state; continuing would risk acting on it, so the node
@@ -510,14 +494,14 @@ impl Node {
     /// verified already): the worker it comes from. Changes nothing.
     fn authenticate(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
         let inner = self.lock();
-        Ok(inner.machine.authenticate(now_unix_ms(), key, nonce, true)?)
+        Ok(inner.machine.authenticate(self.now(), key, nonce, true)?)
     }
 
     /// A signed read (its signature verified): single-use, and marks its
     /// worker as seen.
     fn read(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
         let mut inner = self.lock();
-        let worker = inner.machine.read(now_unix_ms(), key, nonce)?;
+        let worker = inner.machine.read(self.now(), key, nonce)?;
         self.drive(&mut inner, &[]).map_err(Failure::internal)?;
         Ok(worker)
     }
@@ -540,20 +524,10 @@ impl Node {
             (Err(_), Some(_)) => None,
             (Err(failure), None) => return Err(failure),
         };
-        let known = inner.machine.worker_id(&key);
-        if inner.machine.offers_contract()
-            && choice.is_none()
-            && known.and_then(|worker| inner.machine.choice(worker)).is_none()
-        {
-            return Err(Failure::new(
-                ErrorCode::BadRequest,
-                "this run offers a contract: choose an option of its menu (GET /v1/contract) when you register \
-                 (crowdtrain worker --cost C, or --option K)",
-            ));
-        }
-        let (worker, _) = inner.machine.register_admitted(now_unix_ms(), key, class, Some(nonce), token)?;
+        inner.machine.check_choice_at_registration(&key, choice.is_some())?;
+        let (worker, _) = inner.machine.register_admitted(self.now(), key, class, Some(nonce), token)?;
         if let Some(choice) = choice {
-            let chosen = inner.machine.choose(now_unix_ms(), key, choice);
+            let chosen = inner.machine.choose(self.now(), key, choice);
             // The registration stands either way; what is recorded is written first.
             self.drive(&mut inner, &[]).map_err(Failure::internal)?;
             chosen?;
@@ -602,7 +576,7 @@ impl Node {
         trained: Option<Shard>,
         commitment: Commitment,
     ) -> Result<Signed<Receipt>, Failure> {
-        let now = now_unix_ms();
+        let now = self.now();
         let received = Instant::now();
         let mut inner = self.lock();
         let outcome = inner.machine.commit(now, worker, nonce, round, base_model, trained, commitment)?;
@@ -628,7 +602,7 @@ impl Node {
         let received = Instant::now();
         let checked = self.check_payload(&payload);
         let digest = Digest::of(&payload);
-        let now = now_unix_ms();
+        let now = self.now();
         let mut inner = self.lock();
         let problem = checked
             .as_ref()
@@ -740,7 +714,7 @@ impl Node {
             // row never comes: it is named by its hash).
             self.answers.put(&body).map_err(Failure::internal)?;
         }
-        let now = now_unix_ms();
+        let now = self.now();
         let mut inner = self.lock();
         // Still pending (else answered or judged meanwhile: refused), and
         // the same: a round's draw never changes.
@@ -754,9 +728,8 @@ impl Node {
         }
         if let Err(reason) = checked {
             // Proofs that do not hold need no replay: the answer fails.
-            let verdict = Verdict::Failed(reason);
-            tracing::info!(round, %worker, segment, ?verdict, "audit");
-            inner.machine.audit_result(now, round, worker, verdict, None, Some((worker, nonce)))?;
+            tracing::info!(round, %worker, segment, %reason, "audit answer refuted");
+            inner.machine.answer_refuted(now, worker, nonce, round, reason)?;
             self.drive_timed(&mut inner, &[], round, received)?;
             return Ok(self.receipt(
                 round,
@@ -801,6 +774,10 @@ impl Node {
     /// the machine, which may close the round with it.
     fn spawn_replay(&self, replay: PendingReplay) {
         let Some(node) = self.me.upgrade() else { return };
+        #[cfg(test)]
+        if self.lose_replays.load(Ordering::SeqCst) {
+            return;
+        }
         std::thread::spawn(move || {
             let (round, worker, segment) = (replay.round, replay.worker, replay.segment);
             let replaying = Instant::now();
@@ -831,9 +808,7 @@ impl Node {
             }
             let mut inner = node.lock();
             tracing::info!(round, %worker, segment, ?verdict, replay_ms, "audit");
-            if let Err(refusal) =
-                inner.machine.audit_result(now_unix_ms(), round, worker, verdict, None, None)
-            {
+            if let Err(refusal) = inner.machine.audit_result(node.now(), round, worker, verdict, None, None) {
                 // Judged meanwhile from the store, at the reveal deadline.
                 tracing::debug!(round, %worker, %refusal.message, "replayed verdict not needed");
                 return;
@@ -897,34 +872,29 @@ impl Node {
         let mut inner = self.lock();
         let (segment, commitment, assignment) = self.delegated(&inner, auditor, round, audited, "report")?;
         let answer = self.stored_answer(&inner, round, audited).map_err(Failure::internal)?;
-        let claimed = audit::verdict_of(&report, &answer, &commitment, &assignment, segment);
-        let now = now_unix_ms();
-        let (verdict, judged_by, status) = if claimed.passed() {
-            (claimed, Some(auditor), ReceiptStatus::Agreed)
-        } else {
+        let now = self.now();
+        let steps = assignment.recipe.inner_steps;
+        let check = ReportCheck::of(&report, &answer, &commitment, steps, segment, || {
             // The auditor says the worker's claim is false: check it.
             let base = self.base_params(&inner, &assignment.base_model).map_err(Failure::internal)?;
             let start = self
                 .check_answer(&base, &assignment, segment, &commitment, &answer)
                 .map_err(Failure::internal)?;
-            let own = match self
-                .replay_report(&mut inner, &assignment, segment, start, &answer.residual_in)
+            self.replay_report(&mut inner, &assignment, segment, start, &answer.residual_in)
                 .map_err(Failure::internal)?
-            {
-                Ok(own) => own,
-                Err(reason) => return Err(Failure::internal(reason)),
-            };
-            let verdict = audit::verdict_of(&own, &answer, &commitment, &assignment, segment);
-            if own != report {
-                let reason =
-                    format!("its replay of {audited}'s segment {segment} in round {round} was wrong");
-                tracing::warn!(round, %auditor, %audited, "auditor contradicted");
-                inner.machine.auditor_wrong(now, round, auditor, audited, &reason);
+                .map_err(Failure::internal)
+        })?;
+        let status = match &check {
+            ReportCheck::Agrees => ReceiptStatus::Agreed,
+            ReportCheck::Rechecked { contradicts, .. } => {
+                if *contradicts {
+                    tracing::warn!(round, %auditor, %audited, "auditor contradicted");
+                }
+                ReceiptStatus::Rechecked
             }
-            (verdict, None, ReceiptStatus::Rechecked)
         };
-        tracing::info!(round, worker = %audited, %auditor, segment, ?verdict, %status, "audit reported");
-        inner.machine.audit_result(now, round, audited, verdict, judged_by, Some((auditor, nonce)))?;
+        tracing::info!(round, worker = %audited, %auditor, segment, ?check, %status, "audit reported");
+        inner.machine.audit_reported(now, round, auditor, nonce, audited, check)?;
         self.drive_timed(&mut inner, &[], round, received)?;
         Ok(self.receipt(round, auditor, Stage::AuditReport, status, Digest::of(body), now, None))
     }
@@ -946,7 +916,7 @@ impl Node {
                 tracing::info!(round, %worker, segment, ?verdict, "stored audit answer judged");
                 inner
                     .machine
-                    .audit_result(now_unix_ms(), round, worker, verdict, None, None)
+                    .audit_result(self.now(), round, worker, verdict, None, None)
                     .expect("an answered audit is pending");
             }
             Ok(start) => {
@@ -1071,7 +1041,7 @@ impl Node {
     /// The timer fired: deadlines may have passed.
     fn tick(self: &Arc<Self>) -> Result<(), NodeError> {
         let mut inner = self.lock();
-        inner.machine.handle_timeout(now_unix_ms());
+        inner.machine.handle_timeout(self.now());
         self.drive(&mut inner, &[])
     }
 
@@ -1197,7 +1167,7 @@ impl Node {
                 Action::Speculate { round, base_model, accepted } => {
                     assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
                     let aggregated = self.aggregate(inner, round, &accepted)?;
-                    inner.machine.handle_speculated(now_unix_ms(), round, aggregated);
+                    inner.machine.handle_speculated(self.now(), round, aggregated);
                 }
                 Action::OpenProvisional { round, after, base_model } => {
                     let pending = inner.pending.as_ref().expect("a provisional round follows its aggregate");
@@ -1249,12 +1219,12 @@ impl Node {
                         Some(aggregated) => aggregated,
                         None => self.aggregate(inner, round, &accepted)?,
                     };
-                    inner.machine.handle_aggregated(now_unix_ms(), round, aggregated);
+                    inner.machine.handle_aggregated(self.now(), round, aggregated);
                 }
             }
         }
         let writing = Instant::now();
-        let written = inner.store.record(now_unix_ms(), &events, payloads, &self.identity);
+        let written = inner.store.record(self.now(), &events, payloads, &self.identity);
         *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         written?;
         self.metrics.observe(&events, payloads);
@@ -1847,6 +1817,7 @@ fn create_run(
     identity: &Identity,
     model: &dyn Model,
     checkpoints: &Checkpoints,
+    now: u64,
 ) -> Result<RunRecord, NodeError> {
     let name = model.name();
     let params = model.layout().initialize(config.training.seed);
@@ -1860,7 +1831,7 @@ fn create_run(
     hasher.update(config_json.as_bytes());
     hasher.update(&identity.public_key().0);
     hasher.update(&initial_model.0);
-    hasher.update(&now_unix_ms().to_le_bytes());
+    hasher.update(&now.to_le_bytes());
     Ok(RunRecord {
         run_id: Digest(*hasher.finalize().as_bytes()),
         protocol_version: PROTOCOL_VERSION,
@@ -1869,7 +1840,7 @@ fn create_run(
         model_name: name,
         initial_model,
         initial_momentum,
-        created_unix_ms: now_unix_ms(),
+        created_unix_ms: now,
     })
 }
 

@@ -8,7 +8,7 @@
 //! hash to the digest the signed round view names; the data set must match
 //! the run's fingerprint before any training happens.
 
-mod behavior;
+pub(crate) mod behavior;
 mod client;
 mod events;
 mod residual;
