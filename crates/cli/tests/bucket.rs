@@ -371,3 +371,55 @@ fn an_audit_answer_whose_object_is_missing_altered_or_oversized_is_refused_and_c
     assert_eq!(receipt.body.digest, digest, "the receipt names the object read");
     assert!(!unanswered(), "judged");
 }
+
+#[test]
+fn forged_oversized_and_stale_round_notices_delay_workers_but_never_mislead_them() {
+    // Goal: a round notice is untrusted: one not signed by the coordinator,
+    // one too large to read, and a replay of an older one are ignored, so
+    // whoever can write to the bucket can delay workers (they fall back on
+    // asking the coordinator) but never make them act on a false state.
+    // Method: while two honest workers run two rounds, keep overwriting the
+    // notice with forged "revealing" and "finished" views, an oversized
+    // object and the run's first notice replayed; the run still ends on the simulation's
+    // bits, every update accepted.
+    let server = S3Server::start();
+    let mut network = network_with_bucket(&server, 2, 12, 0.0, "min_workers = 2\ndeadline_ms = 120000");
+    network.start_coordinator();
+    let run = HandWorker::unregistered(&network, 1).run;
+    let bucket = worker_bucket(&server, &run.run_id);
+    let runtime = runtime();
+    let first = runtime.block_on(bucket.get(&BlobKey::Notice, 16 * 1024)).expect("published at start");
+    let first_view = serde_json::from_slice::<Signed<RoundView>>(&first).unwrap().body;
+    // Signed by another key: "round 0 reveals" (a worker that believed it
+    // would reveal before the coordinator takes reveals, and lose its
+    // round) and "the run is over".
+    let forger = crowdtrain_protocol::Identity::from_seed([66; 32]);
+    let secret = Some(crowdtrain_protocol::wire::Secret([0; 32]));
+    let revealing = RoundView { phase: Phase::Revealing, secret, ..first_view.clone() };
+    let finished = RoundView { phase: Phase::Finished, completed_rounds: 2, ..first_view };
+    let forged = |view| serde_json::to_vec(&Signed::sign(&forger, view)).unwrap();
+    let bad = [forged(revealing), forged(finished), vec![b' '; 17 * 1024], first];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let status = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for bytes in bad.iter().cycle() {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                runtime.block_on(bucket.put(&BlobKey::Notice, bytes.clone())).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        });
+        network.start_worker(0);
+        network.start_worker(1);
+        let status = network.wait_for(240, "the run to finish", |status| status.completed_rounds == 2);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        status
+    });
+    assert_eq!(status.state_hash, simulated_state_hash(2, 2, 12), "the same bits as without forgeries");
+    for output in network.join_workers() {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["reveals_accepted"], 2, "{summary}");
+    }
+}
