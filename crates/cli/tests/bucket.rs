@@ -373,53 +373,65 @@ fn an_audit_answer_whose_object_is_missing_altered_or_oversized_is_refused_and_c
 }
 
 #[test]
-fn forged_oversized_and_stale_round_notices_delay_workers_but_never_mislead_them() {
+fn forged_oversized_and_stale_round_notices_delay_a_worker_but_never_mislead_it() {
     // Goal: a round notice is untrusted: one not signed by the coordinator,
     // one too large to read, and a replay of an older one are ignored, so
     // whoever can write to the bucket can delay workers (they fall back on
     // asking the coordinator) but never make them act on a false state.
-    // Method: while two honest workers run two rounds, keep overwriting the
-    // notice with forged "revealing" and "finished" views, an oversized
-    // object and the run's first notice replayed; the run still ends on the simulation's
-    // bits, every update accepted.
+    // Method: a real worker and a hand-driven one that commits 4 s late;
+    // meanwhile the notice is overwritten again and again with forged
+    // "round 0 reveals" and "the run is over" views, an oversized object and
+    // the run's first notice replayed. A worker that believed the forged
+    // reveal would reveal before the coordinator takes reveals and lose its
+    // round; this one waits, reveals when the round really reveals, and its
+    // update is accepted.
     let server = S3Server::start();
-    let mut network = network_with_bucket(&server, 2, 12, 0.0, "min_workers = 2\ndeadline_ms = 120000");
+    let round_section = "min_workers = 2\nquorum = 1\ndeadline_ms = 120000\nreveal_ms = 60000";
+    let mut network = network_with_bucket(&server, 1, 12, 0.0, round_section);
     network.start_coordinator();
-    let run = HandWorker::unregistered(&network, 1).run;
-    let bucket = worker_bucket(&server, &run.run_id);
+    let hand = HandWorker::join(&network, 41);
+    let bucket = worker_bucket(&server, &hand.run.run_id);
     let runtime = runtime();
     let first = runtime.block_on(bucket.get(&BlobKey::Notice, 16 * 1024)).expect("published at start");
     let first_view = serde_json::from_slice::<Signed<RoundView>>(&first).unwrap().body;
-    // Signed by another key: "round 0 reveals" (a worker that believed it
-    // would reveal before the coordinator takes reveals, and lose its
-    // round) and "the run is over".
     let forger = crowdtrain_protocol::Identity::from_seed([66; 32]);
     let secret = Some(crowdtrain_protocol::wire::Secret([0; 32]));
-    let revealing = RoundView { phase: Phase::Revealing, secret, ..first_view.clone() };
-    let finished = RoundView { phase: Phase::Finished, completed_rounds: 2, ..first_view };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    network.start_worker(0);
+    let assignment = loop {
+        if let Some(assignment) = hand.view().assignment {
+            break assignment;
+        }
+    };
+    let (round, base) = (assignment.round, assignment.base_model);
+    let revealing =
+        RoundView { phase: Phase::Revealing, round: Some(round), model: base, secret, ..first_view.clone() };
+    let finished = RoundView { phase: Phase::Finished, completed_rounds: 1, ..first_view };
     let forged = |view| serde_json::to_vec(&Signed::sign(&forger, view)).unwrap();
     let bad = [forged(revealing), forged(finished), vec![b' '; 17 * 1024], first];
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let status = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope.spawn(|| {
             for bytes in bad.iter().cycle() {
                 if done.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
                 runtime.block_on(bucket.put(&BlobKey::Notice, bytes.clone())).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(30));
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
         });
-        network.start_worker(0);
-        network.start_worker(1);
-        let status = network.wait_for(240, "the run to finish", |status| status.completed_rounds == 2);
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        let update = hand.update(1e-3);
+        assert_eq!(hand.commit(round, &base, &update).0, 200);
+        let digest = Digest::of(&update);
+        runtime.block_on(bucket.put(&BlobKey::Update { worker: assignment.worker, digest }, update)).unwrap();
+        let path = format!("{}&object={}", hand.path("reveals", round, &base), digest.to_hex());
+        let (status, body) = hand.send("POST", &path, Vec::new(), hand.nonce(), hand.run.run_id);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        network.wait_for(120, "the round to close", |status| status.completed_rounds == 1);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        status
     });
-    assert_eq!(status.state_hash, simulated_state_hash(2, 2, 12), "the same bits as without forgeries");
-    for output in network.join_workers() {
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        assert_eq!(summary["reveals_accepted"], 2, "{summary}");
-    }
+    let output = network.join_workers().remove(0);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((&summary["reveals_accepted"], &summary["refused"]), (&1.into(), &0.into()), "{summary}");
 }
