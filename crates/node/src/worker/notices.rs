@@ -55,11 +55,14 @@ pub(super) struct Notices {
     run: Digest,
     /// The newest state seen, in a notice or in the coordinator's own view.
     seen: Option<NoticeState>,
+    /// Why the last notice was ignored: a notice rewritten again and again
+    /// (by whoever can write to the bucket) is warned about once.
+    ignored: Option<String>,
 }
 
 impl Notices {
     pub(super) fn new(bucket: Bucket, coordinator: PublicKey, run: Digest) -> Self {
-        Self { bucket, coordinator, run, seen: None }
+        Self { bucket, coordinator, run, seen: None, ignored: None }
     }
 
     /// Notes a view the coordinator showed this worker: notices up to its
@@ -95,7 +98,7 @@ impl Notices {
 
     /// The bucket's notice if it is a new one to trust; `None` if it is
     /// not there, not new, or not to be trusted (said in the log).
-    async fn read(&self) -> Option<RoundView> {
+    async fn read(&mut self) -> Option<RoundView> {
         let bytes = match self.bucket.get(&BlobKey::Notice, NOTICE_BYTES_MAX).await {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -110,7 +113,10 @@ impl Notices {
                 new.then_some(notice)
             }
             Err(reason) => {
-                tracing::warn!(%reason, "ignoring the bucket's round notice");
+                if self.ignored.as_ref() != Some(&reason) {
+                    tracing::warn!(%reason, "ignoring the bucket's round notice");
+                    self.ignored = Some(reason);
+                }
                 None
             }
         }
