@@ -10,9 +10,11 @@
 #   scripts/bucket-egress.sh [ROUNDS] [INNER_STEPS] [WORKER_COUNTS...]
 #
 # e.g. scripts/bucket-egress.sh 3 10 4 8 16
-# Prints per run: egress per round, per round and worker, the bytes worker 1
-# downloaded in all (from the coordinator, or the bucket), and the routes
-# that sent most.
+# (STORAGES=bucket runs only the runs with a bucket.)
+# Prints per run, per round: the coordinator's egress over HTTP (answer
+# bodies), to its bucket (objects it wrote: models, deltas, round notices)
+# and in all; the HTTP egress per worker; how many round views
+# (`GET /v1/round` answers) each worker got; and the routes that sent most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-4}
@@ -46,8 +48,8 @@ pids+=($!)
 export AWS_ACCESS_KEY_ID=bench-access AWS_SECRET_ACCESS_KEY=bench-secret-key AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$s3_port
 
-printf '%-8s %7s %6s %16s %18s %16s  %s\n' storage workers rounds egress_per_round per_worker_round model_bytes 'largest routes (bytes per round)'
-for storage in none bucket; do
+printf '%-8s %7s %6s %12s %12s %16s %16s %14s  %s\n' storage workers rounds http_per_round bucket_per_round egress_per_round per_worker_round round_views_wr 'largest routes (bytes per round)'
+for storage in ${STORAGES:-none bucket}; do
     for workers in "${counts[@]}"; do
         run=$work/$storage-$workers
         mkdir -p "$run/state"
@@ -92,20 +94,24 @@ EOF
         curl -s "http://127.0.0.1:$port/metrics" >"$run/metrics.txt"
         kill "$coordinator"
         wait "$coordinator" 2>/dev/null || true
-        python3 - "$storage" "$workers" "$rounds" "$run/metrics.txt" "$run/worker-1.json" <<'PY'
-import json, re, sys
+        python3 - "$storage" "$workers" "$rounds" "$run/metrics.txt" <<'PY'
+import re, sys
 
-storage, workers, rounds, metrics, summary = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+storage, workers, rounds, metrics = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 observers = {"/metrics", "/v1/status", "/v1/ledger", "/v1/ledger/{index}", "/", "/dashboard.js", "/dashboard.css"}
-by_route = {}
+by_route, answers, bucket = {}, {}, 0
 for line in open(metrics):
-    match = re.match(r'crowdtrain_sent_bytes_total\{endpoint="([^"]*)"\} (\d+)', line)
-    if match and match.group(1) not in observers:
-        by_route[match.group(1)] = int(match.group(2))
-egress = sum(by_route.values())
-model_bytes = json.load(open(summary))["bytes_downloaded"]
+    match = re.match(r'crowdtrain_(sent_bytes|answers)_total\{endpoint="([^"]*)"\} (\d+)', line)
+    if match and match.group(2) not in observers:
+        (by_route if match.group(1) == "sent_bytes" else answers)[match.group(2)] = int(match.group(3))
+    match = re.match(r'crowdtrain_bucket_written_bytes_total (\d+)', line)
+    if match:
+        bucket = int(match.group(1))
+http = sum(by_route.values())
+egress = http + bucket
+views = answers.get("/v1/round", 0) / rounds / workers
 top = ", ".join(f"{route} {bytes_ / rounds:.0f}" for route, bytes_ in sorted(by_route.items(), key=lambda item: -item[1])[:3])
-print(f"{storage:<8} {workers:>7} {rounds:>6} {egress / rounds:>16.0f} {egress / rounds / workers:>18.0f} {model_bytes:>16}  {top}")
+print(f"{storage:<8} {workers:>7} {rounds:>6} {http / rounds:>12.0f} {bucket / rounds:>12.0f} {egress / rounds:>16.0f} {http / rounds / workers:>16.0f} {views:>14.2f}  {top}")
 PY
     done
 done

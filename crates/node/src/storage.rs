@@ -20,16 +20,21 @@
 //! |---|---|---|
 //! | `models/{digest}` | a published parameter checkpoint | its blake3 digest, by every reader |
 //! | `deltas/{digest}` | the model delta that makes model `{digest}` | the digest of the model it rebuilds |
+//! | `checkpoints/{digest}` | the coordinator's own checkpoints (outer optimizer state, aggregator snapshots), read back by a restart that lost them | its blake3 digest, named by the coordinator's database |
 //! | `updates/{worker}/{digest}` | worker `{worker}`'s (its number) encoded update for a reveal | its digest, then the worker's commitment |
+//! | `notice` | the round's public state: the coordinator's signed round view for nobody, rewritten at each change of round or phase | the coordinator's signature, the run, and never older than the last one seen |
+//! | `answers/{worker}/{digest}` | worker `{worker}`'s audit answer (postcard `AuditAnswer`) | its digest, then its Merkle proofs against the committed root and the replay |
 //!
-//! So a retried write puts the same bytes under the same key (idempotent),
+//! So a retried write puts the same bytes under the same key (idempotent;
+//! the notice aside, which only ever moves forward),
 //! and no reader trusts what it reads: a missing, oversized or altered
 //! object is a clear error ([`StorageError`]) and changes nothing.
 //!
 //! What a malicious worker can write where: the bucket's own access policy
 //! decides (the coordinator cannot). The coordinator reads an update only
-//! from `updates/{signer's number}/{digest}` with `digest` from the signed
-//! reveal, at most `[limits] max_upload_bytes` (it asks the size first),
+//! from `updates/{signer's number}/{digest}` (an answer only from
+//! `answers/{signer's number}/{digest}`) with `digest` from the signed
+//! reveal (answer), at most `[limits] max_upload_bytes` (it asks the size first),
 //! and counts it only if it hashes to that digest and matches the signer's
 //! commitment; so a worker cannot make another's bytes count as its own,
 //! nor make the coordinator read more than an inline upload. With one
@@ -86,14 +91,26 @@ pub enum BlobKey {
     Delta { target: Digest },
     /// A worker's encoded update, by its digest.
     Update { worker: WorkerId, digest: Digest },
+    /// A worker's audit answer (postcard), by its digest.
+    Answer { worker: WorkerId, digest: Digest },
+    /// The coordinator's own checkpoint (outer optimizer state, aggregator
+    /// snapshot), by its digest: what a restart reads back.
+    Checkpoint(Digest),
+    /// The round's public state: the coordinator's signed round view for
+    /// nobody in particular, written again at each change (checked by its
+    /// signature, not by a digest).
+    Notice,
 }
 
 impl BlobKey {
     /// The digest the object's bytes must have, if the key names one.
-    fn digest(&self) -> Option<Digest> {
+    pub fn digest(&self) -> Option<Digest> {
         match self {
-            Self::Model(digest) | Self::Update { digest, .. } => Some(*digest),
-            Self::Delta { .. } => None,
+            Self::Model(digest)
+            | Self::Checkpoint(digest)
+            | Self::Update { digest, .. }
+            | Self::Answer { digest, .. } => Some(*digest),
+            Self::Delta { .. } | Self::Notice => None,
         }
     }
 
@@ -101,8 +118,57 @@ impl BlobKey {
         match self {
             Self::Model(digest) => format!("models/{}", digest.to_hex()),
             Self::Delta { target } => format!("deltas/{}", target.to_hex()),
+            Self::Checkpoint(digest) => format!("checkpoints/{}", digest.to_hex()),
             Self::Update { worker, digest } => format!("updates/{}/{}", worker.0, digest.to_hex()),
+            Self::Answer { worker, digest } => format!("answers/{}/{}", worker.0, digest.to_hex()),
+            Self::Notice => "notice".to_owned(),
         }
+    }
+}
+
+/// What a round notice (`BlobKey::Notice`) says that workers act on (its
+/// deadline aside, which moves with its phase): the coordinator writes a
+/// notice when this changes, and a worker acts on one when it differs from
+/// what it last saw, never on one older than that ([`NoticeState::older_than`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticeState {
+    pub completed_rounds: u64,
+    pub round: Option<crowdtrain_protocol::RoundId>,
+    pub phase: crowdtrain_protocol::wire::Phase,
+    pub provisional: bool,
+    pub model: Digest,
+    pub secret: bool,
+}
+
+impl NoticeState {
+    pub fn of(view: &crowdtrain_protocol::RoundView) -> Self {
+        Self {
+            completed_rounds: view.completed_rounds,
+            round: view.round,
+            phase: view.phase,
+            provisional: view.provisional,
+            model: view.model,
+            secret: view.secret.is_some(),
+        }
+    }
+
+    /// Where the run stands: later states are larger (rounds complete,
+    /// rounds open, and a round commits, then reveals; the end is last).
+    fn progress(&self) -> (u64, Option<crowdtrain_protocol::RoundId>, u8) {
+        use crowdtrain_protocol::wire::Phase;
+        let phase = match self.phase {
+            Phase::Waiting => 0,
+            Phase::Committing => 1,
+            Phase::Revealing => 2,
+            Phase::Finished => 3,
+        };
+        (self.completed_rounds, self.round, phase)
+    }
+
+    /// Whether this state is before `other` in the run: a notice replayed
+    /// from the past (by anyone who can write to the bucket).
+    pub fn older_than(&self, other: &Self) -> bool {
+        self.progress() < other.progress()
     }
 }
 
@@ -184,6 +250,16 @@ impl Bucket {
             .map_err(|source| StorageError::Backend { key: path.to_string(), source })
     }
 
+    /// Whether an object is under `key` (its bytes unread, unchecked).
+    pub async fn exists(&self, key: &BlobKey) -> Result<bool, StorageError> {
+        let path = self.path(key);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StorageError::Backend { key: path.to_string(), source }),
+        }
+    }
+
     /// The object under `key`, at most `limit` bytes (asked for its size
     /// first, and counted as it arrives in case it grew), and, where the
     /// key names a digest, only if it hashes to it.
@@ -237,16 +313,23 @@ fn is_loopback_http(endpoint: &str) -> bool {
 pub struct CoordinatorBucket {
     bucket: Bucket,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Bytes written (`crowdtrain_bucket_written_bytes_total`): the
+    /// coordinator's egress to the bucket, part of its egress per round.
+    written: prometheus_client::metrics::counter::Counter,
 }
 
 impl CoordinatorBucket {
-    pub fn new(bucket: Bucket) -> std::io::Result<Self> {
+    /// A client of `bucket` that counts the bytes it writes in `written`.
+    pub fn new(
+        bucket: Bucket,
+        written: prometheus_client::metrics::counter::Counter,
+    ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("bucket")
             .enable_all()
             .build()?;
-        Ok(Self { bucket, runtime: Some(runtime) })
+        Ok(Self { bucket, runtime: Some(runtime), written })
     }
 
     pub fn bucket(&self) -> &Bucket {
@@ -262,8 +345,23 @@ impl CoordinatorBucket {
     pub fn put_blocking(&self, key: BlobKey, bytes: Vec<u8>) -> Result<(), StorageError> {
         let bucket = self.bucket.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
+        let size = bytes.len() as u64;
         self.handle().spawn(async move {
             let _ = sender.send(bucket.put(&key, bytes).await);
+        });
+        let written = receiver.recv().expect("the bucket's runtime runs until the coordinator stops");
+        if written.is_ok() {
+            self.written.inc_by(size);
+        }
+        written
+    }
+
+    /// [`Bucket::get`], waiting for it on this thread (not an async one).
+    pub fn get_blocking(&self, key: BlobKey, limit: u64) -> Result<Vec<u8>, StorageError> {
+        let bucket = self.bucket.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        self.handle().spawn(async move {
+            let _ = sender.send(bucket.get(&key, limit).await);
         });
         receiver.recv().expect("the bucket's runtime runs until the coordinator stops")
     }

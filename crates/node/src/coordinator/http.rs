@@ -9,8 +9,8 @@
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
 //! | `GET /v1/models/{digest}/delta` | none | under a compressed broadcast (`[outer] broadcast`), the model delta (`crowdtrain_store::delta`) that makes this model from the one before it; 404 `not-found` when there is none among the newest kept (download the model whole). Its content is checked by the digest of what it rebuilds |
 //! | `POST /v1/rounds/{round}/commitments?base_model=D[&slot=K&slots=N]` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly); `stale-model` if the model, or the shard trained (slot K of N), is not the round's |
-//! | `POST /v1/rounds/{round}/reveals?base_model=D` | signed | body: the encoded pseudo-gradient; `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
-//! | `POST /v1/rounds/{round}/audits` | signed | body: a postcard `AuditAnswer`; `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
+//! | `POST /v1/rounds/{round}/reveals?base_model=D[&object=DIGEST]` | signed | body: the encoded pseudo-gradient (with a bucket: no body, and the update at `updates/{worker}/{DIGEST}` in the bucket); `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
+//! | `POST /v1/rounds/{round}/audits[?object=DIGEST]` | signed | body: a postcard `AuditAnswer` (with a bucket: no body, and the answer at `answers/{worker}/{DIGEST}` in the bucket); `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status?rounds_from=R&rounds_limit=N` | none | `RunStatus` JSON, with at most N (default 100, at most 1,000) rounds from round R (default: the latest) |
 //! | `GET /v1/rewards/{worker}` | `{worker}`'s own key | its model reward (safetensors) once the run has finished, named by the `x-crowdtrain-reward-model` header; 403 for any other key, 409 `too-early` before it is built, 404 if withheld |
 //! | `GET /v1/ledger?kinds=K1,K2&before=I&from=I&limit=N` | none | `LedgerPage` JSON: at most N (default 50, at most 200) decoded entries of those kinds (any if none; at most 20 kinds), newest first from before index I, or oldest first from index I |
@@ -215,6 +215,7 @@ pub async fn serve(
         served = server => served.map_err(|error| NodeError::io("the HTTP server failed", error)),
         failed = timer(Arc::clone(&node)) => failed,
         () = prune(limits) => Ok(()),
+        () = super::notices::publish(Arc::clone(&node)) => Ok(()),
         _ = fatal.wait_for(Option::is_some) => Err(NodeError::Halted(node.fatal.borrow().clone().unwrap_or_default())),
     }
 }
@@ -723,7 +724,8 @@ async fn reveal(
     let result = async {
         let mut post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
-        let body = revealed_update(&node, &mut post).await?;
+        let body =
+            posted_bytes(&node, &mut post, |worker, digest| BlobKey::Update { worker, digest }).await?;
         let RoundPost { worker, nonce, round, _slot, .. } = post;
         let receipt = blocking(move || node.reveal(worker, nonce, round, base, body)).await;
         drop(_slot);
@@ -732,32 +734,37 @@ async fn reveal(
     receipt_response(result.await)
 }
 
-/// A reveal's update: its body, or with a bucket the object the signed
-/// `object` parameter names under the signer's own prefix, read within the
-/// upload limit and only if it hashes to its name (then checked against
-/// the commitment like any reveal). A missing, oversized or altered object
-/// is refused (`bad-object`) before anything is recorded.
-async fn revealed_update(node: &Node, post: &mut RoundPost) -> Result<Vec<u8>, Failure> {
+/// A reveal's update or an audit answer: its body, or with a bucket the
+/// object the signed `object` parameter names under the signer's own prefix
+/// (`key` of the signer and the digest), read within the upload limit and
+/// only if it hashes to its name (then checked like any inline body: a
+/// reveal against the commitment, an answer's proofs against its root). A
+/// missing, oversized or altered object is refused (`bad-object`) before
+/// anything is recorded.
+async fn posted_bytes(
+    node: &Node,
+    post: &mut RoundPost,
+    key: fn(crowdtrain_protocol::WorkerId, Digest) -> BlobKey,
+) -> Result<Vec<u8>, Failure> {
     match (node.bucket(), post.object) {
         (None, None) => Ok(std::mem::take(&mut post.body)),
         (None, Some(_)) => {
-            Err(Failure::new(ErrorCode::BadRequest, "this run has no bucket: send the update as the body"))
+            Err(Failure::new(ErrorCode::BadRequest, "this run has no bucket: send the bytes as the body"))
         }
         (Some(bucket), None) => Err(Failure::new(
             ErrorCode::BadRequest,
             format!(
-                "this run takes updates through its bucket, {}: upload the update there and name its digest with \
-                 ?object=",
+                "this run takes updates and audit answers through its bucket, {}: upload the bytes there and \
+                 name their digest with ?object=",
                 bucket.bucket().url()
             ),
         )),
         (Some(_), Some(_)) if !post.body.is_empty() => {
-            Err(Failure::new(ErrorCode::BadRequest, "a reveal that names an object has no body"))
+            Err(Failure::new(ErrorCode::BadRequest, "a post that names an object has no body"))
         }
         (Some(bucket), Some(digest)) => {
-            let key = BlobKey::Update { worker: post.worker, digest };
             let limit = node.config.limits.max_upload_bytes;
-            bucket.get(key, limit).await.map_err(|error| match error {
+            bucket.get(key(post.worker, digest), limit).await.map_err(|error| match error {
                 StorageError::Backend { .. } | StorageError::Config { .. } => {
                     Failure::new(ErrorCode::Unavailable, error.to_string())
                 }
@@ -781,8 +788,10 @@ async fn audit_answer(
     body: Body,
 ) -> Response {
     let result = async {
-        let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
-        let RoundPost { worker, nonce, round, body, _slot, .. } = post;
+        let mut post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
+        let body =
+            posted_bytes(&node, &mut post, |worker, digest| BlobKey::Answer { worker, digest }).await?;
+        let RoundPost { worker, nonce, round, _slot, .. } = post;
         let receipt = blocking(move || node.answer_audit(worker, nonce, round, body)).await;
         drop(_slot);
         receipt

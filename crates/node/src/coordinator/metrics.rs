@@ -14,6 +14,8 @@
 //! | `crowdtrain_received_bytes_total` | counter | bytes of revealed updates received |
 //! | `crowdtrain_served_bytes_total` | counter | bytes of models served |
 //! | `crowdtrain_sent_bytes_total{endpoint}` | counter | the coordinator's egress: bytes of every answer's body, by route (`/v1/round`, `/v1/models/{digest}`, ...; `other` for no route), headers not counted |
+//! | `crowdtrain_answers_total{endpoint}` | counter | answers sent, by route: with the bytes, how often workers ask (polling) as well as how much |
+//! | `crowdtrain_bucket_written_bytes_total` | counter | the coordinator's egress to its bucket (`[storage]`): bytes of every object it wrote (models, deltas, round notices) |
 //! | `crowdtrain_workers_registered` | gauge | workers registered |
 //! | `crowdtrain_workers_active` | gauge | workers that would be participants if a round opened now |
 //!
@@ -52,6 +54,9 @@ pub(crate) struct Metrics {
     received_bytes: Counter,
     served_bytes: Counter,
     sent_bytes: Family<EndpointLabel, Counter>,
+    answers: Family<EndpointLabel, Counter>,
+    /// Shared with the bucket's client, which counts what it writes.
+    pub(crate) bucket_written_bytes: Counter,
     workers_registered: Gauge,
     workers_active: Gauge,
     /// When each round still open opened (ms), to time it when it closes.
@@ -73,6 +78,8 @@ impl Default for Metrics {
         let received_bytes = Counter::default();
         let served_bytes = Counter::default();
         let sent_bytes = Family::<EndpointLabel, Counter>::default();
+        let answers = Family::<EndpointLabel, Counter>::default();
+        let bucket_written_bytes = Counter::default();
         let workers_registered = Gauge::default();
         let workers_active = Gauge::default();
         let prefix = |name: &str| format!("crowdtrain_{name}");
@@ -102,6 +109,12 @@ impl Default for Metrics {
             "Bytes of answer bodies sent (the coordinator's egress), by route",
             sent_bytes.clone(),
         );
+        registry.register(prefix("answers"), "Answers sent, by route", answers.clone());
+        registry.register(
+            prefix("bucket_written_bytes"),
+            "Bytes of objects the coordinator wrote to its bucket (its egress there)",
+            bucket_written_bytes.clone(),
+        );
         registry.register(prefix("workers_registered"), "Workers registered", workers_registered.clone());
         registry.register(
             prefix("workers_active"),
@@ -120,6 +133,8 @@ impl Default for Metrics {
             received_bytes,
             served_bytes,
             sent_bytes,
+            answers,
+            bucket_written_bytes,
             workers_registered,
             workers_active,
             opened: Mutex::new(BTreeMap::new()),
@@ -179,9 +194,11 @@ impl Metrics {
         self.served_bytes.inc_by(bytes);
     }
 
-    /// Counts an answer's body, sent on `endpoint` (a route's pattern).
+    /// Counts an answer and its body, sent on `endpoint` (a route's pattern).
     pub(crate) fn sent(&self, endpoint: &str, bytes: u64) {
-        self.sent_bytes.get_or_create(&[("endpoint", endpoint.to_owned())]).inc_by(bytes);
+        let label = [("endpoint", endpoint.to_owned())];
+        self.sent_bytes.get_or_create(&label).inc_by(bytes);
+        self.answers.get_or_create(&label).inc();
     }
 
     /// The text a scrape gets, with the worker gauges as of now.

@@ -12,6 +12,7 @@
 
 mod admission;
 mod audit;
+mod bucket;
 mod clock;
 pub mod contract;
 mod deltas;
@@ -20,6 +21,7 @@ mod limits;
 mod metrics;
 mod model_rewards;
 mod net;
+mod notices;
 mod score;
 #[cfg(test)]
 mod tests;
@@ -300,17 +302,29 @@ impl Node {
             store.record(clock.now_unix_ms(), &[Event::ContractPublished { menu }], &[], &identity)?;
         }
         let contract = store.contract_menu()?.map(|menu| Signed::sign(&identity, menu));
-        let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
+        let metrics = metrics::Metrics::default();
         let bucket = match &config.storage {
             Some(section) => {
-                let bucket = CoordinatorBucket::new(Bucket::open(section, &record.run_id)?)
+                let written = metrics.bucket_written_bytes.clone();
+                let bucket = CoordinatorBucket::new(Bucket::open(section, &record.run_id)?, written)
                     .map_err(|error| NodeError::io("starting the bucket's client", error))?;
+                bucket::restore_checkpoints(&store, &record, &checkpoints, &bucket)?;
+                Some(bucket)
+            }
+            None => None,
+        };
+        let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
+        let bucket = match bucket {
+            Some(bucket) => {
                 // What the latest round trains from, again: the process
                 // that wrote it may have been killed before its upload.
-                bucket.put_blocking(BlobKey::Model(global_model), checkpoints.get(&global_model)?)?;
+                // The delta before the model, as in the writer: a worker
+                // that finds the model and no delta downloads it whole.
                 if let Some(delta) = deltas.get(&global_model) {
                     bucket.put_blocking(BlobKey::Delta { target: global_model }, delta.to_vec())?;
                 }
+                bucket.put_blocking(BlobKey::Model(global_model), checkpoints.get(&global_model)?)?;
+                bucket::publish_optimizer_state(&store, &record, &checkpoints, &bucket)?;
                 tracing::info!(url = bucket.bucket().url(), model = %global_model, "models published in the bucket");
                 Some(Arc::new(bucket))
             }
@@ -418,7 +432,7 @@ impl Node {
             fatal: watch::channel(None).0,
             bytes_downloaded: AtomicU64::new(0),
             downloaded_at_close: AtomicU64::new(0),
-            metrics: metrics::Metrics::default(),
+            metrics,
             opened_ahead: AtomicU64::new(0),
             withdrawn_ahead: AtomicU64::new(0),
             published: Mutex::new(None),
@@ -950,6 +964,15 @@ impl Node {
         worker: WorkerId,
     ) -> Result<AuditAnswer, NodeError> {
         let digest = inner.store.audit_answer_digest(round, worker)?;
+        if let Some(bucket) = &self.bucket {
+            bucket::restore_answer(
+                &self.answers,
+                bucket,
+                worker,
+                digest,
+                self.config.limits.max_upload_bytes,
+            )?;
+        }
         postcard::from_bytes(&self.answers.get(&digest)?)
             .map_err(|error| NodeError::Untrusted(format!("a stored audit answer does not decode: {error}")))
     }
@@ -1352,6 +1375,7 @@ impl Node {
                             bucket.put_blocking(BlobKey::Delta { target: model }, change.to_vec())?;
                         }
                         bucket.put_blocking(BlobKey::Model(model), written.to_vec())?;
+                        bucket.put_blocking(BlobKey::Checkpoint(momentum), momentum_bytes.clone())?;
                     }
                     checkpoints.put(&written)?;
                     if let Some(change) = change {
@@ -1363,7 +1387,11 @@ impl Node {
                     && state.round.is_multiple_of(AGGREGATOR_SNAPSHOT_ROUNDS);
                 let aggregator = if snapshot {
                     let after = inner.defense.state_after(&decision);
-                    Some(self.checkpoints.put(&checkpoint::encode_aggregator(&self.model.name(), &after))?)
+                    let bytes = checkpoint::encode_aggregator(&self.model.name(), &after);
+                    if let Some(bucket) = &self.bucket {
+                        bucket.put_blocking(BlobKey::Checkpoint(Digest::of(&bytes)), bytes.clone())?;
+                    }
+                    Some(self.checkpoints.put(&bytes)?)
                 } else {
                     None
                 };

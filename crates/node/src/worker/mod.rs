@@ -11,6 +11,7 @@
 pub(crate) mod behavior;
 mod client;
 mod events;
+mod notices;
 mod residual;
 mod reward;
 
@@ -269,18 +270,37 @@ pub async fn run_worker(
     let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None };
     // A reveal on its way while the next round trains (`[outer] delay = 1`).
     let mut revealing: Option<BackgroundReveal> = None;
+    // With a bucket, the round's notices there (see `notices` for the runs
+    // that keep long-polling the coordinator), and the view last acted on.
+    let simple_rounds = run.config.outer.delay == 0
+        && run.config.audit.auditors == crowdtrain_protocol::config::Auditors::Coordinator;
+    let mut notices = bucket
+        .clone()
+        .filter(|_| simple_rounds)
+        .map(|bucket| notices::Notices::new(bucket, coordinator, run.run_id));
+    let mut shown: Option<RoundView> = None;
     loop {
         if revealing.as_ref().is_some_and(|reveal| reveal.task.is_finished()) {
             finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
         }
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
-        let answer =
-            client.request(Method::GET, &format!("/v1/round?wait_ms=20000{after}"), Vec::new(), &[]).await?;
-        let view: Signed<RoundView> = expect_ok(&answer, "asking for the round")?.json()?;
-        let view = verified(&view, &coordinator, "round view")?.clone();
-        if view.run_id != run.run_id {
-            return Err(NodeError::Untrusted("a round view for another run".into()));
+        // With a bucket, wait on its round notice; else (and the first
+        // time) long-poll the coordinator.
+        let view = match (notices.as_mut(), shown.as_ref()) {
+            (Some(notices), Some(shown)) => {
+                match notices.next(shown, current.as_ref().map(|(round, _)| *round)).await {
+                    notices::Next::Act(view) => *view,
+                    notices::Next::AskCoordinator => {
+                        own_view(&client, &coordinator, &run, &format!("/v1/round?wait_ms=0{after}")).await?
+                    }
+                }
+            }
+            _ => own_view(&client, &coordinator, &run, &format!("/v1/round?wait_ms=20000{after}")).await?,
+        };
+        if let Some(notices) = notices.as_mut() {
+            notices.saw(&view);
         }
+        shown = Some(view.clone());
         summaries.on_view(&client, &view, &mut on_event).await?;
         if let (Some(task), Some(round)) = (view.audit_task, view.round)
             && behavior != Behavior::NoAnswer
@@ -344,8 +364,18 @@ pub async fn run_worker(
             .filter(|(held, _)| *held == round && view.committed)
             .zip(view.audit.filter(|_| !view.audit_answered && behavior != Behavior::NoAnswer))
         {
-            answer_audit(&client, &coordinator, round, produced, segment, &mut summary, &mut on_event)
-                .await?;
+            let bucket = bucket.as_ref().map(|bucket| (bucket, me));
+            answer_audit(
+                &client,
+                &coordinator,
+                bucket,
+                round,
+                produced,
+                segment,
+                &mut summary,
+                &mut on_event,
+            )
+            .await?;
         }
         // Committed, but the update is not in hand (this worker restarted,
         // its cache perhaps gone, between its commitment and its reveal):
@@ -475,6 +505,7 @@ pub async fn run_worker(
                             answer_audit(
                                 &client,
                                 &coordinator,
+                                bucket.as_ref().map(|bucket| (bucket, me)),
                                 round,
                                 &produced,
                                 segment,
@@ -535,16 +566,10 @@ pub async fn run_worker(
                     } else {
                         let answer = match &bucket {
                             Some(bucket) => {
-                                reveal_through_bucket(
-                                    &client,
-                                    bucket,
-                                    me,
-                                    round,
-                                    &path,
-                                    payload,
-                                    &mut on_event,
-                                )
-                                .await?
+                                let key = BlobKey::Update { worker: me, digest: Digest::of(&payload) };
+                                let what = (round, Upload::Reveal);
+                                post_through_bucket(&client, bucket, key, what, &path, payload, &mut on_event)
+                                    .await?
                             }
                             None => {
                                 upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?
@@ -574,13 +599,25 @@ async fn prefetch_newest_model(
     run: &RunInfo,
     models: &mut ModelCache,
 ) -> Result<(), NodeError> {
-    let answer = client.request(Method::GET, "/v1/round", Vec::new(), &[]).await?;
-    let view: Signed<RoundView> = expect_ok(&answer, "asking for the newest model")?.json()?;
-    let view = verified(&view, coordinator, "round view")?;
+    let view = own_view(client, coordinator, run, "/v1/round").await?;
+    models.get(client, &view.model).await.map(drop)
+}
+
+/// This worker's own view of the round (`GET {path}`: `/v1/round` and its
+/// query), checked: signed by the coordinator, of this run.
+async fn own_view(
+    client: &Client,
+    coordinator: &PublicKey,
+    run: &RunInfo,
+    path: &str,
+) -> Result<RoundView, NodeError> {
+    let answer = client.request(Method::GET, path, Vec::new(), &[]).await?;
+    let view: Signed<RoundView> = expect_ok(&answer, "asking for the round")?.json()?;
+    let view = verified(&view, coordinator, "round view")?.clone();
     if view.run_id != run.run_id {
         return Err(NodeError::Untrusted("a round view for another run".into()));
     }
-    models.get(client, &view.model).await.map(drop)
+    Ok(view)
 }
 
 /// A reveal sent while the next round trains (`[outer] delay = 1`).
@@ -717,16 +754,16 @@ async fn upload(
     .await
 }
 
-/// A reveal through the run's bucket: the update goes to this worker's
-/// own content-addressed key, and the signed reveal names its digest (no
-/// body). An object the coordinator could not read as named (`bad-object`:
-/// lost, or altered by someone with write access) is uploaded again, a few
-/// times.
-async fn reveal_through_bucket(
+/// A reveal or an audit answer through the run's bucket: the bytes go to
+/// `key` (this worker's own content-addressed key), and the signed post
+/// names their digest (no body). An object the coordinator could not read
+/// as named (`bad-object`: lost, or altered by someone with write access)
+/// is uploaded again, a few times.
+async fn post_through_bucket(
     client: &Client,
     bucket: &Bucket,
-    me: WorkerId,
-    round: RoundId,
+    key: BlobKey,
+    (round, what): (RoundId, Upload),
     path: &str,
     payload: Vec<u8>,
     on_event: &mut impl FnMut(&WorkerEvent),
@@ -734,15 +771,15 @@ async fn reveal_through_bucket(
     const ATTEMPTS: u32 = 3;
     let bytes = payload.len() as u64;
     let digest = Digest::of(&payload);
-    let key = BlobKey::Update { worker: me, digest };
     let payload = object_store::PutPayload::from(payload);
-    let path = format!("{path}&object={}", digest.to_hex());
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let path = format!("{path}{separator}object={}", digest.to_hex());
     let mut attempt = 0;
     loop {
         attempt += 1;
-        on_event(&WorkerEvent::Uploading { round, what: Upload::Reveal, sent: 0, bytes });
+        on_event(&WorkerEvent::Uploading { round, what, sent: 0, bytes });
         put_patiently(bucket, &key, payload.clone(), client.give_up_after()).await?;
-        on_event(&WorkerEvent::Uploading { round, what: Upload::Reveal, sent: bytes, bytes });
+        on_event(&WorkerEvent::Uploading { round, what, sent: bytes, bytes });
         let answer = client.request(Method::POST, &path, Vec::new(), &[]).await?;
         if answer.code() != Some(ErrorCode::BadObject) || attempt == ATTEMPTS {
             return Ok(answer);
@@ -1002,11 +1039,14 @@ async fn register(
     }
 }
 
-/// Sends `produced`'s answer to its audit of `segment` in `round`, and
-/// counts what the coordinator said of it.
+/// Sends `produced`'s answer to its audit of `segment` in `round` (with a
+/// bucket, `(bucket, this worker)`: through it), and counts what the
+/// coordinator said of it.
+#[allow(clippy::too_many_arguments)] // the worker loop's state, one per argument
 async fn answer_audit(
     client: &Client,
     coordinator: &PublicKey,
+    bucket: Option<(&Bucket, WorkerId)>,
     round: RoundId,
     produced: &Produced,
     segment: u32,
@@ -1023,7 +1063,14 @@ async fn answer_audit(
     let bytes = body.len() as u64;
     summary.bytes_uploaded += bytes;
     let path = format!("/v1/rounds/{round}/audits");
-    let answer = upload(client, round, Upload::AuditAnswer, &path, body, on_event).await?;
+    let answer = match bucket {
+        Some((bucket, me)) => {
+            let key = BlobKey::Answer { worker: me, digest: Digest::of(&body) };
+            post_through_bucket(client, bucket, key, (round, Upload::AuditAnswer), &path, body, on_event)
+                .await?
+        }
+        None => upload(client, round, Upload::AuditAnswer, &path, body, on_event).await?,
+    };
     let status = receipt_status(&answer, coordinator)?;
     match &status {
         Ok(ReceiptStatus::Replaying) => summary.audits_answered += 1,
@@ -1299,16 +1346,16 @@ impl ModelCache {
     ) -> Result<Option<Vec<f32>>, String> {
         // Never more than the model whole: past that the delta saves nothing.
         let limit = delta::HEADER_BYTES + crowdtrain_train::codec::HEADER_BYTES + self.layout.len() * 4;
-        let bytes = match &self.bucket {
-            Some(bucket) => match bucket.get(&BlobKey::Delta { target: *digest }, limit as u64).await {
-                Ok(bytes) => {
-                    self.bytes_downloaded += bytes.len() as u64;
-                    bytes
+        let bytes = match self.bucket.clone() {
+            Some(bucket) => {
+                match delta_from_bucket(&bucket, digest, limit as u64, client.give_up_after()).await? {
+                    Some(bytes) => {
+                        self.bytes_downloaded += bytes.len() as u64;
+                        bytes
+                    }
+                    None => return Ok(None),
                 }
-                // Not there (yet): the model whole, which waits for it.
-                Err(StorageError::Missing { .. }) => return Ok(None),
-                Err(error) => return Err(error.to_string()),
-            },
+            }
             None => {
                 let mut response =
                     client.get_stream(&format!("/v1/models/{}/delta", digest.to_hex()), 0).await?;
@@ -1493,6 +1540,37 @@ enum DownloadError {
     /// Worth retrying from where the file now ends.
     Transient(String),
     Fatal(NodeError),
+}
+
+/// The delta that makes model `target`, from the bucket (at most `limit`
+/// bytes; its content is checked by what it rebuilds), or `None` when there
+/// will be none: the coordinator writes a round's delta before its model,
+/// so while neither is there the delta may still come (the round opened
+/// before the upload) and is waited for, backing off to 1 s for up to
+/// `give_up_after`; once the model is there without it, none comes and the
+/// model is downloaded whole.
+async fn delta_from_bucket(
+    bucket: &Bucket,
+    target: &Digest,
+    limit: u64,
+    give_up_after: Duration,
+) -> Result<Option<Vec<u8>>, String> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(20);
+    loop {
+        // The model first: if it is there, so is any delta to it.
+        let model_there = bucket.exists(&BlobKey::Model(*target)).await.map_err(|error| error.to_string())?;
+        match bucket.get(&BlobKey::Delta { target: *target }, limit).await {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(StorageError::Missing { .. }) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+        if model_there || started.elapsed() >= give_up_after {
+            return Ok(None);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Writes a fresh key file for a worker (used by `crowdtrain keygen`).
