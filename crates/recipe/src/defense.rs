@@ -149,6 +149,9 @@ impl std::str::FromStr for Aggregator {
 pub struct QualityConfig {
     /// Examples in each round's evaluation batch.
     pub eval_examples: usize,
+    /// How an update's score is computed: by forward passes (`exact`) or
+    /// from one gradient of the held-out loss (`linear`).
+    pub score: ScoreMethod,
     /// The shift, in spreads of the round's scores, of a worker whose
     /// updates the gate is built to catch: the alternative hypothesis.
     pub shift: f64,
@@ -167,6 +170,7 @@ impl Default for QualityConfig {
     fn default() -> Self {
         Self {
             eval_examples: 512,
+            score: ScoreMethod::Exact,
             shift: 1.0,
             clamp: 3.0,
             threshold: 10.0,
@@ -213,6 +217,51 @@ impl QualityConfig {
             Some((field, _, reason)) => Err((field, reason)),
             None => Ok(()),
         }
+    }
+}
+
+/// How each update's quality score is computed (`[quality] score`;
+/// `docs/PAY.md`, "The evaluation batch and the score").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreMethod {
+    /// The relative held-out loss drop with the update alone applied:
+    /// one forward pass over the batch for the global model and one per
+    /// update.
+    #[default]
+    Exact,
+    /// Its first-order approximation: one forward and backward pass at the
+    /// global model gives the held-out gradient `g`, and each update's
+    /// score is `step * g . u / L(g)`, one dot product per update. Blind to
+    /// curvature, so an update that only adds noise scores about zero
+    /// rather than below it.
+    Linear,
+}
+
+impl ScoreMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Linear => "linear",
+        }
+    }
+}
+
+impl std::str::FromStr for ScoreMethod {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "exact" => Ok(Self::Exact),
+            "linear" => Ok(Self::Linear),
+            other => Err(format!("unknown score {other:?}; expected exact or linear")),
+        }
+    }
+}
+
+impl std::fmt::Display for ScoreMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
