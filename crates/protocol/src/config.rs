@@ -59,8 +59,8 @@
 //! iterations = 3           # clipping iterations (centered-clip only)
 //!
 //! [quality]         # held-out scoring and the pay gate (docs/PAY.md)
-//! eval_examples = 512   # fresh from the validation split each round
-//! score = "exact"       # or "linear": one backward pass a round, a dot product per update
+//! eval_examples = 1500  # fresh from the validation split each round
+//! score = "linear"      # one backward pass a round, a dot product per update; or "exact"
 //! shift = 1.0
 //! clamp = 3.0
 //! threshold = 10.0
@@ -999,9 +999,10 @@ mod tests {
     #[test]
     fn the_score_rule_is_chosen_in_quality() {
         let config =
-            RunConfig::parse("rounds = 1\n[training]\nseed = 1\n[quality]\nscore = \"linear\"\n").unwrap();
-        assert_eq!(config.quality.score, crowdtrain_recipe::ScoreMethod::Linear);
+            RunConfig::parse("rounds = 1\n[training]\nseed = 1\n[quality]\nscore = \"exact\"\n").unwrap();
+        assert_eq!(config.quality.score, crowdtrain_recipe::ScoreMethod::Exact);
         let config = RunConfig::parse("rounds = 1\n[training]\nseed = 1\n").unwrap();
-        assert_eq!(config.quality.score, crowdtrain_recipe::ScoreMethod::Exact, "the default");
+        assert_eq!(config.quality.score, crowdtrain_recipe::ScoreMethod::Linear, "the default");
+        assert_eq!(config.quality.eval_examples, 1500);
     }
 }

@@ -147,7 +147,9 @@ impl std::str::FromStr for Aggregator {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QualityConfig {
-    /// Examples in each round's evaluation batch.
+    /// Examples in each round's evaluation batch (1,500 by default: the
+    /// size at which evaluation noise stops dominating the honest spread,
+    /// `docs/PAY.md`).
     pub eval_examples: usize,
     /// How an update's score is computed: by forward passes (`exact`) or
     /// from one gradient of the held-out loss (`linear`).
@@ -169,8 +171,8 @@ pub struct QualityConfig {
 impl Default for QualityConfig {
     fn default() -> Self {
         Self {
-            eval_examples: 512,
-            score: ScoreMethod::Exact,
+            eval_examples: 1500,
+            score: ScoreMethod::Linear,
             shift: 1.0,
             clamp: 3.0,
             threshold: 10.0,
@@ -228,13 +230,14 @@ pub enum ScoreMethod {
     /// The relative held-out loss drop with the update alone applied:
     /// one forward pass over the batch for the global model and one per
     /// update.
-    #[default]
     Exact,
     /// Its first-order approximation: one forward and backward pass at the
     /// global model gives the held-out gradient `g`, and each update's
     /// score is `step * g . u / L(g)`, one dot product per update. Blind to
     /// curvature, so an update that only adds noise scores about zero
-    /// rather than below it.
+    /// rather than below it. The default: as good at telling attacks from
+    /// honest work, for an eighth of the cost (`docs/PAY.md`).
+    #[default]
     Linear,
 }
 

@@ -256,7 +256,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn defense(args: DefenseArgs) -> anyhow::Result<()> {
-    use crowdtrain_defense::{CheckConfig, ModelDefense, QualityConfig, Submission, quality};
+    use crowdtrain_defense::{CheckConfig, ModelDefense, QualityConfig, ScoreMethod, Submission, quality};
     use crowdtrain_train::diloco::{inner_round, outer_step, round_key, shards};
     use crowdtrain_train::{Encode, TrainingRecipe, codec};
 
@@ -341,11 +341,13 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         let step = quality::score_step(outer.lr, views.len());
         if timed {
             let started = Instant::now();
-            let exact = quality::scores(model.as_ref(), &global.params, &views, step, &dataset.train, &eval)?;
+            let batch = (&dataset.train, eval.as_slice());
+            let exact =
+                quality::scores(model.as_ref(), &global.params, &views, step, batch, ScoreMethod::Exact)?;
             scoring.push(started.elapsed().as_secs_f64());
             let started = Instant::now();
             let linear =
-                quality::linear_scores(model.as_ref(), &global.params, &views, step, &dataset.train, &eval)?;
+                quality::scores(model.as_ref(), &global.params, &views, step, batch, ScoreMethod::Linear)?;
             linear_scoring.push(started.elapsed().as_secs_f64());
             comparison.honest_correlation.push(pearson(&exact, &linear));
             // The two attacks, scored beside the honest updates (untimed).
@@ -365,17 +367,23 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
                 let n = round.deviations.len();
                 Ok((round.deviations[n - 2], round.deviations[n - 1]))
             };
-            let (flip, noisy) =
-                stand(quality::scores(model.as_ref(), &global.params, &all, step, &dataset.train, &eval)?)?;
-            comparison.sign_flip_exact.push(flip);
-            comparison.noise_exact.push(noisy);
-            let (flip, noisy) = stand(quality::linear_scores(
+            let (flip, noisy) = stand(quality::scores(
                 model.as_ref(),
                 &global.params,
                 &all,
                 step,
-                &dataset.train,
-                &eval,
+                batch,
+                ScoreMethod::Exact,
+            )?)?;
+            comparison.sign_flip_exact.push(flip);
+            comparison.noise_exact.push(noisy);
+            let (flip, noisy) = stand(quality::scores(
+                model.as_ref(),
+                &global.params,
+                &all,
+                step,
+                batch,
+                ScoreMethod::Linear,
             )?)?;
             comparison.sign_flip_linear.push(flip);
             comparison.noise_linear.push(noisy);
