@@ -207,6 +207,10 @@ pub fn scores_with(
         .collect()
 }
 
+/// The held-out loss's gradient at the given parameters, written to the
+/// second argument; returns the loss.
+pub type Gradient<'a> = dyn Fn(&[f32], &mut [f32]) -> Result<f64, TrainError> + Sync + 'a;
+
 /// The linearised scoring rule: `step * g . u / L(g)` for each update
 /// `u`, with `gradient` writing the held-out loss's gradient at `global`
 /// to its second argument and returning the loss: the first-order term of
@@ -220,7 +224,7 @@ pub fn linear_scores_with(
     global: &[f32],
     updates: &[&[f32]],
     step: f32,
-    gradient: &(dyn Fn(&[f32], &mut [f32]) -> Result<f64, TrainError> + Sync),
+    gradient: &Gradient<'_>,
 ) -> Result<Vec<f64>, TrainError> {
     let mut grads = vec![0.0f32; global.len()];
     let base = gradient(global, &mut grads)?;
