@@ -361,30 +361,18 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
             all.extend([flipped.as_slice(), noise.as_slice()]);
             let step = quality::score_step(outer.lr, all.len());
             let examples = eval.len();
-            let stand = |scores: Vec<f64>| -> anyhow::Result<(f64, f64)> {
+            // Where the two attacks stand by `method`, in the round's spreads.
+            let stand = |method: ScoreMethod| -> anyhow::Result<(f64, f64)> {
+                let scores = quality::scores(model.as_ref(), &global.params, &all, step, batch, method)?;
                 let round = quality::deviations(&scores, examples, &quality_config)
                     .ok_or_else(|| anyhow::anyhow!("the round has no power"))?;
                 let n = round.deviations.len();
                 Ok((round.deviations[n - 2], round.deviations[n - 1]))
             };
-            let (flip, noisy) = stand(quality::scores(
-                model.as_ref(),
-                &global.params,
-                &all,
-                step,
-                batch,
-                ScoreMethod::Exact,
-            )?)?;
+            let (flip, noisy) = stand(ScoreMethod::Exact)?;
             comparison.sign_flip_exact.push(flip);
             comparison.noise_exact.push(noisy);
-            let (flip, noisy) = stand(quality::scores(
-                model.as_ref(),
-                &global.params,
-                &all,
-                step,
-                batch,
-                ScoreMethod::Linear,
-            )?)?;
+            let (flip, noisy) = stand(ScoreMethod::Linear)?;
             comparison.sign_flip_linear.push(flip);
             comparison.noise_linear.push(noisy);
         }
