@@ -127,6 +127,28 @@ pub fn shuffle<T>(rng: &mut impl Rng, items: &mut [T]) {
     }
 }
 
+/// Round `round`'s block of `count` indices of `0..population`, fresh until
+/// the population runs out: each epoch of `population / count` rounds
+/// walks one permutation (keyed by `purpose`, `run` and the epoch) block
+/// by block, so no index repeats within an epoch and every index is used
+/// equally often over whole epochs; the `population % count` left over
+/// each epoch differ from epoch to epoch. `count` above `population` is
+/// the whole population. This is how each round's evaluation batch is
+/// drawn (`crowdtrain_defense::quality`): scores of different rounds are
+/// measured on different examples for as long as the split allows, so no
+/// fixed subset of it can bias a worker's record round after round.
+pub fn epoch_block(purpose: &str, run: u64, population: u64, count: usize, round: u64) -> Vec<u64> {
+    let count = (count as u64).min(population);
+    if count == 0 {
+        return Vec::new();
+    }
+    let per_epoch = population / count;
+    let (epoch, position) = (round / per_epoch, round % per_epoch);
+    let mut order: Vec<u64> = (0..population).collect();
+    shuffle(&mut keyed_rng(purpose, RngKey::new(run, epoch, 0, 0)), &mut order);
+    order[(position * count) as usize..((position + 1) * count) as usize].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +216,26 @@ mod tests {
         let mean = normals.iter().sum::<f64>() / samples as f64;
         let variance = normals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / samples as f64;
         assert!(mean.abs() < 0.03 && (variance - 1.0).abs() < 0.05, "{mean} {variance}");
+    }
+
+    #[test]
+    fn epoch_blocks_never_repeat_within_an_epoch_and_are_keyed() {
+        // 1,000 indices in blocks of 300: 3 rounds an epoch, 100 left over.
+        let block = |run, round| epoch_block("test-eval", run, 1000, 300, round);
+        for epoch in 0..3 {
+            let mut seen: Vec<u64> = (0..3).flat_map(|position| block(7, 3 * epoch + position)).collect();
+            assert_eq!(seen.len(), 900);
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), 900, "no index twice within epoch {epoch}");
+            assert!(seen.iter().all(|&index| index < 1000));
+        }
+        assert_eq!(block(7, 4), block(7, 4), "the same key, the same block");
+        assert_ne!(block(7, 4), block(8, 4), "the run keys it");
+        assert_ne!(block(7, 0), block(7, 3), "each epoch is a new permutation");
+        assert_eq!(epoch_block("test-eval", 1, 50, 300, 9).len(), 50, "at most the whole population");
+        assert!(epoch_block("test-eval", 1, 0, 300, 9).is_empty());
+        // Pinned: the draw is part of the protocol (pay is recomputed from it).
+        assert_eq!(epoch_block("test-eval", 1, 10, 3, 4), [1, 0, 7]);
     }
 }

@@ -451,3 +451,33 @@ fn the_cache_directory_follows_the_environment() {
         "{dir:?}"
     );
 }
+
+#[test]
+fn round_evaluation_batches_are_fresh_windows_of_the_validation_split() {
+    let bytes = positions(1000);
+    let tokens = Tokens::new(&bytes, TokenWidth::U32);
+    let validation = tokens.slice(900..1000);
+    // 9 windows of 10 (every 10 tokens, the last partial one dropped), 4 a
+    // round: 2 rounds an epoch with 1 window left over.
+    let round = |run, round| round_evaluation_batch(validation, 4, 10, run, round).unwrap();
+    let starts =
+        |batch: &TokenBatch| -> Vec<u32> { batch.inputs.chunks(10).map(|window| window[0]).collect() };
+    for epoch in 0..4 {
+        let mut seen: Vec<u32> =
+            [round(5, 2 * epoch), round(5, 2 * epoch + 1)].iter().flat_map(starts).collect();
+        assert!(seen.iter().all(|start| (start - 900) % 10 == 0 && *start < 990), "{seen:?}");
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 8, "no window twice within epoch {epoch}");
+    }
+    assert_eq!(round(5, 3), round(5, 3), "the same run and round, the same batch");
+    assert_ne!(round(5, 3), round(6, 3));
+    let batch = round(5, 0);
+    assert_eq!(batch.targets[..9], batch.inputs[1..10], "targets are the next tokens");
+    assert_eq!(
+        round_evaluation_batch(validation, 50, 10, 5, 0).unwrap().sequences,
+        9,
+        "at most every window"
+    );
+    assert!(round_evaluation_batch(tokens.slice(0..10), 1, 10, 5, 0).is_err());
+}

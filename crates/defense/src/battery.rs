@@ -8,7 +8,6 @@
 //! commit after the honest workers (they need the honest updates first), so
 //! a copy is always the later of two identical updates.
 
-use crowdtrain_data::rng::RngKey;
 use crowdtrain_data::{Dataset, split_validation};
 use crowdtrain_train::codec::{self, Codec, Encode};
 use crowdtrain_train::diloco::{RunData, inner_round_on, mean_in_order, outer_step, round_key};
@@ -301,8 +300,9 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
             &global.params,
             &passed,
             step,
-            quality_config.eval_examples,
-            RngKey::new(recipe.seed, round, 0, 0),
+            &quality_config,
+            recipe.seed,
+            round,
         )?;
         let pairs: Vec<(u64, f64)> = decision.passed.iter().copied().zip(scores).collect();
         let examples = held_out.scored_examples(quality_config.eval_examples);

@@ -36,7 +36,9 @@ use crowdtrain_train::diloco::{Aggregate, WorkerUpdate};
 
 pub use aggregate::{AggregatorState, StateChange};
 pub use checks::{Refusal, Submission};
-pub use crowdtrain_recipe::defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
+pub use crowdtrain_recipe::defense::{
+    Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig, ScoreMethod,
+};
 pub use quality::{Gate, Judged};
 
 /// What the defence decided about one round's submissions; nothing is

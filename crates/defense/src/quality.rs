@@ -9,10 +9,19 @@
 //! pseudo-gradient gives the worker's own end state, whose held-out loss is
 //! worse than the global model's after the first few rounds for honest and
 //! useless updates alike: a fresh AdamW's first steps are large and noisy,
-//! and only their average is a good direction.) The evaluation batch is
-//! drawn from the validation split (held out of every shard) with
-//! randomness keyed by the round's beacon, which exists only once the
-//! commitments are in: no worker can know the batch while it trains.
+//! and only their average is a good direction.) By default (`[quality]
+//! score = "linear"`) the first-order term is taken instead, `step * g .
+//! u / L(g)` with `g` the held-out gradient: one backward pass a round and
+//! a dot product per update rather than a forward pass per update, for
+//! scores that correlate 0.99 with the exact ones (`score = "exact"`).
+//!
+//! The evaluation batch is drawn from the validation split (held out of
+//! every shard), fresh each round: a permutation of the split keyed by the
+//! run's seed is walked block by block, reshuffled once used up, so no
+//! example is scored twice until the split runs out and no fixed subset
+//! of it decides a worker's record. The batch is public in advance; a
+//! worker that trained on it would not be replaying its assignment, which
+//! audits catch and slash (`docs/PAY.md`, "The evaluation batch").
 //!
 //! Pay is a gate, not a slope ([`Gate`], `docs/PAY.md`): every checked
 //! update earns its full verified work unless a sequential test (a
@@ -27,25 +36,18 @@
 use std::collections::BTreeMap;
 
 use crowdtrain_data::LabeledImages;
-use crowdtrain_data::rng::{RngKey, keyed_rng, sample_distinct};
-use crowdtrain_recipe::{PayGate, QualityConfig};
-use crowdtrain_train::{Model, TrainError, evaluate_subset};
+use crowdtrain_recipe::{PayGate, QualityConfig, ScoreMethod};
+use crowdtrain_train::{Model, TrainError, evaluate_subset, gradient_subset};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// The stream the round's evaluation batch is drawn from: keyed by the
-/// round's beacon (known only after the commit phase) and the round.
-pub fn eval_key(beacon: &[u8; 32], round: u64) -> RngKey {
-    let word = u64::from_le_bytes(beacon[..8].try_into().expect("8 bytes"));
-    RngKey::new(word, round, 0, 0)
-}
-
-/// The round's evaluation batch: `count` distinct examples of `validation`
-/// (all of them if it has fewer), in draw order.
-pub fn eval_indices(validation: &[u32], count: usize, key: RngKey) -> Vec<u32> {
-    let count = count.min(validation.len());
-    let mut rng = keyed_rng("quality-eval", key);
-    sample_distinct(&mut rng, validation.len() as u64, count)
+/// Round `round`'s evaluation batch: `count` distinct examples of
+/// `validation` (all of them if it has fewer), fresh every round for as
+/// long as the split allows: each epoch of `validation.len() / count`
+/// rounds walks one permutation keyed by `run` (the run's seed), so no
+/// example is scored twice within an epoch ([`crowdtrain_data::rng::epoch_block`]).
+pub fn round_eval_indices(validation: &[u32], count: usize, run: u64, round: u64) -> Vec<u32> {
+    crowdtrain_data::rng::epoch_block("quality-eval-epoch", run, validation.len() as u64, count, round)
         .into_iter()
         .map(|index| validation[index as usize])
         .collect()
@@ -57,26 +59,37 @@ pub fn score_step(outer_lr: f32, updates: usize) -> f32 {
     outer_lr / updates.max(1) as f32
 }
 
-/// Each update's relative held-out loss improvement when `step` times it
-/// is applied alone to `global`, in update order, on the image examples
-/// `indices`. An update whose model has a non-finite loss scores `-inf`.
+/// Each update's score on the image examples `indices`, in update order,
+/// by `method`: its relative held-out loss improvement when `step` times
+/// it is applied alone to `global` ([`scores_with`]: a forward pass per
+/// update), or that improvement's first-order term
+/// ([`linear_scores_with`]: one forward and backward pass for the round).
+/// An update whose model has a non-finite loss scores `-inf`.
 pub fn scores(
     model: &dyn Model,
     global: &[f32],
     updates: &[&[f32]],
     step: f32,
-    images: &LabeledImages,
-    indices: &[u32],
+    (images, indices): (&LabeledImages, &[u32]),
+    method: ScoreMethod,
 ) -> Result<Vec<f64>, TrainError> {
     if indices.is_empty() {
         return Ok(vec![0.0; updates.len()]);
     }
-    scores_with(global, updates, step, &|params| Ok(evaluate_subset(model, params, images, indices)?.loss))
+    match method {
+        ScoreMethod::Exact => scores_with(global, updates, step, &|params| {
+            Ok(evaluate_subset(model, params, images, indices)?.loss)
+        }),
+        ScoreMethod::Linear => linear_scores_with(global, updates, step, &|params, grads| {
+            gradient_subset(model, params, images, indices, grads)
+        }),
+    }
 }
 
-/// [`scores`] on the round's evaluation batch of text: `sequences`
-/// validation windows drawn with `key` (the beacon's, [`eval_key`]), the
-/// loss per token.
+/// [`scores`] on round `round`'s evaluation batch of
+/// text: `sequences` validation windows, fresh each round
+/// ([`crowdtrain_data::text::round_evaluation_batch`], keyed by `run`),
+/// the loss per token.
 #[allow(clippy::too_many_arguments)]
 pub fn text_scores(
     model: &dyn Model,
@@ -86,12 +99,19 @@ pub fn text_scores(
     validation: crowdtrain_data::text::Tokens<'_>,
     context: usize,
     sequences: usize,
-    key: RngKey,
+    method: ScoreMethod,
+    (run, round): (u64, u64),
 ) -> Result<Vec<f64>, TrainError> {
-    let batch = crowdtrain_data::text::evaluation_batch(validation, sequences, context, key)?;
-    scores_with(global, updates, step, &|params| {
-        Ok(model.loss_sum(params, crowdtrain_train::text::token_examples(&batch))?.evaluation().loss)
-    })
+    let batch = crowdtrain_data::text::round_evaluation_batch(validation, sequences, context, run, round)?;
+    let examples = crowdtrain_train::text::token_examples(&batch);
+    match method {
+        ScoreMethod::Exact => scores_with(global, updates, step, &|params| {
+            Ok(model.loss_sum(params, examples)?.evaluation().loss)
+        }),
+        ScoreMethod::Linear => linear_scores_with(global, updates, step, &|params, grads| {
+            Ok(f64::from(model.loss_and_grad(params, examples, grads)?))
+        }),
+    }
 }
 
 /// What a round's updates are scored on: the images held out of every
@@ -107,37 +127,56 @@ pub enum HeldOut<'a> {
 }
 
 impl HeldOut<'_> {
-    /// Each update's score ([`scores`], [`text_scores`]) on a batch of about
-    /// `eval_examples` held-out examples drawn with `key`: images, or
-    /// predicted tokens (whole sequences, at least one).
+    /// Each update's score ([`scores`], [`text_scores`],
+    /// as `config.score` says) on round `round`'s batch of about
+    /// `config.eval_examples` held-out examples, fresh each round and keyed
+    /// by `run` (the run's seed): images, or predicted tokens (whole
+    /// sequences, at least one). The coordinator and the battery both call
+    /// this with the same `(run, round)`, so they score on the same batch.
+    #[allow(clippy::too_many_arguments)]
     pub fn scores(
         &self,
         model: &dyn Model,
         global: &[f32],
         updates: &[&[f32]],
         step: f32,
-        eval_examples: usize,
-        key: RngKey,
+        config: &QualityConfig,
+        run: u64,
+        round: u64,
     ) -> Result<Vec<f64>, TrainError> {
         match *self {
             Self::Images { train, validation } => {
-                let eval = eval_indices(validation, eval_examples, key);
-                scores(model, global, updates, step, train, &eval)
+                let eval = round_eval_indices(validation, config.eval_examples, run, round);
+                scores(model, global, updates, step, (train, &eval), config.score)
             }
             Self::Text { validation, context } => {
-                let sequences = Self::sequences(eval_examples, context);
-                text_scores(model, global, updates, step, validation, context, sequences, key)
+                let sequences = Self::sequences(config.eval_examples, context);
+                text_scores(
+                    model,
+                    global,
+                    updates,
+                    step,
+                    validation,
+                    context,
+                    sequences,
+                    config.score,
+                    (run, round),
+                )
             }
         }
     }
 
     /// How many held-out examples [`Self::scores`] measures on (what the pay
     /// gate's power depends on): `eval_examples` images, at most all of
-    /// them; for text, the tokens its whole sequences predict.
+    /// them; for text, the tokens its whole sequences predict, at most
+    /// every window of the split.
     pub fn scored_examples(&self, eval_examples: usize) -> usize {
         match *self {
             Self::Images { validation, .. } => eval_examples.min(validation.len()),
-            Self::Text { context, .. } => Self::sequences(eval_examples, context) * context,
+            Self::Text { validation, context } => {
+                let windows = crowdtrain_data::text::validation_sequences(validation.len(), context);
+                Self::sequences(eval_examples, context).min(windows) * context
+            }
         }
     }
 
@@ -166,6 +205,36 @@ pub fn scores_with(
             Ok(if after.is_finite() && base > 0.0 { (base - after) / base } else { f64::NEG_INFINITY })
         })
         .collect()
+}
+
+/// The held-out loss's gradient at the given parameters, written to the
+/// second argument; returns the loss.
+pub type Gradient<'a> = dyn Fn(&[f32], &mut [f32]) -> Result<f64, TrainError> + Sync + 'a;
+
+/// The linearised scoring rule: `step * g . u / L(g)` for each update
+/// `u`, with `gradient` writing the held-out loss's gradient at `global`
+/// to its second argument and returning the loss: the first-order term of
+/// [`scores_with`]'s `(L(g) - L(g - step u)) / L(g)`, at the cost of one
+/// backward pass for the round and one dot product per update instead of
+/// a forward pass per update. The dot products are the deterministic
+/// chunked ones of [`crate::linalg::dot`], so scores are bit-identical
+/// whatever the thread count. `-inf` where the product is not finite (a
+/// non-finite update) or the loss is not positive and finite.
+pub fn linear_scores_with(
+    global: &[f32],
+    updates: &[&[f32]],
+    step: f32,
+    gradient: &Gradient<'_>,
+) -> Result<Vec<f64>, TrainError> {
+    let mut grads = vec![0.0f32; global.len()];
+    let base = gradient(global, &mut grads)?;
+    Ok(updates
+        .par_iter()
+        .map(|update| {
+            let score = f64::from(step) * crate::linalg::dot(&grads, update) / base;
+            if score.is_finite() && base.is_finite() && base > 0.0 { score } else { f64::NEG_INFINITY }
+        })
+        .collect())
 }
 
 /// One round's scores, standardised.
@@ -478,6 +547,7 @@ mod tests {
 
     #[test]
     fn text_updates_that_lower_the_held_out_loss_score_above_those_that_raise_it() {
+        use crowdtrain_data::RngKey;
         use crowdtrain_data::text::{TextDataset, TextSource, TokenizerSpec};
         use crowdtrain_train::{Examples, GptConfig, ModelKind};
         let cache = tempfile::tempdir().unwrap();
@@ -489,7 +559,7 @@ mod tests {
         let model = crowdtrain_train::build_model(ModelKind::Gpt(config));
         let global = model.layout().initialize(0);
         // A descent direction (the gradient on a validation batch) helps;
-        // its negation hurts.
+        // its negation hurts, by either rule.
         let batch =
             crowdtrain_data::text::evaluation_batch(data.validation(), 8, 16, RngKey::new(1, 0, 0, 0))
                 .unwrap();
@@ -502,27 +572,132 @@ mod tests {
             )
             .unwrap();
         let harmful: Vec<f32> = grads.iter().map(|g| -g).collect();
-        let key = eval_key(&[3u8; 32], 0);
-        let scores =
-            text_scores(model.as_ref(), &global, &[&grads, &harmful], 0.05, data.validation(), 16, 8, key)
-                .unwrap();
-        assert!(scores[0] > 0.0 && scores[1] < 0.0, "{scores:?}");
-        let again =
-            text_scores(model.as_ref(), &global, &[&grads, &harmful], 0.05, data.validation(), 16, 8, key)
-                .unwrap();
-        assert_eq!(scores, again, "the same beacon, the same batch, the same bits");
+        let held_out = HeldOut::Text { validation: data.validation(), context: 16 };
+        for score in [ScoreMethod::Exact, ScoreMethod::Linear] {
+            let quality = QualityConfig { eval_examples: 128, score, ..QualityConfig::default() };
+            let scores =
+                held_out.scores(model.as_ref(), &global, &[&grads, &harmful], 0.05, &quality, 3, 0).unwrap();
+            assert!(scores[0] > 0.0 && scores[1] < 0.0, "{score}: {scores:?}");
+            let again =
+                held_out.scores(model.as_ref(), &global, &[&grads, &harmful], 0.05, &quality, 3, 0).unwrap();
+            assert_eq!(scores, again, "{score}: the same run and round, the same batch, the same bits");
+        }
+        assert_eq!(held_out.scored_examples(128), 128, "8 whole windows of 16");
     }
 
     #[test]
-    fn eval_batches_are_keyed_and_drawn_from_the_validation_split() {
+    fn eval_batches_are_fresh_each_round_until_the_split_runs_out() {
         let validation: Vec<u32> = (1000..1100).collect();
-        let batch = eval_indices(&validation, 30, RngKey::new(1, 2, 3, 0));
+        // 30 a round: 3 rounds an epoch of the split, 10 examples left over.
+        let batch = round_eval_indices(&validation, 30, 1, 2);
         assert_eq!(batch.len(), 30);
         assert!(batch.iter().all(|index| validation.contains(index)));
-        assert_eq!(batch, eval_indices(&validation, 30, RngKey::new(1, 2, 3, 0)));
-        assert_ne!(batch, eval_indices(&validation, 30, RngKey::new(1, 2, 4, 0)));
-        assert_eq!(eval_indices(&validation, 500, RngKey::default()).len(), 100);
-        let beacon = [7u8; 32];
-        assert_ne!(eval_key(&beacon, 1), eval_key(&[8u8; 32], 1), "the beacon decides the batch");
+        assert_eq!(
+            batch,
+            round_eval_indices(&validation, 30, 1, 2),
+            "the same run and round, the same batch"
+        );
+        assert_ne!(batch, round_eval_indices(&validation, 30, 2, 2), "the run keys it");
+        let mut epoch: Vec<u32> =
+            (3..6).flat_map(|round| round_eval_indices(&validation, 30, 1, round)).collect();
+        epoch.sort_unstable();
+        epoch.dedup();
+        assert_eq!(epoch.len(), 90, "no example twice within an epoch of the split");
+        assert_eq!(round_eval_indices(&validation, 500, 1, 7).len(), 100, "at most the whole split");
+    }
+
+    /// An MLP a few rounds into training on the bundled subset, and honest
+    /// updates: pseudo-gradients of short local runs from it.
+    fn trained_images() -> (Box<dyn Model>, crowdtrain_data::Dataset, Vec<f32>, Vec<Vec<f32>>) {
+        use crowdtrain_train::diloco::{inner_round, round_key, shards};
+        let dataset = crowdtrain_data::DataSource::Bundled.load().unwrap();
+        let recipe = crowdtrain_train::TrainingRecipe {
+            inner_steps: 10,
+            ..crowdtrain_train::TrainingRecipe::with_seed(0)
+        };
+        let model = crowdtrain_train::build_model(recipe.model);
+        let shards = shards(&recipe, &dataset.train.labels, 4).unwrap();
+        let mut global = model.layout().initialize(0);
+        let mut updates = Vec::new();
+        for round in 0..3 {
+            updates = (0..4)
+                .map(|slot| {
+                    let key = round_key(&recipe, round, slot);
+                    let result = inner_round(
+                        model.as_ref(),
+                        &recipe,
+                        &global,
+                        &dataset,
+                        &shards[slot as usize],
+                        key,
+                        1,
+                    )
+                    .unwrap();
+                    result.pseudo_gradient
+                })
+                .collect();
+            if round < 2 {
+                for (param, update) in global.iter_mut().zip(&updates[0]) {
+                    *param -= 0.5 * update;
+                }
+            }
+        }
+        (model, dataset, global, updates)
+    }
+
+    #[test]
+    fn the_linear_score_is_the_exact_one_to_first_order_and_ranks_a_sign_flip_last() {
+        let (model, dataset, global, honest) = trained_images();
+        let indices: Vec<u32> = (0..400).collect();
+        let mean: Vec<f32> =
+            (0..global.len()).map(|i| honest.iter().map(|update| update[i]).sum::<f32>() / 4.0).collect();
+        let flipped: Vec<f32> = mean.iter().map(|value| -value).collect();
+        let mut updates: Vec<&[f32]> = honest.iter().map(Vec::as_slice).collect();
+        updates.push(&flipped);
+        // A small step: the exact score's curvature term is negligible and
+        // the two rules agree closely.
+        let step = 1e-3;
+        let batch = (&dataset.train, indices.as_slice());
+        let exact = scores(model.as_ref(), &global, &updates, step, batch, ScoreMethod::Exact).unwrap();
+        let linear = scores(model.as_ref(), &global, &updates, step, batch, ScoreMethod::Linear).unwrap();
+        for (exact, linear) in exact.iter().zip(&linear) {
+            assert!((exact - linear).abs() <= 0.05 * exact.abs() + 1e-6, "exact {exact}, linear {linear}");
+        }
+        // At the scoring step of a round (outer lr 0.7 over 5 updates) the
+        // sign-flip ranks below every honest update by both rules.
+        let step = score_step(0.7, updates.len());
+        for rule in [ScoreMethod::Exact, ScoreMethod::Linear] {
+            let scored = scores(model.as_ref(), &global, &updates, step, batch, rule).unwrap();
+            assert!(scored[..4].iter().all(|&score| score > scored[4]), "{scored:?}");
+            assert!(scored[..4].iter().all(|&score| score > 0.0), "honest updates help: {scored:?}");
+        }
+        // A non-finite update scores -inf, as under the exact rule.
+        let broken = vec![f32::NAN; global.len()];
+        let scored = scores(model.as_ref(), &global, &[&broken], step, batch, ScoreMethod::Linear).unwrap();
+        assert_eq!(scored, [f64::NEG_INFINITY]);
+    }
+
+    #[test]
+    fn linear_scores_are_bit_identical_across_thread_counts() {
+        let (model, dataset, global, honest) = trained_images();
+        let updates: Vec<&[f32]> = honest.iter().map(Vec::as_slice).collect();
+        // More examples than one evaluation chunk, so chunks are combined.
+        let indices: Vec<u32> = (0..1500).collect();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let batch = (&dataset.train, indices.as_slice());
+            pool.install(|| {
+                scores(model.as_ref(), &global, &updates, 0.2, batch, ScoreMethod::Linear).unwrap()
+            })
+        };
+        let one = on(1);
+        assert!(one.iter().all(|score| score.is_finite()), "{one:?}");
+        for threads in [2, 4] {
+            assert_eq!(
+                one.iter().map(|score| score.to_bits()).collect::<Vec<_>>(),
+                on(threads).iter().map(|score| score.to_bits()).collect::<Vec<_>>(),
+                "{threads} threads"
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use crowdtrain_data::text::{TextDataset, TextSource, TokenizerSpec, text_shards};
-use crowdtrain_data::{DataSource, Dataset, RngKey};
+use crowdtrain_data::{DataSource, Dataset};
 use crowdtrain_defense::quality;
 use crowdtrain_protocol::wire::DatasetFingerprint;
 use crowdtrain_protocol::{Assignment, Digest};
@@ -194,11 +194,11 @@ impl RunData {
         TextRun { data: text, context, eval_sequences: ROUND_EVAL_SEQUENCES }
     }
 
-    /// The quality scores of a round's `updates` against `global` (see
-    /// `crowdtrain_defense::quality`): on `eval_examples` examples of the
-    /// held-out split drawn with `key` (images: of `validation`, the
-    /// indices held out of every shard; text: windows of the validation
-    /// split).
+    /// The quality scores of round `round`'s `updates` against `global`
+    /// (see `crowdtrain_defense::quality`): on the round's fresh batch of
+    /// `config.eval_examples` examples of the held-out split, keyed by
+    /// `run` (images: of `validation`, the indices held out of every shard;
+    /// text: windows of the validation split), by `config.score`'s rule.
     #[allow(clippy::too_many_arguments)]
     pub fn scores(
         &self,
@@ -207,10 +207,10 @@ impl RunData {
         updates: &[&[f32]],
         step: f32,
         validation: &[u32],
-        eval_examples: usize,
-        key: RngKey,
+        config: &crowdtrain_defense::QualityConfig,
+        (run, round): (u64, u64),
     ) -> Result<Vec<f64>, TrainError> {
-        self.held_out(validation).scores(model, global, updates, step, eval_examples, key)
+        self.held_out(validation).scores(model, global, updates, step, config, run, round)
     }
 
     /// How many held-out examples each round's scores are measured on

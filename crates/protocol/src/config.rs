@@ -59,7 +59,8 @@
 //! iterations = 3           # clipping iterations (centered-clip only)
 //!
 //! [quality]         # held-out scoring and the pay gate (docs/PAY.md)
-//! eval_examples = 512
+//! eval_examples = 1500  # fresh from the validation split each round
+//! score = "linear"      # one backward pass a round, a dot product per update; or "exact"
 //! shift = 1.0
 //! clamp = 3.0
 //! threshold = 10.0
@@ -991,5 +992,17 @@ mod tests {
         assert!(message.contains("smoothness"), "{message}");
         let message = error_field("rounds = 1\n[training]\nseed = 1\n[quality]\nvalidation_fraction = 0.1\n");
         assert!(message.contains("validation_fraction"), "moved to [training]: {message}");
+        let message = error_field("rounds = 1\n[training]\nseed = 1\n[quality]\nscore = \"quadratic\"\n");
+        assert!(message.contains("quadratic") && message.contains("linear"), "{message}");
+    }
+
+    #[test]
+    fn the_score_rule_is_chosen_in_quality() {
+        let config =
+            RunConfig::parse("rounds = 1\n[training]\nseed = 1\n[quality]\nscore = \"exact\"\n").unwrap();
+        assert_eq!(config.quality.score, crowdtrain_recipe::ScoreMethod::Exact);
+        let config = RunConfig::parse("rounds = 1\n[training]\nseed = 1\n").unwrap();
+        assert_eq!(config.quality.score, crowdtrain_recipe::ScoreMethod::Linear, "the default");
+        assert_eq!(config.quality.eval_examples, 1500);
     }
 }

@@ -147,8 +147,13 @@ impl std::str::FromStr for Aggregator {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QualityConfig {
-    /// Examples in each round's evaluation batch.
+    /// Examples in each round's evaluation batch (1,500 by default: the
+    /// size at which evaluation noise stops dominating the honest spread,
+    /// `docs/PAY.md`).
     pub eval_examples: usize,
+    /// How an update's score is computed: by forward passes (`exact`) or
+    /// from one gradient of the held-out loss (`linear`).
+    pub score: ScoreMethod,
     /// The shift, in spreads of the round's scores, of a worker whose
     /// updates the gate is built to catch: the alternative hypothesis.
     pub shift: f64,
@@ -166,7 +171,8 @@ pub struct QualityConfig {
 impl Default for QualityConfig {
     fn default() -> Self {
         Self {
-            eval_examples: 512,
+            eval_examples: 1500,
+            score: ScoreMethod::Linear,
             shift: 1.0,
             clamp: 3.0,
             threshold: 10.0,
@@ -213,6 +219,52 @@ impl QualityConfig {
             Some((field, _, reason)) => Err((field, reason)),
             None => Ok(()),
         }
+    }
+}
+
+/// How each update's quality score is computed (`[quality] score`;
+/// `docs/PAY.md`, "The evaluation batch and the score").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreMethod {
+    /// The relative held-out loss drop with the update alone applied:
+    /// one forward pass over the batch for the global model and one per
+    /// update.
+    Exact,
+    /// Its first-order approximation: one forward and backward pass at the
+    /// global model gives the held-out gradient `g`, and each update's
+    /// score is `step * g . u / L(g)`, one dot product per update. Blind to
+    /// curvature, so an update that only adds noise scores about zero
+    /// rather than below it. The default: as good at telling attacks from
+    /// honest work, for an eighth of the cost (`docs/PAY.md`).
+    #[default]
+    Linear,
+}
+
+impl ScoreMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Linear => "linear",
+        }
+    }
+}
+
+impl std::str::FromStr for ScoreMethod {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "exact" => Ok(Self::Exact),
+            "linear" => Ok(Self::Linear),
+            other => Err(format!("unknown score {other:?}; expected exact or linear")),
+        }
+    }
+}
+
+impl std::fmt::Display for ScoreMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use broadcast::Broadcast;
 pub use codec::{Codec, TOPK_CHUNK, TopK, Values};
-pub use defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig};
+pub use defense::{Aggregator, CheckConfig, DefenseConfig, PayGate, QualityConfig, ScoreMethod};
 pub use metric::Metric;
 pub use model::{GptConfig, ModelKind};
 pub use optim::{AdamW, Eager, MAX_OUTER_DELAY, NANOGPT_WARMUP_STEPS, Nesterov, Schedule};

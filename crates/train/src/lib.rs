@@ -42,7 +42,8 @@ pub use codec::{Codec, CodecError, Encode, encode_with_feedback};
 pub use crowdtrain_recipe::{Broadcast, Eager, TrainingRecipe};
 pub use model::{
     CandleClassifier, Evaluation, Examples, Gpt, GptConfig, Init, LossSum, Model, ModelKind, ParamLayout,
-    ParamSpec, Sampling, build_model, evaluate, evaluate_subset, example_losses, loss_and_grad,
+    ParamSpec, Sampling, build_model, evaluate, evaluate_subset, example_losses, gradient_subset,
+    loss_and_grad,
 };
 pub use model_file::{ModelFile, ModelFileError};
 pub use optim::{

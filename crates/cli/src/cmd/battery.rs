@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::battery::{Attack, BatteryConfig, BatteryData, BatteryRun, run};
-use crowdtrain_defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig};
+use crowdtrain_defense::{Aggregator, CheckConfig, DefenseConfig, QualityConfig, ScoreMethod};
 use crowdtrain_train::text::TextRun;
 use crowdtrain_train::{AdamW, ModelKind, Nesterov, TrainingRecipe};
 use serde::Serialize;
@@ -70,6 +70,11 @@ pub struct BatteryArgs {
     /// predicted tokens, in whole sequences).
     #[arg(long, default_value_t = QualityConfig::default().eval_examples)]
     eval_examples: usize,
+
+    /// How updates are scored: `exact` (a forward pass per update) or
+    /// `linear` (one backward pass a round, a dot product per update).
+    #[arg(long, default_value_t = QualityConfig::default().score)]
+    score: ScoreMethod,
 
     /// Evidence (nats) at which the pay gate denies a worker's pay.
     #[arg(long, default_value_t = QualityConfig::default().threshold)]
@@ -145,18 +150,23 @@ pub fn run_battery(args: BatteryArgs) -> anyhow::Result<()> {
     // The sizes are checked before any data is read.
     args.recipe(0, Some(2))?;
     anyhow::ensure!(args.eval_examples >= 1, "--eval-examples must be at least 1");
-    let quality = QualityConfig {
-        eval_examples: args.eval_examples,
-        threshold: args.threshold,
-        ..QualityConfig::default()
-    };
-    quality
+    args.quality()
         .validate()
         .map_err(|(field, reason)| anyhow::anyhow!("--{}: {reason}", field.replace('_', "-")))?;
     args.runtime.clone().on_thread_pool(|| battery(args))
 }
 
 impl BatteryArgs {
+    /// The scoring and pay gate settings the flags give.
+    fn quality(&self) -> QualityConfig {
+        QualityConfig {
+            eval_examples: self.eval_examples,
+            score: self.score,
+            threshold: self.threshold,
+            ..QualityConfig::default()
+        }
+    }
+
     /// Every worker's recipe in the run of `seed`, for a GPT of `vocab`
     /// tokens when the model is a GPT, validated.
     fn recipe(&self, seed: u64, vocab: Option<usize>) -> anyhow::Result<TrainingRecipe> {
@@ -218,15 +228,7 @@ fn battery(args: BatteryArgs) -> anyhow::Result<()> {
         attackers: args.attackers,
         rounds: args.rounds,
         outer: Nesterov::default(),
-        defense: DefenseConfig {
-            checks: CheckConfig::default(),
-            aggregator,
-            quality: QualityConfig {
-                eval_examples: args.eval_examples,
-                threshold: args.threshold,
-                ..QualityConfig::default()
-            },
-        },
+        defense: DefenseConfig { checks: CheckConfig::default(), aggregator, quality: args.quality() },
     };
     let attacks = if args.attacks.is_empty() {
         Attack::all().into_iter().filter(|attack| data.supports(*attack)).collect()

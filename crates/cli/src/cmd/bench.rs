@@ -68,8 +68,41 @@ struct DefenseArgs {
     #[arg(long, default_value_t = 5)]
     repeats: usize,
 
+    /// Untimed rounds of training first (at least 1, so that the
+    /// aggregator has its momenta and centre): more measures the scores
+    /// late in training, where honest improvements are small.
+    #[arg(long, default_value_t = 1)]
+    warmup_rounds: u64,
+
+    /// Examples in each round's evaluation batch.
+    #[arg(long, default_value_t = crowdtrain_defense::QualityConfig::default().eval_examples)]
+    eval_examples: usize,
+
     #[command(flatten)]
     runtime: crate::output::RuntimeArgs,
+}
+
+/// The two scoring rules side by side in the timed rounds: cost, agreement
+/// on the honest updates, and where two attacks stand.
+#[derive(Debug, Serialize)]
+struct ScoreComparison {
+    /// The linearised score (one forward and backward pass, a dot product
+    /// per update) on the same batch, median.
+    linear_scoring_seconds: f64,
+    /// `scoring_seconds / linear_scoring_seconds`.
+    exact_over_linear: f64,
+    /// Pearson correlation of the two rules' scores of the honest updates,
+    /// per timed round.
+    honest_correlation: Vec<f64>,
+    /// Where a sign-flipped honest mean and a noise update at the honest
+    /// norm stand, in the round's robust spreads below its median
+    /// (`quality::deviations` over the honest updates and both attacks),
+    /// per timed round: exact, then linear. Honest updates sit within
+    /// about one spread either side.
+    sign_flip_exact: Vec<f64>,
+    sign_flip_linear: Vec<f64>,
+    noise_exact: Vec<f64>,
+    noise_linear: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +126,9 @@ struct DefenseReport {
     scoring_seconds: f64,
     /// `(decode + checks + aggregation + scoring) / training`.
     defense_fraction: f64,
+    /// The same with the linearised score.
+    defense_fraction_linear: f64,
+    score_rules: ScoreComparison,
 }
 
 #[derive(Debug, Args)]
@@ -220,13 +256,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn defense(args: DefenseArgs) -> anyhow::Result<()> {
-    use crowdtrain_defense::{CheckConfig, ModelDefense, QualityConfig, Submission, quality};
+    use crowdtrain_defense::{CheckConfig, ModelDefense, QualityConfig, ScoreMethod, Submission, quality};
     use crowdtrain_train::diloco::{inner_round, outer_step, round_key, shards};
     use crowdtrain_train::{Encode, TrainingRecipe, codec};
 
     anyhow::ensure!(
-        args.workers >= 1 && args.repeats >= 1 && args.batch >= 1,
-        "workers, repeats, batch >= 1"
+        args.workers >= 2 && args.repeats >= 1 && args.batch >= 1 && args.warmup_rounds >= 1,
+        "workers >= 2; repeats, batch, warmup rounds >= 1"
     );
     let dataset = args.runtime.load_data()?;
     let recipe = TrainingRecipe {
@@ -235,7 +271,8 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         ..TrainingRecipe::with_seed(0)
     };
     let model = build_model(recipe.model);
-    let quality_config = QualityConfig::default();
+    let quality_config = QualityConfig { eval_examples: args.eval_examples, ..QualityConfig::default() };
+    quality_config.validate().map_err(|(field, reason)| anyhow::anyhow!("{field}: {reason}"))?;
     let shards = shards(&recipe, &dataset.train.labels, args.workers)?;
     let (_, validation) =
         crowdtrain_data::split_validation(dataset.train.len(), recipe.validation_fraction, recipe.seed);
@@ -246,12 +283,22 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let (mut training, mut decoding, mut checking, mut aggregating, mut scoring) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // One untimed round first, so the aggregator has a centre and momenta
-    // as in every round but the first.
-    let progress = output::progress_bar(args.repeats as u64 + 1, "rounds");
-    for round in 0..=args.repeats as u64 {
+    let (mut training, mut decoding, mut checking, mut aggregating, mut scoring, mut linear_scoring) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut comparison = ScoreComparison {
+        linear_scoring_seconds: 0.0,
+        exact_over_linear: 0.0,
+        honest_correlation: Vec::new(),
+        sign_flip_exact: Vec::new(),
+        sign_flip_linear: Vec::new(),
+        noise_exact: Vec::new(),
+        noise_linear: Vec::new(),
+    };
+    // Untimed rounds first, so the aggregator has a centre and momenta as
+    // in every round but the first (and, with more, late in training).
+    let rounds = args.warmup_rounds + args.repeats as u64;
+    let progress = output::progress_bar(rounds, "rounds");
+    for round in 0..rounds {
         let started = Instant::now();
         let payloads = (0..args.workers)
             .map(|slot| -> anyhow::Result<Vec<u8>> {
@@ -288,40 +335,69 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         let decision = defense.decide(&submissions, parameters);
         // `decide` runs the checks again; only the aggregation is new.
         let aggregated = (started.elapsed().as_secs_f64() - checked).max(0.0);
-        let started = Instant::now();
+        let timed = round >= args.warmup_rounds;
         let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
-        let eval =
-            quality::eval_indices(&validation, quality_config.eval_examples, RngKey::new(0, round, 0, 0));
+        let eval = quality::round_eval_indices(&validation, quality_config.eval_examples, recipe.seed, round);
         let step = quality::score_step(outer.lr, views.len());
-        std::hint::black_box(quality::scores(
-            model.as_ref(),
-            &global.params,
-            &views,
-            step,
-            &dataset.train,
-            &eval,
-        )?);
-        let scored = started.elapsed().as_secs_f64();
+        if timed {
+            let started = Instant::now();
+            let batch = (&dataset.train, eval.as_slice());
+            let exact =
+                quality::scores(model.as_ref(), &global.params, &views, step, batch, ScoreMethod::Exact)?;
+            scoring.push(started.elapsed().as_secs_f64());
+            let started = Instant::now();
+            let linear =
+                quality::scores(model.as_ref(), &global.params, &views, step, batch, ScoreMethod::Linear)?;
+            linear_scoring.push(started.elapsed().as_secs_f64());
+            comparison.honest_correlation.push(pearson(&exact, &linear));
+            // The two attacks, scored beside the honest updates (untimed).
+            let mean = crowdtrain_train::diloco::mean_in_order(&views);
+            let honest_norm = views.iter().map(|view| crowdtrain_defense::linalg::norm(view)).sum::<f64>()
+                / views.len() as f64;
+            let flipped = crowdtrain_defense::attack::sign_flip(&mean);
+            let noise =
+                crowdtrain_defense::attack::noise(RngKey::new(0, round, 999, 0), mean.len(), honest_norm);
+            let mut all = views.clone();
+            all.extend([flipped.as_slice(), noise.as_slice()]);
+            let step = quality::score_step(outer.lr, all.len());
+            let examples = eval.len();
+            // Where the two attacks stand by `method`, in the round's spreads.
+            let stand = |method: ScoreMethod| -> anyhow::Result<(f64, f64)> {
+                let scores = quality::scores(model.as_ref(), &global.params, &all, step, batch, method)?;
+                let round = quality::deviations(&scores, examples, &quality_config)
+                    .ok_or_else(|| anyhow::anyhow!("the round has no power"))?;
+                let n = round.deviations.len();
+                Ok((round.deviations[n - 2], round.deviations[n - 1]))
+            };
+            let (flip, noisy) = stand(ScoreMethod::Exact)?;
+            comparison.sign_flip_exact.push(flip);
+            comparison.noise_exact.push(noisy);
+            let (flip, noisy) = stand(ScoreMethod::Linear)?;
+            comparison.sign_flip_linear.push(flip);
+            comparison.noise_linear.push(noisy);
+        }
         let delta = decision.aggregate.clone().expect("honest updates aggregate");
         defense.commit(decision);
         outer_step(outer, &mut global, &delta)?;
-        if round > 0 {
+        if timed {
             training.push(trained);
             decoding.push(decoded);
             checking.push(checked);
             aggregating.push(aggregated);
-            scoring.push(scored);
         }
         progress.inc(1);
     }
     progress.finish_and_clear();
-    let (training, decode, checks, aggregation, scoring) = (
+    let (training, decode, checks, aggregation, scoring, linear_scoring) = (
         median(&mut training),
         median(&mut decoding),
         median(&mut checking),
         median(&mut aggregating),
         median(&mut scoring),
+        median(&mut linear_scoring),
     );
+    comparison.linear_scoring_seconds = linear_scoring;
+    comparison.exact_over_linear = scoring / linear_scoring;
     let report = DefenseReport {
         dataset: dataset.info.clone(),
         workers: args.workers,
@@ -336,6 +412,8 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         aggregation_seconds: aggregation,
         scoring_seconds: scoring,
         defense_fraction: (decode + checks + aggregation + scoring) / training,
+        defense_fraction_linear: (decode + checks + aggregation + linear_scoring) / training,
+        score_rules: comparison,
     };
     if args.runtime.json {
         return output::print_json(&report);
@@ -354,7 +432,31 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         100.0 * report.defense_fraction,
         report.threads,
     );
+    let rules = &report.score_rules;
+    let list =
+        |values: &[f64]| values.iter().map(|value| format!("{value:.2}")).collect::<Vec<_>>().join(" ");
+    println!(
+        "linearised scoring {:.1} ms ({:.1}x cheaper; the defence {:.2}% of training); honest scores' correlation \
+         with the exact rule {}; spreads from the median, exact / linear: sign-flip {} / {}, noise {} / {}",
+        1e3 * rules.linear_scoring_seconds,
+        rules.exact_over_linear,
+        100.0 * report.defense_fraction_linear,
+        list(&rules.honest_correlation),
+        list(&rules.sign_flip_exact),
+        list(&rules.sign_flip_linear),
+        list(&rules.noise_exact),
+        list(&rules.noise_linear),
+    );
     Ok(())
+}
+
+/// The Pearson correlation of `a` and `b` (NaN if either is constant).
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (mean_a, mean_b) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let covariance: f64 = a.iter().zip(b).map(|(x, y)| (x - mean_a) * (y - mean_b)).sum();
+    let spread = |values: &[f64], mean: f64| values.iter().map(|x| (x - mean).powi(2)).sum::<f64>().sqrt();
+    covariance / (spread(a, mean_a) * spread(b, mean_b))
 }
 
 fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {

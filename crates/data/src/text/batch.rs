@@ -120,9 +120,9 @@ pub fn sample_batch(
     draw_windows("text-batch", shard, batch, context, key, out)
 }
 
-/// The evaluation batch a round's updates are scored on: `batch` windows
-/// of the validation tokens drawn with `key` (the round's beacon:
-/// `crowdtrain_defense::quality::eval_key`).
+/// An evaluation batch of `batch` windows of the validation tokens drawn
+/// with `key`, each at any offset (a round's test loss in a text run; the
+/// updates' scores use [`round_evaluation_batch`] instead).
 pub fn evaluation_batch(
     validation: Tokens<'_>,
     batch: usize,
@@ -131,6 +131,33 @@ pub fn evaluation_batch(
 ) -> Result<TokenBatch, TextError> {
     let mut out = TokenBatch::default();
     draw_windows("text-eval", validation, batch, context, key, &mut out)?;
+    Ok(out)
+}
+
+/// Round `round`'s evaluation batch for scoring updates: `batch` of the
+/// validation split's non-overlapping windows (one every `context` tokens,
+/// as [`validation_batches`] cuts them), fresh every round for as long as
+/// the split has unused windows ([`crate::rng::epoch_block`], keyed by
+/// `run`), so that no window is scored twice within an epoch of the split.
+/// At most every window.
+pub fn round_evaluation_batch(
+    validation: Tokens<'_>,
+    batch: usize,
+    context: usize,
+    run: u64,
+    round: u64,
+) -> Result<TokenBatch, TextError> {
+    assert!(batch >= 1 && context >= 1, "batch {batch} and context {context} must be positive");
+    let windows = validation_sequences(validation.len(), context);
+    if windows == 0 {
+        return Err(TextError::TooShort { tokens: validation.len(), context });
+    }
+    let offsets: Vec<usize> = crate::rng::epoch_block("text-eval-epoch", run, windows as u64, batch, round)
+        .into_iter()
+        .map(|window| window as usize * context)
+        .collect();
+    let mut out = TokenBatch::default();
+    out.fill(validation, &offsets, context);
     Ok(out)
 }
 

@@ -54,8 +54,8 @@ mod tokens;
 use std::path::PathBuf;
 
 pub use batch::{
-    TokenBatch, evaluation_batch, participants_supported, sample_batch, shard_tokens_min, text_shard,
-    text_shards, validation_batches, validation_sequences,
+    TokenBatch, evaluation_batch, participants_supported, round_evaluation_batch, sample_batch,
+    shard_tokens_min, text_shard, text_shards, validation_batches, validation_sequences,
 };
 pub use dataset::{TextDataset, TextDatasetInfo, TokenizerSpec, VALIDATION_TENTHS, split_point};
 pub use source::{INSTALLED_SHAKESPEARE, TextChunks, TextSource, hex_digest};

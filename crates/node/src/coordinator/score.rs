@@ -1,8 +1,8 @@
 //! Scoring closed rounds and paying for them, off the request path.
 //!
 //! One thread takes closed rounds in order, scores each credited update on
-//! the round's evaluation batch (drawn from the validation split with the
-//! round's beacon), puts the scores to the pay gate and writes each
+//! the round's evaluation batch (fresh from the validation split each
+//! round, keyed by the run's seed), puts the scores to the pay gate and writes each
 //! worker's reward (and any pay the gate withholds) with its ledger entries
 //! in one transaction. Nothing here affects the model, so it never delays a
 //! round; the order matters only for the gate, which is why there is one
@@ -40,11 +40,11 @@ pub(super) fn spawn_scorer(node: Weak<Node>, rounds: Receiver<RoundId>) {
 impl Node {
     /// Scores and rewards the credited updates of closed `round`.
     fn score(self: &Arc<Self>, round: RoundId) -> Result<(), NodeError> {
-        let (base, beacon, workers, payloads) = {
+        let (base, workers, payloads) = {
             let inner = self.lock();
-            let (base, beacon, workers) = inner.store.scoring_input(round)?;
+            let (base, _beacon, workers) = inner.store.scoring_input(round)?;
             let payloads = inner.store.payloads(round, &workers)?;
-            (base, beacon, workers, payloads)
+            (base, workers, payloads)
         };
         let name = self.model.name();
         let parameters = self.model.layout().len();
@@ -61,11 +61,13 @@ impl Node {
             .map_err(crowdtrain_train::TrainError::from)?;
         let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
         let config = &self.config.quality;
-        let key = quality::eval_key(&beacon.0, round);
+        // The run's seed keys the round's fresh evaluation batch, as in the
+        // battery: the same run scores on the same examples wherever it runs.
+        let run = (self.config.training.seed, round);
         let step = quality::score_step(self.config.outer.lr, views.len());
         let scores = self.background.install(|| {
             let model = self.model.as_ref();
-            self.dataset.scores(model, &global, &views, step, &self.validation, config.eval_examples, key)
+            self.dataset.scores(model, &global, &views, step, &self.validation, config, run)
         })?;
         let mut inner = self.lock();
         let pairs: Vec<(u64, f64)> = workers.iter().map(|worker| worker.0).zip(scores).collect();

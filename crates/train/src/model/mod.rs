@@ -370,6 +370,35 @@ pub fn evaluate_subset(
     Ok(sum.evaluation())
 }
 
+/// The mean loss of `params` on the given examples of `images` and its
+/// gradient (written to `grads`): what the linearised quality score
+/// (`crowdtrain_defense::quality`) takes from one backward pass. Chunks of
+/// [`EVALUATION_CHUNK`] bound the memory; their gradients are weighted by
+/// size and added in chunk order, in `f64`, so the result depends on the
+/// examples alone, never on the thread count.
+pub fn gradient_subset(
+    model: &dyn Model,
+    params: &[f32],
+    images: &LabeledImages,
+    indices: &[u32],
+    grads: &mut [f32],
+) -> Result<f64, TrainError> {
+    check_len("parameters", params.len(), model.layout().len())?;
+    check_len("gradients", grads.len(), model.layout().len())?;
+    let mut total = vec![0.0f64; grads.len()];
+    let mut loss = 0.0f64;
+    let mut batch = Batch::default();
+    for chunk in indices.chunks(EVALUATION_CHUNK) {
+        batch.fill(images, chunk);
+        let weight = chunk.len() as f64;
+        loss += weight * f64::from(model.loss_and_grad(params, Examples::Images(&batch), grads)?);
+        total.iter_mut().zip(grads.iter()).for_each(|(sum, grad)| *sum += weight * f64::from(*grad));
+    }
+    let count = indices.len().max(1) as f64;
+    grads.iter_mut().zip(&total).for_each(|(grad, sum)| *grad = (sum / count) as f32);
+    Ok(loss / count)
+}
+
 /// The loss of `params` on each of the given examples of `images`, in
 /// order: what a held-out score's sampling error is measured from.
 pub fn example_losses(
