@@ -36,7 +36,7 @@ use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome, RunCheckpoin
 use crowdtrain_protocol::wire::ErrorCode;
 use crowdtrain_store::reward::RewardBuilder;
 
-use super::{Failure, Node, now_unix_ms};
+use super::{Failure, Node};
 use crate::NodeError;
 
 /// How far a reward's measured value may be from its promise: half a
@@ -165,7 +165,7 @@ impl Node {
                 outcome,
             };
             tracing::info!(%worker, option = choice.option, promised, delivered_contribution, "model reward");
-            self.lock().store.record(now_unix_ms(), &[Event::ModelRewarded(reward)], &[], &self.identity)?;
+            self.lock().store.record(self.now(), &[Event::ModelRewarded(reward)], &[], &self.identity)?;
             recorded += 1;
         }
         Ok(recorded)

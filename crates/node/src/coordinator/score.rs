@@ -17,7 +17,7 @@ use crowdtrain_protocol::RoundId;
 use crowdtrain_protocol::ledger::{Event, Reward};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 
-use super::{Node, now_unix_ms};
+use super::Node;
 use crate::NodeError;
 
 /// Starts the scoring thread; it ends when the node is gone.
@@ -72,7 +72,7 @@ impl Node {
         let mut inner = self.lock();
         let pairs: Vec<(u64, f64)> = workers.iter().map(|worker| worker.0).zip(scores).collect();
         let units = self.config.work_units();
-        let now = now_unix_ms();
+        let now = self.now();
         let mut events = Vec::new();
         let examples = self.dataset.scored_examples(config.eval_examples, &self.validation);
         for (worker, judged) in workers.iter().zip(inner.gate.observe(round, &pairs, units, examples, config))
