@@ -831,26 +831,23 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// What scoring a closed round needs: its base model, its beacon and
-    /// the workers credited with verified work in it (ascending).
-    pub fn scoring_input(&self, round: RoundId) -> Result<(Digest, Digest, Vec<WorkerId>), StoreError> {
-        let (base, beacon) = self
+    /// What scoring a closed round needs: its base model and the workers
+    /// credited with verified work in it (ascending). (The evaluation batch
+    /// is keyed by the run's seed, not the round's beacon: `docs/PAY.md`.)
+    pub fn scoring_input(&self, round: RoundId) -> Result<(Digest, Vec<WorkerId>), StoreError> {
+        let base = self
             .connection
-            .query_row(
-                "SELECT base_model, beacon FROM rounds WHERE id = ?1 AND state = 'closed'",
-                [round],
-                |row| Ok((Digest(blob(row, 0)?), optional_digest(row, 1)?)),
-            )
+            .query_row("SELECT base_model FROM rounds WHERE id = ?1 AND state = 'closed'", [round], |row| {
+                Ok(Digest(blob(row, 0)?))
+            })
             .optional()?
             .ok_or_else(|| StoreError::Corrupt(format!("round {round} is not closed")))?;
-        let beacon =
-            beacon.ok_or_else(|| StoreError::Corrupt(format!("closed round {round} has no beacon")))?;
         let mut statement = self
             .connection
             .prepare("SELECT worker FROM credits WHERE round = ?1 AND kind = 'work' ORDER BY worker")?;
         let workers =
             statement.query_map([round], |row| Ok(WorkerId(row.get(0)?)))?.collect::<Result<_, _>>()?;
-        Ok((base, beacon, workers))
+        Ok((base, workers))
     }
 
     /// Every scored round's `(worker, score)` pairs, ascending by round then

@@ -249,7 +249,7 @@ fn closing_a_round_records_its_result_once() {
 
     // Scoring: what it reads, what it writes, and only once.
     assert_eq!(store.unscored_rounds().unwrap(), vec![0]);
-    assert_eq!(store.scoring_input(0).unwrap(), (Digest::of(b"m0"), Digest::of(b"b"), vec![WorkerId(0)]));
+    assert_eq!(store.scoring_input(0).unwrap(), (Digest::of(b"m0"), vec![WorkerId(0)]));
     let reward = Event::Reward(Reward {
         round: 0,
         worker: WorkerId(0),

@@ -42,7 +42,7 @@ impl Node {
     fn score(self: &Arc<Self>, round: RoundId) -> Result<(), NodeError> {
         let (base, workers, payloads) = {
             let inner = self.lock();
-            let (base, _beacon, workers) = inner.store.scoring_input(round)?;
+            let (base, workers) = inner.store.scoring_input(round)?;
             let payloads = inner.store.payloads(round, &workers)?;
             (base, workers, payloads)
         };
