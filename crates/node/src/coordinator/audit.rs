@@ -15,54 +15,54 @@ use std::sync::Arc;
 use crowdtrain_protocol::judge::{self, StartState};
 use crowdtrain_protocol::wire::{AuditAnswer, AuditReport};
 use crowdtrain_protocol::{Assignment, Commitment, Digest, Verdict};
-use crowdtrain_train::TrainState;
+use crowdtrain_train::{Model, TrainState};
 
-use super::{Inner, Node};
+use super::driver::Driver;
 use crate::NodeError;
 use crate::data::Shards;
 use crate::replay::replay_segment;
 
-impl Node {
-    /// Checks 1 to 4 (and 7's digest) of `answer` for `segment` of
-    /// `assignment`'s work, committed as `commitment` from the round's
-    /// `base` parameters ([`judge::check_answer`]): the start state to
-    /// replay from, or why the answer fails.
-    pub(super) fn check_answer(
-        &self,
-        base: &[f32],
-        assignment: &Assignment,
-        segment: u32,
-        commitment: &Commitment,
-        answer: &AuditAnswer,
-    ) -> Result<TrainState, String> {
-        let name = self.model.name();
-        let parameters = self.model.layout().len();
-        judge::check_answer(commitment, segment, assignment.recipe.inner_steps, parameters, answer, || {
-            let state = if segment == 1 {
-                TrainState::new(name, base.to_vec())
-            } else {
-                TrainState::from_bytes(&answer.start_state, &name, parameters)
-                    .map_err(|error| format!("the start state does not parse: {error}"))?
-            };
-            Ok(StartState { hash: Digest(state.hash().0), step: state.step, state })
-        })
-    }
+/// Checks 1 to 4 (and 7's digest) of `answer` for `segment` of
+/// `assignment`'s work, committed as `commitment` from the round's `base`
+/// parameters of `model` ([`judge::check_answer`]): the start state to
+/// replay from, or why the answer fails. A plain function: the node runs
+/// it off its lock on a fresh answer, the driver on a stored one.
+pub(super) fn check_answer(
+    model: &dyn Model,
+    base: &[f32],
+    assignment: &Assignment,
+    segment: u32,
+    commitment: &Commitment,
+    answer: &AuditAnswer,
+) -> Result<TrainState, String> {
+    let name = model.name();
+    let parameters = model.layout().len();
+    judge::check_answer(commitment, segment, assignment.recipe.inner_steps, parameters, answer, || {
+        let state = if segment == 1 {
+            TrainState::new(name, base.to_vec())
+        } else {
+            TrainState::from_bytes(&answer.start_state, &name, parameters)
+                .map_err(|error| format!("the start state does not parse: {error}"))?
+        };
+        Ok(StartState { hash: Digest(state.hash().0), step: state.step, state })
+    })
+}
 
+impl Driver {
     /// The coordinator's own replay of `start` (checked by
-    /// [`check_answer`](Self::check_answer)).
+    /// [`check_answer`]).
     pub(super) fn replay_report(
-        &self,
-        inner: &mut Inner,
+        &mut self,
         assignment: &Assignment,
         segment: u32,
         start: TrainState,
         residual_in: &[f32],
     ) -> Result<Result<AuditReport, String>, NodeError> {
-        let shards = self.shards(inner, assignment)?;
-        let base = self.base_params(inner, &assignment.base_model)?;
+        let shards = self.shards(assignment)?;
+        let base = self.base_params(&assignment.base_model)?;
         Ok(replay_segment(
-            self.model.as_ref(),
-            &self.dataset,
+            self.run.model.as_ref(),
+            &self.run.dataset,
             &shards,
             assignment,
             segment,
@@ -74,21 +74,17 @@ impl Node {
     }
 
     /// The round's shards for `assignment.slots` participants, cached.
-    pub(super) fn shards(
-        &self,
-        inner: &mut Inner,
-        assignment: &Assignment,
-    ) -> Result<Arc<Shards>, NodeError> {
-        if let Some(shards) = inner.shards.get(&assignment.slots) {
+    pub(super) fn shards(&mut self, assignment: &Assignment) -> Result<Arc<Shards>, NodeError> {
+        if let Some(shards) = self.shards.get(&assignment.slots) {
             return Ok(Arc::clone(shards));
         }
-        let shards = Arc::new(self.dataset.shards(assignment)?);
+        let shards = Arc::new(self.run.dataset.shards(assignment)?);
         // A few slot counts at most (each is an index of the whole training
         // set): participation changes, and the cache must not grow with it.
-        if inner.shards.len() >= SHARD_CACHE_MAX {
-            inner.shards.clear();
+        if self.shards.len() >= SHARD_CACHE_MAX {
+            self.shards.clear();
         }
-        inner.shards.insert(assignment.slots, Arc::clone(&shards));
+        self.shards.insert(assignment.slots, Arc::clone(&shards));
         Ok(shards)
     }
 }

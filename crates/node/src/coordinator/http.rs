@@ -50,6 +50,7 @@ use crowdtrain_protocol::wire::{
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, Refusal, RequestAuth, Shard, Signed};
 use serde::Deserialize;
 
+use super::driver::DriverError;
 use super::limits::{RequestLimits, UploadSlot, read_body};
 use super::{Node, net};
 use crate::NodeError;
@@ -101,6 +102,18 @@ impl Failure {
 impl From<Refusal> for Failure {
     fn from(refusal: Refusal) -> Self {
         Self::new(refusal.code, refusal.message)
+    }
+}
+
+/// The driver's typed errors as the shell answers them: a refusal with its
+/// code's status, anything else a 500 (the node halts too if a durable
+/// write failed, see [`Node::input`](super::Node)).
+impl From<DriverError> for Failure {
+    fn from(error: DriverError) -> Self {
+        match error {
+            DriverError::Refused(refusal) => refusal.into(),
+            other => Self::internal(other),
+        }
     }
 }
 

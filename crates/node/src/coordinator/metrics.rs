@@ -144,7 +144,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts what a batch of recorded events says happened.
-    pub(crate) fn observe(&self, events: &[Event], payloads: &[(crowdtrain_protocol::Digest, &[u8])]) {
+    pub(crate) fn observe(&self, events: &[Event], received_bytes: u64) {
         let submission = |outcome: &'static str| {
             self.submissions.get_or_create(&[("outcome", outcome)]).inc();
         };
@@ -183,7 +183,7 @@ impl Metrics {
                 _ => {}
             }
         }
-        self.received_bytes.inc_by(payloads.iter().map(|(_, bytes)| bytes.len() as u64).sum());
+        self.received_bytes.inc_by(received_bytes);
     }
 
     pub(crate) fn overhead(&self, milliseconds: u64) {

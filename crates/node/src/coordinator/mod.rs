@@ -1,14 +1,18 @@
-//! The coordinator process: the driver around the round state machine.
+//! The coordinator process: the shell around the coordinator driver.
 //!
-//! [`Node`] owns the machine, the SQLite store, the checkpoints, the global
-//! model and the defence. Every input (a request, a timer) goes through the
-//! same steps under one lock: feed the machine, drain its actions, write
-//! them durably in one transaction, and only then answer. Aggregation
-//! happens where the machine asks for it ([`Action::CloseRound`]): the
-//! checks and the robust aggregator (the same [`ModelDefense`] the
-//! simulation uses), then the same `outer_step`. Scoring each round's
-//! updates on held-out data, and paying for them, happens off the request
-//! path on its own thread ([`score`]), round after round in order.
+//! [`driver::Driver`] owns the round state machine, the SQLite store, the
+//! global model and the defence, and carries out the machine's actions as
+//! plain synchronous code on the time its clock gives: records made
+//! durable in one transaction, aggregation where the machine asks for it
+//! ([`crowdtrain_protocol::Action::Close`]: the checks and the robust aggregator, the same
+//! [`ModelDefense`] the simulation uses, then the same `outer_step`), and
+//! stored audit answers judged. [`Node`] is the shell: every input (a
+//! request, a timer) goes through the driver under one lock, and is
+//! answered only once what it changed is durable; the node owns the HTTP
+//! handlers ([`http`], where errors become statuses), the threads (audit
+//! replays, the checkpoint writer, evaluation) and the timer. Scoring each
+//! round's updates on held-out data, and paying for them, happens off the
+//! request path on its own thread ([`score`]), round after round in order.
 
 mod admission;
 mod audit;
@@ -16,6 +20,7 @@ mod bucket;
 mod clock;
 pub mod contract;
 mod deltas;
+mod driver;
 mod http;
 mod limits;
 mod metrics;
@@ -32,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crowdtrain_data::text::TokenizerSpec;
-use crowdtrain_defense::{Decision, Gate, ModelDefense, Submission};
+use crowdtrain_defense::{Gate, ModelDefense};
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::judge::ReportCheck;
@@ -42,10 +47,9 @@ use crowdtrain_protocol::wire::{
     Receipt, ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
 };
 use crowdtrain_protocol::{
-    Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Refusal,
-    RoundId, RoundResult, RoundView, RunConfig, Shard, Signed, Verdict, WorkerId,
+    Commitment, Coordinator, Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig,
+    Shard, Signed, Verdict, WorkerId,
 };
-use crowdtrain_store::delta::ModelDelta;
 use crowdtrain_store::{CheckpointKind, Checkpoints, LedgerOrder, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState};
@@ -53,12 +57,13 @@ use tokio::sync::watch;
 
 pub use admission::issue_tokens as issue_admission_tokens;
 pub use clock::{Clock, SystemClock, VirtualClock};
+use driver::{CheckpointWrite, Driver, DriverError, PendingReplay, Sent, Shell};
 use http::Failure;
 pub use http::serve;
 pub use net::raise_descriptor_limit;
 
 use crate::NodeError;
-use crate::data::{RunData, Shards};
+use crate::data::RunData;
 use crate::replay::replay_segment;
 use crate::storage::{BlobKey, Bucket, CoordinatorBucket};
 
@@ -78,7 +83,7 @@ pub struct Node {
     /// The run's contract menu, if it offers one (`GET /v1/contract`).
     contract: Option<Signed<ContractMenu>>,
     run_id: Digest,
-    identity: Identity,
+    identity: Arc<Identity>,
     config: RunConfig,
     model: Box<dyn Model>,
     /// Training data for audit replays, test data for evaluation.
@@ -106,8 +111,8 @@ pub struct Node {
     opened_ahead: AtomicU64,
     withdrawn_ahead: AtomicU64,
     /// The latest global model's checkpoint, served from memory: its file
-    /// may still be being written (see [`Node::aggregate`]), and every
-    /// worker downloads it as the round opens.
+    /// may still be being written (see the driver's `aggregate`), and
+    /// every worker downloads it as the round opens.
     published: Mutex<Option<(Digest, Arc<Vec<u8>>)>>,
     /// The round that just opened, shown to workers while the batch that
     /// opened it is made durable under the lock (see [`Node::publish`]).
@@ -149,34 +154,19 @@ pub struct Node {
     /// delta is published there, workers' updates are read from there, and
     /// `GET /v1/models` serves nothing.
     bucket: Option<Arc<CoordinatorBucket>>,
-    /// Set by an in-process test about to crash the node between an audit
-    /// answer and its verdict: replays die unstarted, as with the process.
+    /// Set by an in-process test that decides when audit replays run
+    /// (to open a round ahead of its verdicts, or to crash the node between
+    /// an answer and its verdict): replays are held here, not started.
     #[cfg(test)]
-    lose_replays: AtomicBool,
+    held_replays: Mutex<Option<Vec<PendingReplay>>>,
 }
 
 struct Inner {
-    machine: Coordinator,
-    store: Store,
-    /// The latest global parameters and outer momentum.
-    global: OuterState,
-    /// `global`'s state hash, for the status page.
-    global_hash: String,
-    /// The digest of `global.params`' checkpoint.
-    global_model: Digest,
-    /// Under a delayed outer update, the parameters before the latest outer
-    /// step and their digest: the base of the rounds still audited (see
-    /// [`Node::base_params`]).
-    previous_global: Option<(Digest, Vec<f32>)>,
-    /// The checks and the aggregator, with what they remember.
-    defense: ModelDefense,
+    /// The machine, the store and what aggregation keeps: the code that
+    /// decides, apart from the shell's locks, threads and timing.
+    driver: Driver,
     /// The pay gate, as of the latest scored round.
     gate: Gate,
-    /// Set between a round's aggregation and its commit or failure.
-    pending: Option<Pending>,
-    /// The open round's accepted reveals, decoded as they arrived (with the
-    /// digests of their bytes), so closing the round reads nothing back.
-    decoded: std::collections::HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
     /// When the latest worker input for a round (a commitment, reveal,
     /// audit answer or report) arrived: what a close is timed from.
     last_input: Option<(RoundId, Instant)>,
@@ -184,17 +174,31 @@ struct Inner {
     /// close the round: `last_input` as it was then. Closes at a deadline
     /// are not timed.
     closing_started: Option<(RoundId, Instant)>,
-    /// Shards by slot count, for audit replays.
-    shards: std::collections::HashMap<u32, Arc<Shards>>,
     /// Audits whose answer is being checked and recorded right now.
     answering: std::collections::HashSet<(RoundId, WorkerId)>,
     /// Writing the checkpoints of the round aggregated last, in the
-    /// background (see [`Node::aggregate`]).
+    /// background ([`Shell::write_behind`]).
     writing: Option<std::thread::JoinHandle<Result<(), NodeError>>>,
     /// The round the next round opened provisionally after (its overhead
     /// is timed to that opening), until it commits or its speculation is
     /// withdrawn.
     opened_ahead_of: Option<RoundId>,
+}
+
+/// The node's state is the driver's, with what the shell keeps beside it:
+/// `inner.machine` and `inner.store` read through to the driver.
+impl std::ops::Deref for Inner {
+    type Target = Driver;
+
+    fn deref(&self) -> &Driver {
+        &self.driver
+    }
+}
+
+impl std::ops::DerefMut for Inner {
+    fn deref_mut(&mut self) -> &mut Driver {
+        &mut self.driver
+    }
 }
 
 /// Clears an `Inner::answering` entry when its request ends, however it ends.
@@ -207,43 +211,6 @@ impl Drop for Answering<'_> {
     fn drop(&mut self) {
         self.node.lock().answering.remove(&self.key);
     }
-}
-
-/// A round's defence decision on `accepted`, and the global state it leads
-/// to, until the machine commits the round (or fails it, or withdraws the
-/// speculation it was computed for).
-struct Pending {
-    round: RoundId,
-    accepted: Vec<WorkerId>,
-    aggregated: Aggregated,
-    decision: Decision,
-    next: Option<NextGlobal>,
-}
-
-/// An answered audit for the coordinator to replay: what the replay needs,
-/// taken from under the lock.
-struct PendingReplay {
-    round: RoundId,
-    worker: WorkerId,
-    segment: u32,
-    commitment: Commitment,
-    assignment: crowdtrain_protocol::Assignment,
-    shards: Arc<Shards>,
-    /// The round's base parameters.
-    base: Vec<f32>,
-    answer: AuditAnswer,
-    start: crowdtrain_train::TrainState,
-    /// Signalled once the answer is durable; dropped if it never will be.
-    recorded: std::sync::mpsc::Receiver<()>,
-}
-
-struct NextGlobal {
-    state: OuterState,
-    model: Digest,
-    /// The encoded checkpoint named `model`, to serve from memory.
-    model_bytes: Arc<Vec<u8>>,
-    momentum: Digest,
-    aggregator: Option<Digest>,
 }
 
 impl Node {
@@ -397,6 +364,26 @@ impl Node {
                 admission: config.admission.mode,
             },
         );
+        let dataset = Arc::new(dataset);
+        let identity = Arc::new(identity);
+        let driver = Driver::new(
+            driver::Run {
+                config: config.clone(),
+                model: crowdtrain_train::build_model(config.training.model),
+                dataset: Arc::clone(&dataset),
+                identity: Arc::clone(&identity),
+                clock: Arc::clone(&clock),
+                checkpoints: checkpoints.clone(),
+                deltas: deltas.clone(),
+                answers: answers.clone(),
+                bucket: bucket.clone(),
+            },
+            machine,
+            store,
+            global,
+            global_model,
+            defense,
+        );
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             clock,
@@ -406,24 +393,15 @@ impl Node {
             identity,
             config,
             model,
-            dataset: Arc::new(dataset),
+            dataset,
             checkpoints,
             deltas,
             answers,
             inner: Mutex::new(Inner {
-                machine,
-                store,
-                global_hash: global.hash().to_hex(),
-                global,
-                global_model,
-                previous_global: None,
-                defense,
+                driver,
                 gate,
-                pending: None,
-                decoded: Default::default(),
                 last_input: None,
                 closing_started: None,
-                shards: Default::default(),
                 answering: Default::default(),
                 writing: None,
                 opened_ahead_of: None,
@@ -450,7 +428,7 @@ impl Node {
             rewarding: AtomicBool::new(false),
             bucket,
             #[cfg(test)]
-            lose_replays: AtomicBool::new(false),
+            held_replays: Mutex::new(None),
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
         spawn_evaluator(Arc::downgrade(&node), to_evaluate);
@@ -459,7 +437,7 @@ impl Node {
         for round in inner.store.unscored_rounds()? {
             node.schedule_scoring(round);
         }
-        node.drive(&mut inner, &[])?;
+        node.drive(&mut inner, |driver, shell| driver.carry_out(&[], shell))?;
         // Evaluations the previous process did not live to record.
         for (round, model) in inner.store.unevaluated_rounds()? {
             node.schedule_evaluation(round, model);
@@ -515,9 +493,8 @@ impl Node {
     /// worker as seen.
     fn read(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
         let mut inner = self.lock();
-        let worker = inner.machine.read(self.now(), key, nonce)?;
-        self.drive(&mut inner, &[]).map_err(Failure::internal)?;
-        Ok(worker)
+        let now = self.now();
+        Ok(self.input(&mut inner, |driver, shell| driver.read(now, key, nonce, shell))?)
     }
 
     /// `POST /v1/workers`: registration (idempotent per key); a new key
@@ -538,15 +515,10 @@ impl Node {
             (Err(_), Some(_)) => None,
             (Err(failure), None) => return Err(failure),
         };
-        inner.machine.check_choice_at_registration(&key, choice.is_some())?;
-        let (worker, _) = inner.machine.register_admitted(self.now(), key, class, Some(nonce), token)?;
-        if let Some(choice) = choice {
-            let chosen = inner.machine.choose(self.now(), key, choice);
-            // The registration stands either way; what is recorded is written first.
-            self.drive(&mut inner, &[]).map_err(Failure::internal)?;
-            chosen?;
-        }
-        self.drive(&mut inner, &[]).map_err(Failure::internal)?;
+        let now = self.now();
+        let worker = self.input(&mut inner, |driver, shell| {
+            driver.register(now, key, nonce, class, token, choice, shell)
+        })?;
         Ok(Signed::sign(&self.identity, Registration { run_id: self.run_id, worker, public_key: key }))
     }
 
@@ -573,11 +545,10 @@ impl Node {
     /// crash before the write only means the restarted coordinator opens
     /// the same round again from what is durable (aggregation is
     /// deterministic). Returns when it was shown.
-    fn publish(&self, inner: &Inner, round: RoundId) -> Option<Instant> {
-        let opened = inner.machine.opened().filter(|opened| opened.id() == round)?;
+    fn publish(&self, opened: Opened) -> Instant {
         *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(opened);
         self.changes.send_modify(|version| *version += 1);
-        Some(Instant::now())
+        Instant::now()
     }
 
     /// `POST /v1/rounds/{round}/commitments`.
@@ -593,9 +564,9 @@ impl Node {
         let now = self.now();
         let received = Instant::now();
         let mut inner = self.lock();
-        let outcome = inner.machine.commit(now, worker, nonce, round, base_model, trained, commitment)?;
-        self.drive_timed(&mut inner, &[], round, received)?;
-        let audit = inner.machine.pending_audit(worker, round).map(|(segment, _)| segment);
+        let (outcome, audit) = self.input_timed(&mut inner, round, received, |driver, shell| {
+            driver.commit(Sent { now, worker, nonce, round }, base_model, trained, commitment, shell)
+        })?;
         drop(inner);
         let digest = Digest::of(&postcard_bytes(&commitment));
         Ok(self.receipt(round, worker, Stage::Commitment, outcome.status().into(), digest, now, audit))
@@ -618,21 +589,13 @@ impl Node {
         let digest = Digest::of(&payload);
         let now = self.now();
         let mut inner = self.lock();
-        let problem = checked
-            .as_ref()
-            .err()
-            .map(|failure| Refusal { code: failure.code, message: failure.message.clone() });
-        let outcome = inner.machine.reveal(now, worker, nonce, round, base_model, digest, problem)?;
-        let malformed = match checked {
-            Ok(values) => {
-                if outcome == Outcome::Recorded(crowdtrain_protocol::Recorded::Accepted) {
-                    inner.decoded.insert((round, worker), (digest, values));
-                }
-                None
-            }
-            Err(failure) => Some(failure),
-        };
-        self.drive_timed(&mut inner, &[(digest, &payload)], round, received)?;
+        let malformed = checked.as_ref().err().cloned();
+        let update = checked.map_err(|failure| Refusal { code: failure.code, message: failure.message });
+        let sent = Sent { now, worker, nonce, round };
+        let outcome = self.input_timed(&mut inner, round, received, |driver, shell| {
+            driver.reveal(sent, base_model, digest, update, &[(digest, &payload)], shell)
+        })?;
+        drop(inner);
         if let Some(failure) = malformed {
             // The committed update itself is malformed: recorded, rejected,
             // and the worker told why.
@@ -691,8 +654,8 @@ impl Node {
                 .machine
                 .assignment_in(round, worker)
                 .expect("an audited worker is a participant of the round");
-            let shards = self.shards(&mut inner, &assignment).map_err(Failure::internal)?;
-            let base = self.base_params(&inner, &assignment.base_model).map_err(Failure::internal)?;
+            let shards = inner.shards(&assignment).map_err(Failure::internal)?;
+            let base = inner.base_params(&assignment.base_model).map_err(Failure::internal)?;
             (segment, commitment, assignment, base, shards)
         };
         let _answering = Answering { node: self, key: (round, worker) };
@@ -700,7 +663,14 @@ impl Node {
         let checked = postcard::from_bytes::<AuditAnswer>(&body)
             .map_err(|error| format!("the answer does not decode: {error}"))
             .and_then(|answer| {
-                let start = self.check_answer(&base, &assignment, segment, &commitment, &answer)?;
+                let start = audit::check_answer(
+                    self.model.as_ref(),
+                    &base,
+                    &assignment,
+                    segment,
+                    &commitment,
+                    &answer,
+                )?;
                 Ok((answer, start))
             });
         // In coordinator mode the replay starts now, beside storing the
@@ -743,8 +713,9 @@ impl Node {
         if let Err(reason) = checked {
             // Proofs that do not hold need no replay: the answer fails.
             tracing::info!(round, %worker, segment, %reason, "audit answer refuted");
-            inner.machine.answer_refuted(now, worker, nonce, round, reason)?;
-            self.drive_timed(&mut inner, &[], round, received)?;
+            self.input_timed(&mut inner, round, received, |driver, shell| {
+                driver.answer_refuted(Sent { now, worker, nonce, round }, reason, shell)
+            })?;
             return Ok(self.receipt(
                 round,
                 worker,
@@ -755,8 +726,9 @@ impl Node {
                 None,
             ));
         }
-        let auditor = inner.machine.audit_answered(now, worker, nonce, round, digest)?;
-        self.drive_timed(&mut inner, &[], round, received)?;
+        let auditor = self.input_timed(&mut inner, round, received, |driver, shell| {
+            driver.audit_answered(Sent { now, worker, nonce, round }, digest, shell)
+        })?;
         if let Some(auditor) = auditor {
             tracing::info!(round, %worker, segment, %auditor, "audit delegated");
             return Ok(self.receipt(
@@ -784,56 +756,58 @@ impl Node {
         Ok(self.receipt(round, worker, Stage::AuditAnswer, ReceiptStatus::Replaying, digest, now, None))
     }
 
-    /// Replays an answered audit off the lock and reports the verdict to
-    /// the machine, which may close the round with it.
+    /// Replays an answered audit on a thread of its own (off the lock).
     fn spawn_replay(&self, replay: PendingReplay) {
         let Some(node) = self.me.upgrade() else { return };
         #[cfg(test)]
-        if self.lose_replays.load(Ordering::SeqCst) {
+        if let Some(held) = self.held_replays.lock().unwrap().as_mut() {
+            held.push(replay);
             return;
         }
-        std::thread::spawn(move || {
-            let (round, worker, segment) = (replay.round, replay.worker, replay.segment);
-            let replaying = Instant::now();
-            let verdict = match replay_segment(
-                node.model.as_ref(),
-                &node.dataset,
-                &replay.shards,
-                &replay.assignment,
-                segment,
-                replay.start,
-                &replay.base,
-                &replay.answer.residual_in,
-            ) {
-                Ok(report) => audit::verdict_of(
-                    &report,
-                    &replay.answer,
-                    &replay.commitment,
-                    &replay.assignment,
-                    segment,
-                ),
-                Err(error) => Verdict::Failed(format!("the segment cannot be replayed: {error}")),
-            };
-            let replay_ms = replaying.elapsed().as_secs_f64() * 1e3;
-            if replay.recorded.recv().is_err() {
-                // The answer was never recorded (refused, or a write
-                // failed): there is nothing to decide.
-                return;
+        std::thread::spawn(move || node.replay(replay));
+    }
+
+    /// Replays an answered audit and reports the verdict to the driver,
+    /// which may close the round with it.
+    fn replay(&self, replay: PendingReplay) {
+        let (round, worker, segment) = (replay.round, replay.worker, replay.segment);
+        let replaying = Instant::now();
+        let verdict = match replay_segment(
+            self.model.as_ref(),
+            &self.dataset,
+            &replay.shards,
+            &replay.assignment,
+            segment,
+            replay.start,
+            &replay.base,
+            &replay.answer.residual_in,
+        ) {
+            Ok(report) => {
+                audit::verdict_of(&report, &replay.answer, &replay.commitment, &replay.assignment, segment)
             }
-            let mut inner = node.lock();
-            tracing::info!(round, %worker, segment, ?verdict, replay_ms, "audit");
-            if let Err(refusal) = inner.machine.audit_result(node.now(), round, worker, verdict, None, None) {
-                // Judged meanwhile from the store, at the reveal deadline.
+            Err(error) => Verdict::Failed(format!("the segment cannot be replayed: {error}")),
+        };
+        let replay_ms = replaying.elapsed().as_secs_f64() * 1e3;
+        if replay.recorded.recv().is_err() {
+            // The answer was never recorded (refused, or a write
+            // failed): there is nothing to decide.
+            return;
+        }
+        let mut inner = self.lock();
+        tracing::info!(round, %worker, segment, ?verdict, replay_ms, "audit");
+        let now = self.now();
+        inner.closing_started = inner.last_input.filter(|(held, _)| *held == round);
+        let result = self
+            .input(&mut inner, |driver, shell| driver.replay_finished(now, round, worker, verdict, shell));
+        inner.closing_started = None;
+        match result {
+            Ok(()) => {}
+            // Judged meanwhile from the store, at the reveal deadline.
+            Err(DriverError::Refused(refusal)) => {
                 tracing::debug!(round, %worker, %refusal.message, "replayed verdict not needed");
-                return;
             }
-            inner.closing_started = inner.last_input.filter(|(held, _)| *held == round);
-            let result = node.drive(&mut inner, &[]);
-            inner.closing_started = None;
-            if let Err(error) = result {
-                tracing::error!(%error, "recording an audit verdict failed");
-            }
-        });
+            Err(error) => tracing::error!(%error, "recording an audit verdict failed"),
+        }
     }
 
     /// `GET /v1/rounds/{round}/audit-tasks/{audited}`: what the delegated
@@ -841,14 +815,14 @@ impl Node {
     /// audit waits for its report.
     fn audit_task(&self, auditor: WorkerId, round: RoundId, audited: WorkerId) -> Result<Vec<u8>, Failure> {
         let inner = self.lock();
-        let (segment, commitment, assignment) = self.delegated(&inner, auditor, round, audited, "replay")?;
+        let (segment, commitment, assignment) = inner.delegated(auditor, round, audited, "replay")?;
         // The first segment starts from the round's model; the stored
         // answer holds any other start, and the residual (checked against
         // the commitment when the answer arrived) the last segment needs.
         let needs_answer =
             segment != 1 || (segment == commitment.segments && commitment.residual_in.is_some());
         let answer = if needs_answer {
-            Some(self.stored_answer(&inner, round, audited).map_err(Failure::internal)?)
+            Some(inner.stored_answer(round, audited).map_err(Failure::internal)?)
         } else {
             None
         };
@@ -857,7 +831,7 @@ impl Node {
             answer => (
                 crowdtrain_train::TrainState::new(
                     self.model.name(),
-                    self.base_params(&inner, &assignment.base_model).map_err(Failure::internal)?,
+                    inner.base_params(&assignment.base_model).map_err(Failure::internal)?,
                 )
                 .to_bytes(),
                 answer.map(|answer| answer.residual_in).unwrap_or_default(),
@@ -884,20 +858,11 @@ impl Node {
             Failure::new(ErrorCode::BadRequest, format!("the report does not decode: {error}"))
         })?;
         let mut inner = self.lock();
-        let (segment, commitment, assignment) = self.delegated(&inner, auditor, round, audited, "report")?;
-        let answer = self.stored_answer(&inner, round, audited).map_err(Failure::internal)?;
         let now = self.now();
-        let steps = assignment.recipe.inner_steps;
-        let check = ReportCheck::of(&report, &answer, &commitment, steps, segment, || {
-            // The auditor says the worker's claim is false: check it.
-            let base = self.base_params(&inner, &assignment.base_model).map_err(Failure::internal)?;
-            let start = self
-                .check_answer(&base, &assignment, segment, &commitment, &answer)
-                .map_err(Failure::internal)?;
-            self.replay_report(&mut inner, &assignment, segment, start, &answer.residual_in)
-                .map_err(Failure::internal)?
-                .map_err(Failure::internal)
+        let check = self.input_timed(&mut inner, round, received, |driver, shell| {
+            driver.audit_report(Sent { now, worker: auditor, nonce, round }, audited, &report, shell)
         })?;
+        drop(inner);
         let status = match &check {
             ReportCheck::Agrees => ReceiptStatus::Agreed,
             ReportCheck::Rechecked { contradicts, .. } => {
@@ -907,96 +872,8 @@ impl Node {
                 ReceiptStatus::Rechecked
             }
         };
-        tracing::info!(round, worker = %audited, %auditor, segment, ?check, %status, "audit reported");
-        inner.machine.audit_reported(now, round, auditor, nonce, audited, check)?;
-        self.drive_timed(&mut inner, &[], round, received)?;
+        tracing::info!(round, worker = %audited, %auditor, ?check, %status, "audit reported");
         Ok(self.receipt(round, auditor, Stage::AuditReport, status, Digest::of(body), now, None))
-    }
-
-    /// [`Action::JudgeAudit`]: an answered audit nobody else will judge
-    /// (its auditor did not report by the reveal deadline, or the process
-    /// replaying it stopped): the coordinator replays it from the stored
-    /// answer, in the background like a fresh answer.
-    fn judge_stored(&self, inner: &mut Inner, round: RoundId, worker: WorkerId) -> Result<(), NodeError> {
-        let (segment, commitment) =
-            inner.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
-        let assignment =
-            inner.machine.assignment_in(round, worker).expect("audited workers are participants");
-        let answer = self.stored_answer(inner, round, worker)?;
-        let base = self.base_params(inner, &assignment.base_model)?;
-        match self.check_answer(&base, &assignment, segment, &commitment, &answer) {
-            Err(reason) => {
-                let verdict = Verdict::Failed(reason);
-                tracing::info!(round, %worker, segment, ?verdict, "stored audit answer judged");
-                inner
-                    .machine
-                    .audit_result(self.now(), round, worker, verdict, None, None)
-                    .expect("an answered audit is pending");
-            }
-            Ok(start) => {
-                tracing::info!(round, %worker, segment, "replaying a stored audit answer");
-                let shards = self.shards(inner, &assignment)?;
-                let (recorded, on_record) = std::sync::mpsc::channel();
-                let _ = recorded.send(());
-                self.spawn_replay(PendingReplay {
-                    round,
-                    worker,
-                    segment,
-                    commitment,
-                    assignment,
-                    shards,
-                    base,
-                    answer,
-                    start,
-                    recorded: on_record,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// `worker`'s stored answer in `round`, its bytes checked against the
-    /// digest the database holds.
-    fn stored_answer(
-        &self,
-        inner: &Inner,
-        round: RoundId,
-        worker: WorkerId,
-    ) -> Result<AuditAnswer, NodeError> {
-        let digest = inner.store.audit_answer_digest(round, worker)?;
-        if let Some(bucket) = &self.bucket {
-            bucket::restore_answer(
-                &self.answers,
-                bucket,
-                worker,
-                digest,
-                self.config.limits.max_upload_bytes,
-            )?;
-        }
-        postcard::from_bytes(&self.answers.get(&digest)?)
-            .map_err(|error| NodeError::Untrusted(format!("a stored audit answer does not decode: {error}")))
-    }
-
-    /// The segment, commitment and assignment of `audited`'s audit in
-    /// `round`, if `auditor` is the one to replay it now; `doing` names
-    /// the request in the refusal.
-    fn delegated(
-        &self,
-        inner: &Inner,
-        auditor: WorkerId,
-        round: RoundId,
-        audited: WorkerId,
-        doing: &str,
-    ) -> Result<(u32, Commitment, crowdtrain_protocol::Assignment), Failure> {
-        let Some((segment, commitment)) = inner.machine.delegated_audit(auditor, round, audited) else {
-            return Err(Failure::new(
-                ErrorCode::NotAudited,
-                format!("{auditor} has no audit of {audited} to {doing} in round {round}"),
-            ));
-        };
-        let assignment =
-            inner.machine.assignment_in(round, audited).expect("audited workers are participants");
-        Ok((segment, commitment, assignment))
     }
 
     /// A signed receipt; `audit` is the segment a commitment drew, for the
@@ -1046,225 +923,100 @@ impl Node {
         Ok(values)
     }
 
-    /// [`Node::drive`], timing the round's close if this input caused it.
-    fn drive_timed(
+    /// Feeds the driver an input (`input` calls one of its methods, with
+    /// this node as its [`Shell`]), then does what the batches it carried
+    /// out ask of the shell ([`Node::recorded`]), whatever the input's
+    /// answer. A failure to make them durable halts the node, since the
+    /// machine may now be ahead of the store.
+    fn input<T>(
         &self,
         inner: &mut Inner,
-        payloads: &[(Digest, &[u8])],
+        input: impl FnOnce(&mut Driver, &mut NodeShell<'_>) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
+        let Inner { driver, writing, closing_started, opened_ahead_of, .. } = inner;
+        let mut shell = NodeShell {
+            node: self,
+            writing,
+            closing_started: *closing_started,
+            opened_ahead_of,
+            opened_ahead: None,
+            opened_at: None,
+        };
+        let answer = input(driver, &mut shell);
+        let NodeShell { opened_ahead, opened_at, .. } = shell;
+        *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        let batch = inner.take_batch();
+        let answer = match answer {
+            Err(DriverError::Halted(error)) => Err(DriverError::Halted(error)),
+            answer => match self.recorded(inner, batch, opened_ahead, opened_at) {
+                Ok(()) => answer,
+                Err(error) => Err(DriverError::Halted(error)),
+            },
+        };
+        if let Err(DriverError::Halted(error)) = &answer {
+            tracing::error!(%error, "halting: a durable write failed");
+            self.fatal.send_replace(Some(error.to_string()));
+        }
+        answer
+    }
+
+    /// [`Node::input`] for a worker's input to `round`, timing the round's
+    /// close if this input caused it.
+    fn input_timed<T>(
+        &self,
+        inner: &mut Inner,
         round: RoundId,
         received: Instant,
-    ) -> Result<(), Failure> {
+        input: impl FnOnce(&mut Driver, &mut NodeShell<'_>) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
         inner.last_input = Some((round, received));
         inner.closing_started = inner.last_input;
-        let result = self.drive(inner, payloads);
+        let answer = self.input(inner, input);
         inner.closing_started = None;
-        result.map_err(Failure::internal)
+        answer
     }
 
     /// The timer fired: deadlines may have passed.
     fn tick(self: &Arc<Self>) -> Result<(), NodeError> {
         let mut inner = self.lock();
-        inner.machine.handle_timeout(self.now());
-        self.drive(&mut inner, &[])
+        let now = self.now();
+        self.drive(&mut inner, |driver, shell| driver.tick(now, shell))
     }
 
-    /// Carries out the machine's actions (see [`Node::carry_out`]); a
-    /// failure halts the node, since the machine may now be ahead of what is
-    /// durable. `payloads` are the bytes of the reveal being recorded, if
-    /// any, by digest.
-    fn drive(&self, inner: &mut Inner, payloads: &[(Digest, &[u8])]) -> Result<(), NodeError> {
-        let result = self.carry_out(inner, payloads);
-        if let Err(error) = &result {
-            tracing::error!(%error, "halting: a durable write failed");
-            self.fatal.send_replace(Some(error.to_string()));
+    /// [`Node::input`] for an input no worker sent (the timer, a restart),
+    /// whose only failure is a halt.
+    fn drive(
+        &self,
+        inner: &mut Inner,
+        input: impl FnOnce(&mut Driver, &mut NodeShell<'_>) -> Result<(), DriverError>,
+    ) -> Result<(), NodeError> {
+        match self.input(inner, input) {
+            Ok(()) => Ok(()),
+            Err(DriverError::Halted(error) | DriverError::Failed(error)) => Err(error),
+            Err(refused) => Err(NodeError::Halted(refused.to_string())),
         }
-        result
     }
 
-    /// Carries out the machine's actions in order: its records become
-    /// durable with their ledger entries in one transaction, before the
-    /// caller answers anyone; the work it asks for (aggregating, betting on
-    /// audits, judging one) is done on the way.
-    fn carry_out(&self, inner: &mut Inner, payloads: &[(Digest, &[u8])]) -> Result<(), NodeError> {
-        let mut events = Vec::new();
-        let mut changed = false;
-        let mut committed = Vec::new();
-        let mut opened_ahead: Option<(RoundId, Instant)> = None;
-        // When the batch showed a new round to the workers, if it did.
-        let mut opened_at: Option<Instant> = None;
-        let mut finished = false;
-        // Audits that passed in this batch: their answers go once durable.
-        let mut passed = Vec::new();
-        while let Some(action) = inner.machine.poll_action() {
-            match action {
-                Action::Record(event) => {
-                    match &event {
-                        Event::RoundOpened { round, participants, .. } => {
-                            tracing::info!(round, participants = participants.len(), "round open");
-                            opened_at = self.publish(inner, *round).or(opened_at);
-                        }
-                        Event::DeadlineExtended { round, extensions, .. } => {
-                            tracing::info!(round, extensions, "commit deadline extended: no quorum yet");
-                        }
-                        Event::AuditDraw { round, audits, auditors, .. } => {
-                            tracing::info!(
-                                round,
-                                audits = audits.len(),
-                                delegated = auditors.len(),
-                                "commit phase over"
-                            );
-                        }
-                        Event::AuditAnswered { answer, .. } => {
-                            // `answer_audit` made the bytes a durable file,
-                            // named by this digest, before the machine saw it.
-                            debug_assert!(self.answers.path(answer).exists(), "the answer file comes first");
-                        }
-                        Event::Reveal { round, worker, status, payload, .. } => {
-                            tracing::info!(round, %worker, status = status.as_str(), %payload, "reveal");
-                        }
-                        Event::AuditorSlashed { round, auditor, audited, amount, reason } => {
-                            tracing::warn!(round, %auditor, %audited, amount, %reason, "auditor slashed");
-                        }
-                        Event::Slash { round, worker, amount, reason } => {
-                            tracing::warn!(round, %worker, amount, %reason, "slashed");
-                        }
-                        Event::UpdateRefused { round, worker, reason } => {
-                            tracing::warn!(round, %worker, %reason, "update refused by the checks");
-                        }
-                        Event::RoundClosed {
-                            round,
-                            result_model,
-                            result_momentum,
-                            result_aggregator,
-                            accepted,
-                            ..
-                        } => {
-                            let pending = inner.pending.take().expect("aggregation precedes its commit");
-                            let next = pending.next.expect("a committed round has a result");
-                            assert_eq!(
-                                (pending.round, next.model, next.momentum, next.aggregator),
-                                (*round, *result_model, *result_momentum, *result_aggregator),
-                                "the round just aggregated"
-                            );
-                            *self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                                Some((next.model, next.model_bytes));
-                            inner.global_hash = next.state.hash().to_hex();
-                            let before = std::mem::replace(&mut inner.global, next.state);
-                            if self.config.outer.delay > 0 {
-                                inner.previous_global = Some((inner.global_model, before.params));
-                            }
-                            inner.global_model = next.model;
-                            inner.defense.commit(pending.decision);
-                            tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
-                            committed.push(*round);
-                        }
-                        Event::RoundFailed { round, reason, .. } => {
-                            tracing::warn!(round, %reason, "round failed");
-                            if let Some(pending) = inner.pending.take_if(|pending| pending.round == *round) {
-                                inner.defense.set_aside(pending.decision);
-                            }
-                        }
-                        Event::RunFinished { final_model } => {
-                            tracing::info!(model = %final_model, "run finished");
-                            finished = true;
-                        }
-                        Event::Audit { round, worker, verdict, .. } if verdict.passed() => {
-                            passed.push((*round, *worker));
-                        }
-                        _ => {}
-                    }
-                    // A commitment may end the commit phase early: the timer
-                    // must look at the machine's next deadline again.
-                    changed |= !matches!(
-                        event,
-                        Event::WorkerRegistered { .. }
-                            | Event::Reveal { .. }
-                            | Event::WorkAccepted { .. }
-                            | Event::Slash { .. }
-                            | Event::AuditorSlashed { .. }
-                            | Event::UpdateRefused { .. }
-                    );
-                    events.push(event);
-                }
-                Action::JudgeAudit { round, worker, .. } => self.judge_stored(inner, round, worker)?,
-                Action::Speculate { round, base_model, accepted } => {
-                    assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
-                    let aggregated = self.aggregate(inner, round, &accepted)?;
-                    inner.machine.handle_speculated(self.now(), round, aggregated);
-                }
-                Action::OpenProvisional { round, after, base_model } => {
-                    let pending = inner.pending.as_ref().expect("a provisional round follows its aggregate");
-                    let next = pending.next.as_ref().expect("a provisional round has a model");
-                    assert_eq!(
-                        (pending.round, next.model),
-                        (after, base_model),
-                        "the aggregate just computed"
-                    );
-                    tracing::info!(round, after, model = %base_model, "round open provisionally");
-                    self.opened_ahead.fetch_add(1, Ordering::Relaxed);
-                    *self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                        Some((next.model, Arc::clone(&next.model_bytes)));
-                    opened_ahead = inner.closing_started.filter(|(closing, _)| *closing == after);
-                    inner.opened_ahead_of = Some(after);
-                    opened_at = self.publish(inner, round).or(opened_at);
-                    changed = true;
-                }
-                Action::Withdraw { round, provisional } => {
-                    if provisional.is_some() {
-                        // Its participants train again, on the model that counts.
-                        tracing::warn!(round, ?provisional, "round opened ahead withdrawn: an audit failed");
-                        self.withdrawn_ahead.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Nothing of it was committed: the defence learns
-                    // nothing, and the files it wrote are named by their
-                    // content and harmless.
-                    inner.pending.take_if(|pending| pending.round == round);
-                    inner.opened_ahead_of = None;
-                    opened_ahead = None;
-                    changed = true;
-                }
-                Action::Close { round, base_model, accepted } => {
-                    // The records so far (the input that closed the round)
-                    // become durable with the round's result, in one
-                    // transaction: nobody has been answered yet, so a crash
-                    // in between loses nothing anyone was promised.
-                    // A delayed round trained from the model before the
-                    // latest outer step; the step goes to the newest state.
-                    if self.config.outer.delay == 0 {
-                        assert_eq!(base_model, inner.global_model, "rounds train from the latest model");
-                    }
-                    let speculated = inner
-                        .pending
-                        .as_ref()
-                        .filter(|pending| pending.round == round && pending.accepted == accepted)
-                        .map(|pending| pending.aggregated.clone());
-                    let aggregated = match speculated {
-                        Some(aggregated) => aggregated,
-                        None => self.aggregate(inner, round, &accepted)?,
-                    };
-                    inner.machine.handle_aggregated(self.now(), round, aggregated);
-                }
-            }
-        }
-        let writing = Instant::now();
-        let written = inner.store.record(self.now(), &events, payloads, &self.identity);
-        *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        written?;
-        self.metrics.observe(&events, payloads);
-        self.prune_answers(inner, &passed)?;
-        if !committed.is_empty() {
-            tracing::debug!(write_ms = writing.elapsed().as_secs_f64() * 1e3, "committed");
-        }
-        // A round's overhead runs from its last input to the next round's
-        // being shown to the workers: provisionally, if it opened ahead of
-        // the round's verdicts.
+    /// What a batch of the driver's, now durable, asks of the shell: the
+    /// round's close timed (from its last input to the next round's being
+    /// shown to the workers, provisionally if it opened ahead of the
+    /// round's verdicts), the counters moved, and the closed rounds handed
+    /// to evaluation and scoring.
+    fn recorded(
+        &self,
+        inner: &mut Inner,
+        batch: driver::Batch,
+        opened_ahead: Option<(RoundId, Instant)>,
+        opened_at: Option<Instant>,
+    ) -> Result<(), NodeError> {
+        self.metrics.observe(&batch.events, batch.received_bytes);
         let overhead = |started: Instant| opened_at.unwrap_or_else(Instant::now).duration_since(started);
         if let Some((round, started)) = opened_ahead {
             let milliseconds = overhead(started).as_millis() as u64;
             inner.store.set_overhead(round, milliseconds)?;
             self.metrics.overhead(milliseconds);
         }
-        for round in committed {
+        for round in batch.committed {
             let timed_ahead = inner.opened_ahead_of.take_if(|after| *after == round).is_some();
             if !timed_ahead
                 && let Some((closing, started)) = inner.closing_started
@@ -1280,154 +1032,13 @@ impl Node {
             self.schedule_evaluation(round, inner.global_model);
             self.schedule_scoring(round);
         }
-        if finished {
-            // No round follows to wait for the final model's files.
-            Self::finish_writing(inner)?;
+        if batch.finished {
             self.schedule_model_rewards();
         }
-        if changed {
+        if batch.changed {
             self.changes.send_modify(|version| *version += 1);
         }
         Ok(())
-    }
-
-    /// Checks the accepted updates of `round` (in the order their
-    /// commitments arrived), aggregates the ones that pass, takes the outer
-    /// step and writes the new checkpoints. Nothing changes in memory until
-    /// the machine commits the round ([`Pending`]).
-    ///
-    /// The new checkpoints are encoded and named here but written and
-    /// synced in the background: on this machine writing and syncing them
-    /// took as long as the checks and the aggregation, and stalled now and
-    /// then behind the file system's journal. The newest model is served
-    /// from memory meanwhile. Before this round commits, the previous
-    /// round's files must be durable, so a crash or a power loss can take
-    /// the checkpoints of the latest closed round only, which a restart
-    /// rebuilds from the previous round's and the stored updates
-    /// ([`rebuild_latest_global`]).
-    fn aggregate(
-        &self,
-        inner: &mut Inner,
-        round: RoundId,
-        accepted: &[WorkerId],
-    ) -> Result<Aggregated, NodeError> {
-        let started = Instant::now();
-        Self::finish_writing(inner)?;
-        let order = inner.store.commitment_order(round, accepted)?;
-        let parameters = self.model.layout().len();
-        let mut updates: Vec<(Digest, Vec<f32>)> = Vec::with_capacity(order.len());
-        for worker in &order {
-            match inner.decoded.remove(&(round, *worker)) {
-                Some(decoded) => updates.push(decoded),
-                // Not in memory (revealed before a restart): from the database.
-                None => {
-                    let bytes = inner.store.payloads(round, &[*worker])?.remove(0);
-                    let (_, values) = crowdtrain_train::codec::decode(&bytes, parameters)
-                        .map_err(crowdtrain_train::TrainError::from)?;
-                    updates.push((Digest::of(&bytes), values));
-                }
-            }
-        }
-        inner.decoded.retain(|(held, _), _| *held > round);
-        let submissions: Vec<Submission<'_>> = order
-            .iter()
-            .zip(&updates)
-            .map(|(worker, (digest, values))| Submission { worker: worker.0, values, digest: digest.0 })
-            .collect();
-        let decided = started.elapsed();
-        let decision = inner.defense.decide(&submissions, parameters);
-        let screened = started.elapsed();
-        let refused: Vec<(WorkerId, String)> = decision
-            .refused
-            .iter()
-            .map(|(worker, refusal)| (WorkerId(*worker), refusal.to_string()))
-            .collect();
-        let next = match &decision.aggregate {
-            None => None,
-            Some(delta) => {
-                let mut state = inner.global.clone();
-                let change = outer_step(self.config.outer, &mut state, delta)
-                    .map_err(crowdtrain_train::TrainError::from)?;
-                let (model_bytes, momentum_bytes) = encode_global(self.model.as_ref(), &state);
-                let (model, momentum) = (Digest::of(&model_bytes), Digest::of(&momentum_bytes));
-                let model_bytes = Arc::new(model_bytes);
-                // Under a compressed broadcast, the change workers holding
-                // the current model download instead (served from memory,
-                // its file written with the checkpoints).
-                let change = change.map(|change| {
-                    let delta =
-                        ModelDelta { round: state.round, base: inner.global_model, target: model, change };
-                    Arc::new(delta.encode())
-                });
-                if let Some(bytes) = &change {
-                    self.deltas.insert(state.round, model, Arc::clone(bytes));
-                }
-                let (checkpoints, deltas) = (self.checkpoints.clone(), self.deltas.clone());
-                let bucket = self.bucket.clone();
-                let written = Arc::clone(&model_bytes);
-                inner.writing = Some(std::thread::spawn(move || {
-                    // The bucket first: workers look for the model there as
-                    // soon as the next round opens (and wait while it is
-                    // not there yet); the delta before the model, as a
-                    // worker holding the last model asks for it first.
-                    if let Some(bucket) = bucket {
-                        if let Some(change) = &change {
-                            bucket.put_blocking(BlobKey::Delta { target: model }, change.to_vec())?;
-                        }
-                        bucket.put_blocking(BlobKey::Model(model), written.to_vec())?;
-                        bucket.put_blocking(BlobKey::Checkpoint(momentum), momentum_bytes.clone())?;
-                    }
-                    checkpoints.put(&written)?;
-                    if let Some(change) = change {
-                        deltas.write(&change)?;
-                    }
-                    Ok(checkpoints.put(&momentum_bytes).map(drop)?)
-                }));
-                let snapshot = inner.defense.aggregator.is_stateful()
-                    && state.round.is_multiple_of(AGGREGATOR_SNAPSHOT_ROUNDS);
-                let aggregator = if snapshot {
-                    let after = inner.defense.state_after(&decision);
-                    let bytes = checkpoint::encode_aggregator(&self.model.name(), &after);
-                    if let Some(bucket) = &self.bucket {
-                        bucket.put_blocking(BlobKey::Checkpoint(Digest::of(&bytes)), bytes.clone())?;
-                    }
-                    Some(self.checkpoints.put(&bytes)?)
-                } else {
-                    None
-                };
-                Some(NextGlobal { state, model, model_bytes, momentum, aggregator })
-            }
-        };
-        tracing::debug!(
-            round,
-            read_and_decode_ms = decided.as_secs_f64() * 1e3,
-            checks_and_aggregation_ms = (screened - decided).as_secs_f64() * 1e3,
-            outer_step_and_checkpoints_ms = (started.elapsed() - screened).as_secs_f64() * 1e3,
-            refused = refused.len(),
-            "aggregated"
-        );
-        let result = next.as_ref().map(|next| RoundResult {
-            model: next.model,
-            momentum: next.momentum,
-            aggregator: next.aggregator,
-        });
-        let aggregated = Aggregated { result, refused };
-        inner.pending = Some(Pending {
-            round,
-            accepted: accepted.to_vec(),
-            aggregated: aggregated.clone(),
-            decision,
-            next,
-        });
-        Ok(aggregated)
-    }
-
-    /// Waits until the checkpoints of the round aggregated last are durable.
-    fn finish_writing(inner: &mut Inner) -> Result<(), NodeError> {
-        match inner.writing.take() {
-            Some(writing) => Ok(writing.join().expect("writing a checkpoint does not panic")?),
-            None => Ok(()),
-        }
     }
 
     /// Hands a closed round to the scoring thread.
@@ -1462,20 +1073,6 @@ impl Node {
         Ok(())
     }
 
-    /// The parameters of model `base`, a round's base: the newest model, or
-    /// under a delayed outer update the one before it (kept in memory, else
-    /// read from its checkpoint, as after a restart).
-    fn base_params(&self, inner: &Inner, base: &Digest) -> Result<Vec<f32>, NodeError> {
-        if *base == inner.global_model {
-            return Ok(inner.global.params.clone());
-        }
-        if let Some((_, params)) = inner.previous_global.as_ref().filter(|(digest, _)| digest == base) {
-            return Ok(params.clone());
-        }
-        let bytes = self.checkpoints.get(base)?;
-        Ok(checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?)
-    }
-
     /// A model checkpoint's bytes: the one served from memory, or its file.
     /// A result's file is written in the background, but before the next
     /// result replaces it in memory (`aggregate` waits for it), so one of
@@ -1486,24 +1083,6 @@ impl Node {
             return Ok(bytes);
         }
         Ok(Arc::new(self.checkpoints.get(model)?))
-    }
-
-    /// Deletes the stored answers of audits that passed, once their
-    /// verdicts are durable: the verdict, the commitment and the ledger are
-    /// the record of a passed audit, and an answer is 2.4 MB for the MLP.
-    /// The answers of failed audits stay: they are the evidence for the
-    /// slash (anyone can replay them against the commitment). So does an
-    /// answer another audit names and has not passed: a copier answers
-    /// with its victim's very bytes, the same file.
-    fn prune_answers(&self, inner: &Inner, passed: &[(RoundId, WorkerId)]) -> Result<(), NodeError> {
-        for &(round, worker) in passed {
-            if let Ok(digest) = inner.store.audit_answer_digest(round, worker)
-                && inner.store.answer_prunable(&digest)?
-            {
-                self.answers.remove(&digest)?;
-            }
-        }
-        Ok(())
     }
 
     /// `GET /v1/status`: the run at a glance, with a page of its rounds
@@ -1705,6 +1284,60 @@ struct StatusRead {
     rounds: Vec<crowdtrain_protocol::wire::RoundRecord>,
     rounds_total: u64,
     test_accuracy: Option<f64>,
+}
+
+/// The node as its driver's [`Shell`] for one batch: it shows rounds and
+/// serves models from memory, writes checkpoints and replays audits on
+/// threads of its own, and times a round opened ahead.
+struct NodeShell<'a> {
+    node: &'a Node,
+    writing: &'a mut Option<std::thread::JoinHandle<Result<(), NodeError>>>,
+    closing_started: Option<(RoundId, Instant)>,
+    opened_ahead_of: &'a mut Option<RoundId>,
+    /// The round the batch opened the next round ahead of, if it did, and
+    /// when that round's last input came.
+    opened_ahead: Option<(RoundId, Instant)>,
+    /// When the batch showed a new round to the workers, if it did.
+    opened_at: Option<Instant>,
+}
+
+impl Shell for NodeShell<'_> {
+    fn show(&mut self, opened: Opened) {
+        self.opened_at = Some(self.node.publish(opened));
+    }
+
+    fn serve(&mut self, model: Digest, bytes: Arc<Vec<u8>>) {
+        *self.node.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((model, bytes));
+    }
+
+    fn opened_ahead(&mut self, after: RoundId) {
+        self.node.opened_ahead.fetch_add(1, Ordering::Relaxed);
+        self.opened_ahead = self.closing_started.filter(|(closing, _)| *closing == after);
+        *self.opened_ahead_of = Some(after);
+    }
+
+    fn withdrawn(&mut self, _round: RoundId, provisional: Option<RoundId>) {
+        if provisional.is_some() {
+            self.node.withdrawn_ahead.fetch_add(1, Ordering::Relaxed);
+        }
+        *self.opened_ahead_of = None;
+        self.opened_ahead = None;
+    }
+
+    fn write_behind(&mut self, write: CheckpointWrite) {
+        *self.writing = Some(std::thread::spawn(move || write.run()));
+    }
+
+    fn written(&mut self) -> Result<(), NodeError> {
+        match self.writing.take() {
+            Some(writing) => Ok(writing.join().expect("writing a checkpoint does not panic")?),
+            None => Ok(()),
+        }
+    }
+
+    fn replay(&mut self, replay: PendingReplay) {
+        self.node.spawn_replay(replay);
+    }
 }
 
 /// A stored ledger entry as people read it.
@@ -1940,7 +1573,7 @@ fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
 
 /// Rebuilds the checkpoints of the latest closed round, which are written
 /// in the background and so the only ones a crash or a power loss can take
-/// (see [`Node::aggregate`]): its outer step is taken again, on the
+/// (see the driver's `aggregate`): its outer step is taken again, on the
 /// previous round's state, with the aggregate of the updates it credited
 /// and the aggregator state before it. Being deterministic, that gives the
 /// bits the round recorded, which is checked before they are written.

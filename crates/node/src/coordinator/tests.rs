@@ -15,9 +15,13 @@ use std::time::Duration;
 
 use crowdtrain_data::DataSource;
 use crowdtrain_protocol::{Assignment, Identity};
-use crowdtrain_train::diloco::{DilocoConfig, simulate};
+use crowdtrain_train::diloco::{DilocoConfig, apply_broadcast, simulate};
+use crowdtrain_train::{Broadcast, Codec, Model, Nesterov};
 
+use super::driver::{CheckpointWrite, Driver, DriverError, PendingReplay, Shell};
 use super::*;
+use crate::data::RunData;
+use crate::worker::Behavior;
 use crate::worker::Produced;
 use crate::worker::behavior::{Work, produce};
 
@@ -33,17 +37,35 @@ const AUDIT_SECRET: &str = "4242424242424242424242424242424242424242424242424242
 /// The network tests' run (seed 3, batch 32, the default checks and
 /// aggregator), with more `[audit]` and `[round]` lines.
 fn config(rounds: u64, inner_steps: u64, audit_probability: f64, audit: &str, round: &str) -> RunConfig {
+    config_with(rounds, inner_steps, audit_probability, audit, round, "")
+}
+
+/// [`config`] with more sections (`[outer]`) at the end.
+fn config_with(
+    rounds: u64,
+    inner_steps: u64,
+    audit_probability: f64,
+    audit: &str,
+    round: &str,
+    sections: &str,
+) -> RunConfig {
     let stake = crowdtrain_protocol::audit::minimum_stake(inner_steps * 32, audit_probability).unwrap_or(0);
     RunConfig::parse(&format!(
         "rounds = {rounds}\n[training]\nseed = 3\ninner_steps = {inner_steps}\nbatch_size = 32\n\
          [data]\ndir = {SUBSET:?}\n[audit]\nprobability = {audit_probability}\nsegments = 4\nstake = {stake}\n{audit}\n\
-         [round]\ndeadline_ms = 60000\n{round}\n[admission]\nmode = \"open\"\n"
+         [round]\ndeadline_ms = 60000\n{round}\n[admission]\nmode = \"open\"\n{sections}"
     ))
     .expect("the test's run configuration is valid")
 }
 
 /// What `sim diloco` gives for `workers` honest workers on the same run.
 fn simulated_state_hash(workers: usize, rounds: u64, inner_steps: u64) -> String {
+    simulated_state_hash_of(workers, rounds, inner_steps, Default::default())
+}
+
+/// [`simulated_state_hash`] with the outer optimizer `outer` (a delayed
+/// outer update, a compressed broadcast).
+fn simulated_state_hash_of(workers: usize, rounds: u64, inner_steps: u64, outer: Nesterov) -> String {
     let config = DilocoConfig {
         recipe: crowdtrain_protocol::TrainingRecipe {
             inner_steps,
@@ -52,7 +74,7 @@ fn simulated_state_hash(workers: usize, rounds: u64, inner_steps: u64) -> String
         },
         workers,
         rounds,
-        outer: Default::default(),
+        outer,
     };
     let dataset = DataSource::Directory(SUBSET.into()).load().unwrap();
     let mut defense = ModelDefense::new(Default::default(), Default::default());
@@ -70,6 +92,13 @@ struct Harness {
     workers: Vec<WorkerId>,
     /// The last nonce sent (microseconds, like a worker's), by any key.
     nonce: u64,
+}
+
+/// One worker's work in a round, trained and not yet sent.
+struct Trained {
+    round: RoundId,
+    assignment: Assignment,
+    produced: Produced,
 }
 
 /// One worker's work in a round, from its assignment to its receipt.
@@ -133,43 +162,72 @@ impl Harness {
         self.open();
     }
 
-    /// The round `worker` is assigned now, and its assignment.
-    fn assignment(&self, worker: WorkerId) -> (RoundId, Assignment) {
+    /// The round `worker` sees now, settled (not opened ahead of its
+    /// predecessor's verdicts).
+    fn settled_view(&self, worker: WorkerId) -> RoundView {
         let view = self.node().view(Some(worker)).body;
-        assert!(!view.provisional, "the test trains only on settled rounds");
-        (view.round.expect("a round is open"), view.assignment.expect("the worker is a participant"))
+        assert!(!view.provisional, "the test trains only on settled rounds here");
+        view
     }
 
     /// `worker` trains its assignment honestly, as a worker process does.
-    fn train(&self, worker: WorkerId) -> (RoundId, Assignment, Produced) {
-        let (round, assignment) = self.assignment(worker);
+    fn train(&self, worker: WorkerId) -> Trained {
+        self.train_view(&self.settled_view(worker), Behavior::Honest)
+    }
+
+    /// Trains the assignment `view` shows (as `behavior` does).
+    fn train_view(&self, view: &RoundView, behavior: Behavior) -> Trained {
+        let round = view.round.expect("a round is open");
+        let assignment = view.assignment.clone().expect("the worker is a participant");
         let node = self.node();
-        let params = node.base_params(&node.lock(), &assignment.base_model).unwrap();
-        let shards = node.dataset.shards(&assignment).unwrap();
-        let steps = AtomicU64::new(0);
-        let work = Work {
-            model: node.model.as_ref(),
-            assignment: &assignment,
-            params: &params,
-            data: &node.dataset,
-            shards: &shards,
-            flipped: None,
-            steps_done: &steps,
-            residual: &[],
-        };
-        let produced = produce(crate::worker::Behavior::Honest, &work, None).unwrap();
-        (round, assignment, produced)
+        // Downloaded as a worker does: the newest model (a round opened
+        // ahead trains on one not yet recorded) is served from memory.
+        let bytes = node.model_bytes(&assignment.base_model).unwrap();
+        let (name, layout) = (node.model.name(), node.model.layout());
+        let params = checkpoint::decode(&bytes, CheckpointKind::Params, &name, layout).unwrap();
+        let produced = train(node.model.as_ref(), &node.dataset, &params, &assignment, behavior);
+        Trained { round, assignment, produced }
     }
 
     /// `worker` trains and commits: its receipt says whether it is audited.
     fn commit(&mut self, worker: WorkerId) -> Submitted {
-        let (round, assignment, produced) = self.train(worker);
+        let trained = self.train(worker);
+        self.commit_trained(trained).unwrap()
+    }
+
+    /// Sends the commitment to `trained`; an accepted one is returned with
+    /// whether it is audited.
+    fn commit_trained(&mut self, trained: Trained) -> Result<Submitted, Failure> {
+        let Trained { round, assignment, produced } = trained;
         let shard = Shard { slot: assignment.slot, slots: assignment.slots };
-        let (base, nonce) = (assignment.base_model, self.nonce());
+        let (worker, base, nonce) = (assignment.worker, assignment.base_model, self.nonce());
         let receipt =
-            self.node().commit(worker, nonce, round, base, Some(shard), produced.commitment()).unwrap().body;
+            self.node().commit(worker, nonce, round, base, Some(shard), produced.commitment())?.body;
         assert_eq!(receipt.status, ReceiptStatus::Accepted);
-        Submitted { worker, round, base, produced, audit: receipt.audit }
+        Ok(Submitted { worker, round, base, produced, audit: receipt.audit })
+    }
+
+    /// From now on the node's audit replays wait until the test runs them
+    /// ([`Harness::run_held_replays`]), or die with the node.
+    fn hold_replays(&self) {
+        *self.node().held_replays.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// Runs the held replays, in the order they were asked for, on this
+    /// thread; returns how many ran.
+    fn run_held_replays(&self) -> usize {
+        let node = self.node();
+        let mut ran = 0;
+        loop {
+            let held = node.held_replays.lock().unwrap().as_mut().map(std::mem::take).unwrap_or_default();
+            if held.is_empty() {
+                return ran;
+            }
+            for replay in held {
+                node.replay(replay);
+                ran += 1;
+            }
+        }
     }
 
     /// The submission's audit answer, if drawn: the coordinator replays it
@@ -198,7 +256,7 @@ impl Harness {
     fn replay(&self, task: &AuditTask) -> AuditReport {
         let node = self.node();
         let assignment = &task.assignment;
-        let base = node.base_params(&node.lock(), &assignment.base_model).unwrap();
+        let base = node.lock().base_params(&assignment.base_model).unwrap();
         let start =
             crowdtrain_train::TrainState::from_bytes(&task.start_state, &node.model.name(), base.len())
                 .unwrap();
@@ -229,6 +287,30 @@ impl Harness {
     fn status(&self) -> RunStatus {
         self.node().status(None, 100).unwrap()
     }
+}
+
+/// `assignment`'s work from `params`, done as a worker that behaves as
+/// `behavior` does it.
+fn train(
+    model: &dyn Model,
+    data: &RunData,
+    params: &[f32],
+    assignment: &Assignment,
+    behavior: Behavior,
+) -> Produced {
+    let shards = data.shards(assignment).unwrap();
+    let steps = AtomicU64::new(0);
+    let work = Work {
+        model,
+        assignment,
+        params,
+        data,
+        shards: &shards,
+        flipped: None,
+        steps_done: &steps,
+        residual: &[],
+    };
+    produce(behavior, &work, None).unwrap()
 }
 
 /// Polls `done` every 5 ms of real time, for at most a minute.
@@ -270,7 +352,7 @@ fn honest_round(harness: &mut Harness, crash: CrashAt) -> usize {
         harness.crash();
     }
     if crash == CrashAt::AfterAnswers {
-        harness.node().lose_replays.store(true, Ordering::SeqCst);
+        harness.hold_replays();
     }
     for submission in &submitted {
         harness.answer(submission);
@@ -476,4 +558,343 @@ fn a_delegated_auditor_that_lies_is_slashed_and_the_worker_it_accused_is_cleared
             Event::Audit { worker, verdict: Verdict::Passed, judged_by: None, .. } if *worker == accused)),
         "the accused worker is cleared by the coordinator's own replay"
     );
+}
+
+/// Every worker answers its audit (if drawn), then reveals.
+fn answer_and_reveal(harness: &mut Harness, submitted: &[Submitted]) {
+    for submission in submitted {
+        harness.answer(submission);
+    }
+    for submission in submitted {
+        harness.wait(100);
+        harness.reveal(submission);
+    }
+}
+
+/// The round closes records of the run's ledger, in order.
+fn closed_rounds(harness: &Harness) -> Vec<(RoundId, Vec<WorkerId>, Digest)> {
+    let database = harness.dir.path().join("coordinator.sqlite");
+    let entries = crowdtrain_store::db::verify_ledger(&database, Some(harness.node().public_key())).unwrap();
+    entries
+        .into_iter()
+        .filter_map(|entry| match entry.event {
+            Event::RoundClosed { round, accepted, result_model, .. } => Some((round, accepted, result_model)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_round_opens_ahead_of_its_verdicts_and_is_adopted_unchanged_when_they_pass() {
+    // Every submission audited by the coordinator; the replays wait until
+    // the test runs them, so the bet is made every time, not when a replay
+    // happens to be slow.
+    let mut harness = Harness::new(config(2, 12, 1.0, "", "min_workers = 2"), 2);
+    harness.hold_replays();
+    let workers = harness.workers.clone();
+    let submitted: Vec<Submitted> = workers.iter().map(|&worker| harness.commit(worker)).collect();
+    answer_and_reveal(&mut harness, &submitted);
+    // All round 0 awaits is its verdicts: the next round opens on the model
+    // they give if they pass, served from memory.
+    let ahead = harness.node().view(Some(workers[0])).body;
+    assert!(ahead.provisional, "round 1 is open ahead of round 0's verdicts");
+    assert_eq!((ahead.round, harness.completed_rounds()), (Some(1), 0));
+    let status = harness.status();
+    assert_eq!((status.opened_ahead, status.withdrawn_ahead), (1, 0));
+    assert_ne!(ahead.model, status.model, "round 1 trains on the model round 0 gives, not yet recorded");
+    assert!(harness.node().model_bytes(&ahead.model).is_ok(), "the bet's model is served");
+    // A worker trains on it at once; its commitment waits for the verdicts.
+    let early = harness.train_view(&ahead, Behavior::Honest);
+    let nonce = harness.nonce();
+    let shard = Some(early.assignment.shard());
+    let commitment = early.produced.commitment();
+    let refused = harness.node().commit(workers[0], nonce, 1, ahead.model, shard, commitment);
+    assert_eq!(refused.map(|_| ()).unwrap_err().code, ErrorCode::TooEarly);
+    assert_eq!(harness.run_held_replays(), 2);
+    // The verdicts passed: round 0 closed with the aggregate computed for
+    // the bet, and round 1 is the provisional one, unchanged.
+    assert_eq!(harness.completed_rounds(), 1);
+    let settled = harness.settled_view(workers[0]);
+    assert_eq!((settled.round, settled.model), (Some(1), ahead.model), "adopted unchanged");
+    assert_eq!(settled.assignment, ahead.assignment, "the same participants, slots and model");
+    assert_eq!(closed_rounds(&harness)[0].2, ahead.model, "the bet's model is the recorded one");
+    // What was trained ahead counts.
+    let mut submitted = vec![harness.commit_trained(early).unwrap()];
+    submitted.push(harness.commit(workers[1]));
+    answer_and_reveal(&mut harness, &submitted);
+    // The last round opens nothing ahead: its verdicts close the run.
+    assert_eq!(harness.run_held_replays(), 2);
+    harness.closed(2);
+    let status = harness.status();
+    assert_eq!((status.phase, status.opened_ahead, status.withdrawn_ahead), (Phase::Finished, 1, 0));
+    assert_eq!(status.state_hash, simulated_state_hash(2, 2, 12), "betting changes no bit");
+}
+
+/// Round 0 of a run with two honest workers and one that trains on
+/// another's shard (its proofs hold; its replay cannot), every submission
+/// audited by the coordinator. With `bet` the replays run after every
+/// reveal is in, so the next round opens ahead on all three updates first;
+/// without, each runs as soon as its answer is in, before the reveals, and
+/// nothing is bet. Returns the harness and the update the first honest
+/// worker trained on the round opened ahead, if any.
+fn first_round_with_a_caught_cheat(bet: bool) -> (Harness, Option<Trained>) {
+    let mut harness = Harness::new(config(2, 12, 1.0, "", "min_workers = 3\nquorum = 2"), 3);
+    harness.hold_replays();
+    let workers = harness.workers.clone();
+    let mut submitted: Vec<Submitted> = workers[..2].iter().map(|&worker| harness.commit(worker)).collect();
+    let cheat = harness.train_view(&harness.settled_view(workers[2]), Behavior::WrongData);
+    submitted.push(harness.commit_trained(cheat).unwrap());
+    for submission in &submitted {
+        harness.answer(submission);
+        if !bet {
+            harness.run_held_replays();
+        }
+    }
+    for submission in &submitted {
+        let nonce = harness.nonce();
+        let (worker, round, base) = (submission.worker, submission.round, submission.base);
+        // The cheat's reveal, after its failed verdict, is refused; either
+        // way it never counts.
+        let _ = harness.node().reveal(worker, nonce, round, base, submission.produced.payload.clone());
+    }
+    let mut trained_ahead = None;
+    if bet {
+        let ahead = harness.node().view(Some(workers[0])).body;
+        assert!(ahead.provisional, "the next round opened ahead, betting on all three updates");
+        trained_ahead = Some(harness.train_view(&ahead, Behavior::Honest));
+        assert_eq!(harness.run_held_replays(), 3);
+    }
+    harness.closed(1);
+    (harness, trained_ahead)
+}
+
+#[test]
+fn a_round_opened_ahead_of_a_failing_audit_is_withdrawn_and_the_run_is_as_if_nothing_was_bet() {
+    let (harness, trained_ahead) = first_round_with_a_caught_cheat(true);
+    let (waited, _) = first_round_with_a_caught_cheat(false);
+    let cheat = harness.workers[2];
+    let status = harness.status();
+    assert_eq!((status.opened_ahead, status.withdrawn_ahead), (1, 1), "the bet on the cheat was withdrawn");
+    assert_eq!(waited.status().opened_ahead, 0, "nothing was bet without the reveals in first");
+    // The round closed without the cheat, exactly as if nobody had bet.
+    let closed = closed_rounds(&harness);
+    assert_eq!(closed, closed_rounds(&waited), "the same round, model and all");
+    assert_eq!(closed[0].1, harness.workers[..2].to_vec(), "only the honest updates");
+    assert_eq!(status.state_hash, waited.status().state_hash);
+    let slashed: Vec<WorkerId> =
+        status.workers.iter().filter(|worker| worker.slashed > 0).map(|worker| worker.worker).collect();
+    assert_eq!(slashed, vec![cheat], "the cheat, and only the cheat, is slashed");
+    // Round 1 opened again on the model that counts; what was trained on
+    // the withdrawn one is stale, and the worker trains again.
+    let trained_ahead = trained_ahead.expect("a worker trained on the round opened ahead");
+    let view = harness.settled_view(harness.workers[0]);
+    assert_eq!((view.round, view.model), (Some(1), closed[0].2));
+    assert_ne!(
+        trained_ahead.assignment.base_model, view.model,
+        "the withdrawn model is not the one that counts"
+    );
+    let mut harness = harness;
+    let stale = harness.commit_trained(trained_ahead);
+    assert_eq!(stale.map(|_| ()).unwrap_err().code, ErrorCode::StaleModel);
+}
+
+#[test]
+fn under_a_delayed_outer_update_two_rounds_are_live_and_the_run_ends_on_the_delayed_simulation() {
+    let rounds = 4;
+    let delayed = "[outer]\ndelay = 1\n";
+    let mut harness = Harness::new(config_with(rounds, 12, 0.5, "", "min_workers = 3", delayed), 3);
+    let workers = harness.workers.clone();
+    let mut current: Vec<Submitted> = workers.iter().map(|&worker| harness.commit(worker)).collect();
+    for round in 0..rounds {
+        // Round r's commit phase is over: round r + 1 is open ahead, on the
+        // model before round r's outer step, and takes commitments while
+        // round r is answered, revealed and aggregated.
+        let mut next = Vec::new();
+        if round + 1 < rounds {
+            let ahead = harness.node().lock().machine.ahead_round().map(|ahead| ahead.id);
+            assert_eq!(ahead, Some(round + 1), "two live rounds");
+            for &worker in &workers {
+                let view = harness.node().view(Some(worker)).body;
+                assert_eq!(view.round, Some(round));
+                let ahead = view.ahead.expect("the worker is a participant of the round ahead");
+                let trained = harness.train_view(&ahead, Behavior::Honest);
+                next.push(harness.commit_trained(trained).unwrap());
+            }
+            assert_eq!(harness.completed_rounds(), round, "committed to round r + 1 before round r closed");
+        }
+        answer_and_reveal(&mut harness, &current);
+        harness.closed(round + 1);
+        current = next;
+    }
+    let status = harness.status();
+    assert_eq!((status.phase, status.completed_rounds), (Phase::Finished, rounds));
+    let delayed = Nesterov { delay: 1, ..Nesterov::default() };
+    assert_eq!(
+        status.state_hash,
+        simulated_state_hash_of(3, rounds, 12, delayed),
+        "the delayed simulation's bits"
+    );
+    assert_ne!(status.state_hash, simulated_state_hash(3, rounds, 12), "the delay changes the model");
+    assert!(status.workers.iter().all(|worker| worker.submissions_accepted == rounds && worker.slashed == 0));
+}
+
+#[test]
+fn under_a_compressed_broadcast_each_delta_rebuilds_its_model_and_a_crash_keeps_the_exact_model() {
+    let rounds = 3;
+    let broadcast = "[outer]\nbroadcast = \"int8\"\n";
+    let mut harness = Harness::new(config_with(rounds, 12, 0.5, "", "min_workers = 2", broadcast), 2);
+    let mut models = vec![harness.status().model];
+    for round in 0..rounds {
+        honest_round(&mut harness, CrashAt::Nowhere);
+        let model = harness.status().model;
+        // What a worker holding the last model downloads instead of this
+        // one: the encoded change, which rebuilds it bit for bit.
+        let node = harness.node();
+        let delta = crowdtrain_store::delta::ModelDelta::decode(&node.model_delta(&model).unwrap()).unwrap();
+        let previous = *models.last().unwrap();
+        assert_eq!((delta.round, delta.base, delta.target), (round + 1, previous, model));
+        let layout = node.model.layout();
+        let name = node.model.name();
+        let base =
+            checkpoint::decode(&node.model_bytes(&previous).unwrap(), CheckpointKind::Params, &name, layout)
+                .unwrap();
+        let rebuilt = apply_broadcast(&base, &delta.change).unwrap();
+        let encoded = checkpoint::encode(CheckpointKind::Params, &name, layout, &rebuilt);
+        assert_eq!(Digest::of(&encoded), model, "round {round}'s delta rebuilds its model");
+        models.push(model);
+        // The exact model the coordinator keeps private survives a crash.
+        if round == 0 {
+            harness.crash();
+        }
+    }
+    let status = harness.status();
+    assert_eq!((status.phase, status.completed_rounds), (Phase::Finished, rounds));
+    let broadcast = Nesterov { broadcast: Broadcast::Delta(Codec::INT8), ..Nesterov::default() };
+    let simulated = simulated_state_hash_of(2, rounds, 12, broadcast);
+    assert_eq!(status.state_hash, simulated, "the same bits as the simulation with the same broadcast");
+    assert_ne!(status.state_hash, simulated_state_hash(2, rounds, 12), "the broadcast changes the model");
+}
+
+/// The driver's shell in a test: everything on the caller's thread, and a
+/// record of what the driver asked of it.
+#[derive(Default)]
+struct CallerThread {
+    shown: Vec<RoundId>,
+    served: Vec<Digest>,
+    writes: usize,
+    replays: usize,
+}
+
+impl Shell for CallerThread {
+    fn show(&mut self, opened: Opened) {
+        self.shown.push(opened.id());
+    }
+
+    fn serve(&mut self, model: Digest, _bytes: Arc<Vec<u8>>) {
+        self.served.push(model);
+    }
+
+    fn opened_ahead(&mut self, _after: RoundId) {}
+
+    fn withdrawn(&mut self, _round: RoundId, _provisional: Option<RoundId>) {}
+
+    fn write_behind(&mut self, write: CheckpointWrite) {
+        write.run().unwrap();
+        self.writes += 1;
+    }
+
+    fn written(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    fn replay(&mut self, _replay: PendingReplay) {
+        self.replays += 1;
+    }
+}
+
+impl Harness {
+    /// The driver of the coordinator opened here, its shell (the node's
+    /// lock, threads and handlers) gone.
+    fn take_driver(&mut self) -> Driver {
+        let node = self.node.take().expect("the node is open");
+        wait_until("the node's threads let go of it", || Arc::strong_count(&node) == 1);
+        let node = Arc::into_inner(node).expect("nothing else holds the node");
+        node.inner.into_inner().unwrap().driver
+    }
+}
+
+#[test]
+fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations_bits() {
+    // Every submission audited; the driver takes every input itself, and
+    // the test does the shell's part (storing the answer, the replay) on
+    // its own thread: no lock, no thread, no waiting.
+    let mut harness = Harness::new(config(2, 12, 1.0, "", "min_workers = 2"), 2);
+    let workers = harness.workers.clone();
+    let mut driver = harness.take_driver();
+    let mut shell = CallerThread::default();
+    for round in 0..2 {
+        let mut submitted = Vec::new();
+        for &worker in &workers {
+            harness.wait(200);
+            let assignment = driver.machine.view(Some(worker)).assignment.expect("a participant");
+            let params = driver.base_params(&assignment.base_model).unwrap();
+            let run = &driver.run;
+            let produced = train(run.model.as_ref(), &run.dataset, &params, &assignment, Behavior::Honest);
+            let (now, nonce, base) = (harness.clock.now_unix_ms(), harness.nonce(), assignment.base_model);
+            let commitment = produced.commitment();
+            let shard = Some(assignment.shard());
+            let sent = Sent { now, worker, nonce, round };
+            let (outcome, audit) = driver.commit(sent, base, shard, commitment, &mut shell).unwrap();
+            assert_eq!(outcome.status(), crowdtrain_protocol::Recorded::Accepted);
+            submitted.push((assignment, produced, audit.expect("every submission is audited")));
+        }
+        for (assignment, produced, segment) in &submitted {
+            let (worker, segment) = (assignment.worker, *segment);
+            let answer = produced.answer(segment).unwrap();
+            let digest = driver.run.answers.put(&postcard_bytes(&answer)).unwrap();
+            let (now, nonce) = (harness.clock.now_unix_ms(), harness.nonce());
+            let sent = Sent { now, worker, nonce, round };
+            let auditor = driver.audit_answered(sent, digest, &mut shell).unwrap();
+            assert_eq!(auditor, None, "the coordinator replays it");
+            let base = driver.base_params(&assignment.base_model).unwrap();
+            let (model, data) = (driver.run.model.as_ref(), &driver.run.dataset);
+            let commitment = produced.commitment();
+            let start = audit::check_answer(model, &base, assignment, segment, &commitment, &answer).unwrap();
+            let shards = data.shards(assignment).unwrap();
+            let report =
+                replay_segment(model, data, &shards, assignment, segment, start, &base, &[]).unwrap();
+            let verdict = audit::verdict_of(&report, &answer, &commitment, assignment, segment);
+            assert_eq!(verdict, Verdict::Passed);
+            driver.replay_finished(harness.clock.now_unix_ms(), round, worker, verdict, &mut shell).unwrap();
+        }
+        for (assignment, produced, _) in &submitted {
+            let payload = produced.payload.as_slice();
+            let digest = Digest::of(payload);
+            let parameters = driver.run.model.layout().len();
+            let (_, values) = crowdtrain_train::codec::decode(payload, parameters).unwrap();
+            let (now, nonce) = (harness.clock.now_unix_ms(), harness.nonce());
+            let (worker, base) = (assignment.worker, assignment.base_model);
+            let payloads = [(digest, payload)];
+            let sent = Sent { now, worker, nonce, round };
+            driver.reveal(sent, base, digest, Ok(values), &payloads, &mut shell).unwrap();
+        }
+        let batch = driver.take_batch();
+        assert_eq!(batch.committed, vec![round], "the last reveal closed the round");
+        assert!(driver.take_batch().events.is_empty(), "taken once");
+    }
+    assert_eq!(driver.machine.phase(), Phase::Finished);
+    // Round 0 opened at the second registration, under the node.
+    assert_eq!(shell.shown, vec![1], "round 1 shown as it opened");
+    assert_eq!((shell.served.len(), shell.writes), (2, 2), "each result served and written");
+    assert_eq!(shell.replays, 0, "every replay was the test's, none judged from the store");
+    assert_eq!(driver.global_hash, simulated_state_hash(2, 2, 12), "the simulation's bits");
+    // Refusals are typed, and change nothing.
+    let (now, nonce) = (harness.clock.now_unix_ms(), harness.nonce());
+    let stranger = Identity::from_seed([0x99; 32]).public_key();
+    let read = driver.read(now, &stranger, nonce, &mut shell);
+    assert!(
+        matches!(&read, Err(DriverError::Refused(refusal)) if refusal.code == ErrorCode::UnknownWorker),
+        "{read:?}"
+    );
+    assert!(driver.take_batch().events.is_empty());
 }

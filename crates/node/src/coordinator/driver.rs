@@ -1,0 +1,896 @@
+//! The coordinator driver: the round state machine, the store it records
+//! to, and the work the machine asks for, as plain synchronous code.
+//!
+//! [`Driver`] owns the protocol [`Coordinator`], the [`Store`], the global
+//! model (the outer optimizer's state and the parameters delayed rounds
+//! still train from), the defence (checks and aggregator) and a round's
+//! aggregate until the machine commits it. It carries out the machine's
+//! actions ([`Driver::carry_out`]): records made durable in one
+//! transaction, `Close` and `Speculate` aggregated, `JudgeAudit` checked
+//! and handed out for replay. It reads the time from the [`Clock`] it is
+//! given, and never spawns, sleeps or waits on the network: what needs a
+//! thread or another party (showing a round to the workers, serving a
+//! model, writing checkpoints in the background, replaying an audit) it
+//! asks of its [`Shell`], and a replay's verdict comes back as an input
+//! ([`Driver::replay_finished`]). [`super::Node`] is the shell of a
+//! coordinator process (locks, HTTP, threads, the timer); the in-process
+//! tests drive the same code on virtual time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crowdtrain_defense::{Decision, ModelDefense, Submission};
+use crowdtrain_protocol::admission::TokenId;
+use crowdtrain_protocol::contract::ContractChoice;
+use crowdtrain_protocol::judge::ReportCheck;
+use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::wire::{AuditAnswer, AuditReport, ErrorCode};
+use crowdtrain_protocol::{
+    Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Recorded,
+    Refusal, RoundId, RoundResult, RunConfig, Shard, Verdict, WorkerId,
+};
+use crowdtrain_store::delta::ModelDelta;
+use crowdtrain_store::{CheckpointKind, Checkpoints, Store, checkpoint};
+use crowdtrain_train::diloco::outer_step;
+use crowdtrain_train::{Model, OuterState};
+
+use super::clock::Clock;
+use super::deltas::Deltas;
+use super::{AGGREGATOR_SNAPSHOT_ROUNDS, audit, bucket, encode_global};
+use crate::NodeError;
+use crate::data::{RunData, Shards};
+use crate::storage::{BlobKey, CoordinatorBucket};
+
+/// What the driver reads and never changes: the run, its model and data,
+/// its key and clock, and where its files go.
+pub(super) struct Run {
+    pub config: RunConfig,
+    pub model: Box<dyn Model>,
+    /// Training data, for the shards audit replays train on.
+    pub dataset: Arc<RunData>,
+    /// Signs the ledger entries the store appends.
+    pub identity: Arc<Identity>,
+    pub clock: Arc<dyn Clock>,
+    pub checkpoints: Checkpoints,
+    /// The published model deltas, under a compressed broadcast.
+    pub deltas: Deltas,
+    /// Audit answers (start states: MBs each), by hash; the database
+    /// records which answer is whose.
+    pub answers: Checkpoints,
+    /// The run's bucket, if it has one (checkpoints and answers are read
+    /// back from it, and aggregator snapshots written to it).
+    pub bucket: Option<Arc<CoordinatorBucket>>,
+}
+
+/// The coordinator's state and its synchronous logic (see the module's
+/// documentation).
+pub(super) struct Driver {
+    pub(super) run: Run,
+    pub(super) machine: Coordinator,
+    pub(super) store: Store,
+    /// The latest global parameters and outer momentum.
+    pub(super) global: OuterState,
+    /// `global`'s state hash, for the status page.
+    pub(super) global_hash: String,
+    /// The digest of `global.params`' checkpoint.
+    pub(super) global_model: Digest,
+    /// Under a delayed outer update, the parameters before the latest outer
+    /// step and their digest: the base of the rounds still audited (see
+    /// [`Driver::base_params`]).
+    previous_global: Option<(Digest, Vec<f32>)>,
+    /// The checks and the aggregator, with what they remember.
+    defense: ModelDefense,
+    /// Set between a round's aggregation and its commit or failure.
+    pending: Option<Pending>,
+    /// The open round's accepted reveals, decoded as they arrived (with the
+    /// digests of their bytes), so closing the round reads nothing back.
+    decoded: HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
+    /// Shards by slot count, for audit replays.
+    pub(super) shards: HashMap<u32, Arc<Shards>>,
+    /// What the batches carried out since the shell last looked did
+    /// ([`Driver::take_batch`]).
+    batch: Batch,
+}
+
+/// A worker's signed input to a round: who sent it (with the nonce it
+/// signed), the round, and when it arrived.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sent {
+    pub now: u64,
+    pub worker: WorkerId,
+    pub nonce: u64,
+    pub round: RoundId,
+}
+
+/// Why the driver did not take an input. The shell decides what each
+/// means to its caller (`http.rs` maps them to HTTP statuses).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DriverError {
+    /// The input is refused and changed nothing: the protocol says why.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The input could not be handled (a file or the bucket could not be
+    /// read, a recheck could not run) and changed nothing; it may be sent
+    /// again.
+    #[error(transparent)]
+    Failed(#[from] NodeError),
+    /// A delegated audit's recheck found the stored answer unusable.
+    #[error("{0}")]
+    Unjudgeable(String),
+    /// Making what the input changed durable failed: the machine may be
+    /// ahead of the store, so the coordinator must stop (a restart resumes
+    /// from the store).
+    #[error("{0}")]
+    Halted(NodeError),
+}
+
+impl From<Refusal> for DriverError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
+/// What the driver asks of the process around it, in the middle of a batch
+/// of the machine's actions (so before the batch is durable): the parts of
+/// carrying out an action that need another thread or another party.
+pub(super) trait Shell {
+    /// The machine just opened `opened` (provisionally or not): show it to
+    /// the workers now, before the batch that opened it is durable (see
+    /// [`super::Node::publish`] for why that is safe).
+    fn show(&mut self, opened: Opened);
+    /// `model` is the newest model (its checkpoint file may still be being
+    /// written): serve `bytes` from memory.
+    fn serve(&mut self, model: Digest, bytes: Arc<Vec<u8>>);
+    /// The machine opened the round after `after` provisionally, ahead of
+    /// `after`'s last verdicts.
+    fn opened_ahead(&mut self, after: RoundId);
+    /// The machine withdrew its bet on `round`'s audits, and with it the
+    /// round it opened ahead (`provisional`), if it had opened one.
+    fn withdrawn(&mut self, round: RoundId, provisional: Option<RoundId>);
+    /// Writes a round's new checkpoints in the background
+    /// ([`CheckpointWrite::run`]), while the next round runs.
+    fn write_behind(&mut self, write: CheckpointWrite);
+    /// Waits until the last [`Shell::write_behind`] is durable.
+    fn written(&mut self) -> Result<(), NodeError>;
+    /// Replays an answered audit off the driver; its verdict comes back as
+    /// [`Driver::replay_finished`].
+    fn replay(&mut self, replay: PendingReplay);
+}
+
+/// What batches of the machine's actions did, now durable: what the shell
+/// times, counts and schedules from them.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// The events recorded, in order.
+    pub events: Vec<Event>,
+    /// The bytes of the uploads recorded with them.
+    pub received_bytes: u64,
+    /// Rounds that closed with a result.
+    pub committed: Vec<RoundId>,
+    /// The run finished.
+    pub finished: bool,
+    /// A round or phase changed (the timer must look at the machine's next
+    /// deadline again, and long polls wake).
+    pub changed: bool,
+}
+
+impl Batch {
+    /// Adds what a later batch did.
+    fn absorb(&mut self, later: Batch) {
+        self.events.extend(later.events);
+        self.received_bytes += later.received_bytes;
+        self.committed.extend(later.committed);
+        self.finished |= later.finished;
+        self.changed |= later.changed;
+    }
+}
+
+/// A round's defence decision on `accepted`, and the global state it leads
+/// to, until the machine commits the round (or fails it, or withdraws the
+/// speculation it was computed for).
+struct Pending {
+    round: RoundId,
+    accepted: Vec<WorkerId>,
+    aggregated: Aggregated,
+    decision: Decision,
+    next: Option<NextGlobal>,
+}
+
+struct NextGlobal {
+    state: OuterState,
+    model: Digest,
+    /// The encoded checkpoint named `model`, to serve from memory.
+    model_bytes: Arc<Vec<u8>>,
+    momentum: Digest,
+    aggregator: Option<Digest>,
+}
+
+/// An answered audit for the coordinator to replay: what the replay needs,
+/// taken from the driver.
+pub(super) struct PendingReplay {
+    pub round: RoundId,
+    pub worker: WorkerId,
+    pub segment: u32,
+    pub commitment: Commitment,
+    pub assignment: crowdtrain_protocol::Assignment,
+    pub shards: Arc<Shards>,
+    /// The round's base parameters.
+    pub base: Vec<f32>,
+    pub answer: AuditAnswer,
+    pub start: crowdtrain_train::TrainState,
+    /// Signalled once the answer is durable; dropped if it never will be.
+    pub recorded: std::sync::mpsc::Receiver<()>,
+}
+
+/// The files of a round just aggregated, to write while the next round
+/// runs (see [`Driver::aggregate`]).
+pub(super) struct CheckpointWrite {
+    checkpoints: Checkpoints,
+    deltas: Deltas,
+    bucket: Option<Arc<CoordinatorBucket>>,
+    model: Digest,
+    model_bytes: Arc<Vec<u8>>,
+    momentum: Digest,
+    momentum_bytes: Vec<u8>,
+    /// The encoded delta to `model`, under a compressed broadcast.
+    change: Option<Arc<Vec<u8>>>,
+}
+
+impl CheckpointWrite {
+    /// Writes (and syncs) the files, the bucket first: workers look for the
+    /// model there as soon as the next round opens (and wait while it is
+    /// not there yet); the delta before the model, as a worker holding the
+    /// last model asks for it first.
+    pub(super) fn run(self) -> Result<(), NodeError> {
+        let Self { checkpoints, deltas, bucket, model, model_bytes, momentum, momentum_bytes, change } = self;
+        if let Some(bucket) = bucket {
+            if let Some(change) = &change {
+                bucket.put_blocking(BlobKey::Delta { target: model }, change.to_vec())?;
+            }
+            bucket.put_blocking(BlobKey::Model(model), model_bytes.to_vec())?;
+            bucket.put_blocking(BlobKey::Checkpoint(momentum), momentum_bytes.clone())?;
+        }
+        checkpoints.put(&model_bytes)?;
+        if let Some(change) = change {
+            deltas.write(&change)?;
+        }
+        Ok(checkpoints.put(&momentum_bytes).map(drop)?)
+    }
+}
+
+impl Driver {
+    /// A driver of `machine` (restored from `store`'s events), with the
+    /// global model (`global`, its checkpoint named `global_model`) and the
+    /// defence the store's records restore (`Node::open_with_clock` reads
+    /// them).
+    pub(super) fn new(
+        run: Run,
+        machine: Coordinator,
+        store: Store,
+        global: OuterState,
+        global_model: Digest,
+        defense: ModelDefense,
+    ) -> Self {
+        Self {
+            run,
+            machine,
+            store,
+            global_hash: global.hash().to_hex(),
+            global,
+            global_model,
+            previous_global: None,
+            defense,
+            pending: None,
+            decoded: Default::default(),
+            shards: Default::default(),
+            batch: Batch::default(),
+        }
+    }
+
+    /// The time now, by the run's clock: for the steps of a batch after
+    /// its input (an aggregation done, the batch written).
+    fn now(&self) -> u64 {
+        self.run.clock.now_unix_ms()
+    }
+
+    /// What the batches carried out since the last call did (the shell
+    /// takes it after every input, whatever the input's answer).
+    pub(super) fn take_batch(&mut self) -> Batch {
+        std::mem::take(&mut self.batch)
+    }
+
+    /// The timer fired: deadlines may have passed.
+    pub(super) fn tick(&mut self, now: u64, shell: &mut impl Shell) -> Result<(), DriverError> {
+        self.machine.handle_timeout(now);
+        self.carry_out(&[], shell)
+    }
+
+    /// A signed read from `key` (its signature verified): single-use, and
+    /// marks its worker as seen.
+    pub(super) fn read(
+        &mut self,
+        now: u64,
+        key: &PublicKey,
+        nonce: u64,
+        shell: &mut impl Shell,
+    ) -> Result<WorkerId, DriverError> {
+        let worker = self.machine.read(now, key, nonce)?;
+        self.carry_out(&[], shell)?;
+        Ok(worker)
+    }
+
+    /// A registration of `key`, admitted by the shell (with the admission
+    /// `token` it used, if new), choosing contract option `choice`.
+    /// Registering again only says the worker is alive.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn register(
+        &mut self,
+        now: u64,
+        key: PublicKey,
+        nonce: u64,
+        class: &str,
+        token: Option<TokenId>,
+        choice: Option<ContractChoice>,
+        shell: &mut impl Shell,
+    ) -> Result<WorkerId, DriverError> {
+        self.machine.check_choice_at_registration(&key, choice.is_some())?;
+        let (worker, _) = self.machine.register_admitted(now, key, class, Some(nonce), token)?;
+        if let Some(choice) = choice {
+            let chosen = self.machine.choose(now, key, choice);
+            // The registration stands either way; what is recorded is written first.
+            self.carry_out(&[], shell)?;
+            chosen?;
+        }
+        self.carry_out(&[], shell)?;
+        Ok(worker)
+    }
+
+    /// A commitment to the work on `base_model` (and shard `trained`): its
+    /// outcome, and the segment it drew for audit.
+    pub(super) fn commit(
+        &mut self,
+        sent: Sent,
+        base_model: Digest,
+        trained: Option<Shard>,
+        commitment: Commitment,
+        shell: &mut impl Shell,
+    ) -> Result<(Outcome, Option<u32>), DriverError> {
+        let Sent { now, worker, nonce, round } = sent;
+        let outcome = self.machine.commit(now, worker, nonce, round, base_model, trained, commitment)?;
+        self.carry_out(&[], shell)?;
+        let audit = self.machine.pending_audit(worker, round).map(|(segment, _)| segment);
+        Ok((outcome, audit))
+    }
+
+    /// A reveal of the payload named `digest`: its values as the shell
+    /// decoded them, or why they are not a valid update (then, if it is
+    /// the committed update, it is recorded as malformed). `payloads` holds
+    /// its bytes, recorded with it.
+    pub(super) fn reveal(
+        &mut self,
+        sent: Sent,
+        base_model: Digest,
+        digest: Digest,
+        update: Result<Vec<f32>, Refusal>,
+        payloads: &[(Digest, &[u8])],
+        shell: &mut impl Shell,
+    ) -> Result<Outcome, DriverError> {
+        let Sent { now, worker, nonce, round } = sent;
+        let problem = update.as_ref().err().cloned();
+        let outcome = self.machine.reveal(now, worker, nonce, round, base_model, digest, problem)?;
+        if let Ok(values) = update
+            && outcome == Outcome::Recorded(Recorded::Accepted)
+        {
+            self.decoded.insert((round, worker), (digest, values));
+        }
+        self.carry_out(payloads, shell)?;
+        Ok(outcome)
+    }
+
+    /// An audit answer whose proofs do not hold, for `reason`: it fails at
+    /// once.
+    pub(super) fn answer_refuted(
+        &mut self,
+        sent: Sent,
+        reason: String,
+        shell: &mut impl Shell,
+    ) -> Result<(), DriverError> {
+        let Sent { now, worker, nonce, round } = sent;
+        self.machine.answer_refuted(now, worker, nonce, round, reason)?;
+        self.carry_out(&[], shell)
+    }
+
+    /// An audit answer whose proofs hold, stored as the file named
+    /// `answer`: the auditor it is delegated to, if any (else the
+    /// coordinator replays it).
+    pub(super) fn audit_answered(
+        &mut self,
+        sent: Sent,
+        answer: Digest,
+        shell: &mut impl Shell,
+    ) -> Result<Option<WorkerId>, DriverError> {
+        let Sent { now, worker, nonce, round } = sent;
+        let auditor = self.machine.audit_answered(now, worker, nonce, round, answer)?;
+        self.carry_out(&[], shell)?;
+        Ok(auditor)
+    }
+
+    /// A delegated auditor's (`sent.worker`'s) report on `audited`'s
+    /// segment: agreeing with
+    /// the commitment, it decides the audit; disagreeing, the coordinator
+    /// replays the segment itself, here (a quarter of a round's training,
+    /// on the caller's thread), and whichever of the two its replay
+    /// contradicts is slashed ([`ReportCheck`]).
+    pub(super) fn audit_report(
+        &mut self,
+        sent: Sent,
+        audited: WorkerId,
+        report: &AuditReport,
+        shell: &mut impl Shell,
+    ) -> Result<ReportCheck, DriverError> {
+        let Sent { now, worker: auditor, nonce, round } = sent;
+        let (segment, commitment, assignment) = self.delegated(auditor, round, audited, "report")?;
+        let answer = self.stored_answer(round, audited)?;
+        let steps = assignment.recipe.inner_steps;
+        let check = ReportCheck::of(report, &answer, &commitment, steps, segment, || {
+            // The auditor says the worker's claim is false: check it.
+            let base = self.base_params(&assignment.base_model)?;
+            let model = self.run.model.as_ref();
+            let start = audit::check_answer(model, &base, &assignment, segment, &commitment, &answer)
+                .map_err(DriverError::Unjudgeable)?;
+            self.replay_report(&assignment, segment, start, &answer.residual_in)?
+                .map_err(DriverError::Unjudgeable)
+        })?;
+        self.machine.audit_reported(now, round, auditor, nonce, audited, check.clone())?;
+        self.carry_out(&[], shell)?;
+        Ok(check)
+    }
+
+    /// The segment, commitment and assignment of `audited`'s audit in
+    /// `round`, if `auditor` is the one to replay it now; `doing` names
+    /// the request in the refusal.
+    pub(super) fn delegated(
+        &self,
+        auditor: WorkerId,
+        round: RoundId,
+        audited: WorkerId,
+        doing: &str,
+    ) -> Result<(u32, Commitment, crowdtrain_protocol::Assignment), DriverError> {
+        let Some((segment, commitment)) = self.machine.delegated_audit(auditor, round, audited) else {
+            let message = format!("{auditor} has no audit of {audited} to {doing} in round {round}");
+            return Err(DriverError::Refused(Refusal { code: ErrorCode::NotAudited, message }));
+        };
+        let assignment =
+            self.machine.assignment_in(round, audited).expect("audited workers are participants");
+        Ok((segment, commitment, assignment))
+    }
+
+    /// The replay of an answered audit (started by the shell for
+    /// [`Shell::replay`]) ended in `verdict`: the machine judges the audit,
+    /// unless it was judged meanwhile (from the store, at the reveal
+    /// deadline: then it is refused, and nothing changes).
+    pub(super) fn replay_finished(
+        &mut self,
+        now: u64,
+        round: RoundId,
+        worker: WorkerId,
+        verdict: Verdict,
+        shell: &mut impl Shell,
+    ) -> Result<(), DriverError> {
+        self.machine.audit_result(now, round, worker, verdict, None, None)?;
+        self.carry_out(&[], shell)
+    }
+
+    /// Carries out the machine's actions in order: its records become
+    /// durable with their ledger entries in one transaction, before the
+    /// caller answers anyone; the work it asks for (aggregating, betting on
+    /// audits, judging one) is done on the way. `payloads` are the bytes of
+    /// the reveal being recorded, if any, by digest. An error leaves the
+    /// machine ahead of what is durable: the shell must stop.
+    pub(super) fn carry_out(
+        &mut self,
+        payloads: &[(Digest, &[u8])],
+        shell: &mut impl Shell,
+    ) -> Result<(), DriverError> {
+        self.carry_out_actions(payloads, shell).map_err(DriverError::Halted)
+    }
+
+    fn carry_out_actions(
+        &mut self,
+        payloads: &[(Digest, &[u8])],
+        shell: &mut impl Shell,
+    ) -> Result<(), NodeError> {
+        let mut batch = Batch::default();
+        // Audits that passed in this batch: their answers go once durable.
+        let mut passed = Vec::new();
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                Action::Record(event) => {
+                    match &event {
+                        Event::RoundOpened { round, participants, .. } => {
+                            tracing::info!(round, participants = participants.len(), "round open");
+                            self.show(*round, shell);
+                        }
+                        Event::DeadlineExtended { round, extensions, .. } => {
+                            tracing::info!(round, extensions, "commit deadline extended: no quorum yet");
+                        }
+                        Event::AuditDraw { round, audits, auditors, .. } => {
+                            tracing::info!(
+                                round,
+                                audits = audits.len(),
+                                delegated = auditors.len(),
+                                "commit phase over"
+                            );
+                        }
+                        Event::AuditAnswered { answer, .. } => {
+                            // `answer_audit` made the bytes a durable file,
+                            // named by this digest, before the machine saw it.
+                            debug_assert!(
+                                self.run.answers.path(answer).exists(),
+                                "the answer file comes first"
+                            );
+                        }
+                        Event::Reveal { round, worker, status, payload, .. } => {
+                            tracing::info!(round, %worker, status = status.as_str(), %payload, "reveal");
+                        }
+                        Event::AuditorSlashed { round, auditor, audited, amount, reason } => {
+                            tracing::warn!(round, %auditor, %audited, amount, %reason, "auditor slashed");
+                        }
+                        Event::Slash { round, worker, amount, reason } => {
+                            tracing::warn!(round, %worker, amount, %reason, "slashed");
+                        }
+                        Event::UpdateRefused { round, worker, reason } => {
+                            tracing::warn!(round, %worker, %reason, "update refused by the checks");
+                        }
+                        Event::RoundClosed {
+                            round,
+                            result_model,
+                            result_momentum,
+                            result_aggregator,
+                            accepted,
+                            ..
+                        } => {
+                            let pending = self.pending.take().expect("aggregation precedes its commit");
+                            let next = pending.next.expect("a committed round has a result");
+                            assert_eq!(
+                                (pending.round, next.model, next.momentum, next.aggregator),
+                                (*round, *result_model, *result_momentum, *result_aggregator),
+                                "the round just aggregated"
+                            );
+                            shell.serve(next.model, next.model_bytes);
+                            self.global_hash = next.state.hash().to_hex();
+                            let before = std::mem::replace(&mut self.global, next.state);
+                            if self.run.config.outer.delay > 0 {
+                                self.previous_global = Some((self.global_model, before.params));
+                            }
+                            self.global_model = next.model;
+                            self.defense.commit(pending.decision);
+                            tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
+                            batch.committed.push(*round);
+                        }
+                        Event::RoundFailed { round, reason, .. } => {
+                            tracing::warn!(round, %reason, "round failed");
+                            if let Some(pending) = self.pending.take_if(|pending| pending.round == *round) {
+                                self.defense.set_aside(pending.decision);
+                            }
+                        }
+                        Event::RunFinished { final_model } => {
+                            tracing::info!(model = %final_model, "run finished");
+                            batch.finished = true;
+                        }
+                        Event::Audit { round, worker, verdict, .. } if verdict.passed() => {
+                            passed.push((*round, *worker));
+                        }
+                        _ => {}
+                    }
+                    // A commitment may end the commit phase early: the timer
+                    // must look at the machine's next deadline again.
+                    batch.changed |= !matches!(
+                        event,
+                        Event::WorkerRegistered { .. }
+                            | Event::Reveal { .. }
+                            | Event::WorkAccepted { .. }
+                            | Event::Slash { .. }
+                            | Event::AuditorSlashed { .. }
+                            | Event::UpdateRefused { .. }
+                    );
+                    batch.events.push(event);
+                }
+                Action::JudgeAudit { round, worker, .. } => {
+                    if let Some(replay) = self.judge_stored(round, worker)? {
+                        shell.replay(replay);
+                    }
+                }
+                Action::Speculate { round, base_model, accepted } => {
+                    assert_eq!(base_model, self.global_model, "rounds train from the latest model");
+                    let aggregated = self.aggregate(round, &accepted, shell)?;
+                    let now = self.now();
+                    self.machine.handle_speculated(now, round, aggregated);
+                }
+                Action::OpenProvisional { round, after, base_model } => {
+                    let pending = self.pending.as_ref().expect("a provisional round follows its aggregate");
+                    let next = pending.next.as_ref().expect("a provisional round has a model");
+                    assert_eq!(
+                        (pending.round, next.model),
+                        (after, base_model),
+                        "the aggregate just computed"
+                    );
+                    tracing::info!(round, after, model = %base_model, "round open provisionally");
+                    shell.serve(next.model, Arc::clone(&next.model_bytes));
+                    shell.opened_ahead(after);
+                    self.show(round, shell);
+                    batch.changed = true;
+                }
+                Action::Withdraw { round, provisional } => {
+                    if provisional.is_some() {
+                        // Its participants train again, on the model that counts.
+                        tracing::warn!(round, ?provisional, "round opened ahead withdrawn: an audit failed");
+                    }
+                    // Nothing of it was committed: the defence learns
+                    // nothing, and the files it wrote are named by their
+                    // content and harmless.
+                    self.pending.take_if(|pending| pending.round == round);
+                    shell.withdrawn(round, provisional);
+                    batch.changed = true;
+                }
+                Action::Close { round, base_model, accepted } => {
+                    // The records so far (the input that closed the round)
+                    // become durable with the round's result, in one
+                    // transaction: nobody has been answered yet, so a crash
+                    // in between loses nothing anyone was promised.
+                    // A delayed round trained from the model before the
+                    // latest outer step; the step goes to the newest state.
+                    if self.run.config.outer.delay == 0 {
+                        assert_eq!(base_model, self.global_model, "rounds train from the latest model");
+                    }
+                    let speculated = self
+                        .pending
+                        .as_ref()
+                        .filter(|pending| pending.round == round && pending.accepted == accepted)
+                        .map(|pending| pending.aggregated.clone());
+                    let aggregated = match speculated {
+                        Some(aggregated) => aggregated,
+                        None => self.aggregate(round, &accepted, shell)?,
+                    };
+                    let now = self.now();
+                    self.machine.handle_aggregated(now, round, aggregated);
+                }
+            }
+        }
+        let writing = Instant::now();
+        let now = self.now();
+        self.store.record(now, &batch.events, payloads, &self.run.identity)?;
+        batch.received_bytes = payloads.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+        self.prune_answers(&passed)?;
+        if !batch.committed.is_empty() {
+            tracing::debug!(write_ms = writing.elapsed().as_secs_f64() * 1e3, "committed");
+        }
+        if batch.finished {
+            // No round follows to wait for the final model's files.
+            shell.written()?;
+        }
+        self.batch.absorb(batch);
+        Ok(())
+    }
+
+    /// Shows `round` to the workers if the machine has just opened it.
+    fn show(&self, round: RoundId, shell: &mut impl Shell) {
+        if let Some(opened) = self.machine.opened().filter(|opened| opened.id() == round) {
+            shell.show(opened);
+        }
+    }
+
+    /// Checks the accepted updates of `round` (in the order their
+    /// commitments arrived), aggregates the ones that pass, takes the outer
+    /// step and encodes the new checkpoints. Nothing changes in memory until
+    /// the machine commits the round ([`Pending`]).
+    ///
+    /// The new checkpoints are encoded and named here but written and
+    /// synced in the background ([`Shell::write_behind`]): on this machine
+    /// writing and syncing them took as long as the checks and the
+    /// aggregation, and stalled now and then behind the file system's
+    /// journal. The newest model is served from memory meanwhile. Before
+    /// this round commits, the previous round's files must be durable, so a
+    /// crash or a power loss can take the checkpoints of the latest closed
+    /// round only, which a restart rebuilds from the previous round's and
+    /// the stored updates ([`super::rebuild_latest_global`]).
+    fn aggregate(
+        &mut self,
+        round: RoundId,
+        accepted: &[WorkerId],
+        shell: &mut impl Shell,
+    ) -> Result<Aggregated, NodeError> {
+        let started = Instant::now();
+        shell.written()?;
+        let order = self.store.commitment_order(round, accepted)?;
+        let parameters = self.run.model.layout().len();
+        let mut updates: Vec<(Digest, Vec<f32>)> = Vec::with_capacity(order.len());
+        for worker in &order {
+            match self.decoded.remove(&(round, *worker)) {
+                Some(decoded) => updates.push(decoded),
+                // Not in memory (revealed before a restart): from the database.
+                None => {
+                    let bytes = self.store.payloads(round, &[*worker])?.remove(0);
+                    let (_, values) = crowdtrain_train::codec::decode(&bytes, parameters)
+                        .map_err(crowdtrain_train::TrainError::from)?;
+                    updates.push((Digest::of(&bytes), values));
+                }
+            }
+        }
+        self.decoded.retain(|(held, _), _| *held > round);
+        let submissions: Vec<Submission<'_>> = order
+            .iter()
+            .zip(&updates)
+            .map(|(worker, (digest, values))| Submission { worker: worker.0, values, digest: digest.0 })
+            .collect();
+        let decided = started.elapsed();
+        let decision = self.defense.decide(&submissions, parameters);
+        let screened = started.elapsed();
+        let refused: Vec<(WorkerId, String)> = decision
+            .refused
+            .iter()
+            .map(|(worker, refusal)| (WorkerId(*worker), refusal.to_string()))
+            .collect();
+        let next = match &decision.aggregate {
+            None => None,
+            Some(delta) => {
+                let mut state = self.global.clone();
+                let change = outer_step(self.run.config.outer, &mut state, delta)
+                    .map_err(crowdtrain_train::TrainError::from)?;
+                let (model_bytes, momentum_bytes) = encode_global(self.run.model.as_ref(), &state);
+                let (model, momentum) = (Digest::of(&model_bytes), Digest::of(&momentum_bytes));
+                let model_bytes = Arc::new(model_bytes);
+                // Under a compressed broadcast, the change workers holding
+                // the current model download instead (served from memory,
+                // its file written with the checkpoints).
+                let change = change.map(|change| {
+                    let delta =
+                        ModelDelta { round: state.round, base: self.global_model, target: model, change };
+                    Arc::new(delta.encode())
+                });
+                if let Some(bytes) = &change {
+                    self.run.deltas.insert(state.round, model, Arc::clone(bytes));
+                }
+                shell.write_behind(CheckpointWrite {
+                    checkpoints: self.run.checkpoints.clone(),
+                    deltas: self.run.deltas.clone(),
+                    bucket: self.run.bucket.clone(),
+                    model,
+                    model_bytes: Arc::clone(&model_bytes),
+                    momentum,
+                    momentum_bytes,
+                    change,
+                });
+                let snapshot = self.defense.aggregator.is_stateful()
+                    && state.round.is_multiple_of(AGGREGATOR_SNAPSHOT_ROUNDS);
+                let aggregator = if snapshot {
+                    let after = self.defense.state_after(&decision);
+                    let bytes = checkpoint::encode_aggregator(&self.run.model.name(), &after);
+                    if let Some(bucket) = &self.run.bucket {
+                        bucket.put_blocking(BlobKey::Checkpoint(Digest::of(&bytes)), bytes.clone())?;
+                    }
+                    Some(self.run.checkpoints.put(&bytes)?)
+                } else {
+                    None
+                };
+                Some(NextGlobal { state, model, model_bytes, momentum, aggregator })
+            }
+        };
+        tracing::debug!(
+            round,
+            read_and_decode_ms = decided.as_secs_f64() * 1e3,
+            checks_and_aggregation_ms = (screened - decided).as_secs_f64() * 1e3,
+            outer_step_and_checkpoints_ms = (started.elapsed() - screened).as_secs_f64() * 1e3,
+            refused = refused.len(),
+            "aggregated"
+        );
+        let result = next.as_ref().map(|next| RoundResult {
+            model: next.model,
+            momentum: next.momentum,
+            aggregator: next.aggregator,
+        });
+        let aggregated = Aggregated { result, refused };
+        self.pending = Some(Pending {
+            round,
+            accepted: accepted.to_vec(),
+            aggregated: aggregated.clone(),
+            decision,
+            next,
+        });
+        Ok(aggregated)
+    }
+
+    /// [`Action::JudgeAudit`]: an answered audit nobody else will judge
+    /// (its auditor did not report by the reveal deadline, or the process
+    /// replaying it stopped): the coordinator replays it from the stored
+    /// answer, in the background like a fresh answer (the replay returned
+    /// for the shell), unless its proofs fail at once.
+    fn judge_stored(&mut self, round: RoundId, worker: WorkerId) -> Result<Option<PendingReplay>, NodeError> {
+        let (segment, commitment) =
+            self.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
+        let assignment = self.machine.assignment_in(round, worker).expect("audited workers are participants");
+        let answer = self.stored_answer(round, worker)?;
+        let base = self.base_params(&assignment.base_model)?;
+        match audit::check_answer(self.run.model.as_ref(), &base, &assignment, segment, &commitment, &answer)
+        {
+            Err(reason) => {
+                let verdict = Verdict::Failed(reason);
+                tracing::info!(round, %worker, segment, ?verdict, "stored audit answer judged");
+                let now = self.now();
+                self.machine
+                    .audit_result(now, round, worker, verdict, None, None)
+                    .expect("an answered audit is pending");
+                Ok(None)
+            }
+            Ok(start) => {
+                tracing::info!(round, %worker, segment, "replaying a stored audit answer");
+                let shards = self.shards(&assignment)?;
+                let (recorded, on_record) = std::sync::mpsc::channel();
+                let _ = recorded.send(());
+                Ok(Some(PendingReplay {
+                    round,
+                    worker,
+                    segment,
+                    commitment,
+                    assignment,
+                    shards,
+                    base,
+                    answer,
+                    start,
+                    recorded: on_record,
+                }))
+            }
+        }
+    }
+
+    /// `worker`'s stored answer in `round`, its bytes checked against the
+    /// digest the database holds.
+    pub(super) fn stored_answer(&self, round: RoundId, worker: WorkerId) -> Result<AuditAnswer, NodeError> {
+        let digest = self.store.audit_answer_digest(round, worker)?;
+        if let Some(bucket) = &self.run.bucket {
+            bucket::restore_answer(
+                &self.run.answers,
+                bucket,
+                worker,
+                digest,
+                self.run.config.limits.max_upload_bytes,
+            )?;
+        }
+        postcard::from_bytes(&self.run.answers.get(&digest)?)
+            .map_err(|error| NodeError::Untrusted(format!("a stored audit answer does not decode: {error}")))
+    }
+
+    /// The parameters of model `base`, a round's base: the newest model, or
+    /// under a delayed outer update the one before it (kept in memory, else
+    /// read from its checkpoint, as after a restart).
+    pub(super) fn base_params(&self, base: &Digest) -> Result<Vec<f32>, NodeError> {
+        if *base == self.global_model {
+            return Ok(self.global.params.clone());
+        }
+        if let Some((_, params)) = self.previous_global.as_ref().filter(|(digest, _)| digest == base) {
+            return Ok(params.clone());
+        }
+        let bytes = self.run.checkpoints.get(base)?;
+        let model = &self.run.model;
+        Ok(checkpoint::decode(&bytes, CheckpointKind::Params, &model.name(), model.layout())?)
+    }
+
+    /// Deletes the stored answers of audits that passed, once their
+    /// verdicts are durable: the verdict, the commitment and the ledger are
+    /// the record of a passed audit, and an answer is 2.4 MB for the MLP.
+    /// The answers of failed audits stay: they are the evidence for the
+    /// slash (anyone can replay them against the commitment). So does an
+    /// answer another audit names and has not passed: a copier answers
+    /// with its victim's very bytes, the same file.
+    fn prune_answers(&self, passed: &[(RoundId, WorkerId)]) -> Result<(), NodeError> {
+        for &(round, worker) in passed {
+            if let Ok(digest) = self.store.audit_answer_digest(round, worker)
+                && self.store.answer_prunable(&digest)?
+            {
+                self.run.answers.remove(&digest)?;
+            }
+        }
+        Ok(())
+    }
+}
