@@ -4,6 +4,10 @@
 //! updates and real audit replays, but no sockets, no processes and no
 //! waiting for deadlines (the [`VirtualClock`] is moved past them). A
 //! crash is the node dropped and opened again from the same directory.
+//! Where the order of events matters (a round opened ahead of its
+//! verdicts), the node's audit replays are held until the test runs them.
+//! The last test takes the [`Driver`] out of its node and drives it alone,
+//! with a [`Shell`] that does everything on the test's thread.
 //!
 //! The network tests (`crates/cli/tests/network.rs`) check the same
 //! outcome through real processes: the final state hash of honest workers
