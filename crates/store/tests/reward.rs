@@ -116,6 +116,56 @@ fn a_run_record_that_disagrees_with_the_measured_final_model_stops_the_build() {
 }
 
 #[test]
+fn known_values_taken_as_measured_spare_every_checkpoint_evaluation_and_give_the_same_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Checkpoints::open(dir.path()).unwrap();
+    let model = crowdtrain_train::build_model(ModelKind::Mlp);
+    let checkpoints = run(&store, model.as_ref(), &[0.1, 0.6, 0.7, 0.75, 0.8]);
+    let set = Digest::of(b"test set");
+    // The coordinator's own records: every checkpoint, measured with `mean`.
+    let known: Vec<Option<f64>> = checkpoints
+        .iter()
+        .map(|checkpoint| {
+            let bytes = store.get(&checkpoint.model).unwrap();
+            let params = crowdtrain_store::checkpoint::decode(
+                &bytes,
+                CheckpointKind::Params,
+                &model.name(),
+                model.layout(),
+            )
+            .unwrap();
+            Some(mean(&params).unwrap())
+        })
+        .collect();
+    let build = |trusted: bool| {
+        let builder = RewardBuilder::new(
+            &store,
+            model.as_ref(),
+            checkpoints.clone(),
+            known.clone(),
+            Metric::Accuracy,
+            set,
+        )
+        .unwrap();
+        let mut builder = if trusted { builder.known_values_are_measured() } else { builder };
+        let built = builder.build(0.72, 0.005, 0.001, mean).unwrap();
+        (built, builder.checkpoints_measured())
+    };
+    let (checked, measured_checked) = build(false);
+    let (trusted, measured_trusted) = build(true);
+    // Without trust the final model is measured again to check its record.
+    assert_eq!((measured_checked, measured_trusted), (1, 0));
+    assert_eq!(trusted, checked, "the same reward either way");
+    // Trusting a wrong record is what the check exists for: the default keeps it.
+    let mut wrong = known.clone();
+    *wrong.last_mut().unwrap() = Some(0.81);
+    let mut builder =
+        RewardBuilder::new(&store, model.as_ref(), checkpoints.clone(), wrong, Metric::Accuracy, set)
+            .unwrap();
+    assert!(matches!(builder.build(0.72, 0.005, 0.001, mean), Err(BuildError::FinalMismatch { .. })));
+}
+
+#[test]
 fn a_screened_build_checks_like_any_other_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let store = Checkpoints::open(dir.path()).unwrap();

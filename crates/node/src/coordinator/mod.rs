@@ -16,6 +16,7 @@
 
 mod admission;
 mod audit;
+mod background;
 mod bucket;
 mod clock;
 pub mod contract;
@@ -132,15 +133,16 @@ pub struct Node {
     /// A second writer connection that only checkpoints the WAL, from the
     /// background after each round, so no request ever pays for it.
     maintenance: Mutex<Store>,
-    /// Where evaluation and scoring compute: one thread of low priority,
-    /// apart from the pool aggregation and audits use, so that work nobody
-    /// waits for never delays a round.
-    background: rayon::ThreadPool,
-    /// Closed rounds to evaluate, in order, for the evaluation thread: a
-    /// round and its model's digest, not its parameters, so a backlog
+    /// Where evaluation, scoring and model rewards compute: threads of
+    /// idle priority, apart from the pool aggregation and audits use, so
+    /// that work nobody waits for never delays a round.
+    background: background::Background,
+    /// Work for the evaluation thread, in order: closed rounds to evaluate
+    /// (a round and its model's digest, not its parameters, so a backlog
     /// (evaluation runs at idle priority, and falls behind when rounds are
-    /// short) costs 40 bytes a round, not a model.
-    evaluations: Mutex<std::sync::mpsc::Sender<(RoundId, Digest)>>,
+    /// short) costs 40 bytes a round, not a model), then a finished run's
+    /// model rewards.
+    evaluations: Mutex<std::sync::mpsc::Sender<EvaluationJob>>,
     /// Who may register.
     admission: admission::Admission,
     /// Where large uploads are spilled while they arrive.
@@ -150,6 +152,9 @@ pub struct Node {
     reward_models: Checkpoints,
     /// Set while the model rewards are being built (`model_rewards`).
     rewarding: AtomicBool,
+    /// The initial model's test accuracy and loss, measured in the
+    /// background in a run with a contract, for its model rewards.
+    initial_value: std::sync::OnceLock<(f64, f64)>,
     /// The run's bucket (`[storage]`), if it has one: every model and
     /// delta is published there, workers' updates are read from there, and
     /// `GET /v1/models` serves nothing.
@@ -346,7 +351,7 @@ impl Node {
         }
         let (scoring, to_score) = std::sync::mpsc::channel();
         let (evaluations, to_evaluate) = std::sync::mpsc::channel();
-        let background = background_pool()?;
+        let background = background::Background::start()?;
         let reader = Store::open_reader(&state_dir.join("coordinator.sqlite"))?;
         let maintenance = Store::open(&state_dir.join("coordinator.sqlite"))?;
         store.defer_wal_checkpoints()?;
@@ -426,12 +431,16 @@ impl Node {
             uploads_dir,
             reward_models,
             rewarding: AtomicBool::new(false),
+            initial_value: std::sync::OnceLock::new(),
             bucket,
             #[cfg(test)]
             held_replays: Mutex::new(None),
         });
         score::spawn_scorer(Arc::downgrade(&node), to_score);
         spawn_evaluator(Arc::downgrade(&node), to_evaluate);
+        if node.contract.is_some() {
+            node.send_evaluation_job(EvaluationJob::InitialModel);
+        }
         let mut inner = node.lock();
         // Rounds the previous process closed but did not live to score.
         for round in inner.store.unscored_rounds()? {
@@ -444,6 +453,7 @@ impl Node {
         }
         // Model rewards the previous process did not live to record.
         if inner.machine.phase() == Phase::Finished {
+            node.background.run_finished();
             node.schedule_model_rewards();
         }
         drop(inner);
@@ -1033,6 +1043,7 @@ impl Node {
             self.schedule_scoring(round);
         }
         if batch.finished {
+            self.background.run_finished();
             self.schedule_model_rewards();
         }
         if batch.changed {
@@ -1051,9 +1062,14 @@ impl Node {
 
     /// Hands a closed round's result, `model`, to the evaluation thread.
     fn schedule_evaluation(&self, round: RoundId, model: Digest) {
+        self.send_evaluation_job(EvaluationJob::Round(round, model));
+    }
+
+    /// Queues `job` for the evaluation thread.
+    fn send_evaluation_job(&self, job: EvaluationJob) {
         let sender = self.evaluations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if sender.send((round, model)).is_err() {
-            tracing::error!(round, "the evaluation thread is gone");
+        if let Err(std::sync::mpsc::SendError(job)) = sender.send(job) {
+            tracing::error!(?job, "the evaluation thread is gone");
         }
     }
 
@@ -1364,41 +1380,42 @@ fn max_participants(config: &RunConfig, data: &RunData) -> u32 {
 
 /// Starts the evaluation thread: closed rounds in order, one at a time;
 /// it ends when the node is gone.
-fn spawn_evaluator(node: std::sync::Weak<Node>, rounds: std::sync::mpsc::Receiver<(RoundId, Digest)>) {
+/// What the evaluation thread does, in the order it was asked.
+#[derive(Debug)]
+enum EvaluationJob {
+    /// Evaluate a closed round's result on the test set and record it.
+    Round(RoundId, Digest),
+    /// Measure the initial model, which a contract's model rewards start
+    /// from.
+    InitialModel,
+    /// Build a finished run's model rewards. Queued behind the last
+    /// round's evaluation, so every checkpoint's value is recorded by then
+    /// and the rewards measure only their own candidates.
+    ModelRewards,
+}
+
+fn spawn_evaluator(node: std::sync::Weak<Node>, jobs: std::sync::mpsc::Receiver<EvaluationJob>) {
     std::thread::Builder::new()
         .name("crowdtrain-evaluation".into())
         .spawn(move || {
-            for (round, model) in rounds {
+            for job in jobs {
                 let Some(node) = node.upgrade() else { return };
-                if let Err(error) = node.evaluate_round(round, &model) {
-                    tracing::error!(round, %error, "evaluation failed");
+                match job {
+                    EvaluationJob::Round(round, model) => {
+                        if let Err(error) = node.evaluate_round(round, &model) {
+                            tracing::error!(round, %error, "evaluation failed");
+                        }
+                    }
+                    EvaluationJob::InitialModel => {
+                        if let Err(error) = node.evaluate_initial_model() {
+                            tracing::warn!(%error, "could not measure the initial model (the model rewards will)");
+                        }
+                    }
+                    EvaluationJob::ModelRewards => node.run_model_rewards(),
                 }
             }
         })
         .expect("the evaluation thread starts");
-}
-
-/// A one-thread pool at low priority (nice 10) for work no round waits for.
-fn background_pool() -> Result<rayon::ThreadPool, NodeError> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .thread_name(|_| "crowdtrain-background".into())
-        .start_handler(|_| {
-            // Idle priority: below every other thread, so evaluation and
-            // scoring take only CPU time nothing else wants (on a 2-core
-            // demo at niceness 10 they still slowed the close of a round
-            // by milliseconds). Best effort: where the call is refused
-            // the pool runs at normal priority.
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: changes the calling thread's own scheduling policy
-            // (on Linux, pid 0 is the calling thread); `param` outlives
-            // the call.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-        })
-        .build()
-        .map_err(|error| {
-            NodeError::io("starting the background pool", std::io::Error::other(error.to_string()))
-        })
 }
 
 /// The configuration as published to workers and compared across restarts:

@@ -35,6 +35,7 @@ use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::reward_model::{ModelReward, RewardOutcome, RunCheckpoint, Withheld};
 use crowdtrain_protocol::wire::ErrorCode;
 use crowdtrain_store::reward::RewardBuilder;
+use crowdtrain_store::{CheckpointKind, checkpoint};
 
 use super::{Failure, Node};
 use crate::NodeError;
@@ -48,28 +49,45 @@ pub const REWARD_TOLERANCE: f64 = 0.005;
 pub const REWARD_PRECISION: f64 = 0.0025;
 
 impl Node {
-    /// Starts building the model rewards of a finished run with a contract,
-    /// on a thread of its own, unless it is already running.
+    /// Queues the model rewards of a finished run with a contract for the
+    /// evaluation thread, behind the evaluation of every round (whose
+    /// values the rewards then take instead of measuring the checkpoints
+    /// again), unless they are queued or being built already.
     pub(super) fn schedule_model_rewards(&self) {
         if self.contract.is_none() || self.rewarding.swap(true, Ordering::SeqCst) {
             return;
         }
-        let node = self.me.clone();
-        std::thread::Builder::new()
-            .name("crowdtrain-model-rewards".into())
-            .spawn(move || {
-                let Some(node) = node.upgrade() else { return };
-                match node.build_model_rewards() {
-                    Ok(built) => tracing::info!(built, "model rewards recorded"),
-                    Err(error) => {
-                        // Nobody's reward is lost: a restart builds the
-                        // missing ones.
-                        tracing::error!(%error, "building the model rewards failed");
-                        node.rewarding.store(false, Ordering::SeqCst);
-                    }
-                }
-            })
-            .expect("the model-reward thread starts");
+        self.send_evaluation_job(super::EvaluationJob::ModelRewards);
+    }
+
+    /// Measures the run's initial model on the test set (the evaluation
+    /// thread's job, at idle priority while the run trains), so the model
+    /// rewards, which start from it, need not at the end.
+    pub(super) fn evaluate_initial_model(&self) -> Result<(), NodeError> {
+        if self.initial_value.get().is_some() {
+            return Ok(());
+        }
+        let bytes = self.published_or_stored(&self.run.body.initial_model)?;
+        let params =
+            checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?;
+        let model = crowdtrain_train::build_model(self.config.training.model);
+        let evaluation = self.background.install(|| self.dataset.evaluate(model.as_ref(), &params))?;
+        let _ = self.initial_value.set((evaluation.accuracy, evaluation.loss));
+        Ok(())
+    }
+
+    /// Builds the missing model rewards on the background pool (the
+    /// evaluation thread's job), beside the last rounds' scoring.
+    pub(super) fn run_model_rewards(self: &Arc<Self>) {
+        match self.background.install(|| self.build_model_rewards()) {
+            Ok(_) => {}
+            Err(error) => {
+                // Nobody's reward is lost: a restart builds the missing
+                // ones.
+                tracing::error!(%error, "building the model rewards failed");
+                self.rewarding.store(false, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Builds and records every missing model reward; returns how many it
@@ -94,7 +112,7 @@ impl Node {
         // thread recorded (hints that only choose the segment).
         let metric = menu.metric;
         let mut run = vec![RunCheckpoint { round: None, model: self.run.body.initial_model }];
-        let mut known = vec![None];
+        let mut known = vec![self.initial_value.get().map(|&(accuracy, loss)| metric.value(accuracy, loss))];
         for record in rounds.iter().filter(|record| record.status == RoundState::Closed) {
             let model = record.result_model.expect("closed rounds have a result");
             run.push(RunCheckpoint { round: Some(record.round as RoundId), model });
@@ -124,7 +142,9 @@ impl Node {
             metric,
             self.dataset.evaluation_set(),
         )
-        .map_err(|error| NodeError::Contract(format!("model rewards: {error}")))?;
+        .map_err(|error| NodeError::Contract(format!("model rewards: {error}")))?
+        // Every value is this node's own evaluation on this set.
+        .known_values_are_measured();
         // a(n·m) as realised: the final model, measured.
         let realised = builder
             .final_value(measure)
@@ -152,6 +172,12 @@ impl Node {
                 }
                 .map_err(|error| NodeError::Contract(format!("{worker}'s model reward: {error}")))?;
                 self.reward_models.put(&built.file)?;
+                tracing::info!(
+                    %worker,
+                    evaluations = built.evaluations,
+                    screened = built.screened,
+                    "model reward built"
+                );
                 RewardOutcome::Delivered(built.recipe)
             };
             let reward = ModelReward {
@@ -168,6 +194,11 @@ impl Node {
             self.lock().store.record(self.now(), &[Event::ModelRewarded(reward)], &[], &self.identity)?;
             recorded += 1;
         }
+        tracing::info!(
+            recorded,
+            checkpoints_measured = builder.checkpoints_measured(),
+            "model rewards built"
+        );
         Ok(recorded)
     }
 
