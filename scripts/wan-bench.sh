@@ -7,7 +7,7 @@
 #   sudo scripts/wan-bench.sh [--workers "4 8"] [--rates "100mbit 20mbit"]
 #        [--delay-ms 50] [--rounds 10] [--inner-steps 50]
 #        [--config "FILE ..."] [--repeats 1] [--coordinator-rate 1gbit]
-#        [--json FILE] [--prefix ctw]
+#        [--json FILE] [--prefix ctw] [--keep]
 #
 # The lab is ../shared/scripts/wan-lab (or $WAN_LAB_DIR): host 0 runs the
 # coordinator on a link of --coordinator-rate (a data centre's), hosts
@@ -26,7 +26,9 @@
 # workers and rate, so that each sees the same machine; the table names
 # each row's config and where the workers' non-training time went (their
 # `idle` seconds a round: waiting for the round, the model, commitments,
-# uploads, auditing others).
+# uploads, auditing others). --keep keeps every run's directory (the
+# coordinator's state with its ledger, the workers' logs and summaries) and
+# prints where it is.
 # One caveat: the workers share this machine's cores, so each trains
 # slower than it would alone; utilisation is still the share of its wall
 # time a worker trained, the figure overlap and compression are for.
@@ -45,6 +47,7 @@ repeats=1
 coordinator_rate="1gbit"
 json_out=""
 prefix="ctw"
+keep=""
 
 usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -59,6 +62,7 @@ while [ $# -gt 0 ]; do
         --coordinator-rate) coordinator_rate="$2"; shift 2 ;;
         --json) json_out="$2"; shift 2 ;;
         --prefix) prefix="$2"; shift 2 ;;
+        --keep) keep=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -77,7 +81,7 @@ teardown() {
     pids=()
     "$wan_lab" down --prefix "$prefix" >/dev/null 2>&1 || true
 }
-trap 'teardown; rm -rf "$work"' EXIT
+trap 'teardown; if [ -n "$keep" ]; then echo "runs kept in $work" >&2; else rm -rf "$work"; fi' EXIT
 trap 'exit 130' INT TERM
 
 # The run's configuration: the user's, or the defaults, with this bench's

@@ -360,17 +360,7 @@ fn a_worker_restarted_between_its_commitment_and_its_reveal_trains_again_and_rev
     network.start_coordinator();
     let hand = HandWorker::join(&network, 7);
     network.start_worker(0);
-    let ledger = format!("{}/v1/ledger?kinds=commitment", network.url());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_json::<LedgerPage>(&ledger).is_none_or(|page| page.entries.is_empty()) {
-        assert!(Instant::now() < deadline, "the worker never committed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut worker = network.workers.remove(0);
-    worker.kill().unwrap();
-    worker.wait().unwrap();
-    std::fs::remove_dir_all(network.path("cache-0")).unwrap();
-    network.start_worker(0);
+    restart_worker_0_after_its_first_commitment(&mut network);
 
     let assignment = hand.view().assignment.expect("the hand worker takes part in round 0");
     let (round, base) = (assignment.round, assignment.base_model);
@@ -396,6 +386,23 @@ fn a_worker_restarted_between_its_commitment_and_its_reveal_trains_again_and_rev
     assert!(log.contains("training the assignment again"), "{log}");
 }
 
+/// Waits for the first commitment in the ledger (the network's only real
+/// worker's), then SIGKILLs that worker, deletes its cache and starts it
+/// again.
+fn restart_worker_0_after_its_first_commitment(network: &mut Network) {
+    let ledger = format!("{}/v1/ledger?kinds=commitment", network.url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_json::<LedgerPage>(&ledger).is_none_or(|page| page.entries.is_empty()) {
+        assert!(Instant::now() < deadline, "the worker never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut worker = network.workers.remove(0);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    std::fs::remove_dir_all(network.path("cache-0")).unwrap();
+    network.start_worker(0);
+}
+
 #[test]
 fn under_a_delayed_outer_update_a_worker_restarted_before_its_reveals_trains_again_and_reveals() {
     // Goal: with rounds pipelined (a worker commits round 0 and trains round
@@ -410,17 +417,7 @@ fn under_a_delayed_outer_update_a_worker_restarted_before_its_reveals_trains_aga
     network.start_coordinator();
     let hand = HandWorker::join(&network, 7);
     network.start_worker(0);
-    let ledger = format!("{}/v1/ledger?kinds=commitment", network.url());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_json::<LedgerPage>(&ledger).is_none_or(|page| page.entries.is_empty()) {
-        assert!(Instant::now() < deadline, "the worker never committed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut worker = network.workers.remove(0);
-    worker.kill().unwrap();
-    worker.wait().unwrap();
-    std::fs::remove_dir_all(network.path("cache-0")).unwrap();
-    network.start_worker(0);
+    restart_worker_0_after_its_first_commitment(&mut network);
 
     // Round 1 opened with round 0, on the same model.
     let view = hand.view();

@@ -802,6 +802,18 @@ struct Settling {
 }
 
 impl Settling {
+    /// Sends the answer to the round's audit of `segment`.
+    async fn answer(
+        &self,
+        segment: u32,
+        summary: &mut WorkerSummary,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Result<(), NodeError> {
+        let bucket = self.bucket.as_ref().map(|(bucket, me)| (bucket, *me));
+        let (client, coordinator, round) = (self.client.as_ref(), &self.coordinator, self.assignment.round);
+        answer_audit(client, coordinator, bucket, round, &self.produced, segment, summary, on_event).await
+    }
+
     async fn run(self) -> Result<Settled, NodeError> {
         let mut summary = WorkerSummary::default();
         let mut events = Vec::new();
@@ -831,17 +843,7 @@ impl Settling {
         // Drawn for audit: the answer goes first, at once, so that the
         // coordinator replays while the others still train.
         if let Some(segment) = audit {
-            answer_audit(
-                client,
-                coordinator,
-                bucket,
-                round,
-                &self.produced,
-                segment,
-                &mut summary,
-                &mut on_event,
-            )
-            .await?;
+            self.answer(segment, &mut summary, &mut on_event).await?;
             answered = true;
         }
         loop {
@@ -854,17 +856,7 @@ impl Settling {
                 Some(open) if open < round => continue,
                 Some(open) if open == round && view.phase == Phase::Committing => {
                     if let Some(segment) = view.audit.filter(|_| audit_due) {
-                        answer_audit(
-                            client,
-                            coordinator,
-                            bucket,
-                            round,
-                            &self.produced,
-                            segment,
-                            &mut summary,
-                            &mut on_event,
-                        )
-                        .await?;
+                        self.answer(segment, &mut summary, &mut on_event).await?;
                         answered = true;
                     } else if view.audit.is_some() && !view.audit_answered {
                         // Answered and refused (or not answering): the
@@ -888,17 +880,7 @@ impl Settling {
                         .await?;
                     }
                     if let Some(segment) = view.audit.filter(|_| audit_due) {
-                        answer_audit(
-                            client,
-                            coordinator,
-                            bucket,
-                            round,
-                            &self.produced,
-                            segment,
-                            &mut summary,
-                            &mut on_event,
-                        )
-                        .await?;
+                        self.answer(segment, &mut summary, &mut on_event).await?;
                     }
                     break;
                 }
