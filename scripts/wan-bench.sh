@@ -6,7 +6,8 @@
 #
 #   sudo scripts/wan-bench.sh [--workers "4 8"] [--rates "100mbit 20mbit"]
 #        [--delay-ms 50] [--rounds 10] [--inner-steps 50]
-#        [--config FILE] [--coordinator-rate 1gbit] [--json FILE] [--prefix ctw]
+#        [--config "FILE ..."] [--repeats 1] [--coordinator-rate 1gbit]
+#        [--json FILE] [--prefix ctw] [--keep]
 #
 # The lab is ../shared/scripts/wan-lab (or $WAN_LAB_DIR): host 0 runs the
 # coordinator on a link of --coordinator-rate (a data centre's), hosts
@@ -18,8 +19,16 @@
 # it starts is torn down on exit, also on failure or Ctrl-C.
 #
 # The run: --config (default examples/run.toml's defaults: the MLP on
-# Fashion-MNIST, int8 updates) with `rounds`, `training.inner_steps`
-# overridden, admission open (the lab is private) and audits as configured.
+# Fashion-MNIST, int8 updates) with `rounds`, `training.inner_steps` and
+# `round.min_workers` (the workers started) overridden, admission open (the
+# lab is private) and audits as configured. Several configs (e.g. delay 0
+# and delay 1) are run alternately, --repeats times, for each number of
+# workers and rate, so that each sees the same machine; the table names
+# each row's config and where the workers' non-training time went (their
+# `idle` seconds a round: waiting for the round, the model, commitments,
+# uploads, auditing others). --keep keeps every run's directory (the
+# coordinator's state with its ledger, the workers' logs and summaries) and
+# prints where it is.
 # One caveat: the workers share this machine's cores, so each trains
 # slower than it would alone; utilisation is still the share of its wall
 # time a worker trained, the figure overlap and compression are for.
@@ -33,10 +42,12 @@ rates="100mbit 20mbit"
 delay_ms=50
 rounds=10
 inner_steps=50
-config=""
+configs=""
+repeats=1
 coordinator_rate="1gbit"
 json_out=""
 prefix="ctw"
+keep=""
 
 usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -46,10 +57,12 @@ while [ $# -gt 0 ]; do
         --delay-ms) delay_ms="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --inner-steps) inner_steps="$2"; shift 2 ;;
-        --config) config="$2"; shift 2 ;;
+        --config) configs="$2"; shift 2 ;;
+        --repeats) repeats="$2"; shift 2 ;;
         --coordinator-rate) coordinator_rate="$2"; shift 2 ;;
         --json) json_out="$2"; shift 2 ;;
         --prefix) prefix="$2"; shift 2 ;;
+        --keep) keep=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -68,19 +81,25 @@ teardown() {
     pids=()
     "$wan_lab" down --prefix "$prefix" >/dev/null 2>&1 || true
 }
-trap 'teardown; rm -rf "$work"' EXIT
+trap 'teardown; if [ -n "$keep" ]; then echo "runs kept in $work" >&2; else rm -rf "$work"; fi' EXIT
 trap 'exit 130' INT TERM
 
 # The run's configuration: the user's, or the defaults, with this bench's
 # rounds, inner steps and open admission.
 write_config() {
-    local out="$1"
-    if [ -n "$config" ]; then
-        python3 - "$config" "$rounds" "$inner_steps" >"$out" <<'EOF'
+    local out="$1" config="$3"
+    if [ "$config" != "default" ]; then
+        python3 - "$config" "$rounds" "$inner_steps" "$2" >"$out" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 text = re.sub(r"(?m)^rounds\s*=.*$", f"rounds = {sys.argv[2]}", text, count=1)
 text = re.sub(r"(?m)^inner_steps\s*=.*$", f"inner_steps = {sys.argv[3]}", text, count=1)
+if re.search(r"(?m)^min_workers\s*=", text):
+    text = re.sub(r"(?m)^min_workers\s*=.*$", f"min_workers = {sys.argv[4]}", text, count=1)
+elif re.search(r"(?m)^\[round\]", text):
+    text = re.sub(r"(?m)^\[round\].*$", f"[round]\nmin_workers = {sys.argv[4]}", text, count=1)
+else:
+    text += f"\n[round]\nmin_workers = {sys.argv[4]}\n"
 text = re.sub(r"(?ms)^\[admission\].*?(?=^\[|\Z)", "", text)
 print(text)
 print('[admission]\nmode = "open"')
@@ -95,10 +114,13 @@ results="$work/results.jsonl"
 : >"$results"
 for workers in $workers_list; do
     for rate in $rates; do
-        run="$work/run-$workers-$rate"
+      for repeat in $(seq 1 "$repeats"); do
+       for config in ${configs:-default}; do
+        run="$work/run-$workers-$rate-$repeat-$(basename "$config" .toml)"
         mkdir -p "$run"
-        write_config "$run/run.toml" "$workers"
-        echo "== $workers workers at $rate, ${delay_ms} ms one way, $rounds rounds of H = $inner_steps" >&2
+        write_config "$run/run.toml" "$workers" "$config"
+        echo "== $workers workers at $rate, ${delay_ms} ms one way, $rounds rounds of H = $inner_steps," \
+            "config $config, repeat $repeat" >&2
         "$wan_lab" up --hosts $((workers + 1)) --rate "$rate" --prefix "$prefix" >/dev/null
         "$wan_lab" shape "${prefix}0" --rate "$coordinator_rate" --prefix "$prefix" >/dev/null
         address="$("$wan_lab" addr "${prefix}0" --prefix "$prefix")"
@@ -135,16 +157,16 @@ for workers in $workers_list; do
         fi
         status="$("$wan_lab" exec "${prefix}0" -- curl -sf "http://$address:7070/v1/status" || echo '{}')"
         python3 - "$run" "$workers" "$rate" "$delay_ms" "$inner_steps" "$started" "$finished" "$status" \
-            >>"$results" <<'EOF'
+            "$(basename "$config" .toml)" >>"$results" <<'EOF'
 import json, sys
-run, workers, rate, delay, inner, started, finished, status = sys.argv[1:9]
+run, workers, rate, delay, inner, started, finished, status, config = sys.argv[1:10]
 workers = int(workers)
 summaries = [json.load(open(f"{run}/worker{i}.json")) for i in range(1, workers + 1)]
 status = json.loads(status)
 rounds = status.get("completed_rounds") or max(s["rounds_trained"] for s in summaries)
 utilisation = [s["compute_utilisation"] or 0.0 for s in summaries]
 print(json.dumps({
-    "workers": workers, "rate": rate, "delay_ms": int(delay), "inner_steps": int(inner),
+    "config": config, "workers": workers, "rate": rate, "delay_ms": int(delay), "inner_steps": int(inner),
     "rounds": rounds, "seconds": float(finished) - float(started),
     "seconds_per_round": (float(finished) - float(started)) / max(rounds, 1),
     "compute_utilisation_mean": sum(utilisation) / workers,
@@ -153,22 +175,33 @@ print(json.dumps({
     "upload_bytes_per_round": sum(s["bytes_uploaded"] for s in summaries) / workers / max(rounds, 1),
     "download_bytes_per_round": sum(s["bytes_downloaded"] for s in summaries) / workers / max(rounds, 1),
     "test_accuracy": status.get("test_accuracy"),
+    # Mean seconds a round each worker spent not training, by what on.
+    "idle_per_round": {
+        key: sum(s.get("idle", {}).get(key, 0.0) for s in summaries) / workers / max(rounds, 1)
+        for key in ("round", "model", "commit", "upload", "auditing")
+    },
 }))
 EOF
         teardown
+       done
+      done
     done
 done
 
 python3 - "$results" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-print(f"{'workers':>7} {'link':>8} {'delay':>6} {'H':>4} {'rounds':>6} {'s/round':>8} "
-      f"{'up/round':>10} {'down/round':>11} {'util mean':>9} {'util min':>8} {'accuracy':>8}")
+print(f"{'config':>12} {'workers':>7} {'link':>8} {'delay':>6} {'H':>4} {'rounds':>6} {'s/round':>8} "
+      f"{'train/round':>11} {'up/round':>10} {'down/round':>11} {'util mean':>9} {'util min':>8} {'accuracy':>8} "
+      f"  idle s/round: round model commit upload auditing")
 for r in rows:
     accuracy = f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "-"
-    print(f"{r['workers']:>7} {r['rate']:>8} {r['delay_ms']:>4}ms {r['inner_steps']:>4} {r['rounds']:>6} "
-          f"{r['seconds_per_round']:>8.2f} {r['upload_bytes_per_round'] / 1e6:>8.2f}MB "
+    idle = r["idle_per_round"]
+    print(f"{r['config']:>12} {r['workers']:>7} {r['rate']:>8} {r['delay_ms']:>4}ms {r['inner_steps']:>4} "
+          f"{r['rounds']:>6} {r['seconds_per_round']:>8.2f} {r['training_seconds_mean'] / max(r['rounds'], 1):>11.2f} "
+          f"{r['upload_bytes_per_round'] / 1e6:>8.2f}MB "
           f"{r['download_bytes_per_round'] / 1e6:>9.2f}MB {100 * r['compute_utilisation_mean']:>8.1f}% "
-          f"{100 * r['compute_utilisation_min']:>7.1f}% {accuracy:>8}")
+          f"{100 * r['compute_utilisation_min']:>7.1f}% {accuracy:>8}   "
+          f"{idle['round']:.3f} {idle['model']:.3f} {idle['commit']:.3f} {idle['upload']:.3f} {idle['auditing']:.3f}")
 EOF
 if [ -n "$json_out" ]; then cp "$results" "$json_out"; fi

@@ -34,11 +34,13 @@ fn a_networked_run_reproduces_the_simulation_bit_for_bit() {
 #[test]
 fn a_networked_run_with_a_delayed_outer_update_reproduces_the_delayed_simulation_bit_for_bit() {
     // Goal: under `[outer] delay = 1` round r + 1 opens, on the model
-    // before round r's outer step, when round r's commit phase ends; workers
-    // train it while round r is revealed, audited and aggregated, and the
-    // model is the delayed simulation's, bit for bit. Method: three honest
-    // workers, four rounds (rounds 0 and 1 train from the initial model),
-    // audits at 0.5.
+    // before round r's outer step, as soon as that model exists (round
+    // r - 1 closed: round r is the open round); workers train it from the
+    // moment they committed round r, while round r is committed to by the
+    // others, revealed, audited and aggregated (their reveals go in the
+    // background), and the model is the delayed simulation's, bit for bit.
+    // Method: three honest workers, four rounds (rounds 0 and 1 train from
+    // the initial model), audits at 0.5.
     let mut network =
         Network::with_extra(4, 12, 0.5, "min_workers = 3\ndeadline_ms = 60000", "[outer]\ndelay = 1\n");
     network.start_coordinator();
@@ -52,15 +54,19 @@ fn a_networked_run_with_a_delayed_outer_update_reproduces_the_delayed_simulation
     assert_eq!(status.state_hash, simulated, "the delayed simulation's bits");
     assert_ne!(status.state_hash, simulated_state_hash(3, 4, 12), "the delay changes the model");
     let mut trained_ahead = 0;
-    // Each round after the first opened before the one before it closed.
-    for pair in status.rounds.windows(2) {
-        let closed = pair[0].closed_unix_ms.expect("every round closed");
-        assert!(
-            pair[1].opened_unix_ms <= closed,
-            "round {} opened after round {} closed",
-            pair[1].round,
-            pair[0].round
+    // Round 1 opened with round 0, and each later round when the round two
+    // before it closed (the same instant: one input), so before the round
+    // before it closed.
+    assert_eq!(status.rounds[1].opened_unix_ms, status.rounds[0].opened_unix_ms);
+    for triple in status.rounds.windows(3) {
+        assert_eq!(
+            Some(triple[2].opened_unix_ms),
+            triple[0].closed_unix_ms,
+            "round {} opened when round {} closed",
+            triple[2].round,
+            triple[0].round
         );
+        assert!(triple[2].opened_unix_ms < triple[1].closed_unix_ms.expect("every round closed"));
     }
     for output in network.join_workers() {
         assert!(output.status.success());
@@ -354,17 +360,7 @@ fn a_worker_restarted_between_its_commitment_and_its_reveal_trains_again_and_rev
     network.start_coordinator();
     let hand = HandWorker::join(&network, 7);
     network.start_worker(0);
-    let ledger = format!("{}/v1/ledger?kinds=commitment", network.url());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_json::<LedgerPage>(&ledger).is_none_or(|page| page.entries.is_empty()) {
-        assert!(Instant::now() < deadline, "the worker never committed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut worker = network.workers.remove(0);
-    worker.kill().unwrap();
-    worker.wait().unwrap();
-    std::fs::remove_dir_all(network.path("cache-0")).unwrap();
-    network.start_worker(0);
+    restart_worker_0_after_its_first_commitment(&mut network);
 
     let assignment = hand.view().assignment.expect("the hand worker takes part in round 0");
     let (round, base) = (assignment.round, assignment.base_model);
@@ -387,6 +383,84 @@ fn a_worker_restarted_between_its_commitment_and_its_reveal_trains_again_and_rev
     assert!(summaries[0].status.success(), "{log}");
     let summary: serde_json::Value = serde_json::from_slice(&summaries[0].stdout).unwrap();
     assert_eq!(summary["reveals_accepted"], 1, "{summary} {log}");
+    assert!(log.contains("training the assignment again"), "{log}");
+}
+
+/// Waits for the first commitment in the ledger (the network's only real
+/// worker's), then SIGKILLs that worker, deletes its cache and starts it
+/// again.
+fn restart_worker_0_after_its_first_commitment(network: &mut Network) {
+    let ledger = format!("{}/v1/ledger?kinds=commitment", network.url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_json::<LedgerPage>(&ledger).is_none_or(|page| page.entries.is_empty()) {
+        assert!(Instant::now() < deadline, "the worker never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut worker = network.workers.remove(0);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    std::fs::remove_dir_all(network.path("cache-0")).unwrap();
+    network.start_worker(0);
+}
+
+#[test]
+fn under_a_delayed_outer_update_a_worker_restarted_before_its_reveals_trains_again_and_reveals() {
+    // Goal: with rounds pipelined (a worker commits round 0 and trains round
+    // 1 at once, its reveals left to a background task), a worker killed
+    // after its first commitment, its cache lost with it, loses nothing:
+    // restarted, it trains every round it had committed to again, the
+    // coordinator takes the same commitments again, and it reveals them.
+    // Method: a hand-driven participant holds round 0 in its commit phase
+    // until the real worker has committed, been SIGKILLed and restarted.
+    let mut network =
+        Network::with_extra(2, 8, 0.0, "min_workers = 2\ndeadline_ms = 60000", "[outer]\ndelay = 1\n");
+    network.start_coordinator();
+    let hand = HandWorker::join(&network, 7);
+    network.start_worker(0);
+    restart_worker_0_after_its_first_commitment(&mut network);
+
+    // Round 1 opened with round 0, on the same model.
+    let view = hand.view();
+    let assignment = view.assignment.expect("the hand worker takes part in round 0");
+    let ahead = view.ahead.and_then(|ahead| ahead.assignment).expect("round 1 is open ahead");
+    assert_eq!((assignment.round, ahead.round, ahead.base_model), (0, 1, assignment.base_model));
+    let base = assignment.base_model;
+    let payload = hand.update(1e-3);
+    for round in [0, 1] {
+        assert_eq!(hand.commit(round, &base, &payload).0, 200, "round {round}");
+    }
+    for round in [0, 1] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = hand.view();
+            if view.round == Some(round) && view.phase == Phase::Revealing {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round} never asked for reveals: {view:?}");
+        }
+        let revealed = hand.send(
+            "POST",
+            &hand.path("reveals", round, &base),
+            payload.clone(),
+            hand.nonce(),
+            hand.run.run_id,
+        );
+        assert_eq!(revealed.0, 200, "{}", String::from_utf8_lossy(&revealed.1));
+    }
+
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, 2);
+    let real = status
+        .workers
+        .iter()
+        .find(|worker| worker.public_key != hand.identity.public_key())
+        .expect("the real worker registered");
+    assert_eq!((real.submissions_accepted, real.submissions_rejected, real.slashed), (2, 0, 0), "{real:?}");
+    let log = network.log("worker-0.log");
+    let summaries = network.join_workers();
+    assert!(summaries[0].status.success(), "{log}");
+    let summary: serde_json::Value = serde_json::from_slice(&summaries[0].stdout).unwrap();
+    assert_eq!(summary["reveals_accepted"], 2, "{summary} {log}");
     assert!(log.contains("training the assignment again"), "{log}");
 }
 

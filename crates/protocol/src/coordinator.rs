@@ -105,17 +105,22 @@
 //! Under `[outer] delay = 1` ([`Settings::outer_delay`]) round r + 1 trains
 //! from the model before round r's outer step, which is final once round
 //! r - 1 has closed. So round r + 1 opens (on the newest model) as soon as
-//! round r's commit phase ends, and two rounds are live: the open round
-//! revealing, audited and aggregated, and the round opened ahead of it
-//! ([`Coordinator::ahead_round`], [`RoundView::ahead`]) taking commitments
-//! (audits drawn with them, as ever). Its participants train while round r
-//! finishes, so training never waits for the network. Round r's verdicts
-//! cannot touch round r + 1's base, so nothing is bet or withdrawn (no
-//! speculation runs). The round opened ahead becomes the open round when
-//! round r closes or fails; its commit phase ends only then (a deadline
-//! that passed meanwhile takes effect at once), so round r + 2 never opens
+//! round r is the open round, and two rounds are live: the open round
+//! (committing, then revealing, audited and aggregated) and the round
+//! opened ahead of it ([`Coordinator::ahead_round`], [`RoundView::ahead`])
+//! taking commitments (audits drawn with them, as ever). Both take
+//! commitments at once: a worker goes from committing round r straight to
+//! training round r + 1, and waits only if round r - 1 has not closed
+//! within a whole round of its compute, so training never waits for the
+//! network nor for the slowest worker. Round r's verdicts cannot touch
+//! round r + 1's base, so nothing is bet or withdrawn (no speculation
+//! runs). The round opened ahead becomes the open round when round r
+//! closes or fails; its commit phase ends only then (a deadline that
+//! passed meanwhile takes effect at once), so round r + 2 never opens
 //! before its base, round r's result, exists, and round r + 1 closes after
-//! round r.
+//! round r. Participants of round r that miss it sit out round r + 2 (round
+//! r + 1 was open already), and a promoted round waits only for the
+//! participants still proven.
 //! Both rounds are rebuilt from their events on a restart.
 //!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
@@ -1015,8 +1020,14 @@ impl Coordinator {
         }
         self.remember(round, past_round(&open));
         self.closing = None;
-        // The round opened ahead of it, if any, is the open round now.
+        // The round opened ahead of it, if any, is the open round now. It
+        // opened a round ago: it waits only for the participants still
+        // proven (one that just missed a round gets the unproven's grace).
         self.open = self.ahead.take();
+        if let Some(promoted) = self.open.as_mut() {
+            let workers = &self.workers;
+            promoted.proven.retain(|worker| workers.get(worker).is_some_and(|state| state.proven));
+        }
     }
 
     /// Keeps closed round `id` to judge late input, forgetting rounds older
@@ -2320,33 +2331,33 @@ impl Coordinator {
     }
 
     /// Under a delayed outer update (`outer_delay` 1), opens the next round
-    /// as soon as the open round's commit phase is over, on the newest
-    /// model: round r + 1 trains from the model before round r's outer
-    /// step, final since round r - 1 closed (the open round is the oldest
-    /// live one), so its participants need not wait for round r's reveals,
-    /// audits and aggregation. A failed audit in round r changes nothing
-    /// about it. Participants that did not commit to the open round are
-    /// left out, as they would sit out the next round; the run's last round
-    /// is not opened ahead (a run that needs more, after a failed round or
-    /// under a contract, opens them when the open round ends).
+    /// as soon as its base exists, on the newest model: round r + 1 trains
+    /// from the model before round r's outer step, final since round r - 1
+    /// closed, that is from the moment round r is the open round. So a
+    /// worker goes from committing round r straight to training round
+    /// r + 1, whatever the slowest worker and round r's reveals, audits
+    /// and aggregation are doing, and two rounds take commitments at once.
+    /// A failed audit in round r changes nothing about it. Participants
+    /// of the open round that should sit it out (they delivered nothing
+    /// for the round before, which ended after it opened) are left out:
+    /// they sit this one out instead. The run's last round is not opened
+    /// ahead (a run that needs more, after a failed round or under a
+    /// contract, opens them when the open round ends).
     fn open_ahead(&mut self) {
         if self.settings.outer_delay == 0 || self.finished || self.ahead.is_some() {
             return;
         }
-        let Some(open) = self.open.as_ref().filter(|open| matches!(open.phase, RoundPhase::Revealing { .. }))
-        else {
-            return;
-        };
+        let Some(open) = self.open.as_ref() else { return };
         if self.completed_rounds + 1 >= self.settings.rounds {
             return;
         }
-        let uncommitted: BTreeSet<WorkerId> = open
+        let sitting_out: BTreeSet<WorkerId> = open
             .participants
             .iter()
             .copied()
-            .filter(|worker| open.standings.get(worker).is_none_or(|standing| standing.commitment.is_none()))
+            .filter(|worker| self.workers.get(worker).is_some_and(|state| state.sits_out_until > open.id))
             .collect();
-        if let Some(next) = self.round_to_open(self.model, &uncommitted) {
+        if let Some(next) = self.round_to_open(self.model, &sitting_out) {
             self.record_opening(&next);
             debug_assert_eq!(self.ahead.as_ref(), Some(&next), "the event opens the round as planned");
         }
@@ -2436,6 +2447,8 @@ impl Coordinator {
         let Some(next) = adopted.or_else(|| self.round_to_open(self.model, &BTreeSet::new())) else { return };
         self.record_opening(&next);
         debug_assert_eq!(self.open.as_ref(), Some(&next), "the event opens the round as planned");
+        // Under a delayed outer update the round after it has its base too.
+        self.open_ahead();
     }
 
     fn record_opening(&mut self, next: &OpenRound) {

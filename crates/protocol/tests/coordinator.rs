@@ -832,14 +832,18 @@ fn commit_on(
 #[test]
 fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
     let settings = Settings { min_workers: 3, audit_probability: 0.6, ..delayed() };
-    let judge = |m: &mut Coordinator, now: u64, worker: WorkerId, verdict: Verdict| {
-        if m.pending_audit(worker, 0).is_some() || m.answered_audit(0, worker).is_some() {
-            m.audit_result(now, 0, worker, verdict, None, Some((worker, now * 1000 + 5))).unwrap();
+    let judge = |m: &mut Coordinator, now: u64, round: u64, worker: WorkerId, verdict: Verdict| {
+        if m.pending_audit(worker, round).is_some() || m.answered_audit(round, worker).is_some() {
+            m.audit_result(now, round, worker, verdict, None, Some((worker, now * 1000 + 5))).unwrap();
         }
     };
-    // The last of round 0's commitments ends its commit phase: round 1
-    // opens ahead.
-    let mut steps = round_0_commitments();
+    // Round 1 opened with round 0 (its base, the first model, exists): a
+    // worker commits it before round 0, then round 0's commitments come
+    // in, with two rounds taking commitments between every two of them.
+    let mut steps: Vec<Step> = vec![Box::new(|m, w| {
+        let _ = commit_on(m, T0 + 5, w[2], 1, model(0));
+    })];
+    steps.extend(round_0_commitments());
     steps.extend::<Vec<Step>>(vec![
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 13, w[0], 1, model(0));
@@ -847,7 +851,7 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
         Box::new(|m, w| {
             let _ = reveal(m, T0 + 20, w[0], 0);
         }),
-        Box::new(move |m, w| judge(m, T0 + 21, w[0], Verdict::Passed)),
+        Box::new(move |m, w| judge(m, T0 + 21, 0, w[0], Verdict::Passed)),
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 21, w[1], 1, model(0));
         }),
@@ -857,17 +861,40 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
         Box::new(|m, w| {
             let _ = reveal(m, T0 + 23, w[2], 0);
         }),
-        Box::new(move |m, w| judge(m, T0 + 24, w[1], Verdict::Failed("diverged".into()))),
-        Box::new(move |m, w| judge(m, T0 + 24, w[2], Verdict::Passed)),
-        // Round 0 closes (whatever was drawn is judged by now): round 1 is
-        // the open round, and its last commitment ends its commit phase and
-        // opens round 2 ahead.
+        Box::new(move |m, w| judge(m, T0 + 24, 0, w[1], Verdict::Failed("diverged".into()))),
+        Box::new(move |m, w| judge(m, T0 + 24, 0, w[2], Verdict::Passed)),
+        // Round 0 closes (whatever was drawn is judged by now): round 1,
+        // fully committed, is the open round and reveals at once, and
+        // round 2 opens ahead on round 0's model.
         Box::new(|m, _| m.handle_aggregated(T0 + 25, 0, Aggregated::all(result(1)))),
         Box::new(|m, w| {
-            let _ = commit_on(m, T0 + 26, w[2], 1, model(0));
+            let _ = commit_on(m, T0 + 26, w[0], 2, model(1));
         }),
-        // Nobody reveals round 1: it fails, and round 2 is the open round.
-        Box::new(|m, _| m.handle_timeout(T0 + 26 + 5_000)),
+        // Round 1 is revealed (and judged), and fails while round 2 is
+        // ahead: the driver's checks refuse two of its updates. Round 2 is
+        // the open round and round 3 opens ahead, on the same model.
+        Box::new(|m, w| {
+            for (index, &worker) in w.iter().enumerate() {
+                let _ = reveal(m, T0 + 27 + index as u64, worker, 1);
+            }
+        }),
+        Box::new(move |m, w| {
+            for &worker in w {
+                judge(m, T0 + 30, 1, worker, Verdict::Passed);
+            }
+        }),
+        Box::new(|m, w| {
+            let refused = vec![(w[0], "not finite".to_owned()), (w[1], "not finite".to_owned())];
+            m.handle_aggregated(T0 + 31, 1, Aggregated { refused, ..Aggregated::all(result(2)) });
+        }),
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 5_030, w[1], 3, model(1));
+        }),
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 5_031, w[2], 2, model(1));
+        }),
+        // Round 2's deadline: its quorum is in, it reveals.
+        Box::new(|m, _| m.handle_timeout(T0 + 25 + 10_000)),
     ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }
@@ -898,23 +925,18 @@ fn opened(actions: &[Action]) -> Vec<(u64, Digest)> {
 }
 
 #[test]
-fn under_a_delayed_outer_update_the_next_round_opens_when_the_commit_phase_ends_and_closes_after_it() {
+fn under_a_delayed_outer_update_the_next_round_opens_with_its_base_and_two_rounds_take_commitments() {
     let (mut machine, workers) = running(3, Settings { audit_probability: 1.0, ..delayed() });
-    let actions = commit_all(&mut machine, T0 + 1, &workers, 0, model(0));
-    // Round 1 trains from the model round 0 trained from: no round has
-    // closed yet.
-    assert_eq!(opened(&actions), vec![(1, model(0))]);
+    // Round 1 trains from the model round 0 trains from (no round has
+    // closed yet): it opens with round 0.
     assert_eq!(machine.open_round().map(|open| open.id), Some(0));
-    assert_eq!(machine.ahead_round().map(|ahead| (ahead.id, &ahead.participants)), Some((1, &workers)));
-    assert!(
-        !actions
-            .iter()
-            .any(|action| matches!(action, Action::Speculate { .. } | Action::OpenProvisional { .. }))
+    assert_eq!(
+        machine.ahead_round().map(|ahead| (ahead.id, ahead.base_model, &ahead.participants)),
+        Some((1, model(0), &workers))
     );
-
-    // A worker sees round 0 to reveal and audit, and round 1 to train.
+    // A worker sees round 0 to commit and round 1 to train next.
     let view = machine.view(Some(workers[1]));
-    assert_eq!((view.phase, view.round, view.audit.is_some()), (Phase::Revealing, Some(0), true));
+    assert_eq!((view.phase, view.round), (Phase::Committing, Some(0)));
     let ahead = view.ahead.expect("round 1 is shown to train");
     let assignment = ahead.assignment.expect("participants are assigned at once");
     assert_eq!(
@@ -922,19 +944,47 @@ fn under_a_delayed_outer_update_the_next_round_opens_when_the_commit_phase_ends_
         (Phase::Committing, 1, model(0), 1)
     );
 
-    // Round 1 takes commitments (audits drawn with them) while round 0 is
-    // revealed; a reveal for it is too early.
-    let actions = commit_all(&mut machine, T0 + 2, &workers[..2], 1, model(0));
-    assert_eq!(actions.len(), 2, "two commitments recorded: {actions:?}");
+    // Both rounds take commitments, in any order: worker 0 commits round 1
+    // before round 0 (audits drawn with them).
+    assert_eq!(
+        commit_on(&mut machine, T0 + 1, workers[0], 1, model(0)),
+        Ok(Outcome::Recorded(Recorded::Accepted))
+    );
+    commit_all(&mut machine, T0 + 2, &workers[..2], 0, model(0));
+    assert_eq!(machine.phase(), Phase::Committing, "round 0 waits for its third participant");
+    assert_eq!(
+        commit_on(&mut machine, T0 + 2, workers[1], 1, model(0)),
+        Ok(Outcome::Recorded(Recorded::Accepted))
+    );
     assert!(machine.view(Some(workers[0])).ahead.unwrap().committed);
     assert_eq!(
         commit_on(&mut machine, T0 + 2, workers[0], 1, model(0)),
         Ok(Outcome::AlreadyRecorded(Recorded::Accepted))
     );
-    let too_early =
-        machine.reveal(T0 + 3, workers[0], (T0 + 3) * 1000, 1, model(0), payload(workers[0], 1), None);
-    assert_eq!(too_early.unwrap_err().code, ErrorCode::TooEarly);
+    for round in [0, 1] {
+        let too_early = machine.reveal(
+            T0 + 3,
+            workers[0],
+            (T0 + 3) * 1000,
+            round,
+            model(0),
+            payload(workers[0], round),
+            None,
+        );
+        assert_eq!(too_early.unwrap_err().code, ErrorCode::TooEarly, "round {round}");
+    }
     assert_eq!(commit_on(&mut machine, T0 + 3, workers[2], 1, model(1)), Err(ErrorCode::StaleModel));
+
+    // The last commitment to round 0 ends its commit phase: nothing opens
+    // (round 2 trains from round 0's result) and nothing is bet.
+    let actions = commit_all(&mut machine, T0 + 3, &workers[2..], 0, model(0));
+    assert!(opened(&actions).is_empty(), "{actions:?}");
+    assert!(
+        !actions
+            .iter()
+            .any(|action| matches!(action, Action::Speculate { .. } | Action::OpenProvisional { .. }))
+    );
+    assert_eq!(machine.phase(), Phase::Revealing);
 
     // Round 0's audits: one fails. Round 1 stands (its base is final), and
     // round 0 closes without the failed update.
@@ -953,17 +1003,21 @@ fn under_a_delayed_outer_update_the_next_round_opens_when_the_commit_phase_ends_
     assert_eq!(machine.ahead_round().map(|ahead| ahead.id), Some(1), "round 1 is still live");
 
     // Round 0 closes: round 1 is the open round, still committing (its
-    // third participant has not committed yet), and nothing opens ahead
-    // until its commit phase ends; then round 2 opens on round 0's model.
+    // third participant has not committed yet), and round 2 opens at once
+    // on round 0's model: two rounds take commitments again.
     machine.handle_aggregated(T0 + 6, 0, Aggregated::all(result(1)));
     let actions = drain(&mut machine);
-    assert!(opened(&actions).is_empty(), "{actions:?}");
-    assert_eq!(machine.open_round().map(|open| (open.id, open.base_model)), Some((1, model(0))));
-    assert!(machine.ahead_round().is_none());
-    assert_eq!(machine.phase(), Phase::Committing);
-    let actions = commit_all(&mut machine, T0 + 7, &workers[2..], 1, model(0));
     assert_eq!(opened(&actions), vec![(2, model(1))]);
+    assert_eq!(machine.open_round().map(|open| (open.id, open.base_model)), Some((1, model(0))));
+    assert_eq!(machine.phase(), Phase::Committing);
     assert!(matches!(machine.view(Some(workers[2])).ahead.as_deref(), Some(view) if view.round == Some(2)));
+    assert_eq!(
+        commit_on(&mut machine, T0 + 7, workers[2], 2, model(1)),
+        Ok(Outcome::Recorded(Recorded::Accepted))
+    );
+    let actions = commit_all(&mut machine, T0 + 7, &workers[2..], 1, model(0));
+    assert!(opened(&actions).is_empty(), "{actions:?}");
+    assert!(matches!(actions.last(), Some(Action::Record(Event::AuditDraw { round: 1, .. }))), "{actions:?}");
 }
 
 #[test]
@@ -974,7 +1028,10 @@ fn under_a_delayed_outer_update_commitments_for_the_next_round_wait_until_the_op
     // phase ends only once round 0 has closed, since round 2 trains from
     // round 0's result.
     let actions = commit_all(&mut machine, T0 + 2, &workers, 1, model(0));
-    assert!(opened(&actions).is_empty(), "{actions:?}");
+    assert!(
+        actions.iter().all(|action| matches!(action, Action::Record(Event::Commitment { .. }))),
+        "{actions:?}"
+    );
     machine.handle_timeout(T0 + 20_000);
     assert!(opened(&drain(&mut machine)).is_empty());
     for &worker in &workers {
@@ -987,7 +1044,8 @@ fn under_a_delayed_outer_update_commitments_for_the_next_round_wait_until_the_op
     assert_eq!(opened(&actions), vec![(2, model(1))]);
     assert_eq!(machine.phase(), Phase::Revealing);
     // Each round trains from the model before the previous round's outer
-    // step; the run's last round (3: rounds 0 to 3) opens nothing ahead.
+    // step and opens as the round before it becomes the open round; the
+    // run's last round (3: rounds 0 to 3) opens nothing ahead.
     for round in 1..4 {
         for &worker in &workers {
             reveal(&mut machine, T0 + 20_003 + round, worker, round).unwrap();
@@ -1003,10 +1061,31 @@ fn under_a_delayed_outer_update_commitments_for_the_next_round_wait_until_the_op
             assert!(matches!(actions.last(), Some(Action::Record(Event::RunFinished { .. }))), "{actions:?}");
             break;
         }
-        let actions = commit_all(&mut machine, T0 + 20_003 + round, &workers, round + 1, model(round));
         let ahead = if round + 2 < 4 { vec![(round + 2, model(round + 1))] } else { Vec::new() };
         assert_eq!(opened(&actions), ahead, "round {round}");
+        let actions = commit_all(&mut machine, T0 + 20_003 + round, &workers, round + 1, model(round));
+        assert!(opened(&actions).is_empty(), "round {round}: {actions:?}");
     }
+}
+
+#[test]
+fn under_a_delayed_outer_update_a_worker_that_misses_a_round_sits_out_the_round_after_the_one_open_ahead() {
+    let (mut machine, workers) = running(3, delayed());
+    // Worker 2 delivers nothing for round 0; it is in round 1 already
+    // (opened with round 0), so it sits out round 2, which opens when
+    // round 0 closes.
+    commit_all(&mut machine, T0 + 1, &workers[..2], 0, model(0));
+    machine.handle_timeout(T0 + 10_000);
+    for &worker in &workers[..2] {
+        reveal(&mut machine, T0 + 10_001, worker, 0).unwrap();
+    }
+    assert!(matches!(drain(&mut machine).last(), Some(Action::Close { round: 0, .. })));
+    machine.handle_aggregated(T0 + 10_002, 0, Aggregated::all(result(1)));
+    drain(&mut machine);
+    let open = machine.open_round().expect("round 1 is open");
+    assert_eq!((open.id, &open.participants), (1, &workers));
+    let ahead = machine.ahead_round().expect("round 2 opened ahead");
+    assert_eq!((ahead.id, &ahead.participants), (2, &workers[..2].to_vec()));
 }
 
 #[test]
@@ -1083,13 +1162,14 @@ fn random_event_sequences_keep_the_invariants() {
 }
 
 /// The swarm test under one-step-delayed outer updates: two rounds are
-/// live at times, the one opened ahead takes commitments, and every
-/// invariant above holds.
+/// live at times, both taking commitments (the one opened ahead since the
+/// open round opened), and every invariant above holds.
 #[test]
 fn random_event_sequences_keep_the_invariants_under_a_delayed_outer_update() {
     let counts = swarm(1);
     assert!(
         counts.two_live > 1000
+            && counts.two_committing > 500
             && counts.ahead_commitments > 100
             && counts.crashes > 1000
             && counts.contested > 0,
@@ -1111,12 +1191,22 @@ struct Swarm {
     two_live: u32,
     /// Commitments accepted for the round opened ahead.
     ahead_commitments: u32,
+    /// Steps after which both live rounds took commitments.
+    two_committing: u32,
 }
 
 fn swarm(outer_delay: u32) -> Swarm {
     let mut counts = Swarm::default();
-    let Swarm { opened_ahead, adopted, withdrawn_rounds, crashes, contested, two_live, ahead_commitments } =
-        &mut counts;
+    let Swarm {
+        opened_ahead,
+        adopted,
+        withdrawn_rounds,
+        crashes,
+        contested,
+        two_live,
+        ahead_commitments,
+        two_committing,
+    } = &mut counts;
     for seed in 0..200 {
         let mut rng = keyed_rng("coordinator-swarm", RngKey::new(seed, 0, 0, 0));
         let settings = Settings { rounds: 5, audit_probability: 0.5, outer_delay, ..settings() };
@@ -1311,9 +1401,10 @@ fn swarm(outer_delay: u32) -> Swarm {
             if let Some(ahead) = machine.ahead_round() {
                 let open = machine.open_round().expect("a round opens ahead of the open one");
                 assert_eq!(ahead.id, open.id + 1, "seed {seed}");
-                assert!(matches!(open.phase, RoundPhase::Revealing { .. }), "seed {seed}");
                 assert!(matches!(ahead.phase, RoundPhase::Committing { .. }), "seed {seed}");
+                assert_eq!(ahead.base_model, latest_model, "seed {seed}: opened ahead on the newest model");
                 *two_live += 1;
+                *two_committing += u32::from(matches!(open.phase, RoundPhase::Committing { .. }));
             }
         }
         // The per-worker totals the status page reads, kept event by event,

@@ -44,8 +44,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crowdtrain_protocol::wire::{
-    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, REWARD_MODEL_HEADER,
-    RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
+    AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, Phase,
+    REWARD_MODEL_HEADER, RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
 };
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, Refusal, RequestAuth, Shard, Signed};
 use serde::Deserialize;
@@ -432,6 +432,13 @@ async fn register(
 struct RoundQuery {
     after: Option<u64>,
     wait_ms: Option<u64>,
+    /// Wait instead until round `revealing` (committed to by the worker)
+    /// asks for its reveal or audit answer, or is over: what a reveal sent
+    /// beside the next round's training waits for (`[outer] delay = 1`).
+    revealing: Option<u64>,
+    /// Wait instead until the newest model is another than this one (hex):
+    /// the next round's base, fetched while this round trains.
+    model_not: Option<String>,
 }
 
 async fn round(
@@ -445,6 +452,10 @@ async fn round(
     let result = async {
         let Query(query) =
             query.map_err(|rejection| Failure::new(ErrorCode::BadRequest, rejection.body_text()))?;
+        let model_not: Option<Digest> =
+            query.model_not.as_deref().map(str::parse).transpose().map_err(|reason: String| {
+                Failure::new(ErrorCode::BadRequest, format!("model_not: {reason}"))
+            })?;
         let worker = signed_read(&node, &limits, &method, &uri, &headers).await?;
         let mut changes = node.changes.subscribe();
         let deadline = tokio::time::Instant::now()
@@ -460,7 +471,11 @@ async fn round(
                 })
                 .await?
             };
-            let news = actionable(&view.body, query.after);
+            let news = match (query.revealing, model_not) {
+                (Some(round), _) => reveal_due(&view.body, round),
+                (None, Some(model)) => view.body.model != model || view.body.phase == Phase::Finished,
+                (None, None) => actionable(&view.body, query.after),
+            };
             if news {
                 return Ok::<_, Failure>(view);
             }
@@ -479,7 +494,6 @@ async fn round(
 /// Whether `view` asks something of its worker that it has not done yet,
 /// for a round after `after` (the last round the worker is done with).
 fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool {
-    use crowdtrain_protocol::wire::Phase;
     // The round opened ahead (delayed outer updates): its training is due
     // while the open round reveals.
     if view.ahead.as_deref().is_some_and(|ahead| actionable(ahead, after)) {
@@ -500,6 +514,21 @@ fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool
             view.committed && (!view.revealed || (view.audit.is_some() && !view.audit_answered))
         }
         Phase::Waiting | Phase::Finished => true,
+    }
+}
+
+/// Whether round `round`, which the worker committed to, asks for its
+/// reveal or an audit answer now, or is over (another round, or none, is
+/// the open round since): not while it is opened ahead or committing with
+/// nothing due.
+fn reveal_due(view: &crowdtrain_protocol::RoundView, round: u64) -> bool {
+    match view.round {
+        _ if view.phase == Phase::Finished => true,
+        Some(open) if open == round => {
+            view.phase != Phase::Committing || (view.audit.is_some() && !view.audit_answered)
+        }
+        Some(open) => open > round,
+        None => true,
     }
 }
 

@@ -62,9 +62,21 @@ pub struct Client {
     run: Option<Digest>,
     give_up_after: Duration,
     last_nonce: AtomicU64,
+    /// Held by a state-changing request (a POST) from signing until its
+    /// answer: the coordinator takes such a request only with a nonce above
+    /// the last one it accepted from this key, so two in flight at once (a
+    /// reveal sent beside the next round's commitment, `[outer] delay = 1`)
+    /// could arrive out of order and the earlier-signed one be refused.
+    posting: tokio::sync::Mutex<()>,
     /// Bytes received in response bodies.
     pub bytes_received: AtomicU64,
 }
+
+/// A signed read refused as replayed is signed again and sent this many
+/// more times at most: two reads in flight at once (the next round's view
+/// and a background reveal's wait for its phase) can arrive in the other
+/// order than they were signed, and a read changes nothing.
+const REPLAYED_READ_RETRIES: u32 = 3;
 
 impl Client {
     pub fn new(base: &str, identity: Identity, give_up_after: Duration) -> Result<Self, NodeError> {
@@ -86,6 +98,7 @@ impl Client {
             run: None,
             give_up_after,
             last_nonce: AtomicU64::new(0),
+            posting: tokio::sync::Mutex::new(()),
             bytes_received: AtomicU64::new(0),
         })
     }
@@ -145,8 +158,13 @@ impl Client {
         headers: &[(&str, String)],
         sent: Option<&Arc<AtomicU64>>,
     ) -> Result<Answer, NodeError> {
+        let posting = match method {
+            reqwest::Method::GET | reqwest::Method::HEAD => None,
+            _ => Some(self.posting.lock().await),
+        };
         let mut started = Instant::now();
         let mut backoff = BACKOFF_START;
+        let mut replayed_reads = 0;
         let declared = BodyDeclaration::of(&body);
         loop {
             let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
@@ -202,6 +220,12 @@ impl Client {
                                     tokio::time::sleep(wait).await;
                                     backoff = (backoff * 2).min(BACKOFF_MAX);
                                     started = Instant::now();
+                                    continue;
+                                }
+                                Some(ErrorCode::Replayed)
+                                    if posting.is_none() && replayed_reads < REPLAYED_READ_RETRIES =>
+                                {
+                                    replayed_reads += 1;
                                     continue;
                                 }
                                 Some(ErrorCode::Full) => return Ok(answer),

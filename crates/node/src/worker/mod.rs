@@ -141,10 +141,42 @@ pub struct WorkerSummary {
     /// worker trained rather than waited for the network or the
     /// coordinator (what overlap and compression are for).
     pub compute_utilisation: Option<f64>,
+    /// Where the rest of `active_seconds` went, once it holds a first
+    /// assignment.
+    pub idle: IdleSeconds,
     pub finished: bool,
 }
 
+/// The seconds a worker did not train, by what it waited for (each
+/// measured around the step in the worker's loop; what runs beside
+/// training, such as a reveal sent in the background, is not idle time).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct IdleSeconds {
+    /// Waiting for a round to train (the round's view, long-polled).
+    pub round: f64,
+    /// Downloading the model a round trains from, once the round is known.
+    pub model: f64,
+    /// Sending commitments, until their receipts are in.
+    pub commit: f64,
+    /// Reveals and audit answers sent before training goes on.
+    pub upload: f64,
+    /// Replaying other workers' segments as their auditor.
+    pub auditing: f64,
+}
+
 impl WorkerSummary {
+    /// Adds what a round settled in the background (its reveal and audit
+    /// answer) counted.
+    fn absorb(&mut self, other: &WorkerSummary) {
+        self.commitments += other.commitments;
+        self.bytes_uploaded += other.bytes_uploaded;
+        self.reveals_accepted += other.reveals_accepted;
+        self.refused += other.refused;
+        self.audits_failed += other.audits_failed;
+        self.audits_answered += other.audits_answered;
+        self.audits_delegated += other.audits_delegated;
+    }
+
     /// Closes the books on the time since `joined` (the first assignment).
     fn account_time(&mut self, joined: Option<Instant>) {
         if let Some(joined) = joined {
@@ -253,7 +285,7 @@ pub async fn run_worker(
     let mut last_done: Option<RoundId> = None;
     // Delegated audits already replayed, so a refused report is not retried forever.
     let mut audited: std::collections::HashSet<(RoundId, WorkerId)> = Default::default();
-    let mut current: Option<(RoundId, Produced)> = None;
+    let mut current: Option<(RoundId, Arc<Produced>)> = None;
     // Provisional rounds trained for and then withdrawn, by base model and
     // shard (a round can open again on the same model with other
     // participants, which moves the shards).
@@ -261,15 +293,25 @@ pub async fn run_worker(
     // Rounds this worker had committed to before it restarted, trained
     // again to reveal them (once each, whatever the coordinator says).
     let mut recovered: std::collections::HashSet<RoundId> = Default::default();
-    let mut previous: Option<Produced> = None;
+    let mut previous: Option<Arc<Produced>> = None;
     // The error-feedback residual this worker's next commitment starts
     // from (empty: zero), as its last accepted commitment left it.
     let codec = run.config.training.codec;
     let residual_file = ResidualFile::new(&options.cache, &run.run_id, me, run.parameters as usize);
     let mut residual = if codec.error_feedback() { residual_file.load() } else { Vec::new() };
     let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None };
-    // A reveal on its way while the next round trains (`[outer] delay = 1`).
-    let mut revealing: Option<BackgroundReveal> = None;
+    // Under a delayed outer update (`[outer] delay = 1`) a committed round
+    // is settled (audit answer, reveal) in the background while the next
+    // round trains, and the next round's base is fetched during training.
+    let pipelined = run.config.outer.delay > 0;
+    let mut in_flight: Vec<InFlight> = Vec::new();
+    // The view the fetch beside training saw when the next base appeared:
+    // it names the next round to train, so no request stands between two
+    // rounds' training.
+    let mut next_view: Option<RoundView> = None;
+    // What the fetch beside training had to say (round summaries), said
+    // once the training is done.
+    let mut said_beside: Vec<WorkerEvent> = Vec::new();
     // With a bucket, the round's notices there (see `notices` for the runs
     // that keep long-polling the coordinator), and the view last acted on.
     let simple_rounds = run.config.outer.delay == 0
@@ -280,28 +322,39 @@ pub async fn run_worker(
         .map(|bucket| notices::Notices::new(bucket, coordinator, run.run_id));
     let mut shown: Option<RoundView> = None;
     loop {
-        if revealing.as_ref().is_some_and(|reveal| reveal.task.is_finished()) {
-            finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
-        }
+        settle_finished(&mut in_flight, false, &mut summary, &mut on_event).await?;
+        let asked = Instant::now();
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
         // With a bucket, wait on its round notice; else (and the first
         // time) long-poll the coordinator.
+        let prefetched = next_view.take();
+        let summarised = prefetched.is_some();
         let view = match (notices.as_mut(), shown.as_ref()) {
+            _ if prefetched.is_some() => prefetched.expect("checked"),
             (Some(notices), Some(shown)) => {
                 match notices.next(shown, current.as_ref().map(|(round, _)| *round)).await {
                     notices::Next::Act(view) => *view,
                     notices::Next::AskCoordinator => {
-                        own_view(&client, &coordinator, &run, &format!("/v1/round?wait_ms=0{after}")).await?
+                        own_view(&client, &coordinator, run.run_id, &format!("/v1/round?wait_ms=0{after}"))
+                            .await?
                     }
                 }
             }
-            _ => own_view(&client, &coordinator, &run, &format!("/v1/round?wait_ms=20000{after}")).await?,
+            _ => {
+                own_view(&client, &coordinator, run.run_id, &format!("/v1/round?wait_ms=20000{after}"))
+                    .await?
+            }
         };
         if let Some(notices) = notices.as_mut() {
             notices.saw(&view);
         }
         shown = Some(view.clone());
-        summaries.on_view(&client, &view, &mut on_event).await?;
+        if !summarised {
+            summaries.on_view(&client, &view, &mut on_event).await?;
+        }
+        if joined_at.is_some() {
+            summary.idle.round += asked.elapsed().as_secs_f64();
+        }
         if let (Some(task), Some(round)) = (view.audit_task, view.round)
             && behavior != Behavior::NoAnswer
             && audited.insert((round, task.worker))
@@ -315,7 +368,10 @@ pub async fn run_worker(
                 pool: &pool,
                 lie: behavior == Behavior::LyingAuditor,
             };
-            match auditing.replay(&mut models, &mut shards, round, task).await? {
+            let replaying = Instant::now();
+            let replayed = auditing.replay(&mut models, &mut shards, round, task).await?;
+            summary.idle.auditing += replaying.elapsed().as_secs_f64();
+            match replayed {
                 Ok(status) => {
                     summary.audits_judged += 1;
                     on_event(&note(format!(
@@ -331,7 +387,7 @@ pub async fn run_worker(
             continue;
         }
         if view.phase == Phase::Finished {
-            finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
+            settle_finished(&mut in_flight, true, &mut summary, &mut on_event).await?;
             summary.finished = true;
             summary.account_time(joined_at);
             let totals = summaries.flush(&client, &mut on_event).await?;
@@ -365,6 +421,7 @@ pub async fn run_worker(
             .zip(view.audit.filter(|_| !view.audit_answered && behavior != Behavior::NoAnswer))
         {
             let bucket = bucket.as_ref().map(|bucket| (bucket, me));
+            let answering = Instant::now();
             answer_audit(
                 &client,
                 &coordinator,
@@ -376,6 +433,7 @@ pub async fn run_worker(
                 &mut on_event,
             )
             .await?;
+            summary.idle.upload += answering.elapsed().as_secs_f64();
         }
         // Committed, but the update is not in hand (this worker restarted,
         // its cache perhaps gone, between its commitment and its reveal):
@@ -396,10 +454,13 @@ pub async fn run_worker(
         }
         match view.phase {
             phase if (phase == Phase::Committing && !view.committed) || recover => {
+                let fetching = Instant::now();
                 let params = models.get(&client, &assignment.base_model).await?;
                 if summary.join_ms.is_none() {
                     summary.join_ms = Some(registered_at.elapsed().as_millis() as u64);
                     joined_at = Some(Instant::now());
+                } else {
+                    summary.idle.model += fetching.elapsed().as_secs_f64();
                 }
                 let round_shards = shards_for(&mut shards, &assignment, &dataset)?;
                 summaries.pending.insert(round);
@@ -429,6 +490,7 @@ pub async fn run_worker(
                         });
                     }
                 };
+                let training_from = assignment.base_model;
                 let produced = {
                     let (assignment, dataset, model, pool, previous, flipped, counter, residual) = (
                         assignment.clone(),
@@ -451,22 +513,64 @@ pub async fn run_worker(
                             steps_done: &counter,
                             residual: &residual,
                         };
-                        pool.install(|| produce(behavior, &work, previous.as_ref()))
+                        pool.install(|| produce(behavior, &work, previous.as_deref()))
                     });
-                    let produced = while_ticking(training, || report_progress(&mut on_event))
-                        .await
-                        .expect("training does not panic")?;
+                    // The next round's base is fetched meanwhile (it is
+                    // published when the round before this one closes).
+                    // So are the summaries of the rounds closed meanwhile.
+                    let said = &mut said_beside;
+                    let next_base = async {
+                        if !pipelined {
+                            return Ok(None);
+                        }
+                        let base = &training_from;
+                        let seen = prefetch_next_base(&client, &coordinator, &run, &mut models, base).await?;
+                        if let Some(view) = &seen {
+                            let mut say = |event: &WorkerEvent| said.push(event.clone());
+                            summaries.on_view(&client, view, &mut say).await?;
+                        }
+                        Ok(seen)
+                    };
+                    let training = while_ticking(training, || report_progress(&mut on_event));
+                    let (produced, seen) = beside(training, next_base).await;
+                    next_view = seen.flatten();
+                    for event in said_beside.drain(..) {
+                        on_event(&event);
+                    }
+                    let produced = produced.expect("training does not panic")?;
                     report_progress(&mut on_event);
                     produced
                 };
                 summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
                 summary.rounds_trained_ahead += u64::from(ahead);
-                finish_reveal(&mut revealing, &coordinator, &mut summary, &mut on_event).await?;
                 let path = format!(
                     "/v1/rounds/{round}/commitments?base_model={base}&slot={}&slots={}",
                     assignment.slot, assignment.slots
                 );
+                if pipelined {
+                    // Its commitment, audit answer and reveal go beside
+                    // the next round's training: this worker is done with
+                    // the round here.
+                    let produced = Arc::new(produced);
+                    current = Some((round, Arc::clone(&produced)));
+                    let settling = Settling {
+                        client: Arc::clone(&client),
+                        coordinator,
+                        run_id: run.run_id,
+                        parameters: run.parameters as usize,
+                        bucket: bucket.clone().map(|bucket| (bucket, me)),
+                        behavior,
+                        view: view.clone(),
+                        commit_path: path,
+                        assignment: assignment.clone(),
+                        produced,
+                    };
+                    in_flight.push(InFlight { round, task: tokio::spawn(settling.run()) });
+                    last_done = Some(round);
+                    continue;
+                }
+                let committing = Instant::now();
                 let mut produced = produced;
                 let (answer, body) = loop {
                     let body = serde_json::to_vec(&produced.commitment()).expect("commitments serialise");
@@ -486,6 +590,7 @@ pub async fn run_worker(
                     }
                     break (answer, body);
                 };
+                summary.idle.commit += committing.elapsed().as_secs_f64();
                 let receipt = receipt(&answer, &coordinator)?;
                 let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
                 on_event(&uploaded(round, Upload::Commitment, body.len() as u64, status));
@@ -498,10 +603,14 @@ pub async fn run_worker(
                             residual.clone_from(&produced.residual_out);
                             residual_file.save(&residual)?;
                         }
-                        // Drawn for audit: the answer goes first, at once,
-                        // so that the coordinator replays while the others
-                        // still train or reveal.
-                        if let Some(segment) = receipt.audit.filter(|_| behavior != Behavior::NoAnswer) {
+                        let produced = Arc::new(produced);
+                        let audit = receipt.audit.filter(|_| behavior != Behavior::NoAnswer);
+                        current = Some((round, Arc::clone(&produced)));
+                        if let Some(segment) = audit {
+                            // Drawn for audit: the answer goes first, at
+                            // once, so that the coordinator replays while
+                            // the others still train or reveal.
+                            let answering = Instant::now();
                             answer_audit(
                                 &client,
                                 &coordinator,
@@ -513,10 +622,7 @@ pub async fn run_worker(
                                 &mut on_event,
                             )
                             .await?;
-                        }
-                        current = Some((round, produced));
-                        if run.config.outer.delay > 0 {
-                            prefetch_newest_model(&client, &coordinator, &run, &mut models).await?;
+                            summary.idle.upload += answering.elapsed().as_secs_f64();
                         }
                     }
                     Ok(_) => last_done = Some(round),
@@ -545,38 +651,22 @@ pub async fn run_worker(
                     continue;
                 };
                 if !view.revealed {
-                    let payload = if behavior == Behavior::TamperReveal {
-                        tampered(&produced.payload, &assignment, run.parameters as usize)?
-                    } else {
-                        produced.payload.clone()
-                    };
-                    let bytes = payload.len() as u64;
-                    let path = format!("/v1/rounds/{round}/reveals?base_model={base}");
-                    let next_round_due = view.ahead.as_ref().is_some_and(|ahead| ahead.assignment.is_some());
-                    if bucket.is_none() && next_round_due && revealing.is_none() {
-                        // The round opened ahead trains from now on; the
-                        // upload goes beside it. (Through a bucket the
-                        // reveal goes first: it retries a bad object.)
-                        let client = Arc::clone(&client);
-                        let task = tokio::spawn(async move {
-                            let headers = [("content-type", "application/octet-stream".to_owned())];
-                            client.request_counted(Method::POST, &path, payload, &headers, None).await
-                        });
-                        revealing = Some(BackgroundReveal { round, bytes, task });
-                    } else {
-                        let answer = match &bucket {
-                            Some(bucket) => {
-                                let key = BlobKey::Update { worker: me, digest: Digest::of(&payload) };
-                                let what = (round, Upload::Reveal);
-                                post_through_bucket(&client, bucket, key, what, &path, payload, &mut on_event)
-                                    .await?
-                            }
-                            None => {
-                                upload(&client, round, Upload::Reveal, &path, payload, &mut on_event).await?
-                            }
-                        };
-                        reveal_answered(&answer, round, bytes, &coordinator, &mut summary, &mut on_event)?;
-                    }
+                    let revealing = Instant::now();
+                    let bucket = bucket.as_ref().map(|bucket| (bucket, me));
+                    let parameters = run.parameters as usize;
+                    let what = (round, &assignment, produced.as_ref());
+                    send_reveal(
+                        &client,
+                        &coordinator,
+                        bucket,
+                        what,
+                        behavior,
+                        parameters,
+                        &mut summary,
+                        &mut on_event,
+                    )
+                    .await?;
+                    summary.idle.upload += revealing.elapsed().as_secs_f64();
                 }
                 last_done = Some(round);
             }
@@ -588,19 +678,54 @@ pub async fn run_worker(
     Ok(summary)
 }
 
-/// Under a delayed outer update (`[outer] delay = 1`) the next round
-/// trains from the newest model, published (when the round before this
-/// one closed) while this worker trained: it is fetched now, while the
-/// others finish this round, so that the next round starts without a
-/// download.
-async fn prefetch_newest_model(
+/// Under a delayed outer update (`[outer] delay = 1`) the round after the
+/// one training now trains from the model the round before it makes: it is
+/// waited for (long-polled) and fetched while this round trains, so that
+/// the next round starts without a download. Dropped, unfinished, when the
+/// training ends first.
+async fn prefetch_next_base(
     client: &Client,
     coordinator: &PublicKey,
     run: &RunInfo,
     models: &mut ModelCache,
-) -> Result<(), NodeError> {
-    let view = own_view(client, coordinator, run, "/v1/round").await?;
-    models.get(client, &view.model).await.map(drop)
+    training_from: &Digest,
+) -> Result<Option<RoundView>, NodeError> {
+    loop {
+        let path = format!("/v1/round?wait_ms=20000&model_not={}", training_from.to_hex());
+        let view = own_view(client, coordinator, run.run_id, &path).await?;
+        if view.phase == Phase::Finished {
+            return Ok(None);
+        }
+        if view.model != *training_from {
+            models.get(client, &view.model).await?;
+            return Ok(Some(view));
+        }
+    }
+}
+
+/// Runs `main` to its end with `side` beside it, as long as `main` lasts,
+/// and returns what `side` gave if it finished first: `side` is dropped
+/// unfinished when `main` ends first, and its failure is only logged (it
+/// is an optimisation: the work loop does it again when it needs it).
+async fn beside<T, S>(
+    main: impl std::future::Future<Output = T>,
+    side: impl std::future::Future<Output = Result<S, NodeError>>,
+) -> (T, Option<S>) {
+    let mut main = std::pin::pin!(main);
+    let mut side = std::pin::pin!(side);
+    let (mut side_done, mut gave) = (false, None);
+    loop {
+        tokio::select! {
+            done = &mut main => return (done, gave),
+            result = &mut side, if !side_done => {
+                side_done = true;
+                match result {
+                    Ok(output) => gave = Some(output),
+                    Err(error) => tracing::warn!(%error, "fetching the next round's model beside training failed"),
+                }
+            }
+        }
+    }
 }
 
 /// This worker's own view of the round (`GET {path}`: `/v1/round` and its
@@ -608,35 +733,194 @@ async fn prefetch_newest_model(
 async fn own_view(
     client: &Client,
     coordinator: &PublicKey,
-    run: &RunInfo,
+    run_id: Digest,
     path: &str,
 ) -> Result<RoundView, NodeError> {
     let answer = client.request(Method::GET, path, Vec::new(), &[]).await?;
     let view: Signed<RoundView> = expect_ok(&answer, "asking for the round")?.json()?;
     let view = verified(&view, coordinator, "round view")?.clone();
-    if view.run_id != run.run_id {
+    if view.run_id != run_id {
         return Err(NodeError::Untrusted("a round view for another run".into()));
     }
     Ok(view)
 }
 
-/// A reveal sent while the next round trains (`[outer] delay = 1`).
-struct BackgroundReveal {
+/// How often a round settled in the background asks again while its
+/// view shows an audit answer due that it will not send (again).
+const SETTLING_POLL: Duration = Duration::from_millis(250);
+
+/// A committed round settled in the background (`[outer] delay = 1`).
+struct InFlight {
     round: RoundId,
-    bytes: u64,
-    task: tokio::task::JoinHandle<Result<Answer, NodeError>>,
+    task: tokio::task::JoinHandle<Result<Settled, NodeError>>,
 }
 
-/// Waits for the reveal sent in the background, if any, and accounts for
-/// its answer.
-async fn finish_reveal(
-    revealing: &mut Option<BackgroundReveal>,
-    coordinator: &PublicKey,
+/// What settling a round in the background counted and reported.
+struct Settled {
+    summary: WorkerSummary,
+    events: Vec<WorkerEvent>,
+}
+
+/// Accounts for the rounds settled in the background that are done (all
+/// of them, waiting, when `all`): their counts and events join the
+/// worker's, and a failure (the coordinator gone) is the worker's.
+async fn settle_finished(
+    in_flight: &mut Vec<InFlight>,
+    all: bool,
     summary: &mut WorkerSummary,
     on_event: &mut impl FnMut(&WorkerEvent),
 ) -> Result<(), NodeError> {
-    let Some(BackgroundReveal { round, bytes, task }) = revealing.take() else { return Ok(()) };
-    let answer = task.await.expect("sending a reveal does not panic")?;
+    while let Some(index) = in_flight.iter().position(|round| all || round.task.is_finished()) {
+        let InFlight { round, task } = in_flight.remove(index);
+        let settled = task.await.map_err(|error| {
+            NodeError::Untrusted(format!("settling round {round} in the background failed: {error}"))
+        })??;
+        summary.absorb(&settled.summary);
+        for event in &settled.events {
+            on_event(event);
+        }
+    }
+    Ok(())
+}
+
+/// Everything a trained round needs to be settled beside the next round's
+/// training: its commitment, its audit answer if drawn at commit, its
+/// reveal once its commit phase is over, and a delegated audit's answer
+/// once its auditor is named.
+struct Settling {
+    client: Arc<Client>,
+    coordinator: PublicKey,
+    run_id: Digest,
+    parameters: usize,
+    bucket: Option<(Bucket, WorkerId)>,
+    behavior: Behavior,
+    /// The view the round was trained from, and where its commitment goes.
+    view: RoundView,
+    commit_path: String,
+    assignment: crowdtrain_protocol::Assignment,
+    produced: Arc<Produced>,
+}
+
+impl Settling {
+    /// Sends the answer to the round's audit of `segment`.
+    async fn answer(
+        &self,
+        segment: u32,
+        summary: &mut WorkerSummary,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Result<(), NodeError> {
+        let bucket = self.bucket.as_ref().map(|(bucket, me)| (bucket, *me));
+        let (client, coordinator, round) = (self.client.as_ref(), &self.coordinator, self.assignment.round);
+        answer_audit(client, coordinator, bucket, round, &self.produced, segment, summary, on_event).await
+    }
+
+    async fn run(self) -> Result<Settled, NodeError> {
+        let mut summary = WorkerSummary::default();
+        let mut events = Vec::new();
+        let mut on_event = |event: &WorkerEvent| events.push(event.clone());
+        let (client, coordinator) = (self.client.as_ref(), &self.coordinator);
+        let bucket = self.bucket.as_ref().map(|(bucket, me)| (bucket, *me));
+        let round = self.assignment.round;
+        let answers = self.behavior != Behavior::NoAnswer;
+        let body = serde_json::to_vec(&self.produced.commitment()).expect("commitments serialise");
+        let answer = send_commitment(client, &self.commit_path, &body, &self.view).await?;
+        let receipt = receipt(&answer, coordinator)?;
+        let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
+        on_event(&uploaded(round, Upload::Commitment, body.len() as u64, status));
+        let audit = match receipt {
+            Ok(receipt) if receipt.status == ReceiptStatus::Accepted => {
+                summary.commitments += 1;
+                receipt.audit.filter(|_| answers)
+            }
+            // Late: nothing more of it counts.
+            Ok(_) => return Ok(Settled { summary, events }),
+            Err(_) => {
+                summary.refused += 1;
+                return Ok(Settled { summary, events });
+            }
+        };
+        let mut answered = false;
+        // Drawn for audit: the answer goes first, at once, so that the
+        // coordinator replays while the others still train.
+        if let Some(segment) = audit {
+            self.answer(segment, &mut summary, &mut on_event).await?;
+            answered = true;
+        }
+        loop {
+            let path = format!("/v1/round?wait_ms=20000&revealing={round}");
+            let view = own_view(client, coordinator, self.run_id, &path).await?;
+            let audit_due = view.committed && !view.audit_answered && !answered && answers;
+            match view.round {
+                // Opened ahead still, or committing: a delegated audit's
+                // answer is due once the auditor is named.
+                Some(open) if open < round => continue,
+                Some(open) if open == round && view.phase == Phase::Committing => {
+                    if let Some(segment) = view.audit.filter(|_| audit_due) {
+                        self.answer(segment, &mut summary, &mut on_event).await?;
+                        answered = true;
+                    } else if view.audit.is_some() && !view.audit_answered {
+                        // Answered and refused (or not answering): the
+                        // view says so at once, so ask less often.
+                        tokio::time::sleep(SETTLING_POLL).await;
+                    }
+                }
+                Some(open) if open == round && view.phase != Phase::Finished => {
+                    if !view.revealed && view.committed {
+                        let what = (round, &self.assignment, self.produced.as_ref());
+                        send_reveal(
+                            client,
+                            coordinator,
+                            bucket,
+                            what,
+                            self.behavior,
+                            self.parameters,
+                            &mut summary,
+                            &mut on_event,
+                        )
+                        .await?;
+                    }
+                    if let Some(segment) = view.audit.filter(|_| audit_due) {
+                        self.answer(segment, &mut summary, &mut on_event).await?;
+                    }
+                    break;
+                }
+                // Over (or the run is): nothing of it is asked for any more.
+                _ => break,
+            }
+        }
+        Ok(Settled { summary, events })
+    }
+}
+
+/// Reveals `produced`, this worker's update for `round` (`assignment`),
+/// tampered with if `behavior` says so, directly or through the run's
+/// bucket, and counts the answer.
+#[allow(clippy::too_many_arguments)] // the worker loop's state, one per argument
+async fn send_reveal(
+    client: &Client,
+    coordinator: &PublicKey,
+    bucket: Option<(&Bucket, WorkerId)>,
+    (round, assignment, produced): (RoundId, &crowdtrain_protocol::Assignment, &Produced),
+    behavior: Behavior,
+    parameters: usize,
+    summary: &mut WorkerSummary,
+    on_event: &mut impl FnMut(&WorkerEvent),
+) -> Result<(), NodeError> {
+    let payload = if behavior == Behavior::TamperReveal {
+        tampered(&produced.payload, assignment, parameters)?
+    } else {
+        produced.payload.clone()
+    };
+    let bytes = payload.len() as u64;
+    let path = format!("/v1/rounds/{round}/reveals?base_model={}", assignment.base_model.to_hex());
+    let answer = match bucket {
+        Some((bucket, me)) => {
+            let key = BlobKey::Update { worker: me, digest: Digest::of(&payload) };
+            post_through_bucket(client, bucket, key, (round, Upload::Reveal), &path, payload, on_event)
+                .await?
+        }
+        None => upload(client, round, Upload::Reveal, &path, payload, on_event).await?,
+    };
     reveal_answered(&answer, round, bytes, coordinator, summary, on_event)
 }
 
