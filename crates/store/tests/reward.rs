@@ -31,6 +31,17 @@ fn run(store: &Checkpoints, model: &dyn Model, levels: &[f32]) -> Vec<RunCheckpo
         .collect()
 }
 
+/// A builder of accuracy rewards over `checkpoints`, with their `known` values.
+fn accuracy_builder<'a>(
+    store: &'a Checkpoints,
+    model: &'a dyn Model,
+    checkpoints: &[RunCheckpoint],
+    known: &[Option<f64>],
+    set: Digest,
+) -> RewardBuilder<'a> {
+    RewardBuilder::new(store, model, checkpoints.to_vec(), known.to_vec(), Metric::Accuracy, set).unwrap()
+}
+
 #[test]
 fn a_built_reward_checks_and_every_wrong_claim_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,15 +149,7 @@ fn known_values_taken_as_measured_spare_every_checkpoint_evaluation_and_give_the
         })
         .collect();
     let build = |trusted: bool| {
-        let builder = RewardBuilder::new(
-            &store,
-            model.as_ref(),
-            checkpoints.clone(),
-            known.clone(),
-            Metric::Accuracy,
-            set,
-        )
-        .unwrap();
+        let builder = accuracy_builder(&store, model.as_ref(), &checkpoints, &known, set);
         let mut builder = if trusted { builder.known_values_are_measured() } else { builder };
         let built = builder.build(0.72, 0.005, 0.001, mean).unwrap();
         (built, builder.checkpoints_measured())
@@ -179,15 +182,7 @@ fn a_screened_build_checks_like_any_other_and_is_deterministic() {
         mean(&part).map(|value| value + 0.002)
     };
     let build = |target: f64| {
-        let mut builder = RewardBuilder::new(
-            &store,
-            model.as_ref(),
-            checkpoints.clone(),
-            known.clone(),
-            Metric::Accuracy,
-            set,
-        )
-        .unwrap();
+        let mut builder = accuracy_builder(&store, model.as_ref(), &checkpoints, &known, set);
         builder.build_screened(target, 0.005, 0.001, screen, mean).unwrap()
     };
     for target in [0.3, 0.65, 0.8] {
