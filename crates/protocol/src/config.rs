@@ -28,6 +28,7 @@
 //! delay = 0           # 1: round r + 1 trains from the model before round r's
 //!                     # outer step, so workers never wait for the network
 //!                     # (not with an error-feedback codec; `eager` in sim only)
+//! warmup = 0          # outer steps over which the outer lr ramps up linearly
 //!
 //! [data]            # optional
 //! dir = "/usr/share/datasets/fashion-mnist"

@@ -165,6 +165,11 @@ impl TrainingRecipe {
         self.model.validate()?;
         self.optimizer.validate()?;
         self.schedule.validate()?;
+        check(
+            "schedule.round_warmup_steps",
+            self.schedule.round_warmup_steps() < self.inner_steps,
+            "must be fewer than inner_steps: a round re-warms within itself",
+        )?;
         if let Some(norm) = self.clip_norm {
             check_positive("clip_norm", norm)?;
         }

@@ -74,6 +74,14 @@ pub struct Nesterov {
     /// the outer step it does not wait for. Left out when `none`.
     #[serde(skip_serializing_if = "Eager::is_none")]
     pub eager: Eager,
+    /// Outer steps over which the outer learning rate ramps up: outer step
+    /// `k` (from 1) takes `lr * k / (warmup + 1)` while `k <= warmup`. The
+    /// first pseudo-gradients of a run trained from scratch are the largest
+    /// it sees, and the momentum carries them into every later step; a
+    /// ramp keeps them from overshooting. 0 (no ramp) is left out of the
+    /// serialised form, like `delay`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub warmup: u32,
 }
 
 /// The most rounds an outer update may be delayed by (`[outer] delay`).
@@ -136,11 +144,22 @@ impl std::str::FromStr for Eager {
 impl Default for Nesterov {
     /// DiLoCo's published setting, full models downloaded.
     fn default() -> Self {
-        Self { lr: 0.7, momentum: 0.9, broadcast: Broadcast::Full, delay: 0, eager: Eager::None }
+        Self { lr: 0.7, momentum: 0.9, broadcast: Broadcast::Full, delay: 0, eager: Eager::None, warmup: 0 }
     }
 }
 
 impl Nesterov {
+    /// The learning rate of outer step `step` (from 1): `lr`, ramped over
+    /// the first `warmup` steps. Computed in f64 and rounded once, the same
+    /// on every machine.
+    pub fn lr_at(&self, step: u64) -> f32 {
+        let warmup = u64::from(self.warmup);
+        if step > warmup {
+            return self.lr;
+        }
+        (f64::from(self.lr) * step as f64 / (warmup + 1) as f64) as f32
+    }
+
     /// Checks the hyperparameters; fields are named `outer.*`.
     pub fn validate(&self) -> Result<(), RecipeError> {
         check_positive("outer.lr", self.lr)?;
@@ -168,6 +187,16 @@ pub enum Schedule {
     /// nanoGPT's: a linear warmup over `warmup_steps`, then cosine decay to
     /// `final_fraction` at `total_steps`, and that fraction after.
     WarmupCosine { warmup_steps: u64, total_steps: u64, final_fraction: f32 },
+    /// [`Schedule::WarmupCosine`] over the run, and every round after the
+    /// first warms its fresh optimizer up again: step `s` of such a round
+    /// is also scaled by `s / (round_warmup_steps + 1)` while `s <=
+    /// round_warmup_steps`. A round restarts AdamW with zero moments, and
+    /// bias correction makes its first steps full-size on every parameter
+    /// (the first is the gradient's sign times the rate); the re-warming
+    /// damps that shock. The factor is a function of the round and the step
+    /// alone, so an audit replays it. Written last in the enum, so the
+    /// binary form of the schedules before it does not change.
+    WarmupCosineRewarm { warmup_steps: u64, total_steps: u64, final_fraction: f32, round_warmup_steps: u64 },
 }
 
 /// nanoGPT's warmup for its Shakespeare model (at most a tenth of a run).
@@ -184,6 +213,25 @@ impl Schedule {
         }
     }
 
+    /// [`Schedule::nanogpt`], with every round after the first re-warmed
+    /// over `round_warmup_steps` steps ([`Schedule::WarmupCosineRewarm`]).
+    pub fn nanogpt_rewarm(total_steps: u64, round_warmup_steps: u64) -> Self {
+        match Self::nanogpt(total_steps) {
+            Self::WarmupCosine { warmup_steps, total_steps, final_fraction } => {
+                Self::WarmupCosineRewarm { warmup_steps, total_steps, final_fraction, round_warmup_steps }
+            }
+            _ => unreachable!("nanoGPT's schedule warms up and decays"),
+        }
+    }
+
+    /// The steps every round after the first re-warms over (0: none).
+    pub fn round_warmup_steps(&self) -> u64 {
+        match *self {
+            Self::WarmupCosineRewarm { round_warmup_steps, .. } => round_warmup_steps,
+            _ => 0,
+        }
+    }
+
     /// Checks the values the factor relies on; fields are named `schedule.*`.
     pub fn validate(&self) -> Result<(), RecipeError> {
         let fraction_ok = |fraction: f32| (0.0..=1.0).contains(&fraction);
@@ -193,15 +241,36 @@ impl Schedule {
                 check("schedule.total_steps", total_steps >= 1, "must be at least 1")?;
                 check("schedule.final_fraction", fraction_ok(final_fraction), "must be in [0, 1]")
             }
-            Self::WarmupCosine { warmup_steps, total_steps, final_fraction } => {
+            Self::WarmupCosine { warmup_steps, total_steps, final_fraction }
+            | Self::WarmupCosineRewarm { warmup_steps, total_steps, final_fraction, .. } => {
                 check(
                     "schedule.total_steps",
                     total_steps > warmup_steps,
                     "must be more than schedule.warmup_steps",
                 )?;
-                check("schedule.final_fraction", fraction_ok(final_fraction), "must be in [0, 1]")
+                check("schedule.final_fraction", fraction_ok(final_fraction), "must be in [0, 1]")?;
+                check(
+                    "schedule.round_warmup_steps",
+                    !matches!(self, Self::WarmupCosineRewarm { round_warmup_steps: 0, .. }),
+                    "must be at least 1 (or use warmup-cosine)",
+                )
             }
         }
+    }
+
+    /// The multiplier of the base rate at step `step` (from 1) of a round
+    /// whose first step is run step `round_start + 1`: the run's
+    /// [`Schedule::factor`], times the re-warming of
+    /// [`Schedule::WarmupCosineRewarm`] in every round but the first
+    /// (`round_start > 0`). A run that never restarts its optimizer (one
+    /// process training alone, the synchronous baseline) is one round.
+    pub fn factor_in_round(&self, round_start: u64, step: u64) -> f32 {
+        let run = self.factor(round_start + step);
+        let warmup = self.round_warmup_steps();
+        if round_start == 0 || step > warmup {
+            return run;
+        }
+        run * (step as f64 / (warmup + 1) as f64) as f32
     }
 
     /// The multiplier of the base rate at `step` (counting from 1),
@@ -215,7 +284,8 @@ impl Schedule {
                 let cosine = 0.5 * (1.0 + libm::cos(std::f64::consts::PI * progress));
                 (f64::from(final_fraction) + (1.0 - f64::from(final_fraction)) * cosine) as f32
             }
-            Self::WarmupCosine { warmup_steps, total_steps, final_fraction } => {
+            Self::WarmupCosine { warmup_steps, total_steps, final_fraction }
+            | Self::WarmupCosineRewarm { warmup_steps, total_steps, final_fraction, .. } => {
                 // nanoGPT's get_lr counts iterations from 0.
                 let iteration = step.saturating_sub(1);
                 let final_fraction = f64::from(final_fraction);
@@ -245,6 +315,83 @@ mod tests {
         assert!((schedule.factor(102) - 0.1).abs() < 1e-6);
         assert!((schedule.factor(500) - 0.1).abs() < 1e-6);
         assert_eq!(Schedule::Constant.factor(7), 1.0);
+    }
+
+    #[test]
+    fn a_rewarmed_schedule_ramps_every_round_but_the_first_and_the_others_never() {
+        let plain = Schedule::nanogpt(1000);
+        let rewarm = Schedule::nanogpt_rewarm(1000, 9);
+        assert_eq!(rewarm.round_warmup_steps(), 9);
+        // Over the run, the same factors: the first round (and a run that
+        // never restarts, like the synchronous baseline) is not re-warmed.
+        for step in [1, 5, 50, 100, 101, 500, 1000, 1200] {
+            assert_eq!(rewarm.factor(step), plain.factor(step));
+            assert_eq!(rewarm.factor_in_round(0, step), plain.factor(step));
+        }
+        // Rounds after the first ramp their first 9 steps by s / 10.
+        for round_start in [100, 900] {
+            for step in 1..=9 {
+                let expected = plain.factor(round_start + step) * (step as f32 / 10.0);
+                assert!((rewarm.factor_in_round(round_start, step) - expected).abs() < 1e-7, "{step}");
+            }
+            for step in [10, 11, 100] {
+                assert_eq!(rewarm.factor_in_round(round_start, step), plain.factor(round_start + step));
+            }
+        }
+        // Every other schedule's factor in a round is its run factor, bit
+        // for bit: the runs measured before re-warming keep their bits.
+        for schedule in
+            [Schedule::Constant, Schedule::Cosine { total_steps: 300, final_fraction: 0.1 }, plain]
+        {
+            for (start, step) in [(0, 1), (100, 1), (100, 7), (200, 100)] {
+                assert_eq!(
+                    schedule.factor_in_round(start, step).to_bits(),
+                    schedule.factor(start + step).to_bits()
+                );
+            }
+        }
+        assert!(rewarm.validate().is_ok());
+        let none = Schedule::WarmupCosineRewarm {
+            warmup_steps: 10,
+            total_steps: 100,
+            final_fraction: 0.1,
+            round_warmup_steps: 0,
+        };
+        assert_eq!(none.validate().unwrap_err().field, "schedule.round_warmup_steps");
+    }
+
+    #[test]
+    fn the_schedules_before_rewarming_keep_their_binary_form() {
+        // postcard: the variant's index, then its fields.
+        let plain = Schedule::WarmupCosine { warmup_steps: 1, total_steps: 2, final_fraction: 0.0 };
+        assert_eq!(postcard::to_allocvec(&plain).unwrap(), [2, 1, 2, 0, 0, 0, 0]);
+        let rewarm = Schedule::nanogpt_rewarm(1000, 10);
+        let bytes = postcard::to_allocvec(&rewarm).unwrap();
+        assert_eq!(bytes[0], 3, "a new variant, written last");
+        assert_eq!(postcard::from_bytes::<Schedule>(&bytes).unwrap(), rewarm);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Table {
+            schedule: Schedule,
+        }
+        let text = toml::to_string(&Table { schedule: rewarm }).unwrap();
+        assert!(text.contains("[schedule.warmup-cosine-rewarm]") && text.contains("round_warmup_steps = 10"));
+        assert_eq!(toml::from_str::<Table>(&text).unwrap(), Table { schedule: rewarm });
+    }
+
+    #[test]
+    fn an_outer_warmup_ramps_the_first_outer_steps_and_is_left_out_when_none() {
+        let plain = Nesterov::default();
+        for step in [1, 2, 100] {
+            assert_eq!(plain.lr_at(step).to_bits(), plain.lr.to_bits(), "no ramp: the rate itself");
+        }
+        let ramped = Nesterov { warmup: 3, ..Nesterov::default() };
+        assert_eq!(ramped.lr_at(1), (0.7f64 / 4.0) as f32);
+        assert_eq!(ramped.lr_at(3), (0.7f64 * 3.0 / 4.0) as f32);
+        assert_eq!(ramped.lr_at(4), 0.7);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("warmup"), "configurations keep their form");
+        let json = serde_json::to_string(&ramped).unwrap();
+        assert!(json.contains("\"warmup\":3"), "{json}");
+        assert_eq!(serde_json::from_str::<Nesterov>(&json).unwrap(), ramped);
     }
 
     #[test]

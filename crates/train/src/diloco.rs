@@ -534,6 +534,8 @@ pub fn outer_step(
     state: &mut OuterState,
     delta: &[f32],
 ) -> Result<Option<Vec<u8>>, codec::CodecError> {
+    // The outer learning rate of this step, ramped under `[outer] warmup`.
+    let outer = Nesterov { lr: outer.lr_at(state.round + 1), ..outer };
     let published = match outer.broadcast {
         Broadcast::Full => {
             outer.apply(&mut state.params, &mut state.momentum, delta);

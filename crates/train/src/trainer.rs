@@ -188,7 +188,7 @@ impl<'m> Trainer<'m> {
         }
         state.step += 1;
         let adamw = self.optimizer.adamw;
-        let factor = self.optimizer.schedule.factor(self.offset + state.step);
+        let factor = self.optimizer.schedule.factor_in_round(self.offset, state.step);
         let optimizer = AdamW { lr: adamw.lr * factor, ..adamw };
         optimizer.apply_segments(state.step, &mut state.params, &mut state.moments, grads, &self.decay);
     }

@@ -8,7 +8,7 @@ use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
 use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport, RunData};
 use crowdtrain_train::text::{TextRun, validation_loss};
-use crowdtrain_train::{AdamW, Broadcast, Codec, Eager, ModelKind, Nesterov, TrainingRecipe};
+use crowdtrain_train::{AdamW, Broadcast, Codec, Eager, ModelKind, Nesterov, Schedule, TrainingRecipe};
 use serde::Serialize;
 
 use crate::model_args::{GptArgs, ModelName};
@@ -107,6 +107,16 @@ struct DilocoArgs {
     /// Outer Nesterov momentum.
     #[arg(long, default_value_t = Nesterov::default().momentum)]
     outer_momentum: f32,
+
+    /// Outer steps over which the outer learning rate ramps up linearly
+    /// (run.toml's `[outer] warmup`; 0: none).
+    #[arg(long, default_value_t = 0)]
+    outer_warmup: u32,
+
+    /// GPT: steps over which every round after the first warms its fresh
+    /// AdamW up again (the schedule `warmup-cosine-rewarm`; 0: none).
+    #[arg(long, default_value_t = 0)]
+    round_warmup: u64,
 
     /// Encoding of pseudo-gradients on the wire: int8, f32, q4, q2, or
     /// topk:DENSITY with an optional +int8, +q4 or +q2 (e.g. topk:0.02+q4).
@@ -349,8 +359,13 @@ impl DilocoArgs {
                     self.inner_steps,
                     self.rounds,
                 );
+                let schedule = match self.round_warmup {
+                    0 => recipe.schedule,
+                    steps => Schedule::nanogpt_rewarm(self.inner_steps.saturating_mul(self.rounds), steps),
+                };
                 TrainingRecipe {
                     batch_size: self.batch.unwrap_or(recipe.batch_size),
+                    schedule,
                     codec: self.codec,
                     sharding: self.sharding,
                     validation_fraction: self.validation_fraction,
@@ -364,6 +379,7 @@ impl DilocoArgs {
             "batch_size" => "--batch".to_owned(),
             "optimizer.lr" => "--inner-lr".to_owned(),
             "outer.eager" => "--eager".to_owned(),
+            "schedule.round_warmup_steps" => "--round-warmup".to_owned(),
             other => format!("--{}", other.replace(['_', '.'], "-")),
         };
         recipe.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
@@ -373,6 +389,7 @@ impl DilocoArgs {
             broadcast: self.broadcast,
             delay: self.outer_delay,
             eager: self.eager,
+            warmup: self.outer_warmup,
         };
         outer.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
         Ok(DilocoConfig { recipe, workers: self.workers, rounds: self.rounds, outer })
@@ -485,8 +502,17 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         config,
     };
     if let Some(path) = &args.plot {
-        let curve = |pick: fn(&RoundReport) -> f64| {
-            report.rounds.iter().map(|round| (round.samples as f64, 100.0 * pick(round))).collect()
+        // Images: test accuracy; text: validation loss, what a language
+        // model is judged by.
+        let text = text_run.is_some();
+        let pick = |round: &RoundReport, diloco: bool| match (text, diloco) {
+            (false, true) => 100.0 * round.diloco_test_accuracy,
+            (false, false) => 100.0 * round.baseline_test_accuracy,
+            (true, true) => round.diloco_test_loss,
+            (true, false) => round.baseline_test_loss,
+        };
+        let curve = |diloco: bool| {
+            report.rounds.iter().map(|round| (round.samples as f64, pick(round, diloco))).collect()
         };
         plot::line_chart(
             path,
@@ -495,13 +521,10 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
                 output.config.workers, output.config.recipe.inner_steps
             ),
             "training samples",
-            "test accuracy (%)",
+            if text { "validation loss (nats per token)" } else { "test accuracy (%)" },
             &[
-                Series { name: "DiLoCo".into(), points: curve(|round| round.diloco_test_accuracy) },
-                Series {
-                    name: "synchronous baseline".into(),
-                    points: curve(|round| round.baseline_test_accuracy),
-                },
+                Series { name: "DiLoCo".into(), points: curve(true) },
+                Series { name: "synchronous baseline".into(), points: curve(false) },
             ],
         )?;
     }
@@ -516,16 +539,16 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
             output::bytes(output.bytes_baseline),
             output.bytes_ratio,
         );
-        return Ok(());
+    } else {
+        println!(
+            "DiLoCo: {:.2}% test accuracy with {}; baseline: {:.2}% with {} ({:.1}x more).",
+            100.0 * output.final_test_accuracy,
+            output::bytes(output.bytes_diloco),
+            100.0 * output.baseline_test_accuracy,
+            output::bytes(output.bytes_baseline),
+            output.bytes_ratio,
+        );
     }
-    println!(
-        "DiLoCo: {:.2}% test accuracy with {}; baseline: {:.2}% with {} ({:.1}x more).",
-        100.0 * output.final_test_accuracy,
-        output::bytes(output.bytes_diloco),
-        100.0 * output.baseline_test_accuracy,
-        output::bytes(output.bytes_baseline),
-        output.bytes_ratio,
-    );
     if let Some(path) = &args.plot {
         println!("plot: {}", path.display());
     }
