@@ -109,7 +109,8 @@ impl Node {
             coalition[choice.option as usize] += 1;
         }
         // The run's checkpoints in order, with the values the evaluation
-        // thread recorded (hints that only choose the segment).
+        // thread recorded (all of them, since this is its job after the
+        // last round's; a value it could not record is measured here).
         let metric = menu.metric;
         let mut run = vec![RunCheckpoint { round: None, model: self.run.body.initial_model }];
         let mut known = vec![self.initial_value.get().map(|&(accuracy, loss)| metric.value(accuracy, loss))];
@@ -145,7 +146,7 @@ impl Node {
         .map_err(|error| NodeError::Contract(format!("model rewards: {error}")))?
         // Every value is this node's own evaluation on this set.
         .known_values_are_measured();
-        // a(n·m) as realised: the final model, measured.
+        // a(n·m) as realised: the final model's measured value.
         let realised = builder
             .final_value(measure)
             .map_err(|error| NodeError::Contract(format!("measuring the final model: {error}")))?;
