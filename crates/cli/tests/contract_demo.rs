@@ -69,6 +69,17 @@ fn the_demo_runs_the_whole_timeline_and_every_participant_gets_what_the_contract
         assert!(fetched.iter().any(|hash| p["reward_model_hash"] == *hash), "{p}");
     }
 
+    // Each worker's share of time training, and where the rest went.
+    for worker in report["workers"].as_array().unwrap() {
+        let utilisation = worker["compute_utilisation"].as_f64().unwrap();
+        assert!(utilisation > 0.0 && utilisation <= 1.0, "{worker}");
+        let idle = worker["idle"].as_object().unwrap();
+        for key in ["round", "model", "commit", "upload", "auditing"] {
+            let seconds = idle[key].as_f64().unwrap();
+            assert!(seconds.is_finite() && seconds >= 0.0, "{key}: {worker}");
+        }
+    }
+
     // `crowdtrain rewards` shows the same outcome, from the ledger alone.
     let output = Command::new(binary())
         .args(["rewards", "--json", "--state"])

@@ -198,6 +198,10 @@ pub(crate) struct DemoWorker {
     /// and its model, as the worker reported it (`crowdtrain worker
     /// --json`).
     compute_utilisation: Option<f64>,
+    /// Where the rest of its time went (seconds waiting for a round, for
+    /// its model, for commitments' receipts, uploading, auditing), as the
+    /// worker reported it.
+    idle: Option<crowdtrain_node::worker::IdleSeconds>,
 }
 
 /// Kills every child still running when dropped, so a failing demo never
@@ -667,7 +671,8 @@ fn finish(
         if let Some(key) = summary["public_key"].as_str() {
             let behavior = summary["behavior"].as_str().unwrap_or("honest").to_owned();
             let utilisation = summary["compute_utilisation"].as_f64();
-            joins.insert(key.to_owned(), (summary["join_ms"].as_u64(), behavior, utilisation));
+            let idle = serde_json::from_value(summary["idle"].clone()).ok();
+            joins.insert(key.to_owned(), (summary["join_ms"].as_u64(), behavior, utilisation, idle));
         }
     }
     if let Some((_, coordinator)) = processes.children.iter_mut().find(|(name, _)| name == "coordinator") {
@@ -704,12 +709,13 @@ fn finish(
         .into_iter()
         .enumerate()
         .map(|(index, worker)| {
-            let (join_ms, behavior, compute_utilisation) =
-                joins.remove(&worker.public_key.to_hex()).unwrap_or((None, "honest".into(), None));
+            let (join_ms, behavior, compute_utilisation, idle) =
+                joins.remove(&worker.public_key.to_hex()).unwrap_or((None, "honest".into(), None, None));
             DemoWorker {
                 join_ms,
                 behavior,
                 compute_utilisation,
+                idle,
                 started_late: index >= args.workers,
                 status: worker,
             }

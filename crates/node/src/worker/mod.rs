@@ -35,7 +35,7 @@ use crowdtrain_store::delta::{self, ModelDelta};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
 use reqwest::{Method, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 pub use behavior::{Behavior, Produced};
@@ -150,7 +150,7 @@ pub struct WorkerSummary {
 /// The seconds a worker did not train, by what it waited for (each
 /// measured around the step in the worker's loop; what runs beside
 /// training, such as a reveal sent in the background, is not idle time).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct IdleSeconds {
     /// Waiting for a round to train (the round's view, long-polled).
     pub round: f64,
