@@ -1,112 +1,112 @@
 //! The pool for work no round waits for: evaluating closed rounds on the
 //! test set, scoring them, building a finished run's model rewards.
 //!
-//! Its threads run at idle priority while the run trains, so they take
-//! only CPU time nothing else wants (at niceness 10 they still slowed the
-//! close of a round on a 2-core demo by milliseconds); rounds that close
-//! faster than they can be evaluated leave a backlog. Once the run has
-//! finished the backlog and the model rewards are what everyone waits for
-//! (the last round's results, each participant's reward), and no round is
-//! left to protect, so [`Background::run_finished`] puts the threads back
-//! at normal priority.
+//! While the run trains this work runs at idle priority, so it takes only
+//! CPU time nothing else wants (at niceness 10 it still slowed the close
+//! of a round on a 2-core demo by milliseconds); rounds that close faster
+//! than they can be evaluated leave a backlog. Once the run has finished
+//! the backlog and the model rewards are what everyone waits for (the last
+//! round's results, each participant's reward), and no round is left to
+//! protect, so [`Background::run_finished`] sends the work that follows to
+//! a second pool at normal priority. A second pool, not the first one's
+//! threads raised: an unprivileged process may not leave `SCHED_IDLE`
+//! (`sched(7)`: it needs an `RLIMIT_NICE` that allows nice 0).
 
-use std::sync::{Arc, Mutex};
+use std::sync::OnceLock;
 
 use crate::NodeError;
 
-/// A rayon pool at idle priority, as many threads as the node computes
-/// with, which can be raised to normal priority.
+/// Where background work runs: an idle-priority pool, then, once the run
+/// has finished, a normal one; as many threads each as the node computes
+/// with.
 pub(super) struct Background {
-    pool: rayon::ThreadPool,
-    threads: Arc<Mutex<Threads>>,
-}
-
-/// The pool's threads' kernel ids, for changing their priority, and
-/// whether the run has finished: one lock, so a thread that starts while
-/// the run finishes ends at normal priority either way.
-#[derive(Default)]
-struct Threads {
-    ids: Vec<libc::pid_t>,
-    run_finished: bool,
+    idle: rayon::ThreadPool,
+    finished: OnceLock<rayon::ThreadPool>,
 }
 
 impl Background {
     pub(super) fn start() -> Result<Self, NodeError> {
-        let threads = Arc::new(Mutex::new(Threads::default()));
-        let started = threads.clone();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(rayon::current_num_threads())
-            .thread_name(|_| "crowdtrain-background".into())
-            .start_handler(move |_| {
-                // SAFETY: gettid has no preconditions.
-                let tid = unsafe { libc::gettid() };
-                let mut threads = started.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                threads.ids.push(tid);
-                if !threads.run_finished {
-                    // Best effort: where the call is refused the pool runs
-                    // at normal priority.
-                    set_policy(0, libc::SCHED_IDLE);
-                }
-            })
+        // Best effort: where the call is refused the pool runs at normal
+        // priority.
+        let idle = pool("crowdtrain-background")
+            .start_handler(|_| set_own_policy(libc::SCHED_IDLE))
             .build()
-            .map_err(|error| {
-                NodeError::io("starting the background pool", std::io::Error::other(error.to_string()))
-            })?;
-        Ok(Self { pool, threads })
+            .map_err(|error| starting(&error))?;
+        Ok(Self { idle, finished: OnceLock::new() })
     }
 
-    /// Runs `work` on the pool (its parallel parts too) and waits for it.
+    /// Runs `work` (its parallel parts too) on the pool of the moment and
+    /// waits for it.
     pub(super) fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(work)
+        match self.finished.get() {
+            Some(pool) => pool.install(work),
+            None => self.idle.install(work),
+        }
     }
 
-    /// The run has finished: the pool's threads run at normal priority
-    /// from now on.
+    /// The run has finished: work that starts from now on runs at normal
+    /// priority (work already running ends where it is).
     pub(super) fn run_finished(&self) {
-        let mut threads = self.threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        threads.run_finished = true;
-        for &tid in &threads.ids {
-            set_policy(tid, libc::SCHED_OTHER);
+        if self.finished.get().is_some() {
+            return;
+        }
+        // Threads inherit their creator's policy: normal here (a request's
+        // or the timer's thread), made sure of where allowed.
+        match pool("crowdtrain-finished").start_handler(|_| set_own_policy(libc::SCHED_OTHER)).build() {
+            Ok(pool) => {
+                let _ = self.finished.set(pool);
+            }
+            Err(error) => tracing::warn!(%error, "background work stays at idle priority"),
         }
     }
 }
 
-/// Sets thread `tid`'s (0: the calling thread's) scheduling policy, with
-/// the static priority 0 both SCHED_IDLE and SCHED_OTHER take. Best effort.
-fn set_policy(tid: libc::pid_t, policy: libc::c_int) {
+/// Sets the calling thread's scheduling policy, with the static priority
+/// 0 both `SCHED_IDLE` and `SCHED_OTHER` take. Best effort.
+fn set_own_policy(policy: libc::c_int) {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: changes a thread's scheduling policy (on Linux a pid names a
-    // thread); `param` outlives the call.
-    if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
-        tracing::debug!(tid, policy, error = %std::io::Error::last_os_error(), "could not set a background thread's priority");
-    }
+    // SAFETY: changes the calling thread's own scheduling policy (on
+    // Linux, pid 0 is the calling thread); `param` outlives the call.
+    unsafe { libc::sched_setscheduler(0, policy, &param) };
+}
+
+/// A pool of as many threads as the node computes with.
+fn pool(name: &'static str) -> rayon::ThreadPoolBuilder {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(move |_| name.into())
+}
+
+fn starting(error: &rayon::ThreadPoolBuildError) -> NodeError {
+    NodeError::io("starting the background pool", std::io::Error::other(error.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every thread's policy, as the kernel reports it.
-    fn policies(background: &Background) -> Vec<libc::c_int> {
-        // Every thread has run its start handler once it has run a job.
-        background.pool.broadcast(|_| ());
-        let threads = background.threads.lock().unwrap();
-        // SAFETY: sched_getscheduler only reads a thread's policy.
-        threads.ids.iter().map(|&tid| unsafe { libc::sched_getscheduler(tid) }).collect()
+    /// The scheduling policy of the thread `background` runs work on.
+    fn policy(background: &Background) -> libc::c_int {
+        // SAFETY: sched_getscheduler only reads the calling thread's policy.
+        background.install(|| unsafe { libc::sched_getscheduler(0) })
     }
 
     #[test]
-    fn background_threads_idle_while_the_run_trains_and_run_normally_once_it_has_finished() {
+    fn background_work_idles_while_the_run_trains_and_runs_normally_once_it_has_finished() {
         let background = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap()
             .install(Background::start)
             .unwrap();
-        assert_eq!(policies(&background), vec![libc::SCHED_IDLE; 2]);
+        assert_eq!(policy(&background), libc::SCHED_IDLE);
         // Work runs on the pool, in parallel.
         assert_eq!(background.install(rayon::current_num_threads), 2);
         background.run_finished();
-        assert_eq!(policies(&background), vec![libc::SCHED_OTHER; 2]);
+        assert_eq!(policy(&background), libc::SCHED_OTHER);
+        assert_eq!(background.install(rayon::current_num_threads), 2);
+        // Finishing again changes nothing.
+        background.run_finished();
+        assert_eq!(policy(&background), libc::SCHED_OTHER);
     }
 }
