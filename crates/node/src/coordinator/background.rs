@@ -22,17 +22,21 @@ use crate::NodeError;
 pub(super) struct Background {
     idle: rayon::ThreadPool,
     finished: OnceLock<rayon::ThreadPool>,
+    /// Threads per pool, fixed at the start (wherever `run_finished` is
+    /// called from, the second pool matches the first).
+    threads: usize,
 }
 
 impl Background {
     pub(super) fn start() -> Result<Self, NodeError> {
         // Best effort: where the call is refused the pool runs at normal
         // priority.
-        let idle = pool("crowdtrain-background")
+        let threads = rayon::current_num_threads();
+        let idle = pool("crowdtrain-background", threads)
             .start_handler(|_| set_own_policy(libc::SCHED_IDLE))
             .build()
             .map_err(|error| starting(&error))?;
-        Ok(Self { idle, finished: OnceLock::new() })
+        Ok(Self { idle, finished: OnceLock::new(), threads })
     }
 
     /// Runs `work` (its parallel parts too) on the pool of the moment and
@@ -52,7 +56,10 @@ impl Background {
         }
         // Threads inherit their creator's policy: normal here (a request's
         // or the timer's thread), made sure of where allowed.
-        match pool("crowdtrain-finished").start_handler(|_| set_own_policy(libc::SCHED_OTHER)).build() {
+        match pool("crowdtrain-finished", self.threads)
+            .start_handler(|_| set_own_policy(libc::SCHED_OTHER))
+            .build()
+        {
             Ok(pool) => {
                 let _ = self.finished.set(pool);
             }
@@ -70,11 +77,9 @@ fn set_own_policy(policy: libc::c_int) {
     unsafe { libc::sched_setscheduler(0, policy, &param) };
 }
 
-/// A pool of as many threads as the node computes with.
-fn pool(name: &'static str) -> rayon::ThreadPoolBuilder {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(rayon::current_num_threads())
-        .thread_name(move |_| name.into())
+/// A pool of `threads` threads named `name`.
+fn pool(name: &'static str, threads: usize) -> rayon::ThreadPoolBuilder {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(move |_| name.into())
 }
 
 fn starting(error: &rayon::ThreadPoolBuildError) -> NodeError {
