@@ -37,7 +37,8 @@ use crowdtrain_train::{Model, OuterState};
 
 use super::clock::Clock;
 use super::deltas::Deltas;
-use super::{AGGREGATOR_SNAPSHOT_ROUNDS, audit, bucket, encode_global};
+use super::restore::{AGGREGATOR_SNAPSHOT_ROUNDS, encode_global};
+use super::{audit, bucket};
 use crate::NodeError;
 use crate::data::{RunData, Shards};
 use crate::storage::{BlobKey, CoordinatorBucket};
@@ -694,7 +695,7 @@ impl Driver {
     /// this round commits, the previous round's files must be durable, so a
     /// crash or a power loss can take the checkpoints of the latest closed
     /// round only, which a restart rebuilds from the previous round's and
-    /// the stored updates ([`super::rebuild_latest_global`]).
+    /// the stored updates ([`super::restore`]).
     fn aggregate(
         &mut self,
         round: RoundId,

@@ -28,6 +28,7 @@ mod metrics;
 mod model_rewards;
 mod net;
 mod notices;
+mod restore;
 mod score;
 #[cfg(test)]
 mod tests;
@@ -38,9 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crowdtrain_data::text::TokenizerSpec;
-use crowdtrain_defense::{Gate, ModelDefense};
+use crowdtrain_defense::Gate;
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
-use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::judge::ReportCheck;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
@@ -48,12 +48,11 @@ use crowdtrain_protocol::wire::{
     Receipt, ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
 };
 use crowdtrain_protocol::{
-    Commitment, Coordinator, Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig,
-    Shard, Signed, Verdict, WorkerId,
+    Commitment, Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig, Shard, Signed,
+    Verdict, WorkerId,
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, LedgerOrder, RunRecord, Store, checkpoint};
-use crowdtrain_train::diloco::outer_step;
-use crowdtrain_train::{Model, OuterState};
+use crowdtrain_train::Model;
 use tokio::sync::watch;
 
 pub use admission::issue_tokens as issue_admission_tokens;
@@ -62,11 +61,12 @@ use driver::{CheckpointWrite, Driver, DriverError, PendingReplay, Sent, Shell};
 use http::Failure;
 pub use http::serve;
 pub use net::raise_descriptor_limit;
+pub use restore::AGGREGATOR_SNAPSHOT_ROUNDS;
 
 use crate::NodeError;
 use crate::data::RunData;
 use crate::replay::replay_segment;
-use crate::storage::{BlobKey, Bucket, CoordinatorBucket};
+use crate::storage::{Bucket, CoordinatorBucket};
 
 /// Milliseconds since the Unix epoch, the machine's notion of time.
 pub fn now_unix_ms() -> u64 {
@@ -280,66 +280,16 @@ impl Node {
                 let written = metrics.bucket_written_bytes.clone();
                 let bucket = CoordinatorBucket::new(Bucket::open(section, &record.run_id)?, written)
                     .map_err(|error| NodeError::io("starting the bucket's client", error))?;
-                bucket::restore_checkpoints(&store, &record, &checkpoints, &bucket)?;
-                Some(bucket)
-            }
-            None => None,
-        };
-        let (global, global_model) = load_global(&store, &record, &config, model.as_ref(), &checkpoints)?;
-        let bucket = match bucket {
-            Some(bucket) => {
-                // What the latest round trains from, again: the process
-                // that wrote it may have been killed before its upload.
-                // The delta before the model, as in the writer: a worker
-                // that finds the model and no delta downloads it whole.
-                if let Some(delta) = deltas.get(&global_model) {
-                    bucket.put_blocking(BlobKey::Delta { target: global_model }, delta.to_vec())?;
-                }
-                bucket.put_blocking(BlobKey::Model(global_model), checkpoints.get(&global_model)?)?;
-                bucket::publish_optimizer_state(&store, &record, &checkpoints, &bucket)?;
-                tracing::info!(url = bucket.bucket().url(), model = %global_model, "models published in the bucket");
                 Some(Arc::new(bucket))
             }
             None => None,
         };
-        let mut settings = Settings::from_config(&config);
-        settings.max_participants = max_participants(&config, &dataset);
         let admission = admission::Admission::open(&config.admission, state_dir)?;
         let uploads_dir = state_dir.join("uploads");
         // Uploads in progress when the process stopped are gone with it.
         let _ = std::fs::remove_dir_all(&uploads_dir);
         std::fs::create_dir_all(&uploads_dir)
             .map_err(|error| NodeError::io(format!("could not create {}", uploads_dir.display()), error))?;
-        // Answers only passed audits name are not evidence (see `prune_answers`).
-        for digest in store.prunable_answer_digests()? {
-            answers.remove(&digest)?;
-        }
-        let machine = Coordinator::restore(
-            settings,
-            record.run_id,
-            record.initial_model,
-            audit_master,
-            &store.events()?,
-            clock.now_unix_ms(),
-        );
-        // The defence remembers every update of the rounds before the one it
-        // decides next (the open one, if any), and the aggregator state the
-        // latest closed round left.
-        let next_decided = machine.open_round().map_or(i64::MAX as u64, |round| round.id);
-        let defense_config = config.defense();
-        let aggregator_state = restore_aggregator(
-            &store,
-            &checkpoints,
-            &defense_config.aggregator,
-            model.as_ref(),
-            RoundId::MAX,
-        )?;
-        let defense = ModelDefense::restore(
-            defense_config.checks,
-            defense_config.aggregator,
-            aggregator_state,
-            store.earlier_digests(next_decided, crowdtrain_defense::RESUBMISSION_WINDOW_ROUNDS as u64)?,
-        );
         let validation = dataset.validation_indices(&config.training);
         // Every round is scored on this many examples, so the gate's power
         // replays as it was.
@@ -371,7 +321,7 @@ impl Node {
         );
         let dataset = Arc::new(dataset);
         let identity = Arc::new(identity);
-        let driver = Driver::new(
+        let driver = Driver::open(
             driver::Run {
                 config: config.clone(),
                 model: crowdtrain_train::build_model(config.training.model),
@@ -383,12 +333,9 @@ impl Node {
                 answers: answers.clone(),
                 bucket: bucket.clone(),
             },
-            machine,
             store,
-            global,
-            global_model,
-            defense,
-        );
+            audit_master,
+        )?;
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             clock,
@@ -1369,15 +1316,6 @@ fn entry_view(sealed: &crowdtrain_protocol::ledger::Sealed) -> Result<LedgerEntr
     })
 }
 
-/// The most participants `config`'s rounds can have with `examples`
-/// training examples: each shard needs a whole batch, from what the
-/// validation split leaves (the Dirichlet sharding may need more; it says
-/// so when a round's shards cannot be drawn).
-fn max_participants(config: &RunConfig, data: &RunData) -> u32 {
-    let supported = data.participants_supported(&config.training);
-    (supported as u64).min(u64::from(config.limits.max_workers)) as u32
-}
-
 /// Starts the evaluation thread: closed rounds in order, one at a time;
 /// it ends when the node is gone.
 /// What the evaluation thread does, in the order it was asked.
@@ -1520,165 +1458,4 @@ fn create_run(
         initial_momentum,
         created_unix_ms: now,
     })
-}
-
-/// How often (in closed rounds) the aggregator's state is written out.
-/// Between snapshots it is rebuilt on restart by replaying the aggregation
-/// of the rounds since, from the stored submissions: a snapshot is a
-/// worker's momentum per worker (MBs per round for the MLP), and writing it
-/// every round would be most of the coordinator's time between rounds.
-pub const AGGREGATOR_SNAPSHOT_ROUNDS: u64 = 16;
-
-/// The global state after the latest closed round (or the initial one),
-/// read back from its checkpoints, or rebuilt if a power loss took them.
-fn load_global(
-    store: &Store,
-    record: &RunRecord,
-    config: &RunConfig,
-    model: &dyn Model,
-    checkpoints: &Checkpoints,
-) -> Result<(OuterState, Digest), NodeError> {
-    let Some(latest) = store.latest_result()? else {
-        return read_global(checkpoints, model, (record.initial_model, record.initial_momentum), 0);
-    };
-    match read_global(checkpoints, model, (latest.model, latest.momentum), latest.closed) {
-        Err(NodeError::Checkpoint(
-            error @ (crowdtrain_store::CheckpointError::Missing(_)
-            | crowdtrain_store::CheckpointError::HashMismatch { .. }),
-        )) => {
-            tracing::warn!(round = latest.round, %error, "the latest round's checkpoints did not survive: rebuilding them");
-            rebuild_latest_global(store, record, config, model, checkpoints, &latest)
-        }
-        result => result,
-    }
-}
-
-/// The global state in checkpoints `(params, momentum)`, after `rounds`
-/// closed rounds.
-fn read_global(
-    checkpoints: &Checkpoints,
-    model: &dyn Model,
-    (params, momentum): (Digest, Digest),
-    rounds: u64,
-) -> Result<(OuterState, Digest), NodeError> {
-    let name = model.name();
-    let decode = |digest: &Digest, kind| -> Result<Vec<f32>, NodeError> {
-        Ok(checkpoint::decode(&checkpoints.get(digest)?, kind, &name, model.layout())?)
-    };
-    let (momentum, exact) = checkpoint::decode_outer(&checkpoints.get(&momentum)?, &name, model.layout())?;
-    let state = OuterState {
-        model: name.clone(),
-        params: decode(&params, CheckpointKind::Params)?,
-        momentum,
-        round: rounds,
-        exact,
-    };
-    Ok((state, params))
-}
-
-/// `state`'s published parameters and the outer optimizer's own state
-/// (its momentum, and its exact parameters under a compressed broadcast),
-/// encoded as checkpoints side by side (MBs each, on the path that closes a
-/// round).
-fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
-    let name = model.name();
-    rayon::join(
-        || checkpoint::encode(CheckpointKind::Params, &name, model.layout(), &state.params),
-        || checkpoint::encode_outer(&name, model.layout(), &state.momentum, state.exact.as_deref()),
-    )
-}
-
-/// Rebuilds the checkpoints of the latest closed round, which are written
-/// in the background and so the only ones a crash or a power loss can take
-/// (see the driver's `aggregate`): its outer step is taken again, on the
-/// previous round's state, with the aggregate of the updates it credited
-/// and the aggregator state before it. Being deterministic, that gives the
-/// bits the round recorded, which is checked before they are written.
-fn rebuild_latest_global(
-    store: &Store,
-    record: &RunRecord,
-    config: &RunConfig,
-    model: &dyn Model,
-    checkpoints: &Checkpoints,
-    latest: &crowdtrain_store::LatestResult,
-) -> Result<(OuterState, Digest), NodeError> {
-    let previous = match store.latest_result_before(latest.round)? {
-        Some(previous) => (previous.model, previous.momentum),
-        None => (record.initial_model, record.initial_momentum),
-    };
-    let (mut state, _) = read_global(checkpoints, model, previous, latest.closed - 1)?;
-    let aggregator = config.defense().aggregator;
-    let before = restore_aggregator(store, checkpoints, &aggregator, model, latest.round)?;
-    let (aggregate, _) = replay_aggregation(store, &aggregator, &before, model, latest.round)?;
-    outer_step(config.outer, &mut state, &aggregate).map_err(crowdtrain_train::TrainError::from)?;
-    let (model_bytes, momentum_bytes) = encode_global(model, &state);
-    let rebuilt = (checkpoints.put(&model_bytes)?, checkpoints.put(&momentum_bytes)?);
-    if rebuilt != (latest.model, latest.momentum) {
-        return Err(crowdtrain_store::StoreError::Corrupt(format!(
-            "rebuilding round {}'s checkpoints gave model {} and momentum {}, not the recorded {} and {}",
-            latest.round, rebuilt.0, rebuilt.1, latest.model, latest.momentum
-        ))
-        .into());
-    }
-    Ok((state, rebuilt.0))
-}
-
-/// The aggregator's state after the closed rounds before `before` (all of
-/// them for [`RoundId::MAX`]): the latest snapshot among them, then the
-/// aggregation of every closed round since replayed on the updates it
-/// aggregated. Being deterministic, the replay gives the state the live
-/// run had, bit for bit.
-fn restore_aggregator(
-    store: &Store,
-    checkpoints: &Checkpoints,
-    aggregator: &crowdtrain_defense::Aggregator,
-    model: &dyn Model,
-    before: RoundId,
-) -> Result<crowdtrain_defense::AggregatorState, NodeError> {
-    if !aggregator.is_stateful() {
-        return Ok(Default::default());
-    }
-    let parameters = model.layout().len();
-    let snapshot = store.latest_aggregator_snapshot_before(before)?;
-    let mut state = match snapshot {
-        Some((_, digest)) => {
-            checkpoint::decode_aggregator(&checkpoints.get(&digest)?, &model.name(), parameters)?
-        }
-        None => Default::default(),
-    };
-    for round in store.closed_rounds_after(snapshot.map(|(round, _)| round))? {
-        if round >= before {
-            break;
-        }
-        let (_, change) = replay_aggregation(store, aggregator, &state, model, round)?;
-        state.apply(change);
-    }
-    Ok(state)
-}
-
-/// The aggregation closed `round` took, again: of the updates it credited
-/// (in ascending worker order, as [`ModelDefense::decide`] aggregates
-/// them), from aggregator state `state`.
-fn replay_aggregation(
-    store: &Store,
-    aggregator: &crowdtrain_defense::Aggregator,
-    state: &crowdtrain_defense::AggregatorState,
-    model: &dyn Model,
-    round: RoundId,
-) -> Result<(Vec<f32>, crowdtrain_defense::StateChange), NodeError> {
-    let parameters = model.layout().len();
-    let workers = store.credited(round)?;
-    if workers.is_empty() {
-        let problem = format!("closed round {round} credited no update");
-        return Err(crowdtrain_store::StoreError::Corrupt(problem).into());
-    }
-    let payloads = store.payloads(round, &workers)?;
-    let updates = payloads
-        .iter()
-        .map(|bytes| crowdtrain_train::codec::decode(bytes, parameters).map(|(_, values)| values))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(crowdtrain_train::TrainError::from)?;
-    let views: Vec<(u64, &[f32])> =
-        workers.iter().zip(&updates).map(|(worker, values)| (worker.0, values.as_slice())).collect();
-    Ok(crowdtrain_defense::aggregate::aggregate(aggregator, state, &views))
 }

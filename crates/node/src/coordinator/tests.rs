@@ -81,7 +81,7 @@ fn simulated_state_hash_of(workers: usize, rounds: u64, inner_steps: u64, outer:
         outer,
     };
     let dataset = DataSource::Directory(SUBSET.into()).load().unwrap();
-    let mut defense = ModelDefense::new(Default::default(), Default::default());
+    let mut defense = crowdtrain_defense::ModelDefense::new(Default::default(), Default::default());
     simulate(&config, &dataset, &mut defense, |_| {}).unwrap().diloco_state_hash.to_hex()
 }
 
