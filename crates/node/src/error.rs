@@ -19,6 +19,9 @@ pub enum NodeError {
     Dataset(#[from] crowdtrain_data::DatasetError),
     #[error(transparent)]
     Train(#[from] crowdtrain_train::TrainError),
+    /// The coordinator driver's own failures (its store, files, bucket).
+    #[error(transparent)]
+    Coordinator(#[from] crowdtrain_coordinator::CoordinatorError),
     /// Text that cannot be a run's data (unreadable, or a tokenizer that
     /// does not fit the model).
     #[error("{0}")]

@@ -14,15 +14,11 @@
 //! - [`storage`] is the run's optional bucket (`[storage]`), through which
 //!   workers fetch models and upload updates instead of the coordinator.
 
-mod assignment;
 pub mod coordinator;
-pub mod data;
 mod error;
 pub mod files;
-pub mod replay;
 pub mod storage;
 pub mod worker;
 
-pub use assignment::AssignedWork;
-pub use data::{RunData, Shards};
+pub use crowdtrain_coordinator::{AssignedWork, RunData, Shards, data, replay};
 pub use error::NodeError;

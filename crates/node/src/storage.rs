@@ -49,8 +49,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crowdtrain_coordinator::CoordinatorError;
+use crowdtrain_coordinator::bucket::RunBucket;
+use crowdtrain_protocol::Digest;
 use crowdtrain_protocol::config::StorageSection;
-use crowdtrain_protocol::{Digest, WorkerId};
 use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -81,50 +83,7 @@ impl StorageError {
     }
 }
 
-/// An object of the run, by what it is (see the module's table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobKey {
-    /// A published parameter checkpoint, by its digest.
-    Model(Digest),
-    /// The model delta that makes model `target` (its own bytes are
-    /// checked by what they rebuild).
-    Delta { target: Digest },
-    /// A worker's encoded update, by its digest.
-    Update { worker: WorkerId, digest: Digest },
-    /// A worker's audit answer (postcard), by its digest.
-    Answer { worker: WorkerId, digest: Digest },
-    /// The coordinator's own checkpoint (outer optimizer state, aggregator
-    /// snapshot), by its digest: what a restart reads back.
-    Checkpoint(Digest),
-    /// The round's public state: the coordinator's signed round view for
-    /// nobody in particular, written again at each change (checked by its
-    /// signature, not by a digest).
-    Notice,
-}
-
-impl BlobKey {
-    /// The digest the object's bytes must have, if the key names one.
-    pub fn digest(&self) -> Option<Digest> {
-        match self {
-            Self::Model(digest)
-            | Self::Checkpoint(digest)
-            | Self::Update { digest, .. }
-            | Self::Answer { digest, .. } => Some(*digest),
-            Self::Delta { .. } | Self::Notice => None,
-        }
-    }
-
-    fn relative(&self) -> String {
-        match self {
-            Self::Model(digest) => format!("models/{}", digest.to_hex()),
-            Self::Delta { target } => format!("deltas/{}", target.to_hex()),
-            Self::Checkpoint(digest) => format!("checkpoints/{}", digest.to_hex()),
-            Self::Update { worker, digest } => format!("updates/{}/{}", worker.0, digest.to_hex()),
-            Self::Answer { worker, digest } => format!("answers/{}/{}", worker.0, digest.to_hex()),
-            Self::Notice => "notice".to_owned(),
-        }
-    }
-}
+pub use crowdtrain_coordinator::bucket::BlobKey;
 
 /// What a round notice (`BlobKey::Notice`) says that workers act on (its
 /// deadline aside, which moves with its phase): the coordinator writes a
@@ -376,6 +335,25 @@ impl CoordinatorBucket {
     }
 }
 
+/// The driver's access to the bucket: blocking, on the bucket's runtime.
+impl RunBucket for CoordinatorBucket {
+    fn url(&self) -> &str {
+        self.bucket.url()
+    }
+
+    fn put(&self, key: BlobKey, bytes: Vec<u8>) -> Result<(), CoordinatorError> {
+        self.put_blocking(key, bytes).map_err(|error| CoordinatorError::Bucket(Box::new(error)))
+    }
+
+    fn get(&self, key: BlobKey, limit: u64) -> Result<Option<Vec<u8>>, CoordinatorError> {
+        match self.get_blocking(key, limit) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StorageError::Missing { .. }) => Ok(None),
+            Err(error) => Err(CoordinatorError::Bucket(Box::new(error))),
+        }
+    }
+}
+
 impl Drop for CoordinatorBucket {
     fn drop(&mut self) {
         // Dropped from wherever the node is, maybe an async context, where
@@ -389,6 +367,7 @@ impl Drop for CoordinatorBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crowdtrain_protocol::WorkerId;
 
     #[test]
     fn plain_http_is_allowed_only_to_this_machine() {

@@ -15,20 +15,14 @@
 //! request path on its own thread ([`score`]), round after round in order.
 
 mod admission;
-mod audit;
 mod background;
-mod bucket;
-mod clock;
 pub mod contract;
-mod deltas;
-mod driver;
 mod http;
 mod limits;
 mod metrics;
 mod model_rewards;
 mod net;
 mod notices;
-mod restore;
 mod score;
 #[cfg(test)]
 mod tests;
@@ -36,7 +30,7 @@ mod tests;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::Gate;
@@ -56,22 +50,20 @@ use crowdtrain_train::Model;
 use tokio::sync::watch;
 
 pub use admission::issue_tokens as issue_admission_tokens;
-pub use clock::{Clock, SystemClock, VirtualClock};
-use driver::{CheckpointWrite, Driver, DriverError, PendingReplay, Sent, Shell};
+pub use crowdtrain_coordinator::AGGREGATOR_SNAPSHOT_ROUNDS;
+pub use crowdtrain_coordinator::clock::{Clock, SystemClock, VirtualClock, now_unix_ms};
+use crowdtrain_coordinator::deltas;
+use crowdtrain_coordinator::{
+    CheckpointWrite, CoordinatorError, Driver, DriverError, PendingReplay, Sent, Shell, audit, driver,
+};
 use http::Failure;
 pub use http::serve;
 pub use net::raise_descriptor_limit;
-pub use restore::AGGREGATOR_SNAPSHOT_ROUNDS;
 
 use crate::NodeError;
 use crate::data::RunData;
 use crate::replay::replay_segment;
 use crate::storage::{Bucket, CoordinatorBucket};
-
-/// Milliseconds since the Unix epoch, the machine's notion of time.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 /// The coordinator: shared by every request handler and the timer.
 pub struct Node {
@@ -183,7 +175,7 @@ struct Inner {
     answering: std::collections::HashSet<(RoundId, WorkerId)>,
     /// Writing the checkpoints of the round aggregated last, in the
     /// background ([`Shell::write_behind`]).
-    writing: Option<std::thread::JoinHandle<Result<(), NodeError>>>,
+    writing: Option<std::thread::JoinHandle<Result<(), CoordinatorError>>>,
     /// The round the next round opened provisionally after (its overhead
     /// is timed to that opening), until it commits or its speculation is
     /// withdrawn.
@@ -331,7 +323,9 @@ impl Node {
                 checkpoints: checkpoints.clone(),
                 deltas: deltas.clone(),
                 answers: answers.clone(),
-                bucket: bucket.clone(),
+                bucket: bucket
+                    .clone()
+                    .map(|bucket| bucket as Arc<dyn crowdtrain_coordinator::bucket::RunBucket>),
             },
             store,
             audit_master,
@@ -949,7 +943,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         match self.input(inner, input) {
             Ok(()) => Ok(()),
-            Err(DriverError::Halted(error) | DriverError::Failed(error)) => Err(error),
+            Err(DriverError::Halted(error) | DriverError::Failed(error)) => Err(error.into()),
             Err(refused) => Err(NodeError::Halted(refused.to_string())),
         }
     }
@@ -965,7 +959,7 @@ impl Node {
         batch: driver::Batch,
         opened_ahead: Option<(RoundId, Instant)>,
         opened_at: Option<Instant>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), CoordinatorError> {
         self.metrics.observe(&batch.events, batch.received_bytes);
         let overhead = |started: Instant| opened_at.unwrap_or_else(Instant::now).duration_since(started);
         if let Some((round, started)) = opened_ahead {
@@ -1254,7 +1248,7 @@ struct StatusRead {
 /// threads of its own, and times a round opened ahead.
 struct NodeShell<'a> {
     node: &'a Node,
-    writing: &'a mut Option<std::thread::JoinHandle<Result<(), NodeError>>>,
+    writing: &'a mut Option<std::thread::JoinHandle<Result<(), CoordinatorError>>>,
     closing_started: Option<(RoundId, Instant)>,
     opened_ahead_of: &'a mut Option<RoundId>,
     /// The round the batch opened the next round ahead of, if it did, and
@@ -1291,7 +1285,7 @@ impl Shell for NodeShell<'_> {
         *self.writing = Some(std::thread::spawn(move || write.run()));
     }
 
-    fn written(&mut self) -> Result<(), NodeError> {
+    fn written(&mut self) -> Result<(), CoordinatorError> {
         match self.writing.take() {
             Some(writing) => Ok(writing.join().expect("writing a checkpoint does not panic")?),
             None => Ok(()),

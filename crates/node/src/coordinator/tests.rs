@@ -6,8 +6,9 @@
 //! crash is the node dropped and opened again from the same directory.
 //! Where the order of events matters (a round opened ahead of its
 //! verdicts), the node's audit replays are held until the test runs them.
-//! The last test takes the [`Driver`] out of its node and drives it alone,
-//! with a [`Shell`] that does everything on the test's thread.
+//! The last test opens the [`Driver`] alone on the node's state
+//! ([`Driver::open`], again after a crash) and drives it with a [`Shell`]
+//! that does everything on the test's thread.
 //!
 //! The network tests (`crates/cli/tests/network.rs`) check the same
 //! outcome through real processes: the final state hash of honest workers
@@ -22,7 +23,6 @@ use crowdtrain_protocol::{Assignment, Identity};
 use crowdtrain_train::diloco::{DilocoConfig, apply_broadcast, simulate};
 use crowdtrain_train::{Broadcast, Codec, Model, Nesterov};
 
-use super::driver::{CheckpointWrite, Driver, DriverError, PendingReplay, Shell};
 use super::*;
 use crate::data::RunData;
 use crate::worker::Behavior;
@@ -808,7 +808,7 @@ impl Shell for CallerThread {
         self.writes += 1;
     }
 
-    fn written(&mut self) -> Result<(), NodeError> {
+    fn written(&mut self) -> Result<(), crowdtrain_coordinator::CoordinatorError> {
         Ok(())
     }
 
@@ -818,13 +818,31 @@ impl Shell for CallerThread {
 }
 
 impl Harness {
-    /// The driver of the coordinator opened here, its shell (the node's
-    /// lock, threads and handlers) gone.
-    fn take_driver(&mut self) -> Driver {
-        let node = self.node.take().expect("the node is open");
-        wait_until("the node's threads let go of it", || Arc::strong_count(&node) == 1);
-        let node = Arc::into_inner(node).expect("nothing else holds the node");
-        node.inner.into_inner().unwrap().driver
+    /// A driver opened with [`Driver::open`] on this run's state directory,
+    /// as a process restarted on it would open it: the node is closed first
+    /// (its threads let go of the store), and only the driver comes back.
+    fn open_driver(&mut self) -> Driver {
+        if let Some(node) = self.node.take() {
+            wait_until("the node's threads let go of it", || Arc::strong_count(&node) == 1);
+        }
+        let dir = self.dir.path();
+        let config = self.config.clone();
+        let tokenizer = crowdtrain_data::text::TokenizerSpec::from("char".to_owned());
+        let dataset = RunData::load(config.data.dir.as_deref(), &config.training, &tokenizer).unwrap();
+        let run = driver::Run {
+            model: crowdtrain_train::build_model(config.training.model),
+            dataset: Arc::new(dataset),
+            identity: Arc::new(load_or_create_key(&dir.join("coordinator.key")).unwrap()),
+            clock: self.clock.clone(),
+            checkpoints: Checkpoints::open(&dir.join("checkpoints")).unwrap(),
+            deltas: deltas::Deltas::open(&dir.join("deltas")).unwrap(),
+            answers: Checkpoints::open_with_extension(&dir.join("audit-answers"), "answer").unwrap(),
+            bucket: None,
+            config,
+        };
+        let store = Store::open(&dir.join("coordinator.sqlite")).unwrap();
+        let secret = load_or_create_secret(&dir.join("audit.secret")).unwrap();
+        Driver::open(run, store, secret).unwrap()
     }
 }
 
@@ -833,11 +851,24 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
     // Every submission audited; the driver takes every input itself, and
     // the test does the shell's part (storing the answer, the replay) on
     // its own thread: no lock, no thread, no waiting.
+    // The node registers the workers and opens round 0; from then on the
+    // driver alone, opened with `Driver::open` on the node's state, and
+    // opened again on what survives a crash between the rounds.
     let mut harness = Harness::new(config(2, 12, 1.0, "", "min_workers = 2"), 2);
     let workers = harness.workers.clone();
-    let mut driver = harness.take_driver();
+    let mut driver = harness.open_driver();
     let mut shell = CallerThread::default();
+    driver.carry_out(&[], &mut shell).unwrap();
+    assert!(driver.take_batch().events.is_empty(), "round 0 was open and durable: nothing to do");
     for round in 0..2 {
+        if round == 1 {
+            let (global, hash) = (driver.global_model, driver.global_hash.clone());
+            drop(driver);
+            driver = harness.open_driver();
+            driver.carry_out(&[], &mut shell).unwrap();
+            assert_eq!((driver.global_model, &driver.global_hash), (global, &hash), "restored exactly");
+            assert_eq!(driver.machine.open_round().map(|open| open.id), Some(1), "round 1 is open again");
+        }
         let mut submitted = Vec::new();
         for &worker in &workers {
             harness.wait(200);

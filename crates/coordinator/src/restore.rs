@@ -11,11 +11,10 @@ use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, checkpoint
 use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState};
 
-use super::bucket;
-use super::driver::{Driver, Run};
-use crate::NodeError;
+use crate::CoordinatorError;
+use crate::bucket::{self, BlobKey};
 use crate::data::RunData;
-use crate::storage::BlobKey;
+use crate::driver::{Driver, Run};
 
 impl Driver {
     /// The driver of the run `store` holds (created with its record, see
@@ -29,13 +28,13 @@ impl Driver {
     /// The machine's first actions (a round to open or close, a deadline
     /// passed while it was down) are left for the caller to carry out with
     /// its shell ([`Driver::carry_out`]).
-    pub(super) fn open(run: Run, store: Store, audit_master: [u8; 32]) -> Result<Self, NodeError> {
+    pub fn open(run: Run, store: Store, audit_master: [u8; 32]) -> Result<Self, CoordinatorError> {
         let record = store
             .run()?
             .ok_or_else(|| crowdtrain_store::StoreError::Corrupt("the store holds no run".into()))?;
         let (config, model, checkpoints) = (&run.config, run.model.as_ref(), &run.checkpoints);
         if let Some(bucket) = &run.bucket {
-            bucket::restore_checkpoints(&store, &record, checkpoints, bucket)?;
+            bucket::restore_checkpoints(&store, &record, checkpoints, bucket.as_ref())?;
         }
         let (global, global_model) = load_global(&store, &record, config, model, checkpoints)?;
         if let Some(bucket) = &run.bucket {
@@ -44,11 +43,11 @@ impl Driver {
             // The delta before the model, as in the writer: a worker
             // that finds the model and no delta downloads it whole.
             if let Some(delta) = run.deltas.get(&global_model) {
-                bucket.put_blocking(BlobKey::Delta { target: global_model }, delta.to_vec())?;
+                bucket.put(BlobKey::Delta { target: global_model }, delta.to_vec())?;
             }
-            bucket.put_blocking(BlobKey::Model(global_model), checkpoints.get(&global_model)?)?;
-            bucket::publish_optimizer_state(&store, &record, checkpoints, bucket)?;
-            tracing::info!(url = bucket.bucket().url(), model = %global_model, "models published in the bucket");
+            bucket.put(BlobKey::Model(global_model), checkpoints.get(&global_model)?)?;
+            bucket::publish_optimizer_state(&store, &record, checkpoints, bucket.as_ref())?;
+            tracing::info!(url = bucket.url(), model = %global_model, "models published in the bucket");
         }
         // Answers only passed audits name are not evidence (see `prune_answers`).
         for digest in store.prunable_answer_digests()? {
@@ -105,12 +104,12 @@ fn load_global(
     config: &RunConfig,
     model: &dyn Model,
     checkpoints: &Checkpoints,
-) -> Result<(OuterState, Digest), NodeError> {
+) -> Result<(OuterState, Digest), CoordinatorError> {
     let Some(latest) = store.latest_result()? else {
         return read_global(checkpoints, model, (record.initial_model, record.initial_momentum), 0);
     };
     match read_global(checkpoints, model, (latest.model, latest.momentum), latest.closed) {
-        Err(NodeError::Checkpoint(
+        Err(CoordinatorError::Checkpoint(
             error @ (crowdtrain_store::CheckpointError::Missing(_)
             | crowdtrain_store::CheckpointError::HashMismatch { .. }),
         )) => {
@@ -128,9 +127,9 @@ fn read_global(
     model: &dyn Model,
     (params, momentum): (Digest, Digest),
     rounds: u64,
-) -> Result<(OuterState, Digest), NodeError> {
+) -> Result<(OuterState, Digest), CoordinatorError> {
     let name = model.name();
-    let decode = |digest: &Digest, kind| -> Result<Vec<f32>, NodeError> {
+    let decode = |digest: &Digest, kind| -> Result<Vec<f32>, CoordinatorError> {
         Ok(checkpoint::decode(&checkpoints.get(digest)?, kind, &name, model.layout())?)
     };
     let (momentum, exact) = checkpoint::decode_outer(&checkpoints.get(&momentum)?, &name, model.layout())?;
@@ -148,7 +147,7 @@ fn read_global(
 /// (its momentum, and its exact parameters under a compressed broadcast),
 /// encoded as checkpoints side by side (MBs each, on the path that closes a
 /// round).
-pub(super) fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
     let name = model.name();
     rayon::join(
         || checkpoint::encode(CheckpointKind::Params, &name, model.layout(), &state.params),
@@ -169,7 +168,7 @@ fn rebuild_latest_global(
     model: &dyn Model,
     checkpoints: &Checkpoints,
     latest: &crowdtrain_store::LatestResult,
-) -> Result<(OuterState, Digest), NodeError> {
+) -> Result<(OuterState, Digest), CoordinatorError> {
     let previous = match store.latest_result_before(latest.round)? {
         Some(previous) => (previous.model, previous.momentum),
         None => (record.initial_model, record.initial_momentum),
@@ -202,7 +201,7 @@ fn restore_aggregator(
     aggregator: &crowdtrain_defense::Aggregator,
     model: &dyn Model,
     before: RoundId,
-) -> Result<crowdtrain_defense::AggregatorState, NodeError> {
+) -> Result<crowdtrain_defense::AggregatorState, CoordinatorError> {
     if !aggregator.is_stateful() {
         return Ok(Default::default());
     }
@@ -233,7 +232,7 @@ fn replay_aggregation(
     state: &crowdtrain_defense::AggregatorState,
     model: &dyn Model,
     round: RoundId,
-) -> Result<(Vec<f32>, crowdtrain_defense::StateChange), NodeError> {
+) -> Result<(Vec<f32>, crowdtrain_defense::StateChange), CoordinatorError> {
     let parameters = model.layout().len();
     let workers = store.credited(round)?;
     if workers.is_empty() {

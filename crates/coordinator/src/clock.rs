@@ -5,6 +5,12 @@
 //! clock, not by sleeping).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, the machine's notion of time.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
 
 /// Milliseconds since the Unix epoch, as the node sees them.
 pub trait Clock: Send + Sync {
@@ -17,7 +23,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_unix_ms(&self) -> u64 {
-        super::now_unix_ms()
+        now_unix_ms()
     }
 }
 

@@ -19,7 +19,7 @@ use crowdtrain_train::trainer::{BatchSource, ImageShard};
 use crowdtrain_train::{Evaluation, Model, TrainError, evaluate};
 use crowdtrain_train::{ModelKind, TrainingRecipe};
 
-use crate::{AssignedWork, NodeError};
+use crate::{AssignedWork, CoordinatorError};
 
 /// Validation sequences a round's model is evaluated on (evenly spaced over
 /// the validation split, the same every round): the per-round curve.
@@ -63,7 +63,7 @@ impl RunData {
         dir: Option<&Path>,
         recipe: &TrainingRecipe,
         tokenizer: &TokenizerSpec,
-    ) -> Result<Self, NodeError> {
+    ) -> Result<Self, CoordinatorError> {
         match recipe.model {
             ModelKind::Mlp | ModelKind::Cnn => Ok(Self::Images(DataSource::resolve(dir).load()?)),
             ModelKind::Gpt(config) => {
@@ -72,10 +72,13 @@ impl RunData {
                     matches!(source, TextSource::Path(_)).then(crowdtrain_data::text::default_cache_dir);
                 let text =
                     TextDataset::load(&source, tokenizer, cache.as_deref(), &|_| {}).map_err(|error| {
-                        NodeError::Data(format!("could not load the text {}: {error}", source.describe()))
+                        CoordinatorError::Data(format!(
+                            "could not load the text {}: {error}",
+                            source.describe()
+                        ))
                     })?;
                 if text.tokenizer().vocab_size() != config.vocab {
-                    return Err(NodeError::Data(format!(
+                    return Err(CoordinatorError::Data(format!(
                         "the {} tokenizer has {} tokens, the model's vocabulary is {}",
                         tokenizer,
                         text.tokenizer().vocab_size(),

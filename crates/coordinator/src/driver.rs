@@ -12,9 +12,9 @@
 //! thread or another party (showing a round to the workers, serving a
 //! model, writing checkpoints in the background, replaying an audit) it
 //! asks of its [`Shell`], and a replay's verdict comes back as an input
-//! ([`Driver::replay_finished`]). [`super::Node`] is the shell of a
-//! coordinator process (locks, HTTP, threads, the timer); the in-process
-//! tests drive the same code on virtual time.
+//! ([`Driver::replay_finished`]). `crowdtrain_node::coordinator::Node` is
+//! the shell of a coordinator process (locks, HTTP, threads, the timer);
+//! the node's in-process tests drive the same code on virtual time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,17 +35,17 @@ use crowdtrain_store::{CheckpointKind, Checkpoints, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState};
 
-use super::clock::Clock;
-use super::deltas::Deltas;
-use super::restore::{AGGREGATOR_SNAPSHOT_ROUNDS, encode_global};
-use super::{audit, bucket};
-use crate::NodeError;
+use crate::CoordinatorError;
+use crate::bucket::{BlobKey, RunBucket};
+use crate::clock::Clock;
 use crate::data::{RunData, Shards};
-use crate::storage::{BlobKey, CoordinatorBucket};
+use crate::deltas::Deltas;
+use crate::restore::{AGGREGATOR_SNAPSHOT_ROUNDS, encode_global};
+use crate::{audit, bucket};
 
 /// What the driver reads and never changes: the run, its model and data,
 /// its key and clock, and where its files go.
-pub(super) struct Run {
+pub struct Run {
     pub config: RunConfig,
     pub model: Box<dyn Model>,
     /// Training data, for the shards audit replays train on.
@@ -61,21 +61,21 @@ pub(super) struct Run {
     pub answers: Checkpoints,
     /// The run's bucket, if it has one (checkpoints and answers are read
     /// back from it, and aggregator snapshots written to it).
-    pub bucket: Option<Arc<CoordinatorBucket>>,
+    pub bucket: Option<Arc<dyn RunBucket>>,
 }
 
 /// The coordinator's state and its synchronous logic (see the module's
 /// documentation).
-pub(super) struct Driver {
-    pub(super) run: Run,
-    pub(super) machine: Coordinator,
-    pub(super) store: Store,
+pub struct Driver {
+    pub run: Run,
+    pub machine: Coordinator,
+    pub store: Store,
     /// The latest global parameters and outer momentum.
-    pub(super) global: OuterState,
+    pub global: OuterState,
     /// `global`'s state hash, for the status page.
-    pub(super) global_hash: String,
+    pub global_hash: String,
     /// The digest of `global.params`' checkpoint.
-    pub(super) global_model: Digest,
+    pub global_model: Digest,
     /// Under a delayed outer update, the parameters before the latest outer
     /// step and their digest: the base of the rounds still audited (see
     /// [`Driver::base_params`]).
@@ -88,7 +88,7 @@ pub(super) struct Driver {
     /// digests of their bytes), so closing the round reads nothing back.
     decoded: HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
     /// Shards by slot count, for audit replays.
-    pub(super) shards: HashMap<u32, Arc<Shards>>,
+    pub shards: HashMap<u32, Arc<Shards>>,
     /// What the batches carried out since the shell last looked did
     /// ([`Driver::take_batch`]).
     batch: Batch,
@@ -97,7 +97,7 @@ pub(super) struct Driver {
 /// A worker's signed input to a round: who sent it (with the nonce it
 /// signed), the round, and when it arrived.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Sent {
+pub struct Sent {
     pub now: u64,
     pub worker: WorkerId,
     pub nonce: u64,
@@ -107,7 +107,7 @@ pub(super) struct Sent {
 /// Why the driver did not take an input. The shell decides what each
 /// means to its caller (`http.rs` maps them to HTTP statuses).
 #[derive(Debug, thiserror::Error)]
-pub(super) enum DriverError {
+pub enum DriverError {
     /// The input is refused and changed nothing: the protocol says why.
     #[error("{0}")]
     Refused(Refusal),
@@ -115,7 +115,7 @@ pub(super) enum DriverError {
     /// read, a recheck could not run) and changed nothing; it may be sent
     /// again.
     #[error(transparent)]
-    Failed(#[from] NodeError),
+    Failed(#[from] CoordinatorError),
     /// A delegated audit's recheck found the stored answer unusable.
     #[error("{0}")]
     Unjudgeable(String),
@@ -123,7 +123,7 @@ pub(super) enum DriverError {
     /// ahead of the store, so the coordinator must stop (a restart resumes
     /// from the store).
     #[error("{0}")]
-    Halted(NodeError),
+    Halted(CoordinatorError),
 }
 
 impl From<Refusal> for DriverError {
@@ -135,10 +135,10 @@ impl From<Refusal> for DriverError {
 /// What the driver asks of the process around it, in the middle of a batch
 /// of the machine's actions (so before the batch is durable): the parts of
 /// carrying out an action that need another thread or another party.
-pub(super) trait Shell {
+pub trait Shell {
     /// The machine just opened `opened` (provisionally or not): show it to
-    /// the workers now, before the batch that opened it is durable (see
-    /// [`super::Node::publish`] for why that is safe).
+    /// the workers now, before the batch that opened it is durable (the
+    /// node's `Node::publish` says why that is safe).
     fn show(&mut self, opened: Opened);
     /// `model` is the newest model (its checkpoint file may still be being
     /// written): serve `bytes` from memory.
@@ -153,7 +153,7 @@ pub(super) trait Shell {
     /// ([`CheckpointWrite::run`]), while the next round runs.
     fn write_behind(&mut self, write: CheckpointWrite);
     /// Waits until the last [`Shell::write_behind`] is durable.
-    fn written(&mut self) -> Result<(), NodeError>;
+    fn written(&mut self) -> Result<(), CoordinatorError>;
     /// Replays an answered audit off the driver; its verdict comes back as
     /// [`Driver::replay_finished`].
     fn replay(&mut self, replay: PendingReplay);
@@ -162,7 +162,7 @@ pub(super) trait Shell {
 /// What batches of the machine's actions did, now durable: what the shell
 /// times, counts and schedules from them.
 #[derive(Debug, Default)]
-pub(super) struct Batch {
+pub struct Batch {
     /// The events recorded, in order.
     pub events: Vec<Event>,
     /// The bytes of the uploads recorded with them.
@@ -209,7 +209,7 @@ struct NextGlobal {
 
 /// An answered audit for the coordinator to replay: what the replay needs,
 /// taken from the driver.
-pub(super) struct PendingReplay {
+pub struct PendingReplay {
     pub round: RoundId,
     pub worker: WorkerId,
     pub segment: u32,
@@ -226,10 +226,10 @@ pub(super) struct PendingReplay {
 
 /// The files of a round just aggregated, to write while the next round
 /// runs (see [`Driver::aggregate`]).
-pub(super) struct CheckpointWrite {
+pub struct CheckpointWrite {
     checkpoints: Checkpoints,
     deltas: Deltas,
-    bucket: Option<Arc<CoordinatorBucket>>,
+    bucket: Option<Arc<dyn RunBucket>>,
     model: Digest,
     model_bytes: Arc<Vec<u8>>,
     momentum: Digest,
@@ -243,14 +243,14 @@ impl CheckpointWrite {
     /// model there as soon as the next round opens (and wait while it is
     /// not there yet); the delta before the model, as a worker holding the
     /// last model asks for it first.
-    pub(super) fn run(self) -> Result<(), NodeError> {
+    pub fn run(self) -> Result<(), CoordinatorError> {
         let Self { checkpoints, deltas, bucket, model, model_bytes, momentum, momentum_bytes, change } = self;
         if let Some(bucket) = bucket {
             if let Some(change) = &change {
-                bucket.put_blocking(BlobKey::Delta { target: model }, change.to_vec())?;
+                bucket.put(BlobKey::Delta { target: model }, change.to_vec())?;
             }
-            bucket.put_blocking(BlobKey::Model(model), model_bytes.to_vec())?;
-            bucket.put_blocking(BlobKey::Checkpoint(momentum), momentum_bytes.clone())?;
+            bucket.put(BlobKey::Model(model), model_bytes.to_vec())?;
+            bucket.put(BlobKey::Checkpoint(momentum), momentum_bytes.clone())?;
         }
         checkpoints.put(&model_bytes)?;
         if let Some(change) = change {
@@ -265,7 +265,7 @@ impl Driver {
     /// global model (`global`, its checkpoint named `global_model`) and the
     /// defence the store's records restore (`Node::open_with_clock` reads
     /// them).
-    pub(super) fn new(
+    pub(crate) fn new(
         run: Run,
         machine: Coordinator,
         store: Store,
@@ -297,19 +297,19 @@ impl Driver {
 
     /// What the batches carried out since the last call did (the shell
     /// takes it after every input, whatever the input's answer).
-    pub(super) fn take_batch(&mut self) -> Batch {
+    pub fn take_batch(&mut self) -> Batch {
         std::mem::take(&mut self.batch)
     }
 
     /// The timer fired: deadlines may have passed.
-    pub(super) fn tick(&mut self, now: u64, shell: &mut impl Shell) -> Result<(), DriverError> {
+    pub fn tick(&mut self, now: u64, shell: &mut impl Shell) -> Result<(), DriverError> {
         self.machine.handle_timeout(now);
         self.carry_out(&[], shell)
     }
 
     /// A signed read from `key` (its signature verified): single-use, and
     /// marks its worker as seen.
-    pub(super) fn read(
+    pub fn read(
         &mut self,
         now: u64,
         key: &PublicKey,
@@ -325,7 +325,7 @@ impl Driver {
     /// `token` it used, if new), choosing contract option `choice`.
     /// Registering again only says the worker is alive.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn register(
+    pub fn register(
         &mut self,
         now: u64,
         key: PublicKey,
@@ -349,7 +349,7 @@ impl Driver {
 
     /// A commitment to the work on `base_model` (and shard `trained`): its
     /// outcome, and the segment it drew for audit.
-    pub(super) fn commit(
+    pub fn commit(
         &mut self,
         sent: Sent,
         base_model: Digest,
@@ -368,7 +368,7 @@ impl Driver {
     /// decoded them, or why they are not a valid update (then, if it is
     /// the committed update, it is recorded as malformed). `payloads` holds
     /// its bytes, recorded with it.
-    pub(super) fn reveal(
+    pub fn reveal(
         &mut self,
         sent: Sent,
         base_model: Digest,
@@ -391,7 +391,7 @@ impl Driver {
 
     /// An audit answer whose proofs do not hold, for `reason`: it fails at
     /// once.
-    pub(super) fn answer_refuted(
+    pub fn answer_refuted(
         &mut self,
         sent: Sent,
         reason: String,
@@ -405,7 +405,7 @@ impl Driver {
     /// An audit answer whose proofs hold, stored as the file named
     /// `answer`: the auditor it is delegated to, if any (else the
     /// coordinator replays it).
-    pub(super) fn audit_answered(
+    pub fn audit_answered(
         &mut self,
         sent: Sent,
         answer: Digest,
@@ -423,7 +423,7 @@ impl Driver {
     /// replays the segment itself, here (a quarter of a round's training,
     /// on the caller's thread), and whichever of the two its replay
     /// contradicts is slashed ([`ReportCheck`]).
-    pub(super) fn audit_report(
+    pub fn audit_report(
         &mut self,
         sent: Sent,
         audited: WorkerId,
@@ -451,7 +451,7 @@ impl Driver {
     /// The segment, commitment and assignment of `audited`'s audit in
     /// `round`, if `auditor` is the one to replay it now; `doing` names
     /// the request in the refusal.
-    pub(super) fn delegated(
+    pub fn delegated(
         &self,
         auditor: WorkerId,
         round: RoundId,
@@ -471,7 +471,7 @@ impl Driver {
     /// [`Shell::replay`]) ended in `verdict`: the machine judges the audit,
     /// unless it was judged meanwhile (from the store, at the reveal
     /// deadline: then it is refused, and nothing changes).
-    pub(super) fn replay_finished(
+    pub fn replay_finished(
         &mut self,
         now: u64,
         round: RoundId,
@@ -489,7 +489,7 @@ impl Driver {
     /// audits, judging one) is done on the way. `payloads` are the bytes of
     /// the reveal being recorded, if any, by digest. An error leaves the
     /// machine ahead of what is durable: the shell must stop.
-    pub(super) fn carry_out(
+    pub fn carry_out(
         &mut self,
         payloads: &[(Digest, &[u8])],
         shell: &mut impl Shell,
@@ -501,7 +501,7 @@ impl Driver {
         &mut self,
         payloads: &[(Digest, &[u8])],
         shell: &mut impl Shell,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), CoordinatorError> {
         let mut batch = Batch::default();
         // Audits that passed in this batch: their answers go once durable.
         let mut passed = Vec::new();
@@ -701,7 +701,7 @@ impl Driver {
         round: RoundId,
         accepted: &[WorkerId],
         shell: &mut impl Shell,
-    ) -> Result<Aggregated, NodeError> {
+    ) -> Result<Aggregated, CoordinatorError> {
         let started = Instant::now();
         shell.written()?;
         let order = self.store.commitment_order(round, accepted)?;
@@ -769,7 +769,7 @@ impl Driver {
                     let after = self.defense.state_after(&decision);
                     let bytes = checkpoint::encode_aggregator(&self.run.model.name(), &after);
                     if let Some(bucket) = &self.run.bucket {
-                        bucket.put_blocking(BlobKey::Checkpoint(Digest::of(&bytes)), bytes.clone())?;
+                        bucket.put(BlobKey::Checkpoint(Digest::of(&bytes)), bytes.clone())?;
                     }
                     Some(self.run.checkpoints.put(&bytes)?)
                 } else {
@@ -807,7 +807,11 @@ impl Driver {
     /// replaying it stopped): the coordinator replays it from the stored
     /// answer, in the background like a fresh answer (the replay returned
     /// for the shell), unless its proofs fail at once.
-    fn judge_stored(&mut self, round: RoundId, worker: WorkerId) -> Result<Option<PendingReplay>, NodeError> {
+    fn judge_stored(
+        &mut self,
+        round: RoundId,
+        worker: WorkerId,
+    ) -> Result<Option<PendingReplay>, CoordinatorError> {
         let (segment, commitment) =
             self.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
         let assignment = self.machine.assignment_in(round, worker).expect("audited workers are participants");
@@ -847,25 +851,26 @@ impl Driver {
 
     /// `worker`'s stored answer in `round`, its bytes checked against the
     /// digest the database holds.
-    pub(super) fn stored_answer(&self, round: RoundId, worker: WorkerId) -> Result<AuditAnswer, NodeError> {
+    pub fn stored_answer(&self, round: RoundId, worker: WorkerId) -> Result<AuditAnswer, CoordinatorError> {
         let digest = self.store.audit_answer_digest(round, worker)?;
         if let Some(bucket) = &self.run.bucket {
             bucket::restore_answer(
                 &self.run.answers,
-                bucket,
+                bucket.as_ref(),
                 worker,
                 digest,
                 self.run.config.limits.max_upload_bytes,
             )?;
         }
-        postcard::from_bytes(&self.run.answers.get(&digest)?)
-            .map_err(|error| NodeError::Untrusted(format!("a stored audit answer does not decode: {error}")))
+        postcard::from_bytes(&self.run.answers.get(&digest)?).map_err(|error| {
+            CoordinatorError::Corrupt(format!("a stored audit answer does not decode: {error}"))
+        })
     }
 
     /// The parameters of model `base`, a round's base: the newest model, or
     /// under a delayed outer update the one before it (kept in memory, else
     /// read from its checkpoint, as after a restart).
-    pub(super) fn base_params(&self, base: &Digest) -> Result<Vec<f32>, NodeError> {
+    pub fn base_params(&self, base: &Digest) -> Result<Vec<f32>, CoordinatorError> {
         if *base == self.global_model {
             return Ok(self.global.params.clone());
         }
@@ -884,7 +889,7 @@ impl Driver {
     /// slash (anyone can replay them against the commitment). So does an
     /// answer another audit names and has not passed: a copier answers
     /// with its victim's very bytes, the same file.
-    fn prune_answers(&self, passed: &[(RoundId, WorkerId)]) -> Result<(), NodeError> {
+    fn prune_answers(&self, passed: &[(RoundId, WorkerId)]) -> Result<(), CoordinatorError> {
         for &(round, worker) in passed {
             if let Ok(digest) = self.store.audit_answer_digest(round, worker)
                 && self.store.answer_prunable(&digest)?

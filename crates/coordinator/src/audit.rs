@@ -17,9 +17,9 @@ use crowdtrain_protocol::wire::{AuditAnswer, AuditReport};
 use crowdtrain_protocol::{Assignment, Commitment, Digest, Verdict};
 use crowdtrain_train::{Model, TrainState};
 
-use super::driver::Driver;
-use crate::NodeError;
+use crate::CoordinatorError;
 use crate::data::Shards;
+use crate::driver::Driver;
 use crate::replay::replay_segment;
 
 /// Checks 1 to 4 (and 7's digest) of `answer` for `segment` of
@@ -27,7 +27,7 @@ use crate::replay::replay_segment;
 /// parameters of `model` ([`judge::check_answer`]): the start state to
 /// replay from, or why the answer fails. A plain function: the node runs
 /// it off its lock on a fresh answer, the driver on a stored one.
-pub(super) fn check_answer(
+pub fn check_answer(
     model: &dyn Model,
     base: &[f32],
     assignment: &Assignment,
@@ -51,13 +51,13 @@ pub(super) fn check_answer(
 impl Driver {
     /// The coordinator's own replay of `start` (checked by
     /// [`check_answer`]).
-    pub(super) fn replay_report(
+    pub fn replay_report(
         &mut self,
         assignment: &Assignment,
         segment: u32,
         start: TrainState,
         residual_in: &[f32],
-    ) -> Result<Result<AuditReport, String>, NodeError> {
+    ) -> Result<Result<AuditReport, String>, CoordinatorError> {
         let shards = self.shards(assignment)?;
         let base = self.base_params(&assignment.base_model)?;
         Ok(replay_segment(
@@ -74,7 +74,7 @@ impl Driver {
     }
 
     /// The round's shards for `assignment.slots` participants, cached.
-    pub(super) fn shards(&mut self, assignment: &Assignment) -> Result<Arc<Shards>, NodeError> {
+    pub fn shards(&mut self, assignment: &Assignment) -> Result<Arc<Shards>, CoordinatorError> {
         if let Some(shards) = self.shards.get(&assignment.slots) {
             return Ok(Arc::clone(shards));
         }
@@ -94,7 +94,7 @@ const SHARD_CACHE_MAX: usize = 4;
 
 /// What a replay that ended in `report` says of `answer`'s claims
 /// ([`judge::replay_verdict`]).
-pub(super) fn verdict_of(
+pub fn verdict_of(
     report: &AuditReport,
     answer: &AuditAnswer,
     commitment: &Commitment,
