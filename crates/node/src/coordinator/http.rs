@@ -272,7 +272,7 @@ async fn prune(limits: Arc<RequestLimits>) {
 async fn timer(node: Arc<Node>) -> Result<(), NodeError> {
     let mut changes = node.changes.subscribe();
     loop {
-        let next = node.lock().machine.poll_timeout();
+        let next = node.lock().driver.machine.poll_timeout();
         match next {
             Some(deadline) => {
                 let wait = Duration::from_millis(deadline.saturating_sub(node.now()));

@@ -182,22 +182,6 @@ struct Inner {
     opened_ahead_of: Option<RoundId>,
 }
 
-/// The node's state is the driver's, with what the shell keeps beside it:
-/// `inner.machine` and `inner.store` read through to the driver.
-impl std::ops::Deref for Inner {
-    type Target = Driver;
-
-    fn deref(&self) -> &Driver {
-        &self.driver
-    }
-}
-
-impl std::ops::DerefMut for Inner {
-    fn deref_mut(&mut self) -> &mut Driver {
-        &mut self.driver
-    }
-}
-
 /// Clears an `Inner::answering` entry when its request ends, however it ends.
 struct Answering<'a> {
     node: &'a Node,
@@ -384,16 +368,16 @@ impl Node {
         }
         let mut inner = node.lock();
         // Rounds the previous process closed but did not live to score.
-        for round in inner.store.unscored_rounds()? {
+        for round in inner.driver.store.unscored_rounds()? {
             node.schedule_scoring(round);
         }
         node.drive(&mut inner, |driver, shell| driver.carry_out(&[], shell))?;
         // Evaluations the previous process did not live to record.
-        for (round, model) in inner.store.unevaluated_rounds()? {
+        for (round, model) in inner.driver.store.unevaluated_rounds()? {
             node.schedule_evaluation(round, model);
         }
         // Model rewards the previous process did not live to record.
-        if inner.machine.phase() == Phase::Finished {
+        if inner.driver.machine.phase() == Phase::Finished {
             node.background.run_finished();
             node.schedule_model_rewards();
         }
@@ -437,7 +421,7 @@ impl Node {
     /// verified already): the worker it comes from. Changes nothing.
     fn authenticate(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
         let inner = self.lock();
-        Ok(inner.machine.authenticate(self.now(), key, nonce, true)?)
+        Ok(inner.driver.machine.authenticate(self.now(), key, nonce, true)?)
     }
 
     /// A signed read (its signature verified): single-use, and marks its
@@ -460,7 +444,7 @@ impl Node {
     ) -> Result<Signed<Registration>, Failure> {
         let admitted = self.admission.check(&key, token);
         let mut inner = self.lock();
-        let token = match (admitted, inner.machine.worker_id(&key)) {
+        let token = match (admitted, inner.driver.machine.worker_id(&key)) {
             (Ok(token), _) => token,
             // Registered already: registering again only says it is alive.
             (Err(_), Some(_)) => None,
@@ -476,14 +460,14 @@ impl Node {
     /// The round as `worker` sees it, signed.
     /// Refuses a worker the run gives no more work (its bond is exhausted).
     fn may_work(&self, worker: WorkerId) -> Result<(), Failure> {
-        Ok(self.lock().machine.may_work(worker)?)
+        Ok(self.lock().driver.machine.may_work(worker)?)
     }
 
     fn view(&self, worker: Option<WorkerId>) -> Signed<RoundView> {
         let opening = self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let view = match opening {
             Some(opened) => opened.view(worker),
-            None => self.lock().machine.view(worker),
+            None => self.lock().driver.machine.view(worker),
         };
         Signed::sign(&self.identity, view)
     }
@@ -586,7 +570,7 @@ impl Node {
     ) -> Result<Signed<Receipt>, Failure> {
         let received = Instant::now();
         let pending = |inner: &Inner| {
-            inner.machine.pending_audit(worker, round).ok_or_else(|| {
+            inner.driver.machine.pending_audit(worker, round).ok_or_else(|| {
                 Failure::new(ErrorCode::NotAudited, format!("{worker} has no pending audit in round {round}"))
             })
         };
@@ -602,11 +586,12 @@ impl Node {
                 ));
             }
             let assignment = inner
+                .driver
                 .machine
                 .assignment_in(round, worker)
                 .expect("an audited worker is a participant of the round");
-            let shards = inner.shards(&assignment).map_err(Failure::internal)?;
-            let base = inner.base_params(&assignment.base_model).map_err(Failure::internal)?;
+            let shards = inner.driver.shards(&assignment).map_err(Failure::internal)?;
+            let base = inner.driver.base_params(&assignment.base_model).map_err(Failure::internal)?;
             (segment, commitment, assignment, base, shards)
         };
         let _answering = Answering { node: self, key: (round, worker) };
@@ -766,14 +751,14 @@ impl Node {
     /// audit waits for its report.
     fn audit_task(&self, auditor: WorkerId, round: RoundId, audited: WorkerId) -> Result<Vec<u8>, Failure> {
         let inner = self.lock();
-        let (segment, commitment, assignment) = inner.delegated(auditor, round, audited, "replay")?;
+        let (segment, commitment, assignment) = inner.driver.delegated(auditor, round, audited, "replay")?;
         // The first segment starts from the round's model; the stored
         // answer holds any other start, and the residual (checked against
         // the commitment when the answer arrived) the last segment needs.
         let needs_answer =
             segment != 1 || (segment == commitment.segments && commitment.residual_in.is_some());
         let answer = if needs_answer {
-            Some(inner.stored_answer(round, audited).map_err(Failure::internal)?)
+            Some(inner.driver.stored_answer(round, audited).map_err(Failure::internal)?)
         } else {
             None
         };
@@ -782,7 +767,7 @@ impl Node {
             answer => (
                 crowdtrain_train::TrainState::new(
                     self.model.name(),
-                    inner.base_params(&assignment.base_model).map_err(Failure::internal)?,
+                    inner.driver.base_params(&assignment.base_model).map_err(Failure::internal)?,
                 )
                 .to_bytes(),
                 answer.map(|answer| answer.residual_in).unwrap_or_default(),
@@ -896,7 +881,7 @@ impl Node {
         let answer = input(driver, &mut shell);
         let NodeShell { opened_ahead, opened_at, .. } = shell;
         *self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        let batch = inner.take_batch();
+        let batch = inner.driver.take_batch();
         let answer = match answer {
             Err(DriverError::Halted(error)) => Err(DriverError::Halted(error)),
             answer => match self.recorded(inner, batch, opened_ahead, opened_at) {
@@ -964,7 +949,7 @@ impl Node {
         let overhead = |started: Instant| opened_at.unwrap_or_else(Instant::now).duration_since(started);
         if let Some((round, started)) = opened_ahead {
             let milliseconds = overhead(started).as_millis() as u64;
-            inner.store.set_overhead(round, milliseconds)?;
+            inner.driver.store.set_overhead(round, milliseconds)?;
             self.metrics.overhead(milliseconds);
         }
         for round in batch.committed {
@@ -974,13 +959,13 @@ impl Node {
                 && closing == round
             {
                 let milliseconds = overhead(started).as_millis() as u64;
-                inner.store.set_overhead(round, milliseconds)?;
+                inner.driver.store.set_overhead(round, milliseconds)?;
                 self.metrics.overhead(milliseconds);
             }
             let downloaded = self.bytes_downloaded.load(Ordering::Relaxed);
             let before = self.downloaded_at_close.swap(downloaded, Ordering::Relaxed);
-            inner.store.set_downloads(round, downloaded.saturating_sub(before))?;
-            self.schedule_evaluation(round, inner.global_model);
+            inner.driver.store.set_downloads(round, downloaded.saturating_sub(before))?;
+            self.schedule_evaluation(round, inner.driver.global_model);
             self.schedule_scoring(round);
         }
         if batch.finished {
@@ -1022,7 +1007,7 @@ impl Node {
             checkpoint::decode(&bytes, CheckpointKind::Params, &self.model.name(), self.model.layout())?;
         let built = crowdtrain_train::build_model(self.config.training.model);
         let evaluation = self.background.install(|| self.dataset.evaluate(built.as_ref(), &params))?;
-        self.lock().store.set_evaluation(round, evaluation.accuracy, evaluation.loss)?;
+        self.lock().driver.store.set_evaluation(round, evaluation.accuracy, evaluation.loss)?;
         let maintenance = self.maintenance.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(error) = maintenance.checkpoint_wal() {
             tracing::warn!(round, %error, "could not checkpoint the database's WAL");
@@ -1049,19 +1034,20 @@ impl Node {
         // at least as new, never older, than the view.
         let (phase, round, completed_rounds, model, state_hash, active, last_seen) = {
             let inner = self.lock();
-            let active: std::collections::BTreeSet<WorkerId> = (0..inner.machine.worker_count() as u64)
+            let active: std::collections::BTreeSet<WorkerId> = (0..inner.driver.machine.worker_count()
+                as u64)
                 .map(WorkerId)
-                .filter(|&worker| inner.machine.is_active(worker))
+                .filter(|&worker| inner.driver.machine.is_active(worker))
                 .collect();
-            let last_seen: Vec<Option<u64>> = (0..inner.machine.worker_count() as u64)
-                .map(|worker| inner.machine.last_seen_ms(WorkerId(worker)))
+            let last_seen: Vec<Option<u64>> = (0..inner.driver.machine.worker_count() as u64)
+                .map(|worker| inner.driver.machine.last_seen_ms(WorkerId(worker)))
                 .collect();
             (
-                inner.machine.phase(),
-                inner.machine.open_round().map(|open| open.id),
-                inner.machine.completed_rounds(),
-                inner.global_model,
-                inner.global_hash.clone(),
+                inner.driver.machine.phase(),
+                inner.driver.machine.open_round().map(|open| open.id),
+                inner.driver.machine.completed_rounds(),
+                inner.driver.global_model,
+                inner.driver.global_hash.clone(),
                 active,
                 last_seen,
             )
@@ -1088,7 +1074,7 @@ impl Node {
             workers,
             rounds,
             rounds_total,
-            max_participants: self.lock().machine.settings().max_participants,
+            max_participants: self.lock().driver.machine.settings().max_participants,
             admission: self.admission.mode().as_str().to_owned(),
             opened_ahead: self.opened_ahead.load(Ordering::Relaxed),
             withdrawn_ahead: self.withdrawn_ahead.load(Ordering::Relaxed),
@@ -1175,8 +1161,9 @@ impl Node {
     fn metrics_text(&self) -> String {
         let (registered, active) = {
             let inner = self.lock();
-            let registered = inner.machine.worker_count() as u64;
-            let active = (0..registered).filter(|&worker| inner.machine.is_active(WorkerId(worker))).count();
+            let registered = inner.driver.machine.worker_count() as u64;
+            let active =
+                (0..registered).filter(|&worker| inner.driver.machine.is_active(WorkerId(worker))).count();
             (registered, active as u64)
         };
         self.metrics.render(registered, active)
@@ -1204,9 +1191,12 @@ impl Node {
     ) -> Result<WorkerView, Failure> {
         let (active, last_seen, opened) = {
             let inner = self.lock();
-            let opened =
-                inner.machine.open_round().map_or(inner.machine.completed_rounds(), |open| open.id + 1);
-            (inner.machine.is_active(worker), inner.machine.last_seen_ms(worker), opened)
+            let opened = inner
+                .driver
+                .machine
+                .open_round()
+                .map_or(inner.driver.machine.completed_rounds(), |open| open.id + 1);
+            (inner.driver.machine.is_active(worker), inner.driver.machine.last_seen_ms(worker), opened)
         };
         let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut totals = reader

@@ -97,12 +97,18 @@ impl Node {
         let (choices, done, delivered, rounds) = {
             let inner = self.lock();
             let delivered: BTreeMap<_, _> = inner
+                .driver
                 .store
                 .worker_statuses()?
                 .into_iter()
                 .map(|status| (status.worker, status.verified_work))
                 .collect();
-            (inner.store.choices()?, inner.store.model_rewards()?, delivered, inner.store.round_records()?)
+            (
+                inner.driver.store.choices()?,
+                inner.driver.store.model_rewards()?,
+                delivered,
+                inner.driver.store.round_records()?,
+            )
         };
         let mut coalition = vec![0u32; menu.options.len()];
         for choice in choices.values() {
@@ -192,7 +198,12 @@ impl Node {
                 outcome,
             };
             tracing::info!(%worker, option = choice.option, promised, delivered_contribution, "model reward");
-            self.lock().store.record(self.now(), &[Event::ModelRewarded(reward)], &[], &self.identity)?;
+            self.lock().driver.store.record(
+                self.now(),
+                &[Event::ModelRewarded(reward)],
+                &[],
+                &self.identity,
+            )?;
             recorded += 1;
         }
         tracing::info!(
@@ -224,8 +235,8 @@ impl Node {
         }
         let (finished, reward) = {
             let inner = self.lock();
-            let finished = inner.machine.phase() == crowdtrain_protocol::wire::Phase::Finished;
-            (finished, inner.store.model_reward(worker).map_err(Failure::internal)?)
+            let finished = inner.driver.machine.phase() == crowdtrain_protocol::wire::Phase::Finished;
+            (finished, inner.driver.store.model_reward(worker).map_err(Failure::internal)?)
         };
         match reward {
             None if !finished => Err(Failure::new(

@@ -42,8 +42,8 @@ impl Node {
     fn score(self: &Arc<Self>, round: RoundId) -> Result<(), NodeError> {
         let (base, workers, payloads) = {
             let inner = self.lock();
-            let (base, workers) = inner.store.scoring_input(round)?;
-            let payloads = inner.store.payloads(round, &workers)?;
+            let (base, workers) = inner.driver.store.scoring_input(round)?;
+            let payloads = inner.driver.store.payloads(round, &workers)?;
             (base, workers, payloads)
         };
         let name = self.model.name();
@@ -97,13 +97,13 @@ impl Node {
         events.push(Event::RoundScored { round });
         // The machine's collateral sees this round's rewards, then decides
         // what vests; it records nothing until the store has.
-        let mut collateral = inner.machine.collateral().clone();
+        let mut collateral = inner.driver.machine.collateral().clone();
         events.iter().for_each(|event| collateral.apply(event));
         if let Some(vested) = collateral.vesting(round, self.config.audit.vesting_rounds) {
             events.push(vested);
         }
-        inner.store.record(now, &events, &[], &self.identity)?;
-        inner.machine.note(&events);
+        inner.driver.store.record(now, &events, &[], &self.identity)?;
+        inner.driver.machine.note(&events);
         drop(inner);
         self.changes.send_modify(|version| *version += 1);
         Ok(())

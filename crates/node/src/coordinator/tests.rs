@@ -260,7 +260,7 @@ impl Harness {
     fn replay(&self, task: &AuditTask) -> AuditReport {
         let node = self.node();
         let assignment = &task.assignment;
-        let base = node.lock().base_params(&assignment.base_model).unwrap();
+        let base = node.lock().driver.base_params(&assignment.base_model).unwrap();
         let start =
             crowdtrain_train::TrainState::from_bytes(&task.start_state, &node.model.name(), base.len())
                 .unwrap();
@@ -279,7 +279,7 @@ impl Harness {
     }
 
     fn completed_rounds(&self) -> u64 {
-        self.node().lock().machine.completed_rounds()
+        self.node().lock().driver.machine.completed_rounds()
     }
 
     /// Waits (in real time: replays run on threads) until `rounds` rounds
@@ -363,7 +363,8 @@ fn honest_round(harness: &mut Harness, crash: CrashAt) -> usize {
     }
     if crash == CrashAt::AfterAnswers {
         for submission in submitted.iter().filter(|submission| submission.audit.is_some()) {
-            let unjudged = harness.node().lock().machine.answered_audit(submission.round, submission.worker);
+            let unjudged =
+                harness.node().lock().driver.machine.answered_audit(submission.round, submission.worker);
             assert!(unjudged.is_some(), "answered, not judged: the restart must replay the stored answer");
         }
         harness.crash();
@@ -387,7 +388,7 @@ fn honest_workers_in_process_reproduce_the_simulation_bit_for_bit_with_audits() 
         let round = harness.completed_rounds();
         let drawn = honest_round(&mut harness, CrashAt::Nowhere);
         let node = harness.node();
-        let recorded = node.lock().store.round_records_page(round, 1).unwrap()[0].audited;
+        let recorded = node.lock().driver.store.round_records_page(round, 1).unwrap()[0].audited;
         assert_eq!(recorded as usize, drawn, "round {round}: every drawn audit is recorded");
         audited += drawn;
     }
@@ -716,7 +717,7 @@ fn under_a_delayed_outer_update_two_rounds_are_live_and_the_run_ends_on_the_dela
         // round r is answered, revealed and aggregated.
         let mut next = Vec::new();
         if round + 1 < rounds {
-            let ahead = harness.node().lock().machine.ahead_round().map(|ahead| ahead.id);
+            let ahead = harness.node().lock().driver.machine.ahead_round().map(|ahead| ahead.id);
             assert_eq!(ahead, Some(round + 1), "two live rounds");
             for &worker in &workers {
                 let view = harness.node().view(Some(worker)).body;
