@@ -7,7 +7,7 @@
 #   sudo scripts/wan-bench.sh [--workers "4 8"] [--rates "100mbit 20mbit"]
 #        [--delay-ms 50] [--rounds 10] [--inner-steps 50]
 #        [--config "FILE ..."] [--repeats 1] [--coordinator-rate 1gbit]
-#        [--json FILE] [--prefix ctw] [--keep]
+#        [--json FILE] [--prefix ctw] [--keep] [--worker-args "ARGS"]
 #
 # The lab is ../shared/scripts/wan-lab (or $WAN_LAB_DIR): host 0 runs the
 # coordinator on a link of --coordinator-rate (a data centre's), hosts
@@ -28,7 +28,8 @@
 # `idle` seconds a round: waiting for the round, the model, commitments,
 # uploads, auditing others). --keep keeps every run's directory (the
 # coordinator's state with its ledger, the workers' logs and summaries) and
-# prints where it is.
+# prints where it is. --worker-args passes more arguments to every worker
+# (the GPT's configs need `--tokenizer char`).
 # One caveat: the workers share this machine's cores, so each trains
 # slower than it would alone; utilisation is still the share of its wall
 # time a worker trained, the figure overlap and compression are for.
@@ -48,8 +49,9 @@ coordinator_rate="1gbit"
 json_out=""
 prefix="ctw"
 keep=""
+worker_args=""
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --workers) workers_list="$2"; shift 2 ;;
@@ -63,6 +65,7 @@ while [ $# -gt 0 ]; do
         --json) json_out="$2"; shift 2 ;;
         --prefix) prefix="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
+        --worker-args) worker_args="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -142,7 +145,7 @@ for workers in $workers_list; do
         for i in $(seq 1 "$workers"); do
             "$wan_lab" exec "${prefix}$i" -- env RAYON_NUM_THREADS=1 "$binary" worker \
                 --coordinator http://127.0.0.1:7071 --key "$run/worker$i.key" \
-                --cache "$run/cache$i" --threads 1 --json >"$run/worker$i.json" 2>"$run/worker$i.log" &
+                --cache "$run/cache$i" --threads 1 --json $worker_args >"$run/worker$i.json" 2>"$run/worker$i.log" &
             worker_pids+=($!)
             pids+=($!)
         done
@@ -155,7 +158,16 @@ for workers in $workers_list; do
             teardown
             exit 1
         fi
-        status="$("$wan_lab" exec "${prefix}0" -- curl -sf "http://$address:7070/v1/status" || echo '{}')"
+        # The coordinator evaluates rounds in the background at idle priority,
+        # so the last ones may still be queued when the workers finish: wait
+        # (up to 10 minutes) until the last round has its held-out figures.
+        for _ in $(seq 300); do
+            status="$("$wan_lab" exec "${prefix}0" -- curl -sf "http://$address:7070/v1/status" || echo '{}')"
+            python3 -c 'import json, sys
+s = json.loads(sys.argv[1]); rounds = s.get("rounds") or [{}]
+sys.exit(0 if rounds[-1].get("test_loss") is not None else 1)' "$status" && break
+            sleep 2
+        done
         python3 - "$run" "$workers" "$rate" "$delay_ms" "$inner_steps" "$started" "$finished" "$status" \
             "$(basename "$config" .toml)" >>"$results" <<'EOF'
 import json, sys
@@ -175,6 +187,8 @@ print(json.dumps({
     "upload_bytes_per_round": sum(s["bytes_uploaded"] for s in summaries) / workers / max(rounds, 1),
     "download_bytes_per_round": sum(s["bytes_downloaded"] for s in summaries) / workers / max(rounds, 1),
     "test_accuracy": status.get("test_accuracy"),
+    # The last evaluated round's held-out loss (the GPT's validation loss).
+    "test_loss": next((r["test_loss"] for r in reversed(status.get("rounds", [])) if r.get("test_loss") is not None), None),
     # Mean seconds a round each worker spent not training, by what on.
     "idle_per_round": {
         key: sum(s.get("idle", {}).get(key, 0.0) for s in summaries) / workers / max(rounds, 1)
@@ -192,10 +206,16 @@ python3 - "$results" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 print(f"{'config':>12} {'workers':>7} {'link':>8} {'delay':>6} {'H':>4} {'rounds':>6} {'s/round':>8} "
-      f"{'train/round':>11} {'up/round':>10} {'down/round':>11} {'util mean':>9} {'util min':>8} {'accuracy':>8} "
+      f"{'train/round':>11} {'up/round':>10} {'down/round':>11} {'util mean':>9} {'util min':>8} {'acc/loss':>8} "
       f"  idle s/round: round model commit upload auditing")
 for r in rows:
-    accuracy = f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "-"
+    # Accuracy for a classifier, validation loss (nats per token) for the GPT.
+    if r["test_accuracy"] is not None:
+        accuracy = f"{100 * r['test_accuracy']:.2f}%"
+    elif r.get("test_loss") is not None:
+        accuracy = f"{r['test_loss']:.4f}"
+    else:
+        accuracy = "-"
     idle = r["idle_per_round"]
     print(f"{r['config']:>12} {r['workers']:>7} {r['rate']:>8} {r['delay_ms']:>4}ms {r['inner_steps']:>4} "
           f"{r['rounds']:>6} {r['seconds_per_round']:>8.2f} {r['training_seconds_mean'] / max(r['rounds'], 1):>11.2f} "
