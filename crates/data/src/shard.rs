@@ -169,6 +169,13 @@ fn dirichlet_shards(
 /// depend on `slots` anyway. Data never moves for this: every worker and
 /// auditor holds the whole training set (checked by its fingerprint) and
 /// cuts the same shards from it.
+///
+/// Always on, not a recipe option: the pay gate's targets must hold by
+/// default; a fixed mapping buys nothing when no data moves (and never
+/// held across a change of participants, which re-slots everyone); and an
+/// option would be one more recipe field in every assignment, hence in
+/// the wire format, and one more way for a worker and its auditors to
+/// disagree.
 pub fn round_shard_order(run: u64, round: u64, slots: u32) -> Vec<u32> {
     if slots == 0 {
         return Vec::new();
