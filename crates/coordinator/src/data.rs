@@ -142,8 +142,11 @@ impl RunData {
         }
     }
 
-    /// Every participant's shard of this round (slot order): exactly what
-    /// the simulation with the same recipe uses.
+    /// Every shard of a round with `assignment.slots` participants (shard
+    /// order; which one a slot trains in a round is
+    /// [`AssignedWork::shard_of`]'s): exactly what the simulation with the
+    /// same recipe uses. The same for every round with as many
+    /// participants, hence cached by the count.
     pub fn shards(&self, assignment: &Assignment) -> Result<Shards, TrainError> {
         match self {
             Self::Images(dataset) => Ok(Shards::Images(assignment.shards(&dataset.train.labels)?)),
@@ -260,7 +263,7 @@ impl RunData {
     }
 }
 
-/// A round's shards, in slot order.
+/// A round's shards, in shard order (see [`AssignedWork::shard_of`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shards {
     /// Indices of training images.
@@ -281,22 +284,30 @@ impl Shards {
         self.len() == 0
     }
 
-    /// The batches of `slot`'s shard of `data` (which must be the data the
-    /// shards were cut from, or its label-flipped twin).
+    /// The batches of the shard that slot `slot` (normally
+    /// `assignment.slot`) trains in `assignment`'s round, of `data` (which
+    /// must be the data the shards were cut from, or its label-flipped
+    /// twin). These must be the round's shards: one per participant.
     pub fn source<'a>(
         &'a self,
         data: &'a RunData,
+        assignment: &Assignment,
         slot: u32,
     ) -> Result<Box<dyn BatchSource + 'a>, TrainError> {
-        let missing =
-            || TrainError::WrongLength { what: "shards", found: self.len(), expected: slot as usize + 1 };
+        if self.len() != assignment.slots as usize || slot >= assignment.slots {
+            return Err(TrainError::WrongLength {
+                what: "shards",
+                found: self.len(),
+                expected: assignment.slots.max(slot + 1) as usize,
+            });
+        }
+        let shard = assignment.shard_of(slot);
         match (self, data) {
             (Self::Images(shards), RunData::Images(dataset)) => {
-                let indices = shards.get(slot as usize).ok_or_else(missing)?;
-                Ok(Box::new(ImageShard { images: &dataset.train, indices }))
+                Ok(Box::new(ImageShard { images: &dataset.train, indices: &shards[shard] }))
             }
             (Self::Text(ranges), RunData::Text { text, context }) => {
-                let range = ranges.get(slot as usize).ok_or_else(missing)?;
+                let range = &ranges[shard];
                 Ok(Box::new(TextShard { tokens: text.train().slice(range.clone()), context: *context }))
             }
             _ => Err(TrainError::BadConfig(

@@ -12,7 +12,7 @@ use crate::AssignedWork;
 use crate::data::{RunData, Shards};
 
 /// Replays segment `segment` of `assignment`'s work from `start` on
-/// the assigned shard (`shards` are the round's, in slot order) and reports
+/// the assigned shard (`shards` are the round's, in shard order) and reports
 /// the state hash it ends at; for the last segment also the digest of the
 /// update that end state gives against the round's `base` parameters,
 /// encoded as the run encodes updates, and under error feedback the digest
@@ -30,7 +30,7 @@ pub fn replay_segment(
     residual_in: &[f32],
 ) -> Result<AuditReport, TrainError> {
     let (first, last) = segment_range(assignment.recipe.inner_steps, assignment.segments, segment);
-    let source = shards.source(data, assignment.slot)?;
+    let source = shards.source(data, assignment, assignment.slot)?;
     let end =
         replay_on(model, &assignment.recipe, source.as_ref(), assignment.rng_key(), start, last - first)?;
     let (payload, residual_out) = if segment == assignment.segments {

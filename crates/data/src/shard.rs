@@ -141,6 +141,59 @@ fn dirichlet_shards(
     shards
 }
 
+/// Which shard each participant trains in round `round` of run `run`:
+/// entry `slot` of the result is the index (into [`make_shards`]' shards
+/// for `slots` participants) of the shard slot `slot` trains. The one
+/// home of this rule: the coordinator's assignments, the worker, every
+/// audit replay, the simulation, its baseline and the attack battery all
+/// read a slot's shard from here, so they agree bit for bit.
+///
+/// Why the mapping moves: a shard is a fixed part of the data, and shards
+/// differ a little in how useful their updates are. Were slot `s` to
+/// train shard `s` every round, that difference would be a per-worker
+/// bias that the pay gate (`crowdtrain_defense::pay`) accumulates round
+/// after round, until an honest worker on a weaker shard reads as "worse
+/// than the majority" (issue 14: 9.0% of a worker's pay over 60 rounds of
+/// 4 workers). Moved every round, it is per-round noise shared by all.
+///
+/// The rule is balanced, not merely random: rounds are grouped in blocks
+/// of `slots` consecutive rounds, each block draws a permutation `order`
+/// of the shards (ChaCha, keyed by the run and the block), and in the
+/// block's rounds slot `s` trains `order[(s + round) % slots]`. Every
+/// round's mapping is a permutation, and within a block every slot trains
+/// every shard exactly once, so while participation is steady no worker's
+/// record holds more of one shard than another's (a fresh random
+/// permutation each round would leave a random walk of imbalance growing
+/// as the square root of the rounds). When the number of participants
+/// changes, the blocks restart on the new count; the shards themselves
+/// depend on `slots` anyway. Data never moves for this: every worker and
+/// auditor holds the whole training set (checked by its fingerprint) and
+/// cuts the same shards from it.
+///
+/// Always on, not a recipe option: the pay gate's targets must hold by
+/// default; a fixed mapping buys nothing when no data moves (and never
+/// held across a change of participants, which re-slots everyone); and an
+/// option would be one more recipe field in every assignment, hence in
+/// the wire format, and one more way for a worker and its auditors to
+/// disagree.
+pub fn round_shard_order(run: u64, round: u64, slots: u32) -> Vec<u32> {
+    if slots == 0 {
+        return Vec::new();
+    }
+    let width = u64::from(slots);
+    let block = round / width;
+    let mut order: Vec<u32> = (0..slots).collect();
+    shuffle(&mut keyed_rng("shard-rotation", RngKey::new(run, block, width, 0)), &mut order);
+    (0..width).map(|slot| order[((slot + round) % width) as usize]).collect()
+}
+
+/// The shard slot `slot` of `slots` trains in round `round` of run `run`:
+/// entry `slot` of [`round_shard_order`].
+pub fn round_shard(run: u64, round: u64, slot: u32, slots: u32) -> usize {
+    assert!(slot < slots, "slot {slot} of {slots} participants");
+    round_shard_order(run, round, slots)[slot as usize] as usize
+}
+
 /// The examples of one step: `batch` distinct members of `shard`, drawn from
 /// the stream keyed by `key` (run, round, worker, step).
 pub fn batch_indices(shard: &[u32], batch: usize, key: RngKey) -> Vec<u32> {
@@ -276,6 +329,65 @@ mod tests {
             make_shards(&labels, 4, 1, Sharding::Iid, 3)
         );
     }
+
+    #[test]
+    fn each_round_maps_slots_to_shards_by_a_permutation_keyed_by_run_and_round() {
+        for slots in [1u32, 2, 4, 7, 15] {
+            for round in 0..3 * u64::from(slots) {
+                let order = round_shard_order(11, round, slots);
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..slots).collect::<Vec<_>>(), "{slots} slots, round {round}");
+                assert_eq!(order, round_shard_order(11, round, slots), "deterministic");
+                for slot in 0..slots {
+                    assert_eq!(round_shard(11, round, slot, slots), order[slot as usize] as usize);
+                }
+            }
+        }
+        assert!(round_shard_order(11, 0, 0).is_empty());
+        // Consecutive rounds differ, and so do runs.
+        for round in 0..20 {
+            assert_ne!(round_shard_order(11, round, 4), round_shard_order(11, round + 1, 4), "round {round}");
+        }
+        let runs: Vec<Vec<Vec<u32>>> =
+            (0..2).map(|run| (0..8).map(|round| round_shard_order(run, round, 8)).collect()).collect();
+        assert_ne!(runs[0], runs[1]);
+    }
+
+    #[test]
+    fn every_slot_trains_every_shard_once_in_each_block_of_rounds() {
+        for slots in [2u32, 4, 8, 15] {
+            let width = u64::from(slots);
+            let mut blocks = Vec::new();
+            for block in 0..4 {
+                let rounds = block * width..(block + 1) * width;
+                let orders: Vec<Vec<u32>> = rounds.map(|round| round_shard_order(5, round, slots)).collect();
+                for slot in 0..slots as usize {
+                    let mut met: Vec<u32> = orders.iter().map(|order| order[slot]).collect();
+                    met.sort_unstable();
+                    assert_eq!(
+                        met,
+                        (0..slots).collect::<Vec<_>>(),
+                        "{slots} slots, block {block}, slot {slot}"
+                    );
+                }
+                blocks.push(orders);
+            }
+            // Each block draws its own order: not one fixed cycle.
+            assert!(blocks.windows(2).any(|pair| pair[0] != pair[1]), "{slots} slots");
+        }
+    }
+
+    #[test]
+    fn the_rotation_is_pinned() {
+        // Part of the protocol like the batch streams: a change here makes
+        // every worker train another shard than its auditors replay.
+        let orders: Vec<Vec<u32>> = (0..5).map(|round| round_shard_order(0, round, 4)).collect();
+        assert_eq!(orders, PINNED_ROTATION);
+    }
+
+    const PINNED_ROTATION: [[u32; 4]; 5] =
+        [[3, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1], [3, 1, 0, 2]];
 
     #[test]
     fn batches_are_distinct_members_of_the_shard_and_keyed_by_step() {

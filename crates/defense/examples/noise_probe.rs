@@ -12,7 +12,7 @@
 //! losses, then each update's linearised score per chunk.
 use std::io::Write;
 
-use crowdtrain_data::{Batch, DataSource, split_validation};
+use crowdtrain_data::{Batch, DataSource, round_shard, split_validation};
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense, attack, linalg};
 use crowdtrain_train::codec::{self, Encode};
 use crowdtrain_train::diloco::{
@@ -51,8 +51,9 @@ fn main() {
             .into_par_iter()
             .map(|slot| {
                 let key = round_key(&recipe, round, slot as u32);
-                let r = inner_round(model.as_ref(), &recipe, &global.params, &dataset, &shards[slot], key, 1)
-                    .unwrap();
+                let shard = &shards[round_shard(seed, round, slot as u32, workers as u32)];
+                let r =
+                    inner_round(model.as_ref(), &recipe, &global.params, &dataset, shard, key, 1).unwrap();
                 let enc = recipe.codec.encode(&r.pseudo_gradient).unwrap();
                 let (_, dec) = codec::decode(&enc, p).unwrap();
                 (dec, enc)

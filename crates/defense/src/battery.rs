@@ -8,7 +8,7 @@
 //! commit after the honest workers (they need the honest updates first), so
 //! a copy is always the later of two identical updates.
 
-use crowdtrain_data::{Dataset, split_validation};
+use crowdtrain_data::{Dataset, round_shard_order, split_validation};
 use crowdtrain_train::codec::{self, Codec, Encode};
 use crowdtrain_train::diloco::{RunData, inner_round_on, mean_in_order, outer_step, round_key};
 use crowdtrain_train::text::TextRun;
@@ -222,13 +222,14 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
     let (mut refused_attacker, mut refused_honest) = (0u64, 0u64);
     let mut previous_honest: Vec<Vec<f32>> = Vec::new();
     for round in 0..config.rounds {
+        let shard = round_shard_order(recipe.seed, round, config.workers as u32);
         let train = |slot: usize, sources: &[Box<dyn BatchSource + '_>]| -> Result<Wire, TrainError> {
             let key = round_key(recipe, round, slot as u32);
             let result = inner_round_on(
                 model.as_ref(),
                 recipe,
                 &global.params,
-                sources[slot].as_ref(),
+                sources[shard[slot] as usize].as_ref(),
                 key,
                 1,
                 &mut || {},

@@ -240,7 +240,10 @@ pub struct Assignment {
     pub round: RoundId,
     pub worker: WorkerId,
     /// The worker's position among the round's participants (sorted by
-    /// id): its shard, and the `worker` coordinate of its random streams.
+    /// id): the `worker` coordinate of its random streams, and with the
+    /// run's seed and the round what names its shard (the slot-to-shard
+    /// permutation is drawn afresh each round:
+    /// `crowdtrain_data::round_shard`).
     pub slot: u32,
     /// How many participants, hence how many shards, this round has.
     pub slots: u32,
@@ -258,8 +261,10 @@ impl Assignment {
     }
 }
 
-/// The part of a round's data a worker trains: shard `slot` of `slots`.
-/// With the base model it names the work, so a commitment says which
+/// The part of a round's data a worker trains: the shard slot `slot` of
+/// `slots` trains in the round (`crowdtrain_data::round_shard`, fixed by
+/// the run, the round and these two numbers). With the base model it
+/// names the work, so a commitment says which
 /// shard it trained: a round can open again on the same model with other
 /// participants (a provisional round withdrawn because an audit took a
 /// worker out), and work trained for the old shard would then fail its

@@ -30,7 +30,7 @@
 
 use std::collections::VecDeque;
 
-use crowdtrain_data::{Dataset, LabeledImages, RngKey, make_shards_of, split_validation};
+use crowdtrain_data::{Dataset, LabeledImages, RngKey, make_shards_of, round_shard_order, split_validation};
 pub use crowdtrain_recipe::segment_range;
 use crowdtrain_recipe::{Broadcast, Eager, TrainingRecipe};
 use rayon::prelude::*;
@@ -63,8 +63,9 @@ impl DilocoConfig {
 }
 
 /// The shards of `labels` for `workers` participants under `recipe`
-/// (slot order), none holding an example of the validation split: what a
-/// networked run with the same recipe assigns.
+/// (shard order: which one a slot trains in a round is
+/// [`crowdtrain_data::round_shard`]'s), none holding an example of the
+/// validation split: what a networked run with the same recipe assigns.
 pub fn shards(recipe: &TrainingRecipe, labels: &[u8], workers: usize) -> Result<Vec<Vec<u32>>, TrainError> {
     let (pool, _) = split_validation(labels.len(), recipe.validation_fraction, recipe.seed);
     Ok(make_shards_of(labels, &pool, workers, recipe.batch(), recipe.sharding, recipe.seed)?)
@@ -154,9 +155,10 @@ impl DilocoReport {
 /// What a run trains on and is judged by: images with a test set, or a
 /// token stream with a validation split.
 pub trait RunData: Sync {
-    /// One batch source per worker, none holding an example of the
+    /// One batch source per shard, none holding an example of the
     /// validation split: what a networked run with the same settings
-    /// assigns.
+    /// assigns. Which one a worker trains in a round is
+    /// [`crowdtrain_data::round_shard_order`]'s.
     fn worker_sources(
         &self,
         recipe: &TrainingRecipe,
@@ -349,6 +351,7 @@ impl<'m> DilocoRun<'m> {
             None => self.sent.iter().map(|sent| self.base(sent)).collect(),
         };
         let (model, recipe) = (self.model, &self.config.recipe);
+        let shard = round_shard_order(recipe.seed, round, self.config.workers as u32);
         let results = self
             .residuals
             .par_iter_mut()
@@ -356,8 +359,15 @@ impl<'m> DilocoRun<'m> {
             .map(|(worker, residual)| {
                 let key = round_key(recipe, round, worker as u32);
                 let global = shared.as_deref().unwrap_or_else(|| bases[worker].as_slice());
-                let update =
-                    inner_round_on(model, recipe, global, sources[worker].as_ref(), key, 1, &mut || {})?;
+                let update = inner_round_on(
+                    model,
+                    recipe,
+                    global,
+                    sources[shard[worker] as usize].as_ref(),
+                    key,
+                    1,
+                    &mut || {},
+                )?;
                 let encoded = codec::encode_with_feedback(recipe.codec, &update.pseudo_gradient, residual)?;
                 let (_, decoded) = codec::decode(&encoded, update.pseudo_gradient.len())?;
                 Ok((decoded, encoded, update.mean_loss))
@@ -618,6 +628,7 @@ impl<'m> SyncBaseline<'m> {
         let mut loss_sum = 0.0f64;
         let per_step_bytes = (self.state.params.len() * 4 * 2 * self.config.workers) as u64;
         let recipe = &self.config.recipe;
+        let shard = round_shard_order(recipe.seed, round, self.config.workers as u32);
         for step in 0..recipe.inner_steps {
             let params = &self.state.params;
             let losses = self
@@ -627,7 +638,7 @@ impl<'m> SyncBaseline<'m> {
                 .enumerate()
                 .map(|(worker, (grads, batch))| {
                     let key = round_key(recipe, round, worker as u32).at_step(step);
-                    sources[worker].fill(key, recipe.batch(), batch)?;
+                    sources[shard[worker] as usize].fill(key, recipe.batch(), batch)?;
                     self.model.loss_and_grad(params, batch.examples(), grads)
                 })
                 .collect::<Result<Vec<f32>, TrainError>>()?;

@@ -4,7 +4,7 @@
 //! workers use (`inner_round`, the codec, `mean_in_order`, `outer_step`),
 //! and hold `simulate` to it bit for bit. On the bundled subset.
 
-use crowdtrain_data::{DataSource, Dataset};
+use crowdtrain_data::{DataSource, Dataset, round_shard};
 use crowdtrain_train::diloco::{
     self, DilocoConfig, DilocoReport, Mean, inner_round, mean_in_order, outer_step, round_base, round_key,
     simulate,
@@ -56,8 +56,8 @@ fn by_hand(config: &DilocoConfig, dataset: &Dataset) -> StateHash {
             .map(|worker| {
                 let base = round_base(&config.outer, &published[seen], before, sent[worker].as_deref());
                 let key = round_key(recipe, round, worker as u32);
-                let result =
-                    inner_round(model.as_ref(), recipe, &base, dataset, &shards[worker], key, 1).unwrap();
+                let shard = &shards[round_shard(recipe.seed, round, worker as u32, config.workers as u32)];
+                let result = inner_round(model.as_ref(), recipe, &base, dataset, shard, key, 1).unwrap();
                 let encoded = recipe.codec.encode(&result.pseudo_gradient).unwrap();
                 crowdtrain_train::codec::decode(&encoded, base.len()).unwrap().1
             })

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use crowdtrain_data::Batch;
 use crowdtrain_data::rng::{RngKey, keyed_rng, standard_normal, uniform_below};
+use crowdtrain_data::{Batch, round_shard};
 use crowdtrain_train::kernels::active_path;
 use crowdtrain_train::{
     AdamW, InnerOptimizer, ModelKind, Schedule, StepBatch, TrainState, Trainer, build_model,
@@ -303,8 +303,8 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
         let payloads = (0..args.workers)
             .map(|slot| -> anyhow::Result<Vec<u8>> {
                 let key = round_key(&recipe, round, slot as u32);
-                let result =
-                    inner_round(model.as_ref(), &recipe, &global.params, &dataset, &shards[slot], key, 1)?;
+                let shard = &shards[round_shard(recipe.seed, round, slot as u32, args.workers as u32)];
+                let result = inner_round(model.as_ref(), &recipe, &global.params, &dataset, shard, key, 1)?;
                 Ok(recipe.codec.encode(&result.pseudo_gradient)?)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -24,7 +24,8 @@ use crowdtrain_train::diloco::{DilocoConfig, apply_broadcast, simulate};
 use crowdtrain_train::{Broadcast, Codec, Model, Nesterov};
 
 use super::*;
-use crate::data::RunData;
+use crate::AssignedWork;
+use crate::data::{RunData, Shards};
 use crate::worker::Behavior;
 use crate::worker::Produced;
 use crate::worker::behavior::{Work, produce};
@@ -184,13 +185,19 @@ impl Harness {
         let round = view.round.expect("a round is open");
         let assignment = view.assignment.clone().expect("the worker is a participant");
         let node = self.node();
-        // Downloaded as a worker does: the newest model (a round opened
-        // ahead trains on one not yet recorded) is served from memory.
-        let bytes = node.model_bytes(&assignment.base_model).unwrap();
-        let (name, layout) = (node.model.name(), node.model.layout());
-        let params = checkpoint::decode(&bytes, CheckpointKind::Params, &name, layout).unwrap();
+        let params = self.base_of(&assignment);
         let produced = train(node.model.as_ref(), &node.dataset, &params, &assignment, behavior);
         Trained { round, assignment, produced }
+    }
+
+    /// The parameters `assignment` trains from, downloaded as a worker
+    /// does: the newest model (a round opened ahead trains on one not yet
+    /// recorded) is served from memory.
+    fn base_of(&self, assignment: &Assignment) -> Vec<f32> {
+        let node = self.node();
+        let bytes = node.model_bytes(&assignment.base_model).unwrap();
+        let (name, layout) = (node.model.name(), node.model.layout());
+        checkpoint::decode(&bytes, CheckpointKind::Params, &name, layout).unwrap()
     }
 
     /// `worker` trains and commits: its receipt says whether it is audited.
@@ -302,18 +309,21 @@ fn train(
     assignment: &Assignment,
     behavior: Behavior,
 ) -> Produced {
-    let shards = data.shards(assignment).unwrap();
+    train_on(model, data, &data.shards(assignment).unwrap(), params, assignment, behavior)
+}
+
+/// [`train`] on the round's `shards` as given.
+fn train_on(
+    model: &dyn Model,
+    data: &RunData,
+    shards: &Shards,
+    params: &[f32],
+    assignment: &Assignment,
+    behavior: Behavior,
+) -> Produced {
     let steps = AtomicU64::new(0);
-    let work = Work {
-        model,
-        assignment,
-        params,
-        data,
-        shards: &shards,
-        flipped: None,
-        steps_done: &steps,
-        residual: &[],
-    };
+    let work =
+        Work { model, assignment, params, data, shards, flipped: None, steps_done: &steps, residual: &[] };
     produce(behavior, &work, None).unwrap()
 }
 
@@ -402,12 +412,13 @@ fn honest_workers_in_process_reproduce_the_simulation_bit_for_bit_with_audits() 
 
 #[test]
 fn a_coordinator_that_crashes_anywhere_in_a_round_resumes_and_ends_bit_identical() {
-    let mut harness = Harness::new(config(4, 12, 0.5, "", "min_workers = 2"), 2);
+    // Every submission audited: whatever the draws, the crash after the
+    // answers comes before their verdicts.
+    let mut harness = Harness::new(config(4, 12, 1.0, "", "min_workers = 2"), 2);
     for crash in [CrashAt::AfterCommits, CrashAt::AfterAnswers, CrashAt::AfterOneReveal, CrashAt::Nowhere] {
         let audited = honest_round(&mut harness, crash);
         if crash == CrashAt::AfterAnswers {
-            // (The draws are fixed.) The restarted coordinator replayed the
-            // stored answer.
+            // The restarted coordinator replayed the stored answers.
             assert!(audited > 0, "the crash comes between an answer and its verdict");
         }
         if crash == CrashAt::Nowhere {
@@ -701,6 +712,101 @@ fn a_round_opened_ahead_of_a_failing_audit_is_withdrawn_and_the_run_is_as_if_not
     let mut harness = harness;
     let stale = harness.commit_trained(trained_ahead);
     assert_eq!(stale.map(|_| ()).unwrap_err().code, ErrorCode::StaleModel);
+}
+
+/// Each round draws its slot-to-shard mapping afresh
+/// (`crowdtrain_data::round_shard`): the worker trains, and the
+/// coordinator's audit replays, the shard the slot meets in that round.
+/// Every submission audited, three workers: in the first round the
+/// rotation moves a slot off its own shard, the worker in that slot trains
+/// the slot's shard of the fixed mapping instead (what a build without the
+/// rotation would do; its proofs hold) and fails its replay, while the
+/// honest workers, moved too, pass theirs.
+#[test]
+fn a_worker_trains_and_its_audit_replays_the_shard_its_slot_meets_that_round() {
+    let mut harness = Harness::new(config(2, 12, 1.0, "", "min_workers = 3\nquorum = 2"), 3);
+    harness.hold_replays();
+    let workers = harness.workers.clone();
+    for round in 0..2 {
+        let views: Vec<RoundView> = workers.iter().map(|&worker| harness.settled_view(worker)).collect();
+        let assignments: Vec<Assignment> =
+            views.iter().map(|view| view.assignment.clone().unwrap()).collect();
+        let moved: Vec<usize> = (0..workers.len())
+            .filter(|&index| {
+                assignments[index].shard_of(assignments[index].slot) != assignments[index].slot as usize
+            })
+            .collect();
+        // Within a block of three rounds each slot meets its own shard once:
+        // at most one of two rounds leaves every slot in place.
+        let Some(&cheat) = moved.first() else {
+            assert_eq!(round, 0, "two rounds in a row without rotation");
+            let submitted: Vec<Submitted> = workers.iter().map(|&worker| harness.commit(worker)).collect();
+            for submission in &submitted {
+                harness.answer(submission);
+                harness.run_held_replays();
+            }
+            for submission in &submitted {
+                harness.reveal(submission);
+            }
+            harness.closed(1);
+            continue;
+        };
+        let mut submitted = Vec::new();
+        for (index, view) in views.iter().enumerate() {
+            let trained = if index == cheat {
+                fixed_mapping(&harness, view)
+            } else {
+                harness.train_view(view, Behavior::Honest)
+            };
+            submitted.push(harness.commit_trained(trained).unwrap());
+        }
+        for submission in &submitted {
+            harness.answer(submission);
+            harness.run_held_replays();
+        }
+        for submission in &submitted {
+            let nonce = harness.nonce();
+            let (worker, round, base) = (submission.worker, submission.round, submission.base);
+            let _ = harness.node().reveal(worker, nonce, round, base, submission.produced.payload.clone());
+        }
+        harness.closed(round + 1);
+        let status = harness.status();
+        for (index, &worker) in workers.iter().enumerate() {
+            let record = status.workers.iter().find(|record| record.worker == worker).unwrap();
+            assert_eq!(record.slashed > 0, index == cheat, "{record:?}");
+            assert_eq!(record.submissions_accepted, round + u64::from(index != cheat), "{record:?}");
+        }
+        assert!(moved.len() >= 2, "a permutation that moves one slot moves two");
+        let closed = closed_rounds(&harness);
+        let honest: Vec<WorkerId> = workers
+            .iter()
+            .enumerate()
+            .filter(|&(index, _)| index != cheat)
+            .map(|(_, &worker)| worker)
+            .collect();
+        assert_eq!(closed[round as usize].1, honest, "only the rotated work counts");
+        return;
+    }
+    panic!("no round moved a slot off its shard");
+}
+
+/// `view`'s assignment trained on the shard of the fixed mapping (slot `s`
+/// on shard `s`): the round's shards reordered so that the rotation lands
+/// the slot on it.
+fn fixed_mapping(harness: &Harness, view: &RoundView) -> Trained {
+    let round = view.round.expect("a round is open");
+    let assignment = view.assignment.clone().expect("the worker is a participant");
+    let node = harness.node();
+    let Shards::Images(shards) = node.dataset.shards(&assignment).unwrap() else { panic!("images") };
+    let mut reordered = shards.clone();
+    for slot in 0..assignment.slots {
+        reordered[assignment.shard_of(slot)] = shards[slot as usize].clone();
+    }
+    let params = harness.base_of(&assignment);
+    let shards = Shards::Images(reordered);
+    let produced =
+        train_on(node.model.as_ref(), &node.dataset, &shards, &params, &assignment, Behavior::Honest);
+    Trained { round, assignment, produced }
 }
 
 #[test]

@@ -275,8 +275,9 @@ pub struct Work<'a> {
 }
 
 impl Work<'_> {
-    /// The honest computation for `slot` (normally the worker's own) with
-    /// batches from `key_slot`'s streams.
+    /// The honest computation for `slot` (normally the worker's own): the
+    /// shard that slot trains this round, with batches from `key_slot`'s
+    /// streams.
     fn train_as(&self, slot: u32, key_slot: u32) -> Result<InnerRoundResult, NodeError> {
         self.train_on(self.data, slot, u64::from(key_slot))
     }
@@ -284,7 +285,7 @@ impl Work<'_> {
     fn train_on(&self, data: &RunData, slot: u32, key_slot: u64) -> Result<InnerRoundResult, NodeError> {
         let assignment = self.assignment;
         let key = RngKey { worker: key_slot, ..assignment.rng_key() };
-        let source = self.shards.source(data, slot)?;
+        let source = self.shards.source(data, assignment, slot)?;
         Ok(inner_round_on(
             self.model,
             &assignment.recipe,
@@ -403,7 +404,7 @@ fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
     let mut state = TrainState::new(work.model.name(), work.params.to_vec());
     let mut trainer =
         Trainer::new(work.model, InnerOptimizer::from(&assignment.recipe), assignment.recipe.batch());
-    let source = work.shards.source(work.data, assignment.slot)?;
+    let source = work.shards.source(work.data, assignment, assignment.slot)?;
     let mut boundaries = vec![state.clone()];
     for segment in 1..=assignment.segments {
         let (_, end) = segment_range(steps, assignment.segments, segment);
