@@ -67,4 +67,19 @@ fn every_segment_of_a_round_with_carried_moments_replays_from_its_start_and_prio
         // The bias correction continues: a replay that restarts it differs.
         assert_ne!(replay(0), pair[1].hash(), "segment {} without its prior steps", segment + 1);
     }
+    // The invariant docs/INNER-STATE.md proposes auditors check on carried
+    // moments: honest AdamW keeps |m| <= C sqrt(v) in every element.
+    let (b1, b2) = (f64::from(recipe.optimizer.beta1), f64::from(recipe.optimizer.beta2));
+    let bound = (1.0 - b1) / ((1.0 - b2) * (1.0 - b1 * b1 / b2)).sqrt();
+    for state in [first.final_state(), kept.final_state()] {
+        let moments = &state.moments;
+        assert!(moments.first.iter().any(|&m| m != 0.0));
+        for (&m, &v) in moments.first.iter().zip(&moments.second) {
+            let (m, v) = (f64::from(m), f64::from(v));
+            assert!(
+                v >= 0.0 && m.abs() <= bound * v.sqrt() * (1.0 + 1e-5) + 1e-30,
+                "m {m}, v {v}, C {bound}"
+            );
+        }
+    }
 }
