@@ -97,12 +97,15 @@ pub enum InnerState {
     Carry,
 }
 
+impl InnerState {
+    /// Each state with its name on the command line.
+    const NAMES: [(Self, &'static str); 2] = [(Self::Fresh, "fresh"), (Self::Carry, "carry")];
+}
+
 impl std::fmt::Display for InnerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Fresh => "fresh",
-            Self::Carry => "carry",
-        })
+        let (_, name) = Self::NAMES.iter().find(|(state, _)| state == self).expect("every state is named");
+        f.write_str(name)
     }
 }
 
@@ -110,11 +113,8 @@ impl std::str::FromStr for InnerState {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "fresh" => Ok(Self::Fresh),
-            "carry" => Ok(Self::Carry),
-            other => Err(format!("unknown inner state {other:?}: fresh or carry")),
-        }
+        let found = Self::NAMES.iter().find(|(_, name)| *name == text);
+        found.map(|(state, _)| *state).ok_or_else(|| format!("unknown inner state {text:?}: fresh or carry"))
     }
 }
 
@@ -820,6 +820,16 @@ mod tests {
         // In the first rounds there is no step to repeat and no update sent.
         assert_eq!(round_base(&outer(1, Eager::Trend), &seen, None, Some(&own)), seen);
         assert_eq!(round_base(&outer(1, Eager::Own), &seen, Some(&before), None), seen);
+    }
+
+    #[test]
+    fn inner_states_read_back_their_names_and_fresh_is_the_default() {
+        for state in [InnerState::Fresh, InnerState::Carry] {
+            assert_eq!(state.to_string().parse(), Ok(state));
+        }
+        assert_eq!(InnerState::Carry.to_string(), "carry");
+        assert_eq!(InnerState::default(), InnerState::Fresh);
+        assert!("warm".parse::<InnerState>().unwrap_err().contains("fresh or carry"));
     }
 
     #[test]

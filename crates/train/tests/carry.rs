@@ -5,21 +5,12 @@
 //! moments became committed state (docs/INNER-STATE.md).
 
 use crowdtrain_data::text::{TokenWidth, Tokens};
+use crowdtrain_train::build_model;
 use crowdtrain_train::diloco::{CarriedMoments, inner_round_from, inner_round_on, replay_carried, round_key};
 use crowdtrain_train::text::TextShard;
-use crowdtrain_train::{GptConfig, TrainingRecipe, build_model};
+use tiny_text::{INNER_STEPS, recipe, tokens};
 
-const INNER_STEPS: u64 = 8;
-
-fn recipe() -> TrainingRecipe {
-    let gpt = GptConfig { layers: 1, heads: 2, width: 8, context: 8, vocab: 16 };
-    TrainingRecipe { batch_size: 3, ..TrainingRecipe::language_model(3, gpt, 1e-2, INNER_STEPS, 4) }
-}
-
-/// A token stream with some structure to learn.
-fn tokens() -> Vec<u8> {
-    (0..600u32).flat_map(|i| (((i * 7) % 13 + i / 50) as u16 % 16).to_le_bytes()).collect()
-}
+mod tiny_text;
 
 #[test]
 fn every_segment_of_a_round_with_carried_moments_replays_from_its_start_and_prior_steps() {
