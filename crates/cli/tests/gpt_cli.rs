@@ -121,28 +121,33 @@ fn a_trained_model_samples_deterministically_and_exports_for_pytorch() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("could not read the model"));
 }
 
+/// `sim diloco` of the tiny GPT: 3 workers, 4 inner steps of 4 sequences,
+/// `rounds` rounds on `threads` threads, with `extra` flags.
+fn sim_diloco(rounds: &str, threads: &str, extra: &[&str], cache: &std::path::Path) -> Value {
+    let corpus = corpus();
+    let mut args = vec![
+        "sim",
+        "diloco",
+        "--workers",
+        "3",
+        "--inner-steps",
+        "4",
+        "--rounds",
+        rounds,
+        "--batch",
+        "4",
+        "--json",
+    ];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--data", corpus.to_str().unwrap(), "--threads", threads]);
+    args.extend_from_slice(extra);
+    json_of(&crowdtrain(&args, &[], cache))
+}
+
 #[test]
 fn diloco_on_text_reports_validation_losses_and_is_the_same_at_any_thread_count() {
     let cache = tempfile::tempdir().unwrap();
-    let corpus = corpus();
-    let run = |threads: &str| {
-        let mut args = vec![
-            "sim",
-            "diloco",
-            "--workers",
-            "3",
-            "--inner-steps",
-            "4",
-            "--rounds",
-            "2",
-            "--batch",
-            "4",
-            "--json",
-        ];
-        args.extend_from_slice(TINY);
-        args.extend_from_slice(&["--data", corpus.to_str().unwrap(), "--threads", threads]);
-        json_of(&crowdtrain(&args, &[], cache.path()))
-    };
+    let run = |threads: &str| sim_diloco("2", threads, &[], cache.path());
     let one = run("1");
     for key in ["final_val_loss", "baseline_val_loss", "bytes_ratio", "diloco_state_hash"] {
         assert!(one.get(key).is_some(), "missing {key}");
@@ -152,6 +157,39 @@ fn diloco_on_text_reports_validation_losses_and_is_the_same_at_any_thread_count(
     assert_eq!(one["diloco_state_hash"], two["diloco_state_hash"]);
     assert_eq!(one["baseline_state_hash"], two["baseline_state_hash"]);
     assert_eq!(one["final_val_loss"], two["final_val_loss"]);
+}
+
+#[test]
+fn carried_inner_moments_change_every_round_after_the_first_and_nothing_else() {
+    let cache = tempfile::tempdir().unwrap();
+    let fresh = sim_diloco("3", "2", &[], cache.path());
+    let carry = sim_diloco("3", "1", &["--inner-state", "carry"], cache.path());
+    assert_eq!(carry["inner_state"], "carry");
+    assert!(fresh.get("inner_state").is_none(), "a fresh run's report reads as before");
+    // Round 1 starts from zero moments either way: the same bits.
+    let (fresh_rounds, carry_rounds) =
+        (fresh["rounds"].as_array().unwrap(), carry["rounds"].as_array().unwrap());
+    assert_eq!(fresh_rounds[0], carry_rounds[0]);
+    // Later rounds continue each worker's moments: another model.
+    for round in 1..3 {
+        assert_ne!(
+            fresh_rounds[round]["diloco_test_loss"], carry_rounds[round]["diloco_test_loss"],
+            "{round}"
+        );
+        assert_ne!(fresh_rounds[round]["diloco_train_loss"], carry_rounds[round]["diloco_train_loss"]);
+    }
+    assert_ne!(fresh["diloco_state_hash"], carry["diloco_state_hash"]);
+    // The baseline never restarts, so it is the same run, and so are the
+    // bytes on the network.
+    assert_eq!(fresh["baseline_state_hash"], carry["baseline_state_hash"]);
+    assert_eq!(fresh["bytes_diloco"], carry["bytes_diloco"]);
+    // Carried moments are as reproducible as fresh ones.
+    let again = sim_diloco("3", "2", &["--inner-state", "carry"], cache.path());
+    assert_eq!(again["diloco_state_hash"], carry["diloco_state_hash"], "1 thread against 2");
+    assert_eq!(again["rounds"], carry["rounds"]);
+    let refused = crowdtrain(&["sim", "diloco", "--inner-state", "warm"], &[], cache.path());
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("fresh or carry"));
 }
 
 /// `crowdtrain demo --model gpt` with the tiny GPT on the bundled text:

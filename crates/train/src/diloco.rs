@@ -12,6 +12,12 @@
 //! warms up within a few steps) and makes every round's work a function of
 //! public inputs only: the global parameters and the assignment. That is
 //! what lets a worker join at any round, and an auditor replay any segment.
+//! The simulation can instead keep each worker slot's AdamW moments (and
+//! their step count) from round to round, as DiLoCo's paper does
+//! ([`InnerState::Carry`], `sim diloco --inner-state carry`): an experiment
+//! measuring what fresh moments cost. The networked run does not support
+//! it: there the moments would become committed, audited state
+//! (docs/INNER-STATE.md designs how).
 //!
 //! How a round's pseudo-gradients become the one update the outer step
 //! applies is an [`Aggregate`]: the plain [`Mean`] here, the coordinator's
@@ -39,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::codec::{self, Encode};
 use crate::model::{Evaluation, Model, build_model, evaluate};
-use crate::optim::{Nesterov, NesterovUpdate};
+use crate::optim::{AdamWMoments, Nesterov, NesterovUpdate};
 use crate::state::{OuterState, StateHash, TrainState};
 use crate::trainer::{BatchSource, ImageShard, InnerOptimizer, StepBatch, Trainer};
 
@@ -75,6 +81,51 @@ pub fn shards(recipe: &TrainingRecipe, labels: &[u8], workers: usize) -> Result<
 /// (the step coordinate is filled in per step).
 pub fn round_key(recipe: &TrainingRecipe, round: u64, slot: u32) -> RngKey {
     RngKey::new(recipe.seed, round, u64::from(slot), 0)
+}
+
+/// What each worker's inner AdamW starts a round from, in the simulation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InnerState {
+    /// Zero moments at step 0 every round: what a networked run does, so a
+    /// round is a function of public inputs.
+    #[default]
+    Fresh,
+    /// Each worker slot keeps its moments and AdamW step count from its
+    /// previous round (DiLoCo's paper): the bias correction does not
+    /// restart, the learning-rate schedule and the batches are as under
+    /// `Fresh`. The first round is `Fresh`'s bit for bit.
+    Carry,
+}
+
+impl InnerState {
+    /// Each state with its name on the command line.
+    const NAMES: [(Self, &'static str); 2] = [(Self::Fresh, "fresh"), (Self::Carry, "carry")];
+}
+
+impl std::fmt::Display for InnerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (_, name) = Self::NAMES.iter().find(|(state, _)| state == self).expect("every state is named");
+        f.write_str(name)
+    }
+}
+
+impl std::str::FromStr for InnerState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let found = Self::NAMES.iter().find(|(_, name)| *name == text);
+        found.map(|(state, _)| *state).ok_or_else(|| format!("unknown inner state {text:?}: fresh or carry"))
+    }
+}
+
+/// A worker's AdamW state as it left its last round, for the next one
+/// under [`InnerState::Carry`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarriedMoments {
+    pub moments: AdamWMoments,
+    /// AdamW steps these moments took, over all the worker's rounds.
+    pub steps: u64,
 }
 
 /// One worker's update as the coordinator receives it.
@@ -202,10 +253,23 @@ impl BatchSource for OwnedImageShard<'_> {
 
 /// Runs DiLoCo (combining updates with `aggregate`) and the baseline side
 /// by side for `config.rounds` rounds, calling `on_round` after each.
+/// Every round's inner optimizer starts fresh, as in a networked run.
 pub fn simulate(
     config: &DilocoConfig,
     data: &dyn RunData,
     aggregate: &mut dyn Aggregate,
+    on_round: impl FnMut(&RoundReport),
+) -> Result<DilocoReport, TrainError> {
+    simulate_with(config, data, aggregate, InnerState::Fresh, on_round)
+}
+
+/// [`simulate`], with each round's inner optimizer starting from `inner`
+/// (the baseline never restarts, so it is the same under either).
+pub fn simulate_with(
+    config: &DilocoConfig,
+    data: &dyn RunData,
+    aggregate: &mut dyn Aggregate,
+    inner: InnerState,
     mut on_round: impl FnMut(&RoundReport),
 ) -> Result<DilocoReport, TrainError> {
     let recipe = &config.recipe;
@@ -213,6 +277,7 @@ pub fn simulate(
     let sources = data.worker_sources(recipe, config.workers)?;
     let initial = model.layout().initialize(recipe.seed);
     let mut diloco = DilocoRun::new(model.as_ref(), config, initial.clone());
+    diloco.inner = inner;
     let mut baseline = SyncBaseline::new(model.as_ref(), config, initial);
     let mut rounds = Vec::with_capacity(config.rounds as usize);
     for round in 0..config.rounds {
@@ -292,6 +357,11 @@ struct DilocoRun<'m> {
     /// Each worker's last update as sent (decoded), for [`Eager::Own`];
     /// empty before its first.
     sent: Vec<Vec<f32>>,
+    /// What each worker's inner optimizer starts a round from.
+    inner: InnerState,
+    /// Under [`InnerState::Carry`], each worker's AdamW state after its
+    /// last round (`None` before its first, and always under `Fresh`).
+    carried: Vec<Option<CarriedMoments>>,
 }
 
 impl<'m> DilocoRun<'m> {
@@ -311,6 +381,8 @@ impl<'m> DilocoRun<'m> {
             downloads,
             published: VecDeque::with_capacity(delay + 2),
             sent: vec![Vec::new(); config.workers],
+            inner: InnerState::Fresh,
+            carried: vec![None; config.workers],
         }
     }
 
@@ -352,22 +424,22 @@ impl<'m> DilocoRun<'m> {
         };
         let (model, recipe) = (self.model, &self.config.recipe);
         let shard = round_shard_order(recipe.seed, round, self.config.workers as u32);
+        let keep = self.inner == InnerState::Carry;
         let results = self
             .residuals
             .par_iter_mut()
+            .zip(self.carried.par_iter_mut())
             .enumerate()
-            .map(|(worker, residual)| {
+            .map(|(worker, (residual, carried))| {
                 let key = round_key(recipe, round, worker as u32);
                 let global = shared.as_deref().unwrap_or_else(|| bases[worker].as_slice());
-                let update = inner_round_on(
-                    model,
-                    recipe,
-                    global,
-                    sources[shard[worker] as usize].as_ref(),
-                    key,
-                    1,
-                    &mut || {},
-                )?;
+                let source = sources[shard[worker] as usize].as_ref();
+                let update =
+                    inner_round_from(model, recipe, global, carried.as_ref(), source, key, 1, &mut || {})?;
+                if keep {
+                    let steps = carried.as_ref().map_or(0, |carried| carried.steps) + recipe.inner_steps;
+                    *carried = Some(CarriedMoments { moments: update.final_state().moments.clone(), steps });
+                }
                 let encoded = codec::encode_with_feedback(recipe.codec, &update.pseudo_gradient, residual)?;
                 let (_, decoded) = codec::decode(&encoded, update.pseudo_gradient.len())?;
                 Ok((decoded, encoded, update.mean_loss))
@@ -473,9 +545,32 @@ pub fn inner_round_on(
     segments: u32,
     on_step: &mut dyn FnMut(),
 ) -> Result<InnerRoundResult, TrainError> {
+    inner_round_from(model, recipe, global, None, source, key, segments, on_step)
+}
+
+/// [`inner_round_on`] with the optimizer continuing from `carried` (the
+/// worker's AdamW state after its previous round, see
+/// [`InnerState::Carry`]) instead of fresh when given. The start boundary
+/// then holds the carried moments; the state's step still counts from 0,
+/// so the schedule and the batches are a fresh round's.
+#[allow(clippy::too_many_arguments)]
+pub fn inner_round_from(
+    model: &dyn Model,
+    recipe: &TrainingRecipe,
+    global: &[f32],
+    carried: Option<&CarriedMoments>,
+    source: &dyn BatchSource,
+    key: RngKey,
+    segments: u32,
+    on_step: &mut dyn FnMut(),
+) -> Result<InnerRoundResult, TrainError> {
     let steps = recipe.inner_steps;
     let mut state = TrainState::new(model.name(), global.to_vec());
     let mut trainer = Trainer::new(model, InnerOptimizer::from(recipe), recipe.batch());
+    if let Some(carried) = carried {
+        state.moments = carried.moments.clone();
+        trainer = trainer.with_prior_steps(carried.steps);
+    }
     let mut boundaries = vec![state.clone()];
     let mut loss_sum = 0.0f64;
     for segment in 1..=segments {
@@ -516,14 +611,24 @@ pub fn replay_on(
     start: TrainState,
     steps: u64,
 ) -> Result<TrainState, TrainError> {
+    replay_carried(model, recipe, source, key, start, 0, steps)
+}
+
+/// [`replay_on`] for a round whose moments were carried in after
+/// `prior_steps` AdamW steps of earlier rounds ([`InnerState::Carry`]):
+/// what an audit of such a segment needs besides its start state.
+pub fn replay_carried(
+    model: &dyn Model,
+    recipe: &TrainingRecipe,
+    source: &dyn BatchSource,
+    key: RngKey,
+    start: TrainState,
+    prior_steps: u64,
+    steps: u64,
+) -> Result<TrainState, TrainError> {
     let mut state = start;
-    Trainer::new(model, InnerOptimizer::from(recipe), recipe.batch()).run_on(
-        &mut state,
-        source,
-        key,
-        steps,
-        |_, _| {},
-    )?;
+    let trainer = Trainer::new(model, InnerOptimizer::from(recipe), recipe.batch());
+    trainer.with_prior_steps(prior_steps).run_on(&mut state, source, key, steps, |_, _| {})?;
     Ok(state)
 }
 
@@ -719,6 +824,16 @@ mod tests {
         // In the first rounds there is no step to repeat and no update sent.
         assert_eq!(round_base(&outer(1, Eager::Trend), &seen, None, Some(&own)), seen);
         assert_eq!(round_base(&outer(1, Eager::Own), &seen, Some(&before), None), seen);
+    }
+
+    #[test]
+    fn inner_states_read_back_their_names_and_fresh_is_the_default() {
+        for state in [InnerState::Fresh, InnerState::Carry] {
+            assert_eq!(state.to_string().parse(), Ok(state));
+        }
+        assert_eq!(InnerState::Carry.to_string(), "carry");
+        assert_eq!(InnerState::default(), InnerState::Fresh);
+        assert!("warm".parse::<InnerState>().unwrap_err().contains("fresh or carry"));
     }
 
     #[test]

@@ -138,6 +138,11 @@ pub struct Trainer<'m> {
     batch: StepBatch,
     /// Run steps before this round's first, for the schedule.
     offset: u64,
+    /// AdamW steps the moments in the state took before this round (0 for a
+    /// fresh optimizer): they count in the bias correction only, never in
+    /// the schedule or the batches, which follow the round's own step. See
+    /// [`Trainer::with_prior_steps`].
+    prior_steps: u64,
 }
 
 impl<'m> Trainer<'m> {
@@ -153,7 +158,20 @@ impl<'m> Trainer<'m> {
             decay,
             batch: StepBatch::default(),
             offset: 0,
+            prior_steps: 0,
         }
+    }
+
+    /// Continues moments that already took `steps` AdamW steps (the
+    /// simulation's `--inner-state carry`, where a worker keeps its moments
+    /// from round to round): step `s` of the round is AdamW step
+    /// `steps + s` in the bias correction, so carried moments are not
+    /// rescaled as if new. The schedule and the batches still follow the
+    /// state's own step, which counts from 0 in every round. With 0 (the
+    /// default) a step is what it always was, bit for bit.
+    pub fn with_prior_steps(mut self, steps: u64) -> Self {
+        self.prior_steps = steps;
+        self
     }
 
     /// Scales the learning rate by `schedule` from now on.
@@ -190,7 +208,8 @@ impl<'m> Trainer<'m> {
         let adamw = self.optimizer.adamw;
         let factor = self.optimizer.schedule.factor_in_round(self.offset, state.step);
         let optimizer = AdamW { lr: adamw.lr * factor, ..adamw };
-        optimizer.apply_segments(state.step, &mut state.params, &mut state.moments, grads, &self.decay);
+        let adamw_step = self.prior_steps + state.step;
+        optimizer.apply_segments(adamw_step, &mut state.params, &mut state.moments, grads, &self.decay);
     }
 
     /// Runs `steps` steps from `state.step` onwards on `shard` of `images`;

@@ -5,23 +5,13 @@
 use crowdtrain_data::text::{TokenWidth, Tokens};
 use crowdtrain_train::diloco::{inner_round_on, replay_on, round_key};
 use crowdtrain_train::text::TextShard;
-use crowdtrain_train::{GptConfig, Schedule, TrainingRecipe, build_model};
+use crowdtrain_train::{Schedule, TrainingRecipe, build_model};
+use tiny_text::{INNER_STEPS, ROUNDS, tokens};
 
-const INNER_STEPS: u64 = 8;
-const ROUNDS: u64 = 4;
+mod tiny_text;
 
 fn recipe(schedule: Schedule) -> TrainingRecipe {
-    let gpt = GptConfig { layers: 1, heads: 2, width: 8, context: 8, vocab: 16 };
-    TrainingRecipe {
-        batch_size: 3,
-        schedule,
-        ..TrainingRecipe::language_model(3, gpt, 1e-2, INNER_STEPS, ROUNDS)
-    }
-}
-
-/// A token stream with some structure to learn.
-fn tokens() -> Vec<u8> {
-    (0..600u32).flat_map(|i| (((i * 7) % 13 + i / 50) as u16 % 16).to_le_bytes()).collect()
+    TrainingRecipe { schedule, ..tiny_text::recipe() }
 }
 
 #[test]

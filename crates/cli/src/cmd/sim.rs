@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use crowdtrain_data::Sharding;
 use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_defense::{Aggregator, CheckConfig, ModelDefense};
-use crowdtrain_train::diloco::{self, DilocoConfig, RoundReport, RunData};
+use crowdtrain_train::diloco::{self, DilocoConfig, InnerState, RoundReport, RunData};
 use crowdtrain_train::text::{TextRun, validation_loss};
 use crowdtrain_train::{AdamW, Broadcast, Codec, Eager, ModelKind, Nesterov, Schedule, TrainingRecipe};
 use serde::Serialize;
@@ -118,6 +118,14 @@ struct DilocoArgs {
     #[arg(long, default_value_t = 0)]
     round_warmup: u64,
 
+    /// What each worker's inner AdamW starts a round from: fresh (zero
+    /// moments, as a networked run does, so any segment replays from
+    /// public inputs) or carry (each worker slot keeps its moments and
+    /// AdamW step count from its previous round, as DiLoCo's paper does;
+    /// simulation only, an experiment).
+    #[arg(long, default_value = "fresh", value_name = "fresh|carry")]
+    inner_state: InnerState,
+
     /// Encoding of pseudo-gradients on the wire: int8, f32, q4, q2, or
     /// topk:DENSITY with an optional +int8, +q4 or +q2 (e.g. topk:0.02+q4).
     #[arg(long, default_value = "int8")]
@@ -170,6 +178,9 @@ struct DilocoArgs {
 struct DilocoOutput {
     dataset: serde_json::Value,
     config: DilocoConfig,
+    /// `--inner-state`: left out when fresh, so such reports read as before.
+    #[serde(skip_serializing_if = "is_fresh")]
+    inner_state: InnerState,
     threads: usize,
     /// Images: on the test set. Text: next-token accuracy on the
     /// validation sequences each round reads.
@@ -198,6 +209,10 @@ struct DilocoOutput {
     baseline_state_hash: String,
     aggregator: String,
     rounds: Vec<RoundReport>,
+}
+
+fn is_fresh(inner: &InnerState) -> bool {
+    *inner == InnerState::Fresh
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -435,6 +450,10 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
     };
     let human = !args.runtime.json;
     let progress = output::progress_bar(config.rounds, "rounds");
+    // Without a terminal there is no bar: a line per round instead, so a
+    // long run's log shows how far it got (and its curve so far) before the
+    // final report.
+    let log_rounds = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut table = output::table(&[
         "round",
         "samples",
@@ -445,13 +464,25 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         "baseline loss",
         "baseline bytes",
     ]);
-    let report = diloco::simulate(&config, data, aggregate.as_mut(), |round| {
+    let report = diloco::simulate_with(&config, data, aggregate.as_mut(), args.inner_state, |round| {
         progress.inc(1);
         progress.set_message(format!(
             "DiLoCo {:.2}%, baseline {:.2}%",
             100.0 * round.diloco_test_accuracy,
             100.0 * round.baseline_test_accuracy
         ));
+        if log_rounds {
+            eprintln!(
+                "round {}/{}: DiLoCo loss {:.4} (accuracy {:.2}%, inner {:.4}), baseline loss {:.4} (accuracy {:.2}%)",
+                round.round,
+                config.rounds,
+                round.diloco_test_loss,
+                100.0 * round.diloco_test_accuracy,
+                round.diloco_train_loss,
+                round.baseline_test_loss,
+                100.0 * round.baseline_test_accuracy,
+            );
+        }
         table.add_row(vec![
             round.round.to_string(),
             round.samples.to_string(),
@@ -500,6 +531,7 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         aggregator: args.aggregator.to_string(),
         rounds: report.rounds.clone(),
         config,
+        inner_state: args.inner_state,
     };
     if let Some(path) = &args.plot {
         // Images: test accuracy; text: validation loss, what a language
