@@ -163,6 +163,7 @@ for workers in $workers_list; do
         # (up to 10 minutes) until the last round has its held-out figures.
         for _ in $(seq 300); do
             status="$("$wan_lab" exec "${prefix}0" -- curl -sf "http://$address:7070/v1/status" || echo '{}')"
+            [ "$status" = '{}' ] && break    # the coordinator is gone: nothing more will come
             python3 -c 'import json, sys
 s = json.loads(sys.argv[1]); rounds = s.get("rounds") or [{}]
 sys.exit(0 if rounds[-1].get("test_loss") is not None else 1)' "$status" && break
