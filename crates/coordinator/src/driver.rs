@@ -1,10 +1,11 @@
 //! The coordinator driver: the round state machine, the store it records
 //! to, and the work the machine asks for, as plain synchronous code.
 //!
-//! [`Driver`] owns the protocol [`Coordinator`], the [`Store`], the global
-//! model (the outer optimizer's state and the parameters delayed rounds
-//! still train from), the defence (checks and aggregator) and a round's
-//! aggregate until the machine commits it. It carries out the machine's
+//! [`Driver`] owns the protocol [`Coordinator`], the [`Store`], the run's
+//! [`Training`] (for a real run, [`crate::ModelTraining`]: the global model,
+//! the outer optimizer's state, checkpoints and replays), the defence
+//! (checks and aggregator) and a round's aggregate until the machine
+//! commits it. It carries out the machine's
 //! actions ([`Driver::carry_out`]): records made durable in one
 //! transaction, `Close` and `Speculate` aggregated, `JudgeAudit` checked
 //! and handed out for replay. It reads the time from the [`Clock`] it is
@@ -14,81 +15,66 @@
 //! asks of its [`Shell`], and a replay's verdict comes back as an input
 //! ([`Driver::replay_finished`]). `crowdtrain_node::coordinator::Node` is
 //! the shell of a coordinator process (locks, HTTP, threads, the timer);
-//! the node's in-process tests drive the same code on virtual time.
+//! the node's in-process tests drive the same code on virtual time, and
+//! the network simulator (`crowdtrain-simnet`) drives it with its stand-in
+//! training, injecting faults at the batch write ([`Shell::record`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crowdtrain_defense::{Decision, ModelDefense, Submission};
+use crowdtrain_defense::{Aggregator, CheckConfig, Decision, ModelDefense, Submission};
 use crowdtrain_protocol::admission::TokenId;
 use crowdtrain_protocol::contract::ContractChoice;
+use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::judge::ReportCheck;
 use crowdtrain_protocol::ledger::Event;
-use crowdtrain_protocol::wire::{AuditAnswer, AuditReport, ErrorCode};
+use crowdtrain_protocol::wire::ErrorCode;
 use crowdtrain_protocol::{
     Action, Aggregated, Commitment, Coordinator, Digest, Identity, Opened, Outcome, PublicKey, Recorded,
-    Refusal, RoundId, RoundResult, RunConfig, Shard, Verdict, WorkerId,
+    Refusal, RoundId, RoundResult, Shard, Verdict, WorkerId,
 };
-use crowdtrain_store::delta::ModelDelta;
-use crowdtrain_store::{CheckpointKind, Checkpoints, Store, checkpoint};
-use crowdtrain_train::diloco::outer_step;
-use crowdtrain_train::{Model, OuterState};
+use crowdtrain_store::{Checkpoints, Store};
 
 use crate::CoordinatorError;
 use crate::bucket::{BlobKey, RunBucket};
 use crate::clock::Clock;
-use crate::data::{RunData, Shards};
 use crate::deltas::Deltas;
-use crate::restore::{AGGREGATOR_SNAPSHOT_ROUNDS, encode_global};
-use crate::{audit, bucket};
+use crate::model_training::ModelTraining;
+use crate::training::{Audited, Judged, Training};
 
-/// What the driver reads and never changes: the run, its model and data,
-/// its key and clock, and where its files go.
+/// What every driver reads and never changes, whatever its training: the
+/// round state machine's settings, the defence's, the audit secret, the
+/// key that signs the ledger and the clock. (The run id and the initial
+/// model are the store's run record's.)
 pub struct Run {
-    pub config: RunConfig,
-    pub model: Box<dyn Model>,
-    /// Training data, for the shards audit replays train on.
-    pub dataset: Arc<RunData>,
+    pub settings: Settings,
+    pub checks: CheckConfig,
+    pub aggregator: Aggregator,
+    /// Keys the audit draws: secret, so workers cannot tell in advance
+    /// which submissions are audited.
+    pub audit_master: [u8; 32],
     /// Signs the ledger entries the store appends.
     pub identity: Arc<Identity>,
     pub clock: Arc<dyn Clock>,
-    pub checkpoints: Checkpoints,
-    /// The published model deltas, under a compressed broadcast.
-    pub deltas: Deltas,
-    /// Audit answers (start states: MBs each), by hash; the database
-    /// records which answer is whose.
-    pub answers: Checkpoints,
-    /// The run's bucket, if it has one (checkpoints and answers are read
-    /// back from it, and aggregator snapshots written to it).
-    pub bucket: Option<Arc<dyn RunBucket>>,
 }
 
 /// The coordinator's state and its synchronous logic (see the module's
-/// documentation).
-pub struct Driver {
+/// documentation), for a run training with `T` (a real model unless said
+/// otherwise).
+pub struct Driver<T: Training = ModelTraining> {
     pub run: Run,
+    /// The global model and what judging audits needs of it.
+    pub training: T,
     pub machine: Coordinator,
     pub store: Store,
-    /// The latest global parameters and outer momentum.
-    pub global: OuterState,
-    /// `global`'s state hash, for the status page.
-    pub global_hash: String,
-    /// The digest of `global.params`' checkpoint.
-    pub global_model: Digest,
-    /// Under a delayed outer update, the parameters before the latest outer
-    /// step and their digest: the base of the rounds still audited (see
-    /// [`Driver::base_params`]).
-    previous_global: Option<(Digest, Vec<f32>)>,
     /// The checks and the aggregator, with what they remember.
     defense: ModelDefense,
     /// Set between a round's aggregation and its commit or failure.
-    pending: Option<Pending>,
+    pending: Option<Pending<T::Global>>,
     /// The open round's accepted reveals, decoded as they arrived (with the
     /// digests of their bytes), so closing the round reads nothing back.
     decoded: HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
-    /// Shards by slot count, for audit replays.
-    pub shards: HashMap<u32, Arc<Shards>>,
     /// What the batches carried out since the shell last looked did
     /// ([`Driver::take_batch`]).
     batch: Batch,
@@ -135,7 +121,7 @@ impl From<Refusal> for DriverError {
 /// What the driver asks of the process around it, in the middle of a batch
 /// of the machine's actions (so before the batch is durable): the parts of
 /// carrying out an action that need another thread or another party.
-pub trait Shell {
+pub trait Shell<T: Training = ModelTraining> {
     /// The machine just opened `opened` (provisionally or not): show it to
     /// the workers now, before the batch that opened it is durable (the
     /// node's `Node::publish` says why that is safe).
@@ -156,7 +142,20 @@ pub trait Shell {
     fn written(&mut self) -> Result<(), CoordinatorError>;
     /// Replays an answered audit off the driver; its verdict comes back as
     /// [`Driver::replay_finished`].
-    fn replay(&mut self, replay: PendingReplay);
+    fn replay(&mut self, replay: T::Replay);
+    /// Makes a batch of records durable in one transaction, before anyone
+    /// is answered ([`Store::record`]). A shell that simulates a storage
+    /// fault fails or crashes here instead; an error halts the driver.
+    fn record(
+        &mut self,
+        store: &mut Store,
+        now: u64,
+        events: &[Event],
+        payloads: &[(Digest, &[u8])],
+        identity: &Identity,
+    ) -> Result<(), CoordinatorError> {
+        Ok(store.record(now, events, payloads, identity)?)
+    }
 }
 
 /// What batches of the machine's actions did, now durable: what the shell
@@ -190,52 +189,35 @@ impl Batch {
 /// A round's defence decision on `accepted`, and the global state it leads
 /// to, until the machine commits the round (or fails it, or withdraws the
 /// speculation it was computed for).
-struct Pending {
+struct Pending<G> {
     round: RoundId,
     accepted: Vec<WorkerId>,
     aggregated: Aggregated,
     decision: Decision,
-    next: Option<NextGlobal>,
+    next: Option<NextGlobal<G>>,
 }
 
-struct NextGlobal {
-    state: OuterState,
+struct NextGlobal<G> {
+    global: G,
     model: Digest,
     /// The encoded checkpoint named `model`, to serve from memory.
-    model_bytes: Arc<Vec<u8>>,
+    model_bytes: Option<Arc<Vec<u8>>>,
     momentum: Digest,
     aggregator: Option<Digest>,
-}
-
-/// An answered audit for the coordinator to replay: what the replay needs,
-/// taken from the driver.
-pub struct PendingReplay {
-    pub round: RoundId,
-    pub worker: WorkerId,
-    pub segment: u32,
-    pub commitment: Commitment,
-    pub assignment: crowdtrain_protocol::Assignment,
-    pub shards: Arc<Shards>,
-    /// The round's base parameters.
-    pub base: Vec<f32>,
-    pub answer: AuditAnswer,
-    pub start: crowdtrain_train::TrainState,
-    /// Signalled once the answer is durable; dropped if it never will be.
-    pub recorded: std::sync::mpsc::Receiver<()>,
 }
 
 /// The files of a round just aggregated, to write while the next round
 /// runs (see [`Driver::aggregate`]).
 pub struct CheckpointWrite {
-    checkpoints: Checkpoints,
-    deltas: Deltas,
-    bucket: Option<Arc<dyn RunBucket>>,
-    model: Digest,
-    model_bytes: Arc<Vec<u8>>,
-    momentum: Digest,
-    momentum_bytes: Vec<u8>,
+    pub(crate) checkpoints: Checkpoints,
+    pub(crate) deltas: Deltas,
+    pub(crate) bucket: Option<Arc<dyn RunBucket>>,
+    pub(crate) model: Digest,
+    pub(crate) model_bytes: Arc<Vec<u8>>,
+    pub(crate) momentum: Digest,
+    pub(crate) momentum_bytes: Vec<u8>,
     /// The encoded delta to `model`, under a compressed broadcast.
-    change: Option<Arc<Vec<u8>>>,
+    pub(crate) change: Option<Arc<Vec<u8>>>,
 }
 
 impl CheckpointWrite {
@@ -260,33 +242,33 @@ impl CheckpointWrite {
     }
 }
 
-impl Driver {
+impl<T: Training> Driver<T> {
     /// A driver of `machine` (restored from `store`'s events), with the
-    /// global model (`global`, its checkpoint named `global_model`) and the
-    /// defence the store's records restore (`Node::open_with_clock` reads
-    /// them).
+    /// training and the defence the store's records restore
+    /// ([`Driver::open`]).
     pub(crate) fn new(
         run: Run,
+        training: T,
         machine: Coordinator,
         store: Store,
-        global: OuterState,
-        global_model: Digest,
         defense: ModelDefense,
     ) -> Self {
         Self {
             run,
+            training,
             machine,
             store,
-            global_hash: global.hash().to_hex(),
-            global,
-            global_model,
-            previous_global: None,
             defense,
             pending: None,
             decoded: Default::default(),
-            shards: Default::default(),
             batch: Batch::default(),
         }
+    }
+
+    /// The driver's store, for a driver that died (in a simulation) or was
+    /// dropped: what a restart opens again ([`Driver::open`]).
+    pub fn into_store(self) -> Store {
+        self.store
     }
 
     /// The time now, by the run's clock: for the steps of a batch after
@@ -302,7 +284,7 @@ impl Driver {
     }
 
     /// The timer fired: deadlines may have passed.
-    pub fn tick(&mut self, now: u64, shell: &mut impl Shell) -> Result<(), DriverError> {
+    pub fn tick(&mut self, now: u64, shell: &mut impl Shell<T>) -> Result<(), DriverError> {
         self.machine.handle_timeout(now);
         self.carry_out(&[], shell)
     }
@@ -314,7 +296,7 @@ impl Driver {
         now: u64,
         key: &PublicKey,
         nonce: u64,
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<WorkerId, DriverError> {
         let worker = self.machine.read(now, key, nonce)?;
         self.carry_out(&[], shell)?;
@@ -333,7 +315,7 @@ impl Driver {
         class: &str,
         token: Option<TokenId>,
         choice: Option<ContractChoice>,
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<WorkerId, DriverError> {
         self.machine.check_choice_at_registration(&key, choice.is_some())?;
         let (worker, _) = self.machine.register_admitted(now, key, class, Some(nonce), token)?;
@@ -347,6 +329,22 @@ impl Driver {
         Ok(worker)
     }
 
+    /// A registration of `key` whose freshness the caller vouches for (a
+    /// simulation, whose requests are not signed): no nonce, no admission
+    /// token, no contract choice. A coordinator reachable by anyone
+    /// registers through [`Driver::register`].
+    pub fn register_unsigned(
+        &mut self,
+        now: u64,
+        key: PublicKey,
+        class: &str,
+        shell: &mut impl Shell<T>,
+    ) -> Result<WorkerId, DriverError> {
+        let (worker, _) = self.machine.register(now, key, class)?;
+        self.carry_out(&[], shell)?;
+        Ok(worker)
+    }
+
     /// A commitment to the work on `base_model` (and shard `trained`): its
     /// outcome, and the segment it drew for audit.
     pub fn commit(
@@ -355,7 +353,7 @@ impl Driver {
         base_model: Digest,
         trained: Option<Shard>,
         commitment: Commitment,
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<(Outcome, Option<u32>), DriverError> {
         let Sent { now, worker, nonce, round } = sent;
         let outcome = self.machine.commit(now, worker, nonce, round, base_model, trained, commitment)?;
@@ -375,7 +373,7 @@ impl Driver {
         digest: Digest,
         update: Result<Vec<f32>, Refusal>,
         payloads: &[(Digest, &[u8])],
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<Outcome, DriverError> {
         let Sent { now, worker, nonce, round } = sent;
         let problem = update.as_ref().err().cloned();
@@ -395,7 +393,7 @@ impl Driver {
         &mut self,
         sent: Sent,
         reason: String,
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<(), DriverError> {
         let Sent { now, worker, nonce, round } = sent;
         self.machine.answer_refuted(now, worker, nonce, round, reason)?;
@@ -409,7 +407,7 @@ impl Driver {
         &mut self,
         sent: Sent,
         answer: Digest,
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<Option<WorkerId>, DriverError> {
         let Sent { now, worker, nonce, round } = sent;
         let auditor = self.machine.audit_answered(now, worker, nonce, round, answer)?;
@@ -427,22 +425,13 @@ impl Driver {
         &mut self,
         sent: Sent,
         audited: WorkerId,
-        report: &AuditReport,
-        shell: &mut impl Shell,
+        report: &T::Report,
+        shell: &mut impl Shell<T>,
     ) -> Result<ReportCheck, DriverError> {
         let Sent { now, worker: auditor, nonce, round } = sent;
         let (segment, commitment, assignment) = self.delegated(auditor, round, audited, "report")?;
-        let answer = self.stored_answer(round, audited)?;
-        let steps = assignment.recipe.inner_steps;
-        let check = ReportCheck::of(report, &answer, &commitment, steps, segment, || {
-            // The auditor says the worker's claim is false: check it.
-            let base = self.base_params(&assignment.base_model)?;
-            let model = self.run.model.as_ref();
-            let start = audit::check_answer(model, &base, &assignment, segment, &commitment, &answer)
-                .map_err(DriverError::Unjudgeable)?;
-            self.replay_report(&assignment, segment, start, &answer.residual_in)?
-                .map_err(DriverError::Unjudgeable)
-        })?;
+        let audit = Audited { round, worker: audited, segment, commitment, assignment };
+        let check = self.training.recheck(&self.store, &audit, report)?;
         self.machine.audit_reported(now, round, auditor, nonce, audited, check.clone())?;
         self.carry_out(&[], shell)?;
         Ok(check)
@@ -477,7 +466,7 @@ impl Driver {
         round: RoundId,
         worker: WorkerId,
         verdict: Verdict,
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<(), DriverError> {
         self.machine.audit_result(now, round, worker, verdict, None, None)?;
         self.carry_out(&[], shell)
@@ -492,7 +481,7 @@ impl Driver {
     pub fn carry_out(
         &mut self,
         payloads: &[(Digest, &[u8])],
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<(), DriverError> {
         self.carry_out_actions(payloads, shell).map_err(DriverError::Halted)
     }
@@ -500,7 +489,7 @@ impl Driver {
     fn carry_out_actions(
         &mut self,
         payloads: &[(Digest, &[u8])],
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<(), CoordinatorError> {
         let mut batch = Batch::default();
         // Audits that passed in this batch: their answers go once durable.
@@ -522,14 +511,6 @@ impl Driver {
                                 audits = audits.len(),
                                 delegated = auditors.len(),
                                 "commit phase over"
-                            );
-                        }
-                        Event::AuditAnswered { answer, .. } => {
-                            // `answer_audit` made the bytes a durable file,
-                            // named by this digest, before the machine saw it.
-                            debug_assert!(
-                                self.run.answers.path(answer).exists(),
-                                "the answer file comes first"
                             );
                         }
                         Event::Reveal { round, worker, status, payload, .. } => {
@@ -559,13 +540,10 @@ impl Driver {
                                 (*round, *result_model, *result_momentum, *result_aggregator),
                                 "the round just aggregated"
                             );
-                            shell.serve(next.model, next.model_bytes);
-                            self.global_hash = next.state.hash().to_hex();
-                            let before = std::mem::replace(&mut self.global, next.state);
-                            if self.run.config.outer.delay > 0 {
-                                self.previous_global = Some((self.global_model, before.params));
+                            if let Some(bytes) = next.model_bytes {
+                                shell.serve(next.model, bytes);
                             }
-                            self.global_model = next.model;
+                            self.training.advance(next.global, next.model);
                             self.defense.commit(pending.decision);
                             tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
                             batch.committed.push(*round);
@@ -598,13 +576,9 @@ impl Driver {
                     );
                     batch.events.push(event);
                 }
-                Action::JudgeAudit { round, worker, .. } => {
-                    if let Some(replay) = self.judge_stored(round, worker)? {
-                        shell.replay(replay);
-                    }
-                }
+                Action::JudgeAudit { round, worker, .. } => self.judge_stored(round, worker, shell)?,
                 Action::Speculate { round, base_model, accepted } => {
-                    assert_eq!(base_model, self.global_model, "rounds train from the latest model");
+                    assert_eq!(base_model, self.training.model(), "rounds train from the latest model");
                     let aggregated = self.aggregate(round, &accepted, shell)?;
                     let now = self.now();
                     self.machine.handle_speculated(now, round, aggregated);
@@ -618,7 +592,9 @@ impl Driver {
                         "the aggregate just computed"
                     );
                     tracing::info!(round, after, model = %base_model, "round open provisionally");
-                    shell.serve(next.model, Arc::clone(&next.model_bytes));
+                    if let Some(bytes) = &next.model_bytes {
+                        shell.serve(next.model, Arc::clone(bytes));
+                    }
                     shell.opened_ahead(after);
                     self.show(round, shell);
                     batch.changed = true;
@@ -642,8 +618,8 @@ impl Driver {
                     // in between loses nothing anyone was promised.
                     // A delayed round trained from the model before the
                     // latest outer step; the step goes to the newest state.
-                    if self.run.config.outer.delay == 0 {
-                        assert_eq!(base_model, self.global_model, "rounds train from the latest model");
+                    if self.run.settings.outer_delay == 0 {
+                        assert_eq!(base_model, self.training.model(), "rounds train from the latest model");
                     }
                     let speculated = self
                         .pending
@@ -661,9 +637,9 @@ impl Driver {
         }
         let writing = Instant::now();
         let now = self.now();
-        self.store.record(now, &batch.events, payloads, &self.run.identity)?;
+        shell.record(&mut self.store, now, &batch.events, payloads, &self.run.identity)?;
         batch.received_bytes = payloads.iter().map(|(_, bytes)| bytes.len() as u64).sum();
-        self.prune_answers(&passed)?;
+        self.training.prune_answers(&self.store, &passed)?;
         if !batch.committed.is_empty() {
             tracing::debug!(write_ms = writing.elapsed().as_secs_f64() * 1e3, "committed");
         }
@@ -676,36 +652,30 @@ impl Driver {
     }
 
     /// Shows `round` to the workers if the machine has just opened it.
-    fn show(&self, round: RoundId, shell: &mut impl Shell) {
+    fn show(&self, round: RoundId, shell: &mut impl Shell<T>) {
         if let Some(opened) = self.machine.opened().filter(|opened| opened.id() == round) {
             shell.show(opened);
         }
     }
 
     /// Checks the accepted updates of `round` (in the order their
-    /// commitments arrived), aggregates the ones that pass, takes the outer
-    /// step and encodes the new checkpoints. Nothing changes in memory until
-    /// the machine commits the round ([`Pending`]).
+    /// commitments arrived), aggregates the ones that pass and takes the
+    /// outer step ([`Training::step`]). Nothing changes in memory until the
+    /// machine commits the round ([`Pending`]).
     ///
-    /// The new checkpoints are encoded and named here but written and
-    /// synced in the background ([`Shell::write_behind`]): on this machine
-    /// writing and syncing them took as long as the checks and the
-    /// aggregation, and stalled now and then behind the file system's
-    /// journal. The newest model is served from memory meanwhile. Before
-    /// this round commits, the previous round's files must be durable, so a
-    /// crash or a power loss can take the checkpoints of the latest closed
-    /// round only, which a restart rebuilds from the previous round's and
-    /// the stored updates ([`super::restore`]).
+    /// The new checkpoints are written in the background
+    /// ([`Shell::write_behind`]); before this round commits, the previous
+    /// round's must be durable ([`Shell::written`]).
     fn aggregate(
         &mut self,
         round: RoundId,
         accepted: &[WorkerId],
-        shell: &mut impl Shell,
+        shell: &mut impl Shell<T>,
     ) -> Result<Aggregated, CoordinatorError> {
         let started = Instant::now();
         shell.written()?;
         let order = self.store.commitment_order(round, accepted)?;
-        let parameters = self.run.model.layout().len();
+        let parameters = self.training.parameters();
         let mut updates: Vec<(Digest, Vec<f32>)> = Vec::with_capacity(order.len());
         for worker in &order {
             match self.decoded.remove(&(round, *worker)) {
@@ -713,8 +683,7 @@ impl Driver {
                 // Not in memory (revealed before a restart): from the database.
                 None => {
                     let bytes = self.store.payloads(round, &[*worker])?.remove(0);
-                    let (_, values) = crowdtrain_train::codec::decode(&bytes, parameters)
-                        .map_err(crowdtrain_train::TrainError::from)?;
+                    let values = self.training.decode(&bytes)?;
                     updates.push((Digest::of(&bytes), values));
                 }
             }
@@ -736,46 +705,19 @@ impl Driver {
         let next = match &decision.aggregate {
             None => None,
             Some(delta) => {
-                let mut state = self.global.clone();
-                let change = outer_step(self.run.config.outer, &mut state, delta)
-                    .map_err(crowdtrain_train::TrainError::from)?;
-                let (model_bytes, momentum_bytes) = encode_global(self.run.model.as_ref(), &state);
-                let (model, momentum) = (Digest::of(&model_bytes), Digest::of(&momentum_bytes));
-                let model_bytes = Arc::new(model_bytes);
-                // Under a compressed broadcast, the change workers holding
-                // the current model download instead (served from memory,
-                // its file written with the checkpoints).
-                let change = change.map(|change| {
-                    let delta =
-                        ModelDelta { round: state.round, base: self.global_model, target: model, change };
-                    Arc::new(delta.encode())
-                });
-                if let Some(bytes) = &change {
-                    self.run.deltas.insert(state.round, model, Arc::clone(bytes));
+                let defense = &self.defense;
+                let after = || defense.aggregator.is_stateful().then(|| defense.state_after(&decision));
+                let stepped = self.training.step(delta, &after)?;
+                if let Some(write) = stepped.write {
+                    shell.write_behind(write);
                 }
-                shell.write_behind(CheckpointWrite {
-                    checkpoints: self.run.checkpoints.clone(),
-                    deltas: self.run.deltas.clone(),
-                    bucket: self.run.bucket.clone(),
-                    model,
-                    model_bytes: Arc::clone(&model_bytes),
-                    momentum,
-                    momentum_bytes,
-                    change,
-                });
-                let snapshot = self.defense.aggregator.is_stateful()
-                    && state.round.is_multiple_of(AGGREGATOR_SNAPSHOT_ROUNDS);
-                let aggregator = if snapshot {
-                    let after = self.defense.state_after(&decision);
-                    let bytes = checkpoint::encode_aggregator(&self.run.model.name(), &after);
-                    if let Some(bucket) = &self.run.bucket {
-                        bucket.put(BlobKey::Checkpoint(Digest::of(&bytes)), bytes.clone())?;
-                    }
-                    Some(self.run.checkpoints.put(&bytes)?)
-                } else {
-                    None
-                };
-                Some(NextGlobal { state, model, model_bytes, momentum, aggregator })
+                Some(NextGlobal {
+                    global: stepped.global,
+                    model: stepped.model,
+                    model_bytes: stepped.serve,
+                    momentum: stepped.momentum,
+                    aggregator: stepped.aggregator,
+                })
             }
         };
         tracing::debug!(
@@ -804,98 +746,29 @@ impl Driver {
 
     /// [`Action::JudgeAudit`]: an answered audit nobody else will judge
     /// (its auditor did not report by the reveal deadline, or the process
-    /// replaying it stopped): the coordinator replays it from the stored
-    /// answer, in the background like a fresh answer (the replay returned
-    /// for the shell), unless its proofs fail at once.
+    /// replaying it stopped): judged from the stored answer
+    /// ([`Training::judge_stored`]), failed at once if its proofs do not
+    /// hold, else replayed by the shell like a fresh answer.
     fn judge_stored(
         &mut self,
         round: RoundId,
         worker: WorkerId,
-    ) -> Result<Option<PendingReplay>, CoordinatorError> {
+        shell: &mut impl Shell<T>,
+    ) -> Result<(), CoordinatorError> {
         let (segment, commitment) =
             self.machine.answered_audit(round, worker).expect("the machine asked for an answered audit");
         let assignment = self.machine.assignment_in(round, worker).expect("audited workers are participants");
-        let answer = self.stored_answer(round, worker)?;
-        let base = self.base_params(&assignment.base_model)?;
-        match audit::check_answer(self.run.model.as_ref(), &base, &assignment, segment, &commitment, &answer)
-        {
-            Err(reason) => {
+        let audit = Audited { round, worker, segment, commitment, assignment };
+        match self.training.judge_stored(&self.store, audit)? {
+            Judged::Failed(reason) => {
                 let verdict = Verdict::Failed(reason);
                 tracing::info!(round, %worker, segment, ?verdict, "stored audit answer judged");
                 let now = self.now();
                 self.machine
                     .audit_result(now, round, worker, verdict, None, None)
                     .expect("an answered audit is pending");
-                Ok(None)
             }
-            Ok(start) => {
-                tracing::info!(round, %worker, segment, "replaying a stored audit answer");
-                let shards = self.shards(&assignment)?;
-                let (recorded, on_record) = std::sync::mpsc::channel();
-                let _ = recorded.send(());
-                Ok(Some(PendingReplay {
-                    round,
-                    worker,
-                    segment,
-                    commitment,
-                    assignment,
-                    shards,
-                    base,
-                    answer,
-                    start,
-                    recorded: on_record,
-                }))
-            }
-        }
-    }
-
-    /// `worker`'s stored answer in `round`, its bytes checked against the
-    /// digest the database holds.
-    pub fn stored_answer(&self, round: RoundId, worker: WorkerId) -> Result<AuditAnswer, CoordinatorError> {
-        let digest = self.store.audit_answer_digest(round, worker)?;
-        if let Some(bucket) = &self.run.bucket {
-            bucket::restore_answer(
-                &self.run.answers,
-                bucket.as_ref(),
-                worker,
-                digest,
-                self.run.config.limits.max_upload_bytes,
-            )?;
-        }
-        postcard::from_bytes(&self.run.answers.get(&digest)?).map_err(|error| {
-            CoordinatorError::Corrupt(format!("a stored audit answer does not decode: {error}"))
-        })
-    }
-
-    /// The parameters of model `base`, a round's base: the newest model, or
-    /// under a delayed outer update the one before it (kept in memory, else
-    /// read from its checkpoint, as after a restart).
-    pub fn base_params(&self, base: &Digest) -> Result<Vec<f32>, CoordinatorError> {
-        if *base == self.global_model {
-            return Ok(self.global.params.clone());
-        }
-        if let Some((_, params)) = self.previous_global.as_ref().filter(|(digest, _)| digest == base) {
-            return Ok(params.clone());
-        }
-        let bytes = self.run.checkpoints.get(base)?;
-        let model = &self.run.model;
-        Ok(checkpoint::decode(&bytes, CheckpointKind::Params, &model.name(), model.layout())?)
-    }
-
-    /// Deletes the stored answers of audits that passed, once their
-    /// verdicts are durable: the verdict, the commitment and the ledger are
-    /// the record of a passed audit, and an answer is 2.4 MB for the MLP.
-    /// The answers of failed audits stay: they are the evidence for the
-    /// slash (anyone can replay them against the commitment). So does an
-    /// answer another audit names and has not passed: a copier answers
-    /// with its victim's very bytes, the same file.
-    fn prune_answers(&self, passed: &[(RoundId, WorkerId)]) -> Result<(), CoordinatorError> {
-        for &(round, worker) in passed {
-            if let Ok(digest) = self.store.audit_answer_digest(round, worker)
-                && self.store.answer_prunable(&digest)?
-            {
-                self.run.answers.remove(&digest)?;
-            }
+            Judged::Replay(replay) => shell.replay(replay),
         }
         Ok(())
     }

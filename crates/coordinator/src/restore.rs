@@ -1,65 +1,42 @@
 //! Opening a driver on a store: the machine restored from the store's
-//! events, the global model from its checkpoints (rebuilt if a power loss
-//! took the latest), and the defence with what it remembers. Anything that
+//! events, the training opened (for a real model, the global model from
+//! its checkpoints, rebuilt if a power loss took the latest), and the
+//! defence with what it remembers. Anything that
 //! drives a coordinator (the node, the in-process tests) opens one here, on
 //! a new store or on the one a crashed process left.
 
 use crowdtrain_defense::ModelDefense;
-use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::{Coordinator, Digest, RoundId, RunConfig};
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
 use crowdtrain_train::{Model, OuterState};
 
 use crate::CoordinatorError;
-use crate::bucket::{self, BlobKey};
 use crate::data::RunData;
 use crate::driver::{Driver, Run};
+use crate::training::{Opened, Training};
 
-impl Driver {
+impl<T: Training> Driver<T> {
     /// The driver of the run `store` holds (created with its record, see
     /// `Node::open_with_clock`), where its events leave it: the machine
-    /// restored at the clock's time with the audit secret `audit_master`,
-    /// the global model after the latest closed round and the defence's
-    /// memory of earlier updates and aggregator state. Under a bucket, the
-    /// checkpoints missing here are fetched from it, and what the latest
-    /// round trains from is published there again.
+    /// restored at the clock's time with `run`'s settings and audit secret,
+    /// the training opened from `setup` after the latest closed round
+    /// ([`Training::open`]), and the defence with its memory of earlier
+    /// updates and the aggregator state that round left.
     ///
     /// The machine's first actions (a round to open or close, a deadline
     /// passed while it was down) are left for the caller to carry out with
     /// its shell ([`Driver::carry_out`]).
-    pub fn open(run: Run, store: Store, audit_master: [u8; 32]) -> Result<Self, CoordinatorError> {
+    pub fn open(run: Run, setup: T::Setup, store: Store) -> Result<Self, CoordinatorError> {
         let record = store
             .run()?
             .ok_or_else(|| crowdtrain_store::StoreError::Corrupt("the store holds no run".into()))?;
-        let (config, model, checkpoints) = (&run.config, run.model.as_ref(), &run.checkpoints);
-        if let Some(bucket) = &run.bucket {
-            bucket::restore_checkpoints(&store, &record, checkpoints, bucket.as_ref())?;
-        }
-        let (global, global_model) = load_global(&store, &record, config, model, checkpoints)?;
-        if let Some(bucket) = &run.bucket {
-            // What the latest round trains from, again: the process
-            // that wrote it may have been killed before its upload.
-            // The delta before the model, as in the writer: a worker
-            // that finds the model and no delta downloads it whole.
-            if let Some(delta) = run.deltas.get(&global_model) {
-                bucket.put(BlobKey::Delta { target: global_model }, delta.to_vec())?;
-            }
-            bucket.put(BlobKey::Model(global_model), checkpoints.get(&global_model)?)?;
-            bucket::publish_optimizer_state(&store, &record, checkpoints, bucket.as_ref())?;
-            tracing::info!(url = bucket.url(), model = %global_model, "models published in the bucket");
-        }
-        // Answers only passed audits name are not evidence (see `prune_answers`).
-        for digest in store.prunable_answer_digests()? {
-            run.answers.remove(&digest)?;
-        }
-        let mut settings = Settings::from_config(config);
-        settings.max_participants = max_participants(config, &run.dataset);
+        let Opened { training, aggregator } = T::open(setup, &store, &record, &run.aggregator)?;
         let machine = Coordinator::restore(
-            settings,
+            run.settings.clone(),
             record.run_id,
             record.initial_model,
-            audit_master,
+            run.audit_master,
             &store.events()?,
             run.clock.now_unix_ms(),
         );
@@ -67,16 +44,13 @@ impl Driver {
         // decides next (the open one, if any), and the aggregator state the
         // latest closed round left.
         let next_decided = machine.open_round().map_or(i64::MAX as u64, |round| round.id);
-        let defense_config = config.defense();
-        let aggregator_state =
-            restore_aggregator(&store, checkpoints, &defense_config.aggregator, model, RoundId::MAX)?;
         let defense = ModelDefense::restore(
-            defense_config.checks,
-            defense_config.aggregator,
-            aggregator_state,
+            run.checks,
+            run.aggregator,
+            aggregator,
             store.earlier_digests(next_decided, crowdtrain_defense::RESUBMISSION_WINDOW_ROUNDS as u64)?,
         );
-        Ok(Self::new(run, machine, store, global, global_model, defense))
+        Ok(Self::new(run, training, machine, store, defense))
     }
 }
 
@@ -84,7 +58,7 @@ impl Driver {
 /// training examples: each shard needs a whole batch, from what the
 /// validation split leaves (the Dirichlet sharding may need more; it says
 /// so when a round's shards cannot be drawn).
-fn max_participants(config: &RunConfig, data: &RunData) -> u32 {
+pub(crate) fn max_participants(config: &RunConfig, data: &RunData) -> u32 {
     let supported = data.participants_supported(&config.training);
     (supported as u64).min(u64::from(config.limits.max_workers)) as u32
 }
@@ -98,7 +72,7 @@ pub const AGGREGATOR_SNAPSHOT_ROUNDS: u64 = 16;
 
 /// The global state after the latest closed round (or the initial one),
 /// read back from its checkpoints, or rebuilt if a power loss took them.
-fn load_global(
+pub(crate) fn load_global(
     store: &Store,
     record: &RunRecord,
     config: &RunConfig,
@@ -195,7 +169,7 @@ fn rebuild_latest_global(
 /// aggregation of every closed round since replayed on the updates it
 /// aggregated. Being deterministic, the replay gives the state the live
 /// run had, bit for bit.
-fn restore_aggregator(
+pub(crate) fn restore_aggregator(
     store: &Store,
     checkpoints: &Checkpoints,
     aggregator: &crowdtrain_defense::Aggregator,

@@ -54,7 +54,8 @@ pub use crowdtrain_coordinator::AGGREGATOR_SNAPSHOT_ROUNDS;
 pub use crowdtrain_coordinator::clock::{Clock, SystemClock, VirtualClock, now_unix_ms};
 use crowdtrain_coordinator::deltas;
 use crowdtrain_coordinator::{
-    CheckpointWrite, CoordinatorError, Driver, DriverError, PendingReplay, Sent, Shell, audit, driver,
+    CheckpointWrite, CoordinatorError, Driver, DriverError, ModelRun, PendingReplay, Sent, Shell, audit,
+    driver,
 };
 use http::Failure;
 pub use http::serve;
@@ -297,23 +298,25 @@ impl Node {
         );
         let dataset = Arc::new(dataset);
         let identity = Arc::new(identity);
-        let driver = Driver::open(
-            driver::Run {
-                config: config.clone(),
-                model: crowdtrain_train::build_model(config.training.model),
-                dataset: Arc::clone(&dataset),
-                identity: Arc::clone(&identity),
-                clock: Arc::clone(&clock),
-                checkpoints: checkpoints.clone(),
-                deltas: deltas.clone(),
-                answers: answers.clone(),
-                bucket: bucket
-                    .clone()
-                    .map(|bucket| bucket as Arc<dyn crowdtrain_coordinator::bucket::RunBucket>),
-            },
-            store,
+        let training = ModelRun {
+            config: config.clone(),
+            model: crowdtrain_train::build_model(config.training.model),
+            dataset: Arc::clone(&dataset),
+            checkpoints: checkpoints.clone(),
+            deltas: deltas.clone(),
+            answers: answers.clone(),
+            bucket: bucket.clone().map(|bucket| bucket as Arc<dyn crowdtrain_coordinator::bucket::RunBucket>),
+        };
+        let defense = config.defense();
+        let driver_run = driver::Run {
+            settings: training.settings(),
+            checks: defense.checks,
+            aggregator: defense.aggregator,
             audit_master,
-        )?;
+            identity: Arc::clone(&identity),
+            clock: Arc::clone(&clock),
+        };
+        let driver = Driver::open(driver_run, training, store)?;
         let node = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             clock,
@@ -590,8 +593,9 @@ impl Node {
                 .machine
                 .assignment_in(round, worker)
                 .expect("an audited worker is a participant of the round");
-            let shards = inner.driver.shards(&assignment).map_err(Failure::internal)?;
-            let base = inner.driver.base_params(&assignment.base_model).map_err(Failure::internal)?;
+            let shards = inner.driver.training.shards(&assignment).map_err(Failure::internal)?;
+            let base =
+                inner.driver.training.base_params(&assignment.base_model).map_err(Failure::internal)?;
             (segment, commitment, assignment, base, shards)
         };
         let _answering = Answering { node: self, key: (round, worker) };
@@ -758,7 +762,8 @@ impl Node {
         let needs_answer =
             segment != 1 || (segment == commitment.segments && commitment.residual_in.is_some());
         let answer = if needs_answer {
-            Some(inner.driver.stored_answer(round, audited).map_err(Failure::internal)?)
+            let driver = &inner.driver;
+            Some(driver.training.stored_answer(&driver.store, round, audited).map_err(Failure::internal)?)
         } else {
             None
         };
@@ -767,7 +772,7 @@ impl Node {
             answer => (
                 crowdtrain_train::TrainState::new(
                     self.model.name(),
-                    inner.driver.base_params(&assignment.base_model).map_err(Failure::internal)?,
+                    inner.driver.training.base_params(&assignment.base_model).map_err(Failure::internal)?,
                 )
                 .to_bytes(),
                 answer.map(|answer| answer.residual_in).unwrap_or_default(),
@@ -965,7 +970,7 @@ impl Node {
             let downloaded = self.bytes_downloaded.load(Ordering::Relaxed);
             let before = self.downloaded_at_close.swap(downloaded, Ordering::Relaxed);
             inner.driver.store.set_downloads(round, downloaded.saturating_sub(before))?;
-            self.schedule_evaluation(round, inner.driver.global_model);
+            self.schedule_evaluation(round, inner.driver.training.global_model);
             self.schedule_scoring(round);
         }
         if batch.finished {
@@ -1046,8 +1051,8 @@ impl Node {
                 inner.driver.machine.phase(),
                 inner.driver.machine.open_round().map(|open| open.id),
                 inner.driver.machine.completed_rounds(),
-                inner.driver.global_model,
-                inner.driver.global_hash.clone(),
+                inner.driver.training.global_model,
+                inner.driver.training.global_hash.clone(),
                 active,
                 last_seen,
             )

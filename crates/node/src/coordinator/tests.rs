@@ -267,7 +267,7 @@ impl Harness {
     fn replay(&self, task: &AuditTask) -> AuditReport {
         let node = self.node();
         let assignment = &task.assignment;
-        let base = node.lock().driver.base_params(&assignment.base_model).unwrap();
+        let base = node.lock().driver.training.base_params(&assignment.base_model).unwrap();
         let start =
             crowdtrain_train::TrainState::from_bytes(&task.start_state, &node.model.name(), base.len())
                 .unwrap();
@@ -936,20 +936,26 @@ impl Harness {
         let config = self.config.clone();
         let tokenizer = crowdtrain_data::text::TokenizerSpec::from("char".to_owned());
         let dataset = RunData::load(config.data.dir.as_deref(), &config.training, &tokenizer).unwrap();
-        let run = driver::Run {
+        let training = ModelRun {
             model: crowdtrain_train::build_model(config.training.model),
             dataset: Arc::new(dataset),
-            identity: Arc::new(load_or_create_key(&dir.join("coordinator.key")).unwrap()),
-            clock: self.clock.clone(),
             checkpoints: Checkpoints::open(&dir.join("checkpoints")).unwrap(),
             deltas: deltas::Deltas::open(&dir.join("deltas")).unwrap(),
             answers: Checkpoints::open_with_extension(&dir.join("audit-answers"), "answer").unwrap(),
             bucket: None,
             config,
         };
+        let defense = training.config.defense();
+        let run = driver::Run {
+            settings: training.settings(),
+            checks: defense.checks,
+            aggregator: defense.aggregator,
+            audit_master: load_or_create_secret(&dir.join("audit.secret")).unwrap(),
+            identity: Arc::new(load_or_create_key(&dir.join("coordinator.key")).unwrap()),
+            clock: self.clock.clone(),
+        };
         let store = Store::open(&dir.join("coordinator.sqlite")).unwrap();
-        let secret = load_or_create_secret(&dir.join("audit.secret")).unwrap();
-        Driver::open(run, store, secret).unwrap()
+        Driver::open(run, training, store).unwrap()
     }
 }
 
@@ -969,19 +975,20 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
     assert!(driver.take_batch().events.is_empty(), "round 0 was open and durable: nothing to do");
     for round in 0..2 {
         if round == 1 {
-            let (global, hash) = (driver.global_model, driver.global_hash.clone());
+            let (global, hash) = (driver.training.global_model, driver.training.global_hash.clone());
             drop(driver);
             driver = harness.open_driver();
             driver.carry_out(&[], &mut shell).unwrap();
-            assert_eq!((driver.global_model, &driver.global_hash), (global, &hash), "restored exactly");
+            let training = &driver.training;
+            assert_eq!((training.global_model, &training.global_hash), (global, &hash), "restored exactly");
             assert_eq!(driver.machine.open_round().map(|open| open.id), Some(1), "round 1 is open again");
         }
         let mut submitted = Vec::new();
         for &worker in &workers {
             harness.wait(200);
             let assignment = driver.machine.view(Some(worker)).assignment.expect("a participant");
-            let params = driver.base_params(&assignment.base_model).unwrap();
-            let run = &driver.run;
+            let params = driver.training.base_params(&assignment.base_model).unwrap();
+            let run = &driver.training.run;
             let produced = train(run.model.as_ref(), &run.dataset, &params, &assignment, Behavior::Honest);
             let (now, nonce, base) = (harness.clock.now_unix_ms(), harness.nonce(), assignment.base_model);
             let commitment = produced.commitment();
@@ -994,13 +1001,13 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
         for (assignment, produced, segment) in &submitted {
             let (worker, segment) = (assignment.worker, *segment);
             let answer = produced.answer(segment).unwrap();
-            let digest = driver.run.answers.put(&postcard_bytes(&answer)).unwrap();
+            let digest = driver.training.run.answers.put(&postcard_bytes(&answer)).unwrap();
             let (now, nonce) = (harness.clock.now_unix_ms(), harness.nonce());
             let sent = Sent { now, worker, nonce, round };
             let auditor = driver.audit_answered(sent, digest, &mut shell).unwrap();
             assert_eq!(auditor, None, "the coordinator replays it");
-            let base = driver.base_params(&assignment.base_model).unwrap();
-            let (model, data) = (driver.run.model.as_ref(), &driver.run.dataset);
+            let base = driver.training.base_params(&assignment.base_model).unwrap();
+            let (model, data) = (driver.training.run.model.as_ref(), &driver.training.run.dataset);
             let commitment = produced.commitment();
             let start = audit::check_answer(model, &base, assignment, segment, &commitment, &answer).unwrap();
             let shards = data.shards(assignment).unwrap();
@@ -1013,7 +1020,7 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
         for (assignment, produced, _) in &submitted {
             let payload = produced.payload.as_slice();
             let digest = Digest::of(payload);
-            let parameters = driver.run.model.layout().len();
+            let parameters = driver.training.run.model.layout().len();
             let (_, values) = crowdtrain_train::codec::decode(payload, parameters).unwrap();
             let (now, nonce) = (harness.clock.now_unix_ms(), harness.nonce());
             let (worker, base) = (assignment.worker, assignment.base_model);
@@ -1030,7 +1037,7 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
     assert_eq!(shell.shown, vec![1], "round 1 shown as it opened");
     assert_eq!((shell.served.len(), shell.writes), (2, 2), "each result served and written");
     assert_eq!(shell.replays, 0, "every replay was the test's, none judged from the store");
-    assert_eq!(driver.global_hash, simulated_state_hash(2, 2, 12), "the simulation's bits");
+    assert_eq!(driver.training.global_hash, simulated_state_hash(2, 2, 12), "the simulation's bits");
     // Refusals are typed, and change nothing.
     let (now, nonce) = (harness.clock.now_unix_ms(), harness.nonce());
     let stranger = Identity::from_seed([0x99; 32]).public_key();
