@@ -24,6 +24,10 @@ pub enum CoordinatorError {
     /// does not fit the model).
     #[error("{0}")]
     Data(String),
+    /// The process around the driver stopped it in the middle of a batch
+    /// (a simulated crash, [`crate::Shell::record`]).
+    #[error("{0}")]
+    Stopped(String),
     /// A file the coordinator stored does not decode.
     #[error("a stored file is corrupt: {0}")]
     Corrupt(String),

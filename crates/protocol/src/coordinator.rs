@@ -1998,6 +1998,12 @@ impl Coordinator {
         self.actions.pop_front()
     }
 
+    /// The actions waiting for the driver, in order, without taking them:
+    /// what a simulator checks a restored machine decided on its own.
+    pub fn pending_actions(&self) -> impl Iterator<Item = &Action> {
+        self.actions.iter()
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
         match &self.open {

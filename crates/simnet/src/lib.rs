@@ -244,10 +244,12 @@ pub fn run(config: &SimConfig) -> Result<Summary, Failure> {
 
 /// [`run`], keeping the store and what the checks need, for tests that
 /// look further.
+///
+/// The simulated coordinator's own log (a slash, a failed round: the
+/// driver's `tracing` events) is not shown: a run reports its summary, and
+/// `SIMNET_TRACE` every durable event.
 pub fn simulate(config: &SimConfig) -> Result<Finished, Failure> {
-    world::World::new(config.clone()).run().map_err(|violation| Failure {
-        seed: config.seed,
-        violation,
-        command: config.command(),
-    })
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    tracing::subscriber::with_default(quiet, || world::World::new(config.clone()).run())
+        .map_err(|violation| Failure { seed: config.seed, violation, command: config.command() })
 }

@@ -7,10 +7,16 @@
 //! worker's update is a small vector of pseudo-random values and its trace
 //! (Merkle root, audit answer) is a digest nobody can produce without the
 //! assignment. A replay recomputes the honest trace and compares. That
-//! keeps 1,000 workers cheap while the coordinator, the store and the
-//! defence are the real ones.
+//! keeps 1,000 workers cheap while the coordinator driver, the store and
+//! the defence are the real ones: [`SimTraining`] is the driver's
+//! [`Training`].
 
-use crowdtrain_protocol::{Commitment, Digest, RoundId, WorkerId};
+use crowdtrain_coordinator::training::{Audited, Judged, Opened, Stepped, Training};
+use crowdtrain_coordinator::{CoordinatorError, DriverError};
+use crowdtrain_defense::{Aggregator, AggregatorState};
+use crowdtrain_protocol::judge::ReportCheck;
+use crowdtrain_protocol::{Commitment, Digest, RoundId, Verdict, WorkerId};
+use crowdtrain_store::{RunRecord, Store};
 
 /// Values in a simulated update: enough for the defence's norm, duplicate
 /// and cosine checks to mean something.
@@ -204,6 +210,115 @@ pub fn replay(seed: u64, round: RoundId, worker: WorkerId, base: Digest, segment
 pub fn next_model(base: Digest, aggregate: &[f32]) -> (Digest, Digest) {
     let model = Digest::of(&[&base.0[..], &encode(aggregate)].concat());
     (model, Digest::of(&[&b"momentum"[..], &model.0].concat()))
+}
+
+/// The stand-in training as the coordinator driver runs it
+/// ([`crowdtrain_coordinator::Driver`]`<SimTraining>`): updates are
+/// [`UPDATE_LEN`] raw values, the outer step is [`next_model`], an answer is
+/// a digest recorded in the store (no file) and a replay is [`replay`].
+pub struct SimTraining {
+    seed: u64,
+    /// The latest global model's name: the stand-in's whole global state.
+    model: Digest,
+}
+
+impl SimTraining {
+    /// Whether an honest replay of `audit` reproduces its commitment and
+    /// the answer `store` recorded for it.
+    pub fn replay_passes(&self, store: &Store, audit: &Audited) -> Result<bool, CoordinatorError> {
+        let Audited { round, worker, segment, commitment, assignment } = audit;
+        let answer = store.audit_answer_digest(*round, *worker)?;
+        Ok(replay(self.seed, *round, *worker, assignment.base_model, *segment).passes(commitment, answer))
+    }
+}
+
+impl Training for SimTraining {
+    /// The new model is named by its digest alone.
+    type Global = ();
+    type Report = Report;
+    /// The coordinator replays stored answers like fresh ones: after a
+    /// while, in the simulated world.
+    type Replay = (RoundId, WorkerId);
+    /// The run's seed, which keys every worker's stand-in work.
+    type Setup = u64;
+
+    /// The [`AGGREGATOR`] keeps no state to restore.
+    fn open(
+        seed: u64,
+        store: &Store,
+        record: &RunRecord,
+        aggregator: &Aggregator,
+    ) -> Result<Opened<Self>, CoordinatorError> {
+        debug_assert!(!aggregator.is_stateful(), "the stand-in's aggregator keeps no state");
+        let model = store.latest_result()?.map_or(record.initial_model, |latest| latest.model);
+        Ok(Opened { training: Self { seed, model }, aggregator: Default::default() })
+    }
+
+    fn parameters(&self) -> usize {
+        UPDATE_LEN
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, CoordinatorError> {
+        decode(bytes).ok_or_else(|| CoordinatorError::Corrupt("an accepted update does not decode".into()))
+    }
+
+    fn model(&self) -> Digest {
+        self.model
+    }
+
+    fn step(
+        &mut self,
+        aggregate: &[f32],
+        _aggregator: &dyn Fn() -> Option<AggregatorState>,
+    ) -> Result<Stepped<()>, CoordinatorError> {
+        let (model, momentum) = next_model(self.model, aggregate);
+        Ok(Stepped { global: (), model, momentum, aggregator: None, serve: None, write: None })
+    }
+
+    fn advance(&mut self, _next: (), model: Digest) {
+        self.model = model;
+    }
+
+    /// A stand-in answer has no proofs to check before its replay.
+    fn judge_stored(
+        &mut self,
+        _store: &Store,
+        audit: Audited,
+    ) -> Result<Judged<(RoundId, WorkerId)>, CoordinatorError> {
+        Ok(Judged::Replay((audit.round, audit.worker)))
+    }
+
+    fn recheck(
+        &mut self,
+        store: &Store,
+        audit: &Audited,
+        report: &Report,
+    ) -> Result<ReportCheck, DriverError> {
+        let answer = store.audit_answer_digest(audit.round, audit.worker).map_err(CoordinatorError::from)?;
+        if report.passes(&audit.commitment, answer) {
+            return Ok(ReportCheck::Agrees);
+        }
+        let own = replay(self.seed, audit.round, audit.worker, audit.assignment.base_model, audit.segment);
+        Ok(ReportCheck::Rechecked {
+            verdict: verdict_of(own.passes(&audit.commitment, answer)),
+            contradicts: own != *report,
+        })
+    }
+
+    /// Stand-in answers are digests in the store: no file to delete.
+    fn prune_answers(&self, _store: &Store, _passed: &[(RoundId, WorkerId)]) -> Result<(), CoordinatorError> {
+        Ok(())
+    }
+}
+
+/// The coordinator's verdict on a replay that did or did not reproduce the
+/// commitment and the answer.
+pub fn verdict_of(passes: bool) -> Verdict {
+    if passes {
+        Verdict::Passed
+    } else {
+        Verdict::Failed("the replay does not reproduce the committed trace".into())
+    }
 }
 
 #[cfg(test)]

@@ -1,25 +1,32 @@
-//! The simulated world: the coordinator driven in-process, the workers,
-//! the network between them and the faults, all on one virtual clock.
+//! The simulated world: the real coordinator driver
+//! ([`Driver`]`<`[`SimTraining`]`>`) fed the workers' requests, its timer
+//! and its replays through its inputs, the workers, the network between
+//! them and the faults, all on one virtual clock. The world is the
+//! driver's shell ([`SimShell`]): it fails or crashes the batch write as
+//! the seed says, and restarts a crashed coordinator through
+//! [`Driver::open`] on the store it left.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crowdtrain_coordinator::clock::{Clock, VirtualClock};
+use crowdtrain_coordinator::training::Audited;
+use crowdtrain_coordinator::{CheckpointWrite, CoordinatorError, Driver, DriverError, Run, Sent, Shell};
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below, unit_f64};
-use crowdtrain_defense::checks::Submission;
-use crowdtrain_defense::{CheckConfig, ModelDefense};
+use crowdtrain_defense::CheckConfig;
 use crowdtrain_protocol::coordinator::{OpenRound, RoundPhase};
-use crowdtrain_protocol::judge::ReportCheck;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, Aggregated, Commitment, Coordinator, Digest, Identity, PublicKey, Recorded, Refusal, RoundId,
-    RoundResult, RoundView, Settings, TrainingRecipe, Verdict, WorkerId,
+    Action, Commitment, Coordinator, Digest, Identity, Opened, PublicKey, Recorded, Refusal, RoundId,
+    RoundView, Settings, TrainingRecipe, WorkerId,
 };
 use crowdtrain_store::{RunRecord, Store};
 use rand_chacha::ChaCha8Rng;
 
 use crate::invariants::{self, Acked, Knowledge, Rules, Violation};
-use crate::model::{self, Behaviour, SEGMENTS, UPDATE_LEN, Work};
+use crate::model::{self, Behaviour, SEGMENTS, SimTraining, UPDATE_LEN, Work};
 use crate::queue::Queue;
 use crate::{Auditors, SimConfig, Summary};
 
@@ -206,24 +213,19 @@ impl SimWorker {
     }
 }
 
-/// The coordinator process: the machine (none while down), its store, its
-/// defence and what it keeps in memory.
+/// The coordinator process: the driver while it is up, the store it left
+/// while it is down, and the shell's timer.
 struct Node {
-    machine: Option<Coordinator>,
+    driver: Option<Driver<SimTraining>>,
+    /// A crashed driver's store, until the restart opens it again.
+    down: Option<Store>,
     /// Bumped at each crash: replays of the previous process are lost.
     incarnation: u64,
-    store: Store,
-    signer: Identity,
-    defense: ModelDefense,
+    signer: Arc<Identity>,
+    /// The driver's clock: set to the virtual time before every input.
+    clock: Arc<VirtualClock>,
     /// When the timer is armed for.
     armed: Option<u64>,
-    /// Accepted reveals' bytes not necessarily durable yet.
-    updates: HashMap<(RoundId, WorkerId), Vec<u8>>,
-    /// The defence's decision on the open round's speculation, kept (as
-    /// the node keeps it) until the round closes on the same submissions,
-    /// which then reuses it instead of aggregating again, or it is
-    /// withdrawn. Lost in a crash.
-    speculated: Option<Speculated>,
     /// The fault armed for the next non-empty batch, with the machine as it
     /// was before the input being handled.
     fault: Option<Fault>,
@@ -232,13 +234,135 @@ struct Node {
     expected: Option<Fingerprint>,
 }
 
-/// A speculative aggregate: for `round` on `base`, over `accepted`.
-struct Speculated {
-    round: RoundId,
-    base: Digest,
-    accepted: Vec<WorkerId>,
-    aggregated: Aggregated,
-    decision: crowdtrain_defense::Decision,
+impl Node {
+    /// The live driver for an input at `now` (its clock set to it), with a
+    /// shell armed with the pending fault and, if one is armed, the
+    /// machine as it was before the input; none while it is down.
+    fn input(&mut self, now: u64) -> Option<(&mut Driver<SimTraining>, SimShell, Option<Fingerprint>)> {
+        let driver = self.driver.as_mut()?;
+        self.clock.advance(now - self.clock.now_unix_ms());
+        let before = self.fault.map(|_| fingerprint(&driver.machine));
+        Some((driver, SimShell::new(self.fault), before))
+    }
+
+    fn store(&self) -> &Store {
+        match &self.driver {
+            Some(driver) => &driver.store,
+            None => self.down.as_ref().expect("a coordinator that is down keeps its store"),
+        }
+    }
+}
+
+/// The world as the driver's [`Shell`] during one input: the fault that
+/// strikes its batch write, if one is armed, and what the driver asked for.
+struct SimShell {
+    /// The fault for this input's batch, if one is armed and the batch
+    /// records anything.
+    fault: Option<Fault>,
+    /// The fault that struck.
+    struck: Option<Fault>,
+    /// A check of the write failed.
+    violation: Option<Violation>,
+    /// Stored answers the driver asked to replay.
+    replays: Vec<(RoundId, WorkerId)>,
+}
+
+impl SimShell {
+    fn new(fault: Option<Fault>) -> Self {
+        Self { fault, struck: None, violation: None, replays: Vec::new() }
+    }
+
+    /// A write that fails part-way: the batch with an event the store
+    /// cannot take at its end. Nothing of it may stay.
+    fn fail_write(
+        store: &mut Store,
+        now: u64,
+        events: &[Event],
+        payloads: &[(Digest, &[u8])],
+        signer: &Identity,
+    ) -> Result<CoordinatorError, Violation> {
+        let length = store.ledger_length().map_err(store_violation)?;
+        let mut poisoned = events.to_vec();
+        // A reveal whose bytes are missing: refused after the batch's own
+        // rows are written in the transaction.
+        poisoned.push(Event::Reveal {
+            round: 0,
+            worker: WorkerId(0),
+            payload: Digest::of(b"simnet: bytes that were never sent"),
+            status: Recorded::Late,
+            nonce: 0,
+            received_unix_ms: now,
+        });
+        let Err(error) = store.record(now, &poisoned, payloads, signer) else {
+            return Err(Violation("the store took a reveal without its bytes".into()));
+        };
+        let after = store.ledger_length().map_err(store_violation)?;
+        if after != length {
+            return Err(Violation(format!(
+                "a failed write half-applied: the ledger went from {length} to {after}"
+            )));
+        }
+        Ok(error.into())
+    }
+}
+
+impl Shell<SimTraining> for SimShell {
+    // Workers poll for their rounds, and the stand-in's models are names:
+    // nothing to show, serve or write.
+    fn show(&mut self, _opened: Opened) {}
+
+    fn serve(&mut self, _model: Digest, _bytes: Arc<Vec<u8>>) {}
+
+    fn opened_ahead(&mut self, _after: RoundId) {}
+
+    fn withdrawn(&mut self, _round: RoundId, _provisional: Option<RoundId>) {}
+
+    fn write_behind(&mut self, _write: CheckpointWrite) {}
+
+    fn written(&mut self) -> Result<(), CoordinatorError> {
+        Ok(())
+    }
+
+    fn replay(&mut self, replay: (RoundId, WorkerId)) {
+        self.replays.push(replay);
+    }
+
+    /// The store must take every batch the machine emits (its constraints
+    /// catch a fact recorded twice or out of place), unless the armed
+    /// fault strikes.
+    fn record(
+        &mut self,
+        store: &mut Store,
+        now: u64,
+        events: &[Event],
+        payloads: &[(Digest, &[u8])],
+        signer: &Identity,
+    ) -> Result<(), CoordinatorError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let fault = self.fault.take();
+        self.struck = fault;
+        let stopped = || CoordinatorError::Stopped("the coordinator crashed".into());
+        match fault {
+            Some(Fault::CrashBeforeWrite) => return Err(stopped()),
+            Some(Fault::WriteFails) => {
+                return Err(match Self::fail_write(store, now, events, payloads, signer) {
+                    Ok(error) => error,
+                    Err(violation) => {
+                        self.violation = Some(violation);
+                        stopped()
+                    }
+                });
+            }
+            None | Some(Fault::CrashAfterWrite) => {}
+        }
+        store.record(now, events, payloads, signer).map_err(|error| {
+            self.violation =
+                Some(Violation(format!("the store refused a batch the machine emitted: {error}")));
+            error.into()
+        })
+    }
 }
 
 /// The durable part of a machine's state that a restored machine must
@@ -364,8 +488,9 @@ impl World {
         };
         let run_id = Digest::of(&[&b"simnet run "[..], &seed.to_le_bytes()].concat());
         let initial_model = Digest::of(&[&b"simnet model 0 "[..], &seed.to_le_bytes()].concat());
-        let signer =
-            Identity::from_seed(Digest::of(&[&b"simnet coordinator "[..], &seed.to_le_bytes()].concat()).0);
+        let signer = Arc::new(Identity::from_seed(
+            Digest::of(&[&b"simnet coordinator "[..], &seed.to_le_bytes()].concat()).0,
+        ));
         let mut store = Store::open_in_memory().expect("an in-memory store opens");
         let run = RunRecord {
             run_id,
@@ -383,14 +508,12 @@ impl World {
         let crash_chance = (config.faults.crash / batches_per_round).min(1.0);
         let write_chance = (config.faults.write / batches_per_round).min(1.0);
         let node = Node {
-            machine: Some(Coordinator::new(settings.clone(), run_id, initial_model, master)),
+            driver: None,
+            down: Some(store),
             incarnation: 0,
-            store,
             signer,
-            defense: new_defense(HashSet::new()),
+            clock: Arc::new(VirtualClock::new(T0)),
             armed: None,
-            updates: HashMap::new(),
-            speculated: None,
             fault: None,
             expected: None,
         };
@@ -416,9 +539,24 @@ impl World {
             write_chance,
             config,
         };
-        world.durable = world.node.store.events().expect("the store reads");
+        world.durable = world.node.store().events().expect("the store reads");
+        let store = world.node.down.take().expect("just created");
+        let driver = Driver::open(world.driver_run(), world.config.seed, store).expect("a new run opens");
+        world.node.driver = Some(driver);
         world.populate(joins);
         world
+    }
+
+    /// What every driver of this run reads, for an opening.
+    fn driver_run(&self) -> Run {
+        Run {
+            settings: self.settings.clone(),
+            checks: CheckConfig::default(),
+            aggregator: model::AGGREGATOR,
+            audit_master: self.master,
+            identity: Arc::clone(&self.node.signer),
+            clock: self.node.clock.clone(),
+        }
     }
 
     fn chance(&mut self, probability: f64) -> bool {
@@ -564,7 +702,7 @@ impl World {
     /// The final checks, and the summary.
     fn finish(mut self, started: Instant) -> Result<Finished, Violation> {
         let key = self.node.signer.public_key();
-        let sealed = self.node.store.ledger().map_err(store_violation)?;
+        let sealed = self.node.store().ledger().map_err(store_violation)?;
         let events = invariants::check_ledger(&sealed, &key)?;
         if events != self.durable {
             return Err(Violation("the ledger is not the sequence of batches written".into()));
@@ -573,13 +711,15 @@ impl World {
         let mut rules = Rules::new(self.settings.quorum, self.settings.bond, self.settings.stake);
         rules.feed_all(&events, self.knowledge())?;
         invariants::check_acked(&events, &self.acked)?;
-        let store = &self.node.store;
+        let store = self.node.store();
         let rounds_reproduced =
             invariants::check_fault_free(&events, self.initial_model, |round, workers| {
                 store.payloads(round, workers).map_err(store_violation)
             })?;
         // The ledger alone restores the final state.
-        if let Some(machine) = self.node.machine.as_ref().filter(|_| self.finished()) {
+        if let Some(machine) =
+            self.node.driver.as_ref().map(|driver| &driver.machine).filter(|_| self.finished())
+        {
             let now = self.queue.now();
             let (settings, run_id, master) = (self.settings.clone(), self.run_id, self.master);
             let restored = Coordinator::restore(settings, run_id, self.initial_model, master, &events, now);
@@ -587,8 +727,8 @@ impl World {
                 return Err(Violation("the final state is not what its ledger restores".into()));
             }
         }
-        self.node.store.integrity_check().map_err(store_violation)?;
-        self.node.store.check_worker_totals().map_err(|error| {
+        self.node.store().integrity_check().map_err(store_violation)?;
+        self.node.store().check_worker_totals().map_err(|error| {
             Violation(format!("the store's totals are not what its records add up to: {error}"))
         })?;
         self.counters.checks += 7;
@@ -639,7 +779,10 @@ impl World {
         summary.wall_ms = started.elapsed().as_millis() as u64;
         Ok(Finished {
             summary,
-            store: self.node.store,
+            store: match self.node.driver {
+                Some(driver) => driver.into_store(),
+                None => self.node.down.expect("a coordinator that is down keeps its store"),
+            },
             coordinator: key,
             quorum: self.settings.quorum,
             bond: self.settings.bond,
@@ -883,107 +1026,77 @@ impl World {
 
     // The coordinator.
 
-    /// A request reaches the coordinator: handled, made durable, answered
-    /// (unless the coordinator is down, or dies on the way).
+    /// A request reaches the coordinator: handled by the driver, made
+    /// durable, answered (unless the coordinator is down, or dies on the
+    /// way).
     fn at_coordinator(&mut self, from: usize, epoch: u32, request: Request) -> Result<(), Violation> {
-        let Some(machine) = self.node.machine.as_mut() else { return Ok(()) };
         let now = self.queue.now();
         let key = self.workers[from].key;
-        let before = self.node.fault.map(|_| fingerprint(machine));
-        let mut payloads = Vec::new();
-        let (reply, ack) = match request {
-            Request::Register => match machine.register(now, key, CLASS) {
-                Ok((worker, _)) => (Reply::Registered(worker), Some(Ack::Registration(key))),
-                Err(_) => (Reply::Refused, None),
-            },
-            Request::Poll { nonce } => match machine.read(now, &key, nonce) {
-                Ok(worker) => (Reply::View(Box::new(machine.view(Some(worker)))), None),
-                Err(_) => (Reply::Refused, None),
-            },
+        let Some((driver, mut shell, before)) = self.node.input(now) else { return Ok(()) };
+        let sent = |worker, nonce, round| Sent { now, worker, nonce, round };
+        let authenticate = |driver: &Driver<SimTraining>, nonce| {
+            driver.machine.authenticate(now, &key, nonce, true).map_err(DriverError::Refused)
+        };
+        let answer = match request {
+            Request::Register => driver
+                .register_unsigned(now, key, CLASS, &mut shell)
+                .map(|worker| (Reply::Registered(worker), Some(Ack::Registration(key)))),
+            Request::Poll { nonce } => driver
+                .read(now, &key, nonce, &mut shell)
+                .map(|worker| (Reply::View(Box::new(driver.machine.view(Some(worker)))), None)),
             Request::Commit { nonce, round, base, commitment } => {
-                let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
-                    Ok((worker, machine.commit(now, worker, nonce, round, base, None, *commitment)?))
-                });
-                match outcome {
-                    Ok((worker, outcome)) => (
+                authenticate(driver, nonce).and_then(|worker| {
+                    let (outcome, _) =
+                        driver.commit(sent(worker, nonce, round), base, None, *commitment, &mut shell)?;
+                    Ok((
                         Reply::Committed(round),
                         Some(Ack::Commitment(round, worker, *commitment, outcome.status())),
-                    ),
-                    Err(_) => (Reply::Refused, None),
-                }
+                    ))
+                })
             }
-            Request::Reveal { nonce, round, base, bytes } => {
+            Request::Reveal { nonce, round, base, bytes } => authenticate(driver, nonce).and_then(|worker| {
                 let digest = Digest::of(&bytes);
-                let malformed = model::decode(&bytes).is_none().then(|| Refusal {
+                let update = model::decode(&bytes).ok_or_else(|| Refusal {
                     code: ErrorCode::BadRequest,
                     message: format!("not an update of {UPDATE_LEN} finite values"),
                 });
-                let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
-                    Ok((worker, machine.reveal(now, worker, nonce, round, base, digest, malformed)?))
-                });
-                match outcome {
-                    Ok((worker, _)) => {
-                        payloads.push((digest, bytes.clone()));
-                        self.node.updates.insert((round, worker), bytes);
-                        (Reply::Revealed(round), Some(Ack::Reveal(round, worker, digest)))
-                    }
-                    Err(_) => (Reply::Refused, None),
-                }
-            }
-            Request::Answer { nonce, round, answer } => {
-                let outcome = machine.authenticate(now, &key, nonce, true).and_then(|worker| {
-                    Ok((worker, machine.audit_answered(now, worker, nonce, round, answer)?))
-                });
-                match outcome {
-                    // Without an auditor named, the coordinator replays.
-                    Ok((worker, auditor)) => {
-                        (Reply::Answered(round), Some(Ack::Answer(round, worker, auditor.is_none())))
-                    }
-                    Err(_) => (Reply::Refused, None),
-                }
-            }
+                let payloads = [(digest, bytes.as_slice())];
+                driver.reveal(sent(worker, nonce, round), base, digest, update, &payloads, &mut shell)?;
+                Ok((Reply::Revealed(round), Some(Ack::Reveal(round, worker, digest))))
+            }),
+            Request::Answer { nonce, round, answer } => authenticate(driver, nonce).and_then(|worker| {
+                // Without an auditor named, the coordinator replays.
+                let auditor = driver.audit_answered(sent(worker, nonce, round), answer, &mut shell)?;
+                Ok((Reply::Answered(round), Some(Ack::Answer(round, worker, auditor.is_none()))))
+            }),
             Request::Report { nonce, round, audited, report } => {
-                let delegated = machine.authenticate(now, &key, nonce, true).and_then(|auditor| {
-                    let (segment, commitment) =
-                        machine.delegated_audit(auditor, round, audited).ok_or_else(|| Refusal {
-                            code: ErrorCode::NotAudited,
-                            message: "no such audit to report".into(),
-                        })?;
-                    Ok((auditor, segment, commitment))
-                });
-                match delegated {
-                    Ok((auditor, segment, commitment)) => {
-                        // As the node judges a report (the rule is the
-                        // machine's, `audit_reported`): one that agrees with
-                        // the commitment decides; one that disagrees is
-                        // checked by the coordinator's own replay, and the
-                        // auditor is slashed if that contradicts it.
-                        let answer =
-                            self.node.store.audit_answer_digest(round, audited).map_err(store_violation)?;
-                        let check = if report.passes(&commitment, answer) {
-                            ReportCheck::Agrees
-                        } else {
-                            let base = machine
-                                .open_round()
-                                .expect("a delegated audit is in the open round")
-                                .base_model;
-                            let own = model::replay(self.config.seed, round, audited, base, segment);
-                            ReportCheck::Rechecked {
-                                verdict: verdict_of(own.passes(&commitment, answer)),
-                                contradicts: own != report,
-                            }
-                        };
-                        machine.audit_reported(now, round, auditor, nonce, audited, check).map_err(
-                            |refusal| {
-                                Violation(format!(
-                                    "the verdict on {audited}'s delegated audit is refused: {refusal}"
-                                ))
-                            },
-                        )?;
-                        (Reply::Reported, Some(Ack::Verdict(round, audited)))
+                authenticate(driver, nonce).and_then(|auditor| {
+                    match driver.audit_report(sent(auditor, nonce, round), audited, &report, &mut shell) {
+                        Ok(_) => Ok((Reply::Reported, Some(Ack::Verdict(round, audited)))),
+                        // Once the audit is the auditor's to report, the
+                        // machine takes any report (the rule is
+                        // `audit_reported`'s).
+                        Err(DriverError::Refused(refusal)) if refusal.code != ErrorCode::NotAudited => {
+                            Err(DriverError::Unjudgeable(format!(
+                                "the verdict on {audited}'s delegated audit is refused: {refusal}"
+                            )))
+                        }
+                        Err(error) => Err(error),
                     }
-                    Err(_) => (Reply::Refused, None),
-                }
+                })
+            }
+        };
+        let (reply, ack, halted) = match answer {
+            Ok((reply, ack)) => (reply, ack, None),
+            Err(DriverError::Refused(_)) => {
+                // What the machine decided on the way (a deadline passed)
+                // is carried out all the same, as after any input.
+                let halted = driver.carry_out(&[], &mut shell).err();
+                (Reply::Refused, None, halted)
+            }
+            Err(error @ DriverError::Halted(_)) => (Reply::Refused, None, Some(error)),
+            Err(error) => {
+                return Err(Violation(format!("the coordinator could not take a request: {error}")));
             }
         };
         if self.trace {
@@ -994,7 +1107,7 @@ impl World {
             };
             eprintln!("{} REQUEST {:?} -> {kind}", now - T0, self.workers[from].id);
         }
-        if !self.drive(VecDeque::new(), &payloads, before)? {
+        if !self.after_input(shell, before, halted)? {
             return Ok(());
         }
         match ack {
@@ -1027,11 +1140,13 @@ impl World {
         if self.node.armed != Some(at) {
             return Ok(());
         }
-        let Some(machine) = self.node.machine.as_mut() else { return Ok(()) };
+        if self.node.driver.is_none() {
+            return Ok(());
+        }
         self.node.armed = None;
-        let before = self.node.fault.map(|_| fingerprint(machine));
-        machine.handle_timeout(self.queue.now());
-        self.drive(VecDeque::new(), &[], before).map(drop)
+        let Some((driver, mut shell, before)) = self.node.input(self.queue.now()) else { return Ok(()) };
+        let halted = driver.tick(self.queue.now(), &mut shell).err();
+        self.after_input(shell, before, halted).map(drop)
     }
 
     /// The coordinator's replay of an answered audit is done: the verdict.
@@ -1039,155 +1154,79 @@ impl World {
         if incarnation != self.node.incarnation {
             return Ok(());
         }
-        let Some(machine) = self.node.machine.as_mut() else { return Ok(()) };
-        let Some((segment, commitment)) = machine.answered_audit(round, worker) else { return Ok(()) };
-        let base = machine.open_round().expect("an answered audit is in the open round").base_model;
-        let answer = self.node.store.audit_answer_digest(round, worker).map_err(store_violation)?;
-        let verdict = verdict_of(
-            model::replay(self.config.seed, round, worker, base, segment).passes(&commitment, answer),
-        );
-        let before = self.node.fault.map(|_| fingerprint(machine));
-        machine.audit_result(self.queue.now(), round, worker, verdict, None, None).map_err(|refusal| {
-            Violation(format!("the verdict on {worker} in round {round} is refused: {refusal}"))
-        })?;
-        self.drive(VecDeque::new(), &[], before).map(drop)
-    }
-
-    /// Checks and aggregates `accepted`'s updates of `round` on `base`
-    /// with the real defence: the new model is named by the hash of the
-    /// aggregate.
-    fn aggregate(
-        &mut self,
-        round: RoundId,
-        base: Digest,
-        accepted: &[WorkerId],
-    ) -> Result<(Aggregated, crowdtrain_defense::Decision), Violation> {
-        let mut updates = Vec::with_capacity(accepted.len());
-        for &worker in accepted {
-            let bytes = match self.node.updates.get(&(round, worker)) {
-                Some(bytes) => bytes.clone(),
-                None => self.node.store.payloads(round, &[worker]).map_err(store_violation)?.remove(0),
-            };
-            let values = model::decode(&bytes).ok_or_else(|| {
-                Violation(format!("{worker}'s accepted update in round {round} does not decode"))
-            })?;
-            updates.push((worker, Digest::of(&bytes), values));
-        }
-        let submissions: Vec<Submission<'_>> = updates
-            .iter()
-            .map(|(worker, digest, values)| Submission { worker: worker.0, values, digest: digest.0 })
-            .collect();
-        let decision = self.node.defense.decide(&submissions, UPDATE_LEN);
-        let result = decision.aggregate.as_ref().map(|aggregate| {
-            let (model, momentum) = model::next_model(base, aggregate);
-            RoundResult { model, momentum, aggregator: None }
-        });
-        let refused = decision
-            .refused
-            .iter()
-            .map(|(worker, refusal)| (WorkerId(*worker), refusal.to_string()))
-            .collect();
-        Ok((Aggregated { result, refused }, decision))
-    }
-
-    /// Carries out the machine's actions (`pending` first), makes the
-    /// batch durable (or fails as the armed fault says) and re-arms the
-    /// timer. Returns whether the coordinator is still up.
-    fn drive(
-        &mut self,
-        mut pending: VecDeque<Action>,
-        payloads: &[(Digest, Vec<u8>)],
-        before: Option<Fingerprint>,
-    ) -> Result<bool, Violation> {
         let now = self.queue.now();
-        let mut batch = Vec::new();
-        let mut replays = Vec::new();
-        loop {
-            let machine = self.node.machine.as_mut().expect("driving a live coordinator");
-            let Some(action) = pending.pop_front().or_else(|| machine.poll_action()) else { break };
-            match action {
-                Action::Record(event) => batch.push(event),
-                Action::Close { round, base_model, accepted } => {
-                    // The speculation on the same submissions is this
-                    // close's aggregate (the defence has not changed since:
-                    // it learns only when a round closes or fails).
-                    let speculated = self.node.speculated.take().filter(|speculated| {
-                        (speculated.round, speculated.base, &speculated.accepted)
-                            == (round, base_model, &accepted)
-                    });
-                    let (aggregated, decision) = match speculated {
-                        Some(speculated) => (speculated.aggregated, speculated.decision),
-                        None => self.aggregate(round, base_model, &accepted)?,
-                    };
-                    let machine = self.node.machine.as_mut().expect("live");
-                    let closed = machine.completed_rounds();
-                    machine.handle_aggregated(now, round, aggregated);
-                    if machine.completed_rounds() > closed {
-                        self.node.defense.commit(decision);
-                    } else {
-                        self.node.defense.set_aside(decision);
-                    }
-                }
-                Action::Speculate { round, base_model, accepted } => {
-                    let (aggregated, decision) = self.aggregate(round, base_model, &accepted)?;
-                    let machine = self.node.machine.as_mut().expect("live");
-                    machine.handle_speculated(now, round, aggregated.clone());
-                    self.node.speculated =
-                        Some(Speculated { round, base: base_model, accepted, aggregated, decision });
-                }
-                Action::Withdraw { round, .. } => {
-                    self.node.speculated.take_if(|speculated| speculated.round == round);
-                }
-                Action::OpenProvisional { .. } => {}
-                Action::JudgeAudit { round, worker, .. } => replays.push((round, worker)),
+        let Some((driver, mut shell, before)) = self.node.input(now) else { return Ok(()) };
+        let machine = &driver.machine;
+        let Some((segment, commitment)) = machine.answered_audit(round, worker) else { return Ok(()) };
+        let assignment = machine.assignment_in(round, worker).expect("audited workers are participants");
+        let audit = Audited { round, worker, segment, commitment, assignment };
+        let passes = driver.training.replay_passes(&driver.store, &audit).map_err(|error| {
+            Violation(format!("the coordinator could not replay {worker}'s audit in round {round}: {error}"))
+        })?;
+        let halted = match driver.replay_finished(now, round, worker, model::verdict_of(passes), &mut shell) {
+            Ok(()) => None,
+            Err(DriverError::Refused(refusal)) => {
+                return Err(Violation(format!(
+                    "the verdict on {worker} in round {round} is refused: {refusal}"
+                )));
             }
-        }
-        let up = if batch.is_empty() {
-            true
-        } else {
-            // A fault strikes an input whose machine state before it was
-            // kept (not a restart's own first batch).
-            let fault = if before.is_some() { self.node.fault.take() } else { None };
-            let payloads: Vec<(Digest, &[u8])> =
-                payloads.iter().map(|(digest, bytes)| (*digest, bytes.as_slice())).collect();
-            match fault {
-                None => {
-                    self.write(&batch, &payloads)?;
-                    self.arm_fault();
-                    true
-                }
-                Some(Fault::CrashBeforeWrite) => {
-                    self.crash(before.expect("taken while a fault is armed"));
-                    false
-                }
-                Some(Fault::WriteFails) => {
-                    self.fail_write(&batch, &payloads)?;
-                    self.crash(before.expect("taken while a fault is armed"));
-                    false
-                }
-                Some(Fault::CrashAfterWrite) => {
-                    self.write(&batch, &payloads)?;
-                    let live = fingerprint(self.node.machine.as_ref().expect("live"));
-                    self.crash(live);
-                    false
-                }
-            }
+            Err(error) => Some(error),
         };
-        if up {
-            let incarnation = self.node.incarnation;
-            for (round, worker) in replays {
-                self.queue.after(REPLAY_MS, Due::Replayed { incarnation, round, worker });
-            }
-            // Armed as the node's timer task is, at whatever the machine
-            // names: a passed deadline that changes nothing would fire again
-            // at the same instant, and the livelock guard would report it.
-            let timeout = self.node.machine.as_ref().expect("live").poll_timeout();
-            if let Some(at) = timeout.filter(|&at| self.node.armed != Some(at)) {
-                self.node.armed = Some(at);
-                self.queue.at(at, Due::Timer { at });
-            }
+        self.after_input(shell, before, halted).map(drop)
+    }
+
+    /// What an input to the driver left: the fault that struck its write
+    /// (the coordinator dies), or the checks of what it made durable, a
+    /// fault armed for a later write, the replays it asked for and the
+    /// timer re-armed. Returns whether the coordinator is still up.
+    fn after_input(
+        &mut self,
+        shell: SimShell,
+        before: Option<Fingerprint>,
+        halted: Option<DriverError>,
+    ) -> Result<bool, Violation> {
+        if let Some(violation) = shell.violation {
+            return Err(violation);
         }
-        Ok(up)
+        let driver = self.node.driver.as_mut().expect("an input reached a live driver");
+        let events = driver.take_batch().events;
+        if let Some(fault) = shell.struck {
+            self.node.fault = None;
+            match fault {
+                Fault::CrashBeforeWrite => self.crash(before.expect("taken while a fault is armed")),
+                Fault::WriteFails => {
+                    self.counters.write_faults += 1;
+                    self.counters.checks += 1;
+                    self.crash(before.expect("taken while a fault is armed"));
+                }
+                Fault::CrashAfterWrite => {
+                    self.written(&events)?;
+                    let live = fingerprint(&self.node.driver.as_ref().expect("live").machine);
+                    self.crash(live);
+                }
+            }
+            return Ok(false);
+        }
+        if let Some(error) = halted {
+            return Err(Violation(format!("the coordinator halted: {error}")));
+        }
+        if !events.is_empty() {
+            self.written(&events)?;
+            self.arm_fault();
+        }
+        let incarnation = self.node.incarnation;
+        for (round, worker) in shell.replays {
+            self.queue.after(REPLAY_MS, Due::Replayed { incarnation, round, worker });
+        }
+        // Armed as the node's timer task is, at whatever the machine
+        // names: a passed deadline that changes nothing would fire again
+        // at the same instant, and the livelock guard would report it.
+        let timeout = self.node.driver.as_ref().expect("live").machine.poll_timeout();
+        if let Some(at) = timeout.filter(|&at| self.node.armed != Some(at)) {
+            self.node.armed = Some(at);
+            self.queue.at(at, Due::Timer { at });
+        }
+        Ok(true)
     }
 
     /// Maybe arms a fault for the next write.
@@ -1204,15 +1243,9 @@ impl World {
         }
     }
 
-    /// Makes `batch` durable; the store must take every batch the machine
-    /// emits (its constraints catch a fact recorded twice or out of
-    /// place), and the rules must hold for it.
-    fn write(&mut self, batch: &[Event], payloads: &[(Digest, &[u8])]) -> Result<(), Violation> {
+    /// A batch is durable: the rules must hold for it.
+    fn written(&mut self, batch: &[Event]) -> Result<(), Violation> {
         let now = self.queue.now();
-        self.node
-            .store
-            .record(now, batch, payloads, &self.node.signer)
-            .map_err(|error| Violation(format!("the store refused a batch the machine emitted: {error}")))?;
         self.durable.extend_from_slice(batch);
         let knowledge = Knowledge {
             behaviour_by_key: &self.behaviour_by_key,
@@ -1232,75 +1265,40 @@ impl World {
         Ok(())
     }
 
-    /// A write that fails part-way: the batch with an event the store
-    /// cannot take at its end. Nothing of it may stay.
-    fn fail_write(&mut self, batch: &[Event], payloads: &[(Digest, &[u8])]) -> Result<(), Violation> {
-        let now = self.queue.now();
-        let length = self.node.store.ledger_length().map_err(store_violation)?;
-        let mut poisoned = batch.to_vec();
-        // A reveal whose bytes are missing: refused after the batch's own
-        // rows are written in the transaction.
-        poisoned.push(Event::Reveal {
-            round: 0,
-            worker: WorkerId(0),
-            payload: Digest::of(b"simnet: bytes that were never sent"),
-            status: Recorded::Late,
-            nonce: 0,
-            received_unix_ms: now,
-        });
-        if self.node.store.record(now, &poisoned, payloads, &self.node.signer).is_ok() {
-            return Err(Violation("the store took a reveal without its bytes".into()));
-        }
-        let after = self.node.store.ledger_length().map_err(store_violation)?;
-        if after != length {
-            return Err(Violation(format!(
-                "a failed write half-applied: the ledger went from {length} to {after}"
-            )));
-        }
-        self.counters.write_faults += 1;
-        self.counters.checks += 1;
-        Ok(())
-    }
-
     /// The coordinator dies: everything in memory is gone; it restarts
     /// after [`RESTART_MS`], and must then be `expected`.
     fn crash(&mut self, expected: Fingerprint) {
         if self.trace {
             eprintln!("{} CRASH", self.queue.now() - T0);
         }
-        self.node.machine = None;
+        let driver = self.node.driver.take().expect("a live coordinator crashes");
+        self.node.down = Some(driver.into_store());
         self.node.incarnation += 1;
         self.node.armed = None;
-        self.node.updates.clear();
-        self.node.speculated = None;
         self.node.expected = Some(expected);
         self.outages.insert(self.last_opened);
         self.counters.crashes += 1;
         self.queue.after(RESTART_MS, Due::Restart);
     }
 
-    /// The coordinator restarts from its store: the restored machine must
-    /// be the one that died, as far as it was durable, and nothing
-    /// acknowledged may be missing.
+    /// The coordinator restarts from its store ([`Driver::open`]): the
+    /// restored machine must be the one that died, as far as it was
+    /// durable, and nothing acknowledged may be missing.
     fn restart(&mut self) -> Result<(), Violation> {
         let now = self.queue.now();
-        let events = self.node.store.events().map_err(store_violation)?;
+        let store = self.node.down.take().expect("a crashed coordinator restarts");
+        let events = store.events().map_err(store_violation)?;
         if events != self.durable {
             return Err(Violation("after a crash the store holds other events than were written".into()));
         }
         invariants::check_acked(&events, &self.acked)?;
-        let mut machine = Coordinator::restore(
-            self.settings.clone(),
-            self.run_id,
-            self.initial_model,
-            self.master,
-            &events,
-            now,
-        );
-        let actions: VecDeque<Action> = std::iter::from_fn(|| machine.poll_action()).collect();
-        let restored = fingerprint(&machine);
+        self.node.clock.advance(now - self.node.clock.now_unix_ms());
+        let driver = Driver::open(self.driver_run(), self.config.seed, store)
+            .map_err(|error| Violation(format!("the coordinator does not restart: {error}")))?;
+        let restored = fingerprint(&driver.machine);
         let expected = self.node.expected.take().expect("a crash says what to expect");
-        let decided_on_restart = actions.iter().any(|action| matches!(action, Action::Record(_)));
+        let decided_on_restart =
+            driver.machine.pending_actions().any(|action| matches!(action, Action::Record(_)));
         let same = if decided_on_restart {
             // It opened or finished a round on its own first: what was
             // durable must still be there.
@@ -1315,29 +1313,14 @@ impl World {
             )));
         }
         self.counters.checks += 2;
-        // As the node restores its defence: the accepted updates of the
-        // rounds before the open one (the open round's are not earlier).
-        let next_decided = machine.open_round().map_or(i64::MAX as u64, |round| round.id);
-        let window = crowdtrain_defense::RESUBMISSION_WINDOW_ROUNDS as u64;
-        let earlier = self.node.store.earlier_digests(next_decided, window).map_err(store_violation)?;
-        self.node.defense = new_defense(earlier);
-        self.node.machine = Some(machine);
-        self.drive(actions, &[], None).map(drop)
+        self.node.driver = Some(driver);
+        // The machine's first actions; no fault strikes a restart's own
+        // first batch.
+        let (driver, mut shell, _) = self.node.input(now).expect("just restarted");
+        shell.fault = None;
+        let halted = driver.carry_out(&[], &mut shell).err();
+        self.after_input(shell, None, halted).map(drop)
     }
-}
-
-/// The coordinator's verdict on a replay that did or did not reproduce the
-/// commitment and the answer.
-fn verdict_of(passes: bool) -> Verdict {
-    if passes {
-        Verdict::Passed
-    } else {
-        Verdict::Failed("the replay does not reproduce the committed trace".into())
-    }
-}
-
-fn new_defense(earlier: HashSet<[u8; 32]>) -> ModelDefense {
-    ModelDefense::restore(CheckConfig::default(), model::AGGREGATOR, Default::default(), earlier)
 }
 
 fn store_violation(error: crowdtrain_store::StoreError) -> Violation {
