@@ -1,11 +1,12 @@
 //! A deterministic simulator of the whole crowdtrain network, in the
 //! manner of TigerBeetle's VOPR: one seed decides everything.
 //!
-//! A run puts the real coordinator state machine
-//! ([`crowdtrain_protocol::Coordinator`]), the real store (SQLite in
-//! memory, [`crowdtrain_store::Store`]) and the real defence (checks and
-//! robust aggregation, [`crowdtrain_defense::ModelDefense`]) under
-//! simulated workers on a virtual clock ([`queue`]):
+//! A run puts the real coordinator driver
+//! ([`crowdtrain_coordinator::Driver`], with the stand-in training
+//! [`model::SimTraining`]: the real state machine
+//! [`crowdtrain_protocol::Coordinator`], the real store, SQLite in memory,
+//! and the real defence, checks and robust aggregation) under simulated
+//! workers on a virtual clock ([`queue`]):
 //!
 //! - the network delays, loses, duplicates and so reorders every message;
 //! - workers register, poll for their assignment, train (a hash stands in
@@ -15,7 +16,8 @@
 //!   others' work, send harmful or malformed updates ([`model::Behaviour`]);
 //! - the coordinator crashes before or after a write, and writes fail
 //!   (a batch the store cannot take, rolled back whole); after each it
-//!   halts, as the node does, and restarts from its store.
+//!   halts, as the node does, and restarts from its store
+//!   ([`crowdtrain_coordinator::Driver::open`]).
 //!
 //! After every write, every restart and at the end the run checks
 //! [`invariants`]: the ledger verifies, nothing acknowledged is lost, the
