@@ -277,3 +277,24 @@ fn a_colluding_auditor_cannot_make_an_honest_original_count_as_the_copy() {
         assert!(summary.tally.delegated_verdicts > 0 || auditors == Auditors::Coordinator, "{summary:?}");
     }
 }
+
+#[test]
+fn the_real_driver_runs_faulted_seeds_to_the_hashes_of_the_simulators_own_driver() {
+    // The simulator drives `crowdtrain_coordinator::Driver<SimTraining>`
+    // since 2026-12-05; before, it had a driver of its own. These hashes are
+    // that driver's (main 8a149b3): seed 5 delegates its audits and crashes
+    // its coordinator 5 times with 4 failed writes, seed 18 has bonds and
+    // the coordinator replaying, with 2 crashes and 2 failed writes. Every
+    // write, crash and restart now goes through the driver's
+    // `Shell::record` and `Driver::open`, to the same bits.
+    for (seed, crashes, write_faults, hash) in [
+        (5, 5, 4, "62be3710655bc6706f45c7dcc35c9fb5cff0b77042efac23fc5e9adda2bec97c"),
+        (18, 2, 2, "5f5ac004f8ceb42041ea5f116b06092a093922f955fb10f9ba2896899e344235"),
+    ] {
+        let summary =
+            crowdtrain_simnet::run(&SimConfig::small(seed)).unwrap_or_else(|failure| panic!("{failure}"));
+        assert_eq!((summary.crashes, summary.write_faults), (crashes, write_faults), "seed {seed}");
+        assert_eq!(summary.restores_compared, crashes, "seed {seed}: every restart compared in full");
+        assert_eq!(summary.hash, hash, "seed {seed}");
+    }
+}
