@@ -5,6 +5,7 @@
 //! report or, with `--json`, exactly one JSON object on stdout. Progress
 //! bars and logs go to stderr so that stdout stays machine-readable.
 
+mod baseline_cache;
 mod browser;
 mod cmd;
 mod model_args;

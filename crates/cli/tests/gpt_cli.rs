@@ -192,6 +192,52 @@ fn carried_inner_moments_change_every_round_after_the_first_and_nothing_else() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("fresh or carry"));
 }
 
+#[test]
+fn a_cached_baseline_is_reused_only_where_it_is_the_same_baseline() {
+    let cache = tempfile::tempdir().unwrap();
+    let baselines = tempfile::tempdir().unwrap();
+    let dir = baselines.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--baseline-cache", dir];
+        args.extend_from_slice(extra);
+        sim_diloco("2", "2", &args, cache.path())
+    };
+    let baseline_of = |report: &Value| {
+        let rounds = report["rounds"].as_array().unwrap();
+        let fields =
+            ["baseline_test_loss", "baseline_test_accuracy", "baseline_train_loss", "baseline_bytes"];
+        let rounds: Vec<Vec<Value>> =
+            rounds.iter().map(|round| fields.iter().map(|field| round[*field].clone()).collect()).collect();
+        (rounds, report["baseline_state_hash"].clone(), report["baseline_val_loss"].clone())
+    };
+    let first = run(&[]);
+    assert_eq!(first["baseline_cache"]["reused"], false, "an empty cache trains the baseline");
+    let trained = baseline_of(&sim_diloco("2", "1", &[], cache.path()));
+    assert_eq!(baseline_of(&first), trained, "the cache changes nothing in the run that fills it");
+    // DiLoCo's side differs (outer step, inner state, codec): the same
+    // baseline, read back, the same to the bit, and DiLoCo still trains.
+    let other =
+        run(&["--outer-lr", "1.0", "--outer-momentum", "0.5", "--inner-state", "carry", "--codec", "q4"]);
+    assert_eq!(other["baseline_cache"]["reused"], true);
+    assert_eq!(other["baseline_cache"]["path"], first["baseline_cache"]["path"]);
+    assert_eq!(baseline_of(&other), trained);
+    assert_ne!(other["diloco_state_hash"], first["diloco_state_hash"]);
+    // A change the baseline reads is another entry, trained afresh.
+    let lr = run(&["--inner-lr", "0.002"]);
+    assert_eq!(lr["baseline_cache"]["reused"], false);
+    assert_ne!(lr["baseline_cache"]["path"], first["baseline_cache"]["path"]);
+    assert_ne!(lr["baseline_state_hash"], first["baseline_state_hash"]);
+    // A damaged entry is not believed: trained again, and replaced.
+    let path = PathBuf::from(first["baseline_cache"]["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&path, bytes).unwrap();
+    let damaged = run(&[]);
+    assert_eq!(damaged["baseline_cache"]["reused"], false);
+    assert_eq!(baseline_of(&damaged), trained);
+    assert_eq!(run(&[])["baseline_cache"]["reused"], true, "the entry was written again");
+}
+
 /// `crowdtrain demo --model gpt` with the tiny GPT on the bundled text:
 /// real coordinator and worker processes over HTTP, every submission
 /// audited (by the coordinator, or delegated to `auditors`).

@@ -195,17 +195,88 @@ pub struct DilocoReport {
     pub diloco_params: Vec<f32>,
     #[serde(skip)]
     pub baseline_params: Vec<f32>,
+    /// The baseline's side of `rounds` (not serialised).
+    #[serde(skip)]
+    pub baseline_rounds: Vec<BaselineRound>,
 }
 
 impl DilocoReport {
     pub fn last(&self) -> Option<&RoundReport> {
         self.rounds.last()
     }
+
+    /// The baseline's side of the run, to pass back to [`simulate_with`]
+    /// by a later run with the same [`baseline_key`].
+    pub fn baseline_run(&self) -> BaselineRun {
+        BaselineRun {
+            rounds: self.baseline_rounds.clone(),
+            state_hash: self.baseline_state_hash,
+            params: self.baseline_params.clone(),
+        }
+    }
+}
+
+/// The synchronous baseline's side of a run: what [`simulate_with`]
+/// trains, or takes back from an earlier run with the same
+/// [`baseline_key`] (the baseline is a function of that key alone, so an
+/// experiment that varies only DiLoCo's side need not train it again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRun {
+    pub rounds: Vec<BaselineRound>,
+    pub state_hash: StateHash,
+    pub params: Vec<f32>,
+}
+
+/// The baseline after one round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRound {
+    pub evaluation: Evaluation,
+    /// Mean training loss over the round's steps.
+    pub train_loss: f32,
+    /// Bytes that crossed the network so far.
+    pub bytes: u64,
+}
+
+/// Names everything the synchronous baseline of `config` on data with
+/// `data_fingerprint` depends on, as built by `build` (an identity of the
+/// code, e.g. the hash of the executable: a baseline is bits, and other
+/// code may compute other bits): the recipe but its codec (the baseline
+/// sends f32 gradients) and its per-round re-warming (the baseline never
+/// restarts its optimizer, so [`Schedule::factor_in_round`] is its
+/// [`Schedule::factor`]), the workers and the rounds. Not in it, because
+/// the baseline never reads them: the outer step, its delay and stand-in,
+/// the inner state and the aggregator.
+///
+/// [`Schedule::factor_in_round`]: crowdtrain_recipe::Schedule::factor_in_round
+/// [`Schedule::factor`]: crowdtrain_recipe::Schedule::factor
+pub fn baseline_key(config: &DilocoConfig, data_fingerprint: [u8; 32], build: [u8; 32]) -> [u8; 32] {
+    let mut recipe = config.recipe.clone();
+    recipe.codec = crowdtrain_recipe::Codec::default();
+    if let crowdtrain_recipe::Schedule::WarmupCosineRewarm {
+        warmup_steps, total_steps, final_fraction, ..
+    } = recipe.schedule
+    {
+        recipe.schedule =
+            crowdtrain_recipe::Schedule::WarmupCosine { warmup_steps, total_steps, final_fraction };
+    }
+    let mut hasher = blake3::Hasher::new_derive_key("crowdtrain sim diloco synchronous baseline v1");
+    hasher.update(&build);
+    hasher.update(&data_fingerprint);
+    hasher.update(&(config.workers as u64).to_le_bytes());
+    hasher.update(&config.rounds.to_le_bytes());
+    let recipe = serde_json::to_vec(&recipe).expect("a recipe serialises");
+    hasher.update(&recipe);
+    *hasher.finalize().as_bytes()
 }
 
 /// What a run trains on and is judged by: images with a test set, or a
 /// token stream with a validation split.
 pub trait RunData: Sync {
+    /// Names everything [`RunData::worker_sources`] and
+    /// [`RunData::evaluate`] read: equal fingerprints, equal batches and
+    /// evaluations (what [`baseline_key`] relies on).
+    fn fingerprint(&self) -> [u8; 32];
+
     /// One batch source per shard, none holding an example of the
     /// validation split: what a networked run with the same settings
     /// assigns. Which one a worker trains in a round is
@@ -221,6 +292,13 @@ pub trait RunData: Sync {
 }
 
 impl RunData for Dataset {
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("crowdtrain sim diloco image data v1");
+        hasher.update(&self.train.digest());
+        hasher.update(&self.test.digest());
+        *hasher.finalize().as_bytes()
+    }
+
     fn worker_sources(
         &self,
         recipe: &TrainingRecipe,
@@ -260,47 +338,78 @@ pub fn simulate(
     aggregate: &mut dyn Aggregate,
     on_round: impl FnMut(&RoundReport),
 ) -> Result<DilocoReport, TrainError> {
-    simulate_with(config, data, aggregate, InnerState::Fresh, on_round)
+    simulate_with(config, data, aggregate, InnerState::Fresh, None, on_round)
 }
 
 /// [`simulate`], with each round's inner optimizer starting from `inner`
-/// (the baseline never restarts, so it is the same under either).
+/// (the baseline never restarts, so it is the same under either), and the
+/// baseline taken from `reuse` when given (an earlier run's
+/// [`DilocoReport::baseline_run`] with the same [`baseline_key`]; it must
+/// hold `config.rounds` rounds of the model's parameters) instead of
+/// trained again.
 pub fn simulate_with(
     config: &DilocoConfig,
     data: &dyn RunData,
     aggregate: &mut dyn Aggregate,
     inner: InnerState,
+    reuse: Option<BaselineRun>,
     mut on_round: impl FnMut(&RoundReport),
 ) -> Result<DilocoReport, TrainError> {
     let recipe = &config.recipe;
     let model = build_model(recipe.model);
     let sources = data.worker_sources(recipe, config.workers)?;
     let initial = model.layout().initialize(recipe.seed);
+    if let Some(reused) = &reuse {
+        check_length("the reused baseline's rounds", reused.rounds.len(), config.rounds as usize)?;
+        check_length("the reused baseline's parameters", reused.params.len(), initial.len())?;
+    }
     let mut diloco = DilocoRun::new(model.as_ref(), config, initial.clone());
     diloco.inner = inner;
-    let mut baseline = SyncBaseline::new(model.as_ref(), config, initial);
+    let mut baseline = reuse.is_none().then(|| SyncBaseline::new(model.as_ref(), config, initial));
     let mut rounds = Vec::with_capacity(config.rounds as usize);
+    let mut baseline_rounds = Vec::with_capacity(config.rounds as usize);
     for round in 0..config.rounds {
         let diloco_train_loss = diloco.round(&sources, round, aggregate)?;
-        let baseline_train_loss = baseline.round(&sources, round)?;
         let diloco_eval = data.evaluate(model.as_ref(), &diloco.state.params)?;
-        let baseline_eval = data.evaluate(model.as_ref(), &baseline.state.params)?;
+        let baseline_round = match (&mut baseline, &reuse) {
+            (Some(baseline), _) => {
+                let train_loss = baseline.round(&sources, round)?;
+                let evaluation = data.evaluate(model.as_ref(), &baseline.state.params)?;
+                BaselineRound { evaluation, train_loss, bytes: baseline.bytes }
+            }
+            (None, Some(reused)) => reused.rounds[round as usize],
+            (None, None) => unreachable!("the baseline is trained unless reused"),
+        };
         let report = round_report(
             config,
             round,
             (diloco_eval, diloco_train_loss, diloco.bytes, diloco.upload_bytes, diloco.download_bytes),
-            (baseline_eval, baseline_train_loss, baseline.bytes),
+            baseline_round,
         );
         on_round(&report);
         rounds.push(report);
+        baseline_rounds.push(baseline_round);
     }
+    let (baseline_state_hash, baseline_params) = match (baseline, reuse) {
+        (Some(baseline), _) => (baseline.state.hash(), baseline.state.params),
+        (None, Some(reused)) => (reused.state_hash, reused.params),
+        (None, None) => unreachable!("the baseline is trained unless reused"),
+    };
     Ok(DilocoReport {
         rounds,
         diloco_state_hash: diloco.state.hash(),
-        baseline_state_hash: baseline.state.hash(),
+        baseline_state_hash,
         diloco_params: diloco.state.params,
-        baseline_params: baseline.state.params,
+        baseline_params,
+        baseline_rounds,
     })
+}
+
+fn check_length(what: &'static str, found: usize, expected: usize) -> Result<(), TrainError> {
+    match found == expected {
+        true => Ok(()),
+        false => Err(TrainError::WrongLength { what, found, expected }),
+    }
 }
 
 fn round_report(
@@ -313,7 +422,7 @@ fn round_report(
         u64,
         u64,
     ),
-    (baseline, baseline_train_loss, baseline_bytes): (Evaluation, f32, u64),
+    baseline: BaselineRound,
 ) -> RoundReport {
     RoundReport {
         round: round + 1,
@@ -324,10 +433,10 @@ fn round_report(
         diloco_bytes,
         diloco_upload_bytes,
         diloco_download_bytes,
-        baseline_test_accuracy: baseline.accuracy,
-        baseline_test_loss: baseline.loss,
-        baseline_train_loss: f64::from(baseline_train_loss),
-        baseline_bytes,
+        baseline_test_accuracy: baseline.evaluation.accuracy,
+        baseline_test_loss: baseline.evaluation.loss,
+        baseline_train_loss: f64::from(baseline.train_loss),
+        baseline_bytes: baseline.bytes,
     }
 }
 

@@ -46,6 +46,16 @@ pub struct TextRun<'a> {
 }
 
 impl RunData for TextRun<'_> {
+    /// The text's fingerprint (tokenizer, tokens, split), and the context
+    /// and evaluation sequences the run cuts from it.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("crowdtrain sim diloco text data v1");
+        hasher.update(&self.data.fingerprint());
+        hasher.update(&(self.context as u64).to_le_bytes());
+        hasher.update(&(self.eval_sequences as u64).to_le_bytes());
+        *hasher.finalize().as_bytes()
+    }
+
     /// Contiguous token ranges, one per worker (`text_shards`): text has no
     /// labels to skew, and its validation split is already apart, so only
     /// IID sharding and no extra held-out fraction are accepted.

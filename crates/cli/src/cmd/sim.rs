@@ -11,6 +11,7 @@ use crowdtrain_train::text::{TextRun, validation_loss};
 use crowdtrain_train::{AdamW, Broadcast, Codec, Eager, ModelKind, Nesterov, Schedule, TrainingRecipe};
 use serde::Serialize;
 
+use crate::baseline_cache::{BaselineCache, CacheUse};
 use crate::model_args::{GptArgs, ModelName};
 use crate::output::{self, RuntimeArgs};
 use crate::plot::{self, Series};
@@ -170,6 +171,14 @@ struct DilocoArgs {
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
 
+    /// Keep the synchronous baseline's results in DIR and reuse them in
+    /// any later run of this same executable whose baseline is the same
+    /// (same data, recipe, workers and rounds; the outer step, its delay,
+    /// the inner state, the codec and the aggregator may differ): an
+    /// experiment on DiLoCo's side then costs about half.
+    #[arg(long, value_name = "DIR")]
+    baseline_cache: Option<PathBuf>,
+
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -208,6 +217,10 @@ struct DilocoOutput {
     diloco_state_hash: String,
     baseline_state_hash: String,
     aggregator: String,
+    /// With `--baseline-cache`: the entry, and whether the baseline was
+    /// read from it rather than trained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_cache: Option<CacheUse>,
     rounds: Vec<RoundReport>,
 }
 
@@ -448,6 +461,16 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         Aggregator::Mean => Box::new(diloco::Mean),
         robust => Box::new(ModelDefense::new(CheckConfig::default(), robust)),
     };
+    let cache = match &args.baseline_cache {
+        Some(dir) => {
+            let cache = BaselineCache::open(dir)?;
+            let (key, path) = cache.entry(&config, data.fingerprint());
+            let reuse = cache.load(key, &path);
+            Some((cache, key, path, reuse))
+        }
+        None => None,
+    };
+    let reuse = cache.as_ref().and_then(|(.., reuse)| reuse.clone());
     let human = !args.runtime.json;
     let progress = output::progress_bar(config.rounds, "rounds");
     // Without a terminal there is no bar: a line per round instead, so a
@@ -464,37 +487,54 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         "baseline loss",
         "baseline bytes",
     ]);
-    let report = diloco::simulate_with(&config, data, aggregate.as_mut(), args.inner_state, |round| {
-        progress.inc(1);
-        progress.set_message(format!(
-            "DiLoCo {:.2}%, baseline {:.2}%",
-            100.0 * round.diloco_test_accuracy,
-            100.0 * round.baseline_test_accuracy
-        ));
-        if log_rounds {
-            eprintln!(
-                "round {}/{}: DiLoCo loss {:.4} (accuracy {:.2}%, inner {:.4}), baseline loss {:.4} (accuracy {:.2}%)",
-                round.round,
-                config.rounds,
-                round.diloco_test_loss,
+    let report = diloco::simulate_with(
+        &config,
+        data,
+        aggregate.as_mut(),
+        args.inner_state,
+        reuse,
+        |round| {
+            progress.inc(1);
+            progress.set_message(format!(
+                "DiLoCo {:.2}%, baseline {:.2}%",
                 100.0 * round.diloco_test_accuracy,
-                round.diloco_train_loss,
-                round.baseline_test_loss,
-                100.0 * round.baseline_test_accuracy,
-            );
-        }
-        table.add_row(vec![
-            round.round.to_string(),
-            round.samples.to_string(),
-            format!("{:.2}%", 100.0 * round.diloco_test_accuracy),
-            format!("{:.4}", round.diloco_test_loss),
-            output::bytes(round.diloco_bytes),
-            format!("{:.2}%", 100.0 * round.baseline_test_accuracy),
-            format!("{:.4}", round.baseline_test_loss),
-            output::bytes(round.baseline_bytes),
-        ]);
-    })?;
+                100.0 * round.baseline_test_accuracy
+            ));
+            if log_rounds {
+                eprintln!(
+                    "round {}/{}: DiLoCo loss {:.4} (accuracy {:.2}%, inner {:.4}), baseline loss {:.4} (accuracy {:.2}%)",
+                    round.round,
+                    config.rounds,
+                    round.diloco_test_loss,
+                    100.0 * round.diloco_test_accuracy,
+                    round.diloco_train_loss,
+                    round.baseline_test_loss,
+                    100.0 * round.baseline_test_accuracy,
+                );
+            }
+            table.add_row(vec![
+                round.round.to_string(),
+                round.samples.to_string(),
+                format!("{:.2}%", 100.0 * round.diloco_test_accuracy),
+                format!("{:.4}", round.diloco_test_loss),
+                output::bytes(round.diloco_bytes),
+                format!("{:.2}%", 100.0 * round.baseline_test_accuracy),
+                format!("{:.4}", round.baseline_test_loss),
+                output::bytes(round.baseline_bytes),
+            ]);
+        },
+    )?;
     progress.finish_and_clear();
+    let baseline_cache = match cache {
+        Some((cache, key, path, reuse)) => {
+            let reused = reuse.is_some();
+            if !reused {
+                cache.store(key, &path, report.baseline_run())?;
+            }
+            Some(CacheUse { path, reused })
+        }
+        None => None,
+    };
     let last = report.last().expect("at least one round ran");
     let (dataset, final_val_loss, baseline_val_loss, tokens) = match (&images, &text_run) {
         (Some(images), _) => (serde_json::to_value(&images.info)?, None, None, None),
@@ -529,6 +569,7 @@ fn simulate_diloco(args: DilocoArgs) -> anyhow::Result<()> {
         diloco_state_hash: report.diloco_state_hash.to_hex(),
         baseline_state_hash: report.baseline_state_hash.to_hex(),
         aggregator: args.aggregator.to_string(),
+        baseline_cache,
         rounds: report.rounds.clone(),
         config,
         inner_state: args.inner_state,
