@@ -8,7 +8,10 @@ it opened, its first and last accepted commitments, the start of its reveal
 phase (reveal deadline minus `reveal_ms`, 30 s by default), its last reveal
 and its close (ms from the first round's opening), with its audits (answered,
 decided); then the medians: the slowest worker's lag (first to last
-commitment), the reveals, and the close after the last reveal.
+commitment), the reveals, and the close after the last reveal; and how long
+each round's close came after each worker's commitment to it, which a
+pipeline must hide behind training (under `[outer] delay = d` a worker
+trains d more rounds before it needs that round's result).
 """
 REVEAL_MS = 30000
 import sqlite3, sys, glob, statistics
@@ -18,6 +21,7 @@ for db in sys.argv[1:]:
     rows = c.execute("select id, opened_unix_ms, reveal_deadline_unix_ms, closed_unix_ms from rounds order by id").fetchall()
     t0 = rows[0][1]
     segs = {"commit spread (first->last)": [], "last commit->reveal start": [], "reveal start->last reveal": [], "last reveal->closed": [], "audit answered->decided": [], "open->first commit": []}
+    hide = []
     print("round opened  firstC  lastC  revealStart lastReveal closed  (ms from run start) audits")
     for rid, opened, rdl, closed in rows:
         cs = [r[0] for r in c.execute("select received_unix_ms from commitments where round=? and status='accepted'", (rid,))]
@@ -34,5 +38,12 @@ for db in sys.argv[1:]:
             segs["last reveal->closed"].append(closed - max(rs))
         for a, d in au:
             if a and d: segs["audit answered->decided"].append(d - a)
+        if closed:
+            for (w,) in c.execute("select received_unix_ms from commitments where round=? and status='accepted'", (rid,)):
+                hide.append(closed - w)
     for k, v in segs.items():
         if v: print(f"  {k}: median {statistics.median(v):.0f} ms, mean {statistics.mean(v):.0f} ms, n={len(v)}")
+    if hide:
+        hide.sort()
+        q = lambda p: hide[min(len(hide) - 1, int(p * len(hide)))]
+        print(f"  a worker's commitment->its round closed: median {q(0.5)} ms, p90 {q(0.9)} ms, max {hide[-1]} ms, n={len(hide)}")

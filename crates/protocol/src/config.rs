@@ -112,6 +112,13 @@ pub const DEFAULT_VESTING_ROUNDS: u64 = 4;
 /// A `run.toml` larger than this is not a configuration.
 pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
 
+/// The most rounds a networked run's outer update may be delayed by
+/// (`[outer] delay`): the coordinator's machine keeps the open round and one
+/// round opened ahead of it (`Coordinator::ahead_round`). The simulation
+/// runs deeper pipelines (`crowdtrain_recipe::MAX_OUTER_DELAY`) to measure
+/// what they would cost.
+pub const MAX_NETWORK_OUTER_DELAY: u32 = 1;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -535,6 +542,13 @@ impl RunConfig {
             self.outer.eager.is_none(),
             "a networked run takes \"none\" for now: eager delayed updates run in sim diloco --eager",
         )?;
+        // The coordinator's machine keeps the open round and one opened
+        // ahead of it; a deeper pipeline runs only in `sim diloco`.
+        check(
+            "outer.delay",
+            self.outer.delay <= MAX_NETWORK_OUTER_DELAY,
+            "a networked run takes 0 or 1 (two live rounds); 2 runs in sim diloco --outer-delay 2",
+        )?;
         // Round r + 1 commits before round r's verdicts: an error-feedback
         // residual carried on from a round whose audit then fails would
         // count, which the coordinator's residual chain rules out only
@@ -873,6 +887,10 @@ mod tests {
         let topk = "rounds = 2\n[training]\nseed = 0\ncodec = \"topk:0.02+q4\"\n[outer]\ndelay = 1\n";
         let error = RunConfig::parse(topk).unwrap_err().to_string();
         assert!(error.contains("outer.delay") && error.contains("error-feedback"), "{error}");
+        // The simulation runs a two-round delay; the coordinator does not.
+        let deeper = "rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 2\n";
+        let error = RunConfig::parse(deeper).unwrap_err().to_string();
+        assert!(error.contains("outer.delay") && error.contains("sim diloco --outer-delay 2"), "{error}");
     }
 
     fn error_field(text: &str) -> String {
@@ -900,6 +918,7 @@ mod tests {
             ("rounds = 1\n[training]\nseed = 1\n[outer]\nmomentum = 1.5\n", "outer.momentum"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\nlr = 0.0\n", "outer.lr"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\ndelay = 2\n", "outer.delay"),
+            ("rounds = 1\n[training]\nseed = 1\n[outer]\ndelay = 3\n", "outer.delay"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\neager = \"trend\"\n", "outer.eager"),
             ("rounds = 1\n[training]\nseed = 1\n[round]\nquorum = 0\n", "round.quorum"),
             ("rounds = 1\n[training]\nseed = 1\n[round]\ndeadline_ms = 5\n", "round.deadline_ms"),

@@ -232,8 +232,9 @@ pub struct Settings {
     /// (`contract.max_extra_rounds`, default `rounds`; 0 without a contract).
     pub contract_extra_rounds: u64,
     /// Outer steps a round's base lags behind the newest model (`[outer]
-    /// delay`, 0 or 1). Under 1 the next round opens when the open round's
-    /// commit phase ends (see "Delayed outer updates" in the module docs).
+    /// delay`, 0 or 1: `config::MAX_NETWORK_OUTER_DELAY`). Under 1 the next
+    /// round opens as soon as the open round opens (see "Delayed outer
+    /// updates" in the module docs).
     pub outer_delay: u32,
 }
 

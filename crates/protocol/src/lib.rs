@@ -43,7 +43,7 @@ pub mod reward_model;
 pub mod wire;
 
 pub use audit::Commitment;
-pub use config::{ConfigError, RunConfig};
+pub use config::{ConfigError, MAX_NETWORK_OUTER_DELAY, RunConfig};
 pub use coordinator::{
     Action, Aggregated, Coordinator, Opened, Outcome, Recorded, Refusal, RoundResult, Settings, Verdict,
 };

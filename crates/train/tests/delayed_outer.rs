@@ -127,3 +127,30 @@ fn under_a_compressed_broadcast_a_delayed_round_downloads_one_change_and_none_in
     // is the published model, as in the hand-written schedule.
     assert_eq!(delayed.diloco_state_hash, by_hand(&config(1, Eager::None, int8), &dataset));
 }
+
+/// `delay = 2` (simulation only; issue 18.3's deeper pipeline): round r
+/// trains from the model of outer step r - 2, so rounds 1 and 2 both train
+/// from the first model and download nothing under a compressed broadcast,
+/// and the run is the hand-written schedule on any thread count.
+#[test]
+fn a_round_delayed_by_two_trains_from_the_model_two_outer_steps_before() {
+    let dataset = dataset();
+    let int8 = Broadcast::Delta(Codec::INT8);
+    let (one, two) = (config(1, Eager::None, int8), config(2, Eager::None, int8));
+    let (one_report, two_report) = (run(&one, &dataset, 2), run(&two, &dataset, 1));
+    assert_eq!(two_report.diloco_state_hash, by_hand(&two, &dataset));
+    assert_eq!(two_report.diloco_state_hash, run(&two, &dataset, 2).diloco_state_hash, "any thread count");
+    assert_ne!(two_report.diloco_state_hash, one_report.diloco_state_hash);
+    // Rounds 0 and 1 train from θ_0 under either delay; round 2 parts.
+    assert_eq!(two_report.rounds[..2], one_report.rounds[..2]);
+    assert_ne!(two_report.rounds[2].diloco_train_loss, one_report.rounds[2].diloco_train_loss);
+    let downloads: Vec<u64> = two_report.rounds.iter().map(|round| round.diloco_download_bytes).collect();
+    assert!(
+        downloads[0] > 0 && downloads[1] == downloads[0] && downloads[2] == downloads[0],
+        "{downloads:?}"
+    );
+    assert!(downloads[3] > downloads[2], "{downloads:?}");
+    // The eager stand-ins run two rounds deep too, as written out by hand.
+    let trend = config(2, Eager::Trend, Broadcast::Full);
+    assert_eq!(run(&trend, &dataset, 2).diloco_state_hash, by_hand(&trend, &dataset));
+}
