@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crowdtrain_defense::checks::unresolved_copies;
 use crowdtrain_defense::{Decision, ModelDefense, Submission};
 use crowdtrain_protocol::admission::TokenId;
 use crowdtrain_protocol::contract::ContractChoice;
@@ -196,6 +197,10 @@ struct Pending {
     aggregated: Aggregated,
     decision: Decision,
     next: Option<NextGlobal>,
+    /// Copies among `accepted` that no replay has told apart: the machine
+    /// challenges them instead of closing
+    /// ([`crowdtrain_protocol::Coordinator::handle_contested`]).
+    contested: Vec<WorkerId>,
 }
 
 struct NextGlobal {
@@ -605,7 +610,12 @@ impl Driver {
                 }
                 Action::Speculate { round, base_model, accepted } => {
                     assert_eq!(base_model, self.global_model, "rounds train from the latest model");
-                    let aggregated = self.aggregate(round, &accepted, shell)?;
+                    let mut aggregated = self.aggregate(round, &accepted, true, shell)?;
+                    if self.unresolved_copies(round).is_some() {
+                        // The round will challenge them, not close: no bet.
+                        self.pending = None;
+                        aggregated.result = None;
+                    }
                     let now = self.now();
                     self.machine.handle_speculated(now, round, aggregated);
                 }
@@ -652,10 +662,17 @@ impl Driver {
                         .map(|pending| pending.aggregated.clone());
                     let aggregated = match speculated {
                         Some(aggregated) => aggregated,
-                        None => self.aggregate(round, &accepted, shell)?,
+                        None => self.aggregate(round, &accepted, false, shell)?,
                     };
                     let now = self.now();
-                    self.machine.handle_aggregated(now, round, aggregated);
+                    match self.unresolved_copies(round) {
+                        Some(contested) => {
+                            tracing::warn!(round, ?contested, "copies no replay has told apart: challenged");
+                            self.pending = None;
+                            self.machine.handle_contested(now, round, &contested);
+                        }
+                        None => self.machine.handle_aggregated(now, round, aggregated),
+                    }
                 }
             }
         }
@@ -682,8 +699,36 @@ impl Driver {
         }
     }
 
+    /// The copies [`Self::aggregate`] found in `round` that no replay has
+    /// told apart, if any.
+    fn unresolved_copies(&self, round: RoundId) -> Option<Vec<WorkerId>> {
+        self.pending
+            .as_ref()
+            .filter(|pending| pending.round == round && !pending.contested.is_empty())
+            .map(|pending| pending.contested.clone())
+    }
+
+    /// The workers of the open round `round` whose replay audit passed
+    /// (and, for a `bet` on pending audits, whose answer the driver is
+    /// replaying: the bet is that it passes): their updates are their own
+    /// work, which decides a pair of copies ([`crowdtrain_defense::checks`]).
+    fn proven(&self, round: RoundId, bet: bool) -> std::collections::BTreeSet<WorkerId> {
+        let Some(open) = self.machine.open_round().filter(|open| open.id == round) else {
+            return Default::default();
+        };
+        open.standings
+            .iter()
+            .filter(|(_, standing)| match &standing.verdict {
+                Some(verdict) => verdict.passed(),
+                None => bet && standing.audit.is_some() && standing.answered,
+            })
+            .map(|(&worker, _)| worker)
+            .collect()
+    }
+
     /// Checks the accepted updates of `round` (in the order their
-    /// commitments arrived), aggregates the ones that pass, takes the outer
+    /// commitments arrived; those proven by a replay decide copies, see
+    /// [`Self::proven`]), aggregates the ones that pass, takes the outer
     /// step and encodes the new checkpoints. Nothing changes in memory until
     /// the machine commits the round ([`Pending`]).
     ///
@@ -700,9 +745,11 @@ impl Driver {
         &mut self,
         round: RoundId,
         accepted: &[WorkerId],
+        bet: bool,
         shell: &mut impl Shell,
     ) -> Result<Aggregated, CoordinatorError> {
         let started = Instant::now();
+        let proven = self.proven(round, bet);
         shell.written()?;
         let order = self.store.commitment_order(round, accepted)?;
         let parameters = self.run.model.layout().len();
@@ -723,10 +770,20 @@ impl Driver {
         let submissions: Vec<Submission<'_>> = order
             .iter()
             .zip(&updates)
-            .map(|(worker, (digest, values))| Submission { worker: worker.0, values, digest: digest.0 })
+            .map(|(worker, (digest, values))| Submission {
+                worker: worker.0,
+                values,
+                digest: digest.0,
+                proven: proven.contains(worker),
+            })
             .collect();
         let decided = started.elapsed();
         let decision = self.defense.decide(&submissions, parameters);
+        let contested: Vec<WorkerId> =
+            unresolved_copies(&decision.refused, &|worker| proven.contains(&WorkerId(worker)))
+                .into_iter()
+                .map(WorkerId)
+                .collect();
         let screened = started.elapsed();
         let refused: Vec<(WorkerId, String)> = decision
             .refused
@@ -798,6 +855,7 @@ impl Driver {
             aggregated: aggregated.clone(),
             decision,
             next,
+            contested,
         });
         Ok(aggregated)
     }

@@ -1075,7 +1075,12 @@ impl World {
         }
         let submissions: Vec<Submission<'_>> = updates
             .iter()
-            .map(|(worker, digest, values)| Submission { worker: worker.0, values, digest: digest.0 })
+            .map(|(worker, digest, values)| Submission {
+                worker: worker.0,
+                values,
+                digest: digest.0,
+                proven: false,
+            })
             .collect();
         let decision = self.node.defense.decide(&submissions, UPDATE_LEN);
         let result = decision.aggregate.as_ref().map(|aggregate| {
