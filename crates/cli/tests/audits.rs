@@ -592,6 +592,62 @@ fn a_copy_is_caught_with_audits_off_and_its_original_is_never_refused() {
     }
 }
 
+#[test]
+fn a_near_copy_is_challenged_after_the_reveals_and_only_the_copy_is_refused_and_slashed() {
+    // Goal (issue 14.5): of two nearly identical updates, the one that is
+    // not its worker's own work is refused, whichever committed first. The
+    // near-copier retrains its victim's assignment and adds noise at 10^-3
+    // of the norm: no commitment names its victim's update, so nothing
+    // contests it before the reveals, and it commits as early as its victim
+    // (before it whenever it wins the race): by order alone the later of the
+    // two was refused, the victim as often as the copy.
+    // Method: two honest workers and a near-copier, audit probability 0, 4
+    // rounds: every round the checks find the near copy, the round
+    // challenges both, the copy fails its replay and is slashed, and both
+    // honest workers are credited their full verified work.
+    let rounds = 4;
+    let mut network =
+        Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 20000");
+    network.start_coordinator();
+    for (index, behavior) in ["honest", "honest", "near-copy"].iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    network.wait_for(240, "the run to finish", finished_and_evaluated);
+    let ids = network.behaviors_by_id();
+    let copier =
+        ids.iter().find(|(_, behavior)| behavior.as_str() == "near-copy").map(|(id, _)| *id).unwrap();
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let credited = by_submission(&network, "work-accepted", "units");
+    let refused = by_submission(&network, "update-refused", "reason");
+    let slashed = by_submission(&network, "slash", "amount");
+    let units = credited.values().next().cloned().expect("someone is credited");
+    for round in 0..rounds {
+        assert!(
+            verdicts[&(round, copier)].get("failed").is_some(),
+            "round {round}: the near copy fails its challenge: {:?}",
+            verdicts.get(&(round, copier))
+        );
+        assert!(slashed.contains_key(&(round, copier)), "round {round}: the near-copier is slashed");
+        assert!(!credited.contains_key(&(round, copier)), "round {round}: the copy earns nothing");
+        let challenged_honest = ids
+            .keys()
+            .filter(|&&worker| {
+                worker != copier && verdicts.get(&(round, worker)).is_some_and(|v| v == "passed")
+            })
+            .count();
+        assert_eq!(challenged_honest, 1, "round {round}: its victim is challenged too, and passes");
+        for &worker in ids.keys().filter(|&&worker| worker != copier) {
+            assert_eq!(
+                credited.get(&(round, worker)),
+                Some(&units),
+                "round {round}: honest {worker} is paid in full"
+            );
+            assert!(!refused.contains_key(&(round, worker)), "round {round}: honest {worker} is not refused");
+            assert!(!slashed.contains_key(&(round, worker)), "round {round}: honest {worker} is not slashed");
+        }
+    }
+}
+
 /// One run of three honest workers and one that trains on the wrong data,
 /// everyone audited: its state hash, how many bets on a round's audits were
 /// withdrawn, and the honest workers' credited rounds.

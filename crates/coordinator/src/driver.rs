@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crowdtrain_defense::checks::unresolved_copies;
 use crowdtrain_defense::{Aggregator, CheckConfig, Decision, ModelDefense, Submission};
 use crowdtrain_protocol::admission::TokenId;
 use crowdtrain_protocol::contract::ContractChoice;
@@ -195,6 +196,10 @@ struct Pending<G> {
     aggregated: Aggregated,
     decision: Decision,
     next: Option<NextGlobal<G>>,
+    /// Copies among `accepted` that no replay has told apart: the machine
+    /// challenges them instead of closing
+    /// ([`crowdtrain_protocol::Coordinator::handle_contested`]).
+    contested: Vec<WorkerId>,
 }
 
 struct NextGlobal<G> {
@@ -579,7 +584,12 @@ impl<T: Training> Driver<T> {
                 Action::JudgeAudit { round, worker, .. } => self.judge_stored(round, worker, shell)?,
                 Action::Speculate { round, base_model, accepted } => {
                     assert_eq!(base_model, self.training.model(), "rounds train from the latest model");
-                    let aggregated = self.aggregate(round, &accepted, shell)?;
+                    let mut aggregated = self.aggregate(round, &accepted, true, shell)?;
+                    if self.unresolved_copies(round).is_some() {
+                        // The round will challenge them, not close: no bet.
+                        self.pending = None;
+                        aggregated.result = None;
+                    }
                     let now = self.now();
                     self.machine.handle_speculated(now, round, aggregated);
                 }
@@ -628,10 +638,17 @@ impl<T: Training> Driver<T> {
                         .map(|pending| pending.aggregated.clone());
                     let aggregated = match speculated {
                         Some(aggregated) => aggregated,
-                        None => self.aggregate(round, &accepted, shell)?,
+                        None => self.aggregate(round, &accepted, false, shell)?,
                     };
                     let now = self.now();
-                    self.machine.handle_aggregated(now, round, aggregated);
+                    match self.unresolved_copies(round) {
+                        Some(contested) => {
+                            tracing::warn!(round, ?contested, "copies no replay has told apart: challenged");
+                            self.pending = None;
+                            self.machine.handle_contested(now, round, &contested);
+                        }
+                        None => self.machine.handle_aggregated(now, round, aggregated),
+                    }
                 }
             }
         }
@@ -658,9 +675,37 @@ impl<T: Training> Driver<T> {
         }
     }
 
+    /// The copies [`Self::aggregate`] found in `round` that no replay has
+    /// told apart, if any.
+    fn unresolved_copies(&self, round: RoundId) -> Option<Vec<WorkerId>> {
+        self.pending
+            .as_ref()
+            .filter(|pending| pending.round == round && !pending.contested.is_empty())
+            .map(|pending| pending.contested.clone())
+    }
+
+    /// The workers of the open round `round` whose replay audit passed
+    /// (and, for a `bet` on pending audits, whose answer the driver is
+    /// replaying: the bet is that it passes): their updates are their own
+    /// work, which decides a pair of copies ([`crowdtrain_defense::checks`]).
+    fn proven(&self, round: RoundId, bet: bool) -> std::collections::BTreeSet<WorkerId> {
+        let Some(open) = self.machine.open_round().filter(|open| open.id == round) else {
+            return Default::default();
+        };
+        open.standings
+            .iter()
+            .filter(|(_, standing)| match &standing.verdict {
+                Some(verdict) => verdict.passed(),
+                None => bet && standing.audit.is_some() && standing.answered,
+            })
+            .map(|(&worker, _)| worker)
+            .collect()
+    }
+
     /// Checks the accepted updates of `round` (in the order their
-    /// commitments arrived), aggregates the ones that pass and takes the
-    /// outer step ([`Training::step`]). Nothing changes in memory until the
+    /// commitments arrived; those proven by a replay decide copies, see
+    /// [`Self::proven`]), aggregates the ones that pass and takes the outer
+    /// step ([`Training::step`]). Nothing changes in memory until the
     /// machine commits the round ([`Pending`]).
     ///
     /// The new checkpoints are written in the background
@@ -670,9 +715,11 @@ impl<T: Training> Driver<T> {
         &mut self,
         round: RoundId,
         accepted: &[WorkerId],
+        bet: bool,
         shell: &mut impl Shell<T>,
     ) -> Result<Aggregated, CoordinatorError> {
         let started = Instant::now();
+        let proven = self.proven(round, bet);
         shell.written()?;
         let order = self.store.commitment_order(round, accepted)?;
         let parameters = self.training.parameters();
@@ -692,10 +739,20 @@ impl<T: Training> Driver<T> {
         let submissions: Vec<Submission<'_>> = order
             .iter()
             .zip(&updates)
-            .map(|(worker, (digest, values))| Submission { worker: worker.0, values, digest: digest.0 })
+            .map(|(worker, (digest, values))| Submission {
+                worker: worker.0,
+                values,
+                digest: digest.0,
+                proven: proven.contains(worker),
+            })
             .collect();
         let decided = started.elapsed();
         let decision = self.defense.decide(&submissions, parameters);
+        let contested: Vec<WorkerId> =
+            unresolved_copies(&decision.refused, &|worker| proven.contains(&WorkerId(worker)))
+                .into_iter()
+                .map(WorkerId)
+                .collect();
         let screened = started.elapsed();
         let refused: Vec<(WorkerId, String)> = decision
             .refused
@@ -740,6 +797,7 @@ impl<T: Training> Driver<T> {
             aggregated: aggregated.clone(),
             decision,
             next,
+            contested,
         });
         Ok(aggregated)
     }

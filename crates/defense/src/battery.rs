@@ -41,6 +41,9 @@ pub enum Attack {
     Ipm { epsilon: f32 },
     /// A bit-for-bit copy of an honest worker's update.
     Copy,
+    /// A near copy of an honest worker's update (plus noise at 10^-3 of its
+    /// norm), committed before it: order would make the original the copy.
+    CopyFirst,
     /// An honest worker's update of the previous round, again (nothing in
     /// the first round, when there is nothing to replay).
     Stale,
@@ -61,6 +64,7 @@ impl Attack {
             Self::Alie => "alie".into(),
             Self::Ipm { epsilon } => format!("ipm:{epsilon}"),
             Self::Copy => "copy".into(),
+            Self::CopyFirst => "copy-first".into(),
             Self::Stale => "stale".into(),
             Self::Zero => "zero".into(),
             Self::Nan => "nan".into(),
@@ -77,6 +81,7 @@ impl Attack {
             Self::Alie,
             Self::Ipm { epsilon: 0.5 },
             Self::Copy,
+            Self::CopyFirst,
             Self::Stale,
             Self::Zero,
             Self::Nan,
@@ -264,6 +269,12 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
                     malicious.push((slot, honest[victim].clone()));
                     continue;
                 }
+                Attack::CopyFirst => {
+                    let values = &honest[victim].values;
+                    let key = round_key(recipe, round, slot as u32);
+                    let noise = attack::noise(key, values.len(), 1e-3 * linalg::norm(values));
+                    values.iter().zip(noise).map(|(value, noise)| value + noise).collect()
+                }
                 Attack::Stale => match previous_honest.get(victim) {
                     Some(old) => old.clone(),
                     None => continue,
@@ -276,11 +287,26 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
             };
             malicious.push((slot, Wire::encode(recipe.codec, &crafted)?));
         }
-        let submissions: Vec<Submission<'_>> = honest
-            .iter()
-            .enumerate()
-            .chain(malicious.iter().map(|(slot, wire)| (*slot, wire)))
-            .map(|(slot, wire)| Submission { worker: slot as u64, values: &wire.values, digest: wire.digest })
+        // The network challenges a pair of copies that no replay has told
+        // apart yet: each replays a segment drawn after the reveals, which
+        // an honest worker passes and a copier fails. The battery has no
+        // audits, so it takes that outcome as given: honest updates are
+        // proven (pairs of attackers' updates fall back on order).
+        let honest_first = honest.iter().enumerate();
+        let attackers = malicious.iter().map(|(slot, wire)| (*slot, wire));
+        let ordered: Vec<(usize, &Wire)> = if attack == Attack::CopyFirst {
+            attackers.chain(honest_first).collect()
+        } else {
+            honest_first.chain(attackers).collect()
+        };
+        let submissions: Vec<Submission<'_>> = ordered
+            .into_iter()
+            .map(|(slot, wire)| Submission {
+                worker: slot as u64,
+                values: &wire.values,
+                digest: wire.digest,
+                proven: slot < honest_count,
+            })
             .collect();
         let decision = defense.decide(&submissions, reference.len());
         for (worker, _) in &decision.refused {
@@ -290,9 +316,11 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
                 refused_attacker += 1;
             }
         }
-        let passed: Vec<&[f32]> = submissions
+        // In worker order, as `decision.passed` (the scores pair with it).
+        let passed: Vec<&[f32]> = decision
+            .passed
             .iter()
-            .filter(|submission| decision.passed.contains(&submission.worker))
+            .filter_map(|worker| submissions.iter().find(|submission| submission.worker == *worker))
             .map(|submission| submission.values)
             .collect();
         let step = quality::score_step(config.outer.lr, passed.len());
@@ -450,5 +478,12 @@ mod tests {
         let copied = run(&config, Attack::Copy, &data).unwrap();
         assert_eq!(copied.refused_attacker, 2, "the copy is refused in both rounds");
         assert_eq!(copied.credits[4], 0);
+        // A near copy committed before its victim: still the copy, and the
+        // victim (worker 0) is paid as every other honest worker.
+        let first = run(&config, Attack::CopyFirst, &data).unwrap();
+        assert_eq!((first.refused_attacker, first.refused_honest), (2, 0), "the copy, not its victim");
+        assert_eq!(first.credits[4], 0);
+        assert_eq!(first.credits[0], first.credits[1]);
+        assert_eq!(first.credits[0], first.verified_work[0]);
     }
 }

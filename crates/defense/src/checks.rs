@@ -2,12 +2,17 @@
 //! aggregated: what no honest update looks like.
 //!
 //! Submissions come in precedence order: the order their commitments
-//! arrived in. Where two are the same update, the earlier one stands and
-//! the later is the copy. Order alone cannot be trusted for exact copies (a
-//! copier can retrain its victim's public assignment and commit first), so
-//! the protocol audits both commitments to one update and the copy fails
-//! its replay before it gets here; this rule is the safety net, and decides
-//! near-copies.
+//! arrived in. Where two are the same (or nearly the same) update, proof
+//! decides before order does: a submission whose replay audit passed this
+//! round ([`Submission::proven`]) is its worker's own work, so of a pair
+//! with one proven, the other is the copy, whichever committed first; of a
+//! pair with both proven (an honest coincidence) both stand. Only where
+//! neither is proven does the earlier one stand, and the protocol does not
+//! let that verdict stand: it challenges both ([`unresolved_copies`]) with a
+//! replay drawn after the reveals, so the copy fails its replay and the
+//! original is proven before the round closes. Order alone cannot be
+//! trusted (a copier can retrain its victim's public assignment and commit
+//! first).
 //!
 //! An update is refused, with its reason, when it
 //!
@@ -30,7 +35,7 @@
 //! Every number is computed in a fixed order ([`crate::linalg`]), so the
 //! verdicts are the same on every machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +52,9 @@ pub struct Submission<'a> {
     pub values: &'a [f32],
     /// BLAKE3 of the update as it was sent.
     pub digest: [u8; 32],
+    /// Whether a replay audit of this round's work passed: it is the
+    /// worker's own training, so it is never the copy of a pair.
+    pub proven: bool,
 }
 
 /// Why a submission was refused.
@@ -119,14 +127,23 @@ pub fn screen(
             earlier(&submission.digest).then_some(Refusal::Resubmitted)
         })
         .collect();
-    let mut first_with_digest: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+    // Of each set of identical updates, the proven ones stand (the first
+    // of them is the original the others copied); with none proven, the
+    // earliest stands.
+    let mut original_with_digest: BTreeMap<[u8; 32], (u64, bool)> = BTreeMap::new();
+    for (verdict, submission) in verdicts.iter().zip(submissions) {
+        if verdict.is_none() {
+            let entry = original_with_digest.entry(submission.digest).or_insert((submission.worker, false));
+            if submission.proven && !entry.1 {
+                *entry = (submission.worker, true);
+            }
+        }
+    }
     for (verdict, submission) in verdicts.iter_mut().zip(submissions) {
         if verdict.is_none() {
-            match first_with_digest.get(&submission.digest) {
-                Some(&of) => *verdict = Some(Refusal::Duplicate { of }),
-                None => {
-                    first_with_digest.insert(submission.digest, submission.worker);
-                }
+            let (of, proven) = original_with_digest[&submission.digest];
+            if of != submission.worker && !(proven && submission.proven) {
+                *verdict = Some(Refusal::Duplicate { of });
             }
         }
     }
@@ -154,20 +171,49 @@ pub fn screen(
             continue;
         }
         let worker = submissions[second].worker;
-        // The earliest standing submission of another worker it nearly copies.
-        let original = alive[..second_position].iter().enumerate().find_map(|(first_position, &first)| {
+        // The earliest standing submissions of other workers it nearly
+        // copies: an unproven one is the copy of a proven later one; of
+        // two proven, both stand; otherwise the later one is the copy.
+        for (first_position, &first) in alive[..second_position].iter().enumerate() {
             if verdicts[first].is_some() || submissions[first].worker == worker {
-                return None;
+                continue;
             }
             let cosine =
                 gram[first_position * n + second_position] / (norms[first_position] * norms[second_position]);
-            (cosine > config.duplicate_cosine).then_some((submissions[first].worker, cosine))
-        });
-        if let Some((of, cosine)) = original {
-            verdicts[second] = Some(Refusal::NearDuplicate { of, cosine });
+            if cosine <= config.duplicate_cosine {
+                continue;
+            }
+            match (submissions[first].proven, submissions[second].proven) {
+                (true, true) => {}
+                (false, true) => verdicts[first] = Some(Refusal::NearDuplicate { of: worker, cosine }),
+                (_, false) => {
+                    verdicts[second] = Some(Refusal::NearDuplicate { of: submissions[first].worker, cosine });
+                    break;
+                }
+            }
         }
     }
     verdicts
+}
+
+/// The workers of the copy refusals in `refused` that proof has not
+/// decided: the refused submission and the one it copies, neither proven
+/// by a replay. Order made the verdict, and order can be bought (a copier
+/// that retrains its victim's public assignment can commit first), so the
+/// protocol challenges both instead of closing on it: each answers an
+/// audit drawn after the reveals, the copy fails its replay (it is not
+/// its worker's training) and is slashed, and the original, proven, then
+/// stands ([`screen`]).
+pub fn unresolved_copies(refused: &[(u64, Refusal)], proven: &dyn Fn(u64) -> bool) -> BTreeSet<u64> {
+    refused
+        .iter()
+        .filter_map(|(worker, refusal)| match refusal {
+            Refusal::Duplicate { of } | Refusal::NearDuplicate { of, .. } => Some((*worker, *of)),
+            _ => None,
+        })
+        .filter(|&(worker, of)| !proven(worker) && !proven(of))
+        .flat_map(|(worker, of)| [worker, of])
+        .collect()
 }
 
 pub(crate) fn median_of_sorted(sorted: &[f64]) -> f64 {
@@ -181,7 +227,11 @@ mod tests {
 
     fn submission(worker: u64, values: &[f32]) -> Submission<'_> {
         let bytes: Vec<u8> = values.iter().flat_map(|value| value.to_le_bytes()).collect();
-        Submission { worker, values, digest: *blake3::hash(&bytes).as_bytes() }
+        Submission { worker, values, digest: *blake3::hash(&bytes).as_bytes(), proven: false }
+    }
+
+    fn proven(worker: u64, values: &[f32]) -> Submission<'_> {
+        Submission { proven: true, ..submission(worker, values) }
     }
 
     /// Mutually dissimilar vectors of comparable norm.
@@ -241,6 +291,44 @@ mod tests {
         assert_eq!(verdicts[7], Some(Refusal::NonFinite { index: 3 }));
         let message = verdicts[4].as_ref().unwrap().to_string();
         assert!(message.contains("median norm"), "{message}");
+    }
+
+    #[test]
+    fn a_proven_original_stands_against_a_copy_committed_before_it() {
+        let (a, b, c) = (honest(1), honest(2), honest(3));
+        let mut near = a.clone();
+        near[0] += 1e-4;
+        let config = CheckConfig::default();
+        // An exact copy and a near copy of w0's update, each committed before
+        // it; w0's replay passed.
+        for copy in [&a, &near] {
+            let submissions = [submission(7, copy), submission(1, &b), proven(0, &a), submission(2, &c)];
+            let verdicts = screen(&submissions, 1000, &|_| false, &config);
+            assert_eq!(reasons(&verdicts)[1..], ["pass", "pass", "pass"], "the original stands");
+            assert!(
+                matches!(
+                    verdicts[0],
+                    Some(Refusal::Duplicate { of: 0 } | Refusal::NearDuplicate { of: 0, .. })
+                ),
+                "{:?}",
+                verdicts[0]
+            );
+            let refused: Vec<(u64, Refusal)> = vec![(7, verdicts[0].clone().unwrap())];
+            assert!(unresolved_copies(&refused, &|worker| worker == 0).is_empty(), "proof decided it");
+        }
+        // Both proven (an honest coincidence): both stand, both are paid.
+        let both = screen(&[proven(0, &a), proven(5, &near), proven(1, &b)], 1000, &|_| false, &config);
+        assert_eq!(reasons(&both), ["pass", "pass", "pass"]);
+        let exact = screen(&[proven(0, &a), proven(5, &a), proven(1, &b)], 1000, &|_| false, &config);
+        assert_eq!(reasons(&exact), ["pass", "pass", "pass"]);
+        // Neither proven: order made the verdict, so both are to be challenged.
+        let unproven = [submission(7, &near), submission(0, &a), submission(1, &b), submission(2, &c)];
+        let verdicts = screen(&unproven, 1000, &|_| false, &config);
+        assert_eq!(reasons(&verdicts), ["pass", "near-duplicate", "pass", "pass"], "order alone");
+        let refused: Vec<(u64, Refusal)> = vec![(0, verdicts[1].clone().unwrap())];
+        assert_eq!(unresolved_copies(&refused, &|_| false), BTreeSet::from([0, 7]));
+        let outsized = vec![(3, Refusal::Empty)];
+        assert!(unresolved_copies(&outsized, &|_| false).is_empty(), "only copies are challenged");
     }
 
     #[test]

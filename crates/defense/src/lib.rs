@@ -187,6 +187,7 @@ impl Aggregate for ModelDefense {
                 worker: update.worker,
                 values: update.values,
                 digest: *blake3::hash(update.encoded).as_bytes(),
+                proven: false,
             })
             .collect();
         let len = updates.first()?.values.len();
@@ -207,7 +208,12 @@ mod tests {
         let submissions: Vec<Submission<'_>> = values
             .iter()
             .enumerate()
-            .map(|(worker, values)| Submission { worker: worker as u64, values, digest: [worker as u8; 32] })
+            .map(|(worker, values)| Submission {
+                worker: worker as u64,
+                values,
+                digest: [worker as u8; 32],
+                proven: false,
+            })
             .collect();
         let mut defense = ModelDefense::new(CheckConfig::default(), Aggregator::default());
         let decision = defense.decide(&submissions, 3);

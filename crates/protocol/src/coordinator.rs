@@ -700,6 +700,10 @@ pub struct Coordinator {
     /// The next round, opened ahead while the open round's last audits are
     /// replayed.
     speculation: Option<Speculation>,
+    /// The open round whose close became a challenge of copies
+    /// ([`Coordinator::handle_contested`]): its absentees were marked when
+    /// it first closed, and are not marked twice.
+    challenged: Option<RoundId>,
     next_round: RoundId,
     completed_rounds: u64,
     model: Digest,
@@ -733,6 +737,7 @@ impl Coordinator {
             closing: None,
             past: BTreeMap::new(),
             speculation: None,
+            challenged: None,
             next_round: 0,
             completed_rounds: 0,
             model: initial_model,
@@ -1956,6 +1961,64 @@ impl Coordinator {
         self.after_round_end();
     }
 
+    /// The driver's checks found copies among the accepted updates of the
+    /// round it was asked to close that no replay has told apart
+    /// (`contested`: each copy and its original, neither audited and
+    /// passed; [`crowdtrain_defense`'s `unresolved_copies`]). Order cannot
+    /// decide which is the copy (a copier that retrains its victim's
+    /// public assignment commits first as easily as second), so instead of
+    /// closing, the round challenges them: each gets an audit of a segment
+    /// drawn now, after the reveals (keyed by run, round, worker and
+    /// commitment, as every draw), recorded as a second
+    /// [`Event::AuditDraw`] that opens a new reveal deadline. The copy
+    /// fails its replay (its chain is not its own assignment's training)
+    /// and is slashed; an unanswered challenge fails at the deadline, as
+    /// any audit; the original passes, is proven, and then stands against
+    /// the copy whatever their order. The round closes again once they are
+    /// settled, and pays the proven workers their verified work.
+    pub fn handle_contested(&mut self, now: u64, round: RoundId, contested: &[WorkerId]) {
+        self.advance(now);
+        let (closing, _) = self.closing.take().expect("handle_contested answers a Close");
+        assert_eq!(closing, round, "handle_contested answers the Close just emitted");
+        // A bet on the round's close no longer holds.
+        self.withdraw();
+        let open = self.open.as_ref().expect("the round closing is open");
+        let commitments = open.commitments();
+        let audits: Vec<(WorkerId, u32)> = contested
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|worker| open.standings.get(worker).is_some_and(|standing| standing.verdict.is_none()))
+            .map(|&worker| {
+                let segment = draw_audit(
+                    1.0,
+                    &self.settings,
+                    &self.audit_master,
+                    &self.run_id,
+                    round,
+                    worker,
+                    &commitments[&worker],
+                )
+                .expect("a draw with probability 1 selects");
+                (worker, segment)
+            })
+            .collect();
+        assert!(!audits.is_empty(), "a challenge names accepted workers no audit has judged");
+        let secret = open.secret.expect("a revealing round has published its secret");
+        let beacon = audit::beacon(&secret, &self.run_id, round, &commitments);
+        self.challenged = Some(round);
+        let reveal_deadline_unix_ms = now + self.settings.reveal_ms;
+        self.record(Event::AuditDraw {
+            round,
+            secret,
+            beacon,
+            audits,
+            auditors: Vec::new(),
+            reveal_deadline_unix_ms,
+        });
+        self.settle();
+    }
+
     /// The driver aggregated the submissions of a [`Action::Speculate`]:
     /// unless they would fail the round, the next round opens
     /// provisionally on the result.
@@ -2314,7 +2377,9 @@ impl Coordinator {
         }
         let open = self.open.as_ref().expect("checked");
         let (round, base_model) = (open.id, open.base_model);
-        self.mark_missed();
+        if self.challenged != Some(round) {
+            self.mark_missed();
+        }
         self.closing = Some((round, accepted.clone()));
         self.actions.push_back(Action::Close { round, base_model, accepted });
     }

@@ -739,6 +739,11 @@ fn restored_machines_behave_like_the_live_one(settings: &Settings, steps: &[Step
             for action in &actions {
                 match action {
                     Action::Close { .. } => awaited = Some(action.clone()),
+                    // The close became a challenge of copies: no aggregate
+                    // is awaited until the round closes again.
+                    Action::Record(Event::AuditDraw { round, .. }) if matches!(&awaited, Some(Action::Close { round: closing, .. }) if closing == round) => {
+                        awaited = None
+                    }
                     Action::Record(Event::RoundClosed { .. } | Event::RoundFailed { .. }) => awaited = None,
                     _ => {}
                 }
@@ -806,6 +811,112 @@ fn a_restored_machine_behaves_exactly_like_the_one_that_died() {
             let _ = reveal(m, T0 + 23, w[2], 0);
         }),
         Box::new(|m, _| m.handle_timeout(T0 + 12 + 5_000)),
+    ]);
+    restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
+}
+
+/// Round 0 delivered by three workers, its close turned into a challenge
+/// of w0 (a copier that committed first) and w2 (its victim), as the
+/// driver's checks report two copies no replay has told apart.
+fn challenged_round() -> Vec<Step> {
+    let mut steps = round_0_commitments();
+    for index in 0..3 {
+        steps.push(Box::new(move |m, w| {
+            let _ = reveal(m, T0 + 20 + index as u64, w[index], 0);
+        }));
+    }
+    steps.push(Box::new(|m, w| m.handle_contested(T0 + 30, 0, &[w[2], w[0]])));
+    steps
+}
+
+#[test]
+fn copies_no_replay_told_apart_are_challenged_and_only_the_copy_is_refused_and_slashed() {
+    let (mut machine, workers) = running(3, settings());
+    let actions = deliver(&mut machine, T0 + 10, &workers, 0);
+    assert!(matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &workers));
+    // The checks found w0 (committed first) and w2 to be copies.
+    machine.handle_contested(T0 + 20, 0, &[workers[2], workers[0]]);
+    let actions = drain(&mut machine);
+    let [Action::Record(Event::AuditDraw { round: 0, audits, auditors, reveal_deadline_unix_ms, .. })] =
+        &actions[..]
+    else {
+        panic!("a challenge draws audits and nothing else: {actions:?}");
+    };
+    assert_eq!(audits.iter().map(|(worker, _)| *worker).collect::<Vec<_>>(), [workers[0], workers[2]]);
+    assert!(audits.iter().all(|&(_, segment)| (1..=4).contains(&segment)));
+    assert!(auditors.is_empty(), "a challenge is never delegated");
+    assert_eq!(*reveal_deadline_unix_ms, T0 + 20 + 5_000, "a new reveal deadline from the challenge");
+    assert_eq!(machine.pending_audit(workers[2], 0).map(|(segment, _)| segment), Some(audits[1].1));
+    assert_eq!(machine.view(Some(workers[2])).audit, Some(audits[1].1), "the view asks for the answer");
+    // The victim's replay passes; the copier's fails (it is not its own
+    // assignment's training).
+    machine.audit_result(T0 + 30, 0, workers[2], Verdict::Passed, None, None).unwrap();
+    assert!(
+        drain(&mut machine).iter().all(|action| !matches!(action, Action::Close { .. })),
+        "w0 is awaited"
+    );
+    machine
+        .audit_result(T0 + 31, 0, workers[0], Verdict::Failed("the replay ends elsewhere".into()), None, None)
+        .unwrap();
+    let actions = drain(&mut machine);
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::Record(Event::Slash { worker, .. }) if *worker == workers[0])
+    ));
+    let Some(Action::Close { accepted, .. }) = actions.last() else { panic!("closes again: {actions:?}") };
+    assert_eq!(accepted, &workers[1..], "the copy is out, its victim in");
+    machine.handle_aggregated(T0 + 32, 0, Aggregated::all(result(1)));
+    let credited: Vec<WorkerId> = drain(&mut machine)
+        .iter()
+        .filter_map(|action| match action {
+            Action::Record(Event::WorkAccepted { worker, units, .. }) => {
+                assert_eq!(*units, 64, "its full verified work");
+                Some(*worker)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(credited, workers[1..], "the victim is paid, the copier not");
+    assert_eq!(machine.completed_rounds(), 1);
+
+    // A challenge left unanswered fails at the deadline, as any audit;
+    // the answered one passes and is paid.
+    deliver(&mut machine, T0 + 100, &workers, 1);
+    machine.handle_contested(T0 + 110, 1, &[workers[0], workers[1]]);
+    drain(&mut machine);
+    machine.audit_result(T0 + 120, 1, workers[1], Verdict::Passed, None, None).unwrap();
+    machine.handle_timeout(T0 + 110 + 5_000);
+    let actions = drain(&mut machine);
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::Record(Event::Slash { worker, .. }) if *worker == workers[0])
+    ));
+    assert!(matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &workers[1..]));
+}
+
+#[test]
+fn a_coordinator_that_crashes_anywhere_in_a_challenge_resumes_exactly() {
+    let settings = Settings { min_workers: 3, ..settings() };
+    let mut steps = challenged_round();
+    steps.extend::<Vec<Step>>(vec![
+        Box::new(|m, w| {
+            m.audit_result(T0 + 40, 0, w[2], Verdict::Passed, None, Some((w[2], (T0 + 40) * 1000 + 5)))
+                .unwrap()
+        }),
+        Box::new(|m, w| {
+            let failed = Verdict::Failed("the replay ends elsewhere".into());
+            m.audit_result(T0 + 41, 0, w[0], failed, None, Some((w[0], (T0 + 41) * 1000 + 5))).unwrap();
+        }),
+        Box::new(|m, _| m.handle_aggregated(T0 + 42, 0, Aggregated::all(result(1)))),
+    ]);
+    restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
+    // And when the copier never answers: its challenge fails at the deadline.
+    let mut steps = challenged_round();
+    steps.extend::<Vec<Step>>(vec![
+        Box::new(|m, w| {
+            m.audit_result(T0 + 40, 0, w[2], Verdict::Passed, None, Some((w[2], (T0 + 40) * 1000 + 5)))
+                .unwrap()
+        }),
+        Box::new(|m, _| m.handle_timeout(T0 + 30 + 5_000)),
+        Box::new(|m, _| m.handle_aggregated(T0 + 30 + 5_001, 0, Aggregated::all(result(1)))),
     ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }

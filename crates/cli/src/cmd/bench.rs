@@ -324,6 +324,7 @@ fn defense(args: DefenseArgs) -> anyhow::Result<()> {
                 worker: worker as u64,
                 values,
                 digest: crowdtrain_protocol::Digest::of(bytes).0,
+                proven: false,
             })
             .collect();
         let started = Instant::now();

@@ -504,6 +504,16 @@ fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool
         return true;
     }
     let Some(assignment) = &view.assignment else { return view.phase == Phase::Finished };
+    // A challenge of an update already revealed (two copies no replay had
+    // told apart): due whatever the worker is done with.
+    if view.phase == Phase::Revealing
+        && view.committed
+        && view.revealed
+        && view.audit.is_some()
+        && !view.audit_answered
+    {
+        return true;
+    }
     if after.is_some_and(|after| assignment.round <= after) {
         return false;
     }

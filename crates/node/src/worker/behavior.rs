@@ -39,6 +39,12 @@ pub enum Behavior {
     /// Submits exactly what the next worker submits (as if handed over by
     /// a colluder), bit for bit.
     Copy,
+    /// Retrains the next worker's assignment and submits that update plus
+    /// noise at 10^-3 of its norm: a near copy (another digest, so no
+    /// commitment names its victim's update), refused by the checks. Order
+    /// cannot say which of the two is the copy; the challenge that follows
+    /// does, by replay.
+    NearCopy,
     /// Commits honestly, then reveals a different update.
     TamperReveal,
     /// Trains honestly but never answers an audit.
@@ -78,7 +84,7 @@ impl Behavior {
 }
 
 /// The accepted names, for error messages and `--help`.
-pub const BEHAVIOR_NAMES: &str = "honest, lazy:F, fabricate, wrong-data, stale, copy, tamper-reveal, no-answer, \
+pub const BEHAVIOR_NAMES: &str = "honest, lazy:F, fabricate, wrong-data, stale, copy, near-copy, tamper-reveal, no-answer, \
     lying-auditor, sign-flip, noise[:SCALE], label-flip, alie[:Z], ipm[:EPSILON], nan, inflate-residual[:SCALE]";
 
 impl fmt::Display for Behavior {
@@ -90,6 +96,7 @@ impl fmt::Display for Behavior {
             Self::WrongData => f.write_str("wrong-data"),
             Self::Stale => f.write_str("stale"),
             Self::Copy => f.write_str("copy"),
+            Self::NearCopy => f.write_str("near-copy"),
             Self::TamperReveal => f.write_str("tamper-reveal"),
             Self::NoAnswer => f.write_str("no-answer"),
             Self::SignFlip => f.write_str("sign-flip"),
@@ -129,6 +136,7 @@ impl FromStr for Behavior {
             "wrong-data" => Self::WrongData,
             "stale" => Self::Stale,
             "copy" => Self::Copy,
+            "near-copy" => Self::NearCopy,
             "tamper-reveal" => Self::TamperReveal,
             "no-answer" => Self::NoAnswer,
             "sign-flip" => Self::SignFlip,
@@ -333,6 +341,17 @@ pub fn produce(
         }
         Behavior::WrongData => work.finish(work.train_as(next, slot)?),
         Behavior::Copy => work.finish(work.train_as(next, next)?),
+        Behavior::NearCopy => {
+            let copied = work.train_as(next, next)?;
+            let key = RngKey { worker: u64::from(slot), ..work.assignment.rng_key() };
+            let noise = attack::noise(
+                key,
+                copied.pseudo_gradient.len(),
+                1e-3 * linalg::norm(&copied.pseudo_gradient),
+            );
+            let near = copied.pseudo_gradient.iter().zip(noise).map(|(value, noise)| value + noise).collect();
+            work.seal(copied.boundaries, near)
+        }
         Behavior::Stale => match previous {
             Some(previous) => Ok(previous.clone()),
             None => work.finish(work.train_as(slot, slot)?),
@@ -502,6 +521,7 @@ mod tests {
             "wrong-data",
             "stale",
             "copy",
+            "near-copy",
             "tamper-reveal",
             "no-answer",
             "sign-flip",

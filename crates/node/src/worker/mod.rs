@@ -285,6 +285,8 @@ pub async fn run_worker(
     let mut last_done: Option<RoundId> = None;
     // Delegated audits already replayed, so a refused report is not retried forever.
     let mut audited: std::collections::HashSet<(RoundId, WorkerId)> = Default::default();
+    // Rounds whose challenge (an audit drawn after the reveals) was answered.
+    let mut challenged: std::collections::HashSet<RoundId> = Default::default();
     let mut current: Option<(RoundId, Arc<Produced>)> = None;
     // Provisional rounds trained for and then withdrawn, by base model and
     // shard (a round can open again on the same model with other
@@ -397,6 +399,36 @@ pub async fn run_worker(
                 totals: totals.as_ref().map(Totals::from),
             });
             break;
+        }
+        // Challenged after revealing: its update and another's were copies
+        // no replay had told apart, and the answer proves which is its own
+        // work. Due although this worker is done with the round (once: a
+        // refused answer fails the challenge at once).
+        if let Some(((round, produced), segment)) = current
+            .as_ref()
+            .filter(|(held, _)| view.round == Some(*held) && view.committed && view.revealed)
+            .zip(view.audit.filter(|_| view.phase == Phase::Revealing && !view.audit_answered))
+        {
+            if behavior != Behavior::NoAnswer && challenged.insert(*round) {
+                let bucket = bucket.as_ref().map(|bucket| (bucket, me));
+                let answering = Instant::now();
+                answer_audit(
+                    &client,
+                    &coordinator,
+                    bucket,
+                    *round,
+                    produced,
+                    segment,
+                    &mut summary,
+                    &mut on_event,
+                )
+                .await?;
+                summary.idle.upload += answering.elapsed().as_secs_f64();
+            } else {
+                // Not answering: the view says so until the deadline.
+                tokio::time::sleep(SETTLING_POLL).await;
+            }
+            continue;
         }
         let (view, ahead) = round_to_work_on(view, last_done);
         let Some(assignment) =
