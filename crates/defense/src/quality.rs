@@ -362,6 +362,13 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// Whether `worker`'s escrowed credits are held past the escrow window
+    /// ([`QualityConfig::suspicion`]): the ledger's vesting asks this, so
+    /// it vests exactly what the gate would no longer take back.
+    pub fn holds(&self, worker: u64, config: &QualityConfig) -> bool {
+        self.workers.get(&worker).is_some_and(|standing| standing.evidence >= config.suspicion())
+    }
+
     /// Judges round `round`'s `(worker, score)` pairs, each for `units` of
     /// verified work, scored on `examples` held-out examples; returns the
     /// judgements in the order given.
@@ -390,7 +397,10 @@ impl Gate {
                     standing.evidence = (standing.evidence + step).clamp(0.0, 2.0 * config.threshold);
                     standing.denied = standing.evidence >= config.threshold;
                 }
-                standing.escrow.retain(|&(paid, _)| paid + escrow > round);
+                // Credits vest after the escrow window, unless the test is
+                // still deciding about this worker.
+                let held = standing.evidence >= config.suspicion();
+                standing.escrow.retain(|&(paid, _)| held || paid + escrow > round);
                 let withheld = (standing.denied && !was_denied && !standing.escrow.is_empty()).then(|| {
                     let first = standing.escrow[0].0;
                     let credits = standing.escrow.drain(..).map(|(_, credits)| credits).sum();
@@ -465,6 +475,37 @@ mod tests {
         assert_eq!((standing.gate(), standing.evidence), (PayGate::Deny, 2.0 * config.threshold), "capped");
         assert_eq!(gate.workers[&0].gate(), PayGate::Pass);
         assert_eq!(gate.workers[&0].evidence, 0.0, "honest evidence stays at its floor");
+    }
+
+    #[test]
+    fn pay_does_not_vest_while_the_gate_is_still_deciding() {
+        // A worker 2.6 spreads below the median every round, late in
+        // training (a useless update stands less than a spread below it):
+        // each round adds 2.1 nats, so the gate needs five rounds, one more
+        // than the escrow window. Its first round's pay must not vest in
+        // the meantime (measured on the network: a sign-flip kept one
+        // round's pay that way, `tests/defense.rs`).
+        let config = QualityConfig::default();
+        let spread = 1.4826 * 0.002;
+        let bad = 0.0005 - 2.6 * spread;
+        let units = 100;
+        let mut gate = Gate::default();
+        let mut paid = 0;
+        let mut decided = None;
+        for round in 0..8 {
+            let judged = gate.observe(round, &round_at(0.001, bad, 1.0), units, 512, &config);
+            assert!((judged[8].deviation.unwrap() + 2.6).abs() < 1e-9, "{:?}", judged[8]);
+            paid += judged[8].credits;
+            if let Some((first, credits)) = judged[8].withheld {
+                paid -= credits;
+                decided = Some((round, first, credits));
+            }
+            assert!(!gate.holds(0, &config), "honest pay vests on time");
+        }
+        assert!(config.escrow_rounds() < 5);
+        assert_eq!(decided, Some((4, 0, 4 * units)), "every round before the decision taken back");
+        assert_eq!(paid, 0);
+        assert!(gate.holds(9, &config));
     }
 
     #[test]

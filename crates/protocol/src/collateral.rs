@@ -71,13 +71,16 @@ impl Collateral {
     }
 
     /// The vesting due once `round` is scored with a window of `window`
-    /// rounds: every worker's escrowed credits of rounds `<= round - window`.
-    /// `None` when nothing vests.
-    pub fn vesting(&self, round: RoundId, window: u64) -> Option<Event> {
+    /// rounds: every worker's escrowed credits of rounds `<= round - window`,
+    /// except those of the workers `held` names (the pay gate is still
+    /// deciding about them: their credits vest at the first round it no
+    /// longer holds them). `None` when nothing vests.
+    pub fn vesting(&self, round: RoundId, window: u64, held: impl Fn(WorkerId) -> bool) -> Option<Event> {
         let last = round.checked_sub(window)?;
         let credits: Vec<(WorkerId, u64)> = self
             .accounts
             .iter()
+            .filter(|&(&worker, _)| !held(worker))
             .map(|(&worker, account)| {
                 (worker, account.escrow.range(..=last).map(|(_, credits)| credits).sum())
             })
@@ -180,15 +183,20 @@ mod tests {
         collateral.apply(&Event::BondDeposited { worker, amount: 1000 });
         for round in 0..6 {
             collateral.apply(&reward(round, 0, 10));
-            if let Some(vested) = collateral.vesting(round, 4) {
+            if let Some(vested) = collateral.vesting(round, 4, |_| false) {
                 collateral.apply(&vested);
             }
         }
         let account = collateral.account(worker).unwrap();
         assert_eq!((account.vested, account.escrowed()), (20, 40), "rounds 0 and 1 vested");
-        assert_eq!(collateral.vesting(3, 4), None);
+        assert_eq!(collateral.vesting(3, 4, |_| false), None);
         let draw = collateral.draw(6, worker, 100);
         assert_eq!(draw, Event::SlashDrawn { round: 6, worker, escrow: 40, bond: 60, uncovered: 0 });
+        // A worker the gate is still deciding about vests nothing, however
+        // old its escrow; once released, all of it vests at once.
+        assert_eq!(collateral.vesting(9, 4, |held| held == worker), None);
+        let released = collateral.vesting(9, 4, |_| false).unwrap();
+        assert_eq!(released, Event::Vested { round: 5, credits: vec![(worker, 40)] });
         // The gate withholds rounds [3, 5): what is left of them goes.
         let mut withheld = collateral.clone();
         withheld.apply(&Event::PayWithheld { round: 5, worker, first_round: 3, credits: 20 });

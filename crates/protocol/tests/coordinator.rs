@@ -2497,7 +2497,7 @@ fn score(machine: &mut Coordinator, durable: &mut Durable, round: u64, credited:
     events.push(Event::RoundScored { round });
     let mut collateral = machine.collateral().clone();
     events.iter().for_each(|event| collateral.apply(event));
-    events.extend(collateral.vesting(round, machine.settings().vesting_rounds));
+    events.extend(collateral.vesting(round, machine.settings().vesting_rounds, |_| false));
     durable.store.record(T0, &events, &[], &durable.signer).unwrap();
     machine.note(&events);
 }

@@ -195,6 +195,17 @@ impl QualityConfig {
         (self.threshold / self.max_evidence()).ceil().max(1.0) as u64
     }
 
+    /// Evidence at or above which a worker's escrowed credits do not vest,
+    /// whatever their age: half the threshold. The escrow window is the
+    /// soonest the gate can decide; a harmful worker whose rounds each add
+    /// less than the most evidence a round can add takes longer, and its
+    /// pay must not vest while the test is still deciding. An honest
+    /// worker's evidence rarely leaves 0 (`docs/PAY.md`), so its pay vests
+    /// on time.
+    pub fn suspicion(&self) -> f64 {
+        self.threshold / 2.0
+    }
+
     /// Checks the settings: `Err((field, reason))`.
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
         let checks: [(&'static str, bool, &'static str); 6] = [

@@ -13,7 +13,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Weak};
 
 use crowdtrain_defense::quality;
-use crowdtrain_protocol::RoundId;
+use crowdtrain_protocol::{RoundId, WorkerId};
 use crowdtrain_protocol::ledger::{Event, Reward};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 
@@ -99,7 +99,8 @@ impl Node {
         // what vests; it records nothing until the store has.
         let mut collateral = inner.driver.machine.collateral().clone();
         events.iter().for_each(|event| collateral.apply(event));
-        if let Some(vested) = collateral.vesting(round, self.config.audit.vesting_rounds) {
+        let held = |worker: WorkerId| inner.gate.holds(worker.0, config);
+        if let Some(vested) = collateral.vesting(round, self.config.audit.vesting_rounds, held) {
             events.push(vested);
         }
         inner.driver.store.record(now, &events, &[], &self.identity)?;
