@@ -83,6 +83,55 @@ fn a_networked_run_with_a_delayed_outer_update_reproduces_the_delayed_simulation
 }
 
 #[test]
+fn a_networked_run_with_a_two_round_delay_reproduces_the_delayed_simulation_bit_for_bit() {
+    // Goal: under `[outer] delay = 2` rounds r + 1 and r + 2 are open
+    // while round r is (round r + 2 trains from the model before round
+    // r + 1's outer step, round r - 1's result), workers train them one
+    // after the other while the rounds before are revealed, audited and
+    // aggregated, and the model is the two-round-delayed simulation's, bit
+    // for bit. Method: three honest workers, five rounds (rounds 0 to 2
+    // train from the initial model), audits at 0.5.
+    let mut network =
+        Network::with_extra(5, 12, 0.5, "min_workers = 3\ndeadline_ms = 60000", "[outer]\ndelay = 2\n");
+    network.start_coordinator();
+    for index in 0..3 {
+        network.start_worker(index);
+    }
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, 5);
+    let delayed = Nesterov { delay: 2, ..Nesterov::default() };
+    let simulated = simulated_state_hash_of(3, 5, 12, Default::default(), delayed);
+    assert_eq!(status.state_hash, simulated, "the delayed simulation's bits");
+    let once = Nesterov { delay: 1, ..Nesterov::default() };
+    assert_ne!(status.state_hash, simulated_state_hash_of(3, 5, 12, Default::default(), once));
+    // Rounds 1 and 2 opened with round 0, and each later round when the
+    // round three before it closed, before the two rounds before it did.
+    assert!(status.rounds[1..3].iter().all(|round| round.opened_unix_ms == status.rounds[0].opened_unix_ms));
+    for window in status.rounds.windows(4) {
+        assert_eq!(
+            Some(window[3].opened_unix_ms),
+            window[0].closed_unix_ms,
+            "round {} opened when round {} closed",
+            window[3].round,
+            window[0].round
+        );
+        assert!(window[3].opened_unix_ms < window[1].closed_unix_ms.expect("every round closed"));
+    }
+    let mut trained_ahead = 0;
+    for output in network.join_workers() {
+        assert!(output.status.success());
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            (summary["reveals_accepted"].as_u64(), summary["audits_failed"].as_u64()),
+            (Some(5), Some(0))
+        );
+        trained_ahead += summary["rounds_trained_ahead"].as_u64().unwrap();
+    }
+    assert!(trained_ahead > 0, "workers trained rounds opened ahead while the one before was open");
+    assert!(status.workers.iter().all(|worker| worker.submissions_accepted == 5 && worker.slashed == 0));
+}
+
+#[test]
 fn a_cheater_is_still_caught_under_a_delayed_outer_update() {
     // Goal: audits catch a cheater whose round overlaps the next one's
     // training, and an honest worker is never slashed. Method: two honest

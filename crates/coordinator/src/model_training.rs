@@ -4,7 +4,7 @@
 //! judged by bit-exact replays. `crowdtrain_node::coordinator::Node` drives
 //! a [`Driver`](crate::Driver) of it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crowdtrain_defense::{Aggregator, AggregatorState};
@@ -66,10 +66,11 @@ pub struct ModelTraining {
     pub global_hash: String,
     /// The digest of `global.params`' checkpoint.
     pub global_model: Digest,
-    /// Under a delayed outer update, the parameters before the latest outer
-    /// step and their digest: the base of the rounds still audited (see
+    /// Under a delayed outer update (`[outer] delay` d), the parameters
+    /// before each of the latest d outer steps and their digests, oldest
+    /// first: the bases of the rounds still audited (see
     /// [`ModelTraining::base_params`]).
-    previous_global: Option<(Digest, Vec<f32>)>,
+    previous_globals: VecDeque<(Digest, Vec<f32>)>,
     /// Shards by slot count, for audit replays.
     pub shards: HashMap<u32, Arc<Shards>>,
 }
@@ -133,7 +134,7 @@ impl Training for ModelTraining {
             global_hash: global.hash().to_hex(),
             global,
             global_model,
-            previous_global: None,
+            previous_globals: VecDeque::new(),
             shards: HashMap::new(),
         };
         Ok(Opened { training, aggregator })
@@ -217,8 +218,12 @@ impl Training for ModelTraining {
     fn advance(&mut self, next: OuterState, model: Digest) {
         self.global_hash = next.hash().to_hex();
         let before = std::mem::replace(&mut self.global, next);
-        if self.run.config.outer.delay > 0 {
-            self.previous_global = Some((self.global_model, before.params));
+        let delay = self.run.config.outer.delay as usize;
+        if delay > 0 {
+            if self.previous_globals.len() == delay {
+                self.previous_globals.pop_front();
+            }
+            self.previous_globals.push_back((self.global_model, before.params));
         }
         self.global_model = model;
     }
@@ -323,13 +328,13 @@ impl ModelTraining {
     }
 
     /// The parameters of model `base`, a round's base: the newest model, or
-    /// under a delayed outer update the one before it (kept in memory, else
-    /// read from its checkpoint, as after a restart).
+    /// under a delayed outer update one of the `delay` before it (kept in
+    /// memory, else read from its checkpoint, as after a restart).
     pub fn base_params(&self, base: &Digest) -> Result<Vec<f32>, CoordinatorError> {
         if *base == self.global_model {
             return Ok(self.global.params.clone());
         }
-        if let Some((_, params)) = self.previous_global.as_ref().filter(|(digest, _)| digest == base) {
+        if let Some((_, params)) = self.previous_globals.iter().find(|(digest, _)| digest == base) {
             return Ok(params.clone());
         }
         let bytes = self.run.checkpoints.get(base)?;

@@ -100,7 +100,7 @@
 //! Either way the run's models and records are the ones waiting would have
 //! given; a provisional round is never persisted, so a restart bets again.
 //!
-//! # Delayed outer updates: two live rounds
+//! # Delayed outer updates: d + 1 live rounds
 //!
 //! Under `[outer] delay = 1` ([`Settings::outer_delay`]) round r + 1 trains
 //! from the model before round r's outer step, which is final once round
@@ -121,7 +121,18 @@
 //! round r. Participants of round r that miss it sit out round r + 2 (round
 //! r + 1 was open already), and a promoted round waits only for the
 //! participants still proven.
-//! Both rounds are rebuilt from their events on a restart.
+//!
+//! `delay = d` generalises this (d = 2 for links slower than a round's
+//! training): round r + d trains from the model before round r + d - 1's
+//! outer step, that is round r - 1's result, so the d rounds after the open
+//! one are open ahead of it ([`Coordinator::ahead_rounds`]; the view's
+//! `ahead` chain shows them in order), all taking commitments, and a
+//! worker waits only if round r - 1 has not closed within d rounds of its
+//! compute after it committed. When the open round ends the oldest round
+//! ahead is promoted and one more opens on the new model; the first d + 1
+//! rounds all train from the initial model. A worker that misses round r
+//! sits out round r + d + 1, the first round opened after it missed.
+//! Every live round is rebuilt from its events on a restart.
 //!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
 //! later ones when `quorum` are; participants are the active workers sorted
@@ -232,9 +243,9 @@ pub struct Settings {
     /// (`contract.max_extra_rounds`, default `rounds`; 0 without a contract).
     pub contract_extra_rounds: u64,
     /// Outer steps a round's base lags behind the newest model (`[outer]
-    /// delay`, 0 or 1: `config::MAX_NETWORK_OUTER_DELAY`). Under 1 the next
-    /// round opens as soon as the open round opens (see "Delayed outer
-    /// updates" in the module docs).
+    /// delay` d, 0 to `config::MAX_NETWORK_OUTER_DELAY`). Under d >= 1 the
+    /// next d rounds open as soon as the open round opens (see "Delayed
+    /// outer updates" in the module docs).
     pub outer_delay: u32,
 }
 
@@ -689,10 +700,11 @@ pub struct Coordinator {
     /// Admission tokens used, and by whom: a token admits one key.
     tokens: BTreeMap<TokenId, WorkerId>,
     open: Option<OpenRound>,
-    /// Under a delayed outer update, the round opened when the open round's
-    /// commit phase ended: it takes commitments while the open round
-    /// reveals and closes, and becomes the open round then.
-    ahead: Option<OpenRound>,
+    /// Under a delayed outer update (`outer_delay` d), the rounds opened
+    /// ahead of the open round, oldest first, at most d of them: they take
+    /// commitments while the open round reveals and closes, and the oldest
+    /// becomes the open round then.
+    ahead: VecDeque<OpenRound>,
     /// The open round, once it is over and waiting for its aggregate,
     /// with the workers whose updates it aggregates.
     closing: Option<(RoundId, Vec<WorkerId>)>,
@@ -733,7 +745,7 @@ impl Coordinator {
             keys: BTreeMap::new(),
             tokens: BTreeMap::new(),
             open: None,
-            ahead: None,
+            ahead: VecDeque::new(),
             closing: None,
             past: BTreeMap::new(),
             speculation: None,
@@ -879,10 +891,16 @@ impl Coordinator {
                     early_close_ms: None,
                     proven,
                 };
-                match (&self.open, &self.ahead) {
-                    (None, _) => self.open = Some(opened),
-                    (Some(_), None) => self.ahead = Some(opened),
-                    (Some(_), Some(_)) => panic!("round {round} opens while two rounds are live"),
+                if self.open.is_none() {
+                    self.open = Some(opened);
+                } else {
+                    assert!(
+                        self.ahead.len() < self.settings.outer_delay as usize,
+                        "round {round} opens while {} rounds are live under an outer delay of {}",
+                        self.ahead.len() + 1,
+                        self.settings.outer_delay
+                    );
+                    self.ahead.push_back(opened);
                 }
             }
             Event::DeadlineExtended { round, commit_deadline_unix_ms, extensions } => {
@@ -991,15 +1009,15 @@ impl Coordinator {
         }
     }
 
-    /// The live round `round` (the open round, or the one opened ahead of
-    /// it): events only ever name one.
+    /// The live round `round` (the open round, or one opened ahead of it):
+    /// events only ever name one.
     fn open_mut(&mut self, round: RoundId) -> &mut OpenRound {
         find_live(&mut self.open, &mut self.ahead, round).expect("events of a live round name it")
     }
 
     /// The live round `round`, if it is one.
     fn live_round(&self, round: RoundId) -> Option<&OpenRound> {
-        [&self.open, &self.ahead].into_iter().flatten().find(|live| live.id == round)
+        self.open.iter().chain(&self.ahead).find(|live| live.id == round)
     }
 
     fn standing_mut(&mut self, round: RoundId, worker: WorkerId) -> &mut Standing {
@@ -1026,10 +1044,11 @@ impl Coordinator {
         }
         self.remember(round, past_round(&open));
         self.closing = None;
-        // The round opened ahead of it, if any, is the open round now. It
-        // opened a round ago: it waits only for the participants still
-        // proven (one that just missed a round gets the unproven's grace).
-        self.open = self.ahead.take();
+        // The oldest round opened ahead of it, if any, is the open round
+        // now. It opened a round ago or more: it waits only for the
+        // participants still proven (one that just missed a round gets the
+        // unproven's grace).
+        self.open = self.ahead.pop_front();
         if let Some(promoted) = self.open.as_mut() {
             let workers = &self.workers;
             promoted.proven.retain(|worker| workers.get(worker).is_some_and(|state| state.proven));
@@ -1196,7 +1215,7 @@ impl Coordinator {
     }
 
     /// The assignment of `worker` in live round `round` (the open round or,
-    /// under a delayed outer update, the one opened ahead of it), if it has
+    /// under a delayed outer update, one opened ahead of it), if it has
     /// one.
     pub fn assignment_in(&self, round: RoundId, worker: WorkerId) -> Option<Assignment> {
         assignment(&self.settings, self.run_id, self.live_round(round)?, worker)
@@ -1257,7 +1276,7 @@ impl Coordinator {
             audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
             audit_task: worker.and_then(|worker| self.audit_task(worker)),
             provisional: false,
-            ahead: self.ahead_view(worker),
+            ahead: self.ahead_view(worker, 0),
         }
     }
 
@@ -2402,49 +2421,60 @@ impl Coordinator {
         self.maybe_open();
     }
 
-    /// Under a delayed outer update (`outer_delay` 1), opens the next round
-    /// as soon as its base exists, on the newest model: round r + 1 trains
-    /// from the model before round r's outer step, final since round r - 1
-    /// closed, that is from the moment round r is the open round. So a
-    /// worker goes from committing round r straight to training round
-    /// r + 1, whatever the slowest worker and round r's reveals, audits
-    /// and aggregation are doing, and two rounds take commitments at once.
-    /// A failed audit in round r changes nothing about it. Participants
-    /// of the open round that should sit it out (they delivered nothing
-    /// for the round before, which ended after it opened) are left out:
-    /// they sit this one out instead. The run's last round is not opened
-    /// ahead (a run that needs more, after a failed round or under a
-    /// contract, opens them when the open round ends).
+    /// Under a delayed outer update (`outer_delay` d), opens rounds ahead
+    /// of the open round until d are, each as soon as its base exists, on
+    /// the newest model: round r + d trains from the model before round
+    /// r + d - 1's outer step, that is after round r - 1's, final from the
+    /// moment round r is the open round. So a worker goes from committing
+    /// one round straight to training the next, whatever the slowest
+    /// worker and the open round's reveals, audits and aggregation are
+    /// doing, and d + 1 rounds take commitments at once. A failed audit in
+    /// the open round changes nothing about them. Participants of the open
+    /// round that should sit out (they delivered nothing for the round
+    /// before, which ended after the rounds ahead opened) are left out of
+    /// the round opened now: they sit this one out instead. No round past
+    /// the run's last is opened ahead (a run that needs more, after a
+    /// failed round or under a contract, opens them as the open round
+    /// ends).
     fn open_ahead(&mut self) {
-        if self.settings.outer_delay == 0 || self.finished || self.ahead.is_some() {
+        if self.settings.outer_delay == 0 || self.finished {
             return;
         }
-        let Some(open) = self.open.as_ref() else { return };
-        if self.completed_rounds + 1 >= self.settings.rounds {
-            return;
-        }
-        let sitting_out: BTreeSet<WorkerId> = open
-            .participants
-            .iter()
-            .copied()
-            .filter(|worker| self.workers.get(worker).is_some_and(|state| state.sits_out_until > open.id))
-            .collect();
-        if let Some(next) = self.round_to_open(self.model, &sitting_out) {
+        while self.ahead.len() < self.settings.outer_delay as usize {
+            let Some(open) = self.open.as_ref() else { return };
+            let live = 1 + self.ahead.len() as u64;
+            if self.completed_rounds + live >= self.settings.rounds {
+                return;
+            }
+            let sitting_out: BTreeSet<WorkerId> = open
+                .participants
+                .iter()
+                .copied()
+                .filter(|worker| self.workers.get(worker).is_some_and(|state| state.sits_out_until > open.id))
+                .collect();
+            let Some(next) = self.round_to_open(self.model, &sitting_out) else { return };
             self.record_opening(&next);
-            debug_assert_eq!(self.ahead.as_ref(), Some(&next), "the event opens the round as planned");
+            debug_assert_eq!(self.ahead.back(), Some(&next), "the event opens the round as planned");
         }
     }
 
-    /// The round opened ahead of the open one under a delayed outer update,
-    /// if any.
+    /// The oldest round opened ahead of the open one under a delayed outer
+    /// update (the next to be the open round), if any.
     pub fn ahead_round(&self) -> Option<&OpenRound> {
-        self.ahead.as_ref()
+        self.ahead.front()
     }
 
-    /// The round opened ahead as `worker` sees it: what to train while the
-    /// open round reveals (see [`RoundView::ahead`]).
-    fn ahead_view(&self, worker: Option<WorkerId>) -> Option<Box<RoundView>> {
-        let ahead = self.ahead.as_ref()?;
+    /// Every round opened ahead of the open one under a delayed outer
+    /// update, oldest first (at most `outer_delay` of them).
+    pub fn ahead_rounds(&self) -> impl Iterator<Item = &OpenRound> {
+        self.ahead.iter()
+    }
+
+    /// The round opened ahead `index` rounds after the oldest, as `worker`
+    /// sees it: what to train while the rounds before it reveal (see
+    /// [`RoundView::ahead`]); its own `ahead` shows the round after it.
+    fn ahead_view(&self, worker: Option<WorkerId>, index: usize) -> Option<Box<RoundView>> {
+        let ahead = self.ahead.get(index)?;
         let standing = worker.and_then(|worker| ahead.standings.get(&worker));
         Some(Box::new(RoundView {
             run_id: self.run_id,
@@ -2463,7 +2493,7 @@ impl Coordinator {
             audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
             audit_task: None,
             provisional: false,
-            ahead: None,
+            ahead: self.ahead_view(worker, index + 1),
         }))
     }
 
@@ -2599,15 +2629,15 @@ impl Coordinator {
     }
 }
 
-/// The live round `round` among the open round and the one opened ahead of
+/// The live round `round` among the open round and those opened ahead of
 /// it (a function of the two fields, so that the rest of the machine stays
 /// borrowable).
 fn find_live<'a>(
     open: &'a mut Option<OpenRound>,
-    ahead: &'a mut Option<OpenRound>,
+    ahead: &'a mut VecDeque<OpenRound>,
     round: RoundId,
 ) -> Option<&'a mut OpenRound> {
-    [open, ahead].into_iter().find_map(|live| live.as_mut().filter(|live| live.id == round))
+    open.iter_mut().chain(ahead.iter_mut()).find(|live| live.id == round)
 }
 
 /// A signed read's or registration's nonce must be within

@@ -354,10 +354,11 @@ pub struct RoundView {
     /// on the model without that update.
     #[serde(default)]
     pub provisional: bool,
-    /// Under a delayed outer update (`[outer] delay = 1`), the round opened
-    /// when this one's commit phase ended, as this worker sees it: train it
-    /// while revealing (and answering the audit of) this one. Its base is
-    /// final: no verdict of this round withdraws it.
+    /// Under a delayed outer update (`[outer] delay` d >= 1), the round
+    /// opened ahead after this one, as this worker sees it: train it while
+    /// revealing (and answering the audit of) this one. Its base is final:
+    /// no verdict of this round withdraws it. Under d = 2 its own `ahead` is
+    /// the round after it (the chain is at most d long).
     #[serde(default)]
     pub ahead: Option<Box<RoundView>>,
 }

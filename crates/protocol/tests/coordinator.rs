@@ -762,11 +762,10 @@ fn restored_machines_behave_like_the_live_one(settings: &Settings, steps: &[Step
             without_early_end(live.open_round()),
             "after {crash_after} steps"
         );
-        assert_eq!(
-            without_early_end(restored.ahead_round()),
-            without_early_end(live.ahead_round()),
-            "after {crash_after} steps"
-        );
+        let ahead = |machine: &Coordinator| -> Vec<Option<OpenRound>> {
+            machine.ahead_rounds().map(|round| without_early_end(Some(round))).collect()
+        };
+        assert_eq!(ahead(&restored), ahead(&live), "after {crash_after} steps");
         for &worker in &workers {
             assert_eq!(restored.view(Some(worker)), live.view(Some(worker)));
         }
@@ -1199,6 +1198,197 @@ fn under_a_delayed_outer_update_a_worker_that_misses_a_round_sits_out_the_round_
     assert_eq!((ahead.id, &ahead.participants), (2, &workers[..2].to_vec()));
 }
 
+/// Settings of a run whose outer update is delayed by two rounds.
+fn delayed_twice() -> Settings {
+    Settings { outer_delay: 2, rounds: 5, ..settings() }
+}
+
+/// The live rounds: the open one and those opened ahead, with their bases.
+fn live_rounds(machine: &Coordinator) -> Vec<(u64, Digest)> {
+    machine
+        .open_round()
+        .into_iter()
+        .chain(machine.ahead_rounds())
+        .map(|live| (live.id, live.base_model))
+        .collect()
+}
+
+/// Reveals round `round` for every worker of `workers` and aggregates it
+/// into model `round + 1`; returns the actions after the aggregate.
+fn reveal_and_close(machine: &mut Coordinator, now: u64, workers: &[WorkerId], round: u64) -> Vec<Action> {
+    for &worker in workers {
+        let base = machine.open_round().expect("the round revealing is open").base_model;
+        let revealed = machine.reveal(now, worker, now * 1000 + 1, round, base, payload(worker, round), None);
+        assert_eq!(revealed, Ok(Outcome::Recorded(Recorded::Accepted)), "round {round}");
+    }
+    let closing = drain(machine);
+    assert!(matches!(closing.last(), Some(Action::Close { round: id, .. }) if *id == round), "{closing:?}");
+    machine.handle_aggregated(now, round, Aggregated::all(result(round + 1)));
+    drain(machine)
+}
+
+#[test]
+fn under_a_two_round_delay_three_rounds_take_commitments_and_each_opens_on_the_model_two_steps_back() {
+    let (mut machine, workers) = running(3, delayed_twice());
+    // Rounds 1 and 2 train from the model round 0 trains from (no round
+    // has closed yet): they open with round 0.
+    assert_eq!(live_rounds(&machine), [(0, model(0)), (1, model(0)), (2, model(0))]);
+    assert!(machine.ahead_rounds().all(|ahead| ahead.participants == workers));
+    assert_eq!(machine.ahead_round().map(|ahead| ahead.id), Some(1), "the next to be the open round");
+    // A worker sees round 0 to commit, then the chain of rounds ahead.
+    let view = machine.view(Some(workers[1]));
+    let chain: Vec<(Option<u64>, Phase, Option<u64>)> =
+        std::iter::successors(Some(&view), |view| view.ahead.as_deref())
+            .map(|view| (view.round, view.phase, view.assignment.as_ref().map(|assignment| assignment.round)))
+            .collect();
+    assert_eq!(
+        chain,
+        [
+            (Some(0), Phase::Committing, Some(0)),
+            (Some(1), Phase::Committing, Some(1)),
+            (Some(2), Phase::Committing, Some(2))
+        ]
+    );
+
+    // All three take commitments, in any order: round 2 first.
+    commit_all(&mut machine, T0 + 1, &workers, 2, model(0));
+    commit_all(&mut machine, T0 + 2, &workers, 1, model(0));
+    let view = machine.view(Some(workers[0]));
+    let ahead = view.ahead.expect("round 1 is shown");
+    assert!(ahead.committed && ahead.ahead.expect("round 2 is shown").committed);
+    assert_eq!(commit_on(&mut machine, T0 + 2, workers[0], 2, model(1)), Err(ErrorCode::StaleModel));
+    // The last commitment to round 0 ends its commit phase: nothing opens
+    // (round 3 trains from round 0's result).
+    let actions = commit_all(&mut machine, T0 + 3, &workers, 0, model(0));
+    assert!(opened(&actions).is_empty(), "{actions:?}");
+    assert_eq!(machine.phase(), Phase::Revealing);
+
+    // Each close promotes the oldest round ahead (round 1: fully committed,
+    // it reveals at once) and opens one on the newest model; the run's
+    // last round (4) opens when round 1 closes, and nothing after it.
+    let actions = reveal_and_close(&mut machine, T0 + 4, &workers, 0);
+    assert_eq!(opened(&actions), [(3, model(1))]);
+    assert_eq!(live_rounds(&machine), [(1, model(0)), (2, model(0)), (3, model(1))]);
+    assert_eq!(machine.phase(), Phase::Revealing, "round 1 was committed to already");
+    commit_all(&mut machine, T0 + 5, &workers, 3, model(1));
+    let actions = reveal_and_close(&mut machine, T0 + 6, &workers, 1);
+    assert_eq!(opened(&actions), [(4, model(2))]);
+    assert_eq!(live_rounds(&machine), [(2, model(0)), (3, model(1)), (4, model(2))]);
+    commit_all(&mut machine, T0 + 7, &workers, 4, model(2));
+    let actions = reveal_and_close(&mut machine, T0 + 8, &workers, 2);
+    assert!(opened(&actions).is_empty(), "{actions:?}");
+    assert_eq!(live_rounds(&machine), [(3, model(1)), (4, model(2))]);
+    reveal_and_close(&mut machine, T0 + 9, &workers, 3);
+    let actions = reveal_and_close(&mut machine, T0 + 10, &workers, 4);
+    assert!(matches!(actions.last(), Some(Action::Record(Event::RunFinished { .. }))), "{actions:?}");
+    assert_eq!(machine.completed_rounds(), 5);
+}
+
+#[test]
+fn under_a_two_round_delay_a_worker_that_misses_a_round_sits_out_the_first_round_opened_after() {
+    let (mut machine, workers) = running(3, delayed_twice());
+    // Worker 2 delivers nothing for round 0; it is in rounds 1 and 2
+    // already (opened with round 0), so it sits out round 3, which opens
+    // when round 0 closes, and is back in round 4.
+    commit_all(&mut machine, T0 + 1, &workers[..2], 0, model(0));
+    machine.handle_timeout(T0 + 10_000);
+    reveal_and_close(&mut machine, T0 + 10_001, &workers[..2], 0);
+    let participants: Vec<(u64, Vec<WorkerId>)> = machine
+        .open_round()
+        .into_iter()
+        .chain(machine.ahead_rounds())
+        .map(|live| (live.id, live.participants.clone()))
+        .collect();
+    assert_eq!(participants, [(1, workers.clone()), (2, workers.clone()), (3, workers[..2].to_vec())]);
+    commit_all(&mut machine, T0 + 10_002, &workers, 1, model(0));
+    reveal_and_close(&mut machine, T0 + 10_003, &workers, 1);
+    let newest = machine.ahead_rounds().last().expect("round 4 opened ahead");
+    assert_eq!((newest.id, &newest.participants), (4, &workers));
+}
+
+#[test]
+fn under_a_two_round_delay_a_restored_machine_rebuilds_all_three_live_rounds() {
+    let settings = Settings { min_workers: 3, audit_probability: 0.6, ..delayed_twice() };
+    let judge = |m: &mut Coordinator, now: u64, round: u64, worker: WorkerId, verdict: Verdict| {
+        if m.pending_audit(worker, round).is_some() || m.answered_audit(round, worker).is_some() {
+            m.audit_result(now, round, worker, verdict, None, Some((worker, now * 1000 + 5))).unwrap();
+        }
+    };
+    // Rounds 1 and 2 opened with round 0: workers commit them before and
+    // between round 0's commitments, three rounds taking commitments.
+    let mut steps: Vec<Step> = vec![
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 5, w[2], 2, model(0));
+        }),
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 6, w[2], 1, model(0));
+        }),
+    ];
+    steps.extend(round_0_commitments());
+    steps.extend::<Vec<Step>>(vec![
+        Box::new(|m, w| {
+            for &worker in &w[..2] {
+                let _ = commit_on(m, T0 + 13, worker, 1, model(0));
+            }
+        }),
+        Box::new(|m, w| {
+            let _ = reveal(m, T0 + 20, w[0], 0);
+        }),
+        Box::new(move |m, w| judge(m, T0 + 21, 0, w[0], Verdict::Passed)),
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 21, w[1], 2, model(0));
+        }),
+        Box::new(|m, w| {
+            let _ = reveal(m, T0 + 22, w[1], 0);
+            let _ = reveal(m, T0 + 23, w[2], 0);
+        }),
+        Box::new(move |m, w| judge(m, T0 + 24, 0, w[1], Verdict::Failed("diverged".into()))),
+        Box::new(move |m, w| judge(m, T0 + 24, 0, w[2], Verdict::Passed)),
+        // Round 0 closes: round 1, fully committed, is the open round and
+        // reveals at once; round 3 opens ahead on round 0's model.
+        Box::new(|m, _| m.handle_aggregated(T0 + 25, 0, Aggregated::all(result(1)))),
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 26, w[0], 3, model(1));
+        }),
+        // Round 1 is revealed and judged, and fails: the driver's checks
+        // refuse two of its updates. Round 2 is the open round and round 4
+        // opens ahead, on the same model as round 3.
+        Box::new(|m, w| {
+            for (index, &worker) in w.iter().enumerate() {
+                let _ = reveal(m, T0 + 27 + index as u64, worker, 1);
+            }
+        }),
+        Box::new(move |m, w| {
+            for &worker in w {
+                judge(m, T0 + 30, 1, worker, Verdict::Passed);
+            }
+        }),
+        Box::new(|m, w| {
+            let refused = vec![(w[0], "not finite".to_owned()), (w[1], "not finite".to_owned())];
+            m.handle_aggregated(T0 + 31, 1, Aggregated { refused, ..Aggregated::all(result(2)) });
+        }),
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 5_030, w[1], 4, model(1));
+        }),
+        Box::new(|m, w| {
+            let _ = commit_on(m, T0 + 5_031, w[0], 2, model(0));
+        }),
+        // Round 2's deadline: its quorum is in, it reveals.
+        Box::new(|m, _| m.handle_timeout(T0 + 25 + 10_000)),
+    ]);
+    restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
+    // And the steps do reach three live rounds, then a failed round.
+    let (mut machine, _, workers) = durable_running(3, &settings);
+    for step in &steps[..13] {
+        step(&mut machine, &workers);
+    }
+    assert_eq!(live_rounds(&machine), [(1, model(0)), (2, model(0)), (3, model(1))]);
+    for step in &steps[13..17] {
+        step(&mut machine, &workers);
+    }
+    assert_eq!(live_rounds(&machine), [(2, model(0)), (3, model(1)), (4, model(1))]);
+}
+
 #[test]
 fn a_coordinator_down_past_the_reveal_deadline_gives_a_whole_reveal_window_again() {
     // Goal: an outage does not turn into an honest worker's unanswered
@@ -1288,6 +1478,22 @@ fn random_event_sequences_keep_the_invariants_under_a_delayed_outer_update() {
     );
 }
 
+/// The swarm test under two-round-delayed outer updates: up to three
+/// rounds are live, all taking commitments, and every invariant above
+/// holds.
+#[test]
+fn random_event_sequences_keep_the_invariants_under_a_two_round_delay() {
+    let counts = swarm(2);
+    assert!(
+        counts.three_live > 500
+            && counts.two_committing > 500
+            && counts.ahead_commitments > 100
+            && counts.crashes > 1000
+            && counts.contested > 0,
+        "{counts:?}"
+    );
+}
+
 /// What a swarm run went through, over all seeds.
 #[derive(Debug, Default)]
 struct Swarm {
@@ -1300,6 +1506,8 @@ struct Swarm {
     contested: u32,
     /// Steps after which two rounds were live (delayed outer updates).
     two_live: u32,
+    /// Steps after which three rounds were live (a two-round delay).
+    three_live: u32,
     /// Commitments accepted for the round opened ahead.
     ahead_commitments: u32,
     /// Steps after which both live rounds took commitments.
@@ -1315,6 +1523,7 @@ fn swarm(outer_delay: u32) -> Swarm {
         crashes,
         contested,
         two_live,
+        three_live,
         ahead_commitments,
         two_committing,
     } = &mut counts;
@@ -1336,7 +1545,10 @@ fn swarm(outer_delay: u32) -> Swarm {
             now += uniform_below(&mut rng, 2500);
             let worker = WorkerId(uniform_below(&mut rng, 5));
             let known = (machine.worker_count() as u64) > worker.0;
-            let round = machine.open_round().map_or(0, |open| open.id) + uniform_below(&mut rng, 2);
+            // Up to the newest round opened ahead (the same draws as ever
+            // without a delay or with one round's).
+            let reach = u64::from(outer_delay.max(1)) + 1;
+            let round = machine.open_round().map_or(0, |open| open.id) + uniform_below(&mut rng, reach);
             let round = round.saturating_sub(uniform_below(&mut rng, 2));
             if uniform_below(&mut rng, 25) == 0 {
                 // A crash: what was not durable is gone, and the restored
@@ -1347,8 +1559,8 @@ fn swarm(outer_delay: u32) -> Swarm {
                 provisional = None;
                 *crashes += 1;
             }
-            let ahead = machine.ahead_round().map(|ahead| (ahead.id, ahead.base_model));
-            let base = ahead.filter(|&(id, _)| id == round).map_or_else(|| base(&machine), |(_, base)| base);
+            let ahead = machine.ahead_rounds().find(|ahead| ahead.id == round).map(|ahead| ahead.base_model);
+            let base = ahead.unwrap_or_else(|| base(&machine));
             let nonce = now * 1000 + step;
             match uniform_below(&mut rng, 8) {
                 0 => drop(machine.register(now, key(uniform_below(&mut rng, 5) as u8), "avx2-fma")),
@@ -1363,9 +1575,7 @@ fn swarm(outer_delay: u32) -> Swarm {
                         commitment(WorkerId((worker.0 + 1) % 5), round)
                     };
                     let outcome = machine.commit(now, worker, nonce, round, base, None, value);
-                    if outcome == Ok(Outcome::Recorded(Recorded::Accepted))
-                        && ahead.is_some_and(|(id, _)| id == round)
-                    {
+                    if outcome == Ok(Outcome::Recorded(Recorded::Accepted)) && ahead.is_some() {
                         *ahead_commitments += 1;
                     }
                 }
@@ -1509,12 +1719,25 @@ fn swarm(outer_delay: u32) -> Swarm {
             }
             durable.record(done);
             assert!(machine.completed_rounds() <= 5);
-            if let Some(ahead) = machine.ahead_round() {
+            let ahead: Vec<&OpenRound> = machine.ahead_rounds().collect();
+            assert!(ahead.len() <= outer_delay as usize, "seed {seed}: at most `delay` rounds ahead");
+            if let Some(newest) = ahead.last() {
                 let open = machine.open_round().expect("a round opens ahead of the open one");
-                assert_eq!(ahead.id, open.id + 1, "seed {seed}");
-                assert!(matches!(ahead.phase, RoundPhase::Committing { .. }), "seed {seed}");
-                assert_eq!(ahead.base_model, latest_model, "seed {seed}: opened ahead on the newest model");
+                for (index, ahead) in ahead.iter().enumerate() {
+                    assert_eq!(ahead.id, open.id + 1 + index as u64, "seed {seed}");
+                    assert!(matches!(ahead.phase, RoundPhase::Committing { .. }), "seed {seed}");
+                }
+                // Each opened on the newest model of its time (checked as
+                // it opens, above): under one round's delay that is still
+                // the newest, since only the open round's close makes one.
+                if outer_delay == 1 {
+                    assert_eq!(
+                        newest.base_model, latest_model,
+                        "seed {seed}: opened ahead on the newest model"
+                    );
+                }
                 *two_live += 1;
+                *three_live += u32::from(ahead.len() == 2);
                 *two_committing += u32::from(matches!(open.phase, RoundPhase::Committing { .. }));
             }
         }

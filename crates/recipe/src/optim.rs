@@ -89,7 +89,8 @@ pub struct Nesterov {
 /// The most rounds an outer update may be delayed by (`[outer] delay`,
 /// `sim diloco --outer-delay`). The simulation runs any delay up to this;
 /// a networked run takes at most `crowdtrain_protocol`'s
-/// `MAX_NETWORK_OUTER_DELAY` (its coordinator keeps two live rounds).
+/// `MAX_NETWORK_OUTER_DELAY` (its coordinator keeps `delay + 1` live
+/// rounds).
 pub const MAX_OUTER_DELAY: u32 = 2;
 
 fn is_zero(value: &u32) -> bool {

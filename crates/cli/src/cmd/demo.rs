@@ -82,12 +82,13 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = Nesterov::default().momentum)]
     outer_momentum: f32,
 
-    /// One-step-delayed outer updates (run.toml's `[outer] delay`): 1 opens
-    /// round r + 1, on the model before round r's outer step, when round
-    /// r's commit phase ends, so workers train while round r is revealed,
-    /// audited and aggregated. It costs accuracy at DiLoCo's outer step:
-    /// pair it with a gentler one (docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
+    /// Delayed outer updates (run.toml's `[outer] delay`): 1 opens round
+    /// r + 1, on the model before round r's outer step, as soon as round r
+    /// is the open round, so workers train while round r is revealed,
+    /// audited and aggregated; 2 opens round r + 2 too (three live rounds,
+    /// for links slower than a round's training). It costs accuracy at
+    /// DiLoCo's outer step: pair it with a gentler one (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2))]
     outer_delay: u32,
 
     /// Chance that a submission is audited (a replay of one of its 4

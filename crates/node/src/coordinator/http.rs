@@ -434,7 +434,7 @@ struct RoundQuery {
     wait_ms: Option<u64>,
     /// Wait instead until round `revealing` (committed to by the worker)
     /// asks for its reveal or audit answer, or is over: what a reveal sent
-    /// beside the next round's training waits for (`[outer] delay = 1`).
+    /// beside the next round's training waits for (`[outer] delay` >= 1).
     revealing: Option<u64>,
     /// Wait instead until the newest model is another than this one (hex):
     /// the next round's base, fetched while this round trains.

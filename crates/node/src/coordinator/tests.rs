@@ -851,6 +851,63 @@ fn under_a_delayed_outer_update_two_rounds_are_live_and_the_run_ends_on_the_dela
 }
 
 #[test]
+fn under_a_two_round_delay_three_rounds_are_live_through_a_crash_and_the_run_ends_on_the_delayed_simulation()
+{
+    // Rounds 0, 1 and 2 train from the initial model, round 3 from round
+    // 0's; the coordinator crashes after round 0 closes, with three rounds
+    // live and two of them committed to.
+    let rounds = 4;
+    let delayed = "[outer]\ndelay = 2\n";
+    let mut harness = Harness::new(config_with(rounds, 12, 0.5, "", "min_workers = 2", delayed), 2);
+    let workers = harness.workers.clone();
+    let mut live: std::collections::VecDeque<Vec<Submitted>> = Default::default();
+    live.push_back(workers.iter().map(|&worker| harness.commit(worker)).collect());
+    for round in 0..rounds {
+        // Every round opened ahead of round r is trained and committed to
+        // before round r closes, from the view's chain of rounds ahead.
+        let ahead: Vec<RoundId> =
+            harness.node().lock().driver.machine.ahead_rounds().map(|ahead| ahead.id).collect();
+        let expected: Vec<RoundId> = (round + 1..rounds.min(round + 3)).collect();
+        assert_eq!(ahead, expected, "round {round}: the rounds live ahead of it");
+        let committed_through = round + live.len() as u64 - 1;
+        for next in committed_through + 1..round + 1 + ahead.len() as u64 {
+            let mut submitted = Vec::new();
+            for &worker in &workers {
+                let mut view = harness.node().view(Some(worker)).body;
+                assert_eq!(view.round, Some(round));
+                while view.round != Some(next) {
+                    view = *view.ahead.unwrap_or_else(|| panic!("round {next} is shown ahead"));
+                }
+                let trained = harness.train_view(&view, Behavior::Honest);
+                submitted.push(harness.commit_trained(trained).unwrap());
+            }
+            live.push_back(submitted);
+        }
+        assert_eq!(harness.completed_rounds(), round, "committed to the rounds ahead before round r closed");
+        answer_and_reveal(&mut harness, &live.pop_front().expect("round r was committed to"));
+        harness.closed(round + 1);
+        if round == 0 {
+            harness.crash();
+        }
+    }
+    let status = harness.status();
+    assert_eq!((status.phase, status.completed_rounds), (Phase::Finished, rounds));
+    let delayed_twice = Nesterov { delay: 2, ..Nesterov::default() };
+    assert_eq!(
+        status.state_hash,
+        simulated_state_hash_of(2, rounds, 12, delayed_twice),
+        "the delayed simulation's bits"
+    );
+    let delayed_once = Nesterov { delay: 1, ..Nesterov::default() };
+    assert_ne!(
+        status.state_hash,
+        simulated_state_hash_of(2, rounds, 12, delayed_once),
+        "a second round's delay"
+    );
+    assert!(status.workers.iter().all(|worker| worker.submissions_accepted == rounds && worker.slashed == 0));
+}
+
+#[test]
 fn under_a_compressed_broadcast_each_delta_rebuilds_its_model_and_a_crash_keeps_the_exact_model() {
     let rounds = 3;
     let broadcast = "[outer]\nbroadcast = \"int8\"\n";

@@ -65,7 +65,7 @@ pub struct Client {
     /// Held by a state-changing request (a POST) from signing until its
     /// answer: the coordinator takes such a request only with a nonce above
     /// the last one it accepted from this key, so two in flight at once (a
-    /// reveal sent beside the next round's commitment, `[outer] delay = 1`)
+    /// reveal sent beside the next round's commitment, `[outer] delay` >= 1)
     /// could arrive out of order and the earlier-signed one be refused.
     posting: tokio::sync::Mutex<()>,
     /// Bytes received in response bodies.

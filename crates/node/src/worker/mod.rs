@@ -30,7 +30,9 @@ use crowdtrain_protocol::wire::{
     ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
     WorkerStatus, WorkerView,
 };
-use crowdtrain_protocol::{Digest, PublicKey, RoundId, RoundView, Shard, Signed, WorkerId};
+use crowdtrain_protocol::{
+    Digest, MAX_NETWORK_OUTER_DELAY, PublicKey, RoundId, RoundView, Shard, Signed, WorkerId,
+};
 use crowdtrain_store::delta::{self, ModelDelta};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
@@ -102,7 +104,7 @@ pub struct WorkerSummary {
     pub behavior: String,
     pub rounds_trained: u64,
     /// Rounds it trained while the round before was still revealed,
-    /// audited and aggregated (`[outer] delay = 1`).
+    /// audited and aggregated (`[outer] delay` >= 1).
     pub rounds_trained_ahead: u64,
     /// Commitments accepted in time.
     pub commitments: u64,
@@ -302,7 +304,7 @@ pub async fn run_worker(
     let residual_file = ResidualFile::new(&options.cache, &run.run_id, me, run.parameters as usize);
     let mut residual = if codec.error_feedback() { residual_file.load() } else { Vec::new() };
     let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None };
-    // Under a delayed outer update (`[outer] delay = 1`) a committed round
+    // Under a delayed outer update (`[outer] delay` >= 1) a committed round
     // is settled (audit answer, reveal) in the background while the next
     // round trains, and the next round's base is fetched during training.
     let pipelined = run.config.outer.delay > 0;
@@ -555,8 +557,9 @@ pub async fn run_worker(
                         if !pipelined {
                             return Ok(None);
                         }
-                        let base = &training_from;
-                        let seen = prefetch_next_base(&client, &coordinator, &run, &mut models, base).await?;
+                        let training = (round, &training_from);
+                        let seen =
+                            prefetch_next_base(&client, &coordinator, &run, &mut models, training).await?;
                         if let Some(view) = &seen {
                             let mut say = |event: &WorkerEvent| said.push(event.clone());
                             summaries.on_view(&client, view, &mut say).await?;
@@ -710,28 +713,39 @@ pub async fn run_worker(
     Ok(summary)
 }
 
-/// Under a delayed outer update (`[outer] delay = 1`) the round after the
-/// one training now trains from the model the round before it makes: it is
-/// waited for (long-polled) and fetched while this round trains, so that
-/// the next round starts without a download. Dropped, unfinished, when the
-/// training ends first.
+/// Under a delayed outer update (`[outer] delay` d >= 1) the round after
+/// round `training` (trained now from `training_from`) trains from the
+/// model the round d before it makes: it opens with that model, is waited
+/// for (long-polled) and its base fetched while this round trains, so that
+/// the next round starts without a download. Only that base, the one after
+/// `training_from`: a newer model (d = 2) would not come as a delta from
+/// the one held. Dropped, unfinished, when the training ends first.
 async fn prefetch_next_base(
     client: &Client,
     coordinator: &PublicKey,
     run: &RunInfo,
     models: &mut ModelCache,
-    training_from: &Digest,
+    (training, training_from): (RoundId, &Digest),
 ) -> Result<Option<RoundView>, NodeError> {
+    let path = format!("/v1/round?wait_ms=20000&model_not={}", training_from.to_hex());
     loop {
-        let path = format!("/v1/round?wait_ms=20000&model_not={}", training_from.to_hex());
         let view = own_view(client, coordinator, run.run_id, &path).await?;
         if view.phase == Phase::Finished {
             return Ok(None);
         }
-        if view.model != *training_from {
-            models.get(client, &view.model).await?;
-            return Ok(Some(view));
+        if view.model == *training_from {
+            continue;
         }
+        let next = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
+            .take(1 + MAX_NETWORK_OUTER_DELAY as usize)
+            .filter_map(|view| view.assignment.as_ref())
+            .find(|assignment| assignment.round > training);
+        // No next round for this worker yet (sitting out): the work loop
+        // asks again once this one is trained.
+        if let Some(next) = next.filter(|next| next.base_model != *training_from) {
+            models.get(client, &next.base_model).await?;
+        }
+        return Ok(Some(view));
     }
 }
 
@@ -781,7 +795,7 @@ async fn own_view(
 /// view shows an audit answer due that it will not send (again).
 const SETTLING_POLL: Duration = Duration::from_millis(250);
 
-/// A committed round settled in the background (`[outer] delay = 1`).
+/// A committed round settled in the background (`[outer] delay` >= 1).
 struct InFlight {
     round: RoundId,
     task: tokio::task::JoinHandle<Result<Settled, NodeError>>,
@@ -977,25 +991,24 @@ fn reveal_answered(
     Ok(())
 }
 
-/// The round opened ahead of the open one (`[outer] delay = 1`) once the
-/// open round asks nothing more of this worker (it revealed, or has nothing
-/// in it): it trains that round while the open one is audited and
-/// aggregated, instead of waiting for the next model. Else `view` itself.
-/// Says which it is (true: the round opened ahead).
+/// The first round opened ahead of the open one (`[outer] delay` d >= 1;
+/// the view's `ahead` chain, d long at most) with work for this worker once
+/// the rounds before it ask nothing more of it (it trained them, or has
+/// nothing in them): it trains that round while those are revealed,
+/// audited and aggregated, instead of waiting for the next model. Else
+/// `view` itself. Says which it is (true: a round opened ahead).
 fn round_to_work_on(mut view: RoundView, last_done: Option<RoundId>) -> (RoundView, bool) {
-    let open_done = view.assignment.as_ref().is_none_or(|assignment| Some(assignment.round) <= last_done);
-    match view.ahead.take() {
-        Some(ahead)
-            if open_done
-                && ahead.assignment.as_ref().is_some_and(|assignment| Some(assignment.round) > last_done) =>
-        {
-            (*ahead, true)
-        }
-        ahead => {
-            view.ahead = ahead;
-            (view, false)
-        }
+    let due = |view: &RoundView| {
+        view.assignment.as_ref().is_some_and(|assignment| Some(assignment.round) > last_done)
+    };
+    let depth = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
+        .take(1 + MAX_NETWORK_OUTER_DELAY as usize)
+        .position(due)
+        .unwrap_or(0);
+    for _ in 0..depth {
+        view = *view.ahead.take().expect("the chain is that deep");
     }
+    (view, depth > 0)
 }
 
 /// Sends a commitment until it is taken or refused for good; a commitment
