@@ -939,14 +939,37 @@ fn commit_on(
         .map_err(|refusal| refusal.code)
 }
 
+/// The verdict on `worker`'s audit in `round` at `now`, if it was drawn.
+fn judge(m: &mut Coordinator, now: u64, round: u64, worker: WorkerId, verdict: Verdict) {
+    if m.pending_audit(worker, round).is_some() || m.answered_audit(round, worker).is_some() {
+        m.audit_result(now, round, worker, verdict, None, Some((worker, now * 1000 + 5))).unwrap();
+    }
+}
+
+/// The steps in which round 1 is revealed by all three workers, judged, and
+/// fails: the driver's checks refuse two of its updates.
+fn round_1_revealed_and_refused() -> Vec<Step> {
+    vec![
+        Box::new(|m, w| {
+            for (index, &worker) in w.iter().enumerate() {
+                let _ = reveal(m, T0 + 27 + index as u64, worker, 1);
+            }
+        }),
+        Box::new(|m, w| {
+            for &worker in w {
+                judge(m, T0 + 30, 1, worker, Verdict::Passed);
+            }
+        }),
+        Box::new(|m, w| {
+            let refused = vec![(w[0], "not finite".to_owned()), (w[1], "not finite".to_owned())];
+            m.handle_aggregated(T0 + 31, 1, Aggregated { refused, ..Aggregated::all(result(2)) });
+        }),
+    ]
+}
+
 #[test]
 fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
     let settings = Settings { min_workers: 3, audit_probability: 0.6, ..delayed() };
-    let judge = |m: &mut Coordinator, now: u64, round: u64, worker: WorkerId, verdict: Verdict| {
-        if m.pending_audit(worker, round).is_some() || m.answered_audit(round, worker).is_some() {
-            m.audit_result(now, round, worker, verdict, None, Some((worker, now * 1000 + 5))).unwrap();
-        }
-    };
     // Round 1 opened with round 0 (its base, the first model, exists): a
     // worker commits it before round 0, then round 0's commitments come
     // in, with two rounds taking commitments between every two of them.
@@ -961,7 +984,7 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
         Box::new(|m, w| {
             let _ = reveal(m, T0 + 20, w[0], 0);
         }),
-        Box::new(move |m, w| judge(m, T0 + 21, 0, w[0], Verdict::Passed)),
+        Box::new(|m, w| judge(m, T0 + 21, 0, w[0], Verdict::Passed)),
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 21, w[1], 1, model(0));
         }),
@@ -971,8 +994,8 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
         Box::new(|m, w| {
             let _ = reveal(m, T0 + 23, w[2], 0);
         }),
-        Box::new(move |m, w| judge(m, T0 + 24, 0, w[1], Verdict::Failed("diverged".into()))),
-        Box::new(move |m, w| judge(m, T0 + 24, 0, w[2], Verdict::Passed)),
+        Box::new(|m, w| judge(m, T0 + 24, 0, w[1], Verdict::Failed("diverged".into()))),
+        Box::new(|m, w| judge(m, T0 + 24, 0, w[2], Verdict::Passed)),
         // Round 0 closes (whatever was drawn is judged by now): round 1,
         // fully committed, is the open round and reveals at once, and
         // round 2 opens ahead on round 0's model.
@@ -983,20 +1006,9 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
         // Round 1 is revealed (and judged), and fails while round 2 is
         // ahead: the driver's checks refuse two of its updates. Round 2 is
         // the open round and round 3 opens ahead, on the same model.
-        Box::new(|m, w| {
-            for (index, &worker) in w.iter().enumerate() {
-                let _ = reveal(m, T0 + 27 + index as u64, worker, 1);
-            }
-        }),
-        Box::new(move |m, w| {
-            for &worker in w {
-                judge(m, T0 + 30, 1, worker, Verdict::Passed);
-            }
-        }),
-        Box::new(|m, w| {
-            let refused = vec![(w[0], "not finite".to_owned()), (w[1], "not finite".to_owned())];
-            m.handle_aggregated(T0 + 31, 1, Aggregated { refused, ..Aggregated::all(result(2)) });
-        }),
+    ]);
+    steps.extend(round_1_revealed_and_refused());
+    steps.extend::<Vec<Step>>(vec![
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 5_030, w[1], 3, model(1));
         }),
@@ -1309,11 +1321,6 @@ fn under_a_two_round_delay_a_worker_that_misses_a_round_sits_out_the_first_round
 #[test]
 fn under_a_two_round_delay_a_restored_machine_rebuilds_all_three_live_rounds() {
     let settings = Settings { min_workers: 3, audit_probability: 0.6, ..delayed_twice() };
-    let judge = |m: &mut Coordinator, now: u64, round: u64, worker: WorkerId, verdict: Verdict| {
-        if m.pending_audit(worker, round).is_some() || m.answered_audit(round, worker).is_some() {
-            m.audit_result(now, round, worker, verdict, None, Some((worker, now * 1000 + 5))).unwrap();
-        }
-    };
     // Rounds 1 and 2 opened with round 0: workers commit them before and
     // between round 0's commitments, three rounds taking commitments.
     let mut steps: Vec<Step> = vec![
@@ -1334,7 +1341,7 @@ fn under_a_two_round_delay_a_restored_machine_rebuilds_all_three_live_rounds() {
         Box::new(|m, w| {
             let _ = reveal(m, T0 + 20, w[0], 0);
         }),
-        Box::new(move |m, w| judge(m, T0 + 21, 0, w[0], Verdict::Passed)),
+        Box::new(|m, w| judge(m, T0 + 21, 0, w[0], Verdict::Passed)),
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 21, w[1], 2, model(0));
         }),
@@ -1342,8 +1349,8 @@ fn under_a_two_round_delay_a_restored_machine_rebuilds_all_three_live_rounds() {
             let _ = reveal(m, T0 + 22, w[1], 0);
             let _ = reveal(m, T0 + 23, w[2], 0);
         }),
-        Box::new(move |m, w| judge(m, T0 + 24, 0, w[1], Verdict::Failed("diverged".into()))),
-        Box::new(move |m, w| judge(m, T0 + 24, 0, w[2], Verdict::Passed)),
+        Box::new(|m, w| judge(m, T0 + 24, 0, w[1], Verdict::Failed("diverged".into()))),
+        Box::new(|m, w| judge(m, T0 + 24, 0, w[2], Verdict::Passed)),
         // Round 0 closes: round 1, fully committed, is the open round and
         // reveals at once; round 3 opens ahead on round 0's model.
         Box::new(|m, _| m.handle_aggregated(T0 + 25, 0, Aggregated::all(result(1)))),
@@ -1353,20 +1360,9 @@ fn under_a_two_round_delay_a_restored_machine_rebuilds_all_three_live_rounds() {
         // Round 1 is revealed and judged, and fails: the driver's checks
         // refuse two of its updates. Round 2 is the open round and round 4
         // opens ahead, on the same model as round 3.
-        Box::new(|m, w| {
-            for (index, &worker) in w.iter().enumerate() {
-                let _ = reveal(m, T0 + 27 + index as u64, worker, 1);
-            }
-        }),
-        Box::new(move |m, w| {
-            for &worker in w {
-                judge(m, T0 + 30, 1, worker, Verdict::Passed);
-            }
-        }),
-        Box::new(|m, w| {
-            let refused = vec![(w[0], "not finite".to_owned()), (w[1], "not finite".to_owned())];
-            m.handle_aggregated(T0 + 31, 1, Aggregated { refused, ..Aggregated::all(result(2)) });
-        }),
+    ]);
+    steps.extend(round_1_revealed_and_refused());
+    steps.extend::<Vec<Step>>(vec![
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 5_030, w[1], 4, model(1));
         }),
