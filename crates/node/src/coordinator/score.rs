@@ -13,8 +13,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Weak};
 
 use crowdtrain_defense::quality;
-use crowdtrain_protocol::{RoundId, WorkerId};
 use crowdtrain_protocol::ledger::{Event, Reward};
+use crowdtrain_protocol::{RoundId, WorkerId};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 
 use super::Node;
