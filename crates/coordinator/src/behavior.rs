@@ -296,7 +296,7 @@ impl Work<'_> {
         let assignment = self.assignment;
         let key = RngKey { worker: key_slot, ..assignment.rng_key() };
         let source = self.shards.source(data, assignment, slot)?;
-        Ok(inner_round_on(
+        inner_round_on(
             self.model,
             &assignment.recipe,
             self.params,
@@ -306,7 +306,7 @@ impl Work<'_> {
             &mut || {
                 self.steps_done.fetch_add(1, Ordering::Relaxed);
             },
-        )?)
+        )
     }
 
     /// Honest states with `craft(honest update)` as the update: the

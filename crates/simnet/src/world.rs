@@ -245,7 +245,7 @@ impl<M: Mode> Node<M> {
     /// The live driver for an input at `now` (its clock set to it), with a
     /// shell armed with the pending fault and, if one is armed, the
     /// machine as it was before the input; none while it is down.
-    fn input(&mut self, now: u64) -> Option<(&mut Driver<M::Training>, SimShell<M>, Option<Fingerprint>)> {
+    fn input(&mut self, now: u64) -> Option<Input<'_, M>> {
         let driver = self.driver.as_mut()?;
         self.clock.advance(now - self.clock.now_unix_ms());
         let before = self.fault.map(|_| fingerprint(&driver.machine));
@@ -259,6 +259,10 @@ impl<M: Mode> Node<M> {
         }
     }
 }
+
+/// The live driver for an input, the shell for it, and the machine as it
+/// was before it if a fault is armed ([`Node::input`]).
+type Input<'a, M> = (&'a mut Driver<<M as Mode>::Training>, SimShell<M>, Option<Fingerprint>);
 
 /// The world as the driver's [`Shell`] during one input: the fault that
 /// strikes its batch write, if one is armed, and what the driver asked for.
