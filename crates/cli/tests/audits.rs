@@ -597,14 +597,17 @@ fn a_near_copy_is_challenged_after_the_reveals_and_only_the_copy_is_refused_and_
     // Goal (issue 14.5): of two nearly identical updates, the one that is
     // not its worker's own work is refused, whichever committed first. The
     // near-copier retrains its victim's assignment and adds noise at 10^-3
-    // of the norm: no commitment names its victim's update, so nothing
-    // contests it before the reveals, and it commits as early as its victim
-    // (before it whenever it wins the race): by order alone the later of the
-    // two was refused, the victim as often as the copy.
+    // of the norm: no commitment names its victim's update, and it commits
+    // as early as its victim (before it whenever it wins the race): by order
+    // alone the later of the two was refused, the victim as often as the
+    // copy. Its commitment names its victim's trace, though (the segment
+    // boundaries it retrained): since s12 the draw contests both on that and
+    // the coordinator audits both; a pair the draw missed is challenged
+    // after the reveals, when the checks find the near copy.
     // Method: two honest workers and a near-copier, audit probability 0, 4
-    // rounds: every round the checks find the near copy, the round
-    // challenges both, the copy fails its replay and is slashed, and both
-    // honest workers are credited their full verified work.
+    // rounds: every round both are audited, the copy fails its replay and
+    // is slashed, and both honest workers are credited their full verified
+    // work.
     let rounds = 4;
     let mut network =
         Network::new(rounds, STEPS, 0.0, "min_workers = 3\ndeadline_ms = 60000\nreveal_ms = 20000");

@@ -20,6 +20,7 @@
 
 pub mod assignment;
 pub mod audit;
+pub mod behavior;
 pub mod bucket;
 pub mod clock;
 pub mod data;
@@ -36,5 +37,5 @@ pub use data::{RunData, Shards};
 pub use driver::{Batch, CheckpointWrite, Driver, DriverError, Run, Sent, Shell};
 pub use error::{BucketError, CoordinatorError};
 pub use model_training::{ModelRun, ModelTraining, PendingReplay};
-pub use restore::AGGREGATOR_SNAPSHOT_ROUNDS;
+pub use restore::{AGGREGATOR_SNAPSHOT_ROUNDS, encode_global};
 pub use training::{Audited, Judged, Stepped, Training};

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use crowdtrain_defense::{Aggregator, AggregatorState};
 use crowdtrain_protocol::coordinator::Settings;
 use crowdtrain_protocol::judge::ReportCheck;
-use crowdtrain_protocol::wire::{AuditAnswer, AuditReport};
-use crowdtrain_protocol::{Assignment, Commitment, Digest, RoundId, RunConfig, WorkerId};
+use crowdtrain_protocol::wire::{AuditAnswer, AuditReport, AuditTask, ErrorCode};
+use crowdtrain_protocol::{Assignment, Commitment, Digest, Refusal, RoundId, RunConfig, WorkerId};
 use crowdtrain_store::delta::ModelDelta;
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
-use crowdtrain_train::{Model, OuterState, TrainState};
+use crowdtrain_train::{Codec, Model, OuterState, TrainState};
 
 use crate::CoordinatorError;
 use crate::bucket::{self, BlobKey, RunBucket};
@@ -327,6 +327,37 @@ impl ModelTraining {
         })
     }
 
+    /// What the delegated auditor of `audited`'s audit in `round` replays
+    /// (its `segment`, committed as `commitment`, of `assignment`): the
+    /// first segment starts from the round's model; the stored answer holds
+    /// any other start, and the residual (checked against the commitment
+    /// when the answer arrived) the last segment needs.
+    pub fn audit_task(
+        &self,
+        store: &Store,
+        round: RoundId,
+        audited: WorkerId,
+        segment: u32,
+        commitment: &Commitment,
+        assignment: Assignment,
+    ) -> Result<AuditTask, CoordinatorError> {
+        let needs_answer =
+            segment != 1 || (segment == commitment.segments && commitment.residual_in.is_some());
+        let answer = if needs_answer { Some(self.stored_answer(store, round, audited)?) } else { None };
+        let (start_state, residual_in) = match answer {
+            Some(answer) if segment != 1 => (answer.start_state, answer.residual_in),
+            answer => (
+                crowdtrain_train::TrainState::new(
+                    self.run.model.name(),
+                    self.base_params(&assignment.base_model)?,
+                )
+                .to_bytes(),
+                answer.map(|answer| answer.residual_in).unwrap_or_default(),
+            ),
+        };
+        Ok(AuditTask { assignment, segment, start_state, residual_in })
+    }
+
     /// The parameters of model `base`, a round's base: the newest model, or
     /// under a delayed outer update one of the `delay` before it (kept in
     /// memory, else read from its checkpoint, as after a restart).
@@ -380,6 +411,27 @@ impl ModelTraining {
         self.shards.insert(assignment.slots, Arc::clone(&shards));
         Ok(shards)
     }
+}
+
+/// An uploaded update's values, if it is one this run takes: the model's
+/// size, finite values, in the run's `codec` (else the refusal the worker
+/// is sent; a committed update that fails here is recorded as malformed).
+/// What the node checks on every reveal, and the simulator's real-training
+/// mode too.
+pub fn check_update(parameters: usize, codec: Codec, payload: &[u8]) -> Result<Vec<f32>, Refusal> {
+    let (used, values) = crowdtrain_train::codec::decode(payload, parameters).map_err(|error| {
+        let code = match error {
+            crowdtrain_train::CodecError::NonFinite { .. }
+            | crowdtrain_train::CodecError::BadScale { .. } => ErrorCode::NonFinite,
+            _ => ErrorCode::WrongShape,
+        };
+        Refusal { code, message: format!("the update was refused: {error}") }
+    })?;
+    if used != codec {
+        let message = format!("the run encodes updates as {codec}, not {used}");
+        return Err(Refusal { code: ErrorCode::WrongShape, message });
+    }
+    Ok(values)
 }
 
 /// Slot counts whose shards are kept for audit replays.

@@ -121,7 +121,7 @@ fn read_global(
 /// (its momentum, and its exact parameters under a compressed broadcast),
 /// encoded as checkpoints side by side (MBs each, on the path that closes a
 /// round).
-pub(crate) fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
+pub fn encode_global(model: &dyn Model, state: &OuterState) -> (Vec<u8>, Vec<u8>) {
     let name = model.name();
     rayon::join(
         || checkpoint::encode(CheckpointKind::Params, &name, model.layout(), &state.params),

@@ -61,8 +61,8 @@
 //! 2. **Draw published.** The secret is revealed; the draws are listed, and
 //!    with every commitment it makes the beacon, which names the auditors
 //!    of delegated audits (announced only now) ([`Event::AuditDraw`]).
-//!    Commitments to the same update as another's are audited too, drawn
-//!    or not (`contested_updates`).
+//!    Commitments to the same update or trace as another's are audited too,
+//!    drawn or not, by the coordinator (`contested_updates`).
 //! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
 //!    not hash to its commitment is rejected and slashed. Audited workers
 //!    answer with the start state of their segment (if not already); the
@@ -2893,17 +2893,30 @@ fn check_residual_chain(
 }
 
 /// The workers whose commitment names the same update as another
-/// worker's in the round: a copy and its original, which the order of
-/// arrival cannot tell apart (a copier that retrains its victim's
-/// assignment can commit first). Both are audited, whatever the audit
-/// probability: the replay of each under its own assignment tells whose
+/// worker's in the round, or the same trace (Merkle root): a copy and its
+/// original, which the order of arrival cannot tell apart (a copier that
+/// retrains its victim's assignment can commit first). A near copy (the
+/// victim's update plus a little noise, so another digest) still commits
+/// the victim's segment boundaries, which no other assignment reaches.
+/// Both are audited, whatever the audit probability, and by the
+/// coordinator: the replay of each under its own assignment tells whose
 /// work it is, the copy fails and is slashed, and the original stands, so
 /// no honest worker is refused because someone else submitted its update
-/// first.
+/// first. (Found for near copies by the network simulator, seed 9 with
+/// `--near-copiers 0.2`: an auditor colluding with a near-copier that
+/// committed first vouched for it, and the checks then refused the honest
+/// original as the copy of a proven update.)
 fn contested_updates(commitments: &BTreeMap<WorkerId, Commitment>) -> BTreeSet<WorkerId> {
     let mut by_update: BTreeMap<Digest, Vec<WorkerId>> = BTreeMap::new();
+    let mut by_trace: BTreeMap<Digest, Vec<WorkerId>> = BTreeMap::new();
     for (&worker, commitment) in commitments {
         by_update.entry(commitment.payload).or_default().push(worker);
+        by_trace.entry(commitment.merkle_root).or_default().push(worker);
     }
-    by_update.into_values().filter(|workers| workers.len() > 1).flatten().collect()
+    by_update
+        .into_values()
+        .chain(by_trace.into_values())
+        .filter(|workers| workers.len() > 1)
+        .flatten()
+        .collect()
 }

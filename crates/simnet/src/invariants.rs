@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crowdtrain_protocol::ledger::{self, Event, Sealed};
 use crowdtrain_protocol::{Commitment, Digest, PublicKey, Recorded, RoundId, Verdict, WorkerId};
 
-use crowdtrain_defense::AggregatorState;
 use crowdtrain_defense::aggregate::aggregate;
+use crowdtrain_defense::{Aggregator, AggregatorState};
 
 use crate::model::{self, AGGREGATOR, Behaviour};
 
@@ -230,6 +230,32 @@ pub struct Knowledge<'a> {
     /// so an honest worker's unanswered audit there may be slashed. A
     /// weakness of the protocol the simulator found, counted apart.
     pub outages: &'a BTreeSet<RoundId>,
+    /// Whose update a copier copies.
+    pub copies: Copies,
+}
+
+/// Where a copier (or near-copier) finds the update it copies: what the
+/// rule that a near copy is never paid for needs to name its original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copies {
+    /// Its neighbour's by id ([`model::victim`]): the stand-in's copiers.
+    PreviousWorker,
+    /// The round's participant in the next slot: the real worker's `copy`
+    /// and `near-copy` ([`crowdtrain_coordinator::behavior::Behavior`]).
+    NextSlot,
+}
+
+impl Copies {
+    /// Whose update `copier` copies in a round of `participants`.
+    pub fn victim(self, participants: &BTreeSet<WorkerId>, copier: WorkerId) -> Option<WorkerId> {
+        match self {
+            Self::PreviousWorker => Some(model::victim(copier)),
+            Self::NextSlot => {
+                let slot = participants.iter().position(|&worker| worker == copier)?;
+                participants.iter().cycle().nth(slot + 1).copied()
+            }
+        }
+    }
 }
 
 /// Every round closes or fails by the rules, no honest worker is slashed
@@ -495,6 +521,20 @@ impl Rules {
                             "round {round} counts {worker}'s {caught:?} update, which must always be caught"
                         ));
                     }
+                    // A near copy of an honest update revealed in the same
+                    // round is told apart by the challenge, whichever was
+                    // committed first: the copier is never paid for it.
+                    if behaviour(&self.keys, worker) == Some(Behaviour::NearCopier)
+                        && let Some(original) = knowledge.copies.victim(&open.participants, *worker)
+                        && honest(&self.keys, &original)
+                        && open.reveals.contains(&original)
+                        && !open.slashed.contains(&original)
+                    {
+                        return violation(format!(
+                            "round {round} counts {worker}'s near copy of {original}'s update, revealed in the same \
+                             round"
+                        ));
+                    }
                 }
                 self.open = None;
                 self.credited = (*round, accepted.iter().copied().collect());
@@ -529,10 +569,27 @@ impl Rules {
 /// (`payloads` gives their bytes), in ledger order from `initial_model`,
 /// with a defence that never crashed, restarted, speculated or withdrew,
 /// gives every round's recorded model and momentum and the run's final
-/// model. Returns how many rounds it reproduced.
+/// model. Returns how many rounds it reproduced. For the stand-in
+/// training; [`check_fault_free_with`] for any.
 pub fn check_fault_free(
     events: &[Event],
     initial_model: Digest,
+    payloads: impl FnMut(RoundId, &[WorkerId]) -> Result<Vec<Vec<u8>>, Violation>,
+) -> Result<u64, Violation> {
+    let step = |base: Digest, aggregate: &[f32]| Ok(model::next_model(base, aggregate));
+    check_fault_free_with(events, initial_model, &AGGREGATOR, model::decode, step, payloads)
+}
+
+/// [`check_fault_free`] for a training whose updates `decode` reads,
+/// aggregated by `aggregator`, and whose outer step from the model named
+/// by its first argument with an aggregate gives the digests of the next
+/// model and momentum (`step`, called once per closed round, in order).
+pub fn check_fault_free_with(
+    events: &[Event],
+    initial_model: Digest,
+    aggregator: &Aggregator,
+    decode: impl Fn(&[u8]) -> Option<Vec<f32>>,
+    mut step: impl FnMut(Digest, &[f32]) -> Result<(Digest, Digest), Violation>,
     mut payloads: impl FnMut(RoundId, &[WorkerId]) -> Result<Vec<Vec<u8>>, Violation>,
 ) -> Result<u64, Violation> {
     let (mut model, mut state, mut reproduced) = (initial_model, AggregatorState::default(), 0);
@@ -544,9 +601,9 @@ pub fn check_fault_free(
                     return violation(format!("round {round}'s credited updates are not all stored"));
                 }
                 let values =
-                    bytes.iter().map(|bytes| model::decode(bytes)).collect::<Option<Vec<_>>>().ok_or_else(
-                        || Violation(format!("a credited update of round {round} does not decode")),
-                    )?;
+                    bytes.iter().map(|bytes| decode(bytes)).collect::<Option<Vec<_>>>().ok_or_else(|| {
+                        Violation(format!("a credited update of round {round} does not decode"))
+                    })?;
                 let updates: Vec<(u64, &[f32])> = accepted
                     .iter()
                     .zip(&values)
@@ -555,9 +612,9 @@ pub fn check_fault_free(
                 if updates.is_empty() {
                     return violation(format!("round {round} closed without an update"));
                 }
-                let (aggregate, change) = aggregate(&AGGREGATOR, &state, &updates);
+                let (aggregate, change) = aggregate(aggregator, &state, &updates);
                 state.apply(change);
-                let (expected, momentum) = model::next_model(model, &aggregate);
+                let (expected, momentum) = step(model, &aggregate)?;
                 if (expected, momentum) != (*result_model, *result_momentum) {
                     return violation(format!(
                         "round {round} recorded model {result_model}, but its credited updates aggregated without \

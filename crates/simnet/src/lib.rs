@@ -3,17 +3,21 @@
 //!
 //! A run puts the real coordinator driver
 //! ([`crowdtrain_coordinator::Driver`], with the stand-in training
-//! [`model::SimTraining`]: the real state machine
+//! [`model::SimTraining`], or under `--training model` the real
+//! [`crowdtrain_coordinator::ModelTraining`] with workers that really train,
+//! [`real`]: the real state machine
 //! [`crowdtrain_protocol::Coordinator`], the real store, SQLite in memory,
 //! and the real defence, checks and robust aggregation) under simulated
 //! workers on a virtual clock ([`queue`]):
 //!
 //! - the network delays, loses, duplicates and so reorders every message;
 //! - workers register, poll for their assignment, train (a hash stands in
-//!   for training, [`model`]), commit, answer audits and reveal; some are
-//!   slow; they join, leave, crash and restart during the run;
+//!   for training, [`model`]; or a tiny MLP on the bundled Fashion-MNIST
+//!   subset, [`real`]), commit, answer audits and reveal; some are slow;
+//!   they join, leave, crash and restart during the run;
 //! - attackers are lazy, reveal something else than they committed, copy
-//!   others' work, send harmful or malformed updates ([`model::Behaviour`]);
+//!   others' work (bit for bit, or nearly: `--near-copiers`), send harmful
+//!   or malformed updates ([`model::Behaviour`]);
 //! - the coordinator crashes before or after a write, and writes fail
 //!   (a batch the store cannot take, rolled back whole); after each it
 //!   halts, as the node does, and restarts from its store
@@ -29,13 +33,16 @@
 //! it.
 
 pub mod invariants;
+mod mode;
 pub mod model;
 pub mod queue;
+pub mod real;
 mod world;
 
 use serde::Serialize;
 
 pub use invariants::{Tally, Violation};
+pub use mode::TrainingMode;
 pub use world::Finished;
 
 /// How often things go wrong.
@@ -158,6 +165,13 @@ pub struct SimConfig {
     /// draw on it; a worker whose bond cannot cover another slash gets no
     /// more work.
     pub bond: u64,
+    /// What the workers and the coordinator's replays compute: hashes, or
+    /// real training.
+    pub training: TrainingMode,
+    /// The fraction of workers (at the start, after the attackers) that
+    /// commit a near copy of another's update ([`model::Behaviour::NearCopier`]).
+    /// Apart from `attackers` so that a run without them keeps its bits.
+    pub near_copiers: f64,
 }
 
 impl SimConfig {
@@ -172,15 +186,37 @@ impl SimConfig {
             faults: Faults::default(),
             auditors: Auditors::for_seed(seed),
             bond: bond_for_seed(seed),
+            training: TrainingMode::Hash,
+            near_copiers: 0.0,
+        }
+    }
+
+    /// A small run with real training, every fault and a near-copier:
+    /// what CI runs in model mode (seconds a seed).
+    pub fn small_model(seed: u64) -> Self {
+        Self {
+            workers: 6,
+            rounds: 3,
+            attackers: 0.2,
+            near_copiers: 0.2,
+            training: TrainingMode::Model,
+            ..Self::small(seed)
         }
     }
 
     /// The command line that runs this configuration.
     pub fn command(&self) -> String {
         let faults = &self.faults;
+        let mut extra = String::new();
+        if self.training != TrainingMode::Hash {
+            extra += &format!(" --training {}", self.training.as_str());
+        }
+        if self.near_copiers > 0.0 {
+            extra += &format!(" --near-copiers {}", self.near_copiers);
+        }
         format!(
             "crowdtrain sim network --seed {} --workers {} --rounds {} --churn {} --attackers {} --faults \
-             crash={},write={},loss={},dup={},delay={} --auditors {} --bond {}",
+             crash={},write={},loss={},dup={},delay={} --auditors {} --bond {}{extra}",
             self.seed,
             self.workers,
             self.rounds,
@@ -252,6 +288,9 @@ pub fn run(config: &SimConfig) -> Result<Summary, Failure> {
 /// `SIMNET_TRACE` every durable event.
 pub fn simulate(config: &SimConfig) -> Result<Finished, Failure> {
     let quiet = tracing::subscriber::NoSubscriber::default();
-    tracing::subscriber::with_default(quiet, || world::World::new(config.clone()).run())
-        .map_err(|violation| Failure { seed: config.seed, violation, command: config.command() })
+    tracing::subscriber::with_default(quiet, || match config.training {
+        TrainingMode::Hash => world::World::new(config.clone(), model::HashMode::new(config.seed))?.run(),
+        TrainingMode::Model => world::World::new(config.clone(), real::ModelMode::new(config.seed)?)?.run(),
+    })
+    .map_err(|violation| Failure { seed: config.seed, violation, command: config.command() })
 }

@@ -12,11 +12,16 @@
 //! [`Training`].
 
 use crowdtrain_coordinator::training::{Audited, Judged, Opened, Stepped, Training};
-use crowdtrain_coordinator::{CoordinatorError, DriverError};
+use crowdtrain_coordinator::{CoordinatorError, Driver, DriverError, Sent, Shell};
 use crowdtrain_defense::{Aggregator, AggregatorState};
 use crowdtrain_protocol::judge::ReportCheck;
-use crowdtrain_protocol::{Commitment, Digest, RoundId, Verdict, WorkerId};
+use crowdtrain_protocol::ledger::Event;
+use crowdtrain_protocol::wire::ErrorCode;
+use crowdtrain_protocol::{Assignment, Commitment, Digest, Identity, Refusal, RoundId, Verdict, WorkerId};
 use crowdtrain_store::{RunRecord, Store};
+
+use crate::invariants::{self, Copies, Violation};
+use crate::mode::Mode;
 
 /// Values in a simulated update: enough for the defence's norm, duplicate
 /// and cosine checks to mean something.
@@ -49,6 +54,13 @@ pub enum Behaviour {
     /// Commits and reveals bytes that are not a valid update (non-finite
     /// values: recorded as malformed).
     Garbage,
+    /// Commits another participant's update with a tiny perturbation (so
+    /// no digest names the original) and its trace: refused by the checks
+    /// as nearly a copy, then told apart from the original by the
+    /// challenge's replays, whichever was committed first. Not among
+    /// [`Behaviour::ATTACKS`]: `--near-copiers` asks for them, so runs
+    /// without keep their bits.
+    NearCopier,
 }
 
 impl Behaviour {
@@ -99,16 +111,21 @@ fn keyed(parts: &[&[u8]]) -> Digest {
 /// answers.
 fn honest(seed: u64, round: RoundId, worker: WorkerId, base: Digest) -> (Vec<f32>, Digest, Digest) {
     let id = [&seed.to_le_bytes()[..], &round.to_le_bytes(), &worker.0.to_le_bytes(), &base.0].concat();
-    let stream = keyed(&[b"update", &id]);
+    let values = uniform(keyed(&[b"update", &id]));
+    (values, keyed(&[b"root", &id]), keyed(&[b"answer-key", &id]))
+}
+
+/// [`UPDATE_LEN`] values uniform in [-1, 1) from `stream`: every honest
+/// update has about the same norm.
+fn uniform(stream: Digest) -> Vec<f32> {
     let mut values = Vec::with_capacity(UPDATE_LEN);
     let mut block = blake3::Hasher::new_keyed(&stream.0).finalize_xof();
     for _ in 0..UPDATE_LEN {
         let mut word = [0u8; 4];
         block.fill(&mut word);
-        // Uniform in [-1, 1): every honest update has about the same norm.
         values.push((u32::from_le_bytes(word) >> 8) as f32 / (1 << 23) as f32 - 1.0);
     }
-    (values, keyed(&[b"root", &id]), keyed(&[b"answer-key", &id]))
+    values
 }
 
 /// The bytes of an update, as sent (little-endian `f32`s).
@@ -165,6 +182,15 @@ pub fn work(
         Behaviour::Copier => {
             let (stolen, root, answer_key) = honest(seed, round, victim, base);
             commit(encode(&stolen), root, answer_key)
+        }
+        Behaviour::NearCopier => {
+            // Noise at 10^-3 of the values' scale, as the real worker's
+            // `near-copy` adds at 10^-3 of the update's norm.
+            let (stolen, root, answer_key) = honest(seed, round, victim, base);
+            let noise = uniform(keyed(&[b"near copy", &round.to_le_bytes(), &worker.0.to_le_bytes()]));
+            let near: Vec<f32> =
+                stolen.iter().zip(noise).map(|(value, noise)| value + 1e-3 * noise).collect();
+            commit(encode(&near), root, answer_key)
         }
         Behaviour::Harmful => {
             commit(encode(&values.iter().map(|value| value * 1000.0).collect::<Vec<_>>()), root, answer_key)
@@ -311,6 +337,129 @@ impl Training for SimTraining {
     }
 }
 
+/// The stand-in training as the world drives it ([`Mode`]).
+pub struct HashMode {
+    seed: u64,
+}
+
+impl HashMode {
+    pub fn new(seed: u64) -> Self {
+        Self { seed }
+    }
+}
+
+impl Mode for HashMode {
+    type Training = SimTraining;
+    type Work = Work;
+    type Answer = Digest;
+    type Report = Report;
+
+    /// Models are names: the initial one is the seed's.
+    fn run_record(
+        &mut self,
+        seed: u64,
+        signer: &Identity,
+        created_unix_ms: u64,
+    ) -> Result<RunRecord, Violation> {
+        Ok(RunRecord {
+            run_id: Digest::of(&[&b"simnet run "[..], &seed.to_le_bytes()].concat()),
+            protocol_version: 0,
+            config_json: "{}".into(),
+            coordinator_key: signer.public_key(),
+            model_name: "simnet".into(),
+            initial_model: Digest::of(&[&b"simnet model 0 "[..], &seed.to_le_bytes()].concat()),
+            initial_momentum: Digest::of(b"simnet momentum 0"),
+            created_unix_ms,
+        })
+    }
+
+    fn setup(&self) -> u64 {
+        self.seed
+    }
+
+    fn replay_of(replay: &(RoundId, WorkerId)) -> (RoundId, WorkerId) {
+        *replay
+    }
+
+    fn copies(&self) -> Copies {
+        Copies::PreviousWorker
+    }
+
+    fn work(&mut self, behaviour: Behaviour, assignment: &Assignment) -> Result<Work, Violation> {
+        let (round, worker, base) = (assignment.round, assignment.worker, assignment.base_model);
+        Ok(work(self.seed, behaviour, round, worker, base, victim(worker)))
+    }
+
+    fn commitment(work: &Work) -> Commitment {
+        work.commitment
+    }
+
+    fn reveal(work: &Work) -> Vec<u8> {
+        work.reveal.clone()
+    }
+
+    fn answer(work: &Work, segment: u32) -> Digest {
+        work.answer(segment)
+    }
+
+    fn decode(_driver: &Driver<SimTraining>, bytes: &[u8]) -> Result<Vec<f32>, Refusal> {
+        decode(bytes).ok_or_else(|| Refusal {
+            code: ErrorCode::BadRequest,
+            message: format!("not an update of {UPDATE_LEN} finite values"),
+        })
+    }
+
+    /// A stand-in answer has no proofs to check: it is recorded.
+    fn answered(
+        driver: &mut Driver<SimTraining>,
+        sent: Sent,
+        answer: &Digest,
+        shell: &mut impl Shell<SimTraining>,
+    ) -> Result<Option<bool>, DriverError> {
+        // Without an auditor named, the coordinator replays.
+        Ok(Some(driver.audit_answered(sent, *answer, shell)?.is_none()))
+    }
+
+    fn replay(driver: &mut Driver<SimTraining>, audit: &Audited) -> Result<Verdict, CoordinatorError> {
+        driver.training.replay_passes(&driver.store, audit).map(verdict_of)
+    }
+
+    /// An honest auditor reports what its replay gave; a colluding one
+    /// vouches for a cheat (it echoes the audited worker's claims) and
+    /// accuses an honest worker (reports a trace it made up).
+    fn report(
+        &mut self,
+        _driver: Option<&mut Driver<SimTraining>>,
+        honest: bool,
+        audited_behaviour: Option<Behaviour>,
+        _auditor: WorkerId,
+        round: RoundId,
+        base: Digest,
+        audited: WorkerId,
+        segment: u32,
+    ) -> Option<Report> {
+        let seed = self.seed;
+        let truth = replay(seed, round, audited, base, segment);
+        Some(match audited_behaviour {
+            _ if honest => truth,
+            Some(behaviour) if !behaviour.is_honest() => {
+                let claimed = work(seed, behaviour, round, audited, base, victim(audited));
+                Report { root: claimed.commitment.merkle_root, answer: claimed.answer(segment) }
+            }
+            _ => Report { root: Digest::of(&truth.root.0), answer: Digest::of(&truth.answer.0) },
+        })
+    }
+
+    fn fault_free(
+        &self,
+        events: &[Event],
+        initial_model: Digest,
+        payloads: impl FnMut(RoundId, &[WorkerId]) -> Result<Vec<Vec<u8>>, Violation>,
+    ) -> Result<u64, Violation> {
+        invariants::check_fault_free(events, initial_model, payloads)
+    }
+}
+
 /// The coordinator's verdict on a replay that did or did not reproduce the
 /// commitment and the answer.
 pub fn verdict_of(passes: bool) -> Verdict {
@@ -329,10 +478,13 @@ mod tests {
     fn only_honest_work_passes_its_replay_and_every_update_is_what_its_behaviour_says() {
         let base = Digest::of(b"base");
         let (me, victim) = (WorkerId(3), WorkerId(4));
-        for behaviour in [Behaviour::Honest].into_iter().chain(Behaviour::ATTACKS) {
+        for behaviour in
+            [Behaviour::Honest].into_iter().chain(Behaviour::ATTACKS).chain([Behaviour::NearCopier])
+        {
             let work = work(7, behaviour, 2, me, base, victim);
             let passes = replay(7, 2, me, base, 1).passes(&work.commitment, work.answer(1));
-            let caught_by_replay = matches!(behaviour, Behaviour::Lazy | Behaviour::Copier);
+            let caught_by_replay =
+                matches!(behaviour, Behaviour::Lazy | Behaviour::Copier | Behaviour::NearCopier);
             assert_eq!(passes, !caught_by_replay, "{behaviour:?}");
             let decoded = decode(&work.reveal);
             assert_eq!(decoded.is_none(), behaviour == Behaviour::Garbage, "{behaviour:?}");
@@ -343,6 +495,17 @@ mod tests {
         assert_eq!(honest, work(7, Behaviour::Honest, 2, me, base, victim), "deterministic");
         assert_ne!(honest.reveal, work(8, Behaviour::Honest, 2, me, base, me).reveal, "seeded");
         let copy = work(7, Behaviour::Copier, 2, me, base, victim);
-        assert_eq!(copy.commitment, work(7, Behaviour::Honest, 2, victim, base, victim).commitment);
+        let original = work(7, Behaviour::Honest, 2, victim, base, victim);
+        assert_eq!(copy.commitment, original.commitment);
+        let near = work(7, Behaviour::NearCopier, 2, me, base, victim);
+        assert_eq!(near.commitment.merkle_root, original.commitment.merkle_root, "the original's trace");
+        assert_ne!(near.commitment.payload, original.commitment.payload, "another digest");
+        let (near, original) = (decode(&near.reveal).unwrap(), decode(&original.reveal).unwrap());
+        use crowdtrain_defense::linalg::{dot, norm};
+        let cosine = dot(&near, &original) / (norm(&near) * norm(&original));
+        assert!(
+            cosine > crowdtrain_defense::CheckConfig::default().duplicate_cosine,
+            "nearly a copy: {cosine}"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! The simulated world: the real coordinator driver
-//! ([`Driver`]`<`[`SimTraining`]`>`) fed the workers' requests, its timer
+//! ([`Driver`]`<`[`SimTraining`](crate::model::SimTraining)`>`, or
+//! `<`[`ModelTraining`](crowdtrain_coordinator::ModelTraining)`>` in
+//! model mode: [`Mode`]) fed the workers' requests, its timer
 //! and its replays through its inputs, the workers, the network between
 //! them and the faults, all on one virtual clock. The world is the
 //! driver's shell ([`SimShell`]): it fails or crashes the batch write as
@@ -12,21 +14,24 @@ use std::time::Instant;
 
 use crowdtrain_coordinator::clock::{Clock, VirtualClock};
 use crowdtrain_coordinator::training::Audited;
-use crowdtrain_coordinator::{CheckpointWrite, CoordinatorError, Driver, DriverError, Run, Sent, Shell};
+use crowdtrain_coordinator::{
+    CheckpointWrite, CoordinatorError, Driver, DriverError, Run, Sent, Shell, Training,
+};
 use crowdtrain_data::rng::{RngKey, keyed_rng, uniform_below, unit_f64};
 use crowdtrain_defense::CheckConfig;
 use crowdtrain_protocol::coordinator::{OpenRound, RoundPhase};
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, Commitment, Coordinator, Digest, Identity, Opened, PublicKey, Recorded, Refusal, RoundId,
+    Action, Assignment, Commitment, Coordinator, Digest, Identity, Opened, PublicKey, Recorded, RoundId,
     RoundView, Settings, TrainingRecipe, WorkerId,
 };
-use crowdtrain_store::{RunRecord, Store};
+use crowdtrain_store::Store;
 use rand_chacha::ChaCha8Rng;
 
-use crate::invariants::{self, Acked, Knowledge, Rules, Violation};
-use crate::model::{self, Behaviour, SEGMENTS, SimTraining, UPDATE_LEN, Work};
+use crate::invariants::{self, Acked, Copies, Knowledge, Rules, Violation};
+use crate::mode::Mode;
+use crate::model::{self, Behaviour, SEGMENTS};
 use crate::queue::Queue;
 use crate::{Auditors, SimConfig, Summary};
 
@@ -48,12 +53,13 @@ const RESTART_MS: u64 = 2_000;
 /// into a chance per batch.
 const BATCHES_PER_WORKER_ROUND: f64 = 3.0;
 
-/// Something due at a virtual time.
-enum Due {
+/// Something due at a virtual time (`A`: an audit answer, `R`: an
+/// auditor's report, as the training mode has them).
+enum Due<A, R> {
     ToCoordinator {
         from: usize,
         epoch: u32,
-        request: Request,
+        request: Request<A, R>,
     },
     ToWorker {
         to: usize,
@@ -108,7 +114,7 @@ enum Churn {
 }
 
 #[derive(Clone)]
-enum Request {
+enum Request<A, R> {
     Register,
     Poll {
         nonce: u64,
@@ -129,14 +135,14 @@ enum Request {
     Answer {
         nonce: u64,
         round: RoundId,
-        answer: Digest,
+        answer: A,
     },
     /// A delegated auditor's report on `audited`'s segment.
     Report {
         nonce: u64,
         round: RoundId,
         audited: WorkerId,
-        report: model::Report,
+        report: R,
     },
 }
 
@@ -181,16 +187,17 @@ enum Status {
     Gone,
 }
 
-struct Task {
+struct Task<W> {
     round: RoundId,
     base: Digest,
-    work: Option<Work>,
+    assignment: Assignment,
+    work: Option<W>,
     committed: bool,
     answered: bool,
     revealed: bool,
 }
 
-struct SimWorker {
+struct SimWorker<W> {
     key: PublicKey,
     behaviour: Behaviour,
     slow: bool,
@@ -200,23 +207,23 @@ struct SimWorker {
     epoch: u32,
     id: Option<WorkerId>,
     last_nonce: u64,
-    task: Option<Task>,
+    task: Option<Task<W>>,
     /// The delegated audits it started replaying, `(round, audited)`.
     audits: BTreeSet<(RoundId, WorkerId)>,
     done: bool,
 }
 
-impl SimWorker {
+impl<W> SimWorker<W> {
     /// Its task, if it is for `round`.
-    fn task_of(&mut self, round: RoundId) -> Option<&mut Task> {
+    fn task_of(&mut self, round: RoundId) -> Option<&mut Task<W>> {
         self.task.as_mut().filter(|task| task.round == round)
     }
 }
 
 /// The coordinator process: the driver while it is up, the store it left
 /// while it is down, and the shell's timer.
-struct Node {
-    driver: Option<Driver<SimTraining>>,
+struct Node<M: Mode> {
+    driver: Option<Driver<M::Training>>,
     /// A crashed driver's store, until the restart opens it again.
     down: Option<Store>,
     /// Bumped at each crash: replays of the previous process are lost.
@@ -234,11 +241,11 @@ struct Node {
     expected: Option<Fingerprint>,
 }
 
-impl Node {
+impl<M: Mode> Node<M> {
     /// The live driver for an input at `now` (its clock set to it), with a
     /// shell armed with the pending fault and, if one is armed, the
     /// machine as it was before the input; none while it is down.
-    fn input(&mut self, now: u64) -> Option<(&mut Driver<SimTraining>, SimShell, Option<Fingerprint>)> {
+    fn input(&mut self, now: u64) -> Option<Input<'_, M>> {
         let driver = self.driver.as_mut()?;
         self.clock.advance(now - self.clock.now_unix_ms());
         let before = self.fault.map(|_| fingerprint(&driver.machine));
@@ -253,9 +260,13 @@ impl Node {
     }
 }
 
+/// The live driver for an input, the shell for it, and the machine as it
+/// was before it if a fault is armed ([`Node::input`]).
+type Input<'a, M> = (&'a mut Driver<<M as Mode>::Training>, SimShell<M>, Option<Fingerprint>);
+
 /// The world as the driver's [`Shell`] during one input: the fault that
 /// strikes its batch write, if one is armed, and what the driver asked for.
-struct SimShell {
+struct SimShell<M> {
     /// The fault for this input's batch, if one is armed and the batch
     /// records anything.
     fault: Option<Fault>,
@@ -265,11 +276,12 @@ struct SimShell {
     violation: Option<Violation>,
     /// Stored answers the driver asked to replay.
     replays: Vec<(RoundId, WorkerId)>,
+    mode: std::marker::PhantomData<M>,
 }
 
-impl SimShell {
+impl<M> SimShell<M> {
     fn new(fault: Option<Fault>) -> Self {
-        Self { fault, struck: None, violation: None, replays: Vec::new() }
+        Self { fault, struck: None, violation: None, replays: Vec::new(), mode: std::marker::PhantomData }
     }
 
     /// A write that fails part-way: the batch with an event the store
@@ -306,9 +318,9 @@ impl SimShell {
     }
 }
 
-impl Shell<SimTraining> for SimShell {
-    // Workers poll for their rounds, and the stand-in's models are names:
-    // nothing to show, serve or write.
+impl<M: Mode> Shell<M::Training> for SimShell<M> {
+    // Workers poll for their rounds and download models from the
+    // checkpoints: nothing to show or serve from memory.
     fn show(&mut self, _opened: Opened) {}
 
     fn serve(&mut self, _model: Digest, _bytes: Arc<Vec<u8>>) {}
@@ -317,14 +329,21 @@ impl Shell<SimTraining> for SimShell {
 
     fn withdrawn(&mut self, _round: RoundId, _provisional: Option<RoundId>) {}
 
-    fn write_behind(&mut self, _write: CheckpointWrite) {}
+    /// Written at once (real training's checkpoints; the stand-in has
+    /// none): before the round that trains on them opens, as the node's
+    /// bucket and files are by the time a worker asks.
+    fn write_behind(&mut self, write: CheckpointWrite) {
+        if let Err(error) = write.run() {
+            self.violation = Some(Violation(format!("a round's checkpoints could not be written: {error}")));
+        }
+    }
 
     fn written(&mut self) -> Result<(), CoordinatorError> {
         Ok(())
     }
 
-    fn replay(&mut self, replay: (RoundId, WorkerId)) {
-        self.replays.push(replay);
+    fn replay(&mut self, replay: <M::Training as Training>::Replay) {
+        self.replays.push(M::replay_of(&replay));
     }
 
     /// The store must take every batch the machine emits (its constraints
@@ -411,16 +430,18 @@ struct Counters {
     checks: u64,
 }
 
-pub(crate) struct World {
+pub(crate) struct World<M: Mode> {
     config: SimConfig,
-    queue: Queue<Due>,
+    /// The training: what workers compute and the coordinator replays.
+    mode: M,
+    queue: Queue<Due<M::Answer, M::Report>>,
     rng: ChaCha8Rng,
     settings: Settings,
     run_id: Digest,
     initial_model: Digest,
     master: [u8; 32],
-    node: Node,
-    workers: Vec<SimWorker>,
+    node: Node<M>,
+    workers: Vec<SimWorker<M::Work>>,
     acked: Acked,
     behaviour_by_key: BTreeMap<PublicKey, Behaviour>,
     excused: BTreeSet<(PublicKey, RoundId)>,
@@ -453,14 +474,25 @@ pub struct Finished {
     pub behaviour_by_key: BTreeMap<PublicKey, Behaviour>,
     pub excused: BTreeSet<(PublicKey, RoundId)>,
     pub outages: BTreeSet<RoundId>,
+    /// Whose update the run's copiers copy.
+    pub copies: Copies,
+    /// The model the run finished on (a real checkpoint's digest in model
+    /// mode), if it finished.
+    pub final_model: Option<Digest>,
+}
+
+/// The recipe the simulated rounds train with (tiny: in model mode, an MLP
+/// round of 8 steps of 4 examples).
+pub(crate) fn recipe(seed: u64) -> TrainingRecipe {
+    TrainingRecipe { inner_steps: 8, batch_size: 4, ..TrainingRecipe::with_seed(seed) }
 }
 
 fn quorum(workers: u32) -> u32 {
     (workers / 4).max(2)
 }
 
-impl World {
-    pub(crate) fn new(config: SimConfig) -> Self {
+impl<M: Mode> World<M> {
+    pub(crate) fn new(config: SimConfig, mut mode: M) -> Result<Self, Violation> {
         let seed = config.seed;
         let rng = keyed_rng("simnet", RngKey::new(seed, 0, 0, 0));
         let joins = (config.churn * f64::from(config.workers)).ceil() as u32;
@@ -482,26 +514,16 @@ impl World {
             delegate_audits: config.auditors == Auditors::Workers,
             bond: config.bond,
             vesting_rounds: 2,
-            recipe: TrainingRecipe { inner_steps: 8, batch_size: 4, ..TrainingRecipe::with_seed(seed) },
+            recipe: recipe(seed),
             contract_extra_rounds: 0,
             outer_delay: 0,
         };
-        let run_id = Digest::of(&[&b"simnet run "[..], &seed.to_le_bytes()].concat());
-        let initial_model = Digest::of(&[&b"simnet model 0 "[..], &seed.to_le_bytes()].concat());
         let signer = Arc::new(Identity::from_seed(
             Digest::of(&[&b"simnet coordinator "[..], &seed.to_le_bytes()].concat()).0,
         ));
         let mut store = Store::open_in_memory().expect("an in-memory store opens");
-        let run = RunRecord {
-            run_id,
-            protocol_version: 0,
-            config_json: "{}".into(),
-            coordinator_key: signer.public_key(),
-            model_name: "simnet".into(),
-            initial_model,
-            initial_momentum: Digest::of(b"simnet momentum 0"),
-            created_unix_ms: T0,
-        };
+        let run = mode.run_record(seed, &signer, T0)?;
+        let (run_id, initial_model) = (run.run_id, run.initial_model);
         store.create_run(&run, Digest::of(b"{}"), &signer).expect("the run is created");
         let master = Digest::of(&[&b"simnet audit master "[..], &seed.to_le_bytes()].concat()).0;
         let batches_per_round = BATCHES_PER_WORKER_ROUND * f64::from(config.workers.max(1));
@@ -518,6 +540,7 @@ impl World {
             expected: None,
         };
         let mut world = Self {
+            mode,
             queue: Queue::new(T0),
             rng,
             settings,
@@ -541,10 +564,11 @@ impl World {
         };
         world.durable = world.node.store().events().expect("the store reads");
         let store = world.node.down.take().expect("just created");
-        let driver = Driver::open(world.driver_run(), world.config.seed, store).expect("a new run opens");
+        let driver = Driver::open(world.driver_run(), world.mode.setup(), store)
+            .map_err(|error| Violation(format!("a new run does not open: {error}")))?;
         world.node.driver = Some(driver);
         world.populate(joins);
-        world
+        Ok(world)
     }
 
     /// What every driver of this run reads, for an opening.
@@ -571,11 +595,18 @@ impl World {
     /// turn) and schedules the churn.
     fn populate(&mut self, joins: u32) {
         let attackers = (self.config.attackers * f64::from(self.config.workers)).round() as usize;
+        let near_copiers = (self.config.near_copiers * f64::from(self.config.workers)).round() as usize;
         for index in 0..self.config.workers as usize {
             // Each seed starts the attacks at another one, so that small runs
             // see every kind over a few seeds.
             let attack = (index + self.config.seed as usize) % Behaviour::ATTACKS.len();
-            let behaviour = if index < attackers { Behaviour::ATTACKS[attack] } else { Behaviour::Honest };
+            let behaviour = if index < attackers {
+                Behaviour::ATTACKS[attack]
+            } else if index < attackers + near_copiers {
+                Behaviour::NearCopier
+            } else {
+                Behaviour::Honest
+            };
             let worker = self.add_worker(behaviour);
             let start = self.below(1_000);
             self.start_worker(worker, start);
@@ -628,7 +659,7 @@ impl World {
 
     /// Sends `due` (a message) over the network: lost, delayed, or
     /// delivered twice.
-    fn send(&mut self, due: impl Fn() -> Due) {
+    fn send(&mut self, due: impl Fn() -> Due<M::Answer, M::Report>) {
         self.counters.messages += 1;
         if self.chance(self.config.faults.loss) {
             self.counters.lost += 1;
@@ -643,7 +674,7 @@ impl World {
         }
     }
 
-    fn request(&mut self, from: usize, request: Request) {
+    fn request(&mut self, from: usize, request: Request<M::Answer, M::Report>) {
         let epoch = self.workers[from].epoch;
         self.send(|| Due::ToCoordinator { from, epoch, request: request.clone() });
     }
@@ -679,7 +710,7 @@ impl World {
                 Due::ToCoordinator { from, epoch, request } => self.at_coordinator(from, epoch, request)?,
                 Due::ToWorker { to, epoch, reply } => self.at_worker(to, epoch, reply),
                 Due::Wake { worker, epoch } => self.wake(worker, epoch),
-                Due::Trained { worker, epoch, round, base } => self.trained(worker, epoch, round, base),
+                Due::Trained { worker, epoch, round, base } => self.trained(worker, epoch, round, base)?,
                 Due::Timer { at } => self.timer(at)?,
                 Due::Replayed { incarnation, round, worker } => self.replayed(incarnation, round, worker)?,
                 Due::AuditReplayed(job) => self.audit_replayed(job),
@@ -712,10 +743,9 @@ impl World {
         rules.feed_all(&events, self.knowledge())?;
         invariants::check_acked(&events, &self.acked)?;
         let store = self.node.store();
-        let rounds_reproduced =
-            invariants::check_fault_free(&events, self.initial_model, |round, workers| {
-                store.payloads(round, workers).map_err(store_violation)
-            })?;
+        let rounds_reproduced = self.mode.fault_free(&events, self.initial_model, |round, workers| {
+            store.payloads(round, workers).map_err(store_violation)
+        })?;
         // The ledger alone restores the final state.
         if let Some(machine) =
             self.node.driver.as_ref().map(|driver| &driver.machine).filter(|_| self.finished())
@@ -790,11 +820,21 @@ impl World {
             behaviour_by_key: self.behaviour_by_key,
             excused: self.excused,
             outages: self.outages,
+            copies: self.mode.copies(),
+            final_model: events.iter().rev().find_map(|event| match event {
+                Event::RunFinished { final_model } => Some(*final_model),
+                _ => None,
+            }),
         })
     }
 
     fn knowledge(&self) -> Knowledge<'_> {
-        Knowledge { behaviour_by_key: &self.behaviour_by_key, excused: &self.excused, outages: &self.outages }
+        Knowledge {
+            behaviour_by_key: &self.behaviour_by_key,
+            excused: &self.excused,
+            outages: &self.outages,
+            copies: self.mode.copies(),
+        }
     }
 
     // Workers.
@@ -825,22 +865,21 @@ impl World {
         if slow { base * 3 } else { base }
     }
 
-    fn trained(&mut self, worker: usize, epoch: u32, round: RoundId, base: Digest) {
-        let seed = self.config.seed;
+    fn trained(&mut self, worker: usize, epoch: u32, round: RoundId, base: Digest) -> Result<(), Violation> {
         let state = &mut self.workers[worker];
-        if state.status != Status::Up || state.epoch != epoch {
-            return;
+        if state.status != Status::Up || state.epoch != epoch || state.id.is_none() {
+            return Ok(());
         }
-        let Some(id) = state.id else { return };
         let behaviour = state.behaviour;
         let Some(task) = state.task.as_mut().filter(|task| (task.round, task.base) == (round, base)) else {
-            return;
+            return Ok(());
         };
-        let work = model::work(seed, behaviour, round, id, base, model::victim(id));
-        let commitment = work.commitment;
+        let work = self.mode.work(behaviour, &task.assignment)?;
+        let commitment = M::commitment(&work);
         task.work = Some(work);
         let nonce = self.nonce(worker);
         self.request(worker, Request::Commit { nonce, round, base, commitment: Box::new(commitment) });
+        Ok(())
     }
 
     fn at_worker(&mut self, worker: usize, epoch: u32, reply: Reply) {
@@ -894,8 +933,15 @@ impl World {
         let state = &mut self.workers[worker];
         let current = state.task.as_ref().is_some_and(|task| (task.round, task.base) == (round, base));
         if !current {
-            state.task =
-                Some(Task { round, base, work: None, committed: false, answered: false, revealed: false });
+            state.task = Some(Task {
+                round,
+                base,
+                assignment,
+                work: None,
+                committed: false,
+                answered: false,
+                revealed: false,
+            });
             let delay = self.train_ms(worker);
             let epoch = self.workers[worker].epoch;
             self.queue.after(delay, Due::Trained { worker, epoch, round, base });
@@ -926,49 +972,39 @@ impl World {
         }
         if !committed {
             let nonce = self.nonce(worker);
-            self.request(
-                worker,
-                Request::Commit { nonce, round, base, commitment: Box::new(work.commitment) },
-            );
+            let commitment = Box::new(M::commitment(&work));
+            self.request(worker, Request::Commit { nonce, round, base, commitment });
             return;
         }
         // One request at a time, as the real worker awaits each: the audit
         // answer first, then the reveal.
         if let (Some(segment), false, true) = (view.audit, answered, view.committed) {
             let nonce = self.nonce(worker);
-            self.request(worker, Request::Answer { nonce, round, answer: work.answer(segment) });
+            self.request(worker, Request::Answer { nonce, round, answer: M::answer(&work, segment) });
             return;
         }
         if view.phase == Phase::Revealing && view.committed && !revealed {
             let nonce = self.nonce(worker);
-            self.request(worker, Request::Reveal { nonce, round, base, bytes: work.reveal.clone() });
+            self.request(worker, Request::Reveal { nonce, round, base, bytes: M::reveal(&work) });
         }
     }
 
     /// A delegated auditor's replay is done: it reports. An honest one
-    /// reports what its replay gave; an attacker vouches for a cheat (it
-    /// echoes the audited worker's claims) and accuses an honest worker
-    /// (reports a trace it made up).
+    /// reports what its replay gave; an attacker vouches for a cheat and
+    /// accuses an honest worker ([`Mode::report`]).
     fn audit_replayed(&mut self, job: AuditJob) {
         let AuditJob { worker, epoch, round, base, audited, segment } = job;
-        let seed = self.config.seed;
         let state = &self.workers[worker];
         if state.status != Status::Up || state.epoch != epoch {
             return;
         }
-        let truth = model::replay(seed, round, audited, base, segment);
-        let report = if state.behaviour.is_honest() {
-            truth
-        } else {
-            let accused =
-                self.workers.iter().find(|other| other.id == Some(audited)).map(|other| other.behaviour);
-            match accused {
-                Some(behaviour) if !behaviour.is_honest() => {
-                    let claimed = model::work(seed, behaviour, round, audited, base, model::victim(audited));
-                    model::Report { root: claimed.commitment.merkle_root, answer: claimed.answer(segment) }
-                }
-                _ => model::Report { root: Digest::of(&truth.root.0), answer: Digest::of(&truth.answer.0) },
-            }
+        let (honest, auditor) = (state.behaviour.is_honest(), state.id.expect("an auditor is registered"));
+        let accused =
+            self.workers.iter().find(|other| other.id == Some(audited)).map(|other| other.behaviour);
+        let driver = self.node.driver.as_mut();
+        let Some(report) = self.mode.report(driver, honest, accused, auditor, round, base, audited, segment)
+        else {
+            return;
         };
         let nonce = self.nonce(worker);
         self.request(worker, Request::Report { nonce, round, audited, report });
@@ -1029,12 +1065,17 @@ impl World {
     /// A request reaches the coordinator: handled by the driver, made
     /// durable, answered (unless the coordinator is down, or dies on the
     /// way).
-    fn at_coordinator(&mut self, from: usize, epoch: u32, request: Request) -> Result<(), Violation> {
+    fn at_coordinator(
+        &mut self,
+        from: usize,
+        epoch: u32,
+        request: Request<M::Answer, M::Report>,
+    ) -> Result<(), Violation> {
         let now = self.queue.now();
         let key = self.workers[from].key;
         let Some((driver, mut shell, before)) = self.node.input(now) else { return Ok(()) };
         let sent = |worker, nonce, round| Sent { now, worker, nonce, round };
-        let authenticate = |driver: &Driver<SimTraining>, nonce| {
+        let authenticate = |driver: &Driver<M::Training>, nonce| {
             driver.machine.authenticate(now, &key, nonce, true).map_err(DriverError::Refused)
         };
         let answer = match request {
@@ -1056,18 +1097,15 @@ impl World {
             }
             Request::Reveal { nonce, round, base, bytes } => authenticate(driver, nonce).and_then(|worker| {
                 let digest = Digest::of(&bytes);
-                let update = model::decode(&bytes).ok_or_else(|| Refusal {
-                    code: ErrorCode::BadRequest,
-                    message: format!("not an update of {UPDATE_LEN} finite values"),
-                });
+                let update = M::decode(driver, &bytes);
                 let payloads = [(digest, bytes.as_slice())];
                 driver.reveal(sent(worker, nonce, round), base, digest, update, &payloads, &mut shell)?;
                 Ok((Reply::Revealed(round), Some(Ack::Reveal(round, worker, digest))))
             }),
             Request::Answer { nonce, round, answer } => authenticate(driver, nonce).and_then(|worker| {
-                // Without an auditor named, the coordinator replays.
-                let auditor = driver.audit_answered(sent(worker, nonce, round), answer, &mut shell)?;
-                Ok((Reply::Answered(round), Some(Ack::Answer(round, worker, auditor.is_none()))))
+                let recorded = M::answered(driver, sent(worker, nonce, round), &answer, &mut shell)?;
+                let ack = recorded.map(|replayed_here| Ack::Answer(round, worker, replayed_here));
+                Ok((Reply::Answered(round), ack))
             }),
             Request::Report { nonce, round, audited, report } => {
                 authenticate(driver, nonce).and_then(|auditor| {
@@ -1160,10 +1198,10 @@ impl World {
         let Some((segment, commitment)) = machine.answered_audit(round, worker) else { return Ok(()) };
         let assignment = machine.assignment_in(round, worker).expect("audited workers are participants");
         let audit = Audited { round, worker, segment, commitment, assignment };
-        let passes = driver.training.replay_passes(&driver.store, &audit).map_err(|error| {
+        let verdict = M::replay(driver, &audit).map_err(|error| {
             Violation(format!("the coordinator could not replay {worker}'s audit in round {round}: {error}"))
         })?;
-        let halted = match driver.replay_finished(now, round, worker, model::verdict_of(passes), &mut shell) {
+        let halted = match driver.replay_finished(now, round, worker, verdict, &mut shell) {
             Ok(()) => None,
             Err(DriverError::Refused(refusal)) => {
                 return Err(Violation(format!(
@@ -1181,7 +1219,7 @@ impl World {
     /// timer re-armed. Returns whether the coordinator is still up.
     fn after_input(
         &mut self,
-        shell: SimShell,
+        shell: SimShell<M>,
         before: Option<Fingerprint>,
         halted: Option<DriverError>,
     ) -> Result<bool, Violation> {
@@ -1251,6 +1289,7 @@ impl World {
             behaviour_by_key: &self.behaviour_by_key,
             excused: &self.excused,
             outages: &self.outages,
+            copies: self.mode.copies(),
         };
         for event in batch {
             if self.trace {
@@ -1293,7 +1332,7 @@ impl World {
         }
         invariants::check_acked(&events, &self.acked)?;
         self.node.clock.advance(now - self.node.clock.now_unix_ms());
-        let driver = Driver::open(self.driver_run(), self.config.seed, store)
+        let driver = Driver::open(self.driver_run(), self.mode.setup(), store)
             .map_err(|error| Violation(format!("the coordinator does not restart: {error}")))?;
         let restored = fingerprint(&driver.machine);
         let expected = self.node.expected.take().expect("a crash says what to expect");

@@ -2,9 +2,11 @@
 //! invariant, the same seed must give the same run, and the checkers must
 //! catch a broken ledger, a lost acknowledgement and a broken rule.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crowdtrain_protocol::ledger::{Chain, Event};
-use crowdtrain_protocol::{Digest, Identity, RoundId, WorkerId};
-use crowdtrain_simnet::invariants::{self, Knowledge, Rules};
+use crowdtrain_protocol::{Commitment, Digest, Identity, Recorded, RoundId, WorkerId};
+use crowdtrain_simnet::invariants::{self, Copies, Knowledge, Rules};
 use crowdtrain_simnet::model::Behaviour;
 use crowdtrain_simnet::{Auditors, Faults, Finished, STAKE, SimConfig, Summary, simulate};
 
@@ -21,6 +23,7 @@ fn knowledge(finished: &Finished) -> Knowledge<'_> {
         behaviour_by_key: &finished.behaviour_by_key,
         excused: &finished.excused,
         outages: &finished.outages,
+        copies: finished.copies,
     }
 }
 
@@ -195,8 +198,13 @@ fn a_thousand_workers_for_a_hundred_rounds_keep_every_invariant_and_their_hash()
     // 7 crashes, 327,580 ledger entries); the hash changed twice since,
     // when the summary lost its count of honest updates refused after a
     // collusion (now a violation), and when it took the rules check's tally
-    // whole (adding its count of events checked).
-    assert_eq!(summary.hash, "ee3ec349429326c8090d928dbbaeb955858b98ee51956eac124c44b3a6c48f2b");
+    // whole (adding its count of events checked). It changed again (s12)
+    // when the protocol began contesting two commitments to the same trace
+    // (a near copy): here a copier of a harmful, fake-revealing or garbage
+    // worker commits its victim's honest trace with another update, now
+    // audited by the coordinator at the draw (8 crashes, 3 failed writes,
+    // 325,466 ledger entries; was `ee3ec349...`).
+    assert_eq!(summary.hash, "2da8447c289b634a734f799c1d270f8d23b142bc3640c89077917353b6db9a26");
 }
 
 #[test]
@@ -297,4 +305,121 @@ fn the_real_driver_runs_faulted_seeds_to_the_hashes_of_the_simulators_own_driver
         assert_eq!(summary.restores_compared, crashes, "seed {seed}: every restart compared in full");
         assert_eq!(summary.hash, hash, "seed {seed}");
     }
+}
+
+/// Near-copiers (`--near-copiers`) in hash mode, with every fault: each
+/// commits its neighbour's update plus noise at 10^-3, which the checks
+/// refuse as nearly a copy of whichever was committed first; the challenge
+/// that follows replays both. The rules check fails a run that pays a near
+/// copy of an honest update revealed in the same round, or refuses or
+/// slashes the honest original.
+#[test]
+fn near_copiers_are_never_paid_and_their_originals_never_refused_whichever_commits_first() {
+    let mut caught = 0;
+    for seed in 0..12 {
+        let config = SimConfig { near_copiers: 0.2, ..SimConfig::small(seed) };
+        let finished = simulate(&config).unwrap_or_else(|failure| panic!("{failure}"));
+        let near_copiers: BTreeSet<_> = finished
+            .behaviour_by_key
+            .iter()
+            .filter(|(_, behaviour)| **behaviour == Behaviour::NearCopier)
+            .map(|(key, _)| *key)
+            .collect();
+        assert_eq!(near_copiers.len(), 2, "seed {seed}: 20% of 12 workers");
+        let events = events(&finished);
+        let ids: BTreeSet<WorkerId> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::WorkerRegistered { worker, key, .. } if near_copiers.contains(key) => Some(*worker),
+                _ => None,
+            })
+            .collect();
+        caught += events
+            .iter()
+            .filter(|event| {
+                matches!(event, Event::UpdateRefused { worker, .. } | Event::Slash { worker, .. }
+                    if ids.contains(worker))
+            })
+            .count();
+    }
+    assert!(caught > 0, "near copies are refused as copies, or slashed for failing their replay");
+}
+
+/// The near-copier rule fails a ledger that credits a near copy of an
+/// honest update revealed in the same round, and only that.
+#[test]
+fn a_paid_near_copy_is_reported() {
+    let keys: Vec<_> = (1..=3u8).map(|seed| Identity::from_seed([seed; 32]).public_key()).collect();
+    let behaviour_by_key: BTreeMap<_, _> =
+        keys.iter().copied().zip([Behaviour::Honest, Behaviour::NearCopier, Behaviour::Honest]).collect();
+    let (excused, outages) = (BTreeSet::new(), BTreeSet::new());
+    let knowledge = Knowledge {
+        behaviour_by_key: &behaviour_by_key,
+        excused: &excused,
+        outages: &outages,
+        copies: Copies::PreviousWorker,
+    };
+    // w2 copies w1 (its neighbour by id); w3 is honest.
+    let workers = [WorkerId(1), WorkerId(2), WorkerId(3)];
+    let ledger = |revealed: &[WorkerId], accepted: &[WorkerId]| {
+        let mut events: Vec<Event> = keys
+            .iter()
+            .zip(workers)
+            .map(|(key, worker)| Event::WorkerRegistered {
+                worker,
+                key: *key,
+                class: "sim".into(),
+                registered_unix_ms: 0,
+                token: None,
+            })
+            .collect();
+        events.push(Event::RoundOpened {
+            round: 1,
+            base_model: Digest::of(b"base"),
+            participants: workers.to_vec(),
+            opened_unix_ms: 0,
+            commit_deadline_unix_ms: 1,
+            secret_commitment: Digest::of(b"secret"),
+        });
+        let payload = |worker: WorkerId| Digest::of(&worker.0.to_le_bytes());
+        for worker in workers {
+            let commitment = Commitment {
+                merkle_root: Digest::of(b"root"),
+                payload: payload(worker),
+                segments: 4,
+                residual_in: None,
+                residual_out: None,
+            };
+            let status = Recorded::Accepted;
+            events.push(Event::Commitment {
+                round: 1,
+                worker,
+                commitment,
+                status,
+                audit: None,
+                nonce: 1,
+                received_unix_ms: 0,
+            });
+        }
+        for &worker in revealed {
+            let payload = payload(worker);
+            let status = Recorded::Accepted;
+            events.push(Event::Reveal { round: 1, worker, payload, status, nonce: 2, received_unix_ms: 0 });
+        }
+        events.push(Event::RoundClosed {
+            round: 1,
+            result_model: Digest::of(b"next"),
+            result_momentum: Digest::of(b"momentum"),
+            result_aggregator: None,
+            accepted: accepted.to_vec(),
+            closed_unix_ms: 2,
+        });
+        Rules::new(2, 0, STAKE).feed_all(&events, knowledge)
+    };
+    let all = [WorkerId(1), WorkerId(2), WorkerId(3)];
+    let violation = ledger(&all, &all).unwrap_err();
+    assert!(violation.0.contains("near copy of w1"), "{violation}");
+    ledger(&all, &[WorkerId(1), WorkerId(3)]).unwrap();
+    // The original never revealed: nothing told the copy apart, no rule broken.
+    ledger(&[WorkerId(2), WorkerId(3)], &[WorkerId(2), WorkerId(3)]).unwrap();
 }

@@ -2,7 +2,7 @@
 //! network (`crowdtrain-simnet`), one seed or a range of them.
 
 use clap::Args;
-use crowdtrain_simnet::{Auditors, Faults, SimConfig, Summary, Tally};
+use crowdtrain_simnet::{Auditors, Faults, SimConfig, Summary, Tally, TrainingMode};
 use serde::Serialize;
 
 use crate::output;
@@ -55,6 +55,19 @@ pub struct NetworkArgs {
     #[arg(long)]
     bond: Option<u64>,
 
+    /// What the workers compute: `hash` (a hash stands in for training and
+    /// replays: cheap, for thousands of workers) or `model` (the tiny MLP
+    /// really trains on the bundled Fashion-MNIST subset; real commitments,
+    /// answers and bit-exact replays, the coordinator's real model
+    /// training; seconds for a few workers and rounds).
+    #[arg(long, default_value = "hash", value_parser = TrainingMode::parse)]
+    training: TrainingMode,
+
+    /// The fraction of workers that commit a near copy of a neighbour's
+    /// update (its values plus noise at 10^-3), on top of --attackers.
+    #[arg(long, default_value_t = 0.0)]
+    near_copiers: f64,
+
     /// Print the summary (or, with --seeds, the totals) as JSON.
     #[arg(long)]
     json: bool,
@@ -65,6 +78,17 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
     let from: u64 = from.parse().map_err(|_| format!("`{from}` is not a seed"))?;
     let to: u64 = to.parse().map_err(|_| format!("`{to}` is not a seed"))?;
     (from < to).then_some((from, to)).ok_or_else(|| format!("the range {text} is empty"))
+}
+
+/// What one seed reports.
+#[derive(Debug, Serialize)]
+struct SeedReport {
+    training: TrainingMode,
+    #[serde(flatten)]
+    summary: Summary,
+    /// The digest of the model the run finished on (in model mode, its
+    /// real checkpoint's), if it finished.
+    final_model: Option<String>,
 }
 
 /// What `--seeds` reports.
@@ -94,13 +118,21 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         faults: args.faults,
         auditors: args.auditors.unwrap_or(Auditors::for_seed(seed)),
         bond: args.bond.unwrap_or(crowdtrain_simnet::bond_for_seed(seed)),
+        training: args.training,
+        near_copiers: args.near_copiers,
     };
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.near_copiers) && args.near_copiers + args.attackers <= 1.0,
+        "--near-copiers is a fraction, at most 1 with --attackers"
+    );
     let Some((from, to)) = args.seeds else {
-        let summary = crowdtrain_simnet::run(&config(args.seed))?;
+        let finished = crowdtrain_simnet::simulate(&config(args.seed))?;
+        let final_model = finished.final_model.map(|digest| digest.to_string());
+        let report = SeedReport { training: args.training, summary: finished.summary, final_model };
         if args.json {
-            return output::print_json(&summary);
+            return output::print_json(&report);
         }
-        print_summary(&summary);
+        print_summary(&report);
         return Ok(());
     };
     let started = std::time::Instant::now();
@@ -162,10 +194,12 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_summary(summary: &Summary) {
+fn print_summary(report: &SeedReport) {
+    let summary = &report.summary;
     let mut table = output::table(&[]);
-    let rows: [(&str, String); 19] = [
+    let rows: [(&str, String); 21] = [
         ("seed", summary.seed.to_string()),
+        ("training", report.training.as_str().to_owned()),
         (
             "rounds closed / failed",
             format!("{} / {}", summary.tally.rounds_closed, summary.tally.rounds_failed),
@@ -192,6 +226,7 @@ fn print_summary(summary: &Summary) {
             format!("{} / {}", summary.tally.drawn_from_bond, summary.tally.bonds_exhausted),
         ),
         ("rounds reproduced by a fault-free aggregation", summary.rounds_reproduced.to_string()),
+        ("final model", report.final_model.clone().unwrap_or_else(|| "(not finished)".into())),
         ("coordinator crashes injected", summary.crashes.to_string()),
         ("failed writes injected", summary.write_faults.to_string()),
         ("restores compared in full", summary.restores_compared.to_string()),

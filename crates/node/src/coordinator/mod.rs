@@ -38,8 +38,8 @@ use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::judge::ReportCheck;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    AuditAnswer, AuditReport, AuditTask, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Phase,
-    Receipt, ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
+    AuditAnswer, AuditReport, ErrorCode, LedgerEntryView, LedgerPage, PROTOCOL_VERSION, Phase, Receipt,
+    ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
 };
 use crowdtrain_protocol::{
     Commitment, Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig, Shard, Signed,
@@ -756,29 +756,12 @@ impl Node {
     fn audit_task(&self, auditor: WorkerId, round: RoundId, audited: WorkerId) -> Result<Vec<u8>, Failure> {
         let inner = self.lock();
         let (segment, commitment, assignment) = inner.driver.delegated(auditor, round, audited, "replay")?;
-        // The first segment starts from the round's model; the stored
-        // answer holds any other start, and the residual (checked against
-        // the commitment when the answer arrived) the last segment needs.
-        let needs_answer =
-            segment != 1 || (segment == commitment.segments && commitment.residual_in.is_some());
-        let answer = if needs_answer {
-            let driver = &inner.driver;
-            Some(driver.training.stored_answer(&driver.store, round, audited).map_err(Failure::internal)?)
-        } else {
-            None
-        };
-        let (start_state, residual_in) = match answer {
-            Some(answer) if segment != 1 => (answer.start_state, answer.residual_in),
-            answer => (
-                crowdtrain_train::TrainState::new(
-                    self.model.name(),
-                    inner.driver.training.base_params(&assignment.base_model).map_err(Failure::internal)?,
-                )
-                .to_bytes(),
-                answer.map(|answer| answer.residual_in).unwrap_or_default(),
-            ),
-        };
-        let task = Signed::sign(&self.identity, AuditTask { assignment, segment, start_state, residual_in });
+        let driver = &inner.driver;
+        let task = driver
+            .training
+            .audit_task(&driver.store, round, audited, segment, &commitment, assignment)
+            .map_err(Failure::internal)?;
+        let task = Signed::sign(&self.identity, task);
         Ok(postcard::to_allocvec(&task).expect("tasks encode"))
     }
 
@@ -846,22 +829,12 @@ impl Node {
     /// An encoded update must decode to the model's size, with finite
     /// values, in the run's codec; returns the values.
     fn check_payload(&self, payload: &[u8]) -> Result<Vec<f32>, Failure> {
-        let expected = self.model.layout().len();
-        let (codec, values) = crowdtrain_train::codec::decode(payload, expected).map_err(|error| {
-            let code = match error {
-                crowdtrain_train::CodecError::NonFinite { .. }
-                | crowdtrain_train::CodecError::BadScale { .. } => ErrorCode::NonFinite,
-                _ => ErrorCode::WrongShape,
-            };
-            Failure::new(code, format!("the update was refused: {error}"))
-        })?;
-        if codec != self.config.training.codec {
-            return Err(Failure::new(
-                ErrorCode::WrongShape,
-                format!("the run encodes updates as {}, not {}", self.config.training.codec, codec),
-            ));
-        }
-        Ok(values)
+        let parameters = self.model.layout().len();
+        Ok(crowdtrain_coordinator::model_training::check_update(
+            parameters,
+            self.config.training.codec,
+            payload,
+        )?)
     }
 
     /// Feeds the driver an input (`input` calls one of its methods, with

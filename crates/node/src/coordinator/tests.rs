@@ -19,6 +19,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use crowdtrain_data::DataSource;
+use crowdtrain_protocol::wire::AuditTask;
 use crowdtrain_protocol::{Assignment, Identity};
 use crowdtrain_train::diloco::{DilocoConfig, apply_broadcast, simulate};
 use crowdtrain_train::{Broadcast, Codec, Model, Nesterov};

@@ -8,7 +8,7 @@
 //! hash to the digest the signed round view names; the data set must match
 //! the run's fingerprint before any training happens.
 
-pub(crate) mod behavior;
+pub use crowdtrain_coordinator::behavior;
 mod client;
 mod events;
 mod notices;

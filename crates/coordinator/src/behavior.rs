@@ -1,7 +1,9 @@
 //! How a worker behaves: honestly, or like one of the cheaters the audits
 //! exist to catch. The cheaters are real code paths of the real worker, so
 //! tests and demos exercise the protocol against exactly what a dishonest
-//! participant could run.
+//! participant could run. Plain computation without I/O: the worker process
+//! (`crowdtrain_node::worker`) and the network simulator's real-training
+//! mode (`crowdtrain_simnet`) produce their work with the same code.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,8 +21,8 @@ use crowdtrain_train::{
     Codec, Encode, InnerOptimizer, Model, TrainError, TrainState, Trainer, encode_with_feedback,
 };
 
+use crate::AssignedWork;
 use crate::data::{RunData, Shards};
-use crate::{AssignedWork, NodeError};
 
 /// A worker's behaviour (`crowdtrain worker --behavior B`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -201,7 +203,7 @@ impl Produced {
         update: Vec<f32>,
         codec: Codec,
         residual_in: &[f32],
-    ) -> Result<Self, NodeError> {
+    ) -> Result<Self, TrainError> {
         Self::encoded_from(boundaries, update, codec, residual_in, residual_in.to_vec())
     }
 
@@ -213,7 +215,7 @@ impl Produced {
         codec: Codec,
         residual_in: &[f32],
         start: Vec<f32>,
-    ) -> Result<Self, NodeError> {
+    ) -> Result<Self, TrainError> {
         let hashes = boundaries.iter().map(|state| Digest(state.hash().0)).collect();
         let mut residual_out = start;
         let payload = encode_with_feedback(codec, &update, &mut residual_out).map_err(TrainError::from)?;
@@ -223,7 +225,7 @@ impl Produced {
     /// The same work encoded again from the zero residual: what a worker
     /// commits after the coordinator refused its residual chain (its
     /// residual file lost, or a commitment it never heard was accepted).
-    pub fn restarted(&self, codec: Codec) -> Result<Self, NodeError> {
+    pub fn restarted(&self, codec: Codec) -> Result<Self, TrainError> {
         Self::new(self.boundaries.clone(), self.update.clone(), codec, &[])
     }
 
@@ -286,15 +288,15 @@ impl Work<'_> {
     /// The honest computation for `slot` (normally the worker's own): the
     /// shard that slot trains this round, with batches from `key_slot`'s
     /// streams.
-    fn train_as(&self, slot: u32, key_slot: u32) -> Result<InnerRoundResult, NodeError> {
+    fn train_as(&self, slot: u32, key_slot: u32) -> Result<InnerRoundResult, TrainError> {
         self.train_on(self.data, slot, u64::from(key_slot))
     }
 
-    fn train_on(&self, data: &RunData, slot: u32, key_slot: u64) -> Result<InnerRoundResult, NodeError> {
+    fn train_on(&self, data: &RunData, slot: u32, key_slot: u64) -> Result<InnerRoundResult, TrainError> {
         let assignment = self.assignment;
         let key = RngKey { worker: key_slot, ..assignment.rng_key() };
         let source = self.shards.source(data, assignment, slot)?;
-        Ok(inner_round_on(
+        inner_round_on(
             self.model,
             &assignment.recipe,
             self.params,
@@ -304,12 +306,12 @@ impl Work<'_> {
             &mut || {
                 self.steps_done.fetch_add(1, Ordering::Relaxed);
             },
-        )?)
+        )
     }
 
     /// Honest states with `craft(honest update)` as the update: the
     /// attacks on the model that still look like work.
-    fn disguised(&self, craft: impl FnOnce(&[f32]) -> Vec<f32>) -> Result<Produced, NodeError> {
+    fn disguised(&self, craft: impl FnOnce(&[f32]) -> Vec<f32>) -> Result<Produced, TrainError> {
         let slot = self.assignment.slot;
         let honest = self.train_as(slot, slot)?;
         let crafted = craft(&honest.pseudo_gradient);
@@ -317,11 +319,11 @@ impl Work<'_> {
     }
 
     /// `update` encoded from the worker's residual.
-    fn seal(&self, boundaries: Vec<TrainState>, update: Vec<f32>) -> Result<Produced, NodeError> {
+    fn seal(&self, boundaries: Vec<TrainState>, update: Vec<f32>) -> Result<Produced, TrainError> {
         Produced::new(boundaries, update, self.assignment.recipe.codec, self.residual)
     }
 
-    fn finish(&self, result: InnerRoundResult) -> Result<Produced, NodeError> {
+    fn finish(&self, result: InnerRoundResult) -> Result<Produced, TrainError> {
         self.seal(result.boundaries, result.pseudo_gradient)
     }
 }
@@ -332,7 +334,7 @@ pub fn produce(
     behavior: Behavior,
     work: &Work<'_>,
     previous: Option<&Produced>,
-) -> Result<Produced, NodeError> {
+) -> Result<Produced, TrainError> {
     let slot = work.assignment.slot;
     let next = (slot + 1) % work.assignment.slots;
     match behavior {
@@ -415,7 +417,7 @@ fn poison(payload: &mut [u8]) {
 /// Honest steps up to `(1 - fraction)` of the round, then the step counter
 /// alone advances: the states look like a full round's, the work is not
 /// there.
-fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
+fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, TrainError> {
     let assignment = work.assignment;
     let steps = assignment.recipe.inner_steps;
     let skipped = ((steps as f64) * fraction).round() as u64;
@@ -440,7 +442,7 @@ fn lazy(work: &Work<'_>, fraction: f64) -> Result<Produced, NodeError> {
 
 /// Random states and a random update with a per-value spread typical of a
 /// real one, computed in no time.
-fn fabricate(work: &Work<'_>) -> Result<Produced, NodeError> {
+fn fabricate(work: &Work<'_>) -> Result<Produced, TrainError> {
     let assignment = work.assignment;
     let mut rng = keyed_rng("fabricate", assignment.rng_key());
     let mut noise = |scale: f64| -> Vec<f32> {
@@ -462,11 +464,10 @@ fn fabricate(work: &Work<'_>) -> Result<Produced, NodeError> {
 
 /// What a tampering worker reveals instead of what it committed: its
 /// update, doubled.
-pub fn tampered(payload: &[u8], assignment: &Assignment, parameters: usize) -> Result<Vec<u8>, NodeError> {
-    let (_, values) =
-        crowdtrain_train::codec::decode(payload, parameters).map_err(crowdtrain_train::TrainError::from)?;
+pub fn tampered(payload: &[u8], assignment: &Assignment, parameters: usize) -> Result<Vec<u8>, TrainError> {
+    let (_, values) = crowdtrain_train::codec::decode(payload, parameters)?;
     let doubled: Vec<f32> = values.iter().map(|value| value * 2.0 + 1e-4).collect();
-    Ok(assignment.recipe.codec.encode(&doubled).map_err(crowdtrain_train::TrainError::from)?)
+    Ok(assignment.recipe.codec.encode(&doubled)?)
 }
 
 #[cfg(test)]
