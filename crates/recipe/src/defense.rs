@@ -171,9 +171,21 @@ pub struct QualityConfig {
     /// handful of scores happen to cluster has a spread far below the
     /// usual, which would read an honest worker's ordinary shortfall as
     /// many spreads (0 turns the floor off; `docs/PAY.md`, "The test").
+    /// Not written out at its default, so configurations (and run ids)
+    /// from before the floor serialise as they did.
+    #[serde(skip_serializing_if = "is_default_spread_floor")]
     pub spread_floor: f64,
     /// Rounds whose spreads the floor takes its median from.
+    #[serde(skip_serializing_if = "is_default_spread_rounds")]
     pub spread_rounds: usize,
+}
+
+fn is_default_spread_floor(value: &f64) -> bool {
+    *value == QualityConfig::default().spread_floor
+}
+
+fn is_default_spread_rounds(value: &usize) -> bool {
+    *value == QualityConfig::default().spread_rounds
 }
 
 impl Default for QualityConfig {
