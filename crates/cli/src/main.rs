@@ -62,6 +62,8 @@ enum Command {
     Reward(cmd::reward::RewardArgs),
     /// Run every model attack against the checks, robust aggregation and pay.
     Battery(cmd::battery::BatteryArgs),
+    /// The pay gate judged again on recorded battery rounds: replay pay, measure false denials.
+    Gate(cmd::gate::GateArgs),
     /// Optimal contracts with model rewards: solve a scenario, realise rewards, baselines, the paper's experiments.
     Contract(cmd::contract::ContractArgs),
     /// Tokenizers for language models: train byte-level BPE, encode a text into tokens, decode.
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Reward(args) => cmd::reward::run(args),
         Command::Report(args) => cmd::report::run(args),
         Command::Battery(args) => cmd::battery::run_battery(args),
+        Command::Gate(args) => cmd::gate::run(args),
         Command::Contract(args) => cmd::contract::run(args),
         Command::Tokenizer(args) => cmd::tokenizer::run(args),
     };

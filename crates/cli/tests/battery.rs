@@ -77,3 +77,58 @@ fn every_attack_at_twenty_percent_is_bounded_and_attackers_are_not_paid() {
         assert_eq!(attack(name)["attacker_credit_share"].as_f64(), Some(0.0), "{name} earns nothing");
     }
 }
+
+#[test]
+fn a_recorded_battery_is_paid_again_exactly_and_its_honest_rounds_resampled() {
+    // Goal: `crowdtrain gate` judges what `battery --json` recorded, and a
+    // replay under the recorded settings pays what the battery paid.
+    // Method: a small battery on full Fashion-MNIST (6 workers, one
+    // sign-flipper, 8 short rounds, one seed), written to a file; replayed
+    // as recorded and with a lower threshold; its clean run resampled.
+    assert_eq!(DataSource::resolve(None), DataSource::Directory(DEBIAN_FASHION_MNIST_DIR.into()));
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("battery.json");
+    let output = Command::new(binary())
+        .args(["battery", "--workers", "6", "--attackers", "1", "--rounds", "8", "--inner-steps", "3"])
+        .args(["--seeds", "1", "--attacks", "sign-flip", "--no-mean-baseline", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    std::fs::write(&recording, &output.stdout).unwrap();
+    let battery: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(battery["clean_accuracy_mean"], Value::Null, "no mean baseline asked for");
+    let flipped = &battery["attacks"][0]["runs"][0];
+    assert_eq!(flipped["rounds"].as_array().unwrap().len(), 8);
+
+    let gate = |args: &[&str]| {
+        let output =
+            Command::new(binary()).arg("gate").args(args).arg(&recording).arg("--json").output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let replayed = gate(&["replay"]);
+    let attacks = replayed["attacks"].as_array().unwrap();
+    assert_eq!(attacks.len(), 2, "the clean run and the sign-flip run: {replayed}");
+    let sign_flip = attacks.iter().find(|attack| attack["attack"] == "sign-flip").unwrap();
+    let run = &sign_flip["runs"][0];
+    assert_eq!(run["matches_recording"], true);
+    assert_eq!(run["credits"], flipped["credits"], "the recorded settings pay what the battery paid");
+    assert_eq!(run["attackers_below_median"], 1.0, "a sign-flip scores below every honest update");
+    // A higher threshold can only pay the attacker as much or more.
+    let lenient = gate(&["replay", "--threshold", "40"]);
+    let lenient_run =
+        lenient["attacks"].as_array().unwrap().iter().find(|attack| attack["attack"] == "sign-flip").unwrap()
+            ["runs"][0]
+            .clone();
+    assert!(lenient_run["credits"][5].as_u64() >= flipped["credits"][5].as_u64(), "{lenient_run}");
+
+    let errors = gate(&["errors", "--window", "6", "--block", "2", "--resamples", "200", "--outer", "10"]);
+    let group = &errors["groups"][0];
+    assert_eq!((group["workers"].as_u64(), group["honest"].as_u64()), (Some(6), Some(6)));
+    assert_eq!(group["worker_windows"], 1200);
+    assert!(group["rate"].as_f64().unwrap() <= 1.0);
+    let refused =
+        Command::new(binary()).args(["gate", "errors", "--window", "9"]).arg(&recording).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("fewer than the window of 9"));
+}

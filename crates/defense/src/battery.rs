@@ -19,8 +19,8 @@ use crowdtrain_train::{
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::quality::{self, Gate};
-use crate::{DefenseConfig, ModelDefense, PayGate, Submission, attack, linalg};
+use crate::quality::{self, Gate, PayRecord, ScoredRound};
+use crate::{DefenseConfig, ModelDefense, Submission, attack, linalg};
 
 /// What the attacking workers send.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -172,6 +172,11 @@ pub struct BatteryRun {
     pub honest_share_gap: f64,
     /// Workers the pay gate denied at some round, by slot.
     pub denied: Vec<bool>,
+    /// Rounds whose work the gate denied, by slot.
+    pub rounds_denied: Vec<u64>,
+    /// The highest evidence (nats) the gate held against each slot: the
+    /// threshold's margin.
+    pub peak_evidence: Vec<f64>,
     /// Scored updates in rounds where the gate had no power (paid as
     /// verified work).
     pub no_power_updates: u64,
@@ -180,6 +185,13 @@ pub struct BatteryRun {
     pub refused_honest: u64,
     /// The final global state's hash (parameters, outer momentum, round).
     pub state_hash: String,
+    /// Honest workers: the first slots.
+    pub honest_workers: usize,
+    /// Verified work units of one accepted update.
+    pub work_units: u64,
+    /// Every round's scores as the gate saw them: `crowdtrain gate` judges
+    /// them again with other settings, or resamples them.
+    pub rounds: Vec<ScoredRound>,
 }
 
 /// Runs `config` with `attack` on `data`.
@@ -220,10 +232,8 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
     let mut defense = ModelDefense::new(config.defense.checks, config.defense.aggregator);
     let mut gate = Gate::default();
     let work_units = recipe.work_units();
-    let mut credits = vec![0u64; config.workers];
-    let mut verified = vec![0u64; config.workers];
-    let mut denied = vec![false; config.workers];
-    let mut no_power_updates = 0u64;
+    let mut pay = PayRecord::new(config.workers);
+    let mut scored_rounds = Vec::new();
     let (mut refused_attacker, mut refused_honest) = (0u64, 0u64);
     let mut previous_honest: Vec<Vec<f32>> = Vec::new();
     for round in 0..config.rounds {
@@ -335,14 +345,9 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
         )?;
         let pairs: Vec<(u64, f64)> = decision.passed.iter().copied().zip(scores).collect();
         let examples = held_out.scored_examples(quality_config.eval_examples);
-        for judged in gate.observe(round, &pairs, work_units, examples, &quality_config) {
-            let worker = judged.worker as usize;
-            credits[worker] += judged.credits;
-            credits[worker] -= judged.withheld.map_or(0, |(_, withheld)| withheld);
-            verified[worker] += work_units;
-            denied[worker] |= judged.gate == PayGate::Deny;
-            no_power_updates += u64::from(judged.deviation.is_none());
-        }
+        let scored = ScoredRound::new(round, &pairs, examples);
+        pay.book(&mut gate, &scored, work_units, &quality_config);
+        scored_rounds.push(scored);
         match decision.aggregate.clone() {
             Some(aggregate) => {
                 outer_step(config.outer, &mut global, &aggregate).map_err(TrainError::from)?;
@@ -360,7 +365,7 @@ pub fn run(config: &BatteryConfig, attack: Attack, data: &BatteryData<'_>) -> Re
         honest_count,
         &global,
         (evaluation, collapsed),
-        Ledger { credits, verified, denied, no_power_updates },
+        (pay, scored_rounds, work_units),
         (refused_attacker, refused_honest),
     ))
 }
@@ -390,35 +395,17 @@ impl Wire {
     }
 }
 
-/// What a run paid, by slot.
-struct Ledger {
-    credits: Vec<u64>,
-    verified: Vec<u64>,
-    denied: Vec<bool>,
-    no_power_updates: u64,
-}
-
 fn summarize(
     config: &BatteryConfig,
     attack: Attack,
     honest_count: usize,
     global: &OuterState,
     (evaluation, collapsed): (Evaluation, bool),
-    Ledger { credits, verified, denied, no_power_updates }: Ledger,
+    (pay, rounds, work_units): (PayRecord, Vec<ScoredRound>, u64),
     (refused_attacker, refused_honest): (u64, u64),
 ) -> BatteryRun {
-    let total_credits: u64 = credits.iter().sum();
-    let honest_credits: u64 = credits[..honest_count].iter().sum();
-    let honest_work: u64 = verified[..honest_count].iter().sum();
-    let attacker_credits: u64 = credits[honest_count..].iter().sum();
-    let attackers = config.workers - honest_count;
-    let honest_share_gap = (0..honest_count)
-        .map(|worker| {
-            let credit_share = credits[worker] as f64 / honest_credits.max(1) as f64;
-            let work_share = verified[worker] as f64 / honest_work.max(1) as f64;
-            if work_share > 0.0 { (credit_share - work_share).abs() / work_share } else { 1.0 }
-        })
-        .fold(0.0, f64::max);
+    let total_credits: u64 = pay.credits.iter().sum();
+    let attacker_credits: u64 = pay.credits[honest_count..].iter().sum();
     let finite = global.params.iter().all(|value| value.is_finite());
     BatteryRun {
         attack: attack.name(),
@@ -427,20 +414,20 @@ fn summarize(
         test_loss: evaluation.loss,
         diverged: !finite || !evaluation.loss.is_finite() || collapsed,
         attacker_credit_share: attacker_credits as f64 / total_credits.max(1) as f64,
-        attacker_credits_vs_honest: if attackers == 0 {
-            0.0
-        } else {
-            (attacker_credits as f64 / attackers as f64)
-                / (honest_credits as f64 / honest_count as f64).max(1.0)
-        },
-        honest_share_gap,
-        credits,
-        verified_work: verified,
-        denied,
-        no_power_updates,
+        attacker_credits_vs_honest: pay.attacker_credits_vs_honest(honest_count),
+        honest_share_gap: pay.honest_share_gap(honest_count),
+        no_power_updates: pay.no_power_updates,
+        credits: pay.credits,
+        verified_work: pay.verified,
+        denied: pay.denied,
+        rounds_denied: pay.rounds_denied,
+        peak_evidence: pay.peak_evidence,
         refused_attacker,
         refused_honest,
         state_hash: global.hash().to_hex(),
+        honest_workers: honest_count,
+        work_units,
+        rounds,
     }
 }
 
@@ -475,6 +462,12 @@ mod tests {
             .unwrap()
             .install(|| run(&config, Attack::SignFlip, &data).unwrap());
         assert_eq!(one, two);
+        // Pay is a function of the recorded scores: judged again, they pay
+        // the same (what `crowdtrain gate replay` relies on).
+        assert_eq!(one.rounds.len(), 2);
+        let paid_again =
+            PayRecord::replay(config.workers, &one.rounds, one.work_units, &config.defense.quality);
+        assert_eq!((&paid_again.credits, &paid_again.denied), (&one.credits, &one.denied));
         let copied = run(&config, Attack::Copy, &data).unwrap();
         assert_eq!(copied.refused_attacker, 2, "the copy is refused in both rounds");
         assert_eq!(copied.credits[4], 0);

@@ -18,7 +18,9 @@
 //!   in full unless a sequential test finds a worker's updates worse than
 //!   the round's majority.
 //! - [`attack`] builds the model attacks; [`battery`] runs them in one
-//!   process against the whole defence.
+//!   process against the whole defence, recording every round's scores.
+//! - [`false_denials`] resamples recorded honest rounds through the gate to
+//!   measure how often it denies an honest worker.
 //!
 //! Everything is deterministic: the same inputs give the same verdicts,
 //! aggregate and scores, bit for bit, on any machine and thread count.
@@ -27,6 +29,7 @@ pub mod aggregate;
 pub mod attack;
 pub mod battery;
 pub mod checks;
+pub mod false_denials;
 pub mod linalg;
 pub mod quality;
 

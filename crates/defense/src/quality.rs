@@ -33,7 +33,7 @@
 //! overwhelming. Pay of the last few rounds stays in escrow, so a worker
 //! harmful from its first round is denied all of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crowdtrain_data::LabeledImages;
 use crowdtrain_recipe::{PayGate, QualityConfig, ScoreMethod};
@@ -246,6 +246,9 @@ pub struct Deviations {
     /// `median / spread`: how far below the majority a useless update (one
     /// that improves nothing) stands this round.
     pub useless: f64,
+    /// The round's own spread, 1.4826 median absolute deviations, before
+    /// any floor.
+    pub round_spread: f64,
 }
 
 /// Each update's standardised deviation from the round's majority:
@@ -253,8 +256,19 @@ pub struct Deviations {
 /// deviations (the standard deviation, were the scores normal, and blind
 /// to a minority of outliers). `None` where the round has no power: fewer
 /// than `min_updates` finite scores, an evaluation batch under
-/// `min_eval_examples`, or no spread at all.
+/// `min_eval_examples`, or no spread at all. The round alone, with no
+/// floor: [`Gate::observe`] floors the spread by the recent rounds'.
 pub fn deviations(scores: &[f64], examples: usize, config: &QualityConfig) -> Option<Deviations> {
+    deviations_above(scores, examples, config, 0.0)
+}
+
+/// [`deviations`] with the spread taken as at least `floor`.
+pub fn deviations_above(
+    scores: &[f64],
+    examples: usize,
+    config: &QualityConfig,
+    floor: f64,
+) -> Option<Deviations> {
     let mut finite: Vec<f64> = scores.iter().copied().filter(|score| score.is_finite()).collect();
     if finite.len() < config.min_updates || examples < config.min_eval_examples {
         return None;
@@ -263,16 +277,18 @@ pub fn deviations(scores: &[f64], examples: usize, config: &QualityConfig) -> Op
     let median = crate::checks::median_of_sorted(&finite);
     let mut distances: Vec<f64> = finite.iter().map(|score| (score - median).abs()).collect();
     distances.sort_by(f64::total_cmp);
-    let spread = 1.4826 * crate::checks::median_of_sorted(&distances);
-    if spread.is_nan() || spread <= 0.0 {
+    let round_spread = 1.4826 * crate::checks::median_of_sorted(&distances);
+    if round_spread.is_nan() || round_spread <= 0.0 {
         return None;
     }
+    let spread = round_spread.max(floor);
     Some(Deviations {
         deviations: scores
             .iter()
             .map(|score| if score.is_finite() { (score - median) / spread } else { f64::NEG_INFINITY })
             .collect(),
         useless: median / spread,
+        round_spread,
     })
 }
 
@@ -359,9 +375,31 @@ impl Standing {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
     pub workers: BTreeMap<u64, Standing>,
+    /// The own spreads of the last `spread_rounds` rounds with power, oldest
+    /// first: the floor of the next round's spread is a fraction of their
+    /// median.
+    #[serde(default)]
+    pub recent_spreads: VecDeque<f64>,
 }
 
 impl Gate {
+    /// The least spread the next round is standardised by: `spread_floor`
+    /// times the median of the recent rounds' own spreads (0 before any
+    /// round with power). Measured: when four of seven honest scores
+    /// cluster, a round's spread falls to a tenth of the usual; in
+    /// all-honest runs of 7 scored workers over 60 rounds every honest
+    /// round that added more than 2.5 nats had a spread below two-thirds of
+    /// the recent median, and such rounds made the gate's false denials
+    /// (`docs/PAY.md`, "Error rates and power, measured").
+    pub fn spread_floor(&self, config: &QualityConfig) -> f64 {
+        if self.recent_spreads.is_empty() {
+            return 0.0;
+        }
+        let mut spreads: Vec<f64> = self.recent_spreads.iter().copied().collect();
+        spreads.sort_by(f64::total_cmp);
+        config.spread_floor * crate::checks::median_of_sorted(&spreads)
+    }
+
     /// Whether `worker`'s escrowed credits are held past the escrow window
     /// ([`QualityConfig::suspicion`]): the ledger's vesting asks this, so
     /// it vests exactly what the gate would no longer take back.
@@ -381,7 +419,13 @@ impl Gate {
         config: &QualityConfig,
     ) -> Vec<Judged> {
         let values: Vec<f64> = scores.iter().map(|&(_, score)| score).collect();
-        let round_deviations = deviations(&values, examples, config);
+        let round_deviations = deviations_above(&values, examples, config, self.spread_floor(config));
+        if let Some(round) = &round_deviations {
+            self.recent_spreads.push_back(round.round_spread);
+            while self.recent_spreads.len() > config.spread_rounds {
+                self.recent_spreads.pop_front();
+            }
+        }
         let escrow = config.escrow_rounds();
         scores
             .iter()
@@ -421,6 +465,115 @@ impl Gate {
                 }
             })
             .collect()
+    }
+}
+
+/// One round as the gate saw it: each scored update's worker and score,
+/// and how many held-out examples scored them. Pay is a function of these
+/// alone, so a recorded run can be judged again by any gate
+/// ([`PayRecord::book`], `crowdtrain gate`) without training it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredRound {
+    pub round: u64,
+    pub examples: usize,
+    /// `(worker, score)`; `None` for a non-finite score (JSON has no
+    /// infinities), read back as `-inf`.
+    pub scores: Vec<(u64, Option<f64>)>,
+}
+
+impl ScoredRound {
+    pub fn new(round: u64, pairs: &[(u64, f64)], examples: usize) -> Self {
+        let scores =
+            pairs.iter().map(|&(worker, score)| (worker, score.is_finite().then_some(score))).collect();
+        Self { round, examples, scores }
+    }
+
+    /// The gate's input: `(worker, score)`, `-inf` where not finite.
+    pub fn pairs(&self) -> Vec<(u64, f64)> {
+        self.scores.iter().map(|&(worker, score)| (worker, score.unwrap_or(f64::NEG_INFINITY))).collect()
+    }
+}
+
+/// What the gate paid over a run, by worker slot: the battery and
+/// `crowdtrain gate replay` book every round through here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PayRecord {
+    /// Credits kept: paid less what the gate took back.
+    pub credits: Vec<u64>,
+    /// Work units of every scored (checked) update.
+    pub verified: Vec<u64>,
+    /// Whether the gate denied the worker in some round.
+    pub denied: Vec<bool>,
+    /// Rounds whose work the gate denied.
+    pub rounds_denied: Vec<u64>,
+    /// The highest evidence the worker reached: how close it came to
+    /// being denied.
+    pub peak_evidence: Vec<f64>,
+    /// Scored updates in rounds where the gate had no power.
+    pub no_power_updates: u64,
+}
+
+impl PayRecord {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            credits: vec![0; workers],
+            verified: vec![0; workers],
+            denied: vec![false; workers],
+            rounds_denied: vec![0; workers],
+            peak_evidence: vec![0.0; workers],
+            no_power_updates: 0,
+        }
+    }
+
+    /// Judges `round` through `gate`, each update worth `units`, and books
+    /// what it pays and takes back. Workers are slots below
+    /// `self.credits.len()`.
+    pub fn book(&mut self, gate: &mut Gate, round: &ScoredRound, units: u64, config: &QualityConfig) {
+        for judged in gate.observe(round.round, &round.pairs(), units, round.examples, config) {
+            let worker = judged.worker as usize;
+            self.credits[worker] += judged.credits;
+            self.credits[worker] -= judged.withheld.map_or(0, |(_, withheld)| withheld);
+            self.verified[worker] += units;
+            self.denied[worker] |= judged.gate == PayGate::Deny;
+            self.rounds_denied[worker] += u64::from(judged.gate == PayGate::Deny);
+            self.peak_evidence[worker] = self.peak_evidence[worker].max(judged.evidence);
+            self.no_power_updates += u64::from(judged.deviation.is_none());
+        }
+    }
+
+    /// `rounds` judged from the start by a fresh gate.
+    pub fn replay(workers: usize, rounds: &[ScoredRound], units: u64, config: &QualityConfig) -> Self {
+        let mut gate = Gate::default();
+        let mut record = Self::new(workers);
+        rounds.iter().for_each(|round| record.book(&mut gate, round, units, config));
+        record
+    }
+
+    /// The largest relative gap, over the first `honest` slots, between a
+    /// worker's share of their credits and its share of their verified
+    /// work (0 when the gate paid every one of them its work).
+    pub fn honest_share_gap(&self, honest: usize) -> f64 {
+        let honest_credits: u64 = self.credits[..honest].iter().sum();
+        let honest_work: u64 = self.verified[..honest].iter().sum();
+        (0..honest)
+            .map(|worker| {
+                let credit_share = self.credits[worker] as f64 / honest_credits.max(1) as f64;
+                let work_share = self.verified[worker] as f64 / honest_work.max(1) as f64;
+                if work_share > 0.0 { (credit_share - work_share).abs() / work_share } else { 1.0 }
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// An attacker's mean credits (the slots from `honest` on) over an
+    /// honest worker's; 0 without attackers.
+    pub fn attacker_credits_vs_honest(&self, honest: usize) -> f64 {
+        let attackers = self.credits.len() - honest;
+        if attackers == 0 {
+            return 0.0;
+        }
+        let honest_credits: u64 = self.credits[..honest].iter().sum();
+        let attacker_credits: u64 = self.credits[honest..].iter().sum();
+        (attacker_credits as f64 / attackers as f64) / (honest_credits as f64 / honest as f64).max(1.0)
     }
 }
 
@@ -536,6 +689,145 @@ mod tests {
         let again = gate.observe(40, &scores, 1280, 1500, &config);
         assert_eq!(again[6].gate, PayGate::Deny);
         assert_eq!(again[6].withheld, Some((39, 1280)));
+    }
+
+    #[test]
+    fn a_round_whose_spread_collapsed_is_standardised_by_the_recent_rounds_spread() {
+        // The same run as above (seed 4, zero attack, 8 workers, 60 rounds),
+        // rounds 29-39 as `crowdtrain battery --json` recorded them: the
+        // gate has seen ten rounds whose own spreads have a median of
+        // 0.0048; round 39's is 0.00039, a twelfth of it.
+        let rounds: [[f64; 7]; 11] = [
+            [
+                0.007714974659405005,
+                0.001520503234505872,
+                0.00954773909634185,
+                0.0021193491996464786,
+                0.006359802384175732,
+                0.00528684817445751,
+                0.011072493877090606,
+            ],
+            [
+                0.006699816714268143,
+                0.007354417741295127,
+                0.0031746515841464817,
+                0.010529311991333421,
+                0.0065169415266667155,
+                0.008427388719751332,
+                0.007979271377523555,
+            ],
+            [
+                0.008710533184200597,
+                0.005275245847785131,
+                0.00819862796825178,
+                0.00740087187310541,
+                0.015221884855812528,
+                0.011965580551079751,
+                0.005560040776092813,
+            ],
+            [
+                0.012313796929058578,
+                0.008433936790732536,
+                0.006420196310891376,
+                0.005423634662226918,
+                -0.0018300268070866703,
+                0.0006656815910235148,
+                0.007876979227105283,
+            ],
+            [
+                0.019730962187776226,
+                0.024893791729019864,
+                0.022401050558996934,
+                0.011780957872354255,
+                0.023227230890780586,
+                0.033332533813822535,
+                0.021183079718370967,
+            ],
+            [
+                0.01616373885504253,
+                0.014464807563453272,
+                0.010581560316677221,
+                0.007266717622294919,
+                0.009211538852316887,
+                0.006120914808327052,
+                0.011325593212372883,
+            ],
+            [
+                0.005524467593012864,
+                0.000564483061063572,
+                0.0011149919911179551,
+                0.00930583646033828,
+                0.023025849982038146,
+                0.015147996889463172,
+                0.005848418400364144,
+            ],
+            [
+                0.012987864696066453,
+                0.001575135945682873,
+                0.0044713771741582125,
+                0.012195372259511176,
+                0.011006763927350047,
+                0.006105479894715459,
+                0.008509760848634059,
+            ],
+            [
+                0.007543704743692211,
+                0.023372831546394558,
+                0.021053923578557766,
+                0.0110980213335482,
+                0.005091378186325288,
+                -0.0023360376762699706,
+                0.00590626515969714,
+            ],
+            [
+                0.006057921431479797,
+                0.011106085412635759,
+                -0.0027586571046519536,
+                -0.00027598091270915326,
+                0.006359009518066968,
+                0.0006032213837855062,
+                0.007715862887283765,
+            ],
+            [
+                0.011435856077020473,
+                0.016569904897866736,
+                0.011148701693090393,
+                0.008011562983866603,
+                0.011578800519138845,
+                0.011313401976734161,
+                0.002999355551850826,
+            ],
+        ];
+        let config = QualityConfig::default();
+        let mut gate = Gate::default();
+        let mut before = 0.0;
+        for (offset, scores) in rounds.iter().enumerate() {
+            let pairs: Vec<(u64, f64)> =
+                scores.iter().enumerate().map(|(worker, &score)| (worker as u64, score)).collect();
+            if offset == 10 {
+                let floor = gate.spread_floor(&config);
+                assert!((floor - 0.5 * 0.0048).abs() < 0.0001, "{floor}");
+                before = gate.workers[&6].evidence;
+            }
+            let judged = gate.observe(29 + offset as u64, &pairs, 1280, 1500, &config);
+            assert!(
+                judged.iter().all(|judged| judged.gate == PayGate::Pass),
+                "round {}: {judged:?}",
+                29 + offset
+            );
+        }
+        // Worker 6 stands 3.4 spreads of the floor below the median, not 21
+        // of the round's own: one round's worth of ordinary evidence.
+        let last = &gate.workers[&6];
+        assert_eq!(gate.recent_spreads.len(), config.spread_rounds);
+        let deviation = deviations_above(&rounds[10], 1500, &config, 0.5 * 0.00482).unwrap().deviations[6];
+        assert!((-3.5..-3.3).contains(&deviation), "{deviation}");
+        assert!(last.evidence - before <= config.max_evidence(), "{before} -> {}", last.evidence);
+        // Without the floor the same round counts as 21 spreads.
+        let alone = deviations(&rounds[10], 1500, &config).unwrap();
+        assert!(alone.deviations[6] < -20.0 && alone.round_spread < 0.0004, "{alone:?}");
+        let unfloored = QualityConfig { spread_floor: 0.0, ..config };
+        assert_eq!(Gate::default().spread_floor(&unfloored), 0.0);
     }
 
     #[test]

@@ -69,6 +69,8 @@
 //! threshold = 10.0
 //! min_updates = 4
 //! min_eval_examples = 256
+//! spread_floor = 0.5    # a round's spread: at least half the median of ...
+//! spread_rounds = 10    # ... the last 10 rounds' spreads
 //!
 //! [limits]
 //! max_workers = 1024

@@ -166,6 +166,26 @@ pub struct QualityConfig {
     pub min_updates: usize,
     /// Nor does one scored on fewer held-out examples than this.
     pub min_eval_examples: usize,
+    /// A round's spread counts as at least this fraction of the median
+    /// spread of the last `spread_rounds` rounds with power: a round whose
+    /// handful of scores happen to cluster has a spread far below the
+    /// usual, which would read an honest worker's ordinary shortfall as
+    /// many spreads (0 turns the floor off; `docs/PAY.md`, "The test").
+    /// Not written out at its default, so configurations (and run ids)
+    /// from before the floor serialise as they did.
+    #[serde(skip_serializing_if = "is_default_spread_floor")]
+    pub spread_floor: f64,
+    /// Rounds whose spreads the floor takes its median from.
+    #[serde(skip_serializing_if = "is_default_spread_rounds")]
+    pub spread_rounds: usize,
+}
+
+fn is_default_spread_floor(value: &f64) -> bool {
+    *value == QualityConfig::default().spread_floor
+}
+
+fn is_default_spread_rounds(value: &usize) -> bool {
+    *value == QualityConfig::default().spread_rounds
 }
 
 impl Default for QualityConfig {
@@ -178,6 +198,8 @@ impl Default for QualityConfig {
             threshold: 10.0,
             min_updates: 4,
             min_eval_examples: 256,
+            spread_floor: 0.5,
+            spread_rounds: 10,
         }
     }
 }
@@ -208,7 +230,7 @@ impl QualityConfig {
 
     /// Checks the settings: `Err((field, reason))`.
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        let checks: [(&'static str, bool, &'static str); 6] = [
+        let checks: [(&'static str, bool, &'static str); 8] = [
             ("eval_examples", (1..=1_000_000).contains(&self.eval_examples), "must be between 1 and 1000000"),
             ("shift", self.shift.is_finite() && self.shift > 0.0, "must be a positive number of spreads"),
             (
@@ -225,6 +247,8 @@ impl QualityConfig {
             ),
             ("min_updates", (3..=1_000_000).contains(&self.min_updates), "must be at least 3"),
             ("min_eval_examples", self.min_eval_examples <= 1_000_000, "must be at most 1000000"),
+            ("spread_floor", (0.0..=1.0).contains(&self.spread_floor), "must be between 0 and 1"),
+            ("spread_rounds", (1..=1000).contains(&self.spread_rounds), "must be between 1 and 1000"),
         ];
         match checks.into_iter().find(|(_, ok, _)| !ok) {
             Some((field, _, reason)) => Err((field, reason)),

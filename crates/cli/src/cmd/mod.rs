@@ -8,6 +8,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod demo_contract;
 pub mod export;
+pub mod gate;
 pub mod hostile;
 pub mod keygen;
 pub mod ledger;
