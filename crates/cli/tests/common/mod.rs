@@ -687,9 +687,12 @@ impl HandWorker {
 
     /// A commitment to `payload` (the state root is made up: fine for
     /// tests that never audit).
+    /// A commitment to `payload` with a made-up trace of this worker's own:
+    /// two commitments to one trace are contested (audited whatever the
+    /// audit probability), so hand-driven workers must not share one.
     pub fn commitment(&self, payload: &[u8]) -> Commitment {
         Commitment {
-            merkle_root: Digest::of(b"states"),
+            merkle_root: Digest::of(format!("states of {}", self.identity.public_key()).as_bytes()),
             payload: Digest::of(payload),
             segments: 4,
             residual_in: None,
