@@ -36,7 +36,8 @@
 //! dir = "/usr/share/datasets/fashion-mnist"
 //!
 //! [round]
-//! deadline_ms = 60000  # training: commitments are due by then
+//! deadline_ms = 60000  # training: commitments are due by then (a round opened
+//!                      # ahead of k others under `[outer] delay`: k + 1 times it)
 //! reveal_ms = 30000     # then reveals and audit answers
 //! min_workers = 1       # the run starts once this many workers are active
 //! quorum = 1            # submissions needed to aggregate

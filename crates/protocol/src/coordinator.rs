@@ -118,9 +118,13 @@
 //! closes or fails; its commit phase ends only then (a deadline that
 //! passed meanwhile takes effect at once), so round r + 2 never opens
 //! before its base, round r's result, exists, and round r + 1 closes after
-//! round r. Participants of round r that miss it sit out round r + 2 (round
-//! r + 1 was open already), and a promoted round waits only for the
-//! participants still proven.
+//! round r. Its participants train the live rounds before it first, one
+//! after the other, so a round opened ahead of k live rounds is due k + 1
+//! commit windows after it opens (recorded as its deadline): one window
+//! would ask for k + 1 rounds of training in the time of one, and cut a
+//! slowed-down honest worker out of the round. Participants of round r
+//! that miss it sit out round r + 2 (round r + 1 was open already), and a
+//! promoted round waits only for the participants still proven.
 //!
 //! `delay = d` generalises this (d = 2 for links slower than a round's
 //! training): round r + d trains from the model before round r + d - 1's
@@ -2452,7 +2456,15 @@ impl Coordinator {
                 .copied()
                 .filter(|worker| self.workers.get(worker).is_some_and(|state| state.sits_out_until > open.id))
                 .collect();
-            let Some(next) = self.round_to_open(self.model, &sitting_out) else { return };
+            let Some(mut next) = self.round_to_open(self.model, &sitting_out) else { return };
+            // Its participants train the `live` rounds before it first, one
+            // after the other: it is due a commit window after each of
+            // theirs (a deadline of one window from now would ask a worker
+            // for `live + 1` rounds of training in the time of one, and
+            // pass before a slowed-down but honest worker could commit).
+            let windows = live + 1;
+            let deadline_ms = self.now_ms + self.settings.commit_ms.saturating_mul(windows);
+            next.phase = RoundPhase::Committing { deadline_ms, extensions: 0 };
             self.record_opening(&next);
             debug_assert_eq!(self.ahead.back(), Some(&next), "the event opens the round as planned");
         }

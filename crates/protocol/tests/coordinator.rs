@@ -1015,8 +1015,9 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 5_031, w[2], 2, model(1));
         }),
-        // Round 2's deadline: its quorum is in, it reveals.
-        Box::new(|m, _| m.handle_timeout(T0 + 25 + 10_000)),
+        // Round 2's deadline (two windows: it opened ahead of round 1):
+        // its quorum is in, it reveals.
+        Box::new(|m, _| m.handle_timeout(T0 + 25 + 2 * 10_000)),
     ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }
@@ -1319,6 +1320,52 @@ fn under_a_two_round_delay_a_worker_that_misses_a_round_sits_out_the_first_round
 }
 
 #[test]
+fn under_a_two_round_delay_a_round_opened_ahead_gives_a_commit_window_for_each_round_trained_before_it() {
+    // Goal: a worker trains the live rounds one after the other, so a
+    // round opened ahead of k others is due k + 1 commit windows after it
+    // opens, and an honest worker that takes most of a window for each
+    // round is never cut out of one. (With one window, round 2, opened
+    // with round 0, was due when round 0 was: under load the network run
+    // ended off the simulation's bits, issue 18.)
+    let (mut machine, workers) = running(3, delayed_twice());
+    let window = delayed_twice().commit_ms;
+    let deadlines: Vec<(u64, u64)> = machine
+        .open_round()
+        .into_iter()
+        .chain(machine.ahead_rounds())
+        .map(|live| (live.id, live.deadline_ms()))
+        .collect();
+    assert_eq!(deadlines, [(0, T0 + window), (1, T0 + 2 * window), (2, T0 + 3 * window)]);
+    // Every worker takes 90% of a window for each round; the last one is
+    // slower still and commits each round just before its window ends.
+    let (fast, slow) = (&workers[..2], workers[2]);
+    let lap = window * 9 / 10;
+    commit_all(&mut machine, T0 + lap, fast, 0, model(0));
+    commit_all(&mut machine, T0 + window - 1, &[slow], 0, model(0));
+    commit_all(&mut machine, T0 + 2 * lap, fast, 1, model(0));
+    // Round 0 closes after its reveals: round 1 (its slow worker still
+    // training) is the open round, round 3 opens ahead of two rounds.
+    let actions = reveal_and_close(&mut machine, T0 + 2 * lap + 1, &workers, 0);
+    assert_eq!(opened(&actions), [(3, model(1))]);
+    let round_3 = machine.ahead_rounds().last().expect("round 3 opened ahead");
+    assert_eq!(round_3.deadline_ms(), T0 + 2 * lap + 1 + 3 * window);
+    commit_all(&mut machine, T0 + 2 * window - 1, &[slow], 1, model(0));
+    commit_all(&mut machine, T0 + 3 * lap, fast, 2, model(0));
+    // Round 1 closes past one window after round 2 opened: round 2 is the
+    // open round, and waits for its slow worker, still in its window.
+    reveal_and_close(&mut machine, T0 + 2 * window + 1, &workers, 1);
+    machine.handle_timeout(T0 + 2 * window + 2);
+    drain(&mut machine);
+    let open = machine.open_round().expect("round 2 is open");
+    assert_eq!((open.id, machine.phase()), (2, Phase::Committing), "round 2 still waits for {slow}");
+    // Its commitment ends the commit phase: everyone is in round 2.
+    commit_all(&mut machine, T0 + 3 * window - 1, &[slow], 2, model(0));
+    assert_eq!(machine.phase(), Phase::Revealing);
+    let open = machine.open_round().expect("round 2 reveals");
+    assert!(workers.iter().all(|worker| open.standings[worker].commitment.is_some()), "{open:?}");
+}
+
+#[test]
 fn under_a_two_round_delay_a_restored_machine_rebuilds_all_three_live_rounds() {
     let settings = Settings { min_workers: 3, audit_probability: 0.6, ..delayed_twice() };
     // Rounds 1 and 2 opened with round 0: workers commit them before and
@@ -1369,8 +1416,9 @@ fn under_a_two_round_delay_a_restored_machine_rebuilds_all_three_live_rounds() {
         Box::new(|m, w| {
             let _ = commit_on(m, T0 + 5_031, w[0], 2, model(0));
         }),
-        // Round 2's deadline: its quorum is in, it reveals.
-        Box::new(|m, _| m.handle_timeout(T0 + 25 + 10_000)),
+        // Round 2's deadline (two windows: it opened ahead of round 1):
+        // its quorum is in, it reveals.
+        Box::new(|m, _| m.handle_timeout(T0 + 25 + 2 * 10_000)),
     ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
     // And the steps do reach three live rounds, then a failed round.
