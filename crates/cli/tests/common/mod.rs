@@ -383,11 +383,23 @@ impl Network {
     }
 }
 
+/// Set to keep the directory of a network test that failed (the
+/// coordinator's ledger and log, the workers' logs and caches), to read
+/// what happened; its path is printed.
+pub const KEEP_FAILED_ENV: &str = "CROWDTRAIN_KEEP_FAILED_NETWORK";
+
 impl Drop for Network {
     fn drop(&mut self) {
         for child in self.coordinator.iter_mut().chain(self.workers.iter_mut()) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking()
+            && std::env::var_os(KEEP_FAILED_ENV).is_some()
+            && let Ok(empty) = tempfile::tempdir()
+        {
+            let kept = std::mem::replace(&mut self.dir, empty).keep();
+            eprintln!("{KEEP_FAILED_ENV}: the failed run's directory is kept in {}", kept.display());
         }
     }
 }
@@ -561,6 +573,28 @@ pub fn simulated_state_hash_coded(
     outer: Nesterov,
     codec: Codec,
 ) -> String {
+    simulated_run(workers, rounds, inner_steps, aggregator, outer, codec).state_hash
+}
+
+/// The simulation of a networked run, round by round: what a run that
+/// ends off its bits is compared with to name the first round it left
+/// them.
+pub struct SimulatedRun {
+    pub state_hash: String,
+    /// The test accuracy and loss of the model each round made, as the
+    /// coordinator's status reports them for its closed rounds.
+    pub evaluations: Vec<(f64, f64)>,
+}
+
+/// [`simulated_state_hash_coded`], with each round's evaluation.
+pub fn simulated_run(
+    workers: usize,
+    rounds: u64,
+    inner_steps: u64,
+    aggregator: crowdtrain_defense::Aggregator,
+    outer: Nesterov,
+    codec: Codec,
+) -> SimulatedRun {
     let config = DilocoConfig {
         recipe: TrainingRecipe { inner_steps, batch_size: 32, codec, ..TrainingRecipe::with_seed(3) },
         workers,
@@ -568,15 +602,51 @@ pub fn simulated_state_hash_coded(
         outer,
     };
     let dataset = DataSource::Directory(subset()).load().unwrap();
-    simulate(
+    let mut evaluations = Vec::new();
+    let report = simulate(
         &config,
         &dataset,
         &mut crowdtrain_defense::ModelDefense::new(Default::default(), aggregator),
-        |_| {},
+        |round| evaluations.push((round.diloco_test_accuracy, round.diloco_test_loss)),
     )
-    .unwrap()
-    .diloco_state_hash
-    .to_hex()
+    .unwrap();
+    SimulatedRun { state_hash: report.diloco_state_hash.to_hex(), evaluations }
+}
+
+/// Asserts, before a networked run's bits are compared with its
+/// simulation's, what would explain a difference: every round closed with
+/// all `workers` participating, committing in time, revealing and
+/// aggregated, and nobody slashed; then that each round's model evaluates
+/// as the simulation's did, naming the first round that left its bits.
+pub fn assert_every_round_counted_everyone_as_simulated(
+    status: &RunStatus,
+    workers: u32,
+    simulated: &SimulatedRun,
+) {
+    assert_eq!(status.rounds.len(), simulated.evaluations.len(), "the status lists every round");
+    for round in &status.rounds {
+        assert_eq!(
+            (
+                round.status,
+                round.participants,
+                round.committed,
+                round.revealed,
+                round.accepted,
+                round.slashed
+            ),
+            (RoundState::Closed, workers, workers, workers, workers, 0),
+            "round {} closed with every worker (status, participants, committed, revealed, accepted,              slashed): {round:?}",
+            round.round
+        );
+    }
+    for (round, &(accuracy, loss)) in status.rounds.iter().zip(&simulated.evaluations) {
+        assert_eq!(
+            (round.test_accuracy, round.test_loss),
+            (Some(accuracy), Some(loss)),
+            "round {} is the first whose model is not the simulation's: {round:?}",
+            round.round
+        );
+    }
 }
 
 /// A hand-driven worker, to send exactly the requests a test needs.
