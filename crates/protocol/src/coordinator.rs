@@ -517,6 +517,9 @@ pub struct Standing {
     pub malformed: bool,
     /// A commitment that arrived after the commit phase.
     pub late_commitment: Option<Commitment>,
+    /// A reveal that arrived after the reveal phase of a round opened
+    /// ahead, which then waits to close: kept, never counted.
+    pub late_reveal: Option<Digest>,
     /// The worker that replays the drawn segment, when delegated.
     pub auditor: Option<WorkerId>,
     /// Whether the audit answer arrived and its proofs checked.
@@ -561,6 +564,12 @@ pub struct OpenRound {
     /// The participants that were proven when the round opened: the commit
     /// phase waits for them (up to its deadline).
     pub proven: BTreeSet<WorkerId>,
+    /// The reveal deadline of this round passed while it was opened ahead
+    /// of the open round: its unanswered audits are judged, it takes no
+    /// more reveals (they are late) and closes as soon as it is the open
+    /// round. Not recorded: a restored round gets a whole reveal window
+    /// again, as the open round does.
+    pub reveal_over: bool,
 }
 
 impl OpenRound {
@@ -598,6 +607,25 @@ impl OpenRound {
             (RoundPhase::Committing { deadline_ms, .. }, Some(early)) => early.min(deadline_ms),
             _ => self.deadline_ms(),
         }
+    }
+
+    /// When a round opened ahead of the open round next needs the time, if
+    /// it does before it is promoted: the end of its commit phase (early,
+    /// or at the deadline; once the deadline has passed, only when a
+    /// quorum is in: without one the promotion decides), and its reveal
+    /// deadline until that has passed.
+    fn ahead_timeout_ms(&self, now: u64, quorum: usize) -> Option<u64> {
+        match self.phase {
+            RoundPhase::Committing { .. } => {
+                let next = self.next_timeout_ms();
+                (next > now || self.committed() >= quorum).then_some(next)
+            }
+            RoundPhase::Revealing { deadline_ms } => (!self.reveal_over).then_some(deadline_ms),
+        }
+    }
+
+    fn committed(&self) -> usize {
+        self.standings.values().filter(|standing| standing.commitment.is_some()).count()
     }
 }
 
@@ -801,10 +829,10 @@ impl Coordinator {
     /// `last_seen_ms`: a restored machine is a function of the events and
     /// the time, and the verdicts the window leads to are recorded.
     fn reopen_reveal_window(&mut self, now: u64) {
-        if let Some(open) = self.open.as_mut()
-            && let RoundPhase::Revealing { deadline_ms } = &mut open.phase
-        {
-            *deadline_ms = (*deadline_ms).max(now + self.settings.reveal_ms);
+        for live in self.open.iter_mut().chain(self.ahead.iter_mut()) {
+            if let RoundPhase::Revealing { deadline_ms } = &mut live.phase {
+                *deadline_ms = (*deadline_ms).max(now + self.settings.reveal_ms);
+            }
         }
     }
 
@@ -813,17 +841,18 @@ impl Coordinator {
     /// when it stopped, so the replays start again at once instead of at
     /// the reveal deadline.
     fn resume_replays(&mut self) {
-        let Some(open) = self.open.as_mut() else { return };
-        let delegated_later =
-            self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. });
-        if delegated_later {
-            return;
-        }
-        for (&worker, standing) in &mut open.standings {
-            let replay = standing.answered && standing.verdict.is_none() && standing.auditor.is_none();
-            if let (true, Some(segment)) = (replay, standing.audit) {
-                standing.judging = true;
-                self.actions.push_back(Action::JudgeAudit { round: open.id, worker, segment });
+        for live in self.open.iter_mut().chain(self.ahead.iter_mut()) {
+            let delegated_later =
+                self.settings.delegate_audits && matches!(live.phase, RoundPhase::Committing { .. });
+            if delegated_later {
+                continue;
+            }
+            for (&worker, standing) in &mut live.standings {
+                let replay = standing.answered && standing.verdict.is_none() && standing.auditor.is_none();
+                if let (true, Some(segment)) = (replay, standing.audit) {
+                    standing.judging = true;
+                    self.actions.push_back(Action::JudgeAudit { round: live.id, worker, segment });
+                }
             }
         }
     }
@@ -890,6 +919,7 @@ impl Coordinator {
                     auditors_slashed: BTreeSet::new(),
                     early_close_ms: None,
                     proven,
+                    reveal_over: false,
                 };
                 if self.open.is_none() {
                     self.open = Some(opened);
@@ -954,7 +984,7 @@ impl Coordinator {
             }
             Event::Reveal { round, worker, payload, status, nonce, received_unix_ms } => {
                 self.record_nonce(*worker, *nonce, *received_unix_ms);
-                match self.open.as_mut().filter(|open| open.id == *round) {
+                match find_live(&mut self.open, &mut self.ahead, *round) {
                     Some(open) => {
                         let standing = open.standings.entry(*worker).or_default();
                         match status {
@@ -968,9 +998,9 @@ impl Coordinator {
                                 standing.malformed = true;
                                 standing.rejected.get_or_insert_with(|| MALFORMED.into());
                             }
-                            Recorded::Late => {
-                                unreachable!("an open round takes reveals in its reveal phase only")
-                            }
+                            // After the reveal phase of a round opened ahead,
+                            // which waits to close.
+                            Recorded::Late => standing.late_reveal = Some(*payload),
                         }
                     }
                     None => {
@@ -1268,8 +1298,9 @@ impl Coordinator {
             secret: open.and_then(|round| round.secret).map(crate::wire::Secret),
             assignment: worker.and_then(|worker| self.assignment(worker)),
             committed: standing.is_some_and(|standing| standing.commitment.is_some()),
-            revealed: standing
-                .is_some_and(|standing| standing.revealed.is_some() || standing.rejected.is_some()),
+            revealed: standing.is_some_and(|standing| {
+                standing.revealed.is_some() || standing.rejected.is_some() || standing.late_reveal.is_some()
+            }),
             audit: standing
                 .and_then(|standing| standing.audit)
                 .filter(|_| revealing || !self.settings.delegate_audits),
@@ -1283,12 +1314,7 @@ impl Coordinator {
     /// The delegated audit `auditor` should replay now, if any: the first
     /// (by audited worker) whose answer is in and which is not yet judged.
     pub fn audit_task(&self, auditor: WorkerId) -> Option<crate::wire::AuditTaskRef> {
-        let open = self.open.as_ref()?;
-        open.standings.iter().find_map(|(&worker, standing)| {
-            let waiting =
-                standing.auditor == Some(auditor) && standing.answered && standing.verdict.is_none();
-            waiting.then(|| crate::wire::AuditTaskRef { worker, segment: standing.audit.expect("drawn") })
-        })
+        audit_task_in(self.open.as_ref()?, auditor)
     }
 
     /// The audited segment and commitment of `worker` in the open round, if
@@ -1667,6 +1693,16 @@ impl Coordinator {
                 let status = if standing.malformed { Recorded::Malformed } else { Recorded::Mismatch };
                 return same_or_duplicate(existing == payload, status, worker, round, "reveal");
             }
+            if let Some(existing) = standing.late_reveal {
+                return same_or_duplicate(existing == payload, Recorded::Late, worker, round, "reveal");
+            }
+            if open.reveal_over {
+                // A round opened ahead whose reveal deadline passed: it
+                // waits to close, with what was in by then.
+                let status = Recorded::Late;
+                self.record(Event::Reveal { round, worker, payload, status, nonce, received_unix_ms: now });
+                return Ok(Outcome::Recorded(status));
+            }
             let already_rejected = standing.rejected.is_some();
             let status = if payload == commitment.payload { Recorded::Accepted } else { Recorded::Mismatch };
             self.record(Event::Reveal { round, worker, payload, status, nonce, received_unix_ms: now });
@@ -1706,7 +1742,7 @@ impl Coordinator {
     ) -> Result<Outcome, Refusal> {
         let Some(open) = find_live(&mut self.open, &mut self.ahead, round) else { return Err(refusal) };
         check_participant(&open.participants, open.base_model, worker, round, base_model)?;
-        let revealing = matches!(open.phase, RoundPhase::Revealing { .. });
+        let revealing = matches!(open.phase, RoundPhase::Revealing { .. }) && !open.reveal_over;
         let standing = open.standings.entry(worker).or_default();
         let committed = standing.commitment.is_some_and(|commitment| commitment.payload == payload);
         if !revealing || !committed {
@@ -1857,7 +1893,7 @@ impl Coordinator {
         reason: &str,
     ) {
         self.advance(now);
-        let Some(open) = self.open.as_ref().filter(|open| open.id == round) else { return };
+        let Some(open) = self.live_round(round) else { return };
         if !open.auditors_slashed.contains(&auditor) {
             self.record(Event::AuditorSlashed {
                 round,
@@ -1870,9 +1906,11 @@ impl Coordinator {
         }
     }
 
-    /// Time has reached `now`: deadlines may have passed.
+    /// Time has reached `now`: deadlines may have passed, in the rounds
+    /// opened ahead (first) and in the open round.
     pub fn handle_timeout(&mut self, now: u64) {
         self.advance(now);
+        self.ahead_timeouts(now);
         let Some(open) = self.open.as_mut() else {
             self.maybe_open();
             return;
@@ -1888,13 +1926,15 @@ impl Coordinator {
                     // The early end: the proven participants and a quorum
                     // are in; the unproven ones had their grace.
                     if committed >= self.settings.quorum as usize {
-                        self.begin_reveal();
+                        let round = open.id;
+                        self.begin_reveal(round);
                         self.settle();
                     }
                     return;
                 }
                 if committed >= self.settings.quorum as usize {
-                    self.begin_reveal();
+                    let round = open.id;
+                    self.begin_reveal(round);
                 } else if extensions < self.settings.max_extensions {
                     let round = open.id;
                     self.record(Event::DeadlineExtended {
@@ -1935,6 +1975,57 @@ impl Coordinator {
                 }
                 if !judging {
                     self.close_open_round();
+                }
+            }
+        }
+    }
+
+    /// The deadlines of the rounds opened ahead of the open round (under a
+    /// delayed outer update), each round on its own: a commit phase ends at
+    /// its early end or deadline if a quorum committed (without one the
+    /// round takes commitments until a quorum is in or it is the open
+    /// round, which extends or fails it); a reveal phase ends at its
+    /// deadline, judging unanswered audits as the open round's does and
+    /// asking the driver to replay answered ones nobody reported on. Only
+    /// the close waits for the open round's.
+    fn ahead_timeouts(&mut self, now: u64) {
+        let due: Vec<RoundId> = self
+            .ahead
+            .iter()
+            .filter(|ahead| {
+                ahead.ahead_timeout_ms(now, self.settings.quorum as usize).is_some_and(|at| at <= now)
+            })
+            .map(|ahead| ahead.id)
+            .collect();
+        for round in due {
+            let quorum = self.settings.quorum as usize;
+            let ahead = find_live(&mut self.open, &mut self.ahead, round).expect("a live round");
+            match ahead.phase {
+                RoundPhase::Committing { .. } => {
+                    if ahead.committed() >= quorum {
+                        self.begin_reveal(round);
+                    }
+                }
+                RoundPhase::Revealing { .. } => {
+                    ahead.reveal_over = true;
+                    let due: Vec<(WorkerId, u32, bool)> = ahead
+                        .standings
+                        .iter()
+                        .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
+                        .filter(|(_, standing)| standing.verdict.is_none())
+                        .filter_map(|(&worker, standing)| Some((worker, standing.audit?, standing.answered)))
+                        .collect();
+                    for (worker, segment, answered) in due {
+                        if !answered {
+                            self.judge(round, worker, segment, Verdict::Unanswered, None, None);
+                            continue;
+                        }
+                        let standing = self.standing_mut(round, worker);
+                        if !standing.judging {
+                            standing.judging = true;
+                            self.actions.push_back(Action::JudgeAudit { round, worker, segment });
+                        }
+                    }
                 }
             }
         }
@@ -2087,8 +2178,17 @@ impl Coordinator {
         self.actions.iter()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called:
+    /// for the open round or for one opened ahead of it.
     pub fn poll_timeout(&self) -> Option<u64> {
+        let quorum = self.settings.quorum as usize;
+        let ahead = self.ahead.iter().filter_map(|ahead| ahead.ahead_timeout_ms(self.now_ms, quorum)).min();
+        let open = self.open_timeout();
+        open.into_iter().chain(ahead).min()
+    }
+
+    /// When the open round (or a run without one) next needs the time.
+    fn open_timeout(&self) -> Option<u64> {
         match &self.open {
             // Past the reveal deadline with the driver replaying every audit
             // still due, the clock changes nothing: the verdicts move the
@@ -2231,33 +2331,70 @@ impl Coordinator {
         }
     }
 
+    /// Moves every live round on when nothing more is awaited from anyone
+    /// in its phase: the rounds opened ahead (their commit phases; their
+    /// reveal phases end only at their deadlines or when they close), then
+    /// the open round (which closes when all it awaits is in).
+    fn settle(&mut self) {
+        self.settle_ahead();
+        self.settle_open();
+    }
+
+    /// Ends the commit phase of each round opened ahead that awaits no
+    /// commitment any more: every participant committed (its deadlines are
+    /// [`Coordinator::ahead_timeouts`]'s).
+    fn settle_ahead(&mut self) {
+        let committing: Vec<RoundId> = self
+            .ahead
+            .iter()
+            .filter(|ahead| matches!(ahead.phase, RoundPhase::Committing { .. }))
+            .map(|ahead| ahead.id)
+            .collect();
+        for round in committing {
+            if self.commit_phase_over(round) {
+                self.begin_reveal(round);
+            }
+        }
+    }
+
+    /// Whether live round `round`, committing, has every participant's
+    /// commitment (and a quorum); if not, once every proven participant
+    /// and a quorum are in, sets the early end of its commit phase.
+    fn commit_phase_over(&mut self, round: RoundId) -> bool {
+        let now = self.now_ms;
+        let quorum = self.settings.quorum as usize;
+        let open = find_live(&mut self.open, &mut self.ahead, round).expect("a live round");
+        let RoundPhase::Committing { deadline_ms, .. } = open.phase else { return false };
+        let committed = |worker: &WorkerId| {
+            open.standings.get(worker).is_some_and(|standing| standing.commitment.is_some())
+        };
+        let all_committed = open.participants.iter().all(committed);
+        if all_committed && open.participants.len() >= quorum {
+            return true;
+        }
+        // Every proven participant (there is one at least: a round of
+        // newcomers only, such as a run's first, waits for them) and a
+        // quorum are in: the unproven ones get a grace as long as the round
+        // so far.
+        let proven_in = !open.proven.is_empty() && open.proven.iter().all(committed);
+        let enough = open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
+        if open.early_close_ms.is_none() && proven_in && enough {
+            let grace = now.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
+            open.early_close_ms = Some((now + grace).min(deadline_ms));
+        }
+        false
+    }
+
     /// Moves the open round on when nothing more is awaited from anyone in
     /// its phase.
-    fn settle(&mut self) {
+    fn settle_open(&mut self) {
         let Some(open) = &self.open else { return };
         match open.phase {
-            RoundPhase::Committing { deadline_ms, .. } => {
-                let committed = |worker: &WorkerId| {
-                    open.standings.get(worker).is_some_and(|standing| standing.commitment.is_some())
-                };
-                let all_committed = open.participants.iter().all(committed);
-                let quorum = self.settings.quorum as usize;
-                if all_committed && open.participants.len() >= quorum {
-                    self.begin_reveal();
+            RoundPhase::Committing { .. } => {
+                let round = open.id;
+                if self.commit_phase_over(round) {
+                    self.begin_reveal(round);
                     self.settle();
-                    return;
-                }
-                // Every proven participant (there is one at least: a round
-                // of newcomers only, such as a run's first, waits for them)
-                // and a quorum are in: the unproven ones get a grace as long
-                // as the round so far.
-                let proven_in = !open.proven.is_empty() && open.proven.iter().all(committed);
-                let enough =
-                    open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
-                if open.early_close_ms.is_none() && proven_in && enough {
-                    let grace = self.now_ms.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
-                    let early = (self.now_ms + grace).min(deadline_ms);
-                    self.open.as_mut().expect("checked").early_close_ms = Some(early);
                 }
             }
             RoundPhase::Revealing { .. } => {
@@ -2312,9 +2449,10 @@ impl Coordinator {
         });
     }
 
-    fn begin_reveal(&mut self) {
-        let open = self.open.as_ref().expect("a round to reveal");
-        let round = open.id;
+    /// Ends the commit phase of live round `round` (the open round, or one
+    /// opened ahead of it): publishes its secret and its draw.
+    fn begin_reveal(&mut self, round: RoundId) {
+        let open = self.live_round(round).expect("a round to reveal");
         let secret = audit::round_secret(&self.audit_master, &self.run_id, round);
         let beacon = audit::beacon(&secret, &self.run_id, round, &open.commitments());
         let (audits, auditors) = self.assign_auditors(open, &beacon);
@@ -2472,26 +2610,33 @@ impl Coordinator {
 
     /// The round opened ahead `index` rounds after the oldest, as `worker`
     /// sees it: what to train while the rounds before it reveal (see
-    /// [`RoundView::ahead`]); its own `ahead` shows the round after it.
+    /// [`RoundView::ahead`]), then, in its own phases, what to reveal, to
+    /// answer or to replay for it; its own `ahead` shows the round after
+    /// it.
     fn ahead_view(&self, worker: Option<WorkerId>, index: usize) -> Option<Box<RoundView>> {
         let ahead = self.ahead.get(index)?;
         let standing = worker.and_then(|worker| ahead.standings.get(&worker));
+        let revealing = matches!(ahead.phase, RoundPhase::Revealing { .. });
         Some(Box::new(RoundView {
             run_id: self.run_id,
-            phase: Phase::Committing,
+            phase: if revealing { Phase::Revealing } else { Phase::Committing },
             round: Some(ahead.id),
             completed_rounds: self.completed_rounds,
             model: ahead.base_model,
             deadline_unix_ms: Some(ahead.deadline_ms()),
             secret_commitment: Some(ahead.secret_commitment),
-            secret: None,
+            secret: ahead.secret.map(crate::wire::Secret),
             assignment: worker.and_then(|worker| assignment(&self.settings, self.run_id, ahead, worker)),
             committed: standing
                 .is_some_and(|standing| standing.commitment.is_some() || standing.late_commitment.is_some()),
-            revealed: false,
-            audit: standing.and_then(|standing| standing.audit).filter(|_| !self.settings.delegate_audits),
+            revealed: standing.is_some_and(|standing| {
+                standing.revealed.is_some() || standing.rejected.is_some() || standing.late_reveal.is_some()
+            }),
+            audit: standing
+                .and_then(|standing| standing.audit)
+                .filter(|_| revealing || !self.settings.delegate_audits),
             audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
-            audit_task: None,
+            audit_task: worker.and_then(|worker| audit_task_in(ahead, worker)),
             provisional: false,
             ahead: self.ahead_view(worker, index + 1),
         }))
@@ -2625,6 +2770,7 @@ impl Coordinator {
             auditors_slashed: BTreeSet::new(),
             early_close_ms: None,
             proven,
+            reveal_over: false,
         })
     }
 }
@@ -2809,10 +2955,20 @@ fn past_round(open: &OpenRound) -> PastRound {
                     let status = if standing.malformed { Recorded::Malformed } else { Recorded::Mismatch };
                     Some((worker, (status, digest)))
                 }
-                (None, None) => None,
+                (None, None) => standing.late_reveal.map(|digest| (worker, (Recorded::Late, digest))),
             })
             .collect(),
     }
+}
+
+/// The delegated audit of live round `round` that `auditor` should replay
+/// now, if any: the first (by audited worker) whose answer is in and which
+/// is not yet judged.
+fn audit_task_in(round: &OpenRound, auditor: WorkerId) -> Option<crate::wire::AuditTaskRef> {
+    round.standings.iter().find_map(|(&worker, standing)| {
+        let waiting = standing.auditor == Some(auditor) && standing.answered && standing.verdict.is_none();
+        waiting.then(|| crate::wire::AuditTaskRef { worker, segment: standing.audit.expect("drawn") })
+    })
 }
 
 /// `worker`'s assignment in `open`, if it is a participant (its position
