@@ -73,6 +73,10 @@
 //!    unaudited) are aggregated if there are at least `quorum` of them;
 //!    each earns its work units. Otherwise the round fails.
 //!
+//! Under a delayed outer update several rounds are live, and each runs
+//! phases 1 to 3 on its own; only the close stays in round order (see
+//! "Delayed outer updates" below).
+//!
 //! # The next round, opened ahead of the last verdicts
 //!
 //! A replay re-runs a quarter of the training it checks, and about a third
@@ -114,13 +118,34 @@
 //! within a whole round of its compute, so training never waits for the
 //! network nor for the slowest worker. Round r's verdicts cannot touch
 //! round r + 1's base, so nothing is bet or withdrawn (no speculation
-//! runs). The round opened ahead becomes the open round when round r
-//! closes or fails; its commit phase ends only then (a deadline that
-//! passed meanwhile takes effect at once), so round r + 2 never opens
-//! before its base, round r's result, exists, and round r + 1 closes after
-//! round r. Participants of round r that miss it sit out round r + 2 (round
-//! r + 1 was open already), and a promoted round waits only for the
-//! participants still proven.
+//! runs).
+//!
+//! **Every live round runs its own phases; only the close is ordered.**
+//! The round opened ahead ends its commit phase as soon as all its
+//! participants have committed, or at its early end or deadline with a
+//! quorum, publishes its draw, takes reveals and audit answers and has its
+//! verdicts while round r is still open (its participant set was fixed
+//! when it opened, and its audits and beacon depend on its own
+//! commitments only). At its reveal deadline its unanswered audits fail
+//! and its answered ones nobody reported on go to the driver, as the open
+//! round's do; reveals after it are recorded as late
+//! ([`OpenRound::reveal_over`]). Without a quorum at its commit deadline
+//! it goes on taking commitments (a quorum's arrival ends the phase);
+//! only the open round extends a deadline or fails for want of one, so a
+//! round never fails before the rounds before it have ended. The close,
+//! the aggregate and the outer step ([`Action::Close`],
+//! [`Coordinator::handle_aggregated`]), stays in round order: round r + 1,
+//! settled, waits ("ready") until round r has closed or failed, becomes
+//! the open round then and closes in the same input (a deadline that
+//! passed meanwhile takes effect at the next timeout). So the close
+//! cadence is the longest of the rounds' phase latencies, not their sum,
+//! and the records of a round ahead (its draw, reveals, verdicts, slashes)
+//! come in the ledger before the round before it closes. Round r + 2 never
+//! opens before its base, round r's result, exists, and the bookkeeping of
+//! a close (work units, missed rounds, who is proven) happens at the
+//! close, in round order, as before. Participants of round r that miss it
+//! sit out round r + 2 (round r + 1 was open already), and a promoted
+//! round still committing waits only for the participants still proven.
 //!
 //! `delay = d` generalises this (d = 2 for links slower than a round's
 //! training): round r + d trains from the model before round r + d - 1's
@@ -132,7 +157,10 @@
 //! ahead is promoted and one more opens on the new model; the first d + 1
 //! rounds all train from the initial model. A worker that misses round r
 //! sits out round r + d + 1, the first round opened after it missed.
-//! Every live round is rebuilt from its events on a restart.
+//! Every live round is rebuilt from its events on a restart, in its own
+//! phase (a round in its reveal phase gets a whole reveal window again,
+//! as the open round does, and answered audits without a verdict are
+//! replayed again).
 //!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
 //! later ones when `quorum` are; participants are the active workers sorted
