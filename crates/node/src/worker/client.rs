@@ -312,3 +312,75 @@ fn describe(error: &reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::post;
+    use reqwest::Method;
+
+    use super::{Client, Sequence};
+    use crowdtrain_protocol::Identity;
+
+    /// A loopback server whose `/answer` holds its request until `release`
+    /// is notified (a large upload still under way) and whose `/reveal`
+    /// answers at once.
+    async fn server(release: Arc<tokio::sync::Notify>) -> String {
+        let app = Router::new()
+            .route(
+                "/answer",
+                post(move || {
+                    let release = Arc::clone(&release);
+                    async move {
+                        release.notified().await;
+                        "answered"
+                    }
+                }),
+            )
+            .route("/reveal", post(|| async { "revealed" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let address = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("the server runs") });
+        format!("http://{address}")
+    }
+
+    #[test]
+    fn a_post_in_turn_does_not_wait_behind_an_answer_sent_beside_it_but_waits_behind_one_in_turn() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let release = Arc::new(tokio::sync::Notify::new());
+            let base = server(Arc::clone(&release)).await;
+            let identity = Identity::from_seed([7; 32]);
+            let client = Arc::new(Client::new(&base, identity, Duration::from_secs(10)).unwrap());
+            for sequence in [Sequence::Beside, Sequence::InTurn] {
+                let answering = {
+                    let client = Arc::clone(&client);
+                    tokio::spawn(async move {
+                        client
+                            .request_counted(Method::POST, "/answer", vec![0; 1 << 20], &[], None, sequence)
+                            .await
+                    })
+                };
+                // The answer's request is under way (held by the server).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let reveal = client.request(Method::POST, "/reveal", vec![1; 1024], &[]);
+                let revealed = tokio::time::timeout(Duration::from_millis(1500), reveal).await;
+                match sequence {
+                    Sequence::Beside => {
+                        let answer = revealed.expect("the reveal does not wait for the answer").unwrap();
+                        assert_eq!(answer.body, b"revealed");
+                        assert!(!answering.is_finished(), "the answer is still held");
+                    }
+                    Sequence::InTurn => assert!(revealed.is_err(), "posts in turn go one at a time"),
+                }
+                release.notify_one();
+                let answered = answering.await.unwrap().unwrap();
+                assert_eq!(answered.body, b"answered");
+            }
+        });
+    }
+}

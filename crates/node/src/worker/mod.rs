@@ -410,13 +410,16 @@ pub async fn run_worker(
         // Challenged after revealing: its update and another's were copies
         // no replay had told apart, and the answer proves which is its own
         // work. Due although this worker is done with the round (once: a
-        // refused answer fails the challenge at once).
+        // refused answer fails the challenge at once). Not while the round
+        // is still settled in the background: its answer to an audit drawn
+        // at commit goes beside its reveal, and may land after it.
         if let Some(((round, produced), segment)) = current
             .as_ref()
             .filter(|(held, _)| view.round == Some(*held) && view.committed && view.revealed)
             .zip(view.audit.filter(|_| view.phase == Phase::Revealing && !view.audit_answered))
         {
-            if behavior != Behavior::NoAnswer && challenged.insert(*round) {
+            let settling = in_flight.iter().any(|settling| settling.round == *round);
+            if behavior != Behavior::NoAnswer && !settling && challenged.insert(*round) {
                 let bucket = bucket.as_ref().map(|bucket| (bucket, me));
                 let answering = Instant::now();
                 answer_audit(
