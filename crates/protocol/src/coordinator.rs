@@ -655,6 +655,17 @@ impl OpenRound {
     fn committed(&self) -> usize {
         self.standings.values().filter(|standing| standing.commitment.is_some()).count()
     }
+
+    /// The audits still without a verdict of submissions that can count,
+    /// as `(worker, segment, answered)`: what the reveal deadline judges.
+    fn due_audits(&self) -> Vec<(WorkerId, u32, bool)> {
+        self.standings
+            .iter()
+            .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
+            .filter(|(_, standing)| standing.verdict.is_none())
+            .filter_map(|(&worker, standing)| Some((worker, standing.audit?, standing.answered)))
+            .collect()
+    }
 }
 
 /// A round just opened, before anyone committed to it: all a worker's view
@@ -1976,13 +1987,7 @@ impl Coordinator {
             }
             RoundPhase::Revealing { .. } => {
                 let round = open.id;
-                let due: Vec<(WorkerId, u32, bool)> = open
-                    .standings
-                    .iter()
-                    .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
-                    .filter(|(_, standing)| standing.verdict.is_none())
-                    .filter_map(|(&worker, standing)| Some((worker, standing.audit?, standing.answered)))
-                    .collect();
+                let due = open.due_audits();
                 // Answered audits whose auditor did not report: the driver
                 // replays them itself, and the round closes when it has.
                 let mut judging = false;
@@ -2036,14 +2041,7 @@ impl Coordinator {
                 }
                 RoundPhase::Revealing { .. } => {
                     ahead.reveal_over = true;
-                    let due: Vec<(WorkerId, u32, bool)> = ahead
-                        .standings
-                        .iter()
-                        .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
-                        .filter(|(_, standing)| standing.verdict.is_none())
-                        .filter_map(|(&worker, standing)| Some((worker, standing.audit?, standing.answered)))
-                        .collect();
-                    for (worker, segment, answered) in due {
+                    for (worker, segment, answered) in ahead.due_audits() {
                         if !answered {
                             self.judge(round, worker, segment, Verdict::Unanswered, None, None);
                             continue;

@@ -1080,34 +1080,23 @@ fn aggregate_open(m: &mut Coordinator, now: u64) {
 }
 
 #[test]
-fn under_a_delayed_outer_update_a_restored_machine_rebuilds_a_round_ahead_in_its_reveal_phase() {
-    let settings = Settings { min_workers: 3, audit_probability: 0.6, ..delayed() };
-    let mut steps = rounds_ahead_settled_before_the_open_one(1);
-    steps.extend::<Vec<Step>>(vec![
-        Box::new(|m, _| aggregate_open(m, T0 + 7 + 5_003)),
-        Box::new(|m, w| {
+fn under_a_delay_of_one_or_two_a_restored_machine_rebuilds_rounds_ahead_in_their_reveal_phases() {
+    for ahead in [1, 2] {
+        let settings =
+            Settings { min_workers: 3, audit_probability: 0.6, outer_delay: ahead as u32, ..delayed_twice() };
+        let mut steps = rounds_ahead_settled_before_the_open_one(ahead);
+        // The rounds ahead close, one per input; then the round opened on
+        // round 0's model is committed to.
+        for index in 0..ahead {
+            steps.push(Box::new(move |m, _| aggregate_open(m, T0 + 7 + 5_003 + index)));
+        }
+        steps.push(Box::new(move |m, w| {
             for &worker in w {
-                let _ = commit_on(m, T0 + 7 + 5_004, worker, 2, model(1));
+                let _ = commit_on(m, T0 + 7 + 5_005, worker, ahead + 1, model(1));
             }
-        }),
-    ]);
-    restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 5);
-}
-
-#[test]
-fn under_a_two_round_delay_a_restored_machine_rebuilds_rounds_ahead_in_their_reveal_phases() {
-    let settings = Settings { min_workers: 3, audit_probability: 0.6, ..delayed_twice() };
-    let mut steps = rounds_ahead_settled_before_the_open_one(2);
-    steps.extend::<Vec<Step>>(vec![
-        Box::new(|m, _| aggregate_open(m, T0 + 7 + 5_003)),
-        Box::new(|m, _| aggregate_open(m, T0 + 7 + 5_004)),
-        Box::new(|m, w| {
-            for &worker in w {
-                let _ = commit_on(m, T0 + 7 + 5_005, worker, 3, model(1));
-            }
-        }),
-    ]);
-    restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 5);
+        }));
+        restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 5);
+    }
 }
 
 #[test]
