@@ -73,6 +73,10 @@
 //!    unaudited) are aggregated if there are at least `quorum` of them;
 //!    each earns its work units. Otherwise the round fails.
 //!
+//! Under a delayed outer update several rounds are live, and each runs
+//! phases 1 to 3 on its own; only the close stays in round order (see
+//! "Delayed outer updates" below).
+//!
 //! # The next round, opened ahead of the last verdicts
 //!
 //! A replay re-runs a quarter of the training it checks, and about a third
@@ -114,17 +118,40 @@
 //! within a whole round of its compute, so training never waits for the
 //! network nor for the slowest worker. Round r's verdicts cannot touch
 //! round r + 1's base, so nothing is bet or withdrawn (no speculation
-//! runs). The round opened ahead becomes the open round when round r
-//! closes or fails; its commit phase ends only then (a deadline that
-//! passed meanwhile takes effect at once), so round r + 2 never opens
-//! before its base, round r's result, exists, and round r + 1 closes after
-//! round r. Its participants train the live rounds before it first, one
-//! after the other, so a round opened ahead of k live rounds is due k + 1
-//! commit windows after it opens (recorded as its deadline): one window
-//! would ask for k + 1 rounds of training in the time of one, and cut a
-//! slowed-down honest worker out of the round. Participants of round r
-//! that miss it sit out round r + 2 (round r + 1 was open already), and a
-//! promoted round waits only for the participants still proven.
+//! runs).
+//!
+//! **Every live round runs its own phases; only the close is ordered.**
+//! The round opened ahead ends its commit phase as soon as all its
+//! participants have committed, or at its early end or deadline with a
+//! quorum, publishes its draw, takes reveals and audit answers and has its
+//! verdicts while round r is still open (its participant set was fixed
+//! when it opened, and its audits and beacon depend on its own
+//! commitments only).
+//! Its participants train the live rounds before it first, one after the
+//! other, so a round opened ahead of k live rounds is due k + 1 commit
+//! windows after it opens (recorded as its deadline): one window would ask
+//! for k + 1 rounds of training in the time of one, and cut a slowed-down
+//! honest worker out of the round.
+//! At its reveal deadline its unanswered audits fail
+//! and its answered ones nobody reported on go to the driver, as the open
+//! round's do; reveals after it are recorded as late
+//! ([`OpenRound::reveal_over`]). Without a quorum at its commit deadline
+//! it goes on taking commitments (a quorum's arrival ends the phase);
+//! only the open round extends a deadline or fails for want of one, so a
+//! round never fails before the rounds before it have ended. The close,
+//! the aggregate and the outer step ([`Action::Close`],
+//! [`Coordinator::handle_aggregated`]), stays in round order: round r + 1,
+//! settled, waits ("ready") until round r has closed or failed, becomes
+//! the open round then and closes in the same input (a deadline that
+//! passed meanwhile takes effect at the next timeout). So the close
+//! cadence is the longest of the rounds' phase latencies, not their sum,
+//! and the records of a round ahead (its draw, reveals, verdicts, slashes)
+//! come in the ledger before the round before it closes. Round r + 2 never
+//! opens before its base, round r's result, exists, and the bookkeeping of
+//! a close (work units, missed rounds, who is proven) happens at the
+//! close, in round order, as before. Participants of round r that miss it
+//! sit out round r + 2 (round r + 1 was open already), and a promoted
+//! round still committing waits only for the participants still proven.
 //!
 //! `delay = d` generalises this (d = 2 for links slower than a round's
 //! training): round r + d trains from the model before round r + d - 1's
@@ -136,7 +163,10 @@
 //! ahead is promoted and one more opens on the new model; the first d + 1
 //! rounds all train from the initial model. A worker that misses round r
 //! sits out round r + d + 1, the first round opened after it missed.
-//! Every live round is rebuilt from its events on a restart.
+//! Every live round is rebuilt from its events on a restart, in its own
+//! phase (a round in its reveal phase gets a whole reveal window again,
+//! as the open round does, and answered audits without a verdict are
+//! replayed again).
 //!
 //! The first round opens when `max(min_workers, quorum)` workers are active,
 //! later ones when `quorum` are; participants are the active workers sorted
@@ -521,6 +551,9 @@ pub struct Standing {
     pub malformed: bool,
     /// A commitment that arrived after the commit phase.
     pub late_commitment: Option<Commitment>,
+    /// A reveal that arrived after the reveal phase of a round opened
+    /// ahead, which then waits to close: kept, never counted.
+    pub late_reveal: Option<Digest>,
     /// The worker that replays the drawn segment, when delegated.
     pub auditor: Option<WorkerId>,
     /// Whether the audit answer arrived and its proofs checked.
@@ -565,6 +598,12 @@ pub struct OpenRound {
     /// The participants that were proven when the round opened: the commit
     /// phase waits for them (up to its deadline).
     pub proven: BTreeSet<WorkerId>,
+    /// The reveal deadline of this round passed while it was opened ahead
+    /// of the open round: its unanswered audits are judged, it takes no
+    /// more reveals (they are late) and closes as soon as it is the open
+    /// round. Not recorded: a restored round gets a whole reveal window
+    /// again, as the open round does.
+    pub reveal_over: bool,
 }
 
 impl OpenRound {
@@ -602,6 +641,36 @@ impl OpenRound {
             (RoundPhase::Committing { deadline_ms, .. }, Some(early)) => early.min(deadline_ms),
             _ => self.deadline_ms(),
         }
+    }
+
+    /// When a round opened ahead of the open round next needs the time, if
+    /// it does before it is promoted: the end of its commit phase (early,
+    /// or at the deadline; once the deadline has passed, only when a
+    /// quorum is in: without one the promotion decides), and its reveal
+    /// deadline until that has passed.
+    fn ahead_timeout_ms(&self, now: u64, quorum: usize) -> Option<u64> {
+        match self.phase {
+            RoundPhase::Committing { .. } => {
+                let next = self.next_timeout_ms();
+                (next > now || self.committed() >= quorum).then_some(next)
+            }
+            RoundPhase::Revealing { deadline_ms } => (!self.reveal_over).then_some(deadline_ms),
+        }
+    }
+
+    fn committed(&self) -> usize {
+        self.standings.values().filter(|standing| standing.commitment.is_some()).count()
+    }
+
+    /// The audits still without a verdict of submissions that can count,
+    /// as `(worker, segment, answered)`: what the reveal deadline judges.
+    fn due_audits(&self) -> Vec<(WorkerId, u32, bool)> {
+        self.standings
+            .iter()
+            .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
+            .filter(|(_, standing)| standing.verdict.is_none())
+            .filter_map(|(&worker, standing)| Some((worker, standing.audit?, standing.answered)))
+            .collect()
     }
 }
 
@@ -805,10 +874,10 @@ impl Coordinator {
     /// `last_seen_ms`: a restored machine is a function of the events and
     /// the time, and the verdicts the window leads to are recorded.
     fn reopen_reveal_window(&mut self, now: u64) {
-        if let Some(open) = self.open.as_mut()
-            && let RoundPhase::Revealing { deadline_ms } = &mut open.phase
-        {
-            *deadline_ms = (*deadline_ms).max(now + self.settings.reveal_ms);
+        for live in self.open.iter_mut().chain(self.ahead.iter_mut()) {
+            if let RoundPhase::Revealing { deadline_ms } = &mut live.phase {
+                *deadline_ms = (*deadline_ms).max(now + self.settings.reveal_ms);
+            }
         }
     }
 
@@ -817,17 +886,18 @@ impl Coordinator {
     /// when it stopped, so the replays start again at once instead of at
     /// the reveal deadline.
     fn resume_replays(&mut self) {
-        let Some(open) = self.open.as_mut() else { return };
-        let delegated_later =
-            self.settings.delegate_audits && matches!(open.phase, RoundPhase::Committing { .. });
-        if delegated_later {
-            return;
-        }
-        for (&worker, standing) in &mut open.standings {
-            let replay = standing.answered && standing.verdict.is_none() && standing.auditor.is_none();
-            if let (true, Some(segment)) = (replay, standing.audit) {
-                standing.judging = true;
-                self.actions.push_back(Action::JudgeAudit { round: open.id, worker, segment });
+        for live in self.open.iter_mut().chain(self.ahead.iter_mut()) {
+            let delegated_later =
+                self.settings.delegate_audits && matches!(live.phase, RoundPhase::Committing { .. });
+            if delegated_later {
+                continue;
+            }
+            for (&worker, standing) in &mut live.standings {
+                let replay = standing.answered && standing.verdict.is_none() && standing.auditor.is_none();
+                if let (true, Some(segment)) = (replay, standing.audit) {
+                    standing.judging = true;
+                    self.actions.push_back(Action::JudgeAudit { round: live.id, worker, segment });
+                }
             }
         }
     }
@@ -894,6 +964,7 @@ impl Coordinator {
                     auditors_slashed: BTreeSet::new(),
                     early_close_ms: None,
                     proven,
+                    reveal_over: false,
                 };
                 if self.open.is_none() {
                     self.open = Some(opened);
@@ -958,7 +1029,7 @@ impl Coordinator {
             }
             Event::Reveal { round, worker, payload, status, nonce, received_unix_ms } => {
                 self.record_nonce(*worker, *nonce, *received_unix_ms);
-                match self.open.as_mut().filter(|open| open.id == *round) {
+                match find_live(&mut self.open, &mut self.ahead, *round) {
                     Some(open) => {
                         let standing = open.standings.entry(*worker).or_default();
                         match status {
@@ -972,9 +1043,9 @@ impl Coordinator {
                                 standing.malformed = true;
                                 standing.rejected.get_or_insert_with(|| MALFORMED.into());
                             }
-                            Recorded::Late => {
-                                unreachable!("an open round takes reveals in its reveal phase only")
-                            }
+                            // After the reveal phase of a round opened ahead,
+                            // which waits to close.
+                            Recorded::Late => standing.late_reveal = Some(*payload),
                         }
                     }
                     None => {
@@ -1272,8 +1343,9 @@ impl Coordinator {
             secret: open.and_then(|round| round.secret).map(crate::wire::Secret),
             assignment: worker.and_then(|worker| self.assignment(worker)),
             committed: standing.is_some_and(|standing| standing.commitment.is_some()),
-            revealed: standing
-                .is_some_and(|standing| standing.revealed.is_some() || standing.rejected.is_some()),
+            revealed: standing.is_some_and(|standing| {
+                standing.revealed.is_some() || standing.rejected.is_some() || standing.late_reveal.is_some()
+            }),
             audit: standing
                 .and_then(|standing| standing.audit)
                 .filter(|_| revealing || !self.settings.delegate_audits),
@@ -1287,12 +1359,7 @@ impl Coordinator {
     /// The delegated audit `auditor` should replay now, if any: the first
     /// (by audited worker) whose answer is in and which is not yet judged.
     pub fn audit_task(&self, auditor: WorkerId) -> Option<crate::wire::AuditTaskRef> {
-        let open = self.open.as_ref()?;
-        open.standings.iter().find_map(|(&worker, standing)| {
-            let waiting =
-                standing.auditor == Some(auditor) && standing.answered && standing.verdict.is_none();
-            waiting.then(|| crate::wire::AuditTaskRef { worker, segment: standing.audit.expect("drawn") })
-        })
+        audit_task_in(self.open.as_ref()?, auditor)
     }
 
     /// The audited segment and commitment of `worker` in the open round, if
@@ -1671,6 +1738,16 @@ impl Coordinator {
                 let status = if standing.malformed { Recorded::Malformed } else { Recorded::Mismatch };
                 return same_or_duplicate(existing == payload, status, worker, round, "reveal");
             }
+            if let Some(existing) = standing.late_reveal {
+                return same_or_duplicate(existing == payload, Recorded::Late, worker, round, "reveal");
+            }
+            if open.reveal_over {
+                // A round opened ahead whose reveal deadline passed: it
+                // waits to close, with what was in by then.
+                let status = Recorded::Late;
+                self.record(Event::Reveal { round, worker, payload, status, nonce, received_unix_ms: now });
+                return Ok(Outcome::Recorded(status));
+            }
             let already_rejected = standing.rejected.is_some();
             let status = if payload == commitment.payload { Recorded::Accepted } else { Recorded::Mismatch };
             self.record(Event::Reveal { round, worker, payload, status, nonce, received_unix_ms: now });
@@ -1710,7 +1787,7 @@ impl Coordinator {
     ) -> Result<Outcome, Refusal> {
         let Some(open) = find_live(&mut self.open, &mut self.ahead, round) else { return Err(refusal) };
         check_participant(&open.participants, open.base_model, worker, round, base_model)?;
-        let revealing = matches!(open.phase, RoundPhase::Revealing { .. });
+        let revealing = matches!(open.phase, RoundPhase::Revealing { .. }) && !open.reveal_over;
         let standing = open.standings.entry(worker).or_default();
         let committed = standing.commitment.is_some_and(|commitment| commitment.payload == payload);
         if !revealing || !committed {
@@ -1861,7 +1938,7 @@ impl Coordinator {
         reason: &str,
     ) {
         self.advance(now);
-        let Some(open) = self.open.as_ref().filter(|open| open.id == round) else { return };
+        let Some(open) = self.live_round(round) else { return };
         if !open.auditors_slashed.contains(&auditor) {
             self.record(Event::AuditorSlashed {
                 round,
@@ -1874,9 +1951,11 @@ impl Coordinator {
         }
     }
 
-    /// Time has reached `now`: deadlines may have passed.
+    /// Time has reached `now`: deadlines may have passed, in the rounds
+    /// opened ahead (first) and in the open round.
     pub fn handle_timeout(&mut self, now: u64) {
         self.advance(now);
+        self.ahead_timeouts(now);
         let Some(open) = self.open.as_mut() else {
             self.maybe_open();
             return;
@@ -1892,13 +1971,15 @@ impl Coordinator {
                     // The early end: the proven participants and a quorum
                     // are in; the unproven ones had their grace.
                     if committed >= self.settings.quorum as usize {
-                        self.begin_reveal();
+                        let round = open.id;
+                        self.begin_reveal(round);
                         self.settle();
                     }
                     return;
                 }
                 if committed >= self.settings.quorum as usize {
-                    self.begin_reveal();
+                    let round = open.id;
+                    self.begin_reveal(round);
                 } else if extensions < self.settings.max_extensions {
                     let round = open.id;
                     self.record(Event::DeadlineExtended {
@@ -1912,13 +1993,7 @@ impl Coordinator {
             }
             RoundPhase::Revealing { .. } => {
                 let round = open.id;
-                let due: Vec<(WorkerId, u32, bool)> = open
-                    .standings
-                    .iter()
-                    .filter(|(_, standing)| standing.commitment.is_some() && standing.rejected.is_none())
-                    .filter(|(_, standing)| standing.verdict.is_none())
-                    .filter_map(|(&worker, standing)| Some((worker, standing.audit?, standing.answered)))
-                    .collect();
+                let due = open.due_audits();
                 // Answered audits whose auditor did not report: the driver
                 // replays them itself, and the round closes when it has.
                 let mut judging = false;
@@ -1939,6 +2014,50 @@ impl Coordinator {
                 }
                 if !judging {
                     self.close_open_round();
+                }
+            }
+        }
+    }
+
+    /// The deadlines of the rounds opened ahead of the open round (under a
+    /// delayed outer update), each round on its own: a commit phase ends at
+    /// its early end or deadline if a quorum committed (without one the
+    /// round takes commitments until a quorum is in or it is the open
+    /// round, which extends or fails it); a reveal phase ends at its
+    /// deadline, judging unanswered audits as the open round's does and
+    /// asking the driver to replay answered ones nobody reported on. Only
+    /// the close waits for the open round's.
+    fn ahead_timeouts(&mut self, now: u64) {
+        let due: Vec<RoundId> = self
+            .ahead
+            .iter()
+            .filter(|ahead| {
+                ahead.ahead_timeout_ms(now, self.settings.quorum as usize).is_some_and(|at| at <= now)
+            })
+            .map(|ahead| ahead.id)
+            .collect();
+        for round in due {
+            let quorum = self.settings.quorum as usize;
+            let ahead = find_live(&mut self.open, &mut self.ahead, round).expect("a live round");
+            match ahead.phase {
+                RoundPhase::Committing { .. } => {
+                    if ahead.committed() >= quorum {
+                        self.begin_reveal(round);
+                    }
+                }
+                RoundPhase::Revealing { .. } => {
+                    ahead.reveal_over = true;
+                    for (worker, segment, answered) in ahead.due_audits() {
+                        if !answered {
+                            self.judge(round, worker, segment, Verdict::Unanswered, None, None);
+                            continue;
+                        }
+                        let standing = self.standing_mut(round, worker);
+                        if !standing.judging {
+                            standing.judging = true;
+                            self.actions.push_back(Action::JudgeAudit { round, worker, segment });
+                        }
+                    }
                 }
             }
         }
@@ -2091,8 +2210,17 @@ impl Coordinator {
         self.actions.iter()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called:
+    /// for the open round or for one opened ahead of it.
     pub fn poll_timeout(&self) -> Option<u64> {
+        let quorum = self.settings.quorum as usize;
+        let ahead = self.ahead.iter().filter_map(|ahead| ahead.ahead_timeout_ms(self.now_ms, quorum)).min();
+        let open = self.open_timeout();
+        open.into_iter().chain(ahead).min()
+    }
+
+    /// When the open round (or a run without one) next needs the time.
+    fn open_timeout(&self) -> Option<u64> {
         match &self.open {
             // Past the reveal deadline with the driver replaying every audit
             // still due, the clock changes nothing: the verdicts move the
@@ -2235,33 +2363,70 @@ impl Coordinator {
         }
     }
 
+    /// Moves every live round on when nothing more is awaited from anyone
+    /// in its phase: the rounds opened ahead (their commit phases; their
+    /// reveal phases end only at their deadlines or when they close), then
+    /// the open round (which closes when all it awaits is in).
+    fn settle(&mut self) {
+        self.settle_ahead();
+        self.settle_open();
+    }
+
+    /// Ends the commit phase of each round opened ahead that awaits no
+    /// commitment any more: every participant committed (its deadlines are
+    /// [`Coordinator::ahead_timeouts`]'s).
+    fn settle_ahead(&mut self) {
+        let committing: Vec<RoundId> = self
+            .ahead
+            .iter()
+            .filter(|ahead| matches!(ahead.phase, RoundPhase::Committing { .. }))
+            .map(|ahead| ahead.id)
+            .collect();
+        for round in committing {
+            if self.commit_phase_over(round) {
+                self.begin_reveal(round);
+            }
+        }
+    }
+
+    /// Whether live round `round`, committing, has every participant's
+    /// commitment (and a quorum); if not, once every proven participant
+    /// and a quorum are in, sets the early end of its commit phase.
+    fn commit_phase_over(&mut self, round: RoundId) -> bool {
+        let now = self.now_ms;
+        let quorum = self.settings.quorum as usize;
+        let open = find_live(&mut self.open, &mut self.ahead, round).expect("a live round");
+        let RoundPhase::Committing { deadline_ms, .. } = open.phase else { return false };
+        let committed = |worker: &WorkerId| {
+            open.standings.get(worker).is_some_and(|standing| standing.commitment.is_some())
+        };
+        let all_committed = open.participants.iter().all(committed);
+        if all_committed && open.participants.len() >= quorum {
+            return true;
+        }
+        // Every proven participant (there is one at least: a round of
+        // newcomers only, such as a run's first, waits for them) and a
+        // quorum are in: the unproven ones get a grace as long as the round
+        // so far.
+        let proven_in = !open.proven.is_empty() && open.proven.iter().all(committed);
+        let enough = open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
+        if open.early_close_ms.is_none() && proven_in && enough {
+            let grace = now.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
+            open.early_close_ms = Some((now + grace).min(deadline_ms));
+        }
+        false
+    }
+
     /// Moves the open round on when nothing more is awaited from anyone in
     /// its phase.
-    fn settle(&mut self) {
+    fn settle_open(&mut self) {
         let Some(open) = &self.open else { return };
         match open.phase {
-            RoundPhase::Committing { deadline_ms, .. } => {
-                let committed = |worker: &WorkerId| {
-                    open.standings.get(worker).is_some_and(|standing| standing.commitment.is_some())
-                };
-                let all_committed = open.participants.iter().all(committed);
-                let quorum = self.settings.quorum as usize;
-                if all_committed && open.participants.len() >= quorum {
-                    self.begin_reveal();
+            RoundPhase::Committing { .. } => {
+                let round = open.id;
+                if self.commit_phase_over(round) {
+                    self.begin_reveal(round);
                     self.settle();
-                    return;
-                }
-                // Every proven participant (there is one at least: a round
-                // of newcomers only, such as a run's first, waits for them)
-                // and a quorum are in: the unproven ones get a grace as long
-                // as the round so far.
-                let proven_in = !open.proven.is_empty() && open.proven.iter().all(committed);
-                let enough =
-                    open.participants.iter().filter(|worker| committed(worker)).count() >= quorum.max(1);
-                if open.early_close_ms.is_none() && proven_in && enough {
-                    let grace = self.now_ms.saturating_sub(open.opened_ms).max(UNPROVEN_GRACE_MIN_MS);
-                    let early = (self.now_ms + grace).min(deadline_ms);
-                    self.open.as_mut().expect("checked").early_close_ms = Some(early);
                 }
             }
             RoundPhase::Revealing { .. } => {
@@ -2316,9 +2481,10 @@ impl Coordinator {
         });
     }
 
-    fn begin_reveal(&mut self) {
-        let open = self.open.as_ref().expect("a round to reveal");
-        let round = open.id;
+    /// Ends the commit phase of live round `round` (the open round, or one
+    /// opened ahead of it): publishes its secret and its draw.
+    fn begin_reveal(&mut self, round: RoundId) {
+        let open = self.live_round(round).expect("a round to reveal");
         let secret = audit::round_secret(&self.audit_master, &self.run_id, round);
         let beacon = audit::beacon(&secret, &self.run_id, round, &open.commitments());
         let (audits, auditors) = self.assign_auditors(open, &beacon);
@@ -2484,26 +2650,33 @@ impl Coordinator {
 
     /// The round opened ahead `index` rounds after the oldest, as `worker`
     /// sees it: what to train while the rounds before it reveal (see
-    /// [`RoundView::ahead`]); its own `ahead` shows the round after it.
+    /// [`RoundView::ahead`]), then, in its own phases, what to reveal, to
+    /// answer or to replay for it; its own `ahead` shows the round after
+    /// it.
     fn ahead_view(&self, worker: Option<WorkerId>, index: usize) -> Option<Box<RoundView>> {
         let ahead = self.ahead.get(index)?;
         let standing = worker.and_then(|worker| ahead.standings.get(&worker));
+        let revealing = matches!(ahead.phase, RoundPhase::Revealing { .. });
         Some(Box::new(RoundView {
             run_id: self.run_id,
-            phase: Phase::Committing,
+            phase: if revealing { Phase::Revealing } else { Phase::Committing },
             round: Some(ahead.id),
             completed_rounds: self.completed_rounds,
             model: ahead.base_model,
             deadline_unix_ms: Some(ahead.deadline_ms()),
             secret_commitment: Some(ahead.secret_commitment),
-            secret: None,
+            secret: ahead.secret.map(crate::wire::Secret),
             assignment: worker.and_then(|worker| assignment(&self.settings, self.run_id, ahead, worker)),
             committed: standing
                 .is_some_and(|standing| standing.commitment.is_some() || standing.late_commitment.is_some()),
-            revealed: false,
-            audit: standing.and_then(|standing| standing.audit).filter(|_| !self.settings.delegate_audits),
+            revealed: standing.is_some_and(|standing| {
+                standing.revealed.is_some() || standing.rejected.is_some() || standing.late_reveal.is_some()
+            }),
+            audit: standing
+                .and_then(|standing| standing.audit)
+                .filter(|_| revealing || !self.settings.delegate_audits),
             audit_answered: standing.is_some_and(|standing| standing.answered || standing.verdict.is_some()),
-            audit_task: None,
+            audit_task: worker.and_then(|worker| audit_task_in(ahead, worker)),
             provisional: false,
             ahead: self.ahead_view(worker, index + 1),
         }))
@@ -2637,6 +2810,7 @@ impl Coordinator {
             auditors_slashed: BTreeSet::new(),
             early_close_ms: None,
             proven,
+            reveal_over: false,
         })
     }
 }
@@ -2821,10 +2995,20 @@ fn past_round(open: &OpenRound) -> PastRound {
                     let status = if standing.malformed { Recorded::Malformed } else { Recorded::Mismatch };
                     Some((worker, (status, digest)))
                 }
-                (None, None) => None,
+                (None, None) => standing.late_reveal.map(|digest| (worker, (Recorded::Late, digest))),
             })
             .collect(),
     }
+}
+
+/// The delegated audit of live round `round` that `auditor` should replay
+/// now, if any: the first (by audited worker) whose answer is in and which
+/// is not yet judged.
+fn audit_task_in(round: &OpenRound, auditor: WorkerId) -> Option<crate::wire::AuditTaskRef> {
+    round.standings.iter().find_map(|(&worker, standing)| {
+        let waiting = standing.auditor == Some(auditor) && standing.answered && standing.verdict.is_none();
+        waiting.then(|| crate::wire::AuditTaskRef { worker, segment: standing.audit.expect("drawn") })
+    })
 }
 
 /// `worker`'s assignment in `open`, if it is a participant (its position

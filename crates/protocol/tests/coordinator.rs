@@ -753,9 +753,11 @@ fn restored_machines_behave_like_the_live_one(settings: &Settings, steps: &[Step
         let undone: Vec<Action> = awaited.into_iter().collect();
         assert_eq!(drain(&mut restored), undone, "after {crash_after} steps nothing else was left undone");
         // The early end of a commit phase is not recorded: a restored
-        // round sets it again, from its own clock.
+        // round sets it again, from its own clock. Nor is the end of the
+        // reveal phase of a round opened ahead: a restored one gets its
+        // window again, and its next timeout ends it.
         let without_early_end = |round: Option<&OpenRound>| {
-            round.cloned().map(|round| OpenRound { early_close_ms: None, ..round })
+            round.cloned().map(|round| OpenRound { early_close_ms: None, reveal_over: false, ..round })
         };
         assert_eq!(
             without_early_end(restored.open_round()),
@@ -1022,6 +1024,121 @@ fn under_a_delayed_outer_update_a_restored_machine_rebuilds_both_live_rounds() {
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }
 
+/// The steps of a run under a delayed outer update in which the rounds
+/// opened ahead (`ahead`: 1 or 2 of them, all on the first model) are
+/// committed to in full before round 0, so that each ends its commit
+/// phase, is revealed and judged while round 0 is still committing or
+/// revealing, and reaches its reveal deadline (worker 0's audit, drawn in
+/// each, unanswered) before round 0 closes; then round 0 closes, and
+/// round 1, settled, is asked to close in the same input.
+fn rounds_ahead_settled_before_the_open_one(ahead: u64) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for round in (1..=ahead).rev() {
+        steps.push(Box::new(move |m, w| {
+            for (index, &worker) in w.iter().enumerate() {
+                let _ = commit_on(m, T0 + 5 + index as u64, worker, round, model(0));
+            }
+        }));
+    }
+    steps.extend(round_0_commitments());
+    for round in (1..=ahead).rev() {
+        steps.push(Box::new(move |m, w| {
+            for &worker in w {
+                let _ = reveal_on(m, T0 + 13, worker, round, model(0));
+            }
+        }));
+        steps.push(Box::new(move |m, w| {
+            for &worker in &w[1..] {
+                judge(m, T0 + 14, round, worker, Verdict::Passed);
+            }
+        }));
+    }
+    steps.extend::<Vec<Step>>(vec![
+        Box::new(|m, w| {
+            for &worker in &w[..2] {
+                let _ = reveal(m, T0 + 20, worker, 0);
+            }
+        }),
+        // The reveal deadline of the rounds ahead (they began at T0 + 7):
+        // worker 0's audits are unanswered; round 0 is still revealing.
+        Box::new(|m, _| m.handle_timeout(T0 + 7 + 5_000)),
+        Box::new(|m, w| {
+            let _ = reveal(m, T0 + 7 + 5_001, w[2], 0);
+            for &worker in w {
+                judge(m, T0 + 7 + 5_001, 0, worker, Verdict::Passed);
+            }
+        }),
+        Box::new(|m, _| m.handle_aggregated(T0 + 7 + 5_002, 0, Aggregated::all(result(1)))),
+    ]);
+    steps
+}
+
+/// Aggregates the open round, which asked to close, into model
+/// `round + 1`.
+fn aggregate_open(m: &mut Coordinator, now: u64) {
+    let round = m.open_round().expect("a round closing").id;
+    m.handle_aggregated(now, round, Aggregated::all(result(round + 1)));
+}
+
+#[test]
+fn under_a_delay_of_one_or_two_a_restored_machine_rebuilds_rounds_ahead_in_their_reveal_phases() {
+    for ahead in [1, 2] {
+        let settings =
+            Settings { min_workers: 3, audit_probability: 0.6, outer_delay: ahead as u32, ..delayed_twice() };
+        let mut steps = rounds_ahead_settled_before_the_open_one(ahead);
+        // The rounds ahead close, one per input; then the round opened on
+        // round 0's model is committed to.
+        for index in 0..ahead {
+            steps.push(Box::new(move |m, _| aggregate_open(m, T0 + 7 + 5_003 + index)));
+        }
+        steps.push(Box::new(move |m, w| {
+            for &worker in w {
+                let _ = commit_on(m, T0 + 7 + 5_005, worker, ahead + 1, model(1));
+            }
+        }));
+        restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 5);
+    }
+}
+
+#[test]
+fn rounds_ahead_settled_before_the_open_one_close_in_order_as_soon_as_they_may() {
+    for ahead in [1, 2] {
+        let settings =
+            Settings { min_workers: 3, audit_probability: 0.6, outer_delay: ahead as u32, ..delayed() };
+        let (mut machine, workers) = running(3, settings);
+        let (mut closes, mut ended, mut ahead_draws, mut ahead_unanswered) = (Vec::new(), Vec::new(), 0, 0);
+        let mut steps = rounds_ahead_settled_before_the_open_one(ahead);
+        steps.push(Box::new(|m, _| aggregate_open(m, T0 + 7 + 5_003)));
+        for step in steps {
+            step(&mut machine, &workers);
+            while let Some(action) = machine.poll_action() {
+                let ahead_of_open = |round| machine.open_round().is_some_and(|open| open.id < round);
+                match action {
+                    Action::Record(Event::AuditDraw { round, .. }) if ahead_of_open(round) => {
+                        ahead_draws += 1
+                    }
+                    Action::Record(Event::Audit { round, verdict: Verdict::Unanswered, .. })
+                        if ahead_of_open(round) =>
+                    {
+                        ahead_unanswered += 1
+                    }
+                    Action::Close { round, .. } => closes.push(round),
+                    Action::Record(Event::RoundClosed { round, .. }) => ended.push(round),
+                    Action::Record(Event::RoundFailed { round, .. }) => panic!("round {round} failed"),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(ahead_draws, ahead, "delay {ahead}: each round ahead drew before round 0 closed");
+        assert_eq!(ahead_unanswered, ahead, "delay {ahead}: judged at each round's own deadline");
+        // Each round ahead, settled, is asked to close in the input that
+        // closed the round before it.
+        let expected: Vec<u64> = (0..=ahead).collect();
+        assert_eq!(closes, expected, "delay {ahead}");
+        assert_eq!(ended, [0, 1], "delay {ahead}");
+    }
+}
+
 /// Commits every worker of `workers` to round `round` on `base`; returns
 /// the actions.
 fn commit_all(
@@ -1143,52 +1260,160 @@ fn under_a_delayed_outer_update_the_next_round_opens_with_its_base_and_two_round
     assert!(matches!(actions.last(), Some(Action::Record(Event::AuditDraw { round: 1, .. }))), "{actions:?}");
 }
 
+/// A reveal of `round` trained from `base` at `now`.
+fn reveal_on(
+    machine: &mut Coordinator,
+    now: u64,
+    worker: WorkerId,
+    round: u64,
+    base: Digest,
+) -> Result<Outcome, ErrorCode> {
+    machine
+        .reveal(now, worker, now * 1000 + 1, round, base, payload(worker, round), None)
+        .map_err(|refusal| refusal.code)
+}
+
+fn closes(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Close { round, .. } => Some(*round),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn under_a_delayed_outer_update_commitments_for_the_next_round_wait_until_the_open_round_closes() {
-    let (mut machine, workers) = running(2, Settings { reveal_ms: 30_000, ..delayed() });
+fn under_a_delayed_outer_update_a_round_opened_ahead_reveals_and_is_judged_before_the_open_round_closes() {
+    let settings = Settings { reveal_ms: 30_000, audit_probability: 1.0, ..delayed() };
+    let (mut machine, workers) = running(2, settings);
     commit_all(&mut machine, T0 + 1, &workers, 0, model(0));
     // Round 1 is fully committed before round 0 is revealed: its commit
-    // phase ends only once round 0 has closed, since round 2 trains from
-    // round 0's result.
+    // phase ends at once and its draw is published, while round 2 (which
+    // trains from round 0's result) does not open.
     let actions = commit_all(&mut machine, T0 + 2, &workers, 1, model(0));
+    assert!(matches!(actions.last(), Some(Action::Record(Event::AuditDraw { round: 1, .. }))), "{actions:?}");
+    assert!(opened(&actions).is_empty(), "{actions:?}");
+    let view = machine.view(Some(workers[0]));
+    assert_eq!((view.round, view.phase), (Some(0), Phase::Revealing));
+    let ahead = view.ahead.expect("round 1 is shown");
+    assert_eq!((ahead.round, ahead.phase, ahead.secret.is_some()), (Some(1), Phase::Revealing, true));
+    assert_eq!((ahead.committed, ahead.revealed, ahead.audit.is_some()), (true, false, true));
+
+    // Round 1 is revealed and judged while round 0 still waits for its
+    // reveals: nothing closes (round 1 closes after round 0).
+    for &worker in &workers {
+        assert_eq!(
+            reveal_on(&mut machine, T0 + 3, worker, 1, model(0)),
+            Ok(Outcome::Recorded(Recorded::Accepted))
+        );
+        machine.audit_result(T0 + 4, 1, worker, Verdict::Passed, None, None).unwrap();
+    }
+    let actions = drain(&mut machine);
+    assert!(closes(&actions).is_empty(), "{actions:?}");
+    assert!(machine.view(Some(workers[1])).ahead.expect("round 1 is shown").revealed);
+    assert_eq!(machine.poll_timeout(), Some(T0 + 1 + 30_000), "only round 0's reveal deadline is left");
+
+    // Round 0 is revealed and judged, and closes; round 1, settled, closes
+    // as soon as it is the open round, in the same input, and round 2
+    // opens on round 0's model.
+    for &worker in &workers {
+        reveal(&mut machine, T0 + 5, worker, 0).unwrap();
+        machine.audit_result(T0 + 6, 0, worker, Verdict::Passed, None, None).unwrap();
+    }
+    assert_eq!(closes(&drain(&mut machine)), [0]);
+    machine.handle_aggregated(T0 + 7, 0, Aggregated::all(result(1)));
+    let actions = drain(&mut machine);
+    assert_eq!(closes(&actions), [1], "{actions:?}");
+    assert_eq!(opened(&actions), [(2, model(1))]);
+    let Some(Action::Close { accepted, base_model, .. }) =
+        actions.iter().find(|action| matches!(action, Action::Close { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!((base_model, accepted), (&model(0), &workers));
+    machine.handle_aggregated(T0 + 7, 1, Aggregated::all(result(2)));
+    let actions = drain(&mut machine);
+    assert!(matches!(actions[0], Action::Record(Event::RoundClosed { round: 1, .. })), "{actions:?}");
+    assert_eq!(opened(&actions), [(3, model(2))]);
+    assert_eq!(machine.completed_rounds(), 2);
+}
+
+#[test]
+fn under_a_delayed_outer_update_a_round_opened_ahead_ends_its_reveal_phase_at_its_deadline_and_closes_when_promoted()
+ {
+    let settings = Settings { reveal_ms: 5_000, audit_probability: 1.0, ..delayed() };
+    let (mut machine, workers) = running(3, settings);
+    commit_all(&mut machine, T0 + 1, &workers, 0, model(0));
+    commit_all(&mut machine, T0 + 2, &workers, 1, model(0));
+    // Round 1: worker 0 reveals and answers, worker 1 reveals and answers
+    // nothing, worker 2 does neither; its reveal deadline passes while
+    // round 0 is still open (its own deadline was extended by nothing:
+    // round 0 waits for its reveals too).
+    for &worker in &workers[..2] {
+        reveal_on(&mut machine, T0 + 3, worker, 1, model(0)).unwrap();
+    }
+    machine.audit_answered(T0 + 3, workers[0], (T0 + 3) * 1000 + 2, 1, Digest::of(b"answer")).unwrap();
+    drain(&mut machine);
+    assert_eq!(machine.poll_timeout(), Some(T0 + 1 + 5_000), "round 0's reveal deadline comes first");
+    // Round 0's reveals are in and its audits pass, but for worker 2's,
+    // which it answers: round 0 waits for the verdict.
+    for &worker in &workers {
+        reveal(&mut machine, T0 + 4, worker, 0).unwrap();
+    }
+    for &worker in &workers[..2] {
+        machine.audit_result(T0 + 4, 0, worker, Verdict::Passed, None, None).unwrap();
+    }
+    machine.audit_answered(T0 + 4, workers[2], (T0 + 4) * 1000 + 3, 0, Digest::of(b"answer")).unwrap();
+    drain(&mut machine);
+    // Round 1's deadline: worker 1's audit is unanswered (it fails, and is
+    // slashed), worker 0's answer is replayed by the driver, and worker 2
+    // missed the reveal. Nothing closes: round 0 is open.
+    machine.handle_timeout(T0 + 2 + 5_000);
+    let actions = drain(&mut machine);
+    assert!(closes(&actions).is_empty(), "{actions:?}");
     assert!(
-        actions.iter().all(|action| matches!(action, Action::Record(Event::Commitment { .. }))),
+        actions.iter().any(
+            |action| matches!(action, Action::JudgeAudit { round: 1, worker, .. } if *worker == workers[0])
+        ),
         "{actions:?}"
     );
-    machine.handle_timeout(T0 + 20_000);
-    assert!(opened(&drain(&mut machine)).is_empty());
-    for &worker in &workers {
-        reveal(&mut machine, T0 + 20_001, worker, 0).unwrap();
-    }
-    assert!(matches!(drain(&mut machine).last(), Some(Action::Close { round: 0, .. })));
-    machine.handle_aggregated(T0 + 20_002, 0, Aggregated::all(result(1)));
+    assert!(actions.iter().any(|action| matches!(
+        action,
+        Action::Record(Event::Audit { round: 1, worker, verdict: Verdict::Unanswered, .. }) if *worker == workers[1]
+    )));
+    assert!(actions.iter().any(|action| matches!(
+        action,
+        Action::Record(Event::Slash { round: 1, worker, .. }) if *worker == workers[1]
+    )));
+    // A reveal after the deadline is late, and never counts.
+    assert_eq!(
+        reveal_on(&mut machine, T0 + 2 + 5_001, workers[2], 1, model(0)),
+        Ok(Outcome::Recorded(Recorded::Late))
+    );
+    assert_eq!(
+        reveal_on(&mut machine, T0 + 2 + 5_002, workers[2], 1, model(0)),
+        Ok(Outcome::AlreadyRecorded(Recorded::Late))
+    );
+    machine.audit_result(T0 + 2 + 5_003, 1, workers[0], Verdict::Passed, None, None).unwrap();
+    assert!(closes(&drain(&mut machine)).is_empty(), "round 1 closes after round 0");
+    // Round 0 closes on its last verdict; round 1, settled (worker 2's
+    // audit went unanswered too), ends as soon as it is the open round,
+    // in the same input: with one submission that counts, too few for the
+    // quorum, it fails. Round 2, opened on round 0's model when round 0
+    // closed, is the open round, and round 3 opens ahead of it on the same
+    // model (round 1 failed).
+    machine.audit_result(T0 + 2 + 5_004, 0, workers[2], Verdict::Passed, None, None).unwrap();
+    assert_eq!(closes(&drain(&mut machine)), [0]);
+    machine.handle_aggregated(T0 + 2 + 5_005, 0, Aggregated::all(result(1)));
     let actions = drain(&mut machine);
-    assert!(matches!(actions[0], Action::Record(Event::RoundClosed { round: 0, .. })), "{actions:?}");
-    assert_eq!(opened(&actions), vec![(2, model(1))]);
-    assert_eq!(machine.phase(), Phase::Revealing);
-    // Each round trains from the model before the previous round's outer
-    // step and opens as the round before it becomes the open round; the
-    // run's last round (3: rounds 0 to 3) opens nothing ahead.
-    for round in 1..4 {
-        for &worker in &workers {
-            reveal(&mut machine, T0 + 20_003 + round, worker, round).unwrap();
-        }
-        let closing = drain(&mut machine);
-        assert!(
-            matches!(closing.last(), Some(Action::Close { round: id, .. }) if *id == round),
-            "{closing:?}"
-        );
-        machine.handle_aggregated(T0 + 20_003 + round, round, Aggregated::all(result(round + 1)));
-        let actions = drain(&mut machine);
-        if round == 3 {
-            assert!(matches!(actions.last(), Some(Action::Record(Event::RunFinished { .. }))), "{actions:?}");
-            break;
-        }
-        let ahead = if round + 2 < 4 { vec![(round + 2, model(round + 1))] } else { Vec::new() };
-        assert_eq!(opened(&actions), ahead, "round {round}");
-        let actions = commit_all(&mut machine, T0 + 20_003 + round, &workers, round + 1, model(round));
-        assert!(opened(&actions).is_empty(), "round {round}: {actions:?}");
-    }
+    assert!(closes(&actions).is_empty(), "{actions:?}");
+    assert!(
+        actions.iter().any(|action| matches!(action, Action::Record(Event::RoundFailed { round: 1, .. }))),
+        "{actions:?}"
+    );
+    assert_eq!(opened(&actions), [(2, model(1)), (3, model(1))]);
+    assert_eq!(machine.open_round().map(|open| (open.id, open.base_model)), Some((2, model(1))));
 }
 
 #[test]
@@ -1508,7 +1733,8 @@ fn random_event_sequences_keep_the_invariants() {
 
 /// The swarm test under one-step-delayed outer updates: two rounds are
 /// live at times, both taking commitments (the one opened ahead since the
-/// open round opened), and every invariant above holds.
+/// open round opened), the one ahead revealing and judged while the open
+/// round is still live, and every invariant above holds.
 #[test]
 fn random_event_sequences_keep_the_invariants_under_a_delayed_outer_update() {
     let counts = swarm(1);
@@ -1516,6 +1742,9 @@ fn random_event_sequences_keep_the_invariants_under_a_delayed_outer_update() {
         counts.two_live > 1000
             && counts.two_committing > 500
             && counts.ahead_commitments > 100
+            && counts.ahead_revealing > 1000
+            && counts.ahead_reveals > 50
+            && counts.ahead_verdicts > 100
             && counts.crashes > 1000
             && counts.contested > 0,
         "{counts:?}"
@@ -1523,8 +1752,8 @@ fn random_event_sequences_keep_the_invariants_under_a_delayed_outer_update() {
 }
 
 /// The swarm test under two-round-delayed outer updates: up to three
-/// rounds are live, all taking commitments, and every invariant above
-/// holds.
+/// rounds are live, all taking commitments, those ahead revealing and
+/// judged on their own, and every invariant above holds.
 #[test]
 fn random_event_sequences_keep_the_invariants_under_a_two_round_delay() {
     let counts = swarm(2);
@@ -1532,6 +1761,9 @@ fn random_event_sequences_keep_the_invariants_under_a_two_round_delay() {
         counts.three_live > 500
             && counts.two_committing > 500
             && counts.ahead_commitments > 100
+            && counts.ahead_revealing > 1000
+            && counts.ahead_reveals > 50
+            && counts.ahead_verdicts > 100
             && counts.crashes > 1000
             && counts.contested > 0,
         "{counts:?}"
@@ -1556,6 +1788,11 @@ struct Swarm {
     ahead_commitments: u32,
     /// Steps after which both live rounds took commitments.
     two_committing: u32,
+    /// Steps after which a round opened ahead was in its reveal phase.
+    ahead_revealing: u32,
+    /// Reveals and verdicts recorded for a round opened ahead.
+    ahead_reveals: u32,
+    ahead_verdicts: u32,
 }
 
 fn swarm(outer_delay: u32) -> Swarm {
@@ -1570,6 +1807,9 @@ fn swarm(outer_delay: u32) -> Swarm {
         three_live,
         ahead_commitments,
         two_committing,
+        ahead_revealing,
+        ahead_reveals,
+        ahead_verdicts,
     } = &mut counts;
     for seed in 0..200 {
         let mut rng = keyed_rng("coordinator-swarm", RngKey::new(seed, 0, 0, 0));
@@ -1653,6 +1893,16 @@ fn swarm(outer_delay: u32) -> Swarm {
             let mut done = Vec::new();
             while let Some(action) = machine.poll_action() {
                 done.push(action.clone());
+                let ahead_round = |round: u64| machine.ahead_rounds().any(|ahead| ahead.id == round);
+                match &action {
+                    Action::Record(Event::Reveal { round, status: Recorded::Accepted, .. })
+                        if ahead_round(*round) =>
+                    {
+                        *ahead_reveals += 1
+                    }
+                    Action::Record(Event::Audit { round, .. }) if ahead_round(*round) => *ahead_verdicts += 1,
+                    _ => {}
+                }
                 match action {
                     Action::Record(Event::RoundOpened { round, participants, base_model, .. }) => {
                         assert_eq!(
@@ -1685,6 +1935,11 @@ fn swarm(outer_delay: u32) -> Swarm {
                     }
                     Action::Close { round, accepted, .. } => {
                         assert!(accepted.len() >= 2, "seed {seed}: a round closes only with quorum");
+                        assert_eq!(
+                            machine.open_round().map(|open| open.id),
+                            Some(round),
+                            "seed {seed}: only the open round closes, whatever the rounds ahead of it did"
+                        );
                         for worker in &accepted {
                             assert!(
                                 !slashed.contains(&(round, *worker)),
@@ -1769,7 +2024,18 @@ fn swarm(outer_delay: u32) -> Swarm {
                 let open = machine.open_round().expect("a round opens ahead of the open one");
                 for (index, ahead) in ahead.iter().enumerate() {
                     assert_eq!(ahead.id, open.id + 1 + index as u64, "seed {seed}");
-                    assert!(matches!(ahead.phase, RoundPhase::Committing { .. }), "seed {seed}");
+                    // Each round ahead runs its own phases: its reveal
+                    // phase may have begun, and a late one's may be over.
+                    match ahead.phase {
+                        RoundPhase::Committing { .. } => assert!(!ahead.reveal_over, "seed {seed}"),
+                        RoundPhase::Revealing { .. } => {
+                            assert!(
+                                ahead.secret.is_some(),
+                                "seed {seed}: a revealing round published its draw"
+                            );
+                            *ahead_revealing += 1;
+                        }
+                    }
                 }
                 // Each opened on the newest model of its time (checked as
                 // it opens, above): under one round's delay that is still

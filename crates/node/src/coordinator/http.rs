@@ -529,16 +529,21 @@ fn actionable(view: &crowdtrain_protocol::RoundView, after: Option<u64>) -> bool
 
 /// Whether round `round`, which the worker committed to, asks for its
 /// reveal or an audit answer now, or is over (another round, or none, is
-/// the open round since): not while it is opened ahead or committing with
-/// nothing due.
+/// the open round since): not while it is committing with nothing due.
+/// A round opened ahead of the open one (`view.ahead`) runs its own phases:
+/// its reveal is due as soon as its commit phase is over.
 fn reveal_due(view: &crowdtrain_protocol::RoundView, round: u64) -> bool {
-    match view.round {
-        _ if view.phase == Phase::Finished => true,
-        Some(open) if open == round => {
-            view.phase != Phase::Committing || (view.audit.is_some() && !view.audit_answered)
-        }
-        Some(open) => open > round,
-        None => true,
+    if view.phase == Phase::Finished {
+        return true;
+    }
+    let chain = std::iter::successors(Some(view), |view| view.ahead.as_deref());
+    let live = chain
+        .take(1 + crowdtrain_protocol::MAX_NETWORK_OUTER_DELAY as usize)
+        .find(|live| live.round == Some(round));
+    match (live, view.round) {
+        (Some(live), _) => live.phase != Phase::Committing || (live.audit.is_some() && !live.audit_answered),
+        (None, Some(open)) => open > round,
+        (None, None) => true,
     }
 }
 

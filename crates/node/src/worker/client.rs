@@ -54,6 +54,18 @@ impl Answer {
     }
 }
 
+/// How a state-changing request (a POST) is sequenced with the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequence {
+    /// One at a time, in the order they are signed (see
+    /// [`Client::request_counted`]).
+    InTurn,
+    /// Beside the others, on a connection of its own: for a large upload
+    /// (an audit answer) that the small ones (commitments, reveals) must
+    /// not wait behind, whose effect does not depend on its order.
+    Beside,
+}
+
 /// Talks to one coordinator as one identity.
 pub struct Client {
     http: reqwest::Client,
@@ -62,21 +74,24 @@ pub struct Client {
     run: Option<Digest>,
     give_up_after: Duration,
     last_nonce: AtomicU64,
-    /// Held by a state-changing request (a POST) from signing until its
-    /// answer: the coordinator takes such a request only with a nonce above
-    /// the last one it accepted from this key, so two in flight at once (a
-    /// reveal sent beside the next round's commitment, `[outer] delay` >= 1)
-    /// could arrive out of order and the earlier-signed one be refused.
+    /// Held by a state-changing request (a POST) sent in turn
+    /// ([`Sequence::InTurn`]) from signing until its answer: the coordinator
+    /// takes such a request only with a nonce above the last one it
+    /// accepted from this key, so two in flight at once (a reveal sent
+    /// beside the next round's commitment, `[outer] delay` >= 1) could
+    /// arrive out of order and the earlier-signed one be refused.
     posting: tokio::sync::Mutex<()>,
     /// Bytes received in response bodies.
     pub bytes_received: AtomicU64,
 }
 
-/// A signed read refused as replayed is signed again and sent this many
-/// more times at most: two reads in flight at once (the next round's view
-/// and a background reveal's wait for its phase) can arrive in the other
-/// order than they were signed, and a read changes nothing.
-const REPLAYED_READ_RETRIES: u32 = 3;
+/// A request refused as replayed is signed again and sent this many more
+/// times at most: two reads in flight at once (the next round's view and a
+/// background reveal's wait for its phase), or a post sent beside the
+/// others ([`Sequence::Beside`]) and one sent in turn, can arrive in the
+/// other order than they were signed, and a refusal as replayed comes
+/// before the coordinator changes anything.
+const REPLAYED_RETRIES: u32 = 3;
 
 impl Client {
     pub fn new(base: &str, identity: Identity, give_up_after: Duration) -> Result<Self, NodeError> {
@@ -144,12 +159,14 @@ impl Client {
         body: Vec<u8>,
         headers: &[(&str, String)],
     ) -> Result<Answer, NodeError> {
-        self.request_counted(method, path_and_query, body, headers, None).await
+        self.request_counted(method, path_and_query, body, headers, None, Sequence::InTurn).await
     }
 
     /// [`Client::request`], counting the body's bytes into `sent` as they
     /// go out (from zero again on each attempt): what an upload's progress
-    /// bar shows.
+    /// bar shows. A post goes in turn with the others or beside them
+    /// (`sequence`); one refused as replayed because another overtook it
+    /// is signed again and sent again, a few times.
     pub async fn request_counted(
         &self,
         method: reqwest::Method,
@@ -157,14 +174,16 @@ impl Client {
         body: Vec<u8>,
         headers: &[(&str, String)],
         sent: Option<&Arc<AtomicU64>>,
+        sequence: Sequence,
     ) -> Result<Answer, NodeError> {
-        let posting = match method {
+        let _posting = match method {
             reqwest::Method::GET | reqwest::Method::HEAD => None,
+            _ if sequence == Sequence::Beside => None,
             _ => Some(self.posting.lock().await),
         };
         let mut started = Instant::now();
         let mut backoff = BACKOFF_START;
-        let mut replayed_reads = 0;
+        let mut replayed = 0;
         let declared = BodyDeclaration::of(&body);
         loop {
             let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
@@ -222,10 +241,8 @@ impl Client {
                                     started = Instant::now();
                                     continue;
                                 }
-                                Some(ErrorCode::Replayed)
-                                    if posting.is_none() && replayed_reads < REPLAYED_READ_RETRIES =>
-                                {
-                                    replayed_reads += 1;
+                                Some(ErrorCode::Replayed) if replayed < REPLAYED_RETRIES => {
+                                    replayed += 1;
                                     continue;
                                 }
                                 Some(ErrorCode::Full) => return Ok(answer),
@@ -294,4 +311,76 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::post;
+    use reqwest::Method;
+
+    use super::{Client, Sequence};
+    use crowdtrain_protocol::Identity;
+
+    /// A loopback server whose `/answer` holds its request until `release`
+    /// is notified (a large upload still under way) and whose `/reveal`
+    /// answers at once.
+    async fn server(release: Arc<tokio::sync::Notify>) -> String {
+        let app = Router::new()
+            .route(
+                "/answer",
+                post(move || {
+                    let release = Arc::clone(&release);
+                    async move {
+                        release.notified().await;
+                        "answered"
+                    }
+                }),
+            )
+            .route("/reveal", post(|| async { "revealed" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let address = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("the server runs") });
+        format!("http://{address}")
+    }
+
+    #[test]
+    fn a_post_in_turn_does_not_wait_behind_an_answer_sent_beside_it_but_waits_behind_one_in_turn() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let release = Arc::new(tokio::sync::Notify::new());
+            let base = server(Arc::clone(&release)).await;
+            let identity = Identity::from_seed([7; 32]);
+            let client = Arc::new(Client::new(&base, identity, Duration::from_secs(10)).unwrap());
+            for sequence in [Sequence::Beside, Sequence::InTurn] {
+                let answering = {
+                    let client = Arc::clone(&client);
+                    tokio::spawn(async move {
+                        client
+                            .request_counted(Method::POST, "/answer", vec![0; 1 << 20], &[], None, sequence)
+                            .await
+                    })
+                };
+                // The answer's request is under way (held by the server).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let reveal = client.request(Method::POST, "/reveal", vec![1; 1024], &[]);
+                let revealed = tokio::time::timeout(Duration::from_millis(1500), reveal).await;
+                match sequence {
+                    Sequence::Beside => {
+                        let answer = revealed.expect("the reveal does not wait for the answer").unwrap();
+                        assert_eq!(answer.body, b"revealed");
+                        assert!(!answering.is_finished(), "the answer is still held");
+                    }
+                    Sequence::InTurn => assert!(revealed.is_err(), "posts in turn go one at a time"),
+                }
+                release.notify_one();
+                let answered = answering.await.unwrap().unwrap();
+                assert_eq!(answered.body, b"answered");
+            }
+        });
+    }
 }

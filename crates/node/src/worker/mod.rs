@@ -42,7 +42,7 @@ use tokio::io::AsyncWriteExt;
 
 pub use behavior::{Behavior, Produced};
 use behavior::{Work, produce, tampered};
-pub use client::{Answer, Client};
+pub use client::{Answer, Client, Sequence};
 pub use events::{RoundSummary, Totals, Upload, WorkerEvent};
 use residual::ResidualFile;
 
@@ -359,7 +359,12 @@ pub async fn run_worker(
         if joined_at.is_some() {
             summary.idle.round += asked.elapsed().as_secs_f64();
         }
-        if let (Some(task), Some(round)) = (view.audit_task, view.round)
+        // Another worker's segment to replay, in the open round or in one
+        // opened ahead of it (each runs its own reveal phase and audits).
+        let task = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
+            .take(1 + MAX_NETWORK_OUTER_DELAY as usize)
+            .find_map(|live| Some((live.audit_task?, live.round?)));
+        if let Some((task, round)) = task
             && behavior != Behavior::NoAnswer
             && audited.insert((round, task.worker))
         {
@@ -405,13 +410,16 @@ pub async fn run_worker(
         // Challenged after revealing: its update and another's were copies
         // no replay had told apart, and the answer proves which is its own
         // work. Due although this worker is done with the round (once: a
-        // refused answer fails the challenge at once).
+        // refused answer fails the challenge at once). Not while the round
+        // is still settled in the background: its answer to an audit drawn
+        // at commit goes beside its reveal, and may land after it.
         if let Some(((round, produced), segment)) = current
             .as_ref()
             .filter(|(held, _)| view.round == Some(*held) && view.committed && view.revealed)
             .zip(view.audit.filter(|_| view.phase == Phase::Revealing && !view.audit_answered))
         {
-            if behavior != Behavior::NoAnswer && challenged.insert(*round) {
+            let settling = in_flight.iter().any(|settling| settling.round == *round);
+            if behavior != Behavior::NoAnswer && !settling && challenged.insert(*round) {
                 let bucket = bucket.as_ref().map(|bucket| (bucket, me));
                 let answering = Instant::now();
                 answer_audit(
@@ -860,12 +868,77 @@ impl Settling {
         answer_audit(client, coordinator, bucket, round, &self.produced, segment, summary, on_event).await
     }
 
+    /// Waits for the round's commit phase to end, then reveals, and
+    /// answers a delegated audit once its auditor is named (unless it was
+    /// `answered` at commit). The round may be the open round or one
+    /// opened ahead of it: each runs its own phases.
+    async fn reveal_when_due(
+        &self,
+        mut answered: bool,
+        summary: &mut WorkerSummary,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Result<(), NodeError> {
+        let (client, coordinator) = (self.client.as_ref(), &self.coordinator);
+        let bucket = self.bucket.as_ref().map(|(bucket, me)| (bucket, *me));
+        let round = self.assignment.round;
+        let answers = self.behavior != Behavior::NoAnswer;
+        loop {
+            let path = format!("/v1/round?wait_ms=20000&revealing={round}");
+            let open = own_view(client, coordinator, self.run_id, &path).await?;
+            if open.phase == Phase::Finished {
+                return Ok(());
+            }
+            let chain = std::iter::successors(Some(&open), |view| view.ahead.as_deref());
+            let Some(view) =
+                chain.take(1 + MAX_NETWORK_OUTER_DELAY as usize).find(|view| view.round == Some(round))
+            else {
+                // Over (another round is the open round since), or not shown
+                // yet: nothing of it is asked for any more, or ask again.
+                if open.round.is_some_and(|open| open < round) {
+                    continue;
+                }
+                return Ok(());
+            };
+            let audit_due = view.committed && !view.audit_answered && !answered && answers;
+            if view.phase == Phase::Committing {
+                // A delegated audit's answer is due once the auditor is
+                // named.
+                if let Some(segment) = view.audit.filter(|_| audit_due) {
+                    self.answer(segment, summary, on_event).await?;
+                    answered = true;
+                } else if view.audit.is_some() && !view.audit_answered {
+                    // Answered and refused (or not answering): the view
+                    // says so at once, so ask less often.
+                    tokio::time::sleep(SETTLING_POLL).await;
+                }
+                continue;
+            }
+            if !view.revealed && view.committed {
+                let what = (round, &self.assignment, self.produced.as_ref());
+                send_reveal(
+                    client,
+                    coordinator,
+                    bucket,
+                    what,
+                    self.behavior,
+                    self.parameters,
+                    summary,
+                    on_event,
+                )
+                .await?;
+            }
+            if let Some(segment) = view.audit.filter(|_| audit_due) {
+                self.answer(segment, summary, on_event).await?;
+            }
+            return Ok(());
+        }
+    }
+
     async fn run(self) -> Result<Settled, NodeError> {
         let mut summary = WorkerSummary::default();
         let mut events = Vec::new();
         let mut on_event = |event: &WorkerEvent| events.push(event.clone());
         let (client, coordinator) = (self.client.as_ref(), &self.coordinator);
-        let bucket = self.bucket.as_ref().map(|(bucket, me)| (bucket, *me));
         let round = self.assignment.round;
         let answers = self.behavior != Behavior::NoAnswer;
         let body = serde_json::to_vec(&self.produced.commitment()).expect("commitments serialise");
@@ -885,55 +958,27 @@ impl Settling {
                 return Ok(Settled { summary, events });
             }
         };
-        let mut answered = false;
-        // Drawn for audit: the answer goes first, at once, so that the
-        // coordinator replays while the others still train.
-        if let Some(segment) = audit {
-            self.answer(segment, &mut summary, &mut on_event).await?;
-            answered = true;
-        }
-        loop {
-            let path = format!("/v1/round?wait_ms=20000&revealing={round}");
-            let view = own_view(client, coordinator, self.run_id, &path).await?;
-            let audit_due = view.committed && !view.audit_answered && !answered && answers;
-            match view.round {
-                // Opened ahead still, or committing: a delegated audit's
-                // answer is due once the auditor is named.
-                Some(open) if open < round => continue,
-                Some(open) if open == round && view.phase == Phase::Committing => {
-                    if let Some(segment) = view.audit.filter(|_| audit_due) {
-                        self.answer(segment, &mut summary, &mut on_event).await?;
-                        answered = true;
-                    } else if view.audit.is_some() && !view.audit_answered {
-                        // Answered and refused (or not answering): the
-                        // view says so at once, so ask less often.
-                        tokio::time::sleep(SETTLING_POLL).await;
-                    }
-                }
-                Some(open) if open == round && view.phase != Phase::Finished => {
-                    if !view.revealed && view.committed {
-                        let what = (round, &self.assignment, self.produced.as_ref());
-                        send_reveal(
-                            client,
-                            coordinator,
-                            bucket,
-                            what,
-                            self.behavior,
-                            self.parameters,
-                            &mut summary,
-                            &mut on_event,
-                        )
-                        .await?;
-                    }
-                    if let Some(segment) = view.audit.filter(|_| audit_due) {
-                        self.answer(segment, &mut summary, &mut on_event).await?;
-                    }
-                    break;
-                }
-                // Over (or the run is): nothing of it is asked for any more.
-                _ => break,
+        // Drawn for audit at commit: the answer goes at once, so that the
+        // coordinator replays while the round still commits and reveals,
+        // and beside the reveal (on a connection of its own, see
+        // `Client::request_counted`), so that the reveal, due as soon as
+        // the round's commit phase ends, never waits behind a start state
+        // many times its size: an audit delays only its own verdict, not
+        // the round's reveal phase nor this worker's next commitment.
+        let answering = async {
+            let mut answered = Settled { summary: WorkerSummary::default(), events: Vec::new() };
+            if let Some(segment) = audit {
+                let Settled { summary, events } = &mut answered;
+                self.answer(segment, summary, &mut |event: &WorkerEvent| events.push(event.clone())).await?;
             }
-        }
+            Ok::<_, NodeError>(answered)
+        };
+        let revealing = self.reveal_when_due(audit.is_some(), &mut summary, &mut on_event);
+        let (answered, revealed) = tokio::join!(answering, revealing);
+        revealed?;
+        let answered = answered?;
+        summary.absorb(&answered.summary);
+        events.extend(answered.events);
         Ok(Settled { summary, events })
     }
 }
@@ -1072,7 +1117,10 @@ async fn upload(
     let sent = Arc::new(AtomicU64::new(0));
     let mut reported = None;
     let headers = [("content-type", "application/octet-stream".to_owned())];
-    let request = client.request_counted(Method::POST, path, body, &headers, Some(&sent));
+    // An audit answer (a start state, many times a reveal's size) goes
+    // beside the worker's other posts, not in turn with them.
+    let sequence = if what == Upload::AuditAnswer { Sequence::Beside } else { Sequence::InTurn };
+    let request = client.request_counted(Method::POST, path, body, &headers, Some(&sent), sequence);
     while_ticking(request, || {
         let now = sent.load(Ordering::Relaxed);
         if reported != Some(now) {
