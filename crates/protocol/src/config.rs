@@ -933,6 +933,28 @@ mod tests {
     }
 
     #[test]
+    fn audits_replay_from_the_start_only_when_asked_and_only_where_they_can() {
+        let defaults = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n").unwrap();
+        assert_eq!(defaults.audit.replay, AuditReplay::Segment);
+        let json = serde_json::to_string(&defaults).unwrap();
+        assert!(!json.contains("replay"), "left out of the run's description at its default: {json}");
+        let from_start = "rounds = 2\n[training]\nseed = 0\n[audit]\nreplay = \"from-start\"\n";
+        let parsed = RunConfig::parse(from_start).unwrap();
+        assert!(crate::coordinator::Settings::from_config(&parsed).replay_from_start);
+        assert!(serde_json::to_string(&parsed).unwrap().contains("\"replay\":\"from-start\""));
+        for (refused, why) in [
+            ("[audit]\nreplay = \"from-start\"\nauditors = \"workers\"\n", "coordinator"),
+            ("codec = \"topk:0.02+q4\"\n[audit]\nreplay = \"from-start\"\n", "error feedback"),
+            ("[audit]\nreplay = \"anywhere\"\n", "anywhere"),
+        ] {
+            let error = RunConfig::parse(&format!("rounds = 2\n[training]\nseed = 0\n{refused}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(why), "{error}");
+        }
+    }
+
+    #[test]
     fn a_networked_run_takes_a_plain_delayed_outer_update_and_refuses_what_it_cannot_run() {
         let defaults = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n").unwrap();
         assert_eq!(defaults.outer.delay, 0);

@@ -220,6 +220,9 @@ impl SimConfig {
         if self.near_copiers > 0.0 {
             extra += &format!(" --near-copiers {}", self.near_copiers);
         }
+        if self.replay_from_start {
+            extra += " --replay from-start";
+        }
         format!(
             "crowdtrain sim network --seed {} --workers {} --rounds {} --churn {} --attackers {} --faults \
              crash={},write={},loss={},dup={},delay={} --auditors {} --bond {}{extra}",
