@@ -97,7 +97,8 @@ pub struct PendingReplay {
 pub enum Evidence {
     /// The worker's answer (`audit.replay = "segment"`), with the start
     /// state [`audit::check_answer`] made of it.
-    Answer { answer: AuditAnswer, start: TrainState },
+    /// Boxed: the answer and the state are large beside a list of leaves.
+    Answer { answer: Box<AuditAnswer>, start: Box<TrainState> },
     /// The commitment's boundary leaves (`audit.replay = "from-start"`):
     /// the replay starts from the round's base model.
     FromStart { leaves: Vec<Digest> },
@@ -120,7 +121,7 @@ impl PendingReplay {
                     &shards,
                     &assignment,
                     segment,
-                    start,
+                    *start,
                     &base,
                     &answer.residual_in,
                 );
@@ -319,7 +320,7 @@ impl Training for ModelTraining {
                     assignment,
                     shards,
                     base,
-                    evidence: Evidence::Answer { answer, start },
+                    evidence: Evidence::Answer { answer: Box::new(answer), start: Box::new(start) },
                     recorded: on_record,
                 }))
             }

@@ -430,7 +430,7 @@ fn a_paid_near_copy_is_reported() {
 /// invariant holds, and the attackers audits catch are still slashed.
 #[test]
 fn audits_replayed_from_the_start_keep_every_invariant_with_no_answer_uploaded() {
-    let configs = (0..6).map(|seed| SimConfig::small(seed)).chain((0..2).map(SimConfig::small_model));
+    let configs = (0..6).map(SimConfig::small).chain((0..2).map(SimConfig::small_model));
     let mut slashed = 0;
     for config in configs {
         let config = SimConfig { auditors: Auditors::Coordinator, replay_from_start: true, ..config };

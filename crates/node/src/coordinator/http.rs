@@ -752,12 +752,11 @@ async fn commitment(
     let result = async {
         let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
-        let CommitBody { commitment, boundaries } = serde_json::from_slice(&post.body).map_err(|error| {
+        let body: CommitBody = serde_json::from_slice(&post.body).map_err(|error| {
             Failure::new(ErrorCode::BadRequest, format!("the commitment does not parse: {error}"))
         })?;
         let RoundPost { worker, nonce, round, trained, _slot, .. } = post;
-        let receipt =
-            blocking(move || node.commit(worker, nonce, round, base, trained, commitment, boundaries)).await;
+        let receipt = blocking(move || node.commit(worker, nonce, round, base, trained, body)).await;
         drop(_slot);
         receipt
     };

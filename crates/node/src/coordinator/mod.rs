@@ -42,8 +42,7 @@ use crowdtrain_protocol::wire::{
     ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
 };
 use crowdtrain_protocol::{
-    Commitment, Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig, Shard, Signed,
-    WorkerId,
+    Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig, Shard, Signed, WorkerId,
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, LedgerOrder, RunRecord, Store, checkpoint};
 use crowdtrain_train::Model;
@@ -57,6 +56,7 @@ use crowdtrain_coordinator::{
     CheckpointWrite, CoordinatorError, Driver, DriverError, Evidence, ModelRun, PendingReplay, Sent, Shell,
     audit, driver,
 };
+use crowdtrain_protocol::wire::CommitBody;
 use http::Failure;
 pub use http::serve;
 pub use net::raise_descriptor_limit;
@@ -496,9 +496,9 @@ impl Node {
         round: RoundId,
         base_model: Digest,
         trained: Option<Shard>,
-        commitment: Commitment,
-        leaves: Vec<Digest>,
+        body: CommitBody,
     ) -> Result<Signed<Receipt>, Failure> {
+        let CommitBody { commitment, boundaries: leaves } = body;
         let now = self.now();
         let received = Instant::now();
         let mut inner = self.lock();
@@ -624,7 +624,7 @@ impl Node {
             shards,
             base,
             assignment,
-            evidence: Evidence::Answer { answer: answer.clone(), start: start.clone() },
+            evidence: Evidence::Answer { answer: Box::new(answer.clone()), start: Box::new(start.clone()) },
             recorded: on_record,
         });
         if self.config.audit.auditors == crowdtrain_protocol::config::Auditors::Coordinator

@@ -215,10 +215,8 @@ impl Harness {
         let Trained { round, assignment, produced } = trained;
         let shard = Shard { slot: assignment.slot, slots: assignment.slots };
         let (worker, base, nonce) = (assignment.worker, assignment.base_model, self.nonce());
-        let receipt = self
-            .node()
-            .commit(worker, nonce, round, base, Some(shard), produced.commitment(), Vec::new())?
-            .body;
+        let receipt =
+            self.node().commit(worker, nonce, round, base, Some(shard), bare(produced.commitment()))?.body;
         assert_eq!(receipt.status, ReceiptStatus::Accepted);
         Ok(Submitted { worker, round, base, produced, audit: receipt.audit })
     }
@@ -629,7 +627,7 @@ fn a_round_opens_ahead_of_its_verdicts_and_is_adopted_unchanged_when_they_pass()
     let nonce = harness.nonce();
     let shard = Some(early.assignment.shard());
     let commitment = early.produced.commitment();
-    let refused = harness.node().commit(workers[0], nonce, 1, ahead.model, shard, commitment, Vec::new());
+    let refused = harness.node().commit(workers[0], nonce, 1, ahead.model, shard, bare(commitment));
     assert_eq!(refused.map(|_| ()).unwrap_err().code, ErrorCode::TooEarly);
     assert_eq!(harness.run_held_replays(), 2);
     // The verdicts passed: round 0 closed with the aggregate computed for
@@ -1112,6 +1110,11 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
         "{read:?}"
     );
     assert!(driver.take_batch().events.is_empty());
+}
+
+/// A commitment's request body without boundary leaves (a `"segment"` run's).
+fn bare(commitment: crowdtrain_protocol::Commitment) -> crowdtrain_protocol::wire::CommitBody {
+    crowdtrain_protocol::wire::CommitBody { commitment, boundaries: Vec::new() }
 }
 
 #[test]
