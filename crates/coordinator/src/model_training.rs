@@ -309,20 +309,9 @@ impl Training for ModelTraining {
             Err(reason) => Ok(Judged::Failed(reason)),
             Ok(start) => {
                 tracing::info!(round, %worker, segment, "replaying a stored audit answer");
-                let shards = self.shards(&assignment)?;
-                let (recorded, on_record) = std::sync::mpsc::channel();
-                let _ = recorded.send(());
-                Ok(Judged::Replay(PendingReplay {
-                    round,
-                    worker,
-                    segment,
-                    commitment,
-                    assignment,
-                    shards,
-                    base,
-                    evidence: Evidence::Answer { answer: Box::new(answer), start: Box::new(start) },
-                    recorded: on_record,
-                }))
+                let audit = Audited { round, worker, segment, commitment, assignment };
+                let evidence = Evidence::Answer { answer: Box::new(answer), start: Box::new(start) };
+                Ok(Judged::Replay(self.recorded_replay(audit, base, evidence)?))
             }
         }
     }
@@ -340,24 +329,9 @@ impl Training for ModelTraining {
         audit: Audited,
         leaves: Vec<Digest>,
     ) -> Result<PendingReplay, CoordinatorError> {
-        let Audited { round, worker, segment, commitment, assignment } = audit;
-        let shards = self.shards(&assignment)?;
-        let base = self.base_params(&assignment.base_model)?;
-        // Nothing to wait for: the leaves are durable before the record
-        // that names them.
-        let (recorded, on_record) = std::sync::mpsc::channel();
-        let _ = recorded.send(());
-        Ok(PendingReplay {
-            round,
-            worker,
-            segment,
-            commitment,
-            assignment,
-            shards,
-            base,
-            evidence: Evidence::FromStart { leaves },
-            recorded: on_record,
-        })
+        let base = self.base_params(&audit.assignment.base_model)?;
+        // The leaves are durable before the record that names them.
+        self.recorded_replay(audit, base, Evidence::FromStart { leaves })
     }
 
     /// The coordinator's replay runs here, on the caller's thread (a
@@ -462,6 +436,31 @@ impl ModelTraining {
             ),
         };
         Ok(AuditTask { assignment, segment, start_state, residual_in })
+    }
+
+    /// The replay of `audit` from `evidence` already durable (a stored
+    /// answer, or leaves kept before their record): nothing to wait for.
+    fn recorded_replay(
+        &mut self,
+        audit: Audited,
+        base: Vec<f32>,
+        evidence: Evidence,
+    ) -> Result<PendingReplay, CoordinatorError> {
+        let Audited { round, worker, segment, commitment, assignment } = audit;
+        let shards = self.shards(&assignment)?;
+        let (recorded, on_record) = std::sync::mpsc::channel();
+        let _ = recorded.send(());
+        Ok(PendingReplay {
+            round,
+            worker,
+            segment,
+            commitment,
+            assignment,
+            shards,
+            base,
+            evidence,
+            recorded: on_record,
+        })
     }
 
     /// The parameters of model `base`, a round's base: the newest model, or
