@@ -109,6 +109,68 @@ fn every_cheater_is_caught_whenever_it_is_audited_and_the_honest_worker_never() 
 }
 
 #[test]
+fn replayed_from_the_start_every_cheater_is_caught_and_nobody_uploads_an_answer() {
+    // Goal: under `audit.replay = "from-start"` the audits catch what they
+    // catch today, with no answer from anyone: a worker that never answers
+    // passes if it trained honestly.
+    // Method: the honest worker, the cheaters audits catch and a
+    // `no-answer` worker train 3 rounds, every submission audited; the
+    // verdicts and slashes come from the ledger, the uploads from the
+    // workers' summaries.
+    const FROM_START_ROUNDS: u64 = 3;
+    let mut network = Network::new(
+        FROM_START_ROUNDS,
+        STEPS,
+        1.0,
+        "min_workers = 7\nquorum = 1\ndeadline_ms = 60000\nreveal_ms = 3000",
+    );
+    network.replay_from_start();
+    network.start_coordinator();
+    let behaviors = ["honest", "no-answer", "lazy:1", "fabricate", "wrong-data", "stale", "copy"];
+    for (index, behavior) in behaviors.iter().enumerate() {
+        network.start_worker_as(index, behavior, 1);
+    }
+    let status = network.wait_for(240, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.completed_rounds, FROM_START_ROUNDS);
+    let outputs = network.join_workers();
+    let mut ids = BTreeMap::new();
+    for output in outputs {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let behavior = summary["behavior"].as_str().unwrap().to_owned();
+        for answers in ["audits_answered", "audits_failed", "audits_delegated"] {
+            assert_eq!(summary[answers], 0, "{behavior} uploaded an answer ({answers})");
+        }
+        ids.insert(behavior, summary["worker"].as_u64().unwrap());
+    }
+    let verdicts = by_submission(&network, "audit", "verdict");
+    let slashes = by_submission(&network, "slash", "reason");
+    let credited = by_submission(&network, "work-accepted", "units");
+    let answered = by_submission(&network, "audit-answered", "answer");
+    for (behavior, &worker) in &ids {
+        for round in 0..FROM_START_ROUNDS {
+            let key = (round, worker);
+            let verdict =
+                verdicts.get(&key).unwrap_or_else(|| panic!("{behavior} unaudited in round {round}"));
+            assert!(answered.contains_key(&key), "{behavior}: its leaves are the answer, round {round}");
+            let honest =
+                matches!(behavior.as_str(), "honest" | "no-answer") || (behavior == "stale" && round == 0);
+            if honest {
+                assert_eq!(verdict, &Value::String("passed".into()), "{behavior}, round {round}");
+                assert!(
+                    !slashes.contains_key(&key) && credited.contains_key(&key),
+                    "{behavior}, round {round}"
+                );
+            } else {
+                assert_ne!(verdict, &Value::String("passed".into()), "{behavior} passed in round {round}");
+                assert!(slashes.contains_key(&key), "{behavior} was not slashed in round {round}");
+                assert!(!credited.contains_key(&key), "{behavior} was credited in round {round}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_worker_that_inflates_its_error_feedback_residual_is_caught_and_starts_again_from_zero() {
     // Goal: under a lossy codec, a worker that sends its update plus more
     // residual than its encoder kept (mass it never trained for), while

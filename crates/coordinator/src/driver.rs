@@ -350,19 +350,60 @@ impl<T: Training> Driver<T> {
         Ok(worker)
     }
 
-    /// A commitment to the work on `base_model` (and shard `trained`): its
-    /// outcome, and the segment it drew for audit.
+    /// A commitment to the work on `base_model` (and shard `trained`),
+    /// with its boundary `leaves` (empty unless the run replays audits from
+    /// the round's start): its outcome, and the segment it drew for audit
+    /// if the worker must answer it.
+    ///
+    /// Under `audit.replay = "from-start"` the leaves must be the ones the
+    /// commitment's root is over (else it is refused, changing nothing). A
+    /// drawn commitment is answered here: its leaves are kept as the
+    /// answer, recorded with the commitment, and the replay from the
+    /// round's start begins at once, so the worker is told no audit is due.
+    /// Should keeping them fail, the audit waits for the worker's answer,
+    /// as in a `"segment"` run.
     pub fn commit(
         &mut self,
         sent: Sent,
         base_model: Digest,
         trained: Option<Shard>,
         commitment: Commitment,
+        leaves: &[Digest],
         shell: &mut impl Shell<T>,
     ) -> Result<(Outcome, Option<u32>), DriverError> {
         let Sent { now, worker, nonce, round } = sent;
+        let from_start = self.run.settings.replay_from_start;
+        if from_start {
+            self.training
+                .check_boundaries(&commitment, leaves)
+                .map_err(|message| Refusal { code: ErrorCode::BadRequest, message })?;
+        }
         let outcome = self.machine.commit(now, worker, nonce, round, base_model, trained, commitment)?;
+        let mut replay = None;
+        if from_start && let Some((segment, commitment)) = self.machine.pending_audit(worker, round) {
+            match self.training.keep_boundaries(leaves) {
+                Ok(evidence) => {
+                    self.machine.audit_answered(now, worker, nonce, round, evidence)?;
+                    let assignment =
+                        self.machine.assignment_in(round, worker).expect("audited workers are participants");
+                    let audit = Audited { round, worker, segment, commitment, assignment };
+                    replay = Some(self.training.replay_from_start(audit, leaves.to_vec()));
+                }
+                Err(error) => {
+                    tracing::warn!(round, %worker, %error, "boundary leaves not kept: the worker answers")
+                }
+            }
+        }
         self.carry_out(&[], shell)?;
+        match replay {
+            Some(Ok(replay)) => shell.replay(replay),
+            // Answered, durably, but not replayed now: the reveal deadline
+            // judges it from the store (Action::JudgeAudit).
+            Some(Err(error)) => {
+                tracing::warn!(round, %worker, %error, "a replay from the start did not start")
+            }
+            None => {}
+        }
         let audit = self.machine.pending_audit(worker, round).map(|(segment, _)| segment);
         Ok((outcome, audit))
     }

@@ -36,6 +36,6 @@ pub use assignment::AssignedWork;
 pub use data::{RunData, Shards};
 pub use driver::{Batch, CheckpointWrite, Driver, DriverError, Run, Sent, Shell};
 pub use error::{BucketError, CoordinatorError};
-pub use model_training::{ModelRun, ModelTraining, PendingReplay};
+pub use model_training::{Evidence, ModelRun, ModelTraining, PendingReplay};
 pub use restore::{AGGREGATOR_SNAPSHOT_ROUNDS, encode_global};
 pub use training::{Audited, Judged, Stepped, Training};

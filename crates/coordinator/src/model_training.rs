@@ -8,10 +8,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crowdtrain_defense::{Aggregator, AggregatorState};
+use crowdtrain_protocol::audit as rules;
 use crowdtrain_protocol::coordinator::Settings;
-use crowdtrain_protocol::judge::ReportCheck;
+use crowdtrain_protocol::judge::{self, ReportCheck};
 use crowdtrain_protocol::wire::{AuditAnswer, AuditReport, AuditTask, ErrorCode};
-use crowdtrain_protocol::{Assignment, Commitment, Digest, Refusal, RoundId, RunConfig, WorkerId};
+use crowdtrain_protocol::{Assignment, Commitment, Digest, Refusal, RoundId, RunConfig, Verdict, WorkerId};
 use crowdtrain_store::delta::ModelDelta;
 use crowdtrain_store::{CheckpointKind, Checkpoints, RunRecord, Store, checkpoint};
 use crowdtrain_train::diloco::outer_step;
@@ -86,10 +87,63 @@ pub struct PendingReplay {
     pub shards: Arc<Shards>,
     /// The round's base parameters.
     pub base: Vec<f32>,
-    pub answer: AuditAnswer,
-    pub start: TrainState,
+    /// What the replay starts from and is checked against.
+    pub evidence: Evidence,
     /// Signalled once the answer is durable; dropped if it never will be.
     pub recorded: std::sync::mpsc::Receiver<()>,
+}
+
+/// What an audit's replay starts from and is checked against.
+pub enum Evidence {
+    /// The worker's answer (`audit.replay = "segment"`), with the start
+    /// state [`audit::check_answer`] made of it.
+    /// Boxed: the answer and the state are large beside a list of leaves.
+    Answer { answer: Box<AuditAnswer>, start: Box<TrainState> },
+    /// The commitment's boundary leaves (`audit.replay = "from-start"`):
+    /// the replay starts from the round's base model.
+    FromStart { leaves: Vec<Digest> },
+}
+
+impl PendingReplay {
+    /// Replays the audit (a segment, or the round up to the segment's end)
+    /// and judges it by the protocol's rules: what the coordinator's replay
+    /// thread runs.
+    pub fn verdict(self, model: &dyn Model, data: &RunData) -> Verdict {
+        let Self { segment, commitment, assignment, shards, base, evidence, .. } = self;
+        let cannot = |error: crowdtrain_train::TrainError| {
+            Verdict::Failed(format!("the segment cannot be replayed: {error}"))
+        };
+        match evidence {
+            Evidence::Answer { answer, start } => {
+                let replayed = replay::replay_segment(
+                    model,
+                    data,
+                    &shards,
+                    &assignment,
+                    segment,
+                    *start,
+                    &base,
+                    &answer.residual_in,
+                );
+                match replayed {
+                    Ok(report) => audit::verdict_of(&report, &answer, &commitment, &assignment, segment),
+                    Err(error) => cannot(error),
+                }
+            }
+            Evidence::FromStart { leaves } => {
+                match replay::replay_from_start(model, data, &shards, &assignment, segment, &base, &leaves) {
+                    Ok(report) => judge::from_start_verdict(
+                        &report,
+                        &leaves,
+                        &commitment,
+                        assignment.recipe.inner_steps,
+                        segment,
+                    ),
+                    Err(error) => cannot(error),
+                }
+            }
+        }
+    }
 }
 
 impl Training for ModelTraining {
@@ -237,30 +291,47 @@ impl Training for ModelTraining {
         audit: Audited,
     ) -> Result<Judged<PendingReplay>, CoordinatorError> {
         let Audited { round, worker, segment, commitment, assignment } = audit;
-        let answer = self.stored_answer(store, round, worker)?;
+        let bytes = self.stored_answer_bytes(store, round, worker)?;
+        if let Some(leaves) = rules::decode_boundaries(&bytes) {
+            // Checked against the commitment when it arrived; again here,
+            // for what the disk held meanwhile.
+            if let Err(reason) = judge::check_boundaries(&commitment, &leaves) {
+                return Err(CoordinatorError::Corrupt(format!("stored boundary leaves: {reason}")));
+            }
+            tracing::info!(round, %worker, segment, "replaying a stored audit from the round's start");
+            let audit = Audited { round, worker, segment, commitment, assignment };
+            return Ok(Judged::Replay(self.replay_from_start(audit, leaves)?));
+        }
+        let answer = decode_answer(&bytes)?;
         let base = self.base_params(&assignment.base_model)?;
         match audit::check_answer(self.run.model.as_ref(), &base, &assignment, segment, &commitment, &answer)
         {
             Err(reason) => Ok(Judged::Failed(reason)),
             Ok(start) => {
                 tracing::info!(round, %worker, segment, "replaying a stored audit answer");
-                let shards = self.shards(&assignment)?;
-                let (recorded, on_record) = std::sync::mpsc::channel();
-                let _ = recorded.send(());
-                Ok(Judged::Replay(PendingReplay {
-                    round,
-                    worker,
-                    segment,
-                    commitment,
-                    assignment,
-                    shards,
-                    base,
-                    answer,
-                    start,
-                    recorded: on_record,
-                }))
+                let audit = Audited { round, worker, segment, commitment, assignment };
+                let evidence = Evidence::Answer { answer: Box::new(answer), start: Box::new(start) };
+                Ok(Judged::Replay(self.recorded_replay(audit, base, evidence)?))
             }
         }
+    }
+
+    fn check_boundaries(&self, commitment: &Commitment, leaves: &[Digest]) -> Result<(), String> {
+        judge::check_boundaries(commitment, leaves)
+    }
+
+    fn keep_boundaries(&self, leaves: &[Digest]) -> Result<Digest, CoordinatorError> {
+        Ok(self.run.answers.put(&rules::encode_boundaries(leaves))?)
+    }
+
+    fn replay_from_start(
+        &mut self,
+        audit: Audited,
+        leaves: Vec<Digest>,
+    ) -> Result<PendingReplay, CoordinatorError> {
+        let base = self.base_params(&audit.assignment.base_model)?;
+        // The leaves are durable before the record that names them.
+        self.recorded_replay(audit, base, Evidence::FromStart { leaves })
     }
 
     /// The coordinator's replay runs here, on the caller's thread (a
@@ -312,6 +383,17 @@ impl ModelTraining {
         round: RoundId,
         worker: WorkerId,
     ) -> Result<AuditAnswer, CoordinatorError> {
+        decode_answer(&self.stored_answer_bytes(store, round, worker)?)
+    }
+
+    /// The bytes of `worker`'s stored answer in `round` (an answer, or the
+    /// boundary leaves kept as one).
+    fn stored_answer_bytes(
+        &self,
+        store: &Store,
+        round: RoundId,
+        worker: WorkerId,
+    ) -> Result<Vec<u8>, CoordinatorError> {
         let digest = store.audit_answer_digest(round, worker)?;
         if let Some(bucket) = &self.run.bucket {
             bucket::restore_answer(
@@ -322,9 +404,7 @@ impl ModelTraining {
                 self.run.config.limits.max_upload_bytes,
             )?;
         }
-        postcard::from_bytes(&self.run.answers.get(&digest)?).map_err(|error| {
-            CoordinatorError::Corrupt(format!("a stored audit answer does not decode: {error}"))
-        })
+        Ok(self.run.answers.get(&digest)?)
     }
 
     /// What the delegated auditor of `audited`'s audit in `round` replays
@@ -356,6 +436,31 @@ impl ModelTraining {
             ),
         };
         Ok(AuditTask { assignment, segment, start_state, residual_in })
+    }
+
+    /// The replay of `audit` from `evidence` already durable (a stored
+    /// answer, or leaves kept before their record): nothing to wait for.
+    fn recorded_replay(
+        &mut self,
+        audit: Audited,
+        base: Vec<f32>,
+        evidence: Evidence,
+    ) -> Result<PendingReplay, CoordinatorError> {
+        let Audited { round, worker, segment, commitment, assignment } = audit;
+        let shards = self.shards(&assignment)?;
+        let (recorded, on_record) = std::sync::mpsc::channel();
+        let _ = recorded.send(());
+        Ok(PendingReplay {
+            round,
+            worker,
+            segment,
+            commitment,
+            assignment,
+            shards,
+            base,
+            evidence,
+            recorded: on_record,
+        })
     }
 
     /// The parameters of model `base`, a round's base: the newest model, or
@@ -432,6 +537,12 @@ pub fn check_update(parameters: usize, codec: Codec, payload: &[u8]) -> Result<V
         return Err(Refusal { code: ErrorCode::WrongShape, message });
     }
     Ok(values)
+}
+
+/// A stored audit answer's bytes, decoded.
+fn decode_answer(bytes: &[u8]) -> Result<AuditAnswer, CoordinatorError> {
+    postcard::from_bytes(bytes)
+        .map_err(|error| CoordinatorError::Corrupt(format!("a stored audit answer does not decode: {error}")))
 }
 
 /// Slot counts whose shards are kept for audit replays.

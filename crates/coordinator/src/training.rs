@@ -63,13 +63,33 @@ pub trait Training: Sized {
     /// The round that stepped to `next` (named `model`) committed.
     fn advance(&mut self, next: Self::Global, model: Digest);
 
-    /// An answered audit nobody else will judge, from its stored answer:
+    /// An answered audit nobody else will judge, from its stored answer
+    /// (or the boundary leaves kept for it: [`Training::keep_boundaries`]):
     /// failed at once, or a replay for the shell.
     fn judge_stored(
         &mut self,
         store: &Store,
         audit: Audited,
     ) -> Result<Judged<Self::Replay>, CoordinatorError>;
+
+    /// Under `audit.replay = "from-start"`: whether `leaves`, sent with
+    /// `commitment`, are what it commits to (for real training,
+    /// [`crowdtrain_protocol::judge::check_boundaries`]), else why not.
+    fn check_boundaries(&self, commitment: &Commitment, leaves: &[Digest]) -> Result<(), String>;
+
+    /// Under `audit.replay = "from-start"`: keeps a drawn commitment's
+    /// boundary `leaves` (checked against it) durably, as its audit's
+    /// answer; returns the digest the answer is recorded by.
+    fn keep_boundaries(&self, leaves: &[Digest]) -> Result<Digest, CoordinatorError>;
+
+    /// Under `audit.replay = "from-start"`: the replay of `audit` from the
+    /// round's start, against the committed boundary `leaves`, for the
+    /// shell ([`crate::Shell::replay`]).
+    fn replay_from_start(
+        &mut self,
+        audit: Audited,
+        leaves: Vec<Digest>,
+    ) -> Result<Self::Replay, CoordinatorError>;
 
     /// A delegated auditor's `report` on `audit`: agreeing with the
     /// commitment and the stored answer, it decides; disagreeing, the

@@ -65,6 +65,38 @@ pub fn residual_digest(residual: &[f32]) -> Digest {
     Digest(*hasher.finalize().as_bytes())
 }
 
+/// What opens the bytes of a commitment's boundary leaves as the
+/// coordinator keeps them ([`encode_boundaries`]): tells them apart from a
+/// stored audit answer, which is postcard and starts with its segment.
+const BOUNDARIES_MAGIC: &[u8] = b"crowdtrain 2026-12 boundary leaves v1\n";
+
+/// The boundary leaves a commitment carries under `audit.replay =
+/// "from-start"` (the state hashes its Merkle root is over), as the
+/// coordinator stores them for an audit that replays from the round's
+/// start: the magic, the count (`u32`, little-endian), the digests.
+pub fn encode_boundaries(leaves: &[Digest]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(BOUNDARIES_MAGIC.len() + 4 + 32 * leaves.len());
+    bytes.extend_from_slice(BOUNDARIES_MAGIC);
+    bytes.extend_from_slice(&(leaves.len() as u32).to_le_bytes());
+    for leaf in leaves {
+        bytes.extend_from_slice(&leaf.0);
+    }
+    bytes
+}
+
+/// The leaves [`encode_boundaries`] stored, or `None` if `bytes` are not
+/// such a record (an audit answer, or anything malformed: a count that
+/// disagrees with the length, or more than a Merkle tree may have).
+pub fn decode_boundaries(bytes: &[u8]) -> Option<Vec<Digest>> {
+    let rest = bytes.strip_prefix(BOUNDARIES_MAGIC)?;
+    let (count, digests) = rest.split_first_chunk::<4>()?;
+    let count = u32::from_le_bytes(*count) as usize;
+    if count == 0 || count > crate::merkle::LEAVES_MAX || digests.len() != 32 * count {
+        return None;
+    }
+    Some(digests.chunks_exact(32).map(|chunk| Digest(chunk.try_into().expect("32 bytes"))).collect())
+}
+
 /// Feeds `commitment` to a draw's hasher. The residual digests only when
 /// present, so that runs without error feedback draw as they always did.
 fn hash_commitment(hasher: &mut blake3::Hasher, commitment: &Commitment) {
@@ -292,6 +324,19 @@ mod tests {
             "in and out are told apart"
         );
         assert_ne!(secret_commitment(&secret), secret_commitment(&round_secret(&[7; 32], &run, 4)));
+    }
+
+    #[test]
+    fn boundary_records_round_trip_and_refuse_anything_else() {
+        let leaves: Vec<Digest> = (0..5u8).map(|index| Digest::of(&[index])).collect();
+        let bytes = encode_boundaries(&leaves);
+        assert_eq!(decode_boundaries(&bytes), Some(leaves.clone()));
+        assert_eq!(decode_boundaries(&bytes[..bytes.len() - 1]), None, "truncated");
+        assert_eq!(decode_boundaries(&bytes[1..]), None, "no magic");
+        let mut miscounted = bytes.clone();
+        miscounted[BOUNDARIES_MAGIC.len()] = 4;
+        assert_eq!(decode_boundaries(&miscounted), None, "a count that is not the length");
+        assert_eq!(decode_boundaries(&encode_boundaries(&[])), None, "no leaves");
     }
 
     #[test]

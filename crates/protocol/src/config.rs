@@ -50,6 +50,12 @@
 //! segments = 4
 //! stake = 32000     # > inner_steps * batch_size / probability (audit::minimum_stake)
 //! auditors = "coordinator"  # or "workers": delegate replays to workers
+//! replay = "segment"  # or "from-start": the auditor rebuilds the segment's
+//!                     # start itself, replaying the round from its base and
+//!                     # checking every boundary on the way; the audited
+//!                     # worker uploads nothing (for models whose replay is
+//!                     # cheaper than their state; coordinator auditors and
+//!                     # codecs without error feedback only)
 //! vesting_rounds = 4  # credits vest once this many later rounds are scored
 //! bond = 0            # per worker, with [admission] mode = "bond" (>= stake)
 //!
@@ -426,6 +432,11 @@ pub struct AuditSection {
     /// replaying it itself when that worker's report disagrees with the
     /// commitment (and then slashing whichever of the two was wrong).
     pub auditors: Auditors,
+    /// Where an audit's replay starts ([`AuditReplay`]). Left out of the
+    /// run's description at its default, so the ids of runs that do not
+    /// set it stay what they were.
+    #[serde(skip_serializing_if = "AuditReplay::is_segment")]
+    pub replay: AuditReplay,
     /// Rounds a round's credits stay escrowed (a slash takes escrowed
     /// credits first): they vest once this many later rounds are scored.
     /// At least the pay gate's escrow (`quality`: 4 rounds by default).
@@ -446,6 +457,34 @@ pub enum Auditors {
     Workers,
 }
 
+/// Where an audit's replay starts (`audit.replay`).
+///
+/// `Segment` replays the drawn segment from the start state the audited
+/// worker uploads (its answer: parameters and both optimizer moments, 2.4 MB
+/// for the MLP), so an audit costs a segment's training (1/S of a round).
+/// `FromStart` rebuilds that state instead: it replays the round from its
+/// public start (the base model, a fresh optimizer, the worker's seeded
+/// batches) through the drawn segment, checking every boundary it passes
+/// against the leaves the worker's commitment carries. The worker uploads
+/// nothing and the audit can start with the commitment, at a cost of k/S of
+/// a round for segment k ((S + 1) / 2S on average): the better choice when
+/// uploading the state takes longer than replaying a round, as for the MLP
+/// over a home uplink, and the worse one when training dominates (the GPT's
+/// audit-cost target needs `Segment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditReplay {
+    #[default]
+    Segment,
+    FromStart,
+}
+
+impl AuditReplay {
+    fn is_segment(&self) -> bool {
+        *self == Self::Segment
+    }
+}
+
 impl Default for AuditSection {
     fn default() -> Self {
         Self {
@@ -453,6 +492,7 @@ impl Default for AuditSection {
             segments: 4,
             stake: 32_000,
             auditors: Auditors::Coordinator,
+            replay: AuditReplay::Segment,
             vesting_rounds: DEFAULT_VESTING_ROUNDS,
             bond: 0,
         }
@@ -600,6 +640,22 @@ impl RunConfig {
             audit.segments >= 1 && u64::from(audit.segments) <= training.inner_steps,
             "must be between 1 and training.inner_steps",
         )?;
+        if audit.replay == AuditReplay::FromStart {
+            // A delegated auditor reports only where its replay ended, and
+            // the last segment under error feedback needs the residual the
+            // worker started from, which only its answer carries.
+            check(
+                "audit.replay",
+                audit.auditors == Auditors::Coordinator,
+                "\"from-start\" takes audit.auditors = \"coordinator\" for now",
+            )?;
+            check(
+                "audit.replay",
+                !training.codec.error_feedback(),
+                "\"from-start\" takes a codec without error feedback (none, int8): the last segment's replay \
+                 needs the residual the worker started from, which only its answer carries",
+            )?;
+        }
         if audit.probability > 0.0 {
             // The stake rule (`audit::minimum_stake`): skipping any set of
             // steps must lose in expectation, at any pay multiplier.
@@ -874,6 +930,28 @@ mod tests {
         for bad in ["f32", "zip"] {
             let text = format!("rounds = 2\n[training]\nseed = 0\n[outer]\nbroadcast = \"{bad}\"\n");
             assert!(RunConfig::parse(&text).unwrap_err().to_string().contains("broadcast"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audits_replay_from_the_start_only_when_asked_and_only_where_they_can() {
+        let defaults = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n").unwrap();
+        assert_eq!(defaults.audit.replay, AuditReplay::Segment);
+        let json = serde_json::to_string(&defaults).unwrap();
+        assert!(!json.contains("replay"), "left out of the run's description at its default: {json}");
+        let from_start = "rounds = 2\n[training]\nseed = 0\n[audit]\nreplay = \"from-start\"\n";
+        let parsed = RunConfig::parse(from_start).unwrap();
+        assert!(crate::coordinator::Settings::from_config(&parsed).replay_from_start);
+        assert!(serde_json::to_string(&parsed).unwrap().contains("\"replay\":\"from-start\""));
+        for (refused, why) in [
+            ("[audit]\nreplay = \"from-start\"\nauditors = \"workers\"\n", "coordinator"),
+            ("codec = \"topk:0.02+q4\"\n[audit]\nreplay = \"from-start\"\n", "error feedback"),
+            ("[audit]\nreplay = \"anywhere\"\n", "anywhere"),
+        ] {
+            let error = RunConfig::parse(&format!("rounds = 2\n[training]\nseed = 0\n{refused}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(why), "{error}");
         }
     }
 

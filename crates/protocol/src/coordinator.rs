@@ -66,8 +66,14 @@
 //! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
 //!    not hash to its commitment is rejected and slashed. Audited workers
 //!    answer with the start state of their segment (if not already); the
-//!    driver replays it and reports [`Coordinator::audit_result`]. A failed
-//!    or unanswered audit rejects the submission and slashes the stake.
+//!    driver replays it and reports [`Coordinator::audit_result`]. Under
+//!    `audit.replay = "from-start"` ([`Settings::replay_from_start`]) no
+//!    worker answers: the driver records the boundary leaves the drawn
+//!    commitment carried as its answer when it arrives
+//!    ([`Coordinator::audit_answered`], with the commitment's nonce) and
+//!    replays the round from its base through the drawn segment, so the
+//!    verdict can come before the reveal. A failed or unanswered audit
+//!    rejects the submission and slashes the stake.
 //! 4. **Close.** When every committed worker is settled, or at the reveal
 //!    deadline, the accepted submissions (revealed, matching, and passed or
 //!    unaudited) are aggregated if there are at least `quorum` of them;
@@ -265,6 +271,12 @@ pub struct Settings {
     pub stake: u64,
     /// Replays are delegated to workers of the same determinism class.
     pub delegate_audits: bool,
+    /// Audits replay from the round's start (`audit.replay =
+    /// "from-start"`): the driver judges a drawn commitment from the
+    /// boundary leaves it carries, records that as its answer
+    /// ([`Coordinator::audit_answered`]) and replays at once, so the worker
+    /// uploads nothing. The machine itself is the same either way.
+    pub replay_from_start: bool,
     /// Each worker's bond, recorded when it registers; 0: the run takes no
     /// bonds (see [`crate::collateral`]).
     pub bond: u64,
@@ -300,6 +312,7 @@ impl Settings {
             segments: config.audit.segments,
             stake: config.audit.stake,
             delegate_audits: config.audit.auditors == crate::config::Auditors::Workers,
+            replay_from_start: config.audit.replay == crate::config::AuditReplay::FromStart,
             bond: config.audit.bond,
             vesting_rounds: config.audit.vesting_rounds,
             recipe: config.training.clone(),

@@ -22,6 +22,15 @@
 //!    encoding the replayed update plus that residual leaves exactly the
 //!    committed `residual_out`.
 //!
+//! Under `audit.replay = "from-start"` there is no answer: the commitment
+//! carries its boundary leaves ([`check_boundaries`]: they must be the
+//! ones its root is over), and the auditor replays the round from its
+//! base model with a fresh optimizer through the drawn segment. It passes
+//! only if every boundary it passes, the start included, is the committed
+//! leaf, and for the last segment if 6 holds ([`from_start_verdict`]). A
+//! worker that skipped, faked or borrowed any step up to the drawn
+//! segment's end fails at the first boundary after it.
+//!
 //! [`check_answer`] is 1 to 4 and 7's digest, decided when the answer
 //! arrives: an answer that fails them fails its audit without a replay.
 //! [`replay_verdict`] is 5 to 7 given what a replay ended in (the replay
@@ -192,6 +201,77 @@ impl ReportCheck {
     }
 }
 
+/// Under `audit.replay = "from-start"`: whether `leaves`, sent with
+/// `commitment`, are the boundary leaves its Merkle root is over (one more
+/// than its segments; the root binds each one and their count). Checked
+/// when the commitment arrives, so a replay compares against exactly what
+/// the worker committed to; a commitment without them is refused.
+pub fn check_boundaries(commitment: &Commitment, leaves: &[Digest]) -> Result<(), String> {
+    let expected = u64::from(commitment.segments) + 1;
+    if leaves.len() as u64 != expected || leaves.len() > merkle::LEAVES_MAX {
+        return Err(format!(
+            "the commitment carries {} boundary leaves; a commitment to {} segments under audit.replay = \
+             \"from-start\" carries {expected}",
+            leaves.len(),
+            commitment.segments
+        ));
+    }
+    if merkle::root(leaves) != commitment.merkle_root {
+        return Err("the boundary leaves are not the ones the committed Merkle root is over".into());
+    }
+    Ok(())
+}
+
+/// What a replay from the round's start found: the state hash at each
+/// boundary it reached (the start first), stopping at the first that is
+/// not the committed leaf; and for the last segment, if it got there, the
+/// digest of the update its end gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromStartReport {
+    pub boundaries: Vec<Digest>,
+    pub payload: Option<Digest>,
+}
+
+/// The verdict on an audit of `segment` replayed from the round's start
+/// ([`FromStartReport`]) against the commitment's boundary `leaves`
+/// (already [`check_boundaries`]-checked): the replay must reach every
+/// boundary up to the segment's end at the committed leaf, and for the
+/// last segment produce the committed pseudo-gradient.
+pub fn from_start_verdict(
+    report: &FromStartReport,
+    leaves: &[Digest],
+    commitment: &Commitment,
+    inner_steps: u64,
+    segment: u32,
+) -> Verdict {
+    for boundary in 0..=segment {
+        let committed = leaves.get(boundary as usize);
+        let replayed = report.boundaries.get(boundary as usize);
+        if replayed.is_some() && replayed == committed {
+            continue;
+        }
+        if boundary == 0 {
+            return Verdict::Failed(
+                "the committed start state is not the round's base model with a fresh optimizer".into(),
+            );
+        }
+        let (first, last) = segment_range(inner_steps, commitment.segments, boundary);
+        return Verdict::Failed(match (replayed, committed) {
+            (Some(replayed), Some(committed)) => format!(
+                "replaying from the round's start, steps {first}..{last} give state {replayed}, not the committed \
+                 {committed}"
+            ),
+            _ => format!("the replay from the round's start stopped before step {last}"),
+        });
+    }
+    if segment == commitment.segments && report.payload != Some(commitment.payload) {
+        return Verdict::Failed(
+            "the replayed final state does not produce the committed pseudo-gradient".into(),
+        );
+    }
+    Verdict::Passed
+}
+
 /// Why an auditor is slashed: the ledger's reason, one wording for every
 /// driver.
 pub(crate) fn auditor_wrong_reason(audited: WorkerId, segment: u32, round: RoundId) -> String {
@@ -354,6 +434,65 @@ mod tests {
         // A middle segment's replay says nothing about the update.
         let middle = report(boundaries()[2], None, None);
         assert_eq!(replay_verdict(&middle, &answer(2), &chained, STEPS, 2), Verdict::Passed);
+    }
+
+    #[test]
+    fn boundaries_must_be_the_committed_leaves_in_number_and_value() {
+        let commitment = commitment(None);
+        assert_eq!(check_boundaries(&commitment, &boundaries()), Ok(()));
+        let short = &boundaries()[..SEGMENTS as usize];
+        assert!(check_boundaries(&commitment, short).unwrap_err().contains("carries 3 boundary leaves"));
+        assert!(check_boundaries(&commitment, &[]).is_err(), "none at all");
+        let mut forged = boundaries();
+        forged[2] = Digest::of(b"a state never reached");
+        assert_eq!(
+            check_boundaries(&commitment, &forged),
+            Err("the boundary leaves are not the ones the committed Merkle root is over".into())
+        );
+    }
+
+    #[test]
+    fn a_replay_from_the_start_passes_only_through_every_committed_boundary() {
+        let commitment = commitment(None);
+        let leaves = boundaries();
+        let honest = |segment: u32| FromStartReport {
+            boundaries: leaves[..=segment as usize].to_vec(),
+            payload: (segment == SEGMENTS).then_some(commitment.payload),
+        };
+        for segment in 1..=SEGMENTS {
+            assert_eq!(
+                from_start_verdict(&honest(segment), &leaves, &commitment, STEPS, segment),
+                Verdict::Passed
+            );
+        }
+        // Another start: the worker did not train from the round's model.
+        let mut moved = honest(2);
+        moved.boundaries[0] = Digest::of(b"another start");
+        moved.boundaries.truncate(1);
+        assert_eq!(
+            from_start_verdict(&moved, &leaves, &commitment, STEPS, 2),
+            Verdict::Failed(
+                "the committed start state is not the round's base model with a fresh optimizer".into()
+            )
+        );
+        // A prefix boundary off: caught there, even when a later segment is
+        // drawn.
+        let mut skipped = honest(3);
+        skipped.boundaries[1] = Digest::of(b"what the steps really give");
+        skipped.boundaries.truncate(2);
+        let Verdict::Failed(reason) = from_start_verdict(&skipped, &leaves, &commitment, STEPS, 3) else {
+            panic!("a wrong prefix passed")
+        };
+        assert!(reason.starts_with("replaying from the round's start, steps 0..4 give state "), "{reason}");
+        // A replay that stopped short never passes.
+        let short = FromStartReport { boundaries: leaves[..2].to_vec(), payload: None };
+        assert!(!from_start_verdict(&short, &leaves, &commitment, STEPS, 2).passed());
+        // The last segment must give the committed update too.
+        let faked = FromStartReport { payload: Some(Digest::of(b"another update")), ..honest(SEGMENTS) };
+        assert_eq!(
+            from_start_verdict(&faked, &leaves, &commitment, STEPS, SEGMENTS),
+            Verdict::Failed("the replayed final state does not produce the committed pseudo-gradient".into())
+        );
     }
 
     #[test]

@@ -363,6 +363,20 @@ pub struct RoundView {
     pub ahead: Option<Box<RoundView>>,
 }
 
+/// A commitment as a worker posts it (`POST /v1/rounds/{round}/commitments`,
+/// JSON): the commitment's fields, and under `audit.replay = "from-start"`
+/// the boundary leaves its Merkle root is over (start first; checked with
+/// [`crate::judge::check_boundaries`]), which an audit replayed from the
+/// round's start compares against. Other runs send none, so their bodies
+/// are the bare commitment they always were.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitBody {
+    #[serde(flatten)]
+    pub commitment: crate::Commitment,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boundaries: Vec<Digest>,
+}
+
 /// An audited worker's segment a delegated auditor must replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditTaskRef {

@@ -36,6 +36,7 @@ fn settings() -> Settings {
         segments: 4,
         stake: 1000,
         delegate_audits: false,
+        replay_from_start: false,
         bond: 0,
         vesting_rounds: 4,
         // 4 steps of 16 examples: 64 work units a submission.

@@ -172,6 +172,11 @@ pub struct SimConfig {
     /// commit a near copy of another's update ([`model::Behaviour::NearCopier`]).
     /// Apart from `attackers` so that a run without them keeps its bits.
     pub near_copiers: f64,
+    /// Audits replay from the round's start (`audit.replay =
+    /// "from-start"`): commitments carry their boundary leaves and no
+    /// worker answers an audit. Only with coordinator auditors (as the
+    /// run's configuration requires).
+    pub replay_from_start: bool,
 }
 
 impl SimConfig {
@@ -188,6 +193,7 @@ impl SimConfig {
             bond: bond_for_seed(seed),
             training: TrainingMode::Hash,
             near_copiers: 0.0,
+            replay_from_start: false,
         }
     }
 
@@ -213,6 +219,9 @@ impl SimConfig {
         }
         if self.near_copiers > 0.0 {
             extra += &format!(" --near-copiers {}", self.near_copiers);
+        }
+        if self.replay_from_start {
+            extra += " --replay from-start";
         }
         format!(
             "crowdtrain sim network --seed {} --workers {} --rounds {} --churn {} --attackers {} --faults \

@@ -88,6 +88,10 @@ pub(crate) trait Mode: Sized {
     /// Its answer to an audit of `segment`.
     fn answer(work: &Self::Work, segment: u32) -> Self::Answer;
 
+    /// The boundary leaves a commitment of `work` carries under
+    /// `audit.replay = "from-start"`.
+    fn boundaries(work: &Self::Work) -> Vec<Digest>;
+
     /// A revealed update's values, as the coordinator checks them.
     fn decode(driver: &Driver<Self::Training>, bytes: &[u8]) -> Result<Vec<f32>, Refusal>;
 

@@ -254,7 +254,12 @@ impl SimTraining {
     pub fn replay_passes(&self, store: &Store, audit: &Audited) -> Result<bool, CoordinatorError> {
         let Audited { round, worker, segment, commitment, assignment } = audit;
         let answer = store.audit_answer_digest(*round, *worker)?;
-        Ok(replay(self.seed, *round, *worker, assignment.base_model, *segment).passes(commitment, answer))
+        let honest = replay(self.seed, *round, *worker, assignment.base_model, *segment);
+        if answer == boundaries_answer(commitment) {
+            // Replayed from the start: the whole trace must be the honest one.
+            return Ok(honest.root == commitment.merkle_root);
+        }
+        Ok(honest.passes(commitment, answer))
     }
 }
 
@@ -331,6 +336,26 @@ impl Training for SimTraining {
         })
     }
 
+    /// The stand-in's leaves are its commitment's root ([`HashMode`]).
+    fn check_boundaries(&self, commitment: &Commitment, leaves: &[Digest]) -> Result<(), String> {
+        if leaves != [commitment.merkle_root] {
+            return Err("the boundary leaves are not the committed trace's".into());
+        }
+        Ok(())
+    }
+
+    fn keep_boundaries(&self, leaves: &[Digest]) -> Result<Digest, CoordinatorError> {
+        Ok(Digest::of(&crowdtrain_protocol::audit::encode_boundaries(leaves)))
+    }
+
+    fn replay_from_start(
+        &mut self,
+        audit: Audited,
+        _leaves: Vec<Digest>,
+    ) -> Result<(RoundId, WorkerId), CoordinatorError> {
+        Ok((audit.round, audit.worker))
+    }
+
     /// Stand-in answers are digests in the store: no file to delete.
     fn prune_answers(&self, _store: &Store, _passed: &[(RoundId, WorkerId)]) -> Result<(), CoordinatorError> {
         Ok(())
@@ -402,6 +427,12 @@ impl Mode for HashMode {
         work.answer(segment)
     }
 
+    /// The stand-in trace has no boundaries of its own: its leaves are
+    /// its root, which a replay from the start recomputes whole.
+    fn boundaries(work: &Work) -> Vec<Digest> {
+        vec![work.commitment.merkle_root]
+    }
+
     fn decode(_driver: &Driver<SimTraining>, bytes: &[u8]) -> Result<Vec<f32>, Refusal> {
         decode(bytes).ok_or_else(|| Refusal {
             code: ErrorCode::BadRequest,
@@ -458,6 +489,12 @@ impl Mode for HashMode {
     ) -> Result<u64, Violation> {
         invariants::check_fault_free(events, initial_model, payloads)
     }
+}
+
+/// The answer the driver records for a stand-in audit replayed from the
+/// start: the digest of the leaves it kept ([`Training::keep_boundaries`]).
+fn boundaries_answer(commitment: &Commitment) -> Digest {
+    Digest::of(&crowdtrain_protocol::audit::encode_boundaries(&[commitment.merkle_root]))
 }
 
 /// The coordinator's verdict on a replay that did or did not reproduce the

@@ -29,7 +29,7 @@ use crowdtrain_coordinator::behavior::{Behavior, Produced, Work, produce, tamper
 use crowdtrain_coordinator::deltas::Deltas;
 use crowdtrain_coordinator::model_training::check_update;
 use crowdtrain_coordinator::replay::replay_segment;
-use crowdtrain_coordinator::training::Audited;
+use crowdtrain_coordinator::training::{Audited, Judged, Training};
 use crowdtrain_coordinator::{
     CoordinatorError, Driver, DriverError, ModelRun, ModelTraining, PendingReplay, RunData, Sent, Shards,
     Shell, audit, encode_global,
@@ -247,6 +247,10 @@ impl Mode for ModelMode {
         )
     }
 
+    fn boundaries(work: &RealWork) -> Vec<Digest> {
+        work.produced.hashes.clone()
+    }
+
     fn decode(driver: &Driver<ModelTraining>, bytes: &[u8]) -> Result<Vec<f32>, Refusal> {
         let training = &driver.training;
         check_update(training.run.model.layout().len(), training.run.config.training.codec, bytes)
@@ -286,21 +290,14 @@ impl Mode for ModelMode {
     }
 
     /// The replay the node runs: the stored answer's proofs, then the
-    /// drawn segment replayed bit for bit and judged by the protocol's
-    /// rules.
+    /// drawn segment replayed bit for bit (or, under `audit.replay =
+    /// "from-start"`, the round up to the segment's end against the kept
+    /// boundary leaves), judged by the protocol's rules.
     fn replay(driver: &mut Driver<ModelTraining>, audit: &Audited) -> Result<Verdict, CoordinatorError> {
-        let Audited { round, worker, segment, commitment, assignment } = audit;
         let training = &mut driver.training;
-        let answer = training.stored_answer(&driver.store, *round, *worker)?;
-        let base = training.base_params(&assignment.base_model)?;
-        let model = training.run.model.as_ref();
-        let start = match audit::check_answer(model, &base, assignment, *segment, commitment, &answer) {
-            Ok(start) => start,
-            Err(reason) => return Ok(Verdict::Failed(reason)),
-        };
-        Ok(match training.replay_report(assignment, *segment, start, &answer.residual_in)? {
-            Ok(report) => audit::verdict_of(&report, &answer, commitment, assignment, *segment),
-            Err(reason) => Verdict::Failed(reason),
+        Ok(match training.judge_stored(&driver.store, audit.clone())? {
+            Judged::Failed(reason) => Verdict::Failed(reason),
+            Judged::Replay(replay) => replay.verdict(training.run.model.as_ref(), &training.run.dataset),
         })
     }
 

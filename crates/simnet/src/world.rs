@@ -125,6 +125,8 @@ enum Request<A, R> {
         round: RoundId,
         base: Digest,
         commitment: Box<Commitment>,
+        /// The boundary leaves, under `audit.replay = "from-start"`.
+        leaves: Vec<Digest>,
     },
     Reveal {
         nonce: u64,
@@ -512,6 +514,7 @@ impl<M: Mode> World<M> {
             segments: SEGMENTS,
             stake: crate::STAKE,
             delegate_audits: config.auditors == Auditors::Workers,
+            replay_from_start: config.replay_from_start,
             bond: config.bond,
             vesting_rounds: 2,
             recipe: recipe(seed),
@@ -876,9 +879,13 @@ impl<M: Mode> World<M> {
         };
         let work = self.mode.work(behaviour, &task.assignment)?;
         let commitment = M::commitment(&work);
+        let leaves = if self.settings.replay_from_start { M::boundaries(&work) } else { Vec::new() };
         task.work = Some(work);
         let nonce = self.nonce(worker);
-        self.request(worker, Request::Commit { nonce, round, base, commitment: Box::new(commitment) });
+        self.request(
+            worker,
+            Request::Commit { nonce, round, base, commitment: Box::new(commitment), leaves },
+        );
         Ok(())
     }
 
@@ -973,7 +980,8 @@ impl<M: Mode> World<M> {
         if !committed {
             let nonce = self.nonce(worker);
             let commitment = Box::new(M::commitment(&work));
-            self.request(worker, Request::Commit { nonce, round, base, commitment });
+            let leaves = if self.settings.replay_from_start { M::boundaries(&work) } else { Vec::new() };
+            self.request(worker, Request::Commit { nonce, round, base, commitment, leaves });
             return;
         }
         // One request at a time, as the real worker awaits each: the audit
@@ -1085,16 +1093,15 @@ impl<M: Mode> World<M> {
             Request::Poll { nonce } => driver
                 .read(now, &key, nonce, &mut shell)
                 .map(|worker| (Reply::View(Box::new(driver.machine.view(Some(worker)))), None)),
-            Request::Commit { nonce, round, base, commitment } => {
-                authenticate(driver, nonce).and_then(|worker| {
-                    let (outcome, _) =
-                        driver.commit(sent(worker, nonce, round), base, None, *commitment, &mut shell)?;
+            Request::Commit { nonce, round, base, commitment, leaves } => authenticate(driver, nonce)
+                .and_then(|worker| {
+                    let sent = sent(worker, nonce, round);
+                    let (outcome, _) = driver.commit(sent, base, None, *commitment, &leaves, &mut shell)?;
                     Ok((
                         Reply::Committed(round),
                         Some(Ack::Commitment(round, worker, *commitment, outcome.status())),
                     ))
-                })
-            }
+                }),
             Request::Reveal { nonce, round, base, bytes } => authenticate(driver, nonce).and_then(|worker| {
                 let digest = Digest::of(&bytes);
                 let update = M::decode(driver, &bytes);

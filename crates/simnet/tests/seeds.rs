@@ -423,3 +423,44 @@ fn a_paid_near_copy_is_reported() {
     // The original never revealed: nothing told the copy apart, no rule broken.
     ledger(&[WorkerId(2), WorkerId(3)], &[WorkerId(2), WorkerId(3)]).unwrap();
 }
+
+/// Audits replayed from the round's start (`audit.replay = "from-start"`)
+/// under every fault, in both kinds of training: no worker answers (each
+/// drawn commitment is answered by its leaves, recorded with it), every
+/// invariant holds, and the attackers audits catch are still slashed.
+#[test]
+fn audits_replayed_from_the_start_keep_every_invariant_with_no_answer_uploaded() {
+    let configs = (0..6).map(SimConfig::small).chain((0..2).map(SimConfig::small_model));
+    let mut slashed = 0;
+    for config in configs {
+        let config = SimConfig { auditors: Auditors::Coordinator, replay_from_start: true, ..config };
+        let (seed, training) = (config.seed, config.training);
+        let finished =
+            simulate(&config).unwrap_or_else(|failure| panic!("{training:?} seed {seed}: {failure}"));
+        let events = events(&finished);
+        rules(&finished, &events).unwrap_or_else(|failure| panic!("{training:?} seed {seed}: {failure}"));
+        // An audit drawn with its commitment is answered by the leaves in
+        // the same request (the answer carries the commitment's nonce):
+        // nobody uploads one. Only the challenges of copies, drawn after
+        // the reveals, are answered by their workers, as in a "segment" run.
+        let drawn: BTreeMap<(RoundId, WorkerId), u64> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::Commitment { round, worker, nonce, audit: Some(_), .. } => {
+                    Some(((*round, *worker), *nonce))
+                }
+                _ => None,
+            })
+            .collect();
+        for event in &events {
+            if let Event::AuditAnswered { round, worker, nonce, .. } = event
+                && let Some(committed) = drawn.get(&(*round, *worker))
+            {
+                assert_eq!(nonce, committed, "{training:?} seed {seed}: {event:?}");
+            }
+        }
+        assert!(!drawn.is_empty(), "{training:?} seed {seed}: nothing drawn");
+        slashed += finished.summary.tally.attackers_slashed;
+    }
+    assert!(slashed > 0, "no attacker slashed");
+}

@@ -29,7 +29,9 @@ enum BenchCommand {
     TrainStep(TrainStepArgs),
     /// What proof-of-training costs beside the training it proves: the
     /// worker's commitment (hashing its segment-boundary states) and the
-    /// auditor's replay of one segment, as fractions of a round's training.
+    /// auditor's replay of one segment, as fractions of a round's training;
+    /// and the same audit replayed from the round's start (`audit.replay =
+    /// "from-start"`).
     Audit(AuditArgs),
     /// What the defence costs beside a round's training: the checks, the
     /// robust aggregation and the held-out scoring of every update, as a
@@ -176,6 +178,16 @@ struct AuditReport {
     replay_seconds: f64,
     /// Bytes of one audit answer (the start state and two proofs).
     answer_bytes: usize,
+    /// The same audit under `audit.replay = "from-start"`: building the
+    /// round's start (the base model, a fresh optimizer), replaying every
+    /// segment up to the drawn one's end and hashing each boundary against
+    /// the commitment's leaves (and for the last segment re-encoding the
+    /// update); the mean over the segments, median over repeats. No answer.
+    from_start_replay_seconds: f64,
+    /// `probability * from_start_replay_seconds / training_seconds`.
+    from_start_audit_fraction: f64,
+    /// `from_start_replay_seconds / replay_seconds`, timed in the same run.
+    from_start_over_segment: f64,
     /// `commitment_seconds / training_seconds`.
     commitment_fraction: f64,
     /// Expected audit compute per submission relative to its training:
@@ -595,6 +607,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let shard: Vec<u32> = (0..dataset.train.len() as u32).collect();
     let params = model.layout().initialize(0);
     let (mut training, mut commitment, mut replaying) = (Vec::new(), Vec::new(), Vec::new());
+    let mut from_start = Vec::new();
     let mut answer_bytes = 0;
     let progress = output::progress_bar(args.repeats as u64, "repeats");
     for repeat in 0..args.repeats as u64 {
@@ -630,6 +643,26 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
             total += started.elapsed().as_secs_f64();
         }
         replaying.push(total / f64::from(args.segments));
+        let mut total = 0.0;
+        for segment in 1..=args.segments {
+            let started = Instant::now();
+            let mut state = TrainState::new(model.name(), params.clone());
+            anyhow::ensure!(Digest(state.hash().0) == hashes[0], "the round starts from the base model");
+            for boundary in 1..=segment {
+                let (first, last) = segment_range(args.inner_steps, args.segments, boundary);
+                state = replay(model.as_ref(), &recipe, &dataset, &shard, key, state, last - first)?;
+                anyhow::ensure!(
+                    Digest(state.hash().0) == hashes[boundary as usize],
+                    "every boundary matches"
+                );
+            }
+            if segment == args.segments {
+                let update: Vec<f32> = params.iter().zip(&state.params).map(|(g, l)| g - l).collect();
+                std::hint::black_box(recipe.codec.encode(&update)?);
+            }
+            total += started.elapsed().as_secs_f64();
+        }
+        from_start.push(total / f64::from(args.segments));
         progress.inc(1);
     }
     progress.finish_and_clear();
@@ -639,6 +672,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     };
     let (training, commitment, replay) =
         (median(&mut training), median(&mut commitment), median(&mut replaying));
+    let from_start = median(&mut from_start);
     let report = AuditReport {
         dataset: dataset.info.clone(),
         inner_steps: args.inner_steps,
@@ -649,6 +683,9 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
         commitment_seconds: commitment,
         replay_seconds: replay,
         answer_bytes: answer_bytes + 2 * 32 * (args.segments as usize + 1),
+        from_start_replay_seconds: from_start,
+        from_start_audit_fraction: args.probability * from_start / training,
+        from_start_over_segment: from_start / replay,
         commitment_fraction: commitment / training,
         audit_fraction: args.probability * replay / training,
         total_fraction: (commitment + args.probability * replay) / training,
@@ -658,7 +695,8 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     }
     println!(
         "H = {}, {} segments, p = {}: training {:.1} ms per round; commitment {:.2} ms ({:.2}%); one audit replay \
-         {:.1} ms, expected {:.2}% of training; total {:.2}%",
+         {:.1} ms, expected {:.2}% of training; total {:.2}%; replayed from the round's start {:.1} ms ({:.2}x), \
+         expected {:.2}% of training, no answer",
         report.inner_steps,
         report.segments,
         report.probability,
@@ -667,7 +705,10 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
         100.0 * report.commitment_fraction,
         1e3 * report.replay_seconds,
         100.0 * report.audit_fraction,
-        100.0 * report.total_fraction
+        100.0 * report.total_fraction,
+        1e3 * report.from_start_replay_seconds,
+        report.from_start_over_segment,
+        100.0 * report.from_start_audit_fraction
     );
     Ok(())
 }

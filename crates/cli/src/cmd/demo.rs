@@ -103,6 +103,13 @@ pub struct DemoArgs {
     #[arg(long, default_value = "coordinator", value_parser = ["coordinator", "workers"])]
     auditors: String,
 
+    /// Where audits replay from: `segment` (the audited worker uploads its
+    /// segment's start state) or `from-start` (the coordinator replays the
+    /// round from its base through the drawn segment: no upload; with
+    /// coordinator auditors and a codec without error feedback).
+    #[arg(long, default_value = "segment", value_parser = ["segment", "from-start"])]
+    audit_replay: String,
+
     /// Behaviours of the first workers, comma-separated (any of `crowdtrain
     /// worker --behavior`: lazy:F, fabricate, wrong-data, stale, copy,
     /// tamper-reveal, no-answer, sign-flip, noise[:SCALE], label-flip,
@@ -515,7 +522,7 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         "rounds = {rounds}\n\n{training}\n[outer]\nlr = {outer_lr:?}\nmomentum = {outer_momentum:?}\ndelay = {outer_delay}\n\n[data]\n{data}\n\
          [round]\ndeadline_ms = 30000\nreveal_ms = 15000\nmin_workers = {workers}\nquorum = 1\n\
          worker_timeout_ms = 60000\n\n[audit]\nprobability = {probability}\nsegments = 4\nstake = {stake}\n\
-         auditors = \"{auditors}\"\n\n[admission]\nmode = \"token\"\n\n\
+         auditors = \"{auditors}\"\nreplay = \"{audit_replay}\"\n\n[admission]\nmode = \"token\"\n\n\
          # Every worker of the demo shares 127.0.0.1: each may hold a long poll and an idle pooled\n\
          # connection, and the demo and a browser poll the status.\n\
          [server]\nrequests_per_second_per_address = 100000\nrequests_per_second_per_key = 100000\n\
@@ -532,6 +539,7 @@ fn write_config(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         uploads = args.workers.max(32),
         probability = args.audit_probability,
         auditors = args.auditors,
+        audit_replay = args.audit_replay,
     );
     std::fs::write(dir.join("run.toml"), config).context("could not write run.toml")
 }

@@ -2,6 +2,7 @@
 //! network (`crowdtrain-simnet`), one seed or a range of them.
 
 use clap::Args;
+use crowdtrain_protocol::config::AuditReplay;
 use crowdtrain_simnet::{Auditors, Faults, SimConfig, Summary, Tally, TrainingMode};
 use serde::Serialize;
 
@@ -68,9 +69,25 @@ pub struct NetworkArgs {
     #[arg(long, default_value_t = 0.0)]
     near_copiers: f64,
 
+    /// Where audits replay from: `segment` (the audited worker answers with
+    /// its segment's start state) or `from-start` (the coordinator replays
+    /// the round from its base through the drawn segment, checking every
+    /// boundary the commitment carries; no answer). `from-start` delegates
+    /// no audit (unset --auditors is `coordinator` then).
+    #[arg(long, default_value = "segment", value_parser = parse_replay)]
+    replay: AuditReplay,
+
     /// Print the summary (or, with --seeds, the totals) as JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_replay(text: &str) -> Result<AuditReplay, String> {
+    match text {
+        "segment" => Ok(AuditReplay::Segment),
+        "from-start" => Ok(AuditReplay::FromStart),
+        _ => Err(format!("`{text}`: audits replay from `segment` or `from-start`")),
+    }
 }
 
 fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
@@ -116,11 +133,20 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         churn: args.churn,
         attackers: args.attackers,
         faults: args.faults,
-        auditors: args.auditors.unwrap_or(Auditors::for_seed(seed)),
+        auditors: match args.replay {
+            AuditReplay::FromStart => args.auditors.unwrap_or(Auditors::Coordinator),
+            AuditReplay::Segment => args.auditors.unwrap_or(Auditors::for_seed(seed)),
+        },
         bond: args.bond.unwrap_or(crowdtrain_simnet::bond_for_seed(seed)),
         training: args.training,
         near_copiers: args.near_copiers,
+        replay_from_start: args.replay == AuditReplay::FromStart,
     };
+    anyhow::ensure!(
+        args.replay == AuditReplay::Segment
+            || args.auditors.is_none_or(|auditors| auditors == Auditors::Coordinator),
+        "--replay from-start takes --auditors coordinator (a delegated auditor needs an answer to replay)"
+    );
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.near_copiers) && args.near_copiers + args.attackers <= 1.0,
         "--near-copiers is a fraction, at most 1 with --attackers"

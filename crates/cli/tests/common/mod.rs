@@ -797,6 +797,16 @@ impl Network {
             .collect()
     }
 
+    /// Sets `audit.replay = "from-start"` in the run's configuration.
+    pub fn replay_from_start(&self) {
+        let config = std::fs::read_to_string(self.path("run.toml")).unwrap();
+        std::fs::write(
+            self.path("run.toml"),
+            config.replace("[audit]\n", "[audit]\nreplay = \"from-start\"\n"),
+        )
+        .unwrap();
+    }
+
     /// Sets `audit.auditors = "workers"` in the run's configuration.
     pub fn delegate_audits(&self) {
         let config = std::fs::read_to_string(self.path("run.toml")).unwrap();

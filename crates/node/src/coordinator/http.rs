@@ -8,7 +8,7 @@
 //! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
 //! | `GET /v1/models/{digest}/delta` | none | under a compressed broadcast (`[outer] broadcast`), the model delta (`crowdtrain_store::delta`) that makes this model from the one before it; 404 `not-found` when there is none among the newest kept (download the model whole). Its content is checked by the digest of what it rebuilds |
-//! | `POST /v1/rounds/{round}/commitments?base_model=D[&slot=K&slots=N]` | signed | body: a JSON `Commitment`; `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly); `stale-model` if the model, or the shard trained (slot K of N), is not the round's |
+//! | `POST /v1/rounds/{round}/commitments?base_model=D[&slot=K&slots=N]` | signed | body: a JSON `Commitment` (under `audit.replay = "from-start"` with its `boundaries`, the leaves its root is over); `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly); `stale-model` if the model, or the shard trained (slot K of N), is not the round's |
 //! | `POST /v1/rounds/{round}/reveals?base_model=D[&object=DIGEST]` | signed | body: the encoded pseudo-gradient (with a bucket: no body, and the update at `updates/{worker}/{DIGEST}` in the bucket); `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits[?object=DIGEST]` | signed | body: a postcard `AuditAnswer` (with a bucket: no body, and the answer at `answers/{worker}/{DIGEST}` in the bucket); `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status?rounds_from=R&rounds_limit=N` | none | `RunStatus` JSON, with at most N (default 100, at most 1,000) rounds from round R (default: the latest) |
@@ -43,11 +43,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use crowdtrain_protocol::wire::CommitBody;
 use crowdtrain_protocol::wire::{
     AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, Phase,
     REWARD_MODEL_HEADER, RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
 };
-use crowdtrain_protocol::{Commitment, Digest, PublicKey, Refusal, RequestAuth, Shard, Signed};
+use crowdtrain_protocol::{Digest, PublicKey, Refusal, RequestAuth, Shard, Signed};
 use serde::Deserialize;
 
 use super::driver::DriverError;
@@ -756,11 +757,11 @@ async fn commitment(
     let result = async {
         let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
-        let commitment: Commitment = serde_json::from_slice(&post.body).map_err(|error| {
+        let body: CommitBody = serde_json::from_slice(&post.body).map_err(|error| {
             Failure::new(ErrorCode::BadRequest, format!("the commitment does not parse: {error}"))
         })?;
         let RoundPost { worker, nonce, round, trained, _slot, .. } = post;
-        let receipt = blocking(move || node.commit(worker, nonce, round, base, trained, commitment)).await;
+        let receipt = blocking(move || node.commit(worker, nonce, round, base, trained, body)).await;
         drop(_slot);
         receipt
     };

@@ -42,8 +42,7 @@ use crowdtrain_protocol::wire::{
     ReceiptStatus, Registration, RunInfo, RunStatus, Stage, WorkerView,
 };
 use crowdtrain_protocol::{
-    Commitment, Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig, Shard, Signed,
-    Verdict, WorkerId,
+    Digest, Identity, Opened, PublicKey, Refusal, RoundId, RoundView, RunConfig, Shard, Signed, WorkerId,
 };
 use crowdtrain_store::{CheckpointKind, Checkpoints, LedgerOrder, RunRecord, Store, checkpoint};
 use crowdtrain_train::Model;
@@ -54,16 +53,16 @@ pub use crowdtrain_coordinator::AGGREGATOR_SNAPSHOT_ROUNDS;
 pub use crowdtrain_coordinator::clock::{Clock, SystemClock, VirtualClock, now_unix_ms};
 use crowdtrain_coordinator::deltas;
 use crowdtrain_coordinator::{
-    CheckpointWrite, CoordinatorError, Driver, DriverError, ModelRun, PendingReplay, Sent, Shell, audit,
-    driver,
+    CheckpointWrite, CoordinatorError, Driver, DriverError, Evidence, ModelRun, PendingReplay, Sent, Shell,
+    audit, driver,
 };
+use crowdtrain_protocol::wire::CommitBody;
 use http::Failure;
 pub use http::serve;
 pub use net::raise_descriptor_limit;
 
 use crate::NodeError;
 use crate::data::RunData;
-use crate::replay::replay_segment;
 use crate::storage::{Bucket, CoordinatorBucket};
 
 /// The coordinator: shared by every request handler and the timer.
@@ -497,13 +496,14 @@ impl Node {
         round: RoundId,
         base_model: Digest,
         trained: Option<Shard>,
-        commitment: Commitment,
+        body: CommitBody,
     ) -> Result<Signed<Receipt>, Failure> {
+        let CommitBody { commitment, boundaries: leaves } = body;
         let now = self.now();
         let received = Instant::now();
         let mut inner = self.lock();
         let (outcome, audit) = self.input_timed(&mut inner, round, received, |driver, shell| {
-            driver.commit(Sent { now, worker, nonce, round }, base_model, trained, commitment, shell)
+            driver.commit(Sent { now, worker, nonce, round }, base_model, trained, commitment, &leaves, shell)
         })?;
         drop(inner);
         let digest = Digest::of(&postcard_bytes(&commitment));
@@ -624,8 +624,7 @@ impl Node {
             shards,
             base,
             assignment,
-            answer: answer.clone(),
-            start: start.clone(),
+            evidence: Evidence::Answer { answer: Box::new(answer.clone()), start: Box::new(start.clone()) },
             recorded: on_record,
         });
         if self.config.audit.auditors == crowdtrain_protocol::config::Auditors::Coordinator
@@ -709,26 +708,13 @@ impl Node {
 
     /// Replays an answered audit and reports the verdict to the driver,
     /// which may close the round with it.
-    fn replay(&self, replay: PendingReplay) {
+    fn replay(&self, mut replay: PendingReplay) {
         let (round, worker, segment) = (replay.round, replay.worker, replay.segment);
         let replaying = Instant::now();
-        let verdict = match replay_segment(
-            self.model.as_ref(),
-            &self.dataset,
-            &replay.shards,
-            &replay.assignment,
-            segment,
-            replay.start,
-            &replay.base,
-            &replay.answer.residual_in,
-        ) {
-            Ok(report) => {
-                audit::verdict_of(&report, &replay.answer, &replay.commitment, &replay.assignment, segment)
-            }
-            Err(error) => Verdict::Failed(format!("the segment cannot be replayed: {error}")),
-        };
+        let recorded = std::mem::replace(&mut replay.recorded, std::sync::mpsc::channel().1);
+        let verdict = replay.verdict(self.model.as_ref(), &self.dataset);
         let replay_ms = replaying.elapsed().as_secs_f64() * 1e3;
-        if replay.recorded.recv().is_err() {
+        if recorded.recv().is_err() {
             // The answer was never recorded (refused, or a write
             // failed): there is nothing to decide.
             return;

@@ -27,9 +27,11 @@ use crowdtrain_train::{Broadcast, Codec, Model, Nesterov};
 use super::*;
 use crate::AssignedWork;
 use crate::data::{RunData, Shards};
+use crate::replay::replay_segment;
 use crate::worker::Behavior;
 use crate::worker::Produced;
 use crate::worker::behavior::{Work, produce};
+use crowdtrain_protocol::Verdict;
 
 /// The bundled Fashion-MNIST subset the network tests train on.
 const SUBSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/assets/fashion-mnist-subset");
@@ -214,7 +216,7 @@ impl Harness {
         let shard = Shard { slot: assignment.slot, slots: assignment.slots };
         let (worker, base, nonce) = (assignment.worker, assignment.base_model, self.nonce());
         let receipt =
-            self.node().commit(worker, nonce, round, base, Some(shard), produced.commitment())?.body;
+            self.node().commit(worker, nonce, round, base, Some(shard), bare(produced.commitment()))?.body;
         assert_eq!(receipt.status, ReceiptStatus::Accepted);
         Ok(Submitted { worker, round, base, produced, audit: receipt.audit })
     }
@@ -625,7 +627,7 @@ fn a_round_opens_ahead_of_its_verdicts_and_is_adopted_unchanged_when_they_pass()
     let nonce = harness.nonce();
     let shard = Some(early.assignment.shard());
     let commitment = early.produced.commitment();
-    let refused = harness.node().commit(workers[0], nonce, 1, ahead.model, shard, commitment);
+    let refused = harness.node().commit(workers[0], nonce, 1, ahead.model, shard, bare(commitment));
     assert_eq!(refused.map(|_| ()).unwrap_err().code, ErrorCode::TooEarly);
     assert_eq!(harness.run_held_replays(), 2);
     // The verdicts passed: round 0 closed with the aggregate computed for
@@ -953,6 +955,8 @@ struct CallerThread {
     served: Vec<Digest>,
     writes: usize,
     replays: usize,
+    /// The replays the driver handed out, for the test to run.
+    held: Vec<PendingReplay>,
 }
 
 impl Shell for CallerThread {
@@ -977,8 +981,9 @@ impl Shell for CallerThread {
         Ok(())
     }
 
-    fn replay(&mut self, _replay: PendingReplay) {
+    fn replay(&mut self, replay: PendingReplay) {
         self.replays += 1;
+        self.held.push(replay);
     }
 }
 
@@ -1052,7 +1057,7 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
             let commitment = produced.commitment();
             let shard = Some(assignment.shard());
             let sent = Sent { now, worker, nonce, round };
-            let (outcome, audit) = driver.commit(sent, base, shard, commitment, &mut shell).unwrap();
+            let (outcome, audit) = driver.commit(sent, base, shard, commitment, &[], &mut shell).unwrap();
             assert_eq!(outcome.status(), crowdtrain_protocol::Recorded::Accepted);
             submitted.push((assignment, produced, audit.expect("every submission is audited")));
         }
@@ -1105,4 +1110,107 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
         "{read:?}"
     );
     assert!(driver.take_batch().events.is_empty());
+}
+
+/// A commitment's request body without boundary leaves (a `"segment"` run's).
+fn bare(commitment: crowdtrain_protocol::Commitment) -> crowdtrain_protocol::wire::CommitBody {
+    crowdtrain_protocol::wire::CommitBody { commitment, boundaries: Vec::new() }
+}
+
+#[test]
+fn replays_from_the_start_need_no_answer_and_catch_every_cheat() {
+    // `audit.replay = "from-start"`, every submission audited: the honest
+    // worker, a lazy one, a fabricator, one on another shard and a copier
+    // of the honest one. Nobody answers: each commitment carries its
+    // boundary leaves, the driver records them as the answer and hands out
+    // a replay from the round's base at once.
+    let config = config(1, 12, 1.0, "replay = \"from-start\"", "min_workers = 5");
+    let mut harness = Harness::new(config, 5);
+    let workers = harness.workers.clone();
+    let mut driver = harness.open_driver();
+    let mut shell = CallerThread::default();
+    driver.carry_out(&[], &mut shell).unwrap();
+    let behaviors =
+        [Behavior::Honest, Behavior::Lazy(1.0), Behavior::Fabricate, Behavior::WrongData, Behavior::Copy];
+    let mut submitted = Vec::new();
+    for (&worker, &behavior) in workers.iter().zip(&behaviors) {
+        harness.wait(200);
+        let assignment = driver.machine.view(Some(worker)).assignment.expect("a participant");
+        let params = driver.training.base_params(&assignment.base_model).unwrap();
+        let run = &driver.training.run;
+        let produced = train(run.model.as_ref(), &run.dataset, &params, &assignment, behavior);
+        let (base, shard, commitment) =
+            (assignment.base_model, Some(assignment.shard()), produced.commitment());
+        // Without its leaves, or with leaves its root is not over, a
+        // commitment is refused and changes nothing.
+        let mut forged = produced.hashes.clone();
+        forged[1] = Digest::of(b"a state never reached");
+        driver.take_batch();
+        for leaves in [&[][..], &produced.hashes[1..], &forged] {
+            let sent = Sent { now: harness.clock.now_unix_ms(), worker, nonce: harness.nonce(), round: 0 };
+            let refused = driver.commit(sent, base, shard, commitment, leaves, &mut shell);
+            assert!(
+                matches!(&refused, Err(DriverError::Refused(refusal)) if refusal.code == ErrorCode::BadRequest),
+                "{refused:?}"
+            );
+            assert!(driver.take_batch().events.is_empty());
+        }
+        let sent = Sent { now: harness.clock.now_unix_ms(), worker, nonce: harness.nonce(), round: 0 };
+        let (outcome, audit) =
+            driver.commit(sent, base, shard, commitment, &produced.hashes, &mut shell).unwrap();
+        assert_eq!(outcome.status(), crowdtrain_protocol::Recorded::Accepted);
+        assert_eq!(audit, None, "{behavior}: no answer is due");
+        let view = driver.machine.view(Some(worker));
+        assert!(view.audit.is_some() && view.audit_answered, "{behavior}: drawn, and answered by its leaves");
+        submitted.push((assignment, produced, behavior));
+    }
+    assert_eq!(shell.held.len(), workers.len(), "every drawn audit replays at once");
+    for replay in std::mem::take(&mut shell.held) {
+        let (round, worker, segment) = (replay.round, replay.worker, replay.segment);
+        let behavior = behaviors[workers.iter().position(|&known| known == worker).unwrap()];
+        let (model, data) = (driver.training.run.model.as_ref(), &driver.training.run.dataset);
+        let verdict = replay.verdict(model, data);
+        assert_eq!(
+            verdict.passed(),
+            behavior == Behavior::Honest,
+            "{behavior}, segment {segment}: {verdict:?}"
+        );
+        driver.replay_finished(harness.clock.now_unix_ms(), round, worker, verdict, &mut shell).unwrap();
+    }
+    for (assignment, produced, _) in &submitted {
+        let payload = produced.payload.as_slice();
+        let digest = Digest::of(payload);
+        let parameters = driver.training.run.model.layout().len();
+        let values = crowdtrain_train::codec::decode(payload, parameters).map(|(_, values)| values);
+        let update =
+            values.map_err(|error| Refusal { code: ErrorCode::WrongShape, message: error.to_string() });
+        let (now, nonce) = (harness.clock.now_unix_ms(), harness.nonce());
+        let sent = Sent { now, worker: assignment.worker, nonce, round: 0 };
+        let _ = driver.reveal(sent, assignment.base_model, digest, update, &[(digest, payload)], &mut shell);
+    }
+    let events = driver.store.events().unwrap();
+    // Each answer is recorded with its commitment: the same request.
+    let answered = |worker| {
+        let nonce = |event: &Event| match event {
+            Event::Commitment { worker: w, nonce, .. } if *w == worker => Some(("commitment", *nonce)),
+            Event::AuditAnswered { worker: w, nonce, .. } if *w == worker => Some(("answer", *nonce)),
+            _ => None,
+        };
+        let nonces: Vec<_> = events.iter().filter_map(nonce).collect();
+        matches!(nonces[..], [("commitment", committed), ("answer", answered)] if committed == answered)
+    };
+    for (&worker, behavior) in workers.iter().zip(&behaviors) {
+        assert!(answered(worker), "{behavior}: answered by its leaves, recorded with its commitment");
+        let passed = events.iter().any(|event| {
+            matches!(event, Event::Audit { round: 0, worker: w, verdict: Verdict::Passed, .. } if *w == worker)
+        });
+        assert_eq!(passed, *behavior == Behavior::Honest, "{behavior}");
+        let slashed =
+            events.iter().any(|event| matches!(event, Event::Slash { worker: w, .. } if *w == worker));
+        assert_eq!(slashed, *behavior != Behavior::Honest, "{behavior}");
+    }
+    assert!(
+        events.iter().any(|event| matches!(event, Event::RoundClosed { round: 0, .. })),
+        "the round closed"
+    );
 }

@@ -608,6 +608,7 @@ pub async fn run_worker(
                         commit_path: path,
                         assignment: assignment.clone(),
                         produced,
+                        with_boundaries: replays_from_start(&run),
                     };
                     in_flight.push(InFlight { round, task: tokio::spawn(settling.run()) });
                     last_done = Some(round);
@@ -616,7 +617,7 @@ pub async fn run_worker(
                 let committing = Instant::now();
                 let mut produced = produced;
                 let (answer, body) = loop {
-                    let body = serde_json::to_vec(&produced.commitment()).expect("commitments serialise");
+                    let body = commit_body(&produced, replays_from_start(&run));
                     let answer = send_commitment(&client, &path, &body, &view).await?;
                     // The coordinator's chain does not end where ours does
                     // (our residual file is older than our last accepted
@@ -837,6 +838,22 @@ async fn settle_finished(
     Ok(())
 }
 
+/// Whether `run` replays audits from the round's start (`audit.replay =
+/// "from-start"`): then commitments carry their boundary leaves, and the
+/// coordinator needs no answer to an audit (it records the leaves as its
+/// answer at once, so no view asks for one).
+fn replays_from_start(run: &RunInfo) -> bool {
+    run.config.audit.replay == crowdtrain_protocol::config::AuditReplay::FromStart
+}
+
+/// The body of a commitment's request: the commitment, with its boundary
+/// leaves `with_boundaries` ([`crowdtrain_protocol::wire::CommitBody`]).
+fn commit_body(produced: &Produced, with_boundaries: bool) -> Vec<u8> {
+    let boundaries = if with_boundaries { produced.hashes.clone() } else { Vec::new() };
+    let body = crowdtrain_protocol::wire::CommitBody { commitment: produced.commitment(), boundaries };
+    serde_json::to_vec(&body).expect("commitments serialise")
+}
+
 /// Everything a trained round needs to be settled beside the next round's
 /// training: its commitment, its audit answer if drawn at commit, its
 /// reveal once its commit phase is over, and a delegated audit's answer
@@ -853,6 +870,8 @@ struct Settling {
     commit_path: String,
     assignment: crowdtrain_protocol::Assignment,
     produced: Arc<Produced>,
+    /// The commitment carries its boundary leaves ([`commit_body`]).
+    with_boundaries: bool,
 }
 
 impl Settling {
@@ -941,7 +960,7 @@ impl Settling {
         let (client, coordinator) = (self.client.as_ref(), &self.coordinator);
         let round = self.assignment.round;
         let answers = self.behavior != Behavior::NoAnswer;
-        let body = serde_json::to_vec(&self.produced.commitment()).expect("commitments serialise");
+        let body = commit_body(&self.produced, self.with_boundaries);
         let answer = send_commitment(client, &self.commit_path, &body, &self.view).await?;
         let receipt = receipt(&answer, coordinator)?;
         let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
