@@ -143,9 +143,8 @@ struct DilocoArgs {
     /// delay`): 0 is plain DiLoCo, every round waits for the previous
     /// round's outer step; 1 trains round r from the model before round
     /// r - 1's step, so a networked worker never waits for the network, and
-    /// applies its update to the newest model; 2 (simulation only: a
-    /// networked run takes 0 or 1) trains round r from the model before
-    /// round r - 2's step, hiding two rounds of compute.
+    /// applies its update to the newest model; 2 trains round r from the
+    /// model before round r - 2's step, hiding two rounds of compute.
     #[arg(long, default_value_t = 0)]
     outer_delay: u32,
 
