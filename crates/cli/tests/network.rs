@@ -819,3 +819,57 @@ fn registrations_without_a_class_and_audit_tasks_for_nobody_are_refused_and_chan
     };
     assert_eq!(unseen(after), unseen(before), "nothing changed");
 }
+
+#[test]
+fn an_audit_answer_signed_before_a_later_post_is_still_taken() {
+    // Goal: a worker sends its audit answer beside its other posts (a
+    // large upload that the small ones must not wait behind), so a post
+    // signed after the answer can be accepted before it arrives. The
+    // answer must still be taken: an answer is taken at most once, for a
+    // pending audit, so it is not held to the nonce order (under load an
+    // honest worker's answer was refused as replayed three times over and
+    // the worker slashed). Method: one hand-driven worker, every submission
+    // audited; it commits, signs its answer, reveals with a later nonce
+    // (accepted), and only then sends the answer: taken (its made-up
+    // proofs then fail the audit); the same nonce on a reveal is refused.
+    let mut network =
+        Network::new(1, 12, 1.0, "min_workers = 1\nquorum = 1\ndeadline_ms = 60000\nreveal_ms = 60000");
+    network.start_coordinator();
+    let hand = HandWorker::join(&network, 43);
+    let assignment = loop {
+        if let Some(assignment) = hand.view().assignment {
+            break assignment;
+        }
+    };
+    let (round, base) = (assignment.round, assignment.base_model);
+    let update = hand.update(1e-3);
+    let (status, body) = hand.commit(round, &base, &update);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let segment = loop {
+        let view = hand.view();
+        if view.phase == Phase::Revealing {
+            break view.audit.expect("every submission is audited");
+        }
+    };
+    let proof = crowdtrain_protocol::merkle::Proof { index: 0, leaves: 5, siblings: Vec::new() };
+    let answer = crowdtrain_protocol::wire::AuditAnswer {
+        segment,
+        start_state: Vec::new(),
+        start_proof: proof.clone(),
+        end_hash: Digest::of(b"a made-up end state"),
+        end_proof: proof,
+        residual_in: Vec::new(),
+    };
+    let answer = postcard::to_allocvec(&answer).unwrap();
+    let signed_first = hand.nonce();
+    let reveal = hand.path("reveals", round, &base);
+    let (status, body) = hand.send("POST", &reveal, update.clone(), hand.nonce(), hand.run.run_id);
+    assert_eq!(status, 200, "the reveal, signed after the answer: {}", String::from_utf8_lossy(&body));
+    let audits = hand.path("audits", round, &base);
+    let taken = hand.send("POST", &audits, answer, signed_first, hand.run.run_id);
+    assert_eq!(taken.0, 200, "the answer signed before the reveal: {}", String::from_utf8_lossy(&taken.1));
+    let receipt = serde_json::from_slice::<Signed<Receipt>>(&taken.1).unwrap().body;
+    assert_eq!(receipt.status, ReceiptStatus::Failed, "its made-up proofs do not hold");
+    let again = hand.send("POST", &reveal, update, signed_first, hand.run.run_id);
+    assert_eq!(refusal(&again).1, ErrorCode::Replayed, "an ordered post keeps the nonce order");
+}

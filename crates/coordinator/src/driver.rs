@@ -167,8 +167,10 @@ pub struct Batch {
     pub events: Vec<Event>,
     /// The bytes of the uploads recorded with them.
     pub received_bytes: u64,
-    /// Rounds that closed with a result.
-    pub committed: Vec<RoundId>,
+    /// Rounds that closed with a result, with that result (the model each
+    /// closed on: two rounds can close in one batch, when a round opened
+    /// ahead was settled before the round before it closed).
+    pub committed: Vec<(RoundId, Digest)>,
     /// The run finished.
     pub finished: bool,
     /// A round or phase changed (the timer must look at the machine's next
@@ -592,7 +594,7 @@ impl<T: Training> Driver<T> {
                             self.training.advance(next.global, next.model);
                             self.defense.commit(pending.decision);
                             tracing::info!(round, accepted = accepted.len(), model = %result_model, "round closed");
-                            batch.committed.push(*round);
+                            batch.committed.push((*round, *result_model));
                         }
                         Event::RoundFailed { round, reason, .. } => {
                             tracing::warn!(round, %reason, "round failed");

@@ -1542,14 +1542,20 @@ impl Coordinator {
     }
 
     /// Checks that a request comes from a registered worker with a fresh
-    /// nonce. `state_changing` requests must also carry a nonce above the
-    /// last one accepted from this worker. Changes nothing.
+    /// nonce. `ordered` requests (every state-changing one whose effect
+    /// could depend on its order: commitments, reveals, reports) must also
+    /// carry a nonce above the last one accepted from this worker, so a
+    /// captured one cannot be replayed. An audit answer is not ordered: it
+    /// is taken at most once, for an audit still pending, so a replay
+    /// changes nothing, and a worker sends it beside its other posts (a
+    /// large upload the small ones must not wait behind), where a post
+    /// signed after it may well arrive first. Changes nothing.
     pub fn authenticate(
         &self,
         now: u64,
         key: &PublicKey,
         nonce: u64,
-        state_changing: bool,
+        ordered: bool,
     ) -> Result<WorkerId, Refusal> {
         let worker = self.known(key)?;
         let nonce_ms = nonce / 1000;
@@ -1565,7 +1571,7 @@ impl Coordinator {
             ));
         }
         let last = self.workers[&worker].last_nonce;
-        if state_changing && nonce <= last {
+        if ordered && nonce <= last {
             return Err(Refusal::new(
                 ErrorCode::Replayed,
                 format!("replayed request: nonce {nonce} is not above the last accepted nonce {last}"),

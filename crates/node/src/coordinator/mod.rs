@@ -420,10 +420,11 @@ impl Node {
     }
 
     /// Checks a state-changing request's key and nonce (the signature was
-    /// verified already): the worker it comes from. Changes nothing.
-    fn authenticate(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
+    /// verified already; `ordered`: see `Coordinator::authenticate`): the
+    /// worker it comes from. Changes nothing.
+    fn authenticate(&self, key: &PublicKey, nonce: u64, ordered: bool) -> Result<WorkerId, Failure> {
         let inner = self.lock();
-        Ok(inner.driver.machine.authenticate(self.now(), key, nonce, true)?)
+        Ok(inner.driver.machine.authenticate(self.now(), key, nonce, ordered)?)
     }
 
     /// A signed read (its signature verified): single-use, and marks its
@@ -916,7 +917,7 @@ impl Node {
             inner.driver.store.set_overhead(round, milliseconds)?;
             self.metrics.overhead(milliseconds);
         }
-        for round in batch.committed {
+        for (round, result_model) in batch.committed {
             let timed_ahead = inner.opened_ahead_of.take_if(|after| *after == round).is_some();
             if !timed_ahead
                 && let Some((closing, started)) = inner.closing_started
@@ -929,7 +930,7 @@ impl Node {
             let downloaded = self.bytes_downloaded.load(Ordering::Relaxed);
             let before = self.downloaded_at_close.swap(downloaded, Ordering::Relaxed);
             inner.driver.store.set_downloads(round, downloaded.saturating_sub(before))?;
-            self.schedule_evaluation(round, inner.driver.training.global_model);
+            self.schedule_evaluation(round, result_model);
             self.schedule_scoring(round);
         }
         if batch.finished {

@@ -1092,7 +1092,11 @@ fn the_driver_alone_runs_audited_rounds_on_the_callers_thread_to_the_simulations
             driver.reveal(sent, base, digest, Ok(values), &payloads, &mut shell).unwrap();
         }
         let batch = driver.take_batch();
-        assert_eq!(batch.committed, vec![round], "the last reveal closed the round");
+        assert_eq!(
+            batch.committed,
+            vec![(round, driver.training.global_model)],
+            "the last reveal closed the round, on the model now global"
+        );
         assert!(driver.take_batch().events.is_empty(), "taken once");
     }
     assert_eq!(driver.machine.phase(), Phase::Finished);
