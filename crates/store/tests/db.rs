@@ -51,9 +51,15 @@ fn registered(worker: u64, class: &str) -> Event {
 
 /// A run with two workers in round 0, both committed, worker 1 drawn for
 /// an audit that worker 0 replays.
-fn populated(path: &std::path::Path) -> Store {
+/// A store with the run created, nothing else recorded.
+fn started(path: &std::path::Path) -> Store {
     let mut store = Store::open(path).unwrap();
     store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    store
+}
+
+fn populated(path: &std::path::Path) -> Store {
+    let mut store = started(path);
     let events = [
         registered(0, "avx2-fma"),
         registered(1, "portable"),
@@ -573,8 +579,7 @@ fn an_answer_two_audits_share_is_kept_until_both_passed() {
     // named twice. Pruning it when the victim's audit passes would lose the
     // copier's undecided audit its answer, and a failed audit its evidence.
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("state.sqlite")).unwrap();
-    store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    let mut store = started(&dir.path().join("state.sqlite"));
     let shared = Digest::of(b"the victim's answer");
     let commit = |worker: u64| Event::Commitment {
         round: 0,
@@ -646,8 +651,7 @@ fn a_delegated_pass_keeps_its_answer_while_its_round_is_open_and_yields_to_the_c
     // passed (the pass proves nothing about copies): the answer must stay
     // for that replay, and the coordinator's verdict replaces the auditor's.
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("state.sqlite")).unwrap();
-    store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    let mut store = started(&dir.path().join("state.sqlite"));
     let answer = Digest::of(b"the copier's answer");
     let draw = |auditors: Vec<(WorkerId, WorkerId)>| Event::AuditDraw {
         round: 0,
