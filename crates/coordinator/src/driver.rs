@@ -76,6 +76,11 @@ pub struct Driver<T: Training = ModelTraining> {
     /// The open round's accepted reveals, decoded as they arrived (with the
     /// digests of their bytes), so closing the round reads nothing back.
     decoded: HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
+    /// Audits of live rounds that a delegated auditor passed: their answers
+    /// stay until the round ends, for the coordinator to replay if a
+    /// contest re-audits them ([`Self::proven`]); pruned then (and, after
+    /// a restart, by [`Training::open`]'s sweep).
+    delegated_passes: Vec<(RoundId, WorkerId)>,
     /// What the batches carried out since the shell last looked did
     /// ([`Driver::take_batch`]).
     batch: Batch,
@@ -268,6 +273,7 @@ impl<T: Training> Driver<T> {
             defense,
             pending: None,
             decoded: Default::default(),
+            delegated_passes: Vec::new(),
             batch: Batch::default(),
         }
     }
@@ -606,10 +612,18 @@ impl<T: Training> Driver<T> {
                             tracing::info!(model = %final_model, "run finished");
                             batch.finished = true;
                         }
-                        Event::Audit { round, worker, verdict, .. } if verdict.passed() => {
-                            passed.push((*round, *worker));
+                        Event::Audit { round, worker, verdict, judged_by, .. } if verdict.passed() => {
+                            match judged_by {
+                                None => passed.push((*round, *worker)),
+                                Some(_) => self.delegated_passes.push((*round, *worker)),
+                            }
                         }
                         _ => {}
+                    }
+                    if let Event::RoundClosed { round, .. } | Event::RoundFailed { round, .. } = &event {
+                        // No contest re-audits them any more.
+                        let ended = *round;
+                        passed.extend(self.delegated_passes.extract_if(.., |(held, _)| *held <= ended));
                     }
                     // A commitment may end the commit phase early: the timer
                     // must look at the machine's next deadline again.
@@ -727,10 +741,16 @@ impl<T: Training> Driver<T> {
             .map(|pending| pending.contested.clone())
     }
 
-    /// The workers of the open round `round` whose replay audit passed
-    /// (and, for a `bet` on pending audits, whose answer the driver is
-    /// replaying: the bet is that it passes): their updates are their own
-    /// work, which decides a pair of copies ([`crowdtrain_defense::checks`]).
+    /// The workers of the open round `round` whose audit the coordinator's
+    /// own replay passed (and, for a `bet` on pending audits, whose answer
+    /// the driver is replaying itself: the bet is that it passes): their
+    /// updates are their own work, which decides a pair of copies
+    /// ([`crowdtrain_defense::checks`]). A delegated auditor's pass does
+    /// not count: a copier's colluding auditor would vouch for the copy and
+    /// have the honest original refused; such a pair is contested instead,
+    /// and the coordinator replays both ([`Coordinator::handle_contested`]).
+    ///
+    /// [`Coordinator::handle_contested`]: crowdtrain_protocol::coordinator::Coordinator::handle_contested
     fn proven(&self, round: RoundId, bet: bool) -> std::collections::BTreeSet<WorkerId> {
         let Some(open) = self.machine.open_round().filter(|open| open.id == round) else {
             return Default::default();
@@ -738,15 +758,15 @@ impl<T: Training> Driver<T> {
         open.standings
             .iter()
             .filter(|(_, standing)| match &standing.verdict {
-                Some(verdict) => verdict.passed(),
-                None => bet && standing.audit.is_some() && standing.answered,
+                Some(_) => standing.passed_by_coordinator(),
+                None => bet && standing.audit.is_some() && standing.answered && standing.auditor.is_none(),
             })
             .map(|(&worker, _)| worker)
             .collect()
     }
 
     /// Checks the accepted updates of `round` (in the order their
-    /// commitments arrived; those proven by a replay decide copies, see
+    /// commitments arrived; those the coordinator's replay proved decide copies, see
     /// [`Self::proven`]), aggregates the ones that pass and takes the outer
     /// step ([`Training::step`]). Nothing changes in memory until the
     /// machine commits the round ([`Pending`]).

@@ -62,7 +62,10 @@
 //!    with every commitment it makes the beacon, which names the auditors
 //!    of delegated audits (announced only now) ([`Event::AuditDraw`]).
 //!    Commitments to the same update or trace as another's are audited too,
-//!    drawn or not, by the coordinator (`contested_updates`).
+//!    drawn or not, by the coordinator (`contested_updates`). Updates the
+//!    driver's checks find to be copies after the reveals are decided by
+//!    the coordinator's own replays only: a delegated auditor's pass
+//!    proves nothing about who copied whom ([`Coordinator::handle_contested`]).
 //! 3. **Reveal phase.** Workers reveal their pseudo-gradients; one that does
 //!    not hash to its commitment is rejected and slashed. Audited workers
 //!    answer with the start state of their segment (if not already); the
@@ -573,9 +576,27 @@ pub struct Standing {
     pub answered: bool,
     /// Whether the driver was asked to replay it itself at the deadline.
     pub judging: bool,
+    /// The delegated auditor that judged `verdict` (from
+    /// [`Event::Audit`]'s `judged_by`); `None` when the coordinator's own
+    /// replay did, or there is no verdict. A delegated pass settles the
+    /// submission but proves nothing about who is a copy (see
+    /// [`Coordinator::handle_contested`]).
+    pub judged_by: Option<WorkerId>,
+    /// The delegated auditor whose pass a contest set aside for the
+    /// coordinator's own replay: if that replay fails the audit, it
+    /// contradicts the auditor's report, which is slashed as any refuted
+    /// report ([`Coordinator::auditor_wrong`]).
+    pub overruled: Option<WorkerId>,
 }
 
 impl Standing {
+    /// Whether the coordinator's own replay passed this audit: a pass that
+    /// decides which of two copies is the original. A delegated auditor's
+    /// pass does not (a copier's colluding auditor would vouch for it).
+    pub fn passed_by_coordinator(&self) -> bool {
+        self.verdict.as_ref().is_some_and(Verdict::passed) && self.judged_by.is_none()
+    }
+
     fn settled(&self) -> bool {
         self.commitment.is_none()
             || self.rejected.is_some()
@@ -899,19 +920,18 @@ impl Coordinator {
     /// when it stopped, so the replays start again at once instead of at
     /// the reveal deadline.
     fn resume_replays(&mut self) {
-        for live in self.open.iter_mut().chain(self.ahead.iter_mut()) {
-            let delegated_later =
-                self.settings.delegate_audits && matches!(live.phase, RoundPhase::Committing { .. });
-            if delegated_later {
-                continue;
-            }
-            for (&worker, standing) in &mut live.standings {
-                let replay = standing.answered && standing.verdict.is_none() && standing.auditor.is_none();
-                if let (true, Some(segment)) = (replay, standing.audit) {
-                    standing.judging = true;
-                    self.actions.push_back(Action::JudgeAudit { round: live.id, worker, segment });
-                }
-            }
+        let rounds: Vec<RoundId> = self
+            .open
+            .iter()
+            .chain(&self.ahead)
+            // Delegated audits get their auditors when the commit phase ends.
+            .filter(|live| {
+                !(self.settings.delegate_audits && matches!(live.phase, RoundPhase::Committing { .. }))
+            })
+            .map(|live| live.id)
+            .collect();
+        for round in rounds {
+            self.judge_answered(round);
         }
     }
 
@@ -1028,8 +1048,17 @@ impl Coordinator {
                 // Mostly drawn with the commitments already; the draw adds
                 // the contested ones.
                 for &(worker, segment) in audits {
-                    open.standings.get_mut(&worker).expect("audited workers have standings").audit =
-                        Some(segment);
+                    let standing = open.standings.get_mut(&worker).expect("audited workers have standings");
+                    standing.audit = Some(segment);
+                    // A contest re-audits a delegated pass by the
+                    // coordinator ([`Coordinator::handle_contested`]): the
+                    // auditor's verdict is set aside until that replay's.
+                    if let Some(auditor) = standing.judged_by.take() {
+                        standing.verdict = None;
+                        standing.auditor = None;
+                        standing.judging = false;
+                        standing.overruled = Some(auditor);
+                    }
                 }
                 for &(audited, auditor) in auditors {
                     open.standings.get_mut(&audited).expect("audited workers have standings").auditor =
@@ -1068,7 +1097,7 @@ impl Coordinator {
                     }
                 }
             }
-            Event::Audit { round, worker, verdict, sender, decided_unix_ms, .. } => {
+            Event::Audit { round, worker, verdict, judged_by, sender, decided_unix_ms, .. } => {
                 if let Some((sender, nonce)) = sender {
                     self.record_nonce(*sender, *nonce, *decided_unix_ms);
                 }
@@ -1080,6 +1109,9 @@ impl Coordinator {
                 }
                 let standing = self.standing_mut(*round, *worker);
                 standing.verdict = Some(verdict.clone());
+                standing.judged_by = *judged_by;
+                // Judged: no replay of it is running any more.
+                standing.judging = false;
                 if !verdict.passed() {
                     standing.rejected.get_or_insert_with(|| failure_reason(verdict));
                 }
@@ -2124,8 +2156,15 @@ impl Coordinator {
 
     /// The driver's checks found copies among the accepted updates of the
     /// round it was asked to close that no replay has told apart
-    /// (`contested`: each copy and its original, neither audited and
-    /// passed; [`crowdtrain_defense`'s `unresolved_copies`]). Order cannot
+    /// (`contested`: each copy and its original, neither passed by the
+    /// coordinator's own replay; [`crowdtrain_defense`'s `unresolved_copies`]).
+    /// A delegated auditor's pass does not count: a copier's colluding
+    /// auditor would vouch for the copy and have the honest original refused
+    /// in its place. Such a member is re-audited by the coordinator on the
+    /// segment already drawn: the draw sets the auditor's verdict aside
+    /// ([`Standing::overruled`]), and the stored answer is replayed at once
+    /// ([`Action::JudgeAudit`]); a failing replay refutes the auditor's
+    /// report, which is slashed as any refuted report. Order cannot
     /// decide which is the copy (a copier that retrains its victim's
     /// public assignment commits first as easily as second), so instead of
     /// closing, the round challenges them: each gets an audit of a segment
@@ -2136,7 +2175,9 @@ impl Coordinator {
     /// and is slashed; an unanswered challenge fails at the deadline, as
     /// any audit; the original passes, is proven, and then stands against
     /// the copy whatever their order. The round closes again once they are
-    /// settled, and pays the proven workers their verified work.
+    /// settled, and pays the proven workers their verified work. Every
+    /// contested worker is accepted and not proven, so it is unaudited or
+    /// holds a delegated pass only: the challenge is never empty.
     pub fn handle_contested(&mut self, now: u64, round: RoundId, contested: &[WorkerId]) {
         self.advance(now);
         let (closing, _) = self.closing.take().expect("handle_contested answers a Close");
@@ -2149,22 +2190,36 @@ impl Coordinator {
             .iter()
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .filter(|worker| open.standings.get(worker).is_some_and(|standing| standing.verdict.is_none()))
+            // Unaudited, or passed by a delegated auditor only: the
+            // coordinator replays it itself.
+            .filter(|worker| {
+                open.standings
+                    .get(worker)
+                    .is_some_and(|standing| standing.verdict.is_none() || standing.judged_by.is_some())
+            })
             .map(|&worker| {
-                let segment = draw_audit(
-                    1.0,
-                    &self.settings,
-                    &self.audit_master,
-                    &self.run_id,
-                    round,
-                    worker,
-                    &commitments[&worker],
-                )
-                .expect("a draw with probability 1 selects");
+                // A re-audit replays the segment already drawn (the answer
+                // in hand is for it); the draw gives it anyway, being keyed
+                // by the commitment alone.
+                let segment = open.standings[&worker].audit.unwrap_or_else(|| {
+                    draw_audit(
+                        1.0,
+                        &self.settings,
+                        &self.audit_master,
+                        &self.run_id,
+                        round,
+                        worker,
+                        &commitments[&worker],
+                    )
+                    .expect("a draw with probability 1 selects")
+                });
                 (worker, segment)
             })
             .collect();
-        assert!(!audits.is_empty(), "a challenge names accepted workers no audit has judged");
+        assert!(
+            !audits.is_empty(),
+            "a challenge names accepted workers the coordinator's replay has not judged (only those go unproven)"
+        );
         let secret = open.secret.expect("a revealing round has published its secret");
         let beacon = audit::beacon(&secret, &self.run_id, round, &commitments);
         self.challenged = Some(round);
@@ -2177,7 +2232,27 @@ impl Coordinator {
             auditors: Vec::new(),
             reveal_deadline_unix_ms,
         });
+        // A re-audited delegated pass was answered already: the driver
+        // replays the stored answer now (a worker that never answered is
+        // asked to, as for any challenge).
+        self.judge_answered(round);
         self.settle();
+    }
+
+    /// Asks the driver to replay the answered audits of live round `round`
+    /// that have no verdict and nobody else replaying them.
+    fn judge_answered(&mut self, round: RoundId) {
+        let live = find_live(&mut self.open, &mut self.ahead, round).expect("a live round");
+        for (&worker, standing) in &mut live.standings {
+            let replay = standing.answered
+                && standing.verdict.is_none()
+                && standing.auditor.is_none()
+                && !standing.judging;
+            if let (true, Some(segment)) = (replay, standing.audit) {
+                standing.judging = true;
+                self.actions.push_back(Action::JudgeAudit { round, worker, segment });
+            }
+        }
     }
 
     /// The driver aggregated the submissions of a [`Action::Speculate`]:
@@ -2365,9 +2440,23 @@ impl Coordinator {
         judged_by: Option<WorkerId>,
         sender: Option<(WorkerId, u64)>,
     ) {
-        let already_rejected = self.standing_mut(round, worker).rejected.is_some();
+        let standing = self.standing_mut(round, worker);
+        let already_rejected = standing.rejected.is_some();
+        let overruled = standing.overruled;
         let failed = !verdict.passed();
         let reason = failure_reason(&verdict);
+        // The coordinator's replay fails an audit a delegated auditor had
+        // passed: the auditor's report is refuted, as in `audit_reported`.
+        if let (Some(auditor), Verdict::Failed(_), None) = (overruled, &verdict, judged_by) {
+            let now = self.now_ms;
+            self.auditor_wrong(
+                now,
+                round,
+                auditor,
+                worker,
+                &crate::judge::auditor_wrong_reason(worker, segment, round),
+            );
+        }
         self.record(Event::Audit {
             round,
             worker,

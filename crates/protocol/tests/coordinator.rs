@@ -728,17 +728,25 @@ type Step = Box<dyn Fn(&mut Coordinator, &[WorkerId])>;
 /// machine restored (at `restored_at`) from what the live one persisted so
 /// far: both must then hold the same live rounds, show every worker the
 /// same, and emit the same actions for the same remaining inputs. The only
-/// thing a restored machine does at once is ask again for an aggregate the
-/// live one was waiting for.
+/// thing a restored machine does at once is ask again for the replays the
+/// live one asked the driver for and has no verdict on ([`Action::JudgeAudit`]),
+/// then for an aggregate the live one was waiting for.
 fn restored_machines_behave_like_the_live_one(settings: &Settings, steps: &[Step], restored_at: u64) {
     for crash_after in 0..steps.len() {
         let (mut live, mut durable, workers) = durable_running(3, settings);
         let mut awaited = None;
+        let mut replaying = BTreeMap::new();
         for step in &steps[..crash_after] {
             step(&mut live, &workers);
             let actions = durable.record(drain(&mut live));
             for action in &actions {
                 match action {
+                    Action::JudgeAudit { round, worker, .. } => {
+                        replaying.insert((*round, *worker), action.clone());
+                    }
+                    Action::Record(Event::Audit { round, worker, .. }) => {
+                        replaying.remove(&(*round, *worker));
+                    }
                     Action::Close { .. } => awaited = Some(action.clone()),
                     // The close became a challenge of copies: no aggregate
                     // is awaited until the round closes again.
@@ -751,7 +759,7 @@ fn restored_machines_behave_like_the_live_one(settings: &Settings, steps: &[Step
             }
         }
         let mut restored = durable.restore(settings.clone(), restored_at);
-        let undone: Vec<Action> = awaited.into_iter().collect();
+        let undone: Vec<Action> = replaying.into_values().chain(awaited).collect();
         assert_eq!(drain(&mut restored), undone, "after {crash_after} steps nothing else was left undone");
         // The early end of a commit phase is not recorded: a restored
         // round sets it again, from its own clock. Nor is the end of the
@@ -919,6 +927,162 @@ fn a_coordinator_that_crashes_anywhere_in_a_challenge_resumes_exactly() {
         }),
         Box::new(|m, _| m.handle_timeout(T0 + 30 + 5_000)),
         Box::new(|m, _| m.handle_aggregated(T0 + 30 + 5_001, 0, Aggregated::all(result(1)))),
+    ]);
+    restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
+}
+
+/// Settings under which, of three workers delegating audits, `copier` is
+/// drawn for audit (and so has an auditor, `auditor`) and `original` is
+/// not: the copy of a colluding pair and the honest update it copies.
+/// One round, so no bet on audits runs alongside.
+fn collusion() -> (Settings, usize, usize, usize) {
+    [0.3, 0.4, 0.5, 0.6, 0.7]
+        .into_iter()
+        .find_map(|audit_probability| {
+            let settings = Settings {
+                rounds: 1,
+                min_workers: 3,
+                audit_probability,
+                delegate_audits: true,
+                ..settings()
+            };
+            let (mut machine, workers) = running(3, settings.clone());
+            for &worker in &workers {
+                commit(&mut machine, T0 + 10, worker, 0).unwrap();
+            }
+            let open = machine.open_round().unwrap();
+            let index = |wanted: WorkerId| workers.iter().position(|&worker| worker == wanted).unwrap();
+            let copier = workers.iter().copied().find(|worker| open.standings[worker].auditor.is_some())?;
+            let original = workers.iter().copied().find(|worker| open.standings[worker].audit.is_none())?;
+            let auditor = open.standings[&copier].auditor.unwrap();
+            Some((settings, index(copier), index(original), index(auditor)))
+        })
+        .expect("one of the probabilities draws one worker and not another")
+}
+
+/// Round 0 of [`collusion`]: every drawn worker answers and its auditor
+/// agrees (the copier's auditor colludes), every worker reveals, and the
+/// driver's checks find the copier's update a near copy of the original's.
+/// The copier holds a delegated pass only, which proves nothing, so the
+/// pair is contested.
+fn colluded_round(copier: usize, original: usize) -> Vec<Step> {
+    let mut steps = round_0_commitments();
+    for index in 0..3 {
+        steps.push(Box::new(move |m, w| {
+            let now = T0 + 20 + index as u64;
+            if m.pending_audit(w[index], 0).is_some() {
+                let auditor =
+                    m.audit_answered(now, w[index], now * 1000 + 2, 0, Digest::of(&[index as u8])).unwrap();
+                let auditor = auditor.expect("every audit of this class is delegated");
+                m.audit_reported(now, 0, auditor, now * 1000 + 3, w[index], ReportCheck::Agrees).unwrap();
+            }
+        }));
+    }
+    for index in 0..3 {
+        steps.push(Box::new(move |m, w| {
+            let _ = reveal(m, T0 + 30 + index as u64, w[index], 0);
+        }));
+    }
+    steps.push(Box::new(move |m, w| m.handle_contested(T0 + 40, 0, &[w[original], w[copier]])));
+    steps
+}
+
+#[test]
+fn a_copy_vouched_for_by_a_colluding_delegated_auditor_is_replayed_by_the_coordinator_and_refused() {
+    let (settings, copier, original, auditor) = collusion();
+    let (mut machine, workers) = running(3, settings);
+    let steps = colluded_round(copier, original);
+    let (contest, before) = steps.split_last().unwrap();
+    for step in before {
+        step(&mut machine, &workers);
+    }
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.last(), Some(Action::Close { accepted, .. }) if accepted == &workers),
+        "{actions:?}"
+    );
+    let open = machine.open_round().unwrap();
+    let vouched = &open.standings[&workers[copier]];
+    assert_eq!(vouched.verdict, Some(Verdict::Passed));
+    assert_eq!(vouched.judged_by, Some(workers[auditor]), "the pass is the auditor's");
+    // The driver counts only the coordinator's own passes as proof: the
+    // copy is not proven, so neither is, and order cannot decide.
+    assert!(!vouched.passed_by_coordinator(), "a delegated pass proves nothing about copies");
+    assert!(!open.standings[&workers[original]].passed_by_coordinator());
+    let segment = vouched.audit.unwrap();
+
+    contest(&mut machine, &workers);
+    let actions = drain(&mut machine);
+    let [
+        Action::Record(Event::AuditDraw { round: 0, audits, auditors, .. }),
+        Action::JudgeAudit { round: 0, worker: replayed, segment: replayed_segment },
+    ] = &actions[..]
+    else {
+        panic!("both are challenged, and the answered copy replayed by the coordinator: {actions:?}");
+    };
+    let challenged: Vec<WorkerId> = audits.iter().map(|(worker, _)| *worker).collect();
+    let mut expected = vec![workers[copier], workers[original]];
+    expected.sort();
+    assert_eq!(challenged, expected, "the delegated pass is audited again");
+    assert!(audits.contains(&(workers[copier], segment)), "on the segment its answer is for");
+    assert!(auditors.is_empty(), "a challenge is never delegated");
+    assert_eq!((*replayed, *replayed_segment), (workers[copier], segment));
+    let open = machine.open_round().unwrap();
+    assert_eq!(open.standings[&workers[copier]].verdict, None, "the auditor's pass is set aside");
+    assert!(
+        machine.delegated_audit(workers[auditor], 0, workers[copier]).is_none(),
+        "the colluding auditor cannot report again"
+    );
+    assert_eq!(machine.answered_audit(0, workers[copier]).map(|(segment, _)| segment), Some(segment));
+
+    // The original answers its challenge and the coordinator's replay
+    // passes it; the copy's stored answer fails the coordinator's replay.
+    let now = T0 + 50;
+    assert_eq!(
+        machine.audit_answered(now, workers[original], now * 1000, 0, Digest::of(b"original")),
+        Ok(None)
+    );
+    machine.audit_result(now, 0, workers[original], Verdict::Passed, None, None).unwrap();
+    assert!(machine.open_round().unwrap().standings[&workers[original]].passed_by_coordinator());
+    assert!(
+        !drain(&mut machine).iter().any(|action| matches!(action, Action::Close { .. })),
+        "the copy's replay is awaited"
+    );
+    let failed = Verdict::Failed("the replay ends elsewhere".into());
+    machine.audit_result(now + 1, 0, workers[copier], failed, None, None).unwrap();
+    let actions = drain(&mut machine);
+    assert!(
+        actions.iter().any(
+            |action| matches!(action, Action::Record(Event::AuditorSlashed { auditor: by, audited, .. })
+            if *by == workers[auditor] && *audited == workers[copier])
+        ),
+        "the refuted report costs the colluding auditor its stake: {actions:?}"
+    );
+    assert!(actions.iter().any(
+        |action| matches!(action, Action::Record(Event::Slash { worker, .. }) if *worker == workers[copier])
+    ));
+    let Some(Action::Close { accepted, .. }) = actions.last() else { panic!("closes again: {actions:?}") };
+    assert!(accepted.contains(&workers[original]), "the original stands");
+    assert!(!accepted.contains(&workers[copier]), "the copy is refused");
+    machine.handle_aggregated(now + 2, 0, Aggregated::all(result(1)));
+    assert_eq!(machine.completed_rounds(), 1);
+}
+
+#[test]
+fn a_coordinator_that_crashes_anywhere_in_a_re_audit_of_a_delegated_pass_resumes_exactly() {
+    let (settings, copier, original, _) = collusion();
+    let mut steps = colluded_round(copier, original);
+    steps.extend::<Vec<Step>>(vec![
+        Box::new(move |m, w| {
+            let now = T0 + 50;
+            m.audit_answered(now, w[original], now * 1000, 0, Digest::of(b"original")).unwrap();
+            m.audit_result(now, 0, w[original], Verdict::Passed, None, None).unwrap();
+        }),
+        Box::new(move |m, w| {
+            let failed = Verdict::Failed("the replay ends elsewhere".into());
+            m.audit_result(T0 + 51, 0, w[copier], failed, None, None).unwrap();
+        }),
+        Box::new(|m, _| m.handle_aggregated(T0 + 52, 0, Aggregated::all(result(1)))),
     ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }

@@ -661,14 +661,19 @@ impl Store {
     /// same file: a copier's answer is bit for bit its victim's when both
     /// are audited on the same segment. Such a file stays while any audit
     /// naming it is undecided (it is still to be replayed) or failed (it is
-    /// the evidence for the slash).
+    /// the evidence for the slash), and while a delegated auditor's pass
+    /// naming it is in a round still open (a contest has the coordinator
+    /// replay it).
     pub fn prunable_answer_digests(&self) -> Result<Vec<Digest>, StoreError> {
         let mut statement = self.connection.prepare(
             "SELECT DISTINCT answer_digest FROM audits AS passed
              WHERE verdict = 'passed' AND answer_digest IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM audits AS other
                                WHERE other.answer_digest = passed.answer_digest
-                                 AND (other.verdict IS NULL OR other.verdict != 'passed'))",
+                                 AND (other.verdict IS NULL OR other.verdict != 'passed'
+                                      OR (other.judged_by IS NOT NULL
+                                          AND EXISTS (SELECT 1 FROM rounds
+                                                      WHERE rounds.id = other.round AND rounds.state = 'open'))))",
         )?;
         let rows = statement.query_map([], |row| Ok(Digest(blob(row, 0)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -681,7 +686,10 @@ impl Store {
         Ok(self.connection.query_row(
             "SELECT EXISTS (SELECT 1 FROM audits WHERE answer_digest = ?1)
                 AND NOT EXISTS (SELECT 1 FROM audits WHERE answer_digest = ?1
-                                AND (verdict IS NULL OR verdict != 'passed'))",
+                                AND (verdict IS NULL OR verdict != 'passed'
+                                     OR (judged_by IS NOT NULL
+                                         AND EXISTS (SELECT 1 FROM rounds
+                                                     WHERE rounds.id = audits.round AND rounds.state = 'open'))))",
             params![&digest.0[..]],
             |row| row.get(0),
         )?)
@@ -1272,7 +1280,7 @@ fn project(
                 expect_one(execute(
                     transaction,
                     "INSERT INTO audits (round, worker, segment, auditor) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (round, worker) DO UPDATE SET auditor = excluded.auditor
+                     ON CONFLICT (round, worker) DO UPDATE SET auditor = COALESCE(excluded.auditor, auditor)
                      WHERE segment = excluded.segment",
                     params![round, worker.0, segment, auditor],
                 )?)?;
@@ -1312,12 +1320,33 @@ fn project(
                 Verdict::Failed(reason) => ("failed", Some(reason.as_str())),
                 Verdict::Unanswered => ("unanswered", None),
             };
+            // A contest has the coordinator replay an audit a delegated
+            // auditor passed: its verdict replaces the auditor's (the
+            // ledger keeps both), and the pass no longer counts, for the
+            // worker nor as the auditor's judgement.
+            let overruled: Option<u64> = transaction
+                .query_row(
+                    "SELECT judged_by FROM audits
+                     WHERE round = ?1 AND worker = ?2 AND verdict IS NOT NULL AND judged_by IS NOT NULL",
+                    params![round, worker.0],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if overruled.is_some() && judged_by.is_some() {
+                return Err(StoreError::Corrupt(format!(
+                    "{worker}'s audit in round {round} is judged twice by delegated auditors"
+                )));
+            }
             expect_one(execute(
                 transaction,
                 "UPDATE audits SET verdict = ?3, reason = ?4, judged_by = ?5, decided_unix_ms = ?6
-                 WHERE round = ?1 AND worker = ?2 AND verdict IS NULL",
+                 WHERE round = ?1 AND worker = ?2 AND (verdict IS NULL OR judged_by IS NOT NULL)",
                 params![round, worker.0, name, reason, judged_by.map(|auditor| auditor.0), decided_unix_ms],
             )?)?;
+            if let Some(auditor) = overruled {
+                add_to_totals(transaction, *worker, "audits_passed = audits_passed - 1", &[])?;
+                add_to_totals(transaction, WorkerId(auditor), "audits_judged = audits_judged - 1", &[])?;
+            }
             let passed = u64::from(*verdict == Verdict::Passed);
             add_to_totals(
                 transaction,

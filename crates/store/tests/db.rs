@@ -51,20 +51,19 @@ fn registered(worker: u64, class: &str) -> Event {
 
 /// A run with two workers in round 0, both committed, worker 1 drawn for
 /// an audit that worker 0 replays.
-fn populated(path: &std::path::Path) -> Store {
+/// A store with the run created, nothing else recorded.
+fn started(path: &std::path::Path) -> Store {
     let mut store = Store::open(path).unwrap();
     store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    store
+}
+
+fn populated(path: &std::path::Path) -> Store {
+    let mut store = started(path);
     let events = [
         registered(0, "avx2-fma"),
         registered(1, "portable"),
-        Event::RoundOpened {
-            round: 0,
-            base_model: Digest::of(b"m0"),
-            participants: vec![WorkerId(0), WorkerId(1)],
-            opened_unix_ms: 12,
-            commit_deadline_unix_ms: 99,
-            secret_commitment: Digest::of(b"s"),
-        },
+        round_0_opened(&[0, 1]),
         Event::Commitment {
             round: 0,
             worker: WorkerId(0),
@@ -580,8 +579,7 @@ fn an_answer_two_audits_share_is_kept_until_both_passed() {
     // named twice. Pruning it when the victim's audit passes would lose the
     // copier's undecided audit its answer, and a failed audit its evidence.
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("state.sqlite")).unwrap();
-    store.create_run(&record(), Digest::of(b"{}"), &coordinator()).unwrap();
+    let mut store = started(&dir.path().join("state.sqlite"));
     let shared = Digest::of(b"the victim's answer");
     let commit = |worker: u64| Event::Commitment {
         round: 0,
@@ -645,6 +643,83 @@ fn an_answer_two_audits_share_is_kept_until_both_passed() {
     store.record(22, &[judged(1, Verdict::Failed("copied".into()))], &[], &coordinator()).unwrap();
     assert!(!store.answer_prunable(&shared).unwrap(), "the failed audit's evidence stays");
     assert_eq!(store.prunable_answer_digests().unwrap(), vec![Digest::of(b"an honest answer")]);
+}
+
+#[test]
+fn a_delegated_pass_keeps_its_answer_while_its_round_is_open_and_yields_to_the_coordinators_verdict() {
+    // A contest has the coordinator replay an audit a delegated auditor
+    // passed (the pass proves nothing about copies): the answer must stay
+    // for that replay, and the coordinator's verdict replaces the auditor's.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = started(&dir.path().join("state.sqlite"));
+    let answer = Digest::of(b"the copier's answer");
+    let draw = |auditors: Vec<(WorkerId, WorkerId)>| Event::AuditDraw {
+        round: 0,
+        secret: [1; 32],
+        beacon: Digest::of(b"b"),
+        audits: vec![(WorkerId(0), 1)],
+        auditors,
+        reveal_deadline_unix_ms: 200,
+    };
+    let judged = |verdict: Verdict, judged_by: Option<WorkerId>| Event::Audit {
+        round: 0,
+        worker: WorkerId(0),
+        segment: 1,
+        verdict,
+        judged_by,
+        sender: None,
+        decided_unix_ms: 21,
+    };
+    let events = [
+        registered(0, "portable"),
+        registered(1, "portable"),
+        round_0_opened(&[0, 1]),
+        Event::Commitment {
+            round: 0,
+            worker: WorkerId(0),
+            commitment: commitment(0),
+            status: Recorded::Accepted,
+            audit: Some(1),
+            nonce: 300,
+            received_unix_ms: 13,
+        },
+        draw(vec![(WorkerId(0), WorkerId(1))]),
+        Event::AuditAnswered { round: 0, worker: WorkerId(0), answer, nonce: 400, received_unix_ms: 20 },
+        judged(Verdict::Passed, Some(WorkerId(1))),
+    ];
+    store.record(15, &events, &[], &coordinator()).unwrap();
+    store.check_worker_totals().unwrap();
+    assert!(!store.answer_prunable(&answer).unwrap(), "a contest may still have the coordinator replay it");
+    assert!(store.prunable_answer_digests().unwrap().is_empty());
+    // The contest draws it again (for the coordinator, no auditor), and
+    // the coordinator's replay fails it.
+    let contest = [draw(vec![]), judged(Verdict::Failed("not its training".into()), None)];
+    store.record(30, &contest, &[], &coordinator()).unwrap();
+    store.check_worker_totals().unwrap();
+    let statuses = store.worker_statuses().unwrap();
+    assert_eq!(
+        (statuses[0].audits_passed, statuses[0].audits_failed),
+        (0, 1),
+        "judged once, by the coordinator"
+    );
+    assert_eq!(statuses[1].audits_judged, 0, "the auditor's overruled pass is not a judgement");
+    assert_eq!(store.audit_answer_digest(0, WorkerId(0)).unwrap(), answer);
+    // A second delegated verdict on the same audit is not a record the
+    // machine makes: refused, nothing written.
+    let again = store.record(31, &[judged(Verdict::Passed, Some(WorkerId(1)))], &[], &coordinator());
+    assert!(again.is_err());
+}
+
+/// Round 0 opened with `participants`.
+fn round_0_opened(participants: &[u64]) -> Event {
+    Event::RoundOpened {
+        round: 0,
+        base_model: Digest::of(b"m0"),
+        participants: participants.iter().copied().map(WorkerId).collect(),
+        opened_unix_ms: 12,
+        commit_deadline_unix_ms: 99,
+        secret_commitment: Digest::of(b"s"),
+    }
 }
 
 fn model_rewarded(worker: u64, delivered: bool) -> Event {
