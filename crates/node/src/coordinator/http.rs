@@ -673,12 +673,15 @@ struct RoundPost {
 /// Checks everything every round POST needs, in the order that costs an
 /// unauthenticated sender least: the round in the path, the optional base
 /// model, the signature over the declared body, a registered key with a
-/// fresh nonce, the declared size, a free upload slot; only then reads the
-/// body (see [`read_body`]). Changes nothing.
+/// fresh nonce (above the last one, if `ordered`: every post but an audit
+/// answer, see `Coordinator::authenticate`), the declared size, a free
+/// upload slot; only then reads the body (see [`read_body`]). Changes
+/// nothing.
 #[allow(clippy::too_many_arguments)]
 async fn round_post(
     node: &Arc<Node>,
     limits: &Arc<RequestLimits>,
+    ordered: bool,
     path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
     query: Result<Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
     method: &Method,
@@ -710,7 +713,7 @@ async fn round_post(
     let key: PublicKey = auth.worker;
     let worker = {
         let node = Arc::clone(node);
-        blocking(move || node.authenticate(&key, auth.nonce)).await?
+        blocking(move || node.authenticate(&key, auth.nonce, ordered)).await?
     };
     net::participant_authenticated();
     let limit = node.config.limits.max_upload_bytes;
@@ -755,7 +758,7 @@ async fn commitment(
     body: Body,
 ) -> Response {
     let result = async {
-        let post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
+        let post = round_post(&node, &limits, true, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
         let body: CommitBody = serde_json::from_slice(&post.body).map_err(|error| {
             Failure::new(ErrorCode::BadRequest, format!("the commitment does not parse: {error}"))
@@ -780,7 +783,7 @@ async fn reveal(
     body: Body,
 ) -> Response {
     let result = async {
-        let mut post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
+        let mut post = round_post(&node, &limits, true, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
         let body =
             posted_bytes(&node, &mut post, |worker, digest| BlobKey::Update { worker, digest }).await?;
@@ -846,7 +849,8 @@ async fn audit_answer(
     body: Body,
 ) -> Response {
     let result = async {
-        let mut post = round_post(&node, &limits, path, query, &method, &uri, &headers, body).await?;
+        // Not ordered: sent beside the worker's other posts (Coordinator::authenticate).
+        let mut post = round_post(&node, &limits, false, path, query, &method, &uri, &headers, body).await?;
         let body =
             posted_bytes(&node, &mut post, |worker, digest| BlobKey::Answer { worker, digest }).await?;
         let RoundPost { worker, nonce, round, _slot, .. } = post;
@@ -931,7 +935,8 @@ async fn audit_report(
             Ok(Path(pair)) => pair,
             Err(rejection) => return Err(Failure::new(ErrorCode::BadRequest, rejection.body_text())),
         };
-        let post = round_post(&node, &limits, Ok(Path(round)), query, &method, &uri, &headers, body).await?;
+        let post =
+            round_post(&node, &limits, true, Ok(Path(round)), query, &method, &uri, &headers, body).await?;
         let RoundPost { worker, nonce, round, body, _slot, .. } = post;
         let receipt = blocking(move || {
             node.audit_report(worker, nonce, round, crowdtrain_protocol::WorkerId(audited), &body)
