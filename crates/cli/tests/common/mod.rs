@@ -799,21 +799,18 @@ impl Network {
 
     /// Sets `audit.replay = "from-start"` in the run's configuration.
     pub fn replay_from_start(&self) {
-        let config = std::fs::read_to_string(self.path("run.toml")).unwrap();
-        std::fs::write(
-            self.path("run.toml"),
-            config.replace("[audit]\n", "[audit]\nreplay = \"from-start\"\n"),
-        )
-        .unwrap();
+        self.set_audit("replay = \"from-start\"");
     }
 
     /// Sets `audit.auditors = "workers"` in the run's configuration.
     pub fn delegate_audits(&self) {
+        self.set_audit("auditors = \"workers\"");
+    }
+
+    /// Adds `line` to the `[audit]` section of the run's configuration.
+    fn set_audit(&self, line: &str) {
         let config = std::fs::read_to_string(self.path("run.toml")).unwrap();
-        std::fs::write(
-            self.path("run.toml"),
-            config.replace("[audit]\n", "[audit]\nauditors = \"workers\"\n"),
-        )
-        .unwrap();
+        std::fs::write(self.path("run.toml"), config.replace("[audit]\n", &format!("[audit]\n{line}\n")))
+            .unwrap();
     }
 }
