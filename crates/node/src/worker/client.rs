@@ -87,10 +87,11 @@ pub struct Client {
 
 /// A request refused as replayed is signed again and sent this many more
 /// times at most: two reads in flight at once (the next round's view and a
-/// background reveal's wait for its phase), or a post sent beside the
-/// others ([`Sequence::Beside`]) and one sent in turn, can arrive in the
-/// other order than they were signed, and a refusal as replayed comes
-/// before the coordinator changes anything.
+/// background reveal's wait for its phase) can arrive in the other order
+/// than they were signed, and a refusal as replayed comes before the
+/// coordinator changes anything. (A post sent beside the others,
+/// [`Sequence::Beside`], is an audit answer, which the coordinator does not
+/// hold to the nonce order: see `Coordinator::authenticate`.)
 const REPLAYED_RETRIES: u32 = 3;
 
 impl Client {
