@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use crowdtrain_protocol::wire::{ErrorCode, LedgerPage, Phase, Receipt, ReceiptStatus};
+use crowdtrain_protocol::wire::{
+    AUTH_HEADER, BODY_HEADER, ErrorCode, LedgerPage, Phase, RUN_HEADER, Receipt, ReceiptStatus,
+};
 use crowdtrain_protocol::{Digest, Identity, RequestAuth, Signed};
 use crowdtrain_train::{Broadcast, Codec, Encode, Nesterov};
 
@@ -860,16 +862,35 @@ fn an_audit_answer_signed_before_a_later_post_is_still_taken() {
         end_proof: proof,
         residual_in: Vec::new(),
     };
-    let answer = postcard::to_allocvec(&answer).unwrap();
+    let answer: Vec<u8> = postcard::to_allocvec(&answer).unwrap();
     let signed_first = hand.nonce();
     let reveal = hand.path("reveals", round, &base);
     let (status, body) = hand.send("POST", &reveal, update.clone(), hand.nonce(), hand.run.run_id);
     assert_eq!(status, 200, "the reveal, signed after the answer: {}", String::from_utf8_lossy(&body));
     let audits = hand.path("audits", round, &base);
-    let taken = hand.send("POST", &audits, answer, signed_first, hand.run.run_id);
+    let taken = hand.send("POST", &audits, answer.clone(), signed_first, hand.run.run_id);
     assert_eq!(taken.0, 200, "the answer signed before the reveal: {}", String::from_utf8_lossy(&taken.1));
     let receipt = serde_json::from_slice::<Signed<Receipt>>(&taken.1).unwrap().body;
     assert_eq!(receipt.status, ReceiptStatus::Failed, "its made-up proofs do not hold");
     let again = hand.send("POST", &reveal, update, signed_first, hand.run.run_id);
     assert_eq!(refusal(&again).1, ErrorCode::Replayed, "an ordered post keeps the nonce order");
+    // A replay of the answer, which is not held to the nonce order, is
+    // refused on its headers: its body is never read.
+    let auth = RequestAuth::sign(&hand.identity, &hand.run.run_id, "POST", &audits, signed_first, &answer);
+    let port = network.url().rsplit(':').next().unwrap().to_owned();
+    let mut replay = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    let head = format!(
+        "POST {audits} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n{AUTH_HEADER}: {}\r\n{RUN_HEADER}: {}\r\n\
+         {BODY_HEADER}: {}\r\n\r\n",
+        answer.len(),
+        auth.to_header(),
+        hand.run.run_id.to_hex(),
+        HandWorker::declare(&answer),
+    );
+    std::io::Write::write_all(&mut replay, head.as_bytes()).unwrap();
+    replay.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answered = String::new();
+    let _ = std::io::Read::read_to_string(&mut replay, &mut answered);
+    assert!(answered.starts_with("HTTP/1.1 409"), "refused before its body is sent: {answered}");
+    assert!(answered.contains("no pending audit"), "{answered}");
 }

@@ -715,6 +715,12 @@ async fn round_post(
         let node = Arc::clone(node);
         blocking(move || node.authenticate(&key, auth.nonce, ordered)).await?
     };
+    if !ordered {
+        // An unordered post (an audit answer) may be a replay of one taken
+        // already: refused on its headers, it costs no more than they do.
+        let node = Arc::clone(node);
+        blocking(move || node.expect_answer(worker, round)).await?;
+    }
     net::participant_authenticated();
     let limit = node.config.limits.max_upload_bytes;
     if declared.length > limit {

@@ -427,6 +427,20 @@ impl Node {
         Ok(inner.driver.machine.authenticate(self.now(), key, nonce, ordered)?)
     }
 
+    /// Refuses an audit answer from `worker` for `round` unless one is
+    /// pending (the machine refuses it again, with the same reason, when
+    /// it comes to record it). Changes nothing.
+    fn expect_answer(&self, worker: WorkerId, round: RoundId) -> Result<(), Failure> {
+        let inner = self.lock();
+        match inner.driver.machine.pending_audit(worker, round) {
+            Some(_) => Ok(()),
+            None => Err(Failure::new(
+                ErrorCode::NotAudited,
+                format!("{worker} has no pending audit in round {round}"),
+            )),
+        }
+    }
+
     /// A signed read (its signature verified): single-use, and marks its
     /// worker as seen.
     fn read(&self, key: &PublicKey, nonce: u64) -> Result<WorkerId, Failure> {
