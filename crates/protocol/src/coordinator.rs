@@ -820,9 +820,19 @@ pub struct Coordinator {
     /// replayed.
     speculation: Option<Speculation>,
     /// The open round whose close became a challenge of copies
-    /// ([`Coordinator::handle_contested`]): its absentees were marked when
-    /// it first closed, and are not marked twice.
+    /// ([`Coordinator::handle_contested`]) in this process: its absentees
+    /// were marked when it first closed, and are not marked twice.
+    /// Deliberately not rebuilt by [`Coordinator::restore`]: the challenge
+    /// itself is (its second [`Event::AuditDraw`]), but the marks are not
+    /// recorded (a restarted coordinator starts everyone afresh), so a
+    /// restored process has marked nobody and marks the absentees once, at
+    /// its own close, as the process that died did.
     challenged: Option<RoundId>,
+    /// The latest time the recorded events name (a commitment's arrival,
+    /// a verdict, a close, ...): the coordinator was up then. A restore
+    /// tells from it a reveal window that ended before the crash (kept
+    /// closed) from one the outage cut short (opened again whole).
+    recorded_until_ms: u64,
     next_round: RoundId,
     completed_rounds: u64,
     model: Digest,
@@ -857,6 +867,7 @@ impl Coordinator {
             past: BTreeMap::new(),
             speculation: None,
             challenged: None,
+            recorded_until_ms: 0,
             next_round: 0,
             completed_rounds: 0,
             model: initial_model,
@@ -907,9 +918,23 @@ impl Coordinator {
     /// unanswered (slashed) for honest workers. Not recorded, like
     /// `last_seen_ms`: a restored machine is a function of the events and
     /// the time, and the verdicts the window leads to are recorded.
+    ///
+    /// A window that had ended before the crash (its deadline no later than
+    /// the last time the events name, when the coordinator was up and its
+    /// timer had the deadline) is not opened again: no outage cut it, and
+    /// reopening it would let a restart change what counts (a round opened
+    /// ahead would take as accepted a reveal it had refused as late, the
+    /// open round one it would have closed without). It keeps its recorded
+    /// deadline, and a round opened ahead stays past its reveal phase
+    /// ([`OpenRound::reveal_over`]; its unanswered audits were judged then).
     fn reopen_reveal_window(&mut self, now: u64) {
+        let open_id = self.open.as_ref().map(|open| open.id);
         for live in self.open.iter_mut().chain(self.ahead.iter_mut()) {
             if let RoundPhase::Revealing { deadline_ms } = &mut live.phase {
+                if *deadline_ms <= self.recorded_until_ms {
+                    live.reveal_over = Some(live.id) != open_id;
+                    continue;
+                }
                 *deadline_ms = (*deadline_ms).max(now + self.settings.reveal_ms);
             }
         }
@@ -947,6 +972,9 @@ impl Coordinator {
     /// What `event` changes in the machine, live or replayed.
     fn apply(&mut self, event: &Event) {
         self.collateral.apply(event);
+        if let Some(at) = self.recorded_at(event) {
+            self.recorded_until_ms = self.recorded_until_ms.max(at);
+        }
         match event {
             Event::RunStarted { .. }
             | Event::BondDeposited { .. }
@@ -1126,6 +1154,25 @@ impl Coordinator {
             }
             Event::RoundFailed { round, .. } => self.end_open_round(*round),
             Event::RunFinished { .. } => self.finished = true,
+        }
+    }
+
+    /// When `event` was recorded, if it says: the time of the input that
+    /// recorded it (a draw's, from the reveal deadline it set).
+    fn recorded_at(&self, event: &Event) -> Option<u64> {
+        match event {
+            Event::WorkerRegistered { registered_unix_ms: at, .. }
+            | Event::RoundOpened { opened_unix_ms: at, .. }
+            | Event::Commitment { received_unix_ms: at, .. }
+            | Event::AuditAnswered { received_unix_ms: at, .. }
+            | Event::Reveal { received_unix_ms: at, .. }
+            | Event::Audit { decided_unix_ms: at, .. }
+            | Event::RoundClosed { closed_unix_ms: at, .. }
+            | Event::RoundFailed { closed_unix_ms: at, .. } => Some(*at),
+            Event::AuditDraw { reveal_deadline_unix_ms, .. } => {
+                Some(reveal_deadline_unix_ms.saturating_sub(self.settings.reveal_ms))
+            }
+            _ => None,
         }
     }
 

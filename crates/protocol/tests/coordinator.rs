@@ -732,8 +732,18 @@ type Step = Box<dyn Fn(&mut Coordinator, &[WorkerId])>;
 /// live one asked the driver for and has no verdict on ([`Action::JudgeAudit`]),
 /// then for an aggregate the live one was waiting for.
 fn restored_machines_behave_like_the_live_one(settings: &Settings, steps: &[Step], restored_at: u64) {
+    restored_machines_of_workers_behave_like_the_live_one(3, settings, steps, restored_at);
+}
+
+/// [`restored_machines_behave_like_the_live_one`] with `count` workers.
+fn restored_machines_of_workers_behave_like_the_live_one(
+    count: u8,
+    settings: &Settings,
+    steps: &[Step],
+    restored_at: u64,
+) {
     for crash_after in 0..steps.len() {
-        let (mut live, mut durable, workers) = durable_running(3, settings);
+        let (mut live, mut durable, workers) = durable_running(count, settings);
         let mut awaited = None;
         let mut replaying = BTreeMap::new();
         for step in &steps[..crash_after] {
@@ -929,6 +939,61 @@ fn a_coordinator_that_crashes_anywhere_in_a_challenge_resumes_exactly() {
         Box::new(|m, _| m.handle_aggregated(T0 + 30 + 5_001, 0, Aggregated::all(result(1)))),
     ]);
     restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
+}
+
+#[test]
+fn a_challenge_restored_at_any_step_leaves_its_absentee_sitting_out_as_without_the_crash() {
+    // Goal: a restart mid-challenge forgets nothing. The challenge itself
+    // is recorded (its second draw); what is not is `challenged`, which
+    // keeps a process from marking the round's absentees twice (once at
+    // the close that became the challenge, once at the close after it).
+    // A restored process has marked nobody (sitting out is not recorded:
+    // a restart starts everyone afresh), so it marks them once, at its
+    // own close: w3, which never committed to round 0, sits round 1 out
+    // whether the coordinator crashed before, during or after the
+    // challenge, and w0, the copy, is slashed and w2 paid either way.
+    let settings = Settings { min_workers: 4, ..settings() };
+    let mut steps: Vec<Step> = (0..3)
+        .map(|index: usize| -> Step {
+            Box::new(move |m, w| {
+                let _ = commit(m, T0 + 10 + index as u64, w[index], 0);
+            })
+        })
+        .collect();
+    steps.push(Box::new(|m, _| m.handle_timeout(T0 + 10_000)));
+    for index in 0..3 {
+        steps.push(Box::new(move |m, w| {
+            let _ = reveal(m, T0 + 10_001 + index as u64, w[index], 0);
+        }));
+    }
+    steps.extend::<Vec<Step>>(vec![
+        Box::new(|m, w| m.handle_contested(T0 + 10_010, 0, &[w[2], w[0]])),
+        Box::new(|m, w| {
+            m.audit_result(
+                T0 + 10_020,
+                0,
+                w[2],
+                Verdict::Passed,
+                None,
+                Some((w[2], (T0 + 10_020) * 1000 + 5)),
+            )
+            .unwrap()
+        }),
+        Box::new(|m, w| {
+            let failed = Verdict::Failed("the replay ends elsewhere".into());
+            m.audit_result(T0 + 10_021, 0, w[0], failed, None, Some((w[0], (T0 + 10_021) * 1000 + 5)))
+                .unwrap();
+        }),
+        Box::new(|m, w| {
+            m.handle_aggregated(T0 + 10_022, 0, Aggregated::all(result(1)));
+            assert_eq!(
+                m.open_round().map(|open| (open.id, open.participants.clone())),
+                Some((1, w[..3].to_vec())),
+                "w3 sits round 1 out"
+            );
+        }),
+    ]);
+    restored_machines_of_workers_behave_like_the_live_one(4, &settings, &steps, T0 + 12);
 }
 
 /// Settings under which, of three workers delegating audits, `copier` is
@@ -1579,6 +1644,67 @@ fn under_a_delayed_outer_update_a_round_opened_ahead_ends_its_reveal_phase_at_it
     );
     assert_eq!(opened(&actions), [(2, model(1)), (3, model(1))]);
     assert_eq!(machine.open_round().map(|open| (open.id, open.base_model)), Some((2, model(1))));
+}
+
+#[test]
+fn a_round_opened_ahead_whose_reveal_phase_ended_before_a_crash_stays_ended_after_the_restore() {
+    // Goal: a restart changes nothing that counts. Round 1, opened ahead
+    // of round 0, passes its reveal deadline while the coordinator is up
+    // (worker 2 has not revealed); the coordinator then dies and is back
+    // a second later. A restore used to give round 1 a whole reveal window
+    // again, so worker 2's reveal, late without the crash, was accepted
+    // after it. Now it is late either way, and only round 0's replay is
+    // left to do.
+    let settings = Settings { min_workers: 3, reveal_ms: 5_000, audit_probability: 1.0, ..delayed() };
+    let (mut live, mut durable, workers) = durable_running(3, &settings);
+    durable.record(commit_all(&mut live, T0 + 1, &workers, 0, model(0)));
+    durable.record(commit_all(&mut live, T0 + 2, &workers, 1, model(0)));
+    for &worker in &workers[..2] {
+        reveal_on(&mut live, T0 + 3, worker, 1, model(0)).unwrap();
+    }
+    live.audit_answered(T0 + 3, workers[0], (T0 + 3) * 1000 + 2, 1, Digest::of(b"answer")).unwrap();
+    for &worker in &workers {
+        reveal(&mut live, T0 + 4, worker, 0).unwrap();
+    }
+    for &worker in &workers[..2] {
+        live.audit_result(T0 + 4, 0, worker, Verdict::Passed, None, None).unwrap();
+    }
+    live.audit_answered(T0 + 4, workers[2], (T0 + 4) * 1000 + 3, 0, Digest::of(b"answer")).unwrap();
+    durable.record(drain(&mut live));
+    let deadline = T0 + 2 + 5_000;
+    live.handle_timeout(deadline);
+    durable.record(drain(&mut live));
+    live.audit_result(deadline + 3, 1, workers[0], Verdict::Passed, None, None).unwrap();
+    durable.record(drain(&mut live));
+
+    let back = deadline + 1_000;
+    let mut restored = durable.restore(settings.clone(), back);
+    let replays: Vec<(u64, WorkerId)> = drain(&mut restored)
+        .iter()
+        .map(|action| match action {
+            Action::JudgeAudit { round, worker, .. } => (*round, *worker),
+            other => panic!("a restore only asks again for replays in progress: {other:?}"),
+        })
+        .collect();
+    assert_eq!(replays, [(0, workers[2])]);
+    assert!(restored.ahead_rounds().all(|round| round.reveal_over), "round 1's reveal phase is over");
+    for machine in [&mut live, &mut restored] {
+        assert_eq!(
+            reveal_on(machine, back + 1, workers[2], 1, model(0)),
+            Ok(Outcome::Recorded(Recorded::Late)),
+            "a reveal after round 1's deadline is late, crash or not"
+        );
+    }
+    // The rest goes as without the crash: round 0 closes on its verdict,
+    // round 1 (one update that counts, below the quorum) fails when it is
+    // promoted.
+    for machine in [&mut live, &mut restored] {
+        drain(machine);
+        machine.audit_result(back + 2, 0, workers[2], Verdict::Passed, None, None).unwrap();
+        assert_eq!(closes(&drain(machine)), [0]);
+        machine.handle_aggregated(back + 3, 0, Aggregated::all(result(1)));
+    }
+    assert_eq!(drain(&mut restored), drain(&mut live));
 }
 
 #[test]
