@@ -73,8 +73,10 @@ pub struct Driver<T: Training = ModelTraining> {
     defense: ModelDefense,
     /// Set between a round's aggregation and its commit or failure.
     pending: Option<Pending<T::Global>>,
-    /// The open round's accepted reveals, decoded as they arrived (with the
-    /// digests of their bytes), so closing the round reads nothing back.
+    /// The live rounds' accepted reveals, decoded as they arrived (with the
+    /// digests of their bytes), so closing a round reads nothing back; kept
+    /// until the round closes or fails, since it may be aggregated more
+    /// than once before its reveals are durable.
     decoded: HashMap<(RoundId, WorkerId), (Digest, Vec<f32>)>,
     /// Audits of live rounds that a delegated auditor passed: their answers
     /// stay until the round ends, for the coordinator to replay if a
@@ -621,9 +623,11 @@ impl<T: Training> Driver<T> {
                         _ => {}
                     }
                     if let Event::RoundClosed { round, .. } | Event::RoundFailed { round, .. } = &event {
-                        // No contest re-audits them any more.
+                        // No contest re-audits them any more, and no close
+                        // aggregates their updates again.
                         let ended = *round;
                         passed.extend(self.delegated_passes.extract_if(.., |(held, _)| *held <= ended));
+                        self.decoded.retain(|(held, _), _| *held > ended);
                     }
                     // A commitment may end the commit phase early: the timer
                     // must look at the machine's next deadline again.
@@ -788,8 +792,12 @@ impl<T: Training> Driver<T> {
         let parameters = self.training.parameters();
         let mut updates: Vec<(Digest, Vec<f32>)> = Vec::with_capacity(order.len());
         for worker in &order {
-            match self.decoded.remove(&(round, *worker)) {
-                Some(decoded) => updates.push(decoded),
+            // Kept until the round ends, not taken: a round may be
+            // aggregated again before its reveals are durable (a bet, then
+            // the close; a close that becomes a challenge settled in the
+            // same input), when the database does not hold them yet.
+            match self.decoded.get(&(round, *worker)) {
+                Some(decoded) => updates.push(decoded.clone()),
                 // Not in memory (revealed before a restart): from the database.
                 None => {
                     let bytes = self.store.payloads(round, &[*worker])?.remove(0);
@@ -798,7 +806,6 @@ impl<T: Training> Driver<T> {
                 }
             }
         }
-        self.decoded.retain(|(held, _), _| *held > round);
         let submissions: Vec<Submission<'_>> = order
             .iter()
             .zip(&updates)
