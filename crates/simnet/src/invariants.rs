@@ -523,9 +523,14 @@ impl Rules {
                     }
                     // A near copy of an honest update revealed in the same
                     // round is told apart by the challenge, whichever was
-                    // committed first: the copier is never paid for it.
-                    if behaviour(&self.keys, worker) == Some(Behaviour::NearCopier)
-                        && let Some(original) = knowledge.copies.victim(&open.participants, *worker)
+                    // committed first: the copier is never paid for it, not
+                    // even a forger (a made-up trace) whose colluding
+                    // worker auditor passed it (a delegated pass proves
+                    // nothing about who copied whom).
+                    if matches!(
+                        behaviour(&self.keys, worker),
+                        Some(Behaviour::NearCopier | Behaviour::Forger)
+                    ) && let Some(original) = knowledge.copies.victim(&open.participants, *worker)
                         && honest(&self.keys, &original)
                         && open.reveals.contains(&original)
                         && !open.slashed.contains(&original)

@@ -172,6 +172,11 @@ pub struct SimConfig {
     /// commit a near copy of another's update ([`model::Behaviour::NearCopier`]).
     /// Apart from `attackers` so that a run without them keeps its bits.
     pub near_copiers: f64,
+    /// The fraction of workers (at the start, after the near-copiers) that
+    /// commit a near copy of another's update with a made-up trace
+    /// ([`model::Behaviour::Forger`]), for a colluding worker auditor to
+    /// pass. Stand-in training only (the real worker has no such cheat).
+    pub forgers: f64,
     /// Audits replay from the round's start (`audit.replay =
     /// "from-start"`): commitments carry their boundary leaves and no
     /// worker answers an audit. Only with coordinator auditors (as the
@@ -193,6 +198,7 @@ impl SimConfig {
             bond: bond_for_seed(seed),
             training: TrainingMode::Hash,
             near_copiers: 0.0,
+            forgers: 0.0,
             replay_from_start: false,
         }
     }
@@ -219,6 +225,9 @@ impl SimConfig {
         }
         if self.near_copiers > 0.0 {
             extra += &format!(" --near-copiers {}", self.near_copiers);
+        }
+        if self.forgers > 0.0 {
+            extra += &format!(" --forgers {}", self.forgers);
         }
         if self.replay_from_start {
             extra += " --replay from-start";
@@ -296,6 +305,11 @@ pub fn run(config: &SimConfig) -> Result<Summary, Failure> {
 /// driver's `tracing` events) is not shown: a run reports its summary, and
 /// `SIMNET_TRACE` every durable event.
 pub fn simulate(config: &SimConfig) -> Result<Finished, Failure> {
+    if config.forgers > 0.0 && config.training != TrainingMode::Hash {
+        let violation =
+            Violation("forgers are simulated with the stand-in training only (--training hash)".into());
+        return Err(Failure { seed: config.seed, violation, command: config.command() });
+    }
     let quiet = tracing::subscriber::NoSubscriber::default();
     tracing::subscriber::with_default(quiet, || match config.training {
         TrainingMode::Hash => world::World::new(config.clone(), model::HashMode::new(config.seed))?.run(),

@@ -61,6 +61,14 @@ pub enum Behaviour {
     /// [`Behaviour::ATTACKS`]: `--near-copiers` asks for them, so runs
     /// without keep their bits.
     NearCopier,
+    /// Commits a near copy of another's update, as [`Behaviour::NearCopier`],
+    /// but with a trace it made up: no other commitment names that trace,
+    /// so nothing is contested when the draw is published and its audit
+    /// may go to a worker auditor, whom a colluder (any attacking worker)
+    /// passes. That delegated pass proves nothing about who copied whom:
+    /// the checks find the pair after the reveals and the coordinator
+    /// replays the forger itself. `--forgers` asks for them.
+    Forger,
 }
 
 impl Behaviour {
@@ -191,6 +199,14 @@ pub fn work(
             let near: Vec<f32> =
                 stolen.iter().zip(noise).map(|(value, noise)| value + 1e-3 * noise).collect();
             commit(encode(&near), root, answer_key)
+        }
+        Behaviour::Forger => {
+            let (stolen, _, _) = honest(seed, round, victim, base);
+            let noise = uniform(keyed(&[b"forged copy", &round.to_le_bytes(), &worker.0.to_le_bytes()]));
+            let near: Vec<f32> =
+                stolen.iter().zip(noise).map(|(value, noise)| value + 1e-3 * noise).collect();
+            let made_up = keyed(&[b"forged trace", &root.0]);
+            commit(encode(&near), made_up, made_up)
         }
         Behaviour::Harmful => {
             commit(encode(&values.iter().map(|value| value * 1000.0).collect::<Vec<_>>()), root, answer_key)
@@ -515,13 +531,17 @@ mod tests {
     fn only_honest_work_passes_its_replay_and_every_update_is_what_its_behaviour_says() {
         let base = Digest::of(b"base");
         let (me, victim) = (WorkerId(3), WorkerId(4));
-        for behaviour in
-            [Behaviour::Honest].into_iter().chain(Behaviour::ATTACKS).chain([Behaviour::NearCopier])
+        for behaviour in [Behaviour::Honest]
+            .into_iter()
+            .chain(Behaviour::ATTACKS)
+            .chain([Behaviour::NearCopier, Behaviour::Forger])
         {
             let work = work(7, behaviour, 2, me, base, victim);
             let passes = replay(7, 2, me, base, 1).passes(&work.commitment, work.answer(1));
-            let caught_by_replay =
-                matches!(behaviour, Behaviour::Lazy | Behaviour::Copier | Behaviour::NearCopier);
+            let caught_by_replay = matches!(
+                behaviour,
+                Behaviour::Lazy | Behaviour::Copier | Behaviour::NearCopier | Behaviour::Forger
+            );
             assert_eq!(passes, !caught_by_replay, "{behaviour:?}");
             let decoded = decode(&work.reveal);
             assert_eq!(decoded.is_none(), behaviour == Behaviour::Garbage, "{behaviour:?}");
@@ -537,12 +557,21 @@ mod tests {
         let near = work(7, Behaviour::NearCopier, 2, me, base, victim);
         assert_eq!(near.commitment.merkle_root, original.commitment.merkle_root, "the original's trace");
         assert_ne!(near.commitment.payload, original.commitment.payload, "another digest");
-        let (near, original) = (decode(&near.reveal).unwrap(), decode(&original.reveal).unwrap());
-        use crowdtrain_defense::linalg::{dot, norm};
-        let cosine = dot(&near, &original) / (norm(&near) * norm(&original));
-        assert!(
-            cosine > crowdtrain_defense::CheckConfig::default().duplicate_cosine,
-            "nearly a copy: {cosine}"
+        let forged = work(7, Behaviour::Forger, 2, me, base, victim);
+        assert_ne!(
+            forged.commitment.merkle_root, original.commitment.merkle_root,
+            "a trace of its own making"
         );
+        assert_ne!(forged.commitment.merkle_root, honest.commitment.merkle_root, "not its assignment's");
+        use crowdtrain_defense::linalg::{dot, norm};
+        let original = decode(&original.reveal).unwrap();
+        for near in [near, forged] {
+            let near = decode(&near.reveal).unwrap();
+            let cosine = dot(&near, &original) / (norm(&near) * norm(&original));
+            assert!(
+                cosine > crowdtrain_defense::CheckConfig::default().duplicate_cosine,
+                "nearly a copy: {cosine}"
+            );
+        }
     }
 }

@@ -56,6 +56,9 @@ fn behavior(behaviour: Behaviour) -> Behavior {
         Behaviour::Lazy => Behavior::Lazy(0.5),
         Behaviour::Copier => Behavior::Copy,
         Behaviour::NearCopier => Behavior::NearCopy,
+        // The real worker has no such cheat: `simulate` refuses forgers
+        // with real training.
+        Behaviour::Forger => unreachable!("forgers are simulated with the stand-in training only"),
         Behaviour::Harmful => Behavior::Noise(1000.0),
         Behaviour::Garbage => Behavior::Nan,
     }

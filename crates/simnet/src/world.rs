@@ -599,6 +599,7 @@ impl<M: Mode> World<M> {
     fn populate(&mut self, joins: u32) {
         let attackers = (self.config.attackers * f64::from(self.config.workers)).round() as usize;
         let near_copiers = (self.config.near_copiers * f64::from(self.config.workers)).round() as usize;
+        let forgers = (self.config.forgers * f64::from(self.config.workers)).round() as usize;
         for index in 0..self.config.workers as usize {
             // Each seed starts the attacks at another one, so that small runs
             // see every kind over a few seeds.
@@ -607,6 +608,8 @@ impl<M: Mode> World<M> {
                 Behaviour::ATTACKS[attack]
             } else if index < attackers + near_copiers {
                 Behaviour::NearCopier
+            } else if index < attackers + near_copiers + forgers {
+                Behaviour::Forger
             } else {
                 Behaviour::Honest
             };

@@ -345,13 +345,74 @@ fn near_copiers_are_never_paid_and_their_originals_never_refused_whichever_commi
     assert!(caught > 0, "near copies are refused as copies, or slashed for failing their replay");
 }
 
+/// Forgers (`--forgers`): near copies with a made-up trace, so nothing is
+/// contested when the draw is published and a forger's audit may go to a
+/// worker auditor; any attacker auditing it colludes and passes it. Under
+/// delegated audits (odd seeds) and every fault, the rules check fails a
+/// run that pays a forger for a near copy of an honest update revealed in
+/// the same round, or refuses or slashes the original (what counting the
+/// colluder's pass as proof of the forger's own work would do). And the
+/// hole is exercised end to end: some forger passed by its colluding
+/// auditor has that pass overruled by the coordinator's own replay, is
+/// slashed, and so is the auditor who vouched for it.
+#[test]
+fn a_forger_passed_by_a_colluding_auditor_is_replayed_by_the_coordinator_and_never_paid() {
+    let mut overruled = 0;
+    for seed in (1..24).step_by(2) {
+        let config = SimConfig { forgers: 0.25, ..SimConfig::small(seed) };
+        assert_eq!(config.auditors, Auditors::Workers, "seed {seed} delegates its audits");
+        let finished = simulate(&config).unwrap_or_else(|failure| panic!("{failure}"));
+        let events = events(&finished);
+        let forgers: BTreeSet<WorkerId> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::WorkerRegistered { worker, key, .. }
+                    if finished.behaviour_by_key[key] == Behaviour::Forger =>
+                {
+                    Some(*worker)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(forgers.len(), 3, "seed {seed}: 25% of 12 workers");
+        // A forger's pass by a worker auditor, then in the same round the
+        // forger slashed and that auditor too.
+        for (index, event) in events.iter().enumerate() {
+            let Event::Audit { round, worker, verdict, judged_by: Some(auditor), .. } = event else {
+                continue;
+            };
+            if !forgers.contains(worker) || !verdict.passed() {
+                continue;
+            }
+            let later = &events[index + 1..];
+            let slashed = later.iter().any(|event| {
+                matches!(event, Event::Slash { round: r, worker: w, .. } if r == round && w == worker)
+            });
+            let auditor_slashed = later.iter().any(|event| {
+                matches!(event, Event::AuditorSlashed { round: r, auditor: a, .. } if r == round && a == auditor)
+            });
+            if slashed && auditor_slashed {
+                overruled += 1;
+            }
+        }
+    }
+    assert!(overruled > 0, "a colluder's pass of a forger is overruled by the coordinator's replay");
+}
+
 /// The near-copier rule fails a ledger that credits a near copy of an
-/// honest update revealed in the same round, and only that.
+/// honest update revealed in the same round, and only that, whether the
+/// copy carries the original's trace or a forged one.
 #[test]
 fn a_paid_near_copy_is_reported() {
+    for copier in [Behaviour::NearCopier, Behaviour::Forger] {
+        a_paid_near_copy_is_reported_for(copier);
+    }
+}
+
+fn a_paid_near_copy_is_reported_for(copier: Behaviour) {
     let keys: Vec<_> = (1..=3u8).map(|seed| Identity::from_seed([seed; 32]).public_key()).collect();
     let behaviour_by_key: BTreeMap<_, _> =
-        keys.iter().copied().zip([Behaviour::Honest, Behaviour::NearCopier, Behaviour::Honest]).collect();
+        keys.iter().copied().zip([Behaviour::Honest, copier, Behaviour::Honest]).collect();
     let (excused, outages) = (BTreeSet::new(), BTreeSet::new());
     let knowledge = Knowledge {
         behaviour_by_key: &behaviour_by_key,
@@ -418,7 +479,7 @@ fn a_paid_near_copy_is_reported() {
     };
     let all = [WorkerId(1), WorkerId(2), WorkerId(3)];
     let violation = ledger(&all, &all).unwrap_err();
-    assert!(violation.0.contains("near copy of w1"), "{violation}");
+    assert!(violation.0.contains("near copy of w1"), "{copier:?}: {violation}");
     ledger(&all, &[WorkerId(1), WorkerId(3)]).unwrap();
     // The original never revealed: nothing told the copy apart, no rule broken.
     ledger(&[WorkerId(2), WorkerId(3)], &[WorkerId(2), WorkerId(3)]).unwrap();

@@ -69,6 +69,13 @@ pub struct NetworkArgs {
     #[arg(long, default_value_t = 0.0)]
     near_copiers: f64,
 
+    /// The fraction of workers that commit a near copy of a neighbour's
+    /// update with a made-up trace, on top of --attackers and
+    /// --near-copiers: its audit may go to a worker auditor, whom any
+    /// attacker passes (stand-in training only).
+    #[arg(long, default_value_t = 0.0)]
+    forgers: f64,
+
     /// Where audits replay from: `segment` (the audited worker answers with
     /// its segment's start state) or `from-start` (the coordinator replays
     /// the round from its base through the drawn segment, checking every
@@ -140,6 +147,7 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         bond: args.bond.unwrap_or(crowdtrain_simnet::bond_for_seed(seed)),
         training: args.training,
         near_copiers: args.near_copiers,
+        forgers: args.forgers,
         replay_from_start: args.replay == AuditReplay::FromStart,
     };
     anyhow::ensure!(
@@ -150,6 +158,14 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.near_copiers) && args.near_copiers + args.attackers <= 1.0,
         "--near-copiers is a fraction, at most 1 with --attackers"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.forgers) && args.forgers + args.near_copiers + args.attackers <= 1.0,
+        "--forgers is a fraction, at most 1 with --attackers and --near-copiers"
+    );
+    anyhow::ensure!(
+        args.forgers == 0.0 || args.training == TrainingMode::Hash,
+        "--forgers takes --training hash (the real worker has no forging cheat)"
     );
     let Some((from, to)) = args.seeds else {
         let finished = crowdtrain_simnet::simulate(&config(args.seed))?;
