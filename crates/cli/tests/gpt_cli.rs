@@ -281,6 +281,18 @@ fn a_gpt_trains_over_the_network_with_every_submission_audited_bit_for_bit_as_th
         demo["rounds"].as_array().unwrap().iter().map(|round| round["test_loss"].as_f64().unwrap()).collect();
     assert_eq!(losses.len(), 3);
     assert!(losses[2] < losses[0] && losses[0] < 64f64.ln(), "the validation loss falls: {losses:?}");
+    // `bytes_uploaded` is the revealed updates (every round's), and the six
+    // audit answers are counted apart.
+    let updates: u64 = demo["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|round| round["bytes_uploaded"].as_u64().unwrap())
+        .sum();
+    assert_eq!(demo["bytes_uploaded"].as_u64(), Some(updates));
+    let answers =
+        demo["bytes_uploaded_audit_answers"].as_u64().expect("the audit answers' bytes are reported");
+    assert!(answers > 0, "six answers uploaded beside six updates ({updates} B)");
     // The in-process simulation with the same recipe and the coordinator's
     // aggregation rule reaches the same bits.
     let mut args = vec![

@@ -193,6 +193,7 @@ pub fn worker_answer() -> Vec<Vec<u8>> {
         test_accuracy: Some(0.5),
         bytes_uploaded: 10,
         bytes_downloaded: 20,
+        audit_answer_bytes: 30,
         workers: Vec::new(),
         rounds: Vec::new(),
         rounds_total: 0,

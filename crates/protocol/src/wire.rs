@@ -694,8 +694,10 @@ pub struct RoundRecord {
     /// The updates its workers revealed, in bytes.
     #[serde(default)]
     pub bytes_uploaded: u64,
-    /// What the coordinator served while it was open (its model, audit
-    /// tasks), in bytes; `None` where not measured.
+    /// The coordinator's bytes of the model this round trained from (whole
+    /// or as deltas) served until it closed, shared with no other round
+    /// (a base two rounds trained from counts on the first to close);
+    /// `None` where not measured.
     #[serde(default)]
     pub bytes_downloaded: Option<u64>,
 }
@@ -713,8 +715,16 @@ pub struct RunStatus {
     /// The latest model's state hash (parameters, outer momentum, rounds).
     pub state_hash: String,
     pub test_accuracy: Option<f64>,
+    /// The updates the workers revealed, in bytes (recorded, so the whole
+    /// run's): what `crowdtrain_received_bytes_total` counts.
     pub bytes_uploaded: u64,
     pub bytes_downloaded: u64,
+    /// The audit answers the workers uploaded (and the coordinator
+    /// recorded, refuted or not), in bytes, since this coordinator process
+    /// started: apart from `bytes_uploaded`, whose meaning (revealed
+    /// updates) the benchmarks compare across runs.
+    #[serde(default)]
+    pub audit_answer_bytes: u64,
     pub workers: Vec<WorkerStatus>,
     /// A page of the rounds, ascending: the latest ones unless the request
     /// asked for others (`?rounds_from=R&rounds_limit=N`).

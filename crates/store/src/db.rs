@@ -623,6 +623,16 @@ impl Store {
     /// Records how many bytes the coordinator served while `round` was
     /// open (its model to its participants, audit tasks): a measurement,
     /// like the overhead, not a fact of the ledger.
+    /// The model round `round` trained from.
+    pub fn round_base_model(&self, round: RoundId) -> Result<Digest, StoreError> {
+        self.connection
+            .query_row("SELECT base_model FROM rounds WHERE id = ?1", [round], |row| {
+                Ok(Digest(blob(row, 0)?))
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt(format!("no round {round}")))
+    }
+
     pub fn set_downloads(&mut self, round: RoundId, bytes: u64) -> Result<(), StoreError> {
         self.connection
             .execute("UPDATE rounds SET bytes_downloaded = ?2 WHERE id = ?1", params![round, bytes])?;

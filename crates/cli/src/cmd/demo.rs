@@ -170,7 +170,13 @@ pub(crate) struct DemoReport {
     /// `sim diloco --aggregator centered-clip --validation-fraction 0.05`
     /// with the same settings.
     pub(crate) state_hash: String,
+    /// The updates the workers revealed, in bytes (not their audit
+    /// answers: `bytes_uploaded_audit_answers`).
     bytes_uploaded: u64,
+    /// The audit answers the workers uploaded, in bytes (none under
+    /// `audit.replay = "from-start"`); with `bytes_uploaded`, all the
+    /// workers uploaded but their commitments and reports.
+    bytes_uploaded_audit_answers: u64,
     bytes_downloaded: u64,
     pub(crate) seconds: f64,
     /// Median over rounds, from a round's last worker input to the next
@@ -737,6 +743,7 @@ fn finish(
         final_val_loss: None,
         state_hash: status.state_hash.clone(),
         bytes_uploaded: status.bytes_uploaded,
+        bytes_uploaded_audit_answers: status.audit_answer_bytes,
         bytes_downloaded: status.bytes_downloaded,
         seconds: started.elapsed().as_secs_f64(),
         coordinator_overhead_ms_median: median(&mut overheads),
@@ -794,12 +801,13 @@ fn print_report(report: &DemoReport, args: &DemoArgs) {
         None => format!("final test accuracy {:.2}%", 100.0 * report.final_test_accuracy),
     };
     println!(
-        "{} workers, {} rounds in {:.1} s: {quality}; {} uploaded, {} downloaded; coordinator overhead {} per \
-         round (median{})",
+        "{} workers, {} rounds in {:.1} s: {quality}; {} of updates and {} of audit answers uploaded, {} \
+         downloaded; coordinator overhead {} per round (median{})",
         args.workers,
         report.rounds.iter().filter(|round| round.status == RoundState::Closed).count(),
         report.seconds,
         output::bytes(report.bytes_uploaded),
+        output::bytes(report.bytes_uploaded_audit_answers),
         output::bytes(report.bytes_downloaded),
         report.coordinator_overhead_ms_median.map_or("-".into(), |ms| format!("{ms} ms")),
         report

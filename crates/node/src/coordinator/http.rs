@@ -562,7 +562,7 @@ async fn model(State(node): State<Arc<Node>>, Path(digest): Path<String>, header
             Some(range) => parse_range_start(range, total)?,
             None => 0,
         };
-        node.count_download(total - start);
+        node.count_download(total - start, Some(&digest));
         // Served from the shared buffer, not copied per download.
         let body = axum::body::Bytes::from_owner(ArcBytes(bytes)).slice(start as usize..);
         let mut response = Body::from(body).into_response();
@@ -587,7 +587,7 @@ async fn model_delta(State(node): State<Arc<Node>>, Path(digest): Path<String>) 
             Failure::new(ErrorCode::BadRequest, format!("model {digest}: {reason}"))
         })?;
         let bytes = node.model_delta(&digest)?;
-        node.count_download(bytes.len() as u64);
+        node.count_download(bytes.len() as u64, Some(&digest));
         let mut response = Body::from(axum::body::Bytes::from_owner(ArcBytes(bytes))).into_response();
         response
             .headers_mut()
@@ -909,7 +909,7 @@ async fn reward_model(
     };
     match result.await {
         Ok((digest, bytes)) => {
-            node.count_download(bytes.len() as u64);
+            node.count_download(bytes.len() as u64, None);
             (
                 [
                     (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

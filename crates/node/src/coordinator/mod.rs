@@ -95,9 +95,12 @@ pub struct Node {
     /// of the database, so the node must stop and be restarted from it.
     fatal: watch::Sender<Option<String>>,
     bytes_downloaded: AtomicU64,
-    /// `bytes_downloaded` when the last round closed: what a round's
-    /// workers downloaded is the difference at its close.
-    downloaded_at_close: AtomicU64,
+    /// The models (whole or as deltas) served since the round training from
+    /// each last closed: what a round's workers downloaded for it.
+    downloads: Mutex<ModelDownloads>,
+    /// The audit answers recorded since this process started, in bytes
+    /// (`RunStatus::audit_answer_bytes`).
+    audit_answer_bytes: AtomicU64,
     /// What `GET /metrics` shows.
     metrics: metrics::Metrics,
     /// Provisional rounds opened, and withdrawn, since this process started.
@@ -341,7 +344,8 @@ impl Node {
             changes: watch::channel(0).0,
             fatal: watch::channel(None).0,
             bytes_downloaded: AtomicU64::new(0),
-            downloaded_at_close: AtomicU64::new(0),
+            downloads: Mutex::default(),
+            audit_answer_bytes: AtomicU64::new(0),
             metrics,
             opened_ahead: AtomicU64::new(0),
             withdrawn_ahead: AtomicU64::new(0),
@@ -670,6 +674,7 @@ impl Node {
             self.input_timed(&mut inner, round, received, |driver, shell| {
                 driver.answer_refuted(Sent { now, worker, nonce, round }, reason, shell)
             })?;
+            self.audit_answer_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             return Ok(self.receipt(
                 round,
                 worker,
@@ -683,6 +688,7 @@ impl Node {
         let auditor = self.input_timed(&mut inner, round, received, |driver, shell| {
             driver.audit_answered(Sent { now, worker, nonce, round }, digest, shell)
         })?;
+        self.audit_answer_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         if let Some(auditor) = auditor {
             tracing::info!(round, %worker, segment, %auditor, "audit delegated");
             return Ok(self.receipt(
@@ -941,9 +947,10 @@ impl Node {
                 inner.driver.store.set_overhead(round, milliseconds)?;
                 self.metrics.overhead(milliseconds);
             }
-            let downloaded = self.bytes_downloaded.load(Ordering::Relaxed);
-            let before = self.downloaded_at_close.swap(downloaded, Ordering::Relaxed);
-            inner.driver.store.set_downloads(round, downloaded.saturating_sub(before))?;
+            let base = inner.driver.store.round_base_model(round)?;
+            let downloaded =
+                self.downloads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take(&base);
+            inner.driver.store.set_downloads(round, downloaded)?;
             self.schedule_evaluation(round, result_model);
             self.schedule_scoring(round);
         }
@@ -1050,6 +1057,7 @@ impl Node {
             test_accuracy,
             bytes_uploaded: workers.iter().map(|worker| worker.bytes_uploaded).sum(),
             bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
+            audit_answer_bytes: self.audit_answer_bytes.load(Ordering::Relaxed),
             workers,
             rounds,
             rounds_total,
@@ -1131,9 +1139,14 @@ impl Node {
         self.bucket.as_deref()
     }
 
-    fn count_download(&self, bytes: u64) {
+    /// `bytes` served; of `model` (whole or as a delta), if it is one a
+    /// round trains from.
+    fn count_download(&self, bytes: u64, model: Option<&Digest>) {
         self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
         self.metrics.served(bytes);
+        if let Some(model) = model {
+            self.downloads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).served(model, bytes);
+        }
     }
 
     /// `GET /metrics`: the Prometheus text.
@@ -1421,4 +1434,45 @@ fn create_run(
         initial_momentum,
         created_unix_ms: now,
     })
+}
+
+/// The bytes of each model served (whole or as a delta), until a round that
+/// trains from it closes and takes them: so each round carries its own
+/// downloads, even when two close in one batch (under a delayed outer
+/// update), instead of the first taking all since the last close. Rounds
+/// that share a base (the first `delay + 1`, or one that failed and the
+/// round after it) are counted once, on the first of them to close: the
+/// workers downloaded it once.
+#[derive(Debug, Default)]
+struct ModelDownloads {
+    served: std::collections::HashMap<Digest, u64>,
+}
+
+impl ModelDownloads {
+    fn served(&mut self, model: &Digest, bytes: u64) {
+        *self.served.entry(*model).or_default() += bytes;
+    }
+
+    /// The bytes of `base` served since a round training from it last
+    /// closed.
+    fn take(&mut self, base: &Digest) -> u64 {
+        self.served.remove(base).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod downloads_tests {
+    use super::*;
+
+    #[test]
+    fn two_rounds_closing_in_one_batch_each_carry_the_downloads_of_their_own_base() {
+        let (first, second) = (Digest::of(b"round 4's base"), Digest::of(b"round 5's base"));
+        let mut downloads = ModelDownloads::default();
+        downloads.served(&first, 100);
+        downloads.served(&second, 30);
+        downloads.served(&first, 20);
+        // Rounds 4 and 5 close in one batch, in that order.
+        assert_eq!((downloads.take(&first), downloads.take(&second)), (120, 30));
+        assert_eq!(downloads.take(&first), 0, "a round sharing round 4's base downloaded nothing more");
+    }
 }
