@@ -5,7 +5,8 @@
 
 (scripts/wan-bench.sh --keep keeps each run's state.) Prints, per round, when
 it opened, its first and last accepted commitments, the start of its reveal
-phase (reveal deadline minus `reveal_ms`, 30 s by default), its last reveal
+phase (reveal deadline minus the run's `round.reveal_ms`, read from the run's
+configuration as the coordinator stored it), its last reveal
 and its close (ms from the first round's opening), with its audits (answered,
 decided); then the medians: the slowest worker's lag (first to last
 commitment), the reveals, and the close after the last reveal; and how long
@@ -13,11 +14,20 @@ each round's close came after each worker's commitment to it, which a
 pipeline must hide behind training (under `[outer] delay = d` a worker
 trains d more rounds before it needs that round's result).
 """
-REVEAL_MS = 30000
-import sqlite3, sys, glob, statistics
+import json, sqlite3, sys, statistics
+
+
+def reveal_ms(c):
+    """The run's reveal window: `round.reveal_ms` of the configuration the
+    coordinator stored when it created the run (absent: the default)."""
+    (config_json,) = c.execute("select config_json from run").fetchone()
+    return json.loads(config_json).get("round", {}).get("reveal_ms", 30000)
+
+
 for db in sys.argv[1:]:
     c = sqlite3.connect(db)
-    print("==", db)
+    REVEAL_MS = reveal_ms(c)
+    print("==", db, f"(reveal window {REVEAL_MS} ms)")
     rows = c.execute("select id, opened_unix_ms, reveal_deadline_unix_ms, closed_unix_ms from rounds order by id").fetchall()
     t0 = rows[0][1]
     segs = {"commit spread (first->last)": [], "last commit->reveal start": [], "reveal start->last reveal": [], "last reveal->closed": [], "audit answered->decided": [], "open->first commit": []}
