@@ -575,7 +575,7 @@ impl RunConfig {
         // A delayed round's base is a published model, so commitments and
         // audits need nothing new; an eager base is private to its worker
         // (`own`) or a model nobody publishes (`trend`), which the network
-        // does not carry yet.
+        // does not carry yet (docs/EAGER-OWN.md designs `own`).
         check(
             "outer.eager",
             self.outer.eager.is_none(),
