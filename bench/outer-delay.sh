@@ -10,7 +10,8 @@
 # Each argument names a configuration and the `sim diloco` flags it adds,
 # e.g. 'delay1-lr0.5=--outer-delay 1 --outer-lr 0.5'. Default: the rows of
 # docs/BENCHMARKS.md (plain DiLoCo; the delay alone and with each eager
-# stand-in at DiLoCo's outer step; the two tuned outer steps).
+# stand-in at DiLoCo's outer step; the two tuned outer steps; delays 3 and
+# 4 at their tuned steps, plain and with the worker's own update).
 # Environment: SEEDS ("0 1 2"), OUT (out/outer-delay), DATA
 # (/usr/share/datasets/fashion-mnist), THREADS (2).
 set -euo pipefail
@@ -28,6 +29,10 @@ configs=("$@")
     "delay1-own=--outer-delay 1 --eager own"
     "delay1-lr0.3-m0.5=--outer-delay 1 --outer-lr 0.3 --outer-momentum 0.5"
     "delay1-own-lr0.5-m0.5=--outer-delay 1 --eager own --outer-lr 0.5 --outer-momentum 0.5"
+    "delay3-lr0.15-m0.5=--outer-delay 3 --outer-lr 0.15 --outer-momentum 0.5"
+    "delay3-own-lr0.2-m0.5=--outer-delay 3 --eager own --outer-lr 0.2 --outer-momentum 0.5"
+    "delay4-lr0.1-m0.5=--outer-delay 4 --outer-lr 0.1 --outer-momentum 0.5"
+    "delay4-own-lr0.15-m0.5=--outer-delay 4 --eager own --outer-lr 0.15 --outer-momentum 0.5"
 )
 cargo build --release --quiet -p crowdtrain
 crowdtrain=target/release/crowdtrain

@@ -315,13 +315,14 @@ fn sim_diloco_runs_delayed_outer_updates_and_refuses_what_it_cannot() {
     ));
     assert_eq!(trend["config"]["outer"]["eager"], "trend");
     assert_ne!(trend["diloco_state_hash"], delayed["diloco_state_hash"]);
-    // Refused before any data is read, naming the flag.
-    // Two rounds deep: the simulation runs it (a networked run does not).
+    // Two rounds deep (and up to four, as in a networked run).
     let deeper = json_of(&crowdtrain(&[&args[..], &data_args, &["--outer-delay", "2"]].concat(), &[]));
     assert_eq!(deeper["config"]["outer"]["delay"], 2);
     assert_ne!(deeper["diloco_state_hash"], delayed["diloco_state_hash"]);
     assert_eq!(deeper["rounds"][0], plain["rounds"][0]);
-    for (bad, flag) in [(&["--outer-delay", "3"][..], "--outer-delay"), (&["--eager", "own"][..], "--eager")]
+    // Refused before any data is read, naming the flag: deeper than four,
+    // or a stand-in without a delay.
+    for (bad, flag) in [(&["--outer-delay", "5"][..], "--outer-delay"), (&["--eager", "own"][..], "--eager")]
     {
         let refused = crowdtrain(&[&args[..], bad].concat(), &[]);
         let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -26,10 +26,11 @@
 //!                     # the encoded change (the coordinator keeps the exact
 //!                     # model and carries what the codec lost into later rounds)
 //! delay = 0           # 1: round r + 1 trains from the model before round r's
-//!                     # outer step, so workers never wait for the network; 2:
-//!                     # round r + 2 does, for links slower than a round's
-//!                     # training (not with an error-feedback codec; `eager`
-//!                     # in sim only)
+//!                     # outer step, so workers never wait for the network; d
+//!                     # (up to 4): round r + d does, for links slower than d
+//!                     # rounds' training; each round of delay keeps one more
+//!                     # round live and wants a gentler outer step (not with
+//!                     # an error-feedback codec; `eager` in sim only)
 //! warmup = 0          # outer steps over which the outer lr ramps up linearly
 //!
 //! [data]            # optional
@@ -122,14 +123,6 @@ pub const DEFAULT_VESTING_ROUNDS: u64 = 4;
 
 /// A `run.toml` larger than this is not a configuration.
 pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
-
-/// The most rounds a networked run's outer update may be delayed by
-/// (`[outer] delay`): the coordinator's machine keeps the open round and up
-/// to this many rounds opened ahead of it (`Coordinator::ahead_rounds`), and
-/// its driver the bases they train from for their audits. As deep as the
-/// simulation goes (`crowdtrain_recipe::MAX_OUTER_DELAY`), so that every
-/// networked run has a simulation to reproduce.
-pub const MAX_NETWORK_OUTER_DELAY: u32 = 2;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -582,18 +575,11 @@ impl RunConfig {
         // A delayed round's base is a published model, so commitments and
         // audits need nothing new; an eager base is private to its worker
         // (`own`) or a model nobody publishes (`trend`), which the network
-        // does not carry yet.
+        // does not carry yet (docs/EAGER-OWN.md designs `own`).
         check(
             "outer.eager",
             self.outer.eager.is_none(),
             "a networked run takes \"none\" for now: eager delayed updates run in sim diloco --eager",
-        )?;
-        // The coordinator's machine keeps the open round and up to
-        // `MAX_NETWORK_OUTER_DELAY` opened ahead of it.
-        check(
-            "outer.delay",
-            self.outer.delay <= MAX_NETWORK_OUTER_DELAY,
-            "a networked run takes 0, 1 or 2 (up to three live rounds)",
         )?;
         // Round r + 1 commits before round r's verdicts: an error-feedback
         // residual carried on from a round whose audit then fails would
@@ -971,12 +957,18 @@ mod tests {
         let topk = "rounds = 2\n[training]\nseed = 0\ncodec = \"topk:0.02+q4\"\n[outer]\ndelay = 1\n";
         let error = RunConfig::parse(topk).unwrap_err().to_string();
         assert!(error.contains("outer.delay") && error.contains("error-feedback"), "{error}");
-        // A two-round delay runs as in the simulation; no deeper one.
-        let deeper = RunConfig::parse("rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 2\n").unwrap();
-        assert_eq!(crate::coordinator::Settings::from_config(&deeper).outer_delay, 2);
-        let deepest = "rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 3\n";
+        // Delays up to four run as in the simulation (the coordinator keeps
+        // `delay + 1` live rounds); a deeper one is refused, saying how deep
+        // a run may go.
+        for delay in [2, 3, crowdtrain_recipe::MAX_OUTER_DELAY] {
+            let deeper = format!("rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = {delay}\n");
+            let deeper = RunConfig::parse(&deeper).unwrap();
+            assert_eq!(crate::coordinator::Settings::from_config(&deeper).outer_delay, delay);
+        }
+        assert_eq!(crowdtrain_recipe::MAX_OUTER_DELAY, 4);
+        let deepest = "rounds = 2\n[training]\nseed = 0\n[outer]\ndelay = 5\n";
         let error = RunConfig::parse(deepest).unwrap_err().to_string();
-        assert!(error.contains("outer.delay"), "{error}");
+        assert!(error.contains("outer.delay") && error.contains("at most 4"), "{error}");
     }
 
     fn error_field(text: &str) -> String {
@@ -1003,7 +995,7 @@ mod tests {
             ("rounds = 1\n[training]\nseed = 1\nsharding = \"dirichlet:-2\"\n", "training.sharding"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\nmomentum = 1.5\n", "outer.momentum"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\nlr = 0.0\n", "outer.lr"),
-            ("rounds = 1\n[training]\nseed = 1\n[outer]\ndelay = 3\n", "outer.delay"),
+            ("rounds = 1\n[training]\nseed = 1\n[outer]\ndelay = 5\n", "outer.delay"),
             ("rounds = 1\n[training]\nseed = 1\n[outer]\neager = \"trend\"\n", "outer.eager"),
             ("rounds = 1\n[training]\nseed = 1\n[round]\nquorum = 0\n", "round.quorum"),
             ("rounds = 1\n[training]\nseed = 1\n[round]\ndeadline_ms = 5\n", "round.deadline_ms"),

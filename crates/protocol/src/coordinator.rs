@@ -162,8 +162,9 @@
 //! sit out round r + 2 (round r + 1 was open already), and a promoted
 //! round still committing waits only for the participants still proven.
 //!
-//! `delay = d` generalises this (d = 2 for links slower than a round's
-//! training): round r + d trains from the model before round r + d - 1's
+//! `delay = d` generalises this (d from 2 up to
+//! `crowdtrain_recipe::MAX_OUTER_DELAY`, 4, for links whose chain from a
+//! commitment to the next model is longer than a round's training): round r + d trains from the model before round r + d - 1's
 //! outer step, that is round r - 1's result, so the d rounds after the open
 //! one are open ahead of it ([`Coordinator::ahead_rounds`]; the view's
 //! `ahead` chain shows them in order), all taking commitments, and a
@@ -292,7 +293,7 @@ pub struct Settings {
     /// (`contract.max_extra_rounds`, default `rounds`; 0 without a contract).
     pub contract_extra_rounds: u64,
     /// Outer steps a round's base lags behind the newest model (`[outer]
-    /// delay` d, 0 to `config::MAX_NETWORK_OUTER_DELAY`). Under d >= 1 the
+    /// delay` d, 0 to `crowdtrain_recipe::MAX_OUTER_DELAY`). Under d >= 1 the
     /// next d rounds open as soon as the open round opens (see "Delayed
     /// outer updates" in the module docs).
     pub outer_delay: u32,

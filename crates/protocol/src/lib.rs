@@ -43,11 +43,11 @@ pub mod reward_model;
 pub mod wire;
 
 pub use audit::Commitment;
-pub use config::{ConfigError, MAX_NETWORK_OUTER_DELAY, RunConfig};
+pub use config::{ConfigError, RunConfig};
 pub use coordinator::{
     Action, Aggregated, Coordinator, Opened, Outcome, Recorded, Refusal, RoundResult, Settings, Verdict,
 };
-pub use crowdtrain_recipe::TrainingRecipe;
+pub use crowdtrain_recipe::{MAX_OUTER_DELAY, TrainingRecipe};
 pub use identity::{Identity, PublicKey};
 pub use ids::{Digest, RoundId, WorkerId};
 pub use wire::{Assignment, RequestAuth, RoundView, Shard, Signed};

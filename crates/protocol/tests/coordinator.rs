@@ -1311,19 +1311,25 @@ fn aggregate_open(m: &mut Coordinator, now: u64) {
 }
 
 #[test]
-fn under_a_delay_of_one_or_two_a_restored_machine_rebuilds_rounds_ahead_in_their_reveal_phases() {
-    for ahead in [1, 2] {
-        let settings =
-            Settings { min_workers: 3, audit_probability: 0.6, outer_delay: ahead as u32, ..delayed_twice() };
+fn under_any_delay_a_restored_machine_rebuilds_rounds_ahead_in_their_reveal_phases() {
+    for ahead in [1, 2, 4] {
+        let settings = Settings {
+            min_workers: 3,
+            audit_probability: 0.6,
+            outer_delay: ahead as u32,
+            rounds: ahead + 3,
+            ..settings()
+        };
         let mut steps = rounds_ahead_settled_before_the_open_one(ahead);
         // The rounds ahead close, one per input; then the round opened on
         // round 0's model is committed to.
         for index in 0..ahead {
             steps.push(Box::new(move |m, _| aggregate_open(m, T0 + 7 + 5_003 + index)));
         }
+        // (After the last of those closes: the clock never goes back.)
         steps.push(Box::new(move |m, w| {
             for &worker in w {
-                let _ = commit_on(m, T0 + 7 + 5_005, worker, ahead + 1, model(1));
+                let _ = commit_on(m, T0 + 7 + 5_003 + ahead, worker, ahead + 1, model(1));
             }
         }));
         restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 5);
@@ -1332,15 +1338,25 @@ fn under_a_delay_of_one_or_two_a_restored_machine_rebuilds_rounds_ahead_in_their
 
 #[test]
 fn rounds_ahead_settled_before_the_open_one_close_in_order_as_soon_as_they_may() {
-    for ahead in [1, 2] {
-        let settings =
-            Settings { min_workers: 3, audit_probability: 0.6, outer_delay: ahead as u32, ..delayed() };
+    for ahead in [1, 2, 3, 4] {
+        // Every submission audited, so that worker 0's audit is drawn in
+        // every round ahead (at 0.6 the draws of rounds 3 and 4 pass it by).
+        let settings = Settings {
+            min_workers: 3,
+            audit_probability: 1.0,
+            outer_delay: ahead as u32,
+            rounds: ahead + 3,
+            ..settings()
+        };
         let (mut machine, workers) = running(3, settings);
         let (mut closes, mut ended, mut ahead_draws, mut ahead_unanswered) = (Vec::new(), Vec::new(), 0, 0);
         let mut steps = rounds_ahead_settled_before_the_open_one(ahead);
-        steps.push(Box::new(|m, _| aggregate_open(m, T0 + 7 + 5_003)));
+        for index in 0..ahead {
+            steps.push(Box::new(move |m, _| aggregate_open(m, T0 + 7 + 5_003 + index)));
+        }
         for step in steps {
             step(&mut machine, &workers);
+            let (closes_before, ended_before) = (closes.len(), ended.len());
             while let Some(action) = machine.poll_action() {
                 let ahead_of_open = |round| machine.open_round().is_some_and(|open| open.id < round);
                 match action {
@@ -1358,14 +1374,21 @@ fn rounds_ahead_settled_before_the_open_one_close_in_order_as_soon_as_they_may()
                     _ => {}
                 }
             }
+            // Each round ahead, settled, is asked to close in the input
+            // that closed the round before it.
+            for &round in &ended[ended_before..] {
+                if round < ahead {
+                    assert!(
+                        closes[closes_before..].contains(&(round + 1)),
+                        "delay {ahead}: round {round} closed"
+                    );
+                }
+            }
         }
         assert_eq!(ahead_draws, ahead, "delay {ahead}: each round ahead drew before round 0 closed");
         assert_eq!(ahead_unanswered, ahead, "delay {ahead}: judged at each round's own deadline");
-        // Each round ahead, settled, is asked to close in the input that
-        // closed the round before it.
         let expected: Vec<u64> = (0..=ahead).collect();
-        assert_eq!(closes, expected, "delay {ahead}");
-        assert_eq!(ended, [0, 1], "delay {ahead}");
+        assert_eq!((&closes, &ended), (&expected, &expected), "delay {ahead}");
     }
 }
 
@@ -1814,6 +1837,61 @@ fn under_a_two_round_delay_three_rounds_take_commitments_and_each_opens_on_the_m
 }
 
 #[test]
+fn under_a_delay_of_three_or_four_every_live_round_takes_commitments_and_opens_on_the_model_delay_steps_back()
+{
+    for delay in [3, 4] {
+        let settings = Settings { outer_delay: delay as u32, rounds: delay + 3, ..settings() };
+        let (window, rounds) = (settings.commit_ms, settings.rounds);
+        let (mut machine, workers) = running(3, settings);
+        // Round k trains from the model before round k - delay's outer
+        // step, that is round k - delay - 1's result.
+        let live_from = |first: u64| -> Vec<(u64, Digest)> {
+            (first..rounds.min(first + delay + 1))
+                .map(|round| (round, model(round.saturating_sub(delay))))
+                .collect()
+        };
+        // The first delay + 1 rounds open at once, on the initial model,
+        // each due a window after the one before (its workers train the
+        // rounds before it first), and a worker's view shows them in order.
+        assert_eq!(live_rounds(&machine), live_from(0), "delay {delay}");
+        let deadlines: Vec<u64> = machine
+            .open_round()
+            .into_iter()
+            .chain(machine.ahead_rounds())
+            .map(|live| live.deadline_ms())
+            .collect();
+        let windows: Vec<u64> = (1..=delay + 1).map(|windows| T0 + windows * window).collect();
+        assert_eq!(deadlines, windows, "delay {delay}");
+        let view = machine.view(Some(workers[2]));
+        let chain: Vec<Option<u64>> =
+            std::iter::successors(Some(&view), |view| view.ahead.as_deref()).map(|view| view.round).collect();
+        assert_eq!(chain, (0..=delay).map(Some).collect::<Vec<_>>(), "delay {delay}");
+        // All take commitments, the newest first; round 0's last one opens
+        // nothing (round delay + 1 trains from round 0's result).
+        for round in (1..=delay).rev() {
+            commit_all(&mut machine, T0 + 1, &workers, round, model(0));
+        }
+        let actions = commit_all(&mut machine, T0 + 2, &workers, 0, model(0));
+        assert!(opened(&actions).is_empty(), "delay {delay}: {actions:?}");
+        // Each close promotes the oldest round ahead and opens the one
+        // delay + 1 after it on the new model, until the run's last round.
+        for round in 0..rounds {
+            let now = T0 + 3 + round;
+            let actions = reveal_and_close(&mut machine, now, &workers, round);
+            let next = round + delay + 1;
+            if next < rounds {
+                assert_eq!(opened(&actions), [(next, model(round + 1))], "delay {delay}");
+                commit_all(&mut machine, now, &workers, next, model(round + 1));
+            } else {
+                assert!(opened(&actions).is_empty(), "delay {delay}: {actions:?}");
+            }
+            assert_eq!(live_rounds(&machine), live_from(round + 1), "delay {delay}, round {round} closed");
+        }
+        assert_eq!(machine.completed_rounds(), rounds, "delay {delay}");
+    }
+}
+
+#[test]
 fn under_a_two_round_delay_a_worker_that_misses_a_round_sits_out_the_first_round_opened_after() {
     let (mut machine, workers) = running(3, delayed_twice());
     // Worker 2 delivers nothing for round 0; it is in rounds 1 and 2
@@ -2061,6 +2139,22 @@ fn random_event_sequences_keep_the_invariants_under_a_two_round_delay() {
     );
 }
 
+/// The swarm test at the deepest delay a run takes: up to five rounds
+/// live, all of them at times, and every invariant above holds.
+#[test]
+fn random_event_sequences_keep_the_invariants_under_a_four_round_delay() {
+    let counts = swarm(4);
+    assert!(
+        counts.all_live > 100
+            && counts.ahead_commitments > 100
+            && counts.ahead_revealing > 1000
+            && counts.ahead_reveals > 50
+            && counts.ahead_verdicts > 100
+            && counts.crashes > 1000,
+        "{counts:?}"
+    );
+}
+
 /// What a swarm run went through, over all seeds.
 #[derive(Debug, Default)]
 struct Swarm {
@@ -2075,6 +2169,9 @@ struct Swarm {
     two_live: u32,
     /// Steps after which three rounds were live (a two-round delay).
     three_live: u32,
+    /// Steps after which `delay + 1` rounds were live: as deep as the
+    /// pipeline goes.
+    all_live: u32,
     /// Commitments accepted for the round opened ahead.
     ahead_commitments: u32,
     /// Steps after which both live rounds took commitments.
@@ -2096,6 +2193,7 @@ fn swarm(outer_delay: u32) -> Swarm {
         contested,
         two_live,
         three_live,
+        all_live,
         ahead_commitments,
         two_committing,
         ahead_revealing,
@@ -2104,7 +2202,10 @@ fn swarm(outer_delay: u32) -> Swarm {
     } = &mut counts;
     for seed in 0..200 {
         let mut rng = keyed_rng("coordinator-swarm", RngKey::new(seed, 0, 0, 0));
-        let settings = Settings { rounds: 5, audit_probability: 0.5, outer_delay, ..settings() };
+        // Five rounds, or enough for a round to open ahead of a full
+        // pipeline after the first ones close.
+        let rounds = 5.max(u64::from(outer_delay) + 3);
+        let settings = Settings { rounds, audit_probability: 0.5, outer_delay, ..settings() };
         let mut machine = Coordinator::new(settings.clone(), Digest::of(b"run"), model(0), MASTER);
         let mut durable = Durable::new();
         let mut now = T0;
@@ -2303,12 +2404,12 @@ fn swarm(outer_delay: u32) -> Swarm {
                         assert!(last_ended < Some(round), "seed {seed}: rounds end in order");
                         last_ended = Some(round);
                     }
-                    Action::Record(Event::RunFinished { .. }) => assert_eq!(committed_rounds, 5),
+                    Action::Record(Event::RunFinished { .. }) => assert_eq!(committed_rounds, rounds),
                     _ => {}
                 }
             }
             durable.record(done);
-            assert!(machine.completed_rounds() <= 5);
+            assert!(machine.completed_rounds() <= rounds);
             let ahead: Vec<&OpenRound> = machine.ahead_rounds().collect();
             assert!(ahead.len() <= outer_delay as usize, "seed {seed}: at most `delay` rounds ahead");
             if let Some(newest) = ahead.last() {
@@ -2339,6 +2440,7 @@ fn swarm(outer_delay: u32) -> Swarm {
                 }
                 *two_live += 1;
                 *three_live += u32::from(ahead.len() == 2);
+                *all_live += u32::from(ahead.len() == outer_delay as usize);
                 *two_committing += u32::from(matches!(open.phase, RoundPhase::Committing { .. }));
             }
         }

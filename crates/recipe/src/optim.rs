@@ -66,10 +66,11 @@ pub struct Nesterov {
     /// network's round trip hides behind a round of compute. Round r's
     /// update, made against that older base, is still applied to the newest
     /// model (one-step-delayed outer updates, as in Streaming DiLoCo and
-    /// Kale et al. 2025). 2 trains round r from the model after round
-    /// r - 3's step, hiding two rounds of compute (simulation only: the
-    /// networked protocol keeps two live rounds, so a run takes 0 or 1).
-    /// Left out of the serialised form when 0, like `broadcast`.
+    /// Kale et al. 2025). d in general trains round r from the model after
+    /// round r - d - 1's step, hiding d rounds of compute behind the chain
+    /// from a commitment to its round's close; up to [`MAX_OUTER_DELAY`],
+    /// in the simulation and in networked runs alike. Left out of the
+    /// serialised form when 0, like `broadcast`.
     #[serde(skip_serializing_if = "is_zero")]
     pub delay: u32,
     /// What a delayed round (`delay = 1`) adds to its base to stand in for
@@ -87,11 +88,16 @@ pub struct Nesterov {
 }
 
 /// The most rounds an outer update may be delayed by (`[outer] delay`,
-/// `sim diloco --outer-delay`). The simulation runs any delay up to this;
-/// a networked run takes at most `crowdtrain_protocol`'s
-/// `MAX_NETWORK_OUTER_DELAY` (its coordinator keeps `delay + 1` live
-/// rounds).
-pub const MAX_OUTER_DELAY: u32 = 2;
+/// `sim diloco --outer-delay`, `demo --outer-delay`), the one home of the
+/// bound for the simulation and networked runs alike, so that every
+/// networked run has a simulation to reproduce. It bounds memory: a
+/// networked coordinator keeps `delay + 1` live rounds (each with its
+/// commitments, draws and audit state) and the `delay` models before the
+/// newest (the bases the rounds ahead train from, for their audits); a
+/// simulation keeps `delay + 2` published models. 4 hides four rounds of
+/// compute, what a small model's short rounds need over a slow link
+/// (docs/BENCHMARKS.md, issue 18).
+pub const MAX_OUTER_DELAY: u32 = 4;
 
 fn is_zero(value: &u32) -> bool {
     *value == 0
@@ -100,7 +106,7 @@ fn is_zero(value: &u32) -> bool {
 /// What a round that starts before the previous round's outer step
 /// (`[outer] delay = 1`) adds to its stale base, the model of two outer
 /// steps ago, in place of the step it has not seen (`[outer] eager`).
-/// Under `delay = 2` it stands in for one of the two steps only (the
+/// Under `delay` d >= 2 it stands in for one of the d steps only (the
 /// formulas below, with the base the round sees in place of θ_{r-1}).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -172,7 +178,11 @@ impl Nesterov {
     pub fn validate(&self) -> Result<(), RecipeError> {
         check_positive("outer.lr", self.lr)?;
         check("outer.momentum", (0.0..1.0).contains(&self.momentum), "must be in [0, 1)")?;
-        check("outer.delay", self.delay <= MAX_OUTER_DELAY, "must be 0, 1 or 2")?;
+        check(
+            "outer.delay",
+            self.delay <= MAX_OUTER_DELAY,
+            &format!("must be at most {MAX_OUTER_DELAY}: each round of delay keeps one more round live"),
+        )?;
         check(
             "outer.eager",
             self.eager.is_none() || self.delay > 0,

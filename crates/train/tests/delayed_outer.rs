@@ -154,3 +154,29 @@ fn a_round_delayed_by_two_trains_from_the_model_two_outer_steps_before() {
     let trend = config(2, Eager::Trend, Broadcast::Full);
     assert_eq!(run(&trend, &dataset, 2).diloco_state_hash, by_hand(&trend, &dataset));
 }
+
+/// Deeper pipelines (issue 18: a small model's short rounds need three or
+/// four of them over a slow link): under `delay = 3` rounds 0 to 3 train
+/// from the first model and round 4 from the first outer step's, and the
+/// run, plain or with the worker's own update as a stand-in, is the
+/// hand-written schedule, on any thread count.
+#[test]
+fn a_round_delayed_by_three_trains_from_the_model_three_outer_steps_before() {
+    let dataset = dataset();
+    let five_rounds = |delay, eager| DilocoConfig { rounds: 5, ..config(delay, eager, Broadcast::Full) };
+    let (two, three) = (five_rounds(2, Eager::None), five_rounds(3, Eager::None));
+    let (two_report, three_report) = (run(&two, &dataset, 2), run(&three, &dataset, 1));
+    assert_eq!(three_report.diloco_state_hash, by_hand(&three, &dataset));
+    assert_eq!(
+        three_report.diloco_state_hash,
+        run(&three, &dataset, 2).diloco_state_hash,
+        "any thread count"
+    );
+    // Rounds 0 to 2 train from θ_0 under either delay; round 3 parts.
+    assert_eq!(three_report.rounds[..3], two_report.rounds[..3]);
+    assert_ne!(three_report.rounds[3].diloco_train_loss, two_report.rounds[3].diloco_train_loss);
+    let own = five_rounds(3, Eager::Own);
+    let own_hash = run(&own, &dataset, 2).diloco_state_hash;
+    assert_eq!(own_hash, by_hand(&own, &dataset));
+    assert_ne!(own_hash, three_report.diloco_state_hash);
+}

@@ -15,9 +15,9 @@ use clap::Args;
 use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_node::files;
 use crowdtrain_node::worker::Behavior;
-use crowdtrain_protocol::Signed;
 use crowdtrain_protocol::coordinator::RoundState;
 use crowdtrain_protocol::wire::{DatasetFingerprint, Phase, RoundRecord, RunInfo, RunStatus, WorkerStatus};
+use crowdtrain_protocol::{MAX_OUTER_DELAY, Signed};
 use crowdtrain_train::{Codec, Nesterov, TrainingRecipe};
 use serde::Serialize;
 
@@ -85,10 +85,11 @@ pub struct DemoArgs {
     /// Delayed outer updates (run.toml's `[outer] delay`): 1 opens round
     /// r + 1, on the model before round r's outer step, as soon as round r
     /// is the open round, so workers train while round r is revealed,
-    /// audited and aggregated; 2 opens round r + 2 too (three live rounds,
-    /// for links slower than a round's training). It costs accuracy at
-    /// DiLoCo's outer step: pair it with a gentler one (docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2))]
+    /// audited and aggregated; d (up to 4) opens rounds r + 1 to r + d
+    /// (d + 1 live rounds, for links slower than d - 1 rounds' training).
+    /// It costs accuracy at DiLoCo's outer step, more the deeper it goes:
+    /// pair it with a gentler one (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_OUTER_DELAY)))]
     outer_delay: u32,
 
     /// Chance that a submission is audited (a replay of one of its 4

@@ -143,12 +143,13 @@ struct DilocoArgs {
     /// delay`): 0 is plain DiLoCo, every round waits for the previous
     /// round's outer step; 1 trains round r from the model before round
     /// r - 1's step, so a networked worker never waits for the network, and
-    /// applies its update to the newest model; 2 trains round r from the
-    /// model before round r - 2's step, hiding two rounds of compute.
+    /// applies its update to the newest model; d (up to 4) trains round r
+    /// from the model before round r - d's step, hiding d rounds of
+    /// compute.
     #[arg(long, default_value_t = 0)]
     outer_delay: u32,
 
-    /// With --outer-delay 1 (or 2), what stands in for the outer step a round does
+    /// With --outer-delay 1 or more, what stands in for the outer step a round does
     /// not wait for: none, trend (the last published step repeated) or own
     /// (the worker's own last update, times the outer learning rate).
     #[arg(long, default_value = "none")]

@@ -538,9 +538,8 @@ fn reveal_due(view: &crowdtrain_protocol::RoundView, round: u64) -> bool {
         return true;
     }
     let chain = std::iter::successors(Some(view), |view| view.ahead.as_deref());
-    let live = chain
-        .take(1 + crowdtrain_protocol::MAX_NETWORK_OUTER_DELAY as usize)
-        .find(|live| live.round == Some(round));
+    let live =
+        chain.take(1 + crowdtrain_protocol::MAX_OUTER_DELAY as usize).find(|live| live.round == Some(round));
     match (live, view.round) {
         (Some(live), _) => live.phase != Phase::Committing || (live.audit.is_some() && !live.audit_answered),
         (None, Some(open)) => open > round,

@@ -30,9 +30,7 @@ use crowdtrain_protocol::wire::{
     ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
     WorkerStatus, WorkerView,
 };
-use crowdtrain_protocol::{
-    Digest, MAX_NETWORK_OUTER_DELAY, PublicKey, RoundId, RoundView, Shard, Signed, WorkerId,
-};
+use crowdtrain_protocol::{Digest, MAX_OUTER_DELAY, PublicKey, RoundId, RoundView, Shard, Signed, WorkerId};
 use crowdtrain_store::delta::{self, ModelDelta};
 use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
@@ -362,7 +360,7 @@ pub async fn run_worker(
         // Another worker's segment to replay, in the open round or in one
         // opened ahead of it (each runs its own reveal phase and audits).
         let task = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
-            .take(1 + MAX_NETWORK_OUTER_DELAY as usize)
+            .take(1 + MAX_OUTER_DELAY as usize)
             .find_map(|live| Some((live.audit_task?, live.round?)));
         if let Some((task, round)) = task
             && behavior != Behavior::NoAnswer
@@ -746,7 +744,7 @@ async fn prefetch_next_base(
             continue;
         }
         let next = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
-            .take(1 + MAX_NETWORK_OUTER_DELAY as usize)
+            .take(1 + MAX_OUTER_DELAY as usize)
             .filter_map(|view| view.assignment.as_ref())
             .find(|assignment| assignment.round > training);
         // No next round for this worker yet (sitting out): the work loop
@@ -908,8 +906,7 @@ impl Settling {
                 return Ok(());
             }
             let chain = std::iter::successors(Some(&open), |view| view.ahead.as_deref());
-            let Some(view) =
-                chain.take(1 + MAX_NETWORK_OUTER_DELAY as usize).find(|view| view.round == Some(round))
+            let Some(view) = chain.take(1 + MAX_OUTER_DELAY as usize).find(|view| view.round == Some(round))
             else {
                 // Over (another round is the open round since), or not shown
                 // yet: nothing of it is asked for any more, or ask again.
@@ -1066,7 +1063,7 @@ fn round_to_work_on(mut view: RoundView, last_done: Option<RoundId>) -> (RoundVi
         view.assignment.as_ref().is_some_and(|assignment| Some(assignment.round) > last_done)
     };
     let depth = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
-        .take(1 + MAX_NETWORK_OUTER_DELAY as usize)
+        .take(1 + MAX_OUTER_DELAY as usize)
         .position(due)
         .unwrap_or(0);
     for _ in 0..depth {
