@@ -390,13 +390,8 @@ impl DilocoArgs {
             },
             (None, Some(vocab)) => {
                 let config = self.gpt.config(vocab)?;
-                let recipe = TrainingRecipe::language_model(
-                    self.seed,
-                    config,
-                    self.lr,
-                    self.inner_steps,
-                    self.rounds,
-                );
+                let recipe =
+                    TrainingRecipe::language_model(self.seed, config, self.lr, self.inner_steps, self.rounds);
                 let schedule = match self.round_warmup {
                     0 => recipe.schedule,
                     steps => Schedule::nanogpt_rewarm(self.inner_steps.saturating_mul(self.rounds), steps),
@@ -437,7 +432,13 @@ impl DilocoArgs {
             warmup: self.outer_warmup,
         };
         outer.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
-        Ok(DilocoConfig { recipe, workers: self.workers, rounds: self.rounds, outer, inner_lr: self.inner_lr })
+        Ok(DilocoConfig {
+            recipe,
+            workers: self.workers,
+            rounds: self.rounds,
+            outer,
+            inner_lr: self.inner_lr,
+        })
     }
 }
 
