@@ -222,11 +222,27 @@ fn a_cached_baseline_is_reused_only_where_it_is_the_same_baseline() {
     assert_eq!(other["baseline_cache"]["path"], first["baseline_cache"]["path"]);
     assert_eq!(baseline_of(&other), trained);
     assert_ne!(other["diloco_state_hash"], first["diloco_state_hash"]);
+    // DiLoCo's own inner learning rate is DiLoCo's side too: trained
+    // without the cache, the baseline is the same bits, so it may be reused.
+    let uncached = sim_diloco("2", "2", &["--inner-lr", "0.002"], cache.path());
+    assert_eq!(baseline_of(&uncached), trained);
+    let inner = run(&["--inner-lr", "0.002"]);
+    assert_eq!(inner["baseline_cache"]["reused"], true);
+    assert_eq!(inner["diloco_state_hash"], uncached["diloco_state_hash"]);
     // A change the baseline reads is another entry, trained afresh.
-    let lr = run(&["--inner-lr", "0.002"]);
+    let lr = run(&["--lr", "0.002"]);
     assert_eq!(lr["baseline_cache"]["reused"], false);
     assert_ne!(lr["baseline_cache"]["path"], first["baseline_cache"]["path"]);
     assert_ne!(lr["baseline_state_hash"], first["baseline_state_hash"]);
+    // `--inner-lr` is the rate DiLoCo's workers train with, whatever the
+    // baseline's: at the baseline's rate it is the run without it.
+    assert_eq!(inner["diloco_state_hash"], lr["diloco_state_hash"]);
+    assert_ne!(inner["diloco_state_hash"], first["diloco_state_hash"]);
+    let default_inner = run(&["--lr", "0.002", "--inner-lr", "0.001"]);
+    assert_eq!(default_inner["baseline_cache"]["reused"], true);
+    assert_eq!(default_inner["diloco_state_hash"], first["diloco_state_hash"]);
+    assert_eq!(default_inner["config"]["inner_lr"], 0.001);
+    assert!(first["config"].get("inner_lr").is_none(), "a run without it reports as before");
     // A damaged entry is not believed: trained again, and replaced.
     let path = PathBuf::from(first["baseline_cache"]["path"].as_str().unwrap());
     let mut bytes = std::fs::read(&path).unwrap();

@@ -59,9 +59,28 @@ pub struct DilocoConfig {
     pub workers: usize,
     pub rounds: u64,
     pub outer: Nesterov,
+    /// DiLoCo's workers' peak inner learning rate, when it differs from the
+    /// recipe's (which the synchronous baseline keeps): a simulation
+    /// experiment on how noisy each worker's trajectory should be, since a
+    /// smaller inner step lowers its noise floor and the outer step can
+    /// scale the averaged update back up. `None` (and left out of reports):
+    /// the recipe's, as in a networked run. The schedule's shape is the
+    /// recipe's either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_lr: Option<f32>,
 }
 
 impl DilocoConfig {
+    /// The recipe DiLoCo's workers train with: the recipe, at `inner_lr`
+    /// when one is set.
+    pub fn inner_recipe(&self) -> TrainingRecipe {
+        let mut recipe = self.recipe.clone();
+        if let Some(lr) = self.inner_lr {
+            recipe.optimizer.lr = lr;
+        }
+        recipe
+    }
+
     /// Samples each run consumes in one round.
     pub fn samples_per_round(&self) -> u64 {
         self.workers as u64 * self.recipe.work_units()
@@ -245,7 +264,7 @@ pub struct BaselineRound {
 /// restarts its optimizer, so [`Schedule::factor_in_round`] is its
 /// [`Schedule::factor`]), the workers and the rounds. Not in it, because
 /// the baseline never reads them: the outer step, its delay and stand-in,
-/// the inner state and the aggregator.
+/// DiLoCo's own inner learning rate, the inner state and the aggregator.
 ///
 /// [`Schedule::factor_in_round`]: crowdtrain_recipe::Schedule::factor_in_round
 /// [`Schedule::factor`]: crowdtrain_recipe::Schedule::factor
@@ -446,6 +465,8 @@ fn round_report(
 struct DilocoRun<'m> {
     model: &'m dyn Model,
     config: &'m DilocoConfig,
+    /// What the workers train with: [`DilocoConfig::inner_recipe`].
+    recipe: TrainingRecipe,
     state: OuterState,
     residuals: Vec<Vec<f32>>,
     bytes: u64,
@@ -482,6 +503,7 @@ impl<'m> DilocoRun<'m> {
         Self {
             model,
             config,
+            recipe: config.inner_recipe(),
             state: OuterState::new(model.name(), params),
             residuals: vec![Vec::new(); config.workers],
             bytes: 0,
@@ -531,7 +553,7 @@ impl<'m> DilocoRun<'m> {
             Some(_) => Vec::new(),
             None => self.sent.iter().map(|sent| self.base(sent)).collect(),
         };
-        let (model, recipe) = (self.model, &self.config.recipe);
+        let (model, recipe) = (self.model, &self.recipe);
         let shard = round_shard_order(recipe.seed, round, self.config.workers as u32);
         let keep = self.inner == InnerState::Carry;
         let results = self

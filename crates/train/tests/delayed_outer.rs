@@ -30,6 +30,7 @@ fn config(delay: u32, eager: Eager, broadcast: Broadcast) -> DilocoConfig {
         workers: 3,
         rounds: 4,
         outer: Nesterov { delay, eager, broadcast, ..Nesterov::default() },
+        inner_lr: None,
     }
 }
 

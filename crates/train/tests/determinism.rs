@@ -86,6 +86,7 @@ fn simulate_on_one_and_two_threads(codec: Codec, rounds: u64) -> [DilocoReport; 
         workers: 3,
         rounds,
         outer: Nesterov::default(),
+        inner_lr: None,
     };
     [1, 2].map(|threads| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -127,6 +128,7 @@ fn a_compressed_broadcast_simulates_reproducibly_and_downloads_less() {
         workers: 3,
         rounds: 3,
         outer: Nesterov { broadcast, ..Nesterov::default() },
+        inner_lr: None,
     };
     let int8 = config(crowdtrain_train::Broadcast::Delta(crowdtrain_train::Codec::INT8));
     let run = |config: &DilocoConfig, threads: usize| {

@@ -95,11 +95,20 @@ struct DilocoArgs {
     #[arg(long, default_value = "iid")]
     sharding: Sharding,
 
-    /// Inner AdamW learning rate (for the GPT, the peak of nanoGPT's
-    /// warmup and cosine decay over the run's inner steps, with its betas,
-    /// weight decay and clipping).
+    /// AdamW learning rate of the synchronous baseline, and of DiLoCo's
+    /// workers unless --inner-lr is given (for the GPT, the peak of
+    /// nanoGPT's warmup and cosine decay over the run's inner steps, with
+    /// its betas, weight decay and clipping).
     #[arg(long, default_value_t = AdamW::default().lr)]
-    inner_lr: f32,
+    lr: f32,
+
+    /// DiLoCo's workers' peak inner AdamW learning rate, where it should
+    /// differ from the baseline's --lr (the schedule's shape is the same):
+    /// an experiment, since a networked run's workers and a simulation's
+    /// baseline train with one recipe. The baseline, and so a
+    /// --baseline-cache entry, does not depend on it.
+    #[arg(long, value_name = "LR")]
+    inner_lr: Option<f32>,
 
     /// Outer Nesterov learning rate.
     #[arg(long, default_value_t = Nesterov::default().lr)]
@@ -176,7 +185,7 @@ struct DilocoArgs {
     /// Keep the synchronous baseline's results in DIR and reuse them in
     /// any later run of this same executable whose baseline is the same
     /// (same data, recipe, workers and rounds; the outer step, its delay,
-    /// the inner state, the codec and the aggregator may differ): an
+    /// --inner-lr, the inner state, the codec and the aggregator may differ): an
     /// experiment on DiLoCo's side then costs about half.
     #[arg(long, value_name = "DIR")]
     baseline_cache: Option<PathBuf>,
@@ -374,7 +383,7 @@ impl DilocoArgs {
                 model,
                 inner_steps: self.inner_steps,
                 batch_size: self.batch.unwrap_or(64),
-                optimizer: AdamW { lr: self.inner_lr, ..AdamW::default() },
+                optimizer: AdamW { lr: self.lr, ..AdamW::default() },
                 codec: self.codec,
                 sharding: self.sharding,
                 validation_fraction: self.validation_fraction,
@@ -382,13 +391,8 @@ impl DilocoArgs {
             },
             (None, Some(vocab)) => {
                 let config = self.gpt.config(vocab)?;
-                let recipe = TrainingRecipe::language_model(
-                    self.seed,
-                    config,
-                    self.inner_lr,
-                    self.inner_steps,
-                    self.rounds,
-                );
+                let recipe =
+                    TrainingRecipe::language_model(self.seed, config, self.lr, self.inner_steps, self.rounds);
                 let schedule = match self.round_warmup {
                     0 => recipe.schedule,
                     steps => Schedule::nanogpt_rewarm(self.inner_steps.saturating_mul(self.rounds), steps),
@@ -407,12 +411,19 @@ impl DilocoArgs {
         // The recipe's field names, as this command's flags.
         let flag = |field: &str| match field {
             "batch_size" => "--batch".to_owned(),
-            "optimizer.lr" => "--inner-lr".to_owned(),
+            "optimizer.lr" => "--lr".to_owned(),
             "outer.eager" => "--eager".to_owned(),
             "schedule.round_warmup_steps" => "--round-warmup".to_owned(),
             other => format!("--{}", other.replace(['_', '.'], "-")),
         };
         recipe.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
+        if let Some(lr) = self.inner_lr {
+            // DiLoCo's workers' optimizer, checked as the baseline's is.
+            AdamW { lr, ..recipe.optimizer }.validate().map_err(|error| match error.field {
+                "optimizer.lr" => anyhow::anyhow!("--inner-lr: {}", error.reason),
+                field => anyhow::anyhow!("with --inner-lr {lr}, {field} {}", error.reason),
+            })?;
+        }
         let outer = Nesterov {
             lr: self.outer_lr,
             momentum: self.outer_momentum,
@@ -422,7 +433,13 @@ impl DilocoArgs {
             warmup: self.outer_warmup,
         };
         outer.validate().map_err(|error| anyhow::anyhow!("{}: {}", flag(error.field), error.reason))?;
-        Ok(DilocoConfig { recipe, workers: self.workers, rounds: self.rounds, outer })
+        Ok(DilocoConfig {
+            recipe,
+            workers: self.workers,
+            rounds: self.rounds,
+            outer,
+            inner_lr: self.inner_lr,
+        })
     }
 }
 

@@ -600,6 +600,7 @@ pub fn simulated_run(
         workers,
         rounds,
         outer,
+        inner_lr: None,
     };
     let dataset = DataSource::Directory(subset()).load().unwrap();
     let mut evaluations = Vec::new();

@@ -83,6 +83,7 @@ fn simulated_state_hash_of(workers: usize, rounds: u64, inner_steps: u64, outer:
         workers,
         rounds,
         outer,
+        inner_lr: None,
     };
     let dataset = DataSource::Directory(SUBSET.into()).load().unwrap();
     let mut defense = crowdtrain_defense::ModelDefense::new(Default::default(), Default::default());
