@@ -559,21 +559,41 @@ pub async fn run_worker(
                     // published when the round before this one closes).
                     // So are the summaries of the rounds closed meanwhile.
                     let said = &mut said_beside;
+                    let finish = std::cell::Cell::new(false);
+                    let in_hand = &view;
                     let next_base = async {
                         if !pipelined {
                             return Ok(None);
                         }
                         let training = (round, &training_from);
-                        let seen =
-                            prefetch_next_base(&client, &coordinator, &run, &mut models, training).await?;
+                        let seen = prefetch_next_base(
+                            &client,
+                            &coordinator,
+                            &run,
+                            &mut models,
+                            training,
+                            in_hand,
+                            &finish,
+                        )
+                        .await?;
                         if let Some(view) = &seen {
                             let mut say = |event: &WorkerEvent| said.push(event.clone());
                             summaries.on_view(&client, view, &mut say).await?;
                         }
                         Ok(seen)
                     };
-                    let training = while_ticking(training, || report_progress(&mut on_event));
-                    let (produced, seen) = beside(training, next_base).await;
+                    let trained_at = std::cell::Cell::new(None);
+                    let training = async {
+                        let produced = while_ticking(training, || report_progress(&mut on_event)).await;
+                        trained_at.set(Some(Instant::now()));
+                        produced
+                    };
+                    let (produced, seen) = beside(training, next_base, &finish).await;
+                    // A prefetch finished after the training is time spent
+                    // waiting for the next round's model, not training.
+                    let trained_at = trained_at.get().unwrap_or_else(Instant::now);
+                    summary.idle.model += trained_at.elapsed().as_secs_f64();
+                    summary.training_seconds += trained_at.duration_since(started).as_secs_f64();
                     next_view = seen.flatten();
                     for event in said_beside.drain(..) {
                         on_event(&event);
@@ -582,7 +602,6 @@ pub async fn run_worker(
                     report_progress(&mut on_event);
                     produced
                 };
-                summary.training_seconds += started.elapsed().as_secs_f64();
                 summary.rounds_trained += 1;
                 summary.rounds_trained_ahead += u64::from(ahead);
                 let path = format!(
@@ -726,14 +745,56 @@ pub async fn run_worker(
 /// for (long-polled) and its base fetched while this round trains, so that
 /// the next round starts without a download. Only that base, the one after
 /// `training_from`: a newer model (d = 2) would not come as a delta from
-/// the one held. Dropped, unfinished, when the training ends first.
+/// the one held.
+///
+/// `in_hand` is the view this round was picked from. When its chain of
+/// rounds opened ahead already names the next round (the worker is behind
+/// the pipeline's head, the usual case a few rounds into a deep pipeline),
+/// there is nothing to wait for: one request for a fresh view, then the
+/// download. `finish` is set once what is left is bounded (that request
+/// and one download, what the work loop would do next anyway): [`beside`]
+/// then lets it finish after a round's training that ended first, where
+/// dropping it would waste the download and make the loop start it again
+/// (measured over the WAN lab: an MLP round of H = 50 trains in less than
+/// a round trip and a delta's download, so every prefetch was dropped).
+/// A long poll for a round not yet open is still dropped when the training
+/// ends first: the loop may have audits to run meanwhile.
 async fn prefetch_next_base(
     client: &Client,
     coordinator: &PublicKey,
     run: &RunInfo,
     models: &mut ModelCache,
     (training, training_from): (RoundId, &Digest),
+    in_hand: &RoundView,
+    finish: &std::cell::Cell<bool>,
 ) -> Result<Option<RoundView>, NodeError> {
+    let next_after = |view: &RoundView| {
+        std::iter::successors(Some(view), |view| view.ahead.as_deref())
+            .take(1 + MAX_OUTER_DELAY as usize)
+            .filter_map(|view| view.assignment.as_ref())
+            .find(|assignment| assignment.round > training)
+            .cloned()
+    };
+    let known = next_after(in_hand).filter(|next| next.base_model != *training_from);
+    if let Some(next) = known {
+        // The fresh view and the download at once: two round trips in the
+        // time of one.
+        finish.set(true);
+        let (view, fetched) = tokio::join!(
+            own_view(client, coordinator, run.run_id, "/v1/round?wait_ms=0"),
+            models.get(client, &next.base_model)
+        );
+        let (view, _) = (view?, fetched?);
+        if view.phase == Phase::Finished {
+            return Ok(None);
+        }
+        if let Some(other) = next_after(&view)
+            .filter(|other| other.base_model != next.base_model && other.base_model != *training_from)
+        {
+            models.get(client, &other.base_model).await?;
+        }
+        return Ok(Some(view));
+    }
     let path = format!("/v1/round?wait_ms=20000&model_not={}", training_from.to_hex());
     loop {
         let view = own_view(client, coordinator, run.run_id, &path).await?;
@@ -743,41 +804,44 @@ async fn prefetch_next_base(
         if view.model == *training_from {
             continue;
         }
-        let next = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
-            .take(1 + MAX_OUTER_DELAY as usize)
-            .filter_map(|view| view.assignment.as_ref())
-            .find(|assignment| assignment.round > training);
         // No next round for this worker yet (sitting out): the work loop
         // asks again once this one is trained.
-        if let Some(next) = next.filter(|next| next.base_model != *training_from) {
+        if let Some(next) = next_after(&view).filter(|next| next.base_model != *training_from) {
+            finish.set(true);
             models.get(client, &next.base_model).await?;
         }
         return Ok(Some(view));
     }
 }
 
-/// Runs `main` to its end with `side` beside it, as long as `main` lasts,
-/// and returns what `side` gave if it finished first: `side` is dropped
-/// unfinished when `main` ends first, and its failure is only logged (it
-/// is an optimisation: the work loop does it again when it needs it).
+/// Runs `main` to its end with `side` beside it and returns what `side`
+/// gave. When `main` ends first, `side` is finished if `finish` says what
+/// is left of it is bounded and needed next anyway, and dropped unfinished
+/// otherwise. Its failure is only logged (it is an optimisation: the work
+/// loop does it again when it needs it).
 async fn beside<T, S>(
     main: impl std::future::Future<Output = T>,
     side: impl std::future::Future<Output = Result<S, NodeError>>,
+    finish: &std::cell::Cell<bool>,
 ) -> (T, Option<S>) {
     let mut main = std::pin::pin!(main);
     let mut side = std::pin::pin!(side);
-    let (mut side_done, mut gave) = (false, None);
-    loop {
-        tokio::select! {
-            done = &mut main => return (done, gave),
-            result = &mut side, if !side_done => {
-                side_done = true;
-                match result {
-                    Ok(output) => gave = Some(output),
-                    Err(error) => tracing::warn!(%error, "fetching the next round's model beside training failed"),
-                }
-            }
+    let gave = |result: Result<S, NodeError>| match result {
+        Ok(output) => Some(output),
+        Err(error) => {
+            tracing::warn!(%error, "fetching the next round's model beside training failed");
+            None
         }
+    };
+    tokio::select! {
+        done = &mut main => {
+            let side = match finish.get() {
+                true => gave(side.await),
+                false => None,
+            };
+            (done, side)
+        }
+        result = &mut side => (main.await, gave(result)),
     }
 }
 
