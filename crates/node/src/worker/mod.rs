@@ -2036,3 +2036,51 @@ pub fn keygen(path: &Path) -> Result<PublicKey, NodeError> {
     crate::files::save_identity(&identity, path)?;
     Ok(identity.public_key())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use tokio::time::{Instant, sleep};
+
+    use super::*;
+
+    /// A fetch beside training: a long poll for `open_after_ms`, then, its
+    /// remainder bounded, a download of 200 ms.
+    async fn fetch(finish: &Cell<bool>, open_after_ms: u64) -> Result<&'static str, NodeError> {
+        sleep(Duration::from_millis(open_after_ms)).await;
+        finish.set(true);
+        sleep(Duration::from_millis(200)).await;
+        Ok("the next base")
+    }
+
+    /// A round's training that ends before the fetch beside it: the fetch
+    /// is finished once only a bounded remainder is left (else the
+    /// download would be thrown away and done again, after the training),
+    /// and dropped while it still waits on a round that is not open.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_beside_training_is_finished_once_bounded_and_dropped_while_it_waits() {
+        let training = || sleep(Duration::from_millis(60));
+        // Bounded from the start (the view in hand named the next round).
+        let finish = Cell::new(false);
+        let started = Instant::now();
+        let ((), fetched) = beside(training(), fetch(&finish, 0), &finish).await;
+        assert_eq!(fetched, Some("the next base"));
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        // Still long-polling for a round not yet open when the training ends.
+        let finish = Cell::new(false);
+        let started = Instant::now();
+        let ((), fetched) = beside(training(), fetch(&finish, 1_000), &finish).await;
+        assert_eq!(fetched, None);
+        assert_eq!(started.elapsed(), Duration::from_millis(60));
+        // A fetch that ends first waits for the training; a failed one is
+        // only a lost optimisation.
+        let finish = Cell::new(false);
+        let started = Instant::now();
+        let failing = async { Err::<(), _>(NodeError::Untrusted("refused".into())) };
+        let ((), fetched) = beside(training(), failing, &finish).await;
+        assert_eq!(fetched, None);
+        assert_eq!(started.elapsed(), Duration::from_millis(60));
+    }
+}
