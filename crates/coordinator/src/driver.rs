@@ -790,30 +790,27 @@ impl<T: Training> Driver<T> {
         shell.written()?;
         let order = self.store.commitment_order(round, accepted)?;
         let parameters = self.training.parameters();
-        let mut updates: Vec<(Digest, Vec<f32>)> = Vec::with_capacity(order.len());
-        for worker in &order {
-            // Kept until the round ends, not taken: a round may be
-            // aggregated again before its reveals are durable (a bet, then
-            // the close; a close that becomes a challenge settled in the
-            // same input), when the database does not hold them yet.
-            match self.decoded.get(&(round, *worker)) {
-                Some(decoded) => updates.push(decoded.clone()),
-                // Not in memory (revealed before a restart): from the database.
-                None => {
-                    let bytes = self.store.payloads(round, &[*worker])?.remove(0);
-                    let values = self.training.decode(&bytes)?;
-                    updates.push((Digest::of(&bytes), values));
-                }
-            }
+        // Read in place, not taken: a round's decoded updates are kept
+        // until it ends, since it may be aggregated again before its
+        // reveals are durable (a bet, then the close; a close that becomes
+        // a challenge settled in the same input), when the database does
+        // not hold them yet. Only those revealed before a restart are
+        // read back from the database.
+        let mut loaded: HashMap<WorkerId, (Digest, Vec<f32>)> = HashMap::new();
+        for worker in order.iter().filter(|worker| !self.decoded.contains_key(&(round, **worker))) {
+            let bytes = self.store.payloads(round, &[*worker])?.remove(0);
+            let values = self.training.decode(&bytes)?;
+            loaded.insert(*worker, (Digest::of(&bytes), values));
         }
         let submissions: Vec<Submission<'_>> = order
             .iter()
-            .zip(&updates)
-            .map(|(worker, (digest, values))| Submission {
-                worker: worker.0,
-                values,
-                digest: digest.0,
-                proven: proven.contains(worker),
+            .map(|worker| {
+                let (digest, values) = self
+                    .decoded
+                    .get(&(round, *worker))
+                    .or_else(|| loaded.get(worker))
+                    .expect("in memory or read back above");
+                Submission { worker: worker.0, values, digest: digest.0, proven: proven.contains(worker) }
             })
             .collect();
         let decided = started.elapsed();
