@@ -906,8 +906,11 @@ impl Coordinator {
         // A run with a contract may go on past `rounds` (`run_complete`):
         // whether it has is in its ledger, or decided by `maybe_open` now.
         machine.finished |= machine.required.is_none() && machine.completed_rounds >= machine.settings.rounds;
-        machine.reopen_reveal_window(now);
+        let ended = machine.reopen_reveal_window(now);
         machine.resume_replays();
+        for round in ended {
+            machine.end_ahead_reveal(round);
+        }
         machine.settle();
         machine.maybe_open();
         machine
@@ -926,19 +929,29 @@ impl Coordinator {
     /// reopening it would let a restart change what counts (a round opened
     /// ahead would take as accepted a reveal it had refused as late, the
     /// open round one it would have closed without). It keeps its recorded
-    /// deadline, and a round opened ahead stays past its reveal phase
-    /// ([`OpenRound::reveal_over`]; its unanswered audits were judged then).
-    fn reopen_reveal_window(&mut self, now: u64) {
+    /// deadline, and the rounds opened ahead among them are returned: the
+    /// restore ends their reveal phase as their deadline does
+    /// ([`Coordinator::end_ahead_reveal`]). The deadline may have passed
+    /// without the timer having fired (a request at or after it recorded
+    /// before the timeout input): then the unanswered audits were never
+    /// judged, and marking the phase over alone would have left them
+    /// pending, taking answers the dead machine was about to refuse as
+    /// unanswered (found by the network simulator under `--outer-delay`).
+    fn reopen_reveal_window(&mut self, now: u64) -> Vec<RoundId> {
         let open_id = self.open.as_ref().map(|open| open.id);
+        let mut ended = Vec::new();
         for live in self.open.iter_mut().chain(self.ahead.iter_mut()) {
             if let RoundPhase::Revealing { deadline_ms } = &mut live.phase {
                 if *deadline_ms <= self.recorded_until_ms {
-                    live.reveal_over = Some(live.id) != open_id;
+                    if Some(live.id) != open_id {
+                        ended.push(live.id);
+                    }
                     continue;
                 }
                 *deadline_ms = (*deadline_ms).max(now + self.settings.reveal_ms);
             }
         }
+        ended
     }
 
     /// Answered audits of the restored round that the driver replays itself
@@ -2144,20 +2157,28 @@ impl Coordinator {
                         self.begin_reveal(round);
                     }
                 }
-                RoundPhase::Revealing { .. } => {
-                    ahead.reveal_over = true;
-                    for (worker, segment, answered) in ahead.due_audits() {
-                        if !answered {
-                            self.judge(round, worker, segment, Verdict::Unanswered, None, None);
-                            continue;
-                        }
-                        let standing = self.standing_mut(round, worker);
-                        if !standing.judging {
-                            standing.judging = true;
-                            self.actions.push_back(Action::JudgeAudit { round, worker, segment });
-                        }
-                    }
-                }
+                RoundPhase::Revealing { .. } => self.end_ahead_reveal(round),
+            }
+        }
+    }
+
+    /// The reveal deadline of `round`, opened ahead of the open round, has
+    /// passed: it takes no more reveals ([`OpenRound::reveal_over`]), its
+    /// unanswered audits fail, and the driver replays its answered ones
+    /// nobody reported on (once each). At the timeout, or on a restore of a
+    /// round whose deadline had passed by the last recorded input.
+    fn end_ahead_reveal(&mut self, round: RoundId) {
+        let ahead = find_live(&mut self.open, &mut self.ahead, round).expect("a live round");
+        ahead.reveal_over = true;
+        for (worker, segment, answered) in ahead.due_audits() {
+            if !answered {
+                self.judge(round, worker, segment, Verdict::Unanswered, None, None);
+                continue;
+            }
+            let standing = self.standing_mut(round, worker);
+            if !standing.judging {
+                standing.judging = true;
+                self.actions.push_back(Action::JudgeAudit { round, worker, segment });
             }
         }
     }

@@ -1669,6 +1669,22 @@ fn under_a_delayed_outer_update_a_round_opened_ahead_ends_its_reveal_phase_at_it
     assert_eq!(machine.open_round().map(|open| (open.id, open.base_model)), Some((2, model(1))));
 }
 
+/// Under a delay of one (reveal window 5 s, every commitment audited),
+/// rounds 0 and 1 committed by all three workers; round 1 revealed by
+/// workers 0 and 1, and worker 0's audit answered: the live machine, what
+/// it made durable so far, and the workers.
+fn round_1_revealed_by_two_and_answered_by_one() -> (Settings, Coordinator, Durable, Vec<WorkerId>) {
+    let settings = Settings { min_workers: 3, reveal_ms: 5_000, audit_probability: 1.0, ..delayed() };
+    let (mut live, mut durable, workers) = durable_running(3, &settings);
+    durable.record(commit_all(&mut live, T0 + 1, &workers, 0, model(0)));
+    durable.record(commit_all(&mut live, T0 + 2, &workers, 1, model(0)));
+    for &worker in &workers[..2] {
+        reveal_on(&mut live, T0 + 3, worker, 1, model(0)).unwrap();
+    }
+    live.audit_answered(T0 + 3, workers[0], (T0 + 3) * 1000 + 2, 1, Digest::of(b"answer")).unwrap();
+    (settings, live, durable, workers)
+}
+
 #[test]
 fn a_round_opened_ahead_whose_reveal_phase_ended_before_a_crash_stays_ended_after_the_restore() {
     // Goal: a restart changes nothing that counts. Round 1, opened ahead
@@ -1678,14 +1694,7 @@ fn a_round_opened_ahead_whose_reveal_phase_ended_before_a_crash_stays_ended_afte
     // again, so worker 2's reveal, late without the crash, was accepted
     // after it. Now it is late either way, and only round 0's replay is
     // left to do.
-    let settings = Settings { min_workers: 3, reveal_ms: 5_000, audit_probability: 1.0, ..delayed() };
-    let (mut live, mut durable, workers) = durable_running(3, &settings);
-    durable.record(commit_all(&mut live, T0 + 1, &workers, 0, model(0)));
-    durable.record(commit_all(&mut live, T0 + 2, &workers, 1, model(0)));
-    for &worker in &workers[..2] {
-        reveal_on(&mut live, T0 + 3, worker, 1, model(0)).unwrap();
-    }
-    live.audit_answered(T0 + 3, workers[0], (T0 + 3) * 1000 + 2, 1, Digest::of(b"answer")).unwrap();
+    let (settings, mut live, mut durable, workers) = round_1_revealed_by_two_and_answered_by_one();
     for &worker in &workers {
         reveal(&mut live, T0 + 4, worker, 0).unwrap();
     }
@@ -1728,6 +1737,63 @@ fn a_round_opened_ahead_whose_reveal_phase_ended_before_a_crash_stays_ended_afte
         machine.handle_aggregated(back + 3, 0, Aggregated::all(result(1)));
     }
     assert_eq!(drain(&mut restored), drain(&mut live));
+}
+
+/// Found by the network simulator at `--outer-delay 1` (seed 174 of
+/// `sim network --auditors workers --bond 300`): round 1, opened ahead of
+/// round 0, reaches its reveal deadline and a reveal is recorded at that
+/// instant, before the timeout input; the coordinator dies before the
+/// timer fires. The restore saw the deadline passed by a recorded input
+/// and marked round 1's reveal phase over, but nothing judged its
+/// unanswered audits: they stayed pending and took answers that the dead
+/// machine's timeout, due at once, would have failed as unanswered. Now the
+/// restore ends the phase as the timeout does.
+#[test]
+fn a_round_ahead_whose_reveal_deadline_passed_unfired_before_a_crash_is_judged_as_its_timeout_would() {
+    // Worker 2 reveals round 1 at its deadline itself, before the timeout.
+    let (settings, mut live, mut durable, workers) = round_1_revealed_by_two_and_answered_by_one();
+    durable.record(drain(&mut live));
+    let deadline = T0 + 2 + 5_000;
+    assert_eq!(
+        reveal_on(&mut live, deadline, workers[2], 1, model(0)),
+        Ok(Outcome::Recorded(Recorded::Accepted)),
+        "the timeout has not fired"
+    );
+    durable.record(drain(&mut live));
+
+    // Back a second later: the restored machine fails the unanswered audits
+    // of round 1 (workers 1 and 2) and asks for worker 0's replay, as the
+    // live machine's timeout does.
+    let back = deadline + 1_000;
+    let mut restored = durable.restore(settings.clone(), back);
+    live.handle_timeout(back);
+    let verdicts = |actions: &[Action]| -> Vec<(u64, WorkerId, String)> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Record(Event::Audit { round: 1, worker, verdict, .. }) => {
+                    Some((1, *worker, format!("{verdict:?}")))
+                }
+                Action::Record(Event::Slash { round: 1, worker, .. }) => Some((1, *worker, "slash".into())),
+                Action::JudgeAudit { round: 1, worker, .. } => Some((1, *worker, "replay".into())),
+                _ => None,
+            })
+            .collect()
+    };
+    let (from_restore, from_timeout) = (verdicts(&drain(&mut restored)), verdicts(&drain(&mut live)));
+    assert!(
+        from_restore.contains(&(1, workers[1], "slash".into()))
+            && from_restore.contains(&(1, workers[2], "slash".into()))
+            && from_restore.contains(&(1, workers[0], "replay".into())),
+        "{from_restore:?}"
+    );
+    assert_eq!(from_restore, from_timeout);
+    assert!(restored.ahead_rounds().all(|round| round.reveal_over));
+    // An answer after the deadline is refused, crash or not.
+    for machine in [&mut live, &mut restored] {
+        let answer = machine.audit_answered(back + 1, workers[1], (back + 1) * 1000, 1, Digest::of(b"late"));
+        assert_eq!(answer.map_err(|refusal| refusal.code), Err(ErrorCode::NotAudited));
+    }
 }
 
 #[test]

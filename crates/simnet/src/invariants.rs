@@ -204,10 +204,9 @@ impl Tally {
     }
 }
 
-/// The open round as the rules check follows it.
+/// A live round as the rules check follows it.
 #[derive(Debug, Default)]
 struct RoundSeen {
-    id: RoundId,
     participants: BTreeSet<WorkerId>,
     commitments: BTreeMap<WorkerId, Commitment>,
     reveals: BTreeSet<WorkerId>,
@@ -261,9 +260,17 @@ impl Copies {
 /// Every round closes or fails by the rules, no honest worker is slashed
 /// or refused, and nothing the protocol always catches ever counts; fed
 /// the events one by one, in ledger order.
+///
+/// Rounds are live from their opening to their close or failure: one at a
+/// time, or under a delayed outer update `d` ([`Rules::with_outer_delay`])
+/// at most `d + 1`, which end in the order they opened (only the oldest,
+/// the open round, closes or fails). Each live round's records are checked
+/// against that round alone.
 #[derive(Debug)]
 pub struct Rules {
     quorum: usize,
+    /// Rounds opened ahead of the open one at most (`[outer] delay`).
+    outer_delay: usize,
     /// The run's bond (0: none) and the stake a slash takes.
     bond: u64,
     stake: u64,
@@ -273,7 +280,8 @@ pub struct Rules {
     /// next.
     undrawn: Option<(RoundId, WorkerId, u64)>,
     keys: BTreeMap<WorkerId, PublicKey>,
-    open: Option<RoundSeen>,
+    /// The live rounds by id (the oldest is the open round).
+    live: BTreeMap<RoundId, RoundSeen>,
     last_opened: Option<RoundId>,
     /// The workers credited by the round that closed last.
     credited: (RoundId, BTreeSet<WorkerId>),
@@ -285,16 +293,23 @@ impl Rules {
     pub fn new(quorum: u32, bond: u64, stake: u64) -> Self {
         Self {
             quorum: quorum as usize,
+            outer_delay: 0,
             bond,
             stake,
             bonds: BTreeMap::new(),
             undrawn: None,
             keys: BTreeMap::new(),
-            open: None,
+            live: BTreeMap::new(),
             last_opened: None,
             credited: (0, BTreeSet::new()),
             tally: Tally::default(),
         }
+    }
+
+    /// The rules of a run under a delayed outer update `delay`: up to
+    /// `delay` rounds opened ahead of the open one.
+    pub fn with_outer_delay(self, delay: u32) -> Self {
+        Self { outer_delay: delay as usize, ..self }
     }
 
     /// Checks every event of `events`, in order.
@@ -307,9 +322,21 @@ impl Rules {
     }
 
     fn open_round(&mut self, round: RoundId, what: &str) -> Result<&mut RoundSeen, Violation> {
-        match self.open.as_mut() {
-            Some(open) if open.id == round => Ok(open),
-            _ => violation(format!("{what} names round {round}, which is not the open round")),
+        match self.live.get_mut(&round) {
+            Some(open) => Ok(open),
+            None => violation(format!("{what} names round {round}, which is not a live round")),
+        }
+    }
+
+    /// Live round `round`, which ends now: it must be the oldest (rounds
+    /// close in the order they opened).
+    fn end_round(&mut self, round: RoundId, what: &str) -> Result<RoundSeen, Violation> {
+        match self.live.first_key_value().map(|(&oldest, _)| oldest) {
+            Some(oldest) if oldest == round => Ok(self.live.remove(&round).expect("live")),
+            Some(oldest) if self.live.contains_key(&round) => {
+                violation(format!("{what} ends round {round} before round {oldest}, opened before it"))
+            }
+            _ => violation(format!("{what} names round {round}, which is not a live round")),
         }
     }
 
@@ -337,8 +364,13 @@ impl Rules {
                 }
             }
             Event::RoundOpened { round, participants, .. } => {
-                if let Some(open) = &self.open {
-                    return violation(format!("round {round} opened while round {} is open", open.id));
+                if self.live.len() > self.outer_delay {
+                    let live: Vec<&RoundId> = self.live.keys().collect();
+                    return violation(format!(
+                        "round {round} opened while rounds {live:?} are live (outer delay {}: at most {} at once)",
+                        self.outer_delay,
+                        self.outer_delay + 1
+                    ));
                 }
                 if self.last_opened.is_some_and(|last| *round <= last) {
                     return violation(format!("round {round} opened after round {:?}", self.last_opened));
@@ -360,11 +392,11 @@ impl Rules {
                     ));
                 }
                 self.last_opened = Some(*round);
-                self.open = Some(RoundSeen {
-                    id: *round,
+                let seen = RoundSeen {
                     participants: participants.iter().copied().collect(),
                     ..RoundSeen::default()
-                });
+                };
+                self.live.insert(*round, seen);
             }
             Event::Commitment { round, worker, commitment, status, .. } => {
                 if *status == Recorded::Late {
@@ -494,7 +526,7 @@ impl Rules {
             }
             Event::RoundClosed { round, accepted, .. } => {
                 let quorum = self.quorum;
-                let open = self.open_round(*round, "a close")?;
+                let open = self.end_round(*round, "a close")?;
                 if accepted.len() < quorum {
                     return violation(format!(
                         "round {round} closed with {} updates; the quorum is {quorum}",
@@ -504,7 +536,6 @@ impl Rules {
                 if !accepted.windows(2).all(|pair| pair[0] < pair[1]) {
                     return violation(format!("round {round} credits workers out of order or twice"));
                 }
-                let open = std::mem::take(open);
                 for worker in accepted {
                     let counted = open.reveals.contains(worker)
                         && !open.mismatched.contains(worker)
@@ -541,13 +572,11 @@ impl Rules {
                         ));
                     }
                 }
-                self.open = None;
                 self.credited = (*round, accepted.iter().copied().collect());
                 self.tally.rounds_closed += 1;
             }
             Event::RoundFailed { round, .. } => {
-                self.open_round(*round, "a failure")?;
-                self.open = None;
+                self.end_round(*round, "a failure")?;
                 self.tally.rounds_failed += 1;
             }
             Event::WorkAccepted { round, worker, .. } => {
@@ -559,8 +588,8 @@ impl Rules {
                 self.tally.submissions_accepted += 1;
             }
             Event::RunFinished { .. } => {
-                if let Some(open) = &self.open {
-                    return violation(format!("the run finished with round {} open", open.id));
+                if let Some(open) = self.live.keys().next() {
+                    return violation(format!("the run finished with round {open} open"));
                 }
             }
             _ => {}
@@ -574,7 +603,10 @@ impl Rules {
 /// (`payloads` gives their bytes), in ledger order from `initial_model`,
 /// with a defence that never crashed, restarted, speculated or withdrew,
 /// gives every round's recorded model and momentum and the run's final
-/// model. Returns how many rounds it reproduced. For the stand-in
+/// model; and every round opens on the newest model there is then (under a
+/// delayed outer update, the model of d rounds before it once the pipeline
+/// is full: the outer step goes to the newest model, never to the round's
+/// base). Returns how many rounds it reproduced. For the stand-in
 /// training; [`check_fault_free_with`] for any.
 pub fn check_fault_free(
     events: &[Event],
@@ -600,6 +632,11 @@ pub fn check_fault_free_with(
     let (mut model, mut state, mut reproduced) = (initial_model, AggregatorState::default(), 0);
     for event in events {
         match event {
+            Event::RoundOpened { round, base_model, .. } if *base_model != model => {
+                return violation(format!(
+                    "round {round} opened on {base_model}, but the newest model a fault-free run had then is {model}"
+                ));
+            }
             Event::RoundClosed { round, result_model, result_momentum, accepted, .. } => {
                 let bytes = payloads(*round, accepted)?;
                 if bytes.len() != accepted.len() {

@@ -14,7 +14,10 @@
 //! - workers register, poll for their assignment, train (a hash stands in
 //!   for training, [`model`]; or a tiny MLP on the bundled Fashion-MNIST
 //!   subset, [`real`]), commit, answer audits and reveal; some are slow;
-//!   they join, leave, crash and restart during the run;
+//!   they join, leave, crash and restart during the run; under a delayed
+//!   outer update ([`SimConfig::outer_delay`]) up to d + 1 rounds are live
+//!   and each worker pipelines them, training the next round while the
+//!   ones before it settle, as the real worker does;
 //! - attackers are lazy, reveal something else than they committed, copy
 //!   others' work (bit for bit, or nearly: `--near-copiers`), send harmful
 //!   or malformed updates ([`model::Behaviour`]);
@@ -39,6 +42,7 @@ pub mod queue;
 pub mod real;
 mod world;
 
+use crowdtrain_protocol::MAX_OUTER_DELAY;
 use serde::Serialize;
 
 pub use invariants::{Tally, Violation};
@@ -182,6 +186,11 @@ pub struct SimConfig {
     /// worker answers an audit. Only with coordinator auditors (as the
     /// run's configuration requires).
     pub replay_from_start: bool,
+    /// The delayed outer update (`[outer] delay`, 0 to
+    /// [`MAX_OUTER_DELAY`]): round r trains from the model of round r - d,
+    /// so up to d + 1 rounds are live at once and a worker trains the next
+    /// round while the rounds before it are revealed, audited and closed.
+    pub outer_delay: u32,
 }
 
 impl SimConfig {
@@ -200,6 +209,7 @@ impl SimConfig {
             near_copiers: 0.0,
             forgers: 0.0,
             replay_from_start: false,
+            outer_delay: 0,
         }
     }
 
@@ -214,6 +224,21 @@ impl SimConfig {
             training: TrainingMode::Model,
             ..Self::small(seed)
         }
+    }
+
+    /// What no run can simulate: a delay deeper than the protocol's bound,
+    /// forgers with real training (the real worker has no such cheat).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.outer_delay > MAX_OUTER_DELAY {
+            return Err(format!(
+                "--outer-delay {}: a run takes an outer delay of at most {MAX_OUTER_DELAY} (crowdtrain_recipe::MAX_OUTER_DELAY)",
+                self.outer_delay
+            ));
+        }
+        if self.forgers > 0.0 && self.training != TrainingMode::Hash {
+            return Err("forgers are simulated with the stand-in training only (--training hash)".into());
+        }
+        Ok(())
     }
 
     /// The command line that runs this configuration.
@@ -231,6 +256,9 @@ impl SimConfig {
         }
         if self.replay_from_start {
             extra += " --replay from-start";
+        }
+        if self.outer_delay > 0 {
+            extra += &format!(" --outer-delay {}", self.outer_delay);
         }
         format!(
             "crowdtrain sim network --seed {} --workers {} --rounds {} --churn {} --attackers {} --faults \
@@ -305,15 +333,15 @@ pub fn run(config: &SimConfig) -> Result<Summary, Failure> {
 /// driver's `tracing` events) is not shown: a run reports its summary, and
 /// `SIMNET_TRACE` every durable event.
 pub fn simulate(config: &SimConfig) -> Result<Finished, Failure> {
-    if config.forgers > 0.0 && config.training != TrainingMode::Hash {
-        let violation =
-            Violation("forgers are simulated with the stand-in training only (--training hash)".into());
-        return Err(Failure { seed: config.seed, violation, command: config.command() });
+    if let Err(refused) = config.validate() {
+        return Err(Failure { seed: config.seed, violation: Violation(refused), command: config.command() });
     }
     let quiet = tracing::subscriber::NoSubscriber::default();
     tracing::subscriber::with_default(quiet, || match config.training {
         TrainingMode::Hash => world::World::new(config.clone(), model::HashMode::new(config.seed))?.run(),
-        TrainingMode::Model => world::World::new(config.clone(), real::ModelMode::new(config.seed)?)?.run(),
+        TrainingMode::Model => {
+            world::World::new(config.clone(), real::ModelMode::new(config.seed, config.outer_delay)?)?.run()
+        }
     })
     .map_err(|violation| Failure { seed: config.seed, violation, command: config.command() })
 }

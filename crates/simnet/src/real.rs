@@ -86,12 +86,15 @@ pub struct ModelMode {
 
 impl ModelMode {
     /// The run of `seed`: the MLP on the bundled subset, the world's recipe
-    /// ([`crate::world::recipe`]), files in a new temporary directory.
-    pub fn new(seed: u64) -> Result<Self, Violation> {
+    /// ([`crate::world::recipe`]) under `[outer] delay = outer_delay` (the
+    /// outer step keeps the models the rounds ahead train from), files in a
+    /// new temporary directory.
+    pub fn new(seed: u64, outer_delay: u32) -> Result<Self, Violation> {
         let recipe: TrainingRecipe = crate::world::recipe(seed);
         let mut config = RunConfig::parse(&format!("rounds = 1\n[training]\nseed = {seed}\n"))
             .map_err(|error| violation("the model run's configuration")(&error))?;
         config.training = recipe.clone();
+        config.outer.delay = outer_delay;
         let dir =
             tempfile::tempdir().map_err(|error| violation("a directory for the run's files")(&error))?;
         let files = |name: &str| dir.path().join(name);
@@ -125,8 +128,9 @@ impl ModelMode {
         let (name, layout) = (self.model.name(), self.model.layout());
         let params = checkpoint::decode(&bytes, CheckpointKind::Params, &name, layout)
             .map_err(|error| violation("a round's model does not decode")(&error))?;
-        // The workers of a few rounds at a time hold a model: keep it small.
-        if self.models.len() >= 4 {
+        // The workers of a few rounds at a time hold a model (under a
+        // delayed outer update, one per live round): keep it small.
+        if self.models.len() >= 4 + crowdtrain_protocol::MAX_OUTER_DELAY as usize {
             self.models.clear();
         }
         Ok(Arc::clone(self.models.entry(*digest).or_insert_with(|| Arc::new(params))))

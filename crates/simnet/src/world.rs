@@ -23,8 +23,8 @@ use crowdtrain_protocol::coordinator::{OpenRound, RoundPhase};
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{ErrorCode, Phase};
 use crowdtrain_protocol::{
-    Action, Assignment, Commitment, Coordinator, Digest, Identity, Opened, PublicKey, Recorded, RoundId,
-    RoundView, Settings, TrainingRecipe, WorkerId,
+    Action, Assignment, Commitment, Coordinator, Digest, Identity, MAX_OUTER_DELAY, Opened, PublicKey,
+    Recorded, RoundId, RoundView, Settings, TrainingRecipe, WorkerId,
 };
 use crowdtrain_store::Store;
 use rand_chacha::ChaCha8Rng;
@@ -189,8 +189,10 @@ enum Status {
     Gone,
 }
 
+/// A round's work as a worker holds it, from its assignment until the
+/// round ends (under a delayed outer update, one per live round it is
+/// assigned in).
 struct Task<W> {
-    round: RoundId,
     base: Digest,
     assignment: Assignment,
     work: Option<W>,
@@ -209,16 +211,44 @@ struct SimWorker<W> {
     epoch: u32,
     id: Option<WorkerId>,
     last_nonce: u64,
-    task: Option<Task<W>>,
+    /// Its tasks by round: the live rounds it is assigned in, as its last
+    /// view showed them. At most one is training (no work yet); the others
+    /// trained and settle (commit, answer the audit, reveal) while it trains
+    /// the next, as the real pipelined worker does.
+    tasks: BTreeMap<RoundId, Task<W>>,
+    /// The assignments its last view showed, oldest round first: what it
+    /// trains next the moment a training ends, without another poll (the
+    /// real worker keeps the view it came with).
+    queued: Vec<Assignment>,
     /// The delegated audits it started replaying, `(round, audited)`.
     audits: BTreeSet<(RoundId, WorkerId)>,
     done: bool,
 }
 
 impl<W> SimWorker<W> {
-    /// Its task, if it is for `round`.
+    /// Its task for `round`, if it holds one.
     fn task_of(&mut self, round: RoundId) -> Option<&mut Task<W>> {
-        self.task.as_mut().filter(|task| task.round == round)
+        self.tasks.get_mut(&round)
+    }
+
+    /// Whether a training is under way (a task without work yet).
+    fn training(&self) -> bool {
+        self.tasks.values().any(|task| task.work.is_none())
+    }
+
+    /// The first assignment it should train now, if any: none while it
+    /// trains; else the first of `assignments` (oldest round first) that it
+    /// holds no task for, past every round it holds one for (a pipelined
+    /// worker never goes back to a round older than one it trained).
+    fn due<'a>(&self, assignments: impl IntoIterator<Item = &'a Assignment>) -> Option<&'a Assignment> {
+        if self.training() {
+            return None;
+        }
+        let newest = self.tasks.keys().next_back().copied();
+        assignments.into_iter().find(|assignment| {
+            !self.tasks.contains_key(&assignment.round)
+                && newest.is_none_or(|newest| assignment.round > newest)
+        })
     }
 }
 
@@ -395,26 +425,36 @@ struct Fingerprint {
     model: Digest,
     workers: usize,
     open: Option<OpenRound>,
+    /// Under a delayed outer update, the rounds opened ahead of the open
+    /// one, oldest first, with their standings.
+    ahead: Vec<OpenRound>,
 }
 
 fn fingerprint(machine: &Coordinator) -> Fingerprint {
-    let open = machine.open_round().cloned().map(|mut round| {
+    let durable = |mut round: OpenRound| {
         round.early_close_ms = None;
         // A restore gives a round in its reveal phase a whole reveal window
         // again (workers could not reach the coordinator): not recorded.
         if let RoundPhase::Revealing { deadline_ms } = &mut round.phase {
             *deadline_ms = 0;
         }
+        // Nor is the end of a round ahead's reveal phase: a restore ends it
+        // if its deadline is no later than the last recorded input (the
+        // dead machine's timer may not have fired yet) and reopens it
+        // otherwise (the timer may have fired with nothing to record).
+        // Always false without a delay.
+        round.reveal_over = false;
         for standing in round.standings.values_mut() {
             standing.judging = false;
         }
         round
-    });
+    };
     Fingerprint {
         completed_rounds: machine.completed_rounds(),
         model: machine.model(),
         workers: machine.worker_count(),
-        open,
+        open: machine.open_round().cloned().map(durable),
+        ahead: machine.ahead_rounds().cloned().map(durable).collect(),
     }
 }
 
@@ -472,6 +512,8 @@ pub struct Finished {
     pub coordinator: PublicKey,
     pub quorum: u32,
     pub bond: u64,
+    /// The run's `[outer] delay` (what [`Rules::with_outer_delay`] takes).
+    pub outer_delay: u32,
     pub acked: Acked,
     pub behaviour_by_key: BTreeMap<PublicKey, Behaviour>,
     pub excused: BTreeSet<(PublicKey, RoundId)>,
@@ -519,7 +561,7 @@ impl<M: Mode> World<M> {
             vesting_rounds: 2,
             recipe: recipe(seed),
             contract_extra_rounds: 0,
-            outer_delay: 0,
+            outer_delay: config.outer_delay,
         };
         let signer = Arc::new(Identity::from_seed(
             Digest::of(&[&b"simnet coordinator "[..], &seed.to_le_bytes()].concat()).0,
@@ -556,7 +598,8 @@ impl<M: Mode> World<M> {
             behaviour_by_key: BTreeMap::new(),
             excused: BTreeSet::new(),
             outages: BTreeSet::new(),
-            rules: Rules::new(quorum(config.workers), config.bond, crate::STAKE),
+            rules: Rules::new(quorum(config.workers), config.bond, crate::STAKE)
+                .with_outer_delay(config.outer_delay),
             durable: Vec::new(),
             last_opened: 0,
             counters: Counters::default(),
@@ -647,7 +690,8 @@ impl<M: Mode> World<M> {
             epoch: 0,
             id: None,
             last_nonce: 0,
-            task: None,
+            tasks: BTreeMap::new(),
+            queued: Vec::new(),
             audits: BTreeSet::new(),
             done: false,
         });
@@ -745,7 +789,8 @@ impl<M: Mode> World<M> {
             return Err(Violation("the ledger is not the sequence of batches written".into()));
         }
         // Again from the verified ledger, from the start.
-        let mut rules = Rules::new(self.settings.quorum, self.settings.bond, self.settings.stake);
+        let mut rules = Rules::new(self.settings.quorum, self.settings.bond, self.settings.stake)
+            .with_outer_delay(self.settings.outer_delay);
         rules.feed_all(&events, self.knowledge())?;
         invariants::check_acked(&events, &self.acked)?;
         let store = self.node.store();
@@ -822,6 +867,7 @@ impl<M: Mode> World<M> {
             coordinator: key,
             quorum: self.settings.quorum,
             bond: self.settings.bond,
+            outer_delay: self.settings.outer_delay,
             acked: self.acked,
             behaviour_by_key: self.behaviour_by_key,
             excused: self.excused,
@@ -877,7 +923,7 @@ impl<M: Mode> World<M> {
             return Ok(());
         }
         let behaviour = state.behaviour;
-        let Some(task) = state.task.as_mut().filter(|task| (task.round, task.base) == (round, base)) else {
+        let Some(task) = state.tasks.get_mut(&round).filter(|task| task.base == base) else {
             return Ok(());
         };
         let work = self.mode.work(behaviour, &task.assignment)?;
@@ -889,7 +935,24 @@ impl<M: Mode> World<M> {
             worker,
             Request::Commit { nonce, round, base, commitment: Box::new(commitment), leaves },
         );
+        // Pipelined (under a delayed outer update): straight on to the next
+        // round its last view showed it, while this one settles.
+        let state = &self.workers[worker];
+        if let Some(next) = state.due(&state.queued).cloned() {
+            self.train(worker, next);
+        }
         Ok(())
+    }
+
+    /// `worker` starts training `assignment` (its task for the round, work
+    /// to come).
+    fn train(&mut self, worker: usize, assignment: Assignment) {
+        let (round, base) = (assignment.round, assignment.base_model);
+        let task = Task { base, assignment, work: None, committed: false, answered: false, revealed: false };
+        self.workers[worker].tasks.insert(round, task);
+        let delay = self.train_ms(worker);
+        let epoch = self.workers[worker].epoch;
+        self.queue.after(delay, Due::Trained { worker, epoch, round, base });
     }
 
     fn at_worker(&mut self, worker: usize, epoch: u32, reply: Reply) {
@@ -919,47 +982,74 @@ impl<M: Mode> World<M> {
         }
     }
 
-    /// What a worker does with the round it sees: train for a new
-    /// assignment, and send what its assignment still needs.
+    /// What a worker does with the rounds it sees: the live rounds, the
+    /// open one first and under a delayed outer update the rounds opened
+    /// ahead of it (the view's `ahead` chain, walked at most
+    /// [`MAX_OUTER_DELAY`] + 1 deep whatever it holds, as the real worker
+    /// does). It replays the delegated audits they name, drops the tasks of
+    /// rounds that ended (or opened again on another base: a withdrawn
+    /// provisional round), sends what each task still needs, and trains
+    /// the first round it has not trained once no training is under way.
     fn act_on(&mut self, worker: usize, view: RoundView) {
         if view.phase == Phase::Finished {
             self.workers[worker].done = true;
             return;
         }
-        let Some(assignment) = view.assignment else { return };
-        // A delegated audit to replay (beside its own work, as the real
-        // worker's auditing loop does): once per audit.
-        if let Some(task) = view.audit_task
-            && !view.provisional
-            && assignment.round == view.round.unwrap_or(u64::MAX)
-            && self.workers[worker].audits.insert((assignment.round, task.worker))
+        let mut chain = Vec::new();
+        let mut next = Some(view);
+        while let Some(mut level) = next.take()
+            && chain.len() <= MAX_OUTER_DELAY as usize
         {
-            let epoch = self.workers[worker].epoch;
-            let (round, base) = (assignment.round, assignment.base_model);
-            let job = AuditJob { worker, epoch, round, base, audited: task.worker, segment: task.segment };
-            self.queue.after(REPLAY_MS, Due::AuditReplayed(job));
+            next = level.ahead.take().map(|ahead| *ahead);
+            chain.push(level);
         }
-        let (round, base) = (assignment.round, assignment.base_model);
-        let state = &mut self.workers[worker];
-        let current = state.task.as_ref().is_some_and(|task| (task.round, task.base) == (round, base));
-        if !current {
-            state.task = Some(Task {
-                round,
-                base,
-                assignment,
-                work: None,
-                committed: false,
-                answered: false,
-                revealed: false,
-            });
-            let delay = self.train_ms(worker);
-            let epoch = self.workers[worker].epoch;
-            self.queue.after(delay, Due::Trained { worker, epoch, round, base });
+        if chain.iter().all(|level| level.assignment.is_none()) {
             return;
         }
-        let task = state.task.as_mut().expect("current");
+        for level in &chain {
+            // A delegated audit to replay (beside its own work, as the real
+            // worker's auditing loop does): once per audit.
+            if let (Some(task), Some(assignment)) = (level.audit_task, &level.assignment)
+                && !level.provisional
+                && assignment.round == level.round.unwrap_or(u64::MAX)
+                && self.workers[worker].audits.insert((assignment.round, task.worker))
+            {
+                let epoch = self.workers[worker].epoch;
+                let (round, base) = (assignment.round, assignment.base_model);
+                let job =
+                    AuditJob { worker, epoch, round, base, audited: task.worker, segment: task.segment };
+                self.queue.after(REPLAY_MS, Due::AuditReplayed(job));
+            }
+        }
+        let assignments: Vec<Assignment> =
+            chain.iter().filter_map(|level| level.assignment.clone()).collect();
+        let state = &mut self.workers[worker];
+        state.tasks.retain(|&round, task| {
+            assignments
+                .iter()
+                .any(|assignment| (assignment.round, assignment.base_model) == (round, task.base))
+        });
+        state.queued = assignments;
+        for level in &chain {
+            let Some(assignment) = &level.assignment else { continue };
+            let state = &self.workers[worker];
+            if state.tasks.contains_key(&assignment.round) {
+                self.settle(worker, level);
+            } else if let Some(due) = state.due([assignment]).cloned() {
+                self.train(worker, due);
+            }
+        }
+    }
+
+    /// Sends what `worker`'s task in the round `view` shows (a live round
+    /// it is assigned in) still needs: its commitment, then its audit
+    /// answer, then its reveal, once trained; one request a round and view.
+    fn settle(&mut self, worker: usize, view: &RoundView) {
+        let Some(round) = view.assignment.as_ref().map(|assignment| assignment.round) else { return };
+        let state = &mut self.workers[worker];
+        let Some(task) = state.tasks.get_mut(&round) else { return };
         let Some(work) = &task.work else { return };
-        let work = work.clone();
+        let (work, base) = (work.clone(), task.base);
         task.committed |= view.committed;
         task.answered |= view.audit_answered;
         task.revealed |= view.revealed;
@@ -1021,13 +1111,21 @@ impl<M: Mode> World<M> {
         self.request(worker, Request::Report { nonce, round, audited, report });
     }
 
-    /// The round a worker that goes down now may miss: its audit there may
-    /// go unanswered.
+    /// The rounds a worker that goes down now may miss: its audit there
+    /// may go unanswered. The live rounds (the round opened last and,
+    /// under a delayed outer update, the `delay` before it) and the next.
     fn excuse(&mut self, worker: usize) {
         let key = self.workers[worker].key;
-        let open = self.last_opened;
-        self.excused.insert((key, open));
-        self.excused.insert((key, open + 1));
+        for round in self.live_rounds().chain([self.last_opened + 1]) {
+            self.excused.insert((key, round));
+        }
+    }
+
+    /// The rounds that may be live now: the round opened last and, under a
+    /// delayed outer update `d`, the `d` before it.
+    fn live_rounds(&self) -> std::ops::RangeInclusive<RoundId> {
+        let delay = u64::from(self.settings.outer_delay);
+        self.last_opened.saturating_sub(delay)..=self.last_opened
     }
 
     fn churn(&mut self, kind: Churn) {
@@ -1056,7 +1154,8 @@ impl<M: Mode> World<M> {
                 self.excuse(worker);
                 let state = &mut self.workers[worker];
                 state.epoch += 1;
-                state.task = None;
+                state.tasks.clear();
+                state.queued.clear();
                 if matches!(kind, Churn::Leave) {
                     state.status = Status::Gone;
                     self.counters.left += 1;
@@ -1325,7 +1424,8 @@ impl<M: Mode> World<M> {
         self.node.incarnation += 1;
         self.node.armed = None;
         self.node.expected = Some(expected);
-        self.outages.insert(self.last_opened);
+        let live: Vec<RoundId> = self.live_rounds().collect();
+        self.outages.extend(live);
         self.counters.crashes += 1;
         self.queue.after(RESTART_MS, Due::Restart);
     }

@@ -46,7 +46,9 @@ fn first_honest_commitment(finished: &Finished, events: &[Event]) -> (usize, Rou
 }
 
 fn rules(finished: &Finished, events: &[Event]) -> Result<(), invariants::Violation> {
-    Rules::new(finished.quorum, finished.bond, STAKE).feed_all(events, knowledge(finished))
+    Rules::new(finished.quorum, finished.bond, STAKE)
+        .with_outer_delay(finished.outer_delay)
+        .feed_all(events, knowledge(finished))
 }
 
 #[test]
@@ -524,4 +526,153 @@ fn audits_replayed_from_the_start_keep_every_invariant_with_no_answer_uploaded()
         slashed += finished.summary.tally.attackers_slashed;
     }
     assert!(slashed > 0, "no attacker slashed");
+}
+
+/// Seeds a CI sweep runs at each outer delay.
+const PIPELINED_SEEDS: u64 = 20;
+
+/// What a pipelined run's ledger shows: the most rounds live at once, and
+/// how many times a worker's commitment to a round came before its own
+/// reveal of an earlier round (it trained the next round while the one
+/// before settled).
+fn pipelining(events: &[Event]) -> (usize, u64) {
+    let (mut live, mut most) = (BTreeSet::new(), 0);
+    let mut unrevealed: BTreeSet<(WorkerId, RoundId)> = BTreeSet::new();
+    let mut ahead = 0;
+    for event in events {
+        match event {
+            Event::RoundOpened { round, .. } => {
+                live.insert(*round);
+                most = most.max(live.len());
+            }
+            Event::RoundClosed { round, .. } | Event::RoundFailed { round, .. } => {
+                live.remove(round);
+                unrevealed.retain(|(_, committed)| committed != round);
+            }
+            Event::Commitment { round, worker, status: Recorded::Accepted, .. } => {
+                ahead += u64::from(
+                    unrevealed.iter().any(|&(other, earlier)| other == *worker && earlier < *round),
+                );
+                unrevealed.insert((*worker, *round));
+            }
+            Event::Reveal { round, worker, .. } => {
+                unrevealed.remove(&(*worker, *round));
+            }
+            _ => {}
+        }
+    }
+    (most, ahead)
+}
+
+/// Pipelined rounds (`--outer-delay D`, 1 to 4): up to D + 1 rounds live,
+/// workers training the next round while the earlier ones commit, answer
+/// audits and reveal, under every fault (loss, duplication, reordering,
+/// coordinator crashes and failed writes, churn) and every behaviour
+/// (attackers, near-copiers and forgers in some seeds, delegated auditors
+/// in odd ones). Every invariant holds at every depth, every run finishes,
+/// every round's model is the fault-free aggregation's, the pipeline fills
+/// (D + 1 rounds live at once) and workers do train ahead.
+#[test]
+fn pipelined_rounds_keep_every_invariant_at_every_outer_delay() {
+    for delay in 1..=crowdtrain_protocol::MAX_OUTER_DELAY {
+        let (mut deepest, mut ahead, mut tally) = (0, 0, crowdtrain_simnet::Tally::default());
+        // Coordinator crashes, failed writes, restores compared in full,
+        // worker crashes and lost messages.
+        let mut faults = [0u64; 5];
+        for seed in 0..PIPELINED_SEEDS {
+            let config = SimConfig {
+                outer_delay: delay,
+                near_copiers: if seed % 4 == 1 { 0.1 } else { 0.0 },
+                forgers: if seed % 4 == 3 { 0.1 } else { 0.0 },
+                ..SimConfig::small(seed)
+            };
+            let finished = simulate(&config).unwrap_or_else(|failure| panic!("{failure}"));
+            let summary = &finished.summary;
+            assert_eq!(summary.tally.rounds_closed, config.rounds, "delay {delay} seed {seed}: {summary:?}");
+            assert_eq!(summary.rounds_reproduced, config.rounds, "delay {delay} seed {seed}");
+            let events = events(&finished);
+            rules(&finished, &events)
+                .unwrap_or_else(|violation| panic!("delay {delay} seed {seed}: {violation}"));
+            let (most, trained_ahead) = pipelining(&events);
+            assert!(most <= delay as usize + 1, "delay {delay} seed {seed}: {most} rounds live");
+            deepest = deepest.max(most);
+            ahead += trained_ahead;
+            tally.add(&summary.tally);
+            let struck = [
+                summary.crashes,
+                summary.write_faults,
+                summary.restores_compared,
+                summary.workers_crashed,
+                summary.messages_lost,
+            ];
+            faults.iter_mut().zip(struck).for_each(|(total, count)| *total += count);
+        }
+        assert_eq!(deepest, delay as usize + 1, "delay {delay}: the pipeline fills");
+        let exercised = [
+            ("commitments ahead of an own reveal", ahead),
+            ("attackers slashed", tally.attackers_slashed),
+            ("updates refused", tally.updates_refused),
+            ("delegated verdicts", tally.delegated_verdicts),
+            ("coordinator crashes", faults[0]),
+            ("failed writes", faults[1]),
+            ("restores compared in full", faults[2]),
+            ("workers crashed", faults[3]),
+            ("messages lost", faults[4]),
+        ];
+        for (what, count) in exercised {
+            assert!(count > 0, "delay {delay}: no {what} over {PIPELINED_SEEDS} seeds: {tally:?} {faults:?}");
+        }
+    }
+}
+
+/// The rules check follows d + 1 live rounds without letting more in, nor
+/// a round end before the rounds opened before it; and a round must open
+/// on the newest model (the outer step goes to it, not to a round's base).
+#[test]
+fn a_pipelined_ledger_with_a_round_left_open_or_a_stale_base_is_reported() {
+    let config = SimConfig { outer_delay: 2, ..SimConfig::small(2) };
+    let finished = simulate(&config).unwrap_or_else(|failure| panic!("{failure}"));
+    let events = events(&finished);
+    rules(&finished, &events).unwrap();
+    // Without the delay the same ledger opens a round while others are live.
+    let strict = Rules::new(finished.quorum, finished.bond, STAKE).feed_all(&events, knowledge(&finished));
+    assert!(strict.unwrap_err().0.contains("are live"));
+    // The first close dropped (with its credits): its round stays live, so
+    // the round its close opens is one too many.
+    let mut unclosed = events.clone();
+    unclosed.retain(|event| {
+        !matches!(event, Event::RoundClosed { round: 0, .. } | Event::WorkAccepted { round: 0, .. })
+    });
+    let violation = rules(&finished, &unclosed).unwrap_err();
+    assert!(violation.0.contains("rounds [0, 1, 2] are live"), "{violation}");
+    // A round ahead closed before the open round.
+    let mut early = events.clone();
+    let close = early.iter().position(|event| matches!(event, Event::RoundClosed { round: 0, .. })).unwrap();
+    let Event::RoundClosed { round, .. } = &mut early[close] else { unreachable!() };
+    *round = 1;
+    let violation = rules(&finished, &early).unwrap_err();
+    assert!(violation.0.contains("ends round 1 before round 0"), "{violation}");
+    // A round opened on an older model than the newest.
+    let Some(Event::RunStarted { initial_model, .. }) = events.first().cloned() else { unreachable!() };
+    let payloads = |round, workers: &[WorkerId]| Ok(finished.store.payloads(round, workers).unwrap());
+    assert_eq!(invariants::check_fault_free(&events, initial_model, payloads).unwrap(), config.rounds);
+    let mut stale = events.clone();
+    let last_opened = stale.iter().rposition(|event| matches!(event, Event::RoundOpened { .. })).unwrap();
+    let Event::RoundOpened { base_model, .. } = &mut stale[last_opened] else { unreachable!() };
+    *base_model = initial_model;
+    let violation = invariants::check_fault_free(&stale, initial_model, payloads).unwrap_err();
+    assert!(violation.0.contains("newest model"), "{violation}");
+}
+
+/// The protocol's bound (`crowdtrain_recipe::MAX_OUTER_DELAY`) is the
+/// simulator's: a deeper delay is refused before anything runs.
+#[test]
+fn an_outer_delay_past_the_bound_is_refused() {
+    let deepest = SimConfig { outer_delay: crowdtrain_protocol::MAX_OUTER_DELAY, ..SimConfig::small(0) };
+    assert_eq!(deepest.validate(), Ok(()));
+    let config = SimConfig { outer_delay: crowdtrain_protocol::MAX_OUTER_DELAY + 1, ..SimConfig::small(0) };
+    let refused = config.validate().unwrap_err();
+    assert!(refused.contains("--outer-delay 5") && refused.contains("at most 4"), "{refused}");
+    let failure = simulate(&config).err().expect("refused");
+    assert!(failure.command.contains("--outer-delay 5"), "{}", failure.command);
 }

@@ -84,6 +84,13 @@ pub struct NetworkArgs {
     #[arg(long, default_value = "segment", value_parser = parse_replay)]
     replay: AuditReplay,
 
+    /// The delayed outer update (`[outer] delay`, 0 to 4): round r trains
+    /// from the model of round r - D, so up to D + 1 rounds are live at
+    /// once and the workers pipeline them (train the next round while the
+    /// ones before it commit, answer audits and reveal).
+    #[arg(long, default_value_t = 0)]
+    outer_delay: u32,
+
     /// Print the summary (or, with --seeds, the totals) as JSON.
     #[arg(long)]
     json: bool,
@@ -108,6 +115,7 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
 #[derive(Debug, Serialize)]
 struct SeedReport {
     training: TrainingMode,
+    outer_delay: u32,
     #[serde(flatten)]
     summary: Summary,
     /// The digest of the model the run finished on (in model mode, its
@@ -118,6 +126,7 @@ struct SeedReport {
 /// What `--seeds` reports.
 #[derive(Debug, Serialize)]
 struct SeedsReport {
+    outer_delay: u32,
     seeds: u64,
     passed: u64,
     /// The first failing seed, its violation and the command reproducing it.
@@ -149,6 +158,7 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         near_copiers: args.near_copiers,
         forgers: args.forgers,
         replay_from_start: args.replay == AuditReplay::FromStart,
+        outer_delay: args.outer_delay,
     };
     anyhow::ensure!(
         args.replay == AuditReplay::Segment
@@ -167,10 +177,16 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         args.forgers == 0.0 || args.training == TrainingMode::Hash,
         "--forgers takes --training hash (the real worker has no forging cheat)"
     );
+    config(args.seed).validate().map_err(anyhow::Error::msg)?;
     let Some((from, to)) = args.seeds else {
         let finished = crowdtrain_simnet::simulate(&config(args.seed))?;
         let final_model = finished.final_model.map(|digest| digest.to_string());
-        let report = SeedReport { training: args.training, summary: finished.summary, final_model };
+        let report = SeedReport {
+            training: args.training,
+            outer_delay: args.outer_delay,
+            summary: finished.summary,
+            final_model,
+        };
         if args.json {
             return output::print_json(&report);
         }
@@ -180,6 +196,7 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let progress = output::progress_bar(to - from, "seeds");
     let mut report = SeedsReport {
+        outer_delay: args.outer_delay,
         seeds: 0,
         passed: 0,
         failure: None,
@@ -239,9 +256,10 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
 fn print_summary(report: &SeedReport) {
     let summary = &report.summary;
     let mut table = output::table(&[]);
-    let rows: [(&str, String); 21] = [
+    let rows: [(&str, String); 22] = [
         ("seed", summary.seed.to_string()),
         ("training", report.training.as_str().to_owned()),
+        ("outer delay", report.outer_delay.to_string()),
         (
             "rounds closed / failed",
             format!("{} / {}", summary.tally.rounds_closed, summary.tally.rounds_failed),
