@@ -8,6 +8,7 @@
 #        [--delay-ms 50] [--rounds 10] [--inner-steps 50]
 #        [--config "FILE ..."] [--repeats 1] [--coordinator-rate 1gbit]
 #        [--json FILE] [--prefix ctw] [--keep] [--worker-args "ARGS"]
+#        [--worker-nice N]
 #
 # The lab is ../shared/scripts/wan-lab (or $WAN_LAB_DIR): host 0 runs the
 # coordinator on a link of --coordinator-rate (a data centre's), hosts
@@ -29,7 +30,12 @@
 # uploads, auditing others). --keep keeps every run's directory (the
 # coordinator's state with its ledger, the workers' logs and summaries) and
 # prints where it is. --worker-args passes more arguments to every worker
-# (the GPT's configs need `--tokenizer char`).
+# (the GPT's configs need `--tokenizer char`). --worker-nice N runs the
+# workers at that niceness (default 0): on one machine the lab's network
+# (each worker's delay proxy, a Python process) and the coordinator's data
+# centre share the workers' cores, and workers that keep both cores busy
+# slow the network they wait on, which separate machines would not; at 10
+# the proxies and the coordinator go first.
 # One caveat: the workers share this machine's cores, so each trains
 # slower than it would alone; utilisation is still the share of its wall
 # time a worker trained, the figure overlap and compression are for.
@@ -50,6 +56,7 @@ json_out=""
 prefix="ctw"
 keep=""
 worker_args=""
+worker_nice=0
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
@@ -58,6 +65,7 @@ while [ $# -gt 0 ]; do
         --rates) rates="$2"; shift 2 ;;
         --delay-ms) delay_ms="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
+        --worker-nice) worker_nice="$2"; shift 2 ;;
         --inner-steps) inner_steps="$2"; shift 2 ;;
         --config) configs="$2"; shift 2 ;;
         --repeats) repeats="$2"; shift 2 ;;
@@ -143,7 +151,7 @@ for workers in $workers_list; do
         done
         sleep 0.5
         for i in $(seq 1 "$workers"); do
-            "$wan_lab" exec "${prefix}$i" -- env RAYON_NUM_THREADS=1 "$binary" worker \
+            "$wan_lab" exec "${prefix}$i" -- nice -n "$worker_nice" env RAYON_NUM_THREADS=1 "$binary" worker \
                 --coordinator http://127.0.0.1:7071 --key "$run/worker$i.key" \
                 --cache "$run/cache$i" --threads 1 --json $worker_args >"$run/worker$i.json" 2>"$run/worker$i.log" &
             worker_pids+=($!)

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
+use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
     AUTH_HEADER, BODY_HEADER, ErrorCode, LedgerPage, Phase, RUN_HEADER, Receipt, ReceiptStatus,
 };
@@ -100,7 +101,7 @@ fn a_networked_run_with_a_two_round_delay_reproduces_the_delayed_simulation_bit_
     // round 0 was, and a slowed-down worker missed it. A round opened
     // ahead is now due a commit window after each round before it, issue
     // 18; the rounds are checked first, so that such a cause is named.)
-    a_delayed_network_run_reproduces_its_simulation(2, 5);
+    a_delayed_network_run_reproduces_its_simulation(2, 5, Broadcast::Full);
 }
 
 #[test]
@@ -110,8 +111,11 @@ fn a_networked_run_with_a_three_round_delay_reproduces_the_delayed_simulation_bi
     // the network as in the simulation: rounds r + 1 to r + 3 are open
     // while round r is, and the model is the three-round-delayed
     // simulation's, bit for bit. Method: three honest workers, six rounds
-    // (rounds 0 to 3 train from the initial model), audits at 0.5.
-    a_delayed_network_run_reproduces_its_simulation(3, 6);
+    // (rounds 0 to 3 train from the initial model), audits at 0.5, under
+    // the compressed broadcast home links use: each worker fetches the
+    // bases of its next rounds ahead, and downloads every model once, the
+    // first whole and the others as deltas.
+    a_delayed_network_run_reproduces_its_simulation(3, 6, Broadcast::Delta(Codec::INT8));
 }
 
 /// Three honest workers run `rounds` rounds under `[outer] delay =
@@ -119,9 +123,12 @@ fn a_networked_run_with_a_three_round_delay_reproduces_the_delayed_simulation_bi
 /// delay shallower by one), the first `delay + 1` rounds open at once,
 /// each later round when the round `delay + 1` before it closes (before
 /// the round after that one closes), and the workers trained rounds
-/// opened ahead.
-fn a_delayed_network_run_reproduces_its_simulation(delay: u32, rounds: u64) {
-    let outer = format!("[outer]\ndelay = {delay}\n");
+/// opened ahead, downloading each model they trained from once.
+fn a_delayed_network_run_reproduces_its_simulation(delay: u32, rounds: u64, broadcast: Broadcast) {
+    let outer = match broadcast {
+        Broadcast::Full => format!("[outer]\ndelay = {delay}\n"),
+        Broadcast::Delta(codec) => format!("[outer]\ndelay = {delay}\nbroadcast = \"{codec}\"\n"),
+    };
     let mut network = Network::with_extra(rounds, 12, 0.5, "min_workers = 3\ndeadline_ms = 60000", &outer);
     network.start_coordinator();
     for index in 0..3 {
@@ -129,11 +136,11 @@ fn a_delayed_network_run_reproduces_its_simulation(delay: u32, rounds: u64) {
     }
     let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
     assert_eq!(status.completed_rounds, rounds);
-    let delayed = Nesterov { delay, ..Nesterov::default() };
+    let delayed = Nesterov { delay, broadcast, ..Nesterov::default() };
     let simulated = simulated_run(3, rounds, 12, Default::default(), delayed, Codec::INT8);
     assert_every_round_counted_everyone_as_simulated(&status, 3, &simulated);
     assert_eq!(status.state_hash, simulated.state_hash, "the delayed simulation's bits");
-    let shallower = Nesterov { delay: delay - 1, ..Nesterov::default() };
+    let shallower = Nesterov { delay: delay - 1, broadcast, ..Nesterov::default() };
     assert_ne!(status.state_hash, simulated_state_hash_of(3, rounds, 12, Default::default(), shallower));
     let first_open = delay as usize + 1;
     assert!(
@@ -162,9 +169,38 @@ fn a_delayed_network_run_reproduces_its_simulation(delay: u32, rounds: u64) {
             (Some(rounds), Some(0))
         );
         trained_ahead += summary["rounds_trained_ahead"].as_u64().unwrap();
+        // Rounds 0 to `delay` train from the initial model, each later one
+        // from the next model: `rounds - delay` models, each downloaded
+        // once (a base fetched ahead is waited for, not fetched again).
+        let (full, deltas) = (
+            summary["full_model_downloads"].as_u64().unwrap(),
+            summary["delta_model_downloads"].as_u64().unwrap(),
+        );
+        match broadcast {
+            Broadcast::Full => assert_eq!((full, deltas), (rounds - u64::from(delay), 0), "{summary}"),
+            Broadcast::Delta(_) => {
+                assert_eq!((full, deltas), (1, rounds - u64::from(delay) - 1), "{summary}")
+            }
+        }
     }
     assert!(trained_ahead > 0, "workers trained rounds opened ahead while the one before was open");
     assert!(status.workers.iter().all(|worker| worker.submissions_accepted == rounds && worker.slashed == 0));
+    // Workers revealed with their commitments: in the ledger, reveals of a
+    // round before its reveal phase began (its audit draw).
+    let ledger = format!("{}/v1/ledger?kinds=reveal,audit-draw&from=0&limit=200", network.url());
+    let page: LedgerPage = get_json(&ledger).expect("the ledger");
+    let mut drawn = std::collections::BTreeSet::new();
+    let mut early = 0;
+    for entry in &page.entries {
+        match entry.event {
+            Event::AuditDraw { round, .. } => {
+                drawn.insert(round);
+            }
+            Event::Reveal { round, .. } => early += u32::from(!drawn.contains(&round)),
+            _ => {}
+        }
+    }
+    assert!(early > 0, "no reveal came before its round's reveal phase: {:?}", page.entries);
 }
 
 #[test]
@@ -440,11 +476,12 @@ fn a_worker_restarted_between_its_commitment_and_its_reveal_trains_again_and_rev
     // coordinator takes the same commitment again, and it reveals. Method:
     // a hand-driven participant holds round 0 in its commit phase until the
     // real worker has committed, been SIGKILLed and restarted, so the real
-    // worker cannot have revealed before the kill.
+    // worker (which reveals when due: `--no-early-reveal`) cannot have
+    // revealed before the kill.
     let mut network = Network::new(1, 8, 0.0, "min_workers = 2\ndeadline_ms = 60000");
     network.start_coordinator();
     let hand = HandWorker::join(&network, 7);
-    network.start_worker(0);
+    network.start_worker_args(0, &["--no-early-reveal"]);
     restart_worker_0_after_its_first_commitment(&mut network);
 
     let assignment = hand.view().assignment.expect("the hand worker takes part in round 0");
@@ -485,7 +522,7 @@ fn restart_worker_0_after_its_first_commitment(network: &mut Network) {
     worker.kill().unwrap();
     worker.wait().unwrap();
     std::fs::remove_dir_all(network.path("cache-0")).unwrap();
-    network.start_worker(0);
+    network.start_worker_args(0, &["--no-early-reveal"]);
 }
 
 #[test]
@@ -496,12 +533,13 @@ fn under_a_delayed_outer_update_a_worker_restarted_before_its_reveals_trains_aga
     // restarted, it trains every round it had committed to again, the
     // coordinator takes the same commitments again, and it reveals them.
     // Method: a hand-driven participant holds round 0 in its commit phase
-    // until the real worker has committed, been SIGKILLed and restarted.
+    // until the real worker (revealing when due: `--no-early-reveal`) has
+    // committed, been SIGKILLed and restarted.
     let mut network =
         Network::with_extra(2, 8, 0.0, "min_workers = 2\ndeadline_ms = 60000", "[outer]\ndelay = 1\n");
     network.start_coordinator();
     let hand = HandWorker::join(&network, 7);
-    network.start_worker(0);
+    network.start_worker_args(0, &["--no-early-reveal"]);
     restart_worker_0_after_its_first_commitment(&mut network);
 
     // Round 1 opened with round 0, on the same model.

@@ -1802,7 +1802,9 @@ impl Coordinator {
 
     /// A reveal: the digest of the pseudo-gradient a worker uploads, which
     /// must be the one it committed to. A mismatch is recorded, rejects the
-    /// submission and slashes the stake.
+    /// submission and slashes the stake. It is taken as soon as the
+    /// worker's commitment is in, in the commit phase too (an early
+    /// reveal); the reveal phase then awaits only the others.
     ///
     /// `malformed` is the driver's refusal of a payload that is not a valid
     /// update. If that payload is the committed one, the worker signed up
@@ -1828,14 +1830,15 @@ impl Coordinator {
         }
         if let Some(open) = find_live(&mut self.open, &mut self.ahead, round) {
             check_participant(&open.participants, open.base_model, worker, round, base_model)?;
-            if matches!(open.phase, RoundPhase::Committing { .. }) {
-                return Err(Refusal::new(
-                    ErrorCode::TooEarly,
-                    format!("round {round} is still in its commit phase; reveal after it ends"),
-                ));
-            }
-            let standing = open.standings.entry(worker).or_default();
-            let Some(commitment) = standing.commitment else {
+            // Committed is all it takes, in the commit phase too: an early
+            // reveal is kept by the coordinator alone (no worker sees an
+            // update before its round closes), so it shows nobody anything
+            // a commitment did not bind already, and the reveal phase of a
+            // round whose workers all revealed early ends as it begins,
+            // without a round trip and an upload on every home link.
+            let Some(standing) =
+                open.standings.get_mut(&worker).filter(|standing| standing.commitment.is_some())
+            else {
                 return Err(Refusal::new(
                     ErrorCode::NotCommitted,
                     format!(
@@ -1843,6 +1846,7 @@ impl Coordinator {
                     ),
                 ));
             };
+            let commitment = standing.commitment.expect("committed");
             if let Some(existing) = standing.revealed {
                 return same_or_duplicate(existing == payload, Recorded::Accepted, worker, round, "reveal");
             }
@@ -1899,8 +1903,9 @@ impl Coordinator {
     ) -> Result<Outcome, Refusal> {
         let Some(open) = find_live(&mut self.open, &mut self.ahead, round) else { return Err(refusal) };
         check_participant(&open.participants, open.base_model, worker, round, base_model)?;
-        let revealing = matches!(open.phase, RoundPhase::Revealing { .. }) && !open.reveal_over;
-        let standing = open.standings.entry(worker).or_default();
+        // In the commit phase too, as any reveal (see `reveal`).
+        let revealing = !open.reveal_over;
+        let Some(standing) = open.standings.get_mut(&worker) else { return Err(refusal) };
         let committed = standing.commitment.is_some_and(|commitment| commitment.payload == payload);
         if !revealing || !committed {
             return Err(refusal);
@@ -2092,6 +2097,8 @@ impl Coordinator {
                 if committed >= self.settings.quorum as usize {
                     let round = open.id;
                     self.begin_reveal(round);
+                    // Revealed early, all of them: it closes now.
+                    self.settle();
                 } else if extensions < self.settings.max_extensions {
                     let round = open.id;
                     self.record(Event::DeadlineExtended {
@@ -2598,6 +2605,12 @@ impl Coordinator {
     /// its phase.
     fn settle_open(&mut self) {
         let Some(open) = &self.open else { return };
+        // Closing already: its Close awaits the driver's answer (a restored
+        // machine emits it at once, and an input may come before the answer
+        // does, settling the same round again).
+        if self.closing.is_some() {
+            return;
+        }
         match open.phase {
             RoundPhase::Committing { .. } => {
                 let round = open.id;

@@ -163,11 +163,15 @@ fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
     for &worker in &workers[..2] {
         assert_eq!(commit(&mut machine, T0 + 100, worker, 0), Ok(Outcome::Recorded(Recorded::Accepted)));
     }
+    // A committed worker may reveal at once (an early reveal, kept until
+    // the round closes); one that has not committed may not.
     assert_eq!(
         reveal(&mut machine, T0 + 101, workers[0], 0),
-        Err(ErrorCode::TooEarly),
-        "no reveal before the phase"
+        Ok(Outcome::Recorded(Recorded::Accepted)),
+        "an early reveal"
     );
+    assert_eq!(reveal(&mut machine, T0 + 101, workers[2], 0), Err(ErrorCode::NotCommitted));
+    assert_eq!(machine.phase(), Phase::Committing, "the early reveal ends nothing");
     commit(&mut machine, T0 + 102, workers[2], 0).unwrap();
     let actions = drain(&mut machine);
     let Some(Action::Record(Event::AuditDraw { secret, beacon, audits, .. })) = actions.last() else {
@@ -188,7 +192,12 @@ fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
     );
     assert!(audits.is_empty(), "audits are off in these settings");
     assert_eq!(machine.phase(), Phase::Revealing);
-    for &worker in &workers {
+    assert_eq!(
+        reveal(&mut machine, T0 + 200, workers[0], 0),
+        Ok(Outcome::AlreadyRecorded(Recorded::Accepted)),
+        "revealed early: the same reveal again changes nothing"
+    );
+    for &worker in &workers[1..] {
         assert_eq!(reveal(&mut machine, T0 + 200, worker, 0), Ok(Outcome::Recorded(Recorded::Accepted)));
     }
     let actions = drain(&mut machine);
@@ -209,6 +218,91 @@ fn a_full_round_commits_reveals_aggregates_credits_and_opens_the_next() {
         if *base_model == model(1) && participants == &workers)
     );
     assert_eq!(machine.completed_rounds(), 1);
+}
+
+#[test]
+fn reveals_sent_with_their_commitments_let_a_round_close_as_its_commit_phase_ends() {
+    // Goal: a committed worker may reveal at once, in the commit phase (an
+    // early reveal: the coordinator keeps it until the round closes, so it
+    // shows nobody anything), and a round whose committed workers all did
+    // closes the moment its commit phase ends, with no reveal phase to wait
+    // out. A mismatching early reveal is a proven fault like any other.
+    // Method: round 1 (all proven) with worker 2 absent: workers 0 and 1
+    // commit and reveal early; the commit deadline ends the phase and the
+    // same input closes the round. Then round 2, where worker 0 reveals
+    // early what it did not commit to.
+    let (mut machine, workers) = running(3, settings());
+    deliver(&mut machine, T0 + 10, &workers, 0);
+    machine.handle_aggregated(T0 + 20, 0, Aggregated::all(result(1)));
+    drain(&mut machine);
+    let opened = T0 + 20;
+    for (offset, &worker) in workers[..2].iter().enumerate() {
+        let at = T0 + 100 + offset as u64;
+        commit(&mut machine, at, worker, 1).unwrap();
+        assert_eq!(reveal(&mut machine, at, worker, 1), Ok(Outcome::Recorded(Recorded::Accepted)));
+    }
+    assert_eq!(machine.phase(), Phase::Committing, "a proven participant is waited for");
+    assert!(machine.view(Some(workers[0])).revealed, "the worker sees its early reveal taken");
+    drain(&mut machine);
+    machine.handle_timeout(opened + 10_000);
+    let actions = drain(&mut machine);
+    assert!(
+        matches!(actions.first(), Some(Action::Record(Event::AuditDraw { round: 1, .. }))),
+        "{actions:?}"
+    );
+    assert!(
+        matches!(actions.last(), Some(Action::Close { round: 1, accepted, .. }) if accepted == &workers[..2]),
+        "closed at the end of the commit phase: {actions:?}"
+    );
+    machine.handle_aggregated(opened + 10_001, 1, Aggregated::all(result(2)));
+    drain(&mut machine);
+
+    commit(&mut machine, opened + 10_100, workers[0], 2).unwrap();
+    let tampered = machine.reveal(
+        opened + 10_101,
+        workers[0],
+        (opened + 10_101) * 1000,
+        2,
+        model(2),
+        Digest::of(b"tampered"),
+        None,
+    );
+    assert_eq!(tampered, Ok(Outcome::Recorded(Recorded::Mismatch)));
+    assert!(
+        drain(&mut machine)
+            .iter()
+            .any(|action| matches!(action, Action::Record(Event::Slash { round: 2, worker, .. }) if *worker == workers[0])),
+        "an early mismatch is slashed"
+    );
+}
+
+#[test]
+fn a_coordinator_that_crashes_anywhere_among_early_reveals_resumes_exactly() {
+    // Goal: early reveals are durable records like any other: a machine
+    // restored after any step of a round revealed early (in its commit
+    // phase, the last commitment ending it) behaves as the live one did.
+    let settings = Settings { min_workers: 3, audit_probability: 0.6, ..settings() };
+    let steps: Vec<Step> = (0..3)
+        .flat_map(|index: usize| -> [Step; 2] {
+            let at = T0 + 10 + 2 * index as u64;
+            [
+                Box::new(move |m, w| {
+                    commit(m, at, w[index], 0).unwrap();
+                }),
+                Box::new(move |m, w| {
+                    let _ = reveal(m, at + 1, w[index], 0);
+                }),
+            ]
+        })
+        .chain(std::iter::once(Box::new(|m: &mut Coordinator, w: &[WorkerId]| {
+            for &worker in w {
+                if m.pending_audit(worker, 0).is_some() {
+                    m.audit_result(T0 + 30, 0, worker, Verdict::Passed, None, None).unwrap();
+                }
+            }
+        }) as Step))
+        .collect();
+    restored_machines_behave_like_the_live_one(&settings, &steps, T0 + 12);
 }
 
 #[test]
@@ -1454,8 +1548,10 @@ fn under_a_delayed_outer_update_the_next_round_opens_with_its_base_and_two_round
         commit_on(&mut machine, T0 + 2, workers[0], 1, model(0)),
         Ok(Outcome::AlreadyRecorded(Recorded::Accepted))
     );
+    // Committed to both: it may reveal both at once (early reveals, in
+    // each round's commit phase).
     for round in [0, 1] {
-        let too_early = machine.reveal(
+        let early = machine.reveal(
             T0 + 3,
             workers[0],
             (T0 + 3) * 1000,
@@ -1464,8 +1560,9 @@ fn under_a_delayed_outer_update_the_next_round_opens_with_its_base_and_two_round
             payload(workers[0], round),
             None,
         );
-        assert_eq!(too_early.unwrap_err().code, ErrorCode::TooEarly, "round {round}");
+        assert_eq!(early, Ok(Outcome::Recorded(Recorded::Accepted)), "round {round}");
     }
+    assert_eq!(machine.phase(), Phase::Committing, "round 0 still waits for its third participant");
     assert_eq!(commit_on(&mut machine, T0 + 3, workers[2], 1, model(1)), Err(ErrorCode::StaleModel));
 
     // The last commitment to round 0 ends its commit phase: nothing opens

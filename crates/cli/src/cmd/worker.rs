@@ -84,6 +84,14 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "K")]
     option: Option<u32>,
 
+    /// Reveal an update only once its round's commit phase is over. By
+    /// default it goes at once, with its commitment, to a run without a
+    /// bucket (the coordinator keeps it to itself until the round closes,
+    /// and the round's reveal phase then waits for no upload over your
+    /// link); through a bucket it always waits.
+    #[arg(long)]
+    no_early_reveal: bool,
+
     /// Print a JSON summary on stdout when the run ends.
     #[arg(long, conflicts_with = "json_log")]
     json: bool,
@@ -134,6 +142,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         threads: args.threads,
         behavior: args.behavior,
         admission_token,
+        early_reveal: !args.no_early_reveal,
         choose: match (args.cost, args.option) {
             (Some(cost), _) => Some(Choose::Cost(cost)),
             (None, Some(option)) => Some(Choose::Option(option)),

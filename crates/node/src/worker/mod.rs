@@ -11,10 +11,12 @@
 pub use crowdtrain_coordinator::behavior;
 mod client;
 mod events;
+mod models;
 mod notices;
 mod residual;
 mod reward;
 
+pub use models::ModelCache;
 pub use reward::{FetchedReward, fetch_reward};
 
 use std::collections::HashMap;
@@ -31,12 +33,9 @@ use crowdtrain_protocol::wire::{
     WorkerStatus, WorkerView,
 };
 use crowdtrain_protocol::{Digest, MAX_OUTER_DELAY, PublicKey, RoundId, RoundView, Shard, Signed, WorkerId};
-use crowdtrain_store::delta::{self, ModelDelta};
-use crowdtrain_store::{CheckpointKind, checkpoint};
 use crowdtrain_train::Model;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 
 pub use behavior::{Behavior, Produced};
 use behavior::{Work, produce, tampered};
@@ -46,7 +45,7 @@ use residual::ResidualFile;
 
 use crate::NodeError;
 use crate::data::{RunData, Shards};
-use crate::storage::{BlobKey, Bucket, StorageError};
+use crate::storage::{BlobKey, Bucket};
 
 /// How soon a commitment refused as too early (its round is open ahead of
 /// the previous round's last audit verdicts, which take a fraction of a
@@ -80,6 +79,12 @@ pub struct WorkerOptions {
     pub admission_token: Option<String>,
     /// How to choose from the run's contract menu, if it offers one.
     pub choose: Option<Choose>,
+    /// Reveal each update as soon as its commitment is accepted (an early
+    /// reveal), where the run has no bucket: the coordinator keeps it to
+    /// itself until the round closes, and the round's reveal phase then
+    /// waits for no upload. Through a bucket, or when false, an update is
+    /// revealed once its round's commit phase is over.
+    pub early_reveal: bool,
 }
 
 /// How a worker picks its option of a run's contract menu.
@@ -281,6 +286,9 @@ pub async fn run_worker(
     // it, with this worker's own credentials from its environment.
     let bucket = run.config.storage.as_ref().map(|section| Bucket::open(section, &run.run_id)).transpose()?;
     models.use_bucket(bucket.clone());
+    // Through a bucket an early reveal could be read by other workers
+    // before they commit: there, updates wait for the reveal phase.
+    let early_reveal = options.early_reveal && bucket.is_none();
     let mut shards: HashMap<u32, Arc<Shards>> = HashMap::new();
     let mut last_done: Option<RoundId> = None;
     // Delegated audits already replayed, so a refused report is not retried forever.
@@ -357,6 +365,13 @@ pub async fn run_worker(
         if joined_at.is_some() {
             summary.idle.round += asked.elapsed().as_secs_f64();
         }
+        tracing::debug!(
+            round = ?view.round,
+            phase = ?view.phase,
+            prefetched = summarised,
+            waited_ms = asked.elapsed().as_millis() as u64,
+            "view in hand"
+        );
         // Another worker's segment to replay, in the open round or in one
         // opened ahead of it (each runs its own reveal phase and audits).
         let task = std::iter::successors(Some(&view), |view| view.ahead.as_deref())
@@ -502,6 +517,11 @@ pub async fn run_worker(
                 } else {
                     summary.idle.model += fetching.elapsed().as_secs_f64();
                 }
+                tracing::debug!(
+                    round,
+                    waited_ms = fetching.elapsed().as_millis() as u64,
+                    "base model in hand"
+                );
                 let round_shards = shards_for(&mut shards, &assignment, &dataset)?;
                 summaries.pending.insert(round);
                 let steps = assignment.recipe.inner_steps;
@@ -555,9 +575,10 @@ pub async fn run_worker(
                         };
                         pool.install(|| produce(behavior, &work, previous.as_deref()))
                     });
-                    // The next round's base is fetched meanwhile (it is
-                    // published when the round before this one closes).
-                    // So are the summaries of the rounds closed meanwhile.
+                    // The next round's view is asked for meanwhile, and the
+                    // bases of the rounds it names fetched ahead (each is
+                    // published when the round d before it closes). So are
+                    // the summaries of the rounds closed meanwhile.
                     let said = &mut said_beside;
                     let finish = std::cell::Cell::new(false);
                     let in_hand = &view;
@@ -589,10 +610,19 @@ pub async fn run_worker(
                         produced
                     };
                     let (produced, seen) = beside(training, next_base, &finish).await;
-                    // A prefetch finished after the training is time spent
-                    // waiting for the next round's model, not training.
+                    // A request for the next round's view finished after
+                    // the training is time spent waiting for the round, not
+                    // training (models fetched ahead are waited for, if at
+                    // all, when the next round starts: `idle.model`).
                     let trained_at = trained_at.get().unwrap_or_else(Instant::now);
-                    summary.idle.model += trained_at.elapsed().as_secs_f64();
+                    summary.idle.round += trained_at.elapsed().as_secs_f64();
+                    tracing::debug!(
+                        round,
+                        trained_ms = trained_at.duration_since(started).as_millis() as u64,
+                        then_waited_ms = trained_at.elapsed().as_millis() as u64,
+                        next_view = seen.as_ref().is_some_and(Option::is_some),
+                        "trained"
+                    );
                     summary.training_seconds += trained_at.duration_since(started).as_secs_f64();
                     next_view = seen.flatten();
                     for event in said_beside.drain(..) {
@@ -626,6 +656,7 @@ pub async fn run_worker(
                         assignment: assignment.clone(),
                         produced,
                         with_boundaries: replays_from_start(&run),
+                        early_reveal,
                     };
                     in_flight.push(InFlight { round, task: tokio::spawn(settling.run()) });
                     last_done = Some(round);
@@ -685,6 +716,22 @@ pub async fn run_worker(
                             .await?;
                             summary.idle.upload += answering.elapsed().as_secs_f64();
                         }
+                        if early_reveal {
+                            let revealing = Instant::now();
+                            let what = (round, &assignment, produced.as_ref());
+                            send_reveal(
+                                &client,
+                                &coordinator,
+                                None,
+                                what,
+                                (behavior, true),
+                                run.parameters as usize,
+                                &mut summary,
+                                &mut on_event,
+                            )
+                            .await?;
+                            summary.idle.upload += revealing.elapsed().as_secs_f64();
+                        }
                     }
                     Ok(_) => last_done = Some(round),
                     Err(_) => {
@@ -721,7 +768,7 @@ pub async fn run_worker(
                         &coordinator,
                         bucket,
                         what,
-                        behavior,
+                        (behavior, false),
                         parameters,
                         &mut summary,
                         &mut on_event,
@@ -739,28 +786,28 @@ pub async fn run_worker(
     Ok(summary)
 }
 
-/// Under a delayed outer update (`[outer] delay` d >= 1) the round after
-/// round `training` (trained now from `training_from`) trains from the
-/// model the round d before it makes: it opens with that model, is waited
-/// for (long-polled) and its base fetched while this round trains, so that
-/// the next round starts without a download. Only that base, the one after
-/// `training_from`: a newer model (d = 2) would not come as a delta from
-/// the one held.
+/// Under a delayed outer update (`[outer] delay` d >= 1) the rounds after
+/// round `training` (trained now from `training_from`) each train from the
+/// model the round d before it makes: while this round trains, the next
+/// round's view is asked for and the bases of every later round of this
+/// worker's that a view names are fetched ahead ([`ModelCache::fetch_ahead`],
+/// in the background, beyond this round), so that the next round starts
+/// without a request or a download.
 ///
 /// `in_hand` is the view this round was picked from. When its chain of
-/// rounds opened ahead already names the next round (the worker is behind
-/// the pipeline's head, the usual case a few rounds into a deep pipeline),
-/// there is nothing to wait for: one request for a fresh view, then the
-/// download. `finish` is set once what is left is bounded (that request
-/// and one download, what the work loop would do next anyway): [`beside`]
-/// then lets it finish after a round's training that ended first, where
-/// dropping it would waste the download and make the loop start it again
-/// (measured over the WAN lab: an MLP round of H = 50 trains in less than
-/// a round trip and a delta's download, so every prefetch was dropped).
-/// A long poll for a round not yet open is still dropped when the training
-/// ends first: the loop may have audits to run meanwhile.
+/// rounds opened ahead already names a later round of this worker's (it is
+/// behind the pipeline's head, the usual case a few rounds into a deep
+/// pipeline), there is nothing to wait for: the bases it names are fetched
+/// ahead and one request asks for a fresh view. `finish` is set then: that
+/// request is bounded and what the work loop would do next anyway, so
+/// [`beside`] lets it finish after a round's training that ended first,
+/// where dropping it would make the loop ask again (measured over the WAN
+/// lab: an MLP round of H = 50 trains in less than a round trip and a
+/// delta's download). Otherwise the view is long-polled until a newer model
+/// appears, and that is dropped when the training ends first: the loop may
+/// have audits to run meanwhile.
 async fn prefetch_next_base(
-    client: &Client,
+    client: &Arc<Client>,
     coordinator: &PublicKey,
     run: &RunInfo,
     models: &mut ModelCache,
@@ -768,31 +815,30 @@ async fn prefetch_next_base(
     in_hand: &RoundView,
     finish: &std::cell::Cell<bool>,
 ) -> Result<Option<RoundView>, NodeError> {
-    let next_after = |view: &RoundView| {
-        std::iter::successors(Some(view), |view| view.ahead.as_deref())
+    // The bases of this worker's rounds after `training` that `view` names,
+    // in round order.
+    let upcoming = |view: &RoundView| {
+        let mut bases: Vec<Digest> = Vec::new();
+        let assignments = std::iter::successors(Some(view), |view| view.ahead.as_deref())
             .take(1 + MAX_OUTER_DELAY as usize)
             .filter_map(|view| view.assignment.as_ref())
-            .find(|assignment| assignment.round > training)
-            .cloned()
+            .filter(|assignment| assignment.round > training && assignment.base_model != *training_from);
+        for assignment in assignments {
+            if !bases.contains(&assignment.base_model) {
+                bases.push(assignment.base_model);
+            }
+        }
+        bases
     };
-    let known = next_after(in_hand).filter(|next| next.base_model != *training_from);
-    if let Some(next) = known {
-        // The fresh view and the download at once: two round trips in the
-        // time of one.
+    let known = upcoming(in_hand);
+    if !known.is_empty() {
+        models.fetch_ahead(client, &known);
         finish.set(true);
-        let (view, fetched) = tokio::join!(
-            own_view(client, coordinator, run.run_id, "/v1/round?wait_ms=0"),
-            models.get(client, &next.base_model)
-        );
-        let (view, _) = (view?, fetched?);
+        let view = own_view(client, coordinator, run.run_id, "/v1/round?wait_ms=0").await?;
         if view.phase == Phase::Finished {
             return Ok(None);
         }
-        if let Some(other) = next_after(&view)
-            .filter(|other| other.base_model != next.base_model && other.base_model != *training_from)
-        {
-            models.get(client, &other.base_model).await?;
-        }
+        models.fetch_ahead(client, &upcoming(&view));
         return Ok(Some(view));
     }
     let path = format!("/v1/round?wait_ms=20000&model_not={}", training_from.to_hex());
@@ -806,10 +852,7 @@ async fn prefetch_next_base(
         }
         // No next round for this worker yet (sitting out): the work loop
         // asks again once this one is trained.
-        if let Some(next) = next_after(&view).filter(|next| next.base_model != *training_from) {
-            finish.set(true);
-            models.get(client, &next.base_model).await?;
-        }
+        models.fetch_ahead(client, &upcoming(&view));
         return Ok(Some(view));
     }
 }
@@ -829,7 +872,7 @@ async fn beside<T, S>(
     let gave = |result: Result<S, NodeError>| match result {
         Ok(output) => Some(output),
         Err(error) => {
-            tracing::warn!(%error, "fetching the next round's model beside training failed");
+            tracing::warn!(%error, "asking for the next round beside training failed");
             None
         }
     };
@@ -934,6 +977,8 @@ struct Settling {
     produced: Arc<Produced>,
     /// The commitment carries its boundary leaves ([`commit_body`]).
     with_boundaries: bool,
+    /// Reveal once the commitment is accepted ([`WorkerOptions::early_reveal`]).
+    early_reveal: bool,
 }
 
 impl Settling {
@@ -963,6 +1008,11 @@ impl Settling {
         let bucket = self.bucket.as_ref().map(|(bucket, me)| (bucket, *me));
         let round = self.assignment.round;
         let answers = self.behavior != Behavior::NoAnswer;
+        if self.early_reveal {
+            let what = (round, &self.assignment, self.produced.as_ref());
+            let how = (self.behavior, true);
+            send_reveal(client, coordinator, bucket, what, how, self.parameters, summary, on_event).await?;
+        }
         loop {
             let path = format!("/v1/round?wait_ms=20000&revealing={round}");
             let open = own_view(client, coordinator, self.run_id, &path).await?;
@@ -995,17 +1045,9 @@ impl Settling {
             }
             if !view.revealed && view.committed {
                 let what = (round, &self.assignment, self.produced.as_ref());
-                send_reveal(
-                    client,
-                    coordinator,
-                    bucket,
-                    what,
-                    self.behavior,
-                    self.parameters,
-                    summary,
-                    on_event,
-                )
-                .await?;
+                let how = (self.behavior, false);
+                send_reveal(client, coordinator, bucket, what, how, self.parameters, summary, on_event)
+                    .await?;
             }
             if let Some(segment) = view.audit.filter(|_| audit_due) {
                 self.answer(segment, summary, on_event).await?;
@@ -1022,7 +1064,9 @@ impl Settling {
         let round = self.assignment.round;
         let answers = self.behavior != Behavior::NoAnswer;
         let body = commit_body(&self.produced, self.with_boundaries);
+        let sending = Instant::now();
         let answer = send_commitment(client, &self.commit_path, &body, &self.view).await?;
+        tracing::debug!(round, answered_ms = sending.elapsed().as_millis() as u64, "commitment sent");
         let receipt = receipt(&answer, coordinator)?;
         let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
         on_event(&uploaded(round, Upload::Commitment, body.len() as u64, status));
@@ -1065,14 +1109,17 @@ impl Settling {
 
 /// Reveals `produced`, this worker's update for `round` (`assignment`),
 /// tampered with if `behavior` says so, directly or through the run's
-/// bucket, and counts the answer.
+/// bucket, and counts the answer. `early`: sent as soon as the commitment
+/// was accepted, before the round's commit phase is over; a coordinator
+/// that refuses that as too early (one that does not take early reveals)
+/// is asked again when the reveal is due, and the refusal is not counted.
 #[allow(clippy::too_many_arguments)] // the worker loop's state, one per argument
 async fn send_reveal(
     client: &Client,
     coordinator: &PublicKey,
     bucket: Option<(&Bucket, WorkerId)>,
     (round, assignment, produced): (RoundId, &crowdtrain_protocol::Assignment, &Produced),
-    behavior: Behavior,
+    (behavior, early): (Behavior, bool),
     parameters: usize,
     summary: &mut WorkerSummary,
     on_event: &mut impl FnMut(&WorkerEvent),
@@ -1083,6 +1130,7 @@ async fn send_reveal(
         produced.payload.clone()
     };
     let bytes = payload.len() as u64;
+    let sending = Instant::now();
     let path = format!("/v1/rounds/{round}/reveals?base_model={}", assignment.base_model.to_hex());
     let answer = match bucket {
         Some((bucket, me)) => {
@@ -1092,6 +1140,11 @@ async fn send_reveal(
         }
         None => upload(client, round, Upload::Reveal, &path, payload, on_event).await?,
     };
+    tracing::debug!(round, early, answered_ms = sending.elapsed().as_millis() as u64, "reveal sent");
+    if early && answer.code() == Some(ErrorCode::TooEarly) {
+        tracing::debug!(round, "the coordinator takes no early reveal: revealing when due");
+        return Ok(());
+    }
     reveal_answered(&answer, round, bytes, coordinator, summary, on_event)
 }
 
@@ -1697,337 +1750,6 @@ fn training_pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>, NodeE
         .build()
         .map(Arc::new)
         .map_err(|error| NodeError::io("could not start the training threads", std::io::Error::other(error)))
-}
-
-/// Models by digest: in memory for the current one, on disk for the rest,
-/// downloaded with resume when missing.
-pub struct ModelCache {
-    dir: PathBuf,
-    name: String,
-    layout: crowdtrain_train::ParamLayout,
-    current: Option<(Digest, Arc<Vec<f32>>)>,
-    bytes_downloaded: u64,
-    /// Whether the next model is first asked for as a delta from the
-    /// current one (the run publishes deltas).
-    deltas: bool,
-    full_downloads: u64,
-    delta_downloads: u64,
-    /// The run's bucket, where models and deltas come from when it has one.
-    bucket: Option<Bucket>,
-}
-
-/// A download is retried from where it stopped at most this many times.
-const DOWNLOAD_ATTEMPTS_MAX: u32 = 20;
-
-impl ModelCache {
-    pub fn new(dir: &Path, model: &dyn Model) -> Result<Self, NodeError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|error| NodeError::io(format!("could not create {}", dir.display()), error))?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            name: model.name(),
-            layout: model.layout().clone(),
-            current: None,
-            bytes_downloaded: 0,
-            deltas: false,
-            full_downloads: 0,
-            delta_downloads: 0,
-            bucket: None,
-        })
-    }
-
-    /// Fetches models and deltas from `bucket` (the run's `[storage]`)
-    /// instead of the coordinator.
-    pub fn use_bucket(&mut self, bucket: Option<Bucket>) {
-        self.bucket = bucket;
-    }
-
-    /// Asks for each new model as a delta from the one held first (when
-    /// the run publishes deltas: `[outer] broadcast`).
-    pub fn use_deltas(&mut self, deltas: bool) {
-        self.deltas = deltas;
-    }
-
-    /// Models downloaded whole, and rebuilt from deltas, so far.
-    pub fn downloads(&self) -> (u64, u64) {
-        (self.full_downloads, self.delta_downloads)
-    }
-
-    /// Bytes received from model downloads so far.
-    pub fn bytes_downloaded(&self) -> u64 {
-        self.bytes_downloaded
-    }
-
-    /// The parameters of model `digest`.
-    pub async fn get(&mut self, client: &Client, digest: &Digest) -> Result<Arc<Vec<f32>>, NodeError> {
-        if let Some((current, params)) = &self.current
-            && current == digest
-        {
-            return Ok(Arc::clone(params));
-        }
-        if let Some((held, params)) = self.current.clone().filter(|_| self.deltas) {
-            match self.fetch_delta(client, digest, &held, &params).await {
-                Ok(Some(params)) => {
-                    self.delta_downloads += 1;
-                    let params = Arc::new(params);
-                    self.current = Some((*digest, Arc::clone(&params)));
-                    return Ok(params);
-                }
-                // Not kept (the model is not the next one after ours).
-                Ok(None) => {}
-                Err(reason) => {
-                    tracing::warn!(model = %digest, %reason, "model delta not usable: downloading the model whole")
-                }
-            }
-        }
-        let cached = self.dir.join(format!("{}.safetensors", digest.to_hex())).exists();
-        let bytes = self.fetch(client, digest).await?;
-        self.full_downloads += u64::from(!cached);
-        let params = checkpoint::decode(&bytes, CheckpointKind::Params, &self.name, &self.layout)?;
-        let params = Arc::new(params);
-        self.current = Some((*digest, Arc::clone(&params)));
-        Ok(params)
-    }
-
-    /// Model `digest` rebuilt from the held model `held` (`params`) and the
-    /// delta the coordinator publishes to it, checked against `digest`;
-    /// `None` when the coordinator has no delta to it. The delta is
-    /// untrusted: bounded while it arrives, then every check of
-    /// [`ModelDelta::rebuild`], which yields `digest` or fails.
-    async fn fetch_delta(
-        &mut self,
-        client: &Client,
-        digest: &Digest,
-        held: &Digest,
-        params: &[f32],
-    ) -> Result<Option<Vec<f32>>, String> {
-        // Never more than the model whole: past that the delta saves nothing.
-        let limit = delta::HEADER_BYTES + crowdtrain_train::codec::HEADER_BYTES + self.layout.len() * 4;
-        let bytes = match self.bucket.clone() {
-            Some(bucket) => {
-                match delta_from_bucket(&bucket, digest, limit as u64, client.give_up_after()).await? {
-                    Some(bytes) => {
-                        self.bytes_downloaded += bytes.len() as u64;
-                        bytes
-                    }
-                    None => return Ok(None),
-                }
-            }
-            None => {
-                let mut response =
-                    client.get_stream(&format!("/v1/models/{}/delta", digest.to_hex()), 0).await?;
-                match response.status() {
-                    StatusCode::OK => {}
-                    StatusCode::NOT_FOUND => return Ok(None),
-                    status => return Err(format!("HTTP {status}")),
-                }
-                let mut bytes = Vec::new();
-                while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
-                    self.bytes_downloaded += chunk.len() as u64;
-                    if bytes.len() + chunk.len() > limit {
-                        return Err(format!("the delta is larger than the model ({limit} bytes)"));
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
-                bytes
-            }
-        };
-        let delta = ModelDelta::decode(&bytes).map_err(|error| error.to_string())?;
-        if delta.target != *digest {
-            return Err(format!("the delta makes model {}, not {digest}", delta.target));
-        }
-        if delta.base != *held {
-            // A delta from a model we do not hold: download the model whole.
-            return Ok(None);
-        }
-        let (params, checkpoint) =
-            delta.rebuild(held, params, &self.name, &self.layout).map_err(|error| error.to_string())?;
-        let done = self.dir.join(format!("{}.safetensors", digest.to_hex()));
-        if let Err(error) = std::fs::write(&done, &checkpoint) {
-            tracing::warn!(path = %done.display(), %error, "could not cache a rebuilt model");
-        }
-        Ok(Some(params))
-    }
-
-    /// The checkpoint's bytes, from the cache or downloaded; a partial
-    /// download resumes from where it stopped.
-    pub async fn fetch(&mut self, client: &Client, digest: &Digest) -> Result<Vec<u8>, NodeError> {
-        let done = self.dir.join(format!("{}.safetensors", digest.to_hex()));
-        if let Ok(bytes) = std::fs::read(&done)
-            && Digest::of(&bytes) == *digest
-        {
-            return Ok(bytes);
-        }
-        if let Some(bucket) = self.bucket.clone() {
-            let bytes = self.fetch_from_bucket(&bucket, client.give_up_after(), digest).await?;
-            if let Err(error) = std::fs::write(&done, &bytes) {
-                tracing::warn!(path = %done.display(), %error, "could not cache a downloaded model");
-            }
-            return Ok(bytes);
-        }
-        let partial = self.dir.join(format!("{}.partial", digest.to_hex()));
-        let io = |error| NodeError::io(format!("could not write {}", partial.display()), error);
-        let started = Instant::now();
-        let mut last_error = String::new();
-        for _ in 0..DOWNLOAD_ATTEMPTS_MAX {
-            if started.elapsed() > client.give_up_after() {
-                break;
-            }
-            let offset = std::fs::metadata(&partial).map_or(0, |metadata| metadata.len());
-            match self.download_into(client, digest, &partial, offset).await {
-                Ok(()) => {}
-                Err(DownloadError::Transient(reason)) => {
-                    last_error = reason;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(DownloadError::Fatal(error)) => return Err(error),
-            }
-            let bytes = std::fs::read(&partial).map_err(io)?;
-            if Digest::of(&bytes) == *digest {
-                std::fs::rename(&partial, &done).map_err(io)?;
-                return Ok(bytes);
-            }
-            last_error = format!("the download hashes to {}, not {digest}", Digest::of(&bytes));
-            std::fs::remove_file(&partial).map_err(io)?;
-        }
-        Err(NodeError::GaveUp {
-            url: client.base().to_owned(),
-            seconds: started.elapsed().as_secs(),
-            last: last_error,
-        })
-    }
-
-    /// Model `digest` from the bucket, checked against its digest. A
-    /// model not there yet (the coordinator publishes it as the round
-    /// opens), a bucket briefly away, or an object that does not hash to
-    /// its key (the coordinator writes it again when it restarts) is asked
-    /// for again, waiting longer each time, for up to `give_up_after`.
-    async fn fetch_from_bucket(
-        &mut self,
-        bucket: &Bucket,
-        give_up_after: Duration,
-        digest: &Digest,
-    ) -> Result<Vec<u8>, NodeError> {
-        let started = Instant::now();
-        let mut wait = Duration::from_millis(20);
-        loop {
-            match bucket
-                .get(&BlobKey::Model(*digest), crowdtrain_store::checkpoint::CHECKPOINT_BYTES_MAX)
-                .await
-            {
-                Ok(bytes) => {
-                    self.bytes_downloaded += bytes.len() as u64;
-                    return Ok(bytes);
-                }
-                Err(error @ StorageError::TooLarge { .. }) => {
-                    return Err(NodeError::Untrusted(error.to_string()));
-                }
-                Err(error) if started.elapsed() >= give_up_after => {
-                    return Err(NodeError::GaveUp {
-                        url: bucket.url().to_owned(),
-                        seconds: started.elapsed().as_secs(),
-                        last: error.to_string(),
-                    });
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "model not in the bucket yet");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-
-    async fn download_into(
-        &mut self,
-        client: &Client,
-        digest: &Digest,
-        partial: &Path,
-        offset: u64,
-    ) -> Result<(), DownloadError> {
-        let transient = DownloadError::Transient;
-        let mut response =
-            client.get_stream(&format!("/v1/models/{}", digest.to_hex()), offset).await.map_err(transient)?;
-        let status = response.status();
-        let append = match status {
-            StatusCode::PARTIAL_CONTENT => true,
-            StatusCode::OK => false,
-            status if status.is_server_error() => return Err(transient(format!("HTTP {status}"))),
-            status => {
-                let body = response.bytes().await.unwrap_or_default();
-                let answer = Answer { status, body: body.to_vec(), header: None };
-                return Err(DownloadError::Fatal(NodeError::Refused(format!(
-                    "downloading model {digest}: {}",
-                    answer.reason()
-                ))));
-            }
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(partial)
-            .await
-            .map_err(|error| {
-                DownloadError::Fatal(NodeError::io(format!("could not open {}", partial.display()), error))
-            })?;
-        let mut size = offset;
-        while let Some(chunk) = response.chunk().await.map_err(|error| transient(error.to_string()))? {
-            size += chunk.len() as u64;
-            if size > crowdtrain_store::checkpoint::CHECKPOINT_BYTES_MAX {
-                return Err(DownloadError::Fatal(NodeError::Untrusted(format!(
-                    "model {digest} is larger than any checkpoint"
-                ))));
-            }
-            file.write_all(&chunk).await.map_err(|error| {
-                DownloadError::Fatal(NodeError::io(format!("could not write {}", partial.display()), error))
-            })?;
-            self.bytes_downloaded += chunk.len() as u64;
-        }
-        file.flush()
-            .await
-            .map_err(|error| DownloadError::Fatal(NodeError::io("flushing a download", error)))?;
-        Ok(())
-    }
-}
-
-enum DownloadError {
-    /// Worth retrying from where the file now ends.
-    Transient(String),
-    Fatal(NodeError),
-}
-
-/// The delta that makes model `target`, from the bucket (at most `limit`
-/// bytes; its content is checked by what it rebuilds), or `None` when there
-/// will be none: the coordinator writes a round's delta before its model,
-/// so while neither is there the delta may still come (the round opened
-/// before the upload) and is waited for, backing off to 1 s for up to
-/// `give_up_after`; once the model is there without it, none comes and the
-/// model is downloaded whole.
-async fn delta_from_bucket(
-    bucket: &Bucket,
-    target: &Digest,
-    limit: u64,
-    give_up_after: Duration,
-) -> Result<Option<Vec<u8>>, String> {
-    let started = Instant::now();
-    let mut wait = Duration::from_millis(20);
-    loop {
-        // The model first: if it is there, so is any delta to it.
-        let model_there = bucket.exists(&BlobKey::Model(*target)).await.map_err(|error| error.to_string())?;
-        match bucket.get(&BlobKey::Delta { target: *target }, limit).await {
-            Ok(bytes) => return Ok(Some(bytes)),
-            Err(StorageError::Missing { .. }) => {}
-            Err(error) => return Err(error.to_string()),
-        }
-        if model_there || started.elapsed() >= give_up_after {
-            return Ok(None);
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(1));
-    }
 }
 
 /// Writes a fresh key file for a worker (used by `crowdtrain keygen`).
