@@ -191,6 +191,11 @@ pub struct SimConfig {
     /// so up to d + 1 rounds are live at once and a worker trains the next
     /// round while the rounds before it are revealed, audited and closed.
     pub outer_delay: u32,
+    /// Workers reveal as soon as their commitment is acknowledged, in the
+    /// commit phase (the real worker's default without a bucket: an early
+    /// reveal), rather than once the round's reveal phase begins. Apart
+    /// so that a run without them keeps its bits.
+    pub early_reveals: bool,
 }
 
 impl SimConfig {
@@ -210,6 +215,7 @@ impl SimConfig {
             forgers: 0.0,
             replay_from_start: false,
             outer_delay: 0,
+            early_reveals: false,
         }
     }
 
@@ -259,6 +265,9 @@ impl SimConfig {
         }
         if self.outer_delay > 0 {
             extra += &format!(" --outer-delay {}", self.outer_delay);
+        }
+        if self.early_reveals {
+            extra += " --early-reveals";
         }
         format!(
             "crowdtrain sim network --seed {} --workers {} --rounds {} --churn {} --attackers {} --faults \

@@ -1043,7 +1043,8 @@ impl<M: Mode> World<M> {
 
     /// Sends what `worker`'s task in the round `view` shows (a live round
     /// it is assigned in) still needs: its commitment, then its audit
-    /// answer, then its reveal, once trained; one request a round and view.
+    /// answer, then its reveal (in the reveal phase, or at once under
+    /// `early_reveals`), once trained; one request a round and view.
     fn settle(&mut self, worker: usize, view: &RoundView) {
         let Some(round) = view.assignment.as_ref().map(|assignment| assignment.round) else { return };
         let state = &mut self.workers[worker];
@@ -1084,7 +1085,10 @@ impl<M: Mode> World<M> {
             self.request(worker, Request::Answer { nonce, round, answer: M::answer(&work, segment) });
             return;
         }
-        if view.phase == Phase::Revealing && view.committed && !revealed {
+        // Early (in the commit phase) once its commitment is in, if the
+        // run's workers reveal early.
+        let due = view.phase == Phase::Revealing || self.config.early_reveals;
+        if due && view.committed && !revealed {
             let nonce = self.nonce(worker);
             self.request(worker, Request::Reveal { nonce, round, base, bytes: M::reveal(&work) });
         }

@@ -91,6 +91,12 @@ pub struct NetworkArgs {
     #[arg(long, default_value_t = 0)]
     outer_delay: u32,
 
+    /// Workers reveal as soon as their commitment is in, in the commit
+    /// phase (the real worker's default without a bucket), rather than once
+    /// the reveal phase begins.
+    #[arg(long)]
+    early_reveals: bool,
+
     /// Print the summary (or, with --seeds, the totals) as JSON.
     #[arg(long)]
     json: bool,
@@ -159,6 +165,7 @@ pub fn run(args: NetworkArgs) -> anyhow::Result<()> {
         forgers: args.forgers,
         replay_from_start: args.replay == AuditReplay::FromStart,
         outer_delay: args.outer_delay,
+        early_reveals: args.early_reveals,
     };
     anyhow::ensure!(
         args.replay == AuditReplay::Segment
