@@ -12,6 +12,7 @@ pub use crowdtrain_coordinator::behavior;
 mod client;
 mod events;
 mod models;
+mod newest;
 mod notices;
 mod residual;
 mod reward;
@@ -309,15 +310,18 @@ pub async fn run_worker(
     let codec = run.config.training.codec;
     let residual_file = ResidualFile::new(&options.cache, &run.run_id, me, run.parameters as usize);
     let mut residual = if codec.error_feedback() { residual_file.load() } else { Vec::new() };
-    let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None };
+    let mut summaries = Summaries { worker: me, pending: Default::default(), checked: None, reading: None };
     // Under a delayed outer update (`[outer] delay` >= 1) a committed round
     // is settled (audit answer, reveal) in the background while the next
     // round trains, and the next round's base is fetched during training.
     let pipelined = run.config.outer.delay > 0;
     let mut in_flight: Vec<InFlight> = Vec::new();
-    // The view the fetch beside training saw when the next base appeared:
-    // it names the next round to train, so no request stands between two
-    // rounds' training.
+    // Each new model as soon as the round making it closes, so that it is
+    // fetched ahead beside whatever this worker is training then.
+    let mut newest =
+        pipelined.then(|| newest::NewestModel::watch(Arc::clone(&client), coordinator, run.run_id));
+    // The newest view seen beside a round's training: it names the next
+    // round to train, so no request stands between two rounds' training.
     let mut next_view: Option<RoundView> = None;
     // What the fetch beside training had to say (round summaries), said
     // once the training is done.
@@ -333,6 +337,7 @@ pub async fn run_worker(
     let mut shown: Option<RoundView> = None;
     loop {
         settle_finished(&mut in_flight, false, &mut summary, &mut on_event).await?;
+        summaries.collect(&mut on_event)?;
         let asked = Instant::now();
         let after = last_done.map_or(String::new(), |round| format!("&after={round}"));
         // With a bucket, wait on its round notice; else (and the first
@@ -360,7 +365,7 @@ pub async fn run_worker(
         }
         shown = Some(view.clone());
         if !summarised {
-            summaries.on_view(&client, &view, &mut on_event).await?;
+            summaries.on_view(&client, &view, &mut on_event)?;
         }
         if joined_at.is_some() {
             summary.idle.round += asked.elapsed().as_secs_f64();
@@ -575,56 +580,43 @@ pub async fn run_worker(
                         };
                         pool.install(|| produce(behavior, &work, previous.as_deref()))
                     });
-                    // The next round's view is asked for meanwhile, and the
-                    // bases of the rounds it names fetched ahead (each is
-                    // published when the round d before it closes). So are
-                    // the summaries of the rounds closed meanwhile.
+                    // Meanwhile, each new model is fetched ahead as the
+                    // round making it closes, for the later rounds of this
+                    // worker's that the views name; so are the summaries of
+                    // the rounds closed meanwhile.
                     let said = &mut said_beside;
-                    let finish = std::cell::Cell::new(false);
-                    let in_hand = &view;
-                    let next_base = async {
-                        if !pipelined {
-                            return Ok(None);
-                        }
-                        let training = (round, &training_from);
-                        let seen = prefetch_next_base(
-                            &client,
-                            &coordinator,
-                            &run,
-                            &mut models,
-                            training,
-                            in_hand,
-                            &finish,
-                        )
-                        .await?;
-                        if let Some(view) = &seen {
-                            let mut say = |event: &WorkerEvent| said.push(event.clone());
-                            summaries.on_view(&client, view, &mut say).await?;
-                        }
-                        Ok(seen)
-                    };
+                    let seen = std::cell::Cell::new(None);
                     let trained_at = std::cell::Cell::new(None);
+                    let in_hand = &view;
+                    let follow = async {
+                        let Some(newest) = newest.as_mut() else { return Ok(()) };
+                        let beside = Beside { client: &client, seen: &seen };
+                        let training = (round, &training_from);
+                        beside.follow(newest, &mut models, &mut summaries, said, training, in_hand).await
+                    };
                     let training = async {
                         let produced = while_ticking(training, || report_progress(&mut on_event)).await;
                         trained_at.set(Some(Instant::now()));
                         produced
                     };
-                    let (produced, seen) = beside(training, next_base, &finish).await;
-                    // A request for the next round's view finished after
-                    // the training is time spent waiting for the round, not
-                    // training (models fetched ahead are waited for, if at
-                    // all, when the next round starts: `idle.model`).
+                    let produced = beside(training, follow).await;
+                    // Models fetched ahead are waited for, if at all, when
+                    // the next round starts (`idle.model`).
                     let trained_at = trained_at.get().unwrap_or_else(Instant::now);
                     summary.idle.round += trained_at.elapsed().as_secs_f64();
+                    // No newer model meanwhile: the view in hand is as new,
+                    // and names the next round if this worker is behind the
+                    // pipeline's head; at its head, the loop waits for one.
+                    let seen = seen.take().or_else(|| names_round_after(&view, round).then(|| view.clone()));
                     tracing::debug!(
                         round,
                         trained_ms = trained_at.duration_since(started).as_millis() as u64,
                         then_waited_ms = trained_at.elapsed().as_millis() as u64,
-                        next_view = seen.as_ref().is_some_and(Option::is_some),
+                        next_view = seen.is_some(),
                         "trained"
                     );
                     summary.training_seconds += trained_at.duration_since(started).as_secs_f64();
-                    next_view = seen.flatten();
+                    next_view = seen;
                     for event in said_beside.drain(..) {
                         on_event(&event);
                     }
@@ -786,105 +778,85 @@ pub async fn run_worker(
     Ok(summary)
 }
 
-/// Under a delayed outer update (`[outer] delay` d >= 1) the rounds after
-/// round `training` (trained now from `training_from`) each train from the
-/// model the round d before it makes: while this round trains, the next
-/// round's view is asked for and the bases of every later round of this
-/// worker's that a view names are fetched ahead ([`ModelCache::fetch_ahead`],
-/// in the background, beyond this round), so that the next round starts
-/// without a request or a download.
-///
-/// `in_hand` is the view this round was picked from. When its chain of
-/// rounds opened ahead already names a later round of this worker's (it is
-/// behind the pipeline's head, the usual case a few rounds into a deep
-/// pipeline), there is nothing to wait for: the bases it names are fetched
-/// ahead and one request asks for a fresh view. `finish` is set then: that
-/// request is bounded and what the work loop would do next anyway, so
-/// [`beside`] lets it finish after a round's training that ended first,
-/// where dropping it would make the loop ask again (measured over the WAN
-/// lab: an MLP round of H = 50 trains in less than a round trip and a
-/// delta's download). Otherwise the view is long-polled until a newer model
-/// appears, and that is dropped when the training ends first: the loop may
-/// have audits to run meanwhile.
-async fn prefetch_next_base(
-    client: &Arc<Client>,
-    coordinator: &PublicKey,
-    run: &RunInfo,
-    models: &mut ModelCache,
-    (training, training_from): (RoundId, &Digest),
-    in_hand: &RoundView,
-    finish: &std::cell::Cell<bool>,
-) -> Result<Option<RoundView>, NodeError> {
-    // The bases of this worker's rounds after `training` that `view` names,
-    // in round order.
-    let upcoming = |view: &RoundView| {
-        let mut bases: Vec<Digest> = Vec::new();
-        let assignments = std::iter::successors(Some(view), |view| view.ahead.as_deref())
-            .take(1 + MAX_OUTER_DELAY as usize)
-            .filter_map(|view| view.assignment.as_ref())
-            .filter(|assignment| assignment.round > training && assignment.base_model != *training_from);
-        for assignment in assignments {
-            if !bases.contains(&assignment.base_model) {
-                bases.push(assignment.base_model);
+/// What follows the newest model beside a round's training (under a
+/// delayed outer update, `[outer] delay` d >= 1, each round trains from the
+/// model the round d before it makes).
+struct Beside<'a> {
+    client: &'a Arc<Client>,
+    /// The newest view seen (not one of a finished run): the next round's.
+    seen: &'a std::cell::Cell<Option<RoundView>>,
+}
+
+impl Beside<'_> {
+    /// Fetches ahead the bases of this worker's rounds after `training`
+    /// (trained now from `training_from`) that `in_hand` names, then those
+    /// of each view naming a new model, as it comes, until the training
+    /// ends and [`beside`] drops this (nothing here is a request: the watch
+    /// asks, and summaries are read in the background). Every view seen is
+    /// looked at for summaries (the rounds it shows closed), so the work
+    /// loop acts on the newest without asking again.
+    async fn follow(
+        &self,
+        newest: &mut newest::NewestModel,
+        models: &mut ModelCache,
+        summaries: &mut Summaries,
+        said: &mut Vec<WorkerEvent>,
+        (training, training_from): (RoundId, &Digest),
+        in_hand: &RoundView,
+    ) -> Result<(), NodeError> {
+        // The bases of this worker's rounds after `training`, in round order.
+        let upcoming = |view: &RoundView| {
+            let mut bases: Vec<Digest> = Vec::new();
+            let assignments = std::iter::successors(Some(view), |view| view.ahead.as_deref())
+                .take(1 + MAX_OUTER_DELAY as usize)
+                .filter_map(|view| view.assignment.as_ref())
+                .filter(|assignment| assignment.round > training && assignment.base_model != *training_from);
+            for assignment in assignments {
+                if !bases.contains(&assignment.base_model) {
+                    bases.push(assignment.base_model);
+                }
             }
+            bases
+        };
+        models.fetch_ahead(self.client, &upcoming(in_hand));
+        while let Some(view) = newest.next().await {
+            if view.phase == Phase::Finished {
+                break;
+            }
+            models.fetch_ahead(self.client, &upcoming(&view));
+            let mut say = |event: &WorkerEvent| said.push(event.clone());
+            summaries.on_view(self.client, &view, &mut say)?;
+            self.seen.set(Some(view));
         }
-        bases
-    };
-    let known = upcoming(in_hand);
-    if !known.is_empty() {
-        models.fetch_ahead(client, &known);
-        finish.set(true);
-        let view = own_view(client, coordinator, run.run_id, "/v1/round?wait_ms=0").await?;
-        if view.phase == Phase::Finished {
-            return Ok(None);
-        }
-        models.fetch_ahead(client, &upcoming(&view));
-        return Ok(Some(view));
-    }
-    let path = format!("/v1/round?wait_ms=20000&model_not={}", training_from.to_hex());
-    loop {
-        let view = own_view(client, coordinator, run.run_id, &path).await?;
-        if view.phase == Phase::Finished {
-            return Ok(None);
-        }
-        if view.model == *training_from {
-            continue;
-        }
-        // No next round for this worker yet (sitting out): the work loop
-        // asks again once this one is trained.
-        models.fetch_ahead(client, &upcoming(&view));
-        return Ok(Some(view));
+        Ok(())
     }
 }
 
-/// Runs `main` to its end with `side` beside it and returns what `side`
-/// gave. When `main` ends first, `side` is finished if `finish` says what
-/// is left of it is bounded and needed next anyway, and dropped unfinished
-/// otherwise. Its failure is only logged (it is an optimisation: the work
-/// loop does it again when it needs it).
-async fn beside<T, S>(
+/// Whether `view`'s chain of live rounds assigns this worker a round after
+/// `round`.
+fn names_round_after(view: &RoundView, round: RoundId) -> bool {
+    std::iter::successors(Some(view), |view| view.ahead.as_deref())
+        .take(1 + MAX_OUTER_DELAY as usize)
+        .any(|live| live.assignment.as_ref().is_some_and(|assignment| assignment.round > round))
+}
+
+/// Runs `main` to its end with `side` beside it, which is dropped when
+/// `main` ends first. A `side` that ends first waits for `main`; its
+/// failure is only logged (it is an optimisation: the work loop does it
+/// again when it needs it).
+async fn beside<T>(
     main: impl std::future::Future<Output = T>,
-    side: impl std::future::Future<Output = Result<S, NodeError>>,
-    finish: &std::cell::Cell<bool>,
-) -> (T, Option<S>) {
+    side: impl std::future::Future<Output = Result<(), NodeError>>,
+) -> T {
     let mut main = std::pin::pin!(main);
-    let mut side = std::pin::pin!(side);
-    let gave = |result: Result<S, NodeError>| match result {
-        Ok(output) => Some(output),
-        Err(error) => {
-            tracing::warn!(%error, "asking for the next round beside training failed");
-            None
-        }
-    };
     tokio::select! {
-        done = &mut main => {
-            let side = match finish.get() {
-                true => gave(side.await),
-                false => None,
-            };
-            (done, side)
+        done = &mut main => done,
+        result = side => {
+            if let Err(error) = result {
+                tracing::warn!(%error, "following the newest model beside training failed");
+            }
+            main.await
         }
-        result = &mut side => (main.await, gave(result)),
     }
 }
 
@@ -1340,6 +1312,8 @@ struct Summaries {
     pending: std::collections::BTreeSet<RoundId>,
     /// The round and phase last looked at (one look per change).
     checked: Option<(Option<RoundId>, Phase)>,
+    /// A read of this worker's rounds under way in the background.
+    reading: Option<tokio::task::JoinHandle<Result<Result<WorkerView, String>, NodeError>>>,
 }
 
 /// Summaries are read for at most this many rounds at once (the
@@ -1356,25 +1330,47 @@ const FINISHED_READ_MAX: Duration = Duration::from_secs(5);
 
 impl Summaries {
     /// Emits the summaries of pending rounds that have closed, once per
-    /// change of round or phase, when the view is past one of them.
-    async fn on_view(
+    /// change of round or phase, when the view is past one of them. The
+    /// read goes in the background (its summaries are emitted when the
+    /// work loop next looks: [`Summaries::collect`]): a summary is a report
+    /// for whoever watches the worker, and must never hold up its training.
+    fn on_view(
         &mut self,
-        client: &Client,
+        client: &Arc<Client>,
         view: &RoundView,
         on_event: &mut impl FnMut(&WorkerEvent),
     ) -> Result<(), NodeError> {
+        self.collect(on_event)?;
         let key = (view.round, view.phase);
         let past_one = match (self.pending.first(), view.round) {
             (Some(first), Some(round)) => round > *first || view.phase == Phase::Finished,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if !past_one || self.checked == Some(key) {
+        // One read at a time; a change seen meanwhile is looked at again.
+        if !past_one || self.checked == Some(key) || self.reading.is_some() {
             return Ok(());
         }
         self.checked = Some(key);
-        if let Some(view) = self.read(client, on_event).await? {
-            self.emit(view, false, on_event);
+        let (client, path, worker) = (Arc::clone(client), self.read_path(), self.worker);
+        self.reading = Some(tokio::spawn(async move { read_rounds(&client, &path, worker).await }));
+        Ok(())
+    }
+
+    /// Emits what the read in the background found, once it is done.
+    fn collect(&mut self, on_event: &mut impl FnMut(&WorkerEvent)) -> Result<(), NodeError> {
+        if !self.reading.as_ref().is_some_and(tokio::task::JoinHandle::is_finished) {
+            return Ok(());
+        }
+        let finished = self.reading.take().and_then(futures_util::FutureExt::now_or_never);
+        match finished {
+            Some(Ok(read)) => {
+                if let Some(view) = Self::read_or_note(read?, on_event) {
+                    self.emit(view, false, on_event);
+                }
+            }
+            Some(Err(error)) => on_event(&note(format!("could not read this worker's rounds: {error}"))),
+            None => {}
         }
         Ok(())
     }
@@ -1387,6 +1383,10 @@ impl Summaries {
         client: &Client,
         on_event: &mut impl FnMut(&WorkerEvent),
     ) -> Result<Option<WorkerStatus>, NodeError> {
+        // Read again below, for every pending round.
+        if let Some(reading) = self.reading.take() {
+            reading.abort();
+        }
         let deadline = Instant::now() + SCORES_WAIT_MAX;
         loop {
             // A coordinator gone once the run has finished (stopped, or
@@ -1415,30 +1415,27 @@ impl Summaries {
         client: &Client,
         on_event: &mut impl FnMut(&WorkerEvent),
     ) -> Result<Option<WorkerView>, NodeError> {
+        let path = self.read_path();
+        Ok(Self::read_or_note(read_rounds(client, &path, self.worker).await?, on_event))
+    }
+
+    /// Where this worker's pending rounds are read (or its latest, with
+    /// none pending); pending rounds beyond one page are dropped.
+    fn read_path(&mut self) -> String {
         if let Some(&last) = self.pending.last() {
             self.pending.retain(|&round| round + SUMMARY_ROUNDS_MAX > last);
         }
         let from = self.pending.first().map_or(String::new(), |first| format!("rounds_from={first}&"));
-        let path = format!("/v1/workers/{}?{from}rounds_limit={SUMMARY_ROUNDS_MAX}", self.worker.0);
-        // A view, not the work: a coordinator that cannot answer (busy, or
-        // gone once the run has finished) costs a note, never the worker's
-        // run; the next change of round tries again.
-        let answer = match client.request(Method::GET, &path, Vec::new(), &[]).await {
-            Ok(answer) => answer,
-            Err(error) => {
-                on_event(&note(format!("could not read this worker's rounds: {error}")));
-                return Ok(None);
-            }
-        };
-        if !answer.status.is_success() {
-            on_event(&note(format!("could not read this worker's rounds: {}", answer.reason())));
-            return Ok(None);
-        }
-        let view: WorkerView = answer.json()?;
-        if view.totals.worker != self.worker {
-            return Err(NodeError::Untrusted("the rounds of another worker".into()));
-        }
-        Ok(Some(view))
+        format!("/v1/workers/{}?{from}rounds_limit={SUMMARY_ROUNDS_MAX}", self.worker.0)
+    }
+
+    /// The rounds read, or a note saying why there are none.
+    fn read_or_note(
+        read: Result<WorkerView, String>,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Option<WorkerView> {
+        read.inspect_err(|reason| on_event(&note(format!("could not read this worker's rounds: {reason}"))))
+            .ok()
     }
 
     /// Emits the summaries of the pending rounds in `view` that have
@@ -1455,6 +1452,29 @@ impl Summaries {
         }
         view.totals
     }
+}
+
+/// Worker `worker`'s rounds at `path`: the view, or why the coordinator
+/// would not give it (a view, not the work: a coordinator that cannot
+/// answer, busy or gone once the run has finished, costs a note, never the
+/// worker's run); an error only for rounds of another worker.
+async fn read_rounds(
+    client: &Client,
+    path: &str,
+    worker: WorkerId,
+) -> Result<Result<WorkerView, String>, NodeError> {
+    let answer = match client.request(Method::GET, path, Vec::new(), &[]).await {
+        Ok(answer) => answer,
+        Err(error) => return Ok(Err(error.to_string())),
+    };
+    if !answer.status.is_success() {
+        return Ok(Err(answer.reason()));
+    }
+    let view: WorkerView = answer.json()?;
+    if view.totals.worker != worker {
+        return Err(NodeError::Untrusted("the rounds of another worker".into()));
+    }
+    Ok(Ok(view))
 }
 
 /// Registration waits this long after a refusal that can pass (the run is
@@ -1768,41 +1788,33 @@ mod tests {
 
     use super::*;
 
-    /// A fetch beside training: a long poll for `open_after_ms`, then, its
-    /// remainder bounded, a download of 200 ms.
-    async fn fetch(finish: &Cell<bool>, open_after_ms: u64) -> Result<&'static str, NodeError> {
-        sleep(Duration::from_millis(open_after_ms)).await;
-        finish.set(true);
-        sleep(Duration::from_millis(200)).await;
-        Ok("the next base")
-    }
-
-    /// A round's training that ends before the fetch beside it: the fetch
-    /// is finished once only a bounded remainder is left (else the
-    /// download would be thrown away and done again, after the training),
-    /// and dropped while it still waits on a round that is not open.
+    /// What follows the newest model beside a round's training is dropped
+    /// when the training ends (it only waits: nothing is lost), and one that
+    /// ends first, or fails, waits for the training.
     #[tokio::test(start_paused = true)]
-    async fn a_fetch_beside_training_is_finished_once_bounded_and_dropped_while_it_waits() {
-        let training = || sleep(Duration::from_millis(60));
-        // Bounded from the start (the view in hand named the next round).
-        let finish = Cell::new(false);
+    async fn what_runs_beside_training_ends_with_it() {
+        let training = || async {
+            sleep(Duration::from_millis(60)).await;
+            "trained"
+        };
+        let followed = Cell::new(0);
+        let following = async {
+            loop {
+                sleep(Duration::from_millis(25)).await;
+                followed.set(followed.get() + 1);
+            }
+            #[allow(unreachable_code)]
+            Ok(())
+        };
         let started = Instant::now();
-        let ((), fetched) = beside(training(), fetch(&finish, 0), &finish).await;
-        assert_eq!(fetched, Some("the next base"));
-        assert_eq!(started.elapsed(), Duration::from_millis(200));
-        // Still long-polling for a round not yet open when the training ends.
-        let finish = Cell::new(false);
-        let started = Instant::now();
-        let ((), fetched) = beside(training(), fetch(&finish, 1_000), &finish).await;
-        assert_eq!(fetched, None);
+        assert_eq!(beside(training(), following).await, "trained");
         assert_eq!(started.elapsed(), Duration::from_millis(60));
-        // A fetch that ends first waits for the training; a failed one is
-        // only a lost optimisation.
-        let finish = Cell::new(false);
+        assert_eq!(followed.get(), 2);
         let started = Instant::now();
-        let failing = async { Err::<(), _>(NodeError::Untrusted("refused".into())) };
-        let ((), fetched) = beside(training(), failing, &finish).await;
-        assert_eq!(fetched, None);
+        assert_eq!(beside(training(), async { Ok(()) }).await, "trained");
         assert_eq!(started.elapsed(), Duration::from_millis(60));
+        let failing = async { Err(NodeError::Untrusted("refused".into())) };
+        assert_eq!(beside(training(), failing).await, "trained");
+        assert_eq!(started.elapsed(), Duration::from_millis(120));
     }
 }

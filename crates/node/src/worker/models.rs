@@ -243,14 +243,17 @@ struct FetchAhead {
 impl FetchAhead {
     async fn run(self) -> Result<(), String> {
         let Self { source, client, digest, deltas, held, earlier } = self;
+        let started = Instant::now();
         if !deltas {
             return source.fetch(&client, &digest).await.map(drop).map_err(|error| error.to_string());
         }
         let delta =
             source.delta(&client, &digest).await?.ok_or("the coordinator publishes no delta to it")?;
+        let downloaded_ms = started.elapsed().as_millis() as u64;
         if let Some((_, before)) = earlier.iter().find(|(ahead, _)| *ahead == delta.base) {
             before.clone().await?;
         }
+        let based_ms = started.elapsed().as_millis() as u64;
         let base = match held {
             Some((held, params)) if held == delta.base => params,
             _ => Arc::new(
@@ -263,7 +266,15 @@ impl FetchAhead {
         // rebuild and hash would hold up its uploads.
         tokio::task::spawn_blocking(move || source.rebuild(&delta, &base).map(drop))
             .await
-            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())??;
+        tracing::debug!(
+            model = %digest,
+            downloaded_ms,
+            based_ms,
+            rebuilt_ms = started.elapsed().as_millis() as u64,
+            "fetched ahead"
+        );
+        Ok(())
     }
 }
 
