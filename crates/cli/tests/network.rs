@@ -161,8 +161,9 @@ fn a_delayed_network_run_reproduces_its_simulation(delay: u32, rounds: u64, broa
         assert!(newest.opened_unix_ms < window[1].closed_unix_ms.expect("every round closed"));
     }
     let mut trained_ahead = 0;
+    let logs: Vec<String> = (0..3).map(|index| network.log(&format!("worker-{index}.log"))).collect();
     for output in network.join_workers() {
-        assert!(output.status.success());
+        assert!(output.status.success(), "{}\n{logs:?}", String::from_utf8_lossy(&output.stderr));
         let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(
             (summary["reveals_accepted"].as_u64(), summary["audits_failed"].as_u64()),

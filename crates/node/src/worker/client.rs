@@ -92,7 +92,18 @@ pub struct Client {
 /// coordinator changes anything. (A post sent beside the others,
 /// [`Sequence::Beside`], is an audit answer, which the coordinator does not
 /// hold to the nonce order: see `Coordinator::authenticate`.)
-const REPLAYED_RETRIES: u32 = 3;
+///
+/// A pipelined worker has several reads in flight at once (the newest
+/// model's watch, a background reveal's wait for its phase, the work loop's
+/// own), and a round's close answers them together: with five delayed
+/// network tests at once on 2 cores, three immediate tries lost the race
+/// in 3 of 25 runs and ended a worker. So more tries, each after a short
+/// wait of its own.
+const REPLAYED_RETRIES: u32 = 10;
+
+/// A retry after a read refused as replayed waits up to this long, doubled
+/// with each retry (at most 64 times this).
+const REPLAYED_SPREAD_US: u64 = 500;
 
 impl Client {
     pub fn new(base: &str, identity: Identity, give_up_after: Duration) -> Result<Self, NodeError> {
@@ -244,6 +255,14 @@ impl Client {
                                 }
                                 Some(ErrorCode::Replayed) if replayed < REPLAYED_RETRIES => {
                                     replayed += 1;
+                                    // Overtaken by a request signed later;
+                                    // its rivals, woken by the same change,
+                                    // are retrying too: wait a little, a
+                                    // different little each time (the
+                                    // clock's microseconds), so that the
+                                    // next try is not in the same race.
+                                    let spread = REPLAYED_SPREAD_US << replayed.min(6);
+                                    tokio::time::sleep(Duration::from_micros(self.nonce() % spread)).await;
                                     continue;
                                 }
                                 Some(ErrorCode::Full) => return Ok(answer),
