@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use crowdtrain_protocol::ledger::Event;
 use crowdtrain_protocol::wire::{
-    AUTH_HEADER, BODY_HEADER, ErrorCode, LedgerPage, Phase, RUN_HEADER, Receipt, ReceiptStatus,
+    AUTH_HEADER, BODY_HEADER, CommittedAndRevealed, ErrorCode, LedgerPage, Phase, RUN_HEADER, Receipt,
+    ReceiptStatus, Stage,
 };
 use crowdtrain_protocol::{Digest, Identity, RequestAuth, Signed};
 use crowdtrain_train::{Broadcast, Codec, Encode, Nesterov};
@@ -634,6 +635,101 @@ fn a_commitment_naming_a_malformed_or_other_shard_is_refused_and_changes_nothing
     assert!(!worker.view().committed, "nothing was recorded");
     assert_eq!(send("&slot=0&slots=1").0, 200, "its own shard is taken");
     assert!(worker.view().committed);
+}
+
+#[test]
+fn a_commitment_sent_with_its_reveal_is_taken_with_it_and_a_bad_one_changes_nothing() {
+    // Goal: one request commits and reveals (`?with_reveal=N`, what a
+    // worker with early reveals sends), so no round trip stands between
+    // them; a body that does not split into a commitment and N bytes
+    // changes nothing, and a reveal that does not match its commitment is
+    // recorded and slashed as one sent alone. Method: two hand workers,
+    // over real HTTP; the round closes with no other request.
+    let mut network = Network::new(1, 8, 0.0, "min_workers = 2\ndeadline_ms = 60000\nquorum = 1");
+    network.start_coordinator();
+    let (cheat, honest) = (HandWorker::join(&network, 13), HandWorker::join(&network, 14));
+    let assignment = cheat.view().assignment.expect("both workers are assigned round 0");
+    let (round, base, run) = (assignment.round, assignment.base_model, cheat.run.run_id);
+    let send = |worker: &HandWorker, committed: &[u8], revealed: &[u8], length: usize| {
+        let mut body = serde_json::to_vec(&worker.commitment(committed)).unwrap();
+        body.extend_from_slice(revealed);
+        let path = format!("{}&with_reveal={length}", worker.path("commitments", round, &base));
+        worker.send("POST", &path, body, worker.nonce(), run)
+    };
+    let good = cheat.update(1e-3);
+    let ledger_before = network.ledger(&["show", "--json"]).stdout;
+    for (name, length) in [("longer than the body", 1 << 30), ("a cut into the commitment", good.len() + 1)] {
+        let (status, code, message) = refusal(&send(&cheat, &good, &good, length));
+        assert_eq!((status, code), (400, ErrorCode::BadRequest), "{name}: {message}");
+    }
+    assert!(!cheat.view().committed, "nothing was recorded");
+    assert_eq!(network.ledger(&["show", "--json"]).stdout, ledger_before, "nor in the ledger");
+
+    let answered = |response: (u16, Vec<u8>)| {
+        assert_eq!(response.0, 200, "{}", String::from_utf8_lossy(&response.1));
+        let answer: CommittedAndRevealed = serde_json::from_slice(&response.1).unwrap();
+        let commitment = answer.commitment.verify(&cheat.run.coordinator).expect("signed").clone();
+        assert_eq!((commitment.stage, commitment.status), (Stage::Commitment, ReceiptStatus::Accepted));
+        answer.reveal.expect("an accepted commitment's reveal is answered")
+    };
+    let mismatch = answered(send(&cheat, &good, &cheat.update(2e-3), good.len()));
+    let refused = mismatch.expect_err("a reveal that is not what was committed");
+    assert_eq!(refused.error, ErrorCode::RevealMismatch, "{}", refused.message);
+    // Another update than the cheat's commitment names (two commitments
+    // to one payload are copies, and challenged).
+    let own = honest.update(-1e-3);
+    let accepted = answered(send(&honest, &own, &own, own.len())).expect("the honest reveal is taken");
+    let receipt = accepted.verify(&honest.run.coordinator).expect("signed by the coordinator");
+    assert_eq!(
+        (receipt.stage, receipt.status, receipt.digest),
+        (Stage::Reveal, ReceiptStatus::Accepted, Digest::of(&own))
+    );
+
+    let status = network
+        .wait_for(30, "round 0 to close on its one good reveal", |status| status.completed_rounds >= 1);
+    let of = |worker: &HandWorker| {
+        status
+            .workers
+            .iter()
+            .find(|listed| listed.public_key == worker.identity.public_key())
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(&honest).submissions_accepted, 1);
+    // Rejected and slashed (by this run's stake: none) as a reveal sent alone.
+    assert_eq!(
+        (of(&cheat).submissions_rejected, of(&cheat).submissions_accepted),
+        (1, 0),
+        "{:?}",
+        of(&cheat)
+    );
+}
+
+#[test]
+fn under_an_upload_limit_that_fits_an_update_but_not_with_its_commitment_they_go_apart() {
+    // Goal: a worker sends its update with its commitment, and a run whose
+    // upload limit fits the update alone refuses the two together as too
+    // large; the worker then sends them one after the other, and no work
+    // is lost. Method: the limit set to an int8 update's exact size, in a
+    // pipelined run (`[outer] delay = 1`: its workers send the two
+    // together).
+    let update = Codec::INT8.encode(&vec![0.0; 203_530]).unwrap().len();
+    let limits = format!("[limits]\nmax_upload_bytes = {update}\n[outer]\ndelay = 1\n");
+    let mut network =
+        Network::with_extra(2, 8, 0.0, "min_workers = 1\ndeadline_ms = 60000\nquorum = 1", &limits);
+    network.start_coordinator();
+    network.start_worker(0);
+    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+    assert_eq!(status.workers[0].submissions_accepted, 2, "{:?}", status.workers[0]);
+    let log = network.log("worker-0.log");
+    let summaries = network.join_workers();
+    assert!(summaries[0].status.success(), "{log}");
+    let summary: serde_json::Value = serde_json::from_slice(&summaries[0].stdout).unwrap();
+    assert_eq!(
+        (summary["reveals_accepted"].as_u64(), summary["refused"].as_u64()),
+        (Some(2), Some(0)),
+        "{summary} {log}"
+    );
 }
 
 #[test]

@@ -33,7 +33,7 @@ use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
 pub use crate::ids::{Digest, RoundId, WorkerId};
 
 /// Bumped on any incompatible change to messages or training semantics.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The header naming (by BLAKE3 hex) the model reward a
 /// `GET /v1/rewards/{worker}` answer carries: the hash its
@@ -511,6 +511,21 @@ pub struct Receipt {
 
 impl SignedBody for Receipt {
     const DOMAIN: &'static str = "crowdtrain/receipt/v3";
+}
+
+/// The answer to a commitment sent with its reveal
+/// (`POST /v1/rounds/{round}/commitments?with_reveal=N`: the body is the
+/// commitment's JSON followed by the N bytes of the encoded update), which
+/// a round takes early (see docs/ARCHITECTURE.md, step 7): one request
+/// where there were two, so the round trip between them no longer stands
+/// between a round's last commitment and its close.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommittedAndRevealed {
+    pub commitment: Signed<Receipt>,
+    /// The reveal's receipt, or why it was refused (a mismatch is recorded
+    /// and slashed, as when sent alone); `None` when the commitment was not
+    /// accepted (late), and so nothing was revealed.
+    pub reveal: Option<Result<Signed<Receipt>, ApiError>>,
 }
 
 /// A worker's answer to an audit of segment `segment`: the state at the

@@ -8,7 +8,7 @@
 //! | `GET /v1/round?after=R&wait_ms=W` | signed | `Signed<RoundView>`; long-polls up to W ms while it asks nothing of this worker for a round after R |
 //! | `GET /v1/models/{digest}` | none | the safetensors checkpoint; honours `Range: bytes=N-` so downloads resume |
 //! | `GET /v1/models/{digest}/delta` | none | under a compressed broadcast (`[outer] broadcast`), the model delta (`crowdtrain_store::delta`) that makes this model from the one before it; 404 `not-found` when there is none among the newest kept (download the model whole). Its content is checked by the digest of what it rebuilds |
-//! | `POST /v1/rounds/{round}/commitments?base_model=D[&slot=K&slots=N]` | signed | body: a JSON `Commitment` (under `audit.replay = "from-start"` with its `boundaries`, the leaves its root is over); `Signed<Receipt>` (200, or 202 if late); 409 `too-early` while the round is open provisionally (send it again shortly); `stale-model` if the model, or the shard trained (slot K of N), is not the round's |
+//! | `POST /v1/rounds/{round}/commitments?base_model=D[&slot=K&slots=N][&with_reveal=L]` | signed | body: a JSON `Commitment` (under `audit.replay = "from-start"` with its `boundaries`, the leaves its root is over), and with `with_reveal=L` the L bytes of the encoded update after it, revealed as soon as the commitment is taken (not with a bucket); `Signed<Receipt>` (200, or 202 if late), with `with_reveal` a `CommittedAndRevealed` (both receipts, or the reveal's refusal); 409 `too-early` while the round is open provisionally (send it again shortly); `stale-model` if the model, or the shard trained (slot K of N), is not the round's |
 //! | `POST /v1/rounds/{round}/reveals?base_model=D[&object=DIGEST]` | signed | body: the encoded pseudo-gradient (with a bucket: no body, and the update at `updates/{worker}/{DIGEST}` in the bucket); `Signed<Receipt>` (200, or 202 if late); 409 `reveal-mismatch` if it is not what was committed (recorded and slashed) |
 //! | `POST /v1/rounds/{round}/audits[?object=DIGEST]` | signed | body: a postcard `AuditAnswer` (with a bucket: no body, and the answer at `answers/{worker}/{DIGEST}` in the bucket); `Signed<Receipt>`: `replaying` (the verdict follows in the ledger), `delegated`, or `failed` (proofs that do not hold) |
 //! | `GET /v1/status?rounds_from=R&rounds_limit=N` | none | `RunStatus` JSON, with at most N (default 100, at most 1,000) rounds from round R (default: the latest) |
@@ -43,11 +43,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crowdtrain_protocol::wire::CommitBody;
 use crowdtrain_protocol::wire::{
     AUTH_HEADER, ApiError, BODY_HEADER, BodyDeclaration, ErrorCode, LONG_POLL_MS_MAX, Phase,
     REWARD_MODEL_HEADER, RUN_HEADER, Receipt, ReceiptStatus, RegisterRequest,
 };
+use crowdtrain_protocol::wire::{CommitBody, CommittedAndRevealed};
 use crowdtrain_protocol::{Digest, PublicKey, Refusal, RequestAuth, Shard, Signed};
 use serde::Deserialize;
 
@@ -651,6 +651,10 @@ struct ModelQuery {
     /// A reveal's update in the run's bucket, by its digest (see
     /// [`reveal`]).
     object: Option<String>,
+    /// With a commitment: the length of the encoded update that follows
+    /// its JSON in the body, revealed as soon as the commitment is taken
+    /// (see [`commitment`]).
+    with_reveal: Option<usize>,
 }
 
 /// A signed, state-changing worker request about one round: what the
@@ -664,6 +668,9 @@ struct RoundPost {
     trained: Option<Shard>,
     /// The `object` query parameter: an update in the bucket.
     object: Option<Digest>,
+    /// The `with_reveal` query parameter: the length of the update after
+    /// a commitment's JSON.
+    with_reveal: Option<usize>,
     body: Vec<u8>,
     /// The sender's upload slot, held until the request is answered.
     _slot: UploadSlot,
@@ -728,7 +735,18 @@ async fn round_post(
     }
     let slot = limits.begin_upload(key)?;
     let body = read_body(body, declared, limits.body_timeout, &limits.spill_dir).await?;
-    Ok(RoundPost { worker, nonce: auth.nonce, round, base_model, trained, object, body, _slot: slot })
+    let with_reveal = query.with_reveal;
+    Ok(RoundPost {
+        worker,
+        nonce: auth.nonce,
+        round,
+        base_model,
+        trained,
+        object,
+        with_reveal,
+        body,
+        _slot: slot,
+    })
 }
 
 fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
@@ -739,18 +757,22 @@ fn required_base(post: &RoundPost) -> Result<Digest, Failure> {
 /// 200 for what counts now, 202 for what is only kept (late).
 fn receipt_response(result: Result<Signed<Receipt>, Failure>) -> Response {
     match result {
-        Ok(receipt) => {
-            let status = if receipt.body.status == ReceiptStatus::Late {
-                StatusCode::ACCEPTED
-            } else {
-                StatusCode::OK
-            };
-            (status, Json(receipt)).into_response()
-        }
+        Ok(receipt) => (receipt_status_code(&receipt), Json(receipt)).into_response(),
         Err(failure) => failure.into_response(),
     }
 }
 
+fn receipt_status_code(receipt: &Signed<Receipt>) -> StatusCode {
+    if receipt.body.status == ReceiptStatus::Late { StatusCode::ACCEPTED } else { StatusCode::OK }
+}
+
+/// A commitment, and with `?with_reveal=N` its reveal too: the body is then
+/// the commitment's JSON followed by the N bytes of the encoded update,
+/// taken as a reveal (under the same signature and nonce) once the
+/// commitment is accepted, and answered with both receipts
+/// ([`CommittedAndRevealed`]). Nothing is recorded unless the commitment
+/// parses; a reveal that does not match it is recorded and slashed, as
+/// one sent alone.
 #[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 async fn commitment(
     State(node): State<Arc<Node>>,
@@ -763,17 +785,51 @@ async fn commitment(
     body: Body,
 ) -> Response {
     let result = async {
-        let post = round_post(&node, &limits, true, path, query, &method, &uri, &headers, body).await?;
+        let mut post = round_post(&node, &limits, true, path, query, &method, &uri, &headers, body).await?;
         let base = required_base(&post)?;
+        let update = match post.with_reveal {
+            None => None,
+            Some(_) if node.bucket().is_some() => {
+                return Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    "this run takes updates through its bucket, and reveals them when due: commit alone",
+                ));
+            }
+            Some(length) if length > post.body.len() => {
+                return Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("with_reveal={length}, but the body is {} bytes", post.body.len()),
+                ));
+            }
+            Some(length) => Some(post.body.split_off(post.body.len() - length)),
+        };
         let body: CommitBody = serde_json::from_slice(&post.body).map_err(|error| {
             Failure::new(ErrorCode::BadRequest, format!("the commitment does not parse: {error}"))
         })?;
         let RoundPost { worker, nonce, round, trained, _slot, .. } = post;
-        let receipt = blocking(move || node.commit(worker, nonce, round, base, trained, body)).await;
+        let committed = {
+            let node = Arc::clone(&node);
+            blocking(move || node.commit(worker, nonce, round, base, trained, body)).await?
+        };
+        let Some(update) = update else { return Ok((committed, None)) };
+        let reveal = match committed.body.status {
+            ReceiptStatus::Accepted => {
+                let revealed = blocking(move || node.reveal(worker, nonce, round, base, update)).await;
+                Some(revealed.map_err(|failure| ApiError { error: failure.code, message: failure.message }))
+            }
+            _ => None,
+        };
         drop(_slot);
-        receipt
+        Ok((committed, Some(reveal)))
     };
-    receipt_response(result.await)
+    match result.await {
+        Ok((commitment, None)) => receipt_response(Ok(commitment)),
+        Ok((commitment, Some(reveal))) => {
+            let status = receipt_status_code(&commitment);
+            (status, Json(CommittedAndRevealed { commitment, reveal })).into_response()
+        }
+        Err(failure) => failure.into_response(),
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // axum extractors, one per argument

@@ -30,8 +30,8 @@ use crowdtrain_data::text::TokenizerSpec;
 use crowdtrain_protocol::config::AdmissionMode;
 use crowdtrain_protocol::contract::{ContractChoice, ContractMenu};
 use crowdtrain_protocol::wire::{
-    ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest, Registration, RunInfo,
-    WorkerStatus, WorkerView,
+    CommittedAndRevealed, ErrorCode, PROTOCOL_VERSION, Phase, Receipt, ReceiptStatus, RegisterRequest,
+    Registration, RunInfo, WorkerStatus, WorkerView,
 };
 use crowdtrain_protocol::{Digest, MAX_OUTER_DELAY, PublicKey, RoundId, RoundView, Shard, Signed, WorkerId};
 use crowdtrain_train::Model;
@@ -966,13 +966,57 @@ impl Settling {
         answer_audit(client, coordinator, bucket, round, &self.produced, segment, summary, on_event).await
     }
 
-    /// Waits for the round's commit phase to end, then reveals, and
+    /// Sends the commitment with its reveal in one request
+    /// (`?with_reveal=`; the reveal is taken as soon as the commitment is,
+    /// which early reveals allow), so that no round trip stands between
+    /// them. Returns the commitment's receipt (or the coordinator's reason
+    /// for refusing it) and whether the reveal was answered (and counted
+    /// here); `None` when the coordinator took neither: refused as too
+    /// early (a round open provisionally) or as over the run's upload
+    /// limit together, the commitment then goes alone, again until it is
+    /// taken, with its update revealed after it.
+    async fn commit_with_reveal(
+        &self,
+        commitment: &[u8],
+        summary: &mut WorkerSummary,
+        on_event: &mut impl FnMut(&WorkerEvent),
+    ) -> Result<Option<(Result<Receipt, String>, bool)>, NodeError> {
+        let (round, coordinator) = (self.assignment.round, &self.coordinator);
+        let payload = revealed_payload(self.behavior, &self.produced, &self.assignment, self.parameters)?;
+        let bytes = payload.len() as u64;
+        let path = format!("{}&with_reveal={bytes}", self.commit_path);
+        let mut body = Vec::with_capacity(commitment.len() + payload.len());
+        body.extend_from_slice(commitment);
+        body.extend_from_slice(&payload);
+        let answer = upload(&self.client, round, Upload::Reveal, &path, body, on_event).await?;
+        // Too early, or the two together over the run's upload limit: the
+        // commitment goes alone.
+        if matches!(answer.code(), Some(ErrorCode::TooEarly | ErrorCode::TooLarge)) {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            return Ok(Some((Err(answer.reason()), false)));
+        }
+        let answered: CommittedAndRevealed = answer.json()?;
+        let commitment = verified(&answered.commitment, coordinator, "receipt")?.clone();
+        let Some(reveal) = answered.reveal else { return Ok(Some((Ok(commitment), false))) };
+        let status = match reveal {
+            Ok(receipt) => Ok(verified(&receipt, coordinator, "receipt")?.status),
+            Err(refusal) => Err(refusal.message),
+        };
+        reveal_answered(status, round, bytes, summary, on_event);
+        Ok(Some((Ok(commitment), true)))
+    }
+
+    /// Waits for the round's commit phase to end, then reveals (unless it
+    /// was `revealed` with the commitment; at once with early reveals), and
     /// answers a delegated audit once its auditor is named (unless it was
     /// `answered` at commit). The round may be the open round or one
     /// opened ahead of it: each runs its own phases.
     async fn reveal_when_due(
         &self,
         mut answered: bool,
+        revealed: bool,
         summary: &mut WorkerSummary,
         on_event: &mut impl FnMut(&WorkerEvent),
     ) -> Result<(), NodeError> {
@@ -980,7 +1024,7 @@ impl Settling {
         let bucket = self.bucket.as_ref().map(|(bucket, me)| (bucket, *me));
         let round = self.assignment.round;
         let answers = self.behavior != Behavior::NoAnswer;
-        if self.early_reveal {
+        if self.early_reveal && !revealed {
             let what = (round, &self.assignment, self.produced.as_ref());
             let how = (self.behavior, true);
             send_reveal(client, coordinator, bucket, what, how, self.parameters, summary, on_event).await?;
@@ -1037,9 +1081,23 @@ impl Settling {
         let answers = self.behavior != Behavior::NoAnswer;
         let body = commit_body(&self.produced, self.with_boundaries);
         let sending = Instant::now();
-        let answer = send_commitment(client, &self.commit_path, &body, &self.view).await?;
-        tracing::debug!(round, answered_ms = sending.elapsed().as_millis() as u64, "commitment sent");
-        let receipt = receipt(&answer, coordinator)?;
+        let with_reveal = match self.early_reveal {
+            true => self.commit_with_reveal(&body, &mut summary, &mut on_event).await?,
+            false => None,
+        };
+        let (receipt, revealed) = match with_reveal {
+            Some((receipt, revealed)) => (receipt, revealed),
+            None => {
+                let answer = send_commitment(client, &self.commit_path, &body, &self.view).await?;
+                (receipt(&answer, coordinator)?, false)
+            }
+        };
+        tracing::debug!(
+            round,
+            revealed,
+            answered_ms = sending.elapsed().as_millis() as u64,
+            "commitment sent"
+        );
         let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
         on_event(&uploaded(round, Upload::Commitment, body.len() as u64, status));
         let audit = match receipt {
@@ -1069,7 +1127,7 @@ impl Settling {
             }
             Ok::<_, NodeError>(answered)
         };
-        let revealing = self.reveal_when_due(audit.is_some(), &mut summary, &mut on_event);
+        let revealing = self.reveal_when_due(audit.is_some(), revealed, &mut summary, &mut on_event);
         let (answered, revealed) = tokio::join!(answering, revealing);
         revealed?;
         let answered = answered?;
@@ -1096,11 +1154,7 @@ async fn send_reveal(
     summary: &mut WorkerSummary,
     on_event: &mut impl FnMut(&WorkerEvent),
 ) -> Result<(), NodeError> {
-    let payload = if behavior == Behavior::TamperReveal {
-        tampered(&produced.payload, assignment, parameters)?
-    } else {
-        produced.payload.clone()
-    };
+    let payload = revealed_payload(behavior, produced, assignment, parameters)?;
     let bytes = payload.len() as u64;
     let sending = Instant::now();
     let path = format!("/v1/rounds/{round}/reveals?base_model={}", assignment.base_model.to_hex());
@@ -1117,28 +1171,41 @@ async fn send_reveal(
         tracing::debug!(round, "the coordinator takes no early reveal: revealing when due");
         return Ok(());
     }
-    reveal_answered(&answer, round, bytes, coordinator, summary, on_event)
+    reveal_answered(receipt_status(&answer, coordinator)?, round, bytes, summary, on_event);
+    Ok(())
 }
 
-/// Accounts for the coordinator's answer to this worker's reveal of
-/// `round` (`bytes` long).
+/// What this worker reveals of `produced`: its update, tampered with if
+/// `behavior` says so.
+fn revealed_payload(
+    behavior: Behavior,
+    produced: &Produced,
+    assignment: &crowdtrain_protocol::Assignment,
+    parameters: usize,
+) -> Result<Vec<u8>, NodeError> {
+    if behavior == Behavior::TamperReveal {
+        Ok(tampered(&produced.payload, assignment, parameters)?)
+    } else {
+        Ok(produced.payload.clone())
+    }
+}
+
+/// Accounts for the coordinator's answer (`status`, or its reason for a
+/// refusal) to this worker's reveal of `round` (`bytes` long).
 fn reveal_answered(
-    answer: &Answer,
+    status: Result<ReceiptStatus, String>,
     round: RoundId,
     bytes: u64,
-    coordinator: &PublicKey,
     summary: &mut WorkerSummary,
     on_event: &mut impl FnMut(&WorkerEvent),
-) -> Result<(), NodeError> {
+) {
     summary.bytes_uploaded += bytes;
-    let status = receipt_status(answer, coordinator)?;
     if let Ok(status) = &status {
         summary.reveals_accepted += u64::from(*status == ReceiptStatus::Accepted);
     } else {
         summary.refused += 1;
     }
     on_event(&uploaded(round, Upload::Reveal, bytes, status));
-    Ok(())
 }
 
 /// The first round opened ahead of the open one (`[outer] delay` d >= 1;
