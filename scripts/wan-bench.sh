@@ -28,8 +28,8 @@
 # each row's config and where the workers' non-training time went (their
 # `idle` seconds a round: waiting for the round, the model, commitments,
 # uploads, auditing others). --keep keeps every run's directory (the
-# coordinator's state with its ledger, the workers' logs and summaries) and
-# prints where it is. --worker-args passes more arguments to every worker
+# coordinator's state with its ledger, the workers' logs and summaries; not
+# their model caches) and prints where it is. --worker-args passes more arguments to every worker
 # (the GPT's configs need `--tokenizer char`). --worker-nice N runs the
 # workers at that niceness (default 0): on one machine the lab's network
 # (each worker's delay proxy, a Python process) and the coordinator's data
@@ -206,6 +206,10 @@ print(json.dumps({
 }))
 EOF
         teardown
+        # What --keep keeps is what says how the run went; the workers'
+        # model caches (a model a round each, 2 GB for 8 MLP workers over
+        # 200 rounds) say nothing more and fill a disk within a few runs.
+        rm -rf "$run"/cache*
        done
       done
     done
