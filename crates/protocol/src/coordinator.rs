@@ -223,6 +223,7 @@ use crate::contract::ContractChoice;
 use crate::identity::PublicKey;
 use crate::ids::{Digest, RoundId, WorkerId};
 use crate::ledger::Event;
+use crate::read_nonces::{READS_REMEMBERED, ReadNonces, Stale};
 use crate::wire::{Assignment, ErrorCode, Phase, RoundView, Shard};
 
 /// Why a malformed committed update does not count.
@@ -237,9 +238,9 @@ pub const NONCE_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 /// How far a signed read's (or a registration's) nonce may be from the
 /// coordinator's clock. Reads are also single-use (each must carry a nonce
-/// above the last read from its key), so a captured one cannot be
-/// replayed to make its worker look alive; the window bounds a replay to
-/// a coordinator that restarted meanwhile (and forgot the last read).
+/// no read from its key was taken with: [`ReadNonces`]), so a captured one
+/// cannot be replayed to make its worker look alive; the window bounds a
+/// replay to a coordinator that restarted meanwhile (and forgot the reads).
 pub const READ_WINDOW_MS: u64 = 2 * 60 * 1000;
 
 /// The least an open round waits for its unproven participants once its
@@ -424,6 +425,9 @@ impl Verdict {
 /// makes the records of one input durable together (one transaction, with
 /// their ledger entries) before answering the request that caused them.
 /// The other actions ask for work the machine cannot do itself.
+// Most actions are `Record`s, the large variant: boxing it would allocate
+// once per event to shrink the rare ones, in a queue drained per input.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub enum Action {
@@ -502,9 +506,9 @@ impl Outcome {
 struct Worker {
     last_seen_ms: u64,
     last_nonce: u64,
-    /// The last nonce of a signed read (not recorded): reads are
-    /// single-use.
-    last_read_nonce: u64,
+    /// The latest signed reads' nonces (not recorded): reads are
+    /// single-use, and may arrive in another order than they were signed.
+    reads: ReadNonces,
     /// Its determinism class (the kernels its CPU runs): only a worker of
     /// the same class replays its segments.
     class: String,
@@ -531,7 +535,7 @@ impl Worker {
         Self {
             last_seen_ms: now,
             last_nonce: 0,
-            last_read_nonce: 0,
+            reads: ReadNonces::default(),
             class,
             sits_out_until: 0,
             missed_streak: 0,
@@ -1553,7 +1557,7 @@ impl Coordinator {
                 ));
             }
             if let Some(nonce) = nonce {
-                self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
+                self.workers.get_mut(&worker).expect("known").reads.take(nonce);
             }
             self.seen(now, worker);
             return Ok((worker, false));
@@ -1592,15 +1596,18 @@ impl Coordinator {
         if self.settings.bond > 0 {
             self.record(Event::BondDeposited { worker, amount: self.settings.bond });
         }
-        self.workers.get_mut(&worker).expect("just registered").last_read_nonce = nonce.unwrap_or(0);
+        if let Some(nonce) = nonce {
+            self.workers.get_mut(&worker).expect("just registered").reads.take(nonce);
+        }
         self.maybe_open();
         Ok((worker, true))
     }
 
     /// A signed read (`GET /v1/round`, an audit task) from `key` with
-    /// `nonce`: the nonce must be fresh and above the last read's, so a
-    /// captured read cannot be replayed (and refresh its worker's
-    /// liveness). Marks the worker as seen.
+    /// `nonce`: the nonce must be one no read from this key was taken with
+    /// (see [`ReadNonces`]: reads in flight together are taken in any
+    /// order), so a captured read cannot be replayed (and refresh its
+    /// worker's liveness). Marks the worker as seen.
     pub fn read(&mut self, now: u64, key: &PublicKey, nonce: u64) -> Result<WorkerId, Refusal> {
         self.advance(now);
         let worker = self.known(key)?;
@@ -1609,20 +1616,22 @@ impl Coordinator {
         if let Some(refusal) = self.bond_exhausted(worker) {
             return Err(refusal);
         }
-        self.workers.get_mut(&worker).expect("known").last_read_nonce = nonce;
+        self.workers.get_mut(&worker).expect("known").reads.take(nonce);
         self.seen(now, worker);
         Ok(worker)
     }
 
     fn check_read_nonce(&self, worker: WorkerId, nonce: u64) -> Result<(), Refusal> {
-        let last = self.workers[&worker].last_read_nonce;
-        if nonce <= last {
-            return Err(Refusal::new(
-                ErrorCode::Replayed,
-                format!("replayed read: nonce {nonce} is not above the last read's nonce {last}"),
-            ));
-        }
-        Ok(())
+        self.workers[&worker].reads.check(nonce).map_err(|stale| {
+            let message = match stale {
+                Stale::Taken => format!("replayed read: a read with nonce {nonce} was taken already"),
+                Stale::Forgotten(least) => format!(
+                    "replayed read: nonce {nonce} is not above {least}, the oldest of the last \
+                     {READS_REMEMBERED} reads' nonces"
+                ),
+            };
+            Refusal::new(ErrorCode::Replayed, message)
+        })
     }
 
     fn known(&self, key: &PublicKey) -> Result<WorkerId, Refusal> {

@@ -39,6 +39,7 @@ pub mod ids;
 pub mod judge;
 pub mod ledger;
 pub mod merkle;
+mod read_nonces;
 pub mod reward_model;
 pub mod wire;
 

@@ -76,6 +76,9 @@ pub struct ModelReward {
 }
 
 /// A model reward's outcome.
+// Delivered is the usual outcome and the large one: boxing it would only
+// add an allocation to the common case.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RewardOutcome {

@@ -14,7 +14,8 @@
 //! exactly what was declared ([`BodyDeclaration`]). Nonces are
 //! microseconds since the epoch; a state-changing request must carry a
 //! nonce above the last one accepted from that key, and a signed read one
-//! above the last read, so a captured request cannot be replayed.
+//! no read from that key was taken with (reads in flight together may
+//! arrive in any order), so a captured request cannot be replayed.
 //!
 //! What the coordinator publishes (run description, round views, receipts)
 //! travels as JSON with a signature over the postcard encoding of the same

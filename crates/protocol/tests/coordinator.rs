@@ -723,6 +723,31 @@ fn authentication_refuses_unknown_keys_replays_and_stale_nonces() {
 }
 
 #[test]
+fn reads_in_flight_together_are_taken_in_any_order_and_none_twice() {
+    // A pipelined worker's long poll, a reveal's wait and its work loop's
+    // read are answered together by a round's close, and their retries may
+    // arrive in the other order than they were signed.
+    let (mut machine, workers) = running(2, settings());
+    let now = T0 + 1000;
+    let signed: Vec<u64> = (0..3).map(|i| now * 1000 + i).collect();
+    for &nonce in signed.iter().rev() {
+        assert_eq!(machine.read(now, &key(0), nonce), Ok(workers[0]), "nonce {nonce}");
+    }
+    for &nonce in &signed {
+        let refused = machine.read(now, &key(0), nonce).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Replayed, "a captured read is refused: {}", refused.message);
+    }
+    // Many reads later, one signed before all of them may have been taken
+    // and forgotten: refused, though this one never was.
+    for i in 0..40 {
+        machine.read(now, &key(0), now * 1000 + 100 + i).unwrap();
+    }
+    let refused = machine.read(now, &key(0), now * 1000 + 50).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Replayed, "{}", refused.message);
+    assert_eq!(machine.read(now, &key(1), now * 1000), Ok(workers[1]), "each key has its own reads");
+}
+
+#[test]
 fn registration_beyond_the_limit_is_refused() {
     let mut machine =
         Coordinator::new(Settings { max_workers: 2, ..settings() }, Digest::of(b"run"), model(0), MASTER);

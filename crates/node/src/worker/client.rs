@@ -86,19 +86,19 @@ pub struct Client {
 }
 
 /// A request refused as replayed is signed again and sent this many more
-/// times at most: two reads in flight at once (the next round's view and a
-/// background reveal's wait for its phase) can arrive in the other order
-/// than they were signed, and a refusal as replayed comes before the
-/// coordinator changes anything. (A post sent beside the others,
+/// times at most, each after a short wait of its own; a refusal as replayed
+/// comes before the coordinator changes anything. Posts go one at a time
+/// (`Client::posting`), and the coordinator takes reads in any order among
+/// its last few from a key (`ReadNonces` in the protocol crate), so an
+/// honest worker's requests are not refused as replayed: this is the net
+/// under that. It was the fix before the coordinator took reads out of
+/// order: a pipelined worker has several reads in flight at once (the
+/// newest model's watch, a background reveal's wait for its phase, the work
+/// loop's own), a round's close answers them together, and with five
+/// delayed network tests at once on 2 cores, three immediate tries lost the
+/// race in 3 of 25 runs and ended a worker. (A post sent beside the others,
 /// [`Sequence::Beside`], is an audit answer, which the coordinator does not
 /// hold to the nonce order: see `Coordinator::authenticate`.)
-///
-/// A pipelined worker has several reads in flight at once (the newest
-/// model's watch, a background reveal's wait for its phase, the work loop's
-/// own), and a round's close answers them together: with five delayed
-/// network tests at once on 2 cores, three immediate tries lost the race
-/// in 3 of 25 runs and ended a worker. So more tries, each after a short
-/// wait of its own.
 const REPLAYED_RETRIES: u32 = 10;
 
 /// A retry after a read refused as replayed waits up to this long, doubled
