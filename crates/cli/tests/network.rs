@@ -710,26 +710,37 @@ fn under_an_upload_limit_that_fits_an_update_but_not_with_its_commitment_they_go
     // Goal: a worker sends its update with its commitment, and a run whose
     // upload limit fits the update alone refuses the two together as too
     // large; the worker then sends them one after the other, and no work
-    // is lost. Method: the limit set to an int8 update's exact size, in a
-    // pipelined run (`[outer] delay = 1`: its workers send the two
-    // together).
+    // is lost. Method: the limit set to an int8 update's exact size, with
+    // and without a delayed outer update (`[outer] delay = 1`: the
+    // commitment and reveal go beside the next round's training; 0: the
+    // worker waits for them), against the same run without the limit.
     let update = Codec::INT8.encode(&vec![0.0; 203_530]).unwrap().len();
-    let limits = format!("[limits]\nmax_upload_bytes = {update}\n[outer]\ndelay = 1\n");
-    let mut network =
-        Network::with_extra(2, 8, 0.0, "min_workers = 1\ndeadline_ms = 60000\nquorum = 1", &limits);
-    network.start_coordinator();
-    network.start_worker(0);
-    let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
-    assert_eq!(status.workers[0].submissions_accepted, 2, "{:?}", status.workers[0]);
-    let log = network.log("worker-0.log");
-    let summaries = network.join_workers();
-    assert!(summaries[0].status.success(), "{log}");
-    let summary: serde_json::Value = serde_json::from_slice(&summaries[0].stdout).unwrap();
-    assert_eq!(
-        (summary["reveals_accepted"].as_u64(), summary["refused"].as_u64()),
-        (Some(2), Some(0)),
-        "{summary} {log}"
-    );
+    for delay in [0, 1] {
+        for limited in [false, true] {
+            let limit = if limited { format!("max_upload_bytes = {update}\n") } else { String::new() };
+            let extra = format!("[limits]\n{limit}[outer]\ndelay = {delay}\n");
+            let mut network =
+                Network::with_extra(2, 8, 0.0, "min_workers = 1\ndeadline_ms = 60000\nquorum = 1", &extra);
+            network.start_coordinator();
+            network.start_worker(0);
+            let status = network.wait_for(120, "the run to finish", finished_and_evaluated);
+            assert_eq!(status.workers[0].submissions_accepted, 2, "{:?}", status.workers[0]);
+            let log = network.log("worker-0.log");
+            let summaries = network.join_workers();
+            assert!(summaries[0].status.success(), "{log}");
+            let summary: serde_json::Value = serde_json::from_slice(&summaries[0].stdout).unwrap();
+            let together = if limited { 0 } else { 2 };
+            assert_eq!(
+                (
+                    summary["reveals_accepted"].as_u64(),
+                    summary["reveals_with_commitment"].as_u64(),
+                    summary["refused"].as_u64()
+                ),
+                (Some(2), Some(together), Some(0)),
+                "delay {delay}, limited {limited}: {summary} {log}"
+            );
+        }
+    }
 }
 
 #[test]

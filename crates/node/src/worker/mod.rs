@@ -114,6 +114,10 @@ pub struct WorkerSummary {
     pub commitments: u64,
     /// Reveals that matched their commitments.
     pub reveals_accepted: u64,
+    /// Updates revealed in the request that carried their commitment (one
+    /// round trip for both; the rest went after their commitment's receipt,
+    /// or through the run's bucket).
+    pub reveals_with_commitment: u64,
     /// Own audit answers refused on receipt (proofs that do not hold).
     pub audits_failed: u64,
     /// Own audits the coordinator replays after answering (their verdicts
@@ -177,6 +181,7 @@ impl WorkerSummary {
         self.commitments += other.commitments;
         self.bytes_uploaded += other.bytes_uploaded;
         self.reveals_accepted += other.reveals_accepted;
+        self.reveals_with_commitment += other.reveals_with_commitment;
         self.refused += other.refused;
         self.audits_failed += other.audits_failed;
         self.audits_answered += other.audits_answered;
@@ -656,26 +661,43 @@ pub async fn run_worker(
                 }
                 let committing = Instant::now();
                 let mut produced = produced;
-                let (answer, body) = loop {
+                let (receipt, refusal, body, revealed) = loop {
                     let body = commit_body(&produced, replays_from_start(&run));
-                    let answer = send_commitment(&client, &path, &body, &view).await?;
+                    // With early reveals the update goes with its
+                    // commitment, one round trip for both.
+                    let with_reveal = match early_reveal {
+                        true => {
+                            let payload =
+                                revealed_payload(behavior, &produced, &assignment, run.parameters as usize)?;
+                            let sent = (client.as_ref(), &coordinator, round, path.as_str());
+                            send_with_reveal(sent, &body, payload, &mut summary, &mut on_event).await?
+                        }
+                        false => WithReveal::Apart,
+                    };
+                    let (receipt, refusal, revealed) = match with_reveal {
+                        WithReveal::Taken(receipt, revealed) => (Ok(receipt), None, revealed),
+                        WithReveal::Refused(answer) => (Err(answer.reason()), answer.code(), false),
+                        WithReveal::Apart => {
+                            let answer = send_commitment(&client, &path, &body, &view).await?;
+                            (receipt(&answer, &coordinator)?, answer.code(), false)
+                        }
+                    };
                     // The coordinator's chain does not end where ours does
                     // (our residual file is older than our last accepted
                     // commitment): start the error feedback again from zero.
-                    if answer.code() == Some(ErrorCode::ResidualChain) && !produced.residual_in.is_empty() {
+                    if refusal == Some(ErrorCode::ResidualChain) && !produced.residual_in.is_empty() {
                         on_event(&note(format!(
                             "round {round}: {}; starting the error feedback again from zero",
-                            answer.reason()
+                            receipt.expect_err("refused")
                         )));
                         residual.clear();
                         residual_file.save(&residual)?;
                         produced = produced.restarted(codec)?;
                         continue;
                     }
-                    break (answer, body);
+                    break (receipt, refusal, body, revealed);
                 };
                 summary.idle.commit += committing.elapsed().as_secs_f64();
-                let receipt = receipt(&answer, &coordinator)?;
                 let status = receipt.as_ref().map(|receipt| receipt.status).map_err(Clone::clone);
                 on_event(&uploaded(round, Upload::Commitment, body.len() as u64, status));
                 match receipt {
@@ -708,7 +730,7 @@ pub async fn run_worker(
                             .await?;
                             summary.idle.upload += answering.elapsed().as_secs_f64();
                         }
-                        if early_reveal {
+                        if early_reveal && !revealed {
                             let revealing = Instant::now();
                             let what = (round, &assignment, produced.as_ref());
                             send_reveal(
@@ -734,7 +756,7 @@ pub async fn run_worker(
                         // shards: train again on that (once per model and
                         // shard, whatever the coordinator does).
                         let retrain = view.provisional
-                            && answer.code() == Some(ErrorCode::StaleModel)
+                            && refusal == Some(ErrorCode::StaleModel)
                             && withdrawn.insert((round, assignment.base_model, assignment.shard()));
                         if !retrain {
                             last_done = Some(round);
@@ -967,45 +989,24 @@ impl Settling {
     }
 
     /// Sends the commitment with its reveal in one request
-    /// (`?with_reveal=`; the reveal is taken as soon as the commitment is,
-    /// which early reveals allow), so that no round trip stands between
-    /// them. Returns the commitment's receipt (or the coordinator's reason
-    /// for refusing it) and whether the reveal was answered (and counted
-    /// here); `None` when the coordinator took neither: refused as too
-    /// early (a round open provisionally) or as over the run's upload
-    /// limit together, the commitment then goes alone, again until it is
-    /// taken, with its update revealed after it.
+    /// ([`send_with_reveal`]). Returns the commitment's receipt (or the
+    /// coordinator's reason for refusing it) and whether the reveal was
+    /// answered (and counted here); `None` when the coordinator took
+    /// neither and the commitment is to go alone.
     async fn commit_with_reveal(
         &self,
         commitment: &[u8],
         summary: &mut WorkerSummary,
         on_event: &mut impl FnMut(&WorkerEvent),
     ) -> Result<Option<(Result<Receipt, String>, bool)>, NodeError> {
-        let (round, coordinator) = (self.assignment.round, &self.coordinator);
         let payload = revealed_payload(self.behavior, &self.produced, &self.assignment, self.parameters)?;
-        let bytes = payload.len() as u64;
-        let path = format!("{}&with_reveal={bytes}", self.commit_path);
-        let mut body = Vec::with_capacity(commitment.len() + payload.len());
-        body.extend_from_slice(commitment);
-        body.extend_from_slice(&payload);
-        let answer = upload(&self.client, round, Upload::Reveal, &path, body, on_event).await?;
-        // Too early, or the two together over the run's upload limit: the
-        // commitment goes alone.
-        if matches!(answer.code(), Some(ErrorCode::TooEarly | ErrorCode::TooLarge)) {
-            return Ok(None);
-        }
-        if !answer.status.is_success() {
-            return Ok(Some((Err(answer.reason()), false)));
-        }
-        let answered: CommittedAndRevealed = answer.json()?;
-        let commitment = verified(&answered.commitment, coordinator, "receipt")?.clone();
-        let Some(reveal) = answered.reveal else { return Ok(Some((Ok(commitment), false))) };
-        let status = match reveal {
-            Ok(receipt) => Ok(verified(&receipt, coordinator, "receipt")?.status),
-            Err(refusal) => Err(refusal.message),
-        };
-        reveal_answered(status, round, bytes, summary, on_event);
-        Ok(Some((Ok(commitment), true)))
+        let sent =
+            (self.client.as_ref(), &self.coordinator, self.assignment.round, self.commit_path.as_str());
+        Ok(match send_with_reveal(sent, commitment, payload, summary, on_event).await? {
+            WithReveal::Apart => None,
+            WithReveal::Refused(answer) => Some((Err(answer.reason()), false)),
+            WithReveal::Taken(receipt, revealed) => Some((Ok(receipt), revealed)),
+        })
     }
 
     /// Waits for the round's commit phase to end, then reveals (unless it
@@ -1206,6 +1207,54 @@ fn reveal_answered(
         summary.refused += 1;
     }
     on_event(&uploaded(round, Upload::Reveal, bytes, status));
+}
+
+/// What the coordinator made of a commitment sent with its reveal.
+enum WithReveal {
+    /// It took neither: refused as too early (a round open provisionally)
+    /// or the two as over the run's upload limit together. The commitment
+    /// goes alone, with its update revealed after it.
+    Apart,
+    /// The commitment refused (nothing was recorded): the answer says why.
+    Refused(Answer),
+    /// The commitment's receipt, and whether the reveal was answered (an
+    /// accepted commitment's always is; a late one's is not taken).
+    Taken(Receipt, bool),
+}
+
+/// Sends `commitment` to `commit_path` with `payload`, its update, in one
+/// request (`?with_reveal=`; the coordinator takes the reveal as soon as it
+/// takes the commitment, which early reveals allow), so that no round trip
+/// stands between them, and counts the reveal's answer.
+async fn send_with_reveal(
+    (client, coordinator, round, commit_path): (&Client, &PublicKey, RoundId, &str),
+    commitment: &[u8],
+    payload: Vec<u8>,
+    summary: &mut WorkerSummary,
+    on_event: &mut impl FnMut(&WorkerEvent),
+) -> Result<WithReveal, NodeError> {
+    let bytes = payload.len() as u64;
+    let path = format!("{commit_path}&with_reveal={bytes}");
+    let mut body = Vec::with_capacity(commitment.len() + payload.len());
+    body.extend_from_slice(commitment);
+    body.extend_from_slice(&payload);
+    let answer = upload(client, round, Upload::Reveal, &path, body, on_event).await?;
+    if matches!(answer.code(), Some(ErrorCode::TooEarly | ErrorCode::TooLarge)) {
+        return Ok(WithReveal::Apart);
+    }
+    if !answer.status.is_success() {
+        return Ok(WithReveal::Refused(answer));
+    }
+    let answered: CommittedAndRevealed = answer.json()?;
+    let commitment = verified(&answered.commitment, coordinator, "receipt")?.clone();
+    let Some(reveal) = answered.reveal else { return Ok(WithReveal::Taken(commitment, false)) };
+    let status = match reveal {
+        Ok(receipt) => Ok(verified(&receipt, coordinator, "receipt")?.status),
+        Err(refusal) => Err(refusal.message),
+    };
+    reveal_answered(status, round, bytes, summary, on_event);
+    summary.reveals_with_commitment += 1;
+    Ok(WithReveal::Taken(commitment, true))
 }
 
 /// The first round opened ahead of the open one (`[outer] delay` d >= 1;
