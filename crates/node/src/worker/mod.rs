@@ -1211,9 +1211,11 @@ fn reveal_answered(
 
 /// What the coordinator made of a commitment sent with its reveal.
 enum WithReveal {
-    /// It took neither: refused as too early (a round open provisionally)
-    /// or the two as over the run's upload limit together. The commitment
-    /// goes alone, with its update revealed after it.
+    /// It took neither: refused as too early (a round open provisionally),
+    /// as for another round (one shown by a coordinator that restarted
+    /// before it was durable), or the two as over the run's upload limit
+    /// together. The commitment goes alone (`send_commitment`, which waits
+    /// out the first two), with its update revealed after it.
     Apart,
     /// The commitment refused (nothing was recorded): the answer says why.
     Refused(Answer),
@@ -1239,7 +1241,7 @@ async fn send_with_reveal(
     body.extend_from_slice(commitment);
     body.extend_from_slice(&payload);
     let answer = upload(client, round, Upload::Reveal, &path, body, on_event).await?;
-    if matches!(answer.code(), Some(ErrorCode::TooEarly | ErrorCode::TooLarge)) {
+    if matches!(answer.code(), Some(ErrorCode::TooEarly | ErrorCode::WrongRound | ErrorCode::TooLarge)) {
         return Ok(WithReveal::Apart);
     }
     if !answer.status.is_success() {
