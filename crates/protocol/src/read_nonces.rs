@@ -11,8 +11,9 @@
 //! refused and signed again, a race the worker could lose ten times over on
 //! a loaded machine.
 //!
-//! So the coordinator remembers the last [`READS_REMEMBERED`] nonces it took
-//! from each key, and takes a read whose nonce is none of them and, once
+//! So the coordinator remembers the [`READS_REMEMBERED`] latest-signed (the
+//! largest) nonces it took from each key, and takes a read whose nonce is
+//! none of them and, once
 //! that many are remembered, above the least of them. Every nonce taken and
 //! forgotten is at most that least one (the least is what is forgotten when
 //! a new one comes in), so a replay of any read ever taken is refused, and
@@ -25,7 +26,7 @@
 /// retries.
 pub const READS_REMEMBERED: usize = 16;
 
-/// The most recent read nonces taken from one key.
+/// The latest-signed read nonces taken from one key.
 #[derive(Debug, Clone, Default)]
 pub struct ReadNonces {
     /// Ascending, at most [`READS_REMEMBERED`] long.
