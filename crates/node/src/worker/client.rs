@@ -86,24 +86,15 @@ pub struct Client {
 }
 
 /// A request refused as replayed is signed again and sent this many more
-/// times at most, each after a short wait of its own; a refusal as replayed
-/// comes before the coordinator changes anything. Posts go one at a time
-/// (`Client::posting`), and the coordinator takes reads in any order among
-/// its last few from a key (`ReadNonces` in the protocol crate), so an
-/// honest worker's requests are not refused as replayed: this is the net
-/// under that. It was the fix before the coordinator took reads out of
-/// order: a pipelined worker has several reads in flight at once (the
-/// newest model's watch, a background reveal's wait for its phase, the work
-/// loop's own), a round's close answers them together, and with five
-/// delayed network tests at once on 2 cores, three immediate tries lost the
-/// race in 3 of 25 runs and ended a worker. (A post sent beside the others,
-/// [`Sequence::Beside`], is an audit answer, which the coordinator does not
-/// hold to the nonce order: see `Coordinator::authenticate`.)
-const REPLAYED_RETRIES: u32 = 10;
-
-/// A retry after a read refused as replayed waits up to this long, doubled
-/// with each retry (at most 64 times this).
-const REPLAYED_SPREAD_US: u64 = 500;
+/// times at most; a refusal as replayed comes before the coordinator
+/// changes anything. Posts go one at a time (`Client::posting`), and the
+/// coordinator takes reads in any order among the latest few from a key
+/// (`ReadNonces` in the protocol crate), so an honest worker's requests are
+/// not refused as replayed: this is a net under that, not a race to win.
+/// (A post sent beside the others, [`Sequence::Beside`], is an audit
+/// answer, which the coordinator does not hold to the nonce order: see
+/// `Coordinator::authenticate`.)
+const REPLAYED_RETRIES: u32 = 3;
 
 impl Client {
     pub fn new(base: &str, identity: Identity, give_up_after: Duration) -> Result<Self, NodeError> {
@@ -255,14 +246,6 @@ impl Client {
                                 }
                                 Some(ErrorCode::Replayed) if replayed < REPLAYED_RETRIES => {
                                     replayed += 1;
-                                    // Overtaken by a request signed later;
-                                    // its rivals, woken by the same change,
-                                    // are retrying too: wait a little, a
-                                    // different little each time (the
-                                    // clock's microseconds), so that the
-                                    // next try is not in the same race.
-                                    let spread = REPLAYED_SPREAD_US << replayed.min(6);
-                                    tokio::time::sleep(Duration::from_micros(self.nonce() % spread)).await;
                                     continue;
                                 }
                                 Some(ErrorCode::Full) => return Ok(answer),
