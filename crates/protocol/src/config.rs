@@ -882,6 +882,12 @@ mod tests {
         assert_eq!((gpt.layers, gpt.heads, gpt.width, gpt.context), (4, 4, 128, 64));
         assert_eq!(config.training.schedule, crowdtrain_recipe::Schedule::nanogpt(2000));
         assert_eq!(config.data.tokenizer.as_deref(), Some("char"));
+        // The re-warming the example describes in a comment, taken up as it says.
+        let rewarmed = text
+            .replace("[training.schedule.warmup-cosine]", "[training.schedule.warmup-cosine-rewarm]")
+            .replace("# round_warmup_steps = 20 #", "round_warmup_steps = 20 #");
+        let rewarmed = RunConfig::parse(&rewarmed).unwrap();
+        assert_eq!(rewarmed.training.schedule, crowdtrain_recipe::Schedule::nanogpt_rewarm(2000, 20));
         let held_out = text.replace("validation_fraction = 0.0", "validation_fraction = 0.05");
         let error = RunConfig::parse(&held_out).unwrap_err().to_string();
         assert!(error.contains("validation_fraction") && error.contains("gpt"), "{error}");
