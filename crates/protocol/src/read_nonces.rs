@@ -13,11 +13,11 @@
 //!
 //! So the coordinator remembers the [`READS_REMEMBERED`] latest-signed (the
 //! largest) nonces it took from each key, and takes a read whose nonce is
-//! none of them and, once
-//! that many are remembered, above the least of them. Every nonce taken and
-//! forgotten is at most that least one (the least is what is forgotten when
-//! a new one comes in), so a replay of any read ever taken is refused, and
-//! reads signed close together are taken in whatever order they arrive.
+//! none of them and, once that many are remembered, above the least of
+//! them. Every nonce taken and forgotten is at most that least one (the
+//! least is what is forgotten when a new one comes in), so a replay of any
+//! read ever taken is refused, and reads signed close together are taken in
+//! whatever order they arrive.
 //! Memory is bounded: a fixed number of nonces per registered key (and
 //! registered keys are bounded by `max_workers`).
 
