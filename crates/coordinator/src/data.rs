@@ -79,10 +79,12 @@ impl RunData {
                     })?;
                 if text.tokenizer().vocab_size() != config.vocab {
                     return Err(CoordinatorError::Data(format!(
-                        "the {} tokenizer has {} tokens, the model's vocabulary is {}",
+                        "the {} tokenizer has {} tokens, the model's vocabulary is {}: \
+                         set `vocab = {}` under [training.model.gpt] in run.toml",
                         tokenizer,
                         text.tokenizer().vocab_size(),
-                        config.vocab
+                        config.vocab,
+                        text.tokenizer().vocab_size()
                     )));
                 }
                 Ok(Self::Text { text: Box::new(text), context: config.context })
@@ -314,5 +316,34 @@ impl Shards {
                 "shards of images cannot be read from text, nor the reverse".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crowdtrain_train::GptConfig;
+
+    /// A run.toml whose GPT does not match its tokenizer is refused before
+    /// anything trains, and the error names the number to write.
+    #[test]
+    fn a_vocabulary_other_than_the_tokenizers_is_refused_with_the_number_to_set() {
+        let tokenizer = TokenizerSpec::from("char".to_owned());
+        let refused = |vocab| {
+            let recipe = TrainingRecipe::language_model(1, GptConfig::baby(vocab), 1e-3, 2, 1);
+            RunData::load(None, &recipe, &tokenizer).unwrap_err().to_string()
+        };
+        let error = refused(3);
+        let tokens = error
+            .split("set `vocab = ")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no vocabulary to set in: {error}"));
+        assert!(error.contains("the model's vocabulary is 3"), "{error}");
+        assert!(error.contains("[training.model.gpt]"), "{error}");
+        let recipe = TrainingRecipe::language_model(1, GptConfig::baby(tokens), 1e-3, 2, 1);
+        let loaded = RunData::load(None, &recipe, &tokenizer).expect("the number it names is accepted");
+        assert!(matches!(loaded, RunData::Text { context: 64, .. }));
     }
 }
