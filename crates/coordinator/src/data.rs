@@ -77,14 +77,12 @@ impl RunData {
                             source.describe()
                         ))
                     })?;
-                if text.tokenizer().vocab_size() != config.vocab {
+                let tokens = text.tokenizer().vocab_size();
+                if tokens != config.vocab {
                     return Err(CoordinatorError::Data(format!(
-                        "the {} tokenizer has {} tokens, the model's vocabulary is {}: \
-                         set `vocab = {}` under [training.model.gpt] in run.toml",
-                        tokenizer,
-                        text.tokenizer().vocab_size(),
-                        config.vocab,
-                        text.tokenizer().vocab_size()
+                        "the {tokenizer} tokenizer has {tokens} tokens, the model's vocabulary is {}: \
+                         set `vocab = {tokens}` under [training.model.gpt] in run.toml",
+                        config.vocab
                     )));
                 }
                 Ok(Self::Text { text: Box::new(text), context: config.context })
