@@ -713,11 +713,27 @@ fn a_near_copy_is_challenged_after_the_reveals_and_only_the_copy_is_refused_and_
     }
 }
 
+/// Inner steps of the run below, replayed whole (one segment): a bet
+/// includes the cheater only if its replay is still running when the last
+/// answer arrives, and answers arrive spread over the workers' notice polls
+/// (up to half a second apart). At 64 steps in four segments a replay took
+/// milliseconds, and zero to two of a run's five bets included the cheater
+/// (none in either run, once, in CI); replaying 256 steps, two to five do.
+const STEPS_AHEAD: u64 = 256;
+
 /// One run of three honest workers and one that trains on the wrong data,
 /// everyone audited: its state hash, how many bets on a round's audits were
 /// withdrawn, and the honest workers' credited rounds.
 fn run_with_a_caught_cheater() -> (String, u64, Vec<u64>) {
-    let mut network = Network::new(6, 64, 1.0, "min_workers = 4\nquorum = 1\ndeadline_ms = 60000");
+    let mut network = Network::with_training(
+        6,
+        STEPS_AHEAD,
+        1.0,
+        "min_workers = 4\nquorum = 1\ndeadline_ms = 60000",
+        "",
+        1,
+        "",
+    );
     network.start_coordinator();
     // One at a time, so that the cheater has the same id (and shard) in
     // every run.
