@@ -6,10 +6,9 @@
 //! through training, audits, scoring and rewards: none of them has a
 //! special case for it.
 
-use std::ops::Range;
 use std::path::Path;
 
-use crowdtrain_data::text::{TextDataset, TextSource, TokenizerSpec, text_shards};
+use crowdtrain_data::text::{TextDataset, TextSource, TokenShard, TokenizerSpec, text_shards};
 use crowdtrain_data::{DataSource, Dataset};
 use crowdtrain_defense::quality;
 use crowdtrain_protocol::wire::DatasetFingerprint;
@@ -152,14 +151,14 @@ impl RunData {
             Self::Images(dataset) => Ok(Shards::Images(assignment.shards(&dataset.train.labels)?)),
             Self::Text { text, context } => {
                 let recipe = &assignment.recipe;
-                let ranges = text_shards(
+                let shards = text_shards(
                     text.train().len(),
                     assignment.slots as usize,
                     recipe.batch(),
                     *context,
                     recipe.seed,
                 )?;
-                Ok(Shards::Text(ranges))
+                Ok(Shards::Text(shards))
             }
         }
     }
@@ -268,15 +267,15 @@ impl RunData {
 pub enum Shards {
     /// Indices of training images.
     Images(Vec<Vec<u32>>),
-    /// Contiguous ranges of training tokens.
-    Text(Vec<Range<usize>>),
+    /// Stripes of the training tokens, one shard per participant.
+    Text(Vec<TokenShard>),
 }
 
 impl Shards {
     pub fn len(&self) -> usize {
         match self {
             Self::Images(shards) => shards.len(),
-            Self::Text(ranges) => ranges.len(),
+            Self::Text(shards) => shards.len(),
         }
     }
 
@@ -306,10 +305,11 @@ impl Shards {
             (Self::Images(shards), RunData::Images(dataset)) => {
                 Ok(Box::new(ImageShard { images: &dataset.train, indices: &shards[shard] }))
             }
-            (Self::Text(ranges), RunData::Text { text, context }) => {
-                let range = &ranges[shard];
-                Ok(Box::new(TextShard { tokens: text.train().slice(range.clone()), context: *context }))
-            }
+            (Self::Text(shards), RunData::Text { text, context }) => Ok(Box::new(TextShard {
+                tokens: text.train(),
+                shard: shards[shard].clone(),
+                context: *context,
+            })),
             _ => Err(TrainError::BadConfig(
                 "shards of images cannot be read from text, nor the reverse".into(),
             )),

@@ -354,23 +354,111 @@ fn participants_supported_is_the_most_workers_every_shard_can_serve() {
     assert!(text_shards(1000, 0, batch, context, 0).is_err());
 }
 
+/// Every stripe of every shard, in order of position.
+fn stripes_in_order(shards: &[TokenShard]) -> Vec<std::ops::Range<usize>> {
+    let mut stripes: Vec<_> = shards.iter().flat_map(|shard| shard.stripes.iter().cloned()).collect();
+    stripes.sort_by_key(|stripe| stripe.start);
+    stripes
+}
+
 #[test]
-fn shards_are_contiguous_ranges_that_partition_the_training_tokens() {
+fn a_small_text_is_cut_into_one_contiguous_range_per_worker() {
     let shards = text_shards(100_003, 7, 12, 64, 5).unwrap();
-    let mut sorted = shards.clone();
-    sorted.sort_by_key(|shard| shard.start);
-    assert_eq!(sorted.first().unwrap().start, 0);
-    assert_eq!(sorted.last().unwrap().end, 100_003);
-    assert!(sorted.windows(2).all(|pair| pair[0].end == pair[1].start));
+    assert!(shards.iter().all(|shard| shard.stripes.len() == 1), "below 2 x 7 x {STRIPE_TOKENS} tokens");
+    let stripes = stripes_in_order(&shards);
+    assert_eq!((stripes.first().unwrap().start, stripes.last().unwrap().end), (0, 100_003));
+    assert!(stripes.windows(2).all(|pair| pair[0].end == pair[1].start));
     assert!(shards.iter().all(|shard| shard.len() == 100_003 / 7 || shard.len() == 100_003 / 7 + 1));
     assert_eq!(shards, text_shards(100_003, 7, 12, 64, 5).unwrap(), "a function of the seed");
     let seeds: std::collections::BTreeSet<Vec<usize>> = (0..8)
-        .map(|seed| text_shards(100_003, 7, 12, 64, seed).unwrap().iter().map(|shard| shard.start).collect())
+        .map(|seed| {
+            text_shards(100_003, 7, 12, 64, seed)
+                .unwrap()
+                .iter()
+                .map(|shard| shard.stripes[0].start)
+                .collect()
+        })
         .collect();
     assert!(seeds.len() > 4, "the seed decides which slot trains on which range");
     for (slot, shard) in shards.iter().enumerate() {
         assert_eq!(&text_shard(100_003, slot, 7, 12, 64, 5).unwrap(), shard);
     }
+}
+
+#[test]
+fn a_large_text_is_dealt_out_in_stripes_so_that_every_shard_spans_all_of_it() {
+    // Goal: no worker trains a round on one corner of the corpus (a few
+    // plays), yet every shard is contiguous ranges a token file serves in
+    // place. Method: 3.9M tokens (the installed Shakespeare's training
+    // split) among 8 workers: stripes of at least STRIPE_TOKENS tokens that
+    // partition the split, every eighth one a shard's.
+    let (train, workers) = (3_900_000, 8);
+    let shards = text_shards(train, workers, 96, 64, 3).unwrap();
+    let per_shard = train / workers / STRIPE_TOKENS;
+    assert_eq!(per_shard, 29);
+    let stripes = stripes_in_order(&shards);
+    assert_eq!(stripes.len(), workers * per_shard);
+    assert_eq!((stripes.first().unwrap().start, stripes.last().unwrap().end), (0, train));
+    assert!(stripes.windows(2).all(|pair| pair[0].end == pair[1].start), "they partition the split");
+    let piece = train / (workers * per_shard);
+    assert!(stripes.iter().all(|stripe| stripe.len() == piece || stripe.len() == piece + 1));
+    assert!(piece >= STRIPE_TOKENS);
+    for shard in &shards {
+        assert_eq!(shard.stripes.len(), per_shard);
+        assert!(shard.stripes.windows(2).all(|pair| pair[0].end <= pair[1].start), "ascending");
+        // Spread evenly: its k-th stripe is one of the k-th run of 8 pieces.
+        for (turn, stripe) in shard.stripes.iter().enumerate() {
+            let index = stripes.iter().position(|other| other == stripe).unwrap();
+            assert_eq!(index / workers, turn, "{shard:?}");
+        }
+        assert!(shard.len().abs_diff(train / workers) <= per_shard);
+    }
+    let firsts: std::collections::BTreeSet<usize> =
+        shards.iter().map(|shard| shard.stripes[0].start).collect();
+    assert_eq!(firsts.len(), workers, "each shard starts in its own piece of the first run");
+    assert_ne!(shards, text_shards(train, workers, 96, 64, 4).unwrap(), "the seed deals them");
+    // Stripes never go below what a batch needs.
+    let wide = text_shards(train, workers, 96, 40_000, 3).unwrap();
+    assert!(wide.iter().flat_map(|shard| &shard.stripes).all(|stripe| stripe.len() >= 40_096));
+}
+
+#[test]
+fn a_batch_from_stripes_draws_every_window_inside_them_and_none_across() {
+    let bytes = positions(10_000);
+    let tokens = Tokens::new(&bytes, TokenWidth::U32);
+    let (batch, context) = (16, 32);
+    let key = RngKey::new(9, 4, 2, 0);
+    // One stripe draws exactly what its slice alone draws: a run whose
+    // shards are one range each keeps its bits.
+    let mut whole = TokenBatch::default();
+    let mut sliced = TokenBatch::default();
+    sample_shard_batch(tokens, &TokenShard::contiguous(3000..3500), batch, context, key, &mut whole).unwrap();
+    sample_batch(tokens.slice(3000..3500), batch, context, key, &mut sliced).unwrap();
+    assert_eq!(whole, sliced);
+    // Two stripes: windows inside one or the other, all of them in time.
+    let shard = TokenShard { stripes: vec![1000..1100, 7000..7050] };
+    let mut starts = std::collections::BTreeMap::<u32, u32>::new();
+    let mut drawn = TokenBatch::default();
+    for step in 0..600 {
+        sample_shard_batch(tokens, &shard, batch, context, key.at_step(step), &mut drawn).unwrap();
+        for row in drawn.inputs.chunks(context) {
+            *starts.entry(row[0]).or_default() += 1;
+        }
+    }
+    let expected: Vec<u32> = (1000..1100 - 32).chain(7000..7050 - 32).collect();
+    assert_eq!(
+        starts.keys().copied().collect::<Vec<_>>(),
+        expected,
+        "every window, none across a stripe end"
+    );
+    // Uniform over windows, not over stripes: the 68-window stripe is
+    // drawn about 68/18 times as often as the 18-window one.
+    let first: u32 = starts.range(..7000).map(|(_, count)| count).sum();
+    let ratio = f64::from(first) / f64::from(600 * 16 - first);
+    assert!((ratio - 68.0 / 18.0).abs() < 0.6, "{ratio}");
+    let short = TokenShard { stripes: vec![1000..1100, 7000..7032] };
+    let error = sample_shard_batch(tokens, &short, 1, 32, key, &mut drawn).unwrap_err().to_string();
+    assert!(error.contains("32 tokens hold no sequence of context 32"), "{error}");
 }
 
 #[test]

@@ -34,7 +34,7 @@ use crate::identity::{BadSignature, Identity, PublicKey, SignatureBytes};
 pub use crate::ids::{Digest, RoundId, WorkerId};
 
 /// Bumped on any incompatible change to messages or training semantics.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The header naming (by BLAKE3 hex) the model reward a
 /// `GET /v1/rewards/{worker}` answer carries: the hash its

@@ -1,4 +1,4 @@
-//! Training on text: a worker's contiguous range of training tokens as a
+//! Training on text: a worker's stripes of the training tokens as a
 //! batch source, a text data set as a run's data, and the validation loss.
 //!
 //! The data side (`crowdtrain_data::text`) owns the corpus, the tokenizer,
@@ -7,7 +7,8 @@
 //! replay and its scoring are the image models' code paths.
 
 use crowdtrain_data::text::{
-    TextDataset, TokenBatch, Tokens, evaluation_batch, sample_batch, text_shards, validation_batches,
+    TextDataset, TokenBatch, TokenShard, Tokens, evaluation_batch, sample_shard_batch, text_shards,
+    validation_batches,
 };
 use crowdtrain_data::{RngKey, Sharding};
 use crowdtrain_recipe::TrainingRecipe;
@@ -21,16 +22,25 @@ use crate::trainer::{BatchSource, StepBatch};
 pub const EVALUATION_SEQUENCES: usize = 64;
 
 /// A worker's training tokens: each step, `batch_size` windows of
-/// `context + 1` tokens at offsets keyed by the step.
-#[derive(Debug, Clone, Copy)]
+/// `context + 1` tokens inside the stripes of its `shard` of `tokens`, at
+/// offsets keyed by the step.
+#[derive(Debug, Clone)]
 pub struct TextShard<'a> {
     pub tokens: Tokens<'a>,
+    pub shard: TokenShard,
     pub context: usize,
+}
+
+impl<'a> TextShard<'a> {
+    /// All of `tokens` as one shard (a single trainer's).
+    pub fn whole(tokens: Tokens<'a>, context: usize) -> Self {
+        Self { tokens, shard: TokenShard::contiguous(0..tokens.len()), context }
+    }
 }
 
 impl BatchSource for TextShard<'_> {
     fn fill(&self, key: RngKey, batch_size: usize, batch: &mut StepBatch) -> Result<(), TrainError> {
-        Ok(sample_batch(self.tokens, batch_size, self.context, key, batch.tokens_mut())?)
+        Ok(sample_shard_batch(self.tokens, &self.shard, batch_size, self.context, key, batch.tokens_mut())?)
     }
 }
 
@@ -56,9 +66,10 @@ impl RunData for TextRun<'_> {
         *hasher.finalize().as_bytes()
     }
 
-    /// Contiguous token ranges, one per worker (`text_shards`): text has no
-    /// labels to skew, and its validation split is already apart, so only
-    /// IID sharding and no extra held-out fraction are accepted.
+    /// Stripes of the training tokens, one shard per worker
+    /// (`text_shards`): text has no labels to skew, and its validation
+    /// split is already apart, so only IID sharding and no extra held-out
+    /// fraction are accepted.
     fn worker_sources(
         &self,
         recipe: &TrainingRecipe,
@@ -72,12 +83,11 @@ impl RunData for TextRun<'_> {
             ));
         }
         let train = self.data.train();
-        let ranges = text_shards(train.len(), workers, recipe.batch(), self.context, recipe.seed)?;
-        Ok(ranges
+        let shards = text_shards(train.len(), workers, recipe.batch(), self.context, recipe.seed)?;
+        Ok(shards
             .into_iter()
-            .map(|range| {
-                Box::new(TextShard { tokens: train.slice(range), context: self.context })
-                    as Box<dyn BatchSource>
+            .map(|shard| {
+                Box::new(TextShard { tokens: train, shard, context: self.context }) as Box<dyn BatchSource>
             })
             .collect())
     }

@@ -15,7 +15,7 @@ mod tiny_text;
 #[test]
 fn every_segment_of_a_round_with_carried_moments_replays_from_its_start_and_prior_steps() {
     let bytes = tokens();
-    let source = TextShard { tokens: Tokens::new(&bytes, TokenWidth::U16), context: 8 };
+    let source = TextShard::whole(Tokens::new(&bytes, TokenWidth::U16), 8);
     let recipe = recipe();
     let model = build_model(recipe.model);
     let global = model.layout().initialize(recipe.seed);

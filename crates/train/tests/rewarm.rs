@@ -17,7 +17,7 @@ fn recipe(schedule: Schedule) -> TrainingRecipe {
 #[test]
 fn every_segment_of_a_rewarmed_round_replays_bit_for_bit_and_only_later_rounds_are_rewarmed() {
     let bytes = tokens();
-    let source = TextShard { tokens: Tokens::new(&bytes, TokenWidth::U16), context: 8 };
+    let source = TextShard::whole(Tokens::new(&bytes, TokenWidth::U16), 8);
     let rewarmed = recipe(Schedule::nanogpt_rewarm(INNER_STEPS * ROUNDS, 3));
     let plain = recipe(Schedule::nanogpt(INNER_STEPS * ROUNDS));
     assert_eq!(rewarmed.validate(), Ok(()));

@@ -199,7 +199,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 train.len(),
                 config.context + 1
             );
-            Box::new(TextShard { tokens: train, context: config.context })
+            Box::new(TextShard::whole(train, config.context))
         }
         _ => unreachable!("the data follows the model"),
     };

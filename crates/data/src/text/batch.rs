@@ -69,28 +69,79 @@ pub fn participants_supported(train_tokens: usize, batch: usize, context: usize)
     train_tokens / shard_tokens_min(batch, context)
 }
 
-/// The training tokens `0..train_tokens` cut into `workers` contiguous
-/// ranges of near-equal length, shard `slot` being piece `perm[slot]` of
-/// a permutation drawn from `seed`: which part of the text a slot trains
-/// on changes with the run, and every part is some slot's.
+/// The length the stripes of a shard aim at, in tokens (at least
+/// [`shard_tokens_min`]).
+///
+/// Why stripes: a corpus is stored in some order (Shakespeare play by play,
+/// a crawl site by site), and one contiguous eighth of it is a few plays.
+/// A worker that trains a round on a few plays drifts towards them, and
+/// the average of eight such drifts is worth less than eight workers who
+/// each read the whole corpus (docs/BENCHMARKS.md, "Shards that span the
+/// corpus": DiLoCo on Shakespeare gains 0.02 to 0.05 nats a round). Cut
+/// into stripes of about 16K tokens (a scene or two) dealt out in turn,
+/// every shard covers the whole text evenly, while each stripe stays a
+/// contiguous range that a memory-mapped token file serves in place.
+pub const STRIPE_TOKENS: usize = 16_384;
+
+/// One worker's share of the training tokens: disjoint contiguous ranges
+/// (stripes) of the training split, in ascending order. A batch draws its
+/// windows uniformly among every window that lies inside one stripe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenShard {
+    pub stripes: Vec<Range<usize>>,
+}
+
+impl TokenShard {
+    /// The shard of one contiguous range.
+    pub fn contiguous(range: Range<usize>) -> Self {
+        Self { stripes: vec![range] }
+    }
+
+    /// The tokens it holds.
+    pub fn len(&self) -> usize {
+        self.stripes.iter().map(ExactSizeIterator::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The training tokens `0..train_tokens` as `workers` shards of near-equal
+/// length. The split is cut into `workers x k` contiguous pieces, `k` the
+/// most that keeps pieces at least [`STRIPE_TOKENS`] (and
+/// [`shard_tokens_min`]) long, and never below one; a shard holds every
+/// `workers`-th piece, shard `slot` starting at piece `perm[slot]` of a
+/// permutation drawn from `seed`. So every shard spans the whole text, which
+/// part of it a slot trains on changes with the run, and every token is some
+/// slot's. Below `2 x workers x STRIPE_TOKENS` tokens each shard is one
+/// contiguous range.
 pub fn text_shards(
     train_tokens: usize,
     workers: usize,
     batch: usize,
     context: usize,
     seed: u64,
-) -> Result<Vec<Range<usize>>, TextError> {
+) -> Result<Vec<TokenShard>, TextError> {
     let supported = participants_supported(train_tokens, batch, context);
     if workers == 0 || workers > supported {
         return Err(TextError::TooManyWorkers { workers, train_tokens, batch, context, supported });
     }
+    let stripe = STRIPE_TOKENS.max(shard_tokens_min(batch, context));
+    let per_shard = (train_tokens / workers / stripe).max(1);
+    let pieces = workers * per_shard;
     let piece = |index: usize| {
-        let bound = |at: usize| (train_tokens as u128 * at as u128 / workers as u128) as usize;
+        let bound = |at: usize| (train_tokens as u128 * at as u128 / pieces as u128) as usize;
         bound(index)..bound(index + 1)
     };
     let mut order: Vec<usize> = (0..workers).collect();
     shuffle(&mut keyed_rng("text-shards", RngKey::new(seed, 0, 0, workers as u64)), &mut order);
-    Ok(order.into_iter().map(piece).collect())
+    Ok(order
+        .into_iter()
+        .map(|first| TokenShard {
+            stripes: (0..per_shard).map(|turn| piece(first + turn * workers)).collect(),
+        })
+        .collect())
 }
 
 /// Shard `slot` of [`text_shards`].
@@ -101,23 +152,37 @@ pub fn text_shard(
     batch: usize,
     context: usize,
     seed: u64,
-) -> Result<Range<usize>, TextError> {
+) -> Result<TokenShard, TextError> {
     assert!(slot < workers, "slot {slot} of {workers}");
     Ok(text_shards(train_tokens, workers, batch, context, seed)?.swap_remove(slot))
 }
 
-/// One training step's batch: `batch` windows of `shard`, each starting at
+/// One training step's batch: `batch` windows of `tokens`, each starting at
 /// an offset drawn uniformly (independently, as nanoGPT does: windows a
 /// token apart overlap almost entirely anyway) from the stream keyed by
 /// `key`, (seed, round, slot, step).
 pub fn sample_batch(
-    shard: Tokens<'_>,
+    tokens: Tokens<'_>,
     batch: usize,
     context: usize,
     key: RngKey,
     out: &mut TokenBatch,
 ) -> Result<(), TextError> {
-    draw_windows("text-batch", shard, batch, context, key, out)
+    draw_windows("text-batch", tokens, std::slice::from_ref(&(0..tokens.len())), batch, context, key, out)
+}
+
+/// [`sample_batch`] from `shard` of the training tokens `train`: the
+/// windows lie inside its stripes, each of them equally likely. A shard of
+/// one stripe draws the same windows as [`sample_batch`] on its slice.
+pub fn sample_shard_batch(
+    train: Tokens<'_>,
+    shard: &TokenShard,
+    batch: usize,
+    context: usize,
+    key: RngKey,
+    out: &mut TokenBatch,
+) -> Result<(), TextError> {
+    draw_windows("text-batch", train, &shard.stripes, batch, context, key, out)
 }
 
 /// An evaluation batch of `batch` windows of the validation tokens drawn
@@ -130,7 +195,15 @@ pub fn evaluation_batch(
     key: RngKey,
 ) -> Result<TokenBatch, TextError> {
     let mut out = TokenBatch::default();
-    draw_windows("text-eval", validation, batch, context, key, &mut out)?;
+    draw_windows(
+        "text-eval",
+        validation,
+        std::slice::from_ref(&(0..validation.len())),
+        batch,
+        context,
+        key,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -161,21 +234,43 @@ pub fn round_evaluation_batch(
     Ok(out)
 }
 
+/// `batch` windows of `context + 1` tokens, each inside one of `stripes`
+/// (ranges of `tokens`), drawn uniformly among all such windows with the
+/// stream keyed by `purpose` and `key`. Offsets number the windows stripe
+/// after stripe, so one stripe draws exactly what its slice alone would.
 fn draw_windows(
     purpose: &str,
     tokens: Tokens<'_>,
+    stripes: &[Range<usize>],
     batch: usize,
     context: usize,
     key: RngKey,
     out: &mut TokenBatch,
 ) -> Result<(), TextError> {
     assert!(batch >= 1 && context >= 1, "batch {batch} and context {context} must be positive");
-    if tokens.len() <= context {
-        return Err(TextError::TooShort { tokens: tokens.len(), context });
+    // Windows before the end of each stripe, cumulatively.
+    let mut ends = Vec::with_capacity(stripes.len());
+    let mut windows = 0u64;
+    for stripe in stripes {
+        assert!(stripe.end <= tokens.len(), "stripe {stripe:?} of {} tokens", tokens.len());
+        if stripe.len() <= context {
+            return Err(TextError::TooShort { tokens: stripe.len(), context });
+        }
+        windows += (stripe.len() - context) as u64;
+        ends.push(windows);
     }
-    let windows = (tokens.len() - context) as u64;
+    if windows == 0 {
+        return Err(TextError::TooShort { tokens: 0, context });
+    }
     let mut rng = keyed_rng(purpose, key);
-    let offsets: Vec<usize> = (0..batch).map(|_| uniform_below(&mut rng, windows) as usize).collect();
+    let offsets: Vec<usize> = (0..batch)
+        .map(|_| {
+            let window = uniform_below(&mut rng, windows);
+            let stripe = ends.partition_point(|&end| end <= window);
+            let before = if stripe == 0 { 0 } else { ends[stripe - 1] };
+            stripes[stripe].start + (window - before) as usize
+        })
+        .collect();
     out.fill(tokens, &offsets, context);
     Ok(())
 }

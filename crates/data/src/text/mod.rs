@@ -20,7 +20,7 @@
 //! assert!(participants_supported(data.train().len(), batch, context) >= 4);
 //! let shard = text_shard(data.train().len(), 1, 4, batch, context, seed)?;
 //! let mut tokens = TokenBatch::default();
-//! sample_batch(data.train().slice(shard), batch, context, RngKey::new(seed, 7, 1, 3), &mut tokens)?;
+//! sample_shard_batch(data.train(), &shard, batch, context, RngKey::new(seed, 7, 1, 3), &mut tokens)?;
 //! // tokens.inputs and tokens.targets: [12, 64] row-major u32.
 //!
 //! // Scoring (the round's beacon picks the batch), and the final validation loss:
@@ -41,7 +41,8 @@
 //! - [`TextDataset`]: the tokens (in memory, or a cached token file mapped
 //!   into memory), the tokenizer, the train/validation split (the last
 //!   tenth is validation: [`split_point`]) and the [`fingerprint`](TextDataset::fingerprint).
-//! - [`text_shards`], [`participants_supported`], [`sample_batch`],
+//! - [`text_shards`] (each a [`TokenShard`] of stripes spread over the
+//!   text), [`participants_supported`], [`sample_shard_batch`],
 //!   [`evaluation_batch`], [`validation_batches`]: pure functions of their
 //!   arguments and keys, like the image side's.
 
@@ -54,8 +55,9 @@ mod tokens;
 use std::path::PathBuf;
 
 pub use batch::{
-    TokenBatch, evaluation_batch, participants_supported, round_evaluation_batch, sample_batch,
-    shard_tokens_min, text_shard, text_shards, validation_batches, validation_sequences,
+    STRIPE_TOKENS, TokenBatch, TokenShard, evaluation_batch, participants_supported, round_evaluation_batch,
+    sample_batch, sample_shard_batch, shard_tokens_min, text_shard, text_shards, validation_batches,
+    validation_sequences,
 };
 pub use dataset::{TextDataset, TextDatasetInfo, TokenizerSpec, VALIDATION_TENTHS, split_point};
 pub use source::{INSTALLED_SHAKESPEARE, TextChunks, TextSource, hex_digest};
