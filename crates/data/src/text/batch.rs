@@ -77,7 +77,9 @@ pub fn participants_supported(train_tokens: usize, batch: usize, context: usize)
 /// A worker that trains a round on a few plays drifts towards them, and
 /// the average of eight such drifts is worth less than eight workers who
 /// each read the whole corpus (docs/BENCHMARKS.md, "Shards that span the
-/// corpus": DiLoCo on Shakespeare gains 0.02 to 0.05 nats a round). Cut
+/// corpus": on Shakespeare DiLoCo is 0.01 to 0.05 nats ahead in each of
+/// its first five rounds, level or a little behind by the tenth, when the
+/// corpus has been read ten times). Cut
 /// into stripes of about 16K tokens (a scene or two) dealt out in turn,
 /// every shard covers the whole text evenly, while each stripe stays a
 /// contiguous range that a memory-mapped token file serves in place.
