@@ -79,10 +79,10 @@ pub fn participants_supported(train_tokens: usize, batch: usize, context: usize)
 /// each read the whole corpus (docs/BENCHMARKS.md, "Shards that span the
 /// corpus": on Shakespeare DiLoCo is 0.01 to 0.05 nats ahead in each of
 /// its first five rounds, level or a little behind by the tenth, when the
-/// corpus has been read ten times). Cut
-/// into stripes of about 16K tokens (a scene or two) dealt out in turn,
-/// every shard covers the whole text evenly, while each stripe stays a
-/// contiguous range that a memory-mapped token file serves in place.
+/// corpus has been read ten times). Cut into stripes of about 16K tokens
+/// (a scene or two) dealt out in turn, every shard covers the whole text
+/// evenly, while each stripe stays a contiguous range that a memory-mapped
+/// token file serves in place.
 pub const STRIPE_TOKENS: usize = 16_384;
 
 /// One worker's share of the training tokens: disjoint contiguous ranges
